@@ -1,0 +1,11 @@
+// The agent protocol version (see proto/CHANGELOG.md) and the limits both ends of the stream obey.
+export const PROTOCOL_VERSION = 1;
+export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [1];
+
+/**
+ * Both ends raise gRPC's 4 MiB default receive limit to this; real messages stay far below it
+ * (chunk batches are cut at STREAM_BATCH_BYTES and one chunk is at most 4 MiB).
+ */
+export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+/** Snapshot chunk batches are cut at this many payload bytes. */
+export const STREAM_BATCH_BYTES = 1024 * 1024;
