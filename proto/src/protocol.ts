@@ -9,3 +9,9 @@ export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [1];
 export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 /** Snapshot chunk batches are cut at this many payload bytes. */
 export const STREAM_BATCH_BYTES = 1024 * 1024;
+
+/**
+ * The name every control-plane server certificate carries. Agents pin the CA by hash and check this
+ * name, so the address they dial (IP, DNS, a tunnel) does not have to appear in the certificate.
+ */
+export const CONTROL_PLANE_TLS_NAME = "dumont-control-plane";

@@ -1,5 +1,9 @@
 // `dumont-agent`: enroll this machine, run the session, and operate snapshots directly.
-import { Command } from "commander";
+import { Command, Option } from "commander";
+import { startAgent } from "../agent.js";
+import { loadAgentConfig } from "../config.js";
+import { createLogger } from "../logger.js";
+import { enroll } from "../session/enroll.js";
 import { AGENT_VERSION } from "../version.js";
 
 export async function main(argv: string[]): Promise<void> {
@@ -7,5 +11,62 @@ export async function main(argv: string[]): Promise<void> {
     .description("Dumont host agent: puts this machine's GPUs on the Dumont cloud")
     .version(AGENT_VERSION)
     .showHelpAfterError();
+
+  program
+    .command("enroll")
+    .description("enroll this machine with a control plane using a one-time join token")
+    .requiredOption("--server <url>", "the control plane's gRPC address, e.g. https://cp.example.com:8443")
+    .requiredOption("--token <token>", "one-time join token from `dumont host join-token create`")
+    .requiredOption("--ca-hash <sha256:hex>", "the control plane CA's hash, from the install command")
+    .addOption(
+      new Option("--data-dir <dir>", "where the agent keeps its identity and state")
+        .env("DUMONT_AGENT_DATA_DIR")
+        .default("/var/lib/dumont-agent"),
+    )
+    .option("--name <name>", "a name for this host (default: its hostname)")
+    .option("--force", "enroll again even if this data dir is already enrolled")
+    .option("--json", 'print {"hostId"} as JSON')
+    .action(async (opts) => {
+      const { hostId } = await enroll({
+        server: opts.server,
+        token: opts.token,
+        caHash: opts.caHash,
+        dataDir: opts.dataDir,
+        name: opts.name,
+        force: opts.force,
+      });
+      process.stdout.write(opts.json ? `${JSON.stringify({ hostId })}\n` : `${hostId}\n`);
+    });
+
+  program
+    .command("run")
+    .description("connect to the control plane and serve it until stopped")
+    .addOption(new Option("--data-dir <dir>", "the enrolled data dir").env("DUMONT_AGENT_DATA_DIR"))
+    .addOption(
+      new Option("--telemetry-interval <seconds>", "seconds between telemetry samples (default 5)").env(
+        "DUMONT_TELEMETRY_INTERVAL",
+      ),
+    )
+    .addOption(new Option("--log-level <level>", "fatal|error|warn|info|debug|trace|silent").env("DUMONT_LOG_LEVEL"))
+    .option("--simulated", "label this host's GPUs as simulated (dev --demo)")
+    .action(async (opts) => {
+      const config = loadAgentConfig({
+        dataDir: opts.dataDir,
+        telemetryInterval: opts.telemetryInterval,
+        logLevel: opts.logLevel,
+        simulated: opts.simulated,
+      });
+      const log = createLogger(config.logLevel);
+      const session = await startAgent(config, log);
+      await new Promise<void>((resolve) => {
+        const shutdown = (signal: string) => {
+          log.info({ signal }, "stopping");
+          session.stop().finally(resolve);
+        };
+        process.once("SIGINT", () => shutdown("SIGINT"));
+        process.once("SIGTERM", () => shutdown("SIGTERM"));
+      });
+    });
+
   await program.parseAsync(argv);
 }

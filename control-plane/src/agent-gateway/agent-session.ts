@@ -1,0 +1,81 @@
+// One agent's open Connect stream: sends with backpressure, and lets other parts of the control plane
+// reach a host by id (the registry).
+
+import type { AgentMessage, ControlMessage } from "@dumont/proto";
+import type { ServerDuplexStream } from "@grpc/grpc-js";
+
+export type AgentStream = ServerDuplexStream<AgentMessage, ControlMessage>;
+
+export class AgentSession {
+  private closed = false;
+  private readonly waiters = new Set<(ok: boolean) => void>();
+
+  constructor(
+    readonly hostId: string,
+    readonly sessionId: string,
+    readonly tenantId: string,
+    private readonly stream: AgentStream,
+  ) {
+    stream.on("drain", () => this.wake(true));
+    stream.on("close", () => this.markClosed());
+    stream.on("error", () => this.markClosed());
+  }
+
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
+  /**
+   * Sends one message. Resolves once the stream accepts more (write() returned true or 'drain'),
+   * so a fast producer cannot buffer unbounded data in memory; rejects if the stream closed.
+   */
+  async send(message: ControlMessage): Promise<void> {
+    if (this.closed) throw new Error(`host ${this.hostId} is not connected`);
+    if (this.stream.write(message)) return;
+    const ok = await new Promise<boolean>((resolve) => this.waiters.add(resolve));
+    if (!ok) throw new Error(`host ${this.hostId} disconnected while sending`);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.markClosed();
+    this.stream.end();
+  }
+
+  private markClosed(): void {
+    this.closed = true;
+    this.wake(false);
+  }
+
+  private wake(ok: boolean): void {
+    for (const w of this.waiters) w(ok);
+    this.waiters.clear();
+  }
+}
+
+/** The sessions this replica holds, by host id. A newer session for a host replaces the older. */
+export class SessionRegistry {
+  private readonly sessions = new Map<string, AgentSession>();
+
+  add(session: AgentSession): void {
+    const previous = this.sessions.get(session.hostId);
+    this.sessions.set(session.hostId, session);
+    previous?.close();
+  }
+
+  remove(session: AgentSession): void {
+    if (this.sessions.get(session.hostId) === session) this.sessions.delete(session.hostId);
+  }
+
+  get(hostId: string): AgentSession | undefined {
+    return this.sessions.get(hostId);
+  }
+
+  get size(): number {
+    return this.sessions.size;
+  }
+
+  all(): AgentSession[] {
+    return [...this.sessions.values()];
+  }
+}

@@ -1,0 +1,73 @@
+// Enroll: a one-time join token and a CSR become a host row and a client certificate, atomically.
+import { randomBytes } from "node:crypto";
+import type { EnrollRequest } from "@dumont/proto";
+import { status } from "@grpc/grpc-js";
+import { consumeJoinToken } from "../db/credential-repository.js";
+import type { Db } from "../db/database.js";
+import { insertHost } from "../db/host-repository.js";
+import type { CertificateAuthority } from "./certificate-authority.js";
+
+export class EnrollError extends Error {
+  constructor(
+    readonly code: status,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function newHostId(): string {
+  return `h-${randomBytes(8).toString("hex")}`;
+}
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+export async function enrollHost(
+  db: Db,
+  ca: CertificateAuthority,
+  request: EnrollRequest,
+  now = new Date(),
+): Promise<{ hostId: string; certificatePem: string }> {
+  if (!request.joinToken) {
+    throw new EnrollError(status.INVALID_ARGUMENT, "join_token is required (from `dumont host join-token create`)");
+  }
+  if (!request.csrPem) throw new EnrollError(status.INVALID_ARGUMENT, "csr_pem is required");
+  const hostname = request.facts?.hostname ?? "";
+  const name = request.name || hostname || "host";
+  if (!NAME.test(name)) {
+    throw new EnrollError(
+      status.INVALID_ARGUMENT,
+      `name must be 1-63 letters, digits, '.', '_' or '-' starting with a letter or digit, got ${JSON.stringify(name)}`,
+    );
+  }
+  const hostId = newHostId();
+  let signed: { certificatePem: string; serial: string };
+  try {
+    signed = await ca.signAgentCsr(request.csrPem, hostId);
+  } catch (err) {
+    throw new EnrollError(status.INVALID_ARGUMENT, (err as Error).message);
+  }
+  await db.transaction().execute(async (tx) => {
+    const use = await consumeJoinToken(tx, request.joinToken, hostId, now);
+    if (!use.ok) {
+      const why = {
+        unknown: "the join token is not valid",
+        used: "the join token was already used",
+        expired: "the join token has expired",
+      }[use.reason];
+      throw new EnrollError(
+        status.PERMISSION_DENIED,
+        `${why}; create a new one with \`dumont host join-token create\` and run enroll again`,
+      );
+    }
+    await insertHost(tx, {
+      id: hostId,
+      tenantId: use.tenantId,
+      name,
+      hostname,
+      agentVersion: request.agentVersion,
+      certSerial: signed.serial,
+    });
+  });
+  return { hostId, certificatePem: signed.certificatePem };
+}

@@ -1,0 +1,269 @@
+// The gRPC agent gateway on :8443. TLS always; Enroll is open to any TLS client (it authenticates with
+// a join token), Connect requires a client certificate issued by our CA whose serial matches the host.
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import {
+  AgentGateway,
+  type AgentMessage,
+  ControlMessageSchema,
+  type EnrollRequest,
+  type EnrollResponse,
+  EnrollResponseSchema,
+  grpcServiceDefinition,
+  MAX_MESSAGE_BYTES,
+  PROTOCOL_VERSION,
+  SUPPORTED_PROTOCOL_VERSIONS,
+} from "@dumont/proto";
+import * as grpc from "@grpc/grpc-js";
+import type { Db } from "../db/database.js";
+import { getHost, markHostOnline } from "../db/host-repository.js";
+import type { HostLiveness } from "../failover/index.js";
+import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
+import { AgentSession, type AgentStream, SessionRegistry } from "./agent-session.js";
+import type { CertificateAuthority } from "./certificate-authority.js";
+import { EnrollError, enrollHost } from "./enrollment.js";
+import type { TelemetryIngest } from "./telemetry-ingest.js";
+
+const HELLO_TIMEOUT_MS = 10_000;
+
+/** Handles agent messages other than Hello and Telemetry (snapshots, jobs, …). */
+export type AgentMessageHandler = (session: AgentSession, message: AgentMessage) => void;
+
+export interface GatewayDeps {
+  db: Db;
+  ca: CertificateAuthority;
+  log: Logger;
+  metrics: Metrics;
+  liveness: HostLiveness;
+  ingest: TelemetryIngest;
+  telemetryIntervalMs: number;
+}
+
+export class AgentGatewayServer {
+  readonly sessions = new SessionRegistry();
+  private readonly server = new grpc.Server({
+    "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+    "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+    // Ping idle agents so a vanished peer is noticed even without traffic.
+    "grpc.keepalive_time_ms": 20_000,
+    "grpc.keepalive_timeout_ms": 10_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.http2.min_ping_interval_without_data_ms": 5_000,
+  });
+  private readonly handlers: AgentMessageHandler[] = [];
+  private boundPort = 0;
+
+  constructor(private readonly deps: GatewayDeps) {
+    this.server.addService(grpcServiceDefinition(AgentGateway), {
+      enroll: (call: grpc.ServerUnaryCall<EnrollRequest, EnrollResponse>, cb: grpc.sendUnaryData<EnrollResponse>) =>
+        void this.enroll(call, cb),
+      connect: (stream: AgentStream) => void this.connect(stream),
+    });
+  }
+
+  onMessage(handler: AgentMessageHandler): void {
+    this.handlers.push(handler);
+  }
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  async listen(host: string, port: number): Promise<number> {
+    const { tls } = this.deps.ca;
+    const credentials = grpc.experimental.createCertificateProviderServerCredentials(
+      staticCertificates(tls.caPem, `${tls.serverCertPem.trim()}\n${tls.caPem.trim()}\n`, tls.serverKeyPem),
+      staticCertificates(tls.caPem, `${tls.serverCertPem.trim()}\n${tls.caPem.trim()}\n`, tls.serverKeyPem),
+      // Request a client certificate but do not require one: Enroll callers have none yet.
+      false,
+    );
+    this.boundPort = await new Promise<number>((resolve, reject) => {
+      this.server.bindAsync(`${host.includes(":") ? `[${host}]` : host}:${port}`, credentials, (err, bound) =>
+        err ? reject(new Error(`cannot listen on gRPC port ${port}: ${err.message}`)) : resolve(bound),
+      );
+    });
+    return this.boundPort;
+  }
+
+  async close(): Promise<void> {
+    for (const session of this.sessions.all()) session.close();
+    await new Promise<void>((resolve) => {
+      const force = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, 2000);
+      this.server.tryShutdown(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
+  }
+
+  private async enroll(
+    call: grpc.ServerUnaryCall<EnrollRequest, EnrollResponse>,
+    cb: grpc.sendUnaryData<EnrollResponse>,
+  ): Promise<void> {
+    try {
+      const { hostId, certificatePem } = await enrollHost(this.deps.db, this.deps.ca, call.request);
+      this.deps.metrics.enrollments.inc({ result: "ok" });
+      this.deps.log.info({ hostId, name: call.request.name }, "host enrolled");
+      cb(null, create(EnrollResponseSchema, { hostId, certificatePem, caChainPem: this.deps.ca.tls.caPem }));
+    } catch (err) {
+      this.deps.metrics.enrollments.inc({ result: "refused" });
+      if (err instanceof EnrollError) {
+        this.deps.log.warn({ reason: err.message, peer: call.getPeer() }, "enrollment refused");
+        cb({ code: err.code, details: err.message });
+      } else {
+        this.deps.log.error({ err }, "enrollment failed");
+        cb({ code: grpc.status.INTERNAL, details: "enrollment failed on the control plane; see its log" });
+      }
+    }
+  }
+
+  private async connect(stream: AgentStream): Promise<void> {
+    const refuse = (code: grpc.status, details: string) => {
+      this.deps.log.warn({ peer: stream.getPeer(), reason: details }, "agent stream refused");
+      stream.destroy(Object.assign(new Error(details), { code, details }));
+    };
+    const peer = stream.getAuthContext().sslPeerCertificate;
+    if (!peer) {
+      return refuse(
+        grpc.status.UNAUTHENTICATED,
+        "a client certificate issued by this control plane is required; run `dumont-agent enroll` first",
+      );
+    }
+    const hostId = peer.subject?.CN;
+    const host = typeof hostId === "string" ? await getHost(this.deps.db, hostId) : undefined;
+    if (!host || host.cert_serial.toLowerCase() !== String(peer.serialNumber).toLowerCase()) {
+      return refuse(grpc.status.UNAUTHENTICATED, "this client certificate is not (or no longer) valid; enroll again");
+    }
+
+    const hello = await firstMessage(stream, HELLO_TIMEOUT_MS);
+    if (hello?.msg.case !== "hello") {
+      return refuse(grpc.status.INVALID_ARGUMENT, "the first message on the stream must be Hello");
+    }
+    const h = hello.msg.value;
+    if (!SUPPORTED_PROTOCOL_VERSIONS.includes(h.protocolVersion)) {
+      return refuse(
+        grpc.status.FAILED_PRECONDITION,
+        `protocol version ${h.protocolVersion} is not supported; this control plane speaks ${SUPPORTED_PROTOCOL_VERSIONS.join(", ")} — update the agent`,
+      );
+    }
+    if (h.hostId !== host.id) {
+      return refuse(
+        grpc.status.PERMISSION_DENIED,
+        `Hello.host_id ${h.hostId} does not match the certificate (${host.id})`,
+      );
+    }
+
+    const session = new AgentSession(host.id, randomUUID(), host.tenant_id, stream);
+    this.sessions.add(session);
+    this.deps.metrics.sessions.set(this.sessions.size);
+    const inventory = h.inventory;
+    await markHostOnline(this.deps.db, host.id, {
+      agentVersion: h.agentVersion,
+      protocolVersion: h.protocolVersion,
+      simulated: inventory?.simulated ?? false,
+      hostname: inventory?.facts?.hostname ?? host.hostname,
+      now: new Date(),
+    });
+    this.deps.liveness.heartbeat(host.id);
+    this.deps.log.info(
+      { hostId: host.id, sessionId: session.sessionId, agentVersion: h.agentVersion },
+      "agent connected",
+    );
+
+    // firstMessage() paused the stream; resume only now that a handler is attached.
+    stream.on("data", (message: AgentMessage) => this.dispatch(session, message));
+    stream.resume();
+    const finished = () => {
+      this.sessions.remove(session);
+      this.deps.metrics.sessions.set(this.sessions.size);
+    };
+    stream.on("end", () => {
+      finished();
+      stream.end();
+    });
+    stream.on("error", finished);
+    stream.on("close", finished);
+
+    await session
+      .send(
+        create(ControlMessageSchema, {
+          msg: {
+            case: "welcome",
+            value: {
+              sessionId: session.sessionId,
+              protocolVersion: PROTOCOL_VERSION,
+              telemetryIntervalMs: this.deps.telemetryIntervalMs,
+            },
+          },
+        }),
+      )
+      .catch(() => undefined);
+  }
+
+  private dispatch(session: AgentSession, message: AgentMessage): void {
+    this.deps.liveness.heartbeat(session.hostId);
+    switch (message.msg.case) {
+      case "telemetry":
+        this.deps.ingest.add(session.hostId, message.msg.value);
+        return;
+      case "hello":
+        return;
+      default:
+        for (const handler of this.handlers) {
+          try {
+            handler(session, message);
+          } catch (err) {
+            this.deps.log.error(
+              { err, hostId: session.hostId, kind: message.msg.case },
+              "agent message handler failed",
+            );
+          }
+        }
+    }
+  }
+}
+
+/** Waits for the first message and leaves the stream paused, so nothing is emitted before a handler exists. */
+function firstMessage(stream: AgentStream, timeoutMs: number): Promise<AgentMessage | undefined> {
+  return new Promise((resolve) => {
+    const done = (m: AgentMessage | undefined) => {
+      clearTimeout(timer);
+      stream.off("data", onData);
+      stream.off("end", onEnd);
+      stream.off("error", onEnd);
+      resolve(m);
+    };
+    const onData = (m: AgentMessage) => {
+      stream.pause();
+      done(m);
+    };
+    const onEnd = () => done(undefined);
+    const timer = setTimeout(() => done(undefined), timeoutMs);
+    stream.on("data", onData);
+    stream.on("end", onEnd);
+    stream.on("error", onEnd);
+  });
+}
+
+/**
+ * A grpc-js CertificateProvider that hands out fixed PEMs. Listeners are called on the next tick:
+ * grpc-js registers its watcher only after adding the listener, and would miss a synchronous call.
+ */
+function staticCertificates(
+  caPem: string,
+  certChainPem: string,
+  keyPem: string,
+): grpc.experimental.CertificateProvider {
+  const ca = { caCertificate: Buffer.from(caPem) };
+  const identity = { certificate: Buffer.from(certChainPem), privateKey: Buffer.from(keyPem) };
+  return {
+    addCaCertificateListener: (listener) => setImmediate(() => listener(ca)),
+    removeCaCertificateListener: () => {},
+    addIdentityCertificateListener: (listener) => setImmediate(() => listener(identity)),
+    removeIdentityCertificateListener: () => {},
+  };
+}

@@ -1,0 +1,106 @@
+// Buffers telemetry from every session and writes it in batches: thousands of agents reporting every
+// few seconds become a few transactions per second instead of thousands.
+
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import type { GpuInfo, Telemetry } from "@dumont/proto";
+import type { Db } from "../db/database.js";
+import { recordTelemetry, type TelemetryRecord } from "../db/host-repository.js";
+import type { GpuState } from "../db/tables.js";
+import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
+
+const FLUSH_INTERVAL_MS = 100;
+const MAX_BATCH = 1000;
+
+export class TelemetryIngest {
+  private buffer: TelemetryRecord[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private flushing: Promise<void> = Promise.resolve();
+  private closed = false;
+
+  constructor(
+    private readonly db: Db,
+    private readonly log: Logger,
+    private readonly metrics: Metrics,
+  ) {}
+
+  add(hostId: string, telemetry: Telemetry): void {
+    if (this.closed) return;
+    this.metrics.telemetryMessages.inc();
+    this.buffer.push(toRecord(hostId, telemetry));
+    if (this.buffer.length >= MAX_BATCH) void this.flush();
+    else this.timer ??= setTimeout(() => void this.flush(), FLUSH_INTERVAL_MS);
+  }
+
+  /** Writes whatever is buffered; batches are written one at a time, in order. */
+  flush(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    const batch = this.buffer;
+    this.buffer = [];
+    if (batch.length === 0) return this.flushing;
+    this.flushing = this.flushing.then(async () => {
+      const end = this.metrics.telemetryFlushSeconds.startTimer();
+      try {
+        await recordTelemetry(this.db, batch, new Date());
+        const now = Date.now();
+        for (const r of batch) this.metrics.telemetryIngestLatency.observe(Math.max(0, now - r.at.getTime()) / 1000);
+      } catch (err) {
+        // Telemetry is a time series: a lost batch leaves a gap, it corrupts nothing. Say so loudly.
+        this.log.error({ err, samples: batch.length }, "telemetry batch write failed; samples dropped");
+      } finally {
+        end();
+      }
+    });
+    return this.flushing;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.flush();
+  }
+}
+
+function toRecord(hostId: string, t: Telemetry): TelemetryRecord {
+  const gpus = t.gpus.map(toGpuState);
+  const at = t.at ? timestampDate(t.at) : new Date();
+  return {
+    hostId,
+    // An agent clock far in the future must not poison the series; clamp to now.
+    at: at.getTime() > Date.now() + 60_000 ? new Date() : at,
+    latest: {
+      gpus,
+      cpu: { cores: t.cpuCores, utilizationPercent: t.cpuPercent ?? null },
+      memory: { totalBytes: Number(t.memoryTotalBytes), usedBytes: Number(t.memoryUsedBytes) },
+      disk: { totalBytes: Number(t.diskTotalBytes), usedBytes: Number(t.diskUsedBytes) },
+    },
+    gpus: gpus.map((g) => ({
+      index: g.index,
+      utilizationPercent: g.utilizationPercent,
+      memoryUsedMiB: g.memoryUsedMiB,
+      temperatureC: g.temperatureC,
+      powerW: g.powerW,
+    })),
+  };
+}
+
+export function toGpuState(g: GpuInfo): GpuState {
+  return {
+    index: g.index,
+    uuid: g.uuid,
+    model: g.model,
+    memoryTotalMiB: optionalNumber(g.memoryTotalMib),
+    memoryUsedMiB: optionalNumber(g.memoryUsedMib),
+    utilizationPercent: finiteOrNull(g.utilizationPercent),
+    temperatureC: finiteOrNull(g.temperatureC),
+    powerW: finiteOrNull(g.powerW),
+  };
+}
+
+function optionalNumber(v: bigint | undefined): number | null {
+  return v === undefined ? null : Number(v);
+}
+
+function finiteOrNull(v: number | undefined): number | null {
+  return v === undefined || !Number.isFinite(v) ? null : v;
+}

@@ -1,0 +1,138 @@
+// dumont.api.v1.HostService: join tokens, host list, telemetry series, host events.
+import { randomBytes } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { api } from "@dumont/proto";
+import { insertJoinToken } from "../db/credential-repository.js";
+import type { Db } from "../db/database.js";
+import { getHost, listEvents, listHosts, metricsSince } from "../db/host-repository.js";
+import type { GpuSampleRow, HostRow } from "../db/tables.js";
+import { InvalidArgumentError, NotFoundError } from "../errors.js";
+import { authenticate, requireRole, tenantScope } from "./auth.js";
+
+export interface HostServiceDeps {
+  db: Db;
+  caHash: () => string;
+  /** host:port agents dial, and the base URL the installer is served from. */
+  grpcUrl: () => string;
+  httpUrl: () => string;
+}
+
+const DEFAULT_TOKEN_TTL_S = 3600;
+const MAX_TOKEN_TTL_S = 7 * 86400;
+const DEFAULT_METRICS_WINDOW_S = 600;
+
+export function hostService(deps: HostServiceDeps): ServiceImpl<typeof api.HostService> {
+  const caller = (ctx: HandlerContext) => authenticate(deps.db, ctx.requestHeader.get("authorization"));
+  return {
+    async createJoinToken(req, ctx) {
+      const who = await caller(ctx);
+      requireRole(who, "provider");
+      const ttl = req.ttlSeconds === 0 ? DEFAULT_TOKEN_TTL_S : req.ttlSeconds;
+      if (ttl < 60 || ttl > MAX_TOKEN_TTL_S) {
+        throw new InvalidArgumentError(
+          `ttl_seconds must be 60..${MAX_TOKEN_TTL_S} (or 0 for 1 hour), got ${req.ttlSeconds}`,
+        );
+      }
+      const token = `djt_${randomBytes(24).toString("base64url")}`;
+      const expiresAt = new Date(Date.now() + ttl * 1000);
+      await insertJoinToken(deps.db, { token, tenantId: who.tenantId, expiresAt });
+      const caHash = deps.caHash();
+      return create(api.CreateJoinTokenResponseSchema, {
+        token,
+        caHash,
+        grpcUrl: deps.grpcUrl(),
+        expiresAt: timestampFromDate(expiresAt),
+        installCommand: `curl -fsSL ${deps.httpUrl()}/install.sh | sudo sh -s -- --token ${token} --ca-hash ${caHash}`,
+      });
+    },
+
+    async listHosts(_req, ctx) {
+      const who = await caller(ctx);
+      const rows = await listHosts(deps.db, tenantScope(who));
+      return create(api.ListHostsResponseSchema, { hosts: rows.map(toApiHost) });
+    },
+
+    async getHostMetrics(req, ctx) {
+      const who = await caller(ctx);
+      const host = await scopedHost(deps.db, req.hostId, tenantScope(who));
+      const window = req.sinceSeconds === 0 ? DEFAULT_METRICS_WINDOW_S : req.sinceSeconds;
+      if (window > MAX_TOKEN_TTL_S) {
+        throw new InvalidArgumentError(
+          `since_seconds must be at most ${MAX_TOKEN_TTL_S} (7 days), got ${req.sinceSeconds}`,
+        );
+      }
+      const rows = await metricsSince(deps.db, host.id, new Date(Date.now() - window * 1000));
+      return create(api.GetHostMetricsResponseSchema, {
+        points: rows.map((r) => ({
+          at: timestampFromDate(r.at),
+          resolution: r.resolution,
+          cpuPercent: r.cpu_percent ?? undefined,
+          memoryUsedBytes: BigInt(r.memory_used_bytes),
+          diskUsedBytes: BigInt(r.disk_used_bytes),
+          gpus: (r.gpus as GpuSampleRow[]).map((g) => ({
+            index: g.index,
+            utilizationPercent: g.utilizationPercent ?? undefined,
+            memoryUsedMib: g.memoryUsedMiB === null ? undefined : BigInt(g.memoryUsedMiB),
+            temperatureC: g.temperatureC ?? undefined,
+            powerW: g.powerW ?? undefined,
+          })),
+        })),
+      });
+    },
+
+    async listHostEvents(req, ctx) {
+      const who = await caller(ctx);
+      const host = await scopedHost(deps.db, req.hostId, tenantScope(who));
+      const rows = await listEvents(deps.db, host.id);
+      return create(api.ListHostEventsResponseSchema, {
+        events: rows.map((e) => ({
+          hostId: e.host_id,
+          kind: e.kind,
+          message: e.message,
+          at: timestampFromDate(e.at),
+        })),
+      });
+    },
+  };
+}
+
+async function scopedHost(db: Db, hostId: string, scope: { tenantId?: string }): Promise<HostRow> {
+  if (!hostId) throw new InvalidArgumentError("host_id is required");
+  const host = await getHost(db, hostId, scope);
+  // Another tenant's host reads as missing: no existence oracle across tenants.
+  if (!host) throw new NotFoundError(`host ${hostId} not found; list hosts with \`dumont host list\``);
+  return host;
+}
+
+function toApiHost(h: HostRow): api.Host {
+  const latest = h.latest;
+  return create(api.HostSchema, {
+    id: h.id,
+    name: h.name,
+    hostname: h.hostname,
+    status: h.status,
+    agentVersion: h.agent_version,
+    simulated: h.simulated,
+    enrolledAt: timestampFromDate(h.enrolled_at),
+    lastSeenAt: h.last_seen_at ? timestampFromDate(h.last_seen_at) : undefined,
+    gpus: (latest?.gpus ?? []).map((g) => ({
+      index: g.index,
+      uuid: g.uuid,
+      model: g.model,
+      memoryTotalMib: g.memoryTotalMiB === null ? undefined : BigInt(g.memoryTotalMiB),
+      memoryUsedMib: g.memoryUsedMiB === null ? undefined : BigInt(g.memoryUsedMiB),
+      utilizationPercent: g.utilizationPercent ?? undefined,
+      temperatureC: g.temperatureC ?? undefined,
+      powerW: g.powerW ?? undefined,
+    })),
+    cpu: latest
+      ? { cores: latest.cpu.cores, utilizationPercent: latest.cpu.utilizationPercent ?? undefined }
+      : undefined,
+    memory: latest
+      ? { totalBytes: BigInt(latest.memory.totalBytes), usedBytes: BigInt(latest.memory.usedBytes) }
+      : undefined,
+    disk: latest ? { totalBytes: BigInt(latest.disk.totalBytes), usedBytes: BigInt(latest.disk.usedBytes) } : undefined,
+  });
+}

@@ -1,0 +1,98 @@
+// `dumont dev` (what `npm start` runs): a control plane on the embedded defaults plus one local agent
+// enrolled through a real join token, as a child process. `--demo` gives that agent simulated GPUs.
+import { type ChildProcess, spawn } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import type { Command } from "commander";
+import type { ControlPlaneOptions } from "../config.js";
+import { apiClients } from "./api-client.js";
+import { hostJson } from "./host-command.js";
+import { addServeOptions, startFromOptions, waitForSignal } from "./serve-command.js";
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
+const agentBin = path.join(repoRoot, "host-agent/bin/dumont-agent.js");
+const fakeNvidiaSmiDir = path.join(repoRoot, "tests/fakes/nvidia-smi");
+
+export function registerDevCommand(program: Command): void {
+  addServeOptions(program.command("dev").description("control plane + one local agent, for trying Dumont out"))
+    .option("--demo", "give the local agent simulated GPUs (a fake nvidia-smi), clearly labelled simulated")
+    .action(async (opts: ControlPlaneOptions & { demo?: boolean }) => {
+      const { cp, log } = await startFromOptions({ logLevel: "warn", ...opts });
+      const adminKey = cp.newAdminKey ?? fs.readFileSync(cp.adminKeyFile, "utf8").trim();
+      const clients = apiClients({ apiUrl: cp.httpUrl, apiKey: adminKey });
+      const agentDir = path.join(path.dirname(cp.adminKeyFile), "local-agent");
+
+      const env: NodeJS.ProcessEnv = { ...process.env, DUMONT_LOG_LEVEL: process.env.DUMONT_LOG_LEVEL ?? "warn" };
+      if (opts.demo) {
+        env.PATH = `${fakeNvidiaSmiDir}${path.delimiter}${env.PATH ?? ""}`;
+        env.DUMONT_FAKE_NVIDIA_SMI_FIXTURE = env.DUMONT_FAKE_NVIDIA_SMI_FIXTURE ?? "demo";
+      }
+      if (!fs.existsSync(path.join(agentDir, "enrollment.json"))) {
+        const token = await clients.hosts.createJoinToken({ ttlSeconds: 600 });
+        await runToCompletion(
+          agentBin,
+          [
+            "enroll",
+            "--server",
+            token.grpcUrl,
+            "--token",
+            token.token,
+            "--ca-hash",
+            token.caHash,
+            "--data-dir",
+            agentDir,
+            "--name",
+            opts.demo ? "local-demo" : "local",
+          ],
+          env,
+        );
+      }
+      const agentArgs = ["run", "--data-dir", agentDir, ...(opts.demo ? ["--simulated"] : [])];
+      const agent = spawn(process.execPath, [agentBin, ...agentArgs], { env, stdio: ["ignore", "inherit", "inherit"] });
+
+      const host = await waitForLocalHost(clients, agentDir, agent);
+      process.stdout.write(
+        [
+          "",
+          "Dumont is running.",
+          `  API:        ${cp.httpUrl}  (Connect; e.g. curl -H 'Authorization: Bearer KEY' -H 'content-type: application/json' -d '{}' ${cp.httpUrl}/dumont.api.v1.HostService/ListHosts)`,
+          `  Metrics:    ${cp.httpUrl}/metrics   Health: ${cp.httpUrl}/healthz`,
+          `  Agents:     ${cp.grpcUrl}  (CA ${cp.caHash})`,
+          `  Admin key:  ${adminKey}  (saved in ${cp.adminKeyFile})`,
+          `  Host online: ${host.name} (${host.id}) — ${host.gpus.length ? host.gpus.map((g) => g.model).join(", ") : "CPU only"}${host.simulated ? "  [simulated GPUs]" : ""}`,
+          "",
+          "Try: npx dumont host list    (Ctrl-C stops the control plane and the agent)",
+          "",
+        ].join("\n"),
+      );
+
+      await Promise.race([waitForSignal(log), new Promise((resolve) => agent.once("exit", resolve))]);
+      agent.kill("SIGTERM");
+      await new Promise((resolve) => (agent.exitCode === null ? agent.once("exit", resolve) : resolve(null)));
+      await cp.close();
+    });
+}
+
+function runToCompletion(bin: string, args: string[], env: NodeJS.ProcessEnv): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [bin, ...args], { env, stdio: ["ignore", "ignore", "inherit"] });
+    child.once("error", reject);
+    child.once("exit", (code) =>
+      code === 0 ? resolve() : reject(new Error(`local agent enroll exited with ${code}`)),
+    );
+  });
+}
+
+async function waitForLocalHost(clients: ReturnType<typeof apiClients>, agentDir: string, agent: ChildProcess) {
+  const { hostId } = JSON.parse(fs.readFileSync(path.join(agentDir, "enrollment.json"), "utf8")) as { hostId: string };
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    if (agent.exitCode !== null) throw new Error(`the local agent exited with ${agent.exitCode}`);
+    const { hosts } = await clients.hosts.listHosts({});
+    const host = hosts.find((h) => h.id === hostId);
+    if (host?.status === "online" && host.lastSeenAt && host.cpu) return hostJson(host);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error("the local agent did not come online within 30 s; see its log above");
+}

@@ -1,0 +1,125 @@
+// `dumont host …`: join tokens, the host list, telemetry series and events.
+import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
+import type { api } from "@dumont/proto";
+import type { Command } from "commander";
+import { type ApiOptions, apiClients, parseDuration } from "./api-client.js";
+
+export function registerHostCommands(program: Command): void {
+  const host = program.command("host").description("provider machines: join tokens, list, metrics, events");
+  const apiOpts = (cmd: Command): ApiOptions => cmd.optsWithGlobals() as ApiOptions;
+
+  host
+    .command("join-token")
+    .description("one-time tokens that let a machine enroll")
+    .command("create")
+    .description("create a join token and print the install command that uses it")
+    .option("--ttl <duration>", "how long the token stays valid (60s..7d)", "1h")
+    .option("--json", "print JSON")
+    .action(async (opts, cmd: Command) => {
+      const ttlSeconds = parseDuration("--ttl", opts.ttl);
+      const res = await apiClients(apiOpts(cmd)).hosts.createJoinToken({ ttlSeconds });
+      const out = {
+        token: res.token,
+        caHash: res.caHash,
+        grpcUrl: res.grpcUrl,
+        expiresAt: iso(res.expiresAt),
+        installCommand: res.installCommand,
+      };
+      if (opts.json) return print(out);
+      process.stdout.write(
+        `Join token (one use, expires ${out.expiresAt}):\n  ${out.token}\n\nOn the GPU machine, run:\n  ${out.installCommand}\n\nor, with the agent already installed:\n  dumont-agent enroll --server ${out.grpcUrl} --token ${out.token} --ca-hash ${out.caHash}\n`,
+      );
+    });
+
+  host
+    .command("list")
+    .description("list hosts with their GPUs and latest telemetry")
+    .option("--json", "print JSON")
+    .action(async (opts, cmd: Command) => {
+      const res = await apiClients(apiOpts(cmd)).hosts.listHosts({});
+      const hosts = res.hosts.map(hostJson);
+      if (opts.json) return print(hosts);
+      if (hosts.length === 0) {
+        process.stdout.write("No hosts yet. Create a join token with `dumont host join-token create`.\n");
+        return;
+      }
+      for (const h of hosts) {
+        const gpus = h.gpus.map((g) => `${g.model}${g.utilizationPercent === null ? "" : ` ${g.utilizationPercent}%`}`);
+        process.stdout.write(
+          `${h.id}  ${h.name.padEnd(20)} ${h.status.padEnd(7)} ${h.simulated ? "[simulated] " : ""}${gpus.length ? gpus.join(", ") : "CPU only"}  last seen ${h.lastSeenAt ?? "never"}\n`,
+        );
+      }
+    });
+
+  host
+    .command("metrics <hostId>")
+    .description("a host's telemetry series (raw for the last hour, 1-minute averages before)")
+    .option("--since <duration>", "how far back", "10m")
+    .option("--json", "print JSON")
+    .action(async (hostId: string, opts, cmd: Command) => {
+      const sinceSeconds = parseDuration("--since", opts.since);
+      const res = await apiClients(apiOpts(cmd)).hosts.getHostMetrics({ hostId, sinceSeconds });
+      const points = res.points.map((p) => ({
+        at: iso(p.at),
+        resolution: p.resolution,
+        cpuPercent: p.cpuPercent ?? null,
+        memoryUsedBytes: Number(p.memoryUsedBytes),
+        diskUsedBytes: Number(p.diskUsedBytes),
+        gpus: p.gpus.map((g) => ({
+          index: g.index,
+          utilizationPercent: g.utilizationPercent ?? null,
+          memoryUsedMiB: g.memoryUsedMib === undefined ? null : Number(g.memoryUsedMib),
+          temperatureC: g.temperatureC ?? null,
+          powerW: g.powerW ?? null,
+        })),
+      }));
+      if (opts.json) return print(points);
+      for (const p of points) {
+        const gpus = p.gpus.map((g) => `gpu${g.index} ${g.utilizationPercent ?? "-"}%`).join(" ");
+        process.stdout.write(`${p.at} ${p.resolution.padEnd(3)} cpu ${p.cpuPercent?.toFixed(1) ?? "-"}% ${gpus}\n`);
+      }
+    });
+
+  host
+    .command("events <hostId>")
+    .description("a host's events (enrolled, online, lost)")
+    .option("--json", "print JSON")
+    .action(async (hostId: string, opts, cmd: Command) => {
+      const res = await apiClients(apiOpts(cmd)).hosts.listHostEvents({ hostId });
+      const events = res.events.map((e) => ({ at: iso(e.at), kind: e.kind, message: e.message }));
+      if (opts.json) return print(events);
+      for (const e of events) process.stdout.write(`${e.at} ${e.kind.padEnd(8)} ${e.message}\n`);
+    });
+}
+
+export function hostJson(h: api.Host) {
+  return {
+    id: h.id,
+    name: h.name,
+    status: h.status,
+    simulated: h.simulated,
+    agentVersion: h.agentVersion,
+    lastSeenAt: iso(h.lastSeenAt),
+    gpus: h.gpus.map((g) => ({
+      index: g.index,
+      uuid: g.uuid,
+      model: g.model,
+      memoryTotalMiB: g.memoryTotalMib === undefined ? null : Number(g.memoryTotalMib),
+      memoryUsedMiB: g.memoryUsedMib === undefined ? null : Number(g.memoryUsedMib),
+      utilizationPercent: g.utilizationPercent ?? null,
+      temperatureC: g.temperatureC ?? null,
+      powerW: g.powerW ?? null,
+    })),
+    cpu: h.cpu ? { cores: h.cpu.cores, utilizationPercent: h.cpu.utilizationPercent ?? null } : null,
+    memory: h.memory ? { totalBytes: Number(h.memory.totalBytes), usedBytes: Number(h.memory.usedBytes) } : null,
+    disk: h.disk ? { totalBytes: Number(h.disk.totalBytes), usedBytes: Number(h.disk.usedBytes) } : null,
+  };
+}
+
+function iso(t: Timestamp | undefined): string | null {
+  return t ? timestampDate(t).toISOString() : null;
+}
+
+function print(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}

@@ -1,0 +1,76 @@
+// `dumont serve`: the control plane. `dumont dev` builds on the same options.
+import { type Command, Option } from "commander";
+import { type ControlPlaneOptions, loadConfig } from "../config.js";
+import { type ControlPlane, startControlPlane } from "../control-plane.js";
+import { createLogger, type Logger } from "../logger.js";
+
+export function addServeOptions(cmd: Command): Command {
+  return cmd
+    .addOption(
+      new Option("--data-dir <dir>", "state: embedded database, CA, admin key (default ./.dumont)").env(
+        "DUMONT_DATA_DIR",
+      ),
+    )
+    .addOption(
+      new Option("--http-port <port>", "Connect API, dashboard, /healthz, /metrics (default 8000)").env(
+        "DUMONT_HTTP_PORT",
+      ),
+    )
+    .addOption(new Option("--grpc-port <port>", "agent gateway, TLS (default 8443)").env("DUMONT_GRPC_PORT"))
+    .addOption(new Option("--host <addr>", "address to listen on (default 0.0.0.0)").env("DUMONT_HOST"))
+    .addOption(
+      new Option("--public-host <name>", "host name agents and browsers use to reach us (default localhost)").env(
+        "DUMONT_PUBLIC_HOST",
+      ),
+    )
+    .addOption(
+      new Option("--database-url <url>", "postgres://… (default: embedded PGlite in the data dir)").env("DATABASE_URL"),
+    )
+    .addOption(
+      new Option("--lost-after <seconds>", "a host silent this long is lost (default 10)").env("DUMONT_LOST_AFTER"),
+    )
+    .addOption(
+      new Option("--telemetry-interval <seconds>", "telemetry interval suggested to agents (default 5)").env(
+        "DUMONT_TELEMETRY_INTERVAL",
+      ),
+    )
+    .addOption(
+      new Option("--log-level <level>", "fatal|error|warn|info|debug|trace|silent (default info)").env(
+        "DUMONT_LOG_LEVEL",
+      ),
+    );
+}
+
+export async function startFromOptions(opts: ControlPlaneOptions): Promise<{ cp: ControlPlane; log: Logger }> {
+  const config = loadConfig(opts);
+  const log = createLogger(config.logLevel);
+  const cp = await startControlPlane(config, log);
+  return { cp, log };
+}
+
+export function registerServeCommand(program: Command): void {
+  addServeOptions(program.command("serve").description("run the control plane")).action(
+    async (opts: ControlPlaneOptions) => {
+      const { cp, log } = await startFromOptions(opts);
+      if (cp.newAdminKey) {
+        process.stdout.write(
+          `\nAdmin API key (shown once; also saved with mode 0600 to ${cp.adminKeyFile}):\n  ${cp.newAdminKey}\n\n`,
+        );
+      }
+      process.stdout.write(`Dumont control plane: API ${cp.httpUrl}  agents ${cp.grpcUrl}  CA ${cp.caHash}\n`);
+      await waitForSignal(log);
+      await cp.close();
+    },
+  );
+}
+
+export function waitForSignal(log: Logger): Promise<void> {
+  return new Promise((resolve) => {
+    const stop = (signal: string) => {
+      log.info({ signal }, "shutting down");
+      resolve();
+    };
+    process.once("SIGINT", () => stop("SIGINT"));
+    process.once("SIGTERM", () => stop("SIGTERM"));
+  });
+}

@@ -1,0 +1,77 @@
+// Control-plane configuration: flags → env vars → defaults, validated once at start-up with zod.
+// A bad value stops the program with a message naming the variable and what to do.
+import path from "node:path";
+import { z } from "zod";
+import { ConfigError } from "./errors.js";
+
+/** What `dumont serve` and `dumont dev` accept, before defaults and validation. */
+export interface ControlPlaneOptions {
+  dataDir?: string;
+  httpPort?: string | number;
+  grpcPort?: string | number;
+  host?: string;
+  publicHost?: string;
+  databaseUrl?: string;
+  lostAfter?: string | number;
+  telemetryInterval?: string | number;
+  logLevel?: string;
+}
+
+const port = (name: string) =>
+  z.coerce
+    .number({ error: `${name} must be a port number` })
+    .int(`${name} must be a whole number`)
+    .min(0, `${name} must be 0..65535 (0 picks a free port)`)
+    .max(65535, `${name} must be 0..65535`);
+
+const seconds = (name: string, min: number, max: number) =>
+  z.coerce
+    .number({ error: `${name} must be a number of seconds` })
+    .min(min, `${name} must be at least ${min} seconds`)
+    .max(max, `${name} must be at most ${max} seconds`);
+
+const schema = z.object({
+  dataDir: z.string().min(1, "DUMONT_DATA_DIR must not be empty"),
+  httpPort: port("DUMONT_HTTP_PORT"),
+  grpcPort: port("DUMONT_GRPC_PORT"),
+  host: z.string().min(1),
+  publicHost: z.string().min(1),
+  databaseUrl: z
+    .string()
+    .regex(/^postgres(ql)?:\/\//, "DATABASE_URL must start with postgres:// (leave it unset for embedded PGlite)")
+    .optional(),
+  lostAfterSeconds: seconds("DUMONT_LOST_AFTER", 1, 3600),
+  telemetryIntervalSeconds: seconds("DUMONT_TELEMETRY_INTERVAL", 0.05, 3600),
+  logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
+    error: "DUMONT_LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent",
+  }),
+});
+
+export type ControlPlaneConfig = z.infer<typeof schema>;
+
+export function loadConfig(
+  options: ControlPlaneOptions = {},
+  env: NodeJS.ProcessEnv = process.env,
+): ControlPlaneConfig {
+  const raw = {
+    dataDir: path.resolve(options.dataDir ?? env.DUMONT_DATA_DIR ?? ".dumont"),
+    httpPort: options.httpPort ?? env.DUMONT_HTTP_PORT ?? 8000,
+    grpcPort: options.grpcPort ?? env.DUMONT_GRPC_PORT ?? 8443,
+    host: options.host ?? env.DUMONT_HOST ?? "0.0.0.0",
+    publicHost: options.publicHost ?? env.DUMONT_PUBLIC_HOST ?? "localhost",
+    databaseUrl: emptyToUndefined(options.databaseUrl ?? env.DATABASE_URL),
+    lostAfterSeconds: options.lostAfter ?? env.DUMONT_LOST_AFTER ?? 10,
+    telemetryIntervalSeconds: options.telemetryInterval ?? env.DUMONT_TELEMETRY_INTERVAL ?? 5,
+    logLevel: options.logLevel ?? env.DUMONT_LOG_LEVEL ?? "info",
+  };
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new ConfigError(`invalid configuration: ${issue?.message ?? parsed.error.message}`);
+  }
+  return parsed.data;
+}
+
+function emptyToUndefined(value: string | undefined): string | undefined {
+  return value === undefined || value === "" ? undefined : value;
+}

@@ -1,0 +1,125 @@
+// Assembles one control-plane instance from a validated config: database, CA, gRPC agent gateway,
+// HTTP API, liveness and retention loops. `dumont serve`, `dumont dev` and the tests all start it here.
+import fs from "node:fs/promises";
+import path from "node:path";
+import type { ConnectRouter } from "@connectrpc/connect";
+import { api } from "@dumont/proto";
+import { CertificateAuthority, writeFileAtomic } from "./agent-gateway/certificate-authority.js";
+import { AgentGatewayServer } from "./agent-gateway/gateway-server.js";
+import { TelemetryIngest } from "./agent-gateway/telemetry-ingest.js";
+import { createApiKey } from "./api/auth.js";
+import { hostService } from "./api/host-service.js";
+import type { ControlPlaneConfig } from "./config.js";
+import { countApiKeys, ensureTenant } from "./db/credential-repository.js";
+import { type Db, openDatabase } from "./db/database.js";
+import { MetricsRetention } from "./db/metrics-retention.js";
+import { HostLiveness } from "./failover/index.js";
+import type { Logger } from "./logger.js";
+import { createMetrics } from "./metrics.js";
+import { createHttpServer, listenHttp } from "./web/http-server.js";
+
+export const ADMIN_TENANT = "admin";
+export const ADMIN_KEY_FILE = "admin-api-key";
+
+export interface ControlPlane {
+  db: Db;
+  gateway: AgentGatewayServer;
+  httpPort: number;
+  grpcPort: number;
+  caHash: string;
+  httpUrl: string;
+  grpcUrl: string;
+  /** Set only on the start that created it; it is never readable again except from the key file. */
+  newAdminKey?: string;
+  adminKeyFile: string;
+  close(): Promise<void>;
+}
+
+export async function startControlPlane(config: ControlPlaneConfig, log: Logger): Promise<ControlPlane> {
+  await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  const db = await openDatabase({ dataDir: config.dataDir, databaseUrl: config.databaseUrl });
+  const cleanups: (() => Promise<void>)[] = [() => db.destroy()];
+  const closeAll = async () => {
+    for (const c of cleanups.reverse()) await c().catch((err) => log.error({ err }, "shutdown step failed"));
+  };
+  try {
+    const metrics = createMetrics();
+    const ca = await CertificateAuthority.loadOrCreate(config.dataDir, [config.publicHost]);
+    const adminKeyFile = path.join(config.dataDir, ADMIN_KEY_FILE);
+    const newAdminKey = await bootstrapAdminKey(db, adminKeyFile);
+
+    const liveness = new HostLiveness(db, log, metrics, { lostAfterSeconds: config.lostAfterSeconds });
+    const ingest = new TelemetryIngest(db, log, metrics);
+    const gateway = new AgentGatewayServer({
+      db,
+      ca,
+      log,
+      metrics,
+      liveness,
+      ingest,
+      telemetryIntervalMs: Math.round(config.telemetryIntervalSeconds * 1000),
+    });
+    const grpcPort = await gateway.listen(config.host, config.grpcPort);
+    cleanups.push(() => ingest.close());
+    cleanups.push(() => liveness.stop());
+    cleanups.push(() => gateway.close());
+    liveness.start();
+    const retention = new MetricsRetention(db, log);
+    retention.start();
+    cleanups.push(() => retention.stop());
+
+    const urls = { httpUrl: "", grpcUrl: `https://${config.publicHost}:${grpcPort}` };
+    const routes = (router: ConnectRouter) => {
+      router.service(
+        api.HostService,
+        hostService({ db, caHash: () => ca.tls.caHash, grpcUrl: () => urls.grpcUrl, httpUrl: () => urls.httpUrl }),
+      );
+    };
+    const http = createHttpServer({
+      routes,
+      registry: metrics.registry,
+      healthy: async () => {
+        await db.selectFrom("tenants").select("id").limit(1).execute();
+        return true;
+      },
+    });
+    const httpPort = await listenHttp(http, config.host, config.httpPort);
+    urls.httpUrl = `http://${config.publicHost}:${httpPort}`;
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          http.close(() => resolve());
+          http.closeAllConnections();
+        }),
+    );
+
+    log.info(
+      { httpPort, grpcPort, dataDir: config.dataDir, database: config.databaseUrl ? "postgres" : "pglite" },
+      "control plane started",
+    );
+    return {
+      db,
+      gateway,
+      httpPort,
+      grpcPort,
+      caHash: ca.tls.caHash,
+      httpUrl: urls.httpUrl,
+      grpcUrl: urls.grpcUrl,
+      newAdminKey,
+      adminKeyFile,
+      close: closeAll,
+    };
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+}
+
+/** On first start: an admin tenant and key, written 0600 to the data dir. Returns the key if created. */
+async function bootstrapAdminKey(db: Db, file: string): Promise<string | undefined> {
+  if ((await countApiKeys(db, "admin")) > 0) return undefined;
+  await ensureTenant(db, ADMIN_TENANT, "Operators");
+  const { key } = await createApiKey(db, ADMIN_TENANT, "admin", "bootstrap admin key");
+  await writeFileAtomic(file, `${key}\n`, 0o600);
+  return key;
+}

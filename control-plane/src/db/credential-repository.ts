@@ -1,0 +1,97 @@
+// Tenants, API keys and join tokens. Secrets are stored only as SHA-256 hashes.
+import { createHash } from "node:crypto";
+import type { Db } from "./database.js";
+
+export type Role = "consumer" | "provider" | "admin";
+
+export function sha256Hex(value: string): string {
+  return createHash("sha256").update(value).digest("hex");
+}
+
+export async function ensureTenant(db: Db, id: string, name: string): Promise<void> {
+  await db
+    .insertInto("tenants")
+    .values({ id, name })
+    .onConflict((oc) => oc.column("id").doNothing())
+    .execute();
+}
+
+export async function insertApiKey(
+  db: Db,
+  key: { id: string; tenantId: string; role: Role; secret: string; label: string },
+): Promise<void> {
+  await db
+    .insertInto("api_keys")
+    .values({
+      id: key.id,
+      tenant_id: key.tenantId,
+      role: key.role,
+      secret_hash: sha256Hex(key.secret),
+      label: key.label,
+    })
+    .execute();
+}
+
+export async function findActiveApiKey(db: Db, id: string) {
+  return db
+    .selectFrom("api_keys")
+    .select(["id", "tenant_id", "role", "secret_hash"])
+    .where("id", "=", id)
+    .where("revoked_at", "is", null)
+    .executeTakeFirst();
+}
+
+export async function countApiKeys(db: Db, role: Role): Promise<number> {
+  const row = await db
+    .selectFrom("api_keys")
+    .select((eb) => eb.fn.countAll<number>().as("n"))
+    .where("role", "=", role)
+    .executeTakeFirstOrThrow();
+  return Number(row.n);
+}
+
+export async function insertJoinToken(db: Db, token: { token: string; tenantId: string; expiresAt: Date }) {
+  await db
+    .insertInto("join_tokens")
+    .values({ token_hash: sha256Hex(token.token), tenant_id: token.tenantId, expires_at: token.expiresAt })
+    .execute();
+}
+
+export type JoinTokenUse = { ok: true; tenantId: string } | { ok: false; reason: "unknown" | "used" | "expired" };
+
+/**
+ * Marks a join token used by `hostId`, atomically: two agents racing with one token cannot both win.
+ * Must run inside the transaction that creates the host.
+ */
+export async function consumeJoinToken(db: Db, token: string, hostId: string, now: Date): Promise<JoinTokenUse> {
+  const hash = sha256Hex(token);
+  const claimed = await db
+    .updateTable("join_tokens")
+    .set({ used_at: now, used_by_host: hostId })
+    .where("token_hash", "=", hash)
+    .where("used_at", "is", null)
+    .where("expires_at", ">", now)
+    .returning("tenant_id")
+    .executeTakeFirst();
+  if (claimed) return { ok: true, tenantId: claimed.tenant_id };
+  const row = await db
+    .selectFrom("join_tokens")
+    .select(["used_at", "expires_at"])
+    .where("token_hash", "=", hash)
+    .executeTakeFirst();
+  if (!row) return { ok: false, reason: "unknown" };
+  return { ok: false, reason: row.used_at ? "used" : "expired" };
+}
+
+export async function getState(db: Db, key: string): Promise<string | undefined> {
+  const row = await db.selectFrom("control_plane_state").select("value").where("key", "=", key).executeTakeFirst();
+  return row?.value;
+}
+
+export async function setState(db: Db, key: string, value: string): Promise<void> {
+  await db
+    .insertInto("control_plane_state")
+    .values({ key, value })
+    .onConflict((oc) => oc.column("key").doUpdateSet({ value }))
+    .execute();
+}

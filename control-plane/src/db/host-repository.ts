@@ -1,0 +1,245 @@
+// Hosts, their latest state, their telemetry series and their events.
+import { sql } from "kysely";
+import type { Db } from "./database.js";
+import type { GpuSampleRow, HostLatestState, HostRow } from "./tables.js";
+
+export interface HostScope {
+  /** undefined = every tenant (admins). */
+  tenantId?: string;
+}
+
+export async function insertHost(
+  db: Db,
+  host: { id: string; tenantId: string; name: string; hostname: string; agentVersion: string; certSerial: string },
+): Promise<void> {
+  await db
+    .insertInto("hosts")
+    .values({
+      id: host.id,
+      tenant_id: host.tenantId,
+      name: host.name,
+      hostname: host.hostname,
+      status: "lost",
+      agent_version: host.agentVersion,
+      cert_serial: host.certSerial,
+    })
+    .execute();
+}
+
+export async function getHost(db: Db, id: string, scope: HostScope = {}): Promise<HostRow | undefined> {
+  let q = db.selectFrom("hosts").selectAll().where("id", "=", id);
+  if (scope.tenantId !== undefined) q = q.where("tenant_id", "=", scope.tenantId);
+  return q.executeTakeFirst();
+}
+
+export async function listHosts(db: Db, scope: HostScope = {}): Promise<HostRow[]> {
+  let q = db.selectFrom("hosts").selectAll().orderBy("enrolled_at").orderBy("id");
+  if (scope.tenantId !== undefined) q = q.where("tenant_id", "=", scope.tenantId);
+  return q.execute();
+}
+
+export async function markHostOnline(
+  db: Db,
+  id: string,
+  hello: { agentVersion: string; protocolVersion: number; simulated: boolean; hostname: string; now: Date },
+): Promise<{ wasLost: boolean }> {
+  return db.transaction().execute(async (tx) => {
+    const before = await tx.selectFrom("hosts").select("status").where("id", "=", id).forUpdate().executeTakeFirst();
+    await tx
+      .updateTable("hosts")
+      .set({
+        status: "online",
+        agent_version: hello.agentVersion,
+        protocol_version: hello.protocolVersion,
+        simulated: hello.simulated,
+        hostname: hello.hostname,
+        last_seen_at: hello.now,
+      })
+      .where("id", "=", id)
+      .execute();
+    const wasLost = before?.status !== "online";
+    if (wasLost) await insertEvent(tx, id, "online", `agent ${hello.agentVersion} connected`);
+    return { wasLost };
+  });
+}
+
+export async function touchHosts(db: Db, ids: string[], now: Date): Promise<void> {
+  if (ids.length === 0) return;
+  await db.updateTable("hosts").set({ last_seen_at: now }).where("id", "in", ids).execute();
+}
+
+/** Marks online hosts silent since `cutoff` as lost, with one event each; returns their ids. */
+export async function markSilentHostsLost(db: Db, cutoff: Date, lostAfterSeconds: number): Promise<string[]> {
+  return db.transaction().execute(async (tx) => {
+    const rows = await tx
+      .updateTable("hosts")
+      .set({ status: "lost" })
+      .where("status", "=", "online")
+      .where((eb) => eb.or([eb("last_seen_at", "<", cutoff), eb("last_seen_at", "is", null)]))
+      .returning("id")
+      .execute();
+    for (const row of rows) {
+      await insertEvent(tx, row.id, "lost", `no message for ${lostAfterSeconds}s`);
+    }
+    return rows.map((r) => r.id);
+  });
+}
+
+export async function markHostLost(db: Db, id: string, message: string): Promise<boolean> {
+  return db.transaction().execute(async (tx) => {
+    const row = await tx
+      .updateTable("hosts")
+      .set({ status: "lost" })
+      .where("id", "=", id)
+      .where("status", "=", "online")
+      .returning("id")
+      .executeTakeFirst();
+    if (row) await insertEvent(tx, id, "lost", message);
+    return row !== undefined;
+  });
+}
+
+export interface TelemetryRecord {
+  hostId: string;
+  at: Date;
+  latest: HostLatestState;
+  gpus: GpuSampleRow[];
+}
+
+/** Stores a batch of telemetry: each host's latest state plus one raw point per sample. */
+export async function recordTelemetry(db: Db, records: TelemetryRecord[], now: Date): Promise<void> {
+  if (records.length === 0) return;
+  await db.transaction().execute(async (tx) => {
+    await tx
+      .insertInto("host_metrics")
+      .values(
+        records.map((r) => ({
+          host_id: r.hostId,
+          at: r.at,
+          resolution: "raw",
+          cpu_percent: r.latest.cpu.utilizationPercent,
+          memory_used_bytes: r.latest.memory.usedBytes,
+          disk_used_bytes: r.latest.disk.usedBytes,
+          gpus: JSON.stringify(r.gpus),
+        })),
+      )
+      .execute();
+    // Latest wins per host: a batch may hold several samples of one host.
+    const latestByHost = new Map<string, TelemetryRecord>();
+    for (const r of records) latestByHost.set(r.hostId, r);
+    const values = [...latestByHost.values()];
+    await sql`
+      update hosts as h set latest = v.latest::jsonb, last_seen_at = ${now}
+      from (values ${sql.join(values.map((r) => sql`(${r.hostId}, ${JSON.stringify(r.latest)})`))}) as v(id, latest)
+      where h.id = v.id`.execute(tx);
+  });
+}
+
+export async function metricsSince(db: Db, hostId: string, since: Date) {
+  return db
+    .selectFrom("host_metrics")
+    .select(["at", "resolution", "cpu_percent", "memory_used_bytes", "disk_used_bytes", "gpus"])
+    .where("host_id", "=", hostId)
+    .where("at", ">=", since)
+    .orderBy("at")
+    .execute();
+}
+
+/**
+ * Bounds the series: raw points older than `rawCutoff` are folded into one-minute averages
+ * (per host, per minute, GPU values averaged by index), in one transaction.
+ */
+export async function downsampleMetrics(db: Db, rawCutoff: Date): Promise<number> {
+  return db.transaction().execute(async (tx) => {
+    const old = await tx
+      .selectFrom("host_metrics")
+      .select(["id", "host_id", "at", "cpu_percent", "memory_used_bytes", "disk_used_bytes", "gpus"])
+      .where("resolution", "=", "raw")
+      .where("at", "<", rawCutoff)
+      .orderBy("at")
+      .execute();
+    if (old.length === 0) return 0;
+    const buckets = new Map<string, typeof old>();
+    for (const row of old) {
+      const minute = new Date(Math.floor(new Date(row.at).getTime() / 60_000) * 60_000);
+      const key = `${row.host_id}|${minute.toISOString()}`;
+      const list = buckets.get(key) ?? [];
+      list.push(row);
+      buckets.set(key, list);
+    }
+    const rows = [...buckets.entries()].map(([key, list]) => {
+      const [hostId, minute] = key.split("|") as [string, string];
+      return {
+        host_id: hostId,
+        at: new Date(minute),
+        resolution: "1m",
+        cpu_percent: average(list.map((r) => r.cpu_percent)),
+        memory_used_bytes: Math.round(average(list.map((r) => Number(r.memory_used_bytes))) ?? 0),
+        disk_used_bytes: Math.round(average(list.map((r) => Number(r.disk_used_bytes))) ?? 0),
+        gpus: JSON.stringify(averageGpus(list.map((r) => r.gpus))),
+      };
+    });
+    for (let i = 0; i < rows.length; i += 500) {
+      await tx
+        .insertInto("host_metrics")
+        .values(rows.slice(i, i + 500))
+        .execute();
+    }
+    const ids = old.map((r) => r.id);
+    for (let i = 0; i < ids.length; i += 5000) {
+      await tx
+        .deleteFrom("host_metrics")
+        .where("id", "in", ids.slice(i, i + 5000))
+        .execute();
+    }
+    return old.length;
+  });
+}
+
+export async function deleteMetricsBefore(db: Db, cutoff: Date): Promise<void> {
+  await db.deleteFrom("host_metrics").where("at", "<", cutoff).execute();
+}
+
+export async function insertEvent(db: Db, hostId: string, kind: string, message: string): Promise<void> {
+  await db.insertInto("host_events").values({ host_id: hostId, kind, message }).execute();
+}
+
+export async function listEvents(db: Db, hostId: string) {
+  return db
+    .selectFrom("host_events")
+    .select(["host_id", "kind", "message", "at"])
+    .where("host_id", "=", hostId)
+    .orderBy("at")
+    .orderBy("id")
+    .execute();
+}
+
+function average(values: (number | null)[]): number | null {
+  const present = values.filter((v): v is number => v !== null && Number.isFinite(v));
+  if (present.length === 0) return null;
+  return present.reduce((a, b) => a + b, 0) / present.length;
+}
+
+function averageGpus(samples: GpuSampleRow[][]): GpuSampleRow[] {
+  const byIndex = new Map<number, GpuSampleRow[]>();
+  for (const list of samples) {
+    for (const g of list) {
+      const l = byIndex.get(g.index) ?? [];
+      l.push(g);
+      byIndex.set(g.index, l);
+    }
+  }
+  return [...byIndex.entries()]
+    .sort(([a], [b]) => a - b)
+    .map(([index, list]) => ({
+      index,
+      utilizationPercent: average(list.map((g) => g.utilizationPercent)),
+      memoryUsedMiB: roundOrNull(average(list.map((g) => g.memoryUsedMiB))),
+      temperatureC: average(list.map((g) => g.temperatureC)),
+      powerW: average(list.map((g) => g.powerW)),
+    }));
+}
+
+function roundOrNull(v: number | null): number | null {
+  return v === null ? null : Math.round(v);
+}

@@ -1,0 +1,7 @@
+// Every migration, in order. Names are timestamps; a merged migration is never edited.
+import type { Migration } from "kysely";
+import * as foundation from "./2026_11_23_00_00_00_foundation.js";
+
+export const migrations: Record<string, Migration> = {
+  "2026_11_23_00_00_00_foundation": foundation,
+};

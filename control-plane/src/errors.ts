@@ -1,0 +1,37 @@
+// The control plane's small set of typed errors; the API edge maps them to Connect/gRPC codes.
+import { Code, ConnectError } from "@connectrpc/connect";
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/** A request was malformed; the message names the field and the allowed values. */
+export class InvalidArgumentError extends ConnectError {
+  constructor(message: string) {
+    super(message, Code.InvalidArgument);
+  }
+}
+
+export class NotFoundError extends ConnectError {
+  constructor(message: string) {
+    super(message, Code.NotFound);
+  }
+}
+
+export class UnauthenticatedError extends ConnectError {
+  constructor(message: string) {
+    super(message, Code.Unauthenticated);
+  }
+}
+
+export class PermissionDeniedError extends ConnectError {
+  constructor(message: string) {
+    super(message, Code.PermissionDenied);
+  }
+}
+
+export class FailedPreconditionError extends ConnectError {
+  constructor(message: string) {
+    super(message, Code.FailedPrecondition);
+  }
+}

@@ -1,0 +1,15 @@
+// pino JSON logs. Secrets never reach a log line: the redact list covers every field that may carry one.
+import pino from "pino";
+
+export type Logger = pino.Logger;
+
+export function createLogger(level: string, destination?: pino.DestinationStream): Logger {
+  return pino(
+    {
+      level,
+      base: { service: "dumont" },
+      redact: ["apiKey", "token", "joinToken", "authorization", "*.authorization", "privateKey", "tenantKey"],
+    },
+    destination ?? pino.destination(1),
+  );
+}

@@ -1,0 +1,11 @@
+// The agent logs pino JSON to stderr, keeping stdout for command output (host id, --json results).
+import pino from "pino";
+
+export type Logger = pino.Logger;
+
+export function createLogger(level: string): Logger {
+  return pino(
+    { level, base: { service: "dumont-agent" }, redact: ["token", "joinToken", "privateKey", "tenantKey"] },
+    pino.destination(2),
+  );
+}

@@ -1,0 +1,206 @@
+// The agent's one long-lived Connect stream: Hello, then telemetry on a timer and commands from the
+// control plane; on any failure it reconnects with backoff. Writes respect backpressure.
+import { EventEmitter } from "node:events";
+import { create } from "@bufbuild/protobuf";
+import {
+  type AgentMessage,
+  AgentMessageSchema,
+  type ControlMessage,
+  type Inventory,
+  PROTOCOL_VERSION,
+  type Telemetry,
+} from "@dumont/proto";
+import * as grpc from "@grpc/grpc-js";
+import type { Logger } from "../logger.js";
+import { AGENT_VERSION } from "../version.js";
+import { createGatewayClient, type GatewayClient } from "./grpc-client.js";
+import type { Identity } from "./identity.js";
+import { ReconnectBackoff } from "./reconnect-backoff.js";
+
+export interface TelemetrySource {
+  inventory(): Promise<Inventory>;
+  sample(): Promise<Telemetry>;
+}
+
+export type CommandHandler = (message: ControlMessage, session: ControlPlaneSession) => void;
+
+/** Statuses after which retrying quickly is pointless: back off to the slowest rate. */
+const PERSISTENT_FAILURES = new Set([
+  grpc.status.UNAUTHENTICATED,
+  grpc.status.PERMISSION_DENIED,
+  grpc.status.FAILED_PRECONDITION,
+  grpc.status.INVALID_ARGUMENT,
+]);
+
+export class ControlPlaneSession extends EventEmitter {
+  private client: GatewayClient;
+  private stream: grpc.ClientDuplexStream<AgentMessage, ControlMessage> | undefined;
+  private readonly backoff = new ReconnectBackoff();
+  private telemetryTimer: NodeJS.Timeout | undefined;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private sampling = false;
+  private readonly handlers: CommandHandler[] = [];
+  sessionId: string | undefined;
+
+  constructor(
+    private readonly identity: Identity,
+    private readonly telemetry: TelemetrySource,
+    private readonly log: Logger,
+    private readonly telemetryIntervalMs: number,
+  ) {
+    super();
+    this.client = createGatewayClient(identity.server, identity.caPem, identity);
+  }
+
+  get hostId(): string {
+    return this.identity.hostId;
+  }
+
+  get connected(): boolean {
+    return this.sessionId !== undefined;
+  }
+
+  onCommand(handler: CommandHandler): void {
+    this.handlers.push(handler);
+  }
+
+  start(): void {
+    void this.open();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.reconnectTimer);
+    this.stopTelemetry();
+    const stream = this.stream;
+    if (stream) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, 1000);
+        stream.once("status", () => {
+          clearTimeout(t);
+          resolve();
+        });
+        stream.end();
+      });
+      stream.cancel();
+    }
+    this.client.close();
+  }
+
+  /**
+   * Sends a message, waiting while the stream's buffer is full. Rejects when not connected; callers
+   * that must not lose data retry after the next 'connected' event.
+   */
+  async send(message: AgentMessage): Promise<void> {
+    const stream = this.stream;
+    if (!stream || !this.connected) throw new Error("not connected to the control plane");
+    if (stream.write(message)) return;
+    await new Promise<void>((resolve, reject) => {
+      const onDrain = () => {
+        cleanup();
+        resolve();
+      };
+      const onGone = () => {
+        cleanup();
+        reject(new Error("the stream to the control plane closed while sending"));
+      };
+      const cleanup = () => {
+        stream.off("drain", onDrain);
+        stream.off("close", onGone);
+        stream.off("error", onGone);
+      };
+      stream.on("drain", onDrain);
+      stream.on("close", onGone);
+      stream.on("error", onGone);
+    });
+  }
+
+  private async open(): Promise<void> {
+    if (this.stopped) return;
+    let inventory: Inventory;
+    try {
+      inventory = await this.telemetry.inventory();
+    } catch (err) {
+      this.log.error({ err }, "cannot read host inventory; retrying");
+      return this.scheduleReconnect(false);
+    }
+    const stream = this.client.connect();
+    this.stream = stream;
+    let failedPersistently = false;
+
+    stream.on("data", (message: ControlMessage) => {
+      if (message.msg.case === "welcome") {
+        this.sessionId = message.msg.value.sessionId;
+        this.backoff.reset();
+        this.log.info({ hostId: this.hostId, sessionId: this.sessionId }, "connected to the control plane");
+        this.startTelemetry();
+        this.emit("connected", this.sessionId);
+        return;
+      }
+      for (const handler of this.handlers) {
+        try {
+          handler(message, this);
+        } catch (err) {
+          this.log.error({ err, kind: message.msg.case }, "command handler failed");
+        }
+      }
+    });
+    stream.on("error", (err: grpc.ServiceError) => {
+      failedPersistently = PERSISTENT_FAILURES.has(err.code);
+      const level = failedPersistently ? "error" : "warn";
+      this.log[level]({ code: grpc.status[err.code], details: err.details }, "control plane stream failed");
+    });
+    stream.on("close", () => {
+      if (this.stream !== stream) return;
+      this.stream = undefined;
+      const wasConnected = this.connected;
+      this.sessionId = undefined;
+      this.stopTelemetry();
+      if (wasConnected) this.emit("disconnected");
+      this.scheduleReconnect(failedPersistently);
+    });
+
+    stream.write(
+      create(AgentMessageSchema, {
+        msg: {
+          case: "hello",
+          value: { hostId: this.hostId, agentVersion: AGENT_VERSION, protocolVersion: PROTOCOL_VERSION, inventory },
+        },
+      }),
+    );
+  }
+
+  private scheduleReconnect(slow: boolean): void {
+    if (this.stopped) return;
+    const delay = slow ? this.backoff.slowest() : this.backoff.next();
+    this.log.info({ inMs: delay }, "reconnecting to the control plane");
+    this.reconnectTimer = setTimeout(() => void this.open(), delay);
+  }
+
+  private startTelemetry(): void {
+    this.stopTelemetry();
+    const tick = () => void this.sendTelemetry();
+    tick();
+    this.telemetryTimer = setInterval(tick, this.telemetryIntervalMs);
+  }
+
+  private stopTelemetry(): void {
+    if (this.telemetryTimer) clearInterval(this.telemetryTimer);
+    this.telemetryTimer = undefined;
+  }
+
+  private async sendTelemetry(): Promise<void> {
+    // A sample still being read or a full stream means the previous one has not left: skip, don't pile up.
+    if (this.sampling || !this.connected) return;
+    this.sampling = true;
+    try {
+      const sample = await this.telemetry.sample();
+      await this.send(create(AgentMessageSchema, { msg: { case: "telemetry", value: sample } }));
+    } catch (err) {
+      if (this.connected) this.log.warn({ err }, "telemetry sample not sent");
+    } finally {
+      this.sampling = false;
+    }
+  }
+}

@@ -1,0 +1,81 @@
+// `dumont-agent enroll`: pin the CA by hash, send a CSR with the join token, store the identity.
+import fs from "node:fs/promises";
+import os from "node:os";
+import { create } from "@bufbuild/protobuf";
+import { EnrollRequestSchema, type EnrollResponse } from "@dumont/proto";
+import * as grpc from "@grpc/grpc-js";
+import { writeFileAtomic } from "../platform/atomic-file.js";
+import { agentPaths } from "../platform/paths.js";
+import { AGENT_VERSION } from "../version.js";
+import { createGatewayClient } from "./grpc-client.js";
+import { discoverCa, generateKeyAndCsr } from "./identity.js";
+
+export interface EnrollOptions {
+  server: string;
+  token: string;
+  caHash: string;
+  dataDir: string;
+  name?: string;
+  force?: boolean;
+  timeoutMs?: number;
+}
+
+export async function enroll(options: EnrollOptions): Promise<{ hostId: string }> {
+  const paths = agentPaths(options.dataDir);
+  if (!options.force) {
+    const existing = await fs.readFile(paths.enrollment, "utf8").catch(() => undefined);
+    if (existing) {
+      const hostId = (JSON.parse(existing) as { hostId?: string }).hostId;
+      throw new Error(`this data dir is already enrolled as ${hostId}; pass --force to enroll it as a new host`);
+    }
+  }
+  if (!options.token) throw new Error("--token is required (from `dumont host join-token create`)");
+  const timeoutMs = options.timeoutMs ?? 15_000;
+  const caPem = await discoverCa(options.server, options.caHash, timeoutMs);
+  const { keyPem, csrPem } = await generateKeyAndCsr("dumont-agent");
+
+  const client = createGatewayClient(options.server, caPem);
+  let response: EnrollResponse;
+  try {
+    response = await new Promise<EnrollResponse>((resolve, reject) => {
+      client.enroll(
+        create(EnrollRequestSchema, {
+          joinToken: options.token,
+          csrPem,
+          name: options.name ?? "",
+          agentVersion: AGENT_VERSION,
+          facts: {
+            hostname: os.hostname(),
+            os: `${os.type()} ${os.release()}`,
+            arch: os.arch(),
+            cpuCores: os.availableParallelism(),
+            memoryBytes: BigInt(os.totalmem()),
+          },
+        }),
+        new grpc.Metadata(),
+        { deadline: Date.now() + timeoutMs },
+        (err, res) => (err ? reject(err) : res ? resolve(res) : reject(new Error("empty Enroll response"))),
+      );
+    });
+  } catch (err) {
+    const e = err as grpc.ServiceError;
+    if (e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED) {
+      throw new Error(`cannot reach the control plane at ${options.server}: ${e.details || e.message}`);
+    }
+    throw new Error(`enrollment refused: ${e.details || e.message}`);
+  } finally {
+    client.close();
+  }
+
+  await fs.mkdir(paths.identityDir, { recursive: true, mode: 0o700 });
+  await writeFileAtomic(paths.privateKey, keyPem, 0o600);
+  await writeFileAtomic(paths.certificate, response.certificatePem, 0o644);
+  await writeFileAtomic(paths.caCertificate, response.caChainPem || caPem, 0o644);
+  // Written last: its presence means the identity files are complete.
+  await writeFileAtomic(
+    paths.enrollment,
+    `${JSON.stringify({ hostId: response.hostId, server: options.server, name: options.name ?? null, enrolledAt: new Date().toISOString() }, null, 2)}\n`,
+    0o644,
+  );
+  return { hostId: response.hostId };
+}

@@ -1,0 +1,52 @@
+// The agent's gRPC client: TLS pinned to our CA, server name fixed, large-message and keepalive limits.
+
+import {
+  AgentGateway,
+  type AgentMessage,
+  CONTROL_PLANE_TLS_NAME,
+  type ControlMessage,
+  type EnrollRequest,
+  type EnrollResponse,
+  grpcServiceDefinition,
+  MAX_MESSAGE_BYTES,
+} from "@dumont/proto";
+import * as grpc from "@grpc/grpc-js";
+import { parseServer } from "./identity.js";
+
+const AgentGatewayClient = grpc.makeGenericClientConstructor(grpcServiceDefinition(AgentGateway), "AgentGateway");
+
+/** The generic client's methods, typed with our messages. */
+export interface GatewayClient extends grpc.Client {
+  enroll(
+    request: EnrollRequest,
+    metadata: grpc.Metadata,
+    options: grpc.CallOptions,
+    callback: (err: grpc.ServiceError | null, response?: EnrollResponse) => void,
+  ): grpc.ClientUnaryCall;
+  connect(metadata?: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientDuplexStream<AgentMessage, ControlMessage>;
+}
+
+export function createGatewayClient(
+  server: string,
+  caPem: string,
+  identity?: { keyPem: string; certPem: string },
+): GatewayClient {
+  const { target } = parseServer(server);
+  const credentials = grpc.credentials.createSsl(
+    Buffer.from(caPem),
+    identity ? Buffer.from(identity.keyPem) : null,
+    identity ? Buffer.from(identity.certPem) : null,
+  );
+  return new AgentGatewayClient(target, credentials, {
+    "grpc.ssl_target_name_override": CONTROL_PLANE_TLS_NAME,
+    "grpc.default_authority": CONTROL_PLANE_TLS_NAME,
+    "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+    "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+    "grpc.keepalive_time_ms": 15_000,
+    "grpc.keepalive_timeout_ms": 10_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    // We reconnect ourselves, with our own backoff.
+    "grpc.initial_reconnect_backoff_ms": 500,
+    "grpc.max_reconnect_backoff_ms": 5_000,
+  }) as unknown as GatewayClient;
+}
