@@ -124,7 +124,8 @@ export class AgentGatewayServer {
   private async connect(stream: AgentStream): Promise<void> {
     const refuse = (code: grpc.status, details: string) => {
       this.deps.log.warn({ peer: stream.getPeer(), reason: details }, "agent stream refused");
-      stream.destroy(Object.assign(new Error(details), { code, details }));
+      // grpc-js turns an 'error' event on a server stream into the call's final status.
+      stream.emit("error", Object.assign(new Error(details), { code, details }));
     };
     const peer = stream.getAuthContext().sslPeerCertificate;
     if (!peer) {

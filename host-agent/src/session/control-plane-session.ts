@@ -107,11 +107,11 @@ export class ControlPlaneSession extends EventEmitter {
       };
       const cleanup = () => {
         stream.off("drain", onDrain);
-        stream.off("close", onGone);
+        stream.off("status", onGone);
         stream.off("error", onGone);
       };
       stream.on("drain", onDrain);
-      stream.on("close", onGone);
+      stream.on("status", onGone);
       stream.on("error", onGone);
     });
   }
@@ -151,8 +151,12 @@ export class ControlPlaneSession extends EventEmitter {
       const level = failedPersistently ? "error" : "warn";
       this.log[level]({ code: grpc.status[err.code], details: err.details }, "control plane stream failed");
     });
-    stream.on("close", () => {
+    // 'status' is the one event grpc-js always emits when a call ends, whichever side ended it
+    // ('close' waits for our writable half too, which a server shutdown never ends).
+    stream.on("status", (status: grpc.StatusObject) => {
       if (this.stream !== stream) return;
+      if (status.code === grpc.status.OK) this.log.warn("the control plane closed the stream");
+      stream.end();
       this.stream = undefined;
       const wasConnected = this.connected;
       this.sessionId = undefined;

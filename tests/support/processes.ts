@@ -1,0 +1,236 @@
+// Real processes for cross-process tests: the control plane (`dumont serve`), agents
+// (`dumont-agent run`), and the CLIs — spawned from the built bins, on loopback ports.
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import fs from "node:fs/promises";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import pg from "pg";
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const dumontBin = path.join(repoRoot, "control-plane/bin/dumont.js");
+export const agentBin = path.join(repoRoot, "host-agent/bin/dumont-agent.js");
+export const fakeNvidiaSmiDir = path.join(repoRoot, "tests/fakes/nvidia-smi");
+
+export async function tempDir(prefix: string): Promise<string> {
+  return fs.mkdtemp(path.join(os.tmpdir(), `dumont-${prefix}-`));
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * A database URL for one control plane. Without DATABASE_URL: undefined (embedded PGlite).
+ * With it: a fresh database on that server, so parallel test files never share state.
+ */
+export async function testDatabaseUrl(): Promise<{ url?: string; drop: () => Promise<void> }> {
+  const base = process.env.DATABASE_URL;
+  if (!base) return { url: undefined, drop: async () => {} };
+  const name = `dumont_test_${randomBytes(6).toString("hex")}`;
+  const admin = new pg.Client({ connectionString: base });
+  await admin.connect();
+  await admin.query(`create database ${name}`);
+  await admin.end();
+  const url = new URL(base);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    drop: async () => {
+      const c = new pg.Client({ connectionString: base });
+      await c.connect();
+      await c.query(`drop database if exists ${name} with (force)`);
+      await c.end();
+    },
+  };
+}
+
+export interface CommandResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function runNode(
+  bin: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  timeoutMs = 30_000,
+): Promise<CommandResult> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [bin, ...args],
+      { env: { ...process.env, ...env }, timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
+        resolve({ code, stdout, stderr });
+      },
+    );
+  });
+}
+
+export interface ControlPlaneProcess {
+  httpUrl: string;
+  grpcUrl: string;
+  grpcPort: number;
+  httpPort: number;
+  dataDir: string;
+  adminKey: string;
+  proc: ChildProcess;
+  /** `dumont …` against this control plane as admin. */
+  cli(args: string[]): Promise<CommandResult>;
+  stop(): Promise<void>;
+  log(): string;
+}
+
+export interface ControlPlaneProcessOptions {
+  dataDir: string;
+  httpPort?: number;
+  grpcPort?: number;
+  databaseUrl?: string;
+  lostAfterSeconds?: number;
+  env?: NodeJS.ProcessEnv;
+}
+
+export async function startControlPlaneProcess(options: ControlPlaneProcessOptions): Promise<ControlPlaneProcess> {
+  const httpPort = options.httpPort ?? (await freePort());
+  const grpcPort = options.grpcPort ?? (await freePort());
+  const args = [
+    "serve",
+    "--data-dir",
+    options.dataDir,
+    "--http-port",
+    String(httpPort),
+    "--grpc-port",
+    String(grpcPort),
+    "--host",
+    "127.0.0.1",
+    "--lost-after",
+    String(options.lostAfterSeconds ?? 10),
+  ];
+  const env: NodeJS.ProcessEnv = { ...process.env, DUMONT_LOG_LEVEL: "info", ...options.env };
+  if (options.databaseUrl) env.DATABASE_URL = options.databaseUrl;
+  else delete env.DATABASE_URL;
+  const proc = spawn(process.execPath, [dumontBin, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  proc.stdout?.on("data", (d) => {
+    output += d;
+  });
+  proc.stderr?.on("data", (d) => {
+    output += d;
+  });
+  const httpUrl = `http://127.0.0.1:${httpPort}`;
+  await waitFor(async () => {
+    if (proc.exitCode !== null) throw new Error(`control plane exited with ${proc.exitCode}:\n${output}`);
+    const res = await fetch(`${httpUrl}/healthz`).catch(() => undefined);
+    return res?.ok === true;
+  }, 60_000);
+  const adminKey = (await fs.readFile(path.join(options.dataDir, "admin-api-key"), "utf8")).trim();
+  return {
+    httpUrl,
+    grpcUrl: `https://127.0.0.1:${grpcPort}`,
+    grpcPort,
+    httpPort,
+    dataDir: options.dataDir,
+    adminKey,
+    proc,
+    cli: (cliArgs) => runNode(dumontBin, cliArgs, { DUMONT_API_URL: httpUrl, DUMONT_API_KEY: adminKey }),
+    stop: () => stopProcess(proc),
+    log: () => output,
+  };
+}
+
+export interface AgentProcess {
+  hostId: string;
+  dataDir: string;
+  proc: ChildProcess;
+  stop(): Promise<void>;
+  log(): string;
+}
+
+/** Creates a join token through the CLI and enrolls a data dir with it; returns the host id. */
+export async function enrollAgent(cp: ControlPlaneProcess, dataDir: string, name: string): Promise<string> {
+  const token = await cp.cli(["host", "join-token", "create", "--json"]);
+  if (token.code !== 0) throw new Error(`join-token create failed: ${token.stderr}`);
+  const t = JSON.parse(token.stdout) as { token: string; caHash: string; grpcUrl: string };
+  const res = await runNode(agentBin, [
+    "enroll",
+    "--server",
+    cp.grpcUrl,
+    "--token",
+    t.token,
+    "--ca-hash",
+    t.caHash,
+    "--data-dir",
+    dataDir,
+    "--name",
+    name,
+  ]);
+  if (res.code !== 0) throw new Error(`enroll failed: ${res.stderr}`);
+  return res.stdout.trim();
+}
+
+export function startAgentProcess(
+  dataDir: string,
+  hostId: string,
+  options: { fixture?: string; telemetryInterval?: number; env?: NodeJS.ProcessEnv } = {},
+): AgentProcess {
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PATH: `${fakeNvidiaSmiDir}${path.delimiter}${process.env.PATH ?? ""}`,
+    DUMONT_FAKE_NVIDIA_SMI_FIXTURE: options.fixture ?? "demo",
+    DUMONT_LOG_LEVEL: "info",
+    ...options.env,
+  };
+  const proc = spawn(
+    process.execPath,
+    [agentBin, "run", "--data-dir", dataDir, "--telemetry-interval", String(options.telemetryInterval ?? 1)],
+    { env, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let output = "";
+  proc.stdout?.on("data", (d) => {
+    output += d;
+  });
+  proc.stderr?.on("data", (d) => {
+    output += d;
+  });
+  return { hostId, dataDir, proc, stop: () => stopProcess(proc), log: () => output };
+}
+
+export async function stopProcess(proc: ChildProcess, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
+  proc.kill(signal);
+  const timer = setTimeout(() => proc.kill("SIGKILL"), 10_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+export async function waitFor(
+  check: () => Promise<boolean> | boolean,
+  timeoutMs: number,
+  intervalMs = 100,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    try {
+      if (await check()) return;
+    } catch (err) {
+      lastError = err;
+      if (err instanceof Error && err.message.startsWith("control plane exited")) throw err;
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms${lastError ? `: ${String(lastError)}` : ""}`);
+}
