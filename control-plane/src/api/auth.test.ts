@@ -1,0 +1,43 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ensureTenant } from "../db/credential-repository.js";
+import type { Db } from "../db/database.js";
+import { openTestDatabase } from "../db/test-database.js";
+import { authenticate, createApiKey, requireRole, tenantScope } from "./auth.js";
+
+describe("API keys", () => {
+  let db: Db;
+  let close: () => Promise<void>;
+
+  beforeAll(async () => {
+    ({ db, close } = await openTestDatabase());
+    await ensureTenant(db, "t1", "Tenant one");
+  });
+  afterAll(() => close());
+
+  it("stores only a hash and authenticates the key it showed once", async () => {
+    const { id, key } = await createApiKey(db, "t1", "provider", "laptop");
+    const row = await db.selectFrom("api_keys").selectAll().where("id", "=", id).executeTakeFirstOrThrow();
+    expect(row.secret_hash).not.toContain(key.split("_")[2]);
+    expect(JSON.stringify(row)).not.toContain(key);
+    await expect(authenticate(db, `Bearer ${key}`)).resolves.toEqual({ keyId: id, tenantId: "t1", role: "provider" });
+  });
+
+  it("refuses missing, malformed, wrong and revoked keys with a clear message", async () => {
+    const { id, key } = await createApiKey(db, "t1", "consumer", "");
+    await expect(authenticate(db, null)).rejects.toThrow(/missing API key/);
+    await expect(authenticate(db, "Bearer nope")).rejects.toThrow(/malformed API key/);
+    const wrong = `${key.slice(0, -4)}AAAA`;
+    await expect(authenticate(db, `Bearer ${wrong}`)).rejects.toThrow(/not recognised/);
+    await db.updateTable("api_keys").set({ revoked_at: new Date() }).where("id", "=", id).execute();
+    await expect(authenticate(db, `Bearer ${key}`)).rejects.toThrow(/not recognised or revoked/);
+  });
+
+  it("scopes non-admins to their tenant and checks roles", () => {
+    const consumer = { keyId: "k", tenantId: "t1", role: "consumer" as const };
+    const admin = { keyId: "a", tenantId: "admin", role: "admin" as const };
+    expect(tenantScope(consumer)).toEqual({ tenantId: "t1" });
+    expect(tenantScope(admin)).toEqual({});
+    expect(() => requireRole(consumer, "provider")).toThrow(/needs a provider API key; yours is a consumer key/);
+    expect(() => requireRole(admin, "provider")).not.toThrow();
+  });
+});

@@ -1,0 +1,35 @@
+import { describe, expect, it } from "vitest";
+import { loadConfig } from "./config.js";
+
+describe("loadConfig", () => {
+  it("fills every value from defaults", () => {
+    const c = loadConfig({}, {});
+    expect(c).toMatchObject({ httpPort: 8000, grpcPort: 8443, lostAfterSeconds: 10, telemetryIntervalSeconds: 5 });
+    expect(c.databaseUrl).toBeUndefined();
+    expect(c.dataDir.endsWith(".dumont")).toBe(true);
+  });
+
+  it("takes env vars, and flags over env vars", () => {
+    const env = { DUMONT_HTTP_PORT: "9000", DUMONT_LOST_AFTER: "30", DATABASE_URL: "postgres://x@y/z" };
+    expect(loadConfig({}, env)).toMatchObject({
+      httpPort: 9000,
+      lostAfterSeconds: 30,
+      databaseUrl: "postgres://x@y/z",
+    });
+    expect(loadConfig({ httpPort: "9100" }, env).httpPort).toBe(9100);
+  });
+
+  it("treats an empty DATABASE_URL as unset (embedded PGlite)", () => {
+    expect(loadConfig({}, { DATABASE_URL: "" }).databaseUrl).toBeUndefined();
+  });
+
+  it.each([
+    [{ DUMONT_HTTP_PORT: "http" }, /DUMONT_HTTP_PORT must be a port number/],
+    [{ DUMONT_GRPC_PORT: "70000" }, /DUMONT_GRPC_PORT must be 0..65535/],
+    [{ DUMONT_LOST_AFTER: "0" }, /DUMONT_LOST_AFTER must be at least 1 seconds/],
+    [{ DATABASE_URL: "mysql://db" }, /DATABASE_URL must start with postgres:\/\//],
+    [{ DUMONT_LOG_LEVEL: "loud" }, /DUMONT_LOG_LEVEL must be one of/],
+  ])("refuses %o naming the variable", (env, message) => {
+    expect(() => loadConfig({}, env)).toThrow(message);
+  });
+});

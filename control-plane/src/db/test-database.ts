@@ -1,0 +1,45 @@
+// For tests: a migrated database — embedded PGlite in a temp dir, or, when DATABASE_URL is set,
+// a fresh database on that Postgres server (dropped afterwards) — so one suite covers both.
+import { randomBytes } from "node:crypto";
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import pg from "pg";
+import { type Db, openDatabase } from "./database.js";
+
+export async function openTestDatabase(): Promise<{ db: Db; close: () => Promise<void> }> {
+  const base = process.env.DATABASE_URL;
+  if (!base) {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-db-"));
+    const db = await openDatabase({ dataDir: dir });
+    return {
+      db,
+      close: async () => {
+        await db.destroy();
+        await fs.rm(dir, { recursive: true, force: true });
+      },
+    };
+  }
+  const name = `dumont_unit_${randomBytes(6).toString("hex")}`;
+  await adminQuery(base, `create database ${name}`);
+  const url = new URL(base);
+  url.pathname = `/${name}`;
+  const db = await openDatabase({ dataDir: os.tmpdir(), databaseUrl: url.toString() });
+  return {
+    db,
+    close: async () => {
+      await db.destroy();
+      await adminQuery(base, `drop database if exists ${name} with (force)`);
+    },
+  };
+}
+
+async function adminQuery(url: string, sql: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query(sql);
+  } finally {
+    await client.end();
+  }
+}
