@@ -155,7 +155,7 @@ export class ControlPlaneSession extends EventEmitter {
     // ('close' waits for our writable half too, which a server shutdown never ends).
     stream.on("status", (status: grpc.StatusObject) => {
       if (this.stream !== stream) return;
-      if (status.code === grpc.status.OK) this.log.warn("the control plane closed the stream");
+      if (status.code === grpc.status.OK && !this.stopped) this.log.warn("the control plane closed the stream");
       stream.end();
       this.stream = undefined;
       const wasConnected = this.connected;
