@@ -1,6 +1,7 @@
 // Control-plane configuration: flags → env vars → defaults, validated once at start-up with zod.
 // A bad value stops the program with a message naming the variable and what to do.
 import path from "node:path";
+import { pathToFileURL } from "node:url";
 import { z } from "zod";
 import { ConfigError } from "./errors.js";
 
@@ -15,6 +16,7 @@ export interface ControlPlaneOptions {
   lostAfter?: string | number;
   telemetryInterval?: string | number;
   logLevel?: string;
+  blobStore?: string;
 }
 
 const port = (name: string) =>
@@ -42,6 +44,11 @@ const schema = z.object({
     .optional(),
   lostAfterSeconds: seconds("DUMONT_LOST_AFTER", 1, 3600),
   telemetryIntervalSeconds: seconds("DUMONT_TELEMETRY_INTERVAL", 0.05, 3600),
+  blobStore: z
+    .string()
+    .regex(/^(file:\/\/\/|s3:\/\/)/, "DUMONT_BLOB_STORE must be file:///absolute/path or s3://bucket/prefix"),
+  /** 32 bytes, hex or base64; unset → <data-dir>/master.key, created on first start. Never logged. */
+  masterKey: z.string().optional(),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
     error: "DUMONT_LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent",
   }),
@@ -53,8 +60,9 @@ export function loadConfig(
   options: ControlPlaneOptions = {},
   env: NodeJS.ProcessEnv = process.env,
 ): ControlPlaneConfig {
+  const dataDir = path.resolve(options.dataDir ?? env.DUMONT_DATA_DIR ?? ".dumont");
   const raw = {
-    dataDir: path.resolve(options.dataDir ?? env.DUMONT_DATA_DIR ?? ".dumont"),
+    dataDir,
     httpPort: options.httpPort ?? env.DUMONT_HTTP_PORT ?? 8000,
     grpcPort: options.grpcPort ?? env.DUMONT_GRPC_PORT ?? 8443,
     host: options.host ?? env.DUMONT_HOST ?? "0.0.0.0",
@@ -63,6 +71,9 @@ export function loadConfig(
     lostAfterSeconds: options.lostAfter ?? env.DUMONT_LOST_AFTER ?? 10,
     telemetryIntervalSeconds: options.telemetryInterval ?? env.DUMONT_TELEMETRY_INTERVAL ?? 5,
     logLevel: options.logLevel ?? env.DUMONT_LOG_LEVEL ?? "info",
+    blobStore:
+      options.blobStore ?? emptyToUndefined(env.DUMONT_BLOB_STORE) ?? pathToFileURL(path.join(dataDir, "blobs")).href,
+    masterKey: emptyToUndefined(env.DUMONT_MASTER_KEY),
   };
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {

@@ -9,6 +9,7 @@ import { AgentGatewayServer } from "./agent-gateway/gateway-server.js";
 import { TelemetryIngest } from "./agent-gateway/telemetry-ingest.js";
 import { createApiKey } from "./api/auth.js";
 import { hostService } from "./api/host-service.js";
+import { snapshotService } from "./api/snapshot-service.js";
 import type { ControlPlaneConfig } from "./config.js";
 import { countApiKeys, ensureTenant } from "./db/credential-repository.js";
 import { type Db, openDatabase } from "./db/database.js";
@@ -16,6 +17,8 @@ import { MetricsRetention } from "./db/metrics-retention.js";
 import { HostLiveness } from "./failover/index.js";
 import type { Logger } from "./logger.js";
 import { createMetrics } from "./metrics.js";
+import { SnapshotCoordinator } from "./snapshots/snapshot-coordinator.js";
+import { loadMasterKey, TenantKeys } from "./snapshots/tenant-keys.js";
 import { createHttpServer, listenHttp } from "./web/http-server.js";
 
 export const ADMIN_TENANT = "admin";
@@ -59,6 +62,10 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
       ingest,
       telemetryIntervalMs: Math.round(config.telemetryIntervalSeconds * 1000),
     });
+    const tenantKeys = new TenantKeys(db, await loadMasterKey(config.dataDir, config.masterKey));
+    const snapshots = new SnapshotCoordinator(db, tenantKeys, config.blobStore, log);
+    gateway.onMessage((session, message) => snapshots.onAgentMessage(session, message));
+    gateway.onSessionClosed((session) => snapshots.onSessionClosed(session.hostId));
     const grpcPort = await gateway.listen(config.host, config.grpcPort);
     cleanups.push(() => ingest.close());
     cleanups.push(() => liveness.stop());
@@ -74,6 +81,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
         api.HostService,
         hostService({ db, caHash: () => ca.tls.caHash, grpcUrl: () => urls.grpcUrl, httpUrl: () => urls.httpUrl }),
       );
+      router.service(api.SnapshotService, snapshotService({ db, sessions: gateway.sessions, snapshots }));
     };
     const http = createHttpServer({
       routes,

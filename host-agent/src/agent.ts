@@ -1,14 +1,28 @@
-// A running agent: identity + telemetry + the control-plane session (+ command handlers).
+// A running agent: identity + telemetry + the control-plane session + the command handlers.
 import type { AgentConfig } from "./config.js";
 import type { Logger } from "./logger.js";
+import { agentPaths } from "./platform/paths.js";
 import { ControlPlaneSession } from "./session/control-plane-session.js";
 import { loadIdentity } from "./session/identity.js";
+import { SnapshotCommands } from "./session/snapshot-commands.js";
 import { createTelemetryCollector } from "./telemetry/index.js";
 
-export async function startAgent(config: AgentConfig, log: Logger): Promise<ControlPlaneSession> {
+export interface RunningAgent {
+  session: ControlPlaneSession;
+  stop(): Promise<void>;
+}
+
+export async function startAgent(config: AgentConfig, log: Logger): Promise<RunningAgent> {
   const identity = await loadIdentity(config.dataDir);
   const telemetry = createTelemetryCollector({ simulated: config.simulated, diskPath: config.dataDir });
   const session = new ControlPlaneSession(identity, telemetry, log, Math.round(config.telemetryIntervalSeconds * 1000));
+  const snapshots = new SnapshotCommands(session, agentPaths(config.dataDir).snapshotState, log);
   session.start();
-  return session;
+  return {
+    session,
+    stop: async () => {
+      await session.stop();
+      await snapshots.close();
+    },
+  };
 }

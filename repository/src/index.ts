@@ -1,1 +1,71 @@
-export {};
+// @dumont/repository: the self-describing snapshot repository (packs, index objects, manifests, snapshots,
+// AES-256-GCM + LZ4 sealing) over a BlobStore (file:// or s3://). Shared by the agent's direct mode and the
+// control plane. The format is documented in ../FORMAT.md.
+
+export { type BlobInfo, type BlobStore, type OpenBlobStoreOptions, openBlobStore } from "./blob-store.js";
+export {
+  type AffectedFile,
+  type CheckOptions,
+  type CheckProblem,
+  type CheckProblemKind,
+  type CheckReport,
+  checkRepository,
+  describeFiles,
+} from "./check.js";
+export {
+  type ChunkCodec,
+  type ChunkCodecDeps,
+  createChunkCodec,
+  type OpenedChunkBatch,
+  type SealedChunkBatch,
+} from "./chunk-codec.js";
+export { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
+export { isRepositoryError, RepositoryError, type RepositoryErrorCode } from "./errors.js";
+export { FileBlobStore } from "./file-blob-store.js";
+export { generateRepositoryKey, KEY_LENGTH, parseRepositoryKey } from "./key.js";
+export { LOCK_STALE_AFTER_MS } from "./lock.js";
+export {
+  assertRestorable,
+  MAX_CHUNK_LENGTH,
+  type Manifest,
+  type ManifestEntry,
+  type ManifestTotals,
+  manifestTotals,
+  openManifest,
+  type RestorableOptions,
+  sealManifest,
+  symlinkEscapes,
+} from "./manifest.js";
+export { type PackEntry, type PackIndex, packKey } from "./pack.js";
+export {
+  type ForgetOptions,
+  type ForgetReport,
+  forgetSnapshots,
+  type PruneOptions,
+  type PruneReport,
+  pruneRepository,
+} from "./prune.js";
+export {
+  type ChunkLocation,
+  type LoadIndexOptions,
+  Repository,
+  type RepositoryConfig,
+  RepositoryIndex,
+} from "./repository.js";
+export {
+  DEFAULT_PACK_SIZE,
+  RepositoryWriter,
+  type RepositoryWriterOptions,
+  type WriterStats,
+} from "./repository-writer.js";
+export {
+  hasRetentionRule,
+  planRetention,
+  type RetentionInput,
+  type RetentionPlan,
+  type RetentionPolicy,
+} from "./retention.js";
+export { S3BlobStore, type S3BlobStoreOptions } from "./s3-blob-store.js";
+export { chunkCodec } from "./sealing.js";
+export type { SnapshotRecord } from "./snapshot-record.js";
+export type { ChunkSink, ChunkSource, FetchedChunk, SealedChunk, SnapshotMeta, SnapshotStats } from "./transfer.js";

@@ -9,7 +9,9 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 
-export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const here = path.dirname(fileURLToPath(import.meta.url));
+/** The repository root, whether this runs as TypeScript (tests/support) or compiled (tests/dist/support). */
+export const repoRoot = path.resolve(here, here.includes(`${path.sep}dist${path.sep}`) ? "../../.." : "../..");
 export const dumontBin = path.join(repoRoot, "control-plane/bin/dumont.js");
 export const agentBin = path.join(repoRoot, "host-agent/bin/dumont-agent.js");
 export const fakeNvidiaSmiDir = path.join(repoRoot, "tests/fakes/nvidia-smi");

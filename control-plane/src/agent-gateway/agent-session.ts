@@ -36,6 +36,20 @@ export class AgentSession {
     if (!ok) throw new Error(`host ${this.hostId} disconnected while sending`);
   }
 
+  private pauses = 0;
+
+  /**
+   * Stops reading the agent's messages until every pause is matched by a resume, so HTTP/2 flow
+   * control slows the agent down while we write what it sent.
+   */
+  pauseInbound(): void {
+    if (this.pauses++ === 0) this.stream.pause();
+  }
+
+  resumeInbound(): void {
+    if (this.pauses > 0 && --this.pauses === 0) this.stream.resume();
+  }
+
   close(): void {
     if (this.closed) return;
     this.markClosed();

@@ -52,6 +52,7 @@ export class AgentGatewayServer {
     "grpc.http2.min_ping_interval_without_data_ms": 5_000,
   });
   private readonly handlers: AgentMessageHandler[] = [];
+  private readonly closeHandlers: ((session: AgentSession) => void)[] = [];
   private boundPort = 0;
 
   constructor(private readonly deps: GatewayDeps) {
@@ -64,6 +65,10 @@ export class AgentGatewayServer {
 
   onMessage(handler: AgentMessageHandler): void {
     this.handlers.push(handler);
+  }
+
+  onSessionClosed(handler: (session: AgentSession) => void): void {
+    this.closeHandlers.push(handler);
   }
 
   get port(): number {
@@ -178,9 +183,13 @@ export class AgentGatewayServer {
     // firstMessage() paused the stream; resume only now that a handler is attached.
     stream.on("data", (message: AgentMessage) => this.dispatch(session, message));
     stream.resume();
+    let closed = false;
     const finished = () => {
+      if (closed) return;
+      closed = true;
       this.sessions.remove(session);
       this.deps.metrics.sessions.set(this.sessions.size);
+      for (const handler of this.closeHandlers) handler(session);
     };
     stream.on("end", () => {
       finished();

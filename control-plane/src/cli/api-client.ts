@@ -35,7 +35,7 @@ export function apiClients(options: ApiOptions) {
       },
     ],
   });
-  return { hosts: createClient(api.HostService, transport) };
+  return { hosts: createClient(api.HostService, transport), snapshots: createClient(api.SnapshotService, transport) };
 }
 
 /** Convenience for a local `dumont dev`: use the admin key it wrote, if we are next to it. */

@@ -3,6 +3,7 @@ import { Command } from "commander";
 import { registerDevCommand } from "./dev-command.js";
 import { registerHostCommands } from "./host-command.js";
 import { registerServeCommand } from "./serve-command.js";
+import { registerSnapshotCommands } from "./snapshot-command.js";
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command("dumont")
@@ -14,5 +15,6 @@ export async function main(argv: string[]): Promise<void> {
   registerServeCommand(program);
   registerDevCommand(program);
   registerHostCommands(program);
+  registerSnapshotCommands(program);
   await program.parseAsync(argv);
 }

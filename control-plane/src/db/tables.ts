@@ -104,6 +104,28 @@ export interface ControlPlaneStateTable {
   value: string;
 }
 
+export interface TenantKeysTable {
+  tenant_id: string;
+  wrapped_key: string;
+  created_at: GeneratedTimestamp;
+}
+
+export interface SnapshotsTable {
+  id: string;
+  tenant_id: string;
+  host_id: string;
+  workspace_id: string;
+  path: string;
+  epoch: BigIntColumn;
+  created_at: GeneratedTimestamp;
+  files: BigIntColumn;
+  bytes_read: BigIntColumn;
+  bytes_new: BigIntColumn;
+  bytes_stored: BigIntColumn;
+  chunks_new: BigIntColumn;
+  seconds: number;
+}
+
 export interface Database {
   tenants: TenantsTable;
   api_keys: ApiKeysTable;
@@ -112,7 +134,11 @@ export interface Database {
   host_metrics: HostMetricsTable;
   host_events: HostEventsTable;
   control_plane_state: ControlPlaneStateTable;
+  tenant_keys: TenantKeysTable;
+  snapshots: SnapshotsTable;
 }
+
+export type SnapshotRow = Selectable<SnapshotsTable>;
 
 export type HostRow = Selectable<HostsTable>;
 export type NewHostRow = Insertable<HostsTable>;

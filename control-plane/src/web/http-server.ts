@@ -16,7 +16,7 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     // Keep API request bodies small: nothing in the API needs more.
     readMaxBytes: 4 * 1024 * 1024,
   });
-  return http.createServer((req, res) => {
+  const server = http.createServer((req, res) => {
     const url = req.url ?? "/";
     if (req.method === "GET" && url === "/healthz") {
       deps.healthy().then(
@@ -40,6 +40,9 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     }
     api(req, res);
   });
+  // Snapshot and restore calls last as long as the data takes; Node's default cuts requests at 5 min.
+  server.requestTimeout = 0;
+  return server;
 }
 
 export function listenHttp(server: http.Server, host: string, port: number): Promise<number> {

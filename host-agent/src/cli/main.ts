@@ -5,6 +5,7 @@ import { loadAgentConfig } from "../config.js";
 import { createLogger } from "../logger.js";
 import { enroll } from "../session/enroll.js";
 import { AGENT_VERSION } from "../version.js";
+import { registerSnapshotCommands } from "./snapshot-command.js";
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command("dumont-agent")
@@ -57,16 +58,17 @@ export async function main(argv: string[]): Promise<void> {
         simulated: opts.simulated,
       });
       const log = createLogger(config.logLevel);
-      const session = await startAgent(config, log);
+      const agent = await startAgent(config, log);
       await new Promise<void>((resolve) => {
         const shutdown = (signal: string) => {
           log.info({ signal }, "stopping");
-          session.stop().finally(resolve);
+          agent.stop().finally(resolve);
         };
         process.once("SIGINT", () => shutdown("SIGINT"));
         process.once("SIGTERM", () => shutdown("SIGTERM"));
       });
     });
 
+  registerSnapshotCommands(program);
   await program.parseAsync(argv);
 }

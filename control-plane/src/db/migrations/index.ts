@@ -1,7 +1,9 @@
 // Every migration, in order. Names are timestamps; a merged migration is never edited.
 import type { Migration } from "kysely";
 import * as foundation from "./2026_11_23_00_00_00_foundation.js";
+import * as snapshots from "./2026_11_23_01_00_00_snapshots.js";
 
 export const migrations: Record<string, Migration> = {
   "2026_11_23_00_00_00_foundation": foundation,
+  "2026_11_23_01_00_00_snapshots": snapshots,
 };

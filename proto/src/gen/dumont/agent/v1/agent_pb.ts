@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dumont/agent/v1/agent.proto.
  */
 export const file_dumont_agent_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChtkdW1vbnQvYWdlbnQvdjEvYWdlbnQucHJvdG8SD2R1bW9udC5hZ2VudC52MSKEAQoNRW5yb2xsUmVxdWVzdBISCgpqb2luX3Rva2VuGAEgASgJEg8KB2Nzcl9wZW0YAiABKAkSKQoFZmFjdHMYAyABKAsyGi5kdW1vbnQuYWdlbnQudjEuSG9zdEZhY3RzEgwKBG5hbWUYBCABKAkSFQoNYWdlbnRfdmVyc2lvbhgFIAEoCSJQCg5FbnJvbGxSZXNwb25zZRIPCgdob3N0X2lkGAEgASgJEhcKD2NlcnRpZmljYXRlX3BlbRgCIAEoCRIUCgxjYV9jaGFpbl9wZW0YAyABKAkiYAoJSG9zdEZhY3RzEhAKCGhvc3RuYW1lGAEgASgJEgoKAm9zGAIgASgJEgwKBGFyY2gYAyABKAkSEQoJY3B1X2NvcmVzGAQgASgNEhQKDG1lbW9yeV9ieXRlcxgFIAEoBCKtBQoMQWdlbnRNZXNzYWdlEicKBWhlbGxvGAEgASgLMhYuZHVtb250LmFnZW50LnYxLkhlbGxvSAASLwoJdGVsZW1ldHJ5GAIgASgLMhouZHVtb250LmFnZW50LnYxLlRlbGVtZXRyeUgAEi4KCWpvYl9ldmVudBgDIAEoCzIZLmR1bW9udC5hZ2VudC52MS5Kb2JFdmVudEgAEi4KCWxvZ19jaHVuaxgEIAEoCzIZLmR1bW9udC5hZ2VudC52MS5Mb2dDaHVua0gAEj4KEXByZWVtcHRpb25fbm90aWNlGAUgASgLMiEuZHVtb250LmFnZW50LnYxLlByZWVtcHRpb25Ob3RpY2VIABI2Cg11cGRhdGVfc3RhdHVzGAYgASgLMh0uZHVtb250LmFnZW50LnYxLlVwZGF0ZVN0YXR1c0gAEjgKDnNuYXBzaG90X29mZmVyGAogASgLMh4uZHVtb250LmFnZW50LnYxLlNuYXBzaG90T2ZmZXJIABI6Cg9zbmFwc2hvdF9jaHVua3MYCyABKAsyHy5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RDaHVua3NIABI6Cg9zbmFwc2hvdF9jb21taXQYDCABKAsyHy5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RDb21taXRIABI6Cg9zbmFwc2hvdF9mYWlsZWQYDSABKAsyHy5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RGYWlsZWRIABI8ChByZXN0b3JlX3Byb2dyZXNzGA4gASgLMiAuZHVtb250LmFnZW50LnYxLlJlc3RvcmVQcm9ncmVzc0gAEjgKDmNvbW1hbmRfcmVzdWx0GA8gASgLMh4uZHVtb250LmFnZW50LnYxLkNvbW1hbmRSZXN1bHRIAEIFCgNtc2ci+wQKDkNvbnRyb2xNZXNzYWdlEisKB3dlbGNvbWUYASABKAsyGC5kdW1vbnQuYWdlbnQudjEuV2VsY29tZUgAEioKB3J1bl9qb2IYAiABKAsyFy5kdW1vbnQuYWdlbnQudjEuUnVuSm9iSAASLAoIc3RvcF9qb2IYAyABKAsyGC5kdW1vbnQuYWdlbnQudjEuU3RvcEpvYkgAEjYKDXRha2Vfc25hcHNob3QYBCABKAsyHS5kdW1vbnQuYWdlbnQudjEuVGFrZVNuYXBzaG90SAASKwoHcmVzdG9yZRgFIAEoCzIYLmR1bW9udC5hZ2VudC52MS5SZXN0b3JlSAASPAoQdXBkYXRlX2F2YWlsYWJsZRgGIAEoCzIgLmR1bW9udC5hZ2VudC52MS5VcGRhdGVBdmFpbGFibGVIABInCgVkcmFpbhgHIAEoCzIWLmR1bW9udC5hZ2VudC52MS5EcmFpbkgAEjYKDXNuYXBzaG90X25lZWQYCiABKAsyHS5kdW1vbnQuYWdlbnQudjEuU25hcHNob3ROZWVkSAASQAoSc25hcHNob3RfY29tbWl0dGVkGAsgASgLMiIuZHVtb250LmFnZW50LnYxLlNuYXBzaG90Q29tbWl0dGVkSAASOAoOcmVzdG9yZV9jaHVua3MYDCABKAsyHi5kdW1vbnQuYWdlbnQudjEuUmVzdG9yZUNodW5rc0gAEjQKDHJlc3RvcmVfZG9uZRgNIAEoCzIcLmR1bW9udC5hZ2VudC52MS5SZXN0b3JlRG9uZUgAEiUKBHBpbmcYDiABKAsyFS5kdW1vbnQuYWdlbnQudjEuUGluZ0gAQgUKA21zZyJ4CgVIZWxsbxIPCgdob3N0X2lkGAEgASgJEhUKDWFnZW50X3ZlcnNpb24YAiABKAkSGAoQcHJvdG9jb2xfdmVyc2lvbhgDIAEoDRItCglpbnZlbnRvcnkYBCABKAsyGi5kdW1vbnQuYWdlbnQudjEuSW52ZW50b3J5InEKCUludmVudG9yeRIpCgVmYWN0cxgBIAEoCzIaLmR1bW9udC5hZ2VudC52MS5Ib3N0RmFjdHMSJgoEZ3B1cxgCIAMoCzIYLmR1bW9udC5hZ2VudC52MS5HcHVJbmZvEhEKCXNpbXVsYXRlZBgDIAEoCCLhAgoHR3B1SW5mbxINCgVpbmRleBgBIAEoDRIMCgR1dWlkGAIgASgJEg0KBW1vZGVsGAMgASgJEh0KEG1lbW9yeV90b3RhbF9taWIYBCABKARIAIgBARIcCg9tZW1vcnlfdXNlZF9taWIYBSABKARIAYgBARIgChN1dGlsaXphdGlvbl9wZXJjZW50GAYgASgBSAKIAQESGgoNdGVtcGVyYXR1cmVfYxgHIAEoAUgDiAEBEhQKB3Bvd2VyX3cYCCABKAFIBIgBARIVCghtaWdfbW9kZRgJIAEoCUgFiAEBEhYKDmRyaXZlcl92ZXJzaW9uGAogASgJQhMKEV9tZW1vcnlfdG90YWxfbWliQhIKEF9tZW1vcnlfdXNlZF9taWJCFgoUX3V0aWxpemF0aW9uX3BlcmNlbnRCEAoOX3RlbXBlcmF0dXJlX2NCCgoIX3Bvd2VyX3dCCwoJX21pZ19tb2RlIoICCglUZWxlbWV0cnkSJgoCYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKBGdwdXMYAiADKAsyGC5kdW1vbnQuYWdlbnQudjEuR3B1SW5mbxIYCgtjcHVfcGVyY2VudBgDIAEoAUgAiAEBEhoKEm1lbW9yeV90b3RhbF9ieXRlcxgEIAEoBBIZChFtZW1vcnlfdXNlZF9ieXRlcxgFIAEoBBIYChBkaXNrX3RvdGFsX2J5dGVzGAYgASgEEhcKD2Rpc2tfdXNlZF9ieXRlcxgHIAEoBBIRCgljcHVfY29yZXMYCCABKA1CDgoMX2NwdV9wZXJjZW50IlYKB1dlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRIYChBwcm90b2NvbF92ZXJzaW9uGAIgASgNEh0KFXRlbGVtZXRyeV9pbnRlcnZhbF9tcxgDIAEoDSIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIrUBCgZSdW5Kb2ISDgoGam9iX2lkGAEgASgJEg0KBWVwb2NoGAIgASgEEg8KB2NvbW1hbmQYAyADKAkSLQoDZW52GAQgAygLMiAuZHVtb250LmFnZW50LnYxLlJ1bkpvYi5FbnZFbnRyeRIRCgl3b3Jrc3BhY2UYBSABKAkSDQoFaW1hZ2UYBiABKAkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIoCgdTdG9wSm9iEg4KBmpvYl9pZBgBIAEoCRINCgVlcG9jaBgCIAEoBCJvCghKb2JFdmVudBIOCgZqb2JfaWQYASABKAkSDQoFZXBvY2gYAiABKAQSDQoFc3RhdGUYAyABKAkSFgoJZXhpdF9jb2RlGAQgASgFSACIAQESDwoHbWVzc2FnZRgFIAEoCUIMCgpfZXhpdF9jb2RlIkcKCExvZ0NodW5rEg4KBmpvYl9pZBgBIAEoCRINCgVlcG9jaBgCIAEoBBIMCgRkYXRhGAMgASgMEg4KBnN0ZGVychgEIAEoCCJQChBQcmVlbXB0aW9uTm90aWNlEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAiABKAkiZAoPVXBkYXRlQXZhaWxhYmxlEg8KB3ZlcnNpb24YASABKAkSCwoDdXJsGAIgASgJEg4KBnNoYTI1NhgDIAEoCRIRCglzaWduYXR1cmUYBCABKAwSEAoIY3JpdGljYWwYBSABKAgiPwoMVXBkYXRlU3RhdHVzEg8KB3ZlcnNpb24YASABKAkSDQoFc3RhdGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCSIXCgVEcmFpbhIOCgZyZWFzb24YASABKAkifAoMVGFrZVNuYXBzaG90EhIKCnJlcXVlc3RfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAyABKAkSDQoFZXBvY2gYBCABKAQSEgoKdGVuYW50X2tleRgFIAEoDBIRCgl0ZW5hbnRfaWQYBiABKAkiRQoNU25hcHNob3RPZmZlchISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCWNodW5rX2lkcxgCIAMoDBINCgVlcG9jaBgDIAEoBCI1CgxTbmFwc2hvdE5lZWQSEgoKcmVxdWVzdF9pZBgBIAEoCRIRCgljaHVua19pZHMYAiADKAwiXwoOU25hcHNob3RDaHVua3MSEgoKcmVxdWVzdF9pZBgBIAEoCRIqCgZjaHVua3MYAiADKAsyGi5kdW1vbnQuYWdlbnQudjEuQ2h1bmtCbG9iEg0KBWVwb2NoGAMgASgEIjsKCUNodW5rQmxvYhIKCgJpZBgBIAEoDBIMCgRibG9iGAIgASgMEhQKDHBsYWluX2xlbmd0aBgDIAEoDSJ0Cg5TbmFwc2hvdENvbW1pdBISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCG1hbmlmZXN0GAIgASgMEg0KBWVwb2NoGAMgASgEEi0KBXN0YXRzGAQgASgLMh4uZHVtb250LmFnZW50LnYxLlNuYXBzaG90U3RhdHMigAEKDVNuYXBzaG90U3RhdHMSDQoFZmlsZXMYASABKAQSEgoKYnl0ZXNfcmVhZBgCIAEoBBIRCglieXRlc19uZXcYAyABKAQSFAoMYnl0ZXNfc3RvcmVkGAQgASgEEhIKCmNodW5rc19uZXcYBSABKAQSDwoHc2Vjb25kcxgGIAEoASI8ChFTbmFwc2hvdENvbW1pdHRlZBISCgpyZXF1ZXN0X2lkGAEgASgJEhMKC3NuYXBzaG90X2lkGAIgASgJIjUKDlNuYXBzaG90RmFpbGVkEhIKCnJlcXVlc3RfaWQYASABKAkSDwoHbWVzc2FnZRgCIAEoCSJ3CgdSZXN0b3JlEhIKCnJlcXVlc3RfaWQYASABKAkSEwoLc25hcHNob3RfaWQYAiABKAkSDgoGdGFyZ2V0GAMgASgJEhAKCG1hbmlmZXN0GAQgASgMEhIKCnRlbmFudF9rZXkYBSABKAwSDQoFZXBvY2gYBiABKAQiTwoNUmVzdG9yZUNodW5rcxISCgpyZXF1ZXN0X2lkGAEgASgJEioKBmNodW5rcxgCIAMoCzIaLmR1bW9udC5hZ2VudC52MS5DaHVua0Jsb2IiIQoLUmVzdG9yZURvbmUSEgoKcmVxdWVzdF9pZBgBIAEoCSJoCg9SZXN0b3JlUHJvZ3Jlc3MSEgoKcmVxdWVzdF9pZBgBIAEoCRINCgVmaWxlcxgCIAEoBBIVCg1ieXRlc193cml0dGVuGAMgASgEEgwKBGRvbmUYBCABKAgSDQoFZXJyb3IYBSABKAkiQAoNQ29tbWFuZFJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgJEgoKAm9rGAIgASgIEg8KB21lc3NhZ2UYAyABKAkyqAEKDEFnZW50R2F0ZXdheRJJCgZFbnJvbGwSHi5kdW1vbnQuYWdlbnQudjEuRW5yb2xsUmVxdWVzdBofLmR1bW9udC5hZ2VudC52MS5FbnJvbGxSZXNwb25zZRJNCgdDb25uZWN0Eh0uZHVtb250LmFnZW50LnYxLkFnZW50TWVzc2FnZRofLmR1bW9udC5hZ2VudC52MS5Db250cm9sTWVzc2FnZSgBMAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChtkdW1vbnQvYWdlbnQvdjEvYWdlbnQucHJvdG8SD2R1bW9udC5hZ2VudC52MSKEAQoNRW5yb2xsUmVxdWVzdBISCgpqb2luX3Rva2VuGAEgASgJEg8KB2Nzcl9wZW0YAiABKAkSKQoFZmFjdHMYAyABKAsyGi5kdW1vbnQuYWdlbnQudjEuSG9zdEZhY3RzEgwKBG5hbWUYBCABKAkSFQoNYWdlbnRfdmVyc2lvbhgFIAEoCSJQCg5FbnJvbGxSZXNwb25zZRIPCgdob3N0X2lkGAEgASgJEhcKD2NlcnRpZmljYXRlX3BlbRgCIAEoCRIUCgxjYV9jaGFpbl9wZW0YAyABKAkiYAoJSG9zdEZhY3RzEhAKCGhvc3RuYW1lGAEgASgJEgoKAm9zGAIgASgJEgwKBGFyY2gYAyABKAkSEQoJY3B1X2NvcmVzGAQgASgNEhQKDG1lbW9yeV9ieXRlcxgFIAEoBCL0BQoMQWdlbnRNZXNzYWdlEicKBWhlbGxvGAEgASgLMhYuZHVtb250LmFnZW50LnYxLkhlbGxvSAASLwoJdGVsZW1ldHJ5GAIgASgLMhouZHVtb250LmFnZW50LnYxLlRlbGVtZXRyeUgAEi4KCWpvYl9ldmVudBgDIAEoCzIZLmR1bW9udC5hZ2VudC52MS5Kb2JFdmVudEgAEi4KCWxvZ19jaHVuaxgEIAEoCzIZLmR1bW9udC5hZ2VudC52MS5Mb2dDaHVua0gAEj4KEXByZWVtcHRpb25fbm90aWNlGAUgASgLMiEuZHVtb250LmFnZW50LnYxLlByZWVtcHRpb25Ob3RpY2VIABI2Cg11cGRhdGVfc3RhdHVzGAYgASgLMh0uZHVtb250LmFnZW50LnYxLlVwZGF0ZVN0YXR1c0gAEjgKDnNuYXBzaG90X29mZmVyGAogASgLMh4uZHVtb250LmFnZW50LnYxLlNuYXBzaG90T2ZmZXJIABI6Cg9zbmFwc2hvdF9jaHVua3MYCyABKAsyHy5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RDaHVua3NIABI6Cg9zbmFwc2hvdF9jb21taXQYDCABKAsyHy5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RDb21taXRIABI6Cg9zbmFwc2hvdF9mYWlsZWQYDSABKAsyHy5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RGYWlsZWRIABI8ChByZXN0b3JlX3Byb2dyZXNzGA4gASgLMiAuZHVtb250LmFnZW50LnYxLlJlc3RvcmVQcm9ncmVzc0gAEjgKDmNvbW1hbmRfcmVzdWx0GA8gASgLMh4uZHVtb250LmFnZW50LnYxLkNvbW1hbmRSZXN1bHRIABJFChVyZXN0b3JlX2NodW5rX3JlcXVlc3QYECABKAsyJC5kdW1vbnQuYWdlbnQudjEuUmVzdG9yZUNodW5rUmVxdWVzdEgAQgUKA21zZyK4BQoOQ29udHJvbE1lc3NhZ2USKwoHd2VsY29tZRgBIAEoCzIYLmR1bW9udC5hZ2VudC52MS5XZWxjb21lSAASKgoHcnVuX2pvYhgCIAEoCzIXLmR1bW9udC5hZ2VudC52MS5SdW5Kb2JIABIsCghzdG9wX2pvYhgDIAEoCzIYLmR1bW9udC5hZ2VudC52MS5TdG9wSm9iSAASNgoNdGFrZV9zbmFwc2hvdBgEIAEoCzIdLmR1bW9udC5hZ2VudC52MS5UYWtlU25hcHNob3RIABIrCgdyZXN0b3JlGAUgASgLMhguZHVtb250LmFnZW50LnYxLlJlc3RvcmVIABI8ChB1cGRhdGVfYXZhaWxhYmxlGAYgASgLMiAuZHVtb250LmFnZW50LnYxLlVwZGF0ZUF2YWlsYWJsZUgAEicKBWRyYWluGAcgASgLMhYuZHVtb250LmFnZW50LnYxLkRyYWluSAASNgoNc25hcHNob3RfbmVlZBgKIAEoCzIdLmR1bW9udC5hZ2VudC52MS5TbmFwc2hvdE5lZWRIABJAChJzbmFwc2hvdF9jb21taXR0ZWQYCyABKAsyIi5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RDb21taXR0ZWRIABI4Cg5yZXN0b3JlX2NodW5rcxgMIAEoCzIeLmR1bW9udC5hZ2VudC52MS5SZXN0b3JlQ2h1bmtzSAASNAoMcmVzdG9yZV9kb25lGA0gASgLMhwuZHVtb250LmFnZW50LnYxLlJlc3RvcmVEb25lSAASJQoEcGluZxgOIAEoCzIVLmR1bW9udC5hZ2VudC52MS5QaW5nSAASOwoQc25hcHNob3RfYWJvcnRlZBgPIAEoCzIfLmR1bW9udC5hZ2VudC52MS5TbmFwc2hvdEZhaWxlZEgAQgUKA21zZyJ4CgVIZWxsbxIPCgdob3N0X2lkGAEgASgJEhUKDWFnZW50X3ZlcnNpb24YAiABKAkSGAoQcHJvdG9jb2xfdmVyc2lvbhgDIAEoDRItCglpbnZlbnRvcnkYBCABKAsyGi5kdW1vbnQuYWdlbnQudjEuSW52ZW50b3J5InEKCUludmVudG9yeRIpCgVmYWN0cxgBIAEoCzIaLmR1bW9udC5hZ2VudC52MS5Ib3N0RmFjdHMSJgoEZ3B1cxgCIAMoCzIYLmR1bW9udC5hZ2VudC52MS5HcHVJbmZvEhEKCXNpbXVsYXRlZBgDIAEoCCLhAgoHR3B1SW5mbxINCgVpbmRleBgBIAEoDRIMCgR1dWlkGAIgASgJEg0KBW1vZGVsGAMgASgJEh0KEG1lbW9yeV90b3RhbF9taWIYBCABKARIAIgBARIcCg9tZW1vcnlfdXNlZF9taWIYBSABKARIAYgBARIgChN1dGlsaXphdGlvbl9wZXJjZW50GAYgASgBSAKIAQESGgoNdGVtcGVyYXR1cmVfYxgHIAEoAUgDiAEBEhQKB3Bvd2VyX3cYCCABKAFIBIgBARIVCghtaWdfbW9kZRgJIAEoCUgFiAEBEhYKDmRyaXZlcl92ZXJzaW9uGAogASgJQhMKEV9tZW1vcnlfdG90YWxfbWliQhIKEF9tZW1vcnlfdXNlZF9taWJCFgoUX3V0aWxpemF0aW9uX3BlcmNlbnRCEAoOX3RlbXBlcmF0dXJlX2NCCgoIX3Bvd2VyX3dCCwoJX21pZ19tb2RlIoICCglUZWxlbWV0cnkSJgoCYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKBGdwdXMYAiADKAsyGC5kdW1vbnQuYWdlbnQudjEuR3B1SW5mbxIYCgtjcHVfcGVyY2VudBgDIAEoAUgAiAEBEhoKEm1lbW9yeV90b3RhbF9ieXRlcxgEIAEoBBIZChFtZW1vcnlfdXNlZF9ieXRlcxgFIAEoBBIYChBkaXNrX3RvdGFsX2J5dGVzGAYgASgEEhcKD2Rpc2tfdXNlZF9ieXRlcxgHIAEoBBIRCgljcHVfY29yZXMYCCABKA1CDgoMX2NwdV9wZXJjZW50IlYKB1dlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRIYChBwcm90b2NvbF92ZXJzaW9uGAIgASgNEh0KFXRlbGVtZXRyeV9pbnRlcnZhbF9tcxgDIAEoDSIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIrUBCgZSdW5Kb2ISDgoGam9iX2lkGAEgASgJEg0KBWVwb2NoGAIgASgEEg8KB2NvbW1hbmQYAyADKAkSLQoDZW52GAQgAygLMiAuZHVtb250LmFnZW50LnYxLlJ1bkpvYi5FbnZFbnRyeRIRCgl3b3Jrc3BhY2UYBSABKAkSDQoFaW1hZ2UYBiABKAkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIoCgdTdG9wSm9iEg4KBmpvYl9pZBgBIAEoCRINCgVlcG9jaBgCIAEoBCJvCghKb2JFdmVudBIOCgZqb2JfaWQYASABKAkSDQoFZXBvY2gYAiABKAQSDQoFc3RhdGUYAyABKAkSFgoJZXhpdF9jb2RlGAQgASgFSACIAQESDwoHbWVzc2FnZRgFIAEoCUIMCgpfZXhpdF9jb2RlIkcKCExvZ0NodW5rEg4KBmpvYl9pZBgBIAEoCRINCgVlcG9jaBgCIAEoBBIMCgRkYXRhGAMgASgMEg4KBnN0ZGVychgEIAEoCCJQChBQcmVlbXB0aW9uTm90aWNlEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAiABKAkiZAoPVXBkYXRlQXZhaWxhYmxlEg8KB3ZlcnNpb24YASABKAkSCwoDdXJsGAIgASgJEg4KBnNoYTI1NhgDIAEoCRIRCglzaWduYXR1cmUYBCABKAwSEAoIY3JpdGljYWwYBSABKAgiPwoMVXBkYXRlU3RhdHVzEg8KB3ZlcnNpb24YASABKAkSDQoFc3RhdGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCSIXCgVEcmFpbhIOCgZyZWFzb24YASABKAkifAoMVGFrZVNuYXBzaG90EhIKCnJlcXVlc3RfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAyABKAkSDQoFZXBvY2gYBCABKAQSEgoKdGVuYW50X2tleRgFIAEoDBIRCgl0ZW5hbnRfaWQYBiABKAkiVAoNU25hcHNob3RPZmZlchISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCWNodW5rX2lkcxgCIAMoDBINCgVlcG9jaBgDIAEoBBINCgViYXRjaBgEIAEoBCJECgxTbmFwc2hvdE5lZWQSEgoKcmVxdWVzdF9pZBgBIAEoCRIRCgljaHVua19pZHMYAiADKAwSDQoFYmF0Y2gYAyABKAQiXwoOU25hcHNob3RDaHVua3MSEgoKcmVxdWVzdF9pZBgBIAEoCRIqCgZjaHVua3MYAiADKAsyGi5kdW1vbnQuYWdlbnQudjEuQ2h1bmtCbG9iEg0KBWVwb2NoGAMgASgEIkoKCUNodW5rQmxvYhIKCgJpZBgBIAEoDBIMCgRibG9iGAIgASgMEhQKDHBsYWluX2xlbmd0aBgDIAEoDRINCgVlcnJvchgEIAEoCSJ0Cg5TbmFwc2hvdENvbW1pdBISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCG1hbmlmZXN0GAIgASgMEg0KBWVwb2NoGAMgASgEEi0KBXN0YXRzGAQgASgLMh4uZHVtb250LmFnZW50LnYxLlNuYXBzaG90U3RhdHMigAEKDVNuYXBzaG90U3RhdHMSDQoFZmlsZXMYASABKAQSEgoKYnl0ZXNfcmVhZBgCIAEoBBIRCglieXRlc19uZXcYAyABKAQSFAoMYnl0ZXNfc3RvcmVkGAQgASgEEhIKCmNodW5rc19uZXcYBSABKAQSDwoHc2Vjb25kcxgGIAEoASI8ChFTbmFwc2hvdENvbW1pdHRlZBISCgpyZXF1ZXN0X2lkGAEgASgJEhMKC3NuYXBzaG90X2lkGAIgASgJIjUKDlNuYXBzaG90RmFpbGVkEhIKCnJlcXVlc3RfaWQYASABKAkSDwoHbWVzc2FnZRgCIAEoCSJ3CgdSZXN0b3JlEhIKCnJlcXVlc3RfaWQYASABKAkSEwoLc25hcHNob3RfaWQYAiABKAkSDgoGdGFyZ2V0GAMgASgJEhAKCG1hbmlmZXN0GAQgASgMEhIKCnRlbmFudF9rZXkYBSABKAwSDQoFZXBvY2gYBiABKAQiSwoTUmVzdG9yZUNodW5rUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg0KBWJhdGNoGAIgASgEEhEKCWNodW5rX2lkcxgDIAMoDCJsCg1SZXN0b3JlQ2h1bmtzEhIKCnJlcXVlc3RfaWQYASABKAkSDQoFYmF0Y2gYAyABKAQSKgoGY2h1bmtzGAIgAygLMhouZHVtb250LmFnZW50LnYxLkNodW5rQmxvYhIMCgRsYXN0GAQgASgIIiEKC1Jlc3RvcmVEb25lEhIKCnJlcXVlc3RfaWQYASABKAkiaAoPUmVzdG9yZVByb2dyZXNzEhIKCnJlcXVlc3RfaWQYASABKAkSDQoFZmlsZXMYAiABKAQSFQoNYnl0ZXNfd3JpdHRlbhgDIAEoBBIMCgRkb25lGAQgASgIEg0KBWVycm9yGAUgASgJIkAKDUNvbW1hbmRSZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoCRIKCgJvaxgCIAEoCBIPCgdtZXNzYWdlGAMgASgJMqgBCgxBZ2VudEdhdGV3YXkSSQoGRW5yb2xsEh4uZHVtb250LmFnZW50LnYxLkVucm9sbFJlcXVlc3QaHy5kdW1vbnQuYWdlbnQudjEuRW5yb2xsUmVzcG9uc2USTQoHQ29ubmVjdBIdLmR1bW9udC5hZ2VudC52MS5BZ2VudE1lc3NhZ2UaHy5kdW1vbnQuYWdlbnQudjEuQ29udHJvbE1lc3NhZ2UoATABYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message dumont.agent.v1.EnrollRequest
@@ -199,6 +199,12 @@ export type AgentMessage = Message<"dumont.agent.v1.AgentMessage"> & {
      */
     value: CommandResult;
     case: "commandResult";
+  } | {
+    /**
+     * @generated from field: dumont.agent.v1.RestoreChunkRequest restore_chunk_request = 16;
+     */
+    value: RestoreChunkRequest;
+    case: "restoreChunkRequest";
   } | { case: undefined; value?: undefined };
 };
 
@@ -288,6 +294,14 @@ export type ControlMessage = Message<"dumont.agent.v1.ControlMessage"> & {
      */
     value: Ping;
     case: "ping";
+  } | {
+    /**
+     * The control plane gave up on a snapshot (storage error, stale epoch): stop sending it.
+     *
+     * @generated from field: dumont.agent.v1.SnapshotFailed snapshot_aborted = 15;
+     */
+    value: SnapshotFailed;
+    case: "snapshotAborted";
   } | { case: undefined; value?: undefined };
 };
 
@@ -770,6 +784,8 @@ export type TakeSnapshot = Message<"dumont.agent.v1.TakeSnapshot"> & {
   requestId: string;
 
   /**
+   * Absolute path of the directory to snapshot on the host.
+   *
    * @generated from field: string path = 2;
    */
   path: string;
@@ -824,6 +840,13 @@ export type SnapshotOffer = Message<"dumont.agent.v1.SnapshotOffer"> & {
    * @generated from field: uint64 epoch = 3;
    */
   epoch: bigint;
+
+  /**
+   * Echoed in SnapshotNeed, so several offers may be in flight.
+   *
+   * @generated from field: uint64 batch = 4;
+   */
+  batch: bigint;
 };
 
 /**
@@ -846,6 +869,11 @@ export type SnapshotNeed = Message<"dumont.agent.v1.SnapshotNeed"> & {
    * @generated from field: repeated bytes chunk_ids = 2;
    */
   chunkIds: Uint8Array[];
+
+  /**
+   * @generated from field: uint64 batch = 3;
+   */
+  batch: bigint;
 };
 
 /**
@@ -889,11 +917,15 @@ export const SnapshotChunksSchema: GenMessage<SnapshotChunks> = /*@__PURE__*/
  */
 export type ChunkBlob = Message<"dumont.agent.v1.ChunkBlob"> & {
   /**
+   * SHA-256 of the plain chunk.
+   *
    * @generated from field: bytes id = 1;
    */
   id: Uint8Array;
 
   /**
+   * The sealed form (maybe LZ4, always AES-256-GCM), exactly as stored in a pack.
+   *
    * @generated from field: bytes blob = 2;
    */
   blob: Uint8Array;
@@ -902,6 +934,13 @@ export type ChunkBlob = Message<"dumont.agent.v1.ChunkBlob"> & {
    * @generated from field: uint32 plain_length = 3;
    */
   plainLength: number;
+
+  /**
+   * Restore only: set when the control plane could not read this chunk (blob is then empty).
+   *
+   * @generated from field: string error = 4;
+   */
+  error: string;
 };
 
 /**
@@ -1032,6 +1071,10 @@ export const SnapshotFailedSchema: GenMessage<SnapshotFailed> = /*@__PURE__*/
   messageDesc(file_dumont_agent_v1_agent, 27);
 
 /**
+ * Restore a snapshot into `target` on the host. The agent asks for chunks with
+ * RestoreChunkRequest; the control plane answers each with RestoreChunks messages, the last
+ * of which has `last` set. The agent reports the outcome with RestoreProgress{done}.
+ *
  * @generated from message dumont.agent.v1.Restore
  */
 export type Restore = Message<"dumont.agent.v1.Restore"> & {
@@ -1051,6 +1094,8 @@ export type Restore = Message<"dumont.agent.v1.Restore"> & {
   target: string;
 
   /**
+   * The sealed manifest, as stored in the repository.
+   *
    * @generated from field: bytes manifest = 4;
    */
   manifest: Uint8Array;
@@ -1074,6 +1119,33 @@ export const RestoreSchema: GenMessage<Restore> = /*@__PURE__*/
   messageDesc(file_dumont_agent_v1_agent, 28);
 
 /**
+ * @generated from message dumont.agent.v1.RestoreChunkRequest
+ */
+export type RestoreChunkRequest = Message<"dumont.agent.v1.RestoreChunkRequest"> & {
+  /**
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * @generated from field: uint64 batch = 2;
+   */
+  batch: bigint;
+
+  /**
+   * @generated from field: repeated bytes chunk_ids = 3;
+   */
+  chunkIds: Uint8Array[];
+};
+
+/**
+ * Describes the message dumont.agent.v1.RestoreChunkRequest.
+ * Use `create(RestoreChunkRequestSchema)` to create a new message.
+ */
+export const RestoreChunkRequestSchema: GenMessage<RestoreChunkRequest> = /*@__PURE__*/
+  messageDesc(file_dumont_agent_v1_agent, 29);
+
+/**
  * @generated from message dumont.agent.v1.RestoreChunks
  */
 export type RestoreChunks = Message<"dumont.agent.v1.RestoreChunks"> & {
@@ -1083,9 +1155,19 @@ export type RestoreChunks = Message<"dumont.agent.v1.RestoreChunks"> & {
   requestId: string;
 
   /**
+   * @generated from field: uint64 batch = 3;
+   */
+  batch: bigint;
+
+  /**
    * @generated from field: repeated dumont.agent.v1.ChunkBlob chunks = 2;
    */
   chunks: ChunkBlob[];
+
+  /**
+   * @generated from field: bool last = 4;
+   */
+  last: boolean;
 };
 
 /**
@@ -1093,7 +1175,7 @@ export type RestoreChunks = Message<"dumont.agent.v1.RestoreChunks"> & {
  * Use `create(RestoreChunksSchema)` to create a new message.
  */
 export const RestoreChunksSchema: GenMessage<RestoreChunks> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 29);
+  messageDesc(file_dumont_agent_v1_agent, 30);
 
 /**
  * @generated from message dumont.agent.v1.RestoreDone
@@ -1110,7 +1192,7 @@ export type RestoreDone = Message<"dumont.agent.v1.RestoreDone"> & {
  * Use `create(RestoreDoneSchema)` to create a new message.
  */
 export const RestoreDoneSchema: GenMessage<RestoreDone> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 30);
+  messageDesc(file_dumont_agent_v1_agent, 31);
 
 /**
  * @generated from message dumont.agent.v1.RestoreProgress
@@ -1147,7 +1229,7 @@ export type RestoreProgress = Message<"dumont.agent.v1.RestoreProgress"> & {
  * Use `create(RestoreProgressSchema)` to create a new message.
  */
 export const RestoreProgressSchema: GenMessage<RestoreProgress> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 31);
+  messageDesc(file_dumont_agent_v1_agent, 32);
 
 /**
  * Generic reply to a command that needs no richer answer.
@@ -1176,7 +1258,7 @@ export type CommandResult = Message<"dumont.agent.v1.CommandResult"> & {
  * Use `create(CommandResultSchema)` to create a new message.
  */
 export const CommandResultSchema: GenMessage<CommandResult> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 32);
+  messageDesc(file_dumont_agent_v1_agent, 33);
 
 /**
  * @generated from service dumont.agent.v1.AgentGateway

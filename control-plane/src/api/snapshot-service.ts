@@ -1,0 +1,98 @@
+// dumont.api.v1.SnapshotService (admin): snapshot a directory on a host, list, restore onto a host.
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { api } from "@dumont/proto";
+import type { SessionRegistry } from "../agent-gateway/agent-session.js";
+import type { Db } from "../db/database.js";
+import { getHost } from "../db/host-repository.js";
+import { getSnapshot, listSnapshots } from "../db/snapshot-repository.js";
+import type { SnapshotRow } from "../db/tables.js";
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
+import type { SnapshotCoordinator } from "../snapshots/snapshot-coordinator.js";
+import { authenticate, requireRole, tenantScope } from "./auth.js";
+
+export interface SnapshotServiceDeps {
+  db: Db;
+  sessions: SessionRegistry;
+  snapshots: SnapshotCoordinator;
+}
+
+export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof api.SnapshotService> {
+  const admin = async (ctx: HandlerContext) => {
+    const who = await authenticate(deps.db, ctx.requestHeader.get("authorization"));
+    requireRole(who, "admin");
+    return who;
+  };
+  const connectedHost = async (hostId: string) => {
+    if (!hostId) throw new InvalidArgumentError("host_id is required");
+    const host = await getHost(deps.db, hostId);
+    if (!host) throw new NotFoundError(`host ${hostId} not found; list hosts with \`dumont host list\``);
+    const session = deps.sessions.get(hostId);
+    if (!session?.isOpen) throw new FailedPreconditionError(`host ${hostId} is not connected (status ${host.status})`);
+    return { host, session };
+  };
+  return {
+    async createSnapshot(req, ctx) {
+      await admin(ctx);
+      if (!req.path.startsWith("/"))
+        throw new InvalidArgumentError(`path must be an absolute path on the host, got ${JSON.stringify(req.path)}`);
+      const { host, session } = await connectedHost(req.hostId);
+      const row = await deps.snapshots.snapshot({
+        session,
+        tenantId: host.tenant_id,
+        path: req.path,
+        workspaceId: req.workspaceId || `${host.id}:${req.path}`,
+        // Epochs arrive with instance placement; an operator's snapshot of a bare directory uses 0.
+        epoch: 0n,
+      });
+      return create(api.CreateSnapshotResponseSchema, { snapshot: toApi(row) });
+    },
+
+    async listSnapshots(req, ctx) {
+      const who = await admin(ctx);
+      const rows = await listSnapshots(deps.db, {
+        ...tenantScope(who),
+        hostId: req.hostId,
+        workspaceId: req.workspaceId,
+      });
+      return create(api.ListSnapshotsResponseSchema, { snapshots: rows.map(toApi) });
+    },
+
+    async restoreSnapshot(req, ctx) {
+      const who = await admin(ctx);
+      if (!req.snapshotId) throw new InvalidArgumentError("snapshot_id is required");
+      if (!req.target.startsWith("/"))
+        throw new InvalidArgumentError(
+          `target must be an absolute path on the host, got ${JSON.stringify(req.target)}`,
+        );
+      const snapshot = await getSnapshot(deps.db, req.snapshotId, tenantScope(who));
+      if (!snapshot)
+        throw new NotFoundError(`snapshot ${req.snapshotId} not found; list them with \`dumont snapshot list\``);
+      const { session } = await connectedHost(req.hostId);
+      const result = await deps.snapshots.restore({ session, snapshot, target: req.target });
+      return create(api.RestoreSnapshotResponseSchema, {
+        files: BigInt(result.files),
+        bytesWritten: BigInt(result.bytesWritten),
+        seconds: result.seconds,
+      });
+    },
+  };
+}
+
+function toApi(r: SnapshotRow): api.Snapshot {
+  return create(api.SnapshotSchema, {
+    id: r.id,
+    hostId: r.host_id,
+    workspaceId: r.workspace_id,
+    path: r.path,
+    epoch: BigInt(r.epoch),
+    createdAt: timestampFromDate(r.created_at),
+    files: BigInt(r.files),
+    bytesRead: BigInt(r.bytes_read),
+    bytesNew: BigInt(r.bytes_new),
+    bytesStored: BigInt(r.bytes_stored),
+    chunksNew: BigInt(r.chunks_new),
+    seconds: r.seconds,
+  });
+}

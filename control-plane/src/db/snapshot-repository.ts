@@ -1,0 +1,24 @@
+// Committed snapshots (the blob store is the source of truth; these rows are its catalogue).
+import type { Db } from "./database.js";
+import type { SnapshotRow } from "./tables.js";
+
+export async function listSnapshots(
+  db: Db,
+  filter: { tenantId?: string; hostId?: string; workspaceId?: string },
+): Promise<SnapshotRow[]> {
+  let q = db.selectFrom("snapshots").selectAll().orderBy("created_at").orderBy("id");
+  if (filter.tenantId !== undefined) q = q.where("tenant_id", "=", filter.tenantId);
+  if (filter.hostId) q = q.where("host_id", "=", filter.hostId);
+  if (filter.workspaceId) q = q.where("workspace_id", "=", filter.workspaceId);
+  return q.execute();
+}
+
+export async function getSnapshot(
+  db: Db,
+  id: string,
+  scope: { tenantId?: string } = {},
+): Promise<SnapshotRow | undefined> {
+  let q = db.selectFrom("snapshots").selectAll().where("id", "=", id);
+  if (scope.tenantId !== undefined) q = q.where("tenant_id", "=", scope.tenantId);
+  return q.executeTakeFirst();
+}

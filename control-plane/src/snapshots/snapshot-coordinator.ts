@@ -1,0 +1,315 @@
+// Drives snapshots and restores over agent streams. For a snapshot: TakeSnapshot → the agent offers chunk
+// ids → we answer with those the tenant's repository lacks → sealed chunks arrive and go into packs →
+// SnapshotCommit: the writer makes everything durable, then the row is inserted — only then is the
+// snapshot listed. For a restore: Restore(manifest) → the agent asks for chunks → we stream them from packs.
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { type AgentMessage, ControlMessageSchema, type SnapshotCommit, STREAM_BATCH_BYTES } from "@dumont/proto";
+import {
+  type BlobStore,
+  openBlobStore,
+  Repository,
+  type RepositoryChunkSource,
+  type RepositoryWriter,
+} from "@dumont/repository";
+import type { AgentSession } from "../agent-gateway/agent-session.js";
+import type { Db } from "../db/database.js";
+import type { SnapshotRow } from "../db/tables.js";
+import { FailedPreconditionError, InvalidArgumentError } from "../errors.js";
+import type { Logger } from "../logger.js";
+import type { TenantKeys } from "./tenant-keys.js";
+
+export interface SnapshotRequest {
+  session: AgentSession;
+  tenantId: string;
+  path: string;
+  workspaceId: string;
+  epoch: bigint;
+}
+
+export interface RestoreRequest {
+  session: AgentSession;
+  snapshot: SnapshotRow;
+  target: string;
+}
+
+interface Operation {
+  hostId: string;
+  fail(err: Error): void;
+  handle(message: AgentMessage): void;
+}
+
+export class SnapshotCoordinator {
+  private readonly operations = new Map<string, Operation>();
+  private readonly repositories = new Map<string, Promise<Repository>>();
+
+  constructor(
+    private readonly db: Db,
+    private readonly tenantKeys: TenantKeys,
+    /** e.g. file:///var/lib/dumont/blobs or s3://bucket/prefix; each tenant gets `<base>/tenants/<id>`. */
+    private readonly blobStoreUrl: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Routes agent messages that belong to an operation in flight. */
+  onAgentMessage(session: AgentSession, message: AgentMessage): void {
+    const requestId = (message.msg.value as { requestId?: string } | undefined)?.requestId;
+    if (!requestId) return;
+    const op = this.operations.get(requestId);
+    // A message for someone else's operation is ignored: host ids are bound to certificates.
+    if (!op || op.hostId !== session.hostId) return;
+    op.handle(message);
+  }
+
+  /** Fails every operation that was running on a host whose stream closed. */
+  onSessionClosed(hostId: string): void {
+    for (const op of this.operations.values()) {
+      if (op.hostId === hostId)
+        op.fail(new FailedPreconditionError(`host ${hostId} disconnected during the operation`));
+    }
+  }
+
+  async snapshot(req: SnapshotRequest): Promise<SnapshotRow> {
+    if (!req.path.startsWith("/"))
+      throw new InvalidArgumentError(`path must be absolute, got ${JSON.stringify(req.path)}`);
+    const key = await this.tenantKeys.get(req.tenantId);
+    const repository = await this.repository(req.tenantId, key);
+    const writer = await repository.writer();
+    const requestId = randomUUID();
+    const session = req.session;
+    return new Promise<SnapshotRow>((resolve, reject) => {
+      // Chunks are written one batch after another; while a batch is being written we stop reading the
+      // agent's stream, so HTTP/2 flow control pushes back on the agent instead of buffering here.
+      let chain: Promise<void> = Promise.resolve();
+      let finished = false;
+      const finish = (err: Error | undefined, row?: SnapshotRow) => {
+        if (finished) return;
+        finished = true;
+        this.operations.delete(requestId);
+        if (err) {
+          void writer.abort().catch(() => undefined);
+          reject(err);
+        } else resolve(row!);
+      };
+      const serial = (work: () => Promise<void>) => {
+        chain = chain.then(work).catch((err: Error) => {
+          finish(err);
+          this.log.warn({ hostId: session.hostId, requestId, reason: err.message }, "snapshot aborted");
+          void session
+            .send(
+              create(ControlMessageSchema, {
+                msg: { case: "snapshotAborted", value: { requestId, message: err.message } },
+              }),
+            )
+            .catch(() => undefined);
+        });
+      };
+      this.operations.set(requestId, {
+        hostId: session.hostId,
+        fail: (err) => finish(err),
+        handle: (message) => {
+          const m = message.msg;
+          if (m.case === "snapshotOffer") {
+            if (m.value.epoch !== req.epoch) return finish(staleEpoch(m.value.epoch, req.epoch));
+            const batch = m.value.batch;
+            const ids = m.value.chunkIds.map((id) => Buffer.from(id));
+            serial(async () => {
+              const need = await writer.missing(ids);
+              await session.send(
+                create(ControlMessageSchema, {
+                  msg: { case: "snapshotNeed", value: { requestId, chunkIds: need, batch } },
+                }),
+              );
+            });
+          } else if (m.case === "snapshotChunks") {
+            if (m.value.epoch !== req.epoch) return finish(staleEpoch(m.value.epoch, req.epoch));
+            const chunks = m.value.chunks.map((c) => ({
+              id: Buffer.from(c.id),
+              blob: Buffer.from(c.blob.buffer, c.blob.byteOffset, c.blob.byteLength),
+              plainLength: c.plainLength,
+            }));
+            session.pauseInbound();
+            serial(async () => {
+              try {
+                await writer.put(chunks);
+              } finally {
+                session.resumeInbound();
+              }
+            });
+          } else if (m.case === "snapshotCommit") {
+            if (m.value.epoch !== req.epoch) return finish(staleEpoch(m.value.epoch, req.epoch));
+            const commit = m.value;
+            serial(async () => {
+              const row = await this.commit(writer, commit, req);
+              await session.send(
+                create(ControlMessageSchema, {
+                  msg: { case: "snapshotCommitted", value: { requestId, snapshotId: row.id } },
+                }),
+              );
+              finish(undefined, row);
+            });
+          } else if (m.case === "snapshotFailed") {
+            finish(new FailedPreconditionError(`the agent could not snapshot ${req.path}: ${m.value.message}`));
+          }
+        },
+      });
+      session
+        .send(
+          create(ControlMessageSchema, {
+            msg: {
+              case: "takeSnapshot",
+              value: {
+                requestId,
+                path: req.path,
+                workspaceId: req.workspaceId,
+                epoch: req.epoch,
+                tenantKey: key,
+                tenantId: req.tenantId,
+              },
+            },
+          }),
+        )
+        .catch((err: Error) => finish(err));
+    });
+  }
+
+  async restore(req: RestoreRequest): Promise<{ files: number; bytesWritten: number; seconds: number }> {
+    if (!req.target.startsWith("/")) {
+      throw new InvalidArgumentError(`target must be absolute, got ${JSON.stringify(req.target)}`);
+    }
+    const started = Date.now();
+    const key = await this.tenantKeys.get(req.snapshot.tenant_id);
+    const repository = await this.repository(req.snapshot.tenant_id, key);
+    const source: RepositoryChunkSource = await repository.chunkSource();
+    const { manifestBlob } = await source.readManifest(req.snapshot.id);
+    const requestId = randomUUID();
+    const session = req.session;
+    return new Promise((resolve, reject) => {
+      let finished = false;
+      const finish = (err: Error | undefined, result?: { files: number; bytesWritten: number }) => {
+        if (finished) return;
+        finished = true;
+        this.operations.delete(requestId);
+        if (err) reject(err);
+        else resolve({ ...result!, seconds: (Date.now() - started) / 1000 });
+      };
+      this.operations.set(requestId, {
+        hostId: session.hostId,
+        fail: (err) => finish(err),
+        handle: (message) => {
+          const m = message.msg;
+          if (m.case === "restoreChunkRequest") {
+            const batch = m.value.batch;
+            const ids = m.value.chunkIds.map((id) => Buffer.from(id));
+            void this.streamChunks(session, source, requestId, batch, ids).catch((err: Error) => finish(err));
+          } else if (m.case === "restoreProgress" && m.value.done) {
+            if (m.value.error)
+              finish(new FailedPreconditionError(`restore failed on host ${session.hostId}: ${m.value.error}`));
+            else finish(undefined, { files: Number(m.value.files), bytesWritten: Number(m.value.bytesWritten) });
+          }
+        },
+      });
+      session
+        .send(
+          create(ControlMessageSchema, {
+            msg: {
+              case: "restore",
+              value: {
+                requestId,
+                snapshotId: req.snapshot.id,
+                target: req.target,
+                manifest: manifestBlob,
+                tenantKey: key,
+                epoch: BigInt(req.snapshot.epoch),
+              },
+            },
+          }),
+        )
+        .catch((err: Error) => finish(err));
+    });
+  }
+
+  private async streamChunks(
+    session: AgentSession,
+    source: RepositoryChunkSource,
+    requestId: string,
+    batch: bigint,
+    ids: Buffer[],
+  ): Promise<void> {
+    let pending: { id: Buffer; blob: Buffer; error: string }[] = [];
+    let bytes = 0;
+    const flush = async (last: boolean) => {
+      const chunks = pending;
+      pending = [];
+      bytes = 0;
+      await session.send(
+        create(ControlMessageSchema, { msg: { case: "restoreChunks", value: { requestId, batch, chunks, last } } }),
+      );
+    };
+    for await (const chunk of source.get(ids)) {
+      const blob = chunk.blob ?? Buffer.alloc(0);
+      if (bytes > 0 && bytes + blob.length > STREAM_BATCH_BYTES) await flush(false);
+      pending.push({ id: chunk.id, blob, error: chunk.error ?? "" });
+      bytes += blob.length;
+    }
+    await flush(true);
+  }
+
+  private async commit(writer: RepositoryWriter, commit: SnapshotCommit, req: SnapshotRequest): Promise<SnapshotRow> {
+    const s = commit.stats;
+    const stats = {
+      files: Number(s?.files ?? 0n),
+      bytesRead: Number(s?.bytesRead ?? 0n),
+      bytesNew: Number(s?.bytesNew ?? 0n),
+      bytesStored: Number(s?.bytesStored ?? 0n),
+      chunksNew: Number(s?.chunksNew ?? 0n),
+      seconds: s?.seconds ?? 0,
+    };
+    // The repository commit verifies the manifest and makes every pack durable before the snapshot object.
+    const id = await writer.commit(Buffer.from(commit.manifest), {
+      workspace: req.workspaceId,
+      epoch: Number(req.epoch),
+      tenant: req.tenantId,
+      source: req.path,
+      hostname: req.session.hostId,
+      stats,
+    });
+    const row = {
+      id,
+      tenant_id: req.tenantId,
+      host_id: req.session.hostId,
+      workspace_id: req.workspaceId,
+      path: req.path,
+      epoch: Number(req.epoch),
+      files: stats.files,
+      bytes_read: stats.bytesRead,
+      bytes_new: stats.bytesNew,
+      bytes_stored: stats.bytesStored,
+      chunks_new: stats.chunksNew,
+      seconds: stats.seconds,
+    };
+    await this.db.insertInto("snapshots").values(row).execute();
+    this.log.info(
+      { snapshotId: id, hostId: req.session.hostId, workspace: req.workspaceId, ...stats },
+      "snapshot committed",
+    );
+    return { ...row, created_at: new Date() };
+  }
+
+  private repository(tenantId: string, key: Buffer): Promise<Repository> {
+    let repo = this.repositories.get(tenantId);
+    if (!repo) {
+      const store: BlobStore = openBlobStore(`${this.blobStoreUrl.replace(/\/+$/, "")}/tenants/${tenantId}`);
+      repo = Repository.openOrInit(store, key).then((r) => r.repository);
+      repo.catch(() => this.repositories.delete(tenantId));
+      this.repositories.set(tenantId, repo);
+    }
+    return repo;
+  }
+}
+
+function staleEpoch(got: bigint, want: bigint): Error {
+  return new FailedPreconditionError(
+    `refused a snapshot message from lease epoch ${got}; the current epoch is ${want}`,
+  );
+}

@@ -1,0 +1,152 @@
+// The snapshot commands as an operator types them: flags, JSON output, exit codes and error sentences.
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { Command } from "commander";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { registerSnapshotCommands } from "./snapshot-command.js";
+
+let root: string;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "dumont-cli-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+async function run(...args: string[]): Promise<{ out: string; err: string; code: number }> {
+  const program = new Command("dumont-agent").exitOverride();
+  registerSnapshotCommands(program);
+  let out = "";
+  let err = "";
+  const o = vi.spyOn(process.stdout, "write").mockImplementation((s) => {
+    out += String(s);
+    return true;
+  });
+  const e = vi.spyOn(process.stderr, "write").mockImplementation((s) => {
+    err += String(s);
+    return true;
+  });
+  process.exitCode = 0;
+  try {
+    await program.parseAsync(["node", "dumont-agent", ...args]);
+  } catch (error) {
+    err += `${(error as Error).message}\n`;
+    process.exitCode = 1;
+  } finally {
+    o.mockRestore();
+    e.mockRestore();
+  }
+  const code = Number(process.exitCode ?? 0);
+  process.exitCode = 0;
+  return { out, err, code };
+}
+
+describe("dumont-agent snapshot", () => {
+  it("creates, lists, restores, checks and forgets", async () => {
+    const source = join(root, "src");
+    await mkdir(join(source, "d"), { recursive: true });
+    await writeFile(join(source, "d", "a.txt"), "hello\n".repeat(1000));
+    await writeFile(join(root, "key"), "11".repeat(32));
+    const repo = pathToFileURL(join(root, "repo")).href;
+    const common = ["--repo", repo, "--key-file", join(root, "key")];
+    const state = ["--state-dir", join(root, "state")];
+
+    const created = await run("snapshot", "create", "--source", source, ...common, ...state, "--json");
+    expect(created.code).toBe(0);
+    const result = JSON.parse(created.out);
+    expect(Object.keys(result)).toEqual([
+      "id",
+      "files",
+      "bytesRead",
+      "bytesNew",
+      "bytesStored",
+      "chunksNew",
+      "seconds",
+    ]);
+    expect(result).toMatchObject({ files: 1, bytesRead: 6000, bytesNew: 6000, chunksNew: 1 });
+    expect(created.err).toBe("");
+
+    const second = JSON.parse((await run("snapshot", "create", "--source", source, ...common, ...state, "--json")).out);
+    const listed = JSON.parse((await run("snapshot", "list", ...common, "--json")).out);
+    expect(listed.map((s: { id: string }) => s.id).sort()).toEqual([result.id, second.id].sort());
+
+    const target = join(root, "out");
+    const restored = await run(
+      "snapshot",
+      "restore",
+      ...common,
+      "--id",
+      result.id.slice(0, 8),
+      "--target",
+      target,
+      "--json",
+    );
+    expect(JSON.parse(restored.out)).toMatchObject({ files: 1, bytesWritten: 6000 });
+    expect(await readdir(join(target, "d"))).toEqual(["a.txt"]);
+
+    expect((await run("snapshot", "check", ...common)).out).toMatch(/^no problems: 2 snapshots/);
+    const forgot = await run("snapshot", "forget", ...common, "--keep-last", "1", "--prune", "--json");
+    expect(JSON.parse(forgot.out).forgotten).toHaveLength(1);
+    expect(JSON.parse((await run("snapshot", "list", ...common, "--json")).out)).toHaveLength(1);
+  });
+
+  it("says what to do when the key or the flags are wrong", async () => {
+    const source = join(root, "src2");
+    await mkdir(source);
+    await writeFile(join(root, "key2"), "22".repeat(32));
+    await writeFile(join(root, "key3"), "33".repeat(32));
+    const repo = pathToFileURL(join(root, "repo2")).href;
+    expect(
+      (await run("snapshot", "create", "--source", source, "--repo", repo, "--key-file", join(root, "key2"), "--json"))
+        .code,
+    ).toBe(0);
+
+    const wrong = await run("snapshot", "list", "--repo", repo, "--key-file", join(root, "key3"));
+    expect(wrong.code).toBe(1);
+    expect(wrong.err).toMatch(
+      /^the key from --key-file .*key3 does not open the repository at .*; use the key it was created with\n$/,
+    );
+
+    const saved = process.env.DUMONT_REPO_KEY;
+    delete process.env.DUMONT_REPO_KEY;
+    const noKey = await run("snapshot", "list", "--repo", repo);
+    if (saved !== undefined) process.env.DUMONT_REPO_KEY = saved;
+    expect(noKey.err).toMatch(/no repository key: pass --key-file FILE or set DUMONT_REPO_KEY/);
+
+    const badRepo = await run("snapshot", "list", "--repo", "ftp://x", "--key-file", join(root, "key2"));
+    expect(badRepo.err).toMatch(/^--repo: repository URL "ftp:\/\/x" is not supported/);
+    const missing = await run(
+      "snapshot",
+      "list",
+      "--repo",
+      pathToFileURL(join(root, "nothing")).href,
+      "--key-file",
+      join(root, "key2"),
+    );
+    expect(missing.err).toMatch(/there is no repository at --repo/);
+    const forget = await run("snapshot", "forget", "--repo", repo, "--key-file", join(root, "key2"));
+    expect(forget.err).toMatch(/say what to keep/);
+  });
+
+  it("exits non-zero from check, naming the damaged file", async () => {
+    const source = join(root, "src3");
+    await mkdir(source);
+    await writeFile(join(source, "precious.bin"), Buffer.alloc(50_000, 9));
+    await writeFile(join(root, "key4"), "44".repeat(32));
+    const repoDir = join(root, "repo3");
+    const common = ["--repo", pathToFileURL(repoDir).href, "--key-file", join(root, "key4")];
+    await run("snapshot", "create", "--source", source, ...common, "--json");
+    const packDir = join(repoDir, "data", (await readdir(join(repoDir, "data")))[0]);
+    const packFile = join(packDir, (await readdir(packDir))[0]);
+    const { readFile } = await import("node:fs/promises");
+    const bytes = await readFile(packFile);
+    bytes[30] ^= 1;
+    await writeFile(packFile, bytes);
+    const check = await run("snapshot", "check", ...common);
+    expect(check.code).toBe(1);
+    expect(check.err).toMatch(/chunk .* is damaged .*"precious\.bin"/);
+    expect(check.err).toMatch(/check found 1 problem\(s\)/);
+  });
+});

@@ -1,0 +1,326 @@
+// `dumont-agent snapshot create|restore|list|check|forget`: direct mode, the engine writing straight to a
+// repository URL with no control plane (operators, benchmarks). Same engine and format as the stream.
+import { readFile } from "node:fs/promises";
+import {
+  checkRepository,
+  forgetSnapshots,
+  hasRetentionRule,
+  isRepositoryError,
+  parseRepositoryKey,
+  pruneRepository,
+  type RetentionPolicy,
+} from "@dumont/repository";
+import { type Command, InvalidArgumentError, Option } from "commander";
+import {
+  createDirectSnapshot,
+  defaultStateDir,
+  formatBytes,
+  ProgressMeter,
+  RestoreDamagedError,
+  restoreDirectSnapshot,
+  withDirectRepository,
+} from "../snapshot/index.js";
+
+const REPO_HELP =
+  "repository URL: file:///absolute/path or s3://bucket/prefix (S3 credentials and region from the AWS_* " +
+  "variables, endpoint from DUMONT_S3_ENDPOINT)";
+const KEY_HELP =
+  "file holding the repository key: 32 random bytes as 64 hex characters or base64 (default: DUMONT_REPO_KEY)";
+
+interface KeyOptions {
+  keyFile?: string;
+}
+
+interface RepoOptions extends KeyOptions {
+  repo: string;
+  json?: boolean;
+}
+
+export function registerSnapshotCommands(program: Command): void {
+  const snapshot = program
+    .command("snapshot")
+    .description("take, restore and manage workspace snapshots directly in a repository (no control plane)");
+
+  snapshot
+    .command("create")
+    .description("snapshot a directory (creates the repository on first use; unchanged files are not re-read)")
+    .requiredOption("--source <dir>", "directory to snapshot")
+    .requiredOption("--repo <url>", REPO_HELP)
+    .option("--key-file <file>", KEY_HELP)
+    .option("--json", "print the result as one JSON object and no progress")
+    .option("--workspace <id>", "workspace id to record (default: the absolute source path)")
+    .option("--tenant <id>", "tenant id to record", "local")
+    .option("--state-dir <dir>", "where the local index lives (default: DUMONT_STATE_DIR or ~/.local/state/dumont)")
+    .addOption(new Option("--pack-size <bytes>", "pack size").argParser(positiveInteger("--pack-size")).hideHelp())
+    .action(
+      (
+        opts: RepoOptions & {
+          source: string;
+          workspace?: string;
+          tenant: string;
+          stateDir?: string;
+          packSize?: number;
+        },
+      ) =>
+        withFriendlyErrors(opts, async () => {
+          const key = await loadKey(opts);
+          const meter = ProgressMeter.forStderr("snapshot", opts.json === true);
+          const result = await createDirectSnapshot({
+            repo: opts.repo,
+            key,
+            source: opts.source,
+            workspace: opts.workspace,
+            tenant: opts.tenant,
+            stateDir: opts.stateDir ?? defaultStateDir(),
+            packSize: opts.packSize,
+            onProgress: (p) => meter?.update(p.bytesRead, p.bytesToRead),
+          }).finally(() => meter?.finish());
+          for (const s of result.skipped)
+            process.stderr.write(`warning: left out ${JSON.stringify(s.path)}: ${s.reason}\n`);
+          const summary = {
+            id: result.id,
+            files: result.files,
+            bytesRead: result.bytesRead,
+            bytesNew: result.bytesNew,
+            bytesStored: result.bytesStored,
+            chunksNew: result.chunksNew,
+            seconds: round(result.seconds),
+          };
+          if (opts.json) print(result.skipped.length > 0 ? { ...summary, skipped: result.skipped } : summary);
+          else {
+            process.stdout.write(
+              `snapshot ${result.id} saved: ${result.files} files, ${formatBytes(result.bytesTotal)} ` +
+                `(${formatBytes(result.bytesRead)} read, ${formatBytes(result.bytesNew)} new, ` +
+                `${formatBytes(result.bytesStored)} stored) in ${result.seconds.toFixed(1)}s\n`,
+            );
+          }
+        }),
+    );
+
+  snapshot
+    .command("restore")
+    .description("restore a snapshot into a new or empty directory, checking every chunk")
+    .requiredOption("--repo <url>", REPO_HELP)
+    .requiredOption("--id <id>", "snapshot id (or a unique prefix of at least 4 characters)")
+    .requiredOption("--target <dir>", "new or empty directory to restore into")
+    .option("--key-file <file>", KEY_HELP)
+    .option("--json", "print the result as one JSON object and no progress")
+    .option("--allow-external-symlinks", "also create symlinks that point outside the target (never followed)")
+    .action((opts: RepoOptions & { id: string; target: string; allowExternalSymlinks?: boolean }) =>
+      withFriendlyErrors(opts, async () => {
+        const key = await loadKey(opts);
+        const meter = ProgressMeter.forStderr("restore", opts.json === true);
+        const result = await restoreDirectSnapshot({
+          repo: opts.repo,
+          key,
+          snapshotId: opts.id,
+          target: opts.target,
+          allowExternalSymlinks: opts.allowExternalSymlinks,
+          onProgress: (p) => meter?.update(p.bytesWritten, p.bytesTotal),
+        }).finally(() => meter?.finish());
+        if (opts.json)
+          print({ files: result.files, bytesWritten: result.bytesWritten, seconds: round(result.seconds) });
+        else {
+          process.stdout.write(
+            `restored snapshot ${result.snapshotId.slice(0, 12)} into ${opts.target}: ${result.files} files, ` +
+              `${formatBytes(result.bytesWritten)} in ${result.seconds.toFixed(1)}s\n`,
+          );
+        }
+      }),
+    );
+
+  snapshot
+    .command("list")
+    .description("list the snapshots in a repository, oldest first")
+    .requiredOption("--repo <url>", REPO_HELP)
+    .option("--key-file <file>", KEY_HELP)
+    .option("--json", "print a JSON array")
+    .action((opts: RepoOptions) =>
+      withFriendlyErrors(opts, async () => {
+        const key = await loadKey(opts);
+        const snapshots = await withDirectRepository({ repo: opts.repo, key }, (r) => r.listSnapshots());
+        if (opts.json) return print(snapshots);
+        if (snapshots.length === 0) return void process.stdout.write("no snapshots\n");
+        for (const s of snapshots) {
+          process.stdout.write(
+            `${s.id.slice(0, 12)}  ${s.time}  ${s.totals.files} files  ${formatBytes(s.totals.bytes).padStart(10)}  ` +
+              `${s.workspace}${s.epoch ? ` (epoch ${s.epoch})` : ""}\n`,
+          );
+        }
+      }),
+    );
+
+  snapshot
+    .command("check")
+    .description("verify every index, snapshot and chunk hash; exits non-zero naming what is broken")
+    .requiredOption("--repo <url>", REPO_HELP)
+    .option("--key-file <file>", KEY_HELP)
+    .option("--json", "print the report as JSON and no progress")
+    .option("--structure-only", "skip reading the packs (no chunk hashes checked)")
+    .action((opts: RepoOptions & { structureOnly?: boolean }) =>
+      withFriendlyErrors(opts, async () => {
+        const key = await loadKey(opts);
+        const meter = ProgressMeter.forStderr("check", opts.json === true);
+        const report = await withDirectRepository({ repo: opts.repo, key }, (r) =>
+          checkRepository(r, {
+            readData: !opts.structureOnly,
+            onProgress: (p) => meter?.update(p.bytesDone, p.bytesTotal),
+          }),
+        ).finally(() => meter?.finish());
+        if (opts.json) print(report);
+        else if (report.ok) {
+          process.stdout.write(
+            `no problems: ${report.snapshots} snapshots, ${report.packs} packs, ${report.chunks} chunks` +
+              `${opts.structureOnly ? "" : `, ${formatBytes(report.bytesChecked)} verified`}\n`,
+          );
+        } else {
+          for (const p of report.problems) process.stderr.write(`${p.message}\n`);
+        }
+        if (!report.ok) {
+          process.stderr.write(`check found ${report.problems.length} problem(s) in ${opts.repo}\n`);
+          process.exitCode = 1;
+        }
+      }),
+    );
+
+  snapshot
+    .command("forget")
+    .description("forget snapshots by a retention policy (per workspace); --prune then deletes data nothing needs")
+    .requiredOption("--repo <url>", REPO_HELP)
+    .option("--key-file <file>", KEY_HELP)
+    .option("--keep-last <n>", "keep the newest n snapshots", nonNegativeInteger("--keep-last"))
+    .option(
+      "--keep-hourly <n>",
+      "keep the newest snapshot of each of the last n hours",
+      nonNegativeInteger("--keep-hourly"),
+    )
+    .option(
+      "--keep-daily <n>",
+      "keep the newest snapshot of each of the last n days",
+      nonNegativeInteger("--keep-daily"),
+    )
+    .option(
+      "--keep-weekly <n>",
+      "keep the newest snapshot of each of the last n weeks",
+      nonNegativeInteger("--keep-weekly"),
+    )
+    .option("--workspace <id>", "only consider snapshots of this workspace")
+    .option("--prune", "delete the packs no remaining snapshot needs (and repack mostly-unused ones)")
+    .option("--dry-run", "say what would happen, change nothing")
+    .option("--json", "print the result as JSON")
+    .action(
+      (
+        opts: RepoOptions & {
+          keepLast?: number;
+          keepHourly?: number;
+          keepDaily?: number;
+          keepWeekly?: number;
+          workspace?: string;
+          prune?: boolean;
+          dryRun?: boolean;
+        },
+      ) =>
+        withFriendlyErrors(opts, async () => {
+          const policy: RetentionPolicy = {
+            last: opts.keepLast,
+            hourly: opts.keepHourly,
+            daily: opts.keepDaily,
+            weekly: opts.keepWeekly,
+          };
+          const forgetting = hasRetentionRule(policy);
+          if (!forgetting && !opts.prune) {
+            throw new Error(
+              "say what to keep: --keep-last N (or --keep-hourly/--keep-daily/--keep-weekly), and/or --prune",
+            );
+          }
+          const key = await loadKey(opts);
+          const result = await withDirectRepository({ repo: opts.repo, key }, async (r) => ({
+            ...(forgetting
+              ? await forgetSnapshots(r, { policy, workspace: opts.workspace, dryRun: opts.dryRun })
+              : { kept: [], forgotten: [] }),
+            ...(opts.prune ? { prune: await pruneRepository(r, { dryRun: opts.dryRun }) } : {}),
+          }));
+          if (opts.json) return print({ dryRun: opts.dryRun === true, ...result });
+          const verb = opts.dryRun ? "would forget" : "forgot";
+          if (forgetting) {
+            process.stdout.write(`${verb} ${result.forgotten.length} snapshot(s), keeping ${result.kept.length}\n`);
+            for (const id of result.forgotten) process.stdout.write(`  ${id.slice(0, 12)}\n`);
+          }
+          if (result.prune) {
+            const p = result.prune;
+            process.stdout.write(
+              `${opts.dryRun ? "would free" : "freed"} ${formatBytes(Math.max(0, p.bytesFreed))}: ` +
+                `${p.packsDeleted} unused pack(s), ${p.orphanPacksDeleted} left by interrupted snapshots, ` +
+                `${p.packsRepacked} repacked\n`,
+            );
+          }
+        }),
+    );
+}
+
+async function loadKey(opts: KeyOptions): Promise<Buffer> {
+  if (opts.keyFile) {
+    let material: Buffer;
+    try {
+      material = await readFile(opts.keyFile);
+    } catch (err) {
+      throw new Error(`--key-file ${opts.keyFile}: cannot read it (${(err as NodeJS.ErrnoException).code ?? err})`);
+    }
+    return parseRepositoryKey(material, `--key-file ${opts.keyFile}`);
+  }
+  const env = process.env.DUMONT_REPO_KEY;
+  if (env) return parseRepositoryKey(env, "DUMONT_REPO_KEY");
+  throw new Error(
+    "no repository key: pass --key-file FILE or set DUMONT_REPO_KEY (create a key with `openssl rand -hex 32 > FILE` " +
+      "and keep it safe: without it the snapshots cannot be read)",
+  );
+}
+
+/** Turns repository errors into sentences that name the flag to change. */
+async function withFriendlyErrors(opts: RepoOptions, fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (err) {
+    if (err instanceof RestoreDamagedError) throw new Error(`${err.message}; run \`snapshot check\` on ${opts.repo}`);
+    if (!isRepositoryError(err)) throw err;
+    const keySource = opts.keyFile ? `--key-file ${opts.keyFile}` : "DUMONT_REPO_KEY";
+    switch (err.code) {
+      case "wrong-key":
+        throw new Error(
+          `the key from ${keySource} does not open the repository at ${opts.repo}; use the key it was created with`,
+        );
+      case "not-initialised":
+        throw new Error(`there is no repository at --repo ${opts.repo} (the first \`snapshot create\` makes one)`);
+      case "invalid-argument":
+        throw new Error(/repository URL/.test(err.message) ? `--repo: ${err.message}` : err.message);
+      default:
+        throw err;
+    }
+  }
+}
+
+function print(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value)}\n`);
+}
+
+function round(seconds: number): number {
+  return Math.round(seconds * 1000) / 1000;
+}
+
+function positiveInteger(flag: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n <= 0)
+      throw new InvalidArgumentError(`${flag} must be a whole number above 0, got ${value}`);
+    return n;
+  };
+}
+
+function nonNegativeInteger(flag: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n < 0)
+      throw new InvalidArgumentError(`${flag} must be a whole number, got ${value}`);
+    return n;
+  };
+}

@@ -1,0 +1,123 @@
+// Runs the control plane's TakeSnapshot and Restore commands on this host with the snapshot engine,
+// moving chunks over the session's stream (stream-transfer.ts). One worker pool serves every operation.
+import os from "node:os";
+import path from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { AgentMessageSchema, type ControlMessage, type Restore, type TakeSnapshot } from "@dumont/proto";
+import type { Logger } from "../logger.js";
+import { createSnapshot, localIndexPath, restoreSnapshot, SnapshotWorkerPool } from "../snapshot/index.js";
+import type { ControlPlaneSession } from "./control-plane-session.js";
+import { StreamChunkSink, StreamChunkSource } from "./stream-transfer.js";
+
+export class SnapshotCommands {
+  private pool: SnapshotWorkerPool | undefined;
+  private readonly sinks = new Map<string, StreamChunkSink>();
+  private readonly sources = new Map<string, StreamChunkSource>();
+
+  constructor(
+    private readonly session: ControlPlaneSession,
+    private readonly stateDir: string,
+    private readonly log: Logger,
+  ) {
+    session.onCommand((message) => this.handle(message));
+    // A dropped stream fails every operation in flight; the control plane retries with a new request.
+    session.on("disconnected", () => {
+      const err = new Error("the stream to the control plane closed");
+      for (const s of this.sinks.values()) s.fail(err);
+      for (const s of this.sources.values()) s.fail(err);
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.pool?.close();
+  }
+
+  private handle(message: ControlMessage): void {
+    const m = message.msg;
+    switch (m.case) {
+      case "takeSnapshot":
+        void this.takeSnapshot(m.value);
+        return;
+      case "restore":
+        void this.restore(m.value);
+        return;
+      case "snapshotNeed":
+      case "snapshotCommitted":
+        this.sinks.get(m.value.requestId)?.receive(message);
+        return;
+      case "snapshotAborted":
+        this.sinks
+          .get(m.value.requestId)
+          ?.fail(new Error(`the control plane aborted the snapshot: ${m.value.message}`));
+        return;
+      case "restoreChunks":
+        this.sources.get(m.value.requestId)?.receive(message);
+        return;
+    }
+  }
+
+  private workers(): SnapshotWorkerPool {
+    this.pool ??= new SnapshotWorkerPool();
+    return this.pool;
+  }
+
+  private async takeSnapshot(cmd: TakeSnapshot): Promise<void> {
+    const sink = new StreamChunkSink(this.session, cmd.requestId, cmd.epoch);
+    this.sinks.set(cmd.requestId, sink);
+    const started = Date.now();
+    try {
+      if (!path.isAbsolute(cmd.path)) throw new Error(`path must be absolute, got ${JSON.stringify(cmd.path)}`);
+      const scope = `control-plane:${cmd.tenantId}\n${path.resolve(cmd.path)}`;
+      const result = await createSnapshot({
+        source: cmd.path,
+        sink,
+        key: Buffer.from(cmd.tenantKey),
+        meta: { workspace: cmd.workspaceId, epoch: Number(cmd.epoch), tenant: cmd.tenantId, hostname: os.hostname() },
+        pool: this.workers(),
+        localIndex: { file: localIndexPath(this.stateDir, scope), scope },
+      });
+      this.log.info(
+        { requestId: cmd.requestId, snapshotId: result.id, ms: Date.now() - started },
+        "snapshot committed",
+      );
+    } catch (err) {
+      this.log.warn({ requestId: cmd.requestId, err: (err as Error).message }, "snapshot failed");
+      await this.session
+        .send(
+          create(AgentMessageSchema, {
+            msg: { case: "snapshotFailed", value: { requestId: cmd.requestId, message: (err as Error).message } },
+          }),
+        )
+        .catch(() => undefined);
+    } finally {
+      this.sinks.delete(cmd.requestId);
+    }
+  }
+
+  private async restore(cmd: Restore): Promise<void> {
+    const source = new StreamChunkSource(this.session, cmd.requestId, cmd.snapshotId, Buffer.from(cmd.manifest));
+    this.sources.set(cmd.requestId, source);
+    const report = (value: { files?: bigint; bytesWritten?: bigint; error?: string }) =>
+      this.session.send(
+        create(AgentMessageSchema, {
+          msg: { case: "restoreProgress", value: { requestId: cmd.requestId, done: true, ...value } },
+        }),
+      );
+    try {
+      if (!path.isAbsolute(cmd.target)) throw new Error(`target must be absolute, got ${JSON.stringify(cmd.target)}`);
+      const result = await restoreSnapshot({
+        snapshotId: cmd.snapshotId,
+        source,
+        key: Buffer.from(cmd.tenantKey),
+        target: cmd.target,
+        pool: this.workers(),
+      });
+      await report({ files: BigInt(result.files), bytesWritten: BigInt(result.bytesWritten) });
+    } catch (err) {
+      this.log.warn({ requestId: cmd.requestId, err: (err as Error).message }, "restore failed");
+      await report({ error: (err as Error).message }).catch(() => undefined);
+    } finally {
+      this.sources.delete(cmd.requestId);
+    }
+  }
+}

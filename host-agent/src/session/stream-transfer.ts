@@ -1,0 +1,213 @@
+// The snapshot engine's ChunkSink and ChunkSource over the agent's Connect stream: chunks go to (and come
+// from) the control plane's repository in messages cut at STREAM_BATCH_BYTES, each send waiting for the
+// stream to drain, so memory stays bounded whatever the workspace size.
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { AgentMessageSchema, type ChunkBlobSchema, type ControlMessage, STREAM_BATCH_BYTES } from "@dumont/proto";
+import type { ChunkSink, ChunkSource, FetchedChunk, SealedChunk, SnapshotMeta } from "@dumont/repository";
+
+/** What the stream classes need from the session. */
+export interface StreamPort {
+  send(message: ReturnType<typeof create<typeof AgentMessageSchema>>): Promise<void>;
+}
+
+type Waiter<T> = { resolve: (v: T) => void; reject: (e: Error) => void };
+
+export class StreamChunkSink implements ChunkSink {
+  private batch = 0;
+  private readonly needs = new Map<bigint, Waiter<Buffer[]>>();
+  private committed: Waiter<string> | undefined;
+  private failed: Error | undefined;
+
+  constructor(
+    private readonly port: StreamPort,
+    private readonly requestId: string,
+    private readonly epoch: bigint,
+  ) {}
+
+  /** Feeds control-plane replies for this request. */
+  receive(message: ControlMessage): void {
+    const m = message.msg;
+    if (m.case === "snapshotNeed") {
+      const w = this.needs.get(m.value.batch);
+      this.needs.delete(m.value.batch);
+      w?.resolve(m.value.chunkIds.map((id) => Buffer.from(id)));
+    } else if (m.case === "snapshotCommitted") {
+      this.committed?.resolve(m.value.snapshotId);
+    }
+  }
+
+  /** The stream or the control plane gave up: every pending call fails with `err`. */
+  fail(err: Error): void {
+    this.failed = err;
+    for (const w of this.needs.values()) w.reject(err);
+    this.needs.clear();
+    this.committed?.reject(err);
+  }
+
+  async missing(ids: Buffer[]): Promise<Buffer[]> {
+    this.assertOpen();
+    const batch = BigInt(++this.batch);
+    const answer = new Promise<Buffer[]>((resolve, reject) => this.needs.set(batch, { resolve, reject }));
+    await this.port.send(
+      create(AgentMessageSchema, {
+        msg: { case: "snapshotOffer", value: { requestId: this.requestId, chunkIds: ids, epoch: this.epoch, batch } },
+      }),
+    );
+    return answer;
+  }
+
+  async put(chunks: SealedChunk[]): Promise<void> {
+    this.assertOpen();
+    let pending: MessageInitShape<typeof ChunkBlobSchema>[] = [];
+    let bytes = 0;
+    const flush = async () => {
+      if (pending.length === 0) return;
+      const out = pending;
+      pending = [];
+      bytes = 0;
+      await this.port.send(
+        create(AgentMessageSchema, {
+          msg: { case: "snapshotChunks", value: { requestId: this.requestId, chunks: out, epoch: this.epoch } },
+        }),
+      );
+    };
+    for (const c of chunks) {
+      if (bytes > 0 && bytes + c.blob.length > STREAM_BATCH_BYTES) await flush();
+      pending.push({ id: c.id, blob: c.blob, plainLength: c.plainLength });
+      bytes += c.blob.length;
+    }
+    await flush();
+  }
+
+  async commit(manifestBlob: Buffer, meta: SnapshotMeta): Promise<string> {
+    this.assertOpen();
+    const done = new Promise<string>((resolve, reject) => {
+      this.committed = { resolve, reject };
+    });
+    const s = meta.stats;
+    await this.port.send(
+      create(AgentMessageSchema, {
+        msg: {
+          case: "snapshotCommit",
+          value: {
+            requestId: this.requestId,
+            manifest: manifestBlob,
+            epoch: this.epoch,
+            stats: s
+              ? {
+                  files: BigInt(s.files),
+                  bytesRead: BigInt(s.bytesRead),
+                  bytesNew: BigInt(s.bytesNew),
+                  bytesStored: BigInt(s.bytesStored),
+                  chunksNew: BigInt(s.chunksNew),
+                  seconds: s.seconds,
+                }
+              : undefined,
+          },
+        },
+      }),
+    );
+    return done;
+  }
+
+  async abort(): Promise<void> {
+    // The control plane drops its half-written snapshot when it sees SnapshotFailed (sent by the caller).
+  }
+
+  private assertOpen(): void {
+    if (this.failed) throw this.failed;
+  }
+}
+
+export class StreamChunkSource implements ChunkSource {
+  private batch = 0;
+  private readonly queues = new Map<bigint, ChunkQueue>();
+
+  constructor(
+    private readonly port: StreamPort,
+    private readonly requestId: string,
+    private readonly snapshotId: string,
+    private readonly manifestBlob: Buffer,
+  ) {}
+
+  receive(message: ControlMessage): void {
+    if (message.msg.case !== "restoreChunks") return;
+    const v = message.msg.value;
+    const q = this.queues.get(v.batch);
+    if (!q) return;
+    for (const c of v.chunks) {
+      q.push(
+        c.error
+          ? { id: Buffer.from(c.id), error: c.error }
+          : { id: Buffer.from(c.id), blob: Buffer.from(c.blob.buffer, c.blob.byteOffset, c.blob.byteLength) },
+      );
+    }
+    if (v.last) q.end();
+  }
+
+  fail(err: Error): void {
+    for (const q of this.queues.values()) q.fail(err);
+  }
+
+  async readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlob: Buffer }> {
+    if (snapshotId !== this.snapshotId && !this.snapshotId.startsWith(snapshotId)) {
+      throw new Error(`this restore carries snapshot ${this.snapshotId}, not ${snapshotId}`);
+    }
+    return { snapshotId: this.snapshotId, manifestBlob: this.manifestBlob };
+  }
+
+  async *get(ids: Buffer[]): AsyncIterable<FetchedChunk> {
+    const batch = BigInt(++this.batch);
+    const queue = new ChunkQueue();
+    this.queues.set(batch, queue);
+    try {
+      await this.port.send(
+        create(AgentMessageSchema, {
+          msg: { case: "restoreChunkRequest", value: { requestId: this.requestId, batch, chunkIds: ids } },
+        }),
+      );
+      yield* queue;
+    } finally {
+      this.queues.delete(batch);
+    }
+  }
+}
+
+/** An async queue of fetched chunks for one request batch. */
+class ChunkQueue implements AsyncIterable<FetchedChunk> {
+  private readonly items: FetchedChunk[] = [];
+  private done = false;
+  private error: Error | undefined;
+  private wake: (() => void) | undefined;
+
+  push(item: FetchedChunk): void {
+    this.items.push(item);
+    this.wake?.();
+  }
+
+  end(): void {
+    this.done = true;
+    this.wake?.();
+  }
+
+  fail(err: Error): void {
+    this.error = err;
+    this.wake?.();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<FetchedChunk> {
+    for (;;) {
+      const item = this.items.shift();
+      if (item) {
+        yield item;
+        continue;
+      }
+      if (this.error) throw this.error;
+      if (this.done) return;
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+      });
+      this.wake = undefined;
+    }
+  }
+}

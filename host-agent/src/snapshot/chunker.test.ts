@@ -1,0 +1,82 @@
+import { createHash } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import {
+  chunkLengths,
+  compileChunker,
+  createCutScanner,
+  DEFAULT_CHUNKER,
+  findChunkEnd,
+  GEAR,
+  GEAR_SCAN_WASM,
+} from "./chunker.js";
+
+function pseudoRandom(size: number, seed: string): Buffer {
+  const out = Buffer.allocUnsafe(size);
+  for (let i = 0, n = 0; i < size; n++) {
+    const block = createHash("sha256").update(`${seed}:${n}`).digest();
+    i += block.copy(out, i);
+  }
+  return out;
+}
+
+describe("content-defined chunker", () => {
+  const data = pseudoRandom(24 * 1024 * 1024, "chunker");
+
+  it("cuts ~1 MiB chunks within 256 KiB..4 MiB, deterministically", () => {
+    const lengths = chunkLengths(data);
+    expect(lengths.reduce((a, b) => a + b, 0)).toBe(data.length);
+    for (const len of lengths.slice(0, -1)) {
+      expect(len).toBeGreaterThan(DEFAULT_CHUNKER.minSize);
+      expect(len).toBeLessThanOrEqual(DEFAULT_CHUNKER.maxSize);
+    }
+    const average = data.length / lengths.length;
+    expect(average).toBeGreaterThan(700 * 1024);
+    expect(average).toBeLessThan(1600 * 1024);
+    expect(chunkLengths(data)).toEqual(lengths);
+  });
+
+  it("never exceeds the maximum, even on data with no cut points", () => {
+    const lengths = chunkLengths(Buffer.alloc(10 * 1024 * 1024));
+    expect(Math.max(...lengths)).toBe(DEFAULT_CHUNKER.maxSize);
+    expect(lengths.reduce((a, b) => a + b, 0)).toBe(10 * 1024 * 1024);
+  });
+
+  it("keeps the chunks away from an insertion", () => {
+    const edited = Buffer.concat([data.subarray(0, 10_000_000), Buffer.from("inserted!"), data.subarray(10_000_000)]);
+    const ids = (buf: Buffer): Set<string> => {
+      const out = new Set<string>();
+      let at = 0;
+      for (const len of chunkLengths(buf)) {
+        out.add(
+          createHash("sha256")
+            .update(buf.subarray(at, at + len))
+            .digest("hex"),
+        );
+        at += len;
+      }
+      return out;
+    };
+    const before = ids(data);
+    const after = ids(edited);
+    const changed = [...after].filter((id) => !before.has(id)).length;
+    expect(changed).toBeGreaterThanOrEqual(1);
+    expect(changed).toBeLessThanOrEqual(3);
+  });
+
+  it("cuts the same in the WebAssembly scanner as in the JS loop", () => {
+    const c = compileChunker({ minSize: 4096, avgSize: 16384, maxSize: 65536 });
+    const scanner = createCutScanner(GEAR_SCAN_WASM, GEAR, 2 * 1024 * 1024, findChunkEnd);
+    const sample = data.subarray(0, 2 * 1024 * 1024);
+    sample.copy(scanner.window);
+    for (let at = 0; at < sample.length; ) {
+      const js = findChunkEnd(sample, 0, at, sample.length, c);
+      expect(scanner.findEnd(0, at, sample.length, c)).toBe(js);
+      at = js;
+    }
+  });
+
+  it("rejects impossible parameters", () => {
+    expect(() => compileChunker({ minSize: 1000, avgSize: 1000, maxSize: 5000 })).toThrow(/min < avg < max/);
+    expect(() => compileChunker({ minSize: 1000, avgSize: 3000, maxSize: 5000 })).toThrow(/power of two/);
+  });
+});

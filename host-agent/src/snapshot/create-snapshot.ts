@@ -1,0 +1,449 @@
+// Takes a snapshot of a directory into a ChunkSink: lists the tree, skips files the local index knows are
+// unchanged, streams the rest through the chunker in blocks, has workers seal each block, offers the chunk
+// ids to the sink and sends only the ones it lacks, then commits the sealed manifest.
+import { constants } from "node:fs";
+import { open } from "node:fs/promises";
+import { hostname } from "node:os";
+import { resolve } from "node:path";
+import { type ChunkSink, chunkCodec, type Manifest, type SealedChunk, sealManifest } from "@dumont/repository";
+import {
+  type ChunkerParams,
+  type CompiledChunker,
+  type CutScanner,
+  compileChunker,
+  createCutScanner,
+  DEFAULT_CHUNKER,
+  findChunkEnd,
+  GEAR,
+  GEAR_SCAN_WASM,
+} from "./chunker.js";
+import { type LocalIndexEntry, loadLocalIndex, saveLocalIndex } from "./local-index.js";
+import type { SealedSegments } from "./segment-sealer.js";
+import { listSourceTree, type SkippedEntry, type SourceEntry } from "./source-tree.js";
+import { SnapshotWorkerPool } from "./worker-pool.js";
+
+export interface CreateSnapshotOptions {
+  /** The directory to snapshot. */
+  source: string;
+  sink: ChunkSink;
+  /** The repository (tenant) key chunks and the manifest are sealed with. */
+  key: Buffer;
+  meta: { workspace: string; epoch: number; tenant: string; hostname?: string };
+  /** Shared workers; without one, a pool is started for this snapshot and closed after. */
+  pool?: SnapshotWorkerPool;
+  /** Where to remember file -> chunks between snapshots; `scope` must change when the repository does. */
+  localIndex?: { file: string; scope: string };
+  chunker?: ChunkerParams;
+  /** Files larger than this are split across workers (default 32 MiB; at least twice the maximum chunk). */
+  segmentSize?: number;
+  onProgress?: (progress: CreateProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface CreateProgress {
+  bytesRead: number;
+  bytesToRead: number;
+}
+
+export interface CreateSnapshotResult {
+  id: string;
+  /** Regular files in the snapshot. */
+  files: number;
+  /** Bytes read from the source (unchanged files are not read). */
+  bytesRead: number;
+  /** Plain bytes of chunks the repository did not have. */
+  bytesNew: number;
+  /** Sealed bytes sent to the repository (new chunks + manifest). */
+  bytesStored: number;
+  chunksNew: number;
+  seconds: number;
+  /** Bytes of all regular files in the snapshot. */
+  bytesTotal: number;
+  filesRead: number;
+  filesUnchanged: number;
+  skipped: SkippedEntry[];
+}
+
+interface FileWork {
+  entry: SourceEntry;
+  chunks: string[];
+  lengths: number[];
+  size: number;
+  failed?: string;
+  /** Segments the file was split into for the workers. */
+  segments: number;
+  /** End of the last chunk accepted so far. */
+  position: number;
+}
+
+/** A file whose mtime is this close to the start of the snapshot may change again within the same tick. */
+const RACY_WINDOW_NS = 2_000_000_000n;
+const OFFER_BATCH = 4096;
+
+export async function createSnapshot(options: CreateSnapshotOptions): Promise<CreateSnapshotResult> {
+  const started = performance.now();
+  const startNs = BigInt(Date.now()) * 1_000_000n;
+  const source = resolve(options.source);
+  const ownPool = options.pool === undefined;
+  const pool = options.pool ?? new SnapshotWorkerPool();
+  const { sink } = options;
+  try {
+    const { entries, skipped } = await listSourceTree(source);
+    const previous = options.localIndex
+      ? await loadLocalIndex(options.localIndex.file, options.localIndex.scope)
+      : new Map<string, LocalIndexEntry>();
+
+    const works: FileWork[] = [];
+    const reusable: FileWork[] = [];
+    for (const entry of entries) {
+      if (entry.type !== "file") continue;
+      const work: FileWork = { entry, chunks: [], lengths: [], size: entry.size, segments: 0, position: 0 };
+      works.push(work);
+      const prev = previous.get(entry.path);
+      if (
+        prev &&
+        prev.size === entry.size &&
+        prev.mtimeNs === String(entry.mtimeNs) &&
+        prev.ino === String(entry.ino)
+      ) {
+        work.chunks = prev.chunks;
+        work.lengths = prev.lengths;
+        reusable.push(work);
+      }
+    }
+    const reused = new Set(reusable);
+    const toRead = new Set(works.filter((w) => !reused.has(w)));
+    // Trust the local index only for chunks the repository still holds (a prune may have removed some).
+    await dropVanishedChunks(sink, reusable, toRead);
+
+    const stats = { bytesRead: 0, bytesNew: 0, bytesStored: 0, chunksNew: 0 };
+    const reading = [...toRead];
+    const bytesToRead = reading.reduce((sum, w) => sum + w.size, 0);
+    const pipeline = new SegmentPipeline(
+      pool,
+      options.key,
+      sink,
+      compileChunker(options.chunker ?? DEFAULT_CHUNKER),
+      options.segmentSize ?? DEFAULT_SEGMENT_SIZE,
+      stats,
+    );
+    for (const work of reading) {
+      work.chunks = [];
+      work.lengths = [];
+    }
+    options.onProgress?.({ bytesRead: 0, bytesToRead });
+    await pipeline.run(reading, options.signal, () =>
+      options.onProgress?.({ bytesRead: stats.bytesRead, bytesToRead }),
+    );
+    for (const w of works) {
+      if (w.failed) skipped.push({ path: w.entry.path, reason: w.failed });
+    }
+
+    const workByEntry = new Map(works.map((w) => [w.entry, w]));
+    const manifest: Manifest = { version: 1, entries: [] };
+    for (const e of entries) {
+      const common = { path: e.path, mode: e.mode, mtimeNs: String(e.mtimeNs) };
+      if (e.type === "dir") manifest.entries.push({ ...common, type: "dir" });
+      else if (e.type === "symlink") manifest.entries.push({ ...common, type: "symlink", target: e.target ?? "" });
+      else {
+        const w = workByEntry.get(e)!;
+        if (!w.failed)
+          manifest.entries.push({ ...common, type: "file", size: w.size, chunks: w.chunks, lengths: w.lengths });
+      }
+    }
+    const manifestBlob = sealManifest(options.key, manifest);
+    stats.bytesStored += manifestBlob.length;
+    const files = works.filter((w) => !w.failed);
+    const seconds = (performance.now() - started) / 1000;
+    const id = await sink.commit(manifestBlob, {
+      workspace: options.meta.workspace,
+      epoch: options.meta.epoch,
+      tenant: options.meta.tenant,
+      hostname: options.meta.hostname ?? hostname(),
+      time: new Date(Number(startNs / 1_000_000n)).toISOString(),
+      source,
+      stats: { files: files.length, ...stats, seconds },
+    });
+
+    if (options.localIndex) {
+      const remembered: Record<string, LocalIndexEntry> = {};
+      for (const w of files) {
+        if (w.entry.mtimeNs >= startNs - RACY_WINDOW_NS) continue;
+        remembered[w.entry.path] = {
+          size: w.size,
+          mtimeNs: String(w.entry.mtimeNs),
+          ino: String(w.entry.ino),
+          chunks: w.chunks,
+          lengths: w.lengths,
+        };
+      }
+      await saveLocalIndex(options.localIndex.file, {
+        version: 1,
+        scope: options.localIndex.scope,
+        snapshot: id,
+        files: remembered,
+      });
+    }
+    return {
+      id,
+      files: files.length,
+      ...stats,
+      seconds: (performance.now() - started) / 1000,
+      bytesTotal: files.reduce((sum, w) => sum + w.size, 0),
+      filesRead: reading.length,
+      filesUnchanged: works.length - reading.length,
+      skipped,
+    };
+  } catch (err) {
+    await sink.abort().catch(() => {});
+    throw err;
+  } finally {
+    if (ownPool) await pool.close();
+  }
+}
+
+async function dropVanishedChunks(sink: ChunkSink, reusable: FileWork[], toRead: Set<FileWork>): Promise<void> {
+  const unique = new Map<string, Buffer>();
+  for (const w of reusable) for (const hex of w.chunks) if (!unique.has(hex)) unique.set(hex, Buffer.from(hex, "hex"));
+  const all = [...unique.values()];
+  const absent = new Set<string>();
+  for (let i = 0; i < all.length; i += OFFER_BATCH) {
+    for (const id of await sink.missing(all.slice(i, i + OFFER_BATCH))) absent.add(id.toString("hex"));
+  }
+  if (absent.size === 0) return;
+  for (const w of reusable) if (w.chunks.some((hex) => absent.has(hex))) toRead.add(w);
+}
+
+interface PlannedSegment {
+  work: FileWork;
+  /** Index of this segment within its file. */
+  index: number;
+  start: number;
+  end: number;
+}
+
+interface Accepted {
+  hex: string;
+  id: Buffer;
+  blob: Buffer;
+  plainLength: number;
+}
+
+/** Files up to this size are cut by one worker in one go; larger ones are split into segments this size or less. */
+export const DEFAULT_SEGMENT_SIZE = 32 * 1024 * 1024;
+const BATCH_BYTES = 8 * 1024 * 1024;
+const BATCH_FILES = 256;
+
+/**
+ * Hands files to the workers as segments (small files batched together, big files split), and turns the
+ * sealed results into the file's chunk list in order. A segment of a split file starts at a fixed offset,
+ * not at a real cut, so where the previous segment's last chunk ends the two chains of cuts are joined by
+ * cutting (and sealing) on this thread until they meet; the result is the same chunks a single pass gives.
+ * Results are handled in the order the segments were handed out; a bounded number are in flight.
+ */
+class SegmentPipeline {
+  private chain: Promise<void> = Promise.resolve();
+  private readonly inflight: Promise<void>[] = [];
+  private readonly maxInflight: number;
+  private failure: unknown;
+  private readonly seen = new Set<string>();
+  private scanner: CutScanner | undefined;
+
+  constructor(
+    private readonly pool: SnapshotWorkerPool,
+    private readonly key: Buffer,
+    private readonly sink: ChunkSink,
+    private readonly chunker: CompiledChunker,
+    private readonly segmentSize: number,
+    private readonly stats: { bytesRead: number; bytesNew: number; bytesStored: number; chunksNew: number },
+  ) {
+    if (segmentSize < 2 * chunker.max)
+      throw new Error("the segment size must be at least twice the maximum chunk size");
+    this.maxInflight = Math.max(2, pool.threads + 1);
+  }
+
+  async run(works: FileWork[], signal: AbortSignal | undefined, progress: () => void): Promise<void> {
+    try {
+      for (const task of this.plan(works)) {
+        signal?.throwIfAborted();
+        const sealed = this.pool.sealSegments(
+          this.key,
+          this.chunker,
+          task.map((seg) => ({
+            path: seg.work.entry.abs,
+            fileSize: seg.work.entry.size,
+            start: seg.start,
+            end: seg.end,
+          })),
+        );
+        sealed.catch(() => {});
+        const step = this.chain.then(async () => {
+          if (this.failure) return;
+          try {
+            await this.handle(task, await sealed);
+            progress();
+          } catch (err) {
+            this.failure ??= err;
+          }
+        });
+        this.chain = step;
+        this.inflight.push(step);
+        while (this.inflight.length >= this.maxInflight) await this.inflight.shift();
+        if (this.failure) throw this.failure;
+      }
+    } finally {
+      await Promise.allSettled(this.inflight.splice(0));
+    }
+    if (this.failure) throw this.failure;
+  }
+
+  private *plan(works: FileWork[]): Generator<PlannedSegment[]> {
+    let batch: PlannedSegment[] = [];
+    let batchBytes = 0;
+    for (const work of works) {
+      const size = work.entry.size;
+      if (size === 0) continue;
+      if (size <= this.segmentSize) {
+        work.segments = 1;
+        batch.push({ work, index: 0, start: 0, end: size });
+        batchBytes += size;
+        if (batchBytes >= BATCH_BYTES || batch.length >= BATCH_FILES) {
+          yield batch;
+          batch = [];
+          batchBytes = 0;
+        }
+        continue;
+      }
+      const count = Math.ceil(size / this.segmentSize);
+      const each = Math.ceil(size / count);
+      work.segments = count;
+      for (let i = 0; i < count; i++) {
+        if (batch.length > 0) {
+          yield batch;
+          batch = [];
+          batchBytes = 0;
+        }
+        yield [{ work, index: i, start: i * each, end: Math.min(size, (i + 1) * each) }];
+      }
+    }
+    if (batch.length > 0) yield batch;
+  }
+
+  private async handle(task: PlannedSegment[], sealed: SealedSegments): Promise<void> {
+    const failed = new Map(sealed.errors.map((e) => [e.segment, e.message]));
+    const perSegment: Accepted[][] = task.map(() => []);
+    const starts: number[][] = task.map(() => []);
+    const meta = sealed.chunks;
+    for (let k = 0; k < meta.length / 5; k++) {
+      const si = meta[5 * k];
+      const blobAt = meta[5 * k + 3];
+      perSegment[si].push({
+        hex: sealed.ids.toString("hex", 32 * k, 32 * k + 32),
+        id: sealed.ids.subarray(32 * k, 32 * k + 32),
+        blob: sealed.out.subarray(blobAt, blobAt + meta[5 * k + 4]),
+        plainLength: meta[5 * k + 2],
+      });
+      starts[si].push(meta[5 * k + 1]);
+    }
+    const fresh: Accepted[] = [];
+    const accept = (work: FileWork, chunk: Accepted): void => {
+      work.chunks.push(chunk.hex);
+      work.lengths.push(chunk.plainLength);
+      if (!this.seen.has(chunk.hex)) {
+        this.seen.add(chunk.hex);
+        fresh.push(chunk);
+      }
+    };
+    for (let si = 0; si < task.length; si++) {
+      const seg = task[si];
+      const work = seg.work;
+      if (work.failed) continue;
+      const error = failed.get(si);
+      if (error !== undefined) {
+        work.failed = `cannot read: ${error}`;
+        continue;
+      }
+      this.stats.bytesRead += seg.end - seg.start;
+      if (work.segments === 1 || seg.index === 0) {
+        for (const chunk of perSegment[si]) accept(work, chunk);
+        const last = starts[si].length - 1;
+        work.position = last < 0 ? 0 : starts[si][last] + perSegment[si][last].plainLength;
+      } else {
+        try {
+          await this.stitch(work, seg, perSegment[si], starts[si], accept);
+        } catch (err) {
+          // The file vanished or shrank between the worker's read and this one: leave it out.
+          if (typeof (err as { code?: unknown }).code !== "string") throw err;
+          work.failed = `cannot read: ${(err as Error).message}`;
+          continue;
+        }
+      }
+      if (seg.index === work.segments - 1 && work.position !== work.entry.size) {
+        work.failed = "it changed while it was being read";
+      }
+    }
+    await this.deliver(fresh);
+    this.pool.recycle(sealed.out.buffer as ArrayBuffer);
+  }
+
+  /** Joins the true chain of cuts (ending at work.position) to the segment's own chain. */
+  private async stitch(
+    work: FileWork,
+    seg: PlannedSegment,
+    chunks: Accepted[],
+    starts: number[],
+    accept: (work: FileWork, chunk: Accepted) => void,
+  ): Promise<void> {
+    const size = work.entry.size;
+    let p = work.position;
+    const segmentEnd =
+      chunks.length > 0 ? starts[starts.length - 1] + chunks[chunks.length - 1].plainLength : seg.start;
+    let from = starts.indexOf(p);
+    if (from < 0 && p < segmentEnd) {
+      this.scanner ??= createCutScanner(GEAR_SCAN_WASM, GEAR, this.chunker.max, findChunkEnd);
+      const scanner = this.scanner;
+      const buf = scanner.window;
+      const handle = await open(work.entry.abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+      try {
+        while (p < segmentEnd && p < size) {
+          const span = Math.min(size, p + this.chunker.max) - p;
+          for (let got = 0; got < span; ) {
+            const { bytesRead } = await handle.read(buf, got, span - got, p + got);
+            if (bytesRead === 0) {
+              throw Object.assign(new Error("it shrank while it was being read"), { code: "ECHANGED" });
+            }
+            got += bytesRead;
+          }
+          const end = scanner.findEnd(p, p, size, this.chunker);
+          const { id, blob } = chunkCodec.sealChunk(this.key, buf.subarray(0, end - p));
+          accept(work, { hex: id.toString("hex"), id, blob, plainLength: end - p });
+          p = end;
+          from = starts.indexOf(p);
+          if (from >= 0) break;
+        }
+      } finally {
+        await handle.close();
+      }
+    }
+    if (from >= 0) {
+      for (let i = from; i < chunks.length; i++) accept(work, chunks[i]);
+      p = segmentEnd;
+    }
+    work.position = p;
+  }
+
+  /** Offers the new chunk ids to the sink and sends the blobs it lacks. */
+  private async deliver(fresh: Accepted[]): Promise<void> {
+    if (fresh.length === 0) return;
+    const missing = new Set((await this.sink.missing(fresh.map((c) => c.id))).map((id) => id.toString("hex")));
+    const chunks: SealedChunk[] = [];
+    for (const c of fresh) {
+      if (!missing.has(c.hex)) continue;
+      chunks.push({ id: c.id, blob: c.blob, plainLength: c.plainLength });
+      this.stats.chunksNew++;
+      this.stats.bytesNew += c.plainLength;
+      this.stats.bytesStored += c.blob.length;
+    }
+    if (chunks.length > 0) await this.sink.put(chunks);
+  }
+}

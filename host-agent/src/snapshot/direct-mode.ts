@@ -1,0 +1,108 @@
+// Direct mode: the engine writing straight to a repository URL (file:// or s3://) with no control plane,
+// for operators, benchmarks and tests. Same engine and format as the stream through the control plane.
+import { homedir } from "node:os";
+import { join, resolve } from "node:path";
+import { type BlobStore, openBlobStore, Repository, type S3BlobStoreOptions } from "@dumont/repository";
+import type { ChunkerParams } from "./chunker.js";
+import { type CreateProgress, type CreateSnapshotResult, createSnapshot } from "./create-snapshot.js";
+import { localIndexPath } from "./local-index.js";
+import { type RestoreProgress, type RestoreSnapshotResult, restoreSnapshot } from "./restore-snapshot.js";
+import type { SnapshotWorkerPool } from "./worker-pool.js";
+
+export interface DirectRepositoryOptions {
+  /** `file:///abs/path` or `s3://bucket/prefix`. */
+  repo: string;
+  key: Buffer;
+  s3?: S3BlobStoreOptions;
+}
+
+export interface DirectCreateOptions extends DirectRepositoryOptions {
+  source: string;
+  /** Keeps the local index under this directory; without it every file is read every time. */
+  stateDir?: string;
+  /** Defaults to the absolute source path. */
+  workspace?: string;
+  tenant?: string;
+  epoch?: number;
+  packSize?: number;
+  /** Pack writes in flight (default 1 on file://, where a write is fast; 2 on S3, where latency dominates). */
+  uploadConcurrency?: number;
+  chunker?: ChunkerParams;
+  /** See CreateSnapshotOptions.segmentSize. */
+  segmentSize?: number;
+  pool?: SnapshotWorkerPool;
+  onProgress?: (progress: CreateProgress) => void;
+  onPackWritten?: (packId: string, bytes: number) => void | Promise<void>;
+  signal?: AbortSignal;
+}
+
+export interface DirectRestoreOptions extends DirectRepositoryOptions {
+  snapshotId: string;
+  target: string;
+  allowExternalSymlinks?: boolean;
+  pool?: SnapshotWorkerPool;
+  onProgress?: (progress: RestoreProgress) => void;
+  signal?: AbortSignal;
+}
+
+/** The state directory of direct mode: DUMONT_STATE_DIR, else $XDG_STATE_HOME/dumont, else ~/.local/state/dumont. */
+export function defaultStateDir(): string {
+  if (process.env.DUMONT_STATE_DIR) return resolve(process.env.DUMONT_STATE_DIR);
+  const base = process.env.XDG_STATE_HOME || join(homedir(), ".local", "state");
+  return join(base, "dumont");
+}
+
+/** Opens the repository at a URL (creating it when `create` is set and none exists), runs `fn`, closes the store. */
+export async function withDirectRepository<T>(
+  options: DirectRepositoryOptions & { create?: boolean },
+  fn: (repository: Repository) => Promise<T>,
+): Promise<T> {
+  const store: BlobStore = openBlobStore(options.repo, { s3: options.s3 });
+  try {
+    const repository = options.create
+      ? (await Repository.openOrInit(store, options.key)).repository
+      : await Repository.open(store, options.key);
+    return await fn(repository);
+  } finally {
+    await store.close();
+  }
+}
+
+export async function createDirectSnapshot(options: DirectCreateOptions): Promise<CreateSnapshotResult> {
+  const source = resolve(options.source);
+  return withDirectRepository({ ...options, create: true }, async (repository) => {
+    const writer = await repository.writer({
+      packSize: options.packSize,
+      uploadConcurrency: options.uploadConcurrency ?? (options.repo.startsWith("s3://") ? 2 : 1),
+      onPackWritten: options.onPackWritten,
+    });
+    const scope = `${repository.id}\n${source}`;
+    return createSnapshot({
+      source,
+      sink: writer,
+      key: options.key,
+      meta: { workspace: options.workspace ?? source, epoch: options.epoch ?? 0, tenant: options.tenant ?? "local" },
+      localIndex: options.stateDir ? { file: localIndexPath(options.stateDir, scope), scope } : undefined,
+      chunker: options.chunker,
+      segmentSize: options.segmentSize,
+      pool: options.pool,
+      onProgress: options.onProgress,
+      signal: options.signal,
+    });
+  });
+}
+
+export async function restoreDirectSnapshot(options: DirectRestoreOptions): Promise<RestoreSnapshotResult> {
+  return withDirectRepository(options, async (repository) =>
+    restoreSnapshot({
+      snapshotId: options.snapshotId,
+      source: await repository.chunkSource({ reuseBuffers: true }),
+      key: options.key,
+      target: options.target,
+      allowExternalSymlinks: options.allowExternalSymlinks,
+      pool: options.pool,
+      onProgress: options.onProgress,
+      signal: options.signal,
+    }),
+  );
+}

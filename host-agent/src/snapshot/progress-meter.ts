@@ -1,0 +1,52 @@
+// One self-rewriting status line on a terminal: bytes done, rate and time left. Silent when not a TTY.
+
+export class ProgressMeter {
+  private readonly startedAt = performance.now();
+  private lastDraw = 0;
+  private drawn = false;
+
+  constructor(
+    private readonly out: NodeJS.WriteStream,
+    private readonly label: string,
+  ) {}
+
+  static forStderr(label: string, quiet: boolean): ProgressMeter | undefined {
+    return !quiet && process.stderr.isTTY ? new ProgressMeter(process.stderr, label) : undefined;
+  }
+
+  update(done: number, total: number, force = false): void {
+    const now = performance.now();
+    if (!force && now - this.lastDraw < 200) return;
+    this.lastDraw = now;
+    const seconds = (now - this.startedAt) / 1000;
+    const rate = seconds > 0 ? done / seconds : 0;
+    const eta = rate > 0 && total > done ? ` ETA ${formatDuration((total - done) / rate)}` : "";
+    const percent = total > 0 ? ` (${Math.floor((done / total) * 100)}%)` : "";
+    this.out.write(
+      `\r\x1b[K${this.label}: ${formatBytes(done)} / ${formatBytes(total)}${percent}  ${formatBytes(rate)}/s${eta}`,
+    );
+    this.drawn = true;
+  }
+
+  finish(): void {
+    if (this.drawn) this.out.write("\r\x1b[K");
+  }
+}
+
+export function formatBytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${unit === 0 ? value.toFixed(0) : value.toFixed(1)} ${units[unit]}`;
+}
+
+export function formatDuration(seconds: number): string {
+  if (seconds < 60) return `${Math.ceil(seconds)}s`;
+  const m = Math.floor(seconds / 60);
+  if (m < 60) return `${m}m${String(Math.ceil(seconds % 60)).padStart(2, "0")}s`;
+  return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, "0")}m`;
+}

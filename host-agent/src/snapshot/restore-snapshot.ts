@@ -1,0 +1,377 @@
+// Restores a snapshot from a ChunkSource into an empty directory. The manifest is checked for unsafe paths
+// first; every chunk is decrypted, decompressed and hash-checked by the workers before it is written. Nothing
+// is written through a symlink: directories and files are created fresh (O_EXCL | O_NOFOLLOW) and symlinks
+// are created last. A damaged chunk does not stop the restore: the files it breaks are removed and named.
+import { constants } from "node:fs";
+import {
+  chmod,
+  type FileHandle,
+  lutimes,
+  mkdir,
+  open,
+  readdir,
+  realpath,
+  symlink,
+  unlink,
+  utimes,
+} from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { assertRestorable, type ChunkSource, type ManifestEntry, openManifest } from "@dumont/repository";
+import { SnapshotWorkerPool } from "./worker-pool.js";
+
+export interface RestoreSnapshotOptions {
+  /** Snapshot id (or a unique prefix, if the source resolves them). */
+  snapshotId: string;
+  source: ChunkSource;
+  key: Buffer;
+  /** A new or empty directory. */
+  target: string;
+  pool?: SnapshotWorkerPool;
+  /** Create symlinks that point outside the target (refused by default). */
+  allowExternalSymlinks?: boolean;
+  onProgress?: (progress: RestoreProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface RestoreProgress {
+  filesDone: number;
+  filesTotal: number;
+  bytesWritten: number;
+  bytesTotal: number;
+}
+
+export interface RestoreSnapshotResult {
+  snapshotId: string;
+  files: number;
+  dirs: number;
+  symlinks: number;
+  bytesWritten: number;
+  seconds: number;
+}
+
+export interface DamagedFile {
+  path: string;
+  reason: string;
+  chunk?: string;
+  pack?: string;
+}
+
+/** Thrown after a restore that could not write some files correctly; those files were removed. */
+export class RestoreDamagedError extends Error {
+  override name = "RestoreDamagedError";
+  constructor(
+    readonly damaged: DamagedFile[],
+    readonly result: RestoreSnapshotResult,
+  ) {
+    const shown = damaged
+      .slice(0, 5)
+      .map(
+        (d) =>
+          `${JSON.stringify(d.path)} (${d.chunk ? `chunk ${d.chunk.slice(0, 12)}` : "data"}` +
+          `${d.pack ? ` in pack ${d.pack.slice(0, 12)}` : ""}: ${d.reason})`,
+      );
+    super(
+      `restore of snapshot ${result.snapshotId.slice(0, 12)} found damaged data; ${damaged.length} file(s) could not be ` +
+        `restored and were left out: ${shown.join("; ")}${damaged.length > 5 ? `; and ${damaged.length - 5} more` : ""}`,
+    );
+  }
+}
+
+type FileEntry = Extract<ManifestEntry, { type: "file" }>;
+
+interface FileState {
+  entry: FileEntry;
+  abs: string;
+  handle?: FileHandle;
+  remaining: number;
+  damaged?: DamagedFile;
+  done?: boolean;
+}
+
+interface Destination {
+  file: FileState;
+  offset: number;
+  length: number;
+}
+
+const WINDOW_FILES = 512;
+const WINDOW_BYTES = 1024 * 1024 * 1024;
+const TASK_BYTES = 8 * 1024 * 1024;
+/** Room for one more blob past TASK_BYTES (a 4 MiB chunk plus its envelope; larger ones get their own buffer). */
+const MAX_BLOB = 4 * 1024 * 1024 + 64;
+
+export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<RestoreSnapshotResult> {
+  const started = performance.now();
+  const { snapshotId, manifestBlob } = await options.source.readManifest(options.snapshotId);
+  const manifest = openManifest(options.key, manifestBlob, `manifest of snapshot ${snapshotId}`);
+  assertRestorable(manifest, { allowExternalSymlinks: options.allowExternalSymlinks });
+  const root = await prepareTarget(options.target);
+  const ownPool = options.pool === undefined;
+  const pool = options.pool ?? new SnapshotWorkerPool();
+  try {
+    const files = manifest.entries.filter((e): e is FileEntry => e.type === "file");
+    const dirs = manifest.entries.filter((e) => e.type === "dir");
+    const links = manifest.entries.filter((e) => e.type === "symlink");
+    const progress: RestoreProgress = {
+      filesDone: 0,
+      filesTotal: files.length,
+      bytesWritten: 0,
+      bytesTotal: files.reduce((sum, f) => sum + f.size, 0),
+    };
+    const pathOf = (p: string): string => join(root, ...p.split("/"));
+
+    for (const d of dirs) await mkdir(pathOf(d.path), { mode: 0o700 });
+
+    const damaged: DamagedFile[] = [];
+    let start = 0;
+    while (start < files.length) {
+      let end = start;
+      let bytes = 0;
+      while (end < files.length && end - start < WINDOW_FILES && (bytes < WINDOW_BYTES || end === start)) {
+        bytes += files[end].size;
+        end++;
+      }
+      options.signal?.throwIfAborted();
+      await restoreWindow(files.slice(start, end), pathOf, pool, options, progress, damaged);
+      start = end;
+    }
+
+    for (const l of links) {
+      if (l.type !== "symlink") continue;
+      const abs = pathOf(l.path);
+      await symlink(l.target, abs);
+      const t = nsToSeconds(l.mtimeNs);
+      await lutimes(abs, t, t).catch(() => {}); // not every filesystem can time-stamp a link
+    }
+    // Directory modes and times last (deepest first): writing into them would change their mtime, and a
+    // read-only mode would stop the writes.
+    for (const d of [...dirs].reverse()) {
+      const abs = pathOf(d.path);
+      await chmod(abs, d.mode);
+      const t = nsToSeconds(d.mtimeNs);
+      await utimes(abs, t, t);
+    }
+
+    const result: RestoreSnapshotResult = {
+      snapshotId,
+      files: files.length - damaged.length,
+      dirs: dirs.length,
+      symlinks: links.length,
+      bytesWritten: progress.bytesWritten,
+      seconds: (performance.now() - started) / 1000,
+    };
+    if (damaged.length > 0) throw new RestoreDamagedError(damaged, result);
+    return result;
+  } finally {
+    if (ownPool) await pool.close();
+  }
+}
+
+async function restoreWindow(
+  files: FileEntry[],
+  pathOf: (p: string) => string,
+  pool: SnapshotWorkerPool,
+  options: RestoreSnapshotOptions,
+  progress: RestoreProgress,
+  damaged: DamagedFile[],
+): Promise<void> {
+  const states: FileState[] = files.map((entry) => ({
+    entry,
+    abs: pathOf(entry.path),
+    remaining: entry.chunks.length,
+  }));
+  const destinations = new Map<string, Destination[]>();
+  // A file is finished (mode, times, close) as soon as its last chunk is written, while others still arrive.
+  const finishing: Promise<void>[] = [];
+  const finish = (state: FileState): void => {
+    state.done = true;
+    const handle = state.handle!;
+    state.handle = undefined;
+    const t = nsToSeconds(state.entry.mtimeNs);
+    finishing.push(
+      (async () => {
+        try {
+          await handle.chmod(state.entry.mode);
+          await handle.utimes(t, t);
+        } finally {
+          await handle.close();
+        }
+        progress.filesDone++;
+      })(),
+    );
+  };
+  try {
+    await forEachLimited(states, 4, async (state) => {
+      state.handle = await open(
+        state.abs,
+        constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+        0o600,
+      );
+    });
+    for (const state of states) {
+      const entry = state.entry;
+      if (entry.chunks.length === 0) finish(state);
+      let offset = 0;
+      for (let i = 0; i < entry.chunks.length; i++) {
+        const hex = entry.chunks[i];
+        let list = destinations.get(hex);
+        if (!list) {
+          list = [];
+          destinations.set(hex, list);
+        }
+        list.push({ file: state, offset, length: entry.lengths[i] });
+        offset += entry.lengths[i];
+      }
+    }
+
+    const markDamaged = (hex: string, reason: string, pack: string | undefined): void => {
+      for (const d of destinations.get(hex) ?? [])
+        d.file.damaged ??= { path: d.file.entry.path, reason, chunk: hex, pack };
+    };
+
+    const maxInflight = Math.max(2, pool.threads * 2 + 1);
+    const inflight: Promise<void>[] = [];
+    let failure: unknown;
+    // The batch being filled: blobs are copied in as they arrive (a source may reuse its read buffers).
+    let data = pool.buffer(TASK_BYTES + MAX_BLOB);
+    let ranges: number[] = [];
+    let hexes: string[] = [];
+    let packs: (string | undefined)[] = [];
+    let taskBytes = 0;
+
+    const writeBatch = async (
+      batchHexes: string[],
+      batchPacks: (string | undefined)[],
+      run: ReturnType<SnapshotWorkerPool["open"]>,
+    ) => {
+      const opened = await run;
+      const writes: Promise<unknown>[] = [];
+      for (let i = 0; i < batchHexes.length; i++) {
+        const hex = batchHexes[i];
+        const error = opened.errors[i];
+        if (error !== null) {
+          markDamaged(hex, error, batchPacks[i]);
+          continue;
+        }
+        const at = opened.plainRanges[2 * i];
+        const length = opened.plainRanges[2 * i + 1];
+        const plain = opened.out.subarray(at, at + length);
+        for (const d of destinations.get(hex) ?? []) {
+          if (d.file.damaged) continue;
+          if (d.length !== length) {
+            d.file.damaged = {
+              path: d.file.entry.path,
+              reason: `chunk is ${length} bytes, the manifest says ${d.length}`,
+              chunk: hex,
+            };
+            continue;
+          }
+          const file = d.file;
+          writes.push(
+            writeFully(file.handle!, plain, d.offset).then(() => {
+              progress.bytesWritten += length;
+              if (--file.remaining === 0 && !file.damaged) finish(file);
+            }),
+          );
+        }
+      }
+      await Promise.all(writes);
+      pool.recycle(opened.out.buffer as ArrayBuffer);
+      options.onProgress?.(progress);
+    };
+
+    const flush = async (): Promise<void> => {
+      if (hexes.length === 0) return;
+      const lengths = new Int32Array(hexes.length);
+      const ids = Buffer.allocUnsafeSlow(32 * hexes.length);
+      for (let i = 0; i < hexes.length; i++) {
+        // Every use of a chunk id has the same length unless the manifest lies; then the odd ones are marked.
+        lengths[i] = destinations.get(hexes[i])?.[0]?.length ?? -1;
+        ids.write(hexes[i], 32 * i, "hex");
+      }
+      const run = pool.open(options.key, data.subarray(0, taskBytes), Int32Array.from(ranges), ids, lengths);
+      const step = writeBatch(hexes, packs, run).catch((err: unknown) => {
+        failure ??= err;
+      });
+      inflight.push(step);
+      data = pool.buffer(TASK_BYTES + MAX_BLOB);
+      ranges = [];
+      hexes = [];
+      packs = [];
+      taskBytes = 0;
+      while (inflight.length >= maxInflight) await inflight.shift();
+      if (failure) throw failure;
+    };
+
+    try {
+      const ids = [...destinations.keys()].map((hex) => Buffer.from(hex, "hex"));
+      for await (const fetched of options.source.get(ids)) {
+        options.signal?.throwIfAborted();
+        const hex = fetched.id.toString("hex");
+        if (fetched.blob === undefined) {
+          markDamaged(hex, fetched.error, fetched.pack);
+          continue;
+        }
+        if (taskBytes + fetched.blob.length > data.length) await flush();
+        if (fetched.blob.length > data.length) data = Buffer.allocUnsafeSlow(fetched.blob.length);
+        fetched.blob.copy(data, taskBytes);
+        ranges.push(taskBytes, fetched.blob.length);
+        hexes.push(hex);
+        packs.push(fetched.pack);
+        taskBytes += fetched.blob.length;
+        if (taskBytes >= TASK_BYTES) await flush();
+      }
+      await flush();
+    } finally {
+      await Promise.allSettled(inflight);
+      pool.recycle(data.buffer as ArrayBuffer);
+    }
+    if (failure) throw failure;
+
+    await Promise.all(finishing);
+    for (const state of states) {
+      if (state.done) continue;
+      state.damaged ??= { path: state.entry.path, reason: "the source never delivered some of its chunks" };
+      const handle = state.handle!;
+      state.handle = undefined;
+      await handle.close();
+      await unlink(state.abs);
+      damaged.push(state.damaged);
+    }
+    options.onProgress?.(progress);
+  } finally {
+    await Promise.allSettled(finishing);
+    for (const state of states) await state.handle?.close().catch(() => {});
+  }
+}
+
+async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const run = async (): Promise<void> => {
+    while (next < items.length) await fn(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
+}
+
+async function writeFully(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await handle.write(data, done, data.length - done, position + done);
+    done += bytesWritten;
+  }
+}
+
+async function prepareTarget(target: string): Promise<string> {
+  const abs = resolve(target);
+  await mkdir(abs, { recursive: true });
+  const real = await realpath(abs);
+  if ((await readdir(real)).length > 0) {
+    throw new Error(`the restore target ${target} is not empty; restore into a new or empty directory`);
+  }
+  return real;
+}
+
+function nsToSeconds(ns: string): number {
+  const n = BigInt(ns);
+  return Number(n / 1_000_000_000n) + Number(n % 1_000_000_000n) / 1e9;
+}

@@ -1,0 +1,122 @@
+// What a worker does with a batch of file segments: read each one (a sliding window, so memory stays small
+// whatever the file size), cut it into chunks, and seal every chunk into one output buffer. Self-contained:
+// the worker runs it from its source text, and the calling thread runs the same code when there are no workers.
+import type * as nodeFs from "node:fs";
+import type { ChunkCodec } from "@dumont/repository";
+import type { CompiledChunker, CutScanner } from "./chunker.js";
+
+export interface FileSegment {
+  path: string;
+  /** Size of the file when it was listed; reading stops there even if it has grown. */
+  fileSize: number;
+  /** A cut the caller vouches for (0, or a segment boundary to be stitched). */
+  start: number;
+  /** Chunks are cut until one starts at or after `end`; the last may run past it. */
+  end: number;
+}
+
+export interface SealedSegments {
+  out: Buffer;
+  /** 32 bytes per chunk. */
+  ids: Buffer;
+  /** Five numbers per chunk: segment index, file offset, plain length, blob offset in `out`, blob length. */
+  chunks: Float64Array;
+  errors: { segment: number; message: string }[];
+  bytesRead: number;
+}
+
+export interface SegmentSealer {
+  sealSegments(key: Buffer, chunker: CompiledChunker, segments: FileSegment[], spare?: ArrayBuffer): SealedSegments;
+}
+
+export function createSegmentSealer(deps: {
+  codec: ChunkCodec;
+  /** Makes the read window and its cut finder (once, sized for the largest chunk seen). */
+  makeScanner: (windowSize: number) => CutScanner;
+  fs: typeof nodeFs;
+}): SegmentSealer {
+  const { codec, fs } = deps;
+  const WINDOW = 8 * 1024 * 1024;
+  let scanner: CutScanner | undefined;
+  const changed = (message: string): Error => Object.assign(new Error(message), { code: "ECHANGED" });
+
+  return {
+    sealSegments(key, chunker, segments, spare) {
+      let estimate = 0;
+      for (const seg of segments) {
+        const span = Math.min(seg.fileSize, seg.end + chunker.max) - seg.start;
+        estimate += span + codec.overhead * (Math.ceil(span / chunker.min) + 1);
+      }
+      let out =
+        spare && spare.byteLength >= estimate ? Buffer.from(spare) : Buffer.allocUnsafeSlow(Math.max(estimate, 1));
+      let ids = Buffer.allocUnsafeSlow(32 * 64);
+      let pos = 0;
+      let count = 0;
+      const meta: number[] = [];
+      const errors: { segment: number; message: string }[] = [];
+      let bytesRead = 0;
+      if (!scanner || scanner.window.length < WINDOW + chunker.max) scanner = deps.makeScanner(WINDOW + chunker.max);
+      const { window } = scanner;
+      const flags = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
+
+      for (let si = 0; si < segments.length; si++) {
+        const seg = segments[si];
+        const readEnd = Math.min(seg.fileSize, seg.end + chunker.max);
+        let fd = -1;
+        const mark = { pos, count, meta: meta.length };
+        try {
+          fd = fs.openSync(seg.path, flags);
+          if (!fs.fstatSync(fd).isFile()) throw changed("it is no longer a regular file");
+          // window holds file bytes [winStart, winEnd)
+          let winStart = seg.start;
+          let winEnd = seg.start;
+          let s = seg.start;
+          while (s < seg.end && s < seg.fileSize) {
+            const need = Math.min(readEnd, s + chunker.max);
+            if (need > winEnd) {
+              // Slide: keep [s, winEnd), then fill the window as far as the segment needs.
+              window.copy(window, 0, s - winStart, winEnd - winStart);
+              winStart = s;
+              const fillTo = Math.min(readEnd, winStart + window.length);
+              while (winEnd < fillTo) {
+                const n = fs.readSync(fd, window, winEnd - winStart, fillTo - winEnd, winEnd);
+                if (n === 0) throw changed("it shrank while it was being read");
+                winEnd += n;
+                bytesRead += n;
+              }
+            }
+            const e = scanner.findEnd(winStart, s, seg.fileSize, chunker);
+            const len = e - s;
+            if (pos + len + codec.overhead > out.length) {
+              const bigger = Buffer.allocUnsafeSlow(Math.max(out.length * 2, pos + len + codec.overhead));
+              out.copy(bigger, 0, 0, pos);
+              out = bigger;
+            }
+            if (32 * (count + 1) > ids.length) {
+              const bigger = Buffer.allocUnsafeSlow(ids.length * 2);
+              ids.copy(bigger, 0, 0, 32 * count);
+              ids = bigger;
+            }
+            const blobStart = pos;
+            pos = codec.sealChunkInto(key, window.subarray(s - winStart, e - winStart), out, pos, ids, 32 * count);
+            meta.push(si, s, len, blobStart, pos - blobStart);
+            count++;
+            s = e;
+          }
+        } catch (err) {
+          // A file that vanished, cannot be read or changed under us is left out (the caller says so);
+          // anything else is a bug and fails the whole batch.
+          const code = (err as { code?: unknown }).code;
+          if (typeof code !== "string") throw err;
+          pos = mark.pos;
+          count = mark.count;
+          meta.length = mark.meta;
+          errors.push({ segment: si, message: err instanceof Error ? err.message : String(err) });
+        } finally {
+          if (fd >= 0) fs.closeSync(fd);
+        }
+      }
+      return { out, ids: ids.subarray(0, 32 * count), chunks: Float64Array.from(meta), errors, bytesRead };
+    },
+  };
+}

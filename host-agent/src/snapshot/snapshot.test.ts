@@ -1,0 +1,446 @@
+// Snapshot create/restore end to end, on a local repository and on a real S3 server (s3rver) on loopback.
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import {
+  appendFile,
+  chmod,
+  lstat,
+  mkdir,
+  mkdtemp,
+  open,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  symlink,
+  utimes,
+  writeFile,
+} from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import {
+  type ChunkSource,
+  checkRepository,
+  type FetchedChunk,
+  generateRepositoryKey,
+  type Manifest,
+  openBlobStore,
+  packKey,
+  Repository,
+  sealManifest,
+} from "@dumont/repository";
+import { type S3TestServer, startS3TestServer } from "@dumont/repository/testing";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { chunkLengths } from "./chunker.js";
+import { createDirectSnapshot, type DirectCreateOptions, restoreDirectSnapshot } from "./direct-mode.js";
+import { RestoreDamagedError, restoreSnapshot } from "./restore-snapshot.js";
+import { SnapshotWorkerPool } from "./worker-pool.js";
+
+// Small sizes keep the suite fast while still crossing every boundary: many chunks per file, files larger
+// than a pack, and files split into segments that must be stitched.
+const CHUNKER = { minSize: 16 * 1024, avgSize: 64 * 1024, maxSize: 256 * 1024 };
+const SMALL = { chunker: CHUNKER, packSize: 256 * 1024, segmentSize: 512 * 1024 };
+const HOUR_AGO = Date.now() / 1000 - 3600;
+
+let root: string;
+let s3: S3TestServer;
+let pool: SnapshotWorkerPool;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "dumont-snap-"));
+  s3 = await startS3TestServer();
+  pool = new SnapshotWorkerPool({ threads: 2 });
+});
+afterAll(async () => {
+  await pool?.close();
+  await s3?.close();
+  await rm(root, { recursive: true, force: true });
+});
+
+let counter = 0;
+const fresh = (name: string): string => join(root, `${name}-${++counter}`);
+
+function seeded(size: number, seed: string): Buffer {
+  const out = Buffer.allocUnsafe(size);
+  for (let i = 0, n = 0; i < size; n++) i += createHash("sha256").update(`${seed}:${n}`).digest().copy(out, i);
+  return out;
+}
+
+function csv(rows: number, seed: number): Buffer {
+  const lines: string[] = ["id,name,score,when"];
+  let x = seed;
+  for (let i = 0; i < rows; i++) {
+    x = (x * 1103515245 + 12345) % 2147483648;
+    lines.push(`${i},user-${x % 997},${(x % 10000) / 100},2026-01-${String((x % 28) + 1).padStart(2, "0")}`);
+  }
+  return Buffer.from(`${lines.join("\n")}\n`);
+}
+
+/** A workspace with every kind of entry the format must carry. */
+async function makeWorkspace(dir: string): Promise<void> {
+  await mkdir(join(dir, "data"), { recursive: true });
+  await mkdir(join(dir, "empty dir"));
+  await mkdir(join(dir, "src", "pkg ü"), { recursive: true });
+  await writeFile(join(dir, "data", "weights.bin"), seeded(1_500_000, "weights")); // > pack, > segment
+  await writeFile(join(dir, "data", "table.csv"), csv(20_000, 7));
+  await writeFile(join(dir, "empty"), "");
+  for (let i = 0; i < 30; i++) {
+    await writeFile(join(dir, "src", "pkg ü", `módulo ${i}.py`), `def f${i}(x):\n    return x * ${i}\n`.repeat(i + 1));
+  }
+  await writeFile(join(dir, "run.sh"), "#!/bin/sh\necho hi\n");
+  await chmod(join(dir, "run.sh"), 0o755);
+  await writeFile(join(dir, "readonly.txt"), "do not touch\n");
+  await chmod(join(dir, "readonly.txt"), 0o444);
+  await symlink("data/weights.bin", join(dir, "latest"));
+  await symlink("no/such/target", join(dir, "dangling"));
+  await utimesTree(dir, HOUR_AGO);
+}
+
+async function utimesTree(dir: string, seconds: number): Promise<void> {
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) await utimesTree(path, seconds);
+    if (!entry.isSymbolicLink()) await utimes(path, seconds, seconds);
+  }
+  await utimes(dir, seconds, seconds);
+}
+
+/** Every entry with its type, mode, size, mtime (ms) and content hash or link target. */
+async function describeTree(dir: string, rel = ""): Promise<string[]> {
+  const out: string[] = [];
+  const names = (await readdir(join(dir, rel))).sort();
+  for (const name of names) {
+    const path = rel === "" ? name : `${rel}/${name}`;
+    const abs = join(dir, path);
+    const st = await lstat(abs);
+    const mode = (st.mode & 0o7777).toString(8);
+    if (st.isSymbolicLink()) out.push(`${path} link -> ${await readlink(abs)}`);
+    else if (st.isDirectory()) {
+      out.push(`${path} dir ${mode} ${Math.floor(st.mtimeMs)}`);
+      out.push(...(await describeTree(dir, path)));
+    } else {
+      const hash = createHash("sha256")
+        .update(await readFile(abs))
+        .digest("hex");
+      out.push(`${path} file ${mode} ${st.size} ${Math.floor(st.mtimeMs)} ${hash}`);
+    }
+  }
+  return out;
+}
+
+type Store = { name: string; url: () => string; s3?: () => S3TestServer["s3"] };
+const stores: Store[] = [
+  { name: "file://", url: () => pathToFileURL(fresh("repo")).href },
+  { name: "s3://", url: () => s3.url(`repo-${++counter}`), s3: () => s3.s3 },
+];
+
+describe.each(stores)("snapshots on $name", (store) => {
+  it("restores byte for byte: empty files and dirs, symlinks, big files, modes, times, UTF-8 names", async () => {
+    const source = fresh("src");
+    await makeWorkspace(source);
+    const key = generateRepositoryKey();
+    const repo = store.url();
+    const base = { repo, key, s3: store.s3?.(), pool, ...SMALL };
+    const created = await createDirectSnapshot({ ...base, source, workspace: "ws-7", tenant: "t-1", epoch: 4 });
+    expect(created.files).toBe(35);
+    expect(created.bytesNew).toBe(created.bytesTotal);
+    expect(created.bytesStored).toBeLessThan(created.bytesTotal); // the CSV and sources compress
+
+    const target = fresh("restored");
+    const restored = await restoreDirectSnapshot({ ...base, snapshotId: created.id.slice(0, 10), target });
+    expect(restored).toMatchObject({ files: 35, bytesWritten: created.bytesTotal, symlinks: 2 });
+    expect(await describeTree(target)).toEqual(await describeTree(source));
+
+    const repository = await Repository.open(openBlobStore(repo, { s3: store.s3?.() }), key);
+    const [record] = await repository.listSnapshots();
+    expect(record).toMatchObject({ id: created.id, workspace: "ws-7", tenant: "t-1", epoch: 4 });
+    expect((await checkRepository(repository)).ok).toBe(true);
+  });
+});
+
+describe("snapshot engine", () => {
+  it("cuts a file split across workers exactly as one pass would", async () => {
+    const source = fresh("src");
+    await mkdir(source);
+    const content = seeded(3_000_000, "split");
+    await writeFile(join(source, "big"), content);
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL, segmentSize: 600 * 1024 });
+    const repository = await Repository.open(openBlobStore(repo), key);
+    const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
+    const entry = manifest.entries.find((e) => e.path === "big");
+    expect(entry?.type === "file" && entry.lengths).toEqual(chunkLengths(content, CHUNKER));
+  });
+
+  it("works without worker threads too", async () => {
+    const source = fresh("src");
+    await makeWorkspace(source);
+    const inline = new SnapshotWorkerPool({ threads: 0 });
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool: inline, ...SMALL });
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool: inline });
+    expect(await describeTree(target)).toEqual(await describeTree(source));
+  });
+
+  it("moves about 5% of the bytes after a 5% change, and does not re-read unchanged files", async () => {
+    const source = fresh("src");
+    await mkdir(join(source, "small"), { recursive: true });
+    await writeFile(join(source, "model.bin"), seeded(4_000_000, "model"));
+    await writeFile(join(source, "log.csv"), csv(40_000, 3));
+    for (let i = 0; i < 40; i++) await writeFile(join(source, "small", `f${i}.txt`), `file ${i}\n`.repeat(200 + i));
+    await utimesTree(source, HOUR_AGO);
+    const key = generateRepositoryKey();
+    const base: DirectCreateOptions = {
+      repo: pathToFileURL(fresh("repo")).href,
+      key,
+      source,
+      pool,
+      stateDir: fresh("state"),
+      ...SMALL,
+    };
+    const first = await createDirectSnapshot(base);
+    const total = first.bytesTotal;
+
+    // 5%: overwrite 150 KB in the middle of the model, append 60 KB to the log, edit 4 small files.
+    const handle = await open(join(source, "model.bin"), "r+");
+    await handle.write(seeded(150_000, "patch"), 0, 150_000, 2_000_000);
+    await handle.close();
+    await appendFile(join(source, "log.csv"), csv(3000, 99));
+    for (const i of [1, 2, 3, 4]) await appendFile(join(source, "small", `f${i}.txt`), "edited\n");
+    for (const name of ["model.bin", "log.csv", ...[1, 2, 3, 4].map((i) => `small/f${i}.txt`)]) {
+      await utimes(join(source, name), HOUR_AGO + 60, HOUR_AGO + 60);
+    }
+
+    const second = await createDirectSnapshot(base);
+    expect(second.filesRead).toBe(6);
+    expect(second.filesUnchanged).toBe(36);
+    expect(second.bytesRead).toBe(
+      (await lstat(join(source, "model.bin"))).size +
+        (await lstat(join(source, "log.csv"))).size +
+        (await Promise.all([1, 2, 3, 4].map((i) => lstat(join(source, "small", `f${i}.txt`))))).reduce(
+          (s, st) => s + st.size,
+          0,
+        ),
+    );
+    // The change is ~7% of the bytes; chunk granularity may add a chunk or two on each side.
+    expect(second.bytesNew / total).toBeLessThan(0.2);
+    expect(second.bytesNew).toBeGreaterThanOrEqual(150_000);
+
+    const third = await createDirectSnapshot(base);
+    expect(third.filesRead).toBe(0);
+    expect(third.bytesNew).toBe(0);
+
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo: base.repo, key, pool, snapshotId: second.id, target });
+    expect(await describeTree(target)).toEqual(await describeTree(source));
+  });
+
+  it("fails a wrong key with one clear sentence", async () => {
+    const source = fresh("src");
+    await mkdir(source);
+    await writeFile(join(source, "a"), "a");
+    const repo = pathToFileURL(fresh("repo")).href;
+    await createDirectSnapshot({ repo, key: generateRepositoryKey(), source, pool });
+    await expect(createDirectSnapshot({ repo, key: generateRepositoryKey(), source, pool })).rejects.toThrow(
+      /^the key does not open the repository at file:\/\/.*: it was created with a different key$/,
+    );
+  });
+
+  it("reports a corrupted pack on restore, naming the file, and restores everything else", async () => {
+    const source = fresh("src");
+    await makeWorkspace(source);
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    const store = openBlobStore(repo);
+    const repository = await Repository.open(store, key);
+    const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
+    const csvEntry = manifest.entries.find((e) => e.path === "data/table.csv");
+    if (csvEntry?.type !== "file") throw new Error("no csv in manifest");
+    const location = (await repository.loadIndex()).get(csvEntry.chunks[0])!;
+    const pack = await store.get(packKey(location.packId));
+    pack[location.offset + 40] ^= 0x55;
+    await store.put(packKey(location.packId), pack);
+
+    const target = fresh("restored");
+    const failure = await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool }).catch((e) => e);
+    expect(failure).toBeInstanceOf(RestoreDamagedError);
+    expect(failure.message).toMatch(/"data\/table\.csv"/);
+    expect(failure.message).toContain(location.packId.slice(0, 12));
+    expect((failure as RestoreDamagedError).damaged.map((d) => d.path)).toEqual(["data/table.csv"]);
+    expect(existsSync(join(target, "data", "table.csv"))).toBe(false);
+    const expected = (await describeTree(source)).filter((line) => !line.startsWith("data/table.csv "));
+    const got = (await describeTree(target)).filter((line) => !line.startsWith("data "));
+    expect(got).toEqual(expected.filter((line) => !line.startsWith("data ")));
+
+    const report = await checkRepository(repository);
+    expect(report.ok).toBe(false);
+    expect(report.problems.some((p) => p.files?.some((f) => f.path === "data/table.csv"))).toBe(true);
+  });
+
+  it("leaves no snapshot after a crash mid-way, and the next one reuses the packs already written", async () => {
+    const source = fresh("src");
+    await mkdir(source);
+    for (let i = 0; i < 6; i++) await writeFile(join(source, `part${i}.bin`), seeded(400_000, `crash${i}`));
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    let packs = 0;
+    const crashing = createDirectSnapshot({
+      repo,
+      key,
+      source,
+      pool,
+      ...SMALL,
+      onPackWritten: () => {
+        if (++packs === 3) throw new Error("simulated crash");
+      },
+    });
+    await expect(crashing).rejects.toThrow("simulated crash");
+    const repository = await Repository.open(openBlobStore(repo), key);
+    expect(await repository.listSnapshots()).toEqual([]);
+
+    const next = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    expect(next.bytesNew).toBeLessThan(next.bytesTotal - 3 * 200_000);
+    expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([next.id]);
+    expect((await checkRepository(repository)).ok).toBe(true);
+  });
+
+  it("survives kill -9 of the process taking the snapshot", async () => {
+    const entry = fileURLToPath(new URL("../../dist/snapshot/index.js", import.meta.url));
+    if (!existsSync(entry)) throw new Error(`build the agent first (npm run build): ${entry} is missing`);
+    const source = fresh("src");
+    await mkdir(source);
+    for (let i = 0; i < 6; i++) await writeFile(join(source, `part${i}.bin`), seeded(400_000, `kill${i}`));
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const script = `
+      const { createDirectSnapshot } = await import(${JSON.stringify(pathToFileURL(entry).href)});
+      let packs = 0;
+      await createDirectSnapshot({
+        repo: ${JSON.stringify(repo)}, key: Buffer.from(${JSON.stringify(key.toString("hex"))}, "hex"),
+        source: ${JSON.stringify(source)}, chunker: ${JSON.stringify(CHUNKER)}, packSize: 256 * 1024, segmentSize: 512 * 1024,
+        onPackWritten: async () => { if (++packs === 2) { process.stdout.write("two packs\\n"); await new Promise((r) => setTimeout(r, 60000)); } },
+      });`;
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on("data", (d: Buffer) => d.toString().includes("two packs") && resolve());
+      child.on("exit", (code) => reject(new Error(`child exited early with ${code}`)));
+    });
+    child.kill("SIGKILL");
+    await new Promise((resolve) => child.on("exit", resolve));
+
+    const repository = await Repository.open(openBlobStore(repo), key);
+    expect(await repository.listSnapshots()).toEqual([]);
+    expect((await repository.loadIndex()).packs.size).toBeGreaterThanOrEqual(2);
+    const next = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    expect(next.bytesNew).toBeLessThan(next.bytesTotal);
+    expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([next.id]);
+    expect((await checkRepository(repository)).ok).toBe(true);
+  });
+});
+
+describe("restore safety", () => {
+  const key = generateRepositoryKey();
+  const sourceOf = (manifest: Manifest, chunks: Map<string, Buffer> = new Map()): ChunkSource => ({
+    async readManifest(id) {
+      return { snapshotId: id, manifestBlob: sealManifest(key, manifest) };
+    },
+    async *get(ids): AsyncIterable<FetchedChunk> {
+      for (const id of ids) {
+        const blob = chunks.get(id.toString("hex"));
+        yield blob ? { id, blob } : { id, error: "absent" };
+      }
+    },
+  });
+  const entry = (path: string, extra: object = {}) => ({
+    type: "dir" as const,
+    path,
+    mode: 0o755,
+    mtimeNs: "0",
+    ...extra,
+  });
+
+  it.each([
+    ["an absolute path", [{ ...entry("/tmp/evil"), type: "file", size: 0, chunks: [], lengths: [] }]],
+    ["a .. path", [entry("a"), { ...entry("a/../../evil"), type: "file", size: 0, chunks: [], lengths: [] }]],
+    ["a symlink escaping the target", [{ ...entry("l"), type: "symlink", target: "../../etc" }]],
+    [
+      "a file written through a symlink",
+      [
+        { ...entry("l"), type: "symlink", target: "." },
+        { ...entry("l/x"), type: "file", size: 0, chunks: [], lengths: [] },
+      ],
+    ],
+  ])("refuses a manifest with %s and writes nothing", async (_what, entries) => {
+    const target = fresh("target");
+    const manifest = { version: 1, entries } as Manifest;
+    await expect(restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool })).rejects.toThrow(
+      expect.objectContaining({ code: "invalid-manifest" }),
+    );
+    expect(existsSync(target)).toBe(false);
+  });
+
+  it("refuses a target that is not empty (so nothing there can be followed)", async () => {
+    const target = fresh("target");
+    await mkdir(target);
+    await symlink("/etc", join(target, "a"));
+    const manifest: Manifest = { version: 1, entries: [entry("a")] };
+    await expect(restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool })).rejects.toThrow(
+      /not empty/,
+    );
+  });
+
+  it("creates outward symlinks only when allowed, and never writes through them", async () => {
+    const outside = fresh("outside");
+    await mkdir(outside);
+    const manifest: Manifest = {
+      version: 1,
+      entries: [{ type: "symlink", path: "python", mode: 0o777, mtimeNs: "0", target: outside }],
+    };
+    const target = fresh("target");
+    await expect(restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool })).rejects.toThrow(
+      /points outside the restore target/,
+    );
+    await restoreSnapshot({
+      snapshotId: "x",
+      source: sourceOf(manifest),
+      key,
+      target,
+      pool,
+      allowExternalSymlinks: true,
+    });
+    expect(await readlink(join(target, "python"))).toBe(outside);
+    expect(await readdir(outside)).toEqual([]);
+  });
+
+  it("refuses a chunk whose content does not match its id", async () => {
+    const { chunkCodec } = await import("@dumont/repository");
+    const real = chunkCodec.sealChunk(key, Buffer.from("real content"));
+    const forged = chunkCodec.sealChunk(key, Buffer.from("other content"));
+    const manifest: Manifest = {
+      version: 1,
+      entries: [
+        {
+          type: "file",
+          path: "f",
+          mode: 0o644,
+          mtimeNs: "0",
+          size: 12,
+          chunks: [real.id.toString("hex")],
+          lengths: [12],
+        },
+      ],
+    };
+    const source = sourceOf(manifest, new Map([[real.id.toString("hex"), forged.blob]]));
+    const target = fresh("target");
+    const failure = await restoreSnapshot({ snapshotId: "x", source, key, target, pool }).catch((e) => e);
+    expect(failure).toBeInstanceOf(RestoreDamagedError);
+    expect(failure.message).toMatch(/"f".*authentication failed/);
+  });
+});

@@ -1,0 +1,104 @@
+// One suite, two stores: the local directory and a real S3-compatible server (s3rver) on loopback.
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type BlobStore, openBlobStore } from "./blob-store.js";
+import { isRepositoryError } from "./errors.js";
+import { FileBlobStore } from "./file-blob-store.js";
+import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
+
+let s3: S3TestServer;
+let dir: string;
+beforeAll(async () => {
+  s3 = await startS3TestServer();
+  dir = await mkdtemp(join(tmpdir(), "dumont-store-"));
+});
+afterAll(async () => {
+  await s3?.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+let counter = 0;
+const stores: [string, () => BlobStore][] = [
+  ["file://", () => openBlobStore(pathToFileURL(join(dir, `s${++counter}`)).href)],
+  ["s3://", () => openBlobStore(s3.url(`p${++counter}`), { s3: s3.s3 })],
+];
+
+describe.each(stores)("%s blob store", (_name, make) => {
+  it("stores, lists, ranges and deletes objects", async () => {
+    const store = make();
+    const big = Buffer.alloc(3 * 1024 * 1024, 7);
+    await store.put("data/ab/one", Buffer.from("hello"));
+    await store.put("data/cd/two", [Buffer.from("wor"), Buffer.alloc(0), Buffer.from("ld"), big]);
+    await store.put("snapshots/x", Buffer.from("s"));
+    expect((await store.get("data/ab/one")).toString()).toBe("hello");
+    const two = await store.get("data/cd/two");
+    expect(two.length).toBe(5 + big.length);
+    expect(two.subarray(0, 5).toString()).toBe("world");
+    expect((await store.getRange("data/cd/two", 3, 4)).toString("latin1")).toBe("ld\x07\x07");
+    expect((await store.stat("data/ab/one"))?.size).toBe(5);
+    expect(await store.stat("data/nope")).toBeUndefined();
+    const listed: string[] = [];
+    for await (const info of store.list("data/")) listed.push(`${info.key}:${info.size}`);
+    expect(listed.sort()).toEqual(["data/ab/one:5", `data/cd/two:${5 + big.length}`]);
+    const prefixed: string[] = [];
+    for await (const info of store.list("data/a")) prefixed.push(info.key);
+    expect(prefixed).toEqual(["data/ab/one"]);
+    await store.delete("data/ab/one");
+    await store.delete("data/ab/one"); // deleting twice is fine
+    expect(await store.stat("data/ab/one")).toBeUndefined();
+    await store.close();
+  });
+
+  it("reports missing objects and short ranges with typed errors", async () => {
+    const store = make();
+    await store.put("a", Buffer.from("abc"));
+    await expect(store.get("missing")).rejects.toSatisfy((e) => isRepositoryError(e, "not-found"));
+    await expect(store.getRange("a", 1, 10)).rejects.toSatisfy((e) => isRepositoryError(e));
+    await store.close();
+  });
+
+  it("replaces whole objects and keeps an existing one with ifAbsent", async () => {
+    const store = make();
+    expect(await store.put("config", Buffer.from("first"), { ifAbsent: true })).toBe(true);
+    await store.put("k", Buffer.from("v1"));
+    await store.put("k", Buffer.from("v2"));
+    expect((await store.get("k")).toString()).toBe("v2");
+    if (store instanceof FileBlobStore) {
+      // s3rver ignores If-None-Match; real S3 and the file store honour it.
+      expect(await store.put("config", Buffer.from("second"), { ifAbsent: true })).toBe(false);
+      expect((await store.get("config")).toString()).toBe("first");
+    }
+    await store.close();
+  });
+
+  it("refuses keys that could leave the store", async () => {
+    const store = make();
+    for (const key of ["../x", "/abs", "a//b", "a/./b", ""]) {
+      await expect(store.put(key, Buffer.from("x"))).rejects.toSatisfy((e) => isRepositoryError(e, "invalid-argument"));
+    }
+    await store.close();
+  });
+});
+
+describe("file blob store", () => {
+  it("leaves no temporary files behind", async () => {
+    const root = join(dir, "atomic");
+    const store = new FileBlobStore(root);
+    await Promise.all(Array.from({ length: 20 }, (_, i) => store.put(`data/00/${i}`, Buffer.alloc(1000, i))));
+    expect((await readdir(join(root, "data", "00"))).sort()).toEqual(
+      Array.from({ length: 20 }, (_, i) => String(i)).sort(),
+    );
+  });
+});
+
+describe("openBlobStore", () => {
+  it("explains unsupported URLs", () => {
+    expect(() => openBlobStore("ftp://x")).toThrow(/file:\/\/\/absolute\/path or s3:\/\/bucket\/prefix/);
+    expect(() => openBlobStore("s3://A_B/x")).toThrow(/bucket/);
+    expect(openBlobStore("s3://my-bucket/a/b/").url).toBe("s3://my-bucket/a/b");
+    expect(openBlobStore("/tmp/x").url).toBe("file:///tmp/x");
+  });
+});

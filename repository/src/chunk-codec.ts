@@ -1,0 +1,267 @@
+// The sealed form of every stored blob: hash, LZ4-unless-it-does-not-pay, AES-256-GCM. `createChunkCodec`
+// is self-contained (no module-level references) so a worker thread can run it from its source text.
+import type * as nodeCrypto from "node:crypto";
+
+export interface ChunkCodecDeps {
+  createHash: typeof nodeCrypto.createHash;
+  createCipheriv: typeof nodeCrypto.createCipheriv;
+  createDecipheriv: typeof nodeCrypto.createDecipheriv;
+  randomFillSync: typeof nodeCrypto.randomFillSync;
+  /** LZ4 block with a 4-byte little-endian length prefix (lz4-napi `compressSync`). */
+  compress(data: Buffer): Buffer;
+  /** Inverse of `compress` (lz4-napi `uncompressSync`). */
+  uncompress(data: Buffer): Buffer;
+}
+
+/** A batch of chunks sealed together: blobs laid out back to back in `out`. */
+export interface SealedChunkBatch {
+  out: Buffer;
+  /** 32 bytes per chunk: SHA-256 of the plain chunk. */
+  ids: Buffer;
+  /** Pairs (offset, length) of each blob inside `out`. */
+  blobRanges: Int32Array;
+}
+
+/** A batch of blobs opened together: plain chunks back to back in `out`. */
+export interface OpenedChunkBatch {
+  out: Buffer;
+  /** Pairs (offset, length) of each plain chunk inside `out`; length -1 when `errors[i]` is set. */
+  plainRanges: Int32Array;
+  errors: (string | null)[];
+}
+
+export interface ChunkCodec {
+  /** Bytes a sealed blob adds at most to its plain chunk. */
+  readonly overhead: number;
+  sealChunk(key: Buffer, plain: Buffer): { id: Buffer; blob: Buffer };
+  /**
+   * Seals `plain` into `out` at `pos` (room for plain.length + overhead needed) and its id into `ids` at
+   * `idPos`; returns the end of the blob.
+   */
+  sealChunkInto(key: Buffer, plain: Buffer, out: Buffer, pos: number, ids: Buffer, idPos: number): number;
+  /** Decrypts, decompresses and checks the SHA-256; throws an Error saying which of those failed. */
+  openChunk(key: Buffer, id: Buffer, blob: Buffer): Buffer;
+  sealChunkBatch(key: Buffer, data: Uint8Array, ranges: Int32Array): SealedChunkBatch;
+  /**
+   * Opens blobs given as (offset, length) pairs into `data`, with their ids back to back and the plain length
+   * each must have; plain chunks land back to back in `spare` when it is large enough, else in a new buffer.
+   */
+  openChunkBatch(
+    key: Buffer,
+    data: Uint8Array,
+    blobRanges: Int32Array,
+    ids: Uint8Array,
+    lengths: Int32Array,
+    spare?: ArrayBuffer,
+  ): OpenedChunkBatch;
+  /** Seals a repository object (index, manifest, snapshot); `aad` names its kind so blobs cannot be swapped. */
+  sealObject(key: Buffer, aad: string, plain: Buffer): Buffer;
+  openObject(key: Buffer, aad: string, sealed: Buffer): Buffer;
+}
+
+export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
+  const NONCE = 12;
+  const TAG = 16;
+  const OVERHEAD = NONCE + 1 + TAG;
+  const CODEC_RAW = 0;
+  const CODEC_LZ4 = 1;
+  const MAX_PLAIN = 64 * 1024 * 1024;
+  // Encrypting in pieces bounds each temporary output (a 4 MiB chunk would otherwise allocate 4 MiB at once).
+  const PIECE = 1024 * 1024;
+  const SAMPLE = 64 * 1024;
+  const rawByte = Buffer.from([CODEC_RAW]);
+  const lz4Byte = Buffer.from([CODEC_LZ4]);
+
+  // LZ4 is kept only when it saves at least 1/32 of the bytes: below that, decompressing costs more than it
+  // saves. A large chunk is judged by a sample of its start first: incompressible data (weights, archives)
+  // then costs no compression pass at all.
+  function chooseBody(plain: Buffer): { codec: number; body: Buffer } {
+    if (plain.length >= 64) {
+      if (plain.length > 2 * SAMPLE) {
+        const probe = deps.compress(plain.subarray(0, SAMPLE));
+        if (probe.length > SAMPLE - (SAMPLE >> 5)) return { codec: CODEC_RAW, body: plain };
+      }
+      const packed = deps.compress(plain);
+      if (packed.length <= plain.length - (plain.length >> 5)) return { codec: CODEC_LZ4, body: packed };
+    }
+    return { codec: CODEC_RAW, body: plain };
+  }
+
+  function sealInto(key: Buffer, aad: Buffer, codec: number, body: Buffer, out: Buffer, pos: number): number {
+    const nonce = out.subarray(pos, pos + NONCE);
+    deps.randomFillSync(nonce);
+    const cipher = deps.createCipheriv("aes-256-gcm", key, nonce, { authTagLength: TAG });
+    cipher.setAAD(aad);
+    const head = cipher.update(codec === CODEC_LZ4 ? lz4Byte : rawByte);
+    head.copy(out, pos + NONCE);
+    let at = pos + NONCE + head.length;
+    for (let p = 0; p < body.length; p += PIECE) {
+      const enc = cipher.update(body.subarray(p, Math.min(body.length, p + PIECE)));
+      enc.copy(out, at);
+      at += enc.length;
+    }
+    const fin = cipher.final();
+    fin.copy(out, at);
+    at += fin.length;
+    cipher.getAuthTag().copy(out, at);
+    return at + TAG;
+  }
+
+  function decrypt(key: Buffer, aad: Buffer, sealed: Buffer): Buffer {
+    if (sealed.length < OVERHEAD) throw new Error(`blob is ${sealed.length} bytes, shorter than its envelope`);
+    const decipher = deps.createDecipheriv("aes-256-gcm", key, sealed.subarray(0, NONCE), { authTagLength: TAG });
+    decipher.setAAD(aad);
+    decipher.setAuthTag(sealed.subarray(sealed.length - TAG));
+    const plain = decipher.update(sealed.subarray(NONCE, sealed.length - TAG));
+    try {
+      decipher.final();
+    } catch {
+      throw new Error("authentication failed (the bytes were altered, or the key is wrong)");
+    }
+    return plain;
+  }
+
+  function unpack(plain: Buffer): Buffer {
+    const codec = plain[0];
+    const body = plain.subarray(1);
+    if (codec === CODEC_RAW) return body;
+    if (codec !== CODEC_LZ4) throw new Error(`unknown codec ${codec}`);
+    if (body.length < 4 || body.readUInt32LE(0) > MAX_PLAIN) throw new Error("bad LZ4 length prefix");
+    try {
+      return deps.uncompress(body);
+    } catch {
+      throw new Error("LZ4 data does not decompress");
+    }
+  }
+
+  function hashOf(data: Buffer): Buffer {
+    return deps.createHash("sha256").update(data).digest();
+  }
+
+  let scratch = Buffer.alloc(0);
+
+  // Opens a chunk straight into `out` at `pos` (it must be `expected` bytes); returns why it failed, or null.
+  // Raw chunks are decrypted in place; LZ4 ones through a reused scratch buffer. Bytes written before the tag
+  // check are simply not reported as a chunk when it fails.
+  function openInto(key: Buffer, id: Buffer, blob: Buffer, expected: number, out: Buffer, pos: number): string | null {
+    if (blob.length < OVERHEAD) return `blob is ${blob.length} bytes, shorter than its envelope`;
+    if (expected < 0 || pos + expected > out.length) return "no room for the chunk";
+    const decipher = deps.createDecipheriv("aes-256-gcm", key, blob.subarray(0, NONCE), { authTagLength: TAG });
+    decipher.setAAD(id);
+    decipher.setAuthTag(blob.subarray(blob.length - TAG));
+    const sealed = blob.subarray(NONCE, blob.length - TAG);
+    const codec = decipher.update(sealed.subarray(0, 1))[0];
+    const bodyLength = sealed.length - 1;
+    // The common case, a raw chunk of the expected size, is decrypted straight into place.
+    const direct = codec === CODEC_RAW && bodyLength === expected;
+    if (!direct && scratch.length < bodyLength)
+      scratch = Buffer.allocUnsafeSlow(Math.max(bodyLength, 2 * scratch.length));
+    const target = direct ? out : scratch;
+    let at = direct ? pos : 0;
+    for (let p = 1; p < sealed.length; p += PIECE) {
+      const plain = decipher.update(sealed.subarray(p, Math.min(sealed.length, p + PIECE)));
+      plain.copy(target, at);
+      at += plain.length;
+    }
+    try {
+      decipher.final();
+    } catch {
+      return "authentication failed (the bytes were altered, or the key is wrong)";
+    }
+    if (codec === CODEC_RAW && !direct) return `chunk is ${bodyLength} bytes, expected ${expected}`;
+    if (codec !== CODEC_RAW && codec !== CODEC_LZ4) return `unknown codec ${codec}`;
+    if (codec === CODEC_LZ4) {
+      const body = scratch.subarray(0, bodyLength);
+      if (body.length < 4 || body.readUInt32LE(0) !== expected) return `LZ4 data does not hold ${expected} bytes`;
+      let plain: Buffer;
+      try {
+        plain = deps.uncompress(body);
+      } catch {
+        return "LZ4 data does not decompress";
+      }
+      if (plain.length !== expected) return `chunk is ${plain.length} bytes, expected ${expected}`;
+      plain.copy(out, pos);
+    }
+    if (!hashOf(out.subarray(pos, pos + expected)).equals(id)) return "SHA-256 of the chunk does not match its id";
+    return null;
+  }
+
+  function openChunk(key: Buffer, id: Buffer, blob: Buffer): Buffer {
+    const plain = unpack(decrypt(key, id, blob));
+    if (!hashOf(plain).equals(id)) throw new Error("SHA-256 of the chunk does not match its id");
+    return plain;
+  }
+
+  return {
+    overhead: OVERHEAD,
+
+    sealChunk(key, plain) {
+      const id = hashOf(plain);
+      const { codec, body } = chooseBody(plain);
+      const blob = Buffer.allocUnsafe(body.length + OVERHEAD);
+      sealInto(key, id, codec, body, blob, 0);
+      return { id, blob };
+    },
+
+    openChunk,
+
+    sealChunkInto(key, plain, out, pos, ids, idPos) {
+      const id = hashOf(plain);
+      id.copy(ids, idPos);
+      const { codec, body } = chooseBody(plain);
+      return sealInto(key, id, codec, body, out, pos);
+    },
+
+    sealChunkBatch(key, data, ranges) {
+      const n = ranges.length >> 1;
+      let capacity = 0;
+      for (let i = 0; i < n; i++) capacity += ranges[2 * i + 1] + OVERHEAD;
+      const out = Buffer.allocUnsafeSlow(capacity);
+      const ids = Buffer.allocUnsafeSlow(32 * n);
+      const blobRanges = new Int32Array(2 * n);
+      let pos = 0;
+      for (let i = 0; i < n; i++) {
+        const plain = Buffer.from(data.buffer, data.byteOffset + ranges[2 * i], ranges[2 * i + 1]);
+        const id = hashOf(plain);
+        id.copy(ids, 32 * i);
+        const { codec, body } = chooseBody(plain);
+        const end = sealInto(key, id, codec, body, out, pos);
+        blobRanges[2 * i] = pos;
+        blobRanges[2 * i + 1] = end - pos;
+        pos = end;
+      }
+      return { out, ids, blobRanges };
+    },
+
+    openChunkBatch(key, data, blobRanges, ids, lengths, spare) {
+      const n = blobRanges.length >> 1;
+      let total = 0;
+      for (let i = 0; i < n; i++) total += Math.max(0, lengths[i]);
+      const out = spare && spare.byteLength >= total ? Buffer.from(spare) : Buffer.allocUnsafeSlow(Math.max(total, 1));
+      const plainRanges = new Int32Array(2 * n);
+      const errors: (string | null)[] = new Array(n);
+      let pos = 0;
+      for (let i = 0; i < n; i++) {
+        const blob = Buffer.from(data.buffer, data.byteOffset + blobRanges[2 * i], blobRanges[2 * i + 1]);
+        const id = Buffer.from(ids.buffer, ids.byteOffset + 32 * i, 32);
+        const error = openInto(key, id, blob, lengths[i], out, pos);
+        errors[i] = error;
+        plainRanges[2 * i] = pos;
+        plainRanges[2 * i + 1] = error === null ? lengths[i] : -1;
+        if (error === null) pos += lengths[i];
+      }
+      return { out, plainRanges, errors };
+    },
+
+    sealObject(key, aad, plain) {
+      const { codec, body } = chooseBody(plain);
+      const sealed = Buffer.allocUnsafe(body.length + OVERHEAD);
+      sealInto(key, Buffer.from(aad, "utf8"), codec, body, sealed, 0);
+      return sealed;
+    },
+
+    openObject(key, aad, sealed) {
+      return unpack(decrypt(key, Buffer.from(aad, "utf8"), sealed));
+    },
+  };
+}

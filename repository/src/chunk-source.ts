@@ -1,0 +1,107 @@
+// Reads sealed chunks out of packs for restore: the ChunkSource of direct mode (and of the control plane
+// when it streams a restore to an agent). Neighbouring chunks of a pack are fetched in one ranged read.
+import { packKey } from "./pack.js";
+import type { Repository, RepositoryIndex } from "./repository.js";
+import type { ChunkSource, FetchedChunk } from "./transfer.js";
+
+export interface ChunkSourceOptions {
+  /** Ranged reads kept in flight ahead of the consumer (default 4). */
+  readAhead?: number;
+  /** Largest single ranged read (default 8 MiB). */
+  maxRead?: number;
+  /** Unneeded bytes between two chunks worth reading over instead of issuing a second request (default 1 MiB). */
+  maxGap?: number;
+  /**
+   * Reuse read buffers: a yielded blob is then only valid until the next value is requested. Saves an
+   * allocation per read for consumers that copy each blob at once (the agent's restore); off by default.
+   */
+  reuseBuffers?: boolean;
+}
+
+interface PlannedRead {
+  packId: string;
+  start: number;
+  end: number;
+  items: { id: Buffer; offset: number; length: number }[];
+}
+
+export class RepositoryChunkSource implements ChunkSource {
+  constructor(
+    readonly repository: Repository,
+    readonly index: RepositoryIndex,
+    private readonly options: ChunkSourceOptions = {},
+  ) {}
+
+  async readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlob: Buffer }> {
+    const record = await this.repository.findSnapshot(snapshotId);
+    return { snapshotId: record.id, manifestBlob: await this.repository.readManifestBlob(record) };
+  }
+
+  async *get(ids: Buffer[]): AsyncIterable<FetchedChunk> {
+    const maxRead = this.options.maxRead ?? 8 * 1024 * 1024;
+    const maxGap = this.options.maxGap ?? 1024 * 1024;
+    const byPack = new Map<string, { id: Buffer; offset: number; length: number }[]>();
+    const seen = new Set<string>();
+    for (const id of ids) {
+      const hex = id.toString("hex");
+      if (seen.has(hex)) continue;
+      seen.add(hex);
+      const loc = this.index.get(hex);
+      if (!loc) {
+        yield { id, error: "the repository index has no such chunk" };
+        continue;
+      }
+      let list = byPack.get(loc.packId);
+      if (!list) {
+        list = [];
+        byPack.set(loc.packId, list);
+      }
+      list.push({ id, offset: loc.offset, length: loc.length });
+    }
+    const reads: PlannedRead[] = [];
+    for (const [packId, items] of byPack) {
+      items.sort((a, b) => a.offset - b.offset);
+      let read: PlannedRead | undefined;
+      for (const item of items) {
+        const end = item.offset + item.length;
+        if (read && item.offset - read.end <= maxGap && end - read.start <= maxRead) {
+          read.end = Math.max(read.end, end);
+          read.items.push(item);
+        } else {
+          read = { packId, start: item.offset, end, items: [item] };
+          reads.push(read);
+        }
+      }
+    }
+    const store = this.repository.store;
+    // With reuseBuffers, a read buffer is reused once the consumer has moved past every blob in it.
+    const reuse = this.options.reuseBuffers === true;
+    const free: Buffer[] = [];
+    const fetchRead = (read: PlannedRead): Promise<Buffer | Error> => {
+      const length = read.end - read.start;
+      const into = reuse ? (free.pop() ?? Buffer.allocUnsafeSlow(Math.max(maxRead, length))) : undefined;
+      return store
+        .getRange(packKey(read.packId), read.start, length, into && into.length >= length ? into : undefined)
+        .catch((err: unknown) => (err instanceof Error ? err : new Error(String(err))));
+    };
+    const readAhead = Math.max(1, this.options.readAhead ?? 4);
+    const inFlight: Promise<Buffer | Error>[] = [];
+    let next = 0;
+    while (next < reads.length && inFlight.length < readAhead) inFlight.push(fetchRead(reads[next++]));
+    for (const read of reads) {
+      const result = await inFlight.shift()!;
+      if (next < reads.length) inFlight.push(fetchRead(reads[next++]));
+      for (const item of read.items) {
+        if (result instanceof Error) {
+          yield { id: item.id, pack: read.packId, error: `pack ${read.packId} could not be read: ${result.message}` };
+        } else {
+          const at = item.offset - read.start;
+          yield { id: item.id, pack: read.packId, blob: result.subarray(at, at + item.length) };
+        }
+      }
+      if (reuse && !(result instanceof Error) && result.buffer.byteLength >= maxRead && free.length < readAhead) {
+        free.push(Buffer.from(result.buffer, 0, result.buffer.byteLength));
+      }
+    }
+  }
+}

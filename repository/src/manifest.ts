@@ -1,0 +1,177 @@
+// Manifests: the list of a snapshot's files, directories and symlinks, with each file's chunk ids.
+// Structure is checked whenever one is opened; `assertRestorable` adds the path-safety rules of restore.
+import { posix } from "node:path";
+import { RepositoryError } from "./errors.js";
+import { ObjectKind, openJson, sealJson } from "./sealing.js";
+
+export const MAX_CHUNK_LENGTH = 64 * 1024 * 1024;
+
+export type ManifestEntry =
+  | {
+      type: "file";
+      path: string;
+      mode: number;
+      mtimeNs: string;
+      size: number;
+      /** Hex SHA-256 ids of the plain chunks, in file order. */
+      chunks: string[];
+      /** Plain length of each chunk; sums to `size`. */
+      lengths: number[];
+    }
+  | { type: "dir"; path: string; mode: number; mtimeNs: string }
+  | { type: "symlink"; path: string; mode: number; mtimeNs: string; target: string };
+
+export interface Manifest {
+  version: 1;
+  entries: ManifestEntry[];
+}
+
+export interface ManifestTotals {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  bytes: number;
+  chunks: number;
+}
+
+export function sealManifest(key: Buffer, manifest: Manifest): Buffer {
+  return sealJson(key, ObjectKind.manifest, manifest);
+}
+
+/** Opens and structurally validates a manifest blob (it does not judge path safety; see assertRestorable). */
+export function openManifest(key: Buffer, blob: Buffer, what = "manifest"): Manifest {
+  const value = openJson(key, ObjectKind.manifest, blob, what);
+  return parseManifest(value, what);
+}
+
+export function manifestTotals(manifest: Manifest): ManifestTotals {
+  const totals: ManifestTotals = { files: 0, dirs: 0, symlinks: 0, bytes: 0, chunks: 0 };
+  for (const e of manifest.entries) {
+    if (e.type === "file") {
+      totals.files++;
+      totals.bytes += e.size;
+      totals.chunks += e.chunks.length;
+    } else if (e.type === "dir") totals.dirs++;
+    else totals.symlinks++;
+  }
+  return totals;
+}
+
+function invalid(what: string, detail: string): RepositoryError {
+  return new RepositoryError("invalid-manifest", `${what} is invalid: ${detail}`);
+}
+
+function parseManifest(value: unknown, what: string): Manifest {
+  if (typeof value !== "object" || value === null) throw invalid(what, "not an object");
+  const m = value as { version?: unknown; entries?: unknown };
+  if (m.version !== 1) throw invalid(what, `unknown version ${String(m.version)}`);
+  if (!Array.isArray(m.entries)) throw invalid(what, "entries is not a list");
+  for (const raw of m.entries as unknown[]) {
+    const e = raw as Record<string, unknown>;
+    if (typeof e !== "object" || e === null || typeof e.path !== "string") throw invalid(what, "an entry has no path");
+    const name = JSON.stringify(e.path);
+    if (typeof e.mode !== "number" || !Number.isInteger(e.mode) || e.mode < 0 || e.mode > 0o7777) {
+      throw invalid(what, `${name} has a bad mode`);
+    }
+    if (typeof e.mtimeNs !== "string" || !/^-?\d{1,25}$/.test(e.mtimeNs))
+      throw invalid(what, `${name} has a bad mtime`);
+    if (e.type === "file") {
+      if (!Number.isSafeInteger(e.size) || (e.size as number) < 0) throw invalid(what, `${name} has a bad size`);
+      if (!Array.isArray(e.chunks) || !Array.isArray(e.lengths) || e.chunks.length !== e.lengths.length) {
+        throw invalid(what, `${name} has mismatched chunk lists`);
+      }
+      let sum = 0;
+      for (let i = 0; i < e.chunks.length; i++) {
+        const id = e.chunks[i];
+        const len = e.lengths[i];
+        if (typeof id !== "string" || !/^[0-9a-f]{64}$/.test(id)) throw invalid(what, `${name} has a bad chunk id`);
+        if (!Number.isInteger(len) || len <= 0 || len > MAX_CHUNK_LENGTH) {
+          throw invalid(what, `${name} has a bad chunk length`);
+        }
+        sum += len;
+      }
+      if (sum !== e.size) throw invalid(what, `${name}: its chunks add up to ${sum} bytes, not ${e.size}`);
+    } else if (e.type === "symlink") {
+      if (typeof e.target !== "string" || e.target === "" || e.target.includes("\0")) {
+        throw invalid(what, `${name} has a bad link target`);
+      }
+    } else if (e.type !== "dir") {
+      throw invalid(what, `${name} has unknown type ${String(e.type)}`);
+    }
+  }
+  return value as Manifest;
+}
+
+export interface RestorableOptions {
+  /** Allow symlinks whose target is absolute or points above the restore target (they are created, never followed). */
+  allowExternalSymlinks?: boolean;
+}
+
+/**
+ * Refuses a manifest that could make restore write outside its target: absolute paths, `.`/`..` or empty
+ * components, duplicate paths, entries whose parent is not a directory entry of the manifest (so nothing is
+ * ever written beneath a symlink or a file), and symlinks that point outside the target.
+ */
+export function assertRestorable(manifest: Manifest, options: RestorableOptions = {}): void {
+  const kinds = new Map<string, ManifestEntry["type"]>();
+  for (const e of manifest.entries) {
+    const name = JSON.stringify(e.path);
+    if (e.path.startsWith("/")) throw invalid("manifest", `${name} is an absolute path`);
+    if (e.path.includes("\0")) throw invalid("manifest", `${name} contains a NUL byte`);
+    const parts = e.path.split("/");
+    if (parts.some((p) => p === "" || p === "." || p === "..")) {
+      throw invalid("manifest", `${name} has an empty, "." or ".." component`);
+    }
+    if (kinds.has(e.path)) throw invalid("manifest", `${name} appears twice`);
+    kinds.set(e.path, e.type);
+  }
+  const links = new Map<string, string>();
+  for (const e of manifest.entries) if (e.type === "symlink") links.set(e.path, e.target);
+  for (const e of manifest.entries) {
+    const parent = posix.dirname(e.path);
+    if (parent !== "." && kinds.get(parent) !== "dir") {
+      throw invalid(
+        "manifest",
+        `${JSON.stringify(e.path)} lies under ${JSON.stringify(parent)}, which is not a directory`,
+      );
+    }
+    if (e.type === "symlink" && !options.allowExternalSymlinks && symlinkEscapes(e.path, e.target, links)) {
+      throw invalid(
+        "manifest",
+        `symlink ${JSON.stringify(e.path)} -> ${JSON.stringify(e.target)} points outside the restore target`,
+      );
+    }
+  }
+}
+
+/**
+ * True when a link at `path` (relative to the target root) pointing at `target` resolves outside the root,
+ * following the manifest's other links the way the kernel would (so `a -> .` plus `b -> a/..` is caught).
+ */
+export function symlinkEscapes(path: string, target: string, links: ReadonlyMap<string, string> = new Map()): boolean {
+  let budget = 40; // the kernel's own limit on nested links
+  const resolve = (base: string[], link: string): string[] | undefined => {
+    if (link.startsWith("/")) return undefined;
+    const at = [...base];
+    for (const part of link.split("/")) {
+      if (part === "" || part === ".") continue;
+      if (part === "..") {
+        if (at.length === 0) return undefined;
+        at.pop();
+        continue;
+      }
+      at.push(part);
+      const inner = links.get(at.join("/"));
+      if (inner !== undefined) {
+        if (--budget < 0) return undefined;
+        at.pop();
+        const next = resolve(at, inner);
+        if (next === undefined) return undefined;
+        at.splice(0, at.length, ...next);
+      }
+    }
+    return at;
+  };
+  const dir = posix.dirname(path);
+  return resolve(dir === "." ? [] : dir.split("/"), target) === undefined;
+}

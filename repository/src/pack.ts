@@ -1,0 +1,110 @@
+// Pack objects: sealed chunk blobs back to back, then a sealed header listing them, then the header's
+// length. The header makes a pack self-describing; the index object beside it is a copy for quick loading.
+import { randomBytes } from "node:crypto";
+import { RepositoryError } from "./errors.js";
+import { ObjectKind, openObject, sealObject } from "./sealing.js";
+
+export interface PackEntry {
+  id: Buffer;
+  offset: number;
+  length: number;
+  plainLength: number;
+}
+
+export interface PackIndex {
+  packId: string;
+  packSize: number;
+  entries: PackEntry[];
+}
+
+const ENTRY_SIZE = 32 + 4 + 4 + 4;
+const FORMAT_VERSION = 1;
+
+export function packKey(packId: string): string {
+  return `data/${packId.slice(0, 2)}/${packId}`;
+}
+
+export function indexKey(packId: string): string {
+  return `index/${packId}`;
+}
+
+export function newPackId(): string {
+  return randomBytes(32).toString("hex");
+}
+
+function encodeEntries(entries: readonly PackEntry[]): Buffer {
+  const out = Buffer.allocUnsafe(5 + entries.length * ENTRY_SIZE);
+  out.writeUInt8(FORMAT_VERSION, 0);
+  out.writeUInt32LE(entries.length, 1);
+  let at = 5;
+  for (const e of entries) {
+    e.id.copy(out, at);
+    out.writeUInt32LE(e.offset, at + 32);
+    out.writeUInt32LE(e.length, at + 36);
+    out.writeUInt32LE(e.plainLength, at + 40);
+    at += ENTRY_SIZE;
+  }
+  return out;
+}
+
+function decodeEntries(buf: Buffer, at: number, what: string): PackEntry[] {
+  if (buf.length < at + 5 || buf.readUInt8(at) !== FORMAT_VERSION) {
+    throw new RepositoryError("corrupt", `${what} has an unknown format version`);
+  }
+  const count = buf.readUInt32LE(at + 1);
+  if (buf.length !== at + 5 + count * ENTRY_SIZE) throw new RepositoryError("corrupt", `${what} has a bad length`);
+  const entries: PackEntry[] = new Array(count);
+  let pos = at + 5;
+  for (let i = 0; i < count; i++) {
+    entries[i] = {
+      id: Buffer.from(buf.subarray(pos, pos + 32)),
+      offset: buf.readUInt32LE(pos + 32),
+      length: buf.readUInt32LE(pos + 36),
+      plainLength: buf.readUInt32LE(pos + 40),
+    };
+    pos += ENTRY_SIZE;
+  }
+  return entries;
+}
+
+/** The tail appended to a pack's blobs: sealed header + its length (u32 little-endian). */
+export function sealPackTrailer(key: Buffer, entries: readonly PackEntry[]): Buffer {
+  const header = sealObject(key, ObjectKind.packHeader, encodeEntries(entries));
+  const trailer = Buffer.allocUnsafe(header.length + 4);
+  header.copy(trailer, 0);
+  trailer.writeUInt32LE(header.length, header.length);
+  return trailer;
+}
+
+/** Reads the header at the end of a whole pack (used by check and index rebuilds). */
+export function openPackTrailer(key: Buffer, pack: Buffer, packId: string): PackEntry[] {
+  const what = `pack ${packId}`;
+  if (pack.length < 4) throw new RepositoryError("corrupt", `${what} is too short to hold a header`);
+  const headerLength = pack.readUInt32LE(pack.length - 4);
+  if (headerLength + 4 > pack.length) throw new RepositoryError("corrupt", `${what} has a bad header length`);
+  const header = openObject(
+    key,
+    ObjectKind.packHeader,
+    pack.subarray(pack.length - 4 - headerLength, pack.length - 4),
+    `header of ${what}`,
+  );
+  return decodeEntries(header, 0, `header of ${what}`);
+}
+
+export function sealIndex(key: Buffer, index: PackIndex): Buffer {
+  const entries = encodeEntries(index.entries);
+  const plain = Buffer.allocUnsafe(32 + 8 + entries.length);
+  Buffer.from(index.packId, "hex").copy(plain, 0);
+  plain.writeBigUInt64LE(BigInt(index.packSize), 32);
+  entries.copy(plain, 40);
+  return sealObject(key, ObjectKind.index, plain);
+}
+
+export function openIndex(key: Buffer, sealed: Buffer, packId: string): PackIndex {
+  const what = `index object ${indexKey(packId)}`;
+  const plain = openObject(key, ObjectKind.index, sealed, what);
+  if (plain.length < 40) throw new RepositoryError("corrupt", `${what} is too short`);
+  const storedId = plain.subarray(0, 32).toString("hex");
+  if (storedId !== packId) throw new RepositoryError("corrupt", `${what} describes pack ${storedId}`);
+  return { packId, packSize: Number(plain.readBigUInt64LE(32)), entries: decodeEntries(plain, 40, what) };
+}

@@ -1,0 +1,152 @@
+// forget: drop snapshot objects by a retention policy. prune: under an exclusive lock, delete packs no
+// snapshot needs, repack mostly-unused ones, and delete leftovers of interrupted snapshots.
+import { RepositoryError } from "./errors.js";
+import { acquireLock } from "./lock.js";
+import { indexKey, packKey } from "./pack.js";
+import type { Repository } from "./repository.js";
+import { hasRetentionRule, planRetention, type RetentionPolicy } from "./retention.js";
+import { snapshotKey } from "./snapshot-record.js";
+
+export interface ForgetOptions {
+  policy: RetentionPolicy;
+  /** Only consider snapshots of this workspace. */
+  workspace?: string;
+  dryRun?: boolean;
+}
+
+export interface ForgetReport {
+  kept: string[];
+  forgotten: string[];
+}
+
+export async function forgetSnapshots(repository: Repository, options: ForgetOptions): Promise<ForgetReport> {
+  if (!hasRetentionRule(options.policy)) {
+    throw new RepositoryError(
+      "invalid-argument",
+      "say what to keep (keep-last, keep-hourly, keep-daily or keep-weekly)",
+    );
+  }
+  const all = await repository.listSnapshots();
+  const candidates = options.workspace === undefined ? all : all.filter((s) => s.workspace === options.workspace);
+  const plan = planRetention(candidates, options.policy);
+  if (!options.dryRun) {
+    for (const id of plan.forget) await repository.store.delete(snapshotKey(id));
+  }
+  return { kept: plan.keep, forgotten: plan.forget };
+}
+
+export interface PruneOptions {
+  dryRun?: boolean;
+  /** Repack a pack when less than this fraction of its bytes is still needed (default 0.5; 0 disables). */
+  repackBelow?: number;
+  /** Pack size for repacked data (default: the writer's). */
+  packSize?: number;
+}
+
+export interface PruneReport {
+  packsDeleted: number;
+  packsRepacked: number;
+  orphanPacksDeleted: number;
+  manifestsDeleted: number;
+  bytesFreed: number;
+}
+
+export async function pruneRepository(repository: Repository, options: PruneOptions = {}): Promise<PruneReport> {
+  const { store } = repository;
+  const lock = options.dryRun
+    ? undefined
+    : await acquireLock(store, repository.key, { exclusive: true, purpose: "a prune" });
+  try {
+    const snapshots = await repository.listSnapshots();
+    const usedChunks = new Set<string>();
+    const usedManifests = new Set<string>();
+    for (const snap of snapshots) {
+      usedManifests.add(snap.manifest);
+      const manifest = await repository.readManifest(snap);
+      for (const e of manifest.entries) if (e.type === "file") for (const id of e.chunks) usedChunks.add(id);
+    }
+    const unreadableIndexes = new Set<string>();
+    const index = await repository.loadIndex({
+      onCorrupt: (key) => unreadableIndexes.add(key.slice("index/".length)),
+    });
+    const report: PruneReport = {
+      packsDeleted: 0,
+      packsRepacked: 0,
+      orphanPacksDeleted: 0,
+      manifestsDeleted: 0,
+      bytesFreed: 0,
+    };
+
+    // Packs with no index object are what an interrupted writer left; no writer runs while we hold the lock.
+    const orphans: { key: string; size: number }[] = [];
+    for await (const info of store.list("data/")) {
+      const packId = info.key.slice(info.key.lastIndexOf("/") + 1);
+      if (!index.packs.has(packId) && !unreadableIndexes.has(packId)) orphans.push({ key: info.key, size: info.size });
+    }
+
+    const repackBelow = options.repackBelow ?? 0.5;
+    const unused: string[] = [];
+    const repack: string[] = [];
+    for (const pack of index.packs.values()) {
+      let needed = 0;
+      let total = 0;
+      for (const e of pack.entries) {
+        total += e.length;
+        const hex = e.id.toString("hex");
+        // A chunk held twice counts only where the index finds it; the other copy is garbage.
+        if (usedChunks.has(hex) && index.get(hex)?.packId === pack.packId) needed += e.length;
+      }
+      if (needed === 0) unused.push(pack.packId);
+      else if (total > 0 && needed / total < repackBelow) repack.push(pack.packId);
+    }
+
+    for (const packId of unused) report.bytesFreed += index.packs.get(packId)!.packSize;
+    for (const o of orphans) report.bytesFreed += o.size;
+    report.packsDeleted = unused.length;
+    report.orphanPacksDeleted = orphans.length;
+    const manifestKeys: string[] = [];
+    for await (const info of store.list("manifests/")) {
+      if (!usedManifests.has(info.key.slice("manifests/".length))) manifestKeys.push(info.key);
+    }
+    report.manifestsDeleted = manifestKeys.length;
+    if (options.dryRun) {
+      report.packsRepacked = repack.length;
+      return report;
+    }
+
+    if (repack.length > 0) {
+      const keep = new Map(repack.map((id) => [id, index.packs.get(id)!]));
+      index.removePacks(repack);
+      const writer = await repository.writer({ index, lock: false, verifyChunks: true, packSize: options.packSize });
+      try {
+        for (const [packId, pack] of keep) {
+          const data = await store.get(packKey(packId));
+          const chunks = pack.entries
+            .filter((e) => usedChunks.has(e.id.toString("hex")))
+            .map((e) => ({ id: e.id, blob: data.subarray(e.offset, e.offset + e.length), plainLength: e.plainLength }));
+          await writer.put(chunks);
+        }
+        await writer.flush();
+        report.bytesFreed -= writer.stats.bytesWritten;
+      } finally {
+        await writer.abort();
+      }
+      for (const [packId, pack] of keep) {
+        await store.delete(indexKey(packId));
+        await store.delete(packKey(packId));
+        report.bytesFreed += pack.packSize;
+      }
+      report.packsRepacked = repack.length;
+    }
+    for (const packId of unused) {
+      await store.delete(indexKey(packId));
+      await store.delete(packKey(packId));
+    }
+    index.removePacks(unused);
+    for (const o of orphans) await store.delete(o.key);
+    for (const key of manifestKeys) await store.delete(key);
+    return report;
+  } finally {
+    await lock?.release();
+  }
+}

@@ -1,0 +1,231 @@
+// Writes sealed chunks into packs and commits snapshots: the ChunkSink of direct mode, and what the
+// control plane uses to store what agents send. Order of durability: pack, then its index object, then
+// (at commit) the manifest, then the snapshot object — so a crash never leaves a snapshot that points at
+// missing data, and packs already written are found (and reused) by the next writer.
+import { hostname } from "node:os";
+import { RepositoryError } from "./errors.js";
+import { acquireLock, type HeldLock } from "./lock.js";
+import { assertRestorable, MAX_CHUNK_LENGTH, manifestTotals, openManifest } from "./manifest.js";
+import { indexKey, newPackId, type PackEntry, packKey, sealIndex, sealPackTrailer } from "./pack.js";
+import type { Repository, RepositoryIndex } from "./repository.js";
+import { chunkCodec, sha256 } from "./sealing.js";
+import { manifestKey, sealSnapshotRecord, snapshotKey } from "./snapshot-record.js";
+import type { ChunkSink, SealedChunk, SnapshotMeta } from "./transfer.js";
+
+export const DEFAULT_PACK_SIZE = 32 * 1024 * 1024;
+const MAX_PACK_SIZE = 1024 * 1024 * 1024;
+
+export interface RepositoryWriterOptions {
+  /** A pack is sealed once it holds this many bytes (default 32 MiB). */
+  packSize?: number;
+  /** Packs being written at once (default 2); `put` waits beyond that, which bounds memory. */
+  uploadConcurrency?: number;
+  /** Open every chunk on arrival and check its SHA-256 (costs a decrypt + hash per byte). */
+  verifyChunks?: boolean;
+  /** Take a shared repository lock so a concurrent prune cannot pull packs away (default true). */
+  lock?: boolean;
+  /** Called after each pack and its index are durable (progress; crash tests). */
+  onPackWritten?: (packId: string, bytes: number) => void | Promise<void>;
+}
+
+export interface WriterStats {
+  packs: number;
+  chunks: number;
+  /** Bytes of packs, index objects, manifest and snapshot object written. */
+  bytesWritten: number;
+}
+
+interface OpenPack {
+  buf: Buffer;
+  entries: PackEntry[];
+  size: number;
+}
+
+/** Room a pack buffer keeps beyond the pack size, so the blob that crosses it still fits. */
+const PACK_SLACK = 4 * 1024 * 1024 + 64 * 1024;
+
+export class RepositoryWriter implements ChunkSink {
+  readonly stats: WriterStats = { packs: 0, chunks: 0, bytesWritten: 0 };
+  private readonly pending = new Set<string>();
+  private current: OpenPack | undefined;
+  private readonly freeBuffers: Buffer[] = [];
+  private readonly uploads = new Set<Promise<void>>();
+  private failure: Error | undefined;
+  private closed = false;
+  private readonly packSize: number;
+  private readonly uploadConcurrency: number;
+
+  private constructor(
+    readonly repository: Repository,
+    readonly index: RepositoryIndex,
+    private readonly options: RepositoryWriterOptions,
+    private readonly lock: HeldLock | undefined,
+  ) {
+    this.packSize = options.packSize ?? DEFAULT_PACK_SIZE;
+    this.uploadConcurrency = Math.max(1, options.uploadConcurrency ?? 2);
+    if (!(this.packSize > 0 && this.packSize <= MAX_PACK_SIZE)) {
+      throw new RepositoryError("invalid-argument", `packSize must be 1..${MAX_PACK_SIZE} bytes, got ${this.packSize}`);
+    }
+  }
+
+  static async start(
+    repository: Repository,
+    index: RepositoryIndex,
+    options: RepositoryWriterOptions = {},
+  ): Promise<RepositoryWriter> {
+    const lock =
+      options.lock === false
+        ? undefined
+        : await acquireLock(repository.store, repository.key, { exclusive: false, purpose: "a snapshot" });
+    return new RepositoryWriter(repository, index, options, lock);
+  }
+
+  async missing(ids: Buffer[]): Promise<Buffer[]> {
+    this.assertUsable();
+    return ids.filter((id) => !this.index.has(id) && !this.pending.has(id.toString("hex")));
+  }
+
+  async put(chunks: SealedChunk[]): Promise<void> {
+    this.assertUsable();
+    const key = this.repository.key;
+    for (const chunk of chunks) {
+      if (chunk.id.length !== 32) throw new RepositoryError("invalid-argument", "a chunk id must be 32 bytes");
+      const hex = chunk.id.toString("hex");
+      if (this.index.has(hex) || this.pending.has(hex)) continue;
+      if (!(chunk.plainLength > 0 && chunk.plainLength <= MAX_CHUNK_LENGTH)) {
+        throw new RepositoryError("invalid-argument", `chunk ${hex} has an impossible length ${chunk.plainLength}`);
+      }
+      if (this.options.verifyChunks) {
+        let plain: Buffer;
+        try {
+          plain = chunkCodec.openChunk(key, chunk.id, chunk.blob);
+        } catch (err) {
+          throw new RepositoryError("corrupt", `chunk ${hex} arrived damaged: ${(err as Error).message}`, {
+            cause: err,
+          });
+        }
+        if (plain.length !== chunk.plainLength) {
+          throw new RepositoryError("corrupt", `chunk ${hex} is ${plain.length} bytes, not ${chunk.plainLength}`);
+        }
+      }
+      if (this.current && this.current.size + chunk.blob.length > this.current.buf.length) await this.sealCurrentPack();
+      this.current ??= this.openPack(chunk.blob.length);
+      const pack = this.current;
+      // Copied: the caller may reuse the blob's memory as soon as put resolves.
+      chunk.blob.copy(pack.buf, pack.size);
+      pack.entries.push({
+        id: Buffer.from(chunk.id),
+        offset: pack.size,
+        length: chunk.blob.length,
+        plainLength: chunk.plainLength,
+      });
+      pack.size += chunk.blob.length;
+      this.pending.add(hex);
+      if (pack.size >= this.packSize) await this.sealCurrentPack();
+    }
+  }
+
+  /** Makes every chunk put so far durable (packs and their index objects). */
+  async flush(): Promise<void> {
+    this.assertUsable();
+    await this.sealCurrentPack();
+    await Promise.allSettled([...this.uploads]);
+    this.throwIfFailed();
+  }
+
+  async commit(manifestBlob: Buffer, meta: SnapshotMeta): Promise<string> {
+    await this.flush();
+    const manifest = openManifest(this.repository.key, manifestBlob);
+    // Paths that could never be restored are refused on arrival; whether outward symlinks are acceptable
+    // is the restorer's call.
+    assertRestorable(manifest, { allowExternalSymlinks: true });
+    const absent: string[] = [];
+    for (const e of manifest.entries) {
+      if (e.type !== "file") continue;
+      for (const id of e.chunks) if (!this.index.has(id)) absent.push(`${id} (in ${e.path})`);
+    }
+    if (absent.length > 0) {
+      throw new RepositoryError(
+        "incomplete",
+        `the manifest references ${absent.length} chunk(s) the repository does not hold, e.g. ${absent[0]}`,
+      );
+    }
+    const store = this.repository.store;
+    const manifestId = sha256(manifestBlob).toString("hex");
+    await store.put(manifestKey(manifestId), manifestBlob);
+    const { id, sealed } = sealSnapshotRecord(this.repository.key, {
+      time: meta.time ?? new Date().toISOString(),
+      workspace: meta.workspace,
+      epoch: meta.epoch,
+      tenant: meta.tenant,
+      hostname: meta.hostname ?? hostname(),
+      ...(meta.source !== undefined ? { source: meta.source } : {}),
+      manifest: manifestId,
+      totals: manifestTotals(manifest),
+      ...(meta.stats ? { stats: meta.stats } : {}),
+    });
+    await store.put(snapshotKey(id), sealed);
+    this.stats.bytesWritten += manifestBlob.length + sealed.length;
+    this.closed = true;
+    await this.lock?.release();
+    return id;
+  }
+
+  async abort(): Promise<void> {
+    this.closed = true;
+    await Promise.allSettled([...this.uploads]);
+    await this.lock?.release();
+  }
+
+  private openPack(firstBlob: number): OpenPack {
+    const standard = this.packSize + PACK_SLACK;
+    const buf =
+      firstBlob <= standard
+        ? (this.freeBuffers.pop() ?? Buffer.allocUnsafeSlow(standard))
+        : Buffer.allocUnsafeSlow(firstBlob);
+    return { buf, entries: [], size: 0 };
+  }
+
+  private async sealCurrentPack(): Promise<void> {
+    const pack = this.current;
+    if (!pack || pack.entries.length === 0) return;
+    this.current = undefined;
+    while (this.uploads.size >= this.uploadConcurrency) await Promise.race(this.uploads);
+    this.throwIfFailed();
+    const upload: Promise<void> = this.writePack(pack)
+      .catch((err: unknown) => {
+        this.failure ??= err instanceof Error ? err : new Error(String(err));
+      })
+      .finally(() => this.uploads.delete(upload));
+    this.uploads.add(upload);
+  }
+
+  private async writePack(pack: OpenPack): Promise<void> {
+    const { store, key } = this.repository;
+    const packId = newPackId();
+    const trailer = sealPackTrailer(key, pack.entries);
+    const packSize = pack.size + trailer.length;
+    await store.put(packKey(packId), [pack.buf.subarray(0, pack.size), trailer]);
+    if (pack.buf.length === this.packSize + PACK_SLACK && this.freeBuffers.length < this.uploadConcurrency) {
+      this.freeBuffers.push(pack.buf);
+    }
+    const index = sealIndex(key, { packId, packSize, entries: pack.entries });
+    await store.put(indexKey(packId), index);
+    this.index.add({ packId, packSize, entries: pack.entries });
+    for (const e of pack.entries) this.pending.delete(e.id.toString("hex"));
+    this.stats.packs++;
+    this.stats.chunks += pack.entries.length;
+    this.stats.bytesWritten += packSize + index.length;
+    await this.lock?.refresh();
+    await this.options.onPackWritten?.(packId, packSize);
+  }
+
+  private assertUsable(): void {
+    if (this.closed) throw new RepositoryError("invalid-argument", "this writer has already committed or aborted");
+    this.throwIfFailed();
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure) throw this.failure;
+  }
+}

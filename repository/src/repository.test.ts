@@ -1,0 +1,259 @@
+// The repository format end to end, on both stores: commit, list, read back, crash safety, check, prune.
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type BlobStore, openBlobStore } from "./blob-store.js";
+import { checkRepository } from "./check.js";
+import { isRepositoryError } from "./errors.js";
+import { generateRepositoryKey, parseRepositoryKey } from "./key.js";
+import { acquireLock } from "./lock.js";
+import { type Manifest, sealManifest } from "./manifest.js";
+import { packKey } from "./pack.js";
+import { forgetSnapshots, pruneRepository } from "./prune.js";
+import { Repository } from "./repository.js";
+import { chunkCodec } from "./sealing.js";
+import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
+import type { FetchedChunk, SealedChunk } from "./transfer.js";
+
+let s3: S3TestServer;
+let dir: string;
+beforeAll(async () => {
+  s3 = await startS3TestServer();
+  dir = await mkdtemp(join(tmpdir(), "dumont-repo-"));
+});
+afterAll(async () => {
+  await s3?.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+let counter = 0;
+const stores: [string, () => BlobStore][] = [
+  ["file://", () => openBlobStore(pathToFileURL(join(dir, `r${++counter}`)).href)],
+  ["s3://", () => openBlobStore(s3.url(`r${++counter}`), { s3: s3.s3 })],
+];
+
+const meta = { workspace: "ws-1", epoch: 3, tenant: "tenant-a" };
+
+function sealed(key: Buffer, plain: Buffer): SealedChunk & { hex: string } {
+  const { id, blob } = chunkCodec.sealChunk(key, plain);
+  return { id, blob, plainLength: plain.length, hex: id.toString("hex") };
+}
+
+function manifestOf(files: Record<string, SealedChunk[]>): Manifest {
+  return {
+    version: 1,
+    entries: [
+      { type: "dir", path: "d", mode: 0o755, mtimeNs: "1700000000000000000" },
+      ...Object.entries(files).map(([path, chunks]) => ({
+        type: "file" as const,
+        path,
+        mode: 0o644,
+        mtimeNs: "1700000000123456789",
+        size: chunks.reduce((s, c) => s + c.plainLength, 0),
+        chunks: chunks.map((c) => c.id.toString("hex")),
+        lengths: chunks.map((c) => c.plainLength),
+      })),
+    ],
+  };
+}
+
+async function collect(it: AsyncIterable<FetchedChunk>): Promise<FetchedChunk[]> {
+  const out: FetchedChunk[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}
+
+describe.each(stores)("repository on %s", (_name, make) => {
+  it("commits a snapshot that lists, and reads back every chunk by id", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository, created } = await Repository.openOrInit(store, key);
+    expect(created).toBe(true);
+    const text = Buffer.from("a compressible line\n".repeat(5000));
+    const noise = randomBytes(100_000);
+    const chunks = [sealed(key, text), sealed(key, noise), sealed(key, Buffer.from("tiny"))];
+    const writer = await repository.writer({ packSize: 64 * 1024 });
+    expect(await writer.missing(chunks.map((c) => c.id))).toHaveLength(3);
+    await writer.put(chunks);
+    expect(await writer.missing(chunks.map((c) => c.id))).toHaveLength(0); // pending counts as present
+    const id = await writer.commit(
+      sealManifest(key, manifestOf({ "d/a.txt": [chunks[0], chunks[2]], "b.bin": [chunks[1]] })),
+      meta,
+    );
+
+    const again = await Repository.open(store, key);
+    const list = await again.listSnapshots();
+    expect(list.map((s) => s.id)).toEqual([id]);
+    expect(list[0]).toMatchObject({ workspace: "ws-1", epoch: 3, tenant: "tenant-a" });
+    expect(list[0].totals).toMatchObject({ files: 2, dirs: 1, bytes: text.length + noise.length + 4 });
+    expect((await again.findSnapshot(id.slice(0, 8))).id).toBe(id);
+
+    const source = await again.chunkSource();
+    const manifest = await again.readManifest(list[0]);
+    expect(manifest.entries.map((e) => e.path)).toEqual(["d", "d/a.txt", "b.bin"]);
+    const got = await collect(source.get(chunks.map((c) => c.id)));
+    expect(got).toHaveLength(3);
+    for (const g of got) {
+      expect(g.error).toBeUndefined();
+      const plain = chunkCodec.openChunk(key, g.id, g.blob!);
+      expect(createHash("sha256").update(plain).digest().equals(g.id)).toBe(true);
+    }
+    const missing = await collect(source.get([randomBytes(32)]));
+    expect(missing[0].error).toMatch(/no such chunk/);
+    expect((await checkRepository(again)).ok).toBe(true);
+    await store.close();
+  });
+
+  it("fails a wrong key with one clear sentence", async () => {
+    const store = make();
+    await Repository.openOrInit(store, generateRepositoryKey());
+    await expect(Repository.open(store, generateRepositoryKey())).rejects.toThrow(
+      /^the key does not open the repository at .*: it was created with a different key$/,
+    );
+    await expect(Repository.open(make(), generateRepositoryKey())).rejects.toSatisfy((e) =>
+      isRepositoryError(e, "not-initialised"),
+    );
+    await store.close();
+  });
+
+  it("commits nothing that is not durable, and a crashed writer's packs are reused", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const chunks = Array.from({ length: 6 }, () => sealed(key, randomBytes(40_000)));
+    const crashed = await repository.writer({ packSize: 50_000 });
+    await crashed.put(chunks.slice(0, 4));
+    await crashed.flush();
+    await crashed.abort(); // as if the process died before commit
+    expect(await repository.listSnapshots()).toEqual([]);
+
+    const writer = await repository.writer({ packSize: 50_000 });
+    const lacking = await writer.missing(chunks.map((c) => c.id));
+    expect(lacking.map((b) => b.toString("hex"))).toEqual(chunks.slice(4).map((c) => c.hex));
+    await writer.put(chunks.filter((c) => lacking.some((l) => l.equals(c.id))));
+    await expect(
+      writer.commit(sealManifest(key, manifestOf({ f: [...chunks, sealed(key, Buffer.from("never sent"))] })), meta),
+    ).rejects.toSatisfy((e) => isRepositoryError(e, "incomplete"));
+    const writer2 = await repository.writer();
+    const id = await writer2.commit(sealManifest(key, manifestOf({ f: chunks })), meta);
+    expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([id]);
+    await store.close();
+  });
+
+  it("refuses a manifest with unsafe paths at commit", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const writer = await repository.writer();
+    const bad: Manifest = { version: 1, entries: [{ type: "dir", path: "../up", mode: 0o755, mtimeNs: "0" }] };
+    await expect(writer.commit(sealManifest(key, bad), meta)).rejects.toSatisfy((e) =>
+      isRepositoryError(e, "invalid-manifest"),
+    );
+    await store.close();
+  });
+
+  it("check names the pack, chunk and files a damaged byte breaks", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const good = sealed(key, randomBytes(30_000));
+    const victim = sealed(key, randomBytes(30_000));
+    const writer = await repository.writer({ packSize: 20_000 }); // one chunk per pack
+    await writer.put([good, victim]);
+    const id = await writer.commit(
+      sealManifest(key, manifestOf({ "ok.bin": [good], "d/broken file.bin": [victim] })),
+      meta,
+    );
+    const index = await repository.loadIndex();
+    const packId = index.get(victim.id)!.packId;
+    const pack = await store.get(packKey(packId));
+    pack[100] ^= 0xff;
+    await store.put(packKey(packId), pack);
+
+    const report = await checkRepository(repository);
+    expect(report.ok).toBe(false);
+    const problem = report.problems.find((p) => p.kind === "chunk-corrupt")!;
+    expect(problem.pack).toBe(packId);
+    expect(problem.chunk).toBe(victim.hex);
+    expect(problem.files).toEqual([{ snapshot: id, path: "d/broken file.bin" }]);
+    expect(problem.message).toMatch(/"d\/broken file\.bin"/);
+
+    await store.delete(packKey(packId));
+    const report2 = await checkRepository(repository);
+    expect(report2.problems.map((p) => p.kind)).toEqual(["pack-missing"]);
+    await store.close();
+  });
+
+  it("forget keeps the newest snapshots; prune deletes and repacks what nothing needs", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const shared = sealed(key, randomBytes(20_000));
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const own = sealed(key, randomBytes(20_000 + i));
+      const writer = await repository.writer({ packSize: 30_000 });
+      await writer.put([shared, own]);
+      ids.push(
+        await writer.commit(sealManifest(key, manifestOf({ shared: [shared], own: [own] })), {
+          ...meta,
+          time: new Date(Date.UTC(2026, 0, 1, i)).toISOString(),
+        }),
+      );
+    }
+    // A crashed writer's orphan pack (no index object) and one indexed but unreferenced chunk.
+    await store.put("data/ff/ff00", Buffer.from("orphan"));
+    const stray = await repository.writer();
+    await stray.put([sealed(key, randomBytes(5000))]);
+    await stray.flush();
+    await stray.abort();
+
+    const forgot = await forgetSnapshots(repository, { policy: { last: 1 } });
+    expect(forgot.kept).toEqual([ids[2]]);
+    expect(forgot.forgotten.sort()).toEqual([ids[0], ids[1]].sort());
+    // Packs: A {shared, own0} (half needed: repacked), B {own1} and D {stray} (unneeded), C {own2} (kept).
+    const report = await pruneRepository(repository, { repackBelow: 0.6 });
+    expect(report).toMatchObject({ orphanPacksDeleted: 1, packsDeleted: 2, packsRepacked: 1, manifestsDeleted: 2 });
+    expect(report.bytesFreed).toBeGreaterThan(40_000);
+    const check = await checkRepository(repository);
+    expect(check.problems).toEqual([]);
+    expect(check.snapshots).toBe(1);
+    const index = await repository.loadIndex();
+    expect(index.chunkCount).toBe(2);
+    await store.close();
+  });
+});
+
+describe("locks", () => {
+  it("prune waits for a running writer, and ignores the lock of a process that died", async () => {
+    const store = openBlobStore(pathToFileURL(join(dir, "locks")).href);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const writer = await repository.writer();
+    await expect(pruneRepository(repository)).rejects.toSatisfy((e) => isRepositoryError(e, "locked"));
+    await writer.abort();
+    await pruneRepository(repository);
+
+    // A lock left by a process on this host that no longer exists (kill -9) does not block prune.
+    const held = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
+    const lockFile = join(dir, "locks", ...held.key.split("/"));
+    const { ObjectKind, openJson, sealJson } = await import("./sealing.js");
+    const body = openJson(key, ObjectKind.lock, await readFile(lockFile), "lock") as { pid: number };
+    await writeFile(lockFile, sealJson(key, ObjectKind.lock, { ...body, pid: 2 ** 22 + 12345 }));
+    await pruneRepository(repository);
+  });
+});
+
+describe("keys", () => {
+  it("parses hex and base64 and explains anything else", () => {
+    const key = generateRepositoryKey();
+    expect(parseRepositoryKey(`${key.toString("hex")}\n`).equals(key)).toBe(true);
+    expect(parseRepositoryKey(key.toString("base64")).equals(key)).toBe(true);
+    expect(() => parseRepositoryKey("hunter2", "--key-file k")).toThrow(
+      /--key-file k is not a repository key.*openssl rand -hex 32/,
+    );
+  });
+});

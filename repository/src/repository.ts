@@ -1,0 +1,271 @@
+// A repository: the config object (with its key check), the index of every pack, and the snapshots.
+import { randomBytes } from "node:crypto";
+import type { BlobStore } from "./blob-store.js";
+import { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
+import { isRepositoryError, RepositoryError } from "./errors.js";
+import { assertKey } from "./key.js";
+import { type Manifest, openManifest } from "./manifest.js";
+import { indexKey, openIndex, type PackIndex } from "./pack.js";
+import { RepositoryWriter, type RepositoryWriterOptions } from "./repository-writer.js";
+import { chunkCodec, ObjectKind, sha256 } from "./sealing.js";
+import { manifestKey, openSnapshotRecord, type SnapshotRecord, snapshotKey } from "./snapshot-record.js";
+
+export const CONFIG_KEY = "config";
+const FORMAT = "dumont-repository";
+
+export interface RepositoryConfig {
+  format: typeof FORMAT;
+  version: 1;
+  /** Random, 32 hex characters; names the repository in local indexes. */
+  id: string;
+  created: string;
+  /** The repository id sealed with the key: opening it proves the key is right. */
+  keyCheck: string;
+}
+
+export interface ChunkLocation {
+  packId: string;
+  offset: number;
+  length: number;
+  plainLength: number;
+}
+
+/** Every chunk the repository holds, from the index objects (one per pack). */
+export class RepositoryIndex {
+  readonly packs = new Map<string, PackIndex>();
+  private readonly chunks = new Map<string, ChunkLocation>();
+
+  add(pack: PackIndex): void {
+    this.packs.set(pack.packId, pack);
+    for (const e of pack.entries) {
+      this.chunks.set(e.id.toString("hex"), {
+        packId: pack.packId,
+        offset: e.offset,
+        length: e.length,
+        plainLength: e.plainLength,
+      });
+    }
+  }
+
+  /** Forgets packs (after prune deleted them); a chunk also held by another pack stays findable there. */
+  removePacks(packIds: Iterable<string>): void {
+    let orphaned = false;
+    for (const packId of packIds) {
+      const pack = this.packs.get(packId);
+      if (!pack) continue;
+      this.packs.delete(packId);
+      for (const e of pack.entries) {
+        const hex = e.id.toString("hex");
+        if (this.chunks.get(hex)?.packId === packId) {
+          this.chunks.delete(hex);
+          orphaned = true;
+        }
+      }
+    }
+    if (!orphaned) return;
+    for (const other of this.packs.values()) {
+      for (const e of other.entries) {
+        const hex = e.id.toString("hex");
+        if (!this.chunks.has(hex)) {
+          this.chunks.set(hex, {
+            packId: other.packId,
+            offset: e.offset,
+            length: e.length,
+            plainLength: e.plainLength,
+          });
+        }
+      }
+    }
+  }
+
+  get(id: Buffer | string): ChunkLocation | undefined {
+    return this.chunks.get(typeof id === "string" ? id : id.toString("hex"));
+  }
+
+  has(id: Buffer | string): boolean {
+    return this.chunks.has(typeof id === "string" ? id : id.toString("hex"));
+  }
+
+  get chunkCount(): number {
+    return this.chunks.size;
+  }
+}
+
+export interface LoadIndexOptions {
+  /** Called for an index object that cannot be read; without it such an object fails the load. */
+  onCorrupt?: (key: string, err: RepositoryError) => void;
+  concurrency?: number;
+}
+
+export class Repository {
+  private constructor(
+    readonly store: BlobStore,
+    readonly key: Buffer,
+    readonly config: RepositoryConfig,
+  ) {}
+
+  get id(): string {
+    return this.config.id;
+  }
+
+  get url(): string {
+    return this.store.url;
+  }
+
+  static async exists(store: BlobStore): Promise<boolean> {
+    return (await store.stat(CONFIG_KEY)) !== undefined;
+  }
+
+  /** Opens an existing repository; a missing one or a wrong key fails with a sentence saying so. */
+  static async open(store: BlobStore, key: Buffer): Promise<Repository> {
+    assertKey(key);
+    let raw: Buffer;
+    try {
+      raw = await store.get(CONFIG_KEY);
+    } catch (err) {
+      if (isRepositoryError(err, "not-found")) {
+        throw new RepositoryError("not-initialised", `there is no repository at ${store.url}`, { cause: err });
+      }
+      throw err;
+    }
+    let config: RepositoryConfig;
+    try {
+      config = JSON.parse(raw.toString("utf8")) as RepositoryConfig;
+    } catch (err) {
+      throw new RepositoryError("corrupt", `${store.url}/${CONFIG_KEY} is not valid JSON`, { cause: err });
+    }
+    if (config.format !== FORMAT || config.version !== 1 || typeof config.keyCheck !== "string") {
+      throw new RepositoryError("corrupt", `${store.url} holds an unknown repository format`);
+    }
+    let proof: Buffer;
+    try {
+      proof = chunkCodec.openObject(key, ObjectKind.keyCheck, Buffer.from(config.keyCheck, "base64"));
+    } catch (err) {
+      throw new RepositoryError(
+        "wrong-key",
+        `the key does not open the repository at ${store.url}: it was created with a different key`,
+        { cause: err },
+      );
+    }
+    if (proof.toString("utf8") !== config.id) {
+      throw new RepositoryError("corrupt", `the key check of ${store.url} names another repository`);
+    }
+    return new Repository(store, key, config);
+  }
+
+  /** Creates the repository if the location has none, else opens it (and checks the key). */
+  static async openOrInit(store: BlobStore, key: Buffer): Promise<{ repository: Repository; created: boolean }> {
+    assertKey(key);
+    if (await Repository.exists(store)) return { repository: await Repository.open(store, key), created: false };
+    const id = randomBytes(16).toString("hex");
+    const config: RepositoryConfig = {
+      format: FORMAT,
+      version: 1,
+      id,
+      created: new Date().toISOString(),
+      keyCheck: chunkCodec.sealObject(key, ObjectKind.keyCheck, Buffer.from(id, "utf8")).toString("base64"),
+    };
+    const created = await store.put(CONFIG_KEY, Buffer.from(`${JSON.stringify(config, null, 2)}\n`), {
+      ifAbsent: true,
+    });
+    // Re-read either way: with a racing initialiser, whichever config landed is the repository.
+    return { repository: await Repository.open(store, key), created };
+  }
+
+  async loadIndex(options: LoadIndexOptions = {}): Promise<RepositoryIndex> {
+    const index = new RepositoryIndex();
+    const keys: string[] = [];
+    for await (const info of this.store.list("index/")) keys.push(info.key);
+    await forEachLimited(keys, options.concurrency ?? 8, async (key) => {
+      const packId = key.slice("index/".length);
+      try {
+        index.add(openIndex(this.key, await this.store.get(key), packId));
+      } catch (err) {
+        if (options.onCorrupt && isRepositoryError(err)) options.onCorrupt(key, err);
+        else throw err;
+      }
+    });
+    return index;
+  }
+
+  async readPackIndex(packId: string): Promise<PackIndex> {
+    return openIndex(this.key, await this.store.get(indexKey(packId)), packId);
+  }
+
+  /** Every readable snapshot, oldest first; unreadable ones go to `onCorrupt` (or fail the call). */
+  async listSnapshots(
+    options: { onCorrupt?: (id: string, err: RepositoryError) => void } = {},
+  ): Promise<SnapshotRecord[]> {
+    const ids: string[] = [];
+    for await (const info of this.store.list("snapshots/")) ids.push(info.key.slice("snapshots/".length));
+    const records: SnapshotRecord[] = [];
+    await forEachLimited(ids, 8, async (id) => {
+      try {
+        records.push(openSnapshotRecord(this.key, id, await this.store.get(snapshotKey(id))));
+      } catch (err) {
+        if (options.onCorrupt && isRepositoryError(err)) options.onCorrupt(id, err);
+        else throw err;
+      }
+    });
+    return records.sort((a, b) => a.time.localeCompare(b.time) || a.id.localeCompare(b.id));
+  }
+
+  /** Finds a snapshot by its id or a unique prefix of it (at least 4 characters). */
+  async findSnapshot(idOrPrefix: string): Promise<SnapshotRecord> {
+    const wanted = idOrPrefix.toLowerCase();
+    if (!/^[0-9a-f]{4,64}$/.test(wanted)) {
+      throw new RepositoryError("invalid-argument", `"${idOrPrefix}" is not a snapshot id (4 to 64 hex characters)`);
+    }
+    const matches: string[] = [];
+    for await (const info of this.store.list(`snapshots/${wanted}`)) matches.push(info.key.slice("snapshots/".length));
+    if (matches.length === 0) throw new RepositoryError("not-found", `no snapshot ${idOrPrefix} in ${this.url}`);
+    if (matches.length > 1) {
+      throw new RepositoryError(
+        "invalid-argument",
+        `snapshot id prefix ${idOrPrefix} is ambiguous; give more characters`,
+      );
+    }
+    const id = matches[0];
+    return openSnapshotRecord(this.key, id, await this.store.get(snapshotKey(id)));
+  }
+
+  async readManifestBlob(record: SnapshotRecord): Promise<Buffer> {
+    const blob = await this.store.get(manifestKey(record.manifest));
+    if (sha256(blob).toString("hex") !== record.manifest) {
+      throw new RepositoryError(
+        "corrupt",
+        `manifest ${record.manifest} of snapshot ${record.id} does not match its id`,
+      );
+    }
+    return blob;
+  }
+
+  async readManifest(record: SnapshotRecord): Promise<Manifest> {
+    return openManifest(this.key, await this.readManifestBlob(record), `manifest of snapshot ${record.id}`);
+  }
+
+  /** A writer (ChunkSink) over a freshly loaded or given index. */
+  async writer(options: RepositoryWriterOptions & { index?: RepositoryIndex } = {}): Promise<RepositoryWriter> {
+    return RepositoryWriter.start(this, options.index ?? (await this.loadIndex()), options);
+  }
+
+  /** A ChunkSource reading packs (loads the index unless given). */
+  async chunkSource(options: ChunkSourceOptions & { index?: RepositoryIndex } = {}): Promise<RepositoryChunkSource> {
+    return new RepositoryChunkSource(this, options.index ?? (await this.loadIndex()), options);
+  }
+}
+
+export async function forEachLimited<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T, index: number) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  const run = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      await fn(items[i], i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
+}

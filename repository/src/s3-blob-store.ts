@@ -1,0 +1,170 @@
+// BlobStore on any S3-compatible service. Each object is one complete PutObject with a known length and
+// no SDK-added checksum framing (see TOOLCHAIN.md: otherwise some servers store aws-chunked bytes).
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  type ListObjectsV2CommandOutput,
+  PutObjectCommand,
+  S3Client,
+  type S3ClientConfig,
+} from "@aws-sdk/client-s3";
+import { assertBlobKey, type BlobInfo, type BlobStore } from "./blob-store.js";
+import { RepositoryError } from "./errors.js";
+
+export interface S3BlobStoreOptions {
+  /** Defaults to DUMONT_S3_ENDPOINT, then the SDK's own AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL handling. */
+  endpoint?: string;
+  /** Defaults to AWS_REGION, then AWS_DEFAULT_REGION, then us-east-1. */
+  region?: string;
+  /** Defaults to the SDK's chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profiles, instance roles). */
+  credentials?: S3ClientConfig["credentials"];
+  /** Escape hatch for tests and unusual deployments. */
+  client?: S3Client;
+}
+
+export class S3BlobStore implements BlobStore {
+  readonly url: string;
+  private readonly client: S3Client;
+  private readonly base: string;
+
+  constructor(
+    readonly bucket: string,
+    prefix: string,
+    options: S3BlobStoreOptions = {},
+  ) {
+    this.base = prefix === "" ? "" : `${prefix}/`;
+    this.url = `s3://${bucket}${prefix === "" ? "" : `/${prefix}`}`;
+    const endpoint = options.endpoint ?? (process.env.DUMONT_S3_ENDPOINT || undefined);
+    this.client =
+      options.client ??
+      new S3Client({
+        region: options.region ?? (process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || "us-east-1"),
+        ...(endpoint ? { endpoint } : {}),
+        ...(options.credentials ? { credentials: options.credentials } : {}),
+        forcePathStyle: true,
+        requestChecksumCalculation: "WHEN_REQUIRED",
+        responseChecksumValidation: "WHEN_REQUIRED",
+      });
+  }
+
+  private objectKey(key: string): string {
+    assertBlobKey(key);
+    return this.base + key;
+  }
+
+  async put(key: string, data: Buffer | readonly Buffer[], options: { ifAbsent?: boolean } = {}): Promise<boolean> {
+    const body = Buffer.isBuffer(data) ? data : Buffer.concat(data);
+    try {
+      await this.client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: this.objectKey(key),
+          Body: body,
+          ContentLength: body.length,
+          ...(options.ifAbsent ? { IfNoneMatch: "*" } : {}),
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (options.ifAbsent && httpStatus(err) === 412) return false;
+      throw this.wrap(err, key);
+    }
+  }
+
+  async get(key: string): Promise<Buffer> {
+    return this.read(key);
+  }
+
+  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    if (length === 0) return Buffer.alloc(0);
+    const buf = await this.read(key, `bytes=${offset}-${offset + length - 1}`);
+    if (buf.length !== length) {
+      throw new RepositoryError(
+        "corrupt",
+        `${this.url}/${key} is shorter than expected (wanted ${length} bytes at offset ${offset}, got ${buf.length})`,
+      );
+    }
+    return buf;
+  }
+
+  private async read(key: string, range?: string): Promise<Buffer> {
+    try {
+      const res = await this.client.send(
+        new GetObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key), ...(range ? { Range: range } : {}) }),
+      );
+      if (!res.Body) throw new RepositoryError("corrupt", `${this.url}/${key} came back without a body`);
+      const bytes = await res.Body.transformToByteArray();
+      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    } catch (err) {
+      throw this.wrap(err, key);
+    }
+  }
+
+  async stat(key: string): Promise<BlobInfo | undefined> {
+    try {
+      const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }));
+      return { key, size: Number(res.ContentLength ?? 0), modified: res.LastModified ?? new Date(0) };
+    } catch (err) {
+      if (httpStatus(err) === 404) return undefined;
+      throw this.wrap(err, key);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<BlobInfo> {
+    let token: string | undefined;
+    do {
+      let res: ListObjectsV2CommandOutput;
+      try {
+        res = await this.client.send(
+          new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.base + prefix, ContinuationToken: token }),
+        );
+      } catch (err) {
+        throw this.wrap(err, prefix);
+      }
+      for (const item of res.Contents ?? []) {
+        if (!item.Key) continue;
+        yield {
+          key: item.Key.slice(this.base.length),
+          size: Number(item.Size ?? 0),
+          modified: item.LastModified ?? new Date(0),
+        };
+      }
+      token = res.IsTruncated ? res.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }));
+    } catch (err) {
+      if (httpStatus(err) === 404) return;
+      throw this.wrap(err, key);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+  }
+
+  private wrap(err: unknown, key: string): Error {
+    if (err instanceof RepositoryError) return err;
+    const status = httpStatus(err);
+    const name = (err as { name?: string }).name ?? "";
+    if (status === 404 || name === "NoSuchKey" || name === "NotFound") {
+      if (name === "NoSuchBucket") {
+        return new RepositoryError("not-found", `bucket ${this.bucket} does not exist (${this.url})`, { cause: err });
+      }
+      return new RepositoryError("not-found", `${this.url}/${key} does not exist`, { cause: err });
+    }
+    const message = err instanceof Error ? err.message : String(err);
+    return new Error(`S3 request for ${this.url}/${key} failed${status ? ` (HTTP ${status})` : ""}: ${message}`, {
+      cause: err,
+    });
+  }
+}
+
+function httpStatus(err: unknown): number | undefined {
+  return (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+}

@@ -1,0 +1,56 @@
+// The codec instance used on the calling thread, and the associated-data labels of each object kind.
+import { createCipheriv, createDecipheriv, createHash, randomFillSync } from "node:crypto";
+import { compressSync, uncompressSync } from "lz4-napi";
+import { createChunkCodec } from "./chunk-codec.js";
+import { RepositoryError } from "./errors.js";
+
+export const chunkCodec = createChunkCodec({
+  createHash,
+  createCipheriv,
+  createDecipheriv,
+  randomFillSync,
+  compress: (data) => compressSync(data),
+  uncompress: (data) => uncompressSync(data),
+});
+
+/** Associated data of each object kind: a blob sealed as one kind never opens as another. */
+export const ObjectKind = {
+  keyCheck: "dumont/key-check/v1",
+  packHeader: "dumont/pack-header/v1",
+  index: "dumont/index/v1",
+  manifest: "dumont/manifest/v1",
+  snapshot: "dumont/snapshot/v1",
+  lock: "dumont/lock/v1",
+} as const;
+
+export function sealObject(key: Buffer, kind: string, plain: Buffer): Buffer {
+  return chunkCodec.sealObject(key, kind, plain);
+}
+
+/** Opens a sealed object; `what` names it in the error ("index index/ab12…"). */
+export function openObject(key: Buffer, kind: string, sealed: Buffer, what: string): Buffer {
+  try {
+    return chunkCodec.openObject(key, kind, sealed);
+  } catch (err) {
+    throw new RepositoryError("corrupt", `${what} is unreadable: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+export function sealJson(key: Buffer, kind: string, value: unknown): Buffer {
+  return sealObject(key, kind, Buffer.from(JSON.stringify(value), "utf8"));
+}
+
+export function openJson(key: Buffer, kind: string, sealed: Buffer, what: string): unknown {
+  const plain = openObject(key, kind, sealed, what);
+  try {
+    return JSON.parse(plain.toString("utf8"));
+  } catch (err) {
+    throw new RepositoryError("corrupt", `${what} does not hold valid JSON`, { cause: err });
+  }
+}
+
+export function sha256(data: Buffer | readonly Buffer[]): Buffer {
+  const hash = createHash("sha256");
+  for (const part of Buffer.isBuffer(data) ? [data] : data) hash.update(part);
+  return hash.digest();
+}

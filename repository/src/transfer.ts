@@ -1,0 +1,65 @@
+// The two seams between the snapshot engine and wherever the repository lives: the agent writes through a
+// ChunkSink and restores through a ChunkSource. Direct mode uses RepositoryWriter / RepositoryChunkSource;
+// the agent's gRPC stream implements them to reach the control plane, which stores with the same classes.
+
+/** A chunk in its stored form: sealed (maybe LZ4, always AES-256-GCM) by the agent, never re-processed. */
+export interface SealedChunk {
+  /** SHA-256 of the plain chunk (32 bytes). */
+  id: Buffer;
+  blob: Buffer;
+  plainLength: number;
+}
+
+/** What the creator of a snapshot says about it; recorded in the snapshot object. */
+export interface SnapshotMeta {
+  /** The workspace the snapshot was taken of (an id from the control plane, or the source path in direct mode). */
+  workspace: string;
+  /** Lease epoch the snapshot was taken under (fencing); 0 in direct mode. */
+  epoch: number;
+  tenant: string;
+  /** ISO 8601; defaults to the commit time. */
+  time?: string;
+  hostname?: string;
+  /** Absolute path of the source directory on its host. */
+  source?: string;
+  stats?: SnapshotStats;
+}
+
+export interface SnapshotStats {
+  files: number;
+  bytesRead: number;
+  bytesNew: number;
+  bytesStored: number;
+  chunksNew: number;
+  seconds: number;
+}
+
+export interface ChunkSink {
+  /** The ids (of those given) the repository lacks; only these need `put`. Dedup is per repository. */
+  missing(ids: Buffer[]): Promise<Buffer[]>;
+  /**
+   * Stores sealed chunks; resolves when they are accepted (not necessarily durable until `commit`). The
+   * caller reuses the memory of `id` and `blob` once this resolves: copy anything kept beyond that.
+   */
+  put(chunks: SealedChunk[]): Promise<void>;
+  /** Makes every chunk durable, then records the snapshot; resolves to its id. Nothing is listed before. */
+  commit(manifestBlob: Buffer, meta: SnapshotMeta): Promise<string>;
+  /** Gives up: nothing becomes visible; chunks already durable stay for the next attempt to reuse. */
+  abort(): Promise<void>;
+}
+
+export type FetchedChunk =
+  | { id: Buffer; blob: Buffer; pack?: string; error?: undefined }
+  | { id: Buffer; blob?: undefined; pack?: string; error: string };
+
+export interface ChunkSource {
+  /** The sealed manifest of a snapshot (`snapshotId` may be a unique prefix) and the full id. */
+  readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlob: Buffer }>;
+  /**
+   * Yields each requested chunk once, in any order. A chunk that cannot be read is yielded with `error`
+   * (and no blob) so the caller can name the files it affects. A source may be set up to reuse its read
+   * buffers (RepositoryChunkSource's `reuseBuffers`); a blob from such a source is only valid until the next
+   * value is requested. The agent's restore copies each blob at once, so it works with either kind.
+   */
+  get(ids: Buffer[]): AsyncIterable<FetchedChunk>;
+}

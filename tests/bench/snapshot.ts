@@ -1,0 +1,476 @@
+// Snapshot benchmark, direct mode (file://): a deterministic ~1 GiB workspace (60% incompressible like model
+// weights, 30% text/CSV, 2,000 small source files), then full snapshot, incremental after a 5% change, and
+// restore; the same with `restic` when it is on PATH. Each engine run is its own process, so peak RSS is
+// the engine's own. Prints JSON. Run: `npm run bench -- snapshot` (or `node tests/dist/bench/snapshot.js
+// --size-mib 256`); DUMONT_BENCH_SIZE_MIB shrinks the corpus too.
+import { spawn, spawnSync } from "node:child_process";
+import { createCipheriv, createHash, randomBytes } from "node:crypto";
+import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { cpus, loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import type { BenchOptions } from "./support/bench-options.js";
+
+/**
+ * Options of its own, or the dispatcher's BenchOptions (`npm run bench -- snapshot --size-mib 256 --keep
+ * --skip-restic`): its flags and progress are read too.
+ */
+export interface SnapshotBenchOptions extends Partial<BenchOptions> {
+  /** Corpus size (default 1024, or DUMONT_BENCH_SIZE_MIB). */
+  sizeMiB?: number;
+  /** Where to put the corpus, repositories and restores (default: a fresh temp dir, removed after). */
+  workDir?: string;
+  keep?: boolean;
+  /** Skip restic even when it is installed. */
+  skipRestic?: boolean;
+  log?: (line: string) => void;
+}
+
+const MB = 1e6;
+const MiB = 1024 * 1024;
+const ENGINE = fileURLToPath(new URL("../../../host-agent/dist/snapshot/index.js", import.meta.url));
+
+interface Corpus {
+  root: string;
+  /** The size asked for (regenerating with it gives the same bytes). */
+  total: number;
+  bytes: number;
+  files: number;
+  incompressible: number;
+  compressible: number;
+  small: number;
+}
+
+interface EngineRun {
+  result: Record<string, unknown>;
+  seconds: number;
+  cpuSeconds: number;
+  peakRssMiB: number;
+}
+
+export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Promise<object> {
+  const flags = options.flags ?? {};
+  // A lenient flag parser reads `--size-mib 256` as a bare flag; take the value from argv then.
+  const argvAt = options.argv?.indexOf("--size-mib") ?? -1;
+  const sizeFlag = flags["size-mib"] === true && argvAt >= 0 ? options.argv?.[argvAt + 1] : flags["size-mib"];
+  const sizeMiB = options.sizeMiB ?? Number(sizeFlag ?? (process.env.DUMONT_BENCH_SIZE_MIB || 1024));
+  if (!(sizeMiB > 0)) throw new Error(`--size-mib must be a positive number of MiB, got ${String(flags["size-mib"])}`);
+  options = {
+    ...options,
+    keep: options.keep ?? flags.keep === true,
+    skipRestic: options.skipRestic ?? flags["skip-restic"] === true,
+  };
+  const log = options.log ?? options.progress ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const work = options.workDir ?? (await mkdtemp(join(tmpdir(), "dumont-bench-snapshot-")));
+  try {
+    log(`generating a ${sizeMiB} MiB workspace in ${work}`);
+    const corpus = await generateCorpus(join(work, "workspace"), sizeMiB * MiB);
+    const sourceHash = await treeHash(corpus.root);
+
+    const key = randomBytes(32).toString("hex");
+    const repoDir = join(work, "dumont-repo");
+    const stateDir = join(work, "dumont-state");
+    const base = { repo: pathToFileURL(repoDir).href, key, source: corpus.root, stateDir };
+
+    log("dumont: full snapshot");
+    const full = await engine("create", base);
+    const storedFull = await dirSize(repoDir);
+    log("changing 5% of the workspace");
+    const changed = await changeCorpus(corpus);
+    log("dumont: incremental snapshot");
+    const incremental = await engine("create", base);
+    const storedAfter = await dirSize(repoDir);
+    log("dumont: restore");
+    const target = join(work, "dumont-restore");
+    const restore = await engine("restore", { repo: base.repo, key, snapshotId: incremental.result.id, target });
+    const restoredOk = (await treeHash(target)) === (await treeHash(corpus.root));
+    await rm(target, { recursive: true, force: true });
+
+    const dumont = {
+      full: {
+        seconds: round(full.seconds),
+        throughputMBps: round(corpus.bytes / MB / full.seconds),
+        bytesStored: storedFull,
+        cpuSeconds: round(full.cpuSeconds),
+        peakRssMiB: full.peakRssMiB,
+      },
+      incremental: {
+        seconds: round(incremental.seconds),
+        changedBytes: changed,
+        bytesRead: incremental.result.bytesRead,
+        bytesNew: incremental.result.bytesNew,
+        bytesAdded: storedAfter - storedFull,
+        cpuSeconds: round(incremental.cpuSeconds),
+        peakRssMiB: incremental.peakRssMiB,
+      },
+      restore: {
+        seconds: round(restore.seconds),
+        throughputMBps: round(corpus.bytes / MB / restore.seconds),
+        cpuSeconds: round(restore.cpuSeconds),
+        peakRssMiB: restore.peakRssMiB,
+        byteForByte: restoredOk,
+      },
+    };
+
+    const restic = options.skipRestic
+      ? { skipped: "skipped by option" }
+      : await runRestic(work, corpus, sourceHash, log);
+    const ratios =
+      "full" in restic
+        ? {
+            fullThroughput: round(dumont.full.throughputMBps / restic.full.throughputMBps),
+            incrementalBytesAdded: round(dumont.incremental.bytesAdded / restic.incremental.bytesAdded),
+            incrementalTime: round(dumont.incremental.seconds / restic.incremental.seconds),
+            restoreThroughput: round(dumont.restore.throughputMBps / restic.restore.throughputMBps),
+            bytesStoredFull: round(dumont.full.bytesStored / restic.full.bytesStored),
+          }
+        : null;
+    return {
+      benchmark: "snapshot",
+      mode: "direct (file://), page cache warm",
+      machine: { cpus: cpus().length, model: cpus()[0]?.model, loadavg1m: round(loadavg()[0]) },
+      corpus: {
+        bytes: corpus.bytes,
+        files: corpus.files,
+        incompressibleBytes: corpus.incompressible,
+        compressibleBytes: corpus.compressible,
+        smallFiles: corpus.small,
+      },
+      dumont,
+      restic,
+      ratios,
+    };
+  } finally {
+    if (!options.keep && !options.workDir) await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** Runs one engine operation in its own process and reports its time, CPU and peak RSS. */
+async function engine(op: "create" | "restore", args: Record<string, unknown>): Promise<EngineRun> {
+  const script = `
+    const engine = await import(${JSON.stringify(pathToFileURL(ENGINE).href)});
+    const a = JSON.parse(process.env.DUMONT_BENCH_ARGS);
+    const key = Buffer.from(a.key, "hex");
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    const result = ${JSON.stringify(op)} === "create"
+      ? await engine.createDirectSnapshot({ ...a, key })
+      : await engine.restoreDirectSnapshot({ ...a, key });
+    const seconds = (performance.now() - t0) / 1000;
+    const c = process.cpuUsage(c0);
+    process.stdout.write(JSON.stringify({ result, seconds, cpuSeconds: (c.user + c.system) / 1e6,
+      peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024) }));`;
+  const out = await runProcess(process.execPath, ["--input-type=module", "-e", script], {
+    DUMONT_BENCH_ARGS: JSON.stringify(args),
+  });
+  return JSON.parse(out) as EngineRun;
+}
+
+// --- corpus -------------------------------------------------------------------------------------------
+
+/** Deterministic bytes that do not compress (AES-CTR keystream of a fixed key). */
+function noise(seed: string, size: number): Buffer {
+  const key = createHash("sha256").update(`noise:${seed}`).digest();
+  const cipher = createCipheriv("aes-256-ctr", key, Buffer.alloc(16));
+  return cipher.update(Buffer.alloc(size));
+}
+
+/** A small deterministic PRNG (xorshift32) for the text generators. */
+function prng(seed: number): () => number {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x;
+  };
+}
+
+const WORDS =
+  "alpha beta gamma delta epsilon zeta theta lambda sigma omega train eval loss step epoch batch grad norm".split(" ");
+
+function csvText(size: number, seed: number): Buffer {
+  const next = prng(seed);
+  const parts: string[] = [];
+  let length = 0;
+  let row = 0;
+  while (length < size) {
+    const line =
+      `${row++},${WORDS[next() % WORDS.length]}_${next() % 1000},${(next() % 100000) / 1000},` +
+      `${next() % 2 ? "true" : "false"},2026-${String((next() % 12) + 1).padStart(2, "0")}-${String((next() % 28) + 1).padStart(2, "0")}\n`;
+    parts.push(line);
+    length += line.length;
+  }
+  return Buffer.from(parts.join("")).subarray(0, size);
+}
+
+function logText(size: number, seed: number): Buffer {
+  const next = prng(seed);
+  const parts: string[] = [];
+  let length = 0;
+  let step = 0;
+  while (length < size) {
+    const line = `[2026-01-01 12:${String(step % 60).padStart(2, "0")}:00] step=${step++} loss=${(next() % 100000) / 10000} lr=0.0003 grad_norm=${(next() % 1000) / 100} ${WORDS[next() % WORDS.length]}\n`;
+    parts.push(line);
+    length += line.length;
+  }
+  return Buffer.from(parts.join("")).subarray(0, size);
+}
+
+function sourceText(size: number, seed: number): Buffer {
+  const next = prng(seed);
+  const parts: string[] = [`# module ${seed}\nimport torch\n\n`];
+  let length = parts[0].length;
+  while (length < size) {
+    const name = `${WORDS[next() % WORDS.length]}_${next() % 500}`;
+    const chunk = `def ${name}(x, y={}):\n    """${WORDS[next() % WORDS.length]} helper."""\n    return x * ${next() % 97} + y.get("${name}", 0)\n\n`;
+    parts.push(chunk);
+    length += chunk.length;
+  }
+  return Buffer.from(parts.join("")).subarray(0, size);
+}
+
+async function generateCorpus(root: string, total: number): Promise<Corpus> {
+  await mkdir(join(root, "models"), { recursive: true });
+  await mkdir(join(root, "checkpoints"), { recursive: true });
+  await mkdir(join(root, "data"), { recursive: true });
+  await mkdir(join(root, "logs"), { recursive: true });
+  // [path, share of the total, incompressible?, generator of piece n]
+  const big: [string, number, boolean, (size: number, piece: number) => Buffer][] = [
+    ["models/model-00001.safetensors", 0.35, true, (n, i) => noise(`model-1:${i}`, n)],
+    ["models/model-00002.safetensors", 0.15, true, (n, i) => noise(`model-2:${i}`, n)],
+    ["checkpoints/optimizer.pt", 0.1, true, (n, i) => noise(`optimizer:${i}`, n)],
+    ["data/train.csv", 0.18, false, (n, i) => csvText(n, 1100 + i)],
+    ["data/eval.csv", 0.04, false, (n, i) => csvText(n, 1200 + i)],
+    ["logs/train.log", 0.08, false, (n, i) => logText(n, 1300 + i)],
+  ];
+  let incompressible = 0;
+  let compressible = 0;
+  for (const [path, share, random, make] of big) {
+    const size = Math.floor(total * share);
+    await writeInPieces(join(root, path), size, make);
+    if (random) incompressible += size;
+    else compressible += size;
+  }
+  // 2,000 small source-like files, 10% of the bytes, sizes spread 1..~2x the mean.
+  const count = 2000;
+  const mean = Math.max(64, Math.floor((total * 0.1) / count));
+  const next = prng(2026);
+  let small = 0;
+  for (let i = 0; i < count; i++) {
+    const dir = join(root, "src", `pkg_${i % 40}`);
+    if (i < 40) await mkdir(dir, { recursive: true });
+    const size = Math.max(32, Math.floor(mean * (0.1 + ((next() % 1000) / 1000) * 1.8)));
+    await writeFile(join(dir, `module_${i}.py`), sourceText(size, i + 1));
+    small += size;
+  }
+  // A workspace is older than the snapshot taking it: files modified within the last seconds are re-read
+  // next time on purpose (their mtime may not yet tell a later change apart).
+  const past = Date.now() / 1000 - 3600;
+  for (const entry of await readdir(root, { withFileTypes: true, recursive: true })) {
+    if (entry.isFile()) await utimes(join(entry.parentPath, entry.name), past, past);
+  }
+  return {
+    root,
+    total,
+    bytes: incompressible + compressible + small,
+    files: big.length + count,
+    incompressible,
+    compressible,
+    small,
+  };
+}
+
+async function writeInPieces(path: string, size: number, make: (size: number, piece: number) => Buffer): Promise<void> {
+  const handle = await open(path, "w");
+  try {
+    const piece = 64 * MiB;
+    for (let at = 0, n = 0; at < size; at += piece, n++) {
+      const len = Math.min(piece, size - at);
+      await handle.write(make(len, n), 0, len, at);
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
+/** The 5% change: overwrite in the middle of the biggest model, append to the log, edit 100 small files. */
+async function changeCorpus(corpus: Corpus): Promise<number> {
+  const model = join(corpus.root, "models", "model-00001.safetensors");
+  const overwrite = Math.floor(corpus.bytes * 0.025);
+  const { size } = await stat(model);
+  const handle = await open(model, "r+");
+  await handle.write(noise("patch", overwrite), 0, overwrite, Math.floor(size / 2));
+  await handle.close();
+  const append = Math.floor(corpus.bytes * 0.015);
+  await appendFile(join(corpus.root, "logs", "train.log"), logText(append, 99));
+  let edited = 0;
+  for (let i = 0; i < 2000; i += 20) {
+    const path = join(corpus.root, "src", `pkg_${i % 40}`, `module_${i}.py`);
+    const text = await readFile(path, "utf8");
+    const mid = Math.floor(text.length / 2);
+    const updated = `${text.slice(0, mid)}\n# edited by the benchmark\n${text.slice(mid)}`;
+    await writeFile(path, updated);
+    edited += updated.length;
+  }
+  return overwrite + append + edited;
+}
+
+async function treeHash(root: string): Promise<string> {
+  const hash = createHash("sha256");
+  const walk = async (dir: string, rel: string): Promise<void> => {
+    for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const path = join(dir, entry.name);
+      const name = rel ? `${rel}/${entry.name}` : entry.name;
+      if (entry.isDirectory()) {
+        hash.update(`d ${name}\n`);
+        await walk(path, name);
+      } else {
+        hash.update(`f ${name}\n`);
+        hash.update(await readFile(path));
+      }
+    }
+  };
+  await walk(root, "");
+  return hash.digest("hex");
+}
+
+async function dirSize(root: string): Promise<number> {
+  let total = 0;
+  for (const entry of await readdir(root, { withFileTypes: true, recursive: true })) {
+    if (entry.isFile()) total += (await stat(join(entry.parentPath, entry.name))).size;
+  }
+  return total;
+}
+
+// --- restic ---------------------------------------------------------------------------------------------
+
+async function runRestic(
+  work: string,
+  corpus: Corpus,
+  sourceHash: string,
+  log: (line: string) => void,
+): Promise<
+  | { skipped: string }
+  | {
+      version: string;
+      full: { seconds: number; throughputMBps: number; bytesStored: number; peakRssMiB: number | null };
+      incremental: { seconds: number; bytesAdded: number; peakRssMiB: number | null };
+      restore: { seconds: number; throughputMBps: number; peakRssMiB: number | null; byteForByte: boolean };
+    }
+> {
+  const which = spawnSync("restic", ["version"], { encoding: "utf8" });
+  if (which.error || which.status !== 0) return { skipped: "restic is not on PATH (the benchmark installs nothing)" };
+  // The corpus was changed by our own run; rebuild the original so both tools see the same bytes.
+  log("restic: regenerating the original workspace");
+  await rm(corpus.root, { recursive: true, force: true });
+  const fresh = await generateCorpus(corpus.root, corpus.total);
+  if ((await treeHash(fresh.root)) !== sourceHash)
+    throw new Error("the regenerated workspace differs from the first one");
+  const repo = join(work, "restic-repo");
+  const env = {
+    RESTIC_PASSWORD: "dumont-bench",
+    RESTIC_REPOSITORY: repo,
+    RESTIC_CACHE_DIR: join(work, "restic-cache"),
+  };
+  await timed("restic", ["init"], env);
+  log("restic: full backup");
+  const full = await timed("restic", ["backup", "--quiet", corpus.root], env);
+  const storedFull = await dirSize(repo);
+  await changeCorpus(corpus);
+  log("restic: incremental backup");
+  const incremental = await timed("restic", ["backup", "--quiet", corpus.root], env);
+  const storedAfter = await dirSize(repo);
+  log("restic: restore");
+  const target = join(work, "restic-restore");
+  const restore = await timed("restic", ["restore", "latest", "--target", target], env);
+  // restic restores the absolute source path under the target.
+  const restoredRoot = join(target, corpus.root);
+  const byteForByte = (await treeHash(restoredRoot)) === (await treeHash(corpus.root));
+  await rm(target, { recursive: true, force: true });
+  return {
+    version: which.stdout.trim(),
+    full: {
+      seconds: round(full.seconds),
+      throughputMBps: round(corpus.bytes / MB / full.seconds),
+      bytesStored: storedFull,
+      peakRssMiB: full.peakRssMiB,
+    },
+    incremental: {
+      seconds: round(incremental.seconds),
+      bytesAdded: storedAfter - storedFull,
+      peakRssMiB: incremental.peakRssMiB,
+    },
+    restore: {
+      seconds: round(restore.seconds),
+      throughputMBps: round(corpus.bytes / MB / restore.seconds),
+      peakRssMiB: restore.peakRssMiB,
+      byteForByte,
+    },
+  };
+}
+
+/** Runs a command, measuring wall time and (through /usr/bin/time when present) peak RSS. */
+async function timed(
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ seconds: number; peakRssMiB: number | null }> {
+  const haveTime = spawnSync("/usr/bin/time", ["-f", "%M", "true"]).status === 0;
+  const started = performance.now();
+  const out = await runProcess(
+    haveTime ? "/usr/bin/time" : command,
+    haveTime ? ["-f", "maxrss=%M", command, ...args] : args,
+    env,
+    true,
+  );
+  const seconds = (performance.now() - started) / 1000;
+  const match = /maxrss=(\d+)/.exec(out);
+  return { seconds, peakRssMiB: match ? Math.round(Number(match[1]) / 1024) : null };
+}
+
+function runProcess(
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+  captureStderr = false,
+): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+    });
+    child.stderr.on("data", (d: Buffer) => {
+      err += d.toString();
+    });
+    child.on("error", reject);
+    child.on("exit", (code) => {
+      if (code === 0) resolve(captureStderr ? `${out}\n${err}` : out);
+      else reject(new Error(`${command} ${args.slice(0, 3).join(" ")} failed (${code}): ${err.slice(-2000)}`));
+    });
+  });
+}
+
+function round(n: number): number {
+  return Math.round(n * 100) / 100;
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const i = process.argv.indexOf("--size-mib");
+  const sizeMiB = i > 0 ? Number(process.argv[i + 1]) : undefined;
+  if (sizeMiB !== undefined && !(sizeMiB > 0)) {
+    process.stderr.write("--size-mib must be a positive number of MiB\n");
+    process.exit(2);
+  }
+  runSnapshotBench({ sizeMiB, keep: process.argv.includes("--keep") }).then(
+    (report) => process.stdout.write(`${JSON.stringify(report, null, 2)}\n`),
+    (err: unknown) => {
+      process.stderr.write(`snapshot bench failed: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}

@@ -1,0 +1,175 @@
+// Snapshots through the control plane: the agent streams sealed chunks over its Connect stream, the
+// control plane packs them into its blob store and commits; restore streams them back.
+import fs from "node:fs/promises";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  type AgentProcess,
+  type ControlPlaneProcess,
+  enrollAgent,
+  startAgentProcess,
+  startControlPlaneProcess,
+  stopProcess,
+  tempDir,
+  testDatabaseUrl,
+  waitFor,
+} from "../support/processes.js";
+import { describeTree, makeWorkspace } from "../support/workspace.js";
+
+interface SnapshotJson {
+  id: string;
+  hostId: string;
+  files: number;
+  bytesRead: number;
+  bytesNew: number;
+  bytesStored: number;
+}
+
+describe("snapshots over the agent stream", () => {
+  let root: string;
+  let cp: ControlPlaneProcess;
+  let agent: AgentProcess;
+  let db: Awaited<ReturnType<typeof testDatabaseUrl>>;
+  let workspace: string;
+
+  const cli = async (args: string[]) => {
+    const res = await cp.cli(args);
+    if (res.code !== 0) throw new Error(`dumont ${args.join(" ")} failed: ${res.stderr}`);
+    return JSON.parse(res.stdout);
+  };
+  const snapshots = async (): Promise<SnapshotJson[]> => cli(["snapshot", "list", "--json"]);
+  const online = async () => {
+    const hosts = (await cli(["host", "list", "--json"])) as { id: string; status: string }[];
+    return hosts.find((h) => h.id === agent.hostId)?.status === "online";
+  };
+
+  beforeAll(async () => {
+    root = await tempDir("e2e-snapshots");
+    db = await testDatabaseUrl();
+    cp = await startControlPlaneProcess({ dataDir: path.join(root, "cp"), databaseUrl: db.url });
+    const hostId = await enrollAgent(cp, path.join(root, "agent"), "snapbox");
+    agent = startAgentProcess(path.join(root, "agent"), hostId);
+    workspace = path.join(root, "workspace");
+    await makeWorkspace(workspace);
+    await waitFor(online, 20_000);
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await cp?.stop();
+    await db?.drop();
+    await fs.rm(root, { recursive: true, force: true });
+  });
+
+  it("round-trips a workspace byte for byte, and the next snapshot sends only what changed", async () => {
+    const first = (await cli([
+      "snapshot",
+      "create",
+      "--host",
+      agent.hostId,
+      "--path",
+      workspace,
+      "--json",
+    ])) as SnapshotJson;
+    expect(first.files).toBe(5);
+    expect(first.bytesNew).toBeGreaterThan(6 * 1024 * 1024);
+
+    const target = path.join(root, "restored-1");
+    const restored = await cli(["snapshot", "restore", first.id, "--host", agent.hostId, "--target", target, "--json"]);
+    expect(restored.files).toBe(5);
+    expect(await describeTree(target)).toEqual(await describeTree(workspace));
+
+    await fs.appendFile(path.join(workspace, "data.csv"), "\n99999,1,appended");
+    const aMinuteAgo = new Date(Date.now() - 60_000);
+    await fs.utimes(path.join(workspace, "data.csv"), aMinuteAgo, aMinuteAgo);
+    const second = (await cli([
+      "snapshot",
+      "create",
+      "--host",
+      agent.hostId,
+      "--path",
+      workspace,
+      "--json",
+    ])) as SnapshotJson;
+    expect(second.id).not.toBe(first.id);
+    // Only the changed file is re-read, and only its changed chunk(s) travel.
+    expect(second.bytesRead).toBeLessThan(1024 * 1024);
+    expect(second.bytesNew).toBeLessThan(1024 * 1024);
+
+    const target2 = path.join(root, "restored-2");
+    await cli(["snapshot", "restore", second.id, "--host", agent.hostId, "--target", target2, "--json"]);
+    expect(await describeTree(target2)).toEqual(await describeTree(workspace));
+    expect((await snapshots()).map((s) => s.id)).toEqual([first.id, second.id]);
+  });
+
+  it("refuses to restore into a non-empty directory, and reports a missing snapshot clearly", async () => {
+    const [first] = await snapshots();
+    const res = await cp.cli([
+      "snapshot",
+      "restore",
+      first!.id,
+      "--host",
+      agent.hostId,
+      "--target",
+      workspace,
+      "--json",
+    ]);
+    expect(res.code).not.toBe(0);
+    expect(res.stderr).toMatch(/empty/);
+    const missing = await cp.cli([
+      "snapshot",
+      "restore",
+      "0000",
+      "--host",
+      agent.hostId,
+      "--target",
+      path.join(root, "x"),
+    ]);
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toMatch(/not found/);
+  });
+
+  it("a kill -9 of the agent mid-snapshot leaves no snapshot visible; the next one succeeds", async () => {
+    const big = path.join(root, "big-workspace");
+    await makeWorkspace(big, 96 * 1024 * 1024);
+    const before = (await snapshots()).length;
+    const pending = cp.cli(["snapshot", "create", "--host", agent.hostId, "--path", big, "--json"]);
+    await new Promise((r) => setTimeout(r, 300));
+    await stopProcess(agent.proc, "SIGKILL");
+    const res = await pending;
+    expect(res.code).not.toBe(0);
+    expect(res.stderr).toMatch(/disconnected|closed|not connected/);
+    expect((await snapshots()).length).toBe(before);
+
+    agent = startAgentProcess(agent.dataDir, agent.hostId);
+    await waitFor(online, 20_000);
+    const retry = (await cli(["snapshot", "create", "--host", agent.hostId, "--path", big, "--json"])) as SnapshotJson;
+    expect(retry.files).toBe(5);
+    const target = path.join(root, "restored-big");
+    await cli(["snapshot", "restore", retry.id, "--host", agent.hostId, "--target", target, "--json"]);
+    expect(await describeTree(target)).toEqual(await describeTree(big));
+  });
+
+  it("a kill -9 of the control plane mid-snapshot leaves no snapshot visible; after restart the next one succeeds", async () => {
+    const big = path.join(root, "big-workspace-2");
+    await makeWorkspace(big, 96 * 1024 * 1024);
+    const before = (await snapshots()).map((s) => s.id);
+    const pending = cp.cli(["snapshot", "create", "--host", agent.hostId, "--path", big, "--json"]);
+    await new Promise((r) => setTimeout(r, 500));
+    await stopProcess(cp.proc, "SIGKILL");
+    expect((await pending).code).not.toBe(0);
+
+    cp = await startControlPlaneProcess({
+      dataDir: cp.dataDir,
+      httpPort: cp.httpPort,
+      grpcPort: cp.grpcPort,
+      databaseUrl: db.url,
+    });
+    await waitFor(online, 30_000);
+    expect((await snapshots()).map((s) => s.id)).toEqual(before);
+    const retry = (await cli(["snapshot", "create", "--host", agent.hostId, "--path", big, "--json"])) as SnapshotJson;
+    const target = path.join(root, "restored-big-2");
+    await cli(["snapshot", "restore", retry.id, "--host", agent.hostId, "--target", target, "--json"]);
+    expect(await describeTree(target)).toEqual(await describeTree(big));
+  });
+});
