@@ -51,8 +51,11 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
     const adminKeyFile = path.join(config.dataDir, ADMIN_KEY_FILE);
     const newAdminKey = await bootstrapAdminKey(db, adminKeyFile);
 
-    const liveness = new HostLiveness(db, log, metrics, { lostAfterSeconds: config.lostAfterSeconds });
     const ingest = new TelemetryIngest(db, log, metrics);
+    const liveness = new HostLiveness(db, log, metrics, {
+      lostAfterSeconds: config.lostAfterSeconds,
+      serializeWrites: (work) => ingest.serialize(work),
+    });
     const gateway = new AgentGatewayServer({
       db,
       ca,

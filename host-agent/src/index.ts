@@ -1,6 +1,7 @@
 // The host agent's public surface (used by tests and benchmarks).
 export { createLogger, type Logger } from "./logger.js";
+export { discoverCa, generateKeyAndCsr } from "./session/ca-discovery.js";
 export { type CommandHandler, ControlPlaneSession, type TelemetrySource } from "./session/control-plane-session.js";
 export { createGatewayClient, type GatewayClient } from "./session/grpc-client.js";
-export { discoverCa, generateKeyAndCsr, type Identity } from "./session/identity.js";
+export type { Identity } from "./session/identity.js";
 export { AGENT_VERSION } from "./version.js";

@@ -9,6 +9,7 @@ import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, 
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { StreamBench, type StreamRun } from "./snapshot-stream.js";
 import type { BenchOptions } from "./support/bench-options.js";
 
 /**
@@ -21,6 +22,8 @@ export interface SnapshotBenchOptions extends Partial<BenchOptions> {
   /** Where to put the corpus, repositories and restores (default: a fresh temp dir, removed after). */
   workDir?: string;
   keep?: boolean;
+  /** Skip the through-the-control-plane runs. */
+  skipStream?: boolean;
   /** Skip restic even when it is installed. */
   skipRestic?: boolean;
   log?: (line: string) => void;
@@ -59,6 +62,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     ...options,
     keep: options.keep ?? flags.keep === true,
     skipRestic: options.skipRestic ?? flags["skip-restic"] === true,
+    skipStream: options.skipStream ?? flags["skip-stream"] === true,
   };
   const log = options.log ?? options.progress ?? ((line: string) => process.stderr.write(`${line}\n`));
   const work = options.workDir ?? (await mkdtemp(join(tmpdir(), "dumont-bench-snapshot-")));
@@ -72,19 +76,58 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     const stateDir = join(work, "dumont-state");
     const base = { repo: pathToFileURL(repoDir).href, key, source: corpus.root, stateDir };
 
-    log("dumont: full snapshot");
-    const full = await engine("create", base);
-    const storedFull = await dirSize(repoDir);
-    log("changing 5% of the workspace");
-    const changed = await changeCorpus(corpus);
-    log("dumont: incremental snapshot");
-    const incremental = await engine("create", base);
-    const storedAfter = await dirSize(repoDir);
-    log("dumont: restore");
-    const target = join(work, "dumont-restore");
-    const restore = await engine("restore", { repo: base.repo, key, snapshotId: incremental.result.id, target });
-    const restoredOk = (await treeHash(target)) === (await treeHash(corpus.root));
-    await rm(target, { recursive: true, force: true });
+    const stream = options.skipStream ? undefined : await StreamBench.start(join(work, "stream"));
+    const viaStream: {
+      full?: StreamRun;
+      storedFull?: number;
+      incremental?: StreamRun;
+      storedAfter?: number;
+      restore?: StreamRun;
+      restoredOk?: boolean;
+      agentPeakRssMiB?: number;
+    } = {};
+    let full: EngineRun;
+    let storedFull: number;
+    let changed: number;
+    let incremental: EngineRun;
+    let storedAfter: number;
+    let restore: EngineRun;
+    let restoredOk: boolean;
+    try {
+      log("dumont: full snapshot");
+      full = await engine("create", base);
+      storedFull = await dirSize(repoDir);
+      if (stream) {
+        log("dumont through the control plane: full snapshot");
+        viaStream.full = await stream.snapshot(corpus.root);
+        viaStream.storedFull = await stream.storedBytes();
+      }
+      log("changing 5% of the workspace");
+      changed = await changeCorpus(corpus);
+      log("dumont: incremental snapshot");
+      incremental = await engine("create", base);
+      storedAfter = await dirSize(repoDir);
+      if (stream) {
+        log("dumont through the control plane: incremental snapshot");
+        viaStream.incremental = await stream.snapshot(corpus.root);
+        viaStream.storedAfter = await stream.storedBytes();
+      }
+      log("dumont: restore");
+      const target = join(work, "dumont-restore");
+      restore = await engine("restore", { repo: base.repo, key, snapshotId: incremental.result.id, target });
+      restoredOk = (await treeHash(target)) === (await treeHash(corpus.root));
+      await rm(target, { recursive: true, force: true });
+      if (stream && viaStream.incremental) {
+        log("dumont through the control plane: restore");
+        const streamTarget = join(work, "stream-restore");
+        viaStream.restore = await stream.restore(String(viaStream.incremental.result.id), streamTarget);
+        viaStream.restoredOk = (await treeHash(streamTarget)) === (await treeHash(corpus.root));
+        viaStream.agentPeakRssMiB = await stream.agentRssMiB();
+        await rm(streamTarget, { recursive: true, force: true });
+      }
+    } finally {
+      await stream?.stop();
+    }
 
     const dumont = {
       full: {
@@ -112,6 +155,31 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       },
     };
 
+    const throughStream =
+      viaStream.full && viaStream.incremental && viaStream.restore
+        ? {
+            full: {
+              seconds: round(viaStream.full.seconds),
+              throughputMBps: round(corpus.bytes / MB / viaStream.full.seconds),
+              bytesStored: viaStream.storedFull,
+              vsDirect: round(full.seconds / viaStream.full.seconds),
+            },
+            incremental: {
+              seconds: round(viaStream.incremental.seconds),
+              bytesRead: viaStream.incremental.result.bytesRead,
+              bytesNew: viaStream.incremental.result.bytesNew,
+              bytesAdded: (viaStream.storedAfter ?? 0) - (viaStream.storedFull ?? 0),
+            },
+            restore: {
+              seconds: round(viaStream.restore.seconds),
+              throughputMBps: round(corpus.bytes / MB / viaStream.restore.seconds),
+              vsDirect: round(restore.seconds / viaStream.restore.seconds),
+              byteForByte: viaStream.restoredOk,
+            },
+            agentPeakRssMiB: viaStream.agentPeakRssMiB,
+            note: "wall clock of the `dumont snapshot` CLI call: agent → mTLS gRPC stream → control plane → file:// blob store; vsDirect = direct seconds / stream seconds (1.0 = as fast)",
+          }
+        : { skipped: "skipped by option (--skip-stream)" };
     const restic = options.skipRestic
       ? { skipped: "skipped by option" }
       : await runRestic(work, corpus, sourceHash, log);
@@ -137,6 +205,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         smallFiles: corpus.small,
       },
       dumont,
+      throughStream,
       restic,
       ratios,
     };

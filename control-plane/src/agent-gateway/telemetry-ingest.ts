@@ -1,5 +1,5 @@
 // Buffers telemetry from every session and writes it in batches: thousands of agents reporting every
-// few seconds become a few transactions per second instead of thousands.
+// few seconds become a handful of transactions per second instead of thousands.
 
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { GpuInfo, Telemetry } from "@dumont/proto";
@@ -9,13 +9,19 @@ import type { GpuState } from "../db/tables.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 
-const FLUSH_INTERVAL_MS = 100;
 const MAX_BATCH = 1000;
 
+/**
+ * Writes are serialised through one queue: a sample is written as soon as nothing else is being written,
+ * and samples arriving during a write join the next batch. Under light load each sample costs one small
+ * write; under heavy load batches grow by themselves, with no timer adding latency. Heartbeat writes share
+ * the queue (`serialize`), so two writers never update the same host rows in different orders (which
+ * deadlocked on Postgres).
+ */
 export class TelemetryIngest {
   private buffer: TelemetryRecord[] = [];
-  private timer: NodeJS.Timeout | undefined;
-  private flushing: Promise<void> = Promise.resolve();
+  private writing = false;
+  private queue: Promise<void> = Promise.resolve();
   private closed = false;
 
   constructor(
@@ -28,36 +34,51 @@ export class TelemetryIngest {
     if (this.closed) return;
     this.metrics.telemetryMessages.inc();
     this.buffer.push(toRecord(hostId, telemetry));
-    if (this.buffer.length >= MAX_BATCH) void this.flush();
-    else this.timer ??= setTimeout(() => void this.flush(), FLUSH_INTERVAL_MS);
+    if (!this.writing) void this.flush();
   }
 
-  /** Writes whatever is buffered; batches are written one at a time, in order. */
-  flush(): Promise<void> {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
-    const batch = this.buffer;
-    this.buffer = [];
-    if (batch.length === 0) return this.flushing;
-    this.flushing = this.flushing.then(async () => {
-      const end = this.metrics.telemetryFlushSeconds.startTimer();
-      try {
-        await recordTelemetry(this.db, batch, new Date());
-        const now = Date.now();
-        for (const r of batch) this.metrics.telemetryIngestLatency.observe(Math.max(0, now - r.at.getTime()) / 1000);
-      } catch (err) {
-        // Telemetry is a time series: a lost batch leaves a gap, it corrupts nothing. Say so loudly.
-        this.log.error({ err, samples: batch.length }, "telemetry batch write failed; samples dropped");
-      } finally {
-        end();
+  /** Runs other host-row writes (liveness heartbeats) in the same queue as telemetry batches. */
+  serialize<T>(work: () => Promise<T>): Promise<T> {
+    const result = this.queue.then(work);
+    this.queue = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
+  }
+
+  /** Writes whatever is buffered, in batches of at most MAX_BATCH, until the buffer is empty. */
+  async flush(): Promise<void> {
+    if (this.writing) return this.queue;
+    this.writing = true;
+    try {
+      while (this.buffer.length > 0) {
+        const batch = this.buffer.splice(0, MAX_BATCH);
+        await this.serialize(() => this.write(batch));
       }
-    });
-    return this.flushing;
+    } finally {
+      this.writing = false;
+    }
+  }
+
+  private async write(batch: TelemetryRecord[]): Promise<void> {
+    const end = this.metrics.telemetryFlushSeconds.startTimer();
+    try {
+      await recordTelemetry(this.db, batch, new Date());
+      const now = Date.now();
+      for (const r of batch) this.metrics.telemetryIngestLatency.observe(Math.max(0, now - r.at.getTime()) / 1000);
+    } catch (err) {
+      // Telemetry is a time series: a lost batch leaves a gap, it corrupts nothing. Say so loudly.
+      this.log.error({ err, samples: batch.length }, "telemetry batch write failed; samples dropped");
+    } finally {
+      end();
+    }
   }
 
   async close(): Promise<void> {
     this.closed = true;
     await this.flush();
+    await this.queue;
   }
 }
 

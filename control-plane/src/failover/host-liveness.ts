@@ -11,6 +11,8 @@ export interface HostLivenessOptions {
   /** How often to flush heartbeats and look for silent hosts. Default: lostAfter / 5, at most 1 s. */
   checkIntervalMs?: number;
   onLost?: (hostIds: string[]) => void;
+  /** Runs a heartbeat write; the control plane queues it behind telemetry writes to the same rows. */
+  serializeWrites?: <T>(work: () => Promise<T>) => Promise<T>;
 }
 
 export class HostLiveness {
@@ -55,11 +57,9 @@ export class HostLiveness {
     const lostAfterMs = this.options.lostAfterSeconds * 1000;
     // Right after a restart every host looks silent; give agents lostAfter to reconnect first.
     if (now.getTime() - this.startedAt < lostAfterMs) return [];
-    const lost = await markSilentHostsLost(
-      this.db,
-      new Date(now.getTime() - lostAfterMs),
-      this.options.lostAfterSeconds,
-    );
+    const markLost = () =>
+      markSilentHostsLost(this.db, new Date(now.getTime() - lostAfterMs), this.options.lostAfterSeconds);
+    const lost = await (this.options.serializeWrites ? this.options.serializeWrites(markLost) : markLost());
     if (lost.length > 0) {
       this.metrics.hostsLost.inc(lost.length);
       this.log.warn({ hosts: lost }, "hosts lost");
@@ -72,6 +72,8 @@ export class HostLiveness {
     if (this.heard.size === 0) return;
     const ids = [...this.heard];
     this.heard.clear();
-    await touchHosts(this.db, ids, now);
+    ids.sort();
+    const write = () => touchHosts(this.db, ids, now);
+    await (this.options.serializeWrites ? this.options.serializeWrites(write) : write());
   }
 }

@@ -74,7 +74,9 @@ export class SnapshotCoordinator {
       throw new InvalidArgumentError(`path must be absolute, got ${JSON.stringify(req.path)}`);
     const key = await this.tenantKeys.get(req.tenantId);
     const repository = await this.repository(req.tenantId, key);
-    const writer = await repository.writer();
+    // Every chunk is opened and its SHA-256 checked on arrival: an agent cannot store a chunk under a
+    // wrong id (which would corrupt other snapshots through dedup).
+    const writer = await repository.writer({ verifyChunks: true });
     const requestId = randomUUID();
     const session = req.session;
     return new Promise<SnapshotRow>((resolve, reject) => {
@@ -247,7 +249,8 @@ export class SnapshotCoordinator {
       );
     };
     for await (const chunk of source.get(ids)) {
-      const blob = chunk.blob ?? Buffer.alloc(0);
+      // The chunk source may hand out views of read buffers it reuses; the message is serialised later.
+      const blob = chunk.blob ? Buffer.from(chunk.blob) : Buffer.alloc(0);
       if (bytes > 0 && bytes + blob.length > STREAM_BATCH_BYTES) await flush(false);
       pending.push({ id: chunk.id, blob, error: chunk.error ?? "" });
       bytes += blob.length;

@@ -1,11 +1,8 @@
 // `dumont-agent`: enroll this machine, run the session, and operate snapshots directly.
 import { Command, Option } from "commander";
-import { startAgent } from "../agent.js";
 import { loadAgentConfig } from "../config.js";
 import { createLogger } from "../logger.js";
-import { enroll } from "../session/enroll.js";
 import { AGENT_VERSION } from "../version.js";
-import { registerSnapshotCommands } from "./snapshot-command.js";
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command("dumont-agent")
@@ -28,6 +25,8 @@ export async function main(argv: string[]): Promise<void> {
     .option("--force", "enroll again even if this data dir is already enrolled")
     .option("--json", 'print {"hostId"} as JSON')
     .action(async (opts) => {
+      // Loaded on demand: the long-running `run` never needs enrollment crypto (@peculiar/x509).
+      const { enroll } = await import("../session/enroll.js");
       const { hostId } = await enroll({
         server: opts.server,
         token: opts.token,
@@ -58,6 +57,7 @@ export async function main(argv: string[]): Promise<void> {
         simulated: opts.simulated,
       });
       const log = createLogger(config.logLevel);
+      const { startAgent } = await import("../agent.js");
       const agent = await startAgent(config, log);
       await new Promise<void>((resolve) => {
         const shutdown = (signal: string) => {
@@ -69,6 +69,11 @@ export async function main(argv: string[]): Promise<void> {
       });
     });
 
-  registerSnapshotCommands(program);
+  // The snapshot engine and repository code are loaded only by commands that use them, which keeps the
+  // resident agent (`run`) small.
+  if (!["run", "enroll"].includes(argv[2] ?? "")) {
+    const { registerSnapshotCommands } = await import("./snapshot-command.js");
+    registerSnapshotCommands(program);
+  }
   await program.parseAsync(argv);
 }

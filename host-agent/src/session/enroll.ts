@@ -7,8 +7,8 @@ import * as grpc from "@grpc/grpc-js";
 import { writeFileAtomic } from "../platform/atomic-file.js";
 import { agentPaths } from "../platform/paths.js";
 import { AGENT_VERSION } from "../version.js";
+import { discoverCa, generateKeyAndCsr } from "./ca-discovery.js";
 import { createGatewayClient } from "./grpc-client.js";
-import { discoverCa, generateKeyAndCsr } from "./identity.js";
 
 export interface EnrollOptions {
   server: string;

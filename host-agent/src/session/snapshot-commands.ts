@@ -5,7 +5,7 @@ import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { AgentMessageSchema, type ControlMessage, type Restore, type TakeSnapshot } from "@dumont/proto";
 import type { Logger } from "../logger.js";
-import { createSnapshot, localIndexPath, restoreSnapshot, SnapshotWorkerPool } from "../snapshot/index.js";
+import type { SnapshotWorkerPool } from "../snapshot/index.js";
 import type { ControlPlaneSession } from "./control-plane-session.js";
 import { StreamChunkSink, StreamChunkSource } from "./stream-transfer.js";
 
@@ -56,9 +56,11 @@ export class SnapshotCommands {
     }
   }
 
-  private workers(): SnapshotWorkerPool {
-    this.pool ??= new SnapshotWorkerPool();
-    return this.pool;
+  /** The engine (and its worker pool) is loaded on the first operation: an idle agent never pays for it. */
+  private async engine() {
+    const engine = await import("../snapshot/index.js");
+    this.pool ??= new engine.SnapshotWorkerPool();
+    return { ...engine, pool: this.pool };
   }
 
   private async takeSnapshot(cmd: TakeSnapshot): Promise<void> {
@@ -68,12 +70,13 @@ export class SnapshotCommands {
     try {
       if (!path.isAbsolute(cmd.path)) throw new Error(`path must be absolute, got ${JSON.stringify(cmd.path)}`);
       const scope = `control-plane:${cmd.tenantId}\n${path.resolve(cmd.path)}`;
+      const { createSnapshot, localIndexPath, pool } = await this.engine();
       const result = await createSnapshot({
         source: cmd.path,
         sink,
         key: Buffer.from(cmd.tenantKey),
         meta: { workspace: cmd.workspaceId, epoch: Number(cmd.epoch), tenant: cmd.tenantId, hostname: os.hostname() },
-        pool: this.workers(),
+        pool,
         localIndex: { file: localIndexPath(this.stateDir, scope), scope },
       });
       this.log.info(
@@ -105,12 +108,13 @@ export class SnapshotCommands {
       );
     try {
       if (!path.isAbsolute(cmd.target)) throw new Error(`target must be absolute, got ${JSON.stringify(cmd.target)}`);
+      const { restoreSnapshot, pool } = await this.engine();
       const result = await restoreSnapshot({
         snapshotId: cmd.snapshotId,
         source,
         key: Buffer.from(cmd.tenantKey),
         target: cmd.target,
-        pool: this.workers(),
+        pool,
       });
       await report({ files: BigInt(result.files), bytesWritten: BigInt(result.bytesWritten) });
     } catch (err) {

@@ -50,7 +50,10 @@ export class StreamChunkSink implements ChunkSink {
     const answer = new Promise<Buffer[]>((resolve, reject) => this.needs.set(batch, { resolve, reject }));
     await this.port.send(
       create(AgentMessageSchema, {
-        msg: { case: "snapshotOffer", value: { requestId: this.requestId, chunkIds: ids, epoch: this.epoch, batch } },
+        msg: {
+          case: "snapshotOffer",
+          value: { requestId: this.requestId, chunkIds: ids.map((id) => Buffer.from(id)), epoch: this.epoch, batch },
+        },
       }),
     );
     return answer;
@@ -73,7 +76,9 @@ export class StreamChunkSink implements ChunkSink {
     };
     for (const c of chunks) {
       if (bytes > 0 && bytes + c.blob.length > STREAM_BATCH_BYTES) await flush();
-      pending.push({ id: c.id, blob: c.blob, plainLength: c.plainLength });
+      // Copy: grpc-js may serialise a queued message after put() resolved, and the engine reuses (or
+      // transfers to a worker, emptying) the chunk's memory as soon as put() resolves.
+      pending.push({ id: Buffer.from(c.id), blob: Buffer.from(c.blob), plainLength: c.plainLength });
       bytes += c.blob.length;
     }
     await flush();
@@ -136,10 +141,10 @@ export class StreamChunkSource implements ChunkSource {
     const q = this.queues.get(v.batch);
     if (!q) return;
     for (const c of v.chunks) {
+      // Copy each blob out of the message: decoded `bytes` fields share one ArrayBuffer, and the restore
+      // engine transfers a blob's buffer to a worker thread, which would empty every sibling chunk.
       q.push(
-        c.error
-          ? { id: Buffer.from(c.id), error: c.error }
-          : { id: Buffer.from(c.id), blob: Buffer.from(c.blob.buffer, c.blob.byteOffset, c.blob.byteLength) },
+        c.error ? { id: Buffer.from(c.id), error: c.error } : { id: Buffer.from(c.id), blob: Buffer.from(c.blob) },
       );
     }
     if (v.last) q.end();
