@@ -15,3 +15,9 @@ export const STREAM_BATCH_BYTES = 1024 * 1024;
  * name, so the address they dial (IP, DNS, a tunnel) does not have to appear in the certificate.
  */
 export const CONTROL_PLANE_TLS_NAME = "dumont-control-plane";
+
+/**
+ * HTTP/2 flow-control window for the agent stream (per stream and per connection). The 64 KiB default
+ * caps a snapshot stream at window / round trip — tens of MB/s on loopback — far below the engine.
+ */
+export const FLOW_CONTROL_WINDOW_BYTES = 8 * 1024 * 1024;

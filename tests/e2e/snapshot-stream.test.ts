@@ -38,6 +38,12 @@ describe("snapshots over the agent stream", () => {
     return JSON.parse(res.stdout);
   };
   const snapshots = async (): Promise<SnapshotJson[]> => cli(["snapshot", "list", "--json"]);
+  /** The row may still say "online" from before a crash: wait for the agent's new session to report in. */
+  const reportedSince = async (t: number) => {
+    const hosts = (await cli(["host", "list", "--json"])) as { id: string; lastSeenAt: string | null }[];
+    const seen = hosts.find((h) => h.id === agent.hostId)?.lastSeenAt;
+    return typeof seen === "string" && Date.parse(seen) > t;
+  };
   const online = async () => {
     const hosts = (await cli(["host", "list", "--json"])) as { id: string; status: string }[];
     return hosts.find((h) => h.id === agent.hostId)?.status === "online";
@@ -141,8 +147,9 @@ describe("snapshots over the agent stream", () => {
     expect(res.stderr).toMatch(/disconnected|closed|not connected/);
     expect((await snapshots()).length).toBe(before);
 
+    const restartedAt = Date.now();
     agent = startAgentProcess(agent.dataDir, agent.hostId);
-    await waitFor(online, 20_000);
+    await waitFor(() => reportedSince(restartedAt), 20_000);
     const retry = (await cli(["snapshot", "create", "--host", agent.hostId, "--path", big, "--json"])) as SnapshotJson;
     expect(retry.files).toBe(5);
     const target = path.join(root, "restored-big");
@@ -159,13 +166,14 @@ describe("snapshots over the agent stream", () => {
     await stopProcess(cp.proc, "SIGKILL");
     expect((await pending).code).not.toBe(0);
 
+    const restartedAt = Date.now();
     cp = await startControlPlaneProcess({
       dataDir: cp.dataDir,
       httpPort: cp.httpPort,
       grpcPort: cp.grpcPort,
       databaseUrl: db.url,
     });
-    await waitFor(online, 30_000);
+    await waitFor(() => reportedSince(restartedAt), 30_000);
     expect((await snapshots()).map((s) => s.id)).toEqual(before);
     const retry = (await cli(["snapshot", "create", "--host", agent.hostId, "--path", big, "--json"])) as SnapshotJson;
     const target = path.join(root, "restored-big-2");

@@ -7,6 +7,7 @@ import {
   type ControlMessage,
   type EnrollRequest,
   type EnrollResponse,
+  FLOW_CONTROL_WINDOW_BYTES,
   grpcServiceDefinition,
   MAX_MESSAGE_BYTES,
 } from "@dumont/proto";
@@ -42,6 +43,7 @@ export function createGatewayClient(
     "grpc.default_authority": CONTROL_PLANE_TLS_NAME,
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+    "grpc-node.flow_control_window": FLOW_CONTROL_WINDOW_BYTES,
     "grpc.keepalive_time_ms": 15_000,
     "grpc.keepalive_timeout_ms": 10_000,
     "grpc.keepalive_permit_without_calls": 1,
