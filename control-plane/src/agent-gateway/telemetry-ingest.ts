@@ -10,17 +10,23 @@ import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 
 const MAX_BATCH = 1000;
+/**
+ * How long a sample may wait for others to share its write. Each write costs about a millisecond of
+ * event-loop time whatever its size, so writing every sample alone saturates the loop at ~1,000 samples/s
+ * (measured: p99 3.9 s at 5,000 hosts); 20 ms of coalescing keeps it to at most ~50 writes a second.
+ */
+const COALESCE_MS = 20;
 
 /**
- * Writes are serialised through one queue: a sample is written as soon as nothing else is being written,
- * and samples arriving during a write join the next batch. Under light load each sample costs one small
- * write; under heavy load batches grow by themselves, with no timer adding latency. Heartbeat writes share
+ * Writes are serialised through one queue: a sample waits at most COALESCE_MS for company, and samples
+ * arriving during a write join the next batch, so batches grow with load by themselves. Heartbeat writes share
  * the queue (`serialize`), so two writers never update the same host rows in different orders (which
  * deadlocked on Postgres).
  */
 export class TelemetryIngest {
   private buffer: TelemetryRecord[] = [];
   private writing = false;
+  private timer: NodeJS.Timeout | undefined;
   private queue: Promise<void> = Promise.resolve();
   private closed = false;
 
@@ -34,7 +40,7 @@ export class TelemetryIngest {
     if (this.closed) return;
     this.metrics.telemetryMessages.inc();
     this.buffer.push(toRecord(hostId, telemetry));
-    if (!this.writing) void this.flush();
+    if (!this.writing && !this.timer) this.timer = setTimeout(() => void this.flush(), COALESCE_MS);
   }
 
   /** Runs other host-row writes (liveness heartbeats) in the same queue as telemetry batches. */
@@ -47,18 +53,21 @@ export class TelemetryIngest {
     return result;
   }
 
-  /** Writes whatever is buffered, in batches of at most MAX_BATCH, until the buffer is empty. */
+  /** Writes one batch of what is buffered (all of it once closed). */
   async flush(): Promise<void> {
+    clearTimeout(this.timer);
+    this.timer = undefined;
     if (this.writing) return this.queue;
     this.writing = true;
     try {
-      while (this.buffer.length > 0) {
-        const batch = this.buffer.splice(0, MAX_BATCH);
-        await this.serialize(() => this.write(batch));
-      }
+      const batch = this.buffer.splice(0, MAX_BATCH);
+      if (batch.length > 0) await this.serialize(() => this.write(batch));
     } finally {
       this.writing = false;
     }
+    // What arrived meanwhile goes next: at once if a full batch is waiting, else after the coalescing delay.
+    if (this.buffer.length >= MAX_BATCH || (this.closed && this.buffer.length > 0)) return this.flush();
+    if (this.buffer.length > 0 && !this.timer) this.timer = setTimeout(() => void this.flush(), COALESCE_MS);
   }
 
   private async write(batch: TelemetryRecord[]): Promise<void> {
@@ -77,8 +86,11 @@ export class TelemetryIngest {
 
   async close(): Promise<void> {
     this.closed = true;
-    await this.flush();
-    await this.queue;
+    while (this.buffer.length > 0 || this.writing) {
+      await this.flush();
+      await this.queue;
+    }
+    clearTimeout(this.timer);
   }
 }
 
