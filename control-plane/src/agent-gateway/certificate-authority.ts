@@ -9,6 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { CONTROL_PLANE_TLS_NAME } from "@dumont/proto";
 import * as x509 from "@peculiar/x509";
+import { writeFileAtomic } from "../atomic-file.js";
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
@@ -195,18 +196,4 @@ async function exists(file: string): Promise<boolean> {
     () => true,
     () => false,
   );
-}
-
-/** Write to a temp file, fsync, rename: a crash leaves the old file or the new one, never half. */
-export async function writeFileAtomic(file: string, data: string | Buffer, mode: number): Promise<void> {
-  const tmp = `${file}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`;
-  const handle = await fs.open(tmp, "w", mode);
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  await fs.chmod(tmp, mode);
-  await fs.rename(tmp, file);
 }

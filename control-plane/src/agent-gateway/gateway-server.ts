@@ -54,7 +54,6 @@ export class AgentGatewayServer {
   });
   private readonly handlers: AgentMessageHandler[] = [];
   private readonly closeHandlers: ((session: AgentSession) => void)[] = [];
-  private boundPort = 0;
 
   constructor(private readonly deps: GatewayDeps) {
     this.server.addService(grpcServiceDefinition(AgentGateway), {
@@ -72,25 +71,28 @@ export class AgentGatewayServer {
     this.closeHandlers.push(handler);
   }
 
-  get port(): number {
-    widenFlowControlWindows(this.server);
-    return this.boundPort;
-  }
-
   async listen(host: string, port: number): Promise<number> {
     const { tls } = this.deps.ca;
+    // One provider serves both roles (grpc-js's argument names for them are swapped; passing the same
+    // object twice sidesteps that).
+    const certificates = staticCertificates(
+      tls.caPem,
+      `${tls.serverCertPem.trim()}\n${tls.caPem.trim()}\n`,
+      tls.serverKeyPem,
+    );
     const credentials = grpc.experimental.createCertificateProviderServerCredentials(
-      staticCertificates(tls.caPem, `${tls.serverCertPem.trim()}\n${tls.caPem.trim()}\n`, tls.serverKeyPem),
-      staticCertificates(tls.caPem, `${tls.serverCertPem.trim()}\n${tls.caPem.trim()}\n`, tls.serverKeyPem),
+      certificates,
+      certificates,
       // Request a client certificate but do not require one: Enroll callers have none yet.
       false,
     );
-    this.boundPort = await new Promise<number>((resolve, reject) => {
+    const bound = await new Promise<number>((resolve, reject) => {
       this.server.bindAsync(`${host.includes(":") ? `[${host}]` : host}:${port}`, credentials, (err, bound) =>
         err ? reject(new Error(`cannot listen on gRPC port ${port}: ${err.message}`)) : resolve(bound),
       );
     });
-    return this.boundPort;
+    widenFlowControlWindows(this.server);
+    return bound;
   }
 
   async close(): Promise<void> {

@@ -82,16 +82,3 @@ export async function consumeJoinToken(db: Db, token: string, hostId: string, no
   if (!row) return { ok: false, reason: "unknown" };
   return { ok: false, reason: row.used_at ? "used" : "expired" };
 }
-
-export async function getState(db: Db, key: string): Promise<string | undefined> {
-  const row = await db.selectFrom("control_plane_state").select("value").where("key", "=", key).executeTakeFirst();
-  return row?.value;
-}
-
-export async function setState(db: Db, key: string, value: string): Promise<void> {
-  await db
-    .insertInto("control_plane_state")
-    .values({ key, value })
-    .onConflict((oc) => oc.column("key").doUpdateSet({ value }))
-    .execute();
-}

@@ -85,20 +85,6 @@ export async function markSilentHostsLost(db: Db, cutoff: Date, lostAfterSeconds
   });
 }
 
-export async function markHostLost(db: Db, id: string, message: string): Promise<boolean> {
-  return db.transaction().execute(async (tx) => {
-    const row = await tx
-      .updateTable("hosts")
-      .set({ status: "lost" })
-      .where("id", "=", id)
-      .where("status", "=", "online")
-      .returning("id")
-      .executeTakeFirst();
-    if (row) await insertEvent(tx, id, "lost", message);
-    return row !== undefined;
-  });
-}
-
 export interface TelemetryRecord {
   hostId: string;
   at: Date;
