@@ -34,6 +34,11 @@ export interface BlobStore {
   /** Removes the object; removing a missing object is not an error. */
   delete(key: string): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Optional: memory for a large object that this store writes with the least copying (page-aligned on
+   * file://, so packs go to disk with O_DIRECT straight from it). Writers that reuse buffers take them here.
+   */
+  allocate?(size: number): Buffer;
 }
 
 export interface OpenBlobStoreOptions {

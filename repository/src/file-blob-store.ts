@@ -1,5 +1,8 @@
 // BlobStore on a local directory: temp file + fsync + rename + fsync of the directory, so a crash leaves
-// either the whole object or nothing.
+// either the whole object or nothing. Large objects (packs) are written with O_DIRECT where the filesystem
+// allows it: a pack is written once and read rarely, so copying it through the page cache only costs CPU
+// (measured on the dev VM: 0.15 s of system time per 800 MiB direct, 0.3 to 1.3 s buffered) and evicts the
+// workload's own cached files.
 import { randomBytes } from "node:crypto";
 import { constants, type Dirent } from "node:fs";
 import { link, mkdir, open, readdir, rename, stat, unlink } from "node:fs/promises";
@@ -9,10 +12,20 @@ import { assertBlobKey, type BlobInfo, type BlobStore } from "./blob-store.js";
 import { RepositoryError } from "./errors.js";
 
 const TEMP_PREFIX = ".tmp-";
+/** Objects at least this large are written with O_DIRECT (when the platform and filesystem allow it). */
+const DIRECT_MIN = 1024 * 1024;
+/** O_DIRECT wants the memory, the length and the file offset aligned; 4096 covers every common device. */
+const DIRECT_ALIGN = 4096;
+const STAGE_BYTES = 4 * 1024 * 1024;
 
 export class FileBlobStore implements BlobStore {
   readonly url: string;
   private readonly madeDirs = new Set<string>();
+  /** False once the filesystem refused O_DIRECT; every write is buffered from then on. */
+  private direct = constants.O_DIRECT !== undefined && process.platform === "linux";
+  private readonly stages: Buffer[] = [];
+  /** Memory this store handed out with `allocate`: page-aligned, so it can be written without staging. */
+  private readonly aligned = new WeakSet<ArrayBufferLike>();
 
   constructor(readonly root: string) {
     this.url = pathToFileURL(root).href;
@@ -31,31 +44,11 @@ export class FileBlobStore implements BlobStore {
       this.madeDirs.add(dir);
     }
     const temp = join(dir, `${TEMP_PREFIX}${randomBytes(8).toString("hex")}`);
-    const parts = Buffer.isBuffer(data) ? [data] : data;
-    const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
-    try {
-      let pending = parts.filter((part) => part.length > 0);
-      while (pending.length > 0) {
-        // writev may write less than asked; resume from where it stopped.
-        const { bytesWritten } = await handle.writev(pending.slice(0, 1024));
-        let left = bytesWritten;
-        const rest: Buffer[] = [];
-        for (const part of pending) {
-          if (left >= part.length) left -= part.length;
-          else {
-            rest.push(left > 0 ? part.subarray(left) : part);
-            left = 0;
-          }
-        }
-        pending = rest;
-      }
-      await handle.sync();
-    } catch (err) {
-      await handle.close().catch(() => {});
-      await unlink(temp).catch(() => {});
-      throw err;
+    const parts = (Buffer.isBuffer(data) ? [data] : data).filter((part) => part.length > 0);
+    const size = parts.reduce((n, part) => n + part.length, 0);
+    if (!(this.direct && size >= DIRECT_MIN && (await this.writeDirect(temp, parts, size)))) {
+      await writeBuffered(temp, parts);
     }
-    await handle.close();
     let written = true;
     try {
       if (options.ifAbsent) {
@@ -75,6 +68,77 @@ export class FileBlobStore implements BlobStore {
     }
     if (written) await syncDirectory(dir);
     return written;
+  }
+
+  allocate(size: number): Buffer {
+    const buf = alignedBuffer(size);
+    this.aligned.add(buf.buffer);
+    return buf;
+  }
+
+  /**
+   * Writes `parts` to a new file `temp` with O_DIRECT, staged through page-aligned memory, and fsyncs it.
+   * Returns false, leaving no file behind, when the filesystem refuses O_DIRECT (the caller writes buffered).
+   */
+  private async writeDirect(temp: string, parts: readonly Buffer[], size: number): Promise<boolean> {
+    let handle: Awaited<ReturnType<typeof open>>;
+    try {
+      handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DIRECT, 0o644);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
+      this.direct = false;
+      return false;
+    }
+    const stage = this.stages.pop() ?? alignedBuffer(STAGE_BYTES);
+    try {
+      let filled = 0;
+      let position = 0;
+      const flush = async (): Promise<void> => {
+        // The last piece is padded to the alignment; the file is cut back to its true size after.
+        const length = Math.ceil(filled / DIRECT_ALIGN) * DIRECT_ALIGN;
+        stage.fill(0, filled, length);
+        for (let done = 0; done < length; ) {
+          const { bytesWritten } = await handle.write(stage, done, length - done, position + done);
+          done += bytesWritten;
+        }
+        position += filled;
+        filled = 0;
+      };
+      let rest = parts;
+      // A first part in memory from `allocate` goes to disk as it is, up to its last whole block.
+      const first = parts[0];
+      if (first.byteOffset === 0 && this.aligned.has(first.buffer)) {
+        const whole = first.length - (first.length % DIRECT_ALIGN);
+        for (let done = 0; done < whole; ) {
+          const { bytesWritten } = await handle.write(first, done, whole - done, done);
+          done += bytesWritten;
+        }
+        position = whole;
+        rest = [first.subarray(whole), ...parts.slice(1)];
+      }
+      for (const part of rest) {
+        for (let at = 0; at < part.length; ) {
+          const n = part.copy(stage, filled, at, Math.min(part.length, at + STAGE_BYTES - filled));
+          filled += n;
+          at += n;
+          if (filled === STAGE_BYTES) await flush();
+        }
+      }
+      if (filled > 0) await flush();
+      if (position % DIRECT_ALIGN !== 0 || position !== size) await handle.truncate(size);
+      await handle.sync();
+    } catch (err) {
+      await handle.close().catch(() => {});
+      await unlink(temp).catch(() => {});
+      if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
+      // The filesystem opened the file but refuses direct writes at this alignment.
+      this.direct = false;
+      return false;
+    } finally {
+      if (this.stages.length < 4) this.stages.push(stage);
+    }
+    await handle.close();
+    return true;
   }
 
   async get(key: string): Promise<Buffer> {
@@ -165,6 +229,47 @@ export class FileBlobStore implements BlobStore {
   }
 
   async close(): Promise<void> {}
+}
+
+/** Writes `parts` to a new file and fsyncs it; the file is removed if that fails. */
+async function writeBuffered(temp: string, parts: readonly Buffer[]): Promise<void> {
+  const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+  try {
+    let pending = [...parts];
+    while (pending.length > 0) {
+      // writev may write less than asked; resume from where it stopped.
+      const { bytesWritten } = await handle.writev(pending.slice(0, 1024));
+      let left = bytesWritten;
+      const rest: Buffer[] = [];
+      for (const part of pending) {
+        if (left >= part.length) left -= part.length;
+        else {
+          rest.push(left > 0 ? part.subarray(left) : part);
+          left = 0;
+        }
+      }
+      pending = rest;
+    }
+    await handle.sync();
+  } catch (err) {
+    await handle.close().catch(() => {});
+    await unlink(temp).catch(() => {});
+    throw err;
+  }
+  await handle.close();
+}
+
+/**
+ * Page-aligned memory, which O_DIRECT needs: the memory of a WebAssembly instance starts on a page boundary
+ * (a Buffer from the allocator is only 16-byte aligned).
+ */
+function alignedBuffer(size: number): Buffer {
+  // Typed here: the project's lib settings do not include the WebAssembly declarations.
+  const wasm = (
+    globalThis as unknown as { WebAssembly: { Memory: new (d: { initial: number }) => { buffer: ArrayBuffer } } }
+  ).WebAssembly;
+  const memory = new wasm.Memory({ initial: Math.ceil(size / 65536) });
+  return Buffer.from(memory.buffer, 0, size);
 }
 
 async function readFully(

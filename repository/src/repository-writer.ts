@@ -18,7 +18,10 @@ const MAX_PACK_SIZE = 1024 * 1024 * 1024;
 export interface RepositoryWriterOptions {
   /** A pack is sealed once it holds this many bytes (default 32 MiB). */
   packSize?: number;
-  /** Packs being written at once (default 2); `put` waits beyond that, which bounds memory. */
+  /**
+   * Packs being written at once (default 3); `put` waits beyond that, which bounds memory. Each write ends
+   * in an fsync (file://) or a round trip (S3); with one in flight the snapshot pipeline stalled on it.
+   */
   uploadConcurrency?: number;
   /** Open every chunk on arrival and check its SHA-256 (costs a decrypt + hash per byte). */
   verifyChunks?: boolean;
@@ -62,7 +65,7 @@ export class RepositoryWriter implements ChunkSink {
     private readonly lock: HeldLock | undefined,
   ) {
     this.packSize = options.packSize ?? DEFAULT_PACK_SIZE;
-    this.uploadConcurrency = Math.max(1, options.uploadConcurrency ?? 2);
+    this.uploadConcurrency = Math.max(1, options.uploadConcurrency ?? 3);
     if (!(this.packSize > 0 && this.packSize <= MAX_PACK_SIZE)) {
       throw new RepositoryError("invalid-argument", `packSize must be 1..${MAX_PACK_SIZE} bytes, got ${this.packSize}`);
     }
@@ -179,10 +182,9 @@ export class RepositoryWriter implements ChunkSink {
 
   private openPack(firstBlob: number): OpenPack {
     const standard = this.packSize + PACK_SLACK;
-    const buf =
-      firstBlob <= standard
-        ? (this.freeBuffers.pop() ?? Buffer.allocUnsafeSlow(standard))
-        : Buffer.allocUnsafeSlow(firstBlob);
+    const store = this.repository.store;
+    const allocate = (size: number): Buffer => store.allocate?.(size) ?? Buffer.allocUnsafeSlow(size);
+    const buf = firstBlob <= standard ? (this.freeBuffers.pop() ?? allocate(standard)) : allocate(firstBlob);
     return { buf, entries: [], size: 0 };
   }
 

@@ -25,7 +25,7 @@ export interface DirectCreateOptions extends DirectRepositoryOptions {
   tenant?: string;
   epoch?: number;
   packSize?: number;
-  /** Pack writes in flight (default 1 on file://, where a write is fast; 2 on S3, where latency dominates). */
+  /** Pack writes in flight (RepositoryWriterOptions.uploadConcurrency; default 3). */
   uploadConcurrency?: number;
   chunker?: ChunkerParams;
   /** See CreateSnapshotOptions.segmentSize. */
@@ -73,7 +73,7 @@ export async function createDirectSnapshot(options: DirectCreateOptions): Promis
   return withDirectRepository({ ...options, create: true }, async (repository) => {
     const writer = await repository.writer({
       packSize: options.packSize,
-      uploadConcurrency: options.uploadConcurrency ?? (options.repo.startsWith("s3://") ? 2 : 1),
+      uploadConcurrency: options.uploadConcurrency,
       onPackWritten: options.onPackWritten,
     });
     const scope = `${repository.id}\n${source}`;
