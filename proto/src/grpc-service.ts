@@ -2,6 +2,7 @@
 // the agent channel share one serializer per message type, derived from the schema — never hand-written.
 import { type DescMessage, type DescService, fromBinary, type MessageShape, toBinary } from "@bufbuild/protobuf";
 import type { MethodDefinition, ServiceDefinition } from "@grpc/grpc-js";
+import { isEncodedMessage } from "./chunk-messages.js";
 
 export function grpcServiceDefinition(service: DescService): ServiceDefinition {
   const definition: Record<string, MethodDefinition<unknown, unknown>> = {};
@@ -22,7 +23,8 @@ export function grpcServiceDefinition(service: DescService): ServiceDefinition {
 
 function serializer<D extends DescMessage>(schema: D) {
   return (message: unknown): Buffer => {
-    const bytes = toBinary(schema, message as MessageShape<D>);
+    // Chunk batches arrive already encoded (chunk-messages.ts); everything else is a message object.
+    const bytes = isEncodedMessage(message) ? message : toBinary(schema, message as MessageShape<D>);
     return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   };
 }

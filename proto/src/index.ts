@@ -1,6 +1,13 @@
 // The contract between the agent and the control plane, and the public API messages.
 
 export * as api from "./api.js";
+export {
+  type EncodedMessage,
+  encodeRestoreChunks,
+  encodeSnapshotChunks,
+  isEncodedMessage,
+  type WireChunk,
+} from "./chunk-messages.js";
 export * from "./gen/dumont/agent/v1/agent_pb.js";
 export { grpcServiceDefinition } from "./grpc-service.js";
 export * from "./protocol.js";

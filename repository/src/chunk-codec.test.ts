@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto";
+import { createCipheriv, createHash, randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { generateRepositoryKey } from "./key.js";
 import { chunkCodec } from "./sealing.js";
@@ -51,5 +51,29 @@ describe("chunk codec", () => {
       Int32Array.from([999, 50_000, 10]),
     );
     expect(wrongLength.errors[0]).toMatch(/1000 bytes, expected 999/);
+  });
+
+  it("verifies chunks without keeping them: good raw and LZ4 chunks pass, every kind of lie is named", () => {
+    const text = Buffer.from("columns,of,a,csv,file\n".repeat(40_000)); // LZ4, several decrypt pieces
+    const noise = randomBytes(70_001); // raw, a piece boundary inside
+    for (const plain of [text, noise]) {
+      const { id, blob } = chunkCodec.sealChunk(key, plain);
+      expect(chunkCodec.verifyChunk(key, id, blob, plain.length)).toBeNull();
+      expect(chunkCodec.verifyChunk(key, id, blob, plain.length + 1)).toMatch(/expected|does not hold/);
+      const flipped = Buffer.from(blob);
+      flipped[blob.length - 40] ^= 1;
+      expect(chunkCodec.verifyChunk(key, id, flipped, plain.length)).toMatch(/authentication failed/);
+      expect(chunkCodec.verifyChunk(generateRepositoryKey(), id, blob, plain.length)).toMatch(/authentication/);
+    }
+    // An agent holding the key seals one chunk's bytes under another chunk's id: the envelope is valid,
+    // only the hash tells.
+    const fakeId = createHash("sha256").update("some other chunk").digest();
+    const nonce = randomBytes(12);
+    const cipher = createCipheriv("aes-256-gcm", key, nonce, { authTagLength: 16 });
+    cipher.setAAD(fakeId);
+    const body = Buffer.concat([cipher.update(Buffer.from([0])), cipher.update(noise), cipher.final()]);
+    const forged = Buffer.concat([nonce, body, cipher.getAuthTag()]);
+    expect(chunkCodec.verifyChunk(key, fakeId, forged, noise.length)).toMatch(/SHA-256 of the chunk does not match/);
+    expect(() => chunkCodec.openChunk(key, fakeId, forged)).toThrow(/SHA-256/);
   });
 });

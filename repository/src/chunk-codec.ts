@@ -41,6 +41,12 @@ export interface ChunkCodec {
   sealChunkInto(key: Buffer, plain: Buffer, out: Buffer, pos: number, ids: Buffer, idPos: number): number;
   /** Decrypts, decompresses and checks the SHA-256; throws an Error saying which of those failed. */
   openChunk(key: Buffer, id: Buffer, blob: Buffer): Buffer;
+  /**
+   * What `openChunk` checks, without keeping the plain chunk: raw chunks are hashed piece by piece as they
+   * are decrypted (while still in cache), LZ4 ones decompressed from a reused buffer. Returns why the blob
+   * is not chunk `id` of `expected` bytes, or null when it is.
+   */
+  verifyChunk(key: Buffer, id: Buffer, blob: Buffer, expected: number): string | null;
   sealChunkBatch(key: Buffer, data: Uint8Array, ranges: Int32Array): SealedChunkBatch;
   /**
    * Opens blobs given as (offset, length) pairs into `data`, with their ids back to back and the plain length
@@ -142,49 +148,104 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
 
   let scratch = Buffer.alloc(0);
 
-  // Opens a chunk straight into `out` at `pos` (it must be `expected` bytes); returns why it failed, or null.
-  // Raw chunks are decrypted in place; LZ4 ones through a reused scratch buffer. Bytes written before the tag
-  // check are simply not reported as a chunk when it fails.
-  function openInto(key: Buffer, id: Buffer, blob: Buffer, expected: number, out: Buffer, pos: number): string | null {
+  // Starts opening a chunk blob: the decipher (nonce, id as AAD, tag) with the codec byte already read.
+  function beginOpen(
+    key: Buffer,
+    id: Buffer,
+    blob: Buffer,
+  ): { decipher: nodeCrypto.DecipherGCM; sealed: Buffer; codec: number } | string {
     if (blob.length < OVERHEAD) return `blob is ${blob.length} bytes, shorter than its envelope`;
-    if (expected < 0 || pos + expected > out.length) return "no room for the chunk";
     const decipher = deps.createDecipheriv("aes-256-gcm", key, blob.subarray(0, NONCE), { authTagLength: TAG });
     decipher.setAAD(id);
     decipher.setAuthTag(blob.subarray(blob.length - TAG));
     const sealed = blob.subarray(NONCE, blob.length - TAG);
-    const codec = decipher.update(sealed.subarray(0, 1))[0];
-    const bodyLength = sealed.length - 1;
-    // The common case, a raw chunk of the expected size, is decrypted straight into place.
-    const direct = codec === CODEC_RAW && bodyLength === expected;
-    if (!direct && scratch.length < bodyLength)
-      scratch = Buffer.allocUnsafeSlow(Math.max(bodyLength, 2 * scratch.length));
-    const target = direct ? out : scratch;
-    let at = direct ? pos : 0;
-    for (let p = 1; p < sealed.length; p += PIECE) {
-      const plain = decipher.update(sealed.subarray(p, Math.min(sealed.length, p + PIECE)));
-      plain.copy(target, at);
-      at += plain.length;
-    }
+    return { decipher, sealed, codec: decipher.update(sealed.subarray(0, 1))[0] };
+  }
+
+  // Decrypts the rest of a blob in pieces, handing each to `take`; returns why it failed, or null.
+  function decryptPieces(
+    decipher: nodeCrypto.DecipherGCM,
+    sealed: Buffer,
+    take: (plain: Buffer) => void,
+  ): string | null {
+    for (let p = 1; p < sealed.length; p += PIECE)
+      take(decipher.update(sealed.subarray(p, Math.min(sealed.length, p + PIECE))));
     try {
       decipher.final();
     } catch {
       return "authentication failed (the bytes were altered, or the key is wrong)";
     }
+    return null;
+  }
+
+  // An LZ4 body that must decompress to `expected` bytes: the plain bytes, or why not.
+  function unpackLz4(body: Buffer, expected: number): Buffer | string {
+    if (body.length < 4 || body.readUInt32LE(0) !== expected) return `LZ4 data does not hold ${expected} bytes`;
+    let plain: Buffer;
+    try {
+      plain = deps.uncompress(body);
+    } catch {
+      return "LZ4 data does not decompress";
+    }
+    return plain.length === expected ? plain : `chunk is ${plain.length} bytes, expected ${expected}`;
+  }
+
+  function growScratch(size: number): void {
+    if (scratch.length < size) scratch = Buffer.allocUnsafeSlow(Math.max(size, 2 * scratch.length));
+  }
+
+  // Opens a chunk straight into `out` at `pos` (it must be `expected` bytes); returns why it failed, or null.
+  // Raw chunks are decrypted in place; LZ4 ones through a reused scratch buffer. Bytes written before the tag
+  // check are simply not reported as a chunk when it fails.
+  function openInto(key: Buffer, id: Buffer, blob: Buffer, expected: number, out: Buffer, pos: number): string | null {
+    if (expected < 0 || pos + expected > out.length) return "no room for the chunk";
+    const begun = beginOpen(key, id, blob);
+    if (typeof begun === "string") return begun;
+    const { decipher, sealed, codec } = begun;
+    const bodyLength = sealed.length - 1;
+    // The common case, a raw chunk of the expected size, is decrypted straight into place.
+    const direct = codec === CODEC_RAW && bodyLength === expected;
+    if (!direct) growScratch(bodyLength);
+    const target = direct ? out : scratch;
+    let at = direct ? pos : 0;
+    const failed = decryptPieces(decipher, sealed, (plain) => {
+      plain.copy(target, at);
+      at += plain.length;
+    });
+    if (failed) return failed;
     if (codec === CODEC_RAW && !direct) return `chunk is ${bodyLength} bytes, expected ${expected}`;
     if (codec !== CODEC_RAW && codec !== CODEC_LZ4) return `unknown codec ${codec}`;
     if (codec === CODEC_LZ4) {
-      const body = scratch.subarray(0, bodyLength);
-      if (body.length < 4 || body.readUInt32LE(0) !== expected) return `LZ4 data does not hold ${expected} bytes`;
-      let plain: Buffer;
-      try {
-        plain = deps.uncompress(body);
-      } catch {
-        return "LZ4 data does not decompress";
-      }
-      if (plain.length !== expected) return `chunk is ${plain.length} bytes, expected ${expected}`;
+      const plain = unpackLz4(scratch.subarray(0, bodyLength), expected);
+      if (typeof plain === "string") return plain;
       plain.copy(out, pos);
     }
     if (!hashOf(out.subarray(pos, pos + expected)).equals(id)) return "SHA-256 of the chunk does not match its id";
+    return null;
+  }
+
+  function verifyChunk(key: Buffer, id: Buffer, blob: Buffer, expected: number): string | null {
+    const begun = beginOpen(key, id, blob);
+    if (typeof begun === "string") return begun;
+    const { decipher, sealed, codec } = begun;
+    const bodyLength = sealed.length - 1;
+    const hash = deps.createHash("sha256");
+    if (codec === CODEC_LZ4) growScratch(bodyLength);
+    let at = 0;
+    const failed = decryptPieces(decipher, sealed, (plain) => {
+      if (codec === CODEC_LZ4) plain.copy(scratch, at);
+      else hash.update(plain);
+      at += plain.length;
+    });
+    if (failed) return failed;
+    if (codec === CODEC_RAW) {
+      if (bodyLength !== expected) return `chunk is ${bodyLength} bytes, expected ${expected}`;
+    } else if (codec === CODEC_LZ4) {
+      const plain = unpackLz4(scratch.subarray(0, bodyLength), expected);
+      if (typeof plain === "string") return plain;
+      hash.update(plain);
+    } else return `unknown codec ${codec}`;
+    if (!hash.digest().equals(id)) return "SHA-256 of the chunk does not match its id";
     return null;
   }
 
@@ -206,6 +267,8 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
     },
 
     openChunk,
+
+    verifyChunk,
 
     sealChunkInto(key, plain, out, pos, ids, idPos) {
       const id = hashOf(plain);

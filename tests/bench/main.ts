@@ -21,9 +21,14 @@ function parseFlags(argv: string[]) {
   return parseArgs({
     args: argv,
     allowPositionals: true,
-    // Unknown flags belong to some benchmark we do not know about (snapshot): pass them through.
+    // Unknown flags are passed through; the snapshot bench's are declared so their values are not read as
+    // benchmark names.
     strict: false,
     options: {
+      "size-mib": { type: "string" },
+      keep: { type: "boolean" },
+      "skip-stream": { type: "boolean" },
+      "skip-restic": { type: "boolean" },
       sessions: { type: "string" },
       duration: { type: "string" },
       warmup: { type: "string" },

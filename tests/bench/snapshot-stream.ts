@@ -15,6 +15,8 @@ import {
 export interface StreamRun {
   seconds: number;
   result: Record<string, number | string>;
+  /** CPU each side spent during the call (user + system, all threads), from /proc. */
+  cpuSeconds: { agent: number; controlPlane: number };
 }
 
 export class StreamBench {
@@ -27,7 +29,12 @@ export class StreamBench {
   static async start(work: string): Promise<StreamBench> {
     const cp = await startControlPlaneProcess({ dataDir: join(work, "cp"), env: { DUMONT_LOG_LEVEL: "warn" } });
     const hostId = await enrollAgent(cp, join(work, "agent"), "bench");
-    const agent = startAgentProcess(join(work, "agent"), hostId, { env: { DUMONT_LOG_LEVEL: "warn" } });
+    // Telemetry at the agent's default interval (the test helper's 1 s would add database writes to the
+    // control plane's share of the two cores).
+    const agent = startAgentProcess(join(work, "agent"), hostId, {
+      env: { DUMONT_LOG_LEVEL: "warn" },
+      telemetryInterval: 5,
+    });
     await waitFor(async () => {
       const res = await cp.cli(["host", "list", "--json"]);
       return res.code === 0 && (JSON.parse(res.stdout) as { status: string }[])[0]?.status === "online";
@@ -59,12 +66,30 @@ export class StreamBench {
   }
 
   private async timed(args: string[]): Promise<StreamRun> {
+    const cpu0 = [await cpuSeconds(this.agent.proc.pid), await cpuSeconds(this.cp.proc.pid)];
     const started = process.hrtime.bigint();
     const res = await this.cp.cli(args);
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     if (res.code !== 0) throw new Error(`dumont ${args.join(" ")} failed: ${res.stderr}`);
-    return { seconds, result: JSON.parse(res.stdout) };
+    const cpu1 = [await cpuSeconds(this.agent.proc.pid), await cpuSeconds(this.cp.proc.pid)];
+    return {
+      seconds,
+      result: JSON.parse(res.stdout),
+      cpuSeconds: { agent: round(cpu1[0] - cpu0[0]), controlPlane: round(cpu1[1] - cpu0[1]) },
+    };
   }
+}
+
+/** User + system CPU seconds of a process so far (all its threads), from /proc/PID/stat. */
+async function cpuSeconds(pid: number | undefined): Promise<number> {
+  if (!pid) return 0;
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11] ?? 0) + Number(fields[12] ?? 0)) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+
+function round(n: number): number {
+  return Math.round(n * 100) / 100;
 }
 
 async function rssMiB(pid: number | undefined): Promise<number> {

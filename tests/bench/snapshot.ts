@@ -53,9 +53,7 @@ interface EngineRun {
 
 export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Promise<object> {
   const flags = options.flags ?? {};
-  // A lenient flag parser reads `--size-mib 256` as a bare flag; take the value from argv then.
-  const argvAt = options.argv?.indexOf("--size-mib") ?? -1;
-  const sizeFlag = flags["size-mib"] === true && argvAt >= 0 ? options.argv?.[argvAt + 1] : flags["size-mib"];
+  const sizeFlag = flags["size-mib"];
   const sizeMiB = options.sizeMiB ?? Number(sizeFlag ?? (process.env.DUMONT_BENCH_SIZE_MIB || 1024));
   if (!(sizeMiB > 0)) throw new Error(`--size-mib must be a positive number of MiB, got ${String(flags["size-mib"])}`);
   options = {
@@ -163,6 +161,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               throughputMBps: round(corpus.bytes / MB / viaStream.full.seconds),
               bytesStored: viaStream.storedFull,
               vsDirect: round(full.seconds / viaStream.full.seconds),
+              cpuSeconds: viaStream.full.cpuSeconds,
             },
             incremental: {
               seconds: round(viaStream.incremental.seconds),
@@ -174,10 +173,14 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               seconds: round(viaStream.restore.seconds),
               throughputMBps: round(corpus.bytes / MB / viaStream.restore.seconds),
               vsDirect: round(restore.seconds / viaStream.restore.seconds),
+              cpuSeconds: viaStream.restore.cpuSeconds,
               byteForByte: viaStream.restoredOk,
             },
             agentPeakRssMiB: viaStream.agentPeakRssMiB,
-            note: "wall clock of the `dumont snapshot` CLI call: agent → mTLS gRPC stream → control plane → file:// blob store; vsDirect = direct seconds / stream seconds (1.0 = as fast)",
+            note:
+              "wall clock of the `dumont snapshot` CLI call: agent → mTLS gRPC stream → control plane → file:// blob store; " +
+              "vsDirect = direct seconds / stream seconds (1.0 = as fast); both processes share this machine's cores, " +
+              "cpuSeconds says what each side spent (compare with the direct run's cpuSeconds)",
           }
         : { skipped: "skipped by option (--skip-stream)" };
     const restic = options.skipRestic

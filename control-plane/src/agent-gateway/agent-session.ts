@@ -1,7 +1,7 @@
 // One agent's open Connect stream: sends with backpressure, and lets other parts of the control plane
 // reach a host by id (the registry).
 
-import type { AgentMessage, ControlMessage } from "@dumont/proto";
+import type { AgentMessage, ControlMessage, EncodedMessage } from "@dumont/proto";
 import type { ServerDuplexStream } from "@grpc/grpc-js";
 
 export type AgentStream = ServerDuplexStream<AgentMessage, ControlMessage>;
@@ -29,9 +29,10 @@ export class AgentSession {
    * Sends one message. Resolves once the stream accepts more (write() returned true or 'drain'),
    * so a fast producer cannot buffer unbounded data in memory; rejects if the stream closed.
    */
-  async send(message: ControlMessage): Promise<void> {
+  async send(message: ControlMessage | EncodedMessage): Promise<void> {
     if (this.closed) throw new Error(`host ${this.hostId} is not connected`);
-    if (this.stream.write(message)) return;
+    // An EncodedMessage goes through the serializer unchanged (grpc-service.ts).
+    if (this.stream.write(message as ControlMessage)) return;
     const ok = await new Promise<boolean>((resolve) => this.waiters.add(resolve));
     if (!ok) throw new Error(`host ${this.hostId} disconnected while sending`);
   }

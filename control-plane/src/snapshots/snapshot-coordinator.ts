@@ -4,7 +4,14 @@
 // snapshot listed. For a restore: Restore(manifest) → the agent asks for chunks → we stream them from packs.
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { type AgentMessage, ControlMessageSchema, type SnapshotCommit, STREAM_BATCH_BYTES } from "@dumont/proto";
+import {
+  type AgentMessage,
+  ControlMessageSchema,
+  encodeRestoreChunks,
+  type SnapshotCommit,
+  STREAM_BATCH_BYTES,
+  type WireChunk,
+} from "@dumont/proto";
 import {
   type BlobStore,
   openBlobStore,
@@ -115,14 +122,17 @@ export class SnapshotCoordinator {
             if (m.value.epoch !== req.epoch) return finish(staleEpoch(m.value.epoch, req.epoch));
             const batch = m.value.batch;
             const ids = m.value.chunkIds.map((id) => Buffer.from(id));
-            serial(async () => {
+            // Answered at once, not behind the chunks still being written: waiting for them turned every
+            // batch into a full stop of the pipeline. A chunk offered while an earlier copy is still queued
+            // is asked for twice at worst, and the writer drops the second copy.
+            void (async () => {
               const need = await writer.missing(ids);
               await session.send(
                 create(ControlMessageSchema, {
                   msg: { case: "snapshotNeed", value: { requestId, chunkIds: need, batch } },
                 }),
               );
-            });
+            })().catch((err: Error) => finish(err));
           } else if (m.case === "snapshotChunks") {
             if (m.value.epoch !== req.epoch) return finish(staleEpoch(m.value.epoch, req.epoch));
             const chunks = m.value.chunks.map((c) => ({
@@ -238,22 +248,21 @@ export class SnapshotCoordinator {
     batch: bigint,
     ids: Buffer[],
   ): Promise<void> {
-    let pending: { id: Buffer; blob: Buffer; error: string }[] = [];
+    let pending: WireChunk[] = [];
     let bytes = 0;
     const flush = async (last: boolean) => {
-      const chunks = pending;
+      // Encoded now, in one copy (grpc-js serialises a queued message later). The blobs are views of the
+      // source's read buffers, which it does not reuse (no reuseBuffers), so they are intact until here.
+      const message = encodeRestoreChunks(requestId, batch, last, pending);
       pending = [];
       bytes = 0;
-      await session.send(
-        create(ControlMessageSchema, { msg: { case: "restoreChunks", value: { requestId, batch, chunks, last } } }),
-      );
+      await session.send(message);
     };
     for await (const chunk of source.get(ids)) {
-      // The chunk source may hand out views of read buffers it reuses; the message is serialised later.
-      const blob = chunk.blob ? Buffer.from(chunk.blob) : Buffer.alloc(0);
-      if (bytes > 0 && bytes + blob.length > STREAM_BATCH_BYTES) await flush(false);
-      pending.push({ id: chunk.id, blob, error: chunk.error ?? "" });
-      bytes += blob.length;
+      const length = chunk.blob?.length ?? 0;
+      if (bytes > 0 && bytes + length > STREAM_BATCH_BYTES) await flush(false);
+      pending.push(chunk.blob ? { id: chunk.id, blob: chunk.blob } : { id: chunk.id, error: chunk.error });
+      bytes += length;
     }
     await flush(true);
   }

@@ -6,6 +6,7 @@ import {
   type AgentMessage,
   AgentMessageSchema,
   type ControlMessage,
+  type EncodedMessage,
   type Inventory,
   PROTOCOL_VERSION,
   type Telemetry,
@@ -92,10 +93,11 @@ export class ControlPlaneSession extends EventEmitter {
    * Sends a message, waiting while the stream's buffer is full. Rejects when not connected; callers
    * that must not lose data retry after the next 'connected' event.
    */
-  async send(message: AgentMessage): Promise<void> {
+  async send(message: AgentMessage | EncodedMessage): Promise<void> {
     const stream = this.stream;
     if (!stream || !this.connected) throw new Error("not connected to the control plane");
-    if (stream.write(message)) return;
+    // An EncodedMessage goes through the serializer unchanged (grpc-service.ts).
+    if (stream.write(message as AgentMessage)) return;
     await new Promise<void>((resolve, reject) => {
       const onDrain = () => {
         cleanup();

@@ -1,13 +1,20 @@
 // The snapshot engine's ChunkSink and ChunkSource over the agent's Connect stream: chunks go to (and come
 // from) the control plane's repository in messages cut at STREAM_BATCH_BYTES, each send waiting for the
 // stream to drain, so memory stays bounded whatever the workspace size.
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { AgentMessageSchema, type ChunkBlobSchema, type ControlMessage, STREAM_BATCH_BYTES } from "@dumont/proto";
+import { create } from "@bufbuild/protobuf";
+import {
+  AgentMessageSchema,
+  type ControlMessage,
+  type EncodedMessage,
+  encodeSnapshotChunks,
+  STREAM_BATCH_BYTES,
+  type WireChunk,
+} from "@dumont/proto";
 import type { ChunkSink, ChunkSource, FetchedChunk, SealedChunk, SnapshotMeta } from "@dumont/repository";
 
 /** What the stream classes need from the session. */
 export interface StreamPort {
-  send(message: ReturnType<typeof create<typeof AgentMessageSchema>>): Promise<void>;
+  send(message: ReturnType<typeof create<typeof AgentMessageSchema>> | EncodedMessage): Promise<void>;
 }
 
 type Waiter<T> = { resolve: (v: T) => void; reject: (e: Error) => void };
@@ -61,24 +68,20 @@ export class StreamChunkSink implements ChunkSink {
 
   async put(chunks: SealedChunk[]): Promise<void> {
     this.assertOpen();
-    let pending: MessageInitShape<typeof ChunkBlobSchema>[] = [];
+    let pending: WireChunk[] = [];
     let bytes = 0;
     const flush = async () => {
       if (pending.length === 0) return;
-      const out = pending;
+      // Encoded now, in one copy: grpc-js may serialise a queued message after put() resolved, and the
+      // engine reuses (or transfers to a worker, emptying) the chunk's memory as soon as put() resolves.
+      const message = encodeSnapshotChunks(this.requestId, this.epoch, pending);
       pending = [];
       bytes = 0;
-      await this.port.send(
-        create(AgentMessageSchema, {
-          msg: { case: "snapshotChunks", value: { requestId: this.requestId, chunks: out, epoch: this.epoch } },
-        }),
-      );
+      await this.port.send(message);
     };
     for (const c of chunks) {
       if (bytes > 0 && bytes + c.blob.length > STREAM_BATCH_BYTES) await flush();
-      // Copy: grpc-js may serialise a queued message after put() resolved, and the engine reuses (or
-      // transfers to a worker, emptying) the chunk's memory as soon as put() resolves.
-      pending.push({ id: Buffer.from(c.id), blob: Buffer.from(c.blob), plainLength: c.plainLength });
+      pending.push({ id: c.id, blob: c.blob, plainLength: c.plainLength });
       bytes += c.blob.length;
     }
     await flush();
@@ -141,10 +144,13 @@ export class StreamChunkSource implements ChunkSource {
     const q = this.queues.get(v.batch);
     if (!q) return;
     for (const c of v.chunks) {
-      // Copy each blob out of the message: decoded `bytes` fields share one ArrayBuffer, and the restore
-      // engine transfers a blob's buffer to a worker thread, which would empty every sibling chunk.
+      // Views into the decoded message (its `bytes` fields share one buffer): the restore engine copies
+      // each blob as it arrives, and ChunkSource callers never detach a blob's memory.
+      const id = Buffer.from(c.id.buffer, c.id.byteOffset, c.id.byteLength);
       q.push(
-        c.error ? { id: Buffer.from(c.id), error: c.error } : { id: Buffer.from(c.id), blob: Buffer.from(c.blob) },
+        c.error
+          ? { id, error: c.error }
+          : { id, blob: Buffer.from(c.blob.buffer, c.blob.byteOffset, c.blob.byteLength) },
       );
     }
     if (v.last) q.end();

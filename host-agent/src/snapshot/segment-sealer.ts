@@ -29,6 +29,16 @@ export interface SegmentSealer {
   sealSegments(key: Buffer, chunker: CompiledChunker, segments: FileSegment[], spare?: ArrayBuffer): SealedSegments;
 }
 
+/** Room the sealed output of `segments` needs at most (the worker's output buffer is sized by it). */
+export function estimateSealedSize(segments: FileSegment[], chunker: CompiledChunker, overhead: number): number {
+  let estimate = 0;
+  for (const seg of segments) {
+    const span = Math.min(seg.fileSize, seg.end + chunker.max) - seg.start;
+    estimate += span + overhead * (Math.ceil(span / chunker.min) + 1);
+  }
+  return estimate;
+}
+
 export function createSegmentSealer(deps: {
   codec: ChunkCodec;
   /** Makes the read window and its cut finder (once, sized for the largest chunk seen). */
@@ -42,7 +52,7 @@ export function createSegmentSealer(deps: {
 
   return {
     sealSegments(key, chunker, segments, spare) {
-      let estimate = 0;
+      let estimate = 0; // estimateSealedSize, inlined: this function runs from its source text
       for (const seg of segments) {
         const span = Math.min(seg.fileSize, seg.end + chunker.max) - seg.start;
         estimate += span + codec.overhead * (Math.ceil(span / chunker.min) + 1);
