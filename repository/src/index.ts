@@ -37,6 +37,7 @@ export {
   symlinkEscapes,
 } from "./manifest.js";
 export { type PackEntry, type PackIndex, packKey } from "./pack.js";
+export { formatBytes, formatDuration, ProgressMeter } from "./progress-meter.js";
 export {
   type ForgetOptions,
   type ForgetReport,

@@ -2,6 +2,9 @@
 // control plane packs them into its blob store and commits; restore streams them back.
 import fs from "node:fs/promises";
 import path from "node:path";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { api } from "@dumont/proto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type AgentProcess,
@@ -106,6 +109,56 @@ describe("snapshots over the agent stream", () => {
     await cli(["snapshot", "restore", second.id, "--host", agent.hostId, "--target", target2, "--json"]);
     expect(await describeTree(target2)).toEqual(await describeTree(workspace));
     expect((await snapshots()).map((s) => s.id)).toEqual([first.id, second.id]);
+  });
+
+  it("streams progress while the agent snapshots and restores, then the result as the last event", async () => {
+    const transport = createConnectTransport({
+      baseUrl: cp.httpUrl,
+      httpVersion: "1.1",
+      interceptors: [
+        (next) => async (req) => {
+          req.header.set("authorization", `Bearer ${cp.adminKey}`);
+          return next(req);
+        },
+      ],
+    });
+    const client = createClient(api.SnapshotService, transport);
+    const tree = path.join(root, "progress-tree");
+    await makeWorkspace(tree);
+    const created: string[] = [];
+    let snapshot: api.Snapshot | undefined;
+    let total = 0;
+    for await (const e of client.createSnapshotStream({ hostId: agent.hostId, path: tree })) {
+      created.push(e.event.case ?? "none");
+      if (e.event.case === "progress") {
+        expect(e.event.value.bytesDone).toBeLessThanOrEqual(e.event.value.bytesTotal);
+        total = Number(e.event.value.bytesTotal);
+      } else if (e.event.case === "snapshot") snapshot = e.event.value;
+    }
+    // The agent reports as soon as it knows what it has to read; the result comes last.
+    expect(created[0]).toBe("progress");
+    expect(created.at(-1)).toBe("snapshot");
+    expect(total).toBeGreaterThan(0);
+    expect(Number(snapshot?.bytesRead)).toBe(total);
+
+    const target = path.join(root, "progress-restore");
+    const restored: string[] = [];
+    let done: api.RestoreSnapshotResponse | undefined;
+    for await (const e of client.restoreSnapshotStream({ snapshotId: snapshot!.id, hostId: agent.hostId, target })) {
+      restored.push(e.event.case ?? "none");
+      if (e.event.case === "done") done = e.event.value;
+    }
+    expect(restored.at(-1)).toBe("done");
+    expect(Number(done?.bytesWritten)).toBe(total);
+    expect(await describeTree(target)).toEqual(await describeTree(tree));
+
+    // Bad requests fail before anything runs, with the same errors as the unary calls.
+    const events = client.createSnapshotStream({ hostId: agent.hostId, path: "relative/dir" });
+    await expect(
+      (async () => {
+        for await (const _ of events);
+      })(),
+    ).rejects.toThrow(/absolute path/);
   });
 
   it("refuses to restore into a non-empty directory, and reports a missing snapshot clearly", async () => {

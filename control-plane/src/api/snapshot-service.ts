@@ -9,7 +9,7 @@ import { getHost } from "../db/host-repository.js";
 import { getSnapshot, listSnapshots } from "../db/snapshot-repository.js";
 import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
-import type { SnapshotCoordinator } from "../snapshots/snapshot-coordinator.js";
+import type { SnapshotCoordinator, TransferProgress } from "../snapshots/snapshot-coordinator.js";
 import { authenticate, requireRole, tenantScope } from "./auth.js";
 
 export interface SnapshotServiceDeps {
@@ -32,21 +32,60 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     if (!session?.isOpen) throw new FailedPreconditionError(`host ${hostId} is not connected (status ${host.status})`);
     return { host, session };
   };
-  return {
-    async createSnapshot(req, ctx) {
-      await admin(ctx);
-      if (!req.path.startsWith("/"))
-        throw new InvalidArgumentError(`path must be an absolute path on the host, got ${JSON.stringify(req.path)}`);
-      const { host, session } = await connectedHost(req.hostId);
-      const row = await deps.snapshots.snapshot({
+  const startSnapshot = async (
+    req: api.CreateSnapshotRequest,
+    ctx: HandlerContext,
+    onProgress?: (p: TransferProgress) => void,
+  ): Promise<() => Promise<SnapshotRow>> => {
+    await admin(ctx);
+    if (!req.path.startsWith("/"))
+      throw new InvalidArgumentError(`path must be an absolute path on the host, got ${JSON.stringify(req.path)}`);
+    const { host, session } = await connectedHost(req.hostId);
+    return () =>
+      deps.snapshots.snapshot({
         session,
         tenantId: host.tenant_id,
         path: req.path,
         workspaceId: req.workspaceId || `${host.id}:${req.path}`,
         // Epochs arrive with instance placement; an operator's snapshot of a bare directory uses 0.
         epoch: 0n,
+        onProgress,
       });
+  };
+  const startRestore = async (
+    req: api.RestoreSnapshotRequest,
+    ctx: HandlerContext,
+    onProgress?: (p: TransferProgress) => void,
+  ): Promise<() => Promise<api.RestoreSnapshotResponse>> => {
+    const who = await admin(ctx);
+    if (!req.snapshotId) throw new InvalidArgumentError("snapshot_id is required");
+    if (!req.target.startsWith("/"))
+      throw new InvalidArgumentError(`target must be an absolute path on the host, got ${JSON.stringify(req.target)}`);
+    const snapshot = await getSnapshot(deps.db, req.snapshotId, tenantScope(who));
+    if (!snapshot)
+      throw new NotFoundError(`snapshot ${req.snapshotId} not found; list them with \`dumont snapshot list\``);
+    const { session } = await connectedHost(req.hostId);
+    return async () => {
+      const result = await deps.snapshots.restore({ session, snapshot, target: req.target, onProgress });
+      return create(api.RestoreSnapshotResponseSchema, {
+        files: BigInt(result.files),
+        bytesWritten: BigInt(result.bytesWritten),
+        seconds: result.seconds,
+      });
+    };
+  };
+  return {
+    async createSnapshot(req, ctx) {
+      const row = await (await startSnapshot(req, ctx))();
       return create(api.CreateSnapshotResponseSchema, { snapshot: toApi(row) });
+    },
+
+    async *createSnapshotStream(req, ctx) {
+      for await (const event of withProgress((report) => startSnapshot(req, ctx, report))) {
+        yield create(api.CreateSnapshotEventSchema, {
+          event: "result" in event ? { case: "snapshot", value: toApi(event.result) } : progressEvent(event.progress),
+        });
+      }
     },
 
     async listSnapshots(req, ctx) {
@@ -60,24 +99,66 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     },
 
     async restoreSnapshot(req, ctx) {
-      const who = await admin(ctx);
-      if (!req.snapshotId) throw new InvalidArgumentError("snapshot_id is required");
-      if (!req.target.startsWith("/"))
-        throw new InvalidArgumentError(
-          `target must be an absolute path on the host, got ${JSON.stringify(req.target)}`,
-        );
-      const snapshot = await getSnapshot(deps.db, req.snapshotId, tenantScope(who));
-      if (!snapshot)
-        throw new NotFoundError(`snapshot ${req.snapshotId} not found; list them with \`dumont snapshot list\``);
-      const { session } = await connectedHost(req.hostId);
-      const result = await deps.snapshots.restore({ session, snapshot, target: req.target });
-      return create(api.RestoreSnapshotResponseSchema, {
-        files: BigInt(result.files),
-        bytesWritten: BigInt(result.bytesWritten),
-        seconds: result.seconds,
-      });
+      return (await startRestore(req, ctx))();
+    },
+
+    async *restoreSnapshotStream(req, ctx) {
+      for await (const event of withProgress((report) => startRestore(req, ctx, report))) {
+        yield create(api.RestoreSnapshotEventSchema, {
+          event: "result" in event ? { case: "done", value: event.result } : progressEvent(event.progress),
+        });
+      }
     },
   };
+}
+
+function progressEvent(p: TransferProgress) {
+  return {
+    case: "progress" as const,
+    value: create(api.TransferProgressSchema, { bytesDone: BigInt(p.bytesDone), bytesTotal: BigInt(p.bytesTotal) }),
+  };
+}
+
+/**
+ * Checks and starts an operation (`start` throws for bad requests before anything runs), then yields its
+ * progress as it comes and its result last. Only the newest progress is kept, so a slow reader never
+ * queues up stale ones. The operation runs to its end even if the caller goes away.
+ */
+async function* withProgress<T>(
+  start: (report: (p: TransferProgress) => void) => Promise<() => Promise<T>>,
+): AsyncGenerator<{ progress: TransferProgress } | { result: T }> {
+  let latest: TransferProgress | undefined;
+  let wake: (() => void) | undefined;
+  let settled = false;
+  const run = await start((p) => {
+    latest = p;
+    wake?.();
+  });
+  const operation = run();
+  operation.then(
+    () => {
+      settled = true;
+      wake?.();
+    },
+    () => {
+      settled = true;
+      wake?.();
+    },
+  );
+  for (;;) {
+    if (latest) {
+      const progress = latest;
+      latest = undefined;
+      yield { progress };
+      continue;
+    }
+    if (settled) break;
+    await new Promise<void>((resolve) => {
+      wake = resolve;
+    });
+    wake = undefined;
+  }
+  yield { result: await operation };
 }
 
 function toApi(r: SnapshotRow): api.Snapshot {

@@ -1,6 +1,8 @@
-// `dumont snapshot …` (admin): snapshot a directory on a host through its agent, list, restore.
+// `dumont snapshot …` (admin): snapshot a directory on a host through its agent, list, restore. Create and
+// restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent works.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { api } from "@dumont/proto";
+import { ProgressMeter } from "@dumont/repository";
 import type { Command } from "commander";
 import { type ApiOptions, apiClients } from "./api-client.js";
 
@@ -16,14 +18,16 @@ export function registerSnapshotCommands(program: Command): void {
     .option("--workspace <id>", "workspace id to file the snapshot under (default HOST:PATH)")
     .option("--json", "print JSON")
     .action(async (opts, cmd: Command) => {
-      const res = await withElapsed("snapshotting", !opts.json, () =>
-        apiClients(apiOpts(cmd)).snapshots.createSnapshot({
+      const snapshot = await follow<api.Snapshot>(
+        "snapshot",
+        opts.json === true,
+        apiClients(apiOpts(cmd)).snapshots.createSnapshotStream({
           hostId: opts.host,
           path: opts.path,
           workspaceId: opts.workspace,
         }),
       );
-      const s = snapshotJson(res.snapshot!);
+      const s = snapshotJson(snapshot);
       if (opts.json) return print(s);
       process.stdout.write(
         `snapshot ${s.id}: ${s.files} files, ${mib(s.bytesRead)} read, ${mib(s.bytesNew)} new, ${mib(s.bytesStored)} stored in ${s.seconds.toFixed(1)}s\n`,
@@ -56,8 +60,14 @@ export function registerSnapshotCommands(program: Command): void {
     .requiredOption("--target <dir>", "absolute path of a new or empty directory on that host")
     .option("--json", "print JSON")
     .action(async (snapshotId: string, opts, cmd: Command) => {
-      const res = await withElapsed("restoring", !opts.json, () =>
-        apiClients(apiOpts(cmd)).snapshots.restoreSnapshot({ snapshotId, hostId: opts.host, target: opts.target }),
+      const res = await follow<api.RestoreSnapshotResponse>(
+        "restore",
+        opts.json === true,
+        apiClients(apiOpts(cmd)).snapshots.restoreSnapshotStream({
+          snapshotId,
+          hostId: opts.host,
+          target: opts.target,
+        }),
       );
       const out = { files: Number(res.files), bytesWritten: Number(res.bytesWritten), seconds: res.seconds };
       if (opts.json) return print(out);
@@ -82,20 +92,31 @@ function snapshotJson(s: api.Snapshot) {
   };
 }
 
-/** On a TTY, shows elapsed time while the control plane works (the API call is unary). */
-async function withElapsed<T>(what: string, show: boolean, work: () => Promise<T>): Promise<T> {
-  if (!show || !process.stderr.isTTY) return work();
-  const started = Date.now();
-  const timer = setInterval(
-    () => process.stderr.write(`\r${what}… ${((Date.now() - started) / 1000).toFixed(0)}s`),
-    500,
-  );
+/**
+ * Reads a progress stream (CreateSnapshotStream / RestoreSnapshotStream): progress events drive the meter on
+ * a TTY, the last event is the result.
+ */
+async function follow<R>(
+  what: string,
+  quiet: boolean,
+  events: AsyncIterable<{
+    event: { case: "progress"; value: api.TransferProgress } | { case: string; value: R } | { case: undefined };
+  }>,
+): Promise<R> {
+  const meter = ProgressMeter.forStderr(what, quiet);
+  let result: R | undefined;
   try {
-    return await work();
+    for await (const { event } of events) {
+      if (event.case === "progress") {
+        const p = event.value as api.TransferProgress;
+        meter?.update(Number(p.bytesDone), Number(p.bytesTotal));
+      } else if (event.case !== undefined) result = event.value as R;
+    }
   } finally {
-    clearInterval(timer);
-    process.stderr.write("\r\x1b[K");
+    meter?.finish();
   }
+  if (result === undefined) throw new Error(`the control plane ended the ${what} without a result; see its log`);
+  return result;
 }
 
 function mib(bytes: number): string {

@@ -26,18 +26,26 @@ import { FailedPreconditionError, InvalidArgumentError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { TenantKeys } from "./tenant-keys.js";
 
+/** How far an operation has got, as the agent reports it (bytes read for a snapshot, written for a restore). */
+export interface TransferProgress {
+  bytesDone: number;
+  bytesTotal: number;
+}
+
 export interface SnapshotRequest {
   session: AgentSession;
   tenantId: string;
   path: string;
   workspaceId: string;
   epoch: bigint;
+  onProgress?: (progress: TransferProgress) => void;
 }
 
 export interface RestoreRequest {
   session: AgentSession;
   snapshot: SnapshotRow;
   target: string;
+  onProgress?: (progress: TransferProgress) => void;
 }
 
 interface Operation {
@@ -160,6 +168,8 @@ export class SnapshotCoordinator {
               );
               finish(undefined, row);
             });
+          } else if (m.case === "snapshotProgress") {
+            req.onProgress?.({ bytesDone: Number(m.value.bytesRead), bytesTotal: Number(m.value.bytesToRead) });
           } else if (m.case === "snapshotFailed") {
             finish(new FailedPreconditionError(`the agent could not snapshot ${req.path}: ${m.value.message}`));
           }
@@ -214,6 +224,8 @@ export class SnapshotCoordinator {
             const batch = m.value.batch;
             const ids = m.value.chunkIds.map((id) => Buffer.from(id));
             void this.streamChunks(session, source, requestId, batch, ids).catch((err: Error) => finish(err));
+          } else if (m.case === "restoreProgress" && !m.value.done) {
+            req.onProgress?.({ bytesDone: Number(m.value.bytesWritten), bytesTotal: Number(m.value.bytesTotal) });
           } else if (m.case === "restoreProgress" && m.value.done) {
             if (m.value.error)
               finish(new FailedPreconditionError(`restore failed on host ${session.hostId}: ${m.value.error}`));

@@ -4,8 +4,10 @@ import { readFile } from "node:fs/promises";
 import {
   checkRepository,
   forgetSnapshots,
+  formatBytes,
   hasRetentionRule,
   isRepositoryError,
+  ProgressMeter,
   parseRepositoryKey,
   pruneRepository,
   type RetentionPolicy,
@@ -14,8 +16,6 @@ import { type Command, InvalidArgumentError, Option } from "commander";
 import {
   createDirectSnapshot,
   defaultStateDir,
-  formatBytes,
-  ProgressMeter,
   RestoreDamagedError,
   restoreDirectSnapshot,
   withDirectRepository,

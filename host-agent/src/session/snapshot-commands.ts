@@ -9,6 +9,8 @@ import type { SnapshotWorkerPool } from "../snapshot/index.js";
 import type { ControlPlaneSession } from "./control-plane-session.js";
 import { StreamChunkSink, StreamChunkSource } from "./stream-transfer.js";
 
+const PROGRESS_INTERVAL_MS = 250;
+
 export class SnapshotCommands {
   private pool: SnapshotWorkerPool | undefined;
   private readonly sinks = new Map<string, StreamChunkSink>();
@@ -56,6 +58,20 @@ export class SnapshotCommands {
     }
   }
 
+  /**
+   * A progress callback that sends at most a few messages a second, without waiting: progress is only for
+   * display, and must never hold up the chunks behind it.
+   */
+  private throttled<P>(message: (progress: P) => ReturnType<typeof create<typeof AgentMessageSchema>>) {
+    let last = 0;
+    return (progress: P): void => {
+      const now = performance.now();
+      if (now - last < PROGRESS_INTERVAL_MS) return;
+      last = now;
+      this.session.send(message(progress)).catch(() => undefined);
+    };
+  }
+
   /** The engine (and its worker pool) is loaded on the first operation: an idle agent never pays for it. */
   private async engine() {
     const engine = await import("../snapshot/index.js");
@@ -78,6 +94,14 @@ export class SnapshotCommands {
         meta: { workspace: cmd.workspaceId, epoch: Number(cmd.epoch), tenant: cmd.tenantId, hostname: os.hostname() },
         pool,
         localIndex: { file: localIndexPath(this.stateDir, scope), scope },
+        onProgress: this.throttled((p) =>
+          create(AgentMessageSchema, {
+            msg: {
+              case: "snapshotProgress",
+              value: { requestId: cmd.requestId, bytesRead: BigInt(p.bytesRead), bytesToRead: BigInt(p.bytesToRead) },
+            },
+          }),
+        ),
       });
       this.log.info(
         { requestId: cmd.requestId, snapshotId: result.id, ms: Date.now() - started },
@@ -115,6 +139,20 @@ export class SnapshotCommands {
         key: Buffer.from(cmd.tenantKey),
         target: cmd.target,
         pool,
+        onProgress: this.throttled((p) =>
+          create(AgentMessageSchema, {
+            msg: {
+              case: "restoreProgress",
+              value: {
+                requestId: cmd.requestId,
+                done: false,
+                files: BigInt(p.filesDone),
+                bytesWritten: BigInt(p.bytesWritten),
+                bytesTotal: BigInt(p.bytesTotal),
+              },
+            },
+          }),
+        ),
       });
       await report({ files: BigInt(result.files), bytesWritten: BigInt(result.bytesWritten) });
     } catch (err) {

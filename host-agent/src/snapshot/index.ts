@@ -17,7 +17,6 @@ export {
   withDirectRepository,
 } from "./direct-mode.js";
 export { type LocalIndexEntry, loadLocalIndex, localIndexPath } from "./local-index.js";
-export { formatBytes, ProgressMeter } from "./progress-meter.js";
 export {
   type DamagedFile,
   RestoreDamagedError,

@@ -167,7 +167,7 @@ function workerMain(
 /** Shared buffers are sized in steps of this, so batches of similar size reuse each other's. */
 const SHARED_STEP = 4 * 1024 * 1024;
 /** Idle shared buffers kept for reuse; beyond that they are dropped (and unshared). */
-const MAX_IDLE_SHARED = 8;
+const MAX_IDLE_SHARED = 4;
 
 export class SnapshotWorkerPool {
   private readonly workers: PoolWorker[] = [];

@@ -12,7 +12,89 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dumont/api/v1/snapshots.proto.
  */
 export const file_dumont_api_v1_snapshots: GenFile = /*@__PURE__*/
-  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSL7AQoIU25hcHNob3QSCgoCaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAyABKAkSDAoEcGF0aBgEIAEoCRINCgVlcG9jaBgFIAEoBBIuCgpjcmVhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVmaWxlcxgHIAEoBBISCgpieXRlc19yZWFkGAggASgEEhEKCWJ5dGVzX25ldxgJIAEoBBIUCgxieXRlc19zdG9yZWQYCiABKAQSEgoKY2h1bmtzX25ldxgLIAEoBBIPCgdzZWNvbmRzGAwgASgBIkwKFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBIPCgdob3N0X2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFAoMd29ya3NwYWNlX2lkGAMgASgJIkMKFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USKQoIc25hcHNob3QYASABKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Ij0KFExpc3RTbmFwc2hvdHNSZXF1ZXN0Eg8KB2hvc3RfaWQYASABKAkSFAoMd29ya3NwYWNlX2lkGAIgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Ik4KFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkiUAoXUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USDQoFZmlsZXMYASABKAQSFQoNYnl0ZXNfd3JpdHRlbhgCIAEoBBIPCgdzZWNvbmRzGAMgASgBMq4CCg9TbmFwc2hvdFNlcnZpY2USXQoOQ3JlYXRlU25hcHNob3QSJC5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBolLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXNwb25zZRJaCg1MaXN0U25hcHNob3RzEiMuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RzUmVxdWVzdBokLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90c1Jlc3BvbnNlEmAKD1Jlc3RvcmVTbmFwc2hvdBIlLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVxdWVzdBomLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50IvsBCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAEiTAoVQ3JlYXRlU25hcHNob3RSZXF1ZXN0Eg8KB2hvc3RfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAyABKAkiQwoWQ3JlYXRlU25hcHNob3RSZXNwb25zZRIpCghzbmFwc2hvdBgBIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3QiPQoUTGlzdFNuYXBzaG90c1JlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAiABKAkiQwoVTGlzdFNuYXBzaG90c1Jlc3BvbnNlEioKCXNuYXBzaG90cxgBIAMoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3QiTgoWUmVzdG9yZVNuYXBzaG90UmVxdWVzdBITCgtzbmFwc2hvdF9pZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEg4KBnRhcmdldBgDIAEoCSJQChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRINCgVmaWxlcxgBIAEoBBIVCg1ieXRlc193cml0dGVuGAIgASgEEg8KB3NlY29uZHMYAyABKAEy+QMKD1NuYXBzaG90U2VydmljZRJdCg5DcmVhdGVTbmFwc2hvdBIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiUuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlc3BvbnNlEloKDUxpc3RTbmFwc2hvdHMSIy5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdHNSZXF1ZXN0GiQuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RzUmVzcG9uc2USYAoPUmVzdG9yZVNuYXBzaG90EiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZRJiChRDcmVhdGVTbmFwc2hvdFN0cmVhbRIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdEV2ZW50MAESZQoVUmVzdG9yZVNuYXBzaG90U3RyZWFtEiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiMuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RFdmVudDABYgZwcm90bzM", [file_google_protobuf_timestamp]);
+
+/**
+ * @generated from message dumont.api.v1.TransferProgress
+ */
+export type TransferProgress = Message<"dumont.api.v1.TransferProgress"> & {
+  /**
+   * Bytes read (snapshot) or written (restore) so far, and in all.
+   *
+   * @generated from field: uint64 bytes_done = 1;
+   */
+  bytesDone: bigint;
+
+  /**
+   * @generated from field: uint64 bytes_total = 2;
+   */
+  bytesTotal: bigint;
+};
+
+/**
+ * Describes the message dumont.api.v1.TransferProgress.
+ * Use `create(TransferProgressSchema)` to create a new message.
+ */
+export const TransferProgressSchema: GenMessage<TransferProgress> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 0);
+
+/**
+ * @generated from message dumont.api.v1.CreateSnapshotEvent
+ */
+export type CreateSnapshotEvent = Message<"dumont.api.v1.CreateSnapshotEvent"> & {
+  /**
+   * @generated from oneof dumont.api.v1.CreateSnapshotEvent.event
+   */
+  event: {
+    /**
+     * @generated from field: dumont.api.v1.TransferProgress progress = 1;
+     */
+    value: TransferProgress;
+    case: "progress";
+  } | {
+    /**
+     * @generated from field: dumont.api.v1.Snapshot snapshot = 2;
+     */
+    value: Snapshot;
+    case: "snapshot";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message dumont.api.v1.CreateSnapshotEvent.
+ * Use `create(CreateSnapshotEventSchema)` to create a new message.
+ */
+export const CreateSnapshotEventSchema: GenMessage<CreateSnapshotEvent> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 1);
+
+/**
+ * @generated from message dumont.api.v1.RestoreSnapshotEvent
+ */
+export type RestoreSnapshotEvent = Message<"dumont.api.v1.RestoreSnapshotEvent"> & {
+  /**
+   * @generated from oneof dumont.api.v1.RestoreSnapshotEvent.event
+   */
+  event: {
+    /**
+     * @generated from field: dumont.api.v1.TransferProgress progress = 1;
+     */
+    value: TransferProgress;
+    case: "progress";
+  } | {
+    /**
+     * @generated from field: dumont.api.v1.RestoreSnapshotResponse done = 2;
+     */
+    value: RestoreSnapshotResponse;
+    case: "done";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message dumont.api.v1.RestoreSnapshotEvent.
+ * Use `create(RestoreSnapshotEventSchema)` to create a new message.
+ */
+export const RestoreSnapshotEventSchema: GenMessage<RestoreSnapshotEvent> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 2);
 
 /**
  * @generated from message dumont.api.v1.Snapshot
@@ -84,7 +166,7 @@ export type Snapshot = Message<"dumont.api.v1.Snapshot"> & {
  * Use `create(SnapshotSchema)` to create a new message.
  */
 export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 0);
+  messageDesc(file_dumont_api_v1_snapshots, 3);
 
 /**
  * @generated from message dumont.api.v1.CreateSnapshotRequest
@@ -115,7 +197,7 @@ export type CreateSnapshotRequest = Message<"dumont.api.v1.CreateSnapshotRequest
  * Use `create(CreateSnapshotRequestSchema)` to create a new message.
  */
 export const CreateSnapshotRequestSchema: GenMessage<CreateSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 1);
+  messageDesc(file_dumont_api_v1_snapshots, 4);
 
 /**
  * @generated from message dumont.api.v1.CreateSnapshotResponse
@@ -132,7 +214,7 @@ export type CreateSnapshotResponse = Message<"dumont.api.v1.CreateSnapshotRespon
  * Use `create(CreateSnapshotResponseSchema)` to create a new message.
  */
 export const CreateSnapshotResponseSchema: GenMessage<CreateSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 2);
+  messageDesc(file_dumont_api_v1_snapshots, 5);
 
 /**
  * @generated from message dumont.api.v1.ListSnapshotsRequest
@@ -154,7 +236,7 @@ export type ListSnapshotsRequest = Message<"dumont.api.v1.ListSnapshotsRequest">
  * Use `create(ListSnapshotsRequestSchema)` to create a new message.
  */
 export const ListSnapshotsRequestSchema: GenMessage<ListSnapshotsRequest> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 3);
+  messageDesc(file_dumont_api_v1_snapshots, 6);
 
 /**
  * @generated from message dumont.api.v1.ListSnapshotsResponse
@@ -171,7 +253,7 @@ export type ListSnapshotsResponse = Message<"dumont.api.v1.ListSnapshotsResponse
  * Use `create(ListSnapshotsResponseSchema)` to create a new message.
  */
 export const ListSnapshotsResponseSchema: GenMessage<ListSnapshotsResponse> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 4);
+  messageDesc(file_dumont_api_v1_snapshots, 7);
 
 /**
  * @generated from message dumont.api.v1.RestoreSnapshotRequest
@@ -200,7 +282,7 @@ export type RestoreSnapshotRequest = Message<"dumont.api.v1.RestoreSnapshotReque
  * Use `create(RestoreSnapshotRequestSchema)` to create a new message.
  */
 export const RestoreSnapshotRequestSchema: GenMessage<RestoreSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 5);
+  messageDesc(file_dumont_api_v1_snapshots, 8);
 
 /**
  * @generated from message dumont.api.v1.RestoreSnapshotResponse
@@ -227,7 +309,7 @@ export type RestoreSnapshotResponse = Message<"dumont.api.v1.RestoreSnapshotResp
  * Use `create(RestoreSnapshotResponseSchema)` to create a new message.
  */
 export const RestoreSnapshotResponseSchema: GenMessage<RestoreSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 6);
+  messageDesc(file_dumont_api_v1_snapshots, 9);
 
 /**
  * Snapshots of workspaces on hosts, stored in the control plane's blob store (admin).
@@ -262,6 +344,24 @@ export const SnapshotService: GenService<{
     methodKind: "unary";
     input: typeof RestoreSnapshotRequestSchema;
     output: typeof RestoreSnapshotResponseSchema;
+  },
+  /**
+   * The same operations with progress: events while the agent works, then the result as the last event.
+   *
+   * @generated from rpc dumont.api.v1.SnapshotService.CreateSnapshotStream
+   */
+  createSnapshotStream: {
+    methodKind: "server_streaming";
+    input: typeof CreateSnapshotRequestSchema;
+    output: typeof CreateSnapshotEventSchema;
+  },
+  /**
+   * @generated from rpc dumont.api.v1.SnapshotService.RestoreSnapshotStream
+   */
+  restoreSnapshotStream: {
+    methodKind: "server_streaming";
+    input: typeof RestoreSnapshotRequestSchema;
+    output: typeof RestoreSnapshotEventSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dumont_api_v1_snapshots, 0);

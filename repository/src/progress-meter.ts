@@ -1,4 +1,5 @@
 // One self-rewriting status line on a terminal: bytes done, rate and time left. Silent when not a TTY.
+// Shared by both CLIs (`dumont-agent snapshot` in direct mode, `dumont snapshot` through the control plane).
 
 export class ProgressMeter {
   private readonly startedAt = performance.now();
