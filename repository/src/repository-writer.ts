@@ -71,16 +71,22 @@ export class RepositoryWriter implements ChunkSink {
     }
   }
 
+  /** Takes the shared lock (unless `lock: false`), then the index from `loadIndex`. */
   static async start(
     repository: Repository,
-    index: RepositoryIndex,
+    loadIndex: () => Promise<RepositoryIndex>,
     options: RepositoryWriterOptions = {},
   ): Promise<RepositoryWriter> {
     const lock =
       options.lock === false
         ? undefined
         : await acquireLock(repository.store, repository.key, { exclusive: false, purpose: "a snapshot" });
-    return new RepositoryWriter(repository, index, options, lock);
+    try {
+      return new RepositoryWriter(repository, await loadIndex(), options, lock);
+    } catch (err) {
+      await lock?.release();
+      throw err;
+    }
   }
 
   async missing(ids: Buffer[]): Promise<Buffer[]> {

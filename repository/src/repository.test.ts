@@ -155,6 +155,41 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await store.close();
   });
 
+  it("brings a cached index up to date: new packs are read, pruned ones forgotten", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const first = sealed(key, randomBytes(30_000));
+    const writer = await repository.writer({ packSize: 20_000 });
+    await writer.put([first]);
+    await writer.flush();
+    await writer.abort();
+    const cached = await repository.loadIndex();
+    expect(cached.has(first.id)).toBe(true);
+
+    // Another writer (another control plane, or direct mode) adds a pack; a refresh finds it.
+    const second = sealed(key, randomBytes(30_000));
+    const other = await repository.writer({ packSize: 20_000 });
+    await other.put([second]);
+    await other.flush();
+    await other.abort();
+    expect(cached.has(second.id)).toBe(false);
+    // A writer handed the cache with refreshIndex sees it at once, and so does the cache.
+    const third = await repository.writer({ index: cached, refreshIndex: true });
+    expect(await third.missing([first.id, second.id])).toEqual([]);
+    await third.abort();
+    expect(cached.has(second.id)).toBe(true);
+
+    // A prune removed the first pack's index object: the next refresh forgets that pack.
+    const firstPack = cached.get(first.id)!.packId;
+    await store.delete(`index/${firstPack}`);
+    await repository.loadIndex({ into: cached });
+    expect(cached.has(first.id)).toBe(false);
+    expect(cached.packs.has(firstPack)).toBe(false);
+    expect(cached.has(second.id)).toBe(true);
+    await store.close();
+  });
+
   it("check names the pack, chunk and files a damaged byte breaks", async () => {
     const store = make();
     const key = generateRepositoryKey();

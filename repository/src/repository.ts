@@ -95,6 +95,12 @@ export interface LoadIndexOptions {
   /** Called for an index object that cannot be read; without it such an object fails the load. */
   onCorrupt?: (key: string, err: RepositoryError) => void;
   concurrency?: number;
+  /**
+   * Brings this (cached) index up to date instead of building a new one: index objects it lacks are read,
+   * packs whose index object is gone (pruned) are forgotten. Index objects are immutable, so only new
+   * ones cost a read.
+   */
+  into?: RepositoryIndex;
 }
 
 export class Repository {
@@ -173,10 +179,16 @@ export class Repository {
   }
 
   async loadIndex(options: LoadIndexOptions = {}): Promise<RepositoryIndex> {
-    const index = new RepositoryIndex();
+    const index = options.into ?? new RepositoryIndex();
+    // Only packs known before the listing can have vanished: one a writer adds meanwhile is not in it.
+    const known = new Set(index.packs.keys());
     const keys: string[] = [];
     for await (const info of this.store.list("index/")) keys.push(info.key);
-    await forEachLimited(keys, options.concurrency ?? 8, async (key) => {
+    const listed = new Set(keys.map((key) => key.slice("index/".length)));
+    const gone = [...known].filter((packId) => !listed.has(packId));
+    if (gone.length > 0) index.removePacks(gone);
+    const fresh = keys.filter((key) => !index.packs.has(key.slice("index/".length)));
+    await forEachLimited(fresh, options.concurrency ?? 8, async (key) => {
       const packId = key.slice("index/".length);
       try {
         index.add(openIndex(this.key, await this.store.get(key), packId));
@@ -245,8 +257,20 @@ export class Repository {
   }
 
   /** A writer (ChunkSink) over a freshly loaded or given index. */
-  async writer(options: RepositoryWriterOptions & { index?: RepositoryIndex } = {}): Promise<RepositoryWriter> {
-    return RepositoryWriter.start(this, options.index ?? (await this.loadIndex()), options);
+  /**
+   * A writer. The index is read once the writer holds its shared lock, so no prune can remove packs it
+   * relies on. `index` is used as given (prune hands in one it has edited), unless `refreshIndex` asks
+   * for it to be brought up to date first (a cache kept between snapshots).
+   */
+  async writer(
+    options: RepositoryWriterOptions & { index?: RepositoryIndex; refreshIndex?: boolean } = {},
+  ): Promise<RepositoryWriter> {
+    const { index, refreshIndex, ...rest } = options;
+    return RepositoryWriter.start(
+      this,
+      () => (index && !refreshIndex ? Promise.resolve(index) : this.loadIndex({ into: index })),
+      rest,
+    );
   }
 
   /** A ChunkSource reading packs (loads the index unless given). */

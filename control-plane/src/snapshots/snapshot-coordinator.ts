@@ -17,6 +17,7 @@ import {
   openBlobStore,
   Repository,
   type RepositoryChunkSource,
+  RepositoryIndex,
   type RepositoryWriter,
 } from "@dumont/repository";
 import type { AgentSession } from "../agent-gateway/agent-session.js";
@@ -57,6 +58,7 @@ interface Operation {
 export class SnapshotCoordinator {
   private readonly operations = new Map<string, Operation>();
   private readonly repositories = new Map<string, Promise<Repository>>();
+  private readonly indexes = new Map<string, RepositoryIndex>();
 
   constructor(
     private readonly db: Db,
@@ -91,7 +93,7 @@ export class SnapshotCoordinator {
     const repository = await this.repository(req.tenantId, key);
     // Every chunk is opened and its SHA-256 checked on arrival: an agent cannot store a chunk under a
     // wrong id (which would corrupt other snapshots through dedup).
-    const writer = await repository.writer({ verifyChunks: true });
+    const writer = await repository.writer({ verifyChunks: true, index: this.index(req.tenantId), refreshIndex: true });
     const requestId = randomUUID();
     const session = req.session;
     return new Promise<SnapshotRow>((resolve, reject) => {
@@ -202,7 +204,8 @@ export class SnapshotCoordinator {
     const started = Date.now();
     const key = await this.tenantKeys.get(req.snapshot.tenant_id);
     const repository = await this.repository(req.snapshot.tenant_id, key);
-    const source: RepositoryChunkSource = await repository.chunkSource();
+    const index = await repository.loadIndex({ into: this.index(req.snapshot.tenant_id) });
+    const source: RepositoryChunkSource = await repository.chunkSource({ index });
     const { manifestBlob } = await source.readManifest(req.snapshot.id);
     const requestId = randomUUID();
     const session = req.session;
@@ -318,6 +321,20 @@ export class SnapshotCoordinator {
       "snapshot committed",
     );
     return { ...row, created_at: new Date() };
+  }
+
+  /**
+   * The tenant's chunk index, kept between operations and refreshed at the start of each (only new index
+   * objects are read): without it every snapshot re-read every index object of the tenant's repository.
+   * It holds about 100 bytes per chunk (~100 MB per TB stored) for as long as the control plane runs.
+   */
+  private index(tenantId: string): RepositoryIndex {
+    let index = this.indexes.get(tenantId);
+    if (!index) {
+      index = new RepositoryIndex();
+      this.indexes.set(tenantId, index);
+    }
+    return index;
   }
 
   private repository(tenantId: string, key: Buffer): Promise<Repository> {
