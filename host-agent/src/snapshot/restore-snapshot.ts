@@ -210,6 +210,8 @@ async function restoreWindow(
         constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
         0o600,
       );
+      // At its final size from the start: the writes then never extend the file (less filesystem work).
+      if (state.entry.size > 0) await state.handle.truncate(state.entry.size);
     });
     for (const state of states) {
       const entry = state.entry;
@@ -232,7 +234,8 @@ async function restoreWindow(
         d.file.damaged ??= { path: d.file.entry.path, reason, chunk: hex, pack };
     };
 
-    const maxInflight = Math.max(2, pool.threads * 2 + 1);
+    // Batches being opened or written at once; writing is what limits a restore, more only costs memory.
+    const maxInflight = Math.max(2, pool.threads + 1);
     const inflight: Promise<void>[] = [];
     let failure: unknown;
     // The batch being filled: blobs are copied in as they arrive (a source may reuse its read buffers).
