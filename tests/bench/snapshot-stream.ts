@@ -23,7 +23,8 @@ export class StreamBench {
   private constructor(
     private readonly cp: ControlPlaneProcess,
     private readonly agent: AgentProcess,
-    private readonly blobs: string,
+    /** The control plane's blob store directory. */
+    readonly blobsDir: string,
   ) {}
 
   static async start(work: string): Promise<StreamBench> {
@@ -52,7 +53,7 @@ export class StreamBench {
 
   /** Bytes in the control plane's blob store. */
   async storedBytes(): Promise<number> {
-    return dirSize(this.blobs);
+    return dirSize(this.blobsDir);
   }
 
   /** Resident memory of the agent process now (kB from /proc → MiB). */

@@ -93,31 +93,37 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     let restoredOk: boolean;
     try {
       log("dumont: full snapshot");
+      await settle(corpus.root);
       full = await engine("create", base);
       storedFull = await dirSize(repoDir);
       if (stream) {
         log("dumont through the control plane: full snapshot");
+        await settle(corpus.root);
         viaStream.full = await stream.snapshot(corpus.root);
         viaStream.storedFull = await stream.storedBytes();
       }
       log("changing 5% of the workspace");
       changed = await changeCorpus(corpus);
       log("dumont: incremental snapshot");
+      await settle(corpus.root);
       incremental = await engine("create", base);
       storedAfter = await dirSize(repoDir);
       if (stream) {
         log("dumont through the control plane: incremental snapshot");
+        await settle(corpus.root);
         viaStream.incremental = await stream.snapshot(corpus.root);
         viaStream.storedAfter = await stream.storedBytes();
       }
       log("dumont: restore");
       const target = join(work, "dumont-restore");
+      await settle(repoDir);
       restore = await engine("restore", { repo: base.repo, key, snapshotId: incremental.result.id, target });
       restoredOk = (await treeHash(target)) === (await treeHash(corpus.root));
       await rm(target, { recursive: true, force: true });
       if (stream && viaStream.incremental) {
         log("dumont through the control plane: restore");
         const streamTarget = join(work, "stream-restore");
+        await settle(stream.blobsDir);
         viaStream.restore = await stream.restore(String(viaStream.incremental.result.id), streamTarget);
         viaStream.restoredOk = (await treeHash(streamTarget)) === (await treeHash(corpus.root));
         viaStream.agentPeakRssMiB = await stream.agentRssMiB();
@@ -198,7 +204,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         : null;
     return {
       benchmark: "snapshot",
-      mode: "direct (file://), page cache warm",
+      mode: "direct (file://), page cache warm and dirty pages flushed before each step (every tool alike)",
       machine: { cpus: cpus().length, model: cpus()[0]?.model, loadavg1m: round(loadavg()[0]) },
       corpus: {
         bytes: corpus.bytes,
@@ -390,6 +396,25 @@ async function changeCorpus(corpus: Corpus): Promise<number> {
   return overwrite + append + edited;
 }
 
+/**
+ * Before each timed step: flush dirty pages (so writeback of the previous step does not land in this one)
+ * and read what the step will read (the mode is "page cache warm" for every tool: Dumont writes its packs
+ * with O_DIRECT, so without this its restores would read from disk while restic's read from memory).
+ */
+async function settle(dir: string): Promise<void> {
+  spawnSync("sync");
+  const buf = Buffer.allocUnsafe(8 * MiB);
+  for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (!entry.isFile()) continue;
+    const handle = await open(join(entry.parentPath, entry.name), "r");
+    try {
+      while ((await handle.read(buf, 0, buf.length)).bytesRead > 0);
+    } finally {
+      await handle.close();
+    }
+  }
+}
+
 async function treeHash(root: string): Promise<string> {
   const hash = createHash("sha256");
   const walk = async (dir: string, rel: string): Promise<void> => {
@@ -449,14 +474,17 @@ async function runRestic(
   };
   await timed("restic", ["init"], env);
   log("restic: full backup");
+  await settle(corpus.root);
   const full = await timed("restic", ["backup", "--quiet", corpus.root], env);
   const storedFull = await dirSize(repo);
   await changeCorpus(corpus);
   log("restic: incremental backup");
+  await settle(corpus.root);
   const incremental = await timed("restic", ["backup", "--quiet", corpus.root], env);
   const storedAfter = await dirSize(repo);
   log("restic: restore");
   const target = join(work, "restic-restore");
+  await settle(repo);
   const restore = await timed("restic", ["restore", "latest", "--target", target], env);
   // restic restores the absolute source path under the target.
   const restoredRoot = join(target, corpus.root);
