@@ -34,7 +34,7 @@ export interface CreateSnapshotOptions {
   /** Where to remember file -> chunks between snapshots; `scope` must change when the repository does. */
   localIndex?: { file: string; scope: string };
   chunker?: ChunkerParams;
-  /** Files larger than this are split across workers (default 32 MiB; at least twice the maximum chunk). */
+  /** Files larger than this are split across workers (default 16 MiB; at least twice the maximum chunk). */
   segmentSize?: number;
   onProgress?: (progress: CreateProgress) => void;
   signal?: AbortSignal;
@@ -229,8 +229,12 @@ interface Accepted {
   plainLength: number;
 }
 
-/** Files up to this size are cut by one worker in one go; larger ones are split into segments this size or less. */
-export const DEFAULT_SEGMENT_SIZE = 32 * 1024 * 1024;
+/**
+ * Files up to this size are cut by one worker in one go; larger ones are split into segments this size or
+ * less. 16 MiB ran as fast as 32 MiB on the dev machine with 50 MiB less peak memory (every segment in
+ * flight holds an output buffer its size).
+ */
+export const DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024;
 const BATCH_BYTES = 8 * 1024 * 1024;
 const BATCH_FILES = 256;
 
