@@ -29,20 +29,62 @@ describe("HostLiveness", () => {
     const lostCalls: string[][] = [];
     const liveness = new HostLiveness(db, log, createMetrics(), {
       lostAfterSeconds: 10,
+      startedAt: t0.getTime() - 60_000, // long enough ago: the start-up grace is over
       onLost: (ids) => lostCalls.push(ids),
     });
-    // Within the start-up grace nothing is declared lost.
-    expect(await liveness.check(new Date(t0.getTime() + 5_000))).toEqual([]);
-
-    liveness.heartbeat("h-chatty");
+    liveness.heartbeat("h-chatty", t0.getTime() - 60_000);
+    liveness.heartbeat("h-chatty", t0.getTime() + 9_000);
     await liveness.check(new Date(t0.getTime() + 9_000));
-    // Pretend the process started long ago, so the grace period is over.
-    (liveness as unknown as { startedAt: number }).startedAt = 0;
     expect(await liveness.check(new Date(t0.getTime() + 12_000))).toEqual(["h-quiet"]);
     expect(await liveness.check(new Date(t0.getTime() + 13_000))).toEqual([]);
     expect(lostCalls).toEqual([["h-quiet"]]);
     expect((await getHost(db, "h-quiet"))!.status).toBe("lost");
     expect((await getHost(db, "h-chatty"))!.status).toBe("online");
     expect((await listEvents(db, "h-quiet")).map((e) => e.kind)).toEqual(["online", "lost"]);
+  });
+
+  it("after a restart, waits while agents are still reconnecting, then declares the rest lost; the wait is capped", async () => {
+    const ids = ["h-a", "h-b", "h-c"];
+    for (const id of ids) {
+      await insertHost(db, { id, tenantId: "p", name: id, hostname: id, agentVersion: "1", certSerial: id });
+    }
+    // Online before the restart, last seen at t0 (the control plane went down right after).
+    const t0 = Date.now();
+    for (const id of ids) {
+      await markHostOnline(db, id, {
+        agentVersion: "1",
+        protocolVersion: 1,
+        simulated: false,
+        hostname: id,
+        now: new Date(t0),
+      });
+    }
+    const start = t0 + 5_000;
+    const at = (s: number) => new Date(start + s * 1000);
+    const liveness = new HostLiveness(db, log, createMetrics(), { lostAfterSeconds: 10, startedAt: start });
+    // A slow reconnect wave: h-a is back at 2 s, h-b only at 15 s; h-c never comes back.
+    liveness.heartbeat("h-a", start + 2_000);
+    expect(await liveness.check(at(11))).toEqual([]); // lostAfter since start, but the wave is not over
+    liveness.heartbeat("h-b", start + 15_000);
+    liveness.heartbeat("h-a", start + 15_000);
+    expect(await liveness.check(at(20))).toEqual([]); // h-b came back 5 s ago: still waiting
+    liveness.heartbeat("h-a", start + 24_000);
+    liveness.heartbeat("h-b", start + 24_000);
+    // No host came back for lostAfter: the wave is over and only the silent one is lost.
+    expect((await liveness.check(at(25))).filter((id) => ids.includes(id))).toEqual(["h-c"]);
+    expect((await getHost(db, "h-b"))!.status).toBe("online");
+
+    // A fleet that keeps trickling back cannot hold detection off past the cap.
+    const capped = new HostLiveness(db, log, createMetrics(), { lostAfterSeconds: 1, startedAt: start });
+    for (let s = 0; s < 30; s++) capped.heartbeat(`h-new-${s}`, start + s * 500);
+    await markHostOnline(db, "h-a", {
+      agentVersion: "1",
+      protocolVersion: 1,
+      simulated: false,
+      hostname: "h-a",
+      now: new Date(start),
+    });
+    expect(await capped.check(new Date(start + 9_000))).toEqual([]);
+    expect(await capped.check(new Date(start + 10_000))).toContain("h-a");
   });
 });

@@ -1,13 +1,24 @@
 // Host liveness, in one place (Nomad's heartbeat.go is the model): every agent message counts as a
 // heartbeat; a host silent for `lostAfter` is marked lost with an event; a Hello brings it back online.
 // Heartbeats are kept in memory and written in batches so thousands of hosts cost a few queries a second.
+//
+// After a control-plane restart every host looks silent until its agent reconnects, and a large fleet needs
+// a while for that (each session is a TLS handshake and a transaction: 50-140 a second were measured, so
+// 5,000 agents take up to ~100 s). So nothing is declared lost until the reconnect wave has settled: no
+// host came back for a full lostAfter, and at least lostAfter since start. The wait is capped at
+// START_GRACE_CAP x lostAfter, so a flapping fleet cannot hold detection off for ever.
 import type { Db } from "../db/database.js";
 import { markSilentHostsLost, touchHosts } from "../db/host-repository.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 
+/** The start-up grace ends at the latest this many lostAfter periods after start. */
+export const START_GRACE_CAP = 10;
+
 export interface HostLivenessOptions {
   lostAfterSeconds: number;
+  /** When the process started (ms since the epoch); tests set it. Default: now. */
+  startedAt?: number;
   /** How often to flush heartbeats and look for silent hosts. Default: lostAfter / 5, at most 1 s. */
   checkIntervalMs?: number;
   onLost?: (hostIds: string[]) => void;
@@ -17,20 +28,31 @@ export interface HostLivenessOptions {
 
 export class HostLiveness {
   private readonly heard = new Set<string>();
-  private readonly startedAt = Date.now();
+  private readonly startedAt: number;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> = Promise.resolve();
+  /** Start-up grace: hosts heard since start, and when the last of them was first heard. */
+  private graceOver = false;
+  private readonly back = new Set<string>();
+  private lastBackAt: number;
 
   constructor(
     private readonly db: Db,
     private readonly log: Logger,
     private readonly metrics: Metrics,
     private readonly options: HostLivenessOptions,
-  ) {}
+  ) {
+    this.startedAt = options.startedAt ?? Date.now();
+    this.lastBackAt = this.startedAt;
+  }
 
-  /** Record that a host sent something just now. */
-  heartbeat(hostId: string): void {
+  /** Record that a host sent something (just now, unless `now` says otherwise). */
+  heartbeat(hostId: string, now = Date.now()): void {
     this.heard.add(hostId);
+    if (!this.graceOver && !this.back.has(hostId)) {
+      this.back.add(hostId);
+      this.lastBackAt = Math.max(this.lastBackAt, now);
+    }
   }
 
   start(): void {
@@ -55,8 +77,17 @@ export class HostLiveness {
   async check(now = new Date()): Promise<string[]> {
     await this.flushHeartbeats(now);
     const lostAfterMs = this.options.lostAfterSeconds * 1000;
-    // Right after a restart every host looks silent; give agents lostAfter to reconnect first.
-    if (now.getTime() - this.startedAt < lostAfterMs) return [];
+    if (!this.graceOver) {
+      const t = now.getTime();
+      const settled = t - this.startedAt >= lostAfterMs && t - this.lastBackAt >= lostAfterMs;
+      if (!settled && t - this.startedAt < START_GRACE_CAP * lostAfterMs) return [];
+      this.graceOver = true;
+      this.back.clear();
+      this.log.info(
+        { graceSeconds: (t - this.startedAt) / 1000 },
+        "start-up grace over; silent hosts can be declared lost",
+      );
+    }
     const markLost = () =>
       markSilentHostsLost(this.db, new Date(now.getTime() - lostAfterMs), this.options.lostAfterSeconds);
     const lost = await (this.options.serializeWrites ? this.options.serializeWrites(markLost) : markLost());
