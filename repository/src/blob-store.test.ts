@@ -4,9 +4,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type BlobStore, openBlobStore } from "./blob-store.js";
+import type { BlobStore } from "./blob-store.js";
 import { isRepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
+import { openBlobStore } from "./open-blob-store.js";
 import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
 
 let s3: S3TestServer;

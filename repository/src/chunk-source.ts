@@ -1,7 +1,8 @@
 // Reads sealed chunks out of packs for restore: the ChunkSource of direct mode (and of the control plane
 // when it streams a restore to an agent). Neighbouring chunks of a pack are fetched in one ranged read.
 import { packKey } from "./pack.js";
-import type { Repository, RepositoryIndex } from "./repository.js";
+import type { RepositoryAccess } from "./repository-access.js";
+import type { RepositoryIndex } from "./repository-index.js";
 import type { ChunkSource, FetchedChunk } from "./transfer.js";
 
 export interface ChunkSourceOptions {
@@ -27,7 +28,7 @@ interface PlannedRead {
 
 export class RepositoryChunkSource implements ChunkSource {
   constructor(
-    readonly repository: Repository,
+    readonly repository: RepositoryAccess,
     readonly index: RepositoryIndex,
     private readonly options: ChunkSourceOptions = {},
   ) {}

@@ -2,7 +2,7 @@
 // AES-256-GCM + LZ4 sealing) over a BlobStore (file:// or s3://). Shared by the agent's direct mode and the
 // control plane. The format is documented in ../FORMAT.md.
 
-export { type BlobInfo, type BlobStore, type OpenBlobStoreOptions, openBlobStore } from "./blob-store.js";
+export type { BlobInfo, BlobStore } from "./blob-store.js";
 export {
   type AffectedFile,
   type CheckOptions,
@@ -36,6 +36,7 @@ export {
   sealManifest,
   symlinkEscapes,
 } from "./manifest.js";
+export { type OpenBlobStoreOptions, openBlobStore } from "./open-blob-store.js";
 export { type PackEntry, type PackIndex, packKey } from "./pack.js";
 export { formatBytes, formatDuration, ProgressMeter } from "./progress-meter.js";
 export {

@@ -7,7 +7,8 @@ import { RepositoryError } from "./errors.js";
 import { acquireLock, type HeldLock } from "./lock.js";
 import { assertRestorable, MAX_CHUNK_LENGTH, manifestTotals, openManifest } from "./manifest.js";
 import { indexKey, newPackId, type PackEntry, packKey, sealIndex, sealPackTrailer } from "./pack.js";
-import type { Repository, RepositoryIndex } from "./repository.js";
+import type { RepositoryAccess } from "./repository-access.js";
+import type { RepositoryIndex } from "./repository-index.js";
 import { chunkCodec, sha256 } from "./sealing.js";
 import { manifestKey, sealSnapshotRecord, snapshotKey } from "./snapshot-record.js";
 import type { ChunkSink, SealedChunk, SnapshotMeta } from "./transfer.js";
@@ -59,7 +60,7 @@ export class RepositoryWriter implements ChunkSink {
   private readonly uploadConcurrency: number;
 
   private constructor(
-    readonly repository: Repository,
+    readonly repository: RepositoryAccess,
     readonly index: RepositoryIndex,
     private readonly options: RepositoryWriterOptions,
     private readonly lock: HeldLock | undefined,
@@ -73,7 +74,7 @@ export class RepositoryWriter implements ChunkSink {
 
   /** Takes the shared lock (unless `lock: false`), then the index from `loadIndex`. */
   static async start(
-    repository: Repository,
+    repository: RepositoryAccess,
     loadIndex: () => Promise<RepositoryIndex>,
     options: RepositoryWriterOptions = {},
   ): Promise<RepositoryWriter> {

@@ -6,9 +6,13 @@ import { isRepositoryError, RepositoryError } from "./errors.js";
 import { assertKey } from "./key.js";
 import { type Manifest, openManifest } from "./manifest.js";
 import { indexKey, openIndex, type PackIndex } from "./pack.js";
+import type { RepositoryAccess } from "./repository-access.js";
+import { RepositoryIndex } from "./repository-index.js";
 import { RepositoryWriter, type RepositoryWriterOptions } from "./repository-writer.js";
 import { chunkCodec, ObjectKind, sha256 } from "./sealing.js";
 import { manifestKey, openSnapshotRecord, type SnapshotRecord, snapshotKey } from "./snapshot-record.js";
+
+export { type ChunkLocation, RepositoryIndex } from "./repository-index.js";
 
 export const CONFIG_KEY = "config";
 const FORMAT = "dumont-repository";
@@ -23,74 +27,6 @@ export interface RepositoryConfig {
   keyCheck: string;
 }
 
-export interface ChunkLocation {
-  packId: string;
-  offset: number;
-  length: number;
-  plainLength: number;
-}
-
-/** Every chunk the repository holds, from the index objects (one per pack). */
-export class RepositoryIndex {
-  readonly packs = new Map<string, PackIndex>();
-  private readonly chunks = new Map<string, ChunkLocation>();
-
-  add(pack: PackIndex): void {
-    this.packs.set(pack.packId, pack);
-    for (const e of pack.entries) {
-      this.chunks.set(e.id.toString("hex"), {
-        packId: pack.packId,
-        offset: e.offset,
-        length: e.length,
-        plainLength: e.plainLength,
-      });
-    }
-  }
-
-  /** Forgets packs (after prune deleted them); a chunk also held by another pack stays findable there. */
-  removePacks(packIds: Iterable<string>): void {
-    let orphaned = false;
-    for (const packId of packIds) {
-      const pack = this.packs.get(packId);
-      if (!pack) continue;
-      this.packs.delete(packId);
-      for (const e of pack.entries) {
-        const hex = e.id.toString("hex");
-        if (this.chunks.get(hex)?.packId === packId) {
-          this.chunks.delete(hex);
-          orphaned = true;
-        }
-      }
-    }
-    if (!orphaned) return;
-    for (const other of this.packs.values()) {
-      for (const e of other.entries) {
-        const hex = e.id.toString("hex");
-        if (!this.chunks.has(hex)) {
-          this.chunks.set(hex, {
-            packId: other.packId,
-            offset: e.offset,
-            length: e.length,
-            plainLength: e.plainLength,
-          });
-        }
-      }
-    }
-  }
-
-  get(id: Buffer | string): ChunkLocation | undefined {
-    return this.chunks.get(typeof id === "string" ? id : id.toString("hex"));
-  }
-
-  has(id: Buffer | string): boolean {
-    return this.chunks.has(typeof id === "string" ? id : id.toString("hex"));
-  }
-
-  get chunkCount(): number {
-    return this.chunks.size;
-  }
-}
-
 export interface LoadIndexOptions {
   /** Called for an index object that cannot be read; without it such an object fails the load. */
   onCorrupt?: (key: string, err: RepositoryError) => void;
@@ -103,7 +39,7 @@ export interface LoadIndexOptions {
   into?: RepositoryIndex;
 }
 
-export class Repository {
+export class Repository implements RepositoryAccess {
   private constructor(
     readonly store: BlobStore,
     readonly key: Buffer,

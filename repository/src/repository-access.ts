@@ -1,0 +1,13 @@
+// What the writer and the chunk source need of a Repository. They take this rather than the class, so the
+// repository module (which creates them) is the only one that depends on the other.
+import type { BlobStore } from "./blob-store.js";
+import type { SnapshotRecord } from "./snapshot-record.js";
+
+export interface RepositoryAccess {
+  readonly store: BlobStore;
+  /** The repository (tenant) key. */
+  readonly key: Buffer;
+  /** A snapshot by id or unique prefix. */
+  findSnapshot(idOrPrefix: string): Promise<SnapshotRecord>;
+  readManifestBlob(record: SnapshotRecord): Promise<Buffer>;
+}
