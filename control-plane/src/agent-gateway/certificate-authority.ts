@@ -8,8 +8,8 @@ import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { CONTROL_PLANE_TLS_NAME } from "@dumont/proto";
+import { writeFileAtomic } from "@dumont/repository";
 import * as x509 from "@peculiar/x509";
-import { writeFileAtomic } from "../atomic-file.js";
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;

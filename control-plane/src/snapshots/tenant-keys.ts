@@ -4,7 +4,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
-import { writeFileAtomic } from "../atomic-file.js";
+import { writeFileAtomic } from "@dumont/repository";
 import type { Db } from "../db/database.js";
 
 const KEY_BYTES = 32;

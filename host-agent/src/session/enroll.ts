@@ -3,8 +3,9 @@ import fs from "node:fs/promises";
 import os from "node:os";
 import { create } from "@bufbuild/protobuf";
 import { EnrollRequestSchema, type EnrollResponse } from "@dumont/proto";
+// The subpath alone: the package root would load the snapshot engine and the S3 client for a one-shot enroll.
+import { writeFileAtomic } from "@dumont/repository/atomic-file";
 import * as grpc from "@grpc/grpc-js";
-import { writeFileAtomic } from "../platform/atomic-file.js";
 import { agentPaths } from "../platform/paths.js";
 import { AGENT_VERSION } from "../version.js";
 import { discoverCa, generateKeyAndCsr } from "./ca-discovery.js";

@@ -1,9 +1,9 @@
 // The agent's memory of what it already chunked: path -> (size, mtime, inode, chunk ids). A file whose size,
 // mtime and inode are unchanged is not read again. Stored as one JSON file, replaced atomically.
-import { createHash, randomBytes } from "node:crypto";
-import { constants } from "node:fs";
-import { mkdir, open, readFile, rename, unlink } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { mkdir, readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { writeFileAtomic } from "@dumont/repository";
 
 export interface LocalIndexEntry {
   size: number;
@@ -45,22 +45,5 @@ export async function loadLocalIndex(file: string, scope: string): Promise<Map<s
 
 export async function saveLocalIndex(file: string, index: LocalIndex): Promise<void> {
   await mkdir(dirname(file), { recursive: true, mode: 0o700 });
-  const temp = `${file}.tmp-${randomBytes(6).toString("hex")}`;
-  const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-  try {
-    await handle.writeFile(JSON.stringify(index));
-    await handle.sync();
-  } catch (err) {
-    await handle.close();
-    await unlink(temp).catch(() => {});
-    throw err;
-  }
-  await handle.close();
-  await rename(temp, file);
-  const dir = await open(dirname(file), constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
+  await writeFileAtomic(file, JSON.stringify(index), 0o600);
 }
