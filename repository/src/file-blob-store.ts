@@ -93,14 +93,15 @@ export class FileBlobStore implements BlobStore {
     try {
       let filled = 0;
       let position = 0;
+      const writeAll = async (buf: Buffer, length: number, at: number): Promise<void> => {
+        for (let done = 0; done < length; )
+          done += (await handle.write(buf, done, length - done, at + done)).bytesWritten;
+      };
       const flush = async (): Promise<void> => {
         // The last piece is padded to the alignment; the file is cut back to its true size after.
         const length = Math.ceil(filled / DIRECT_ALIGN) * DIRECT_ALIGN;
         stage.fill(0, filled, length);
-        for (let done = 0; done < length; ) {
-          const { bytesWritten } = await handle.write(stage, done, length - done, position + done);
-          done += bytesWritten;
-        }
+        await writeAll(stage, length, position);
         position += filled;
         filled = 0;
       };
@@ -109,10 +110,7 @@ export class FileBlobStore implements BlobStore {
       const first = parts[0];
       if (first.byteOffset === 0 && this.aligned.has(first.buffer)) {
         const whole = first.length - (first.length % DIRECT_ALIGN);
-        for (let done = 0; done < whole; ) {
-          const { bytesWritten } = await handle.write(first, done, whole - done, done);
-          done += bytesWritten;
-        }
+        await writeAll(first, whole, 0);
         position = whole;
         rest = [first.subarray(whole), ...parts.slice(1)];
       }
@@ -125,7 +123,7 @@ export class FileBlobStore implements BlobStore {
         }
       }
       if (filled > 0) await flush();
-      if (position % DIRECT_ALIGN !== 0 || position !== size) await handle.truncate(size);
+      if (size % DIRECT_ALIGN !== 0) await handle.truncate(size); // drop the padding of the last block
       await handle.sync();
     } catch (err) {
       await handle.close().catch(() => {});

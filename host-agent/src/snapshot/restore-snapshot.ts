@@ -300,12 +300,15 @@ async function restoreWindow(
           const failedWrites = new Map(written.writeErrors);
           for (let i = 0; i < batchHexes.length; i++) {
             const error = written.errors[i];
-            if (error !== null) markDamaged(batchHexes[i], error, batchPacks[i]);
+            if (error !== null) {
+              markDamaged(batchHexes[i], error, batchPacks[i]); // every file the chunk belongs to
+              continue;
+            }
             for (let k = destStart[i]; k < destStart[i + 1]; k++) {
               const d = targets[k];
               const writeError = failedWrites.get(k);
-              if (error !== null || writeError !== undefined) {
-                d.file.damaged ??= { path: d.file.entry.path, reason: error ?? `cannot write: ${writeError}` };
+              if (writeError !== undefined) {
+                d.file.damaged ??= { path: d.file.entry.path, reason: `cannot write: ${writeError}` };
                 continue;
               }
               progress.bytesWritten += d.length;

@@ -74,7 +74,10 @@ type WorkerRequest =
 interface WorkerReply {
   seq: number;
   error?: string;
-  /** The output (sealed segments): in the shared buffer the request named, or transferred back. */
+}
+
+/** A reply carrying sealed segments: in the shared buffer the request named, or transferred back. */
+interface SealedReply extends WorkerReply {
   out: BufferRef;
 }
 
@@ -312,7 +315,7 @@ export class SnapshotWorkerPool {
     const r = (await this.run(
       { seq: 0, op: "segments", key: Uint8Array.from(key), chunker, segments, out: this.refOf(out) },
       [],
-    )) as WorkerReply & {
+    )) as SealedReply & {
       ids: ArrayBuffer;
       idsLength: number;
       chunks: Float64Array;
@@ -345,8 +348,8 @@ export class SnapshotWorkerPool {
   }
 
   /**
-   * A buffer of at least `size` bytes, shared with the workers (reused when one is idle); hand it to `open`
-   * or `recycle` it.
+   * A buffer of at least `size` bytes, shared with the workers (reused when one is idle); hand it to
+   * `writeChunks` or `recycle` it.
    */
   buffer(size: number): Buffer {
     if (this.localSealer) {
