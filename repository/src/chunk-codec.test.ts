@@ -51,6 +51,18 @@ describe("chunk codec", () => {
       Int32Array.from([999, 50_000, 10]),
     );
     expect(wrongLength.errors[0]).toMatch(/1000 bytes, expected 999/);
+    // Laid out by the caller: each chunk lands where it is told, gaps left alone.
+    const laidOut = chunkCodec.openChunkBatch(
+      key,
+      sealed.out,
+      sealed.blobRanges,
+      sealed.ids,
+      Int32Array.from([1000, 50_000, 10]),
+      new ArrayBuffer(70_000),
+      Int32Array.from([4096 - 1000, 4096, 60_000]),
+    );
+    expect(Array.from(laidOut.plainRanges)).toEqual([3096, 1000, 4096, 50_000, 60_000, -1]);
+    expect(laidOut.out.subarray(3096, 54_096).equals(data.subarray(0, 51_000))).toBe(true);
   });
 
   it("verifies chunks without keeping them: good raw and LZ4 chunks pass, every kind of lie is named", () => {

@@ -51,6 +51,7 @@ export interface ChunkCodec {
   /**
    * Opens blobs given as (offset, length) pairs into `data`, with their ids back to back and the plain length
    * each must have; plain chunks land back to back in `spare` when it is large enough, else in a new buffer.
+   * With `positions`, chunk i lands at `positions[i]` instead (the caller lays them out, e.g. page-aligned).
    */
   openChunkBatch(
     key: Buffer,
@@ -58,7 +59,8 @@ export interface ChunkCodec {
     blobRanges: Int32Array,
     ids: Uint8Array,
     lengths: Int32Array,
-    spare?: ArrayBuffer,
+    spare?: ArrayBufferLike,
+    positions?: Int32Array,
   ): OpenedChunkBatch;
   /** Seals a repository object (index, manifest, snapshot); `aad` names its kind so blobs cannot be swapped. */
   sealObject(key: Buffer, aad: string, plain: Buffer): Buffer;
@@ -298,15 +300,19 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
       return { out, ids, blobRanges };
     },
 
-    openChunkBatch(key, data, blobRanges, ids, lengths, spare) {
+    openChunkBatch(key, data, blobRanges, ids, lengths, spare, positions) {
       const n = blobRanges.length >> 1;
       let total = 0;
-      for (let i = 0; i < n; i++) total += Math.max(0, lengths[i]);
+      for (let i = 0; i < n; i++) {
+        const length = Math.max(0, lengths[i]);
+        total = positions ? Math.max(total, positions[i] + length) : total + length;
+      }
       const out = spare && spare.byteLength >= total ? Buffer.from(spare) : Buffer.allocUnsafeSlow(Math.max(total, 1));
       const plainRanges = new Int32Array(2 * n);
       const errors: (string | null)[] = new Array(n);
       let pos = 0;
       for (let i = 0; i < n; i++) {
+        if (positions) pos = positions[i];
         const blob = Buffer.from(data.buffer, data.byteOffset + blobRanges[2 * i], blobRanges[2 * i + 1]);
         const id = Buffer.from(ids.buffer, ids.byteOffset + 32 * i, 32);
         const error = openInto(key, id, blob, lengths[i], out, pos);

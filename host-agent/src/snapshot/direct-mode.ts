@@ -7,7 +7,7 @@ import type { ChunkerParams } from "./chunker.js";
 import { type CreateProgress, type CreateSnapshotResult, createSnapshot } from "./create-snapshot.js";
 import { localIndexPath } from "./local-index.js";
 import { type RestoreProgress, type RestoreSnapshotResult, restoreSnapshot } from "./restore-snapshot.js";
-import type { SnapshotWorkerPool } from "./worker-pool.js";
+import { SnapshotWorkerPool } from "./worker-pool.js";
 
 export interface DirectRepositoryOptions {
   /** `file:///abs/path` or `s3://bucket/prefix`. */
@@ -93,16 +93,24 @@ export async function createDirectSnapshot(options: DirectCreateOptions): Promis
 }
 
 export async function restoreDirectSnapshot(options: DirectRestoreOptions): Promise<RestoreSnapshotResult> {
-  return withDirectRepository(options, async (repository) =>
-    restoreSnapshot({
-      snapshotId: options.snapshotId,
-      source: await repository.chunkSource({ reuseBuffers: true }),
-      key: options.key,
-      target: options.target,
-      allowExternalSymlinks: options.allowExternalSymlinks,
-      pool: options.pool,
-      onProgress: options.onProgress,
-      signal: options.signal,
-    }),
-  );
+  const pool = options.pool ?? new SnapshotWorkerPool();
+  try {
+    return await withDirectRepository(options, async (repository) =>
+      restoreSnapshot({
+        snapshotId: options.snapshotId,
+        // Packs are read straight into memory the workers share: the blobs reach them without a copy.
+        source: await repository.chunkSource({
+          readBuffers: { allocate: (size) => pool.buffer(size), release: (buffer) => pool.recycle(buffer.buffer) },
+        }),
+        key: options.key,
+        target: options.target,
+        allowExternalSymlinks: options.allowExternalSymlinks,
+        pool,
+        onProgress: options.onProgress,
+        signal: options.signal,
+      }),
+    );
+  } finally {
+    if (!options.pool) await pool.close();
+  }
 }

@@ -84,6 +84,8 @@ interface FileState {
   entry: FileEntry;
   abs: string;
   handle?: FileHandle;
+  /** The same file opened again with O_DIRECT, for the page-aligned middles of large writes. */
+  direct?: FileHandle;
   remaining: number;
   /** Settles once the file is created (or creating it, or an earlier file, failed). */
   ready?: Promise<void>;
@@ -100,6 +102,13 @@ interface Destination {
 const WINDOW_FILES = 512;
 const WINDOW_BYTES = 1024 * 1024 * 1024;
 const TASK_BYTES = 8 * 1024 * 1024;
+/**
+ * Files at least this large get an O_DIRECT fd as well (see `openAndWrite`). Restored bytes then skip the
+ * page cache: a decision, since the job's first read of a large file comes from disk; in exchange restore
+ * runs at device speed instead of the kernel's buffered-write speed, and does not evict the host's cache.
+ */
+const DIRECT_FILE_BYTES = 1024 * 1024;
+const O_DIRECT = process.platform === "linux" ? constants.O_DIRECT : undefined;
 /** Room for one more blob past TASK_BYTES (a 4 MiB chunk plus its envelope; larger ones get their own buffer). */
 const MAX_BLOB = 4 * 1024 * 1024 + 64;
 
@@ -187,14 +196,18 @@ async function restoreWindow(
   // A file is finished (mode, times, close) as soon as its last chunk is written, while others still arrive.
   const finishing: Promise<void>[] = [];
   let opening: Promise<void> = Promise.resolve();
+  let direct = O_DIRECT !== undefined;
   const finish = (state: FileState): void => {
     state.done = true;
     const handle = state.handle!;
+    const directHandle = state.direct;
     state.handle = undefined;
+    state.direct = undefined;
     const t = nsToSeconds(state.entry.mtimeNs);
     finishing.push(
       (async () => {
         try {
+          await directHandle?.close();
           await handle.chmod(state.entry.mode);
           await handle.utimes(t, t);
         } finally {
@@ -217,6 +230,13 @@ async function restoreWindow(
         );
         // At its final size from the start: the writes then never extend the file (less filesystem work).
         if (state.entry.size > 0) await state.handle.truncate(state.entry.size);
+        if (direct && state.entry.size >= DIRECT_FILE_BYTES) {
+          // Through /proc/self/fd: the very file just created, whatever happens to its name meanwhile.
+          state.direct = await open(`/proc/self/fd/${state.handle.fd}`, constants.O_WRONLY | O_DIRECT!).catch(() => {
+            direct = false; // no /proc, or a filesystem without O_DIRECT (tmpfs): the page cache it is
+            return undefined;
+          });
+        }
         if (state.entry.chunks.length === 0) finish(state);
       });
       state.ready = opening;
@@ -246,8 +266,11 @@ async function restoreWindow(
     const maxInflight = Math.max(2, pool.threads + 1);
     const inflight: Promise<void>[] = [];
     let failure: unknown;
-    // The batch being filled: blobs are copied in as they arrive (a source may reuse its read buffers).
-    let data = pool.buffer(TASK_BYTES + MAX_BLOB);
+    // The batch being filled: blobs are copied in as they arrive (a source may reuse its read buffers), or,
+    // when the source read them into memory the workers share (direct mode), the batch is that read buffer
+    // (`borrowed`) and nothing is copied.
+    let data: Buffer | undefined;
+    let borrowed = false;
     let ranges: number[] = [];
     let hexes: string[] = [];
     let packs: (string | undefined)[] = [];
@@ -282,13 +305,13 @@ async function restoreWindow(
             continue;
           }
           targets.push(d);
-          dests.push(d.file.handle!.fd, d.offset);
+          dests.push(d.file.handle!.fd, d.file.direct?.fd ?? -1, d.offset);
         }
       }
       destStart[batchHexes.length] = targets.length;
       const run = pool.writeChunks(
         options.key,
-        data.subarray(0, taskBytes),
+        data!.subarray(0, taskBytes),
         Int32Array.from(ranges),
         ids,
         lengths,
@@ -321,7 +344,8 @@ async function restoreWindow(
           failure ??= err;
         });
       inflight.push(step);
-      data = pool.buffer(TASK_BYTES + MAX_BLOB);
+      data = undefined;
+      borrowed = false;
       ranges = [];
       hexes = [];
       packs = [];
@@ -339,19 +363,33 @@ async function restoreWindow(
           markDamaged(hex, fetched.error, fetched.pack);
           continue;
         }
-        if (taskBytes + fetched.blob.length > data.length) await flush();
-        if (fetched.blob.length > data.length) data = Buffer.allocUnsafeSlow(fetched.blob.length);
-        fetched.blob.copy(data, taskBytes);
-        ranges.push(taskBytes, fetched.blob.length);
+        const blob = fetched.blob;
+        if (pool.isShared(blob.buffer)) {
+          // A batch per read buffer: it goes back to the pool once its batch is written.
+          if (data && data.buffer !== blob.buffer) await flush();
+          if (!data) {
+            data = Buffer.from(blob.buffer);
+            borrowed = true;
+          }
+          ranges.push(blob.byteOffset, blob.length);
+          taskBytes = Math.max(taskBytes, blob.byteOffset + blob.length);
+          hexes.push(hex);
+          packs.push(fetched.pack);
+          continue;
+        }
+        if (borrowed || (data && taskBytes + blob.length > data.length)) await flush();
+        data ??= pool.buffer(Math.max(TASK_BYTES + MAX_BLOB, blob.length));
+        blob.copy(data, taskBytes);
+        ranges.push(taskBytes, blob.length);
         hexes.push(hex);
         packs.push(fetched.pack);
-        taskBytes += fetched.blob.length;
+        taskBytes += blob.length;
         if (taskBytes >= TASK_BYTES) await flush();
       }
       await flush();
     } finally {
       await Promise.allSettled(inflight);
-      pool.recycle(data.buffer as ArrayBuffer);
+      if (data) pool.recycle(data.buffer);
     }
     if (failure) throw failure;
 
@@ -362,6 +400,8 @@ async function restoreWindow(
       state.damaged ??= { path: state.entry.path, reason: "the source never delivered some of its chunks" };
       const handle = state.handle!;
       state.handle = undefined;
+      await state.direct?.close();
+      state.direct = undefined;
       await handle.close();
       await unlink(state.abs);
       damaged.push(state.damaged);
@@ -370,7 +410,10 @@ async function restoreWindow(
   } finally {
     await opening.catch(() => {});
     await Promise.allSettled(finishing);
-    for (const state of states) await state.handle?.close().catch(() => {});
+    for (const state of states) {
+      await state.direct?.close().catch(() => {});
+      await state.handle?.close().catch(() => {});
+    }
   }
 }
 

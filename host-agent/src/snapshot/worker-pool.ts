@@ -85,19 +85,29 @@ interface SealedReply extends WorkerReply {
 export interface WrittenChunks {
   /** Per chunk: why it could not be opened (damaged, wrong key, wrong length), or null. */
   errors: (string | null)[];
-  /** Destinations (index into `dests` pairs) whose write failed, with the reason. */
+  /** Destinations (index into `dests` triples) whose write failed, with the reason. */
   writeErrors: [number, string][];
+  /** Bytes that went to disk with O_DIRECT (the rest went through the page cache). */
+  directBytes: number;
 }
 
 /**
- * Opens and verifies a batch of blobs, then writes chunk i to every (fd, file offset) pair in
- * `dests[destStart[i]] .. dests[destStart[i + 1]]`. Plain chunks go from this thread's own memory straight
- * to the files: nothing travels back. Self-contained: workers run it from its source text.
+ * Opens and verifies a batch of blobs, then writes chunk i to every destination in
+ * `dests[destStart[i]] .. dests[destStart[i + 1]]`: triples (fd, O_DIRECT fd of the same file or -1, file
+ * offset). Plain chunks go from this thread's own memory straight to the files: nothing travels back.
+ * Self-contained: workers run it from its source text.
+ *
+ * Chunks that continue each other in one file are written as one run. Where the file has an O_DIRECT fd, the
+ * run is laid out in page-aligned memory at the file offset's alignment, and its whole pages bypass the page
+ * cache: on the dev VM buffered writes ran at ~400 MB/s of kernel CPU (page allocation and copy) against
+ * 0.7-1.2 GB/s for O_DIRECT, and restore was bound by them. The partial pages at a run's ends go through
+ * the page cache (a run never shares a whole page with another write, so the two never overlap).
  */
 export function openAndWrite(
   codec: import("@dumont/repository").ChunkCodec,
   fs: typeof import("node:fs"),
-  scratch: { spare?: ArrayBuffer },
+  /** Kept between batches: the page-aligned output memory, and whether O_DIRECT was refused. */
+  scratch: { spare?: ArrayBuffer; noDirect?: boolean },
   /**
    * Shared by the workers: slot fd % length is held while writing to fd. Two threads writing into one file
    * at once only spin on its inode lock in the kernel (measured: 14% of a restore's CPU); waiting here sleeps.
@@ -111,33 +121,122 @@ export function openAndWrite(
   destStart: Int32Array,
   dests: Float64Array,
 ): WrittenChunks {
-  const r = codec.openChunkBatch(key, data, ranges, ids, lengths, scratch.spare);
-  scratch.spare = r.out.buffer as ArrayBuffer; // reused (and grown) batch after batch
-  const writeErrors: [number, string][] = [];
-  for (let i = 0; i < r.errors.length; i++) {
-    if (r.errors[i] !== null) continue;
-    const at = r.plainRanges[2 * i];
-    const length = r.plainRanges[2 * i + 1];
-    for (let k = destStart[i]; k < destStart[i + 1]; k++) {
-      const fd = dests[2 * k];
-      const position = dests[2 * k + 1];
-      const slot = fileLocks ? fd % fileLocks.length : -1;
-      if (fileLocks) while (Atomics.compareExchange(fileLocks, slot, 0, 1) !== 0) Atomics.wait(fileLocks, slot, 1);
-      try {
-        for (let done = 0; done < length; ) {
-          done += fs.writeSync(fd, r.out, at + done, length - done, position + done);
+  const PAGE = 4096;
+  /** Aligned stretches shorter than this are not worth a device round trip of their own. */
+  const MIN_DIRECT = 64 * 1024;
+  const n = lengths.length;
+  // Lay out: a chunk that does not continue the previous one in its file starts at out offset ≡ file offset
+  // (mod PAGE) when the file takes O_DIRECT writes.
+  const positions = new Int32Array(n);
+  let pos = 0;
+  let runFd = -1;
+  let runEnd = -1;
+  for (let i = 0; i < n; i++) {
+    const length = Math.max(0, lengths[i]);
+    if (destStart[i] < destStart[i + 1]) {
+      const k = 3 * destStart[i];
+      const fd = dests[k];
+      const at = dests[k + 2];
+      if (dests[k + 1] >= 0 && (fd !== runFd || at !== runEnd)) pos += ((at % PAGE) - (pos % PAGE) + PAGE) % PAGE;
+      runFd = fd;
+      runEnd = at + length;
+    } else {
+      runFd = -1;
+    }
+    positions[i] = pos;
+    pos += length;
+  }
+  if (!scratch.spare || scratch.spare.byteLength < pos) {
+    // A WebAssembly memory starts on a page boundary (a Buffer from the allocator is only 16-byte aligned).
+    const wasm = (
+      globalThis as unknown as { WebAssembly: { Memory: new (d: { initial: number }) => { buffer: ArrayBuffer } } }
+    ).WebAssembly;
+    const size = Math.max(pos, 2 * (scratch.spare?.byteLength ?? 0), 1);
+    scratch.spare = new wasm.Memory({ initial: Math.ceil(size / 65536) }).buffer;
+  }
+  const r = codec.openChunkBatch(key, data, ranges, ids, lengths, scratch.spare, positions);
+  const out = r.out;
+  const aligned = out.buffer === scratch.spare && out.byteOffset === 0;
+  let directBytes = 0;
+
+  const writeFully = (fd: number, from: number, length: number, position: number): void => {
+    for (let done = 0; done < length; ) done += fs.writeSync(fd, out, from + done, length - done, position + done);
+  };
+  // Writes out[from, from + length) at `position`; returns why it failed, or null.
+  const writeRun = (fd: number, direct: number, from: number, position: number, length: number): string | null => {
+    const slot = fileLocks ? fd % fileLocks.length : -1;
+    if (fileLocks) while (Atomics.compareExchange(fileLocks, slot, 0, 1) !== 0) Atomics.wait(fileLocks, slot, 1);
+    try {
+      const end = position + length;
+      const middle = Math.min(end, Math.ceil(position / PAGE) * PAGE);
+      const tail = Math.max(middle, Math.floor(end / PAGE) * PAGE);
+      if (
+        direct >= 0 &&
+        aligned &&
+        !scratch.noDirect &&
+        tail - middle >= MIN_DIRECT &&
+        (from - position) % PAGE === 0
+      ) {
+        writeFully(fd, from, middle - position, position);
+        try {
+          writeFully(direct, from + (middle - position), tail - middle, middle);
+          directBytes += tail - middle;
+        } catch (err) {
+          if ((err as { code?: unknown }).code !== "EINVAL") throw err;
+          scratch.noDirect = true; // this filesystem takes no O_DIRECT after all: page cache from now on
+          writeFully(fd, from + (middle - position), tail - middle, middle);
         }
-      } catch (err) {
-        writeErrors.push([k, err instanceof Error ? err.message : String(err)]);
-      } finally {
-        if (fileLocks) {
-          Atomics.store(fileLocks, slot, 0);
-          Atomics.notify(fileLocks, slot, 1);
-        }
+        writeFully(fd, from + (tail - position), end - tail, tail);
+      } else {
+        writeFully(fd, from, length, position);
+      }
+      return null;
+    } catch (err) {
+      return err instanceof Error ? err.message : String(err);
+    } finally {
+      if (fileLocks) {
+        Atomics.store(fileLocks, slot, 0);
+        Atomics.notify(fileLocks, slot, 1);
       }
     }
+  };
+
+  const writeErrors: [number, string][] = [];
+  for (let i = 0; i < n; ) {
+    if (r.errors[i] !== null || destStart[i] === destStart[i + 1]) {
+      i++;
+      continue;
+    }
+    // The run: the chunks after i that opened fine and continue it, in the same file and in `out`.
+    const k0 = destStart[i];
+    const fd = dests[3 * k0];
+    const from = r.plainRanges[2 * i];
+    const start = dests[3 * k0 + 2];
+    let length = r.plainRanges[2 * i + 1];
+    let j = i + 1;
+    while (
+      j < n &&
+      r.errors[j] === null &&
+      destStart[j] < destStart[j + 1] &&
+      dests[3 * destStart[j]] === fd &&
+      dests[3 * destStart[j] + 2] === start + length &&
+      r.plainRanges[2 * j] === from + length
+    ) {
+      length += r.plainRanges[2 * j + 1];
+      j++;
+    }
+    const error = writeRun(fd, dests[3 * k0 + 1], from, start, length);
+    if (error !== null) for (let c = i; c < j; c++) writeErrors.push([destStart[c], error]);
+    // Other uses of the same chunks (one chunk can appear in several files, or twice in one): one by one.
+    for (let c = i; c < j; c++) {
+      for (let k = destStart[c] + 1; k < destStart[c + 1]; k++) {
+        const e = writeRun(dests[3 * k], -1, r.plainRanges[2 * c], dests[3 * k + 2], r.plainRanges[2 * c + 1]);
+        if (e !== null) writeErrors.push([k, e]);
+      }
+    }
+    i = j;
   }
-  return { errors: r.errors, writeErrors };
+  return { errors: r.errors, writeErrors, directBytes };
 }
 
 // Runs inside the worker. Must not reference anything outside itself: it is shipped as source text.
@@ -178,7 +277,7 @@ function workerMain(
   });
   const port = workerThreads.parentPort!;
   const fs = req("node:fs") as typeof import("node:fs");
-  const scratch: { spare?: ArrayBuffer } = {};
+  const scratch: { spare?: ArrayBuffer; noDirect?: boolean } = {};
   let fileLocks: Int32Array | undefined;
   const shared = new Map<number, SharedArrayBuffer>();
   const resolveRef = (ref: BufferRef | undefined): ArrayBufferLike | undefined =>
@@ -260,7 +359,7 @@ export class SnapshotWorkerPool {
   private closed = false;
   private failure: Error | undefined;
   private localSealer: SegmentSealer | undefined;
-  private readonly localScratch: { spare?: ArrayBuffer } = {};
+  private readonly localScratch: { spare?: ArrayBuffer; noDirect?: boolean } = {};
 
   constructor(options: WorkerPoolOptions = {}) {
     const threads = options.threads ?? availableParallelism();
@@ -370,6 +469,11 @@ export class SnapshotWorkerPool {
     return Buffer.from(shared, 0, size);
   }
 
+  /** Whether `buffer` is memory the workers already share (see `buffer`): a batch in it travels by number. */
+  isShared(buffer: ArrayBufferLike): boolean {
+    return this.sharedIds.has(buffer);
+  }
+
   private unshare(buffer: ArrayBufferLike, id: number): void {
     this.sharedIds.delete(buffer);
     for (const w of this.workers) w.worker.postMessage({ op: "unshare", id });
@@ -401,8 +505,8 @@ export class SnapshotWorkerPool {
 
   /**
    * Opens and verifies blobs given as (offset, length) pairs into `data`, with their 32-byte ids back to back
-   * and the plain length each must have, and writes chunk i to every (fd, offset) pair in
-   * `dests[destStart[i]] .. dests[destStart[i + 1]]` (see `openAndWrite`). The fds must stay open until this
+   * and the plain length each must have, and writes chunk i to every (fd, O_DIRECT fd or -1, offset) triple
+   * in `dests[destStart[i]] .. dests[destStart[i + 1]]` (see `openAndWrite`). The fds must stay open until this
    * resolves. `data` (best taken from `buffer()`) is handed over: do not use it after.
    */
   async writeChunks(
@@ -450,7 +554,7 @@ export class SnapshotWorkerPool {
       transfer,
     )) as WorkerReply & WrittenChunks & { data?: ArrayBuffer };
     this.recycle("shared" in input ? data.buffer : (r.data ?? new ArrayBuffer(0)));
-    return { errors: r.errors, writeErrors: r.writeErrors };
+    return { errors: r.errors, writeErrors: r.writeErrors, directBytes: r.directBytes };
   }
 
   private run(request: Extract<WorkerRequest, { seq: number }>, transfer: ArrayBuffer[]): Promise<unknown> {

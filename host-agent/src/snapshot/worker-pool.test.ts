@@ -1,0 +1,86 @@
+// The restore writer (`openAndWrite`, through the pool): runs of chunks that continue each other go to disk
+// with O_DIRECT where the filesystem takes it, and everything else (duplicates, damaged chunks, unaligned
+// ends) still lands byte for byte where the manifest says.
+import { randomBytes } from "node:crypto";
+import { constants } from "node:fs";
+import { mkdtemp, open, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chunkCodec, generateRepositoryKey } from "@dumont/repository";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SnapshotWorkerPool } from "./worker-pool.js";
+
+let root: string;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "dumont-writer-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+describe.each([0, 1])("restore writes with %i worker thread(s)", (threads) => {
+  it("writes runs of chunks (O_DIRECT where it can), duplicates and unaligned ends byte for byte", async () => {
+    const pool = new SnapshotWorkerPool({ threads });
+    const key = generateRepositoryKey();
+    // Odd sizes, so no chunk starts on a page boundary; c2 compresses (the LZ4 path), c3 will be damaged.
+    const c0 = randomBytes(300_001);
+    const c1 = randomBytes(200_000);
+    const c2 = Buffer.from("step,loss,accuracy\n".repeat(13_200)).subarray(0, 250_003);
+    const c3 = randomBytes(150_000);
+    const chunks = [c0, c1, c2, c3];
+    // File a: c0 c1 c2 c0 c3 (c0 twice); file b: c1 (shared with a).
+    const a = join(root, `a-${threads}`);
+    const b = join(root, `b-${threads}`);
+    const aSize = c0.length * 2 + c1.length + c2.length + c3.length;
+    const fa = await open(a, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    const fb = await open(b, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    await fa.truncate(aSize);
+    await fb.truncate(c1.length);
+    const direct = await open(`/proc/self/fd/${fa.fd}`, constants.O_WRONLY | constants.O_DIRECT).catch(() => undefined);
+    try {
+      const sealed = chunks.map((c) => chunkCodec.sealChunk(key, c));
+      sealed[3].blob[40] ^= 1;
+      const data = pool.buffer(sealed.reduce((sum, s) => sum + s.blob.length, 0));
+      const ranges: number[] = [];
+      let at = 0;
+      for (const s of sealed) {
+        s.blob.copy(data, at);
+        ranges.push(at, s.blob.length);
+        at += s.blob.length;
+      }
+      const d = direct?.fd ?? -1;
+      const c0Again = c0.length + c1.length + c2.length;
+      // Per chunk, its destinations as (fd, O_DIRECT fd, offset); the first one of each is where it runs on.
+      const perChunk = [
+        [fa.fd, d, 0, fa.fd, d, c0Again],
+        [fa.fd, d, c0.length, fb.fd, -1, 0],
+        [fa.fd, d, c0.length + c1.length],
+        [fa.fd, d, c0Again + c0.length],
+      ];
+      const destStart = Int32Array.from([0, 2, 4, 5, 6]);
+      const written = await pool.writeChunks(
+        key,
+        data,
+        Int32Array.from(ranges),
+        Buffer.concat(sealed.map((s) => s.id)),
+        Int32Array.from(chunks.map((c) => c.length)),
+        destStart,
+        Float64Array.from(perChunk.flat()),
+      );
+      expect(written.errors.slice(0, 3)).toEqual([null, null, null]);
+      expect(written.errors[3]).toMatch(/authentication failed/);
+      expect(written.writeErrors).toEqual([]);
+      if (direct)
+        expect(written.directBytes).toBeGreaterThan(600_000); // the run c0 c1 c2, less its ends
+      else expect(written.directBytes).toBe(0);
+    } finally {
+      await direct?.close();
+      await fa.close();
+      await fb.close();
+      await pool.close();
+    }
+    const expected = Buffer.concat([c0, c1, c2, c0, Buffer.alloc(c3.length)]); // the damaged chunk: not written
+    expect((await readFile(a)).equals(expected)).toBe(true);
+    expect((await readFile(b)).equals(c1)).toBe(true);
+  });
+});
