@@ -137,6 +137,8 @@ function writeVarint(out: Buffer, at: number, value: bigint): number {
 function writeBytes(out: Buffer, at: number, field: number, bytes: Uint8Array): number {
   at = writeTag(out, at, field, WIRE_LEN);
   at = writeVarint(out, at, BigInt(bytes.length));
-  out.set(bytes, at);
+  // Not out.set: blobs may sit in a SharedArrayBuffer, which V8 copies one byte at a time when the offsets
+  // are not aligned alike (1.6 vs 10 GB/s); fill is one memcpy (see @dumont/repository copy-bytes.ts).
+  if (bytes.length > 0) out.fill(bytes, at, at + bytes.length);
   return at + bytes.length;
 }

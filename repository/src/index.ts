@@ -21,6 +21,7 @@ export {
   type SealedChunkBatch,
 } from "./chunk-codec.js";
 export { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
+export { copyBytes } from "./copy-bytes.js";
 export { isRepositoryError, RepositoryError, type RepositoryErrorCode } from "./errors.js";
 export { FileBlobStore } from "./file-blob-store.js";
 export { generateRepositoryKey, KEY_LENGTH, parseRepositoryKey } from "./key.js";

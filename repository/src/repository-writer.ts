@@ -3,6 +3,7 @@
 // (at commit) the manifest, then the snapshot object — so a crash never leaves a snapshot that points at
 // missing data, and packs already written are found (and reused) by the next writer.
 import { hostname } from "node:os";
+import { copyBytes } from "./copy-bytes.js";
 import { RepositoryError } from "./errors.js";
 import { acquireLock, type HeldLock } from "./lock.js";
 import { assertRestorable, MAX_CHUNK_LENGTH, manifestTotals, openManifest } from "./manifest.js";
@@ -113,7 +114,7 @@ export class RepositoryWriter implements ChunkSink {
       this.current ??= this.openPack(chunk.blob.length);
       const pack = this.current;
       // Copied: the caller may reuse the blob's memory as soon as put resolves.
-      chunk.blob.copy(pack.buf, pack.size);
+      copyBytes(chunk.blob, pack.buf, pack.size);
       pack.entries.push({
         id: Buffer.from(chunk.id),
         offset: pack.size,

@@ -17,7 +17,7 @@ import {
   utimes,
 } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { assertRestorable, type ChunkSource, type ManifestEntry, openManifest } from "@dumont/repository";
+import { assertRestorable, type ChunkSource, copyBytes, type ManifestEntry, openManifest } from "@dumont/repository";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
 export interface RestoreSnapshotOptions {
@@ -379,7 +379,7 @@ async function restoreWindow(
         }
         if (borrowed || (data && taskBytes + blob.length > data.length)) await flush();
         data ??= pool.buffer(Math.max(TASK_BYTES + MAX_BLOB, blob.length));
-        blob.copy(data, taskBytes);
+        copyBytes(blob, data, taskBytes);
         ranges.push(taskBytes, blob.length);
         hexes.push(hex);
         packs.push(fetched.pack);
