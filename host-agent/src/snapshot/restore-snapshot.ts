@@ -18,7 +18,7 @@ import {
 } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { assertRestorable, type ChunkSource, copyBytes, type ManifestEntry, openManifest } from "@dumont/repository";
-import { SnapshotWorkerPool } from "./worker-pool.js";
+import { type NewFiles, SnapshotWorkerPool } from "./worker-pool.js";
 
 export interface RestoreSnapshotOptions {
   /** Snapshot id (or a unique prefix, if the source resolves them). */
@@ -87,6 +87,8 @@ interface FileState {
   /** The same file opened again with O_DIRECT, for the page-aligned middles of large writes. */
   direct?: FileHandle;
   remaining: number;
+  /** A one-chunk file: the worker that writes its chunk creates, writes and finishes it (see NewFiles). */
+  byWorker?: boolean;
   /** Settles once the file is created (or creating it, or an earlier file, failed). */
   ready?: Promise<void>;
   damaged?: DamagedFile;
@@ -222,6 +224,10 @@ async function restoreWindow(
     // directory takes its inode lock, and parallel creates only spun on it in the kernel (measured: 13% of
     // a restore's CPU with four at once). A batch waits for the files it writes to.
     for (const state of states) {
+      if (state.entry.chunks.length === 1) {
+        state.byWorker = true;
+        continue;
+      }
       opening = opening.then(async () => {
         state.handle = await open(
           state.abs,
@@ -287,6 +293,9 @@ async function restoreWindow(
       const destStart = new Int32Array(batchHexes.length + 1);
       const dests: number[] = [];
       const targets: Destination[] = [];
+      const creates: NewFiles = { paths: [], modes: new Int32Array(0), mtimes: new Float64Array(0) };
+      const modes: number[] = [];
+      const mtimes: number[] = [];
       for (const hex of batchHexes) for (const d of destinations.get(hex) ?? []) await d.file.ready;
       for (let i = 0; i < batchHexes.length; i++) {
         const list = destinations.get(batchHexes[i]) ?? [];
@@ -305,10 +314,19 @@ async function restoreWindow(
             continue;
           }
           targets.push(d);
-          dests.push(d.file.handle!.fd, d.file.direct?.fd ?? -1, d.offset);
+          if (d.file.byWorker) {
+            dests.push(-1 - creates.paths.length, -1, 0);
+            creates.paths.push(d.file.abs);
+            modes.push(d.file.entry.mode);
+            mtimes.push(nsToSeconds(d.file.entry.mtimeNs));
+          } else {
+            dests.push(d.file.handle!.fd, d.file.direct?.fd ?? -1, d.offset);
+          }
         }
       }
       destStart[batchHexes.length] = targets.length;
+      creates.modes = Int32Array.from(modes);
+      creates.mtimes = Float64Array.from(mtimes);
       const run = pool.writeChunks(
         options.key,
         data!.subarray(0, taskBytes),
@@ -317,6 +335,7 @@ async function restoreWindow(
         lengths,
         destStart,
         Float64Array.from(dests),
+        creates.paths.length > 0 ? creates : undefined,
       );
       const step = run
         .then((written) => {
@@ -335,7 +354,12 @@ async function restoreWindow(
                 continue;
               }
               progress.bytesWritten += d.length;
-              if (--d.file.remaining === 0 && !d.file.damaged) finish(d.file);
+              if (--d.file.remaining > 0 || d.file.damaged) continue;
+              if (!d.file.byWorker) finish(d.file);
+              else {
+                d.file.done = true; // created, written, moded, timed and closed by the worker
+                progress.filesDone++;
+              }
             }
           }
           options.onProgress?.(progress);
@@ -398,13 +422,15 @@ async function restoreWindow(
     for (const state of states) {
       if (state.done) continue;
       state.damaged ??= { path: state.entry.path, reason: "the source never delivered some of its chunks" };
+      damaged.push(state.damaged);
+      // A file the worker creates exists only once it is whole (a failed one is removed there).
+      if (state.byWorker) continue;
       const handle = state.handle!;
       state.handle = undefined;
       await state.direct?.close();
       state.direct = undefined;
       await handle.close();
       await unlink(state.abs);
-      damaged.push(state.damaged);
     }
     options.onProgress?.(progress);
   } finally {

@@ -3,7 +3,7 @@
 // ends) still lands byte for byte where the manifest says.
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
-import { mkdtemp, open, readFile, rm } from "node:fs/promises";
+import { mkdtemp, open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chunkCodec, generateRepositoryKey } from "@dumont/repository";
@@ -28,9 +28,13 @@ describe.each([0, 1])("restore writes with %i worker thread(s)", (threads) => {
     const c2 = Buffer.from("step,loss,accuracy\n".repeat(13_200)).subarray(0, 250_003);
     const c3 = randomBytes(150_000);
     const chunks = [c0, c1, c2, c3];
-    // File a: c0 c1 c2 c0 c3 (c0 twice); file b: c1 (shared with a).
+    // File a: c0 c1 c2 c0 c3 (c0 twice); file b: c1 (shared with a). The worker creates two one-chunk files
+    // itself: c (c2) and taken (c1), whose name is already taken, which must fail and leave it alone.
     const a = join(root, `a-${threads}`);
     const b = join(root, `b-${threads}`);
+    const c = join(root, `c-${threads}`);
+    const taken = join(root, `taken-${threads}`);
+    await writeFile(taken, "someone else's");
     const aSize = c0.length * 2 + c1.length + c2.length + c3.length;
     const fa = await open(a, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
     const fb = await open(b, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
@@ -53,11 +57,11 @@ describe.each([0, 1])("restore writes with %i worker thread(s)", (threads) => {
       // Per chunk, its destinations as (fd, O_DIRECT fd, offset); the first one of each is where it runs on.
       const perChunk = [
         [fa.fd, d, 0, fa.fd, d, c0Again],
-        [fa.fd, d, c0.length, fb.fd, -1, 0],
-        [fa.fd, d, c0.length + c1.length],
+        [fa.fd, d, c0.length, fb.fd, -1, 0, -2, -1, 0],
+        [fa.fd, d, c0.length + c1.length, -1, -1, 0],
         [fa.fd, d, c0Again + c0.length],
       ];
-      const destStart = Int32Array.from([0, 2, 4, 5, 6]);
+      const destStart = Int32Array.from([0, 2, 5, 7, 8]);
       const written = await pool.writeChunks(
         key,
         data,
@@ -66,10 +70,11 @@ describe.each([0, 1])("restore writes with %i worker thread(s)", (threads) => {
         Int32Array.from(chunks.map((c) => c.length)),
         destStart,
         Float64Array.from(perChunk.flat()),
+        { paths: [c, taken], modes: Int32Array.from([0o640, 0o600]), mtimes: Float64Array.from([1_700_000_000.5, 0]) },
       );
       expect(written.errors.slice(0, 3)).toEqual([null, null, null]);
       expect(written.errors[3]).toMatch(/authentication failed/);
-      expect(written.writeErrors).toEqual([]);
+      expect(written.writeErrors).toEqual([[4, expect.stringMatching(/EEXIST/)]]);
       if (direct)
         expect(written.directBytes).toBeGreaterThan(600_000); // the run c0 c1 c2, less its ends
       else expect(written.directBytes).toBe(0);
@@ -82,5 +87,9 @@ describe.each([0, 1])("restore writes with %i worker thread(s)", (threads) => {
     const expected = Buffer.concat([c0, c1, c2, c0, Buffer.alloc(c3.length)]); // the damaged chunk: not written
     expect((await readFile(a)).equals(expected)).toBe(true);
     expect((await readFile(b)).equals(c1)).toBe(true);
+    expect((await readFile(c)).equals(c2)).toBe(true);
+    const st = await stat(c);
+    expect([st.mode & 0o777, st.mtimeMs]).toEqual([0o640, 1_700_000_000_500]);
+    expect(await readFile(taken, "utf8")).toBe("someone else's");
   });
 });
