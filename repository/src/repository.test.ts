@@ -156,6 +156,30 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await store.close();
   });
 
+  it("with verifyChunks, refuses a chunk that is not what its id says (the control plane's arrival check)", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const writer = await repository.writer({ verifyChunks: true });
+    const good = sealed(key, randomBytes(5000));
+    const other = sealed(key, randomBytes(5000));
+    // A valid envelope under another chunk's id, a flipped byte, and a lie about the length: all refused.
+    const swapped = { ...good, id: other.id };
+    const flipped = { ...good, blob: Buffer.from(good.blob) };
+    flipped.blob[20] ^= 1;
+    for (const [bad, why] of [
+      [swapped, /arrived damaged: authentication failed/],
+      [flipped, /arrived damaged: authentication failed/],
+      [{ ...good, plainLength: 4999 }, /arrived damaged: .*expected 4999/],
+    ] as const) {
+      await expect(writer.put([bad])).rejects.toThrow(why);
+    }
+    await writer.put([good]);
+    expect(await writer.missing([good.id, other.id])).toEqual([other.id]);
+    await writer.abort();
+    await store.close();
+  });
+
   it("brings a cached index up to date: new packs are read, pruned ones forgotten", async () => {
     const store = make();
     const key = generateRepositoryKey();
