@@ -71,6 +71,8 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
 
     const key = randomBytes(32).toString("hex");
     const repoDir = join(work, "dumont-repo");
+    // With --keep the repository stays readable afterwards: DUMONT_REPO_KEY=$(cat dumont-repo.key).
+    if (options.keep) await writeFile(join(work, "dumont-repo.key"), `${key}\n`, { mode: 0o600 });
     const stateDir = join(work, "dumont-state");
     const base = { repo: pathToFileURL(repoDir).href, key, source: corpus.root, stateDir };
 

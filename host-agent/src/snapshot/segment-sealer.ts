@@ -13,6 +13,13 @@ export interface FileSegment {
   start: number;
   /** Chunks are cut until one starts at or after `end`; the last may run past it. */
   end: number;
+  /**
+   * Cut (without sealing) from this many bytes before `start`, and seal from the first cut at or after
+   * `start`. Two chains of cuts started apart agree from their first common cut on, usually within a chunk
+   * or two: a segment of a split file then starts where the file's single chain enters it, and the chunks
+   * its worker seals are the ones a single pass gives, so nothing is sealed twice at the seam.
+   */
+  lookback?: number;
 }
 
 export interface SealedSegments {
@@ -78,9 +85,9 @@ export function createSegmentSealer(deps: {
           fd = fs.openSync(seg.path, flags);
           if (!fs.fstatSync(fd).isFile()) throw changed("it is no longer a regular file");
           // window holds file bytes [winStart, winEnd)
-          let winStart = seg.start;
-          let winEnd = seg.start;
-          let s = seg.start;
+          let s = Math.max(0, seg.start - (seg.lookback ?? 0));
+          let winStart = s;
+          let winEnd = s;
           while (s < seg.end && s < seg.fileSize) {
             const need = Math.min(readEnd, s + chunker.max);
             if (need > winEnd) {
@@ -96,6 +103,10 @@ export function createSegmentSealer(deps: {
               }
             }
             const e = scanner.findEnd(winStart, s, seg.fileSize, chunker);
+            if (s < seg.start) {
+              s = e; // still looking back: cut only
+              continue;
+            }
             const len = e - s;
             if (pos + len + codec.overhead > out.length) {
               const bigger = Buffer.allocUnsafeSlow(Math.max(out.length * 2, pos + len + codec.overhead));

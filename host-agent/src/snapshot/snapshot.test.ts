@@ -165,13 +165,24 @@ describe("snapshot engine", () => {
     await mkdir(source);
     const content = seeded(3_000_000, "split");
     await writeFile(join(source, "big"), content);
+    // Constant bytes cut at fixed sizes from wherever a chain starts, so a segment's look-back chain cannot
+    // meet the file's own there: the seams in that half are stitched on the calling thread instead.
+    const regular = Buffer.concat([Buffer.alloc(1_500_000, 7), seeded(1_500_000, "tail")]);
+    await writeFile(join(source, "regular"), regular);
     const key = generateRepositoryKey();
     const repo = pathToFileURL(fresh("repo")).href;
     const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL, segmentSize: 600 * 1024 });
     const repository = await Repository.open(openBlobStore(repo), key);
     const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
-    const entry = manifest.entries.find((e) => e.path === "big");
-    expect(entry?.type === "file" && entry.lengths).toEqual(chunkLengths(content, CHUNKER));
+    const lengthsOf = (path: string) => {
+      const entry = manifest.entries.find((e) => e.path === path);
+      return entry?.type === "file" && entry.lengths;
+    };
+    expect(lengthsOf("big")).toEqual(chunkLengths(content, CHUNKER));
+    expect(lengthsOf("regular")).toEqual(chunkLengths(regular, CHUNKER));
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect((await readFile(join(target, "regular"))).equals(regular)).toBe(true);
   });
 
   it("works without worker threads too", async () => {
