@@ -398,6 +398,13 @@ export class SnapshotWorkerPool {
   private readonly idleShared: SharedArrayBuffer[] = [];
   private nextSharedId = 0;
   private seq = 0;
+  /** Requests waiting for an idle worker. */
+  private readonly queue: {
+    request: Extract<WorkerRequest, { seq: number }>;
+    transfer: ArrayBuffer[];
+    resolve(value: unknown): void;
+    reject(err: Error): void;
+  }[] = [];
   private closed = false;
   private failure: Error | undefined;
   private localSealer: SegmentSealer | undefined;
@@ -431,6 +438,7 @@ export class SnapshotWorkerPool {
         entry.pending.delete(msg.seq);
         // Only a worker with work in hand keeps the process alive.
         if (--entry.busy === 0) worker.unref();
+        this.dispatch();
         if (msg.error !== undefined) p.reject(new Error(`snapshot worker failed: ${msg.error}`));
         else p.resolve(msg);
       });
@@ -606,25 +614,41 @@ export class SnapshotWorkerPool {
   private run(request: Extract<WorkerRequest, { seq: number }>, transfer: ArrayBuffer[]): Promise<unknown> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new Error("the snapshot worker pool is closed"));
-    let entry = this.workers[0];
-    for (const w of this.workers) if (w.busy < entry.busy) entry = w;
-    const seq = ++this.seq;
-    if (entry.busy++ === 0) entry.worker.ref();
     return new Promise((resolve, reject) => {
-      entry.pending.set(seq, { resolve, reject });
-      entry.worker.postMessage({ ...request, seq }, transfer);
+      this.queue.push({ request, transfer, resolve, reject });
+      this.dispatch();
     });
+  }
+
+  /**
+   * Hands queued requests to idle workers, one each: a request waits here rather than behind another on a
+   * busy worker. Queued on the least busy worker instead, restores ran one worker at 70 batches and the
+   * other at 47 and idle for the last third of a second (ties went to the first worker).
+   */
+  private dispatch(): void {
+    for (const entry of this.workers) {
+      if (this.queue.length === 0 || this.failure) return;
+      if (entry.busy > 0) continue;
+      const job = this.queue.shift()!;
+      const seq = ++this.seq;
+      entry.busy++;
+      entry.worker.ref();
+      entry.pending.set(seq, { resolve: job.resolve, reject: job.reject });
+      entry.worker.postMessage({ ...job.request, seq }, job.transfer);
+    }
   }
 
   private fail(entry: PoolWorker, err: Error): void {
     this.failure ??= err;
     for (const p of entry.pending.values()) p.reject(err);
     entry.pending.clear();
+    for (const job of this.queue.splice(0)) job.reject(err);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    for (const job of this.queue.splice(0)) job.reject(new Error("the snapshot worker pool is closed"));
     await Promise.all(this.workers.map((w) => w.worker.terminate()));
   }
 }
