@@ -222,18 +222,24 @@ export function openAndWrite(
     const c = -1 - fd;
     const path = creates!.paths[c];
     let f = -1;
+    let created = false;
     try {
       const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
       f = fs.openSync(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+      created = true;
       writeFully(f, from, length, 0);
       fs.fchmodSync(f, creates!.modes[c]);
       fs.futimesSync(f, creates!.mtimes[c], creates!.mtimes[c]);
-      fs.closeSync(f);
+      const done = f;
+      f = -1;
+      fs.closeSync(done);
       return null;
     } catch (err) {
-      if (f >= 0) {
-        fs.closeSync(f);
-        fs.rmSync(path, { force: true });
+      try {
+        if (f >= 0) fs.closeSync(f);
+        if (created) fs.rmSync(path, { force: true });
+      } catch {
+        // reported below; the restore names the file as not restored
       }
       return err instanceof Error ? err.message : String(err);
     }
