@@ -91,16 +91,18 @@ export class RepositoryChunkSource implements ChunkSource {
       const into = reuse
         ? (free.pop() ?? Buffer.allocUnsafeSlow(Math.max(maxRead, length)))
         : readBuffers?.allocate(length).subarray(0, length);
-      return store.getRange(packKey(read.packId), read.start, length, into).then(
-        (got) => {
-          if (readBuffers && into && got.buffer !== into.buffer) readBuffers.release(into);
-          return got;
-        },
-        (err: unknown) => {
-          if (readBuffers && into) readBuffers.release(into);
-          return err instanceof Error ? err : new Error(String(err));
-        },
-      );
+      return store
+        .getRange(packKey(read.packId), read.start, length, into && into.length >= length ? into : undefined)
+        .then(
+          (got) => {
+            if (readBuffers && into && got.buffer !== into.buffer) readBuffers.release(into);
+            return got;
+          },
+          (err: unknown) => {
+            if (readBuffers && into) readBuffers.release(into);
+            return err instanceof Error ? err : new Error(String(err));
+          },
+        );
     };
     const readAhead = Math.max(1, this.options.readAhead ?? 4);
     const inFlight: Promise<Buffer | Error>[] = [];
