@@ -1,7 +1,7 @@
 // Lists a workspace for a snapshot: every directory, regular file and symlink under the root, depth first in
 // name order (parents before children), without following symlinks. Anything else is skipped and reported.
-import type { BigIntStats, Dirent } from "node:fs";
-import { lstat, readdir, readlink } from "node:fs/promises";
+import { type BigIntStats, type Dirent, lstatSync, readlinkSync } from "node:fs";
+import { lstat, readdir } from "node:fs/promises";
 import { join } from "node:path";
 
 export interface SourceEntry {
@@ -15,6 +15,9 @@ export interface SourceEntry {
   ino: bigint;
   target?: string;
 }
+
+/** Entries stat'ed between two turns of the event loop (the agent's session must keep talking meanwhile). */
+const STAT_BATCH = 256;
 
 export interface SkippedEntry {
   path: string;
@@ -43,26 +46,23 @@ async function walk(dirAbs: string, dirRel: string, entries: SourceEntry[], skip
     return;
   }
   const names = dirents.map((d) => d.name).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-  const stats = await mapLimited(names, 32, async (name) => {
-    const abs = join(dirAbs, name);
-    try {
-      const st = await lstat(abs, { bigint: true });
-      const target = st.isSymbolicLink() ? await readlink(abs) : undefined;
-      return { st, target };
-    } catch (err) {
-      return { err: err as NodeJS.ErrnoException };
-    }
-  });
   for (let i = 0; i < names.length; i++) {
+    // lstat on this thread, a few hundred at a time between turns of the event loop: a promise per file
+    // (a libuv round trip each) took 100-180 ms for the bench corpus's 2,000 files, sync calls 35-70 ms.
+    if (i > 0 && i % STAT_BATCH === 0) await new Promise((resolve) => setImmediate(resolve));
     const name = names[i];
     const rel = dirRel === "" ? name : `${dirRel}/${name}`;
     const abs = join(dirAbs, name);
-    const r = stats[i];
-    if ("err" in r) {
-      if (r.err?.code !== "ENOENT") skipped.push({ path: rel, reason: r.err?.message ?? "cannot stat" });
+    let st: BigIntStats;
+    let target: string | undefined;
+    try {
+      st = lstatSync(abs, { bigint: true });
+      if (st.isSymbolicLink()) target = readlinkSync(abs);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      if (e.code !== "ENOENT") skipped.push({ path: rel, reason: e.message ?? "cannot stat" });
       continue;
     }
-    const st: BigIntStats = r.st;
     const base = { path: rel, abs, mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, ino: st.ino };
     if (st.isDirectory()) {
       entries.push({ ...base, type: "dir", size: 0 });
@@ -70,22 +70,9 @@ async function walk(dirAbs: string, dirRel: string, entries: SourceEntry[], skip
     } else if (st.isFile()) {
       entries.push({ ...base, type: "file", size: Number(st.size) });
     } else if (st.isSymbolicLink()) {
-      entries.push({ ...base, type: "symlink", size: 0, target: r.target });
+      entries.push({ ...base, type: "symlink", size: 0, target });
     } else {
       skipped.push({ path: rel, reason: "not a regular file, directory or symlink" });
     }
   }
-}
-
-async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length);
-  let next = 0;
-  const run = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
-  return out;
 }
