@@ -13,15 +13,9 @@ export interface ChunkSourceOptions {
   /** Unneeded bytes between two chunks worth reading over instead of issuing a second request (default 1 MiB). */
   maxGap?: number;
   /**
-   * Reuse read buffers: a yielded blob is then only valid until the next value is requested. Saves an
-   * allocation per read for consumers that copy each blob at once (the agent's restore); off by default.
-   */
-  reuseBuffers?: boolean;
-  /**
    * Where read buffers come from (default: fresh ones). A yielded blob's memory then belongs to the consumer,
    * which may hand it on without copying (the agent's restore passes worker-shared memory straight to its
    * workers). A buffer the store did not read into (S3 returns its own) goes back through `release`.
-   * Overrides `reuseBuffers`.
    */
   readBuffers?: { allocate(size: number): Buffer; release(buffer: Buffer): void };
 }
@@ -82,27 +76,20 @@ export class RepositoryChunkSource implements ChunkSource {
       }
     }
     const store = this.repository.store;
-    // With reuseBuffers, a read buffer is reused once the consumer has moved past every blob in it.
     const { readBuffers } = this.options;
-    const reuse = this.options.reuseBuffers === true && !readBuffers;
-    const free: Buffer[] = [];
     const fetchRead = (read: PlannedRead): Promise<Buffer | Error> => {
       const length = read.end - read.start;
-      const into = reuse
-        ? (free.pop() ?? Buffer.allocUnsafeSlow(Math.max(maxRead, length)))
-        : readBuffers?.allocate(length).subarray(0, length);
-      return store
-        .getRange(packKey(read.packId), read.start, length, into && into.length >= length ? into : undefined)
-        .then(
-          (got) => {
-            if (readBuffers && into && got.buffer !== into.buffer) readBuffers.release(into);
-            return got;
-          },
-          (err: unknown) => {
-            if (readBuffers && into) readBuffers.release(into);
-            return err instanceof Error ? err : new Error(String(err));
-          },
-        );
+      const into = readBuffers?.allocate(length).subarray(0, length);
+      return store.getRange(packKey(read.packId), read.start, length, into).then(
+        (got) => {
+          if (into && got.buffer !== into.buffer) readBuffers!.release(into);
+          return got;
+        },
+        (err: unknown) => {
+          if (into) readBuffers!.release(into);
+          return err instanceof Error ? err : new Error(String(err));
+        },
+      );
     };
     const readAhead = Math.max(1, this.options.readAhead ?? 4);
     const inFlight: Promise<Buffer | Error>[] = [];
@@ -118,9 +105,6 @@ export class RepositoryChunkSource implements ChunkSource {
           const at = item.offset - read.start;
           yield { id: item.id, pack: read.packId, blob: result.subarray(at, at + item.length) };
         }
-      }
-      if (reuse && !(result instanceof Error) && result.buffer.byteLength >= maxRead && free.length < readAhead) {
-        free.push(Buffer.from(result.buffer, 0, result.buffer.byteLength));
       }
     }
   }

@@ -57,11 +57,10 @@ export interface ChunkSource {
   readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlob: Buffer }>;
   /**
    * Yields each requested chunk once, in any order. A chunk that cannot be read is yielded with `error`
-   * (and no blob) so the caller can name the files it affects. A source may be set up to reuse its read
-   * buffers (RepositoryChunkSource's `reuseBuffers`); a blob from such a source is only valid until the next
-   * value is requested, and a blob may be a view into a larger buffer (the stream source hands out views
-   * into the received message), so a caller must not transfer or detach its memory. The agent's restore
-   * copies each blob at once, so it works with either kind.
+   * (and no blob) so the caller can name the files it affects. A blob may be a view into a larger buffer
+   * (the stream source hands out views into the received message), so a caller must not transfer or detach
+   * its memory. The agent's restore copies each blob at once, unless it already sits in memory the workers
+   * share (RepositoryChunkSource's `readBuffers`).
    */
   get(ids: Buffer[]): AsyncIterable<FetchedChunk>;
 }

@@ -267,7 +267,7 @@ export class SnapshotCoordinator {
     let bytes = 0;
     const flush = async (last: boolean) => {
       // Encoded now, in one copy (grpc-js serialises a queued message later). The blobs are views of the
-      // source's read buffers, which it does not reuse (no reuseBuffers), so they are intact until here.
+      // source's read buffers, which it never reuses, so they are intact until here.
       const message = encodeRestoreChunks(requestId, batch, last, pending);
       pending = [];
       bytes = 0;
