@@ -27,10 +27,15 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     await unlink(temp).catch(() => {});
     throw err;
   }
-  const dirHandle = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  await syncDirectory(dir);
+}
+
+/** Makes a rename (or create, or unlink) in `dir` durable. */
+export async function syncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
-    await dirHandle.sync();
+    await handle.sync();
   } finally {
-    await dirHandle.close();
+    await handle.close();
   }
 }

@@ -8,6 +8,7 @@ import { constants, type Dirent } from "node:fs";
 import { link, mkdir, open, readdir, rename, stat, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { pathToFileURL } from "node:url";
+import { syncDirectory } from "./atomic-file.js";
 import { assertBlobKey, type BlobInfo, type BlobStore } from "./blob-store.js";
 import { RepositoryError } from "./errors.js";
 
@@ -289,15 +290,6 @@ async function readFully(
       );
     }
     done += bytesRead;
-  }
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 
