@@ -293,7 +293,8 @@ async function restoreWindow(
       const destStart = new Int32Array(batchHexes.length + 1);
       const dests: number[] = [];
       const targets: Destination[] = [];
-      const creates: NewFiles = { paths: [], modes: new Int32Array(0), mtimes: new Float64Array(0) };
+      // One-chunk files the worker creates: dest fd -1 - i is file i here.
+      const paths: string[] = [];
       const modes: number[] = [];
       const mtimes: number[] = [];
       for (const hex of batchHexes) for (const d of destinations.get(hex) ?? []) await d.file.ready;
@@ -315,8 +316,8 @@ async function restoreWindow(
           }
           targets.push(d);
           if (d.file.byWorker) {
-            dests.push(-1 - creates.paths.length, -1, 0);
-            creates.paths.push(d.file.abs);
+            dests.push(-1 - paths.length, -1, 0);
+            paths.push(d.file.abs);
             modes.push(d.file.entry.mode);
             mtimes.push(nsToSeconds(d.file.entry.mtimeNs));
           } else {
@@ -325,8 +326,8 @@ async function restoreWindow(
         }
       }
       destStart[batchHexes.length] = targets.length;
-      creates.modes = Int32Array.from(modes);
-      creates.mtimes = Float64Array.from(mtimes);
+      const creates: NewFiles | undefined =
+        paths.length > 0 ? { paths, modes: Int32Array.from(modes), mtimes: Float64Array.from(mtimes) } : undefined;
       const run = pool.writeChunks(
         options.key,
         data!.subarray(0, taskBytes),
@@ -335,7 +336,7 @@ async function restoreWindow(
         lengths,
         destStart,
         Float64Array.from(dests),
-        creates.paths.length > 0 ? creates : undefined,
+        creates,
       );
       const step = run
         .then((written) => {
