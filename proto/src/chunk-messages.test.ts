@@ -58,6 +58,28 @@ describe("hand-encoded chunk messages", () => {
     }
   });
 
+  it("encode into a buffer the caller provides when one is given, with the same bytes", () => {
+    const taken: number[] = [];
+    const scratch = Buffer.alloc(400_000, 0xee);
+    const buffers = {
+      take(size: number) {
+        taken.push(size);
+        return size <= scratch.length ? scratch : Buffer.alloc(size);
+      },
+    };
+    const encoded = encodeSnapshotChunks("req-1", 5n, chunks, buffers);
+    expect(encoded.buffer).toBe(scratch.buffer);
+    expect(encoded.byteOffset).toBe(0);
+    expect(taken).toEqual([encoded.length]);
+    expect(Buffer.from(encoded).equals(Buffer.from(encodeSnapshotChunks("req-1", 5n, chunks)))).toBe(true);
+    // The rest of the buffer is left alone.
+    expect(scratch.subarray(encoded.length).every((b) => b === 0xee)).toBe(true);
+
+    const restore = encodeRestoreChunks("req-2", 1n, true, chunks, buffers);
+    expect(restore.buffer).toBe(scratch.buffer);
+    expect(Buffer.from(restore).equals(Buffer.from(encodeRestoreChunks("req-2", 1n, true, chunks)))).toBe(true);
+  });
+
   it("refuses a plain length that is not a uint32", () => {
     expect(() =>
       encodeSnapshotChunks("r", 1n, [{ id: randomBytes(32), blob: randomBytes(4), plainLength: 2 ** 32 }]),

@@ -30,9 +30,23 @@ const CONTROL_RESTORE_CHUNKS = 12;
 const WIRE_VARINT = 0;
 const WIRE_LEN = 2;
 
+/**
+ * Where an encoder writes: `take(size)` gives a buffer of at least `size` bytes (the message is a view of its
+ * start). The sender hands it back once the stream has copied the message (grpc-js frames every message into
+ * a buffer of its own), so bulk transfers reuse a few buffers instead of allocating one per message.
+ */
+export interface EncodeBuffers {
+  take(size: number): Buffer;
+}
+
 /** AgentMessage { snapshot_chunks { request_id, chunks, epoch } } in wire form. */
-export function encodeSnapshotChunks(requestId: string, epoch: bigint, chunks: readonly WireChunk[]): EncodedMessage {
-  return encodeChunkMessage(AGENT_SNAPSHOT_CHUNKS, requestId, chunks, [[3, epoch]], false);
+export function encodeSnapshotChunks(
+  requestId: string,
+  epoch: bigint,
+  chunks: readonly WireChunk[],
+  buffers?: EncodeBuffers,
+): EncodedMessage {
+  return encodeChunkMessage(AGENT_SNAPSHOT_CHUNKS, requestId, chunks, [[3, epoch]], false, buffers);
 }
 
 /** ControlMessage { restore_chunks { request_id, chunks, batch, last } } in wire form. */
@@ -41,8 +55,9 @@ export function encodeRestoreChunks(
   batch: bigint,
   last: boolean,
   chunks: readonly WireChunk[],
+  buffers?: EncodeBuffers,
 ): EncodedMessage {
-  return encodeChunkMessage(CONTROL_RESTORE_CHUNKS, requestId, chunks, [[3, batch]], last);
+  return encodeChunkMessage(CONTROL_RESTORE_CHUNKS, requestId, chunks, [[3, batch]], last, buffers);
 }
 
 function encodeChunkMessage(
@@ -51,6 +66,7 @@ function encodeChunkMessage(
   chunks: readonly WireChunk[],
   numbers: [number, bigint][],
   last: boolean,
+  buffers: EncodeBuffers | undefined,
 ): EncodedMessage {
   const requestIdBytes = Buffer.from(requestId, "utf8");
   const errors = chunks.map((c) => (c.error ? Buffer.from(c.error, "utf8") : undefined));
@@ -60,7 +76,7 @@ function encodeChunkMessage(
   for (const [, value] of numbers) if (value !== 0n) inner += 1 + varintSize(value);
   if (last) inner += 2;
   const total = lengthField(inner);
-  const out = Buffer.allocUnsafe(total);
+  const out = buffers ? buffers.take(total).subarray(0, total) : Buffer.allocUnsafe(total);
   let at = writeTag(out, 0, outerField, WIRE_LEN);
   at = writeVarint(out, at, BigInt(inner));
   if (requestIdBytes.length > 0) at = writeBytes(out, at, 1, requestIdBytes);

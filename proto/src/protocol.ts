@@ -9,6 +9,14 @@ export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [1];
 export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 /** Snapshot chunk batches are cut at this many payload bytes. */
 export const STREAM_BATCH_BYTES = 1024 * 1024;
+/**
+ * Size of the reusable buffers chunk messages are encoded into. It holds a full batch with its framing, and
+ * a batch of one chunk of up to 2 MiB (a batch is cut before the chunk that would overflow it, unless that
+ * chunk is alone; chunks average 1 MiB). A message of one larger chunk (up to 4 MiB) gets a buffer its size.
+ */
+export const STREAM_MESSAGE_BUFFER_BYTES = 2 * STREAM_BATCH_BYTES + 64 * 1024;
+/** Encode buffers a sender keeps for reuse: the stream's write queue holds 16 messages before it pushes back. */
+export const STREAM_BUFFERS_KEPT = 18;
 
 /**
  * The name every control-plane server certificate carries. Agents pin the CA by hash and check this

@@ -4,6 +4,7 @@
 
 export { writeFileAtomic } from "./atomic-file.js";
 export type { BlobInfo, BlobStore } from "./blob-store.js";
+export { BufferPool } from "./buffer-pool.js";
 export {
   type AffectedFile,
   type CheckOptions,

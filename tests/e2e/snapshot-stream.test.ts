@@ -1,5 +1,6 @@
 // Snapshots through the control plane: the agent streams sealed chunks over its Connect stream, the
 // control plane packs them into its blob store and commits; restore streams them back.
+import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
 import { createClient } from "@connectrpc/connect";
@@ -17,7 +18,7 @@ import {
   testDatabaseUrl,
   waitFor,
 } from "../support/processes.js";
-import { describeTree, makeWorkspace } from "../support/workspace.js";
+import { ageFiles, describeTree, makeWorkspace } from "../support/workspace.js";
 
 interface SnapshotJson {
   id: string;
@@ -109,6 +110,22 @@ describe("snapshots over the agent stream", () => {
     await cli(["snapshot", "restore", second.id, "--host", agent.hostId, "--target", target2, "--json"]);
     expect(await describeTree(target2)).toEqual(await describeTree(workspace));
     expect((await snapshots()).map((s) => s.id)).toEqual([first.id, second.id]);
+  });
+
+  it("restores a workspace many pack reads long byte for byte (the control plane reuses its read buffers)", async () => {
+    // 72 MiB that does not compress: more 8 MiB pack reads than the control plane keeps buffers for, so
+    // later reads land in buffers earlier chunks were sent from.
+    const tree = path.join(root, "large-tree");
+    await fs.mkdir(tree);
+    for (let i = 0; i < 6; i++) await fs.writeFile(path.join(tree, `shard-${i}.bin`), randomBytes(12 * 1024 * 1024));
+    await ageFiles(tree);
+    const snap = (await cli(["snapshot", "create", "--host", agent.hostId, "--path", tree, "--json"])) as SnapshotJson;
+    expect(snap.bytesNew).toBe(72 * 1024 * 1024);
+    const target = path.join(root, "large-restore");
+    await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
+    expect(await describeTree(target)).toEqual(await describeTree(tree));
+    await fs.rm(target, { recursive: true });
+    await fs.rm(tree, { recursive: true });
   });
 
   it("streams progress while the agent snapshots and restores, then the result as the last event", async () => {

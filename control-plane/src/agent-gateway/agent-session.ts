@@ -28,11 +28,13 @@ export class AgentSession {
   /**
    * Sends one message. Resolves once the stream accepts more (write() returned true or 'drain'),
    * so a fast producer cannot buffer unbounded data in memory; rejects if the stream closed.
+   * `onWritten` runs once the message's bytes have been copied on, so its buffer may be reused.
    */
-  async send(message: ControlMessage | EncodedMessage): Promise<void> {
+  async send(message: ControlMessage | EncodedMessage, onWritten?: () => void): Promise<void> {
     if (this.closed) throw new Error(`host ${this.hostId} is not connected`);
-    // An EncodedMessage goes through the serializer unchanged (grpc-service.ts).
-    if (this.stream.write(message as ControlMessage)) return;
+    // An EncodedMessage goes through the serializer unchanged (grpc-service.ts). The write callback runs once
+    // grpc-js has framed the message into its own buffer and handed it to HTTP/2 (or the write failed).
+    if (this.stream.write(message as ControlMessage, onWritten && (() => onWritten()))) return;
     const ok = await new Promise<boolean>((resolve) => this.waiters.add(resolve));
     if (!ok) throw new Error(`host ${this.hostId} disconnected while sending`);
   }

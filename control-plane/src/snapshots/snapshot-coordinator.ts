@@ -10,10 +10,13 @@ import {
   encodeRestoreChunks,
   type SnapshotCommit,
   STREAM_BATCH_BYTES,
+  STREAM_BUFFERS_KEPT,
+  STREAM_MESSAGE_BUFFER_BYTES,
   type WireChunk,
 } from "@dumont/proto";
 import {
   type BlobStore,
+  BufferPool,
   openBlobStore,
   Repository,
   type RepositoryChunkSource,
@@ -26,6 +29,15 @@ import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { TenantKeys } from "./tenant-keys.js";
+
+/** Ranged pack reads of a streamed restore: their size and how many are kept in flight. */
+const RESTORE_READ_BYTES = 8 * 1024 * 1024;
+const RESTORE_READ_AHEAD = 4;
+
+interface RestorePools {
+  reads: BufferPool;
+  messages: BufferPool;
+}
 
 /** How far an operation has got, as the agent reports it (bytes read for a snapshot, written for a restore). */
 export interface TransferProgress {
@@ -205,7 +217,15 @@ export class SnapshotCoordinator {
     const key = await this.tenantKeys.get(req.snapshot.tenant_id);
     const repository = await this.repository(req.snapshot.tenant_id, key);
     const index = await repository.loadIndex({ into: this.index(req.snapshot.tenant_id) });
-    const source: RepositoryChunkSource = await repository.chunkSource({ index });
+    // Pack reads and outgoing messages reuse a few buffers for the whole restore (see BufferPool).
+    const reads = new BufferPool(RESTORE_READ_BYTES, RESTORE_READ_AHEAD + 2);
+    const pools: RestorePools = { reads, messages: new BufferPool(STREAM_MESSAGE_BUFFER_BYTES, STREAM_BUFFERS_KEPT) };
+    const source: RepositoryChunkSource = await repository.chunkSource({
+      index,
+      readAhead: RESTORE_READ_AHEAD,
+      maxRead: RESTORE_READ_BYTES,
+      readBuffers: { allocate: (size) => reads.take(size), release: (buffer) => reads.give(buffer) },
+    });
     const { manifestBlob } = await source.readManifest(req.snapshot.id);
     const requestId = randomUUID();
     const session = req.session;
@@ -226,7 +246,7 @@ export class SnapshotCoordinator {
           if (m.case === "restoreChunkRequest") {
             const batch = m.value.batch;
             const ids = m.value.chunkIds.map((id) => Buffer.from(id));
-            void this.streamChunks(session, source, requestId, batch, ids).catch((err: Error) => finish(err));
+            void this.streamChunks(session, source, pools, requestId, batch, ids).catch((err: Error) => finish(err));
           } else if (m.case === "restoreProgress" && !m.value.done) {
             req.onProgress?.({ bytesDone: Number(m.value.bytesWritten), bytesTotal: Number(m.value.bytesTotal) });
           } else if (m.case === "restoreProgress" && m.value.done) {
@@ -259,26 +279,38 @@ export class SnapshotCoordinator {
   private async streamChunks(
     session: AgentSession,
     source: RepositoryChunkSource,
+    pools: RestorePools,
     requestId: string,
     batch: bigint,
     ids: Buffer[],
   ): Promise<void> {
     let pending: WireChunk[] = [];
     let bytes = 0;
+    // The source yields the chunks of one read buffer after another: once a chunk comes from a new buffer, the
+    // previous one is finished, and it goes back to the pool when the message holding its last chunks is encoded.
+    let current: Uint8Array | undefined;
+    let finished: Uint8Array[] = [];
     const flush = async (last: boolean) => {
-      // Encoded now, in one copy (grpc-js serialises a queued message later). The blobs are views of the
-      // source's read buffers, which it never reuses, so they are intact until here.
-      const message = encodeRestoreChunks(requestId, batch, last, pending);
+      // Encoded now, in one copy (grpc-js serialises a queued message later): the blobs' read buffers are free
+      // from here on, the message's buffer once grpc-js has framed it.
+      const message = encodeRestoreChunks(requestId, batch, last, pending, pools.messages);
+      for (const buffer of finished) pools.reads.give(buffer);
+      finished = [];
       pending = [];
       bytes = 0;
-      await session.send(message);
+      await session.send(message, () => pools.messages.give(message));
     };
     for await (const chunk of source.get(ids)) {
+      if (chunk.blob && chunk.blob.buffer !== current?.buffer) {
+        if (current) finished.push(current);
+        current = chunk.blob;
+      }
       const length = chunk.blob?.length ?? 0;
       if (bytes > 0 && bytes + length > STREAM_BATCH_BYTES) await flush(false);
       pending.push(chunk.blob ? { id: chunk.id, blob: chunk.blob } : { id: chunk.id, error: chunk.error });
       bytes += length;
     }
+    if (current) finished.push(current);
     await flush(true);
   }
 

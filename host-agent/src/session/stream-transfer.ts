@@ -8,13 +8,25 @@ import {
   type EncodedMessage,
   encodeSnapshotChunks,
   STREAM_BATCH_BYTES,
+  STREAM_BUFFERS_KEPT,
+  STREAM_MESSAGE_BUFFER_BYTES,
   type WireChunk,
 } from "@dumont/proto";
-import type { ChunkSink, ChunkSource, FetchedChunk, SealedChunk, SnapshotMeta } from "@dumont/repository";
+import {
+  BufferPool,
+  type ChunkSink,
+  type ChunkSource,
+  type FetchedChunk,
+  type SealedChunk,
+  type SnapshotMeta,
+} from "@dumont/repository";
 
 /** What the stream classes need from the session. */
 export interface StreamPort {
-  send(message: ReturnType<typeof create<typeof AgentMessageSchema>> | EncodedMessage): Promise<void>;
+  send(
+    message: ReturnType<typeof create<typeof AgentMessageSchema>> | EncodedMessage,
+    onWritten?: () => void,
+  ): Promise<void>;
 }
 
 type Waiter<T> = { resolve: (v: T) => void; reject: (e: Error) => void };
@@ -24,6 +36,8 @@ export class StreamChunkSink implements ChunkSink {
   private readonly needs = new Map<bigint, Waiter<Buffer[]>>();
   private committed: Waiter<string> | undefined;
   private failed: Error | undefined;
+  /** Message buffers, back in the pool once grpc-js has copied each message. */
+  private readonly buffers = new BufferPool(STREAM_MESSAGE_BUFFER_BYTES, STREAM_BUFFERS_KEPT);
 
   constructor(
     private readonly port: StreamPort,
@@ -74,10 +88,10 @@ export class StreamChunkSink implements ChunkSink {
       if (pending.length === 0) return;
       // Encoded now, in one copy: grpc-js may serialise a queued message after put() resolved, and the
       // engine reuses (or transfers to a worker, emptying) the chunk's memory as soon as put() resolves.
-      const message = encodeSnapshotChunks(this.requestId, this.epoch, pending);
+      const message = encodeSnapshotChunks(this.requestId, this.epoch, pending, this.buffers);
       pending = [];
       bytes = 0;
-      await this.port.send(message);
+      await this.port.send(message, () => this.buffers.give(message));
     };
     for (const c of chunks) {
       if (bytes > 0 && bytes + c.blob.length > STREAM_BATCH_BYTES) await flush();
