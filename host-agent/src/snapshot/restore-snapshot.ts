@@ -284,10 +284,13 @@ async function restoreWindow(
 
     // The workers open, verify and write each batch themselves (the plain bytes never come back to this
     // thread); here we only decide where each chunk goes and account for what was written.
-    const flush = async (): Promise<void> => {
-      if (hexes.length === 0) return;
-      const batchHexes = hexes;
-      const batchPacks = packs;
+    const submit = (
+      batchData: Buffer,
+      batchRanges: number[],
+      batchHexes: string[],
+      batchPacks: (string | undefined)[],
+      recycle: boolean,
+    ): Promise<void> => {
       const lengths = new Int32Array(batchHexes.length);
       const ids = Buffer.allocUnsafeSlow(32 * batchHexes.length);
       const destStart = new Int32Array(batchHexes.length + 1);
@@ -297,7 +300,6 @@ async function restoreWindow(
       const paths: string[] = [];
       const modes: number[] = [];
       const mtimes: number[] = [];
-      for (const hex of batchHexes) for (const d of destinations.get(hex) ?? []) await d.file.ready;
       for (let i = 0; i < batchHexes.length; i++) {
         const list = destinations.get(batchHexes[i]) ?? [];
         // Every use of a chunk id has the same length unless the manifest lies; then the odd ones are marked.
@@ -330,15 +332,16 @@ async function restoreWindow(
         paths.length > 0 ? { paths, modes: Int32Array.from(modes), mtimes: Float64Array.from(mtimes) } : undefined;
       const run = pool.writeChunks(
         options.key,
-        data!.subarray(0, taskBytes),
-        Int32Array.from(ranges),
+        batchData,
+        Int32Array.from(batchRanges),
         ids,
         lengths,
         destStart,
         Float64Array.from(dests),
         creates,
+        { recycle },
       );
-      const step = run
+      return run
         .then((written) => {
           const failedWrites = new Map(written.writeErrors);
           for (let i = 0; i < batchHexes.length; i++) {
@@ -368,13 +371,45 @@ async function restoreWindow(
         .catch((err: unknown) => {
           failure ??= err;
         });
-      inflight.push(step);
+    };
+
+    const flush = async (): Promise<void> => {
+      if (hexes.length === 0) return;
+      const batchData = data!.subarray(0, taskBytes);
+      const batchRanges = ranges;
+      const batchHexes = hexes;
+      const batchPacks = packs;
       data = undefined;
       borrowed = false;
       ranges = [];
       hexes = [];
       packs = [];
       taskBytes = 0;
+      for (const hex of batchHexes) for (const d of destinations.get(hex) ?? []) await d.file.ready;
+      // A read buffer can hold far more work than its size says: 8 MiB of compressed source files is 500
+      // files to create, of compressed CSV 25 MiB to write. Parts of it go to different workers (they share
+      // the buffer), and the buffer is recycled once every part is written.
+      const cuts = pool.threads > 1 && pool.isShared(batchData.buffer) ? splitBatch(batchHexes, destinations) : [];
+      if (cuts.length === 0) {
+        inflight.push(submit(batchData, batchRanges, batchHexes, batchPacks, true));
+      } else {
+        const parts: Promise<void>[] = [];
+        let from = 0;
+        for (const to of [...cuts, batchHexes.length]) {
+          parts.push(
+            submit(
+              batchData,
+              batchRanges.slice(2 * from, 2 * to),
+              batchHexes.slice(from, to),
+              batchPacks.slice(from, to),
+              false,
+            ),
+          );
+          from = to;
+        }
+        inflight.push(...parts);
+        void Promise.all(parts).then(() => pool.recycle(batchData.buffer));
+      }
       while (inflight.length >= maxInflight) await inflight.shift();
       if (failure) throw failure;
     };
@@ -442,6 +477,33 @@ async function restoreWindow(
       await state.handle?.close().catch(() => {});
     }
   }
+}
+
+/** Files a worker creates, and plain bytes it writes, in one part of a batch (see `splitBatch`). */
+const PART_CREATES = 64;
+const PART_BYTES = TASK_BYTES;
+
+/**
+ * Where to cut a batch's chunks into parts of at most PART_CREATES files created by the worker or PART_BYTES
+ * of plain bytes written (at least one chunk each); empty when it is one part.
+ */
+function splitBatch(hexes: string[], destinations: Map<string, Destination[]>): number[] {
+  const cuts: number[] = [];
+  let creates = 0;
+  let bytes = 0;
+  for (let i = 0; i < hexes.length; i++) {
+    const list = destinations.get(hexes[i]) ?? [];
+    const newCreates = list.filter((d) => d.file.byWorker).length;
+    const newBytes = list.reduce((sum, d) => sum + d.length, 0);
+    if (i > 0 && (creates + newCreates > PART_CREATES || bytes + newBytes > PART_BYTES)) {
+      cuts.push(i);
+      creates = 0;
+      bytes = 0;
+    }
+    creates += newCreates;
+    bytes += newBytes;
+  }
+  return cuts;
 }
 
 async function prepareTarget(target: string): Promise<string> {

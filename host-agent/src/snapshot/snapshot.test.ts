@@ -185,6 +185,36 @@ describe("snapshot engine", () => {
     expect((await readFile(join(target, "regular"))).equals(regular)).toBe(true);
   });
 
+  it("spreads a read buffer of many small files over the workers in parts, and restores them all", async () => {
+    // 300 small files compress into one 8 MiB pack read: the restore cuts it into parts of at most 64 files
+    // created by a worker, all reading the one shared buffer, which is recycled after the last part.
+    const source = fresh("src");
+    await mkdir(join(source, "many"), { recursive: true });
+    for (let i = 0; i < 300; i++) {
+      await writeFile(join(source, "many", `f${i}.py`), `def f${i}(x):\n    return x * ${i}\n`.repeat(200 + i));
+    }
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool });
+    const calls: { chunks: number; recycle: boolean | undefined }[] = [];
+    const writeChunks = pool.writeChunks.bind(pool);
+    pool.writeChunks = (...args: Parameters<typeof pool.writeChunks>) => {
+      calls.push({ chunks: args[4].length, recycle: args[8]?.recycle });
+      return writeChunks(...args);
+    };
+    const target = fresh("restored");
+    try {
+      await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    } finally {
+      pool.writeChunks = writeChunks;
+    }
+    expect(await describeTree(target)).toEqual(await describeTree(source));
+    const parts = calls.filter((c) => c.recycle === false);
+    expect(parts.length).toBeGreaterThanOrEqual(5);
+    expect(Math.max(...parts.map((c) => c.chunks))).toBeLessThanOrEqual(64);
+    expect(parts.reduce((sum, c) => sum + c.chunks, 0)).toBe(300);
+  });
+
   it("works without worker threads too", async () => {
     const source = fresh("src");
     await makeWorkspace(source);

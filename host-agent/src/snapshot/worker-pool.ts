@@ -575,7 +575,10 @@ export class SnapshotWorkerPool {
     destStart: Int32Array,
     dests: Float64Array,
     creates?: NewFiles,
+    /** `recycle: false` leaves `data`'s memory to the caller (it is shared by several batches). */
+    options: { recycle?: boolean } = {},
   ): Promise<WrittenChunks> {
+    const recycle = options.recycle ?? true;
     if (this.localSealer) {
       const r = openAndWrite(
         chunkCodec,
@@ -591,7 +594,7 @@ export class SnapshotWorkerPool {
         dests,
         creates,
       );
-      if (data.byteOffset === 0) this.recycle(data.buffer as ArrayBuffer);
+      if (recycle && data.byteOffset === 0) this.recycle(data.buffer as ArrayBuffer);
       return r;
     }
     const input = this.refOf(data);
@@ -613,7 +616,11 @@ export class SnapshotWorkerPool {
       },
       transfer,
     )) as WorkerReply & WrittenChunks & { data?: ArrayBuffer };
-    this.recycle("shared" in input ? data.buffer : (r.data ?? new ArrayBuffer(0)));
+    if ("shared" in input) {
+      if (recycle) this.recycle(data.buffer);
+    } else {
+      this.recycle(r.data ?? new ArrayBuffer(0)); // transferred there and back: not the caller's any more
+    }
     return { errors: r.errors, writeErrors: r.writeErrors, directBytes: r.directBytes };
   }
 
