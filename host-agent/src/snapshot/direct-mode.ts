@@ -6,7 +6,12 @@ import { type BlobStore, openBlobStore, Repository, type S3BlobStoreOptions } fr
 import type { ChunkerParams } from "./chunker.js";
 import { type CreateProgress, type CreateSnapshotResult, createSnapshot } from "./create-snapshot.js";
 import { localIndexPath } from "./local-index.js";
-import { type RestoreProgress, type RestoreSnapshotResult, restoreSnapshot } from "./restore-snapshot.js";
+import {
+  type RestoreProgress,
+  type RestoreSnapshotResult,
+  restoreSnapshot,
+  restoreThreads,
+} from "./restore-snapshot.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
 export interface DirectRepositoryOptions {
@@ -93,7 +98,7 @@ export async function createDirectSnapshot(options: DirectCreateOptions): Promis
 }
 
 export async function restoreDirectSnapshot(options: DirectRestoreOptions): Promise<RestoreSnapshotResult> {
-  const pool = options.pool ?? new SnapshotWorkerPool();
+  const pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });
   try {
     return await withDirectRepository(options, async (repository) =>
       restoreSnapshot({

@@ -16,6 +16,7 @@ import {
   unlink,
   utimes,
 } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { join, resolve } from "node:path";
 import { assertRestorable, type ChunkSource, copyBytes, type ManifestEntry, openManifest } from "@dumont/repository";
 import { type NewFiles, SnapshotWorkerPool } from "./worker-pool.js";
@@ -114,6 +115,15 @@ const O_DIRECT = process.platform === "linux" ? constants.O_DIRECT : undefined;
 /** Room for one more blob past TASK_BYTES (a 4 MiB chunk plus its envelope; larger ones get their own buffer). */
 const MAX_BLOB = 4 * 1024 * 1024 + 64;
 
+/**
+ * Worker threads for a restore: one more than the cores. A worker's O_DIRECT writes are synchronous, so it
+ * sleeps while the device takes the bytes; the extra worker opens the next batch meanwhile. Measured on the
+ * 2-core dev VM (7 paired 1 GiB restores): 3 workers 8% faster than 2 at the same CPU; 4 slower again.
+ */
+export function restoreThreads(): number {
+  return availableParallelism() + 1;
+}
+
 export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<RestoreSnapshotResult> {
   const started = performance.now();
   const { snapshotId, manifestBlob } = await options.source.readManifest(options.snapshotId);
@@ -121,7 +131,7 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
   assertRestorable(manifest, { allowExternalSymlinks: options.allowExternalSymlinks });
   const root = await prepareTarget(options.target);
   const ownPool = options.pool === undefined;
-  const pool = options.pool ?? new SnapshotWorkerPool();
+  const pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });
   try {
     const files = manifest.entries.filter((e): e is FileEntry => e.type === "file");
     const dirs = manifest.entries.filter((e) => e.type === "dir");
