@@ -2,8 +2,9 @@
 // weights, 30% text/CSV, 2,000 small source files), then full snapshot, incremental after a 5% change, and
 // restore; the same through the control plane, and with `restic` (on a copy of the workspace) when it is on
 // PATH. Every tool's backups run first, then every restore, and nothing is deleted before the last restore.
-// Each engine run is its own process, so peak RSS is the engine's own. Prints JSON. Run: `npm run bench -- snapshot` (or `node tests/dist/bench/snapshot.js
-// --size-mib 256`); DUMONT_BENCH_SIZE_MIB shrinks the corpus too.
+// Each engine run is its own process, so peak RSS is the engine's own. Prints JSON. Run:
+// `npm run bench -- snapshot` (or `node tests/dist/bench/snapshot.js --size-mib 256`); DUMONT_BENCH_SIZE_MIB
+// shrinks the corpus too.
 import { spawn, spawnSync } from "node:child_process";
 import { createCipheriv, createHash, randomBytes } from "node:crypto";
 import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
@@ -125,9 +126,9 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       resticBackups = resticCorpus ? await runResticBackups(work, resticCorpus, log) : undefined;
 
       // The restores come last and every restore target stays until the end of the run. ext4 skips inodes
-      // freed in the last minute (up to six while their table block is dirty) when it allocates new ones, at
-      // a cost on every file created: deleting a 2,000-file restore and then timing the next one measured up
-      // to 2x slower restores, for whichever tool came next.
+      // freed in the last minute (six minutes while their inode-table block is dirty) when it allocates new
+      // ones, at a cost on every file created: a restore timed right after a 2,000-file tree was deleted
+      // measured up to 2x slower, whichever tool came next.
       log("dumont: restore");
       const target = join(work, "dumont-restore");
       await settle(repoDir);
