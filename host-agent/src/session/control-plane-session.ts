@@ -120,6 +120,26 @@ export class ControlPlaneSession extends EventEmitter {
     });
   }
 
+  private pauses = 0;
+
+  /**
+   * Stops taking the control plane's messages until the returned function is called (by every caller that
+   * paused): grpc-js then stops reading the HTTP/2 stream, and flow control holds the control plane's sends
+   * (a restore's chunks) back. Calling it again is harmless; after a reconnect it does nothing (the new
+   * stream was never paused).
+   */
+  pauseInbound(): () => void {
+    const stream = this.stream;
+    if (!stream) return () => {};
+    if (this.pauses++ === 0) stream.pause();
+    let released = false;
+    return () => {
+      if (released || this.stream !== stream) return;
+      released = true;
+      if (--this.pauses === 0) stream.resume();
+    };
+  }
+
   private async open(): Promise<void> {
     if (this.stopped) return;
     let inventory: Inventory;
@@ -162,6 +182,7 @@ export class ControlPlaneSession extends EventEmitter {
       if (status.code === grpc.status.OK && !this.stopped) this.log.warn("the control plane closed the stream");
       stream.end();
       this.stream = undefined;
+      this.pauses = 0;
       const wasConnected = this.connected;
       this.sessionId = undefined;
       this.stopTelemetry();

@@ -115,3 +115,83 @@ describe("StreamChunkSource", () => {
     });
   });
 });
+
+describe("StreamChunkSource backpressure", () => {
+  const chunksMessage = (batch: bigint, count: number, size: number, last: boolean) =>
+    create(ControlMessageSchema, {
+      msg: {
+        case: "restoreChunks",
+        value: {
+          requestId: "r5",
+          batch,
+          last,
+          chunks: Array.from({ length: count }, (_, i) => ({ id: Buffer.alloc(32, i), blob: Buffer.alloc(size) })),
+        },
+      },
+    });
+  /** A port that counts pauses, like ControlPlaneSession.pauseInbound. */
+  function pausingPort() {
+    const { port, messages } = lazyPort();
+    const state = { paused: 0, pauses: 0 };
+    port.pauseInbound = () => {
+      state.paused++;
+      state.pauses++;
+      let released = false;
+      return () => {
+        if (!released) state.paused--;
+        released = true;
+      };
+    };
+    return { port, messages, state };
+  }
+  const batchOf = (m: AgentMessage) => (m.msg.value as { batch: bigint }).batch;
+
+  it("holds the stream back while over 64 MiB wait for the engine, and reads again once it has taken them", async () => {
+    const { port, messages, state } = pausingPort();
+    const source = new StreamChunkSource(port, "r5", "abcdef", Buffer.from("m"));
+    const iterator = source.get([Buffer.alloc(32)])[Symbol.asyncIterator]();
+    const first = iterator.next(); // sends the request, then waits on the empty queue
+    await new Promise((r) => setImmediate(r));
+    const batch = batchOf(messages()[0]!);
+    source.receive(chunksMessage(batch, 40, 1024 * 1024, false));
+    expect(state.paused).toBe(0); // 40 MiB waiting: still reading
+    source.receive(chunksMessage(batch, 30, 1024 * 1024, true));
+    expect(state.paused).toBe(1); // 70 MiB: held back
+    await first;
+    for (let taken = 1; taken < 50; taken++) await iterator.next();
+    expect(state.paused).toBe(1); // 20 MiB left
+    for (let taken = 50; taken < 56; taken++) await iterator.next();
+    expect(state.paused).toBe(0); // below 16 MiB: reading again
+    expect(state.pauses).toBe(1);
+    while (!(await iterator.next()).done);
+  });
+
+  it("does not pause while the engine waits on a batch, pauses once it does not, and resumes if the stream fails", async () => {
+    const { port, messages, state } = pausingPort();
+    const source = new StreamChunkSource(port, "r5", "abcdef", Buffer.from("m"));
+    const a = source.get([Buffer.alloc(32, 1)])[Symbol.asyncIterator]();
+    const b = source.get([Buffer.alloc(32, 2)])[Symbol.asyncIterator]();
+    const firstA = a.next();
+    const firstB = b.next();
+    await new Promise((r) => setImmediate(r));
+    const [batchA, batchB] = messages().map(batchOf);
+    // Batch A's chunks pile up while the engine also waits on batch B: holding the stream back would hold
+    // B's chunks back too.
+    source.receive(chunksMessage(batchA!, 70, 1024 * 1024, false));
+    expect(state.paused).toBe(0);
+    source.receive(chunksMessage(batchB!, 1, 10, true));
+    expect((await firstB).done).toBe(false);
+    expect((await b.next()).done).toBe(true);
+    expect((await firstA).done).toBe(false);
+    // Nobody waits now: more of A is held back.
+    source.receive(chunksMessage(batchA!, 10, 1024 * 1024, false));
+    expect(state.paused).toBe(1);
+    source.fail(new Error("the stream to the control plane closed"));
+    expect(state.paused).toBe(0);
+    await expect(
+      (async () => {
+        for (;;) if ((await a.next()).done) return;
+      })(),
+    ).rejects.toThrow(/closed/);
+  });
+});

@@ -27,7 +27,17 @@ export interface StreamPort {
     message: ReturnType<typeof create<typeof AgentMessageSchema>> | EncodedMessage,
     onWritten?: () => void,
   ): Promise<void>;
+  /** Holds the control plane's messages back until the returned function is called (see ControlPlaneSession). */
+  pauseInbound?(): () => void;
 }
+
+/**
+ * A restore stops reading the stream while this many received chunk bytes wait for the engine, and reads
+ * again below the second figure: a restore onto a slow disk then holds the control plane back instead of
+ * buffering the snapshot in the agent's memory.
+ */
+const PAUSE_ABOVE_BYTES = 64 * 1024 * 1024;
+const RESUME_BELOW_BYTES = 16 * 1024 * 1024;
 
 type Waiter<T> = { resolve: (v: T) => void; reject: (e: Error) => void };
 
@@ -144,6 +154,10 @@ export class StreamChunkSink implements ChunkSink {
 export class StreamChunkSource implements ChunkSource {
   private batch = 0;
   private readonly queues = new Map<bigint, ChunkQueue>();
+  /** Chunk bytes received and not yet taken by the engine, over every batch. */
+  private queuedBytes = 0;
+  /** Set while inbound messages are held back. */
+  private releaseInbound: (() => void) | undefined;
 
   constructor(
     private readonly port: StreamPort,
@@ -168,10 +182,31 @@ export class StreamChunkSource implements ChunkSource {
       );
     }
     if (v.last) q.end();
+    // Never while the engine waits on a batch: the chunks it waits for would be held back too.
+    if (
+      !this.releaseInbound &&
+      this.queuedBytes > PAUSE_ABOVE_BYTES &&
+      ![...this.queues.values()].some((q) => q.waiting)
+    ) {
+      this.releaseInbound = this.port.pauseInbound?.();
+    }
   }
 
   fail(err: Error): void {
     for (const q of this.queues.values()) q.fail(err);
+    this.resumeInbound();
+  }
+
+  /** Bytes entered (positive) or left (negative) the queues; reading resumes once few are left. */
+  private account(bytes: number): void {
+    this.queuedBytes += bytes;
+    if (this.queuedBytes < RESUME_BELOW_BYTES) this.resumeInbound();
+  }
+
+  private resumeInbound(): void {
+    const release = this.releaseInbound;
+    this.releaseInbound = undefined;
+    release?.();
   }
 
   async readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlob: Buffer }> {
@@ -183,7 +218,11 @@ export class StreamChunkSource implements ChunkSource {
 
   async *get(ids: Buffer[]): AsyncIterable<FetchedChunk> {
     const batch = BigInt(++this.batch);
-    const queue = new ChunkQueue();
+    // A consumer waiting on an empty queue must never find the stream paused (its chunks would not come).
+    const queue = new ChunkQueue(
+      (bytes) => this.account(bytes),
+      () => this.resumeInbound(),
+    );
     this.queues.set(batch, queue);
     try {
       await this.port.send(
@@ -194,41 +233,68 @@ export class StreamChunkSource implements ChunkSource {
       yield* queue;
     } finally {
       this.queues.delete(batch);
+      this.account(-queue.drop());
     }
   }
 }
 
-/** An async queue of fetched chunks for one request batch. */
+/** An async queue of fetched chunks for one request batch; tells its owner the bytes that enter and leave. */
 class ChunkQueue implements AsyncIterable<FetchedChunk> {
   private readonly items: FetchedChunk[] = [];
   private done = false;
   private error: Error | undefined;
   private wake: (() => void) | undefined;
 
+  constructor(
+    private readonly account: (bytes: number) => void,
+    private readonly onWait: () => void,
+  ) {}
+
+  /** Whether its consumer is waiting for the next chunk. */
+  get waiting(): boolean {
+    return this.wake !== undefined;
+  }
+
   push(item: FetchedChunk): void {
     this.items.push(item);
-    this.wake?.();
+    this.account(item.blob?.length ?? 0);
+    this.wakeUp();
+  }
+
+  private wakeUp(): void {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
+  }
+
+  /** Empties the queue (its consumer is gone); returns the bytes it held. */
+  drop(): number {
+    let bytes = 0;
+    for (const item of this.items.splice(0)) bytes += item.blob?.length ?? 0;
+    return bytes;
   }
 
   end(): void {
     this.done = true;
-    this.wake?.();
+    this.wakeUp();
   }
 
   fail(err: Error): void {
     this.error = err;
-    this.wake?.();
+    this.wakeUp();
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<FetchedChunk> {
     for (;;) {
       const item = this.items.shift();
       if (item) {
+        this.account(-(item.blob?.length ?? 0));
         yield item;
         continue;
       }
       if (this.error) throw this.error;
       if (this.done) return;
+      this.onWait();
       await new Promise<void>((resolve) => {
         this.wake = resolve;
       });
