@@ -32,8 +32,9 @@ const WIRE_LEN = 2;
 
 /**
  * Where an encoder writes: `take(size)` gives a buffer of at least `size` bytes (the message is a view of its
- * start). The sender hands it back once the stream has copied the message (grpc-js frames every message into
- * a buffer of its own), so bulk transfers reuse a few buffers instead of allocating one per message.
+ * start). The sender hands it back once the stream has copied the message (a grpc-js server frames every
+ * message into a buffer of its own before its write callback; see AgentSession.send for why the agent's
+ * client side does not), so bulk transfers reuse a few buffers instead of allocating one per message.
  */
 export interface EncodeBuffers {
   take(size: number): Buffer;

@@ -15,7 +15,10 @@ export const STREAM_BATCH_BYTES = 1024 * 1024;
  * chunk is alone; chunks average 1 MiB). A message of one larger chunk (up to 4 MiB) gets a buffer its size.
  */
 export const STREAM_MESSAGE_BUFFER_BYTES = 2 * STREAM_BATCH_BYTES + 64 * 1024;
-/** Encode buffers a sender keeps for reuse: the stream's write queue holds 16 messages before it pushes back. */
+/**
+ * Encode buffers the control plane keeps for reuse in a streamed restore: the stream's write queue holds 16
+ * messages before it pushes back.
+ */
 export const STREAM_BUFFERS_KEPT = 18;
 
 /**

@@ -33,7 +33,9 @@ export class AgentSession {
   async send(message: ControlMessage | EncodedMessage, onWritten?: () => void): Promise<void> {
     if (this.closed) throw new Error(`host ${this.hostId} is not connected`);
     // An EncodedMessage goes through the serializer unchanged (grpc-service.ts). The write callback runs once
-    // grpc-js has framed the message into its own buffer and handed it to HTTP/2 (or the write failed).
+    // grpc-js has framed the message into its own buffer and handed it to HTTP/2 (or the write failed): a
+    // grpc-js server frames synchronously in sendMessage. (Not so on the client: there the retry layer calls
+    // back a small message's write on the next tick, before the framing copy; the agent does not reuse.)
     if (this.stream.write(message as ControlMessage, onWritten && (() => onWritten()))) return;
     const ok = await new Promise<boolean>((resolve) => this.waiters.add(resolve));
     if (!ok) throw new Error(`host ${this.hostId} disconnected while sending`);

@@ -91,15 +91,13 @@ export class ControlPlaneSession extends EventEmitter {
 
   /**
    * Sends a message, waiting while the stream's buffer is full. Rejects when not connected; callers
-   * that must not lose data retry after the next 'connected' event. `onWritten` runs once the message's
-   * bytes have been copied on, so its buffer may be reused.
+   * that must not lose data retry after the next 'connected' event.
    */
-  async send(message: AgentMessage | EncodedMessage, onWritten?: () => void): Promise<void> {
+  async send(message: AgentMessage | EncodedMessage): Promise<void> {
     const stream = this.stream;
     if (!stream || !this.connected) throw new Error("not connected to the control plane");
-    // An EncodedMessage goes through the serializer unchanged (grpc-service.ts). The write callback runs once
-    // grpc-js has framed the message into its own buffer and handed it to HTTP/2 (or the write failed).
-    if (stream.write(message as AgentMessage, onWritten && (() => onWritten()))) return;
+    // An EncodedMessage goes through the serializer unchanged (grpc-service.ts).
+    if (stream.write(message as AgentMessage)) return;
     await new Promise<void>((resolve, reject) => {
       const onDrain = () => {
         cleanup();

@@ -8,25 +8,13 @@ import {
   type EncodedMessage,
   encodeSnapshotChunks,
   STREAM_BATCH_BYTES,
-  STREAM_BUFFERS_KEPT,
-  STREAM_MESSAGE_BUFFER_BYTES,
   type WireChunk,
 } from "@dumont/proto";
-import {
-  BufferPool,
-  type ChunkSink,
-  type ChunkSource,
-  type FetchedChunk,
-  type SealedChunk,
-  type SnapshotMeta,
-} from "@dumont/repository";
+import type { ChunkSink, ChunkSource, FetchedChunk, SealedChunk, SnapshotMeta } from "@dumont/repository";
 
 /** What the stream classes need from the session. */
 export interface StreamPort {
-  send(
-    message: ReturnType<typeof create<typeof AgentMessageSchema>> | EncodedMessage,
-    onWritten?: () => void,
-  ): Promise<void>;
+  send(message: ReturnType<typeof create<typeof AgentMessageSchema>> | EncodedMessage): Promise<void>;
   /** Holds the control plane's messages back until the returned function is called (see ControlPlaneSession). */
   pauseInbound?(): () => void;
 }
@@ -46,8 +34,6 @@ export class StreamChunkSink implements ChunkSink {
   private readonly needs = new Map<bigint, Waiter<Buffer[]>>();
   private committed: Waiter<string> | undefined;
   private failed: Error | undefined;
-  /** Message buffers, back in the pool once grpc-js has copied each message. */
-  private readonly buffers = new BufferPool(STREAM_MESSAGE_BUFFER_BYTES, STREAM_BUFFERS_KEPT);
 
   constructor(
     private readonly port: StreamPort,
@@ -98,10 +84,12 @@ export class StreamChunkSink implements ChunkSink {
       if (pending.length === 0) return;
       // Encoded now, in one copy: grpc-js may serialise a queued message after put() resolved, and the
       // engine reuses (or transfers to a worker, emptying) the chunk's memory as soon as put() resolves.
-      const message = encodeSnapshotChunks(this.requestId, this.epoch, pending, this.buffers);
+      // Into a fresh buffer, not a reused one as the control plane does: on the client, grpc-js's retry layer
+      // runs a small message's write callback on the next tick, before its framing copy has been made.
+      const message = encodeSnapshotChunks(this.requestId, this.epoch, pending);
       pending = [];
       bytes = 0;
-      await this.port.send(message, () => this.buffers.give(message));
+      await this.port.send(message);
     };
     for (const c of chunks) {
       if (bytes > 0 && bytes + c.blob.length > STREAM_BATCH_BYTES) await flush();
