@@ -3,7 +3,7 @@
 // one. Here rather than in either tree because the agent and the control plane both need it.
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
-import { open, rename, unlink } from "node:fs/promises";
+import { type FileHandle, open, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
 /** Writes `data` to `file` atomically with exactly `mode` (not narrowed by the umask). */
@@ -16,8 +16,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     await handle.chmod(mode);
     await handle.sync();
   } catch (err) {
-    await handle.close().catch(() => {});
-    await unlink(temp).catch(() => {});
+    await discardTemp(handle, temp);
     throw err;
   }
   await handle.close();
@@ -38,4 +37,10 @@ export async function syncDirectory(dir: string): Promise<void> {
   } finally {
     await handle.close();
   }
+}
+
+/** Closes `handle` and removes the unfinished file `temp`, ignoring their errors (the caller reports its own). */
+export async function discardTemp(handle: FileHandle, temp: string): Promise<void> {
+  await handle.close().catch(() => {});
+  await unlink(temp).catch(() => {});
 }

@@ -8,7 +8,7 @@ import { constants, type Dirent } from "node:fs";
 import { link, mkdir, open, readdir, rename, stat, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { syncDirectory } from "./atomic-file.js";
+import { discardTemp, syncDirectory } from "./atomic-file.js";
 import { assertBlobKey, type BlobInfo, type BlobStore } from "./blob-store.js";
 import { RepositoryError } from "./errors.js";
 
@@ -127,8 +127,7 @@ export class FileBlobStore implements BlobStore {
       if (size % DIRECT_ALIGN !== 0) await handle.truncate(size); // drop the padding of the last block
       await handle.sync();
     } catch (err) {
-      await handle.close().catch(() => {});
-      await unlink(temp).catch(() => {});
+      await discardTemp(handle, temp);
       if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
       // The filesystem opened the file but refuses direct writes at this alignment.
       this.direct = false;
@@ -251,8 +250,7 @@ async function writeBuffered(temp: string, parts: readonly Buffer[]): Promise<vo
     }
     await handle.sync();
   } catch (err) {
-    await handle.close().catch(() => {});
-    await unlink(temp).catch(() => {});
+    await discardTemp(handle, temp);
     throw err;
   }
   await handle.close();
