@@ -400,26 +400,23 @@ async function restoreWindow(
       // files to create, of compressed CSV 25 MiB to write. Parts of it go to different workers (they share
       // the buffer), and the buffer is recycled once every part is written.
       const cuts = pool.threads > 1 && pool.isShared(batchData.buffer) ? splitBatch(batchHexes, destinations) : [];
-      if (cuts.length === 0) {
-        inflight.push(submit(batchData, batchRanges, batchHexes, batchPacks, true));
-      } else {
-        const parts: Promise<void>[] = [];
-        let from = 0;
-        for (const to of [...cuts, batchHexes.length]) {
-          parts.push(
-            submit(
-              batchData,
-              batchRanges.slice(2 * from, 2 * to),
-              batchHexes.slice(from, to),
-              batchPacks.slice(from, to),
-              false,
-            ),
-          );
-          from = to;
-        }
-        inflight.push(...parts);
-        void Promise.all(parts).then(() => pool.recycle(batchData.buffer));
+      const whole = cuts.length === 0; // one part: writeChunks recycles the buffer itself
+      const parts: Promise<void>[] = [];
+      let from = 0;
+      for (const to of [...cuts, batchHexes.length]) {
+        parts.push(
+          submit(
+            batchData,
+            batchRanges.slice(2 * from, 2 * to),
+            batchHexes.slice(from, to),
+            batchPacks.slice(from, to),
+            whole,
+          ),
+        );
+        from = to;
       }
+      inflight.push(...parts);
+      if (!whole) void Promise.all(parts).then(() => pool.recycle(batchData.buffer));
       while (inflight.length >= maxInflight) await inflight.shift();
       if (failure) throw failure;
     };
