@@ -33,34 +33,24 @@ describe("chunk codec", () => {
     const ranges = Int32Array.from([0, 1000, 1000, 50_000, 51_000, 10]);
     const sealed = chunkCodec.sealChunkBatch(key, data, ranges);
     sealed.out[sealed.blobRanges[4] + 15] ^= 1; // damage the third
-    const opened = chunkCodec.openChunkBatch(
-      key,
-      sealed.out,
-      sealed.blobRanges,
-      sealed.ids,
-      Int32Array.from([1000, 50_000, 10]),
-    );
+    const open = (lengths: number[], spare?: ArrayBuffer, positions?: number[]) =>
+      chunkCodec.openChunkBatch(
+        key,
+        sealed.out,
+        sealed.blobRanges,
+        sealed.ids,
+        Int32Array.from(lengths),
+        spare,
+        positions && Int32Array.from(positions),
+      );
+    const opened = open([1000, 50_000, 10]);
     expect(opened.errors.map((e) => e === null)).toEqual([true, true, false]);
     const second = opened.out.subarray(opened.plainRanges[2], opened.plainRanges[2] + opened.plainRanges[3]);
     expect(second.equals(data.subarray(1000, 51_000))).toBe(true);
-    const wrongLength = chunkCodec.openChunkBatch(
-      key,
-      sealed.out,
-      sealed.blobRanges,
-      sealed.ids,
-      Int32Array.from([999, 50_000, 10]),
-    );
+    const wrongLength = open([999, 50_000, 10]);
     expect(wrongLength.errors[0]).toMatch(/1000 bytes, expected 999/);
     // Laid out by the caller: each chunk lands where it is told, gaps left alone.
-    const laidOut = chunkCodec.openChunkBatch(
-      key,
-      sealed.out,
-      sealed.blobRanges,
-      sealed.ids,
-      Int32Array.from([1000, 50_000, 10]),
-      new ArrayBuffer(70_000),
-      Int32Array.from([4096 - 1000, 4096, 60_000]),
-    );
+    const laidOut = open([1000, 50_000, 10], new ArrayBuffer(70_000), [4096 - 1000, 4096, 60_000]);
     expect(Array.from(laidOut.plainRanges)).toEqual([3096, 1000, 4096, 50_000, 60_000, -1]);
     expect(laidOut.out.subarray(3096, 54_096).equals(data.subarray(0, 51_000))).toBe(true);
   });
