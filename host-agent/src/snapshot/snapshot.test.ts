@@ -185,7 +185,7 @@ describe("snapshot engine", () => {
     expect((await readFile(join(target, "regular"))).equals(regular)).toBe(true);
   });
 
-  it("spreads a read buffer of many small files over the workers in parts, and restores them all", async () => {
+  it("spreads a read buffer of many small files over the workers in parts, recycling it after the last", async () => {
     // 300 small files compress into one 8 MiB pack read: the restore cuts it into parts of at most 64 files
     // created by a worker, all reading the one shared buffer, which is recycled after the last part.
     const source = fresh("src");
@@ -196,23 +196,44 @@ describe("snapshot engine", () => {
     const key = generateRepositoryKey();
     const repo = pathToFileURL(fresh("repo")).href;
     const created = await createDirectSnapshot({ repo, key, source, pool });
+    // Watches every shared buffer: a buffer handed back (for the next pack read to overwrite) while a part
+    // still reads from it is an early recycle. A whole batch's own recycle is done here, after its write, so
+    // the same check covers it.
     const calls: { chunks: number; recycle: boolean | undefined }[] = [];
+    const reading = new Map<ArrayBufferLike, number>();
+    const early: number[] = [];
     const writeChunks = pool.writeChunks.bind(pool);
-    pool.writeChunks = (...args: Parameters<typeof pool.writeChunks>) => {
-      calls.push({ chunks: args[4].length, recycle: args[8]?.recycle });
-      return writeChunks(...args);
+    const recycle = pool.recycle.bind(pool);
+    pool.recycle = (buffer) => {
+      if ((reading.get(buffer) ?? 0) > 0) early.push(reading.get(buffer)!);
+      recycle(buffer);
+    };
+    pool.writeChunks = async (...args: Parameters<typeof pool.writeChunks>) => {
+      const [batchKey, data, ranges, ids, lengths, destStart, dests, creates, options] = args;
+      const whole = options?.recycle ?? true;
+      calls.push({ chunks: lengths.length, recycle: options?.recycle });
+      if (!pool.isShared(data.buffer)) return writeChunks(...args);
+      reading.set(data.buffer, (reading.get(data.buffer) ?? 0) + 1);
+      try {
+        return await writeChunks(batchKey, data, ranges, ids, lengths, destStart, dests, creates, { recycle: false });
+      } finally {
+        reading.set(data.buffer, reading.get(data.buffer)! - 1);
+        if (whole) pool.recycle(data.buffer);
+      }
     };
     const target = fresh("restored");
     try {
       await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
     } finally {
       pool.writeChunks = writeChunks;
+      pool.recycle = recycle;
     }
     expect(await describeTree(target)).toEqual(await describeTree(source));
     const parts = calls.filter((c) => c.recycle === false);
     expect(parts.length).toBeGreaterThanOrEqual(5);
     expect(Math.max(...parts.map((c) => c.chunks))).toBeLessThanOrEqual(64);
     expect(parts.reduce((sum, c) => sum + c.chunks, 0)).toBe(300);
+    expect(early, "parts still reading a buffer when it was recycled").toEqual([]);
   });
 
   it("works without worker threads too", async () => {
