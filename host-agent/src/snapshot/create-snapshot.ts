@@ -222,6 +222,12 @@ interface PlannedSegment {
   end: number;
 }
 
+/** What `offer` asked the sink (hex ids) and which of them it lacks. */
+interface Offered {
+  offered: Set<string>;
+  missing: Set<string>;
+}
+
 interface Accepted {
   hex: string;
   id: Buffer;
@@ -287,11 +293,16 @@ class SegmentPipeline {
             lookback: seg.index > 0 ? this.lookback : undefined,
           })),
         );
+        // The ids are offered as soon as the worker has them, not when this segment's turn comes: over the
+        // agent's stream the answer is a round trip to the control plane (behind the chunks it is still
+        // checking), and asking in turn stalled the whole pipeline on it.
+        const offered = sealed.then((r) => this.offer(r.ids));
         sealed.catch(() => {});
+        offered.catch(() => {});
         const step = this.chain.then(async () => {
           if (this.failure) return;
           try {
-            await this.handle(task, await sealed);
+            await this.handle(task, await sealed, await offered);
             progress();
           } catch (err) {
             this.failure ??= err;
@@ -340,7 +351,33 @@ class SegmentPipeline {
     if (batch.length > 0) yield batch;
   }
 
-  private async handle(task: PlannedSegment[], sealed: SealedSegments): Promise<void> {
+  /**
+   * Asks the sink which of a worker's chunk ids it lacks (those this snapshot already delivered are left
+   * out). A chunk seen again in a later segment is then not sent twice: `handle` only delivers chunks new
+   * to this snapshot.
+   */
+  private async offer(ids: Buffer): Promise<Offered> {
+    const offered = new Set<string>();
+    const ask: Buffer[] = [];
+    for (let at = 0; at < ids.length; at += 32) {
+      const hex = ids.toString("hex", at, at + 32);
+      if (this.seen.has(hex) || offered.has(hex)) continue;
+      offered.add(hex);
+      ask.push(ids.subarray(at, at + 32));
+    }
+    return { offered, missing: await this.missing(ask) };
+  }
+
+  /** The hex ids of `ids` the sink lacks. */
+  private async missing(ids: Buffer[]): Promise<Set<string>> {
+    const missing = new Set<string>();
+    for (let i = 0; i < ids.length; i += OFFER_BATCH) {
+      for (const id of await this.sink.missing(ids.slice(i, i + OFFER_BATCH))) missing.add(id.toString("hex"));
+    }
+    return missing;
+  }
+
+  private async handle(task: PlannedSegment[], sealed: SealedSegments, offered: Offered): Promise<void> {
     const failed = new Map(sealed.errors.map((e) => [e.segment, e.message]));
     const perSegment: Accepted[][] = task.map(() => []);
     const starts: number[][] = task.map(() => []);
@@ -393,7 +430,7 @@ class SegmentPipeline {
         work.failed = "it changed while it was being read";
       }
     }
-    await this.deliver(fresh);
+    await this.deliver(fresh, offered);
     this.pool.recycle(sealed.out.buffer as ArrayBuffer);
   }
 
@@ -443,10 +480,11 @@ class SegmentPipeline {
     work.position = p;
   }
 
-  /** Offers the new chunk ids to the sink and sends the blobs it lacks. */
-  private async deliver(fresh: Accepted[]): Promise<void> {
+  /** Sends the sink the new chunks it lacks: as answered to `offer`, and asked now for those sealed here. */
+  private async deliver(fresh: Accepted[], offered: Offered): Promise<void> {
     if (fresh.length === 0) return;
-    const missing = new Set((await this.sink.missing(fresh.map((c) => c.id))).map((id) => id.toString("hex")));
+    const late = fresh.filter((c) => !offered.offered.has(c.hex)).map((c) => c.id);
+    const missing = late.length === 0 ? offered.missing : new Set([...offered.missing, ...(await this.missing(late))]);
     const chunks: SealedChunk[] = [];
     for (const c of fresh) {
       if (!missing.has(c.hex)) continue;

@@ -21,6 +21,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import {
+  type ChunkSink,
   type ChunkSource,
   checkRepository,
   type FetchedChunk,
@@ -34,6 +35,7 @@ import {
 import { type S3TestServer, startS3TestServer } from "@dumont/repository/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { chunkLengths } from "./chunker.js";
+import { createSnapshot } from "./create-snapshot.js";
 import { createDirectSnapshot, type DirectCreateOptions, restoreDirectSnapshot } from "./direct-mode.js";
 import { RestoreDamagedError, restoreSnapshot } from "./restore-snapshot.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
@@ -183,6 +185,65 @@ describe("snapshot engine", () => {
     const target = fresh("restored");
     await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
     expect((await readFile(join(target, "regular"))).equals(regular)).toBe(true);
+  });
+
+  it("asks the sink about each segment's chunks as soon as they are sealed, several questions at once", async () => {
+    // Over the agent's stream every question is a round trip to the control plane. Asked in turn, one
+    // segment after another, each round trip stopped the pipeline (20 ms of round trip added 30% to a 1 GiB
+    // snapshot); asked as soon as a worker has the ids, they overlap.
+    const source = fresh("src");
+    await mkdir(source);
+    const content = seeded(3_000_000, "offers");
+    await writeFile(join(source, "big"), content);
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const store = openBlobStore(repo);
+    const { repository } = await Repository.openOrInit(store, key);
+    const writer = await repository.writer({ packSize: SMALL.packSize });
+    let asking = 0;
+    let most = 0;
+    let chunksSent = 0;
+    const sink: ChunkSink = {
+      missing: async (ids) => {
+        most = Math.max(most, ++asking);
+        await new Promise((resolve) => setTimeout(resolve, 100)); // a slow round trip
+        asking--;
+        return writer.missing(ids);
+      },
+      put: async (chunks) => {
+        chunksSent += chunks.length;
+        await writer.put(chunks);
+      },
+      commit: (manifest, meta) => writer.commit(manifest, meta),
+      abort: () => writer.abort(),
+    };
+    const created = await createSnapshot({
+      source,
+      sink,
+      key,
+      meta: { workspace: "w", epoch: 0, tenant: "t" },
+      pool,
+      chunker: CHUNKER,
+      segmentSize: SMALL.segmentSize,
+    });
+    await store.close();
+    expect(most).toBeGreaterThanOrEqual(2);
+    // Every distinct chunk is sent once.
+    const distinct = new Set<string>();
+    let at = 0;
+    for (const length of chunkLengths(content, CHUNKER)) {
+      distinct.add(
+        createHash("sha256")
+          .update(content.subarray(at, at + length))
+          .digest("hex"),
+      );
+      at += length;
+    }
+    expect(chunksSent).toBe(distinct.size);
+    expect(created.chunksNew).toBe(distinct.size);
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect((await readFile(join(target, "big"))).equals(content)).toBe(true);
   });
 
   it("spreads a read buffer of many small files over the workers in parts, recycling it after the last", async () => {
