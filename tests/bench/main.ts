@@ -3,8 +3,7 @@
 //
 //   telemetry   --sessions 1000,5000 --duration 60 --warmup 15 --workers 2 --connect-rate 250
 //   agent-idle  --duration 60 --warmup 10
-//   snapshot    tests/bench/snapshot.ts: runSnapshotBench(options: BenchOptions), skipped with a note while
-//               it does not exist
+//   snapshot    --size-mib 1024 --keep --skip-stream --skip-restic --stream-delay-ms MS (tests/bench/README.md)
 //
 // Every benchmark runs against the embedded PGlite, or against Postgres when DATABASE_URL is set (one
 // fresh database per control plane).
@@ -29,6 +28,7 @@ function parseFlags(argv: string[]) {
       keep: { type: "boolean" },
       "skip-stream": { type: "boolean" },
       "skip-restic": { type: "boolean" },
+      "stream-delay-ms": { type: "string" },
       sessions: { type: "string" },
       duration: { type: "string" },
       warmup: { type: "string" },
@@ -114,7 +114,8 @@ async function main(): Promise<void> {
   const { values: flags, positionals } = parseFlags(argv);
   if (flags.help) {
     process.stderr.write(
-      `usage: npm run bench -- [${BENCHES.join("|")}...] [--sessions 1000,5000] [--duration S] [--warmup S] [--workers N] [--connect-rate N/s]\n`,
+      `usage: npm run bench -- [${BENCHES.join("|")}...] [--sessions 1000,5000] [--duration S] [--warmup S] [--workers N] [--connect-rate N/s]\n` +
+        "       snapshot: [--size-mib N] [--keep] [--skip-stream] [--skip-restic] [--stream-delay-ms MS]\n",
     );
     return;
   }

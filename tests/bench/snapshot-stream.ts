@@ -11,6 +11,7 @@ import {
   startControlPlaneProcess,
   waitFor,
 } from "../support/processes.js";
+import { type DelayProxy, startDelayProxy } from "./support/delay-proxy.js";
 
 export interface StreamRun {
   seconds: number;
@@ -25,11 +26,14 @@ export class StreamBench {
     private readonly agent: AgentProcess,
     /** The control plane's blob store directory. */
     readonly blobsDir: string,
+    private readonly proxy: DelayProxy | undefined,
   ) {}
 
-  static async start(work: string): Promise<StreamBench> {
+  /** With `delayMs`, the agent reaches the control plane through a proxy holding each byte back that long. */
+  static async start(work: string, options: { delayMs?: number } = {}): Promise<StreamBench> {
     const cp = await startControlPlaneProcess({ dataDir: join(work, "cp"), env: { DUMONT_LOG_LEVEL: "warn" } });
-    const hostId = await enrollAgent(cp, join(work, "agent"), "bench");
+    const proxy = options.delayMs !== undefined ? await startDelayProxy(cp.grpcPort, options.delayMs) : undefined;
+    const hostId = await enrollAgent(cp, join(work, "agent"), "bench", { server: proxy?.url });
     // Telemetry at the agent's default interval (the test helper's 1 s would add database writes to the
     // control plane's share of the two cores).
     const agent = startAgentProcess(join(work, "agent"), hostId, {
@@ -40,7 +44,7 @@ export class StreamBench {
       const res = await cp.cli(["host", "list", "--json"]);
       return res.code === 0 && (JSON.parse(res.stdout) as { status: string }[])[0]?.status === "online";
     }, 30_000);
-    return new StreamBench(cp, agent, join(work, "cp", "blobs"));
+    return new StreamBench(cp, agent, join(work, "cp", "blobs"), proxy);
   }
 
   async snapshot(path: string): Promise<StreamRun> {
@@ -63,6 +67,7 @@ export class StreamBench {
 
   async stop(): Promise<void> {
     await this.agent.stop();
+    await this.proxy?.close();
     await this.cp.stop();
   }
 

@@ -26,6 +26,11 @@ export interface SnapshotBenchOptions extends Partial<BenchOptions> {
   keep?: boolean;
   /** Skip the through-the-control-plane runs. */
   skipStream?: boolean;
+  /**
+   * Put a proxy holding every byte back this many ms each way between the agent and the control plane
+   * (`--stream-delay-ms`; a round trip of twice that). Without it the agent connects directly.
+   */
+  streamDelayMs?: number;
   /** Skip restic even when it is installed. */
   skipRestic?: boolean;
   log?: (line: string) => void;
@@ -63,7 +68,11 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     keep: options.keep ?? flags.keep === true,
     skipRestic: options.skipRestic ?? flags["skip-restic"] === true,
     skipStream: options.skipStream ?? flags["skip-stream"] === true,
+    streamDelayMs: options.streamDelayMs ?? optionalNumber(flags["stream-delay-ms"]),
   };
+  if (options.streamDelayMs !== undefined && !(options.streamDelayMs >= 0)) {
+    throw new Error(`--stream-delay-ms must be a number of milliseconds >= 0, got ${String(flags["stream-delay-ms"])}`);
+  }
   const log = options.log ?? options.progress ?? ((line: string) => process.stderr.write(`${line}\n`));
   const work = options.workDir ?? (await mkdtemp(join(tmpdir(), "dumont-bench-snapshot-")));
   try {
@@ -80,7 +89,9 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     const stateDir = join(work, "dumont-state");
     const base = { repo: pathToFileURL(repoDir).href, key, source: corpus.root, stateDir };
 
-    const stream = options.skipStream ? undefined : await StreamBench.start(join(work, "stream"));
+    const stream = options.skipStream
+      ? undefined
+      : await StreamBench.start(join(work, "stream"), { delayMs: options.streamDelayMs });
     const viaStream: {
       full?: StreamRun;
       storedFull?: number;
@@ -211,6 +222,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               byteForByte: viaStream.restoredOk,
             },
             agentPeakRssMiB: viaStream.agentPeakRssMiB,
+            ...(options.streamDelayMs !== undefined ? { proxyDelayMsEachWay: options.streamDelayMs } : {}),
             note:
               "wall clock of the `dumont snapshot` CLI call: agent → mTLS gRPC stream → control plane → file:// blob store; " +
               "vsDirect = direct seconds / stream seconds (1.0 = as fast); both processes share this machine's cores, " +
@@ -607,4 +619,9 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
       process.exit(1);
     },
   );
+}
+
+/** A numeric flag's value, or undefined when the flag is absent (NaN when it is not a number: callers check). */
+function optionalNumber(flag: unknown): number | undefined {
+  return flag === undefined ? undefined : Number(flag);
 }

@@ -161,14 +161,20 @@ export interface AgentProcess {
 }
 
 /** Creates a join token through the CLI and enrolls a data dir with it; returns the host id. */
-export async function enrollAgent(cp: ControlPlaneProcess, dataDir: string, name: string): Promise<string> {
+/** Enrolls an agent data dir; `server` overrides the address the agent is given (e.g. a proxy in front). */
+export async function enrollAgent(
+  cp: ControlPlaneProcess,
+  dataDir: string,
+  name: string,
+  options: { server?: string } = {},
+): Promise<string> {
   const token = await cp.cli(["host", "join-token", "create", "--json"]);
   if (token.code !== 0) throw new Error(`join-token create failed: ${token.stderr}`);
   const t = JSON.parse(token.stdout) as { token: string; caHash: string; grpcUrl: string };
   const res = await runNode(agentBin, [
     "enroll",
     "--server",
-    cp.grpcUrl,
+    options.server ?? cp.grpcUrl,
     "--token",
     t.token,
     "--ca-hash",
