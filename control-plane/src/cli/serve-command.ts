@@ -1,7 +1,7 @@
 // `dumont serve`: the control plane. `dumont dev` builds on the same options.
 import { type Command, Option } from "commander";
-import { type ControlPlaneOptions, loadConfig } from "../config.js";
-import { type ControlPlane, startControlPlane } from "../control-plane.js";
+import type { ControlPlaneOptions } from "../config.js";
+import type { ControlPlane } from "../control-plane.js";
 import { createLogger, type Logger } from "../logger.js";
 
 export function addServeOptions(cmd: Command): Command {
@@ -42,6 +42,12 @@ export function addServeOptions(cmd: Command): Command {
 }
 
 export async function startFromOptions(opts: ControlPlaneOptions): Promise<{ cp: ControlPlane; log: Logger }> {
+  // Loaded here, not at the top: the whole control plane (database, gateway, stores) takes about half a
+  // second to import, which every other `dumont` command (a plain API client) would pay for nothing.
+  const [{ loadConfig }, { startControlPlane }] = await Promise.all([
+    import("../config.js"),
+    import("../control-plane.js"),
+  ]);
   const config = loadConfig(opts);
   const log = createLogger(config.logLevel);
   const cp = await startControlPlane(config, log);

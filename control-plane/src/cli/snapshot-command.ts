@@ -2,7 +2,8 @@
 // restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent works.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { api } from "@dumont/proto";
-import { ProgressMeter } from "@dumont/repository";
+// The meter alone: the package's index brings the S3 SDK, which a CLI call does not need.
+import { ProgressMeter } from "@dumont/repository/progress-meter";
 import type { Command } from "commander";
 import { type ApiOptions, apiClients } from "./api-client.js";
 
