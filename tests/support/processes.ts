@@ -160,8 +160,10 @@ export interface AgentProcess {
   log(): string;
 }
 
-/** Creates a join token through the CLI and enrolls a data dir with it; returns the host id. */
-/** Enrolls an agent data dir; `server` overrides the address the agent is given (e.g. a proxy in front). */
+/**
+ * Creates a join token through the CLI and enrolls a data dir with it; returns the host id. `server`
+ * overrides the address the agent is given (e.g. a proxy in front of the control plane).
+ */
 export async function enrollAgent(
   cp: ControlPlaneProcess,
   dataDir: string,
