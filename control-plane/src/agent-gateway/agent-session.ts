@@ -3,6 +3,7 @@
 
 import type { AgentMessage, ControlMessage, EncodedMessage } from "@dumont/proto";
 import type { ServerDuplexStream } from "@grpc/grpc-js";
+import { FailedPreconditionError } from "../errors.js";
 
 export type AgentStream = ServerDuplexStream<AgentMessage, ControlMessage>;
 
@@ -27,18 +28,19 @@ export class AgentSession {
 
   /**
    * Sends one message. Resolves once the stream accepts more (write() returned true or 'drain'),
-   * so a fast producer cannot buffer unbounded data in memory; rejects if the stream closed.
+   * so a fast producer cannot buffer unbounded data in memory; rejects if the stream closed (a
+   * FailedPreconditionError: an operation that loses its host says so to the caller, not "internal error").
    * `onWritten` runs once the message's bytes have been copied on, so its buffer may be reused.
    */
   async send(message: ControlMessage | EncodedMessage, onWritten?: () => void): Promise<void> {
-    if (this.closed) throw new Error(`host ${this.hostId} is not connected`);
+    if (this.closed) throw new FailedPreconditionError(`host ${this.hostId} is not connected`);
     // An EncodedMessage goes through the serializer unchanged (grpc-service.ts). The write callback runs once
     // grpc-js has framed the message into its own buffer and handed it to HTTP/2 (or the write failed): a
     // grpc-js server frames synchronously in sendMessage. (Not so on the client: there the retry layer calls
     // back a small message's write on the next tick, before the framing copy; the agent does not reuse.)
     if (this.stream.write(message as ControlMessage, onWritten && (() => onWritten()))) return;
     const ok = await new Promise<boolean>((resolve) => this.waiters.add(resolve));
-    if (!ok) throw new Error(`host ${this.hostId} disconnected while sending`);
+    if (!ok) throw new FailedPreconditionError(`host ${this.hostId} disconnected while sending`);
   }
 
   private pauses = 0;
