@@ -16,6 +16,25 @@ function lazyPort() {
 }
 
 describe("StreamChunkSink", () => {
+  it("leaves no unhandled rejection when the stream dies during an offer's or a commit's send", async () => {
+    // The control plane killed mid-snapshot: the send fails, then the session fails the sink. The answer
+    // nobody awaits any more must not reject unhandled (Node exits on that: it killed the agent).
+    const unhandled: unknown[] = [];
+    const record = (reason: unknown) => unhandled.push(reason);
+    process.on("unhandledRejection", record);
+    try {
+      const closed = new Error("the stream to the control plane closed while sending");
+      const sink = new StreamChunkSink({ send: () => Promise.reject(closed) }, "r0", 0n);
+      await expect(sink.missing([Buffer.alloc(32, 1)])).rejects.toBe(closed);
+      await expect(sink.commit(Buffer.alloc(8), { workspace: "w", epoch: 0, tenant: "t" })).rejects.toBe(closed);
+      sink.fail(new Error("the stream to the control plane closed"));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off("unhandledRejection", record);
+    }
+  });
+
   it("sends the chunk bytes as they were at put(), even if the engine reuses the memory afterwards", async () => {
     const { port, messages } = lazyPort();
     const sink = new StreamChunkSink(port, "r1", 3n);

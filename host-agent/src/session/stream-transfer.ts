@@ -65,6 +65,9 @@ export class StreamChunkSink implements ChunkSink {
     this.assertOpen();
     const batch = BigInt(++this.batch);
     const answer = new Promise<Buffer[]>((resolve, reject) => this.needs.set(batch, { resolve, reject }));
+    // If the send below fails, nobody awaits `answer`, and `fail` would reject it unhandled: that killed the
+    // agent when the control plane died mid-snapshot.
+    answer.catch(() => {});
     await this.port.send(
       create(AgentMessageSchema, {
         msg: {
@@ -104,6 +107,7 @@ export class StreamChunkSink implements ChunkSink {
     const done = new Promise<string>((resolve, reject) => {
       this.committed = { resolve, reject };
     });
+    done.catch(() => {}); // as in `missing`: awaited below only if the send succeeds
     const s = meta.stats;
     await this.port.send(
       create(AgentMessageSchema, {
