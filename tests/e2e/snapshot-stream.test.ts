@@ -48,6 +48,18 @@ describe("snapshots over the agent stream", () => {
     const seen = hosts.find((h) => h.id === agent.hostId)?.lastSeenAt;
     return typeof seen === "string" && Date.parse(seen) > t;
   };
+  /**
+   * Waits for the agent's new session after a restart. The agent retries with exponential backoff of up to
+   * 30 s between attempts, so a slow restart can cost it one long wait: 60 s covers that. On timeout the
+   * agent's log goes into the error, which says why it did not come back.
+   */
+  const reconnected = async (since: number) => {
+    try {
+      await waitFor(() => reportedSince(since), 60_000);
+    } catch (err) {
+      throw new Error(`${(err as Error).message}; agent log:\n${agent.log().slice(-4000)}`);
+    }
+  };
   const online = async () => {
     const hosts = (await cli(["host", "list", "--json"])) as { id: string; status: string }[];
     return hosts.find((h) => h.id === agent.hostId)?.status === "online";
@@ -219,13 +231,13 @@ describe("snapshots over the agent stream", () => {
 
     const restartedAt = Date.now();
     agent = startAgentProcess(agent.dataDir, agent.hostId);
-    await waitFor(() => reportedSince(restartedAt), 20_000);
+    await reconnected(restartedAt);
     const retry = (await cli(["snapshot", "create", "--host", agent.hostId, "--path", big, "--json"])) as SnapshotJson;
     expect(retry.files).toBe(5);
     const target = path.join(root, "restored-big");
     await cli(["snapshot", "restore", retry.id, "--host", agent.hostId, "--target", target, "--json"]);
     expect(await describeTree(target)).toEqual(await describeTree(big));
-  });
+  }, 150_000);
 
   it("a kill -9 of the control plane mid-snapshot leaves no snapshot visible; after restart the next one succeeds", async () => {
     const big = path.join(root, "big-workspace-2");
@@ -243,11 +255,11 @@ describe("snapshots over the agent stream", () => {
       grpcPort: cp.grpcPort,
       databaseUrl: db.url,
     });
-    await waitFor(() => reportedSince(restartedAt), 30_000);
+    await reconnected(restartedAt);
     expect((await snapshots()).map((s) => s.id)).toEqual(before);
     const retry = (await cli(["snapshot", "create", "--host", agent.hostId, "--path", big, "--json"])) as SnapshotJson;
     const target = path.join(root, "restored-big-2");
     await cli(["snapshot", "restore", retry.id, "--host", agent.hostId, "--target", target, "--json"]);
     expect(await describeTree(target)).toEqual(await describeTree(big));
-  });
+  }, 150_000);
 });
