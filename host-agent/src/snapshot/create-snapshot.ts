@@ -205,13 +205,18 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
 async function dropVanishedChunks(sink: ChunkSink, reusable: FileWork[], toRead: Set<FileWork>): Promise<void> {
   const unique = new Map<string, Buffer>();
   for (const w of reusable) for (const hex of w.chunks) if (!unique.has(hex)) unique.set(hex, Buffer.from(hex, "hex"));
-  const all = [...unique.values()];
-  const absent = new Set<string>();
-  for (let i = 0; i < all.length; i += OFFER_BATCH) {
-    for (const id of await sink.missing(all.slice(i, i + OFFER_BATCH))) absent.add(id.toString("hex"));
-  }
+  const absent = await missingIds(sink, [...unique.values()]);
   if (absent.size === 0) return;
   for (const w of reusable) if (w.chunks.some((hex) => absent.has(hex))) toRead.add(w);
+}
+
+/** The hex ids of `ids` the sink lacks, asked OFFER_BATCH at a time. */
+async function missingIds(sink: ChunkSink, ids: Buffer[]): Promise<Set<string>> {
+  const missing = new Set<string>();
+  for (let i = 0; i < ids.length; i += OFFER_BATCH) {
+    for (const id of await sink.missing(ids.slice(i, i + OFFER_BATCH))) missing.add(id.toString("hex"));
+  }
+  return missing;
 }
 
 interface PlannedSegment {
@@ -365,16 +370,7 @@ class SegmentPipeline {
       offered.add(hex);
       ask.push(ids.subarray(at, at + 32));
     }
-    return { offered, missing: await this.missing(ask) };
-  }
-
-  /** The hex ids of `ids` the sink lacks. */
-  private async missing(ids: Buffer[]): Promise<Set<string>> {
-    const missing = new Set<string>();
-    for (let i = 0; i < ids.length; i += OFFER_BATCH) {
-      for (const id of await this.sink.missing(ids.slice(i, i + OFFER_BATCH))) missing.add(id.toString("hex"));
-    }
-    return missing;
+    return { offered, missing: await missingIds(this.sink, ask) };
   }
 
   private async handle(task: PlannedSegment[], sealed: SealedSegments, offered: Offered): Promise<void> {
@@ -484,7 +480,8 @@ class SegmentPipeline {
   private async deliver(fresh: Accepted[], offered: Offered): Promise<void> {
     if (fresh.length === 0) return;
     const late = fresh.filter((c) => !offered.offered.has(c.hex)).map((c) => c.id);
-    const missing = late.length === 0 ? offered.missing : new Set([...offered.missing, ...(await this.missing(late))]);
+    const missing =
+      late.length === 0 ? offered.missing : new Set([...offered.missing, ...(await missingIds(this.sink, late))]);
     const chunks: SealedChunk[] = [];
     for (const c of fresh) {
       if (!missing.has(c.hex)) continue;
