@@ -22,6 +22,14 @@ export const STREAM_MESSAGE_BUFFER_BYTES = 2 * STREAM_BATCH_BYTES + 64 * 1024;
 export const STREAM_BUFFERS_KEPT = 18;
 
 /**
+ * The agent's grpc-js client keeps messages of up to this many bytes (per call; grpc-js's default is 1 MiB)
+ * for a transparent retry, and calls back their writes on the next tick, before they have even been framed.
+ * Larger messages are called back once grpc-js has framed (copied) and written them: only their buffers can
+ * be reused then. Chunk messages are about STREAM_BATCH_BYTES, far above this.
+ */
+export const RETRY_BUFFER_BYTES = 256 * 1024;
+
+/**
  * The name every control-plane server certificate carries. Agents pin the CA by hash and check this
  * name, so the address they dial (IP, DNS, a tunnel) does not have to appear in the certificate.
  */

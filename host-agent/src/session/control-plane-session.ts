@@ -91,13 +91,15 @@ export class ControlPlaneSession extends EventEmitter {
 
   /**
    * Sends a message, waiting while the stream's buffer is full. Rejects when not connected; callers
-   * that must not lose data retry after the next 'connected' event.
+   * that must not lose data retry after the next 'connected' event. `onWritten` runs when grpc-js calls
+   * back the write: for a message larger than RETRY_BUFFER_BYTES that is once it has been framed into a
+   * buffer of grpc-js's own, so the message's buffer may be reused (for a smaller one it may be sooner).
    */
-  async send(message: AgentMessage | EncodedMessage): Promise<void> {
+  async send(message: AgentMessage | EncodedMessage, onWritten?: () => void): Promise<void> {
     const stream = this.stream;
     if (!stream || !this.connected) throw new Error("not connected to the control plane");
     // An EncodedMessage goes through the serializer unchanged (grpc-service.ts).
-    if (stream.write(message as AgentMessage)) return;
+    if (stream.write(message as AgentMessage, onWritten && (() => onWritten()))) return;
     await new Promise<void>((resolve, reject) => {
       const onDrain = () => {
         cleanup();

@@ -10,6 +10,7 @@ import {
   FLOW_CONTROL_WINDOW_BYTES,
   grpcServiceDefinition,
   MAX_MESSAGE_BYTES,
+  RETRY_BUFFER_BYTES,
 } from "@dumont/proto";
 import * as grpc from "@grpc/grpc-js";
 import { parseServer } from "./identity.js";
@@ -44,6 +45,9 @@ export function createGatewayClient(
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
     "grpc-node.flow_control_window": FLOW_CONTROL_WINDOW_BYTES,
+    // Down from grpc-js's 1 MiB: a larger message is not kept for a transparent retry, and its write callback
+    // runs only once grpc-js has framed and written it. StreamChunkSink reuses such messages' buffers then.
+    "grpc.per_rpc_retry_buffer_size": RETRY_BUFFER_BYTES,
     "grpc.keepalive_time_ms": 15_000,
     "grpc.keepalive_timeout_ms": 10_000,
     "grpc.keepalive_permit_without_calls": 1,

@@ -1,5 +1,11 @@
 import { create, fromBinary } from "@bufbuild/protobuf";
-import { type AgentMessage, AgentMessageSchema, ControlMessageSchema, isEncodedMessage } from "@dumont/proto";
+import {
+  type AgentMessage,
+  AgentMessageSchema,
+  ControlMessageSchema,
+  isEncodedMessage,
+  RETRY_BUFFER_BYTES,
+} from "@dumont/proto";
 import { describe, expect, it } from "vitest";
 import { StreamChunkSink, StreamChunkSource, type StreamPort } from "./stream-transfer.js";
 
@@ -55,6 +61,42 @@ describe("StreamChunkSink", () => {
       [5, 6, 7, 8],
     ]);
     expect(msg.msg.value && (msg.msg.value as { epoch: bigint }).epoch).toBe(3n);
+  });
+
+  it("reuses a large message's buffer once its write is called back, and never a small one's", async () => {
+    // grpc-js calls back a write of at most RETRY_BUFFER_BYTES before it has framed the message, and a
+    // larger one only after: reusing a small message's buffer would change bytes not yet sent.
+    const sent: { message: Uint8Array; written?: () => void }[] = [];
+    const port: StreamPort = {
+      send: async (message, written) => void sent.push({ message: message as Uint8Array, written }),
+    };
+    const sink = new StreamChunkSink(port, "r3", 0n);
+    const chunk = (n: number, size: number) => ({
+      id: Buffer.alloc(32, n),
+      blob: Buffer.alloc(size, n),
+      plainLength: size,
+    });
+    const blobs = (m: Uint8Array) => {
+      const msg = fromBinary(AgentMessageSchema, m);
+      return msg.msg.case === "snapshotChunks" ? msg.msg.value.chunks.map((c) => [c.blob.length, c.blob[0]]) : [];
+    };
+    const large = RETRY_BUFFER_BYTES + 1024;
+
+    await sink.put([chunk(1, large)]);
+    await sink.put([chunk(2, large)]);
+    expect(sent[1].message.buffer).not.toBe(sent[0].message.buffer);
+    expect(blobs(sent[0].message)).toEqual([[large, 1]]);
+    sent[0].written?.();
+    await sink.put([chunk(3, large)]);
+    expect(sent[2].message.buffer).toBe(sent[0].message.buffer); // reused
+    expect(blobs(sent[2].message)).toEqual([[large, 3]]);
+    expect(blobs(sent[1].message)).toEqual([[large, 2]]); // not yet called back: untouched
+
+    await sink.put([chunk(4, 1000)]);
+    sent[3].written?.();
+    await sink.put([chunk(5, 1000)]);
+    expect(blobs(sent[3].message)).toEqual([[1000, 4]]);
+    expect(blobs(sent[4].message)).toEqual([[1000, 5]]);
   });
 
   it("cuts chunk batches at the stream batch size and answers offers by batch number", async () => {

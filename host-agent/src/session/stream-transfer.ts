@@ -7,14 +7,23 @@ import {
   type ControlMessage,
   type EncodedMessage,
   encodeSnapshotChunks,
+  RETRY_BUFFER_BYTES,
   STREAM_BATCH_BYTES,
+  STREAM_BUFFERS_KEPT,
+  STREAM_MESSAGE_BUFFER_BYTES,
   type WireChunk,
 } from "@dumont/proto";
 import type { ChunkSink, ChunkSource, FetchedChunk, SealedChunk, SnapshotMeta } from "@dumont/repository";
+// The subpath, not the package: the session runs from the agent's start, and the package loads the S3 SDK.
+import { BufferPool } from "@dumont/repository/buffer-pool";
 
 /** What the stream classes need from the session. */
 export interface StreamPort {
-  send(message: ReturnType<typeof create<typeof AgentMessageSchema>> | EncodedMessage): Promise<void>;
+  /** `onWritten`: the message's buffer may be reused (see ControlPlaneSession.send). */
+  send(
+    message: ReturnType<typeof create<typeof AgentMessageSchema>> | EncodedMessage,
+    onWritten?: () => void,
+  ): Promise<void>;
   /** Holds the control plane's messages back until the returned function is called (see ControlPlaneSession). */
   pauseInbound?(): () => void;
 }
@@ -31,6 +40,15 @@ type Waiter<T> = { resolve: (v: T) => void; reject: (e: Error) => void };
 
 export class StreamChunkSink implements ChunkSink {
   private batch = 0;
+  /**
+   * Buffers chunk messages are encoded into, reused once grpc-js has framed a message (BufferPool says why:
+   * a fresh 1 MiB buffer per message drove the agent's garbage collector). Only for messages larger than
+   * RETRY_BUFFER_BYTES: grpc-js calls back a smaller one's write before framing it, so those get their own.
+   */
+  private readonly buffers = new BufferPool(STREAM_MESSAGE_BUFFER_BYTES, STREAM_BUFFERS_KEPT);
+  private readonly encodeBuffers = {
+    take: (size: number): Buffer => (size > RETRY_BUFFER_BYTES ? this.buffers.take(size) : Buffer.allocUnsafe(size)),
+  };
   private readonly needs = new Map<bigint, Waiter<Buffer[]>>();
   private committed: Waiter<string> | undefined;
   private failed: Error | undefined;
@@ -87,12 +105,10 @@ export class StreamChunkSink implements ChunkSink {
       if (pending.length === 0) return;
       // Encoded now, in one copy: grpc-js may serialise a queued message after put() resolved, and the
       // engine reuses (or transfers to a worker, emptying) the chunk's memory as soon as put() resolves.
-      // Into a fresh buffer, not a reused one as the control plane does: on the client, grpc-js's retry layer
-      // runs a small message's write callback on the next tick, before its framing copy has been made.
-      const message = encodeSnapshotChunks(this.requestId, this.epoch, pending);
+      const message = encodeSnapshotChunks(this.requestId, this.epoch, pending, this.encodeBuffers);
       pending = [];
       bytes = 0;
-      await this.port.send(message);
+      await this.port.send(message, () => this.buffers.give(message));
     };
     for (const c of chunks) {
       if (bytes > 0 && bytes + c.blob.length > STREAM_BATCH_BYTES) await flush();
