@@ -207,6 +207,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               bytesStored: viaStream.storedFull,
               vsDirect: round(full.seconds / viaStream.full.seconds),
               cpuSeconds: viaStream.full.cpuSeconds,
+              agentCpuVsDirect: round(full.cpuSeconds / viaStream.full.cpuSeconds.agent),
             },
             incremental: {
               seconds: round(viaStream.incremental.seconds),
@@ -219,6 +220,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               throughputMBps: round(corpus.bytes / MB / viaStream.restore.seconds),
               vsDirect: round(restore.seconds / viaStream.restore.seconds),
               cpuSeconds: viaStream.restore.cpuSeconds,
+              agentCpuVsDirect: round(restore.cpuSeconds / viaStream.restore.cpuSeconds.agent),
               byteForByte: viaStream.restoredOk,
             },
             agentPeakRssMiB: viaStream.agentPeakRssMiB,
@@ -226,7 +228,8 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
             note:
               "wall clock of the `dumont snapshot` CLI call: agent → mTLS gRPC stream → control plane → file:// blob store; " +
               "vsDirect = direct seconds / stream seconds (1.0 = as fast); both processes share this machine's cores, " +
-              "cpuSeconds says what each side spent (compare with the direct run's cpuSeconds)",
+              "cpuSeconds says what each side spent; agentCpuVsDirect = the direct run's CPU / the agent's CPU here (what " +
+              "the agent's own share of the work allows when the control plane runs on other cores; not measured here)",
           }
         : { skipped: "skipped by option (--skip-stream)" };
     const restic = options.skipRestic
