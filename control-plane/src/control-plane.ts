@@ -67,7 +67,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
       telemetryIntervalMs: Math.round(config.telemetryIntervalSeconds * 1000),
     });
     const tenantKeys = new TenantKeys(db, await loadMasterKey(config.dataDir, config.masterKey));
-    const snapshots = new SnapshotCoordinator(db, tenantKeys, config.blobStore, log);
+    const snapshots = new SnapshotCoordinator(db, tenantKeys, config.blobStore, log, metrics);
     gateway.onMessage((session, message) => snapshots.onAgentMessage(session, message));
     gateway.onSessionClosed((session) => snapshots.onSessionClosed(session.hostId));
     const grpcPort = await gateway.listen(config.host, config.grpcPort);

@@ -27,6 +27,41 @@ export function createMetrics() {
       registers: [registry],
     }),
     hostsLost: new Counter({ name: "dumont_hosts_lost_total", help: "Hosts declared lost", registers: [registry] }),
+    // Snapshot bytes/s (DESIGN §8) is rate() of these counters: sealed chunk bytes, as they cross the agent stream.
+    snapshotBytesReceived: new Counter({
+      name: "dumont_snapshot_bytes_received_total",
+      help: "Sealed chunk bytes agents sent for snapshots (only chunks the repository lacked travel)",
+      registers: [registry],
+    }),
+    restoreBytesSent: new Counter({
+      name: "dumont_restore_bytes_sent_total",
+      help: "Sealed chunk bytes streamed to agents for restores",
+      registers: [registry],
+    }),
+    snapshots: new Counter({
+      name: "dumont_snapshots_total",
+      help: "Snapshots through the control plane, by result (committed or failed)",
+      labelNames: ["result"],
+      registers: [registry],
+    }),
+    restores: new Counter({
+      name: "dumont_restores_total",
+      help: "Restores through the control plane, by result (completed or failed)",
+      labelNames: ["result"],
+      registers: [registry],
+    }),
+    snapshotSeconds: new Histogram({
+      name: "dumont_snapshot_duration_seconds",
+      help: "From the request to the commit, for committed snapshots",
+      buckets: [0.5, 1, 2.5, 5, 15, 30, 60, 120, 300, 900, 1800, 3600],
+      registers: [registry],
+    }),
+    restoreSeconds: new Histogram({
+      name: "dumont_restore_duration_seconds",
+      help: "From the request to the agent's report that every file is written, for completed restores",
+      buckets: [0.5, 1, 2.5, 5, 15, 30, 60, 120, 300, 900, 1800, 3600],
+      registers: [registry],
+    }),
     enrollments: new Counter({
       name: "dumont_enrollments_total",
       help: "Enroll calls by result",

@@ -12,8 +12,8 @@ import {
   testDatabaseUrl,
   waitFor,
 } from "../support/processes.js";
+import { scrapeMetrics } from "../support/prometheus.js";
 import { cpuPercent, cpuTimes, memoryMiB, round } from "./support/proc-stats.js";
-import { scrapeMetrics } from "./support/prometheus.js";
 
 export interface AgentIdleBenchOptions {
   durationSeconds: number;

@@ -8,6 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { startControlPlaneProcess, tempDir, testDatabaseUrl } from "../support/processes.js";
+import { histogramQuantile, type MetricsScrape, scrapeMetrics } from "../support/prometheus.js";
 import { AgentFleet } from "./support/agent-fleet.js";
 import {
   type CpuTimes,
@@ -18,7 +19,6 @@ import {
   memoryMiB,
   round,
 } from "./support/proc-stats.js";
-import { histogramQuantile, type MetricsScrape, scrapeMetrics } from "./support/prometheus.js";
 
 export interface TelemetryBenchOptions {
   /** One run per entry, each against a fresh control plane and database. */

@@ -18,6 +18,7 @@ import {
   testDatabaseUrl,
   waitFor,
 } from "../support/processes.js";
+import { type MetricsScrape, scrapeMetrics } from "../support/prometheus.js";
 import { ageFiles, describeTree, makeWorkspace } from "../support/workspace.js";
 
 interface SnapshotJson {
@@ -136,6 +137,50 @@ describe("snapshots over the agent stream", () => {
     const target = path.join(root, "large-restore");
     await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
     expect(await describeTree(target)).toEqual(await describeTree(tree));
+    await fs.rm(target, { recursive: true });
+    await fs.rm(tree, { recursive: true });
+  });
+
+  it("counts snapshot and restore bytes, results and durations on /metrics", async () => {
+    const tree = path.join(root, "metrics-tree");
+    await fs.mkdir(tree);
+    await fs.writeFile(path.join(tree, "weights.bin"), randomBytes(3 * 1024 * 1024)); // incompressible: sealed >= plain
+    await ageFiles(tree);
+    const before = await scrapeMetrics(cp.httpUrl);
+    const counter = (m: MetricsScrape, name: string, labels: Record<string, string> = {}) => {
+      const v = m.value(name, labels);
+      return Number.isNaN(v) ? 0 : v;
+    };
+    const delta = async (name: string, labels: Record<string, string> = {}) =>
+      counter(await scrapeMetrics(cp.httpUrl), name, labels) - counter(before, name, labels);
+
+    const snap = (await cli(["snapshot", "create", "--host", agent.hostId, "--path", tree, "--json"])) as SnapshotJson;
+    expect(snap.bytesNew).toBe(3 * 1024 * 1024);
+    const received = await delta("dumont_snapshot_bytes_received_total");
+    // Every new chunk crossed the stream sealed (plain bytes + envelope); the manifest is the rest of bytesStored.
+    expect(received).toBeGreaterThanOrEqual(snap.bytesNew);
+    expect(received).toBeLessThan(snap.bytesStored);
+    expect(await delta("dumont_snapshots_total", { result: "committed" })).toBe(1);
+    expect(await delta("dumont_snapshot_duration_seconds_count")).toBe(1);
+
+    const target = path.join(root, "metrics-restore");
+    await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
+    expect(await delta("dumont_restore_bytes_sent_total")).toBe(received);
+    expect(await delta("dumont_restores_total", { result: "completed" })).toBe(1);
+    expect(await delta("dumont_restore_duration_seconds_count")).toBe(1);
+
+    const missing = await cp.cli([
+      "snapshot",
+      "create",
+      "--host",
+      agent.hostId,
+      "--path",
+      path.join(root, "nope"),
+      "--json",
+    ]);
+    expect(missing.code).not.toBe(0);
+    expect(await delta("dumont_snapshots_total", { result: "failed" })).toBe(1);
+    expect(await delta("dumont_snapshots_total", { result: "committed" })).toBe(1);
     await fs.rm(target, { recursive: true });
     await fs.rm(tree, { recursive: true });
   });

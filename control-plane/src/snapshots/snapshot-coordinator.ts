@@ -28,6 +28,7 @@ import type { Db } from "../db/database.js";
 import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError } from "../errors.js";
 import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
 import type { TenantKeys } from "./tenant-keys.js";
 
 /** Ranged pack reads of a streamed restore: their size and how many are kept in flight. */
@@ -78,6 +79,7 @@ export class SnapshotCoordinator {
     /** e.g. file:///var/lib/dumont/blobs or s3://bucket/prefix; each tenant gets `<base>/tenants/<id>`. */
     private readonly blobStoreUrl: string,
     private readonly log: Logger,
+    private readonly metrics: Metrics,
   ) {}
 
   /** Routes agent messages that belong to an operation in flight. */
@@ -98,7 +100,38 @@ export class SnapshotCoordinator {
     }
   }
 
+  /** Takes a snapshot of `req.path` on the agent's host; resolves once it is committed (and listed). */
   async snapshot(req: SnapshotRequest): Promise<SnapshotRow> {
+    return this.measured(this.metrics.snapshots, this.metrics.snapshotSeconds, "committed", () =>
+      this.takeSnapshot(req),
+    );
+  }
+
+  /** Restores a snapshot onto the agent's host; resolves once the agent reports every file written. */
+  async restore(req: RestoreRequest): Promise<{ files: number; bytesWritten: number; seconds: number }> {
+    return this.measured(this.metrics.restores, this.metrics.restoreSeconds, "completed", () => this.runRestore(req));
+  }
+
+  /** Counts an operation by result (failures of every kind) and times the ones that succeed. */
+  private async measured<T>(
+    count: Metrics["snapshots"],
+    seconds: Metrics["snapshotSeconds"],
+    success: string,
+    work: () => Promise<T>,
+  ): Promise<T> {
+    const stop = seconds.startTimer();
+    try {
+      const result = await work();
+      stop();
+      count.inc({ result: success });
+      return result;
+    } catch (err) {
+      count.inc({ result: "failed" });
+      throw err;
+    }
+  }
+
+  private async takeSnapshot(req: SnapshotRequest): Promise<SnapshotRow> {
     if (!req.path.startsWith("/"))
       throw new InvalidArgumentError(`path must be absolute, got ${JSON.stringify(req.path)}`);
     const key = await this.tenantKeys.get(req.tenantId);
@@ -162,6 +195,7 @@ export class SnapshotCoordinator {
               blob: Buffer.from(c.blob.buffer, c.blob.byteOffset, c.blob.byteLength),
               plainLength: c.plainLength,
             }));
+            this.metrics.snapshotBytesReceived.inc(chunks.reduce((sum, c) => sum + c.blob.length, 0));
             session.pauseInbound();
             serial(async () => {
               try {
@@ -209,7 +243,7 @@ export class SnapshotCoordinator {
     });
   }
 
-  async restore(req: RestoreRequest): Promise<{ files: number; bytesWritten: number; seconds: number }> {
+  private async runRestore(req: RestoreRequest): Promise<{ files: number; bytesWritten: number; seconds: number }> {
     if (!req.target.startsWith("/")) {
       throw new InvalidArgumentError(`target must be absolute, got ${JSON.stringify(req.target)}`);
     }
@@ -294,6 +328,7 @@ export class SnapshotCoordinator {
       // Encoded now, in one copy (grpc-js serialises a queued message later): the blobs' read buffers are free
       // from here on, the message's buffer once grpc-js has framed it.
       const message = encodeRestoreChunks(requestId, batch, last, pending, pools.messages);
+      this.metrics.restoreBytesSent.inc(bytes);
       for (const buffer of finished) pools.reads.give(buffer);
       finished = [];
       pending = [];
