@@ -72,6 +72,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
     gateway.onSessionClosed((session) => snapshots.onSessionClosed(session.hostId));
     const grpcPort = await gateway.listen(config.host, config.grpcPort);
     cleanups.push(() => ingest.close());
+    cleanups.push(() => snapshots.close());
     cleanups.push(() => liveness.stop());
     cleanups.push(() => gateway.close());
     liveness.start();

@@ -20,6 +20,7 @@ import {
   openBlobStore,
   Repository,
   type RepositoryChunkSource,
+  RepositoryError,
   RepositoryIndex,
   type RepositoryWriter,
 } from "@dumont/repository";
@@ -29,7 +30,11 @@ import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
+import { ChunkVerifier } from "./chunk-verifier.js";
 import type { TenantKeys } from "./tenant-keys.js";
+
+/** Chunk messages being verified or written before we stop reading the agent's stream (about 1 MiB each). */
+const MAX_VERIFYING = 4;
 
 /** Ranged pack reads of a streamed restore: their size and how many are kept in flight. */
 const RESTORE_READ_BYTES = 8 * 1024 * 1024;
@@ -72,6 +77,8 @@ export class SnapshotCoordinator {
   private readonly operations = new Map<string, Operation>();
   private readonly repositories = new Map<string, Promise<Repository>>();
   private readonly indexes = new Map<string, RepositoryIndex>();
+  private verifier: ChunkVerifier | undefined;
+  private closed = false;
 
   constructor(
     private readonly db: Db,
@@ -81,6 +88,19 @@ export class SnapshotCoordinator {
     private readonly log: Logger,
     private readonly metrics: Metrics,
   ) {}
+
+  /** Stops the arrival check's threads (operations still in flight fail). */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.verifier?.close();
+  }
+
+  /** The arrival check's threads: started with the first snapshot, started afresh if one has died. */
+  private chunkVerifier(): ChunkVerifier {
+    if (this.closed) throw new FailedPreconditionError("the control plane is shutting down");
+    if (!this.verifier || this.verifier.broken) this.verifier = new ChunkVerifier();
+    return this.verifier;
+  }
 
   /** Routes agent messages that belong to an operation in flight. */
   onAgentMessage(session: AgentSession, message: AgentMessage): void {
@@ -136,14 +156,18 @@ export class SnapshotCoordinator {
       throw new InvalidArgumentError(`path must be absolute, got ${JSON.stringify(req.path)}`);
     const key = await this.tenantKeys.get(req.tenantId);
     const repository = await this.repository(req.tenantId, key);
-    // Every chunk is opened and its SHA-256 checked on arrival: an agent cannot store a chunk under a
-    // wrong id (which would corrupt other snapshots through dedup).
-    const writer = await repository.writer({ verifyChunks: true, index: this.index(req.tenantId), refreshIndex: true });
+    // Every chunk is opened and its SHA-256 checked on arrival (an agent cannot store a chunk under a wrong
+    // id, which would corrupt other snapshots through dedup): by the verifier's threads, so the writer does not.
+    const verifier = this.chunkVerifier();
+    const writer = await repository.writer({ index: this.index(req.tenantId), refreshIndex: true });
+    let outstanding = 0;
+    let paused = false;
     const requestId = randomUUID();
     const session = req.session;
     return new Promise<SnapshotRow>((resolve, reject) => {
-      // Chunks are written one batch after another; while a batch is being written we stop reading the
-      // agent's stream, so HTTP/2 flow control pushes back on the agent instead of buffering here.
+      // Each batch of chunks is checked by the verifier's threads as it arrives, then written in order. With
+      // more than MAX_VERIFYING batches in hand we stop reading the agent's stream, so HTTP/2 flow control
+      // pushes back on the agent instead of buffering here.
       let chain: Promise<void> = Promise.resolve();
       let finished = false;
       const finish = (err: Error | undefined, row?: SnapshotRow) => {
@@ -196,12 +220,28 @@ export class SnapshotCoordinator {
               plainLength: c.plainLength,
             }));
             this.metrics.snapshotBytesReceived.inc(chunks.reduce((sum, c) => sum + c.blob.length, 0));
-            session.pauseInbound();
+            const verified = verifier.verify(key, chunks);
+            verified.catch(() => {});
+            if (++outstanding > MAX_VERIFYING && !paused) {
+              paused = true;
+              session.pauseInbound();
+            }
             serial(async () => {
               try {
+                const problems = await verified;
+                const bad = problems.findIndex((p) => p !== null);
+                if (bad >= 0) {
+                  throw new RepositoryError(
+                    "corrupt",
+                    `chunk ${chunks[bad].id.toString("hex")} arrived damaged: ${problems[bad]}`,
+                  );
+                }
                 await writer.put(chunks);
               } finally {
-                session.resumeInbound();
+                if (--outstanding <= MAX_VERIFYING && paused) {
+                  paused = false;
+                  session.resumeInbound();
+                }
               }
             });
           } else if (m.case === "snapshotCommit") {

@@ -1,0 +1,28 @@
+// A thread of the ChunkVerifier (chunk-verifier.ts): opens each chunk of a batch and checks its SHA-256
+// against its id. The batch's blobs arrive back to back in one transferred buffer, which goes back with the
+// answer so the pool can reuse it.
+import { parentPort } from "node:worker_threads";
+import { chunkCodec } from "@dumont/repository/sealing";
+import type { VerifyReply, VerifyRequest } from "./chunk-verifier.js";
+
+const port = parentPort;
+if (!port) throw new Error("chunk-verifier-worker.js runs as a worker thread of ChunkVerifier");
+port.on("message", (req: VerifyRequest) => {
+  const key = Buffer.from(req.key);
+  const data = Buffer.from(req.data);
+  const problems: (string | null)[] = [];
+  let at = 0;
+  for (let i = 0; i < req.lengths.length; i++) {
+    const blob = data.subarray(at, at + req.lengths[i]);
+    at += req.lengths[i];
+    const id = Buffer.from(req.ids.buffer, req.ids.byteOffset + 32 * i, 32);
+    const plainLength = req.plainLengths[i];
+    try {
+      problems.push(plainLength < 0 ? "its id is not 32 bytes" : chunkCodec.verifyChunk(key, id, blob, plainLength));
+    } catch (err) {
+      problems.push(err instanceof Error ? err.message : String(err));
+    }
+  }
+  const reply: VerifyReply = { seq: req.seq, problems, data: req.data };
+  port.postMessage(reply, [req.data]);
+});

@@ -1,0 +1,141 @@
+// The control plane's arrival check, on worker threads: every chunk an agent sends is opened (decrypted,
+// decompressed) and its SHA-256 compared with its id, so an agent cannot store a chunk under a wrong id
+// (which would corrupt other snapshots through dedup). On the main thread this check was about half of the
+// control plane's CPU per GiB received, during which no agent stream was read, and it capped a whole fleet's
+// snapshot intake at one core; here it runs on the other cores (up to 8), and the main thread moves bytes.
+import { availableParallelism } from "node:os";
+import { Worker } from "node:worker_threads";
+
+export interface VerifyRequest {
+  seq: number;
+  key: Uint8Array;
+  /** The blobs, back to back (transferred; it comes back with the reply). */
+  data: ArrayBuffer;
+  lengths: number[];
+  /** 32 bytes per chunk. */
+  ids: Uint8Array;
+  plainLengths: number[];
+}
+
+export interface VerifyReply {
+  seq: number;
+  /** Per chunk: why it is damaged, or null. */
+  problems: (string | null)[];
+  data: ArrayBuffer;
+}
+
+export interface ArrivingChunk {
+  id: Uint8Array;
+  blob: Uint8Array;
+  plainLength: number;
+}
+
+interface VerifierThread {
+  worker: Worker;
+  busy: number;
+  pending: Map<number, { resolve: (problems: (string | null)[]) => void; reject: (err: Error) => void }>;
+}
+
+/** Staging buffers kept for reuse; a batch is one chunk message (about 1 MiB). */
+const SPARE_BUFFERS = 8;
+const STAGING_BYTES = 2 * 1024 * 1024;
+
+export class ChunkVerifier {
+  private readonly threads: VerifierThread[] = [];
+  private readonly spares: ArrayBuffer[] = [];
+  private seq = 0;
+  private failure: Error | undefined;
+
+  /**
+   * `threads` defaults to one less than the cores (the main thread keeps the streams moving), at least one and
+   * at most 8: one thread checks about a GB/s, so 8 outrun any network card, and each costs an isolate's memory.
+   */
+  constructor(threads = Math.max(1, Math.min(8, availableParallelism() - 1))) {
+    if (!(Number.isInteger(threads) && threads > 0))
+      throw new Error(`threads must be a positive integer, got ${threads}`);
+    for (let i = 0; i < threads; i++) {
+      const worker = new Worker(workerScript());
+      const thread: VerifierThread = { worker, busy: 0, pending: new Map() };
+      worker.unref(); // only a thread with work in hand keeps the process alive
+      worker.on("message", (reply: VerifyReply) => {
+        if (this.spares.length < SPARE_BUFFERS) this.spares.push(reply.data);
+        const p = thread.pending.get(reply.seq);
+        thread.pending.delete(reply.seq);
+        if (--thread.busy === 0) worker.unref();
+        p?.resolve(reply.problems);
+      });
+      worker.on("error", (err) => this.fail(new Error(`a chunk verifier thread failed: ${err.message}`)));
+      worker.on("exit", (code) => this.fail(new Error(`a chunk verifier thread exited (code ${code})`)));
+      this.threads.push(thread);
+    }
+  }
+
+  /** Set once a thread has failed or the verifier was closed: every call fails from then on (make a new one). */
+  get broken(): boolean {
+    return this.failure !== undefined;
+  }
+
+  /**
+   * Per chunk, why it is damaged (null when it opens and its hash matches its id). The chunks are copied
+   * before this returns, so their memory may be reused at once.
+   */
+  verify(key: Buffer, chunks: readonly ArrivingChunk[]): Promise<(string | null)[]> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (chunks.length === 0) return Promise.resolve([]);
+    let total = 0;
+    for (const c of chunks) total += c.blob.length;
+    const data = this.staging(total);
+    const bytes = new Uint8Array(data);
+    const ids = new Uint8Array(32 * chunks.length);
+    let at = 0;
+    chunks.forEach((c, i) => {
+      bytes.set(c.blob, at);
+      at += c.blob.length;
+      // An id of the wrong length cannot match any hash: its first 32 bytes (zero-padded) are checked.
+      ids.set(c.id.subarray(0, 32), 32 * i);
+    });
+    const seq = ++this.seq;
+    const request: VerifyRequest = {
+      seq,
+      key: Uint8Array.from(key),
+      data,
+      lengths: chunks.map((c) => c.blob.length),
+      ids,
+      plainLengths: chunks.map((c) => (c.id.length === 32 ? c.plainLength : -1)),
+    };
+    const thread = this.threads.reduce((a, b) => (b.busy < a.busy ? b : a));
+    if (thread.busy++ === 0) thread.worker.ref();
+    return new Promise((resolve, reject) => {
+      thread.pending.set(seq, { resolve, reject });
+      thread.worker.postMessage(request, [data, ids.buffer]);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.fail(new Error("the chunk verifier is closed"));
+    await Promise.all(this.threads.map((t) => t.worker.terminate()));
+  }
+
+  private staging(size: number): ArrayBuffer {
+    const i = this.spares.findIndex((b) => b.byteLength >= size);
+    return i >= 0 ? this.spares.splice(i, 1)[0] : new ArrayBuffer(Math.max(size, STAGING_BYTES));
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+    for (const t of this.threads) {
+      for (const p of t.pending.values()) p.reject(this.failure);
+      t.pending.clear();
+    }
+  }
+}
+
+/**
+ * The worker's compiled file sits beside this one in dist/. Under vitest, which runs this file's TypeScript
+ * source, it is the build's copy in dist/ (`npm test` builds first).
+ */
+function workerScript(): URL {
+  const here = import.meta.url;
+  const base = here.endsWith(".ts") ? here.replace("/control-plane/src/", "/control-plane/dist/") : here;
+  return new URL("./chunk-verifier-worker.js", base);
+}

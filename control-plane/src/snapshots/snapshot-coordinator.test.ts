@@ -1,0 +1,123 @@
+// The control plane's side of a streamed snapshot, driven in-process: a fake agent session plays the agent's
+// messages, so a chunk that is not what its id says can be sent (a real agent never does).
+import { randomBytes } from "node:crypto";
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { AgentMessageSchema, type ControlMessage } from "@dumont/proto";
+import { chunkCodec, sealManifest } from "@dumont/repository";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import type { AgentSession } from "../agent-gateway/agent-session.js";
+import { ensureTenant } from "../db/credential-repository.js";
+import type { Db } from "../db/database.js";
+import { openTestDatabase } from "../db/test-database.js";
+import { createLogger } from "../logger.js";
+import { createMetrics } from "../metrics.js";
+import { SnapshotCoordinator } from "./snapshot-coordinator.js";
+import { TenantKeys } from "./tenant-keys.js";
+
+describe("SnapshotCoordinator: the arrival check", () => {
+  let db: Db;
+  let closeDb: () => Promise<void>;
+  let blobs: string;
+  let coordinator: SnapshotCoordinator;
+  let sent: ControlMessage[];
+  const session = {
+    hostId: "h-test",
+    send: async (m: ControlMessage) => void sent.push(m),
+    pauseInbound: () => {},
+    resumeInbound: () => {},
+  } as unknown as AgentSession;
+
+  beforeAll(async () => {
+    ({ db, close: closeDb } = await openTestDatabase());
+    await ensureTenant(db, "t1", "tenant one");
+    blobs = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-coordinator-"));
+    coordinator = new SnapshotCoordinator(
+      db,
+      new TenantKeys(db, randomBytes(32)),
+      `file://${blobs}`,
+      createLogger("silent"),
+      createMetrics(),
+    );
+  });
+  beforeEach(() => {
+    sent = [];
+  });
+
+  afterAll(async () => {
+    await coordinator.close();
+    await closeDb();
+    await fs.rm(blobs, { recursive: true, force: true });
+  });
+
+  /** Starts a snapshot and returns it with what the agent is told: the request id and the tenant key. */
+  const start = async () => {
+    const snapshot = coordinator.snapshot({ session, tenantId: "t1", path: "/work", workspaceId: "w1", epoch: 3n });
+    snapshot.catch(() => {});
+    for (let i = 0; i < 200 && sent.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    const take = sent[0]?.msg;
+    if (take?.case !== "takeSnapshot") throw new Error(`expected takeSnapshot, got ${take?.case}`);
+    const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
+      coordinator.onAgentMessage(session, create(AgentMessageSchema, { msg }));
+    return { snapshot, requestId: take.value.requestId, key: Buffer.from(take.value.tenantKey), agentSends };
+  };
+
+  it("refuses a snapshot whose chunk does not open to its id, and lists nothing", async () => {
+    const { snapshot, requestId, key, agentSends } = await start();
+    const good = chunkCodec.sealChunk(key, randomBytes(100_000));
+    const other = chunkCodec.sealChunk(key, randomBytes(100_000));
+    agentSends({
+      case: "snapshotChunks",
+      value: {
+        requestId,
+        epoch: 3n,
+        chunks: [
+          { id: good.id, blob: good.blob, plainLength: 100_000 },
+          { id: good.id.map((b, i) => (i === 0 ? b ^ 1 : b)), blob: other.blob, plainLength: 100_000 },
+        ],
+      },
+    });
+    // The commit that follows must not make it through either.
+    agentSends({ case: "snapshotCommit", value: { requestId, epoch: 3n, manifest: oneFile(key, good.id, 100_000) } });
+    await expect(snapshot).rejects.toThrow(/arrived damaged: authentication failed/);
+    expect(sent.some((m) => m.msg.case === "snapshotAborted")).toBe(true);
+    expect(await db.selectFrom("snapshots").selectAll().execute()).toEqual([]);
+  });
+
+  it("commits a snapshot whose chunks all check out", async () => {
+    const { snapshot, requestId, key, agentSends } = await start();
+    const plain = randomBytes(100_000);
+    const chunk = chunkCodec.sealChunk(key, plain);
+    agentSends({
+      case: "snapshotChunks",
+      value: { requestId, epoch: 3n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
+    });
+    agentSends({
+      case: "snapshotCommit",
+      value: { requestId, epoch: 3n, manifest: oneFile(key, chunk.id, plain.length) },
+    });
+    const row = await snapshot;
+    expect(row).toMatchObject({ tenant_id: "t1", host_id: "h-test", workspace_id: "w1", epoch: 3 });
+    expect((await db.selectFrom("snapshots").select("id").execute()).map((r) => r.id)).toEqual([row.id]);
+  });
+});
+
+/** A sealed manifest of one file made of one chunk. */
+function oneFile(key: Buffer, id: Buffer, size: number): Buffer {
+  return sealManifest(key, {
+    version: 1,
+    entries: [
+      {
+        type: "file",
+        path: "weights.bin",
+        mode: 0o644,
+        mtimeNs: "0",
+        size,
+        chunks: [id.toString("hex")],
+        lengths: [size],
+      },
+    ],
+  });
+}
