@@ -61,4 +61,15 @@ describe("ChunkVerifier (the control plane's arrival check, on worker threads)",
     await expect(own.verify(key, [chunk])).rejects.toThrow(/closed/);
     expect(own.broken).toBe(true);
   });
+
+  it("when a thread dies, stops the others and fails every later call (the owner starts a new verifier)", async () => {
+    const own = new ChunkVerifier(2);
+    const threads = (own as unknown as { threads: { worker: import("node:worker_threads").Worker }[] }).threads;
+    const exited = threads.map((t) => new Promise((resolve) => t.worker.once("exit", resolve)));
+    await threads[0].worker.terminate(); // as an out-of-memory kill would
+    await Promise.all(exited); // the healthy thread too
+    expect(own.broken).toBe(true);
+    await expect(own.verify(key, [seal(randomBytes(1000))])).rejects.toThrow(/exited/);
+    await own.close();
+  });
 });

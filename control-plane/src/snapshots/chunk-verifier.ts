@@ -45,6 +45,7 @@ export class ChunkVerifier {
   private readonly spares: ArrayBuffer[] = [];
   private seq = 0;
   private failure: Error | undefined;
+  private stopping: Promise<void> | undefined;
 
   /**
    * `threads` defaults to one less than the cores (the main thread keeps the streams moving), at least one and
@@ -91,8 +92,7 @@ export class ChunkVerifier {
     chunks.forEach((c, i) => {
       bytes.set(c.blob, at);
       at += c.blob.length;
-      // An id of the wrong length cannot match any hash: its first 32 bytes (zero-padded) are checked.
-      ids.set(c.id.subarray(0, 32), 32 * i);
+      ids.set(c.id.subarray(0, 32), 32 * i); // an id of another length is reported as such (plainLength -1)
     });
     const seq = ++this.seq;
     const request: VerifyRequest = {
@@ -113,7 +113,7 @@ export class ChunkVerifier {
 
   async close(): Promise<void> {
     this.fail(new Error("the chunk verifier is closed"));
-    await Promise.all(this.threads.map((t) => t.worker.terminate()));
+    await this.stopping;
   }
 
   private staging(size: number): ArrayBuffer {
@@ -121,12 +121,14 @@ export class ChunkVerifier {
     return i >= 0 ? this.spares.splice(i, 1)[0] : new ArrayBuffer(Math.max(size, STAGING_BYTES));
   }
 
+  /** Fails every pending and later call, and stops every thread: a broken verifier is replaced, not mended. */
   private fail(err: Error): void {
     this.failure ??= err;
     for (const t of this.threads) {
       for (const p of t.pending.values()) p.reject(this.failure);
       t.pending.clear();
     }
+    this.stopping ??= Promise.all(this.threads.map((t) => t.worker.terminate())).then(() => undefined);
   }
 }
 
