@@ -5,6 +5,7 @@
 // snapshot intake at one core; here it runs on the other cores (up to 8), and the main thread moves bytes.
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
+import type { SealedChunk } from "@dumont/repository";
 
 export interface VerifyRequest {
   seq: number;
@@ -22,12 +23,6 @@ export interface VerifyReply {
   /** Per chunk: why it is damaged, or null. */
   problems: (string | null)[];
   data: ArrayBuffer;
-}
-
-export interface ArrivingChunk {
-  id: Uint8Array;
-  blob: Uint8Array;
-  plainLength: number;
 }
 
 interface VerifierThread {
@@ -80,7 +75,7 @@ export class ChunkVerifier {
    * Per chunk, why it is damaged (null when it opens and its hash matches its id). The chunks are copied
    * before this returns, so their memory may be reused at once.
    */
-  verify(key: Buffer, chunks: readonly ArrivingChunk[]): Promise<(string | null)[]> {
+  verify(key: Buffer, chunks: readonly SealedChunk[]): Promise<(string | null)[]> {
     if (this.failure) return Promise.reject(this.failure);
     if (chunks.length === 0) return Promise.resolve([]);
     let total = 0;

@@ -160,8 +160,8 @@ export class SnapshotCoordinator {
     // id, which would corrupt other snapshots through dedup): by the verifier's threads, so the writer does not.
     const verifier = this.chunkVerifier();
     const writer = await repository.writer({ index: this.index(req.tenantId), refreshIndex: true });
+    /** Chunk messages in hand (being checked or waiting to be written); the stream is paused above MAX_VERIFYING. */
     let outstanding = 0;
-    let paused = false;
     const requestId = randomUUID();
     const session = req.session;
     return new Promise<SnapshotRow>((resolve, reject) => {
@@ -222,10 +222,7 @@ export class SnapshotCoordinator {
             this.metrics.snapshotBytesReceived.inc(chunks.reduce((sum, c) => sum + c.blob.length, 0));
             const verified = verifier.verify(key, chunks);
             verified.catch(() => {});
-            if (++outstanding > MAX_VERIFYING && !paused) {
-              paused = true;
-              session.pauseInbound();
-            }
+            if (++outstanding === MAX_VERIFYING + 1) session.pauseInbound();
             serial(async () => {
               try {
                 const problems = await verified;
@@ -238,10 +235,7 @@ export class SnapshotCoordinator {
                 }
                 await writer.put(chunks);
               } finally {
-                if (--outstanding <= MAX_VERIFYING && paused) {
-                  paused = false;
-                  session.resumeInbound();
-                }
+                if (outstanding-- === MAX_VERIFYING + 1) session.resumeInbound();
               }
             });
           } else if (m.case === "snapshotCommit") {
