@@ -24,3 +24,8 @@ export class RepositoryError extends Error {
 export function isRepositoryError(err: unknown, code?: RepositoryErrorCode): err is RepositoryError {
   return err instanceof RepositoryError && (code === undefined || err.code === code);
 }
+
+/** A chunk that failed the arrival check (it does not open, or does not hash to its id). */
+export function chunkArrivedDamaged(idHex: string, problem: string): RepositoryError {
+  return new RepositoryError("corrupt", `chunk ${idHex} arrived damaged: ${problem}`);
+}

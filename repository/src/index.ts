@@ -23,7 +23,7 @@ export {
 } from "./chunk-codec.js";
 export { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
 export { copyBytes } from "./copy-bytes.js";
-export { isRepositoryError, RepositoryError, type RepositoryErrorCode } from "./errors.js";
+export { chunkArrivedDamaged, isRepositoryError, RepositoryError, type RepositoryErrorCode } from "./errors.js";
 export { FileBlobStore } from "./file-blob-store.js";
 export { generateRepositoryKey, KEY_LENGTH, parseRepositoryKey } from "./key.js";
 export { LOCK_STALE_AFTER_MS } from "./lock.js";

@@ -4,7 +4,7 @@
 // missing data, and packs already written are found (and reused) by the next writer.
 import { hostname } from "node:os";
 import { copyBytes } from "./copy-bytes.js";
-import { RepositoryError } from "./errors.js";
+import { chunkArrivedDamaged, RepositoryError } from "./errors.js";
 import { acquireLock, type HeldLock } from "./lock.js";
 import { assertRestorable, MAX_CHUNK_LENGTH, manifestTotals, openManifest } from "./manifest.js";
 import { indexKey, newPackId, type PackEntry, packKey, sealIndex, sealPackTrailer } from "./pack.js";
@@ -108,7 +108,7 @@ export class RepositoryWriter implements ChunkSink {
       }
       if (this.options.verifyChunks) {
         const problem = chunkCodec.verifyChunk(key, chunk.id, chunk.blob, chunk.plainLength);
-        if (problem !== null) throw new RepositoryError("corrupt", `chunk ${hex} arrived damaged: ${problem}`);
+        if (problem !== null) throw chunkArrivedDamaged(hex, problem);
       }
       if (this.current && this.current.size + chunk.blob.length > this.current.buf.length) await this.sealCurrentPack();
       this.current ??= this.openPack(chunk.blob.length);

@@ -17,10 +17,10 @@ import {
 import {
   type BlobStore,
   BufferPool,
+  chunkArrivedDamaged,
   openBlobStore,
   Repository,
   type RepositoryChunkSource,
-  RepositoryError,
   RepositoryIndex,
   type RepositoryWriter,
 } from "@dumont/repository";
@@ -227,12 +227,7 @@ export class SnapshotCoordinator {
               try {
                 const problems = await verified;
                 const bad = problems.findIndex((p) => p !== null);
-                if (bad >= 0) {
-                  throw new RepositoryError(
-                    "corrupt",
-                    `chunk ${chunks[bad].id.toString("hex")} arrived damaged: ${problems[bad]}`,
-                  );
-                }
+                if (bad >= 0) throw chunkArrivedDamaged(chunks[bad].id.toString("hex"), problems[bad]!);
                 await writer.put(chunks);
               } finally {
                 if (outstanding-- === MAX_VERIFYING + 1) session.resumeInbound();
