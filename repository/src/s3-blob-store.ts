@@ -1,15 +1,9 @@
 // BlobStore on any S3-compatible service. Each object is one complete PutObject with a known length and
 // no SDK-added checksum framing (see TOOLCHAIN.md: otherwise some servers store aws-chunked bytes).
-import {
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  type ListObjectsV2CommandOutput,
-  PutObjectCommand,
-  S3Client,
-  type S3ClientConfig,
-} from "@aws-sdk/client-s3";
+//
+// The SDK is loaded on first use, not at import: it takes ~130 ms to load, which every file:// repository
+// command (and the agent CLI's start) would otherwise pay.
+import type { ListObjectsV2CommandOutput, S3Client, S3ClientConfig } from "@aws-sdk/client-s3";
 import { assertBlobKey, type BlobInfo, type BlobStore } from "./blob-store.js";
 import { RepositoryError } from "./errors.js";
 
@@ -24,10 +18,19 @@ export interface S3BlobStoreOptions {
   client?: S3Client;
 }
 
+type Sdk = typeof import("@aws-sdk/client-s3");
+let sdkLoading: Promise<Sdk> | undefined;
+
+function loadSdk(): Promise<Sdk> {
+  sdkLoading ??= import("@aws-sdk/client-s3");
+  return sdkLoading;
+}
+
 export class S3BlobStore implements BlobStore {
   readonly url: string;
-  private readonly client: S3Client;
   private readonly base: string;
+  private readonly config: S3ClientConfig;
+  private connecting: Promise<{ sdk: Sdk; client: S3Client }> | undefined;
 
   constructor(
     readonly bucket: string,
@@ -37,16 +40,22 @@ export class S3BlobStore implements BlobStore {
     this.base = prefix === "" ? "" : `${prefix}/`;
     this.url = `s3://${bucket}${prefix === "" ? "" : `/${prefix}`}`;
     const endpoint = options.endpoint ?? (process.env.DUMONT_S3_ENDPOINT || undefined);
-    this.client =
-      options.client ??
-      new S3Client({
-        region: options.region ?? (process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || "us-east-1"),
-        ...(endpoint ? { endpoint } : {}),
-        ...(options.credentials ? { credentials: options.credentials } : {}),
-        forcePathStyle: true,
-        requestChecksumCalculation: "WHEN_REQUIRED",
-        responseChecksumValidation: "WHEN_REQUIRED",
-      });
+    this.config = {
+      region: options.region ?? (process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || "us-east-1"),
+      ...(endpoint ? { endpoint } : {}),
+      ...(options.credentials ? { credentials: options.credentials } : {}),
+      forcePathStyle: true,
+      requestChecksumCalculation: "WHEN_REQUIRED",
+      responseChecksumValidation: "WHEN_REQUIRED",
+    };
+    const client = options.client;
+    if (client) this.connecting = loadSdk().then((sdk) => ({ sdk, client }));
+  }
+
+  /** The SDK and this store's client, both made on first use. */
+  private connect(): Promise<{ sdk: Sdk; client: S3Client }> {
+    this.connecting ??= loadSdk().then((sdk) => ({ sdk, client: new sdk.S3Client(this.config) }));
+    return this.connecting;
   }
 
   private objectKey(key: string): string {
@@ -57,8 +66,9 @@ export class S3BlobStore implements BlobStore {
   async put(key: string, data: Buffer | readonly Buffer[], options: { ifAbsent?: boolean } = {}): Promise<boolean> {
     const body = Buffer.isBuffer(data) ? data : Buffer.concat(data);
     try {
-      await this.client.send(
-        new PutObjectCommand({
+      const { sdk, client } = await this.connect();
+      await client.send(
+        new sdk.PutObjectCommand({
           Bucket: this.bucket,
           Key: this.objectKey(key),
           Body: body,
@@ -91,8 +101,9 @@ export class S3BlobStore implements BlobStore {
 
   private async read(key: string, range?: string): Promise<Buffer> {
     try {
-      const res = await this.client.send(
-        new GetObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key), ...(range ? { Range: range } : {}) }),
+      const { sdk, client } = await this.connect();
+      const res = await client.send(
+        new sdk.GetObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key), ...(range ? { Range: range } : {}) }),
       );
       if (!res.Body) throw new RepositoryError("corrupt", `${this.url}/${key} came back without a body`);
       const bytes = await res.Body.transformToByteArray();
@@ -104,7 +115,8 @@ export class S3BlobStore implements BlobStore {
 
   async stat(key: string): Promise<BlobInfo | undefined> {
     try {
-      const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }));
+      const { sdk, client } = await this.connect();
+      const res = await client.send(new sdk.HeadObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }));
       return { key, size: Number(res.ContentLength ?? 0), modified: res.LastModified ?? new Date(0) };
     } catch (err) {
       if (httpStatus(err) === 404) return undefined;
@@ -117,8 +129,9 @@ export class S3BlobStore implements BlobStore {
     do {
       let res: ListObjectsV2CommandOutput;
       try {
-        res = await this.client.send(
-          new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.base + prefix, ContinuationToken: token }),
+        const { sdk, client } = await this.connect();
+        res = await client.send(
+          new sdk.ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.base + prefix, ContinuationToken: token }),
         );
       } catch (err) {
         throw this.wrap(err, prefix);
@@ -137,7 +150,8 @@ export class S3BlobStore implements BlobStore {
 
   async delete(key: string): Promise<void> {
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }));
+      const { sdk, client } = await this.connect();
+      await client.send(new sdk.DeleteObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }));
     } catch (err) {
       if (httpStatus(err) === 404) return;
       throw this.wrap(err, key);
@@ -145,7 +159,7 @@ export class S3BlobStore implements BlobStore {
   }
 
   async close(): Promise<void> {
-    this.client.destroy();
+    if (this.connecting) (await this.connecting).client.destroy();
   }
 
   private wrap(err: unknown, key: string): Error {

@@ -1,7 +1,5 @@
 // `dumont-agent`: enroll this machine, run the session, and operate snapshots directly.
 import { Command, Option } from "commander";
-import { loadAgentConfig } from "../config.js";
-import { createLogger } from "../logger.js";
 import { AGENT_VERSION } from "../version.js";
 
 export async function main(argv: string[]): Promise<void> {
@@ -50,6 +48,11 @@ export async function main(argv: string[]): Promise<void> {
     .addOption(new Option("--log-level <level>", "fatal|error|warn|info|debug|trace|silent").env("DUMONT_LOG_LEVEL"))
     .option("--simulated", "label this host's GPUs as simulated (dev --demo)")
     .action(async (opts) => {
+      // Loaded on demand, like every command's code: zod and pino alone cost the snapshot commands ~100 ms.
+      const [{ loadAgentConfig }, { createLogger }] = await Promise.all([
+        import("../config.js"),
+        import("../logger.js"),
+      ]);
       const config = loadAgentConfig({
         dataDir: opts.dataDir,
         telemetryInterval: opts.telemetryInterval,
