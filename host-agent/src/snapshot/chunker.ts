@@ -101,32 +101,8 @@ export function chunkLengths(data: Uint8Array, params: ChunkerParams = DEFAULT_C
   return out;
 }
 
-/**
- * The scan loop of `findChunkEnd` as WebAssembly (about 3x faster than the JS loop). Exports `mem` (gear table
- * at address 0, data after it) and `find(warm, first, normal, stop, maskS, maskL)`, which hashes [warm, first)
- * without testing, then returns the address after the first byte in [first, normal) whose hash has no maskS
- * bits, else in [normal, stop) with no maskL bits, else -1. Hand-assembled from:
- *
- *   (func (export "find") (param $warm i32) (param $first i32) (param $normal i32) (param $stop i32)
- *         (param $maskS i32) (param $maskL i32) (result i32) (local $h i32) (local $at i32)
- *     (local.set $at (local.get $warm))
- *     (block (loop (br_if 1 (i32.ge_u (local.get $at) (local.get $first)))
- *       (local.set $h (i32.add (i32.shl (local.get $h) (i32.const 1))
- *                              (i32.load (i32.shl (i32.load8_u (local.get $at)) (i32.const 2)))))
- *       (local.set $at (i32.add (local.get $at) (i32.const 1))) (br 0)))
- *     ;; twice, with ($normal, $maskS) then ($stop, $maskL):
- *     (block (loop (br_if 1 (i32.ge_u (local.get $at) (local.get $normal)))
- *       (if (i32.eqz (i32.and (local.tee $h (i32.add (i32.shl (local.get $h) (i32.const 1))
- *                              (i32.load (i32.shl (i32.load8_u (local.get $at)) (i32.const 2)))))
- *                              (local.get $maskS)))
- *         (then (return (i32.add (local.get $at) (i32.const 1)))))
- *       (local.set $at (i32.add (local.get $at) (i32.const 1))) (br 0)))
- *     (i32.const -1))
- */
-export const GEAR_SCAN_WASM =
-  "AGFzbQEAAAABCwFgBn9/f39/fwF/AwIBAAUDAQABBw4CBGZpbmQAAANtZW0CAAqiAQGfAQECfyAAIQcCQANAIAcgAU8NASAGQQF0IActAABBAnQoAgBq" +
-  "IQYgB0EBaiEHDAALCwJAA0AgByACTw0BIAZBAXQgBy0AAEECdCgCAGoiBiAEcUUEQCAHQQFqDwsgB0EBaiEHDAALCwJAA0AgByADTw0BIAZBAXQgBy0A" +
-  "AEECdCgCAGoiBiAFcUUEQCAHQQFqDwsgB0EBaiEHDAALC0F/Cw==";
+/** The scan loop of `findChunkEnd` as WebAssembly (see gear-scan-wasm.ts): about 6x faster than the JS loop. */
+export { GEAR_SCAN_WASM } from "./gear-scan-wasm.js";
 
 export interface CutScanner {
   /** Where file bytes should be read to: cutting them there needs no copy. */
