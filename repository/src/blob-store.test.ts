@@ -130,4 +130,24 @@ describe("openBlobStore", () => {
     expect(openBlobStore("s3://my-bucket/a/b/").url).toBe("s3://my-bucket/a/b");
     expect(openBlobStore("/tmp/x").url).toBe("file:///tmp/x");
   });
+
+  it("says which variables to set when there are no S3 credentials", async () => {
+    // The SDK's own default chain, with nothing for it to find: no variables, no files, no instance metadata.
+    const saved = { ...process.env };
+    for (const name of Object.keys(process.env)) if (name.startsWith("AWS_")) delete process.env[name];
+    Object.assign(process.env, {
+      AWS_SHARED_CREDENTIALS_FILE: join(dir, "no-credentials"),
+      AWS_CONFIG_FILE: join(dir, "no-config"),
+      AWS_EC2_METADATA_DISABLED: "true",
+    });
+    const store = openBlobStore(s3.url("no-credentials"), { s3: { endpoint: s3.endpoint } });
+    try {
+      const err = await store.stat("config").catch((e: unknown) => e);
+      expect(isRepositoryError(err, "invalid-argument")).toBe(true);
+      expect((err as Error).message).toMatch(/no S3 credentials .*AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY/);
+    } finally {
+      await store.close();
+      process.env = saved;
+    }
+  });
 });

@@ -22,6 +22,9 @@ type Sdk = typeof import("@aws-sdk/client-s3");
 let sdkLoading: Promise<Sdk> | undefined;
 
 function loadSdk(): Promise<Sdk> {
+  // Dumont runs on Node 20 (its pinned runtime); the SDK's multi-line notice that its future releases will
+  // need Node 22 would otherwise print on every s3:// command. A user who sets the variable keeps their choice.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true";
   sdkLoading ??= import("@aws-sdk/client-s3");
   return sdkLoading;
 }
@@ -171,6 +174,13 @@ export class S3BlobStore implements BlobStore {
         return new RepositoryError("not-found", `bucket ${this.bucket} does not exist (${this.url})`, { cause: err });
       }
       return new RepositoryError("not-found", `${this.url}/${key} does not exist`, { cause: err });
+    }
+    if (name === "CredentialsProviderError") {
+      return new RepositoryError(
+        "invalid-argument",
+        `no S3 credentials for ${this.url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)`,
+        { cause: err },
+      );
     }
     const message = err instanceof Error ? err.message : String(err);
     return new Error(`S3 request for ${this.url}/${key} failed${status ? ` (HTTP ${status})` : ""}: ${message}`, {
