@@ -24,6 +24,7 @@ import { ageFiles, describeTree, makeWorkspace } from "../support/workspace.js";
 interface SnapshotJson {
   id: string;
   hostId: string;
+  createdAt: string;
   files: number;
   bytesRead: number;
   bytesNew: number;
@@ -122,7 +123,11 @@ describe("snapshots over the agent stream", () => {
     const target2 = path.join(root, "restored-2");
     await cli(["snapshot", "restore", second.id, "--host", agent.hostId, "--target", target2, "--json"]);
     expect(await describeTree(target2)).toEqual(await describeTree(workspace));
-    expect((await snapshots()).map((s) => s.id)).toEqual([first.id, second.id]);
+    // What `create` answered is what `list` shows, to the millisecond.
+    expect((await snapshots()).map((s) => [s.id, s.createdAt])).toEqual([
+      [first.id, first.createdAt],
+      [second.id, second.createdAt],
+    ]);
   });
 
   it("restores a workspace many pack reads long byte for byte (the control plane reuses its read buffers)", async () => {

@@ -2,8 +2,8 @@
 // restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent works.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { api } from "@dumont/proto";
-// The meter alone: the package's index brings the S3 SDK, which a CLI call does not need.
-import { ProgressMeter } from "@dumont/repository/progress-meter";
+// The meter and byte formatting alone: a CLI call needs nothing else of the package.
+import { formatBytes, ProgressMeter } from "@dumont/repository/progress-meter";
 import type { Command } from "commander";
 import { type ApiOptions, apiClients } from "./api-client.js";
 
@@ -31,7 +31,8 @@ export function registerSnapshotCommands(program: Command): void {
       const s = snapshotJson(snapshot);
       if (opts.json) return print(s);
       process.stdout.write(
-        `snapshot ${s.id}: ${s.files} files, ${mib(s.bytesRead)} read, ${mib(s.bytesNew)} new, ${mib(s.bytesStored)} stored in ${s.seconds.toFixed(1)}s\n`,
+        `snapshot ${s.id}: ${s.files} files, ${formatBytes(s.bytesRead)} read, ${formatBytes(s.bytesNew)} new, ` +
+          `${formatBytes(s.bytesStored)} stored in ${s.seconds.toFixed(1)}s\n`,
       );
     });
 
@@ -50,7 +51,7 @@ export function registerSnapshotCommands(program: Command): void {
       if (opts.json) return print(list);
       for (const s of list)
         process.stdout.write(
-          `${s.id}  ${s.createdAt}  ${s.hostId}  ${s.path}  ${s.files} files  ${mib(s.bytesStored)}\n`,
+          `${s.id}  ${s.createdAt}  ${s.hostId}  ${s.path}  ${s.files} files  ${formatBytes(s.bytesStored)}\n`,
         );
     });
 
@@ -70,9 +71,15 @@ export function registerSnapshotCommands(program: Command): void {
           target: opts.target,
         }),
       );
-      const out = { files: Number(res.files), bytesWritten: Number(res.bytesWritten), seconds: res.seconds };
+      const out = {
+        files: Number(res.files),
+        bytesWritten: Number(res.bytesWritten),
+        seconds: milliseconds(res.seconds),
+      };
       if (opts.json) return print(out);
-      process.stdout.write(`restored ${out.files} files, ${mib(out.bytesWritten)} in ${out.seconds.toFixed(1)}s\n`);
+      process.stdout.write(
+        `restored ${out.files} files, ${formatBytes(out.bytesWritten)} in ${out.seconds.toFixed(1)}s\n`,
+      );
     });
 }
 
@@ -89,7 +96,7 @@ function snapshotJson(s: api.Snapshot) {
     bytesNew: Number(s.bytesNew),
     bytesStored: Number(s.bytesStored),
     chunksNew: Number(s.chunksNew),
-    seconds: s.seconds,
+    seconds: milliseconds(s.seconds),
   };
 }
 
@@ -120,8 +127,9 @@ async function follow<R>(
   return result;
 }
 
-function mib(bytes: number): string {
-  return `${(bytes / 1048576).toFixed(1)} MiB`;
+/** Seconds to the millisecond, as the agent's direct-mode JSON prints them. */
+function milliseconds(seconds: number): number {
+  return Math.round(seconds * 1000) / 1000;
 }
 
 function print(value: unknown): void {

@@ -410,13 +410,15 @@ export class SnapshotCoordinator {
       bytes_stored: stats.bytesStored,
       chunks_new: stats.chunksNew,
       seconds: stats.seconds,
+      // Set here, not by the column default, so the answer to this request and later listings agree.
+      created_at: new Date(),
     };
     await this.db.insertInto("snapshots").values(row).execute();
     this.log.info(
       { snapshotId: id, hostId: req.session.hostId, workspace: req.workspaceId, ...stats },
       "snapshot committed",
     );
-    return { ...row, created_at: new Date() };
+    return row;
   }
 
   /**

@@ -86,7 +86,7 @@ describe("dumont-agent snapshot", () => {
     expect(JSON.parse(restored.out)).toMatchObject({ files: 1, bytesWritten: 6000 });
     expect(await readdir(join(target, "d"))).toEqual(["a.txt"]);
 
-    expect((await run("snapshot", "check", ...common)).out).toMatch(/^no problems: 2 snapshots/);
+    expect((await run("snapshot", "check", ...common)).out).toMatch(/^no problems: 2 snapshots, 1 pack, 1 chunk, /);
     const forgot = await run("snapshot", "forget", ...common, "--keep-last", "1", "--prune", "--json");
     expect(JSON.parse(forgot.out).forgotten).toHaveLength(1);
     expect(JSON.parse((await run("snapshot", "list", ...common, "--json")).out)).toHaveLength(1);

@@ -170,7 +170,8 @@ export function registerSnapshotCommands(program: Command): void {
         if (opts.json) print(report);
         else if (report.ok) {
           process.stdout.write(
-            `no problems: ${report.snapshots} snapshots, ${report.packs} packs, ${report.chunks} chunks` +
+            `no problems: ${count(report.snapshots, "snapshot")}, ${count(report.packs, "pack")}, ` +
+              `${count(report.chunks, "chunk")}` +
               `${opts.structureOnly ? "" : `, ${formatBytes(report.bytesChecked)} verified`}\n`,
           );
         } else {
@@ -256,6 +257,11 @@ export function registerSnapshotCommands(program: Command): void {
           }
         }),
     );
+}
+
+/** "1 pack", "2 packs". */
+function count(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 
 async function loadKey(opts: KeyOptions): Promise<Buffer> {
