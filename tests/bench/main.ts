@@ -3,7 +3,7 @@
 //
 //   telemetry   --sessions 1000,5000 --duration 60 --warmup 15 --workers 2 --connect-rate 250
 //   agent-idle  --duration 60 --warmup 10
-//   snapshot    --size-mib 1024 --keep --skip-stream --skip-restic --stream-delay-ms MS (tests/bench/README.md)
+//   snapshot    --size-mib 1024 --runs 3 --keep --skip-stream --skip-restic --stream-delay-ms MS (tests/bench/README.md)
 //
 // Every benchmark runs against the embedded PGlite, or against Postgres when DATABASE_URL is set (one
 // fresh database per control plane).
@@ -29,6 +29,7 @@ function parseFlags(argv: string[]) {
       "skip-stream": { type: "boolean" },
       "skip-restic": { type: "boolean" },
       "stream-delay-ms": { type: "string" },
+      runs: { type: "string" },
       sessions: { type: "string" },
       duration: { type: "string" },
       warmup: { type: "string" },
@@ -115,7 +116,7 @@ async function main(): Promise<void> {
   if (flags.help) {
     process.stderr.write(
       `usage: npm run bench -- [${BENCHES.join("|")}...] [--sessions 1000,5000] [--duration S] [--warmup S] [--workers N] [--connect-rate N/s]\n` +
-        "       snapshot: [--size-mib N] [--keep] [--skip-stream] [--skip-restic] [--stream-delay-ms MS]\n",
+        "       snapshot: [--size-mib N] [--runs N] [--keep] [--skip-stream] [--skip-restic] [--stream-delay-ms MS]\n",
     );
     return;
   }

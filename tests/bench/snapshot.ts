@@ -1,7 +1,8 @@
 // Snapshot benchmark, direct mode (file://): a deterministic ~1 GiB workspace (60% incompressible like model
 // weights, 30% text/CSV, 2,000 small source files), then full snapshot, incremental after a 5% change, and
 // restore; the same through the control plane, and with `restic` (on a copy of the workspace) when it is on
-// PATH. Every tool's backups run first, then every restore, and nothing is deleted before the last restore.
+// PATH. Full backups and restores run 3 times (--runs), Dumont's and restic's taking turns, and report the
+// median. Every backup runs before any restore, and nothing is deleted before the last restore.
 // Each engine run is its own process, so peak RSS is the engine's own. Prints JSON. Run:
 // `npm run bench -- snapshot` (or `node tests/dist/bench/snapshot.js --size-mib 256`); DUMONT_BENCH_SIZE_MIB
 // shrinks the corpus too.
@@ -33,6 +34,11 @@ export interface SnapshotBenchOptions extends Partial<BenchOptions> {
   streamDelayMs?: number;
   /** Skip restic even when it is installed. */
   skipRestic?: boolean;
+  /**
+   * How many times each tool's full backup and restore run (default 3, `--runs`), taking turns with each
+   * other; the median is reported, with every run's seconds beside it.
+   */
+  runs?: number;
   log?: (line: string) => void;
 }
 
@@ -69,7 +75,12 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     skipRestic: options.skipRestic ?? flags["skip-restic"] === true,
     skipStream: options.skipStream ?? flags["skip-stream"] === true,
     streamDelayMs: options.streamDelayMs ?? optionalNumber(flags["stream-delay-ms"]),
+    runs: options.runs ?? optionalNumber(flags.runs) ?? 3,
   };
+  const runs = options.runs ?? 3;
+  if (!(Number.isInteger(runs) && runs >= 1 && runs <= 9)) {
+    throw new Error(`--runs must be a whole number from 1 to 9, got ${String(flags.runs ?? options.runs)}`);
+  }
   if (options.streamDelayMs !== undefined && !(options.streamDelayMs >= 0)) {
     throw new Error(`--stream-delay-ms must be a number of milliseconds >= 0, got ${String(flags["stream-delay-ms"])}`);
   }
@@ -83,11 +94,19 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     const resticCorpus = options.skipRestic || !resticVersion() ? undefined : await copyOfCorpus(corpus, work, log);
 
     const key = randomBytes(32).toString("hex");
+    // Full run i of `runs` writes a repository of its own (nothing is deleted before the restores); the last
+    // one, "dumont-repo", goes on to the incremental snapshot and the restores.
+    const suffix = (i: number) => (i === runs ? "" : `-${i}`);
     const repoDir = join(work, "dumont-repo");
-    // With --keep the repository stays readable afterwards: DUMONT_REPO_KEY=$(cat dumont-repo.key).
+    // With --keep the repositories stay readable afterwards: DUMONT_REPO_KEY=$(cat dumont-repo.key).
     if (options.keep) await writeFile(join(work, "dumont-repo.key"), `${key}\n`, { mode: 0o600 });
-    const stateDir = join(work, "dumont-state");
-    const base = { repo: pathToFileURL(repoDir).href, key, source: corpus.root, stateDir };
+    const engineArgs = (i: number) => ({
+      repo: pathToFileURL(join(work, `dumont-repo${suffix(i)}`)).href,
+      key,
+      source: corpus.root,
+      stateDir: join(work, `dumont-state${suffix(i)}`),
+    });
+    const base = engineArgs(runs);
 
     const stream = options.skipStream
       ? undefined
@@ -101,21 +120,35 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       restoredOk?: boolean;
       agentPeakRssMiB?: number;
     } = {};
-    let full: EngineRun;
+    const fulls: EngineRun[] = [];
+    const restores: EngineRun[] = [];
     let storedFull: number;
     let changed: number;
     let incremental: EngineRun;
     let storedAfter: number;
-    let restore: EngineRun;
-    let restoredOk: boolean;
-    let resticBackups: ResticBackups | undefined;
-    let resticRestore: TimedRun | undefined;
-    let resticRestoredOk = false;
+    let restoredOk = true;
+    let restic: ResticRepo | undefined;
+    const resticFulls: TimedRun[] = [];
+    let resticStoredFull = 0;
+    let resticIncremental: TimedRun | undefined;
+    let resticStoredAfter = 0;
+    const resticRestores: TimedRun[] = [];
+    let resticRestoredOk = true;
     try {
-      log("dumont: full snapshot");
-      await settle(corpus.root);
-      full = await engine("create", base);
+      // The two tools take turns, so a slow minute of this machine weighs on both alike.
+      for (let i = 1; i <= runs; i++) {
+        log(`dumont: full snapshot (${i} of ${runs})`);
+        await settle(corpus.root);
+        fulls.push(await engine("create", engineArgs(i)));
+        if (resticCorpus) {
+          log(`restic: full backup (${i} of ${runs})`);
+          restic = await resticInit(join(work, `restic-repo${suffix(i)}`), work);
+          await settle(resticCorpus.root);
+          resticFulls.push(await timed("restic", ["backup", "--quiet", resticCorpus.root], restic.env));
+        }
+      }
       storedFull = await dirSize(repoDir);
+      if (restic) resticStoredFull = await dirSize(restic.repo);
       if (stream) {
         log("dumont through the control plane: full snapshot");
         await settle(corpus.root);
@@ -124,6 +157,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       }
       log("changing 5% of the workspace");
       changed = await changeCorpus(corpus);
+      if (resticCorpus) await changeCorpus(resticCorpus);
       log("dumont: incremental snapshot");
       await settle(corpus.root);
       incremental = await engine("create", base);
@@ -134,47 +168,58 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         viaStream.incremental = await stream.snapshot(corpus.root);
         viaStream.storedAfter = await stream.storedBytes();
       }
-      resticBackups = resticCorpus ? await runResticBackups(work, resticCorpus, log) : undefined;
+      if (restic && resticCorpus) {
+        log("restic: incremental backup");
+        await settle(resticCorpus.root);
+        resticIncremental = await timed("restic", ["backup", "--quiet", resticCorpus.root], restic.env);
+        resticStoredAfter = await dirSize(restic.repo);
+      }
 
       // The restores come last and every restore target stays until the end of the run. ext4 skips inodes
       // freed in the last minute (six minutes while their inode-table block is dirty) when it allocates new
       // ones, at a cost on every file created: a restore timed right after a 2,000-file tree was deleted
       // measured up to 2x slower, whichever tool came next.
-      log("dumont: restore");
-      const target = join(work, "dumont-restore");
-      await settle(repoDir);
-      restore = await engine("restore", { repo: base.repo, key, snapshotId: incremental.result.id, target });
+      const restored = (tool: string, i: number) => join(work, `${tool}-restore-${i}`);
+      for (let i = 1; i <= runs; i++) {
+        log(`dumont: restore (${i} of ${runs})`);
+        await settle(repoDir);
+        const target = restored("dumont", i);
+        restores.push(await engine("restore", { repo: base.repo, key, snapshotId: incremental.result.id, target }));
+        if (restic) {
+          log(`restic: restore (${i} of ${runs})`);
+          await settle(restic.repo);
+          resticRestores.push(
+            await timed("restic", ["restore", "latest", "--target", restored("restic", i)], restic.env),
+          );
+        }
+      }
       if (stream && viaStream.incremental) {
         log("dumont through the control plane: restore");
         await settle(stream.blobsDir);
         viaStream.restore = await stream.restore(String(viaStream.incremental.result.id), join(work, "stream-restore"));
         viaStream.agentPeakRssMiB = await stream.agentRssMiB();
       }
-      if (resticBackups) {
-        log("restic: restore");
-        await settle(resticBackups.repo);
-        resticRestore = await timed(
-          "restic",
-          ["restore", "latest", "--target", join(work, "restic-restore")],
-          resticBackups.env,
-        );
-      }
       log("checking the restores byte for byte");
       const changedHash = await treeHash(corpus.root);
-      restoredOk = (await treeHash(target)) === changedHash;
-      if (viaStream.restore) viaStream.restoredOk = (await treeHash(join(work, "stream-restore"))) === changedHash;
-      // restic restores the absolute source path under the target.
-      if (resticCorpus && resticRestore) {
-        resticRestoredOk =
-          (await treeHash(join(work, "restic-restore", resticCorpus.root))) === (await treeHash(resticCorpus.root));
+      const resticHash = resticCorpus && restic ? await treeHash(resticCorpus.root) : undefined;
+      for (let i = 1; i <= runs; i++) {
+        restoredOk &&= (await treeHash(restored("dumont", i))) === changedHash;
+        // restic restores the absolute source path under the target.
+        if (resticCorpus && resticHash) {
+          resticRestoredOk &&= (await treeHash(join(restored("restic", i), resticCorpus.root))) === resticHash;
+        }
       }
+      if (viaStream.restore) viaStream.restoredOk = (await treeHash(join(work, "stream-restore"))) === changedHash;
     } finally {
       await stream?.stop();
     }
 
+    const full = medianRun(fulls);
+    const restore = medianRun(restores);
     const dumont = {
       full: {
         seconds: round(full.seconds),
+        runs: fulls.map((r) => round(r.seconds)),
         throughputMBps: round(corpus.bytes / MB / full.seconds),
         bytesStored: storedFull,
         cpuSeconds: round(full.cpuSeconds),
@@ -191,6 +236,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       },
       restore: {
         seconds: round(restore.seconds),
+        runs: restores.map((r) => round(r.seconds)),
         throughputMBps: round(corpus.bytes / MB / restore.seconds),
         cpuSeconds: round(restore.cpuSeconds),
         peakRssMiB: restore.peakRssMiB,
@@ -232,25 +278,39 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               "the agent's own share of the work allows when the control plane runs on other cores; not measured here)",
           }
         : { skipped: "skipped by option (--skip-stream)" };
-    const restic = options.skipRestic
-      ? { skipped: "skipped by option" }
-      : resticBackups && resticRestore
-        ? resticResult(corpus, resticBackups, resticRestore, resticRestoredOk)
-        : { skipped: "restic is not on PATH (the benchmark installs nothing)" };
-    const ratios =
-      "full" in restic
+    const resticRan =
+      resticIncremental && !options.skipRestic
         ? {
-            fullThroughput: round(dumont.full.throughputMBps / restic.full.throughputMBps),
-            incrementalBytesAdded: round(dumont.incremental.bytesAdded / restic.incremental.bytesAdded),
-            incrementalTime: round(dumont.incremental.seconds / restic.incremental.seconds),
-            restoreThroughput: round(dumont.restore.throughputMBps / restic.restore.throughputMBps),
-            bytesStoredFull: round(dumont.full.bytesStored / restic.full.bytesStored),
+            version: resticVersion() ?? "unknown",
+            full: { ...timedReport(corpus, resticFulls), bytesStored: resticStoredFull },
+            incremental: {
+              seconds: round(resticIncremental.seconds),
+              bytesAdded: resticStoredAfter - resticStoredFull,
+              peakRssMiB: resticIncremental.peakRssMiB,
+            },
+            restore: { ...timedReport(corpus, resticRestores), byteForByte: resticRestoredOk },
+          }
+        : undefined;
+    const resticReport =
+      resticRan ??
+      (options.skipRestic
+        ? { skipped: "skipped by option" }
+        : { skipped: "restic is not on PATH (the benchmark installs nothing)" });
+    const ratios =
+      resticRan !== undefined
+        ? {
+            fullThroughput: round(dumont.full.throughputMBps / resticRan.full.throughputMBps),
+            incrementalBytesAdded: round(dumont.incremental.bytesAdded / resticRan.incremental.bytesAdded),
+            incrementalTime: round(dumont.incremental.seconds / resticRan.incremental.seconds),
+            restoreThroughput: round(dumont.restore.throughputMBps / resticRan.restore.throughputMBps),
+            bytesStoredFull: round(dumont.full.bytesStored / resticRan.full.bytesStored),
           }
         : null;
     return {
       benchmark: "snapshot",
       mode:
         "direct (file://), page cache warm and dirty pages flushed before each step (every tool alike); " +
+        `full backups and restores ${runs} times each, the tools taking turns, median reported; ` +
         "restores after every backup, with no file deleted earlier in the run",
       machine: { cpus: cpus().length, model: cpus()[0]?.model, loadavg1m: round(loadavg()[0]) },
       corpus: {
@@ -262,7 +322,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       },
       dumont,
       throughStream,
-      restic,
+      restic: resticReport,
       ratios,
     };
   } finally {
@@ -511,57 +571,36 @@ interface TimedRun {
   peakRssMiB: number | null;
 }
 
-interface ResticBackups {
-  version: string;
+interface ResticRepo {
   repo: string;
   env: Record<string, string>;
-  full: TimedRun;
-  storedFull: number;
-  incremental: TimedRun;
-  storedAfter: number;
 }
 
-/** restic's full and incremental backups of its copy of the corpus, with the same 5% change in between. */
-async function runResticBackups(work: string, corpus: Corpus, log: (line: string) => void): Promise<ResticBackups> {
-  const repo = join(work, "restic-repo");
+/** A fresh restic repository (the cache is shared, as one user's would be). */
+async function resticInit(repo: string, work: string): Promise<ResticRepo> {
   const env = {
     RESTIC_PASSWORD: "dumont-bench",
     RESTIC_REPOSITORY: repo,
     RESTIC_CACHE_DIR: join(work, "restic-cache"),
   };
   await timed("restic", ["init"], env);
-  log("restic: full backup");
-  await settle(corpus.root);
-  const full = await timed("restic", ["backup", "--quiet", corpus.root], env);
-  const storedFull = await dirSize(repo);
-  await changeCorpus(corpus);
-  log("restic: incremental backup");
-  await settle(corpus.root);
-  const incremental = await timed("restic", ["backup", "--quiet", corpus.root], env);
-  const storedAfter = await dirSize(repo);
-  return { version: resticVersion() ?? "unknown", repo, env, full, storedFull, incremental, storedAfter };
+  return { repo, env };
 }
 
-function resticResult(corpus: Corpus, backups: ResticBackups, restore: TimedRun, byteForByte: boolean) {
+/** The run with the median wall time (the lower of the two middle ones for an even count). */
+function medianRun<T extends { seconds: number }>(runs: T[]): T {
+  if (runs.length === 0) throw new Error("no runs to take the median of");
+  return [...runs].sort((x, y) => x.seconds - y.seconds)[Math.floor((runs.length - 1) / 2)];
+}
+
+/** Median seconds, every run's seconds, throughput and the median run's peak RSS. */
+function timedReport(corpus: Corpus, runs: TimedRun[]) {
+  const median = medianRun(runs);
   return {
-    version: backups.version,
-    full: {
-      seconds: round(backups.full.seconds),
-      throughputMBps: round(corpus.bytes / MB / backups.full.seconds),
-      bytesStored: backups.storedFull,
-      peakRssMiB: backups.full.peakRssMiB,
-    },
-    incremental: {
-      seconds: round(backups.incremental.seconds),
-      bytesAdded: backups.storedAfter - backups.storedFull,
-      peakRssMiB: backups.incremental.peakRssMiB,
-    },
-    restore: {
-      seconds: round(restore.seconds),
-      throughputMBps: round(corpus.bytes / MB / restore.seconds),
-      peakRssMiB: restore.peakRssMiB,
-      byteForByte,
-    },
+    seconds: round(median.seconds),
+    runs: runs.map((r) => round(r.seconds)),
+    throughputMBps: round(corpus.bytes / MB / median.seconds),
+    peakRssMiB: median.peakRssMiB,
   };
 }
 

