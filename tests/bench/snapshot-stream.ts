@@ -1,6 +1,7 @@
 // The through-the-control-plane half of the snapshot benchmark: a real `dumont serve` and a real
 // `dumont-agent run` on loopback; snapshots and restores are driven with the `dumont snapshot` CLI, so
 // chunks cross the agent's mTLS gRPC stream and land in the control plane's file:// blob store.
+import { spawnSync } from "node:child_process";
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import {
@@ -60,6 +61,12 @@ export class StreamBench {
     return dirSize(this.blobsDir);
   }
 
+  /** Puts every thread of the agent on CPUs `agent` and the control plane's on `controlPlane` (taskset lists). */
+  pin(agent: string, controlPlane: string): void {
+    pinProcess(this.agent.proc.pid, agent);
+    pinProcess(this.cp.proc.pid, controlPlane);
+  }
+
   /** Resident memory of the agent process now (kB from /proc → MiB). */
   async agentRssMiB(): Promise<number> {
     return rssMiB(this.agent.proc.pid);
@@ -111,4 +118,17 @@ async function dirSize(root: string): Promise<number> {
     if (entry.isFile()) total += (await stat(join(entry.parentPath, entry.name))).size;
   }
   return total;
+}
+
+/** Whether `taskset` (util-linux) is there to pin processes to CPUs. */
+export function canPin(): boolean {
+  return spawnSync("taskset", ["--version"]).status === 0;
+}
+
+/** Sets the CPU affinity of every thread of process `pid` (a taskset list: "0", "1", "0-1"). */
+export function pinProcess(pid: number | undefined, cpus: string): void {
+  const res = spawnSync("taskset", ["-a", "-p", "-c", cpus, String(pid)], { encoding: "utf8" });
+  if (pid === undefined || res.status !== 0) {
+    throw new Error(`taskset could not pin process ${pid} to CPUs ${cpus}: ${res.stderr || res.error?.message}`);
+  }
 }

@@ -12,7 +12,7 @@ import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, 
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { StreamBench, type StreamRun } from "./snapshot-stream.js";
+import { canPin, pinProcess, StreamBench, type StreamRun } from "./snapshot-stream.js";
 import type { BenchOptions } from "./support/bench-options.js";
 
 /**
@@ -127,6 +127,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     let incremental: EngineRun;
     let storedAfter: number;
     let restoredOk = true;
+    let separate: SeparateCoresRuns | undefined;
     let restic: ResticRepo | undefined;
     const resticFulls: TimedRun[] = [];
     let resticStoredFull = 0;
@@ -199,8 +200,17 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         viaStream.restore = await stream.restore(String(viaStream.incremental.result.id), join(work, "stream-restore"));
         viaStream.agentPeakRssMiB = await stream.agentRssMiB();
       }
+      if (stream && cpus().length >= 2 && canPin()) {
+        log("dumont through the control plane, on separate cores: full snapshot and restore, and direct runs");
+        separate = await separateCoresRuns(work, corpus, key);
+      }
       log("checking the restores byte for byte");
       const changedHash = await treeHash(corpus.root);
+      if (separate) {
+        separate.restoredOk =
+          (await treeHash(separate.directTarget)) === changedHash &&
+          (await treeHash(separate.streamTarget)) === changedHash;
+      }
       const resticHash = resticCorpus && restic ? await treeHash(resticCorpus.root) : undefined;
       for (let i = 1; i <= runs; i++) {
         restoredOk &&= (await treeHash(restored("dumont", i))) === changedHash;
@@ -270,6 +280,26 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               byteForByte: viaStream.restoredOk,
             },
             agentPeakRssMiB: viaStream.agentPeakRssMiB,
+            separateCores: separate
+              ? {
+                  cpus: "the agent and the direct runs on CPU 0, the control plane and the CLI on CPU 1",
+                  full: {
+                    directSeconds: round(separate.directFull.seconds),
+                    streamSeconds: round(separate.streamFull.seconds),
+                    vsDirect: round(separate.directFull.seconds / separate.streamFull.seconds),
+                    directCpuSeconds: round(separate.directFull.cpuSeconds),
+                    cpuSeconds: separate.streamFull.cpuSeconds,
+                  },
+                  restore: {
+                    directSeconds: round(separate.directRestore.seconds),
+                    streamSeconds: round(separate.streamRestore.seconds),
+                    vsDirect: round(separate.directRestore.seconds / separate.streamRestore.seconds),
+                    directCpuSeconds: round(separate.directRestore.cpuSeconds),
+                    cpuSeconds: separate.streamRestore.cpuSeconds,
+                    byteForByte: separate.restoredOk,
+                  },
+                }
+              : { skipped: "needs 2 or more CPUs and taskset (util-linux)" },
             ...(options.streamDelayMs !== undefined ? { proxyDelayMsEachWay: options.streamDelayMs } : {}),
             note:
               "wall clock of the `dumont snapshot` CLI call: agent → mTLS gRPC stream → control plane → file:// blob store; " +
@@ -331,7 +361,8 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
 }
 
 /** Runs one engine operation in its own process and reports its time, CPU and peak RSS. */
-async function engine(op: "create" | "restore", args: Record<string, unknown>): Promise<EngineRun> {
+/** One direct-mode engine call in a process of its own; with `cpus`, pinned to those CPUs (a taskset list). */
+async function engine(op: "create" | "restore", args: Record<string, unknown>, cpus?: string): Promise<EngineRun> {
   const script = `
     const engine = await import(${JSON.stringify(pathToFileURL(ENGINE).href)});
     const a = JSON.parse(process.env.DUMONT_BENCH_ARGS);
@@ -345,9 +376,9 @@ async function engine(op: "create" | "restore", args: Record<string, unknown>): 
     const c = process.cpuUsage(c0);
     process.stdout.write(JSON.stringify({ result, seconds, cpuSeconds: (c.user + c.system) / 1e6,
       peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024) }));`;
-  const out = await runProcess(process.execPath, ["--input-type=module", "-e", script], {
-    DUMONT_BENCH_ARGS: JSON.stringify(args),
-  });
+  const node = [process.execPath, "--input-type=module", "-e", script];
+  const [command, ...rest] = cpus === undefined ? node : ["taskset", "-c", cpus, ...node];
+  const out = await runProcess(command, rest, { DUMONT_BENCH_ARGS: JSON.stringify(args) });
   return JSON.parse(out) as EngineRun;
 }
 
@@ -574,6 +605,52 @@ interface TimedRun {
 interface ResticRepo {
   repo: string;
   env: Record<string, string>;
+}
+
+interface SeparateCoresRuns {
+  directFull: EngineRun;
+  streamFull: StreamRun;
+  directRestore: EngineRun;
+  streamRestore: StreamRun;
+  directTarget: string;
+  streamTarget: string;
+  restoredOk?: boolean;
+}
+
+/**
+ * The stream as deployed, where the control plane runs on another machine: a fresh control plane pinned to
+ * CPU 1 (with this process, so the CLI calls it makes land there too), the agent to CPU 0, against a direct
+ * run pinned to CPU 0. Full snapshot of the corpus as it is now, then restore of that snapshot; one run each.
+ */
+async function separateCoresRuns(work: string, corpus: Corpus, key: string): Promise<SeparateCoresRuns> {
+  const stream = await StreamBench.start(join(work, "stream-separate"));
+  try {
+    stream.pin("0", "1");
+    pinProcess(process.pid, "1");
+    const repo = pathToFileURL(join(work, "dumont-repo-separate")).href;
+    await settle(corpus.root);
+    const directFull = await engine(
+      "create",
+      { repo, key, source: corpus.root, stateDir: join(work, "dumont-state-separate") },
+      "0",
+    );
+    await settle(corpus.root);
+    const streamFull = await stream.snapshot(corpus.root);
+    const directTarget = join(work, "dumont-restore-separate");
+    await settle(fileURLToPath(repo));
+    const directRestore = await engine(
+      "restore",
+      { repo, key, snapshotId: directFull.result.id, target: directTarget },
+      "0",
+    );
+    const streamTarget = join(work, "stream-restore-separate");
+    await settle(stream.blobsDir);
+    const streamRestore = await stream.restore(String(streamFull.result.id), streamTarget);
+    return { directFull, streamFull, directRestore, streamRestore, directTarget, streamTarget };
+  } finally {
+    pinProcess(process.pid, `0-${cpus().length - 1}`);
+    await stream.stop();
+  }
 }
 
 /** A fresh restic repository (the cache is shared, as one user's would be). */
