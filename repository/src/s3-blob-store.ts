@@ -162,7 +162,9 @@ export class S3BlobStore implements BlobStore {
   }
 
   async close(): Promise<void> {
-    if (this.connecting) (await this.connecting).client.destroy();
+    // Nothing to close if the SDK never loaded (its failure was reported by the call that needed it).
+    const connected = await this.connecting?.catch(() => undefined);
+    connected?.client.destroy();
   }
 
   private wrap(err: unknown, key: string): Error {
