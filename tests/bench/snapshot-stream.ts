@@ -129,6 +129,8 @@ export function canPin(): boolean {
 export function pinProcess(pid: number | undefined, cpus: string): void {
   const res = spawnSync("taskset", ["-a", "-p", "-c", cpus, String(pid)], { encoding: "utf8" });
   if (pid === undefined || res.status !== 0) {
-    throw new Error(`taskset could not pin process ${pid} to CPUs ${cpus}: ${res.stderr.trim() || res.error?.message}`);
+    throw new Error(
+      `taskset could not pin process ${pid} to CPUs ${cpus}: ${res.stderr?.trim() || res.error?.message}`,
+    );
   }
 }
