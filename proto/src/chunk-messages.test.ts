@@ -1,7 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
-import { encodeRestoreChunks, encodeSnapshotChunks, type WireChunk } from "./chunk-messages.js";
+import {
+  encodeRestoreChunks,
+  encodeSnapshotChunks,
+  FRAME_HEADER_BYTES,
+  hasFrameHeadroom,
+  type WireChunk,
+} from "./chunk-messages.js";
 import { AgentMessageSchema, ControlMessageSchema } from "./gen/dumont/agent/v1/agent_pb.js";
 
 const chunks: WireChunk[] = [
@@ -78,6 +84,27 @@ describe("hand-encoded chunk messages", () => {
     const restore = encodeRestoreChunks("req-2", 1n, true, chunks, buffers);
     expect(restore.buffer).toBe(scratch.buffer);
     expect(Buffer.from(restore).equals(Buffer.from(encodeRestoreChunks("req-2", 1n, true, chunks)))).toBe(true);
+  });
+
+  it("leave room for the gRPC frame header in front when asked, and mark the message", () => {
+    const scratch = Buffer.alloc(400_000, 0xee);
+    const taken: number[] = [];
+    const buffers = {
+      frameHeadroom: true,
+      take(size: number) {
+        taken.push(size);
+        return scratch;
+      },
+    };
+    const encoded = encodeSnapshotChunks("req-1", 5n, chunks, buffers);
+    expect(taken).toEqual([FRAME_HEADER_BYTES + encoded.length]);
+    expect(encoded.buffer).toBe(scratch.buffer);
+    expect(encoded.byteOffset).toBe(FRAME_HEADER_BYTES);
+    expect(hasFrameHeadroom(encoded)).toBe(true);
+    expect(Buffer.from(encoded).equals(Buffer.from(encodeSnapshotChunks("req-1", 5n, chunks)))).toBe(true);
+    // Without the option, or without a caller's buffer, there is no headroom and no mark.
+    expect(hasFrameHeadroom(encodeSnapshotChunks("req-1", 5n, chunks, { take: () => scratch }))).toBe(false);
+    expect(hasFrameHeadroom(encodeSnapshotChunks("req-1", 5n, chunks))).toBe(false);
   });
 
   it("refuses a plain length that is not a uint32", () => {

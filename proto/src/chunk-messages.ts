@@ -32,12 +32,41 @@ const WIRE_LEN = 2;
 
 /**
  * Where an encoder writes: `take(size)` gives a buffer of at least `size` bytes (the message is a view of its
- * start). The sender hands it back once the stream has copied the message (a grpc-js server frames every
- * message into a buffer of its own before its write callback; see AgentSession.send for why the agent's
- * client side does not), so bulk transfers reuse a few buffers instead of allocating one per message.
+ * start). The sender hands it back once the stream is done with the message's bytes (a grpc-js server
+ * frames every message into a buffer of its own before its write callback; the agent's client side calls
+ * back a large message only once HTTP/2 has written it, see StreamChunkSink), so bulk transfers reuse a few
+ * buffers instead of allocating one per message.
  */
 export interface EncodeBuffers {
   take(size: number): Buffer;
+  /**
+   * Leave the 5 bytes in front of the message free for gRPC's frame header, and mark the message with
+   * FRAME_HEADROOM: a sender that has taught grpc-js to frame such messages in place (the agent, see its
+   * session/grpc-framing.ts) then sends them without grpc-js's copy of every message into a fresh buffer.
+   */
+  frameHeadroom?: boolean;
+}
+
+/** gRPC's frame header: a compressed flag and the message length (big-endian). */
+export const FRAME_HEADER_BYTES = 5;
+
+/**
+ * Set (true) on a message whose FRAME_HEADER_BYTES in front of it, in the same memory, are the sender's to
+ * overwrite with the frame header. Symbol.for, so the one in grpc-framing.ts's patch is the same symbol.
+ */
+export const FRAME_HEADROOM: unique symbol = Symbol.for("dumont.grpc.frameHeadroom") as never;
+
+/** Whether `message` carries FRAME_HEADROOM (and so the memory in front of it is free for the header). */
+export function hasFrameHeadroom(message: Uint8Array): boolean {
+  return (
+    (message as { [FRAME_HEADROOM]?: boolean })[FRAME_HEADROOM] === true && message.byteOffset >= FRAME_HEADER_BYTES
+  );
+}
+
+/** Marks `message` (or a new view of the same bytes) as carrying frame headroom. */
+export function markFrameHeadroom<T extends Uint8Array>(message: T): T {
+  (message as { [FRAME_HEADROOM]?: boolean })[FRAME_HEADROOM] = true;
+  return message;
 }
 
 /** AgentMessage { snapshot_chunks { request_id, chunks, epoch } } in wire form. */
@@ -77,7 +106,13 @@ function encodeChunkMessage(
   for (const [, value] of numbers) if (value !== 0n) inner += 1 + varintSize(value);
   if (last) inner += 2;
   const total = lengthField(inner);
-  const out = buffers ? buffers.take(total).subarray(0, total) : Buffer.allocUnsafe(total);
+  const out = !buffers
+    ? Buffer.allocUnsafe(total)
+    : buffers.frameHeadroom
+      ? markFrameHeadroom(
+          buffers.take(FRAME_HEADER_BYTES + total).subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + total),
+        )
+      : buffers.take(total).subarray(0, total);
   let at = writeTag(out, 0, outerField, WIRE_LEN);
   at = writeVarint(out, at, BigInt(inner));
   if (requestIdBytes.length > 0) at = writeBytes(out, at, 1, requestIdBytes);

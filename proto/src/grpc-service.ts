@@ -2,7 +2,7 @@
 // the agent channel share one serializer per message type, derived from the schema — never hand-written.
 import { type DescMessage, type DescService, fromBinary, type MessageShape, toBinary } from "@bufbuild/protobuf";
 import type { MethodDefinition, ServiceDefinition } from "@grpc/grpc-js";
-import { isEncodedMessage } from "./chunk-messages.js";
+import { hasFrameHeadroom, isEncodedMessage, markFrameHeadroom } from "./chunk-messages.js";
 
 export function grpcServiceDefinition(service: DescService): ServiceDefinition {
   const definition: Record<string, MethodDefinition<unknown, unknown>> = {};
@@ -25,7 +25,8 @@ function serializer<D extends DescMessage>(schema: D) {
   return (message: unknown): Buffer => {
     // Chunk batches arrive already encoded (chunk-messages.ts); everything else is a message object.
     const bytes = isEncodedMessage(message) ? message : toBinary(schema, message as MessageShape<D>);
-    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const out = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    return hasFrameHeadroom(bytes) ? markFrameHeadroom(out) : out;
   };
 }
 

@@ -2,10 +2,15 @@
 
 export * as api from "./api.js";
 export {
+  type EncodeBuffers,
   type EncodedMessage,
   encodeRestoreChunks,
   encodeSnapshotChunks,
+  FRAME_HEADER_BYTES,
+  FRAME_HEADROOM,
+  hasFrameHeadroom,
   isEncodedMessage,
+  markFrameHeadroom,
   type WireChunk,
 } from "./chunk-messages.js";
 export * from "./gen/dumont/agent/v1/agent_pb.js";

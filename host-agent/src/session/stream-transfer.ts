@@ -5,8 +5,10 @@ import { create } from "@bufbuild/protobuf";
 import {
   AgentMessageSchema,
   type ControlMessage,
+  type EncodeBuffers,
   type EncodedMessage,
   encodeSnapshotChunks,
+  FRAME_HEADER_BYTES,
   RETRY_BUFFER_BYTES,
   STREAM_BATCH_BYTES,
   STREAM_BUFFERS_KEPT,
@@ -14,8 +16,9 @@ import {
   type WireChunk,
 } from "@dumont/proto";
 import type { ChunkSink, ChunkSource, FetchedChunk, SealedChunk, SnapshotMeta } from "@dumont/repository";
-// The subpath, not the package: the session runs from the agent's start, and the package loads the S3 SDK.
+// The subpath, not the package: the session runs from the agent's start, and the package's index loads all of it.
 import { BufferPool } from "@dumont/repository/buffer-pool";
+import { installInPlaceFraming } from "./grpc-framing.js";
 
 /** What the stream classes need from the session. */
 export interface StreamPort {
@@ -46,9 +49,19 @@ export class StreamChunkSink implements ChunkSink {
    * RETRY_BUFFER_BYTES: grpc-js calls back a smaller one's write before framing it, so those get their own.
    */
   private readonly buffers = new BufferPool(STREAM_MESSAGE_BUFFER_BYTES, STREAM_BUFFERS_KEPT);
-  private readonly encodeBuffers = {
-    take: (size: number): Buffer => (size > RETRY_BUFFER_BYTES ? this.buffers.take(size) : Buffer.allocUnsafe(size)),
-  };
+  /**
+   * With in-place framing installed (grpc-framing.ts), messages leave room for gRPC's frame header in front;
+   * `take` is then asked for that much more than the message, and the pooling test is on the message alone.
+   */
+  private readonly encodeBuffers: EncodeBuffers = (() => {
+    const frameHeadroom = installInPlaceFraming();
+    const headroom = frameHeadroom ? FRAME_HEADER_BYTES : 0;
+    return {
+      frameHeadroom,
+      take: (size: number): Buffer =>
+        size - headroom > RETRY_BUFFER_BYTES ? this.buffers.take(size) : Buffer.allocUnsafe(size),
+    };
+  })();
   private readonly needs = new Map<bigint, Waiter<Buffer[]>>();
   private committed: Waiter<string> | undefined;
   private failed: Error | undefined;
