@@ -92,8 +92,9 @@ export class ControlPlaneSession extends EventEmitter {
   /**
    * Sends a message, waiting while the stream's buffer is full. Rejects when not connected; callers
    * that must not lose data retry after the next 'connected' event. `onWritten` runs when grpc-js calls
-   * back the write: for a message larger than RETRY_BUFFER_BYTES that is once it has been framed into a
-   * buffer of grpc-js's own, so the message's buffer may be reused (for a smaller one it may be sooner).
+   * back the write: for a message larger than RETRY_BUFFER_BYTES that is once HTTP/2 has written it (framed
+   * in place, see grpc-framing.ts, or copied by grpc-js), so the message's buffer may be reused (for a
+   * smaller one it may be sooner).
    */
   async send(message: AgentMessage | EncodedMessage, onWritten?: () => void): Promise<void> {
     const stream = this.stream;

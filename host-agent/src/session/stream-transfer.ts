@@ -44,7 +44,7 @@ type Waiter<T> = { resolve: (v: T) => void; reject: (e: Error) => void };
 export class StreamChunkSink implements ChunkSink {
   private batch = 0;
   /**
-   * Buffers chunk messages are encoded into, reused once grpc-js has framed a message (BufferPool says why:
+   * Buffers chunk messages are encoded into, reused once grpc-js has written a message (BufferPool says why:
    * a fresh 1 MiB buffer per message drove the agent's garbage collector). Only for messages larger than
    * RETRY_BUFFER_BYTES: grpc-js calls back a smaller one's write before framing it, so those get their own.
    */
