@@ -1,18 +1,14 @@
 // In-place framing against the real grpc-js compression filter: marked messages are framed in the bytes in
 // front of them, everything else is copied as grpc-js always did. The e2e snapshot tests send real marked
 // messages over TLS to a control plane that checks every chunk's hash.
-import { createRequire } from "node:module";
 import { FRAME_HEADER_BYTES, markFrameHeadroom } from "@dumont/proto";
 import { describe, expect, it } from "vitest";
-import { installInPlaceFraming } from "./grpc-framing.js";
+import { grpcJsCompressionFilters, installInPlaceFraming } from "./grpc-framing.js";
 
 interface Filter {
   sendMessage(message: Promise<{ message: Buffer; flags?: number }>): Promise<{ message: Buffer }>;
 }
-const require = createRequire(import.meta.url);
-const { CompressionFilter } = require(
-  require.resolve("@grpc/grpc-js").replace(/index\.js$/, "compression-filter.js"),
-) as {
+const { CompressionFilter } = grpcJsCompressionFilters() as {
   CompressionFilter: new (options: object, shared: object) => Filter;
 };
 

@@ -34,12 +34,16 @@ export function installInPlaceFraming(): boolean {
   return installed;
 }
 
+/** grpc-js's compression filter module (not part of its public API; the tests frame through it too). */
+export function grpcJsCompressionFilters(): { CompressionFilter?: unknown } {
+  const require = createRequire(import.meta.url);
+  return require(require.resolve("@grpc/grpc-js").replace(/index\.js$/, "compression-filter.js"));
+}
+
 function patchIdentityHandler(): boolean {
   let handler: { writeMessage?: unknown } & Record<symbol, unknown>;
   try {
-    const require = createRequire(import.meta.url);
-    const grpcJs = require.resolve("@grpc/grpc-js");
-    const filters = require(grpcJs.replace(/index\.js$/, "compression-filter.js")) as {
+    const filters = grpcJsCompressionFilters() as {
       CompressionFilter?: new (options: object, shared: object) => { sendCompression?: object };
     };
     if (typeof filters.CompressionFilter !== "function") return false;
