@@ -1,6 +1,9 @@
 // Prometheus metrics, served at /metrics. One registry per control-plane instance (tests run several).
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry, Summary } from "prom-client";
 
+/** Snapshots and restores take from under a second (a small workspace) to an hour (hundreds of GiB). */
+const OPERATION_SECONDS_BUCKETS = [0.5, 1, 2.5, 5, 15, 30, 60, 120, 300, 900, 1800, 3600];
+
 export function createMetrics() {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: "dumont_process_" });
@@ -53,13 +56,13 @@ export function createMetrics() {
     snapshotSeconds: new Histogram({
       name: "dumont_snapshot_duration_seconds",
       help: "From the request to the commit, for committed snapshots",
-      buckets: [0.5, 1, 2.5, 5, 15, 30, 60, 120, 300, 900, 1800, 3600],
+      buckets: OPERATION_SECONDS_BUCKETS,
       registers: [registry],
     }),
     restoreSeconds: new Histogram({
       name: "dumont_restore_duration_seconds",
       help: "From the request to the agent's report that every file is written, for completed restores",
-      buckets: [0.5, 1, 2.5, 5, 15, 30, 60, 120, 300, 900, 1800, 3600],
+      buckets: OPERATION_SECONDS_BUCKETS,
       registers: [registry],
     }),
     enrollments: new Counter({

@@ -288,19 +288,9 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
             separateCores: separate
               ? {
                   cpus: "the agent and the direct runs on CPU 0, the control plane and the CLI on CPU 1",
-                  full: {
-                    directSeconds: round(separate.directFull.seconds),
-                    streamSeconds: round(separate.streamFull.seconds),
-                    vsDirect: round(separate.directFull.seconds / separate.streamFull.seconds),
-                    directCpuSeconds: round(separate.directFull.cpuSeconds),
-                    cpuSeconds: separate.streamFull.cpuSeconds,
-                  },
+                  full: versusDirect(separate.directFull, separate.streamFull),
                   restore: {
-                    directSeconds: round(separate.directRestore.seconds),
-                    streamSeconds: round(separate.streamRestore.seconds),
-                    vsDirect: round(separate.directRestore.seconds / separate.streamRestore.seconds),
-                    directCpuSeconds: round(separate.directRestore.cpuSeconds),
-                    cpuSeconds: separate.streamRestore.cpuSeconds,
+                    ...versusDirect(separate.directRestore, separate.streamRestore),
                     byteForByte: separate.restoredOk,
                   },
                 }
@@ -310,22 +300,22 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               "wall clock of the `dumont snapshot` CLI call: agent → mTLS gRPC stream → control plane → file:// blob store; " +
               "vsDirect = direct seconds / stream seconds (1.0 = as fast); both processes share this machine's cores, " +
               "cpuSeconds says what each side spent; agentCpuVsDirect = the direct run's CPU / the agent's CPU here (what " +
-              "the agent's own share of the work allows when the control plane runs on other cores; not measured here)",
+              "the agent's own share of the work allows when the control plane runs on other cores; separateCores measures that)",
           }
         : { skipped: "skipped by option (--skip-stream)" };
-    const resticRan =
-      resticIncremental && !options.skipRestic
-        ? {
-            version: resticVersion() ?? "unknown",
-            full: { ...timedReport(corpus, resticFulls), bytesStored: resticStoredFull },
-            incremental: {
-              seconds: round(resticIncremental.seconds),
-              bytesAdded: resticStoredAfter - resticStoredFull,
-              peakRssMiB: resticIncremental.peakRssMiB,
-            },
-            restore: { ...timedReport(corpus, resticRestores), byteForByte: resticRestoredOk },
-          }
-        : undefined;
+    // Set only when restic ran (it is skipped by option or absent otherwise).
+    const resticRan = resticIncremental
+      ? {
+          version: resticVersion() ?? "unknown",
+          full: { ...timedReport(corpus, resticFulls), bytesStored: resticStoredFull },
+          incremental: {
+            seconds: round(resticIncremental.seconds),
+            bytesAdded: resticStoredAfter - resticStoredFull,
+            peakRssMiB: resticIncremental.peakRssMiB,
+          },
+          restore: { ...timedReport(corpus, resticRestores), byteForByte: resticRestoredOk },
+        }
+      : undefined;
     const resticReport =
       resticRan ??
       (options.skipRestic
@@ -659,6 +649,17 @@ async function separateCoresRuns(work: string, corpus: Corpus, key: string): Pro
       await stream.stop();
     }
   }
+}
+
+/** A direct run against the same operation through the stream, side by side. */
+function versusDirect(direct: EngineRun, stream: StreamRun) {
+  return {
+    directSeconds: round(direct.seconds),
+    streamSeconds: round(stream.seconds),
+    vsDirect: round(direct.seconds / stream.seconds),
+    directCpuSeconds: round(direct.cpuSeconds),
+    cpuSeconds: stream.cpuSeconds,
+  };
 }
 
 /** A fresh restic repository (the cache is shared, as one user's would be). */
