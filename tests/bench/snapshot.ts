@@ -287,7 +287,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
             agentPeakRssMiB: viaStream.agentPeakRssMiB,
             separateCores: separate
               ? {
-                  cpus: "the agent and the direct runs on CPU 0, the control plane and the CLI on CPU 1",
+                  cpus: "the agent and the direct runs on CPU 0, the control plane and the bench process (its API client) on CPU 1",
                   full: versusDirect(separate.directFull, separate.streamFull),
                   restore: {
                     ...versusDirect(separate.directRestore, separate.streamRestore),
@@ -297,7 +297,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               : { skipped: separateSkipped },
             ...(options.streamDelayMs !== undefined ? { proxyDelayMsEachWay: options.streamDelayMs } : {}),
             note:
-              "wall clock of the `dumont snapshot` CLI call: agent → mTLS gRPC stream → control plane → file:// blob store; " +
+              "wall clock of the control plane's CreateSnapshotStream / RestoreSnapshotStream call (what `dumont snapshot create|restore` call), made from the bench process as the direct runs time the engine call inside a started process: agent → mTLS gRPC stream → control plane → file:// blob store; " +
               "vsDirect = direct seconds / stream seconds (1.0 = as fast); both processes share this machine's cores, " +
               "cpuSeconds says what each side spent; agentCpuVsDirect = the direct run's CPU / the agent's CPU here (what " +
               "the agent's own share of the work allows when the control plane runs on other cores; separateCores measures that)",
@@ -614,7 +614,7 @@ interface SeparateCoresRuns {
 
 /**
  * The stream as deployed, where the control plane runs on another machine: a fresh control plane pinned to
- * CPU 1 (with this process, so the CLI calls it makes land there too), the agent to CPU 0, against a direct
+ * CPU 1 (with this process, so the API calls it makes land there too), the agent to CPU 0, against a direct
  * run pinned to CPU 0. Full snapshot of the corpus as it is now, then restore of that snapshot; one run each.
  */
 async function separateCoresRuns(work: string, corpus: Corpus, key: string): Promise<SeparateCoresRuns> {

@@ -3,14 +3,13 @@
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
-import { createClient } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
-import { api } from "@dumont/proto";
+import type { api } from "@dumont/proto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type AgentProcess,
   type ControlPlaneProcess,
   enrollAgent,
+  snapshotApi,
   startAgentProcess,
   startControlPlaneProcess,
   stopProcess,
@@ -191,17 +190,7 @@ describe("snapshots over the agent stream", () => {
   });
 
   it("streams progress while the agent snapshots and restores, then the result as the last event", async () => {
-    const transport = createConnectTransport({
-      baseUrl: cp.httpUrl,
-      httpVersion: "1.1",
-      interceptors: [
-        (next) => async (req) => {
-          req.header.set("authorization", `Bearer ${cp.adminKey}`);
-          return next(req);
-        },
-      ],
-    });
-    const client = createClient(api.SnapshotService, transport);
+    const client = snapshotApi(cp);
     const tree = path.join(root, "progress-tree");
     await makeWorkspace(tree);
     const created: string[] = [];

@@ -7,6 +7,9 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { type Client, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { api } from "@dumont/proto";
 import pg from "pg";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -164,6 +167,21 @@ export interface AgentProcess {
  * Creates a join token through the CLI and enrolls a data dir with it; returns the host id. `server`
  * overrides the address the agent is given (e.g. a proxy in front of the control plane).
  */
+/** A client of the control plane's SnapshotService, as admin (what `dumont snapshot …` uses). */
+export function snapshotApi(cp: ControlPlaneProcess): Client<typeof api.SnapshotService> {
+  const transport = createConnectTransport({
+    baseUrl: cp.httpUrl,
+    httpVersion: "1.1",
+    interceptors: [
+      (next) => async (req) => {
+        req.header.set("authorization", `Bearer ${cp.adminKey}`);
+        return next(req);
+      },
+    ],
+  });
+  return createClient(api.SnapshotService, transport);
+}
+
 export async function enrollAgent(
   cp: ControlPlaneProcess,
   dataDir: string,
