@@ -204,7 +204,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       if (stream && cpus().length >= 2 && canPin()) {
         log("dumont through the control plane, on separate cores: full snapshot and restore, and direct runs");
         // Optional: where pinning is refused (some containers), the rest of the report still stands.
-        separate = await separateCoresRuns(work, corpus, key).catch((err: unknown) => {
+        separate = await separateCoresRuns(work, corpus, key, runs).catch((err: unknown) => {
           separateSkipped = `failed: ${err instanceof Error ? err.message : String(err)}`;
           return undefined;
         });
@@ -212,9 +212,9 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       log("checking the restores byte for byte");
       const changedHash = await treeHash(corpus.root);
       if (separate) {
-        separate.restoredOk =
-          (await treeHash(separate.directTarget)) === changedHash &&
-          (await treeHash(separate.streamTarget)) === changedHash;
+        separate.restoredOk = true;
+        for (const target of [...separate.directTargets, ...separate.streamTargets])
+          separate.restoredOk &&= (await treeHash(target)) === changedHash;
       }
       const resticHash = resticCorpus && restic ? await treeHash(resticCorpus.root) : undefined;
       for (let i = 1; i <= runs; i++) {
@@ -290,7 +290,9 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
                   cpus: "the agent and the direct runs on CPU 0, the control plane and the bench process (its API client) on CPU 1",
                   full: versusDirect(separate.directFull, separate.streamFull),
                   restore: {
-                    ...versusDirect(separate.directRestore, separate.streamRestore),
+                    ...versusDirect(medianRun(separate.directRestores), medianRun(separate.streamRestores)),
+                    directRuns: separate.directRestores.map((r) => round(r.seconds)),
+                    streamRuns: separate.streamRestores.map((r) => round(r.seconds)),
                     byteForByte: separate.restoredOk,
                   },
                 }
@@ -605,19 +607,21 @@ interface ResticRepo {
 interface SeparateCoresRuns {
   directFull: EngineRun;
   streamFull: StreamRun;
-  directRestore: EngineRun;
-  streamRestore: StreamRun;
-  directTarget: string;
-  streamTarget: string;
+  directRestores: EngineRun[];
+  streamRestores: StreamRun[];
+  /** Where each restore above went, in the same order. */
+  directTargets: string[];
+  streamTargets: string[];
   restoredOk?: boolean;
 }
 
 /**
  * The stream as deployed, where the control plane runs on another machine: a fresh control plane pinned to
  * CPU 1 (with this process, so the API calls it makes land there too), the agent to CPU 0, against a direct
- * run pinned to CPU 0. Full snapshot of the corpus as it is now, then restore of that snapshot; one run each.
+ * run pinned to CPU 0. Full snapshot of the corpus as it is now (one run each: a second would find every chunk
+ * stored), then `runs` restores of that snapshot each, direct and stream taking turns.
  */
-async function separateCoresRuns(work: string, corpus: Corpus, key: string): Promise<SeparateCoresRuns> {
+async function separateCoresRuns(work: string, corpus: Corpus, key: string, runs: number): Promise<SeparateCoresRuns> {
   const stream = await StreamBench.start(join(work, "stream-separate"));
   try {
     stream.pin("0", "1");
@@ -631,17 +635,27 @@ async function separateCoresRuns(work: string, corpus: Corpus, key: string): Pro
     );
     await settle(corpus.root);
     const streamFull = await stream.snapshot(corpus.root);
-    const directTarget = join(work, "dumont-restore-separate");
-    await settle(fileURLToPath(repo));
-    const directRestore = await engine(
-      "restore",
-      { repo, key, snapshotId: directFull.result.id, target: directTarget },
-      "0",
-    );
-    const streamTarget = join(work, "stream-restore-separate");
-    await settle(stream.blobsDir);
-    const streamRestore = await stream.restore(String(streamFull.result.id), streamTarget);
-    return { directFull, streamFull, directRestore, streamRestore, directTarget, streamTarget };
+    const result: SeparateCoresRuns = {
+      directFull,
+      streamFull,
+      directRestores: [],
+      streamRestores: [],
+      directTargets: [],
+      streamTargets: [],
+    };
+    for (let i = 1; i <= runs; i++) {
+      const directTarget = join(work, `dumont-restore-separate-${i}`);
+      await settle(fileURLToPath(repo));
+      result.directRestores.push(
+        await engine("restore", { repo, key, snapshotId: directFull.result.id, target: directTarget }, "0"),
+      );
+      result.directTargets.push(directTarget);
+      const streamTarget = join(work, `stream-restore-separate-${i}`);
+      await settle(stream.blobsDir);
+      result.streamRestores.push(await stream.restore(String(streamFull.result.id), streamTarget));
+      result.streamTargets.push(streamTarget);
+    }
+    return result;
   } finally {
     try {
       pinProcess(process.pid, `0-${cpus().length - 1}`);
