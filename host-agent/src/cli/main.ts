@@ -52,9 +52,9 @@ export async function main(argv: string[]): Promise<void> {
       // Let the heap grow to four times what survives a full collection before the next one. V8 counts the
       // Buffers a streamed restore receives (TLS records, gRPC messages, up to 64 MiB of chunks waiting for the
       // engine) against the old generation's limit, and at its default factor that started a full collection
-      // for every ~25 MB received: 40-49 per GiB, about a fifth of the agent's CPU. At 4x: 12-14 per GiB, the
-      // agent's CPU per streamed GiB restored 3.2-3.6 s against 4.0-5.0 s, peak RSS +15-45 MiB (agent and control
-      // plane pinned to a core each, 1 GiB corpus). The control plane does the same for what it receives.
+      // for every ~25 MB received: 40-49 per GiB, about a fifth of the agent's CPU. At 4x: 12-14 per GiB, and
+      // the agent's CPU per streamed GiB restored 3.1-4.4 s against 4.0-5.0 s (agent and control plane pinned to
+      // a core each), its peak RSS in the snapshot bench 385-402 MiB against 384. The control plane sets 100.
       setFlagsFromString("--heap-growing-percent=300");
       // Loaded on demand, like every command's code: zod and pino alone cost the snapshot commands ~100 ms.
       const [{ loadAgentConfig }, { createLogger }] = await Promise.all([
