@@ -54,7 +54,7 @@ export async function main(argv: string[]): Promise<void> {
       // engine) against the old generation's limit, and at its default factor that started a full collection
       // for every ~25 MB received: 40-49 per GiB, about a fifth of the agent's CPU. At 4x: 12-14 per GiB, and
       // the agent's CPU per streamed GiB restored 3.1-4.4 s against 4.0-5.0 s (agent and control plane pinned to
-      // a core each), its peak RSS in the snapshot bench 385-402 MiB against 384. The control plane sets 100.
+      // a core each), its peak RSS in the snapshot bench 385-402 MiB against 384. The control plane sets the same.
       setFlagsFromString("--heap-growing-percent=300");
       // Loaded on demand, like every command's code: zod and pino alone cost the snapshot commands ~100 ms.
       const [{ loadAgentConfig }, { createLogger }] = await Promise.all([
