@@ -163,10 +163,6 @@ export interface AgentProcess {
   log(): string;
 }
 
-/**
- * Creates a join token through the CLI and enrolls a data dir with it; returns the host id. `server`
- * overrides the address the agent is given (e.g. a proxy in front of the control plane).
- */
 /** A client of the control plane's SnapshotService, as admin (what `dumont snapshot …` uses). */
 export function snapshotApi(cp: ControlPlaneProcess): Client<typeof api.SnapshotService> {
   const transport = createConnectTransport({
@@ -182,6 +178,10 @@ export function snapshotApi(cp: ControlPlaneProcess): Client<typeof api.Snapshot
   return createClient(api.SnapshotService, transport);
 }
 
+/**
+ * Creates a join token through the CLI and enrolls a data dir with it; returns the host id. `server`
+ * overrides the address the agent is given (e.g. a proxy in front of the control plane).
+ */
 export async function enrollAgent(
   cp: ControlPlaneProcess,
   dataDir: string,
