@@ -41,7 +41,7 @@ export {
 } from "./manifest.js";
 export { type OpenBlobStoreOptions, openBlobStore } from "./open-blob-store.js";
 export { type PackEntry, type PackIndex, packKey } from "./pack.js";
-export { formatBytes, formatDuration, ProgressMeter } from "./progress-meter.js";
+export { formatBytes, formatDuration, ProgressMeter, roundSeconds } from "./progress-meter.js";
 export {
   type ForgetOptions,
   type ForgetReport,

@@ -34,6 +34,11 @@ export class ProgressMeter {
   }
 }
 
+/** Seconds to the millisecond: how both CLIs print an operation's seconds in their JSON. */
+export function roundSeconds(seconds: number): number {
+  return Math.round(seconds * 1000) / 1000;
+}
+
 export function formatBytes(n: number): string {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let value = n;

@@ -3,7 +3,7 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { api } from "@dumont/proto";
 // The meter and byte formatting alone: a CLI call needs nothing else of the package.
-import { formatBytes, ProgressMeter } from "@dumont/repository/progress-meter";
+import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
 import type { Command } from "commander";
 import { type ApiOptions, apiClients } from "./api-client.js";
 
@@ -74,7 +74,7 @@ export function registerSnapshotCommands(program: Command): void {
       const out = {
         files: Number(res.files),
         bytesWritten: Number(res.bytesWritten),
-        seconds: milliseconds(res.seconds),
+        seconds: roundSeconds(res.seconds),
       };
       if (opts.json) return print(out);
       process.stdout.write(
@@ -96,7 +96,7 @@ function snapshotJson(s: api.Snapshot) {
     bytesNew: Number(s.bytesNew),
     bytesStored: Number(s.bytesStored),
     chunksNew: Number(s.chunksNew),
-    seconds: milliseconds(s.seconds),
+    seconds: roundSeconds(s.seconds),
   };
 }
 
@@ -125,11 +125,6 @@ async function follow<R>(
   }
   if (result === undefined) throw new Error(`the control plane ended the ${what} without a result; see its log`);
   return result;
-}
-
-/** Seconds to the millisecond, as the agent's direct-mode JSON prints them. */
-function milliseconds(seconds: number): number {
-  return Math.round(seconds * 1000) / 1000;
 }
 
 function print(value: unknown): void {

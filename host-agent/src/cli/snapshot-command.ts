@@ -11,6 +11,7 @@ import {
   parseRepositoryKey,
   pruneRepository,
   type RetentionPolicy,
+  roundSeconds,
 } from "@dumont/repository";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import {
@@ -84,7 +85,7 @@ export function registerSnapshotCommands(program: Command): void {
             bytesNew: result.bytesNew,
             bytesStored: result.bytesStored,
             chunksNew: result.chunksNew,
-            seconds: round(result.seconds),
+            seconds: roundSeconds(result.seconds),
           };
           if (opts.json) print(result.skipped.length > 0 ? { ...summary, skipped: result.skipped } : summary);
           else {
@@ -119,7 +120,7 @@ export function registerSnapshotCommands(program: Command): void {
           onProgress: (p) => meter?.update(p.bytesWritten, p.bytesTotal),
         }).finally(() => meter?.finish());
         if (opts.json)
-          print({ files: result.files, bytesWritten: result.bytesWritten, seconds: round(result.seconds) });
+          print({ files: result.files, bytesWritten: result.bytesWritten, seconds: roundSeconds(result.seconds) });
         else {
           process.stdout.write(
             `restored snapshot ${result.snapshotId.slice(0, 12)} into ${opts.target}: ${result.files} files, ` +
@@ -307,10 +308,6 @@ async function withFriendlyErrors(opts: RepoOptions, fn: () => Promise<void>): P
 
 function print(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value)}\n`);
-}
-
-function round(seconds: number): number {
-  return Math.round(seconds * 1000) / 1000;
 }
 
 function positiveInteger(flag: string): (value: string) => number {
