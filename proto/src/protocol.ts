@@ -25,7 +25,8 @@ export const STREAM_BUFFERS_KEPT = 18;
  * The agent's grpc-js client keeps messages of up to this many bytes (per call; grpc-js's default is 1 MiB)
  * for a transparent retry, and calls back their writes on the next tick, before they have even been framed.
  * Larger messages are called back once grpc-js has framed and written them: only their buffers can be reused
- * then (the agent's are written from its own memory, see host-agent/src/session/grpc-framing.ts). Chunk messages are about STREAM_BATCH_BYTES, far above this.
+ * then (the agent's are written from its own memory, see host-agent/src/session/grpc-framing.ts). Chunk
+ * messages are about STREAM_BATCH_BYTES, far above this.
  */
 export const RETRY_BUFFER_BYTES = 256 * 1024;
 
