@@ -58,9 +58,9 @@ export interface ChunkSource {
   /**
    * Yields each requested chunk once, in any order. A chunk that cannot be read is yielded with `error`
    * (and no blob) so the caller can name the files it affects. A blob may be a view into a larger buffer
-   * (the stream source hands out views into the received message), so a caller must not transfer or detach
-   * its memory. The agent's restore copies each blob at once, unless it already sits in memory the workers
-   * share (RepositoryChunkSource's `readBuffers`).
+   * (a pack read, a received message, a receive buffer), so a caller must not transfer or detach its memory.
+   * The agent's restore copies each blob at once, unless it already sits in memory the workers share
+   * (RepositoryChunkSource's `readBuffers`, StreamChunkSource's receive buffers).
    */
   get(ids: Buffer[]): AsyncIterable<FetchedChunk>;
 }

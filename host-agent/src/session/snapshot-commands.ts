@@ -149,8 +149,6 @@ export class SnapshotCommands {
   }
 
   private async restore(cmd: Restore): Promise<void> {
-    const source = new StreamChunkSource(this.session, cmd.requestId, cmd.snapshotId, Buffer.from(cmd.manifest));
-    this.sources.set(cmd.requestId, source);
     const report = (value: { files?: bigint; bytesWritten?: bigint; error?: string }) =>
       this.session.send(
         create(AgentMessageSchema, {
@@ -159,8 +157,14 @@ export class SnapshotCommands {
       );
     try {
       if (!path.isAbsolute(cmd.target)) throw new Error(`target must be absolute, got ${JSON.stringify(cmd.target)}`);
-      const result = await this.withEngine(({ restoreSnapshot, pool }) =>
-        restoreSnapshot({
+      const result = await this.withEngine(({ restoreSnapshot, pool }) => {
+        // Chunks are copied into the workers' shared memory as they arrive (see ReceiveBuffers).
+        const source = new StreamChunkSource(this.session, cmd.requestId, cmd.snapshotId, Buffer.from(cmd.manifest), {
+          allocate: (size) => pool.buffer(size),
+          release: (buffer) => pool.recycle(buffer.buffer),
+        });
+        this.sources.set(cmd.requestId, source);
+        return restoreSnapshot({
           snapshotId: cmd.snapshotId,
           source,
           key: Buffer.from(cmd.tenantKey),
@@ -180,8 +184,8 @@ export class SnapshotCommands {
               },
             }),
           ),
-        }),
-      );
+        });
+      });
       await report({ files: BigInt(result.files), bytesWritten: BigInt(result.bytesWritten) });
     } catch (err) {
       this.log.warn({ requestId: cmd.requestId, err: (err as Error).message }, "restore failed");

@@ -7,7 +7,7 @@ import {
   RETRY_BUFFER_BYTES,
 } from "@dumont/proto";
 import { describe, expect, it } from "vitest";
-import { StreamChunkSink, StreamChunkSource, type StreamPort } from "./stream-transfer.js";
+import { type ReceiveBuffers, StreamChunkSink, StreamChunkSource, type StreamPort } from "./stream-transfer.js";
 
 /**
  * A port that, like grpc-js with a busy stream, serialises messages only later: what was sent is read
@@ -174,6 +174,88 @@ describe("StreamChunkSource", () => {
       snapshotId: "abcdef",
       manifestBlob: Buffer.from("manifest"),
     });
+  });
+});
+
+describe("StreamChunkSource with receive buffers", () => {
+  const MiB = 1024 * 1024;
+  function countingBuffers() {
+    const allocated: Buffer[] = [];
+    const released: ArrayBufferLike[] = [];
+    const buffers: ReceiveBuffers = {
+      allocate: (size) => {
+        const b = Buffer.alloc(size);
+        allocated.push(b);
+        return b;
+      },
+      release: (b) => void released.push(b.buffer),
+    };
+    return { buffers, allocated, released };
+  }
+  const message = (batch: bigint, sizes: number[], last: boolean, fill = 7) =>
+    create(ControlMessageSchema, {
+      msg: {
+        case: "restoreChunks",
+        value: {
+          requestId: "r6",
+          batch,
+          last,
+          chunks: sizes.map((size, i) => ({ id: Buffer.alloc(32, i), blob: Buffer.alloc(size, fill + i) })),
+        },
+      },
+    });
+
+  it("copies chunks into the buffers as they arrive, filling one before the next, never across batches", async () => {
+    const { port, messages } = lazyPort();
+    const { buffers, allocated, released } = countingBuffers();
+    const source = new StreamChunkSource(port, "r6", "abcdef", Buffer.from("m"), buffers);
+    const taken: Buffer[] = [];
+    const reading = (async () => {
+      for await (const c of source.get([Buffer.alloc(32)])) taken.push(c.blob!);
+      for await (const c of source.get([Buffer.alloc(32)])) taken.push(c.blob!);
+    })();
+    await new Promise((r) => setImmediate(r));
+    const m1 = message(
+      (messages()[0]!.msg.value as { batch: bigint }).batch,
+      [3 * MiB, 3 * MiB, 3 * MiB, 9 * MiB],
+      true,
+    );
+    source.receive(m1);
+    // The copied chunks do not keep the message's memory: overwriting it changes nothing the engine gets.
+    for (const c of (m1.msg.value as { chunks: { blob: Uint8Array }[] }).chunks.slice(0, 3)) c.blob.fill(0);
+    await new Promise((r) => setImmediate(r));
+    source.receive(message((messages()[1]!.msg.value as { batch: bigint }).batch, [1024], true, 1));
+    await reading;
+    expect(taken.map((b) => [b.length, b[0], b.at(-1)])).toEqual([
+      [3 * MiB, 7, 7],
+      [3 * MiB, 8, 8],
+      [3 * MiB, 9, 9],
+      [9 * MiB, 10, 10],
+      [1024, 1, 1],
+    ]);
+    // Two 3 MiB chunks fill the first 8 MiB buffer, the third starts another; a chunk larger than a buffer
+    // stays where it is; the next batch starts a buffer of its own.
+    expect(allocated).toHaveLength(3);
+    expect(taken[1]!.buffer).toBe(taken[0]!.buffer);
+    expect(taken[1]!.byteOffset - taken[0]!.byteOffset).toBe(3 * MiB);
+    expect(taken[2]!.buffer).toBe(allocated[1]!.buffer);
+    expect(allocated.some((b) => b.buffer === taken[3]!.buffer)).toBe(false);
+    expect(taken[4]!.buffer).toBe(allocated[2]!.buffer);
+    expect(released).toEqual([]); // every buffer went to the engine
+  });
+
+  it("releases the buffers no chunk was taken from when the engine stops reading, and only those", async () => {
+    const { port, messages } = lazyPort();
+    const { buffers, allocated, released } = countingBuffers();
+    const source = new StreamChunkSource(port, "r6", "abcdef", Buffer.from("m"), buffers);
+    const iterator = source.get([Buffer.alloc(32)])[Symbol.asyncIterator]();
+    const first = iterator.next();
+    await new Promise((r) => setImmediate(r));
+    source.receive(message((messages()[0]!.msg.value as { batch: bigint }).batch, [5 * MiB, 5 * MiB, 5 * MiB], false));
+    expect((await first).value.blob.length).toBe(5 * MiB);
+    await iterator.return!(undefined);
+    expect(allocated).toHaveLength(3);
+    expect(released).toEqual([allocated[1]!.buffer, allocated[2]!.buffer]);
   });
 });
 

@@ -18,6 +18,7 @@ import {
 import type { ChunkSink, ChunkSource, FetchedChunk, SealedChunk, SnapshotMeta } from "@dumont/repository";
 // The subpath, not the package: the session runs from the agent's start, and the package's index loads all of it.
 import { BufferPool } from "@dumont/repository/buffer-pool";
+import { copyBytes } from "@dumont/repository/copy-bytes";
 import { installInPlaceFraming } from "./grpc-framing.js";
 
 /** What the stream classes need from the session. */
@@ -172,6 +173,20 @@ export class StreamChunkSink implements ChunkSink {
   }
 }
 
+/**
+ * Memory chunks are copied into as they arrive (the agent passes its worker pool's shared buffers, as direct
+ * mode reads packs into them): the restore engine then hands whole buffers to its workers without copying,
+ * and each gRPC message can be collected as soon as it is read. A buffer goes back through `release` only if
+ * no chunk in it was taken; once one is, it is the engine's (it recycles the buffer after writing its batch).
+ */
+export interface ReceiveBuffers {
+  allocate(size: number): Buffer;
+  release(buffer: Buffer): void;
+}
+
+/** Size of one receive buffer: 8 MiB, the worker pool's unit (about 7 chunks of the ~1 MiB average). */
+const RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024;
+
 export class StreamChunkSource implements ChunkSource {
   private batch = 0;
   private readonly queues = new Map<bigint, ChunkQueue>();
@@ -185,6 +200,7 @@ export class StreamChunkSource implements ChunkSource {
     private readonly requestId: string,
     private readonly snapshotId: string,
     private readonly manifestBlob: Buffer,
+    private readonly buffers?: ReceiveBuffers,
   ) {}
 
   receive(message: ControlMessage): void {
@@ -193,15 +209,11 @@ export class StreamChunkSource implements ChunkSource {
     const q = this.queues.get(v.batch);
     if (!q) return;
     for (const c of v.chunks) {
-      // Views into the decoded message (its `bytes` fields share one buffer): the restore engine copies
-      // each blob as it arrives, and ChunkSource callers never detach a blob's memory.
-      const id = Buffer.from(c.id.buffer, c.id.byteOffset, c.id.byteLength);
-      q.push(
-        c.error
-          ? { id, error: c.error }
-          : { id, blob: Buffer.from(c.blob.buffer, c.blob.byteOffset, c.blob.byteLength) },
-      );
+      const id = Buffer.from(c.id); // a copy: a view would keep the whole message alive
+      if (c.error) q.push({ id, error: c.error });
+      else q.push({ id, blob: q.store(c.blob) });
     }
+    // A receive buffer never spans two batches: the engine writes (and recycles) a buffer with its batch.
     if (v.last) q.end();
     // Never while the engine waits on a batch: the chunks it waits for would be held back too.
     if (
@@ -243,6 +255,7 @@ export class StreamChunkSource implements ChunkSource {
     const queue = new ChunkQueue(
       (bytes) => this.account(bytes),
       () => this.resumeInbound(),
+      this.buffers,
     );
     this.queues.set(batch, queue);
     try {
@@ -259,17 +272,42 @@ export class StreamChunkSource implements ChunkSource {
   }
 }
 
-/** An async queue of fetched chunks for one request batch; tells its owner the bytes that enter and leave. */
+/**
+ * An async queue of fetched chunks for one request batch; tells its owner the bytes that enter and leave, and
+ * copies blobs into receive buffers when it has them (see ReceiveBuffers).
+ */
 class ChunkQueue implements AsyncIterable<FetchedChunk> {
   private readonly items: FetchedChunk[] = [];
   private done = false;
   private error: Error | undefined;
   private wake: (() => void) | undefined;
+  /** The receive buffer being filled, and how much of it is. */
+  private fill: Buffer | undefined;
+  private filled = 0;
+  /** Receive buffers none of whose chunks the consumer has taken yet: still this queue's to release. */
+  private readonly untaken = new Set<ArrayBufferLike>();
 
   constructor(
     private readonly account: (bytes: number) => void,
     private readonly onWait: () => void,
+    private readonly buffers?: ReceiveBuffers,
   ) {}
+
+  /** The blob to queue for `bytes` (a view into a received message): a copy in a receive buffer if there are any. */
+  store(bytes: Uint8Array): Buffer {
+    if (!this.buffers || bytes.length > RECEIVE_BUFFER_BYTES) {
+      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    }
+    if (!this.fill || this.filled + bytes.length > this.fill.length) {
+      this.fill = this.buffers.allocate(RECEIVE_BUFFER_BYTES);
+      this.filled = 0;
+      this.untaken.add(this.fill.buffer);
+    }
+    copyBytes(bytes, this.fill, this.filled);
+    const blob = this.fill.subarray(this.filled, this.filled + bytes.length);
+    this.filled += bytes.length;
+    return blob;
+  }
 
   /** Whether its consumer is waiting for the next chunk. */
   get waiting(): boolean {
@@ -292,11 +330,15 @@ class ChunkQueue implements AsyncIterable<FetchedChunk> {
   drop(): number {
     let bytes = 0;
     for (const item of this.items.splice(0)) bytes += item.blob?.length ?? 0;
+    for (const buffer of this.untaken) this.buffers?.release(Buffer.from(buffer));
+    this.untaken.clear();
+    this.fill = undefined;
     return bytes;
   }
 
   end(): void {
     this.done = true;
+    this.fill = undefined;
     this.wakeUp();
   }
 
@@ -310,6 +352,7 @@ class ChunkQueue implements AsyncIterable<FetchedChunk> {
       const item = this.items.shift();
       if (item) {
         this.account(-(item.blob?.length ?? 0));
+        if (item.blob) this.untaken.delete(item.blob.buffer);
         yield item;
         continue;
       }

@@ -393,8 +393,13 @@ function workerMain(
  * steps a 1 GiB restore made 31 buffers for 6 in use at once; uneven LZ4 batches kept missing the idle ones).
  */
 const SHARED_STEP = 8 * 1024 * 1024;
-/** Idle shared buffers kept for reuse; beyond that they are dropped (and unshared). */
-const MAX_IDLE_SHARED = 4;
+/**
+ * Idle shared buffers kept for reuse; beyond that they are dropped (and unshared). Enough for what a streamed
+ * restore holds at once: its receive queue (up to 64 MiB in 8 MiB buffers) and a batch per worker. With 4, each
+ * restore kept allocating fresh ones and the agent's peak RSS grew by 120-330 MiB. An idle buffer is memory the
+ * pool had in use at once a moment before, and the whole pool is closed once the agent is idle.
+ */
+const MAX_IDLE_SHARED = 16;
 
 export class SnapshotWorkerPool {
   private readonly workers: PoolWorker[] = [];
