@@ -119,6 +119,11 @@ export class SnapshotCommands {
           key: Buffer.from(cmd.tenantKey),
           meta: { workspace: cmd.workspaceId, epoch: Number(cmd.epoch), tenant: cmd.tenantId, hostname: os.hostname() },
           pool,
+          // The stream's put waits on the control plane (flow control, its arrival check): two more sealed
+          // segments keep the workers busy meanwhile. Agent and control plane pinned to a core each, 1 GiB:
+          // the agent's idle time during a snapshot fell from 0.49 to 0.34 s (medians of 10 paired runs),
+          // 7 runs of 10 faster. Direct mode's file sink gained nothing and would only hold ~30 MiB more.
+          sealAhead: 2,
           localIndex: { file: localIndexPath(this.stateDir, scope), scope },
           onProgress: this.throttled((p) =>
             create(AgentMessageSchema, {

@@ -36,6 +36,11 @@ export interface CreateSnapshotOptions {
   chunker?: ChunkerParams;
   /** Files larger than this are split across workers (default 16 MiB; at least twice the maximum chunk). */
   segmentSize?: number;
+  /**
+   * Segments the workers may seal ahead, beyond one per worker and one being handed to the sink (default 0).
+   * For a sink whose `put` waits on a network: the agent's stream sets 2 (see SnapshotCommands).
+   */
+  sealAhead?: number;
   onProgress?: (progress: CreateProgress) => void;
   signal?: AbortSignal;
 }
@@ -125,6 +130,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       sink,
       compileChunker(options.chunker ?? DEFAULT_CHUNKER),
       options.segmentSize ?? DEFAULT_SEGMENT_SIZE,
+      options.sealAhead ?? 0,
       stats,
     );
     for (const work of reading) {
@@ -273,11 +279,13 @@ class SegmentPipeline {
     private readonly sink: ChunkSink,
     private readonly chunker: CompiledChunker,
     private readonly segmentSize: number,
+    sealAhead: number,
     private readonly stats: { bytesRead: number; bytesNew: number; bytesStored: number; chunksNew: number },
   ) {
     if (segmentSize < 2 * chunker.max)
       throw new Error("the segment size must be at least twice the maximum chunk size");
-    this.maxInflight = Math.max(2, pool.threads + 1);
+    if (!Number.isInteger(sealAhead) || sealAhead < 0) throw new Error("sealAhead must be a whole number, 0 or more");
+    this.maxInflight = Math.max(2, pool.threads + 1) + sealAhead;
     // Four average chunks: on the bench corpus the seams then needed 8 MB of stitching per GiB (103 MB
     // with none, 0 with eight); every byte looked back over is read and cut once more.
     this.lookback = 4 * chunker.avg;

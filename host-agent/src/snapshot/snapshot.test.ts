@@ -161,6 +161,14 @@ describe.each(stores)("snapshots on $name", (store) => {
   });
 });
 
+/** A new file:// repository and a writer into it, for tests that play the sink themselves. */
+async function freshWriter(key: Buffer) {
+  const repo = pathToFileURL(fresh("repo")).href;
+  const store = openBlobStore(repo);
+  const { repository } = await Repository.openOrInit(store, key);
+  return { repo, store, repository, writer: await repository.writer({ packSize: SMALL.packSize }) };
+}
+
 describe("snapshot engine", () => {
   it("cuts a file split across workers exactly as one pass would", async () => {
     const source = fresh("src");
@@ -196,10 +204,7 @@ describe("snapshot engine", () => {
     const content = seeded(3_000_000, "offers");
     await writeFile(join(source, "big"), content);
     const key = generateRepositoryKey();
-    const repo = pathToFileURL(fresh("repo")).href;
-    const store = openBlobStore(repo);
-    const { repository } = await Repository.openOrInit(store, key);
-    const writer = await repository.writer({ packSize: SMALL.packSize });
+    const { repo, store, writer } = await freshWriter(key);
     let asking = 0;
     let most = 0;
     let chunksSent = 0;
@@ -244,6 +249,45 @@ describe("snapshot engine", () => {
     const target = fresh("restored");
     await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
     expect((await readFile(join(target, "big"))).equals(content)).toBe(true);
+  });
+
+  it("seals `sealAhead` more segments ahead of a slow sink, and stores the same snapshot", async () => {
+    const source = fresh("src");
+    await mkdir(source);
+    const content = seeded(4 * 1024 * 1024, "ahead"); // 8 segments of 512 KiB
+    await writeFile(join(source, "big"), content);
+    const key = generateRepositoryKey();
+    /** The most segments offered (sealed) beyond those the sink had started to take, and the manifest's chunks. */
+    const run = async (sealAhead: number) => {
+      const { store, repository, writer } = await freshWriter(key);
+      let offers = 0;
+      let puts = 0;
+      let lead = 0;
+      const sink: ChunkSink = {
+        missing: (ids) => {
+          lead = Math.max(lead, ++offers - puts);
+          return writer.missing(ids);
+        },
+        put: async (chunks) => {
+          puts++;
+          await new Promise((resolve) => setTimeout(resolve, 150)); // a stream held back by its receiver
+          await writer.put(chunks);
+        },
+        commit: (manifest, meta) => writer.commit(manifest, meta),
+        abort: () => writer.abort(),
+      };
+      const meta = { workspace: "w", epoch: 0, tenant: "t" };
+      const { chunker, segmentSize } = SMALL;
+      const created = await createSnapshot({ source, sink, key, meta, pool, chunker, segmentSize, sealAhead });
+      const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
+      await store.close();
+      return { lead, entries: manifest.entries };
+    };
+    const usual = await run(0);
+    const ahead = await run(2);
+    expect(ahead.lead - usual.lead).toBe(2);
+    expect(ahead.entries).toEqual(usual.entries);
+    await expect(run(-1)).rejects.toThrow(/sealAhead must be a whole number/);
   });
 
   it("spreads a read buffer of many small files over the workers in parts, recycling it after the last", async () => {
