@@ -288,7 +288,11 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
             separateCores: separate
               ? {
                   cpus: "the agent and the direct runs on CPU 0, the control plane and the bench process (its API client) on CPU 1",
-                  full: versusDirect(separate.directFull, separate.streamFull),
+                  full: {
+                    ...versusDirect(medianRun(separate.directFulls), medianRun(separate.streamFulls)),
+                    directRuns: separate.directFulls.map((r) => round(r.seconds)),
+                    streamRuns: separate.streamFulls.map((r) => round(r.seconds)),
+                  },
                   restore: {
                     ...versusDirect(medianRun(separate.directRestores), medianRun(separate.streamRestores)),
                     directRuns: separate.directRestores.map((r) => round(r.seconds)),
@@ -605,8 +609,8 @@ interface ResticRepo {
 }
 
 interface SeparateCoresRuns {
-  directFull: EngineRun;
-  streamFull: StreamRun;
+  directFulls: EngineRun[];
+  streamFulls: StreamRun[];
   directRestores: EngineRun[];
   streamRestores: StreamRun[];
   /** Where each restore above went, in the same order. */
@@ -618,49 +622,69 @@ interface SeparateCoresRuns {
 /**
  * The stream as deployed, where the control plane runs on another machine: a fresh control plane pinned to
  * CPU 1 (with this process, so the API calls it makes land there too), the agent to CPU 0, against a direct
- * run pinned to CPU 0. Full snapshot of the corpus as it is now (one run each: a second would find every chunk
- * stored), then `runs` restores of that snapshot each, direct and stream taking turns.
+ * run pinned to CPU 0. `runs` full snapshots of the corpus as it is now, each into an empty repository (a
+ * fresh direct repository and a fresh control plane and agent: a second snapshot into one would find every
+ * chunk stored), then `runs` restores of the first run's snapshots; direct and stream take turns throughout.
  */
 async function separateCoresRuns(work: string, corpus: Corpus, key: string, runs: number): Promise<SeparateCoresRuns> {
-  const stream = await StreamBench.start(join(work, "stream-separate"));
+  const everyCpu = `0-${cpus().length - 1}`;
+  let first: StreamBench | undefined;
   try {
-    stream.pin("0", "1");
-    pinProcess(process.pid, "1");
-    const repo = pathToFileURL(join(work, "dumont-repo-separate")).href;
-    await settle(corpus.root);
-    const directFull = await engine(
-      "create",
-      { repo, key, source: corpus.root, stateDir: join(work, "dumont-state-separate") },
-      "0",
-    );
-    await settle(corpus.root);
-    const streamFull = await stream.snapshot(corpus.root);
     const result: SeparateCoresRuns = {
-      directFull,
-      streamFull,
+      directFulls: [],
+      streamFulls: [],
       directRestores: [],
       streamRestores: [],
       directTargets: [],
       streamTargets: [],
     };
+    const repo = (i: number) => pathToFileURL(join(work, `dumont-repo-separate-${i}`)).href;
+    for (let i = 1; i <= runs; i++) {
+      pinProcess(process.pid, "1");
+      await settle(corpus.root);
+      result.directFulls.push(
+        await engine(
+          "create",
+          { repo: repo(i), key, source: corpus.root, stateDir: join(work, `dumont-state-separate-${i}`) },
+          "0",
+        ),
+      );
+      // Started unpinned (its processes size their thread pools at start), then pinned before the timed call.
+      pinProcess(process.pid, everyCpu);
+      const stream = await StreamBench.start(join(work, `stream-separate-${i}`));
+      first ??= stream;
+      try {
+        stream.pin("0", "1");
+        pinProcess(process.pid, "1");
+        await settle(corpus.root);
+        result.streamFulls.push(await stream.snapshot(corpus.root));
+      } finally {
+        // Only the first control plane serves the restores below.
+        if (stream !== first) await stream.stop();
+      }
+    }
     for (let i = 1; i <= runs; i++) {
       const directTarget = join(work, `dumont-restore-separate-${i}`);
-      await settle(fileURLToPath(repo));
+      await settle(fileURLToPath(repo(1)));
       result.directRestores.push(
-        await engine("restore", { repo, key, snapshotId: directFull.result.id, target: directTarget }, "0"),
+        await engine(
+          "restore",
+          { repo: repo(1), key, snapshotId: result.directFulls[0].result.id, target: directTarget },
+          "0",
+        ),
       );
       result.directTargets.push(directTarget);
       const streamTarget = join(work, `stream-restore-separate-${i}`);
-      await settle(stream.blobsDir);
-      result.streamRestores.push(await stream.restore(String(streamFull.result.id), streamTarget));
+      await settle(first!.blobsDir);
+      result.streamRestores.push(await first!.restore(String(result.streamFulls[0].result.id), streamTarget));
       result.streamTargets.push(streamTarget);
     }
     return result;
   } finally {
     try {
-      pinProcess(process.pid, `0-${cpus().length - 1}`);
+      pinProcess(process.pid, everyCpu);
     } finally {
-      await stream.stop();
+      await first?.stop();
     }
   }
 }
