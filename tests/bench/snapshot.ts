@@ -624,68 +624,72 @@ interface SeparateCoresRuns {
  * CPU 1 (with this process, so the API calls it makes land there too), the agent to CPU 0, against a direct
  * run pinned to CPU 0. `runs` full snapshots of the corpus as it is now, each into an empty repository (a
  * fresh direct repository and a fresh control plane and agent: a second snapshot into one would find every
- * chunk stored), then `runs` restores of the first run's snapshots; direct and stream take turns throughout.
+ * chunk stored), and `runs` restores of the first run's snapshots; direct and stream take turns throughout.
  */
 async function separateCoresRuns(work: string, corpus: Corpus, key: string, runs: number): Promise<SeparateCoresRuns> {
   const everyCpu = `0-${cpus().length - 1}`;
-  let first: StreamBench | undefined;
-  try {
-    const result: SeparateCoresRuns = {
-      directFulls: [],
-      streamFulls: [],
-      directRestores: [],
-      streamRestores: [],
-      directTargets: [],
-      streamTargets: [],
-    };
-    const repo = (i: number) => pathToFileURL(join(work, `dumont-repo-separate-${i}`)).href;
-    for (let i = 1; i <= runs; i++) {
+  const result: SeparateCoresRuns = {
+    directFulls: [],
+    streamFulls: [],
+    directRestores: [],
+    streamRestores: [],
+    directTargets: [],
+    streamTargets: [],
+  };
+  const repo = (i: number) => pathToFileURL(join(work, `dumont-repo-separate-${i}`)).href;
+  /** Full snapshot `i`, direct then through a fresh control plane and agent; returns those, still running. */
+  const fullRun = async (i: number): Promise<StreamBench> => {
+    pinProcess(process.pid, "1");
+    await settle(corpus.root);
+    result.directFulls.push(
+      await engine(
+        "create",
+        { repo: repo(i), key, source: corpus.root, stateDir: join(work, `dumont-state-separate-${i}`) },
+        "0",
+      ),
+    );
+    // Started unpinned (its processes size their thread pools at start), then pinned before the timed call.
+    pinProcess(process.pid, everyCpu);
+    const stream = await StreamBench.start(join(work, `stream-separate-${i}`));
+    try {
+      stream.pin("0", "1");
       pinProcess(process.pid, "1");
       await settle(corpus.root);
-      result.directFulls.push(
-        await engine(
-          "create",
-          { repo: repo(i), key, source: corpus.root, stateDir: join(work, `dumont-state-separate-${i}`) },
-          "0",
-        ),
-      );
-      // Started unpinned (its processes size their thread pools at start), then pinned before the timed call.
-      pinProcess(process.pid, everyCpu);
-      const stream = await StreamBench.start(join(work, `stream-separate-${i}`));
-      first ??= stream;
-      try {
-        stream.pin("0", "1");
-        pinProcess(process.pid, "1");
-        await settle(corpus.root);
-        result.streamFulls.push(await stream.snapshot(corpus.root));
-      } finally {
-        // Only the first control plane serves the restores below.
-        if (stream !== first) await stream.stop();
+      result.streamFulls.push(await stream.snapshot(corpus.root));
+      return stream;
+    } catch (err) {
+      await stream.stop();
+      throw err;
+    }
+  };
+  try {
+    // The restores right after the first full run, as when this section ran it once: the later runs write
+    // another few GiB, and this VM's page cache is full by then.
+    const first = await fullRun(1);
+    try {
+      for (let i = 1; i <= runs; i++) {
+        const directTarget = join(work, `dumont-restore-separate-${i}`);
+        await settle(fileURLToPath(repo(1)));
+        result.directRestores.push(
+          await engine(
+            "restore",
+            { repo: repo(1), key, snapshotId: result.directFulls[0].result.id, target: directTarget },
+            "0",
+          ),
+        );
+        result.directTargets.push(directTarget);
+        const streamTarget = join(work, `stream-restore-separate-${i}`);
+        await settle(first.blobsDir);
+        result.streamRestores.push(await first.restore(String(result.streamFulls[0].result.id), streamTarget));
+        result.streamTargets.push(streamTarget);
       }
+    } finally {
+      await first.stop();
     }
-    for (let i = 1; i <= runs; i++) {
-      const directTarget = join(work, `dumont-restore-separate-${i}`);
-      await settle(fileURLToPath(repo(1)));
-      result.directRestores.push(
-        await engine(
-          "restore",
-          { repo: repo(1), key, snapshotId: result.directFulls[0].result.id, target: directTarget },
-          "0",
-        ),
-      );
-      result.directTargets.push(directTarget);
-      const streamTarget = join(work, `stream-restore-separate-${i}`);
-      await settle(first!.blobsDir);
-      result.streamRestores.push(await first!.restore(String(result.streamFulls[0].result.id), streamTarget));
-      result.streamTargets.push(streamTarget);
-    }
+    for (let i = 2; i <= runs; i++) await (await fullRun(i)).stop();
     return result;
   } finally {
-    try {
-      pinProcess(process.pid, everyCpu);
-    } finally {
-      await first?.stop();
-    }
+    pinProcess(process.pid, everyCpu);
   }
 }
 
