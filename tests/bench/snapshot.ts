@@ -663,8 +663,9 @@ async function separateCoresRuns(work: string, corpus: Corpus, key: string, runs
     }
   };
   try {
-    // The restores right after the first full run, as when this section ran it once: the later runs write
-    // another few GiB, and this VM's page cache is full by then.
+    // The restores right after the first full run, as when this section ran it once. Measured after all the
+    // full runs (another ~5 GB written first), they were slower and noisier: 0.65-1.15 of direct mode over
+    // four 1 GiB runs, against 0.78-0.94.
     const first = await fullRun(1);
     try {
       for (let i = 1; i <= runs; i++) {
