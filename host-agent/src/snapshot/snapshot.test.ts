@@ -61,6 +61,7 @@ afterAll(async () => {
 });
 
 let counter = 0;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const fresh = (name: string): string => join(root, `${name}-${++counter}`);
 
 function seeded(size: number, seed: string): Buffer {
@@ -257,37 +258,59 @@ describe("snapshot engine", () => {
     const content = seeded(4 * 1024 * 1024, "ahead"); // 8 segments of 512 KiB
     await writeFile(join(source, "big"), content);
     const key = generateRepositoryKey();
-    /** The most segments offered (sealed) beyond those the sink had started to take, and the manifest's chunks. */
+    const meta = { workspace: "w", epoch: 0, tenant: "t" };
+    const { chunker, segmentSize } = SMALL;
+    /**
+     * How many segments the workers seal while the sink holds the first one's chunks (a stream held back by
+     * its receiver), and the manifest's entries once it lets go. The pipeline stops when its window is full,
+     * so the count settles; no timing decides it.
+     */
     const run = async (sealAhead: number) => {
       const { store, repository, writer } = await freshWriter(key);
       let offers = 0;
-      let puts = 0;
-      let lead = 0;
+      let letGo!: () => void;
+      const held = new Promise<void>((resolve) => {
+        letGo = resolve;
+      });
       const sink: ChunkSink = {
         missing: (ids) => {
-          lead = Math.max(lead, ++offers - puts);
+          offers++;
           return writer.missing(ids);
         },
         put: async (chunks) => {
-          puts++;
-          await new Promise((resolve) => setTimeout(resolve, 150)); // a stream held back by its receiver
+          await held;
           await writer.put(chunks);
         },
         commit: (manifest, meta) => writer.commit(manifest, meta),
         abort: () => writer.abort(),
       };
-      const meta = { workspace: "w", epoch: 0, tenant: "t" };
-      const { chunker, segmentSize } = SMALL;
-      const created = await createSnapshot({ source, sink, key, meta, pool, chunker, segmentSize, sealAhead });
+      const creating = createSnapshot({ source, sink, key, meta, pool, chunker, segmentSize, sealAhead });
+      const window = pool.threads + 1 + sealAhead;
+      for (let waited = 0; offers < window && waited < 20_000; waited += 10) await sleep(10);
+      await sleep(200); // time enough for a segment beyond the window to show up, were one sealed
+      const sealed = offers;
+      letGo();
+      const created = await creating;
       const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
       await store.close();
-      return { lead, entries: manifest.entries };
+      return { sealed, entries: manifest.entries };
     };
     const usual = await run(0);
     const ahead = await run(2);
-    expect(ahead.lead - usual.lead).toBe(2);
+    expect(usual.sealed).toBe(pool.threads + 1);
+    expect(ahead.sealed).toBe(pool.threads + 3);
     expect(ahead.entries).toEqual(usual.entries);
-    await expect(run(-1)).rejects.toThrow(/sealAhead must be a whole number/);
+    const { store, writer } = await freshWriter(key);
+    const sink: ChunkSink = {
+      missing: (ids) => writer.missing(ids),
+      put: (chunks) => writer.put(chunks),
+      commit: (manifest, m) => writer.commit(manifest, m),
+      abort: () => writer.abort(),
+    };
+    await expect(
+      createSnapshot({ source, sink, key, meta, pool, chunker, segmentSize, sealAhead: -1 }),
+    ).rejects.toThrow(/sealAhead must be a whole number/);
+    await store.close();
   });
 
   it("spreads a read buffer of many small files over the workers in parts, recycling it after the last", async () => {
