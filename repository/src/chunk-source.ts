@@ -3,7 +3,7 @@
 import { packKey } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
 import type { RepositoryIndex } from "./repository-index.js";
-import type { ChunkSource, FetchedChunk } from "./transfer.js";
+import type { ChunkBuffers, ChunkSource, FetchedChunk } from "./transfer.js";
 
 export interface ChunkSourceOptions {
   /** Ranged reads kept in flight ahead of the consumer (default 4). */
@@ -13,11 +13,10 @@ export interface ChunkSourceOptions {
   /** Unneeded bytes between two chunks worth reading over instead of issuing a second request (default 1 MiB). */
   maxGap?: number;
   /**
-   * Where read buffers come from (default: fresh ones). A yielded blob's memory then belongs to the consumer,
-   * which may hand it on without copying (the agent's restore passes worker-shared memory straight to its
-   * workers). A buffer the store did not read into (S3 returns its own) goes back through `release`.
+   * Where read buffers come from (default: fresh ones). A buffer the store did not read into (S3 returns its
+   * own) goes back through `release`.
    */
-  readBuffers?: { allocate(size: number): Buffer; release(buffer: Buffer): void };
+  readBuffers?: ChunkBuffers;
 }
 
 interface PlannedRead {

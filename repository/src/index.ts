@@ -73,4 +73,12 @@ export {
 export { S3BlobStore, type S3BlobStoreOptions } from "./s3-blob-store.js";
 export { chunkCodec } from "./sealing.js";
 export type { SnapshotRecord } from "./snapshot-record.js";
-export type { ChunkSink, ChunkSource, FetchedChunk, SealedChunk, SnapshotMeta, SnapshotStats } from "./transfer.js";
+export type {
+  ChunkBuffers,
+  ChunkSink,
+  ChunkSource,
+  FetchedChunk,
+  SealedChunk,
+  SnapshotMeta,
+  SnapshotStats,
+} from "./transfer.js";

@@ -52,6 +52,17 @@ export type FetchedChunk =
   | { id: Buffer; blob: Buffer; pack?: string; error?: undefined }
   | { id: Buffer; blob?: undefined; pack?: string; error: string };
 
+/**
+ * Where a ChunkSource puts the blobs it reads or receives, when its consumer wants them in memory of its own
+ * (the agent's restore passes its worker pool's shared buffers: the blobs then reach the workers without a
+ * copy). A blob's memory belongs to the consumer once it is yielded; a buffer the source did not hand out goes
+ * back through `release`.
+ */
+export interface ChunkBuffers {
+  allocate(size: number): Buffer;
+  release(buffer: Buffer): void;
+}
+
 export interface ChunkSource {
   /** The sealed manifest of a snapshot (`snapshotId` may be a unique prefix) and the full id. */
   readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlob: Buffer }>;
@@ -60,7 +71,7 @@ export interface ChunkSource {
    * (and no blob) so the caller can name the files it affects. A blob may be a view into a larger buffer
    * (a pack read, a received message, a receive buffer), so a caller must not transfer or detach its memory.
    * The agent's restore copies each blob at once, unless it already sits in memory the workers share
-   * (RepositoryChunkSource's `readBuffers`, StreamChunkSource's receive buffers).
+   * (ChunkBuffers: RepositoryChunkSource's `readBuffers`, StreamChunkSource's receive buffers).
    */
   get(ids: Buffer[]): AsyncIterable<FetchedChunk>;
 }

@@ -163,11 +163,9 @@ export class SnapshotCommands {
     try {
       if (!path.isAbsolute(cmd.target)) throw new Error(`target must be absolute, got ${JSON.stringify(cmd.target)}`);
       const result = await this.withEngine(({ restoreSnapshot, pool }) => {
-        // Chunks are copied into the workers' shared memory as they arrive (see ReceiveBuffers).
-        const source = new StreamChunkSource(this.session, cmd.requestId, cmd.snapshotId, Buffer.from(cmd.manifest), {
-          allocate: (size) => pool.buffer(size),
-          release: (buffer) => pool.recycle(buffer.buffer),
-        });
+        // Chunks are copied into the workers' shared memory as they arrive (see StreamChunkSource).
+        const manifest = Buffer.from(cmd.manifest);
+        const source = new StreamChunkSource(this.session, cmd.requestId, cmd.snapshotId, manifest, pool.chunkBuffers);
         this.sources.set(cmd.requestId, source);
         return restoreSnapshot({
           snapshotId: cmd.snapshotId,

@@ -6,8 +6,9 @@ import {
   isEncodedMessage,
   RETRY_BUFFER_BYTES,
 } from "@dumont/proto";
+import type { ChunkBuffers } from "@dumont/repository";
 import { describe, expect, it } from "vitest";
-import { type ReceiveBuffers, StreamChunkSink, StreamChunkSource, type StreamPort } from "./stream-transfer.js";
+import { StreamChunkSink, StreamChunkSource, type StreamPort } from "./stream-transfer.js";
 
 /**
  * A port that, like grpc-js with a busy stream, serialises messages only later: what was sent is read
@@ -20,6 +21,9 @@ function lazyPort() {
     sent.map((m) => (isEncodedMessage(m) ? fromBinary(AgentMessageSchema, m) : (m as AgentMessage)));
   return { port, messages };
 }
+
+/** The batch number of a chunk request (or offer) the agent sent. */
+const batchOf = (m: AgentMessage) => (m.msg.value as { batch: bigint }).batch;
 
 describe("StreamChunkSink", () => {
   it("leaves no unhandled rejection when the stream dies during an offer's or a commit's send", async () => {
@@ -146,7 +150,7 @@ describe("StreamChunkSource", () => {
       }
     })();
     await new Promise((r) => setImmediate(r));
-    const batch = (messages()[0]!.msg.value as { batch: bigint }).batch;
+    const batch = batchOf(messages()[0]!);
     const wire = Buffer.from([9, 9, 8, 8]);
     source.receive(
       create(ControlMessageSchema, {
@@ -182,7 +186,7 @@ describe("StreamChunkSource with receive buffers", () => {
   function countingBuffers() {
     const allocated: Buffer[] = [];
     const released: ArrayBufferLike[] = [];
-    const buffers: ReceiveBuffers = {
+    const buffers: ChunkBuffers = {
       allocate: (size) => {
         const b = Buffer.alloc(size);
         allocated.push(b);
@@ -215,16 +219,12 @@ describe("StreamChunkSource with receive buffers", () => {
       for await (const c of source.get([Buffer.alloc(32)])) taken.push(c.blob!);
     })();
     await new Promise((r) => setImmediate(r));
-    const m1 = message(
-      (messages()[0]!.msg.value as { batch: bigint }).batch,
-      [3 * MiB, 3 * MiB, 3 * MiB, 9 * MiB],
-      true,
-    );
+    const m1 = message(batchOf(messages()[0]!), [3 * MiB, 3 * MiB, 3 * MiB, 9 * MiB], true);
     source.receive(m1);
     // The copied chunks do not keep the message's memory: overwriting it changes nothing the engine gets.
     for (const c of (m1.msg.value as { chunks: { blob: Uint8Array }[] }).chunks.slice(0, 3)) c.blob.fill(0);
     await new Promise((r) => setImmediate(r));
-    source.receive(message((messages()[1]!.msg.value as { batch: bigint }).batch, [1024], true, 1));
+    source.receive(message(batchOf(messages()[1]!), [1024], true, 1));
     await reading;
     expect(taken.map((b) => [b.length, b[0], b.at(-1)])).toEqual([
       [3 * MiB, 7, 7],
@@ -251,7 +251,7 @@ describe("StreamChunkSource with receive buffers", () => {
     const iterator = source.get([Buffer.alloc(32)])[Symbol.asyncIterator]();
     const first = iterator.next();
     await new Promise((r) => setImmediate(r));
-    source.receive(message((messages()[0]!.msg.value as { batch: bigint }).batch, [5 * MiB, 5 * MiB, 5 * MiB], false));
+    source.receive(message(batchOf(messages()[0]!), [5 * MiB, 5 * MiB, 5 * MiB], false));
     expect((await first).value.blob.length).toBe(5 * MiB);
     await iterator.return!(undefined);
     expect(allocated).toHaveLength(3);
@@ -287,7 +287,6 @@ describe("StreamChunkSource backpressure", () => {
     };
     return { port, messages, state };
   }
-  const batchOf = (m: AgentMessage) => (m.msg.value as { batch: bigint }).batch;
 
   it("holds the stream back while over 64 MiB wait for the engine, and reads again once it has taken them", async () => {
     const { port, messages, state } = pausingPort();

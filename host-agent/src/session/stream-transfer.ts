@@ -15,7 +15,7 @@ import {
   STREAM_MESSAGE_BUFFER_BYTES,
   type WireChunk,
 } from "@dumont/proto";
-import type { ChunkSink, ChunkSource, FetchedChunk, SealedChunk, SnapshotMeta } from "@dumont/repository";
+import type { ChunkBuffers, ChunkSink, ChunkSource, FetchedChunk, SealedChunk, SnapshotMeta } from "@dumont/repository";
 // The subpath, not the package: the session runs from the agent's start, and the package's index loads all of it.
 import { BufferPool } from "@dumont/repository/buffer-pool";
 import { copyBytes } from "@dumont/repository/copy-bytes";
@@ -173,17 +173,6 @@ export class StreamChunkSink implements ChunkSink {
   }
 }
 
-/**
- * Memory chunks are copied into as they arrive (the agent passes its worker pool's shared buffers, as direct
- * mode reads packs into them): the restore engine then hands whole buffers to its workers without copying,
- * and each gRPC message can be collected as soon as it is read. A buffer goes back through `release` only if
- * no chunk in it was taken; once one is, it is the engine's (it recycles the buffer after writing its batch).
- */
-export interface ReceiveBuffers {
-  allocate(size: number): Buffer;
-  release(buffer: Buffer): void;
-}
-
 /** Size of one receive buffer: 8 MiB, the worker pool's unit (about 7 chunks of the ~1 MiB average). */
 const RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024;
 
@@ -200,7 +189,14 @@ export class StreamChunkSource implements ChunkSource {
     private readonly requestId: string,
     private readonly snapshotId: string,
     private readonly manifestBlob: Buffer,
-    private readonly buffers?: ReceiveBuffers,
+    /**
+     * Where chunks are copied as they arrive (the agent passes its worker pool's shared buffers, as direct
+     * mode reads packs into them): the restore engine then hands whole buffers to its workers without
+     * copying, and each gRPC message can be collected as soon as it is read. A buffer goes back through
+     * `release` only if no chunk in it was taken; once one is, it is the engine's (it recycles the buffer
+     * after writing its batch).
+     */
+    private readonly buffers?: ChunkBuffers,
   ) {}
 
   receive(message: ControlMessage): void {
@@ -274,7 +270,7 @@ export class StreamChunkSource implements ChunkSource {
 
 /**
  * An async queue of fetched chunks for one request batch; tells its owner the bytes that enter and leave, and
- * copies blobs into receive buffers when it has them (see ReceiveBuffers).
+ * copies blobs into receive buffers when it has them (see StreamChunkSource's `buffers`).
  */
 class ChunkQueue implements AsyncIterable<FetchedChunk> {
   private readonly items: FetchedChunk[] = [];
@@ -290,7 +286,7 @@ class ChunkQueue implements AsyncIterable<FetchedChunk> {
   constructor(
     private readonly account: (bytes: number) => void,
     private readonly onWait: () => void,
-    private readonly buffers?: ReceiveBuffers,
+    private readonly buffers?: ChunkBuffers,
   ) {}
 
   /** The blob to queue for `bytes` (a view into a received message): a copy in a receive buffer if there are any. */

@@ -104,9 +104,7 @@ export async function restoreDirectSnapshot(options: DirectRestoreOptions): Prom
       restoreSnapshot({
         snapshotId: options.snapshotId,
         // Packs are read straight into memory the workers share: the blobs reach them without a copy.
-        source: await repository.chunkSource({
-          readBuffers: { allocate: (size) => pool.buffer(size), release: (buffer) => pool.recycle(buffer.buffer) },
-        }),
+        source: await repository.chunkSource({ readBuffers: pool.chunkBuffers }),
         key: options.key,
         target: options.target,
         allowExternalSymlinks: options.allowExternalSymlinks,

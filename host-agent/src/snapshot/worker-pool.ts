@@ -12,7 +12,7 @@ import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { chunkCodec, createChunkCodec } from "@dumont/repository";
+import { type ChunkBuffers, chunkCodec, createChunkCodec } from "@dumont/repository";
 import { type CompiledChunker, createCutScanner, findChunkEnd, GEAR, GEAR_SCAN_WASM } from "./chunker.js";
 import {
   createSegmentSealer,
@@ -529,6 +529,12 @@ export class SnapshotWorkerPool {
     for (const w of this.workers) w.worker.postMessage({ op: "share", id, buffer: shared });
     return Buffer.from(shared, 0, size);
   }
+
+  /** This pool's shared buffers as a ChunkSource's: blobs read or received into them reach the workers uncopied. */
+  readonly chunkBuffers: ChunkBuffers = {
+    allocate: (size) => this.buffer(size),
+    release: (buffer) => this.recycle(buffer.buffer),
+  };
 
   /** Whether `buffer` is memory the workers already share (see `buffer`): a batch in it travels by number. */
   isShared(buffer: ArrayBufferLike): boolean {
