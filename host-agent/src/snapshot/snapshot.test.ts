@@ -19,6 +19,7 @@ import {
 } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import {
   type ChunkSink,
@@ -61,7 +62,6 @@ afterAll(async () => {
 });
 
 let counter = 0;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const fresh = (name: string): string => join(root, `${name}-${++counter}`);
 
 function seeded(size: number, seed: string): Buffer {
@@ -301,14 +301,8 @@ describe("snapshot engine", () => {
     expect(ahead.sealed).toBe(pool.threads + 3);
     expect(ahead.entries).toEqual(usual.entries);
     const { store, writer } = await freshWriter(key);
-    const sink: ChunkSink = {
-      missing: (ids) => writer.missing(ids),
-      put: (chunks) => writer.put(chunks),
-      commit: (manifest, m) => writer.commit(manifest, m),
-      abort: () => writer.abort(),
-    };
     await expect(
-      createSnapshot({ source, sink, key, meta, pool, chunker, segmentSize, sealAhead: -1 }),
+      createSnapshot({ source, sink: writer, key, meta, pool, chunker, segmentSize, sealAhead: -1 }),
     ).rejects.toThrow(/sealAhead must be a whole number/);
     await store.close();
   });
