@@ -1,7 +1,21 @@
 import { createCipheriv, createHash, randomBytes } from "node:crypto";
+import { deflateRawSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
+import { createChunkCodec } from "./chunk-codec.js";
 import { generateRepositoryKey } from "./key.js";
-import { chunkCodec } from "./sealing.js";
+import { chunkCodec, codecDeps } from "./sealing.js";
+
+/** A codec as the workers build one: LZ4 only, so its objects are what releases before DEFLATE wrote. */
+const lz4Only = () => createChunkCodec({ ...codecDeps, deflate: undefined, inflate: undefined });
+
+/** Seals `body` under `aad` with the codec byte given, as a writer of any version (or a liar) could. */
+function forge(key: Buffer, aad: Buffer, codec: number, body: Buffer): Buffer {
+  const nonce = randomBytes(12);
+  const cipher = createCipheriv("aes-256-gcm", key, nonce, { authTagLength: 16 });
+  cipher.setAAD(aad);
+  const sealed = Buffer.concat([cipher.update(Buffer.from([codec])), cipher.update(body), cipher.final()]);
+  return Buffer.concat([nonce, sealed, cipher.getAuthTag()]);
+}
 
 describe("chunk codec", () => {
   const key = generateRepositoryKey();
@@ -70,12 +84,42 @@ describe("chunk codec", () => {
     // An agent holding the key seals one chunk's bytes under another chunk's id: the envelope is valid,
     // only the hash tells.
     const fakeId = createHash("sha256").update("some other chunk").digest();
-    const nonce = randomBytes(12);
-    const cipher = createCipheriv("aes-256-gcm", key, nonce, { authTagLength: 16 });
-    cipher.setAAD(fakeId);
-    const body = Buffer.concat([cipher.update(Buffer.from([0])), cipher.update(noise), cipher.final()]);
-    const forged = Buffer.concat([nonce, body, cipher.getAuthTag()]);
+    const forged = forge(key, fakeId, 0, noise);
     expect(chunkCodec.verifyChunk(key, fakeId, forged, noise.length)).toMatch(/SHA-256 of the chunk does not match/);
     expect(() => chunkCodec.openChunk(key, fakeId, forged)).toThrow(/SHA-256/);
+  });
+
+  it("seals objects with DEFLATE, opens the LZ4 ones written before, and bounds what an object may hold", () => {
+    // A manifest's worth of hex chunk ids: LZ4 cannot shrink hex, DEFLATE's Huffman coding halves it.
+    const ids = Array.from({ length: 3000 }, () => randomBytes(32).toString("hex"));
+    const json = Buffer.from(
+      JSON.stringify({ version: 1, entries: ids.map((id, i) => ({ path: `f${i}`, chunks: [id] })) }),
+    );
+    const aad = "dumont/manifest/v1";
+    const deflated = chunkCodec.sealObject(key, aad, json);
+    const old = lz4Only().sealObject(key, aad, json);
+    expect(deflated.length).toBeLessThan(old.length * 0.65);
+    expect(chunkCodec.openObject(key, aad, deflated).equals(json)).toBe(true);
+    expect(chunkCodec.openObject(key, aad, old).equals(json)).toBe(true);
+    // Small or incompressible objects stay raw.
+    const lock = Buffer.from(randomBytes(200).toString("base64"));
+    expect(chunkCodec.openObject(key, aad, chunkCodec.sealObject(key, aad, lock)).equals(lock)).toBe(true);
+
+    // A codec that takes at most 1 MiB refuses a 2 MiB object however it is coded, naming why.
+    const zeros = Buffer.alloc(2 * 1024 * 1024);
+    const small = createChunkCodec({ ...codecDeps, maxObjectBytes: 1024 * 1024 });
+    expect(() => small.openObject(key, aad, chunkCodec.sealObject(key, aad, zeros))).toThrow(/more than 1048576 bytes/);
+    expect(() => small.openObject(key, aad, lz4Only().sealObject(key, aad, zeros))).toThrow(/bad LZ4 length prefix/);
+    const garbage = forge(key, Buffer.from(aad), 2, randomBytes(100));
+    expect(() => chunkCodec.openObject(key, aad, garbage)).toThrow(/DEFLATE data does not decompress/);
+    // Where the codec has no DEFLATE (the workers), an object that needs it is refused, not misread.
+    expect(() => lz4Only().openObject(key, aad, deflated)).toThrow(/cannot be opened here/);
+
+    // Chunks are raw or LZ4 only: a chunk blob claiming DEFLATE is refused by both ways of opening one.
+    const plain = Buffer.from("text that deflates well ".repeat(1000));
+    const id = createHash("sha256").update(plain).digest();
+    const chunk = forge(key, id, 2, deflateRawSync(plain));
+    expect(() => chunkCodec.openChunk(key, id, chunk)).toThrow(/unknown codec 2/);
+    expect(chunkCodec.verifyChunk(key, id, chunk, plain.length)).toMatch(/unknown codec 2/);
   });
 });

@@ -1,17 +1,23 @@
 // The codec instance used on the calling thread, and the associated-data labels of each object kind.
 import { createCipheriv, createDecipheriv, createHash, randomFillSync } from "node:crypto";
+import { deflateRawSync, inflateRawSync } from "node:zlib";
 import { compressSync, uncompressSync } from "lz4-napi";
-import { createChunkCodec } from "./chunk-codec.js";
+import { type ChunkCodecDeps, createChunkCodec } from "./chunk-codec.js";
 import { RepositoryError } from "./errors.js";
 
-export const chunkCodec = createChunkCodec({
+/** What the calling thread's codec is built from (LZ4 for chunks, DEFLATE for objects). */
+export const codecDeps: ChunkCodecDeps = {
   createHash,
   createCipheriv,
   createDecipheriv,
   randomFillSync,
   compress: (data) => compressSync(data),
   uncompress: (data) => uncompressSync(data),
-});
+  deflate: (data) => deflateRawSync(data),
+  inflate: (data, maxLength) => inflateRawSync(data, { maxOutputLength: maxLength }),
+};
+
+export const chunkCodec = createChunkCodec(codecDeps);
 
 /** Associated data of each object kind: a blob sealed as one kind never opens as another. */
 export const ObjectKind = {
