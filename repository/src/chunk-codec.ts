@@ -46,9 +46,18 @@ export interface ChunkCodec {
   sealChunk(key: Buffer, plain: Buffer): { id: Buffer; blob: Buffer };
   /**
    * Seals `plain` into `out` at `pos` (room for plain.length + overhead needed) and its id into `ids` at
-   * `idPos`; returns the end of the blob.
+   * `idPos`; returns the end of the blob. When `held(id)` says the repository already holds the chunk, only
+   * the id is written and `pos` comes back unchanged: nothing is compressed or encrypted.
    */
-  sealChunkInto(key: Buffer, plain: Buffer, out: Buffer, pos: number, ids: Buffer, idPos: number): number;
+  sealChunkInto(
+    key: Buffer,
+    plain: Buffer,
+    out: Buffer,
+    pos: number,
+    ids: Buffer,
+    idPos: number,
+    held?: (id: Buffer) => boolean,
+  ): number;
   /** Decrypts, decompresses and checks the SHA-256; throws an Error saying which of those failed. */
   openChunk(key: Buffer, id: Buffer, blob: Buffer): Buffer;
   /**
@@ -310,9 +319,10 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
 
     verifyChunk,
 
-    sealChunkInto(key, plain, out, pos, ids, idPos) {
+    sealChunkInto(key, plain, out, pos, ids, idPos, held) {
       const id = hashOf(plain);
       id.copy(ids, idPos);
+      if (held?.(id)) return pos;
       const { codec, body } = chooseBody(plain);
       return sealInto(key, id, codec, body, out, pos);
     },

@@ -119,7 +119,10 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     const reused = new Set(reusable);
     const toRead = new Set(works.filter((w) => !reused.has(w)));
     // Trust the local index only for chunks the repository still holds (a prune may have removed some).
-    await dropVanishedChunks(sink, reusable, toRead);
+    const held = await heldChunks(sink, previous, reusable, toRead);
+    // The workers leave those unsealed when a changed file yields them again (SegmentSealer says why).
+    const heldIds = held.length > 0 ? pool.buffer(32 * held.length) : undefined;
+    for (let i = 0; i < held.length; i++) heldIds!.write(held[i], 32 * i, "hex");
 
     const stats = { bytesRead: 0, bytesNew: 0, bytesStored: 0, chunksNew: 0 };
     const reading = [...toRead];
@@ -132,6 +135,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       options.segmentSize ?? DEFAULT_SEGMENT_SIZE,
       options.sealAhead ?? 0,
       stats,
+      heldIds,
     );
     for (const work of reading) {
       work.chunks = [];
@@ -141,6 +145,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     await pipeline.run(reading, options.signal, () =>
       options.onProgress?.({ bytesRead: stats.bytesRead, bytesToRead }),
     );
+    if (heldIds) pool.recycle(heldIds.buffer);
     for (const w of works) {
       if (w.failed) skipped.push({ path: w.entry.path, reason: w.failed });
     }
@@ -208,12 +213,23 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
   }
 }
 
-async function dropVanishedChunks(sink: ChunkSink, reusable: FileWork[], toRead: Set<FileWork>): Promise<void> {
+/**
+ * Asks the sink which chunks the local index remembers it still holds. Unchanged files with a chunk it lost
+ * are read again; the rest come back as hex ids, sorted (the workers search them).
+ */
+async function heldChunks(
+  sink: ChunkSink,
+  previous: Map<string, LocalIndexEntry>,
+  reusable: FileWork[],
+  toRead: Set<FileWork>,
+): Promise<string[]> {
   const unique = new Map<string, Buffer>();
-  for (const w of reusable) for (const hex of w.chunks) if (!unique.has(hex)) unique.set(hex, Buffer.from(hex, "hex"));
+  for (const entry of previous.values()) {
+    for (const hex of entry.chunks) if (!unique.has(hex)) unique.set(hex, Buffer.from(hex, "hex"));
+  }
   const absent = await missingIds(sink, [...unique.values()]);
-  if (absent.size === 0) return;
   for (const w of reusable) if (w.chunks.some((hex) => absent.has(hex))) toRead.add(w);
+  return [...unique.keys()].filter((hex) => !absent.has(hex)).sort();
 }
 
 /** The hex ids of `ids` the sink lacks, asked OFFER_BATCH at a time. */
@@ -242,8 +258,10 @@ interface Offered {
 interface Accepted {
   hex: string;
   id: Buffer;
+  /** Empty when the worker left the chunk unsealed (the repository held it); `from` says where it lies. */
   blob: Buffer;
   plainLength: number;
+  from?: { work: FileWork; start: number };
 }
 
 /**
@@ -281,6 +299,7 @@ class SegmentPipeline {
     private readonly segmentSize: number,
     sealAhead: number,
     private readonly stats: { bytesRead: number; bytesNew: number; bytesStored: number; chunksNew: number },
+    private readonly heldIds: Buffer | undefined,
   ) {
     if (segmentSize < 2 * chunker.max)
       throw new Error("the segment size must be at least twice the maximum chunk size");
@@ -305,6 +324,7 @@ class SegmentPipeline {
             end: seg.end,
             lookback: seg.index > 0 ? this.lookback : undefined,
           })),
+          this.heldIds,
         );
         // The ids are offered as soon as the worker has them, not when this segment's turn comes: over the
         // agent's stream the answer is a round trip to the control plane (behind the chunks it is still
@@ -389,11 +409,13 @@ class SegmentPipeline {
     for (let k = 0; k < meta.length / 5; k++) {
       const si = meta[5 * k];
       const blobAt = meta[5 * k + 3];
+      const blobLength = meta[5 * k + 4];
       perSegment[si].push({
         hex: sealed.ids.toString("hex", 32 * k, 32 * k + 32),
         id: sealed.ids.subarray(32 * k, 32 * k + 32),
-        blob: sealed.out.subarray(blobAt, blobAt + meta[5 * k + 4]),
+        blob: sealed.out.subarray(blobAt, blobAt + blobLength),
         plainLength: meta[5 * k + 2],
+        from: blobLength === 0 ? { work: task[si].work, start: meta[5 * k + 1] } : undefined,
       });
       starts[si].push(meta[5 * k + 1]);
     }
@@ -493,11 +515,42 @@ class SegmentPipeline {
     const chunks: SealedChunk[] = [];
     for (const c of fresh) {
       if (!missing.has(c.hex)) continue;
-      chunks.push({ id: c.id, blob: c.blob, plainLength: c.plainLength });
+      const blob = c.from ? await this.sealFromFile(c, c.from) : c.blob;
+      if (!blob) continue;
+      chunks.push({ id: c.id, blob, plainLength: c.plainLength });
       this.stats.chunksNew++;
       this.stats.bytesNew += c.plainLength;
-      this.stats.bytesStored += c.blob.length;
+      this.stats.bytesStored += blob.length;
     }
     if (chunks.length > 0) await this.sink.put(chunks);
+  }
+
+  /**
+   * Seals a chunk a worker left unsealed because the repository held it, and now lacks after all (pruned
+   * between the question and the answer): read again from its file. If the bytes there changed, the file is
+   * left out of the snapshot, as for any file that changes while it is read.
+   */
+  private async sealFromFile(chunk: Accepted, from: { work: FileWork; start: number }): Promise<Buffer | undefined> {
+    const plain = Buffer.allocUnsafe(chunk.plainLength);
+    try {
+      const handle = await open(from.work.entry.abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+      try {
+        for (let got = 0; got < plain.length; ) {
+          const { bytesRead } = await handle.read(plain, got, plain.length - got, from.start + got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+      } finally {
+        await handle.close();
+      }
+    } catch (err) {
+      if (typeof (err as { code?: unknown }).code !== "string") throw err;
+      from.work.failed = `cannot read: ${(err as Error).message}`;
+      return undefined;
+    }
+    const { id, blob } = chunkCodec.sealChunk(this.key, plain);
+    if (id.equals(chunk.id)) return blob;
+    from.work.failed = "it changed while it was being read";
+    return undefined;
   }
 }

@@ -26,14 +26,28 @@ export interface SealedSegments {
   out: Buffer;
   /** 32 bytes per chunk. */
   ids: Buffer;
-  /** Five numbers per chunk: segment index, file offset, plain length, blob offset in `out`, blob length. */
+  /**
+   * Five numbers per chunk: segment index, file offset, plain length, blob offset in `out`, blob length.
+   * A blob length of 0 marks a chunk left unsealed because the repository holds it (see `held`).
+   */
   chunks: Float64Array;
   errors: { segment: number; message: string }[];
   bytesRead: number;
 }
 
 export interface SegmentSealer {
-  sealSegments(key: Buffer, chunker: CompiledChunker, segments: FileSegment[], spare?: ArrayBuffer): SealedSegments;
+  /**
+   * `held`: 32-byte ids sorted ascending of chunks the repository holds (the last snapshot's, confirmed by
+   * the sink). Such a chunk is hashed and cut as any other but not compressed or encrypted: an incremental
+   * snapshot re-reads a changed file whole, and most of its chunks are the ones stored last time.
+   */
+  sealSegments(
+    key: Buffer,
+    chunker: CompiledChunker,
+    segments: FileSegment[],
+    spare?: ArrayBuffer,
+    held?: Uint8Array,
+  ): SealedSegments;
 }
 
 /** Room the sealed output of `segments` needs at most (the worker's output buffer is sized by it). */
@@ -58,7 +72,20 @@ export function createSegmentSealer(deps: {
   const changed = (message: string): Error => Object.assign(new Error(message), { code: "ECHANGED" });
 
   return {
-    sealSegments(key, chunker, segments, spare) {
+    sealSegments(key, chunker, segments, spare, held) {
+      const heldCount = held ? held.length >>> 5 : 0;
+      const isHeld = (id: Buffer): boolean => {
+        let lo = 0;
+        let hi = heldCount - 1;
+        while (lo <= hi) {
+          const mid = (lo + hi) >>> 1;
+          const order = id.compare(held!, 32 * mid, 32 * mid + 32);
+          if (order === 0) return true;
+          if (order < 0) hi = mid - 1;
+          else lo = mid + 1;
+        }
+        return false;
+      };
       let estimate = 0; // estimateSealedSize, inlined: this function runs from its source text
       for (const seg of segments) {
         const span = Math.min(seg.fileSize, seg.end + chunker.max) - seg.start;
@@ -119,7 +146,8 @@ export function createSegmentSealer(deps: {
               ids = bigger;
             }
             const blobStart = pos;
-            pos = codec.sealChunkInto(key, window.subarray(s - winStart, e - winStart), out, pos, ids, 32 * count);
+            const plain = window.subarray(s - winStart, e - winStart);
+            pos = codec.sealChunkInto(key, plain, out, pos, ids, 32 * count, heldCount > 0 ? isHeld : undefined);
             meta.push(si, s, len, blobStart, pos - blobStart);
             count++;
             s = e;

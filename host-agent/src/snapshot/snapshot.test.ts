@@ -25,6 +25,7 @@ import {
   type ChunkSink,
   type ChunkSource,
   checkRepository,
+  chunkCodec,
   type FetchedChunk,
   generateRepositoryKey,
   type Manifest,
@@ -34,7 +35,7 @@ import {
   sealManifest,
 } from "@dumont/repository";
 import { type S3TestServer, startS3TestServer } from "@dumont/repository/testing";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { chunkLengths } from "./chunker.js";
 import { createSnapshot } from "./create-snapshot.js";
 import { createDirectSnapshot, type DirectCreateOptions, restoreDirectSnapshot } from "./direct-mode.js";
@@ -421,6 +422,53 @@ describe("snapshot engine", () => {
     const target = fresh("restored");
     await restoreDirectSnapshot({ repo: base.repo, key, pool, snapshotId: second.id, target });
     expect(await describeTree(target)).toEqual(await describeTree(source));
+  });
+
+  it("seals a chunk the workers left unsealed from its file when the repository lacks it after all", async () => {
+    const source = fresh("src");
+    await mkdir(source);
+    await writeFile(join(source, "data"), seeded(2_000_000, "held"));
+    await utimesTree(source, HOUR_AGO);
+    const key = generateRepositoryKey();
+    const meta = { workspace: "w", epoch: 0, tenant: "t" };
+    // One segment, so no seam is stitched (stitching seals on this thread too, and would blur the count).
+    const options = { source, key, meta, pool, chunker: CHUNKER, segmentSize: 4 * 1024 * 1024 };
+    const localIndex = { file: join(fresh("state"), "index.json"), scope: "one scope, two repositories" };
+    const first = await freshWriter(key);
+    const before = await createSnapshot({ ...options, sink: first.writer, localIndex });
+    await first.store.close();
+
+    // A change in the middle: the file is read again, and most of its chunks are the ones stored before.
+    const handle = await open(join(source, "data"), "r+");
+    await handle.write(seeded(100_000, "patch"), 0, 100_000, 1_000_000);
+    await handle.close();
+    await utimes(join(source, "data"), HOUR_AGO + 60, HOUR_AGO + 60);
+    const content = await readFile(join(source, "data"));
+
+    // The second repository is empty, but its first answer claims every remembered chunk, as a repository
+    // pruned right after answering would: the workers leave those unsealed, and the truth comes later.
+    const second = await freshWriter(key);
+    let lies = 1;
+    const sink: ChunkSink = {
+      missing: async (ids) => (lies-- > 0 ? [] : second.writer.missing(ids)),
+      put: (chunks) => second.writer.put(chunks),
+      commit: (manifest, meta) => second.writer.commit(manifest, meta),
+      abort: () => second.writer.abort(),
+    };
+    const sealOne = vi.spyOn(chunkCodec, "sealChunk");
+    let sealedHere: number;
+    const after = await createSnapshot({ ...options, sink, localIndex }).finally(() => {
+      sealedHere = sealOne.mock.calls.length;
+      sealOne.mockRestore();
+    });
+    await second.store.close();
+    // Every chunk the patch left alone was sealed on this thread, from the file; the rest by the workers.
+    expect(sealedHere!).toBeGreaterThan(before.chunksNew / 2);
+    expect(sealedHere!).toBeLessThan(after.chunksNew);
+    expect(after.bytesNew).toBe(content.length);
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo: second.repo, key, snapshotId: after.id, target, pool });
+    expect((await readFile(join(target, "data"))).equals(content)).toBe(true);
   });
 
   it("fails a wrong key with one clear sentence", async () => {

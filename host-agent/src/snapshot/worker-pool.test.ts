@@ -1,6 +1,7 @@
 // The restore writer (`openAndWrite`, through the pool): runs of chunks that continue each other go to disk
 // with O_DIRECT where the filesystem takes it, and everything else (duplicates, damaged chunks, unaligned
-// ends) still lands byte for byte where the manifest says.
+// ends) still lands byte for byte where the manifest says. And sealing: chunks the repository holds are cut
+// and hashed but left unsealed.
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import { mkdtemp, open, readFile, rm, stat, writeFile } from "node:fs/promises";
@@ -8,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chunkCodec, generateRepositoryKey } from "@dumont/repository";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { compileChunker } from "./chunker.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
 let root: string;
@@ -91,5 +93,50 @@ describe.each([0, 1])("restore writes with %i worker thread(s)", (threads) => {
     const st = await stat(c);
     expect([st.mode & 0o777, st.mtimeMs]).toEqual([0o640, 1_700_000_000_500]);
     expect(await readFile(taken, "utf8")).toBe("someone else's");
+  });
+});
+
+describe.each([0, 1])("sealing segments with %i worker thread(s)", (threads) => {
+  it("cuts and hashes chunks the repository holds like any other, and leaves only those unsealed", async () => {
+    const pool = new SnapshotWorkerPool({ threads });
+    const key = generateRepositoryKey();
+    const chunker = compileChunker({ minSize: 1024, avgSize: 4096, maxSize: 16_384 });
+    const file = join(root, `segments-${threads}`);
+    const bytes = Buffer.concat([randomBytes(60_000), Buffer.from("epoch,loss\n".repeat(5000))]);
+    await writeFile(file, bytes);
+    const segment = { path: file, fileSize: bytes.length, start: 0, end: bytes.length };
+    try {
+      const all = await pool.sealSegments(key, chunker, [segment]);
+      const count = all.ids.length / 32;
+      expect(count).toBeGreaterThan(10);
+      // Every other chunk is held; the ids go to the workers sorted, in memory they share.
+      const heldHex = Array.from({ length: count }, (_, k) => all.ids.toString("hex", 32 * k, 32 * k + 32))
+        .filter((_, k) => k % 2 === 0)
+        .sort();
+      const held = pool.buffer(32 * heldHex.length);
+      for (let i = 0; i < heldHex.length; i++) held.write(heldHex[i], 32 * i, "hex");
+      const some = await pool.sealSegments(key, chunker, [segment], held);
+
+      expect(some.ids.equals(all.ids)).toBe(true);
+      const heldSet = new Set(heldHex); // by id: a chunk repeated in the file is held wherever it recurs
+      const unsealed = new Set<number>();
+      for (let k = 0; k < count; k++) {
+        const [, offset, length, blobAt, blobLength] = some.chunks.subarray(5 * k, 5 * k + 5);
+        expect([offset, length]).toEqual([all.chunks[5 * k + 1], all.chunks[5 * k + 2]]);
+        const id = some.ids.subarray(32 * k, 32 * k + 32);
+        if (heldSet.has(id.toString("hex"))) {
+          expect(blobLength).toBe(0);
+          unsealed.add(k);
+        } else {
+          const blob = some.out.subarray(blobAt, blobAt + blobLength);
+          expect(chunkCodec.openChunk(key, id, blob).equals(bytes.subarray(offset, offset + length))).toBe(true);
+        }
+      }
+      expect(unsealed.size).toBeGreaterThanOrEqual(heldHex.length);
+      expect(unsealed.size).toBeLessThan(count);
+      pool.recycle(held.buffer);
+    } finally {
+      await pool.close();
+    }
   });
 });

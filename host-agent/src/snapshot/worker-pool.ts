@@ -57,6 +57,8 @@ type WorkerRequest =
       chunker: CompiledChunker;
       segments: FileSegment[];
       out?: BufferRef;
+      /** Ids of chunks the repository holds (see SegmentSealer), in a buffer the workers share. */
+      held?: { ref: BufferRef; length: number };
     }
   | {
       seq: number;
@@ -353,7 +355,9 @@ function workerMain(
     try {
       const key = Buffer.from(msg.key);
       if (msg.op === "segments") {
-        const r = sealer.sealSegments(key, msg.chunker, msg.segments, resolveRef(msg.out) as ArrayBuffer | undefined);
+        const held = msg.held && new Uint8Array(resolveRef(msg.held.ref)!, 0, msg.held.length);
+        const spare = resolveRef(msg.out) as ArrayBuffer | undefined;
+        const r = sealer.sealSegments(key, msg.chunker, msg.segments, spare, held);
         const fields = {
           ids: r.ids.buffer,
           idsLength: r.ids.length,
@@ -468,12 +472,31 @@ export class SnapshotWorkerPool {
     return this.workers.length;
   }
 
-  /** Reads, chunks and seals file segments. */
-  async sealSegments(key: Buffer, chunker: CompiledChunker, segments: FileSegment[]): Promise<SealedSegments> {
-    if (this.localSealer) return this.localSealer.sealSegments(key, chunker, segments, this.takeSpare(0, true));
+  /**
+   * Reads, chunks and seals file segments. `held` (sorted 32-byte ids of chunks the repository holds, see
+   * SegmentSealer) must come from `buffer`, so the workers see it without a copy.
+   */
+  async sealSegments(
+    key: Buffer,
+    chunker: CompiledChunker,
+    segments: FileSegment[],
+    held?: Buffer,
+  ): Promise<SealedSegments> {
+    if (this.localSealer) {
+      return this.localSealer.sealSegments(key, chunker, segments, this.takeSpare(0, true), held);
+    }
+    if (held && !this.isShared(held.buffer)) throw new Error("held ids must be in a buffer from pool.buffer()");
     const out = this.buffer(estimateSealedSize(segments, chunker, chunkCodec.overhead));
     const r = (await this.run(
-      { seq: 0, op: "segments", key: Uint8Array.from(key), chunker, segments, out: this.refOf(out) },
+      {
+        seq: 0,
+        op: "segments",
+        key: Uint8Array.from(key),
+        chunker,
+        segments,
+        out: this.refOf(out),
+        held: held && { ref: this.refOf(held), length: held.length },
+      },
       [],
     )) as SealedReply & {
       ids: ArrayBuffer;
