@@ -298,13 +298,11 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
                   cpus: "the agent and the direct runs on CPU 0, the control plane and the bench process (its API client) on CPU 1",
                   full: {
                     ...versusDirect(medianRun(separate.directFulls), medianRun(separate.streamFulls)),
-                    directRuns: separate.directFulls.map((r) => round(r.seconds)),
-                    streamRuns: separate.streamFulls.map((r) => round(r.seconds)),
+                    ...everyRun(separate.directFulls, separate.streamFulls),
                   },
                   restore: {
                     ...versusDirect(medianRun(separate.directRestores), medianRun(separate.streamRestores)),
-                    directRuns: separate.directRestores.map((r) => round(r.seconds)),
-                    streamRuns: separate.streamRestores.map((r) => round(r.seconds)),
+                    ...everyRun(separate.directRestores, separate.streamRestores),
                     byteForByte: separate.restoredOk,
                   },
                 }
@@ -725,6 +723,16 @@ async function resticInit(repo: string, work: string): Promise<ResticRepo> {
 }
 
 /** The run with the median wall time (the lower of the two middle ones for an even count). */
+/** Seconds and CPU seconds of every run, direct and through the stream (the agent's), in the order they ran. */
+function everyRun(direct: EngineRun[], stream: StreamRun[]) {
+  return {
+    directRuns: direct.map((r) => round(r.seconds)),
+    streamRuns: stream.map((r) => round(r.seconds)),
+    directCpuRuns: direct.map((r) => round(r.cpuSeconds)),
+    agentCpuRuns: stream.map((r) => r.cpuSeconds.agent),
+  };
+}
+
 function medianRun<T extends { seconds: number }>(runs: T[]): T {
   if (runs.length === 0) throw new Error("no runs to take the median of");
   return [...runs].sort((x, y) => x.seconds - y.seconds)[Math.floor((runs.length - 1) / 2)];
