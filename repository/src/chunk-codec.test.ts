@@ -109,6 +109,8 @@ describe("chunk codec", () => {
     const zeros = Buffer.alloc(2 * 1024 * 1024);
     const small = createChunkCodec({ ...codecDeps, maxObjectBytes: 1024 * 1024 });
     expect(() => small.openObject(key, aad, chunkCodec.sealObject(key, aad, zeros))).toThrow(/more than 1048576 bytes/);
+    // and will not seal one: a snapshot whose manifest could not be opened again would be lost.
+    expect(() => small.sealObject(key, aad, zeros)).toThrow(/object of 2097152 bytes is over the 1048576-byte limit/);
     expect(() => small.openObject(key, aad, lz4Only().sealObject(key, aad, zeros))).toThrow(/bad LZ4 length prefix/);
     const garbage = forge(key, Buffer.from(aad), 2, randomBytes(100));
     expect(() => chunkCodec.openObject(key, aad, garbage)).toThrow(/DEFLATE data does not decompress/);

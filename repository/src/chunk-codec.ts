@@ -19,7 +19,11 @@ export interface ChunkCodecDeps {
   deflate?(data: Buffer): Buffer;
   /** Inverse of `deflate`, refusing to produce more than `maxLength` bytes (`inflateRawSync`). */
   inflate?(data: Buffer, maxLength: number): Buffer;
-  /** Largest plain object `openObject` accepts (default 512 MiB, about V8's longest string). */
+  /**
+   * Largest plain object sealed or opened (default 64 MiB, as a chunk): a manifest of about 250,000 files.
+   * The control plane opens manifests that untrusted agents send, and parses them as JSON, so the cap bounds
+   * what one can make it hold.
+   */
   maxObjectBytes?: number;
 }
 
@@ -96,7 +100,7 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
   // DEFLATE halves (234 KB -> 133 KB for the bench corpus's 2,006 files), and one is written per snapshot.
   const CODEC_DEFLATE = 2;
   const MAX_PLAIN = 64 * 1024 * 1024;
-  const MAX_OBJECT = deps.maxObjectBytes ?? 512 * 1024 * 1024;
+  const MAX_OBJECT = deps.maxObjectBytes ?? MAX_PLAIN;
   // Node's cipher.update allocates a fresh output for every call. Pieces of 16 KiB stay in the allocator's
   // warm heap and in cache; 1 MiB pieces cost a page-faulting allocation each and ran at half the speed
   // (measured: 2.2 vs 1.1 GB/s for AES-256-GCM on the 2-core dev machine).
@@ -373,6 +377,11 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
     },
 
     sealObject(key, aad, plain) {
+      // Refused here rather than written unreadable: a snapshot whose manifest cannot be opened is lost.
+      if (plain.length > MAX_OBJECT) {
+        const message = `a ${aad} object of ${plain.length} bytes is over the ${MAX_OBJECT}-byte limit`;
+        throw Object.assign(new Error(message), { code: "EOBJECTTOOLARGE" });
+      }
       const { codec, body } = deps.deflate ? chooseObjectBody(plain, deps.deflate) : chooseBody(plain);
       const sealed = Buffer.allocUnsafe(body.length + OVERHEAD);
       sealInto(key, Buffer.from(aad, "utf8"), codec, body, sealed, 0);

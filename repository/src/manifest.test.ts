@@ -94,4 +94,17 @@ describe("manifest sealing", () => {
       expect(isRepositoryError(err, "corrupt")).toBe(true);
     }
   });
+
+  it("will not seal a manifest too large to open again, and says what to do", () => {
+    // 70 entries with 1 MiB names: 70 MiB of JSON, over the 64 MiB an object may hold.
+    const huge = m(...Array.from({ length: 70 }, (_, i) => file(`${i}`.padEnd(1024 * 1024, "x"))));
+    try {
+      sealManifest(generateRepositoryKey(), huge);
+      expect.unreachable();
+    } catch (err) {
+      expect(isRepositoryError(err, "invalid-argument")).toBe(true);
+      expect((err as Error).message).toMatch(/70 entries make a manifest larger than one snapshot can hold/);
+      expect((err as Error).message).toMatch(/snapshot a smaller directory/);
+    }
+  });
 });

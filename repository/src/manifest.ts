@@ -35,7 +35,17 @@ export interface ManifestTotals {
 }
 
 export function sealManifest(key: Buffer, manifest: Manifest): Buffer {
-  return sealJson(key, ObjectKind.manifest, manifest);
+  try {
+    return sealJson(key, ObjectKind.manifest, manifest);
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== "EOBJECTTOOLARGE") throw err;
+    throw new RepositoryError(
+      "invalid-argument",
+      `${manifest.entries.length} entries make a manifest larger than one snapshot can hold (64 MiB, about ` +
+        "250,000 files): snapshot a smaller directory, or leave caches and installed dependencies out of it",
+      { cause: err },
+    );
+  }
 }
 
 /** Opens and structurally validates a manifest blob (it does not judge path safety; see assertRestorable). */
