@@ -4,6 +4,7 @@ import {
   AgentMessageSchema,
   ControlMessageSchema,
   isEncodedMessage,
+  MAX_MESSAGE_BYTES,
   RETRY_BUFFER_BYTES,
 } from "@dumont/proto";
 import type { ChunkBuffers } from "@dumont/repository";
@@ -127,6 +128,16 @@ describe("StreamChunkSink", () => {
       }),
     );
     await expect(missing).resolves.toEqual([]);
+  });
+
+  it("refuses a manifest too large for one message, instead of sending what would end the stream", async () => {
+    const { port, messages } = lazyPort();
+    const sink = new StreamChunkSink(port, "r4", 0n);
+    const meta = { workspace: "w", epoch: 0, tenant: "t" };
+    await expect(sink.commit(Buffer.alloc(MAX_MESSAGE_BYTES), meta)).rejects.toThrow(
+      /sealed manifest is 16\.0 MiB, more than the agent's stream carries in one message \(16 MiB\)/,
+    );
+    expect(messages()).toEqual([]);
   });
 
   it("fails pending calls when the stream goes away", async () => {

@@ -9,6 +9,7 @@ import {
   type EncodedMessage,
   encodeSnapshotChunks,
   FRAME_HEADER_BYTES,
+  MAX_MESSAGE_BYTES,
   RETRY_BUFFER_BYTES,
   STREAM_BATCH_BYTES,
   STREAM_BUFFERS_KEPT,
@@ -38,6 +39,8 @@ export interface StreamPort {
  * buffering the snapshot in the agent's memory.
  */
 const PAUSE_ABOVE_BYTES = 64 * 1024 * 1024;
+/** Room the commit message's other fields and framing take beside the manifest. */
+const MANIFEST_HEADROOM_BYTES = 64 * 1024;
 const RESUME_BELOW_BYTES = 16 * 1024 * 1024;
 
 type Waiter<T> = { resolve: (v: T) => void; reject: (e: Error) => void };
@@ -134,6 +137,14 @@ export class StreamChunkSink implements ChunkSink {
 
   async commit(manifestBlob: Buffer, meta: SnapshotMeta): Promise<string> {
     this.assertOpen();
+    // A message over gRPC's limit would not fail this snapshot alone: it would end the agent's whole stream.
+    if (manifestBlob.length > MAX_MESSAGE_BYTES - MANIFEST_HEADROOM_BYTES) {
+      throw new Error(
+        `the sealed manifest is ${(manifestBlob.length / 2 ** 20).toFixed(1)} MiB, more than the agent's stream ` +
+          `carries in one message (${MAX_MESSAGE_BYTES / 2 ** 20} MiB): snapshot a smaller directory, or leave ` +
+          "caches and installed dependencies out of it",
+      );
+    }
     const done = new Promise<string>((resolve, reject) => {
       this.committed = { resolve, reject };
     });
