@@ -1,6 +1,6 @@
 // The sealed form of every stored blob: hash, LZ4-unless-it-does-not-pay (DEFLATE for repository objects),
-// AES-256-GCM. `createChunkCodec`
-// is self-contained (no module-level references) so a worker thread can run it from its source text.
+// AES-256-GCM. `createChunkCodec` is self-contained (no module-level references) so a worker thread can run
+// it from its source text.
 import type * as nodeCrypto from "node:crypto";
 
 export interface ChunkCodecDeps {
