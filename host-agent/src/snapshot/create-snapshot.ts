@@ -2,7 +2,7 @@
 // unchanged, streams the rest through the chunker in blocks, has workers seal each block, offers the chunk
 // ids to the sink and sends only the ones it lacks, then commits the sealed manifest.
 import { constants } from "node:fs";
-import { open } from "node:fs/promises";
+import { type FileHandle, open } from "node:fs/promises";
 import { hostname } from "node:os";
 import { resolve } from "node:path";
 import { type ChunkSink, chunkCodec, type Manifest, type SealedChunk, sealManifest } from "@dumont/repository";
@@ -453,7 +453,7 @@ class SegmentPipeline {
         }
       }
       if (seg.index === work.segments - 1 && work.position !== work.entry.size) {
-        work.failed = "it changed while it was being read";
+        work.failed = CHANGED;
       }
     }
     await this.deliver(fresh, offered);
@@ -477,17 +477,10 @@ class SegmentPipeline {
       this.scanner ??= createCutScanner(GEAR_SCAN_WASM, GEAR, this.chunker.max, findChunkEnd);
       const scanner = this.scanner;
       const buf = scanner.window;
-      const handle = await open(work.entry.abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+      const handle = await openSource(work.entry.abs);
       try {
         while (p < segmentEnd && p < size) {
-          const span = Math.min(size, p + this.chunker.max) - p;
-          for (let got = 0; got < span; ) {
-            const { bytesRead } = await handle.read(buf, got, span - got, p + got);
-            if (bytesRead === 0) {
-              throw Object.assign(new Error("it shrank while it was being read"), { code: "ECHANGED" });
-            }
-            got += bytesRead;
-          }
+          await readExactly(handle, buf, Math.min(size, p + this.chunker.max) - p, p);
           const end = scanner.findEnd(p, p, size, this.chunker);
           const { id, blob } = chunkCodec.sealChunk(this.key, buf.subarray(0, end - p));
           accept(work, { hex: id.toString("hex"), id, blob, plainLength: end - p });
@@ -533,24 +526,37 @@ class SegmentPipeline {
   private async sealFromFile(chunk: Accepted, from: { work: FileWork; start: number }): Promise<Buffer | undefined> {
     const plain = Buffer.allocUnsafe(chunk.plainLength);
     try {
-      const handle = await open(from.work.entry.abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+      const handle = await openSource(from.work.entry.abs);
       try {
-        for (let got = 0; got < plain.length; ) {
-          const { bytesRead } = await handle.read(plain, got, plain.length - got, from.start + got);
-          if (bytesRead === 0) break;
-          got += bytesRead;
-        }
+        await readExactly(handle, plain, plain.length, from.start);
       } finally {
         await handle.close();
       }
     } catch (err) {
-      if (typeof (err as { code?: unknown }).code !== "string") throw err;
-      from.work.failed = `cannot read: ${(err as Error).message}`;
+      const code = (err as { code?: unknown }).code;
+      if (typeof code !== "string") throw err;
+      from.work.failed = code === "ECHANGED" ? CHANGED : `cannot read: ${(err as Error).message}`;
       return undefined;
     }
     const { id, blob } = chunkCodec.sealChunk(this.key, plain);
     if (id.equals(chunk.id)) return blob;
-    from.work.failed = "it changed while it was being read";
+    from.work.failed = CHANGED;
     return undefined;
+  }
+}
+
+const CHANGED = "it changed while it was being read";
+
+/** Opens a source file to read it again: never through a symlink, never waiting on a FIFO put in its place. */
+function openSource(path: string): Promise<FileHandle> {
+  return open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+}
+
+/** Fills `buf` from its start with `length` bytes at `position`; a file that ends first shrank since it was listed. */
+async function readExactly(handle: FileHandle, buf: Buffer, length: number, position: number): Promise<void> {
+  for (let got = 0; got < length; ) {
+    const { bytesRead } = await handle.read(buf, got, length - got, position + got);
+    if (bytesRead === 0) throw Object.assign(new Error("it shrank while it was being read"), { code: "ECHANGED" });
+    got += bytesRead;
   }
 }
