@@ -722,7 +722,6 @@ async function resticInit(repo: string, work: string): Promise<ResticRepo> {
   return { repo, env };
 }
 
-/** The run with the median wall time (the lower of the two middle ones for an even count). */
 /** Seconds and CPU seconds of every run, direct and through the stream (the agent's), in the order they ran. */
 function everyRun(direct: EngineRun[], stream: StreamRun[]) {
   return {
@@ -733,6 +732,7 @@ function everyRun(direct: EngineRun[], stream: StreamRun[]) {
   };
 }
 
+/** The run with the median wall time (the lower of the two middle ones for an even count). */
 function medianRun<T extends { seconds: number }>(runs: T[]): T {
   if (runs.length === 0) throw new Error("no runs to take the median of");
   return [...runs].sort((x, y) => x.seconds - y.seconds)[Math.floor((runs.length - 1) / 2)];
