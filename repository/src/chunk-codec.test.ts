@@ -1,5 +1,6 @@
 import { createCipheriv, createHash, randomBytes } from "node:crypto";
 import { deflateRawSync } from "node:zlib";
+import { compressSync } from "lz4-napi";
 import { describe, expect, it } from "vitest";
 import { createChunkCodec } from "./chunk-codec.js";
 import { generateRepositoryKey } from "./key.js";
@@ -87,6 +88,42 @@ describe("chunk codec", () => {
     const forged = forge(key, fakeId, 0, noise);
     expect(chunkCodec.verifyChunk(key, fakeId, forged, noise.length)).toMatch(/SHA-256 of the chunk does not match/);
     expect(() => chunkCodec.openChunk(key, fakeId, forged)).toThrow(/SHA-256/);
+  });
+
+  it("opens LZ4 chunks the same with the WebAssembly decoder as with lz4-napi's", () => {
+    const viaNapi = createChunkCodec({ ...codecDeps, lz4Decoder: undefined });
+    expect(codecDeps.lz4Decoder).toBeDefined();
+    const lines = (n: number) => Buffer.from(Array.from({ length: n }, (_, i) => `${i};row ${i % 17}\n`).join(""));
+    const plains = [lines(10), lines(5_000), lines(60_000), Buffer.alloc(300_000, 3), lines(2_000)];
+    const data = Buffer.concat(plains);
+    const ranges: number[] = [];
+    for (let at = 0, i = 0; i < plains.length; at += plains[i].length, i++) ranges.push(at, plains[i].length);
+    const sealed = chunkCodec.sealChunkBatch(key, data, Int32Array.from(ranges));
+    const lengths = Int32Array.from(plains.map((p) => p.length));
+    for (const codec of [chunkCodec, viaNapi]) {
+      const opened = codec.openChunkBatch(key, sealed.out, sealed.blobRanges, sealed.ids, lengths);
+      expect(opened.errors.every((e) => e === null)).toBe(true);
+      expect(opened.out.subarray(0, data.length).equals(data)).toBe(true);
+      plains.forEach((plain, i) => {
+        const blob = sealed.out.subarray(
+          sealed.blobRanges[2 * i],
+          sealed.blobRanges[2 * i] + sealed.blobRanges[2 * i + 1],
+        );
+        const id = sealed.ids.subarray(32 * i, 32 * i + 32);
+        expect(codec.verifyChunk(key, id, blob, plain.length)).toBeNull();
+        expect(codec.verifyChunk(key, id, blob, plain.length - 1)).toMatch(/does not hold/);
+      });
+    }
+    // A validly sealed chunk whose LZ4 block is damaged: both name it the same way.
+    const plain = lines(3_000);
+    const id = createHash("sha256").update(plain).digest();
+    const body = compressSync(plain);
+    body[body.length - 3] ^= 0xff;
+    body[20] = 0xff;
+    for (const codec of [chunkCodec, viaNapi]) {
+      const why = codec.verifyChunk(key, id, forge(key, id, 1, body), plain.length);
+      expect(why).toMatch(/LZ4 data does not decompress|SHA-256|expected/);
+    }
   });
 
   it("seals objects with DEFLATE, opens the LZ4 ones written before, and bounds what an object may hold", () => {

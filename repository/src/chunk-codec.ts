@@ -2,6 +2,7 @@
 // AES-256-GCM. `createChunkCodec` is self-contained (no module-level references) so a worker thread can run
 // it from its source text.
 import type * as nodeCrypto from "node:crypto";
+import type { Lz4Decoder } from "./lz4-block-wasm.js";
 
 export interface ChunkCodecDeps {
   createHash: typeof nodeCrypto.createHash;
@@ -12,6 +13,11 @@ export interface ChunkCodecDeps {
   compress(data: Buffer): Buffer;
   /** Inverse of `compress` (lz4-napi `uncompressSync`). */
   uncompress(data: Buffer): Buffer;
+  /**
+   * Decodes LZ4 chunks in memory it reuses (`createLz4Decoder`), where opening and verifying chunks then put
+   * their bodies; without it they go through `uncompress`, which allocates a new output per chunk.
+   */
+  lz4Decoder?: Lz4Decoder;
   /**
    * Raw DEFLATE (RFC 1951; node:zlib `deflateRawSync`) for repository objects. Without it objects are
    * sealed with LZ4 as chunks are (worker threads, which seal and open chunks only, leave it out).
@@ -247,6 +253,18 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
     if (scratch.length < size) scratch = Buffer.allocUnsafeSlow(Math.max(size, 2 * scratch.length));
   }
 
+  // Where an LZ4 body of `size` bytes is decrypted to, then decoded from by `decodeLz4`.
+  function lz4Input(size: number): Buffer {
+    if (deps.lz4Decoder) return deps.lz4Decoder.input(size);
+    growScratch(size);
+    return scratch;
+  }
+
+  function decodeLz4(bodyLength: number, expected: number): Buffer | string {
+    if (deps.lz4Decoder) return deps.lz4Decoder.decode(bodyLength, expected);
+    return unpackLz4(scratch.subarray(0, bodyLength), expected);
+  }
+
   // Opens a chunk straight into `out` at `pos` (it must be `expected` bytes); returns why it failed, or null.
   // Raw chunks are decrypted in place; LZ4 ones through a reused scratch buffer. Bytes written before the tag
   // check are simply not reported as a chunk when it fails.
@@ -258,8 +276,8 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
     const bodyLength = sealed.length - 1;
     // The common case, a raw chunk of the expected size, is decrypted straight into place.
     const direct = codec === CODEC_RAW && bodyLength === expected;
-    if (!direct) growScratch(bodyLength);
-    const target = direct ? out : scratch;
+    if (!direct && codec !== CODEC_LZ4) growScratch(bodyLength);
+    const target = direct ? out : codec === CODEC_LZ4 ? lz4Input(bodyLength) : scratch;
     let at = direct ? pos : 0;
     const failed = decryptPieces(decipher, sealed, (plain) => {
       put(plain, target, at);
@@ -269,7 +287,7 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
     if (codec === CODEC_RAW && !direct) return `chunk is ${bodyLength} bytes, expected ${expected}`;
     if (codec !== CODEC_RAW && codec !== CODEC_LZ4) return `unknown codec ${codec}`;
     if (codec === CODEC_LZ4) {
-      const plain = unpackLz4(scratch.subarray(0, bodyLength), expected);
+      const plain = decodeLz4(bodyLength, expected);
       if (typeof plain === "string") return plain;
       put(plain, out, pos);
     }
@@ -283,10 +301,10 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
     const { decipher, sealed, codec } = begun;
     const bodyLength = sealed.length - 1;
     const hash = deps.createHash("sha256");
-    if (codec === CODEC_LZ4) growScratch(bodyLength);
+    const input = codec === CODEC_LZ4 ? lz4Input(bodyLength) : undefined;
     let at = 0;
     const failed = decryptPieces(decipher, sealed, (plain) => {
-      if (codec === CODEC_LZ4) put(plain, scratch, at);
+      if (input) put(plain, input, at);
       else hash.update(plain);
       at += plain.length;
     });
@@ -294,7 +312,7 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
     if (codec === CODEC_RAW) {
       if (bodyLength !== expected) return `chunk is ${bodyLength} bytes, expected ${expected}`;
     } else if (codec === CODEC_LZ4) {
-      const plain = unpackLz4(scratch.subarray(0, bodyLength), expected);
+      const plain = decodeLz4(bodyLength, expected);
       if (typeof plain === "string") return plain;
       hash.update(plain);
     } else return `unknown codec ${codec}`;

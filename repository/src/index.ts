@@ -27,6 +27,7 @@ export { chunkArrivedDamaged, isRepositoryError, RepositoryError, type Repositor
 export { FileBlobStore } from "./file-blob-store.js";
 export { generateRepositoryKey, KEY_LENGTH, parseRepositoryKey } from "./key.js";
 export { LOCK_STALE_AFTER_MS } from "./lock.js";
+export { createLz4Decoder, LZ4_DECODER_WASM, type Lz4Decoder } from "./lz4-block-wasm.js";
 export {
   assertRestorable,
   MAX_CHUNK_LENGTH,

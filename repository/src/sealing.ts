@@ -4,6 +4,9 @@ import { deflateRawSync, inflateRawSync } from "node:zlib";
 import { compressSync, uncompressSync } from "lz4-napi";
 import { type ChunkCodecDeps, createChunkCodec } from "./chunk-codec.js";
 import { RepositoryError } from "./errors.js";
+import { createLz4Decoder, LZ4_DECODER_WASM, type Lz4Decoder } from "./lz4-block-wasm.js";
+
+let lz4Decoder: Lz4Decoder | undefined | null = null;
 
 /** What the calling thread's codec is built from (LZ4 for chunks, DEFLATE for objects). */
 export const codecDeps: ChunkCodecDeps = {
@@ -13,6 +16,11 @@ export const codecDeps: ChunkCodecDeps = {
   randomFillSync,
   compress: (data) => compressSync(data),
   uncompress: (data) => uncompressSync(data),
+  // Made on first use: most commands that load the codec never open a chunk.
+  get lz4Decoder() {
+    if (lz4Decoder === null) lz4Decoder = createLz4Decoder(LZ4_DECODER_WASM);
+    return lz4Decoder;
+  },
   deflate: (data) => deflateRawSync(data),
   inflate: (data, maxLength) => inflateRawSync(data, { maxOutputLength: maxLength }),
 };

@@ -12,7 +12,13 @@ import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { type ChunkBuffers, chunkCodec, createChunkCodec } from "@dumont/repository";
+import {
+  type ChunkBuffers,
+  chunkCodec,
+  createChunkCodec,
+  createLz4Decoder,
+  LZ4_DECODER_WASM,
+} from "@dumont/repository";
 import { type CompiledChunker, createCutScanner, findChunkEnd, GEAR, GEAR_SCAN_WASM } from "./chunker.js";
 import {
   createSegmentSealer,
@@ -295,8 +301,10 @@ function workerMain(
   makeScanner: typeof createCutScanner,
   cutFinder: typeof findChunkEnd,
   write: typeof openAndWrite,
+  makeLz4Decoder: typeof createLz4Decoder,
   gear: number[],
   wasm: string,
+  lz4Wasm: string,
   lz4Module: string,
   req: NodeJS.Require,
 ): void {
@@ -317,6 +325,7 @@ function workerMain(
     randomFillSync: crypto.randomFillSync,
     compress: (d) => lz4.compressSync(d),
     uncompress: (d) => lz4.uncompressSync(d),
+    lz4Decoder: makeLz4Decoder(lz4Wasm),
   });
   const gearTable = Uint32Array.from(gear);
   const sealer = makeSealer({
@@ -439,8 +448,8 @@ export class SnapshotWorkerPool {
     const source =
       `(${workerMain.toString()})((${createChunkCodec.toString()}), (${createSegmentSealer.toString()}), ` +
       `(${createCutScanner.toString()}), (${findChunkEnd.toString()}), (${openAndWrite.toString()}), ` +
-      `${JSON.stringify([...GEAR])}, ` +
-      `${JSON.stringify(GEAR_SCAN_WASM)}, ${JSON.stringify(lz4Module)}, ` +
+      `(${createLz4Decoder.toString()}), ${JSON.stringify([...GEAR])}, ` +
+      `${JSON.stringify(GEAR_SCAN_WASM)}, ${JSON.stringify(LZ4_DECODER_WASM)}, ${JSON.stringify(lz4Module)}, ` +
       // Eval workers are CommonJS, unless the parent runs with --input-type=module (inherited): then no require.
       `typeof require === "function" ? require : process.getBuiltinModule("node:module").createRequire(${JSON.stringify(lz4Module)}));`;
     const fileLocks = new SharedArrayBuffer(4 * 1024);
