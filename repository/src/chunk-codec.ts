@@ -2,7 +2,7 @@
 // AES-256-GCM. `createChunkCodec` is self-contained (no module-level references) so a worker thread can run
 // it from its source text.
 import type * as nodeCrypto from "node:crypto";
-import type { Lz4Decoder } from "./lz4-block-wasm.js";
+import type { Lz4Decoder, Lz4Encoder } from "./lz4-wasm.js";
 
 export interface ChunkCodecDeps {
   createHash: typeof nodeCrypto.createHash;
@@ -14,7 +14,12 @@ export interface ChunkCodecDeps {
   /** Inverse of `compress` (lz4-napi `uncompressSync`). */
   uncompress(data: Buffer): Buffer;
   /**
-   * Decodes LZ4 chunks in memory it reuses (`createLz4Decoder`), where opening and verifying chunks then put
+   * Encodes LZ4 in memory it reuses (`createLz4Wasm`), giving up as soon as the output would not be worth
+   * keeping; without it chunks go through `compress`, which allocates a new output per chunk.
+   */
+  lz4Encoder?: Lz4Encoder;
+  /**
+   * Decodes LZ4 chunks in memory it reuses (`createLz4Wasm`), where opening and verifying chunks then put
    * their bodies; without it they go through `uncompress`, which allocates a new output per chunk.
    */
   lz4Decoder?: Lz4Decoder;
@@ -119,17 +124,21 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
   };
   const codecBytes = [CODEC_RAW, CODEC_LZ4, CODEC_DEFLATE].map((codec) => Buffer.from([codec]));
 
+  // `plain` as an LZ4 body if that is at most `room` bytes, else null.
+  function lz4Within(plain: Buffer, room: number): Buffer | null {
+    if (deps.lz4Encoder) return deps.lz4Encoder.encode(plain, room);
+    const packed = deps.compress(plain);
+    return packed.length <= room ? packed : null;
+  }
+
   // LZ4 is kept only when it saves at least 1/32 of the bytes: below that, decompressing costs more than it
   // saves. A large chunk is judged by a sample of its start first: incompressible data (weights, archives)
   // then costs no compression pass at all.
   function chooseBody(plain: Buffer): { codec: number; body: Buffer } {
-    if (plain.length >= 64) {
-      if (plain.length > 2 * SAMPLE) {
-        const probe = deps.compress(plain.subarray(0, SAMPLE));
-        if (probe.length > SAMPLE - (SAMPLE >> 5)) return { codec: CODEC_RAW, body: plain };
-      }
-      const packed = deps.compress(plain);
-      if (packed.length <= plain.length - (plain.length >> 5)) return { codec: CODEC_LZ4, body: packed };
+    const worthIt = (n: number) => n - (n >> 5);
+    if (plain.length >= 64 && (plain.length <= 2 * SAMPLE || lz4Within(plain.subarray(0, SAMPLE), worthIt(SAMPLE)))) {
+      const packed = lz4Within(plain, worthIt(plain.length));
+      if (packed) return { codec: CODEC_LZ4, body: packed };
     }
     return { codec: CODEC_RAW, body: plain };
   }

@@ -27,7 +27,13 @@ export { chunkArrivedDamaged, isRepositoryError, RepositoryError, type Repositor
 export { FileBlobStore } from "./file-blob-store.js";
 export { generateRepositoryKey, KEY_LENGTH, parseRepositoryKey } from "./key.js";
 export { LOCK_STALE_AFTER_MS } from "./lock.js";
-export { createLz4Decoder, LZ4_DECODER_WASM, type Lz4Decoder } from "./lz4-block-wasm.js";
+export {
+  createLz4Wasm,
+  LZ4_WASM,
+  type Lz4Decoder,
+  type Lz4Encoder,
+  type Lz4WasmModules,
+} from "./lz4-wasm.js";
 export {
   assertRestorable,
   MAX_CHUNK_LENGTH,

@@ -4,9 +4,14 @@ import { deflateRawSync, inflateRawSync } from "node:zlib";
 import { compressSync, uncompressSync } from "lz4-napi";
 import { type ChunkCodecDeps, createChunkCodec } from "./chunk-codec.js";
 import { RepositoryError } from "./errors.js";
-import { createLz4Decoder, LZ4_DECODER_WASM, type Lz4Decoder } from "./lz4-block-wasm.js";
+import { createLz4Wasm, LZ4_WASM } from "./lz4-wasm.js";
 
-let lz4Decoder: Lz4Decoder | undefined | null = null;
+// Made on first use (null until then): most commands that load the codec never seal or open a chunk.
+let lz4Wasm: ReturnType<typeof createLz4Wasm> | null = null;
+const lz4 = () => {
+  if (lz4Wasm === null) lz4Wasm = createLz4Wasm(LZ4_WASM);
+  return lz4Wasm;
+};
 
 /** What the calling thread's codec is built from (LZ4 for chunks, DEFLATE for objects). */
 export const codecDeps: ChunkCodecDeps = {
@@ -16,10 +21,11 @@ export const codecDeps: ChunkCodecDeps = {
   randomFillSync,
   compress: (data) => compressSync(data),
   uncompress: (data) => uncompressSync(data),
-  // Made on first use: most commands that load the codec never open a chunk.
+  get lz4Encoder() {
+    return lz4()?.encoder;
+  },
   get lz4Decoder() {
-    if (lz4Decoder === null) lz4Decoder = createLz4Decoder(LZ4_DECODER_WASM);
-    return lz4Decoder;
+    return lz4()?.decoder;
   },
   deflate: (data) => deflateRawSync(data),
   inflate: (data, maxLength) => inflateRawSync(data, { maxOutputLength: maxLength }),

@@ -1,6 +1,7 @@
 // A few lines of WebAssembly binary encoding, enough to assemble small hot loops from readable instructions
 // here rather than keep opaque blobs or need a wasm toolchain (the build machine has none): the chunker's gear
-// scan (host-agent, gear-scan-wasm.ts) and the LZ4 block decoder (lz4-block-wasm.ts).
+// scan (host-agent, gear-scan-wasm.ts) and the LZ4 block encoder and decoder (lz4-wasm-encoder.ts,
+// lz4-wasm-decoder.ts).
 // Opcodes: https://webassembly.github.io/spec/core/binary/instructions.html
 
 export const I32 = 0x7f;
@@ -19,24 +20,38 @@ export const op = {
   set: (local: number) => [0x21, local],
   tee: (local: number) => [0x22, local],
   load: [0x28, 2, 0], // i32.load align=4
+  load32: [0x28, 0, 0], // i32.load, unaligned
   i64Load: (offset: number) => [0x29, 0, offset], // i64.load, unaligned
   load8u: (offset: number) => [0x2d, 0, offset], // i32.load8_u
   load16u: [0x2f, 0, 0], // i32.load16_u, unaligned, little-endian
+  store: [0x36, 0, 0], // i32.store, unaligned
   store8: [0x3a, 0, 0], // i32.store8
+  store16: [0x3b, 0, 0], // i32.store16, unaligned, little-endian
   i64Store: (offset: number) => [0x37, 0, offset], // i64.store, unaligned
   const: (n: number) => [0x41, ...signedLeb128(n)],
+  i64Const: (n: bigint) => [0x42, ...signedLeb128Big(BigInt.asIntN(64, n))],
   eqz: [0x45],
   eq: [0x46],
+  ne: [0x47],
   ltU: [0x49],
   gtU: [0x4b],
   leU: [0x4d],
   geU: [0x4f],
   add: [0x6a],
   sub: [0x6b],
+  mul: [0x6c],
+  ctz: [0x68],
   and: [0x71],
+  or: [0x72],
+  xor: [0x73],
   shl: [0x74],
   shrU: [0x76],
+  i64Mul: [0x7e],
+  i64Shl: [0x86],
+  i64ShrU: [0x88],
+  wrapI64: [0xa7], // i32.wrap_i64
   memoryCopy: [0xfc, 10, 0, 0], // memory.copy (bulk memory): dst, src, n
+  memoryFill: [0xfc, 11, 0], // memory.fill (bulk memory): dst, byte, n
 };
 
 export function unsignedLeb128(n: number): number[] {
@@ -56,6 +71,16 @@ export function signedLeb128(n: number): number[] {
     const byte = n & 0x7f;
     n >>= 7;
     if ((n === 0 && (byte & 0x40) === 0) || (n === -1 && (byte & 0x40) !== 0)) return [...out, byte];
+    out.push(byte | 0x80);
+  }
+}
+
+function signedLeb128Big(n: bigint): number[] {
+  const out: number[] = [];
+  for (;;) {
+    const byte = Number(n & 0x7fn);
+    n >>= 7n;
+    if ((n === 0n && (byte & 0x40) === 0) || (n === -1n && (byte & 0x40) !== 0)) return [...out, byte];
     out.push(byte | 0x80);
   }
 }

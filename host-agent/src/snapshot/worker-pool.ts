@@ -16,8 +16,9 @@ import {
   type ChunkBuffers,
   chunkCodec,
   createChunkCodec,
-  createLz4Decoder,
-  LZ4_DECODER_WASM,
+  createLz4Wasm,
+  LZ4_WASM,
+  type Lz4WasmModules,
 } from "@dumont/repository";
 import { type CompiledChunker, createCutScanner, findChunkEnd, GEAR, GEAR_SCAN_WASM } from "./chunker.js";
 import {
@@ -301,10 +302,9 @@ function workerMain(
   makeScanner: typeof createCutScanner,
   cutFinder: typeof findChunkEnd,
   write: typeof openAndWrite,
-  makeLz4Decoder: typeof createLz4Decoder,
+  makeLz4Wasm: typeof createLz4Wasm,
   gear: number[],
-  wasm: string,
-  lz4Wasm: string,
+  wasm: { gearScan: string; lz4: Lz4WasmModules },
   lz4Module: string,
   req: NodeJS.Require,
 ): void {
@@ -318,6 +318,7 @@ function workerMain(
   } else {
     lz4 = req(lz4Module);
   }
+  const lz4Wasm = makeLz4Wasm(wasm.lz4);
   const codec = makeCodec({
     createHash: crypto.createHash,
     createCipheriv: crypto.createCipheriv,
@@ -325,12 +326,13 @@ function workerMain(
     randomFillSync: crypto.randomFillSync,
     compress: (d) => lz4.compressSync(d),
     uncompress: (d) => lz4.uncompressSync(d),
-    lz4Decoder: makeLz4Decoder(lz4Wasm),
+    lz4Encoder: lz4Wasm?.encoder,
+    lz4Decoder: lz4Wasm?.decoder,
   });
   const gearTable = Uint32Array.from(gear);
   const sealer = makeSealer({
     codec,
-    makeScanner: (size) => makeScanner(wasm, gearTable, size, cutFinder),
+    makeScanner: (size) => makeScanner(wasm.gearScan, gearTable, size, cutFinder),
     fs: req("node:fs"),
   });
   const port = workerThreads.parentPort!;
@@ -445,11 +447,12 @@ export class SnapshotWorkerPool {
       return;
     }
     const lz4Module = options.lz4Module ?? createRequire(import.meta.url).resolve("lz4-napi");
+    const wasmModules = { gearScan: GEAR_SCAN_WASM, lz4: LZ4_WASM };
     const source =
       `(${workerMain.toString()})((${createChunkCodec.toString()}), (${createSegmentSealer.toString()}), ` +
       `(${createCutScanner.toString()}), (${findChunkEnd.toString()}), (${openAndWrite.toString()}), ` +
-      `(${createLz4Decoder.toString()}), ${JSON.stringify([...GEAR])}, ` +
-      `${JSON.stringify(GEAR_SCAN_WASM)}, ${JSON.stringify(LZ4_DECODER_WASM)}, ${JSON.stringify(lz4Module)}, ` +
+      `(${createLz4Wasm.toString()}), ${JSON.stringify([...GEAR])}, ` +
+      `${JSON.stringify(wasmModules)}, ${JSON.stringify(lz4Module)}, ` +
       // Eval workers are CommonJS, unless the parent runs with --input-type=module (inherited): then no require.
       `typeof require === "function" ? require : process.getBuiltinModule("node:module").createRequire(${JSON.stringify(lz4Module)}));`;
     const fileLocks = new SharedArrayBuffer(4 * 1024);

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
-import { compressSync } from "lz4-napi";
+import { compressSync, uncompressSync } from "lz4-napi";
 import { describe, expect, it } from "vitest";
-import { createLz4Decoder, LZ4_DECODER_WASM, type Lz4Decoder } from "./lz4-block-wasm.js";
+import { createLz4Wasm, LZ4_WASM, type Lz4Decoder } from "./lz4-wasm.js";
 
 /** Decodes `body` (lz4-napi's form: 4-byte length prefix, then the block) expecting `expected` bytes. */
 function decodeWith(decoder: Lz4Decoder, body: Buffer, expected: number): Buffer | string {
@@ -48,7 +48,7 @@ function samples(): [string, Buffer][] {
 
 describe("LZ4 block decoder (WebAssembly)", () => {
   it("decodes what lz4-napi encodes, byte for byte, reusing its memory across sizes", () => {
-    const decoder = createLz4Decoder(LZ4_DECODER_WASM);
+    const decoder = createLz4Wasm(LZ4_WASM)?.decoder;
     expect(decoder).toBeDefined();
     if (!decoder) return;
     for (const [what, plain] of [...samples(), ...samples().reverse()]) {
@@ -65,7 +65,7 @@ describe("LZ4 block decoder (WebAssembly)", () => {
   });
 
   it("refuses a wrong length, a truncated block and garbage, without throwing", () => {
-    const decoder = createLz4Decoder(LZ4_DECODER_WASM);
+    const decoder = createLz4Wasm(LZ4_WASM)?.decoder;
     if (!decoder) throw new Error("WebAssembly is missing");
     const plain = Buffer.from("the quick brown fox jumps over the lazy dog, again and again; ".repeat(300));
     const body = compressSync(plain);
@@ -98,5 +98,58 @@ describe("LZ4 block decoder (WebAssembly)", () => {
     expect(decodeWith(decoder, endless, 16)).toBe("LZ4 data does not decompress");
     // After all that, it still decodes.
     expect(decodeWith(decoder, body, plain.length)).toEqual(plain);
+  });
+});
+
+describe("LZ4 block encoder (WebAssembly)", () => {
+  const encoder = createLz4Wasm(LZ4_WASM)?.encoder;
+  const decoder = createLz4Wasm(LZ4_WASM)?.decoder;
+  /** Room for any encoding of `n` bytes (LZ4's worst case is n + n/255 + 16). */
+  const ample = (n: number) => n + (n >> 7) + 32;
+  const encode = (plain: Buffer, room = ample(plain.length)): Buffer | null => {
+    const body = encoder?.encode(plain, room);
+    return body ? Buffer.from(body) : null; // a copy: the view is reused by the next call
+  };
+
+  it("writes blocks lz4-napi and the WebAssembly decoder read back byte for byte, about as small as lz4-napi's", () => {
+    expect(encoder && decoder).toBeDefined();
+    if (!decoder) return;
+    for (const [what, plain] of samples()) {
+      const body = encode(plain);
+      if (!body) throw new Error(`${what}: did not fit in ample room`);
+      expect(uncompressSync(body).equals(plain), what).toBe(true);
+      const decoded = decodeWith(decoder, body, plain.length);
+      expect(typeof decoded === "string" ? decoded : decoded.equals(plain), what).toBe(true);
+      // The same algorithm as lz4-napi's (lz4_flex): within a few percent of its size.
+      if (plain.length > 1000) expect(body.length, what).toBeLessThanOrEqual(compressSync(plain).length * 1.05 + 16);
+    }
+    // Every length from 0 to 300 bytes (the format's end rules: 5 literals last, no match in the last 12).
+    const text = Buffer.from("abcabcabd, and again: abcabcabd".repeat(20));
+    for (let n = 0; n <= 300; n++) {
+      const plain = text.subarray(0, n);
+      const body = encode(plain);
+      expect(body && uncompressSync(body).equals(plain), `${n} bytes`).toBe(true);
+      const block = body?.subarray(4) ?? Buffer.alloc(0);
+      if (n >= 13) expect(block.subarray(block.length - 5).equals(plain.subarray(n - 5)), `${n} bytes`).toBe(true);
+    }
+  });
+
+  it("gives up when the output would not fit the room given, and encodes an input the same way every time", () => {
+    const noise = randomBytes(100_000);
+    expect(encode(noise, noise.length - (noise.length >> 5))).toBeNull();
+    expect(encode(noise, 4)).toBeNull();
+    const text = samples().find(([what]) => what === "CSV text")?.[1] ?? Buffer.alloc(0);
+    const body = encode(text);
+    if (!body) throw new Error("CSV text did not fit in ample room");
+    // Room is judged a few bytes ahead (length bytes are over-counted), never past what was given.
+    expect(encode(text, body.length + 16)?.equals(body)).toBe(true);
+    expect(encode(text, body.length - 1)).toBeNull();
+    for (let room = body.length - 40; room < body.length + 40; room++) {
+      const fitted = encode(text, room);
+      if (fitted) expect(fitted.length).toBeLessThanOrEqual(room);
+    }
+    // Between two encodings of the same input, another one: the hash table starts afresh for each.
+    encode(Buffer.from("something else entirely, ".repeat(1000)));
+    expect(encode(text)?.equals(body)).toBe(true);
   });
 });

@@ -11,7 +11,8 @@
 // block is malformed or would write outside [dst, dstEnd) or read outside [src, srcEnd). Short literals and
 // matches are copied 16 bytes at a time while that stays inside both ranges (the bytes past their end are
 // overwritten by what follows), long ones with memory.copy, overlapping matches 8 bytes at a time when the
-// offset allows and byte by byte when it does not. Compression stays with lz4-napi.
+// offset allows and byte by byte when it does not. The encoder is lz4-wasm-encoder.ts; lz4-napi remains for
+// threads without WebAssembly (node --jitless).
 import { assembleModule, op } from "./wasm-assembly.js";
 
 // Parameters, then locals.
@@ -204,7 +205,7 @@ const body = [
   ...op.end,
 ];
 
-/** The module, base64 (workers get it as text inside their source). It imports its memory as `m.mem`. */
+/** The module, base64 (see lz4-wasm.ts for the code that runs it). It imports its memory as `m.mem`. */
 export const LZ4_DECODER_WASM: string = assembleModule({
   name: "decode",
   params: 4,
@@ -212,68 +213,3 @@ export const LZ4_DECODER_WASM: string = assembleModule({
   body,
   memory: "import",
 }).toString("base64");
-
-/** An LZ4 body's decoder with memory of its own, reused from call to call (see ChunkCodecDeps.lz4Decoder). */
-export interface Lz4Decoder {
-  /** Room for an LZ4 body of `size` bytes (its 4-byte length prefix included); valid until the next call. */
-  input(size: number): Buffer;
-  /**
-   * Decodes the first `length` bytes put in `input`, which must hold exactly `expected` plain bytes: a view of
-   * them (valid until the next call), or why not.
-   */
-  decode(length: number, expected: number): Buffer | string;
-}
-
-/**
- * Undefined where WebAssembly is not available (node --jitless): callers then decode with lz4-napi.
- * Self-contained (no module-level references), so a worker thread can run it from its source text.
- */
-export function createLz4Decoder(wasmBase64: string): Lz4Decoder | undefined {
-  const PAGE = 65536;
-  // Typed here: the project's lib settings do not include the WebAssembly declarations.
-  interface Memory {
-    buffer: ArrayBuffer;
-    grow(pages: number): number;
-  }
-  interface Wasm {
-    Memory: new (descriptor: { initial: number }) => Memory;
-    Module: new (bytes: Uint8Array) => object;
-    Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
-  }
-  const wasm = (globalThis as unknown as { WebAssembly?: Wasm }).WebAssembly;
-  if (!wasm) return undefined;
-  const memory = new wasm.Memory({ initial: 0 });
-  const module = new wasm.Module(Buffer.from(wasmBase64, "base64"));
-  const decode = new wasm.Instance(module, { m: { mem: memory } }).exports.decode as (
-    src: number,
-    srcEnd: number,
-    dst: number,
-    dstEnd: number,
-  ) => number;
-  // The body goes at 0, the output after `inputRoom`; both only grow.
-  let inputRoom = 0;
-  let lastInput = 0;
-  const reserve = (bytes: number): void => {
-    const have = memory.buffer.byteLength;
-    if (bytes > have) memory.grow(Math.ceil((bytes - have) / PAGE));
-  };
-  return {
-    input(size) {
-      if (size > inputRoom) inputRoom = Math.ceil(Math.max(size, 2 * inputRoom) / 64) * 64;
-      reserve(inputRoom);
-      lastInput = size;
-      return Buffer.from(memory.buffer, 0, size);
-    },
-    decode(length, expected) {
-      if (length > lastInput) return `LZ4 body of ${length} bytes was given ${lastInput}`;
-      if (length < 4 || Buffer.from(memory.buffer, 0, 4).readUInt32LE(0) !== expected) {
-        return `LZ4 data does not hold ${expected} bytes`;
-      }
-      reserve(inputRoom + expected);
-      const end = decode(4, length, inputRoom, inputRoom + expected);
-      if (end < 0) return "LZ4 data does not decompress";
-      if (end !== inputRoom + expected) return `chunk is ${end - inputRoom} bytes, expected ${expected}`;
-      return Buffer.from(memory.buffer, inputRoom, expected);
-    },
-  };
-}
