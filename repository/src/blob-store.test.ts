@@ -121,6 +121,50 @@ describe("file blob store, large objects (O_DIRECT where the filesystem allows)"
     }
     expect((await readdir(join(dir, "direct", "data"))).sort()).toEqual(cases.map(([k]) => k).sort());
   });
+
+  it("writes an object piece by piece, visible only once committed, and leaves nothing when aborted", async () => {
+    const store = new FileBlobStore(join(dir, "streamed"));
+    // Pieces that straddle the 4 MiB stages and the 4 KiB blocks, ending off a block boundary.
+    const pieces = [
+      pattern(3 * 1024 * 1024 + 5, 1),
+      pattern(2 * 1024 * 1024, 2),
+      pattern(1, 3),
+      pattern(9 * 1024 * 1024 + 4095, 4),
+    ];
+    const writer = await store.openWriter("data/pack");
+    for (const piece of pieces) {
+      await writer.write(piece);
+      piece.fill(0); // the writer holds no reference to a piece once write resolves
+    }
+    expect(await store.stat("data/pack")).toBeUndefined();
+    await writer.commit();
+    const expected = Buffer.concat([
+      pattern(3 * 1024 * 1024 + 5, 1),
+      pattern(2 * 1024 * 1024, 2),
+      pattern(1, 3),
+      pattern(9 * 1024 * 1024 + 4095, 4),
+    ]);
+    expect((await store.get("data/pack")).equals(expected)).toBe(true);
+    await expect(writer.write(pattern(10, 5))).rejects.toThrow(/already committed or aborted/);
+
+    // An exact number of stages, and an empty object.
+    for (const [key, size] of [
+      ["data/stages", 8 * 1024 * 1024],
+      ["data/empty", 0],
+    ] as const) {
+      const w = await store.openWriter(key);
+      await w.write(pattern(size, 6));
+      await w.commit();
+      expect((await store.get(key)).equals(pattern(size, 6)), key).toBe(true);
+    }
+
+    const dropped = await store.openWriter("data/dropped");
+    await dropped.write(pattern(5 * 1024 * 1024, 7));
+    await dropped.abort();
+    expect(await store.stat("data/dropped")).toBeUndefined();
+    // No temp file is left behind either (list skips them, so look at the directory itself).
+    expect((await readdir(join(dir, "streamed", "data"))).sort()).toEqual(["empty", "pack", "stages"]);
+  });
 });
 
 describe("openBlobStore", () => {

@@ -35,6 +35,21 @@ export interface BlobStore {
    * file://, so packs go to disk with O_DIRECT straight from it). Writers that reuse buffers take them here.
    */
   allocate?(size: number): Buffer;
+  /**
+   * Optional: writes a large object as it comes, in pieces, instead of from one buffer holding all of it
+   * (file:// does; S3 takes `put`). Nothing is visible under `key` until `commit` has made it durable whole.
+   */
+  openWriter?(key: string): Promise<BlobWriter>;
+}
+
+/** An object being written piece by piece (see BlobStore.openWriter). */
+export interface BlobWriter {
+  /** Appends `data`, which may be reused once this resolves. */
+  write(data: Buffer): Promise<void>;
+  /** Makes the object durable, then visible under its key, whole. */
+  commit(): Promise<void>;
+  /** Drops what was written; the key is left as it was. */
+  abort(): Promise<void>;
 }
 
 /** Rejects keys that could leave the store's root. */

@@ -3,7 +3,7 @@
 // control plane. The format is documented in ../FORMAT.md.
 
 export { writeFileAtomic } from "./atomic-file.js";
-export type { BlobInfo, BlobStore } from "./blob-store.js";
+export type { BlobInfo, BlobStore, BlobWriter } from "./blob-store.js";
 export { BufferPool } from "./buffer-pool.js";
 export {
   type AffectedFile,

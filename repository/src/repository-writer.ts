@@ -3,6 +3,7 @@
 // (at commit) the manifest, then the snapshot object — so a crash never leaves a snapshot that points at
 // missing data, and packs already written are found (and reused) by the next writer.
 import { hostname } from "node:os";
+import type { BlobWriter } from "./blob-store.js";
 import { copyBytes } from "./copy-bytes.js";
 import { chunkArrivedDamaged, RepositoryError } from "./errors.js";
 import { acquireLock, type HeldLock } from "./lock.js";
@@ -40,8 +41,14 @@ export interface WriterStats {
   bytesWritten: number;
 }
 
+/**
+ * A pack being filled: written as it fills where the store can (`writer`, file://), else gathered in `buf` and
+ * put whole (S3).
+ */
 interface OpenPack {
-  buf: Buffer;
+  packId: string;
+  writer?: BlobWriter;
+  buf?: Buffer;
   entries: PackEntry[];
   size: number;
 }
@@ -110,11 +117,13 @@ export class RepositoryWriter implements ChunkSink {
         const problem = chunkCodec.verifyChunk(key, chunk.id, chunk.blob, chunk.plainLength);
         if (problem !== null) throw chunkArrivedDamaged(hex, problem);
       }
-      if (this.current && this.current.size + chunk.blob.length > this.current.buf.length) await this.sealCurrentPack();
-      this.current ??= this.openPack(chunk.blob.length);
+      const buf = this.current?.buf;
+      if (buf && this.current && this.current.size + chunk.blob.length > buf.length) await this.sealCurrentPack();
+      this.current ??= await this.openPack(chunk.blob.length);
       const pack = this.current;
-      // Copied: the caller may reuse the blob's memory as soon as put resolves.
-      copyBytes(chunk.blob, pack.buf, pack.size);
+      // Copied (or written) now: the caller may reuse the blob's memory as soon as put resolves.
+      if (pack.writer) await pack.writer.write(chunk.blob);
+      else if (pack.buf) copyBytes(chunk.blob, pack.buf, pack.size);
       pack.entries.push({
         id: Buffer.from(chunk.id),
         offset: pack.size,
@@ -175,16 +184,21 @@ export class RepositoryWriter implements ChunkSink {
 
   async abort(): Promise<void> {
     this.closed = true;
+    const open = this.current;
+    this.current = undefined;
+    await open?.writer?.abort().catch(() => {});
     await Promise.allSettled([...this.uploads]);
     await this.lock?.release();
   }
 
-  private openPack(firstBlob: number): OpenPack {
-    const standard = this.packSize + PACK_SLACK;
+  private async openPack(firstBlob: number): Promise<OpenPack> {
+    const packId = newPackId();
     const store = this.repository.store;
+    if (store.openWriter) return { packId, writer: await store.openWriter(packKey(packId)), entries: [], size: 0 };
+    const standard = this.packSize + PACK_SLACK;
     const allocate = (size: number): Buffer => store.allocate?.(size) ?? Buffer.allocUnsafeSlow(size);
     const buf = firstBlob <= standard ? (this.freeBuffers.pop() ?? allocate(standard)) : allocate(firstBlob);
-    return { buf, entries: [], size: 0 };
+    return { packId, buf, entries: [], size: 0 };
   }
 
   private async sealCurrentPack(): Promise<void> {
@@ -203,12 +217,22 @@ export class RepositoryWriter implements ChunkSink {
 
   private async writePack(pack: OpenPack): Promise<void> {
     const { store, key } = this.repository;
-    const packId = newPackId();
+    const packId = pack.packId;
     const trailer = sealPackTrailer(key, pack.entries);
     const packSize = pack.size + trailer.length;
-    await store.put(packKey(packId), [pack.buf.subarray(0, pack.size), trailer]);
-    if (pack.buf.length === this.packSize + PACK_SLACK && this.freeBuffers.length < this.uploadConcurrency) {
-      this.freeBuffers.push(pack.buf);
+    if (pack.writer) {
+      try {
+        await pack.writer.write(trailer);
+        await pack.writer.commit();
+      } catch (err) {
+        await pack.writer.abort().catch(() => {});
+        throw err;
+      }
+    } else if (pack.buf) {
+      await store.put(packKey(packId), [pack.buf.subarray(0, pack.size), trailer]);
+      if (pack.buf.length === this.packSize + PACK_SLACK && this.freeBuffers.length < this.uploadConcurrency) {
+        this.freeBuffers.push(pack.buf);
+      }
     }
     const index = sealIndex(key, { packId, packSize, entries: pack.entries });
     await store.put(indexKey(packId), index);
