@@ -40,6 +40,12 @@ export interface BlobStore {
    * (file:// does; S3 takes `put`). Nothing is visible under `key` until `commit` has made it durable whole.
    */
   openWriter?(key: string): Promise<BlobWriter>;
+  /**
+   * Optional: deletes what writes cut short by a crash left under `prefix` (temp files on file://; S3 writes
+   * are whole PutObjects and leave nothing). Only safe where no write is running: prune calls it under the
+   * exclusive lock, for the prefixes only lock holders write to.
+   */
+  removeAbandoned?(prefix: string): Promise<{ count: number; bytes: number }>;
 }
 
 /** An object being written piece by piece (see BlobStore.openWriter). */

@@ -254,6 +254,31 @@ export class FileBlobStore implements BlobStore {
     }
   }
 
+  async removeAbandoned(prefix: string): Promise<{ count: number; bytes: number }> {
+    const removed = { count: 0, bytes: 0 };
+    const walk = async (dir: string): Promise<void> => {
+      let entries: Dirent[];
+      try {
+        entries = await readdir(dir, { withFileTypes: true });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
+        throw err;
+      }
+      for (const entry of entries) {
+        const path = join(dir, entry.name);
+        if (entry.isDirectory()) await walk(path);
+        else if (entry.isFile() && entry.name.startsWith(TEMP_PREFIX)) {
+          const { size } = await stat(path);
+          await unlink(path);
+          removed.count++;
+          removed.bytes += size;
+        }
+      }
+    };
+    await walk(this.path(prefix.replace(/\/+$/, "")));
+    return removed;
+  }
+
   async delete(key: string): Promise<void> {
     try {
       await unlink(this.path(key));

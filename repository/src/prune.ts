@@ -48,8 +48,13 @@ export interface PruneReport {
   packsRepacked: number;
   orphanPacksDeleted: number;
   manifestsDeleted: number;
+  /** Temp files of writes a crash cut short (file:// only). */
+  tempFilesDeleted: number;
   bytesFreed: number;
 }
+
+/** What only writers holding a lock write to: temp files under these are abandoned while prune holds its lock. */
+const WRITER_PREFIXES = ["data/", "index/", "manifests/", "snapshots/"];
 
 export async function pruneRepository(repository: Repository, options: PruneOptions = {}): Promise<PruneReport> {
   const { store } = repository;
@@ -74,6 +79,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
       packsRepacked: 0,
       orphanPacksDeleted: 0,
       manifestsDeleted: 0,
+      tempFilesDeleted: 0,
       bytesFreed: 0,
     };
 
@@ -145,6 +151,11 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     index.removePacks(unused);
     for (const o of orphans) await store.delete(o.key);
     for (const key of manifestKeys) await store.delete(key);
+    for (const prefix of WRITER_PREFIXES) {
+      const removed = (await store.removeAbandoned?.(prefix)) ?? { count: 0, bytes: 0 };
+      report.tempFilesDeleted += removed.count;
+      report.bytesFreed += removed.bytes;
+    }
     return report;
   } finally {
     await lock?.release();

@@ -1,6 +1,6 @@
 // The repository format end to end, on both stores: commit, list, read back, crash safety, check, prune.
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { BlobStore } from "./blob-store.js";
 import { checkRepository } from "./check.js";
 import { isRepositoryError } from "./errors.js";
+import { FileBlobStore } from "./file-blob-store.js";
 import { generateRepositoryKey, parseRepositoryKey } from "./key.js";
 import { acquireLock } from "./lock.js";
 import { type Manifest, sealManifest } from "./manifest.js";
@@ -271,12 +272,26 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await stray.flush();
     await stray.abort();
 
+    // A pack write a crash cut short: on file:// its temp file stays beside the packs until a prune.
+    const cutShort = await store.openWriter?.("data/ee/ee00");
+    await cutShort?.write(randomBytes(10_000));
+
     const forgot = await forgetSnapshots(repository, { policy: { last: 1 } });
     expect(forgot.kept).toEqual([ids[2]]);
     expect(forgot.forgotten.sort()).toEqual([ids[0], ids[1]].sort());
     // Packs: A {shared, own0} (half needed: repacked), B {own1} and D {stray} (unneeded), C {own2} (kept).
     const report = await pruneRepository(repository, { repackBelow: 0.6 });
-    expect(report).toMatchObject({ orphanPacksDeleted: 1, packsDeleted: 2, packsRepacked: 1, manifestsDeleted: 2 });
+    expect(report).toMatchObject({
+      orphanPacksDeleted: 1,
+      packsDeleted: 2,
+      packsRepacked: 1,
+      manifestsDeleted: 2,
+      tempFilesDeleted: cutShort ? 1 : 0,
+    });
+    if (store instanceof FileBlobStore) {
+      const left = await readdir(join(store.root, "data"), { recursive: true });
+      expect(left.filter((name) => name.includes(".tmp-"))).toEqual([]);
+    }
     expect(report.bytesFreed).toBeGreaterThan(40_000);
     const check = await checkRepository(repository);
     expect(check.problems).toEqual([]);

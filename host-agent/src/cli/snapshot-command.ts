@@ -253,7 +253,7 @@ export function registerSnapshotCommands(program: Command): void {
             process.stdout.write(
               `${opts.dryRun ? "would free" : "freed"} ${formatBytes(Math.max(0, p.bytesFreed))}: ` +
                 `${p.packsDeleted} unused pack(s), ${p.orphanPacksDeleted} left by interrupted snapshots, ` +
-                `${p.packsRepacked} repacked\n`,
+                `${p.packsRepacked} repacked, ${p.tempFilesDeleted} temp file(s) of cut-short writes\n`,
             );
           }
         }),
