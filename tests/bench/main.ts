@@ -4,16 +4,18 @@
 //   telemetry   --sessions 1000,5000 --duration 60 --warmup 15 --workers 2 --connect-rate 250
 //   agent-idle  --duration 60 --warmup 10
 //   snapshot    --size-mib 1024 --runs 3 --keep --skip-stream --skip-restic --stream-delay-ms MS (tests/bench/README.md)
+//   lz4         --runs 5 --chunks 64
 //
 // Every benchmark runs against the embedded PGlite, or against Postgres when DATABASE_URL is set (one
 // fresh database per control plane).
 import os from "node:os";
 import { parseArgs } from "node:util";
 import { AGENT_IDLE_DEFAULTS, runAgentIdleBench } from "./agent-idle.js";
+import { runLz4Bench } from "./lz4.js";
 import type { BenchOptions } from "./support/bench-options.js";
 import { runTelemetryBench, TELEMETRY_DEFAULTS } from "./telemetry.js";
 
-const BENCHES = ["telemetry", "agent-idle", "snapshot"] as const;
+const BENCHES = ["telemetry", "agent-idle", "snapshot", "lz4"] as const;
 type BenchName = (typeof BENCHES)[number];
 
 function parseFlags(argv: string[]) {
@@ -38,6 +40,7 @@ function parseFlags(argv: string[]) {
       "telemetry-interval": { type: "string" },
       gpus: { type: "string" },
       fixture: { type: "string" },
+      chunks: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -97,6 +100,12 @@ async function runBench(name: BenchName, options: BenchOptions): Promise<unknown
         fixture: typeof f.fixture === "string" ? f.fixture : AGENT_IDLE_DEFAULTS.fixture,
         progress,
       });
+    case "lz4":
+      return runLz4Bench({
+        ...options,
+        runs: Math.round(positiveNumber("runs", f.runs, 5)),
+        chunks: Math.round(positiveNumber("chunks", f.chunks, 64)),
+      });
     case "snapshot": {
       // Another module owns this benchmark; a variable specifier keeps the build independent of it.
       const specifier = "./snapshot.js";
@@ -116,7 +125,8 @@ async function main(): Promise<void> {
   if (flags.help) {
     process.stderr.write(
       `usage: npm run bench -- [${BENCHES.join("|")}...] [--sessions 1000,5000] [--duration S] [--warmup S] [--workers N] [--connect-rate N/s]\n` +
-        "       snapshot: [--size-mib N] [--runs N] [--keep] [--skip-stream] [--skip-restic] [--stream-delay-ms MS]\n",
+        "       snapshot: [--size-mib N] [--runs N] [--keep] [--skip-stream] [--skip-restic] [--stream-delay-ms MS]\n" +
+        "       lz4: [--runs N] [--chunks N]\n",
     );
     return;
   }

@@ -7,13 +7,14 @@
 // `npm run bench -- snapshot` (or `node tests/dist/bench/snapshot.js --size-mib 256`); DUMONT_BENCH_SIZE_MIB
 // shrinks the corpus too.
 import { spawn, spawnSync } from "node:child_process";
-import { createCipheriv, createHash, randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { canPin, pinProcess, StreamBench, type StreamRun } from "./snapshot-stream.js";
 import type { BenchOptions } from "./support/bench-options.js";
+import { csvText, logText, noise, prng, sourceText } from "./support/corpus-text.js";
 
 /**
  * Options of its own, or the dispatcher's BenchOptions (`npm run bench -- snapshot --size-mib 256 --keep
@@ -392,69 +393,6 @@ async function engine(op: "create" | "restore", args: Record<string, unknown>, c
 // --- corpus -------------------------------------------------------------------------------------------
 
 /** Deterministic bytes that do not compress (AES-CTR keystream of a fixed key). */
-function noise(seed: string, size: number): Buffer {
-  const key = createHash("sha256").update(`noise:${seed}`).digest();
-  const cipher = createCipheriv("aes-256-ctr", key, Buffer.alloc(16));
-  return cipher.update(Buffer.alloc(size));
-}
-
-/** A small deterministic PRNG (xorshift32) for the text generators. */
-function prng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
-
-const WORDS =
-  "alpha beta gamma delta epsilon zeta theta lambda sigma omega train eval loss step epoch batch grad norm".split(" ");
-
-function csvText(size: number, seed: number): Buffer {
-  const next = prng(seed);
-  const parts: string[] = [];
-  let length = 0;
-  let row = 0;
-  while (length < size) {
-    const line =
-      `${row++},${WORDS[next() % WORDS.length]}_${next() % 1000},${(next() % 100000) / 1000},` +
-      `${next() % 2 ? "true" : "false"},2026-${String((next() % 12) + 1).padStart(2, "0")}-${String((next() % 28) + 1).padStart(2, "0")}\n`;
-    parts.push(line);
-    length += line.length;
-  }
-  return Buffer.from(parts.join("")).subarray(0, size);
-}
-
-function logText(size: number, seed: number): Buffer {
-  const next = prng(seed);
-  const parts: string[] = [];
-  let length = 0;
-  let step = 0;
-  while (length < size) {
-    const line = `[2026-01-01 12:${String(step % 60).padStart(2, "0")}:00] step=${step++} loss=${(next() % 100000) / 10000} lr=0.0003 grad_norm=${(next() % 1000) / 100} ${WORDS[next() % WORDS.length]}\n`;
-    parts.push(line);
-    length += line.length;
-  }
-  return Buffer.from(parts.join("")).subarray(0, size);
-}
-
-function sourceText(size: number, seed: number): Buffer {
-  const next = prng(seed);
-  const parts: string[] = [`# module ${seed}\nimport torch\n\n`];
-  let length = parts[0].length;
-  while (length < size) {
-    const name = `${WORDS[next() % WORDS.length]}_${next() % 500}`;
-    const chunk = `def ${name}(x, y={}):\n    """${WORDS[next() % WORDS.length]} helper."""\n    return x * ${next() % 97} + y.get("${name}", 0)\n\n`;
-    parts.push(chunk);
-    length += chunk.length;
-  }
-  return Buffer.from(parts.join("")).subarray(0, size);
-}
-
 async function generateCorpus(root: string, total: number): Promise<Corpus> {
   await mkdir(join(root, "models"), { recursive: true });
   await mkdir(join(root, "checkpoints"), { recursive: true });
