@@ -2,6 +2,7 @@
 // Structure is checked whenever one is opened; `assertRestorable` adds the path-safety rules of restore.
 import { posix } from "node:path";
 import { RepositoryError } from "./errors.js";
+import { SMALLER_SNAPSHOT_ADVICE } from "./limits.js";
 import { ObjectKind, openJson, sealJson } from "./sealing.js";
 
 export const MAX_CHUNK_LENGTH = 64 * 1024 * 1024;
@@ -42,7 +43,7 @@ export function sealManifest(key: Buffer, manifest: Manifest): Buffer {
     throw new RepositoryError(
       "invalid-argument",
       `${manifest.entries.length} entries make a manifest larger than one snapshot can hold (64 MiB, about ` +
-        "250,000 files): snapshot a smaller directory, or leave caches and installed dependencies out of it",
+        `250,000 files): ${SMALLER_SNAPSHOT_ADVICE}`,
       { cause: err },
     );
   }

@@ -20,6 +20,7 @@ import type { ChunkBuffers, ChunkSink, ChunkSource, FetchedChunk, SealedChunk, S
 // The subpath, not the package: the session runs from the agent's start, and the package's index loads all of it.
 import { BufferPool } from "@dumont/repository/buffer-pool";
 import { copyBytes } from "@dumont/repository/copy-bytes";
+import { SMALLER_SNAPSHOT_ADVICE } from "@dumont/repository/limits";
 import { installInPlaceFraming } from "./grpc-framing.js";
 
 /** What the stream classes need from the session. */
@@ -141,8 +142,7 @@ export class StreamChunkSink implements ChunkSink {
     if (manifestBlob.length > MAX_MESSAGE_BYTES - MANIFEST_HEADROOM_BYTES) {
       throw new Error(
         `the sealed manifest is ${(manifestBlob.length / 2 ** 20).toFixed(1)} MiB, more than the agent's stream ` +
-          `carries in one message (${MAX_MESSAGE_BYTES / 2 ** 20} MiB): snapshot a smaller directory, or leave ` +
-          "caches and installed dependencies out of it",
+          `carries in one message (${MAX_MESSAGE_BYTES / 2 ** 20} MiB): ${SMALLER_SNAPSHOT_ADVICE}`,
       );
     }
     const done = new Promise<string>((resolve, reject) => {
