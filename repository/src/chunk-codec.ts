@@ -124,6 +124,10 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
   };
   const codecBytes = [CODEC_RAW, CODEC_LZ4, CODEC_DEFLATE].map((codec) => Buffer.from([codec]));
 
+  // A coded body is kept only when it saves at least 1/32 of the bytes: below that, decoding costs more than
+  // it saves. This is the most a body of `n` plain bytes may take.
+  const worthIt = (n: number): number => n - (n >> 5);
+
   // `plain` as an LZ4 body if that is at most `room` bytes, else null.
   function lz4Within(plain: Buffer, room: number): Buffer | null {
     if (deps.lz4Encoder) return deps.lz4Encoder.encode(plain, room);
@@ -131,11 +135,9 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
     return packed.length <= room ? packed : null;
   }
 
-  // LZ4 is kept only when it saves at least 1/32 of the bytes: below that, decompressing costs more than it
-  // saves. A large chunk is judged by a sample of its start first: incompressible data (weights, archives)
-  // then costs no compression pass at all.
+  // LZ4 where it is worth it. A large chunk is judged by a sample of its start first: incompressible data
+  // (weights, archives) then costs no compression pass at all.
   function chooseBody(plain: Buffer): { codec: number; body: Buffer } {
-    const worthIt = (n: number) => n - (n >> 5);
     if (plain.length >= 64 && (plain.length <= 2 * SAMPLE || lz4Within(plain.subarray(0, SAMPLE), worthIt(SAMPLE)))) {
       const packed = lz4Within(plain, worthIt(plain.length));
       if (packed) return { codec: CODEC_LZ4, body: packed };
@@ -147,7 +149,7 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
   function chooseObjectBody(plain: Buffer, deflate: (data: Buffer) => Buffer): { codec: number; body: Buffer } {
     if (plain.length >= 64) {
       const packed = deflate(plain);
-      if (packed.length <= plain.length - (plain.length >> 5)) return { codec: CODEC_DEFLATE, body: packed };
+      if (packed.length <= worthIt(plain.length)) return { codec: CODEC_DEFLATE, body: packed };
     }
     return { codec: CODEC_RAW, body: plain };
   }
@@ -258,15 +260,15 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
     return plain.length === expected ? plain : `chunk is ${plain.length} bytes, expected ${expected}`;
   }
 
-  function growScratch(size: number): void {
+  /** The reused scratch buffer, grown to at least `size` bytes. */
+  function growScratch(size: number): Buffer {
     if (scratch.length < size) scratch = Buffer.allocUnsafeSlow(Math.max(size, 2 * scratch.length));
+    return scratch;
   }
 
   // Where an LZ4 body of `size` bytes is decrypted to, then decoded from by `decodeLz4`.
   function lz4Input(size: number): Buffer {
-    if (deps.lz4Decoder) return deps.lz4Decoder.input(size);
-    growScratch(size);
-    return scratch;
+    return deps.lz4Decoder ? deps.lz4Decoder.input(size) : growScratch(size);
   }
 
   function decodeLz4(bodyLength: number, expected: number): Buffer | string {
@@ -285,8 +287,7 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
     const bodyLength = sealed.length - 1;
     // The common case, a raw chunk of the expected size, is decrypted straight into place.
     const direct = codec === CODEC_RAW && bodyLength === expected;
-    if (!direct && codec !== CODEC_LZ4) growScratch(bodyLength);
-    const target = direct ? out : codec === CODEC_LZ4 ? lz4Input(bodyLength) : scratch;
+    const target = direct ? out : codec === CODEC_LZ4 ? lz4Input(bodyLength) : growScratch(bodyLength);
     let at = direct ? pos : 0;
     const failed = decryptPieces(decipher, sealed, (plain) => {
       put(plain, target, at);

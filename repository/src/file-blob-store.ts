@@ -130,15 +130,11 @@ export class FileBlobStore implements BlobStore {
     try {
       let filled = 0;
       let position = 0;
-      const writeAll = async (buf: Buffer, length: number, at: number): Promise<void> => {
-        for (let done = 0; done < length; )
-          done += (await handle.write(buf, done, length - done, at + done)).bytesWritten;
-      };
       const flush = async (): Promise<void> => {
         // The last piece is padded to the alignment; the file is cut back to its true size after.
         const length = Math.ceil(filled / DIRECT_ALIGN) * DIRECT_ALIGN;
         stage.fill(0, filled, length);
-        await writeAll(stage, length, position);
+        await writeFully(handle, stage, length, position);
         position += filled;
         filled = 0;
       };
@@ -147,7 +143,7 @@ export class FileBlobStore implements BlobStore {
       const first = parts[0];
       if (first.byteOffset === 0 && this.aligned.has(first.buffer)) {
         const whole = first.length - (first.length % DIRECT_ALIGN);
-        await writeAll(first, whole, 0);
+        await writeFully(handle, first, whole, 0);
         position = whole;
         rest = [first.subarray(whole), ...parts.slice(1)];
       }
@@ -370,8 +366,7 @@ class StagedFileWriter implements BlobWriter {
 
   private async writeAt(buf: Buffer, length: number, position: number): Promise<void> {
     try {
-      for (let done = 0; done < length; )
-        done += (await this.handle.write(buf, done, length - done, position + done)).bytesWritten;
+      await writeFully(this.handle, buf, length, position);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
       // The filesystem opened the file with O_DIRECT but refuses direct writes: go on without it. The bytes
@@ -379,8 +374,7 @@ class StagedFileWriter implements BlobWriter {
       const buffered = await open(this.temp, constants.O_WRONLY);
       await this.handle.close();
       this.handle = buffered;
-      for (let done = 0; done < length; )
-        done += (await this.handle.write(buf, done, length - done, position + done)).bytesWritten;
+      await writeFully(this.handle, buf, length, position);
     }
   }
 
@@ -393,6 +387,12 @@ class StagedFileWriter implements BlobWriter {
     if (this.done) throw new RepositoryError("invalid-argument", `${this.final} was already committed or aborted`);
     if (this.failure) throw this.failure;
   }
+}
+
+/** Writes `length` bytes of `buf` at `position`, however many calls the kernel takes. */
+async function writeFully(handle: FileHandle, buf: Buffer, length: number, position: number): Promise<void> {
+  for (let done = 0; done < length; )
+    done += (await handle.write(buf, done, length - done, position + done)).bytesWritten;
 }
 
 /** Writes `parts` to a new file and fsyncs it; the file is removed if that fails. */
