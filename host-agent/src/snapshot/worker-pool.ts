@@ -310,22 +310,29 @@ function workerMain(
 ): void {
   const crypto = req("node:crypto") as typeof import("node:crypto");
   const workerThreads = req("node:worker_threads") as typeof import("node:worker_threads");
-  let lz4: { compressSync(d: Buffer): Buffer; uncompressSync(d: Buffer): Buffer };
-  if (lz4Module.endsWith(".node")) {
-    const mod = { exports: {} as typeof lz4 };
-    process.dlopen(mod, lz4Module);
-    lz4 = mod.exports;
-  } else {
-    lz4 = req(lz4Module);
-  }
+  // lz4-napi is the fallback where WebAssembly is missing: loaded on first use only (~20 ms and a few MiB a
+  // worker otherwise, at every start of the pool).
+  type Lz4Napi = { compressSync(d: Buffer): Buffer; uncompressSync(d: Buffer): Buffer };
+  let lz4: Lz4Napi | undefined;
+  const napi = (): Lz4Napi => {
+    if (lz4) return lz4;
+    if (lz4Module.endsWith(".node")) {
+      const mod = { exports: {} as Lz4Napi };
+      process.dlopen(mod, lz4Module);
+      lz4 = mod.exports;
+    } else {
+      lz4 = req(lz4Module) as Lz4Napi;
+    }
+    return lz4;
+  };
   const lz4Wasm = makeLz4Wasm(wasm.lz4);
   const codec = makeCodec({
     createHash: crypto.createHash,
     createCipheriv: crypto.createCipheriv,
     createDecipheriv: crypto.createDecipheriv,
     randomFillSync: crypto.randomFillSync,
-    compress: (d) => lz4.compressSync(d),
-    uncompress: (d) => lz4.uncompressSync(d),
+    compress: (d) => napi().compressSync(d),
+    uncompress: (d) => napi().uncompressSync(d),
     lz4Encoder: lz4Wasm?.encoder,
     lz4Decoder: lz4Wasm?.decoder,
   });
