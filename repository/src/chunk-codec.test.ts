@@ -145,6 +145,30 @@ describe("chunk codec", () => {
     }
   });
 
+  it("seals and opens chunks with the WebAssembly modules alone when it has them", () => {
+    // lz4-napi is then only the fallback: a codec whose lz4-napi calls fail still does everything.
+    const refuse = () => {
+      throw new Error("lz4-napi was called");
+    };
+    const wasmOnly = createChunkCodec({ ...codecDeps, compress: refuse, uncompress: refuse });
+    const text = Buffer.from("a line of a log, and another line of it\n".repeat(20_000));
+    const noise = randomBytes(300_000);
+    for (const plain of [text, noise, text.subarray(0, 1000)]) {
+      const { id, blob } = wasmOnly.sealChunk(key, plain);
+      expect(wasmOnly.verifyChunk(key, id, blob, plain.length)).toBeNull();
+      const opened = wasmOnly.openChunkBatch(
+        key,
+        blob,
+        Int32Array.from([0, blob.length]),
+        id,
+        Int32Array.from([plain.length]),
+      );
+      expect(opened.errors[0]).toBeNull();
+      expect(opened.out.subarray(0, plain.length).equals(plain)).toBe(true);
+    }
+    expect(wasmOnly.sealChunk(key, text).blob.length).toBeLessThan(text.length / 4);
+  });
+
   it("seals objects with DEFLATE, opens the LZ4 ones written before, and bounds what an object may hold", () => {
     // A manifest's worth of hex chunk ids: LZ4 cannot shrink hex, DEFLATE's Huffman coding halves it.
     const ids = Array.from({ length: 3000 }, () => randomBytes(32).toString("hex"));

@@ -302,6 +302,29 @@ describe.each(stores)("repository on %s", (_name, make) => {
   });
 });
 
+describe("repository on file://, writing packs", () => {
+  it("streams each pack into its file as it fills, never gathering one for put", async () => {
+    // A store that refuses packs through put: the writer must use openWriter for them.
+    class PacksOnlyStreamed extends FileBlobStore {
+      override async put(key: string, data: Buffer | readonly Buffer[], options?: { ifAbsent?: boolean }) {
+        if (key.startsWith("data/")) throw new Error(`pack ${key} was given to put whole`);
+        return super.put(key, data, options);
+      }
+    }
+    const store = new PacksOnlyStreamed(join(dir, "streamed-packs"));
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const chunks = Array.from({ length: 6 }, () => sealed(key, randomBytes(40_000)));
+    const writer = await repository.writer({ packSize: 64 * 1024 });
+    await writer.put(chunks);
+    const id = await writer.commit(sealManifest(key, manifestOf({ "a.bin": chunks })), meta);
+    expect(writer.stats.packs).toBeGreaterThan(1);
+    const check = await checkRepository(await Repository.open(store, key));
+    expect(check.problems).toEqual([]);
+    expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([id]);
+  });
+});
+
 describe("locks", () => {
   it("prune waits for a running writer, and ignores the lock of a process that died", async () => {
     const store = openBlobStore(pathToFileURL(join(dir, "locks")).href);
