@@ -392,7 +392,6 @@ async function engine(op: "create" | "restore", args: Record<string, unknown>, c
 
 // --- corpus -------------------------------------------------------------------------------------------
 
-/** Deterministic bytes that do not compress (AES-CTR keystream of a fixed key). */
 async function generateCorpus(root: string, total: number): Promise<Corpus> {
   await mkdir(join(root, "models"), { recursive: true });
   await mkdir(join(root, "checkpoints"), { recursive: true });

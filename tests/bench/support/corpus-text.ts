@@ -2,6 +2,7 @@
 // and Python-like text. Shared by the snapshot benchmark (files on disk) and the LZ4 one (chunks in memory).
 import { createCipheriv, createHash } from "node:crypto";
 
+/** Deterministic bytes that do not compress (AES-CTR keystream of a fixed key). */
 export function noise(seed: string, size: number): Buffer {
   const key = createHash("sha256").update(`noise:${seed}`).digest();
   const cipher = createCipheriv("aes-256-ctr", key, Buffer.alloc(16));
