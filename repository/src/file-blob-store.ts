@@ -102,8 +102,14 @@ export class FileBlobStore implements BlobStore {
       handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
     }
     const stages = [this.stages.pop() ?? alignedBuffer(STAGE_BYTES), this.stages.pop() ?? alignedBuffer(STAGE_BYTES)];
-    return new StagedFileWriter(handle, temp, final, stages, (stage) => {
-      if (this.stages.length < MAX_IDLE_STAGES) this.stages.push(stage);
+    return new StagedFileWriter(handle, temp, final, stages, {
+      giveBack: (stage) => {
+        if (this.stages.length < MAX_IDLE_STAGES) this.stages.push(stage);
+      },
+      // As in writeDirect: once the filesystem refuses a direct write, later writes do not try again.
+      directRefused: () => {
+        this.direct = false;
+      },
     });
   }
 
@@ -303,7 +309,7 @@ class StagedFileWriter implements BlobWriter {
     private readonly temp: string,
     private readonly final: string,
     stages: Buffer[],
-    private readonly giveBack: (stage: Buffer) => void,
+    private readonly store: { giveBack(stage: Buffer): void; directRefused(): void },
   ) {
     [this.stage, this.spare] = stages;
   }
@@ -371,6 +377,7 @@ class StagedFileWriter implements BlobWriter {
       if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
       // The filesystem opened the file with O_DIRECT but refuses direct writes: go on without it. The bytes
       // already written stay; rewriting this piece in full is harmless.
+      this.store.directRefused();
       const buffered = await open(this.temp, constants.O_WRONLY);
       await this.handle.close();
       this.handle = buffered;
@@ -379,8 +386,8 @@ class StagedFileWriter implements BlobWriter {
   }
 
   private release(): void {
-    this.giveBack(this.stage);
-    this.giveBack(this.spare);
+    this.store.giveBack(this.stage);
+    this.store.giveBack(this.spare);
   }
 
   private assertOpen(): void {
