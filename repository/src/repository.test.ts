@@ -222,29 +222,58 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const { repository } = await Repository.openOrInit(store, key);
     const good = sealed(key, randomBytes(30_000));
     const victim = sealed(key, randomBytes(30_000));
+    const last = sealed(key, randomBytes(40_000));
     const writer = await repository.writer({ packSize: 20_000 }); // one chunk per pack
-    await writer.put([good, victim]);
+    await writer.put([good, victim, last]);
     const id = await writer.commit(
-      sealManifest(key, manifestOf({ "ok.bin": [good], "d/broken file.bin": [victim] })),
+      sealManifest(key, manifestOf({ "ok.bin": [good], "d/broken file.bin": [victim], "last.bin": [last] })),
       meta,
     );
     const index = await repository.loadIndex();
-    const packId = index.get(victim.id)!.packId;
-    const pack = await store.get(packKey(packId));
-    pack[100] ^= 0xff;
-    await store.put(packKey(packId), pack);
+    const packOf = (c: SealedChunk) => index.get(c.id)!.packId;
+    const damage = async (c: SealedChunk) => {
+      const pack = await store.get(packKey(packOf(c)));
+      pack[100] ^= 0xff;
+      await store.put(packKey(packOf(c)), pack);
+    };
+    await damage(victim);
 
     const report = await checkRepository(repository);
     expect(report.ok).toBe(false);
-    const problem = report.problems.find((p) => p.kind === "chunk-corrupt")!;
-    expect(problem.pack).toBe(packId);
-    expect(problem.chunk).toBe(victim.hex);
+    expect(report.problems.map((p) => p.chunk)).toEqual([victim.hex]); // the packs on either side are sound
+    const problem = report.problems[0];
+    expect(problem.kind).toBe("chunk-corrupt");
+    expect(problem.pack).toBe(packOf(victim));
     expect(problem.files).toEqual([{ snapshot: id, path: "d/broken file.bin" }]);
     expect(problem.message).toMatch(/"d\/broken file\.bin"/);
 
-    await store.delete(packKey(packId));
+    // Packs are read ahead of the one being checked: a missing pack in between must not shift what is
+    // checked against what, and a damaged pack after it is still found.
+    await store.delete(packKey(packOf(victim)));
+    await damage(last);
     const report2 = await checkRepository(repository);
-    expect(report2.problems.map((p) => p.kind)).toEqual(["pack-missing"]);
+    expect(report2.problems.map((p) => [p.kind, p.files?.[0]?.path])).toEqual([
+      ["pack-missing", "d/broken file.bin"],
+      ["chunk-corrupt", "last.bin"],
+    ]);
+
+    // A pack that cannot be read is named with the files it breaks; the others are checked all the same.
+    const failing: BlobStore = Object.create(store, {
+      getRange: {
+        value: (k: string, offset: number, length: number, into?: Buffer) =>
+          k === packKey(packOf(good))
+            ? Promise.reject(new Error("disk on fire"))
+            : store.getRange(k, offset, length, into),
+      },
+    });
+    const report3 = await checkRepository(await Repository.open(failing, key));
+    // (Packs are checked in the index's order, not the order they were written in.)
+    expect(report3.problems.map((p) => [p.kind, p.files?.[0]?.path]).sort()).toEqual([
+      ["chunk-corrupt", "last.bin"],
+      ["pack-missing", "d/broken file.bin"],
+      ["pack-unreadable", "ok.bin"],
+    ]);
+    expect(report3.problems.find((p) => p.kind === "pack-unreadable")!.message).toMatch(/disk on fire/);
     await store.close();
   });
 
