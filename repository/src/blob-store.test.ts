@@ -1,9 +1,11 @@
 // One suite, two stores: the local directory and a real S3-compatible server (s3rver) on loopback.
+import { closeSync, constants, existsSync, openSync } from "node:fs";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { alignedBuffer, alignedMemory, isPageAligned, PAGE } from "./aligned-memory.js";
 import type { BlobStore } from "./blob-store.js";
 import { isRepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
@@ -164,6 +166,80 @@ describe("file blob store, large objects (O_DIRECT where the filesystem allows)"
     expect(await store.stat("data/dropped")).toBeUndefined();
     // No temp file is left behind either (list skips them, so look at the directory itself).
     expect((await readdir(join(dir, "streamed", "data"))).sort()).toEqual(["empty", "pack", "stages"]);
+  });
+
+  it("reads ranges into page-aligned memory around the page cache, byte for byte", async () => {
+    const store = new FileBlobStore(join(dir, "ranges"));
+    const size = 3 * 1024 * 1024 + 1234;
+    const object = pattern(size, 9);
+    await store.put("data/obj", object);
+    // Whether this filesystem takes O_DIRECT at all (tmpfs does not): the reads are right either way.
+    let direct = false;
+    try {
+      closeSync(openSync(join(dir, "ranges", "data", "obj"), constants.O_RDONLY | constants.O_DIRECT));
+      direct = true;
+    } catch {}
+    const ranges: [number, number][] = [
+      [0, size],
+      [1, 4095],
+      [4095, 2],
+      [5000, 1024 * 1024 + 7],
+      [size - 10, 10],
+      [size - PAGE - 3, PAGE + 3],
+      [2 * PAGE, PAGE],
+    ];
+    for (const [offset, length] of ranges) {
+      const what = `${length} bytes at ${offset}`;
+      const into = alignedBuffer(length + 2 * PAGE);
+      const got = await store.getRange("data/obj", offset, length, into);
+      expect(got.equals(object.subarray(offset, offset + length)), what).toBe(true);
+      expect(got.buffer, what).toBe(into.buffer);
+      // Read with O_DIRECT, the range sits at its offset within its first page of `into`.
+      if (direct) expect(got.byteOffset - into.byteOffset, what).toBe(offset % PAGE);
+      // Memory that is not page-aligned, or too small to widen the read to whole pages: read as before.
+      for (const other of [Buffer.alloc(length + 2 * PAGE), into.subarray(1), alignedBuffer(length)]) {
+        const again = await store.getRange("data/obj", offset, length, other);
+        expect(again.equals(object.subarray(offset, offset + length)), what).toBe(true);
+      }
+    }
+    // A filesystem that refuses O_DIRECT (tmpfs, where there is one): the store reads through the cache.
+    if (existsSync("/dev/shm")) {
+      const shm = await mkdtemp("/dev/shm/dumont-store-");
+      try {
+        const onTmpfs = new FileBlobStore(shm);
+        await onTmpfs.put("data/obj", object);
+        for (let i = 0; i < 2; i++) {
+          const got = await onTmpfs.getRange("data/obj", 5000, 70_000, alignedBuffer(70_000 + 2 * PAGE));
+          expect(got.equals(object.subarray(5000, 75_000))).toBe(true);
+        }
+      } finally {
+        await rm(shm, { recursive: true, force: true });
+      }
+    }
+    // Past the end: refused, as without `into`.
+    await expect(store.getRange("data/obj", size - 5, 10, alignedBuffer(10 + 2 * PAGE))).rejects.toSatisfy((e) =>
+      isRepositoryError(e, "corrupt"),
+    );
+    await expect(store.getRange("data/none", 0, 10, alignedBuffer(10 + 2 * PAGE))).rejects.toSatisfy((e) =>
+      isRepositoryError(e, "not-found"),
+    );
+  });
+});
+
+describe("aligned memory", () => {
+  it("is remembered as page-aligned, shared or not; views off a page boundary and other memory are not", () => {
+    const plain = alignedMemory(100_000);
+    const shared = alignedMemory(100_000, { shared: true });
+    expect(plain).toBeInstanceOf(ArrayBuffer);
+    expect(shared).toBeInstanceOf(SharedArrayBuffer);
+    for (const memory of [plain, shared]) {
+      expect(memory.byteLength).toBe(131_072); // whole 64 KiB pages
+      expect(isPageAligned(Buffer.from(memory))).toBe(true);
+      expect(isPageAligned(Buffer.from(memory, PAGE, 10))).toBe(true);
+      expect(isPageAligned(Buffer.from(memory, 16, 10))).toBe(false);
+    }
+    expect(isPageAligned(Buffer.allocUnsafeSlow(PAGE))).toBe(false);
+    expect(isPageAligned(Buffer.from(new SharedArrayBuffer(PAGE)))).toBe(false);
   });
 });
 

@@ -13,10 +13,12 @@ export class BufferPool {
   /**
    * @param size the usual request; smaller requests get a buffer of this size, larger ones their own size.
    * @param keep at most this many buffers wait in the pool; more given back are left to the collector.
+   * @param allocate makes a new buffer (page-aligned ones for O_DIRECT reads: alignedBuffer).
    */
   constructor(
     readonly size: number,
     private readonly keep: number,
+    private readonly allocate: (size: number) => Buffer = (n) => Buffer.allocUnsafeSlow(n),
   ) {
     if (!(Number.isInteger(size) && size > 0))
       throw new Error(`pool buffer size must be a positive integer, got ${size}`);
@@ -33,7 +35,7 @@ export class BufferPool {
         return buffer;
       }
     }
-    const buffer = Buffer.allocUnsafeSlow(Math.max(size, this.size));
+    const buffer = this.allocate(Math.max(size, this.size));
     this.owned.add(buffer.buffer);
     return buffer;
   }

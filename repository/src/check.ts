@@ -1,6 +1,7 @@
 // Verifies a repository end to end: every index object, snapshot and manifest opens; every referenced chunk
 // is indexed; and (by default) every chunk of every pack decrypts and hashes to its id. Each problem names
 // the pack, the chunk and the snapshot files it affects.
+import { alignedBuffer, PAGE } from "./aligned-memory.js";
 import { isRepositoryError } from "./errors.js";
 import { openPackTrailer, packKey } from "./pack.js";
 import type { Repository } from "./repository.js";
@@ -166,7 +167,8 @@ class PackReads {
 
   async start(pack: { packId: string; packSize: number }): Promise<PackRead> {
     let buffer = this.idle.pop();
-    if (!buffer || buffer.length < pack.packSize) buffer = Buffer.allocUnsafeSlow(pack.packSize);
+    // Page-aligned with room for the last page: the file store then reads around the page cache.
+    if (!buffer || buffer.length < pack.packSize + PAGE) buffer = alignedBuffer(pack.packSize + PAGE);
     try {
       return { pack: await this.repository.store.getRange(packKey(pack.packId), 0, pack.packSize, buffer), buffer };
     } catch (err) {

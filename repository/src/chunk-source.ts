@@ -1,5 +1,6 @@
 // Reads sealed chunks out of packs for restore: the ChunkSource of direct mode (and of the control plane
 // when it streams a restore to an agent). Neighbouring chunks of a pack are fetched in one ranged read.
+import { PAGE } from "./aligned-memory.js";
 import { packKey } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
 import type { RepositoryIndex } from "./repository-index.js";
@@ -8,7 +9,10 @@ import type { ChunkBuffers, ChunkSource, FetchedChunk } from "./transfer.js";
 export interface ChunkSourceOptions {
   /** Ranged reads kept in flight ahead of the consumer (default 4). */
   readAhead?: number;
-  /** Largest single ranged read (default 8 MiB). */
+  /**
+   * Largest single ranged read, with the room to widen it to whole pages (default 8 MiB): a read buffer of
+   * this size always does. A store may then read around the page cache (FileBlobStore.getRange).
+   */
   maxRead?: number;
   /** Unneeded bytes between two chunks worth reading over instead of issuing a second request (default 1 MiB). */
   maxGap?: number;
@@ -18,6 +22,9 @@ export interface ChunkSourceOptions {
    */
   readBuffers?: ChunkBuffers;
 }
+
+/** What widening a read to whole pages can add: part of a page before it and part of one after. */
+const READ_SLACK = 2 * PAGE;
 
 interface PlannedRead {
   packId: string;
@@ -39,7 +46,7 @@ export class RepositoryChunkSource implements ChunkSource {
   }
 
   async *get(ids: Buffer[]): AsyncIterable<FetchedChunk> {
-    const maxRead = this.options.maxRead ?? 8 * 1024 * 1024;
+    const maxRead = (this.options.maxRead ?? 8 * 1024 * 1024) - READ_SLACK;
     const maxGap = this.options.maxGap ?? 1024 * 1024;
     const byPack = new Map<string, { id: Buffer; offset: number; length: number }[]>();
     const seen = new Set<string>();
@@ -78,7 +85,7 @@ export class RepositoryChunkSource implements ChunkSource {
     const { readBuffers } = this.options;
     const fetchRead = (read: PlannedRead): Promise<Buffer | Error> => {
       const length = read.end - read.start;
-      const into = readBuffers?.allocate(length).subarray(0, length);
+      const into = readBuffers?.allocate(length + READ_SLACK);
       return store.getRange(packKey(read.packId), read.start, length, into).then(
         (got) => {
           if (into && got.buffer !== into.buffer) readBuffers!.release(into);

@@ -8,6 +8,7 @@ import { constants, type Dirent } from "node:fs";
 import { link, mkdir, open, readdir, rename, stat, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { pathToFileURL } from "node:url";
+import { alignedBuffer, isPageAligned, PAGE } from "./aligned-memory.js";
 import { discardTemp, syncDirectory } from "./atomic-file.js";
 import { assertBlobKey, type BlobInfo, type BlobStore, type BlobWriter } from "./blob-store.js";
 import { RepositoryError } from "./errors.js";
@@ -15,8 +16,6 @@ import { RepositoryError } from "./errors.js";
 const TEMP_PREFIX = ".tmp-";
 /** Objects at least this large are written with O_DIRECT (when the platform and filesystem allow it). */
 const DIRECT_MIN = 1024 * 1024;
-/** O_DIRECT wants the memory, the length and the file offset aligned; 4096 covers every common device. */
-const DIRECT_ALIGN = 4096;
 const STAGE_BYTES = 4 * 1024 * 1024;
 /** Stages kept for reuse: two for each of a writer's packs in flight (one filling, three finishing). */
 const MAX_IDLE_STAGES = 8;
@@ -30,8 +29,8 @@ export class FileBlobStore implements BlobStore {
   /** False once the filesystem refused O_DIRECT; every write is buffered from then on. */
   private direct = constants.O_DIRECT !== undefined && process.platform === "linux";
   private readonly stages: Buffer[] = [];
-  /** Memory this store handed out with `allocate`: page-aligned, so it can be written without staging. */
-  private readonly aligned = new WeakSet<ArrayBufferLike>();
+  /** False once the filesystem refused an O_DIRECT read; ranged reads are buffered from then on. */
+  private directReads = this.direct;
 
   constructor(readonly root: string) {
     this.url = pathToFileURL(root).href;
@@ -114,9 +113,7 @@ export class FileBlobStore implements BlobStore {
   }
 
   allocate(size: number): Buffer {
-    const buf = alignedBuffer(size);
-    this.aligned.add(buf.buffer);
-    return buf;
+    return alignedBuffer(size);
   }
 
   /**
@@ -138,7 +135,7 @@ export class FileBlobStore implements BlobStore {
       let position = 0;
       const flush = async (): Promise<void> => {
         // The last piece is padded to the alignment; the file is cut back to its true size after.
-        const length = Math.ceil(filled / DIRECT_ALIGN) * DIRECT_ALIGN;
+        const length = Math.ceil(filled / PAGE) * PAGE;
         stage.fill(0, filled, length);
         await writeFully(handle, stage, length, position);
         position += filled;
@@ -147,8 +144,8 @@ export class FileBlobStore implements BlobStore {
       let rest = parts;
       // A first part in memory from `allocate` goes to disk as it is, up to its last whole block.
       const first = parts[0];
-      if (first.byteOffset === 0 && this.aligned.has(first.buffer)) {
-        const whole = first.length - (first.length % DIRECT_ALIGN);
+      if (isPageAligned(first)) {
+        const whole = first.length - (first.length % PAGE);
         await writeFully(handle, first, whole, 0);
         position = whole;
         rest = [first.subarray(whole), ...parts.slice(1)];
@@ -162,7 +159,7 @@ export class FileBlobStore implements BlobStore {
         }
       }
       if (filled > 0) await flush();
-      if (size % DIRECT_ALIGN !== 0) await handle.truncate(size); // drop the padding of the last block
+      if (size % PAGE !== 0) await handle.truncate(size); // drop the padding of the last block
       await handle.sync();
     } catch (err) {
       await discardTemp(handle, temp);
@@ -195,8 +192,32 @@ export class FileBlobStore implements BlobStore {
     }
   }
 
+  /**
+   * Into page-aligned memory (see aligned-memory.ts) with room for the range widened to whole pages, the read
+   * goes around the page cache with O_DIRECT: pack bytes are read once per restore or check, so copying them
+   * out of the cache costs CPU (0.45 s per 800 MB on the dev VM) and evicts the host's own cached files. The
+   * result is then a view into `into` at the range's offset within its first page.
+   */
   async getRange(key: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const path = this.path(key);
+    if (into && this.directReads && isPageAligned(into)) {
+      const start = offset - (offset % PAGE);
+      const span = Math.ceil((offset + length) / PAGE) * PAGE - start;
+      if (into.length >= span) {
+        const handle = await this.openDirect(path, key);
+        if (handle) {
+          try {
+            await readFully(handle, into, 0, offset + length - start, start, this.url, key, span);
+            return into.subarray(offset - start, offset - start + length);
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
+            this.directReads = false; // opened with O_DIRECT, but direct reads refused: buffered from now on
+          } finally {
+            await handle.close();
+          }
+        }
+      }
+    }
     let handle: Awaited<ReturnType<typeof open>>;
     try {
       handle = await open(path, constants.O_RDONLY);
@@ -209,6 +230,17 @@ export class FileBlobStore implements BlobStore {
       return buf;
     } finally {
       await handle.close();
+    }
+  }
+
+  /** The object opened for O_DIRECT reads, or undefined (and no more tries) where the filesystem refuses. */
+  private async openDirect(path: string, key: string): Promise<FileHandle | undefined> {
+    try {
+      return await open(path, constants.O_RDONLY | DIRECT);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw notFound(this.url, key, err);
+      this.directReads = false;
+      return undefined;
     }
   }
 
@@ -332,7 +364,7 @@ class StagedFileWriter implements BlobWriter {
       if (this.filled > 0) await this.flushStage();
       await this.inFlight;
       if (this.failure) throw this.failure;
-      if (this.written % DIRECT_ALIGN !== 0) await this.handle.truncate(this.written); // the last block's padding
+      if (this.written % PAGE !== 0) await this.handle.truncate(this.written); // the last block's padding
       await this.handle.sync();
       await this.handle.close();
       await rename(this.temp, this.final);
@@ -358,7 +390,7 @@ class StagedFileWriter implements BlobWriter {
     await this.inFlight;
     if (this.failure) throw this.failure;
     const stage = this.stage;
-    const length = Math.ceil(this.filled / DIRECT_ALIGN) * DIRECT_ALIGN;
+    const length = Math.ceil(this.filled / PAGE) * PAGE;
     stage.fill(0, this.filled, length);
     const position = this.written;
     this.written += this.filled;
@@ -430,18 +462,9 @@ async function writeBuffered(temp: string, parts: readonly Buffer[]): Promise<vo
 }
 
 /**
- * Page-aligned memory, which O_DIRECT needs: the memory of a WebAssembly instance starts on a page boundary
- * (a Buffer from the allocator is only 16-byte aligned).
+ * Reads `length` bytes at `position` into buf[at...]. With `request` (O_DIRECT: whole pages), each read asks
+ * for the rest of `request` bytes; a short read then only means the end of the file.
  */
-function alignedBuffer(size: number): Buffer {
-  // Typed here: the project's lib settings do not include the WebAssembly declarations.
-  const wasm = (
-    globalThis as unknown as { WebAssembly: { Memory: new (d: { initial: number }) => { buffer: ArrayBuffer } } }
-  ).WebAssembly;
-  const memory = new wasm.Memory({ initial: Math.ceil(size / 65536) });
-  return Buffer.from(memory.buffer, 0, size);
-}
-
 async function readFully(
   handle: Awaited<ReturnType<typeof open>>,
   buf: Buffer,
@@ -450,10 +473,11 @@ async function readFully(
   position: number,
   url: string,
   key: string,
+  request = length,
 ): Promise<void> {
   let done = 0;
   while (done < length) {
-    const { bytesRead } = await handle.read(buf, at + done, length - done, position + done);
+    const { bytesRead } = await handle.read(buf, at + done, request - done, position + done);
     if (bytesRead === 0) {
       throw new RepositoryError(
         "corrupt",

@@ -2,6 +2,7 @@
 // AES-256-GCM + LZ4 sealing) over a BlobStore (file:// or s3://). Shared by the agent's direct mode and the
 // control plane. The format is documented in ../FORMAT.md.
 
+export { alignedBuffer, alignedMemory, isPageAligned, PAGE } from "./aligned-memory.js";
 export { writeFileAtomic } from "./atomic-file.js";
 export type { BlobInfo, BlobStore, BlobWriter } from "./blob-store.js";
 export { BufferPool } from "./buffer-pool.js";

@@ -15,6 +15,7 @@ import {
   type WireChunk,
 } from "@dumont/proto";
 import {
+  alignedBuffer,
   type BlobStore,
   BufferPool,
   chunkArrivedDamaged,
@@ -281,7 +282,8 @@ export class SnapshotCoordinator {
     const repository = await this.repository(req.snapshot.tenant_id, key);
     const index = await repository.loadIndex({ into: this.index(req.snapshot.tenant_id) });
     // Pack reads and outgoing messages reuse a few buffers for the whole restore (see BufferPool).
-    const reads = new BufferPool(RESTORE_READ_BYTES, RESTORE_READ_AHEAD + 2);
+    // Page-aligned, so the file store reads packs into them around the page cache (FileBlobStore.getRange).
+    const reads = new BufferPool(RESTORE_READ_BYTES, RESTORE_READ_AHEAD + 2, alignedBuffer);
     const pools: RestorePools = { reads, messages: new BufferPool(STREAM_MESSAGE_BUFFER_BYTES, STREAM_BUFFERS_KEPT) };
     const source: RepositoryChunkSource = await repository.chunkSource({
       index,

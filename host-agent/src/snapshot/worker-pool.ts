@@ -13,6 +13,7 @@ import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import {
+  alignedMemory,
   type ChunkBuffers,
   chunkCodec,
   createChunkCodec,
@@ -564,7 +565,8 @@ export class SnapshotWorkerPool {
       if (len >= size && (best < 0 || len < this.idleShared[best].byteLength)) best = i;
     }
     if (best >= 0) return Buffer.from(this.idleShared.splice(best, 1)[0], 0, size);
-    const shared = new SharedArrayBuffer(Math.max(SHARED_STEP, Math.ceil(size / SHARED_STEP) * SHARED_STEP));
+    // Page-aligned: packs are read into these with O_DIRECT (FileBlobStore.getRange).
+    const shared = alignedMemory(Math.max(SHARED_STEP, Math.ceil(size / SHARED_STEP) * SHARED_STEP), { shared: true });
     const id = ++this.nextSharedId;
     this.sharedIds.set(shared, id);
     // Messages to a worker arrive in order: it knows the buffer before any request names it.

@@ -1,0 +1,53 @@
+// Page-aligned memory, which O_DIRECT reads and writes need. A Buffer from Node's allocator is only 16-byte
+// aligned, and JavaScript cannot see an address; the memory of a WebAssembly instance starts on a page
+// boundary, so memory made here is a WebAssembly memory's, and remembered: `isPageAligned` is how a store
+// knows it may read into a buffer with O_DIRECT.
+
+/** The alignment O_DIRECT asks of memory, file offsets and lengths; 4096 covers every common device. */
+export const PAGE = 4096;
+const WASM_PAGE = 65536;
+
+const aligned = new WeakSet<ArrayBufferLike>();
+
+// Typed here: the project's lib settings do not include the WebAssembly declarations.
+type MemoryConstructor = new (d: {
+  initial: number;
+  maximum?: number;
+  shared?: boolean;
+}) => {
+  buffer: ArrayBuffer | SharedArrayBuffer;
+};
+
+/**
+ * At least `size` bytes (rounded up to 64 KiB) starting on a page boundary; shared between threads with
+ * `shared`. Where no WebAssembly memory can be had (no WebAssembly, or V8's address space for such memories
+ * is used up: each reserves guard pages), the memory is ordinary and `isPageAligned` says so.
+ */
+export function alignedMemory(size: number, options: { shared: true }): SharedArrayBuffer;
+export function alignedMemory(size: number, options?: { shared?: false }): ArrayBuffer;
+export function alignedMemory(size: number, options: { shared?: boolean } = {}): ArrayBuffer | SharedArrayBuffer {
+  const pages = Math.max(1, Math.ceil(size / WASM_PAGE));
+  const Memory = (globalThis as unknown as { WebAssembly?: { Memory: MemoryConstructor } }).WebAssembly?.Memory;
+  if (Memory) {
+    try {
+      const { buffer } = options.shared
+        ? new Memory({ initial: pages, maximum: pages, shared: true })
+        : new Memory({ initial: pages });
+      aligned.add(buffer);
+      return buffer;
+    } catch {
+      // fall through to ordinary memory
+    }
+  }
+  return options.shared ? new SharedArrayBuffer(pages * WASM_PAGE) : new ArrayBuffer(pages * WASM_PAGE);
+}
+
+/** A Buffer of exactly `size` bytes over page-aligned memory (see alignedMemory). */
+export function alignedBuffer(size: number): Buffer {
+  return Buffer.from(alignedMemory(size), 0, size);
+}
+
+/** Whether `buf` starts on a page boundary of memory made by alignedMemory. */
+export function isPageAligned(buf: Uint8Array): boolean {
+  return aligned.has(buf.buffer) && buf.byteOffset % PAGE === 0;
+}
