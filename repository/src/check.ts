@@ -173,7 +173,7 @@ class PackReads {
       return { pack: await this.repository.store.getRange(packKey(pack.packId), 0, pack.packSize, buffer), buffer };
     } catch (err) {
       this.idle.push(buffer);
-      return { error: err as Error };
+      return { error: err instanceof Error ? err : new Error(String(err)) };
     }
   }
 
