@@ -102,7 +102,14 @@ interface Destination {
   length: number;
 }
 
-const WINDOW_FILES = 512;
+/**
+ * A window of the restore holds at most this many files that are opened here (those of more than one chunk:
+ * each holds a file descriptor or two until it is whole), this many files in all, and about this many bytes.
+ * One-chunk files are created and finished by the worker that writes them, so many fit in a window: they
+ * are then written alongside the large files (see `interleave`).
+ */
+const WINDOW_OPEN_FILES = 512;
+const WINDOW_FILES = 16384;
 const WINDOW_BYTES = 1024 * 1024 * 1024;
 const TASK_BYTES = 8 * 1024 * 1024;
 /**
@@ -151,7 +158,14 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
     while (start < files.length) {
       let end = start;
       let bytes = 0;
-      while (end < files.length && end - start < WINDOW_FILES && (bytes < WINDOW_BYTES || end === start)) {
+      let opened = 0;
+      while (
+        end < files.length &&
+        end - start < WINDOW_FILES &&
+        opened < WINDOW_OPEN_FILES &&
+        (bytes < WINDOW_BYTES || end === start)
+      ) {
+        if (files[end].chunks.length !== 1) opened++;
         bytes += files[end].size;
         end++;
       }
@@ -422,7 +436,7 @@ async function restoreWindow(
     };
 
     try {
-      const ids = [...destinations.keys()].map((hex) => Buffer.from(hex, "hex"));
+      const ids = interleave(states, destinations).map((hex) => Buffer.from(hex, "hex"));
       for await (const fetched of options.source.get(ids)) {
         options.signal?.throwIfAborted();
         const hex = fetched.id.toString("hex");
@@ -484,6 +498,56 @@ async function restoreWindow(
       await state.handle?.close().catch(() => {});
     }
   }
+}
+
+/**
+ * The window's chunk ids in the order to fetch them: those of one-chunk files spread evenly, by bytes, among
+ * those of larger files, rather than after them. Creating small files is work for the CPU and the
+ * filesystem's metadata (about 0.2 ms a file on the dev VM, most of it in ext4's inode allocation), while
+ * large files are written with O_DIRECT, which leaves the CPU waiting on the disk; in manifest order a
+ * workspace's source tree came last and its 2,000 files took 0.4 s of a 3 s restore on their own. The
+ * source fetches packs in the order their chunks first appear, so this mixes the packs as well.
+ */
+function interleave(states: FileState[], destinations: Map<string, Destination[]>): string[] {
+  const small: string[] = [];
+  const large: string[] = [];
+  let smallBytes = 0;
+  let largeBytes = 0;
+  const seen = new Set<string>();
+  for (const state of states) {
+    for (const hex of state.entry.chunks) {
+      if (seen.has(hex)) continue;
+      seen.add(hex);
+      const bytes = destinations.get(hex)?.[0]?.length ?? 0;
+      if (state.byWorker) {
+        small.push(hex);
+        smallBytes += bytes;
+      } else {
+        large.push(hex);
+        largeBytes += bytes;
+      }
+    }
+  }
+  if (small.length === 0 || large.length === 0) return large.length === 0 ? small : large;
+  const out: string[] = [];
+  let i = 0;
+  let j = 0;
+  let doneSmall = 0;
+  let doneLarge = 0;
+  // Take from whichever list is behind, as a share of its own bytes (+1: empty chunks move on too).
+  while (i < small.length || j < large.length) {
+    const takeSmall =
+      j === large.length ||
+      (i < small.length && (doneSmall + 1) * (largeBytes + 1) <= (doneLarge + 1) * (smallBytes + 1));
+    if (takeSmall) {
+      out.push(small[i]);
+      doneSmall += destinations.get(small[i++])?.[0]?.length ?? 0;
+    } else {
+      out.push(large[j]);
+      doneLarge += destinations.get(large[j++])?.[0]?.length ?? 0;
+    }
+  }
+  return out;
 }
 
 /** Files a worker creates, and plain bytes it writes, in one part of a batch (see `splitBatch`). */

@@ -1,6 +1,6 @@
 // Snapshot create/restore end to end, on a local repository and on a real S3 server (s3rver) on loopback.
 import { spawn } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import {
   appendFile,
@@ -357,6 +357,44 @@ describe("snapshot engine", () => {
     expect(Math.max(...parts.map((c) => c.chunks))).toBeLessThanOrEqual(64);
     expect(parts.reduce((sum, c) => sum + c.chunks, 0)).toBe(300);
     expect(early, "parts still reading a buffer when it was recycled").toEqual([]);
+  });
+
+  it("fetches small files' chunks spread among the large files', in one window past 512 files", async () => {
+    // Manifest order puts the two large files ("a-…") first and 600 one-chunk files ("z/…") after them.
+    const source = fresh("src");
+    await mkdir(join(source, "z"), { recursive: true });
+    await writeFile(join(source, "a-weights.bin"), randomBytes(3 * 1024 * 1024));
+    await writeFile(join(source, "a-log.txt"), "step 1 loss 0.5\n".repeat(100_000));
+    for (let i = 0; i < 600; i++) await writeFile(join(source, "z", `f${i}.py`), `x = ${i}\n`.repeat(50 + i));
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+
+    const repository = await Repository.open(openBlobStore(repo), key);
+    const inner = await repository.chunkSource();
+    const asked: Buffer[][] = [];
+    const recording: ChunkSource = {
+      readManifest: (id) => inner.readManifest(id),
+      get: (ids) => {
+        asked.push(ids);
+        return inner.get(ids);
+      },
+    };
+    const target = fresh("restored");
+    await restoreSnapshot({ snapshotId: created.id, source: recording, key, target, pool });
+    expect(await describeTree(target)).toEqual(await describeTree(source));
+
+    expect(asked.length).toBe(1); // 602 files, two of them opened here: one window
+    const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
+    const small = new Set<string>();
+    for (const e of manifest.entries) if (e.type === "file" && e.path.startsWith("z/")) small.add(e.chunks[0]);
+    const kinds = asked[0].map((id) => small.has(id.toString("hex")));
+    expect(kinds.filter(Boolean).length).toBe(small.size);
+    // Spread, not appended: each quarter of the order holds chunks of both kinds.
+    for (let q = 0; q < 4; q++) {
+      const quarter = kinds.slice((q * kinds.length) / 4, ((q + 1) * kinds.length) / 4);
+      expect(quarter.includes(true) && quarter.includes(false), `quarter ${q + 1}`).toBe(true);
+    }
   });
 
   it("works without worker threads too", async () => {
