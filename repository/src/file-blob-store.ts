@@ -2,7 +2,7 @@
 // either the whole object or nothing. Large objects (packs) are written with O_DIRECT where the filesystem
 // allows it: a pack is written once and read rarely, so copying it through the page cache only costs CPU
 // (measured on the dev VM: 0.15 s of system time per 800 MiB direct, 0.3 to 1.3 s buffered) and evicts the
-// workload's own cached files.
+// workload's own cached files. Ranged reads into page-aligned memory skip the cache the same way (getRange).
 import { randomBytes } from "node:crypto";
 import { constants, type Dirent } from "node:fs";
 import { link, mkdir, open, readdir, rename, stat, unlink } from "node:fs/promises";
