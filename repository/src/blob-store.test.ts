@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { alignedBuffer, alignedMemory, isPageAligned, PAGE } from "./aligned-memory.js";
+import { alignedBuffer, PAGE } from "./aligned-memory.js";
 import type { BlobStore } from "./blob-store.js";
 import { isRepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
@@ -223,23 +223,6 @@ describe("file blob store, large objects (O_DIRECT where the filesystem allows)"
     await expect(store.getRange("data/none", 0, 10, alignedBuffer(10 + 2 * PAGE))).rejects.toSatisfy((e) =>
       isRepositoryError(e, "not-found"),
     );
-  });
-});
-
-describe("aligned memory", () => {
-  it("is remembered as page-aligned, shared or not; views off a page boundary and other memory are not", () => {
-    const plain = alignedMemory(100_000);
-    const shared = alignedMemory(100_000, { shared: true });
-    expect(plain).toBeInstanceOf(ArrayBuffer);
-    expect(shared).toBeInstanceOf(SharedArrayBuffer);
-    for (const memory of [plain, shared]) {
-      expect(memory.byteLength).toBe(131_072); // whole 64 KiB pages
-      expect(isPageAligned(Buffer.from(memory))).toBe(true);
-      expect(isPageAligned(Buffer.from(memory, PAGE, 10))).toBe(true);
-      expect(isPageAligned(Buffer.from(memory, 16, 10))).toBe(false);
-    }
-    expect(isPageAligned(Buffer.allocUnsafeSlow(PAGE))).toBe(false);
-    expect(isPageAligned(Buffer.from(new SharedArrayBuffer(PAGE)))).toBe(false);
   });
 });
 

@@ -87,7 +87,9 @@ export class FileBlobStore implements BlobStore {
    */
   async openWriter(key: string): Promise<BlobWriter> {
     const { final, temp } = await this.placeFor(key);
-    const direct = this.direct;
+    const stages = [this.stages.pop() ?? alignedBuffer(STAGE_BYTES), this.stages.pop() ?? alignedBuffer(STAGE_BYTES)];
+    // Stages are ordinary memory only when no more page-aligned memory could be had: buffered, this once.
+    const direct = this.direct && stages.every(isPageAligned);
     let handle: FileHandle;
     try {
       handle = await open(
@@ -96,14 +98,17 @@ export class FileBlobStore implements BlobStore {
         0o644,
       );
     } catch (err) {
-      if (!direct || (err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
+      if (!direct || (err as NodeJS.ErrnoException).code !== "EINVAL") {
+        for (const stage of stages)
+          if (this.stages.length < MAX_IDLE_STAGES && isPageAligned(stage)) this.stages.push(stage);
+        throw err;
+      }
       this.direct = false;
       handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
     }
-    const stages = [this.stages.pop() ?? alignedBuffer(STAGE_BYTES), this.stages.pop() ?? alignedBuffer(STAGE_BYTES)];
     return new StagedFileWriter(handle, temp, final, stages, {
       giveBack: (stage) => {
-        if (this.stages.length < MAX_IDLE_STAGES) this.stages.push(stage);
+        if (this.stages.length < MAX_IDLE_STAGES && isPageAligned(stage)) this.stages.push(stage);
       },
       // As in writeDirect: once the filesystem refuses a direct write, later writes do not try again.
       directRefused: () => {
@@ -121,15 +126,18 @@ export class FileBlobStore implements BlobStore {
    * Returns false, leaving no file behind, when the filesystem refuses O_DIRECT (the caller writes buffered).
    */
   private async writeDirect(temp: string, parts: readonly Buffer[], size: number): Promise<boolean> {
+    const stage = this.stages.pop() ?? alignedBuffer(STAGE_BYTES);
+    // Ordinary memory only when no more page-aligned memory could be had: buffered, this once.
+    if (!isPageAligned(stage)) return false;
     let handle: Awaited<ReturnType<typeof open>>;
     try {
       handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DIRECT, 0o644);
     } catch (err) {
+      if (this.stages.length < MAX_IDLE_STAGES) this.stages.push(stage);
       if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
       this.direct = false;
       return false;
     }
-    const stage = this.stages.pop() ?? alignedBuffer(STAGE_BYTES);
     try {
       let filled = 0;
       let position = 0;
