@@ -13,8 +13,8 @@ const aligned = new WeakSet<ArrayBufferLike>();
  * V8 reserves ~10 GiB of address space (guard pages) for every WebAssembly memory and has ~1 TiB for all of
  * them in a process; an allocation past that first forces up to three full collections, then fails. Memory
  * made here stops at this many live memories (the worker threads' own memories need some of the room too)
- * and is ordinary memory beyond it: O_DIRECT reads then fall back to buffered ones. The agent needs about 40
- * at its busiest; the control plane's concurrent restores take 6 each.
+ * and is ordinary memory beyond it: O_DIRECT reads then fall back to buffered ones. A direct 1 GiB snapshot
+ * and restore had at most 18 live; the control plane's concurrent restores take 6 each.
  */
 const MAX_LIVE_MEMORIES = 48;
 let live = 0;
