@@ -25,43 +25,47 @@ export function prng(seed: number): () => number {
 const WORDS =
   "alpha beta gamma delta epsilon zeta theta lambda sigma omega train eval loss step epoch batch grad norm".split(" ");
 
-export function csvText(size: number, seed: number): Buffer {
-  const next = prng(seed);
-  const parts: string[] = [];
-  let length = 0;
-  let row = 0;
+/** `head`, then lines from `line` until `size` bytes, cut at `size`. */
+function linesUpTo(size: number, line: () => string, head = ""): Buffer {
+  const parts: string[] = [head];
+  let length = head.length;
   while (length < size) {
-    const line =
-      `${row++},${WORDS[next() % WORDS.length]}_${next() % 1000},${(next() % 100000) / 1000},` +
-      `${next() % 2 ? "true" : "false"},2026-${String((next() % 12) + 1).padStart(2, "0")}-${String((next() % 28) + 1).padStart(2, "0")}\n`;
-    parts.push(line);
-    length += line.length;
+    const next = line();
+    parts.push(next);
+    length += next.length;
   }
   return Buffer.from(parts.join("")).subarray(0, size);
+}
+
+export function csvText(size: number, seed: number): Buffer {
+  const next = prng(seed);
+  let row = 0;
+  return linesUpTo(
+    size,
+    () =>
+      `${row++},${WORDS[next() % WORDS.length]}_${next() % 1000},${(next() % 100000) / 1000},` +
+      `${next() % 2 ? "true" : "false"},2026-${String((next() % 12) + 1).padStart(2, "0")}-${String((next() % 28) + 1).padStart(2, "0")}\n`,
+  );
 }
 
 export function logText(size: number, seed: number): Buffer {
   const next = prng(seed);
-  const parts: string[] = [];
-  let length = 0;
   let step = 0;
-  while (length < size) {
-    const line = `[2026-01-01 12:${String(step % 60).padStart(2, "0")}:00] step=${step++} loss=${(next() % 100000) / 10000} lr=0.0003 grad_norm=${(next() % 1000) / 100} ${WORDS[next() % WORDS.length]}\n`;
-    parts.push(line);
-    length += line.length;
-  }
-  return Buffer.from(parts.join("")).subarray(0, size);
+  return linesUpTo(
+    size,
+    () =>
+      `[2026-01-01 12:${String(step % 60).padStart(2, "0")}:00] step=${step++} loss=${(next() % 100000) / 10000} lr=0.0003 grad_norm=${(next() % 1000) / 100} ${WORDS[next() % WORDS.length]}\n`,
+  );
 }
 
 export function sourceText(size: number, seed: number): Buffer {
   const next = prng(seed);
-  const parts: string[] = [`# module ${seed}\nimport torch\n\n`];
-  let length = parts[0].length;
-  while (length < size) {
-    const name = `${WORDS[next() % WORDS.length]}_${next() % 500}`;
-    const chunk = `def ${name}(x, y={}):\n    """${WORDS[next() % WORDS.length]} helper."""\n    return x * ${next() % 97} + y.get("${name}", 0)\n\n`;
-    parts.push(chunk);
-    length += chunk.length;
-  }
-  return Buffer.from(parts.join("")).subarray(0, size);
+  return linesUpTo(
+    size,
+    () => {
+      const name = `${WORDS[next() % WORDS.length]}_${next() % 500}`;
+      return `def ${name}(x, y={}):\n    """${WORDS[next() % WORDS.length]} helper."""\n    return x * ${next() % 97} + y.get("${name}", 0)\n\n`;
+    },
+    `# module ${seed}\nimport torch\n\n`,
+  );
 }
