@@ -87,7 +87,7 @@ export class FileBlobStore implements BlobStore {
    */
   async openWriter(key: string): Promise<BlobWriter> {
     const { final, temp } = await this.placeFor(key);
-    const stages = [this.stages.pop() ?? alignedBuffer(STAGE_BYTES), this.stages.pop() ?? alignedBuffer(STAGE_BYTES)];
+    const stages = [this.takeStage(), this.takeStage()];
     // Stages are ordinary memory only when no more page-aligned memory could be had: buffered, this once.
     const direct = this.direct && stages.every(isPageAligned);
     let handle: FileHandle;
@@ -99,8 +99,7 @@ export class FileBlobStore implements BlobStore {
       );
     } catch (err) {
       if (!direct || (err as NodeJS.ErrnoException).code !== "EINVAL") {
-        for (const stage of stages)
-          if (this.stages.length < MAX_IDLE_STAGES && isPageAligned(stage)) this.stages.push(stage);
+        for (const stage of stages) this.keepStage(stage);
         throw err;
       }
       this.direct = false;
@@ -108,7 +107,7 @@ export class FileBlobStore implements BlobStore {
     }
     return new StagedFileWriter(handle, temp, final, stages, {
       giveBack: (stage) => {
-        if (this.stages.length < MAX_IDLE_STAGES && isPageAligned(stage)) this.stages.push(stage);
+        this.keepStage(stage);
       },
       // As in writeDirect: once the filesystem refuses a direct write, later writes do not try again.
       directRefused: () => {
@@ -121,19 +120,29 @@ export class FileBlobStore implements BlobStore {
     return alignedBuffer(size);
   }
 
+  /** A 4 MiB stage: an idle one, or new. */
+  private takeStage(): Buffer {
+    return this.stages.pop() ?? alignedBuffer(STAGE_BYTES);
+  }
+
+  /** Keeps a stage for reuse, unless enough wait already or it is ordinary memory (see alignedMemory's cap). */
+  private keepStage(stage: Buffer): void {
+    if (this.stages.length < MAX_IDLE_STAGES && isPageAligned(stage)) this.stages.push(stage);
+  }
+
   /**
    * Writes `parts` to a new file `temp` with O_DIRECT, staged through page-aligned memory, and fsyncs it.
    * Returns false, leaving no file behind, when the filesystem refuses O_DIRECT (the caller writes buffered).
    */
   private async writeDirect(temp: string, parts: readonly Buffer[], size: number): Promise<boolean> {
-    const stage = this.stages.pop() ?? alignedBuffer(STAGE_BYTES);
+    const stage = this.takeStage();
     // Ordinary memory only when no more page-aligned memory could be had: buffered, this once.
     if (!isPageAligned(stage)) return false;
     let handle: Awaited<ReturnType<typeof open>>;
     try {
       handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DIRECT, 0o644);
     } catch (err) {
-      if (this.stages.length < MAX_IDLE_STAGES) this.stages.push(stage);
+      this.keepStage(stage);
       if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
       this.direct = false;
       return false;
@@ -176,7 +185,7 @@ export class FileBlobStore implements BlobStore {
       this.direct = false;
       return false;
     } finally {
-      if (this.stages.length < MAX_IDLE_STAGES) this.stages.push(stage);
+      this.keepStage(stage);
     }
     await handle.close();
     return true;
