@@ -13,7 +13,7 @@
 // overwritten by what follows), long ones with memory.copy, overlapping matches 8 bytes at a time when the
 // offset allows and byte by byte when it does not. The encoder is lz4-wasm-encoder.ts; lz4-napi remains for
 // threads without WebAssembly (node --jitless).
-import { assembleModule, op } from "./wasm-assembly.js";
+import { addTo, assembleModule, copy16, copyWildOr, failIf, op, roomFor } from "./wasm-assembly.js";
 
 // Parameters, then locals.
 const SRC = 0;
@@ -28,17 +28,6 @@ const OFFSET = 8;
 const FROM = 9;
 
 const get = op.get;
-const failIf = (condition: number[]): number[] => [...condition, ...op.if, ...op.const(-1), ...op.return, ...op.end];
-/** `local += n` */
-const addTo = (local: number, n: number[]): number[] => [...get(local), ...n, ...op.add, ...op.set(local)];
-/** Whether `end - at >= n`, for the i32 `n` left on the stack by `n`. */
-const roomFor = (at: number, end: number, n: number[]): number[] => [
-  ...get(end),
-  ...get(at),
-  ...op.sub,
-  ...n,
-  ...op.geU,
-];
 
 /** A length's extension bytes: 255 adds 255 and goes on, anything else adds itself and ends it. */
 const extendLength = [
@@ -74,18 +63,6 @@ const lengthFrom = (nibble: number[]): number[] => [
 /** Fails unless LEN bytes fit in [at, end). */
 const failUnlessFits = (at: number, end: number): number[] =>
   failIf([...get(LEN), ...get(end), ...get(at), ...op.sub, ...op.gtU]);
-
-/** Copies 16 bytes from the address `from` leaves on the stack to DST, as two 8-byte words. */
-const copy16 = (from: number[]): number[] => [
-  ...get(DST),
-  ...from,
-  ...op.i64Load(0),
-  ...op.i64Store(0),
-  ...get(DST),
-  ...from,
-  ...op.i64Load(8),
-  ...op.i64Store(8),
-];
 
 /** `for (k = 0; k < LEN; k += step) copy step bytes from FROM + k to DST + k` (step 8: i64 words; 1: bytes). */
 const copyForward = (step: 8 | 1): number[] => [
@@ -124,21 +101,11 @@ const body = [
   // Literals.
   ...failUnlessFits(SRC, SRC_END),
   ...failUnlessFits(DST, DST_END),
-  ...get(LEN),
-  ...op.const(16),
-  ...op.leU,
-  ...roomFor(SRC, SRC_END, op.const(16)),
-  ...op.and,
-  ...roomFor(DST, DST_END, op.const(16)),
-  ...op.and,
-  ...op.if,
-  ...copy16(get(SRC)),
-  ...op.else,
-  ...get(DST),
-  ...get(SRC),
-  ...get(LEN),
-  ...op.memoryCopy,
-  ...op.end,
+  ...copyWildOr(DST, get(SRC), LEN, [
+    ...[...get(LEN), ...op.const(16), ...op.leU],
+    ...[...roomFor(SRC, SRC_END, op.const(16)), ...op.and],
+    ...[...roomFor(DST, DST_END, op.const(16)), ...op.and],
+  ]),
   ...addTo(SRC, get(LEN)),
   ...addTo(DST, get(LEN)),
   // The last sequence has literals only.
@@ -172,7 +139,7 @@ const body = [
   ...roomFor(DST, DST_END, op.const(16)),
   ...op.and,
   ...op.if,
-  ...copy16(get(FROM)),
+  ...copy16(DST, get(FROM)),
   ...op.else,
   // Not overlapping.
   ...get(OFFSET),

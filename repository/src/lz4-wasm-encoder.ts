@@ -3,15 +3,16 @@
 // and on a VM where a first touch of a page costs ~11 µs those allocations were half of a snapshot's page
 // faults. The algorithm is LZ4's fast one (lz4.c, LZ4_compress_generic with acceleration 1): a 4096-entry
 // hash table of 5-byte sequences, a skip that grows the longer nothing matches, matches extended backwards
-// then forwards four bytes at a time, and the format's end rules (the last 5 bytes are literals, no match
-// starts in the last 12). Any LZ4 decoder reads its output.
+// then forwards eight bytes at a time, short literal runs copied as two 8-byte words (lz4.c's wild copy)
+// rather than through memory.copy (a call out of the compiled code in V8), and the format's end rules (the
+// last 5 bytes are literals, no match starts in the last 12). Any LZ4 decoder reads its output.
 //
 //   encode(src, srcEnd, dst, dstEnd) -> i32
 //
 // encodes [src, srcEnd) into [dst, dstEnd) and returns where the output ends, or -1 as soon as it cannot fit:
 // the caller gives the room the output must fit in to be worth keeping, and incompressible input stops there.
 // The hash table is the memory's first 16 KiB; the input must come after it.
-import { assembleModule, op } from "./wasm-assembly.js";
+import { addTo, assembleModule, copyWildOr, failIf, op, roomFor } from "./wasm-assembly.js";
 
 /** Bytes of the hash table at address 0: 4096 positions of 4 bytes. */
 export const LZ4_ENCODER_TABLE_BYTES = 16 * 1024;
@@ -37,8 +38,6 @@ const DIFF = 16;
 
 const get = op.get;
 const set = op.set;
-const addTo = (local: number, n: number[]): number[] => [...get(local), ...n, ...op.add, ...set(local)];
-const failIf = (condition: number[]): number[] => [...condition, ...op.if, ...op.const(-1), ...op.return, ...op.end];
 /** Fails unless `DST_END - DST >= need`, for the unsigned i32 `need` leaves on the stack. */
 const failUnlessRoom = (need: number[]): number[] =>
   failIf([...get(DST_END), ...get(DST), ...op.sub, ...need, ...op.ltU]);
@@ -124,8 +123,13 @@ const lengthIntoToken = (shift: number): number[] => [
   ...op.end,
 ];
 
-/** A token at DST for LEN literals, then the literals from ANCHOR. */
-const literals = [
+/**
+ * A token at DST for LEN literals, then the literals from ANCHOR. With `wild`, a run of at most 16 is copied
+ * as 16 bytes when the output has room for them: the bytes past the run are overwritten by what follows it
+ * (the match offset at least), and those read past it lie before the end of the input or in the output area
+ * that follows the input in memory (see lz4-wasm.ts). The block's last literals are copied exactly.
+ */
+const literals = (wild: boolean): number[] => [
   ...get(DST),
   ...set(TOKEN_AT),
   ...addTo(DST, op.const(1)),
@@ -134,10 +138,12 @@ const literals = [
   ...get(LEN),
   ...set(MATCH_START), // the literal count: lengthIntoToken uses up LEN
   ...lengthIntoToken(4),
-  ...get(DST),
-  ...get(ANCHOR),
-  ...get(MATCH_START),
-  ...op.memoryCopy,
+  ...(wild
+    ? copyWildOr(DST, get(ANCHOR), MATCH_START, [
+        ...[...get(MATCH_START), ...op.const(17), ...op.ltU],
+        ...[...roomFor(DST, DST_END, op.const(16)), ...op.and],
+      ])
+    : [...get(DST), ...get(ANCHOR), ...get(MATCH_START), ...op.memoryCopy]),
   ...addTo(DST, get(MATCH_START)),
 ];
 
@@ -243,31 +249,35 @@ const body = [
   ...op.sub,
   ...set(LEN),
   ...failUnlessRoom(literalsRoom(2 + 1 + 5)), // offset, then at least a token and the last 5 literals
-  ...literals,
+  ...literals(true),
   ...get(DST),
   ...get(IP),
   ...get(REF),
   ...op.sub,
   ...op.store16,
   ...addTo(DST, op.const(2)),
-  // Extend it forwards: 4 bytes at a time, then the first differing byte of the word (or byte by byte near the end).
+  // Extend it forwards: 8 bytes at a time, then the first differing byte of the word (or byte by byte near the end).
   ...advance(4),
   ...get(IP),
   ...set(MATCH_START),
   ...op.block, // $extended
   ...loopUntil(
-    [[...get(MATCH_LIMIT), ...get(IP), ...op.sub, ...op.const(4), ...op.ltU]],
+    [[...get(MATCH_LIMIT), ...get(IP), ...op.sub, ...op.const(8), ...op.ltU]],
     [
+      // DIFF = the number of equal low bits of the two words (64 when they are the same).
       ...get(IP),
-      ...op.load32,
+      ...op.i64Load(0),
       ...get(REF),
-      ...op.load32,
-      ...op.xor,
+      ...op.i64Load(0),
+      ...op.i64Xor,
+      ...op.i64Ctz,
+      ...op.wrapI64,
       ...op.tee(DIFF),
+      ...op.const(64),
+      ...op.ltU,
       ...op.if,
       // The first differing byte is the lowest set byte of the difference (little-endian).
       ...get(DIFF),
-      ...op.ctz,
       ...op.const(3),
       ...op.shrU,
       ...get(IP),
@@ -275,7 +285,7 @@ const body = [
       ...set(IP),
       ...op.br(3), // if, loop, block: to $extended
       ...op.end,
-      ...advance(4),
+      ...advance(8),
     ],
   ),
   ...loopUntil([[...get(IP), ...get(MATCH_LIMIT), ...op.geU], bytesDiffer(0)], advance(1)),
@@ -314,7 +324,7 @@ const body = [
   ...op.sub,
   ...set(LEN),
   ...failUnlessRoom(literalsRoom(0)),
-  ...literals,
+  ...literals(false),
   ...get(TOKEN_AT),
   ...get(TOKEN),
   ...op.store8,

@@ -3,7 +3,7 @@
 // output per call (a Rust Vec, copied once more into a Node Buffer); on a VM where the first touch of a page
 // costs ~11 µs those allocations were most of the page faults of snapshots and restores. `npm run bench --
 // lz4` measures both against lz4-napi on 1 MiB chunks of the snapshot corpus's text, as the codec uses them:
-// on the 2-core dev VM, encoding at 1.27-1.30x lz4-napi's speed to the same size, decoding at 3.5-4.3x, and
+// on the 2-core dev VM, encoding at 1.56-1.67x lz4-napi's speed to the same size, decoding at 3.5-4.3x, and
 // almost no page faults where lz4-napi took 14-24k per 64 MiB.
 import { LZ4_DECODER_WASM } from "./lz4-wasm-decoder.js";
 import { LZ4_ENCODER_TABLE_BYTES, LZ4_ENCODER_WASM } from "./lz4-wasm-encoder.js";

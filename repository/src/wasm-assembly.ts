@@ -40,19 +40,65 @@ export const op = {
   add: [0x6a],
   sub: [0x6b],
   mul: [0x6c],
-  ctz: [0x68],
   and: [0x71],
   or: [0x72],
   xor: [0x73],
   shl: [0x74],
   shrU: [0x76],
+  i64Ctz: [0x7a],
   i64Mul: [0x7e],
+  i64Xor: [0x85],
   i64Shl: [0x86],
   i64ShrU: [0x88],
   wrapI64: [0xa7], // i32.wrap_i64
   memoryCopy: [0xfc, 10, 0, 0], // memory.copy (bulk memory): dst, src, n
   memoryFill: [0xfc, 11, 0], // memory.fill (bulk memory): dst, byte, n
 };
+
+// Pieces built from those, over i32 locals, shared by the modules.
+
+/** local += the number `n` leaves on the stack. */
+export const addTo = (local: number, n: number[]): number[] => [...op.get(local), ...n, ...op.add, ...op.set(local)];
+
+/** Returns -1 from the function when `condition` (an i32 it leaves on the stack) holds. */
+export const failIf = (condition: number[]): number[] => [
+  ...condition,
+  ...op.if,
+  ...op.const(-1),
+  ...op.return,
+  ...op.end,
+];
+
+/** Whether [at, end) (two locals holding addresses) holds at least the number `n` leaves on the stack. */
+export const roomFor = (at: number, end: number, n: number[]): number[] => [
+  ...op.get(end),
+  ...op.get(at),
+  ...op.sub,
+  ...n,
+  ...op.geU,
+];
+
+/** Copies 16 bytes from the address `from` leaves on the stack to the address in local `dst`, as two 8-byte words. */
+export const copy16 = (dst: number, from: number[]): number[] =>
+  [0, 8].flatMap((k) => [...op.get(dst), ...from, ...op.i64Load(k), ...op.i64Store(k)]);
+
+/**
+ * Copies `length` (a local) bytes from the address `from` leaves on the stack to the address in local `dst`:
+ * as 16 bytes in two 8-byte words when `wild` holds (a wild copy: bytes past `length` are overwritten and
+ * read; the caller's condition vouches for the room on both sides), else with memory.copy, which V8
+ * compiles to a call out of the module's code, costly for a few bytes.
+ */
+export const copyWildOr = (dst: number, from: number[], length: number, wild: number[]): number[] => [
+  ...wild,
+  ...op.if,
+  ...copy16(dst, from),
+  ...op.else,
+  ...op.get(dst),
+  ...from,
+  ...op.get(length),
+  ...op.memoryCopy,
+  ...op.end,
+];
 
 export function unsignedLeb128(n: number): number[] {
   const out: number[] = [];
