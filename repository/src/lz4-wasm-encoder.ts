@@ -35,6 +35,8 @@ const MATCH_START = 13;
 const MF_LIMIT = 14;
 const MATCH_LIMIT = 15;
 const DIFF = 16;
+const FORWARD = 17;
+const FORWARD_SLOT = 18;
 
 const get = op.get;
 const set = op.set;
@@ -198,19 +200,36 @@ const body = [
   ...set(STEP),
   ...op.const(1 << 6),
   ...set(SEARCH),
+  ...get(IP),
+  ...set(FORWARD),
+  ...slotOf(IP),
+  ...set(FORWARD_SLOT),
   // Find a match: a position the table remembers for the same hash, within 64 KiB, with the same 4 bytes.
+  // As in lz4.c, the next position and its slot are worked out before this one is tested, so the two
+  // overlap; the block's last candidate may go untested (it then ends in literals).
   ...op.block, // $found
   ...op.loop, // $search
-  ...get(IP),
+  ...get(FORWARD),
+  ...set(IP),
+  ...get(FORWARD_SLOT),
+  ...set(SLOT),
+  ...addTo(FORWARD, get(STEP)),
+  ...get(SEARCH),
+  ...op.const(6),
+  ...op.shrU,
+  ...set(STEP),
+  ...addTo(SEARCH, op.const(1)),
+  ...get(FORWARD),
   ...get(MF_LIMIT),
   ...op.gtU,
   ...op.brIf(3), // $last
-  ...slotOf(IP),
-  ...op.tee(SLOT),
+  ...get(SLOT),
   ...op.load32,
   ...get(SRC),
   ...op.add,
   ...set(REF),
+  ...slotOf(FORWARD),
+  ...set(FORWARD_SLOT),
   ...get(SLOT),
   ...get(IP),
   ...get(SRC),
@@ -229,12 +248,6 @@ const body = [
   ...op.eq,
   ...op.brIf(2), // $found
   ...op.end,
-  ...addTo(IP, get(STEP)),
-  ...get(SEARCH),
-  ...op.const(6),
-  ...op.shrU,
-  ...set(STEP),
-  ...addTo(SEARCH, op.const(1)),
   ...op.br(0),
   ...op.end,
   ...op.end,
@@ -336,7 +349,7 @@ const body = [
 export const LZ4_ENCODER_WASM: string = assembleModule({
   name: "encode",
   params: 4,
-  locals: 13,
+  locals: 15,
   body,
   memory: "import",
 }).toString("base64");
