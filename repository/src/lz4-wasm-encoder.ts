@@ -11,7 +11,8 @@
 //
 // encodes [src, srcEnd) into [dst, dstEnd) and returns where the output ends, or -1 as soon as it cannot fit:
 // the caller gives the room the output must fit in to be worth keeping, and incompressible input stops there.
-// The hash table is the memory's first 16 KiB; the input must come after it.
+// The hash table is the memory's first 16 KiB; the input must come after it, with at least 4 bytes of memory
+// after its end (the wild copy of a short literal run may read them; lz4-wasm.ts puts the output there).
 import { addTo, assembleModule, copyWildOr, failIf, op, roomFor } from "./wasm-assembly.js";
 
 /** Bytes of the hash table at address 0: 4096 positions of 4 bytes. */
