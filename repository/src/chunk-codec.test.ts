@@ -1,7 +1,10 @@
 import { createCipheriv, createHash, randomBytes } from "node:crypto";
+import { createRequire } from "node:module";
+import { Worker } from "node:worker_threads";
 import { deflateRawSync } from "node:zlib";
 import { compressSync } from "lz4-napi";
 import { describe, expect, it } from "vitest";
+import { enableArrayBufferTransferInWorkers } from "./array-buffer-transfer.js";
 import { createChunkCodec } from "./chunk-codec.js";
 import { generateRepositoryKey } from "./key.js";
 import { chunkCodec, codecDeps } from "./sealing.js";
@@ -203,5 +206,75 @@ describe("chunk codec", () => {
     const chunk = forge(key, id, 2, deflateRawSync(plain));
     expect(() => chunkCodec.openChunk(key, id, chunk)).toThrow(/unknown codec 2/);
     expect(chunkCodec.verifyChunk(key, id, chunk, plain.length)).toMatch(/unknown codec 2/);
+  });
+
+  it("in a worker thread, frees every cipher output once used, and still seals and opens byte for byte", async () => {
+    enableArrayBufferTransferInWorkers();
+    const plains = [Buffer.from("the same words again and again ".repeat(10_000)), randomBytes(300_000)];
+    // The codec as the snapshot workers run it (from its source text), its ciphers' outputs recorded.
+    const source = `
+      const { parentPort, workerData } = require("node:worker_threads");
+      const crypto = require("node:crypto");
+      const lz4 = require(workerData.lz4);
+      const outputs = [];
+      const recorded = (make) => (...args) => {
+        const c = make(...args);
+        const update = c.update.bind(c);
+        c.update = (data) => { const out = update(data); outputs.push(out); return out; };
+        return c;
+      };
+      const codec = (${createChunkCodec.toString()})({
+        createHash: crypto.createHash,
+        randomFillSync: crypto.randomFillSync,
+        createCipheriv: recorded(crypto.createCipheriv),
+        createDecipheriv: recorded(crypto.createDecipheriv),
+        compress: lz4.compressSync,
+        uncompress: lz4.uncompressSync,
+      });
+      const key = Buffer.from(workerData.key);
+      const plains = workerData.plains.map((p) => Buffer.from(p));
+      const sealed = plains.map((p) => codec.sealChunk(key, p));
+      const verified = sealed.map((c, i) => codec.verifyChunk(key, c.id, c.blob, plains[i].length));
+      const data = Buffer.concat(sealed.map((c) => c.blob));
+      const ranges = Int32Array.from([0, sealed[0].blob.length, sealed[0].blob.length, sealed[1].blob.length]);
+      const ids = Buffer.concat(sealed.map((c) => c.id));
+      const batch = codec.openChunkBatch(key, data, ranges, ids, Int32Array.from(plains.map((p) => p.length)));
+      parentPort.postMessage({
+        transfer: typeof ArrayBuffer.prototype.transfer,
+        outputs: outputs.length,
+        freed: outputs.filter((o) => o.length === 0 && o.buffer.byteLength === 0).length,
+        blobs: sealed.map((c) => c.blob),
+        verified,
+        opened: plains.map((_, i) => batch.out.subarray(batch.plainRanges[2 * i], batch.plainRanges[2 * i] + batch.plainRanges[2 * i + 1])),
+        errors: batch.errors,
+      });`;
+    const lz4 = createRequire(import.meta.url).resolve("lz4-napi");
+    const worker = new Worker(source, { eval: true, workerData: { key, plains, lz4 } });
+    const reply = await new Promise<{
+      transfer: string;
+      outputs: number;
+      freed: number;
+      blobs: Uint8Array[];
+      verified: (string | null)[];
+      opened: Uint8Array[];
+      errors: (string | null)[];
+    }>((resolve, reject) => {
+      worker.once("message", resolve);
+      worker.once("error", reject);
+    });
+    await worker.terminate();
+    expect(reply.transfer).toBe("function");
+    // The noise was sealed, verified and opened in 16 KiB pieces (the text's LZ4 body is short): every
+    // output freed.
+    expect(reply.outputs).toBeGreaterThanOrEqual(3 * Math.ceil(300_000 / (16 * 1024)));
+    expect(reply.freed).toBe(reply.outputs);
+    expect(reply.verified).toEqual([null, null]);
+    expect(reply.errors).toEqual([null, null]);
+    for (const [i, plain] of plains.entries()) {
+      expect(Buffer.from(reply.opened[i]).equals(plain)).toBe(true);
+      // Sealed there, opened here (where the codec leaves its outputs to the collector).
+      const id = createHash("sha256").update(plain).digest();
+      expect(chunkCodec.openChunk(key, id, Buffer.from(reply.blobs[i])).equals(plain)).toBe(true);
+    }
   });
 });

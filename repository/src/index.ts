@@ -3,6 +3,7 @@
 // control plane. The format is documented in ../FORMAT.md.
 
 export { alignedBuffer, alignedMemory, isPageAligned, PAGE } from "./aligned-memory.js";
+export { enableArrayBufferTransferInWorkers } from "./array-buffer-transfer.js";
 export { writeFileAtomic } from "./atomic-file.js";
 export type { BlobInfo, BlobStore, BlobWriter } from "./blob-store.js";
 export { BufferPool } from "./buffer-pool.js";

@@ -5,7 +5,7 @@
 // snapshot intake at one core; here it runs on the other cores (up to 8), and the main thread moves bytes.
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import type { SealedChunk } from "@dumont/repository";
+import { enableArrayBufferTransferInWorkers, type SealedChunk } from "@dumont/repository";
 
 export interface VerifyRequest {
   seq: number;
@@ -49,6 +49,8 @@ export class ChunkVerifier {
   constructor(threads = Math.max(1, Math.min(8, availableParallelism() - 1))) {
     if (!(Number.isInteger(threads) && threads > 0))
       throw new Error(`threads must be a positive integer, got ${threads}`);
+    // So the threads' codecs free each decrypted piece once hashed (see chunk-codec.ts).
+    enableArrayBufferTransferInWorkers();
     for (let i = 0; i < threads; i++) {
       const worker = new Worker(workerScript());
       const thread: VerifierThread = { worker, busy: 0, pending: new Map() };

@@ -18,6 +18,7 @@ import {
   chunkCodec,
   createChunkCodec,
   createLz4Wasm,
+  enableArrayBufferTransferInWorkers,
   LZ4_WASM,
   type Lz4WasmModules,
 } from "@dumont/repository";
@@ -464,6 +465,8 @@ export class SnapshotWorkerPool {
       // Eval workers are CommonJS, unless the parent runs with --input-type=module (inherited): then no require.
       `typeof require === "function" ? require : process.getBuiltinModule("node:module").createRequire(${JSON.stringify(lz4Module)}));`;
     const fileLocks = new SharedArrayBuffer(4 * 1024);
+    // So the workers' codecs free each cipher output once used (see chunk-codec.ts).
+    enableArrayBufferTransferInWorkers();
     for (let i = 0; i < threads; i++) {
       const worker = new Worker(source, { eval: true });
       const entry: PoolWorker = { worker, busy: 0, pending: new Map() };
