@@ -514,11 +514,12 @@ function interleave(states: FileState[], destinations: Map<string, Destination[]
   let smallBytes = 0;
   let largeBytes = 0;
   const seen = new Set<string>();
+  const bytesOf = (hex: string): number => destinations.get(hex)?.[0]?.length ?? 0;
   for (const state of states) {
     for (const hex of state.entry.chunks) {
       if (seen.has(hex)) continue;
       seen.add(hex);
-      const bytes = destinations.get(hex)?.[0]?.length ?? 0;
+      const bytes = bytesOf(hex);
       if (state.byWorker) {
         small.push(hex);
         smallBytes += bytes;
@@ -541,10 +542,10 @@ function interleave(states: FileState[], destinations: Map<string, Destination[]
       (i < small.length && (doneSmall + 1) * (largeBytes + 1) <= (doneLarge + 1) * (smallBytes + 1));
     if (takeSmall) {
       out.push(small[i]);
-      doneSmall += destinations.get(small[i++])?.[0]?.length ?? 0;
+      doneSmall += bytesOf(small[i++]);
     } else {
       out.push(large[j]);
-      doneLarge += destinations.get(large[j++])?.[0]?.length ?? 0;
+      doneLarge += bytesOf(large[j++]);
     }
   }
   return out;
