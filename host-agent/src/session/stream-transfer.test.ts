@@ -6,6 +6,7 @@ import {
   isEncodedMessage,
   MAX_MESSAGE_BYTES,
   RETRY_BUFFER_BYTES,
+  STREAM_BATCH_BYTES,
 } from "@dumont/proto";
 import type { ChunkBuffers } from "@dumont/repository";
 import { describe, expect, it } from "vitest";
@@ -102,6 +103,37 @@ describe("StreamChunkSink", () => {
     await sink.put([chunk(5, 1000)]);
     expect(blobs(sent[3].message)).toEqual([[1000, 4]]);
     expect(blobs(sent[4].message)).toEqual([[1000, 5]]);
+  });
+
+  it("holds a snapshot back while four chunk messages wait for grpc-js, and fails it if the stream goes", async () => {
+    const written: (() => void)[] = [];
+    const port: StreamPort = { send: async (_message, onWritten) => void written.push(onWritten!) };
+    const sink = new StreamChunkSink(port, "r5", 0n);
+    // Eight messages' worth: each chunk is a batch of its own.
+    const chunks = Array.from({ length: 8 }, (_, n) => ({
+      id: Buffer.alloc(32, n),
+      blob: Buffer.alloc(STREAM_BATCH_BYTES, n),
+      plainLength: STREAM_BATCH_BYTES,
+    }));
+    let done = false;
+    const put = sink.put(chunks).then(() => {
+      done = true;
+    });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(written).toHaveLength(4);
+    expect(done).toBe(false);
+    written[0]();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(written).toHaveLength(5); // one called back, one more sent
+    for (let i = 1; i < 4; i++) written[i]();
+    await put;
+    expect(written).toHaveLength(8);
+
+    const stuck = sink.put(chunks.slice(0, 5));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const gone = new Error("the stream to the control plane closed");
+    sink.fail(gone);
+    await expect(stuck).rejects.toBe(gone);
   });
 
   it("cuts chunk batches at the stream batch size and answers offers by batch number", async () => {
