@@ -34,11 +34,24 @@ interface PlannedRead {
 }
 
 export class RepositoryChunkSource implements ChunkSource {
+  private readonly index: Promise<RepositoryIndex>;
+
+  /**
+   * `index` may still be loading: `get` and `ready` wait for it, so a restore reads and opens its manifest
+   * meanwhile. On S3 the index is one GET per pack object, the manifest two more.
+   */
   constructor(
     readonly repository: RepositoryAccess,
-    readonly index: RepositoryIndex,
+    index: RepositoryIndex | Promise<RepositoryIndex>,
     private readonly options: ChunkSourceOptions = {},
-  ) {}
+  ) {
+    this.index = Promise.resolve(index);
+    this.index.catch(() => {}); // a restore that fails before asking never sees it; `ready` and `get` rethrow
+  }
+
+  async ready(): Promise<void> {
+    await this.index;
+  }
 
   async readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlob: Buffer }> {
     const record = await this.repository.findSnapshot(snapshotId);
@@ -48,13 +61,14 @@ export class RepositoryChunkSource implements ChunkSource {
   async *get(ids: Buffer[]): AsyncIterable<FetchedChunk> {
     const maxRead = (this.options.maxRead ?? 8 * 1024 * 1024) - READ_SLACK;
     const maxGap = this.options.maxGap ?? 1024 * 1024;
+    const index = await this.index;
     const byPack = new Map<string, { id: Buffer; offset: number; length: number }[]>();
     const seen = new Set<string>();
     for (const id of ids) {
       const hex = id.toString("hex");
       if (seen.has(hex)) continue;
       seen.add(hex);
-      const loc = this.index.get(hex);
+      const loc = index.get(hex);
       if (!loc) {
         yield { id, error: "the repository index has no such chunk" };
         continue;

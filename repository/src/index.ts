@@ -49,7 +49,7 @@ export {
   symlinkEscapes,
 } from "./manifest.js";
 export { type OpenBlobStoreOptions, openBlobStore } from "./open-blob-store.js";
-export { type PackEntry, type PackIndex, packKey } from "./pack.js";
+export { indexKey, type PackEntry, type PackIndex, packKey } from "./pack.js";
 export { formatBytes, formatDuration, ProgressMeter, roundSeconds } from "./progress-meter.js";
 export {
   type ForgetOptions,

@@ -209,9 +209,9 @@ export class Repository implements RepositoryAccess {
     );
   }
 
-  /** A ChunkSource reading packs (loads the index unless given). */
+  /** A ChunkSource reading packs; unless given, the index loads in the background (its `get` waits for it). */
   async chunkSource(options: ChunkSourceOptions & { index?: RepositoryIndex } = {}): Promise<RepositoryChunkSource> {
-    return new RepositoryChunkSource(this, options.index ?? (await this.loadIndex()), options);
+    return new RepositoryChunkSource(this, options.index ?? this.loadIndex(), options);
   }
 }
 

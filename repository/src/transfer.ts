@@ -74,4 +74,9 @@ export interface ChunkSource {
    * (ChunkBuffers: RepositoryChunkSource's `readBuffers`, StreamChunkSource's receive buffers).
    */
   get(ids: Buffer[]): AsyncIterable<FetchedChunk>;
+  /**
+   * Settles once `get` can start (a source that loads an index meanwhile); rejects if it never can. A
+   * restore asks after opening the manifest and before it writes anything.
+   */
+  ready?(): Promise<void>;
 }

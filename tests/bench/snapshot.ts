@@ -368,8 +368,10 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
   }
 }
 
-/** Runs one engine operation in its own process and reports its time, CPU and peak RSS. */
-/** One direct-mode engine call in a process of its own; with `cpus`, pinned to those CPUs (a taskset list). */
+/**
+ * One direct-mode engine call in a process of its own: its time, CPU and peak RSS. With `cpus`, pinned to those
+ * CPUs (a taskset list).
+ */
 async function engine(op: "create" | "restore", args: Record<string, unknown>, cpus?: string): Promise<EngineRun> {
   const script = `
     const engine = await import(${JSON.stringify(pathToFileURL(ENGINE).href)});

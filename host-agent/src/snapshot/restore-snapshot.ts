@@ -136,6 +136,7 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
   const { snapshotId, manifestBlob } = await options.source.readManifest(options.snapshotId);
   const manifest = openManifest(options.key, manifestBlob, `manifest of snapshot ${snapshotId}`);
   assertRestorable(manifest, { allowExternalSymlinks: options.allowExternalSymlinks });
+  await options.source.ready?.(); // a repository's index, loaded while the manifest was read
   const root = await prepareTarget(options.target);
   const ownPool = options.pool === undefined;
   const pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });

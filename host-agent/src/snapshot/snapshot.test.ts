@@ -28,6 +28,7 @@ import {
   chunkCodec,
   type FetchedChunk,
   generateRepositoryKey,
+  indexKey,
   type Manifest,
   openBlobStore,
   packKey,
@@ -99,6 +100,17 @@ async function makeWorkspace(dir: string): Promise<void> {
   await symlink("data/weights.bin", join(dir, "latest"));
   await symlink("no/such/target", join(dir, "dangling"));
   await utimesTree(dir, HOUR_AGO);
+}
+
+/** A direct snapshot of a fresh makeWorkspace tree into a fresh file:// repository, opened for tampering. */
+async function snapshotOfWorkspace() {
+  const source = fresh("src");
+  await makeWorkspace(source);
+  const key = generateRepositoryKey();
+  const repo = pathToFileURL(fresh("repo")).href;
+  const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+  const store = openBlobStore(repo);
+  return { source, key, repo, created, store, repository: await Repository.open(store, key) };
 }
 
 async function utimesTree(dir: string, seconds: number): Promise<void> {
@@ -521,13 +533,7 @@ describe("snapshot engine", () => {
   });
 
   it("reports a corrupted pack on restore, naming the file, and restores everything else", async () => {
-    const source = fresh("src");
-    await makeWorkspace(source);
-    const key = generateRepositoryKey();
-    const repo = pathToFileURL(fresh("repo")).href;
-    const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
-    const store = openBlobStore(repo);
-    const repository = await Repository.open(store, key);
+    const { source, key, repo, created, store, repository } = await snapshotOfWorkspace();
     const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
     const csvEntry = manifest.entries.find((e) => e.path === "data/table.csv");
     if (csvEntry?.type !== "file") throw new Error("no csv in manifest");
@@ -550,6 +556,21 @@ describe("snapshot engine", () => {
     const report = await checkRepository(repository);
     expect(report.ok).toBe(false);
     expect(report.problems.some((p) => p.files?.some((f) => f.path === "data/table.csv"))).toBe(true);
+  });
+
+  it("fails a restore on a damaged index object before it writes anything", async () => {
+    // The index loads while the manifest is read (RepositoryChunkSource): its failure must still come first.
+    const { key, repo, created, store, repository } = await snapshotOfWorkspace();
+    const packId = [...(await repository.loadIndex()).packs.keys()][0];
+    const sealed = await store.get(indexKey(packId));
+    sealed[sealed.length - 1] ^= 0x01;
+    await store.put(indexKey(packId), sealed);
+
+    const target = fresh("restored");
+    await expect(restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool })).rejects.toThrow(
+      indexKey(packId),
+    );
+    expect(existsSync(target)).toBe(false);
   });
 
   it("leaves no snapshot after a crash mid-way, and the next one reuses the packs already written", async () => {
