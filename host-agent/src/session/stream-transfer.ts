@@ -133,12 +133,12 @@ export class StreamChunkSink implements ChunkSink {
     let bytes = 0;
     const flush = async () => {
       if (pending.length === 0) return;
-      // Encoded now, in one copy: grpc-js may serialise a queued message after put() resolved, and the
-      // engine reuses (or transfers to a worker, emptying) the chunk's memory as soon as put() resolves.
       while (this.inFlight >= MESSAGES_IN_FLIGHT) {
         await new Promise<void>((resolve, reject) => this.slotWaiters.push({ resolve, reject }));
         this.assertOpen();
       }
+      // Encoded now, in one copy: grpc-js may serialise a queued message after put() resolved, and the
+      // engine reuses (or transfers to a worker, emptying) the chunk's memory as soon as put() resolves.
       const message = encodeSnapshotChunks(this.requestId, this.epoch, pending, this.encodeBuffers);
       pending = [];
       bytes = 0;
