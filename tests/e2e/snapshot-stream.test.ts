@@ -129,6 +129,33 @@ describe("snapshots over the agent stream", () => {
     ]);
   });
 
+  it("runs two snapshots and a restore on one host at once, each byte for byte", async () => {
+    // A host runs several jobs: their snapshots and a restore share the agent's stream and worker pool.
+    const other = path.join(root, "workspace-b");
+    await makeWorkspace(other, 9 * 1024 * 1024);
+    const base = (await cli(["snapshot", "create", "--host", agent.hostId, "--path", workspace, "--json"])) as {
+      id: string;
+    };
+    const target = path.join(root, "restored-concurrently");
+    const [a, b, restored] = await Promise.all([
+      cli(["snapshot", "create", "--host", agent.hostId, "--path", other, "--json"]),
+      cli(["snapshot", "create", "--host", agent.hostId, "--path", workspace, "--json"]),
+      cli(["snapshot", "restore", base.id, "--host", agent.hostId, "--target", target, "--json"]),
+    ]);
+    expect(restored.files).toBe(5);
+    expect(await describeTree(target)).toEqual(await describeTree(workspace));
+    for (const [snapshot, source] of [
+      [a, other],
+      [b, workspace],
+    ] as const) {
+      const back = path.join(root, `restored-${snapshot.id.slice(0, 12)}`);
+      await cli(["snapshot", "restore", snapshot.id, "--host", agent.hostId, "--target", back, "--json"]);
+      expect(await describeTree(back)).toEqual(await describeTree(source));
+    }
+    const listed = (await snapshots()).map((s) => s.id);
+    expect(listed).toEqual(expect.arrayContaining([a.id, b.id, base.id]));
+  });
+
   it("restores a workspace many pack reads long byte for byte (the control plane reuses its read buffers)", async () => {
     // 72 MiB that does not compress: more 8 MiB pack reads than the control plane keeps buffers for, so
     // later reads land in buffers earlier chunks were sent from.
