@@ -88,6 +88,8 @@ export type {
   ChunkSource,
   FetchedChunk,
   SealedChunk,
+  SkippedEntry,
   SnapshotMeta,
   SnapshotStats,
 } from "./transfer.js";
+export { MAX_SKIPPED_LISTED } from "./transfer.js";

@@ -32,7 +32,24 @@ export interface SnapshotStats {
   bytesStored: number;
   chunksNew: number;
   seconds: number;
+  /** How many entries of the source were left out (absent in snapshots taken before this was recorded). */
+  filesSkipped?: number;
+  /** The first MAX_SKIPPED_LISTED of them, with the reason (absent when there are none). */
+  skipped?: SkippedEntry[];
 }
+
+/** An entry of the source left out of a snapshot: unreadable, changed while read, or a socket, FIFO or device. */
+export interface SkippedEntry {
+  /** Relative to the source directory, "/"-separated. */
+  path: string;
+  reason: string;
+}
+
+/**
+ * How many skipped entries a snapshot lists by name (its record, the agent's commit message, the control
+ * plane's row); the count covers the rest. Bounds a record and a message whatever the source holds.
+ */
+export const MAX_SKIPPED_LISTED = 100;
 
 export interface ChunkSink {
   /** The ids (of those given) the repository lacks; only these need `put`. Dedup is per repository. */

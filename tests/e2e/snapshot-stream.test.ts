@@ -1,5 +1,6 @@
 // Snapshots through the control plane: the agent streams sealed chunks over its Connect stream, the
 // control plane packs them into its blob store and commits; restore streams them back.
+import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
@@ -154,6 +155,33 @@ describe("snapshots over the agent stream", () => {
     }
     const listed = (await snapshots()).map((s) => s.id);
     expect(listed).toEqual(expect.arrayContaining([a.id, b.id, base.id]));
+  });
+
+  it("says what the agent left out: a warning per entry, and the count and entries in JSON and the list", async () => {
+    const dir = path.join(root, "workspace-with-pipe");
+    await makeWorkspace(dir, 64 * 1024);
+    await fs.mkdir(path.join(dir, "run"));
+    execFileSync("mkfifo", [path.join(dir, "run", "events.pipe")]);
+    const reason = "a FIFO (named pipe): only regular files, directories and symlinks are kept";
+
+    const human = await cp.cli(["snapshot", "create", "--host", agent.hostId, "--path", dir]);
+    expect(human.code).toBe(0);
+    expect(human.stderr).toContain(`warning: left out "run/events.pipe": ${reason}`);
+    expect(human.stdout).toMatch(/, 1 left out\n$/);
+
+    const json = await cli(["snapshot", "create", "--host", agent.hostId, "--path", dir, "--json"]);
+    expect(json).toMatchObject({ files: 5, filesSkipped: 1, skipped: [{ path: "run/events.pipe", reason }] });
+    const listed = (await snapshots()).find((s) => s.id === json.id);
+    expect(listed).toMatchObject({ filesSkipped: 1, skipped: [{ path: "run/events.pipe", reason }] });
+    // A snapshot that left nothing out says nothing about it.
+    const clean = await cp.cli(["snapshot", "create", "--host", agent.hostId, "--path", workspace, "--json"]);
+    expect(clean.stderr).not.toContain("left out");
+    expect(JSON.parse(clean.stdout)).not.toHaveProperty("filesSkipped");
+
+    const target = path.join(root, "restored-without-pipe");
+    await cli(["snapshot", "restore", json.id, "--host", agent.hostId, "--target", target, "--json"]);
+    await fs.rm(path.join(dir, "run", "events.pipe"));
+    expect(await describeTree(target)).toEqual(await describeTree(dir));
   });
 
   it("restores a workspace many pack reads long byte for byte (the control plane reuses its read buffers)", async () => {

@@ -175,5 +175,7 @@ function toApi(r: SnapshotRow): api.Snapshot {
     bytesStored: BigInt(r.bytes_stored),
     chunksNew: BigInt(r.chunks_new),
     seconds: r.seconds,
+    filesSkipped: BigInt(r.files_skipped),
+    skipped: r.skipped,
   });
 }

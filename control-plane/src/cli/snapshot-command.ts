@@ -29,10 +29,12 @@ export function registerSnapshotCommands(program: Command): void {
         }),
       );
       const s = snapshotJson(snapshot);
+      warnSkipped(s);
       if (opts.json) return print(s);
       process.stdout.write(
         `snapshot ${s.id}: ${s.files} files, ${formatBytes(s.bytesRead)} read, ${formatBytes(s.bytesNew)} new, ` +
-          `${formatBytes(s.bytesStored)} stored in ${s.seconds.toFixed(1)}s\n`,
+          `${formatBytes(s.bytesStored)} stored in ${s.seconds.toFixed(1)}s` +
+          `${s.filesSkipped ? `, ${s.filesSkipped} left out` : ""}\n`,
       );
     });
 
@@ -51,7 +53,8 @@ export function registerSnapshotCommands(program: Command): void {
       if (opts.json) return print(list);
       for (const s of list)
         process.stdout.write(
-          `${s.id}  ${s.createdAt}  ${s.hostId}  ${s.path}  ${s.files} files  ${formatBytes(s.bytesStored)}\n`,
+          `${s.id}  ${s.createdAt}  ${s.hostId}  ${s.path}  ${s.files} files  ${formatBytes(s.bytesStored)}` +
+            `${s.filesSkipped ? `  ${s.filesSkipped} left out` : ""}\n`,
         );
     });
 
@@ -97,7 +100,21 @@ function snapshotJson(s: api.Snapshot) {
     bytesStored: Number(s.bytesStored),
     chunksNew: Number(s.chunksNew),
     seconds: roundSeconds(s.seconds),
+    // Only when the agent left something out, as `dumont-agent snapshot create --json` does.
+    ...(s.filesSkipped > 0n
+      ? { filesSkipped: Number(s.filesSkipped), skipped: s.skipped.map(({ path, reason }) => ({ path, reason })) }
+      : {}),
   };
+}
+
+/** One warning per entry the snapshot left out, on stderr (as `dumont-agent snapshot create` warns). */
+function warnSkipped(s: ReturnType<typeof snapshotJson>): void {
+  const listed = s.skipped ?? [];
+  for (const { path, reason } of listed) process.stderr.write(`warning: left out ${JSON.stringify(path)}: ${reason}\n`);
+  const unlisted = (s.filesSkipped ?? 0) - listed.length;
+  if (unlisted > 0) {
+    process.stderr.write(`warning: and ${unlisted} more entries left out (the first ${listed.length} are listed)\n`);
+  }
 }
 
 /**

@@ -1,5 +1,6 @@
 // The typed schema kysely checks our queries against. Migrations (frozen) create it.
 import type { ColumnType, Generated, Insertable, Selectable } from "kysely";
+import type { SkippedEntry } from "@dumont/repository";
 
 type Timestamp = ColumnType<Date, Date | string, Date | string>;
 /** bigint columns: both drivers are set to parse int8 as a JS number (our values stay below 2^53). */
@@ -124,6 +125,10 @@ export interface SnapshotsTable {
   bytes_stored: BigIntColumn;
   chunks_new: BigIntColumn;
   seconds: number;
+  /** Entries of the directory the snapshot left out (see api.Snapshot.files_skipped). */
+  files_skipped: ColumnType<number, number | undefined, number>;
+  /** The first MAX_SKIPPED_LISTED of them (jsonb). */
+  skipped: ColumnType<SkippedEntry[], string | undefined, string>;
 }
 
 export interface Database {

@@ -5,8 +5,8 @@ import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { AgentMessageSchema, type ControlMessage } from "@dumont/proto";
-import { chunkCodec, sealManifest } from "@dumont/repository";
+import { AgentMessageSchema, type ControlMessage, type SnapshotStatsSchema } from "@dumont/proto";
+import { chunkCodec, openBlobStore, Repository, sealManifest } from "@dumont/repository";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { AgentSession } from "../agent-gateway/agent-session.js";
 import { ensureTenant } from "../db/credential-repository.js";
@@ -30,13 +30,15 @@ describe("SnapshotCoordinator: the arrival check", () => {
     resumeInbound: () => {},
   } as unknown as AgentSession;
 
+  const coordinatorMasterKey = randomBytes(32);
+
   beforeAll(async () => {
     ({ db, close: closeDb } = await openTestDatabase());
     await ensureTenant(db, "t1", "tenant one");
     blobs = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-coordinator-"));
     coordinator = new SnapshotCoordinator(
       db,
-      new TenantKeys(db, randomBytes(32)),
+      new TenantKeys(db, coordinatorMasterKey),
       `file://${blobs}`,
       createLogger("silent"),
       createMetrics(),
@@ -86,9 +88,10 @@ describe("SnapshotCoordinator: the arrival check", () => {
     expect(await db.selectFrom("snapshots").selectAll().execute()).toEqual([]);
   });
 
-  it("commits a snapshot whose chunks all check out", async () => {
+  /** A snapshot of one chunk whose commit carries `stats`; returns the snapshot's promise. */
+  const commitWith = async (stats: MessageInitShape<typeof SnapshotStatsSchema>) => {
     const { snapshot, requestId, key, agentSends } = await start();
-    const plain = randomBytes(100_000);
+    const plain = randomBytes(10_000);
     const chunk = chunkCodec.sealChunk(key, plain);
     agentSends({
       case: "snapshotChunks",
@@ -96,13 +99,49 @@ describe("SnapshotCoordinator: the arrival check", () => {
     });
     agentSends({
       case: "snapshotCommit",
-      value: { requestId, epoch: 3n, manifest: oneFile(key, chunk.id, plain.length) },
+      value: { requestId, epoch: 3n, manifest: oneFile(key, chunk.id, plain.length), stats },
     });
-    const row = await snapshot;
-    expect(row).toMatchObject({ tenant_id: "t1", host_id: "h-test", workspace_id: "w1", epoch: 3 });
+    return snapshot;
+  };
+
+  it("commits a snapshot whose chunks all check out", async () => {
+    const row = await commitWith({});
+    expect(row).toMatchObject({ tenant_id: "t1", host_id: "h-test", workspace_id: "w1", epoch: 3, files_skipped: 0 });
     expect((await db.selectFrom("snapshots").select("id").execute()).map((r) => r.id)).toEqual([row.id]);
   });
+
+  it("keeps what the agent left out: the count and the entries, in the row and the repository's record", async () => {
+    const skipped = [
+      { path: "run/agent.sock", reason: "a socket: only regular files, directories and symlinks are kept" },
+    ];
+    const row = await commitWith({ files: 1n, filesSkipped: 3n, skipped });
+    expect(row).toMatchObject({ files_skipped: 3, skipped });
+    const stored = await db.selectFrom("snapshots").selectAll().where("id", "=", row.id).executeTakeFirstOrThrow();
+    expect(stored).toMatchObject({ files_skipped: 3, skipped });
+    const key = await new TenantKeys(db, coordinatorMasterKey).get("t1");
+    const repository = await Repository.open(openBlobStore(`file://${blobs}/tenants/t1`), key);
+    const record = (await repository.listSnapshots()).find((s) => s.id === row.id);
+    expect(record?.stats).toMatchObject({ files: 1, filesSkipped: 3, skipped });
+  });
+
+  it.each([
+    [
+      "more entries than it may list",
+      { filesSkipped: 200n, skipped: many(101) },
+      /skipped lists 101 entries, at most 100/,
+    ],
+    ["a count below the list", { filesSkipped: 1n, skipped: many(2) }, /files_skipped is 1, fewer than the 2 entries/],
+    ["an absolute path", { filesSkipped: 1n, skipped: [{ path: "/etc/passwd", reason: "x" }] }, /skipped\[0\]\.path/],
+  ])("refuses a commit whose skipped entries have %s, and lists nothing", async (_what, stats, error) => {
+    const before = await db.selectFrom("snapshots").select("id").execute();
+    await expect(commitWith(stats)).rejects.toThrow(error);
+    expect(await db.selectFrom("snapshots").select("id").execute()).toEqual(before);
+  });
 });
+
+function many(n: number): { path: string; reason: string }[] {
+  return Array.from({ length: n }, (_, i) => ({ path: `run/pipe-${i}`, reason: "a FIFO (named pipe)" }));
+}
 
 /** A sealed manifest of one file made of one chunk. */
 function oneFile(key: Buffer, id: Buffer, size: number): Buffer {

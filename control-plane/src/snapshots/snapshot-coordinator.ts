@@ -9,6 +9,7 @@ import {
   ControlMessageSchema,
   encodeRestoreChunks,
   type SnapshotCommit,
+  type SnapshotStats,
   STREAM_BATCH_BYTES,
   STREAM_BUFFERS_KEPT,
   STREAM_MESSAGE_BUFFER_BYTES,
@@ -19,11 +20,13 @@ import {
   type BlobStore,
   BufferPool,
   chunkArrivedDamaged,
+  MAX_SKIPPED_LISTED,
   openBlobStore,
   Repository,
   type RepositoryChunkSource,
   RepositoryIndex,
   type RepositoryWriter,
+  type SkippedEntry,
 } from "@dumont/repository";
 import type { AgentSession } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
@@ -382,14 +385,18 @@ export class SnapshotCoordinator {
 
   private async commit(writer: RepositoryWriter, commit: SnapshotCommit, req: SnapshotRequest): Promise<SnapshotRow> {
     const s = commit.stats;
-    const stats = {
+    const skipped = skippedEntries(s);
+    const counts = {
       files: Number(s?.files ?? 0n),
       bytesRead: Number(s?.bytesRead ?? 0n),
       bytesNew: Number(s?.bytesNew ?? 0n),
       bytesStored: Number(s?.bytesStored ?? 0n),
       chunksNew: Number(s?.chunksNew ?? 0n),
       seconds: s?.seconds ?? 0,
+      filesSkipped: skipped.filesSkipped,
     };
+    // The record lists what was left out, as a direct-mode snapshot's does (see createSnapshot).
+    const stats = skipped.filesSkipped > 0 ? { ...counts, skipped: skipped.skipped } : counts;
     // The repository commit verifies the manifest and makes every pack durable before the snapshot object.
     const id = await writer.commit(Buffer.from(commit.manifest), {
       workspace: req.workspaceId,
@@ -406,21 +413,23 @@ export class SnapshotCoordinator {
       workspace_id: req.workspaceId,
       path: req.path,
       epoch: Number(req.epoch),
-      files: stats.files,
-      bytes_read: stats.bytesRead,
-      bytes_new: stats.bytesNew,
-      bytes_stored: stats.bytesStored,
-      chunks_new: stats.chunksNew,
-      seconds: stats.seconds,
+      files: counts.files,
+      bytes_read: counts.bytesRead,
+      bytes_new: counts.bytesNew,
+      bytes_stored: counts.bytesStored,
+      chunks_new: counts.chunksNew,
+      seconds: counts.seconds,
+      files_skipped: skipped.filesSkipped,
+      skipped: JSON.stringify(skipped.skipped),
       // Set here, not by the column default, so the answer to this request and later listings agree.
       created_at: new Date(),
     };
     await this.db.insertInto("snapshots").values(row).execute();
     this.log.info(
-      { snapshotId: id, hostId: req.session.hostId, workspace: req.workspaceId, ...stats },
+      { snapshotId: id, hostId: req.session.hostId, workspace: req.workspaceId, ...counts },
       "snapshot committed",
     );
-    return row;
+    return { ...row, skipped: skipped.skipped };
   }
 
   /**
@@ -447,6 +456,40 @@ export class SnapshotCoordinator {
     }
     return repo;
   }
+}
+
+/** Longest skipped path and reason taken from an agent (paths: Linux's PATH_MAX). */
+const MAX_SKIPPED_PATH = 4096;
+const MAX_SKIPPED_REASON = 1024;
+
+/**
+ * The entries the agent left out, checked: they go into the repository's snapshot record and the database
+ * as the agent sent them, and back to whoever asked for the snapshot.
+ */
+export function skippedEntries(stats: SnapshotStats | undefined): { filesSkipped: number; skipped: SkippedEntry[] } {
+  const listed = stats?.skipped ?? [];
+  const filesSkipped = Number(stats?.filesSkipped ?? 0n);
+  const field = "the agent's SnapshotCommit stats";
+  if (listed.length > MAX_SKIPPED_LISTED) {
+    throw new InvalidArgumentError(`${field}: skipped lists ${listed.length} entries, at most ${MAX_SKIPPED_LISTED}`);
+  }
+  if (filesSkipped < listed.length) {
+    throw new InvalidArgumentError(
+      `${field}: files_skipped is ${filesSkipped}, fewer than the ${listed.length} entries skipped lists`,
+    );
+  }
+  const skipped = listed.map(({ path, reason }, i) => {
+    if (path.length === 0 || path.length > MAX_SKIPPED_PATH || path.startsWith("/") || path.includes("\0")) {
+      throw new InvalidArgumentError(
+        `${field}: skipped[${i}].path must be a relative path of 1-${MAX_SKIPPED_PATH} characters, got ${JSON.stringify(path.slice(0, 200))}`,
+      );
+    }
+    if (reason.length > MAX_SKIPPED_REASON) {
+      throw new InvalidArgumentError(`${field}: skipped[${i}].reason is longer than ${MAX_SKIPPED_REASON} characters`);
+    }
+    return { path, reason };
+  });
+  return { filesSkipped, skipped };
 }
 
 function staleEpoch(got: bigint, want: bigint): Error {

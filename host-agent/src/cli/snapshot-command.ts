@@ -145,7 +145,8 @@ export function registerSnapshotCommands(program: Command): void {
         for (const s of snapshots) {
           process.stdout.write(
             `${s.id.slice(0, 12)}  ${s.time}  ${s.totals.files} files  ${formatBytes(s.totals.bytes).padStart(10)}  ` +
-              `${s.workspace}${s.epoch ? ` (epoch ${s.epoch})` : ""}\n`,
+              `${s.workspace}${s.epoch ? ` (epoch ${s.epoch})` : ""}` +
+              `${s.stats?.filesSkipped ? `  ${s.stats.filesSkipped} left out` : ""}\n`,
           );
         }
       }),

@@ -187,6 +187,8 @@ export class StreamChunkSink implements ChunkSink {
                   bytesStored: BigInt(s.bytesStored),
                   chunksNew: BigInt(s.chunksNew),
                   seconds: s.seconds,
+                  filesSkipped: BigInt(s.filesSkipped ?? 0),
+                  skipped: s.skipped ?? [],
                 }
               : undefined,
           },

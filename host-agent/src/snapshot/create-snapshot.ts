@@ -5,7 +5,15 @@ import { constants } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { hostname } from "node:os";
 import { resolve } from "node:path";
-import { type ChunkSink, chunkCodec, type Manifest, type SealedChunk, sealManifest } from "@dumont/repository";
+import {
+  type ChunkSink,
+  chunkCodec,
+  MAX_SKIPPED_LISTED,
+  type Manifest,
+  type SealedChunk,
+  type SkippedEntry,
+  sealManifest,
+} from "@dumont/repository";
 import {
   type ChunkerParams,
   type CompiledChunker,
@@ -19,7 +27,7 @@ import {
 } from "./chunker.js";
 import { type LocalIndexEntry, loadLocalIndex, saveLocalIndex } from "./local-index.js";
 import type { SealedSegments } from "./segment-sealer.js";
-import { listSourceTree, type SkippedEntry, type SourceEntry } from "./source-tree.js";
+import { listSourceTree, type SourceEntry } from "./source-tree.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
 export interface CreateSnapshotOptions {
@@ -173,7 +181,13 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       hostname: options.meta.hostname ?? hostname(),
       time: new Date(Number(startNs / 1_000_000n)).toISOString(),
       source,
-      stats: { files: files.length, ...stats, seconds },
+      stats: {
+        files: files.length,
+        ...stats,
+        seconds,
+        filesSkipped: skipped.length,
+        ...(skipped.length > 0 ? { skipped: skipped.slice(0, MAX_SKIPPED_LISTED) } : {}),
+      },
     });
 
     if (options.localIndex) {

@@ -25,5 +25,4 @@ export {
   type RestoreSnapshotResult,
   restoreSnapshot,
 } from "./restore-snapshot.js";
-export type { SkippedEntry } from "./source-tree.js";
 export { SnapshotWorkerPool, type WorkerPoolOptions } from "./worker-pool.js";

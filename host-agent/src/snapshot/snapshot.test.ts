@@ -1,5 +1,5 @@
 // Snapshot create/restore end to end, on a local repository and on a real S3 server (s3rver) on loopback.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
 import {
@@ -29,6 +29,7 @@ import {
   type FetchedChunk,
   generateRepositoryKey,
   indexKey,
+  MAX_SKIPPED_LISTED,
   type Manifest,
   openBlobStore,
   packKey,
@@ -414,6 +415,33 @@ describe("snapshot engine", () => {
       const quarter = kinds.slice((q * kinds.length) / 4, ((q + 1) * kinds.length) / 4);
       expect(quarter.includes(true) && quarter.includes(false), `quarter ${q + 1}`).toBe(true);
     }
+  });
+
+  it("reports what it left out, and its record lists the first 100 of them with the count", async () => {
+    const source = fresh("src");
+    await mkdir(join(source, "run"), { recursive: true });
+    await writeFile(join(source, "kept.txt"), "kept\n");
+    const fifos = Array.from({ length: 120 }, (_, i) => join(source, "run", `pipe-${String(i).padStart(3, "0")}`));
+    execFileSync("mkfifo", fifos);
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    expect(created.files).toBe(1);
+    expect(created.skipped).toHaveLength(120);
+    expect(created.skipped[0]).toEqual({
+      path: "run/pipe-000",
+      reason: "a FIFO (named pipe): only regular files, directories and symlinks are kept",
+    });
+    const [record] = await (await Repository.open(openBlobStore(repo), key)).listSnapshots();
+    expect(record.stats?.filesSkipped).toBe(120);
+    expect(record.stats?.skipped).toEqual(created.skipped.slice(0, MAX_SKIPPED_LISTED));
+    expect(MAX_SKIPPED_LISTED).toBe(100);
+
+    await rm(join(source, "run"), { recursive: true });
+    await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    const records = await (await Repository.open(openBlobStore(repo), key)).listSnapshots();
+    expect(records.at(-1)?.stats).toMatchObject({ filesSkipped: 0 });
+    expect(records.at(-1)?.stats?.skipped).toBeUndefined();
   });
 
   it("works without worker threads too", async () => {

@@ -3,6 +3,7 @@
 import { type BigIntStats, type Dirent, lstatSync, readlinkSync } from "node:fs";
 import { lstat, readdir } from "node:fs/promises";
 import { join } from "node:path";
+import type { SkippedEntry } from "@dumont/repository";
 
 export interface SourceEntry {
   /** Relative to the root, `/`-separated. */
@@ -18,11 +19,6 @@ export interface SourceEntry {
 
 /** Entries stat'ed between two turns of the event loop (the agent's session must keep talking meanwhile). */
 const STAT_BATCH = 256;
-
-export interface SkippedEntry {
-  path: string;
-  reason: string;
-}
 
 export async function listSourceTree(root: string): Promise<{ entries: SourceEntry[]; skipped: SkippedEntry[] }> {
   const rootStat = await lstat(root, { bigint: true }).catch((err: NodeJS.ErrnoException) => {
@@ -72,7 +68,14 @@ async function walk(dirAbs: string, dirRel: string, entries: SourceEntry[], skip
     } else if (st.isSymbolicLink()) {
       entries.push({ ...base, type: "symlink", size: 0, target });
     } else {
-      skipped.push({ path: rel, reason: "not a regular file, directory or symlink" });
+      skipped.push({ path: rel, reason: `${specialKind(st)}: only regular files, directories and symlinks are kept` });
     }
   }
+}
+
+function specialKind(st: BigIntStats): string {
+  if (st.isSocket()) return "a socket";
+  if (st.isFIFO()) return "a FIFO (named pipe)";
+  if (st.isBlockDevice() || st.isCharacterDevice()) return "a device";
+  return "not a regular file";
 }
