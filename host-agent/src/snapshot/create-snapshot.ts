@@ -2,7 +2,7 @@
 // unchanged, streams the rest through the chunker in blocks, has workers seal each block, offers the chunk
 // ids to the sink and sends only the ones it lacks, then commits the sealed manifest.
 import { constants } from "node:fs";
-import { type FileHandle, open } from "node:fs/promises";
+import { type FileHandle, lstat, open } from "node:fs/promises";
 import { hostname } from "node:os";
 import { resolve } from "node:path";
 import {
@@ -134,7 +134,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
 
     const stats = { bytesRead: 0, bytesNew: 0, bytesStored: 0, chunksNew: 0 };
     const reading = [...toRead];
-    const bytesToRead = reading.reduce((sum, w) => sum + w.size, 0);
+    let bytesToRead = reading.reduce((sum, w) => sum + w.size, 0);
     const pipeline = new SegmentPipeline(
       pool,
       options.key,
@@ -150,9 +150,17 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       work.lengths = [];
     }
     options.onProgress?.({ bytesRead: 0, bytesToRead });
-    await pipeline.run(reading, options.signal, () =>
-      options.onProgress?.({ bytesRead: stats.bytesRead, bytesToRead }),
-    );
+    const progress = () => options.onProgress?.({ bytesRead: stats.bytesRead, bytesToRead });
+    await pipeline.run(reading, options.signal, progress);
+    // A file that changed while it was read (a checkpoint being rewritten, a log cut short) is read once more,
+    // as it is now: left out, a restore would not have it at all.
+    const again = await rereadable(reading.filter((w) => w.failed === CHANGED));
+    if (again.length > 0) {
+      bytesToRead += again.reduce((sum, w) => sum + w.size, 0);
+      progress();
+      await pipeline.run(again, options.signal, progress);
+      for (const w of again) if (w.failed === CHANGED) w.failed = CHANGED_TWICE;
+    }
     if (heldIds) pool.recycle(heldIds.buffer);
     for (const w of works) {
       if (w.failed) skipped.push({ path: w.entry.path, reason: w.failed });
@@ -416,7 +424,7 @@ class SegmentPipeline {
   }
 
   private async handle(task: PlannedSegment[], sealed: SealedSegments, offered: Offered): Promise<void> {
-    const failed = new Map(sealed.errors.map((e) => [e.segment, e.message]));
+    const failed = new Map(sealed.errors.map((e) => [e.segment, e]));
     const perSegment: Accepted[][] = task.map(() => []);
     const starts: number[][] = task.map(() => []);
     const meta = sealed.chunks;
@@ -448,7 +456,7 @@ class SegmentPipeline {
       if (work.failed) continue;
       const error = failed.get(si);
       if (error !== undefined) {
-        work.failed = `cannot read: ${error}`;
+        work.failed = error.changed ? CHANGED : `cannot read: ${error.message}`;
         continue;
       }
       this.stats.bytesRead += seg.end - seg.start;
@@ -460,9 +468,10 @@ class SegmentPipeline {
         try {
           await this.stitch(work, seg, perSegment[si], starts[si], accept);
         } catch (err) {
-          // The file vanished or shrank between the worker's read and this one: leave it out.
-          if (typeof (err as { code?: unknown }).code !== "string") throw err;
-          work.failed = `cannot read: ${(err as Error).message}`;
+          // The file vanished or shrank between the worker's read and this one.
+          const code = (err as { code?: unknown }).code;
+          if (typeof code !== "string") throw err;
+          work.failed = code === "ECHANGED" ? CHANGED : `cannot read: ${(err as Error).message}`;
           continue;
         }
       }
@@ -560,6 +569,25 @@ class SegmentPipeline {
 }
 
 const CHANGED = "it changed while it was being read";
+const CHANGED_TWICE = "it changed while it was being read, twice";
+
+/**
+ * The changed files that are still regular files, each reset to be read again from its new size, mode and
+ * time; the others keep their reason (a file now gone or replaced is what it is now).
+ */
+async function rereadable(changed: FileWork[]): Promise<FileWork[]> {
+  const again: FileWork[] = [];
+  for (const work of changed) {
+    const st = await lstat(work.entry.abs, { bigint: true }).catch(() => undefined);
+    if (!st?.isFile()) continue;
+    const size = Number(st.size);
+    // In place: the manifest is written from the listing's entries.
+    Object.assign(work.entry, { size, mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, ino: st.ino });
+    Object.assign(work, { chunks: [], lengths: [], size, failed: undefined, segments: 0, position: 0 });
+    again.push(work);
+  }
+  return again;
+}
 
 /** Opens a source file to read it again: never through a symlink, never waiting on a FIFO put in its place. */
 function openSource(path: string): Promise<FileHandle> {

@@ -31,7 +31,8 @@ export interface SealedSegments {
    * A blob length of 0 marks a chunk left unsealed because the repository holds it (see `held`).
    */
   chunks: Float64Array;
-  errors: { segment: number; message: string }[];
+  /** Segments that could not be read; `changed` when the file changed under the read (it shrank, or its type). */
+  errors: { segment: number; message: string; changed?: boolean }[];
   bytesRead: number;
 }
 
@@ -97,7 +98,7 @@ export function createSegmentSealer(deps: {
       let pos = 0;
       let count = 0;
       const meta: number[] = [];
-      const errors: { segment: number; message: string }[] = [];
+      const errors: SealedSegments["errors"] = [];
       let bytesRead = 0;
       if (!scanner || scanner.window.length < WINDOW + chunker.max) scanner = deps.makeScanner(WINDOW + chunker.max);
       const { window } = scanner;
@@ -160,7 +161,8 @@ export function createSegmentSealer(deps: {
           pos = mark.pos;
           count = mark.count;
           meta.length = mark.meta;
-          errors.push({ segment: si, message: err instanceof Error ? err.message : String(err) });
+          const message = err instanceof Error ? err.message : String(err);
+          errors.push(code === "ECHANGED" ? { segment: si, message, changed: true } : { segment: si, message });
         } finally {
           if (fd >= 0) fs.closeSync(fd);
         }

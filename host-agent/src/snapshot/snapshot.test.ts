@@ -273,6 +273,80 @@ describe("snapshot engine", () => {
     expect((await readFile(join(target, "big"))).equals(content)).toBe(true);
   });
 
+  it("reads a file that changed while it was read once more, as it is now, rather than leave it out", async () => {
+    // A checkpoint rewritten mid-snapshot: 8 MiB when listed, 1 MiB of new bytes once the sink has taken the
+    // first chunks (the workers seal at most three segments of 512 KiB ahead, so the rest read the new file).
+    const source = fresh("src");
+    await mkdir(source);
+    const file = join(source, "checkpoint.pt");
+    await writeFile(file, seeded(8 * 1024 * 1024, "v1"));
+    await utimes(file, HOUR_AGO, HOUR_AGO);
+    await writeFile(join(source, "steady.txt"), "steady\n");
+    const v2 = seeded(1024 * 1024, "v2");
+    const key = generateRepositoryKey();
+    const { repo, store, writer } = await freshWriter(key);
+    let rewritten = false;
+    const sink: ChunkSink = {
+      missing: (ids) => writer.missing(ids),
+      put: async (chunks) => {
+        if (!rewritten) {
+          rewritten = true;
+          await writeFile(file, v2);
+        }
+        await writer.put(chunks);
+      },
+      commit: (manifest, meta) => writer.commit(manifest, meta),
+      abort: () => writer.abort(),
+    };
+    const meta = { workspace: "w", epoch: 0, tenant: "t" };
+    const created = await createSnapshot({ source, sink, key, meta, pool, ...SMALL });
+    expect(rewritten).toBe(true);
+    expect(created.skipped).toEqual([]);
+    expect(created.files).toBe(2);
+    expect(created.bytesRead).toBeGreaterThan(v2.length + 7);
+    await store.close();
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect(await describeTree(target)).toEqual(await describeTree(source));
+    expect((await readFile(join(target, "checkpoint.pt"))).equals(v2)).toBe(true);
+
+    // One that shrinks by 2 MiB at the start of each read (the first chunks taken, as above) changes under
+    // the second read too: left out, saying so. A new total to read in the progress marks the second read.
+    let size = 8 * 1024 * 1024;
+    await writeFile(file, seeded(size, "v3"));
+    const { store: store2, writer: writer2 } = await freshWriter(key);
+    let total = 0;
+    let armed = true;
+    const restless = await createSnapshot({
+      source,
+      sink: {
+        missing: (ids) => writer2.missing(ids),
+        put: async (chunks) => {
+          if (armed) {
+            armed = false;
+            size -= 2 * 1024 * 1024;
+            await writeFile(file, seeded(size, `v${size}`));
+          }
+          await writer2.put(chunks);
+        },
+        commit: (manifest, m) => writer2.commit(manifest, m),
+        abort: () => writer2.abort(),
+      },
+      key,
+      meta,
+      pool,
+      ...SMALL,
+      onProgress: (p) => {
+        if (total !== 0 && p.bytesToRead !== total) armed = true;
+        total = p.bytesToRead;
+      },
+    });
+    await store2.close();
+    expect(size).toBe(4 * 1024 * 1024); // shrunk once in each read
+    expect(restless.skipped).toEqual([{ path: "checkpoint.pt", reason: "it changed while it was being read, twice" }]);
+    expect(restless.files).toBe(1);
+  });
+
   it("seals `sealAhead` more segments ahead of a slow sink, and stores the same snapshot", async () => {
     const source = fresh("src");
     await mkdir(source);
