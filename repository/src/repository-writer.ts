@@ -107,6 +107,9 @@ export class RepositoryWriter implements ChunkSink {
     this.assertUsable();
     const key = this.repository.key;
     for (const chunk of chunks) {
+      // Again for every chunk: `abort` may come while this put waits (the control plane aborts as soon as an
+      // agent drops), and a pack opened after it would be left open.
+      this.assertUsable();
       if (chunk.id.length !== 32) throw new RepositoryError("invalid-argument", "a chunk id must be 32 bytes");
       const hex = chunk.id.toString("hex");
       if (this.index.has(hex) || this.pending.has(hex)) continue;
@@ -119,7 +122,14 @@ export class RepositoryWriter implements ChunkSink {
       }
       const buf = this.current?.buf;
       if (buf && this.current && this.current.size + chunk.blob.length > buf.length) await this.sealCurrentPack();
-      this.current ??= await this.openPack(chunk.blob.length);
+      if (!this.current) {
+        const opened = await this.openPack(chunk.blob.length);
+        if (this.closed) {
+          await opened.writer?.abort().catch(() => {});
+          this.assertUsable();
+        }
+        this.current = opened;
+      }
       const pack = this.current;
       // Copied (or written) now: the caller may reuse the blob's memory as soon as put resolves.
       if (pack.writer) await pack.writer.write(chunk.blob);
@@ -206,7 +216,11 @@ export class RepositoryWriter implements ChunkSink {
     if (!pack || pack.entries.length === 0) return;
     this.current = undefined;
     while (this.uploads.size >= this.uploadConcurrency) await Promise.race(this.uploads);
-    this.throwIfFailed();
+    if (this.failure) {
+      // Nothing else holds this pack now: close and remove its temp file before giving up.
+      await pack.writer?.abort().catch(() => {});
+      throw this.failure;
+    }
     const upload: Promise<void> = this.writePack(pack)
       .catch((err: unknown) => {
         this.failure ??= err instanceof Error ? err : new Error(String(err));

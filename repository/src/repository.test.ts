@@ -352,6 +352,45 @@ describe("repository on file://, writing packs", () => {
     expect(check.problems).toEqual([]);
     expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([id]);
   });
+
+  it("after a failed pack write, aborting closes and removes every pack still open", async () => {
+    // Found as a FileHandle Node closed on garbage collection: once one pack's upload failed, the next
+    // pack to seal was dropped with its file open (a descriptor and a temp file per failed snapshot).
+    const root = join(dir, "failed-pack");
+    const store = new FileBlobStore(root);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    let written = 0;
+    const writer = await repository.writer({
+      packSize: 64 * 1024,
+      uploadConcurrency: 1,
+      onPackWritten: () => {
+        if (++written === 1) throw new Error("disk full");
+      },
+    });
+    const openFds = async () => (await readdir("/proc/self/fd")).length;
+    const fdsBefore = await openFds();
+    await expect(
+      (async () => {
+        for (let i = 0; i < 8; i++) await writer.put([sealed(key, randomBytes(40_000))]);
+      })(),
+    ).rejects.toThrow("disk full");
+    await writer.abort();
+    expect(await openFds()).toBe(fdsBefore);
+    const tempFiles = async () =>
+      (await readdir(join(root, "data"), { recursive: true })).filter((name) => name.includes(".tmp-"));
+    expect(await tempFiles()).toEqual([]);
+
+    // An abort that comes while a put is opening its pack (the control plane aborts when an agent drops,
+    // whatever its writer is doing): the put fails, and the pack it opened is closed and removed.
+    const second = await repository.writer({ packSize: 64 * 1024 });
+    const putting = second.put([sealed(key, randomBytes(40_000))]);
+    putting.catch(() => {}); // awaited below, after the abort
+    await second.abort();
+    await expect(putting).rejects.toThrow(/already committed or aborted/);
+    expect(await openFds()).toBe(fdsBefore);
+    expect(await tempFiles()).toEqual([]);
+  });
 });
 
 describe("locks", () => {

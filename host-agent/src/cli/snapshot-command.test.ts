@@ -1,4 +1,5 @@
 // The snapshot commands as an operator types them: flags, JSON output, exit codes and error sentences.
+import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -90,6 +91,30 @@ describe("dumont-agent snapshot", () => {
     const forgot = await run("snapshot", "forget", ...common, "--keep-last", "1", "--prune", "--json");
     expect(JSON.parse(forgot.out).forgotten).toHaveLength(1);
     expect(JSON.parse((await run("snapshot", "list", ...common, "--json")).out)).toHaveLength(1);
+  });
+
+  it("warns about what it left out, and says so in JSON and in the list", async () => {
+    const source = join(root, "with-pipe");
+    await mkdir(source, { recursive: true });
+    await writeFile(join(source, "kept.txt"), "kept\n");
+    execFileSync("mkfifo", [join(source, "events.pipe")]);
+    await writeFile(join(root, "key"), "11".repeat(32));
+    const common = ["--repo", pathToFileURL(join(root, "repo-pipe")).href, "--key-file", join(root, "key")];
+    const reason = "a FIFO (named pipe): only regular files, directories and symlinks are kept";
+
+    const human = await run("snapshot", "create", "--source", source, ...common);
+    expect(human.code).toBe(0);
+    expect(human.err).toContain(`warning: left out "events.pipe": ${reason}`);
+    expect(human.out).toMatch(/, 1 left out\n$/);
+    const json = await run("snapshot", "create", "--source", source, ...common, "--json");
+    expect(JSON.parse(json.out)).toMatchObject({
+      files: 1,
+      filesSkipped: 1,
+      skipped: [{ path: "events.pipe", reason }],
+    });
+    const listed = await run("snapshot", "list", ...common);
+    expect(listed.out.trim().split("\n")).toHaveLength(2);
+    for (const line of listed.out.trim().split("\n")) expect(line).toMatch(/ {2}1 left out$/);
   });
 
   it("says what to do when the key or the flags are wrong", async () => {

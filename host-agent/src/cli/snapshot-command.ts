@@ -87,12 +87,15 @@ export function registerSnapshotCommands(program: Command): void {
             chunksNew: result.chunksNew,
             seconds: roundSeconds(result.seconds),
           };
-          if (opts.json) print(result.skipped.length > 0 ? { ...summary, skipped: result.skipped } : summary);
+          // As `dumont snapshot create --json`: what was left out, only when something was.
+          const left = result.skipped.length;
+          if (opts.json) print(left > 0 ? { ...summary, filesSkipped: left, skipped: result.skipped } : summary);
           else {
             process.stdout.write(
               `snapshot ${result.id} saved: ${result.files} files, ${formatBytes(result.bytesTotal)} ` +
                 `(${formatBytes(result.bytesRead)} read, ${formatBytes(result.bytesNew)} new, ` +
-                `${formatBytes(result.bytesStored)} stored) in ${result.seconds.toFixed(1)}s\n`,
+                `${formatBytes(result.bytesStored)} stored) in ${result.seconds.toFixed(1)}s` +
+                `${left > 0 ? `, ${left} left out` : ""}\n`,
             );
           }
         }),
