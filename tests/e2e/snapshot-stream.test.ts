@@ -142,7 +142,11 @@ describe("snapshots over the agent stream", () => {
       cli(["snapshot", "create", "--host", agent.hostId, "--path", other, "--json"]),
       cli(["snapshot", "create", "--host", agent.hostId, "--path", workspace, "--json"]),
       cli(["snapshot", "restore", base.id, "--host", agent.hostId, "--target", target, "--json"]),
-    ]);
+    ]).catch((err: Error) => {
+      throw new Error(
+        `${err.message}\nagent log:\n${agent.log().slice(-6000)}\ncontrol plane log:\n${cp.log().slice(-6000)}`,
+      );
+    });
     expect(restored.files).toBe(5);
     expect(await describeTree(target)).toEqual(await describeTree(workspace));
     for (const [snapshot, source] of [
@@ -322,6 +326,13 @@ describe("snapshots over the agent stream", () => {
     expect(res.code).not.toBe(0);
     expect(res.stderr).toMatch(/disconnected|closed|not connected/);
     expect((await snapshots()).length).toBe(before);
+    // The control plane aborted the snapshot's writer: no pack it was writing stays open as a temp file.
+    const blobs = path.join(root, "cp", "blobs");
+    const tempFiles = async () =>
+      (await fs.readdir(blobs, { recursive: true })).filter((name) => name.includes(".tmp-"));
+    await waitFor(async () => (await tempFiles()).length === 0, 10_000).catch(async () => {
+      throw new Error(`temp files left in the blob store: ${(await tempFiles()).join(", ")}`);
+    });
 
     const restartedAt = Date.now();
     agent = startAgentProcess(agent.dataDir, agent.hostId);
