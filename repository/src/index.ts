@@ -92,4 +92,4 @@ export type {
   SnapshotMeta,
   SnapshotStats,
 } from "./transfer.js";
-export { MAX_SKIPPED_LISTED } from "./transfer.js";
+export { MAX_SKIPPED_LISTED, MAX_SKIPPED_REASON } from "./transfer.js";

@@ -50,6 +50,8 @@ export interface SkippedEntry {
  * plane's row); the count covers the rest. Bounds a record and a message whatever the source holds.
  */
 export const MAX_SKIPPED_LISTED = 100;
+/** The longest reason a listed skipped entry carries (a longer one is cut to this many characters). */
+export const MAX_SKIPPED_REASON = 1024;
 
 export interface ChunkSink {
   /** The ids (of those given) the repository lacks; only these need `put`. Dedup is per repository. */

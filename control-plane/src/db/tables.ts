@@ -1,6 +1,7 @@
 // The typed schema kysely checks our queries against. Migrations (frozen) create it.
-import type { ColumnType, Generated, Insertable, Selectable } from "kysely";
+
 import type { SkippedEntry } from "@dumont/repository";
+import type { ColumnType, Generated, Insertable, Selectable } from "kysely";
 
 type Timestamp = ColumnType<Date, Date | string, Date | string>;
 /** bigint columns: both drivers are set to parse int8 as a JS number (our values stay below 2^53). */

@@ -21,6 +21,7 @@ import {
   BufferPool,
   chunkArrivedDamaged,
   MAX_SKIPPED_LISTED,
+  MAX_SKIPPED_REASON,
   openBlobStore,
   Repository,
   type RepositoryChunkSource,
@@ -458,15 +459,14 @@ export class SnapshotCoordinator {
   }
 }
 
-/** Longest skipped path and reason taken from an agent (paths: Linux's PATH_MAX). */
+/** Longest skipped path taken from an agent (Linux's PATH_MAX); reasons are cut by the agent (MAX_SKIPPED_REASON). */
 const MAX_SKIPPED_PATH = 4096;
-const MAX_SKIPPED_REASON = 1024;
 
 /**
  * The entries the agent left out, checked: they go into the repository's snapshot record and the database
  * as the agent sent them, and back to whoever asked for the snapshot.
  */
-export function skippedEntries(stats: SnapshotStats | undefined): { filesSkipped: number; skipped: SkippedEntry[] } {
+function skippedEntries(stats: SnapshotStats | undefined): { filesSkipped: number; skipped: SkippedEntry[] } {
   const listed = stats?.skipped ?? [];
   const filesSkipped = Number(stats?.filesSkipped ?? 0n);
   const field = "the agent's SnapshotCommit stats";

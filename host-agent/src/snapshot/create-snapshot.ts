@@ -9,6 +9,7 @@ import {
   type ChunkSink,
   chunkCodec,
   MAX_SKIPPED_LISTED,
+  MAX_SKIPPED_REASON,
   type Manifest,
   type SealedChunk,
   type SkippedEntry,
@@ -194,7 +195,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
         ...stats,
         seconds,
         filesSkipped: skipped.length,
-        ...(skipped.length > 0 ? { skipped: skipped.slice(0, MAX_SKIPPED_LISTED) } : {}),
+        ...(skipped.length > 0 ? { skipped: skipped.slice(0, MAX_SKIPPED_LISTED).map(listedSkip) } : {}),
       },
     });
 
@@ -566,6 +567,11 @@ class SegmentPipeline {
     from.work.failed = CHANGED;
     return undefined;
   }
+}
+
+/** A skipped entry as the snapshot's record lists it: the reason cut to MAX_SKIPPED_REASON characters. */
+function listedSkip({ path, reason }: SkippedEntry): SkippedEntry {
+  return { path, reason: reason.length > MAX_SKIPPED_REASON ? `${reason.slice(0, MAX_SKIPPED_REASON - 1)}…` : reason };
 }
 
 const CHANGED = "it changed while it was being read";
