@@ -1,7 +1,7 @@
 // Snapshot create/restore end to end, on a local repository and on a real S3 server (s3rver) on loopback.
 import { execFileSync, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { createReadStream, existsSync } from "node:fs";
+import { createReadStream, existsSync, rmSync } from "node:fs";
 import {
   appendFile,
   chmod,
@@ -30,6 +30,7 @@ import {
   generateRepositoryKey,
   indexKey,
   MAX_SKIPPED_LISTED,
+  MAX_SKIPPED_REASON,
   type Manifest,
   openBlobStore,
   packKey,
@@ -516,6 +517,38 @@ describe("snapshot engine", () => {
     const records = await (await Repository.open(openBlobStore(repo), key)).listSnapshots();
     expect(records.at(-1)?.stats).toMatchObject({ filesSkipped: 0 });
     expect(records.at(-1)?.stats?.skipped).toBeUndefined();
+  });
+
+  it("cuts a skipped entry's long reason to MAX_SKIPPED_REASON in its record, keeping it whole in the result", async () => {
+    // A file deep under long directory names vanishes once listed (at the first progress report, before any
+    // read): its reason quotes the ~2,900-character path, which the control plane would refuse whole.
+    const source = fresh("src");
+    const deep = join(source, ...Array.from({ length: 12 }, (_, i) => `${i}`.padEnd(240, "d")));
+    await mkdir(deep, { recursive: true });
+    await writeFile(join(deep, "gone.bin"), "soon gone\n");
+    await writeFile(join(source, "kept.txt"), "kept\n");
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    let removed = false;
+    const created = await createDirectSnapshot({
+      repo,
+      key,
+      source,
+      pool,
+      ...SMALL,
+      onProgress: () => {
+        if (!removed) rmSync(join(deep, "gone.bin"));
+        removed = true;
+      },
+    });
+    const [whole] = created.skipped;
+    expect(whole.reason).toMatch(/^cannot read: ENOENT/);
+    expect(whole.reason.length).toBeGreaterThan(MAX_SKIPPED_REASON);
+    const [record] = await (await Repository.open(openBlobStore(repo), key)).listSnapshots();
+    const [listed] = record.stats?.skipped ?? [];
+    expect(listed.path).toBe(whole.path);
+    expect(listed.reason).toHaveLength(MAX_SKIPPED_REASON);
+    expect(listed.reason).toBe(`${whole.reason.slice(0, MAX_SKIPPED_REASON - 1)}…`);
   });
 
   it("works without worker threads too", async () => {
