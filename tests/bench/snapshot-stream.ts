@@ -45,9 +45,11 @@ export class StreamBench {
     const proxy = options.delayMs !== undefined ? await startDelayProxy(cp.grpcPort, options.delayMs) : undefined;
     const hostId = await enrollAgent(cp, join(work, "agent"), "bench", { server: proxy?.url });
     // Telemetry at the agent's default interval (the test helper's 1 s would add database writes to the
-    // control plane's share of the two cores).
+    // control plane's share of the two cores). A CPU-only host, as this machine is: the test helper's fake
+    // nvidia-smi is a Node script, ~0.1 CPU-s per call (a process start), and one call per 5 s tick took
+    // 0.13 CPU-s of the pinned agent's core in a ~5 s streamed snapshot, work the direct runs never do.
     const agent = startAgentProcess(join(work, "agent"), hostId, {
-      env: { DUMONT_LOG_LEVEL: "warn" },
+      env: { DUMONT_LOG_LEVEL: "warn", PATH: process.env.PATH },
       telemetryInterval: 5,
     });
     await waitFor(async () => {
