@@ -124,7 +124,13 @@ async function utimesTree(dir: string, seconds: number): Promise<void> {
   await utimes(dir, seconds, seconds);
 }
 
-/** Every entry with its type, mode, size, mtime (ms) and content hash or link target. */
+/** The built engine's URL, for tests that run it in a child process of their own. */
+function builtEngineUrl(): string {
+  const entry = fileURLToPath(new URL("../../dist/snapshot/index.js", import.meta.url));
+  if (!existsSync(entry)) throw new Error(`build the agent first (npm run build): ${entry} is missing`);
+  return pathToFileURL(entry).href;
+}
+
 /** SHA-256 of a file, read in pieces (the big-file test's files are larger than it should hold). */
 async function fileDigest(path: string): Promise<string> {
   const hash = createHash("sha256");
@@ -132,6 +138,7 @@ async function fileDigest(path: string): Promise<string> {
   return hash.digest("hex");
 }
 
+/** Every entry with its type, mode, size, mtime (ms) and content hash or link target. */
 async function describeTree(dir: string, rel = ""): Promise<string[]> {
   const out: string[] = [];
   const names = (await readdir(join(dir, rel))).sort();
@@ -743,15 +750,14 @@ describe("snapshot engine", () => {
   });
 
   it("survives kill -9 of the process taking the snapshot", async () => {
-    const entry = fileURLToPath(new URL("../../dist/snapshot/index.js", import.meta.url));
-    if (!existsSync(entry)) throw new Error(`build the agent first (npm run build): ${entry} is missing`);
+    const engineUrl = builtEngineUrl();
     const source = fresh("src");
     await mkdir(source);
     for (let i = 0; i < 6; i++) await writeFile(join(source, `part${i}.bin`), seeded(400_000, `kill${i}`));
     const key = generateRepositoryKey();
     const repo = pathToFileURL(fresh("repo")).href;
     const script = `
-      const { createDirectSnapshot } = await import(${JSON.stringify(pathToFileURL(entry).href)});
+      const { createDirectSnapshot } = await import(${JSON.stringify(engineUrl)});
       let packs = 0;
       await createDirectSnapshot({
         repo: ${JSON.stringify(repo)}, key: Buffer.from(${JSON.stringify(key.toString("hex"))}, "hex"),
@@ -782,8 +788,7 @@ describe("snapshot engine", () => {
     // snapshotted and restored in a process of its own, and the peak RSS compared. Holding the file (or its
     // sealed chunks) would add ~224 MiB to the larger one. The files are sparse (holes read as zeros, so the
     // test writes little); random blocks at both ends make every one hold data as well.
-    const entry = fileURLToPath(new URL("../../dist/snapshot/index.js", import.meta.url));
-    if (!existsSync(entry)) throw new Error(`build the agent first (npm run build): ${entry} is missing`);
+    const engineUrl = builtEngineUrl();
     const key = generateRepositoryKey();
     const peakRss = async (sizeMiB: number): Promise<{ snapshot: number; restore: number }> => {
       const source = fresh("big-src");
@@ -795,7 +800,7 @@ describe("snapshot engine", () => {
       const repo = JSON.stringify(pathToFileURL(fresh("big-repo")).href);
       const run = async <T>(call: string): Promise<T & { maxRssKiB: number }> => {
         const script = `
-          const engine = await import(${JSON.stringify(pathToFileURL(entry).href)});
+          const engine = await import(${JSON.stringify(engineUrl)});
           const key = Buffer.from(${JSON.stringify(key.toString("hex"))}, "hex");
           const result = await engine.${call};
           process.stdout.write(JSON.stringify({ ...result, maxRssKiB: process.resourceUsage().maxRSS }));`;
