@@ -26,6 +26,12 @@ export {
 export { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
 export { copyBytes } from "./copy-bytes.js";
 export { chunkArrivedDamaged, isRepositoryError, RepositoryError, type RepositoryErrorCode } from "./errors.js";
+export {
+  checkExcludePatterns,
+  IGNORE_FILE,
+  MAX_EXCLUDE_PATTERN_LENGTH,
+  MAX_EXCLUDE_PATTERNS,
+} from "./exclude-patterns.js";
 export { FileBlobStore } from "./file-blob-store.js";
 export { generateRepositoryKey, KEY_LENGTH, parseRepositoryKey } from "./key.js";
 export { LOCK_STALE_AFTER_MS } from "./lock.js";

@@ -188,6 +188,45 @@ describe("snapshots over the agent stream", () => {
     expect(await describeTree(target)).toEqual(await describeTree(dir));
   });
 
+  it("leaves out what the directory's .dumontignore and --exclude name; bad patterns are refused", async () => {
+    const dir = path.join(root, "workspace-with-excludes");
+    await makeWorkspace(dir, 64 * 1024);
+    await fs.mkdir(path.join(dir, ".cache/hf"), { recursive: true });
+    await fs.writeFile(path.join(dir, ".cache/hf/model.safetensors"), randomBytes(32 * 1024));
+    await fs.writeFile(path.join(dir, "src/step-100.ckpt.tmp"), "half-written");
+    await fs.writeFile(path.join(dir, ".dumontignore"), "# scratch\n*.tmp\n");
+    await ageFiles(dir);
+
+    const snap = (await cli([
+      "snapshot",
+      "create",
+      "--host",
+      agent.hostId,
+      "--path",
+      dir,
+      "--exclude",
+      ".cache/",
+      "--json",
+    ])) as SnapshotJson;
+    expect(snap.files).toBe(6); // makeWorkspace's 5 files and the .dumontignore
+    const target = path.join(root, "restored-without-excluded");
+    await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
+    const expected = await describeTree(dir);
+    for (const excluded of [".cache", ".cache/hf", ".cache/hf/model.safetensors", "src/step-100.ckpt.tmp"]) {
+      expect(expected).toHaveProperty([excluded]);
+      delete expected[excluded];
+    }
+    expect(await describeTree(target)).toEqual(expected);
+
+    // The CLI names its flag; the API checks the same rules for any client, before anything runs.
+    const flag = await cp.cli(["snapshot", "create", "--host", agent.hostId, "--path", dir, "--exclude", "#cache"]);
+    expect(flag.code).not.toBe(0);
+    expect(flag.stderr).toMatch(/--exclude \("#cache"\) starts with "#"/);
+    await expect(
+      snapshotApi(cp).createSnapshot({ hostId: agent.hostId, path: dir, exclude: ["*.tmp", "a\nb"] }),
+    ).rejects.toThrow(/invalid_argument.*exclude\[1\] \("a\\nb"\) holds a line break/);
+  });
+
   it("restores a workspace many pack reads long byte for byte (the control plane reuses its read buffers)", async () => {
     // 72 MiB that does not compress: more 8 MiB pack reads than the control plane keeps buffers for, so
     // later reads land in buffers earlier chunks were sent from.

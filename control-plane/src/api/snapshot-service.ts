@@ -3,6 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
+import { checkExcludePatterns } from "@dumont/repository/exclude-patterns";
 import type { SessionRegistry } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
 import { getHost } from "../db/host-repository.js";
@@ -40,6 +41,12 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     await admin(ctx);
     if (!req.path.startsWith("/"))
       throw new InvalidArgumentError(`path must be an absolute path on the host, got ${JSON.stringify(req.path)}`);
+    let exclude: string[];
+    try {
+      exclude = checkExcludePatterns(req.exclude, "exclude");
+    } catch (err) {
+      throw new InvalidArgumentError((err as Error).message);
+    }
     const { host, session } = await connectedHost(req.hostId);
     return () =>
       deps.snapshots.snapshot({
@@ -47,6 +54,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
         tenantId: host.tenant_id,
         path: req.path,
         workspaceId: req.workspaceId || `${host.id}:${req.path}`,
+        exclude,
         // Epochs arrive with instance placement; an operator's snapshot of a bare directory uses 0.
         epoch: 0n,
         onProgress,

@@ -3,6 +3,7 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { api } from "@dumont/proto";
 // The meter and byte formatting alone: a CLI call needs nothing else of the package.
+import { checkExcludePatterns, IGNORE_FILE } from "@dumont/repository/exclude-patterns";
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
 import type { Command } from "commander";
 import { type ApiOptions, apiClients } from "./api-client.js";
@@ -17,8 +18,16 @@ export function registerSnapshotCommands(program: Command): void {
     .requiredOption("--host <hostId>", "the host holding the directory")
     .requiredOption("--path <dir>", "absolute path of the directory on that host")
     .option("--workspace <id>", "workspace id to file the snapshot under (default HOST:PATH)")
+    .option(
+      "--exclude <pattern>",
+      `leave out what matches this pattern (gitignore syntax, relative to --path; repeat for more), after the ` +
+        `patterns of the directory's own ${IGNORE_FILE}`,
+      (value: string, all: string[]) => [...all, value],
+      [],
+    )
     .option("--json", "print JSON")
     .action(async (opts, cmd: Command) => {
+      const exclude = checkExcludePatterns(opts.exclude, "--exclude");
       const snapshot = await follow<api.Snapshot>(
         "snapshot",
         opts.json === true,
@@ -26,6 +35,7 @@ export function registerSnapshotCommands(program: Command): void {
           hostId: opts.host,
           path: opts.path,
           workspaceId: opts.workspace,
+          exclude,
         }),
       );
       const s = snapshotJson(snapshot);

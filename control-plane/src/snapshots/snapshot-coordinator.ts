@@ -61,6 +61,8 @@ export interface SnapshotRequest {
   tenantId: string;
   path: string;
   workspaceId: string;
+  /** Checked patterns (checkExcludePatterns) the agent leaves out, after the directory's .dumontignore. */
+  exclude?: string[];
   epoch: bigint;
   onProgress?: (progress: TransferProgress) => void;
 }
@@ -269,6 +271,7 @@ export class SnapshotCoordinator {
                 epoch: req.epoch,
                 tenantKey: key,
                 tenantId: req.tenantId,
+                exclude: req.exclude ?? [],
               },
             },
           }),

@@ -117,6 +117,46 @@ describe("dumont-agent snapshot", () => {
     for (const line of listed.out.trim().split("\n")) expect(line).toMatch(/ {2}1 left out$/);
   });
 
+  it("leaves out what --exclude (repeated) and the source's .dumontignore name; a bad pattern names the flag", async () => {
+    const source = join(root, "with-excludes");
+    await mkdir(join(source, "cache"), { recursive: true });
+    await mkdir(join(source, "out"), { recursive: true });
+    for (const file of ["train.py", "cache/blob", "out/model.bin", "out/log.txt", "scratch.tmp"])
+      await writeFile(join(source, file), `${file}\n`);
+    await writeFile(join(source, ".dumontignore"), "*.tmp\n");
+    await writeFile(join(root, "key"), "11".repeat(32));
+    const common = ["--repo", pathToFileURL(join(root, "repo-excludes")).href, "--key-file", join(root, "key")];
+
+    const created = await run(
+      "snapshot",
+      "create",
+      "--source",
+      source,
+      ...common,
+      "--exclude",
+      "cache/",
+      "--exclude",
+      "out/*.bin",
+      "--json",
+    );
+    expect(created.code).toBe(0);
+    expect(JSON.parse(created.out)).toMatchObject({ files: 3 }); // train.py, out/log.txt, .dumontignore
+    const target = join(root, "with-excludes-restored");
+    expect(
+      (await run("snapshot", "restore", ...common, "--id", JSON.parse(created.out).id, "--target", target)).code,
+    ).toBe(0);
+    expect((await readdir(target, { recursive: true })).sort()).toEqual([
+      ".dumontignore",
+      "out",
+      "out/log.txt",
+      "train.py",
+    ]);
+
+    const bad = await run("snapshot", "create", "--source", source, ...common, "--exclude", "ok", "--exclude", "");
+    expect(bad.code).toBe(1);
+    expect(bad.err).toMatch(/^--exclude\[1\] is empty: give a pattern such as "\*\.tmp" or "cache\/"\n$/);
+  });
+
   it("says what to do when the key or the flags are wrong", async () => {
     const source = join(root, "src2");
     await mkdir(source);

@@ -2,6 +2,7 @@
 // repository URL with no control plane (operators, benchmarks). Same engine and format as the stream.
 import { readFile } from "node:fs/promises";
 import {
+  checkExcludePatterns,
   checkRepository,
   forgetSnapshots,
   formatBytes,
@@ -25,6 +26,9 @@ import {
 const REPO_HELP =
   "repository URL: file:///absolute/path or s3://bucket/prefix (S3 credentials and region from the AWS_* " +
   "variables, endpoint from DUMONT_S3_ENDPOINT)";
+const EXCLUDE_HELP =
+  "leave out what matches this pattern (gitignore syntax, relative to the source; repeat for more), after the " +
+  "patterns of the source's own .dumontignore";
 const KEY_HELP =
   "file holding the repository key: 32 random bytes as 64 hex characters or base64 (default: DUMONT_REPO_KEY)";
 
@@ -52,6 +56,7 @@ export function registerSnapshotCommands(program: Command): void {
     .option("--workspace <id>", "workspace id to record (default: the absolute source path)")
     .option("--tenant <id>", "tenant id to record", "local")
     .option("--state-dir <dir>", "where the local index lives (default: DUMONT_STATE_DIR or ~/.local/state/dumont)")
+    .option("--exclude <pattern>", EXCLUDE_HELP, (value: string, all: string[]) => [...all, value], [])
     .addOption(new Option("--pack-size <bytes>", "pack size").argParser(positiveInteger("--pack-size")).hideHelp())
     .action(
       (
@@ -60,10 +65,12 @@ export function registerSnapshotCommands(program: Command): void {
           workspace?: string;
           tenant: string;
           stateDir?: string;
+          exclude: string[];
           packSize?: number;
         },
       ) =>
         withFriendlyErrors(opts, async () => {
+          const exclude = checkExcludePatterns(opts.exclude, "--exclude");
           const key = await loadKey(opts);
           const meter = ProgressMeter.forStderr("snapshot", opts.json === true);
           const result = await createDirectSnapshot({
@@ -73,6 +80,7 @@ export function registerSnapshotCommands(program: Command): void {
             workspace: opts.workspace,
             tenant: opts.tenant,
             stateDir: opts.stateDir ?? defaultStateDir(),
+            exclude,
             packSize: opts.packSize,
             onProgress: (p) => meter?.update(p.bytesRead, p.bytesToRead),
           }).finally(() => meter?.finish());

@@ -26,6 +26,7 @@ import {
   GEAR,
   GEAR_SCAN_WASM,
 } from "./chunker.js";
+import { loadExclusions } from "./exclusions.js";
 import { type LocalIndexEntry, loadLocalIndex, saveLocalIndex } from "./local-index.js";
 import type { SealedSegments } from "./segment-sealer.js";
 import { listSourceTree, type SourceEntry } from "./source-tree.js";
@@ -38,6 +39,11 @@ export interface CreateSnapshotOptions {
   /** The repository (tenant) key chunks and the manifest are sealed with. */
   key: Buffer;
   meta: { workspace: string; epoch: number; tenant: string; hostname?: string };
+  /**
+   * Patterns (gitignore syntax, relative to `source`) to leave out of this snapshot, after those of the
+   * source's own .dumontignore (see exclusions.ts).
+   */
+  exclude?: readonly string[];
   /** Shared workers; without one, a pool is started for this snapshot and closed after. */
   pool?: SnapshotWorkerPool;
   /** Where to remember file -> chunks between snapshots; `scope` must change when the repository does. */
@@ -102,7 +108,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
   const pool = options.pool ?? new SnapshotWorkerPool();
   const { sink } = options;
   try {
-    const { entries, skipped } = await listSourceTree(source);
+    const { entries, skipped } = await listSourceTree(source, await loadExclusions(source, options.exclude));
     const previous = options.localIndex
       ? await loadLocalIndex(options.localIndex.file, options.localIndex.scope)
       : new Map<string, LocalIndexEntry>();

@@ -27,6 +27,8 @@ export interface DirectCreateOptions extends DirectRepositoryOptions {
   stateDir?: string;
   /** Defaults to the absolute source path. */
   workspace?: string;
+  /** See CreateSnapshotOptions.exclude. */
+  exclude?: readonly string[];
   tenant?: string;
   epoch?: number;
   packSize?: number;
@@ -88,6 +90,7 @@ export async function createDirectSnapshot(options: DirectCreateOptions): Promis
       key: options.key,
       meta: { workspace: options.workspace ?? source, epoch: options.epoch ?? 0, tenant: options.tenant ?? "local" },
       localIndex: options.stateDir ? { file: localIndexPath(options.stateDir, scope), scope } : undefined,
+      exclude: options.exclude,
       chunker: options.chunker,
       segmentSize: options.segmentSize,
       pool: options.pool,
