@@ -200,6 +200,37 @@ async function freshWriter(key: Buffer) {
 }
 
 describe("snapshot engine", () => {
+  it("restores runs of zeros as holes: a sparse file stays sparse, a file of zeros takes no blocks", async () => {
+    const source = fresh("src");
+    await mkdir(source);
+    // 24 MiB with 1 MiB of data in the middle, the rest holes; a 100 KiB file of zeros written out (one chunk);
+    // zeros inside a file between data; and a file of data only, as a control.
+    const sparse = await open(join(source, "sparse.img"), "w");
+    await sparse.write(seeded(1024 * 1024, "middle"), 0, 1024 * 1024, 12 * 1024 * 1024);
+    await sparse.truncate(24 * 1024 * 1024);
+    await sparse.close();
+    await writeFile(join(source, "zeros.bin"), Buffer.alloc(100 * 1024));
+    await writeFile(
+      join(source, "mixed.bin"),
+      Buffer.concat([seeded(2_000_000, "head"), Buffer.alloc(4_000_000), seeded(2_000_000, "tail")]),
+    );
+    await writeFile(join(source, "dense.bin"), seeded(3_000_000, "dense"));
+    await utimesTree(source, HOUR_AGO);
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect(await describeTree(target)).toEqual(await describeTree(source));
+
+    const allocated = async (name: string) => (await lstat(join(target, name))).blocks * 512;
+    expect(await allocated("zeros.bin")).toBe(0);
+    // Only the data and the chunks around it that are not all zeros take blocks.
+    expect(await allocated("sparse.img")).toBeLessThan(2 * 1024 * 1024);
+    expect(await allocated("mixed.bin")).toBeLessThan(6_000_000);
+    expect(await allocated("dense.bin")).toBeGreaterThanOrEqual(3_000_000);
+  });
+
   it("cuts a file split across workers exactly as one pass would", async () => {
     const source = fresh("src");
     await mkdir(source);

@@ -131,8 +131,8 @@ export interface NewFiles {
 export function openAndWrite(
   codec: import("@dumont/repository").ChunkCodec,
   fs: typeof import("node:fs"),
-  /** Kept between batches: the page-aligned output memory, and whether O_DIRECT was refused. */
-  scratch: { spare?: ArrayBuffer; noDirect?: boolean },
+  /** Kept between batches: the page-aligned output memory, whether O_DIRECT was refused, zeros to compare. */
+  scratch: { spare?: ArrayBuffer; noDirect?: boolean; zeros?: Buffer },
   /**
    * Shared by the workers: slot fd % length is held while writing to fd. Two threads writing into one file
    * at once only spin on its inode lock in the kernel (measured: 14% of a restore's CPU); waiting here sleeps.
@@ -185,6 +185,26 @@ export function openAndWrite(
   const aligned = out.buffer === scratch.spare && out.byteOffset === 0;
   let directBytes = 0;
 
+  // A chunk of zeros is not written: every file written here is new and already as long as it will be (the
+  // restore truncates a file of several chunks to its size; createFile sizes a one-chunk file of zeros), so
+  // the range reads as zeros and stays a hole. A sparse file (a preallocated dataset or disk image) restores
+  // sparse instead of filling the disk, and long runs of zeros cost no writes. A chunk is zero or not from its
+  // first byte in practice; only zero chunks are compared whole (memcmp, 64 KiB at a time).
+  const ZERO_PIECE = 64 * 1024;
+  const zero = new Uint8Array(n);
+  for (let i = 0; i < n; i++) {
+    const from = r.plainRanges[2 * i];
+    const length = r.plainRanges[2 * i + 1];
+    if (r.errors[i] !== null || length <= 0 || out[from] !== 0 || out[from + length - 1] !== 0) continue;
+    scratch.zeros ??= Buffer.alloc(ZERO_PIECE);
+    let all = true;
+    for (let at = 0; all && at < length; at += ZERO_PIECE) {
+      const piece = Math.min(ZERO_PIECE, length - at);
+      all = out.compare(scratch.zeros, 0, piece, from + at, from + at + piece) === 0;
+    }
+    zero[i] = all ? 1 : 0;
+  }
+
   const writeFully = (fd: number, from: number, length: number, position: number): void => {
     for (let done = 0; done < length; ) done += fs.writeSync(fd, out, from + done, length - done, position + done);
   };
@@ -229,7 +249,7 @@ export function openAndWrite(
 
   // Creates file -1 - fd of `creates` with out[from, from + length) as its whole content; a file it could not
   // finish is removed (it was new).
-  const createFile = (fd: number, from: number, length: number): string | null => {
+  const createFile = (fd: number, from: number, length: number, zeros: boolean): string | null => {
     const c = -1 - fd;
     const path = creates!.paths[c];
     let f = -1;
@@ -238,7 +258,8 @@ export function openAndWrite(
       const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
       f = fs.openSync(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
       created = true;
-      writeFully(f, from, length, 0);
+      if (zeros) fs.ftruncateSync(f, length);
+      else writeFully(f, from, length, 0);
       fs.fchmodSync(f, creates!.modes[c]);
       fs.futimesSync(f, creates!.mtimes[c], creates!.mtimes[c]);
       const done = f;
@@ -255,8 +276,18 @@ export function openAndWrite(
       return err instanceof Error ? err.message : String(err);
     }
   };
-  const writeTo = (fd: number, direct: number, from: number, position: number, length: number): string | null =>
-    fd < 0 ? createFile(fd, from, length) : writeRun(fd, direct, from, position, length);
+  /** Writes chunk bytes out[from, from + length) (chunk c's alone when `c` is given) to one destination. */
+  const writeTo = (
+    fd: number,
+    direct: number,
+    from: number,
+    position: number,
+    length: number,
+    c = -1,
+  ): string | null => {
+    if (fd < 0) return createFile(fd, from, length, c >= 0 && zero[c] === 1);
+    return c >= 0 && zero[c] === 1 ? null : writeRun(fd, direct, from, position, length);
+  };
 
   const writeErrors: [number, string][] = [];
   for (let i = 0; i < n; ) {
@@ -273,7 +304,9 @@ export function openAndWrite(
     let j = i + 1;
     while (
       fd >= 0 &&
+      zero[i] === 0 &&
       j < n &&
+      zero[j] === 0 &&
       r.errors[j] === null &&
       destStart[j] < destStart[j + 1] &&
       dests[3 * destStart[j]] === fd &&
@@ -283,12 +316,12 @@ export function openAndWrite(
       length += r.plainRanges[2 * j + 1];
       j++;
     }
-    const error = writeTo(fd, dests[3 * k0 + 1], from, start, length);
+    const error = writeTo(fd, dests[3 * k0 + 1], from, start, length, j === i + 1 ? i : -1);
     if (error !== null) for (let c = i; c < j; c++) writeErrors.push([destStart[c], error]);
     // Other uses of the same chunks (one chunk can appear in several files, or twice in one): one by one.
     for (let c = i; c < j; c++) {
       for (let k = destStart[c] + 1; k < destStart[c + 1]; k++) {
-        const e = writeTo(dests[3 * k], -1, r.plainRanges[2 * c], dests[3 * k + 2], r.plainRanges[2 * c + 1]);
+        const e = writeTo(dests[3 * k], -1, r.plainRanges[2 * c], dests[3 * k + 2], r.plainRanges[2 * c + 1], c);
         if (e !== null) writeErrors.push([k, e]);
       }
     }
@@ -346,7 +379,7 @@ function workerMain(
   });
   const port = workerThreads.parentPort!;
   const fs = req("node:fs") as typeof import("node:fs");
-  const scratch: { spare?: ArrayBuffer; noDirect?: boolean } = {};
+  const scratch: { spare?: ArrayBuffer; noDirect?: boolean; zeros?: Buffer } = {};
   let fileLocks: Int32Array | undefined;
   const shared = new Map<number, SharedArrayBuffer>();
   const resolveRef = (ref: BufferRef | undefined): ArrayBufferLike | undefined =>
@@ -443,7 +476,7 @@ export class SnapshotWorkerPool {
   private closed = false;
   private failure: Error | undefined;
   private localSealer: SegmentSealer | undefined;
-  private readonly localScratch: { spare?: ArrayBuffer; noDirect?: boolean } = {};
+  private readonly localScratch: { spare?: ArrayBuffer; noDirect?: boolean; zeros?: Buffer } = {};
 
   constructor(options: WorkerPoolOptions = {}) {
     const threads = options.threads ?? availableParallelism();
