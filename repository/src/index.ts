@@ -26,12 +26,6 @@ export {
 export { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
 export { copyBytes } from "./copy-bytes.js";
 export { chunkArrivedDamaged, isRepositoryError, RepositoryError, type RepositoryErrorCode } from "./errors.js";
-export {
-  checkExcludePatterns,
-  IGNORE_FILE,
-  MAX_EXCLUDE_PATTERN_LENGTH,
-  MAX_EXCLUDE_PATTERNS,
-} from "./exclude-patterns.js";
 export { FileBlobStore } from "./file-blob-store.js";
 export { generateRepositoryKey, KEY_LENGTH, parseRepositoryKey } from "./key.js";
 export { LOCK_STALE_AFTER_MS } from "./lock.js";
@@ -56,6 +50,13 @@ export {
 } from "./manifest.js";
 export { type OpenBlobStoreOptions, openBlobStore } from "./open-blob-store.js";
 export { indexKey, type PackEntry, type PackIndex, packKey } from "./pack.js";
+export {
+  checkExcludePatterns,
+  checkPathPatterns,
+  IGNORE_FILE,
+  MAX_PATH_PATTERN_LENGTH,
+  MAX_PATH_PATTERNS,
+} from "./path-patterns.js";
 export { formatBytes, formatDuration, ProgressMeter, roundSeconds } from "./progress-meter.js";
 export {
   type ForgetOptions,

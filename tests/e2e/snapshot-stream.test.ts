@@ -188,7 +188,7 @@ describe("snapshots over the agent stream", () => {
     expect(await describeTree(target)).toEqual(await describeTree(dir));
   });
 
-  it("leaves out what the directory's .dumontignore and --exclude name; bad patterns are refused", async () => {
+  it("leaves out what .dumontignore and --exclude name, restores a part with --include; bad patterns refused", async () => {
     const dir = path.join(root, "workspace-with-excludes");
     await makeWorkspace(dir, 64 * 1024);
     await fs.mkdir(path.join(dir, ".cache/hf"), { recursive: true });
@@ -217,6 +217,31 @@ describe("snapshots over the agent stream", () => {
       delete expected[excluded];
     }
     expect(await describeTree(target)).toEqual(expected);
+
+    // Part of it back: what --include matches, with the directories holding it.
+    const part = path.join(root, "restored-part");
+    const partly = await cli([
+      "snapshot",
+      "restore",
+      snap.id,
+      "--host",
+      agent.hostId,
+      "--target",
+      part,
+      "--include",
+      "src/*.py",
+      "--json",
+    ]);
+    expect(partly).toMatchObject({ files: 1 });
+    expect(Object.keys(await describeTree(part))).toEqual(["src", "src/train.py"]);
+    await expect(
+      snapshotApi(cp).restoreSnapshot({
+        snapshotId: snap.id,
+        hostId: agent.hostId,
+        target: path.join(root, "no"),
+        include: ["*.ckpt"],
+      }),
+    ).rejects.toThrow(/nothing in snapshot \w+ matches "\*\.ckpt"/);
 
     // The CLI names its flag; the API checks the same rules for any client, before anything runs.
     const flag = await cp.cli(["snapshot", "create", "--host", agent.hostId, "--path", dir, "--exclude", "#cache"]);

@@ -3,7 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
-import { checkExcludePatterns } from "@dumont/repository/exclude-patterns";
+import { checkExcludePatterns, checkPathPatterns } from "@dumont/repository/path-patterns";
 import type { SessionRegistry } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
 import { getHost } from "../db/host-repository.js";
@@ -41,12 +41,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     await admin(ctx);
     if (!req.path.startsWith("/"))
       throw new InvalidArgumentError(`path must be an absolute path on the host, got ${JSON.stringify(req.path)}`);
-    let exclude: string[];
-    try {
-      exclude = checkExcludePatterns(req.exclude, "exclude");
-    } catch (err) {
-      throw new InvalidArgumentError((err as Error).message);
-    }
+    const exclude = checked(() => checkExcludePatterns(req.exclude, "exclude"));
     const { host, session } = await connectedHost(req.hostId);
     return () =>
       deps.snapshots.snapshot({
@@ -69,12 +64,13 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     if (!req.snapshotId) throw new InvalidArgumentError("snapshot_id is required");
     if (!req.target.startsWith("/"))
       throw new InvalidArgumentError(`target must be an absolute path on the host, got ${JSON.stringify(req.target)}`);
+    const include = checked(() => checkPathPatterns(req.include, "include"));
     const snapshot = await getSnapshot(deps.db, req.snapshotId, tenantScope(who));
     if (!snapshot)
       throw new NotFoundError(`snapshot ${req.snapshotId} not found; list them with \`dumont snapshot list\``);
     const { session } = await connectedHost(req.hostId);
     return async () => {
-      const result = await deps.snapshots.restore({ session, snapshot, target: req.target, onProgress });
+      const result = await deps.snapshots.restore({ session, snapshot, target: req.target, include, onProgress });
       return create(api.RestoreSnapshotResponseSchema, {
         files: BigInt(result.files),
         bytesWritten: BigInt(result.bytesWritten),
@@ -186,4 +182,13 @@ function toApi(r: SnapshotRow): api.Snapshot {
     filesSkipped: BigInt(r.files_skipped),
     skipped: r.skipped,
   });
+}
+
+/** What `check` returns: request patterns it checked; its error (naming the field) as INVALID_ARGUMENT. */
+function checked(check: () => string[]): string[] {
+  try {
+    return check();
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
 }

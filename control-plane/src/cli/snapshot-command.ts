@@ -3,7 +3,7 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { api } from "@dumont/proto";
 // The meter and byte formatting alone: a CLI call needs nothing else of the package.
-import { checkExcludePatterns, IGNORE_FILE } from "@dumont/repository/exclude-patterns";
+import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/repository/path-patterns";
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
 import type { Command } from "commander";
 import { type ApiOptions, apiClients } from "./api-client.js";
@@ -22,7 +22,7 @@ export function registerSnapshotCommands(program: Command): void {
       "--exclude <pattern>",
       `leave out what matches this pattern (gitignore syntax, relative to --path; repeat for more), after the ` +
         `patterns of the directory's own ${IGNORE_FILE}`,
-      (value: string, all: string[]) => [...all, value],
+      collect,
       [],
     )
     .option("--json", "print JSON")
@@ -73,8 +73,16 @@ export function registerSnapshotCommands(program: Command): void {
     .description("restore a snapshot into a new or empty directory on a host")
     .requiredOption("--host <hostId>", "the host to restore onto")
     .requiredOption("--target <dir>", "absolute path of a new or empty directory on that host")
+    .option(
+      "--include <pattern>",
+      `restore only what matches this pattern (gitignore syntax, relative to the snapshot's directory: "models/", ` +
+        `"*.pt"; repeat for more), with the directories holding it`,
+      collect,
+      [],
+    )
     .option("--json", "print JSON")
     .action(async (snapshotId: string, opts, cmd: Command) => {
+      const include = checkPathPatterns(opts.include, "--include");
       const res = await follow<api.RestoreSnapshotResponse>(
         "restore",
         opts.json === true,
@@ -82,6 +90,7 @@ export function registerSnapshotCommands(program: Command): void {
           snapshotId,
           hostId: opts.host,
           target: opts.target,
+          include,
         }),
       );
       const out = {
@@ -156,4 +165,9 @@ async function follow<R>(
 
 function print(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** A repeatable option's values, in order. */
+function collect(value: string, all: string[]): string[] {
+  return [...all, value];
 }

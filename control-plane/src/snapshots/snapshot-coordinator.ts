@@ -71,6 +71,8 @@ export interface RestoreRequest {
   session: AgentSession;
   snapshot: SnapshotRow;
   target: string;
+  /** Checked patterns (checkPathPatterns): restore only what they match. */
+  include?: string[];
   onProgress?: (progress: TransferProgress) => void;
 }
 
@@ -340,6 +342,7 @@ export class SnapshotCoordinator {
                 manifest: manifestBlob,
                 tenantKey: key,
                 epoch: BigInt(req.snapshot.epoch),
+                include: req.include ?? [],
               },
             },
           }),

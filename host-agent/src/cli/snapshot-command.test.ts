@@ -117,7 +117,7 @@ describe("dumont-agent snapshot", () => {
     for (const line of listed.out.trim().split("\n")) expect(line).toMatch(/ {2}1 left out$/);
   });
 
-  it("leaves out what --exclude (repeated) and the source's .dumontignore name; a bad pattern names the flag", async () => {
+  it("leaves out what --exclude (repeated) and the source's .dumontignore name, restores a part with --include", async () => {
     const source = join(root, "with-excludes");
     await mkdir(join(source, "cache"), { recursive: true });
     await mkdir(join(source, "out"), { recursive: true });
@@ -126,33 +126,28 @@ describe("dumont-agent snapshot", () => {
     await writeFile(join(source, ".dumontignore"), "*.tmp\n");
     await writeFile(join(root, "key"), "11".repeat(32));
     const common = ["--repo", pathToFileURL(join(root, "repo-excludes")).href, "--key-file", join(root, "key")];
+    const create = (...flags: string[]) => run("snapshot", "create", "--source", source, ...common, ...flags);
+    const restore = (id: string, target: string, ...flags: string[]) =>
+      run("snapshot", "restore", ...common, "--id", id, "--target", join(root, target), ...flags);
+    const files = async (dir: string) => (await readdir(join(root, dir), { recursive: true })).sort();
 
-    const created = await run(
-      "snapshot",
-      "create",
-      "--source",
-      source,
-      ...common,
-      "--exclude",
-      "cache/",
-      "--exclude",
-      "out/*.bin",
-      "--json",
-    );
+    const created = await create("--exclude", "cache/", "--exclude", "out/*.bin", "--json");
     expect(created.code).toBe(0);
-    expect(JSON.parse(created.out)).toMatchObject({ files: 3 }); // train.py, out/log.txt, .dumontignore
-    const target = join(root, "with-excludes-restored");
-    expect(
-      (await run("snapshot", "restore", ...common, "--id", JSON.parse(created.out).id, "--target", target)).code,
-    ).toBe(0);
-    expect((await readdir(target, { recursive: true })).sort()).toEqual([
-      ".dumontignore",
-      "out",
-      "out/log.txt",
-      "train.py",
-    ]);
+    const { id, files: count } = JSON.parse(created.out);
+    expect(count).toBe(3); // train.py, out/log.txt, .dumontignore
+    expect((await restore(id, "with-excludes-restored")).code).toBe(0);
+    expect(await files("with-excludes-restored")).toEqual([".dumontignore", "out", "out/log.txt", "train.py"]);
 
-    const bad = await run("snapshot", "create", "--source", source, ...common, "--exclude", "ok", "--exclude", "");
+    // --include restores part of it; a pattern matching nothing fails before anything is written.
+    const partly = await restore(id, "with-excludes-part", "--include", "out/", "--json");
+    expect(partly.code).toBe(0);
+    expect(JSON.parse(partly.out)).toMatchObject({ files: 1 });
+    expect(await files("with-excludes-part")).toEqual(["out", "out/log.txt"]);
+    const none = await restore(id, "none", "--include", "*.ckpt");
+    expect(none.code).toBe(1);
+    expect(none.err).toMatch(/^nothing in snapshot \w+ matches "\*\.ckpt"/);
+
+    const bad = await create("--exclude", "ok", "--exclude", "");
     expect(bad.code).toBe(1);
     expect(bad.err).toMatch(/^--exclude\[1\] is empty: give a pattern such as "\*\.tmp" or "cache\/"\n$/);
   });

@@ -3,6 +3,7 @@
 import { readFile } from "node:fs/promises";
 import {
   checkExcludePatterns,
+  checkPathPatterns,
   checkRepository,
   forgetSnapshots,
   formatBytes,
@@ -29,6 +30,9 @@ const REPO_HELP =
 const EXCLUDE_HELP =
   "leave out what matches this pattern (gitignore syntax, relative to the source; repeat for more), after the " +
   "patterns of the source's own .dumontignore";
+const INCLUDE_HELP =
+  'restore only what matches this pattern (gitignore syntax, relative to the snapshot\'s directory: "models/", ' +
+  '"*.pt"; repeat for more), with the directories holding it';
 const KEY_HELP =
   "file holding the repository key: 32 random bytes as 64 hex characters or base64 (default: DUMONT_REPO_KEY)";
 
@@ -56,7 +60,7 @@ export function registerSnapshotCommands(program: Command): void {
     .option("--workspace <id>", "workspace id to record (default: the absolute source path)")
     .option("--tenant <id>", "tenant id to record", "local")
     .option("--state-dir <dir>", "where the local index lives (default: DUMONT_STATE_DIR or ~/.local/state/dumont)")
-    .option("--exclude <pattern>", EXCLUDE_HELP, (value: string, all: string[]) => [...all, value], [])
+    .option("--exclude <pattern>", EXCLUDE_HELP, collect, [])
     .addOption(new Option("--pack-size <bytes>", "pack size").argParser(positiveInteger("--pack-size")).hideHelp())
     .action(
       (
@@ -118,8 +122,10 @@ export function registerSnapshotCommands(program: Command): void {
     .option("--key-file <file>", KEY_HELP)
     .option("--json", "print the result as one JSON object and no progress")
     .option("--allow-external-symlinks", "also create symlinks that point outside the target (never followed)")
-    .action((opts: RepoOptions & { id: string; target: string; allowExternalSymlinks?: boolean }) =>
+    .option("--include <pattern>", INCLUDE_HELP, collect, [])
+    .action((opts: RepoOptions & { id: string; target: string; allowExternalSymlinks?: boolean; include: string[] }) =>
       withFriendlyErrors(opts, async () => {
+        const include = checkPathPatterns(opts.include, "--include");
         const key = await loadKey(opts);
         const meter = ProgressMeter.forStderr("restore", opts.json === true);
         const result = await restoreDirectSnapshot({
@@ -128,6 +134,7 @@ export function registerSnapshotCommands(program: Command): void {
           snapshotId: opts.id,
           target: opts.target,
           allowExternalSymlinks: opts.allowExternalSymlinks,
+          include,
           onProgress: (p) => meter?.update(p.bytesWritten, p.bytesTotal),
         }).finally(() => meter?.finish());
         if (opts.json)
@@ -338,4 +345,9 @@ function nonNegativeInteger(flag: string): (value: string) => number {
       throw new InvalidArgumentError(`${flag} must be a whole number, got ${value}`);
     return n;
   };
+}
+
+/** A repeatable option's values, in order. */
+function collect(value: string, all: string[]): string[] {
+  return [...all, value];
 }

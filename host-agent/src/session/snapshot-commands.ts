@@ -173,6 +173,7 @@ export class SnapshotCommands {
           source,
           key: Buffer.from(cmd.tenantKey),
           target: cmd.target,
+          include: cmd.include,
           pool,
           onProgress: this.throttled((p) =>
             create(AgentMessageSchema, {

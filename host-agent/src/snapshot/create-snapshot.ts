@@ -26,8 +26,8 @@ import {
   GEAR,
   GEAR_SCAN_WASM,
 } from "./chunker.js";
-import { loadExclusions } from "./exclusions.js";
 import { type LocalIndexEntry, loadLocalIndex, saveLocalIndex } from "./local-index.js";
+import { loadExclusions } from "./path-matcher.js";
 import type { SealedSegments } from "./segment-sealer.js";
 import { listSourceTree, type SourceEntry } from "./source-tree.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
@@ -41,7 +41,7 @@ export interface CreateSnapshotOptions {
   meta: { workspace: string; epoch: number; tenant: string; hostname?: string };
   /**
    * Patterns (gitignore syntax, relative to `source`) to leave out of this snapshot, after those of the
-   * source's own .dumontignore (see exclusions.ts).
+   * source's own .dumontignore (see path-matcher.ts).
    */
   exclude?: readonly string[];
   /** Shared workers; without one, a pool is started for this snapshot and closed after. */

@@ -47,6 +47,8 @@ export interface DirectRestoreOptions extends DirectRepositoryOptions {
   snapshotId: string;
   target: string;
   allowExternalSymlinks?: boolean;
+  /** See RestoreSnapshotOptions.include. */
+  include?: readonly string[];
   pool?: SnapshotWorkerPool;
   onProgress?: (progress: RestoreProgress) => void;
   signal?: AbortSignal;
@@ -111,6 +113,7 @@ export async function restoreDirectSnapshot(options: DirectRestoreOptions): Prom
         key: options.key,
         target: options.target,
         allowExternalSymlinks: options.allowExternalSymlinks,
+        include: options.include,
         pool,
         onProgress: options.onProgress,
         signal: options.signal,

@@ -19,6 +19,7 @@ import {
 import { availableParallelism } from "node:os";
 import { join, resolve } from "node:path";
 import { assertRestorable, type ChunkSource, copyBytes, type ManifestEntry, openManifest } from "@dumont/repository";
+import { selectIncluded } from "./path-matcher.js";
 import { type NewFiles, SnapshotWorkerPool } from "./worker-pool.js";
 
 export interface RestoreSnapshotOptions {
@@ -31,6 +32,11 @@ export interface RestoreSnapshotOptions {
   pool?: SnapshotWorkerPool;
   /** Create symlinks that point outside the target (refused by default). */
   allowExternalSymlinks?: boolean;
+  /**
+   * Restore only what these patterns match (gitignore syntax, relative to the snapshot's directory; a
+   * directory with all under it), with the directories holding it. Nothing matching is an error.
+   */
+  include?: readonly string[];
   onProgress?: (progress: RestoreProgress) => void;
   signal?: AbortSignal;
 }
@@ -136,6 +142,7 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
   const { snapshotId, manifestBlob } = await options.source.readManifest(options.snapshotId);
   const manifest = openManifest(options.key, manifestBlob, `manifest of snapshot ${snapshotId}`);
   assertRestorable(manifest, { allowExternalSymlinks: options.allowExternalSymlinks });
+  if (options.include?.length) manifest.entries = selectIncluded(manifest.entries, options.include, snapshotId);
   await options.source.ready?.(); // a repository's index, loaded while the manifest was read
   const root = await prepareTarget(options.target);
   const ownPool = options.pool === undefined;

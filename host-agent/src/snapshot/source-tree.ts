@@ -1,11 +1,11 @@
 // Lists a workspace for a snapshot: every directory, regular file and symlink under the root, depth first in
 // name order (parents before children), without following symlinks. Anything else is skipped and reported;
-// what the exclusions name (exclusions.ts) is left out without a word, and an excluded directory is not read.
+// what the exclusions name (path-matcher.ts) is left out without a word, and an excluded directory is not read.
 import { type BigIntStats, type Dirent, lstatSync, readlinkSync } from "node:fs";
 import { lstat, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { SkippedEntry } from "@dumont/repository";
-import type { Exclusions } from "./exclusions.js";
+import type { Exclusions } from "./path-matcher.js";
 
 export interface SourceEntry {
   /** Relative to the root, `/`-separated. */

@@ -1,14 +1,14 @@
-// What a snapshot leaves out on purpose: the workspace's .dumontignore and per-snapshot patterns, matched with
-// gitignore's rules, and a round trip showing the rest restored and the excluded parts never read.
+// Path patterns: what a snapshot leaves out on purpose (the workspace's .dumontignore and per-snapshot patterns)
+// and what a partial restore writes, matched with gitignore's rules; round trips for both.
 import { execFileSync } from "node:child_process";
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { access, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { generateRepositoryKey, MAX_EXCLUDE_PATTERNS } from "@dumont/repository";
+import { generateRepositoryKey, MAX_PATH_PATTERNS, type ManifestEntry } from "@dumont/repository";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createDirectSnapshot, restoreDirectSnapshot } from "./direct-mode.js";
-import { loadExclusions, MAX_IGNORE_FILE_BYTES } from "./exclusions.js";
+import { loadExclusions, MAX_IGNORE_FILE_BYTES, selectIncluded } from "./path-matcher.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
 let root: string;
@@ -82,7 +82,7 @@ describe("exclusions", () => {
     await expect(loadExclusions(dir, ["*.tmp", "a\nb"])).rejects.toThrow(/exclude\[1\] \("a\\nb"\) holds a line break/);
     await expect(loadExclusions(dir, ["ok", "  "])).rejects.toThrow(/exclude\[1\] is empty/);
     await expect(loadExclusions(dir, ["x".repeat(1025)])).rejects.toThrow(/exclude is 1025 characters long, over 1024/);
-    const many = Array.from({ length: MAX_EXCLUDE_PATTERNS + 1 }, (_, i) => `f${i}`);
+    const many = Array.from({ length: MAX_PATH_PATTERNS + 1 }, (_, i) => `f${i}`);
     await expect(loadExclusions(dir, many)).rejects.toThrow(/257 patterns.*\.dumontignore instead/);
   });
 
@@ -133,5 +133,83 @@ describe("exclusions", () => {
 
     // A bad pattern fails the snapshot before anything is stored.
     await expect(createDirectSnapshot({ repo, key, source, pool, exclude: ["#x"] })).rejects.toThrow(/starts with "#"/);
+  });
+});
+
+describe("partial restore", () => {
+  const entry = (path: string): ManifestEntry =>
+    path.endsWith("/")
+      ? { type: "dir", path: path.slice(0, -1), mode: 0o755, mtimeNs: "0" }
+      : { type: "file", path, mode: 0o644, mtimeNs: "0", size: 0, chunks: [], lengths: [] };
+  const manifest = [
+    "checkpoints/",
+    "checkpoints/step-100.pt",
+    "checkpoints/step-200.pt",
+    "data/",
+    "data/train.csv",
+    "logs/",
+    "logs/run-1/",
+    "logs/run-1/events.log",
+    "logs/run-1/metrics.json",
+    "src/",
+    "src/model.pt",
+    "src/train.py",
+  ].map(entry);
+  const selected = (...include: string[]) =>
+    selectIncluded(manifest, include, "a1b2c3").map((e) => (e.type === "dir" ? `${e.path}/` : e.path));
+
+  it("keeps what the patterns match, a directory with all under it, and the directories holding it", () => {
+    expect(selected("checkpoints/step-200.pt")).toEqual(["checkpoints/", "checkpoints/step-200.pt"]);
+    expect(selected("logs/run-1/")).toEqual([
+      "logs/",
+      "logs/run-1/",
+      "logs/run-1/events.log",
+      "logs/run-1/metrics.json",
+    ]);
+    expect(selected("*.pt")).toEqual([
+      "checkpoints/",
+      "checkpoints/step-100.pt",
+      "checkpoints/step-200.pt",
+      "src/",
+      "src/model.pt",
+    ]);
+    expect(() => selected("/*.pt")).toThrow(/nothing in snapshot/); // anchored: no .pt at the top
+  });
+
+  it("refuses a restore that would write nothing, or a bad pattern, before anything happens", () => {
+    expect(() => selected("Checkpoints/")).toThrow(
+      /nothing in snapshot a1b2c3 matches "Checkpoints\/": patterns are relative to the snapshot's directory/,
+    );
+    expect(() => selected("src/", "#x")).toThrow(/include\[1\] \("#x"\) starts with "#"/);
+  });
+
+  it("restores only the matched part of a snapshot; nothing matching leaves the target untouched", async () => {
+    const source = await tree({
+      "checkpoints/step-100.pt": "100",
+      "checkpoints/step-200.pt": "200",
+      "data/train.csv": "a,b\n",
+      "src/train.py": "print('hi')\n",
+    });
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(join(root, `repo-${++counter}`)).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool });
+    const target = join(root, `restored-${++counter}`);
+    const restored = await restoreDirectSnapshot({
+      repo,
+      key,
+      snapshotId: created.id,
+      target,
+      pool,
+      include: ["checkpoints/step-200.pt", "src/"],
+    });
+    expect(restored.files).toBe(2);
+    expect(await paths(target)).toEqual(["checkpoints/", "checkpoints/step-200.pt", "src/", "src/train.py"]);
+    expect(await readFile(join(target, "checkpoints/step-200.pt"), "utf8")).toBe("200");
+
+    const untouched = join(root, `restored-${++counter}`);
+    await expect(
+      restoreDirectSnapshot({ repo, key, snapshotId: created.id, target: untouched, pool, include: ["*.ckpt"] }),
+    ).rejects.toThrow(/nothing in snapshot .* matches "\*\.ckpt"/);
+    await expect(access(untouched)).rejects.toThrow(/ENOENT/);
   });
 });

@@ -1,0 +1,102 @@
+// Path patterns (gitignore's syntax, see @dumont/repository's path-patterns.ts) matched as `git` applies a
+// .gitignore at the root of the snapshot's directory: by "ignore", the matcher eslint and prettier use, with
+// case-sensitive names as on Linux. Two uses:
+// - what a snapshot leaves out: the workspace's `.dumontignore` and the patterns given for this snapshot. A
+//   directory that matches is not listed at all: nothing under it is read, even if a later "!" pattern names
+//   it (gitignore's rule too);
+// - what a restore writes when only part of a snapshot is wanted (`selectIncluded`).
+import { constants } from "node:fs";
+import { open } from "node:fs/promises";
+import { join } from "node:path";
+import type { ManifestEntry } from "@dumont/repository";
+import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/repository/path-patterns";
+import ignore from "ignore";
+
+/** Larger is refused: a workspace's exclude file is a list of patterns, not data. */
+export const MAX_IGNORE_FILE_BYTES = 1024 * 1024;
+
+export interface Exclusions {
+  /** Whether `rel` (relative to the root, `/`-separated) is left out; `dir` for directories (`name/` patterns). */
+  excludes(rel: string, dir: boolean): boolean;
+}
+
+/**
+ * The exclusions for snapshotting `root`: its .dumontignore (if there is one) and then `patterns` (checked; a
+ * later pattern wins, so `--exclude '!keep.log'` can take back a line of the file). Undefined when there are
+ * none. A .dumontignore that is not a regular file, is too large or cannot be read fails the snapshot: it is
+ * never followed as a symlink, and guessing what the workspace meant to leave out is not ours to do.
+ */
+export async function loadExclusions(root: string, patterns: readonly string[] = []): Promise<Exclusions | undefined> {
+  const given = checkExcludePatterns(patterns, "exclude");
+  const fromFile = await readIgnoreFile(join(root, IGNORE_FILE));
+  if (fromFile === undefined && given.length === 0) return undefined;
+  return { excludes: pathMatcher(fromFile, given) };
+}
+
+/**
+ * The entries of a manifest a partial restore writes: those `include` patterns match (a directory with all
+ * under it), and the directories holding them, in manifest order. Throws when nothing matches, naming the
+ * patterns: an empty restore is never what was asked for.
+ */
+export function selectIncluded(
+  entries: ManifestEntry[],
+  include: readonly string[],
+  snapshot: string,
+): ManifestEntry[] {
+  const matches = pathMatcher(undefined, checkPathPatterns(include, "include"));
+  const kept = new Set<string>();
+  for (const e of entries) if (matches(e.path, e.type === "dir")) kept.add(e.path);
+  if (kept.size === 0) {
+    throw new Error(
+      `nothing in snapshot ${snapshot.slice(0, 12)} matches ${include.map((p) => JSON.stringify(p)).join(", ")}: ` +
+        `patterns are relative to the snapshot's directory, as in a .gitignore at its root ("models/", "*.pt", ` +
+        `"checkpoints/step-100.pt")`,
+    );
+  }
+  for (const path of [...kept]) {
+    for (let cut = path.lastIndexOf("/"); cut > 0; cut = path.lastIndexOf("/", cut - 1)) {
+      const parent = path.slice(0, cut);
+      if (kept.has(parent)) break; // its own parents are added when it comes round
+      kept.add(parent);
+    }
+  }
+  return entries.filter((e) => kept.has(e.path));
+}
+
+/**
+ * Whether a path (relative, `/`-separated; `dir` for directories, for `name/` patterns) matches: itself or a
+ * directory above it. `file` is a .gitignore-style text (one pattern a line, comments and blank lines
+ * allowed); `patterns` follow it, each a single pattern, never split.
+ */
+function pathMatcher(file: string | undefined, patterns: readonly string[]): (rel: string, dir: boolean) => boolean {
+  const matcher = ignore({ ignorecase: false });
+  if (file !== undefined) matcher.add(file);
+  matcher.add(patterns.map((pattern) => ({ pattern })));
+  return (rel, dir) => matcher.ignores(dir ? `${rel}/` : rel);
+}
+
+async function readIgnoreFile(file: string): Promise<string | undefined> {
+  let handle: Awaited<ReturnType<typeof open>>;
+  try {
+    handle = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "ENOTDIR") return undefined; // no file, or no directory (said later)
+    if (code === "ELOOP") throw new Error(`${file} is a symlink: make it a regular file (it is never followed)`);
+    throw new Error(`cannot read ${file}: ${(err as Error).message}`);
+  }
+  try {
+    const st = await handle.stat();
+    if (!st.isFile()) throw new Error(`${file} is not a regular file: make it a list of patterns, or remove it`);
+    if (st.size > MAX_IGNORE_FILE_BYTES) {
+      throw new Error(
+        `${file} is ${st.size} bytes, over the ${MAX_IGNORE_FILE_BYTES} a list of exclude patterns may take`,
+      );
+    }
+    const text = (await handle.readFile()).toString("utf8");
+    if (text.includes("\0")) throw new Error(`${file} holds a NUL byte: it must be a text file of patterns`);
+    return text;
+  } finally {
+    await handle.close();
+  }
+}

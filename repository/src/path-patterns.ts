@@ -1,0 +1,56 @@
+// Path patterns, in gitignore's syntax, matched against paths relative to a snapshot's directory:
+// - exclude patterns, what a snapshot leaves out on purpose. Two sources: the workspace's own `.dumontignore`,
+//   at the root of the snapshotted directory, read by the agent at every snapshot (so it travels with the
+//   workspace and applies to every snapshot of it), and patterns given for one snapshot (`--exclude`,
+//   TakeSnapshot.exclude);
+// - include patterns, what a restore writes when only part of a snapshot is wanted (`--include`,
+//   Restore.include).
+// Patterns given on a command line or in a request are checked here wherever they enter: the CLIs, the control
+// plane's API and the agent. No dependency: the control plane checks patterns without loading the matcher
+// (host-agent's path-matcher.ts).
+
+/** The workspace's own exclude file, at the root of the snapshotted directory. */
+export const IGNORE_FILE = ".dumontignore";
+/** Patterns one request may carry (a .dumontignore has no such limit, only a size). */
+export const MAX_PATH_PATTERNS = 256;
+export const MAX_PATH_PATTERN_LENGTH = 1024;
+
+/** Exclude patterns for one snapshot, checked (see checkPathPatterns). */
+export function checkExcludePatterns(patterns: readonly unknown[], field: string): string[] {
+  return checkPathPatterns(patterns, field, `put them in the workspace's ${IGNORE_FILE} instead`);
+}
+
+/**
+ * The patterns, each checked; throws an Error naming `field` (e.g. "--exclude" or "include") and the
+ * pattern's position, and what to do instead. `tooMany` says what to do with more than MAX_PATH_PATTERNS.
+ */
+export function checkPathPatterns(
+  patterns: readonly unknown[],
+  field: string,
+  tooMany = 'match more with fewer patterns (a directory pattern such as "logs/" takes all under it)',
+): string[] {
+  if (patterns.length > MAX_PATH_PATTERNS) {
+    throw new Error(
+      `${field}: ${patterns.length} patterns, more than the ${MAX_PATH_PATTERNS} one request takes: ${tooMany}`,
+    );
+  }
+  return patterns.map((pattern, i) => {
+    const where = patterns.length === 1 ? field : `${field}[${i}]`;
+    if (typeof pattern !== "string") throw new Error(`${where} must be a string, got ${typeof pattern}`);
+    const shown = JSON.stringify(pattern.length > 80 ? `${pattern.slice(0, 80)}…` : pattern);
+    if (pattern.trim() === "") throw new Error(`${where} is empty: give a pattern such as "*.tmp" or "cache/"`);
+    if (pattern.length > MAX_PATH_PATTERN_LENGTH) {
+      throw new Error(`${where} is ${pattern.length} characters long, over ${MAX_PATH_PATTERN_LENGTH}`);
+    }
+    if (/[\0\r\n]/.test(pattern)) {
+      throw new Error(`${where} (${shown}) holds a line break or a NUL: give each pattern on its own`);
+    }
+    if (pattern.startsWith("#")) {
+      throw new Error(
+        `${where} (${shown}) starts with "#", which makes it a comment that matches nothing: write "\\#" for a ` +
+          `name that starts with "#"`,
+      );
+    }
+    return pattern;
+  });
+}
