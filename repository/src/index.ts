@@ -28,6 +28,7 @@ export { copyBytes } from "./copy-bytes.js";
 export { chunkArrivedDamaged, isRepositoryError, RepositoryError, type RepositoryErrorCode } from "./errors.js";
 export { FileBlobStore } from "./file-blob-store.js";
 export { generateRepositoryKey, KEY_LENGTH, parseRepositoryKey } from "./key.js";
+export { type ListedEntry, listedEntry, listingLine } from "./listing.js";
 export { LOCK_STALE_AFTER_MS } from "./lock.js";
 export {
   createLz4Wasm,
@@ -56,6 +57,8 @@ export {
   IGNORE_FILE,
   MAX_PATH_PATTERN_LENGTH,
   MAX_PATH_PATTERNS,
+  pathMatcher,
+  selectIncluded,
 } from "./path-patterns.js";
 export { formatBytes, formatDuration, ProgressMeter, roundSeconds } from "./progress-meter.js";
 export {

@@ -6,8 +6,11 @@
 // - include patterns, what a restore writes when only part of a snapshot is wanted (`--include`,
 //   Restore.include).
 // Patterns given on a command line or in a request are checked here wherever they enter: the CLIs, the control
-// plane's API and the agent. No dependency: the control plane checks patterns without loading the matcher
-// (host-agent's path-matcher.ts).
+// plane's API and the agent. They are matched as `git` applies a .gitignore at the root of the snapshot's
+// directory, by "ignore" (the matcher eslint and prettier use), with case-sensitive names as on Linux; the agent
+// reads a workspace's .dumontignore in host-agent/src/snapshot/path-matcher.ts.
+import ignore from "ignore";
+import type { ManifestEntry } from "./manifest.js";
 
 /** The workspace's own exclude file, at the root of the snapshotted directory. */
 export const IGNORE_FILE = ".dumontignore";
@@ -53,4 +56,38 @@ export function checkPathPatterns(
     }
     return pattern;
   });
+}
+
+/**
+ * Whether a path (relative, `/`-separated; `dir` for directories, for `name/` patterns) matches: itself or a
+ * directory above it. `file` is a .gitignore-style text (one pattern a line, comments and blank lines
+ * allowed); `patterns` (checked) follow it, each a single pattern, never split. A later pattern wins, so a
+ * "!" pattern takes back what an earlier one matched, except under a matched directory (gitignore's rule).
+ */
+export function pathMatcher(
+  file: string | undefined,
+  patterns: readonly string[],
+): (rel: string, dir: boolean) => boolean {
+  const matcher = ignore({ ignorecase: false });
+  if (file !== undefined) matcher.add(file);
+  matcher.add(patterns.map((pattern) => ({ pattern })));
+  return (rel, dir) => matcher.ignores(dir ? `${rel}/` : rel);
+}
+
+/**
+ * The entries of a manifest that `include` patterns (checked) select: those they match (a directory with all
+ * under it) and the directories holding them, in manifest order; none when nothing matches.
+ */
+export function selectIncluded(entries: readonly ManifestEntry[], include: readonly string[]): ManifestEntry[] {
+  const matches = pathMatcher(undefined, include);
+  const kept = new Set<string>();
+  for (const e of entries) if (matches(e.path, e.type === "dir")) kept.add(e.path);
+  for (const path of [...kept]) {
+    for (let cut = path.lastIndexOf("/"); cut > 0; cut = path.lastIndexOf("/", cut - 1)) {
+      const parent = path.slice(0, cut);
+      if (kept.has(parent)) break; // its own parents are added when it comes round
+      kept.add(parent);
+    }
+  }
+  return entries.filter((e) => kept.has(e.path));
 }

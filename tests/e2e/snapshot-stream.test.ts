@@ -188,7 +188,7 @@ describe("snapshots over the agent stream", () => {
     expect(await describeTree(target)).toEqual(await describeTree(dir));
   });
 
-  it("leaves out what .dumontignore and --exclude name, restores a part with --include; bad patterns refused", async () => {
+  it("leaves out what .dumontignore and --exclude name; ls and restore --include take a part; bad patterns refused", async () => {
     const dir = path.join(root, "workspace-with-excludes");
     await makeWorkspace(dir, 64 * 1024);
     await fs.mkdir(path.join(dir, ".cache/hf"), { recursive: true });
@@ -217,6 +217,14 @@ describe("snapshots over the agent stream", () => {
       delete expected[excluded];
     }
     expect(await describeTree(target)).toEqual(expected);
+
+    // Its files, read from the blob store; with --include, what restore --include writes.
+    const listed = (await cli(["snapshot", "ls", snap.id, "--json"])) as { path: string; type: string }[];
+    expect(listed.map((f) => f.path).sort()).toEqual(Object.keys(expected).sort());
+    const link = listed.find((f) => f.path === "link-to-train");
+    expect(link).toMatchObject({ type: "symlink", target: "src/train.py" });
+    const pyOnly = await cp.cli(["snapshot", "ls", snap.id, "--include", "src/*.py"]);
+    expect(pyOnly.stdout).toMatch(/^drwx.* src\/\n-rwxr-xr-x +15 [\d-]+ [\d:]+ src\/train\.py\n$/);
 
     // Part of it back: what --include matches, with the directories holding it.
     const part = path.join(root, "restored-part");

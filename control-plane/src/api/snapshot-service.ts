@@ -3,6 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
+import { type ManifestEntry, selectIncluded } from "@dumont/repository";
 import { checkExcludePatterns, checkPathPatterns } from "@dumont/repository/path-patterns";
 import type { SessionRegistry } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
@@ -113,7 +114,48 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
         });
       }
     },
+
+    async *listSnapshotFiles(req, ctx) {
+      const who = await admin(ctx);
+      if (!req.snapshotId) throw new InvalidArgumentError("snapshot_id is required");
+      const include = checked(() => checkPathPatterns(req.include, "include"));
+      const snapshot = await getSnapshot(deps.db, req.snapshotId, tenantScope(who));
+      if (!snapshot)
+        throw new NotFoundError(`snapshot ${req.snapshotId} not found; list them with \`dumont snapshot list\``);
+      const { entries } = await deps.snapshots.readManifest(snapshot);
+      const listed = include.length > 0 ? selectIncluded(entries, include) : entries;
+      for (let i = 0; i < listed.length; i += FILES_PER_MESSAGE) {
+        yield create(api.ListSnapshotFilesResponseSchema, {
+          files: listed.slice(i, i + FILES_PER_MESSAGE).map(toApiFile),
+        });
+      }
+    },
   };
+}
+
+/** Entries per ListSnapshotFiles message: well under a megabyte with long paths. */
+const FILES_PER_MESSAGE = 1000;
+
+const FILE_TYPES = {
+  file: api.SnapshotFile_Type.FILE,
+  dir: api.SnapshotFile_Type.DIR,
+  symlink: api.SnapshotFile_Type.SYMLINK,
+} as const;
+
+function toApiFile(e: ManifestEntry): api.SnapshotFile {
+  const ns = BigInt(e.mtimeNs);
+  const below = ns % 1_000_000_000n < 0n ? 1n : 0n; // a time before 1970: nanos stay 0..999,999,999
+  return create(api.SnapshotFileSchema, {
+    path: e.path,
+    type: FILE_TYPES[e.type],
+    mode: e.mode,
+    size: e.type === "file" ? BigInt(e.size) : 0n,
+    mtime: {
+      seconds: ns / 1_000_000_000n - below,
+      nanos: Number((ns % 1_000_000_000n) + below * 1_000_000_000n),
+    },
+    target: e.type === "symlink" ? e.target : "",
+  });
 }
 
 function progressEvent(p: TransferProgress) {

@@ -1,12 +1,17 @@
 // `dumont snapshot …` (admin): snapshot a directory on a host through its agent, list, restore. Create and
 // restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent works.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import type { api } from "@dumont/proto";
+import { api } from "@dumont/proto";
+import { type ListedEntry, listingLine } from "@dumont/repository/listing";
 // The meter and byte formatting alone: a CLI call needs nothing else of the package.
 import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/repository/path-patterns";
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
 import type { Command } from "commander";
 import { type ApiOptions, apiClients } from "./api-client.js";
+
+const INCLUDE_HELP =
+  `restore only what matches this pattern (gitignore syntax, relative to the snapshot's directory: "models/", ` +
+  `"*.pt"; repeat for more), with the directories holding it`;
 
 export function registerSnapshotCommands(program: Command): void {
   const snapshot = program.command("snapshot").description("workspace snapshots stored by the control plane (admin)");
@@ -69,17 +74,29 @@ export function registerSnapshotCommands(program: Command): void {
     });
 
   snapshot
+    .command("ls <snapshotId>")
+    .description("list a snapshot's files (with --include, what `restore --include` would write)")
+    .option("--include <pattern>", INCLUDE_HELP.replace("restore only", "list only"), collect, [])
+    .option("--json", "print a JSON array of {path, type, mode, size, mtime, target}")
+    .action(async (snapshotId: string, opts, cmd: Command) => {
+      const include = checkPathPatterns(opts.include, "--include");
+      const listed: ListedEntry[] = [];
+      for await (const batch of apiClients(apiOpts(cmd)).snapshots.listSnapshotFiles({ snapshotId, include })) {
+        for (const f of batch.files) {
+          const e = listedFromApi(f);
+          if (opts.json) listed.push(e);
+          else process.stdout.write(`${listingLine(e)}\n`);
+        }
+      }
+      if (opts.json) print(listed);
+    });
+
+  snapshot
     .command("restore <snapshotId>")
     .description("restore a snapshot into a new or empty directory on a host")
     .requiredOption("--host <hostId>", "the host to restore onto")
     .requiredOption("--target <dir>", "absolute path of a new or empty directory on that host")
-    .option(
-      "--include <pattern>",
-      `restore only what matches this pattern (gitignore syntax, relative to the snapshot's directory: "models/", ` +
-        `"*.pt"; repeat for more), with the directories holding it`,
-      collect,
-      [],
-    )
+    .option("--include <pattern>", INCLUDE_HELP, collect, [])
     .option("--json", "print JSON")
     .action(async (snapshotId: string, opts, cmd: Command) => {
       const include = checkPathPatterns(opts.include, "--include");
@@ -170,4 +187,19 @@ function print(value: unknown): void {
 /** A repeatable option's values, in order. */
 function collect(value: string, all: string[]): string[] {
   return [...all, value];
+}
+
+const FILE_TYPES: Record<api.SnapshotFile_Type, ListedEntry["type"] | undefined> = {
+  [api.SnapshotFile_Type.UNSPECIFIED]: undefined,
+  [api.SnapshotFile_Type.FILE]: "file",
+  [api.SnapshotFile_Type.DIR]: "dir",
+  [api.SnapshotFile_Type.SYMLINK]: "symlink",
+};
+
+function listedFromApi(f: api.SnapshotFile): ListedEntry {
+  const type = FILE_TYPES[f.type];
+  if (!type) throw new Error(`the control plane listed ${JSON.stringify(f.path)} with no type; upgrade this CLI`);
+  const ms = f.mtime ? Number(f.mtime.seconds) * 1000 + Math.floor(f.mtime.nanos / 1e6) : 0;
+  const e: ListedEntry = { path: f.path, type, mode: f.mode, size: Number(f.size), mtime: new Date(ms).toISOString() };
+  return type === "symlink" ? { ...e, target: f.target } : e;
 }

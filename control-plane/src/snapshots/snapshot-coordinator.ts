@@ -22,6 +22,7 @@ import {
   chunkArrivedDamaged,
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
+  type Manifest,
   openBlobStore,
   Repository,
   type RepositoryChunkSource,
@@ -139,6 +140,12 @@ export class SnapshotCoordinator {
   /** Restores a snapshot onto the agent's host; resolves once the agent reports every file written. */
   async restore(req: RestoreRequest): Promise<{ files: number; bytesWritten: number; seconds: number }> {
     return this.measured(this.metrics.restores, this.metrics.restoreSeconds, "completed", () => this.runRestore(req));
+  }
+
+  /** A committed snapshot's manifest, read from its tenant's repository (no agent involved). */
+  async readManifest(snapshot: SnapshotRow): Promise<Manifest> {
+    const repository = await this.repository(snapshot.tenant_id, await this.tenantKeys.get(snapshot.tenant_id));
+    return repository.readManifest(await repository.findSnapshot(snapshot.id));
   }
 
   /** Counts an operation by result (failures of every kind) and times the ones that succeed. */

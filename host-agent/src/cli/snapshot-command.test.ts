@@ -138,6 +138,21 @@ describe("dumont-agent snapshot", () => {
     expect((await restore(id, "with-excludes-restored")).code).toBe(0);
     expect(await files("with-excludes-restored")).toEqual([".dumontignore", "out", "out/log.txt", "train.py"]);
 
+    // ls lists it (with --include, what restore --include writes), as lines and as JSON.
+    const ls = await run("snapshot", "ls", ...common, "--id", id);
+    expect(
+      ls.out
+        .split("\n")
+        .filter(Boolean)
+        .map((line) => line.split(" ").at(-1)),
+    ).toEqual([".dumontignore", "out/", "out/log.txt", "train.py"]);
+    expect(ls.out).toMatch(/^-rw-r--r-- {11}12 \d{4}-\d\d-\d\d \d\d:\d\d out\/log\.txt$/m);
+    const lsJson = JSON.parse((await run("snapshot", "ls", ...common, "--id", id, "--include", "out/", "--json")).out);
+    expect(lsJson).toEqual([
+      { path: "out", type: "dir", mode: 0o755, size: 0, mtime: expect.stringMatching(/Z$/) },
+      { path: "out/log.txt", type: "file", mode: 0o644, size: 12, mtime: expect.stringMatching(/Z$/) },
+    ]);
+
     // --include restores part of it; a pattern matching nothing fails before anything is written.
     const partly = await restore(id, "with-excludes-part", "--include", "out/", "--json");
     expect(partly.code).toBe(0);

@@ -9,11 +9,14 @@ import {
   formatBytes,
   hasRetentionRule,
   isRepositoryError,
+  listedEntry,
+  listingLine,
   ProgressMeter,
   parseRepositoryKey,
   pruneRepository,
   type RetentionPolicy,
   roundSeconds,
+  selectIncluded,
 } from "@dumont/repository";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import {
@@ -145,6 +148,27 @@ export function registerSnapshotCommands(program: Command): void {
               `${formatBytes(result.bytesWritten)} in ${result.seconds.toFixed(1)}s\n`,
           );
         }
+      }),
+    );
+
+  snapshot
+    .command("ls")
+    .description("list the files of a snapshot (with --include, what `restore --include` would write)")
+    .requiredOption("--repo <url>", REPO_HELP)
+    .requiredOption("--id <id>", "snapshot id (or a unique prefix of at least 4 characters)")
+    .option("--include <pattern>", INCLUDE_HELP.replace("restore only", "list only"), collect, [])
+    .option("--key-file <file>", KEY_HELP)
+    .option("--json", "print a JSON array of {path, type, mode, size, mtime, target}")
+    .action((opts: RepoOptions & { id: string; include: string[] }) =>
+      withFriendlyErrors(opts, async () => {
+        const include = checkPathPatterns(opts.include, "--include");
+        const key = await loadKey(opts);
+        const entries = await withDirectRepository({ repo: opts.repo, key }, async (r) => {
+          const { entries } = await r.readManifest(await r.findSnapshot(opts.id));
+          return include.length > 0 ? selectIncluded(entries, include) : entries;
+        });
+        if (opts.json) return print(entries.map(listedEntry));
+        for (const e of entries) process.stdout.write(`${listingLine(listedEntry(e))}\n`);
       }),
     );
 

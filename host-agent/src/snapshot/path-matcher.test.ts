@@ -8,7 +8,7 @@ import { pathToFileURL } from "node:url";
 import { generateRepositoryKey, MAX_PATH_PATTERNS, type ManifestEntry } from "@dumont/repository";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createDirectSnapshot, restoreDirectSnapshot } from "./direct-mode.js";
-import { loadExclusions, MAX_IGNORE_FILE_BYTES, selectIncluded } from "./path-matcher.js";
+import { loadExclusions, MAX_IGNORE_FILE_BYTES, restoreSelection } from "./path-matcher.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
 let root: string;
@@ -156,7 +156,7 @@ describe("partial restore", () => {
     "src/train.py",
   ].map(entry);
   const selected = (...include: string[]) =>
-    selectIncluded(manifest, include, "a1b2c3").map((e) => (e.type === "dir" ? `${e.path}/` : e.path));
+    restoreSelection(manifest, include, "a1b2c3").map((e) => (e.type === "dir" ? `${e.path}/` : e.path));
 
   it("keeps what the patterns match, a directory with all under it, and the directories holding it", () => {
     expect(selected("checkpoints/step-200.pt")).toEqual(["checkpoints/", "checkpoints/step-200.pt"]);

@@ -1,16 +1,19 @@
-// Path patterns (gitignore's syntax, see @dumont/repository's path-patterns.ts) matched as `git` applies a
-// .gitignore at the root of the snapshot's directory: by "ignore", the matcher eslint and prettier use, with
-// case-sensitive names as on Linux. Two uses:
+// Path patterns on the agent (their syntax and matching: @dumont/repository's path-patterns.ts):
 // - what a snapshot leaves out: the workspace's `.dumontignore` and the patterns given for this snapshot. A
 //   directory that matches is not listed at all: nothing under it is read, even if a later "!" pattern names
 //   it (gitignore's rule too);
-// - what a restore writes when only part of a snapshot is wanted (`selectIncluded`).
+// - what a restore writes when only part of a snapshot is wanted (`restoreSelection`).
 import { constants } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import type { ManifestEntry } from "@dumont/repository";
-import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/repository/path-patterns";
-import ignore from "ignore";
+import {
+  checkExcludePatterns,
+  checkPathPatterns,
+  IGNORE_FILE,
+  pathMatcher,
+  selectIncluded,
+} from "@dumont/repository/path-patterns";
 
 /** Larger is refused: a workspace's exclude file is a list of patterns, not data. */
 export const MAX_IGNORE_FILE_BYTES = 1024 * 1024;
@@ -34,45 +37,23 @@ export async function loadExclusions(root: string, patterns: readonly string[] =
 }
 
 /**
- * The entries of a manifest a partial restore writes: those `include` patterns match (a directory with all
- * under it), and the directories holding them, in manifest order. Throws when nothing matches, naming the
- * patterns: an empty restore is never what was asked for.
+ * The entries of a manifest a partial restore writes (see selectIncluded). Throws when nothing matches,
+ * naming the patterns: an empty restore is never what was asked for.
  */
-export function selectIncluded(
+export function restoreSelection(
   entries: ManifestEntry[],
   include: readonly string[],
   snapshot: string,
 ): ManifestEntry[] {
-  const matches = pathMatcher(undefined, checkPathPatterns(include, "include"));
-  const kept = new Set<string>();
-  for (const e of entries) if (matches(e.path, e.type === "dir")) kept.add(e.path);
-  if (kept.size === 0) {
+  const selected = selectIncluded(entries, checkPathPatterns(include, "include"));
+  if (selected.length === 0) {
     throw new Error(
       `nothing in snapshot ${snapshot.slice(0, 12)} matches ${include.map((p) => JSON.stringify(p)).join(", ")}: ` +
         `patterns are relative to the snapshot's directory, as in a .gitignore at its root ("models/", "*.pt", ` +
         `"checkpoints/step-100.pt")`,
     );
   }
-  for (const path of [...kept]) {
-    for (let cut = path.lastIndexOf("/"); cut > 0; cut = path.lastIndexOf("/", cut - 1)) {
-      const parent = path.slice(0, cut);
-      if (kept.has(parent)) break; // its own parents are added when it comes round
-      kept.add(parent);
-    }
-  }
-  return entries.filter((e) => kept.has(e.path));
-}
-
-/**
- * Whether a path (relative, `/`-separated; `dir` for directories, for `name/` patterns) matches: itself or a
- * directory above it. `file` is a .gitignore-style text (one pattern a line, comments and blank lines
- * allowed); `patterns` follow it, each a single pattern, never split.
- */
-function pathMatcher(file: string | undefined, patterns: readonly string[]): (rel: string, dir: boolean) => boolean {
-  const matcher = ignore({ ignorecase: false });
-  if (file !== undefined) matcher.add(file);
-  matcher.add(patterns.map((pattern) => ({ pattern })));
-  return (rel, dir) => matcher.ignores(dir ? `${rel}/` : rel);
+  return selected;
 }
 
 async function readIgnoreFile(file: string): Promise<string | undefined> {

@@ -19,7 +19,7 @@ import {
 import { availableParallelism } from "node:os";
 import { join, resolve } from "node:path";
 import { assertRestorable, type ChunkSource, copyBytes, type ManifestEntry, openManifest } from "@dumont/repository";
-import { selectIncluded } from "./path-matcher.js";
+import { restoreSelection } from "./path-matcher.js";
 import { type NewFiles, SnapshotWorkerPool } from "./worker-pool.js";
 
 export interface RestoreSnapshotOptions {
@@ -142,7 +142,7 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
   const { snapshotId, manifestBlob } = await options.source.readManifest(options.snapshotId);
   const manifest = openManifest(options.key, manifestBlob, `manifest of snapshot ${snapshotId}`);
   assertRestorable(manifest, { allowExternalSymlinks: options.allowExternalSymlinks });
-  if (options.include?.length) manifest.entries = selectIncluded(manifest.entries, options.include, snapshotId);
+  if (options.include?.length) manifest.entries = restoreSelection(manifest.entries, options.include, snapshotId);
   await options.source.ready?.(); // a repository's index, loaded while the manifest was read
   const root = await prepareTarget(options.target);
   const ownPool = options.pool === undefined;

@@ -2,8 +2,8 @@
 // @generated from file dumont/api/v1/snapshots.proto (package dumont.api.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dumont/api/v1/snapshots.proto.
  */
 export const file_dumont_api_v1_snapshots: GenFile = /*@__PURE__*/
-  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50IsACCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkiLAoMU2tpcHBlZEVudHJ5EgwKBHBhdGgYASABKAkSDgoGcmVhc29uGAIgASgJIl0KFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBIPCgdob3N0X2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFAoMd29ya3NwYWNlX2lkGAMgASgJEg8KB2V4Y2x1ZGUYBCADKAkiQwoWQ3JlYXRlU25hcHNob3RSZXNwb25zZRIpCghzbmFwc2hvdBgBIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3QiPQoUTGlzdFNuYXBzaG90c1JlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAiABKAkiQwoVTGlzdFNuYXBzaG90c1Jlc3BvbnNlEioKCXNuYXBzaG90cxgBIAMoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3QiXwoWUmVzdG9yZVNuYXBzaG90UmVxdWVzdBITCgtzbmFwc2hvdF9pZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEg4KBnRhcmdldBgDIAEoCRIPCgdpbmNsdWRlGAQgAygJIlAKF1Jlc3RvcmVTbmFwc2hvdFJlc3BvbnNlEg0KBWZpbGVzGAEgASgEEhUKDWJ5dGVzX3dyaXR0ZW4YAiABKAQSDwoHc2Vjb25kcxgDIAEoATL5AwoPU25hcHNob3RTZXJ2aWNlEl0KDkNyZWF0ZVNuYXBzaG90EiQuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaJS5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USWgoNTGlzdFNuYXBzaG90cxIjLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90c1JlcXVlc3QaJC5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdHNSZXNwb25zZRJgCg9SZXN0b3JlU25hcHNob3QSJS5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QaJi5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdFJlc3BvbnNlEmIKFENyZWF0ZVNuYXBzaG90U3RyZWFtEiQuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaIi5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90RXZlbnQwARJlChVSZXN0b3JlU25hcHNob3RTdHJlYW0SJS5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QaIy5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdEV2ZW50MAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50IsACCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkiQAoYTGlzdFNuYXBzaG90RmlsZXNSZXF1ZXN0EhMKC3NuYXBzaG90X2lkGAEgASgJEg8KB2luY2x1ZGUYAiADKAkiRwoZTGlzdFNuYXBzaG90RmlsZXNSZXNwb25zZRIqCgVmaWxlcxgBIAMoCzIbLmR1bW9udC5hcGkudjEuU25hcHNob3RGaWxlIvABCgxTbmFwc2hvdEZpbGUSDAoEcGF0aBgBIAEoCRIuCgR0eXBlGAIgASgOMiAuZHVtb250LmFwaS52MS5TbmFwc2hvdEZpbGUuVHlwZRIMCgRtb2RlGAMgASgNEgwKBHNpemUYBCABKAQSKQoFbXRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnRhcmdldBgGIAEoCSJLCgRUeXBlEhQKEFRZUEVfVU5TUEVDSUZJRUQQABINCglUWVBFX0ZJTEUQARIMCghUWVBFX0RJUhACEhAKDFRZUEVfU1lNTElOSxADIiwKDFNraXBwZWRFbnRyeRIMCgRwYXRoGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJdChVDcmVhdGVTbmFwc2hvdFJlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIPCgdleGNsdWRlGAQgAygJIkMKFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USKQoIc25hcHNob3QYASABKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Ij0KFExpc3RTbmFwc2hvdHNSZXF1ZXN0Eg8KB2hvc3RfaWQYASABKAkSFAoMd29ya3NwYWNlX2lkGAIgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Il8KFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDwoHaW5jbHVkZRgEIAMoCSJQChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRINCgVmaWxlcxgBIAEoBBIVCg1ieXRlc193cml0dGVuGAIgASgEEg8KB3NlY29uZHMYAyABKAEy4wQKD1NuYXBzaG90U2VydmljZRJdCg5DcmVhdGVTbmFwc2hvdBIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiUuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlc3BvbnNlEloKDUxpc3RTbmFwc2hvdHMSIy5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdHNSZXF1ZXN0GiQuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RzUmVzcG9uc2USYAoPUmVzdG9yZVNuYXBzaG90EiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZRJiChRDcmVhdGVTbmFwc2hvdFN0cmVhbRIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdEV2ZW50MAESZQoVUmVzdG9yZVNuYXBzaG90U3RyZWFtEiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiMuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RFdmVudDABEmgKEUxpc3RTbmFwc2hvdEZpbGVzEicuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RGaWxlc1JlcXVlc3QaKC5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdEZpbGVzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message dumont.api.v1.TransferProgress
@@ -182,6 +182,130 @@ export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
   messageDesc(file_dumont_api_v1_snapshots, 3);
 
 /**
+ * @generated from message dumont.api.v1.ListSnapshotFilesRequest
+ */
+export type ListSnapshotFilesRequest = Message<"dumont.api.v1.ListSnapshotFilesRequest"> & {
+  /**
+   * @generated from field: string snapshot_id = 1;
+   */
+  snapshotId: string;
+
+  /**
+   * As RestoreSnapshotRequest.include; none = everything.
+   *
+   * @generated from field: repeated string include = 2;
+   */
+  include: string[];
+};
+
+/**
+ * Describes the message dumont.api.v1.ListSnapshotFilesRequest.
+ * Use `create(ListSnapshotFilesRequestSchema)` to create a new message.
+ */
+export const ListSnapshotFilesRequestSchema: GenMessage<ListSnapshotFilesRequest> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 4);
+
+/**
+ * @generated from message dumont.api.v1.ListSnapshotFilesResponse
+ */
+export type ListSnapshotFilesResponse = Message<"dumont.api.v1.ListSnapshotFilesResponse"> & {
+  /**
+   * In the manifest's order: depth first, by name, each directory before what it holds.
+   *
+   * @generated from field: repeated dumont.api.v1.SnapshotFile files = 1;
+   */
+  files: SnapshotFile[];
+};
+
+/**
+ * Describes the message dumont.api.v1.ListSnapshotFilesResponse.
+ * Use `create(ListSnapshotFilesResponseSchema)` to create a new message.
+ */
+export const ListSnapshotFilesResponseSchema: GenMessage<ListSnapshotFilesResponse> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 5);
+
+/**
+ * @generated from message dumont.api.v1.SnapshotFile
+ */
+export type SnapshotFile = Message<"dumont.api.v1.SnapshotFile"> & {
+  /**
+   * Relative to the snapshot's directory, "/"-separated.
+   *
+   * @generated from field: string path = 1;
+   */
+  path: string;
+
+  /**
+   * @generated from field: dumont.api.v1.SnapshotFile.Type type = 2;
+   */
+  type: SnapshotFile_Type;
+
+  /**
+   * Permission bits (0644 = 420).
+   *
+   * @generated from field: uint32 mode = 3;
+   */
+  mode: number;
+
+  /**
+   * Bytes, for files.
+   *
+   * @generated from field: uint64 size = 4;
+   */
+  size: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp mtime = 5;
+   */
+  mtime?: Timestamp | undefined;
+
+  /**
+   * Symlinks only.
+   *
+   * @generated from field: string target = 6;
+   */
+  target: string;
+};
+
+/**
+ * Describes the message dumont.api.v1.SnapshotFile.
+ * Use `create(SnapshotFileSchema)` to create a new message.
+ */
+export const SnapshotFileSchema: GenMessage<SnapshotFile> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 6);
+
+/**
+ * @generated from enum dumont.api.v1.SnapshotFile.Type
+ */
+export enum SnapshotFile_Type {
+  /**
+   * @generated from enum value: TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: TYPE_FILE = 1;
+   */
+  FILE = 1,
+
+  /**
+   * @generated from enum value: TYPE_DIR = 2;
+   */
+  DIR = 2,
+
+  /**
+   * @generated from enum value: TYPE_SYMLINK = 3;
+   */
+  SYMLINK = 3,
+}
+
+/**
+ * Describes the enum dumont.api.v1.SnapshotFile.Type.
+ */
+export const SnapshotFile_TypeSchema: GenEnum<SnapshotFile_Type> = /*@__PURE__*/
+  enumDesc(file_dumont_api_v1_snapshots, 6, 0);
+
+/**
  * @generated from message dumont.api.v1.SkippedEntry
  */
 export type SkippedEntry = Message<"dumont.api.v1.SkippedEntry"> & {
@@ -203,7 +327,7 @@ export type SkippedEntry = Message<"dumont.api.v1.SkippedEntry"> & {
  * Use `create(SkippedEntrySchema)` to create a new message.
  */
 export const SkippedEntrySchema: GenMessage<SkippedEntry> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 4);
+  messageDesc(file_dumont_api_v1_snapshots, 7);
 
 /**
  * @generated from message dumont.api.v1.CreateSnapshotRequest
@@ -243,7 +367,7 @@ export type CreateSnapshotRequest = Message<"dumont.api.v1.CreateSnapshotRequest
  * Use `create(CreateSnapshotRequestSchema)` to create a new message.
  */
 export const CreateSnapshotRequestSchema: GenMessage<CreateSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 5);
+  messageDesc(file_dumont_api_v1_snapshots, 8);
 
 /**
  * @generated from message dumont.api.v1.CreateSnapshotResponse
@@ -260,7 +384,7 @@ export type CreateSnapshotResponse = Message<"dumont.api.v1.CreateSnapshotRespon
  * Use `create(CreateSnapshotResponseSchema)` to create a new message.
  */
 export const CreateSnapshotResponseSchema: GenMessage<CreateSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 6);
+  messageDesc(file_dumont_api_v1_snapshots, 9);
 
 /**
  * @generated from message dumont.api.v1.ListSnapshotsRequest
@@ -282,7 +406,7 @@ export type ListSnapshotsRequest = Message<"dumont.api.v1.ListSnapshotsRequest">
  * Use `create(ListSnapshotsRequestSchema)` to create a new message.
  */
 export const ListSnapshotsRequestSchema: GenMessage<ListSnapshotsRequest> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 7);
+  messageDesc(file_dumont_api_v1_snapshots, 10);
 
 /**
  * @generated from message dumont.api.v1.ListSnapshotsResponse
@@ -299,7 +423,7 @@ export type ListSnapshotsResponse = Message<"dumont.api.v1.ListSnapshotsResponse
  * Use `create(ListSnapshotsResponseSchema)` to create a new message.
  */
 export const ListSnapshotsResponseSchema: GenMessage<ListSnapshotsResponse> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 8);
+  messageDesc(file_dumont_api_v1_snapshots, 11);
 
 /**
  * @generated from message dumont.api.v1.RestoreSnapshotRequest
@@ -337,7 +461,7 @@ export type RestoreSnapshotRequest = Message<"dumont.api.v1.RestoreSnapshotReque
  * Use `create(RestoreSnapshotRequestSchema)` to create a new message.
  */
 export const RestoreSnapshotRequestSchema: GenMessage<RestoreSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 9);
+  messageDesc(file_dumont_api_v1_snapshots, 12);
 
 /**
  * @generated from message dumont.api.v1.RestoreSnapshotResponse
@@ -364,7 +488,7 @@ export type RestoreSnapshotResponse = Message<"dumont.api.v1.RestoreSnapshotResp
  * Use `create(RestoreSnapshotResponseSchema)` to create a new message.
  */
 export const RestoreSnapshotResponseSchema: GenMessage<RestoreSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 10);
+  messageDesc(file_dumont_api_v1_snapshots, 13);
 
 /**
  * Snapshots of workspaces on hosts, stored in the control plane's blob store (admin).
@@ -417,6 +541,18 @@ export const SnapshotService: GenService<{
     methodKind: "server_streaming";
     input: typeof RestoreSnapshotRequestSchema;
     output: typeof RestoreSnapshotEventSchema;
+  },
+  /**
+   * A snapshot's files, directories and symlinks in batches (a manifest can hold hundreds of thousands); with
+   * include, only what RestoreSnapshot with the same include would write. Read from the blob store: no host
+   * needs to be connected.
+   *
+   * @generated from rpc dumont.api.v1.SnapshotService.ListSnapshotFiles
+   */
+  listSnapshotFiles: {
+    methodKind: "server_streaming";
+    input: typeof ListSnapshotFilesRequestSchema;
+    output: typeof ListSnapshotFilesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dumont_api_v1_snapshots, 0);

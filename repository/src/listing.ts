@@ -1,0 +1,35 @@
+// What `snapshot ls` prints in both CLIs: one entry of a snapshot as JSON and as a line in `ls -l`'s manner
+// (type and permissions, size in bytes, modification time in UTC, path; a symlink with its target).
+import type { ManifestEntry } from "./manifest.js";
+
+export interface ListedEntry {
+  /** Relative to the snapshot's directory, "/"-separated. */
+  path: string;
+  type: "file" | "dir" | "symlink";
+  /** Permission bits (e.g. 0o644 = 420). */
+  mode: number;
+  /** Bytes (files; 0 otherwise). */
+  size: number;
+  /** ISO 8601, UTC, to the millisecond. */
+  mtime: string;
+  /** Symlinks only. */
+  target?: string;
+}
+
+export function listedEntry(e: ManifestEntry): ListedEntry {
+  const mtime = new Date(Number(BigInt(e.mtimeNs) / 1_000_000n)).toISOString();
+  const base = { path: e.path, type: e.type, mode: e.mode, size: e.type === "file" ? e.size : 0, mtime };
+  return e.type === "symlink" ? { ...base, target: e.target } : base;
+}
+
+export function listingLine(e: ListedEntry): string {
+  const kind = e.type === "dir" ? "d" : e.type === "symlink" ? "l" : "-";
+  let bits = "";
+  for (let shift = 6; shift >= 0; shift -= 3) {
+    const m = (e.mode >> shift) & 7;
+    bits += `${m & 4 ? "r" : "-"}${m & 2 ? "w" : "-"}${m & 1 ? "x" : "-"}`;
+  }
+  const when = `${e.mtime.slice(0, 10)} ${e.mtime.slice(11, 16)}`;
+  const name = e.type === "dir" ? `${e.path}/` : e.type === "symlink" ? `${e.path} -> ${e.target}` : e.path;
+  return `${kind}${bits} ${String(e.size).padStart(12)} ${when} ${name}`;
+}
