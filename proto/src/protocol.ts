@@ -3,6 +3,18 @@ export const PROTOCOL_VERSION = 1;
 export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [1];
 
 /**
+ * Features added to a protocol version after its first release, which an agent announces in Hello.capabilities.
+ * An agent without one ignores the fields that ask for it (proto3), so the control plane refuses such a
+ * request for that host instead of letting it run differently from what was asked.
+ */
+export const AGENT_CAPABILITIES = {
+  /** TakeSnapshot.exclude, and the workspace's .dumontignore. */
+  snapshotExclude: "snapshot.exclude",
+  /** Restore.include. */
+  restoreInclude: "restore.include",
+} as const;
+
+/**
  * Both ends raise gRPC's 4 MiB default receive limit to this; real messages stay far below it
  * (chunk batches are cut at STREAM_BATCH_BYTES and one chunk is at most 4 MiB).
  */

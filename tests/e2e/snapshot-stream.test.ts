@@ -4,7 +4,18 @@ import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
-import type { api } from "@dumont/proto";
+import { create } from "@bufbuild/protobuf";
+import {
+  AgentGateway,
+  type AgentMessage,
+  AgentMessageSchema,
+  type api,
+  CONTROL_PLANE_TLS_NAME,
+  type ControlMessage,
+  grpcServiceDefinition,
+  PROTOCOL_VERSION,
+} from "@dumont/proto";
+import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type AgentProcess,
@@ -258,6 +269,58 @@ describe("snapshots over the agent stream", () => {
     await expect(
       snapshotApi(cp).createSnapshot({ hostId: agent.hostId, path: dir, exclude: ["*.tmp", "a\nb"] }),
     ).rejects.toThrow(/invalid_argument.*exclude\[1\] \("a\\nb"\) holds a line break/);
+  });
+
+  it("refuses --exclude and --include for a host whose agent does not announce them, before anything runs", async () => {
+    // An agent of before those fields would ignore them: snapshot everything, restore everything. Played here
+    // by a bare gRPC client holding a real enrolled identity, whose Hello announces no capabilities.
+    const dir = path.join(root, "older-agent");
+    const hostId = await enrollAgent(cp, dir, "olderbox");
+    const file = (name: string) => fs.readFile(path.join(dir, "identity", name));
+    const credentials = grpc.credentials.createSsl(
+      await file("ca.crt"),
+      await file("agent.key"),
+      await file("agent.crt"),
+    );
+    const Client = grpc.makeGenericClientConstructor(grpcServiceDefinition(AgentGateway), "AgentGateway");
+    const client = new Client(`127.0.0.1:${cp.grpcPort}`, credentials, {
+      "grpc.ssl_target_name_override": CONTROL_PLANE_TLS_NAME,
+    });
+    const stream = (
+      client as unknown as { connect: () => grpc.ClientDuplexStream<AgentMessage, ControlMessage> }
+    ).connect();
+    stream.on("data", () => {});
+    stream.on("error", () => {});
+    stream.write(
+      create(AgentMessageSchema, {
+        msg: { case: "hello", value: { hostId, agentVersion: "0.0.9", protocolVersion: PROTOCOL_VERSION } },
+      }),
+    );
+    try {
+      await waitFor(async () => {
+        const hosts = (await cli(["host", "list", "--json"])) as { id: string; status: string }[];
+        return hosts.find((h) => h.id === hostId)?.status === "online";
+      }, 20_000);
+      const snapshotsApi = snapshotApi(cp);
+      await expect(snapshotsApi.createSnapshot({ hostId, path: "/srv/work", exclude: ["cache/"] })).rejects.toThrow(
+        /failed_precondition.*host \S+ runs an agent too old to leave out what --exclude names.*"snapshot\.exclude"/,
+      );
+      const snap = (await cli([
+        "snapshot",
+        "create",
+        "--host",
+        agent.hostId,
+        "--path",
+        workspace,
+        "--json",
+      ])) as SnapshotJson;
+      await expect(
+        snapshotsApi.restoreSnapshot({ snapshotId: snap.id, hostId, target: "/srv/restored", include: ["src/"] }),
+      ).rejects.toThrow(/failed_precondition.*runs an agent too old to restore only what --include names/);
+    } finally {
+      stream.end();
+      client.close();
+    }
   });
 
   it("restores a workspace many pack reads long byte for byte (the control plane reuses its read buffers)", async () => {

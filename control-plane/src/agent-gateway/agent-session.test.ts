@@ -16,6 +16,26 @@ function fullStream(): EventEmitter & { writes: number } {
   return stream;
 }
 
+describe("AgentSession.require", () => {
+  it("refuses, as FailedPrecondition naming the host and the capability, what the agent did not announce", () => {
+    const stream = fullStream() as unknown as AgentStream;
+    const current = new AgentSession("h-1", "s-1", "t-1", stream, new Set(["restore.include"]));
+    expect(() => current.require("restore.include", "restore only what --include names")).not.toThrow();
+    const older = new AgentSession("h-2", "s-2", "t-1", stream);
+    const err = (() => {
+      try {
+        older.require("restore.include", "restore only what --include names");
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect((err as ConnectError).code).toBe(Code.FailedPrecondition);
+    expect((err as ConnectError).message).toMatch(
+      /host h-2 runs an agent too old to restore only what --include names \(it does not announce "restore\.include"\): update the agent/,
+    );
+  });
+});
+
 describe("AgentSession.send", () => {
   it("waits for drain, and fails as FailedPrecondition naming the host when the stream closes meanwhile", async () => {
     const stream = fullStream();

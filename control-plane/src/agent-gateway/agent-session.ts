@@ -16,6 +16,8 @@ export class AgentSession {
     readonly sessionId: string,
     readonly tenantId: string,
     private readonly stream: AgentStream,
+    /** What the agent announced in Hello.capabilities (AGENT_CAPABILITIES). */
+    private readonly capabilities: ReadonlySet<string> = new Set(),
   ) {
     stream.on("drain", () => this.wake(true));
     stream.on("close", () => this.markClosed());
@@ -24,6 +26,18 @@ export class AgentSession {
 
   get isOpen(): boolean {
     return !this.closed;
+  }
+
+  /**
+   * Refuses (FailedPrecondition) a request that needs `capability` when this agent did not announce it: an
+   * older agent would ignore the fields asking for it and do something other than what was asked.
+   */
+  require(capability: string, what: string): void {
+    if (this.capabilities.has(capability)) return;
+    throw new FailedPreconditionError(
+      `host ${this.hostId} runs an agent too old to ${what} (it does not announce "${capability}"): update the ` +
+        `agent on that host, or ask without it`,
+    );
   }
 
   /**

@@ -167,7 +167,7 @@ export class AgentGatewayServer {
       );
     }
 
-    const session = new AgentSession(host.id, randomUUID(), host.tenant_id, stream);
+    const session = new AgentSession(host.id, randomUUID(), host.tenant_id, stream, new Set(h.capabilities));
     this.sessions.add(session);
     this.deps.metrics.sessions.set(this.sessions.size);
     const inventory = h.inventory;

@@ -2,7 +2,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
-import { api } from "@dumont/proto";
+import { AGENT_CAPABILITIES, api } from "@dumont/proto";
 import { type ManifestEntry, selectIncluded } from "@dumont/repository";
 import { checkExcludePatterns, checkPathPatterns } from "@dumont/repository/path-patterns";
 import type { SessionRegistry } from "../agent-gateway/agent-session.js";
@@ -44,6 +44,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       throw new InvalidArgumentError(`path must be an absolute path on the host, got ${JSON.stringify(req.path)}`);
     const exclude = checked(() => checkExcludePatterns(req.exclude, "exclude"));
     const { host, session } = await connectedHost(req.hostId);
+    if (exclude.length > 0) session.require(AGENT_CAPABILITIES.snapshotExclude, "leave out what --exclude names");
     return () =>
       deps.snapshots.snapshot({
         session,
@@ -70,6 +71,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     if (!snapshot)
       throw new NotFoundError(`snapshot ${req.snapshotId} not found; list them with \`dumont snapshot list\``);
     const { session } = await connectedHost(req.hostId);
+    if (include.length > 0) session.require(AGENT_CAPABILITIES.restoreInclude, "restore only what --include names");
     return async () => {
       const result = await deps.snapshots.restore({ session, snapshot, target: req.target, include, onProgress });
       return create(api.RestoreSnapshotResponseSchema, {

@@ -3,6 +3,7 @@
 import { EventEmitter } from "node:events";
 import { create } from "@bufbuild/protobuf";
 import {
+  AGENT_CAPABILITIES,
   type AgentMessage,
   AgentMessageSchema,
   type ControlMessage,
@@ -195,7 +196,13 @@ export class ControlPlaneSession extends EventEmitter {
       create(AgentMessageSchema, {
         msg: {
           case: "hello",
-          value: { hostId: this.hostId, agentVersion: AGENT_VERSION, protocolVersion: PROTOCOL_VERSION, inventory },
+          value: {
+            hostId: this.hostId,
+            agentVersion: AGENT_VERSION,
+            protocolVersion: PROTOCOL_VERSION,
+            inventory,
+            capabilities: Object.values(AGENT_CAPABILITIES),
+          },
         },
       }),
     );
