@@ -55,6 +55,9 @@ describe("snapshots over the agent stream", () => {
     return JSON.parse(res.stdout);
   };
   const snapshots = async (): Promise<SnapshotJson[]> => cli(["snapshot", "list", "--json"]);
+  /** `dumont snapshot create --host <the agent> --path dir [flags] --json`. */
+  const snapshotOf = async (dir: string, ...flags: string[]): Promise<SnapshotJson> =>
+    cli(["snapshot", "create", "--host", agent.hostId, "--path", dir, ...flags, "--json"]);
   /** The row may still say "online" from before a crash: wait for the agent's new session to report in. */
   const reportedSince = async (t: number) => {
     const hosts = (await cli(["host", "list", "--json"])) as { id: string; lastSeenAt: string | null }[];
@@ -97,15 +100,7 @@ describe("snapshots over the agent stream", () => {
   });
 
   it("round-trips a workspace byte for byte, and the next snapshot sends only what changed", async () => {
-    const first = (await cli([
-      "snapshot",
-      "create",
-      "--host",
-      agent.hostId,
-      "--path",
-      workspace,
-      "--json",
-    ])) as SnapshotJson;
+    const first = await snapshotOf(workspace);
     expect(first.files).toBe(5);
     expect(first.bytesNew).toBeGreaterThan(6 * 1024 * 1024);
 
@@ -208,17 +203,7 @@ describe("snapshots over the agent stream", () => {
     await fs.writeFile(path.join(dir, ".dumontignore"), "# scratch\n*.tmp\n");
     await ageFiles(dir);
 
-    const snap = (await cli([
-      "snapshot",
-      "create",
-      "--host",
-      agent.hostId,
-      "--path",
-      dir,
-      "--exclude",
-      ".cache/",
-      "--json",
-    ])) as SnapshotJson;
+    const snap = await snapshotOf(dir, "--exclude", ".cache/");
     expect(snap.files).toBe(6); // makeWorkspace's 5 files and the .dumontignore
     const target = path.join(root, "restored-without-excluded");
     await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
@@ -305,15 +290,7 @@ describe("snapshots over the agent stream", () => {
       await expect(snapshotsApi.createSnapshot({ hostId, path: "/srv/work", exclude: ["cache/"] })).rejects.toThrow(
         /failed_precondition.*host \S+ runs an agent too old to leave out what --exclude names.*"snapshot\.exclude"/,
       );
-      const snap = (await cli([
-        "snapshot",
-        "create",
-        "--host",
-        agent.hostId,
-        "--path",
-        workspace,
-        "--json",
-      ])) as SnapshotJson;
+      const snap = await snapshotOf(workspace);
       await expect(
         snapshotsApi.restoreSnapshot({ snapshotId: snap.id, hostId, target: "/srv/restored", include: ["src/"] }),
       ).rejects.toThrow(/failed_precondition.*runs an agent too old to restore only what --include names/);
