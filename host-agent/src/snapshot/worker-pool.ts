@@ -185,24 +185,26 @@ export function openAndWrite(
   const aligned = out.buffer === scratch.spare && out.byteOffset === 0;
   let directBytes = 0;
 
-  // A chunk of zeros is not written: every file written here is new and already as long as it will be (the
-  // restore truncates a file of several chunks to its size; createFile sizes a one-chunk file of zeros), so
-  // the range reads as zeros and stays a hole. A sparse file (a preallocated dataset or disk image) restores
-  // sparse instead of filling the disk, and long runs of zeros cost no writes. A chunk is zero or not from its
-  // first byte in practice; only zero chunks are compared whole (memcmp, 64 KiB at a time).
-  const ZERO_PIECE = 64 * 1024;
+  // Zeros are not written: every file written here is new and already as long as it will be (the restore
+  // truncates a file of several chunks to its size; createFile sizes a one-chunk file of zeros), so a range
+  // left alone reads as zeros and stays a hole. A chunk of zeros is skipped whole, and within a run that
+  // holds data so is every 64 KiB block of zeros aligned in the file (see writeSparse). A sparse file (a
+  // preallocated dataset, a disk image) restores about as sparse as it was instead of filling the disk, and
+  // runs of zeros cost no writes. Data is told from zeros by its first or last byte in practice; only zeros
+  // are compared whole (memcmp, 64 KiB at a time).
+  const HOLE_BLOCK = 64 * 1024;
+  const allZero = (at: number, length: number): boolean => {
+    if (length <= 0 || out[at] !== 0 || out[at + length - 1] !== 0) return false;
+    scratch.zeros ??= Buffer.alloc(HOLE_BLOCK);
+    for (let done = 0; done < length; done += HOLE_BLOCK) {
+      const piece = Math.min(HOLE_BLOCK, length - done);
+      if (out.compare(scratch.zeros, 0, piece, at + done, at + done + piece) !== 0) return false;
+    }
+    return true;
+  };
   const zero = new Uint8Array(n);
   for (let i = 0; i < n; i++) {
-    const from = r.plainRanges[2 * i];
-    const length = r.plainRanges[2 * i + 1];
-    if (r.errors[i] !== null || length <= 0 || out[from] !== 0 || out[from + length - 1] !== 0) continue;
-    scratch.zeros ??= Buffer.alloc(ZERO_PIECE);
-    let all = true;
-    for (let at = 0; all && at < length; at += ZERO_PIECE) {
-      const piece = Math.min(ZERO_PIECE, length - at);
-      all = out.compare(scratch.zeros, 0, piece, from + at, from + at + piece) === 0;
-    }
-    zero[i] = all ? 1 : 0;
+    if (r.errors[i] === null && allZero(r.plainRanges[2 * i], r.plainRanges[2 * i + 1])) zero[i] = 1;
   }
 
   const writeFully = (fd: number, from: number, length: number, position: number): void => {
@@ -276,6 +278,21 @@ export function openAndWrite(
       return err instanceof Error ? err.message : String(err);
     }
   };
+  /** writeRun, leaving out the file's whole HOLE_BLOCKs of zeros in out[from, from + length). */
+  const writeSparse = (fd: number, direct: number, from: number, position: number, length: number): string | null => {
+    const end = position + length;
+    let pending = position; // file offset where the data not yet written starts
+    for (let b = Math.ceil(position / HOLE_BLOCK) * HOLE_BLOCK; b + HOLE_BLOCK <= end; b += HOLE_BLOCK) {
+      if (!allZero(from + (b - position), HOLE_BLOCK)) continue;
+      if (b > pending) {
+        const error = writeRun(fd, direct, from + (pending - position), pending, b - pending);
+        if (error !== null) return error;
+      }
+      pending = b + HOLE_BLOCK;
+    }
+    return end > pending ? writeRun(fd, direct, from + (pending - position), pending, end - pending) : null;
+  };
+
   /** Writes chunk bytes out[from, from + length) (chunk c's alone when `c` is given) to one destination. */
   const writeTo = (
     fd: number,
@@ -286,7 +303,7 @@ export function openAndWrite(
     c = -1,
   ): string | null => {
     if (fd < 0) return createFile(fd, from, length, c >= 0 && zero[c] === 1);
-    return c >= 0 && zero[c] === 1 ? null : writeRun(fd, direct, from, position, length);
+    return c >= 0 && zero[c] === 1 ? null : writeSparse(fd, direct, from, position, length);
   };
 
   const writeErrors: [number, string][] = [];
