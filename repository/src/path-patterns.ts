@@ -76,9 +76,11 @@ export function pathMatcher(
 
 /**
  * The entries of a manifest that `include` patterns (checked) select: those they match (a directory with all
- * under it) and the directories holding them, in manifest order; none when nothing matches.
+ * under it) and the directories holding them, in manifest order; none when nothing matches, and every entry
+ * when there are no patterns (no --include: the whole snapshot).
  */
 export function selectIncluded(entries: readonly ManifestEntry[], include: readonly string[]): ManifestEntry[] {
+  if (include.length === 0) return [...entries];
   const matches = pathMatcher(undefined, include);
   const kept = new Set<string>();
   for (const e of entries) if (matches(e.path, e.type === "dir")) kept.add(e.path);

@@ -125,7 +125,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       if (!snapshot)
         throw new NotFoundError(`snapshot ${req.snapshotId} not found; list them with \`dumont snapshot list\``);
       const { entries } = await deps.snapshots.readManifest(snapshot);
-      const listed = include.length > 0 ? selectIncluded(entries, include) : entries;
+      const listed = selectIncluded(entries, include);
       for (let i = 0; i < listed.length; i += FILES_PER_MESSAGE) {
         yield create(api.ListSnapshotFilesResponseSchema, {
           files: listed.slice(i, i + FILES_PER_MESSAGE).map(toApiFile),

@@ -165,7 +165,7 @@ export function registerSnapshotCommands(program: Command): void {
         const key = await loadKey(opts);
         const entries = await withDirectRepository({ repo: opts.repo, key }, async (r) => {
           const { entries } = await r.readManifest(await r.findSnapshot(opts.id));
-          return include.length > 0 ? selectIncluded(entries, include) : entries;
+          return selectIncluded(entries, include);
         });
         if (opts.json) return print(entries.map(listedEntry));
         for (const e of entries) process.stdout.write(`${listingLine(listedEntry(e))}\n`);

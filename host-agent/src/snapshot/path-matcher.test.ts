@@ -5,7 +5,7 @@ import { access, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } fro
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { generateRepositoryKey, MAX_PATH_PATTERNS, type ManifestEntry } from "@dumont/repository";
+import { generateRepositoryKey, MAX_PATH_PATTERNS, type ManifestEntry, selectIncluded } from "@dumont/repository";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createDirectSnapshot, restoreDirectSnapshot } from "./direct-mode.js";
 import { loadExclusions, MAX_IGNORE_FILE_BYTES, restoreSelection } from "./path-matcher.js";
@@ -159,6 +159,7 @@ describe("partial restore", () => {
     restoreSelection(manifest, include, "a1b2c3").map((e) => (e.type === "dir" ? `${e.path}/` : e.path));
 
   it("keeps what the patterns match, a directory with all under it, and the directories holding it", () => {
+    expect(selectIncluded(manifest, [])).toEqual(manifest); // no patterns: the whole snapshot (ls without --include)
     expect(selected("checkpoints/step-200.pt")).toEqual(["checkpoints/", "checkpoints/step-200.pt"]);
     expect(selected("logs/run-1/")).toEqual([
       "logs/",
