@@ -12,6 +12,12 @@ export interface ForgetOptions {
   /** Only consider snapshots of this workspace. */
   workspace?: string;
   dryRun?: boolean;
+  /**
+   * Called before each snapshot object is deleted. The control plane drops its catalogue row there, so a
+   * crash between the two leaves a snapshot that is unlisted but whole (and forgotten again next time),
+   * never one listed without its data.
+   */
+  beforeDelete?: (snapshotId: string) => Promise<void>;
 }
 
 export interface ForgetReport {
@@ -30,7 +36,10 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
   const candidates = options.workspace === undefined ? all : all.filter((s) => s.workspace === options.workspace);
   const plan = planRetention(candidates, options.policy);
   if (!options.dryRun) {
-    for (const id of plan.forget) await repository.store.delete(snapshotKey(id));
+    for (const id of plan.forget) {
+      await options.beforeDelete?.(id);
+      await repository.store.delete(snapshotKey(id));
+    }
   }
   return { kept: plan.keep, forgotten: plan.forget };
 }

@@ -427,6 +427,54 @@ describe("snapshots over the agent stream", () => {
     expect(missing.stderr).toMatch(/not found/);
   });
 
+  it("forgets by a retention policy and prunes; what is kept restores, and data the prune deleted is sent again", async () => {
+    const dir = path.join(root, "forget-workspace");
+    await fs.mkdir(dir);
+    const weights = path.join(dir, "weights.bin");
+    const first = randomBytes(3 * 1024 * 1024);
+    await fs.writeFile(weights, first);
+    const ws = ["--workspace", "forget-test"];
+    await snapshotOf(workspace); // another workspace's, which no forget below may touch
+    const a = await snapshotOf(dir, ...ws);
+    await fs.writeFile(weights, randomBytes(3 * 1024 * 1024));
+    const b = await snapshotOf(dir, ...ws);
+    const others = (await snapshots()).filter((s) => s.id !== a.id && s.id !== b.id).map((s) => s.id);
+    expect(others.length).toBeGreaterThan(0);
+
+    for (const [args, error] of [
+      [[], /say what to keep/],
+      [["--keep-last", "-1"], /--keep-last.*whole number/],
+      [["--keep-daily", "1.5"], /--keep-daily.*whole number/],
+    ] as const) {
+      const res = await cp.cli(["snapshot", "forget", ...ws, ...args]);
+      expect(res.code).not.toBe(0);
+      expect(res.stderr).toMatch(error);
+    }
+    const dry = await cli(["snapshot", "forget", ...ws, "--keep-last", "1", "--dry-run", "--json"]);
+    expect(dry).toMatchObject({ dryRun: true, kept: [b.id], forgotten: [a.id] });
+    expect((await snapshots()).map((s) => s.id)).toContain(a.id);
+
+    const res = await cli(["snapshot", "forget", ...ws, "--keep-last", "1", "--prune", "--json"]);
+    expect(res).toMatchObject({ kept: [b.id], forgotten: [a.id] });
+    // The first weights were random: the prune frees about all of their 3 MiB (another workspace's data stays).
+    expect(res.prune.bytesFreed).toBeGreaterThan(3 * 1024 * 1024 * 0.9);
+    expect((await snapshots()).map((s) => s.id).sort()).toEqual([...others, b.id].sort());
+    const gone = await cp.cli(["snapshot", "restore", a.id, "--host", agent.hostId, "--target", path.join(root, "x")]);
+    expect(gone.stderr).toMatch(/not found/);
+    const kept = path.join(root, "forget-restored-b");
+    await cli(["snapshot", "restore", b.id, "--host", agent.hostId, "--target", kept, "--json"]);
+    expect(await describeTree(kept)).toEqual(await describeTree(dir));
+
+    // The first weights again: the agent's local index and the control plane's chunk index both knew their
+    // chunks, which the prune deleted. They must travel again, or the snapshot would point at nothing.
+    await fs.writeFile(weights, first);
+    const c = await snapshotOf(dir, ...ws);
+    expect(c.bytesNew).toBeGreaterThanOrEqual(first.length);
+    const again = path.join(root, "forget-restored-c");
+    await cli(["snapshot", "restore", c.id, "--host", agent.hostId, "--target", again, "--json"]);
+    expect(await describeTree(again)).toEqual(await describeTree(dir));
+  });
+
   it("a kill -9 of the agent mid-snapshot leaves no snapshot visible; the next one succeeds", async () => {
     const big = path.join(root, "big-workspace");
     await makeWorkspace(big, 96 * 1024 * 1024);

@@ -3,12 +3,12 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { AGENT_CAPABILITIES, api } from "@dumont/proto";
-import { type ManifestEntry, selectIncluded } from "@dumont/repository";
+import { hasRetentionRule, type ManifestEntry, selectIncluded } from "@dumont/repository";
 import { checkExcludePatterns, checkPathPatterns } from "@dumont/repository/path-patterns";
 import type { SessionRegistry } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
 import { getHost } from "../db/host-repository.js";
-import { getSnapshot, listSnapshots } from "../db/snapshot-repository.js";
+import { getSnapshot, listSnapshots, snapshotTenants } from "../db/snapshot-repository.js";
 import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import type { SnapshotCoordinator, TransferProgress } from "../snapshots/snapshot-coordinator.js";
@@ -115,6 +115,37 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
           event: "result" in event ? { case: "done", value: event.result } : progressEvent(event.progress),
         });
       }
+    },
+
+    async forgetSnapshots(req, ctx) {
+      const who = await admin(ctx);
+      const policy = { last: req.keepLast, hourly: req.keepHourly, daily: req.keepDaily, weekly: req.keepWeekly };
+      if (!hasRetentionRule(policy) && !req.prune) {
+        throw new InvalidArgumentError(
+          "say what to keep: keep_last (or keep_hourly, keep_daily, keep_weekly) above 0, and/or prune",
+        );
+      }
+      const out = create(api.ForgetSnapshotsResponseSchema, {});
+      if (req.prune) out.prune = create(api.PruneReportSchema, {});
+      // Each tenant's snapshots live in its own repository; an admin's request covers every tenant in scope.
+      for (const tenantId of await snapshotTenants(deps.db, { ...tenantScope(who), workspaceId: req.workspaceId })) {
+        const result = await deps.snapshots.forget({
+          tenantId,
+          policy,
+          workspace: req.workspaceId || undefined,
+          prune: req.prune,
+          dryRun: req.dryRun,
+        });
+        out.kept.push(...result.kept);
+        out.forgotten.push(...result.forgotten);
+        if (out.prune && result.prune) {
+          out.prune.packsDeleted += BigInt(result.prune.packsDeleted);
+          out.prune.packsRepacked += BigInt(result.prune.packsRepacked);
+          out.prune.orphanPacksDeleted += BigInt(result.prune.orphanPacksDeleted);
+          out.prune.bytesFreed += BigInt(result.prune.bytesFreed);
+        }
+      }
+      return out;
     },
 
     async *listSnapshotFiles(req, ctx) {

@@ -1,4 +1,4 @@
-// `dumont snapshot …` (admin): snapshot a directory on a host through its agent, list, restore. Create and
+// `dumont snapshot …` (admin): snapshot a directory on a host through its agent, list, restore, forget. Create and
 // restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent works.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { api } from "@dumont/proto";
@@ -6,7 +6,7 @@ import { type ListedEntry, listingLine } from "@dumont/repository/listing";
 // The meter and byte formatting alone: a CLI call needs nothing else of the package.
 import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/repository/path-patterns";
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
-import type { Command } from "commander";
+import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients } from "./api-client.js";
 
 const INCLUDE_HELP =
@@ -120,6 +120,66 @@ export function registerSnapshotCommands(program: Command): void {
         `restored ${out.files} files, ${formatBytes(out.bytesWritten)} in ${out.seconds.toFixed(1)}s\n`,
       );
     });
+
+  registerForget(snapshot, apiOpts);
+}
+
+function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions): void {
+  snapshot
+    .command("forget")
+    .description(
+      "forget snapshots by a retention policy, each workspace judged on its own; --prune then deletes the data " +
+        "nothing needs",
+    )
+    .option("--keep-last <n>", "keep the newest n snapshots", keepCount)
+    .option("--keep-hourly <n>", "keep the newest snapshot of each of the last n hours", keepCount)
+    .option("--keep-daily <n>", "keep the newest snapshot of each of the last n days", keepCount)
+    .option("--keep-weekly <n>", "keep the newest snapshot of each of the last n weeks", keepCount)
+    .option("--workspace <id>", "only this workspace's snapshots")
+    .option("--prune", "then delete the packs no remaining snapshot needs (and repack mostly-unused ones)")
+    .option("--dry-run", "say what would be forgotten (and what a prune would free now); change nothing")
+    .option("--json", "print JSON")
+    .action(async (opts, cmd: Command) => {
+      const keep = [opts.keepLast, opts.keepHourly, opts.keepDaily, opts.keepWeekly];
+      if (!keep.some((n) => (n ?? 0) > 0) && !opts.prune) {
+        throw new Error(
+          "say what to keep: --keep-last N (or --keep-hourly/--keep-daily/--keep-weekly), and/or --prune",
+        );
+      }
+      const res = await apiClients(apiOpts(cmd)).snapshots.forgetSnapshots({
+        workspaceId: opts.workspace,
+        keepLast: opts.keepLast,
+        keepHourly: opts.keepHourly,
+        keepDaily: opts.keepDaily,
+        keepWeekly: opts.keepWeekly,
+        prune: opts.prune === true,
+        dryRun: opts.dryRun === true,
+      });
+      const prune = res.prune && {
+        packsDeleted: Number(res.prune.packsDeleted),
+        packsRepacked: Number(res.prune.packsRepacked),
+        orphanPacksDeleted: Number(res.prune.orphanPacksDeleted),
+        bytesFreed: Number(res.prune.bytesFreed),
+      };
+      if (opts.json) return print({ dryRun: opts.dryRun === true, kept: res.kept, forgotten: res.forgotten, prune });
+      const verb = opts.dryRun ? "would forget" : "forgot";
+      process.stdout.write(`${verb} ${res.forgotten.length} snapshot(s), keeping ${res.kept.length}\n`);
+      for (const id of res.forgotten) process.stdout.write(`  ${id}\n`);
+      if (prune) {
+        process.stdout.write(
+          `${opts.dryRun ? "a prune now would free" : "freed"} ${formatBytes(Math.max(0, prune.bytesFreed))}: ` +
+            `${prune.packsDeleted} unused pack(s), ${prune.orphanPacksDeleted} left by interrupted snapshots, ` +
+            `${prune.packsRepacked} repacked\n`,
+        );
+      }
+    });
+}
+
+/** Parses a --keep-* value: a whole number that fits the request's uint32 field. */
+function keepCount(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n > 0xffffffff) throw new InvalidArgumentError("give a whole number, 0 to 4294967295");
+  return n;
 }
 
 function snapshotJson(s: api.Snapshot) {

@@ -22,3 +22,16 @@ export async function getSnapshot(
   if (scope.tenantId !== undefined) q = q.where("tenant_id", "=", scope.tenantId);
   return q.executeTakeFirst();
 }
+
+/** Drops a snapshot from the catalogue (its tenant's: an id alone never reaches another tenant's row). */
+export async function deleteSnapshot(db: Db, tenantId: string, id: string): Promise<void> {
+  await db.deleteFrom("snapshots").where("id", "=", id).where("tenant_id", "=", tenantId).execute();
+}
+
+/** The tenants with snapshots in the catalogue (within `tenantId` when given). */
+export async function snapshotTenants(db: Db, filter: { tenantId?: string; workspaceId?: string }): Promise<string[]> {
+  let q = db.selectFrom("snapshots").select("tenant_id").distinct().orderBy("tenant_id");
+  if (filter.tenantId !== undefined) q = q.where("tenant_id", "=", filter.tenantId);
+  if (filter.workspaceId) q = q.where("workspace_id", "=", filter.workspaceId);
+  return (await q.execute()).map((r) => r.tenant_id);
+}

@@ -17,41 +17,61 @@ import { createMetrics } from "../metrics.js";
 import { SnapshotCoordinator } from "./snapshot-coordinator.js";
 import { TenantKeys } from "./tenant-keys.js";
 
-describe("SnapshotCoordinator: the arrival check", () => {
-  let db: Db;
+/**
+ * A coordinator on a fresh test database (tenant "t1") and blob directory, for the enclosing describe, with a
+ * fake agent session whose messages land in `sent`.
+ */
+function useCoordinator(hostId: string) {
+  const h = {
+    db: undefined as unknown as Db,
+    blobs: "",
+    coordinator: undefined as unknown as SnapshotCoordinator,
+    masterKey: randomBytes(32),
+    sent: [] as ControlMessage[],
+    session: undefined as unknown as AgentSession,
+  };
   let closeDb: () => Promise<void>;
-  let blobs: string;
-  let coordinator: SnapshotCoordinator;
-  let sent: ControlMessage[];
-  const session = {
-    hostId: "h-test",
-    send: async (m: ControlMessage) => void sent.push(m),
+  h.session = {
+    hostId,
+    send: async (m: ControlMessage) => void h.sent.push(m),
     pauseInbound: () => {},
     resumeInbound: () => {},
   } as unknown as AgentSession;
-
-  const coordinatorMasterKey = randomBytes(32);
-
   beforeAll(async () => {
-    ({ db, close: closeDb } = await openTestDatabase());
-    await ensureTenant(db, "t1", "tenant one");
-    blobs = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-coordinator-"));
-    coordinator = new SnapshotCoordinator(
-      db,
-      new TenantKeys(db, coordinatorMasterKey),
-      `file://${blobs}`,
+    ({ db: h.db, close: closeDb } = await openTestDatabase());
+    await ensureTenant(h.db, "t1", "tenant one");
+    h.blobs = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-coordinator-"));
+    h.coordinator = new SnapshotCoordinator(
+      h.db,
+      new TenantKeys(h.db, h.masterKey),
+      `file://${h.blobs}`,
       createLogger("silent"),
       createMetrics(),
     );
   });
-  beforeEach(() => {
-    sent = [];
-  });
-
   afterAll(async () => {
-    await coordinator.close();
+    await h.coordinator.close();
     await closeDb();
-    await fs.rm(blobs, { recursive: true, force: true });
+    await fs.rm(h.blobs, { recursive: true, force: true });
+  });
+  return h;
+}
+
+describe("SnapshotCoordinator: the arrival check", () => {
+  const h = useCoordinator("h-test");
+  let db: Db;
+  let blobs: string;
+  let coordinator: SnapshotCoordinator;
+  let sent: ControlMessage[];
+  let session: AgentSession;
+  const coordinatorMasterKey = h.masterKey;
+
+  beforeAll(() => {
+    ({ db, blobs, coordinator, session } = h);
+  });
+  beforeEach(() => {
+    h.sent = [];
+    sent = h.sent;
   });
 
   /** Starts a snapshot and returns it with what the agent is told: the request id and the tenant key. */
@@ -136,6 +156,62 @@ describe("SnapshotCoordinator: the arrival check", () => {
     const before = await db.selectFrom("snapshots").select("id").execute();
     await expect(commitWith(stats)).rejects.toThrow(error);
     expect(await db.selectFrom("snapshots").select("id").execute()).toEqual(before);
+  });
+});
+
+describe("SnapshotCoordinator: forget and prune", () => {
+  const h = useCoordinator("h-prune");
+
+  /** Starts a snapshot and waits for the agent to be asked for it. */
+  const started = async () => {
+    const before = h.sent.length;
+    const snapshot = h.coordinator.snapshot({
+      session: h.session,
+      tenantId: "t1",
+      path: "/w",
+      workspaceId: "w",
+      epoch: 0n,
+    });
+    snapshot.catch(() => {});
+    for (let i = 0; i < 200 && h.sent.length === before; i++) await new Promise((r) => setTimeout(r, 10));
+    const take = h.sent[before]?.msg;
+    if (take?.case !== "takeSnapshot") throw new Error(`expected takeSnapshot, got ${take?.case}`);
+    return { snapshot, requestId: take.value.requestId, key: Buffer.from(take.value.tenantKey) };
+  };
+  const prune = { tenantId: "t1", policy: {}, prune: true, dryRun: false };
+
+  it("refuses to prune while a snapshot of the tenant runs, and prunes once it has ended", async () => {
+    const { snapshot, requestId, key } = await started();
+    await expect(h.coordinator.forget(prune)).rejects.toThrow(
+      /1 snapshot\(s\) or restore\(s\) of tenant t1 are running/,
+    );
+    const plain = randomBytes(10_000);
+    const chunk = chunkCodec.sealChunk(key, plain);
+    const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
+      h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+    agentSends({
+      case: "snapshotChunks",
+      value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
+    });
+    agentSends({
+      case: "snapshotCommit",
+      value: { requestId, epoch: 0n, manifest: oneFile(key, chunk.id, plain.length) },
+    });
+    await snapshot;
+    // Everything in the repository is in use: nothing to free.
+    await expect(h.coordinator.forget(prune)).resolves.toMatchObject({ prune: { packsDeleted: 0, bytesFreed: 0 } });
+  });
+
+  it("holds a snapshot that starts during a prune until the prune has ended", async () => {
+    const order: string[] = [];
+    const pruning = h.coordinator.forget(prune).then(() => order.push("pruned"));
+    const snapshot = started().then((s) => {
+      order.push("asked the agent");
+      return s;
+    });
+    await Promise.all([pruning, snapshot]);
+    expect(order).toEqual(["pruned", "asked the agent"]);
+    h.coordinator.onSessionClosed(h.session.hostId); // the snapshot fails; nothing is left running
   });
 });
 

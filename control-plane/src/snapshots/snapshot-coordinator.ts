@@ -20,18 +20,25 @@ import {
   type BlobStore,
   BufferPool,
   chunkArrivedDamaged,
+  forgetSnapshots,
+  hasRetentionRule,
+  isRepositoryError,
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
   type Manifest,
   openBlobStore,
+  type PruneReport,
+  pruneRepository,
   Repository,
   type RepositoryChunkSource,
   RepositoryIndex,
   type RepositoryWriter,
+  type RetentionPolicy,
   type SkippedEntry,
 } from "@dumont/repository";
 import type { AgentSession } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
+import { deleteSnapshot } from "../db/snapshot-repository.js";
 import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError } from "../errors.js";
 import type { Logger } from "../logger.js";
@@ -77,6 +84,22 @@ export interface RestoreRequest {
   onProgress?: (progress: TransferProgress) => void;
 }
 
+export interface ForgetRequest {
+  tenantId: string;
+  /** At least one rule, or `prune` alone. */
+  policy: RetentionPolicy;
+  /** Only this workspace's snapshots. */
+  workspace?: string;
+  prune: boolean;
+  dryRun: boolean;
+}
+
+export interface ForgetResult {
+  kept: string[];
+  forgotten: string[];
+  prune?: PruneReport;
+}
+
 interface Operation {
   hostId: string;
   fail(err: Error): void;
@@ -89,6 +112,14 @@ export class SnapshotCoordinator {
   private readonly indexes = new Map<string, RepositoryIndex>();
   private verifier: ChunkVerifier | undefined;
   private closed = false;
+  /**
+   * Snapshots and restores running, and the prune running, per tenant. A prune deletes and moves packs, so it
+   * needs the tenant's repository to itself: it is refused while operations run, and operations that start
+   * during one wait for it. (The repository's own lock says the same across processes; this lets a restore,
+   * which takes no lock, be counted too, and lets operations wait rather than fail.)
+   */
+  private readonly running = new Map<string, number>();
+  private readonly pruning = new Map<string, Promise<unknown>>();
 
   constructor(
     private readonly db: Db,
@@ -133,18 +164,90 @@ export class SnapshotCoordinator {
   /** Takes a snapshot of `req.path` on the agent's host; resolves once it is committed (and listed). */
   async snapshot(req: SnapshotRequest): Promise<SnapshotRow> {
     return this.measured(this.metrics.snapshots, this.metrics.snapshotSeconds, "committed", () =>
-      this.takeSnapshot(req),
+      this.using(req.tenantId, () => this.takeSnapshot(req)),
     );
   }
 
   /** Restores a snapshot onto the agent's host; resolves once the agent reports every file written. */
   async restore(req: RestoreRequest): Promise<{ files: number; bytesWritten: number; seconds: number }> {
-    return this.measured(this.metrics.restores, this.metrics.restoreSeconds, "completed", () => this.runRestore(req));
+    return this.measured(this.metrics.restores, this.metrics.restoreSeconds, "completed", () =>
+      this.using(req.snapshot.tenant_id, () => this.runRestore(req)),
+    );
+  }
+
+  /**
+   * Forgets a tenant's snapshots by a retention policy (the catalogue row goes first, then the repository's
+   * snapshot object), then prunes if asked. No host is involved.
+   */
+  async forget(req: ForgetRequest): Promise<ForgetResult> {
+    const { tenantId } = req;
+    const repository = () => this.repositoryOf(tenantId);
+    if (!req.prune || req.dryRun) {
+      const result = await this.forgetIn(await repository(), req);
+      return req.prune ? { ...result, prune: await pruneRepository(await repository(), { dryRun: true }) } : result;
+    }
+    // Checked and claimed before the first await, so no snapshot starts between the check and the prune.
+    const busy = this.running.get(tenantId) ?? 0;
+    if (busy > 0 || this.pruning.has(tenantId)) {
+      throw new FailedPreconditionError(
+        busy > 0
+          ? `${busy} snapshot(s) or restore(s) of tenant ${tenantId} are running; prune again when they have ended`
+          : `a prune of tenant ${tenantId} is already running`,
+      );
+    }
+    const work = (async (): Promise<ForgetResult> => {
+      const repo = await repository();
+      const result = await this.forgetIn(repo, req);
+      // The tenant's cached chunk index needs no reset: the refresh at the start of every operation drops the
+      // packs whose index objects vanished and reads the repacked ones (Repository.loadIndex).
+      const prune = await pruneRepository(repo);
+      this.log.info({ tenantId, ...prune }, "repository pruned");
+      return { ...result, prune };
+    })();
+    this.pruning.set(tenantId, work);
+    try {
+      return await work;
+    } catch (err) {
+      if (isRepositoryError(err, "locked")) throw new FailedPreconditionError(`tenant ${tenantId}: ${err.message}`);
+      throw err;
+    } finally {
+      this.pruning.delete(tenantId);
+    }
+  }
+
+  private async forgetIn(repository: Repository, req: ForgetRequest): Promise<ForgetResult> {
+    if (!hasRetentionRule(req.policy)) return { kept: [], forgotten: [] };
+    const { tenantId } = req;
+    const result = await forgetSnapshots(repository, {
+      policy: req.policy,
+      workspace: req.workspace,
+      dryRun: req.dryRun,
+      beforeDelete: (id) => deleteSnapshot(this.db, tenantId, id),
+    });
+    if (result.forgotten.length > 0 && !req.dryRun) {
+      this.log.info({ tenantId, forgotten: result.forgotten, kept: result.kept.length }, "snapshots forgotten");
+    }
+    return result;
+  }
+
+  /** Runs an operation on a tenant's repository once no prune of it is running, counted while it runs. */
+  private async using<T>(tenantId: string, work: () => Promise<T>): Promise<T> {
+    for (let prune = this.pruning.get(tenantId); prune; prune = this.pruning.get(tenantId)) {
+      await prune.catch(() => {});
+    }
+    this.running.set(tenantId, (this.running.get(tenantId) ?? 0) + 1);
+    try {
+      return await work();
+    } finally {
+      const left = (this.running.get(tenantId) ?? 1) - 1;
+      if (left > 0) this.running.set(tenantId, left);
+      else this.running.delete(tenantId);
+    }
   }
 
   /** A committed snapshot's manifest, read from its tenant's repository (no agent involved). */
   async readManifest(snapshot: SnapshotRow): Promise<Manifest> {
-    const repository = await this.repository(snapshot.tenant_id, await this.tenantKeys.get(snapshot.tenant_id));
+    const repository = await this.repositoryOf(snapshot.tenant_id);
     return repository.readManifest(await repository.findSnapshot(snapshot.id));
   }
 
@@ -458,6 +561,10 @@ export class SnapshotCoordinator {
       this.indexes.set(tenantId, index);
     }
     return index;
+  }
+
+  private async repositoryOf(tenantId: string): Promise<Repository> {
+    return this.repository(tenantId, await this.tenantKeys.get(tenantId));
   }
 
   private repository(tenantId: string, key: Buffer): Promise<Repository> {

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dumont/api/v1/snapshots.proto.
  */
 export const file_dumont_api_v1_snapshots: GenFile = /*@__PURE__*/
-  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50IsACCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkiQAoYTGlzdFNuYXBzaG90RmlsZXNSZXF1ZXN0EhMKC3NuYXBzaG90X2lkGAEgASgJEg8KB2luY2x1ZGUYAiADKAkiRwoZTGlzdFNuYXBzaG90RmlsZXNSZXNwb25zZRIqCgVmaWxlcxgBIAMoCzIbLmR1bW9udC5hcGkudjEuU25hcHNob3RGaWxlIvABCgxTbmFwc2hvdEZpbGUSDAoEcGF0aBgBIAEoCRIuCgR0eXBlGAIgASgOMiAuZHVtb250LmFwaS52MS5TbmFwc2hvdEZpbGUuVHlwZRIMCgRtb2RlGAMgASgNEgwKBHNpemUYBCABKAQSKQoFbXRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnRhcmdldBgGIAEoCSJLCgRUeXBlEhQKEFRZUEVfVU5TUEVDSUZJRUQQABINCglUWVBFX0ZJTEUQARIMCghUWVBFX0RJUhACEhAKDFRZUEVfU1lNTElOSxADIiwKDFNraXBwZWRFbnRyeRIMCgRwYXRoGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJdChVDcmVhdGVTbmFwc2hvdFJlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIPCgdleGNsdWRlGAQgAygJIkMKFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USKQoIc25hcHNob3QYASABKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Ij0KFExpc3RTbmFwc2hvdHNSZXF1ZXN0Eg8KB2hvc3RfaWQYASABKAkSFAoMd29ya3NwYWNlX2lkGAIgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Il8KFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDwoHaW5jbHVkZRgEIAMoCSJQChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRINCgVmaWxlcxgBIAEoBBIVCg1ieXRlc193cml0dGVuGAIgASgEEg8KB3NlY29uZHMYAyABKAEy4wQKD1NuYXBzaG90U2VydmljZRJdCg5DcmVhdGVTbmFwc2hvdBIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiUuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlc3BvbnNlEloKDUxpc3RTbmFwc2hvdHMSIy5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdHNSZXF1ZXN0GiQuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RzUmVzcG9uc2USYAoPUmVzdG9yZVNuYXBzaG90EiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZRJiChRDcmVhdGVTbmFwc2hvdFN0cmVhbRIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdEV2ZW50MAESZQoVUmVzdG9yZVNuYXBzaG90U3RyZWFtEiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiMuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RFdmVudDABEmgKEUxpc3RTbmFwc2hvdEZpbGVzEicuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RGaWxlc1JlcXVlc3QaKC5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdEZpbGVzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50IsACCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkiQAoYTGlzdFNuYXBzaG90RmlsZXNSZXF1ZXN0EhMKC3NuYXBzaG90X2lkGAEgASgJEg8KB2luY2x1ZGUYAiADKAkiRwoZTGlzdFNuYXBzaG90RmlsZXNSZXNwb25zZRIqCgVmaWxlcxgBIAMoCzIbLmR1bW9udC5hcGkudjEuU25hcHNob3RGaWxlIvABCgxTbmFwc2hvdEZpbGUSDAoEcGF0aBgBIAEoCRIuCgR0eXBlGAIgASgOMiAuZHVtb250LmFwaS52MS5TbmFwc2hvdEZpbGUuVHlwZRIMCgRtb2RlGAMgASgNEgwKBHNpemUYBCABKAQSKQoFbXRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnRhcmdldBgGIAEoCSJLCgRUeXBlEhQKEFRZUEVfVU5TUEVDSUZJRUQQABINCglUWVBFX0ZJTEUQARIMCghUWVBFX0RJUhACEhAKDFRZUEVfU1lNTElOSxADIiwKDFNraXBwZWRFbnRyeRIMCgRwYXRoGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJdChVDcmVhdGVTbmFwc2hvdFJlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIPCgdleGNsdWRlGAQgAygJIkMKFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USKQoIc25hcHNob3QYASABKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Ij0KFExpc3RTbmFwc2hvdHNSZXF1ZXN0Eg8KB2hvc3RfaWQYASABKAkSFAoMd29ya3NwYWNlX2lkGAIgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Il8KFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDwoHaW5jbHVkZRgEIAMoCSJQChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRINCgVmaWxlcxgBIAEoBBIVCg1ieXRlc193cml0dGVuGAIgASgEEg8KB3NlY29uZHMYAyABKAEinwEKFkZvcmdldFNuYXBzaG90c1JlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEhEKCWtlZXBfbGFzdBgCIAEoDRITCgtrZWVwX2hvdXJseRgDIAEoDRISCgprZWVwX2RhaWx5GAQgASgNEhMKC2tlZXBfd2Vla2x5GAUgASgNEg0KBXBydW5lGAYgASgIEg8KB2RyeV9ydW4YByABKAgiZQoXRm9yZ2V0U25hcHNob3RzUmVzcG9uc2USDAoEa2VwdBgBIAMoCRIRCglmb3Jnb3R0ZW4YAiADKAkSKQoFcHJ1bmUYAyABKAsyGi5kdW1vbnQuYXBpLnYxLlBydW5lUmVwb3J0Im8KC1BydW5lUmVwb3J0EhUKDXBhY2tzX2RlbGV0ZWQYASABKAQSFgoOcGFja3NfcmVwYWNrZWQYAiABKAQSHAoUb3JwaGFuX3BhY2tzX2RlbGV0ZWQYAyABKAQSEwoLYnl0ZXNfZnJlZWQYBCABKAMyxQUKD1NuYXBzaG90U2VydmljZRJdCg5DcmVhdGVTbmFwc2hvdBIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiUuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlc3BvbnNlEloKDUxpc3RTbmFwc2hvdHMSIy5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdHNSZXF1ZXN0GiQuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RzUmVzcG9uc2USYAoPUmVzdG9yZVNuYXBzaG90EiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZRJiChRDcmVhdGVTbmFwc2hvdFN0cmVhbRIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdEV2ZW50MAESZQoVUmVzdG9yZVNuYXBzaG90U3RyZWFtEiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiMuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RFdmVudDABEmgKEUxpc3RTbmFwc2hvdEZpbGVzEicuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RGaWxlc1JlcXVlc3QaKC5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdEZpbGVzUmVzcG9uc2UwARJgCg9Gb3JnZXRTbmFwc2hvdHMSJS5kdW1vbnQuYXBpLnYxLkZvcmdldFNuYXBzaG90c1JlcXVlc3QaJi5kdW1vbnQuYXBpLnYxLkZvcmdldFNuYXBzaG90c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message dumont.api.v1.TransferProgress
@@ -491,6 +491,126 @@ export const RestoreSnapshotResponseSchema: GenMessage<RestoreSnapshotResponse> 
   messageDesc(file_dumont_api_v1_snapshots, 13);
 
 /**
+ * @generated from message dumont.api.v1.ForgetSnapshotsRequest
+ */
+export type ForgetSnapshotsRequest = Message<"dumont.api.v1.ForgetSnapshotsRequest"> & {
+  /**
+   * Only this workspace's snapshots; empty = every workspace (each judged on its own).
+   *
+   * @generated from field: string workspace_id = 1;
+   */
+  workspaceId: string;
+
+  /**
+   * At least one keep_* above 0, or prune alone.
+   *
+   * @generated from field: uint32 keep_last = 2;
+   */
+  keepLast: number;
+
+  /**
+   * @generated from field: uint32 keep_hourly = 3;
+   */
+  keepHourly: number;
+
+  /**
+   * @generated from field: uint32 keep_daily = 4;
+   */
+  keepDaily: number;
+
+  /**
+   * @generated from field: uint32 keep_weekly = 5;
+   */
+  keepWeekly: number;
+
+  /**
+   * Then delete the packs no remaining snapshot needs, repack mostly-unused ones, and delete what
+   * interrupted snapshots left behind.
+   *
+   * @generated from field: bool prune = 6;
+   */
+  prune: boolean;
+
+  /**
+   * Say what would be forgotten and, with prune, freed; change nothing.
+   *
+   * @generated from field: bool dry_run = 7;
+   */
+  dryRun: boolean;
+};
+
+/**
+ * Describes the message dumont.api.v1.ForgetSnapshotsRequest.
+ * Use `create(ForgetSnapshotsRequestSchema)` to create a new message.
+ */
+export const ForgetSnapshotsRequestSchema: GenMessage<ForgetSnapshotsRequest> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 14);
+
+/**
+ * @generated from message dumont.api.v1.ForgetSnapshotsResponse
+ */
+export type ForgetSnapshotsResponse = Message<"dumont.api.v1.ForgetSnapshotsResponse"> & {
+  /**
+   * @generated from field: repeated string kept = 1;
+   */
+  kept: string[];
+
+  /**
+   * @generated from field: repeated string forgotten = 2;
+   */
+  forgotten: string[];
+
+  /**
+   * Set when prune was asked; the sums over the tenants' repositories. With dry_run, what the prune would
+   * free before this forget (the snapshots it would forget still hold their data).
+   *
+   * @generated from field: dumont.api.v1.PruneReport prune = 3;
+   */
+  prune?: PruneReport | undefined;
+};
+
+/**
+ * Describes the message dumont.api.v1.ForgetSnapshotsResponse.
+ * Use `create(ForgetSnapshotsResponseSchema)` to create a new message.
+ */
+export const ForgetSnapshotsResponseSchema: GenMessage<ForgetSnapshotsResponse> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 15);
+
+/**
+ * @generated from message dumont.api.v1.PruneReport
+ */
+export type PruneReport = Message<"dumont.api.v1.PruneReport"> & {
+  /**
+   * @generated from field: uint64 packs_deleted = 1;
+   */
+  packsDeleted: bigint;
+
+  /**
+   * @generated from field: uint64 packs_repacked = 2;
+   */
+  packsRepacked: bigint;
+
+  /**
+   * Packs of snapshots that never committed (the agent or the control plane stopped mid-snapshot).
+   *
+   * @generated from field: uint64 orphan_packs_deleted = 3;
+   */
+  orphanPacksDeleted: bigint;
+
+  /**
+   * @generated from field: int64 bytes_freed = 4;
+   */
+  bytesFreed: bigint;
+};
+
+/**
+ * Describes the message dumont.api.v1.PruneReport.
+ * Use `create(PruneReportSchema)` to create a new message.
+ */
+export const PruneReportSchema: GenMessage<PruneReport> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 16);
+
+/**
  * Snapshots of workspaces on hosts, stored in the control plane's blob store (admin).
  *
  * @generated from service dumont.api.v1.SnapshotService
@@ -553,6 +673,20 @@ export const SnapshotService: GenService<{
     methodKind: "server_streaming";
     input: typeof ListSnapshotFilesRequestSchema;
     output: typeof ListSnapshotFilesResponseSchema;
+  },
+  /**
+   * Forgets snapshots by a retention policy, judging each workspace on its own as restic's forget does: the
+   * newest keep_last, plus the newest of each of the last keep_hourly hours, keep_daily days and keep_weekly
+   * weeks (UTC); the newest snapshot of a workspace is kept by any policy. With prune, then deletes the data no
+   * remaining snapshot needs. A prune is refused while a snapshot or restore of the same tenant runs, and
+   * snapshots and restores that start during one wait for it.
+   *
+   * @generated from rpc dumont.api.v1.SnapshotService.ForgetSnapshots
+   */
+  forgetSnapshots: {
+    methodKind: "unary";
+    input: typeof ForgetSnapshotsRequestSchema;
+    output: typeof ForgetSnapshotsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dumont_api_v1_snapshots, 0);
