@@ -475,6 +475,44 @@ describe("snapshots over the agent stream", () => {
     expect(await describeTree(again)).toEqual(await describeTree(dir));
   });
 
+  it("check verifies the blob store, and names the files a damaged pack breaks", async () => {
+    const dir = path.join(root, "check-workspace");
+    await fs.mkdir(dir);
+    await fs.writeFile(path.join(dir, "only file.bin"), randomBytes(600_000));
+    const snap = await snapshotOf(dir);
+    const healthy = await cli(["snapshot", "check", "--json"]);
+    expect(healthy).toMatchObject({ ok: true, problems: [] });
+    expect(healthy.bytesChecked).toBeGreaterThan(600_000);
+
+    // The snapshot's one chunk is the newest pack's first: flip a byte of it on disk.
+    const packs = await packFiles(path.join(root, "cp", "blobs"));
+    const newest = packs.sort((a, b) => a.mtimeMs - b.mtimeMs).at(-1)!.file;
+    const handle = await fs.open(newest, "r+");
+    try {
+      const byte = Buffer.alloc(1);
+      await handle.read(byte, 0, 1, 100);
+      await handle.write(Buffer.from([byte[0]! ^ 0xff]), 0, 1, 100);
+      const damaged = await cp.cli(["snapshot", "check"]);
+      expect(damaged.code).toBe(1);
+      expect(damaged.stderr).toMatch(/only file\.bin/);
+      const json = JSON.parse((await cp.cli(["snapshot", "check", "--json"])).stdout);
+      expect(json.ok).toBe(false);
+      expect(json.problems).toEqual([
+        expect.objectContaining({
+          kind: "chunk-corrupt",
+          pack: path.basename(newest),
+          files: [{ snapshotId: snap.id, path: "only file.bin" }],
+        }),
+      ]);
+      // The structure is sound: only reading the data finds it.
+      expect(await cli(["snapshot", "check", "--structure-only", "--json"])).toMatchObject({ ok: true });
+      await handle.write(byte, 0, 1, 100);
+    } finally {
+      await handle.close();
+    }
+    expect(await cli(["snapshot", "check", "--json"])).toMatchObject({ ok: true });
+  });
+
   it("a kill -9 of the agent mid-snapshot leaves no snapshot visible; the next one succeeds", async () => {
     const big = path.join(root, "big-workspace");
     await makeWorkspace(big, 96 * 1024 * 1024);
@@ -528,3 +566,16 @@ describe("snapshots over the agent stream", () => {
     expect(await describeTree(target)).toEqual(await describeTree(big));
   }, 150_000);
 });
+
+/** Every pack file under a blob store directory (tenants/<id>/data/<xx>/<pack>), with its modification time. */
+async function packFiles(blobs: string): Promise<{ file: string; mtimeMs: number }[]> {
+  const out: { file: string; mtimeMs: number }[] = [];
+  for (const entry of await fs.readdir(blobs, { recursive: true, withFileTypes: true })) {
+    const dir = entry.parentPath ?? (entry as unknown as { path: string }).path;
+    if (entry.isFile() && /\/data\/[0-9a-f]{2}$/.test(dir) && /^[0-9a-f]{64}$/.test(entry.name)) {
+      const file = path.join(dir, entry.name);
+      out.push({ file, mtimeMs: (await fs.stat(file)).mtimeMs });
+    }
+  }
+  return out;
+}

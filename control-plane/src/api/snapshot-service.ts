@@ -148,6 +148,19 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       return out;
     },
 
+    async *checkSnapshots(req, ctx) {
+      const start = async (report: (p: TransferProgress) => void) => {
+        const who = await admin(ctx);
+        const tenants = await snapshotTenants(deps.db, tenantScope(who));
+        return () => checkTenants(deps.snapshots, tenants, !req.structureOnly, report);
+      };
+      for await (const event of withProgress(start)) {
+        yield create(api.CheckSnapshotsEventSchema, {
+          event: "result" in event ? { case: "report", value: event.result } : progressEvent(event.progress),
+        });
+      }
+    },
+
     async *listSnapshotFiles(req, ctx) {
       const who = await admin(ctx);
       if (!req.snapshotId) throw new InvalidArgumentError("snapshot_id is required");
@@ -164,6 +177,44 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       }
     },
   };
+}
+
+/** Checks each tenant's repository in turn; one report, each problem naming its tenant. */
+async function checkTenants(
+  snapshots: SnapshotCoordinator,
+  tenants: string[],
+  readData: boolean,
+  report: (p: TransferProgress) => void,
+): Promise<api.CheckReport> {
+  const out = create(api.CheckReportSchema, { ok: true });
+  // Bytes of the tenants already checked; each tenant's total is known once its check has listed its packs.
+  let before = 0;
+  for (const tenantId of tenants) {
+    const r = await snapshots.check(tenantId, {
+      readData,
+      onProgress: (p) => report({ bytesDone: before + p.bytesDone, bytesTotal: before + p.bytesTotal }),
+    });
+    before += r.bytesChecked;
+    out.ok &&= r.ok;
+    out.snapshots += BigInt(r.snapshots);
+    out.packs += BigInt(r.packs);
+    out.chunks += BigInt(r.chunks);
+    out.bytesChecked += BigInt(r.bytesChecked);
+    for (const p of r.problems) {
+      out.problems.push(
+        create(api.CheckProblemSchema, {
+          tenantId,
+          kind: p.kind,
+          message: `tenant ${tenantId}: ${p.message}`,
+          pack: p.pack ?? "",
+          chunk: p.chunk ?? "",
+          snapshotId: p.snapshot ?? "",
+          files: (p.files ?? []).map((f) => ({ snapshotId: f.snapshot, path: f.path })),
+        }),
+      );
+    }
+  }
+  return out;
 }
 
 /** Entries per ListSnapshotFiles message: well under a megabyte with long paths. */

@@ -1,4 +1,4 @@
-// `dumont snapshot …` (admin): snapshot a directory on a host through its agent, list, restore, forget. Create and
+// `dumont snapshot …` (admin): snapshot a directory on a host through its agent, list, restore, check, forget. Create and
 // restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent works.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { api } from "@dumont/proto";
@@ -119,6 +119,49 @@ export function registerSnapshotCommands(program: Command): void {
       process.stdout.write(
         `restored ${out.files} files, ${formatBytes(out.bytesWritten)} in ${out.seconds.toFixed(1)}s\n`,
       );
+    });
+
+  snapshot
+    .command("check")
+    .description(
+      "verify the blob store: every index, snapshot and manifest opens and every chunk hashes to its id; exits " +
+        "non-zero naming what is broken and the files it breaks",
+    )
+    .option("--structure-only", "skip reading the packs (no chunk hashes checked)")
+    .option("--json", "print the report as JSON")
+    .action(async (opts, cmd: Command) => {
+      const report = await follow<api.CheckReport>(
+        "check",
+        opts.json === true,
+        apiClients(apiOpts(cmd)).snapshots.checkSnapshots({ structureOnly: opts.structureOnly === true }),
+      );
+      const out = {
+        ok: report.ok,
+        snapshots: Number(report.snapshots),
+        packs: Number(report.packs),
+        chunks: Number(report.chunks),
+        bytesChecked: Number(report.bytesChecked),
+        problems: report.problems.map((p) => ({
+          tenantId: p.tenantId,
+          kind: p.kind,
+          message: p.message,
+          ...(p.pack ? { pack: p.pack } : {}),
+          ...(p.chunk ? { chunk: p.chunk } : {}),
+          ...(p.snapshotId ? { snapshotId: p.snapshotId } : {}),
+          files: p.files.map((f) => ({ snapshotId: f.snapshotId, path: f.path })),
+        })),
+      };
+      if (opts.json) print(out);
+      else if (out.ok) {
+        process.stdout.write(
+          `no problems: ${out.snapshots} snapshot(s), ${out.packs} pack(s), ${out.chunks} chunk(s)` +
+            `${opts.structureOnly ? "" : `, ${formatBytes(out.bytesChecked)} verified`}\n`,
+        );
+      } else for (const p of out.problems) process.stderr.write(`${p.message}\n`);
+      if (!out.ok) {
+        process.stderr.write(`check found ${out.problems.length} problem(s)\n`);
+        process.exitCode = 1;
+      }
     });
 
   registerForget(snapshot, apiOpts);

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dumont/api/v1/snapshots.proto.
  */
 export const file_dumont_api_v1_snapshots: GenFile = /*@__PURE__*/
-  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50IsACCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkiQAoYTGlzdFNuYXBzaG90RmlsZXNSZXF1ZXN0EhMKC3NuYXBzaG90X2lkGAEgASgJEg8KB2luY2x1ZGUYAiADKAkiRwoZTGlzdFNuYXBzaG90RmlsZXNSZXNwb25zZRIqCgVmaWxlcxgBIAMoCzIbLmR1bW9udC5hcGkudjEuU25hcHNob3RGaWxlIvABCgxTbmFwc2hvdEZpbGUSDAoEcGF0aBgBIAEoCRIuCgR0eXBlGAIgASgOMiAuZHVtb250LmFwaS52MS5TbmFwc2hvdEZpbGUuVHlwZRIMCgRtb2RlGAMgASgNEgwKBHNpemUYBCABKAQSKQoFbXRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnRhcmdldBgGIAEoCSJLCgRUeXBlEhQKEFRZUEVfVU5TUEVDSUZJRUQQABINCglUWVBFX0ZJTEUQARIMCghUWVBFX0RJUhACEhAKDFRZUEVfU1lNTElOSxADIiwKDFNraXBwZWRFbnRyeRIMCgRwYXRoGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJdChVDcmVhdGVTbmFwc2hvdFJlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIPCgdleGNsdWRlGAQgAygJIkMKFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USKQoIc25hcHNob3QYASABKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Ij0KFExpc3RTbmFwc2hvdHNSZXF1ZXN0Eg8KB2hvc3RfaWQYASABKAkSFAoMd29ya3NwYWNlX2lkGAIgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Il8KFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDwoHaW5jbHVkZRgEIAMoCSJQChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRINCgVmaWxlcxgBIAEoBBIVCg1ieXRlc193cml0dGVuGAIgASgEEg8KB3NlY29uZHMYAyABKAEinwEKFkZvcmdldFNuYXBzaG90c1JlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEhEKCWtlZXBfbGFzdBgCIAEoDRITCgtrZWVwX2hvdXJseRgDIAEoDRISCgprZWVwX2RhaWx5GAQgASgNEhMKC2tlZXBfd2Vla2x5GAUgASgNEg0KBXBydW5lGAYgASgIEg8KB2RyeV9ydW4YByABKAgiZQoXRm9yZ2V0U25hcHNob3RzUmVzcG9uc2USDAoEa2VwdBgBIAMoCRIRCglmb3Jnb3R0ZW4YAiADKAkSKQoFcHJ1bmUYAyABKAsyGi5kdW1vbnQuYXBpLnYxLlBydW5lUmVwb3J0Im8KC1BydW5lUmVwb3J0EhUKDXBhY2tzX2RlbGV0ZWQYASABKAQSFgoOcGFja3NfcmVwYWNrZWQYAiABKAQSHAoUb3JwaGFuX3BhY2tzX2RlbGV0ZWQYAyABKAQSEwoLYnl0ZXNfZnJlZWQYBCABKAMyxQUKD1NuYXBzaG90U2VydmljZRJdCg5DcmVhdGVTbmFwc2hvdBIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiUuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlc3BvbnNlEloKDUxpc3RTbmFwc2hvdHMSIy5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdHNSZXF1ZXN0GiQuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RzUmVzcG9uc2USYAoPUmVzdG9yZVNuYXBzaG90EiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZRJiChRDcmVhdGVTbmFwc2hvdFN0cmVhbRIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdEV2ZW50MAESZQoVUmVzdG9yZVNuYXBzaG90U3RyZWFtEiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiMuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RFdmVudDABEmgKEUxpc3RTbmFwc2hvdEZpbGVzEicuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RGaWxlc1JlcXVlc3QaKC5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdEZpbGVzUmVzcG9uc2UwARJgCg9Gb3JnZXRTbmFwc2hvdHMSJS5kdW1vbnQuYXBpLnYxLkZvcmdldFNuYXBzaG90c1JlcXVlc3QaJi5kdW1vbnQuYXBpLnYxLkZvcmdldFNuYXBzaG90c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50IsACCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkiQAoYTGlzdFNuYXBzaG90RmlsZXNSZXF1ZXN0EhMKC3NuYXBzaG90X2lkGAEgASgJEg8KB2luY2x1ZGUYAiADKAkiRwoZTGlzdFNuYXBzaG90RmlsZXNSZXNwb25zZRIqCgVmaWxlcxgBIAMoCzIbLmR1bW9udC5hcGkudjEuU25hcHNob3RGaWxlIvABCgxTbmFwc2hvdEZpbGUSDAoEcGF0aBgBIAEoCRIuCgR0eXBlGAIgASgOMiAuZHVtb250LmFwaS52MS5TbmFwc2hvdEZpbGUuVHlwZRIMCgRtb2RlGAMgASgNEgwKBHNpemUYBCABKAQSKQoFbXRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnRhcmdldBgGIAEoCSJLCgRUeXBlEhQKEFRZUEVfVU5TUEVDSUZJRUQQABINCglUWVBFX0ZJTEUQARIMCghUWVBFX0RJUhACEhAKDFRZUEVfU1lNTElOSxADIiwKDFNraXBwZWRFbnRyeRIMCgRwYXRoGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJdChVDcmVhdGVTbmFwc2hvdFJlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIPCgdleGNsdWRlGAQgAygJIkMKFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USKQoIc25hcHNob3QYASABKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Ij0KFExpc3RTbmFwc2hvdHNSZXF1ZXN0Eg8KB2hvc3RfaWQYASABKAkSFAoMd29ya3NwYWNlX2lkGAIgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Il8KFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDwoHaW5jbHVkZRgEIAMoCSJQChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRINCgVmaWxlcxgBIAEoBBIVCg1ieXRlc193cml0dGVuGAIgASgEEg8KB3NlY29uZHMYAyABKAEinwEKFkZvcmdldFNuYXBzaG90c1JlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEhEKCWtlZXBfbGFzdBgCIAEoDRITCgtrZWVwX2hvdXJseRgDIAEoDRISCgprZWVwX2RhaWx5GAQgASgNEhMKC2tlZXBfd2Vla2x5GAUgASgNEg0KBXBydW5lGAYgASgIEg8KB2RyeV9ydW4YByABKAgiZQoXRm9yZ2V0U25hcHNob3RzUmVzcG9uc2USDAoEa2VwdBgBIAMoCRIRCglmb3Jnb3R0ZW4YAiADKAkSKQoFcHJ1bmUYAyABKAsyGi5kdW1vbnQuYXBpLnYxLlBydW5lUmVwb3J0Im8KC1BydW5lUmVwb3J0EhUKDXBhY2tzX2RlbGV0ZWQYASABKAQSFgoOcGFja3NfcmVwYWNrZWQYAiABKAQSHAoUb3JwaGFuX3BhY2tzX2RlbGV0ZWQYAyABKAQSEwoLYnl0ZXNfZnJlZWQYBCABKAMiLwoVQ2hlY2tTbmFwc2hvdHNSZXF1ZXN0EhYKDnN0cnVjdHVyZV9vbmx5GAEgASgIIoEBChNDaGVja1NuYXBzaG90c0V2ZW50EjMKCHByb2dyZXNzGAEgASgLMh8uZHVtb250LmFwaS52MS5UcmFuc2ZlclByb2dyZXNzSAASLAoGcmVwb3J0GAIgASgLMhouZHVtb250LmFwaS52MS5DaGVja1JlcG9ydEgAQgcKBWV2ZW50IpEBCgtDaGVja1JlcG9ydBIKCgJvaxgBIAEoCBIRCglzbmFwc2hvdHMYAiABKAQSDQoFcGFja3MYAyABKAQSDgoGY2h1bmtzGAQgASgEEhUKDWJ5dGVzX2NoZWNrZWQYBSABKAQSLQoIcHJvYmxlbXMYBiADKAsyGy5kdW1vbnQuYXBpLnYxLkNoZWNrUHJvYmxlbSKeAQoMQ2hlY2tQcm9ibGVtEhEKCXRlbmFudF9pZBgBIAEoCRIMCgRraW5kGAIgASgJEg8KB21lc3NhZ2UYAyABKAkSDAoEcGFjaxgEIAEoCRINCgVjaHVuaxgFIAEoCRITCgtzbmFwc2hvdF9pZBgGIAEoCRIqCgVmaWxlcxgHIAMoCzIbLmR1bW9udC5hcGkudjEuQWZmZWN0ZWRGaWxlIjEKDEFmZmVjdGVkRmlsZRITCgtzbmFwc2hvdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJMqMGCg9TbmFwc2hvdFNlcnZpY2USXQoOQ3JlYXRlU25hcHNob3QSJC5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBolLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXNwb25zZRJaCg1MaXN0U25hcHNob3RzEiMuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RzUmVxdWVzdBokLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90c1Jlc3BvbnNlEmAKD1Jlc3RvcmVTbmFwc2hvdBIlLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVxdWVzdBomLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USYgoUQ3JlYXRlU25hcHNob3RTdHJlYW0SJC5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBoiLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RFdmVudDABEmUKFVJlc3RvcmVTbmFwc2hvdFN0cmVhbRIlLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVxdWVzdBojLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90RXZlbnQwARJoChFMaXN0U25hcHNob3RGaWxlcxInLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90RmlsZXNSZXF1ZXN0GiguZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RGaWxlc1Jlc3BvbnNlMAESYAoPRm9yZ2V0U25hcHNob3RzEiUuZHVtb250LmFwaS52MS5Gb3JnZXRTbmFwc2hvdHNSZXF1ZXN0GiYuZHVtb250LmFwaS52MS5Gb3JnZXRTbmFwc2hvdHNSZXNwb25zZRJcCg5DaGVja1NuYXBzaG90cxIkLmR1bW9udC5hcGkudjEuQ2hlY2tTbmFwc2hvdHNSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5DaGVja1NuYXBzaG90c0V2ZW50MAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message dumont.api.v1.TransferProgress
@@ -611,6 +611,176 @@ export const PruneReportSchema: GenMessage<PruneReport> = /*@__PURE__*/
   messageDesc(file_dumont_api_v1_snapshots, 16);
 
 /**
+ * @generated from message dumont.api.v1.CheckSnapshotsRequest
+ */
+export type CheckSnapshotsRequest = Message<"dumont.api.v1.CheckSnapshotsRequest"> & {
+  /**
+   * Skip reading the packs: no chunk hashes are checked.
+   *
+   * @generated from field: bool structure_only = 1;
+   */
+  structureOnly: boolean;
+};
+
+/**
+ * Describes the message dumont.api.v1.CheckSnapshotsRequest.
+ * Use `create(CheckSnapshotsRequestSchema)` to create a new message.
+ */
+export const CheckSnapshotsRequestSchema: GenMessage<CheckSnapshotsRequest> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 17);
+
+/**
+ * @generated from message dumont.api.v1.CheckSnapshotsEvent
+ */
+export type CheckSnapshotsEvent = Message<"dumont.api.v1.CheckSnapshotsEvent"> & {
+  /**
+   * @generated from oneof dumont.api.v1.CheckSnapshotsEvent.event
+   */
+  event: {
+    /**
+     * @generated from field: dumont.api.v1.TransferProgress progress = 1;
+     */
+    value: TransferProgress;
+    case: "progress";
+  } | {
+    /**
+     * @generated from field: dumont.api.v1.CheckReport report = 2;
+     */
+    value: CheckReport;
+    case: "report";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message dumont.api.v1.CheckSnapshotsEvent.
+ * Use `create(CheckSnapshotsEventSchema)` to create a new message.
+ */
+export const CheckSnapshotsEventSchema: GenMessage<CheckSnapshotsEvent> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 18);
+
+/**
+ * @generated from message dumont.api.v1.CheckReport
+ */
+export type CheckReport = Message<"dumont.api.v1.CheckReport"> & {
+  /**
+   * No problems.
+   *
+   * @generated from field: bool ok = 1;
+   */
+  ok: boolean;
+
+  /**
+   * @generated from field: uint64 snapshots = 2;
+   */
+  snapshots: bigint;
+
+  /**
+   * @generated from field: uint64 packs = 3;
+   */
+  packs: bigint;
+
+  /**
+   * @generated from field: uint64 chunks = 4;
+   */
+  chunks: bigint;
+
+  /**
+   * Pack bytes read and verified.
+   *
+   * @generated from field: uint64 bytes_checked = 5;
+   */
+  bytesChecked: bigint;
+
+  /**
+   * @generated from field: repeated dumont.api.v1.CheckProblem problems = 6;
+   */
+  problems: CheckProblem[];
+};
+
+/**
+ * Describes the message dumont.api.v1.CheckReport.
+ * Use `create(CheckReportSchema)` to create a new message.
+ */
+export const CheckReportSchema: GenMessage<CheckReport> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 19);
+
+/**
+ * @generated from message dumont.api.v1.CheckProblem
+ */
+export type CheckProblem = Message<"dumont.api.v1.CheckProblem"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * index-unreadable, snapshot-unreadable, manifest-unreadable, chunk-missing, pack-missing,
+   * pack-unreadable, pack-header or chunk-corrupt.
+   *
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * One sentence naming what is broken and the files it breaks.
+   *
+   * @generated from field: string message = 3;
+   */
+  message: string;
+
+  /**
+   * @generated from field: string pack = 4;
+   */
+  pack: string;
+
+  /**
+   * @generated from field: string chunk = 5;
+   */
+  chunk: string;
+
+  /**
+   * @generated from field: string snapshot_id = 6;
+   */
+  snapshotId: string;
+
+  /**
+   * The snapshot files that need what is broken.
+   *
+   * @generated from field: repeated dumont.api.v1.AffectedFile files = 7;
+   */
+  files: AffectedFile[];
+};
+
+/**
+ * Describes the message dumont.api.v1.CheckProblem.
+ * Use `create(CheckProblemSchema)` to create a new message.
+ */
+export const CheckProblemSchema: GenMessage<CheckProblem> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 20);
+
+/**
+ * @generated from message dumont.api.v1.AffectedFile
+ */
+export type AffectedFile = Message<"dumont.api.v1.AffectedFile"> & {
+  /**
+   * @generated from field: string snapshot_id = 1;
+   */
+  snapshotId: string;
+
+  /**
+   * @generated from field: string path = 2;
+   */
+  path: string;
+};
+
+/**
+ * Describes the message dumont.api.v1.AffectedFile.
+ * Use `create(AffectedFileSchema)` to create a new message.
+ */
+export const AffectedFileSchema: GenMessage<AffectedFile> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 21);
+
+/**
  * Snapshots of workspaces on hosts, stored in the control plane's blob store (admin).
  *
  * @generated from service dumont.api.v1.SnapshotService
@@ -687,6 +857,19 @@ export const SnapshotService: GenService<{
     methodKind: "unary";
     input: typeof ForgetSnapshotsRequestSchema;
     output: typeof ForgetSnapshotsResponseSchema;
+  },
+  /**
+   * Verifies the blob store of every tenant with snapshots: every index object, snapshot record and manifest
+   * opens, every chunk a snapshot needs is in a pack, and (unless structure_only) every chunk of every pack
+   * decrypts and hashes to its id. Progress events (pack bytes read), then the report as the last event. A
+   * prune waits for it, as for a snapshot.
+   *
+   * @generated from rpc dumont.api.v1.SnapshotService.CheckSnapshots
+   */
+  checkSnapshots: {
+    methodKind: "server_streaming";
+    input: typeof CheckSnapshotsRequestSchema;
+    output: typeof CheckSnapshotsEventSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dumont_api_v1_snapshots, 0);
