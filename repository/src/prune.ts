@@ -1,4 +1,4 @@
-// forget: drop snapshot objects by a retention policy. prune: under an exclusive lock, delete packs no
+// forget: drop snapshot objects by a retention policy, or by id. prune: under an exclusive lock, delete packs no
 // snapshot needs, repack mostly-unused ones, and delete leftovers of interrupted snapshots.
 import { RepositoryError } from "./errors.js";
 import { acquireLock } from "./lock.js";
@@ -8,8 +8,11 @@ import { hasRetentionRule, planRetention, type RetentionPolicy } from "./retenti
 import { snapshotKey } from "./snapshot-record.js";
 
 export interface ForgetOptions {
-  policy: RetentionPolicy;
-  /** Only consider snapshots of this workspace. */
+  /** Keep what this policy keeps, per workspace; forget the rest. */
+  policy?: RetentionPolicy;
+  /** Or forget exactly these snapshots: ids, or prefixes of 4 or more hex characters naming one each. */
+  ids?: readonly string[];
+  /** Only consider snapshots of this workspace (with a policy). */
   workspace?: string;
   dryRun?: boolean;
   /**
@@ -26,15 +29,30 @@ export interface ForgetReport {
 }
 
 export async function forgetSnapshots(repository: Repository, options: ForgetOptions): Promise<ForgetReport> {
-  if (!hasRetentionRule(options.policy)) {
+  const byRule = options.policy !== undefined && hasRetentionRule(options.policy);
+  const byId = (options.ids?.length ?? 0) > 0;
+  if (byRule === byId) {
     throw new RepositoryError(
       "invalid-argument",
-      "say what to keep (keep-last, keep-hourly, keep-daily or keep-weekly)",
+      byId
+        ? "give snapshot ids or a policy (keep-last, keep-hourly, keep-daily, keep-weekly), not both"
+        : "say what to keep (keep-last, keep-hourly, keep-daily or keep-weekly), or which snapshots to forget",
     );
   }
+  if (byId && options.workspace !== undefined) {
+    throw new RepositoryError("invalid-argument", "a workspace narrows a policy; snapshot ids name snapshots already");
+  }
   const all = await repository.listSnapshots();
-  const candidates = options.workspace === undefined ? all : all.filter((s) => s.workspace === options.workspace);
-  const plan = planRetention(candidates, options.policy);
+  let plan: { keep: string[]; forget: string[] };
+  if (byId) {
+    // Every id is resolved before anything is deleted: one that names nothing fails the whole call.
+    const forget = new Set<string>();
+    for (const id of options.ids ?? []) forget.add((await repository.findSnapshot(id)).id);
+    plan = { forget: [...forget], keep: all.map((s) => s.id).filter((id) => !forget.has(id)) };
+  } else {
+    const candidates = options.workspace === undefined ? all : all.filter((s) => s.workspace === options.workspace);
+    plan = planRetention(candidates, options.policy ?? {});
+  }
   if (!options.dryRun) {
     for (const id of plan.forget) {
       await options.beforeDelete?.(id);

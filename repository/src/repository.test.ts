@@ -331,6 +331,42 @@ describe.each(stores)("repository on %s", (_name, make) => {
   });
 });
 
+describe("forget by id", () => {
+  it("forgets exactly the snapshots named (ids or prefixes), all resolved before any is deleted", async () => {
+    const store = new FileBlobStore(await mkdtemp(join(tmpdir(), "dumont-forget-")));
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const chunk = sealed(key, randomBytes(1000 + i));
+      const writer = await repository.writer();
+      await writer.put([chunk]);
+      ids.push(await writer.commit(sealManifest(key, manifestOf({ [`f${i}`]: [chunk] })), meta));
+    }
+    const listed = async () => (await repository.listSnapshots()).map((s) => s.id).sort();
+
+    for (const [options, error] of [
+      [{ ids: [ids[0], "0123abcd"] }, /no snapshot 0123abcd/],
+      [{ ids: [ids[0]], policy: { last: 1 } }, /not both/],
+      [{ ids: [ids[0]], workspace: "ws-1" }, /workspace narrows a policy/],
+      [{ ids: ["xyz"] }, /not a snapshot id/],
+      [{}, /say what to keep/],
+    ] as const) {
+      await expect(forgetSnapshots(repository, options)).rejects.toThrow(error);
+    }
+    expect(await listed()).toEqual([...ids].sort());
+
+    const dry = await forgetSnapshots(repository, { ids: [ids[1].slice(0, 10)], dryRun: true });
+    expect(dry.forgotten).toEqual([ids[1]]);
+    expect(await listed()).toEqual([...ids].sort());
+    // The newest goes too when named: ids are not a policy.
+    const done = await forgetSnapshots(repository, { ids: [ids[1].slice(0, 10), ids[2], ids[2]] });
+    expect(done).toEqual({ forgotten: [ids[1], ids[2]], kept: [ids[0]] });
+    expect(await listed()).toEqual([ids[0]]);
+    await rm(store.root, { recursive: true, force: true });
+  });
+});
+
 describe("repository on file://, writing packs", () => {
   it("streams each pack into its file as it fills, never gathering one for put", async () => {
     // A store that refuses packs through put: the writer must use openWriter for them.

@@ -473,6 +473,15 @@ describe("snapshots over the agent stream", () => {
     const again = path.join(root, "forget-restored-c");
     await cli(["snapshot", "restore", c.id, "--host", agent.hostId, "--target", again, "--json"]);
     expect(await describeTree(again)).toEqual(await describeTree(dir));
+
+    // By id (a prefix will do), all checked first: one unknown id forgets nothing.
+    const unknown = await cp.cli(["snapshot", "forget", b.id.slice(0, 10), "0123abcd"]);
+    expect(unknown.stderr).toMatch(/snapshot 0123abcd not found/);
+    const mixed = await cp.cli(["snapshot", "forget", b.id, "--keep-last", "1"]);
+    expect(mixed.stderr).toMatch(/no keep_\* or workspace_id/);
+    const byId = await cli(["snapshot", "forget", b.id.slice(0, 10), c.id, "--json"]);
+    expect(byId.forgotten.sort()).toEqual([b.id, c.id].sort());
+    expect((await snapshots()).map((s) => s.id).sort()).toEqual(others.sort());
   });
 
   it("check verifies the blob store, and names the files a damaged pack breaks", async () => {

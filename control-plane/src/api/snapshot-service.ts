@@ -8,7 +8,7 @@ import { checkExcludePatterns, checkPathPatterns } from "@dumont/repository/path
 import type { SessionRegistry } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
 import { getHost } from "../db/host-repository.js";
-import { getSnapshot, listSnapshots, snapshotTenants } from "../db/snapshot-repository.js";
+import { findSnapshotsByPrefix, getSnapshot, listSnapshots, snapshotTenants } from "../db/snapshot-repository.js";
 import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import type { SnapshotCoordinator, TransferProgress } from "../snapshots/snapshot-coordinator.js";
@@ -120,18 +120,34 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     async forgetSnapshots(req, ctx) {
       const who = await admin(ctx);
       const policy = { last: req.keepLast, hourly: req.keepHourly, daily: req.keepDaily, weekly: req.keepWeekly };
-      if (!hasRetentionRule(policy) && !req.prune) {
+      const byId = req.snapshotIds.length > 0;
+      if (byId && (hasRetentionRule(policy) || req.workspaceId)) {
         throw new InvalidArgumentError(
-          "say what to keep: keep_last (or keep_hourly, keep_daily, keep_weekly) above 0, and/or prune",
+          "snapshot_ids name the snapshots to forget: give no keep_* or workspace_id with them",
         );
+      }
+      if (!byId && !hasRetentionRule(policy) && !req.prune) {
+        throw new InvalidArgumentError(
+          "say what to keep: keep_last (or keep_hourly, keep_daily, keep_weekly) above 0, or snapshot_ids, and/or prune",
+        );
+      }
+      // Each tenant's snapshots live in its own repository; an admin's request covers every tenant in scope.
+      const work = new Map<string, string[] | undefined>();
+      if (byId) {
+        for (const row of await resolveSnapshotIds(deps.db, req.snapshotIds, tenantScope(who))) {
+          work.set(row.tenant_id, [...(work.get(row.tenant_id) ?? []), row.id]);
+        }
+      } else {
+        const tenants = await snapshotTenants(deps.db, { ...tenantScope(who), workspaceId: req.workspaceId });
+        for (const tenantId of tenants) work.set(tenantId, undefined);
       }
       const out = create(api.ForgetSnapshotsResponseSchema, {});
       if (req.prune) out.prune = create(api.PruneReportSchema, {});
-      // Each tenant's snapshots live in its own repository; an admin's request covers every tenant in scope.
-      for (const tenantId of await snapshotTenants(deps.db, { ...tenantScope(who), workspaceId: req.workspaceId })) {
+      for (const [tenantId, ids] of work) {
         const result = await deps.snapshots.forget({
           tenantId,
           policy,
+          ids,
           workspace: req.workspaceId || undefined,
           prune: req.prune,
           dryRun: req.dryRun,
@@ -177,6 +193,27 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       }
     },
   };
+}
+
+/** The catalogue rows that snapshot ids or prefixes name, one each, all checked before any is used. */
+async function resolveSnapshotIds(db: Db, ids: string[], scope: { tenantId?: string }): Promise<SnapshotRow[]> {
+  const rows = new Map<string, SnapshotRow>();
+  for (const [i, raw] of ids.entries()) {
+    const prefix = raw.toLowerCase();
+    if (!/^[0-9a-f]{4,64}$/.test(prefix)) {
+      throw new InvalidArgumentError(
+        `snapshot_ids[${i}] must be a snapshot id or a prefix of 4 to 64 hex characters, got ${JSON.stringify(raw.slice(0, 80))}`,
+      );
+    }
+    const found = await findSnapshotsByPrefix(db, prefix, scope);
+    if (found.length === 0) {
+      throw new NotFoundError(`snapshot ${raw} not found; list them with \`dumont snapshot list\``);
+    }
+    if (found.length > 1)
+      throw new InvalidArgumentError(`snapshot id prefix ${raw} is ambiguous; give more characters`);
+    rows.set(found[0].id, found[0]);
+  }
+  return [...rows.values()];
 }
 
 /** Checks each tenant's repository in turn; one report, each problem naming its tenant. */

@@ -169,10 +169,10 @@ export function registerSnapshotCommands(program: Command): void {
 
 function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions): void {
   snapshot
-    .command("forget")
+    .command("forget [ids...]")
     .description(
-      "forget snapshots by a retention policy, each workspace judged on its own; --prune then deletes the data " +
-        "nothing needs",
+      "forget the snapshots named (ids or unique prefixes), or by a retention policy, each workspace judged on " +
+        "its own; --prune then deletes the data nothing needs",
     )
     .option("--keep-last <n>", "keep the newest n snapshots", keepCount)
     .option("--keep-hourly <n>", "keep the newest snapshot of each of the last n hours", keepCount)
@@ -182,14 +182,16 @@ function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions
     .option("--prune", "then delete the packs no remaining snapshot needs (and repack mostly-unused ones)")
     .option("--dry-run", "say what would be forgotten (and what a prune would free now); change nothing")
     .option("--json", "print JSON")
-    .action(async (opts, cmd: Command) => {
+    .action(async (ids: string[], opts, cmd: Command) => {
       const keep = [opts.keepLast, opts.keepHourly, opts.keepDaily, opts.keepWeekly];
-      if (!keep.some((n) => (n ?? 0) > 0) && !opts.prune) {
+      if (!keep.some((n) => (n ?? 0) > 0) && ids.length === 0 && !opts.prune) {
         throw new Error(
-          "say what to keep: --keep-last N (or --keep-hourly/--keep-daily/--keep-weekly), and/or --prune",
+          "say what to keep: --keep-last N (or --keep-hourly/--keep-daily/--keep-weekly), or which snapshot ids to " +
+            "forget, and/or --prune",
         );
       }
       const res = await apiClients(apiOpts(cmd)).snapshots.forgetSnapshots({
+        snapshotIds: ids,
         workspaceId: opts.workspace,
         keepLast: opts.keepLast,
         keepHourly: opts.keepHourly,

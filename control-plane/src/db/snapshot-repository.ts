@@ -35,3 +35,15 @@ export async function snapshotTenants(db: Db, filter: { tenantId?: string; works
   if (filter.workspaceId) q = q.where("workspace_id", "=", filter.workspaceId);
   return (await q.execute()).map((r) => r.tenant_id);
 }
+
+/** Snapshots whose id starts with `prefix` (hex, checked by the caller), at most `limit`, within the scope. */
+export async function findSnapshotsByPrefix(
+  db: Db,
+  prefix: string,
+  scope: { tenantId?: string },
+  limit = 2,
+): Promise<SnapshotRow[]> {
+  let q = db.selectFrom("snapshots").selectAll().where("id", "like", `${prefix}%`).orderBy("id").limit(limit);
+  if (scope.tenantId !== undefined) q = q.where("tenant_id", "=", scope.tenantId);
+  return q.execute();
+}

@@ -89,8 +89,10 @@ export interface RestoreRequest {
 
 export interface ForgetRequest {
   tenantId: string;
-  /** At least one rule, or `prune` alone. */
+  /** At least one rule, or `ids`, or `prune` alone. */
   policy: RetentionPolicy;
+  /** Forget exactly these snapshots (full ids) instead of by a policy. */
+  ids?: string[];
   /** Only this workspace's snapshots. */
   workspace?: string;
   prune: boolean;
@@ -219,10 +221,11 @@ export class SnapshotCoordinator {
   }
 
   private async forgetIn(repository: Repository, req: ForgetRequest): Promise<ForgetResult> {
-    if (!hasRetentionRule(req.policy)) return { kept: [], forgotten: [] };
+    if (!hasRetentionRule(req.policy) && !req.ids?.length) return { kept: [], forgotten: [] };
     const { tenantId } = req;
     const result = await forgetSnapshots(repository, {
       policy: req.policy,
+      ids: req.ids,
       workspace: req.workspace,
       dryRun: req.dryRun,
       beforeDelete: (id) => deleteSnapshot(this.db, tenantId, id),

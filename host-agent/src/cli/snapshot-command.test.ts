@@ -90,7 +90,12 @@ describe("dumont-agent snapshot", () => {
     expect((await run("snapshot", "check", ...common)).out).toMatch(/^no problems: 2 snapshots, 1 pack, 1 chunk, /);
     const forgot = await run("snapshot", "forget", ...common, "--keep-last", "1", "--prune", "--json");
     expect(JSON.parse(forgot.out).forgotten).toHaveLength(1);
-    expect(JSON.parse((await run("snapshot", "list", ...common, "--json")).out)).toHaveLength(1);
+    const [last] = JSON.parse((await run("snapshot", "list", ...common, "--json")).out);
+    expect(last.id).toBe(JSON.parse(forgot.out).kept[0]);
+    // By id (a prefix will do), the last one too: ids are not a policy.
+    const byId = JSON.parse((await run("snapshot", "forget", ...common, last.id.slice(0, 8), "--json")).out);
+    expect(byId).toMatchObject({ forgotten: [last.id], kept: [] });
+    expect(JSON.parse((await run("snapshot", "list", ...common, "--json")).out)).toEqual([]);
   });
 
   it("warns about what it left out, and says so in JSON and in the list", async () => {

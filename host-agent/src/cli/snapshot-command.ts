@@ -229,8 +229,11 @@ export function registerSnapshotCommands(program: Command): void {
     );
 
   snapshot
-    .command("forget")
-    .description("forget snapshots by a retention policy (per workspace); --prune then deletes data nothing needs")
+    .command("forget [ids...]")
+    .description(
+      "forget the snapshots named (ids or unique prefixes), or by a retention policy (per workspace); --prune " +
+        "then deletes data nothing needs",
+    )
     .requiredOption("--repo <url>", REPO_HELP)
     .option("--key-file <file>", KEY_HELP)
     .option("--keep-last <n>", "keep the newest n snapshots", nonNegativeInteger("--keep-last"))
@@ -255,6 +258,7 @@ export function registerSnapshotCommands(program: Command): void {
     .option("--json", "print the result as JSON")
     .action(
       (
+        ids: string[],
         opts: RepoOptions & {
           keepLast?: number;
           keepHourly?: number;
@@ -272,16 +276,17 @@ export function registerSnapshotCommands(program: Command): void {
             daily: opts.keepDaily,
             weekly: opts.keepWeekly,
           };
-          const forgetting = hasRetentionRule(policy);
+          const forgetting = hasRetentionRule(policy) || ids.length > 0;
           if (!forgetting && !opts.prune) {
             throw new Error(
-              "say what to keep: --keep-last N (or --keep-hourly/--keep-daily/--keep-weekly), and/or --prune",
+              "say what to keep: --keep-last N (or --keep-hourly/--keep-daily/--keep-weekly), or which snapshot " +
+                "ids to forget, and/or --prune",
             );
           }
           const key = await loadKey(opts);
           const result = await withDirectRepository({ repo: opts.repo, key }, async (r) => ({
             ...(forgetting
-              ? await forgetSnapshots(r, { policy, workspace: opts.workspace, dryRun: opts.dryRun })
+              ? await forgetSnapshots(r, { policy, ids, workspace: opts.workspace, dryRun: opts.dryRun })
               : { kept: [], forgotten: [] }),
             ...(opts.prune ? { prune: await pruneRepository(r, { dryRun: opts.dryRun }) } : {}),
           }));
