@@ -49,6 +49,14 @@ export {
   sealManifest,
   symlinkEscapes,
 } from "./manifest.js";
+export {
+  type DiffChange,
+  type DiffEntry,
+  type DiffSummary,
+  diffLine,
+  diffManifests,
+  diffSummaryLine,
+} from "./manifest-diff.js";
 export { type OpenBlobStoreOptions, openBlobStore } from "./open-blob-store.js";
 export { indexKey, type PackEntry, type PackIndex, packKey } from "./pack.js";
 export {

@@ -129,6 +129,18 @@ describe("snapshots over the agent stream", () => {
     const target2 = path.join(root, "restored-2");
     await cli(["snapshot", "restore", second.id, "--host", agent.hostId, "--target", target2, "--json"]);
     expect(await describeTree(target2)).toEqual(await describeTree(workspace));
+    // diff names the one file changed, and how much new data the second snapshot holds.
+    const diff = await cli(["snapshot", "diff", first.id.slice(0, 8), second.id, "--json"]);
+    expect(diff.changes).toEqual([
+      expect.objectContaining({ path: "data.csv", change: "modified", sizeAfter: expect.any(Number) }),
+    ]);
+    expect(diff.changes[0].sizeAfter - diff.changes[0].sizeBefore).toBe("\n99999,1,appended".length);
+    expect(diff.summary).toMatchObject({ added: 0, removed: 0, modified: 1, metadata: 0, type: 0 });
+    expect(diff.summary.bytesAdded).toBe(second.bytesNew);
+    const text = await cp.cli(["snapshot", "diff", first.id, second.id]);
+    expect(text.stdout).toMatch(/^M {4}data\.csv\n0 added, 0 removed, 1 modified/);
+    const unknown = await cp.cli(["snapshot", "diff", first.id, "beef0000"]);
+    expect(unknown.stderr).toMatch(/snapshot beef0000 not found/);
     // What `create` answered is what `list` shows, to the millisecond.
     expect((await snapshots()).map((s) => [s.id, s.createdAt])).toEqual([
       [first.id, first.createdAt],

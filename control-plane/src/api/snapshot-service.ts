@@ -1,9 +1,10 @@
-// dumont.api.v1.SnapshotService (admin): snapshot a directory on a host, list, restore onto a host.
+// dumont.api.v1.SnapshotService (admin): snapshot a directory on a host, list, restore onto a host, ls, diff,
+// check, forget.
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { AGENT_CAPABILITIES, api } from "@dumont/proto";
-import { hasRetentionRule, type ManifestEntry, selectIncluded } from "@dumont/repository";
+import { diffManifests, hasRetentionRule, type ManifestEntry, selectIncluded } from "@dumont/repository";
 import { checkExcludePatterns, checkPathPatterns } from "@dumont/repository/path-patterns";
 import type { SessionRegistry } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
@@ -177,6 +178,50 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       }
     },
 
+    async *diffSnapshots(req, ctx) {
+      const who = await admin(ctx);
+      const [before, after] = await Promise.all(
+        [
+          ["before_id", req.beforeId],
+          ["after_id", req.afterId],
+        ].map(async ([field, id]) => {
+          const [row] = await resolveSnapshotIds(deps.db, [id], tenantScope(who), field);
+          return row;
+        }),
+      );
+      if (before.tenant_id !== after.tenant_id) {
+        throw new InvalidArgumentError(
+          "before_id and after_id are snapshots of different tenants: compare one tenant's",
+        );
+      }
+      const { changes, summary } = diffManifests(
+        await deps.snapshots.readManifest(before),
+        await deps.snapshots.readManifest(after),
+      );
+      for (let i = 0; i === 0 || i < changes.length; i += FILES_PER_MESSAGE) {
+        const last = i + FILES_PER_MESSAGE >= changes.length;
+        yield create(api.DiffSnapshotsResponseSchema, {
+          changes: changes.slice(i, i + FILES_PER_MESSAGE).map((c) => ({
+            path: c.path,
+            change: c.change,
+            sizeBefore: BigInt(c.sizeBefore),
+            sizeAfter: BigInt(c.sizeAfter),
+          })),
+          summary: last
+            ? {
+                added: BigInt(summary.added),
+                removed: BigInt(summary.removed),
+                modified: BigInt(summary.modified),
+                metadata: BigInt(summary.metadata),
+                type: BigInt(summary.type),
+                bytesAdded: BigInt(summary.bytesAdded),
+                bytesRemoved: BigInt(summary.bytesRemoved),
+              }
+            : undefined,
+        });
+      }
+    },
+
     async *listSnapshotFiles(req, ctx) {
       const who = await admin(ctx);
       if (!req.snapshotId) throw new InvalidArgumentError("snapshot_id is required");
@@ -196,13 +241,19 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
 }
 
 /** The catalogue rows that snapshot ids or prefixes name, one each, all checked before any is used. */
-async function resolveSnapshotIds(db: Db, ids: string[], scope: { tenantId?: string }): Promise<SnapshotRow[]> {
+async function resolveSnapshotIds(
+  db: Db,
+  ids: string[],
+  scope: { tenantId?: string },
+  field = "snapshot_ids",
+): Promise<SnapshotRow[]> {
   const rows = new Map<string, SnapshotRow>();
   for (const [i, raw] of ids.entries()) {
     const prefix = raw.toLowerCase();
     if (!/^[0-9a-f]{4,64}$/.test(prefix)) {
+      const name = field === "snapshot_ids" ? `${field}[${i}]` : field;
       throw new InvalidArgumentError(
-        `snapshot_ids[${i}] must be a snapshot id or a prefix of 4 to 64 hex characters, got ${JSON.stringify(raw.slice(0, 80))}`,
+        `${name} must be a snapshot id or a prefix of 4 to 64 hex characters, got ${JSON.stringify(raw.slice(0, 80))}`,
       );
     }
     const found = await findSnapshotsByPrefix(db, prefix, scope);

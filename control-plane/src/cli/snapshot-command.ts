@@ -1,8 +1,16 @@
-// `dumont snapshot …` (admin): snapshot a directory on a host through its agent, list, restore, check, forget. Create and
-// restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent works.
+// `dumont snapshot …` (admin): snapshot a directory on a host through its agent, list, ls, diff, restore, check,
+// forget. Create and restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent
+// works.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { api } from "@dumont/proto";
 import { type ListedEntry, listingLine } from "@dumont/repository/listing";
+import {
+  type DiffChange,
+  type DiffEntry,
+  type DiffSummary,
+  diffLine,
+  diffSummaryLine,
+} from "@dumont/repository/manifest-diff";
 // The meter and byte formatting alone: a CLI call needs nothing else of the package.
 import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/repository/path-patterns";
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
@@ -89,6 +97,45 @@ export function registerSnapshotCommands(program: Command): void {
         }
       }
       if (opts.json) print(listed);
+    });
+
+  snapshot
+    .command("diff <before> <after>")
+    .description("what changed from one snapshot to another (ids or unique prefixes), path by path")
+    .option("--json", "print {changes: [{path, change, sizeBefore, sizeAfter}], summary}")
+    .action(async (before: string, after: string, opts, cmd: Command) => {
+      const changes: DiffEntry[] = [];
+      let summary: DiffSummary | undefined;
+      for await (const batch of apiClients(apiOpts(cmd)).snapshots.diffSnapshots({
+        beforeId: before,
+        afterId: after,
+      })) {
+        for (const c of batch.changes) {
+          const e = {
+            path: c.path,
+            change: c.change as DiffChange,
+            sizeBefore: Number(c.sizeBefore),
+            sizeAfter: Number(c.sizeAfter),
+          };
+          if (opts.json) changes.push(e);
+          else process.stdout.write(`${diffLine(e)}\n`);
+        }
+        if (batch.summary) {
+          const { bytesAdded, bytesRemoved, ...counts } = batch.summary;
+          summary = {
+            added: Number(counts.added),
+            removed: Number(counts.removed),
+            modified: Number(counts.modified),
+            metadata: Number(counts.metadata),
+            type: Number(counts.type),
+            bytesAdded: Number(bytesAdded),
+            bytesRemoved: Number(bytesRemoved),
+          };
+        }
+      }
+      if (!summary) throw new Error("the control plane ended the diff without its summary; see its log");
+      if (opts.json) print({ changes, summary });
+      else process.stdout.write(`${diffSummaryLine(summary)}\n`);
     });
 
   snapshot

@@ -98,6 +98,32 @@ describe("dumont-agent snapshot", () => {
     expect(JSON.parse((await run("snapshot", "list", ...common, "--json")).out)).toEqual([]);
   });
 
+  it("diffs two snapshots: each path changed, and the bytes of chunks added and dropped", async () => {
+    const source = join(root, "diffed");
+    await mkdir(source, { recursive: true });
+    await writeFile(join(source, "keep.txt"), "same\n");
+    await writeFile(join(source, "edit.txt"), "before\n");
+    await writeFile(join(source, "drop.txt"), "dropped\n");
+    await writeFile(join(root, "diff-key"), "22".repeat(32));
+    const common = ["--repo", pathToFileURL(join(root, "diff-repo")).href, "--key-file", join(root, "diff-key")];
+    const snap = async () =>
+      JSON.parse((await run("snapshot", "create", "--source", source, ...common, "--json")).out).id as string;
+    const a = await snap();
+    await writeFile(join(source, "edit.txt"), "after, longer\n");
+    await rm(join(source, "drop.txt"));
+    await writeFile(join(source, "new.txt"), "new\n");
+    const b = await snap();
+
+    const text = await run("snapshot", "diff", a.slice(0, 8), b, ...common);
+    expect(text.out).toBe(
+      "-    drop.txt\nM    edit.txt\n+    new.txt\n" +
+        "1 added, 1 removed, 1 modified, 0 changed in metadata only, 0 changed in type; 18 B of new data, 15 B no longer used\n",
+    );
+    const json = JSON.parse((await run("snapshot", "diff", a, b, ...common, "--json")).out);
+    expect(json.changes[1]).toEqual({ path: "edit.txt", change: "modified", sizeBefore: 7, sizeAfter: 14 });
+    expect((await run("snapshot", "diff", a, "0000ffff", ...common)).err).toMatch(/no snapshot 0000ffff/);
+  });
+
   it("warns about what it left out, and says so in JSON and in the list", async () => {
     const source = join(root, "with-pipe");
     await mkdir(source, { recursive: true });

@@ -1,10 +1,13 @@
-// `dumont-agent snapshot create|restore|list|check|forget`: direct mode, the engine writing straight to a
+// `dumont-agent snapshot create|restore|ls|diff|list|check|forget`: direct mode, the engine writing straight to a
 // repository URL with no control plane (operators, benchmarks). Same engine and format as the stream.
 import { readFile } from "node:fs/promises";
 import {
   checkExcludePatterns,
   checkPathPatterns,
   checkRepository,
+  diffLine,
+  diffManifests,
+  diffSummaryLine,
   forgetSnapshots,
   formatBytes,
   hasRetentionRule,
@@ -169,6 +172,27 @@ export function registerSnapshotCommands(program: Command): void {
         });
         if (opts.json) return print(entries.map(listedEntry));
         for (const e of entries) process.stdout.write(`${listingLine(listedEntry(e))}\n`);
+      }),
+    );
+
+  snapshot
+    .command("diff <before> <after>")
+    .description("what changed from one snapshot to another (ids or unique prefixes), path by path")
+    .requiredOption("--repo <url>", REPO_HELP)
+    .option("--key-file <file>", KEY_HELP)
+    .option("--json", "print {changes: [{path, change, sizeBefore, sizeAfter}], summary}")
+    .action((before: string, after: string, opts: RepoOptions) =>
+      withFriendlyErrors(opts, async () => {
+        const key = await loadKey(opts);
+        const diff = await withDirectRepository({ repo: opts.repo, key }, async (r) =>
+          diffManifests(
+            await r.readManifest(await r.findSnapshot(before)),
+            await r.readManifest(await r.findSnapshot(after)),
+          ),
+        );
+        if (opts.json) return print(diff);
+        for (const c of diff.changes) process.stdout.write(`${diffLine(c)}\n`);
+        process.stdout.write(`${diffSummaryLine(diff.summary)}\n`);
       }),
     );
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dumont/api/v1/snapshots.proto.
  */
 export const file_dumont_api_v1_snapshots: GenFile = /*@__PURE__*/
-  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50IsACCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkiQAoYTGlzdFNuYXBzaG90RmlsZXNSZXF1ZXN0EhMKC3NuYXBzaG90X2lkGAEgASgJEg8KB2luY2x1ZGUYAiADKAkiRwoZTGlzdFNuYXBzaG90RmlsZXNSZXNwb25zZRIqCgVmaWxlcxgBIAMoCzIbLmR1bW9udC5hcGkudjEuU25hcHNob3RGaWxlIvABCgxTbmFwc2hvdEZpbGUSDAoEcGF0aBgBIAEoCRIuCgR0eXBlGAIgASgOMiAuZHVtb250LmFwaS52MS5TbmFwc2hvdEZpbGUuVHlwZRIMCgRtb2RlGAMgASgNEgwKBHNpemUYBCABKAQSKQoFbXRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnRhcmdldBgGIAEoCSJLCgRUeXBlEhQKEFRZUEVfVU5TUEVDSUZJRUQQABINCglUWVBFX0ZJTEUQARIMCghUWVBFX0RJUhACEhAKDFRZUEVfU1lNTElOSxADIiwKDFNraXBwZWRFbnRyeRIMCgRwYXRoGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJdChVDcmVhdGVTbmFwc2hvdFJlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIPCgdleGNsdWRlGAQgAygJIkMKFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USKQoIc25hcHNob3QYASABKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Ij0KFExpc3RTbmFwc2hvdHNSZXF1ZXN0Eg8KB2hvc3RfaWQYASABKAkSFAoMd29ya3NwYWNlX2lkGAIgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Il8KFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDwoHaW5jbHVkZRgEIAMoCSJQChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRINCgVmaWxlcxgBIAEoBBIVCg1ieXRlc193cml0dGVuGAIgASgEEg8KB3NlY29uZHMYAyABKAEitQEKFkZvcmdldFNuYXBzaG90c1JlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEhEKCWtlZXBfbGFzdBgCIAEoDRITCgtrZWVwX2hvdXJseRgDIAEoDRISCgprZWVwX2RhaWx5GAQgASgNEhMKC2tlZXBfd2Vla2x5GAUgASgNEg0KBXBydW5lGAYgASgIEg8KB2RyeV9ydW4YByABKAgSFAoMc25hcHNob3RfaWRzGAggAygJImUKF0ZvcmdldFNuYXBzaG90c1Jlc3BvbnNlEgwKBGtlcHQYASADKAkSEQoJZm9yZ290dGVuGAIgAygJEikKBXBydW5lGAMgASgLMhouZHVtb250LmFwaS52MS5QcnVuZVJlcG9ydCJvCgtQcnVuZVJlcG9ydBIVCg1wYWNrc19kZWxldGVkGAEgASgEEhYKDnBhY2tzX3JlcGFja2VkGAIgASgEEhwKFG9ycGhhbl9wYWNrc19kZWxldGVkGAMgASgEEhMKC2J5dGVzX2ZyZWVkGAQgASgDIi8KFUNoZWNrU25hcHNob3RzUmVxdWVzdBIWCg5zdHJ1Y3R1cmVfb25seRgBIAEoCCKBAQoTQ2hlY2tTbmFwc2hvdHNFdmVudBIzCghwcm9ncmVzcxgBIAEoCzIfLmR1bW9udC5hcGkudjEuVHJhbnNmZXJQcm9ncmVzc0gAEiwKBnJlcG9ydBgCIAEoCzIaLmR1bW9udC5hcGkudjEuQ2hlY2tSZXBvcnRIAEIHCgVldmVudCKRAQoLQ2hlY2tSZXBvcnQSCgoCb2sYASABKAgSEQoJc25hcHNob3RzGAIgASgEEg0KBXBhY2tzGAMgASgEEg4KBmNodW5rcxgEIAEoBBIVCg1ieXRlc19jaGVja2VkGAUgASgEEi0KCHByb2JsZW1zGAYgAygLMhsuZHVtb250LmFwaS52MS5DaGVja1Byb2JsZW0ingEKDENoZWNrUHJvYmxlbRIRCgl0ZW5hbnRfaWQYASABKAkSDAoEa2luZBgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEgwKBHBhY2sYBCABKAkSDQoFY2h1bmsYBSABKAkSEwoLc25hcHNob3RfaWQYBiABKAkSKgoFZmlsZXMYByADKAsyGy5kdW1vbnQuYXBpLnYxLkFmZmVjdGVkRmlsZSIxCgxBZmZlY3RlZEZpbGUSEwoLc25hcHNob3RfaWQYASABKAkSDAoEcGF0aBgCIAEoCTKjBgoPU25hcHNob3RTZXJ2aWNlEl0KDkNyZWF0ZVNuYXBzaG90EiQuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaJS5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USWgoNTGlzdFNuYXBzaG90cxIjLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90c1JlcXVlc3QaJC5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdHNSZXNwb25zZRJgCg9SZXN0b3JlU25hcHNob3QSJS5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QaJi5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdFJlc3BvbnNlEmIKFENyZWF0ZVNuYXBzaG90U3RyZWFtEiQuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaIi5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90RXZlbnQwARJlChVSZXN0b3JlU25hcHNob3RTdHJlYW0SJS5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QaIy5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdEV2ZW50MAESaAoRTGlzdFNuYXBzaG90RmlsZXMSJy5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdEZpbGVzUmVxdWVzdBooLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90RmlsZXNSZXNwb25zZTABEmAKD0ZvcmdldFNuYXBzaG90cxIlLmR1bW9udC5hcGkudjEuRm9yZ2V0U25hcHNob3RzUmVxdWVzdBomLmR1bW9udC5hcGkudjEuRm9yZ2V0U25hcHNob3RzUmVzcG9uc2USXAoOQ2hlY2tTbmFwc2hvdHMSJC5kdW1vbnQuYXBpLnYxLkNoZWNrU25hcHNob3RzUmVxdWVzdBoiLmR1bW9udC5hcGkudjEuQ2hlY2tTbmFwc2hvdHNFdmVudDABYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50IsACCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkiQAoYTGlzdFNuYXBzaG90RmlsZXNSZXF1ZXN0EhMKC3NuYXBzaG90X2lkGAEgASgJEg8KB2luY2x1ZGUYAiADKAkiRwoZTGlzdFNuYXBzaG90RmlsZXNSZXNwb25zZRIqCgVmaWxlcxgBIAMoCzIbLmR1bW9udC5hcGkudjEuU25hcHNob3RGaWxlIvABCgxTbmFwc2hvdEZpbGUSDAoEcGF0aBgBIAEoCRIuCgR0eXBlGAIgASgOMiAuZHVtb250LmFwaS52MS5TbmFwc2hvdEZpbGUuVHlwZRIMCgRtb2RlGAMgASgNEgwKBHNpemUYBCABKAQSKQoFbXRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnRhcmdldBgGIAEoCSJLCgRUeXBlEhQKEFRZUEVfVU5TUEVDSUZJRUQQABINCglUWVBFX0ZJTEUQARIMCghUWVBFX0RJUhACEhAKDFRZUEVfU1lNTElOSxADIiwKDFNraXBwZWRFbnRyeRIMCgRwYXRoGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJdChVDcmVhdGVTbmFwc2hvdFJlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIPCgdleGNsdWRlGAQgAygJIkMKFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USKQoIc25hcHNob3QYASABKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Ij0KFExpc3RTbmFwc2hvdHNSZXF1ZXN0Eg8KB2hvc3RfaWQYASABKAkSFAoMd29ya3NwYWNlX2lkGAIgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Il8KFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDwoHaW5jbHVkZRgEIAMoCSJQChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRINCgVmaWxlcxgBIAEoBBIVCg1ieXRlc193cml0dGVuGAIgASgEEg8KB3NlY29uZHMYAyABKAEitQEKFkZvcmdldFNuYXBzaG90c1JlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEhEKCWtlZXBfbGFzdBgCIAEoDRITCgtrZWVwX2hvdXJseRgDIAEoDRISCgprZWVwX2RhaWx5GAQgASgNEhMKC2tlZXBfd2Vla2x5GAUgASgNEg0KBXBydW5lGAYgASgIEg8KB2RyeV9ydW4YByABKAgSFAoMc25hcHNob3RfaWRzGAggAygJImUKF0ZvcmdldFNuYXBzaG90c1Jlc3BvbnNlEgwKBGtlcHQYASADKAkSEQoJZm9yZ290dGVuGAIgAygJEikKBXBydW5lGAMgASgLMhouZHVtb250LmFwaS52MS5QcnVuZVJlcG9ydCJvCgtQcnVuZVJlcG9ydBIVCg1wYWNrc19kZWxldGVkGAEgASgEEhYKDnBhY2tzX3JlcGFja2VkGAIgASgEEhwKFG9ycGhhbl9wYWNrc19kZWxldGVkGAMgASgEEhMKC2J5dGVzX2ZyZWVkGAQgASgDIi8KFUNoZWNrU25hcHNob3RzUmVxdWVzdBIWCg5zdHJ1Y3R1cmVfb25seRgBIAEoCCKBAQoTQ2hlY2tTbmFwc2hvdHNFdmVudBIzCghwcm9ncmVzcxgBIAEoCzIfLmR1bW9udC5hcGkudjEuVHJhbnNmZXJQcm9ncmVzc0gAEiwKBnJlcG9ydBgCIAEoCzIaLmR1bW9udC5hcGkudjEuQ2hlY2tSZXBvcnRIAEIHCgVldmVudCKRAQoLQ2hlY2tSZXBvcnQSCgoCb2sYASABKAgSEQoJc25hcHNob3RzGAIgASgEEg0KBXBhY2tzGAMgASgEEg4KBmNodW5rcxgEIAEoBBIVCg1ieXRlc19jaGVja2VkGAUgASgEEi0KCHByb2JsZW1zGAYgAygLMhsuZHVtb250LmFwaS52MS5DaGVja1Byb2JsZW0ingEKDENoZWNrUHJvYmxlbRIRCgl0ZW5hbnRfaWQYASABKAkSDAoEa2luZBgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEgwKBHBhY2sYBCABKAkSDQoFY2h1bmsYBSABKAkSEwoLc25hcHNob3RfaWQYBiABKAkSKgoFZmlsZXMYByADKAsyGy5kdW1vbnQuYXBpLnYxLkFmZmVjdGVkRmlsZSIxCgxBZmZlY3RlZEZpbGUSEwoLc25hcHNob3RfaWQYASABKAkSDAoEcGF0aBgCIAEoCSI7ChREaWZmU25hcHNob3RzUmVxdWVzdBIRCgliZWZvcmVfaWQYASABKAkSEAoIYWZ0ZXJfaWQYAiABKAkidAoVRGlmZlNuYXBzaG90c1Jlc3BvbnNlEi4KB2NoYW5nZXMYASADKAsyHS5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Q2hhbmdlEisKB3N1bW1hcnkYAiABKAsyGi5kdW1vbnQuYXBpLnYxLkRpZmZTdW1tYXJ5IlcKDlNuYXBzaG90Q2hhbmdlEgwKBHBhdGgYASABKAkSDgoGY2hhbmdlGAIgASgJEhMKC3NpemVfYmVmb3JlGAMgASgEEhIKCnNpemVfYWZ0ZXIYBCABKAQiiwEKC0RpZmZTdW1tYXJ5Eg0KBWFkZGVkGAEgASgEEg8KB3JlbW92ZWQYAiABKAQSEAoIbW9kaWZpZWQYAyABKAQSEAoIbWV0YWRhdGEYBCABKAQSDAoEdHlwZRgFIAEoBBITCgtieXRlc19hZGRlZBgGIAEoBBIVCg1ieXRlc19yZW1vdmVkGAcgASgEMoEHCg9TbmFwc2hvdFNlcnZpY2USXQoOQ3JlYXRlU25hcHNob3QSJC5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBolLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXNwb25zZRJaCg1MaXN0U25hcHNob3RzEiMuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RzUmVxdWVzdBokLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90c1Jlc3BvbnNlEmAKD1Jlc3RvcmVTbmFwc2hvdBIlLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVxdWVzdBomLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USYgoUQ3JlYXRlU25hcHNob3RTdHJlYW0SJC5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBoiLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RFdmVudDABEmUKFVJlc3RvcmVTbmFwc2hvdFN0cmVhbRIlLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVxdWVzdBojLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90RXZlbnQwARJoChFMaXN0U25hcHNob3RGaWxlcxInLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90RmlsZXNSZXF1ZXN0GiguZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RGaWxlc1Jlc3BvbnNlMAESYAoPRm9yZ2V0U25hcHNob3RzEiUuZHVtb250LmFwaS52MS5Gb3JnZXRTbmFwc2hvdHNSZXF1ZXN0GiYuZHVtb250LmFwaS52MS5Gb3JnZXRTbmFwc2hvdHNSZXNwb25zZRJcCg5DaGVja1NuYXBzaG90cxIkLmR1bW9udC5hcGkudjEuQ2hlY2tTbmFwc2hvdHNSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5DaGVja1NuYXBzaG90c0V2ZW50MAESXAoNRGlmZlNuYXBzaG90cxIjLmR1bW9udC5hcGkudjEuRGlmZlNuYXBzaG90c1JlcXVlc3QaJC5kdW1vbnQuYXBpLnYxLkRpZmZTbmFwc2hvdHNSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message dumont.api.v1.TransferProgress
@@ -789,6 +789,140 @@ export const AffectedFileSchema: GenMessage<AffectedFile> = /*@__PURE__*/
   messageDesc(file_dumont_api_v1_snapshots, 21);
 
 /**
+ * @generated from message dumont.api.v1.DiffSnapshotsRequest
+ */
+export type DiffSnapshotsRequest = Message<"dumont.api.v1.DiffSnapshotsRequest"> & {
+  /**
+   * Snapshot ids, or prefixes of 4 or more hex characters naming one each.
+   *
+   * @generated from field: string before_id = 1;
+   */
+  beforeId: string;
+
+  /**
+   * @generated from field: string after_id = 2;
+   */
+  afterId: string;
+};
+
+/**
+ * Describes the message dumont.api.v1.DiffSnapshotsRequest.
+ * Use `create(DiffSnapshotsRequestSchema)` to create a new message.
+ */
+export const DiffSnapshotsRequestSchema: GenMessage<DiffSnapshotsRequest> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 22);
+
+/**
+ * @generated from message dumont.api.v1.DiffSnapshotsResponse
+ */
+export type DiffSnapshotsResponse = Message<"dumont.api.v1.DiffSnapshotsResponse"> & {
+  /**
+   * @generated from field: repeated dumont.api.v1.SnapshotChange changes = 1;
+   */
+  changes: SnapshotChange[];
+
+  /**
+   * In the last message only.
+   *
+   * @generated from field: dumont.api.v1.DiffSummary summary = 2;
+   */
+  summary?: DiffSummary | undefined;
+};
+
+/**
+ * Describes the message dumont.api.v1.DiffSnapshotsResponse.
+ * Use `create(DiffSnapshotsResponseSchema)` to create a new message.
+ */
+export const DiffSnapshotsResponseSchema: GenMessage<DiffSnapshotsResponse> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 23);
+
+/**
+ * @generated from message dumont.api.v1.SnapshotChange
+ */
+export type SnapshotChange = Message<"dumont.api.v1.SnapshotChange"> & {
+  /**
+   * @generated from field: string path = 1;
+   */
+  path: string;
+
+  /**
+   * added, removed, modified (a file's content, a symlink's target), metadata (mode or modification time
+   * only) or type.
+   *
+   * @generated from field: string change = 2;
+   */
+  change: string;
+
+  /**
+   * File sizes before and after (0 for what is not a file on that side).
+   *
+   * @generated from field: uint64 size_before = 3;
+   */
+  sizeBefore: bigint;
+
+  /**
+   * @generated from field: uint64 size_after = 4;
+   */
+  sizeAfter: bigint;
+};
+
+/**
+ * Describes the message dumont.api.v1.SnapshotChange.
+ * Use `create(SnapshotChangeSchema)` to create a new message.
+ */
+export const SnapshotChangeSchema: GenMessage<SnapshotChange> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 24);
+
+/**
+ * @generated from message dumont.api.v1.DiffSummary
+ */
+export type DiffSummary = Message<"dumont.api.v1.DiffSummary"> & {
+  /**
+   * @generated from field: uint64 added = 1;
+   */
+  added: bigint;
+
+  /**
+   * @generated from field: uint64 removed = 2;
+   */
+  removed: bigint;
+
+  /**
+   * @generated from field: uint64 modified = 3;
+   */
+  modified: bigint;
+
+  /**
+   * @generated from field: uint64 metadata = 4;
+   */
+  metadata: bigint;
+
+  /**
+   * @generated from field: uint64 type = 5;
+   */
+  type: bigint;
+
+  /**
+   * Plain bytes of the chunks the later snapshot has and the earlier lacks, and the other way round.
+   *
+   * @generated from field: uint64 bytes_added = 6;
+   */
+  bytesAdded: bigint;
+
+  /**
+   * @generated from field: uint64 bytes_removed = 7;
+   */
+  bytesRemoved: bigint;
+};
+
+/**
+ * Describes the message dumont.api.v1.DiffSummary.
+ * Use `create(DiffSummarySchema)` to create a new message.
+ */
+export const DiffSummarySchema: GenMessage<DiffSummary> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 25);
+
+/**
  * Snapshots of workspaces on hosts, stored in the control plane's blob store (admin).
  *
  * @generated from service dumont.api.v1.SnapshotService
@@ -878,6 +1012,17 @@ export const SnapshotService: GenService<{
     methodKind: "server_streaming";
     input: typeof CheckSnapshotsRequestSchema;
     output: typeof CheckSnapshotsEventSchema;
+  },
+  /**
+   * What changed from one snapshot to another of the same tenant, path by path (code point order), in batches;
+   * the last message carries the summary. Read from the blob store: no host needs to be connected.
+   *
+   * @generated from rpc dumont.api.v1.SnapshotService.DiffSnapshots
+   */
+  diffSnapshots: {
+    methodKind: "server_streaming";
+    input: typeof DiffSnapshotsRequestSchema;
+    output: typeof DiffSnapshotsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dumont_api_v1_snapshots, 0);
