@@ -331,6 +331,43 @@ describe.each(stores)("repository on %s", (_name, make) => {
   });
 });
 
+describe("check beside a running snapshot", () => {
+  it("does not report a snapshot committed while it reads the repository as missing its chunks", async () => {
+    const root = await mkdtemp(join(tmpdir(), "dumont-check-race-"));
+    const key = generateRepositoryKey();
+    const store = new FileBlobStore(root);
+    const { repository } = await Repository.openOrInit(store, key);
+    const commitOne = async (repo: Repository, name: string) => {
+      const chunk = sealed(key, randomBytes(2000));
+      const writer = await repo.writer();
+      await writer.put([chunk]);
+      return writer.commit(sealManifest(key, manifestOf({ [name]: [chunk] })), meta);
+    };
+    await commitOne(repository, "before.bin");
+    // A store that lets another writer commit a whole snapshot right after the check has listed the index.
+    let injected: Promise<string> | undefined;
+    const racing: BlobStore = Object.create(store, {
+      list: {
+        value: (prefix: string) =>
+          (async function* () {
+            yield* store.list(prefix);
+            if (prefix === "index/" && !injected) {
+              injected = commitOne(repository, "during.bin");
+              await injected;
+            }
+          })(),
+      },
+    });
+    const report = await checkRepository(await Repository.open(racing, key));
+    expect(injected).toBeDefined();
+    expect(report.problems).toEqual([]);
+    expect(report.snapshots).toBe(1);
+    // The snapshot committed meanwhile is whole: the next check sees it.
+    expect(await checkRepository(repository)).toMatchObject({ ok: true, snapshots: 2 });
+    await rm(root, { recursive: true, force: true });
+  });
+});
+
 describe("forget by id", () => {
   it("forgets exactly the snapshots named (ids or prefixes), all resolved before any is deleted", async () => {
     const store = new FileBlobStore(await mkdtemp(join(tmpdir(), "dumont-forget-")));
