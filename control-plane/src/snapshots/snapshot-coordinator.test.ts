@@ -202,6 +202,40 @@ describe("SnapshotCoordinator: forget and prune", () => {
     await expect(h.coordinator.forget(prune)).resolves.toMatchObject({ prune: { packsDeleted: 0, bytesFreed: 0 } });
   });
 
+  it("lists a snapshot the repository holds without a row before a forget judges it", async () => {
+    /** A whole snapshot of one fresh chunk, as a real agent sends it. */
+    const committed = async () => {
+      const { snapshot, requestId, key } = await started();
+      const plain = randomBytes(5_000);
+      const chunk = chunkCodec.sealChunk(key, plain);
+      const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
+        h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+      agentSends({
+        case: "snapshotChunks",
+        value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
+      });
+      const stats = { files: 1n, bytesRead: 5_000n, bytesNew: 5_000n, chunksNew: 1n, seconds: 0.25 };
+      agentSends({
+        case: "snapshotCommit",
+        value: { requestId, epoch: 0n, manifest: oneFile(key, chunk.id, 5_000), stats },
+      });
+      return snapshot;
+    };
+    const older = await committed();
+    const newest = await committed();
+    // The control plane stopped between the repository's commit and the row's insert.
+    await h.db.deleteFrom("snapshots").where("id", "=", newest.id).execute();
+    const result = await h.coordinator.forget({ tenantId: "t1", policy: { last: 1 }, prune: false, dryRun: false });
+    expect(result.kept).toEqual([newest.id]);
+    expect(result.forgotten).toContain(older.id);
+    const rows = await h.db.selectFrom("snapshots").selectAll().execute();
+    expect(rows.map((r) => r.id)).toEqual([newest.id]);
+    // The row it had, from the snapshot's record (its time is the snapshot's start, not the insert's).
+    const { created_at, ...asCommitted } = newest;
+    expect(rows[0]).toMatchObject({ ...asCommitted, files: 1, bytes_new: 5_000 });
+    expect(Math.abs(rows[0].created_at.getTime() - created_at.getTime())).toBeLessThan(5_000);
+  });
+
   it("holds a snapshot that starts during a prune until the prune has ended", async () => {
     const order: string[] = [];
     const pruning = h.coordinator.forget(prune).then(() => order.push("pruned"));

@@ -41,7 +41,7 @@ import {
 } from "@dumont/repository";
 import type { AgentSession } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
-import { deleteSnapshot } from "../db/snapshot-repository.js";
+import { deleteSnapshot, getSnapshot, listSnapshots } from "../db/snapshot-repository.js";
 import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError } from "../errors.js";
 import type { Logger } from "../logger.js";
@@ -223,6 +223,9 @@ export class SnapshotCoordinator {
   private async forgetIn(repository: Repository, req: ForgetRequest): Promise<ForgetResult> {
     if (!hasRetentionRule(req.policy) && !req.ids?.length) return { kept: [], forgotten: [] };
     const { tenantId } = req;
+    // The policy judges the repository's snapshots; each must be one `snapshot list` shows, or keep-last 1
+    // could keep an unlisted one and forget the only listed one.
+    await this.listUnlisted(tenantId, repository);
     const result = await forgetSnapshots(repository, {
       policy: req.policy,
       ids: req.ids,
@@ -234,6 +237,46 @@ export class SnapshotCoordinator {
       this.log.info({ tenantId, forgotten: result.forgotten, kept: result.kept.length }, "snapshots forgotten");
     }
     return result;
+  }
+
+  /**
+   * Gives a catalogue row to each of the tenant's snapshots that has none, from its record in the repository
+   * (the source of truth): a control plane stopped between the repository's commit and the row's insert leaves a
+   * whole snapshot that nobody can list, restore or forget.
+   */
+  private async listUnlisted(tenantId: string, repository: Repository): Promise<void> {
+    const listed = new Set((await listSnapshots(this.db, { tenantId })).map((r) => r.id));
+    for (const record of await repository.listSnapshots()) {
+      if (listed.has(record.id)) continue;
+      const stats = record.stats;
+      const skipped = stats?.skipped ?? [];
+      await this.db
+        .insertInto("snapshots")
+        .values({
+          id: record.id,
+          tenant_id: tenantId,
+          host_id: record.hostname ?? "",
+          workspace_id: record.workspace,
+          path: record.source ?? "",
+          epoch: record.epoch,
+          files: stats?.files ?? record.totals.files,
+          bytes_read: stats?.bytesRead ?? 0,
+          bytes_new: stats?.bytesNew ?? 0,
+          bytes_stored: stats?.bytesStored ?? 0,
+          chunks_new: stats?.chunksNew ?? 0,
+          seconds: stats?.seconds ?? 0,
+          files_skipped: stats?.filesSkipped ?? 0,
+          skipped: JSON.stringify(skipped),
+          created_at: new Date(record.time),
+        })
+        // A commit finishing meanwhile inserts the same row (see commit).
+        .onConflict((oc) => oc.column("id").doNothing())
+        .execute();
+      this.log.warn(
+        { snapshotId: record.id, tenantId },
+        "snapshot in the blob store had no catalogue row; listed again",
+      );
+    }
   }
 
   /**
@@ -555,7 +598,18 @@ export class SnapshotCoordinator {
       // Set here, not by the column default, so the answer to this request and later listings agree.
       created_at: new Date(),
     };
-    await this.db.insertInto("snapshots").values(row).execute();
+    // Inserted already only if a forget found the snapshot in the repository first (listUnlisted): that row
+    // is the same snapshot, and what `list` shows, so it is the answer.
+    const inserted = await this.db
+      .insertInto("snapshots")
+      .values(row)
+      .onConflict((oc) => oc.column("id").doNothing())
+      .returning("id")
+      .executeTakeFirst();
+    if (!inserted) {
+      const listed = await getSnapshot(this.db, id);
+      if (listed) return listed;
+    }
     this.log.info(
       { snapshotId: id, hostId: req.session.hostId, workspace: req.workspaceId, ...counts },
       "snapshot committed",
