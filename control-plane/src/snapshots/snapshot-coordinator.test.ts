@@ -178,14 +178,9 @@ describe("SnapshotCoordinator: forget and prune", () => {
     if (take?.case !== "takeSnapshot") throw new Error(`expected takeSnapshot, got ${take?.case}`);
     return { snapshot, requestId: take.value.requestId, key: Buffer.from(take.value.tenantKey) };
   };
-  const prune = { tenantId: "t1", policy: {}, prune: true, dryRun: false };
-
-  it("refuses to prune while a snapshot of the tenant runs, and prunes once it has ended", async () => {
-    const { snapshot, requestId, key } = await started();
-    await expect(h.coordinator.forget(prune)).rejects.toThrow(
-      /1 snapshot\(s\) or restore\(s\) of tenant t1 are running/,
-    );
-    const plain = randomBytes(10_000);
+  /** Finishes a started snapshot as a real agent would: one chunk of 5,000 fresh bytes, then the commit. */
+  const finish = ({ snapshot, requestId, key }: Awaited<ReturnType<typeof started>>) => {
+    const plain = randomBytes(5_000);
     const chunk = chunkCodec.sealChunk(key, plain);
     const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
       h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
@@ -193,34 +188,27 @@ describe("SnapshotCoordinator: forget and prune", () => {
       case: "snapshotChunks",
       value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
     });
+    const stats = { files: 1n, bytesRead: 5_000n, bytesNew: 5_000n, chunksNew: 1n, seconds: 0.25 };
     agentSends({
       case: "snapshotCommit",
-      value: { requestId, epoch: 0n, manifest: oneFile(key, chunk.id, plain.length) },
+      value: { requestId, epoch: 0n, manifest: oneFile(key, chunk.id, plain.length), stats },
     });
-    await snapshot;
+    return snapshot;
+  };
+  const prune = { tenantId: "t1", policy: {}, prune: true, dryRun: false };
+
+  it("refuses to prune while a snapshot of the tenant runs, and prunes once it has ended", async () => {
+    const running = await started();
+    await expect(h.coordinator.forget(prune)).rejects.toThrow(
+      /1 snapshot\(s\) or restore\(s\) of tenant t1 are running/,
+    );
+    await finish(running);
     // Everything in the repository is in use: nothing to free.
     await expect(h.coordinator.forget(prune)).resolves.toMatchObject({ prune: { packsDeleted: 0, bytesFreed: 0 } });
   });
 
   it("lists a snapshot the repository holds without a row before a forget judges it", async () => {
-    /** A whole snapshot of one fresh chunk, as a real agent sends it. */
-    const committed = async () => {
-      const { snapshot, requestId, key } = await started();
-      const plain = randomBytes(5_000);
-      const chunk = chunkCodec.sealChunk(key, plain);
-      const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
-        h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
-      agentSends({
-        case: "snapshotChunks",
-        value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
-      });
-      const stats = { files: 1n, bytesRead: 5_000n, bytesNew: 5_000n, chunksNew: 1n, seconds: 0.25 };
-      agentSends({
-        case: "snapshotCommit",
-        value: { requestId, epoch: 0n, manifest: oneFile(key, chunk.id, 5_000), stats },
-      });
-      return snapshot;
-    };
+    const committed = async () => finish(await started());
     const older = await committed();
     const newest = await committed();
     // The control plane stopped between the repository's commit and the row's insert.
