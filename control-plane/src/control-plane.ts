@@ -70,9 +70,17 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
     const snapshots = new SnapshotCoordinator(db, tenantKeys, config.blobStore, log, metrics);
     gateway.onMessage((session, message) => snapshots.onAgentMessage(session, message));
     gateway.onSessionClosed((session) => snapshots.onSessionClosed(session.hostId));
+    // A stop between a repository's commit and its catalogue row (the last start may have ended so) leaves a
+    // snapshot nobody can list: its row comes back from the repository, in the background.
+    const relisting = snapshots
+      .relistAll()
+      .catch((err) => log.error({ err }, "could not list the snapshots of the blob store again; see the error"));
     const grpcPort = await gateway.listen(config.host, config.grpcPort);
     cleanups.push(() => ingest.close());
-    cleanups.push(() => snapshots.close());
+    cleanups.push(async () => {
+      await snapshots.close();
+      await relisting;
+    });
     cleanups.push(() => liveness.stop());
     cleanups.push(() => gateway.close());
     liveness.start();

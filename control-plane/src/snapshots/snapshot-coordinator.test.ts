@@ -224,6 +224,14 @@ describe("SnapshotCoordinator: forget and prune", () => {
     expect(Math.abs(rows[0].created_at.getTime() - created_at.getTime())).toBeLessThan(5_000);
   });
 
+  it("at start, lists again every snapshot the repositories hold without a row", async () => {
+    const snap = await finish(await started());
+    await h.db.deleteFrom("snapshots").where("id", "=", snap.id).execute();
+    await h.coordinator.relistAll();
+    const rows = await h.db.selectFrom("snapshots").select("id").where("id", "=", snap.id).execute();
+    expect(rows).toEqual([{ id: snap.id }]);
+  });
+
   it("holds a snapshot that starts during a prune until the prune has ended", async () => {
     const order: string[] = [];
     const pruning = h.coordinator.forget(prune).then(() => order.push("pruned"));

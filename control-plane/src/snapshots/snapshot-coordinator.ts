@@ -240,10 +240,18 @@ export class SnapshotCoordinator {
   }
 
   /**
-   * Gives a catalogue row to each of the tenant's snapshots that has none, from its record in the repository
-   * (the source of truth): a control plane stopped between the repository's commit and the row's insert leaves a
-   * whole snapshot that nobody can list, restore or forget.
+   * Gives a catalogue row to each snapshot that has none, from its record in the repository (the source of
+   * truth): a control plane stopped between the repository's commit and the row's insert leaves a whole snapshot
+   * that nobody can list, restore or forget. Run at start for every tenant with a key, and before each forget.
    */
+  async relistAll(): Promise<void> {
+    const tenants = await this.db.selectFrom("tenant_keys").select("tenant_id").execute();
+    for (const { tenant_id: tenantId } of tenants) {
+      if (this.closed) return;
+      await this.using(tenantId, async () => this.listUnlisted(tenantId, await this.repositoryOf(tenantId)));
+    }
+  }
+
   private async listUnlisted(tenantId: string, repository: Repository): Promise<void> {
     const listed = new Set((await listSnapshots(this.db, { tenantId })).map((r) => r.id));
     for (const record of await repository.listSnapshots()) {
