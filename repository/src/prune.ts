@@ -17,8 +17,8 @@ export interface ForgetOptions {
   dryRun?: boolean;
   /**
    * Called before each snapshot object is deleted. The control plane drops its catalogue row there, so a
-   * crash between the two leaves a snapshot that is unlisted but whole (and forgotten again next time),
-   * never one listed without its data.
+   * crash between the two leaves a snapshot that is unlisted but whole (the control plane lists it again at
+   * its next start), never one listed without its data.
    */
   beforeDelete?: (snapshotId: string) => Promise<void>;
 }

@@ -125,6 +125,12 @@ export class SnapshotCoordinator {
    */
   private readonly running = new Map<string, number>();
   private readonly pruning = new Map<string, Promise<unknown>>();
+  /**
+   * The last catalogue change (forget, relisting) per tenant; the next waits for it. Two at once could undo each
+   * other: a relisting that read the repository before a forget deleted a snapshot would list it again, without
+   * its data.
+   */
+  private readonly catalogueChanges = new Map<string, Promise<unknown>>();
 
   constructor(
     private readonly db: Db,
@@ -223,20 +229,34 @@ export class SnapshotCoordinator {
   private async forgetIn(repository: Repository, req: ForgetRequest): Promise<ForgetResult> {
     if (!hasRetentionRule(req.policy) && !req.ids?.length) return { kept: [], forgotten: [] };
     const { tenantId } = req;
-    // The policy judges the repository's snapshots; each must be one `snapshot list` shows, or keep-last 1
-    // could keep an unlisted one and forget the only listed one.
-    await this.listUnlisted(tenantId, repository);
-    const result = await forgetSnapshots(repository, {
-      policy: req.policy,
-      ids: req.ids,
-      workspace: req.workspace,
-      dryRun: req.dryRun,
-      beforeDelete: (id) => deleteSnapshot(this.db, tenantId, id),
+    return this.changingCatalogue(tenantId, async () => {
+      // The policy judges the repository's snapshots; each must be one `snapshot list` shows, or keep-last 1
+      // could keep an unlisted one and forget the only listed one.
+      await this.listUnlisted(tenantId, repository);
+      const result = await forgetSnapshots(repository, {
+        policy: req.policy,
+        ids: req.ids,
+        workspace: req.workspace,
+        dryRun: req.dryRun,
+        beforeDelete: (id) => deleteSnapshot(this.db, tenantId, id),
+      });
+      if (result.forgotten.length > 0 && !req.dryRun) {
+        this.log.info({ tenantId, forgotten: result.forgotten, kept: result.kept.length }, "snapshots forgotten");
+      }
+      return result;
     });
-    if (result.forgotten.length > 0 && !req.dryRun) {
-      this.log.info({ tenantId, forgotten: result.forgotten, kept: result.kept.length }, "snapshots forgotten");
-    }
-    return result;
+  }
+
+  /** Runs `change` after the tenant's previous catalogue change has ended (see catalogueChanges). */
+  private changingCatalogue<T>(tenantId: string, change: () => Promise<T>): Promise<T> {
+    const previous = this.catalogueChanges.get(tenantId) ?? Promise.resolve();
+    const next = previous.catch(() => {}).then(change);
+    this.catalogueChanges.set(tenantId, next);
+    const forget = () => {
+      if (this.catalogueChanges.get(tenantId) === next) this.catalogueChanges.delete(tenantId);
+    };
+    next.then(forget, forget);
+    return next;
   }
 
   /**
@@ -248,7 +268,10 @@ export class SnapshotCoordinator {
     const tenants = await this.db.selectFrom("tenant_keys").select("tenant_id").execute();
     for (const { tenant_id: tenantId } of tenants) {
       if (this.closed) return;
-      await this.using(tenantId, async () => this.listUnlisted(tenantId, await this.repositoryOf(tenantId)));
+      await this.using(tenantId, async () => {
+        const repository = await this.repositoryOf(tenantId);
+        await this.changingCatalogue(tenantId, () => this.listUnlisted(tenantId, repository));
+      });
     }
   }
 
