@@ -3,6 +3,7 @@
 // the pack, the chunk and the snapshot files it affects.
 import { alignedBuffer, PAGE } from "./aligned-memory.js";
 import { isRepositoryError } from "./errors.js";
+import { acquireLock } from "./lock.js";
 import { openPackTrailer, packKey } from "./pack.js";
 import type { Repository } from "./repository.js";
 import { chunkCodec } from "./sealing.js";
@@ -43,10 +44,28 @@ export interface CheckReport {
 export interface CheckOptions {
   /** Read and verify every chunk (default true); false checks only the structure. */
   readData?: boolean;
+  /**
+   * Hold a shared repository lock meanwhile (default true), as snapshots do: a prune (which takes an exclusive
+   * one) then cannot delete packs under the check, which would report them missing. false for a repository
+   * this process may not write to.
+   */
+  lock?: boolean;
   onProgress?: (progress: { packsDone: number; packsTotal: number; bytesDone: number; bytesTotal: number }) => void;
 }
 
 export async function checkRepository(repository: Repository, options: CheckOptions = {}): Promise<CheckReport> {
+  const lock =
+    options.lock === false
+      ? undefined
+      : await acquireLock(repository.store, repository.key, { exclusive: false, purpose: "a check" });
+  try {
+    return await check(repository, options);
+  } finally {
+    await lock?.release();
+  }
+}
+
+async function check(repository: Repository, options: CheckOptions): Promise<CheckReport> {
   const problems: CheckProblem[] = [];
   // Snapshots first, then the index: a snapshot's index objects are durable before its record, so every
   // snapshot listed has its packs in the index read after. The other way round, one committed between the two

@@ -484,6 +484,21 @@ describe("locks", () => {
     await writeFile(lockFile, sealJson(key, ObjectKind.lock, { ...body, pid: 2 ** 22 + 12345 }));
     await pruneRepository(repository);
   });
+
+  it("check holds a shared lock: refused while a prune runs, runs with lock: false, leaves no lock behind", async () => {
+    const store = openBlobStore(pathToFileURL(join(dir, "check-locks")).href);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const prune = await acquireLock(store, key, { exclusive: true, purpose: "a prune" });
+    await expect(checkRepository(repository)).rejects.toThrow(/locked by a prune/);
+    // Without the lock (a repository this process may only read), it runs.
+    expect(await checkRepository(repository, { lock: false })).toMatchObject({ ok: true });
+    await prune.release();
+    expect(await checkRepository(repository)).toMatchObject({ ok: true });
+    const locks: string[] = [];
+    for await (const info of store.list("locks/")) locks.push(info.key);
+    expect(locks).toEqual([]);
+  });
 });
 
 describe("keys", () => {

@@ -88,6 +88,8 @@ describe("dumont-agent snapshot", () => {
     expect(await readdir(join(target, "d"))).toEqual(["a.txt"]);
 
     expect((await run("snapshot", "check", ...common)).out).toMatch(/^no problems: 2 snapshots, 1 pack, 1 chunk, /);
+    expect((await run("snapshot", "check", ...common, "--no-lock")).out).toMatch(/^no problems/);
+    expect(await readdir(join(root, "repo", "locks"))).toEqual([]); // the check's shared lock is gone
     const forgot = await run("snapshot", "forget", ...common, "--keep-last", "1", "--prune", "--json");
     expect(JSON.parse(forgot.out).forgotten).toHaveLength(1);
     const [last] = JSON.parse((await run("snapshot", "list", ...common, "--json")).out);

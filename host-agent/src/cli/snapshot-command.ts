@@ -225,13 +225,15 @@ export function registerSnapshotCommands(program: Command): void {
     .option("--key-file <file>", KEY_HELP)
     .option("--json", "print the report as JSON and no progress")
     .option("--structure-only", "skip reading the packs (no chunk hashes checked)")
-    .action((opts: RepoOptions & { structureOnly?: boolean }) =>
+    .option("--no-lock", "take no lock (for a repository you may only read); a prune may then run meanwhile")
+    .action((opts: RepoOptions & { structureOnly?: boolean; lock: boolean }) =>
       withFriendlyErrors(opts, async () => {
         const key = await loadKey(opts);
         const meter = ProgressMeter.forStderr("check", opts.json === true);
         const report = await withDirectRepository({ repo: opts.repo, key }, (r) =>
           checkRepository(r, {
             readData: !opts.structureOnly,
+            lock: opts.lock,
             onProgress: (p) => meter?.update(p.bytesDone, p.bytesTotal),
           }),
         ).finally(() => meter?.finish());
