@@ -23,7 +23,19 @@ describe("loadConfig", () => {
     expect(loadConfig({}, { DATABASE_URL: "" }).databaseUrl).toBeUndefined();
   });
 
+  it("reads a snapshot retention policy and a prune interval", () => {
+    const c = loadConfig({}, { DUMONT_SNAPSHOT_KEEP: "last=24, daily=7,weekly=0", DUMONT_PRUNE_INTERVAL: "86400" });
+    expect(c.snapshotKeep).toEqual({ last: 24, daily: 7, weekly: 0 });
+    expect(c.pruneIntervalSeconds).toBe(86400);
+    expect(loadConfig({}, {})).toMatchObject({ snapshotKeep: undefined, pruneIntervalSeconds: 0 });
+  });
+
   it.each([
+    [{ DUMONT_SNAPSHOT_KEEP: "last=24,monthly=3" }, /DUMONT_SNAPSHOT_KEEP must be rules like .* got "monthly=3"/],
+    [{ DUMONT_SNAPSHOT_KEEP: "last=-1" }, /DUMONT_SNAPSHOT_KEEP must be rules like/],
+    [{ DUMONT_SNAPSHOT_KEEP: "last=2,last=3" }, /DUMONT_SNAPSHOT_KEEP names last twice/],
+    [{ DUMONT_SNAPSHOT_KEEP: "last=0" }, /DUMONT_SNAPSHOT_KEEP must keep something/],
+    [{ DUMONT_PRUNE_INTERVAL: "5" }, /DUMONT_PRUNE_INTERVAL must be 0 \(never\) or 60..2592000 seconds/],
     [{ DUMONT_HTTP_PORT: "http" }, /DUMONT_HTTP_PORT must be a port number/],
     [{ DUMONT_GRPC_PORT: "70000" }, /DUMONT_GRPC_PORT must be 0..65535/],
     [{ DUMONT_LOST_AFTER: "0" }, /DUMONT_LOST_AFTER must be at least 1 seconds/],

@@ -2,6 +2,7 @@
 // A bad value stops the program with a message naming the variable and what to do.
 import path from "node:path";
 import { pathToFileURL } from "node:url";
+import { hasRetentionRule, type RetentionPolicy } from "@dumont/repository/retention";
 import { z } from "zod";
 import { ConfigError } from "./errors.js";
 
@@ -17,6 +18,8 @@ export interface ControlPlaneOptions {
   telemetryInterval?: string | number;
   logLevel?: string;
   blobStore?: string;
+  snapshotKeep?: string;
+  pruneInterval?: string | number;
 }
 
 const port = (name: string) =>
@@ -49,6 +52,26 @@ const schema = z.object({
     .regex(/^(file:\/\/\/|s3:\/\/)/, "DUMONT_BLOB_STORE must be file:///absolute/path or s3://bucket/prefix"),
   /** 32 bytes, hex or base64; unset → <data-dir>/master.key, created on first start. Never logged. */
   masterKey: z.string().optional(),
+  /** Applied to a workspace after each of its snapshots commits; unset keeps every snapshot. */
+  snapshotKeep: z
+    .string()
+    .optional()
+    .transform((value, ctx) => {
+      if (value === undefined) return undefined;
+      const policy = parseKeepPolicy(value);
+      if (typeof policy === "string") {
+        ctx.addIssue({ code: "custom", message: `DUMONT_SNAPSHOT_KEEP ${policy}` });
+        return z.NEVER;
+      }
+      return policy;
+    }),
+  /** Every tenant's repository is pruned this often; 0 = never (prune with `dumont snapshot forget --prune`). */
+  pruneIntervalSeconds: z.coerce
+    .number({ error: "DUMONT_PRUNE_INTERVAL must be a number of seconds" })
+    .refine(
+      (n) => n === 0 || (n >= 60 && n <= 30 * 86_400),
+      "DUMONT_PRUNE_INTERVAL must be 0 (never) or 60..2592000 seconds",
+    ),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
     error: "DUMONT_LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent",
   }),
@@ -74,6 +97,8 @@ export function loadConfig(
     blobStore:
       options.blobStore ?? emptyToUndefined(env.DUMONT_BLOB_STORE) ?? pathToFileURL(path.join(dataDir, "blobs")).href,
     masterKey: emptyToUndefined(env.DUMONT_MASTER_KEY),
+    snapshotKeep: emptyToUndefined(options.snapshotKeep ?? env.DUMONT_SNAPSHOT_KEEP),
+    pruneIntervalSeconds: options.pruneInterval ?? env.DUMONT_PRUNE_INTERVAL ?? 0,
   };
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {
@@ -85,4 +110,26 @@ export function loadConfig(
 
 function emptyToUndefined(value: string | undefined): string | undefined {
   return value === undefined || value === "" ? undefined : value;
+}
+
+const KEEP_RULES = { last: "last", hourly: "hourly", daily: "daily", weekly: "weekly" } as const;
+
+/**
+ * "last=24,hourly=48,daily=14,weekly=8" (any of the four, at least one above 0) as a retention policy, or what is
+ * wrong with it as the end of a sentence.
+ */
+export function parseKeepPolicy(value: string): RetentionPolicy | string {
+  const policy: RetentionPolicy = {};
+  for (const part of value.split(",")) {
+    const m = /^\s*(\w+)\s*=\s*(\d+)\s*$/.exec(part);
+    const rule = m && KEEP_RULES[m[1] as keyof typeof KEEP_RULES];
+    if (!m || !rule) {
+      return `must be rules like last=24,hourly=48,daily=14,weekly=8 (last, hourly, daily, weekly), got ${JSON.stringify(part)}`;
+    }
+    if (policy[rule] !== undefined) return `names ${rule} twice`;
+    policy[rule] = Number(m[2]);
+  }
+  if (!hasRetentionRule(policy))
+    return "must keep something: at least one rule above 0 (unset it to keep every snapshot)";
+  return policy;
 }

@@ -67,7 +67,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
       telemetryIntervalMs: Math.round(config.telemetryIntervalSeconds * 1000),
     });
     const tenantKeys = new TenantKeys(db, await loadMasterKey(config.dataDir, config.masterKey));
-    const snapshots = new SnapshotCoordinator(db, tenantKeys, config.blobStore, log, metrics);
+    const snapshots = new SnapshotCoordinator(db, tenantKeys, config.blobStore, log, metrics, config.snapshotKeep);
     gateway.onMessage((session, message) => snapshots.onAgentMessage(session, message));
     gateway.onSessionClosed((session) => snapshots.onSessionClosed(session.hostId));
     // A stop between a repository's commit and its catalogue row (the last start may have ended so) leaves a
@@ -81,6 +81,11 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
       await snapshots.close();
       await relisting;
     });
+    if (config.pruneIntervalSeconds > 0) {
+      const pruning = setInterval(() => void snapshots.pruneAll(), config.pruneIntervalSeconds * 1000);
+      pruning.unref();
+      cleanups.push(async () => clearInterval(pruning));
+    }
     cleanups.push(() => liveness.stop());
     cleanups.push(() => gateway.close());
     liveness.start();

@@ -36,6 +36,24 @@ export function addServeOptions(cmd: Command): Command {
       ),
     )
     .addOption(
+      new Option(
+        "--blob-store <url>",
+        "where snapshots go: file:///abs/path or s3://bucket/prefix (default file://<data-dir>/blobs)",
+      ).env("DUMONT_BLOB_STORE"),
+    )
+    .addOption(
+      new Option(
+        "--snapshot-keep <rules>",
+        "after each snapshot, forget the workspace's older ones but these: last=N,hourly=N,daily=N,weekly=N " +
+          "(default: keep all)",
+      ).env("DUMONT_SNAPSHOT_KEEP"),
+    )
+    .addOption(
+      new Option("--prune-interval <seconds>", "prune every tenant's repository this often (default 0: never)").env(
+        "DUMONT_PRUNE_INTERVAL",
+      ),
+    )
+    .addOption(
       new Option("--log-level <level>", "fatal|error|warn|info|debug|trace|silent (default info)").env(
         "DUMONT_LOG_LEVEL",
       ),

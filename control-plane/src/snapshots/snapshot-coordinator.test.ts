@@ -6,7 +6,14 @@ import os from "node:os";
 import path from "node:path";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { AgentMessageSchema, type ControlMessage, type SnapshotStatsSchema } from "@dumont/proto";
-import { chunkCodec, openBlobStore, Repository, sealManifest } from "@dumont/repository";
+import {
+  checkRepository,
+  chunkCodec,
+  openBlobStore,
+  Repository,
+  type RetentionPolicy,
+  sealManifest,
+} from "@dumont/repository";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { AgentSession } from "../agent-gateway/agent-session.js";
 import { ensureTenant } from "../db/credential-repository.js";
@@ -21,7 +28,7 @@ import { TenantKeys } from "./tenant-keys.js";
  * A coordinator on a fresh test database (tenant "t1") and blob directory, for the enclosing describe, with a
  * fake agent session whose messages land in `sent`.
  */
-function useCoordinator(hostId: string) {
+function useCoordinator(hostId: string, retention?: RetentionPolicy) {
   const h = {
     db: undefined as unknown as Db,
     blobs: "",
@@ -47,6 +54,7 @@ function useCoordinator(hostId: string) {
       `file://${h.blobs}`,
       createLogger("silent"),
       createMetrics(),
+      retention,
     );
   });
   afterAll(async () => {
@@ -162,39 +170,8 @@ describe("SnapshotCoordinator: the arrival check", () => {
 describe("SnapshotCoordinator: forget and prune", () => {
   const h = useCoordinator("h-prune");
 
-  /** Starts a snapshot and waits for the agent to be asked for it. */
-  const started = async () => {
-    const before = h.sent.length;
-    const snapshot = h.coordinator.snapshot({
-      session: h.session,
-      tenantId: "t1",
-      path: "/w",
-      workspaceId: "w",
-      epoch: 0n,
-    });
-    snapshot.catch(() => {});
-    for (let i = 0; i < 200 && h.sent.length === before; i++) await new Promise((r) => setTimeout(r, 10));
-    const take = h.sent[before]?.msg;
-    if (take?.case !== "takeSnapshot") throw new Error(`expected takeSnapshot, got ${take?.case}`);
-    return { snapshot, requestId: take.value.requestId, key: Buffer.from(take.value.tenantKey) };
-  };
-  /** Finishes a started snapshot as a real agent would: one chunk of 5,000 fresh bytes, then the commit. */
-  const finish = ({ snapshot, requestId, key }: Awaited<ReturnType<typeof started>>) => {
-    const plain = randomBytes(5_000);
-    const chunk = chunkCodec.sealChunk(key, plain);
-    const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
-      h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
-    agentSends({
-      case: "snapshotChunks",
-      value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
-    });
-    const stats = { files: 1n, bytesRead: 5_000n, bytesNew: 5_000n, chunksNew: 1n, seconds: 0.25 };
-    agentSends({
-      case: "snapshotCommit",
-      value: { requestId, epoch: 0n, manifest: oneFile(key, chunk.id, plain.length), stats },
-    });
-    return snapshot;
-  };
+  const started = () => startedIn(h);
+  const finish = finishIn(h);
   const prune = { tenantId: "t1", policy: {}, prune: true, dryRun: false };
 
   it("refuses to prune while a snapshot of the tenant runs, and prunes once it has ended", async () => {
@@ -242,6 +219,69 @@ describe("SnapshotCoordinator: forget and prune", () => {
     await Promise.all([pruning, snapshot]);
     expect(order).toEqual(["pruned", "asked the agent"]);
     h.coordinator.onSessionClosed(h.session.hostId); // the snapshot fails; nothing is left running
+  });
+});
+
+type Harness = ReturnType<typeof useCoordinator>;
+
+/** Starts a snapshot of workspace "w" and waits for the agent to be asked for it. */
+async function startedIn(h: Harness) {
+  const before = h.sent.length;
+  const snapshot = h.coordinator.snapshot({
+    session: h.session,
+    tenantId: "t1",
+    path: "/w",
+    workspaceId: "w",
+    epoch: 0n,
+  });
+  snapshot.catch(() => {});
+  for (let i = 0; i < 200 && h.sent.length === before; i++) await new Promise((r) => setTimeout(r, 10));
+  const take = h.sent[before]?.msg;
+  if (take?.case !== "takeSnapshot") throw new Error(`expected takeSnapshot, got ${take?.case}`);
+  return { snapshot, requestId: take.value.requestId, key: Buffer.from(take.value.tenantKey) };
+}
+
+/** Finishes a started snapshot as a real agent would: one chunk of 5,000 fresh bytes, then the commit. */
+function finishIn(h: Harness) {
+  return ({ snapshot, requestId, key }: Awaited<ReturnType<typeof startedIn>>) => {
+    const plain = randomBytes(5_000);
+    const chunk = chunkCodec.sealChunk(key, plain);
+    const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
+      h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+    agentSends({
+      case: "snapshotChunks",
+      value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
+    });
+    const stats = { files: 1n, bytesRead: 5_000n, bytesNew: 5_000n, chunksNew: 1n, seconds: 0.25 };
+    agentSends({
+      case: "snapshotCommit",
+      value: { requestId, epoch: 0n, manifest: oneFile(key, chunk.id, plain.length), stats },
+    });
+    return snapshot;
+  };
+}
+
+describe("SnapshotCoordinator: a retention policy and scheduled prunes", () => {
+  const h = useCoordinator("h-retention", { last: 2 });
+  const finish = finishIn(h);
+
+  it("forgets a workspace's older snapshots after each commit, and prunes when nothing runs", async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 4; i++) ids.push((await finish(await startedIn(h))).id);
+    const rows = await h.db.selectFrom("snapshots").select("id").orderBy("created_at").execute();
+    expect(rows.map((r) => r.id)).toEqual(ids.slice(2));
+
+    const key = await new TenantKeys(h.db, h.masterKey).get("t1");
+    const repository = await Repository.open(openBlobStore(`file://${h.blobs}/tenants/t1`), key);
+    const chunks = async () => (await repository.loadIndex()).chunkCount;
+    expect(await chunks()).toBe(4); // forgotten, not yet pruned
+    const running = await startedIn(h);
+    await h.coordinator.pruneAll(); // skipped: a snapshot runs
+    expect(await chunks()).toBe(4);
+    await finish(running); // a fifth snapshot; the third is forgotten
+    await h.coordinator.pruneAll();
+    expect(await chunks()).toBe(2);
+    expect(await checkRepository(repository)).toMatchObject({ ok: true, snapshots: 2 });
   });
 });
 

@@ -139,6 +139,8 @@ export class SnapshotCoordinator {
     private readonly blobStoreUrl: string,
     private readonly log: Logger,
     private readonly metrics: Metrics,
+    /** Applied to a workspace after each of its snapshots commits (forget, no prune); none keeps every one. */
+    private readonly retention?: RetentionPolicy,
   ) {}
 
   /** Stops the arrival check's threads (operations still in flight fail). */
@@ -174,9 +176,38 @@ export class SnapshotCoordinator {
 
   /** Takes a snapshot of `req.path` on the agent's host; resolves once it is committed (and listed). */
   async snapshot(req: SnapshotRequest): Promise<SnapshotRow> {
-    return this.measured(this.metrics.snapshots, this.metrics.snapshotSeconds, "committed", () =>
+    const row = await this.measured(this.metrics.snapshots, this.metrics.snapshotSeconds, "committed", () =>
       this.using(req.tenantId, () => this.takeSnapshot(req)),
     );
+    if (this.retention) {
+      // The snapshot stands whatever happens here: a failed forget is retried after the next one.
+      const policy = this.retention;
+      await this.forget({ tenantId: req.tenantId, policy, workspace: req.workspaceId, prune: false, dryRun: false })
+        .then(({ forgotten }) => {
+          if (forgotten.length > 0) this.log.info({ workspace: req.workspaceId, forgotten }, "retention applied");
+        })
+        .catch((err) => this.log.error({ err, workspace: req.workspaceId }, "retention after a snapshot failed"));
+    }
+    return row;
+  }
+
+  /**
+   * Prunes every tenant's repository (the prune interval). A tenant with operations running is left for the
+   * next time, as `forget --prune` would be refused.
+   */
+  async pruneAll(): Promise<void> {
+    const tenants = await this.db.selectFrom("tenant_keys").select("tenant_id").execute();
+    for (const { tenant_id: tenantId } of tenants) {
+      if (this.closed) return;
+      try {
+        const { prune } = await this.forget({ tenantId, policy: {}, prune: true, dryRun: false });
+        if (prune && prune.bytesFreed > 0) this.log.info({ tenantId, ...prune }, "scheduled prune");
+      } catch (err) {
+        if (err instanceof FailedPreconditionError)
+          this.log.info({ tenantId, reason: err.rawMessage }, "prune skipped");
+        else this.log.error({ err, tenantId }, "scheduled prune failed");
+      }
+    }
   }
 
   /** Restores a snapshot onto the agent's host; resolves once the agent reports every file written. */
