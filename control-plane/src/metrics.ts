@@ -65,6 +65,22 @@ export function createMetrics() {
       buckets: OPERATION_SECONDS_BUCKETS,
       registers: [registry],
     }),
+    snapshotsForgotten: new Counter({
+      name: "dumont_snapshots_forgotten_total",
+      help: "Snapshots forgotten (by a forget, by id or by a retention policy)",
+      registers: [registry],
+    }),
+    pruneBytesFreed: new Counter({
+      name: "dumont_prune_bytes_freed_total",
+      help: "Bytes of packs and leftovers prunes deleted from the blob store, less what they rewrote",
+      registers: [registry],
+    }),
+    checkProblems: new Gauge({
+      name: "dumont_check_problems",
+      help: "Problems the last check of each tenant's blob store found (0 = sound)",
+      labelNames: ["tenant"],
+      registers: [registry],
+    }),
     enrollments: new Counter({
       name: "dumont_enrollments_total",
       help: "Enroll calls by result",

@@ -466,10 +466,15 @@ describe("snapshots over the agent stream", () => {
     expect(dry).toMatchObject({ dryRun: true, kept: [b.id], forgotten: [a.id] });
     expect((await snapshots()).map((s) => s.id)).toContain(a.id);
 
+    const metricsBefore = await scrapeMetrics(cp.httpUrl);
     const res = await cli(["snapshot", "forget", ...ws, "--keep-last", "1", "--prune", "--json"]);
     expect(res).toMatchObject({ kept: [b.id], forgotten: [a.id] });
     // The first weights were random: the prune frees about all of their 3 MiB (another workspace's data stays).
     expect(res.prune.bytesFreed).toBeGreaterThan(3 * 1024 * 1024 * 0.9);
+    const metricsAfter = await scrapeMetrics(cp.httpUrl);
+    const grew = (name: string) => metricsAfter.value(name) - (metricsBefore.value(name) || 0);
+    expect(grew("dumont_snapshots_forgotten_total")).toBe(1);
+    expect(grew("dumont_prune_bytes_freed_total")).toBe(res.prune.bytesFreed);
     expect((await snapshots()).map((s) => s.id).sort()).toEqual([...others, b.id].sort());
     const gone = await cp.cli(["snapshot", "restore", a.id, "--host", agent.hostId, "--target", path.join(root, "x")]);
     expect(gone.stderr).toMatch(/not found/);
@@ -525,6 +530,8 @@ describe("snapshots over the agent stream", () => {
           files: [{ snapshotId: snap.id, path: "only file.bin" }],
         }),
       ]);
+      const tenant = json.problems[0].tenantId;
+      expect((await scrapeMetrics(cp.httpUrl)).value("dumont_check_problems", { tenant })).toBe(1);
       // The structure is sound: only reading the data finds it.
       expect(await cli(["snapshot", "check", "--structure-only", "--json"])).toMatchObject({ ok: true });
       await handle.write(byte, 0, 1, 100);
@@ -532,6 +539,7 @@ describe("snapshots over the agent stream", () => {
       await handle.close();
     }
     expect(await cli(["snapshot", "check", "--json"])).toMatchObject({ ok: true });
+    expect((await scrapeMetrics(cp.httpUrl)).value("dumont_check_problems")).toBe(0);
   });
 
   it("a kill -9 of the agent mid-snapshot leaves no snapshot visible; the next one succeeds", async () => {

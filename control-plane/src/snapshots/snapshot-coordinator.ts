@@ -243,6 +243,7 @@ export class SnapshotCoordinator {
       // The tenant's cached chunk index needs no reset: the refresh at the start of every operation drops the
       // packs whose index objects vanished and reads the repacked ones (Repository.loadIndex).
       const prune = await pruneRepository(repo);
+      if (prune.bytesFreed > 0) this.metrics.pruneBytesFreed.inc(prune.bytesFreed);
       this.log.info({ tenantId, ...prune }, "repository pruned");
       return { ...result, prune };
     })();
@@ -272,6 +273,7 @@ export class SnapshotCoordinator {
         beforeDelete: (id) => deleteSnapshot(this.db, tenantId, id),
       });
       if (result.forgotten.length > 0 && !req.dryRun) {
+        this.metrics.snapshotsForgotten.inc(result.forgotten.length);
         this.log.info({ tenantId, forgotten: result.forgotten, kept: result.kept.length }, "snapshots forgotten");
       }
       return result;
@@ -346,7 +348,9 @@ export class SnapshotCoordinator {
    * meanwhile. The chunks are checked on this thread, a pack (~32 MiB, ~30 ms) between turns of the event loop.
    */
   async check(tenantId: string, options: CheckOptions): Promise<CheckReport> {
-    return this.using(tenantId, async () => checkRepository(await this.repositoryOf(tenantId), options));
+    const report = await this.using(tenantId, async () => checkRepository(await this.repositoryOf(tenantId), options));
+    this.metrics.checkProblems.set({ tenant: tenantId }, report.problems.length);
+    return report;
   }
 
   /** Runs an operation on a tenant's repository once no prune of it is running, counted while it runs. */
