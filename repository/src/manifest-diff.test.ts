@@ -62,6 +62,7 @@ describe("diffManifests", () => {
       bytesRemoved: 200,
     });
     expect(changes.map(diffLine)).toContain("U    d/chmod.sh");
+    expect(diffLine({ path: "x", change: "renamed" as never, sizeBefore: 0, sizeAfter: 0 })).toBe("?    x");
   });
 
   it("finds nothing between a snapshot and itself", () => {

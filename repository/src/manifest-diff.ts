@@ -61,7 +61,8 @@ const MARKS: Record<DiffChange, string> = { added: "+", removed: "-", modified: 
 
 /** One change as a line: restic's marks (+ added, - removed, M modified, U metadata, T type), then the path. */
 export function diffLine(c: DiffEntry): string {
-  return `${MARKS[c.change]}    ${c.path}`;
+  // "?" for a kind of change this build does not know (a newer control plane's).
+  return `${MARKS[c.change] ?? "?"}    ${c.path}`;
 }
 
 /** The summary as one line: "2 added, 1 removed, …; 3.1 MiB of new data, 1.0 MiB no longer used". */

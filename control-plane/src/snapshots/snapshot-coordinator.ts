@@ -301,10 +301,11 @@ export class SnapshotCoordinator {
     const tenants = await this.db.selectFrom("tenant_keys").select("tenant_id").execute();
     for (const { tenant_id: tenantId } of tenants) {
       if (this.closed) return;
+      // One tenant's store failing (S3 unreachable, a damaged record) does not keep the others unlisted.
       await this.using(tenantId, async () => {
         const repository = await this.repositoryOf(tenantId);
         await this.changingCatalogue(tenantId, () => this.listUnlisted(tenantId, repository));
-      });
+      }).catch((err) => this.log.error({ err, tenantId }, "could not list this tenant's snapshots again"));
     }
   }
 
