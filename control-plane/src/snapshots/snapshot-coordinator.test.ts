@@ -201,9 +201,14 @@ describe("SnapshotCoordinator: forget and prune", () => {
     expect(Math.abs(rows[0].created_at.getTime() - created_at.getTime())).toBeLessThan(5_000);
   });
 
-  it("at start, lists again every snapshot the repositories hold without a row", async () => {
+  it("at start, lists again every snapshot the repositories hold without a row, past a broken store", async () => {
     const snap = await finish(await started());
     await h.db.deleteFrom("snapshots").where("id", "=", snap.id).execute();
+    // A tenant listed before t1 whose repository cannot be opened: it is skipped, not the end of the relisting.
+    await ensureTenant(h.db, "t0", "tenant zero");
+    await new TenantKeys(h.db, h.masterKey).get("t0");
+    await fs.mkdir(path.join(h.blobs, "tenants", "t0"), { recursive: true });
+    await fs.writeFile(path.join(h.blobs, "tenants", "t0", "config"), "not a repository");
     await h.coordinator.relistAll();
     const rows = await h.db.selectFrom("snapshots").select("id").where("id", "=", snap.id).execute();
     expect(rows).toEqual([{ id: snap.id }]);

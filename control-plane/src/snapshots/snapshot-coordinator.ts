@@ -298,7 +298,7 @@ export class SnapshotCoordinator {
    * that nobody can list, restore or forget. Run at start for every tenant with a key, and before each forget.
    */
   async relistAll(): Promise<void> {
-    const tenants = await this.db.selectFrom("tenant_keys").select("tenant_id").execute();
+    const tenants = await this.db.selectFrom("tenant_keys").select("tenant_id").orderBy("tenant_id").execute();
     for (const { tenant_id: tenantId } of tenants) {
       if (this.closed) return;
       // One tenant's store failing (S3 unreachable, a damaged record) does not keep the others unlisted.
