@@ -12,6 +12,8 @@ export const AGENT_CAPABILITIES = {
   snapshotExclude: "snapshot.exclude",
   /** Restore.include. */
   restoreInclude: "restore.include",
+  /** Manifests in parts: ManifestPart, TakeSnapshot.max_manifest_parts, Restore.manifest_parts. */
+  manifestParts: "manifest.parts",
 } as const;
 
 /**

@@ -53,9 +53,9 @@ export class RepositoryChunkSource implements ChunkSource {
     await this.index;
   }
 
-  async readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlob: Buffer }> {
+  async readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlobs: Buffer[] }> {
     const record = await this.repository.findSnapshot(snapshotId);
-    return { snapshotId: record.id, manifestBlob: await this.repository.readManifestBlob(record) };
+    return { snapshotId: record.id, manifestBlobs: await this.repository.readManifestBlobs(record) };
   }
 
   async *get(ids: Buffer[]): AsyncIterable<FetchedChunk> {

@@ -39,14 +39,19 @@ export {
 } from "./lz4-wasm.js";
 export {
   assertRestorable,
+  MANIFEST_PART_BYTES,
   MAX_CHUNK_LENGTH,
+  MAX_MANIFEST_BYTES,
+  MAX_MANIFEST_PARTS,
   type Manifest,
   type ManifestEntry,
   type ManifestTotals,
   manifestTotals,
   openManifest,
+  openManifestParts,
   type RestorableOptions,
   sealManifest,
+  sealManifestParts,
   symlinkEscapes,
 } from "./manifest.js";
 export {

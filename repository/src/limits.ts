@@ -1,6 +1,19 @@
-// What a user is told to do when a workspace's manifest is too large for one snapshot: said by the repository
-// (a manifest over its 64 MiB object cap) and by the agent (a sealed manifest over its stream's 16 MiB message
-// cap). Constants only, so the agent's session code can import it without loading the repository.
+// What a user is told to do when a workspace's manifest is too large for one snapshot (said by the repository
+// and by the agent), and the sizes of a manifest's parts. Constants only, so the agent's session code can import
+// them without loading the repository.
 export const SMALLER_SNAPSHOT_ADVICE =
   "snapshot a smaller directory, or leave caches, datasets and installed dependencies out of it (list them in " +
   "its .dumontignore, or pass --exclude)";
+
+/**
+ * A manifest is stored in parts of about this many plain bytes (about 12,000 files each), so no object nears the
+ * 64 MiB cap and each part fits one stream message. The parts, in order, are the manifest; see FORMAT.md.
+ */
+export const MANIFEST_PART_BYTES = 2 * 1024 * 1024;
+/**
+ * The most plain bytes the parts of one manifest hold together: over a million files (~200 bytes each with a
+ * short path; 1,000,000 files measured 200 MB, 101 parts, sealed and opened in about 4 s each, ~1 GiB of heap).
+ */
+export const MAX_MANIFEST_BYTES = 256 * 1024 * 1024;
+/** The most parts one manifest has (a snapshot record lists them; MAX_MANIFEST_BYTES is reached long before). */
+export const MAX_MANIFEST_PARTS = 256;

@@ -3,12 +3,16 @@ import { isRepositoryError } from "./errors.js";
 import { generateRepositoryKey } from "./key.js";
 import {
   assertRestorable,
+  MAX_MANIFEST_PARTS,
   type Manifest,
   type ManifestEntry,
   openManifest,
+  openManifestParts,
   sealManifest,
+  sealManifestParts,
   symlinkEscapes,
 } from "./manifest.js";
+import { ObjectKind, openJson } from "./sealing.js";
 
 const dir = (path: string): ManifestEntry => ({ type: "dir", path, mode: 0o755, mtimeNs: "0" });
 const file = (path: string): ManifestEntry => ({
@@ -103,8 +107,50 @@ describe("manifest sealing", () => {
       expect.unreachable();
     } catch (err) {
       expect(isRepositoryError(err, "invalid-argument")).toBe(true);
-      expect((err as Error).message).toMatch(/70 entries make a manifest larger than one snapshot can hold/);
+      expect((err as Error).message).toMatch(/70 entries make a manifest part larger than one object can hold/);
       expect((err as Error).message).toMatch(/snapshot a smaller directory/);
     }
+  });
+});
+
+describe("manifest parts", () => {
+  const key = generateRepositoryKey();
+  const entries = [dir("d"), ...Array.from({ length: 300 }, (_, i) => file(`d/file ${i} ü.txt`)), link("l", "d")];
+
+  it("seals a manifest in parts of about the size asked, in order, that open as the whole", () => {
+    const parts = sealManifestParts(key, entries, { partBytes: 4096 });
+    expect(parts.length).toBeGreaterThan(4);
+    const plains = parts.map((p, i) => openJson(key, ObjectKind.manifest, p, `part ${i}`) as Manifest);
+    // Each part is a manifest of its own, no larger than asked (one entry is ~90 bytes), never empty.
+    for (const plain of plains) {
+      expect(plain.version).toBe(1);
+      expect(plain.entries.length).toBeGreaterThan(0);
+      expect(Buffer.byteLength(JSON.stringify(plain))).toBeLessThanOrEqual(4096 + 64);
+    }
+    expect(plains.flatMap((p) => p.entries)).toEqual(entries);
+    expect(openManifestParts(key, parts)).toEqual(m(...entries));
+    // The default size holds all of them in one part, which opens as a manifest always did.
+    const one = sealManifestParts(key, entries);
+    expect(one).toHaveLength(1);
+    expect(openManifest(key, one[0])).toEqual(m(...entries));
+  });
+
+  it("puts an entry larger than a part in a part of its own", () => {
+    const big = file("x".repeat(10_000));
+    const parts = sealManifestParts(key, [dir("a"), big, dir("b")], { partBytes: 1000 });
+    expect(parts.map((p) => openManifest(key, p).entries)).toEqual([[dir("a")], [big], [dir("b")]]);
+  });
+
+  it("names the part that does not open, and refuses no parts or too many", () => {
+    const parts = sealManifestParts(key, entries, { partBytes: 4096 });
+    const damaged = [...parts];
+    damaged[2] = Buffer.from(damaged[2]);
+    damaged[2][40] ^= 1;
+    expect(() => openManifestParts(key, damaged, "manifest of snapshot s1")).toThrow(
+      `manifest of snapshot s1 (part 3 of ${parts.length}) is unreadable`,
+    );
+    expect(() => openManifestParts(key, [])).toThrow(/it has 0 parts; a manifest has 1 to 256/);
+    const tooMany = Array.from({ length: MAX_MANIFEST_PARTS + 1 }, () => parts[0]);
+    expect(() => openManifestParts(key, tooMany)).toThrow(/it has 257 parts/);
   });
 });

@@ -2,8 +2,11 @@
 // Structure is checked whenever one is opened; `assertRestorable` adds the path-safety rules of restore.
 import { posix } from "node:path";
 import { RepositoryError } from "./errors.js";
-import { SMALLER_SNAPSHOT_ADVICE } from "./limits.js";
-import { ObjectKind, openJson, sealJson } from "./sealing.js";
+import { MANIFEST_PART_BYTES, MAX_MANIFEST_BYTES, MAX_MANIFEST_PARTS, SMALLER_SNAPSHOT_ADVICE } from "./limits.js";
+
+export { MANIFEST_PART_BYTES, MAX_MANIFEST_BYTES, MAX_MANIFEST_PARTS };
+
+import { ObjectKind, openObject, parseJson, sealObject } from "./sealing.js";
 
 export const MAX_CHUNK_LENGTH = 64 * 1024 * 1024;
 
@@ -35,24 +38,95 @@ export interface ManifestTotals {
   chunks: number;
 }
 
-export function sealManifest(key: Buffer, manifest: Manifest): Buffer {
-  try {
-    return sealJson(key, ObjectKind.manifest, manifest);
-  } catch (err) {
-    if ((err as { code?: unknown }).code !== "EOBJECTTOOLARGE") throw err;
-    throw new RepositoryError(
-      "invalid-argument",
-      `${manifest.entries.length} entries make a manifest larger than one snapshot can hold (64 MiB, about ` +
-        `250,000 files): ${SMALLER_SNAPSHOT_ADVICE}`,
-      { cause: err },
-    );
+export interface SealPartsOptions {
+  /** Plain bytes a part holds before the next starts (MANIFEST_PART_BYTES); Infinity seals one part. */
+  partBytes?: number;
+}
+
+/**
+ * Seals a manifest's entries as parts of about `partBytes` plain bytes, in order. Each part is a manifest of
+ * its own ({"version":1,"entries":[...]}); an entry is never split, so one larger than `partBytes` is a part
+ * alone.
+ */
+export function sealManifestParts(
+  key: Buffer,
+  entries: readonly ManifestEntry[],
+  options: SealPartsOptions = {},
+): Buffer[] {
+  const partBytes = options.partBytes ?? MANIFEST_PART_BYTES;
+  const parts: Buffer[] = [];
+  let texts: string[] = [];
+  let bytes = 0;
+  let total = 0;
+  const seal = () => {
+    const plain = Buffer.from(`{"version":1,"entries":[${texts.join(",")}]}`, "utf8");
+    total += plain.length;
+    if (total > MAX_MANIFEST_BYTES) throw tooManyEntries(entries.length);
+    try {
+      parts.push(sealObject(key, ObjectKind.manifest, plain));
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== "EOBJECTTOOLARGE") throw err;
+      throw new RepositoryError(
+        "invalid-argument",
+        `${texts.length} entries make a manifest part larger than one object can hold (64 MiB): ${SMALLER_SNAPSHOT_ADVICE}`,
+        { cause: err },
+      );
+    }
+    texts = [];
+    bytes = 0;
+  };
+  for (const e of entries) {
+    const text = JSON.stringify(e);
+    const size = Buffer.byteLength(text, "utf8") + 1;
+    if (total + bytes + size > MAX_MANIFEST_BYTES) throw tooManyEntries(entries.length);
+    if (texts.length > 0 && bytes + size > partBytes) seal();
+    texts.push(text);
+    bytes += size;
   }
+  if (texts.length > 0 || parts.length === 0) seal();
+  if (parts.length > MAX_MANIFEST_PARTS) throw tooManyEntries(entries.length);
+  return parts;
+}
+
+function tooManyEntries(count: number): RepositoryError {
+  return new RepositoryError(
+    "invalid-argument",
+    `${count} entries make a manifest larger than one snapshot can hold (${MAX_MANIFEST_BYTES / 2 ** 20} MiB, ` +
+      `over a million files): ${SMALLER_SNAPSHOT_ADVICE}`,
+  );
+}
+
+/** Seals a manifest as one part (at most 64 MiB plain, about 250,000 files), for a reader that takes no more. */
+export function sealManifest(key: Buffer, manifest: Manifest): Buffer {
+  return sealManifestParts(key, manifest.entries, { partBytes: Number.POSITIVE_INFINITY })[0];
 }
 
 /** Opens and structurally validates a manifest blob (it does not judge path safety; see assertRestorable). */
 export function openManifest(key: Buffer, blob: Buffer, what = "manifest"): Manifest {
-  const value = openJson(key, ObjectKind.manifest, blob, what);
-  return parseManifest(value, what);
+  return openManifestParts(key, [blob], what);
+}
+
+/**
+ * Opens the parts of a manifest, in order, as one manifest (structure checked part by part; path safety is
+ * assertRestorable's, over the whole). Refuses more than MAX_MANIFEST_PARTS parts or MAX_MANIFEST_BYTES plain.
+ */
+export function openManifestParts(key: Buffer, blobs: readonly Buffer[], what = "manifest"): Manifest {
+  if (blobs.length === 0 || blobs.length > MAX_MANIFEST_PARTS) {
+    throw invalid(what, `it has ${blobs.length} parts; a manifest has 1 to ${MAX_MANIFEST_PARTS}`);
+  }
+  const entries: ManifestEntry[] = [];
+  let total = 0;
+  for (const [i, blob] of blobs.entries()) {
+    const part = blobs.length > 1 ? `${what} (part ${i + 1} of ${blobs.length})` : what;
+    const plain = openObject(key, ObjectKind.manifest, blob, part);
+    total += plain.length;
+    if (total > MAX_MANIFEST_BYTES) {
+      throw invalid(what, `its parts hold more than ${MAX_MANIFEST_BYTES / 2 ** 20} MiB, more than a manifest may`);
+    }
+    // A loop, not push(...): a part may hold more entries than a call takes arguments.
+    for (const e of parseManifest(parseJson(plain, part), part).entries) entries.push(e);
+  }
+  return { version: 1, entries };
 }
 
 export function manifestTotals(manifest: Manifest): ManifestTotals {

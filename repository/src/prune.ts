@@ -93,7 +93,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     const usedChunks = new Set<string>();
     const usedManifests = new Set<string>();
     for (const snap of snapshots) {
-      usedManifests.add(snap.manifest);
+      for (const id of snap.manifests) usedManifests.add(id);
       const manifest = await repository.readManifest(snap);
       for (const e of manifest.entries) if (e.type === "file") for (const id of e.chunks) usedChunks.add(id);
     }

@@ -9,5 +9,5 @@ export interface RepositoryAccess {
   readonly key: Buffer;
   /** A snapshot by id or unique prefix. */
   findSnapshot(idOrPrefix: string): Promise<SnapshotRecord>;
-  readManifestBlob(record: SnapshotRecord): Promise<Buffer>;
+  readManifestBlobs(record: SnapshotRecord): Promise<Buffer[]>;
 }

@@ -7,7 +7,7 @@ import type { BlobWriter } from "./blob-store.js";
 import { copyBytes } from "./copy-bytes.js";
 import { chunkArrivedDamaged, RepositoryError } from "./errors.js";
 import { acquireLock, type HeldLock } from "./lock.js";
-import { assertRestorable, MAX_CHUNK_LENGTH, manifestTotals, openManifest } from "./manifest.js";
+import { assertRestorable, MAX_CHUNK_LENGTH, manifestTotals, openManifestParts } from "./manifest.js";
 import { indexKey, newPackId, type PackEntry, packKey, sealIndex, sealPackTrailer } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
 import type { RepositoryIndex } from "./repository-index.js";
@@ -154,9 +154,9 @@ export class RepositoryWriter implements ChunkSink {
     this.throwIfFailed();
   }
 
-  async commit(manifestBlob: Buffer, meta: SnapshotMeta): Promise<string> {
+  async commit(manifestBlobs: readonly Buffer[], meta: SnapshotMeta): Promise<string> {
     await this.flush();
-    const manifest = openManifest(this.repository.key, manifestBlob);
+    const manifest = openManifestParts(this.repository.key, manifestBlobs);
     // Paths that could never be restored are refused on arrival; whether outward symlinks are acceptable
     // is the restorer's call.
     assertRestorable(manifest, { allowExternalSymlinks: true });
@@ -172,8 +172,13 @@ export class RepositoryWriter implements ChunkSink {
       );
     }
     const store = this.repository.store;
-    const manifestId = sha256(manifestBlob).toString("hex");
-    await store.put(manifestKey(manifestId), manifestBlob);
+    const manifests: string[] = [];
+    for (const blob of manifestBlobs) {
+      const manifestId = sha256(blob).toString("hex");
+      await store.put(manifestKey(manifestId), blob);
+      manifests.push(manifestId);
+      this.stats.bytesWritten += blob.length;
+    }
     const { id, sealed } = sealSnapshotRecord(this.repository.key, {
       time: meta.time ?? new Date().toISOString(),
       workspace: meta.workspace,
@@ -181,12 +186,12 @@ export class RepositoryWriter implements ChunkSink {
       tenant: meta.tenant,
       hostname: meta.hostname ?? hostname(),
       ...(meta.source !== undefined ? { source: meta.source } : {}),
-      manifest: manifestId,
+      manifests,
       totals: manifestTotals(manifest),
       ...(meta.stats ? { stats: meta.stats } : {}),
     });
     await store.put(snapshotKey(id), sealed);
-    this.stats.bytesWritten += manifestBlob.length + sealed.length;
+    this.stats.bytesWritten += sealed.length;
     this.closed = true;
     await this.lock?.release();
     return id;

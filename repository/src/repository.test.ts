@@ -11,12 +11,12 @@ import { isRepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
 import { generateRepositoryKey, parseRepositoryKey } from "./key.js";
 import { acquireLock } from "./lock.js";
-import { type Manifest, sealManifest } from "./manifest.js";
+import { type Manifest, sealManifest, sealManifestParts } from "./manifest.js";
 import { openBlobStore } from "./open-blob-store.js";
 import { packKey } from "./pack.js";
 import { forgetSnapshots, pruneRepository } from "./prune.js";
 import { Repository } from "./repository.js";
-import { chunkCodec } from "./sealing.js";
+import { chunkCodec, ObjectKind, openJson } from "./sealing.js";
 import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
 import type { FetchedChunk, SealedChunk } from "./transfer.js";
 
@@ -82,7 +82,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await writer.put(chunks);
     expect(await writer.missing(chunks.map((c) => c.id))).toHaveLength(0); // pending counts as present
     const id = await writer.commit(
-      sealManifest(key, manifestOf({ "d/a.txt": [chunks[0], chunks[2]], "b.bin": [chunks[1]] })),
+      [sealManifest(key, manifestOf({ "d/a.txt": [chunks[0], chunks[2]], "b.bin": [chunks[1]] }))],
       meta,
     );
 
@@ -137,10 +137,10 @@ describe.each(stores)("repository on %s", (_name, make) => {
     expect(lacking.map((b) => b.toString("hex"))).toEqual(chunks.slice(4).map((c) => c.hex));
     await writer.put(chunks.filter((c) => lacking.some((l) => l.equals(c.id))));
     await expect(
-      writer.commit(sealManifest(key, manifestOf({ f: [...chunks, sealed(key, Buffer.from("never sent"))] })), meta),
+      writer.commit([sealManifest(key, manifestOf({ f: [...chunks, sealed(key, Buffer.from("never sent"))] }))], meta),
     ).rejects.toSatisfy((e) => isRepositoryError(e, "incomplete"));
     const writer2 = await repository.writer();
-    const id = await writer2.commit(sealManifest(key, manifestOf({ f: chunks })), meta);
+    const id = await writer2.commit([sealManifest(key, manifestOf({ f: chunks }))], meta);
     expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([id]);
     await store.close();
   });
@@ -151,7 +151,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const { repository } = await Repository.openOrInit(store, key);
     const writer = await repository.writer();
     const bad: Manifest = { version: 1, entries: [{ type: "dir", path: "../up", mode: 0o755, mtimeNs: "0" }] };
-    await expect(writer.commit(sealManifest(key, bad), meta)).rejects.toSatisfy((e) =>
+    await expect(writer.commit([sealManifest(key, bad)], meta)).rejects.toSatisfy((e) =>
       isRepositoryError(e, "invalid-manifest"),
     );
     await store.close();
@@ -226,7 +226,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const writer = await repository.writer({ packSize: 20_000 }); // one chunk per pack
     await writer.put([good, victim, last]);
     const id = await writer.commit(
-      sealManifest(key, manifestOf({ "ok.bin": [good], "d/broken file.bin": [victim], "last.bin": [last] })),
+      [sealManifest(key, manifestOf({ "ok.bin": [good], "d/broken file.bin": [victim], "last.bin": [last] }))],
       meta,
     );
     const index = await repository.loadIndex();
@@ -288,7 +288,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
       const writer = await repository.writer({ packSize: 30_000 });
       await writer.put([shared, own]);
       ids.push(
-        await writer.commit(sealManifest(key, manifestOf({ shared: [shared], own: [own] })), {
+        await writer.commit([sealManifest(key, manifestOf({ shared: [shared], own: [own] }))], {
           ...meta,
           time: new Date(Date.UTC(2026, 0, 1, i)).toISOString(),
         }),
@@ -331,6 +331,73 @@ describe.each(stores)("repository on %s", (_name, make) => {
   });
 });
 
+describe.each(stores)("a manifest in parts on %s", (_name, make) => {
+  it("commits, lists, reads, checks and prunes a snapshot whose manifest is in parts", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const chunks = Array.from({ length: 40 }, (_, i) => sealed(key, randomBytes(1000 + i)));
+    const files = Object.fromEntries(chunks.map((c, i) => [`d/file ${i} with a long name ${"ü".repeat(40)}`, [c]]));
+    const manifest = manifestOf(files);
+    const writer = await repository.writer();
+    await writer.put(chunks);
+    const parts = sealManifestParts(key, manifest.entries, { partBytes: 2048 });
+    expect(parts.length).toBeGreaterThan(3);
+    const id = await writer.commit(parts, meta);
+
+    // Version 2 of the record lists the parts (a reader from before them refuses it: it has no `manifest`).
+    const raw = openJson(key, ObjectKind.snapshot, await store.get(`snapshots/${id}`), "record") as Record<
+      string,
+      unknown
+    >;
+    expect(raw.version).toBe(2);
+    expect(raw.manifest).toBeUndefined();
+    const [record] = await repository.listSnapshots();
+    expect(record.manifests).toEqual(raw.manifests);
+    expect(record.manifests).toHaveLength(parts.length);
+    expect(record.totals).toMatchObject({ files: 40, dirs: 1 });
+    expect(await repository.readManifest(record)).toEqual(manifest);
+    expect((await checkRepository(repository)).problems).toEqual([]);
+
+    // A prune keeps every part of a snapshot that stays, and removes those of one forgotten.
+    const other = await repository.writer();
+    const second = await other.commit([sealManifest(key, manifestOf({ only: [chunks[0]] }))], meta);
+    const kept = await pruneRepository(repository);
+    expect(kept.manifestsDeleted).toBe(0);
+    expect(await repository.readManifest(record)).toEqual(manifest);
+    await forgetSnapshots(repository, { ids: [id] });
+    const pruned = await pruneRepository(repository);
+    expect(pruned.manifestsDeleted).toBe(parts.length);
+    expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([second]);
+
+    // One part gone: check names the snapshot, and reading it fails rather than give part of the tree.
+    const writer3 = await repository.writer();
+    await writer3.put(chunks); // pruned with the forgotten snapshot
+    const third = await writer3.commit(parts, meta);
+    await store.delete(`manifests/${record.manifests[1]}`);
+    const check = await checkRepository(repository);
+    expect(check.problems).toEqual([expect.objectContaining({ kind: "manifest-unreadable", snapshot: third })]);
+    await expect(repository.readManifest(await repository.findSnapshot(third))).rejects.toThrow();
+    await store.close();
+  });
+
+  it("writes a one-part manifest as version 1 of the record, which every reader opens", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const writer = await repository.writer();
+    const id = await writer.commit([sealManifest(key, manifestOf({}))], meta);
+    const raw = openJson(key, ObjectKind.snapshot, await store.get(`snapshots/${id}`), "record") as Record<
+      string,
+      unknown
+    >;
+    expect(raw).toMatchObject({ version: 1, manifest: expect.stringMatching(/^[0-9a-f]{64}$/) });
+    expect(raw.manifests).toBeUndefined();
+    expect((await repository.findSnapshot(id)).manifests).toEqual([raw.manifest]);
+    await store.close();
+  });
+});
+
 describe("check beside a running snapshot", () => {
   it("does not report a snapshot committed while it reads the repository as missing its chunks", async () => {
     const root = await mkdtemp(join(tmpdir(), "dumont-check-race-"));
@@ -341,7 +408,7 @@ describe("check beside a running snapshot", () => {
       const chunk = sealed(key, randomBytes(2000));
       const writer = await repo.writer();
       await writer.put([chunk]);
-      return writer.commit(sealManifest(key, manifestOf({ [name]: [chunk] })), meta);
+      return writer.commit([sealManifest(key, manifestOf({ [name]: [chunk] }))], meta);
     };
     await commitOne(repository, "before.bin");
     // A store that lets another writer commit a whole snapshot right after the check has listed the index.
@@ -378,7 +445,7 @@ describe("forget by id", () => {
       const chunk = sealed(key, randomBytes(1000 + i));
       const writer = await repository.writer();
       await writer.put([chunk]);
-      ids.push(await writer.commit(sealManifest(key, manifestOf({ [`f${i}`]: [chunk] })), meta));
+      ids.push(await writer.commit([sealManifest(key, manifestOf({ [`f${i}`]: [chunk] }))], meta));
     }
     const listed = async () => (await repository.listSnapshots()).map((s) => s.id).sort();
 
@@ -419,7 +486,7 @@ describe("repository on file://, writing packs", () => {
     const chunks = Array.from({ length: 6 }, () => sealed(key, randomBytes(40_000)));
     const writer = await repository.writer({ packSize: 64 * 1024 });
     await writer.put(chunks);
-    const id = await writer.commit(sealManifest(key, manifestOf({ "a.bin": chunks })), meta);
+    const id = await writer.commit([sealManifest(key, manifestOf({ "a.bin": chunks }))], meta);
     expect(writer.stats.packs).toBeGreaterThan(1);
     const check = await checkRepository(await Repository.open(store, key));
     expect(check.problems).toEqual([]);

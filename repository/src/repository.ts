@@ -4,7 +4,7 @@ import type { BlobStore } from "./blob-store.js";
 import { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
 import { isRepositoryError, RepositoryError } from "./errors.js";
 import { assertKey } from "./key.js";
-import { type Manifest, openManifest } from "./manifest.js";
+import { type Manifest, openManifestParts } from "./manifest.js";
 import { indexKey, openIndex, type PackIndex } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
 import { RepositoryIndex } from "./repository-index.js";
@@ -177,19 +177,21 @@ export class Repository implements RepositoryAccess {
     return openSnapshotRecord(this.key, id, await this.store.get(snapshotKey(id)));
   }
 
-  async readManifestBlob(record: SnapshotRecord): Promise<Buffer> {
-    const blob = await this.store.get(manifestKey(record.manifest));
-    if (sha256(blob).toString("hex") !== record.manifest) {
-      throw new RepositoryError(
-        "corrupt",
-        `manifest ${record.manifest} of snapshot ${record.id} does not match its id`,
-      );
+  /** The sealed parts of a snapshot's manifest, in order, each checked against its id. */
+  async readManifestBlobs(record: SnapshotRecord): Promise<Buffer[]> {
+    const blobs: Buffer[] = [];
+    for (const id of record.manifests) {
+      const blob = await this.store.get(manifestKey(id));
+      if (sha256(blob).toString("hex") !== id) {
+        throw new RepositoryError("corrupt", `manifest ${id} of snapshot ${record.id} does not match its id`);
+      }
+      blobs.push(blob);
     }
-    return blob;
+    return blobs;
   }
 
   async readManifest(record: SnapshotRecord): Promise<Manifest> {
-    return openManifest(this.key, await this.readManifestBlob(record), `manifest of snapshot ${record.id}`);
+    return openManifestParts(this.key, await this.readManifestBlobs(record), `manifest of snapshot ${record.id}`);
   }
 
   /** A writer (ChunkSink) over a freshly loaded or given index. */

@@ -61,7 +61,11 @@ export function sealJson(key: Buffer, kind: string, value: unknown): Buffer {
 }
 
 export function openJson(key: Buffer, kind: string, sealed: Buffer, what: string): unknown {
-  const plain = openObject(key, kind, sealed, what);
+  return parseJson(openObject(key, kind, sealed, what), what);
+}
+
+/** Parses an opened object's JSON; `what` names it in the error. */
+export function parseJson(plain: Buffer, what: string): unknown {
   try {
     return JSON.parse(plain.toString("utf8"));
   } catch (err) {

@@ -61,8 +61,13 @@ export interface ChunkSink {
    * caller reuses the memory of `id` and `blob` once this resolves: copy anything kept beyond that.
    */
   put(chunks: SealedChunk[]): Promise<void>;
-  /** Makes every chunk durable, then records the snapshot; resolves to its id. Nothing is listed before. */
-  commit(manifestBlob: Buffer, meta: SnapshotMeta): Promise<string>;
+  /**
+   * Makes every chunk durable, then records the snapshot whose manifest is these sealed parts, in order
+   * (sealManifestParts); resolves to its id. Nothing is listed before.
+   */
+  commit(manifestBlobs: readonly Buffer[], meta: SnapshotMeta): Promise<string>;
+  /** The most manifest parts `commit` takes (MAX_MANIFEST_PARTS when unset). */
+  readonly maxManifestParts?: number;
   /** Gives up: nothing becomes visible; chunks already durable stay for the next attempt to reuse. */
   abort(): Promise<void>;
 }
@@ -83,8 +88,8 @@ export interface ChunkBuffers {
 }
 
 export interface ChunkSource {
-  /** The sealed manifest of a snapshot (`snapshotId` may be a unique prefix) and the full id. */
-  readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlob: Buffer }>;
+  /** The sealed parts of a snapshot's manifest, in order (`snapshotId` may be a unique prefix), and the full id. */
+  readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlobs: Buffer[] }>;
   /**
    * Yields each requested chunk once, in any order. A chunk that cannot be read is yielded with `error`
    * (and no blob) so the caller can name the files it affects. A blob may be a view into a larger buffer

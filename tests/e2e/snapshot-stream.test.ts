@@ -81,6 +81,27 @@ describe("snapshots over the agent stream", () => {
     return hosts.find((h) => h.id === agent.hostId)?.status === "online";
   };
 
+  /**
+   * A tree whose manifest needs several parts (over 2 MiB of it): 2,500 small files under eight levels of
+   * 200-character directory names, so each entry is about 2 KB — the manifest of ~12,000 ordinary files, made
+   * in a second. Made once, on first use.
+   */
+  let manyFiles: Promise<string> | undefined;
+  const manyFilesTree = () => {
+    manyFiles ??= (async () => {
+      const tree = path.join(root, "many-files");
+      const deep = path.join(tree, ...Array.from({ length: 8 }, (_, i) => `level-${i}-${"d".repeat(190)}`));
+      await fs.mkdir(deep, { recursive: true });
+      for (let i = 0; i < 2500; i++) {
+        const name = `file-${String(i).padStart(4, "0")}-${"f".repeat(180)}.txt`;
+        await fs.writeFile(path.join(deep, name), i % 10 === 0 ? "" : `line ${i}\n`.repeat(1 + (i % 7)));
+      }
+      await ageFiles(tree);
+      return tree;
+    })();
+    return manyFiles;
+  };
+
   beforeAll(async () => {
     root = await tempDir("e2e-snapshots");
     db = await testDatabaseUrl();
@@ -306,10 +327,35 @@ describe("snapshots over the agent stream", () => {
       await expect(
         snapshotsApi.restoreSnapshot({ snapshotId: snap.id, hostId, target: "/srv/restored", include: ["src/"] }),
       ).rejects.toThrow(/failed_precondition.*runs an agent too old to restore only what --include names/);
+      // A snapshot whose manifest is in parts: an older agent would take the last part for the whole.
+      const parted = await snapshotOf(await manyFilesTree());
+      await expect(
+        snapshotsApi.restoreSnapshot({ snapshotId: parted.id, hostId, target: "/srv/restored" }),
+      ).rejects.toThrow(/failed_precondition.*runs an agent too old to restore a snapshot of over.*"manifest\.parts"/);
     } finally {
       stream.end();
       client.close();
     }
+  });
+
+  it("snapshots and restores a tree whose manifest is in parts, byte for byte", async () => {
+    const tree = await manyFilesTree();
+    const manifests = async () =>
+      (await fs.readdir(path.join(cp.dataDir, "blobs"), { recursive: true }).catch(() => [])).filter((f) =>
+        /manifests\/[0-9a-f]{64}$/.test(f),
+      ).length;
+    const before = await manifests();
+    const snap = await snapshotOf(tree);
+    expect(snap.files).toBe(2500);
+    // Stored as several manifest objects (about 5 MB of manifest in parts of 2 MiB), not one.
+    expect((await manifests()) - before).toBeGreaterThanOrEqual(3);
+    const target = path.join(root, "many-files-restored");
+    const restored = await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
+    expect(restored.files).toBe(2500);
+    expect(await describeTree(target)).toEqual(await describeTree(tree));
+    const listed = (await cli(["snapshot", "ls", snap.id, "--json"])) as { path: string }[];
+    expect(listed).toHaveLength(2500 + 8);
+    await fs.rm(target, { recursive: true });
   });
 
   it("restores a workspace many pack reads long byte for byte (the control plane reuses its read buffers)", async () => {

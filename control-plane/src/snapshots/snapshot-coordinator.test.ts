@@ -13,6 +13,7 @@ import {
   Repository,
   type RetentionPolicy,
   sealManifest,
+  sealManifestParts,
 } from "@dumont/repository";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { AgentSession } from "../agent-gateway/agent-session.js";
@@ -164,6 +165,85 @@ describe("SnapshotCoordinator: the arrival check", () => {
     const before = await db.selectFrom("snapshots").select("id").execute();
     await expect(commitWith(stats)).rejects.toThrow(error);
     expect(await db.selectFrom("snapshots").select("id").execute()).toEqual(before);
+  });
+
+  it("takes a manifest's parts in order before its commit, and refuses parts out of order or miscounted", async () => {
+    // What the agent is told it may send, then a manifest of three parts, the last in the commit.
+    const parted = async (send: (parts: Buffer[], s: Awaited<ReturnType<typeof start>>) => void) => {
+      sent.length = 0; // start() reads the first message sent
+      const started = await start();
+      const take = sent[0].msg;
+      expect(take.case === "takeSnapshot" && take.value.maxManifestParts).toBe(256);
+      const plain = randomBytes(10_000);
+      const chunk = chunkCodec.sealChunk(started.key, plain);
+      const files = ["a", "b", "c"].map((name) => ({
+        type: "file" as const,
+        path: name,
+        mode: 0o644,
+        mtimeNs: "0",
+        size: plain.length,
+        chunks: [chunk.id.toString("hex")],
+        lengths: [plain.length],
+      }));
+      const parts = sealManifestParts(started.key, files, { partBytes: 100 });
+      expect(parts).toHaveLength(3);
+      started.agentSends({
+        case: "snapshotChunks",
+        value: {
+          requestId: started.requestId,
+          epoch: 3n,
+          chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }],
+        },
+      });
+      send(parts, started);
+      return started.snapshot;
+    };
+    const part = (s: Awaited<ReturnType<typeof start>>, index: number, blob: Buffer) =>
+      s.agentSends({ case: "snapshotManifestPart", value: { requestId: s.requestId, epoch: 3n, index, part: blob } });
+    const commit = (s: Awaited<ReturnType<typeof start>>, blob: Buffer, manifestParts: number) =>
+      s.agentSends({
+        case: "snapshotCommit",
+        value: { requestId: s.requestId, epoch: 3n, manifest: blob, manifestParts },
+      });
+
+    const row = await parted((parts, s) => {
+      part(s, 0, parts[0]);
+      part(s, 1, parts[1]);
+      commit(s, parts[2], 3);
+    });
+    const listed = (await coordinator.readManifest(row)).entries.map((e) => e.path);
+    expect(listed).toEqual(["a", "b", "c"]);
+
+    await expect(
+      parted((parts, s) => {
+        part(s, 1, parts[1]);
+        commit(s, parts[2], 3);
+      }),
+    ).rejects.toThrow(/sent manifest part 1 after 0 parts/);
+    await expect(
+      parted((parts, s) => {
+        part(s, 0, parts[0]);
+        commit(s, parts[2], 3);
+      }),
+    ).rejects.toThrow(/committed a manifest of 3 parts and sent 2/);
+    // Each refusal tells the agent to stop sending (it would otherwise wait on its commit's answer).
+    expect(sent.filter((m) => m.msg.case === "snapshotAborted")).toHaveLength(1);
+    await expect(
+      parted((parts, s) =>
+        s.agentSends({
+          case: "snapshotManifestPart",
+          value: { requestId: s.requestId, epoch: 2n, index: 0, part: parts[0] },
+        }),
+      ),
+    ).rejects.toThrow(/refused a snapshot message from lease epoch 2; the current epoch is 3/);
+    expect(sent.filter((m) => m.msg.case === "snapshotAborted")).toHaveLength(1);
+    // Parts adding up to more than a manifest may hold are refused as they come, not gathered first.
+    const big = Buffer.alloc(16 * 1024 * 1024 - 1024);
+    await expect(
+      parted((_parts, s) => {
+        for (let i = 0; i < 20; i++) part(s, i, big);
+      }),
+    ).rejects.toThrow(/the agent sent more than 256 MiB of manifest parts/);
   });
 });
 

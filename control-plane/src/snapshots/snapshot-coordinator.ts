@@ -5,6 +5,7 @@
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import {
+  AGENT_CAPABILITIES,
   type AgentMessage,
   ControlMessageSchema,
   encodeRestoreChunks,
@@ -26,6 +27,8 @@ import {
   forgetSnapshots,
   hasRetentionRule,
   isRepositoryError,
+  MAX_MANIFEST_BYTES,
+  MAX_MANIFEST_PARTS,
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
   type Manifest,
@@ -405,6 +408,13 @@ export class SnapshotCoordinator {
     const writer = await repository.writer({ index: this.index(req.tenantId), refreshIndex: true });
     /** Chunk messages in hand (being checked or waiting to be written); the stream is paused above MAX_VERIFYING. */
     let outstanding = 0;
+    /**
+     * The manifest's parts sent ahead of the commit (ManifestPart), in order, and their bytes: bounded by
+     * MAX_MANIFEST_PARTS and MAX_MANIFEST_BYTES (sealing adds a few bytes to each), so an agent cannot make the
+     * control plane hold more than a real manifest takes.
+     */
+    const manifestParts: Buffer[] = [];
+    let manifestBytes = 0;
     const requestId = randomUUID();
     const session = req.session;
     return new Promise<SnapshotRow>((resolve, reject) => {
@@ -422,18 +432,21 @@ export class SnapshotCoordinator {
           reject(err);
         } else resolve(row!);
       };
+      /** Gives up on the snapshot and tells the agent to stop sending it (once; not after it ended otherwise). */
+      const abandon = (err: Error) => {
+        if (finished) return;
+        finish(err);
+        this.log.warn({ hostId: session.hostId, requestId, reason: err.message }, "snapshot aborted");
+        void session
+          .send(
+            create(ControlMessageSchema, {
+              msg: { case: "snapshotAborted", value: { requestId, message: err.message } },
+            }),
+          )
+          .catch(() => undefined);
+      };
       const serial = (work: () => Promise<void>) => {
-        chain = chain.then(work).catch((err: Error) => {
-          finish(err);
-          this.log.warn({ hostId: session.hostId, requestId, reason: err.message }, "snapshot aborted");
-          void session
-            .send(
-              create(ControlMessageSchema, {
-                msg: { case: "snapshotAborted", value: { requestId, message: err.message } },
-              }),
-            )
-            .catch(() => undefined);
-        });
+        chain = chain.then(work).catch(abandon);
       };
       this.operations.set(requestId, {
         hostId: session.hostId,
@@ -441,7 +454,7 @@ export class SnapshotCoordinator {
         handle: (message) => {
           const m = message.msg;
           if (m.case === "snapshotOffer") {
-            if (m.value.epoch !== req.epoch) return finish(staleEpoch(m.value.epoch, req.epoch));
+            if (m.value.epoch !== req.epoch) return abandon(staleEpoch(m.value.epoch, req.epoch));
             const batch = m.value.batch;
             const ids = m.value.chunkIds.map((id) => Buffer.from(id));
             // Answered at once, not behind the chunks still being written: waiting for them turned every
@@ -456,7 +469,7 @@ export class SnapshotCoordinator {
               );
             })().catch((err: Error) => finish(err));
           } else if (m.case === "snapshotChunks") {
-            if (m.value.epoch !== req.epoch) return finish(staleEpoch(m.value.epoch, req.epoch));
+            if (m.value.epoch !== req.epoch) return abandon(staleEpoch(m.value.epoch, req.epoch));
             const chunks = m.value.chunks.map((c) => ({
               id: Buffer.from(c.id),
               blob: Buffer.from(c.blob.buffer, c.blob.byteOffset, c.blob.byteLength),
@@ -476,11 +489,38 @@ export class SnapshotCoordinator {
                 if (outstanding-- === MAX_VERIFYING + 1) session.resumeInbound();
               }
             });
+          } else if (m.case === "snapshotManifestPart") {
+            if (m.value.epoch !== req.epoch) return abandon(staleEpoch(m.value.epoch, req.epoch));
+            if (m.value.index !== manifestParts.length || manifestParts.length >= MAX_MANIFEST_PARTS - 1) {
+              return abandon(
+                new InvalidArgumentError(
+                  `the agent sent manifest part ${m.value.index} after ${manifestParts.length} parts (at most ` +
+                    `${MAX_MANIFEST_PARTS} in all, in order)`,
+                ),
+              );
+            }
+            manifestBytes += m.value.part.length;
+            if (manifestBytes > MAX_MANIFEST_BYTES + MAX_MANIFEST_PARTS * 1024) {
+              return abandon(
+                new InvalidArgumentError(
+                  `the agent sent more than ${MAX_MANIFEST_BYTES / 2 ** 20} MiB of manifest parts, more than a manifest holds`,
+                ),
+              );
+            }
+            manifestParts.push(Buffer.from(m.value.part));
           } else if (m.case === "snapshotCommit") {
-            if (m.value.epoch !== req.epoch) return finish(staleEpoch(m.value.epoch, req.epoch));
+            if (m.value.epoch !== req.epoch) return abandon(staleEpoch(m.value.epoch, req.epoch));
             const commit = m.value;
+            const parts = [...manifestParts, Buffer.from(commit.manifest)];
+            if (parts.length !== Math.max(1, commit.manifestParts)) {
+              return abandon(
+                new InvalidArgumentError(
+                  `the agent committed a manifest of ${commit.manifestParts} parts and sent ${parts.length}`,
+                ),
+              );
+            }
             serial(async () => {
-              const row = await this.commit(writer, commit, req);
+              const row = await this.commit(writer, commit, parts, req);
               await session.send(
                 create(ControlMessageSchema, {
                   msg: { case: "snapshotCommitted", value: { requestId, snapshotId: row.id } },
@@ -508,6 +548,7 @@ export class SnapshotCoordinator {
                 tenantKey: key,
                 tenantId: req.tenantId,
                 exclude: req.exclude ?? [],
+                maxManifestParts: MAX_MANIFEST_PARTS,
               },
             },
           }),
@@ -534,9 +575,15 @@ export class SnapshotCoordinator {
       maxRead: RESTORE_READ_BYTES,
       readBuffers: { allocate: (size) => reads.take(size), release: (buffer) => reads.give(buffer) },
     });
-    const { manifestBlob } = await source.readManifest(req.snapshot.id);
-    const requestId = randomUUID();
+    const { manifestBlobs } = await source.readManifest(req.snapshot.id);
     const session = req.session;
+    if (manifestBlobs.length > 1) {
+      session.require(
+        AGENT_CAPABILITIES.manifestParts,
+        `restore a snapshot of over ~12,000 files (a manifest in parts)`,
+      );
+    }
+    const requestId = randomUUID();
     return new Promise((resolve, reject) => {
       let finished = false;
       const finish = (err: Error | undefined, result?: { files: number; bytesWritten: number }) => {
@@ -564,8 +611,17 @@ export class SnapshotCoordinator {
           }
         },
       });
-      session
-        .send(
+      const last = manifestBlobs.length - 1;
+      (async () => {
+        // The parts before the last go first, in order; the Restore carries the last and the count.
+        for (let index = 0; index < last; index++) {
+          await session.send(
+            create(ControlMessageSchema, {
+              msg: { case: "restoreManifestPart", value: { requestId, index, part: manifestBlobs[index] } },
+            }),
+          );
+        }
+        await session.send(
           create(ControlMessageSchema, {
             msg: {
               case: "restore",
@@ -573,15 +629,16 @@ export class SnapshotCoordinator {
                 requestId,
                 snapshotId: req.snapshot.id,
                 target: req.target,
-                manifest: manifestBlob,
+                manifest: manifestBlobs[last],
+                manifestParts: manifestBlobs.length,
                 tenantKey: key,
                 epoch: BigInt(req.snapshot.epoch),
                 include: req.include ?? [],
               },
             },
           }),
-        )
-        .catch((err: Error) => finish(err));
+        );
+      })().catch((err: Error) => finish(err));
     });
   }
 
@@ -624,7 +681,12 @@ export class SnapshotCoordinator {
     await flush(true);
   }
 
-  private async commit(writer: RepositoryWriter, commit: SnapshotCommit, req: SnapshotRequest): Promise<SnapshotRow> {
+  private async commit(
+    writer: RepositoryWriter,
+    commit: SnapshotCommit,
+    manifestParts: Buffer[],
+    req: SnapshotRequest,
+  ): Promise<SnapshotRow> {
     const s = commit.stats;
     const skipped = skippedEntries(s);
     const counts = {
@@ -639,7 +701,7 @@ export class SnapshotCoordinator {
     // The record lists what was left out, as a direct-mode snapshot's does (see createSnapshot).
     const stats = skipped.filesSkipped > 0 ? { ...counts, skipped: skipped.skipped } : counts;
     // The repository commit verifies the manifest and makes every pack durable before the snapshot object.
-    const id = await writer.commit(Buffer.from(commit.manifest), {
+    const id = await writer.commit(manifestParts, {
       workspace: req.workspaceId,
       epoch: Number(req.epoch),
       tenant: req.tenantId,

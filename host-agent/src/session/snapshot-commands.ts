@@ -4,6 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { AgentMessageSchema, type ControlMessage, type Restore, type TakeSnapshot } from "@dumont/proto";
+import { MAX_MANIFEST_PARTS } from "@dumont/repository/limits";
 import type { Logger } from "../logger.js";
 import type { SnapshotWorkerPool } from "../snapshot/index.js";
 import type { ControlPlaneSession } from "./control-plane-session.js";
@@ -22,6 +23,11 @@ export class SnapshotCommands {
   private idleTimer: NodeJS.Timeout | undefined;
   private readonly sinks = new Map<string, StreamChunkSink>();
   private readonly sources = new Map<string, StreamChunkSource>();
+  /**
+   * Manifest parts the control plane sent ahead of a Restore, by request id; the Restore takes them. Kept
+   * here, not by the source: the Restore's engine starts after an await, and the parts are already read.
+   */
+  private readonly manifestParts = new Map<string, { parts: Buffer[]; error?: string }>();
 
   constructor(
     private readonly session: ControlPlaneSession,
@@ -34,6 +40,7 @@ export class SnapshotCommands {
       const err = new Error("the stream to the control plane closed");
       for (const s of this.sinks.values()) s.fail(err);
       for (const s of this.sources.values()) s.fail(err);
+      this.manifestParts.clear();
     });
   }
 
@@ -63,6 +70,16 @@ export class SnapshotCommands {
       case "restoreChunks":
         this.sources.get(m.value.requestId)?.receive(message);
         return;
+      case "restoreManifestPart": {
+        const held = this.manifestParts.get(m.value.requestId) ?? { parts: [] };
+        this.manifestParts.set(m.value.requestId, held);
+        if (held.error) return;
+        if (m.value.index !== held.parts.length || held.parts.length >= MAX_MANIFEST_PARTS - 1) {
+          held.error = `manifest part ${m.value.index} arrived after ${held.parts.length} parts`;
+          held.parts = [];
+        } else held.parts.push(Buffer.from(m.value.part));
+        return;
+      }
     }
   }
 
@@ -106,7 +123,7 @@ export class SnapshotCommands {
   }
 
   private async takeSnapshot(cmd: TakeSnapshot): Promise<void> {
-    const sink = new StreamChunkSink(this.session, cmd.requestId, cmd.epoch);
+    const sink = new StreamChunkSink(this.session, cmd.requestId, cmd.epoch, cmd.maxManifestParts);
     this.sinks.set(cmd.requestId, sink);
     const started = Date.now();
     try {
@@ -161,11 +178,19 @@ export class SnapshotCommands {
           msg: { case: "restoreProgress", value: { requestId: cmd.requestId, done: true, ...value } },
         }),
       );
+    const held = this.manifestParts.get(cmd.requestId) ?? { parts: [] };
+    this.manifestParts.delete(cmd.requestId);
     try {
       if (!path.isAbsolute(cmd.target)) throw new Error(`target must be absolute, got ${JSON.stringify(cmd.target)}`);
+      const manifest = [...held.parts, Buffer.from(cmd.manifest)];
+      if (held.error || manifest.length !== Math.max(1, cmd.manifestParts)) {
+        throw new Error(
+          `the control plane sent ${manifest.length} of the manifest's ${Math.max(1, cmd.manifestParts)} parts` +
+            (held.error ? ` (${held.error})` : ""),
+        );
+      }
       const result = await this.withEngine(({ restoreSnapshot, pool }) => {
         // Chunks are copied into the workers' shared memory as they arrive (see StreamChunkSource).
-        const manifest = Buffer.from(cmd.manifest);
         const source = new StreamChunkSource(this.session, cmd.requestId, cmd.snapshotId, manifest, pool.chunkBuffers);
         this.sources.set(cmd.requestId, source);
         return restoreSnapshot({

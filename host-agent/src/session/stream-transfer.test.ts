@@ -38,7 +38,7 @@ describe("StreamChunkSink", () => {
       const closed = new Error("the stream to the control plane closed while sending");
       const sink = new StreamChunkSink({ send: () => Promise.reject(closed) }, "r0", 0n);
       await expect(sink.missing([Buffer.alloc(32, 1)])).rejects.toBe(closed);
-      await expect(sink.commit(Buffer.alloc(8), { workspace: "w", epoch: 0, tenant: "t" })).rejects.toBe(closed);
+      await expect(sink.commit([Buffer.alloc(8)], { workspace: "w", epoch: 0, tenant: "t" })).rejects.toBe(closed);
       sink.fail(new Error("the stream to the control plane closed"));
       await new Promise((resolve) => setTimeout(resolve, 20));
       expect(unhandled).toEqual([]);
@@ -166,10 +166,29 @@ describe("StreamChunkSink", () => {
     const { port, messages } = lazyPort();
     const sink = new StreamChunkSink(port, "r4", 0n);
     const meta = { workspace: "w", epoch: 0, tenant: "t" };
-    await expect(sink.commit(Buffer.alloc(MAX_MESSAGE_BYTES), meta)).rejects.toThrow(
+    await expect(sink.commit([Buffer.alloc(MAX_MESSAGE_BYTES)], meta)).rejects.toThrow(
       /sealed manifest is 16\.0 MiB, more than the agent's stream carries in one message \(16 MiB\)/,
     );
     expect(messages()).toEqual([]);
+  });
+
+  it("sends a manifest's parts in order ahead of the commit, which carries the last and the count", async () => {
+    const { port, messages } = lazyPort();
+    const sink = new StreamChunkSink(port, "r7", 5n, 3);
+    const meta = { workspace: "w", epoch: 5, tenant: "t" };
+    const parts = [Buffer.from("part one"), Buffer.from("part two"), Buffer.from("part three")];
+    await expect(sink.commit([...parts, Buffer.from("four")], meta)).rejects.toThrow(
+      "a manifest of 4 parts; the control plane takes 1 to 3",
+    );
+    const committed = sink.commit(parts, meta);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    sink.receive(create(ControlMessageSchema, { msg: { case: "snapshotCommitted", value: { snapshotId: "s1" } } }));
+    await expect(committed).resolves.toBe("s1");
+    expect(messages().map((m) => [m.msg.case, m.msg.value])).toEqual([
+      ["snapshotManifestPart", expect.objectContaining({ requestId: "r7", index: 0, part: parts[0], epoch: 5n })],
+      ["snapshotManifestPart", expect.objectContaining({ requestId: "r7", index: 1, part: parts[1], epoch: 5n })],
+      ["snapshotCommit", expect.objectContaining({ requestId: "r7", manifest: parts[2], manifestParts: 3 })],
+    ]);
   });
 
   it("fails pending calls when the stream goes away", async () => {
@@ -185,7 +204,7 @@ describe("StreamChunkSink", () => {
 describe("StreamChunkSource", () => {
   it("yields each chunk of a batch (views into the message, left intact), and ends on the last message", async () => {
     const { port, messages } = lazyPort();
-    const source = new StreamChunkSource(port, "r4", "abcdef", Buffer.from("manifest"));
+    const source = new StreamChunkSource(port, "r4", "abcdef", [Buffer.from("manifest")]);
     const got: { id: string; blob?: number[]; error?: string }[] = [];
     const reading = (async () => {
       for await (const c of source.get([Buffer.alloc(32, 1), Buffer.alloc(32, 2)])) {
@@ -219,7 +238,7 @@ describe("StreamChunkSource", () => {
     expect([...wire]).toEqual([9, 9, 8, 8]);
     await expect(source.readManifest("abc")).resolves.toEqual({
       snapshotId: "abcdef",
-      manifestBlob: Buffer.from("manifest"),
+      manifestBlobs: [Buffer.from("manifest")],
     });
   });
 });
@@ -255,7 +274,7 @@ describe("StreamChunkSource with receive buffers", () => {
   it("copies chunks into the buffers as they arrive, filling one before the next, never across batches", async () => {
     const { port, messages } = lazyPort();
     const { buffers, allocated, released } = countingBuffers();
-    const source = new StreamChunkSource(port, "r6", "abcdef", Buffer.from("m"), buffers);
+    const source = new StreamChunkSource(port, "r6", "abcdef", [Buffer.from("m")], buffers);
     const taken: Buffer[] = [];
     const reading = (async () => {
       for await (const c of source.get([Buffer.alloc(32)])) taken.push(c.blob!);
@@ -290,7 +309,7 @@ describe("StreamChunkSource with receive buffers", () => {
   it("releases the buffers no chunk was taken from when the engine stops reading, and only those", async () => {
     const { port, messages } = lazyPort();
     const { buffers, allocated, released } = countingBuffers();
-    const source = new StreamChunkSource(port, "r6", "abcdef", Buffer.from("m"), buffers);
+    const source = new StreamChunkSource(port, "r6", "abcdef", [Buffer.from("m")], buffers);
     const iterator = source.get([Buffer.alloc(32)])[Symbol.asyncIterator]();
     const first = iterator.next();
     await new Promise((r) => setImmediate(r));
@@ -333,7 +352,7 @@ describe("StreamChunkSource backpressure", () => {
 
   it("holds the stream back while over 64 MiB wait for the engine, and reads again once it has taken them", async () => {
     const { port, messages, state } = pausingPort();
-    const source = new StreamChunkSource(port, "r5", "abcdef", Buffer.from("m"));
+    const source = new StreamChunkSource(port, "r5", "abcdef", [Buffer.from("m")]);
     const iterator = source.get([Buffer.alloc(32)])[Symbol.asyncIterator]();
     const first = iterator.next(); // sends the request, then waits on the empty queue
     await new Promise((r) => setImmediate(r));
@@ -353,7 +372,7 @@ describe("StreamChunkSource backpressure", () => {
 
   it("does not pause while the engine waits on a batch, pauses once it does not, and resumes if the stream fails", async () => {
     const { port, messages, state } = pausingPort();
-    const source = new StreamChunkSource(port, "r5", "abcdef", Buffer.from("m"));
+    const source = new StreamChunkSource(port, "r5", "abcdef", [Buffer.from("m")]);
     const a = source.get([Buffer.alloc(32, 1)])[Symbol.asyncIterator]();
     const b = source.get([Buffer.alloc(32, 2)])[Symbol.asyncIterator]();
     const firstA = a.next();

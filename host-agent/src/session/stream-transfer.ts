@@ -86,6 +86,8 @@ export class StreamChunkSink implements ChunkSink {
     private readonly port: StreamPort,
     private readonly requestId: string,
     private readonly epoch: bigint,
+    /** TakeSnapshot.max_manifest_parts: 0 from a control plane that takes one part only. */
+    readonly maxManifestParts = 1,
   ) {}
 
   /** Feeds control-plane replies for this request. */
@@ -157,14 +159,33 @@ export class StreamChunkSink implements ChunkSink {
     await flush();
   }
 
-  async commit(manifestBlob: Buffer, meta: SnapshotMeta): Promise<string> {
+  async commit(manifestBlobs: readonly Buffer[], meta: SnapshotMeta): Promise<string> {
     this.assertOpen();
-    // A message over gRPC's limit would not fail this snapshot alone: it would end the agent's whole stream.
-    if (manifestBlob.length > MAX_MESSAGE_BYTES - MANIFEST_HEADROOM_BYTES) {
+    if (manifestBlobs.length === 0 || manifestBlobs.length > Math.max(1, this.maxManifestParts)) {
       throw new Error(
-        `the sealed manifest is ${(manifestBlob.length / 2 ** 20).toFixed(1)} MiB, more than the agent's stream ` +
-          `carries in one message (${MAX_MESSAGE_BYTES / 2 ** 20} MiB): ${SMALLER_SNAPSHOT_ADVICE}`,
+        `a manifest of ${manifestBlobs.length} parts; the control plane takes 1 to ${Math.max(1, this.maxManifestParts)}`,
       );
+    }
+    // A message over gRPC's limit would not fail this snapshot alone: it would end the agent's whole stream.
+    for (const blob of manifestBlobs) {
+      if (blob.length > MAX_MESSAGE_BYTES - MANIFEST_HEADROOM_BYTES) {
+        throw new Error(
+          `the sealed manifest is ${(blob.length / 2 ** 20).toFixed(1)} MiB, more than the agent's stream ` +
+            `carries in one message (${MAX_MESSAGE_BYTES / 2 ** 20} MiB): ${SMALLER_SNAPSHOT_ADVICE}`,
+        );
+      }
+    }
+    const last = manifestBlobs.length - 1;
+    for (let index = 0; index < last; index++) {
+      await this.port.send(
+        create(AgentMessageSchema, {
+          msg: {
+            case: "snapshotManifestPart",
+            value: { requestId: this.requestId, index, part: manifestBlobs[index], epoch: this.epoch },
+          },
+        }),
+      );
+      this.assertOpen();
     }
     const done = new Promise<string>((resolve, reject) => {
       this.committed = { resolve, reject };
@@ -177,7 +198,8 @@ export class StreamChunkSink implements ChunkSink {
           case: "snapshotCommit",
           value: {
             requestId: this.requestId,
-            manifest: manifestBlob,
+            manifest: manifestBlobs[last],
+            manifestParts: manifestBlobs.length,
             epoch: this.epoch,
             stats: s
               ? {
@@ -222,7 +244,8 @@ export class StreamChunkSource implements ChunkSource {
     private readonly port: StreamPort,
     private readonly requestId: string,
     private readonly snapshotId: string,
-    private readonly manifestBlob: Buffer,
+    /** The manifest's sealed parts, in order (ManifestParts collects those sent ahead of the Restore). */
+    private readonly manifestBlobs: Buffer[],
     /**
      * Where chunks are copied as they arrive (the agent passes its worker pool's shared buffers, as direct
      * mode reads packs into them): the restore engine then hands whole buffers to its workers without
@@ -272,11 +295,11 @@ export class StreamChunkSource implements ChunkSource {
     release?.();
   }
 
-  async readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlob: Buffer }> {
+  async readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlobs: Buffer[] }> {
     if (snapshotId !== this.snapshotId && !this.snapshotId.startsWith(snapshotId)) {
       throw new Error(`this restore carries snapshot ${this.snapshotId}, not ${snapshotId}`);
     }
-    return { snapshotId: this.snapshotId, manifestBlob: this.manifestBlob };
+    return { snapshotId: this.snapshotId, manifestBlobs: this.manifestBlobs };
   }
 
   async *get(ids: Buffer[]): AsyncIterable<FetchedChunk> {

@@ -8,13 +8,16 @@ import { resolve } from "node:path";
 import {
   type ChunkSink,
   chunkCodec,
+  MAX_MANIFEST_PARTS,
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
   type Manifest,
   type SealedChunk,
   type SkippedEntry,
   sealManifest,
+  sealManifestParts,
 } from "@dumont/repository";
+import { SMALLER_SNAPSHOT_ADVICE } from "@dumont/repository/limits";
 import {
   type ChunkerParams,
   type CompiledChunker,
@@ -56,6 +59,8 @@ export interface CreateSnapshotOptions {
    * For a sink whose `put` waits on a network: the agent's stream sets 2 (see SnapshotCommands).
    */
   sealAhead?: number;
+  /** Plain bytes per manifest part (MANIFEST_PART_BYTES; see sealManifestParts). */
+  manifestPartBytes?: number;
   onProgress?: (progress: CreateProgress) => void;
   signal?: AbortSignal;
 }
@@ -185,11 +190,11 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
           manifest.entries.push({ ...common, type: "file", size: w.size, chunks: w.chunks, lengths: w.lengths });
       }
     }
-    const manifestBlob = sealManifest(options.key, manifest);
-    stats.bytesStored += manifestBlob.length;
+    const manifestBlobs = sealManifestFor(sink, options.key, manifest, options.manifestPartBytes);
+    for (const blob of manifestBlobs) stats.bytesStored += blob.length;
     const files = works.filter((w) => !w.failed);
     const seconds = (performance.now() - started) / 1000;
-    const id = await sink.commit(manifestBlob, {
+    const id = await sink.commit(manifestBlobs, {
       workspace: options.meta.workspace,
       epoch: options.meta.epoch,
       tenant: options.meta.tenant,
@@ -246,6 +251,23 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
  * Asks the sink which chunks the local index remembers it still holds. Unchanged files with a chunk it lost
  * are read again; the rest come back as hex ids, sorted (the workers search them).
  */
+/**
+ * The manifest sealed as the sink takes it: in parts (sealManifestParts), or as one part for a sink that
+ * takes only one (a control plane from before parts), which holds up to 64 MiB plain as before.
+ */
+function sealManifestFor(sink: ChunkSink, key: Buffer, manifest: Manifest, partBytes?: number): Buffer[] {
+  const maxParts = sink.maxManifestParts ?? MAX_MANIFEST_PARTS;
+  if (maxParts <= 1) return [sealManifest(key, manifest)];
+  const parts = sealManifestParts(key, manifest.entries, { partBytes });
+  if (parts.length > maxParts) {
+    throw new Error(
+      `the manifest of ${manifest.entries.length} entries has ${parts.length} parts; the repository takes at ` +
+        `most ${maxParts}: ${SMALLER_SNAPSHOT_ADVICE}`,
+    );
+  }
+  return parts;
+}
+
 async function heldChunks(
   sink: ChunkSink,
   previous: Map<string, LocalIndexEntry>,

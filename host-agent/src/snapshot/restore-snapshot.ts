@@ -18,7 +18,13 @@ import {
 } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { join, resolve } from "node:path";
-import { assertRestorable, type ChunkSource, copyBytes, type ManifestEntry, openManifest } from "@dumont/repository";
+import {
+  assertRestorable,
+  type ChunkSource,
+  copyBytes,
+  type ManifestEntry,
+  openManifestParts,
+} from "@dumont/repository";
 import { restoreSelection } from "./path-matcher.js";
 import { type NewFiles, SnapshotWorkerPool } from "./worker-pool.js";
 
@@ -139,8 +145,8 @@ export function restoreThreads(): number {
 
 export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<RestoreSnapshotResult> {
   const started = performance.now();
-  const { snapshotId, manifestBlob } = await options.source.readManifest(options.snapshotId);
-  const manifest = openManifest(options.key, manifestBlob, `manifest of snapshot ${snapshotId}`);
+  const { snapshotId, manifestBlobs } = await options.source.readManifest(options.snapshotId);
+  const manifest = openManifestParts(options.key, manifestBlobs, `manifest of snapshot ${snapshotId}`);
   assertRestorable(manifest, { allowExternalSymlinks: options.allowExternalSymlinks });
   if (options.include?.length) manifest.entries = restoreSelection(manifest.entries, options.include, snapshotId);
   await options.source.ready?.(); // a repository's index, loaded while the manifest was read

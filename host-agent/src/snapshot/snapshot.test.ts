@@ -457,6 +457,41 @@ describe("snapshot engine", () => {
     await store.close();
   });
 
+  it("seals the manifest in parts a sink takes, in one for a sink that takes one, and restores either", async () => {
+    const source = fresh("src");
+    await makeWorkspace(source);
+    const key = generateRepositoryKey();
+    const meta = { workspace: "w", epoch: 0, tenant: "t" };
+    /** A snapshot into a fresh repository through a sink taking at most `maxManifestParts`; what it committed. */
+    const run = async (maxManifestParts: number) => {
+      const { store, repository, writer } = await freshWriter(key);
+      const committed: number[] = [];
+      const sink: ChunkSink = {
+        maxManifestParts,
+        missing: (ids) => writer.missing(ids),
+        put: (chunks) => writer.put(chunks),
+        commit: (parts, meta) => {
+          committed.push(parts.length);
+          return writer.commit(parts, meta);
+        },
+        abort: () => writer.abort(),
+      };
+      try {
+        const created = await createSnapshot({ source, sink, key, meta, pool, ...SMALL, manifestPartBytes: 1024 });
+        const target = fresh("restored");
+        await restoreSnapshot({ snapshotId: created.id, source: await repository.chunkSource(), key, target, pool });
+        expect(await describeTree(target)).toEqual(await describeTree(source));
+        return committed;
+      } finally {
+        await store.close();
+      }
+    };
+    const [parts] = await run(64); // ~45 entries of ~100-250 bytes each, in parts of 1 KiB
+    expect(parts).toBeGreaterThan(5);
+    expect(await run(1)).toEqual([1]); // a control plane from before parts: one part, as before
+    await expect(run(3)).rejects.toThrow(`has ${parts} parts; the repository takes at most 3`);
+  });
+
   it("spreads a read buffer of many small files over the workers in parts, recycling it after the last", async () => {
     // 300 small files compress into one 8 MiB pack read: the restore cuts it into parts of at most 64 files
     // created by a worker, all reading the one shared buffer, which is recycled after the last part.
@@ -886,7 +921,7 @@ describe("restore safety", () => {
   const key = generateRepositoryKey();
   const sourceOf = (manifest: Manifest, chunks: Map<string, Buffer> = new Map()): ChunkSource => ({
     async readManifest(id) {
-      return { snapshotId: id, manifestBlob: sealManifest(key, manifest) };
+      return { snapshotId: id, manifestBlobs: [sealManifest(key, manifest)] };
     },
     async *get(ids): AsyncIterable<FetchedChunk> {
       for (const id of ids) {

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dumont/agent/v1/agent.proto.
  */
 export const file_dumont_agent_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChtkdW1vbnQvYWdlbnQvdjEvYWdlbnQucHJvdG8SD2R1bW9udC5hZ2VudC52MSKEAQoNRW5yb2xsUmVxdWVzdBISCgpqb2luX3Rva2VuGAEgASgJEg8KB2Nzcl9wZW0YAiABKAkSKQoFZmFjdHMYAyABKAsyGi5kdW1vbnQuYWdlbnQudjEuSG9zdEZhY3RzEgwKBG5hbWUYBCABKAkSFQoNYWdlbnRfdmVyc2lvbhgFIAEoCSJQCg5FbnJvbGxSZXNwb25zZRIPCgdob3N0X2lkGAEgASgJEhcKD2NlcnRpZmljYXRlX3BlbRgCIAEoCRIUCgxjYV9jaGFpbl9wZW0YAyABKAkiYAoJSG9zdEZhY3RzEhAKCGhvc3RuYW1lGAEgASgJEgoKAm9zGAIgASgJEgwKBGFyY2gYAyABKAkSEQoJY3B1X2NvcmVzGAQgASgNEhQKDG1lbW9yeV9ieXRlcxgFIAEoBCK0BgoMQWdlbnRNZXNzYWdlEicKBWhlbGxvGAEgASgLMhYuZHVtb250LmFnZW50LnYxLkhlbGxvSAASLwoJdGVsZW1ldHJ5GAIgASgLMhouZHVtb250LmFnZW50LnYxLlRlbGVtZXRyeUgAEi4KCWpvYl9ldmVudBgDIAEoCzIZLmR1bW9udC5hZ2VudC52MS5Kb2JFdmVudEgAEi4KCWxvZ19jaHVuaxgEIAEoCzIZLmR1bW9udC5hZ2VudC52MS5Mb2dDaHVua0gAEj4KEXByZWVtcHRpb25fbm90aWNlGAUgASgLMiEuZHVtb250LmFnZW50LnYxLlByZWVtcHRpb25Ob3RpY2VIABI2Cg11cGRhdGVfc3RhdHVzGAYgASgLMh0uZHVtb250LmFnZW50LnYxLlVwZGF0ZVN0YXR1c0gAEjgKDnNuYXBzaG90X29mZmVyGAogASgLMh4uZHVtb250LmFnZW50LnYxLlNuYXBzaG90T2ZmZXJIABI6Cg9zbmFwc2hvdF9jaHVua3MYCyABKAsyHy5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RDaHVua3NIABI6Cg9zbmFwc2hvdF9jb21taXQYDCABKAsyHy5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RDb21taXRIABI6Cg9zbmFwc2hvdF9mYWlsZWQYDSABKAsyHy5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RGYWlsZWRIABI8ChByZXN0b3JlX3Byb2dyZXNzGA4gASgLMiAuZHVtb250LmFnZW50LnYxLlJlc3RvcmVQcm9ncmVzc0gAEjgKDmNvbW1hbmRfcmVzdWx0GA8gASgLMh4uZHVtb250LmFnZW50LnYxLkNvbW1hbmRSZXN1bHRIABJFChVyZXN0b3JlX2NodW5rX3JlcXVlc3QYECABKAsyJC5kdW1vbnQuYWdlbnQudjEuUmVzdG9yZUNodW5rUmVxdWVzdEgAEj4KEXNuYXBzaG90X3Byb2dyZXNzGBEgASgLMiEuZHVtb250LmFnZW50LnYxLlNuYXBzaG90UHJvZ3Jlc3NIAEIFCgNtc2ciuAUKDkNvbnRyb2xNZXNzYWdlEisKB3dlbGNvbWUYASABKAsyGC5kdW1vbnQuYWdlbnQudjEuV2VsY29tZUgAEioKB3J1bl9qb2IYAiABKAsyFy5kdW1vbnQuYWdlbnQudjEuUnVuSm9iSAASLAoIc3RvcF9qb2IYAyABKAsyGC5kdW1vbnQuYWdlbnQudjEuU3RvcEpvYkgAEjYKDXRha2Vfc25hcHNob3QYBCABKAsyHS5kdW1vbnQuYWdlbnQudjEuVGFrZVNuYXBzaG90SAASKwoHcmVzdG9yZRgFIAEoCzIYLmR1bW9udC5hZ2VudC52MS5SZXN0b3JlSAASPAoQdXBkYXRlX2F2YWlsYWJsZRgGIAEoCzIgLmR1bW9udC5hZ2VudC52MS5VcGRhdGVBdmFpbGFibGVIABInCgVkcmFpbhgHIAEoCzIWLmR1bW9udC5hZ2VudC52MS5EcmFpbkgAEjYKDXNuYXBzaG90X25lZWQYCiABKAsyHS5kdW1vbnQuYWdlbnQudjEuU25hcHNob3ROZWVkSAASQAoSc25hcHNob3RfY29tbWl0dGVkGAsgASgLMiIuZHVtb250LmFnZW50LnYxLlNuYXBzaG90Q29tbWl0dGVkSAASOAoOcmVzdG9yZV9jaHVua3MYDCABKAsyHi5kdW1vbnQuYWdlbnQudjEuUmVzdG9yZUNodW5rc0gAEjQKDHJlc3RvcmVfZG9uZRgNIAEoCzIcLmR1bW9udC5hZ2VudC52MS5SZXN0b3JlRG9uZUgAEiUKBHBpbmcYDiABKAsyFS5kdW1vbnQuYWdlbnQudjEuUGluZ0gAEjsKEHNuYXBzaG90X2Fib3J0ZWQYDyABKAsyHy5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RGYWlsZWRIAEIFCgNtc2cijgEKBUhlbGxvEg8KB2hvc3RfaWQYASABKAkSFQoNYWdlbnRfdmVyc2lvbhgCIAEoCRIYChBwcm90b2NvbF92ZXJzaW9uGAMgASgNEi0KCWludmVudG9yeRgEIAEoCzIaLmR1bW9udC5hZ2VudC52MS5JbnZlbnRvcnkSFAoMY2FwYWJpbGl0aWVzGAUgAygJInEKCUludmVudG9yeRIpCgVmYWN0cxgBIAEoCzIaLmR1bW9udC5hZ2VudC52MS5Ib3N0RmFjdHMSJgoEZ3B1cxgCIAMoCzIYLmR1bW9udC5hZ2VudC52MS5HcHVJbmZvEhEKCXNpbXVsYXRlZBgDIAEoCCLhAgoHR3B1SW5mbxINCgVpbmRleBgBIAEoDRIMCgR1dWlkGAIgASgJEg0KBW1vZGVsGAMgASgJEh0KEG1lbW9yeV90b3RhbF9taWIYBCABKARIAIgBARIcCg9tZW1vcnlfdXNlZF9taWIYBSABKARIAYgBARIgChN1dGlsaXphdGlvbl9wZXJjZW50GAYgASgBSAKIAQESGgoNdGVtcGVyYXR1cmVfYxgHIAEoAUgDiAEBEhQKB3Bvd2VyX3cYCCABKAFIBIgBARIVCghtaWdfbW9kZRgJIAEoCUgFiAEBEhYKDmRyaXZlcl92ZXJzaW9uGAogASgJQhMKEV9tZW1vcnlfdG90YWxfbWliQhIKEF9tZW1vcnlfdXNlZF9taWJCFgoUX3V0aWxpemF0aW9uX3BlcmNlbnRCEAoOX3RlbXBlcmF0dXJlX2NCCgoIX3Bvd2VyX3dCCwoJX21pZ19tb2RlIoICCglUZWxlbWV0cnkSJgoCYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKBGdwdXMYAiADKAsyGC5kdW1vbnQuYWdlbnQudjEuR3B1SW5mbxIYCgtjcHVfcGVyY2VudBgDIAEoAUgAiAEBEhoKEm1lbW9yeV90b3RhbF9ieXRlcxgEIAEoBBIZChFtZW1vcnlfdXNlZF9ieXRlcxgFIAEoBBIYChBkaXNrX3RvdGFsX2J5dGVzGAYgASgEEhcKD2Rpc2tfdXNlZF9ieXRlcxgHIAEoBBIRCgljcHVfY29yZXMYCCABKA1CDgoMX2NwdV9wZXJjZW50IlYKB1dlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRIYChBwcm90b2NvbF92ZXJzaW9uGAIgASgNEh0KFXRlbGVtZXRyeV9pbnRlcnZhbF9tcxgDIAEoDSIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIrUBCgZSdW5Kb2ISDgoGam9iX2lkGAEgASgJEg0KBWVwb2NoGAIgASgEEg8KB2NvbW1hbmQYAyADKAkSLQoDZW52GAQgAygLMiAuZHVtb250LmFnZW50LnYxLlJ1bkpvYi5FbnZFbnRyeRIRCgl3b3Jrc3BhY2UYBSABKAkSDQoFaW1hZ2UYBiABKAkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIoCgdTdG9wSm9iEg4KBmpvYl9pZBgBIAEoCRINCgVlcG9jaBgCIAEoBCJvCghKb2JFdmVudBIOCgZqb2JfaWQYASABKAkSDQoFZXBvY2gYAiABKAQSDQoFc3RhdGUYAyABKAkSFgoJZXhpdF9jb2RlGAQgASgFSACIAQESDwoHbWVzc2FnZRgFIAEoCUIMCgpfZXhpdF9jb2RlIkcKCExvZ0NodW5rEg4KBmpvYl9pZBgBIAEoCRINCgVlcG9jaBgCIAEoBBIMCgRkYXRhGAMgASgMEg4KBnN0ZGVychgEIAEoCCJQChBQcmVlbXB0aW9uTm90aWNlEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAiABKAkiZAoPVXBkYXRlQXZhaWxhYmxlEg8KB3ZlcnNpb24YASABKAkSCwoDdXJsGAIgASgJEg4KBnNoYTI1NhgDIAEoCRIRCglzaWduYXR1cmUYBCABKAwSEAoIY3JpdGljYWwYBSABKAgiPwoMVXBkYXRlU3RhdHVzEg8KB3ZlcnNpb24YASABKAkSDQoFc3RhdGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCSIXCgVEcmFpbhIOCgZyZWFzb24YASABKAkijQEKDFRha2VTbmFwc2hvdBISCgpyZXF1ZXN0X2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFAoMd29ya3NwYWNlX2lkGAMgASgJEg0KBWVwb2NoGAQgASgEEhIKCnRlbmFudF9rZXkYBSABKAwSEQoJdGVuYW50X2lkGAYgASgJEg8KB2V4Y2x1ZGUYByADKAkiVAoNU25hcHNob3RPZmZlchISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCWNodW5rX2lkcxgCIAMoDBINCgVlcG9jaBgDIAEoBBINCgViYXRjaBgEIAEoBCJECgxTbmFwc2hvdE5lZWQSEgoKcmVxdWVzdF9pZBgBIAEoCRIRCgljaHVua19pZHMYAiADKAwSDQoFYmF0Y2gYAyABKAQiXwoOU25hcHNob3RDaHVua3MSEgoKcmVxdWVzdF9pZBgBIAEoCRIqCgZjaHVua3MYAiADKAsyGi5kdW1vbnQuYWdlbnQudjEuQ2h1bmtCbG9iEg0KBWVwb2NoGAMgASgEIkoKCUNodW5rQmxvYhIKCgJpZBgBIAEoDBIMCgRibG9iGAIgASgMEhQKDHBsYWluX2xlbmd0aBgDIAEoDRINCgVlcnJvchgEIAEoCSJ0Cg5TbmFwc2hvdENvbW1pdBISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCG1hbmlmZXN0GAIgASgMEg0KBWVwb2NoGAMgASgEEi0KBXN0YXRzGAQgASgLMh4uZHVtb250LmFnZW50LnYxLlNuYXBzaG90U3RhdHMixwEKDVNuYXBzaG90U3RhdHMSDQoFZmlsZXMYASABKAQSEgoKYnl0ZXNfcmVhZBgCIAEoBBIRCglieXRlc19uZXcYAyABKAQSFAoMYnl0ZXNfc3RvcmVkGAQgASgEEhIKCmNodW5rc19uZXcYBSABKAQSDwoHc2Vjb25kcxgGIAEoARIVCg1maWxlc19za2lwcGVkGAcgASgEEi4KB3NraXBwZWQYCCADKAsyHS5kdW1vbnQuYWdlbnQudjEuU2tpcHBlZEVudHJ5IiwKDFNraXBwZWRFbnRyeRIMCgRwYXRoGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI8ChFTbmFwc2hvdENvbW1pdHRlZBISCgpyZXF1ZXN0X2lkGAEgASgJEhMKC3NuYXBzaG90X2lkGAIgASgJIjUKDlNuYXBzaG90RmFpbGVkEhIKCnJlcXVlc3RfaWQYASABKAkSDwoHbWVzc2FnZRgCIAEoCSKIAQoHUmVzdG9yZRISCgpyZXF1ZXN0X2lkGAEgASgJEhMKC3NuYXBzaG90X2lkGAIgASgJEg4KBnRhcmdldBgDIAEoCRIQCghtYW5pZmVzdBgEIAEoDBISCgp0ZW5hbnRfa2V5GAUgASgMEg0KBWVwb2NoGAYgASgEEg8KB2luY2x1ZGUYByADKAkiSwoTUmVzdG9yZUNodW5rUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg0KBWJhdGNoGAIgASgEEhEKCWNodW5rX2lkcxgDIAMoDCJsCg1SZXN0b3JlQ2h1bmtzEhIKCnJlcXVlc3RfaWQYASABKAkSDQoFYmF0Y2gYAyABKAQSKgoGY2h1bmtzGAIgAygLMhouZHVtb250LmFnZW50LnYxLkNodW5rQmxvYhIMCgRsYXN0GAQgASgIIiEKC1Jlc3RvcmVEb25lEhIKCnJlcXVlc3RfaWQYASABKAkifQoPUmVzdG9yZVByb2dyZXNzEhIKCnJlcXVlc3RfaWQYASABKAkSDQoFZmlsZXMYAiABKAQSFQoNYnl0ZXNfd3JpdHRlbhgDIAEoBBIMCgRkb25lGAQgASgIEg0KBWVycm9yGAUgASgJEhMKC2J5dGVzX3RvdGFsGAYgASgEIlEKEFNuYXBzaG90UHJvZ3Jlc3MSEgoKcmVxdWVzdF9pZBgBIAEoCRISCgpieXRlc19yZWFkGAIgASgEEhUKDWJ5dGVzX3RvX3JlYWQYAyABKAQiQAoNQ29tbWFuZFJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgJEgoKAm9rGAIgASgIEg8KB21lc3NhZ2UYAyABKAkyqAEKDEFnZW50R2F0ZXdheRJJCgZFbnJvbGwSHi5kdW1vbnQuYWdlbnQudjEuRW5yb2xsUmVxdWVzdBofLmR1bW9udC5hZ2VudC52MS5FbnJvbGxSZXNwb25zZRJNCgdDb25uZWN0Eh0uZHVtb250LmFnZW50LnYxLkFnZW50TWVzc2FnZRofLmR1bW9udC5hZ2VudC52MS5Db250cm9sTWVzc2FnZSgBMAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChtkdW1vbnQvYWdlbnQvdjEvYWdlbnQucHJvdG8SD2R1bW9udC5hZ2VudC52MSKEAQoNRW5yb2xsUmVxdWVzdBISCgpqb2luX3Rva2VuGAEgASgJEg8KB2Nzcl9wZW0YAiABKAkSKQoFZmFjdHMYAyABKAsyGi5kdW1vbnQuYWdlbnQudjEuSG9zdEZhY3RzEgwKBG5hbWUYBCABKAkSFQoNYWdlbnRfdmVyc2lvbhgFIAEoCSJQCg5FbnJvbGxSZXNwb25zZRIPCgdob3N0X2lkGAEgASgJEhcKD2NlcnRpZmljYXRlX3BlbRgCIAEoCRIUCgxjYV9jaGFpbl9wZW0YAyABKAkiYAoJSG9zdEZhY3RzEhAKCGhvc3RuYW1lGAEgASgJEgoKAm9zGAIgASgJEgwKBGFyY2gYAyABKAkSEQoJY3B1X2NvcmVzGAQgASgNEhQKDG1lbW9yeV9ieXRlcxgFIAEoBCL1BgoMQWdlbnRNZXNzYWdlEicKBWhlbGxvGAEgASgLMhYuZHVtb250LmFnZW50LnYxLkhlbGxvSAASLwoJdGVsZW1ldHJ5GAIgASgLMhouZHVtb250LmFnZW50LnYxLlRlbGVtZXRyeUgAEi4KCWpvYl9ldmVudBgDIAEoCzIZLmR1bW9udC5hZ2VudC52MS5Kb2JFdmVudEgAEi4KCWxvZ19jaHVuaxgEIAEoCzIZLmR1bW9udC5hZ2VudC52MS5Mb2dDaHVua0gAEj4KEXByZWVtcHRpb25fbm90aWNlGAUgASgLMiEuZHVtb250LmFnZW50LnYxLlByZWVtcHRpb25Ob3RpY2VIABI2Cg11cGRhdGVfc3RhdHVzGAYgASgLMh0uZHVtb250LmFnZW50LnYxLlVwZGF0ZVN0YXR1c0gAEjgKDnNuYXBzaG90X29mZmVyGAogASgLMh4uZHVtb250LmFnZW50LnYxLlNuYXBzaG90T2ZmZXJIABI6Cg9zbmFwc2hvdF9jaHVua3MYCyABKAsyHy5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RDaHVua3NIABI6Cg9zbmFwc2hvdF9jb21taXQYDCABKAsyHy5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RDb21taXRIABI6Cg9zbmFwc2hvdF9mYWlsZWQYDSABKAsyHy5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RGYWlsZWRIABI8ChByZXN0b3JlX3Byb2dyZXNzGA4gASgLMiAuZHVtb250LmFnZW50LnYxLlJlc3RvcmVQcm9ncmVzc0gAEjgKDmNvbW1hbmRfcmVzdWx0GA8gASgLMh4uZHVtb250LmFnZW50LnYxLkNvbW1hbmRSZXN1bHRIABJFChVyZXN0b3JlX2NodW5rX3JlcXVlc3QYECABKAsyJC5kdW1vbnQuYWdlbnQudjEuUmVzdG9yZUNodW5rUmVxdWVzdEgAEj4KEXNuYXBzaG90X3Byb2dyZXNzGBEgASgLMiEuZHVtb250LmFnZW50LnYxLlNuYXBzaG90UHJvZ3Jlc3NIABI/ChZzbmFwc2hvdF9tYW5pZmVzdF9wYXJ0GBIgASgLMh0uZHVtb250LmFnZW50LnYxLk1hbmlmZXN0UGFydEgAQgUKA21zZyL4BQoOQ29udHJvbE1lc3NhZ2USKwoHd2VsY29tZRgBIAEoCzIYLmR1bW9udC5hZ2VudC52MS5XZWxjb21lSAASKgoHcnVuX2pvYhgCIAEoCzIXLmR1bW9udC5hZ2VudC52MS5SdW5Kb2JIABIsCghzdG9wX2pvYhgDIAEoCzIYLmR1bW9udC5hZ2VudC52MS5TdG9wSm9iSAASNgoNdGFrZV9zbmFwc2hvdBgEIAEoCzIdLmR1bW9udC5hZ2VudC52MS5UYWtlU25hcHNob3RIABIrCgdyZXN0b3JlGAUgASgLMhguZHVtb250LmFnZW50LnYxLlJlc3RvcmVIABI8ChB1cGRhdGVfYXZhaWxhYmxlGAYgASgLMiAuZHVtb250LmFnZW50LnYxLlVwZGF0ZUF2YWlsYWJsZUgAEicKBWRyYWluGAcgASgLMhYuZHVtb250LmFnZW50LnYxLkRyYWluSAASNgoNc25hcHNob3RfbmVlZBgKIAEoCzIdLmR1bW9udC5hZ2VudC52MS5TbmFwc2hvdE5lZWRIABJAChJzbmFwc2hvdF9jb21taXR0ZWQYCyABKAsyIi5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RDb21taXR0ZWRIABI4Cg5yZXN0b3JlX2NodW5rcxgMIAEoCzIeLmR1bW9udC5hZ2VudC52MS5SZXN0b3JlQ2h1bmtzSAASNAoMcmVzdG9yZV9kb25lGA0gASgLMhwuZHVtb250LmFnZW50LnYxLlJlc3RvcmVEb25lSAASJQoEcGluZxgOIAEoCzIVLmR1bW9udC5hZ2VudC52MS5QaW5nSAASOwoQc25hcHNob3RfYWJvcnRlZBgPIAEoCzIfLmR1bW9udC5hZ2VudC52MS5TbmFwc2hvdEZhaWxlZEgAEj4KFXJlc3RvcmVfbWFuaWZlc3RfcGFydBgQIAEoCzIdLmR1bW9udC5hZ2VudC52MS5NYW5pZmVzdFBhcnRIAEIFCgNtc2cijgEKBUhlbGxvEg8KB2hvc3RfaWQYASABKAkSFQoNYWdlbnRfdmVyc2lvbhgCIAEoCRIYChBwcm90b2NvbF92ZXJzaW9uGAMgASgNEi0KCWludmVudG9yeRgEIAEoCzIaLmR1bW9udC5hZ2VudC52MS5JbnZlbnRvcnkSFAoMY2FwYWJpbGl0aWVzGAUgAygJInEKCUludmVudG9yeRIpCgVmYWN0cxgBIAEoCzIaLmR1bW9udC5hZ2VudC52MS5Ib3N0RmFjdHMSJgoEZ3B1cxgCIAMoCzIYLmR1bW9udC5hZ2VudC52MS5HcHVJbmZvEhEKCXNpbXVsYXRlZBgDIAEoCCLhAgoHR3B1SW5mbxINCgVpbmRleBgBIAEoDRIMCgR1dWlkGAIgASgJEg0KBW1vZGVsGAMgASgJEh0KEG1lbW9yeV90b3RhbF9taWIYBCABKARIAIgBARIcCg9tZW1vcnlfdXNlZF9taWIYBSABKARIAYgBARIgChN1dGlsaXphdGlvbl9wZXJjZW50GAYgASgBSAKIAQESGgoNdGVtcGVyYXR1cmVfYxgHIAEoAUgDiAEBEhQKB3Bvd2VyX3cYCCABKAFIBIgBARIVCghtaWdfbW9kZRgJIAEoCUgFiAEBEhYKDmRyaXZlcl92ZXJzaW9uGAogASgJQhMKEV9tZW1vcnlfdG90YWxfbWliQhIKEF9tZW1vcnlfdXNlZF9taWJCFgoUX3V0aWxpemF0aW9uX3BlcmNlbnRCEAoOX3RlbXBlcmF0dXJlX2NCCgoIX3Bvd2VyX3dCCwoJX21pZ19tb2RlIoICCglUZWxlbWV0cnkSJgoCYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKBGdwdXMYAiADKAsyGC5kdW1vbnQuYWdlbnQudjEuR3B1SW5mbxIYCgtjcHVfcGVyY2VudBgDIAEoAUgAiAEBEhoKEm1lbW9yeV90b3RhbF9ieXRlcxgEIAEoBBIZChFtZW1vcnlfdXNlZF9ieXRlcxgFIAEoBBIYChBkaXNrX3RvdGFsX2J5dGVzGAYgASgEEhcKD2Rpc2tfdXNlZF9ieXRlcxgHIAEoBBIRCgljcHVfY29yZXMYCCABKA1CDgoMX2NwdV9wZXJjZW50IlYKB1dlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRIYChBwcm90b2NvbF92ZXJzaW9uGAIgASgNEh0KFXRlbGVtZXRyeV9pbnRlcnZhbF9tcxgDIAEoDSIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIrUBCgZSdW5Kb2ISDgoGam9iX2lkGAEgASgJEg0KBWVwb2NoGAIgASgEEg8KB2NvbW1hbmQYAyADKAkSLQoDZW52GAQgAygLMiAuZHVtb250LmFnZW50LnYxLlJ1bkpvYi5FbnZFbnRyeRIRCgl3b3Jrc3BhY2UYBSABKAkSDQoFaW1hZ2UYBiABKAkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIoCgdTdG9wSm9iEg4KBmpvYl9pZBgBIAEoCRINCgVlcG9jaBgCIAEoBCJvCghKb2JFdmVudBIOCgZqb2JfaWQYASABKAkSDQoFZXBvY2gYAiABKAQSDQoFc3RhdGUYAyABKAkSFgoJZXhpdF9jb2RlGAQgASgFSACIAQESDwoHbWVzc2FnZRgFIAEoCUIMCgpfZXhpdF9jb2RlIkcKCExvZ0NodW5rEg4KBmpvYl9pZBgBIAEoCRINCgVlcG9jaBgCIAEoBBIMCgRkYXRhGAMgASgMEg4KBnN0ZGVychgEIAEoCCJQChBQcmVlbXB0aW9uTm90aWNlEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAiABKAkiZAoPVXBkYXRlQXZhaWxhYmxlEg8KB3ZlcnNpb24YASABKAkSCwoDdXJsGAIgASgJEg4KBnNoYTI1NhgDIAEoCRIRCglzaWduYXR1cmUYBCABKAwSEAoIY3JpdGljYWwYBSABKAgiPwoMVXBkYXRlU3RhdHVzEg8KB3ZlcnNpb24YASABKAkSDQoFc3RhdGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCSIXCgVEcmFpbhIOCgZyZWFzb24YASABKAkiqQEKDFRha2VTbmFwc2hvdBISCgpyZXF1ZXN0X2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFAoMd29ya3NwYWNlX2lkGAMgASgJEg0KBWVwb2NoGAQgASgEEhIKCnRlbmFudF9rZXkYBSABKAwSEQoJdGVuYW50X2lkGAYgASgJEg8KB2V4Y2x1ZGUYByADKAkSGgoSbWF4X21hbmlmZXN0X3BhcnRzGAggASgNIlQKDVNuYXBzaG90T2ZmZXISEgoKcmVxdWVzdF9pZBgBIAEoCRIRCgljaHVua19pZHMYAiADKAwSDQoFZXBvY2gYAyABKAQSDQoFYmF0Y2gYBCABKAQiRAoMU25hcHNob3ROZWVkEhIKCnJlcXVlc3RfaWQYASABKAkSEQoJY2h1bmtfaWRzGAIgAygMEg0KBWJhdGNoGAMgASgEIl8KDlNuYXBzaG90Q2h1bmtzEhIKCnJlcXVlc3RfaWQYASABKAkSKgoGY2h1bmtzGAIgAygLMhouZHVtb250LmFnZW50LnYxLkNodW5rQmxvYhINCgVlcG9jaBgDIAEoBCJKCglDaHVua0Jsb2ISCgoCaWQYASABKAwSDAoEYmxvYhgCIAEoDBIUCgxwbGFpbl9sZW5ndGgYAyABKA0SDQoFZXJyb3IYBCABKAkijAEKDlNuYXBzaG90Q29tbWl0EhIKCnJlcXVlc3RfaWQYASABKAkSEAoIbWFuaWZlc3QYAiABKAwSDQoFZXBvY2gYAyABKAQSLQoFc3RhdHMYBCABKAsyHi5kdW1vbnQuYWdlbnQudjEuU25hcHNob3RTdGF0cxIWCg5tYW5pZmVzdF9wYXJ0cxgFIAEoDSJOCgxNYW5pZmVzdFBhcnQSEgoKcmVxdWVzdF9pZBgBIAEoCRINCgVpbmRleBgCIAEoDRIMCgRwYXJ0GAMgASgMEg0KBWVwb2NoGAQgASgEIscBCg1TbmFwc2hvdFN0YXRzEg0KBWZpbGVzGAEgASgEEhIKCmJ5dGVzX3JlYWQYAiABKAQSEQoJYnl0ZXNfbmV3GAMgASgEEhQKDGJ5dGVzX3N0b3JlZBgEIAEoBBISCgpjaHVua3NfbmV3GAUgASgEEg8KB3NlY29uZHMYBiABKAESFQoNZmlsZXNfc2tpcHBlZBgHIAEoBBIuCgdza2lwcGVkGAggAygLMh0uZHVtb250LmFnZW50LnYxLlNraXBwZWRFbnRyeSIsCgxTa2lwcGVkRW50cnkSDAoEcGF0aBgBIAEoCRIOCgZyZWFzb24YAiABKAkiPAoRU25hcHNob3RDb21taXR0ZWQSEgoKcmVxdWVzdF9pZBgBIAEoCRITCgtzbmFwc2hvdF9pZBgCIAEoCSI1Cg5TbmFwc2hvdEZhaWxlZBISCgpyZXF1ZXN0X2lkGAEgASgJEg8KB21lc3NhZ2UYAiABKAkioAEKB1Jlc3RvcmUSEgoKcmVxdWVzdF9pZBgBIAEoCRITCgtzbmFwc2hvdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSEAoIbWFuaWZlc3QYBCABKAwSEgoKdGVuYW50X2tleRgFIAEoDBINCgVlcG9jaBgGIAEoBBIPCgdpbmNsdWRlGAcgAygJEhYKDm1hbmlmZXN0X3BhcnRzGAggASgNIksKE1Jlc3RvcmVDaHVua1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRINCgViYXRjaBgCIAEoBBIRCgljaHVua19pZHMYAyADKAwibAoNUmVzdG9yZUNodW5rcxISCgpyZXF1ZXN0X2lkGAEgASgJEg0KBWJhdGNoGAMgASgEEioKBmNodW5rcxgCIAMoCzIaLmR1bW9udC5hZ2VudC52MS5DaHVua0Jsb2ISDAoEbGFzdBgEIAEoCCIhCgtSZXN0b3JlRG9uZRISCgpyZXF1ZXN0X2lkGAEgASgJIn0KD1Jlc3RvcmVQcm9ncmVzcxISCgpyZXF1ZXN0X2lkGAEgASgJEg0KBWZpbGVzGAIgASgEEhUKDWJ5dGVzX3dyaXR0ZW4YAyABKAQSDAoEZG9uZRgEIAEoCBINCgVlcnJvchgFIAEoCRITCgtieXRlc190b3RhbBgGIAEoBCJRChBTbmFwc2hvdFByb2dyZXNzEhIKCnJlcXVlc3RfaWQYASABKAkSEgoKYnl0ZXNfcmVhZBgCIAEoBBIVCg1ieXRlc190b19yZWFkGAMgASgEIkAKDUNvbW1hbmRSZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoCRIKCgJvaxgCIAEoCBIPCgdtZXNzYWdlGAMgASgJMqgBCgxBZ2VudEdhdGV3YXkSSQoGRW5yb2xsEh4uZHVtb250LmFnZW50LnYxLkVucm9sbFJlcXVlc3QaHy5kdW1vbnQuYWdlbnQudjEuRW5yb2xsUmVzcG9uc2USTQoHQ29ubmVjdBIdLmR1bW9udC5hZ2VudC52MS5BZ2VudE1lc3NhZ2UaHy5kdW1vbnQuYWdlbnQudjEuQ29udHJvbE1lc3NhZ2UoATABYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message dumont.agent.v1.EnrollRequest
@@ -211,6 +211,14 @@ export type AgentMessage = Message<"dumont.agent.v1.AgentMessage"> & {
      */
     value: SnapshotProgress;
     case: "snapshotProgress";
+  } | {
+    /**
+     * A part of a snapshot's manifest, before its SnapshotCommit (only when TakeSnapshot allows parts).
+     *
+     * @generated from field: dumont.agent.v1.ManifestPart snapshot_manifest_part = 18;
+     */
+    value: ManifestPart;
+    case: "snapshotManifestPart";
   } | { case: undefined; value?: undefined };
 };
 
@@ -308,6 +316,15 @@ export type ControlMessage = Message<"dumont.agent.v1.ControlMessage"> & {
      */
     value: SnapshotFailed;
     case: "snapshotAborted";
+  } | {
+    /**
+     * A part of a manifest, before the Restore that carries the last (only to an agent announcing
+     * "manifest.parts").
+     *
+     * @generated from field: dumont.agent.v1.ManifestPart restore_manifest_part = 16;
+     */
+    value: ManifestPart;
+    case: "restoreManifestPart";
   } | { case: undefined; value?: undefined };
 };
 
@@ -833,6 +850,14 @@ export type TakeSnapshot = Message<"dumont.agent.v1.TakeSnapshot"> & {
    * @generated from field: repeated string exclude = 7;
    */
   exclude: string[];
+
+  /**
+   * The most manifest parts the control plane takes for this snapshot; 0 (a control plane from before
+   * parts) means one, sent in SnapshotCommit.manifest.
+   *
+   * @generated from field: uint32 max_manifest_parts = 8;
+   */
+  maxManifestParts: number;
 };
 
 /**
@@ -973,7 +998,8 @@ export const ChunkBlobSchema: GenMessage<ChunkBlob> = /*@__PURE__*/
   messageDesc(file_dumont_agent_v1_agent, 23);
 
 /**
- * The manifest (serialized, encrypted) and the totals; sent after every needed chunk.
+ * The manifest (serialized, encrypted) and the totals; sent after every needed chunk. A manifest of
+ * several parts (repository/FORMAT.md) sends all but the last as ManifestPart messages, in order, first.
  *
  * @generated from message dumont.agent.v1.SnapshotCommit
  */
@@ -984,6 +1010,8 @@ export type SnapshotCommit = Message<"dumont.agent.v1.SnapshotCommit"> & {
   requestId: string;
 
   /**
+   * The manifest's last (or only) sealed part.
+   *
    * @generated from field: bytes manifest = 2;
    */
   manifest: Uint8Array;
@@ -997,6 +1025,14 @@ export type SnapshotCommit = Message<"dumont.agent.v1.SnapshotCommit"> & {
    * @generated from field: dumont.agent.v1.SnapshotStats stats = 4;
    */
   stats?: SnapshotStats | undefined;
+
+  /**
+   * How many parts the manifest has: the ManifestPart messages sent before this one, plus `manifest`.
+   * 0 means 1.
+   *
+   * @generated from field: uint32 manifest_parts = 5;
+   */
+  manifestParts: number;
 };
 
 /**
@@ -1005,6 +1041,45 @@ export type SnapshotCommit = Message<"dumont.agent.v1.SnapshotCommit"> & {
  */
 export const SnapshotCommitSchema: GenMessage<SnapshotCommit> = /*@__PURE__*/
   messageDesc(file_dumont_agent_v1_agent, 24);
+
+/**
+ * One sealed part of a manifest, as stored in the repository, sent ahead of the message carrying the
+ * last part (SnapshotCommit or Restore), in order. Each is at most 2 MiB plain or so, under the message limit.
+ *
+ * @generated from message dumont.agent.v1.ManifestPart
+ */
+export type ManifestPart = Message<"dumont.agent.v1.ManifestPart"> & {
+  /**
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * 0-based position of the part in the manifest.
+   *
+   * @generated from field: uint32 index = 2;
+   */
+  index: number;
+
+  /**
+   * @generated from field: bytes part = 3;
+   */
+  part: Uint8Array;
+
+  /**
+   * The lease epoch, as in SnapshotChunks (snapshots only).
+   *
+   * @generated from field: uint64 epoch = 4;
+   */
+  epoch: bigint;
+};
+
+/**
+ * Describes the message dumont.agent.v1.ManifestPart.
+ * Use `create(ManifestPartSchema)` to create a new message.
+ */
+export const ManifestPartSchema: GenMessage<ManifestPart> = /*@__PURE__*/
+  messageDesc(file_dumont_agent_v1_agent, 25);
 
 /**
  * @generated from message dumont.agent.v1.SnapshotStats
@@ -1059,7 +1134,7 @@ export type SnapshotStats = Message<"dumont.agent.v1.SnapshotStats"> & {
  * Use `create(SnapshotStatsSchema)` to create a new message.
  */
 export const SnapshotStatsSchema: GenMessage<SnapshotStats> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 25);
+  messageDesc(file_dumont_agent_v1_agent, 26);
 
 /**
  * @generated from message dumont.agent.v1.SkippedEntry
@@ -1083,7 +1158,7 @@ export type SkippedEntry = Message<"dumont.agent.v1.SkippedEntry"> & {
  * Use `create(SkippedEntrySchema)` to create a new message.
  */
 export const SkippedEntrySchema: GenMessage<SkippedEntry> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 26);
+  messageDesc(file_dumont_agent_v1_agent, 27);
 
 /**
  * @generated from message dumont.agent.v1.SnapshotCommitted
@@ -1105,7 +1180,7 @@ export type SnapshotCommitted = Message<"dumont.agent.v1.SnapshotCommitted"> & {
  * Use `create(SnapshotCommittedSchema)` to create a new message.
  */
 export const SnapshotCommittedSchema: GenMessage<SnapshotCommitted> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 27);
+  messageDesc(file_dumont_agent_v1_agent, 28);
 
 /**
  * @generated from message dumont.agent.v1.SnapshotFailed
@@ -1127,7 +1202,7 @@ export type SnapshotFailed = Message<"dumont.agent.v1.SnapshotFailed"> & {
  * Use `create(SnapshotFailedSchema)` to create a new message.
  */
 export const SnapshotFailedSchema: GenMessage<SnapshotFailed> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 28);
+  messageDesc(file_dumont_agent_v1_agent, 29);
 
 /**
  * Restore a snapshot into `target` on the host. The agent asks for chunks with
@@ -1153,7 +1228,8 @@ export type Restore = Message<"dumont.agent.v1.Restore"> & {
   target: string;
 
   /**
-   * The sealed manifest, as stored in the repository.
+   * The sealed manifest, as stored in the repository: its last (or only) part, after the others in
+   * ManifestPart messages.
    *
    * @generated from field: bytes manifest = 4;
    */
@@ -1176,6 +1252,14 @@ export type Restore = Message<"dumont.agent.v1.Restore"> & {
    * @generated from field: repeated string include = 7;
    */
   include: string[];
+
+  /**
+   * How many parts the manifest has: the ManifestPart messages sent before this one, plus `manifest`.
+   * 0 means 1.
+   *
+   * @generated from field: uint32 manifest_parts = 8;
+   */
+  manifestParts: number;
 };
 
 /**
@@ -1183,7 +1267,7 @@ export type Restore = Message<"dumont.agent.v1.Restore"> & {
  * Use `create(RestoreSchema)` to create a new message.
  */
 export const RestoreSchema: GenMessage<Restore> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 29);
+  messageDesc(file_dumont_agent_v1_agent, 30);
 
 /**
  * @generated from message dumont.agent.v1.RestoreChunkRequest
@@ -1210,7 +1294,7 @@ export type RestoreChunkRequest = Message<"dumont.agent.v1.RestoreChunkRequest">
  * Use `create(RestoreChunkRequestSchema)` to create a new message.
  */
 export const RestoreChunkRequestSchema: GenMessage<RestoreChunkRequest> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 30);
+  messageDesc(file_dumont_agent_v1_agent, 31);
 
 /**
  * @generated from message dumont.agent.v1.RestoreChunks
@@ -1242,7 +1326,7 @@ export type RestoreChunks = Message<"dumont.agent.v1.RestoreChunks"> & {
  * Use `create(RestoreChunksSchema)` to create a new message.
  */
 export const RestoreChunksSchema: GenMessage<RestoreChunks> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 31);
+  messageDesc(file_dumont_agent_v1_agent, 32);
 
 /**
  * @generated from message dumont.agent.v1.RestoreDone
@@ -1259,7 +1343,7 @@ export type RestoreDone = Message<"dumont.agent.v1.RestoreDone"> & {
  * Use `create(RestoreDoneSchema)` to create a new message.
  */
 export const RestoreDoneSchema: GenMessage<RestoreDone> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 32);
+  messageDesc(file_dumont_agent_v1_agent, 33);
 
 /**
  * Agent → control plane during a restore (a few a second, done = false) and once at the end (done = true,
@@ -1306,7 +1390,7 @@ export type RestoreProgress = Message<"dumont.agent.v1.RestoreProgress"> & {
  * Use `create(RestoreProgressSchema)` to create a new message.
  */
 export const RestoreProgressSchema: GenMessage<RestoreProgress> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 33);
+  messageDesc(file_dumont_agent_v1_agent, 34);
 
 /**
  * Agent → control plane while a snapshot is being read (a few a second): for progress displays.
@@ -1337,7 +1421,7 @@ export type SnapshotProgress = Message<"dumont.agent.v1.SnapshotProgress"> & {
  * Use `create(SnapshotProgressSchema)` to create a new message.
  */
 export const SnapshotProgressSchema: GenMessage<SnapshotProgress> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 34);
+  messageDesc(file_dumont_agent_v1_agent, 35);
 
 /**
  * Generic reply to a command that needs no richer answer.
@@ -1366,7 +1450,7 @@ export type CommandResult = Message<"dumont.agent.v1.CommandResult"> & {
  * Use `create(CommandResultSchema)` to create a new message.
  */
 export const CommandResultSchema: GenMessage<CommandResult> = /*@__PURE__*/
-  messageDesc(file_dumont_agent_v1_agent, 35);
+  messageDesc(file_dumont_agent_v1_agent, 36);
 
 /**
  * @generated from service dumont.agent.v1.AgentGateway
