@@ -36,6 +36,26 @@ describe("chunk codec", () => {
     expect(chunkCodec.openChunk(key, b.id, b.blob).equals(noise)).toBe(true);
   });
 
+  it("gives every blob its own nonce, across refills of its pool of them", () => {
+    const draws: number[] = [];
+    const codec = createChunkCodec({
+      ...codecDeps,
+      randomFillSync: <T extends NodeJS.ArrayBufferView>(buffer: T) => {
+        draws.push(buffer.byteLength);
+        return codecDeps.randomFillSync(buffer);
+      },
+    });
+    const nonces = new Set<string>();
+    for (let i = 0; i < 2500; i++) {
+      const plain = Buffer.from(`chunk ${i}`);
+      const { id, blob } = codec.sealChunk(key, plain);
+      nonces.add(blob.subarray(0, 12).toString("hex"));
+      expect(codec.openChunk(key, id, blob).equals(plain)).toBe(true);
+    }
+    expect(nonces.size).toBe(2500);
+    expect(draws).toEqual([12 * 1024, 12 * 1024, 12 * 1024]); // 1,024 nonces a draw
+  });
+
   it("detects a flipped bit, a swapped id and a wrong key", () => {
     const plain = randomBytes(5000);
     const { id, blob } = chunkCodec.sealChunk(key, plain);
