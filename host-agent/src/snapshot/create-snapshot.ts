@@ -61,6 +61,11 @@ export interface CreateSnapshotOptions {
   sealAhead?: number;
   /** Plain bytes per manifest part (MANIFEST_PART_BYTES; see sealManifestParts). */
   manifestPartBytes?: number;
+  /**
+   * The source already being listed (listSnapshotSource with the same source and `exclude`): a caller lists
+   * while it opens the repository. The snapshot then dates from the start of that listing.
+   */
+  listing?: Promise<SourceListing>;
   onProgress?: (progress: CreateProgress) => void;
   signal?: AbortSignal;
 }
@@ -105,15 +110,30 @@ interface FileWork {
 const RACY_WINDOW_NS = 2_000_000_000n;
 const OFFER_BATCH = 4096;
 
+/** A source directory's entries, what was left out, and when the listing began. */
+export interface SourceListing {
+  entries: SourceEntry[];
+  skipped: SkippedEntry[];
+  startedAt: { ms: number; ns: bigint };
+}
+
+/** Lists a snapshot's source as createSnapshot does: its .dumontignore, then `exclude`. */
+export async function listSnapshotSource(source: string, exclude?: readonly string[]): Promise<SourceListing> {
+  const startedAt = { ms: performance.now(), ns: BigInt(Date.now()) * 1_000_000n };
+  const root = resolve(source);
+  return { ...(await listSourceTree(root, await loadExclusions(root, exclude))), startedAt };
+}
+
 export async function createSnapshot(options: CreateSnapshotOptions): Promise<CreateSnapshotResult> {
-  const started = performance.now();
-  const startNs = BigInt(Date.now()) * 1_000_000n;
   const source = resolve(options.source);
   const ownPool = options.pool === undefined;
   const pool = options.pool ?? new SnapshotWorkerPool();
   const { sink } = options;
   try {
-    const { entries, skipped } = await listSourceTree(source, await loadExclusions(source, options.exclude));
+    const { entries, skipped, startedAt } = await (options.listing ?? listSnapshotSource(source, options.exclude));
+    // From the listing's start: a file changed after its lstat must fall in the racy window below.
+    const started = startedAt.ms;
+    const startNs = startedAt.ns;
     const previous = options.localIndex
       ? await loadLocalIndex(options.localIndex.file, options.localIndex.scope)
       : new Map<string, LocalIndexEntry>();
