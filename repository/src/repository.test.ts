@@ -154,6 +154,12 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await expect(writer.commit([sealManifest(key, bad)], meta)).rejects.toSatisfy((e) =>
       isRepositoryError(e, "invalid-manifest"),
     );
+    // A manifest the caller built itself is not opened again, but checked all the same.
+    const ok: Manifest = { version: 1, entries: [{ type: "dir", path: "fine", mode: 0o755, mtimeNs: "0" }] };
+    const again = await repository.writer();
+    await expect(again.commit([sealManifest(key, ok)], meta, bad)).rejects.toSatisfy((e) =>
+      isRepositoryError(e, "invalid-manifest"),
+    );
     await store.close();
   });
 

@@ -219,21 +219,25 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     for (const blob of manifestBlobs) stats.bytesStored += blob.length;
     const files = works.filter((w) => !w.failed);
     const seconds = (performance.now() - started) / 1000;
-    const id = await sink.commit(manifestBlobs, {
-      workspace: options.meta.workspace,
-      epoch: options.meta.epoch,
-      tenant: options.meta.tenant,
-      hostname: options.meta.hostname ?? hostname(),
-      time: new Date(Number(startNs / 1_000_000n)).toISOString(),
-      source,
-      stats: {
-        files: files.length,
-        ...stats,
-        seconds,
-        filesSkipped: skipped.length,
-        ...(skipped.length > 0 ? { skipped: skipped.slice(0, MAX_SKIPPED_LISTED).map(listedSkip) } : {}),
+    const id = await sink.commit(
+      manifestBlobs,
+      {
+        workspace: options.meta.workspace,
+        epoch: options.meta.epoch,
+        tenant: options.meta.tenant,
+        hostname: options.meta.hostname ?? hostname(),
+        time: new Date(Number(startNs / 1_000_000n)).toISOString(),
+        source,
+        stats: {
+          files: files.length,
+          ...stats,
+          seconds,
+          filesSkipped: skipped.length,
+          ...(skipped.length > 0 ? { skipped: skipped.slice(0, MAX_SKIPPED_LISTED).map(listedSkip) } : {}),
+        },
       },
-    });
+      manifest,
+    );
 
     if (options.localIndex) {
       const remembered: Record<string, LocalIndexEntry> = {};
