@@ -3,10 +3,9 @@
 import { posix } from "node:path";
 import { RepositoryError } from "./errors.js";
 import { MANIFEST_PART_BYTES, MAX_MANIFEST_BYTES, MAX_MANIFEST_PARTS, SMALLER_SNAPSHOT_ADVICE } from "./limits.js";
+import { ObjectKind, openObject, parseJson, sealObject } from "./sealing.js";
 
 export { MANIFEST_PART_BYTES, MAX_MANIFEST_BYTES, MAX_MANIFEST_PARTS };
-
-import { ObjectKind, openObject, parseJson, sealObject } from "./sealing.js";
 
 export const MAX_CHUNK_LENGTH = 64 * 1024 * 1024;
 

@@ -277,10 +277,6 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
 }
 
 /**
- * Asks the sink which chunks the local index remembers it still holds. Unchanged files with a chunk it lost
- * are read again; the rest come back as hex ids, sorted (the workers search them).
- */
-/**
  * The manifest sealed as the sink takes it: in parts (sealManifestParts), or as one part for a sink that
  * takes only one (a control plane from before parts), which holds up to 64 MiB plain as before.
  */
@@ -297,6 +293,10 @@ function sealManifestFor(sink: ChunkSink, key: Buffer, manifest: Manifest, partB
   return parts;
 }
 
+/**
+ * Asks the sink which chunks the local index remembers it still holds. Unchanged files with a chunk it lost
+ * are read again; the rest come back as hex ids, sorted (the workers search them).
+ */
 async function heldChunks(
   sink: ChunkSink,
   previous: Map<string, LocalIndexEntry>,
