@@ -62,6 +62,7 @@ export {
   diffManifests,
   diffSummaryLine,
 } from "./manifest-diff.js";
+export { ManifestPartsReceiver } from "./manifest-parts.js";
 export { type OpenBlobStoreOptions, openBlobStore } from "./open-blob-store.js";
 export { indexKey, type PackEntry, type PackIndex, packKey } from "./pack.js";
 export {

@@ -1,7 +1,7 @@
 // Snapshot objects: `snapshots/<id>` holds the sealed record; its id is the SHA-256 of the sealed bytes.
 import { RepositoryError } from "./errors.js";
+import { MAX_MANIFEST_PARTS } from "./limits.js";
 import type { ManifestTotals } from "./manifest.js";
-import { MAX_MANIFEST_PARTS } from "./manifest.js";
 import { ObjectKind, openJson, sealJson, sha256 } from "./sealing.js";
 import type { SnapshotStats } from "./transfer.js";
 

@@ -27,11 +27,11 @@ import {
   forgetSnapshots,
   hasRetentionRule,
   isRepositoryError,
-  MAX_MANIFEST_BYTES,
   MAX_MANIFEST_PARTS,
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
   type Manifest,
+  ManifestPartsReceiver,
   openBlobStore,
   type PruneReport,
   pruneRepository,
@@ -408,13 +408,8 @@ export class SnapshotCoordinator {
     const writer = await repository.writer({ index: this.index(req.tenantId), refreshIndex: true });
     /** Chunk messages in hand (being checked or waiting to be written); the stream is paused above MAX_VERIFYING. */
     let outstanding = 0;
-    /**
-     * The manifest's parts sent ahead of the commit (ManifestPart), in order, and their bytes: bounded by
-     * MAX_MANIFEST_PARTS and MAX_MANIFEST_BYTES (sealing adds a few bytes to each), so an agent cannot make the
-     * control plane hold more than a real manifest takes.
-     */
-    const manifestParts: Buffer[] = [];
-    let manifestBytes = 0;
+    /** The manifest's parts sent ahead of the commit: no more than a real manifest takes, whatever the agent sends. */
+    const manifestParts = new ManifestPartsReceiver();
     const requestId = randomUUID();
     const session = req.session;
     return new Promise<SnapshotRow>((resolve, reject) => {
@@ -491,31 +486,16 @@ export class SnapshotCoordinator {
             });
           } else if (m.case === "snapshotManifestPart") {
             if (m.value.epoch !== req.epoch) return abandon(staleEpoch(m.value.epoch, req.epoch));
-            if (m.value.index !== manifestParts.length || manifestParts.length >= MAX_MANIFEST_PARTS - 1) {
-              return abandon(
-                new InvalidArgumentError(
-                  `the agent sent manifest part ${m.value.index} after ${manifestParts.length} parts (at most ` +
-                    `${MAX_MANIFEST_PARTS} in all, in order)`,
-                ),
-              );
-            }
-            manifestBytes += m.value.part.length;
-            if (manifestBytes > MAX_MANIFEST_BYTES + MAX_MANIFEST_PARTS * 1024) {
-              return abandon(
-                new InvalidArgumentError(
-                  `the agent sent more than ${MAX_MANIFEST_BYTES / 2 ** 20} MiB of manifest parts, more than a manifest holds`,
-                ),
-              );
-            }
-            manifestParts.push(Buffer.from(m.value.part));
+            const refused = manifestParts.add(m.value.index, m.value.part);
+            if (refused) return abandon(new InvalidArgumentError(`the agent sent ${refused}`));
           } else if (m.case === "snapshotCommit") {
             if (m.value.epoch !== req.epoch) return abandon(staleEpoch(m.value.epoch, req.epoch));
             const commit = m.value;
-            const parts = [...manifestParts, Buffer.from(commit.manifest)];
-            if (parts.length !== Math.max(1, commit.manifestParts)) {
+            const parts = manifestParts.complete(commit.manifest, commit.manifestParts);
+            if (!parts) {
               return abandon(
                 new InvalidArgumentError(
-                  `the agent committed a manifest of ${commit.manifestParts} parts and sent ${parts.length}`,
+                  `the agent committed a manifest of ${commit.manifestParts} parts and sent ${manifestParts.received + 1}`,
                 ),
               );
             }

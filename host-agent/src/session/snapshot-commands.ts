@@ -4,7 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { AgentMessageSchema, type ControlMessage, type Restore, type TakeSnapshot } from "@dumont/proto";
-import { MAX_MANIFEST_PARTS } from "@dumont/repository/limits";
+import { ManifestPartsReceiver } from "@dumont/repository/manifest-parts";
 import type { Logger } from "../logger.js";
 import type { SnapshotWorkerPool } from "../snapshot/index.js";
 import type { ControlPlaneSession } from "./control-plane-session.js";
@@ -27,7 +27,7 @@ export class SnapshotCommands {
    * Manifest parts the control plane sent ahead of a Restore, by request id; the Restore takes them. Kept
    * here, not by the source: the Restore's engine starts after an await, and the parts are already read.
    */
-  private readonly manifestParts = new Map<string, { parts: Buffer[]; error?: string }>();
+  private readonly manifestParts = new Map<string, ManifestPartsReceiver>();
 
   constructor(
     private readonly session: ControlPlaneSession,
@@ -71,13 +71,9 @@ export class SnapshotCommands {
         this.sources.get(m.value.requestId)?.receive(message);
         return;
       case "restoreManifestPart": {
-        const held = this.manifestParts.get(m.value.requestId) ?? { parts: [] };
+        const held = this.manifestParts.get(m.value.requestId) ?? new ManifestPartsReceiver();
         this.manifestParts.set(m.value.requestId, held);
-        if (held.error) return;
-        if (m.value.index !== held.parts.length || held.parts.length >= MAX_MANIFEST_PARTS - 1) {
-          held.error = `manifest part ${m.value.index} arrived after ${held.parts.length} parts`;
-          held.parts = [];
-        } else held.parts.push(Buffer.from(m.value.part));
+        held.add(m.value.index, m.value.part); // a refusal fails the Restore that follows
         return;
       }
     }
@@ -178,15 +174,15 @@ export class SnapshotCommands {
           msg: { case: "restoreProgress", value: { requestId: cmd.requestId, done: true, ...value } },
         }),
       );
-    const held = this.manifestParts.get(cmd.requestId) ?? { parts: [] };
+    const held = this.manifestParts.get(cmd.requestId) ?? new ManifestPartsReceiver();
     this.manifestParts.delete(cmd.requestId);
     try {
       if (!path.isAbsolute(cmd.target)) throw new Error(`target must be absolute, got ${JSON.stringify(cmd.target)}`);
-      const manifest = [...held.parts, Buffer.from(cmd.manifest)];
-      if (held.error || manifest.length !== Math.max(1, cmd.manifestParts)) {
+      const manifest = held.complete(cmd.manifest, cmd.manifestParts);
+      if (!manifest) {
         throw new Error(
-          `the control plane sent ${manifest.length} of the manifest's ${Math.max(1, cmd.manifestParts)} parts` +
-            (held.error ? ` (${held.error})` : ""),
+          `the control plane sent ${held.received + 1} of the manifest's ${Math.max(1, cmd.manifestParts)} parts` +
+            (held.refused ? ` (it sent ${held.refused})` : ""),
         );
       }
       const result = await this.withEngine(({ restoreSnapshot, pool }) => {
