@@ -35,6 +35,7 @@ import {
   openBlobStore,
   type PruneReport,
   pruneRepository,
+  type SnapshotStats as RecordStats,
   Repository,
   type RepositoryChunkSource,
   RepositoryIndex,
@@ -316,27 +317,21 @@ export class SnapshotCoordinator {
     const listed = new Set((await listSnapshots(this.db, { tenantId })).map((r) => r.id));
     for (const record of await repository.listSnapshots()) {
       if (listed.has(record.id)) continue;
-      const stats = record.stats;
-      const skipped = stats?.skipped ?? [];
       await this.db
         .insertInto("snapshots")
-        .values({
-          id: record.id,
-          tenant_id: tenantId,
-          host_id: record.hostname ?? "",
-          workspace_id: record.workspace,
-          path: record.source ?? "",
-          epoch: record.epoch,
-          files: stats?.files ?? record.totals.files,
-          bytes_read: stats?.bytesRead ?? 0,
-          bytes_new: stats?.bytesNew ?? 0,
-          bytes_stored: stats?.bytesStored ?? 0,
-          chunks_new: stats?.chunksNew ?? 0,
-          seconds: stats?.seconds ?? 0,
-          files_skipped: stats?.filesSkipped ?? 0,
-          skipped: JSON.stringify(skipped),
-          created_at: new Date(record.time),
-        })
+        .values(
+          catalogueRow({
+            id: record.id,
+            tenantId,
+            hostId: record.hostname ?? "",
+            workspace: record.workspace,
+            path: record.source ?? "",
+            epoch: record.epoch,
+            files: record.stats?.files ?? record.totals.files,
+            stats: record.stats,
+            createdAt: new Date(record.time),
+          }),
+        )
         // A commit finishing meanwhile inserts the same row (see commit).
         .onConflict((oc) => oc.column("id").doNothing())
         .execute();
@@ -689,24 +684,18 @@ export class SnapshotCoordinator {
       hostname: req.session.hostId,
       stats,
     });
-    const row = {
+    const row = catalogueRow({
       id,
-      tenant_id: req.tenantId,
-      host_id: req.session.hostId,
-      workspace_id: req.workspaceId,
+      tenantId: req.tenantId,
+      hostId: req.session.hostId,
+      workspace: req.workspaceId,
       path: req.path,
       epoch: Number(req.epoch),
       files: counts.files,
-      bytes_read: counts.bytesRead,
-      bytes_new: counts.bytesNew,
-      bytes_stored: counts.bytesStored,
-      chunks_new: counts.chunksNew,
-      seconds: counts.seconds,
-      files_skipped: skipped.filesSkipped,
-      skipped: JSON.stringify(skipped.skipped),
+      stats,
       // Set here, not by the column default, so the answer to this request and later listings agree.
-      created_at: new Date(),
-    };
+      createdAt: new Date(),
+    });
     // Inserted already only if a forget found the snapshot in the repository first (listUnlisted): that row
     // is the same snapshot, and what `list` shows, so it is the answer.
     const inserted = await this.db
@@ -754,6 +743,41 @@ export class SnapshotCoordinator {
     }
     return repo;
   }
+}
+
+/**
+ * A snapshot's catalogue row: where it came from and its creator's stats, as the repository's record has them
+ * (a commit's row and one listed again from the record are the same row).
+ */
+function catalogueRow(s: {
+  id: string;
+  tenantId: string;
+  hostId: string;
+  workspace: string;
+  path: string;
+  epoch: number;
+  files: number;
+  stats: RecordStats | undefined;
+  createdAt: Date;
+}) {
+  const st = s.stats;
+  return {
+    id: s.id,
+    tenant_id: s.tenantId,
+    host_id: s.hostId,
+    workspace_id: s.workspace,
+    path: s.path,
+    epoch: s.epoch,
+    files: s.files,
+    bytes_read: st?.bytesRead ?? 0,
+    bytes_new: st?.bytesNew ?? 0,
+    bytes_stored: st?.bytesStored ?? 0,
+    chunks_new: st?.chunksNew ?? 0,
+    seconds: st?.seconds ?? 0,
+    files_skipped: st?.filesSkipped ?? 0,
+    skipped: JSON.stringify(st?.skipped ?? []),
+    created_at: s.createdAt,
+  };
 }
 
 /** Longest skipped path taken from an agent (Linux's PATH_MAX); reasons are cut by the agent (MAX_SKIPPED_REASON). */
