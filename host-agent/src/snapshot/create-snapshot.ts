@@ -29,7 +29,7 @@ import {
   GEAR,
   GEAR_SCAN_WASM,
 } from "./chunker.js";
-import { type LocalIndexEntry, loadLocalIndex, saveLocalIndex } from "./local-index.js";
+import { LocalIndex, type LocalIndexFile, loadLocalIndex, saveLocalIndex } from "./local-index.js";
 import { loadExclusions } from "./path-matcher.js";
 import type { SealedSegments } from "./segment-sealer.js";
 import { listSourceTree, type SourceEntry } from "./source-tree.js";
@@ -136,7 +136,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     const startNs = startedAt.ns;
     const previous = options.localIndex
       ? await loadLocalIndex(options.localIndex.file, options.localIndex.scope)
-      : new Map<string, LocalIndexEntry>();
+      : LocalIndex.empty();
 
     const works: FileWork[] = [];
     const reusable: FileWork[] = [];
@@ -144,15 +144,10 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       if (entry.type !== "file") continue;
       const work: FileWork = { entry, chunks: [], lengths: [], size: entry.size, segments: 0, position: 0 };
       works.push(work);
-      const prev = previous.get(entry.path);
-      if (
-        prev &&
-        prev.size === entry.size &&
-        prev.mtimeNs === String(entry.mtimeNs) &&
-        prev.ino === String(entry.ino)
-      ) {
-        work.chunks = prev.chunks;
-        work.lengths = prev.lengths;
+      const known = previous.find(entry.path, entry.size, entry.mtimeNs, entry.ino);
+      if (known >= 0) {
+        work.chunks = previous.chunks(known);
+        work.lengths = previous.lengths(known);
         reusable.push(work);
       }
     }
@@ -240,19 +235,12 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     );
 
     if (options.localIndex) {
-      const remembered: Record<string, LocalIndexEntry> = {};
-      for (const w of files) {
-        if (w.entry.mtimeNs >= startNs - RACY_WINDOW_NS) continue;
-        remembered[w.entry.path] = {
-          size: w.size,
-          mtimeNs: String(w.entry.mtimeNs),
-          ino: String(w.entry.ino),
-          chunks: w.chunks,
-          lengths: w.lengths,
-        };
+      const remembered: LocalIndexFile[] = [];
+      for (const { entry, size, chunks, lengths } of files) {
+        if (entry.mtimeNs >= startNs - RACY_WINDOW_NS) continue;
+        remembered.push({ path: entry.path, size, mtimeNs: entry.mtimeNs, ino: entry.ino, chunks, lengths });
       }
       await saveLocalIndex(options.localIndex.file, {
-        version: 1,
         scope: options.localIndex.scope,
         snapshot: id,
         files: remembered,
@@ -299,14 +287,11 @@ function sealManifestFor(sink: ChunkSink, key: Buffer, manifest: Manifest, partB
  */
 async function heldChunks(
   sink: ChunkSink,
-  previous: Map<string, LocalIndexEntry>,
+  previous: LocalIndex,
   reusable: FileWork[],
   toRead: Set<FileWork>,
 ): Promise<string[]> {
-  const unique = new Map<string, Buffer>();
-  for (const entry of previous.values()) {
-    for (const hex of entry.chunks) if (!unique.has(hex)) unique.set(hex, Buffer.from(hex, "hex"));
-  }
+  const unique = previous.distinctChunks();
   const absent = await missingIds(sink, [...unique.values()]);
   for (const w of reusable) if (w.chunks.some((hex) => absent.has(hex))) toRead.add(w);
   return [...unique.keys()].filter((hex) => !absent.has(hex)).sort();

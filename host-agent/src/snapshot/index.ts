@@ -16,7 +16,7 @@ export {
   restoreDirectSnapshot,
   withDirectRepository,
 } from "./direct-mode.js";
-export { type LocalIndexEntry, loadLocalIndex, localIndexPath } from "./local-index.js";
+export { LocalIndex, type LocalIndexFile, loadLocalIndex, localIndexPath } from "./local-index.js";
 export {
   type DamagedFile,
   RestoreDamagedError,

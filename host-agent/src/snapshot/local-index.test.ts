@@ -1,0 +1,123 @@
+import { createHash } from "node:crypto";
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { LocalIndex, type LocalIndexFile, loadLocalIndex, localIndexPath, saveLocalIndex } from "./local-index.js";
+
+const root = await mkdtemp(join(tmpdir(), "dumont-local-index-"));
+afterAll(() => rm(root, { recursive: true, force: true }));
+let n = 0;
+const freshState = () => join(root, `state-${++n}`);
+
+const id = (seed: number) => seed.toString(16).padStart(64, "0");
+const FILES: LocalIndexFile[] = [
+  {
+    path: "weights/model.bin",
+    size: 3_000_000,
+    mtimeNs: 1_700_000_000_123_456_789n,
+    ino: 2n ** 63n + 5n,
+    chunks: [id(1), id(2), id(1)],
+    lengths: [1_000_000, 1_500_000, 500_000],
+  },
+  { path: "empty", size: 0, mtimeNs: -5n, ino: 7n, chunks: [], lengths: [] },
+  { path: "notes/å ü 名前.txt", size: 12, mtimeNs: 9n, ino: 8n, chunks: [id(3)], lengths: [12] },
+];
+
+async function saved(scope = "repo-1 /src"): Promise<string> {
+  const file = localIndexPath(freshState(), scope);
+  await saveLocalIndex(file, { scope, snapshot: "snap-1", files: FILES });
+  return file;
+}
+
+describe("local index", () => {
+  it("gives back every file it saved, and only while size, mtime and inode are unchanged", async () => {
+    const file = await saved();
+    const index = await loadLocalIndex(file, "repo-1 /src");
+    expect(index.files).toBe(3);
+    for (const f of FILES) {
+      const i = index.find(f.path, f.size, f.mtimeNs, f.ino);
+      expect(i).toBeGreaterThanOrEqual(0);
+      expect(index.chunks(i)).toEqual(f.chunks);
+      expect(index.lengths(i)).toEqual(f.lengths);
+    }
+    const [model] = FILES;
+    expect(index.find(model.path, model.size + 1, model.mtimeNs, model.ino)).toBe(-1);
+    expect(index.find(model.path, model.size, model.mtimeNs + 1n, model.ino)).toBe(-1);
+    expect(index.find(model.path, model.size, model.mtimeNs, model.ino - 1n)).toBe(-1);
+    expect(index.find("weights/other.bin", model.size, model.mtimeNs, model.ino)).toBe(-1);
+    expect([...index.distinctChunks().keys()].sort()).toEqual([id(1), id(2), id(3)]);
+    expect(index.distinctChunks().get(id(2))?.toString("hex")).toBe(id(2));
+  });
+
+  it("is empty when there is none, it belongs to another scope, or any byte of it is damaged", async () => {
+    expect((await loadLocalIndex(join(freshState(), "none.idx"), "s")).files).toBe(0);
+    const file = await saved("scope A");
+    expect((await loadLocalIndex(file, "scope B")).files).toBe(0);
+    const good = await readFile(file);
+    for (const at of [0, 25, 200, good.length - 40, good.length - 1]) {
+      const bad = Buffer.from(good);
+      bad[at] ^= 0x10;
+      await writeFile(file, bad);
+      expect((await loadLocalIndex(file, "scope A")).files).toBe(0);
+    }
+    await writeFile(file, good.subarray(0, good.length - 8));
+    expect((await loadLocalIndex(file, "scope A")).files).toBe(0);
+    await writeFile(file, good);
+    expect((await loadLocalIndex(file, "scope A")).files).toBe(3);
+  });
+
+  it("is empty when its digest holds but its columns disagree (lengths that do not add up to the size)", async () => {
+    const file = await saved();
+    const data = await readFile(file);
+    const length = Buffer.alloc(4);
+    length.writeUInt32LE(1_500_000);
+    const at = data.indexOf(length);
+    expect(at).toBeGreaterThan(0);
+    data.writeUInt32LE(1_400_000, at);
+    createHash("sha256")
+      .update(data.subarray(0, data.length - 32))
+      .digest()
+      .copy(data, data.length - 32);
+    await writeFile(file, data);
+    expect((await loadLocalIndex(file, "repo-1 /src")).files).toBe(0);
+  });
+
+  it("reads a format 1 (JSON) index an older agent left, keeping only sound entries, and replaces it", async () => {
+    const file = localIndexPath(freshState(), "scope");
+    const legacy = file.replace(/\.idx$/, ".json");
+    const entry = (f: LocalIndexFile) => ({
+      size: f.size,
+      mtimeNs: String(f.mtimeNs),
+      ino: String(f.ino),
+      chunks: f.chunks,
+      lengths: f.lengths,
+    });
+    const files = {
+      [FILES[0].path]: entry(FILES[0]),
+      [FILES[2].path]: entry(FILES[2]),
+      "lengths do not add up": { ...entry(FILES[2]), lengths: [11] },
+      "id is not hex": { ...entry(FILES[2]), chunks: ["zz"] },
+      "no inode": { ...entry(FILES[2]), ino: undefined },
+    };
+    await mkdir(dirname(legacy), { recursive: true });
+    await writeFile(legacy, JSON.stringify({ version: 1, scope: "scope", snapshot: "s", files }));
+    const index = await loadLocalIndex(file, "scope");
+    expect(index.files).toBe(2);
+    expect(index.chunks(index.find(FILES[0].path, FILES[0].size, FILES[0].mtimeNs, FILES[0].ino))).toEqual(
+      FILES[0].chunks,
+    );
+    expect(index.find("lengths do not add up", 12, FILES[2].mtimeNs, FILES[2].ino)).toBe(-1);
+
+    await saveLocalIndex(file, { scope: "scope", snapshot: "s2", files: FILES });
+    expect(await stat(legacy).catch(() => undefined)).toBeUndefined();
+    expect((await loadLocalIndex(file, "scope")).files).toBe(3);
+  });
+
+  it("refuses to save a chunk id that is not 64 hex digits", async () => {
+    const file = localIndexPath(freshState(), "scope");
+    const bad = [{ ...FILES[2], chunks: ["abc"] }];
+    await expect(saveLocalIndex(file, { scope: "scope", snapshot: "s", files: bad })).rejects.toThrow(/bad chunk id/);
+    expect(LocalIndex.fromFiles(FILES).files).toBe(3);
+  });
+});
