@@ -36,6 +36,29 @@ describe("chunk codec", () => {
     expect(chunkCodec.openChunk(key, b.id, b.blob).equals(noise)).toBe(true);
   });
 
+  it("seals an object deterministically when asked: the same bytes each time, a nonce of its own per object", () => {
+    const plain = Buffer.from(JSON.stringify({ entries: Array.from({ length: 500 }, (_, i) => `file ${i}`) }));
+    const a = chunkCodec.sealObject(key, "dumont/manifest/v1", plain, { deterministic: true });
+    const b = chunkCodec.sealObject(key, "dumont/manifest/v1", plain, { deterministic: true });
+    expect(a.equals(b)).toBe(true);
+    expect(chunkCodec.openObject(key, "dumont/manifest/v1", a).equals(plain)).toBe(true);
+    // Random nonces otherwise; another object, kind or key gets another nonce.
+    const random = chunkCodec.sealObject(key, "dumont/manifest/v1", plain);
+    expect(random.equals(a)).toBe(false);
+    const nonce = (sealed: Buffer) => sealed.subarray(0, 12).toString("hex");
+    const others = [
+      chunkCodec.sealObject(key, "dumont/manifest/v1", Buffer.concat([plain, Buffer.from(" ")]), {
+        deterministic: true,
+      }),
+      chunkCodec.sealObject(key, "dumont/index/v1", plain, { deterministic: true }),
+      chunkCodec.sealObject(generateRepositoryKey(), "dumont/manifest/v1", plain, { deterministic: true }),
+    ];
+    expect(new Set([a, ...others].map(nonce)).size).toBe(4);
+    // A codec without createHmac (a worker's) refuses rather than fall back to a nonce that could repeat.
+    const noHmac = createChunkCodec({ ...codecDeps, createHmac: undefined });
+    expect(() => noHmac.sealObject(key, "dumont/manifest/v1", plain, { deterministic: true })).toThrow(/createHmac/);
+  });
+
   it("gives every blob its own nonce, across refills of its pool of them", () => {
     const draws: number[] = [];
     const codec = createChunkCodec({

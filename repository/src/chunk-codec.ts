@@ -9,6 +9,8 @@ export interface ChunkCodecDeps {
   createCipheriv: typeof nodeCrypto.createCipheriv;
   createDecipheriv: typeof nodeCrypto.createDecipheriv;
   randomFillSync: typeof nodeCrypto.randomFillSync;
+  /** For objects sealed `deterministic` (manifest parts); worker threads, which seal chunks only, leave it out. */
+  createHmac?: typeof nodeCrypto.createHmac;
   /** LZ4 block with a 4-byte little-endian length prefix (lz4-napi `compressSync`). */
   compress(data: Buffer): Buffer;
   /** Inverse of `compress` (lz4-napi `uncompressSync`). */
@@ -96,8 +98,12 @@ export interface ChunkCodec {
     spare?: ArrayBufferLike,
     positions?: Int32Array,
   ): OpenedChunkBatch;
-  /** Seals a repository object (index, manifest, snapshot); `aad` names its kind so blobs cannot be swapped. */
-  sealObject(key: Buffer, aad: string, plain: Buffer): Buffer;
+  /**
+   * Seals a repository object (index, manifest, snapshot); `aad` names its kind so blobs cannot be swapped.
+   * `deterministic`: the nonce is derived from what is encrypted (see syntheticNonce), so the same plain
+   * object always seals to the same bytes; for objects whose reuse saves storage (manifest parts).
+   */
+  sealObject(key: Buffer, aad: string, plain: Buffer, options?: { deterministic?: boolean }): Buffer;
   openObject(key: Buffer, aad: string, sealed: Buffer): Buffer;
 }
 
@@ -182,9 +188,34 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
     return { codec: CODEC_RAW, body: plain };
   }
 
-  function sealInto(key: Buffer, aad: Buffer, codec: number, body: Buffer, out: Buffer, pos: number): number {
+  /**
+   * A nonce that is a MAC of exactly what it will encrypt (kind, codec, body), keyed by a key derived from the
+   * repository key, as SIV modes do: the same message always seals to the same bytes, and two different
+   * messages share a nonce only if HMAC-SHA256 cut to 96 bits collides (about 2^48 objects in). It is over the
+   * coded body, not the plain object: a DEFLATE of another zlib version may code the same object otherwise,
+   * and that body then gets its own nonce. What it reveals is only that two such objects are equal.
+   */
+  function syntheticNonce(key: Buffer, aad: Buffer, codec: number, body: Buffer): Buffer {
+    if (!deps.createHmac) throw new Error("this codec cannot seal objects deterministically (no createHmac)");
+    const nonceKey = deps.createHmac("sha256", key).update("dumont/synthetic-nonce/v1").digest();
+    const length = Buffer.alloc(4);
+    length.writeUInt32LE(aad.length);
+    const mac = deps.createHmac("sha256", nonceKey).update(length).update(aad).update(codecBytes[codec]);
+    return mac.update(body).digest().subarray(0, NONCE);
+  }
+
+  function sealInto(
+    key: Buffer,
+    aad: Buffer,
+    codec: number,
+    body: Buffer,
+    out: Buffer,
+    pos: number,
+    givenNonce?: Buffer,
+  ): number {
     const nonce = out.subarray(pos, pos + NONCE);
-    nextNonce(nonce);
+    if (givenNonce) givenNonce.copy(nonce);
+    else nextNonce(nonce);
     const cipher = deps.createCipheriv("aes-256-gcm", key, nonce, { authTagLength: TAG });
     cipher.setAAD(aad);
     const head = cipher.update(codecBytes[codec]);
@@ -442,7 +473,7 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
       return { out, plainRanges, errors };
     },
 
-    sealObject(key, aad, plain) {
+    sealObject(key, aad, plain, options) {
       // Refused here rather than written unreadable: a snapshot whose manifest cannot be opened is lost.
       if (plain.length > MAX_OBJECT) {
         const message = `a ${aad} object of ${plain.length} bytes is over the ${MAX_OBJECT}-byte limit`;
@@ -450,7 +481,9 @@ export function createChunkCodec(deps: ChunkCodecDeps): ChunkCodec {
       }
       const { codec, body } = deps.deflate ? chooseObjectBody(plain, deps.deflate) : chooseBody(plain);
       const sealed = Buffer.allocUnsafe(body.length + OVERHEAD);
-      sealInto(key, Buffer.from(aad, "utf8"), codec, body, sealed, 0);
+      const aadBytes = Buffer.from(aad, "utf8");
+      const nonce = options?.deterministic ? syntheticNonce(key, aadBytes, codec, body) : undefined;
+      sealInto(key, aadBytes, codec, body, sealed, 0, nonce);
       return sealed;
     },
 

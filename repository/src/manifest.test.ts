@@ -121,11 +121,14 @@ describe("manifest parts", () => {
     const parts = sealManifestParts(key, entries, { partBytes: 4096 });
     expect(parts.length).toBeGreaterThan(4);
     const plains = parts.map((p, i) => openJson(key, ObjectKind.manifest, p, `part ${i}`) as Manifest);
-    // Each part is a manifest of its own, no larger than asked (one entry is ~90 bytes), never empty.
-    for (const plain of plains) {
+    // Each part is a manifest of its own, from half to twice the size asked (one entry is ~90 bytes) but the
+    // last, never empty.
+    for (const [i, plain] of plains.entries()) {
       expect(plain.version).toBe(1);
       expect(plain.entries.length).toBeGreaterThan(0);
-      expect(Buffer.byteLength(JSON.stringify(plain))).toBeLessThanOrEqual(4096 + 64);
+      const bytes = Buffer.byteLength(JSON.stringify(plain));
+      expect(bytes).toBeLessThanOrEqual(2 * 4096 + 64);
+      if (i < plains.length - 1) expect(bytes).toBeGreaterThanOrEqual(4096 / 2);
     }
     expect(plains.flatMap((p) => p.entries)).toEqual(entries);
     expect(openManifestParts(key, parts)).toEqual(m(...entries));
@@ -133,6 +136,24 @@ describe("manifest parts", () => {
     const one = sealManifestParts(key, entries);
     expect(one).toHaveLength(1);
     expect(openManifest(key, one[0])).toEqual(m(...entries));
+  });
+
+  it("seals the same entries to the same parts, and a change to one file changes only the part it is in", () => {
+    const again = sealManifestParts(key, entries, { partBytes: 4096 });
+    const parts = sealManifestParts(key, entries, { partBytes: 4096 });
+    expect(again.map((p) => p.toString("hex"))).toEqual(parts.map((p) => p.toString("hex")));
+    // Added near the start, changed in the middle, removed near the end: the other parts are the same objects.
+    const changed = [...entries];
+    changed.splice(150, 1, { ...file("d/file 149 ü.txt"), mode: 0o600 });
+    changed.splice(280, 1);
+    changed.splice(20, 0, file("d/a new file.txt"));
+    const after = sealManifestParts(key, changed, { partBytes: 4096 });
+    expect(openManifestParts(key, after)).toEqual(m(...changed));
+    const before = new Set(parts.map((p) => p.toString("hex")));
+    const fresh = after.filter((p) => !before.has(p.toString("hex")));
+    expect(fresh.length).toBeGreaterThan(0);
+    expect(fresh.length).toBeLessThanOrEqual(4); // three changes, three parts (9 in all)
+    expect(after.length - fresh.length).toBeGreaterThanOrEqual(parts.length - 4);
   });
 
   it("puts an entry larger than a part in a part of its own", () => {

@@ -38,14 +38,21 @@ export interface ManifestTotals {
 }
 
 export interface SealPartsOptions {
-  /** Plain bytes a part holds before the next starts (MANIFEST_PART_BYTES); Infinity seals one part. */
+  /** Plain bytes a part holds on average (MANIFEST_PART_BYTES); Infinity seals one part. */
   partBytes?: number;
 }
 
 /**
- * Seals a manifest's entries as parts of about `partBytes` plain bytes, in order. Each part is a manifest of
- * its own ({"version":1,"entries":[...]}); an entry is never split, so one larger than `partBytes` is a part
+ * Seals a manifest's entries as parts of `partBytes` plain bytes on average, in order. Each part is a manifest
+ * of its own ({"version":1,"entries":[...]}); an entry is never split, so one larger than a part is a part
  * alone.
+ *
+ * Parts are cut by content, as chunks are, so that a snapshot whose files barely changed stores barely any
+ * new manifest: each part is sealed deterministically (the same entries seal to the same object, stored
+ * once), and where a part ends depends only on its own entries. After at least half of `partBytes`, a part
+ * ends after an entry with a chance proportional to the entry's size (a hash of its path against its size),
+ * and it never grows past twice `partBytes`. A file added, removed or changed then changes the part it falls
+ * in, and the cuts after it fall where they did. Fixed-size parts shifted every part after the first change.
  */
 export function sealManifestParts(
   key: Buffer,
@@ -53,6 +60,8 @@ export function sealManifestParts(
   options: SealPartsOptions = {},
 ): Buffer[] {
   const partBytes = options.partBytes ?? MANIFEST_PART_BYTES;
+  const minBytes = partBytes / 2;
+  const maxBytes = 2 * partBytes;
   const parts: Buffer[] = [];
   let texts: string[] = [];
   let bytes = 0;
@@ -62,7 +71,7 @@ export function sealManifestParts(
     total += plain.length;
     if (total > MAX_MANIFEST_BYTES) throw tooManyEntries(entries.length);
     try {
-      parts.push(sealObject(key, ObjectKind.manifest, plain));
+      parts.push(sealObject(key, ObjectKind.manifest, plain, { deterministic: true }));
     } catch (err) {
       if ((err as { code?: unknown }).code !== "EOBJECTTOOLARGE") throw err;
       throw new RepositoryError(
@@ -78,13 +87,24 @@ export function sealManifestParts(
     const text = JSON.stringify(e);
     const size = Buffer.byteLength(text, "utf8") + 1;
     if (total + bytes + size > MAX_MANIFEST_BYTES) throw tooManyEntries(entries.length);
-    if (texts.length > 0 && bytes + size > partBytes) seal();
+    if (texts.length > 0 && bytes + size > maxBytes) seal();
     texts.push(text);
     bytes += size;
+    if (bytes >= minBytes && pathHash(e.path) < (size / (partBytes - minBytes)) * 2 ** 32) seal();
   }
   if (texts.length > 0 || parts.length === 0) seal();
   if (parts.length > MAX_MANIFEST_PARTS) throw tooManyEntries(entries.length);
   return parts;
+}
+
+/** FNV-1a over the path's UTF-16 code units: where manifest parts end (not a security property). */
+function pathHash(path: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < path.length; i++) {
+    h ^= path.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
 }
 
 function tooManyEntries(count: number): RepositoryError {

@@ -177,8 +177,12 @@ export class RepositoryWriter implements ChunkSink {
     const manifests: string[] = [];
     for (const blob of manifestBlobs) {
       const manifestId = sha256(blob).toString("hex");
-      await store.put(manifestKey(manifestId), blob);
       manifests.push(manifestId);
+      // Parts are sealed deterministically (sealManifestParts): an earlier snapshot's unchanged part is already
+      // there under the same id (a hash of these very bytes), and is not written again. Prune cannot remove it
+      // meanwhile: it runs only under an exclusive lock, and this writer holds a shared one.
+      if ((await store.stat(manifestKey(manifestId)))?.size === blob.length) continue;
+      await store.put(manifestKey(manifestId), blob);
       this.stats.bytesWritten += blob.length;
     }
     const { id, sealed } = sealSnapshotRecord(this.repository.key, {

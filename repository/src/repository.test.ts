@@ -4,7 +4,7 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { BlobStore } from "./blob-store.js";
 import { checkRepository } from "./check.js";
 import { isRepositoryError } from "./errors.js";
@@ -385,6 +385,40 @@ describe.each(stores)("a manifest in parts on %s", (_name, make) => {
     const check = await checkRepository(repository);
     expect(check.problems).toEqual([expect.objectContaining({ kind: "manifest-unreadable", snapshot: third })]);
     await expect(repository.readManifest(await repository.findSnapshot(third))).rejects.toThrow();
+    await store.close();
+  });
+
+  it("stores a part that an earlier snapshot holds once, and prune keeps it while a snapshot needs it", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const chunks = Array.from({ length: 30 }, (_, i) => sealed(key, randomBytes(500 + i)));
+    const manifest = manifestOf(Object.fromEntries(chunks.map((c, i) => [`d/file ${i} ${"x".repeat(60)}`, [c]])));
+    const first = await repository.writer();
+    await first.put(chunks);
+    const one = await first.commit(sealManifestParts(key, manifest.entries, { partBytes: 2048 }), meta);
+    const stored = async () => {
+      const keys: string[] = [];
+      for await (const blob of store.list("manifests/")) keys.push(blob.key);
+      return keys.sort();
+    };
+    const before = await stored();
+    expect(before.length).toBeGreaterThan(2);
+
+    // The same tree again, sealed again: the same parts, which the second writer does not write.
+    const puts = vi.spyOn(store, "put");
+    const second = await repository.writer();
+    const two = await second.commit(sealManifestParts(key, manifest.entries, { partBytes: 2048 }), meta);
+    expect(puts.mock.calls.filter(([k]) => k.startsWith("manifests/"))).toEqual([]);
+    puts.mockRestore();
+    expect(await stored()).toEqual(before);
+    const [a, b] = [await repository.findSnapshot(one), await repository.findSnapshot(two)];
+    expect(b.manifests).toEqual(a.manifests);
+
+    await forgetSnapshots(repository, { ids: [one] });
+    expect((await pruneRepository(repository)).manifestsDeleted).toBe(0);
+    expect(await repository.readManifest(b)).toEqual(manifest);
+    expect((await checkRepository(repository)).problems).toEqual([]);
     await store.close();
   });
 

@@ -1,5 +1,5 @@
 // The codec instance used on the calling thread, and the associated-data labels of each object kind.
-import { createCipheriv, createDecipheriv, createHash, randomFillSync } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomFillSync } from "node:crypto";
 import { deflateRawSync, inflateRawSync } from "node:zlib";
 import { compressSync, uncompressSync } from "lz4-napi";
 import { type ChunkCodecDeps, createChunkCodec } from "./chunk-codec.js";
@@ -19,6 +19,7 @@ export const codecDeps: ChunkCodecDeps = {
   createCipheriv,
   createDecipheriv,
   randomFillSync,
+  createHmac,
   compress: (data) => compressSync(data),
   uncompress: (data) => uncompressSync(data),
   get lz4Encoder() {
@@ -43,8 +44,9 @@ export const ObjectKind = {
   lock: "dumont/lock/v1",
 } as const;
 
-export function sealObject(key: Buffer, kind: string, plain: Buffer): Buffer {
-  return chunkCodec.sealObject(key, kind, plain);
+/** `deterministic`: the same plain object always seals to the same bytes (see ChunkCodec.sealObject). */
+export function sealObject(key: Buffer, kind: string, plain: Buffer, options?: { deterministic?: boolean }): Buffer {
+  return chunkCodec.sealObject(key, kind, plain, options);
 }
 
 /** Opens a sealed object; `what` names it in the error ("index index/ab12…"). */

@@ -1,6 +1,7 @@
 // Takes a snapshot of a directory into a ChunkSink: lists the tree, skips files the local index knows are
 // unchanged, streams the rest through the chunker in blocks, has workers seal each block, offers the chunk
 // ids to the sink and sends only the ones it lacks, then commits the sealed manifest.
+import { createHash } from "node:crypto";
 import { constants } from "node:fs";
 import { type FileHandle, lstat, open } from "node:fs/promises";
 import { hostname } from "node:os";
@@ -211,7 +212,12 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       }
     }
     const manifestBlobs = sealManifestFor(sink, options.key, manifest, options.manifestPartBytes);
-    for (const blob of manifestBlobs) stats.bytesStored += blob.length;
+    // Parts seal deterministically: one the last snapshot of this scope had is stored already (the writer skips
+    // it), so it is not counted as stored again.
+    const manifestIds = manifestBlobs.map((blob) => createHash("sha256").update(blob).digest("hex"));
+    manifestBlobs.forEach((blob, i) => {
+      if (!previous.manifests.has(manifestIds[i])) stats.bytesStored += blob.length;
+    });
     const files = works.filter((w) => !w.failed);
     const seconds = (performance.now() - started) / 1000;
     const id = await sink.commit(
@@ -243,6 +249,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       await saveLocalIndex(options.localIndex.file, {
         scope: options.localIndex.scope,
         snapshot: id,
+        manifests: manifestIds,
         files: remembered,
       });
     }

@@ -26,7 +26,7 @@ const FILES: LocalIndexFile[] = [
 
 async function saved(scope = "repo-1 /src"): Promise<string> {
   const file = localIndexPath(freshState(), scope);
-  await saveLocalIndex(file, { scope, snapshot: "snap-1", files: FILES });
+  await saveLocalIndex(file, { scope, snapshot: "snap-1", manifests: ["m1"], files: FILES });
   return file;
 }
 
@@ -109,7 +109,7 @@ describe("local index", () => {
     );
     expect(index.find("lengths do not add up", 12, FILES[2].mtimeNs, FILES[2].ino)).toBe(-1);
 
-    await saveLocalIndex(file, { scope: "scope", snapshot: "s2", files: FILES });
+    await saveLocalIndex(file, { scope: "scope", snapshot: "s2", manifests: [], files: FILES });
     expect(await stat(legacy).catch(() => undefined)).toBeUndefined();
     expect((await loadLocalIndex(file, "scope")).files).toBe(3);
   });
@@ -117,7 +117,9 @@ describe("local index", () => {
   it("refuses to save a chunk id that is not 64 hex digits", async () => {
     const file = localIndexPath(freshState(), "scope");
     const bad = [{ ...FILES[2], chunks: ["abc"] }];
-    await expect(saveLocalIndex(file, { scope: "scope", snapshot: "s", files: bad })).rejects.toThrow(/bad chunk id/);
+    await expect(saveLocalIndex(file, { scope: "scope", snapshot: "s", manifests: [], files: bad })).rejects.toThrow(
+      /bad chunk id/,
+    );
     expect(LocalIndex.fromFiles(FILES).files).toBe(3);
   });
 });

@@ -7,8 +7,8 @@
 // JSON.parse, ~1 GB of peak RSS with the rest, and a good part of the garbage collector's time). Columns load
 // as a few typed arrays and one Map of paths; a format 1 file left by an older agent is still read once.
 //
-//   "DUMONT-LOCAL-INDEX\n" (19 bytes), u32 header length, header JSON {version: 2, scope, snapshot, files,
-//   chunks, pathBytes}, zero padding to a multiple of 8, then the columns, each padded to a multiple of 8:
+//   "DUMONT-LOCAL-INDEX\n" (19 bytes), u32 header length, header JSON {version: 2, scope, snapshot, manifests
+//   (ids of its manifest parts), files, chunks, pathBytes}, zero padding to a multiple of 8, then the columns, each padded to a multiple of 8:
 //     size      f64 x files        mtimeNs  i64 x files      ino   u64 x files
 //     chunkEnd  u32 x files  (chunks of files 0..i, cumulative)
 //     pathEnd   u32 x files  (UTF-8 bytes of paths 0..i, cumulative)
@@ -42,6 +42,7 @@ interface Header {
   version: number;
   scope: string;
   snapshot: string;
+  manifests: string[];
   files: number;
   chunks: number;
   pathBytes: number;
@@ -68,18 +69,20 @@ function legacyPath(file: string): string | undefined {
   return file.endsWith(".idx") ? `${file.slice(0, -".idx".length)}.json` : undefined;
 }
 
-let makeIndex: (columns: Columns, byPath: Map<string, number>) => LocalIndex;
+let makeIndex: (columns: Columns, byPath: Map<string, number>, manifests: ReadonlySet<string>) => LocalIndex;
 
 /** What the last snapshot of a scope read, looked up by path. */
 export class LocalIndex {
   static {
-    makeIndex = (columns, byPath) => new LocalIndex(columns, byPath);
+    makeIndex = (columns, byPath, manifests) => new LocalIndex(columns, byPath, manifests);
   }
   private readonly hexIds: (string | undefined)[] = [];
 
   private constructor(
     private readonly columns: Columns,
     private readonly byPath: Map<string, number>,
+    /** Ids of the manifest parts of the snapshot this index was saved with. */
+    readonly manifests: ReadonlySet<string>,
   ) {}
 
   static empty(): LocalIndex {
@@ -136,7 +139,7 @@ export class LocalIndex {
 
   /** An index of these files (later files with the same path win). */
   static fromFiles(files: readonly LocalIndexFile[]): LocalIndex {
-    return decode(encode("", "", files)).index;
+    return decode(encode({ scope: "", snapshot: "", manifests: [], files })).index;
   }
 }
 
@@ -153,12 +156,9 @@ export async function loadLocalIndex(file: string, scope: string): Promise<Local
 }
 
 /** Replaces the index of `scope` (written to a temporary file, then renamed over it). */
-export async function saveLocalIndex(
-  file: string,
-  index: { scope: string; snapshot: string; files: readonly LocalIndexFile[] },
-): Promise<void> {
+export async function saveLocalIndex(file: string, index: SavedIndex): Promise<void> {
   await mkdir(dirname(file), { recursive: true, mode: 0o700 });
-  await writeFileAtomic(file, encode(index.scope, index.snapshot, index.files), 0o600);
+  await writeFileAtomic(file, encode(index), 0o600);
   const legacy = legacyPath(file);
   if (legacy) await rm(legacy, { force: true });
 }
@@ -183,11 +183,28 @@ function decodeOrEmpty(data: Buffer, scope: string): LocalIndex {
 
 const pad8 = (n: number): number => Math.ceil(n / 8) * 8;
 
-function encode(scope: string, snapshot: string, files: readonly LocalIndexFile[]): Buffer {
+/** What a snapshot leaves for the next one of its scope. */
+export interface SavedIndex {
+  scope: string;
+  /** The snapshot's id, and the ids of its manifest parts. */
+  snapshot: string;
+  manifests: readonly string[];
+  files: readonly LocalIndexFile[];
+}
+
+function encode({ scope, snapshot, manifests, files }: SavedIndex): Buffer {
   const paths = files.map((f) => Buffer.from(f.path, "utf8"));
   const pathBytes = paths.reduce((sum, p) => sum + p.length, 0);
   const chunks = files.reduce((sum, f) => sum + f.chunks.length, 0);
-  const header: Header = { version: VERSION, scope, snapshot, files: files.length, chunks, pathBytes };
+  const header: Header = {
+    version: VERSION,
+    scope,
+    snapshot,
+    manifests: [...manifests],
+    files: files.length,
+    chunks,
+    pathBytes,
+  };
   const headerBytes = Buffer.from(JSON.stringify(header), "utf8");
   const layout = columnLayout(MAGIC.length + 4 + headerBytes.length, header);
   const out = Buffer.alloc(layout.end + DIGEST);
@@ -267,7 +284,8 @@ function decode(raw: Buffer): { scope: string; index: LocalIndex } {
   if (headerLength > MAX_HEADER || MAGIC.length + 4 + headerLength > body.length) throw new Error("bad header");
   const h = JSON.parse(raw.toString("utf8", MAGIC.length + 4, MAGIC.length + 4 + headerLength)) as Header;
   const counts = [h.files, h.chunks, h.pathBytes];
-  if (h.version !== VERSION || typeof h.scope !== "string" || typeof h.snapshot !== "string") {
+  const manifestsOk = Array.isArray(h.manifests) && h.manifests.every((id) => typeof id === "string");
+  if (h.version !== VERSION || typeof h.scope !== "string" || typeof h.snapshot !== "string" || !manifestsOk) {
     throw new Error("bad header");
   }
   if (!counts.every((n) => Number.isSafeInteger(n) && n >= 0 && n < 2 ** 32)) throw new Error("bad counts");
@@ -296,7 +314,7 @@ function decode(raw: Buffer): { scope: string; index: LocalIndex } {
     pathAt = pathEnd;
   }
   if (chunk !== h.chunks || pathAt !== h.pathBytes) throw new Error("bad totals");
-  return { scope: h.scope, index: makeIndex(c, byPath) };
+  return { scope: h.scope, index: makeIndex(c, byPath, new Set(h.manifests)) };
 }
 
 /** Format 1: {"version":1,"scope","snapshot","files":{path: {size, mtimeNs, ino, chunks, lengths}}}. */

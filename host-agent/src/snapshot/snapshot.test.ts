@@ -696,9 +696,14 @@ describe("snapshot engine", () => {
     expect(second.bytesNew / total).toBeLessThan(0.2);
     expect(second.bytesNew).toBeGreaterThanOrEqual(150_000);
 
+    const manifests = () => readdir(join(fileURLToPath(base.repo), "manifests"));
+    const manifestsBefore = await manifests();
     const third = await createDirectSnapshot(base);
     expect(third.filesRead).toBe(0);
     expect(third.bytesNew).toBe(0);
+    // Nothing changed: its manifest is the second's, sealed the same way, and stored once.
+    expect(third.bytesStored).toBe(0);
+    expect(await manifests()).toEqual(manifestsBefore);
 
     const target = fresh("restored");
     await restoreDirectSnapshot({ repo: base.repo, key, pool, snapshotId: second.id, target });
