@@ -40,7 +40,7 @@ import {
 import { type S3TestServer, startS3TestServer } from "@dumont/repository/testing";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { chunkLengths } from "./chunker.js";
-import { createSnapshot } from "./create-snapshot.js";
+import { createSnapshot, listSnapshotSource } from "./create-snapshot.js";
 import { createDirectSnapshot, type DirectCreateOptions, restoreDirectSnapshot } from "./direct-mode.js";
 import { RestoreDamagedError, restoreSnapshot } from "./restore-snapshot.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
@@ -708,6 +708,33 @@ describe("snapshot engine", () => {
     const target = fresh("restored");
     await restoreDirectSnapshot({ repo: base.repo, key, pool, snapshotId: second.id, target });
     expect(await describeTree(target)).toEqual(await describeTree(source));
+  });
+
+  it("dates a snapshot from the start of its listing, which direct mode runs while the repository opens", async () => {
+    const source = fresh("src");
+    await mkdir(source);
+    await writeFile(join(source, "fresh.txt"), "written just before the listing");
+    const key = generateRepositoryKey();
+    const listedAt = Date.now();
+    const listing = listSnapshotSource(source);
+    await listing;
+    // Longer than the racy window (2 s) passes before the snapshot itself starts.
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
+    const { repository, store, writer } = await freshWriter(key);
+    const localIndex = { file: join(fresh("state"), "index.idx"), scope: "dated" };
+    const meta = { workspace: "w", epoch: 0, tenant: "t" };
+    try {
+      const first = await createSnapshot({ source, listing, sink: writer, key, meta, pool, localIndex });
+      const time = Date.parse((await repository.findSnapshot(first.id)).time);
+      expect(time).toBeGreaterThanOrEqual(listedAt - 1);
+      expect(time).toBeLessThan(listedAt + 1_000);
+      // The file changed within 2 s of the listing's start, so the local index does not vouch for it: dated from
+      // the call instead, it would, and a change made right after its lstat could go unseen.
+      const second = await createSnapshot({ source, sink: await repository.writer(), key, meta, pool, localIndex });
+      expect(second.filesRead).toBe(1);
+    } finally {
+      await store.close();
+    }
   });
 
   it("seals a chunk the workers left unsealed from its file when the repository lacks it after all", async () => {
