@@ -1,0 +1,75 @@
+import { randomBytes } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import type { PackIndex } from "./pack.js";
+import { RepositoryIndex } from "./repository-index.js";
+
+/** A pack of `ids`, each chunk 100 bytes after the last. */
+function pack(packId: string, ids: Buffer[]): PackIndex {
+  return {
+    packId,
+    packSize: 100 * ids.length + 64,
+    entries: ids.map((id, i) => ({ id, offset: 100 * i, length: 100, plainLength: 150 + i })),
+  };
+}
+
+describe("repository index", () => {
+  it("finds every chunk by raw id or hex, across thousands of packs and table growths", () => {
+    const index = new RepositoryIndex();
+    const packs = Array.from({ length: 3_000 }, (_, p) => pack(`pack-${p}`, [randomBytes(32), randomBytes(32)]));
+    for (const p of packs) index.add(p);
+    expect(index.chunkCount).toBe(6_000);
+    expect(index.packs.size).toBe(3_000);
+    for (const p of packs) {
+      for (const [i, e] of p.entries.entries()) {
+        const where = { packId: p.packId, offset: 100 * i, length: 100, plainLength: 150 + i };
+        expect(index.get(e.id)).toEqual(where);
+        expect(index.get(e.id.toString("hex"))).toEqual(where);
+        expect(index.has(e.id)).toBe(true);
+      }
+    }
+    expect(index.has(randomBytes(32))).toBe(false);
+    expect(index.has("not hex")).toBe(false);
+    expect(index.has(randomBytes(32).toString("hex").toUpperCase().slice(1))).toBe(false);
+    expect(index.get(Buffer.alloc(5))).toBeUndefined();
+    // A pack's entries read back as added.
+    expect(index.packs.get("pack-7")?.entries).toEqual(packs[7].entries);
+    expect(index.packs.get("pack-7")?.packSize).toBe(264);
+  });
+
+  it("finds a chunk held twice in the pack added last, and in the other once that one is removed", () => {
+    const shared = randomBytes(32);
+    const index = new RepositoryIndex();
+    index.add(pack("a", [randomBytes(32), shared]));
+    index.add(pack("b", [shared]));
+    expect(index.chunkCount).toBe(2);
+    expect(index.get(shared)?.packId).toBe("b");
+    expect(index.packs.get("a")?.entries).toHaveLength(2);
+
+    const held = index.packs.get("b")!;
+    index.removePacks(["b", "no such pack"]);
+    expect(index.get(shared)).toEqual({ packId: "a", offset: 100, length: 100, plainLength: 151 });
+    expect(index.chunkCount).toBe(2);
+    expect([...index.packs.keys()]).toEqual(["a"]);
+    // What a caller held of the removed pack still lists its entries (prune repacks from them).
+    expect(held.entries.map((e) => e.id.toString("hex"))).toEqual([shared.toString("hex")]);
+
+    index.removePacks(["a"]);
+    expect(index.chunkCount).toBe(0);
+    expect(index.has(shared)).toBe(false);
+    index.add(pack("c", [shared]));
+    expect(index.get(shared)?.packId).toBe("c");
+  });
+
+  it("refuses an entry it cannot hold rather than store it wrong", () => {
+    const index = new RepositoryIndex();
+    expect(() => index.add(pack("short", [Buffer.alloc(31)]))).toThrow(/not 32 bytes/);
+    const huge: PackIndex = {
+      packId: "huge",
+      packSize: 1,
+      entries: [{ id: randomBytes(32), offset: 2 ** 32, length: 1, plainLength: 1 }],
+    };
+    expect(() => index.add(huge)).toThrow(/out of range/);
+    expect(index.packs.size).toBe(0);
+    expect(index.chunkCount).toBe(0);
+  });
+});
