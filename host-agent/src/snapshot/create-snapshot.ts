@@ -299,7 +299,13 @@ async function heldChunks(
   toRead: Set<FileWork>,
 ): Promise<string[]> {
   const unique = previous.distinctChunks();
-  const absent = await missingIds(sink, [...unique.values()]);
+  const absent = new Set<string>();
+  // Raw ids made a batch at a time: one view per chunk of the index held at once was ~100 bytes a chunk more.
+  const entries = [...unique.values()];
+  for (let i = 0; i < entries.length; i += OFFER_BATCH) {
+    const batch = entries.slice(i, i + OFFER_BATCH).map((k) => previous.chunkId(k));
+    for (const hex of await missingIds(sink, batch)) absent.add(hex);
+  }
   for (const w of reusable) if (w.chunks.some((hex) => absent.has(hex))) toRead.add(w);
   return [...unique.keys()].filter((hex) => !absent.has(hex)).sort();
 }

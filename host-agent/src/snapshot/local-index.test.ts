@@ -47,7 +47,7 @@ describe("local index", () => {
     expect(index.find(model.path, model.size, model.mtimeNs, model.ino - 1n)).toBe(-1);
     expect(index.find("weights/other.bin", model.size, model.mtimeNs, model.ino)).toBe(-1);
     expect([...index.distinctChunks().keys()].sort()).toEqual([id(1), id(2), id(3)]);
-    expect(index.distinctChunks().get(id(2))?.toString("hex")).toBe(id(2));
+    expect(index.chunkId(index.distinctChunks().get(id(2))!).toString("hex")).toBe(id(2));
   });
 
   it("is empty when there is none, it belongs to another scope, or any byte of it is damaged", async () => {
