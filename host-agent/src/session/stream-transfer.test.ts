@@ -243,6 +243,40 @@ describe("StreamChunkSource", () => {
   });
 });
 
+describe("StreamChunkSource with many small chunks", () => {
+  it("yields 20,000 chunks in order while more arrive, however far the reader falls behind", async () => {
+    const { port, messages } = lazyPort();
+    const source = new StreamChunkSource(port, "r5", "s", [Buffer.from("manifest")]);
+    const ids = Array.from({ length: 20_000 }, (_, i) => {
+      const id = Buffer.alloc(32);
+      id.writeUInt32BE(i);
+      return id;
+    });
+    const got: number[] = [];
+    const reading = (async () => {
+      for await (const c of source.get(ids)) {
+        got.push(c.id.readUInt32BE(0));
+        // A slow reader: the queue grows past the point where its taken part is dropped, then drains.
+        if (got.length % 2_500 === 0) await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
+    await new Promise((r) => setImmediate(r));
+    const batch = batchOf(messages()[0]!);
+    for (let from = 0; from < ids.length; from += 7_000) {
+      const chunks = ids.slice(from, from + 7_000).map((id) => ({ id, blob: id.subarray(0, 4) }));
+      const last = from + 7_000 >= ids.length;
+      source.receive(
+        create(ControlMessageSchema, {
+          msg: { case: "restoreChunks", value: { requestId: "r5", batch, last, chunks } },
+        }),
+      );
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    await reading;
+    expect(got).toEqual(ids.map((_, i) => i));
+  });
+});
+
 describe("StreamChunkSource with receive buffers", () => {
   const MiB = 1024 * 1024;
   function countingBuffers() {

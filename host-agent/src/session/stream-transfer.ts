@@ -330,7 +330,13 @@ export class StreamChunkSource implements ChunkSource {
  * copies blobs into receive buffers when it has them (see StreamChunkSource's `buffers`).
  */
 class ChunkQueue implements AsyncIterable<FetchedChunk> {
-  private readonly items: FetchedChunk[] = [];
+  /**
+   * Chunks from `head` on are queued. Taken by moving `head`, not by items.shift(): shift copies the rest of a
+   * large array, and a restore of 300,000 small files queued that many (6.5 s of the agent's main thread in
+   * two restores, against none).
+   */
+  private items: (FetchedChunk | undefined)[] = [];
+  private head = 0;
   private done = false;
   private error: Error | undefined;
   private wake: (() => void) | undefined;
@@ -382,11 +388,28 @@ class ChunkQueue implements AsyncIterable<FetchedChunk> {
   /** Empties the queue (its consumer is gone); returns the bytes it held. */
   drop(): number {
     let bytes = 0;
-    for (const item of this.items.splice(0)) bytes += item.blob?.length ?? 0;
+    for (let i = this.head; i < this.items.length; i++) bytes += this.items[i]?.blob?.length ?? 0;
+    this.items = [];
+    this.head = 0;
     for (const buffer of this.untaken) this.buffers?.release(Buffer.from(buffer));
     this.untaken.clear();
     this.fill = undefined;
     return bytes;
+  }
+
+  /** The next queued chunk, if any; the taken part of the array is dropped once it is most of it. */
+  private take(): FetchedChunk | undefined {
+    if (this.head === this.items.length) return undefined;
+    const item = this.items[this.head];
+    this.items[this.head++] = undefined;
+    if (this.head === this.items.length) {
+      this.items = [];
+      this.head = 0;
+    } else if (this.head >= 4096 && 2 * this.head >= this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    return item;
   }
 
   end(): void {
@@ -402,7 +425,7 @@ class ChunkQueue implements AsyncIterable<FetchedChunk> {
 
   async *[Symbol.asyncIterator](): AsyncIterator<FetchedChunk> {
     for (;;) {
-      const item = this.items.shift();
+      const item = this.take();
       if (item) {
         this.account(-(item.blob?.length ?? 0));
         if (item.blob) this.untaken.delete(item.blob.buffer);
