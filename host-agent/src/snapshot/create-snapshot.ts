@@ -32,6 +32,7 @@ import {
 } from "./chunker.js";
 import { LocalIndex, type LocalIndexFile, loadLocalIndex, saveLocalIndex } from "./local-index.js";
 import { loadExclusions } from "./path-matcher.js";
+import { READ_AHEAD_MAX_FILE, ReadAhead } from "./read-ahead.js";
 import type { SealedSegments } from "./segment-sealer.js";
 import { listSourceTree, type SourceEntry } from "./source-tree.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
@@ -62,6 +63,11 @@ export interface CreateSnapshotOptions {
   sealAhead?: number;
   /** Plain bytes per manifest part (MANIFEST_PART_BYTES; see sealManifestParts). */
   manifestPartBytes?: number;
+  /**
+   * Whether small files are read into the page cache ahead of the workers by threads of their own
+   * (read-ahead.ts): "auto" (default) once the workers' reads show the disk's latency, "always" or "never".
+   */
+  readAhead?: "auto" | "always" | "never";
   /**
    * The source already being listed (listSnapshotSource with the same source and `exclude`): a caller lists
    * while it opens the repository. The snapshot then dates from the start of that listing.
@@ -172,6 +178,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       options.sealAhead ?? 0,
       stats,
       heldIds,
+      options.readAhead ?? "auto",
     );
     for (const work of reading) {
       work.chunks = [];
@@ -179,14 +186,14 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     }
     options.onProgress?.({ bytesRead: 0, bytesToRead });
     const progress = () => options.onProgress?.({ bytesRead: stats.bytesRead, bytesToRead });
-    await pipeline.run(reading, options.signal, progress);
+    await pipeline.run(reading, options.signal, progress).finally(() => pipeline.close());
     // A file that changed while it was read (a checkpoint being rewritten, a log cut short) is read once more,
     // as it is now: left out, a restore would not have it at all.
     const again = await rereadable(reading.filter((w) => w.failed === CHANGED));
     if (again.length > 0) {
       bytesToRead += again.reduce((sum, w) => sum + w.size, 0);
       progress();
-      await pipeline.run(again, options.signal, progress);
+      await pipeline.run(again, options.signal, progress).finally(() => pipeline.close());
       for (const w of again) if (w.failed === CHANGED) w.failed = CHANGED_TWICE;
     }
     if (heldIds) pool.recycle(heldIds.buffer);
@@ -348,6 +355,18 @@ interface Accepted {
  * flight holds an output buffer its size).
  */
 export const DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024;
+/** Read-ahead starts after a batch of at least this many files ... */
+const READ_AHEAD_SAMPLE = 64;
+/**
+ * ... took the workers this long a file to open and read. 300,000 small files in batches of 256, on the dev
+ * VM: from a warm cache a median of 0.003 ms a file and at most 0.045 (a busy core), from its disk at least
+ * 0.085 and a median of 0.1.
+ */
+const READ_AHEAD_AFTER_MS = 0.06;
+/** Threads reading ahead: with the two workers, six reads in flight (measured: 2 readers 16.2 s, 8 6.2 s). */
+const READ_AHEAD_THREADS = 4;
+/** Batches planned ahead of the one handed to a worker, and read ahead once reading ahead is on. */
+const READ_AHEAD_BATCHES = 4;
 const BATCH_BYTES = 8 * 1024 * 1024;
 const BATCH_FILES = 256;
 
@@ -368,6 +387,16 @@ class SegmentPipeline {
   private scanner: CutScanner | undefined;
   /** How far before its start a split segment's worker begins cutting (see FileSegment.lookback). */
   private readonly lookback: number;
+  /**
+   * Threads reading small files into the page cache ahead of the workers (read-ahead.ts): started with
+   * "always", or in "auto" once a batch of at least READ_AHEAD_SAMPLE files took the workers more than
+   * READ_AHEAD_AFTER_MS a file to open and read (a cold cache), and kept for the rest of the snapshot. From a
+   * warm cache they would only read every file twice.
+   */
+  private readAhead: ReadAhead | undefined;
+  /** Batches planned but not yet handed to a worker: read ahead while the workers finish the ones before. */
+  private readonly upcoming: PlannedSegment[][] = [];
+  private readonly readAheadDone = new Set<PlannedSegment[]>();
 
   constructor(
     private readonly pool: SnapshotWorkerPool,
@@ -378,6 +407,7 @@ class SegmentPipeline {
     sealAhead: number,
     private readonly stats: { bytesRead: number; bytesNew: number; bytesStored: number; chunksNew: number },
     private readonly heldIds: Buffer | undefined,
+    private readonly readAheadMode: "auto" | "always" | "never",
   ) {
     if (segmentSize < 2 * chunker.max)
       throw new Error("the segment size must be at least twice the maximum chunk size");
@@ -388,9 +418,37 @@ class SegmentPipeline {
     this.lookback = 4 * chunker.avg;
   }
 
+  /** Stops the read-ahead threads, if any were started. */
+  async close(): Promise<void> {
+    await this.readAhead?.close();
+    this.readAhead = undefined;
+  }
+
   async run(works: FileWork[], signal: AbortSignal | undefined, progress: () => void): Promise<void> {
+    if (this.readAheadMode === "always") this.readAhead ??= new ReadAhead(READ_AHEAD_THREADS);
+    this.upcoming.length = 0;
+    this.readAheadDone.clear();
+    const planned = this.plan(works);
+    const nextTask = (): PlannedSegment[] | undefined => {
+      while (this.upcoming.length < READ_AHEAD_BATCHES) {
+        const next = planned.next();
+        if (next.done) break;
+        this.upcoming.push(next.value);
+      }
+      if (this.readAhead) {
+        for (const task of this.upcoming) {
+          if (this.readAheadDone.has(task)) continue;
+          this.readAheadDone.add(task);
+          const small = task.filter((seg) => seg.work.segments === 1 && seg.end <= READ_AHEAD_MAX_FILE);
+          if (small.length > 1) this.readAhead.read(small.map((seg) => ({ path: seg.work.entry.abs, size: seg.end })));
+        }
+      }
+      const task = this.upcoming.shift();
+      if (task) this.readAheadDone.delete(task);
+      return task;
+    };
     try {
-      for (const task of this.plan(works)) {
+      for (let task = nextTask(); task; task = nextTask()) {
         signal?.throwIfAborted();
         const sealed = this.pool.sealSegments(
           this.key,
@@ -480,6 +538,8 @@ class SegmentPipeline {
   }
 
   private async handle(task: PlannedSegment[], sealed: SealedSegments, offered: Offered): Promise<void> {
+    const cold = task.length >= READ_AHEAD_SAMPLE && sealed.readMs / task.length > READ_AHEAD_AFTER_MS;
+    if (cold && this.readAheadMode === "auto") this.readAhead ??= new ReadAhead(READ_AHEAD_THREADS);
     const failed = new Map(sealed.errors.map((e) => [e.segment, e]));
     const perSegment: Accepted[][] = task.map(() => []);
     const starts: number[][] = task.map(() => []);

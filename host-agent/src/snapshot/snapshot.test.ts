@@ -710,6 +710,32 @@ describe("snapshot engine", () => {
     expect(await describeTree(target)).toEqual(await describeTree(source));
   });
 
+  it("takes the same snapshot with small files read ahead by threads of their own as without", async () => {
+    const source = fresh("src");
+    for (let d = 0; d < 3; d++) {
+      await mkdir(join(source, `d${d}`), { recursive: true });
+      for (let f = 0; f < 150; f++) await writeFile(join(source, `d${d}`, `f${f}.txt`), `file ${d}/${f}\n`.repeat(f));
+    }
+    await writeFile(join(source, "big.bin"), seeded(3_000_000, "big"));
+    const key = generateRepositoryKey();
+    const meta = { workspace: "w", epoch: 0, tenant: "t" };
+    const manifests: unknown[] = [];
+    for (const readAhead of ["always", "never"] as const) {
+      const { repository, store, writer } = await freshWriter(key);
+      try {
+        const result = await createSnapshot({ source, sink: writer, key, meta, pool, ...SMALL, readAhead });
+        expect(result.files).toBe(451);
+        manifests.push(await repository.readManifest(await repository.findSnapshot(result.id)));
+        const target = fresh("restored");
+        await restoreSnapshot({ snapshotId: result.id, source: await repository.chunkSource(), key, target, pool });
+        expect(await describeTree(target)).toEqual(await describeTree(source));
+      } finally {
+        await store.close();
+      }
+    }
+    expect(manifests[0]).toEqual(manifests[1]);
+  });
+
   it("dates a snapshot from the start of its listing, which direct mode runs while the repository opens", async () => {
     const source = fresh("src");
     await mkdir(source);

@@ -434,6 +434,7 @@ function workerMain(
           chunks: r.chunks,
           errors: r.errors,
           bytesRead: r.bytesRead,
+          readMs: r.readMs,
         };
         reply(msg.seq, msg.out, r.out, fields, [r.ids.buffer as ArrayBuffer]);
       } else {
@@ -577,6 +578,7 @@ export class SnapshotWorkerPool {
       chunks: Float64Array;
       errors: SealedSegments["errors"];
       bytesRead: number;
+      readMs: number;
     };
     return {
       out: this.bufferOf(r.out, out),
@@ -584,6 +586,7 @@ export class SnapshotWorkerPool {
       chunks: r.chunks,
       errors: r.errors,
       bytesRead: r.bytesRead,
+      readMs: r.readMs,
     };
   }
 
