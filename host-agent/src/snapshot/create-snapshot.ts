@@ -2,7 +2,7 @@
 // unchanged, streams the rest through the chunker in blocks, has workers seal each block, offers the chunk
 // ids to the sink and sends only the ones it lacks, then commits the sealed manifest.
 import { createHash } from "node:crypto";
-import { constants } from "node:fs";
+import { constants, readFileSync } from "node:fs";
 import { type FileHandle, lstat, open } from "node:fs/promises";
 import { hostname } from "node:os";
 import { resolve } from "node:path";
@@ -355,14 +355,17 @@ interface Accepted {
  * flight holds an output buffer its size).
  */
 export const DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024;
-/** Read-ahead starts after a batch of at least this many files ... */
-const READ_AHEAD_SAMPLE = 64;
 /**
- * ... took the workers this long a file to open and read. 300,000 small files in batches of 256, on the dev
- * VM: from a warm cache a median of 0.003 ms a file and at most 0.045 (a busy core), from its disk at least
- * 0.085 and a median of 0.1.
+ * Read-ahead starts once, over batches of at least READ_AHEAD_SAMPLE files, the storage below has been asked
+ * for more than this share of the bytes the workers read (Linux's /proc/self/io `read_bytes`): from a warm
+ * page cache it is asked for next to nothing, from a cold one for every byte and more (a 40-byte file costs a
+ * 4 KiB block, and its inode). Timing the workers' reads instead was not reliable: on two busy cores a warm
+ * read of a 50 KB file took up to 0.3 ms, more than a cold read of a small one.
  */
-const READ_AHEAD_AFTER_MS = 0.06;
+const READ_AHEAD_DISK_SHARE = 0.5;
+const READ_AHEAD_SAMPLE = 64;
+/** ... and at least this much in all: a warm run still reads ~100 KB (metadata, a worker's first load). */
+const READ_AHEAD_MIN_STORAGE = 1024 * 1024;
 /** Threads reading ahead: with the two workers, six reads in flight (measured: 2 readers 16.2 s, 8 6.2 s). */
 const READ_AHEAD_THREADS = 4;
 /** Batches planned ahead of the one handed to a worker, and read ahead once reading ahead is on. */
@@ -389,11 +392,12 @@ class SegmentPipeline {
   private readonly lookback: number;
   /**
    * Threads reading small files into the page cache ahead of the workers (read-ahead.ts): started with
-   * "always", or in "auto" once a batch of at least READ_AHEAD_SAMPLE files took the workers more than
-   * READ_AHEAD_AFTER_MS a file to open and read (a cold cache), and kept for the rest of the snapshot. From a
-   * warm cache they would only read every file twice.
+   * "always", or in "auto" once the reads show a cold page cache (READ_AHEAD_DISK_SHARE), and kept for the
+   * rest of the snapshot. From a warm cache they would only read every file twice.
    */
   private readAhead: ReadAhead | undefined;
+  /** Storage bytes read and bytes the workers read when this run started (READ_AHEAD_DISK_SHARE). */
+  private readBaseline: { storage: number; read: number } | undefined;
   /** Batches planned but not yet handed to a worker: read ahead while the workers finish the ones before. */
   private readonly upcoming: PlannedSegment[][] = [];
   private readonly readAheadDone = new Set<PlannedSegment[]>();
@@ -428,6 +432,8 @@ class SegmentPipeline {
     if (this.readAheadMode === "always") this.readAhead ??= new ReadAhead(READ_AHEAD_THREADS);
     this.upcoming.length = 0;
     this.readAheadDone.clear();
+    const storage = this.readAheadMode === "auto" ? storageReadBytes() : undefined;
+    this.readBaseline = storage === undefined ? undefined : { storage, read: this.stats.bytesRead };
     const planned = this.plan(works);
     const nextTask = (): PlannedSegment[] | undefined => {
       while (this.upcoming.length < READ_AHEAD_BATCHES) {
@@ -538,8 +544,13 @@ class SegmentPipeline {
   }
 
   private async handle(task: PlannedSegment[], sealed: SealedSegments, offered: Offered): Promise<void> {
-    const cold = task.length >= READ_AHEAD_SAMPLE && sealed.readMs / task.length > READ_AHEAD_AFTER_MS;
-    if (cold && this.readAheadMode === "auto") this.readAhead ??= new ReadAhead(READ_AHEAD_THREADS);
+    if (this.readBaseline && !this.readAhead && task.length >= READ_AHEAD_SAMPLE) {
+      const storage = (storageReadBytes() ?? this.readBaseline.storage) - this.readBaseline.storage;
+      const read = this.stats.bytesRead + sealed.bytesRead - this.readBaseline.read;
+      if (storage > READ_AHEAD_MIN_STORAGE && storage > READ_AHEAD_DISK_SHARE * read) {
+        this.readAhead = new ReadAhead(READ_AHEAD_THREADS);
+      }
+    }
     const failed = new Map(sealed.errors.map((e) => [e.segment, e]));
     const perSegment: Accepted[][] = task.map(() => []);
     const starts: number[][] = task.map(() => []);
@@ -708,6 +719,16 @@ async function rereadable(changed: FileWork[]): Promise<FileWork[]> {
     again.push(work);
   }
   return again;
+}
+
+/** Bytes this process has had read from storage so far (Linux's /proc/self/io), or undefined where unknown. */
+function storageReadBytes(): number | undefined {
+  try {
+    const match = /^read_bytes:\s*(\d+)$/m.exec(readFileSync("/proc/self/io", "latin1"));
+    return match ? Number(match[1]) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Opens a source file to read it again: never through a symlink, never waiting on a FIFO put in its place. */

@@ -34,8 +34,6 @@ export interface SealedSegments {
   /** Segments that could not be read; `changed` when the file changed under the read (it shrank, or its type). */
   errors: { segment: number; message: string; changed?: boolean }[];
   bytesRead: number;
-  /** Milliseconds spent opening and reading the files (a cold page cache shows the disk's latency here). */
-  readMs: number;
 }
 
 export interface SegmentSealer {
@@ -102,7 +100,6 @@ export function createSegmentSealer(deps: {
       const meta: number[] = [];
       const errors: SealedSegments["errors"] = [];
       let bytesRead = 0;
-      let readMs = 0;
       if (!scanner || scanner.window.length < WINDOW + chunker.max) scanner = deps.makeScanner(WINDOW + chunker.max);
       const { window } = scanner;
       const flags = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
@@ -113,9 +110,7 @@ export function createSegmentSealer(deps: {
         let fd = -1;
         const mark = { pos, count, meta: meta.length };
         try {
-          const opening = performance.now();
           fd = fs.openSync(seg.path, flags);
-          readMs += performance.now() - opening;
           if (!fs.fstatSync(fd).isFile()) throw changed("it is no longer a regular file");
           // window holds file bytes [winStart, winEnd)
           let s = Math.max(0, seg.start - (seg.lookback ?? 0));
@@ -129,9 +124,7 @@ export function createSegmentSealer(deps: {
               winStart = s;
               const fillTo = Math.min(readEnd, winStart + window.length);
               while (winEnd < fillTo) {
-                const reading = performance.now();
                 const n = fs.readSync(fd, window, winEnd - winStart, fillTo - winEnd, winEnd);
-                readMs += performance.now() - reading;
                 if (n === 0) throw changed("it shrank while it was being read");
                 winEnd += n;
                 bytesRead += n;
@@ -174,7 +167,7 @@ export function createSegmentSealer(deps: {
           if (fd >= 0) fs.closeSync(fd);
         }
       }
-      return { out, ids: ids.subarray(0, 32 * count), chunks: Float64Array.from(meta), errors, bytesRead, readMs };
+      return { out, ids: ids.subarray(0, 32 * count), chunks: Float64Array.from(meta), errors, bytesRead };
     },
   };
 }

@@ -434,7 +434,6 @@ function workerMain(
           chunks: r.chunks,
           errors: r.errors,
           bytesRead: r.bytesRead,
-          readMs: r.readMs,
         };
         reply(msg.seq, msg.out, r.out, fields, [r.ids.buffer as ArrayBuffer]);
       } else {
@@ -578,7 +577,6 @@ export class SnapshotWorkerPool {
       chunks: Float64Array;
       errors: SealedSegments["errors"];
       bytesRead: number;
-      readMs: number;
     };
     return {
       out: this.bufferOf(r.out, out),
@@ -586,7 +584,6 @@ export class SnapshotWorkerPool {
       chunks: r.chunks,
       errors: r.errors,
       bytesRead: r.bytesRead,
-      readMs: r.readMs,
     };
   }
 
