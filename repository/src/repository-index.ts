@@ -41,30 +41,22 @@ export class RepositoryIndex {
   private readonly scratch = Buffer.alloc(ID);
 
   add(pack: PackIndex): void {
+    const { entries } = pack;
     // Checked first: a pack is added whole or not at all.
-    for (const e of pack.entries) {
+    for (const e of entries) {
       if (e.id.length !== ID) throw new Error(`pack ${pack.packId} has an entry whose id is not ${ID} bytes`);
       for (const n of [e.offset, e.length, e.plainLength]) {
         if (!Number.isInteger(n) || n < 0 || n > U32) throw new Error(`pack ${pack.packId} has an entry out of range`);
       }
     }
     if (this.packNumbers.has(pack.packId)) this.removePacks([pack.packId]);
-    const number = this.packIds.length;
-    this.packIds.push(pack.packId);
-    this.packNumbers.set(pack.packId, number);
-    const first = this.entries;
-    this.reserve(this.entries + pack.entries.length);
-    for (const e of pack.entries) {
-      const i = this.entries++;
+    this.register(pack.packId, pack.packSize, entries.length, (i, k) => {
+      const e = entries[k];
       e.id.copy(this.ids, ID * i);
-      this.pack[i] = number;
       this.offset[i] = e.offset;
       this.length[i] = e.length;
       this.plainLength[i] = e.plainLength;
-      this.insert(i);
-    }
-    this.packRanges.push([first, this.entries]);
-    this.packs.set(pack.packId, this.packView(pack.packId, pack.packSize));
+    });
   }
 
   /** Forgets packs (after prune deleted them); a chunk also held by another pack stays findable there. */
@@ -109,22 +101,31 @@ export class RepositoryIndex {
       if (gone.has(number)) continue;
       const packId = old.packIds[number];
       const [a, b] = old.packRanges[number];
-      const renumbered = this.packIds.length;
-      this.packIds.push(packId);
-      this.packNumbers.set(packId, renumbered);
-      const first = this.entries;
-      for (let j = a; j < b; j++) {
-        const i = this.entries++;
+      this.register(packId, sizes.get(packId) ?? 0, b - a, (i, k) => {
+        const j = a + k;
         old.ids.copy(this.ids, ID * i, ID * j, ID * (j + 1));
-        this.pack[i] = renumbered;
         this.offset[i] = old.offset[j];
         this.length[i] = old.length[j];
         this.plainLength[i] = old.plainLength[j];
-        this.insert(i);
-      }
-      this.packRanges.push([first, this.entries]);
-      this.packs.set(packId, this.packView(packId, sizes.get(packId) ?? 0));
+      });
     }
+  }
+
+  /** Numbers a pack of `count` entries and files them: `fill(i, k)` writes its k-th entry into columns at `i`. */
+  private register(packId: string, packSize: number, count: number, fill: (i: number, k: number) => void): void {
+    const number = this.packIds.length;
+    this.packIds.push(packId);
+    this.packNumbers.set(packId, number);
+    const first = this.entries;
+    this.reserve(this.entries + count);
+    for (let k = 0; k < count; k++) {
+      const i = this.entries++;
+      this.pack[i] = number;
+      fill(i, k);
+      this.insert(i);
+    }
+    this.packRanges.push([first, this.entries]);
+    this.packs.set(packId, this.packView(packId, packSize));
   }
 
   get(id: Buffer | string): ChunkLocation | undefined {

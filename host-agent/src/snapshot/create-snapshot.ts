@@ -65,7 +65,7 @@ export interface CreateSnapshotOptions {
   manifestPartBytes?: number;
   /**
    * Whether small files are read into the page cache ahead of the workers by threads of their own
-   * (read-ahead.ts): "auto" (default) once the workers' reads show the disk's latency, "always" or "never".
+   * (read-ahead.ts): "auto" (default) once the reads reach the disk (READ_AHEAD_DISK_SHARE), "always" or "never".
    */
   readAhead?: "auto" | "always" | "never";
   /**
@@ -398,9 +398,6 @@ class SegmentPipeline {
   private readAhead: ReadAhead | undefined;
   /** Storage bytes read and bytes the workers read when this run started (READ_AHEAD_DISK_SHARE). */
   private readBaseline: { storage: number; read: number } | undefined;
-  /** Batches planned but not yet handed to a worker: read ahead while the workers finish the ones before. */
-  private readonly upcoming: PlannedSegment[][] = [];
-  private readonly readAheadDone = new Set<PlannedSegment[]>();
 
   constructor(
     private readonly pool: SnapshotWorkerPool,
@@ -430,28 +427,25 @@ class SegmentPipeline {
 
   async run(works: FileWork[], signal: AbortSignal | undefined, progress: () => void): Promise<void> {
     if (this.readAheadMode === "always") this.readAhead ??= new ReadAhead(READ_AHEAD_THREADS);
-    this.upcoming.length = 0;
-    this.readAheadDone.clear();
     const storage = this.readAheadMode === "auto" ? storageReadBytes() : undefined;
     this.readBaseline = storage === undefined ? undefined : { storage, read: this.stats.bytesRead };
     const planned = this.plan(works);
+    // Batches planned but not yet handed to a worker, read ahead (once reading ahead is on) while the workers
+    // finish the ones before; the first `readAheadOf` of them have been.
+    const upcoming: PlannedSegment[][] = [];
+    let readAheadOf = 0;
     const nextTask = (): PlannedSegment[] | undefined => {
-      while (this.upcoming.length < READ_AHEAD_BATCHES) {
+      while (upcoming.length < READ_AHEAD_BATCHES) {
         const next = planned.next();
         if (next.done) break;
-        this.upcoming.push(next.value);
+        upcoming.push(next.value);
       }
-      if (this.readAhead) {
-        for (const task of this.upcoming) {
-          if (this.readAheadDone.has(task)) continue;
-          this.readAheadDone.add(task);
-          const small = task.filter((seg) => seg.work.segments === 1 && seg.end <= READ_AHEAD_MAX_FILE);
-          if (small.length > 1) this.readAhead.read(small.map((seg) => ({ path: seg.work.entry.abs, size: seg.end })));
-        }
+      for (; this.readAhead && readAheadOf < upcoming.length; readAheadOf++) {
+        const small = upcoming[readAheadOf].filter((seg) => seg.work.segments === 1 && seg.end <= READ_AHEAD_MAX_FILE);
+        if (small.length > 1) this.readAhead.read(small.map((seg) => ({ path: seg.work.entry.abs, size: seg.end })));
       }
-      const task = this.upcoming.shift();
-      if (task) this.readAheadDone.delete(task);
-      return task;
+      readAheadOf = Math.max(0, readAheadOf - 1);
+      return upcoming.shift();
     };
     try {
       for (let task = nextTask(); task; task = nextTask()) {

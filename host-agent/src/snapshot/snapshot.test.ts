@@ -42,6 +42,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { chunkLengths } from "./chunker.js";
 import { createSnapshot, listSnapshotSource } from "./create-snapshot.js";
 import { createDirectSnapshot, type DirectCreateOptions, restoreDirectSnapshot } from "./direct-mode.js";
+import { ReadAhead } from "./read-ahead.js";
 import { RestoreDamagedError, restoreSnapshot } from "./restore-snapshot.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
@@ -720,10 +721,16 @@ describe("snapshot engine", () => {
     const key = generateRepositoryKey();
     const meta = { workspace: "w", epoch: 0, tenant: "t" };
     const manifests: unknown[] = [];
+    const handedOut = vi.spyOn(ReadAhead.prototype, "read");
     for (const readAhead of ["always", "never"] as const) {
       const { repository, store, writer } = await freshWriter(key);
       try {
+        handedOut.mockClear();
         const result = await createSnapshot({ source, sink: writer, key, meta, pool, ...SMALL, readAhead });
+        // "always": every small file went to the read-ahead threads (3 x 150, less the 3 empty ones, which
+        // nothing reads), and the 3 MB file did not.
+        const files = handedOut.mock.calls.reduce((n, [batch]) => n + batch.length, 0);
+        expect(files).toBe(readAhead === "always" ? 447 : 0);
         expect(result.files).toBe(451);
         manifests.push(await repository.readManifest(await repository.findSnapshot(result.id)));
         const target = fresh("restored");
@@ -733,6 +740,7 @@ describe("snapshot engine", () => {
         await store.close();
       }
     }
+    handedOut.mockRestore();
     expect(manifests[0]).toEqual(manifests[1]);
   });
 
