@@ -29,6 +29,16 @@ export interface Manifest {
   entries: ManifestEntry[];
 }
 
+/**
+ * A manifest's entries as its writer holds them: any iterable that gives the same entries each time it is
+ * iterated (an array, or an object whose iterator makes them afresh: an agent with 300,000 files does not keep
+ * 300,000 entry objects for the whole snapshot).
+ */
+export interface ManifestEntries {
+  version?: 1;
+  entries: Iterable<ManifestEntry>;
+}
+
 export interface ManifestTotals {
   files: number;
   dirs: number;
@@ -56,7 +66,7 @@ export interface SealPartsOptions {
  */
 export function sealManifestParts(
   key: Buffer,
-  entries: readonly ManifestEntry[],
+  entries: Iterable<ManifestEntry>,
   options: SealPartsOptions = {},
 ): Buffer[] {
   const partBytes = options.partBytes ?? MANIFEST_PART_BYTES;
@@ -66,10 +76,11 @@ export function sealManifestParts(
   let texts: string[] = [];
   let bytes = 0;
   let total = 0;
+  let count = 0;
   const seal = () => {
     const plain = Buffer.from(`{"version":1,"entries":[${texts.join(",")}]}`, "utf8");
     total += plain.length;
-    if (total > MAX_MANIFEST_BYTES) throw tooManyEntries(entries.length);
+    if (total > MAX_MANIFEST_BYTES) throw tooManyEntries(count);
     try {
       parts.push(sealObject(key, ObjectKind.manifest, plain, { deterministic: true }));
     } catch (err) {
@@ -84,21 +95,25 @@ export function sealManifestParts(
     bytes = 0;
   };
   for (const e of entries) {
+    count++;
     const text = JSON.stringify(e);
     const size = Buffer.byteLength(text, "utf8") + 1;
-    if (total + bytes + size > MAX_MANIFEST_BYTES) throw tooManyEntries(entries.length);
+    if (total + bytes + size > MAX_MANIFEST_BYTES) throw tooManyEntries(count);
     if (texts.length > 0 && bytes + size > maxBytes) seal();
     texts.push(text);
     bytes += size;
     if (bytes >= minBytes && pathHash(e.path) < (size / (partBytes - minBytes)) * 2 ** 32) seal();
   }
   if (texts.length > 0 || parts.length === 0) seal();
-  if (parts.length > MAX_MANIFEST_PARTS) throw tooManyEntries(entries.length);
+  if (parts.length > MAX_MANIFEST_PARTS) throw tooManyEntries(count);
   return parts;
 }
 
-/** FNV-1a over the path's UTF-16 code units: where manifest parts end (not a security property). */
-function pathHash(path: string): number {
+/**
+ * FNV-1a over a path's UTF-16 code units: where manifest parts end, and the agent's local index table (not a
+ * security property).
+ */
+export function pathHash(path: string): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < path.length; i++) {
     h ^= path.charCodeAt(i);
@@ -107,6 +122,7 @@ function pathHash(path: string): number {
   return h >>> 0;
 }
 
+/** `count`: the entries up to the one that made it too large. */
 function tooManyEntries(count: number): RepositoryError {
   return new RepositoryError(
     "invalid-argument",
@@ -116,7 +132,7 @@ function tooManyEntries(count: number): RepositoryError {
 }
 
 /** Seals a manifest as one part (at most 64 MiB plain, about 250,000 files), for a reader that takes no more. */
-export function sealManifest(key: Buffer, manifest: Manifest): Buffer {
+export function sealManifest(key: Buffer, manifest: ManifestEntries): Buffer {
   return sealManifestParts(key, manifest.entries, { partBytes: Number.POSITIVE_INFINITY })[0];
 }
 
@@ -148,7 +164,7 @@ export function openManifestParts(key: Buffer, blobs: readonly Buffer[], what = 
   return { version: 1, entries };
 }
 
-export function manifestTotals(manifest: Manifest): ManifestTotals {
+export function manifestTotals(manifest: ManifestEntries): ManifestTotals {
   const totals: ManifestTotals = { files: 0, dirs: 0, symlinks: 0, bytes: 0, chunks: 0 };
   for (const e of manifest.entries) {
     if (e.type === "file") {
@@ -216,7 +232,7 @@ export interface RestorableOptions {
  * components, duplicate paths, entries whose parent is not a directory entry of the manifest (so nothing is
  * ever written beneath a symlink or a file), and symlinks that point outside the target.
  */
-export function assertRestorable(manifest: Manifest, options: RestorableOptions = {}): void {
+export function assertRestorable(manifest: ManifestEntries, options: RestorableOptions = {}): void {
   const kinds = new Map<string, ManifestEntry["type"]>();
   for (const e of manifest.entries) {
     const name = JSON.stringify(e.path);

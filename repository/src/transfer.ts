@@ -1,7 +1,7 @@
 // The two seams between the snapshot engine and wherever the repository lives: the agent writes through a
 // ChunkSink and restores through a ChunkSource. Direct mode uses RepositoryWriter / RepositoryChunkSource;
 // the agent's gRPC stream implements them to reach the control plane, which stores with the same classes.
-import type { Manifest } from "./manifest.js";
+import type { ManifestEntries } from "./manifest.js";
 
 /** A chunk in its stored form: sealed (maybe LZ4, always AES-256-GCM) by the agent, never re-processed. */
 export interface SealedChunk {
@@ -67,7 +67,7 @@ export interface ChunkSink {
    * (sealManifestParts); resolves to its id. Nothing is listed before. `manifest`, when given, is what those
    * parts hold, built by the caller in this process (direct mode): it is checked as it is, not opened again.
    */
-  commit(manifestBlobs: readonly Buffer[], meta: SnapshotMeta, manifest?: Manifest): Promise<string>;
+  commit(manifestBlobs: readonly Buffer[], meta: SnapshotMeta, manifest?: ManifestEntries): Promise<string>;
   /** The most manifest parts `commit` takes (MAX_MANIFEST_PARTS when unset). */
   readonly maxManifestParts?: number;
   /** Gives up: nothing becomes visible; chunks already durable stay for the next attempt to reuse. */

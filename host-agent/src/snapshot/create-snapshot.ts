@@ -12,13 +12,15 @@ import {
   MAX_MANIFEST_PARTS,
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
-  type Manifest,
+  type ManifestEntries,
+  type ManifestEntry,
   type SealedChunk,
   type SkippedEntry,
   sealManifest,
   sealManifestParts,
 } from "@dumont/repository";
 import { SMALLER_SNAPSHOT_ADVICE } from "@dumont/repository/limits";
+import { ChunkTable } from "./chunk-table.js";
 import {
   type ChunkerParams,
   type CompiledChunker,
@@ -30,11 +32,11 @@ import {
   GEAR,
   GEAR_SCAN_WASM,
 } from "./chunker.js";
-import { LocalIndex, type LocalIndexFile, loadLocalIndex, saveLocalIndex } from "./local-index.js";
+import { LocalIndex, loadLocalIndex, type RawLocalIndexFile, saveLocalIndex } from "./local-index.js";
 import { loadExclusions } from "./path-matcher.js";
 import { READ_AHEAD_MAX_FILE, ReadAhead } from "./read-ahead.js";
 import type { SealedSegments } from "./segment-sealer.js";
-import { listSourceTree, type SourceEntry } from "./source-tree.js";
+import { listSourceTree, type SourceEntry, sourceFile } from "./source-tree.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
 export interface CreateSnapshotOptions {
@@ -101,11 +103,12 @@ export interface CreateSnapshotResult {
   skipped: SkippedEntry[];
 }
 
+/** A file this snapshot reads. */
 interface FileWork {
   entry: SourceEntry;
-  chunks: string[];
-  lengths: number[];
-  size: number;
+  /** Its chunks so far: rows first .. first + count - 1 of the snapshot's ChunkTable. */
+  first: number;
+  count: number;
   failed?: string;
   /** Segments the file was split into for the workers. */
   segments: number;
@@ -145,31 +148,30 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       ? await loadLocalIndex(options.localIndex.file, options.localIndex.scope)
       : LocalIndex.empty();
 
-    const works: FileWork[] = [];
-    const reusable: FileWork[] = [];
-    for (const entry of entries) {
+    // Per entry: the local index's entry for a file found unchanged, else -1; and the file's FileWork when it
+    // is read (an index into `reading`), else -1. Unchanged files get no object of their own.
+    const known = new Int32Array(entries.length).fill(-1);
+    const workAt = new Int32Array(entries.length).fill(-1);
+    const reading: FileWork[] = [];
+    const readEntry = (e: number): void => {
+      known[e] = -1;
+      workAt[e] = reading.length;
+      reading.push({ entry: entries[e], first: 0, count: 0, segments: 0, position: 0 });
+    };
+    for (let e = 0; e < entries.length; e++) {
+      const entry = entries[e];
       if (entry.type !== "file") continue;
-      const work: FileWork = { entry, chunks: [], lengths: [], size: entry.size, segments: 0, position: 0 };
-      works.push(work);
-      const known = previous.find(entry.path, entry.size, entry.mtimeNs, entry.ino);
-      if (known >= 0) {
-        work.chunks = previous.chunks(known);
-        work.lengths = previous.lengths(known);
-        reusable.push(work);
-      }
+      known[e] = previous.find(entry.path, entry.size, entry.mtimeNs, entry.ino);
+      if (known[e] < 0) readEntry(e);
     }
-    const reused = new Set(reusable);
-    const toRead = new Set(works.filter((w) => !reused.has(w)));
     // Trust the local index only for chunks the repository still holds (a prune may have removed some).
-    const held = await heldChunks(sink, previous, reusable, toRead);
-    // The workers leave those unsealed when a changed file yields them again (SegmentSealer says why).
-    const heldIds = held.length > 0 ? pool.buffer(32 * held.length) : undefined;
-    for (let i = 0; i < held.length; i++) heldIds!.write(held[i], 32 * i, "hex");
+    const heldIds = await heldChunks(sink, previous, known, readEntry, pool);
 
     const stats = { bytesRead: 0, bytesNew: 0, bytesStored: 0, chunksNew: 0 };
-    const reading = [...toRead];
-    let bytesToRead = reading.reduce((sum, w) => sum + w.size, 0);
+    let bytesToRead = reading.reduce((sum, w) => sum + w.entry.size, 0);
+    const table = new ChunkTable();
     const pipeline = new SegmentPipeline(
+      source,
       pool,
       options.key,
       sink,
@@ -177,55 +179,76 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       options.segmentSize ?? DEFAULT_SEGMENT_SIZE,
       options.sealAhead ?? 0,
       stats,
+      table,
       heldIds,
       options.readAhead ?? "auto",
     );
-    for (const work of reading) {
-      work.chunks = [];
-      work.lengths = [];
-    }
     options.onProgress?.({ bytesRead: 0, bytesToRead });
     const progress = () => options.onProgress?.({ bytesRead: stats.bytesRead, bytesToRead });
     await pipeline.run(reading, options.signal, progress).finally(() => pipeline.close());
     // A file that changed while it was read (a checkpoint being rewritten, a log cut short) is read once more,
     // as it is now: left out, a restore would not have it at all.
-    const again = await rereadable(reading.filter((w) => w.failed === CHANGED));
+    const again = await rereadable(
+      source,
+      reading.filter((w) => w.failed === CHANGED),
+    );
     if (again.length > 0) {
-      bytesToRead += again.reduce((sum, w) => sum + w.size, 0);
+      bytesToRead += again.reduce((sum, w) => sum + w.entry.size, 0);
       progress();
       await pipeline.run(again, options.signal, progress).finally(() => pipeline.close());
       for (const w of again) if (w.failed === CHANGED) w.failed = CHANGED_TWICE;
     }
     if (heldIds) pool.recycle(heldIds.buffer);
-    for (const w of works) {
-      if (w.failed) skipped.push({ path: w.entry.path, reason: w.failed });
+    let files = 0;
+    let bytesTotal = 0;
+    for (let e = 0; e < entries.length; e++) {
+      if (entries[e].type !== "file") continue;
+      const w = workAt[e] >= 0 ? reading[workAt[e]] : undefined;
+      if (w?.failed) skipped.push({ path: w.entry.path, reason: w.failed });
+      else {
+        files++;
+        bytesTotal += entries[e].size;
+      }
     }
 
-    const workByEntry = new Map(works.map((w) => [w.entry, w]));
-    const manifest: Manifest = { version: 1, entries: [] };
-    // Object literals, not `{ ...common, type }`: a spread made each entry ~5 µs slower to build and its
-    // JSON slower to write (300,000 files: 1.6 s against 0.3 s to build). Same keys, same order.
-    for (const e of entries) {
-      const mtimeNs = String(e.mtimeNs);
-      if (e.type === "dir") manifest.entries.push({ path: e.path, mode: e.mode, mtimeNs, type: "dir" });
-      else if (e.type === "symlink") {
-        manifest.entries.push({ path: e.path, mode: e.mode, mtimeNs, type: "symlink", target: e.target ?? "" });
-      } else {
-        const w = workByEntry.get(e)!;
-        if (!w.failed) {
-          const { size, chunks, lengths } = w;
-          manifest.entries.push({ path: e.path, mode: e.mode, mtimeNs, type: "file", size, chunks, lengths });
+    // The manifest's entries are made each time they are iterated, from the listing, the local index and the
+    // chunk table, and dropped after: held whole, with their hex ids and mtime strings, they were ~250 bytes
+    // a file for the rest of the snapshot. Object literals, not `{ ...common, type }`: a spread made each entry
+    // ~5 µs slower to build and its JSON slower to write. Same keys, same order.
+    function* manifestEntries(): Generator<ManifestEntry> {
+      for (let e = 0; e < entries.length; e++) {
+        const x = entries[e];
+        const { path, mode } = x;
+        const mtimeNs = String(x.mtimeNs);
+        if (x.type === "dir") yield { path, mode, mtimeNs, type: "dir" };
+        else if (x.type === "symlink") yield { path, mode, mtimeNs, type: "symlink", target: x.target ?? "" };
+        else if (known[e] >= 0) {
+          const chunks = previous.chunks(known[e]);
+          yield { path, mode, mtimeNs, type: "file", size: x.size, chunks, lengths: previous.lengths(known[e]) };
+        } else {
+          const w = reading[workAt[e]];
+          if (w.failed) continue;
+          const chunks = table.hexIds(w.first, w.count);
+          yield {
+            path,
+            mode,
+            mtimeNs,
+            type: "file",
+            size: x.size,
+            chunks,
+            lengths: table.lengthList(w.first, w.count),
+          };
         }
       }
     }
-    const manifestBlobs = sealManifestFor(sink, options.key, manifest, options.manifestPartBytes);
+    const manifest: ManifestEntries = { entries: { [Symbol.iterator]: manifestEntries } };
+    const manifestBlobs = sealManifestFor(sink, options.key, manifest, entries.length, options.manifestPartBytes);
     // Parts seal deterministically: one the last snapshot of this scope had is stored already (the writer skips
     // it), so it is not counted as stored again.
     const manifestIds = manifestBlobs.map((blob) => createHash("sha256").update(blob).digest("hex"));
     manifestBlobs.forEach((blob, i) => {
       if (!previous.manifests.has(manifestIds[i])) stats.bytesStored += blob.length;
     });
-    const files = works.filter((w) => !w.failed);
     const seconds = (performance.now() - started) / 1000;
     const id = await sink.commit(
       manifestBlobs,
@@ -237,7 +260,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
         time: new Date(Number(startNs / 1_000_000n)).toISOString(),
         source,
         stats: {
-          files: files.length,
+          files,
           ...stats,
           seconds,
           filesSkipped: skipped.length,
@@ -248,26 +271,49 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     );
 
     if (options.localIndex) {
-      const remembered: LocalIndexFile[] = [];
-      for (const { entry, size, chunks, lengths } of files) {
-        if (entry.mtimeNs >= startNs - RACY_WINDOW_NS) continue;
-        remembered.push({ path: entry.path, size, mtimeNs: entry.mtimeNs, ino: entry.ino, chunks, lengths });
+      // Files changed within the racy window are left out: they may change again within the same mtime tick.
+      function* remembered(): Generator<RawLocalIndexFile> {
+        for (let e = 0; e < entries.length; e++) {
+          const { path, type, size, mtimeNs, ino } = entries[e];
+          if (type !== "file" || mtimeNs >= startNs - RACY_WINDOW_NS) continue;
+          if (known[e] >= 0) {
+            yield {
+              path,
+              size,
+              mtimeNs,
+              ino,
+              ids: previous.chunkIds(known[e]),
+              lengths: previous.chunkLengths(known[e]),
+            };
+            continue;
+          }
+          const w = reading[workAt[e]];
+          if (w.failed) continue;
+          yield {
+            path,
+            size,
+            mtimeNs,
+            ino,
+            ids: table.idsOf(w.first, w.count),
+            lengths: table.lengthsOf(w.first, w.count),
+          };
+        }
       }
       await saveLocalIndex(options.localIndex.file, {
         scope: options.localIndex.scope,
         snapshot: id,
         manifests: manifestIds,
-        files: remembered,
+        files: { [Symbol.iterator]: remembered },
       });
     }
     return {
       id,
-      files: files.length,
+      files,
       ...stats,
       seconds: (performance.now() - started) / 1000,
-      bytesTotal: files.reduce((sum, w) => sum + w.size, 0),
+      bytesTotal,
       filesRead: reading.length,
-      filesUnchanged: works.length - reading.length,
+      filesUnchanged: known.reduce((n, row) => (row >= 0 ? n + 1 : n), 0),
       skipped,
     };
   } catch (err) {
@@ -282,13 +328,19 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
  * The manifest sealed as the sink takes it: in parts (sealManifestParts), or as one part for a sink that
  * takes only one (a control plane from before parts), which holds up to 64 MiB plain as before.
  */
-function sealManifestFor(sink: ChunkSink, key: Buffer, manifest: Manifest, partBytes?: number): Buffer[] {
+function sealManifestFor(
+  sink: ChunkSink,
+  key: Buffer,
+  manifest: ManifestEntries,
+  entryCount: number,
+  partBytes?: number,
+): Buffer[] {
   const maxParts = sink.maxManifestParts ?? MAX_MANIFEST_PARTS;
   if (maxParts <= 1) return [sealManifest(key, manifest)];
   const parts = sealManifestParts(key, manifest.entries, { partBytes });
   if (parts.length > maxParts) {
     throw new Error(
-      `the manifest of ${manifest.entries.length} entries has ${parts.length} parts; the repository takes at ` +
+      `the manifest of ${entryCount} entries has ${parts.length} parts; the repository takes at ` +
         `most ${maxParts}: ${SMALLER_SNAPSHOT_ADVICE}`,
     );
   }
@@ -297,24 +349,37 @@ function sealManifestFor(sink: ChunkSink, key: Buffer, manifest: Manifest, partB
 
 /**
  * Asks the sink which chunks the local index remembers it still holds. Unchanged files with a chunk it lost
- * are read again; the rest come back as hex ids, sorted (the workers search them).
+ * are read again (`readEntry`); the rest come back raw and sorted in a buffer of the pool's (the workers
+ * search them), or undefined when there are none.
  */
 async function heldChunks(
   sink: ChunkSink,
   previous: LocalIndex,
-  reusable: FileWork[],
-  toRead: Set<FileWork>,
-): Promise<string[]> {
-  const unique = previous.distinctChunks();
+  known: Int32Array,
+  readEntry: (e: number) => void,
+  pool: SnapshotWorkerPool,
+): Promise<Buffer | undefined> {
+  const distinct = previous.distinctIds();
+  const n = distinct.length / 32;
   const absent = new Set<string>();
-  // Raw ids made a batch at a time: one view per chunk of the index held at once was ~100 bytes a chunk more.
-  const entries = [...unique.values()];
-  for (let i = 0; i < entries.length; i += OFFER_BATCH) {
-    const batch = entries.slice(i, i + OFFER_BATCH).map((k) => previous.chunkId(k));
+  for (let i = 0; i < n; i += OFFER_BATCH) {
+    const batch: Buffer[] = [];
+    for (let k = i; k < Math.min(n, i + OFFER_BATCH); k++) batch.push(distinct.subarray(32 * k, 32 * (k + 1)));
     for (const hex of await missingIds(sink, batch)) absent.add(hex);
   }
-  for (const w of reusable) if (w.chunks.some((hex) => absent.has(hex))) toRead.add(w);
-  return [...unique.keys()].filter((hex) => !absent.has(hex)).sort();
+  if (absent.size > 0) {
+    for (let e = 0; e < known.length; e++) {
+      if (known[e] >= 0 && previous.chunks(known[e]).some((hex) => absent.has(hex))) readEntry(e);
+    }
+  }
+  if (n === absent.size) return undefined;
+  const held = pool.buffer(32 * (n - absent.size));
+  let m = 0;
+  for (let k = 0; k < n; k++) {
+    if (absent.size > 0 && absent.has(distinct.toString("hex", 32 * k, 32 * (k + 1)))) continue;
+    distinct.copy(held, 32 * m++, 32 * k, 32 * (k + 1));
+  }
+  return held;
 }
 
 /** The hex ids of `ids` the sink lacks, asked OFFER_BATCH at a time. */
@@ -386,7 +451,6 @@ class SegmentPipeline {
   private readonly inflight: Promise<void>[] = [];
   private readonly maxInflight: number;
   private failure: unknown;
-  private readonly seen = new Set<string>();
   private scanner: CutScanner | undefined;
   /** How far before its start a split segment's worker begins cutting (see FileSegment.lookback). */
   private readonly lookback: number;
@@ -400,6 +464,8 @@ class SegmentPipeline {
   private readBaseline: { storage: number; read: number } | undefined;
 
   constructor(
+    /** The source directory (absolute): the entries' paths are relative to it. */
+    private readonly root: string,
     private readonly pool: SnapshotWorkerPool,
     private readonly key: Buffer,
     private readonly sink: ChunkSink,
@@ -407,6 +473,8 @@ class SegmentPipeline {
     private readonly segmentSize: number,
     sealAhead: number,
     private readonly stats: { bytesRead: number; bytesNew: number; bytesStored: number; chunksNew: number },
+    /** Where accepted chunks go, in file order; its ids are the chunks this snapshot has already delivered. */
+    private readonly table: ChunkTable,
     private readonly heldIds: Buffer | undefined,
     private readonly readAheadMode: "auto" | "always" | "never",
   ) {
@@ -417,6 +485,11 @@ class SegmentPipeline {
     // Four average chunks: on the bench corpus the seams then needed 8 MB of stitching per GiB (103 MB
     // with none, 0 with eight); every byte looked back over is read and cut once more.
     this.lookback = 4 * chunker.avg;
+  }
+
+  /** Where a file to read is. */
+  private file(work: FileWork): string {
+    return sourceFile(this.root, work.entry);
   }
 
   /** Stops the read-ahead threads, if any were started. */
@@ -442,7 +515,7 @@ class SegmentPipeline {
       }
       for (; this.readAhead && readAheadOf < upcoming.length; readAheadOf++) {
         const small = upcoming[readAheadOf].filter((seg) => seg.work.segments === 1 && seg.end <= READ_AHEAD_MAX_FILE);
-        if (small.length > 1) this.readAhead.read(small.map((seg) => ({ path: seg.work.entry.abs, size: seg.end })));
+        if (small.length > 1) this.readAhead.read(small.map((seg) => ({ path: this.file(seg.work), size: seg.end })));
       }
       readAheadOf = Math.max(0, readAheadOf - 1);
       return upcoming.shift();
@@ -454,7 +527,7 @@ class SegmentPipeline {
           this.key,
           this.chunker,
           task.map((seg) => ({
-            path: seg.work.entry.abs,
+            path: this.file(seg.work),
             fileSize: seg.work.entry.size,
             start: seg.start,
             end: seg.end,
@@ -529,8 +602,9 @@ class SegmentPipeline {
     const offered = new Set<string>();
     const ask: Buffer[] = [];
     for (let at = 0; at < ids.length; at += 32) {
+      if (this.table.has(ids, at)) continue;
       const hex = ids.toString("hex", at, at + 32);
-      if (this.seen.has(hex) || offered.has(hex)) continue;
+      if (offered.has(hex)) continue;
       offered.add(hex);
       ask.push(ids.subarray(at, at + 32));
     }
@@ -564,12 +638,11 @@ class SegmentPipeline {
     }
     const fresh: Accepted[] = [];
     const accept = (work: FileWork, chunk: Accepted): void => {
-      work.chunks.push(chunk.hex);
-      work.lengths.push(chunk.plainLength);
-      if (!this.seen.has(chunk.hex)) {
-        this.seen.add(chunk.hex);
-        fresh.push(chunk);
-      }
+      // A file's chunks are one run of the table's rows: its segments are handled in turn, nothing between.
+      if (work.count === 0) work.first = this.table.count;
+      else if (work.first + work.count !== this.table.count) throw new Error(`${work.entry.path}: chunks out of turn`);
+      work.count++;
+      if (this.table.push(chunk.id, chunk.plainLength)) fresh.push(chunk);
     };
     for (let si = 0; si < task.length; si++) {
       const seg = task[si];
@@ -621,7 +694,7 @@ class SegmentPipeline {
       this.scanner ??= createCutScanner(GEAR_SCAN_WASM, GEAR, this.chunker.max, findChunkEnd);
       const scanner = this.scanner;
       const buf = scanner.window;
-      const handle = await openSource(work.entry.abs);
+      const handle = await openSource(this.file(work));
       try {
         while (p < segmentEnd && p < size) {
           await readExactly(handle, buf, Math.min(size, p + this.chunker.max) - p, p);
@@ -670,7 +743,7 @@ class SegmentPipeline {
   private async sealFromFile(chunk: Accepted, from: { work: FileWork; start: number }): Promise<Buffer | undefined> {
     const plain = Buffer.allocUnsafe(chunk.plainLength);
     try {
-      const handle = await openSource(from.work.entry.abs);
+      const handle = await openSource(this.file(from.work));
       try {
         await readExactly(handle, plain, plain.length, from.start);
       } finally {
@@ -701,15 +774,15 @@ const CHANGED_TWICE = "it changed while it was being read, twice";
  * The changed files that are still regular files, each reset to be read again from its new size, mode and
  * time; the others keep their reason (a file now gone or replaced is what it is now).
  */
-async function rereadable(changed: FileWork[]): Promise<FileWork[]> {
+async function rereadable(root: string, changed: FileWork[]): Promise<FileWork[]> {
   const again: FileWork[] = [];
   for (const work of changed) {
-    const st = await lstat(work.entry.abs, { bigint: true }).catch(() => undefined);
+    const st = await lstat(sourceFile(root, work.entry), { bigint: true }).catch(() => undefined);
     if (!st?.isFile()) continue;
     const size = Number(st.size);
     // In place: the manifest is written from the listing's entries.
     Object.assign(work.entry, { size, mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, ino: st.ino });
-    Object.assign(work, { chunks: [], lengths: [], size, failed: undefined, segments: 0, position: 0 });
+    Object.assign(work, { first: 0, count: 0, failed: undefined, segments: 0, position: 0 });
     again.push(work);
   }
   return again;

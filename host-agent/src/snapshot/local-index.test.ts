@@ -3,7 +3,14 @@ import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises"
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { LocalIndex, type LocalIndexFile, loadLocalIndex, localIndexPath, saveLocalIndex } from "./local-index.js";
+import {
+  LocalIndex,
+  type LocalIndexFile,
+  loadLocalIndex,
+  localIndexPath,
+  type RawLocalIndexFile,
+  saveLocalIndex,
+} from "./local-index.js";
 
 const root = await mkdtemp(join(tmpdir(), "dumont-local-index-"));
 afterAll(() => rm(root, { recursive: true, force: true }));
@@ -46,8 +53,7 @@ describe("local index", () => {
     expect(index.find(model.path, model.size, model.mtimeNs + 1n, model.ino)).toBe(-1);
     expect(index.find(model.path, model.size, model.mtimeNs, model.ino - 1n)).toBe(-1);
     expect(index.find("weights/other.bin", model.size, model.mtimeNs, model.ino)).toBe(-1);
-    expect([...index.distinctChunks().keys()].sort()).toEqual([id(1), id(2), id(3)]);
-    expect(index.chunkId(index.distinctChunks().get(id(2))!).toString("hex")).toBe(id(2));
+    expect(index.distinctIds().toString("hex")).toBe(id(1) + id(2) + id(3));
   });
 
   it("is empty when there is none, it belongs to another scope, or any byte of it is damaged", async () => {
@@ -121,5 +127,59 @@ describe("local index", () => {
       /bad chunk id/,
     );
     expect(LocalIndex.fromFiles(FILES).files).toBe(3);
+  });
+
+  it("saves files given as raw ids from any iterable, finds many paths, and sorts their distinct ids", async () => {
+    const raw = (n: number) => createHash("sha256").update(String(n)).digest();
+    const count = 3000;
+    // Two of every id but the last: distinctIds must keep one of each, in byte order.
+    function* files(): Generator<RawLocalIndexFile> {
+      for (let i = 0; i < count; i++) {
+        const ids = Buffer.concat([raw(i), raw(i + 1)]);
+        yield {
+          path: `dir ${i % 7}/file-${i}.py`,
+          size: 4 + i,
+          mtimeNs: BigInt(i),
+          ino: BigInt(10 * i),
+          ids,
+          lengths: [3, i + 1],
+        };
+      }
+    }
+    const file = localIndexPath(freshState(), "scope");
+    await saveLocalIndex(file, { scope: "scope", snapshot: "s", manifests: [], files: { [Symbol.iterator]: files } });
+    const index = await loadLocalIndex(file, "scope");
+    expect(index.files).toBe(count);
+    for (const i of [0, 1, 1234, count - 1]) {
+      const at = index.find(`dir ${i % 7}/file-${i}.py`, 4 + i, BigInt(i), BigInt(10 * i));
+      expect(at).toBe(i);
+      expect(index.chunks(at)).toEqual([raw(i).toString("hex"), raw(i + 1).toString("hex")]);
+      expect(index.chunkIds(at).equals(Buffer.concat([raw(i), raw(i + 1)]))).toBe(true);
+      expect([...index.chunkLengths(at)]).toEqual([3, i + 1]);
+    }
+    expect(index.find("dir 0/file-1.py", 5, 1n, 10n)).toBe(-1);
+    const distinct = index.distinctIds();
+    const expected = Array.from({ length: count + 1 }, (_, n) => raw(n)).sort(Buffer.compare);
+    expect(distinct.equals(Buffer.concat(expected))).toBe(true);
+    // Ids that do not match their lengths are refused, and nothing is written.
+    const bad: RawLocalIndexFile = {
+      path: "x",
+      size: 1,
+      mtimeNs: 1n,
+      ino: 1n,
+      ids: raw(1).subarray(0, 31),
+      lengths: [1],
+    };
+    await expect(saveLocalIndex(file, { scope: "scope", snapshot: "t", manifests: [], files: [bad] })).rejects.toThrow(
+      /31 bytes of ids for 1 chunks/,
+    );
+    expect((await loadLocalIndex(file, "scope")).files).toBe(count);
+  });
+
+  it("finds the last of two files saved with the same path", () => {
+    const twice = [FILES[2], { ...FILES[2], size: 5, chunks: [id(9)], lengths: [5] }];
+    const index = LocalIndex.fromFiles(twice);
+    expect(index.find(FILES[2].path, FILES[2].size, FILES[2].mtimeNs, FILES[2].ino)).toBe(-1);
+    expect(index.chunks(index.find(FILES[2].path, 5, FILES[2].mtimeNs, FILES[2].ino))).toEqual([id(9)]);
   });
 });

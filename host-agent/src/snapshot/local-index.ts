@@ -5,7 +5,8 @@
 // Stored as one binary file of columns, replaced atomically (format 2). Format 1 was one JSON object per file;
 // for a workspace of 300,000 files that was 54 MB to parse into 300,000 objects on every snapshot (~0.7 s of
 // JSON.parse, ~1 GB of peak RSS with the rest, and a good part of the garbage collector's time). Columns load
-// as a few typed arrays and one Map of paths; a format 1 file left by an older agent is still read once.
+// as a few typed arrays and a hash table of entry numbers (no string per path or per chunk is kept); a format
+// 1 file left by an older agent is still read once.
 //
 //   "DUMONT-LOCAL-INDEX\n" (19 bytes), u32 header length, header JSON {version: 2, scope, snapshot, manifests
 //   (ids of its manifest parts), files, chunks, pathBytes}, zero padding to a multiple of 8, then the columns, each padded to a multiple of 8:
@@ -19,7 +20,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { writeFileAtomic } from "@dumont/repository";
+import { pathHash, writeFileAtomic } from "@dumont/repository";
 
 const MAGIC = Buffer.from("DUMONT-LOCAL-INDEX\n", "latin1");
 const VERSION = 2;
@@ -36,6 +37,16 @@ export interface LocalIndexFile {
   /** Hex SHA-256 ids, in file order. */
   chunks: readonly string[];
   lengths: readonly number[];
+}
+
+/** One file as a snapshot hands it to the index: its chunks as raw ids (32 bytes each, back to back). */
+export interface RawLocalIndexFile {
+  path: string;
+  size: number;
+  mtimeNs: bigint;
+  ino: bigint;
+  ids: Uint8Array;
+  lengths: ArrayLike<number>;
 }
 
 interface Header {
@@ -69,21 +80,37 @@ function legacyPath(file: string): string | undefined {
   return file.endsWith(".idx") ? `${file.slice(0, -".idx".length)}.json` : undefined;
 }
 
-let makeIndex: (columns: Columns, byPath: Map<string, number>, manifests: ReadonlySet<string>) => LocalIndex;
+let makeIndex: (columns: Columns, manifests: ReadonlySet<string>) => LocalIndex;
 
 /** What the last snapshot of a scope read, looked up by path. */
 export class LocalIndex {
   static {
-    makeIndex = (columns, byPath, manifests) => new LocalIndex(columns, byPath, manifests);
+    makeIndex = (columns, manifests) => new LocalIndex(columns, manifests);
   }
-  private readonly hexIds: (string | undefined)[] = [];
+  /**
+   * Paths to entries: an open-addressing table of entry numbers + 1 (0 is free), probed from the path's hash.
+   * Not a Map of strings: that held every path a second time (300,000 files: ~25 MB for as long as a snapshot
+   * runs); a lookup now decodes only the one candidate whose hash matches.
+   */
+  private readonly slots: Int32Array;
+  private readonly hashes: Uint32Array;
 
   private constructor(
     private readonly columns: Columns,
-    private readonly byPath: Map<string, number>,
     /** Ids of the manifest parts of the snapshot this index was saved with. */
     readonly manifests: ReadonlySet<string>,
-  ) {}
+  ) {
+    const files = columns.size.length;
+    this.hashes = new Uint32Array(files);
+    this.slots = new Int32Array(2 ** Math.ceil(Math.log2(Math.max(4, 2 * files))));
+    for (let i = 0; i < files; i++) {
+      const path = this.path(i);
+      const hash = pathHash(path);
+      this.hashes[i] = hash;
+      const slot = this.probe(path, hash);
+      this.slots[slot] = i + 1; // a later entry of the same path wins
+    }
+  }
 
   static empty(): LocalIndex {
     return LocalIndex.fromFiles([]);
@@ -96,8 +123,8 @@ export class LocalIndex {
 
   /** The entry of `path` if its size, mtime and inode are still these; else -1 (the file must be read). */
   find(path: string, size: number, mtimeNs: bigint, ino: bigint): number {
-    const i = this.byPath.get(path);
-    if (i === undefined) return -1;
+    const i = this.slots[this.probe(path, pathHash(path))] - 1;
+    if (i < 0) return -1;
     const c = this.columns;
     return c.size[i] === size && c.mtimeNs[i] === mtimeNs && c.ino[i] === ino ? i : -1;
   }
@@ -113,38 +140,64 @@ export class LocalIndex {
   }
 
   lengths(i: number): number[] {
-    const first = this.firstChunk(i);
-    const out = new Array<number>(this.columns.chunkEnd[i] - first);
-    for (let k = 0; k < out.length; k++) out[k] = this.columns.length[first + k];
-    return out;
+    return Array.from(this.chunkLengths(i));
   }
 
-  /** Every distinct chunk id the index holds, hex, with the number of one entry holding it (for `chunkId`). */
-  distinctChunks(): Map<string, number> {
-    const out = new Map<string, number>();
-    for (let k = 0; k < this.columns.id.length / DIGEST; k++) {
-      const hex = this.hexId(k);
-      if (!out.has(hex)) out.set(hex, k);
+  /** The raw chunk ids of entry `i`, back to back: a view into the index. */
+  chunkIds(i: number): Buffer {
+    return this.columns.id.subarray(DIGEST * this.firstChunk(i), DIGEST * this.columns.chunkEnd[i]);
+  }
+
+  /** The plain lengths of entry `i`'s chunks: a view into the index. */
+  chunkLengths(i: number): Uint32Array {
+    return this.columns.length.subarray(this.firstChunk(i), this.columns.chunkEnd[i]);
+  }
+
+  /**
+   * Every distinct chunk id the index holds: raw, sorted bytewise, back to back in a new buffer. Sorted as
+   * bytes, not as hex strings in a Map (300,000 chunks: 84 ms and 10 MB against ~390 ms and ~35 MB).
+   */
+  distinctIds(): Buffer {
+    const ids = this.columns.id;
+    const n = ids.length / DIGEST;
+    const prefix = new Uint32Array(n);
+    const order = new Uint32Array(n);
+    for (let k = 0; k < n; k++) {
+      prefix[k] = ids.readUInt32BE(DIGEST * k);
+      order[k] = k;
     }
-    return out;
-  }
-
-  /** The raw id of chunk entry `k`: a view into the index. */
-  chunkId(k: number): Buffer {
-    return this.columns.id.subarray(DIGEST * k, DIGEST * (k + 1));
+    order.sort(
+      (a, b) => prefix[a] - prefix[b] || ids.compare(ids, DIGEST * b, DIGEST * (b + 1), DIGEST * a, DIGEST * (a + 1)),
+    );
+    const out = Buffer.allocUnsafe(DIGEST * n);
+    let m = 0;
+    for (const k of order) {
+      if (m > 0 && ids.compare(out, DIGEST * (m - 1), DIGEST * m, DIGEST * k, DIGEST * (k + 1)) === 0) continue;
+      ids.copy(out, DIGEST * m++, DIGEST * k, DIGEST * (k + 1));
+    }
+    return out.subarray(0, DIGEST * m);
   }
 
   private firstChunk(i: number): number {
     return i === 0 ? 0 : this.columns.chunkEnd[i - 1];
   }
 
+  /** Made each time, not kept: one string a chunk for the whole snapshot was ~80 bytes a chunk. */
   private hexId(k: number): string {
-    let hex = this.hexIds[k];
-    if (hex === undefined) {
-      hex = this.columns.id.toString("hex", DIGEST * k, DIGEST * (k + 1));
-      this.hexIds[k] = hex;
+    return this.columns.id.toString("hex", DIGEST * k, DIGEST * (k + 1));
+  }
+
+  private path(i: number): string {
+    return this.columns.path.toString("utf8", i === 0 ? 0 : this.columns.pathEnd[i - 1], this.columns.pathEnd[i]);
+  }
+
+  /** The slot holding `path`, or the free slot where it would go. */
+  private probe(path: string, hash: number): number {
+    const mask = this.slots.length - 1;
+    for (let slot = hash & mask; ; slot = (slot + 1) & mask) {
+      const i = this.slots[slot] - 1;
+      if (i < 0 || (this.hashes[i] === hash && this.path(i) === path)) return slot;
     }
-    return hex;
   }
 
   /** An index of these files (later files with the same path win). */
@@ -199,19 +252,25 @@ export interface SavedIndex {
   /** The snapshot's id, and the ids of its manifest parts. */
   snapshot: string;
   manifests: readonly string[];
-  files: readonly LocalIndexFile[];
+  /** Iterated twice (counted, then written): an array, or an object whose iterator starts afresh each time. */
+  files: Iterable<LocalIndexFile | RawLocalIndexFile>;
 }
 
 function encode({ scope, snapshot, manifests, files }: SavedIndex): Buffer {
-  const paths = files.map((f) => Buffer.from(f.path, "utf8"));
-  const pathBytes = paths.reduce((sum, p) => sum + p.length, 0);
-  const chunks = files.reduce((sum, f) => sum + f.chunks.length, 0);
+  let count = 0;
+  let pathBytes = 0;
+  let chunks = 0;
+  for (const f of files) {
+    count++;
+    pathBytes += Buffer.byteLength(f.path, "utf8");
+    chunks += f.lengths.length;
+  }
   const header: Header = {
     version: VERSION,
     scope,
     snapshot,
     manifests: [...manifests],
-    files: files.length,
+    files: count,
     chunks,
     pathBytes,
   };
@@ -222,21 +281,36 @@ function encode({ scope, snapshot, manifests, files }: SavedIndex): Buffer {
   out.writeUInt32LE(headerBytes.length, MAGIC.length);
   headerBytes.copy(out, MAGIC.length + 4);
   const c = columnsIn(out, layout, header);
+  let i = 0;
   let chunk = 0;
   let pathAt = 0;
-  for (let i = 0; i < files.length; i++) {
-    const f = files[i];
+  for (const f of files) {
+    if (i === count) throw new Error("the files changed while the index was written");
     c.size[i] = f.size;
     c.mtimeNs[i] = f.mtimeNs;
     c.ino[i] = f.ino;
-    for (let k = 0; k < f.chunks.length; k++, chunk++) {
-      if (c.id.write(f.chunks[k], DIGEST * chunk, "hex") !== DIGEST) throw new Error(`bad chunk id ${f.chunks[k]}`);
-      c.length[chunk] = f.lengths[k];
+    const n = f.lengths.length;
+    if (chunk + n > chunks) throw new Error("the files changed while the index was written");
+    if ("ids" in f) {
+      if (f.ids.length !== DIGEST * n) throw new Error(`${f.path}: ${f.ids.length} bytes of ids for ${n} chunks`);
+      c.id.set(f.ids, DIGEST * chunk);
+    } else {
+      if (f.chunks.length !== n) throw new Error(`${f.path}: ${f.chunks.length} chunk ids for ${n} lengths`);
+      for (let k = 0; k < n; k++) {
+        if (c.id.write(f.chunks[k], DIGEST * (chunk + k), "hex") !== DIGEST) {
+          throw new Error(`bad chunk id ${f.chunks[k]}`);
+        }
+      }
     }
+    c.length.set(f.lengths, chunk);
+    chunk += n;
     c.chunkEnd[i] = chunk;
-    c.path.set(paths[i], pathAt);
-    pathAt += paths[i].length;
+    pathAt += c.path.write(f.path, pathAt, "utf8");
     c.pathEnd[i] = pathAt;
+    i++;
+  }
+  if (i !== count || chunk !== chunks || pathAt !== pathBytes) {
+    throw new Error("the files changed while the index was written");
   }
   createHash("sha256").update(out.subarray(0, layout.end)).digest().copy(out, layout.end);
   return out;
@@ -304,7 +378,6 @@ function decode(raw: Buffer): { scope: string; index: LocalIndex } {
   // Typed arrays need aligned memory: readFile's buffer is its own allocation, but do not count on it.
   const data = raw.byteOffset % 8 === 0 ? raw : Buffer.from(raw);
   const c = columnsIn(data, layout, h);
-  const byPath = new Map<string, number>();
   let chunk = 0;
   let pathAt = 0;
   for (let i = 0; i < h.files; i++) {
@@ -320,11 +393,10 @@ function decode(raw: Buffer): { scope: string; index: LocalIndex } {
       sum += c.length[chunk];
     }
     if (sum !== size) throw new Error(`bad lengths in entry ${i}`);
-    byPath.set(c.path.toString("utf8", pathAt, pathEnd), i);
     pathAt = pathEnd;
   }
   if (chunk !== h.chunks || pathAt !== h.pathBytes) throw new Error("bad totals");
-  return { scope: h.scope, index: makeIndex(c, byPath, new Set(h.manifests)) };
+  return { scope: h.scope, index: makeIndex(c, new Set(h.manifests)) };
 }
 
 /** Format 1: {"version":1,"scope","snapshot","files":{path: {size, mtimeNs, ino, chunks, lengths}}}. */

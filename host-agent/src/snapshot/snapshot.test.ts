@@ -27,6 +27,7 @@ import {
   checkRepository,
   chunkCodec,
   type FetchedChunk,
+  forgetSnapshots,
   generateRepositoryKey,
   indexKey,
   MAX_SKIPPED_LISTED,
@@ -34,6 +35,7 @@ import {
   type Manifest,
   openBlobStore,
   packKey,
+  pruneRepository,
   Repository,
   sealManifest,
 } from "@dumont/repository";
@@ -41,7 +43,12 @@ import { type S3TestServer, startS3TestServer } from "@dumont/repository/testing
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { chunkLengths } from "./chunker.js";
 import { createSnapshot, listSnapshotSource } from "./create-snapshot.js";
-import { createDirectSnapshot, type DirectCreateOptions, restoreDirectSnapshot } from "./direct-mode.js";
+import {
+  createDirectSnapshot,
+  type DirectCreateOptions,
+  restoreDirectSnapshot,
+  withDirectRepository,
+} from "./direct-mode.js";
 import { ReadAhead } from "./read-ahead.js";
 import { RestoreDamagedError, restoreSnapshot } from "./restore-snapshot.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
@@ -114,6 +121,27 @@ async function snapshotOfWorkspace() {
   const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
   const store = openBlobStore(repo);
   return { source, key, repo, created, store, repository: await Repository.open(store, key) };
+}
+
+/**
+ * A source of a model of `modelBytes`, `small` small files and, with `logRows`, a CSV log, all an hour old; and
+ * direct-mode options for it with a repository and a state directory (a local index) of its own.
+ */
+async function workspaceWithIndex(
+  modelBytes: number,
+  small: number,
+  logRows?: number,
+): Promise<DirectCreateOptions & { source: string; key: Buffer }> {
+  const source = fresh("src");
+  await mkdir(join(source, "small"), { recursive: true });
+  await writeFile(join(source, "model.bin"), seeded(modelBytes, "model"));
+  if (logRows !== undefined) await writeFile(join(source, "log.csv"), csv(logRows, 3));
+  for (let i = 0; i < small; i++) {
+    await writeFile(join(source, "small", `f${i}.txt`), `file ${i}\n`.repeat(200 + i));
+  }
+  await utimesTree(source, HOUR_AGO);
+  const key = generateRepositoryKey();
+  return { repo: pathToFileURL(fresh("repo")).href, key, source, pool, stateDir: fresh("state"), ...SMALL };
 }
 
 async function utimesTree(dir: string, seconds: number): Promise<void> {
@@ -654,21 +682,8 @@ describe("snapshot engine", () => {
   });
 
   it("moves about 5% of the bytes after a 5% change, and does not re-read unchanged files", async () => {
-    const source = fresh("src");
-    await mkdir(join(source, "small"), { recursive: true });
-    await writeFile(join(source, "model.bin"), seeded(4_000_000, "model"));
-    await writeFile(join(source, "log.csv"), csv(40_000, 3));
-    for (let i = 0; i < 40; i++) await writeFile(join(source, "small", `f${i}.txt`), `file ${i}\n`.repeat(200 + i));
-    await utimesTree(source, HOUR_AGO);
-    const key = generateRepositoryKey();
-    const base: DirectCreateOptions = {
-      repo: pathToFileURL(fresh("repo")).href,
-      key,
-      source,
-      pool,
-      stateDir: fresh("state"),
-      ...SMALL,
-    };
+    const base = await workspaceWithIndex(4_000_000, 40, 40_000);
+    const { source, key } = base;
     const first = await createDirectSnapshot(base);
     const total = first.bytesTotal;
 
@@ -709,6 +724,28 @@ describe("snapshot engine", () => {
     const target = fresh("restored");
     await restoreDirectSnapshot({ repo: base.repo, key, pool, snapshotId: second.id, target });
     expect(await describeTree(target)).toEqual(await describeTree(source));
+  });
+
+  it("reads unchanged files again when the repository no longer holds the chunks its local index remembers", async () => {
+    const base = await workspaceWithIndex(700_000, 20);
+    const { source, key } = base;
+    const first = await createDirectSnapshot(base);
+    // Every snapshot forgotten and its packs pruned: the local index still knows each file's chunks.
+    await withDirectRepository(base, async (repository) => {
+      await forgetSnapshots(repository, { ids: [first.id] });
+      await pruneRepository(repository, {});
+    });
+    await writeFile(join(source, "small", "f0.txt"), "changed\n");
+    await utimes(join(source, "small", "f0.txt"), HOUR_AGO, HOUR_AGO);
+
+    const second = await createDirectSnapshot(base);
+    expect(second.filesRead).toBe(21);
+    expect(second.filesUnchanged).toBe(0);
+    expect(second.bytesNew).toBe(second.bytesTotal);
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo: base.repo, key, pool, snapshotId: second.id, target });
+    expect(await describeTree(target)).toEqual(await describeTree(source));
+    expect((await createDirectSnapshot(base)).filesRead).toBe(0);
   });
 
   it("takes the same snapshot with small files read ahead by threads of their own as without", async () => {

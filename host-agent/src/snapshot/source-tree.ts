@@ -8,9 +8,11 @@ import type { SkippedEntry } from "@dumont/repository";
 import type { Exclusions } from "./path-matcher.js";
 
 export interface SourceEntry {
-  /** Relative to the root, `/`-separated. */
+  /**
+   * Relative to the root, `/`-separated (sourceFile gives the absolute path: not kept for every entry, as a
+   * workspace of 300,000 files would hold ~30 MB of them, and only the files read need one).
+   */
   path: string;
-  abs: string;
   type: "file" | "dir" | "symlink";
   mode: number;
   mtimeNs: bigint;
@@ -77,16 +79,21 @@ async function walk(
     const mode = Number(st.mode & 0o7777n);
     const { mtimeNs, ino } = st;
     if (st.isDirectory()) {
-      entries.push({ path: rel, abs, type: "dir", mode, mtimeNs, size: 0, ino });
+      entries.push({ path: rel, type: "dir", mode, mtimeNs, size: 0, ino });
       await walk(abs, rel, into);
     } else if (st.isFile()) {
-      entries.push({ path: rel, abs, type: "file", mode, mtimeNs, size: Number(st.size), ino });
+      entries.push({ path: rel, type: "file", mode, mtimeNs, size: Number(st.size), ino });
     } else if (st.isSymbolicLink()) {
-      entries.push({ path: rel, abs, type: "symlink", mode, mtimeNs, size: 0, ino, target });
+      entries.push({ path: rel, type: "symlink", mode, mtimeNs, size: 0, ino, target });
     } else {
       skipped.push({ path: rel, reason: `${specialKind(st)}: only regular files, directories and symlinks are kept` });
     }
   }
+}
+
+/** The absolute path of `entry` (listed under `root`, an absolute path). */
+export function sourceFile(root: string, entry: SourceEntry): string {
+  return root.endsWith("/") ? `${root}${entry.path}` : `${root}/${entry.path}`;
 }
 
 function specialKind(st: BigIntStats): string {
