@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import type { PackIndex } from "./pack.js";
+import { openPackTrailer, PackEntryList, type PackIndex, sealPackTrailer } from "./pack.js";
 import { RepositoryIndex } from "./repository-index.js";
 
 /** A pack of `ids`, each chunk 100 bytes after the last. */
@@ -71,5 +71,38 @@ describe("repository index", () => {
     expect(() => index.add(huge)).toThrow(/out of range/);
     expect(index.packs.size).toBe(0);
     expect(index.chunkCount).toBe(0);
+  });
+
+  it("takes a writer's pack from the list it filled: the same entries, the same header, found by id", () => {
+    const key = randomBytes(32);
+    const entries = Array.from({ length: 1_500 }, (_, i) => ({
+      id: randomBytes(32),
+      offset: 100 * i,
+      length: 100,
+      plainLength: 150 + i,
+    }));
+    // Past the list's first growth (256 entries) and several of its table (512 slots).
+    const list = new PackEntryList();
+    for (const e of entries) {
+      expect(list.has(e.id)).toBe(false);
+      list.push(e.id, e.offset, e.length, e.plainLength);
+      expect(list.has(e.id)).toBe(true);
+    }
+    expect(list.count).toBe(1_500);
+    expect(list.has(randomBytes(32))).toBe(false);
+    expect(list.has(randomBytes(31))).toBe(false);
+    // Its header reads back as the entries, as one sealed from the array would.
+    const trailer = sealPackTrailer(key, list);
+    expect(openPackTrailer(key, trailer, "p")).toEqual(entries);
+    expect(openPackTrailer(key, sealPackTrailer(key, entries), "p")).toEqual(entries);
+
+    const index = new RepositoryIndex();
+    index.addList("written", 150_064, list);
+    expect(index.chunkCount).toBe(1_500);
+    for (const [i, e] of entries.entries()) {
+      expect(index.get(e.id)).toEqual({ packId: "written", offset: 100 * i, length: 100, plainLength: 150 + i });
+    }
+    expect(index.packs.get("written")?.entries).toEqual(entries);
+    expect(() => list.push(randomBytes(16), 0, 1, 1)).toThrow(/32 bytes/);
   });
 });

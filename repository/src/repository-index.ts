@@ -7,7 +7,7 @@
 // over them (SHA-256 ids are uniform, so their first four bytes are the hash). ~56 bytes a chunk, against
 // ~300 for a Map from hex ids to location objects beside every pack's decoded entries (300,000 chunks:
 // ~17 MB against ~90 MB), and nothing for the garbage collector to walk.
-import type { PackEntry, PackIndex } from "./pack.js";
+import type { PackEntry, PackEntryList, PackIndex } from "./pack.js";
 
 export interface ChunkLocation {
   packId: string;
@@ -56,6 +56,17 @@ export class RepositoryIndex {
       this.offset[i] = e.offset;
       this.length[i] = e.length;
       this.plainLength[i] = e.plainLength;
+    });
+  }
+
+  /** Adds a pack a writer has just written, from the list it filled (no object per entry). */
+  addList(packId: string, packSize: number, list: PackEntryList): void {
+    if (this.packNumbers.has(packId)) this.removePacks([packId]);
+    this.register(packId, packSize, list.count, (i, k) => {
+      list.copyId(k, this.ids, ID * i);
+      this.offset[i] = list.offset(k);
+      this.length[i] = list.blobLength(k);
+      this.plainLength[i] = list.plainLength(k);
     });
   }
 

@@ -14,7 +14,7 @@ import {
   manifestTotals,
   openManifestParts,
 } from "./manifest.js";
-import { indexKey, newPackId, type PackEntry, packKey, sealIndex, sealPackTrailer } from "./pack.js";
+import { indexKey, newPackId, PackEntryList, packKey, sealIndex, sealPackTrailer } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
 import type { RepositoryIndex } from "./repository-index.js";
 import { chunkCodec, sha256 } from "./sealing.js";
@@ -55,7 +55,7 @@ interface OpenPack {
   packId: string;
   writer?: BlobWriter;
   buf?: Buffer;
-  entries: PackEntry[];
+  entries: PackEntryList;
   size: number;
 }
 
@@ -64,7 +64,8 @@ const PACK_SLACK = 4 * 1024 * 1024 + 64 * 1024;
 
 export class RepositoryWriter implements ChunkSink {
   readonly stats: WriterStats = { packs: 0, chunks: 0, bytesWritten: 0 };
-  private readonly pending = new Set<string>();
+  /** Packs being filled or written: their chunks count as held (`missing`, `put`) until they are indexed. */
+  private readonly pending = new Set<PackEntryList>();
   private current: OpenPack | undefined;
   private readonly freeBuffers: Buffer[] = [];
   private readonly uploads = new Set<Promise<void>>();
@@ -106,7 +107,7 @@ export class RepositoryWriter implements ChunkSink {
 
   async missing(ids: Buffer[]): Promise<Buffer[]> {
     this.assertUsable();
-    return ids.filter((id) => !this.index.has(id) && !this.pending.has(id.toString("hex")));
+    return ids.filter((id) => !this.index.has(id) && !this.isPending(id));
   }
 
   async put(chunks: SealedChunk[]): Promise<void> {
@@ -117,14 +118,14 @@ export class RepositoryWriter implements ChunkSink {
       // agent drops), and a pack opened after it would be left open.
       this.assertUsable();
       if (chunk.id.length !== 32) throw new RepositoryError("invalid-argument", "a chunk id must be 32 bytes");
-      const hex = chunk.id.toString("hex");
-      if (this.index.has(hex) || this.pending.has(hex)) continue;
+      if (this.index.has(chunk.id) || this.isPending(chunk.id)) continue;
       if (!(chunk.plainLength > 0 && chunk.plainLength <= MAX_CHUNK_LENGTH)) {
+        const hex = chunk.id.toString("hex");
         throw new RepositoryError("invalid-argument", `chunk ${hex} has an impossible length ${chunk.plainLength}`);
       }
       if (this.options.verifyChunks) {
         const problem = chunkCodec.verifyChunk(key, chunk.id, chunk.blob, chunk.plainLength);
-        if (problem !== null) throw chunkArrivedDamaged(hex, problem);
+        if (problem !== null) throw chunkArrivedDamaged(chunk.id.toString("hex"), problem);
       }
       const buf = this.current?.buf;
       if (buf && this.current && this.current.size + chunk.blob.length > buf.length) await this.sealCurrentPack();
@@ -140,14 +141,8 @@ export class RepositoryWriter implements ChunkSink {
       // Copied (or written) now: the caller may reuse the blob's memory as soon as put resolves.
       if (pack.writer) await pack.writer.write(chunk.blob);
       else if (pack.buf) copyBytes(chunk.blob, pack.buf, pack.size);
-      pack.entries.push({
-        id: Buffer.from(chunk.id),
-        offset: pack.size,
-        length: chunk.blob.length,
-        plainLength: chunk.plainLength,
-      });
+      pack.entries.push(chunk.id, pack.size, chunk.blob.length, chunk.plainLength);
       pack.size += chunk.blob.length;
-      this.pending.add(hex);
       if (pack.size >= this.packSize) await this.sealCurrentPack();
     }
   }
@@ -221,16 +216,18 @@ export class RepositoryWriter implements ChunkSink {
   private async openPack(firstBlob: number): Promise<OpenPack> {
     const packId = newPackId();
     const store = this.repository.store;
-    if (store.openWriter) return { packId, writer: await store.openWriter(packKey(packId)), entries: [], size: 0 };
+    const entries = new PackEntryList();
+    this.pending.add(entries);
+    if (store.openWriter) return { packId, writer: await store.openWriter(packKey(packId)), entries, size: 0 };
     const standard = this.packSize + PACK_SLACK;
     const allocate = (size: number): Buffer => store.allocate?.(size) ?? Buffer.allocUnsafeSlow(size);
     const buf = firstBlob <= standard ? (this.freeBuffers.pop() ?? allocate(standard)) : allocate(firstBlob);
-    return { packId, buf, entries: [], size: 0 };
+    return { packId, buf, entries, size: 0 };
   }
 
   private async sealCurrentPack(): Promise<void> {
     const pack = this.current;
-    if (!pack || pack.entries.length === 0) return;
+    if (!pack || pack.entries.count === 0) return;
     this.current = undefined;
     while (this.uploads.size >= this.uploadConcurrency) await Promise.race(this.uploads);
     if (this.failure) {
@@ -267,13 +264,18 @@ export class RepositoryWriter implements ChunkSink {
     }
     const index = sealIndex(key, { packId, packSize, entries: pack.entries });
     await store.put(indexKey(packId), index);
-    this.index.add({ packId, packSize, entries: pack.entries });
-    for (const e of pack.entries) this.pending.delete(e.id.toString("hex"));
+    this.index.addList(packId, packSize, pack.entries);
+    this.pending.delete(pack.entries);
     this.stats.packs++;
-    this.stats.chunks += pack.entries.length;
+    this.stats.chunks += pack.entries.count;
     this.stats.bytesWritten += packSize + index.length;
     await this.lock?.refresh();
     await this.options.onPackWritten?.(packId, packSize);
+  }
+
+  private isPending(id: Buffer): boolean {
+    for (const entries of this.pending) if (entries.has(id)) return true;
+    return false;
   }
 
   private assertUsable(): void {
