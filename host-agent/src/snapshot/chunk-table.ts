@@ -55,7 +55,9 @@ export class ChunkTable {
 
   /** Lengths of rows first .. first + count - 1 (a new array each time). */
   lengthList(first: number, count: number): number[] {
-    return Array.from(this.lens.subarray(first, first + count));
+    const out = new Array<number>(count);
+    for (let k = 0; k < count; k++) out[k] = this.lens[first + k];
+    return out;
   }
 
   /** The raw ids of rows first .. first + count - 1, back to back: a view, valid until the next push. */

@@ -140,7 +140,11 @@ export class LocalIndex {
   }
 
   lengths(i: number): number[] {
-    return Array.from(this.chunkLengths(i));
+    // A loop, not Array.from over a view: that took 400 ms for 300,000 files in a profile.
+    const first = this.firstChunk(i);
+    const out = new Array<number>(this.columns.chunkEnd[i] - first);
+    for (let k = 0; k < out.length; k++) out[k] = this.columns.length[first + k];
+    return out;
   }
 
   /** The raw chunk ids of entry `i`, back to back: a view into the index. */
