@@ -146,10 +146,25 @@ export function openManifest(key: Buffer, blob: Buffer, what = "manifest"): Mani
  * assertRestorable's, over the whole). Refuses more than MAX_MANIFEST_PARTS parts or MAX_MANIFEST_BYTES plain.
  */
 export function openManifestParts(key: Buffer, blobs: readonly Buffer[], what = "manifest"): Manifest {
+  const entries: ManifestEntry[] = [];
+  // A loop, not push(...): a part may hold more entries than a call takes arguments.
+  for (const part of manifestPartEntries(key, blobs, what)) for (const e of part) entries.push(e);
+  return { version: 1, entries };
+}
+
+/**
+ * The entries of a manifest's parts, one part at a time, each opened and its structure checked as it comes
+ * (as openManifestParts does): a reader that needs only a part at a time holds only that part. Iterate it
+ * again to open the parts again.
+ */
+export function* manifestPartEntries(
+  key: Buffer,
+  blobs: readonly Buffer[],
+  what = "manifest",
+): Generator<ManifestEntry[]> {
   if (blobs.length === 0 || blobs.length > MAX_MANIFEST_PARTS) {
     throw invalid(what, `it has ${blobs.length} parts; a manifest has 1 to ${MAX_MANIFEST_PARTS}`);
   }
-  const entries: ManifestEntry[] = [];
   let total = 0;
   for (const [i, blob] of blobs.entries()) {
     const part = blobs.length > 1 ? `${what} (part ${i + 1} of ${blobs.length})` : what;
@@ -158,10 +173,8 @@ export function openManifestParts(key: Buffer, blobs: readonly Buffer[], what = 
     if (total > MAX_MANIFEST_BYTES) {
       throw invalid(what, `its parts hold more than ${MAX_MANIFEST_BYTES / 2 ** 20} MiB, more than a manifest may`);
     }
-    // A loop, not push(...): a part may hold more entries than a call takes arguments.
-    for (const e of parseManifest(parseJson(plain, part), part).entries) entries.push(e);
+    yield parseManifest(parseJson(plain, part), part).entries;
   }
-  return { version: 1, entries };
 }
 
 export function manifestTotals(manifest: ManifestEntries): ManifestTotals {
@@ -233,33 +246,52 @@ export interface RestorableOptions {
  * ever written beneath a symlink or a file), and symlinks that point outside the target.
  */
 export function assertRestorable(manifest: ManifestEntries, options: RestorableOptions = {}): void {
-  const kinds = new Map<string, ManifestEntry["type"]>();
-  for (const e of manifest.entries) {
-    const name = JSON.stringify(e.path);
-    if (e.path.startsWith("/")) throw invalid("manifest", `${name} is an absolute path`);
-    if (e.path.includes("\0")) throw invalid("manifest", `${name} contains a NUL byte`);
-    const parts = e.path.split("/");
-    if (parts.some((p) => p === "" || p === "." || p === "..")) {
-      throw invalid("manifest", `${name} has an empty, "." or ".." component`);
+  const check = new RestorableCheck(options);
+  for (const e of manifest.entries) check.add(e);
+  check.finish();
+}
+
+/**
+ * assertRestorable fed one entry at a time (a manifest read part by part): `add` refuses a bad path or a
+ * duplicate as it comes, `finish` what needs the whole (parents that are not directories, symlinks that point
+ * outside). It keeps each path and its kind, nothing else.
+ */
+export class RestorableCheck {
+  private readonly kinds = new Map<string, ManifestEntry["type"]>();
+  private readonly links = new Map<string, string>();
+
+  constructor(private readonly options: RestorableOptions = {}) {}
+
+  add(e: ManifestEntry): void {
+    const { path } = e;
+    if (path.startsWith("/")) throw invalid("manifest", `${JSON.stringify(path)} is an absolute path`);
+    if (path.includes("\0")) throw invalid("manifest", `${JSON.stringify(path)} contains a NUL byte`);
+    if (path === "" || path.split("/").some((p) => p === "" || p === "." || p === "..")) {
+      throw invalid("manifest", `${JSON.stringify(path)} has an empty, "." or ".." component`);
     }
-    if (kinds.has(e.path)) throw invalid("manifest", `${name} appears twice`);
-    kinds.set(e.path, e.type);
+    if (this.kinds.has(path)) throw invalid("manifest", `${JSON.stringify(path)} appears twice`);
+    this.kinds.set(path, e.type);
+    if (e.type === "symlink") this.links.set(path, e.target);
   }
-  const links = new Map<string, string>();
-  for (const e of manifest.entries) if (e.type === "symlink") links.set(e.path, e.target);
-  for (const e of manifest.entries) {
-    const parent = posix.dirname(e.path);
-    if (parent !== "." && kinds.get(parent) !== "dir") {
-      throw invalid(
-        "manifest",
-        `${JSON.stringify(e.path)} lies under ${JSON.stringify(parent)}, which is not a directory`,
-      );
-    }
-    if (e.type === "symlink" && !options.allowExternalSymlinks && symlinkEscapes(e.path, e.target, links)) {
-      throw invalid(
-        "manifest",
-        `symlink ${JSON.stringify(e.path)} -> ${JSON.stringify(e.target)} points outside the restore target`,
-      );
+
+  /** Checks, in manifest order, each entry's parent, and each symlink's target unless outward ones are allowed. */
+  finish(): void {
+    for (const [path, type] of this.kinds) {
+      const parent = posix.dirname(path);
+      if (parent !== "." && this.kinds.get(parent) !== "dir") {
+        throw invalid(
+          "manifest",
+          `${JSON.stringify(path)} lies under ${JSON.stringify(parent)}, which is not a directory`,
+        );
+      }
+      if (type !== "symlink" || this.options.allowExternalSymlinks) continue;
+      const target = this.links.get(path) ?? "";
+      if (symlinkEscapes(path, target, this.links)) {
+        throw invalid(
+          "manifest",
+          `symlink ${JSON.stringify(path)} -> ${JSON.stringify(target)} points outside the restore target`,
+        );
+      }
     }
   }
 }

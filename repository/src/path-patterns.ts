@@ -81,15 +81,40 @@ export function pathMatcher(
  */
 export function selectIncluded(entries: readonly ManifestEntry[], include: readonly string[]): ManifestEntry[] {
   if (include.length === 0) return [...entries];
-  const matches = pathMatcher(undefined, include);
-  const kept = new Set<string>();
-  for (const e of entries) if (matches(e.path, e.type === "dir")) kept.add(e.path);
-  for (const path of [...kept]) {
-    for (let cut = path.lastIndexOf("/"); cut > 0; cut = path.lastIndexOf("/", cut - 1)) {
-      const parent = path.slice(0, cut);
-      if (kept.has(parent)) break; // its own parents are added when it comes round
-      kept.add(parent);
-    }
-  }
+  const selection = new IncludedSelection(include);
+  for (const e of entries) selection.add(e.path, e.type === "dir");
+  const kept = selection.finish();
   return entries.filter((e) => kept.has(e.path));
+}
+
+/**
+ * selectIncluded fed one path at a time (a manifest read part by part). `matches` says whether the patterns
+ * select an entry themselves; `finish` gives every selected path: those, and the directories holding them.
+ */
+export class IncludedSelection {
+  readonly matches: (path: string, dir: boolean) => boolean;
+  private readonly kept = new Set<string>();
+
+  /** `include`: checked patterns (checkPathPatterns), at least one. */
+  constructor(include: readonly string[]) {
+    this.matches = pathMatcher(undefined, include);
+  }
+
+  /** Whether the patterns select this entry themselves (it is kept then). */
+  add(path: string, dir: boolean): boolean {
+    if (!this.matches(path, dir)) return false;
+    this.kept.add(path);
+    return true;
+  }
+
+  finish(): ReadonlySet<string> {
+    for (const path of [...this.kept]) {
+      for (let cut = path.lastIndexOf("/"); cut > 0; cut = path.lastIndexOf("/", cut - 1)) {
+        const parent = path.slice(0, cut);
+        if (this.kept.has(parent)) break; // its own parents are added when it comes round
+        this.kept.add(parent);
+      }
+    }
+    return this.kept;
+  }
 }

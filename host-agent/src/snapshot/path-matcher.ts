@@ -2,18 +2,12 @@
 // - what a snapshot leaves out: the workspace's `.dumontignore` and the patterns given for this snapshot. A
 //   directory that matches is not listed at all: nothing under it is read, even if a later "!" pattern names
 //   it (gitignore's rule too);
-// - what a restore writes when only part of a snapshot is wanted (`restoreSelection`).
+// - the error of a restore whose --include patterns match nothing (the selection itself is IncludedSelection's,
+//   applied by restore-snapshot.ts as it reads the manifest).
 import { constants } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
-import type { ManifestEntry } from "@dumont/repository";
-import {
-  checkExcludePatterns,
-  checkPathPatterns,
-  IGNORE_FILE,
-  pathMatcher,
-  selectIncluded,
-} from "@dumont/repository/path-patterns";
+import { checkExcludePatterns, IGNORE_FILE, pathMatcher } from "@dumont/repository/path-patterns";
 
 /** Larger is refused: a workspace's exclude file is a list of patterns, not data. */
 export const MAX_IGNORE_FILE_BYTES = 1024 * 1024;
@@ -36,24 +30,13 @@ export async function loadExclusions(root: string, patterns: readonly string[] =
   return { excludes: pathMatcher(fromFile, given) };
 }
 
-/**
- * The entries of a manifest a partial restore writes (see selectIncluded). Throws when nothing matches,
- * naming the patterns: an empty restore is never what was asked for.
- */
-export function restoreSelection(
-  entries: ManifestEntry[],
-  include: readonly string[],
-  snapshot: string,
-): ManifestEntry[] {
-  const selected = selectIncluded(entries, checkPathPatterns(include, "include"));
-  if (selected.length === 0) {
-    throw new Error(
-      `nothing in snapshot ${snapshot.slice(0, 12)} matches ${include.map((p) => JSON.stringify(p)).join(", ")}: ` +
-        `patterns are relative to the snapshot's directory, as in a .gitignore at its root ("models/", "*.pt", ` +
-        `"checkpoints/step-100.pt")`,
-    );
-  }
-  return selected;
+/** The error of a partial restore whose patterns match nothing in the snapshot. */
+export function nothingIncluded(snapshot: string, include: readonly string[]): Error {
+  return new Error(
+    `nothing in snapshot ${snapshot.slice(0, 12)} matches ${include.map((p) => JSON.stringify(p)).join(", ")}: ` +
+      `patterns are relative to the snapshot's directory, as in a .gitignore at its root ("models/", "*.pt", ` +
+      `"checkpoints/step-100.pt")`,
+  );
 }
 
 async function readIgnoreFile(file: string): Promise<string | undefined> {

@@ -37,7 +37,7 @@ import {
   packKey,
   pruneRepository,
   Repository,
-  sealManifest,
+  sealManifestParts,
 } from "@dumont/repository";
 import { type S3TestServer, startS3TestServer } from "@dumont/repository/testing";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -1022,9 +1022,11 @@ describe("snapshot engine", () => {
 
 describe("restore safety", () => {
   const key = generateRepositoryKey();
+  // The manifest in parts of ~128 bytes, an entry or two each: a restore reads parts one at a time, and what
+  // makes a manifest unsafe may lie in another part than the entry it concerns.
   const sourceOf = (manifest: Manifest, chunks: Map<string, Buffer> = new Map()): ChunkSource => ({
     async readManifest(id) {
-      return { snapshotId: id, manifestBlobs: [sealManifest(key, manifest)] };
+      return { snapshotId: id, manifestBlobs: sealManifestParts(key, manifest.entries, { partBytes: 128 }) };
     },
     async *get(ids): AsyncIterable<FetchedChunk> {
       for (const id of ids) {
@@ -1050,6 +1052,15 @@ describe("restore safety", () => {
       [
         { ...entry("l"), type: "symlink", target: "." },
         { ...entry("l/x"), type: "file", size: 0, chunks: [], lengths: [] },
+      ],
+    ],
+    ["a path twice, parts apart", [entry("a"), entry("b"), entry("c"), entry("d"), entry("a")]],
+    [
+      "a file under a file, its last entry",
+      [
+        { ...entry("f"), type: "file", size: 0, chunks: [], lengths: [] },
+        ...["d1", "d2", "d3", "d4"].map((d) => entry(d)),
+        { ...entry("f/x"), type: "file", size: 0, chunks: [], lengths: [] },
       ],
     ],
   ])("refuses a manifest with %s and writes nothing", async (_what, entries) => {
