@@ -37,7 +37,18 @@ describe("assertRestorable", () => {
   it("accepts an ordinary tree with links that stay inside", () => {
     expect(() =>
       assertRestorable(
-        m(dir("a"), dir("a/b"), file("a/b/c d ü.txt"), link("a/l", "b/c d ü.txt"), link("up", "a/../a")),
+        m(
+          dir("a"),
+          dir("a/b"),
+          file("a/b/c d ü.txt"),
+          link("a/l", "b/c d ü.txt"),
+          link("up", "a/../a"),
+          // Dots that are names, not "." or "..".
+          dir("..."),
+          file(".../.env"),
+          file("a/..b"),
+          file("a/b."),
+        ),
       ),
     ).not.toThrow();
   });
@@ -47,6 +58,10 @@ describe("assertRestorable", () => {
     ["a .. component", m(dir("a"), file("a/../../x"))],
     ["a . component", m(file("./x"))],
     ["an empty component", m(dir("a"), file("a//x"))],
+    ["an empty path", m(file(""))],
+    ["a trailing /", m(dir("a/"))],
+    ["a last .. component", m(dir("a"), dir("a/.."))],
+    ["a last . component", m(dir("a"), dir("a/."))],
     ["a duplicate", m(file("x"), file("x"))],
     ["an entry under a symlink", m(link("a", "."), file("a/x"))],
     ["an entry under a file", m(file("a"), file("a/x"))],

@@ -266,7 +266,7 @@ export class RestorableCheck {
     const { path } = e;
     if (path.startsWith("/")) throw invalid("manifest", `${JSON.stringify(path)} is an absolute path`);
     if (path.includes("\0")) throw invalid("manifest", `${JSON.stringify(path)} contains a NUL byte`);
-    if (path === "" || path.split("/").some((p) => p === "" || p === "." || p === "..")) {
+    if (hasBadComponent(path)) {
       throw invalid("manifest", `${JSON.stringify(path)} has an empty, "." or ".." component`);
     }
     if (this.kinds.has(path)) throw invalid("manifest", `${JSON.stringify(path)} appears twice`);
@@ -294,6 +294,21 @@ export class RestorableCheck {
       }
     }
   }
+}
+
+/** Whether a `/`-separated path has an empty, "." or ".." component (a scan, not a split: 300,000 paths a commit). */
+function hasBadComponent(path: string): boolean {
+  let start = 0;
+  for (let i = 0; i <= path.length; i++) {
+    if (i < path.length && path.charCodeAt(i) !== 0x2f) continue;
+    const length = i - start;
+    if (length === 0) return true;
+    if (length <= 2 && path.charCodeAt(start) === 0x2e && (length === 1 || path.charCodeAt(start + 1) === 0x2e)) {
+      return true;
+    }
+    start = i + 1;
+  }
+  return false;
 }
 
 /**

@@ -11,7 +11,7 @@ import { isRepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
 import { generateRepositoryKey, parseRepositoryKey } from "./key.js";
 import { acquireLock } from "./lock.js";
-import { type Manifest, sealManifest, sealManifestParts } from "./manifest.js";
+import { type Manifest, type ManifestEntry, sealManifest, sealManifestParts } from "./manifest.js";
 import { openBlobStore } from "./open-blob-store.js";
 import { packKey } from "./pack.js";
 import { forgetSnapshots, pruneRepository } from "./prune.js";
@@ -160,6 +160,28 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await expect(again.commit([sealManifest(key, ok)], meta, bad)).rejects.toSatisfy((e) =>
       isRepositoryError(e, "invalid-manifest"),
     );
+    // Parts are opened one at a time: a fault parts away from the entry it concerns is still seen, and a
+    // sound manifest in parts is counted whole.
+    const file = (path: string): ManifestEntry => ({
+      type: "file",
+      path,
+      mode: 0o644,
+      mtimeNs: "0",
+      size: 0,
+      chunks: [],
+      lengths: [],
+    });
+    const dir = (path: string): ManifestEntry => ({ type: "dir", path, mode: 0o755, mtimeNs: "0" });
+    const underFile = [file("f"), dir("a"), dir("b"), dir("c"), file("f/x")];
+    const parts = sealManifestParts(key, underFile, { partBytes: 64 });
+    expect(parts.length).toBeGreaterThan(2);
+    await expect((await repository.writer()).commit(parts, meta)).rejects.toThrow(
+      /"f\/x" lies under "f", which is not a directory/,
+    );
+    const sound = [file("f"), dir("a"), dir("b"), file("a/x"), file("b/y")];
+    const id = await (await repository.writer()).commit(sealManifestParts(key, sound, { partBytes: 64 }), meta);
+    const [record] = (await repository.listSnapshots()).filter((s) => s.id === id);
+    expect(record.totals).toEqual({ files: 3, dirs: 2, symlinks: 0, bytes: 0, chunks: 0 });
     await store.close();
   });
 

@@ -1022,11 +1022,11 @@ describe("snapshot engine", () => {
 
 describe("restore safety", () => {
   const key = generateRepositoryKey();
-  // The manifest in parts of ~128 bytes, an entry or two each: a restore reads parts one at a time, and what
+  // The manifest in parts of ~64 bytes, an entry or two each: a restore reads parts one at a time, and what
   // makes a manifest unsafe may lie in another part than the entry it concerns.
   const sourceOf = (manifest: Manifest, chunks: Map<string, Buffer> = new Map()): ChunkSource => ({
     async readManifest(id) {
-      return { snapshotId: id, manifestBlobs: sealManifestParts(key, manifest.entries, { partBytes: 128 }) };
+      return { snapshotId: id, manifestBlobs: sealManifestParts(key, manifest.entries, { partBytes: 64 }) };
     },
     async *get(ids): AsyncIterable<FetchedChunk> {
       for (const id of ids) {
