@@ -13,24 +13,11 @@ import {
   symlinkEscapes,
 } from "./manifest.js";
 import { ObjectKind, openJson } from "./sealing.js";
+import { dirEntry, emptyFileEntry, linkEntry } from "./testing/manifest-entries.js";
 
-const dir = (path: string): ManifestEntry => ({ type: "dir", path, mode: 0o755, mtimeNs: "0" });
-const file = (path: string): ManifestEntry => ({
-  type: "file",
-  path,
-  mode: 0o644,
-  mtimeNs: "0",
-  size: 0,
-  chunks: [],
-  lengths: [],
-});
-const link = (path: string, target: string): ManifestEntry => ({
-  type: "symlink",
-  path,
-  mode: 0o777,
-  mtimeNs: "0",
-  target,
-});
+const dir = dirEntry;
+const file = emptyFileEntry;
+const link = linkEntry;
 const m = (...entries: ManifestEntry[]): Manifest => ({ version: 1, entries });
 
 describe("assertRestorable", () => {

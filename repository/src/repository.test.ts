@@ -11,12 +11,13 @@ import { isRepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
 import { generateRepositoryKey, parseRepositoryKey } from "./key.js";
 import { acquireLock } from "./lock.js";
-import { type Manifest, type ManifestEntry, sealManifest, sealManifestParts } from "./manifest.js";
+import { type Manifest, sealManifest, sealManifestParts } from "./manifest.js";
 import { openBlobStore } from "./open-blob-store.js";
 import { packKey } from "./pack.js";
 import { forgetSnapshots, pruneRepository } from "./prune.js";
 import { Repository } from "./repository.js";
 import { chunkCodec, ObjectKind, openJson } from "./sealing.js";
+import { dirEntry, emptyFileEntry } from "./testing/manifest-entries.js";
 import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
 import type { FetchedChunk, SealedChunk } from "./transfer.js";
 
@@ -162,16 +163,8 @@ describe.each(stores)("repository on %s", (_name, make) => {
     );
     // Parts are opened one at a time: a fault parts away from the entry it concerns is still seen, and a
     // sound manifest in parts is counted whole.
-    const file = (path: string): ManifestEntry => ({
-      type: "file",
-      path,
-      mode: 0o644,
-      mtimeNs: "0",
-      size: 0,
-      chunks: [],
-      lengths: [],
-    });
-    const dir = (path: string): ManifestEntry => ({ type: "dir", path, mode: 0o755, mtimeNs: "0" });
+    const file = emptyFileEntry;
+    const dir = dirEntry;
     const underFile = [file("f"), dir("a"), dir("b"), dir("c"), file("f/x")];
     const parts = sealManifestParts(key, underFile, { partBytes: 64 });
     expect(parts.length).toBeGreaterThan(2);
