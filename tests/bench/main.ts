@@ -5,6 +5,7 @@
 //   agent-idle  --duration 60 --warmup 10
 //   snapshot    --size-mib 1024 --runs 3 --keep --skip-stream --skip-restic --stream-delay-ms MS (tests/bench/README.md)
 //   lz4         --runs 5 --chunks 64
+//   many-files  --files 300000 --keep --skip-stream --skip-restic
 //
 // Every benchmark runs against the embedded PGlite, or against Postgres when DATABASE_URL is set (one
 // fresh database per control plane).
@@ -12,10 +13,11 @@ import os from "node:os";
 import { parseArgs } from "node:util";
 import { AGENT_IDLE_DEFAULTS, runAgentIdleBench } from "./agent-idle.js";
 import { runLz4Bench } from "./lz4.js";
+import { runManyFilesBench } from "./many-files.js";
 import type { BenchOptions } from "./support/bench-options.js";
 import { runTelemetryBench, TELEMETRY_DEFAULTS } from "./telemetry.js";
 
-const BENCHES = ["telemetry", "agent-idle", "snapshot", "lz4"] as const;
+const BENCHES = ["telemetry", "agent-idle", "snapshot", "lz4", "many-files"] as const;
 type BenchName = (typeof BENCHES)[number];
 
 function parseFlags(argv: string[]) {
@@ -41,6 +43,7 @@ function parseFlags(argv: string[]) {
       gpus: { type: "string" },
       fixture: { type: "string" },
       chunks: { type: "string" },
+      files: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -116,6 +119,8 @@ async function runBench(name: BenchName, options: BenchOptions): Promise<unknown
       if (!mod?.runSnapshotBench) return { skipped: "tests/bench/snapshot.ts (runSnapshotBench) is not built yet" };
       return mod.runSnapshotBench(options);
     }
+    case "many-files":
+      return runManyFilesBench(options);
   }
 }
 
@@ -126,7 +131,8 @@ async function main(): Promise<void> {
     process.stderr.write(
       `usage: npm run bench -- [${BENCHES.join("|")}...] [--sessions 1000,5000] [--duration S] [--warmup S] [--workers N] [--connect-rate N/s]\n` +
         "       snapshot: [--size-mib N] [--runs N] [--keep] [--skip-stream] [--skip-restic] [--stream-delay-ms MS]\n" +
-        "       lz4: [--runs N] [--chunks N]\n",
+        "       lz4: [--runs N] [--chunks N]\n" +
+        "       many-files: [--files N] [--keep] [--skip-stream] [--skip-restic]\n",
     );
     return;
   }

@@ -98,9 +98,14 @@ export class StreamBench {
     pinProcess(this.cp.proc.pid, controlPlane);
   }
 
-  /** Resident memory of the agent process now (kB from /proc → MiB). */
+  /** The agent process's peak resident memory so far (VmHWM from /proc, MiB). */
   async agentRssMiB(): Promise<number> {
     return rssMiB(this.agent.proc.pid);
+  }
+
+  /** The control plane process's peak resident memory so far (VmHWM from /proc, MiB). */
+  async controlPlaneRssMiB(): Promise<number> {
+    return rssMiB(this.cp.proc.pid);
   }
 
   async stop(): Promise<void> {
@@ -148,6 +153,7 @@ function round(n: number): number {
   return Math.round(n * 100) / 100;
 }
 
+/** Peak resident memory (VmHWM) of a process, in MiB. */
 async function rssMiB(pid: number | undefined): Promise<number> {
   if (!pid) return 0;
   const status = await readFile(`/proc/${pid}/status`, "utf8").catch(() => "");

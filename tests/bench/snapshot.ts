@@ -6,8 +6,8 @@
 // Each engine run is its own process, so peak RSS is the engine's own. Prints JSON. Run:
 // `npm run bench -- snapshot` (or `node tests/dist/bench/snapshot.js --size-mib 256`); DUMONT_BENCH_SIZE_MIB
 // shrinks the corpus too.
-import { spawn, spawnSync } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
+import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,6 +15,17 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { canPin, pinProcess, StreamBench, type StreamRun } from "./snapshot-stream.js";
 import type { BenchOptions } from "./support/bench-options.js";
 import { csvText, logText, noise, prng, sourceText } from "./support/corpus-text.js";
+import {
+  type EngineRun,
+  engine,
+  type ResticRepo,
+  resticInit,
+  resticVersion,
+  round,
+  type TimedRun,
+  timed,
+  treeHash,
+} from "./support/tool-runs.js";
 
 /**
  * Options of its own, or the dispatcher's BenchOptions (`npm run bench -- snapshot --size-mib 256 --keep
@@ -45,7 +56,6 @@ export interface SnapshotBenchOptions extends Partial<BenchOptions> {
 
 const MB = 1e6;
 const MiB = 1024 * 1024;
-const ENGINE = fileURLToPath(new URL("../../../host-agent/dist/snapshot/index.js", import.meta.url));
 
 interface Corpus {
   root: string;
@@ -56,13 +66,6 @@ interface Corpus {
   incompressible: number;
   compressible: number;
   small: number;
-}
-
-interface EngineRun {
-  result: Record<string, unknown>;
-  seconds: number;
-  cpuSeconds: number;
-  peakRssMiB: number;
 }
 
 export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Promise<object> {
@@ -368,30 +371,6 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
   }
 }
 
-/**
- * One direct-mode engine call in a process of its own: its time, CPU and peak RSS. With `cpus`, pinned to those
- * CPUs (a taskset list).
- */
-async function engine(op: "create" | "restore", args: Record<string, unknown>, cpus?: string): Promise<EngineRun> {
-  const script = `
-    const engine = await import(${JSON.stringify(pathToFileURL(ENGINE).href)});
-    const a = JSON.parse(process.env.DUMONT_BENCH_ARGS);
-    const key = Buffer.from(a.key, "hex");
-    const c0 = process.cpuUsage();
-    const t0 = performance.now();
-    const result = ${JSON.stringify(op)} === "create"
-      ? await engine.createDirectSnapshot({ ...a, key })
-      : await engine.restoreDirectSnapshot({ ...a, key });
-    const seconds = (performance.now() - t0) / 1000;
-    const c = process.cpuUsage(c0);
-    process.stdout.write(JSON.stringify({ result, seconds, cpuSeconds: (c.user + c.system) / 1e6,
-      peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024) }));`;
-  const node = [process.execPath, "--input-type=module", "-e", script];
-  const [command, ...rest] = cpus === undefined ? node : ["taskset", "-c", cpus, ...node];
-  const out = await runProcess(command, rest, { DUMONT_BENCH_ARGS: JSON.stringify(args) });
-  return JSON.parse(out) as EngineRun;
-}
-
 // --- corpus -------------------------------------------------------------------------------------------
 
 async function generateCorpus(root: string, total: number): Promise<Corpus> {
@@ -499,25 +478,6 @@ async function settle(dir: string): Promise<void> {
   }
 }
 
-async function treeHash(root: string): Promise<string> {
-  const hash = createHash("sha256");
-  const walk = async (dir: string, rel: string): Promise<void> => {
-    for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1))) {
-      const path = join(dir, entry.name);
-      const name = rel ? `${rel}/${entry.name}` : entry.name;
-      if (entry.isDirectory()) {
-        hash.update(`d ${name}\n`);
-        await walk(path, name);
-      } else {
-        hash.update(`f ${name}\n`);
-        hash.update(await readFile(path));
-      }
-    }
-  };
-  await walk(root, "");
-  return hash.digest("hex");
-}
-
 async function dirSize(root: string): Promise<number> {
   let total = 0;
   for (const entry of await readdir(root, { withFileTypes: true, recursive: true })) {
@@ -528,11 +488,6 @@ async function dirSize(root: string): Promise<number> {
 
 // --- restic ---------------------------------------------------------------------------------------------
 
-function resticVersion(): string | undefined {
-  const which = spawnSync("restic", ["version"], { encoding: "utf8" });
-  return which.error || which.status !== 0 ? undefined : which.stdout.trim();
-}
-
 /** A second corpus with the same bytes as the first, for restic (generated, not copied: same cost, no reads). */
 async function copyOfCorpus(corpus: Corpus, work: string, log: (line: string) => void): Promise<Corpus> {
   log("generating restic's copy of the workspace");
@@ -541,16 +496,6 @@ async function copyOfCorpus(corpus: Corpus, work: string, log: (line: string) =>
     throw new Error("restic's copy of the workspace differs from the first one");
   }
   return copy;
-}
-
-interface TimedRun {
-  seconds: number;
-  peakRssMiB: number | null;
-}
-
-interface ResticRepo {
-  repo: string;
-  env: Record<string, string>;
 }
 
 interface SeparateCoresRuns {
@@ -650,17 +595,6 @@ function versusDirect(direct: EngineRun, stream: StreamRun) {
   };
 }
 
-/** A fresh restic repository (the cache is shared, as one user's would be). */
-async function resticInit(repo: string, work: string): Promise<ResticRepo> {
-  const env = {
-    RESTIC_PASSWORD: "dumont-bench",
-    RESTIC_REPOSITORY: repo,
-    RESTIC_CACHE_DIR: join(work, "restic-cache"),
-  };
-  await timed("restic", ["init"], env);
-  return { repo, env };
-}
-
 /** Seconds and CPU seconds of every run, direct and through the stream (the agent's), in the order they ran. */
 function everyRun(direct: EngineRun[], stream: StreamRun[]) {
   return {
@@ -686,49 +620,6 @@ function timedReport(corpus: Corpus, runs: TimedRun[]) {
     throughputMBps: round(corpus.bytes / MB / median.seconds),
     peakRssMiB: median.peakRssMiB,
   };
-}
-
-/** Runs a command, measuring wall time and (through /usr/bin/time when present) peak RSS. */
-async function timed(command: string, args: string[], env: Record<string, string>): Promise<TimedRun> {
-  const haveTime = spawnSync("/usr/bin/time", ["-f", "%M", "true"]).status === 0;
-  const started = performance.now();
-  const out = await runProcess(
-    haveTime ? "/usr/bin/time" : command,
-    haveTime ? ["-f", "maxrss=%M", command, ...args] : args,
-    env,
-    true,
-  );
-  const seconds = (performance.now() - started) / 1000;
-  const match = /maxrss=(\d+)/.exec(out);
-  return { seconds, peakRssMiB: match ? Math.round(Number(match[1]) / 1024) : null };
-}
-
-function runProcess(
-  command: string,
-  args: string[],
-  env: Record<string, string>,
-  captureStderr = false,
-): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    let err = "";
-    child.stdout.on("data", (d: Buffer) => {
-      out += d.toString();
-    });
-    child.stderr.on("data", (d: Buffer) => {
-      err += d.toString();
-    });
-    child.on("error", reject);
-    child.on("exit", (code) => {
-      if (code === 0) resolve(captureStderr ? `${out}\n${err}` : out);
-      else reject(new Error(`${command} ${args.slice(0, 3).join(" ")} failed (${code}): ${err.slice(-2000)}`));
-    });
-  });
-}
-
-function round(n: number): number {
-  return Math.round(n * 100) / 100;
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
