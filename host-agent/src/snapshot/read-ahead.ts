@@ -4,7 +4,7 @@
 // 4 and 6.2 s with 8 (`xargs -P N cat`). More snapshot workers would read more at once but cost every snapshot
 // CPU and memory (4 workers on 2 cores: the 1 GiB bench's full snapshot 10% slower, 83 MiB more); reads made
 // with promises cost ~40 µs of a JS thread a file. These threads do nothing but blocking open/read/close, and
-// SegmentPipeline starts them only once the reads reach the disk (see READ_AHEAD_DISK_SHARE in create-snapshot.ts).
+// SegmentPipeline starts them only once the reads reach the disk (see READ_AHEAD_DISK_SHARE in segment-pipeline.ts).
 import { Worker } from "node:worker_threads";
 
 /** Bytes of a file read ahead at most (the start of a larger one is in the worker's first read anyway). */
