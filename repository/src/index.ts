@@ -27,6 +27,7 @@ export { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.j
 export { copyBytes } from "./copy-bytes.js";
 export { chunkArrivedDamaged, isRepositoryError, RepositoryError, type RepositoryErrorCode } from "./errors.js";
 export { FileBlobStore } from "./file-blob-store.js";
+export { IdTable } from "./id-table.js";
 export { generateRepositoryKey, KEY_LENGTH, parseRepositoryKey } from "./key.js";
 export { type ListedEntry, listedEntry, listingLine } from "./listing.js";
 export { LOCK_STALE_AFTER_MS } from "./lock.js";

@@ -2,6 +2,7 @@
 // length. The header makes a pack self-describing; the index object beside it is a copy for quick loading.
 import { randomBytes } from "node:crypto";
 import { RepositoryError } from "./errors.js";
+import { IdTable } from "./id-table.js";
 import { ObjectKind, openObject, sealObject } from "./sealing.js";
 
 export interface PackEntry {
@@ -34,15 +35,14 @@ export function newPackId(): string {
 
 /**
  * A pack's entries while a writer fills it: held in the encoding of its header (ENTRY_SIZE bytes each, behind
- * the version and the count) with an open-addressing table over the ids, not as an object and a Buffer per
- * entry. A pack of 300,000 small files' chunks held ~50 MB that way until it was written, and the writer's Set
- * of their hex ids as much again.
+ * the version and the count) with an IdTable over the ids, not as an object and a Buffer per entry. A pack
+ * of 300,000 small files' chunks held ~50 MB that way until it was written, and the writer's Set of their hex
+ * ids as much again.
  */
 export class PackEntryList {
   private buf = Buffer.allocUnsafe(5 + ENTRY_SIZE * 256);
   private n = 0;
-  /** Entry number + 1 of each distinct id (0 is free). */
-  private slots = new Int32Array(512);
+  private readonly ids = new IdTable(() => this.buf, 5, ENTRY_SIZE);
 
   get count(): number {
     return this.n;
@@ -60,11 +60,7 @@ export class PackEntryList {
     this.buf.writeUInt32LE(offset, at + 32);
     this.buf.writeUInt32LE(length, at + 36);
     this.buf.writeUInt32LE(plainLength, at + 40);
-    const slot = this.probe(id);
-    if (this.slots[slot] === 0) {
-      this.slots[slot] = ++this.n;
-      if (2 * this.n > this.slots.length) this.rehash();
-    } else this.n++;
+    this.ids.add(this.n++);
   }
 
   /** Copies entry k's id into `to` at `at`. */
@@ -87,7 +83,7 @@ export class PackEntryList {
 
   /** Whether an entry has this id. */
   has(id: Buffer): boolean {
-    return id.length === 32 && this.slots[this.probe(id)] !== 0;
+    return id.length === 32 && this.ids.find(id) >= 0;
   }
 
   /** The header's plain bytes: version, count, entries (a view, valid until the next push). */
@@ -95,28 +91,6 @@ export class PackEntryList {
     this.buf.writeUInt8(FORMAT_VERSION, 0);
     this.buf.writeUInt32LE(this.n, 1);
     return this.buf.subarray(0, 5 + ENTRY_SIZE * this.n);
-  }
-
-  private probe(id: Buffer): number {
-    const mask = this.slots.length - 1;
-    for (let slot = id.readUInt32LE(0) & mask; ; slot = (slot + 1) & mask) {
-      const k = this.slots[slot] - 1;
-      if (k < 0) return slot;
-      const at = 5 + ENTRY_SIZE * k;
-      if (id.compare(this.buf, at, at + 32) === 0) return slot;
-    }
-  }
-
-  private rehash(): void {
-    const old = this.slots;
-    this.slots = new Int32Array(2 * old.length);
-    const mask = this.slots.length - 1;
-    for (const entry of old) {
-      if (entry === 0) continue;
-      let slot = this.buf.readUInt32LE(5 + ENTRY_SIZE * (entry - 1)) & mask;
-      while (this.slots[slot] !== 0) slot = (slot + 1) & mask;
-      this.slots[slot] = entry;
-    }
   }
 }
 

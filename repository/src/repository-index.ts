@@ -3,10 +3,11 @@
 //
 // The control plane keeps one per tenant for as long as it runs, so its size is the control plane's memory:
 // a chunk is one small file as often as a MiB of a large one. It is held in columns, not objects: the 32-byte
-// ids back to back, each entry's pack, offset and lengths in typed arrays, and an open-addressing hash table
-// over them (SHA-256 ids are uniform, so their first four bytes are the hash). ~56 bytes a chunk, against
+// ids back to back, each entry's pack, offset and lengths in typed arrays, and an IdTable (open addressing)
+// over them. ~56 bytes a chunk, against
 // ~300 for a Map from hex ids to location objects beside every pack's decoded entries (300,000 chunks:
 // ~17 MB against ~90 MB), and nothing for the garbage collector to walk.
+import { IdTable } from "./id-table.js";
 import type { PackEntry, PackEntryList, PackIndex } from "./pack.js";
 
 export interface ChunkLocation {
@@ -35,9 +36,8 @@ export class RepositoryIndex {
   private packIds: string[] = [];
   private packRanges: [number, number][] = [];
   private readonly packNumbers = new Map<string, number>();
-  /** Hash table: entry number, or EMPTY. A chunk held by several packs finds the one added last. */
-  private slots = new Int32Array(0);
-  private distinct = 0;
+  /** Entries by id. A chunk held by several packs finds the one added last. */
+  private table = new IdTable(() => this.ids);
   private readonly scratch = Buffer.alloc(ID);
 
   add(pack: PackIndex): void {
@@ -99,8 +99,7 @@ export class RepositoryIndex {
     this.packIds = [];
     this.packRanges = [];
     this.entries = 0;
-    this.distinct = 0;
-    this.slots = new Int32Array(0);
+    this.table = new IdTable(() => this.ids);
     const kept = old.packRanges.reduce((n, [a, b], number) => n + (gone.has(number) ? 0 : b - a), 0);
     this.ids = Buffer.alloc(0);
     this.pack = new Uint32Array(0);
@@ -133,7 +132,7 @@ export class RepositoryIndex {
       const i = this.entries++;
       this.pack[i] = number;
       fill(i, k);
-      this.insert(i);
+      this.table.add(i, true);
     }
     this.packRanges.push([first, this.entries]);
     this.packs.set(packId, this.packView(packId, packSize));
@@ -155,57 +154,16 @@ export class RepositoryIndex {
   }
 
   get chunkCount(): number {
-    return this.distinct;
+    return this.table.size;
   }
 
   /** The entry holding `id` (a raw id or 64 hex digits), or EMPTY. */
   private find(id: Buffer | string): number {
-    let key: Buffer;
     if (typeof id === "string") {
       if (id.length !== 2 * ID || this.scratch.write(id, "hex") !== ID) return EMPTY;
-      key = this.scratch;
-    } else {
-      if (id.length !== ID) return EMPTY;
-      key = id;
+      return this.table.find(this.scratch);
     }
-    if (this.slots.length === 0) return EMPTY;
-    const mask = this.slots.length - 1;
-    for (let s = key.readUInt32LE(0) & mask; ; s = (s + 1) & mask) {
-      const i = this.slots[s];
-      if (i === EMPTY) return EMPTY;
-      if (key.compare(this.ids, ID * i, ID * (i + 1), 0, ID) === 0) return i;
-    }
-  }
-
-  /** Puts entry `i` in the table, in place of an earlier entry with the same id. */
-  private insert(i: number): void {
-    if (2 * (this.distinct + 1) > this.slots.length) this.rehash(Math.max(1024, 2 * this.slots.length));
-    const mask = this.slots.length - 1;
-    const at = ID * i;
-    for (let s = this.ids.readUInt32LE(at) & mask; ; s = (s + 1) & mask) {
-      const j = this.slots[s];
-      if (j === EMPTY) {
-        this.slots[s] = i;
-        this.distinct++;
-        return;
-      }
-      if (this.ids.compare(this.ids, ID * j, ID * (j + 1), at, at + ID) === 0) {
-        this.slots[s] = i;
-        return;
-      }
-    }
-  }
-
-  private rehash(size: number): void {
-    const old = this.slots;
-    this.slots = new Int32Array(size).fill(EMPTY);
-    const mask = size - 1;
-    for (const i of old) {
-      if (i === EMPTY) continue;
-      let s = this.ids.readUInt32LE(ID * i) & mask;
-      while (this.slots[s] !== EMPTY) s = (s + 1) & mask;
-      this.slots[s] = i;
-    }
+    return id.length === ID ? this.table.find(id) : EMPTY;
   }
 
   /** Room for `count` entries in the columns (doubling, so adding pack after pack stays linear). */

@@ -1,9 +1,11 @@
 // The chunks of the files one snapshot reads, in the order the snapshot accepts them: raw ids and plain lengths
-// in two growing columns, each file's chunks one run of rows (first, count), and a set of the distinct ids.
+// in two growing columns, each file's chunks one run of rows (first, count), and a set of the distinct ids
+// (the repository's IdTable).
 //
 // Kept instead of a hex string per chunk, two small arrays per file and a Set of hex ids: for a workspace of
 // 300,000 small files those were ~350 bytes a file for the whole snapshot; these are 36 bytes a chunk and a few
 // bytes a slot of the set. Hex ids are made when asked for (the manifest), and dropped.
+import { IdTable } from "@dumont/repository";
 
 const ID = 32;
 
@@ -12,9 +14,8 @@ export class ChunkTable {
   private lens = new Uint32Array(1024);
   /** Rows so far. */
   private rows = 0;
-  /** Open addressing over the distinct ids: row + 1 of the first row holding each (0 is free). */
-  private slots = new Int32Array(2048);
-  private distinct = 0;
+  /** The distinct ids: each under the first row holding it. */
+  private readonly distinct = new IdTable(() => this.ids);
 
   get count(): number {
     return this.rows;
@@ -22,7 +23,7 @@ export class ChunkTable {
 
   /** Whether some row holds this id (32 bytes at `at` of `id`). */
   has(id: Uint8Array, at = 0): boolean {
-    return this.slots[this.probe(id, at)] !== 0;
+    return this.distinct.find(id, at) >= 0;
   }
 
   /** Appends a row; whether its id is new to the table. */
@@ -38,12 +39,7 @@ export class ChunkTable {
     }
     this.ids.set(id, ID * this.rows);
     this.lens[this.rows] = length;
-    this.rows++;
-    const slot = this.probe(id, 0);
-    if (this.slots[slot] !== 0) return false;
-    this.slots[slot] = this.rows;
-    if (++this.distinct * 2 > this.slots.length) this.rehash();
-    return true;
+    return this.distinct.add(this.rows++);
   }
 
   /** Hex ids of rows first .. first + count - 1 (a new array each time). */
@@ -68,32 +64,5 @@ export class ChunkTable {
   /** The lengths of rows first .. first + count - 1: a view, valid until the next push. */
   lengthsOf(first: number, count: number): Uint32Array {
     return this.lens.subarray(first, first + count);
-  }
-
-  /** The slot holding this id, or the free slot where it would go. */
-  private probe(id: Uint8Array, at: number): number {
-    const mask = this.slots.length - 1;
-    // Ids are SHA-256 digests: their first bytes are as good as any hash of them.
-    const start = (id[at] | (id[at + 1] << 8) | (id[at + 2] << 16) | (id[at + 3] << 24)) & mask;
-    for (let slot = start; ; slot = (slot + 1) & mask) {
-      const row = this.slots[slot] - 1;
-      if (row < 0 || this.sameId(row, id, at)) return slot;
-    }
-  }
-
-  private sameId(row: number, id: Uint8Array, at: number): boolean {
-    const base = ID * row;
-    for (let i = 0; i < ID; i++) if (this.ids[base + i] !== id[at + i]) return false;
-    return true;
-  }
-
-  private rehash(): void {
-    const old = this.slots;
-    this.slots = new Int32Array(2 * old.length);
-    for (const entry of old) {
-      if (entry === 0) continue;
-      const row = entry - 1;
-      this.slots[this.probe(this.ids, ID * row)] = entry;
-    }
   }
 }
