@@ -1,5 +1,6 @@
 // The one interface every repository location implements (openBlobStore in open-blob-store.ts picks one).
 import { RepositoryError } from "./errors.js";
+import { hasBadComponent } from "./relative-path.js";
 
 export interface BlobInfo {
   /** Key relative to the store's root, `/`-separated (e.g. `data/ab/ab12…`). */
@@ -60,13 +61,7 @@ export interface BlobWriter {
 
 /** Rejects keys that could leave the store's root. */
 export function assertBlobKey(key: string): void {
-  if (
-    key.length === 0 ||
-    key.startsWith("/") ||
-    key.includes("\\") ||
-    key.includes("\0") ||
-    key.split("/").some((part) => part === "" || part === "." || part === "..")
-  ) {
+  if (key.length === 0 || key.startsWith("/") || key.includes("\\") || key.includes("\0") || hasBadComponent(key)) {
     throw new RepositoryError("invalid-argument", `invalid object key ${JSON.stringify(key)}`);
   }
 }

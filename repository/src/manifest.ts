@@ -3,6 +3,7 @@
 import { posix } from "node:path";
 import { RepositoryError } from "./errors.js";
 import { MANIFEST_PART_BYTES, MAX_MANIFEST_BYTES, MAX_MANIFEST_PARTS, SMALLER_SNAPSHOT_ADVICE } from "./limits.js";
+import { hasBadComponent } from "./relative-path.js";
 import { ObjectKind, openObject, parseJson, sealObject } from "./sealing.js";
 
 export { MANIFEST_PART_BYTES, MAX_MANIFEST_BYTES, MAX_MANIFEST_PARTS };
@@ -294,21 +295,6 @@ export class RestorableCheck {
       }
     }
   }
-}
-
-/** Whether a `/`-separated path has an empty, "." or ".." component (a scan, not a split: 300,000 paths a commit). */
-function hasBadComponent(path: string): boolean {
-  let start = 0;
-  for (let i = 0; i <= path.length; i++) {
-    if (i < path.length && path.charCodeAt(i) !== 0x2f) continue;
-    const length = i - start;
-    if (length === 0) return true;
-    if (length <= 2 && path.charCodeAt(start) === 0x2e && (length === 1 || path.charCodeAt(start + 1) === 0x2e)) {
-      return true;
-    }
-    start = i + 1;
-  }
-  return false;
 }
 
 /**
