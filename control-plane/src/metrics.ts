@@ -36,6 +36,12 @@ export function createMetrics() {
       help: "Sealed chunk bytes agents sent for snapshots (only chunks the repository lacked travel)",
       registers: [registry],
     }),
+    snapshotManifestParts: new Counter({
+      name: "dumont_snapshot_manifest_parts_total",
+      help: "Manifest parts of committed snapshots, by how the agent sent them: sealed, or named by the id of a part the repository held (stored)",
+      labelNames: ["form"],
+      registers: [registry],
+    }),
     restoreBytesSent: new Counter({
       name: "dumont_restore_bytes_sent_total",
       help: "Sealed chunk bytes streamed to agents for restores",

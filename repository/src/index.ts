@@ -40,6 +40,7 @@ export {
 } from "./lz4-wasm.js";
 export {
   assertRestorable,
+  cutManifestParts,
   MANIFEST_PART_BYTES,
   MAX_CHUNK_LENGTH,
   MAX_MANIFEST_BYTES,
@@ -52,10 +53,12 @@ export {
   manifestTotals,
   openManifest,
   openManifestParts,
+  type PlainManifestPart,
   pathHash,
   RestorableCheck,
   type RestorableOptions,
   sealManifest,
+  sealManifestPart,
   sealManifestParts,
   symlinkEscapes,
 } from "./manifest.js";
@@ -117,6 +120,7 @@ export type {
   ChunkSink,
   ChunkSource,
   FetchedChunk,
+  ManifestPartBlob,
   SealedChunk,
   SkippedEntry,
   SnapshotMeta,

@@ -48,66 +48,93 @@ export interface ManifestTotals {
   chunks: number;
 }
 
+/** A part of a manifest before it is sealed: its JSON, and how many entries it holds. */
+export interface PlainManifestPart {
+  plain: Buffer;
+  entries: number;
+}
+
 export interface SealPartsOptions {
   /** Plain bytes a part holds on average (MANIFEST_PART_BYTES); Infinity seals one part. */
   partBytes?: number;
 }
 
 /**
- * Seals a manifest's entries as parts of `partBytes` plain bytes on average, in order. Each part is a manifest
- * of its own ({"version":1,"entries":[...]}); an entry is never split, so one larger than a part is a part
- * alone.
- *
- * Parts are cut by content, as chunks are, so that a snapshot whose files barely changed stores barely any
- * new manifest: each part is sealed deterministically (the same entries seal to the same object, stored
- * once), and where a part ends depends only on its own entries. After at least half of `partBytes`, a part
- * ends after an entry with a chance proportional to the entry's size (a hash of its path against its size),
- * and it never grows past twice `partBytes`. A file added, removed or changed then changes the part it falls
- * in, and the cuts after it fall where they did. Fixed-size parts shifted every part after the first change.
+ * Seals a manifest's entries as parts of `partBytes` plain bytes on average, in order (cutManifestParts), each
+ * deterministically: the same entries seal to the same object, stored once.
  */
 export function sealManifestParts(
   key: Buffer,
   entries: Iterable<ManifestEntry>,
   options: SealPartsOptions = {},
 ): Buffer[] {
+  const parts: Buffer[] = [];
+  for (const part of cutManifestParts(entries, options)) parts.push(sealManifestPart(key, part));
+  return parts;
+}
+
+/**
+ * A manifest's entries cut into parts of `partBytes` plain bytes on average, in order, each the plain JSON of a
+ * manifest of its own ({"version":1,"entries":[...]}) for sealManifestPart; an entry is never split, so one
+ * larger than a part is a part alone. Refuses (as it reaches them) more than MAX_MANIFEST_BYTES in all or
+ * MAX_MANIFEST_PARTS parts.
+ *
+ * Parts are cut by content, as chunks are, so that a snapshot whose files barely changed stores barely any
+ * new manifest: where a part ends depends only on its own entries. After at least half of `partBytes`, a part
+ * ends after an entry with a chance proportional to the entry's size (a hash of its path against its size),
+ * and it never grows past twice `partBytes`. A file added, removed or changed then changes the part it falls
+ * in, and the cuts after it fall where they did. Fixed-size parts shifted every part after the first change.
+ */
+export function* cutManifestParts(
+  entries: Iterable<ManifestEntry>,
+  options: SealPartsOptions = {},
+): Generator<PlainManifestPart> {
   const partBytes = options.partBytes ?? MANIFEST_PART_BYTES;
   const minBytes = partBytes / 2;
   const maxBytes = 2 * partBytes;
-  const parts: Buffer[] = [];
   let texts: string[] = [];
   let bytes = 0;
   let total = 0;
   let count = 0;
-  const seal = () => {
+  let parts = 0;
+  const cut = (): PlainManifestPart => {
     const plain = Buffer.from(`{"version":1,"entries":[${texts.join(",")}]}`, "utf8");
+    const held = texts.length;
     total += plain.length;
     if (total > MAX_MANIFEST_BYTES) throw tooManyEntries(count);
-    try {
-      parts.push(sealObject(key, ObjectKind.manifest, plain, { deterministic: true }));
-    } catch (err) {
-      if ((err as { code?: unknown }).code !== "EOBJECTTOOLARGE") throw err;
-      throw new RepositoryError(
-        "invalid-argument",
-        `${texts.length} entries make a manifest part larger than one object can hold (64 MiB): ${SMALLER_SNAPSHOT_ADVICE}`,
-        { cause: err },
-      );
-    }
+    if (++parts > MAX_MANIFEST_PARTS) throw tooManyEntries(count);
     texts = [];
     bytes = 0;
+    return { plain, entries: held };
   };
   for (const e of entries) {
     count++;
     const text = JSON.stringify(e);
     const size = Buffer.byteLength(text, "utf8") + 1;
     if (total + bytes + size > MAX_MANIFEST_BYTES) throw tooManyEntries(count);
-    if (texts.length > 0 && bytes + size > maxBytes) seal();
+    if (texts.length > 0 && bytes + size > maxBytes) yield cut();
     texts.push(text);
     bytes += size;
-    if (bytes >= minBytes && pathHash(e.path) < (size / (partBytes - minBytes)) * 2 ** 32) seal();
+    if (bytes >= minBytes && pathHash(e.path) < (size / (partBytes - minBytes)) * 2 ** 32) yield cut();
   }
-  if (texts.length > 0 || parts.length === 0) seal();
-  if (parts.length > MAX_MANIFEST_PARTS) throw tooManyEntries(count);
-  return parts;
+  if (texts.length > 0 || parts === 0) yield cut();
+}
+
+/**
+ * Seals one part that cutManifestParts made, deterministically (see FORMAT.md): an earlier snapshot's unchanged
+ * part seals to the object stored already. Its id is the SHA-256 of the result.
+ */
+export function sealManifestPart(key: Buffer, { plain, entries }: PlainManifestPart): Buffer {
+  try {
+    return sealObject(key, ObjectKind.manifest, plain, { deterministic: true });
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== "EOBJECTTOOLARGE") throw err;
+    throw new RepositoryError(
+      "invalid-argument",
+      `${entries} entries make a manifest part larger than one object can hold (64 MiB): ${SMALLER_SNAPSHOT_ADVICE}`,
+      { cause: err },
+    );
+  }
 }
 
 /**

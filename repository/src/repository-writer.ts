@@ -5,7 +5,7 @@
 import { hostname } from "node:os";
 import type { BlobWriter } from "./blob-store.js";
 import { copyBytes } from "./copy-bytes.js";
-import { chunkArrivedDamaged, RepositoryError } from "./errors.js";
+import { chunkArrivedDamaged, isRepositoryError, RepositoryError } from "./errors.js";
 import { acquireLock, type HeldLock } from "./lock.js";
 import {
   MAX_CHUNK_LENGTH,
@@ -20,10 +20,12 @@ import type { RepositoryAccess } from "./repository-access.js";
 import type { RepositoryIndex } from "./repository-index.js";
 import { chunkCodec, sha256 } from "./sealing.js";
 import { manifestKey, sealSnapshotRecord, snapshotKey } from "./snapshot-record.js";
-import type { ChunkSink, SealedChunk, SnapshotMeta } from "./transfer.js";
+import type { ChunkSink, ManifestPartBlob, SealedChunk, SnapshotMeta } from "./transfer.js";
 
 export const DEFAULT_PACK_SIZE = 32 * 1024 * 1024;
 const MAX_PACK_SIZE = 1024 * 1024 * 1024;
+/** The id of a manifest part: the hex SHA-256 of its sealed bytes. */
+const MANIFEST_ID = /^[0-9a-f]{64}$/;
 
 export interface RepositoryWriterOptions {
   /** A pack is sealed once it holds this many bytes (default 32 MiB). */
@@ -156,8 +158,23 @@ export class RepositoryWriter implements ChunkSink {
     this.throwIfFailed();
   }
 
-  async commit(manifestBlobs: readonly Buffer[], meta: SnapshotMeta, built?: ManifestEntries): Promise<string> {
+  async missingManifestParts(ids: string[]): Promise<string[]> {
+    this.assertUsable();
+    const held = await Promise.all(
+      ids.map(async (id) => MANIFEST_ID.test(id) && (await this.repository.store.stat(manifestKey(id))) !== undefined),
+    );
+    return ids.filter((_, i) => !held[i]);
+  }
+
+  async commit(
+    manifestParts: readonly ManifestPartBlob[],
+    meta: SnapshotMeta,
+    built?: ManifestEntries,
+  ): Promise<string> {
     await this.flush();
+    // A part named by id must be in the repository; it is read back (and held to its id) when its entries are to
+    // be checked here, as they are when they come from elsewhere.
+    const manifestBlobs = await this.partsInHand(manifestParts, built === undefined);
     // One pass over the entries: what this process built as built, what arrives from elsewhere (an agent's
     // stream) opened part by part. Paths that could never be restored are refused on arrival (whether outward
     // symlinks are acceptable is the restorer's call), and so is a chunk the repository does not hold. Only
@@ -177,7 +194,10 @@ export class RepositoryWriter implements ChunkSink {
       }
     };
     if (built) for (const e of built.entries) visit(e);
-    else for (const part of manifestPartEntries(this.repository.key, manifestBlobs)) for (const e of part) visit(e);
+    else {
+      const blobs = manifestBlobs.map((blob) => blob ?? Buffer.alloc(0)); // every part is in hand without `built`
+      for (const part of manifestPartEntries(this.repository.key, blobs)) for (const e of part) visit(e);
+    }
     check.finish();
     if (absent.length > 0) {
       throw new RepositoryError(
@@ -187,7 +207,13 @@ export class RepositoryWriter implements ChunkSink {
     }
     const store = this.repository.store;
     const manifests: string[] = [];
-    for (const blob of manifestBlobs) {
+    for (const [i, blob] of manifestBlobs.entries()) {
+      const part = manifestParts[i];
+      if (!Buffer.isBuffer(part)) {
+        manifests.push(part.stored); // held (partsInHand), and no prune runs while this writer's lock is held
+        continue;
+      }
+      if (!blob) throw new Error("unreachable: a sealed part is always in hand");
       const manifestId = sha256(blob).toString("hex");
       manifests.push(manifestId);
       // Parts are sealed deterministically (sealManifestParts): an earlier snapshot's unchanged part is already
@@ -213,6 +239,38 @@ export class RepositoryWriter implements ChunkSink {
     this.closed = true;
     await this.lock?.release();
     return id;
+  }
+
+  /**
+   * Each part's sealed bytes: as given, or read from the repository for a part named by id when `read` (else
+   * only checked to be there, and undefined). A part that is not there, or not what its id says, is refused.
+   */
+  private async partsInHand(parts: readonly ManifestPartBlob[], read: boolean): Promise<(Buffer | undefined)[]> {
+    const store = this.repository.store;
+    return Promise.all(
+      parts.map(async (part, i) => {
+        if (Buffer.isBuffer(part)) return part;
+        const what = `manifest part ${i + 1} of ${parts.length}`;
+        if (!MANIFEST_ID.test(part.stored)) {
+          throw new RepositoryError(
+            "invalid-argument",
+            `${what} is named by ${JSON.stringify(part.stored)}, not a hex id`,
+          );
+        }
+        const key = manifestKey(part.stored);
+        const blob = read ? await store.get(key).catch((err) => absentOr(err)) : undefined;
+        if (read ? blob === undefined : (await store.stat(key)) === undefined) {
+          throw new RepositoryError(
+            "incomplete",
+            `${what}, manifests/${part.stored}, is not in the repository (pruned since the snapshot that stored it?)`,
+          );
+        }
+        if (blob && !sha256(blob).equals(Buffer.from(part.stored, "hex"))) {
+          throw new RepositoryError("corrupt", `${what}, manifests/${part.stored}, does not hash to its id`);
+        }
+        return blob;
+      }),
+    );
   }
 
   async abort(): Promise<void> {
@@ -297,4 +355,10 @@ export class RepositoryWriter implements ChunkSink {
   private throwIfFailed(): void {
     if (this.failure) throw this.failure;
   }
+}
+
+/** undefined for a blob that is not there; any other failure to read it is thrown as it is. */
+function absentOr(err: unknown): undefined {
+  if (isRepositoryError(err, "not-found")) return undefined;
+  throw err;
 }

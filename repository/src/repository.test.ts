@@ -437,6 +437,65 @@ describe.each(stores)("a manifest in parts on %s", (_name, make) => {
     await store.close();
   });
 
+  it("commits parts named by id: checked to be there, read back and checked whole when they come from elsewhere", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const chunks = Array.from({ length: 30 }, (_, i) => sealed(key, randomBytes(500 + i)));
+    const manifest = manifestOf(Object.fromEntries(chunks.map((c, i) => [`d/file ${i} ${"x".repeat(60)}`, [c]])));
+    const parts = sealManifestParts(key, manifest.entries, { partBytes: 2048 });
+    expect(parts.length).toBeGreaterThan(2);
+    const ids = parts.map((part) => createHash("sha256").update(part).digest("hex"));
+    const first = await repository.writer();
+    await first.put(chunks);
+    await first.commit(parts, meta);
+
+    // The agent asks which of the parts it remembers are still there; a malformed id is never there.
+    const second = await repository.writer();
+    expect(await second.missingManifestParts([ids[0], "f".repeat(64), "not an id"])).toEqual([
+      "f".repeat(64),
+      "not an id",
+    ]);
+    // All but the last named by id, with the entries built (direct mode) and without (opened from the store).
+    const mixed = [...ids.slice(0, -1).map((stored) => ({ stored })), parts.at(-1)!];
+    const puts = vi.spyOn(store, "put");
+    const built = await second.commit(mixed, meta, manifest);
+    const opened = await (await repository.writer()).commit(mixed, meta);
+    expect(puts.mock.calls.filter(([k]) => k.startsWith("manifests/"))).toEqual([]);
+    puts.mockRestore();
+    for (const id of [built, opened]) {
+      const record = await repository.findSnapshot(id);
+      expect(record.manifests).toEqual(ids);
+      expect(record.totals).toMatchObject({ files: 30, dirs: 1 });
+      expect(await repository.readManifest(record)).toEqual(manifest);
+    }
+
+    // Refused: an id not stored (nothing is listed), and, read from the store, a part that clashes with another.
+    const missing = await repository.writer();
+    await expect(missing.commit([{ stored: "a".repeat(64) }, parts.at(-1)!], meta)).rejects.toSatisfy(
+      (e) =>
+        isRepositoryError(e, "incomplete") && /manifest part 1 of 2, manifests\/a{64}, is not in the/.test(String(e)),
+    );
+    await missing.abort();
+    const twice = await repository.writer();
+    await expect(twice.commit([{ stored: ids[0] }, parts[0]], meta)).rejects.toThrow(/appears twice/);
+    await twice.abort();
+    const named = await repository.writer();
+    await expect(named.commit([{ stored: "../config" }], meta)).rejects.toSatisfy((e) =>
+      isRepositoryError(e, "invalid-argument"),
+    );
+    await named.abort();
+    // A stored part that is not what its id says (the store's copy replaced) is refused when read.
+    await store.put(`manifests/${ids[0]}`, parts[1]);
+    const replaced = await repository.writer();
+    await expect(replaced.commit([{ stored: ids[0] }], meta)).rejects.toSatisfy(
+      (e) => isRepositoryError(e, "corrupt") && /does not hash to its id/.test(String(e)),
+    );
+    await replaced.abort();
+    expect((await repository.listSnapshots()).length).toBe(3);
+    await store.close();
+  });
+
   it("writes a one-part manifest as version 1 of the record, which every reader opens", async () => {
     const store = make();
     const key = generateRepositoryKey();

@@ -11,6 +11,13 @@ export interface SealedChunk {
   plainLength: number;
 }
 
+/**
+ * A part of a snapshot's manifest as `ChunkSink.commit` takes it: sealed (sealManifestParts), or the hex id of a
+ * sealed part the repository already holds (see `missingManifestParts`). Parts seal deterministically, so a part
+ * unchanged since an earlier snapshot is that very object: naming it spares sealing and sending it again.
+ */
+export type ManifestPartBlob = Buffer | { stored: string };
+
 /** What the creator of a snapshot says about it; recorded in the snapshot object. */
 export interface SnapshotMeta {
   /** The workspace the snapshot was taken of (an id from the control plane, or the source path in direct mode). */
@@ -63,11 +70,17 @@ export interface ChunkSink {
    */
   put(chunks: SealedChunk[]): Promise<void>;
   /**
-   * Makes every chunk durable, then records the snapshot whose manifest is these sealed parts, in order
+   * Of these manifest parts (hex ids of sealed parts, as an earlier snapshot stored them), the ones the
+   * repository does not hold. A part it holds can then be committed as `{ stored: id }` instead of sealed and
+   * sent again. Absent where parts cannot be committed so (a control plane from before that).
+   */
+  missingManifestParts?(ids: string[]): Promise<string[]>;
+  /**
+   * Makes every chunk durable, then records the snapshot whose manifest is these parts, in order
    * (sealManifestParts); resolves to its id. Nothing is listed before. `manifest`, when given, is what those
    * parts hold, built by the caller in this process (direct mode): it is checked as it is, not opened again.
    */
-  commit(manifestBlobs: readonly Buffer[], meta: SnapshotMeta, manifest?: ManifestEntries): Promise<string>;
+  commit(manifestParts: readonly ManifestPartBlob[], meta: SnapshotMeta, manifest?: ManifestEntries): Promise<string>;
   /** The most manifest parts `commit` takes (MAX_MANIFEST_PARTS when unset). */
   readonly maxManifestParts?: number;
   /** Gives up: nothing becomes visible; chunks already durable stay for the next attempt to reuse. */

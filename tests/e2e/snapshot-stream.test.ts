@@ -344,15 +344,26 @@ describe("snapshots over the agent stream", () => {
       (await fs.readdir(path.join(cp.dataDir, "blobs"), { recursive: true }).catch(() => [])).filter((f) =>
         /manifests\/[0-9a-f]{64}$/.test(f),
       ).length;
+    /** Manifest parts committed so far: sealed, and named by id (the agent held them stored). */
+    const partsSent = async () => {
+      const m = await scrapeMetrics(cp.httpUrl);
+      const of = (form: string) => m.value("dumont_snapshot_manifest_parts_total", { form }) || 0;
+      return { sealed: of("sealed"), stored: of("stored") };
+    };
+    const start = await partsSent();
     const snap = await snapshotOf(tree);
     expect(snap.files).toBe(2500);
     // Stored as several manifest objects (about 5 MB of manifest in parts of 2 MiB), not one. (An earlier test
     // may have snapshotted the same tree: its parts are the same objects, stored once.)
     const parts = await manifests();
     expect(parts).toBeGreaterThanOrEqual(3);
-    // Once more, unchanged: the same parts, none stored again.
+    const first = await partsSent();
+    const ownParts = first.sealed + first.stored - start.sealed - start.stored;
+    expect(ownParts).toBeGreaterThanOrEqual(3);
+    // Once more, unchanged: the same parts, none stored again, none even sent: the agent names each by its id.
     await snapshotOf(tree);
     expect(await manifests()).toBe(parts);
+    expect(await partsSent()).toEqual({ sealed: first.sealed, stored: first.stored + ownParts });
     const target = path.join(root, "many-files-restored");
     const restored = await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
     expect(restored.files).toBe(2500);

@@ -1,6 +1,6 @@
 // The control plane's side of a streamed snapshot, driven in-process: a fake agent session plays the agent's
 // messages, so a chunk that is not what its id says can be sent (a real agent never does).
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -176,16 +176,9 @@ describe("SnapshotCoordinator: the arrival check", () => {
       expect(take.case === "takeSnapshot" && take.value.maxManifestParts).toBe(256);
       const plain = randomBytes(10_000);
       const chunk = chunkCodec.sealChunk(started.key, plain);
-      const files = ["a", "b", "c"].map((name) => ({
-        type: "file" as const,
-        path: name,
-        mode: 0o644,
-        mtimeNs: "0",
-        size: plain.length,
-        chunks: [chunk.id.toString("hex")],
-        lengths: [plain.length],
-      }));
-      const parts = sealManifestParts(started.key, files, { partBytes: 100 });
+      const parts = sealManifestParts(started.key, sameChunkFiles(["a", "b", "c"], chunk.id, plain.length), {
+        partBytes: 100,
+      });
       expect(parts).toHaveLength(3);
       started.agentSends({
         case: "snapshotChunks",
@@ -244,6 +237,85 @@ describe("SnapshotCoordinator: the arrival check", () => {
         for (let i = 0; i < 20; i++) part(s, i, big);
       }),
     ).rejects.toThrow(/the agent sent more than 256 MiB of manifest parts/);
+  });
+
+  it("takes parts it holds by id: says which offered ids it lacks, and reads the named parts back to check", async () => {
+    /** A snapshot of files a, b, c whose manifest is three parts, sent by `send` after the chunk. */
+    const threeParts = async (send: (parts: Buffer[], s: Awaited<ReturnType<typeof start>>) => Promise<void>) => {
+      sent.length = 0;
+      const started = await start();
+      const take = sent[0].msg;
+      expect(take.case === "takeSnapshot" && take.value.manifestRefs).toBe(true);
+      const plain = Buffer.alloc(5_000, 7);
+      const chunk = chunkCodec.sealChunk(started.key, plain);
+      const parts = sealManifestParts(started.key, sameChunkFiles(["a", "b", "c"], chunk.id, plain.length), {
+        partBytes: 100,
+      });
+      const { requestId } = started;
+      started.agentSends({
+        case: "snapshotChunks",
+        value: { requestId, epoch: 3n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
+      });
+      await send(parts, started);
+      return started.snapshot;
+    };
+    const idOf = (part: Buffer) => createHash("sha256").update(part).digest();
+    const first = await threeParts(async (parts, { requestId, agentSends }) => {
+      for (const index of [0, 1]) {
+        agentSends({ case: "snapshotManifestPart", value: { requestId, epoch: 3n, index, part: parts[index] } });
+      }
+      agentSends({ case: "snapshotCommit", value: { requestId, epoch: 3n, manifest: parts[2], manifestParts: 3 } });
+    });
+
+    // The agent offers the ids it remembers and names those the answer did not list.
+    const absent = randomBytes(32);
+    const second = await threeParts(async (parts, { requestId, agentSends }) => {
+      const manifestIds = [idOf(parts[0]), absent, idOf(parts[1])];
+      agentSends({ case: "snapshotOffer", value: { requestId, epoch: 3n, batch: 7n, chunkIds: [], manifestIds } });
+      let need: ControlMessage["msg"] | undefined;
+      for (let i = 0; i < 200 && !need; i++) {
+        await new Promise((r) => setTimeout(r, 10));
+        need = sent.find((m) => m.msg.case === "snapshotNeed")?.msg;
+      }
+      expect(need?.case === "snapshotNeed" && need.value.batch === 7n && need.value.manifestIds).toEqual([absent]);
+      for (const index of [0, 1]) {
+        agentSends({
+          case: "snapshotManifestPart",
+          value: { requestId, epoch: 3n, index, storedId: idOf(parts[index]) },
+        });
+      }
+      const manifestStoredId = idOf(parts[2]);
+      agentSends({ case: "snapshotCommit", value: { requestId, epoch: 3n, manifestStoredId, manifestParts: 3 } });
+    });
+    expect((await coordinator.readManifest(second)).entries.map((e) => e.path)).toEqual(["a", "b", "c"]);
+    const key = await new TenantKeys(db, coordinatorMasterKey).get("t1");
+    const repository = await Repository.open(openBlobStore(`file://${blobs}/tenants/t1`), key);
+    const records = await repository.listSnapshots();
+    const manifestsOf = (id: string) => records.find((r) => r.id === id)?.manifests;
+    expect(manifestsOf(second.id)).toEqual(manifestsOf(first.id));
+
+    const listed = await db.selectFrom("snapshots").select("id").execute();
+    // A named part the repository lacks, or one that would clash with the others read back, fails the commit;
+    // a malformed id is refused as it arrives.
+    const commitNamed = (ids: Buffer[], last: Buffer) =>
+      threeParts(async (_parts, { requestId, agentSends }) => {
+        for (const [index, storedId] of ids.entries()) {
+          agentSends({ case: "snapshotManifestPart", value: { requestId, epoch: 3n, index, storedId } });
+        }
+        agentSends({
+          case: "snapshotCommit",
+          value: { requestId, epoch: 3n, manifestStoredId: last, manifestParts: ids.length + 1 },
+        });
+      });
+    await expect(commitNamed([absent], absent)).rejects.toThrow(
+      /manifest part 1 of 2, manifests\/[0-9a-f]{64}, is not in the repository/,
+    );
+    const stored = manifestsOf(first.id)!.map((hex) => Buffer.from(hex, "hex"));
+    await expect(commitNamed([stored[0]], stored[0])).rejects.toThrow(/"a" appears twice/);
+    await expect(commitNamed([Buffer.alloc(5)], stored[2])).rejects.toThrow(
+      /sent a manifest part with a 5-byte stored id and 0 bytes/,
+    );
+    expect(await db.selectFrom("snapshots").select("id").execute()).toEqual(listed);
   });
 });
 
@@ -390,4 +462,17 @@ function oneFile(key: Buffer, id: Buffer, size: number): Buffer {
       },
     ],
   });
+}
+
+/** Manifest entries of files that are each one chunk, the same one. */
+function sameChunkFiles(names: string[], chunkId: Buffer, length: number) {
+  return names.map((name) => ({
+    type: "file" as const,
+    path: name,
+    mode: 0o644,
+    mtimeNs: "0",
+    size: length,
+    chunks: [chunkId.toString("hex")],
+    lengths: [length],
+  }));
 }

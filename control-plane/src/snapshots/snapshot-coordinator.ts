@@ -31,6 +31,7 @@ import {
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
   type Manifest,
+  type ManifestPartBlob,
   ManifestPartsReceiver,
   openBlobStore,
   type PruneReport,
@@ -404,7 +405,7 @@ export class SnapshotCoordinator {
     /** Chunk messages in hand (being checked or waiting to be written); the stream is paused above MAX_VERIFYING. */
     let outstanding = 0;
     /** The manifest's parts sent ahead of the commit: no more than a real manifest takes, whatever the agent sends. */
-    const manifestParts = new ManifestPartsReceiver();
+    const manifestParts = new ManifestPartsReceiver<{ stored: string }>();
     const requestId = randomUUID();
     const session = req.session;
     return new Promise<SnapshotRow>((resolve, reject) => {
@@ -447,14 +448,24 @@ export class SnapshotCoordinator {
             if (m.value.epoch !== req.epoch) return abandon(staleEpoch(m.value.epoch, req.epoch));
             const batch = m.value.batch;
             const ids = m.value.chunkIds.map((id) => Buffer.from(id));
+            const parts = m.value.manifestIds.map((id) => Buffer.from(id).toString("hex"));
+            if (parts.length > MAX_MANIFEST_PARTS || parts.some((id) => id.length !== 64)) {
+              return abandon(
+                new InvalidArgumentError(
+                  `the agent offered ${parts.length} manifest part ids; at most ${MAX_MANIFEST_PARTS}, of 32 bytes each`,
+                ),
+              );
+            }
             // Answered at once, not behind the chunks still being written: waiting for them turned every
             // batch into a full stop of the pipeline. A chunk offered while an earlier copy is still queued
             // is asked for twice at worst, and the writer drops the second copy.
             void (async () => {
-              const need = await writer.missing(ids);
+              const need = ids.length > 0 ? await writer.missing(ids) : [];
+              const needParts = parts.length > 0 ? await writer.missingManifestParts(parts) : [];
+              const manifestIds = needParts.map((id) => Buffer.from(id, "hex"));
               await session.send(
                 create(ControlMessageSchema, {
-                  msg: { case: "snapshotNeed", value: { requestId, chunkIds: need, batch } },
+                  msg: { case: "snapshotNeed", value: { requestId, chunkIds: need, batch, manifestIds } },
                 }),
               );
             })().catch((err: Error) => finish(err));
@@ -481,12 +492,15 @@ export class SnapshotCoordinator {
             });
           } else if (m.case === "snapshotManifestPart") {
             if (m.value.epoch !== req.epoch) return abandon(staleEpoch(m.value.epoch, req.epoch));
-            const refused = manifestParts.add(m.value.index, m.value.part);
+            const part = manifestPartOf(m.value.part, m.value.storedId);
+            const refused = typeof part === "string" ? part : manifestParts.add(m.value.index, part);
             if (refused) return abandon(new InvalidArgumentError(`the agent sent ${refused}`));
           } else if (m.case === "snapshotCommit") {
             if (m.value.epoch !== req.epoch) return abandon(staleEpoch(m.value.epoch, req.epoch));
             const commit = m.value;
-            const parts = manifestParts.complete(commit.manifest, commit.manifestParts);
+            const last = manifestPartOf(commit.manifest, commit.manifestStoredId);
+            if (typeof last === "string") return abandon(new InvalidArgumentError(`the agent committed ${last}`));
+            const parts = manifestParts.complete(last, commit.manifestParts);
             if (!parts) {
               return abandon(
                 new InvalidArgumentError(
@@ -524,6 +538,7 @@ export class SnapshotCoordinator {
                 tenantId: req.tenantId,
                 exclude: req.exclude ?? [],
                 maxManifestParts: MAX_MANIFEST_PARTS,
+                manifestRefs: true,
               },
             },
           }),
@@ -659,7 +674,7 @@ export class SnapshotCoordinator {
   private async commit(
     writer: RepositoryWriter,
     commit: SnapshotCommit,
-    manifestParts: Buffer[],
+    manifestParts: ManifestPartBlob[],
     req: SnapshotRequest,
   ): Promise<SnapshotRow> {
     const s = commit.stats;
@@ -684,6 +699,9 @@ export class SnapshotCoordinator {
       hostname: req.session.hostId,
       stats,
     });
+    const stored = manifestParts.filter((part) => !Buffer.isBuffer(part)).length;
+    this.metrics.snapshotManifestParts.inc({ form: "sealed" }, manifestParts.length - stored);
+    this.metrics.snapshotManifestParts.inc({ form: "stored" }, stored);
     const row = catalogueRow({
       id,
       tenantId: req.tenantId,
@@ -817,4 +835,16 @@ function staleEpoch(got: bigint, want: bigint): Error {
   return new FailedPreconditionError(
     `refused a snapshot message from lease epoch ${got}; the current epoch is ${want}`,
   );
+}
+
+/**
+ * A manifest part as the agent sent it (ManifestPart, or SnapshotCommit's last part): its sealed bytes, or the
+ * id of a part the repository holds; a string saying what is wrong with it otherwise.
+ */
+function manifestPartOf(part: Uint8Array, storedId: Uint8Array): Uint8Array | { stored: string } | string {
+  if (storedId.length === 0) return part;
+  if (storedId.length !== 32 || part.length > 0) {
+    return `a manifest part with a ${storedId.length}-byte stored id and ${part.length} bytes (a 32-byte id or bytes, not both)`;
+  }
+  return { stored: Buffer.from(storedId).toString("hex") };
 }

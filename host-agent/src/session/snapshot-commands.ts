@@ -119,7 +119,7 @@ export class SnapshotCommands {
   }
 
   private async takeSnapshot(cmd: TakeSnapshot): Promise<void> {
-    const sink = new StreamChunkSink(this.session, cmd.requestId, cmd.epoch, cmd.maxManifestParts);
+    const sink = new StreamChunkSink(this.session, cmd.requestId, cmd.epoch, cmd.maxManifestParts, cmd.manifestRefs);
     this.sinks.set(cmd.requestId, sink);
     const started = Date.now();
     try {

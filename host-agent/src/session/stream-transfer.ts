@@ -11,11 +11,20 @@ import {
   FRAME_HEADER_BYTES,
   MAX_MESSAGE_BYTES,
   RETRY_BUFFER_BYTES,
+  type SnapshotNeed,
   STREAM_BATCH_BYTES,
   STREAM_MESSAGE_BUFFER_BYTES,
   type WireChunk,
 } from "@dumont/proto";
-import type { ChunkBuffers, ChunkSink, ChunkSource, FetchedChunk, SealedChunk, SnapshotMeta } from "@dumont/repository";
+import type {
+  ChunkBuffers,
+  ChunkSink,
+  ChunkSource,
+  FetchedChunk,
+  ManifestPartBlob,
+  SealedChunk,
+  SnapshotMeta,
+} from "@dumont/repository";
 // The subpath, not the package: the session runs from the agent's start, and the package's index loads all of it.
 import { BufferPool } from "@dumont/repository/buffer-pool";
 import { copyBytes } from "@dumont/repository/copy-bytes";
@@ -78,7 +87,9 @@ export class StreamChunkSink implements ChunkSink {
   /** Chunk messages handed to the stream whose writes grpc-js has not called back yet. */
   private inFlight = 0;
   private readonly slotWaiters: Waiter<void>[] = [];
-  private readonly needs = new Map<bigint, Waiter<Buffer[]>>();
+  private readonly needs = new Map<bigint, Waiter<SnapshotNeed>>();
+  /** Set when the control plane takes manifest parts by reference (TakeSnapshot.manifest_refs). */
+  readonly missingManifestParts?: (ids: string[]) => Promise<string[]>;
   private committed: Waiter<string> | undefined;
   private failed: Error | undefined;
 
@@ -88,7 +99,17 @@ export class StreamChunkSink implements ChunkSink {
     private readonly epoch: bigint,
     /** TakeSnapshot.max_manifest_parts: 0 from a control plane that takes one part only. */
     readonly maxManifestParts = 1,
-  ) {}
+    /** TakeSnapshot.manifest_refs. */
+    manifestRefs = false,
+  ) {
+    if (manifestRefs) {
+      this.missingManifestParts = async (ids) => {
+        const offered = ids.map((id) => Buffer.from(id, "hex"));
+        const need = await this.offer({ chunkIds: [], manifestIds: offered });
+        return need.manifestIds.map((id) => Buffer.from(id).toString("hex"));
+      };
+    }
+  }
 
   /** Feeds control-plane replies for this request. */
   receive(message: ControlMessage): void {
@@ -96,7 +117,7 @@ export class StreamChunkSink implements ChunkSink {
     if (m.case === "snapshotNeed") {
       const w = this.needs.get(m.value.batch);
       this.needs.delete(m.value.batch);
-      w?.resolve(m.value.chunkIds.map((id) => Buffer.from(id)));
+      w?.resolve(m.value);
     } else if (m.case === "snapshotCommitted") {
       this.committed?.resolve(m.value.snapshotId);
     }
@@ -112,9 +133,15 @@ export class StreamChunkSink implements ChunkSink {
   }
 
   async missing(ids: Buffer[]): Promise<Buffer[]> {
+    const need = await this.offer({ chunkIds: ids.map((id) => Buffer.from(id)), manifestIds: [] });
+    return need.chunkIds.map((id) => Buffer.from(id));
+  }
+
+  /** Sends a SnapshotOffer and waits for its SnapshotNeed. */
+  private async offer(ids: { chunkIds: Uint8Array[]; manifestIds: Uint8Array[] }): Promise<SnapshotNeed> {
     this.assertOpen();
     const batch = BigInt(++this.batch);
-    const answer = new Promise<Buffer[]>((resolve, reject) => this.needs.set(batch, { resolve, reject }));
+    const answer = new Promise<SnapshotNeed>((resolve, reject) => this.needs.set(batch, { resolve, reject }));
     // If the send below fails, nobody awaits `answer`, and `fail` would reject it unhandled: that killed the
     // agent when the control plane died mid-snapshot.
     answer.catch(() => {});
@@ -122,7 +149,7 @@ export class StreamChunkSink implements ChunkSink {
       create(AgentMessageSchema, {
         msg: {
           case: "snapshotOffer",
-          value: { requestId: this.requestId, chunkIds: ids.map((id) => Buffer.from(id)), epoch: this.epoch, batch },
+          value: { requestId: this.requestId, ...ids, epoch: this.epoch, batch },
         },
       }),
     );
@@ -159,34 +186,43 @@ export class StreamChunkSink implements ChunkSink {
     await flush();
   }
 
-  async commit(manifestBlobs: readonly Buffer[], meta: SnapshotMeta): Promise<string> {
+  async commit(manifestParts: readonly ManifestPartBlob[], meta: SnapshotMeta): Promise<string> {
     this.assertOpen();
-    if (manifestBlobs.length === 0 || manifestBlobs.length > Math.max(1, this.maxManifestParts)) {
+    if (manifestParts.length === 0 || manifestParts.length > Math.max(1, this.maxManifestParts)) {
       throw new Error(
-        `a manifest of ${manifestBlobs.length} parts; the control plane takes 1 to ${Math.max(1, this.maxManifestParts)}`,
+        `a manifest of ${manifestParts.length} parts; the control plane takes 1 to ${Math.max(1, this.maxManifestParts)}`,
       );
     }
+    if (!this.missingManifestParts && manifestParts.some((part) => !Buffer.isBuffer(part))) {
+      throw new Error("a manifest part named by id, to a control plane that takes sealed parts only");
+    }
+    // As a message: the sealed part, or the id of one the control plane holds.
+    const wire = (part: ManifestPartBlob) =>
+      Buffer.isBuffer(part)
+        ? { part, storedId: new Uint8Array() }
+        : { part: new Uint8Array(), storedId: Buffer.from(part.stored, "hex") };
     // A message over gRPC's limit would not fail this snapshot alone: it would end the agent's whole stream.
-    for (const blob of manifestBlobs) {
-      if (blob.length > MAX_MESSAGE_BYTES - MANIFEST_HEADROOM_BYTES) {
+    for (const blob of manifestParts) {
+      if (Buffer.isBuffer(blob) && blob.length > MAX_MESSAGE_BYTES - MANIFEST_HEADROOM_BYTES) {
         throw new Error(
           `the sealed manifest is ${(blob.length / 2 ** 20).toFixed(1)} MiB, more than the agent's stream ` +
             `carries in one message (${MAX_MESSAGE_BYTES / 2 ** 20} MiB): ${SMALLER_SNAPSHOT_ADVICE}`,
         );
       }
     }
-    const last = manifestBlobs.length - 1;
+    const last = manifestParts.length - 1;
     for (let index = 0; index < last; index++) {
       await this.port.send(
         create(AgentMessageSchema, {
           msg: {
             case: "snapshotManifestPart",
-            value: { requestId: this.requestId, index, part: manifestBlobs[index], epoch: this.epoch },
+            value: { requestId: this.requestId, index, ...wire(manifestParts[index]), epoch: this.epoch },
           },
         }),
       );
       this.assertOpen();
     }
+    const lastPart = wire(manifestParts[last]);
     const done = new Promise<string>((resolve, reject) => {
       this.committed = { resolve, reject };
     });
@@ -198,8 +234,9 @@ export class StreamChunkSink implements ChunkSink {
           case: "snapshotCommit",
           value: {
             requestId: this.requestId,
-            manifest: manifestBlobs[last],
-            manifestParts: manifestBlobs.length,
+            manifest: lastPart.part,
+            manifestStoredId: lastPart.storedId,
+            manifestParts: manifestParts.length,
             epoch: this.epoch,
             stats: s
               ? {

@@ -7,14 +7,15 @@ import { hostname } from "node:os";
 import { resolve } from "node:path";
 import {
   type ChunkSink,
+  cutManifestParts,
   MAX_MANIFEST_PARTS,
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
   type ManifestEntries,
   type ManifestEntry,
+  type ManifestPartBlob,
   type SkippedEntry,
-  sealManifest,
-  sealManifestParts,
+  sealManifestPart,
 } from "@dumont/repository";
 import { SMALLER_SNAPSHOT_ADVICE } from "@dumont/repository/limits";
 import { ChunkTable } from "./chunk-table.js";
@@ -222,16 +223,22 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       }
     }
     const manifest: ManifestEntries = { entries: { [Symbol.iterator]: manifestEntries } };
-    const manifestBlobs = sealManifestFor(sink, options.key, manifest, entries.length, options.manifestPartBytes);
+    const forSink = await manifestForSink(
+      sink,
+      options.key,
+      manifest,
+      entries.length,
+      previous,
+      options.manifestPartBytes,
+    );
     // Parts seal deterministically: one the last snapshot of this scope had is stored already (the writer skips
     // it), so it is not counted as stored again.
-    const manifestIds = manifestBlobs.map((blob) => createHash("sha256").update(blob).digest("hex"));
-    manifestBlobs.forEach((blob, i) => {
-      if (!previous.manifests.has(manifestIds[i])) stats.bytesStored += blob.length;
+    forSink.parts.forEach((part, i) => {
+      if (Buffer.isBuffer(part) && !previous.manifests.has(forSink.ids[i])) stats.bytesStored += part.length;
     });
     const seconds = (performance.now() - started) / 1000;
     const id = await sink.commit(
-      manifestBlobs,
+      forSink.parts,
       {
         workspace: options.meta.workspace,
         epoch: options.meta.epoch,
@@ -282,7 +289,8 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       await saveLocalIndex(options.localIndex.file, {
         scope: options.localIndex.scope,
         snapshot: id,
-        manifests: manifestIds,
+        manifests: forSink.ids,
+        manifestPlains: forSink.plains,
         files: { [Symbol.iterator]: remembered },
       });
     }
@@ -304,27 +312,56 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
   }
 }
 
+/** The manifest as a sink takes it, each part's id, and each part's plain digest (LocalIndex.storedParts). */
+interface ManifestForSink {
+  parts: ManifestPartBlob[];
+  ids: string[];
+  plains: string[];
+}
+
 /**
- * The manifest sealed as the sink takes it: in parts (sealManifestParts), or as one part for a sink that
- * takes only one (a control plane from before parts), which holds up to 64 MiB plain as before.
+ * The manifest as the sink takes it: in parts (cutManifestParts), or as one part for a sink that takes only
+ * one (a control plane from before parts), which holds up to 64 MiB plain as before. A part the last snapshot
+ * of this scope stored, cut again to the same bytes, is named by its id when the sink still holds it, neither
+ * sealed (DEFLATE and AES: ~0.6 s of an unchanged 300,000-file snapshot) nor sent again.
  */
-function sealManifestFor(
+async function manifestForSink(
   sink: ChunkSink,
   key: Buffer,
   manifest: ManifestEntries,
   entryCount: number,
+  previous: LocalIndex,
   partBytes?: number,
-): Buffer[] {
+): Promise<ManifestForSink> {
   const maxParts = sink.maxManifestParts ?? MAX_MANIFEST_PARTS;
-  if (maxParts <= 1) return [sealManifest(key, manifest)];
-  const parts = sealManifestParts(key, manifest.entries, { partBytes });
-  if (parts.length > maxParts) {
+  const held = new Set<string>();
+  if (sink.missingManifestParts && previous.storedParts.size > 0) {
+    const stored = [...new Set(previous.storedParts.values())];
+    const missing = new Set(await sink.missingManifestParts(stored));
+    for (const id of stored) if (!missing.has(id)) held.add(id);
+  }
+  const out: ManifestForSink = { parts: [], ids: [], plains: [] };
+  const cutOptions = { partBytes: maxParts <= 1 ? Number.POSITIVE_INFINITY : partBytes };
+  for (const part of cutManifestParts(manifest.entries, cutOptions)) {
+    const plain = createHash("sha256").update(part.plain).digest("hex");
+    const stored = previous.storedParts.get(plain);
+    if (stored !== undefined && held.has(stored)) {
+      out.parts.push({ stored });
+      out.ids.push(stored);
+    } else {
+      const sealed = sealManifestPart(key, part);
+      out.parts.push(sealed);
+      out.ids.push(createHash("sha256").update(sealed).digest("hex"));
+    }
+    out.plains.push(plain);
+  }
+  if (out.parts.length > maxParts) {
     throw new Error(
-      `the manifest of ${entryCount} entries has ${parts.length} parts; the repository takes at ` +
+      `the manifest of ${entryCount} entries has ${out.parts.length} parts; the repository takes at ` +
         `most ${maxParts}: ${SMALLER_SNAPSHOT_ADVICE}`,
     );
   }
-  return parts;
+  return out;
 }
 
 /**

@@ -56,6 +56,30 @@ describe("local index", () => {
     expect(index.distinctIds().toString("hex")).toBe(id(1) + id(2) + id(3));
   });
 
+  it("remembers its manifest parts by the digest of their plain JSON, when saved with them", async () => {
+    const file = localIndexPath(freshState(), "parts");
+    const manifests = [id(7), id(8)];
+    await saveLocalIndex(file, {
+      scope: "parts",
+      snapshot: "s",
+      manifests,
+      manifestPlains: [id(1), id(2)],
+      files: FILES,
+    });
+    const index = await loadLocalIndex(file, "parts");
+    expect([...index.storedParts]).toEqual([
+      [id(1), id(7)],
+      [id(2), id(8)],
+    ]);
+    expect(index.files).toBe(3);
+    // Without them (an index of an older agent) there is nothing to name; a mismatched list is not saved.
+    expect((await loadLocalIndex(await saved(), "repo-1 /src")).storedParts.size).toBe(0);
+    await expect(
+      saveLocalIndex(file, { scope: "parts", snapshot: "t", manifests, manifestPlains: [id(1)], files: FILES }),
+    ).rejects.toThrow(/1 plain digests for 2 manifest parts/);
+    expect((await loadLocalIndex(file, "parts")).storedParts.size).toBe(2);
+  });
+
   it("is empty when there is none, it belongs to another scope, or any byte of it is damaged", async () => {
     expect((await loadLocalIndex(join(freshState(), "none.idx"), "s")).files).toBe(0);
     const file = await saved("scope A");

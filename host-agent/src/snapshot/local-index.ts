@@ -9,7 +9,9 @@
 // 1 file left by an older agent is still read once.
 //
 //   "DUMONT-LOCAL-INDEX\n" (19 bytes), u32 header length, header JSON {version: 2, scope, snapshot, manifests
-//   (ids of its manifest parts), files, chunks, pathBytes}, zero padding to a multiple of 8, then the columns, each padded to a multiple of 8:
+//   (ids of its manifest parts), manifestPlains (optional: the hex SHA-256 of each part's plain JSON, in the
+//   same order), files, chunks, pathBytes}, zero padding to a multiple of 8, then the columns, each padded to a
+//   multiple of 8:
 //     size      f64 x files        mtimeNs  i64 x files      ino   u64 x files
 //     chunkEnd  u32 x files  (chunks of files 0..i, cumulative)
 //     pathEnd   u32 x files  (UTF-8 bytes of paths 0..i, cumulative)
@@ -25,6 +27,7 @@ import { pathHash, writeFileAtomic } from "@dumont/repository";
 const MAGIC = Buffer.from("DUMONT-LOCAL-INDEX\n", "latin1");
 const VERSION = 2;
 const DIGEST = 32;
+const HEX_DIGEST = /^[0-9a-f]{64}$/;
 /** Larger than any header this writes (the scope is a repository id and a path): a guard, not a limit. */
 const MAX_HEADER = 1024 * 1024;
 
@@ -54,6 +57,7 @@ interface Header {
   scope: string;
   snapshot: string;
   manifests: string[];
+  manifestPlains?: string[];
   files: number;
   chunks: number;
   pathBytes: number;
@@ -80,12 +84,16 @@ function legacyPath(file: string): string | undefined {
   return file.endsWith(".idx") ? `${file.slice(0, -".idx".length)}.json` : undefined;
 }
 
-let makeIndex: (columns: Columns, manifests: ReadonlySet<string>) => LocalIndex;
+let makeIndex: (
+  columns: Columns,
+  manifests: ReadonlySet<string>,
+  storedParts: ReadonlyMap<string, string>,
+) => LocalIndex;
 
 /** What the last snapshot of a scope read, looked up by path. */
 export class LocalIndex {
   static {
-    makeIndex = (columns, manifests) => new LocalIndex(columns, manifests);
+    makeIndex = (columns, manifests, storedParts) => new LocalIndex(columns, manifests, storedParts);
   }
   /**
    * Paths to entries: an open-addressing table of entry numbers + 1 (0 is free), probed from the path's hash.
@@ -99,6 +107,11 @@ export class LocalIndex {
     private readonly columns: Columns,
     /** Ids of the manifest parts of the snapshot this index was saved with. */
     readonly manifests: ReadonlySet<string>,
+    /**
+     * The same parts by the hex SHA-256 of their plain JSON (an index saved with `manifestPlains`): a part cut
+     * the same way again is that stored part, and need not be sealed or sent again.
+     */
+    readonly storedParts: ReadonlyMap<string, string>,
   ) {
     const files = columns.size.length;
     this.hashes = new Uint32Array(files);
@@ -256,11 +269,16 @@ export interface SavedIndex {
   /** The snapshot's id, and the ids of its manifest parts. */
   snapshot: string;
   manifests: readonly string[];
+  /** The hex SHA-256 of each manifest part's plain JSON, as `manifests` (LocalIndex.storedParts). */
+  manifestPlains?: readonly string[];
   /** Iterated twice (counted, then written): an array, or an object whose iterator starts afresh each time. */
   files: Iterable<LocalIndexFile | RawLocalIndexFile>;
 }
 
-function encode({ scope, snapshot, manifests, files }: SavedIndex): Buffer {
+function encode({ scope, snapshot, manifests, manifestPlains, files }: SavedIndex): Buffer {
+  if (manifestPlains && manifestPlains.length !== manifests.length) {
+    throw new Error(`${manifestPlains.length} plain digests for ${manifests.length} manifest parts`);
+  }
   let count = 0;
   let pathBytes = 0;
   let chunks = 0;
@@ -274,6 +292,7 @@ function encode({ scope, snapshot, manifests, files }: SavedIndex): Buffer {
     scope,
     snapshot,
     manifests: [...manifests],
+    ...(manifestPlains ? { manifestPlains: [...manifestPlains] } : {}),
     files: count,
     chunks,
     pathBytes,
@@ -373,7 +392,18 @@ function decode(raw: Buffer): { scope: string; index: LocalIndex } {
   const h = JSON.parse(raw.toString("utf8", MAGIC.length + 4, MAGIC.length + 4 + headerLength)) as Header;
   const counts = [h.files, h.chunks, h.pathBytes];
   const manifestsOk = Array.isArray(h.manifests) && h.manifests.every((id) => typeof id === "string");
-  if (h.version !== VERSION || typeof h.scope !== "string" || typeof h.snapshot !== "string" || !manifestsOk) {
+  const plainsOk =
+    h.manifestPlains === undefined ||
+    (Array.isArray(h.manifestPlains) &&
+      h.manifestPlains.length === h.manifests.length &&
+      h.manifestPlains.every((digest) => typeof digest === "string" && HEX_DIGEST.test(digest)));
+  if (
+    h.version !== VERSION ||
+    typeof h.scope !== "string" ||
+    typeof h.snapshot !== "string" ||
+    !manifestsOk ||
+    !plainsOk
+  ) {
     throw new Error("bad header");
   }
   if (!counts.every((n) => Number.isSafeInteger(n) && n >= 0 && n < 2 ** 32)) throw new Error("bad counts");
@@ -400,7 +430,8 @@ function decode(raw: Buffer): { scope: string; index: LocalIndex } {
     pathAt = pathEnd;
   }
   if (chunk !== h.chunks || pathAt !== h.pathBytes) throw new Error("bad totals");
-  return { scope: h.scope, index: makeIndex(c, new Set(h.manifests)) };
+  const storedParts = new Map((h.manifestPlains ?? []).map((digest, i) => [digest, h.manifests[i]]));
+  return { scope: h.scope, index: makeIndex(c, new Set(h.manifests), storedParts) };
 }
 
 /** Format 1: {"version":1,"scope","snapshot","files":{path: {size, mtimeNs, ino, chunks, lengths}}}. */

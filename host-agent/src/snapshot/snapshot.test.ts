@@ -33,6 +33,7 @@ import {
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
   type Manifest,
+  type ManifestPartBlob,
   openBlobStore,
   packKey,
   pruneRepository,
@@ -519,6 +520,69 @@ describe("snapshot engine", () => {
     expect(parts).toBeGreaterThan(5);
     expect(await run(1)).toEqual([1]); // a control plane from before parts: one part, as before
     await expect(run(3)).rejects.toThrow(`has ${parts} parts; the repository takes at most 3`);
+  });
+
+  it("names the manifest parts its last snapshot stored instead of sealing and sending them again", async () => {
+    const source = fresh("src");
+    await mkdir(join(source, "d"), { recursive: true });
+    for (let i = 0; i < 120; i++) await writeFile(join(source, "d", `file ${i}.txt`), `line ${i}\n`);
+    await utimesTree(source, HOUR_AGO);
+    const key = generateRepositoryKey();
+    const meta = { workspace: "w", epoch: 0, tenant: "t" };
+    const localIndex = { file: join(fresh("state"), "index.idx"), scope: "parts by id" };
+    const { store, repository } = await freshWriter(key);
+    /** A snapshot through a sink that takes parts by id when `byId`; what it committed, restored and compared. */
+    const run = async (byId = true) => {
+      const writer = await repository.writer({ packSize: SMALL.packSize });
+      const parts: ManifestPartBlob[] = [];
+      const sink: ChunkSink = {
+        missing: (ids) => writer.missing(ids),
+        put: (chunks) => writer.put(chunks),
+        ...(byId ? { missingManifestParts: (ids: string[]) => writer.missingManifestParts(ids) } : {}),
+        commit: (committed, m, built) => {
+          parts.push(...committed);
+          return writer.commit(committed, m, built);
+        },
+        abort: () => writer.abort(),
+      };
+      const created = await createSnapshot({ source, sink, key, meta, pool, localIndex, manifestPartBytes: 1024 });
+      const target = fresh("restored");
+      await restoreSnapshot({ snapshotId: created.id, source: await repository.chunkSource(), key, target, pool });
+      expect(await describeTree(target)).toEqual(await describeTree(source));
+      const record = await repository.findSnapshot(created.id);
+      return {
+        created,
+        record,
+        named: parts.filter((p) => !Buffer.isBuffer(p)).length,
+        sealed: parts.filter(Buffer.isBuffer).length,
+      };
+    };
+    try {
+      const first = await run();
+      expect(first).toMatchObject({ named: 0 });
+      expect(first.sealed).toBeGreaterThan(3);
+      // Nothing changed: every part is the one stored, named by its id; nothing is stored.
+      const unchanged = await run();
+      expect(unchanged).toMatchObject({ named: first.sealed, sealed: 0 });
+      expect(unchanged.created.bytesStored).toBe(0);
+      expect(unchanged.record.manifests).toEqual(first.record.manifests);
+      // One file changed: the part it falls in is sealed, the others named.
+      await writeFile(join(source, "d", "file 60.txt"), "changed\n");
+      await utimes(join(source, "d", "file 60.txt"), HOUR_AGO + 60, HOUR_AGO + 60);
+      const changed = await run();
+      expect(changed.sealed).toBeGreaterThanOrEqual(1);
+      expect(changed.named).toBeGreaterThanOrEqual(first.sealed - 2);
+      // A sink that takes sealed parts only gets them all, the same objects (sealed deterministically).
+      const sealedOnly = await run(false);
+      expect(sealedOnly).toMatchObject({ named: 0, sealed: changed.named + changed.sealed });
+      expect(sealedOnly.record.manifests).toEqual(changed.record.manifests);
+      // Parts gone from the repository since (a prune after a forget): sealed again, never named.
+      for await (const blob of store.list("manifests/")) await store.delete(blob.key);
+      const again = await run();
+      expect(again).toMatchObject({ named: 0, sealed: changed.named + changed.sealed });
+    } finally {
+      await store.close();
+    }
   });
 
   it("spreads a read buffer of many small files over the workers in parts, recycling it after the last", async () => {
