@@ -278,6 +278,29 @@ describe.each(stores)("repository on %s", (_name, make) => {
       ["chunk-corrupt", "last.bin"],
     ]);
 
+    // The same with the chunks checked elsewhere (the control plane's verifier threads), in batches.
+    const batches: number[] = [];
+    const verify = async (k: Buffer, chunks: readonly SealedChunk[]) => {
+      batches.push(chunks.length);
+      return chunks.map((c) => chunkCodec.verifyChunk(k, c.id, c.blob, c.plainLength));
+    };
+    expect((await checkRepository(repository, { verify })).problems).toEqual(report2.problems);
+    expect(batches).toEqual([1, 1]); // good and last: the missing pack is not read
+
+    // A damaged chunk is named in every snapshot that has it, and only those files are named.
+    const both = await repository.writer();
+    const second = await both.commit(
+      [sealManifest(key, manifestOf({ "copy of last.bin": [last], "ok again": [good] }))],
+      meta,
+    );
+    const report2b = await checkRepository(repository);
+    const named = report2b.problems.find((p) => p.kind === "chunk-corrupt")!.files!;
+    expect(named.sort((x, y) => x.path.localeCompare(y.path))).toEqual([
+      { snapshot: second, path: "copy of last.bin" },
+      { snapshot: id, path: "last.bin" },
+    ]);
+    await forgetSnapshots(repository, { ids: [second] });
+
     // A pack that cannot be read is named with the files it breaks; the others are checked all the same.
     const failing: BlobStore = Object.create(store, {
       getRange: {

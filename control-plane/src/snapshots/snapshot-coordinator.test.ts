@@ -15,13 +15,14 @@ import {
   sealManifest,
   sealManifestParts,
 } from "@dumont/repository";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import type { AgentSession } from "../agent-gateway/agent-session.js";
 import { ensureTenant } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { openTestDatabase } from "../db/test-database.js";
 import { createLogger } from "../logger.js";
 import { createMetrics } from "../metrics.js";
+import { ChunkVerifier } from "./chunk-verifier.js";
 import { SnapshotCoordinator } from "./snapshot-coordinator.js";
 import { TenantKeys } from "./tenant-keys.js";
 
@@ -316,6 +317,52 @@ describe("SnapshotCoordinator: the arrival check", () => {
       /sent a manifest part with a 5-byte stored id and 0 bytes/,
     );
     expect(await db.selectFrom("snapshots").select("id").execute()).toEqual(listed);
+  });
+});
+
+describe("SnapshotCoordinator: check", () => {
+  const h = useCoordinator("h-check");
+
+  it("checks a tenant's chunks on the verifier's threads, not the thread that reads the agents' streams", async () => {
+    const snapshot = h.coordinator.snapshot({
+      session: h.session,
+      tenantId: "t1",
+      path: "/w",
+      workspaceId: "w",
+      epoch: 1n,
+    });
+    for (let i = 0; i < 200 && h.sent.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    const take = h.sent[0].msg;
+    if (take.case !== "takeSnapshot") throw new Error(`expected takeSnapshot, got ${take.case}`);
+    const key = Buffer.from(take.value.tenantKey);
+    const chunks = Array.from({ length: 3 }, () => chunkCodec.sealChunk(key, randomBytes(50_000)));
+    const { requestId } = take.value;
+    const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
+      h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+    agentSends({
+      case: "snapshotChunks",
+      value: { requestId, epoch: 1n, chunks: chunks.map((c) => ({ id: c.id, blob: c.blob, plainLength: 50_000 })) },
+    });
+    const files = chunks.flatMap((c, i) => sameChunkFiles([`f${i}`], c.id, 50_000));
+    agentSends({
+      case: "snapshotCommit",
+      value: { requestId, epoch: 1n, manifest: sealManifest(key, { entries: files }) },
+    });
+    await snapshot;
+
+    const onThisThread = vi.spyOn(chunkCodec, "verifyChunk");
+    const onThreads = vi.spyOn(ChunkVerifier.prototype, "verify");
+    try {
+      const report = await h.coordinator.check("t1", {});
+      expect(report).toMatchObject({ ok: true, chunks: 3, snapshots: 1 });
+      expect(onThreads.mock.calls.flatMap(([, batch]) => batch.map((c) => c.id.toString("hex"))).sort()).toEqual(
+        chunks.map((c) => c.id.toString("hex")).sort(),
+      );
+      expect(onThisThread).not.toHaveBeenCalled();
+    } finally {
+      onThisThread.mockRestore();
+      onThreads.mockRestore();
+    }
   });
 });
 
