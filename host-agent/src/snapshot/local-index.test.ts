@@ -153,6 +153,26 @@ describe("local index", () => {
     expect(LocalIndex.fromFiles(FILES).files).toBe(3);
   });
 
+  it("sorts distinct ids by all their bytes when their first bytes agree", () => {
+    // Ids that share their first 4 bytes (the sort's key), some their first 20, some repeated.
+    const raw = (n: number) => {
+      const b = createHash("sha256").update(String(n)).digest();
+      if (n % 3 === 0) b.writeUInt32BE(0xdeadbeef, 0);
+      if (n % 5 === 0) b.fill(0, 0, 20);
+      return b;
+    };
+    const files = Array.from({ length: 2000 }, (_, i) => ({
+      path: `f${i}`,
+      size: 2,
+      mtimeNs: 1n,
+      ino: BigInt(i),
+      chunks: [raw(i % 1500).toString("hex"), raw((7 * i) % 1700).toString("hex")],
+      lengths: [1, 1],
+    }));
+    const expected = [...new Set(files.flatMap((f) => f.chunks))].sort().join("");
+    expect(LocalIndex.fromFiles(files).distinctIds().toString("hex")).toBe(expected);
+  });
+
   it("saves files given as raw ids from any iterable, finds many paths, and sorts their distinct ids", async () => {
     const raw = (n: number) => createHash("sha256").update(String(n)).digest();
     const count = 3000;

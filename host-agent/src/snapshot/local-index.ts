@@ -28,6 +28,7 @@ const MAGIC = Buffer.from("DUMONT-LOCAL-INDEX\n", "latin1");
 const VERSION = 2;
 const DIGEST = 32;
 const HEX_DIGEST = /^[0-9a-f]{64}$/;
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 /** Larger than any header this writes (the scope is a repository id and a path): a guard, not a limit. */
 const MAX_HEADER = 1024 * 1024;
 
@@ -177,20 +178,47 @@ export class LocalIndex {
   distinctIds(): Buffer {
     const ids = this.columns.id;
     const n = ids.length / DIGEST;
+    // Sorted as 64-bit keys (the id's first 4 bytes above its number, written through 32-bit halves): a native
+    // sort with no comparator called back. Ids whose first 4 bytes agree (a few in 300,000) are then put in
+    // order by their whole bytes.
     const prefix = new Uint32Array(n);
-    const order = new Uint32Array(n);
+    const keys = new BigUint64Array(n);
+    const halves = new Uint32Array(keys.buffer);
+    const high = LITTLE_ENDIAN ? 1 : 0;
     for (let k = 0; k < n; k++) {
       prefix[k] = ids.readUInt32BE(DIGEST * k);
-      order[k] = k;
+      halves[2 * k + high] = prefix[k];
+      halves[2 * k + 1 - high] = k;
     }
-    order.sort(
-      (a, b) => prefix[a] - prefix[b] || ids.compare(ids, DIGEST * b, DIGEST * (b + 1), DIGEST * a, DIGEST * (a + 1)),
-    );
+    keys.sort();
+    const order = new Uint32Array(n);
+    for (let i = 0; i < n; i++) order[i] = halves[2 * i + 1 - high];
+    const whole = (a: number, b: number) =>
+      ids.compare(ids, DIGEST * b, DIGEST * (b + 1), DIGEST * a, DIGEST * (a + 1));
+    for (let i = 0; i < n; ) {
+      let j = i + 1;
+      while (j < n && prefix[order[j]] === prefix[order[i]]) j++;
+      if (j - i > 1) order.subarray(i, j).sort(whole);
+      i = j;
+    }
+    // Duplicates are next to each other now. Compared only where the prefixes agree, and copied by a loop: a
+    // Buffer.compare and a Buffer.copy per id (native calls, each checking its arguments) were 270 of these
+    // 350 ms for 300,000 ids.
     const out = Buffer.allocUnsafe(DIGEST * n);
     let m = 0;
+    let last = -1;
     for (const k of order) {
-      if (m > 0 && ids.compare(out, DIGEST * (m - 1), DIGEST * m, DIGEST * k, DIGEST * (k + 1)) === 0) continue;
-      ids.copy(out, DIGEST * m++, DIGEST * k, DIGEST * (k + 1));
+      const from = DIGEST * k;
+      if (
+        last >= 0 &&
+        prefix[k] === prefix[last] &&
+        ids.compare(ids, DIGEST * last, DIGEST * (last + 1), from, from + DIGEST) === 0
+      ) {
+        continue;
+      }
+      const to = DIGEST * m++;
+      for (let b = 0; b < DIGEST; b++) out[to + b] = ids[from + b];
+      last = k;
     }
     return out.subarray(0, DIGEST * m);
   }
