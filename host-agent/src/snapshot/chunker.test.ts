@@ -84,6 +84,36 @@ describe("content-defined chunker", () => {
     }
   });
 
+  it("cuts the same when a phase's two streams find cuts in either half, or in none", () => {
+    // Phases of 0.5-14 KiB: long enough for the scanner's two streams (each half >= 256 bytes), short enough
+    // that cuts fall in the first half, the second, and neither (then the second stream's hash goes on).
+    const scanner = createCutScanner(GEAR_SCAN_WASM, GEAR, 4 * 1024 * 1024, findChunkEnd);
+    const halves = { first: 0, second: 0, none: 0 };
+    for (const params of [
+      { minSize: 512, avgSize: 2048, maxSize: 16384 },
+      { minSize: 4096, avgSize: 8192, maxSize: 12288 + 3 },
+    ]) {
+      const c = compileChunker(params);
+      const sample = Buffer.concat([data.subarray(0, 3 * 1024 * 1024), Buffer.alloc(300_001, 7)]);
+      sample.copy(scanner.window);
+      for (let at = 0; at < sample.length; ) {
+        const js = findChunkEnd(sample, 0, at, sample.length, c);
+        expect(scanner.findEnd(0, at, sample.length, c)).toBe(js);
+        // Which half of its phase the cut fell in, as the scanner splits it.
+        const end = Math.min(at + c.max, sample.length);
+        const [from, to] = js <= at + c.avg ? [at + c.min, at + c.avg] : [at + c.avg, end];
+        const half = Math.floor((to - from) / 2) & ~1;
+        if (js === end) halves.none++;
+        else if (js - 1 < from + half) halves.first++;
+        else halves.second++;
+        at = js;
+      }
+    }
+    expect(halves.first).toBeGreaterThan(10);
+    expect(halves.second).toBeGreaterThan(10);
+    expect(halves.none).toBeGreaterThan(10);
+  });
+
   it("rejects impossible parameters", () => {
     expect(() => compileChunker({ minSize: 1000, avgSize: 1000, maxSize: 5000 })).toThrow(/min < avg < max/);
     expect(() => compileChunker({ minSize: 1000, avgSize: 3000, maxSize: 5000 })).toThrow(/power of two/);
