@@ -53,5 +53,12 @@ export const CONTROL_PLANE_TLS_NAME = "dumont-control-plane";
 /**
  * HTTP/2 flow-control window for the agent stream (per stream and per connection). The 64 KiB default
  * caps a snapshot stream at window / round trip — tens of MB/s on loopback — far below the engine.
+ *
+ * Not larger: Node's http2 stops reading a connection while one of its writes is in progress
+ * (nodejs/node#29399), so when a snapshot's upload and a restore's download fill the connection at the same
+ * time, each side can wait on a write the other is not reading, for good, once more is in flight than the
+ * kernel's socket buffers hold. With 8 MiB windows a stress test (an upload, a restore and a snapshot at once
+ * on one agent, fresh connections) stalled about once in 10-30 rounds until keepalive dropped the connection;
+ * with 1 MiB, 60 rounds ran clean. 1 MiB allows ~50 MB/s per agent at a 20 ms round trip.
  */
-export const FLOW_CONTROL_WINDOW_BYTES = 8 * 1024 * 1024;
+export const FLOW_CONTROL_WINDOW_BYTES = 1024 * 1024;
