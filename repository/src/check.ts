@@ -4,7 +4,6 @@
 import { alignedBuffer, PAGE } from "./aligned-memory.js";
 import { isRepositoryError } from "./errors.js";
 import { acquireLock } from "./lock.js";
-import { manifestPartEntries } from "./manifest.js";
 import { openPackTrailer, packKey } from "./pack.js";
 import type { Repository } from "./repository.js";
 import { chunkCodec } from "./sealing.js";
@@ -314,8 +313,7 @@ async function forEachFile(
 ): Promise<void> {
   for (const snap of snapshots) {
     try {
-      const blobs = await repository.readManifestBlobs(snap);
-      for (const part of manifestPartEntries(repository.key, blobs, `manifest of snapshot ${snap.id}`)) {
+      for (const part of await repository.manifestParts(snap)) {
         for (const e of part) if (e.type === "file") onFile(snap.id, e);
       }
     } catch (err) {

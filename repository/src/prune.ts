@@ -94,8 +94,9 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     const usedManifests = new Set<string>();
     for (const snap of snapshots) {
       for (const id of snap.manifests) usedManifests.add(id);
-      const manifest = await repository.readManifest(snap);
-      for (const e of manifest.entries) if (e.type === "file") for (const id of e.chunks) usedChunks.add(id);
+      for (const part of await repository.manifestParts(snap)) {
+        for (const e of part) if (e.type === "file") for (const id of e.chunks) usedChunks.add(id);
+      }
     }
     const unreadableIndexes = new Set<string>();
     const index = await repository.loadIndex({

@@ -4,7 +4,7 @@ import type { BlobStore } from "./blob-store.js";
 import { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
 import { isRepositoryError, RepositoryError } from "./errors.js";
 import { assertKey } from "./key.js";
-import { type Manifest, openManifestParts } from "./manifest.js";
+import { type Manifest, type ManifestEntry, manifestPartEntries, openManifestParts } from "./manifest.js";
 import { indexKey, openIndex, type PackIndex } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
 import { RepositoryIndex } from "./repository-index.js";
@@ -192,6 +192,14 @@ export class Repository implements RepositoryAccess {
 
   async readManifest(record: SnapshotRecord): Promise<Manifest> {
     return openManifestParts(this.key, await this.readManifestBlobs(record), `manifest of snapshot ${record.id}`);
+  }
+
+  /**
+   * A snapshot's manifest a part at a time (manifestPartEntries): each part is opened as it is reached, so a
+   * reader that needs one entry at a time (check, prune) never holds the whole manifest as objects.
+   */
+  async manifestParts(record: SnapshotRecord): Promise<Iterable<ManifestEntry[]>> {
+    return manifestPartEntries(this.key, await this.readManifestBlobs(record), `manifest of snapshot ${record.id}`);
   }
 
   /** A writer (ChunkSink) over a freshly loaded or given index. */
