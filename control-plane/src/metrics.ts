@@ -44,7 +44,8 @@ export function createMetrics() {
     }),
     restoreBytesSent: new Counter({
       name: "dumont_restore_bytes_sent_total",
-      help: "Sealed chunk bytes streamed to agents for restores",
+      help: "Sealed chunk bytes streamed to agents for restores, by connection (downloads: the agent's second one)",
+      labelNames: ["connection"] as const,
       registers: [registry],
     }),
     snapshots: new Counter({

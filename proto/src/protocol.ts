@@ -14,6 +14,8 @@ export const AGENT_CAPABILITIES = {
   restoreInclude: "restore.include",
   /** Manifests in parts: ManifestPart, TakeSnapshot.max_manifest_parts, Restore.manifest_parts. */
   manifestParts: "manifest.parts",
+  /** OpenDownloads, and the Downloads stream: restores on a connection of their own. */
+  downloads: "downloads",
 } as const;
 
 /**
@@ -51,14 +53,16 @@ export const RETRY_BUFFER_BYTES = 256 * 1024;
 export const CONTROL_PLANE_TLS_NAME = "dumont-control-plane";
 
 /**
- * HTTP/2 flow-control window for the agent stream (per stream and per connection). The 64 KiB default
- * caps a snapshot stream at window / round trip — tens of MB/s on loopback — far below the engine.
+ * HTTP/2 flow-control window for the agent's streams (per stream and per connection). The 64 KiB default
+ * caps a stream at window / round trip — tens of MB/s on loopback — far below the engine.
  *
- * Not larger: Node's http2 stops reading a connection while one of its writes is in progress
- * (nodejs/node#29399), so when a snapshot's upload and a restore's download fill the connection at the same
- * time, each side can wait on a write the other is not reading, for good, once more is in flight than the
- * kernel's socket buffers hold. With 8 MiB windows a stress test (an upload, a restore and a snapshot at once
- * on one agent, fresh connections) stalled about once in 10-30 rounds until keepalive dropped the connection;
- * with 1 MiB, 60 rounds ran clean. 1 MiB allows ~50 MB/s per agent at a 20 ms round trip.
+ * Node's http2 stops reading a connection while one of its writes is in progress (nodejs/node#29399). With
+ * bulk data both ways on one connection (a snapshot's upload and a restore's download at once), each side
+ * could wait on a write the other was not reading, for good, once more was in flight than the kernel's
+ * socket buffers hold: with 8 MiB windows a stress test (an upload, a restore and a snapshot at once on one
+ * agent) stalled about once in 10-30 rounds. So restores go on a connection of their own (the Downloads
+ * stream, AgentSession.bulkSender): each connection carries bulk data one way only, and the window is wide
+ * again. It was 1 MiB in between, which held an agent 20 ms away to 28 MB/s each way (snapshot bench,
+ * `--stream-delay-ms 10`, 256 MiB); 8 MiB: 136 MB/s up, 179 MB/s down on the same run.
  */
-export const FLOW_CONTROL_WINDOW_BYTES = 1024 * 1024;
+export const FLOW_CONTROL_WINDOW_BYTES = 8 * 1024 * 1024;

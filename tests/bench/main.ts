@@ -6,18 +6,22 @@
 //   snapshot    --size-mib 1024 --runs 3 --keep --skip-stream --skip-restic --stream-delay-ms MS (tests/bench/README.md)
 //   lz4         --runs 5 --chunks 64
 //   many-files  --files 300000 --keep --skip-stream --skip-restic
+//   concurrent-transfers  --rounds 12 --stall-seconds 20 (not in the default set: a soak, ~12 s a round)
 //
 // Every benchmark runs against the embedded PGlite, or against Postgres when DATABASE_URL is set (one
 // fresh database per control plane).
 import os from "node:os";
 import { parseArgs } from "node:util";
 import { AGENT_IDLE_DEFAULTS, runAgentIdleBench } from "./agent-idle.js";
+import { CONCURRENT_TRANSFERS_DEFAULTS, runConcurrentTransfersBench } from "./concurrent-transfers.js";
 import { runLz4Bench } from "./lz4.js";
 import { runManyFilesBench } from "./many-files.js";
 import type { BenchOptions } from "./support/bench-options.js";
 import { runTelemetryBench, TELEMETRY_DEFAULTS } from "./telemetry.js";
 
-const BENCHES = ["telemetry", "agent-idle", "snapshot", "lz4", "many-files"] as const;
+const BENCHES = ["telemetry", "agent-idle", "snapshot", "lz4", "many-files", "concurrent-transfers"] as const;
+/** Run only when named. */
+const NAMED_ONLY: readonly BenchName[] = ["concurrent-transfers"];
 type BenchName = (typeof BENCHES)[number];
 
 function parseFlags(argv: string[]) {
@@ -44,6 +48,8 @@ function parseFlags(argv: string[]) {
       fixture: { type: "string" },
       chunks: { type: "string" },
       files: { type: "string" },
+      rounds: { type: "string" },
+      "stall-seconds": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -121,6 +127,12 @@ async function runBench(name: BenchName, options: BenchOptions): Promise<unknown
     }
     case "many-files":
       return runManyFilesBench(options);
+    case "concurrent-transfers":
+      return runConcurrentTransfersBench({
+        ...options,
+        rounds: Math.round(positiveNumber("rounds", f.rounds, CONCURRENT_TRANSFERS_DEFAULTS.rounds)),
+        stallSeconds: positiveNumber("stall-seconds", f["stall-seconds"], CONCURRENT_TRANSFERS_DEFAULTS.stallSeconds),
+      });
   }
 }
 
@@ -132,13 +144,14 @@ async function main(): Promise<void> {
       `usage: npm run bench -- [${BENCHES.join("|")}...] [--sessions 1000,5000] [--duration S] [--warmup S] [--workers N] [--connect-rate N/s]\n` +
         "       snapshot: [--size-mib N] [--runs N] [--keep] [--skip-stream] [--skip-restic] [--stream-delay-ms MS]\n" +
         "       lz4: [--runs N] [--chunks N]\n" +
-        "       many-files: [--files N] [--keep] [--skip-stream] [--skip-restic]\n",
+        "       many-files: [--files N] [--keep] [--skip-stream] [--skip-restic]\n" +
+        "       concurrent-transfers (only when named): [--rounds N] [--stall-seconds S]\n",
     );
     return;
   }
   const unknown = positionals.filter((p) => !(BENCHES as readonly string[]).includes(p));
   if (unknown.length > 0) throw new Error(`unknown benchmark ${unknown.join(", ")}; choose from ${BENCHES.join(", ")}`);
-  const chosen = positionals.length > 0 ? (positionals as BenchName[]) : [...BENCHES];
+  const chosen = positionals.length > 0 ? (positionals as BenchName[]) : BENCHES.filter((b) => !NAMED_ONLY.includes(b));
 
   const report: Record<string, unknown> = {
     machine: {
@@ -151,7 +164,8 @@ async function main(): Promise<void> {
   };
   for (const name of chosen) {
     progress(`${name}: start`);
-    report[name === "agent-idle" ? "agentIdle" : name] = await runBench(name, { flags, argv, progress });
+    report[name === "agent-idle" ? "agentIdle" : name === "concurrent-transfers" ? "concurrentTransfers" : name] =
+      await runBench(name, { flags, argv, progress });
   }
   process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
 }

@@ -1,5 +1,6 @@
 // Snapshots through the control plane: the agent streams sealed chunks over its Connect stream, the
-// control plane packs them into its blob store and commits; restore streams them back.
+// control plane packs them into its blob store and commits; restore streams them back, on the agent's
+// Downloads stream (a connection of its own).
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
@@ -12,6 +13,7 @@ import {
   type api,
   CONTROL_PLANE_TLS_NAME,
   type ControlMessage,
+  DownloadsRequestSchema,
   grpcServiceDefinition,
   PROTOCOL_VERSION,
 } from "@dumont/proto";
@@ -82,6 +84,39 @@ describe("snapshots over the agent stream", () => {
   };
 
   /**
+   * A bare gRPC client holding a real enrolled identity, its Connect stream open with a Hello that announces no
+   * capabilities (an agent of before them); `welcome` resolves with the session's Welcome.
+   */
+  const bareAgent = async (name: string) => {
+    const dir = path.join(root, name);
+    const hostId = await enrollAgent(cp, dir, name);
+    const file = (f: string) => fs.readFile(path.join(dir, "identity", f));
+    const credentials = grpc.credentials.createSsl(
+      await file("ca.crt"),
+      await file("agent.key"),
+      await file("agent.crt"),
+    );
+    const Client = grpc.makeGenericClientConstructor(grpcServiceDefinition(AgentGateway), "AgentGateway");
+    const client = new Client(`127.0.0.1:${cp.grpcPort}`, credentials, {
+      "grpc.ssl_target_name_override": CONTROL_PLANE_TLS_NAME,
+    }) as unknown as grpc.Client & {
+      connect: () => grpc.ClientDuplexStream<AgentMessage, ControlMessage>;
+      downloads: (request: unknown) => grpc.ClientReadableStream<ControlMessage>;
+    };
+    const stream = client.connect();
+    const welcome = new Promise<ControlMessage>((resolve) =>
+      stream.on("data", (m: ControlMessage) => m.msg.case === "welcome" && resolve(m)),
+    );
+    stream.on("error", () => {});
+    stream.write(
+      create(AgentMessageSchema, {
+        msg: { case: "hello", value: { hostId, agentVersion: "0.0.9", protocolVersion: PROTOCOL_VERSION } },
+      }),
+    );
+    return { hostId, client, stream, welcome };
+  };
+
+  /**
    * A tree whose manifest needs several parts (over 2 MiB of it): 2,500 small files under eight levels of
    * 200-character directory names, so each entry is about 2 KB — the manifest of ~12,000 ordinary files, made
    * in a second. Made once, on first use.
@@ -125,10 +160,14 @@ describe("snapshots over the agent stream", () => {
     expect(first.files).toBe(5);
     expect(first.bytesNew).toBeGreaterThan(6 * 1024 * 1024);
 
+    // One connection until the first restore (the first test: nothing has restored on this agent yet) ...
+    expect(await connectionsTo(agent.proc.pid!, cp.grpcPort)).toBe(1);
     const target = path.join(root, "restored-1");
     const restored = await cli(["snapshot", "restore", first.id, "--host", agent.hostId, "--target", target, "--json"]);
     expect(restored.files).toBe(5);
     expect(await describeTree(target)).toEqual(await describeTree(workspace));
+    // ... which opens the Downloads connection: uploads on one, downloads on the other (AgentSession.bulkSender).
+    expect(await connectionsTo(agent.proc.pid!, cp.grpcPort)).toBe(2);
 
     await fs.appendFile(path.join(workspace, "data.csv"), "\n99999,1,appended");
     const aMinuteAgo = new Date(Date.now() - 60_000);
@@ -188,6 +227,8 @@ describe("snapshots over the agent stream", () => {
     });
     expect(restored.files).toBe(5);
     expect(await describeTree(target)).toEqual(await describeTree(workspace));
+    // Uploads on one connection, the restore's download on another (AgentSession.bulkSender says why).
+    expect(await connectionsTo(agent.proc.pid!, cp.grpcPort)).toBe(2);
     for (const [snapshot, source] of [
       [a, other],
       [b, workspace],
@@ -292,28 +333,7 @@ describe("snapshots over the agent stream", () => {
   it("refuses --exclude and --include for a host whose agent does not announce them, before anything runs", async () => {
     // An agent of before those fields would ignore them: snapshot everything, restore everything. Played here
     // by a bare gRPC client holding a real enrolled identity, whose Hello announces no capabilities.
-    const dir = path.join(root, "older-agent");
-    const hostId = await enrollAgent(cp, dir, "olderbox");
-    const file = (name: string) => fs.readFile(path.join(dir, "identity", name));
-    const credentials = grpc.credentials.createSsl(
-      await file("ca.crt"),
-      await file("agent.key"),
-      await file("agent.crt"),
-    );
-    const Client = grpc.makeGenericClientConstructor(grpcServiceDefinition(AgentGateway), "AgentGateway");
-    const client = new Client(`127.0.0.1:${cp.grpcPort}`, credentials, {
-      "grpc.ssl_target_name_override": CONTROL_PLANE_TLS_NAME,
-    });
-    const stream = (
-      client as unknown as { connect: () => grpc.ClientDuplexStream<AgentMessage, ControlMessage> }
-    ).connect();
-    stream.on("data", () => {});
-    stream.on("error", () => {});
-    stream.write(
-      create(AgentMessageSchema, {
-        msg: { case: "hello", value: { hostId, agentVersion: "0.0.9", protocolVersion: PROTOCOL_VERSION } },
-      }),
-    );
+    const { hostId, client, stream } = await bareAgent("olderbox");
     try {
       await waitFor(async () => {
         const hosts = (await cli(["host", "list", "--json"])) as { id: string; status: string }[];
@@ -335,6 +355,44 @@ describe("snapshots over the agent stream", () => {
     } finally {
       stream.end();
       client.close();
+    }
+  });
+
+  it("joins a Downloads stream to its host's open session only, once; its end ends the session", async () => {
+    const { client, stream, welcome } = await bareAgent("downloadsbox");
+    const other = await bareAgent("otherbox");
+    const opened = (sessionId: string, on = client) => {
+      const call = on.downloads(create(DownloadsRequestSchema, { sessionId }));
+      const first = new Promise<ControlMessage>((resolve) => call.once("data", resolve));
+      const status = new Promise<grpc.StatusObject>((resolve) => call.on("status", resolve));
+      call.on("error", () => {});
+      return { call, first, status };
+    };
+    const ended = new Promise<grpc.StatusObject>((resolve) => stream.on("status", resolve));
+    try {
+      const { msg } = await welcome;
+      const sessionId = msg.case === "welcome" ? msg.value.sessionId : "";
+      expect(sessionId).not.toBe("");
+      // Not a session of this host: an unknown id, and another host's (certificates bind hosts).
+      for (const refused of [opened("no-such-session"), opened(sessionId, other.client)]) {
+        const status = await refused.status;
+        expect(status.code).toBe(grpc.status.FAILED_PRECONDITION);
+        expect(status.details).toMatch(/session "\S+" of host \S+ is not open here: open Connect first/);
+      }
+      const joined = opened(sessionId);
+      const first = (await joined.first).msg;
+      expect(first.case).toBe("welcome");
+      expect(first.case === "welcome" && first.value.sessionId).toBe(sessionId);
+      const twice = await opened(sessionId).status;
+      expect(twice.code).toBe(grpc.status.ALREADY_EXISTS);
+      // The agent drops its Downloads stream: the control plane ends the session, and the agent reconnects both.
+      joined.call.cancel();
+      expect((await ended).code).toBe(grpc.status.OK);
+    } finally {
+      stream.end();
+      other.stream.end();
+      client.close();
+      other.client.close();
     }
   });
 
@@ -413,7 +471,8 @@ describe("snapshots over the agent stream", () => {
 
     const target = path.join(root, "metrics-restore");
     await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
-    expect(await delta("dumont_restore_bytes_sent_total")).toBe(received);
+    expect(await delta("dumont_restore_bytes_sent_total", { connection: "downloads" })).toBe(received);
+    expect(await delta("dumont_restore_bytes_sent_total", { connection: "connect" })).toBe(0);
     expect(await delta("dumont_restores_total", { result: "completed" })).toBe(1);
     expect(await delta("dumont_restore_duration_seconds_count")).toBe(1);
 
@@ -668,4 +727,26 @@ async function packFiles(blobs: string): Promise<{ file: string; mtimeMs: number
     }
   }
   return out;
+}
+
+/** How many established TCP connections process `pid` holds to `port` (from /proc: its socket fds, the TCP tables). */
+async function connectionsTo(pid: number, port: number): Promise<number> {
+  const inodes = new Set<string>();
+  for (const fd of await fs.readdir(`/proc/${pid}/fd`)) {
+    const link = await fs.readlink(`/proc/${pid}/fd/${fd}`).catch(() => "");
+    const socket = /^socket:\[(\d+)\]$/.exec(link);
+    if (socket) inodes.add(socket[1]);
+  }
+  let count = 0;
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    const text = await fs.readFile(table, "utf8").catch(() => "");
+    for (const line of text.split("\n").slice(1)) {
+      // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+      const f = line.trim().split(/\s+/);
+      if (f.length < 10) continue;
+      const remotePort = Number.parseInt(f[2].split(":").at(-1) ?? "", 16);
+      if (remotePort === port && f[3] === "01" && inodes.has(f[9])) count++;
+    }
+  }
+  return count;
 }

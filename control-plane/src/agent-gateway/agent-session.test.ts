@@ -2,8 +2,9 @@
 // a send does when the agent goes away. The real stream is exercised end to end in tests/e2e.
 import { EventEmitter } from "node:events";
 import { Code, ConnectError } from "@connectrpc/connect";
+import type { ControlMessage } from "@dumont/proto";
 import { describe, expect, it } from "vitest";
-import { AgentSession, type AgentStream } from "./agent-session.js";
+import { AgentSession, type AgentStream, type DownloadsStream } from "./agent-session.js";
 
 function fullStream(): EventEmitter & { writes: number } {
   const stream = Object.assign(new EventEmitter(), { writes: 0 });
@@ -55,5 +56,93 @@ describe("AgentSession.send", () => {
     expect((late as ConnectError).code).toBe(Code.FailedPrecondition);
     expect((late as ConnectError).message).toMatch(/host h-1 is not connected/);
     expect(stream.writes).toBe(2);
+  });
+});
+
+describe("AgentSession.bulkSender", () => {
+  const welcome = { msg: { case: "welcome" } } as never;
+  /** A stream that takes every write and records what was written. */
+  const openStream = () => {
+    const stream = Object.assign(fullStream(), { written: [] as unknown[], ended: 0 });
+    Object.assign(stream, {
+      write: (m: unknown) => {
+        stream.written.push(m);
+        return true;
+      },
+      end: () => stream.ended++,
+    });
+    return stream;
+  };
+
+  it("asks an agent that announces it to open its Downloads stream once, and sends there after its Welcome", async () => {
+    const control = openStream();
+    const session = new AgentSession("h-1", "s-1", "t-1", control as unknown as AgentStream, new Set(["downloads"]));
+    const [a, b] = [session.bulkSender(), session.bulkSender()];
+    await new Promise((resolve) => setImmediate(resolve));
+    // Two restores starting at once: one OpenDownloads.
+    expect(control.written.map((m) => (m as ControlMessage).msg.case)).toEqual(["openDownloads"]);
+
+    const downloads = openStream();
+    expect(session.attachDownloads(downloads as unknown as DownloadsStream, welcome)).toBe(true);
+    // One at a time: a second is refused and left alone.
+    const second = openStream();
+    expect(session.attachDownloads(second as unknown as DownloadsStream, welcome)).toBe(false);
+    expect(second.written).toEqual([]);
+    const [outA, outB] = await Promise.all([a, b]);
+    expect(outA).toBe(outB);
+    expect(outA.connection).toBe("downloads");
+    await outA.send({ msg: { case: "restore" } } as never);
+    expect(downloads.written).toEqual([welcome, { msg: { case: "restore" } }]);
+    expect(control.written).toHaveLength(1);
+    // Opened once, it stays: the next restore asks for nothing.
+    expect(await session.bulkSender()).toBe(outA);
+    expect(control.written).toHaveLength(1);
+  });
+
+  it("sends on the Connect stream to an agent that does not announce it", async () => {
+    const control = openStream();
+    const session = new AgentSession("h-1", "s-1", "t-1", control as unknown as AgentStream);
+    const out = await session.bulkSender();
+    expect(out).toBe(session);
+    expect(out.connection).toBe("connect");
+    expect(control.written).toEqual([]);
+  });
+
+  it("fails a restore clearly when the agent does not open it in time, or disconnects first", async () => {
+    const control = openStream();
+    const session = new AgentSession("h-1", "s-1", "t-1", control as unknown as AgentStream, new Set(["downloads"]));
+    const late = await session.bulkSender(20).catch((e: unknown) => e);
+    expect((late as ConnectError).code).toBe(Code.FailedPrecondition);
+    expect((late as ConnectError).message).toMatch(
+      /host h-1 did not open its downloads connection within 0\.02 s; check that it can open a second connection/,
+    );
+    // Asked again by the next restore.
+    const waiting = session.bulkSender();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(control.written).toHaveLength(2);
+    control.emit("close");
+    expect(((await waiting.catch((e: unknown) => e)) as ConnectError).message).toMatch(
+      /host h-1 disconnected before the restore started/,
+    );
+  });
+
+  it("lives and dies with the session: its end closes the session, and the session's end ends it", async () => {
+    const control = openStream();
+    const session = new AgentSession("h-1", "s-1", "t-1", control as unknown as AgentStream, new Set(["downloads"]));
+    const downloads = fullStream(); // every write fills it: a send waits for 'drain'
+    session.attachDownloads(downloads as unknown as DownloadsStream, welcome);
+    const bulk = await session.bulkSender();
+    const waiting = bulk.send({} as never);
+    downloads.emit("close");
+    expect(((await waiting.catch((e: unknown) => e)) as ConnectError).message).toMatch(/host h-1 disconnected/);
+    expect(session.isOpen).toBe(false);
+    expect(control.ended).toBe(1);
+    expect(session.attachDownloads(openStream() as unknown as DownloadsStream, welcome)).toBe(false);
+
+    const other = new AgentSession("h-2", "s-2", "t-1", openStream() as unknown as AgentStream, new Set(["downloads"]));
+    const ended = openStream();
+    other.attachDownloads(ended as unknown as DownloadsStream, welcome);
+    other.close();
+    expect(ended.ended).toBe(1);
   });
 });

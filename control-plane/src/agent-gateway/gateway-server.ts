@@ -1,5 +1,6 @@
 // The gRPC agent gateway on :8443. TLS always; Enroll is open to any TLS client (it authenticates with
-// a join token), Connect requires a client certificate issued by our CA whose serial matches the host.
+// a join token), Connect and Downloads require a client certificate issued by our CA whose serial matches
+// the host.
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import {
@@ -18,10 +19,11 @@ import {
 import * as grpc from "@grpc/grpc-js";
 import type { Db } from "../db/database.js";
 import { getHost, markHostOnline } from "../db/host-repository.js";
+import type { HostRow } from "../db/tables.js";
 import type { HostLiveness } from "../failover/index.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
-import { AgentSession, type AgentStream, SessionRegistry } from "./agent-session.js";
+import { AgentSession, type AgentStream, type DownloadsStream, SessionRegistry } from "./agent-session.js";
 import type { CertificateAuthority } from "./certificate-authority.js";
 import { EnrollError, enrollHost } from "./enrollment.js";
 import type { TelemetryIngest } from "./telemetry-ingest.js";
@@ -60,6 +62,7 @@ export class AgentGatewayServer {
       enroll: (call: grpc.ServerUnaryCall<EnrollRequest, EnrollResponse>, cb: grpc.sendUnaryData<EnrollResponse>) =>
         void this.enroll(call, cb),
       connect: (stream: AgentStream) => void this.connect(stream),
+      downloads: (stream: DownloadsStream) => void this.downloads(stream),
     });
   }
 
@@ -130,24 +133,39 @@ export class AgentGatewayServer {
     }
   }
 
-  private async connect(stream: AgentStream): Promise<void> {
-    const refuse = (code: grpc.status, details: string) => {
-      this.deps.log.warn({ peer: stream.getPeer(), reason: details }, "agent stream refused");
-      // grpc-js turns an 'error' event on a server stream into the call's final status.
-      stream.emit("error", Object.assign(new Error(details), { code, details }));
-    };
+  /** The host whose certificate the peer presented, or undefined once the call has been refused. */
+  private async authenticate(stream: AgentStream | DownloadsStream, what: string): Promise<HostRow | undefined> {
     const peer = stream.getAuthContext().sslPeerCertificate;
     if (!peer) {
-      return refuse(
+      refuseCall(
+        this.deps.log,
+        stream,
+        what,
         grpc.status.UNAUTHENTICATED,
         "a client certificate issued by this control plane is required; run `dumont-agent enroll` first",
       );
+      return undefined;
     }
     const hostId = peer.subject?.CN;
     const host = typeof hostId === "string" ? await getHost(this.deps.db, hostId) : undefined;
     if (!host || host.cert_serial.toLowerCase() !== String(peer.serialNumber).toLowerCase()) {
-      return refuse(grpc.status.UNAUTHENTICATED, "this client certificate is not (or no longer) valid; enroll again");
+      refuseCall(
+        this.deps.log,
+        stream,
+        what,
+        grpc.status.UNAUTHENTICATED,
+        "this client certificate is not (or no longer) valid; enroll again",
+      );
+      return undefined;
     }
+    return host;
+  }
+
+  private async connect(stream: AgentStream): Promise<void> {
+    const refuse = (code: grpc.status, details: string) =>
+      refuseCall(this.deps.log, stream, "agent stream", code, details);
+    const host = await this.authenticate(stream, "agent stream");
+    if (!host) return;
 
     const hello = await firstMessage(stream, HELLO_TIMEOUT_MS);
     if (hello?.msg.case !== "hello") {
@@ -218,6 +236,40 @@ export class AgentGatewayServer {
       .catch(() => undefined);
   }
 
+  /** Joins an agent's Downloads stream to its open session; the first message says it was (a Welcome). */
+  private async downloads(stream: DownloadsStream): Promise<void> {
+    const host = await this.authenticate(stream, "downloads stream");
+    if (!host) return;
+    const session = this.sessions.get(host.id);
+    const sessionId = stream.request.sessionId;
+    if (!session?.isOpen || session.sessionId !== sessionId) {
+      return refuseCall(
+        this.deps.log,
+        stream,
+        "downloads stream",
+        grpc.status.FAILED_PRECONDITION,
+        `session ${JSON.stringify(sessionId)} of host ${host.id} is not open here: open Connect first, and ` +
+          `name the session its Welcome gave`,
+      );
+    }
+    const welcome = create(ControlMessageSchema, {
+      msg: {
+        case: "welcome",
+        value: { sessionId, protocolVersion: PROTOCOL_VERSION, telemetryIntervalMs: this.deps.telemetryIntervalMs },
+      },
+    });
+    if (!session.attachDownloads(stream, welcome)) {
+      return refuseCall(
+        this.deps.log,
+        stream,
+        "downloads stream",
+        grpc.status.ALREADY_EXISTS,
+        `session ${sessionId} of host ${host.id} already has a downloads stream`,
+      );
+    }
+    this.deps.log.debug({ hostId: host.id, sessionId }, "agent downloads stream joined");
+  }
+
   private dispatch(session: AgentSession, message: AgentMessage): void {
     switch (message.msg.case) {
       case "telemetry":
@@ -242,6 +294,18 @@ export class AgentGatewayServer {
         }
     }
   }
+}
+
+/** Ends a call with a status (grpc-js turns an 'error' event on a server stream into the call's status). */
+function refuseCall(
+  log: Logger,
+  stream: AgentStream | DownloadsStream,
+  what: string,
+  code: grpc.status,
+  details: string,
+): void {
+  log.warn({ peer: stream.getPeer(), reason: details }, `${what} refused`);
+  stream.emit("error", Object.assign(new Error(details), { code, details }));
 }
 
 /** Waits for the first message and leaves the stream paused, so nothing is emitted before a handler exists. */

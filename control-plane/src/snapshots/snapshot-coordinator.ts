@@ -44,7 +44,7 @@ import {
   type RetentionPolicy,
   type SkippedEntry,
 } from "@dumont/repository";
-import type { AgentSession } from "../agent-gateway/agent-session.js";
+import type { AgentSender, AgentSession } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
 import { deleteSnapshot, getSnapshot, listSnapshots } from "../db/snapshot-repository.js";
 import type { SnapshotRow } from "../db/tables.js";
@@ -578,6 +578,8 @@ export class SnapshotCoordinator {
         `restore a snapshot of over ~12,000 files (a manifest in parts)`,
       );
     }
+    // Every message of the restore goes one way, in order: on the agent's Downloads connection.
+    const out = await session.bulkSender();
     const requestId = randomUUID();
     return new Promise((resolve, reject) => {
       let finished = false;
@@ -596,7 +598,7 @@ export class SnapshotCoordinator {
           if (m.case === "restoreChunkRequest") {
             const batch = m.value.batch;
             const ids = m.value.chunkIds.map((id) => Buffer.from(id));
-            void this.streamChunks(session, source, pools, requestId, batch, ids).catch((err: Error) => finish(err));
+            void this.streamChunks(out, source, pools, requestId, batch, ids).catch((err: Error) => finish(err));
           } else if (m.case === "restoreProgress" && !m.value.done) {
             req.onProgress?.({ bytesDone: Number(m.value.bytesWritten), bytesTotal: Number(m.value.bytesTotal) });
           } else if (m.case === "restoreProgress" && m.value.done) {
@@ -610,13 +612,13 @@ export class SnapshotCoordinator {
       (async () => {
         // The parts before the last go first, in order; the Restore carries the last and the count.
         for (let index = 0; index < last; index++) {
-          await session.send(
+          await out.send(
             create(ControlMessageSchema, {
               msg: { case: "restoreManifestPart", value: { requestId, index, part: manifestBlobs[index] } },
             }),
           );
         }
-        await session.send(
+        await out.send(
           create(ControlMessageSchema, {
             msg: {
               case: "restore",
@@ -638,7 +640,7 @@ export class SnapshotCoordinator {
   }
 
   private async streamChunks(
-    session: AgentSession,
+    out: AgentSender,
     source: RepositoryChunkSource,
     pools: RestorePools,
     requestId: string,
@@ -655,12 +657,12 @@ export class SnapshotCoordinator {
       // Encoded now, in one copy (grpc-js serialises a queued message later): the blobs' read buffers are free
       // from here on, the message's buffer once grpc-js has framed it.
       const message = encodeRestoreChunks(requestId, batch, last, pending, pools.messages);
-      this.metrics.restoreBytesSent.inc(bytes);
+      this.metrics.restoreBytesSent.inc({ connection: out.connection }, bytes);
       for (const buffer of finished) pools.reads.give(buffer);
       finished = [];
       pending = [];
       bytes = 0;
-      await session.send(message, () => pools.messages.give(message));
+      await out.send(message, () => pools.messages.give(message));
     };
     for await (const chunk of source.get(ids)) {
       if (chunk.blob && chunk.blob.buffer !== current?.buffer) {

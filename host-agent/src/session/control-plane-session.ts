@@ -1,5 +1,6 @@
-// The agent's one long-lived Connect stream: Hello, then telemetry on a timer and commands from the
-// control plane; on any failure it reconnects with backoff. Writes respect backpressure.
+// The agent's long-lived Connect stream: Hello, then telemetry on a timer and commands from the control
+// plane; beside it, once the control plane asks (OpenDownloads), the Downloads stream on a connection of its
+// own, where it sends restores. On any failure of either it reconnects with backoff. Writes respect backpressure.
 import { EventEmitter } from "node:events";
 import { create } from "@bufbuild/protobuf";
 import {
@@ -7,6 +8,7 @@ import {
   type AgentMessage,
   AgentMessageSchema,
   type ControlMessage,
+  DownloadsRequestSchema,
   type EncodedMessage,
   type Inventory,
   PROTOCOL_VERSION,
@@ -24,7 +26,16 @@ export interface TelemetrySource {
   sample(): Promise<Telemetry>;
 }
 
-export type CommandHandler = (message: ControlMessage, session: ControlPlaneSession) => void;
+/** The stream a control-plane message came on. */
+export type Inbound = "connect" | "downloads";
+
+export type CommandHandler = (message: ControlMessage, session: ControlPlaneSession, via: Inbound) => void;
+
+/**
+ * A Connect stream not welcomed within this long is cancelled and opened again, on a new connection. It also
+ * keeps the process alive meanwhile: a call grpc-js put on a dead connection holds no handle open.
+ */
+const WELCOME_TIMEOUT_MS = 15_000;
 
 /** Statuses after which retrying quickly is pointless: back off to the slowest rate. */
 const PERSISTENT_FAILURES = new Set([
@@ -36,11 +47,16 @@ const PERSISTENT_FAILURES = new Set([
 
 export class ControlPlaneSession extends EventEmitter {
   private client: GatewayClient;
+  /** A second client, for the Downloads stream's own connection; made when first asked for it. */
+  private downloadsClient: GatewayClient | undefined;
   private stream: grpc.ClientDuplexStream<AgentMessage, ControlMessage> | undefined;
+  private downloads: grpc.ClientReadableStream<ControlMessage> | undefined;
   private readonly backoff = new ReconnectBackoff();
   private telemetryTimer: NodeJS.Timeout | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** Whether a stream was opened on `client` already (a reconnect then makes a new client: see open()). */
+  private clientUsed = false;
   private sampling = false;
   private readonly handlers: CommandHandler[] = [];
   sessionId: string | undefined;
@@ -75,6 +91,7 @@ export class ControlPlaneSession extends EventEmitter {
     this.stopped = true;
     clearTimeout(this.reconnectTimer);
     this.stopTelemetry();
+    this.downloads?.cancel();
     const stream = this.stream;
     if (stream) {
       await new Promise<void>((resolve) => {
@@ -88,6 +105,7 @@ export class ControlPlaneSession extends EventEmitter {
       stream.cancel();
     }
     this.client.close();
+    this.downloadsClient?.close();
   }
 
   /**
@@ -122,24 +140,34 @@ export class ControlPlaneSession extends EventEmitter {
     });
   }
 
-  private pauses = 0;
+  private readonly pauses: Record<Inbound, number> = { connect: 0, downloads: 0 };
 
   /**
-   * Stops taking the control plane's messages until the returned function is called (by every caller that
-   * paused): grpc-js then stops reading the HTTP/2 stream, and flow control holds the control plane's sends
-   * (a restore's chunks) back. Calling it again is harmless; after a reconnect it does nothing (the new
-   * stream was never paused).
+   * Stops taking the control plane's messages on one stream (`via`: the one a restore's chunks come on) until
+   * the returned function is called (by every caller that paused): grpc-js then stops reading that HTTP/2
+   * stream, and flow control holds the control plane's sends (a restore's chunks) back. Calling it again is
+   * harmless; after a reconnect it does nothing (the new stream was never paused).
    */
-  pauseInbound(): () => void {
-    const stream = this.stream;
+  pauseInbound(via: Inbound = "connect"): () => void {
+    const stream = via === "connect" ? this.stream : this.downloads;
     if (!stream) return () => {};
-    if (this.pauses++ === 0) stream.pause();
+    if (this.pauses[via]++ === 0) stream.pause();
     let released = false;
     return () => {
-      if (released || this.stream !== stream) return;
+      if (released || (via === "connect" ? this.stream : this.downloads) !== stream) return;
       released = true;
-      if (--this.pauses === 0) stream.resume();
+      if (--this.pauses[via] === 0) stream.resume();
     };
+  }
+
+  private dispatch(message: ControlMessage, via: Inbound): void {
+    for (const handler of this.handlers) {
+      try {
+        handler(message, this, via);
+      } catch (err) {
+        this.log.error({ err, kind: message.msg.case }, "command handler failed");
+      }
+    }
   }
 
   private async open(): Promise<void> {
@@ -151,12 +179,28 @@ export class ControlPlaneSession extends EventEmitter {
       this.log.error({ err }, "cannot read host inventory; retrying");
       return this.scheduleReconnect(false);
     }
+    if (this.clientUsed) {
+      // A new connection for every new session. When the control plane dies mid-upload, Node's http2 can miss
+      // the connection's end (nodejs/node#61304: a read error does not close the session), and grpc-js would
+      // put the next call on that dead connection: seen as an agent that never came back (and, holding no
+      // handle, exited) after a control-plane restart while one of its two connections had seen the end.
+      this.client.close();
+      this.client = createGatewayClient(this.identity.server, this.identity.caPem, this.identity);
+      this.downloadsClient?.close();
+      this.downloadsClient = undefined;
+    }
+    this.clientUsed = true;
     const stream = this.client.connect();
     this.stream = stream;
     let failedPersistently = false;
+    const welcomeTimer = setTimeout(() => {
+      this.log.warn({ afterMs: WELCOME_TIMEOUT_MS }, "the control plane did not welcome the stream; reconnecting");
+      stream.cancel();
+    }, WELCOME_TIMEOUT_MS);
 
     stream.on("data", (message: ControlMessage) => {
       if (message.msg.case === "welcome") {
+        clearTimeout(welcomeTimer);
         this.sessionId = message.msg.value.sessionId;
         this.backoff.reset();
         this.log.info({ hostId: this.hostId, sessionId: this.sessionId }, "connected to the control plane");
@@ -164,13 +208,11 @@ export class ControlPlaneSession extends EventEmitter {
         this.emit("connected", this.sessionId);
         return;
       }
-      for (const handler of this.handlers) {
-        try {
-          handler(message, this);
-        } catch (err) {
-          this.log.error({ err, kind: message.msg.case }, "command handler failed");
-        }
+      if (message.msg.case === "openDownloads") {
+        if (!this.downloads && this.sessionId) this.openDownloads(stream, this.sessionId);
+        return;
       }
+      this.dispatch(message, "connect");
     });
     stream.on("error", (err: grpc.ServiceError) => {
       failedPersistently = PERSISTENT_FAILURES.has(err.code);
@@ -180,11 +222,16 @@ export class ControlPlaneSession extends EventEmitter {
     // 'status' is the one event grpc-js always emits when a call ends, whichever side ended it
     // ('close' waits for our writable half too, which a server shutdown never ends).
     stream.on("status", (status: grpc.StatusObject) => {
+      clearTimeout(welcomeTimer);
       if (this.stream !== stream) return;
       if (status.code === grpc.status.OK && !this.stopped) this.log.warn("the control plane closed the stream");
       stream.end();
       this.stream = undefined;
-      this.pauses = 0;
+      this.pauses.connect = 0;
+      const downloads = this.downloads;
+      this.downloads = undefined;
+      this.pauses.downloads = 0;
+      downloads?.cancel();
       const wasConnected = this.connected;
       this.sessionId = undefined;
       this.stopTelemetry();
@@ -206,6 +253,39 @@ export class ControlPlaneSession extends EventEmitter {
         },
       }),
     );
+  }
+
+  /**
+   * Opens the Downloads stream for the session `control` was welcomed to, which then stays open with it. Its
+   * end, however it comes, ends the session (both streams reconnect): the control plane may have sent part of
+   * a restore on it, and it fails a restore waiting for it to join.
+   */
+  private openDownloads(control: grpc.ClientDuplexStream<AgentMessage, ControlMessage>, sessionId: string): void {
+    const { server, caPem } = this.identity;
+    this.downloadsClient ??= createGatewayClient(server, caPem, this.identity, { ownConnection: true });
+    const stream = this.downloadsClient.downloads(create(DownloadsRequestSchema, { sessionId }));
+    this.downloads = stream;
+    let joined = false;
+    stream.on("data", (message: ControlMessage) => {
+      if (!joined && message.msg.case === "welcome") {
+        joined = true;
+        this.log.debug({ sessionId }, "downloads stream joined");
+        return;
+      }
+      this.dispatch(message, "downloads");
+    });
+    stream.on("error", () => {}); // 'status' says how it ended
+    stream.on("status", (status: grpc.StatusObject) => {
+      if (this.downloads !== stream) return;
+      this.downloads = undefined;
+      this.pauses.downloads = 0;
+      if (this.stream !== control || this.stopped) return; // the session has ended already
+      this.log.warn(
+        { code: grpc.status[status.code], details: status.details },
+        "the downloads stream ended; reconnecting both streams",
+      );
+      control.cancel();
+    });
   }
 
   private scheduleReconnect(slow: boolean): void {

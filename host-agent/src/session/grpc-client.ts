@@ -5,6 +5,7 @@ import {
   type AgentMessage,
   CONTROL_PLANE_TLS_NAME,
   type ControlMessage,
+  type DownloadsRequest,
   type EnrollRequest,
   type EnrollResponse,
   FLOW_CONTROL_WINDOW_BYTES,
@@ -26,12 +27,26 @@ export interface GatewayClient extends grpc.Client {
     callback: (err: grpc.ServiceError | null, response?: EnrollResponse) => void,
   ): grpc.ClientUnaryCall;
   connect(metadata?: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientDuplexStream<AgentMessage, ControlMessage>;
+  downloads(
+    request: DownloadsRequest,
+    metadata?: grpc.Metadata,
+    options?: grpc.CallOptions,
+  ): grpc.ClientReadableStream<ControlMessage>;
+}
+
+export interface GatewayClientOptions {
+  /**
+   * A connection of this client's own. grpc-js shares one connection among clients of the same target, options
+   * and credentials; the Downloads stream needs its own (see AgentSession.bulkSender on the control plane).
+   */
+  ownConnection?: boolean;
 }
 
 export function createGatewayClient(
   server: string,
   caPem: string,
   identity?: { keyPem: string; certPem: string },
+  options: GatewayClientOptions = {},
 ): GatewayClient {
   const { target } = parseServer(server);
   const credentials = grpc.credentials.createSsl(
@@ -54,5 +69,6 @@ export function createGatewayClient(
     // We reconnect ourselves, with our own backoff.
     "grpc.initial_reconnect_backoff_ms": 500,
     "grpc.max_reconnect_backoff_ms": 5_000,
+    ...(options.ownConnection ? { "grpc.use_local_subchannel_pool": 1 } : {}),
   }) as unknown as GatewayClient;
 }

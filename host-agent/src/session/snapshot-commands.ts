@@ -1,5 +1,5 @@
 // Runs the control plane's TakeSnapshot and Restore commands on this host with the snapshot engine,
-// moving chunks over the session's stream (stream-transfer.ts). One worker pool serves every operation.
+// moving chunks over the session's streams (stream-transfer.ts). One worker pool serves every operation.
 import os from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -7,8 +7,8 @@ import { AgentMessageSchema, type ControlMessage, type Restore, type TakeSnapsho
 import { ManifestPartsReceiver } from "@dumont/repository/manifest-parts";
 import type { Logger } from "../logger.js";
 import type { SnapshotWorkerPool } from "../snapshot/index.js";
-import type { ControlPlaneSession } from "./control-plane-session.js";
-import { StreamChunkSink, StreamChunkSource } from "./stream-transfer.js";
+import type { ControlPlaneSession, Inbound } from "./control-plane-session.js";
+import { StreamChunkSink, StreamChunkSource, type StreamPort } from "./stream-transfer.js";
 
 const PROGRESS_INTERVAL_MS = 250;
 /**
@@ -34,7 +34,7 @@ export class SnapshotCommands {
     private readonly stateDir: string,
     private readonly log: Logger,
   ) {
-    session.onCommand((message) => this.handle(message));
+    session.onCommand((message, _session, via) => this.handle(message, via));
     // A dropped stream fails every operation in flight; the control plane retries with a new request.
     session.on("disconnected", () => {
       const err = new Error("the stream to the control plane closed");
@@ -49,14 +49,14 @@ export class SnapshotCommands {
     await this.pool?.close();
   }
 
-  private handle(message: ControlMessage): void {
+  private handle(message: ControlMessage, via: Inbound): void {
     const m = message.msg;
     switch (m.case) {
       case "takeSnapshot":
         void this.takeSnapshot(m.value);
         return;
       case "restore":
-        void this.restore(m.value);
+        void this.restore(m.value, via);
         return;
       case "snapshotNeed":
       case "snapshotCommitted":
@@ -167,7 +167,8 @@ export class SnapshotCommands {
     }
   }
 
-  private async restore(cmd: Restore): Promise<void> {
+  /** `via`: the stream the Restore came on; its chunks follow on the same one, which a slow disk pauses. */
+  private async restore(cmd: Restore, via: Inbound): Promise<void> {
     const report = (value: { files?: bigint; bytesWritten?: bigint; error?: string }) =>
       this.session.send(
         create(AgentMessageSchema, {
@@ -187,7 +188,11 @@ export class SnapshotCommands {
       }
       const result = await this.withEngine(({ restoreSnapshot, pool }) => {
         // Chunks are copied into the workers' shared memory as they arrive (see StreamChunkSource).
-        const source = new StreamChunkSource(this.session, cmd.requestId, cmd.snapshotId, manifest, pool.chunkBuffers);
+        const port: StreamPort = {
+          send: (message, onWritten) => this.session.send(message, onWritten),
+          pauseInbound: () => this.session.pauseInbound(via),
+        };
+        const source = new StreamChunkSource(port, cmd.requestId, cmd.snapshotId, manifest, pool.chunkBuffers);
         this.sources.set(cmd.requestId, source);
         return restoreSnapshot({
           snapshotId: cmd.snapshotId,
