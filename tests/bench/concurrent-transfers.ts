@@ -1,7 +1,8 @@
-// `npm run bench -- concurrent-transfers [--rounds 12] [--stall-seconds 20]`: a soak of the agent's two
-// connections. Each round starts a fresh control plane and agent (fresh connections: the kernel's socket
-// buffers start small) and runs at once, on that one agent, a snapshot of new data (an upload), an unchanged
-// snapshot and a restore (a download). An operation not done within --stall-seconds is a stall.
+// `npm run bench -- concurrent-transfers [--rounds 12] [--stall-seconds 20] [--size-mib 64]`: a soak of the
+// agent's two connections. Each round starts a fresh control plane and agent (fresh connections: the kernel's
+// socket buffers start small) and runs at once, on that one agent, a snapshot of --size-mib of new data (an
+// upload), an unchanged snapshot and a restore of a workspace that size (a download). An operation not done
+// within --stall-seconds is a stall.
 //
 // Why: Node's HTTP/2 stops reading a connection while one of its writes is in progress, so with an upload and
 // a download on one connection each side could wait on the other for good (proto/src/protocol.ts,
@@ -15,11 +16,13 @@ import { describeTree, makeWorkspace } from "../support/workspace.js";
 import { StreamBench } from "./snapshot-stream.js";
 import type { BenchOptions } from "./support/bench-options.js";
 
-export const CONCURRENT_TRANSFERS_DEFAULTS = { rounds: 12, stallSeconds: 20 };
+export const CONCURRENT_TRANSFERS_DEFAULTS = { rounds: 12, stallSeconds: 20, sizeMiB: 64 };
 
 export interface ConcurrentTransfersOptions extends BenchOptions {
   rounds: number;
   stallSeconds: number;
+  /** Of the new data uploaded and of the workspace restored, each round. */
+  sizeMiB: number;
 }
 
 export async function runConcurrentTransfersBench(options: ConcurrentTransfersOptions): Promise<unknown> {
@@ -32,8 +35,9 @@ export async function runConcurrentTransfersBench(options: ConcurrentTransfersOp
       bench = await StreamBench.start(join(work, "stream"));
       const workspace = join(work, "workspace");
       const other = join(work, "other");
-      await makeWorkspace(workspace);
-      await makeWorkspace(other, 9 * 1024 * 1024);
+      // Incompressible, so every byte crosses the stream; new each round (a fresh control plane holds nothing).
+      await makeWorkspace(workspace, options.sizeMiB * 1024 * 1024);
+      await makeWorkspace(other, options.sizeMiB * 1024 * 1024);
       const base = await bench.snapshot(workspace);
       const target = join(work, "restored");
       const started = performance.now();
@@ -73,6 +77,7 @@ export async function runConcurrentTransfersBench(options: ConcurrentTransfersOp
   const sorted = [...roundSeconds].sort((a, b) => a - b);
   return {
     rounds: options.rounds,
+    sizeMiB: options.sizeMiB,
     stalls: stalls.length,
     failures: stalls,
     flowControlWindowBytes: FLOW_CONTROL_WINDOW_BYTES,
@@ -81,7 +86,7 @@ export async function runConcurrentTransfersBench(options: ConcurrentTransfersOp
       max: sorted.length ? Math.round(sorted[sorted.length - 1] * 100) / 100 : null,
     },
     note:
-      "each round: a fresh control plane and agent; a snapshot of new data, an unchanged snapshot and a restore " +
+      "each round: a fresh control plane and agent; a snapshot of sizeMiB of new data, an unchanged snapshot and a restore of as much " +
       "on that agent at once; a round not done within stallSeconds counts as a stall (expected: 0)",
   };
 }

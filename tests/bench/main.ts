@@ -6,7 +6,7 @@
 //   snapshot    --size-mib 1024 --runs 3 --keep --skip-stream --skip-restic --stream-delay-ms MS (tests/bench/README.md)
 //   lz4         --runs 5 --chunks 64
 //   many-files  --files 300000 --keep --skip-stream --skip-restic
-//   concurrent-transfers  --rounds 12 --stall-seconds 20 (not in the default set: a soak, ~12 s a round)
+//   concurrent-transfers  --rounds 12 --stall-seconds 20 --size-mib 64 (not in the default set: a soak)
 //
 // Every benchmark runs against the embedded PGlite, or against Postgres when DATABASE_URL is set (one
 // fresh database per control plane).
@@ -132,6 +132,7 @@ async function runBench(name: BenchName, options: BenchOptions): Promise<unknown
         ...options,
         rounds: Math.round(positiveNumber("rounds", f.rounds, CONCURRENT_TRANSFERS_DEFAULTS.rounds)),
         stallSeconds: positiveNumber("stall-seconds", f["stall-seconds"], CONCURRENT_TRANSFERS_DEFAULTS.stallSeconds),
+        sizeMiB: positiveNumber("size-mib", f["size-mib"], CONCURRENT_TRANSFERS_DEFAULTS.sizeMiB),
       });
   }
 }
@@ -145,7 +146,7 @@ async function main(): Promise<void> {
         "       snapshot: [--size-mib N] [--runs N] [--keep] [--skip-stream] [--skip-restic] [--stream-delay-ms MS]\n" +
         "       lz4: [--runs N] [--chunks N]\n" +
         "       many-files: [--files N] [--keep] [--skip-stream] [--skip-restic]\n" +
-        "       concurrent-transfers (only when named): [--rounds N] [--stall-seconds S]\n",
+        "       concurrent-transfers (only when named): [--rounds N] [--stall-seconds S] [--size-mib N]\n",
     );
     return;
   }

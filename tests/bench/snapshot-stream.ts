@@ -20,7 +20,7 @@ import {
   startControlPlaneProcess,
   waitFor,
 } from "../support/processes.js";
-import { type DelayProxy, startDelayProxy } from "./support/delay-proxy.js";
+import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.js";
 
 export interface StreamRun {
   seconds: number;
@@ -35,14 +35,15 @@ export class StreamBench {
     private readonly agent: AgentProcess,
     /** The control plane's blob store directory. */
     readonly blobsDir: string,
-    private readonly proxy: DelayProxy | undefined,
+    private readonly proxy: TcpProxy | undefined,
     private readonly snapshots: Client<typeof api.SnapshotService>,
   ) {}
 
   /** With `delayMs`, the agent reaches the control plane through a proxy holding each byte back that long. */
   static async start(work: string, options: { delayMs?: number } = {}): Promise<StreamBench> {
     const cp = await startControlPlaneProcess({ dataDir: join(work, "cp"), env: { DUMONT_LOG_LEVEL: "warn" } });
-    const proxy = options.delayMs !== undefined ? await startDelayProxy(cp.grpcPort, options.delayMs) : undefined;
+    const proxy =
+      options.delayMs !== undefined ? await startTcpProxy(cp.grpcPort, { delayMs: options.delayMs }) : undefined;
     const hostId = await enrollAgent(cp, join(work, "agent"), "bench", { server: proxy?.url });
     // Telemetry at the agent's default interval (the test helper's 1 s would add database writes to the
     // control plane's share of the two cores). A CPU-only host, as this machine is: the test helper's fake

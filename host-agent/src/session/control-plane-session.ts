@@ -33,9 +33,11 @@ export type CommandHandler = (message: ControlMessage, session: ControlPlaneSess
 
 /**
  * A Connect stream not welcomed within this long is cancelled and opened again, on a new connection. It also
- * keeps the process alive meanwhile: a call grpc-js put on a dead connection holds no handle open.
+ * keeps the process alive meanwhile: a call grpc-js put on a dead connection holds no handle open. Generous:
+ * a control plane taking thousands of agents back at once after a restart welcomes them late, and cutting
+ * them off early would only add reconnects to its load.
  */
-const WELCOME_TIMEOUT_MS = 15_000;
+const WELCOME_TIMEOUT_MS = 60_000;
 
 /** Statuses after which retrying quickly is pointless: back off to the slowest rate. */
 const PERSISTENT_FAILURES = new Set([
