@@ -236,7 +236,12 @@ export class AgentGatewayServer {
       .catch(() => undefined);
   }
 
-  /** Joins an agent's Downloads stream to its open session; the first message says it was (a Welcome). */
+  /**
+   * Joins an agent's Downloads stream to its open session; the first message says it was (a Welcome). The
+   * session must be open on this process: with several replicas behind one address (DESIGN §8, not built yet),
+   * OpenDownloads will have to carry the address of the replica holding the session, or the second connection
+   * may land on another one and be refused here.
+   */
   private async downloads(stream: DownloadsStream): Promise<void> {
     const host = await this.authenticate(stream, "downloads stream");
     if (!host) return;
