@@ -59,7 +59,10 @@ describe("the agent's Connect and Downloads connections", () => {
         return said.test(log) && /connected to the control plane/.test(log) && proxy.connections().length === 1;
       }, 60_000);
     } catch (err) {
-      throw new Error(`${(err as Error).message}; agent log:\n${agent.log().slice(logged).slice(-4000)}`);
+      throw new Error(
+        `${(err as Error).message}; agent log since the cut:\n${agent.log().slice(logged).slice(-4000)}\n` +
+          `control plane log:\n${cp.log().slice(-4000)}`,
+      );
     }
   };
 
