@@ -7,8 +7,8 @@ import { connect, createServer, type Socket } from "node:net";
 export interface TcpProxy {
   /** `https://127.0.0.1:PORT`, for `dumont-agent enroll --server`. */
   url: string;
-  /** The connections open now, oldest first, each as the client's side (`cut` ends it and its upstream). */
-  connections(): { remotePort: number | undefined; cut(): void }[];
+  /** The connections open now, oldest first (`cut` ends the client's side and its upstream). */
+  connections(): { cut(): void }[];
   close(): Promise<void>;
 }
 
@@ -45,7 +45,6 @@ export async function startTcpProxy(targetPort: number, options: { delayMs?: num
     url: `https://127.0.0.1:${address.port}`,
     connections: () =>
       pairs.map(({ client, upstream }) => ({
-        remotePort: client.remotePort,
         cut: () => {
           client.destroy();
           upstream.destroy();
