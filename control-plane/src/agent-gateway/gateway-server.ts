@@ -6,6 +6,7 @@ import { create } from "@bufbuild/protobuf";
 import {
   AgentGateway,
   type AgentMessage,
+  type ControlMessage,
   ControlMessageSchema,
   type EnrollRequest,
   type EnrollResponse,
@@ -220,20 +221,17 @@ export class AgentGatewayServer {
     stream.on("error", finished);
     stream.on("close", finished);
 
-    await session
-      .send(
-        create(ControlMessageSchema, {
-          msg: {
-            case: "welcome",
-            value: {
-              sessionId: session.sessionId,
-              protocolVersion: PROTOCOL_VERSION,
-              telemetryIntervalMs: this.deps.telemetryIntervalMs,
-            },
-          },
-        }),
-      )
-      .catch(() => undefined);
+    await session.send(this.welcome(session.sessionId)).catch(() => undefined);
+  }
+
+  /** The first message on each of a session's streams. */
+  private welcome(sessionId: string): ControlMessage {
+    return create(ControlMessageSchema, {
+      msg: {
+        case: "welcome",
+        value: { sessionId, protocolVersion: PROTOCOL_VERSION, telemetryIntervalMs: this.deps.telemetryIntervalMs },
+      },
+    });
   }
 
   /**
@@ -257,13 +255,7 @@ export class AgentGatewayServer {
           `name the session its Welcome gave`,
       );
     }
-    const welcome = create(ControlMessageSchema, {
-      msg: {
-        case: "welcome",
-        value: { sessionId, protocolVersion: PROTOCOL_VERSION, telemetryIntervalMs: this.deps.telemetryIntervalMs },
-      },
-    });
-    if (!session.attachDownloads(stream, welcome)) {
+    if (!session.attachDownloads(stream, this.welcome(sessionId))) {
       return refuseCall(
         this.deps.log,
         stream,

@@ -17,7 +17,7 @@ import {
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../logger.js";
 import { AGENT_VERSION } from "../version.js";
-import { createGatewayClient, type GatewayClient } from "./grpc-client.js";
+import { createGatewayClient, type GatewayClient, type GatewayClientOptions } from "./grpc-client.js";
 import type { Identity } from "./identity.js";
 import { ReconnectBackoff } from "./reconnect-backoff.js";
 
@@ -70,7 +70,12 @@ export class ControlPlaneSession extends EventEmitter {
     private readonly telemetryIntervalMs: number,
   ) {
     super();
-    this.client = createGatewayClient(identity.server, identity.caPem, identity);
+    this.client = this.newClient();
+  }
+
+  /** A gRPC client to the control plane with this host's identity (`ownConnection`: see GatewayClientOptions). */
+  private newClient(options?: GatewayClientOptions): GatewayClient {
+    return createGatewayClient(this.identity.server, this.identity.caPem, this.identity, options);
   }
 
   get hostId(): string {
@@ -151,12 +156,13 @@ export class ControlPlaneSession extends EventEmitter {
    * harmless; after a reconnect it does nothing (the new stream was never paused).
    */
   pauseInbound(via: Inbound = "connect"): () => void {
-    const stream = via === "connect" ? this.stream : this.downloads;
+    const inbound = () => (via === "connect" ? this.stream : this.downloads);
+    const stream = inbound();
     if (!stream) return () => {};
     if (this.pauses[via]++ === 0) stream.pause();
     let released = false;
     return () => {
-      if (released || (via === "connect" ? this.stream : this.downloads) !== stream) return;
+      if (released || inbound() !== stream) return;
       released = true;
       if (--this.pauses[via] === 0) stream.resume();
     };
@@ -187,7 +193,7 @@ export class ControlPlaneSession extends EventEmitter {
       // put the next call on that dead connection: seen as an agent that never came back (and, holding no
       // handle, exited) after a control-plane restart while one of its two connections had seen the end.
       this.client.close();
-      this.client = createGatewayClient(this.identity.server, this.identity.caPem, this.identity);
+      this.client = this.newClient();
       this.downloadsClient?.close();
       this.downloadsClient = undefined;
     }
@@ -263,8 +269,7 @@ export class ControlPlaneSession extends EventEmitter {
    * a restore on it, and it fails a restore waiting for it to join.
    */
   private openDownloads(control: grpc.ClientDuplexStream<AgentMessage, ControlMessage>, sessionId: string): void {
-    const { server, caPem } = this.identity;
-    this.downloadsClient ??= createGatewayClient(server, caPem, this.identity, { ownConnection: true });
+    this.downloadsClient ??= this.newClient({ ownConnection: true });
     const stream = this.downloadsClient.downloads(create(DownloadsRequestSchema, { sessionId }));
     this.downloads = stream;
     let joined = false;
