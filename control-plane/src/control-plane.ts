@@ -69,7 +69,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
     const tenantKeys = new TenantKeys(db, await loadMasterKey(config.dataDir, config.masterKey));
     const snapshots = new SnapshotCoordinator(db, tenantKeys, config.blobStore, log, metrics, config.snapshotKeep);
     gateway.onMessage((session, message) => snapshots.onAgentMessage(session, message));
-    gateway.onSessionClosed((session) => snapshots.onSessionClosed(session.hostId));
+    gateway.onSessionClosed((session) => snapshots.onSessionClosed(session));
     // A stop between a repository's commit and its catalogue row (the last start may have ended so) leaves a
     // snapshot nobody can list: its row comes back from the repository, in the background.
     const relisting = snapshots

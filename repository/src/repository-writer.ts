@@ -74,6 +74,7 @@ export class RepositoryWriter implements ChunkSink {
   private readonly uploads = new Set<Promise<void>>();
   private failure: Error | undefined;
   private closed = false;
+  private committing: Promise<string> | undefined;
   private readonly packSize: number;
   private readonly uploadConcurrency: number;
 
@@ -171,6 +172,16 @@ export class RepositoryWriter implements ChunkSink {
     meta: SnapshotMeta,
     built?: ManifestEntries,
   ): Promise<string> {
+    const committing = this.commitOnce(manifestParts, meta, built);
+    this.committing = committing;
+    return committing;
+  }
+
+  private async commitOnce(
+    manifestParts: readonly ManifestPartBlob[],
+    meta: SnapshotMeta,
+    built?: ManifestEntries,
+  ): Promise<string> {
     await this.flush();
     // A part named by id must be in the repository; it is read back (and held to its id) when its entries are to
     // be checked here, as they are when they come from elsewhere.
@@ -234,6 +245,8 @@ export class RepositoryWriter implements ChunkSink {
       totals,
       ...(meta.stats ? { stats: meta.stats } : {}),
     });
+    // The last moment an abort can still stop it: from here the snapshot exists (abort waits for it).
+    this.assertUsable();
     await store.put(snapshotKey(id), sealed);
     this.stats.bytesWritten += sealed.length;
     this.closed = true;
@@ -273,12 +286,18 @@ export class RepositoryWriter implements ChunkSink {
     );
   }
 
+  /**
+   * Gives up: what was written stays for a prune to remove. A commit in progress either stops before its
+   * snapshot object or completes, and is waited for; so are uploads, so the lock is released only once
+   * nothing of this writer is still being written.
+   */
   async abort(): Promise<void> {
     this.closed = true;
     const open = this.current;
     this.current = undefined;
     await open?.writer?.abort().catch(() => {});
-    await Promise.allSettled([...this.uploads]);
+    await this.committing?.catch(() => {});
+    while (this.uploads.size > 0) await Promise.allSettled([...this.uploads]);
     await this.lock?.release();
   }
 
@@ -299,10 +318,11 @@ export class RepositoryWriter implements ChunkSink {
     if (!pack || pack.entries.count === 0) return;
     this.current = undefined;
     while (this.uploads.size >= this.uploadConcurrency) await Promise.race(this.uploads);
-    if (this.failure) {
-      // Nothing else holds this pack now: close and remove its temp file before giving up.
+    if (this.failure || this.closed) {
+      // Nothing else holds this pack now (an abort came while we waited, or an upload failed): close and remove
+      // its temp file before giving up.
       await pack.writer?.abort().catch(() => {});
-      throw this.failure;
+      this.assertUsable();
     }
     const upload: Promise<void> = this.writePack(pack)
       .catch((err: unknown) => {

@@ -202,6 +202,43 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await store.close();
   });
 
+  it("an abort during a commit waits for it, stops it before its snapshot object, then frees the lock", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const chunk = sealed(key, randomBytes(30_000));
+    const writer = await repository.writer({ packSize: 20_000 });
+    await writer.put([chunk]);
+    // The commit is held at its manifest's write, its packs durable (a control plane's agent drops then).
+    const put = store.put.bind(store);
+    let open = () => {};
+    const gate = new Promise<void>((r) => (open = r));
+    let reached = () => {};
+    const atManifest = new Promise<void>((r) => (reached = r));
+    store.put = async (objectKey, body) => {
+      if (objectKey.startsWith("manifests/")) {
+        reached();
+        await gate;
+      }
+      return put(objectKey, body);
+    };
+    const committing = writer.commit([sealManifest(key, manifestOf({ "a.bin": [chunk] }))], meta);
+    committing.catch(() => {});
+    await atManifest;
+    let aborted = false;
+    const abort = writer.abort().then(() => (aborted = true));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(aborted).toBe(false); // the lock is still held: no prune can start under the commit
+    open();
+    await abort;
+    await expect(committing).rejects.toThrow(/already committed or aborted/);
+    expect(await repository.listSnapshots()).toEqual([]);
+    const prune = await acquireLock(store, key, { exclusive: true, purpose: "a prune" });
+    await prune.release();
+    store.put = put;
+    await store.close();
+  });
+
   it("brings a cached index up to date: new packs are read, pruned ones forgotten", async () => {
     const store = make();
     const key = generateRepositoryKey();

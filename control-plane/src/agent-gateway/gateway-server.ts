@@ -189,23 +189,8 @@ export class AgentGatewayServer {
     const session = new AgentSession(host.id, randomUUID(), host.tenant_id, stream, new Set(h.capabilities));
     this.sessions.add(session);
     this.deps.metrics.sessions.set(this.sessions.size);
-    const inventory = h.inventory;
-    await markHostOnline(this.deps.db, host.id, {
-      agentVersion: h.agentVersion,
-      protocolVersion: h.protocolVersion,
-      simulated: inventory?.simulated ?? false,
-      hostname: inventory?.facts?.hostname ?? host.hostname,
-      now: new Date(),
-    });
-    this.deps.liveness.heartbeat(host.id);
-    this.deps.log.info(
-      { hostId: host.id, sessionId: session.sessionId, agentVersion: h.agentVersion },
-      "agent connected",
-    );
-
-    // firstMessage() paused the stream; resume only now that a handler is attached.
-    stream.on("data", (message: AgentMessage) => this.dispatch(session, message));
-    stream.resume();
+    // Watched from here, before the first await: a stream that closes while the host is marked online still
+    // leaves the registry and tells the close handlers.
     let closed = false;
     const finished = () => {
       if (closed) return;
@@ -220,6 +205,24 @@ export class AgentGatewayServer {
     });
     stream.on("error", finished);
     stream.on("close", finished);
+    const inventory = h.inventory;
+    await markHostOnline(this.deps.db, host.id, {
+      agentVersion: h.agentVersion,
+      protocolVersion: h.protocolVersion,
+      simulated: inventory?.simulated ?? false,
+      hostname: inventory?.facts?.hostname ?? host.hostname,
+      now: new Date(),
+    });
+    if (closed) return; // liveness marks the host lost if no other session comes
+    this.deps.liveness.heartbeat(host.id);
+    this.deps.log.info(
+      { hostId: host.id, sessionId: session.sessionId, agentVersion: h.agentVersion },
+      "agent connected",
+    );
+
+    // firstMessage() paused the stream; resume only now that a handler is attached.
+    stream.on("data", (message: AgentMessage) => this.dispatch(session, message));
+    stream.resume();
 
     await session.send(this.welcome(session.sessionId)).catch(() => undefined);
   }

@@ -71,7 +71,15 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     const snapshot = await getSnapshot(deps.db, req.snapshotId, tenantScope(who));
     if (!snapshot)
       throw new NotFoundError(`snapshot ${req.snapshotId} not found; list them with \`dumont snapshot list\``);
-    const { session } = await connectedHost(req.hostId);
+    const { host, session } = await connectedHost(req.hostId);
+    // The agent is given the snapshot tenant's key to open it: only a host of that tenant may have it.
+    if (host.tenant_id !== snapshot.tenant_id) {
+      throw new FailedPreconditionError(
+        `snapshot ${snapshot.id} belongs to tenant ${snapshot.tenant_id} and host ${host.id} to tenant ` +
+          `${host.tenant_id}: restoring it there would hand that host the other tenant's key; choose a host of ` +
+          `tenant ${snapshot.tenant_id}`,
+      );
+    }
     if (include.length > 0) session.require(AGENT_CAPABILITIES.restoreInclude, "restore only what --include names");
     return async () => {
       const result = await deps.snapshots.restore({ session, snapshot, target: req.target, include, onProgress });

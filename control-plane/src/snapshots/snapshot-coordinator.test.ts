@@ -4,8 +4,14 @@ import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { AgentMessageSchema, type ControlMessage, type SnapshotStatsSchema } from "@dumont/proto";
+import { create, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import {
+  AgentMessageSchema,
+  type ControlMessage,
+  ControlMessageSchema,
+  isEncodedMessage,
+  type SnapshotStatsSchema,
+} from "@dumont/proto";
 import {
   checkRepository,
   chunkCodec,
@@ -45,6 +51,13 @@ function useCoordinator(hostId: string, retention?: RetentionPolicy) {
     send: async (m: ControlMessage) => void h.sent.push(m),
     pauseInbound: () => {},
     resumeInbound: () => {},
+    require: () => {},
+    // A restore's chunk messages come encoded (encodeRestoreChunks): kept decoded, as the agent reads them.
+    bulkSender: async () => ({
+      connection: "connect",
+      send: async (m: ControlMessage | Uint8Array) =>
+        void h.sent.push(isEncodedMessage(m) ? fromBinary(ControlMessageSchema, m) : (m as ControlMessage)),
+    }),
   } as unknown as AgentSession;
   beforeAll(async () => {
     ({ db: h.db, close: closeDb } = await openTestDatabase());
@@ -422,7 +435,164 @@ describe("SnapshotCoordinator: forget and prune", () => {
     });
     await Promise.all([pruning, snapshot]);
     expect(order).toEqual(["pruned", "asked the agent"]);
-    h.coordinator.onSessionClosed(h.session.hostId); // the snapshot fails; nothing is left running
+    h.coordinator.onSessionClosed(h.session); // the snapshot fails; nothing is left running
+  });
+});
+
+describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
+  const h = useCoordinator("h-edge");
+  const finish = finishIn(h);
+  beforeEach(() => {
+    h.sent = [];
+  });
+  /** The tenant's blob store as the coordinator opened it (private: the tests hold its writes back). */
+  const store = async () =>
+    (await (h.coordinator as unknown as { repositories: Map<string, Promise<Repository>> }).repositories.get("t1"))!
+      .store;
+  const agentSends = (session: AgentSession, msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
+    h.coordinator.onAgentMessage(session, create(AgentMessageSchema, { msg }));
+  const waitFor = async (what: () => boolean) => {
+    for (let i = 0; i < 500 && !what(); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(what()).toBe(true);
+  };
+
+  it("a stream that closes during the commit does not stop it: the snapshot is listed whole, and a prune keeps it", async () => {
+    await finish(await startedIn(h)); // the repository is open
+    const blobs = await store();
+    const put = blobs.put.bind(blobs);
+    let open = () => {};
+    const gate = new Promise<void>((r) => (open = r));
+    let reached = false;
+    blobs.put = async (key, body) => {
+      if (key.startsWith("manifests/")) {
+        reached = true;
+        await gate;
+      }
+      return put(key, body);
+    };
+    try {
+      const running = await startedIn(h);
+      const snapshot = finish(running);
+      await waitFor(() => reached); // the commit is past its packs, writing the manifest
+      h.coordinator.onSessionClosed(h.session);
+      // The tenant still counts it: a prune is refused, not run under the commit.
+      await expect(h.coordinator.forget({ tenantId: "t1", policy: {}, prune: true, dryRun: false })).rejects.toThrow(
+        /are running/,
+      );
+      open();
+      const row = await snapshot;
+      expect((await h.db.selectFrom("snapshots").select("id").execute()).map((r) => r.id)).toContain(row.id);
+      const pruned = await h.coordinator.forget({ tenantId: "t1", policy: {}, prune: true, dryRun: false });
+      expect(pruned.prune).toMatchObject({ packsDeleted: 0 });
+      expect(await h.coordinator.check("t1", {})).toMatchObject({ ok: true });
+    } finally {
+      blobs.put = put;
+      open();
+    }
+  });
+
+  it("tells the agent when an offer cannot be answered, so it does not wait for an answer", async () => {
+    const { snapshot, requestId } = await startedIn(h);
+    const blobs = await store();
+    const stat = blobs.stat.bind(blobs);
+    blobs.stat = async () => {
+      throw new Error("S3: 503 SlowDown");
+    };
+    try {
+      const manifestIds = [randomBytes(32)];
+      agentSends(h.session, { case: "snapshotOffer", value: { requestId, epoch: 0n, batch: 1n, manifestIds } });
+      await expect(snapshot).rejects.toThrow(/503 SlowDown/);
+      const aborted = h.sent.find((m) => m.msg.case === "snapshotAborted")?.msg;
+      expect(aborted?.case === "snapshotAborted" && aborted.value.requestId).toBe(requestId);
+    } finally {
+      blobs.stat = stat;
+    }
+  });
+
+  it("a host's earlier session neither reaches nor ends the operations of its new one", async () => {
+    const earlier = { ...h.session } as AgentSession; // the same host, an older stream
+    const running = await startedIn(h);
+    agentSends(earlier, { case: "snapshotFailed", value: { requestId: running.requestId, message: "stale" } });
+    h.coordinator.onSessionClosed(earlier); // its close, long after the host reconnected
+    const row = await finish(running);
+    expect(row.host_id).toBe("h-edge");
+  });
+
+  it.each([
+    [
+      "a counter beyond what the catalogue holds",
+      { files: 2n ** 64n - 1n },
+      /files is 18446744073709551615, more than/,
+    ],
+    ["seconds that are not a number", { seconds: Number.NaN }, /seconds must be a finite number/],
+  ])("refuses a commit whose stats have %s, and stores no snapshot", async (_what, stats, error) => {
+    const { snapshot, requestId, key } = await startedIn(h);
+    const plain = randomBytes(1_000);
+    const chunk = chunkCodec.sealChunk(key, plain);
+    agentSends(h.session, {
+      case: "snapshotChunks",
+      value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
+    });
+    const before = (await Repository.open(await store(), key)).listSnapshots();
+    agentSends(h.session, {
+      case: "snapshotCommit",
+      value: { requestId, epoch: 0n, manifest: oneFile(key, chunk.id, plain.length), stats },
+    });
+    await expect(snapshot).rejects.toThrow(error);
+    expect(await (await Repository.open(await store(), key)).listSnapshots()).toEqual(await before);
+  });
+
+  it("streams a restore's chunk requests a few at a time, and refuses an agent that asks for far too many", async () => {
+    const snapshot = await finish(await startedIn(h));
+    const restore = (target: string) => {
+      const before = h.sent.length;
+      const done = h.coordinator.restore({ session: h.session, snapshot, target });
+      done.catch(() => {});
+      return {
+        done,
+        requestId: async () => {
+          await waitFor(() => h.sent.slice(before).some((m) => m.msg.case === "restore"));
+          const m = h.sent.slice(before).find((m) => m.msg.case === "restore")!.msg;
+          return m.case === "restore" ? m.value.requestId : "";
+        },
+      };
+    };
+    const manifest = await h.coordinator.readManifest(snapshot);
+    const entry = manifest.entries.find((e) => e.type === "file");
+    const ids = entry?.type === "file" ? entry.chunks.map((hex) => Buffer.from(hex, "hex")) : [];
+    const ask = (requestId: string, batch: number) =>
+      agentSends(h.session, {
+        case: "restoreChunkRequest",
+        value: { requestId, batch: BigInt(batch), chunkIds: ids.slice(0, 1) },
+      });
+
+    // Ten requests at once are all answered, each batch once and whole.
+    const good = restore("/restore-1");
+    const requestId = await good.requestId();
+    for (let b = 1; b <= 10; b++) ask(requestId, b);
+    const answered = () =>
+      h.sent.filter((m) => m.msg.case === "restoreChunks" && m.msg.value.requestId === requestId && m.msg.value.last);
+    await waitFor(() => answered().length === 10);
+    agentSends(h.session, {
+      case: "restoreProgress",
+      value: { requestId, done: true, files: 1n, bytesWritten: 5_000n },
+    });
+    await expect(good.done).resolves.toMatchObject({ files: 1 });
+
+    const flood = restore("/restore-2");
+    const flooding = await flood.requestId();
+    for (let b = 1; b <= 300; b++) ask(flooding, b);
+    await expect(flood.done).rejects.toThrow(/the agent asked for more than 260 batches of chunks at once/);
+  });
+
+  it.each([0, 64 * 1024 * 1024 + 1])("refuses a chunk said to be %d bytes before opening it", async (plainLength) => {
+    const { snapshot, requestId, key } = await startedIn(h);
+    const chunk = chunkCodec.sealChunk(key, randomBytes(1_000));
+    agentSends(h.session, {
+      case: "snapshotChunks",
+      value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength }] },
+    });
+    await expect(snapshot).rejects.toThrow(`the agent sent a chunk of ${plainLength} bytes; a chunk holds 1 to`);
   });
 });
 

@@ -27,6 +27,7 @@ import {
   forgetSnapshots,
   hasRetentionRule,
   isRepositoryError,
+  MAX_CHUNK_LENGTH,
   MAX_MANIFEST_PARTS,
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
@@ -56,6 +57,13 @@ import type { TenantKeys } from "./tenant-keys.js";
 
 /** Chunk messages being verified or written before we stop reading the agent's stream (about 1 MiB each). */
 const MAX_VERIFYING = 4;
+
+/**
+ * A restore's chunk requests streamed at once, and how many more may wait. The agent keeps a few batches open
+ * (its workers and one ahead); each streamed batch holds RESTORE_READ_AHEAD pack reads in flight.
+ */
+const RESTORE_BATCHES_AT_ONCE = 4;
+const MAX_RESTORE_BATCHES_WAITING = 256;
 
 /** Ranged pack reads of a streamed restore: their size and how many are kept in flight. */
 const RESTORE_READ_BYTES = 8 * 1024 * 1024;
@@ -111,7 +119,8 @@ export interface ForgetResult {
 }
 
 interface Operation {
-  hostId: string;
+  /** The session it runs on: a host's later session must not see its messages or end it (see onSessionClosed). */
+  session: AgentSession;
   fail(err: Error): void;
   handle(message: AgentMessage): void;
 }
@@ -166,16 +175,21 @@ export class SnapshotCoordinator {
     const requestId = (message.msg.value as { requestId?: string } | undefined)?.requestId;
     if (!requestId) return;
     const op = this.operations.get(requestId);
-    // A message for someone else's operation is ignored: host ids are bound to certificates.
-    if (!op || op.hostId !== session.hostId) return;
+    // A message for another session's operation is ignored: another host's (host ids are bound to
+    // certificates), or this host's earlier session, whose messages may still be arriving.
+    if (!op || op.session !== session) return;
     op.handle(message);
   }
 
-  /** Fails every operation that was running on a host whose stream closed. */
-  onSessionClosed(hostId: string): void {
+  /**
+   * Fails every operation that was running on a session that closed. By session, not host: a host that
+   * reconnects replaces its session, and the old one's close can come much later (a half-open connection ends
+   * at its keepalive timeout), by when operations run on the new one.
+   */
+  onSessionClosed(session: AgentSession): void {
     for (const op of this.operations.values()) {
-      if (op.hostId === hostId)
-        op.fail(new FailedPreconditionError(`host ${hostId} disconnected during the operation`));
+      if (op.session === session)
+        op.fail(new FailedPreconditionError(`host ${session.hostId} disconnected during the operation`));
     }
   }
 
@@ -318,6 +332,8 @@ export class SnapshotCoordinator {
     const listed = new Set((await listSnapshots(this.db, { tenantId })).map((r) => r.id));
     for (const record of await repository.listSnapshots()) {
       if (listed.has(record.id)) continue;
+      // One record the catalogue cannot hold is logged and left unlisted, not the end of every forget and
+      // prune of the tenant: it stays in the repository, and what it references stays too.
       await this.db
         .insertInto("snapshots")
         .values(
@@ -335,11 +351,19 @@ export class SnapshotCoordinator {
         )
         // A commit finishing meanwhile inserts the same row (see commit).
         .onConflict((oc) => oc.column("id").doNothing())
-        .execute();
-      this.log.warn(
-        { snapshotId: record.id, tenantId },
-        "snapshot in the blob store had no catalogue row; listed again",
-      );
+        .execute()
+        .then(
+          () =>
+            this.log.warn(
+              { snapshotId: record.id, tenantId },
+              "snapshot in the blob store had no catalogue row; listed again",
+            ),
+          (err: unknown) =>
+            this.log.error(
+              { err, snapshotId: record.id, tenantId },
+              "snapshot in the blob store has no catalogue row and cannot be given one; left unlisted",
+            ),
+        );
     }
   }
 
@@ -419,8 +443,20 @@ export class SnapshotCoordinator {
       // pushes back on the agent instead of buffering here.
       let chain: Promise<void> = Promise.resolve();
       let finished = false;
+      /**
+       * The commit, once it runs: it needs nothing more from the agent, so a failure from the agent's side
+       * (its stream closing, a late message) waits for it rather than abort the writer under it. Aborting there
+       * released the repository's lock and the tenant's count while the commit went on: a prune could delete
+       * the new packs, and the snapshot was listed without them, its caller told it had failed.
+       */
+      let committing: Promise<SnapshotRow> | undefined;
       const finish = (err: Error | undefined, row?: SnapshotRow) => {
         if (finished) return;
+        if (err && committing) {
+          const settled = chain; // the commit's work and its own failure handling (never rejects)
+          void settled.then(() => finish(err));
+          return;
+        }
         finished = true;
         this.operations.delete(requestId);
         if (err) {
@@ -431,6 +467,7 @@ export class SnapshotCoordinator {
       /** Gives up on the snapshot and tells the agent to stop sending it (once; not after it ended otherwise). */
       const abandon = (err: Error) => {
         if (finished) return;
+        if (committing) return finish(err); // after the commit, whose outcome is the agent's answer
         finish(err);
         this.log.warn({ hostId: session.hostId, requestId, reason: err.message }, "snapshot aborted");
         void session
@@ -445,7 +482,7 @@ export class SnapshotCoordinator {
         chain = chain.then(work).catch(abandon);
       };
       this.operations.set(requestId, {
-        hostId: session.hostId,
+        session,
         fail: (err) => finish(err),
         handle: (message) => {
           const m = message.msg;
@@ -473,9 +510,18 @@ export class SnapshotCoordinator {
                   msg: { case: "snapshotNeed", value: { requestId, chunkIds: need, batch, manifestIds } },
                 }),
               );
-            })().catch((err: Error) => finish(err));
+            })().catch(abandon); // the agent waits for this answer: it must hear that none is coming
           } else if (m.case === "snapshotChunks") {
             if (m.value.epoch !== req.epoch) return abandon(staleEpoch(m.value.epoch, req.epoch));
+            const wrong = m.value.chunks.find((c) => !(c.plainLength > 0 && c.plainLength <= MAX_CHUNK_LENGTH));
+            if (wrong) {
+              // Refused before the verifier opens it: the length sizes what decompressing it may take.
+              return abandon(
+                new InvalidArgumentError(
+                  `the agent sent a chunk of ${wrong.plainLength} bytes; a chunk holds 1 to ${MAX_CHUNK_LENGTH}`,
+                ),
+              );
+            }
             const chunks = m.value.chunks.map((c) => ({
               id: Buffer.from(c.id),
               blob: Buffer.from(c.blob.buffer, c.blob.byteOffset, c.blob.byteLength),
@@ -514,13 +560,29 @@ export class SnapshotCoordinator {
               );
             }
             serial(async () => {
-              const row = await this.commit(writer, commit, parts, req);
-              await session.send(
-                create(ControlMessageSchema, {
-                  msg: { case: "snapshotCommitted", value: { requestId, snapshotId: row.id } },
-                }),
-              );
-              finish(undefined, row);
+              const committed = (async () => {
+                const row = await this.commit(writer, commit, parts, req);
+                // Told when it can be; the snapshot stands either way (the agent offers its chunks again next time).
+                await session
+                  .send(
+                    create(ControlMessageSchema, {
+                      msg: { case: "snapshotCommitted", value: { requestId, snapshotId: row.id } },
+                    }),
+                  )
+                  .catch((err: Error) =>
+                    this.log.warn(
+                      { hostId: session.hostId, snapshotId: row.id, reason: err.message },
+                      "snapshot committed; the agent could not be told",
+                    ),
+                  );
+                return row;
+              })();
+              committing = committed;
+              try {
+                finish(undefined, await committed);
+              } finally {
+                committing = undefined;
+              }
             });
           } else if (m.case === "snapshotProgress") {
             req.onProgress?.({ bytesDone: Number(m.value.bytesRead), bytesTotal: Number(m.value.bytesToRead) });
@@ -583,22 +645,46 @@ export class SnapshotCoordinator {
     const requestId = randomUUID();
     return new Promise((resolve, reject) => {
       let finished = false;
+      /**
+       * The agent's chunk requests: RESTORE_BATCHES_AT_ONCE streamed at once (each holds pack reads in flight),
+       * the rest waiting in order; more waiting than an agent ever asks for is a broken agent.
+       */
+      let streaming = 0;
+      const waiting: (() => void)[] = [];
       const finish = (err: Error | undefined, result?: { files: number; bytesWritten: number }) => {
         if (finished) return;
         finished = true;
         this.operations.delete(requestId);
+        waiting.length = 0;
         if (err) reject(err);
         else resolve({ ...result!, seconds: (Date.now() - started) / 1000 });
       };
+      const stream = (batch: bigint, ids: Buffer[]) => {
+        streaming++;
+        void this.streamChunks(out, source, pools, requestId, batch, ids, () => finished)
+          .catch((err: Error) => finish(err))
+          .finally(() => {
+            streaming--;
+            waiting.shift()?.();
+          });
+      };
       this.operations.set(requestId, {
-        hostId: session.hostId,
+        session,
         fail: (err) => finish(err),
         handle: (message) => {
           const m = message.msg;
           if (m.case === "restoreChunkRequest") {
             const batch = m.value.batch;
             const ids = m.value.chunkIds.map((id) => Buffer.from(id));
-            void this.streamChunks(out, source, pools, requestId, batch, ids).catch((err: Error) => finish(err));
+            if (streaming < RESTORE_BATCHES_AT_ONCE) stream(batch, ids);
+            else if (waiting.length < MAX_RESTORE_BATCHES_WAITING) waiting.push(() => stream(batch, ids));
+            else {
+              finish(
+                new InvalidArgumentError(
+                  `the agent asked for more than ${RESTORE_BATCHES_AT_ONCE + MAX_RESTORE_BATCHES_WAITING} batches of chunks at once`,
+                ),
+              );
+            }
           } else if (m.case === "restoreProgress" && !m.value.done) {
             req.onProgress?.({ bytesDone: Number(m.value.bytesWritten), bytesTotal: Number(m.value.bytesTotal) });
           } else if (m.case === "restoreProgress" && m.value.done) {
@@ -646,6 +732,8 @@ export class SnapshotCoordinator {
     requestId: string,
     batch: bigint,
     ids: Buffer[],
+    /** True once the restore has ended: what is left is not read. */
+    ended: () => boolean,
   ): Promise<void> {
     let pending: WireChunk[] = [];
     let bytes = 0;
@@ -665,6 +753,7 @@ export class SnapshotCoordinator {
       await out.send(message, () => pools.messages.give(message));
     };
     for await (const chunk of source.get(ids)) {
+      if (ended()) return;
       if (chunk.blob && chunk.blob.buffer !== current?.buffer) {
         if (current) finished.push(current);
         current = chunk.blob;
@@ -687,14 +776,17 @@ export class SnapshotCoordinator {
     const s = commit.stats;
     const skipped = skippedEntries(s);
     const counts = {
-      files: Number(s?.files ?? 0n),
-      bytesRead: Number(s?.bytesRead ?? 0n),
-      bytesNew: Number(s?.bytesNew ?? 0n),
-      bytesStored: Number(s?.bytesStored ?? 0n),
-      chunksNew: Number(s?.chunksNew ?? 0n),
+      files: statCount(s?.files, "files"),
+      bytesRead: statCount(s?.bytesRead, "bytes_read"),
+      bytesNew: statCount(s?.bytesNew, "bytes_new"),
+      bytesStored: statCount(s?.bytesStored, "bytes_stored"),
+      chunksNew: statCount(s?.chunksNew, "chunks_new"),
       seconds: s?.seconds ?? 0,
       filesSkipped: skipped.filesSkipped,
     };
+    if (!(Number.isFinite(counts.seconds) && counts.seconds >= 0)) {
+      throw new InvalidArgumentError(`${STATS_FIELD}: seconds must be a finite number ≥ 0, got ${counts.seconds}`);
+    }
     // The record lists what was left out, as a direct-mode snapshot's does (see createSnapshot).
     const stats = skipped.filesSkipped > 0 ? { ...counts, skipped: skipped.skipped } : counts;
     // The repository commit verifies the manifest and makes every pack durable before the snapshot object.
@@ -814,8 +906,8 @@ const MAX_SKIPPED_PATH = 4096;
  */
 function skippedEntries(stats: SnapshotStats | undefined): { filesSkipped: number; skipped: SkippedEntry[] } {
   const listed = stats?.skipped ?? [];
-  const filesSkipped = Number(stats?.filesSkipped ?? 0n);
-  const field = "the agent's SnapshotCommit stats";
+  const filesSkipped = statCount(stats?.filesSkipped, "files_skipped");
+  const field = STATS_FIELD;
   if (listed.length > MAX_SKIPPED_LISTED) {
     throw new InvalidArgumentError(`${field}: skipped lists ${listed.length} entries, at most ${MAX_SKIPPED_LISTED}`);
   }
@@ -836,6 +928,21 @@ function skippedEntries(stats: SnapshotStats | undefined): { filesSkipped: numbe
     return { path, reason };
   });
   return { filesSkipped, skipped };
+}
+
+const STATS_FIELD = "the agent's SnapshotCommit stats";
+
+/**
+ * A counter of the agent's stats as a number. Checked before the commit: the record and the row keep it, and one
+ * beyond what they hold (a bigint column; a double's exact integers) failed the row's insert after the record
+ * was stored, and then every relisting of the tenant.
+ */
+function statCount(value: bigint | undefined, name: string): number {
+  const n = value ?? 0n;
+  if (n > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new InvalidArgumentError(`${STATS_FIELD}: ${name} is ${n}, more than ${Number.MAX_SAFE_INTEGER}`);
+  }
+  return Number(n);
 }
 
 function staleEpoch(got: bigint, want: bigint): Error {
