@@ -35,3 +35,9 @@ export class FailedPreconditionError extends ConnectError {
     super(message, Code.FailedPrecondition);
   }
 }
+
+export class DeadlineExceededError extends ConnectError {
+  constructor(message: string) {
+    super(message, Code.DeadlineExceeded);
+  }
+}

@@ -260,7 +260,8 @@ export class RepositoryWriter implements ChunkSink {
    */
   private async partsInHand(parts: readonly ManifestPartBlob[], read: boolean): Promise<(Buffer | undefined)[]> {
     const store = this.repository.store;
-    return Promise.all(
+    // Settled whole, then the first refusal in part order: the same manifest always fails the same way.
+    const results = await Promise.allSettled(
       parts.map(async (part, i) => {
         if (Buffer.isBuffer(part)) return part;
         const what = `manifest part ${i + 1} of ${parts.length}`;
@@ -284,6 +285,9 @@ export class RepositoryWriter implements ChunkSink {
         return blob;
       }),
     );
+    const refused = results.find((r) => r.status === "rejected");
+    if (refused) throw refused.reason;
+    return results.map((r) => (r as PromiseFulfilledResult<Buffer | undefined>).value);
   }
 
   /**

@@ -36,7 +36,7 @@ import { TenantKeys } from "./tenant-keys.js";
  * A coordinator on a fresh test database (tenant "t1") and blob directory, for the enclosing describe, with a
  * fake agent session whose messages land in `sent`.
  */
-function useCoordinator(hostId: string, retention?: RetentionPolicy) {
+function useCoordinator(hostId: string, retention?: RetentionPolicy, silenceMs?: number) {
   const h = {
     db: undefined as unknown as Db,
     blobs: "",
@@ -70,6 +70,7 @@ function useCoordinator(hostId: string, retention?: RetentionPolicy) {
       createLogger("silent"),
       createMetrics(),
       retention,
+      silenceMs,
     );
   });
   afterAll(async () => {
@@ -593,6 +594,38 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
       value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength }] },
     });
     await expect(snapshot).rejects.toThrow(`the agent sent a chunk of ${plainLength} bytes; a chunk holds 1 to`);
+  });
+});
+
+describe("SnapshotCoordinator: an agent that stops answering", () => {
+  const h = useCoordinator("h-silent", undefined, 400);
+  const finish = finishIn(h);
+
+  it("fails a snapshot its agent has said nothing about for the silence limit, and tells the agent to stop", async () => {
+    const { snapshot, requestId } = await startedIn(h);
+    // Progress keeps it alive past the limit...
+    for (let i = 0; i < 4; i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      h.coordinator.onAgentMessage(
+        h.session,
+        create(AgentMessageSchema, { msg: { case: "snapshotProgress", value: { requestId, bytesRead: BigInt(i) } } }),
+      );
+    }
+    // ...and silence ends it.
+    await expect(snapshot).rejects.toThrow(/host h-silent said nothing about the snapshot for 0.4 s; gave up on it/);
+    const aborted = h.sent.find((m) => m.msg.case === "snapshotAborted")?.msg;
+    expect(aborted?.case === "snapshotAborted" && aborted.value.requestId).toBe(requestId);
+    // Nothing is left running: a prune goes ahead, and the next snapshot commits.
+    await expect(
+      h.coordinator.forget({ tenantId: "t1", policy: {}, prune: true, dryRun: false }),
+    ).resolves.toBeDefined();
+    await expect(finish(await startedIn(h))).resolves.toMatchObject({ host_id: "h-silent" });
+  });
+
+  it("fails a restore its agent has gone silent on", async () => {
+    const snapshot = await finish(await startedIn(h));
+    const restore = h.coordinator.restore({ session: h.session, snapshot, target: "/r" });
+    await expect(restore).rejects.toThrow(/host h-silent said nothing about the restore for 0.4 s/);
   });
 });
 

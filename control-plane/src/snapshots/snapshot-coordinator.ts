@@ -49,7 +49,7 @@ import type { AgentSender, AgentSession } from "../agent-gateway/agent-session.j
 import type { Db } from "../db/database.js";
 import { deleteSnapshot, getSnapshot, listSnapshots } from "../db/snapshot-repository.js";
 import type { SnapshotRow } from "../db/tables.js";
-import { FailedPreconditionError, InvalidArgumentError } from "../errors.js";
+import { DeadlineExceededError, FailedPreconditionError, InvalidArgumentError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import { ChunkVerifier } from "./chunk-verifier.js";
@@ -57,6 +57,12 @@ import type { TenantKeys } from "./tenant-keys.js";
 
 /** Chunk messages being verified or written before we stop reading the agent's stream (about 1 MiB each). */
 const MAX_VERIFYING = 4;
+
+/**
+ * An operation whose agent says nothing about it for this long fails (the agent is told to stop a snapshot).
+ * An agent reports progress a few times a second while it reads or writes, and answers within a batch.
+ */
+export const OPERATION_SILENCE_MS = 10 * 60 * 1000;
 
 /**
  * A restore's chunk requests streamed at once, and how many more may wait. The agent keeps a few batches open
@@ -155,7 +161,26 @@ export class SnapshotCoordinator {
     private readonly metrics: Metrics,
     /** Applied to a workspace after each of its snapshots commits (forget, no prune); none keeps every one. */
     private readonly retention?: RetentionPolicy,
+    /** How long an operation may go without a word from its agent (tests shorten it; see OPERATION_SILENCE_MS). */
+    private readonly silenceMs = OPERATION_SILENCE_MS,
   ) {}
+
+  /**
+   * A timer that fails an operation once its agent has been silent about it for `silenceMs`; `heard()` on
+   * every sign of progress (a message, a batch written or sent). Without it, an agent that stays connected
+   * but stops working on an operation (a read stuck on a hung mount) held it, and the tenant's prunes, forever.
+   */
+  private silenceWatch(what: string, hostId: string, fail: (err: Error) => void): { heard(): void; stop(): void } {
+    const timer = setTimeout(() => {
+      fail(
+        new DeadlineExceededError(
+          `host ${hostId} said nothing about the ${what} for ${this.silenceMs / 1000} s; gave up on it`,
+        ),
+      );
+    }, this.silenceMs);
+    timer.unref(); // the operation's promise keeps whoever waits on it; a timer alone keeps nothing running
+    return { heard: () => void timer.refresh(), stop: () => clearTimeout(timer) };
+  }
 
   /** Stops the arrival check's threads (operations still in flight fail). */
   async close(): Promise<void> {
@@ -459,6 +484,7 @@ export class SnapshotCoordinator {
         }
         finished = true;
         this.operations.delete(requestId);
+        silence.stop();
         if (err) {
           void writer.abort().catch(() => undefined);
           reject(err);
@@ -478,13 +504,18 @@ export class SnapshotCoordinator {
           )
           .catch(() => undefined);
       };
+      const silence = this.silenceWatch("snapshot", session.hostId, (err) => abandon(err));
       const serial = (work: () => Promise<void>) => {
-        chain = chain.then(work).catch(abandon);
+        chain = chain
+          .then(work)
+          .then(() => silence.heard())
+          .catch(abandon);
       };
       this.operations.set(requestId, {
         session,
         fail: (err) => finish(err),
         handle: (message) => {
+          silence.heard();
           const m = message.msg;
           if (m.case === "snapshotOffer") {
             if (m.value.epoch !== req.epoch) return abandon(staleEpoch(m.value.epoch, req.epoch));
@@ -655,13 +686,15 @@ export class SnapshotCoordinator {
         if (finished) return;
         finished = true;
         this.operations.delete(requestId);
+        silence.stop();
         waiting.length = 0;
         if (err) reject(err);
         else resolve({ ...result!, seconds: (Date.now() - started) / 1000 });
       };
+      const silence = this.silenceWatch("restore", session.hostId, (err) => finish(err));
       const stream = (batch: bigint, ids: Buffer[]) => {
         streaming++;
-        void this.streamChunks(out, source, pools, requestId, batch, ids, () => finished)
+        void this.streamChunks(out, source, pools, requestId, batch, ids, () => finished, silence.heard)
           .catch((err: Error) => finish(err))
           .finally(() => {
             streaming--;
@@ -672,6 +705,7 @@ export class SnapshotCoordinator {
         session,
         fail: (err) => finish(err),
         handle: (message) => {
+          silence.heard();
           const m = message.msg;
           if (m.case === "restoreChunkRequest") {
             const batch = m.value.batch;
@@ -734,6 +768,8 @@ export class SnapshotCoordinator {
     ids: Buffer[],
     /** True once the restore has ended: what is left is not read. */
     ended: () => boolean,
+    /** Called as each message goes out (the agent took the last one: the restore moves). */
+    sent: () => void,
   ): Promise<void> {
     let pending: WireChunk[] = [];
     let bytes = 0;
@@ -751,6 +787,7 @@ export class SnapshotCoordinator {
       pending = [];
       bytes = 0;
       await out.send(message, () => pools.messages.give(message));
+      sent();
     };
     for await (const chunk of source.get(ids)) {
       if (ended()) return;
