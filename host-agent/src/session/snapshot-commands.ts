@@ -11,6 +11,8 @@ import type { ControlPlaneSession, Inbound } from "./control-plane-session.js";
 import { StreamChunkSink, StreamChunkSource, type StreamPort } from "./stream-transfer.js";
 
 const PROGRESS_INTERVAL_MS = 250;
+/** The longest an operation goes without a progress message (see the control plane's OPERATION_SILENCE_MS). */
+const PROGRESS_HEARTBEAT_MS = 60_000;
 /**
  * The worker pool (threads, their heaps and batch buffers: ~300 MiB after a 1 GiB snapshot) is shut down
  * this long after the last operation, so an idle agent goes back to its idle footprint.
@@ -79,18 +81,11 @@ export class SnapshotCommands {
     }
   }
 
-  /**
-   * A progress callback that sends at most a few messages a second, without waiting: progress is only for
-   * display, and must never hold up the chunks behind it.
-   */
-  private throttled<P>(message: (progress: P) => ReturnType<typeof create<typeof AgentMessageSchema>>) {
-    let last = 0;
-    return (progress: P): void => {
-      const now = performance.now();
-      if (now - last < PROGRESS_INTERVAL_MS) return;
-      last = now;
-      this.session.send(message(progress)).catch(() => undefined);
-    };
+  private throttled<P>(
+    initial: P,
+    message: (progress: P) => ReturnType<typeof create<typeof AgentMessageSchema>>,
+  ): ProgressReporter<P> {
+    return progressReporter(initial, (p) => this.session.send(message(p)).catch(() => undefined));
   }
 
   /**
@@ -122,6 +117,14 @@ export class SnapshotCommands {
     const sink = new StreamChunkSink(this.session, cmd.requestId, cmd.epoch, cmd.maxManifestParts, cmd.manifestRefs);
     this.sinks.set(cmd.requestId, sink);
     const started = Date.now();
+    const progress = this.throttled({ bytesRead: 0, bytesToRead: 0 }, (p) =>
+      create(AgentMessageSchema, {
+        msg: {
+          case: "snapshotProgress",
+          value: { requestId: cmd.requestId, bytesRead: BigInt(p.bytesRead), bytesToRead: BigInt(p.bytesToRead) },
+        },
+      }),
+    );
     try {
       if (!path.isAbsolute(cmd.path)) throw new Error(`path must be absolute, got ${JSON.stringify(cmd.path)}`);
       const scope = `control-plane:${cmd.tenantId}\n${path.resolve(cmd.path)}`;
@@ -139,14 +142,7 @@ export class SnapshotCommands {
           // 7 runs of 10 faster. Direct mode's file sink gained nothing and would only hold ~30 MiB more.
           sealAhead: 2,
           localIndex: { file: localIndexPath(this.stateDir, scope), scope },
-          onProgress: this.throttled((p) =>
-            create(AgentMessageSchema, {
-              msg: {
-                case: "snapshotProgress",
-                value: { requestId: cmd.requestId, bytesRead: BigInt(p.bytesRead), bytesToRead: BigInt(p.bytesToRead) },
-              },
-            }),
-          ),
+          onProgress: progress.report,
         }),
       );
       this.log.info(
@@ -163,6 +159,7 @@ export class SnapshotCommands {
         )
         .catch(() => undefined);
     } finally {
+      progress.stop();
       this.sinks.delete(cmd.requestId);
     }
   }
@@ -177,6 +174,20 @@ export class SnapshotCommands {
       );
     const held = this.manifestParts.get(cmd.requestId) ?? new ManifestPartsReceiver();
     this.manifestParts.delete(cmd.requestId);
+    const progress = this.throttled({ filesDone: 0, bytesWritten: 0, bytesTotal: 0 }, (p) =>
+      create(AgentMessageSchema, {
+        msg: {
+          case: "restoreProgress",
+          value: {
+            requestId: cmd.requestId,
+            done: false,
+            files: BigInt(p.filesDone),
+            bytesWritten: BigInt(p.bytesWritten),
+            bytesTotal: BigInt(p.bytesTotal),
+          },
+        },
+      }),
+    );
     try {
       if (!path.isAbsolute(cmd.target)) throw new Error(`target must be absolute, got ${JSON.stringify(cmd.target)}`);
       const manifest = held.complete(cmd.manifest, cmd.manifestParts);
@@ -201,20 +212,7 @@ export class SnapshotCommands {
           target: cmd.target,
           include: cmd.include,
           pool,
-          onProgress: this.throttled((p) =>
-            create(AgentMessageSchema, {
-              msg: {
-                case: "restoreProgress",
-                value: {
-                  requestId: cmd.requestId,
-                  done: false,
-                  files: BigInt(p.filesDone),
-                  bytesWritten: BigInt(p.bytesWritten),
-                  bytesTotal: BigInt(p.bytesTotal),
-                },
-              },
-            }),
-          ),
+          onProgress: progress.report,
         });
       });
       await report({ files: BigInt(result.files), bytesWritten: BigInt(result.bytesWritten) });
@@ -222,7 +220,41 @@ export class SnapshotCommands {
       this.log.warn({ requestId: cmd.requestId, err: (err as Error).message }, "restore failed");
       await report({ error: (err as Error).message }).catch(() => undefined);
     } finally {
+      progress.stop();
       this.sources.delete(cmd.requestId);
     }
   }
+}
+
+export interface ProgressReporter<P> {
+  report(progress: P): void;
+  stop(): void;
+}
+
+/**
+ * Progress for the control plane: at most a few messages a second, sent without waiting (progress is only for
+ * display, and must never hold up the chunks behind it), and the latest again at least every
+ * PROGRESS_HEARTBEAT_MS however long a step goes without any (listing a huge tree on a slow mount): the control
+ * plane gives up on an operation it hears nothing about (OPERATION_SILENCE_MS). `stop` when it ends.
+ */
+export function progressReporter<P>(
+  initial: P,
+  send: (progress: P) => void,
+  intervals = { minMs: PROGRESS_INTERVAL_MS, heartbeatMs: PROGRESS_HEARTBEAT_MS },
+): ProgressReporter<P> {
+  let last = Number.NEGATIVE_INFINITY;
+  let latest = initial;
+  const sendLatest = () => {
+    last = performance.now();
+    send(latest);
+  };
+  const heartbeat = setInterval(sendLatest, intervals.heartbeatMs);
+  heartbeat.unref();
+  return {
+    report: (progress: P): void => {
+      latest = progress;
+      if (performance.now() - last >= intervals.minMs) sendLatest();
+    },
+    stop: () => clearInterval(heartbeat),
+  };
 }
