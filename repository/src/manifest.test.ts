@@ -53,6 +53,7 @@ describe("assertRestorable", () => {
     ["an entry under a symlink", m(link("a", "."), file("a/x"))],
     ["an entry under a file", m(file("a"), file("a/x"))],
     ["an entry whose directory is missing", m(file("a/x"))],
+    ["a directory listed before its parent", m(dir("a/b"), dir("a"))],
     ["a symlink to an absolute path", m(link("l", "/etc"))],
     ["a symlink climbing out", m(dir("a"), link("a/l", "../../x"))],
     ["a symlink escaping through another symlink", m(link("a", "."), link("b", "a/.."))],

@@ -302,8 +302,12 @@ export class RestorableCheck {
     if (e.type === "symlink") this.links.set(path, e.target);
   }
 
-  /** Checks, in manifest order, each entry's parent, and each symlink's target unless outward ones are allowed. */
+  /**
+   * Checks, in manifest order, each entry's parent, and each symlink's target unless outward ones are allowed.
+   * A directory's parent must come before it (FORMAT.md: restore creates directories in manifest order).
+   */
   finish(): void {
+    const dirsSeen = new Set<string>();
     for (const [path, type] of this.kinds) {
       const parent = posix.dirname(path);
       if (parent !== "." && this.kinds.get(parent) !== "dir") {
@@ -312,12 +316,22 @@ export class RestorableCheck {
           `${JSON.stringify(path)} lies under ${JSON.stringify(parent)}, which is not a directory`,
         );
       }
+      if (type === "dir") {
+        if (parent !== "." && !dirsSeen.has(parent)) {
+          throw invalid(
+            "manifest",
+            `directory ${JSON.stringify(path)} comes before its parent ${JSON.stringify(parent)}; parents are listed first`,
+          );
+        }
+        dirsSeen.add(path);
+      }
       if (type !== "symlink" || this.options.allowExternalSymlinks) continue;
       const target = this.links.get(path) ?? "";
       if (symlinkEscapes(path, target, this.links)) {
         throw invalid(
           "manifest",
-          `symlink ${JSON.stringify(path)} -> ${JSON.stringify(target)} points outside the restore target`,
+          `symlink ${JSON.stringify(path)} -> ${JSON.stringify(target)} points outside the restore target; ` +
+            `to create such links anyway (a restore never follows one), restore with --allow-external-symlinks`,
         );
       }
     }

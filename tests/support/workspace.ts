@@ -35,7 +35,10 @@ export async function describeTree(root: string): Promise<Record<string, TreeEnt
   return out;
 }
 
-/** A small workspace with the awkward cases: empty file and dir, symlink, spaces and UTF-8, a multi-MiB file. */
+/**
+ * A small workspace with the awkward cases: empty file and dir, symlinks (one pointing out of it), spaces and
+ * UTF-8, a multi-MiB file.
+ */
 export async function makeWorkspace(root: string, bigBytes = 6 * 1024 * 1024): Promise<void> {
   await fs.mkdir(path.join(root, "src/nested dir/ünïcødé 文件"), { recursive: true });
   await fs.mkdir(path.join(root, "empty-dir"), { recursive: true });
@@ -48,6 +51,8 @@ export async function makeWorkspace(root: string, bigBytes = 6 * 1024 * 1024): P
   await fs.writeFile(path.join(root, "src/nested dir/ünïcødé 文件/notes with spaces.md"), "# hello\n");
   await fs.writeFile(path.join(root, "src/train.py"), "print('train')\n", { mode: 0o755 });
   await fs.symlink("src/train.py", path.join(root, "link-to-train"));
+  // A link out of the workspace, as a virtualenv's bin/python is: it must survive a move to another host.
+  await fs.symlink("/usr/bin/env", path.join(root, "python-outside"));
   await ageFiles(root);
 }
 

@@ -211,6 +211,10 @@ export class SnapshotCommands {
           key: Buffer.from(cmd.tenantKey),
           target: cmd.target,
           include: cmd.include,
+          // A workspace's links out of it (a virtualenv's bin/python -> /usr/bin/python3) come back with it
+          // when a job moves: a restore creates links and never follows one, and refusing them refused the
+          // whole restore. Direct mode leaves this to the operator (--allow-external-symlinks).
+          allowExternalSymlinks: true,
           pool,
           onProgress: progress.report,
         });

@@ -12,6 +12,7 @@ import {
   open,
   readdir,
   realpath,
+  stat,
   symlink,
   unlink,
   utimes,
@@ -197,7 +198,7 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
     for (const l of plan.links) {
       const abs = pathOf(l.path);
       await symlink(l.target, abs);
-      const t = nsToSeconds(l.mtimeNs);
+      const t = timeArg(nsToSeconds(l.mtimeNs));
       await lutimes(abs, t, t).catch(() => {}); // not every filesystem can time-stamp a link
     }
     // Directory modes and times last (deepest first): writing into them would change their mtime, and a
@@ -205,7 +206,7 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
     for (const d of [...plan.dirs].reverse()) {
       const abs = pathOf(d.path);
       await chmod(abs, d.mode);
-      const t = nsToSeconds(d.mtimeNs);
+      const t = timeArg(nsToSeconds(d.mtimeNs));
       await utimes(abs, t, t);
     }
 
@@ -302,12 +303,12 @@ async function restoreWindow(
     const directHandle = state.direct;
     state.handle = undefined;
     state.direct = undefined;
-    const t = nsToSeconds(state.entry.mtimeNs);
+    const t = timeArg(nsToSeconds(state.entry.mtimeNs));
     finishing.push(
       (async () => {
         try {
           await directHandle?.close();
-          await handle.chmod(state.entry.mode);
+          await handle.chmod(fileMode(state.entry.mode));
           await handle.utimes(t, t);
         } finally {
           await handle.close();
@@ -417,7 +418,7 @@ async function restoreWindow(
           if (d.file.byWorker) {
             dests.push(-1 - paths.length, -1, 0);
             paths.push(d.file.abs);
-            modes.push(d.file.entry.mode);
+            modes.push(fileMode(d.file.entry.mode));
             mtimes.push(nsToSeconds(d.file.entry.mtimeNs));
           } else {
             dests.push(d.file.handle!.fd, d.file.direct?.fd ?? -1, d.offset);
@@ -653,12 +654,31 @@ function splitBatch(hexes: string[], destinations: Map<string, Destination[]>): 
 
 async function prepareTarget(target: string): Promise<string> {
   const abs = resolve(target);
+  const existing = await stat(abs).catch(() => undefined); // a link to a directory is that directory
+  if (existing && !existing.isDirectory()) {
+    throw new Error(
+      `the restore target ${target} exists and is not a directory; restore into a new or empty directory`,
+    );
+  }
   await mkdir(abs, { recursive: true });
   const real = await realpath(abs);
   if ((await readdir(real)).length > 0) {
     throw new Error(`the restore target ${target} is not empty; restore into a new or empty directory`);
   }
   return real;
+}
+
+/**
+ * A restored file's mode: without setuid and setgid. Owners are not recorded, so a file comes back owned by
+ * whoever restores it (the agent runs as root): a tenant's setuid program would become a setuid-root one.
+ */
+function fileMode(mode: number): number {
+  return mode & ~0o6000;
+}
+
+/** Seconds for utimes: Node reads a negative number as "now", a numeric string as it is (times before 1970). */
+function timeArg(seconds: number): number | string {
+  return seconds < 0 ? String(seconds) : seconds;
 }
 
 function nsToSeconds(ns: string): number {

@@ -1136,6 +1136,44 @@ describe("restore safety", () => {
     expect(existsSync(target)).toBe(false);
   });
 
+  it("restores times before 1970, and files without setuid or setgid (owners are not kept)", async () => {
+    const source = fresh("src");
+    await mkdir(join(source, "old dir"), { recursive: true });
+    await writeFile(join(source, "old dir", "small.txt"), "from 1965\n"); // one chunk: a worker creates it
+    await writeFile(join(source, "big.bin"), seeded(1_500_000, "big")); // several chunks: opened ahead
+    await chmod(join(source, "big.bin"), 0o4755);
+    await writeFile(join(source, "tool"), "#!/bin/sh\n");
+    await chmod(join(source, "tool"), 0o2711);
+    await mkdir(join(source, "shared"));
+    await chmod(join(source, "shared"), 0o2775); // a directory's setgid only passes its group down: kept
+    const past = "-150000000.25"; // 1965-03-31; as a string: Node reads a negative number as "now"
+    for (const p of ["old dir/small.txt", "old dir", "big.bin", "tool", "shared"]) {
+      await utimes(join(source, p), past, past);
+    }
+    const repo = pathToFileURL(fresh("repo")).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    const mode = async (p: string) => (await lstat(join(target, p))).mode & 0o7777;
+    expect(await mode("big.bin")).toBe(0o755);
+    expect(await mode("tool")).toBe(0o711);
+    expect(await mode("shared")).toBe(0o2775);
+    for (const p of ["old dir/small.txt", "old dir", "big.bin", "tool", "shared"]) {
+      expect((await lstat(join(target, p))).mtimeMs, p).toBe((await lstat(join(source, p))).mtimeMs);
+    }
+    expect((await lstat(join(target, "big.bin"))).mtimeMs).toBeLessThan(0);
+  });
+
+  it("refuses a target that is a file, saying so", async () => {
+    const target = join(fresh("parent"), "a-file");
+    await mkdir(join(target, ".."), { recursive: true });
+    await writeFile(target, "not a directory");
+    const manifest = { version: 1, entries: [entry("d")] } as Manifest;
+    await expect(restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool })).rejects.toThrow(
+      `the restore target ${target} exists and is not a directory`,
+    );
+  });
+
   it("refuses a target that is not empty (so nothing there can be followed)", async () => {
     const target = fresh("target");
     await mkdir(target);

@@ -263,7 +263,9 @@ export function openAndWrite(
       if (zeros) fs.ftruncateSync(f, length);
       else writeFully(f, from, length, 0);
       fs.fchmodSync(f, creates!.modes[c]);
-      fs.futimesSync(f, creates!.mtimes[c], creates!.mtimes[c]);
+      const m = creates!.mtimes[c];
+      const t = m < 0 ? String(m) : m; // Node reads a negative number as "now" (see timeArg in restore-snapshot)
+      fs.futimesSync(f, t, t);
       const done = f;
       f = -1;
       fs.closeSync(done);
