@@ -12,6 +12,7 @@ import {
   open,
   readdir,
   realpath,
+  rm,
   stat,
   symlink,
   unlink,
@@ -153,75 +154,106 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
   const plan = planRestore(options, snapshotId, manifestBlobs, what);
   await options.source.ready?.(); // a repository's index, loaded while the manifest was read
   const root = await prepareTarget(options.target);
+  // Only this user may enter the target while the restore writes into it by path (a directory swapped for a
+  // symlink meanwhile could redirect a write); its own mode comes back at the end.
+  const rootMode = (await stat(root)).mode & 0o7777;
+  const locked = await chmod(root, 0o700).then(
+    () => true,
+    () => false, // not ours to change (another user's empty directory): restored as before
+  );
   const ownPool = options.pool === undefined;
   const pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });
   try {
-    const progress: RestoreProgress = {
-      filesDone: 0,
-      filesTotal: plan.files,
-      bytesWritten: 0,
-      bytesTotal: plan.bytes,
-    };
-    const pathOf = (p: string): string => join(root, ...p.split("/"));
-
-    for (const d of plan.dirs) await mkdir(pathOf(d.path), { mode: 0o700 });
-
-    // The files, a window at a time, from the manifest's parts opened again one by one: only the part being
-    // read and the window are held (a manifest of 300,000 files held whole was ~115 MB of objects).
-    const damaged: DamagedFile[] = [];
-    let window: FileEntry[] = [];
-    let bytes = 0;
-    let opened = 0;
-    const flush = async (): Promise<void> => {
-      options.signal?.throwIfAborted();
-      await restoreWindow(window, pathOf, pool, options, progress, damaged);
-      window = [];
-      bytes = 0;
-      opened = 0;
-    };
-    for (const part of manifestPartEntries(options.key, manifestBlobs, what)) {
-      for (const e of part) {
-        if (e.type !== "file" || !plan.selected(e.path, false)) continue;
-        if (
-          window.length > 0 &&
-          !(window.length < WINDOW_FILES && opened < WINDOW_OPEN_FILES && bytes < WINDOW_BYTES)
-        ) {
-          await flush();
-        }
-        window.push(e);
-        if (e.chunks.length !== 1) opened++;
-        bytes += e.size;
-      }
-    }
-    if (window.length > 0) await flush();
-
-    for (const l of plan.links) {
-      const abs = pathOf(l.path);
-      await symlink(l.target, abs);
-      const t = timeArg(nsToSeconds(l.mtimeNs));
-      await lutimes(abs, t, t).catch(() => {}); // not every filesystem can time-stamp a link
-    }
-    // Directory modes and times last (deepest first): writing into them would change their mtime, and a
-    // read-only mode would stop the writes.
-    for (const d of [...plan.dirs].reverse()) {
-      const abs = pathOf(d.path);
-      await chmod(abs, d.mode);
-      const t = timeArg(nsToSeconds(d.mtimeNs));
-      await utimes(abs, t, t);
-    }
-
-    const result: RestoreSnapshotResult = {
-      snapshotId,
-      files: plan.files - damaged.length,
-      dirs: plan.dirs.length,
-      symlinks: plan.links.length,
-      bytesWritten: progress.bytesWritten,
-      seconds: (performance.now() - started) / 1000,
-    };
-    if (damaged.length > 0) throw new RestoreDamagedError(damaged, result);
-    return result;
+    return await restoreInto(root, plan, snapshotId, manifestBlobs, what, pool, options, started);
+  } catch (err) {
+    // A restore that fails part-way (the stream drops, the disk fills, it is cancelled) takes back what it
+    // wrote: the target is empty again, and the same restore can simply run again. One that restored all it
+    // could and names damaged files (RestoreDamagedError) keeps the rest.
+    if (!(err instanceof RestoreDamagedError)) await emptyDirectory(root);
+    throw err;
   } finally {
+    if (locked) await chmod(root, rootMode).catch(() => {});
     if (ownPool) await pool.close();
+  }
+}
+
+async function restoreInto(
+  root: string,
+  plan: RestorePlan,
+  snapshotId: string,
+  manifestBlobs: readonly Buffer[],
+  what: string,
+  pool: SnapshotWorkerPool,
+  options: RestoreSnapshotOptions,
+  started: number,
+): Promise<RestoreSnapshotResult> {
+  const progress: RestoreProgress = {
+    filesDone: 0,
+    filesTotal: plan.files,
+    bytesWritten: 0,
+    bytesTotal: plan.bytes,
+  };
+  const pathOf = (p: string): string => join(root, ...p.split("/"));
+
+  for (const d of plan.dirs) await mkdir(pathOf(d.path), { mode: 0o700 });
+
+  // The files, a window at a time, from the manifest's parts opened again one by one: only the part being
+  // read and the window are held (a manifest of 300,000 files held whole was ~115 MB of objects).
+  const damaged: DamagedFile[] = [];
+  let window: FileEntry[] = [];
+  let bytes = 0;
+  let opened = 0;
+  const flush = async (): Promise<void> => {
+    options.signal?.throwIfAborted();
+    await restoreWindow(window, pathOf, pool, options, progress, damaged);
+    window = [];
+    bytes = 0;
+    opened = 0;
+  };
+  for (const part of manifestPartEntries(options.key, manifestBlobs, what)) {
+    for (const e of part) {
+      if (e.type !== "file" || !plan.selected(e.path, false)) continue;
+      if (window.length > 0 && !(window.length < WINDOW_FILES && opened < WINDOW_OPEN_FILES && bytes < WINDOW_BYTES)) {
+        await flush();
+      }
+      window.push(e);
+      if (e.chunks.length !== 1) opened++;
+      bytes += e.size;
+    }
+  }
+  if (window.length > 0) await flush();
+
+  for (const l of plan.links) {
+    const abs = pathOf(l.path);
+    await symlink(l.target, abs);
+    const t = timeArg(nsToSeconds(l.mtimeNs));
+    await lutimes(abs, t, t).catch(() => {}); // not every filesystem can time-stamp a link
+  }
+  // Directory modes and times last (deepest first): writing into them would change their mtime, and a
+  // read-only mode would stop the writes.
+  for (const d of [...plan.dirs].reverse()) {
+    const abs = pathOf(d.path);
+    await chmod(abs, d.mode);
+    const t = timeArg(nsToSeconds(d.mtimeNs));
+    await utimes(abs, t, t);
+  }
+
+  const result: RestoreSnapshotResult = {
+    snapshotId,
+    files: plan.files - damaged.length,
+    dirs: plan.dirs.length,
+    symlinks: plan.links.length,
+    bytesWritten: progress.bytesWritten,
+    seconds: (performance.now() - started) / 1000,
+  };
+  if (damaged.length > 0) throw new RestoreDamagedError(damaged, result);
+  return result;
+}
+
+/** Removes everything in `dir` (links are removed, not followed); what cannot be removed is left. */
+async function emptyDirectory(dir: string): Promise<void> {
+  for (const name of await readdir(dir).catch(() => [])) {
+    await rm(join(dir, name), { recursive: true, force: true }).catch(() => {});
   }
 }
 

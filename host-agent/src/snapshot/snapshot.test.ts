@@ -1164,6 +1164,55 @@ describe("restore safety", () => {
     expect((await lstat(join(target, "big.bin"))).mtimeMs).toBeLessThan(0);
   });
 
+  it("keeps others out of the target while it writes, takes back what it wrote when it fails, and can run again", async () => {
+    const { chunkCodec } = await import("@dumont/repository");
+    const files = Array.from({ length: 6 }, (_, i) => Buffer.from(`content of file ${i}\n`.repeat(100 + i)));
+    const sealedChunks = files.map((plain) => chunkCodec.sealChunk(key, plain));
+    const manifest = {
+      version: 1,
+      entries: [
+        entry("d"),
+        ...files.map((plain, i) => ({
+          type: "file" as const,
+          path: `d/f${i}`,
+          mode: 0o644,
+          mtimeNs: "0",
+          size: plain.length,
+          chunks: [sealedChunks[i].id.toString("hex")],
+          lengths: [plain.length],
+        })),
+      ],
+    } as Manifest;
+    const chunks = new Map(sealedChunks.map((c) => [c.id.toString("hex"), c.blob]));
+    const target = fresh("target");
+    await mkdir(target, { recursive: true, mode: 0o755 });
+    await chmod(target, 0o755);
+    const modeOf = async () => (await lstat(target)).mode & 0o777;
+    const modesSeen: number[] = [];
+    // A source whose stream drops after three chunks (the agent's connection cut mid-restore).
+    const dropping: ChunkSource = {
+      ...sourceOf(manifest, chunks),
+      async *get(ids) {
+        let n = 0;
+        for await (const c of sourceOf(manifest, chunks).get(ids)) {
+          modesSeen.push(await modeOf());
+          if (++n > 3) throw new Error("the stream dropped");
+          yield c;
+        }
+      },
+    };
+    await expect(restoreSnapshot({ snapshotId: "x", source: dropping, key, target, pool })).rejects.toThrow(
+      "the stream dropped",
+    );
+    expect(modesSeen.every((m) => m === 0o700)).toBe(true);
+    expect(await readdir(target)).toEqual([]);
+    expect(await modeOf()).toBe(0o755);
+    // The same restore again, into the same target.
+    await restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest, chunks), key, target, pool });
+    for (const [i, plain] of files.entries()) expect(await readFile(join(target, "d", `f${i}`))).toEqual(plain);
+    expect(await modeOf()).toBe(0o755);
+  });
+
   it("refuses a target that is a file, saying so", async () => {
     const target = join(fresh("parent"), "a-file");
     await mkdir(join(target, ".."), { recursive: true });
