@@ -46,7 +46,13 @@ export class FileBlobStore implements BlobStore {
     const final = this.path(key);
     const dir = dirname(final);
     if (!this.madeDirs.has(dir)) {
-      await mkdir(dir, { recursive: true });
+      const first = await mkdir(dir, { recursive: true });
+      // Every directory from `first` down is new: each one's entry is made durable in its parent, as an
+      // object's is in its directory, or a crash could take a new data/xx/ away with the packs renamed into it.
+      for (let made = dir; first !== undefined; made = dirname(made)) {
+        await syncDirectory(dirname(made));
+        if (made === first || dirname(made) === made) break;
+      }
       this.madeDirs.add(dir);
     }
     return { final, temp: join(dir, `${TEMP_PREFIX}${randomBytes(8).toString("hex")}`) };
