@@ -167,7 +167,10 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
       for (const id of e.chunks) if (wanted.has(id)) addFile(users, id, snapshot, e.path);
     });
     for (const { problem, ids, describe } of unnamed) {
-      const files = ids.flatMap((id) => users.get(id) ?? []);
+      // A file with several chunks in a broken pack is named once.
+      const byKey = new Map<string, AffectedFile>();
+      for (const f of ids.flatMap((id) => users.get(id) ?? [])) byKey.set(`${f.snapshot}\0${f.path}`, f);
+      const files = [...byKey.values()];
       problem.files = files;
       problem.message = describe(describeFiles(files));
     }

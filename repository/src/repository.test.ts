@@ -274,6 +274,26 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await store.close();
   });
 
+  it("check names a file once however many of its chunks a missing pack held", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const parts = [
+      sealed(key, randomBytes(20_000)),
+      sealed(key, randomBytes(20_000)),
+      sealed(key, randomBytes(20_000)),
+    ];
+    const writer = await repository.writer(); // one pack holds all three
+    await writer.put(parts);
+    const id = await writer.commit([sealManifest(key, manifestOf({ "big.bin": parts }))], meta);
+    const index = await repository.loadIndex();
+    await store.delete(packKey(index.get(parts[0].id)!.packId));
+    const [problem] = (await checkRepository(repository)).problems;
+    expect(problem).toMatchObject({ kind: "pack-missing", files: [{ snapshot: id, path: "big.bin" }] });
+    expect(problem.message.match(/big\.bin/g)).toHaveLength(1);
+    await store.close();
+  });
+
   it("check names the pack, chunk and files a damaged byte breaks", async () => {
     const store = make();
     const key = generateRepositoryKey();
