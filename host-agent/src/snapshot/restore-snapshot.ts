@@ -19,7 +19,7 @@ import {
   utimes,
 } from "node:fs/promises";
 import { availableParallelism } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import {
   type ChunkSource,
   checkPathPatterns,
@@ -692,7 +692,19 @@ async function prepareTarget(target: string): Promise<string> {
       `the restore target ${target} exists and is not a directory; restore into a new or empty directory`,
     );
   }
-  await mkdir(abs, { recursive: true });
+  if (!existing) {
+    // Made one directory at a time, not with mkdir's `recursive`: under /proc (and other filesystems that
+    // answer ENOENT to a create) Node's recursive mkdir never returns.
+    const missing: string[] = [];
+    for (let at = abs; !(await stat(at).catch(() => undefined)) && dirname(at) !== at; at = dirname(at)) {
+      missing.push(at);
+    }
+    for (const dir of missing.reverse()) {
+      await mkdir(dir).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== "EEXIST") throw new Error(`cannot create the restore target ${target}: ${err.message}`);
+      });
+    }
+  }
   const real = await realpath(abs);
   if ((await readdir(real)).length > 0) {
     throw new Error(`the restore target ${target} is not empty; restore into a new or empty directory`);

@@ -1213,7 +1213,7 @@ describe("restore safety", () => {
     expect(await modeOf()).toBe(0o755);
   });
 
-  it("refuses a target that is a file, saying so", async () => {
+  it("refuses a target that is a file or cannot be made, saying so; makes missing parents", async () => {
     const target = join(fresh("parent"), "a-file");
     await mkdir(join(target, ".."), { recursive: true });
     await writeFile(target, "not a directory");
@@ -1221,6 +1221,14 @@ describe("restore safety", () => {
     await expect(restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool })).rejects.toThrow(
       `the restore target ${target} exists and is not a directory`,
     );
+    // Where no directory can be made (Node's recursive mkdir never returns under /proc): a sentence.
+    await expect(
+      restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target: "/proc/dumont/x", pool }),
+    ).rejects.toThrow("cannot create the restore target /proc/dumont/x: ENOENT");
+    // Missing parents are made.
+    const deep = join(fresh("parent"), "a", "b", "c");
+    await restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target: deep, pool });
+    expect(await readdir(deep)).toEqual(["d"]);
   });
 
   it("refuses a target that is not empty (so nothing there can be followed)", async () => {
