@@ -1,7 +1,10 @@
 // Lists a workspace for a snapshot: every directory, regular file and symlink under the root, depth first in
 // name order (parents before children), without following symlinks. Anything else is skipped and reported;
 // what the exclusions name (path-matcher.ts) is left out without a word, and an excluded directory is not read.
-import { type BigIntStats, type Dirent, lstatSync, readlinkSync } from "node:fs";
+// A name or symlink target that is not valid UTF-8 is left out with a reason: the manifest holds UTF-8 text,
+// and a name decoded with U+FFFD in it names nothing on the disk (a directory so named is one entry left out).
+import { isUtf8 } from "node:buffer";
+import { type BigIntStats, lstatSync, readlinkSync } from "node:fs";
 import { lstat, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { SkippedEntry } from "@dumont/repository";
@@ -20,6 +23,14 @@ export interface SourceEntry {
   ino: bigint;
   target?: string;
 }
+
+/** Why an entry whose name is not valid UTF-8 is left out. */
+export const NOT_UTF8_NAME = "its name is not valid UTF-8; rename it to keep it";
+/** Why a symlink whose target is not valid UTF-8 is left out. */
+export const NOT_UTF8_TARGET = "its target is not valid UTF-8; point it at a UTF-8 path to keep it";
+
+/** A directory's entry as the walk uses it (a Dirent, or one read as bytes with a valid UTF-8 name). */
+type Named = { name: string; isDirectory(): boolean; notUtf8?: boolean };
 
 /** Entries stat'ed between two turns of the event loop (the agent's session must keep talking meanwhile). */
 const STAT_BATCH = 256;
@@ -46,9 +57,18 @@ async function walk(
   into: { entries: SourceEntry[]; skipped: SkippedEntry[]; exclusions?: Exclusions },
 ): Promise<void> {
   const { entries, skipped, exclusions } = into;
-  let dirents: Dirent[];
+  let dirents: Named[];
   try {
     dirents = await readdir(dirAbs, { withFileTypes: true });
+    // A name that is not valid UTF-8 comes back with U+FFFD in it; only then is the directory read again as
+    // bytes, to tell those from names that hold U+FFFD itself (reading every name as bytes made a listing
+    // of 100,000 files ~25% slower).
+    for (const d of dirents) {
+      if (d.name.includes("\uFFFD")) {
+        dirents = await readNamesAsBytes(dirAbs);
+        break;
+      }
+    }
   } catch (err) {
     skipped.push({ path: dirRel || ".", reason: `cannot list: ${(err as Error).message}` });
     return;
@@ -60,12 +80,22 @@ async function walk(
     if (i > 0 && i % STAT_BATCH === 0) await new Promise((resolve) => setImmediate(resolve));
     const name = dirents[i].name;
     const rel = dirRel === "" ? name : `${dirRel}/${name}`;
+    if (dirents[i].notUtf8) {
+      if (!exclusions?.excludes(rel, dirents[i].isDirectory())) skipped.push({ path: rel, reason: NOT_UTF8_NAME });
+      continue;
+    }
     const abs = join(dirAbs, name);
     let st: BigIntStats;
     let target: string | undefined;
     try {
       st = lstatSync(abs, { bigint: true });
-      if (st.isSymbolicLink()) target = readlinkSync(abs);
+      if (st.isSymbolicLink()) {
+        target = readlinkSync(abs);
+        if (target.includes("\uFFFD") && !isUtf8(readlinkSync(abs, { encoding: "buffer" }))) {
+          if (!exclusions?.excludes(rel, false)) skipped.push({ path: rel, reason: NOT_UTF8_TARGET });
+          continue;
+        }
+      }
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
       const excluded = exclusions?.excludes(rel, dirents[i].isDirectory());
@@ -89,6 +119,18 @@ async function walk(
       skipped.push({ path: rel, reason: `${specialKind(st)}: only regular files, directories and symlinks are kept` });
     }
   }
+}
+
+/**
+ * The entries of a directory whose listing had U+FFFD in a name, read again as bytes; each name decoded, with
+ * U+FFFD for what is not valid UTF-8 (for display), and those marked `notUtf8`.
+ */
+async function readNamesAsBytes(dirAbs: string): Promise<Named[]> {
+  return (await readdir(dirAbs, { withFileTypes: true, encoding: "buffer" })).map((d) => ({
+    name: d.name.toString("utf8"),
+    isDirectory: () => d.isDirectory(),
+    notUtf8: !isUtf8(d.name),
+  }));
 }
 
 /** The absolute path of `entry` (listed under `root`, an absolute path). */

@@ -1,0 +1,85 @@
+// What `create` must not do, on real files: drop entries without a word.
+import { mkdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { generateRepositoryKey, openBlobStore, Repository } from "@dumont/repository";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createDirectSnapshot, restoreDirectSnapshot } from "./direct-mode.js";
+import { NOT_UTF8_NAME, NOT_UTF8_TARGET } from "./source-tree.js";
+import { SnapshotWorkerPool } from "./worker-pool.js";
+
+const SMALL = {
+  chunker: { minSize: 16 * 1024, avgSize: 64 * 1024, maxSize: 256 * 1024 },
+  packSize: 256 * 1024,
+  segmentSize: 512 * 1024,
+};
+
+let root: string;
+let pool: SnapshotWorkerPool;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "dumont-create-safety-"));
+  pool = new SnapshotWorkerPool({ threads: 2 });
+});
+afterAll(async () => {
+  await pool?.close();
+  await rm(root, { recursive: true, force: true });
+});
+
+let counter = 0;
+const fresh = (name: string): string => join(root, `${name}-${++counter}`);
+
+/** Every path under `dir` (files with their content), sorted. */
+async function tree(dir: string, rel = ""): Promise<string[]> {
+  const out: string[] = [];
+  for (const d of (await readdir(join(dir, rel), { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    const path = rel === "" ? d.name : `${rel}/${d.name}`;
+    if (d.isDirectory()) out.push(`${path}/`, ...(await tree(dir, path)));
+    else if (d.isFile()) out.push(`${path}: ${await readFile(join(dir, path), "utf8")}`);
+    else out.push(`${path} (${d.isSymbolicLink() ? "symlink" : "other"})`);
+  }
+  return out;
+}
+
+describe("create", () => {
+  it("leaves out names and symlink targets that are not valid UTF-8, saying so, and keeps the rest", async () => {
+    const source = fresh("src");
+    // A path from strings and single bytes (0xfe and 0xff are never valid in UTF-8).
+    const raw = (...parts: (string | number)[]): Buffer =>
+      Buffer.concat(parts.map((p) => (typeof p === "number" ? Buffer.of(p) : Buffer.from(p))));
+    mkdirSync(join(source, "ok"), { recursive: true });
+    writeFileSync(join(source, "ok", "inner.txt"), "inner");
+    writeFileSync(join(source, "kept.txt"), "kept");
+    writeFileSync(join(source, "real \uFFFD.txt"), "a name that holds U+FFFD itself is valid UTF-8");
+    writeFileSync(raw(source, "/bad", 0xff, ".txt"), "latin-1 name");
+    mkdirSync(raw(source, "/dir", 0xfe));
+    writeFileSync(raw(source, "/dir", 0xfe, "/inside.txt"), "inside");
+    symlinkSync(raw("t", 0xff), raw(source, "/link"));
+    symlinkSync("kept.txt", join(source, "good link"));
+
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    // One entry for the directory, not one for what it holds; in listing order, named as decoded for display.
+    expect(created.skipped).toEqual([
+      { path: "bad\uFFFD.txt", reason: NOT_UTF8_NAME },
+      { path: "dir\uFFFD", reason: NOT_UTF8_NAME },
+      { path: "link", reason: NOT_UTF8_TARGET },
+    ]);
+    expect(created.files).toBe(3);
+    const [record] = await (await Repository.open(openBlobStore(repo), key)).listSnapshots();
+    expect(record.stats?.filesSkipped).toBe(3);
+    expect(record.stats?.skipped).toEqual(created.skipped);
+
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect(await tree(target)).toEqual([
+      "good link (symlink)",
+      "kept.txt: kept",
+      "ok/",
+      "ok/inner.txt: inner",
+      "real \uFFFD.txt: a name that holds U+FFFD itself is valid UTF-8",
+    ]);
+  });
+});
