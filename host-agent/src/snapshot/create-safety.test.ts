@@ -1,11 +1,13 @@
-// What `create` must not do, on real files: drop entries without a word.
-import { mkdirSync, symlinkSync, writeFileSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+// What `create` must not do, on real files: drop entries without a word, read outside the source through a
+// directory replaced by a symlink mid-snapshot.
+import { existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { generateRepositoryKey, openBlobStore, Repository } from "@dumont/repository";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createSnapshot, listSnapshotSource } from "./create-snapshot.js";
 import { createDirectSnapshot, restoreDirectSnapshot } from "./direct-mode.js";
 import { NOT_UTF8_NAME, NOT_UTF8_TARGET } from "./source-tree.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
@@ -82,4 +84,51 @@ describe("create", () => {
       "real \uFFFD.txt: a name that holds U+FFFD itself is valid UTF-8",
     ]);
   });
+
+  // The check of a second read's path needs Linux's /proc/self/fd (elsewhere it is not made).
+  it.runIf(existsSync("/proc/self/fd"))(
+    "does not store what a directory replaced by a symlink after the listing leads to, in either read",
+    async () => {
+      // zdir/secret.txt is listed; before it is read, zdir becomes a symlink to a directory outside the source
+      // holding a file of the same name and size. O_NOFOLLOW guards only the last component of a path: the
+      // read must see that the file it opened is not the one listed (its inode), and the second read of files
+      // that changed, which finds the outside file at that path, that it is not where it was listed.
+      const source = fresh("src");
+      const outside = fresh("outside");
+      await mkdir(join(source, "zdir"), { recursive: true });
+      await mkdir(outside);
+      await writeFile(join(source, "a.txt"), "a");
+      await writeFile(join(source, "zdir", "secret.txt"), "inside!");
+      await writeFile(join(outside, "secret.txt"), "OUTSIDE");
+      const listing = await listSnapshotSource(source);
+      await rename(join(source, "zdir"), fresh("moved-away"));
+      await symlink(outside, join(source, "zdir"));
+
+      const key = generateRepositoryKey();
+      const repo = pathToFileURL(fresh("repo")).href;
+      const { repository } = await Repository.openOrInit(openBlobStore(repo), key);
+      const sink = await repository.writer({ packSize: SMALL.packSize });
+      const meta = { workspace: "w", epoch: 0, tenant: "t" };
+      const created = await createSnapshot({
+        source,
+        listing: Promise.resolve(listing),
+        sink,
+        key,
+        meta,
+        pool,
+        ...SMALL,
+      });
+      expect(created.skipped).toEqual([
+        {
+          path: "zdir/secret.txt",
+          reason: "a directory on its path was replaced while the snapshot ran (it leads elsewhere now)",
+        },
+      ]);
+      expect(created.files).toBe(1);
+
+      const target = fresh("restored");
+      await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+      expect(await tree(target)).toEqual(["a.txt: a", "zdir/"]);
+    },
+  );
 });

@@ -176,7 +176,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     if (again.length > 0) {
       bytesToRead += again.reduce((sum, w) => sum + w.entry.size, 0);
       progress();
-      await pipeline.run(again, options.signal, progress).finally(() => pipeline.close());
+      await pipeline.run(again, options.signal, progress, true).finally(() => pipeline.close());
       for (const w of again) if (w.failed === CHANGED) w.failed = CHANGED_TWICE;
     }
     if (heldIds) pool.recycle(heldIds.buffer);
@@ -417,7 +417,15 @@ async function rereadable(root: string, changed: FileWork[]): Promise<FileWork[]
     if (!st?.isFile()) continue;
     const size = Number(st.size);
     // In place: the manifest is written from the listing's entries.
-    Object.assign(work.entry, { size, mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, ino: st.ino });
+    // Its path is followed here through whatever it leads through now: the read checks it is still there
+    // (SegmentPipeline.run's `again`).
+    Object.assign(work.entry, {
+      size,
+      mode: Number(st.mode & 0o7777n),
+      mtimeNs: st.mtimeNs,
+      ino: st.ino,
+      dev: Number(st.dev),
+    });
     Object.assign(work, { first: 0, count: 0, failed: undefined, segments: 0, position: 0 });
     again.push(work);
   }

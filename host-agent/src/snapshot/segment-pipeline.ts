@@ -2,8 +2,8 @@
 // ones split), reads small files ahead from a cold page cache, turns what the workers sealed into each file's
 // chunks in order (a ChunkTable), and sends the sink the chunks it lacks. createSnapshot (create-snapshot.ts)
 // decides what to read and writes the manifest.
-import { constants, readFileSync } from "node:fs";
-import { type FileHandle, open } from "node:fs/promises";
+import { constants, readFileSync, realpathSync } from "node:fs";
+import { type FileHandle, open, readlink } from "node:fs/promises";
 import { type ChunkSink, chunkCodec, type SealedChunk } from "@dumont/repository";
 import type { ChunkTable } from "./chunk-table.js";
 import {
@@ -117,6 +117,8 @@ export class SegmentPipeline {
   private readAhead: ReadAhead | undefined;
   /** Storage bytes read and bytes the workers read when this run started (READ_AHEAD_DISK_SHARE). */
   private readBaseline: { storage: number; read: number } | undefined;
+  /** In a second read, the root with its symlinks resolved: where each file opened must be (FileSegment.expectPath). */
+  private expectRoot: string | undefined;
 
   constructor(
     /** The source directory (absolute): the entries' paths are relative to it. */
@@ -147,13 +149,31 @@ export class SegmentPipeline {
     return sourceFile(this.root, work.entry);
   }
 
+  /** Where a file read a second time must be found, symlinks resolved; undefined in a first read. */
+  private expectedPath(work: FileWork): string | undefined {
+    return this.expectRoot === undefined ? undefined : sourceFile(this.expectRoot, work.entry);
+  }
+
   /** Stops the read-ahead threads, if any were started. */
   async close(): Promise<void> {
     await this.readAhead?.close();
     this.readAhead = undefined;
   }
 
-  async run(works: FileWork[], signal: AbortSignal | undefined, progress: () => void): Promise<void> {
+  /**
+   * Reads `works`. `again`: they are files read once more after they changed (createSnapshot), their entries
+   * updated from an lstat of their paths since; each file opened is then checked to be at its own path, not
+   * reached through a directory replaced by a symlink (which that lstat followed too).
+   */
+  async run(works: FileWork[], signal: AbortSignal | undefined, progress: () => void, again = false): Promise<void> {
+    this.expectRoot = undefined;
+    if (again) {
+      try {
+        this.expectRoot = realpathSync.native(this.root);
+      } catch {
+        this.expectRoot = this.root; // gone: every read fails anyway
+      }
+    }
     if (this.readAheadMode === "always") this.readAhead ??= new ReadAhead(READ_AHEAD_THREADS);
     const storage = this.readAheadMode === "auto" ? storageReadBytes() : undefined;
     this.readBaseline = storage === undefined ? undefined : { storage, read: this.stats.bytesRead };
@@ -187,6 +207,9 @@ export class SegmentPipeline {
             start: seg.start,
             end: seg.end,
             lookback: seg.index > 0 ? this.lookback : undefined,
+            ino: seg.work.entry.ino,
+            dev: seg.work.entry.dev,
+            expectPath: this.expectedPath(seg.work),
           })),
           this.heldIds,
         );
@@ -305,7 +328,7 @@ export class SegmentPipeline {
       if (work.failed) continue;
       const error = failed.get(si);
       if (error !== undefined) {
-        work.failed = error.changed ? CHANGED : `cannot read: ${error.message}`;
+        work.failed = error.changed ? CHANGED : error.elsewhere ? error.message : `cannot read: ${error.message}`;
         continue;
       }
       this.stats.bytesRead += seg.end - seg.start;
@@ -320,7 +343,7 @@ export class SegmentPipeline {
           // The file vanished or shrank between the worker's read and this one.
           const code = (err as { code?: unknown }).code;
           if (typeof code !== "string") throw err;
-          work.failed = code === "ECHANGED" ? CHANGED : `cannot read: ${(err as Error).message}`;
+          work.failed = readFailure(code, (err as Error).message);
           continue;
         }
       }
@@ -349,7 +372,7 @@ export class SegmentPipeline {
       this.scanner ??= createCutScanner(GEAR_SCAN_WASM, GEAR, this.chunker.max, findChunkEnd);
       const scanner = this.scanner;
       const buf = scanner.window;
-      const handle = await openSource(this.file(work));
+      const handle = await this.openAgain(work);
       try {
         while (p < segmentEnd && p < size) {
           await readExactly(handle, buf, Math.min(size, p + this.chunker.max) - p, p);
@@ -398,7 +421,7 @@ export class SegmentPipeline {
   private async sealFromFile(chunk: Accepted, from: { work: FileWork; start: number }): Promise<Buffer | undefined> {
     const plain = Buffer.allocUnsafe(chunk.plainLength);
     try {
-      const handle = await openSource(this.file(from.work));
+      const handle = await this.openAgain(from.work);
       try {
         await readExactly(handle, plain, plain.length, from.start);
       } finally {
@@ -407,7 +430,7 @@ export class SegmentPipeline {
     } catch (err) {
       const code = (err as { code?: unknown }).code;
       if (typeof code !== "string") throw err;
-      from.work.failed = code === "ECHANGED" ? CHANGED : `cannot read: ${(err as Error).message}`;
+      from.work.failed = readFailure(code, (err as Error).message);
       return undefined;
     }
     const { id, blob } = chunkCodec.sealChunk(this.key, plain);
@@ -415,6 +438,35 @@ export class SegmentPipeline {
     from.work.failed = CHANGED;
     return undefined;
   }
+
+  /**
+   * Opens a file a worker read, to read part of it again on this thread (a seam, a chunk to seal), checked as
+   * the worker's read was (segment-sealer.ts): the file the listing saw and, in a second read, at its path.
+   */
+  private async openAgain(work: FileWork): Promise<FileHandle> {
+    const handle = await openSource(this.file(work));
+    try {
+      const st = await handle.stat({ bigint: true });
+      if (!st.isFile() || st.ino !== work.entry.ino || Number(st.dev) !== work.entry.dev) {
+        throw Object.assign(new Error("it was replaced while the snapshot ran"), { code: "ECHANGED" });
+      }
+      const expected = this.expectedPath(work);
+      const opened = expected && (await readlink(`/proc/self/fd/${handle.fd}`).catch(() => undefined));
+      if (opened !== undefined && opened !== expected) {
+        const message = "a directory on its path was replaced while the snapshot ran (it leads elsewhere now)";
+        throw Object.assign(new Error(message), { code: "EELSEWHERE" });
+      }
+      return handle;
+    } catch (err) {
+      await handle.close();
+      throw err;
+    }
+  }
+}
+
+/** Why a file whose read failed with `code` is left out (ECHANGED: read once more, see CHANGED). */
+function readFailure(code: string, message: string): string {
+  return code === "ECHANGED" ? CHANGED : code === "EELSEWHERE" ? message : `cannot read: ${message}`;
 }
 
 /** Bytes this process has had read from storage so far (Linux's /proc/self/io), or undefined where unknown. */

@@ -20,6 +20,20 @@ export interface FileSegment {
    * its worker seals are the ones a single pass gives, so nothing is sealed twice at the seam.
    */
   lookback?: number;
+  /**
+   * What the listing saw there (SourceEntry.ino and .dev): a file opened with other ones is not that file
+   * (replaced, or reached through a directory on its path replaced by a symlink, which O_NOFOLLOW does not
+   * stop), and is reported changed.
+   */
+  ino?: bigint;
+  dev?: number;
+  /**
+   * For a second read (of a file that changed): the path, symlinks resolved, the file must be found at. Its
+   * ino and dev are then the ones found at its path before this read, through whatever the path leads
+   * through now; the file opened is checked against this path (Linux's /proc/self/fd; not checked where
+   * there is none), and one that is elsewhere is left out (`elsewhere`).
+   */
+  expectPath?: string;
 }
 
 export interface SealedSegments {
@@ -31,8 +45,11 @@ export interface SealedSegments {
    * A blob length of 0 marks a chunk left unsealed because the repository holds it (see `held`).
    */
   chunks: Float64Array;
-  /** Segments that could not be read; `changed` when the file changed under the read (it shrank, or its type). */
-  errors: { segment: number; message: string; changed?: boolean }[];
+  /**
+   * Segments that could not be read; `changed` when the file changed under the read (it shrank, its type or
+   * its inode), `elsewhere` when it was found away from `expectPath` (the message says why it is left out).
+   */
+  errors: { segment: number; message: string; changed?: boolean; elsewhere?: boolean }[];
   bytesRead: number;
 }
 
@@ -111,7 +128,23 @@ export function createSegmentSealer(deps: {
         const mark = { pos, count, meta: meta.length };
         try {
           fd = fs.openSync(seg.path, flags);
-          if (!fs.fstatSync(fd).isFile()) throw changed("it is no longer a regular file");
+          const st = fs.fstatSync(fd, { bigint: true });
+          if (!st.isFile()) throw changed("it is no longer a regular file");
+          if (seg.ino !== undefined && (st.ino !== seg.ino || (seg.dev !== undefined && Number(st.dev) !== seg.dev))) {
+            throw changed("it was replaced while the snapshot ran");
+          }
+          if (seg.expectPath !== undefined) {
+            let opened: string | undefined;
+            try {
+              opened = fs.readlinkSync(`/proc/self/fd/${fd}`);
+            } catch {
+              // No /proc here: not checked.
+            }
+            if (opened !== undefined && opened !== seg.expectPath) {
+              const message = "a directory on its path was replaced while the snapshot ran (it leads elsewhere now)";
+              throw Object.assign(new Error(message), { code: "EELSEWHERE" });
+            }
+          }
           // window holds file bytes [winStart, winEnd)
           let s = Math.max(0, seg.start - (seg.lookback ?? 0));
           let winStart = s;
@@ -162,7 +195,13 @@ export function createSegmentSealer(deps: {
           count = mark.count;
           meta.length = mark.meta;
           const message = err instanceof Error ? err.message : String(err);
-          errors.push(code === "ECHANGED" ? { segment: si, message, changed: true } : { segment: si, message });
+          errors.push(
+            code === "ECHANGED"
+              ? { segment: si, message, changed: true }
+              : code === "EELSEWHERE"
+                ? { segment: si, message, elsewhere: true }
+                : { segment: si, message },
+          );
         } finally {
           if (fd >= 0) fs.closeSync(fd);
         }

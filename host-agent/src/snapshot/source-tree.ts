@@ -21,6 +21,8 @@ export interface SourceEntry {
   mtimeNs: bigint;
   size: number;
   ino: bigint;
+  /** The device it is on (st_dev): with `ino`, what a file opened later to read it must still be. */
+  dev: number;
   target?: string;
 }
 
@@ -108,13 +110,14 @@ async function walk(
     // classes in a heap snapshot, against one).
     const mode = Number(st.mode & 0o7777n);
     const { mtimeNs, ino } = st;
+    const dev = Number(st.dev);
     if (st.isDirectory()) {
-      entries.push({ path: rel, type: "dir", mode, mtimeNs, size: 0, ino });
+      entries.push({ path: rel, type: "dir", mode, mtimeNs, size: 0, ino, dev });
       await walk(abs, rel, into);
     } else if (st.isFile()) {
-      entries.push({ path: rel, type: "file", mode, mtimeNs, size: Number(st.size), ino });
+      entries.push({ path: rel, type: "file", mode, mtimeNs, size: Number(st.size), ino, dev });
     } else if (st.isSymbolicLink()) {
-      entries.push({ path: rel, type: "symlink", mode, mtimeNs, size: 0, ino, target });
+      entries.push({ path: rel, type: "symlink", mode, mtimeNs, size: 0, ino, dev, target });
     } else {
       skipped.push({ path: rel, reason: `${specialKind(st)}: only regular files, directories and symlinks are kept` });
     }
