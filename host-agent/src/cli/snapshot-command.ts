@@ -96,6 +96,7 @@ export function registerSnapshotCommands(program: Command): void {
           }).finally(() => meter?.finish());
           for (const s of result.skipped)
             process.stderr.write(`warning: left out ${JSON.stringify(s.path)}: ${s.reason}\n`);
+          for (const w of result.warnings ?? []) process.stderr.write(`warning: ${w}\n`);
           const summary = {
             id: result.id,
             files: result.files,

@@ -1,12 +1,14 @@
 // What `create` must not do, on real files: drop entries without a word, read outside the source through a
-// directory replaced by a symlink mid-snapshot.
+// directory replaced by a symlink mid-snapshot, or fail a snapshot it has already committed.
 import { existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { generateRepositoryKey, openBlobStore, Repository } from "@dumont/repository";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Command } from "commander";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { registerSnapshotCommands } from "../cli/snapshot-command.js";
 import { createSnapshot, listSnapshotSource } from "./create-snapshot.js";
 import { createDirectSnapshot, restoreDirectSnapshot } from "./direct-mode.js";
 import { NOT_UTF8_NAME, NOT_UTF8_TARGET } from "./source-tree.js";
@@ -131,4 +133,78 @@ describe("create", () => {
       expect(await tree(target)).toEqual(["a.txt: a", "zdir/"]);
     },
   );
+
+  it("returns a committed snapshot whose local index cannot be saved, with a warning, and the CLI exits 0", async () => {
+    const source = fresh("src");
+    await mkdir(source);
+    await writeFile(join(source, "a.txt"), "a\n".repeat(100));
+    // The index's directory a dangling symlink: nothing to load (ENOENT), and it cannot be made.
+    const stateDir = fresh("state");
+    await mkdir(stateDir);
+    await symlink(join(stateDir, "nowhere", "deeper"), join(stateDir, "snapshot-index"));
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+
+    const created = await createDirectSnapshot({ repo, key, source, pool, stateDir, ...SMALL });
+    expect(created.files).toBe(1);
+    expect(created.warnings).toHaveLength(1);
+    expect(created.warnings?.[0]).toMatch(
+      new RegExp(
+        `^snapshot ${created.id} is saved, but not its local index: .+; the next snapshot will read its files again$`,
+      ),
+    );
+    const listed = await (await Repository.open(openBlobStore(repo), key)).listSnapshots();
+    expect(listed.map((s) => s.id)).toEqual([created.id]);
+
+    const keyFile = fresh("key");
+    await writeFile(keyFile, key.toString("hex"));
+    const state = ["--state-dir", stateDir];
+    const { code, out, err } = await cli(
+      "snapshot",
+      "create",
+      "--source",
+      source,
+      "--repo",
+      repo,
+      "--key-file",
+      keyFile,
+      ...state,
+      "--json",
+    );
+    expect(code).toBe(0);
+    const { id } = JSON.parse(out);
+    // Said once.
+    expect(err).toMatch(new RegExp(`^warning: snapshot ${id} is saved, but not its local index: [^\\n]+\\n$`));
+    const again = await (await Repository.open(openBlobStore(repo), key)).listSnapshots();
+    expect(again.map((s) => s.id)).toContain(id);
+  });
 });
+
+/** `dumont-agent ARGS` run in this process: what it printed, and its exit code. */
+async function cli(...args: string[]): Promise<{ out: string; err: string; code: number }> {
+  const program = new Command("dumont-agent").exitOverride();
+  registerSnapshotCommands(program);
+  let out = "";
+  let err = "";
+  const o = vi.spyOn(process.stdout, "write").mockImplementation((s) => {
+    out += String(s);
+    return true;
+  });
+  const e = vi.spyOn(process.stderr, "write").mockImplementation((s) => {
+    err += String(s);
+    return true;
+  });
+  process.exitCode = 0;
+  try {
+    await program.parseAsync(["node", "dumont-agent", ...args]);
+  } catch (error) {
+    err += `${(error as Error).message}\n`;
+    process.exitCode = 1;
+  } finally {
+    o.mockRestore();
+    e.mockRestore();
+  }
+  const code = Number(process.exitCode ?? 0);
+  process.exitCode = 0;
+  return { out, err, code };
+}

@@ -96,6 +96,11 @@ export interface CreateSnapshotResult {
   filesRead: number;
   filesUnchanged: number;
   skipped: SkippedEntry[];
+  /**
+   * What went wrong after the snapshot was committed (its local index not saved): to be shown once, and no
+   * failure. Absent when nothing did.
+   */
+  warnings?: string[];
 }
 
 /** A file whose mtime is this close to the start of the snapshot may change again within the same tick. */
@@ -257,6 +262,8 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       manifest,
     );
 
+    // Committed: from here on nothing fails the snapshot.
+    const warnings: string[] = [];
     if (options.localIndex) {
       // Files changed within the racy window are left out: they may change again within the same mtime tick.
       function* remembered(): Generator<RawLocalIndexFile> {
@@ -286,13 +293,20 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
           };
         }
       }
-      await saveLocalIndex(options.localIndex.file, {
-        scope: options.localIndex.scope,
-        snapshot: id,
-        manifests: forSink.ids,
-        manifestPlains: forSink.plains,
-        files: { [Symbol.iterator]: remembered },
-      });
+      try {
+        await saveLocalIndex(options.localIndex.file, {
+          scope: options.localIndex.scope,
+          snapshot: id,
+          manifests: forSink.ids,
+          manifestPlains: forSink.plains,
+          files: { [Symbol.iterator]: remembered },
+        });
+      } catch (err) {
+        warnings.push(
+          `snapshot ${id} is saved, but not its local index: ${(err as Error).message}; ` +
+            "the next snapshot will read its files again",
+        );
+      }
     }
     return {
       id,
@@ -303,6 +317,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       filesRead: reading.length,
       filesUnchanged: known.reduce((n, row) => (row >= 0 ? n + 1 : n), 0),
       skipped,
+      ...(warnings.length > 0 ? { warnings } : {}),
     };
   } catch (err) {
     await sink.abort().catch(() => {});
