@@ -149,6 +149,7 @@ export class SnapshotCommands {
         { requestId: cmd.requestId, snapshotId: result.id, ms: Date.now() - started },
         "snapshot committed",
       );
+      for (const warning of result.warnings ?? []) this.log.warn({ snapshotId: result.id }, warning);
     } catch (err) {
       this.log.warn({ requestId: cmd.requestId, err: (err as Error).message }, "snapshot failed");
       await this.session
