@@ -147,7 +147,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     for (let e = 0; e < entries.length; e++) {
       const entry = entries[e];
       if (entry.type !== "file") continue;
-      known[e] = previous.find(entry.path, entry.size, entry.mtimeNs, entry.ino);
+      known[e] = previous.find(entry.path, entry.size, entry.mtimeNs, entry.ino, entry.ctimeNs);
       if (known[e] < 0) readEntry(e);
     }
     // Trust the local index only for chunks the repository still holds (a prune may have removed some).
@@ -268,7 +268,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       // Files changed within the racy window are left out: they may change again within the same mtime tick.
       function* remembered(): Generator<RawLocalIndexFile> {
         for (let e = 0; e < entries.length; e++) {
-          const { path, type, size, mtimeNs, ino } = entries[e];
+          const { path, type, size, mtimeNs, ino, ctimeNs } = entries[e];
           if (type !== "file" || mtimeNs >= startNs - RACY_WINDOW_NS) continue;
           if (known[e] >= 0) {
             yield {
@@ -276,6 +276,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
               size,
               mtimeNs,
               ino,
+              ctimeNs,
               ids: previous.chunkIds(known[e]),
               lengths: previous.chunkLengths(known[e]),
             };
@@ -288,6 +289,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
             size,
             mtimeNs,
             ino,
+            ctimeNs,
             ids: table.idsOf(w.first, w.count),
             lengths: table.lengthsOf(w.first, w.count),
           };
@@ -439,6 +441,7 @@ async function rereadable(root: string, changed: FileWork[]): Promise<FileWork[]
       mode: Number(st.mode & 0o7777n),
       mtimeNs: st.mtimeNs,
       ino: st.ino,
+      ctimeNs: st.ctimeNs,
       dev: Number(st.dev),
     });
     Object.assign(work, { first: 0, count: 0, failed: undefined, segments: 0, position: 0 });

@@ -24,11 +24,12 @@ const FILES: LocalIndexFile[] = [
     size: 3_000_000,
     mtimeNs: 1_700_000_000_123_456_789n,
     ino: 2n ** 63n + 5n,
+    ctimeNs: 1_700_000_100_000_000_001n,
     chunks: [id(1), id(2), id(1)],
     lengths: [1_000_000, 1_500_000, 500_000],
   },
-  { path: "empty", size: 0, mtimeNs: -5n, ino: 7n, chunks: [], lengths: [] },
-  { path: "notes/å ü 名前.txt", size: 12, mtimeNs: 9n, ino: 8n, chunks: [id(3)], lengths: [12] },
+  { path: "empty", size: 0, mtimeNs: -5n, ino: 7n, ctimeNs: 6n, chunks: [], lengths: [] },
+  { path: "notes/å ü 名前.txt", size: 12, mtimeNs: 9n, ino: 8n, ctimeNs: 10n, chunks: [id(3)], lengths: [12] },
 ];
 
 async function saved(scope = "repo-1 /src"): Promise<string> {
@@ -38,21 +39,24 @@ async function saved(scope = "repo-1 /src"): Promise<string> {
 }
 
 describe("local index", () => {
-  it("gives back every file it saved, and only while size, mtime and inode are unchanged", async () => {
+  it("gives back every file it saved, and only while size, mtime, inode and ctime are unchanged", async () => {
     const file = await saved();
     const index = await loadLocalIndex(file, "repo-1 /src");
     expect(index.files).toBe(3);
     for (const f of FILES) {
-      const i = index.find(f.path, f.size, f.mtimeNs, f.ino);
+      const i = index.find(f.path, f.size, f.mtimeNs, f.ino, f.ctimeNs);
       expect(i).toBeGreaterThanOrEqual(0);
       expect(index.chunks(i)).toEqual(f.chunks);
       expect(index.lengths(i)).toEqual(f.lengths);
     }
     const [model] = FILES;
-    expect(index.find(model.path, model.size + 1, model.mtimeNs, model.ino)).toBe(-1);
-    expect(index.find(model.path, model.size, model.mtimeNs + 1n, model.ino)).toBe(-1);
-    expect(index.find(model.path, model.size, model.mtimeNs, model.ino - 1n)).toBe(-1);
-    expect(index.find("weights/other.bin", model.size, model.mtimeNs, model.ino)).toBe(-1);
+    const { path, size, mtimeNs, ino, ctimeNs } = model;
+    expect(index.find(path, size + 1, mtimeNs, ino, ctimeNs)).toBe(-1);
+    expect(index.find(path, size, mtimeNs + 1n, ino, ctimeNs)).toBe(-1);
+    expect(index.find(path, size, mtimeNs, ino - 1n, ctimeNs)).toBe(-1);
+    // Rewritten in place at its size, its mtime set back: only the ctime tells.
+    expect(index.find(path, size, mtimeNs, ino, ctimeNs + 1n)).toBe(-1);
+    expect(index.find("weights/other.bin", size, mtimeNs, ino, ctimeNs)).toBe(-1);
     expect(index.distinctIds().toString("hex")).toBe(id(1) + id(2) + id(3));
   });
 
@@ -113,31 +117,32 @@ describe("local index", () => {
     expect((await loadLocalIndex(file, "repo-1 /src")).files).toBe(0);
   });
 
-  it("reads a format 1 (JSON) index an older agent left, keeping only sound entries, and replaces it", async () => {
+  it("takes an index an older agent left (format 1 JSON, format 2: no ctime) as none, and replaces it", async () => {
     const file = localIndexPath(freshState(), "scope");
     const legacy = file.replace(/\.idx$/, ".json");
-    const entry = (f: LocalIndexFile) => ({
+    const f = FILES[2];
+    const entry = {
       size: f.size,
       mtimeNs: String(f.mtimeNs),
       ino: String(f.ino),
       chunks: f.chunks,
       lengths: f.lengths,
-    });
-    const files = {
-      [FILES[0].path]: entry(FILES[0]),
-      [FILES[2].path]: entry(FILES[2]),
-      "lengths do not add up": { ...entry(FILES[2]), lengths: [11] },
-      "id is not hex": { ...entry(FILES[2]), chunks: ["zz"] },
-      "no inode": { ...entry(FILES[2]), ino: undefined },
     };
     await mkdir(dirname(legacy), { recursive: true });
-    await writeFile(legacy, JSON.stringify({ version: 1, scope: "scope", snapshot: "s", files }));
-    const index = await loadLocalIndex(file, "scope");
-    expect(index.files).toBe(2);
-    expect(index.chunks(index.find(FILES[0].path, FILES[0].size, FILES[0].mtimeNs, FILES[0].ino))).toEqual(
-      FILES[0].chunks,
-    );
-    expect(index.find("lengths do not add up", 12, FILES[2].mtimeNs, FILES[2].ino)).toBe(-1);
+    await writeFile(legacy, JSON.stringify({ version: 1, scope: "scope", snapshot: "s", files: { [f.path]: entry } }));
+    expect((await loadLocalIndex(file, "scope")).files).toBe(0);
+    // Format 2: an index whose header says version 2 (its digest right) is not read either.
+    await saveLocalIndex(file, { scope: "scope", snapshot: "s1", manifests: [], files: FILES });
+    expect((await loadLocalIndex(file, "scope")).files).toBe(3);
+    const data = await readFile(file);
+    const at = data.indexOf('"version":3');
+    data.write('"version":2', at, "latin1");
+    createHash("sha256")
+      .update(data.subarray(0, data.length - 32))
+      .digest()
+      .copy(data, data.length - 32);
+    await writeFile(file, data);
+    expect((await loadLocalIndex(file, "scope")).files).toBe(0);
 
     await saveLocalIndex(file, { scope: "scope", snapshot: "s2", manifests: [], files: FILES });
     expect(await stat(legacy).catch(() => undefined)).toBeUndefined();
@@ -166,6 +171,7 @@ describe("local index", () => {
       size: 2,
       mtimeNs: 1n,
       ino: BigInt(i),
+      ctimeNs: 1n,
       chunks: [raw(i % 1500).toString("hex"), raw((7 * i) % 1700).toString("hex")],
       lengths: [1, 1],
     }));
@@ -185,6 +191,7 @@ describe("local index", () => {
           size: 4 + i,
           mtimeNs: BigInt(i),
           ino: BigInt(10 * i),
+          ctimeNs: BigInt(i),
           ids,
           lengths: [3, i + 1],
         };
@@ -195,13 +202,13 @@ describe("local index", () => {
     const index = await loadLocalIndex(file, "scope");
     expect(index.files).toBe(count);
     for (const i of [0, 1, 1234, count - 1]) {
-      const at = index.find(`dir ${i % 7}/file-${i}.py`, 4 + i, BigInt(i), BigInt(10 * i));
+      const at = index.find(`dir ${i % 7}/file-${i}.py`, 4 + i, BigInt(i), BigInt(10 * i), BigInt(i));
       expect(at).toBe(i);
       expect(index.chunks(at)).toEqual([raw(i).toString("hex"), raw(i + 1).toString("hex")]);
       expect(index.chunkIds(at).equals(Buffer.concat([raw(i), raw(i + 1)]))).toBe(true);
       expect([...index.chunkLengths(at)]).toEqual([3, i + 1]);
     }
-    expect(index.find("dir 0/file-1.py", 5, 1n, 10n)).toBe(-1);
+    expect(index.find("dir 0/file-1.py", 5, 1n, 10n, 1n)).toBe(-1);
     const distinct = index.distinctIds();
     const expected = Array.from({ length: count + 1 }, (_, n) => raw(n)).sort(Buffer.compare);
     expect(distinct.equals(Buffer.concat(expected))).toBe(true);
@@ -211,6 +218,7 @@ describe("local index", () => {
       size: 1,
       mtimeNs: 1n,
       ino: 1n,
+      ctimeNs: 1n,
       ids: raw(1).subarray(0, 31),
       lengths: [1],
     };
@@ -223,7 +231,8 @@ describe("local index", () => {
   it("finds the last of two files saved with the same path", () => {
     const twice = [FILES[2], { ...FILES[2], size: 5, chunks: [id(9)], lengths: [5] }];
     const index = LocalIndex.fromFiles(twice);
-    expect(index.find(FILES[2].path, FILES[2].size, FILES[2].mtimeNs, FILES[2].ino)).toBe(-1);
-    expect(index.chunks(index.find(FILES[2].path, 5, FILES[2].mtimeNs, FILES[2].ino))).toEqual([id(9)]);
+    const { path, size, mtimeNs, ino, ctimeNs } = FILES[2];
+    expect(index.find(path, size, mtimeNs, ino, ctimeNs)).toBe(-1);
+    expect(index.chunks(index.find(path, 5, mtimeNs, ino, ctimeNs))).toEqual([id(9)]);
   });
 });

@@ -1,18 +1,20 @@
-// The agent's memory of what it already chunked: path -> (size, mtime, inode, chunk ids). A file whose size,
-// mtime and inode are unchanged is not read again. It is a cache: anything wrong with the file (missing,
-// truncated, another scope, a bit flipped) costs one full read of the workspace, never a wrong snapshot.
+// The agent's memory of what it already chunked: path -> (size, mtime, ctime, inode, chunk ids). A file whose
+// size, mtime, ctime and inode are unchanged is not read again (ctime too, as restic and git compare it: a file
+// rewritten in place at its size with its mtime set back, by `touch -d` or a copy keeping times, changes it). It
+// is a cache: anything wrong with the file (missing, truncated, another scope, a bit flipped) costs one full
+// read of the workspace, never a wrong snapshot.
 //
-// Stored as one binary file of columns, replaced atomically (format 2). Format 1 was one JSON object per file;
+// Stored as one binary file of columns, replaced atomically (format 3). Format 1 was one JSON object per file;
 // for a workspace of 300,000 files that was 54 MB to parse into 300,000 objects on every snapshot (~0.7 s of
 // JSON.parse, ~1 GB of peak RSS with the rest, and a good part of the garbage collector's time). Columns load
-// as a few typed arrays and a hash table of entry numbers (no string per path or per chunk is kept); a format
-// 1 file left by an older agent is still read once.
+// as a few typed arrays and a hash table of entry numbers (no string per path or per chunk is kept). Formats 1
+// and 2 had no ctime: an index an older agent left is no index, one full read after the upgrade.
 //
-//   "DUMONT-LOCAL-INDEX\n" (19 bytes), u32 header length, header JSON {version: 2, scope, snapshot, manifests
+//   "DUMONT-LOCAL-INDEX\n" (19 bytes), u32 header length, header JSON {version: 3, scope, snapshot, manifests
 //   (ids of its manifest parts), manifestPlains (optional: the hex SHA-256 of each part's plain JSON, in the
 //   same order), files, chunks, pathBytes}, zero padding to a multiple of 8, then the columns, each padded to a
 //   multiple of 8:
-//     size      f64 x files        mtimeNs  i64 x files      ino   u64 x files
+//     size      f64 x files        mtimeNs  i64 x files      ino   u64 x files      ctimeNs  i64 x files
 //     chunkEnd  u32 x files  (chunks of files 0..i, cumulative)
 //     pathEnd   u32 x files  (UTF-8 bytes of paths 0..i, cumulative)
 //     length    u32 x chunks (plain bytes of each chunk)
@@ -25,7 +27,7 @@ import { dirname, join } from "node:path";
 import { pathHash, writeFileAtomic } from "@dumont/repository";
 
 const MAGIC = Buffer.from("DUMONT-LOCAL-INDEX\n", "latin1");
-const VERSION = 2;
+const VERSION = 3;
 const DIGEST = 32;
 const HEX_DIGEST = /^[0-9a-f]{64}$/;
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
@@ -38,6 +40,7 @@ export interface LocalIndexFile {
   size: number;
   mtimeNs: bigint;
   ino: bigint;
+  ctimeNs: bigint;
   /** Hex SHA-256 ids, in file order. */
   chunks: readonly string[];
   lengths: readonly number[];
@@ -49,6 +52,7 @@ export interface RawLocalIndexFile {
   size: number;
   mtimeNs: bigint;
   ino: bigint;
+  ctimeNs: bigint;
   ids: Uint8Array;
   lengths: ArrayLike<number>;
 }
@@ -68,6 +72,7 @@ interface Columns {
   size: Float64Array;
   mtimeNs: BigInt64Array;
   ino: BigUint64Array;
+  ctimeNs: BigInt64Array;
   chunkEnd: Uint32Array;
   pathEnd: Uint32Array;
   length: Uint32Array;
@@ -80,7 +85,10 @@ export function localIndexPath(stateDir: string, scope: string): string {
   return join(stateDir, "snapshot-index", `${createHash("sha256").update(scope).digest("hex").slice(0, 32)}.idx`);
 }
 
-/** Where an agent before format 2 kept the same scope's index: read once if the new file is not there yet. */
+/**
+ * Where an agent before format 2 kept the same scope's index (JSON, format 1): removed by the next save. Never
+ * read: like format 2, it has no ctime to compare.
+ */
 function legacyPath(file: string): string | undefined {
   return file.endsWith(".idx") ? `${file.slice(0, -".idx".length)}.json` : undefined;
 }
@@ -135,12 +143,12 @@ export class LocalIndex {
     return this.columns.size.length;
   }
 
-  /** The entry of `path` if its size, mtime and inode are still these; else -1 (the file must be read). */
-  find(path: string, size: number, mtimeNs: bigint, ino: bigint): number {
+  /** The entry of `path` if its size, mtime, inode and ctime are still these; else -1 (the file must be read). */
+  find(path: string, size: number, mtimeNs: bigint, ino: bigint, ctimeNs: bigint): number {
     const i = this.slots[this.probe(path, pathHash(path))] - 1;
     if (i < 0) return -1;
     const c = this.columns;
-    return c.size[i] === size && c.mtimeNs[i] === mtimeNs && c.ino[i] === ino ? i : -1;
+    return c.size[i] === size && c.mtimeNs[i] === mtimeNs && c.ino[i] === ino && c.ctimeNs[i] === ctimeNs ? i : -1;
   }
 
   /** Hex chunk ids of entry `i`, in file order. */
@@ -257,10 +265,7 @@ export class LocalIndex {
  */
 export async function loadLocalIndex(file: string, scope: string): Promise<LocalIndex> {
   const data = await readIfThere(file);
-  if (data) return decodeOrEmpty(data, scope);
-  const legacy = legacyPath(file);
-  const old = legacy ? await readIfThere(legacy) : undefined;
-  return old ? decodeOrEmpty(old, scope) : LocalIndex.empty();
+  return data ? decodeOrEmpty(data, scope) : LocalIndex.empty();
 }
 
 /** Replaces the index of `scope` (written to a temporary file, then renamed over it). */
@@ -282,7 +287,7 @@ async function readIfThere(file: string): Promise<Buffer | undefined> {
 
 function decodeOrEmpty(data: Buffer, scope: string): LocalIndex {
   try {
-    const decoded = data[0] === 0x7b ? decodeJson(data) : decode(data);
+    const decoded = decode(data);
     return decoded.scope === scope ? decoded.index : LocalIndex.empty();
   } catch {
     return LocalIndex.empty(); // a damaged cache only costs a full read
@@ -340,6 +345,7 @@ function encode({ scope, snapshot, manifests, manifestPlains, files }: SavedInde
     c.size[i] = f.size;
     c.mtimeNs[i] = f.mtimeNs;
     c.ino[i] = f.ino;
+    c.ctimeNs[i] = f.ctimeNs;
     const n = f.lengths.length;
     if (chunk + n > chunks) throw new Error("the files changed while the index was written");
     if ("ids" in f) {
@@ -371,6 +377,7 @@ interface Layout {
   size: number;
   mtimeNs: number;
   ino: number;
+  ctimeNs: number;
   chunkEnd: number;
   pathEnd: number;
   length: number;
@@ -384,12 +391,13 @@ function columnLayout(headerEnd: number, h: Header): Layout {
   const size = pad8(headerEnd);
   const mtimeNs = size + 8 * h.files;
   const ino = mtimeNs + 8 * h.files;
-  const chunkEnd = ino + 8 * h.files;
+  const ctimeNs = ino + 8 * h.files;
+  const chunkEnd = ctimeNs + 8 * h.files;
   const pathEnd = chunkEnd + pad8(4 * h.files);
   const length = pathEnd + pad8(4 * h.files);
   const id = length + pad8(4 * h.chunks);
   const path = id + DIGEST * h.chunks;
-  return { size, mtimeNs, ino, chunkEnd, pathEnd, length, id, path, end: pad8(path + h.pathBytes) };
+  return { size, mtimeNs, ino, ctimeNs, chunkEnd, pathEnd, length, id, path, end: pad8(path + h.pathBytes) };
 }
 
 /** Typed views of the columns inside `data` (its memory must start 8-byte aligned). */
@@ -400,6 +408,7 @@ function columnsIn(data: Buffer, at: Layout, h: Header): Columns {
     size: new Float64Array(memory, base + at.size, h.files),
     mtimeNs: new BigInt64Array(memory, base + at.mtimeNs, h.files),
     ino: new BigUint64Array(memory, base + at.ino, h.files),
+    ctimeNs: new BigInt64Array(memory, base + at.ctimeNs, h.files),
     chunkEnd: new Uint32Array(memory, base + at.chunkEnd, h.files),
     pathEnd: new Uint32Array(memory, base + at.pathEnd, h.files),
     length: new Uint32Array(memory, base + at.length, h.chunks),
@@ -408,7 +417,7 @@ function columnsIn(data: Buffer, at: Layout, h: Header): Columns {
   };
 }
 
-/** Reads a format 2 file, checking its digest and that every column is consistent; throws on anything else. */
+/** Reads a format 3 file, checking its digest and that every column is consistent; throws on anything else. */
 function decode(raw: Buffer): { scope: string; index: LocalIndex } {
   if (raw.length < MAGIC.length + 4 + DIGEST || !raw.subarray(0, MAGIC.length).equals(MAGIC)) {
     throw new Error("not a local index");
@@ -460,31 +469,4 @@ function decode(raw: Buffer): { scope: string; index: LocalIndex } {
   if (chunk !== h.chunks || pathAt !== h.pathBytes) throw new Error("bad totals");
   const storedParts = new Map((h.manifestPlains ?? []).map((digest, i) => [digest, h.manifests[i]]));
   return { scope: h.scope, index: makeIndex(c, new Set(h.manifests), storedParts) };
-}
-
-/** Format 1: {"version":1,"scope","snapshot","files":{path: {size, mtimeNs, ino, chunks, lengths}}}. */
-function decodeJson(raw: Buffer): { scope: string; index: LocalIndex } {
-  const parsed = JSON.parse(raw.toString("utf8")) as {
-    version?: unknown;
-    scope?: unknown;
-    files?: Record<string, { size?: unknown; mtimeNs?: unknown; ino?: unknown; chunks?: unknown; lengths?: unknown }>;
-  };
-  if (parsed.version !== 1 || typeof parsed.scope !== "string" || typeof parsed.files !== "object") {
-    throw new Error("bad format 1 index");
-  }
-  const files: LocalIndexFile[] = [];
-  for (const [path, e] of Object.entries(parsed.files ?? {})) {
-    const { size, mtimeNs, ino, chunks, lengths } = e ?? {};
-    const idsOk = Array.isArray(chunks) && chunks.every((id) => typeof id === "string" && /^[0-9a-f]{64}$/.test(id));
-    const lengthsOk =
-      Array.isArray(lengths) &&
-      Array.isArray(chunks) &&
-      lengths.length === chunks.length &&
-      lengths.every((n) => Number.isSafeInteger(n) && n > 0) &&
-      lengths.reduce((a: number, b: number) => a + b, 0) === size;
-    if (!idsOk || !lengthsOk || typeof mtimeNs !== "string" || typeof ino !== "string") continue;
-    if (!/^-?\d+$/.test(mtimeNs) || !/^\d+$/.test(ino)) continue;
-    files.push({ path, size: size as number, mtimeNs: BigInt(mtimeNs), ino: BigInt(ino), chunks, lengths });
-  }
-  return { scope: parsed.scope, index: LocalIndex.fromFiles(files) };
 }

@@ -745,6 +745,22 @@ describe("snapshot engine", () => {
     expect(await describeTree(target)).toEqual(await describeTree(source));
   });
 
+  it("reads a file rewritten in place at its size with its mtime set back: its ctime tells", async () => {
+    const base = await workspaceWithIndex(1_000_000, 4, 10_000);
+    const { source, key } = base;
+    await createDirectSnapshot(base);
+    const model = join(source, "model.bin");
+    const before = await lstat(model);
+    const rewritten = seeded(before.size, "rewritten in place");
+    await writeFile(model, rewritten);
+    await utimes(model, before.atime, before.mtime); // as `touch -d` or a copy keeping times would
+    const second = await createDirectSnapshot(base);
+    expect(second.filesRead).toBe(1);
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo: base.repo, key, snapshotId: second.id, target, pool });
+    expect((await readFile(join(target, "model.bin"))).equals(rewritten)).toBe(true);
+  });
+
   it("moves about 5% of the bytes after a 5% change, and does not re-read unchanged files", async () => {
     const base = await workspaceWithIndex(4_000_000, 40, 40_000);
     const { source, key } = base;

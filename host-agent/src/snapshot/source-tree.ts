@@ -21,6 +21,8 @@ export interface SourceEntry {
   mtimeNs: bigint;
   size: number;
   ino: bigint;
+  /** st_ctime: with size, mtime and inode, what the local index compares (a file's mtime can be set back). */
+  ctimeNs: bigint;
   /** The device it is on (st_dev): with `ino`, what a file opened later to read it must still be. */
   dev: number;
   target?: string;
@@ -109,15 +111,15 @@ async function walk(
     // class of its own in V8, ~300 bytes more per file and work for the collector (300,000 files: 300,577
     // classes in a heap snapshot, against one).
     const mode = Number(st.mode & 0o7777n);
-    const { mtimeNs, ino } = st;
+    const { mtimeNs, ino, ctimeNs } = st;
     const dev = Number(st.dev);
     if (st.isDirectory()) {
-      entries.push({ path: rel, type: "dir", mode, mtimeNs, size: 0, ino, dev });
+      entries.push({ path: rel, type: "dir", mode, mtimeNs, size: 0, ino, ctimeNs, dev });
       await walk(abs, rel, into);
     } else if (st.isFile()) {
-      entries.push({ path: rel, type: "file", mode, mtimeNs, size: Number(st.size), ino, dev });
+      entries.push({ path: rel, type: "file", mode, mtimeNs, size: Number(st.size), ino, ctimeNs, dev });
     } else if (st.isSymbolicLink()) {
-      entries.push({ path: rel, type: "symlink", mode, mtimeNs, size: 0, ino, dev, target });
+      entries.push({ path: rel, type: "symlink", mode, mtimeNs, size: 0, ino, ctimeNs, dev, target });
     } else {
       skipped.push({ path: rel, reason: `${specialKind(st)}: only regular files, directories and symlinks are kept` });
     }
