@@ -228,9 +228,13 @@ export class RepositoryWriter implements ChunkSink {
       const manifestId = sha256(blob).toString("hex");
       manifests.push(manifestId);
       // Parts are sealed deterministically (sealManifestParts): an earlier snapshot's unchanged part is already
-      // there under the same id (a hash of these very bytes), and is not written again. Prune cannot remove it
-      // meanwhile: it runs only under an exclusive lock, and this writer holds a shared one.
-      if ((await store.stat(manifestKey(manifestId)))?.size === blob.length) continue;
+      // there under the same id (a hash of these very bytes), and is not written again, once read back and
+      // found to be those bytes (a damaged copy is replaced by this one). Prune cannot remove it meanwhile:
+      // it runs only under an exclusive lock, and this writer holds a shared one.
+      if ((await store.stat(manifestKey(manifestId)))?.size === blob.length) {
+        const held = await store.get(manifestKey(manifestId)).catch(() => undefined);
+        if (held?.equals(blob)) continue;
+      }
       await store.put(manifestKey(manifestId), blob);
       this.stats.bytesWritten += blob.length;
     }
