@@ -148,9 +148,12 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
       return report;
     }
 
+    // Every pack about to go leaves the index first, unused ones too: a chunk held twice, its indexed copy in a
+    // pack being repacked and its other copy in an unused pack, would otherwise be found in the unused one and
+    // not written again, and then go with both.
+    const keep = new Map(repack.map((id) => [id, index.packs.get(id)!]));
+    index.removePacks([...repack, ...unused]);
     if (repack.length > 0) {
-      const keep = new Map(repack.map((id) => [id, index.packs.get(id)!]));
-      index.removePacks(repack);
       const writer = await repository.writer({ index, lock: false, verifyChunks: true, packSize: options.packSize });
       try {
         for (const [packId, pack] of keep) {
@@ -176,7 +179,6 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
       await store.delete(indexKey(packId));
       await store.delete(packKey(packId));
     }
-    index.removePacks(unused);
     for (const o of orphans) await store.delete(o.key);
     for (const key of manifestKeys) await store.delete(key);
     for (const prefix of WRITER_PREFIXES) {

@@ -16,6 +16,7 @@ import { openBlobStore } from "./open-blob-store.js";
 import { packKey } from "./pack.js";
 import { forgetSnapshots, pruneRepository } from "./prune.js";
 import { Repository } from "./repository.js";
+import { RepositoryIndex } from "./repository-index.js";
 import { chunkCodec, ObjectKind, openJson } from "./sealing.js";
 import { dirEntry, emptyFileEntry } from "./testing/manifest-entries.js";
 import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
@@ -375,6 +376,37 @@ describe.each(stores)("repository on %s", (_name, make) => {
       ["pack-unreadable", "ok.bin"],
     ]);
     expect(report3.problems.find((p) => p.kind === "pack-unreadable")!.message).toMatch(/disk on fire/);
+    await store.close();
+  });
+
+  it("prune keeps a chunk held twice, its indexed copy in a pack it repacks and the other in one it deletes", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const kept = sealed(key, randomBytes(10_000));
+    const dropped = sealed(key, randomBytes(50_000));
+    // Pack A holds both, and a snapshot needs only `kept`: A is mostly garbage, so it is repacked.
+    const first = await repository.writer();
+    await first.put([kept, dropped]);
+    await first.commit([sealManifest(key, manifestOf({ f: [kept] }))], meta);
+    const packA = [...(await repository.loadIndex()).packs.keys()][0];
+    // Pack B holds `kept` again (a concurrent writer stored it too, or a prune killed after its repack).
+    const second = await repository.writer({ index: new RepositoryIndex() });
+    await second.put([kept]);
+    await second.flush();
+    await second.abort();
+    // The index finds `kept` in A (A's index object read last): B's copy is not the indexed one, so B is unused.
+    const slow: BlobStore = Object.create(store, {
+      get: {
+        value: async (k: string) => {
+          if (k === `index/${packA}`) await new Promise((r) => setTimeout(r, 50));
+          return store.get(k);
+        },
+      },
+    });
+    const report = await pruneRepository(await Repository.open(slow, key));
+    expect(report).toMatchObject({ packsRepacked: 1, packsDeleted: 1 });
+    expect((await checkRepository(repository)).problems).toEqual([]);
     await store.close();
   });
 
