@@ -1,6 +1,7 @@
 // One suite, two stores: the local directory and a real S3-compatible server (s3rver) on loopback.
 import { closeSync, constants, existsSync, openSync } from "node:fs";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { type AddressInfo, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -10,6 +11,7 @@ import type { BlobStore } from "./blob-store.js";
 import { isRepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
 import { openBlobStore } from "./open-blob-store.js";
+import { S3BlobStore } from "./s3-blob-store.js";
 import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
 
 let s3: S3TestServer;
@@ -223,6 +225,28 @@ describe("file blob store, large objects (O_DIRECT where the filesystem allows)"
     await expect(store.getRange("data/none", 0, 10, alignedBuffer(10 + 2 * PAGE))).rejects.toSatisfy((e) =>
       isRepositoryError(e, "not-found"),
     );
+  });
+});
+
+describe("S3 blob store against a server that never answers", () => {
+  it("fails the request instead of waiting for good, naming the object", async () => {
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => void sockets.add(socket)); // accepts, then says nothing
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const { port } = silent.address() as AddressInfo;
+    const store = new S3BlobStore("quiet-bucket", "repo", {
+      endpoint: `http://127.0.0.1:${port}`,
+      credentials: { accessKeyId: "test", secretAccessKey: "test" },
+      timeouts: { connectMs: 1_000, idleMs: 200, requestMs: 2_000 },
+      maxAttempts: 2,
+    });
+    try {
+      await expect(store.get("config")).rejects.toThrow(/S3 request for s3:\/\/quiet-bucket\/repo\/config failed/);
+    } finally {
+      await store.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => silent.close(resolve));
+    }
   });
 });
 

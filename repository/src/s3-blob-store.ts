@@ -16,7 +16,21 @@ export interface S3BlobStoreOptions {
   credentials?: S3ClientConfig["credentials"];
   /** Escape hatch for tests and unusual deployments. */
   client?: S3Client;
+  /** How long a request may wait (S3_TIMEOUTS), and how often it is tried; tests lower them. */
+  timeouts?: Partial<typeof S3_TIMEOUTS>;
+  maxAttempts?: number;
 }
+
+/**
+ * A store that accepts a connection and then says nothing must fail the request, not hold it (and the
+ * repository lock its caller keeps fresh meanwhile) for good: the SDK's own defaults wait forever.
+ * `idleMs` is the longest silence within a request; `requestMs` bounds a whole one (a 32 MiB pack at 1 MB/s
+ * takes ~35 s).
+ */
+export const S3_TIMEOUTS = { connectMs: 10_000, idleMs: 60_000, requestMs: 10 * 60_000 };
+
+/** Attempts per request (the SDK's standard retry: exponential backoff with jitter, on throttling and 5xx). */
+const S3_MAX_ATTEMPTS = 8;
 
 type Sdk = typeof import("@aws-sdk/client-s3");
 let sdkLoading: Promise<Sdk> | undefined;
@@ -43,6 +57,7 @@ export class S3BlobStore implements BlobStore {
     this.base = prefix === "" ? "" : `${prefix}/`;
     this.url = `s3://${bucket}${prefix === "" ? "" : `/${prefix}`}`;
     const endpoint = options.endpoint ?? (process.env.DUMONT_S3_ENDPOINT || undefined);
+    const timeouts = { ...S3_TIMEOUTS, ...options.timeouts };
     this.config = {
       region: options.region ?? (process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || "us-east-1"),
       ...(endpoint ? { endpoint } : {}),
@@ -50,6 +65,14 @@ export class S3BlobStore implements BlobStore {
       forcePathStyle: true,
       requestChecksumCalculation: "WHEN_REQUIRED",
       responseChecksumValidation: "WHEN_REQUIRED",
+      // The SDK's 3 attempts over ~0.5 s gave up on one burst of 503 SlowDown.
+      maxAttempts: options.maxAttempts ?? S3_MAX_ATTEMPTS,
+      requestHandler: {
+        connectionTimeout: timeouts.connectMs,
+        socketTimeout: timeouts.idleMs,
+        requestTimeout: timeouts.requestMs,
+        throwOnRequestTimeout: true,
+      },
     };
     const client = options.client;
     if (client) this.connecting = loadSdk().then((sdk) => ({ sdk, client }));
