@@ -1,10 +1,12 @@
 // Repository locks: writers take shared locks, prune takes an exclusive one, so prune never deletes a pack
-// that a snapshot in progress is about to reference. A lock is stale when its holder stopped refreshing it,
-// or when it names a process on this host that no longer exists (kill -9).
+// that a snapshot in progress is about to reference. A lock is stale when its holder stopped refreshing it
+// (judged by the store's own clock: the objects' modification times, not the holders' clocks), or when it
+// names a process on this host, in this process's pid namespace, that no longer exists (kill -9).
 import { randomBytes } from "node:crypto";
+import { readlinkSync } from "node:fs";
 import { hostname } from "node:os";
 import type { BlobStore } from "./blob-store.js";
-import { RepositoryError } from "./errors.js";
+import { isRepositoryError, RepositoryError } from "./errors.js";
 import { ObjectKind, openJson, sealJson } from "./sealing.js";
 
 export const LOCK_STALE_AFTER_MS = 30 * 60 * 1000;
@@ -14,17 +16,35 @@ interface LockBody {
   time: string;
   hostname: string;
   pid: number;
+  /**
+   * The holder's pid namespace (Linux's /proc/self/ns/pid link, e.g. "pid:[4026531836]"): containers on the
+   * host's network share its hostname but not its pids. Absent in locks of older writers.
+   */
+  pidns?: string;
   exclusive: boolean;
   purpose: string;
 }
 
 export interface HeldLock {
   readonly key: string;
-  /** Rewrites the lock with a fresh time when it is getting old; cheap to call often. */
+  /**
+   * Rewrites the lock with a fresh time when it is getting old; cheap to call often. Throws once the lock is
+   * gone (another process found it stale and removed it): whatever the holder writes from then on is unsafe.
+   */
   refresh(): Promise<void>;
+  /** Throws unless the lock is still in the store (checked there, each call). */
+  assertHeld(): Promise<void>;
   /** Stops refreshing and deletes the lock. */
   release(): Promise<void>;
 }
+
+const PID_NAMESPACE = (() => {
+  try {
+    return readlinkSync("/proc/self/ns/pid");
+  } catch {
+    return undefined; // not Linux
+  }
+})();
 
 export async function acquireLock(
   store: BlobStore,
@@ -36,29 +56,39 @@ export async function acquireLock(
     time: new Date().toISOString(),
     hostname: hostname(),
     pid: process.pid,
+    ...(PID_NAMESPACE ? { pidns: PID_NAMESPACE } : {}),
     exclusive: options.exclusive,
     purpose: options.purpose,
   };
   let written = Date.now();
   await store.put(lockKey, sealJson(key, ObjectKind.lock, body));
   try {
+    // "Now" as the store tells time: our own lock's modification time, just written.
+    const now = (await store.stat(lockKey))?.modified.getTime() ?? Date.now();
     for await (const info of store.list("locks/")) {
       if (info.key === lockKey) continue;
-      let other: LockBody;
+      const age = now - info.modified.getTime();
+      let other: LockBody | undefined;
       try {
         other = openJson(key, ObjectKind.lock, await store.get(info.key), `lock ${info.key}`) as LockBody;
-      } catch {
-        continue; // vanished or unreadable: not a lock we must respect
+      } catch (err) {
+        if (isRepositoryError(err, "not-found")) continue; // released meanwhile
+        // Unreadable: respected as a lock until it is stale by age; any other failure to read it (the store
+        // refusing, a connection reset) fails this acquisition, rather than pass a lock that may be live.
+        if (!isRepositoryError(err, "corrupt") && !isRepositoryError(err, "wrong-key")) throw err;
       }
-      if (isStale(other)) {
+      if (age > LOCK_STALE_AFTER_MS || (other && holderIsGone(other))) {
         if (options.exclusive) await store.delete(info.key);
         continue;
       }
-      if (options.exclusive || other.exclusive) {
+      if (options.exclusive || !other || other.exclusive) {
+        const holder = other
+          ? `${other.purpose} (pid ${other.pid} on ${other.hostname} since ${other.time})`
+          : `an unreadable lock, ${info.key}`;
         throw new RepositoryError(
           "locked",
-          `the repository is locked by ${other.purpose} (pid ${other.pid} on ${other.hostname} since ${other.time}); ` +
-            "wait for it to finish and try again",
+          `the repository is locked by ${holder}; wait for it to finish and try again (a lock whose holder ` +
+            `died elsewhere counts as stale once unrefreshed for ${LOCK_STALE_AFTER_MS / 60_000} minutes)`,
         );
       }
     }
@@ -67,18 +97,34 @@ export async function acquireLock(
     throw err;
   }
   let released = false;
+  let lost: Error | undefined;
+  const assertHeld = async (): Promise<void> => {
+    if (lost) throw lost;
+    if ((await store.stat(lockKey)) === undefined) {
+      lost = new RepositoryError(
+        "locked",
+        `this process's repository lock ${lockKey} was removed (another process found it stale: unrefreshed ` +
+          `for ${LOCK_STALE_AFTER_MS / 60_000} minutes), so what it writes could be pruned; stopping`,
+      );
+      throw lost;
+    }
+  };
   const refresh = async (): Promise<void> => {
+    if (lost) throw lost;
     if (released || Date.now() - written < LOCK_REFRESH_AFTER_MS) return;
+    await assertHeld(); // not written again once taken away: that would hide the loss
     body = { ...body, time: new Date().toISOString() };
     written = Date.now();
     await store.put(lockKey, sealJson(key, ObjectKind.lock, body));
   };
-  // A holder that is alive keeps its lock fresh even while it writes nothing (a long run of unchanged data).
+  // A holder that is alive keeps its lock fresh even while it writes nothing (a long run of unchanged data). A
+  // failure here is seen by the holder's next refresh or assertHeld if it was the loss of the lock.
   const timer = setInterval(() => refresh().catch(() => {}), LOCK_REFRESH_AFTER_MS);
   timer.unref();
   return {
     key: lockKey,
     refresh,
+    assertHeld,
     async release() {
       if (released) return;
       released = true;
@@ -88,14 +134,15 @@ export async function acquireLock(
   };
 }
 
-function isStale(lock: LockBody): boolean {
-  if (Date.now() - Date.parse(lock.time) > LOCK_STALE_AFTER_MS) return true;
-  if (lock.hostname === hostname() && lock.pid !== process.pid) {
-    try {
-      process.kill(lock.pid, 0);
-    } catch (err) {
-      return (err as NodeJS.ErrnoException).code === "ESRCH";
-    }
+/** A lock of a process on this host, in this pid namespace, that no longer exists (kill -9). */
+function holderIsGone(lock: LockBody): boolean {
+  if (lock.hostname !== hostname() || lock.pid === process.pid) return false;
+  // Another pid namespace (a container on the host's network): its pids mean nothing here.
+  if (lock.pidns !== undefined && lock.pidns !== PID_NAMESPACE) return false;
+  try {
+    process.kill(lock.pid, 0);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "ESRCH";
   }
   return false;
 }

@@ -249,8 +249,11 @@ export class RepositoryWriter implements ChunkSink {
       totals,
       ...(meta.stats ? { stats: meta.stats } : {}),
     });
-    // The last moment an abort can still stop it: from here the snapshot exists (abort waits for it).
+    // The last moment an abort can still stop it: from here the snapshot exists (abort waits for it). And the
+    // lock must still be ours: had a prune found it stale and removed it, it may have deleted packs this
+    // snapshot references.
     this.assertUsable();
+    await this.lock?.assertHeld();
     await store.put(snapshotKey(id), sealed);
     this.stats.bytesWritten += sealed.length;
     this.closed = true;

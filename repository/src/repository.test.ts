@@ -1,6 +1,6 @@
 // The repository format end to end, on both stores: commit, list, read back, crash safety, check, prune.
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -772,6 +772,62 @@ describe("repository on file://, writing packs", () => {
 });
 
 describe("locks", () => {
+  it("judges locks by the store's clock, respects other pid namespaces and unreadable locks, and stops a writer whose lock was taken", async () => {
+    const store = openBlobStore(pathToFileURL(join(dir, "locks-2")).href);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const { ObjectKind, openJson, sealJson } = await import("./sealing.js");
+    const lockFile = (held: { key: string }) => join(dir, "locks-2", ...held.key.split("/"));
+    const rewrite = async (held: { key: string }, change: object) => {
+      const body = openJson(key, ObjectKind.lock, await readFile(lockFile(held)), "lock") as object;
+      await writeFile(lockFile(held), sealJson(key, ObjectKind.lock, { ...body, ...change }));
+    };
+    const locked = (e: unknown) => isRepositoryError(e, "locked");
+
+    // A live writer whose clock runs 31 minutes slow: its lock was written just now, so it holds.
+    const slowClock = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
+    await rewrite(slowClock, { time: new Date(Date.now() - 31 * 60_000).toISOString() });
+    await expect(pruneRepository(repository)).rejects.toSatisfy(locked);
+    // Unrefreshed for 31 minutes by the store's clock: stale, whatever it says of itself.
+    const old = new Date(Date.now() - 31 * 60_000);
+    await utimes(lockFile(slowClock), old, old);
+    await pruneRepository(repository);
+
+    // A process of another pid namespace on this hostname (a container on the host's network): its pid, absent
+    // here, says nothing about it.
+    const container = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
+    await rewrite(container, { pid: 2 ** 22 + 12345, pidns: "pid:[1]" });
+    await expect(pruneRepository(repository)).rejects.toSatisfy(locked);
+    await container.release();
+
+    // A lock that cannot be read for another reason than its absence fails the prune instead of passing it.
+    const busy = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
+    const flaky: BlobStore = Object.create(store, {
+      get: {
+        value: async (k: string) => {
+          if (k === busy.key) throw new Error("read ECONNRESET");
+          return store.get(k);
+        },
+      },
+    });
+    await expect(pruneRepository(await Repository.open(flaky, key))).rejects.toThrow(/ECONNRESET/);
+    // Damaged, it is respected until it is stale by age.
+    await writeFile(lockFile(busy), "not a lock");
+    await expect(pruneRepository(repository)).rejects.toThrow(/locked by an unreadable lock/);
+    await busy.release();
+
+    // A writer whose lock a prune removed as stale (a VM paused for half an hour) does not commit.
+    const writer = await repository.writer();
+    const chunk = sealed(key, randomBytes(5_000));
+    await writer.put([chunk]);
+    for (const name of await readdir(join(dir, "locks-2", "locks"))) await rm(join(dir, "locks-2", "locks", name));
+    await expect(writer.commit([sealManifest(key, manifestOf({ f: [chunk] }))], meta)).rejects.toThrow(
+      /repository lock locks\/[0-9a-f]+ was removed/,
+    );
+    expect(await repository.listSnapshots()).toEqual([]);
+    await writer.abort().catch(() => {});
+  });
+
   it("prune waits for a running writer, and ignores the lock of a process that died", async () => {
     const store = openBlobStore(pathToFileURL(join(dir, "locks")).href);
     const key = generateRepositoryKey();
