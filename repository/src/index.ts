@@ -30,7 +30,7 @@ export { FileBlobStore } from "./file-blob-store.js";
 export { IdTable } from "./id-table.js";
 export { generateRepositoryKey, KEY_LENGTH, parseRepositoryKey } from "./key.js";
 export { type ListedEntry, listedEntry, listingLine } from "./listing.js";
-export { LOCK_STALE_AFTER_MS } from "./lock.js";
+export { acquireLock, type HeldLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 export {
   createLz4Wasm,
   LZ4_WASM,

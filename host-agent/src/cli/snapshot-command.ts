@@ -130,29 +130,40 @@ export function registerSnapshotCommands(program: Command): void {
     .option("--json", "print the result as one JSON object and no progress")
     .option("--allow-external-symlinks", "also create symlinks that point outside the target (never followed)")
     .option("--include <pattern>", INCLUDE_HELP, collect, [])
-    .action((opts: RepoOptions & { id: string; target: string; allowExternalSymlinks?: boolean; include: string[] }) =>
-      withFriendlyErrors(opts, async () => {
-        const include = checkPathPatterns(opts.include, "--include");
-        const key = await loadKey(opts);
-        const meter = ProgressMeter.forStderr("restore", opts.json === true);
-        const result = await restoreDirectSnapshot({
-          repo: opts.repo,
-          key,
-          snapshotId: opts.id,
-          target: opts.target,
-          allowExternalSymlinks: opts.allowExternalSymlinks,
-          include,
-          onProgress: (p) => meter?.update(p.bytesWritten, p.bytesTotal),
-        }).finally(() => meter?.finish());
-        if (opts.json)
-          print({ files: result.files, bytesWritten: result.bytesWritten, seconds: roundSeconds(result.seconds) });
-        else {
-          process.stdout.write(
-            `restored snapshot ${result.snapshotId.slice(0, 12)} into ${opts.target}: ${result.files} files, ` +
-              `${formatBytes(result.bytesWritten)} in ${result.seconds.toFixed(1)}s\n`,
-          );
-        }
-      }),
+    .option("--no-lock", "take no lock (for a repository you may only read); a prune may then run meanwhile")
+    .action(
+      (
+        opts: RepoOptions & {
+          id: string;
+          target: string;
+          allowExternalSymlinks?: boolean;
+          include: string[];
+          lock: boolean;
+        },
+      ) =>
+        withFriendlyErrors(opts, async () => {
+          const include = checkPathPatterns(opts.include, "--include");
+          const key = await loadKey(opts);
+          const meter = ProgressMeter.forStderr("restore", opts.json === true);
+          const result = await restoreDirectSnapshot({
+            repo: opts.repo,
+            key,
+            snapshotId: opts.id,
+            target: opts.target,
+            allowExternalSymlinks: opts.allowExternalSymlinks,
+            include,
+            lock: opts.lock,
+            onProgress: (p) => meter?.update(p.bytesWritten, p.bytesTotal),
+          }).finally(() => meter?.finish());
+          if (opts.json)
+            print({ files: result.files, bytesWritten: result.bytesWritten, seconds: roundSeconds(result.seconds) });
+          else {
+            process.stdout.write(
+              `restored snapshot ${result.snapshotId.slice(0, 12)} into ${opts.target}: ${result.files} files, ` +
+                `${formatBytes(result.bytesWritten)} in ${result.seconds.toFixed(1)}s\n`,
+            );
+          }
+        }),
     );
 
   snapshot

@@ -2,7 +2,7 @@
 // for operators, benchmarks and tests. Same engine and format as the stream through the control plane.
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
-import { type BlobStore, openBlobStore, Repository, type S3BlobStoreOptions } from "@dumont/repository";
+import { acquireLock, type BlobStore, openBlobStore, Repository, type S3BlobStoreOptions } from "@dumont/repository";
 import type { ChunkerParams } from "./chunker.js";
 import {
   type CreateProgress,
@@ -57,6 +57,11 @@ export interface DirectRestoreOptions extends DirectRepositoryOptions {
   pool?: SnapshotWorkerPool;
   onProgress?: (progress: RestoreProgress) => void;
   signal?: AbortSignal;
+  /**
+   * Hold a shared repository lock meanwhile (default true), as snapshots and checks do: a prune in another
+   * process would otherwise delete or repack packs under the restore, which then fails part-way.
+   */
+  lock?: boolean;
 }
 
 /** The state directory of direct mode: DUMONT_STATE_DIR, else $XDG_STATE_HOME/dumont, else ~/.local/state/dumont. */
@@ -120,20 +125,28 @@ export async function createDirectSnapshot(options: DirectCreateOptions): Promis
 export async function restoreDirectSnapshot(options: DirectRestoreOptions): Promise<RestoreSnapshotResult> {
   const pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });
   try {
-    return await withDirectRepository(options, async (repository) =>
-      restoreSnapshot({
-        snapshotId: options.snapshotId,
-        // Packs are read straight into memory the workers share: the blobs reach them without a copy.
-        source: await repository.chunkSource({ readBuffers: pool.chunkBuffers }),
-        key: options.key,
-        target: options.target,
-        allowExternalSymlinks: options.allowExternalSymlinks,
-        include: options.include,
-        pool,
-        onProgress: options.onProgress,
-        signal: options.signal,
-      }),
-    );
+    return await withDirectRepository(options, async (repository) => {
+      const lock =
+        options.lock === false
+          ? undefined
+          : await acquireLock(repository.store, repository.key, { exclusive: false, purpose: "a restore" });
+      try {
+        return await restoreSnapshot({
+          snapshotId: options.snapshotId,
+          // Packs are read straight into memory the workers share: the blobs reach them without a copy.
+          source: await repository.chunkSource({ readBuffers: pool.chunkBuffers }),
+          key: options.key,
+          target: options.target,
+          allowExternalSymlinks: options.allowExternalSymlinks,
+          include: options.include,
+          pool,
+          onProgress: options.onProgress,
+          signal: options.signal,
+        });
+      } finally {
+        await lock?.release();
+      }
+    });
   } finally {
     if (!options.pool) await pool.close();
   }

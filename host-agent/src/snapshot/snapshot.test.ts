@@ -30,6 +30,7 @@ import {
   forgetSnapshots,
   generateRepositoryKey,
   indexKey,
+  isRepositoryError,
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
   type Manifest,
@@ -933,6 +934,27 @@ describe("snapshot engine", () => {
     const target = fresh("restored");
     await restoreDirectSnapshot({ repo: second.repo, key, snapshotId: after.id, target, pool });
     expect((await readFile(join(target, "data"))).equals(content)).toBe(true);
+  });
+
+  it("holds a shared lock while it restores in direct mode, so a prune elsewhere waits (unless --no-lock)", async () => {
+    const { key, repo, created, repository } = await snapshotOfWorkspace();
+    const pruneDuring = async (lock: boolean) => {
+      let prune: Promise<unknown> | undefined;
+      await restoreDirectSnapshot({
+        repo,
+        key,
+        snapshotId: created.id,
+        target: fresh("restored"),
+        pool,
+        lock,
+        onProgress: () => {
+          prune ??= pruneRepository(repository).catch((err: unknown) => err);
+        },
+      });
+      return prune;
+    };
+    expect(isRepositoryError(await pruneDuring(true), "locked")).toBe(true);
+    expect(await pruneDuring(false)).toMatchObject({ packsDeleted: 0 });
   });
 
   it("fails a wrong key with one clear sentence", async () => {
