@@ -1,6 +1,7 @@
 // One suite, two stores: the local directory and a real S3-compatible server (s3rver) on loopback.
 import { closeSync, constants, existsSync, openSync } from "node:fs";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { createServer as createHttpServer } from "node:http";
 import { type AddressInfo, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -250,11 +251,46 @@ describe("S3 blob store against a server that never answers", () => {
   });
 });
 
+describe("S3 blob store against a server that refuses access", () => {
+  it("says what to check: the credentials and the actions they must allow", async () => {
+    const refusing = createHttpServer((_req, res) => {
+      res.writeHead(403, { "content-type": "application/xml" });
+      res.end('<?xml version="1.0"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>');
+    });
+    await new Promise<void>((resolve) => refusing.listen(0, "127.0.0.1", resolve));
+    const { port } = refusing.address() as AddressInfo;
+    const store = new S3BlobStore("locked-bucket", "", {
+      endpoint: `http://127.0.0.1:${port}`,
+      credentials: { accessKeyId: "test", secretAccessKey: "test" },
+      maxAttempts: 1,
+    });
+    try {
+      for (const call of [
+        () => store.get("config"),
+        () => store.stat("config"),
+        () => store.put("k", Buffer.from("x")),
+      ]) {
+        const err = await call().catch((e: unknown) => e);
+        expect(isRepositoryError(err, "invalid-argument")).toBe(true);
+        expect((err as Error).message).toMatch(
+          /S3 refused access to s3:\/\/locked-bucket\/\w+ \(HTTP 403\): check the credentials/,
+        );
+      }
+    } finally {
+      await store.close();
+      await new Promise((resolve) => refusing.close(resolve));
+    }
+  });
+});
+
 describe("openBlobStore", () => {
   it("explains unsupported URLs", () => {
     expect(() => openBlobStore("ftp://x")).toThrow(/file:\/\/\/absolute\/path or s3:\/\/bucket\/prefix/);
     expect(() => openBlobStore("s3://A_B/x")).toThrow(/bucket/);
     expect(openBlobStore("s3://my-bucket/a/b/").url).toBe("s3://my-bucket/a/b");
+    for (const bad of ["s3://my-bucket/a/../c", "s3://my-bucket//x", "s3://my-bucket/a//b/", "s3://my-bucket/./a"]) {
+      expect(() => openBlobStore(bad), bad).toThrow(/with an empty, "\." or "\.\." component/);
+    }
     expect(openBlobStore("/tmp/x").url).toBe("file:///tmp/x");
   });
 

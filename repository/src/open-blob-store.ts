@@ -5,6 +5,7 @@ import { fileURLToPath } from "node:url";
 import type { BlobStore } from "./blob-store.js";
 import { RepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
+import { hasBadComponent } from "./relative-path.js";
 import { S3BlobStore, type S3BlobStoreOptions } from "./s3-blob-store.js";
 
 export interface OpenBlobStoreOptions {
@@ -35,6 +36,14 @@ export function openBlobStore(url: string, options: OpenBlobStoreOptions = {}): 
       throw new RepositoryError(
         "invalid-argument",
         `repository URL ${url} names bucket "${bucket}", which is not a valid S3 bucket name (3-63 of a-z 0-9 . -)`,
+      );
+    }
+    // Taken as written (S3 keys are literal: no percent-decoding). Components that a path would resolve and S3
+    // keeps (`a/../c` was stored as `c/...` by one server and listed under `a/../c/` by the store) are refused.
+    if (prefix !== "" && hasBadComponent(prefix)) {
+      throw new RepositoryError(
+        "invalid-argument",
+        `repository URL ${url} has prefix "${prefix}" with an empty, "." or ".." component; write s3://bucket/a/b`,
       );
     }
     return new S3BlobStore(bucket, prefix, options.s3);

@@ -65,6 +65,8 @@ export class S3BlobStore implements BlobStore {
       forcePathStyle: true,
       requestChecksumCalculation: "WHEN_REQUIRED",
       responseChecksumValidation: "WHEN_REQUIRED",
+      // A bucket in another region than AWS_REGION answers 301: follow it rather than fail "UnknownError".
+      followRegionRedirects: true,
       // The SDK's 3 attempts over ~0.5 s gave up on one burst of 503 SlowDown.
       maxAttempts: options.maxAttempts ?? S3_MAX_ATTEMPTS,
       requestHandler: {
@@ -204,6 +206,21 @@ export class S3BlobStore implements BlobStore {
       return new RepositoryError(
         "invalid-argument",
         `no S3 credentials for ${this.url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)`,
+        { cause: err },
+      );
+    }
+    if (status === 403) {
+      return new RepositoryError(
+        "invalid-argument",
+        `S3 refused access to ${this.url}/${key} (HTTP 403): check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE) ` +
+          "and that they may s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on this bucket and prefix",
+        { cause: err },
+      );
+    }
+    if (status === 301) {
+      return new RepositoryError(
+        "invalid-argument",
+        `bucket ${this.bucket} is in another region than ${this.config.region}: set AWS_REGION to the bucket's region`,
         { cause: err },
       );
     }
