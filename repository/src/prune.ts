@@ -81,7 +81,8 @@ export interface PruneReport {
 }
 
 /** What only writers holding a lock write to: temp files under these are abandoned while prune holds its lock. */
-const WRITER_PREFIXES = ["data/", "index/", "manifests/", "snapshots/"];
+// locks/ too: a lock's temp file stays when its writer dies between writing and renaming it.
+const WRITER_PREFIXES = ["data/", "index/", "manifests/", "snapshots/", "locks/"];
 
 export async function pruneRepository(repository: Repository, options: PruneOptions = {}): Promise<PruneReport> {
   const { store } = repository;
