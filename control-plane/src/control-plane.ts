@@ -66,7 +66,17 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
       ingest,
       telemetryIntervalMs: Math.round(config.telemetryIntervalSeconds * 1000),
     });
-    const tenantKeys = new TenantKeys(db, await loadMasterKey(config.dataDir, config.masterKey));
+    const storedTenantKeys = async () =>
+      Number(
+        (
+          await db
+            .selectFrom("tenant_keys")
+            .select((eb) => eb.fn.countAll().as("n"))
+            .executeTakeFirst()
+        )?.n ?? 0,
+      );
+    const tenantKeys = new TenantKeys(db, await loadMasterKey(config.dataDir, config.masterKey, storedTenantKeys));
+    await tenantKeys.verify();
     const snapshots = new SnapshotCoordinator(db, tenantKeys, config.blobStore, log, metrics, config.snapshotKeep);
     gateway.onMessage((session, message) => snapshots.onAgentMessage(session, message));
     gateway.onSessionClosed((session) => snapshots.onSessionClosed(session));

@@ -8,7 +8,21 @@ export function createLogger(level: string, destination?: pino.DestinationStream
     {
       level,
       base: { service: "dumont" },
-      redact: ["apiKey", "token", "joinToken", "authorization", "*.authorization", "privateKey", "tenantKey"],
+      // Also where a protocol message would carry them ({ msg: { value: { tenantKey } } }), should one be logged.
+      redact: [
+        "apiKey",
+        "token",
+        "joinToken",
+        "authorization",
+        "*.authorization",
+        "privateKey",
+        "tenantKey",
+        "*.tenantKey",
+        "*.*.tenantKey",
+        "*.*.*.tenantKey",
+        "masterKey",
+        "*.masterKey",
+      ],
     },
     destination ?? pino.destination(1),
   );

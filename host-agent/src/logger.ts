@@ -5,7 +5,12 @@ export type Logger = pino.Logger;
 
 export function createLogger(level: string): Logger {
   return pino(
-    { level, base: { service: "dumont-agent" }, redact: ["token", "joinToken", "privateKey", "tenantKey"] },
+    {
+      level,
+      base: { service: "dumont-agent" },
+      // Also where a protocol message would carry one ({ msg: { value: { tenantKey } } }), should one be logged.
+      redact: ["token", "joinToken", "privateKey", "tenantKey", "*.tenantKey", "*.*.tenantKey", "*.*.*.tenantKey"],
+    },
     pino.destination(2),
   );
 }

@@ -1,13 +1,15 @@
-// Per-tenant data keys: random AES-256 keys, stored wrapped (AES-256-GCM) by the control plane's master
-// key, unwrapped only for the operation that needs one. A leaked bucket or database dump leaks nothing
-// without the master key. Keys are never logged.
+// Per-tenant data keys: random AES-256 keys, stored wrapped (AES-256-GCM, the tenant id as associated data)
+// by the control plane's master key, unwrapped on first use and kept in this process's memory from then on.
+// A leaked bucket or database dump leaks nothing without the master key (which a default install keeps in
+// <data-dir>/master.key, beside the embedded database: back them up apart). Keys are never logged.
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
-import { writeFileAtomic } from "@dumont/repository";
 import type { Db } from "../db/database.js";
 
 const KEY_BYTES = 32;
+/** A wrapped key: 12-byte IV, 16-byte tag, 32-byte key. */
+const WRAPPED_BYTES = 12 + 16 + KEY_BYTES;
 
 export class TenantKeys {
   private readonly cache = new Map<string, Buffer>();
@@ -44,6 +46,19 @@ export class TenantKeys {
     return this.remember(tenantId, unwrap(this.masterKey, stored.wrapped_key, tenantId));
   }
 
+  /**
+   * Checks the master key opens a stored tenant key, if there is one: a control plane started with another
+   * master key (a new data dir, a secret that did not mount) fails at start, not at its first snapshot.
+   */
+  async verify(): Promise<void> {
+    const row = await this.db
+      .selectFrom("tenant_keys")
+      .select(["tenant_id", "wrapped_key"])
+      .limit(1)
+      .executeTakeFirst();
+    if (row) this.remember(row.tenant_id, unwrap(this.masterKey, row.wrapped_key, row.tenant_id));
+  }
+
   private remember(tenantId: string, key: Buffer): Buffer {
     this.cache.set(tenantId, key);
     return key;
@@ -60,39 +75,101 @@ function wrap(master: Buffer, key: Buffer, tenantId: string): string {
 
 function unwrap(master: Buffer, wrapped: string, tenantId: string): Buffer {
   const raw = Buffer.from(wrapped, "base64");
-  const decipher = createDecipheriv("aes-256-gcm", master, raw.subarray(0, 12));
+  const wrong = () =>
+    new Error(
+      `cannot unwrap the data key of tenant ${tenantId}: the master key (DUMONT_MASTER_KEY or <data-dir>/master.key) is not the one it was wrapped with`,
+    );
+  // Whole, with a whole tag: GCM in Node accepts tags down to 4 bytes unless told otherwise.
+  if (raw.length !== WRAPPED_BYTES) throw wrong();
+  const decipher = createDecipheriv("aes-256-gcm", master, raw.subarray(0, 12), { authTagLength: 16 });
   decipher.setAAD(Buffer.from(`dumont tenant key ${tenantId}`));
   decipher.setAuthTag(raw.subarray(12, 28));
   try {
     return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]);
   } catch {
-    throw new Error(
-      `cannot unwrap the data key of tenant ${tenantId}: the master key (DUMONT_MASTER_KEY or <data-dir>/master.key) is not the one it was wrapped with`,
-    );
+    throw wrong();
   }
 }
 
 /**
  * The master key: DUMONT_MASTER_KEY (64 hex chars or base64 of 32 bytes) when set — production keeps it in
  * a secret store — else `<data-dir>/master.key`, created 0600 on first start (dev and single-box installs).
+ * A new one is made only while no tenant key is stored: with keys wrapped by another, a new master key would
+ * make every tenant's snapshots unreadable, so a missing key stops the start instead. The file must not be
+ * readable by others (as ssh treats its keys).
  */
-export async function loadMasterKey(dataDir: string, fromEnv: string | undefined): Promise<Buffer> {
+export async function loadMasterKey(
+  dataDir: string,
+  fromEnv: string | undefined,
+  wrappedKeys: () => Promise<number>,
+): Promise<Buffer> {
   if (fromEnv) return parseMasterKey(fromEnv, "DUMONT_MASTER_KEY");
   const file = path.join(dataDir, "master.key");
-  try {
-    return parseMasterKey((await fs.readFile(file, "utf8")).trim(), file);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+  const existing = await readMasterKeyFile(file);
+  if (existing) return existing;
+  const stored = await wrappedKeys();
+  if (stored > 0) {
+    throw new Error(
+      `no master key: DUMONT_MASTER_KEY is unset and ${file} does not exist, but the database holds ${stored} ` +
+        "tenant key(s) wrapped by one; put that master.key back or set DUMONT_MASTER_KEY to it (a new master key " +
+        "would make every snapshot unreadable)",
+    );
   }
+  // Written whole under another name, then linked into place, which fails if another process got there first.
   const key = randomBytes(KEY_BYTES);
-  await writeFileAtomic(file, `${key.toString("hex")}\n`, 0o600);
-  return key;
+  const temp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
+  const handle = await fs.open(temp, "wx", 0o600);
+  try {
+    await handle.writeFile(`${key.toString("hex")}\n`);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  try {
+    await fs.link(temp, file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+  } finally {
+    await fs.unlink(temp).catch(() => {});
+  }
+  const handle2 = await fs.open(path.dirname(file), "r");
+  await handle2.sync().finally(() => handle2.close());
+  return (await readMasterKeyFile(file)) ?? key;
+}
+
+async function readMasterKeyFile(file: string): Promise<Buffer | undefined> {
+  let handle: fs.FileHandle;
+  try {
+    handle = await fs.open(file, "r");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw err;
+  }
+  try {
+    const { mode } = await handle.stat();
+    if ((mode & 0o077) !== 0) {
+      throw new Error(
+        `${file} can be read by others (mode ${(mode & 0o777).toString(8)}): \`chmod 600 ${file}\`, and if others did ` +
+          "read it, treat it as leaked",
+      );
+    }
+    return parseMasterKey((await handle.readFile("utf8")).trim(), file);
+  } finally {
+    await handle.close();
+  }
 }
 
 export function parseMasterKey(text: string, source: string): Buffer {
-  const key = /^[0-9a-fA-F]{64}$/.test(text) ? Buffer.from(text, "hex") : Buffer.from(text, "base64");
-  if (key.length !== KEY_BYTES) {
-    throw new Error(`${source} must hold 32 bytes as 64 hex characters or base64 (e.g. \`openssl rand -hex 32\`)`);
+  const hex = /^[0-9a-fA-F]{64}$/.test(text);
+  const key = hex
+    ? Buffer.from(text, "hex")
+    : /^[A-Za-z0-9+/]{43}=$/.test(text)
+      ? Buffer.from(text, "base64")
+      : undefined;
+  if (!key || key.length !== KEY_BYTES || key.every((b) => b === 0)) {
+    throw new Error(
+      `${source} must hold 32 random bytes as 64 hex characters or base64 (e.g. \`openssl rand -hex 32\`)`,
+    );
   }
   return key;
 }
