@@ -1,3 +1,6 @@
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { create, fromBinary } from "@bufbuild/protobuf";
 import {
   type AgentMessage,
@@ -8,8 +11,16 @@ import {
   RETRY_BUFFER_BYTES,
   STREAM_BATCH_BYTES,
 } from "@dumont/proto";
-import type { ChunkBuffers } from "@dumont/repository";
+import {
+  type ChunkBuffers,
+  chunkCodec,
+  generateRepositoryKey,
+  type ManifestEntry,
+  sealManifestParts,
+} from "@dumont/repository";
 import { describe, expect, it } from "vitest";
+import { RestoreDamagedError, restoreSnapshot } from "../snapshot/restore-snapshot.js";
+import { SnapshotWorkerPool } from "../snapshot/worker-pool.js";
 import { StreamChunkSink, StreamChunkSource, type StreamPort } from "./stream-transfer.js";
 
 /**
@@ -292,6 +303,8 @@ describe("StreamChunkSource with receive buffers", () => {
     };
     return { buffers, allocated, released };
   }
+  /** The ids `message` gives its chunks. */
+  const idsOf = (count: number) => Array.from({ length: count }, (_, i) => Buffer.alloc(32, i));
   const message = (batch: bigint, sizes: number[], last: boolean, fill = 7) =>
     create(ControlMessageSchema, {
       msg: {
@@ -311,8 +324,8 @@ describe("StreamChunkSource with receive buffers", () => {
     const source = new StreamChunkSource(port, "r6", "abcdef", [Buffer.from("m")], buffers);
     const taken: Buffer[] = [];
     const reading = (async () => {
-      for await (const c of source.get([Buffer.alloc(32)])) taken.push(c.blob!);
-      for await (const c of source.get([Buffer.alloc(32)])) taken.push(c.blob!);
+      for await (const c of source.get(idsOf(4))) taken.push(c.blob!);
+      for await (const c of source.get(idsOf(1))) taken.push(c.blob!);
     })();
     await new Promise((r) => setImmediate(r));
     const m1 = message(batchOf(messages()[0]!), [3 * MiB, 3 * MiB, 3 * MiB, 9 * MiB], true);
@@ -344,7 +357,7 @@ describe("StreamChunkSource with receive buffers", () => {
     const { port, messages } = lazyPort();
     const { buffers, allocated, released } = countingBuffers();
     const source = new StreamChunkSource(port, "r6", "abcdef", [Buffer.from("m")], buffers);
-    const iterator = source.get([Buffer.alloc(32)])[Symbol.asyncIterator]();
+    const iterator = source.get(idsOf(3))[Symbol.asyncIterator]();
     const first = iterator.next();
     await new Promise((r) => setImmediate(r));
     source.receive(message(batchOf(messages()[0]!), [5 * MiB, 5 * MiB, 5 * MiB], false));
@@ -356,7 +369,9 @@ describe("StreamChunkSource with receive buffers", () => {
 });
 
 describe("StreamChunkSource backpressure", () => {
-  const chunksMessage = (batch: bigint, count: number, size: number, last: boolean) =>
+  /** Chunk ids from..from+count-1 (under 256). */
+  const idsOf = (count: number, from = 0) => Array.from({ length: count }, (_, i) => Buffer.alloc(32, from + i));
+  const chunksMessage = (batch: bigint, count: number, size: number, last: boolean, from = 0) =>
     create(ControlMessageSchema, {
       msg: {
         case: "restoreChunks",
@@ -364,7 +379,7 @@ describe("StreamChunkSource backpressure", () => {
           requestId: "r5",
           batch,
           last,
-          chunks: Array.from({ length: count }, (_, i) => ({ id: Buffer.alloc(32, i), blob: Buffer.alloc(size) })),
+          chunks: idsOf(count, from).map((id) => ({ id, blob: Buffer.alloc(size) })),
         },
       },
     });
@@ -387,13 +402,13 @@ describe("StreamChunkSource backpressure", () => {
   it("holds the stream back while over 64 MiB wait for the engine, and reads again once it has taken them", async () => {
     const { port, messages, state } = pausingPort();
     const source = new StreamChunkSource(port, "r5", "abcdef", [Buffer.from("m")]);
-    const iterator = source.get([Buffer.alloc(32)])[Symbol.asyncIterator]();
+    const iterator = source.get(idsOf(70))[Symbol.asyncIterator]();
     const first = iterator.next(); // sends the request, then waits on the empty queue
     await new Promise((r) => setImmediate(r));
     const batch = batchOf(messages()[0]!);
     source.receive(chunksMessage(batch, 40, 1024 * 1024, false));
     expect(state.paused).toBe(0); // 40 MiB waiting: still reading
-    source.receive(chunksMessage(batch, 30, 1024 * 1024, true));
+    source.receive(chunksMessage(batch, 30, 1024 * 1024, true, 40));
     expect(state.paused).toBe(1); // 70 MiB: held back
     await first;
     for (let taken = 1; taken < 50; taken++) await iterator.next();
@@ -407,8 +422,8 @@ describe("StreamChunkSource backpressure", () => {
   it("does not pause while the engine waits on a batch, pauses once it does not, and resumes if the stream fails", async () => {
     const { port, messages, state } = pausingPort();
     const source = new StreamChunkSource(port, "r5", "abcdef", [Buffer.from("m")]);
-    const a = source.get([Buffer.alloc(32, 1)])[Symbol.asyncIterator]();
-    const b = source.get([Buffer.alloc(32, 2)])[Symbol.asyncIterator]();
+    const a = source.get(idsOf(80))[Symbol.asyncIterator]();
+    const b = source.get(idsOf(1))[Symbol.asyncIterator]();
     const firstA = a.next();
     const firstB = b.next();
     await new Promise((r) => setImmediate(r));
@@ -422,7 +437,7 @@ describe("StreamChunkSource backpressure", () => {
     expect((await b.next()).done).toBe(true);
     expect((await firstA).done).toBe(false);
     // Nobody waits now: more of A is held back.
-    source.receive(chunksMessage(batchA!, 10, 1024 * 1024, false));
+    source.receive(chunksMessage(batchA!, 10, 1024 * 1024, false, 70));
     expect(state.paused).toBe(1);
     source.fail(new Error("the stream to the control plane closed"));
     expect(state.paused).toBe(0);
@@ -431,5 +446,85 @@ describe("StreamChunkSource backpressure", () => {
         for (;;) if ((await a.next()).done) return;
       })(),
     ).rejects.toThrow(/closed/);
+  });
+});
+
+describe("StreamChunkSource against a control plane that misbehaves", () => {
+  const restoreChunks = (batch: bigint, chunks: { id: Buffer; blob: Buffer }[], last = true) =>
+    create(ControlMessageSchema, { msg: { case: "restoreChunks", value: { requestId: "r8", batch, last, chunks } } });
+
+  it("yields only the chunks a batch asked for, once each: a duplicate or a stranger is dropped, unaccounted", async () => {
+    const { port, messages } = lazyPort();
+    const state = { paused: 0 };
+    port.pauseInbound = () => {
+      state.paused++;
+      return () => void state.paused--;
+    };
+    const warnings: string[] = [];
+    const source = new StreamChunkSource(port, "r8", "s", [Buffer.from("m")], undefined, (w) => warnings.push(w));
+    const [x, y, stranger] = [1, 2, 3].map((n) => Buffer.alloc(32, n));
+    const iterator = source.get([x!, y!])[Symbol.asyncIterator]();
+    const first = iterator.next();
+    await new Promise((r) => setImmediate(r));
+    const batch = batchOf(messages()[0]!);
+    source.receive(restoreChunks(batch, [{ id: x!, blob: Buffer.from("x") }], false));
+    expect((await first).value.id).toEqual(x);
+    // X again, 70 times 1 MiB, where Y was due, and a chunk nobody asked for: were their bytes counted as
+    // waiting for the engine (which waits on nothing now), the stream would be held back.
+    const mib = Buffer.alloc(1024 * 1024, 7);
+    source.receive(
+      restoreChunks(batch, [
+        ...Array.from({ length: 70 }, () => ({ id: x!, blob: mib })),
+        { id: stranger!, blob: mib },
+      ]),
+    );
+    expect(state.paused).toBe(0);
+    expect(await iterator.next()).toEqual({ done: true, value: undefined });
+    expect(warnings).toEqual([
+      "restore r8: the control plane sent 71 chunk(s) in batch 1 that were not requested or came twice (dropped); " +
+        "1 requested chunk(s) never came",
+    ]);
+  });
+
+  it("fails a restore whose batch got a duplicate chunk in place of another, naming the file, not zeros", async () => {
+    const key = generateRepositoryKey();
+    const plain = [Buffer.alloc(4096, 1), Buffer.alloc(4096, 2)];
+    const sealed = plain.map((p) => chunkCodec.sealChunk(key, p));
+    const entries: ManifestEntry[] = [
+      {
+        type: "file",
+        path: "two-chunks.bin",
+        mode: 0o644,
+        mtimeNs: "0",
+        size: 8192,
+        chunks: sealed.map((c) => c.id.toString("hex")),
+        lengths: [4096, 4096],
+      },
+    ];
+    // A control plane answering each request with its first chunk twice: [X, X] where [X, Y] was asked for.
+    let source: StreamChunkSource | undefined;
+    const port: StreamPort = {
+      send: async (m) => {
+        const msg = m as AgentMessage;
+        if (msg.msg.case !== "restoreChunkRequest") return;
+        const { batch, chunkIds } = msg.msg.value;
+        const first = sealed.find((c) => c.id.equals(chunkIds[0]!))!;
+        setImmediate(() => source!.receive(restoreChunks(batch, [first, first])));
+      },
+    };
+    source = new StreamChunkSource(port, "r8", "s", sealManifestParts(key, entries));
+    const pool = new SnapshotWorkerPool({ threads: 0 });
+    const target = await mkdtemp(join(tmpdir(), "dumont-stream-restore-"));
+    try {
+      const failure = await restoreSnapshot({ snapshotId: "s", source, key, target, pool }).catch((e) => e);
+      expect(failure).toBeInstanceOf(RestoreDamagedError);
+      expect((failure as RestoreDamagedError).damaged).toEqual([
+        { path: "two-chunks.bin", reason: "the source never delivered some of its chunks" },
+      ]);
+      expect(await readdir(target)).toEqual([]); // the half-written file was taken away
+    } finally {
+      await pool.close();
+      await rm(target, { recursive: true, force: true });
+    }
   });
 });

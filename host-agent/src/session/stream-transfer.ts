@@ -291,6 +291,8 @@ export class StreamChunkSource implements ChunkSource {
      * after writing its batch).
      */
     private readonly buffers?: ChunkBuffers,
+    /** Told once per batch that had chunks dropped (see `receive`). */
+    private readonly warn?: (message: string) => void,
   ) {}
 
   receive(message: ControlMessage): void {
@@ -299,12 +301,24 @@ export class StreamChunkSource implements ChunkSource {
     const q = this.queues.get(v.batch);
     if (!q) return;
     for (const c of v.chunks) {
+      // Only a chunk the batch asked for and has not had yet is queued: the engine counts a file's chunks
+      // down once per delivery, so a duplicate standing in for a chunk never sent would finish the file
+      // with a hole of zeros. What is dropped is never delivered, and the engine fails the files it leaves.
+      if (!q.expect(c.id)) continue;
       const id = Buffer.from(c.id); // a copy: a view would keep the whole message alive
       if (c.error) q.push({ id, error: c.error });
       else q.push({ id, blob: q.store(c.blob) });
     }
     // A receive buffer never spans two batches: the engine writes (and recycles) a buffer with its batch.
-    if (v.last) q.end();
+    if (v.last) {
+      const { dropped, missing } = q.end();
+      if (dropped > 0) {
+        this.warn?.(
+          `restore ${this.requestId}: the control plane sent ${dropped} chunk(s) in batch ${v.batch} that were ` +
+            `not requested or came twice (dropped); ${missing} requested chunk(s) never came`,
+        );
+      }
+    }
     // Never while the engine waits on a batch: the chunks it waits for would be held back too.
     if (
       !this.releaseInbound &&
@@ -343,6 +357,7 @@ export class StreamChunkSource implements ChunkSource {
     const batch = BigInt(++this.batch);
     // A consumer waiting on an empty queue must never find the stream paused (its chunks would not come).
     const queue = new ChunkQueue(
+      ids,
       (bytes) => this.account(bytes),
       () => this.resumeInbound(),
       this.buffers,
@@ -382,12 +397,35 @@ class ChunkQueue implements AsyncIterable<FetchedChunk> {
   private filled = 0;
   /** Receive buffers none of whose chunks the consumer has taken yet: still this queue's to release. */
   private readonly untaken = new Set<ArrayBufferLike>();
+  /**
+   * The ids requested and not yet received, as binary strings (a 32-byte key, cheap for batches of thousands
+   * of chunks); freed when the batch ends. A set, not counts: a source yields each requested chunk once
+   * (ChunkSource.get), and the restore engine asks for each id once a batch.
+   */
+  private expected: Set<string> | undefined;
+  /** Chunks received that were not expected (see `expect`). */
+  private dropped = 0;
 
   constructor(
+    ids: readonly Buffer[],
     private readonly account: (bytes: number) => void,
     private readonly onWait: () => void,
     private readonly buffers?: ChunkBuffers,
-  ) {}
+  ) {
+    this.expected = new Set();
+    for (const id of ids) this.expected.add(id.toString("latin1"));
+  }
+
+  /**
+   * Whether a chunk with this id is to be queued: requested by this batch and not received yet (it is then
+   * no longer expected). One that is not is counted as dropped; after the batch ended, nothing is expected.
+   */
+  expect(id: Uint8Array): boolean {
+    const key = Buffer.from(id.buffer, id.byteOffset, id.byteLength).toString("latin1");
+    if (this.expected?.delete(key)) return true;
+    this.dropped++;
+    return false;
+  }
 
   /** The blob to queue for `bytes` (a view into a received message): a copy in a receive buffer if there are any. */
   store(bytes: Uint8Array): Buffer {
@@ -449,10 +487,15 @@ class ChunkQueue implements AsyncIterable<FetchedChunk> {
     return item;
   }
 
-  end(): void {
+  /** The batch's last message came: returns the chunks dropped and the requested ones that never came. */
+  end(): { dropped: number; missing: number } {
+    if (this.done) return { dropped: 0, missing: 0 }; // a second "last": reported once already
+    const missing = this.expected?.size ?? 0;
+    this.expected = undefined;
     this.done = true;
     this.fill = undefined;
     this.wakeUp();
+    return { dropped: this.dropped, missing };
   }
 
   fail(err: Error): void {
