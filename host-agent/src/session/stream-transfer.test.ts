@@ -527,4 +527,25 @@ describe("StreamChunkSource against a control plane that misbehaves", () => {
       await rm(target, { recursive: true, force: true });
     }
   });
+
+  it("fails a get() after the session ended at once, sending nothing, and ignores what still arrives", async () => {
+    const { port, messages } = lazyPort();
+    const source = new StreamChunkSource(port, "r8", "s", [Buffer.from("m")]);
+    const pending = source.get([Buffer.alloc(32, 1)])[Symbol.asyncIterator]();
+    const waiting = pending.next();
+    await new Promise((r) => setImmediate(r));
+    const closed = new Error("the stream to the control plane closed");
+    source.fail(closed);
+    // A chunk read before the session was torn down is no answer: the batch fails, it does not go on.
+    source.receive(restoreChunks(batchOf(messages()[0]!), [{ id: Buffer.alloc(32, 1), blob: Buffer.from("x") }]));
+    await expect(waiting).rejects.toBe(closed);
+    // The engine between two windows when the session ended: its next request must not go out (on the
+    // next session, which would ignore it) to be waited on for good.
+    const later = source.get([Buffer.alloc(32, 2)])[Symbol.asyncIterator]();
+    await expect(later.next()).rejects.toBe(closed);
+    expect(messages()).toHaveLength(1);
+    source.fail(new Error("a second failure"));
+    const afterSecond = source.get([Buffer.alloc(32, 3)])[Symbol.asyncIterator]();
+    await expect(afterSecond.next()).rejects.toBe(closed); // the first failure stands
+  });
 });

@@ -276,6 +276,8 @@ export class StreamChunkSource implements ChunkSource {
   private queuedBytes = 0;
   /** Set while inbound messages are held back. */
   private releaseInbound: (() => void) | undefined;
+  /** Set once the session ended: every later call fails with it, at once (see `fail`). */
+  private failed: Error | undefined;
 
   constructor(
     private readonly port: StreamPort,
@@ -296,7 +298,7 @@ export class StreamChunkSource implements ChunkSource {
   ) {}
 
   receive(message: ControlMessage): void {
-    if (message.msg.case !== "restoreChunks") return;
+    if (this.failed || message.msg.case !== "restoreChunks") return;
     const v = message.msg.value;
     const q = this.queues.get(v.batch);
     if (!q) return;
@@ -329,8 +331,10 @@ export class StreamChunkSource implements ChunkSource {
     }
   }
 
+  /** The session ended: pending and later `get`s fail with `err` (the first one given), and nothing more is read. */
   fail(err: Error): void {
-    for (const q of this.queues.values()) q.fail(err);
+    this.failed ??= err;
+    for (const q of this.queues.values()) q.fail(this.failed);
     this.resumeInbound();
   }
 
@@ -354,6 +358,9 @@ export class StreamChunkSource implements ChunkSource {
   }
 
   async *get(ids: Buffer[]): AsyncIterable<FetchedChunk> {
+    // Nothing is sent once the session is gone: the request would go out on the next session, which ignores
+    // it, and the engine would wait for good.
+    if (this.failed) throw this.failed;
     const batch = BigInt(++this.batch);
     // A consumer waiting on an empty queue must never find the stream paused (its chunks would not come).
     const queue = new ChunkQueue(
