@@ -4,6 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { AgentMessageSchema, type ControlMessage, type Restore, type TakeSnapshot } from "@dumont/proto";
+import { MAX_MANIFEST_PARTS } from "@dumont/repository/limits";
 import { ManifestPartsReceiver } from "@dumont/repository/manifest-parts";
 import type { Logger } from "../logger.js";
 import type { SnapshotWorkerPool } from "../snapshot/index.js";
@@ -11,17 +12,32 @@ import type { ControlPlaneSession, Inbound } from "./control-plane-session.js";
 import { StreamChunkSink, StreamChunkSource, type StreamPort } from "./stream-transfer.js";
 
 const PROGRESS_INTERVAL_MS = 250;
-/** The longest an operation goes without a progress message (see the control plane's OPERATION_SILENCE_MS). */
-const PROGRESS_HEARTBEAT_MS = 60_000;
+/** Snapshots and restores run at once at most (each may hold hundreds of MiB); more are refused, saying so. */
+export const MAX_OPERATIONS = 4;
+/** A tenant key is an AES-256 key. */
+const TENANT_KEY_BYTES = 32;
+/** Text the control plane sent, echoed in a log line or back to it: cut here. */
+const MAX_ECHOED_TEXT = 1024;
+/** How soon the last report of a burst goes out when the interval held it back (see progressReporter). */
+const PROGRESS_HEARTBEAT_MS = 5_000;
 /**
  * The worker pool (threads, their heaps and batch buffers: ~300 MiB after a 1 GiB snapshot) is shut down
  * this long after the last operation, so an idle agent goes back to its idle footprint.
  */
 const POOL_IDLE_MS = 30_000;
 
+/** A snapshot or restore running here: what it works on, and how to stop it. */
+interface Operation {
+  kind: "snapshot" | "restore";
+  /** The snapshot's source or the restore's target, resolved. */
+  path: string;
+  abort: AbortController;
+}
+
 export class SnapshotCommands {
   private pool: SnapshotWorkerPool | undefined;
   private running = 0;
+  private readonly operations = new Map<string, Operation>();
   private idleTimer: NodeJS.Timeout | undefined;
   private readonly sinks = new Map<string, StreamChunkSink>();
   private readonly sources = new Map<string, StreamChunkSource>();
@@ -42,6 +58,7 @@ export class SnapshotCommands {
       const err = new Error("the stream to the control plane closed");
       for (const s of this.sinks.values()) s.fail(err);
       for (const s of this.sources.values()) s.fail(err);
+      for (const op of this.operations.values()) op.abort.abort(err);
       this.manifestParts.clear();
     });
   }
@@ -64,17 +81,26 @@ export class SnapshotCommands {
       case "snapshotCommitted":
         this.sinks.get(m.value.requestId)?.receive(message);
         return;
-      case "snapshotAborted":
-        this.sinks
-          .get(m.value.requestId)
-          ?.fail(new Error(`the control plane aborted the snapshot: ${m.value.message}`));
+      case "snapshotAborted": {
+        const err = new Error(`the control plane aborted the snapshot: ${m.value.message.slice(0, MAX_ECHOED_TEXT)}`);
+        this.sinks.get(m.value.requestId)?.fail(err);
+        this.operations.get(m.value.requestId)?.abort.abort(err);
         return;
+      }
       case "restoreChunks":
         this.sources.get(m.value.requestId)?.receive(message);
         return;
       case "restoreManifestPart": {
-        const held = this.manifestParts.get(m.value.requestId) ?? new ManifestPartsReceiver();
-        this.manifestParts.set(m.value.requestId, held);
+        let held = this.manifestParts.get(m.value.requestId);
+        if (!held) {
+          // Parts of restores that never came are not kept for ever: only the newest few requests' (a Restore
+          // follows its parts at once, and at most MAX_OPERATIONS run).
+          if (this.manifestParts.size >= MAX_OPERATIONS) {
+            this.manifestParts.delete(this.manifestParts.keys().next().value as string);
+          }
+          held = new ManifestPartsReceiver();
+          this.manifestParts.set(m.value.requestId, held);
+        }
         held.add(m.value.index, m.value.part); // a refusal fails the Restore that follows
         return;
       }
@@ -85,7 +111,41 @@ export class SnapshotCommands {
     initial: P,
     message: (progress: P) => ReturnType<typeof create<typeof AgentMessageSchema>>,
   ): ProgressReporter<P> {
-    return progressReporter(initial, (p) => this.session.send(message(p)).catch(() => undefined));
+    // One progress message in flight at most: while the stream is full they would only pile up behind it.
+    let sending = false;
+    return progressReporter(initial, (p) => {
+      if (sending) return;
+      sending = true;
+      this.session
+        .send(message(p))
+        .catch(() => undefined)
+        .finally(() => {
+          sending = false;
+        });
+    });
+  }
+
+  /**
+   * Registers an operation, or says why it cannot run: its request id already runs, MAX_OPERATIONS run, or its
+   * path overlaps a restore's target (a restore empties its target when it fails, and two restores into one
+   * target each took the other's files for theirs), or a restore's target overlaps a running snapshot's source.
+   */
+  private begin(requestId: string, kind: Operation["kind"], target: string): Operation {
+    if (this.operations.has(requestId)) throw new Error(`request ${requestId} is already running on this host`);
+    if (this.operations.size >= MAX_OPERATIONS) {
+      throw new Error(`this host runs ${MAX_OPERATIONS} snapshots and restores already; try again when one ends`);
+    }
+    const inside = (a: string, b: string) => a === b || a.startsWith(b.endsWith(path.sep) ? b : b + path.sep);
+    for (const other of this.operations.values()) {
+      if (kind === "snapshot" && other.kind === "snapshot") continue;
+      if (inside(target, other.path) || inside(other.path, target)) {
+        const what = kind === "restore" ? "the restore target" : "the snapshot source";
+        throw new Error(`${what} ${target} overlaps the ${other.kind} running on ${other.path}; wait for it to end`);
+      }
+    }
+    const op: Operation = { kind, path: target, abort: new AbortController() };
+    this.operations.set(requestId, op);
+    return op;
   }
 
   /**
@@ -99,6 +159,12 @@ export class SnapshotCommands {
     this.running++;
     try {
       const engine = await import("../snapshot/index.js");
+      if (this.pool?.broken) {
+        // A worker died: the pool fails every request from then on. The operations on it fail; later ones
+        // get a new pool.
+        void this.pool.close();
+        this.pool = undefined;
+      }
       this.pool ??= new engine.SnapshotWorkerPool();
       return await work({ ...engine, pool: this.pool });
     } finally {
@@ -114,8 +180,10 @@ export class SnapshotCommands {
   }
 
   private async takeSnapshot(cmd: TakeSnapshot): Promise<void> {
-    const sink = new StreamChunkSink(this.session, cmd.requestId, cmd.epoch, cmd.maxManifestParts, cmd.manifestRefs);
-    this.sinks.set(cmd.requestId, sink);
+    // 0 is a control plane of before manifest parts: one part (proto CHANGELOG).
+    const maxParts = Math.min(MAX_MANIFEST_PARTS, Math.max(1, cmd.maxManifestParts));
+    const sink = new StreamChunkSink(this.session, cmd.requestId, cmd.epoch, maxParts, cmd.manifestRefs);
+    let op: Operation | undefined;
     const started = Date.now();
     const progress = this.throttled({ bytesRead: 0, bytesToRead: 0 }, (p) =>
       create(AgentMessageSchema, {
@@ -127,6 +195,10 @@ export class SnapshotCommands {
     );
     try {
       if (!path.isAbsolute(cmd.path)) throw new Error(`path must be absolute, got ${JSON.stringify(cmd.path)}`);
+      checkTenantKey(cmd.tenantKey);
+      op = this.begin(cmd.requestId, "snapshot", path.resolve(cmd.path));
+      this.sinks.set(cmd.requestId, sink);
+      const signal = op.abort.signal;
       const scope = `control-plane:${cmd.tenantId}\n${path.resolve(cmd.path)}`;
       const result = await this.withEngine(({ createSnapshot, localIndexPath, pool }) =>
         createSnapshot({
@@ -143,6 +215,7 @@ export class SnapshotCommands {
           sealAhead: 2,
           localIndex: { file: localIndexPath(this.stateDir, scope), scope },
           onProgress: progress.report,
+          signal,
         }),
       );
       this.log.info(
@@ -151,17 +224,19 @@ export class SnapshotCommands {
       );
       for (const warning of result.warnings ?? []) this.log.warn({ snapshotId: result.id }, warning);
     } catch (err) {
-      this.log.warn({ requestId: cmd.requestId, err: (err as Error).message }, "snapshot failed");
+      const message = (err as Error).message.slice(0, MAX_ECHOED_TEXT);
+      this.log.warn({ requestId: cmd.requestId, err: message }, "snapshot failed");
       await this.session
         .send(
-          create(AgentMessageSchema, {
-            msg: { case: "snapshotFailed", value: { requestId: cmd.requestId, message: (err as Error).message } },
-          }),
+          create(AgentMessageSchema, { msg: { case: "snapshotFailed", value: { requestId: cmd.requestId, message } } }),
         )
         .catch(() => undefined);
     } finally {
       progress.stop();
-      this.sinks.delete(cmd.requestId);
+      if (op && this.operations.get(cmd.requestId) === op) {
+        this.operations.delete(cmd.requestId);
+        this.sinks.delete(cmd.requestId);
+      }
     }
   }
 
@@ -175,6 +250,7 @@ export class SnapshotCommands {
       );
     const held = this.manifestParts.get(cmd.requestId) ?? new ManifestPartsReceiver();
     this.manifestParts.delete(cmd.requestId);
+    let op: Operation | undefined;
     const progress = this.throttled({ filesDone: 0, bytesWritten: 0, bytesTotal: 0 }, (p) =>
       create(AgentMessageSchema, {
         msg: {
@@ -191,6 +267,9 @@ export class SnapshotCommands {
     );
     try {
       if (!path.isAbsolute(cmd.target)) throw new Error(`target must be absolute, got ${JSON.stringify(cmd.target)}`);
+      checkTenantKey(cmd.tenantKey);
+      op = this.begin(cmd.requestId, "restore", path.resolve(cmd.target));
+      const signal = op.abort.signal;
       const manifest = held.complete(cmd.manifest, cmd.manifestParts);
       if (!manifest) {
         throw new Error(
@@ -218,16 +297,28 @@ export class SnapshotCommands {
           allowExternalSymlinks: true,
           pool,
           onProgress: progress.report,
+          signal,
         });
       });
       await report({ files: BigInt(result.files), bytesWritten: BigInt(result.bytesWritten) });
     } catch (err) {
-      this.log.warn({ requestId: cmd.requestId, err: (err as Error).message }, "restore failed");
-      await report({ error: (err as Error).message }).catch(() => undefined);
+      const message = (err as Error).message.slice(0, MAX_ECHOED_TEXT);
+      this.log.warn({ requestId: cmd.requestId, err: message }, "restore failed");
+      await report({ error: message }).catch(() => undefined);
     } finally {
       progress.stop();
-      this.sources.delete(cmd.requestId);
+      if (op && this.operations.get(cmd.requestId) === op) {
+        this.operations.delete(cmd.requestId);
+        this.sources.delete(cmd.requestId);
+      }
     }
+  }
+}
+
+/** The tenant key a command carries, checked before any work: the engine's own error named no field. */
+function checkTenantKey(key: Uint8Array): void {
+  if (key.length !== TENANT_KEY_BYTES) {
+    throw new Error(`tenant_key must be ${TENANT_KEY_BYTES} bytes (an AES-256 key), got ${key.length}`);
   }
 }
 
@@ -238,9 +329,11 @@ export interface ProgressReporter<P> {
 
 /**
  * Progress for the control plane: at most a few messages a second, sent without waiting (progress is only for
- * display, and must never hold up the chunks behind it), and the latest again at least every
- * PROGRESS_HEARTBEAT_MS however long a step goes without any (listing a huge tree on a slow mount): the control
- * plane gives up on an operation it hears nothing about (OPERATION_SILENCE_MS). `stop` when it ends.
+ * display, and must never hold up the chunks behind it), and the latest once more when reports came within the
+ * interval but none went out (the last of a burst). Nothing is sent for an operation that reports nothing
+ * (a read hung on a dead mount): the control plane gives up on an operation it hears nothing about
+ * (OPERATION_SILENCE_MS), and the engine reports while it lists a tree as well as while it reads and writes.
+ * `stop` when it ends.
  */
 export function progressReporter<P>(
   initial: P,
@@ -249,15 +342,21 @@ export function progressReporter<P>(
 ): ProgressReporter<P> {
   let last = Number.NEGATIVE_INFINITY;
   let latest = initial;
+  /** Whether the operation reported anything since the last message. */
+  let moved = true;
   const sendLatest = () => {
     last = performance.now();
+    moved = false;
     send(latest);
   };
-  const heartbeat = setInterval(sendLatest, intervals.heartbeatMs);
+  const heartbeat = setInterval(() => {
+    if (moved) sendLatest();
+  }, intervals.heartbeatMs);
   heartbeat.unref();
   return {
     report: (progress: P): void => {
       latest = progress;
+      moved = true;
       if (performance.now() - last >= intervals.minMs) sendLatest();
     },
     stop: () => clearInterval(heartbeat),

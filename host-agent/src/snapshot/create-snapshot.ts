@@ -114,10 +114,14 @@ export interface SourceListing {
 }
 
 /** Lists a snapshot's source as createSnapshot does: its .dumontignore, then `exclude`. */
-export async function listSnapshotSource(source: string, exclude?: readonly string[]): Promise<SourceListing> {
+export async function listSnapshotSource(
+  source: string,
+  exclude?: readonly string[],
+  onDirectory?: (entries: number) => void,
+): Promise<SourceListing> {
   const startedAt = { ms: performance.now(), ns: BigInt(Date.now()) * 1_000_000n };
   const root = resolve(source);
-  return { ...(await listSourceTree(root, await loadExclusions(root, exclude))), startedAt };
+  return { ...(await listSourceTree(root, await loadExclusions(root, exclude), onDirectory)), startedAt };
 }
 
 export async function createSnapshot(options: CreateSnapshotOptions): Promise<CreateSnapshotResult> {
@@ -126,7 +130,15 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
   const pool = options.pool ?? new SnapshotWorkerPool();
   const { sink } = options;
   try {
-    const { entries, skipped, startedAt } = await (options.listing ?? listSnapshotSource(source, options.exclude));
+    // Progress while listing too (nothing to read is known yet): a walk of a huge tree is work, and a caller
+    // watching for a stalled snapshot (the agent's heartbeat) must see it move.
+    // Only once the listing has taken a second: a small tree's first report is what there is to read.
+    const listingFrom = performance.now();
+    const listed = () => {
+      if (performance.now() - listingFrom >= 1000) options.onProgress?.({ bytesRead: 0, bytesToRead: 0 });
+    };
+    const { entries, skipped, startedAt } = await (options.listing ??
+      listSnapshotSource(source, options.exclude, listed));
     // From the listing's start: a file changed after its lstat must fall in the racy window below.
     const started = startedAt.ms;
     const startNs = startedAt.ns;

@@ -957,6 +957,16 @@ describe("snapshot engine", () => {
     expect(await pruneDuring(false)).toMatchObject({ packsDeleted: 0 });
   });
 
+  it("says how far the listing has got after each directory (progress while a large tree is walked)", async () => {
+    const source = fresh("src");
+    await makeWorkspace(source);
+    const seen: number[] = [];
+    const listing = await listSnapshotSource(source, undefined, (entries) => seen.push(entries));
+    const dirs = listing.entries.filter((e) => e.type === "dir").length;
+    expect(seen).toHaveLength(dirs + 1); // the root, then each directory
+    expect(seen.every((n, i) => i === 0 || n >= seen[i - 1])).toBe(true);
+  });
+
   it("fails a wrong key with one clear sentence", async () => {
     const source = fresh("src");
     await mkdir(source);

@@ -42,6 +42,8 @@ const STAT_BATCH = 256;
 export async function listSourceTree(
   root: string,
   exclusions?: Exclusions,
+  /** Called after each directory is listed, with the entries so far (progress while a large tree is walked). */
+  onDirectory?: (entries: number) => void,
 ): Promise<{ entries: SourceEntry[]; skipped: SkippedEntry[] }> {
   const rootStat = await lstat(root, { bigint: true }).catch((err: NodeJS.ErrnoException) => {
     throw new Error(
@@ -51,16 +53,22 @@ export async function listSourceTree(
   if (!rootStat.isDirectory()) throw new Error(`the source ${root} is not a directory`);
   const entries: SourceEntry[] = [];
   const skipped: SkippedEntry[] = [];
-  await walk(root, "", { entries, skipped, exclusions });
+  await walk(root, "", { entries, skipped, exclusions, onDirectory });
   return { entries, skipped };
 }
 
 async function walk(
   dirAbs: string,
   dirRel: string,
-  into: { entries: SourceEntry[]; skipped: SkippedEntry[]; exclusions?: Exclusions },
+  into: {
+    entries: SourceEntry[];
+    skipped: SkippedEntry[];
+    exclusions?: Exclusions;
+    onDirectory?: (entries: number) => void;
+  },
 ): Promise<void> {
   const { entries, skipped, exclusions } = into;
+  into.onDirectory?.(entries.length);
   let dirents: Named[];
   try {
     dirents = await readdir(dirAbs, { withFileTypes: true });

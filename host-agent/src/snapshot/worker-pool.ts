@@ -761,6 +761,11 @@ export class SnapshotWorkerPool {
     }
   }
 
+  /** Whether a worker died: every later request fails, so the pool must be replaced. */
+  get broken(): boolean {
+    return this.failure !== undefined;
+  }
+
   private fail(entry: PoolWorker, err: Error): void {
     this.failure ??= err;
     for (const p of entry.pending.values()) p.reject(err);
