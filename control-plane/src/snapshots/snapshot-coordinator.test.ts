@@ -622,10 +622,19 @@ describe("SnapshotCoordinator: an agent that stops answering", () => {
     await expect(finish(await startedIn(h))).resolves.toMatchObject({ host_id: "h-silent" });
   });
 
-  it("fails a restore its agent has gone silent on", async () => {
+  it("fails a restore its agent has gone silent on, and tells the agent to stop it", async () => {
     const snapshot = await finish(await startedIn(h));
+    const before = h.sent.length;
     const restore = h.coordinator.restore({ session: h.session, snapshot, target: "/r" });
     await expect(restore).rejects.toThrow(/host h-silent said nothing about the restore for 0.4 s/);
+    const sent = h.sent.slice(before);
+    const started = sent.find((m) => m.msg.case === "restore")?.msg;
+    const aborted = sent.find((m) => m.msg.case === "restoreAborted")?.msg;
+    expect(started?.case === "restore" && aborted?.case === "restoreAborted").toBe(true);
+    if (started?.case === "restore" && aborted?.case === "restoreAborted") {
+      expect(aborted.value.requestId).toBe(started.value.requestId);
+      expect(aborted.value.message).toMatch(/said nothing about the restore/);
+    }
   });
 });
 

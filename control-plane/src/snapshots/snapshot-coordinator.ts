@@ -691,11 +691,24 @@ export class SnapshotCoordinator {
         if (err) reject(err);
         else resolve({ ...result!, seconds: (Date.now() - started) / 1000 });
       };
-      const silence = this.silenceWatch("restore", session.hostId, (err) => finish(err));
+      /** Fails the restore here and tells the agent to stop it (it would wait on chunks nobody sends). */
+      const abandon = (err: Error) => {
+        if (finished) return;
+        finish(err);
+        this.log.warn({ hostId: session.hostId, requestId, reason: err.message }, "restore aborted");
+        void session
+          .send(
+            create(ControlMessageSchema, {
+              msg: { case: "restoreAborted", value: { requestId, message: err.message } },
+            }),
+          )
+          .catch(() => undefined);
+      };
+      const silence = this.silenceWatch("restore", session.hostId, abandon);
       const stream = (batch: bigint, ids: Buffer[]) => {
         streaming++;
         void this.streamChunks(out, source, pools, requestId, batch, ids, () => finished, silence.heard)
-          .catch((err: Error) => finish(err))
+          .catch(abandon)
           .finally(() => {
             streaming--;
             waiting.shift()?.();
@@ -713,7 +726,7 @@ export class SnapshotCoordinator {
             if (streaming < RESTORE_BATCHES_AT_ONCE) stream(batch, ids);
             else if (waiting.length < MAX_RESTORE_BATCHES_WAITING) waiting.push(() => stream(batch, ids));
             else {
-              finish(
+              abandon(
                 new InvalidArgumentError(
                   `the agent asked for more than ${RESTORE_BATCHES_AT_ONCE + MAX_RESTORE_BATCHES_WAITING} batches of chunks at once`,
                 ),

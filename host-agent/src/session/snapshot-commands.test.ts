@@ -118,6 +118,12 @@ describe("SnapshotCommands", () => {
     }
     expect(session.sent.filter(doneWith("r1")).length).toBe(before + 1);
     expect(await readdir(target)).toEqual([]);
+    // The control plane gives up on a restore (restore_aborted): the agent stops it and takes back its files.
+    restore("r5", key);
+    await session.waitFor((m) => m.msg.case === "restoreChunkRequest" && m.msg.value.requestId === "r5");
+    session.command({ case: "restoreAborted", value: { requestId: "r5", message: "the host said nothing" } });
+    expect(await errorOf("r5")).toMatch(/the control plane aborted the restore: the host said nothing/);
+    expect(await readdir(target)).toEqual([]);
     session.answer = (m) => {
       if (m.msg.case === "restoreChunkRequest") {
         const { requestId, batch } = m.msg.value;

@@ -87,6 +87,12 @@ export class SnapshotCommands {
         this.operations.get(m.value.requestId)?.abort.abort(err);
         return;
       }
+      case "restoreAborted": {
+        const err = new Error(`the control plane aborted the restore: ${m.value.message.slice(0, MAX_ECHOED_TEXT)}`);
+        this.sources.get(m.value.requestId)?.fail(err);
+        this.operations.get(m.value.requestId)?.abort.abort(err);
+        return;
+      }
       case "restoreChunks":
         this.sources.get(m.value.requestId)?.receive(message);
         return;
@@ -283,7 +289,9 @@ export class SnapshotCommands {
           send: (message, onWritten) => this.session.send(message, onWritten),
           pauseInbound: () => this.session.pauseInbound(via),
         };
-        const source = new StreamChunkSource(port, cmd.requestId, cmd.snapshotId, manifest, pool.chunkBuffers);
+        const source = new StreamChunkSource(port, cmd.requestId, cmd.snapshotId, manifest, pool.chunkBuffers, (text) =>
+          this.log.warn({ requestId: cmd.requestId }, text),
+        );
         this.sources.set(cmd.requestId, source);
         return restoreSnapshot({
           snapshotId: cmd.snapshotId,
