@@ -121,7 +121,8 @@ export function runProcess(
       err += d.toString();
     });
     child.on("error", reject);
-    child.on("exit", (code) => {
+    // 'close', not 'exit': after 'exit' the pipes may still hold the end of stderr (the reason it failed).
+    child.on("close", (code) => {
       if (code === 0) resolve(captureStderr ? `${out}\n${err}` : out);
       else reject(new Error(`${command} ${args.slice(0, 3).join(" ")} failed (${code}): ${err.slice(-2000)}`));
     });
