@@ -666,8 +666,9 @@ describe("snapshots over the agent stream", () => {
     const big = path.join(root, "big-workspace");
     await makeWorkspace(big, 96 * 1024 * 1024);
     const before = (await snapshots()).length;
+    const uploading = await uploadStarts(path.join(root, "cp", "blobs"));
     const pending = cp.cli(["snapshot", "create", "--host", agent.hostId, "--path", big, "--json"]);
-    await new Promise((r) => setTimeout(r, 300));
+    await uploading();
     await stopProcess(agent.proc, "SIGKILL");
     const res = await pending;
     expect(res.code).not.toBe(0);
@@ -695,8 +696,9 @@ describe("snapshots over the agent stream", () => {
     const big = path.join(root, "big-workspace-2");
     await makeWorkspace(big, 96 * 1024 * 1024);
     const before = (await snapshots()).map((s) => s.id);
+    const uploading = await uploadStarts(path.join(cp.dataDir, "blobs"));
     const pending = cp.cli(["snapshot", "create", "--host", agent.hostId, "--path", big, "--json"]);
-    await new Promise((r) => setTimeout(r, 500));
+    await uploading();
     await stopProcess(cp.proc, "SIGKILL");
     expect((await pending).code).not.toBe(0);
 
@@ -715,6 +717,25 @@ describe("snapshots over the agent stream", () => {
     expect(await describeTree(target)).toEqual(await describeTree(big));
   }, 150_000);
 });
+
+/**
+ * Waits, once called, until the control plane has begun writing a pack it had not begun before this was set up:
+ * a snapshot is then surely in the middle of its upload. (A fixed delay was not: on a fast day the 96 MiB
+ * snapshot was committed before a kill 500 ms in.)
+ */
+async function uploadStarts(blobs: string): Promise<() => Promise<void>> {
+  const names = async () =>
+    new Set(
+      (await fs.readdir(blobs, { recursive: true }).catch(() => [] as string[])).filter((n) =>
+        /\/data\/[0-9a-f]{2}\//.test(`/${n}`),
+      ),
+    );
+  const before = await names();
+  return () =>
+    waitFor(async () => [...(await names())].some((n) => !before.has(n)), 30_000, 5).catch(() => {
+      throw new Error("the snapshot never began writing a pack");
+    });
+}
 
 /** Every pack file under a blob store directory (tenants/<id>/data/<xx>/<pack>), with its modification time. */
 async function packFiles(blobs: string): Promise<{ file: string; mtimeMs: number }[]> {
