@@ -77,6 +77,9 @@ export async function startFromOptions(opts: ControlPlaneOptions): Promise<{ cp:
     import("../control-plane.js"),
   ]);
   const config = loadConfig(opts);
+  // Read once: the master key does not stay in the environment, where processes this one starts (the local
+  // agent of `dumont dev`) would inherit it.
+  delete process.env.DUMONT_MASTER_KEY;
   const log = createLogger(config.logLevel);
   const cp = await startControlPlane(config, log);
   return { cp, log };
