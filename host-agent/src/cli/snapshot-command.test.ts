@@ -4,9 +4,8 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { Command } from "commander";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { registerSnapshotCommands } from "./snapshot-command.js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runAgentCli as run } from "./run-in-process.js";
 
 let root: string;
 beforeAll(async () => {
@@ -15,34 +14,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
-
-async function run(...args: string[]): Promise<{ out: string; err: string; code: number }> {
-  const program = new Command("dumont-agent").exitOverride();
-  registerSnapshotCommands(program);
-  let out = "";
-  let err = "";
-  const o = vi.spyOn(process.stdout, "write").mockImplementation((s) => {
-    out += String(s);
-    return true;
-  });
-  const e = vi.spyOn(process.stderr, "write").mockImplementation((s) => {
-    err += String(s);
-    return true;
-  });
-  process.exitCode = 0;
-  try {
-    await program.parseAsync(["node", "dumont-agent", ...args]);
-  } catch (error) {
-    err += `${(error as Error).message}\n`;
-    process.exitCode = 1;
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
-  const code = Number(process.exitCode ?? 0);
-  process.exitCode = 0;
-  return { out, err, code };
-}
 
 describe("dumont-agent snapshot", () => {
   it("creates, lists, restores, checks and forgets", async () => {

@@ -6,9 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { generateRepositoryKey, openBlobStore, Repository } from "@dumont/repository";
-import { Command } from "commander";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { registerSnapshotCommands } from "../cli/snapshot-command.js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runAgentCli } from "../cli/run-in-process.js";
 import { createSnapshot, listSnapshotSource } from "./create-snapshot.js";
 import { createDirectSnapshot, restoreDirectSnapshot } from "./direct-mode.js";
 import { NOT_UTF8_NAME, NOT_UTF8_TARGET } from "./source-tree.js";
@@ -159,7 +158,7 @@ describe("create", () => {
     const keyFile = fresh("key");
     await writeFile(keyFile, key.toString("hex"));
     const state = ["--state-dir", stateDir];
-    const { code, out, err } = await cli(
+    const { code, out, err } = await runAgentCli(
       "snapshot",
       "create",
       "--source",
@@ -179,32 +178,3 @@ describe("create", () => {
     expect(again.map((s) => s.id)).toContain(id);
   });
 });
-
-/** `dumont-agent ARGS` run in this process: what it printed, and its exit code. */
-async function cli(...args: string[]): Promise<{ out: string; err: string; code: number }> {
-  const program = new Command("dumont-agent").exitOverride();
-  registerSnapshotCommands(program);
-  let out = "";
-  let err = "";
-  const o = vi.spyOn(process.stdout, "write").mockImplementation((s) => {
-    out += String(s);
-    return true;
-  });
-  const e = vi.spyOn(process.stderr, "write").mockImplementation((s) => {
-    err += String(s);
-    return true;
-  });
-  process.exitCode = 0;
-  try {
-    await program.parseAsync(["node", "dumont-agent", ...args]);
-  } catch (error) {
-    err += `${(error as Error).message}\n`;
-    process.exitCode = 1;
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
-  const code = Number(process.exitCode ?? 0);
-  process.exitCode = 0;
-  return { out, err, code };
-}
