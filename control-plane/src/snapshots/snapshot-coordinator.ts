@@ -165,6 +165,19 @@ export class SnapshotCoordinator {
     private readonly silenceMs = OPERATION_SILENCE_MS,
   ) {}
 
+  /** Logs an operation given up on here, and tells its agent to stop it (best effort: it may be gone). */
+  private tellAborted(
+    session: AgentSession,
+    what: "snapshotAborted" | "restoreAborted",
+    requestId: string,
+    err: Error,
+  ): void {
+    this.log.warn({ hostId: session.hostId, requestId, reason: err.message }, `${what.replace("Aborted", "")} aborted`);
+    void session
+      .send(create(ControlMessageSchema, { msg: { case: what, value: { requestId, message: err.message } } }))
+      .catch(() => undefined);
+  }
+
   /**
    * A timer that fails an operation once its agent has been silent about it for `silenceMs`; `heard()` on
    * every sign of progress (a message, a batch written or sent). Without it, an agent that stays connected
@@ -495,14 +508,7 @@ export class SnapshotCoordinator {
         if (finished) return;
         if (committing) return finish(err); // after the commit, whose outcome is the agent's answer
         finish(err);
-        this.log.warn({ hostId: session.hostId, requestId, reason: err.message }, "snapshot aborted");
-        void session
-          .send(
-            create(ControlMessageSchema, {
-              msg: { case: "snapshotAborted", value: { requestId, message: err.message } },
-            }),
-          )
-          .catch(() => undefined);
+        this.tellAborted(session, "snapshotAborted", requestId, err);
       };
       const silence = this.silenceWatch("snapshot", session.hostId, (err) => abandon(err));
       const serial = (work: () => Promise<void>) => {
@@ -695,14 +701,7 @@ export class SnapshotCoordinator {
       const abandon = (err: Error) => {
         if (finished) return;
         finish(err);
-        this.log.warn({ hostId: session.hostId, requestId, reason: err.message }, "restore aborted");
-        void session
-          .send(
-            create(ControlMessageSchema, {
-              msg: { case: "restoreAborted", value: { requestId, message: err.message } },
-            }),
-          )
-          .catch(() => undefined);
+        this.tellAborted(session, "restoreAborted", requestId, err);
       };
       const silence = this.silenceWatch("restore", session.hostId, abandon);
       const stream = (batch: bigint, ids: Buffer[]) => {

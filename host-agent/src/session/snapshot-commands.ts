@@ -56,9 +56,7 @@ export class SnapshotCommands {
     // A dropped stream fails every operation in flight; the control plane retries with a new request.
     session.on("disconnected", () => {
       const err = new Error("the stream to the control plane closed");
-      for (const s of this.sinks.values()) s.fail(err);
-      for (const s of this.sources.values()) s.fail(err);
-      for (const op of this.operations.values()) op.abort.abort(err);
+      for (const requestId of this.operations.keys()) this.stop(requestId, err);
       this.manifestParts.clear();
     });
   }
@@ -81,16 +79,11 @@ export class SnapshotCommands {
       case "snapshotCommitted":
         this.sinks.get(m.value.requestId)?.receive(message);
         return;
-      case "snapshotAborted": {
-        const err = new Error(`the control plane aborted the snapshot: ${m.value.message.slice(0, MAX_ECHOED_TEXT)}`);
-        this.sinks.get(m.value.requestId)?.fail(err);
-        this.operations.get(m.value.requestId)?.abort.abort(err);
-        return;
-      }
+      case "snapshotAborted":
       case "restoreAborted": {
-        const err = new Error(`the control plane aborted the restore: ${m.value.message.slice(0, MAX_ECHOED_TEXT)}`);
-        this.sources.get(m.value.requestId)?.fail(err);
-        this.operations.get(m.value.requestId)?.abort.abort(err);
+        const what = m.case === "snapshotAborted" ? "snapshot" : "restore";
+        const reason = m.value.message.slice(0, MAX_ECHOED_TEXT);
+        this.stop(m.value.requestId, new Error(`the control plane aborted the ${what}: ${reason}`));
         return;
       }
       case "restoreChunks":
@@ -129,6 +122,13 @@ export class SnapshotCommands {
           sending = false;
         });
     });
+  }
+
+  /** Stops an operation in flight: its stream ends fail, and its engine is aborted. */
+  private stop(requestId: string, err: Error): void {
+    this.sinks.get(requestId)?.fail(err);
+    this.sources.get(requestId)?.fail(err);
+    this.operations.get(requestId)?.abort.abort(err);
   }
 
   /**
