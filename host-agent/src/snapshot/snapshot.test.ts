@@ -940,17 +940,20 @@ describe("snapshot engine", () => {
     const { key, repo, created, repository } = await snapshotOfWorkspace();
     const pruneDuring = async (lock: boolean) => {
       let prune: Promise<unknown> | undefined;
-      await restoreDirectSnapshot({
-        repo,
-        key,
-        snapshotId: created.id,
-        target: fresh("restored"),
-        pool,
-        lock,
-        onProgress: () => {
-          prune ??= pruneRepository(repository).catch((err: unknown) => err);
-        },
+      // The prune starts at the restore's first write, and the restore writes nothing until it has settled: the
+      // restore is under way (its lock taken, or not) for the whole prune, however quick this machine is.
+      const write = pool.writeChunks.bind(pool);
+      const held = vi.spyOn(pool, "writeChunks").mockImplementation(async (...args) => {
+        prune ??= pruneRepository(repository).catch((err: unknown) => err);
+        await prune;
+        return write(...args);
       });
+      try {
+        await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target: fresh("restored"), pool, lock });
+      } finally {
+        held.mockRestore();
+      }
+      expect(prune, "the restore wrote nothing, so no prune ran during it").toBeDefined();
       return prune;
     };
     expect(isRepositoryError(await pruneDuring(true), "locked")).toBe(true);
