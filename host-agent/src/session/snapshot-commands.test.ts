@@ -43,6 +43,28 @@ class FakeSession extends EventEmitter {
   }
 }
 
+/** A snapshot of one 20 kB file, f.bin: its key, its one chunk and its sealed manifest. */
+function oneFileSnapshot() {
+  const key = generateRepositoryKey();
+  const plain = randomBytes(20_000);
+  const chunk = chunkCodec.sealChunk(key, plain);
+  const manifest = sealManifest(key, {
+    version: 1,
+    entries: [
+      {
+        type: "file",
+        path: "f.bin",
+        mode: 0o644,
+        mtimeNs: "0",
+        size: plain.length,
+        chunks: [chunk.id.toString("hex")],
+        lengths: [plain.length],
+      },
+    ],
+  });
+  return { key, chunk, manifest };
+}
+
 const doneWith = (requestId: string) => (m: AgentMessage) =>
   m.msg.case === "restoreProgress" && m.msg.value.requestId === requestId && m.msg.value.done;
 
@@ -65,23 +87,7 @@ describe("SnapshotCommands", () => {
   });
 
   it("refuses a restore into a running one's target, a request id in use and a short key; a drop ends the first", async () => {
-    const key = generateRepositoryKey();
-    const plain = randomBytes(20_000);
-    const chunk = chunkCodec.sealChunk(key, plain);
-    const manifest = sealManifest(key, {
-      version: 1,
-      entries: [
-        {
-          type: "file",
-          path: "f.bin",
-          mode: 0o644,
-          mtimeNs: "0",
-          size: plain.length,
-          chunks: [chunk.id.toString("hex")],
-          lengths: [plain.length],
-        },
-      ],
-    });
+    const { key, chunk, manifest } = oneFileSnapshot();
     const target = join(root, "target");
     const restore = (requestId: string, tenantKey: Uint8Array, into = target) =>
       session.command({
@@ -171,5 +177,32 @@ describe("SnapshotCommands", () => {
     );
     expect(commit.msg.case).toBe("snapshotCommit");
     session.answer = () => {};
+  });
+
+  it("on close, stops what runs and waits for it to end (a restore takes back its files), then refuses more", async () => {
+    const own = new FakeSession();
+    const closing = new SnapshotCommands(
+      own as unknown as ControlPlaneSession,
+      join(root, "state-2"),
+      createLogger("silent"),
+    );
+    const { key, manifest } = oneFileSnapshot();
+    const target = join(root, "closing-target");
+    const restore = (requestId: string) =>
+      own.command({
+        case: "restore",
+        value: { requestId, snapshotId: "s".repeat(64), target, manifest, manifestParts: 1, tenantKey: key },
+      });
+    // Its chunk never comes: the restore waits, its target made.
+    restore("c1");
+    await own.waitFor((m) => m.msg.case === "restoreChunkRequest" && m.msg.value.requestId === "c1");
+    await closing.close();
+    // Ended before close resolved: reported, and its target emptied.
+    const [ended] = own.sent.filter(doneWith("c1"));
+    expect(ended?.msg.case === "restoreProgress" && ended.msg.value.error).toBe("the agent is shutting down");
+    expect(await readdir(target)).toEqual([]);
+    restore("c2");
+    const refused = (await own.waitFor(doneWith("c2"))).msg;
+    expect(refused.case === "restoreProgress" && refused.value.error).toBe("the agent is shutting down");
   });
 });

@@ -46,6 +46,9 @@ export class SnapshotCommands {
    * here, not by the source: the Restore's engine starts after an await, and the parts are already read.
    */
   private readonly manifestParts = new Map<string, ManifestPartsReceiver>();
+  /** The TakeSnapshot and Restore handlers running (see `close`). */
+  private readonly handlers = new Set<Promise<void>>();
+  private closed = false;
 
   constructor(
     private readonly session: ControlPlaneSession,
@@ -61,19 +64,34 @@ export class SnapshotCommands {
     });
   }
 
+  /**
+   * Stops every operation in flight and waits for each to end (a failed restore takes back its files, a
+   * snapshot's local index is written whole or not at all) before the worker pool goes: nothing is left
+   * half done in the agent's state directory or a restore target, and nothing new starts.
+   */
   async close(): Promise<void> {
+    this.closed = true;
+    const err = new Error("the agent is shutting down");
+    for (const requestId of this.operations.keys()) this.stop(requestId, err);
+    while (this.handlers.size > 0) await Promise.allSettled([...this.handlers]);
     clearTimeout(this.idleTimer);
     await this.pool?.close();
+  }
+
+  /** Keeps a command's handler until it ends, for `close`. */
+  private track(handler: Promise<void>): void {
+    this.handlers.add(handler);
+    void handler.finally(() => this.handlers.delete(handler));
   }
 
   private handle(message: ControlMessage, via: Inbound): void {
     const m = message.msg;
     switch (m.case) {
       case "takeSnapshot":
-        void this.takeSnapshot(m.value);
+        this.track(this.takeSnapshot(m.value));
         return;
       case "restore":
-        void this.restore(m.value, via);
+        this.track(this.restore(m.value, via));
         return;
       case "snapshotNeed":
       case "snapshotCommitted":
@@ -137,6 +155,7 @@ export class SnapshotCommands {
    * target each took the other's files for theirs), or a restore's target overlaps a running snapshot's source.
    */
   private begin(requestId: string, kind: Operation["kind"], target: string): Operation {
+    if (this.closed) throw new Error("the agent is shutting down");
     if (this.operations.has(requestId)) throw new Error(`request ${requestId} is already running on this host`);
     if (this.operations.size >= MAX_OPERATIONS) {
       throw new Error(`this host runs ${MAX_OPERATIONS} snapshots and restores already; try again when one ends`);
