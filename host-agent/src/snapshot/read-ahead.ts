@@ -30,7 +30,9 @@ export class ReadAhead {
       });
       const reader = { worker, busy: 0 };
       worker.on("message", () => {
-        if (--reader.busy === 0) worker.unref();
+        // Not once closing: terminate() refs the worker, and its 'exit' (what close() waits for) only arrives
+        // while it is ref'd. A batch answered just before close() unref'd it and the process exited mid-await.
+        if (--reader.busy === 0 && !this.closed) worker.unref();
       });
       // A reader that fails costs only its read-ahead: the snapshot workers read every file themselves.
       worker.on("error", () => {});

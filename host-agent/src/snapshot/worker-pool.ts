@@ -526,8 +526,9 @@ export class SnapshotWorkerPool {
         const p = entry.pending.get(msg.seq);
         if (!p) return;
         entry.pending.delete(msg.seq);
-        // Only a worker with work in hand keeps the process alive.
-        if (--entry.busy === 0) worker.unref();
+        // Only a worker with work in hand keeps the process alive; once closing, every worker does until its
+        // 'exit' (close() waits for it, and it arrives only while the worker is ref'd: see ReadAhead).
+        if (--entry.busy === 0 && !this.closed) worker.unref();
         this.dispatch();
         if (msg.error !== undefined) p.reject(new Error(`snapshot worker failed: ${msg.error}`));
         else p.resolve(msg);
