@@ -1,6 +1,6 @@
 // `dumont-agent snapshot create|restore|ls|diff|list|check|forget`: direct mode, the engine writing straight to a
 // repository URL with no control plane (operators, benchmarks). Same engine and format as the stream.
-import { readFile } from "node:fs/promises";
+import { open } from "node:fs/promises";
 import {
   checkExcludePatterns,
   checkPathPatterns,
@@ -42,6 +42,14 @@ const INCLUDE_HELP =
 const KEY_HELP =
   "file holding the repository key: 32 random bytes as 64 hex characters or base64 (default: DUMONT_REPO_KEY)";
 
+/** --repo and --key-file, as every command takes them: given once, never empty. */
+const repoOption = () =>
+  new Option("--repo <url>", REPO_HELP).makeOptionMandatory().argParser(once("--repo", "a repository URL"));
+const keyFileOption = () =>
+  new Option("--key-file <file>", KEY_HELP).argParser(
+    once("--key-file", "the path of the file holding the repository key"),
+  );
+
 interface KeyOptions {
   keyFile?: string;
 }
@@ -59,21 +67,34 @@ export function registerSnapshotCommands(program: Command): void {
   snapshot
     .command("create")
     .description("snapshot a directory (creates the repository on first use; unchanged files are not re-read)")
-    .requiredOption("--source <dir>", "directory to snapshot")
-    .requiredOption("--repo <url>", REPO_HELP)
-    .option("--key-file <file>", KEY_HELP)
+    .requiredOption("--source <dir>", "directory to snapshot", once("--source", "the directory to snapshot"))
+    .addOption(repoOption())
+    .addOption(keyFileOption())
     .option("--json", "print the result as one JSON object and no progress")
-    .option("--workspace <id>", "workspace id to record (default: the absolute source path)")
-    .option("--tenant <id>", "tenant id to record", "local")
-    .option("--state-dir <dir>", "where the local index lives (default: DUMONT_STATE_DIR or ~/.local/state/dumont)")
+    .option(
+      "--workspace <id>",
+      "workspace id to record (default: the absolute source path)",
+      once("--workspace", "a workspace id"),
+    )
+    // No commander default: it would reach once() as an earlier value.
+    .option("--tenant <id>", "tenant id to record (default: local)", once("--tenant", "a tenant id"))
+    .option(
+      "--state-dir <dir>",
+      "where the local index lives (default: DUMONT_STATE_DIR or ~/.local/state/dumont)",
+      once("--state-dir", "the directory for the local index"),
+    )
     .option("--exclude <pattern>", EXCLUDE_HELP, collect, [])
-    .addOption(new Option("--pack-size <bytes>", "pack size").argParser(positiveInteger("--pack-size")).hideHelp())
+    .addOption(
+      new Option("--pack-size <bytes>", "pack size")
+        .argParser(once("--pack-size", wholeNumber("--pack-size", 1, 2 ** 30)))
+        .hideHelp(),
+    )
     .action(
       (
         opts: RepoOptions & {
           source: string;
           workspace?: string;
-          tenant: string;
+          tenant?: string;
           stateDir?: string;
           exclude: string[];
           packSize?: number;
@@ -88,7 +109,7 @@ export function registerSnapshotCommands(program: Command): void {
             key,
             source: opts.source,
             workspace: opts.workspace,
-            tenant: opts.tenant,
+            tenant: opts.tenant ?? "local",
             stateDir: opts.stateDir ?? defaultStateDir(),
             exclude,
             packSize: opts.packSize,
@@ -123,10 +144,18 @@ export function registerSnapshotCommands(program: Command): void {
   snapshot
     .command("restore")
     .description("restore a snapshot into a new or empty directory, checking every chunk")
-    .requiredOption("--repo <url>", REPO_HELP)
-    .requiredOption("--id <id>", "snapshot id (or a unique prefix of at least 4 characters)")
-    .requiredOption("--target <dir>", "new or empty directory to restore into")
-    .option("--key-file <file>", KEY_HELP)
+    .addOption(repoOption())
+    .requiredOption(
+      "--id <id>",
+      "snapshot id (or a unique prefix of at least 4 characters)",
+      once("--id", "a snapshot id"),
+    )
+    .requiredOption(
+      "--target <dir>",
+      "new or empty directory to restore into",
+      once("--target", "a new or empty directory to restore into"),
+    )
+    .addOption(keyFileOption())
     .option("--json", "print the result as one JSON object and no progress")
     .option("--allow-external-symlinks", "also create symlinks that point outside the target (never followed)")
     .option("--include <pattern>", INCLUDE_HELP, collect, [])
@@ -169,10 +198,14 @@ export function registerSnapshotCommands(program: Command): void {
   snapshot
     .command("ls")
     .description("list the files of a snapshot (with --include, what `restore --include` would write)")
-    .requiredOption("--repo <url>", REPO_HELP)
-    .requiredOption("--id <id>", "snapshot id (or a unique prefix of at least 4 characters)")
+    .addOption(repoOption())
+    .requiredOption(
+      "--id <id>",
+      "snapshot id (or a unique prefix of at least 4 characters)",
+      once("--id", "a snapshot id"),
+    )
     .option("--include <pattern>", INCLUDE_HELP.replace("restore only", "list only"), collect, [])
-    .option("--key-file <file>", KEY_HELP)
+    .addOption(keyFileOption())
     .option("--json", "print a JSON array of {path, type, mode, size, mtime, target}")
     .action((opts: RepoOptions & { id: string; include: string[] }) =>
       withFriendlyErrors(opts, async () => {
@@ -190,8 +223,8 @@ export function registerSnapshotCommands(program: Command): void {
   snapshot
     .command("diff <before> <after>")
     .description("what changed from one snapshot to another (ids or unique prefixes), path by path")
-    .requiredOption("--repo <url>", REPO_HELP)
-    .option("--key-file <file>", KEY_HELP)
+    .addOption(repoOption())
+    .addOption(keyFileOption())
     .option("--json", "print {changes: [{path, change, sizeBefore, sizeAfter}], summary}")
     .action((before: string, after: string, opts: RepoOptions) =>
       withFriendlyErrors(opts, async () => {
@@ -211,8 +244,8 @@ export function registerSnapshotCommands(program: Command): void {
   snapshot
     .command("list")
     .description("list the snapshots in a repository, oldest first")
-    .requiredOption("--repo <url>", REPO_HELP)
-    .option("--key-file <file>", KEY_HELP)
+    .addOption(repoOption())
+    .addOption(keyFileOption())
     .option("--json", "print a JSON array")
     .action((opts: RepoOptions) =>
       withFriendlyErrors(opts, async () => {
@@ -233,8 +266,8 @@ export function registerSnapshotCommands(program: Command): void {
   snapshot
     .command("check")
     .description("verify every index, snapshot and chunk hash; exits non-zero naming what is broken")
-    .requiredOption("--repo <url>", REPO_HELP)
-    .option("--key-file <file>", KEY_HELP)
+    .addOption(repoOption())
+    .addOption(keyFileOption())
     .option("--json", "print the report as JSON and no progress")
     .option("--structure-only", "skip reading the packs (no chunk hashes checked)")
     .option("--no-lock", "take no lock (for a repository you may only read); a prune may then run meanwhile")
@@ -272,25 +305,25 @@ export function registerSnapshotCommands(program: Command): void {
       "forget the snapshots named (ids or unique prefixes), or by a retention policy (per workspace); --prune " +
         "then deletes data nothing needs",
     )
-    .requiredOption("--repo <url>", REPO_HELP)
-    .option("--key-file <file>", KEY_HELP)
-    .option("--keep-last <n>", "keep the newest n snapshots", nonNegativeInteger("--keep-last"))
+    .addOption(repoOption())
+    .addOption(keyFileOption())
+    .option("--keep-last <n>", "keep the newest n snapshots", once("--keep-last", wholeNumber("--keep-last", 1)))
     .option(
       "--keep-hourly <n>",
       "keep the newest snapshot of each of the last n hours",
-      nonNegativeInteger("--keep-hourly"),
+      once("--keep-hourly", wholeNumber("--keep-hourly", 1)),
     )
     .option(
       "--keep-daily <n>",
       "keep the newest snapshot of each of the last n days",
-      nonNegativeInteger("--keep-daily"),
+      once("--keep-daily", wholeNumber("--keep-daily", 1)),
     )
     .option(
       "--keep-weekly <n>",
       "keep the newest snapshot of each of the last n weeks",
-      nonNegativeInteger("--keep-weekly"),
+      once("--keep-weekly", wholeNumber("--keep-weekly", 1)),
     )
-    .option("--workspace <id>", "only consider snapshots of this workspace")
+    .option("--workspace <id>", "only consider snapshots of this workspace", once("--workspace", "a workspace id"))
     .option("--prune", "delete the packs no remaining snapshot needs (and repack mostly-unused ones)")
     .option("--dry-run", "say what would happen, change nothing")
     .option("--json", "print the result as JSON")
@@ -353,13 +386,7 @@ function count(n: number, noun: string): string {
 
 async function loadKey(opts: KeyOptions): Promise<Buffer> {
   if (opts.keyFile) {
-    let material: Buffer;
-    try {
-      material = await readFile(opts.keyFile);
-    } catch (err) {
-      throw new Error(`--key-file ${opts.keyFile}: cannot read it (${(err as NodeJS.ErrnoException).code ?? err})`);
-    }
-    return parseRepositoryKey(material, `--key-file ${opts.keyFile}`);
+    return parseRepositoryKey(await readKeyFile(opts.keyFile), `--key-file ${opts.keyFile}`);
   }
   const env = process.env.DUMONT_REPO_KEY;
   if (env) return parseRepositoryKey(env, "DUMONT_REPO_KEY");
@@ -396,22 +423,74 @@ function print(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value)}\n`);
 }
 
-function positiveInteger(flag: string): (value: string) => number {
+/** A flag's parser that refuses a second value instead of silently keeping the last one. */
+function once<T = string>(
+  flag: string,
+  parse: string | ((value: string) => T),
+): (value: string, previous: T | undefined) => T {
+  const parseValue = typeof parse === "string" ? nonEmpty(flag, parse) : parse;
+  return (value, previous) => {
+    if (previous !== undefined) throw new InvalidArgumentError(`${flag} was given twice: give it once`);
+    return parseValue(value) as T;
+  };
+}
+
+function nonEmpty(flag: string, what: string): (value: string) => string {
+  return (value) => {
+    if (value.trim() === "") throw new InvalidArgumentError(`${flag} is empty: give ${what}`);
+    return value;
+  };
+}
+
+/** A count in plain decimal digits (no "", "1.5", "1e3" or "0x10"), from `min` to `max`. */
+function wholeNumber(flag: string, min: number, max = Number.MAX_SAFE_INTEGER): (value: string) => number {
   return (value) => {
     const n = Number(value);
-    if (!Number.isSafeInteger(n) || n <= 0)
-      throw new InvalidArgumentError(`${flag} must be a whole number above 0, got ${value}`);
+    if (!/^\d+$/.test(value) || n < min || n > max)
+      throw new InvalidArgumentError(
+        `${flag} must be a whole number ${max === Number.MAX_SAFE_INTEGER ? `of ${min} or more` : `from ${min} to ${max}`}, ` +
+          `got ${JSON.stringify(value)}`,
+      );
     return n;
   };
 }
 
-function nonNegativeInteger(flag: string): (value: string) => number {
-  return (value) => {
-    const n = Number(value);
-    if (!Number.isSafeInteger(n) || n < 0)
-      throw new InvalidArgumentError(`${flag} must be a whole number, got ${value}`);
-    return n;
-  };
+/** Largest key file read: a key is 64 hex characters; this leaves room for whitespace, never for /dev/zero. */
+const MAX_KEY_FILE = 4096;
+
+/** A key file's bytes, read up to MAX_KEY_FILE (a pipe from `<(…)` works too). Errors name the flag. */
+async function readKeyFile(file: string): Promise<Buffer> {
+  const fail = (why: string) =>
+    new Error(
+      `--key-file ${file}: ${why}; give the file holding the repository key (64 hex characters, as ` +
+        "`openssl rand -hex 32 > FILE` makes)",
+    );
+  const buffer = Buffer.alloc(MAX_KEY_FILE + 1);
+  let length = 0;
+  try {
+    const handle = await open(file, "r");
+    try {
+      for (;;) {
+        const { bytesRead } = await handle.read(buffer, length, buffer.length - length);
+        length += bytesRead;
+        if (bytesRead === 0 || length === buffer.length) break;
+      }
+    } finally {
+      await handle.close();
+    }
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === undefined) throw err;
+    const why: Record<string, string> = {
+      ENOENT: "there is no such file",
+      EISDIR: "it is a directory",
+      EACCES: "permission denied",
+      EPERM: "permission denied",
+    };
+    throw fail(why[code] ?? `cannot read it (${code})`);
+  }
+  if (length > MAX_KEY_FILE) throw fail(`it holds more than ${MAX_KEY_FILE} bytes, too many for a key`);
+  return buffer.subarray(0, length);
 }
 
 /** A repeatable option's values, in order. */
