@@ -9,7 +9,7 @@ import { checkExcludePatterns, checkPathPatterns } from "@dumont/repository/path
 import type { SessionRegistry } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
 import { getHost } from "../db/host-repository.js";
-import { findSnapshotsByPrefix, getSnapshot, listSnapshots, snapshotTenants } from "../db/snapshot-repository.js";
+import { findSnapshotsByPrefix, listSnapshots, snapshotTenants } from "../db/snapshot-repository.js";
 import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import type { SnapshotCoordinator, TransferProgress } from "../snapshots/snapshot-coordinator.js";
@@ -29,6 +29,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
   };
   const connectedHost = async (hostId: string) => {
     if (!hostId) throw new InvalidArgumentError("host_id is required");
+    checkText("host_id", hostId, MAX_HOST_ID);
     const host = await getHost(deps.db, hostId);
     if (!host) throw new NotFoundError(`host ${hostId} not found; list hosts with \`dumont host list\``);
     const session = deps.sessions.get(hostId);
@@ -41,8 +42,8 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     onProgress?: (p: TransferProgress) => void,
   ): Promise<() => Promise<SnapshotRow>> => {
     await admin(ctx);
-    if (!req.path.startsWith("/"))
-      throw new InvalidArgumentError(`path must be an absolute path on the host, got ${JSON.stringify(req.path)}`);
+    checkHostPath("path", req.path);
+    checkText("workspace_id", req.workspaceId, MAX_WORKSPACE_ID);
     const exclude = checked(() => checkExcludePatterns(req.exclude, "exclude"));
     const { host, session } = await connectedHost(req.hostId);
     if (exclude.length > 0) session.require(AGENT_CAPABILITIES.snapshotExclude, "leave out what --exclude names");
@@ -65,12 +66,9 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
   ): Promise<() => Promise<api.RestoreSnapshotResponse>> => {
     const who = await admin(ctx);
     if (!req.snapshotId) throw new InvalidArgumentError("snapshot_id is required");
-    if (!req.target.startsWith("/"))
-      throw new InvalidArgumentError(`target must be an absolute path on the host, got ${JSON.stringify(req.target)}`);
+    checkHostPath("target", req.target);
     const include = checked(() => checkPathPatterns(req.include, "include"));
-    const snapshot = await getSnapshot(deps.db, req.snapshotId, tenantScope(who));
-    if (!snapshot)
-      throw new NotFoundError(`snapshot ${req.snapshotId} not found; list them with \`dumont snapshot list\``);
+    const [snapshot] = await resolveSnapshotIds(deps.db, [req.snapshotId], tenantScope(who), "snapshot_id");
     const { host, session } = await connectedHost(req.hostId);
     // The agent is given the snapshot tenant's key to open it: only a host of that tenant may have it.
     if (host.tenant_id !== snapshot.tenant_id) {
@@ -106,11 +104,16 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
 
     async listSnapshots(req, ctx) {
       const who = await admin(ctx);
+      checkText("host_id", req.hostId, MAX_HOST_ID);
+      checkText("workspace_id", req.workspaceId, MAX_WORKSPACE_ID);
       const rows = await listSnapshots(deps.db, {
         ...tenantScope(who),
         hostId: req.hostId,
         workspaceId: req.workspaceId,
       });
+      // A mistyped host id would list nothing, as a host without snapshots does: say which it is.
+      if (rows.length === 0 && req.hostId && !(await getHost(deps.db, req.hostId, tenantScope(who))))
+        throw new NotFoundError(`host ${req.hostId} not found; list hosts with \`dumont host list\``);
       return create(api.ListSnapshotsResponseSchema, { snapshots: rows.map(toApi) });
     },
 
@@ -128,6 +131,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
 
     async forgetSnapshots(req, ctx) {
       const who = await admin(ctx);
+      checkText("workspace_id", req.workspaceId, MAX_WORKSPACE_ID);
       const policy = { last: req.keepLast, hourly: req.keepHourly, daily: req.keepDaily, weekly: req.keepWeekly };
       const byId = req.snapshotIds.length > 0;
       if (byId && (hasRetentionRule(policy) || req.workspaceId)) {
@@ -234,9 +238,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       const who = await admin(ctx);
       if (!req.snapshotId) throw new InvalidArgumentError("snapshot_id is required");
       const include = checked(() => checkPathPatterns(req.include, "include"));
-      const snapshot = await getSnapshot(deps.db, req.snapshotId, tenantScope(who));
-      if (!snapshot)
-        throw new NotFoundError(`snapshot ${req.snapshotId} not found; list them with \`dumont snapshot list\``);
+      const [snapshot] = await resolveSnapshotIds(deps.db, [req.snapshotId], tenantScope(who), "snapshot_id");
       const { entries } = await deps.snapshots.readManifest(snapshot);
       const listed = selectIncluded(entries, include);
       for (let i = 0; i < listed.length; i += FILES_PER_MESSAGE) {
@@ -261,7 +263,7 @@ async function resolveSnapshotIds(
     if (!/^[0-9a-f]{4,64}$/.test(prefix)) {
       const name = field === "snapshot_ids" ? `${field}[${i}]` : field;
       throw new InvalidArgumentError(
-        `${name} must be a snapshot id or a prefix of 4 to 64 hex characters, got ${JSON.stringify(raw.slice(0, 80))}`,
+        `${name} must be a snapshot id or a prefix of 4 to 64 hex characters, got ${shown(raw)}`,
       );
     }
     const found = await findSnapshotsByPrefix(db, prefix, scope);
@@ -404,6 +406,33 @@ function toApi(r: SnapshotRow): api.Snapshot {
     filesSkipped: BigInt(r.files_skipped),
     skipped: r.skipped,
   });
+}
+
+/** Longest directory path on a host taken (Linux's PATH_MAX, in bytes). */
+const MAX_HOST_PATH = 4096;
+/** Longest host id taken (the control plane makes them far shorter). */
+const MAX_HOST_ID = 256;
+/** Longest workspace id taken: room for the default, "<host_id>:<path>". */
+const MAX_WORKSPACE_ID = MAX_HOST_ID + 1 + MAX_HOST_PATH;
+
+/** A request's absolute path on a host: a NUL could not reach the agent's filesystem, nor a longer one. */
+function checkHostPath(field: string, value: string): void {
+  if (!value.startsWith("/") || value.includes("\0") || Buffer.byteLength(value) > MAX_HOST_PATH) {
+    throw new InvalidArgumentError(
+      `${field} must be an absolute path on the host (no NUL, at most ${MAX_HOST_PATH} bytes), got ${shown(value)}`,
+    );
+  }
+}
+
+/** A request's id or name: Postgres text holds no NUL (it answered with an internal error). */
+function checkText(field: string, value: string, max: number): void {
+  if (value.includes("\0") || value.length > max)
+    throw new InvalidArgumentError(`${field} must be at most ${max} characters with no NUL, got ${shown(value)}`);
+}
+
+/** A value echoed in an error, cut to a readable length. */
+function shown(value: string): string {
+  return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
 }
 
 /** What `check` returns: request patterns it checked; its error (naming the field) as INVALID_ARGUMENT. */

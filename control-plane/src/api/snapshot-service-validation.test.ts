@@ -1,0 +1,145 @@
+// The snapshot API refuses malformed request fields with a Connect code and a sentence naming the field, before
+// the database or an agent sees them: an in-process service on a test database, a coordinator that records calls.
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { api } from "@dumont/proto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type AgentSession, SessionRegistry } from "../agent-gateway/agent-session.js";
+import { ensureTenant } from "../db/credential-repository.js";
+import type { Db } from "../db/database.js";
+import { insertHost } from "../db/host-repository.js";
+import { openTestDatabase } from "../db/test-database.js";
+import type { SnapshotCoordinator } from "../snapshots/snapshot-coordinator.js";
+import { createApiKey } from "./auth.js";
+import { snapshotService } from "./snapshot-service.js";
+
+const ID = "ab120".padEnd(64, "0");
+const TWIN = "ab12f".padEnd(64, "0"); // shares the prefix "ab12" with ID
+
+let db: Db;
+let close: () => Promise<void>;
+let ctx: HandlerContext;
+const calls: string[] = [];
+let service: ReturnType<typeof snapshotService>;
+
+beforeAll(async () => {
+  ({ db, close } = await openTestDatabase());
+  for (const t of ["admin", "t-a"]) await ensureTenant(db, t, t);
+  const { key } = await createApiKey(db, "admin", "admin", "operator");
+  ctx = { requestHeader: new Headers({ authorization: `Bearer ${key}` }) } as HandlerContext;
+  const sessions = new SessionRegistry();
+  for (const id of ["h-a", "h-idle"]) {
+    await insertHost(db, { id, tenantId: "t-a", name: id, hostname: id, agentVersion: "1", certSerial: id });
+    sessions.add({ hostId: id, isOpen: true, require: () => {}, close: () => {} } as unknown as AgentSession);
+  }
+  for (const id of [ID, TWIN]) {
+    await db
+      .insertInto("snapshots")
+      .values({
+        id,
+        tenant_id: "t-a",
+        host_id: "h-a",
+        workspace_id: "w",
+        path: "/w",
+        epoch: 0,
+        files: 1,
+        bytes_read: 1,
+        bytes_new: 1,
+        bytes_stored: 1,
+        chunks_new: 1,
+        seconds: 1,
+      })
+      .execute();
+  }
+  const recorded = (name: string) => async () => {
+    calls.push(name);
+    throw new Error(`the coordinator's ${name} was reached`);
+  };
+  service = snapshotService({
+    db,
+    sessions,
+    snapshots: {
+      snapshot: recorded("snapshot"),
+      restore: recorded("restore"),
+      readManifest: recorded("readManifest"),
+      forget: recorded("forget"),
+    } as unknown as SnapshotCoordinator,
+  });
+});
+afterAll(() => close());
+
+const createReq = (fields: MessageInitShape<typeof api.CreateSnapshotRequestSchema>) => () =>
+  service.createSnapshot(create(api.CreateSnapshotRequestSchema, { hostId: "h-a", path: "/w", ...fields }), ctx);
+const restoreReq = (fields: MessageInitShape<typeof api.RestoreSnapshotRequestSchema>) => () =>
+  service.restoreSnapshot(
+    create(api.RestoreSnapshotRequestSchema, { snapshotId: ID, hostId: "h-a", target: "/restored", ...fields }),
+    ctx,
+  );
+const lsReq = (snapshotId: string) => async () => {
+  for await (const _ of service.listSnapshotFiles(create(api.ListSnapshotFilesRequestSchema, { snapshotId }), ctx));
+};
+const listReq = (fields: MessageInitShape<typeof api.ListSnapshotsRequestSchema>) => () =>
+  service.listSnapshots(create(api.ListSnapshotsRequestSchema, fields), ctx);
+const forgetReq = (fields: MessageInitShape<typeof api.ForgetSnapshotsRequestSchema>) => () =>
+  service.forgetSnapshots(create(api.ForgetSnapshotsRequestSchema, { keepLast: 1, ...fields }), ctx);
+
+async function failure(call: () => unknown): Promise<ConnectError> {
+  try {
+    await call();
+  } catch (err) {
+    return ConnectError.from(err);
+  }
+  throw new Error("the request was accepted");
+}
+
+describe("SnapshotService: malformed request fields", () => {
+  const long = `/${"d".repeat(5000)}`;
+  it.each<[string, () => unknown, Code, RegExp]>([
+    [
+      "a path with a NUL",
+      createReq({ path: "/w\0x" }),
+      Code.InvalidArgument,
+      /^path must be an absolute path on the host \(no NUL, at most 4096 bytes\), got "\/w\\u0000x"$/,
+    ],
+    ["a path over PATH_MAX", createReq({ path: long }), Code.InvalidArgument, /^path must be .* got "\/d{79}…"$/],
+    ["a host_id with a NUL", createReq({ hostId: "h-a\0" }), Code.InvalidArgument, /^host_id must be at most 256/],
+    ["a workspace_id with a NUL", createReq({ workspaceId: "w\0" }), Code.InvalidArgument, /^workspace_id must be/],
+    ["a target with a NUL", restoreReq({ target: "/r\0" }), Code.InvalidArgument, /^target must be an absolute path/],
+    [
+      "a restore's malformed snapshot_id",
+      restoreReq({ snapshotId: "not-hex" }),
+      Code.InvalidArgument,
+      /^snapshot_id must be a snapshot id or a prefix of 4 to 64 hex characters, got "not-hex"$/,
+    ],
+    ["a restore's snapshot_id with a NUL", restoreReq({ snapshotId: "ab\0" }), Code.InvalidArgument, /^snapshot_id/],
+    ["an ls's malformed snapshot_id", lsReq("zz\0"), Code.InvalidArgument, /^snapshot_id must be a snapshot id/],
+    ["a list's host_id with a NUL", listReq({ hostId: "h\0" }), Code.InvalidArgument, /^host_id must be/],
+    ["a list's workspace_id with a NUL", listReq({ workspaceId: "w\0" }), Code.InvalidArgument, /^workspace_id/],
+    ["a forget's workspace_id with a NUL", forgetReq({ workspaceId: "w\0" }), Code.InvalidArgument, /^workspace_id/],
+  ])("refuses %s", async (_, call, code, message) => {
+    const err = await failure(call);
+    expect(Code[err.code]).toBe(Code[code]);
+    expect(err.rawMessage).toMatch(message);
+    expect(calls).toEqual([]);
+  });
+
+  it("takes a unique snapshot id prefix in restore and ls, as diff and forget do, and refuses an ambiguous one", async () => {
+    expect((await failure(restoreReq({ snapshotId: "ab12" }))).rawMessage).toBe(
+      "snapshot id prefix ab12 is ambiguous; give more characters",
+    );
+    expect((await failure(lsReq("AB12"))).code).toBe(Code.InvalidArgument);
+    expect(calls).toEqual([]);
+    await expect(restoreReq({ snapshotId: "ab120" })()).rejects.toThrow("the coordinator's restore was reached");
+    await expect(lsReq("AB120")()).rejects.toThrow("the coordinator's readManifest was reached");
+    expect(calls).toEqual(["restore", "readManifest"]);
+    calls.length = 0;
+  });
+
+  it("says an unknown host_id to list names no host (it listed nothing), and lists nothing for a known one", async () => {
+    const unknown = await failure(listReq({ hostId: "no-such-host" }));
+    expect(unknown.code).toBe(Code.NotFound);
+    expect(unknown.rawMessage).toBe("host no-such-host not found; list hosts with `dumont host list`");
+    await expect(listReq({ hostId: "h-idle" })()).resolves.toMatchObject({ snapshots: [] });
+    expect((await listReq({ hostId: "h-a" })()).snapshots?.map((s) => s.id)).toEqual([ID, TWIN]);
+  });
+});
