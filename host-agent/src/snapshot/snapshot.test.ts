@@ -316,10 +316,21 @@ describe("snapshot engine", () => {
     let asking = 0;
     let most = 0;
     let chunksSent = 0;
+    // A slow round trip: each question waits for its answer until a second question is out beside it, however
+    // fast or slow the workers seal (a fixed 100 ms would miss the next question where sealing a segment takes
+    // longer). Asked in turn, no second question comes while the first waits: after 10 s they are answered as
+    // they come, one at a time, and `most` stays 1.
+    let overlapped!: () => void;
+    const together = new Promise<void>((resolve) => {
+      overlapped = resolve;
+    });
     const sink: ChunkSink = {
       missing: async (ids) => {
         most = Math.max(most, ++asking);
-        await new Promise((resolve) => setTimeout(resolve, 100)); // a slow round trip
+        if (asking >= 2) overlapped();
+        const givingUp = setTimeout(overlapped, 10_000);
+        await together;
+        clearTimeout(givingUp);
         asking--;
         return writer.missing(ids);
       },
