@@ -395,11 +395,20 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await second.put([kept]);
     await second.flush();
     await second.abort();
+    const packB = [...(await repository.loadIndex()).packs.keys()].find((id) => id !== packA);
     // The index finds `kept` in A (A's index object read last): B's copy is not the indexed one, so B is unused.
+    // The prune's loader reads index objects several at once and takes each as it arrives: A's read starts once
+    // B's has finished, however long either takes (held back a fixed 50 ms, A's would come in first wherever
+    // B's read took longer).
+    let bRead = () => {};
+    const afterB = new Promise<void>((resolve) => {
+      bRead = resolve;
+    });
     const slow: BlobStore = Object.create(store, {
       get: {
         value: async (k: string) => {
-          if (k === `index/${packA}`) await new Promise((r) => setTimeout(r, 50));
+          if (k === `index/${packB}`) return store.get(k).finally(bRead);
+          if (k === `index/${packA}`) await afterB;
           return store.get(k);
         },
       },
