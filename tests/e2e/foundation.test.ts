@@ -18,6 +18,7 @@ import {
   agentBin,
   type ControlPlaneProcess,
   enrollAgent,
+  hostApi,
   runNode,
   startAgentProcess,
   startControlPlaneProcess,
@@ -214,11 +215,15 @@ describe("foundation: enroll, stream, telemetry, liveness", () => {
   it("marks a kill -9'd agent lost within lost-after plus one interval, and records the event", async () => {
     const b = agents[1]!;
     await waitFor(async () => (await hostById(b.hostId))?.status === "online", 10_000);
+    // Watched through the API from this process: each look through the CLI is a process of its own, which on a
+    // slow machine took long enough to count for much of the time measured.
+    const hostsApi = hostApi(cp);
+    const statusOf = async (id: string) => (await hostsApi.listHosts({})).hosts.find((h) => h.id === id)?.status;
     const killedAt = Date.now();
     await stopProcess(b.proc, "SIGKILL");
-    await waitFor(async () => (await hostById(b.hostId))?.status === "lost", 20_000, 200);
+    await waitFor(async () => (await statusOf(b.hostId)) === "lost", 20_000, 50);
     const detectedAfterS = (Date.now() - killedAt) / 1000;
-    // lost-after + one telemetry interval + one liveness tick + CLI round trips
+    // lost-after + one telemetry interval + one liveness tick, and room for a busy machine
     expect(detectedAfterS).toBeLessThan(LOST_AFTER_S + INTERVAL_S + 3);
     const events = JSON.parse((await cp.cli(["host", "events", b.hostId, "--json"])).stdout) as { kind: string }[];
     expect(events.map((e) => e.kind)).toEqual(["online", "lost"]);

@@ -163,9 +163,8 @@ export interface AgentProcess {
   log(): string;
 }
 
-/** A client of the control plane's SnapshotService, as admin (what `dumont snapshot …` uses). */
-export function snapshotApi(cp: ControlPlaneProcess): Client<typeof api.SnapshotService> {
-  const transport = createConnectTransport({
+function adminTransport(cp: ControlPlaneProcess) {
+  return createConnectTransport({
     baseUrl: cp.httpUrl,
     httpVersion: "1.1",
     interceptors: [
@@ -175,7 +174,19 @@ export function snapshotApi(cp: ControlPlaneProcess): Client<typeof api.Snapshot
       },
     ],
   });
-  return createClient(api.SnapshotService, transport);
+}
+
+/** A client of the control plane's SnapshotService, as admin (what `dumont snapshot …` uses). */
+export function snapshotApi(cp: ControlPlaneProcess): Client<typeof api.SnapshotService> {
+  return createClient(api.SnapshotService, adminTransport(cp));
+}
+
+/**
+ * A client of the control plane's HostService, as admin (what `dumont host …` uses): for watching a host's
+ * status closely, where starting a CLI process for each look would take longer than what is timed.
+ */
+export function hostApi(cp: ControlPlaneProcess): Client<typeof api.HostService> {
+  return createClient(api.HostService, adminTransport(cp));
 }
 
 /**
