@@ -93,9 +93,11 @@ describe("foundation: enroll, stream, telemetry, liveness", () => {
 
   it("shows both enrolled hosts online with their GPUs, nulls where the driver said N/A", async () => {
     const [a, b] = agents as [AgentProcess, AgentProcess];
+    // GPUs too: a sample whose nvidia-smi (a Node process here) did not start within the agent's 4 s has host
+    // metrics and no GPUs, and the next one has them.
     await waitFor(async () => {
       const list = await hosts();
-      return list.filter((h) => h.status === "online" && h.cpu !== null).length === 2;
+      return list.filter((h) => h.status === "online" && h.cpu !== null && h.gpus.length > 0).length === 2;
     }, 20_000);
     const list = await hosts();
     expect(list.map((h) => h.id).sort()).toEqual([a.hostId, b.hostId].sort());

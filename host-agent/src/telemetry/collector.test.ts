@@ -19,8 +19,15 @@ function envWithFake(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   return { PATH: `${FAKE_DIR}:${nodeOnlyDir}`, ...extra };
 }
 
+// The fake is a Node process, whose start took seconds on a busy machine (20 s once, on a 2-core VM writing a
+// bench's files): no test here is about the timeout (4 s by default), so a slow start must not fail one.
+const NVIDIA_SMI_TIMEOUT_MS = 30_000;
+
 function collectorFor(fixture: string, extra: Record<string, string> = {}) {
-  return createTelemetryCollector({ env: envWithFake({ DUMONT_FAKE_NVIDIA_SMI_FIXTURE: fixture, ...extra }) });
+  return createTelemetryCollector({
+    env: envWithFake({ DUMONT_FAKE_NVIDIA_SMI_FIXTURE: fixture, ...extra }),
+    nvidiaSmiTimeoutMs: NVIDIA_SMI_TIMEOUT_MS,
+  });
 }
 
 describe("telemetry with a fake nvidia-smi on PATH and no lspci", () => {
@@ -78,6 +85,7 @@ describe("telemetry with a fake nvidia-smi on PATH and no lspci", () => {
     const collector = createTelemetryCollector({
       simulated: true,
       env: envWithFake({ DUMONT_FAKE_NVIDIA_SMI_FIXTURE: "demo", DUMONT_FAKE_NVIDIA_SMI_TICK: "3" }),
+      nvidiaSmiTimeoutMs: NVIDIA_SMI_TIMEOUT_MS,
     });
     const inventory = await collector.inventory();
     expect(inventory.simulated).toBe(true);
