@@ -1,5 +1,9 @@
 // The snapshot API refuses malformed request fields with a Connect code and a sentence naming the field, before
 // the database or an agent sees them: an in-process service on a test database, a coordinator that records calls.
+// Then `dumont snapshot …` (the built CLI, as a process): bad flags are refused before any request is sent.
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
@@ -141,5 +145,65 @@ describe("SnapshotService: malformed request fields", () => {
     expect(unknown.rawMessage).toBe("host no-such-host not found; list hosts with `dumont host list`");
     await expect(listReq({ hostId: "h-idle" })()).resolves.toMatchObject({ snapshots: [] });
     expect((await listReq({ hostId: "h-a" })()).snapshots?.map((s) => s.id)).toEqual([ID, TWIN]);
+  });
+});
+
+describe("dumont snapshot (admin CLI): bad flags, before any request", () => {
+  const bin = fileURLToPath(new URL("../../bin/dumont.js", import.meta.url));
+  const apiKey = `dumont_${"0".repeat(16)}_${"s".repeat(43)}`;
+  // Nothing listens on port 1: a request that got that far fails "cannot reach".
+  const env = { ...process.env, DUMONT_API_URL: "http://127.0.0.1:1", DUMONT_API_KEY: apiKey };
+  const dumont = async (args: string[], extraEnv: Record<string, string> = {}) => {
+    try {
+      await promisify(execFile)(process.execPath, [bin, ...args], { env: { ...env, ...extraEnv } });
+      return { code: 0, stdout: "", stderr: "" };
+    } catch (err) {
+      const { code, stdout, stderr } = err as { code: number; stdout: string; stderr: string };
+      return { code, stdout, stderr };
+    }
+  };
+
+  it.each<[string[], RegExp]>([
+    [["create", "--host", "h", "--path", "rel"], /--path must be an absolute path on the host, got "rel"/],
+    [["create", "--host", "", "--path", "/w"], /--host is empty: give a host id from `dumont host list`/],
+    [["create", "--host", "h", "--path", "/w", "--path", "/v"], /--path was given twice: give it once/],
+    [["create", "--host", "h", "--path", "/w", "--workspace", ""], /--workspace is empty: give a workspace id/],
+    [["list", "--host", ""], /--host is empty/],
+    [["restore", "abcd", "--host", "h", "--target", "rel"], /--target must be an absolute path on the host/],
+    [["restore", "abcd", "--host", "h", "--host", "g", "--target", "/r"], /--host was given twice/],
+    [
+      ["restore", "abc", "--host", "h", "--target", "/r"],
+      /^dumont: SNAPSHOT_ID "abc" is not a snapshot id: give an id/,
+    ],
+    [["ls", "not-hex"], /^dumont: SNAPSHOT_ID "not-hex" is not a snapshot id/],
+    [["diff", "abcd", "zz"], /^dumont: SNAPSHOT_ID "zz" is not a snapshot id/],
+    [["forget", "abcd", "xyz"], /^dumont: SNAPSHOT_ID "xyz" is not a snapshot id/],
+    [["forget", "--keep-last", "0", "--prune"], /--keep-last must be a whole number from 1 to 4294967295, got "0"/],
+    [["forget", "--keep-daily", "7", "--keep-daily", "1"], /--keep-daily was given twice/],
+  ])("refuses snapshot %j", async (args, message) => {
+    const res = await dumont(["snapshot", ...args, "--json"]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toMatch(message);
+    expect(res.stderr).not.toMatch(/cannot reach/);
+    expect(res.stdout).toBe("");
+  });
+
+  it("says the control plane cannot be reached, and where to point --api-url; refuses a URL it cannot speak to", async () => {
+    const unreachable = await dumont(["snapshot", "list", "--json"]);
+    expect(unreachable).toMatchObject({ code: 1, stdout: "" });
+    expect(unreachable.stderr).toBe(
+      "dumont: [unavailable] cannot reach the control plane at http://127.0.0.1:1 (ECONNREFUSED): start it, or " +
+        "point --api-url (DUMONT_API_URL) at it\n",
+    );
+    const ftp = await dumont(["--api-url", "ftp://cp.example", "snapshot", "list"]);
+    expect(ftp.stderr).toMatch(/^dumont: --api-url \(DUMONT_API_URL\) must be an http:\/\/ or https:\/\/ URL/);
+  });
+
+  it("refuses an API key with a line break without printing it (Node's header check quoted it whole)", async () => {
+    const secret = "s3cr3t-do-not-print";
+    const res = await dumont(["snapshot", "list"], { DUMONT_API_KEY: `${apiKey}\n${secret}` });
+    expect(res.code).toBe(1);
+    expect(res.stderr).toMatch(/^dumont: DUMONT_API_KEY is not an API key: it holds a space, line break or other/);
+    expect(res.stderr).not.toContain(secret);
   });
 });

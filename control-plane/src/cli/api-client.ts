@@ -1,7 +1,7 @@
 // The CLI talks to the control plane only through the public Connect API, like the dashboard.
 import fs from "node:fs";
 import path from "node:path";
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { api } from "@dumont/proto";
 
@@ -12,11 +12,10 @@ export interface ApiOptions {
 
 export function apiClients(options: ApiOptions) {
   const baseUrl = options.apiUrl ?? process.env.DUMONT_API_URL ?? "http://localhost:8000";
-  try {
-    new URL(baseUrl);
-  } catch {
+  if (!URL.canParse(baseUrl) || !/^https?:$/.test(new URL(baseUrl).protocol)) {
     throw new Error(
-      `--api-url (DUMONT_API_URL) must be a URL like http://localhost:8000, got ${JSON.stringify(baseUrl)}`,
+      `--api-url (DUMONT_API_URL) must be an http:// or https:// URL like http://localhost:8000, got ` +
+        JSON.stringify(baseUrl),
     );
   }
   const key = options.apiKey ?? process.env.DUMONT_API_KEY ?? readDefaultKey();
@@ -25,17 +24,44 @@ export function apiClients(options: ApiOptions) {
       "no API key: pass --api-key, set DUMONT_API_KEY, or run from the directory holding .dumont/admin-api-key",
     );
   }
+  // Checked here, never echoed: Node's own refusal of a header with a line break quoted the whole key.
+  if (!/^[\x21-\x7e]+$/.test(key)) {
+    const from =
+      options.apiKey !== undefined ? "--api-key" : process.env.DUMONT_API_KEY ? "DUMONT_API_KEY" : "the key file";
+    throw new Error(
+      `${from} is not an API key: it holds a space, line break or other character no key has; give the key ` +
+        "(dumont_<id>_<secret>) as it was printed when it was made",
+    );
+  }
   const transport = createConnectTransport({
     baseUrl,
     httpVersion: "1.1",
     interceptors: [
       (next) => async (req) => {
         req.header.set("authorization", `Bearer ${key}`);
-        return next(req);
+        try {
+          return await next(req);
+        } catch (err) {
+          throw unreachable(err, baseUrl);
+        }
       },
     ],
   });
   return { hosts: createClient(api.HostService, transport), snapshots: createClient(api.SnapshotService, transport) };
+}
+
+/** A failure to connect ("[unavailable] connect ECONNREFUSED ...") as a sentence that says what to do. */
+function unreachable(err: unknown, baseUrl: string): unknown {
+  const cause = err instanceof ConnectError ? (err.cause as NodeJS.ErrnoException | undefined) : undefined;
+  if (!(err instanceof ConnectError) || err.code !== Code.Unavailable || typeof cause?.code !== "string") return err;
+  return new ConnectError(
+    `cannot reach the control plane at ${baseUrl} (${cause.code}): start it, or point --api-url (DUMONT_API_URL) ` +
+      "at it",
+    Code.Unavailable,
+    undefined,
+    undefined,
+    err,
+  );
 }
 
 /** Convenience for a local `dumont dev`: use the admin key it wrote, if we are next to it. */

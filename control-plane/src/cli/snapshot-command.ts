@@ -28,9 +28,13 @@ export function registerSnapshotCommands(program: Command): void {
   snapshot
     .command("create")
     .description("snapshot a directory on a host; the agent streams it to the control plane's blob store")
-    .requiredOption("--host <hostId>", "the host holding the directory")
-    .requiredOption("--path <dir>", "absolute path of the directory on that host")
-    .option("--workspace <id>", "workspace id to file the snapshot under (default HOST:PATH)")
+    .requiredOption("--host <hostId>", "the host holding the directory", once("--host", nonEmpty("--host", HOST_WHAT)))
+    .requiredOption("--path <dir>", "absolute path of the directory on that host", once("--path", absolute("--path")))
+    .option(
+      "--workspace <id>",
+      "workspace id to file the snapshot under (default HOST:PATH)",
+      once("--workspace", nonEmpty("--workspace", "a workspace id")),
+    )
     .option(
       "--exclude <pattern>",
       `leave out what matches this pattern (gitignore syntax, relative to --path; repeat for more), after the ` +
@@ -64,8 +68,8 @@ export function registerSnapshotCommands(program: Command): void {
   snapshot
     .command("list")
     .description("committed snapshots")
-    .option("--host <hostId>", "only this host's")
-    .option("--workspace <id>", "only this workspace's")
+    .option("--host <hostId>", "only this host's", once("--host", nonEmpty("--host", HOST_WHAT)))
+    .option("--workspace <id>", "only this workspace's", once("--workspace", nonEmpty("--workspace", "a workspace id")))
     .option("--json", "print JSON")
     .action(async (opts, cmd: Command) => {
       const res = await apiClients(apiOpts(cmd)).snapshots.listSnapshots({
@@ -87,6 +91,7 @@ export function registerSnapshotCommands(program: Command): void {
     .option("--include <pattern>", INCLUDE_HELP.replace("restore only", "list only"), collect, [])
     .option("--json", "print a JSON array of {path, type, mode, size, mtime, target}")
     .action(async (snapshotId: string, opts, cmd: Command) => {
+      checkSnapshotIds("SNAPSHOT_ID", [snapshotId]);
       const include = checkPathPatterns(opts.include, "--include");
       const listed: ListedEntry[] = [];
       for await (const batch of apiClients(apiOpts(cmd)).snapshots.listSnapshotFiles({ snapshotId, include })) {
@@ -104,6 +109,7 @@ export function registerSnapshotCommands(program: Command): void {
     .description("what changed from one snapshot to another (ids or unique prefixes), path by path")
     .option("--json", "print {changes: [{path, change, sizeBefore, sizeAfter}], summary}")
     .action(async (before: string, after: string, opts, cmd: Command) => {
+      checkSnapshotIds("SNAPSHOT_ID", [before, after]);
       const changes: DiffEntry[] = [];
       let summary: DiffSummary | undefined;
       for await (const batch of apiClients(apiOpts(cmd)).snapshots.diffSnapshots({
@@ -140,12 +146,17 @@ export function registerSnapshotCommands(program: Command): void {
 
   snapshot
     .command("restore <snapshotId>")
-    .description("restore a snapshot into a new or empty directory on a host")
-    .requiredOption("--host <hostId>", "the host to restore onto")
-    .requiredOption("--target <dir>", "absolute path of a new or empty directory on that host")
+    .description("restore a snapshot (an id or a unique prefix) into a new or empty directory on a host")
+    .requiredOption("--host <hostId>", "the host to restore onto", once("--host", nonEmpty("--host", HOST_WHAT)))
+    .requiredOption(
+      "--target <dir>",
+      "absolute path of a new or empty directory on that host",
+      once("--target", absolute("--target")),
+    )
     .option("--include <pattern>", INCLUDE_HELP, collect, [])
     .option("--json", "print JSON")
     .action(async (snapshotId: string, opts, cmd: Command) => {
+      checkSnapshotIds("SNAPSHOT_ID", [snapshotId]);
       const include = checkPathPatterns(opts.include, "--include");
       const res = await follow<api.RestoreSnapshotResponse>(
         "restore",
@@ -221,15 +232,32 @@ function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions
       "forget the snapshots named (ids or unique prefixes), or by a retention policy, each workspace judged on " +
         "its own; --prune then deletes the data nothing needs",
     )
-    .option("--keep-last <n>", "keep the newest n snapshots", keepCount)
-    .option("--keep-hourly <n>", "keep the newest snapshot of each of the last n hours", keepCount)
-    .option("--keep-daily <n>", "keep the newest snapshot of each of the last n days", keepCount)
-    .option("--keep-weekly <n>", "keep the newest snapshot of each of the last n weeks", keepCount)
-    .option("--workspace <id>", "only this workspace's snapshots")
+    .option("--keep-last <n>", "keep the newest n snapshots", once("--keep-last", keepCount("--keep-last")))
+    .option(
+      "--keep-hourly <n>",
+      "keep the newest snapshot of each of the last n hours",
+      once("--keep-hourly", keepCount("--keep-hourly")),
+    )
+    .option(
+      "--keep-daily <n>",
+      "keep the newest snapshot of each of the last n days",
+      once("--keep-daily", keepCount("--keep-daily")),
+    )
+    .option(
+      "--keep-weekly <n>",
+      "keep the newest snapshot of each of the last n weeks",
+      once("--keep-weekly", keepCount("--keep-weekly")),
+    )
+    .option(
+      "--workspace <id>",
+      "only this workspace's snapshots",
+      once("--workspace", nonEmpty("--workspace", "a workspace id")),
+    )
     .option("--prune", "then delete the packs no remaining snapshot needs (and repack mostly-unused ones)")
     .option("--dry-run", "say what would be forgotten (and what a prune would free now); change nothing")
     .option("--json", "print JSON")
     .action(async (ids: string[], opts, cmd: Command) => {
+      checkSnapshotIds("SNAPSHOT_ID", ids);
       const keep = [opts.keepLast, opts.keepHourly, opts.keepDaily, opts.keepWeekly];
       if (!keep.some((n) => (n ?? 0) > 0) && ids.length === 0 && !opts.prune) {
         throw new Error(
@@ -267,11 +295,54 @@ function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions
     });
 }
 
-/** Parses a --keep-* value: a whole number that fits the request's uint32 field. */
-function keepCount(value: string): number {
-  const n = Number(value);
-  if (!/^\d+$/.test(value) || n > 0xffffffff) throw new InvalidArgumentError("give a whole number, 0 to 4294967295");
-  return n;
+/** Parses a --keep-* value: a whole number that fits the request's uint32 field; 0 would keep nothing by it. */
+function keepCount(flag: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value) || n < 1 || n > 0xffffffff)
+      throw new InvalidArgumentError(
+        `${flag} must be a whole number from 1 to 4294967295, got ${JSON.stringify(value)}`,
+      );
+    return n;
+  };
+}
+
+const HOST_WHAT = "a host id from `dumont host list`";
+
+/** A flag's parser that refuses a second value instead of silently keeping the last one. */
+function once<T>(flag: string, parse: (value: string) => T): (value: string, previous: T | undefined) => T {
+  return (value, previous) => {
+    if (previous !== undefined) throw new InvalidArgumentError(`${flag} was given twice: give it once`);
+    return parse(value);
+  };
+}
+
+function nonEmpty(flag: string, what: string): (value: string) => string {
+  return (value) => {
+    if (value.trim() === "") throw new InvalidArgumentError(`${flag} is empty: give ${what}`);
+    return value;
+  };
+}
+
+/** A path on the host: the agent resolves nothing against a working directory of ours. */
+function absolute(flag: string): (value: string) => string {
+  return (value) => {
+    if (!value.startsWith("/"))
+      throw new InvalidArgumentError(`${flag} must be an absolute path on the host, got ${JSON.stringify(value)}`);
+    return value;
+  };
+}
+
+/** Snapshot ids or prefixes as `dumont snapshot list` prints them, checked before any request. */
+function checkSnapshotIds(name: string, ids: string[]): void {
+  for (const id of ids) {
+    if (!/^[0-9a-fA-F]{4,64}$/.test(id)) {
+      throw new Error(
+        `${name} ${JSON.stringify(id.slice(0, 80))} is not a snapshot id: give an id from \`dumont snapshot list\` ` +
+          "or a unique prefix of it (4 to 64 hex characters)",
+      );
+    }
+  }
 }
 
 function snapshotJson(s: api.Snapshot) {
