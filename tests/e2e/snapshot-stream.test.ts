@@ -625,15 +625,19 @@ describe("snapshots over the agent stream", () => {
     const dir = path.join(root, "check-workspace");
     await fs.mkdir(dir);
     await fs.writeFile(path.join(dir, "only file.bin"), randomBytes(600_000));
+    const blobs = path.join(root, "cp", "blobs");
+    const packsBefore = new Set(await packFiles(blobs));
     const snap = await snapshotOf(dir);
     const healthy = await cli(["snapshot", "check", "--json"]);
     expect(healthy).toMatchObject({ ok: true, problems: [] });
     expect(healthy.bytesChecked).toBeGreaterThan(600_000);
 
-    // The snapshot's one chunk is the newest pack's first: flip a byte of it on disk.
-    const packs = await packFiles(path.join(root, "cp", "blobs"));
-    const newest = packs.sort((a, b) => a.mtimeMs - b.mtimeMs).at(-1)!.file;
-    const handle = await fs.open(newest, "r+");
+    // The snapshot's one chunk is the first in the one pack it added (found by name: an mtime may tie with an
+    // earlier pack's): flip a byte of it on disk.
+    const added = (await packFiles(blobs)).filter((file) => !packsBefore.has(file));
+    expect(added).toHaveLength(1);
+    const pack = added[0]!;
+    const handle = await fs.open(pack, "r+");
     try {
       const byte = Buffer.alloc(1);
       await handle.read(byte, 0, 1, 100);
@@ -646,7 +650,7 @@ describe("snapshots over the agent stream", () => {
       expect(json.problems).toEqual([
         expect.objectContaining({
           kind: "chunk-corrupt",
-          pack: path.basename(newest),
+          pack: path.basename(pack),
           files: [{ snapshotId: snap.id, path: "only file.bin" }],
         }),
       ]);
@@ -737,14 +741,19 @@ async function uploadStarts(blobs: string): Promise<() => Promise<void>> {
     });
 }
 
-/** Every pack file under a blob store directory (tenants/<id>/data/<xx>/<pack>), with its modification time. */
-async function packFiles(blobs: string): Promise<{ file: string; mtimeMs: number }[]> {
-  const out: { file: string; mtimeMs: number }[] = [];
-  for (const entry of await fs.readdir(blobs, { recursive: true, withFileTypes: true })) {
+/** Every pack file under a blob store directory (tenants/<id>/data/<xx>/<pack>); none before its first. */
+async function packFiles(blobs: string): Promise<string[]> {
+  const out: string[] = [];
+  const entries = await fs
+    .readdir(blobs, { recursive: true, withFileTypes: true })
+    .catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOENT") return [];
+      throw err;
+    });
+  for (const entry of entries) {
     const dir = entry.parentPath ?? (entry as unknown as { path: string }).path;
     if (entry.isFile() && /\/data\/[0-9a-f]{2}$/.test(dir) && /^[0-9a-f]{64}$/.test(entry.name)) {
-      const file = path.join(dir, entry.name);
-      out.push({ file, mtimeMs: (await fs.stat(file)).mtimeMs });
+      out.push(path.join(dir, entry.name));
     }
   }
   return out;
