@@ -102,7 +102,7 @@ describe("SnapshotCoordinator: the arrival check", () => {
   const start = async () => {
     const snapshot = coordinator.snapshot({ session, tenantId: "t1", path: "/work", workspaceId: "w1", epoch: 3n });
     snapshot.catch(() => {});
-    for (let i = 0; i < 200 && sent.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await until(() => sent.length > 0);
     const take = sent[0]?.msg;
     if (take?.case !== "takeSnapshot") throw new Error(`expected takeSnapshot, got ${take?.case}`);
     const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
@@ -287,11 +287,8 @@ describe("SnapshotCoordinator: the arrival check", () => {
     const second = await threeParts(async (parts, { requestId, agentSends }) => {
       const manifestIds = [idOf(parts[0]), absent, idOf(parts[1])];
       agentSends({ case: "snapshotOffer", value: { requestId, epoch: 3n, batch: 7n, chunkIds: [], manifestIds } });
-      let need: ControlMessage["msg"] | undefined;
-      for (let i = 0; i < 200 && !need; i++) {
-        await new Promise((r) => setTimeout(r, 10));
-        need = sent.find((m) => m.msg.case === "snapshotNeed")?.msg;
-      }
+      await until(() => sent.some((m) => m.msg.case === "snapshotNeed"));
+      const need = sent.find((m) => m.msg.case === "snapshotNeed")?.msg;
       expect(need?.case === "snapshotNeed" && need.value.batch === 7n && need.value.manifestIds).toEqual([absent]);
       for (const index of [0, 1]) {
         agentSends({
@@ -345,7 +342,7 @@ describe("SnapshotCoordinator: check", () => {
       workspaceId: "w",
       epoch: 1n,
     });
-    for (let i = 0; i < 200 && h.sent.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await until(() => h.sent.length > 0);
     const take = h.sent[0].msg;
     if (take.case !== "takeSnapshot") throw new Error(`expected takeSnapshot, got ${take.case}`);
     const key = Buffer.from(take.value.tenantKey);
@@ -453,7 +450,7 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
   const agentSends = (session: AgentSession, msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
     h.coordinator.onAgentMessage(session, create(AgentMessageSchema, { msg }));
   const waitFor = async (what: () => boolean) => {
-    for (let i = 0; i < 500 && !what(); i++) await new Promise((r) => setTimeout(r, 10));
+    await until(what);
     expect(what()).toBe(true);
   };
 
@@ -640,6 +637,16 @@ describe("SnapshotCoordinator: an agent that stops answering", () => {
 
 type Harness = ReturnType<typeof useCoordinator>;
 
+/**
+ * Waits until `done()` holds, looking every 10 ms, for up to 30 s; the caller then checks what it waited for.
+ * What these waits cover takes about a tenth of a second here: the deadline is for a busy machine (2 s was
+ * close), never what a test decides on.
+ */
+async function until(done: () => boolean): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (!done() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+}
+
 /** Starts a snapshot of workspace "w" and waits for the agent to be asked for it. */
 async function startedIn(h: Harness) {
   const before = h.sent.length;
@@ -651,7 +658,7 @@ async function startedIn(h: Harness) {
     epoch: 0n,
   });
   snapshot.catch(() => {});
-  for (let i = 0; i < 200 && h.sent.length === before; i++) await new Promise((r) => setTimeout(r, 10));
+  await until(() => h.sent.length > before);
   const take = h.sent[before]?.msg;
   if (take?.case !== "takeSnapshot") throw new Error(`expected takeSnapshot, got ${take?.case}`);
   return { snapshot, requestId: take.value.requestId, key: Buffer.from(take.value.tenantKey) };

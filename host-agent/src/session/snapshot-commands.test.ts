@@ -33,8 +33,9 @@ class FakeSession extends EventEmitter {
   command(msg: MessageInitShape<typeof ControlMessageSchema>["msg"]): void {
     this.handler?.(create(ControlMessageSchema, { msg }), this, "connect");
   }
+  /** The first message the agent sent that is `what`, waited for up to 30 s (a busy machine is slow, not wrong). */
   async waitFor(what: (m: AgentMessage) => boolean): Promise<AgentMessage> {
-    for (let i = 0; i < 500; i++) {
+    for (const deadline = Date.now() + 30_000; Date.now() < deadline; ) {
       const found = this.sent.find(what);
       if (found) return found;
       await new Promise((r) => setTimeout(r, 10));
@@ -119,7 +120,8 @@ describe("SnapshotCommands", () => {
     // The session drops: the first stops, and takes back what it wrote, so the same restore can run again.
     const before = session.sent.filter(doneWith("r1")).length;
     session.emit("disconnected");
-    for (let i = 0; i < 300 && session.sent.filter(doneWith("r1")).length === before; i++) {
+    const stopped = () => session.sent.filter(doneWith("r1")).length > before;
+    for (const deadline = Date.now() + 30_000; !stopped() && Date.now() < deadline; ) {
       await new Promise((r) => setTimeout(r, 10));
     }
     expect(session.sent.filter(doneWith("r1")).length).toBe(before + 1);
