@@ -619,6 +619,24 @@ describe("SnapshotCoordinator: an agent that stops answering", () => {
     await expect(finish(await startedIn(h))).resolves.toMatchObject({ host_id: "h-silent" });
   });
 
+  it("is not silence while this side still checks and writes what the agent sent (a slow store, a busy check)", async () => {
+    // Every arrival check takes 1 s, over twice the limit, after the agent's last word (its commit).
+    const check = ChunkVerifier.prototype.verify;
+    const slow = vi.spyOn(ChunkVerifier.prototype, "verify").mockImplementation(async function (
+      this: ChunkVerifier,
+      ...args
+    ) {
+      await new Promise((r) => setTimeout(r, 1000));
+      return check.apply(this, args);
+    });
+    try {
+      await expect(finish(await startedIn(h))).resolves.toMatchObject({ host_id: "h-silent" });
+      expect(slow).toHaveBeenCalled();
+    } finally {
+      slow.mockRestore();
+    }
+  });
+
   it("fails a restore its agent has gone silent on, and tells the agent to stop it", async () => {
     const snapshot = await finish(await startedIn(h));
     const before = h.sent.length;

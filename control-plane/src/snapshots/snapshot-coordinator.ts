@@ -182,9 +182,20 @@ export class SnapshotCoordinator {
    * A timer that fails an operation once its agent has been silent about it for `silenceMs`; `heard()` on
    * every sign of progress (a message, a batch written or sent). Without it, an agent that stays connected
    * but stops working on an operation (a read stuck on a hung mount) held it, and the tenant's prunes, forever.
+   * While `busy()` says this side is still working on what the agent sent (checking chunks, writing packs to a
+   * slow store, committing), the agent is not silent, only waiting: the watch starts again instead.
    */
-  private silenceWatch(what: string, hostId: string, fail: (err: Error) => void): { heard(): void; stop(): void } {
+  private silenceWatch(
+    what: string,
+    hostId: string,
+    fail: (err: Error) => void,
+    busy: () => boolean = () => false,
+  ): { heard(): void; stop(): void } {
     const timer = setTimeout(() => {
+      if (busy()) {
+        timer.refresh();
+        return;
+      }
       fail(
         new DeadlineExceededError(
           `host ${hostId} said nothing about the ${what} for ${this.silenceMs / 1000} s; gave up on it`,
@@ -510,12 +521,23 @@ export class SnapshotCoordinator {
         finish(err);
         this.tellAborted(session, "snapshotAborted", requestId, err);
       };
-      const silence = this.silenceWatch("snapshot", session.hostId, (err) => abandon(err));
+      /** Work of the agent's in the chain below, not yet done (see silenceWatch). */
+      let inHand = 0;
+      const silence = this.silenceWatch(
+        "snapshot",
+        session.hostId,
+        (err) => abandon(err),
+        () => inHand > 0,
+      );
       const serial = (work: () => Promise<void>) => {
+        inHand++;
         chain = chain
           .then(work)
           .then(() => silence.heard())
-          .catch(abandon);
+          .catch(abandon)
+          .finally(() => {
+            inHand--;
+          });
       };
       this.operations.set(requestId, {
         session,
