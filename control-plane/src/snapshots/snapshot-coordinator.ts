@@ -621,8 +621,9 @@ export class SnapshotCoordinator {
             serial(async () => {
               const committed = (async () => {
                 const row = await this.commit(writer, commit, parts, req);
-                // Told when it can be; the snapshot stands either way (the agent offers its chunks again next time).
-                await session
+                // Told when it can be, not waited for (an agent that stops reading would hold the operation);
+                // the snapshot stands either way (the agent offers its chunks again next time).
+                void session
                   .send(
                     create(ControlMessageSchema, {
                       msg: { case: "snapshotCommitted", value: { requestId, snapshotId: row.id } },
