@@ -8,7 +8,17 @@ export interface HttpServerDeps {
   routes: (router: ConnectRouter) => void;
   registry: Registry;
   healthy: () => Promise<boolean>;
+  /** How long a client may take to send a whole request (tests shorten it). */
+  requestTimeoutMs?: number;
 }
+
+/**
+ * A request (headers and a body of at most 4 MiB) must arrive within this, or the client gets 408 and the
+ * connection closes: without it, clients sending a byte now and then hold connections (and their buffered
+ * bodies) for ever, before any API key is looked at. Node's timer stops once the request has arrived, so
+ * snapshot and restore calls still answer, and stream, for as long as the data takes.
+ */
+const REQUEST_TIMEOUT_MS = 60_000;
 
 export function createHttpServer(deps: HttpServerDeps): http.Server {
   const api = connectNodeAdapter({
@@ -16,7 +26,14 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     // Keep API request bodies small: nothing in the API needs more.
     readMaxBytes: 4 * 1024 * 1024,
   });
-  const server = http.createServer((req, res) => {
+  const requestTimeout = deps.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
+  const options: http.ServerOptions = {
+    requestTimeout,
+    headersTimeout: requestTimeout,
+    // How often Node looks for requests past their time (its default, 30 s, would double a short limit).
+    connectionsCheckingInterval: Math.min(30_000, Math.ceil(requestTimeout / 4)),
+  };
+  const server = http.createServer(options, (req, res) => {
     const url = req.url ?? "/";
     if (req.method === "GET" && url === "/healthz") {
       deps.healthy().then(
@@ -40,8 +57,6 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     }
     api(req, res);
   });
-  // Snapshot and restore calls last as long as the data takes; Node's default cuts requests at 5 min.
-  server.requestTimeout = 0;
   return server;
 }
 
