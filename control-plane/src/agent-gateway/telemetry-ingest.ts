@@ -94,18 +94,33 @@ export class TelemetryIngest {
   }
 }
 
+/** At most this many GPUs of one sample are kept (a machine has 8, 16 at most); the rest are dropped. */
+export const MAX_GPUS_PER_SAMPLE = 64;
+/** Longest GPU uuid or model kept; longer ones are cut (real ones are under 100 characters). */
+export const MAX_GPU_TEXT = 256;
+/** How far back an agent's timestamp may lie before the sample is stamped with the time it arrived. */
+const MAX_SAMPLE_AGE_MS = 86_400_000;
+
+/**
+ * Turns what an agent sent into a record the database accepts, whatever the agent sent: the values land in
+ * one batch with other hosts' samples, and a value the database refuses (a uint64 beyond bigint, an invalid
+ * date) would fail the whole batch and with it every host's last_seen_at, so liveness would declare them all
+ * lost. Non-finite or out-of-range measurements become null, counters are capped, texts and lists bounded.
+ */
 function toRecord(hostId: string, t: Telemetry): TelemetryRecord {
-  const gpus = t.gpus.map(toGpuState);
-  const at = t.at ? timestampDate(t.at) : new Date();
+  const gpus = t.gpus.slice(0, MAX_GPUS_PER_SAMPLE).map(toGpuState);
+  const now = Date.now();
+  const sent = t.at ? timestampDate(t.at).getTime() : Number.NaN;
+  // An agent clock far off (or a timestamp that is no date at all) must not poison the series.
+  const at = Number.isFinite(sent) && sent <= now + 60_000 && sent >= now - MAX_SAMPLE_AGE_MS ? sent : now;
   return {
     hostId,
-    // An agent clock far in the future must not poison the series; clamp to now.
-    at: at.getTime() > Date.now() + 60_000 ? new Date() : at,
+    at: new Date(at),
     latest: {
       gpus,
-      cpu: { cores: t.cpuCores, utilizationPercent: t.cpuPercent ?? null },
-      memory: { totalBytes: Number(t.memoryTotalBytes), usedBytes: Number(t.memoryUsedBytes) },
-      disk: { totalBytes: Number(t.diskTotalBytes), usedBytes: Number(t.diskUsedBytes) },
+      cpu: { cores: t.cpuCores, utilizationPercent: percentOrNull(t.cpuPercent) },
+      memory: { totalBytes: count(t.memoryTotalBytes), usedBytes: count(t.memoryUsedBytes) },
+      disk: { totalBytes: count(t.diskTotalBytes), usedBytes: count(t.diskUsedBytes) },
     },
     gpus: gpus.map((g) => ({
       index: g.index,
@@ -120,20 +135,30 @@ function toRecord(hostId: string, t: Telemetry): TelemetryRecord {
 export function toGpuState(g: GpuInfo): GpuState {
   return {
     index: g.index,
-    uuid: g.uuid,
-    model: g.model,
-    memoryTotalMiB: optionalNumber(g.memoryTotalMib),
-    memoryUsedMiB: optionalNumber(g.memoryUsedMib),
-    utilizationPercent: finiteOrNull(g.utilizationPercent),
+    uuid: g.uuid.slice(0, MAX_GPU_TEXT),
+    model: g.model.slice(0, MAX_GPU_TEXT),
+    memoryTotalMiB: optionalCount(g.memoryTotalMib),
+    memoryUsedMiB: optionalCount(g.memoryUsedMib),
+    utilizationPercent: percentOrNull(g.utilizationPercent),
     temperatureC: finiteOrNull(g.temperatureC),
     powerW: finiteOrNull(g.powerW),
   };
 }
 
-function optionalNumber(v: bigint | undefined): number | null {
-  return v === undefined ? null : Number(v);
+/** A uint64 as a number the database's bigint and JSON both hold exactly. */
+function count(v: bigint): number {
+  return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v);
 }
 
+function optionalCount(v: bigint | undefined): number | null {
+  return v === undefined ? null : count(v);
+}
+
+function percentOrNull(v: number | undefined): number | null {
+  return v === undefined || !Number.isFinite(v) || v < 0 || v > 100 ? null : v;
+}
+
+/** Finite and within what a double's sum of a minute's samples still holds finitely. */
 function finiteOrNull(v: number | undefined): number | null {
-  return v === undefined || !Number.isFinite(v) ? null : v;
+  return v === undefined || !Number.isFinite(v) || Math.abs(v) > 1e9 ? null : v;
 }

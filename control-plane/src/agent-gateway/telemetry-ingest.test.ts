@@ -1,0 +1,89 @@
+// What an agent's telemetry can do to the database: a sample is written whatever its values, and one host's
+// bad values never cost another host its samples (nor its last_seen_at, which liveness reads).
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { TelemetrySchema } from "@dumont/proto";
+import pino from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ensureTenant } from "../db/credential-repository.js";
+import type { Db } from "../db/database.js";
+import { getHost, insertHost, metricsSince } from "../db/host-repository.js";
+import { openTestDatabase } from "../db/test-database.js";
+import { createMetrics } from "../metrics.js";
+import { TelemetryIngest } from "./telemetry-ingest.js";
+
+const U64_MAX = 2n ** 64n - 1n;
+
+describe("TelemetryIngest", () => {
+  let db: Db;
+  let close: () => Promise<void>;
+
+  beforeAll(async () => {
+    ({ db, close } = await openTestDatabase());
+    await ensureTenant(db, "t", "t");
+    for (const id of ["h-bad", "h-good"]) {
+      await insertHost(db, { id, tenantId: "t", name: id, hostname: id, agentVersion: "1", certSerial: id });
+    }
+  });
+  afterAll(() => close());
+
+  it("stores a hostile sample with sane values, and the other hosts' samples in its batch all the same", async () => {
+    const ingest = new TelemetryIngest(db, pino({ level: "silent" }), createMetrics());
+    const before = new Date(Date.now() - 1000);
+    ingest.add(
+      "h-bad",
+      create(TelemetrySchema, {
+        at: { seconds: -(10n ** 15n), nanos: 0 },
+        cpuPercent: Number.NaN,
+        cpuCores: 8,
+        memoryTotalBytes: U64_MAX,
+        memoryUsedBytes: U64_MAX,
+        diskTotalBytes: U64_MAX,
+        diskUsedBytes: U64_MAX,
+        gpus: [
+          {
+            index: 0,
+            uuid: "u".repeat(1_000_000),
+            model: "m".repeat(1_000_000),
+            memoryTotalMib: U64_MAX,
+            memoryUsedMib: U64_MAX,
+            utilizationPercent: Number.POSITIVE_INFINITY,
+            temperatureC: -1e308,
+            powerW: 1e308,
+          },
+          ...Array.from({ length: 10_000 }, (_, i) => ({ index: i + 1, uuid: `GPU-${i}`, model: "x" })),
+        ],
+      }),
+    );
+    ingest.add(
+      "h-good",
+      create(TelemetrySchema, {
+        at: timestampFromMs(Date.now()),
+        cpuPercent: 12.5,
+        cpuCores: 4,
+        memoryTotalBytes: 1000n,
+        memoryUsedBytes: 500n,
+        diskTotalBytes: 2000n,
+        diskUsedBytes: 100n,
+      }),
+    );
+    await ingest.close();
+
+    const good = await getHost(db, "h-good");
+    expect(good?.last_seen_at && new Date(good.last_seen_at).getTime()).toBeGreaterThanOrEqual(before.getTime());
+    expect(await metricsSince(db, "h-good", before)).toHaveLength(1);
+
+    const bad = await getHost(db, "h-bad");
+    expect(bad?.last_seen_at && new Date(bad.last_seen_at).getTime()).toBeGreaterThanOrEqual(before.getTime());
+    const [point] = await metricsSince(db, "h-bad", before);
+    expect(point).toBeDefined();
+    expect(point!.cpu_percent).toBeNull();
+    expect(Number(point!.memory_used_bytes)).toBeLessThanOrEqual(Number.MAX_SAFE_INTEGER);
+    const latest = bad!.latest!;
+    expect(latest.gpus.length).toBeLessThanOrEqual(64);
+    expect(latest.gpus[0]).toMatchObject({ utilizationPercent: null, temperatureC: null, powerW: null });
+    expect(latest.gpus[0]!.uuid.length).toBeLessThanOrEqual(256);
+    expect(latest.gpus[0]!.model.length).toBeLessThanOrEqual(256);
+    expect(latest.memory.usedBytes).toBeLessThanOrEqual(Number.MAX_SAFE_INTEGER);
+  });
+});
