@@ -22,6 +22,8 @@ export interface HostServiceDeps {
 const DEFAULT_TOKEN_TTL_S = 3600;
 const MAX_TOKEN_TTL_S = 7 * 86400;
 const DEFAULT_METRICS_WINDOW_S = 600;
+/** Longest host id taken (the control plane makes them far shorter). */
+const MAX_HOST_ID = 256;
 
 export function hostService(deps: HostServiceDeps): ServiceImpl<typeof api.HostService> {
   const caller = (ctx: HandlerContext) => authenticate(deps.db, ctx.requestHeader.get("authorization"));
@@ -100,6 +102,11 @@ export function hostService(deps: HostServiceDeps): ServiceImpl<typeof api.HostS
 
 async function scopedHost(db: Db, hostId: string, scope: { tenantId?: string }): Promise<HostRow> {
   if (!hostId) throw new InvalidArgumentError("host_id is required");
+  // Postgres text holds no NUL: the query would fail with an internal error instead of this answer.
+  if (hostId.includes("\0") || hostId.length > MAX_HOST_ID) {
+    const shown = JSON.stringify(hostId.length > 80 ? `${hostId.slice(0, 80)}…` : hostId);
+    throw new InvalidArgumentError(`host_id must be at most ${MAX_HOST_ID} characters with no NUL, got ${shown}`);
+  }
   const host = await getHost(db, hostId, scope);
   // Another tenant's host reads as missing: no existence oracle across tenants.
   if (!host) throw new NotFoundError(`host ${hostId} not found; list hosts with \`dumont host list\``);

@@ -1,0 +1,87 @@
+// HostService's authorization: who may call what, and that one tenant never sees another's hosts.
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { api } from "@dumont/proto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Role } from "../db/credential-repository.js";
+import { ensureTenant } from "../db/credential-repository.js";
+import type { Db } from "../db/database.js";
+import { insertEvent, insertHost } from "../db/host-repository.js";
+import { openTestDatabase } from "../db/test-database.js";
+import { createApiKey } from "./auth.js";
+import { hostService } from "./host-service.js";
+
+describe("HostService: roles and tenants", () => {
+  let db: Db;
+  let close: () => Promise<void>;
+  const ctx: Record<string, HandlerContext> = {};
+
+  beforeAll(async () => {
+    ({ db, close } = await openTestDatabase());
+    for (const t of ["admin", "t-a", "t-b"]) await ensureTenant(db, t, t);
+    const keys: [string, string, Role][] = [
+      ["admin", "admin", "admin"],
+      ["provider-a", "t-a", "provider"],
+      ["consumer-a", "t-a", "consumer"],
+      ["provider-b", "t-b", "provider"],
+    ];
+    for (const [name, tenant, role] of keys) {
+      const { key } = await createApiKey(db, tenant, role, name);
+      ctx[name] = { requestHeader: new Headers({ authorization: `Bearer ${key}` }) } as HandlerContext;
+    }
+    for (const [id, tenantId] of [
+      ["h-a", "t-a"],
+      ["h-b", "t-b"],
+    ]) {
+      await insertHost(db, { id, tenantId, name: id, hostname: id, agentVersion: "1", certSerial: id });
+      await insertEvent(db, id, "online", "connected");
+    }
+  });
+  afterAll(() => close());
+
+  const service = () =>
+    hostService({ db, caHash: () => "sha256:00", grpcUrl: () => "https://cp:8443", httpUrl: () => "http://cp:8000" });
+  const listed = async (who: string) =>
+    (await service().listHosts(create(api.ListHostsRequestSchema, {}), ctx[who])).hosts.map((h) => h.id);
+  const events = (who: string, hostId: string) =>
+    service().listHostEvents(create(api.ListHostEventsRequestSchema, { hostId }), ctx[who]);
+  const metrics = (who: string, hostId: string) =>
+    service().getHostMetrics(create(api.GetHostMetricsRequestSchema, { hostId }), ctx[who]);
+  const code = (p: Promise<unknown>) =>
+    p.then(
+      () => "ok",
+      (err) => Code[ConnectError.from(err).code],
+    );
+
+  it("lists a provider's own hosts only, and every host to an admin", async () => {
+    expect(await listed("provider-a")).toEqual(["h-a"]);
+    expect(await listed("provider-b")).toEqual(["h-b"]);
+    expect((await listed("admin")).sort()).toEqual(["h-a", "h-b"]);
+  });
+
+  it("answers another tenant's host as not found, never as denied", async () => {
+    expect(await code(events("provider-a", "h-b"))).toBe("NotFound");
+    expect(await code(metrics("provider-a", "h-b"))).toBe("NotFound");
+    await expect(events("provider-a", "h-b")).rejects.toThrow("host h-b not found");
+    expect((await events("provider-a", "h-a")).events.map((e) => e.hostId)).toEqual(["h-a"]);
+    expect(await code(metrics("admin", "h-b"))).toBe("ok");
+  });
+
+  it("refuses a host id with a NUL or over 256 characters as a bad argument, not an internal error", async () => {
+    for (const hostId of ["h-\0a", "h".repeat(257)]) {
+      for (const call of [events, metrics]) {
+        const answer = call("provider-a", hostId);
+        expect(await code(answer)).toBe("InvalidArgument");
+        await expect(answer).rejects.toThrow(/host_id must be at most 256 characters with no NUL/);
+      }
+    }
+  });
+
+  it("refuses calls without a valid key before reading anything", async () => {
+    const none = { requestHeader: new Headers() } as HandlerContext;
+    expect(await code(service().listHosts(create(api.ListHostsRequestSchema, {}), none))).toBe("Unauthenticated");
+    expect(await code(service().listHostEvents(create(api.ListHostEventsRequestSchema, { hostId: "h-a" }), none))).toBe(
+      "Unauthenticated",
+    );
+  });
+});
