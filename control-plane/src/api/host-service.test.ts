@@ -67,6 +67,16 @@ describe("HostService: roles and tenants", () => {
     expect(await code(metrics("admin", "h-b"))).toBe("ok");
   });
 
+  it("refuses consumer keys: hosts are the providers' and the operators'", async () => {
+    expect(await code(service().listHosts(create(api.ListHostsRequestSchema, {}), ctx["consumer-a"]))).toBe(
+      "PermissionDenied",
+    );
+    expect(await code(events("consumer-a", "h-a"))).toBe("PermissionDenied");
+    expect(await code(metrics("consumer-a", "h-a"))).toBe("PermissionDenied");
+    const token = service().createJoinToken(create(api.CreateJoinTokenRequestSchema, {}), ctx["consumer-a"]);
+    expect(await code(token)).toBe("PermissionDenied");
+  });
+
   it("refuses a host id with a NUL or over 256 characters as a bad argument, not an internal error", async () => {
     for (const hostId of ["h-\0a", "h".repeat(257)]) {
       for (const call of [events, metrics]) {

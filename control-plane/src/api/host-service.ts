@@ -27,10 +27,15 @@ const MAX_HOST_ID = 256;
 
 export function hostService(deps: HostServiceDeps): ServiceImpl<typeof api.HostService> {
   const caller = (ctx: HandlerContext) => authenticate(deps.db, ctx.requestHeader.get("authorization"));
+  // Hosts are their providers' (and the operators'): a consumer key of the same tenant sees none of them.
+  const provider = async (ctx: HandlerContext) => {
+    const who = await caller(ctx);
+    requireRole(who, "provider");
+    return who;
+  };
   return {
     async createJoinToken(req, ctx) {
-      const who = await caller(ctx);
-      requireRole(who, "provider");
+      const who = await provider(ctx);
       const ttl = req.ttlSeconds === 0 ? DEFAULT_TOKEN_TTL_S : req.ttlSeconds;
       if (ttl < 60 || ttl > MAX_TOKEN_TTL_S) {
         throw new InvalidArgumentError(
@@ -51,13 +56,13 @@ export function hostService(deps: HostServiceDeps): ServiceImpl<typeof api.HostS
     },
 
     async listHosts(_req, ctx) {
-      const who = await caller(ctx);
+      const who = await provider(ctx);
       const rows = await listHosts(deps.db, tenantScope(who));
       return create(api.ListHostsResponseSchema, { hosts: rows.map(toApiHost) });
     },
 
     async getHostMetrics(req, ctx) {
-      const who = await caller(ctx);
+      const who = await provider(ctx);
       const host = await scopedHost(deps.db, req.hostId, tenantScope(who));
       const window = req.sinceSeconds === 0 ? DEFAULT_METRICS_WINDOW_S : req.sinceSeconds;
       if (window > MAX_TOKEN_TTL_S) {
@@ -85,7 +90,7 @@ export function hostService(deps: HostServiceDeps): ServiceImpl<typeof api.HostS
     },
 
     async listHostEvents(req, ctx) {
-      const who = await caller(ctx);
+      const who = await provider(ctx);
       const host = await scopedHost(deps.db, req.hostId, tenantScope(who));
       const rows = await listEvents(deps.db, host.id);
       return create(api.ListHostEventsResponseSchema, {
