@@ -3,7 +3,7 @@ import type http from "node:http";
 import net from "node:net";
 import { create } from "@bufbuild/protobuf";
 import { api } from "@dumont/proto";
-import { Registry } from "prom-client";
+import { Gauge, Registry } from "prom-client";
 import { afterEach, describe, expect, it } from "vitest";
 import { createHttpServer, listenHttp } from "./http-server.js";
 
@@ -68,5 +68,30 @@ describe("HTTP server", () => {
     });
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual({});
+  });
+});
+
+describe("HTTP server: /metrics", () => {
+  it("answers 500 when a collector throws, and keeps serving", async () => {
+    const registry = new Registry();
+    new Gauge({
+      name: "broken",
+      help: "a gauge whose collect throws",
+      registers: [registry],
+      collect() {
+        throw new Error("sensor gone");
+      },
+    });
+    const server = createHttpServer({ registry, healthy: async () => true, routes: () => {} });
+    const port = await listenHttp(server, "127.0.0.1", 0);
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+      expect(res.status).toBe(500);
+      expect(await res.text()).toContain("metrics could not be collected: sensor gone");
+      expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });

@@ -49,10 +49,17 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
       return;
     }
     if (req.method === "GET" && url === "/metrics") {
-      deps.registry.metrics().then((body) => {
-        res.writeHead(200, { "content-type": deps.registry.contentType });
-        res.end(body);
-      });
+      // A collector that throws must cost one scrape, not the process (an unhandled rejection ends it).
+      deps.registry.metrics().then(
+        (body) => {
+          res.writeHead(200, { "content-type": deps.registry.contentType });
+          res.end(body);
+        },
+        (err: unknown) => {
+          res.writeHead(500, { "content-type": "text/plain" });
+          res.end(`metrics could not be collected: ${err instanceof Error ? err.message : String(err)}\n`);
+        },
+      );
       return;
     }
     api(req, res);
