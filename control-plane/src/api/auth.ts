@@ -46,7 +46,10 @@ export async function authenticate(db: Db, authorization: string | null): Promis
 
 export function requireRole(caller: Caller, ...roles: Role[]): void {
   if (caller.role === "admin" || roles.includes(caller.role)) return;
-  throw new PermissionDeniedError(`this call needs a ${roles.join(" or ")} API key; yours is a ${caller.role} key`);
+  const named = (role: Role) => `${role === "admin" ? "an" : "a"} ${role}`;
+  throw new PermissionDeniedError(
+    `this call needs ${roles.map(named).join(" or ")} API key; yours is ${named(caller.role)} key`,
+  );
 }
 
 /** Admins see every tenant; everyone else only their own. */

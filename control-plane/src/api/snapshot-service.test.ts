@@ -1,6 +1,6 @@
 // The snapshot API's own checks, before any agent is involved: an in-process service on a test database.
 import { create } from "@bufbuild/protobuf";
-import type { HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type AgentSession, SessionRegistry } from "../agent-gateway/agent-session.js";
@@ -75,5 +75,56 @@ describe("SnapshotService: restore", () => {
     expect(restored).toEqual([]);
     await expect(restore("h-a")).resolves.toMatchObject({ files: 1n });
     expect(restored).toEqual(["h-a"]);
+  });
+});
+
+describe("SnapshotService: admin keys only", () => {
+  let db: Db;
+  let close: () => Promise<void>;
+  const touched: string[] = [];
+
+  beforeAll(async () => {
+    ({ db, close } = await openTestDatabase());
+    await ensureTenant(db, "t-a", "t-a");
+  });
+  afterAll(() => close());
+
+  it("refuses provider and consumer keys on every call, streams included, before any work starts", async () => {
+    const coordinator = new Proxy(
+      {},
+      {
+        get: (_t, name) => () => {
+          touched.push(String(name));
+          throw new Error(`coordinator.${String(name)} was called`);
+        },
+      },
+    ) as SnapshotCoordinator;
+    const service = snapshotService({ db, sessions: new SessionRegistry(), snapshots: coordinator });
+    const id = "a".repeat(64);
+    const drain = async (stream: AsyncIterable<unknown>) => {
+      for await (const _ of stream);
+    };
+    for (const role of ["provider", "consumer"] as const) {
+      const { key } = await createApiKey(db, "t-a", role, role);
+      const ctx = { requestHeader: new Headers({ authorization: `Bearer ${key}` }) } as HandlerContext;
+      const snapshot = create(api.CreateSnapshotRequestSchema, { hostId: "h-a", path: "/w" });
+      const restore = create(api.RestoreSnapshotRequestSchema, { snapshotId: id, hostId: "h-a", target: "/r" });
+      const calls: Promise<unknown>[] = [
+        service.createSnapshot(snapshot, ctx),
+        drain(service.createSnapshotStream(snapshot, ctx)),
+        service.listSnapshots(create(api.ListSnapshotsRequestSchema, {}), ctx),
+        service.restoreSnapshot(restore, ctx),
+        drain(service.restoreSnapshotStream(restore, ctx)),
+        service.forgetSnapshots(create(api.ForgetSnapshotsRequestSchema, { keepLast: 1 }), ctx),
+        drain(service.checkSnapshots(create(api.CheckSnapshotsRequestSchema, {}), ctx)),
+        drain(service.diffSnapshots(create(api.DiffSnapshotsRequestSchema, { beforeId: id, afterId: id }), ctx)),
+        drain(service.listSnapshotFiles(create(api.ListSnapshotFilesRequestSchema, { snapshotId: id }), ctx)),
+      ];
+      for (const call of calls) {
+        await expect(call).rejects.toThrow(`this call needs an admin API key; yours is a ${role} key`);
+        await expect(call.catch((err) => ConnectError.from(err).code)).resolves.toBe(Code.PermissionDenied);
+      }
+    }
+    expect(touched).toEqual([]);
   });
 });
