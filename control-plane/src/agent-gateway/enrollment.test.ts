@@ -77,13 +77,30 @@ describe("enrollment", () => {
     expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
   });
 
-  it("validates the request: token, CSR and name", async () => {
+  it("validates the request: token, CSR, name, hostname and agent version", async () => {
     await insertJoinToken(db, { token: "t-bad", tenantId: "prov", expiresAt: new Date(Date.now() + 60_000) });
     const noToken = create(EnrollRequestSchema, { csrPem: await csr() });
     await expect(enrollHost(db, ca, noToken)).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
     const junkCsr = create(EnrollRequestSchema, { joinToken: "t-bad", csrPem: "not a csr", name: "x" });
     await expect(enrollHost(db, ca, junkCsr)).rejects.toThrow(/PKCS#10/);
     await expect(enrollHost(db, ca, await request("t-bad", "bad name; rm -rf /"))).rejects.toThrow(EnrollError);
+    const hugeHost = create(EnrollRequestSchema, {
+      joinToken: "t-bad",
+      csrPem: await csr(),
+      name: "fine-name",
+      facts: { hostname: "h".repeat(1_000_000) },
+    });
+    await expect(enrollHost(db, ca, hugeHost)).rejects.toMatchObject({
+      code: status.INVALID_ARGUMENT,
+      message: expect.stringMatching(/^hostname must be at most 253 printable characters \(got 1000000\)/),
+    });
+    const hugeVersion = create(EnrollRequestSchema, {
+      joinToken: "t-bad",
+      csrPem: await csr(),
+      name: "fine-name",
+      agentVersion: "1\n2",
+    });
+    await expect(enrollHost(db, ca, hugeVersion)).rejects.toThrow(/agent_version must be at most 64/);
     // The token survived the refused attempts.
     await expect(enrollHost(db, ca, await request("t-bad", "fine-name"))).resolves.toHaveProperty("hostId");
   });

@@ -21,6 +21,22 @@ export function newHostId(): string {
 }
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+const CONTROL_CHARACTER = /[\p{Cc}\u2028\u2029]/u;
+
+/**
+ * What is wrong with the agent version or hostname an agent reports (in Enroll and in every Hello), or
+ * undefined: they are stored on the host row, shown by `dumont host list` and written to the log, so they
+ * must be short single lines. The message names the field and the length, never echoes the value.
+ */
+export function agentFactsProblem(facts: { agentVersion: string; hostname: string }): string | undefined {
+  if (facts.agentVersion.length > 64 || CONTROL_CHARACTER.test(facts.agentVersion)) {
+    return `agent_version must be at most 64 printable characters (got ${facts.agentVersion.length}); update the agent`;
+  }
+  if (facts.hostname.length > 253 || CONTROL_CHARACTER.test(facts.hostname)) {
+    return `hostname must be at most 253 printable characters (got ${facts.hostname.length}); give the machine a plain host name`;
+  }
+  return undefined;
+}
 
 export async function enrollHost(
   db: Db,
@@ -33,6 +49,8 @@ export async function enrollHost(
   }
   if (!request.csrPem) throw new EnrollError(status.INVALID_ARGUMENT, "csr_pem is required");
   const hostname = request.facts?.hostname ?? "";
+  const factsProblem = agentFactsProblem({ agentVersion: request.agentVersion, hostname });
+  if (factsProblem) throw new EnrollError(status.INVALID_ARGUMENT, factsProblem);
   const name = request.name || hostname || "host";
   if (!NAME.test(name)) {
     throw new EnrollError(

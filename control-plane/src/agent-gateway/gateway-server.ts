@@ -26,7 +26,7 @@ import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import { AgentSession, type AgentStream, type DownloadsStream, SessionRegistry } from "./agent-session.js";
 import type { CertificateAuthority } from "./certificate-authority.js";
-import { EnrollError, enrollHost } from "./enrollment.js";
+import { agentFactsProblem, EnrollError, enrollHost } from "./enrollment.js";
 import type { TelemetryIngest } from "./telemetry-ingest.js";
 
 const HELLO_TIMEOUT_MS = 10_000;
@@ -182,9 +182,14 @@ export class AgentGatewayServer {
     if (h.hostId !== host.id) {
       return refuse(
         grpc.status.PERMISSION_DENIED,
-        `Hello.host_id ${h.hostId} does not match the certificate (${host.id})`,
+        `Hello.host_id ${JSON.stringify(h.hostId.slice(0, 64))} does not match the certificate (${host.id})`,
       );
     }
+
+    const inventory = h.inventory;
+    const hostname = inventory?.facts?.hostname ?? host.hostname;
+    const factsProblem = agentFactsProblem({ agentVersion: h.agentVersion, hostname });
+    if (factsProblem) return refuse(grpc.status.INVALID_ARGUMENT, factsProblem);
 
     const session = new AgentSession(host.id, randomUUID(), host.tenant_id, stream, new Set(h.capabilities));
     this.sessions.add(session);
@@ -205,12 +210,11 @@ export class AgentGatewayServer {
     });
     stream.on("error", finished);
     stream.on("close", finished);
-    const inventory = h.inventory;
     await markHostOnline(this.deps.db, host.id, {
       agentVersion: h.agentVersion,
       protocolVersion: h.protocolVersion,
       simulated: inventory?.simulated ?? false,
-      hostname: inventory?.facts?.hostname ?? host.hostname,
+      hostname,
       now: new Date(),
     });
     if (closed) return; // liveness marks the host lost if no other session comes

@@ -1,0 +1,177 @@
+// The gateway over real TLS on loopback: who may open a session, and what a Hello may write to the host row.
+import "reflect-metadata";
+import type { webcrypto } from "node:crypto";
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { create } from "@bufbuild/protobuf";
+import {
+  AgentGateway,
+  type AgentMessage,
+  AgentMessageSchema,
+  CONTROL_PLANE_TLS_NAME,
+  type ControlMessage,
+  EnrollRequestSchema,
+  grpcServiceDefinition,
+  PROTOCOL_VERSION,
+} from "@dumont/proto";
+import * as grpc from "@grpc/grpc-js";
+import * as x509 from "@peculiar/x509";
+import pino from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ensureTenant, insertJoinToken } from "../db/credential-repository.js";
+import type { Db } from "../db/database.js";
+import { getHost } from "../db/host-repository.js";
+import { openTestDatabase } from "../db/test-database.js";
+import { HostLiveness } from "../failover/index.js";
+import { createMetrics } from "../metrics.js";
+import { CertificateAuthority } from "./certificate-authority.js";
+import { enrollHost } from "./enrollment.js";
+import { AgentGatewayServer } from "./gateway-server.js";
+import { TelemetryIngest } from "./telemetry-ingest.js";
+
+const ALG = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
+
+async function pem(key: webcrypto.CryptoKey): Promise<string> {
+  return x509.PemConverter.encode(await crypto.subtle.exportKey("pkcs8", key), "PRIVATE KEY");
+}
+
+describe("AgentGatewayServer", () => {
+  let db: Db;
+  let closeDb: () => Promise<void>;
+  let dir: string;
+  let ca: CertificateAuthority;
+  let gateway: AgentGatewayServer;
+  let port: number;
+  let host: { id: string; keyPem: string; certPem: string; serial: string };
+  const Client = grpc.makeGenericClientConstructor(grpcServiceDefinition(AgentGateway), "AgentGateway");
+  const clients: grpc.Client[] = [];
+
+  const client = (identity?: { keyPem: string; certPem: string }) => {
+    const c = new Client(
+      `127.0.0.1:${port}`,
+      grpc.credentials.createSsl(
+        Buffer.from(ca.tls.caPem),
+        identity ? Buffer.from(identity.keyPem) : null,
+        identity ? Buffer.from(identity.certPem) : null,
+      ),
+      { "grpc.ssl_target_name_override": CONTROL_PLANE_TLS_NAME },
+    );
+    clients.push(c);
+    return c;
+  };
+
+  beforeAll(async () => {
+    ({ db, close: closeDb } = await openTestDatabase());
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-gw-"));
+    ca = await CertificateAuthority.loadOrCreate(dir);
+    await ensureTenant(db, "prov", "A provider");
+    await insertJoinToken(db, { token: "t-gw", tenantId: "prov", expiresAt: new Date(Date.now() + 60_000) });
+    const keys = (await crypto.subtle.generateKey(ALG, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
+    const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+      name: "CN=agent",
+      keys,
+      signingAlgorithm: ALG,
+    });
+    const enrolled = await enrollHost(
+      db,
+      ca,
+      create(EnrollRequestSchema, { joinToken: "t-gw", csrPem: csr.toString("pem"), name: "box", agentVersion: "1" }),
+    );
+    host = {
+      id: enrolled.hostId,
+      keyPem: await pem(keys.privateKey),
+      certPem: enrolled.certificatePem,
+      serial: new x509.X509Certificate(enrolled.certificatePem).serialNumber,
+    };
+    const log = pino({ level: "silent" });
+    const metrics = createMetrics();
+    const ingest = new TelemetryIngest(db, log, metrics);
+    const liveness = new HostLiveness(db, log, metrics, { lostAfterSeconds: 60 });
+    gateway = new AgentGatewayServer({ db, ca, log, metrics, liveness, ingest, telemetryIntervalMs: 1000 });
+    port = await gateway.listen("127.0.0.1", 0);
+  });
+
+  afterAll(async () => {
+    for (const c of clients) c.close();
+    await gateway?.close();
+    await closeDb();
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it("refuses a self-made certificate that copies an enrolled host's id and serial", async () => {
+    const keys = (await crypto.subtle.generateKey(ALG, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
+    const forged = await x509.X509CertificateGenerator.createSelfSigned({
+      serialNumber: host.serial,
+      name: `CN=${host.id}`,
+      notBefore: new Date(Date.now() - 60_000),
+      notAfter: new Date(Date.now() + 86_400_000),
+      keys,
+      signingAlgorithm: ALG,
+    });
+    const outcome = await streamOutcome(
+      client({ keyPem: await pem(keys.privateKey), certPem: forged.toString("pem") }),
+      hello(host.id),
+    );
+    expect(outcome.code).toBe(grpc.status.UNAUTHENTICATED);
+  });
+
+  it("refuses a Hello whose agent version or hostname is not a short line of text, and stores none of it", async () => {
+    const huge = await streamOutcome(client(host), hello(host.id, { agentVersion: "v".repeat(1_000_000) }));
+    expect(huge.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(huge.details).toMatch(/agent_version must be at most 64 printable characters/);
+    expect(huge.details.length).toBeLessThan(300);
+
+    const newline = await streamOutcome(client(host), hello(host.id, { hostname: "box\nFAKE LOG LINE" }));
+    expect(newline.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(newline.details).toMatch(/hostname must be at most 253 printable characters/);
+
+    const impostor = await streamOutcome(client(host), hello(`h-${"x".repeat(1_000_000)}`));
+    expect(impostor.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(impostor.details.length).toBeLessThan(300);
+
+    const row = await getHost(db, host.id);
+    expect(row).toMatchObject({ agent_version: "1", status: "lost" });
+  });
+
+  it("welcomes the enrolled host's own Hello", async () => {
+    const outcome = await streamOutcome(client(host), hello(host.id));
+    expect(outcome.code).toBe("welcome");
+    expect(await getHost(db, host.id)).toMatchObject({ status: "online", agent_version: "0.1.0", hostname: "box-1" });
+  });
+});
+
+function hello(hostId: string, over: { agentVersion?: string; hostname?: string } = {}): AgentMessage {
+  return create(AgentMessageSchema, {
+    msg: {
+      case: "hello",
+      value: {
+        hostId,
+        agentVersion: over.agentVersion ?? "0.1.0",
+        protocolVersion: PROTOCOL_VERSION,
+        inventory: { facts: { hostname: over.hostname ?? "box-1" } },
+      },
+    },
+  });
+}
+
+/** Opens a Connect stream, sends `first`, and reports how the server ended it ("welcome" if it welcomed it). */
+function streamOutcome(
+  client: grpc.Client,
+  first: AgentMessage,
+): Promise<{ code: grpc.status | "welcome"; details: string }> {
+  return new Promise((resolve) => {
+    const stream = (
+      client as unknown as { connect: () => grpc.ClientDuplexStream<AgentMessage, ControlMessage> }
+    ).connect();
+    stream.on("data", (m: ControlMessage) => {
+      if (m.msg.case === "welcome") {
+        resolve({ code: "welcome", details: "" });
+        stream.cancel();
+      }
+    });
+    stream.on("error", () => {});
+    stream.on("status", (s: grpc.StatusObject) => resolve({ code: s.code, details: s.details }));
+    stream.write(first);
+  });
+}
