@@ -110,12 +110,12 @@ describe("SnapshotService: admin keys only", () => {
       const snapshot = create(api.CreateSnapshotRequestSchema, { hostId: "h-a", path: "/w" });
       const restore = create(api.RestoreSnapshotRequestSchema, { snapshotId: id, hostId: "h-a", target: "/r" });
       const calls: Promise<unknown>[] = [
-        service.createSnapshot(snapshot, ctx),
+        Promise.resolve(service.createSnapshot(snapshot, ctx)),
         drain(service.createSnapshotStream(snapshot, ctx)),
-        service.listSnapshots(create(api.ListSnapshotsRequestSchema, {}), ctx),
-        service.restoreSnapshot(restore, ctx),
+        Promise.resolve(service.listSnapshots(create(api.ListSnapshotsRequestSchema, {}), ctx)),
+        Promise.resolve(service.restoreSnapshot(restore, ctx)),
         drain(service.restoreSnapshotStream(restore, ctx)),
-        service.forgetSnapshots(create(api.ForgetSnapshotsRequestSchema, { keepLast: 1 }), ctx),
+        Promise.resolve(service.forgetSnapshots(create(api.ForgetSnapshotsRequestSchema, { keepLast: 1 }), ctx)),
         drain(service.checkSnapshots(create(api.CheckSnapshotsRequestSchema, {}), ctx)),
         drain(service.diffSnapshots(create(api.DiffSnapshotsRequestSchema, { beforeId: id, afterId: id }), ctx)),
         drain(service.listSnapshotFiles(create(api.ListSnapshotFilesRequestSchema, { snapshotId: id }), ctx)),
