@@ -105,6 +105,26 @@ describe("enrollment", () => {
     await expect(enrollHost(db, ca, await request("t-bad", "fine-name"))).resolves.toHaveProperty("hostId");
   });
 
+  it("refuses to load a CA or server key that other users may read or write, naming the file and the fix", async () => {
+    const loose = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-ca-loose-"));
+    try {
+      await CertificateAuthority.loadOrCreate(loose);
+      expect((await fs.stat(path.join(loose, "pki", "ca.key"))).mode & 0o777).toBe(0o600);
+      for (const file of ["ca.key", "server.key"]) {
+        const key = path.join(loose, "pki", file);
+        await fs.chmod(key, 0o644);
+        const err = await CertificateAuthority.loadOrCreate(loose).catch((e: Error) => e);
+        expect((err as Error).message).toBe(
+          `${key} is open to other users (mode 0644); run \`chmod 600 ${key}\` and start again`,
+        );
+        await fs.chmod(key, 0o600);
+      }
+      await expect(CertificateAuthority.loadOrCreate(loose)).resolves.toBeInstanceOf(CertificateAuthority);
+    } finally {
+      await fs.rm(loose, { recursive: true, force: true });
+    }
+  });
+
   it("reloads the same CA from disk, so the pinned hash survives restarts", async () => {
     const again = await CertificateAuthority.loadOrCreate(dir);
     expect(again.tls.caHash).toBe(ca.tls.caHash);
