@@ -4,15 +4,13 @@ import fs from "node:fs/promises";
 import path from "node:path";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
-import { writeFileAtomic } from "@dumont/repository";
 import { CertificateAuthority } from "./agent-gateway/certificate-authority.js";
 import { AgentGatewayServer } from "./agent-gateway/gateway-server.js";
 import { TelemetryIngest } from "./agent-gateway/telemetry-ingest.js";
-import { createApiKey } from "./api/auth.js";
+import { bootstrapAdminKey } from "./api/auth.js";
 import { hostService } from "./api/host-service.js";
 import { snapshotService } from "./api/snapshot-service.js";
 import type { ControlPlaneConfig } from "./config.js";
-import { countApiKeys, ensureTenant } from "./db/credential-repository.js";
 import { type Db, openDatabase } from "./db/database.js";
 import { MetricsRetention } from "./db/metrics-retention.js";
 import { HostLiveness } from "./failover/index.js";
@@ -50,7 +48,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
     const metrics = createMetrics();
     const ca = await CertificateAuthority.loadOrCreate(config.dataDir, [config.publicHost]);
     const adminKeyFile = path.join(config.dataDir, ADMIN_KEY_FILE);
-    const newAdminKey = await bootstrapAdminKey(db, adminKeyFile);
+    const newAdminKey = await bootstrapAdminKey(db, adminKeyFile, ADMIN_TENANT);
 
     const ingest = new TelemetryIngest(db, log, metrics);
     const liveness = new HostLiveness(db, log, metrics, {
@@ -149,13 +147,4 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
     await closeAll();
     throw err;
   }
-}
-
-/** On first start: an admin tenant and key, written 0600 to the data dir. Returns the key if created. */
-async function bootstrapAdminKey(db: Db, file: string): Promise<string | undefined> {
-  if ((await countApiKeys(db, "admin")) > 0) return undefined;
-  await ensureTenant(db, ADMIN_TENANT, "Operators");
-  const { key } = await createApiKey(db, ADMIN_TENANT, "admin", "bootstrap admin key");
-  await writeFileAtomic(file, `${key}\n`, 0o600);
-  return key;
 }

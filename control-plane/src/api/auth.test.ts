@@ -1,8 +1,12 @@
+import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureTenant } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { openTestDatabase } from "../db/test-database.js";
-import { authenticate, createApiKey, requireRole, tenantScope } from "./auth.js";
+import { authenticate, bootstrapAdminKey, createApiKey, requireRole, tenantScope } from "./auth.js";
 
 describe("API keys", () => {
   let db: Db;
@@ -42,5 +46,32 @@ describe("API keys", () => {
     expect(tenantScope(admin)).toEqual({});
     expect(() => requireRole(consumer, "provider")).toThrow(/needs a provider API key; yours is a consumer key/);
     expect(() => requireRole(admin, "provider")).not.toThrow();
+  });
+});
+
+describe("the first start's admin key", () => {
+  it("is written before it is stored: a start stopped between the two leaves no key nobody holds", async () => {
+    const { db, close } = await openTestDatabase();
+    const dir = await mkdtemp(join(tmpdir(), "dumont-admin-key-"));
+    const file = join(dir, "admin-api-key");
+    try {
+      // The first start stops as it stores the key (here: the database refuses it).
+      await sql`ALTER TABLE api_keys ADD CONSTRAINT no_admin_yet CHECK (role <> 'admin')`.execute(db);
+      await expect(bootstrapAdminKey(db, file, "ops")).rejects.toThrow();
+      const unstored = (await readFile(file, "utf8")).trim();
+      await expect(authenticate(db, `Bearer ${unstored}`)).rejects.toThrow(/not recognised/);
+      // The next start makes a key, and the file holds it.
+      await sql`ALTER TABLE api_keys DROP CONSTRAINT no_admin_yet`.execute(db);
+      const key = await bootstrapAdminKey(db, file, "ops");
+      expect(key).toBeDefined();
+      expect((await readFile(file, "utf8")).trim()).toBe(key);
+      expect((await stat(file)).mode & 0o777).toBe(0o600);
+      await expect(authenticate(db, `Bearer ${key}`)).resolves.toMatchObject({ tenantId: "ops", role: "admin" });
+      // And only once.
+      await expect(bootstrapAdminKey(db, file, "ops")).resolves.toBeUndefined();
+    } finally {
+      await close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -1,7 +1,15 @@
 // API keys: `dumont_<id>_<secret>`. Only SHA-256(secret) is stored; the key is shown once.
 // Every handler asks `authenticate` for the caller and scopes its queries to the caller's tenant.
 import { randomBytes, timingSafeEqual } from "node:crypto";
-import { findActiveApiKey, insertApiKey, type Role, sha256Hex } from "../db/credential-repository.js";
+import { writeFileAtomic } from "@dumont/repository";
+import {
+  countApiKeys,
+  ensureTenant,
+  findActiveApiKey,
+  insertApiKey,
+  type Role,
+  sha256Hex,
+} from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { PermissionDeniedError, UnauthenticatedError } from "../errors.js";
 
@@ -13,16 +21,38 @@ export interface Caller {
 
 const KEY_FORMAT = /^dumont_([a-f0-9]{16})_([A-Za-z0-9_-]{43})$/;
 
+/** A new key, valid once `createApiKey` stores it. */
+export function generateApiKey(): { id: string; secret: string; key: string } {
+  const id = randomBytes(8).toString("hex");
+  const secret = randomBytes(32).toString("base64url");
+  return { id, secret, key: `dumont_${id}_${secret}` };
+}
+
 export async function createApiKey(
   db: Db,
   tenantId: string,
   role: Role,
   label: string,
+  generated = generateApiKey(),
 ): Promise<{ id: string; key: string }> {
-  const id = randomBytes(8).toString("hex");
-  const secret = randomBytes(32).toString("base64url");
+  const { id, secret, key } = generated;
   await insertApiKey(db, { id, tenantId, role, secret, label });
-  return { id, key: `dumont_${id}_${secret}` };
+  return { id, key };
+}
+
+/**
+ * On first start (no admin key stored): an admin key for `tenantId`, written 0600 to `file`; returns it if
+ * made. The file is written before the key is stored: a start stopped between the two leaves a file whose key
+ * opens nothing, and the next start makes a new one and replaces it. The other way round, it left a stored
+ * admin key that nobody held, and no later start made another: the operators were locked out.
+ */
+export async function bootstrapAdminKey(db: Db, file: string, tenantId: string): Promise<string | undefined> {
+  if ((await countApiKeys(db, "admin")) > 0) return undefined;
+  await ensureTenant(db, tenantId, "Operators");
+  const fresh = generateApiKey();
+  await writeFileAtomic(file, `${fresh.key}\n`, 0o600);
+  await createApiKey(db, tenantId, "admin", "bootstrap admin key", fresh);
+  return fresh.key;
 }
 
 export async function authenticate(db: Db, authorization: string | null): Promise<Caller> {
