@@ -136,6 +136,8 @@ export class SnapshotCoordinator {
   private readonly repositories = new Map<string, Promise<Repository>>();
   private readonly indexes = new Map<string, RepositoryIndex>();
   private verifier: ChunkVerifier | undefined;
+  /** Problems each tenant's last check found (summed into the dumont_check_problems gauge). */
+  private readonly checkProblems = new Map<string, number>();
   private closed = false;
   /**
    * Snapshots and restores running, and the prune running, per tenant. A prune deletes and moves packs, so it
@@ -427,7 +429,8 @@ export class SnapshotCoordinator {
     const report = await this.using(tenantId, async () =>
       checkRepository(await this.repositoryOf(tenantId), { ...options, verify }),
     );
-    this.metrics.checkProblems.set({ tenant: tenantId }, report.problems.length);
+    this.checkProblems.set(tenantId, report.problems.length);
+    this.metrics.checkProblems.set([...this.checkProblems.values()].reduce((a, b) => a + b, 0));
     return report;
   }
 
