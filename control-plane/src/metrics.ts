@@ -15,6 +15,11 @@ export function createMetrics() {
       help: "Telemetry messages received from agents",
       registers: [registry],
     }),
+    telemetryDropped: new Counter({
+      name: "dumont_telemetry_dropped_total",
+      help: "Telemetry samples dropped because their host already had several waiting to be written",
+      registers: [registry],
+    }),
     telemetryIngestLatency: new Summary({
       name: "dumont_telemetry_ingest_latency_seconds",
       help: "From the agent's sample time to the database commit",

@@ -10,7 +10,7 @@ import type { Db } from "../db/database.js";
 import { getHost, insertHost, metricsSince } from "../db/host-repository.js";
 import { openTestDatabase } from "../db/test-database.js";
 import { createMetrics } from "../metrics.js";
-import { TelemetryIngest } from "./telemetry-ingest.js";
+import { MAX_PENDING_PER_HOST, TelemetryIngest } from "./telemetry-ingest.js";
 
 const U64_MAX = 2n ** 64n - 1n;
 
@@ -21,7 +21,7 @@ describe("TelemetryIngest", () => {
   beforeAll(async () => {
     ({ db, close } = await openTestDatabase());
     await ensureTenant(db, "t", "t");
-    for (const id of ["h-bad", "h-good"]) {
+    for (const id of ["h-bad", "h-good", "h-flood", "h-calm"]) {
       await insertHost(db, { id, tenantId: "t", name: id, hostname: id, agentVersion: "1", certSerial: id });
     }
   });
@@ -85,5 +85,19 @@ describe("TelemetryIngest", () => {
     expect(latest.gpus[0]!.uuid.length).toBeLessThanOrEqual(256);
     expect(latest.gpus[0]!.model.length).toBeLessThanOrEqual(256);
     expect(latest.memory.usedBytes).toBeLessThanOrEqual(Number.MAX_SAFE_INTEGER);
+  });
+
+  it("keeps a few samples of a host that floods it, dropping the rest, and every other host's", async () => {
+    const metrics = createMetrics();
+    const ingest = new TelemetryIngest(db, pino({ level: "silent" }), metrics);
+    const before = new Date(Date.now() - 1000);
+    const sample = () => create(TelemetrySchema, { at: timestampFromMs(Date.now()), cpuPercent: 1, cpuCores: 1 });
+    // All before the first write: a loop sending as fast as it can.
+    for (let i = 0; i < 1000; i++) ingest.add("h-flood", sample());
+    ingest.add("h-calm", sample());
+    await ingest.close();
+    expect(await metricsSince(db, "h-flood", before)).toHaveLength(MAX_PENDING_PER_HOST);
+    expect(await metricsSince(db, "h-calm", before)).toHaveLength(1);
+    expect((await metrics.telemetryDropped.get()).values[0]?.value).toBe(1000 - MAX_PENDING_PER_HOST);
   });
 });
