@@ -44,3 +44,27 @@ export async function discardTemp(handle: FileHandle, temp: string): Promise<voi
   await handle.close().catch(() => {});
   await unlink(temp).catch(() => {});
 }
+
+/** A secret file (a private key) that users other than its owner may read or write. */
+export class SecretFileModeError extends Error {}
+
+/**
+ * Reads a secret file written 0600 (a private key, a master key), refusing one that other users may read or
+ * write, as ssh does: a looser mode means it was copied or restored carelessly, and whoever else read it holds
+ * what it guards. The mode is read from the handle the file is read through.
+ */
+export async function readSecretFile(file: string): Promise<string> {
+  const handle = await open(file, "r");
+  try {
+    const mode = (await handle.stat()).mode & 0o777;
+    if (mode & 0o077) {
+      throw new SecretFileModeError(
+        `${file} is open to other users (mode 0${mode.toString(8)}): run \`chmod 600 ${file}\` and start again, ` +
+          "and if others did read it, treat it as leaked",
+      );
+    }
+    return await handle.readFile("utf8");
+  } finally {
+    await handle.close();
+  }
+}

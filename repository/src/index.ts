@@ -4,7 +4,7 @@
 
 export { alignedBuffer, alignedMemory, isPageAligned, PAGE } from "./aligned-memory.js";
 export { enableArrayBufferTransferInWorkers } from "./array-buffer-transfer.js";
-export { writeFileAtomic } from "./atomic-file.js";
+export { readSecretFile, SecretFileModeError, writeFileAtomic } from "./atomic-file.js";
 export type { BlobInfo, BlobStore, BlobWriter } from "./blob-store.js";
 export { BufferPool } from "./buffer-pool.js";
 export {

@@ -8,7 +8,7 @@ import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { CONTROL_PLANE_TLS_NAME } from "@dumont/proto";
-import { writeFileAtomic } from "@dumont/repository";
+import { readSecretFile, writeFileAtomic } from "@dumont/repository";
 import * as x509 from "@peculiar/x509";
 
 type CryptoKey = webcrypto.CryptoKey;
@@ -49,7 +49,7 @@ export class CertificateAuthority {
     if (await exists(files.caCert)) {
       caCert = new x509.X509Certificate(await fs.readFile(files.caCert, "utf8"));
       caKeys = {
-        privateKey: await importPrivateKey(await readPrivateKeyFile(files.caKey)),
+        privateKey: await importPrivateKey(await readSecretFile(files.caKey)),
         publicKey: await caCert.publicKey.export(ALGORITHM, ["verify"]),
       };
     } else {
@@ -82,7 +82,7 @@ export class CertificateAuthority {
     const existing = (await exists(files.serverCert)) ? await fs.readFile(files.serverCert, "utf8") : undefined;
     if (existing && (await exists(files.serverKey)) && serverCertCovers(existing, names)) {
       ca.tls.serverCertPem = existing;
-      ca.tls.serverKeyPem = await readPrivateKeyFile(files.serverKey);
+      ca.tls.serverKeyPem = await readSecretFile(files.serverKey);
     } else {
       const keys = await generateKeyPair();
       const cert = await ca.issue(keys.publicKey, `CN=${CONTROL_PLANE_TLS_NAME}`, "server", 825, names);
@@ -189,26 +189,6 @@ async function importPrivateKey(pem: string): Promise<CryptoKey> {
   const der = x509.PemConverter.decode(pem)[0];
   if (!der) throw new Error("CA private key file is not PEM");
   return webcrypto.subtle.importKey("pkcs8", der, ALGORITHM, true, ["sign"]);
-}
-
-/**
- * Reads a private key file, refusing one that other users may read (as ssh does): whoever else could read the
- * CA key can issue certificates for any host. It is written 0600; a looser mode means it was copied or
- * restored carelessly, and the operator should know before the control plane trusts it.
- */
-async function readPrivateKeyFile(file: string): Promise<string> {
-  const handle = await fs.open(file, "r");
-  try {
-    const mode = (await handle.stat()).mode & 0o777;
-    if (mode & 0o077) {
-      throw new Error(
-        `${file} is open to other users (mode 0${mode.toString(8)}); run \`chmod 600 ${file}\` and start again`,
-      );
-    }
-    return await handle.readFile("utf8");
-  } finally {
-    await handle.close();
-  }
 }
 
 async function exists(file: string): Promise<boolean> {

@@ -114,8 +114,8 @@ describe("enrollment", () => {
         const key = path.join(loose, "pki", file);
         await fs.chmod(key, 0o644);
         const err = await CertificateAuthority.loadOrCreate(loose).catch((e: Error) => e);
-        expect((err as Error).message).toBe(
-          `${key} is open to other users (mode 0644); run \`chmod 600 ${key}\` and start again`,
+        expect((err as Error).message).toMatch(
+          `${key} is open to other users (mode 0644): run \`chmod 600 ${key}\` and start again`,
         );
         await fs.chmod(key, 0o600);
       }

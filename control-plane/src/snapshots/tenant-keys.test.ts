@@ -58,7 +58,7 @@ describe("the master key and tenant keys", () => {
     await fs.writeFile(path.join(dataDir, "master.key"), `${randomBytes(32).toString("hex")}\n`, { mode: 0o644 });
     await fs.chmod(path.join(dataDir, "master.key"), 0o644);
     await expect(loadMasterKey(dataDir, undefined, stored)).rejects.toThrow(
-      /can be read by others \(mode 644\): `chmod 600/,
+      /master\.key is open to other users \(mode 0644\): run `chmod 600 .*` and start again, and if others did read it, treat it as leaked/,
     );
     for (const bad of ["x".repeat(43), `!!!!${"A".repeat(40)}`, "0".repeat(64), `${"A".repeat(43)}=`, "abc"]) {
       expect(() => parseMasterKey(bad, "DUMONT_MASTER_KEY"), bad).toThrow(

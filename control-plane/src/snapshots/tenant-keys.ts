@@ -5,6 +5,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
+import { readSecretFile } from "@dumont/repository";
 import type { Db } from "../db/database.js";
 
 const KEY_BYTES = 32;
@@ -138,25 +139,11 @@ export async function loadMasterKey(
 }
 
 async function readMasterKeyFile(file: string): Promise<Buffer | undefined> {
-  let handle: fs.FileHandle;
-  try {
-    handle = await fs.open(file, "r");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+  const text = await readSecretFile(file).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === "ENOENT") return undefined;
     throw err;
-  }
-  try {
-    const { mode } = await handle.stat();
-    if ((mode & 0o077) !== 0) {
-      throw new Error(
-        `${file} can be read by others (mode ${(mode & 0o777).toString(8)}): \`chmod 600 ${file}\`, and if others did ` +
-          "read it, treat it as leaked",
-      );
-    }
-    return parseMasterKey((await handle.readFile("utf8")).trim(), file);
-  } finally {
-    await handle.close();
-  }
+  });
+  return text === undefined ? undefined : parseMasterKey(text.trim(), file);
 }
 
 export function parseMasterKey(text: string, source: string): Buffer {

@@ -26,7 +26,7 @@ describe("loadIdentity", () => {
     const key = agentPaths(dir).privateKey;
     await fs.chmod(key, 0o640);
     await expect(loadIdentity(dir)).rejects.toThrow(
-      `${key} is open to other users (mode 0640); run \`chmod 600 ${key}\` and start the agent again`,
+      `${key} is open to other users (mode 0640): run \`chmod 600 ${key}\` and start again`,
     );
   });
 });

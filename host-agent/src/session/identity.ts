@@ -1,5 +1,6 @@
 // The agent's enrolled identity as stored in its data dir, and the control plane's address.
 import fs from "node:fs/promises";
+import { readSecretFile, SecretFileModeError } from "@dumont/repository/atomic-file";
 import { agentPaths } from "../platform/paths.js";
 
 export interface Identity {
@@ -41,33 +42,12 @@ export async function loadIdentity(dataDir: string): Promise<Identity> {
     throw new Error(`${paths.enrollment} lacks hostId/server; enroll again with \`dumont-agent enroll --force\``);
   }
   const [keyPem, certPem, caPem] = await Promise.all([
-    readPrivateKey(paths.privateKey),
+    readSecretFile(paths.privateKey),
     fs.readFile(paths.certificate, "utf8"),
     fs.readFile(paths.caCertificate, "utf8"),
   ]).catch((err: Error) => {
-    if (err instanceof KeyModeError) throw err;
+    if (err instanceof SecretFileModeError) throw err;
     throw new Error(`agent identity files are missing in ${paths.identityDir} (${err.message}); enroll again`);
   });
   return { hostId: enrollment.hostId, server: enrollment.server, keyPem, certPem, caPem };
-}
-
-class KeyModeError extends Error {}
-
-/**
- * Reads the private key, refusing it when other users may read or write it (as ssh does): whoever reads it
- * can act as this host. enroll writes it 0600; a looser mode means it was copied or restored carelessly.
- */
-async function readPrivateKey(file: string): Promise<string> {
-  const handle = await fs.open(file, "r");
-  try {
-    const mode = (await handle.stat()).mode & 0o777;
-    if (mode & 0o077) {
-      throw new KeyModeError(
-        `${file} is open to other users (mode 0${mode.toString(8)}); run \`chmod 600 ${file}\` and start the agent again`,
-      );
-    }
-    return await handle.readFile("utf8");
-  } finally {
-    await handle.close();
-  }
 }
