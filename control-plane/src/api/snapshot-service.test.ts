@@ -120,9 +120,19 @@ describe("SnapshotService: admin keys only", () => {
         drain(service.diffSnapshots(create(api.DiffSnapshotsRequestSchema, { beforeId: id, afterId: id }), ctx)),
         drain(service.listSnapshotFiles(create(api.ListSnapshotFilesRequestSchema, { snapshotId: id }), ctx)),
       ];
-      for (const call of calls) {
-        await expect(call).rejects.toThrow(`this call needs an admin API key; yours is a ${role} key`);
-        await expect(call.catch((err) => ConnectError.from(err).code)).resolves.toBe(Code.PermissionDenied);
+      // Settled together: a call awaited after another's rejection would be an unhandled rejection meanwhile.
+      const outcomes = await Promise.all(
+        calls.map((call) =>
+          call.then(
+            () => undefined,
+            (err: unknown) => err,
+          ),
+        ),
+      );
+      for (const [i, outcome] of outcomes.entries()) {
+        const err = ConnectError.from(outcome ?? new Error(`call ${i} answered`));
+        expect(err.rawMessage, `call ${i}`).toBe(`this call needs an admin API key; yours is a ${role} key`);
+        expect(err.code, `call ${i}`).toBe(Code.PermissionDenied);
       }
     }
     expect(touched).toEqual([]);
