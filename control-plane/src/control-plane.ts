@@ -39,7 +39,12 @@ export interface ControlPlane {
 
 export async function startControlPlane(config: ControlPlaneConfig, log: Logger): Promise<ControlPlane> {
   await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
-  const db = await openDatabase({ dataDir: config.dataDir, databaseUrl: config.databaseUrl });
+  const db = await openDatabase({
+    dataDir: config.dataDir,
+    databaseUrl: config.databaseUrl,
+    onIdleConnectionError: (err) =>
+      log.warn({ reason: err.message }, "the database closed an idle connection; the next query opens a new one"),
+  });
   const cleanups: (() => Promise<void>)[] = [() => db.destroy()];
   const closeAll = async () => {
     for (const c of cleanups.reverse()) await c().catch((err) => log.error({ err }, "shutdown step failed"));

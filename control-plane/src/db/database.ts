@@ -15,6 +15,8 @@ export interface DatabaseOptions {
   /** postgres://… for Postgres; unset for embedded PGlite under dataDir. */
   databaseUrl?: string;
   dataDir: string;
+  /** Told when Postgres closes a connection the pool holds idle (a restart, a proxy's idle timeout). */
+  onIdleConnectionError?: (err: Error) => void;
 }
 
 // bigint (int8) as JS number: our byte counts stay far below 2^53.
@@ -24,6 +26,10 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
   let db: Db;
   if (options.databaseUrl) {
     const pool = new pg.Pool({ connectionString: options.databaseUrl, max: 10 });
+    // An idle connection the server ends (a restart, a failover, a proxy's idle timeout, a connection still
+    // closing when its database is dropped) is an 'error' on the pool, which drops that connection itself;
+    // with no listener, the EventEmitter threw it and the process ended. The next query opens a new one.
+    pool.on("error", (err) => options.onIdleConnectionError?.(err));
     db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   } else {
     const dir = path.join(options.dataDir, "pglite");

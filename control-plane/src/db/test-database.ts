@@ -5,13 +5,15 @@ import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import pg from "pg";
-import { type Db, openDatabase } from "./database.js";
+import { type DatabaseOptions, type Db, openDatabase } from "./database.js";
 
-export async function openTestDatabase(): Promise<{ db: Db; close: () => Promise<void> }> {
+export async function openTestDatabase(
+  options: Pick<DatabaseOptions, "onIdleConnectionError"> = {},
+): Promise<{ db: Db; name?: string; close: () => Promise<void> }> {
   const base = process.env.DATABASE_URL;
   if (!base) {
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-db-"));
-    const db = await openDatabase({ dataDir: dir });
+    const db = await openDatabase({ ...options, dataDir: dir });
     return {
       db,
       close: async () => {
@@ -24,9 +26,10 @@ export async function openTestDatabase(): Promise<{ db: Db; close: () => Promise
   await adminQuery(base, `create database ${name}`);
   const url = new URL(base);
   url.pathname = `/${name}`;
-  const db = await openDatabase({ dataDir: os.tmpdir(), databaseUrl: url.toString() });
+  const db = await openDatabase({ ...options, dataDir: os.tmpdir(), databaseUrl: url.toString() });
   return {
     db,
+    name,
     close: async () => {
       await db.destroy();
       await adminQuery(base, `drop database if exists ${name} with (force)`);
@@ -34,7 +37,8 @@ export async function openTestDatabase(): Promise<{ db: Db; close: () => Promise
   };
 }
 
-async function adminQuery(url: string, sql: string): Promise<void> {
+/** Runs `sql` on DATABASE_URL's server, outside any test database (for what a test does to the server). */
+export async function adminQuery(url: string, sql: string): Promise<void> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {

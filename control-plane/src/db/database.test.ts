@@ -1,0 +1,26 @@
+// What the database layer does when Postgres itself acts: runs only against a server (DATABASE_URL, as CI's
+// second pass sets), since PGlite has no connections to end.
+import { sql } from "kysely";
+import { describe, expect, it } from "vitest";
+import { adminQuery, openTestDatabase } from "./test-database.js";
+
+const server = process.env.DATABASE_URL;
+
+describe.skipIf(!server)("the database on Postgres", () => {
+  it("outlives Postgres ending its idle connections (a restart, a proxy's timeout), and queries again", async () => {
+    const ended: Error[] = [];
+    const { db, name, close } = await openTestDatabase({ onIdleConnectionError: (err) => ended.push(err) });
+    try {
+      await sql`select 1`.execute(db); // a connection now idle in the pool
+      await adminQuery(
+        server!,
+        `select pg_terminate_backend(pid) from pg_stat_activity where datname = '${name}' and pid <> pg_backend_pid()`,
+      );
+      for (let i = 0; i < 300 && ended.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(ended.map((e) => e.message)).toEqual([expect.stringMatching(/terminating connection/)]);
+      expect((await sql<{ n: number }>`select 2 as n`.execute(db)).rows).toEqual([{ n: 2 }]);
+    } finally {
+      await close();
+    }
+  });
+});
