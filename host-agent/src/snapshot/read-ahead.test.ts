@@ -1,21 +1,13 @@
-import { execFile, execFileSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { execFileSync } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import { ReadAhead } from "./read-ahead.js";
+import { builtSnapshotModule, runModuleScript } from "./testing.js";
 
 const root = await mkdtemp(join(tmpdir(), "dumont-read-ahead-"));
 afterAll(() => rm(root, { recursive: true, force: true }));
-
-/** The built read-ahead module's URL, for a test that runs it in a process of its own. */
-function builtReadAheadUrl(): string {
-  const entry = fileURLToPath(new URL("../../dist/snapshot/read-ahead.js", import.meta.url));
-  if (!existsSync(entry)) throw new Error(`build the agent first (npm run build): ${entry} is missing`);
-  return pathToFileURL(entry).href;
-}
 
 describe("read-ahead threads", () => {
   it("read every batch through, past files that are missing or are FIFOs (never waiting on one)", async () => {
@@ -52,17 +44,12 @@ describe("read-ahead threads", () => {
     await writeFile(file, "x".repeat(100));
     const files = JSON.stringify([{ path: file, size: 100 }]);
     const script = `
-      const { ReadAhead } = await import(${JSON.stringify(builtReadAheadUrl())});
+      const { ReadAhead } = await import(${JSON.stringify(builtSnapshotModule("read-ahead"))});
       const readAhead = new ReadAhead(1);
       readAhead.read(${files});
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1000); // answered meanwhile, not yet handled
       await readAhead.close();
       process.stdout.write("closed");`;
-    const result = await new Promise<{ code: number | null; out: string }>((resolve) => {
-      execFile(process.execPath, ["--input-type=module", "-e", script], { timeout: 30_000 }, (err, out) =>
-        resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, out }),
-      );
-    });
-    expect(result).toEqual({ code: 0, out: "closed" });
+    expect(await runModuleScript(script)).toEqual({ code: 0, out: "closed" });
   });
 });

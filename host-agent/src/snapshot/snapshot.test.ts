@@ -53,6 +53,7 @@ import {
 } from "./direct-mode.js";
 import { ReadAhead } from "./read-ahead.js";
 import { RestoreDamagedError, restoreSnapshot } from "./restore-snapshot.js";
+import { builtSnapshotModule } from "./testing.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
 // Small sizes keep the suite fast while still crossing every boundary: many chunks per file, files larger
@@ -153,13 +154,6 @@ async function utimesTree(dir: string, seconds: number): Promise<void> {
     if (!entry.isSymbolicLink()) await utimes(path, seconds, seconds);
   }
   await utimes(dir, seconds, seconds);
-}
-
-/** The built engine's URL, for tests that run it in a child process of their own. */
-function builtEngineUrl(): string {
-  const entry = fileURLToPath(new URL("../../dist/snapshot/index.js", import.meta.url));
-  if (!existsSync(entry)) throw new Error(`build the agent first (npm run build): ${entry} is missing`);
-  return pathToFileURL(entry).href;
 }
 
 /** SHA-256 of a file, read in pieces (the big-file test's files are larger than it should hold). */
@@ -1061,7 +1055,7 @@ describe("snapshot engine", () => {
   });
 
   it("survives kill -9 of the process taking the snapshot", async () => {
-    const engineUrl = builtEngineUrl();
+    const engineUrl = builtSnapshotModule("index");
     const source = fresh("src");
     await mkdir(source);
     for (let i = 0; i < 6; i++) await writeFile(join(source, `part${i}.bin`), seeded(400_000, `kill${i}`));
@@ -1099,7 +1093,7 @@ describe("snapshot engine", () => {
     // snapshotted and restored in a process of its own, and the peak RSS compared. Holding the file (or its
     // sealed chunks) would add ~224 MiB to the larger one. The files are sparse (holes read as zeros, so the
     // test writes little); random blocks at both ends make every one hold data as well.
-    const engineUrl = builtEngineUrl();
+    const engineUrl = builtSnapshotModule("index");
     const key = generateRepositoryKey();
     const peakRss = async (sizeMiB: number): Promise<{ snapshot: number; restore: number }> => {
       const source = fresh("big-src");

@@ -1,17 +1,12 @@
-// The restore writer (`openAndWrite`, through the pool): runs of chunks that continue each other go to disk
-// with O_DIRECT where the filesystem takes it, and everything else (duplicates, damaged chunks, unaligned
-// ends) still lands byte for byte where the manifest says. And sealing: chunks the repository holds are cut
-// and hashed but left unsealed.
-import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { constants, existsSync } from "node:fs";
+import { constants } from "node:fs";
 import { mkdtemp, open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
 import { chunkCodec, generateRepositoryKey } from "@dumont/repository";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { compileChunker } from "./chunker.js";
+import { builtSnapshotModule, runModuleScript } from "./testing.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
 let root: string;
@@ -143,13 +138,6 @@ describe.each([0, 1])("sealing segments with %i worker thread(s)", (threads) => 
   });
 });
 
-/** A built module of the snapshot engine's, for a test that runs it in a process of its own. */
-function builtUrl(name: string): string {
-  const entry = fileURLToPath(new URL(`../../dist/snapshot/${name}.js`, import.meta.url));
-  if (!existsSync(entry)) throw new Error(`build the agent first (npm run build): ${entry} is missing`);
-  return pathToFileURL(entry).href;
-}
-
 describe("closing the pool", () => {
   it("waits for a worker whose answer came just before close(), and the process does not exit meanwhile", async () => {
     // As a snapshot that fails meets it: a batch still being sealed when the pool is closed. Its answer, handled
@@ -159,18 +147,13 @@ describe("closing the pool", () => {
     await writeFile(file, randomBytes(10_000));
     const segment = JSON.stringify({ path: file, fileSize: 10_000, start: 0, end: 10_000 });
     const script = `
-      const { SnapshotWorkerPool } = await import(${JSON.stringify(builtUrl("worker-pool"))});
-      const { compileChunker } = await import(${JSON.stringify(builtUrl("chunker"))});
+      const { SnapshotWorkerPool } = await import(${JSON.stringify(builtSnapshotModule("worker-pool"))});
+      const { compileChunker } = await import(${JSON.stringify(builtSnapshotModule("chunker"))});
       const pool = new SnapshotWorkerPool({ threads: 1 });
       pool.sealSegments(Buffer.alloc(32, 1), compileChunker(), [${segment}]).catch(() => {});
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1500); // sealed meanwhile, not yet handled
       await pool.close();
       process.stdout.write("closed");`;
-    const result = await new Promise<{ code: number | null; out: string }>((resolve) => {
-      execFile(process.execPath, ["--input-type=module", "-e", script], { timeout: 30_000 }, (err, out) =>
-        resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, out }),
-      );
-    });
-    expect(result).toEqual({ code: 0, out: "closed" });
+    expect(await runModuleScript(script)).toEqual({ code: 0, out: "closed" });
   });
 });
