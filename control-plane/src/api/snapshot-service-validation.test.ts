@@ -12,7 +12,7 @@ import { type AgentSession, SessionRegistry } from "../agent-gateway/agent-sessi
 import { ensureTenant } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { insertHost } from "../db/host-repository.js";
-import { openTestDatabase } from "../db/test-database.js";
+import { insertTestSnapshot, openTestDatabase } from "../db/test-database.js";
 import type { SnapshotCoordinator } from "../snapshots/snapshot-coordinator.js";
 import { createApiKey } from "./auth.js";
 import { snapshotService } from "./snapshot-service.js";
@@ -36,25 +36,7 @@ beforeAll(async () => {
     await insertHost(db, { id, tenantId: "t-a", name: id, hostname: id, agentVersion: "1", certSerial: id });
     sessions.add({ hostId: id, isOpen: true, require: () => {}, close: () => {} } as unknown as AgentSession);
   }
-  for (const id of [ID, TWIN]) {
-    await db
-      .insertInto("snapshots")
-      .values({
-        id,
-        tenant_id: "t-a",
-        host_id: "h-a",
-        workspace_id: "w",
-        path: "/w",
-        epoch: 0,
-        files: 1,
-        bytes_read: 1,
-        bytes_new: 1,
-        bytes_stored: 1,
-        chunks_new: 1,
-        seconds: 1,
-      })
-      .execute();
-  }
+  for (const id of [ID, TWIN]) await insertTestSnapshot(db, id, "t-a", "h-a");
   const recorded = (name: string) => async () => {
     calls.push(name);
     throw new Error(`the coordinator's ${name} was reached`);

@@ -7,7 +7,7 @@ import { type AgentSession, SessionRegistry } from "../agent-gateway/agent-sessi
 import { ensureTenant } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { insertHost } from "../db/host-repository.js";
-import { openTestDatabase } from "../db/test-database.js";
+import { insertTestSnapshot, openTestDatabase } from "../db/test-database.js";
 import type { SnapshotCoordinator } from "../snapshots/snapshot-coordinator.js";
 import { createApiKey } from "./auth.js";
 import { snapshotService } from "./snapshot-service.js";
@@ -31,23 +31,7 @@ describe("SnapshotService: restore", () => {
       await insertHost(db, { id, tenantId, name: id, hostname: id, agentVersion: "1", certSerial: id });
       sessions.add({ hostId: id, isOpen: true, require: () => {}, close: () => {} } as unknown as AgentSession);
     }
-    await db
-      .insertInto("snapshots")
-      .values({
-        id: "a".repeat(64),
-        tenant_id: "t-a",
-        host_id: "h-a",
-        workspace_id: "w",
-        path: "/w",
-        epoch: 0,
-        files: 1,
-        bytes_read: 1,
-        bytes_new: 1,
-        bytes_stored: 1,
-        chunks_new: 1,
-        seconds: 1,
-      })
-      .execute();
+    await insertTestSnapshot(db, "a".repeat(64), "t-a", "h-a");
   });
   afterAll(() => close());
 

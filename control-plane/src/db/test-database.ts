@@ -47,3 +47,24 @@ export async function adminQuery(url: string, sql: string): Promise<void> {
     await client.end();
   }
 }
+
+/** A catalogue row for snapshot `id` of workspace "w" (path /w) on `hostId`, every count 1: for API tests. */
+export async function insertTestSnapshot(db: Db, id: string, tenantId: string, hostId: string): Promise<void> {
+  await db
+    .insertInto("snapshots")
+    .values({
+      id,
+      tenant_id: tenantId,
+      host_id: hostId,
+      workspace_id: "w",
+      path: "/w",
+      epoch: 0,
+      files: 1,
+      bytes_read: 1,
+      bytes_new: 1,
+      bytes_stored: 1,
+      chunks_new: 1,
+      seconds: 1,
+    })
+    .execute();
+}
