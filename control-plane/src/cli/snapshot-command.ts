@@ -3,6 +3,7 @@
 // works.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { api } from "@dumont/proto";
+import { collect, flagParsers } from "@dumont/repository/cli-flags";
 import { type ListedEntry, listingLine } from "@dumont/repository/listing";
 import {
   type DiffChange,
@@ -232,21 +233,25 @@ function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions
       "forget the snapshots named (ids or unique prefixes), or by a retention policy, each workspace judged on " +
         "its own; --prune then deletes the data nothing needs",
     )
-    .option("--keep-last <n>", "keep the newest n snapshots", once("--keep-last", keepCount("--keep-last")))
+    .option(
+      "--keep-last <n>",
+      "keep the newest n snapshots",
+      once("--keep-last", wholeNumber("--keep-last", 1, 0xffffffff)),
+    )
     .option(
       "--keep-hourly <n>",
       "keep the newest snapshot of each of the last n hours",
-      once("--keep-hourly", keepCount("--keep-hourly")),
+      once("--keep-hourly", wholeNumber("--keep-hourly", 1, 0xffffffff)),
     )
     .option(
       "--keep-daily <n>",
       "keep the newest snapshot of each of the last n days",
-      once("--keep-daily", keepCount("--keep-daily")),
+      once("--keep-daily", wholeNumber("--keep-daily", 1, 0xffffffff)),
     )
     .option(
       "--keep-weekly <n>",
       "keep the newest snapshot of each of the last n weeks",
-      once("--keep-weekly", keepCount("--keep-weekly")),
+      once("--keep-weekly", wholeNumber("--keep-weekly", 1, 0xffffffff)),
     )
     .option(
       "--workspace <id>",
@@ -295,34 +300,9 @@ function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions
     });
 }
 
-/** Parses a --keep-* value: a whole number that fits the request's uint32 field; 0 would keep nothing by it. */
-function keepCount(flag: string): (value: string) => number {
-  return (value) => {
-    const n = Number(value);
-    if (!/^\d+$/.test(value) || n < 1 || n > 0xffffffff)
-      throw new InvalidArgumentError(
-        `${flag} must be a whole number from 1 to 4294967295, got ${JSON.stringify(value)}`,
-      );
-    return n;
-  };
-}
+const { once, nonEmpty, wholeNumber } = flagParsers(InvalidArgumentError);
 
 const HOST_WHAT = "a host id from `dumont host list`";
-
-/** A flag's parser that refuses a second value instead of silently keeping the last one. */
-function once<T>(flag: string, parse: (value: string) => T): (value: string, previous: T | undefined) => T {
-  return (value, previous) => {
-    if (previous !== undefined) throw new InvalidArgumentError(`${flag} was given twice: give it once`);
-    return parse(value);
-  };
-}
-
-function nonEmpty(flag: string, what: string): (value: string) => string {
-  return (value) => {
-    if (value.trim() === "") throw new InvalidArgumentError(`${flag} is empty: give ${what}`);
-    return value;
-  };
-}
 
 /** A path on the host: the agent resolves nothing against a working directory of ours. */
 function absolute(flag: string): (value: string) => string {
@@ -405,11 +385,6 @@ async function follow<R>(
 
 function print(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
-}
-
-/** A repeatable option's values, in order. */
-function collect(value: string, all: string[]): string[] {
-  return [...all, value];
 }
 
 const FILE_TYPES: Record<api.SnapshotFile_Type, ListedEntry["type"] | undefined> = {

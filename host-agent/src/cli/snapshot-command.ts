@@ -21,6 +21,7 @@ import {
   roundSeconds,
   selectIncluded,
 } from "@dumont/repository";
+import { collect, flagParsers } from "@dumont/repository/cli-flags";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import {
   createDirectSnapshot,
@@ -29,6 +30,8 @@ import {
   restoreDirectSnapshot,
   withDirectRepository,
 } from "../snapshot/index.js";
+
+const { once, wholeNumber } = flagParsers(InvalidArgumentError);
 
 const REPO_HELP =
   "repository URL: file:///absolute/path or s3://bucket/prefix (S3 credentials and region from the AWS_* " +
@@ -423,38 +426,6 @@ function print(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value)}\n`);
 }
 
-/** A flag's parser that refuses a second value instead of silently keeping the last one. */
-function once<T = string>(
-  flag: string,
-  parse: string | ((value: string) => T),
-): (value: string, previous: T | undefined) => T {
-  const parseValue = typeof parse === "string" ? nonEmpty(flag, parse) : parse;
-  return (value, previous) => {
-    if (previous !== undefined) throw new InvalidArgumentError(`${flag} was given twice: give it once`);
-    return parseValue(value) as T;
-  };
-}
-
-function nonEmpty(flag: string, what: string): (value: string) => string {
-  return (value) => {
-    if (value.trim() === "") throw new InvalidArgumentError(`${flag} is empty: give ${what}`);
-    return value;
-  };
-}
-
-/** A count in plain decimal digits (no "", "1.5", "1e3" or "0x10"), from `min` to `max`. */
-function wholeNumber(flag: string, min: number, max = Number.MAX_SAFE_INTEGER): (value: string) => number {
-  return (value) => {
-    const n = Number(value);
-    if (!/^\d+$/.test(value) || n < min || n > max)
-      throw new InvalidArgumentError(
-        `${flag} must be a whole number ${max === Number.MAX_SAFE_INTEGER ? `of ${min} or more` : `from ${min} to ${max}`}, ` +
-          `got ${JSON.stringify(value)}`,
-      );
-    return n;
-  };
-}
-
 /** Largest key file read: a key is 64 hex characters; this leaves room for whitespace, never for /dev/zero. */
 const MAX_KEY_FILE = 4096;
 
@@ -491,9 +462,4 @@ async function readKeyFile(file: string): Promise<Buffer> {
   }
   if (length > MAX_KEY_FILE) throw fail(`it holds more than ${MAX_KEY_FILE} bytes, too many for a key`);
   return buffer.subarray(0, length);
-}
-
-/** A repeatable option's values, in order. */
-function collect(value: string, all: string[]): string[] {
-  return [...all, value];
 }

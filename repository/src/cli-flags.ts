@@ -1,0 +1,46 @@
+// Flag parsers both CLIs give commander (`dumont-agent snapshot` in direct mode, `dumont snapshot` through the
+// control plane), so a flag is refused the same way in either. Each CLI passes commander's
+// InvalidArgumentError, which commander prints as the flag's error: this package does not depend on commander.
+
+export function flagParsers(InvalidArgument: new (message: string) => Error) {
+  /** A parser that refuses an empty or blank value, saying what to give. */
+  const nonEmpty =
+    (flag: string, what: string) =>
+    (value: string): string => {
+      if (value.trim() === "") throw new InvalidArgument(`${flag} is empty: give ${what}`);
+      return value;
+    };
+  return {
+    nonEmpty,
+    /**
+     * A flag's parser that refuses a second value instead of silently keeping the last one; `parse` is a
+     * parser, or what to give (a non-empty string).
+     */
+    once<T = string>(
+      flag: string,
+      parse: string | ((value: string) => T),
+    ): (value: string, previous: T | undefined) => T {
+      const parseValue = typeof parse === "string" ? nonEmpty(flag, parse) : parse;
+      return (value, previous) => {
+        if (previous !== undefined) throw new InvalidArgument(`${flag} was given twice: give it once`);
+        return parseValue(value) as T;
+      };
+    },
+    /** A count in plain decimal digits (no "", "1.5", "1e3" or "0x10"), from `min` to `max`. */
+    wholeNumber(flag: string, min: number, max = Number.MAX_SAFE_INTEGER): (value: string) => number {
+      return (value) => {
+        const n = Number(value);
+        if (!/^\d+$/.test(value) || n < min || n > max) {
+          const range = max === Number.MAX_SAFE_INTEGER ? `of ${min} or more` : `from ${min} to ${max}`;
+          throw new InvalidArgument(`${flag} must be a whole number ${range}, got ${JSON.stringify(value)}`);
+        }
+        return n;
+      };
+    },
+  };
+}
+
+/** A repeatable option's values, in order. */
+export function collect(value: string, all: string[]): string[] {
+  return [...all, value];
+}
