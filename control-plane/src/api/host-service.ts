@@ -10,6 +10,7 @@ import { getHost, listEvents, listHosts, metricsSince } from "../db/host-reposit
 import type { GpuSampleRow, HostRow } from "../db/tables.js";
 import { InvalidArgumentError, NotFoundError } from "../errors.js";
 import { authenticate, requireRole, tenantScope } from "./auth.js";
+import { checkText, MAX_HOST_ID } from "./request-fields.js";
 
 export interface HostServiceDeps {
   db: Db;
@@ -22,8 +23,6 @@ export interface HostServiceDeps {
 const DEFAULT_TOKEN_TTL_S = 3600;
 const MAX_TOKEN_TTL_S = 7 * 86400;
 const DEFAULT_METRICS_WINDOW_S = 600;
-/** Longest host id taken (the control plane makes them far shorter). */
-const MAX_HOST_ID = 256;
 
 export function hostService(deps: HostServiceDeps): ServiceImpl<typeof api.HostService> {
   const caller = (ctx: HandlerContext) => authenticate(deps.db, ctx.requestHeader.get("authorization"));
@@ -107,11 +106,7 @@ export function hostService(deps: HostServiceDeps): ServiceImpl<typeof api.HostS
 
 async function scopedHost(db: Db, hostId: string, scope: { tenantId?: string }): Promise<HostRow> {
   if (!hostId) throw new InvalidArgumentError("host_id is required");
-  // Postgres text holds no NUL: the query would fail with an internal error instead of this answer.
-  if (hostId.includes("\0") || hostId.length > MAX_HOST_ID) {
-    const shown = JSON.stringify(hostId.length > 80 ? `${hostId.slice(0, 80)}…` : hostId);
-    throw new InvalidArgumentError(`host_id must be at most ${MAX_HOST_ID} characters with no NUL, got ${shown}`);
-  }
+  checkText("host_id", hostId, MAX_HOST_ID);
   const host = await getHost(db, hostId, scope);
   // Another tenant's host reads as missing: no existence oracle across tenants.
   if (!host) throw new NotFoundError(`host ${hostId} not found; list hosts with \`dumont host list\``);

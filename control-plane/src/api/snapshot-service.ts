@@ -14,6 +14,7 @@ import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import type { SnapshotCoordinator, TransferProgress } from "../snapshots/snapshot-coordinator.js";
 import { authenticate, requireRole, tenantScope } from "./auth.js";
+import { checkText, MAX_HOST_ID, shown } from "./request-fields.js";
 
 export interface SnapshotServiceDeps {
   db: Db;
@@ -410,8 +411,6 @@ function toApi(r: SnapshotRow): api.Snapshot {
 
 /** Longest directory path on a host taken (Linux's PATH_MAX, in bytes). */
 const MAX_HOST_PATH = 4096;
-/** Longest host id taken (the control plane makes them far shorter). */
-const MAX_HOST_ID = 256;
 /** Longest workspace id taken: room for the default, "<host_id>:<path>". */
 const MAX_WORKSPACE_ID = MAX_HOST_ID + 1 + MAX_HOST_PATH;
 
@@ -422,17 +421,6 @@ function checkHostPath(field: string, value: string): void {
       `${field} must be an absolute path on the host (no NUL, at most ${MAX_HOST_PATH} bytes), got ${shown(value)}`,
     );
   }
-}
-
-/** A request's id or name: Postgres text holds no NUL (it answered with an internal error). */
-function checkText(field: string, value: string, max: number): void {
-  if (value.includes("\0") || value.length > max)
-    throw new InvalidArgumentError(`${field} must be at most ${max} characters with no NUL, got ${shown(value)}`);
-}
-
-/** A value echoed in an error, cut to a readable length. */
-function shown(value: string): string {
-  return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
 }
 
 /** What `check` returns: request patterns it checked; its error (naming the field) as INVALID_ARGUMENT. */

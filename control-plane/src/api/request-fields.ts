@@ -1,0 +1,17 @@
+// Checks of request fields both API services make, with the same words: a value Postgres could not hold (a
+// NUL) or no host could have answers INVALID_ARGUMENT naming the field, never an internal error.
+import { InvalidArgumentError } from "../errors.js";
+
+/** Longest host id taken (the control plane makes them far shorter). */
+export const MAX_HOST_ID = 256;
+
+/** A request's id or name: Postgres text holds no NUL (it answered with an internal error). */
+export function checkText(field: string, value: string, max: number): void {
+  if (value.includes("\0") || value.length > max)
+    throw new InvalidArgumentError(`${field} must be at most ${max} characters with no NUL, got ${shown(value)}`);
+}
+
+/** A value echoed in an error, cut to a readable length. */
+export function shown(value: string): string {
+  return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
+}
