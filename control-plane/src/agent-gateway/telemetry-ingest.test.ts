@@ -21,7 +21,7 @@ describe("TelemetryIngest", () => {
   beforeAll(async () => {
     ({ db, close } = await openTestDatabase());
     await ensureTenant(db, "t", "t");
-    for (const id of ["h-bad", "h-good", "h-flood", "h-calm"]) {
+    for (const id of ["h-bad", "h-good", "h-flood", "h-calm", "h-nul", "h-beside-nul"]) {
       await insertHost(db, { id, tenantId: "t", name: id, hostname: id, agentVersion: "1", certSerial: id });
     }
   });
@@ -85,6 +85,24 @@ describe("TelemetryIngest", () => {
     expect(latest.gpus[0]!.uuid.length).toBeLessThanOrEqual(256);
     expect(latest.gpus[0]!.model.length).toBeLessThanOrEqual(256);
     expect(latest.memory.usedBytes).toBeLessThanOrEqual(Number.MAX_SAFE_INTEGER);
+  });
+
+  it("stores a GPU text holding NUL without it (Postgres jsonb refuses \\u0000), and the batch with it", async () => {
+    const ingest = new TelemetryIngest(db, pino({ level: "silent" }), createMetrics());
+    const before = new Date(Date.now() - 1000);
+    const sample = (gpus: { index: number; uuid: string; model: string }[]) =>
+      create(TelemetrySchema, { at: timestampFromMs(Date.now()), cpuPercent: 1, cpuCores: 1, gpus });
+    ingest.add("h-nul", sample([{ index: 0, uuid: "GPU-\0abc", model: "NVIDIA H100\0\0 80GB" }]));
+    ingest.add("h-beside-nul", sample([]));
+    await ingest.close();
+
+    for (const id of ["h-nul", "h-beside-nul"]) {
+      const host = await getHost(db, id);
+      expect(host?.last_seen_at && new Date(host.last_seen_at).getTime()).toBeGreaterThanOrEqual(before.getTime());
+      expect(await metricsSince(db, id, before)).toHaveLength(1);
+    }
+    const gpu = (await getHost(db, "h-nul"))?.latest?.gpus[0];
+    expect(gpu).toMatchObject({ uuid: "GPU-abc", model: "NVIDIA H100 80GB" });
   });
 
   it("keeps a few samples of a host that floods it, dropping the rest, and every other host's", async () => {

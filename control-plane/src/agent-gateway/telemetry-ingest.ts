@@ -125,7 +125,8 @@ const MAX_SAMPLE_AGE_MS = 86_400_000;
  * Turns what an agent sent into a record the database accepts, whatever the agent sent: the values land in
  * one batch with other hosts' samples, and a value the database refuses (a uint64 beyond bigint, an invalid
  * date) would fail the whole batch and with it every host's last_seen_at, so liveness would declare them all
- * lost. Non-finite or out-of-range measurements become null, counters are capped, texts and lists bounded.
+ * lost. Non-finite or out-of-range measurements become null, counters are capped, texts and lists bounded (and
+ * texts rid of NUL).
  */
 function toRecord(hostId: string, t: Telemetry): TelemetryRecord {
   const gpus = t.gpus.slice(0, MAX_GPUS_PER_SAMPLE).map(toGpuState);
@@ -155,14 +156,19 @@ function toRecord(hostId: string, t: Telemetry): TelemetryRecord {
 export function toGpuState(g: GpuInfo): GpuState {
   return {
     index: g.index,
-    uuid: g.uuid.slice(0, MAX_GPU_TEXT),
-    model: g.model.slice(0, MAX_GPU_TEXT),
+    uuid: gpuText(g.uuid),
+    model: gpuText(g.model),
     memoryTotalMiB: optionalCount(g.memoryTotalMib),
     memoryUsedMiB: optionalCount(g.memoryUsedMib),
     utilizationPercent: percentOrNull(g.utilizationPercent),
     temperatureC: finiteOrNull(g.temperatureC),
     powerW: finiteOrNull(g.powerW),
   };
+}
+
+/** Bounded, and without NUL: Postgres refuses "\u0000" in jsonb, and with it the host's whole write. */
+function gpuText(v: string): string {
+  return v.slice(0, MAX_GPU_TEXT).replaceAll("\0", "");
 }
 
 /** A uint64 as a number the database's bigint and JSON both hold exactly. */
