@@ -100,6 +100,12 @@ export function createMetrics() {
       labelNames: ["result"],
       registers: [registry],
     }),
+    certificateRenewals: new Counter({
+      name: "dumont_certificate_renewals_total",
+      help: "Renew calls (agents renewing their client certificates) by result",
+      labelNames: ["result"],
+      registers: [registry],
+    }),
   };
 }
 

@@ -2,6 +2,7 @@
 import type { AgentConfig } from "./config.js";
 import type { Logger } from "./logger.js";
 import { agentPaths } from "./platform/paths.js";
+import { renewCertificate } from "./session/certificate-renewal.js";
 import { ControlPlaneSession } from "./session/control-plane-session.js";
 import { loadIdentity } from "./session/identity.js";
 import { SnapshotCommands } from "./session/snapshot-commands.js";
@@ -15,7 +16,13 @@ export interface RunningAgent {
 export async function startAgent(config: AgentConfig, log: Logger): Promise<RunningAgent> {
   const identity = await loadIdentity(config.dataDir);
   const telemetry = createTelemetryCollector({ simulated: config.simulated, diskPath: config.dataDir });
-  const session = new ControlPlaneSession(identity, telemetry, log, Math.round(config.telemetryIntervalSeconds * 1000));
+  const session = new ControlPlaneSession(
+    identity,
+    telemetry,
+    log,
+    Math.round(config.telemetryIntervalSeconds * 1000),
+    { load: () => loadIdentity(config.dataDir), renew: (current) => renewCertificate(config.dataDir, current) },
+  );
   const snapshots = new SnapshotCommands(session, agentPaths(config.dataDir).snapshotState, log);
   session.start();
   return {

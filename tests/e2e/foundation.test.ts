@@ -245,6 +245,16 @@ describe("foundation: enroll, stream, telemetry, liveness", () => {
     const metricsBefore = JSON.parse(
       (await cp.cli(["host", "metrics", a.hostId, "--since", "1h", "--json"])).stdout,
     ) as unknown[];
+    // Agent a's certificate is renewed while it runs; it keeps its session, and its next connection (after the
+    // restart) presents the new certificate, which the control plane then keeps.
+    const certificate = path.join(a.dataDir, "identity", "agent.crt");
+    const oldCertificate = await fs.readFile(certificate, "utf8");
+    const renewed = await runNode(agentBin, ["renew", "--data-dir", a.dataDir, "--json"]);
+    expect(renewed.stderr).toBe("");
+    const { hostId, expiresAt } = JSON.parse(renewed.stdout) as { hostId: string; expiresAt: string };
+    expect(hostId).toBe(a.hostId);
+    expect(Date.parse(expiresAt) - Date.now()).toBeGreaterThan(364 * 86_400_000);
+    expect(await fs.readFile(certificate, "utf8")).not.toBe(oldCertificate);
 
     await cp.stop();
     const stoppedAt = Date.now();
@@ -271,6 +281,13 @@ describe("foundation: enroll, stream, telemetry, liveness", () => {
     const after = await hosts();
     expect(after.map((h) => h.id).sort()).toEqual(before.map((h) => h.id).sort());
     expect(a.log()).toMatch(/reconnecting to the control plane/);
+    const events = JSON.parse((await cp.cli(["host", "events", a.hostId, "--json"])).stdout) as { message: string }[];
+    expect(events.map((e) => e.message)).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/^certificate renewed, valid until/),
+        "the agent now uses its renewed certificate",
+      ]),
+    );
   }, 150_000);
 });
 

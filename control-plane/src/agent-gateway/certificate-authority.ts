@@ -19,6 +19,8 @@ x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoPro
 const ALGORITHM = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
 const SIGNING = { name: "ECDSA", hash: "SHA-256" } as const;
 const DAY_MS = 86_400_000;
+/** How long an agent's client certificate is valid; agents renew it with the last third left (Renew). */
+const AGENT_CERTIFICATE_DAYS = 365;
 
 export interface TlsMaterial {
   caPem: string;
@@ -98,7 +100,10 @@ export class CertificateAuthority {
    * Signs an agent's CSR. The CSR's own subject is ignored: the certificate names the host id the
    * control plane chose, so an agent cannot claim another host's identity.
    */
-  async signAgentCsr(csrPem: string, hostId: string): Promise<{ certificatePem: string; serial: string }> {
+  async signAgentCsr(
+    csrPem: string,
+    hostId: string,
+  ): Promise<{ certificatePem: string; serial: string; notAfter: Date }> {
     let csr: x509.Pkcs10CertificateRequest;
     try {
       csr = new x509.Pkcs10CertificateRequest(csrPem);
@@ -109,8 +114,9 @@ export class CertificateAuthority {
     const publicKey = await csr.publicKey.export(ALGORITHM, ["verify"]).catch(() => {
       throw new Error("csr_pem must carry an ECDSA P-256 public key");
     });
-    const certificatePem = await this.issue(publicKey, `CN=${hostId}`, "client", 365);
-    return { certificatePem, serial: new x509.X509Certificate(certificatePem).serialNumber };
+    const certificatePem = await this.issue(publicKey, `CN=${hostId}`, "client", AGENT_CERTIFICATE_DAYS);
+    const certificate = new x509.X509Certificate(certificatePem);
+    return { certificatePem, serial: certificate.serialNumber, notAfter: certificate.notAfter };
   }
 
   private async issue(

@@ -1,4 +1,5 @@
-// The gateway over real TLS on loopback: who may open a session, and what a Hello may write to the host row.
+// The gateway over real TLS on loopback: who may open a session, what a Hello may write to the host row, and how
+// a host renews its certificate.
 import "reflect-metadata";
 import type { webcrypto } from "node:crypto";
 import fs from "node:fs/promises";
@@ -14,6 +15,8 @@ import {
   EnrollRequestSchema,
   grpcServiceDefinition,
   PROTOCOL_VERSION,
+  type RenewRequest,
+  RenewRequestSchema,
 } from "@dumont/proto";
 import * as grpc from "@grpc/grpc-js";
 import * as x509 from "@peculiar/x509";
@@ -21,7 +24,7 @@ import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureTenant, insertJoinToken } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
-import { getHost } from "../db/host-repository.js";
+import { getHost, listEvents } from "../db/host-repository.js";
 import { openTestDatabase } from "../db/test-database.js";
 import { HostLiveness } from "../failover/index.js";
 import { createMetrics } from "../metrics.js";
@@ -132,6 +135,58 @@ describe("AgentGatewayServer", () => {
 
     const row = await getHost(db, host.id);
     expect(row).toMatchObject({ agent_version: "1", status: "lost" });
+  });
+
+  it("renews a host's certificate: the old one serves until the new one is first used, then only the new one", async () => {
+    const renewal = async (identity: { keyPem: string; certPem: string } | undefined, csrPem?: string) => {
+      const keys = (await crypto.subtle.generateKey(ALG, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
+      const csr = await x509.Pkcs10CertificateRequestGenerator.create({ name: "CN=x", keys, signingAlgorithm: ALG });
+      const c = client(identity) as unknown as {
+        renew: (r: RenewRequest, cb: (err: grpc.ServiceError | null, res?: { certificatePem: string }) => void) => void;
+      };
+      return new Promise<{ keyPem: string; certPem: string } | grpc.ServiceError>((resolve) =>
+        c.renew(create(RenewRequestSchema, { csrPem: csrPem ?? csr.toString("pem") }), async (err, res) =>
+          resolve(err ?? { keyPem: await pem(keys.privateKey), certPem: res?.certificatePem ?? "" }),
+        ),
+      );
+    };
+    const serialOf = (certPem: string) => new x509.X509Certificate(certPem).serialNumber;
+
+    expect(await renewal(undefined)).toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+    expect(await renewal(host, "not a csr")).toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+
+    // A first renewal whose answer the agent never stored, then a second: only the second one counts.
+    const lost = (await renewal(host)) as { keyPem: string; certPem: string };
+    const renewed = (await renewal(host)) as { keyPem: string; certPem: string };
+    const cert = new x509.X509Certificate(renewed.certPem);
+    expect(cert.subject).toBe(`CN=${host.id}`);
+    expect(await cert.verify({ publicKey: await new x509.X509Certificate(ca.tls.caPem).publicKey.export() })).toBe(
+      true,
+    );
+    expect(await getHost(db, host.id)).toMatchObject({
+      cert_serial: host.serial,
+      next_cert_serial: serialOf(renewed.certPem),
+    });
+
+    // Until the new certificate is used, the old one still opens sessions; the lost one never does.
+    expect((await streamOutcome(client(host), hello(host.id))).code).toBe("welcome");
+    expect((await streamOutcome(client(lost), hello(host.id))).code).toBe(grpc.status.UNAUTHENTICATED);
+    expect((await streamOutcome(client(renewed), hello(host.id))).code).toBe("welcome");
+    expect(await getHost(db, host.id)).toMatchObject({
+      cert_serial: serialOf(renewed.certPem),
+      next_cert_serial: null,
+    });
+    const old = await streamOutcome(client(host), hello(host.id));
+    expect(old).toMatchObject({ code: grpc.status.UNAUTHENTICATED, details: expect.stringMatching(/no longer/) });
+    expect(await renewal(host)).toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+
+    const events = (await listEvents(db, host.id)).filter((e) => e.kind === "certificate").map((e) => e.message);
+    expect(events).toEqual([
+      expect.stringMatching(/^certificate renewed, valid until \d{4}-/),
+      expect.stringMatching(/^certificate renewed, valid until /),
+      "the agent now uses its renewed certificate",
+    ]);
+    host = { ...host, ...renewed, serial: serialOf(renewed.certPem) };
   });
 
   it("welcomes the enrolled host's own Hello", async () => {

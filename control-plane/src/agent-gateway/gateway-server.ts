@@ -1,6 +1,6 @@
 // The gRPC agent gateway on :8443. TLS always; Enroll is open to any TLS client (it authenticates with
-// a join token), Connect and Downloads require a client certificate issued by our CA whose serial matches
-// the host.
+// a join token), Connect, Downloads and Renew require a client certificate issued by our CA whose serial matches
+// the host's (or the one it last renewed to).
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import {
@@ -15,11 +15,14 @@ import {
   grpcServiceDefinition,
   MAX_MESSAGE_BYTES,
   PROTOCOL_VERSION,
+  type RenewRequest,
+  type RenewResponse,
+  RenewResponseSchema,
   SUPPORTED_PROTOCOL_VERSIONS,
 } from "@dumont/proto";
 import * as grpc from "@grpc/grpc-js";
 import type { Db } from "../db/database.js";
-import { getHost, markHostOnline } from "../db/host-repository.js";
+import { hostForCertificate, markHostOnline, recordRenewedCertificate } from "../db/host-repository.js";
 import type { HostRow } from "../db/tables.js";
 import type { HostLiveness } from "../failover/index.js";
 import type { Logger } from "../logger.js";
@@ -64,6 +67,8 @@ export class AgentGatewayServer {
         void this.enroll(call, cb),
       connect: (stream: AgentStream) => void this.connect(stream),
       downloads: (stream: DownloadsStream) => void this.downloads(stream),
+      renew: (call: grpc.ServerUnaryCall<RenewRequest, RenewResponse>, cb: grpc.sendUnaryData<RenewResponse>) =>
+        void this.renew(call, cb),
     });
   }
 
@@ -136,30 +141,79 @@ export class AgentGatewayServer {
 
   /** The host whose certificate the peer presented, or undefined once the call has been refused. */
   private async authenticate(stream: AgentStream | DownloadsStream, what: string): Promise<HostRow | undefined> {
-    const peer = stream.getAuthContext().sslPeerCertificate;
-    if (!peer) {
-      refuseCall(
-        this.deps.log,
-        stream,
-        what,
-        grpc.status.UNAUTHENTICATED,
-        "a client certificate issued by this control plane is required; run `dumont-agent enroll` first",
-      );
+    const found = await this.hostOfPeer(stream);
+    if ("refusal" in found) {
+      refuseCall(this.deps.log, stream, what, grpc.status.UNAUTHENTICATED, found.refusal);
       return undefined;
+    }
+    return found.host;
+  }
+
+  /**
+   * The host whose client certificate the peer presented (grpc-js gives the certificate only when our CA signed
+   * it and it has not expired), or why it is refused. A renewed certificate becomes the host's on first use.
+   */
+  private async hostOfPeer(
+    call: Pick<grpc.ServerUnaryCall<unknown, unknown>, "getAuthContext">,
+  ): Promise<{ host: HostRow; serial: string } | { refusal: string }> {
+    const peer = call.getAuthContext().sslPeerCertificate;
+    if (!peer) {
+      return {
+        refusal:
+          "a valid client certificate issued by this control plane is required; run `dumont-agent enroll` (an " +
+          "agent whose certificate expired must enroll again)",
+      };
     }
     const hostId = peer.subject?.CN;
-    const host = typeof hostId === "string" ? await getHost(this.deps.db, hostId) : undefined;
-    if (!host || host.cert_serial.toLowerCase() !== String(peer.serialNumber).toLowerCase()) {
-      refuseCall(
-        this.deps.log,
-        stream,
-        what,
-        grpc.status.UNAUTHENTICATED,
-        "this client certificate is not (or no longer) valid; enroll again",
+    const serial = String(peer.serialNumber);
+    const host = typeof hostId === "string" ? await hostForCertificate(this.deps.db, hostId, serial) : undefined;
+    if (!host) return { refusal: "this client certificate is not (or no longer) valid; enroll again" };
+    return { host, serial };
+  }
+
+  /** Renew: a new certificate for the host whose current (or renewed) certificate the peer presented. */
+  private async renew(
+    call: grpc.ServerUnaryCall<RenewRequest, RenewResponse>,
+    cb: grpc.sendUnaryData<RenewResponse>,
+  ): Promise<void> {
+    const refuse = (code: grpc.status, details: string) => {
+      this.deps.metrics.certificateRenewals.inc({ result: "refused" });
+      this.deps.log.warn({ peer: call.getPeer(), reason: details }, "certificate renewal refused");
+      cb({ code, details });
+    };
+    try {
+      const found = await this.hostOfPeer(call);
+      if ("refusal" in found) return refuse(grpc.status.UNAUTHENTICATED, found.refusal);
+      const { host } = found;
+      if (!call.request.csrPem) return refuse(grpc.status.INVALID_ARGUMENT, "csr_pem is required");
+      let signed: Awaited<ReturnType<CertificateAuthority["signAgentCsr"]>>;
+      try {
+        signed = await this.deps.ca.signAgentCsr(call.request.csrPem, host.id);
+      } catch (err) {
+        return refuse(grpc.status.INVALID_ARGUMENT, (err as Error).message);
+      }
+      const recorded = await recordRenewedCertificate(this.deps.db, host.id, {
+        currentSerial: host.cert_serial,
+        nextSerial: signed.serial,
+        notAfter: signed.notAfter,
+      });
+      if (!recorded) {
+        return refuse(
+          grpc.status.UNAUTHENTICATED,
+          "this client certificate was replaced while renewing it (another copy of this host's identity renewed); enroll again",
+        );
+      }
+      this.deps.metrics.certificateRenewals.inc({ result: "ok" });
+      this.deps.log.info({ hostId: host.id, notAfter: signed.notAfter.toISOString() }, "agent certificate renewed");
+      cb(
+        null,
+        create(RenewResponseSchema, { certificatePem: signed.certificatePem, caChainPem: this.deps.ca.tls.caPem }),
       );
-      return undefined;
+    } catch (err) {
+      this.deps.metrics.certificateRenewals.inc({ result: "failed" });
+      this.deps.log.error({ err }, "certificate renewal failed");
+      cb({ code: grpc.status.INTERNAL, details: "certificate renewal failed on the control plane; see its log" });
     }
-    return host;
   }
 
   private async connect(stream: AgentStream): Promise<void> {

@@ -32,6 +32,63 @@ export async function getHost(db: Db, id: string, scope: HostScope = {}): Promis
   return q.executeTakeFirst();
 }
 
+/**
+ * The host a client certificate (its CN and serial) belongs to, or undefined. A renewed certificate's serial
+ * (next_cert_serial) is accepted too, and its first use makes it the host's certificate: from then on the old
+ * one is refused.
+ */
+export async function hostForCertificate(db: Db, hostId: string, serial: string): Promise<HostRow | undefined> {
+  const same = (a: string | null) => a !== null && a.toLowerCase() === serial.toLowerCase();
+  const host = await getHost(db, hostId);
+  if (!host || same(host.cert_serial)) return host;
+  if (!same(host.next_cert_serial)) return undefined;
+  const next = host.next_cert_serial as string;
+  return db.transaction().execute(async (tx) => {
+    const promoted = await tx
+      .updateTable("hosts")
+      .set({ cert_serial: next, next_cert_serial: null })
+      .where("id", "=", hostId)
+      .where("next_cert_serial", "=", next)
+      .returningAll()
+      .executeTakeFirst();
+    // Another connection promoted it first; the certificate is the host's either way.
+    if (!promoted) return rowIfCurrent(await getHost(tx, hostId));
+    await insertEvent(tx, hostId, "certificate", "the agent now uses its renewed certificate");
+    return promoted;
+  });
+  function rowIfCurrent(row: HostRow | undefined): HostRow | undefined {
+    return row && same(row.cert_serial) ? row : undefined;
+  }
+}
+
+/**
+ * Records the serial of a certificate just issued to a host by Renew, to be accepted beside its current one
+ * (see hostForCertificate). `currentSerial` is the certificate the agent renewed with; false when it is no longer
+ * the host's (a concurrent renewal with another copy of the host's identity promoted another one).
+ */
+export async function recordRenewedCertificate(
+  db: Db,
+  hostId: string,
+  renewal: { currentSerial: string; nextSerial: string; notAfter: Date },
+): Promise<boolean> {
+  return db.transaction().execute(async (tx) => {
+    const updated = await tx
+      .updateTable("hosts")
+      .set({ next_cert_serial: renewal.nextSerial })
+      .where("id", "=", hostId)
+      .where("cert_serial", "=", renewal.currentSerial)
+      .executeTakeFirst();
+    if (updated.numUpdatedRows === 0n) return false;
+    await insertEvent(
+      tx,
+      hostId,
+      "certificate",
+      `certificate renewed, valid until ${renewal.notAfter.toISOString().slice(0, 10)}`,
+    );
+    return true;
+  });
+}
+
 export async function listHosts(db: Db, scope: HostScope = {}): Promise<HostRow[]> {
   let q = db.selectFrom("hosts").selectAll().orderBy("enrolled_at").orderBy("id");
   if (scope.tenantId !== undefined) q = q.where("tenant_id", "=", scope.tenantId);

@@ -49,6 +49,8 @@ export interface HostsTable {
   protocol_version: Generated<number>;
   simulated: Generated<boolean>;
   cert_serial: string;
+  /** A renewed certificate's serial, accepted beside cert_serial until first presented (then it replaces it). */
+  next_cert_serial: ColumnType<string | null, string | null | undefined, string | null>;
   enrolled_at: GeneratedTimestamp;
   last_seen_at: Timestamp | null;
   /** Latest telemetry as JSON (GPU list, cpu, memory, disk). */

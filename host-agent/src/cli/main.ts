@@ -38,6 +38,31 @@ export async function main(argv: string[]): Promise<void> {
     });
 
   program
+    .command("renew")
+    .description(
+      "renew this host's client certificate now (`run` does it by itself once a third of its validity is left)",
+    )
+    .addOption(
+      new Option("--data-dir <dir>", "the enrolled data dir")
+        .env("DUMONT_AGENT_DATA_DIR")
+        .default("/var/lib/dumont-agent"),
+    )
+    .option("--json", 'print {"hostId","expiresAt"} as JSON')
+    .action(async (opts) => {
+      const [{ loadIdentity }, { certificateExpiry, renewCertificate }] = await Promise.all([
+        import("../session/identity.js"),
+        import("../session/certificate-renewal.js"),
+      ]);
+      const renewed = await renewCertificate(opts.dataDir, await loadIdentity(opts.dataDir));
+      const result = { hostId: renewed.hostId, expiresAt: certificateExpiry(renewed.certPem).toISOString() };
+      process.stdout.write(
+        opts.json
+          ? `${JSON.stringify(result)}\n`
+          : `${result.hostId}: certificate renewed, valid until ${result.expiresAt}; a running agent uses it from its next connection\n`,
+      );
+    });
+
+  program
     .command("run")
     .description("connect to the control plane and serve it until stopped")
     .addOption(new Option("--data-dir <dir>", "the enrolled data dir").env("DUMONT_AGENT_DATA_DIR"))
@@ -82,7 +107,7 @@ export async function main(argv: string[]): Promise<void> {
 
   // The snapshot engine and repository code are loaded only by commands that use them, which keeps the
   // resident agent (`run`) small.
-  if (!["run", "enroll"].includes(argv[2] ?? "")) {
+  if (!["run", "enroll", "renew"].includes(argv[2] ?? "")) {
     const { registerSnapshotCommands } = await import("./snapshot-command.js");
     registerSnapshotCommands(program);
   }

@@ -6,6 +6,9 @@ export interface AgentPaths {
   identityDir: string;
   privateKey: string;
   certificate: string;
+  /** A renewed key and certificate waiting to replace the two above (session/certificate-renewal.ts). */
+  renewedPrivateKey: string;
+  renewedCertificate: string;
   caCertificate: string;
   enrollment: string;
   snapshotState: string;
@@ -19,6 +22,8 @@ export function agentPaths(dataDir: string): AgentPaths {
     identityDir,
     privateKey: path.join(identityDir, "agent.key"),
     certificate: path.join(identityDir, "agent.crt"),
+    renewedPrivateKey: path.join(identityDir, "agent.key.next"),
+    renewedCertificate: path.join(identityDir, "agent.crt.next"),
     caCertificate: path.join(identityDir, "ca.crt"),
     enrollment: path.join(root, "enrollment.json"),
     snapshotState: path.join(root, "snapshots"),

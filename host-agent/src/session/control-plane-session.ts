@@ -17,6 +17,7 @@ import {
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../logger.js";
 import { AGENT_VERSION } from "../version.js";
+import { certificateExpiry, certificateRenewalDue } from "./certificate-renewal.js";
 import { createGatewayClient, type GatewayClient, type GatewayClientOptions } from "./grpc-client.js";
 import type { Identity } from "./identity.js";
 import { ReconnectBackoff } from "./reconnect-backoff.js";
@@ -38,6 +39,17 @@ export type CommandHandler = (message: ControlMessage, session: ControlPlaneSess
  * them off early would only add reconnects to its load.
  */
 const WELCOME_TIMEOUT_MS = 60_000;
+
+/** How often a running agent looks whether its certificate is due for renewal (it also looks before connecting). */
+const RENEWAL_CHECK_MS = 12 * 3_600_000;
+
+/** Where the agent's identity lives: its data dir (agent.ts). */
+export interface IdentityStore {
+  /** The identity stored now (`dumont-agent renew` may have replaced the certificate meanwhile). */
+  load(): Promise<Identity>;
+  /** Renews the certificate (certificate-renewal.ts), stores it and returns the identity to use from then on. */
+  renew(current: Identity): Promise<Identity>;
+}
 
 /** Statuses after which retrying quickly is pointless: back off to the slowest rate. */
 const PERSISTENT_FAILURES = new Set([
@@ -61,13 +73,19 @@ export class ControlPlaneSession extends EventEmitter {
   private clientUsed = false;
   private sampling = false;
   private readonly handlers: CommandHandler[] = [];
+  private renewalTimer: NodeJS.Timeout | undefined;
+  private renewing: Promise<void> | undefined;
+  /** Set when a renewal replaced the identity the current clients were made with. */
+  private identityRenewed = false;
   sessionId: string | undefined;
 
+  /** `identityStore`: see refreshIdentity(); without one the identity never changes (tests). */
   constructor(
-    private readonly identity: Identity,
+    private identity: Identity,
     private readonly telemetry: TelemetrySource,
     private readonly log: Logger,
     private readonly telemetryIntervalMs: number,
+    private readonly identityStore?: IdentityStore,
   ) {
     super();
     this.client = this.newClient();
@@ -91,12 +109,18 @@ export class ControlPlaneSession extends EventEmitter {
   }
 
   start(): void {
+    if (this.identityStore) {
+      this.renewalTimer = setInterval(() => void this.renewIfDue(), RENEWAL_CHECK_MS);
+      this.renewalTimer.unref();
+    }
     void this.open();
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.reconnectTimer);
+    // A renewal in flight is not waited for: its files are stored crash-safely (identity.ts).
+    clearInterval(this.renewalTimer);
     this.stopTelemetry();
     this.downloads?.cancel();
     const stream = this.stream;
@@ -178,7 +202,63 @@ export class ControlPlaneSession extends EventEmitter {
     }
   }
 
+  /**
+   * Renews the client certificate once it has a third of its validity left. The session goes on with the
+   * connection it has; the next connection presents the new certificate, and the control plane accepts the old
+   * one until then. A failure is logged and tried again at the next connection or check.
+   */
+  private renewIfDue(): Promise<void> {
+    const store = this.identityStore;
+    if (!store || this.stopped || !certificateRenewalDue(this.identity.certPem)) return Promise.resolve();
+    this.renewing ??= (async () => {
+      const expires = certificateExpiry(this.identity.certPem);
+      try {
+        this.identity = await store.renew(this.identity);
+        this.identityRenewed = true;
+        this.log.info(
+          { hostId: this.hostId, expiresAt: certificateExpiry(this.identity.certPem).toISOString() },
+          "client certificate renewed",
+        );
+      } catch (err) {
+        const daysLeft = Math.floor((expires.getTime() - Date.now()) / 86_400_000);
+        this.log[daysLeft < 14 ? "error" : "warn"](
+          { err: (err as Error).message, expiresAt: expires.toISOString(), daysLeft },
+          "cannot renew the client certificate yet; trying again later (once it expires the agent must enroll again)",
+        );
+      } finally {
+        this.renewing = undefined;
+      }
+    })();
+    return this.renewing;
+  }
+
+  /**
+   * Before each connection: takes up a certificate renewed on disk meanwhile (by `dumont-agent renew`), then
+   * renews it if due. Each connection thus presents the newest certificate, which the control plane then keeps.
+   */
+  private async refreshIdentity(): Promise<void> {
+    const store = this.identityStore;
+    if (!store) return;
+    try {
+      const stored = await store.load();
+      if (stored.hostId !== this.hostId) {
+        this.log.warn(
+          { hostId: this.hostId, storedHostId: stored.hostId },
+          "the data dir was enrolled again as another host; restart the agent to run as that host",
+        );
+      } else if (stored.certPem !== this.identity.certPem) {
+        this.identity = stored;
+        this.identityRenewed = true;
+      }
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, "cannot read the agent's identity again; keeping the one loaded");
+    }
+    await this.renewIfDue();
+  }
+
   private async open(): Promise<void> {
+    if (this.stopped) return;
+    await this.refreshIdentity();
     if (this.stopped) return;
     let inventory: Inventory;
     try {
@@ -187,7 +267,7 @@ export class ControlPlaneSession extends EventEmitter {
       this.log.error({ err }, "cannot read host inventory; retrying");
       return this.scheduleReconnect(false);
     }
-    if (this.clientUsed) {
+    if (this.clientUsed || this.identityRenewed) {
       // A new connection for every new session. When the control plane dies mid-upload, Node's http2 can miss
       // the connection's end (nodejs/node#61304: a read error does not close the session), and grpc-js would
       // put the next call on that dead connection: seen as an agent that never came back (and, holding no
@@ -196,6 +276,7 @@ export class ControlPlaneSession extends EventEmitter {
       this.client = this.newClient();
       this.downloadsClient?.close();
       this.downloadsClient = undefined;
+      this.identityRenewed = false;
     }
     this.clientUsed = true;
     const stream = this.client.connect();

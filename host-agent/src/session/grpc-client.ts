@@ -12,6 +12,8 @@ import {
   grpcServiceDefinition,
   MAX_MESSAGE_BYTES,
   RETRY_BUFFER_BYTES,
+  type RenewRequest,
+  type RenewResponse,
 } from "@dumont/proto";
 import * as grpc from "@grpc/grpc-js";
 import { parseServer } from "./identity.js";
@@ -27,6 +29,12 @@ export interface GatewayClient extends grpc.Client {
     callback: (err: grpc.ServiceError | null, response?: EnrollResponse) => void,
   ): grpc.ClientUnaryCall;
   connect(metadata?: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientDuplexStream<AgentMessage, ControlMessage>;
+  renew(
+    request: RenewRequest,
+    metadata: grpc.Metadata,
+    options: grpc.CallOptions,
+    callback: (err: grpc.ServiceError | null, response?: RenewResponse) => void,
+  ): grpc.ClientUnaryCall;
   downloads(
     request: DownloadsRequest,
     metadata?: grpc.Metadata,

@@ -3,9 +3,11 @@ import type { Migration } from "kysely";
 import * as foundation from "./2026_11_23_00_00_00_foundation.js";
 import * as snapshots from "./2026_11_23_01_00_00_snapshots.js";
 import * as snapshotSkipped from "./2026_12_02_00_00_00_snapshot_skipped.js";
+import * as hostCertRenewal from "./2026_12_04_00_00_00_host_cert_renewal.js";
 
 export const migrations: Record<string, Migration> = {
   "2026_11_23_00_00_00_foundation": foundation,
   "2026_11_23_01_00_00_snapshots": snapshots,
   "2026_12_02_00_00_00_snapshot_skipped": snapshotSkipped,
+  "2026_12_04_00_00_00_host_cert_renewal": hostCertRenewal,
 };

@@ -1,0 +1,81 @@
+// Renewing the agent's client certificate before it expires: Renew on the agent gateway, over the current
+// certificate, with a fresh key and CSR each time. The control plane accepts the current certificate until the
+// new one is first presented; storeRenewedIdentity (identity.ts) swaps the new pair in crash-safely.
+import { createPrivateKey, X509Certificate } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { RenewRequestSchema, type RenewResponse } from "@dumont/proto";
+import * as grpc from "@grpc/grpc-js";
+import { agentPaths } from "../platform/paths.js";
+import { createGatewayClient } from "./grpc-client.js";
+import { type Identity, storeRenewedIdentity } from "./identity.js";
+
+/** A certificate is renewed once less than this share of its validity is left (122 days of 365). */
+const RENEW_WITH_LEFT = 1 / 3;
+
+/** When a certificate expires. */
+export function certificateExpiry(certPem: string): Date {
+  return new Date(new X509Certificate(certPem).validTo);
+}
+
+/** Whether the certificate has less than a third of its validity left (or has expired). */
+export function certificateRenewalDue(certPem: string, now = new Date()): boolean {
+  const certificate = new X509Certificate(certPem);
+  const from = Date.parse(certificate.validFrom);
+  const to = Date.parse(certificate.validTo);
+  return to - now.getTime() < (to - from) * RENEW_WITH_LEFT;
+}
+
+/**
+ * Asks the control plane for a new certificate under the current one and stores it with its new key (see the
+ * top of this file); returns the identity to use from now on. Throws with the control plane's reason.
+ */
+export async function renewCertificate(dataDir: string, identity: Identity, timeoutMs = 15_000): Promise<Identity> {
+  // Loaded on demand, as by `enroll`: the running agent needs @peculiar/x509 only for this, once in months.
+  const { generateKeyAndCsr } = await import("./ca-discovery.js");
+  const { keyPem, csrPem } = await generateKeyAndCsr("dumont-agent");
+  const client = createGatewayClient(identity.server, identity.caPem, identity, { ownConnection: true });
+  let response: RenewResponse;
+  try {
+    response = await new Promise<RenewResponse>((resolve, reject) => {
+      client.renew(
+        create(RenewRequestSchema, { csrPem }),
+        new grpc.Metadata(),
+        { deadline: Date.now() + timeoutMs },
+        (err, res) => (err ? reject(err) : res ? resolve(res) : reject(new Error("empty Renew response"))),
+      );
+    });
+  } catch (err) {
+    const e = err as grpc.ServiceError;
+    if (e.code === grpc.status.UNIMPLEMENTED) {
+      throw new Error("the control plane does not offer certificate renewal yet (update it)");
+    }
+    if (e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED) {
+      throw new Error(`cannot reach the control plane at ${identity.server}: ${e.details || e.message}`);
+    }
+    throw new Error(`certificate renewal refused: ${e.details || e.message}`);
+  } finally {
+    client.close();
+  }
+  const certPem = response.certificatePem;
+  checkRenewedCertificate(certPem, keyPem, identity);
+  await storeRenewedIdentity(agentPaths(dataDir), keyPem, certPem);
+  return { ...identity, keyPem, certPem };
+}
+
+/** Refuses a certificate that is not for this host, not for the new key, or not signed by the pinned CA. */
+function checkRenewedCertificate(certPem: string, keyPem: string, identity: Identity): void {
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(certPem);
+  } catch {
+    throw new Error("the control plane's Renew answer holds no readable certificate; nothing was changed");
+  }
+  const problem = !certificate.checkPrivateKey(createPrivateKey(keyPem))
+    ? "is not for the key this agent sent"
+    : !certificate.verify(new X509Certificate(identity.caPem).publicKey)
+      ? "is not signed by the control plane's CA this agent pinned"
+      : !certificate.subject.split("\n").includes(`CN=${identity.hostId}`)
+        ? `does not name this host (${identity.hostId})`
+        : undefined;
+  if (problem) throw new Error(`the renewed certificate ${problem}; nothing was changed`);
+}
