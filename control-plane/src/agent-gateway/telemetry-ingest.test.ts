@@ -1,5 +1,6 @@
 // What an agent's telemetry can do to the database: a sample is written whatever its values, and one host's
 // bad values never cost another host its samples (nor its last_seen_at, which liveness reads).
+import { Writable } from "node:stream";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { TelemetrySchema } from "@dumont/proto";
@@ -105,6 +106,58 @@ describe("TelemetryIngest", () => {
     expect(gpu).toMatchObject({ uuid: "GPU-abc", model: "NVIDIA H100 80GB" });
   });
 
+  it("loses only the samples of a host whose write the database refuses, and says which host", async () => {
+    // No value an agent sends fails a write now (toRecord bounds them all); a host row gone under its samples
+    // still does (a foreign key), as would a constraint added later. Deleted before the samples are taken,
+    // so the batch is sure to meet it.
+    const ids = ["h-one", "h-two", "h-gone", "h-three", "h-four"];
+    for (const id of ids) {
+      await insertHost(db, { id, tenantId: "t", name: id, hostname: id, agentVersion: "1", certSerial: id });
+    }
+    await db.deleteFrom("hosts").where("id", "=", "h-gone").execute();
+    const lines: string[] = [];
+    const metrics = createMetrics();
+    const ingest = new TelemetryIngest(db, capturingLogger(lines), metrics);
+    const before = new Date(Date.now() - 1000);
+    const sample = () =>
+      create(TelemetrySchema, {
+        at: timestampFromMs(Date.now()),
+        cpuPercent: 42.5,
+        cpuCores: 1,
+        gpus: [{ index: 0, uuid: "GPU-sample-value", model: "sample-model" }],
+      });
+    for (const id of ids) {
+      ingest.add(id, sample());
+      ingest.add(id, sample());
+    }
+    await ingest.close();
+
+    for (const id of ids.filter((id) => id !== "h-gone")) {
+      const host = await getHost(db, id);
+      expect(host?.last_seen_at && new Date(host.last_seen_at).getTime()).toBeGreaterThanOrEqual(before.getTime());
+      expect(await metricsSince(db, id, before)).toHaveLength(2);
+    }
+    expect(await metricsSince(db, "h-gone", before)).toEqual([]);
+    expect((await metrics.telemetryDropped.get()).values[0]?.value).toBe(2);
+    const records = lines.map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(records).toEqual([expect.objectContaining({ level: 40, hostId: "h-gone", samples: 2, code: "23503" })]);
+    expect(lines.join("")).not.toMatch(/sample-value|sample-model|42\.5/);
+  });
+
+  it("drops a batch whole, saying so once, when the database itself fails: host by host would fail alike", async () => {
+    const gone = await openTestDatabase();
+    await gone.close();
+    const lines: string[] = [];
+    const metrics = createMetrics();
+    const ingest = new TelemetryIngest(gone.db, capturingLogger(lines), metrics);
+    for (const id of ["h-1", "h-2", "h-3", "h-4"]) ingest.add(id, create(TelemetrySchema, { cpuCores: 1 }));
+    await ingest.close();
+    expect((await metrics.telemetryDropped.get()).values[0]?.value).toBe(4);
+    expect(lines.map((line) => JSON.parse(line))).toEqual([
+      expect.objectContaining({ level: 50, samples: 4, msg: "telemetry batch write failed; samples dropped" }),
+    ]);
+  });
+
   it("keeps a few samples of a host that floods it, dropping the rest, and every other host's", async () => {
     const metrics = createMetrics();
     const ingest = new TelemetryIngest(db, pino({ level: "silent" }), metrics);
@@ -119,3 +172,16 @@ describe("TelemetryIngest", () => {
     expect((await metrics.telemetryDropped.get()).values[0]?.value).toBe(1000 - MAX_PENDING_PER_HOST);
   });
 });
+
+/** A logger whose lines (JSON) land in `lines`. */
+function capturingLogger(lines: string[]) {
+  return pino(
+    { level: "info" },
+    new Writable({
+      write(chunk, _encoding, done) {
+        lines.push(String(chunk));
+        done();
+      },
+    }),
+  );
+}

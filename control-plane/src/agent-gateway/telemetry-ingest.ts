@@ -93,15 +93,47 @@ export class TelemetryIngest {
   private async write(batch: TelemetryRecord[]): Promise<void> {
     const end = this.metrics.telemetryFlushSeconds.startTimer();
     try {
-      await recordTelemetry(this.db, batch, new Date());
-      const now = Date.now();
-      for (const r of batch) this.metrics.telemetryIngestLatency.observe(Math.max(0, now - r.at.getTime()) / 1000);
-    } catch (err) {
-      // Telemetry is a time series: a lost batch leaves a gap, it corrupts nothing. Say so loudly.
-      this.log.error({ err, samples: batch.length }, "telemetry batch write failed; samples dropped");
+      await this.writeHosts(byHost(batch));
     } finally {
       end();
     }
+  }
+
+  /**
+   * Writes the samples of `hosts` (a list of each host's) in one transaction. When the database refuses them for
+   * what they hold, the hosts are halved until the one at fault is alone: it loses its samples, every other host
+   * keeps its own and its last_seen_at, which liveness reads. One host at fault in a batch of n costs about
+   * 2·log2(n) more writes.
+   */
+  private async writeHosts(hosts: TelemetryRecord[][]): Promise<void> {
+    const records = hosts.flat();
+    try {
+      await recordTelemetry(this.db, records, new Date());
+    } catch (err) {
+      const refused = refusedForItsData(err);
+      if (refused && hosts.length > 1) {
+        const half = Math.ceil(hosts.length / 2);
+        await this.writeHosts(hosts.slice(0, half));
+        await this.writeHosts(hosts.slice(half));
+        return;
+      }
+      // Telemetry is a time series: a lost batch leaves a gap, it corrupts nothing. Say so loudly.
+      this.metrics.telemetryDropped.inc(records.length);
+      if (refused) {
+        // The SQLSTATE only: a message may quote the value refused, and sample values stay out of the log.
+        const code = (err as { code: string }).code;
+        this.log.warn(
+          { hostId: records[0]?.hostId, samples: records.length, code },
+          "the database refused this host's telemetry; its samples dropped",
+        );
+      } else {
+        // The database itself failed (unreachable, shutting down): host by host would fail alike.
+        this.log.error({ err, samples: records.length }, "telemetry batch write failed; samples dropped");
+      }
+      return;
+    }
+    const now = Date.now();
+    for (const r of records) this.metrics.telemetryIngestLatency.observe(Math.max(0, now - r.at.getTime()) / 1000);
   }
 
   async close(): Promise<void> {
@@ -114,6 +146,27 @@ export class TelemetryIngest {
   }
 }
 
+/** A batch's records as one list per host, hosts in the order they first appear. */
+function byHost(batch: TelemetryRecord[]): TelemetryRecord[][] {
+  const hosts = new Map<string, TelemetryRecord[]>();
+  for (const r of batch) {
+    const list = hosts.get(r.hostId);
+    if (list) list.push(r);
+    else hosts.set(r.hostId, [r]);
+  }
+  return [...hosts.values()];
+}
+
+/**
+ * A refusal of what the rows hold (SQLSTATE class 22, data exception, or 23, integrity constraint violation,
+ * such as a host row deleted under its samples), which other rows need not share; not a failure of the
+ * database itself.
+ */
+function refusedForItsData(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === "string" && (code.startsWith("22") || code.startsWith("23"));
+}
+
 /** At most this many GPUs of one sample are kept (a machine has 8, 16 at most); the rest are dropped. */
 export const MAX_GPUS_PER_SAMPLE = 64;
 /** Longest GPU uuid or model kept; longer ones are cut (real ones are under 100 characters). */
@@ -122,10 +175,9 @@ export const MAX_GPU_TEXT = 256;
 const MAX_SAMPLE_AGE_MS = 86_400_000;
 
 /**
- * Turns what an agent sent into a record the database accepts, whatever the agent sent: the values land in
- * one batch with other hosts' samples, and a value the database refuses (a uint64 beyond bigint, an invalid
- * date) would fail the whole batch and with it every host's last_seen_at, so liveness would declare them all
- * lost. Non-finite or out-of-range measurements become null, counters are capped, texts and lists bounded (and
+ * Turns what an agent sent into a record the database accepts, whatever the agent sent: a value the database
+ * refuses (a uint64 beyond bigint, an invalid date) would fail the host's write and with it its last_seen_at,
+ * so liveness would declare it lost (and cost its whole batch a retry host by host, see writeHosts). Non-finite or out-of-range measurements become null, counters are capped, texts and lists bounded (and
  * texts rid of NUL).
  */
 function toRecord(hostId: string, t: Telemetry): TelemetryRecord {
