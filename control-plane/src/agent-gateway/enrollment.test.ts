@@ -68,6 +68,14 @@ describe("enrollment", () => {
     expect((await db.selectFrom("hosts").select("id").execute()).length).toBe(hostsBefore);
   });
 
+  it("looks at the token before the CSR: a caller without a valid one gets nothing verified or signed", async () => {
+    const junk = create(EnrollRequestSchema, { joinToken: "t-none", csrPem: "not a csr", name: "x" });
+    await expect(enrollHost(db, ca, junk)).rejects.toMatchObject({
+      code: status.PERMISSION_DENIED,
+      message: expect.stringMatching(/^the join token is not valid/),
+    });
+  });
+
   it("lets exactly one of two racing enrollments use a token", async () => {
     await insertJoinToken(db, { token: "t-race", tenantId: "prov", expiresAt: new Date(Date.now() + 60_000) });
     const results = await Promise.allSettled([

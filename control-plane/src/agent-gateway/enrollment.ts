@@ -2,7 +2,7 @@
 import { randomBytes } from "node:crypto";
 import type { EnrollRequest } from "@dumont/proto";
 import { status } from "@grpc/grpc-js";
-import { consumeJoinToken } from "../db/credential-repository.js";
+import { checkJoinToken, consumeJoinToken } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { insertHost } from "../db/host-repository.js";
 import type { CertificateAuthority } from "./certificate-authority.js";
@@ -38,6 +38,18 @@ export function agentFactsProblem(facts: { agentVersion: string; hostname: strin
   return undefined;
 }
 
+function joinTokenRefused(reason: "unknown" | "used" | "expired"): EnrollError {
+  const why = {
+    unknown: "the join token is not valid",
+    used: "the join token was already used",
+    expired: "the join token has expired",
+  }[reason];
+  return new EnrollError(
+    status.PERMISSION_DENIED,
+    `${why}; create a new one with \`dumont host join-token create\` and run enroll again`,
+  );
+}
+
 export async function enrollHost(
   db: Db,
   ca: CertificateAuthority,
@@ -58,6 +70,10 @@ export async function enrollHost(
       `name must be 1-63 letters, digits, '.', '_' or '-' starting with a letter or digit, got ${JSON.stringify(name)}`,
     );
   }
+  // The token first: a caller without a valid one gets no CSR verified and no certificate signed. Using it
+  // happens below, atomically with creating the host (two agents racing with one token cannot both win).
+  const usable = await checkJoinToken(db, request.joinToken, now);
+  if (!usable.ok) throw joinTokenRefused(usable.reason);
   const hostId = newHostId();
   let signed: { certificatePem: string; serial: string };
   try {
@@ -67,17 +83,7 @@ export async function enrollHost(
   }
   await db.transaction().execute(async (tx) => {
     const use = await consumeJoinToken(tx, request.joinToken, hostId, now);
-    if (!use.ok) {
-      const why = {
-        unknown: "the join token is not valid",
-        used: "the join token was already used",
-        expired: "the join token has expired",
-      }[use.reason];
-      throw new EnrollError(
-        status.PERMISSION_DENIED,
-        `${why}; create a new one with \`dumont host join-token create\` and run enroll again`,
-      );
-    }
+    if (!use.ok) throw joinTokenRefused(use.reason);
     await insertHost(tx, {
       id: hostId,
       tenantId: use.tenantId,

@@ -74,11 +74,18 @@ export async function consumeJoinToken(db: Db, token: string, hostId: string, no
     .returning("tenant_id")
     .executeTakeFirst();
   if (claimed) return { ok: true, tenantId: claimed.tenant_id };
+  return checkJoinToken(db, token, now);
+}
+
+/** Whether a join token could be used now, and by which tenant, without using it (see consumeJoinToken). */
+export async function checkJoinToken(db: Db, token: string, now: Date): Promise<JoinTokenUse> {
   const row = await db
     .selectFrom("join_tokens")
-    .select(["used_at", "expires_at"])
-    .where("token_hash", "=", hash)
+    .select(["tenant_id", "used_at", "expires_at"])
+    .where("token_hash", "=", sha256Hex(token))
     .executeTakeFirst();
   if (!row) return { ok: false, reason: "unknown" };
-  return { ok: false, reason: row.used_at ? "used" : "expired" };
+  if (row.used_at) return { ok: false, reason: "used" };
+  if (new Date(row.expires_at) <= now) return { ok: false, reason: "expired" };
+  return { ok: true, tenantId: row.tenant_id };
 }
