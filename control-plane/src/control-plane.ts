@@ -116,6 +116,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
     };
     const http = createHttpServer({
       routes,
+      log,
       registry: metrics.registry,
       healthy: async () => {
         await db.selectFrom("tenants").select("id").limit(1).execute();

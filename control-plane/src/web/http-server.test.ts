@@ -1,11 +1,20 @@
-// The HTTP port's own limits, on a real socket: how long a client may take to send a request.
+// The HTTP port's own limits, on a real socket: how long a client may take to send a request; and what becomes
+// of an error no API handler meant to raise.
 import type http from "node:http";
 import net from "node:net";
+import { Writable } from "node:stream";
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { api } from "@dumont/proto";
+import pino from "pino";
 import { Gauge, Registry } from "prom-client";
 import { afterEach, describe, expect, it } from "vitest";
+import { NotFoundError } from "../errors.js";
+import { createLogger } from "../logger.js";
 import { createHttpServer, listenHttp } from "./http-server.js";
+
+const silent = pino({ level: "silent" });
 
 describe("HTTP server", () => {
   let server: http.Server | undefined;
@@ -19,6 +28,7 @@ describe("HTTP server", () => {
     server = createHttpServer({
       registry: new Registry(),
       healthy: async () => true,
+      log: silent,
       requestTimeoutMs,
       routes: (router) =>
         router.service(api.HostService, {
@@ -82,7 +92,7 @@ describe("HTTP server: /metrics", () => {
         throw new Error("sensor gone");
       },
     });
-    const server = createHttpServer({ registry, healthy: async () => true, routes: () => {} });
+    const server = createHttpServer({ registry, healthy: async () => true, log: silent, routes: () => {} });
     const port = await listenHttp(server, "127.0.0.1", 0);
     try {
       const res = await fetch(`http://127.0.0.1:${port}/metrics`);
@@ -93,5 +103,113 @@ describe("HTTP server: /metrics", () => {
       server.closeAllConnections();
       await new Promise((resolve) => server.close(resolve));
     }
+  });
+});
+
+describe("HTTP server: an API error no handler meant to raise", () => {
+  const apiKey = `dumont_${"0".repeat(16)}_${"k".repeat(43)}`;
+  const lines: string[] = [];
+  const records = () => lines.map((line) => JSON.parse(line) as Record<string, unknown>);
+  let server: http.Server | undefined;
+  afterEach(async () => {
+    server?.closeAllConnections();
+    await new Promise((resolve) => server?.close(resolve));
+    server = undefined;
+    lines.length = 0;
+  });
+
+  const start = async () => {
+    const sink = new Writable({
+      write(chunk, _encoding, done) {
+        lines.push(String(chunk));
+        done();
+      },
+    });
+    server = createHttpServer({
+      registry: new Registry(),
+      healthy: async () => true,
+      log: createLogger("info", sink as never),
+      routes: (router) => {
+        router.service(api.HostService, {
+          async listHosts() {
+            throw new Error('relation "hosts" does not exist (pool of db.internal:5432)');
+          },
+          async getHostMetrics(req) {
+            throw new NotFoundError(`host ${req.hostId} not found`);
+          },
+        });
+        router.service(api.SnapshotService, {
+          async *listSnapshotFiles() {
+            yield create(api.ListSnapshotFilesResponseSchema, { files: [{ path: "a.txt" }] });
+            throw new TypeError("Cannot read properties of undefined (reading 'entries')");
+          },
+        });
+      },
+    });
+    const port = await listenHttp(server, "127.0.0.1", 0);
+    const transport = createConnectTransport({
+      baseUrl: `http://127.0.0.1:${port}`,
+      httpVersion: "1.1",
+      interceptors: [
+        (next) => (req) => {
+          req.header.set("authorization", `Bearer ${apiKey}`);
+          return next(req);
+        },
+      ],
+    });
+    return { hosts: createClient(api.HostService, transport), snapshots: createClient(api.SnapshotService, transport) };
+  };
+  const failure = (p: Promise<unknown>) =>
+    p.then(
+      () => expect.unreachable("the call succeeded"),
+      (err: unknown) => ConnectError.from(err),
+    );
+
+  it("answers Internal with no detail, and logs the error and its procedure, never the key or the request", async () => {
+    const { hosts } = await start();
+    const err = await failure(hosts.listHosts({}));
+    expect(err.code).toBe(Code.Internal);
+    expect(err.rawMessage).toBe("internal error");
+    expect(JSON.stringify({ message: err.message, metadata: [...err.metadata], details: err.details })).not.toMatch(
+      /hosts|db\.internal/,
+    );
+
+    expect(records()).toEqual([
+      expect.objectContaining({
+        level: 50,
+        procedure: "dumont.api.v1.HostService/ListHosts",
+        err: expect.objectContaining({ message: 'relation "hosts" does not exist (pool of db.internal:5432)' }),
+      }),
+    ]);
+    expect(lines.join("")).not.toContain(apiKey.slice(-43));
+  });
+
+  it("logs a stream's error after its first messages went out, and leaves expected errors to the client", async () => {
+    const { hosts, snapshots } = await start();
+    const received: string[] = [];
+    const streamed = await failure(
+      (async () => {
+        for await (const res of snapshots.listSnapshotFiles({ snapshotId: "request-body-marker" })) {
+          received.push(...res.files.map((f) => f.path));
+        }
+      })(),
+    );
+    expect(received).toEqual(["a.txt"]);
+    expect(streamed.code).toBe(Code.Internal);
+    expect(streamed.rawMessage).toBe("internal error");
+    expect(records()).toEqual([
+      expect.objectContaining({
+        level: 50,
+        procedure: "dumont.api.v1.SnapshotService/ListSnapshotFiles",
+        err: expect.objectContaining({ type: "TypeError" }),
+      }),
+    ]);
+    expect(lines.join("")).not.toContain("request-body-marker");
+
+    lines.length = 0;
+    const notFound = await failure(hosts.getHostMetrics({ hostId: "h-x" }));
+    expect(notFound.code).toBe(Code.NotFound);
+    expect(notFound.rawMessage).toBe("host h-x not found");
+    expect(lines).toEqual([]);
   });
 });

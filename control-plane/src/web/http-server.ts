@@ -3,11 +3,15 @@ import http from "node:http";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Registry } from "prom-client";
+import { logUnexpectedErrors } from "../api/unexpected-errors.js";
+import type { Logger } from "../logger.js";
 
 export interface HttpServerDeps {
   routes: (router: ConnectRouter) => void;
   registry: Registry;
   healthy: () => Promise<boolean>;
+  /** Where an API call's unexpected error is logged (its client is only answered "internal error"). */
+  log: Logger;
   /** How long a client may take to send a whole request (tests shorten it). */
   requestTimeoutMs?: number;
 }
@@ -23,6 +27,7 @@ const REQUEST_TIMEOUT_MS = 60_000;
 export function createHttpServer(deps: HttpServerDeps): http.Server {
   const api = connectNodeAdapter({
     routes: deps.routes,
+    interceptors: [logUnexpectedErrors(deps.log)],
     // Keep API request bodies small: nothing in the API needs more.
     readMaxBytes: 4 * 1024 * 1024,
   });
