@@ -1,5 +1,6 @@
 // `dumont`: the control plane and its CLI (one program).
-import { Command } from "commander";
+import { flagParsers } from "@dumont/repository/cli-flags";
+import { Command, InvalidArgumentError } from "commander";
 import { registerDevCommand } from "./dev-command.js";
 import { registerHostCommands } from "./host-command.js";
 import { registerServeCommand } from "./serve-command.js";
@@ -9,8 +10,16 @@ export async function main(argv: string[]): Promise<void> {
   const program = new Command("dumont")
     .description("Dumont: a GPU cloud built from other people's machines")
     .version("0.1.0")
-    .option("--api-url <url>", "control plane API (env DUMONT_API_URL, default http://localhost:8000)")
-    .option("--api-key <key>", "API key (env DUMONT_API_KEY, default .dumont/admin-api-key)")
+    .option(
+      "--api-url <url>",
+      "control plane API (env DUMONT_API_URL, default http://localhost:8000)",
+      once("--api-url", (url) => url),
+    )
+    .option(
+      "--api-key <key>",
+      "API key (env DUMONT_API_KEY, default .dumont/admin-api-key)",
+      onceUnquoted("--api-key", (key) => key),
+    )
     .showHelpAfterError();
   registerServeCommand(program);
   registerDevCommand(program);
@@ -18,3 +27,8 @@ export async function main(argv: string[]): Promise<void> {
   registerSnapshotCommands(program);
   await program.parseAsync(argv);
 }
+
+// Given twice, a global flag is refused like every other (the last one silently won). The key's refusal is a
+// plain Error, which the bin prints as its message alone: commander's InvalidArgumentError quotes the value.
+const { once } = flagParsers(InvalidArgumentError);
+const { once: onceUnquoted } = flagParsers(Error);

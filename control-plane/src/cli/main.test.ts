@@ -1,0 +1,44 @@
+// `dumont`'s global flags (--api-url, --api-key), through the built CLI as a process: each is taken once, and
+// given twice is refused before any request, naming the flag (never quoting the key).
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { describe, expect, it } from "vitest";
+
+describe("dumont (admin CLI): global flags", () => {
+  const bin = fileURLToPath(new URL("../../bin/dumont.js", import.meta.url));
+  const secret = "s".repeat(42);
+  const key = (last: string) => `dumont_${"0".repeat(16)}_${secret}${last}`;
+  // Nothing listens on ports 1 and 2: a request that got that far fails "cannot reach".
+  const env = { ...process.env, DUMONT_API_URL: "http://127.0.0.1:1", DUMONT_API_KEY: key("e") };
+  const dumont = async (args: string[]) => {
+    try {
+      await promisify(execFile)(process.execPath, [bin, ...args], { env });
+      return { code: 0, stdout: "", stderr: "" };
+    } catch (err) {
+      const { code, stdout, stderr } = err as { code: number; stdout: string; stderr: string };
+      return { code, stdout, stderr };
+    }
+  };
+
+  it.each<[string, string[]]>([
+    ["before the command", ["--api-url", "http://127.0.0.1:1", "--api-url", "http://127.0.0.1:2", "host", "list"]],
+    ["before and after it", ["--api-url", "http://127.0.0.1:1", "snapshot", "list", "--api-url=http://127.0.0.1:2"]],
+  ])("refuses --api-url given twice (%s)", async (_where, args) => {
+    const res = await dumont(args);
+    expect(res).toMatchObject({ code: 1, stdout: "" });
+    expect(res.stderr).toMatch(/--api-url was given twice: give it once/);
+    expect(res.stderr).not.toMatch(/cannot reach/);
+  });
+
+  it("refuses --api-key given twice without printing either key", async () => {
+    const res = await dumont(["--api-key", key("a"), "host", "list", "--api-key", key("b")]);
+    expect(res).toEqual({ code: 1, stdout: "", stderr: "dumont: --api-key was given twice: give it once\n" });
+  });
+
+  it("takes each once, over its environment variable", async () => {
+    const res = await dumont(["--api-url", "http://127.0.0.1:2", "--api-key", key("a"), "host", "list"]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toMatch(/^dumont: \[unavailable\] cannot reach the control plane at http:\/\/127\.0\.0\.1:2 /);
+  });
+});
