@@ -212,31 +212,42 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await writer.put([chunk]);
     // The commit is held at its manifest's write, its packs durable (a control plane's agent drops then).
     const put = store.put.bind(store);
+    const remove = store.delete.bind(store);
+    const events: string[] = [];
     let open = () => {};
     const gate = new Promise<void>((r) => (open = r));
     let reached = () => {};
     const atManifest = new Promise<void>((r) => (reached = r));
-    store.put = async (objectKey, body) => {
-      if (objectKey.startsWith("manifests/")) {
-        reached();
-        await gate;
-      }
-      return put(objectKey, body);
+    store.put = async (objectKey, body, options) => {
+      if (!objectKey.startsWith("manifests/")) return put(objectKey, body, options);
+      reached();
+      await gate;
+      const written = await put(objectKey, body, options);
+      events.push("manifest written");
+      return written;
+    };
+    store.delete = async (objectKey) => {
+      if (objectKey.startsWith("locks/")) events.push("lock released");
+      return remove(objectKey);
     };
     const committing = writer.commit([sealManifest(key, manifestOf({ "a.bin": [chunk] }))], meta);
-    committing.catch(() => {});
+    const commitEnded = committing.then(
+      () => events.push("commit ended"),
+      () => events.push("commit ended"),
+    );
     await atManifest;
-    let aborted = false;
-    const abort = writer.abort().then(() => (aborted = true));
-    await new Promise((r) => setTimeout(r, 50));
-    expect(aborted).toBe(false); // the lock is still held: no prune can start under the commit
+    const abort = writer.abort().then(() => events.push("abort returned"));
+    // An abort that did not wait would release the lock within its own steps, no I/O before: before the
+    // manifest's write, which only begins now, can have finished. No prune may start under the commit.
     open();
-    await abort;
+    await Promise.all([abort, commitEnded]);
+    expect(events).toEqual(["manifest written", "commit ended", "lock released", "abort returned"]);
     await expect(committing).rejects.toThrow(/already committed or aborted/);
     expect(await repository.listSnapshots()).toEqual([]);
     const prune = await acquireLock(store, key, { exclusive: true, purpose: "a prune" });
     await prune.release();
     store.put = put;
+    store.delete = remove;
     await store.close();
   });
 

@@ -19,7 +19,6 @@ import {
 } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import {
   type ChunkSink,
@@ -448,38 +447,54 @@ describe("snapshot engine", () => {
     const { chunker, segmentSize } = SMALL;
     /**
      * How many segments the workers seal while the sink holds the first one's chunks (a stream held back by
-     * its receiver), and the manifest's entries once it lets go. The pipeline stops when its window is full,
-     * so the count settles; no timing decides it.
+     * its receiver), and the manifest's entries once it lets go. Once the sink holds those chunks and has been
+     * offered every segment handed to the workers, nothing is left in flight: the pipeline waits on the sink
+     * and hands out no more (one that did, beyond its window, has been counted by then). No timing decides it.
      */
     const run = async (sealAhead: number) => {
       const { store, repository, writer } = await freshWriter(key);
+      const handedOut = vi.spyOn(pool, "sealSegments");
       let offers = 0;
+      let atSink = false;
+      let settled!: () => void;
+      const quiet = new Promise<void>((resolve) => {
+        settled = resolve;
+      });
+      const check = () => {
+        if (atSink && offers === handedOut.mock.calls.length) settled();
+      };
       let letGo!: () => void;
       const held = new Promise<void>((resolve) => {
         letGo = resolve;
       });
       const sink: ChunkSink = {
-        missing: (ids) => {
+        missing: async (ids) => {
+          const missing = await writer.missing(ids);
           offers++;
-          return writer.missing(ids);
+          check();
+          return missing;
         },
         put: async (chunks) => {
+          atSink = true;
+          check();
           await held;
           await writer.put(chunks);
         },
         commit: (manifest, meta) => writer.commit(manifest, meta),
         abort: () => writer.abort(),
       };
-      const creating = createSnapshot({ source, sink, key, meta, pool, chunker, segmentSize, sealAhead });
-      const window = pool.threads + 1 + sealAhead;
-      for (let waited = 0; offers < window && waited < 20_000; waited += 10) await sleep(10);
-      await sleep(200); // time enough for a segment beyond the window to show up, were one sealed
-      const sealed = offers;
-      letGo();
-      const created = await creating;
-      const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
-      await store.close();
-      return { sealed, entries: manifest.entries };
+      try {
+        const creating = createSnapshot({ source, sink, key, meta, pool, chunker, segmentSize, sealAhead });
+        await quiet;
+        const sealed = offers;
+        letGo();
+        const created = await creating;
+        const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
+        return { sealed, entries: manifest.entries };
+      } finally {
+        handedOut.mockRestore();
+        await store.close();
+      }
     };
     const usual = await run(0);
     const ahead = await run(2);
