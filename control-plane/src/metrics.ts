@@ -17,7 +17,7 @@ export function createMetrics() {
     }),
     telemetryDropped: new Counter({
       name: "dumont_telemetry_dropped_total",
-      help: "Telemetry samples dropped because their host already had several waiting to be written",
+      help: "Telemetry samples dropped: their host already had several waiting to be written, or the database refused or failed their write",
       registers: [registry],
     }),
     telemetryIngestLatency: new Summary({

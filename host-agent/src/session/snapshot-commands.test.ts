@@ -108,8 +108,9 @@ describe("SnapshotCommands", () => {
     );
     const sentBefore = session.sent.length;
     restore("r1", key, join(root, "elsewhere"));
-    await new Promise((r) => setTimeout(r, 100));
-    // The same request id again: refused, and the one running is not disturbed (it reports nothing yet).
+    // The same request id again: refused, and the one running is not disturbed (it reports nothing yet; it has
+    // nothing to report before its chunk comes, so no wait could let a wrong report pass).
+    await session.waitFor(doneWith("r1"));
     const refused = session.sent.slice(sentBefore).filter(doneWith("r1"));
     expect(refused).toHaveLength(1);
     const [{ msg }] = refused;
