@@ -177,8 +177,9 @@ const MAX_SAMPLE_AGE_MS = 86_400_000;
 /**
  * Turns what an agent sent into a record the database accepts, whatever the agent sent: a value the database
  * refuses (a uint64 beyond bigint, an invalid date) would fail the host's write and with it its last_seen_at,
- * so liveness would declare it lost (and cost its whole batch a retry host by host, see writeHosts). Non-finite or out-of-range measurements become null, counters are capped, texts and lists bounded (and
- * texts rid of NUL).
+ * so liveness would declare it lost (and cost its whole batch a retry host by host, see writeHosts).
+ * Non-finite or out-of-range measurements become null, counters are capped, texts and lists bounded (and texts
+ * rid of NUL).
  */
 function toRecord(hostId: string, t: Telemetry): TelemetryRecord {
   const gpus = t.gpus.slice(0, MAX_GPUS_PER_SAMPLE).map(toGpuState);
