@@ -6,9 +6,8 @@ export interface AgentPaths {
   identityDir: string;
   privateKey: string;
   certificate: string;
-  /** A renewed key and certificate waiting to replace the two above (session/certificate-renewal.ts). */
-  renewedPrivateKey: string;
-  renewedCertificate: string;
+  /** A renewed key and certificate, in one file, waiting to replace the two above (session/identity.ts). */
+  renewal: string;
   caCertificate: string;
   enrollment: string;
   snapshotState: string;
@@ -22,8 +21,7 @@ export function agentPaths(dataDir: string): AgentPaths {
     identityDir,
     privateKey: path.join(identityDir, "agent.key"),
     certificate: path.join(identityDir, "agent.crt"),
-    renewedPrivateKey: path.join(identityDir, "agent.key.next"),
-    renewedCertificate: path.join(identityDir, "agent.crt.next"),
+    renewal: path.join(identityDir, "renewal.pem"),
     caCertificate: path.join(identityDir, "ca.crt"),
     enrollment: path.join(root, "enrollment.json"),
     snapshotState: path.join(root, "snapshots"),

@@ -1,13 +1,13 @@
 // Renewing the agent's client certificate before it expires: Renew on the agent gateway, over the current
 // certificate, with a fresh key and CSR each time. The control plane accepts the current certificate until the
 // new one is first presented; storeRenewedIdentity (identity.ts) swaps the new pair in crash-safely.
-import { createPrivateKey, X509Certificate } from "node:crypto";
+import { X509Certificate } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { RenewRequestSchema, type RenewResponse } from "@dumont/proto";
 import * as grpc from "@grpc/grpc-js";
 import { agentPaths } from "../platform/paths.js";
 import { createGatewayClient } from "./grpc-client.js";
-import { type Identity, storeRenewedIdentity } from "./identity.js";
+import { type Identity, keyMatches, storeRenewedIdentity } from "./identity.js";
 
 /** A certificate is renewed once less than this share of its validity is left (122 days of 365). */
 const RENEW_WITH_LEFT = 1 / 3;
@@ -70,7 +70,7 @@ function checkRenewedCertificate(certPem: string, keyPem: string, identity: Iden
   } catch {
     throw new Error("the control plane's Renew answer holds no readable certificate; nothing was changed");
   }
-  const problem = !certificate.checkPrivateKey(createPrivateKey(keyPem))
+  const problem = !keyMatches(certPem, keyPem)
     ? "is not for the key this agent sent"
     : !certificate.verify(new X509Certificate(identity.caPem).publicKey)
       ? "is not signed by the control plane's CA this agent pinned"

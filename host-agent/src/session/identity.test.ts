@@ -1,9 +1,14 @@
+import "reflect-metadata";
+import { webcrypto } from "node:crypto";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import * as x509 from "@peculiar/x509";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { agentPaths } from "../platform/paths.js";
-import { loadIdentity, storeRenewedIdentity } from "./identity.js";
+import { completeRenewal, loadIdentity, storeRenewedIdentity } from "./identity.js";
+
+const ALG = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
 
 describe("loadIdentity", () => {
   let dir: string;
@@ -30,43 +35,69 @@ describe("loadIdentity", () => {
     );
   });
 
-  describe("after a renewal a crash interrupted", () => {
-    // The steps of storeRenewedIdentity, each as a crash would leave it: what loads next is one matching pair.
-    const files = async () => {
-      const paths = agentPaths(dir);
-      const read = (f: string) => fs.readFile(f, "utf8").catch(() => undefined);
-      return {
-        key: await read(paths.privateKey),
-        cert: await read(paths.certificate),
-        nextKey: await read(paths.renewedPrivateKey),
-        nextCert: await read(paths.renewedCertificate),
-      };
+  describe("a stored renewal", () => {
+    // What storeRenewedIdentity leaves at each step, as a crash (or another agent process) would find it: what
+    // loads next is one matching pair.
+    const pair = async () => {
+      x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+      const keys = (await webcrypto.subtle.generateKey(ALG, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
+      const cert = await x509.X509CertificateGenerator.createSelfSigned({
+        serialNumber: "01",
+        name: "CN=h-1",
+        notBefore: new Date(Date.now() - 60_000),
+        notAfter: new Date(Date.now() + 86_400_000),
+        keys,
+        signingAlgorithm: ALG,
+      });
+      const der = await webcrypto.subtle.exportKey("pkcs8", keys.privateKey);
+      return { keyPem: x509.PemConverter.encode(der, "PRIVATE KEY"), certPem: cert.toString("pem") };
     };
+    const renewalFile = (p: { keyPem: string; certPem: string }) =>
+      fs.writeFile(agentPaths(dir).renewal, `${p.keyPem}\n${p.certPem}\n`, { mode: 0o600 });
+    const loaded = async () => {
+      const { keyPem, certPem } = await loadIdentity(dir);
+      return { keyPem: keyPem.trim(), certPem: certPem.trim() };
+    };
+    const trimmed = (p: { keyPem: string; certPem: string }) => ({
+      keyPem: p.keyPem.trim(),
+      certPem: p.certPem.trim(),
+    });
+    const renewalLeft = () =>
+      fs.access(agentPaths(dir).renewal).then(
+        () => true,
+        () => false,
+      );
 
-    it("keeps the current pair when only the new key was written", async () => {
-      await fs.writeFile(agentPaths(dir).renewedPrivateKey, "KEY2", { mode: 0o600 });
+    it("is installed at the next load when a crash came before it was", async () => {
+      const next = await pair();
+      await renewalFile(next);
+      expect(await loaded()).toEqual(trimmed(next));
+      expect(await renewalLeft()).toBe(false);
+    });
+
+    it("is installed whole when a crash came after the key was copied and before the certificate", async () => {
+      const next = await pair();
+      await renewalFile(next);
+      await fs.writeFile(agentPaths(dir).privateKey, next.keyPem, { mode: 0o600 });
+      expect(await loaded()).toEqual(trimmed(next));
+    });
+
+    it("is dropped, keeping the current pair, when its certificate is not for its key", async () => {
+      const [a, b] = [await pair(), await pair()];
+      await renewalFile({ keyPem: a.keyPem, certPem: b.certPem });
       await expect(loadIdentity(dir)).resolves.toMatchObject({ keyPem: "KEY", certPem: "CERT" });
-      expect(await files()).toEqual({ key: "KEY", cert: "CERT", nextKey: undefined, nextCert: undefined });
+      expect(await renewalLeft()).toBe(false);
     });
 
-    it("takes the new pair once both were written, before either was renamed", async () => {
-      await fs.writeFile(agentPaths(dir).renewedPrivateKey, "KEY2", { mode: 0o600 });
-      await fs.writeFile(agentPaths(dir).renewedCertificate, "CERT2");
-      await expect(loadIdentity(dir)).resolves.toMatchObject({ keyPem: "KEY2", certPem: "CERT2" });
-      expect(await files()).toEqual({ key: "KEY2", cert: "CERT2", nextKey: undefined, nextCert: undefined });
-    });
-
-    it("finishes the swap when the key was renamed and the certificate not yet", async () => {
-      await fs.writeFile(agentPaths(dir).privateKey, "KEY2", { mode: 0o600 });
-      await fs.writeFile(agentPaths(dir).renewedCertificate, "CERT2");
-      await expect(loadIdentity(dir)).resolves.toMatchObject({ keyPem: "KEY2", certPem: "CERT2" });
-      expect(await files()).toEqual({ key: "KEY2", cert: "CERT2", nextKey: undefined, nextCert: undefined });
-    });
-
-    it("stores a renewal whole, the key still readable by its owner only", async () => {
-      await storeRenewedIdentity(agentPaths(dir), "KEY3", "CERT3");
-      await expect(loadIdentity(dir)).resolves.toMatchObject({ keyPem: "KEY3", certPem: "CERT3" });
+    it("is installed once when two processes finish it at the same time, the key its owner's only", async () => {
+      const next = await pair();
+      await renewalFile(next);
+      await Promise.all([completeRenewal(agentPaths(dir)), completeRenewal(agentPaths(dir)), loadIdentity(dir)]);
+      expect(await loaded()).toEqual(trimmed(next));
       expect((await fs.stat(agentPaths(dir).privateKey)).mode & 0o777).toBe(0o600);
+      const again = await pair();
+      await storeRenewedIdentity(agentPaths(dir), again.keyPem, again.certPem);
+      expect(await loaded()).toEqual(trimmed(again));
     });
   });
 });

@@ -1,4 +1,5 @@
 // The agent's enrolled identity as stored in its data dir, and the control plane's address.
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import fs from "node:fs/promises";
 import { readSecretFile, SecretFileModeError, syncDirectory, writeFileAtomic } from "@dumont/repository/atomic-file";
 import { type AgentPaths, agentPaths } from "../platform/paths.js";
@@ -57,38 +58,46 @@ export async function loadIdentity(dataDir: string): Promise<Identity> {
 }
 
 /**
- * Stores a renewed key and certificate (certificate-renewal.ts) so that a crash at any point leaves one complete
- * pair the control plane accepts:
- *
- *   1. agent.key.next, then agent.crt.next, each written atomically (the certificate's presence means the pair
- *      is complete);
- *   2. agent.key.next renamed over agent.key, then agent.crt.next over agent.crt.
- *
- * completeRenewal() runs before every load of the identity: with agent.crt.next present it finishes step 2; with
- * only agent.key.next it drops it (the control plane still accepts the current certificate until the new one is
- * first presented, and the next renewal issues another).
+ * Stores a renewed key and certificate (certificate-renewal.ts) so that a crash at any point, or another agent
+ * process loading or renewing the identity meanwhile, leaves one matching pair the control plane accepts: both
+ * go into one file first (`renewal.pem`, written atomically), which completeRenewal() then copies over agent.key
+ * and agent.crt before removing it. Every load of the identity runs completeRenewal() first, so a copy a crash
+ * interrupted is redone, and until it is done the control plane still accepts the current certificate.
  */
 export async function storeRenewedIdentity(paths: AgentPaths, keyPem: string, certPem: string): Promise<void> {
-  await writeFileAtomic(paths.renewedPrivateKey, keyPem, 0o600);
-  await writeFileAtomic(paths.renewedCertificate, certPem, 0o644);
+  await writeFileAtomic(paths.renewal, `${keyPem.trim()}\n${certPem.trim()}\n`, 0o600);
   await completeRenewal(paths);
 }
 
-/** Finishes (or drops) a renewal a crash interrupted; see storeRenewedIdentity. Does nothing when none was. */
+/** Installs a stored renewal (see storeRenewedIdentity); does nothing when there is none. */
 export async function completeRenewal(paths: AgentPaths): Promise<void> {
-  if (await exists(paths.renewedCertificate)) {
-    if (await exists(paths.renewedPrivateKey)) await fs.rename(paths.renewedPrivateKey, paths.privateKey);
-    await fs.rename(paths.renewedCertificate, paths.certificate);
-    await syncDirectory(paths.identityDir);
-  } else if (await exists(paths.renewedPrivateKey)) {
-    await fs.unlink(paths.renewedPrivateKey);
-    await syncDirectory(paths.identityDir);
+  let renewal: string;
+  try {
+    renewal = await readSecretFile(paths.renewal);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw err;
   }
+  const key = /-----BEGIN PRIVATE KEY-----[^-]+-----END PRIVATE KEY-----/.exec(renewal)?.[0];
+  const cert = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/.exec(renewal)?.[0];
+  if (!key || !cert || !keyMatches(cert, key)) {
+    // Not ours to finish (written by hand, or damaged): the current pair stays, and the next renewal replaces it.
+    await fs.unlink(paths.renewal).catch(() => {});
+    return;
+  }
+  await writeFileAtomic(paths.privateKey, `${key}\n`, 0o600);
+  await writeFileAtomic(paths.certificate, `${cert}\n`, 0o644);
+  await fs.unlink(paths.renewal).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== "ENOENT") throw err; // another process finished it first
+  });
+  await syncDirectory(paths.identityDir);
 }
 
-async function exists(file: string): Promise<boolean> {
-  return fs.access(file).then(
-    () => true,
-    () => false,
-  );
+/** Whether the certificate is for this private key. */
+export function keyMatches(certPem: string, keyPem: string): boolean {
+  try {
+    return new X509Certificate(certPem).checkPrivateKey(createPrivateKey(keyPem));
+  } catch {
+    return false;
+  }
 }
