@@ -10,21 +10,47 @@ import { completeRenewal, loadIdentity, storeRenewedIdentity } from "./identity.
 
 const ALG = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
 
+/** A matching key and certificate, as enroll and Renew store them. */
+async function pair(): Promise<{ keyPem: string; certPem: string }> {
+  x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+  const keys = (await webcrypto.subtle.generateKey(ALG, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: "01",
+    name: "CN=h-1",
+    notBefore: new Date(Date.now() - 60_000),
+    notAfter: new Date(Date.now() + 86_400_000),
+    keys,
+    signingAlgorithm: ALG,
+  });
+  const der = await webcrypto.subtle.exportKey("pkcs8", keys.privateKey);
+  return { keyPem: x509.PemConverter.encode(der, "PRIVATE KEY"), certPem: cert.toString("pem") };
+}
+
 describe("loadIdentity", () => {
   let dir: string;
+  let current: { keyPem: string; certPem: string };
   beforeEach(async () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-identity-"));
     const paths = agentPaths(dir);
+    current = await pair();
     await fs.mkdir(paths.identityDir, { mode: 0o700 });
-    await fs.writeFile(paths.privateKey, "KEY", { mode: 0o600 });
-    await fs.writeFile(paths.certificate, "CERT");
+    await fs.writeFile(paths.privateKey, current.keyPem, { mode: 0o600 });
+    await fs.writeFile(paths.certificate, current.certPem);
     await fs.writeFile(paths.caCertificate, "CA");
     await fs.writeFile(paths.enrollment, JSON.stringify({ hostId: "h-1", server: "cp:8443" }));
   });
   afterEach(() => fs.rm(dir, { recursive: true, force: true }));
 
   it("loads an identity whose key only its owner may read", async () => {
-    await expect(loadIdentity(dir)).resolves.toMatchObject({ hostId: "h-1", keyPem: "KEY" });
+    await expect(loadIdentity(dir)).resolves.toMatchObject({ hostId: "h-1", ...current });
+  });
+
+  it("refuses a key and a certificate that do not belong together, naming both files", async () => {
+    const paths = agentPaths(dir);
+    await fs.writeFile(paths.certificate, (await pair()).certPem);
+    await expect(loadIdentity(dir)).rejects.toThrow(
+      `${paths.certificate} is not the certificate of the key in ${paths.privateKey}`,
+    );
   });
 
   it("refuses a private key that other users may read, naming the file and the fix", async () => {
@@ -38,20 +64,6 @@ describe("loadIdentity", () => {
   describe("a stored renewal", () => {
     // What storeRenewedIdentity leaves at each step, as a crash (or another agent process) would find it: what
     // loads next is one matching pair.
-    const pair = async () => {
-      x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
-      const keys = (await webcrypto.subtle.generateKey(ALG, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
-      const cert = await x509.X509CertificateGenerator.createSelfSigned({
-        serialNumber: "01",
-        name: "CN=h-1",
-        notBefore: new Date(Date.now() - 60_000),
-        notAfter: new Date(Date.now() + 86_400_000),
-        keys,
-        signingAlgorithm: ALG,
-      });
-      const der = await webcrypto.subtle.exportKey("pkcs8", keys.privateKey);
-      return { keyPem: x509.PemConverter.encode(der, "PRIVATE KEY"), certPem: cert.toString("pem") };
-    };
     const renewalFile = (p: { keyPem: string; certPem: string }) =>
       fs.writeFile(agentPaths(dir).renewal, `${p.keyPem}\n${p.certPem}\n`, { mode: 0o600 });
     const loaded = async () => {
@@ -85,7 +97,7 @@ describe("loadIdentity", () => {
     it("is dropped, keeping the current pair, when its certificate is not for its key", async () => {
       const [a, b] = [await pair(), await pair()];
       await renewalFile({ keyPem: a.keyPem, certPem: b.certPem });
-      await expect(loadIdentity(dir)).resolves.toMatchObject({ keyPem: "KEY", certPem: "CERT" });
+      await expect(loadIdentity(dir)).resolves.toMatchObject(current);
       expect(await renewalLeft()).toBe(false);
     });
 

@@ -54,6 +54,12 @@ export async function loadIdentity(dataDir: string): Promise<Identity> {
     if (err instanceof SecretFileModeError) throw err;
     throw new Error(`agent identity files are missing in ${paths.identityDir} (${err.message}); enroll again`);
   });
+  if (!keyMatches(certPem, keyPem)) {
+    throw new Error(
+      `${paths.certificate} is not the certificate of the key in ${paths.privateKey} (copied from another host, ` +
+        "or read while another agent process installed a renewal); start again, or enroll again with --force",
+    );
+  }
   return { hostId: enrollment.hostId, server: enrollment.server, keyPem, certPem, caPem };
 }
 
