@@ -34,6 +34,7 @@ interface HostJson {
   status: string;
   agentVersion: string;
   lastSeenAt: string | null;
+  certificateExpiresAt: string | null;
   gpus: {
     index: number;
     uuid: string;
@@ -104,6 +105,10 @@ describe("foundation: enroll, stream, telemetry, liveness", () => {
 
     const boxA = list.find((h) => h.id === a.hostId)!;
     expect(boxA.name).toBe("a100-box");
+    // The certificate it connected with: a year from enrollment.
+    const certificateDays = (Date.parse(boxA.certificateExpiresAt!) - Date.now()) / 86_400_000;
+    expect(certificateDays).toBeGreaterThan(364);
+    expect(certificateDays).toBeLessThan(366);
     expect(boxA.agentVersion).toMatch(/^\d+\.\d+\.\d+/);
     expect(boxA.gpus).toHaveLength(8);
     expect(boxA.gpus.map((g) => g.index)).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);

@@ -54,6 +54,7 @@ describe("enrollment", () => {
     const host = await getHost(db, hostId);
     expect(host).toMatchObject({ tenant_id: "prov", name: "gpu-box-1", status: "lost" });
     expect(host!.cert_serial).toBe(cert.serialNumber);
+    expect(host!.cert_expires_at?.getTime()).toBe(cert.notAfter.getTime());
   });
 
   it("refuses a used token, an expired token and an unknown token without creating a host", async () => {

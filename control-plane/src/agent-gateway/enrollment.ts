@@ -75,7 +75,7 @@ export async function enrollHost(
   const usable = await checkJoinToken(db, request.joinToken, now);
   if (!usable.ok) throw joinTokenRefused(usable.reason);
   const hostId = newHostId();
-  let signed: { certificatePem: string; serial: string };
+  let signed: Awaited<ReturnType<CertificateAuthority["signAgentCsr"]>>;
   try {
     signed = await ca.signAgentCsr(request.csrPem, hostId);
   } catch (err) {
@@ -91,6 +91,7 @@ export async function enrollHost(
       hostname,
       agentVersion: request.agentVersion,
       certSerial: signed.serial,
+      certExpiresAt: signed.notAfter,
     });
   });
   return { hostId, certificatePem: signed.certificatePem };

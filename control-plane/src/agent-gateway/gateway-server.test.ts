@@ -192,7 +192,10 @@ describe("AgentGatewayServer", () => {
   it("welcomes the enrolled host's own Hello", async () => {
     const outcome = await streamOutcome(client(host), hello(host.id));
     expect(outcome.code).toBe("welcome");
-    expect(await getHost(db, host.id)).toMatchObject({ status: "online", agent_version: "0.1.0", hostname: "box-1" });
+    const row = await getHost(db, host.id);
+    expect(row).toMatchObject({ status: "online", agent_version: "0.1.0", hostname: "box-1" });
+    // The expiry of the certificate the session was opened with (the renewed one, after the test above).
+    expect(row?.cert_expires_at?.getTime()).toBe(new x509.X509Certificate(host.certPem).notAfter.getTime());
   });
 });
 

@@ -270,6 +270,7 @@ export class AgentGatewayServer {
       simulated: inventory?.simulated ?? false,
       hostname,
       now: new Date(),
+      certExpiresAt: certificateExpiry(stream),
     });
     if (closed) return; // liveness marks the host lost if no other session comes
     this.deps.liveness.heartbeat(host.id);
@@ -352,6 +353,13 @@ export class AgentGatewayServer {
         }
     }
   }
+}
+
+/** When the client certificate a call was opened with expires, or undefined if it cannot be read. */
+function certificateExpiry(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, "getAuthContext">): Date | undefined {
+  const validTo = call.getAuthContext().sslPeerCertificate?.valid_to;
+  const at = validTo ? new Date(validTo) : undefined;
+  return at && !Number.isNaN(at.getTime()) ? at : undefined;
 }
 
 /** Ends a call with a status (grpc-js turns an 'error' event on a server stream into the call's status). */

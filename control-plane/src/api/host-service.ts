@@ -124,6 +124,7 @@ function toApiHost(h: HostRow): api.Host {
     simulated: h.simulated,
     enrolledAt: timestampFromDate(h.enrolled_at),
     lastSeenAt: h.last_seen_at ? timestampFromDate(h.last_seen_at) : undefined,
+    certificateExpiresAt: h.cert_expires_at ? timestampFromDate(h.cert_expires_at) : undefined,
     gpus: (latest?.gpus ?? []).map((g) => ({
       index: g.index,
       uuid: g.uuid,

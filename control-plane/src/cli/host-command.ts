@@ -43,12 +43,7 @@ export function registerHostCommands(program: Command): void {
         process.stdout.write("No hosts yet. Create a join token with `dumont host join-token create`.\n");
         return;
       }
-      for (const h of hosts) {
-        const gpus = h.gpus.map((g) => `${g.model}${g.utilizationPercent === null ? "" : ` ${g.utilizationPercent}%`}`);
-        process.stdout.write(
-          `${h.id}  ${h.name.padEnd(20)} ${h.status.padEnd(7)} ${h.simulated ? "[simulated] " : ""}${gpus.length ? gpus.join(", ") : "CPU only"}  last seen ${h.lastSeenAt ?? "never"}\n`,
-        );
-      }
+      for (const h of hosts) process.stdout.write(`${hostLine(h, new Date())}\n`);
     });
 
   host
@@ -92,6 +87,23 @@ export function registerHostCommands(program: Command): void {
     });
 }
 
+/** Agents renew with ~122 days left; one this close to expiry is not renewing (an old agent, or a failing one). */
+const CERTIFICATE_WARNING_DAYS = 30;
+
+/** One host of `dumont host list`. */
+export function hostLine(h: ReturnType<typeof hostJson>, now: Date): string {
+  const gpus = h.gpus.map((g) => `${g.model}${g.utilizationPercent === null ? "" : ` ${g.utilizationPercent}%`}`);
+  let line = `${h.id}  ${h.name.padEnd(20)} ${h.status.padEnd(7)} ${h.simulated ? "[simulated] " : ""}${gpus.length ? gpus.join(", ") : "CPU only"}  last seen ${h.lastSeenAt ?? "never"}`;
+  const expires = h.certificateExpiresAt ? Date.parse(h.certificateExpiresAt) : undefined;
+  if (expires !== undefined && expires - now.getTime() < CERTIFICATE_WARNING_DAYS * 86_400_000) {
+    line +=
+      expires <= now.getTime()
+        ? `  CERTIFICATE EXPIRED ${h.certificateExpiresAt}: enroll the machine again`
+        : `  CERTIFICATE EXPIRES ${h.certificateExpiresAt}: its agent is not renewing it (update the agent, or see its log)`;
+  }
+  return line;
+}
+
 export function hostJson(h: api.Host) {
   return {
     id: h.id,
@@ -100,6 +112,7 @@ export function hostJson(h: api.Host) {
     simulated: h.simulated,
     agentVersion: h.agentVersion,
     lastSeenAt: iso(h.lastSeenAt),
+    certificateExpiresAt: iso(h.certificateExpiresAt),
     gpus: h.gpus.map((g) => ({
       index: g.index,
       uuid: g.uuid,

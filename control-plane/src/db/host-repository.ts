@@ -10,7 +10,15 @@ export interface HostScope {
 
 export async function insertHost(
   db: Db,
-  host: { id: string; tenantId: string; name: string; hostname: string; agentVersion: string; certSerial: string },
+  host: {
+    id: string;
+    tenantId: string;
+    name: string;
+    hostname: string;
+    agentVersion: string;
+    certSerial: string;
+    certExpiresAt?: Date;
+  },
 ): Promise<void> {
   await db
     .insertInto("hosts")
@@ -22,6 +30,7 @@ export async function insertHost(
       status: "lost",
       agent_version: host.agentVersion,
       cert_serial: host.certSerial,
+      cert_expires_at: host.certExpiresAt ?? null,
     })
     .execute();
 }
@@ -98,7 +107,15 @@ export async function listHosts(db: Db, scope: HostScope = {}): Promise<HostRow[
 export async function markHostOnline(
   db: Db,
   id: string,
-  hello: { agentVersion: string; protocolVersion: number; simulated: boolean; hostname: string; now: Date },
+  hello: {
+    agentVersion: string;
+    protocolVersion: number;
+    simulated: boolean;
+    hostname: string;
+    now: Date;
+    /** When the certificate the session was opened with expires (kept as it was when not given). */
+    certExpiresAt?: Date;
+  },
 ): Promise<{ wasLost: boolean }> {
   return db.transaction().execute(async (tx) => {
     const before = await tx.selectFrom("hosts").select("status").where("id", "=", id).forUpdate().executeTakeFirst();
@@ -111,6 +128,7 @@ export async function markHostOnline(
         simulated: hello.simulated,
         hostname: hello.hostname,
         last_seen_at: hello.now,
+        ...(hello.certExpiresAt ? { cert_expires_at: hello.certExpiresAt } : {}),
       })
       .where("id", "=", id)
       .execute();

@@ -51,6 +51,8 @@ export interface HostsTable {
   cert_serial: string;
   /** A renewed certificate's serial, accepted beside cert_serial until first presented (then it replaces it). */
   next_cert_serial: ColumnType<string | null, string | null | undefined, string | null>;
+  /** When the certificate the host last presented (or was enrolled with) expires; null if not seen since. */
+  cert_expires_at: ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
   enrolled_at: GeneratedTimestamp;
   last_seen_at: Timestamp | null;
   /** Latest telemetry as JSON (GPU list, cpu, memory, disk). */

@@ -4,10 +4,12 @@ import * as foundation from "./2026_11_23_00_00_00_foundation.js";
 import * as snapshots from "./2026_11_23_01_00_00_snapshots.js";
 import * as snapshotSkipped from "./2026_12_02_00_00_00_snapshot_skipped.js";
 import * as hostCertRenewal from "./2026_12_04_00_00_00_host_cert_renewal.js";
+import * as hostCertExpiry from "./2026_12_04_01_00_00_host_cert_expiry.js";
 
 export const migrations: Record<string, Migration> = {
   "2026_11_23_00_00_00_foundation": foundation,
   "2026_11_23_01_00_00_snapshots": snapshots,
   "2026_12_02_00_00_00_snapshot_skipped": snapshotSkipped,
   "2026_12_04_00_00_00_host_cert_renewal": hostCertRenewal,
+  "2026_12_04_01_00_00_host_cert_expiry": hostCertExpiry,
 };
