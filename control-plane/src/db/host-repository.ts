@@ -60,14 +60,14 @@ export async function hostForCertificate(db: Db, hostId: string, serial: string)
       .where("next_cert_serial", "=", next)
       .returningAll()
       .executeTakeFirst();
-    // Another connection promoted it first; the certificate is the host's either way.
-    if (!promoted) return rowIfCurrent(await getHost(tx, hostId));
+    if (!promoted) {
+      // Another connection promoted it first: the certificate is the host's, unless it was renewed again since.
+      const now = await getHost(tx, hostId);
+      return now && same(now.cert_serial) ? now : undefined;
+    }
     await insertEvent(tx, hostId, "certificate", "the agent now uses its renewed certificate");
     return promoted;
   });
-  function rowIfCurrent(row: HostRow | undefined): HostRow | undefined {
-    return row && same(row.cert_serial) ? row : undefined;
-  }
 }
 
 /**

@@ -26,8 +26,8 @@ export function certificateRenewalDue(certPem: string, now = new Date()): boolea
 }
 
 /**
- * Asks the control plane for a new certificate under the current one and stores it with its new key (see the
- * top of this file); returns the identity to use from now on. Throws with the control plane's reason.
+ * Asks the control plane for a new certificate under the current one and stores it with its new key
+ * (storeRenewedIdentity); returns the identity to use from now on. Throws with the control plane's reason.
  */
 export async function renewCertificate(dataDir: string, identity: Identity, timeoutMs = 15_000): Promise<Identity> {
   // Loaded on demand, as by `enroll`: the running agent needs @peculiar/x509 only for this, once in months.
