@@ -1,4 +1,6 @@
 // The host agent's public surface (used by tests and benchmarks).
+export { type RunningAgent, startAgent } from "./agent.js";
+export { type AgentConfig, loadAgentConfig } from "./config.js";
 export { createLogger, type Logger } from "./logger.js";
 export { discoverCa, generateKeyAndCsr } from "./session/ca-discovery.js";
 export { type CommandHandler, ControlPlaneSession, type TelemetrySource } from "./session/control-plane-session.js";
