@@ -50,9 +50,9 @@ describe("AgentGatewayServer", () => {
   const Client = grpc.makeGenericClientConstructor(grpcServiceDefinition(AgentGateway), "AgentGateway");
   const clients: grpc.Client[] = [];
 
-  const client = (identity?: { keyPem: string; certPem: string }) => {
+  const client = (identity?: { keyPem: string; certPem: string }, at = port) => {
     const c = new Client(
-      `127.0.0.1:${port}`,
+      `127.0.0.1:${at}`,
       grpc.credentials.createSsl(
         Buffer.from(ca.tls.caPem),
         identity ? Buffer.from(identity.keyPem) : null,
@@ -62,6 +62,20 @@ describe("AgentGatewayServer", () => {
     );
     clients.push(c);
     return c;
+  };
+
+  /** Calls Renew with `identity` (at `at`, a port: this describe's gateway by default). */
+  const renewal = async (identity: { keyPem: string; certPem: string } | undefined, csrPem?: string, at = port) => {
+    const keys = (await crypto.subtle.generateKey(ALG, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
+    const csr = await x509.Pkcs10CertificateRequestGenerator.create({ name: "CN=x", keys, signingAlgorithm: ALG });
+    const c = client(identity, at) as unknown as {
+      renew: (r: RenewRequest, cb: (err: grpc.ServiceError | null, res?: { certificatePem: string }) => void) => void;
+    };
+    return new Promise<{ keyPem: string; certPem: string } | grpc.ServiceError>((resolve) =>
+      c.renew(create(RenewRequestSchema, { csrPem: csrPem ?? csr.toString("pem") }), async (err, res) =>
+        resolve(err ?? { keyPem: await pem(keys.privateKey), certPem: res?.certificatePem ?? "" }),
+      ),
+    );
   };
 
   beforeAll(async () => {
@@ -91,7 +105,16 @@ describe("AgentGatewayServer", () => {
     const metrics = createMetrics();
     const ingest = new TelemetryIngest(db, log, metrics);
     const liveness = new HostLiveness(db, log, metrics, { lostAfterSeconds: 60 });
-    gateway = new AgentGatewayServer({ db, ca, log, metrics, liveness, ingest, telemetryIntervalMs: 1000 });
+    gateway = new AgentGatewayServer({
+      db,
+      ca,
+      log,
+      metrics,
+      liveness,
+      ingest,
+      telemetryIntervalMs: 1000,
+      renewMinIntervalSeconds: 0,
+    });
     port = await gateway.listen("127.0.0.1", 0);
   });
 
@@ -138,18 +161,6 @@ describe("AgentGatewayServer", () => {
   });
 
   it("renews a host's certificate: the old one serves until the new one is first used, then only the new one", async () => {
-    const renewal = async (identity: { keyPem: string; certPem: string } | undefined, csrPem?: string) => {
-      const keys = (await crypto.subtle.generateKey(ALG, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
-      const csr = await x509.Pkcs10CertificateRequestGenerator.create({ name: "CN=x", keys, signingAlgorithm: ALG });
-      const c = client(identity) as unknown as {
-        renew: (r: RenewRequest, cb: (err: grpc.ServiceError | null, res?: { certificatePem: string }) => void) => void;
-      };
-      return new Promise<{ keyPem: string; certPem: string } | grpc.ServiceError>((resolve) =>
-        c.renew(create(RenewRequestSchema, { csrPem: csrPem ?? csr.toString("pem") }), async (err, res) =>
-          resolve(err ?? { keyPem: await pem(keys.privateKey), certPem: res?.certificatePem ?? "" }),
-        ),
-      );
-    };
     const serialOf = (certPem: string) => new x509.X509Certificate(certPem).serialNumber;
 
     expect(await renewal(undefined)).toMatchObject({ code: grpc.status.UNAUTHENTICATED });
@@ -187,6 +198,31 @@ describe("AgentGatewayServer", () => {
       "the agent now uses its renewed certificate",
     ]);
     host = { ...host, ...renewed, serial: serialOf(renewed.certPem) };
+  });
+
+  it("refuses a renewal within a minute of the host's certificate last changing", async () => {
+    const log = pino({ level: "silent" });
+    const metrics = createMetrics();
+    const limited = new AgentGatewayServer({
+      db,
+      ca,
+      log,
+      metrics,
+      liveness: new HostLiveness(db, log, metrics, { lostAfterSeconds: 60 }),
+      ingest: new TelemetryIngest(db, log, metrics),
+      telemetryIntervalMs: 1000,
+    });
+    try {
+      const limitedPort = await limited.listen("127.0.0.1", 0);
+      // The test above renewed this host's certificate and used the new one moments ago.
+      expect(await renewal(host, undefined, limitedPort)).toMatchObject({
+        code: grpc.status.RESOURCE_EXHAUSTED,
+        details: "this host's certificate changed less than 60 s ago; renew again later",
+      });
+      expect(await getHost(db, host.id)).toMatchObject({ next_cert_serial: null });
+    } finally {
+      await limited.close();
+    }
   });
 
   it("welcomes the enrolled host's own Hello", async () => {

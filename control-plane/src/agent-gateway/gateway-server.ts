@@ -22,7 +22,7 @@ import {
 } from "@dumont/proto";
 import * as grpc from "@grpc/grpc-js";
 import type { Db } from "../db/database.js";
-import { hostForCertificate, markHostOnline, recordRenewedCertificate } from "../db/host-repository.js";
+import { hasRecentEvent, hostForCertificate, markHostOnline, recordRenewedCertificate } from "../db/host-repository.js";
 import type { HostRow } from "../db/tables.js";
 import type { HostLiveness } from "../failover/index.js";
 import type { Logger } from "../logger.js";
@@ -45,7 +45,15 @@ export interface GatewayDeps {
   liveness: HostLiveness;
   ingest: TelemetryIngest;
   telemetryIntervalMs: number;
+  /** Renew is refused this soon after a host's certificate last changed (default RENEW_MIN_INTERVAL_S). */
+  renewMinIntervalSeconds?: number;
 }
+
+/**
+ * An agent renews once in months; one calling Renew in a loop would only add a certificate and a host event per
+ * call. A minute still lets an agent that lost a renewal's answer (it died first) renew again soon.
+ */
+const RENEW_MIN_INTERVAL_S = 60;
 
 export class AgentGatewayServer {
   readonly sessions = new SessionRegistry();
@@ -185,6 +193,13 @@ export class AgentGatewayServer {
       const found = await this.hostOfPeer(call);
       if ("refusal" in found) return refuse(grpc.status.UNAUTHENTICATED, found.refusal);
       const { host } = found;
+      const minInterval = this.deps.renewMinIntervalSeconds ?? RENEW_MIN_INTERVAL_S;
+      if (minInterval > 0 && (await hasRecentEvent(this.deps.db, host.id, "certificate", minInterval))) {
+        return refuse(
+          grpc.status.RESOURCE_EXHAUSTED,
+          `this host's certificate changed less than ${minInterval} s ago; renew again later`,
+        );
+      }
       if (!call.request.csrPem) return refuse(grpc.status.INVALID_ARGUMENT, "csr_pem is required");
       let signed: Awaited<ReturnType<CertificateAuthority["signAgentCsr"]>>;
       try {

@@ -265,6 +265,19 @@ export async function insertEvent(db: Db, hostId: string, kind: string, message:
   await db.insertInto("host_events").values({ host_id: hostId, kind, message }).execute();
 }
 
+/** Whether the host has an event of `kind` from the last `seconds` (by the database's clock). */
+export async function hasRecentEvent(db: Db, hostId: string, kind: string, seconds: number): Promise<boolean> {
+  const row = await db
+    .selectFrom("host_events")
+    .select("id")
+    .where("host_id", "=", hostId)
+    .where("kind", "=", kind)
+    .where("at", ">", sql<Date>`now() - make_interval(secs => ${seconds})`)
+    .limit(1)
+    .executeTakeFirst();
+  return row !== undefined;
+}
+
 export async function listEvents(db: Db, hostId: string) {
   return db
     .selectFrom("host_events")
