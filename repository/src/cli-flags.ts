@@ -2,6 +2,14 @@
 // control plane), so a flag is refused the same way in either. Each CLI passes commander's
 // InvalidArgumentError, which commander prints as the flag's error: this package does not depend on commander.
 
+/** The retention flags of both `forget` commands, by unit, with their help. */
+const RETENTION_FLAGS = [
+  ["last", "keep the newest n snapshots"],
+  ["hourly", "keep the newest snapshot of each of the last n hours"],
+  ["daily", "keep the newest snapshot of each of the last n days"],
+  ["weekly", "keep the newest snapshot of each of the last n weeks"],
+] as const;
+
 export function flagParsers(InvalidArgument: new (message: string) => Error) {
   /** A parser that refuses an empty or blank value, saying what to give. */
   const nonEmpty =
@@ -10,32 +18,44 @@ export function flagParsers(InvalidArgument: new (message: string) => Error) {
       if (value.trim() === "") throw new InvalidArgument(`${flag} is empty: give ${what}`);
       return value;
     };
+  /**
+   * A flag's parser that refuses a second value instead of silently keeping the last one; `parse` is a
+   * parser, or what to give (a non-empty string).
+   */
+  const once = <T = string>(
+    flag: string,
+    parse: string | ((value: string) => T),
+  ): ((value: string, previous: T | undefined) => T) => {
+    const parseValue = typeof parse === "string" ? nonEmpty(flag, parse) : parse;
+    return (value, previous) => {
+      if (previous !== undefined) throw new InvalidArgument(`${flag} was given twice: give it once`);
+      return parseValue(value) as T;
+    };
+  };
+  /** A count in plain decimal digits (no "", "1.5", "1e3" or "0x10"), from `min` to `max`. */
+  const wholeNumber =
+    (flag: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
+    (value: string): number => {
+      const n = Number(value);
+      if (!/^\d+$/.test(value) || n < min || n > max) {
+        const range = max === Number.MAX_SAFE_INTEGER ? `of ${min} or more` : `from ${min} to ${max}`;
+        throw new InvalidArgument(`${flag} must be a whole number ${range}, got ${JSON.stringify(value)}`);
+      }
+      return n;
+    };
   return {
     nonEmpty,
+    once,
+    wholeNumber,
     /**
-     * A flag's parser that refuses a second value instead of silently keeping the last one; `parse` is a
-     * parser, or what to give (a non-empty string).
+     * `--keep-last|hourly|daily|weekly <n>` as [flags, help, parser] for commander's `option`: each a count from
+     * 1 to `max`, given once.
      */
-    once<T = string>(
-      flag: string,
-      parse: string | ((value: string) => T),
-    ): (value: string, previous: T | undefined) => T {
-      const parseValue = typeof parse === "string" ? nonEmpty(flag, parse) : parse;
-      return (value, previous) => {
-        if (previous !== undefined) throw new InvalidArgument(`${flag} was given twice: give it once`);
-        return parseValue(value) as T;
-      };
-    },
-    /** A count in plain decimal digits (no "", "1.5", "1e3" or "0x10"), from `min` to `max`. */
-    wholeNumber(flag: string, min: number, max = Number.MAX_SAFE_INTEGER): (value: string) => number {
-      return (value) => {
-        const n = Number(value);
-        if (!/^\d+$/.test(value) || n < min || n > max) {
-          const range = max === Number.MAX_SAFE_INTEGER ? `of ${min} or more` : `from ${min} to ${max}`;
-          throw new InvalidArgument(`${flag} must be a whole number ${range}, got ${JSON.stringify(value)}`);
-        }
-        return n;
-      };
+    retentionOptions(max?: number) {
+      return RETENTION_FLAGS.map(([unit, help]) => {
+        const flag = `--keep-${unit}`;
+        return [`${flag} <n>`, help, once(flag, wholeNumber(flag, 1, max))] as const;
+      });
     },
   };
 }

@@ -227,32 +227,14 @@ export function registerSnapshotCommands(program: Command): void {
 }
 
 function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions): void {
-  snapshot
+  const forget = snapshot
     .command("forget [ids...]")
     .description(
       "forget the snapshots named (ids or unique prefixes), or by a retention policy, each workspace judged on " +
         "its own; --prune then deletes the data nothing needs",
-    )
-    .option(
-      "--keep-last <n>",
-      "keep the newest n snapshots",
-      once("--keep-last", wholeNumber("--keep-last", 1, 0xffffffff)),
-    )
-    .option(
-      "--keep-hourly <n>",
-      "keep the newest snapshot of each of the last n hours",
-      once("--keep-hourly", wholeNumber("--keep-hourly", 1, 0xffffffff)),
-    )
-    .option(
-      "--keep-daily <n>",
-      "keep the newest snapshot of each of the last n days",
-      once("--keep-daily", wholeNumber("--keep-daily", 1, 0xffffffff)),
-    )
-    .option(
-      "--keep-weekly <n>",
-      "keep the newest snapshot of each of the last n weeks",
-      once("--keep-weekly", wholeNumber("--keep-weekly", 1, 0xffffffff)),
-    )
+    );
+  for (const [flags, help, parse] of retentionOptions(0xffffffff)) forget.option(flags, help, parse);
+  forget
     .option(
       "--workspace <id>",
       "only this workspace's snapshots",
@@ -300,7 +282,8 @@ function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions
     });
 }
 
-const { once, nonEmpty, wholeNumber } = flagParsers(InvalidArgumentError);
+// The API's keep counts are uint32.
+const { once, nonEmpty, retentionOptions } = flagParsers(InvalidArgumentError);
 
 const HOST_WHAT = "a host id from `dumont host list`";
 

@@ -31,7 +31,7 @@ import {
   withDirectRepository,
 } from "../snapshot/index.js";
 
-const { once, wholeNumber } = flagParsers(InvalidArgumentError);
+const { once, wholeNumber, retentionOptions } = flagParsers(InvalidArgumentError);
 
 const REPO_HELP =
   "repository URL: file:///absolute/path or s3://bucket/prefix (S3 credentials and region from the AWS_* " +
@@ -302,30 +302,16 @@ export function registerSnapshotCommands(program: Command): void {
       }),
     );
 
-  snapshot
+  const forget = snapshot
     .command("forget [ids...]")
     .description(
       "forget the snapshots named (ids or unique prefixes), or by a retention policy (per workspace); --prune " +
         "then deletes data nothing needs",
     )
     .addOption(repoOption())
-    .addOption(keyFileOption())
-    .option("--keep-last <n>", "keep the newest n snapshots", once("--keep-last", wholeNumber("--keep-last", 1)))
-    .option(
-      "--keep-hourly <n>",
-      "keep the newest snapshot of each of the last n hours",
-      once("--keep-hourly", wholeNumber("--keep-hourly", 1)),
-    )
-    .option(
-      "--keep-daily <n>",
-      "keep the newest snapshot of each of the last n days",
-      once("--keep-daily", wholeNumber("--keep-daily", 1)),
-    )
-    .option(
-      "--keep-weekly <n>",
-      "keep the newest snapshot of each of the last n weeks",
-      once("--keep-weekly", wholeNumber("--keep-weekly", 1)),
-    )
+    .addOption(keyFileOption());
+  for (const [flags, help, parse] of retentionOptions()) forget.option(flags, help, parse);
+  forget
     .option("--workspace <id>", "only consider snapshots of this workspace", once("--workspace", "a workspace id"))
     .option("--prune", "delete the packs no remaining snapshot needs (and repack mostly-unused ones)")
     .option("--dry-run", "say what would happen, change nothing")
