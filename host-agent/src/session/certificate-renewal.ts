@@ -4,9 +4,8 @@
 import { X509Certificate } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { RenewRequestSchema, type RenewResponse } from "@dumont/proto";
-import * as grpc from "@grpc/grpc-js";
 import { agentPaths } from "../platform/paths.js";
-import { createGatewayClient } from "./grpc-client.js";
+import { createGatewayClient, unaryGatewayCall } from "./grpc-client.js";
 import { type Identity, keyMatches, storeRenewedIdentity } from "./identity.js";
 
 /** A certificate is renewed once less than this share of its validity is left (122 days of 365). */
@@ -36,23 +35,16 @@ export async function renewCertificate(dataDir: string, identity: Identity, time
   const client = createGatewayClient(identity.server, identity.caPem, identity, { ownConnection: true });
   let response: RenewResponse;
   try {
-    response = await new Promise<RenewResponse>((resolve, reject) => {
-      client.renew(
-        create(RenewRequestSchema, { csrPem }),
-        new grpc.Metadata(),
-        { deadline: Date.now() + timeoutMs },
-        (err, res) => (err ? reject(err) : res ? resolve(res) : reject(new Error("empty Renew response"))),
-      );
-    });
-  } catch (err) {
-    const e = err as grpc.ServiceError;
-    if (e.code === grpc.status.UNIMPLEMENTED) {
-      throw new Error("the control plane does not offer certificate renewal yet (update it)");
-    }
-    if (e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED) {
-      throw new Error(`cannot reach the control plane at ${identity.server}: ${e.details || e.message}`);
-    }
-    throw new Error(`certificate renewal refused: ${e.details || e.message}`);
+    const request = create(RenewRequestSchema, { csrPem });
+    response = await unaryGatewayCall<RenewResponse>(
+      (metadata, options, callback) => client.renew(request, metadata, options, callback),
+      {
+        server: identity.server,
+        timeoutMs,
+        what: "certificate renewal",
+        unimplemented: "the control plane does not offer certificate renewal yet (update it)",
+      },
+    );
   } finally {
     client.close();
   }

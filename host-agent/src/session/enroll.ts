@@ -5,11 +5,10 @@ import { create } from "@bufbuild/protobuf";
 import { EnrollRequestSchema, type EnrollResponse } from "@dumont/proto";
 // The subpath alone: the package root would load the snapshot engine and the S3 client for a one-shot enroll.
 import { writeFileAtomic } from "@dumont/repository/atomic-file";
-import * as grpc from "@grpc/grpc-js";
 import { agentPaths } from "../platform/paths.js";
 import { AGENT_VERSION } from "../version.js";
 import { discoverCa, generateKeyAndCsr } from "./ca-discovery.js";
-import { createGatewayClient } from "./grpc-client.js";
+import { createGatewayClient, unaryGatewayCall } from "./grpc-client.js";
 
 export interface EnrollOptions {
   server: string;
@@ -38,32 +37,23 @@ export async function enroll(options: EnrollOptions): Promise<{ hostId: string }
   const client = createGatewayClient(options.server, caPem);
   let response: EnrollResponse;
   try {
-    response = await new Promise<EnrollResponse>((resolve, reject) => {
-      client.enroll(
-        create(EnrollRequestSchema, {
-          joinToken: options.token,
-          csrPem,
-          name: options.name ?? "",
-          agentVersion: AGENT_VERSION,
-          facts: {
-            hostname: os.hostname(),
-            os: `${os.type()} ${os.release()}`,
-            arch: os.arch(),
-            cpuCores: os.availableParallelism(),
-            memoryBytes: BigInt(os.totalmem()),
-          },
-        }),
-        new grpc.Metadata(),
-        { deadline: Date.now() + timeoutMs },
-        (err, res) => (err ? reject(err) : res ? resolve(res) : reject(new Error("empty Enroll response"))),
-      );
+    const request = create(EnrollRequestSchema, {
+      joinToken: options.token,
+      csrPem,
+      name: options.name ?? "",
+      agentVersion: AGENT_VERSION,
+      facts: {
+        hostname: os.hostname(),
+        os: `${os.type()} ${os.release()}`,
+        arch: os.arch(),
+        cpuCores: os.availableParallelism(),
+        memoryBytes: BigInt(os.totalmem()),
+      },
     });
-  } catch (err) {
-    const e = err as grpc.ServiceError;
-    if (e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED) {
-      throw new Error(`cannot reach the control plane at ${options.server}: ${e.details || e.message}`);
-    }
-    throw new Error(`enrollment refused: ${e.details || e.message}`);
+    response = await unaryGatewayCall<EnrollResponse>(
+      (metadata, callOptions, callback) => client.enroll(request, metadata, callOptions, callback),
+      { server: options.server, timeoutMs, what: "enrollment" },
+    );
   } finally {
     client.close();
   }

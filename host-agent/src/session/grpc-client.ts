@@ -80,3 +80,30 @@ export function createGatewayClient(
     ...(options.ownConnection ? { "grpc.use_local_subchannel_pool": 1 } : {}),
   }) as unknown as GatewayClient;
 }
+
+type UnaryCallback<Res> = (err: grpc.ServiceError | null, response?: Res) => void;
+
+/**
+ * One of the gateway's unary calls (Enroll, Renew), started by `start` with a deadline. A failure becomes one
+ * sentence: the control plane unreachable, `unimplemented` (when given) for a control plane without the call,
+ * or "`what` refused" with its reason.
+ */
+export async function unaryGatewayCall<Res>(
+  start: (metadata: grpc.Metadata, options: grpc.CallOptions, callback: UnaryCallback<Res>) => void,
+  options: { server: string; timeoutMs: number; what: string; unimplemented?: string },
+): Promise<Res> {
+  try {
+    return await new Promise<Res>((resolve, reject) =>
+      start(new grpc.Metadata(), { deadline: Date.now() + options.timeoutMs }, (err, res) =>
+        err ? reject(err) : res ? resolve(res) : reject(new Error(`empty ${options.what} response`)),
+      ),
+    );
+  } catch (err) {
+    const e = err as grpc.ServiceError;
+    if (e.code === grpc.status.UNIMPLEMENTED && options.unimplemented) throw new Error(options.unimplemented);
+    if (e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED) {
+      throw new Error(`cannot reach the control plane at ${options.server}: ${e.details || e.message}`);
+    }
+    throw new Error(`${options.what} refused: ${e.details || e.message}`);
+  }
+}
