@@ -78,6 +78,22 @@ describe("AgentGatewayServer", () => {
     );
   };
 
+  /** A gateway on this test's database and CA (Renew's limit at its default unless told). */
+  const newGateway = (options: { renewMinIntervalSeconds?: number } = {}) => {
+    const log = pino({ level: "silent" });
+    const metrics = createMetrics();
+    return new AgentGatewayServer({
+      db,
+      ca,
+      log,
+      metrics,
+      liveness: new HostLiveness(db, log, metrics, { lostAfterSeconds: 60 }),
+      ingest: new TelemetryIngest(db, log, metrics),
+      telemetryIntervalMs: 1000,
+      ...options,
+    });
+  };
+
   beforeAll(async () => {
     ({ db, close: closeDb } = await openTestDatabase());
     dir = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-gw-"));
@@ -101,20 +117,7 @@ describe("AgentGatewayServer", () => {
       certPem: enrolled.certificatePem,
       serial: new x509.X509Certificate(enrolled.certificatePem).serialNumber,
     };
-    const log = pino({ level: "silent" });
-    const metrics = createMetrics();
-    const ingest = new TelemetryIngest(db, log, metrics);
-    const liveness = new HostLiveness(db, log, metrics, { lostAfterSeconds: 60 });
-    gateway = new AgentGatewayServer({
-      db,
-      ca,
-      log,
-      metrics,
-      liveness,
-      ingest,
-      telemetryIntervalMs: 1000,
-      renewMinIntervalSeconds: 0,
-    });
+    gateway = newGateway({ renewMinIntervalSeconds: 0 });
     port = await gateway.listen("127.0.0.1", 0);
   });
 
@@ -201,17 +204,7 @@ describe("AgentGatewayServer", () => {
   });
 
   it("refuses a renewal within a minute of the host's certificate last changing", async () => {
-    const log = pino({ level: "silent" });
-    const metrics = createMetrics();
-    const limited = new AgentGatewayServer({
-      db,
-      ca,
-      log,
-      metrics,
-      liveness: new HostLiveness(db, log, metrics, { lostAfterSeconds: 60 }),
-      ingest: new TelemetryIngest(db, log, metrics),
-      telemetryIntervalMs: 1000,
-    });
+    const limited = newGateway();
     try {
       const limitedPort = await limited.listen("127.0.0.1", 0);
       // The test above renewed this host's certificate and used the new one moments ago.

@@ -163,7 +163,7 @@ export class AgentGatewayServer {
    */
   private async hostOfPeer(
     call: Pick<grpc.ServerUnaryCall<unknown, unknown>, "getAuthContext">,
-  ): Promise<{ host: HostRow; serial: string } | { refusal: string }> {
+  ): Promise<{ host: HostRow } | { refusal: string }> {
     const peer = call.getAuthContext().sslPeerCertificate;
     if (!peer) {
       return {
@@ -176,7 +176,7 @@ export class AgentGatewayServer {
     const serial = String(peer.serialNumber);
     const host = typeof hostId === "string" ? await hostForCertificate(this.deps.db, hostId, serial) : undefined;
     if (!host) return { refusal: "this client certificate is not (or no longer) valid; enroll again" };
-    return { host, serial };
+    return { host };
   }
 
   /** Renew: a new certificate for the host whose current (or renewed) certificate the peer presented. */

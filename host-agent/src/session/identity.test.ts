@@ -1,30 +1,10 @@
-import "reflect-metadata";
-import { webcrypto } from "node:crypto";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import * as x509 from "@peculiar/x509";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { agentPaths } from "../platform/paths.js";
 import { completeRenewal, loadIdentity, storeRenewedIdentity } from "./identity.js";
-
-const ALG = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
-
-/** A matching key and certificate, as enroll and Renew store them. */
-async function pair(): Promise<{ keyPem: string; certPem: string }> {
-  x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
-  const keys = (await webcrypto.subtle.generateKey(ALG, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
-  const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: "01",
-    name: "CN=h-1",
-    notBefore: new Date(Date.now() - 60_000),
-    notAfter: new Date(Date.now() + 86_400_000),
-    keys,
-    signingAlgorithm: ALG,
-  });
-  const der = await webcrypto.subtle.exportKey("pkcs8", keys.privateKey);
-  return { keyPem: x509.PemConverter.encode(der, "PRIVATE KEY"), certPem: cert.toString("pem") };
-}
+import { selfSignedPair as pair } from "./testing.js";
 
 describe("loadIdentity", () => {
   let dir: string;
