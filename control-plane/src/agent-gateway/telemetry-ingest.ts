@@ -93,28 +93,28 @@ export class TelemetryIngest {
   private async write(batch: TelemetryRecord[]): Promise<void> {
     const end = this.metrics.telemetryFlushSeconds.startTimer();
     try {
-      await this.writeHosts(byHost(batch));
+      await this.writeRecords(batch);
     } finally {
       end();
     }
   }
 
   /**
-   * Writes the samples of `hosts` (a list of each host's) in one transaction. When the database refuses them for
-   * what they hold, the hosts are halved until the one at fault is alone: it loses its samples, every other host
-   * keeps its own and its last_seen_at, which liveness reads. One host at fault in a batch of n costs about
-   * 2·log2(n) more writes.
+   * Writes `records` in one transaction. When the database refuses them for what they hold, their hosts are
+   * halved until the one at fault is alone: it loses its samples, every other host keeps its own and its
+   * last_seen_at, which liveness reads. One host at fault in a batch of n costs about 2·log2(n) more writes; the
+   * records are grouped by host only then, not on every flush.
    */
-  private async writeHosts(hosts: TelemetryRecord[][]): Promise<void> {
-    const records = hosts.flat();
+  private async writeRecords(records: TelemetryRecord[]): Promise<void> {
     try {
       await recordTelemetry(this.db, records, new Date());
     } catch (err) {
       const refused = refusedForItsData(err);
-      if (refused && hosts.length > 1) {
+      const hosts = refused ? byHost(records) : [];
+      if (hosts.length > 1) {
         const half = Math.ceil(hosts.length / 2);
-        await this.writeHosts(hosts.slice(0, half));
-        await this.writeHosts(hosts.slice(half));
+        await this.writeRecords(hosts.slice(0, half).flat());
+        await this.writeRecords(hosts.slice(half).flat());
         return;
       }
       // Telemetry is a time series: a lost batch leaves a gap, it corrupts nothing. Say so loudly.
@@ -177,7 +177,7 @@ const MAX_SAMPLE_AGE_MS = 86_400_000;
 /**
  * Turns what an agent sent into a record the database accepts, whatever the agent sent: a value the database
  * refuses (a uint64 beyond bigint, an invalid date) would fail the host's write and with it its last_seen_at,
- * so liveness would declare it lost (and cost its whole batch a retry host by host, see writeHosts).
+ * so liveness would declare it lost (and cost its whole batch a retry host by host, see writeRecords).
  * Non-finite or out-of-range measurements become null, counters are capped, texts and lists bounded (and texts
  * rid of NUL).
  */
