@@ -233,12 +233,18 @@ export class ControlPlaneSession extends EventEmitter {
   }
 
   /**
-   * Before each connection: takes up a certificate renewed on disk meanwhile (by `dumont-agent renew`), then
-   * renews it if due. Each connection thus presents the newest certificate, which the control plane then keeps.
+   * Before each connection: takes up a certificate renewed on disk since the last one (by `dumont-agent renew`;
+   * the first connection uses the identity just loaded), then renews it if due. Each connection thus presents
+   * the newest certificate, which the control plane then keeps.
    */
   private async refreshIdentity(): Promise<void> {
     const store = this.identityStore;
     if (!store) return;
+    if (this.clientUsed) await this.reloadIdentity(store);
+    await this.renewIfDue();
+  }
+
+  private async reloadIdentity(store: IdentityStore): Promise<void> {
     try {
       const stored = await store.load();
       if (stored.hostId !== this.hostId) {
@@ -253,7 +259,6 @@ export class ControlPlaneSession extends EventEmitter {
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, "cannot read the agent's identity again; keeping the one loaded");
     }
-    await this.renewIfDue();
   }
 
   private async open(): Promise<void> {
