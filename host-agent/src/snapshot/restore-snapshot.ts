@@ -1,8 +1,9 @@
 // Restores a snapshot from a ChunkSource into an empty directory. The manifest is checked for unsafe paths
 // first; every chunk is decrypted, decompressed and hash-checked by the workers, which then write it into the
 // files this thread created (a file is finished here once all its chunks are in). Nothing
-// is written through a symlink: directories and files are created fresh (O_EXCL | O_NOFOLLOW) and symlinks
-// are created last. A damaged chunk does not stop the restore: the files it breaks are removed and named.
+// is written through a symlink: directories and files are created fresh (O_EXCL | O_NOFOLLOW), each through
+// the handle of the directory it goes into (RestoreDirectories), and symlinks are created last. A damaged
+// chunk does not stop the restore: the files it breaks are removed and named.
 import { constants } from "node:fs";
 import {
   chmod,
@@ -16,7 +17,6 @@ import {
   stat,
   symlink,
   unlink,
-  utimes,
 } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -30,6 +30,7 @@ import {
   RestorableCheck,
 } from "@dumont/repository";
 import { nothingIncluded } from "./path-matcher.js";
+import { type Lease, RestoreDirectories } from "./restore-directories.js";
 import { type NewFiles, SnapshotWorkerPool } from "./worker-pool.js";
 
 export interface RestoreSnapshotOptions {
@@ -99,13 +100,14 @@ type FileEntry = Extract<ManifestEntry, { type: "file" }>;
 
 interface FileState {
   entry: FileEntry;
-  abs: string;
   handle?: FileHandle;
   /** The same file opened again with O_DIRECT, for the page-aligned middles of large writes. */
   direct?: FileHandle;
   remaining: number;
   /** A one-chunk file: the worker that writes its chunk creates, writes and finishes it (see NewFiles). */
   byWorker?: boolean;
+  /** Its name for the worker that creates it, held until that worker is done with it. */
+  at?: Lease;
   /** Settles once the file is created (or creating it, or an earlier file, failed). */
   ready?: Promise<void>;
   damaged?: DamagedFile;
@@ -154,31 +156,46 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
   const plan = planRestore(options, snapshotId, manifestBlobs, what);
   await options.source.ready?.(); // a repository's index, loaded while the manifest was read
   const root = await prepareTarget(options.target);
-  // Only this user may enter the target while the restore writes into it by path (a directory swapped for a
-  // symlink meanwhile could redirect a write); its own mode comes back at the end.
+  const dirs = await RestoreDirectories.open(root);
+  // Only this user may enter the target while the restore writes into it (without /proc, by path: a directory
+  // swapped for a symlink meanwhile could redirect a write); its own mode comes back at the end.
+  const chmodTarget = (mode: number) => (dirs.target ? dirs.target.chmod(mode) : chmod(root, mode));
   const rootMode = (await stat(root)).mode & 0o7777;
-  const locked = await chmod(root, 0o700).then(
+  const locked = await chmodTarget(0o700).then(
     () => true,
     () => false, // not ours to change (another user's empty directory): restored as before
   );
   const ownPool = options.pool === undefined;
   const pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });
   try {
-    return await restoreInto(root, plan, snapshotId, manifestBlobs, what, pool, options, started);
+    return await restoreInto(dirs, plan, snapshotId, manifestBlobs, what, pool, options, started);
   } catch (err) {
     // A restore that fails part-way (the stream drops, the disk fills, it is cancelled) takes back what it
     // wrote: the target is empty again, and the same restore can simply run again. One that restored all it
     // could and names damaged files (RestoreDamagedError) keeps the rest.
-    if (!(err instanceof RestoreDamagedError)) await emptyDirectory(root);
+    if (!(err instanceof RestoreDamagedError)) {
+      await emptyDirectory(dirs.target ? `/proc/self/fd/${dirs.target.fd}` : root);
+    }
     throw err;
   } finally {
-    if (locked) await chmod(root, rootMode).catch(() => {});
+    if (locked) await chmodTarget(rootMode).catch(() => {});
+    await dirs.close();
     if (ownPool) await pool.close();
   }
 }
 
+/** Runs `use` with the name of manifest entry `path` in the target (see RestoreDirectories). */
+async function atEntry<T>(dirs: RestoreDirectories, path: string, use: (at: string) => Promise<T>): Promise<T> {
+  const lease = await dirs.entry(path);
+  try {
+    return await use(lease.path);
+  } finally {
+    lease.release();
+  }
+}
+
 async function restoreInto(
-  root: string,
+  dirs: RestoreDirectories,
   plan: RestorePlan,
   snapshotId: string,
   manifestBlobs: readonly Buffer[],
@@ -193,9 +210,7 @@ async function restoreInto(
     bytesWritten: 0,
     bytesTotal: plan.bytes,
   };
-  const pathOf = (p: string): string => join(root, ...p.split("/"));
-
-  for (const d of plan.dirs) await mkdir(pathOf(d.path), { mode: 0o700 });
+  for (const d of plan.dirs) await atEntry(dirs, d.path, (at) => mkdir(at, { mode: 0o700 }));
 
   // The files, a window at a time, from the manifest's parts opened again one by one: only the part being
   // read and the window are held (a manifest of 300,000 files held whole was ~115 MB of objects).
@@ -205,7 +220,7 @@ async function restoreInto(
   let opened = 0;
   const flush = async (): Promise<void> => {
     options.signal?.throwIfAborted();
-    await restoreWindow(window, pathOf, pool, options, progress, damaged);
+    await restoreWindow(window, dirs, pool, options, progress, damaged);
     window = [];
     bytes = 0;
     opened = 0;
@@ -224,18 +239,20 @@ async function restoreInto(
   if (window.length > 0) await flush();
 
   for (const l of plan.links) {
-    const abs = pathOf(l.path);
-    await symlink(l.target, abs);
-    const t = timeArg(nsToSeconds(l.mtimeNs));
-    await lutimes(abs, t, t).catch(() => {}); // not every filesystem can time-stamp a link
+    await atEntry(dirs, l.path, async (at) => {
+      await symlink(l.target, at);
+      const t = timeArg(nsToSeconds(l.mtimeNs));
+      await lutimes(at, t, t).catch(() => {}); // not every filesystem can time-stamp a link
+    });
   }
   // Directory modes and times last (deepest first): writing into them would change their mtime, and a
   // read-only mode would stop the writes.
   for (const d of [...plan.dirs].reverse()) {
-    const abs = pathOf(d.path);
-    await chmod(abs, d.mode);
-    const t = timeArg(nsToSeconds(d.mtimeNs));
-    await utimes(abs, t, t);
+    await dirs.withDirectory(d.path, async (dir) => {
+      await dir.chmod(d.mode);
+      const t = timeArg(nsToSeconds(d.mtimeNs));
+      await dir.utimes(t, t);
+    });
   }
 
   const result: RestoreSnapshotResult = {
@@ -313,17 +330,13 @@ function planRestore(
 
 async function restoreWindow(
   files: FileEntry[],
-  pathOf: (p: string) => string,
+  dirs: RestoreDirectories,
   pool: SnapshotWorkerPool,
   options: RestoreSnapshotOptions,
   progress: RestoreProgress,
   damaged: DamagedFile[],
 ): Promise<void> {
-  const states: FileState[] = files.map((entry) => ({
-    entry,
-    abs: pathOf(entry.path),
-    remaining: entry.chunks.length,
-  }));
+  const states: FileState[] = files.map((entry) => ({ entry, remaining: entry.chunks.length }));
   const destinations = new Map<string, Destination[]>();
   // A file is finished (mode, times, close) as soon as its last chunk is written, while others still arrive.
   const finishing: Promise<void>[] = [];
@@ -359,10 +372,8 @@ async function restoreWindow(
         continue;
       }
       opening = opening.then(async () => {
-        state.handle = await open(
-          state.abs,
-          constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-          0o600,
+        state.handle = await atEntry(dirs, state.entry.path, (at) =>
+          open(at, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600),
         );
         // At its final size from the start: the writes then never extend the file (less filesystem work).
         if (state.entry.size > 0) await state.handle.truncate(state.entry.size);
@@ -449,7 +460,7 @@ async function restoreWindow(
           targets.push(d);
           if (d.file.byWorker) {
             dests.push(-1 - paths.length, -1, 0);
-            paths.push(d.file.abs);
+            paths.push(d.file.at!.path);
             modes.push(fileMode(d.file.entry.mode));
             mtimes.push(nsToSeconds(d.file.entry.mtimeNs));
           } else {
@@ -471,7 +482,14 @@ async function restoreWindow(
         creates,
         { recycle },
       );
+      const releaseNames = (): void => {
+        for (const d of targets) {
+          d.file.at?.release();
+          d.file.at = undefined;
+        }
+      };
       return run
+        .finally(releaseNames)
         .then((written) => {
           const failedWrites = new Map(written.writeErrors);
           for (let i = 0; i < batchHexes.length; i++) {
@@ -515,7 +533,14 @@ async function restoreWindow(
       hexes = [];
       packs = [];
       taskBytes = 0;
-      for (const hex of batchHexes) for (const d of destinations.get(hex) ?? []) await d.file.ready;
+      for (const hex of batchHexes) {
+        for (const d of destinations.get(hex) ?? []) {
+          await d.file.ready;
+          if (d.file.byWorker && !d.file.at) {
+            d.file.at = dirs.entryNow(d.file.entry.path) ?? (await dirs.entry(d.file.entry.path));
+          }
+        }
+      }
       // A read buffer can hold far more work than its size says: 8 MiB of compressed source files is 500
       // files to create, of compressed CSV 25 MiB to write. Parts of it go to different workers (they share
       // the buffer), and the buffer is recycled once every part is written.
@@ -593,13 +618,14 @@ async function restoreWindow(
       await state.direct?.close();
       state.direct = undefined;
       await handle.close();
-      await unlink(state.abs);
+      await atEntry(dirs, state.entry.path, (at) => unlink(at));
     }
     options.onProgress?.(progress);
   } finally {
     await opening.catch(() => {});
     await Promise.allSettled(finishing);
     for (const state of states) {
+      state.at?.release();
       await state.direct?.close().catch(() => {});
       await state.handle?.close().catch(() => {});
     }

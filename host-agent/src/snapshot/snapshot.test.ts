@@ -12,6 +12,7 @@ import {
   readdir,
   readFile,
   readlink,
+  rename,
   rm,
   symlink,
   utimes,
@@ -1282,6 +1283,47 @@ describe("restore safety", () => {
     await restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest, chunks), key, target, pool });
     for (const [i, plain] of files.entries()) expect(await readFile(join(target, "d", `f${i}`))).toEqual(plain);
     expect(await modeOf()).toBe(0o755);
+  });
+
+  it("writes nothing through a directory swapped for a symlink while it restores (as root could, even with 0700)", async () => {
+    const { chunkCodec } = await import("@dumont/repository");
+    const plains = Array.from({ length: 8 }, (_, i) => Buffer.from(`file ${i} `.repeat(50 + i)));
+    const sealed = plains.map((plain) => chunkCodec.sealChunk(key, plain));
+    const fileEntry = (path: string, i: number) => ({
+      type: "file" as const,
+      path,
+      mode: 0o644,
+      mtimeNs: "0",
+      size: plains[i].length,
+      chunks: [sealed[i].id.toString("hex")],
+      lengths: [plains[i].length],
+    });
+    // "a/d" is made before any file; its files are made by the workers as their chunks arrive.
+    const manifest = {
+      version: 1,
+      entries: [entry("a"), entry("a/d"), ...plains.map((_, i) => fileEntry(`a/d/f${i}`, i))],
+    } as Manifest;
+    const chunks = new Map(sealed.map((c) => [c.id.toString("hex"), c.blob]));
+    const target = fresh("target");
+    const outside = fresh("outside");
+    await mkdir(outside);
+    // Before the first chunk arrives, "a/d" is moved away and a symlink to `outside` takes its name.
+    const swapping: ChunkSource = {
+      ...sourceOf(manifest, chunks),
+      async *get(ids) {
+        await rename(join(target, "a", "d"), join(target, "a", "d.moved"));
+        await symlink(outside, join(target, "a", "d"));
+        yield* sourceOf(manifest, chunks).get(ids);
+      },
+    };
+    await expect(restoreSnapshot({ snapshotId: "x", source: swapping, key, target, pool })).rejects.toThrow(
+      /^directory "a\/d" of the restore target was replaced or removed while the restore ran \((ENOTDIR|ELOOP)\)/,
+    );
+    expect(await readdir(outside)).toEqual([]);
+    expect(await readdir(target)).toEqual([]); // what it made is taken back; the symlink is removed, not followed
+    // Once nobody interferes, the same restore succeeds.
+    await restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest, chunks), key, target, pool });
+    for (const [i, plain] of plains.entries()) expect(await readFile(join(target, "a", "d", `f${i}`))).toEqual(plain);
   });
 
   it("refuses a target that is a file or cannot be made, saying so; makes missing parents", async () => {

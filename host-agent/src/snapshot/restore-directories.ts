@@ -1,0 +1,202 @@
+// The directories of a restore target, held open. Everything a restore makes is named through the handle of
+// the directory it goes into (`/proc/self/fd/<dir fd>/<name>`, the openat of a language without openat), and
+// each handle is opened through its parent's with O_NOFOLLOW. A directory of the target swapped for a
+// symlink while the restore runs (by anyone: root in a container the target is mounted into) then redirects
+// nothing: what was already open keeps writing into the directory it opened, and opening the swapped name
+// fails. The restore also keeps the target 0700 while it writes (restoreSnapshot): this holds even against
+// those the mode does not stop.
+//
+// Handles are cached, the least recently used closed past a bound (a workspace may have more directories
+// than the process may open files). A handle is leased while a name built from its fd is in use (a worker
+// creating files in it): it is never closed, so its fd never names another directory meanwhile.
+//
+// Without /proc (not Linux, or not mounted), names are plain paths under the target, as before.
+import { constants } from "node:fs";
+import { type FileHandle, open, stat } from "node:fs/promises";
+import { join } from "node:path";
+
+/** Idle directory handles kept open; leased ones are kept besides. */
+const CACHED_HANDLES = 256;
+const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+
+/** A name under the target to create or change; `release` once nothing uses `path` any more. */
+export interface Lease {
+  path: string;
+  release(): void;
+}
+
+interface Held {
+  handle: Promise<FileHandle>;
+  /** The handle's fd, once open. */
+  fd?: number;
+  leases: number;
+}
+
+export class RestoreDirectories {
+  private readonly held = new Map<string, Held>(); // by manifest path ("" is the target); oldest use first
+  private readonly closing = new Set<Promise<void>>(); // evicted handles being closed
+  private closed = false;
+
+  private constructor(
+    readonly root: string,
+    private readonly rootHandle: FileHandle | undefined,
+  ) {
+    if (rootHandle) this.held.set("", { handle: Promise.resolve(rootHandle), fd: rootHandle.fd, leases: 1 });
+  }
+
+  /** Opens the target `root` (a real path: no symlink in it). */
+  static async open(root: string): Promise<RestoreDirectories> {
+    if (process.platform !== "linux") return new RestoreDirectories(root, undefined);
+    const handle = await open(root, DIR_FLAGS);
+    // /proc/self/fd/<fd> must be this very directory, or names through it would mean something else.
+    const [viaProc, own] = await Promise.all([
+      stat(`/proc/self/fd/${handle.fd}`).catch(() => undefined),
+      handle.stat(),
+    ]);
+    if (viaProc?.dev === own.dev && viaProc.ino === own.ino) return new RestoreDirectories(root, handle);
+    await handle.close();
+    return new RestoreDirectories(root, undefined);
+  }
+
+  /** Whether names go through directory handles (false: plain paths, without /proc). */
+  get throughHandles(): boolean {
+    return this.rootHandle !== undefined;
+  }
+
+  /** The target itself, held open (undefined without /proc). */
+  get target(): FileHandle | undefined {
+    return this.rootHandle;
+  }
+
+  /** Entry `path` of the manifest ("a/b/c"), named through its parent directory's handle. */
+  async entry(path: string): Promise<Lease> {
+    const now = this.entryNow(path);
+    if (now) return now;
+    const slash = path.lastIndexOf("/");
+    const held = await this.lease(slash < 0 ? "" : path.slice(0, slash));
+    return this.leaseOf(held, path.slice(slash + 1));
+  }
+
+  /**
+   * `entry` without waiting, when the parent directory's handle is open already (most of a restore: files come
+   * directory by directory); undefined otherwise. Saves a restore of 100,000 small files ~0.3 s of its thread.
+   */
+  entryNow(path: string): Lease | undefined {
+    if (!this.rootHandle) return { path: join(this.root, ...path.split("/")), release: () => {} };
+    if (this.closed) return undefined;
+    const slash = path.lastIndexOf("/");
+    const parent = slash < 0 ? "" : path.slice(0, slash);
+    const held = this.held.get(parent);
+    if (held?.fd === undefined) return undefined;
+    this.held.delete(parent); // to the back: most recently used
+    this.held.set(parent, held);
+    held.leases++;
+    return this.leaseOf(held, path.slice(slash + 1));
+  }
+
+  /** A lease of `held` (counted already) naming `name` in it. */
+  private leaseOf(held: Held, name: string): Lease {
+    let released = false;
+    return {
+      path: `/proc/self/fd/${held.fd}/${name}`,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.unlease(held);
+      },
+    };
+  }
+
+  /** Runs `use` with directory `path`'s own handle (chmod, utimes). */
+  async withDirectory<T>(path: string, use: (dir: FileHandle) => Promise<T>): Promise<T> {
+    if (!this.rootHandle) {
+      const dir = await open(join(this.root, ...path.split("/")), DIR_FLAGS);
+      try {
+        return await use(dir);
+      } finally {
+        await dir.close();
+      }
+    }
+    const held = await this.lease(path);
+    try {
+      return await use(await held.handle);
+    } finally {
+      this.unlease(held);
+    }
+  }
+
+  /** Closes every handle (leases outstanding or not: the restore is over). */
+  async close(): Promise<void> {
+    this.closed = true;
+    const all = [...this.held.values()];
+    this.held.clear();
+    await Promise.allSettled([...all.map(async (h) => (await h.handle).close()), ...this.closing]);
+  }
+
+  /** Directory `path`'s entry, leased (opened through its parent's handle when not held). */
+  private async lease(path: string): Promise<Held> {
+    if (this.closed) throw new Error("the restore is over");
+    const held = this.held.get(path);
+    if (held) {
+      this.held.delete(path); // to the back: most recently used
+      this.held.set(path, held);
+      held.leases++;
+      held.fd ??= (await held.handle).fd; // an open that failed throws here for every waiter
+      return held;
+    }
+    const slash = path.lastIndexOf("/");
+    const parentPath = slash < 0 ? "" : path.slice(0, slash);
+    const name = path.slice(slash + 1);
+    const opening = (async () => {
+      const parent = await this.lease(parentPath);
+      try {
+        return await open(`/proc/self/fd/${(await parent.handle).fd}/${name}`, DIR_FLAGS);
+      } catch (err) {
+        throw replacedDirectory(path, err);
+      } finally {
+        this.unlease(parent);
+      }
+    })();
+    const opened: Held = { handle: opening, leases: 1 };
+    this.held.set(path, opened);
+    try {
+      opened.fd ??= (await opening).fd;
+    } catch (err) {
+      if (this.held.get(path) === opened) this.held.delete(path);
+      throw err;
+    }
+    this.evict();
+    return opened;
+  }
+
+  private unlease(held: Held): void {
+    held.leases--;
+    this.evict();
+  }
+
+  /** Closes the least recently used idle handles past CACHED_HANDLES. */
+  private evict(): void {
+    let excess = this.held.size - CACHED_HANDLES;
+    for (const [path, held] of this.held) {
+      if (excess <= 0) break;
+      if (held.leases > 0) continue;
+      this.held.delete(path);
+      excess--;
+      const closing = held.handle.then((h) => h.close()).catch(() => {});
+      this.closing.add(closing);
+      void closing.finally(() => this.closing.delete(closing));
+    }
+  }
+}
+
+/** Why directory `path` of the target could not be opened: replaced (a symlink, a file) or the error. */
+function replacedDirectory(path: string, err: unknown): Error {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === "ELOOP" || code === "ENOTDIR" || code === "ENOENT") {
+    return new Error(
+      `directory ${JSON.stringify(path)} of the restore target was replaced or removed while the restore ran ` +
+        `(${code}); nothing was written through it. Restore again into a directory nobody else writes to`,
+    );
+  }
+  return new Error(`cannot open directory ${JSON.stringify(path)} of the restore target: ${(err as Error).message}`);
+}
