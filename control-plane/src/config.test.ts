@@ -30,7 +30,20 @@ describe("loadConfig", () => {
     expect(loadConfig({}, {})).toMatchObject({ snapshotKeep: undefined, pruneIntervalSeconds: 0 });
   });
 
+  it("reads the API's per-key rate limit: 20 a second in bursts of 100 unless set, 0 for none", () => {
+    expect(loadConfig({}, {})).toMatchObject({ apiRateLimit: 20, apiBurst: 100 });
+    expect(loadConfig({}, { DUMONT_API_RATE_LIMIT: "0.5", DUMONT_API_BURST: "3" })).toMatchObject({
+      apiRateLimit: 0.5,
+      apiBurst: 3,
+    });
+    expect(loadConfig({}, { DUMONT_API_RATE_LIMIT: "0" }).apiRateLimit).toBe(0);
+  });
+
   it.each([
+    [{ DUMONT_API_RATE_LIMIT: "fast" }, /DUMONT_API_RATE_LIMIT must be a number of requests a second/],
+    [{ DUMONT_API_RATE_LIMIT: "-1" }, /DUMONT_API_RATE_LIMIT must be 0 \(no limit\) or more/],
+    [{ DUMONT_API_BURST: "0" }, /DUMONT_API_BURST must be at least 1/],
+    [{ DUMONT_API_BURST: "2.5" }, /DUMONT_API_BURST must be a whole number/],
     [{ DUMONT_SNAPSHOT_KEEP: "last=24,monthly=3" }, /DUMONT_SNAPSHOT_KEEP must be rules like .* got "monthly=3"/],
     [{ DUMONT_SNAPSHOT_KEEP: "last=-1" }, /DUMONT_SNAPSHOT_KEEP must be rules like/],
     [{ DUMONT_SNAPSHOT_KEEP: "last=2,last=3" }, /DUMONT_SNAPSHOT_KEEP names last twice/],

@@ -4,6 +4,7 @@ import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { hasRetentionRule, type RetentionPolicy } from "@dumont/repository/retention";
 import { z } from "zod";
+import { DEFAULT_RATE_LIMIT } from "./api/rate-limit.js";
 import { ConfigError } from "./errors.js";
 
 /** What `dumont serve` and `dumont dev` accept, before defaults and validation. */
@@ -20,6 +21,8 @@ export interface ControlPlaneOptions {
   blobStore?: string;
   snapshotKeep?: string;
   pruneInterval?: string | number;
+  apiRateLimit?: string | number;
+  apiBurst?: string | number;
 }
 
 const port = (name: string) =>
@@ -72,6 +75,17 @@ const schema = z.object({
       (n) => n === 0 || (n >= 60 && n <= 30 * 86_400),
       "DUMONT_PRUNE_INTERVAL must be 0 (never) or 60..2592000 seconds",
     ),
+  /** Sustained API requests a second per key (api/rate-limit.ts); 0 = no limit. */
+  apiRateLimit: z.coerce
+    .number({ error: "DUMONT_API_RATE_LIMIT must be a number of requests a second" })
+    .min(0, "DUMONT_API_RATE_LIMIT must be 0 (no limit) or more requests a second")
+    .max(100_000, "DUMONT_API_RATE_LIMIT must be at most 100000 requests a second (0 turns the limit off)"),
+  /** Requests a key may make at once after being idle. */
+  apiBurst: z.coerce
+    .number({ error: "DUMONT_API_BURST must be a whole number of requests" })
+    .int("DUMONT_API_BURST must be a whole number of requests")
+    .min(1, "DUMONT_API_BURST must be at least 1")
+    .max(1_000_000, "DUMONT_API_BURST must be at most 1000000"),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
     error: "DUMONT_LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent",
   }),
@@ -99,6 +113,8 @@ export function loadConfig(
     masterKey: emptyToUndefined(env.DUMONT_MASTER_KEY),
     snapshotKeep: emptyToUndefined(options.snapshotKeep ?? env.DUMONT_SNAPSHOT_KEEP),
     pruneIntervalSeconds: options.pruneInterval ?? env.DUMONT_PRUNE_INTERVAL ?? 0,
+    apiRateLimit: options.apiRateLimit ?? emptyToUndefined(env.DUMONT_API_RATE_LIMIT) ?? DEFAULT_RATE_LIMIT.perSecond,
+    apiBurst: options.apiBurst ?? emptyToUndefined(env.DUMONT_API_BURST) ?? DEFAULT_RATE_LIMIT.burst,
   };
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {

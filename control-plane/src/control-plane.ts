@@ -9,6 +9,7 @@ import { AgentGatewayServer } from "./agent-gateway/gateway-server.js";
 import { TelemetryIngest } from "./agent-gateway/telemetry-ingest.js";
 import { bootstrapAdminKey } from "./api/auth.js";
 import { hostService } from "./api/host-service.js";
+import { ApiRateLimiter } from "./api/rate-limit.js";
 import { snapshotService } from "./api/snapshot-service.js";
 import type { ControlPlaneConfig } from "./config.js";
 import { type Db, openDatabase } from "./db/database.js";
@@ -107,12 +108,16 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
     cleanups.push(() => retention.stop());
 
     const urls = { httpUrl: "", grpcUrl: `https://${config.publicHost}:${grpcPort}` };
+    const rateLimiter =
+      config.apiRateLimit > 0
+        ? new ApiRateLimiter({ perSecond: config.apiRateLimit, burst: config.apiBurst }, undefined, () =>
+            metrics.apiRequestsLimited.inc(),
+          )
+        : undefined;
     const routes = (router: ConnectRouter) => {
-      router.service(
-        api.HostService,
-        hostService({ db, caHash: () => ca.tls.caHash, grpcUrl: () => urls.grpcUrl, httpUrl: () => urls.httpUrl }),
-      );
-      router.service(api.SnapshotService, snapshotService({ db, sessions: gateway.sessions, snapshots }));
+      const hosts = { db, caHash: () => ca.tls.caHash, grpcUrl: () => urls.grpcUrl, httpUrl: () => urls.httpUrl };
+      router.service(api.HostService, hostService({ ...hosts, rateLimiter }));
+      router.service(api.SnapshotService, snapshotService({ db, sessions: gateway.sessions, snapshots, rateLimiter }));
     };
     const http = createHttpServer({
       routes,

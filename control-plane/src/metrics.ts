@@ -35,6 +35,11 @@ export function createMetrics() {
       registers: [registry],
     }),
     hostsLost: new Counter({ name: "dumont_hosts_lost_total", help: "Hosts declared lost", registers: [registry] }),
+    apiRequestsLimited: new Counter({
+      name: "dumont_api_requests_limited_total",
+      help: "API requests refused because their key was over its rate limit (DUMONT_API_RATE_LIMIT, DUMONT_API_BURST)",
+      registers: [registry],
+    }),
     // Snapshot bytes/s (DESIGN §8) is rate() of these counters: sealed chunk bytes, as they cross the agent stream.
     snapshotBytesReceived: new Counter({
       name: "dumont_snapshot_bytes_received_total",

@@ -12,6 +12,7 @@ import {
 } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { PermissionDeniedError, UnauthenticatedError } from "../errors.js";
+import type { ApiRateLimiter } from "./rate-limit.js";
 
 export interface Caller {
   keyId: string;
@@ -55,7 +56,8 @@ export async function bootstrapAdminKey(db: Db, file: string, tenantId: string):
   return fresh.key;
 }
 
-export async function authenticate(db: Db, authorization: string | null): Promise<Caller> {
+/** The caller of a request, counted against its key's rate limit when `limiter` is given (RateLimitedError past it). */
+export async function authenticate(db: Db, authorization: string | null, limiter?: ApiRateLimiter): Promise<Caller> {
   if (!authorization) {
     throw new UnauthenticatedError(
       "missing API key: send 'Authorization: Bearer <key>' (see <data-dir>/admin-api-key)",
@@ -71,6 +73,7 @@ export async function authenticate(db: Db, authorization: string | null): Promis
   if (!row || !timingSafeEqual(presented, stored)) {
     throw new UnauthenticatedError("API key not recognised or revoked");
   }
+  limiter?.take(row.id);
   return { keyId: row.id, tenantId: row.tenant_id, role: row.role as Role };
 }
 

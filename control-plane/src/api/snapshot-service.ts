@@ -14,17 +14,20 @@ import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import type { SnapshotCoordinator, TransferProgress } from "../snapshots/snapshot-coordinator.js";
 import { authenticate, requireRole, tenantScope } from "./auth.js";
+import type { ApiRateLimiter } from "./rate-limit.js";
 import { checkText, MAX_HOST_ID, shown } from "./request-fields.js";
 
 export interface SnapshotServiceDeps {
   db: Db;
   sessions: SessionRegistry;
   snapshots: SnapshotCoordinator;
+  /** Per-key request limits (none when absent). */
+  rateLimiter?: ApiRateLimiter;
 }
 
 export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof api.SnapshotService> {
   const admin = async (ctx: HandlerContext) => {
-    const who = await authenticate(deps.db, ctx.requestHeader.get("authorization"));
+    const who = await authenticate(deps.db, ctx.requestHeader.get("authorization"), deps.rateLimiter);
     requireRole(who, "admin");
     return who;
   };

@@ -54,6 +54,17 @@ export function addServeOptions(cmd: Command): Command {
       ),
     )
     .addOption(
+      new Option(
+        "--api-rate-limit <per-second>",
+        "API requests a second each key may make on average (default 20; 0: no limit)",
+      ).env("DUMONT_API_RATE_LIMIT"),
+    )
+    .addOption(
+      new Option("--api-burst <requests>", "API requests a key may make at once after being idle (default 100)").env(
+        "DUMONT_API_BURST",
+      ),
+    )
+    .addOption(
       new Option("--log-level <level>", "fatal|error|warn|info|debug|trace|silent (default info)").env(
         "DUMONT_LOG_LEVEL",
       ),
