@@ -9,6 +9,7 @@ import { AgentGatewayServer } from "./agent-gateway/gateway-server.js";
 import { TelemetryIngest } from "./agent-gateway/telemetry-ingest.js";
 import { bootstrapAdminKey } from "./api/auth.js";
 import { hostService } from "./api/host-service.js";
+import { keyService } from "./api/key-service.js";
 import { ApiRateLimiter } from "./api/rate-limit.js";
 import { snapshotService } from "./api/snapshot-service.js";
 import type { ControlPlaneConfig } from "./config.js";
@@ -118,6 +119,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
       const hosts = { db, caHash: () => ca.tls.caHash, grpcUrl: () => urls.grpcUrl, httpUrl: () => urls.httpUrl };
       router.service(api.HostService, hostService({ ...hosts, rateLimiter }));
       router.service(api.SnapshotService, snapshotService({ db, sessions: gateway.sessions, snapshots, rateLimiter }));
+      router.service(api.KeyService, keyService({ db, rateLimiter }));
     };
     const http = createHttpServer({
       routes,

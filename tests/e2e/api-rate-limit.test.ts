@@ -1,16 +1,17 @@
 // The API's per-key rate limit, over real HTTP against a `dumont serve` child: a burst, then 429 with Retry-After
-// naming the key, a wrong secret under its id never charged to it, the CLI saying what to do, and the metric.
-// (Keys have separate budgets: rate-limit.test.ts; only the bootstrap admin key exists here.)
+// naming the key while other keys go on, a wrong secret under its id never charged to it, the CLI saying what to
+// do, and the metric.
 import fs from "node:fs/promises";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ControlPlaneProcess, startControlPlaneProcess, tempDir } from "../support/processes.js";
 
-const BURST = 3;
+const BURST = 4;
 
 describe("API rate limit per key", () => {
   let root: string;
   let cp: ControlPlaneProcess;
+  let providerKey: string;
 
   // A Connect unary call as curl would make it: JSON over HTTP/1.1.
   const listHosts = (key: string) =>
@@ -27,6 +28,10 @@ describe("API rate limit per key", () => {
       dataDir: path.join(root, "cp"),
       env: { DUMONT_API_RATE_LIMIT: "0.001", DUMONT_API_BURST: String(BURST) },
     });
+    // A second key, made with one of the admin key's requests.
+    const made = await cp.cli(["key", "create", "--role", "provider", "--tenant", "acme", "--json"]);
+    expect(made.stderr).toBe("");
+    providerKey = JSON.parse(made.stdout).key;
   });
 
   afterAll(async () => {
@@ -34,15 +39,15 @@ describe("API rate limit per key", () => {
     await fs.rm(root, { recursive: true, force: true });
   });
 
-  it("answers a key's burst, then 429 with Retry-After", async () => {
+  it("answers a key's burst, then 429 with Retry-After, while another key goes on", async () => {
     const [, id] = /^dumont_([a-f0-9]{16})_/.exec(cp.adminKey) ?? [];
     // A wrong secret under the admin key's id: refused as unauthenticated, and not charged to that key.
     const forged = await listHosts(`dumont_${id}_${"x".repeat(43)}`);
     expect(forged.status).toBe(401);
 
     const statuses: number[] = [];
-    for (let i = 0; i < BURST; i++) statuses.push((await listHosts(cp.adminKey)).status);
-    expect(statuses).toEqual(Array(BURST).fill(200));
+    for (let i = 1; i < BURST; i++) statuses.push((await listHosts(cp.adminKey)).status); // 1: `key create`
+    expect(statuses).toEqual(Array(BURST - 1).fill(200));
 
     const refused = await listHosts(cp.adminKey);
     expect(refused.status).toBe(429);
@@ -51,9 +56,12 @@ describe("API rate limit per key", () => {
     expect(body.code).toBe("resource_exhausted");
     expect(body.message).toMatch(
       new RegExp(
-        `^too many requests with API key ${id}: at most 0.001 a second, in bursts of up to 3; retry in \\d+ s$`,
+        `^too many requests with API key ${id}: at most 0.001 a second, in bursts of up to 4; retry in \\d+ s$`,
       ),
     );
+
+    // Another key has its own budget.
+    expect((await listHosts(providerKey)).status).toBe(200);
 
     // The CLI passes the sentence on and fails.
     const cli = await cp.cli(["host", "list"]);

@@ -47,7 +47,11 @@ export function apiClients(options: ApiOptions) {
       },
     ],
   });
-  return { hosts: createClient(api.HostService, transport), snapshots: createClient(api.SnapshotService, transport) };
+  return {
+    hosts: createClient(api.HostService, transport),
+    snapshots: createClient(api.SnapshotService, transport),
+    keys: createClient(api.KeyService, transport),
+  };
 }
 
 /** A failure to connect ("[unavailable] connect ECONNREFUSED ...") as a sentence that says what to do. */

@@ -1,8 +1,8 @@
 // `dumont host …`: join tokens, the host list, telemetry series and events.
-import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import type { api } from "@dumont/proto";
 import type { Command } from "commander";
 import { type ApiOptions, apiClients, parseDuration } from "./api-client.js";
+import { iso, print } from "./output.js";
 
 export function registerHostCommands(program: Command): void {
   const host = program.command("host").description("provider machines: join tokens, list, metrics, events");
@@ -127,12 +127,4 @@ export function hostJson(h: api.Host) {
     memory: h.memory ? { totalBytes: Number(h.memory.totalBytes), usedBytes: Number(h.memory.usedBytes) } : null,
     disk: h.disk ? { totalBytes: Number(h.disk.totalBytes), usedBytes: Number(h.disk.usedBytes) } : null,
   };
-}
-
-function iso(t: Timestamp | undefined): string | null {
-  return t ? timestampDate(t).toISOString() : null;
-}
-
-function print(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }

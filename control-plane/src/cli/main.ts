@@ -3,6 +3,7 @@ import { flagParsers } from "@dumont/repository/cli-flags";
 import { Command, InvalidArgumentError } from "commander";
 import { registerDevCommand } from "./dev-command.js";
 import { registerHostCommands } from "./host-command.js";
+import { registerKeyCommands } from "./key-command.js";
 import { registerServeCommand } from "./serve-command.js";
 import { registerSnapshotCommands } from "./snapshot-command.js";
 
@@ -25,6 +26,7 @@ export async function main(argv: string[]): Promise<void> {
   registerDevCommand(program);
   registerHostCommands(program);
   registerSnapshotCommands(program);
+  registerKeyCommands(program);
   await program.parseAsync(argv);
 }
 

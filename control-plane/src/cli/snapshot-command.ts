@@ -1,7 +1,6 @@
 // `dumont snapshot …` (admin): snapshot a directory on a host through its agent, list, ls, diff, restore, check,
 // forget. Create and restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent
 // works.
-import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { api } from "@dumont/proto";
 import { collect, flagParsers } from "@dumont/repository/cli-flags";
 import { type ListedEntry, listingLine } from "@dumont/repository/listing";
@@ -17,6 +16,7 @@ import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/re
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
 import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients } from "./api-client.js";
+import { iso, print } from "./output.js";
 
 const INCLUDE_HELP =
   `restore only what matches this pattern (gitignore syntax, relative to the snapshot's directory: "models/", ` +
@@ -315,7 +315,7 @@ function snapshotJson(s: api.Snapshot) {
     workspaceId: s.workspaceId,
     path: s.path,
     epoch: Number(s.epoch),
-    createdAt: s.createdAt ? timestampDate(s.createdAt).toISOString() : null,
+    createdAt: iso(s.createdAt),
     files: Number(s.files),
     bytesRead: Number(s.bytesRead),
     bytesNew: Number(s.bytesNew),
@@ -364,10 +364,6 @@ async function follow<R>(
   }
   if (result === undefined) throw new Error(`the control plane ended the ${what} without a result; see its log`);
   return result;
-}
-
-function print(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
 const FILE_TYPES: Record<api.SnapshotFile_Type, ListedEntry["type"] | undefined> = {

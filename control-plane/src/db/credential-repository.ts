@@ -41,6 +41,52 @@ export async function findActiveApiKey(db: Db, id: string) {
     .executeTakeFirst();
 }
 
+const API_KEY_COLUMNS = ["id", "tenant_id", "role", "label", "created_at", "revoked_at"] as const;
+
+/** API keys without their hashes, oldest first: a tenant's or all, revoked ones when asked. */
+export async function listApiKeys(db: Db, filter: { tenantId?: string; role?: Role; includeRevoked: boolean }) {
+  let q = db.selectFrom("api_keys").select(API_KEY_COLUMNS).orderBy("created_at").orderBy("id");
+  if (filter.tenantId !== undefined) q = q.where("tenant_id", "=", filter.tenantId);
+  if (filter.role !== undefined) q = q.where("role", "=", filter.role);
+  if (!filter.includeRevoked) q = q.where("revoked_at", "is", null);
+  return q.execute();
+}
+
+export async function getApiKey(db: Db, id: string) {
+  return db.selectFrom("api_keys").select(API_KEY_COLUMNS).where("id", "=", id).executeTakeFirst();
+}
+
+/**
+ * Revokes key `id` (still active) unless it is the last active admin key; the revoked row, "last-admin", or
+ * undefined when there is no such active key. The active admin keys are locked first: two admins revoking each
+ * other's keys at once cannot leave none (the second waits, then counts again).
+ */
+export async function revokeApiKey(db: Db, id: string, now: Date) {
+  return db.transaction().execute(async (tx) => {
+    const admins = await tx
+      .selectFrom("api_keys")
+      .select("id")
+      .where("role", "=", "admin")
+      .where("revoked_at", "is", null)
+      .forUpdate()
+      .execute();
+    const key = await tx
+      .selectFrom("api_keys")
+      .select(["role", "revoked_at"])
+      .where("id", "=", id)
+      .forUpdate()
+      .executeTakeFirst();
+    if (!key || key.revoked_at !== null) return undefined;
+    if (key.role === "admin" && !admins.some((a) => a.id !== id)) return "last-admin" as const;
+    return tx
+      .updateTable("api_keys")
+      .set({ revoked_at: now })
+      .where("id", "=", id)
+      .returning(API_KEY_COLUMNS)
+      .executeTakeFirstOrThrow();
+  });
+}
+
 export async function countApiKeys(db: Db, role: Role): Promise<number> {
   const row = await db
     .selectFrom("api_keys")

@@ -1,0 +1,129 @@
+// KeyService: who may make, see and revoke which keys; a made key works and a revoked one does not; the last
+// admin key stays.
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { api } from "@dumont/proto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ensureTenant, type Role } from "../db/credential-repository.js";
+import type { Db } from "../db/database.js";
+import { openTestDatabase } from "../db/test-database.js";
+import { authenticate, createApiKey } from "./auth.js";
+import { keyService } from "./key-service.js";
+
+describe("KeyService", () => {
+  let db: Db;
+  let close: () => Promise<void>;
+  const keys: Record<string, { id: string; key: string }> = {};
+  const as = (key: string) => ({ requestHeader: new Headers({ authorization: `Bearer ${key}` }) }) as HandlerContext;
+  const service = () => keyService({ db });
+  // A handler answers a value or a promise of one (ServiceImpl's type): awaited as the message it is.
+  const make = async (who: string, req: { role: string; tenantId?: string; label?: string }) =>
+    (await service().createApiKey(
+      create(api.CreateApiKeyRequestSchema, req),
+      as(keys[who]!.key),
+    )) as api.CreateApiKeyResponse;
+  const list = async (who: string, req: { tenantId?: string; includeRevoked?: boolean } = {}) =>
+    (
+      (await service().listApiKeys(
+        create(api.ListApiKeysRequestSchema, req),
+        as(keys[who]!.key),
+      )) as api.ListApiKeysResponse
+    ).keys;
+  const revoke = async (key: string, keyId: string) =>
+    (await service().revokeApiKey(
+      create(api.RevokeApiKeyRequestSchema, { keyId }),
+      as(key),
+    )) as api.RevokeApiKeyResponse;
+  const code = (p: unknown) =>
+    Promise.resolve(p).then(
+      () => "ok",
+      (err) => Code[ConnectError.from(err).code],
+    );
+
+  beforeAll(async () => {
+    ({ db, close } = await openTestDatabase());
+    for (const t of ["admin", "t-a", "t-b"]) await ensureTenant(db, t, t);
+    const made: [string, string, Role][] = [
+      ["admin", "admin", "admin"],
+      ["provider-a", "t-a", "provider"],
+      ["consumer-a", "t-a", "consumer"],
+      ["provider-b", "t-b", "provider"],
+    ];
+    for (const [name, tenant, role] of made) keys[name] = await createApiKey(db, tenant, role, name);
+  });
+  afterAll(() => close());
+
+  it("makes a key shown once, that works at once and belongs to the tenant named (created if new)", async () => {
+    const res = await make("admin", { role: "provider", tenantId: "acme", label: "acme's rack" });
+    expect(res.secretKey).toMatch(/^dumont_[a-f0-9]{16}_[A-Za-z0-9_-]{43}$/);
+    expect(res.key).toMatchObject({ tenantId: "acme", role: "provider", label: "acme's rack" });
+    expect(res.secretKey).toContain(res.key!.id);
+    expect(await authenticate(db, `Bearer ${res.secretKey}`)).toEqual({
+      keyId: res.key!.id,
+      tenantId: "acme",
+      role: "provider",
+    });
+    // Listing never shows a secret.
+    const listed = await list("admin", { tenantId: "acme" });
+    expect(listed.map((k) => Object.values(k).join(" ")).join(" ")).not.toContain(res.secretKey.split("_")[2]);
+  });
+
+  it("lets a provider or consumer make keys of its own role for its own tenant only", async () => {
+    const own = await make("provider-a", { role: "provider", label: "ci" });
+    expect(own.key).toMatchObject({ tenantId: "t-a", role: "provider" });
+    expect(await code(make("provider-a", { role: "provider", tenantId: "t-b" }))).toBe("PermissionDenied");
+    expect(await code(make("consumer-a", { role: "provider" }))).toBe("PermissionDenied");
+    expect(await code(make("provider-a", { role: "admin" }))).toBe("PermissionDenied");
+    await expect(make("consumer-a", { role: "provider" })).rejects.toThrow(
+      "a consumer key makes consumer keys only; ask an admin for a provider key",
+    );
+  });
+
+  it("lists keys by tenant and role: everything for admins, one's own tenant's of one's role for others", async () => {
+    const seen = (await list("provider-b")).map((k) => [k.tenantId, k.role]);
+    expect(seen).toEqual([["t-b", "provider"]]);
+    expect((await list("consumer-a")).map((k) => k.label)).toEqual(["consumer-a"]);
+    expect(await code(list("provider-a", { tenantId: "t-b" }))).toBe("PermissionDenied");
+    const all = await list("admin");
+    expect(new Set(all.map((k) => k.tenantId))).toEqual(new Set(["admin", "t-a", "t-b", "acme"]));
+    expect((await list("admin", { tenantId: "t-b" })).map((k) => k.label)).toEqual(["provider-b"]);
+  });
+
+  it("revokes a key: it opens nothing from then on, and is listed only when revoked ones are asked for", async () => {
+    const doomed = await make("provider-b", { role: "provider", label: "old laptop" });
+    // Another tenant's key is not found, not denied.
+    expect(await code(revoke(keys["provider-a"]!.key, doomed.key!.id))).toBe("NotFound");
+    const res = await revoke(keys["provider-b"]!.key, doomed.key!.id);
+    expect(res.key?.revokedAt).toBeDefined();
+    await expect(authenticate(db, `Bearer ${doomed.secretKey}`)).rejects.toThrow("API key not recognised or revoked");
+    expect((await list("provider-b")).map((k) => k.id)).not.toContain(doomed.key!.id);
+    expect((await list("provider-b", { includeRevoked: true })).map((k) => k.id)).toContain(doomed.key!.id);
+    // Revoking again answers the key as it stands.
+    expect((await revoke(keys["provider-b"]!.key, doomed.key!.id)).key?.revokedAt).toEqual(res.key?.revokedAt);
+  });
+
+  it("keeps the last active admin key, and revokes an admin key once there is another", async () => {
+    const self = keys.admin!;
+    const answer = revoke(self.key, self.id);
+    expect(await code(answer)).toBe("FailedPrecondition");
+    await expect(answer).rejects.toThrow(/is the last active admin key; make another/);
+    const second = await make("admin", { role: "admin", tenantId: "admin", label: "second operator" });
+    expect((await revoke(second.secretKey, self.id)).key?.revokedAt).toBeDefined();
+    expect(await code(revoke(second.secretKey, second.key!.id))).toBe("FailedPrecondition");
+    keys.admin = { id: second.key!.id, key: second.secretKey };
+  });
+
+  it("refuses bad fields, naming them", async () => {
+    await expect(make("admin", { role: "root" })).rejects.toThrow(
+      'role must be one of consumer, provider, admin, got "root"',
+    );
+    await expect(make("admin", { role: "consumer", tenantId: "Acme Corp" })).rejects.toThrow(
+      /tenant_id must be 2..63 lowercase letters, digits and dashes/,
+    );
+    await expect(make("admin", { role: "consumer", label: "x".repeat(201) })).rejects.toThrow(
+      /label must be at most 200 characters/,
+    );
+    await expect(revoke(keys.admin!.key, "dumont_abc")).rejects.toThrow(/key_id must be a key's 16 hex characters/);
+    expect(await code(revoke(keys.admin!.key, "0123456789abcdef"))).toBe("NotFound");
+  });
+});

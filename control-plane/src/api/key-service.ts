@@ -1,0 +1,131 @@
+// dumont.api.v1.KeyService: API keys made, listed and revoked through the API. Admins manage every tenant's
+// keys and create tenants by naming them; a provider or consumer key manages its own tenant's keys of its own
+// role (a consumer cannot make itself a provider key, nor anyone an admin one). The last active admin key
+// cannot be revoked: the operators would be locked out, and no start makes another (bootstrapAdminKey).
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { api } from "@dumont/proto";
+import { ensureTenant, getApiKey, listApiKeys, type Role, revokeApiKey } from "../db/credential-repository.js";
+import type { Db } from "../db/database.js";
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from "../errors.js";
+import { authenticate, type Caller, createApiKey } from "./auth.js";
+import type { ApiRateLimiter } from "./rate-limit.js";
+import { checkText, shown } from "./request-fields.js";
+
+export interface KeyServiceDeps {
+  db: Db;
+  /** Per-key request limits (none when absent). */
+  rateLimiter?: ApiRateLimiter;
+}
+
+const ROLES: readonly Role[] = ["consumer", "provider", "admin"];
+const TENANT_ID = /^[a-z0-9][a-z0-9-]{1,62}$/;
+const KEY_ID = /^[a-f0-9]{16}$/;
+const MAX_LABEL = 200;
+
+type KeyRow = Awaited<ReturnType<typeof listApiKeys>>[number];
+
+export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyService> {
+  const caller = (ctx: HandlerContext) =>
+    authenticate(deps.db, ctx.requestHeader.get("authorization"), deps.rateLimiter);
+  return {
+    async createApiKey(req, ctx) {
+      const who = await caller(ctx);
+      const role = checkRole(req.role);
+      checkText("label", req.label, MAX_LABEL);
+      const tenantId = req.tenantId === "" ? who.tenantId : checkTenantId(req.tenantId);
+      if (who.role !== "admin") {
+        if (tenantId !== who.tenantId) {
+          throw new PermissionDeniedError(`a ${who.role} key makes keys for its own tenant only (${who.tenantId})`);
+        }
+        if (role !== who.role) {
+          throw new PermissionDeniedError(
+            `a ${who.role} key makes ${who.role} keys only; ask an admin for a ${role} key`,
+          );
+        }
+      } else {
+        await ensureTenant(deps.db, tenantId, tenantId); // an admin naming a new tenant creates it
+      }
+      const { id, key } = await createApiKey(deps.db, tenantId, role, req.label);
+      const row = await getApiKey(deps.db, id);
+      if (!row) throw new Error(`API key ${id} vanished right after it was made`);
+      return create(api.CreateApiKeyResponseSchema, { key: keyMessage(row), secretKey: key });
+    },
+
+    async listApiKeys(req, ctx) {
+      const who = await caller(ctx);
+      if (req.tenantId !== "") checkTenantId(req.tenantId);
+      if (who.role !== "admin" && req.tenantId !== "" && req.tenantId !== who.tenantId) {
+        throw new PermissionDeniedError(`a ${who.role} key lists its own tenant's keys only (${who.tenantId})`);
+      }
+      const rows = await listApiKeys(deps.db, {
+        ...visibleTo(who),
+        ...(who.role === "admin" && req.tenantId !== "" ? { tenantId: req.tenantId } : {}),
+        includeRevoked: req.includeRevoked,
+      });
+      return create(api.ListApiKeysResponseSchema, { keys: rows.map(keyMessage) });
+    },
+
+    async revokeApiKey(req, ctx) {
+      const who = await caller(ctx);
+      if (!KEY_ID.test(req.keyId)) {
+        throw new InvalidArgumentError(
+          `key_id must be a key's 16 hex characters (dumont_<id>_…), got ${shown(req.keyId)}; list them with \`dumont key list\``,
+        );
+      }
+      // Another tenant's key, or one of another role, is "not found": its existence is not the caller's to learn.
+      const existing = await getApiKey(deps.db, req.keyId);
+      const visible = visibleTo(who);
+      if (
+        !existing ||
+        (visible.tenantId !== undefined && existing.tenant_id !== visible.tenantId) ||
+        (visible.role !== undefined && existing.role !== visible.role)
+      ) {
+        throw new NotFoundError(`API key ${req.keyId} not found; list keys with \`dumont key list\``);
+      }
+      if (existing.revoked_at !== null) return create(api.RevokeApiKeyResponseSchema, { key: keyMessage(existing) });
+      const revoked = await revokeApiKey(deps.db, req.keyId, new Date());
+      if (revoked === "last-admin") {
+        throw new FailedPreconditionError(
+          `API key ${req.keyId} is the last active admin key; make another (dumont key create --role admin) before revoking it`,
+        );
+      }
+      // Revoked meanwhile by another request: answered as it now stands.
+      const row = revoked ?? (await getApiKey(deps.db, req.keyId));
+      return create(api.RevokeApiKeyResponseSchema, { key: row ? keyMessage(row) : undefined });
+    },
+  };
+}
+
+/** The keys a caller may see and revoke: all for admins, else its tenant's of its own role. */
+function visibleTo(who: Caller): { tenantId?: string; role?: Role } {
+  return who.role === "admin" ? {} : { tenantId: who.tenantId, role: who.role };
+}
+
+function checkRole(role: string): Role {
+  if (!ROLES.includes(role as Role)) {
+    throw new InvalidArgumentError(`role must be one of ${ROLES.join(", ")}, got ${shown(role)}`);
+  }
+  return role as Role;
+}
+
+function checkTenantId(id: string): string {
+  if (!TENANT_ID.test(id)) {
+    throw new InvalidArgumentError(
+      `tenant_id must be 2..63 lowercase letters, digits and dashes, starting with a letter or digit, got ${shown(id)}`,
+    );
+  }
+  return id;
+}
+
+function keyMessage(row: KeyRow): api.ApiKey {
+  return create(api.ApiKeySchema, {
+    id: row.id,
+    tenantId: row.tenant_id,
+    role: row.role,
+    label: row.label,
+    createdAt: timestampFromDate(new Date(row.created_at)),
+    revokedAt: row.revoked_at === null ? undefined : timestampFromDate(new Date(row.revoked_at)),
+  });
+}

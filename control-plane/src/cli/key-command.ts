@@ -1,0 +1,82 @@
+// `dumont key …`: API keys for tenants, shown once when made, listed without secrets, revoked by id.
+import type { api } from "@dumont/proto";
+import { type Command, Option } from "commander";
+import { type ApiOptions, apiClients } from "./api-client.js";
+import { iso, print } from "./output.js";
+
+export function registerKeyCommands(program: Command): void {
+  const key = program.command("key").description("API keys: make one for a tenant (shown once), list them, revoke one");
+  const apiOpts = (cmd: Command): ApiOptions => cmd.optsWithGlobals() as ApiOptions;
+
+  key
+    .command("create")
+    .description("make an API key and print it once (it is not stored)")
+    .addOption(
+      new Option("--role <role>", "what the key may do")
+        .choices(["consumer", "provider", "admin"])
+        .makeOptionMandatory(),
+    )
+    .option("--tenant <id>", "the tenant it acts for (admins; a new one is created); default: your own")
+    .option("--label <text>", "what the key is for, shown by `dumont key list`", "")
+    .option("--json", "print JSON")
+    .action(async (opts, cmd: Command) => {
+      const res = await apiClients(apiOpts(cmd)).keys.createApiKey({
+        role: opts.role,
+        tenantId: opts.tenant ?? "",
+        label: opts.label,
+      });
+      const made = { ...keyJson(res.key), key: res.secretKey };
+      if (opts.json) return print(made);
+      process.stdout.write(
+        `API key ${made.id} (${made.role}, tenant ${made.tenantId}), shown this once:\n  ${made.key}\n\n` +
+          `Use it with --api-key or DUMONT_API_KEY; revoke it with \`dumont key revoke ${made.id}\`.\n`,
+      );
+    });
+
+  key
+    .command("list")
+    .description("the keys you may see (admins: every tenant's), without secrets")
+    .option("--tenant <id>", "one tenant's keys (admins)")
+    .option("--all", "revoked keys too")
+    .option("--json", "print JSON")
+    .action(async (opts, cmd: Command) => {
+      const res = await apiClients(apiOpts(cmd)).keys.listApiKeys({
+        tenantId: opts.tenant ?? "",
+        includeRevoked: opts.all === true,
+      });
+      const keys = res.keys.map(keyJson);
+      if (opts.json) return print(keys);
+      if (keys.length === 0) {
+        process.stdout.write("No keys. Make one with `dumont key create --role provider`.\n");
+        return;
+      }
+      for (const k of keys) {
+        const revoked = k.revokedAt ? `  revoked ${k.revokedAt}` : "";
+        process.stdout.write(
+          `${k.id}  ${k.role.padEnd(8)} ${k.tenantId.padEnd(16)} ${k.createdAt}  ${JSON.stringify(k.label)}${revoked}\n`,
+        );
+      }
+    });
+
+  key
+    .command("revoke <keyId>")
+    .description("revoke a key by its id: it opens nothing from then on")
+    .option("--json", "print JSON")
+    .action(async (keyId: string, opts, cmd: Command) => {
+      const res = await apiClients(apiOpts(cmd)).keys.revokeApiKey({ keyId });
+      const k = keyJson(res.key);
+      if (opts.json) return print(k);
+      process.stdout.write(`API key ${k.id} (${k.role}, tenant ${k.tenantId}) revoked ${k.revokedAt}\n`);
+    });
+}
+
+export function keyJson(k: api.ApiKey | undefined) {
+  return {
+    id: k?.id ?? "",
+    tenantId: k?.tenantId ?? "",
+    role: k?.role ?? "",
+    label: k?.label ?? "",
+    createdAt: iso(k?.createdAt),
+    revokedAt: iso(k?.revokedAt),
+  };
+}

@@ -1,0 +1,78 @@
+// API keys through the CLI against a `dumont serve` child: an admin makes a tenant's provider key, shown once;
+// that key works at once within its tenant and role, can make its own kind of key, and opens nothing once
+// revoked; the last admin key stays.
+import fs from "node:fs/promises";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  type ControlPlaneProcess,
+  dumontBin,
+  runNode,
+  startControlPlaneProcess,
+  tempDir,
+} from "../support/processes.js";
+
+describe("API keys", () => {
+  let root: string;
+  let cp: ControlPlaneProcess;
+  /** `dumont …` with `key` instead of the admin key. */
+  const cliAs = (key: string, args: string[]) =>
+    runNode(dumontBin, ["--api-url", cp.httpUrl, "--api-key", key, ...args], { DUMONT_API_KEY: "" });
+
+  beforeAll(async () => {
+    root = await tempDir("e2e-api-keys");
+    cp = await startControlPlaneProcess({ dataDir: path.join(root, "cp") });
+  });
+  afterAll(async () => {
+    await cp?.stop();
+    await fs.rm(root, { recursive: true, force: true });
+  });
+
+  it("makes a tenant's provider key that works at once, within its tenant and role, until revoked", async () => {
+    const made = await cp.cli(["key", "create", "--role", "provider", "--tenant", "acme", "--label", "acme rack"]);
+    expect(made.stderr).toBe("");
+    const [, id, key] = /^API key ([a-f0-9]{16}) \(provider, tenant acme\), shown this once:\n {2}(dumont_\S+)\n/.exec(
+      made.stdout,
+    ) ?? [undefined, "", ""];
+    expect(key).toContain(id);
+
+    // The provider key makes join tokens for its tenant, sees its tenant's hosts (none yet) and keys.
+    const token = await cliAs(key!, ["host", "join-token", "create", "--json"]);
+    expect(token.stderr).toBe("");
+    expect(JSON.parse(token.stdout).token).toMatch(/^djt_/);
+    expect(JSON.parse((await cliAs(key!, ["host", "list", "--json"])).stdout)).toEqual([]);
+    const listed = JSON.parse((await cliAs(key!, ["key", "list", "--json"])).stdout);
+    expect(listed).toEqual([
+      { id, tenantId: "acme", role: "provider", label: "acme rack", createdAt: expect.any(String), revokedAt: null },
+    ]);
+    // It may not make a key of another role, nor see the snapshots (admin only).
+    const admin = await cliAs(key!, ["key", "create", "--role", "admin"]);
+    expect(admin.code).not.toBe(0);
+    expect(admin.stderr).toContain("a provider key makes provider keys only");
+    expect((await cliAs(key!, ["snapshot", "list", "--json"])).code).not.toBe(0);
+
+    // The admin sees it among every tenant's keys; revoked, it opens nothing.
+    const all = JSON.parse((await cp.cli(["key", "list", "--json"])).stdout) as { id: string; tenantId: string }[];
+    expect(all.map((k) => k.tenantId).sort()).toEqual(["acme", "admin"]);
+    const revoked = await cp.cli(["key", "revoke", id!, "--json"]);
+    expect(revoked.stderr).toBe("");
+    expect(JSON.parse(revoked.stdout).revokedAt).toEqual(expect.any(String));
+    const after = await cliAs(key!, ["host", "list"]);
+    expect(after.code).not.toBe(0);
+    expect(after.stderr).toContain("API key not recognised or revoked");
+    expect(JSON.parse((await cp.cli(["key", "list", "--json"])).stdout)).toHaveLength(1);
+    expect(JSON.parse((await cp.cli(["key", "list", "--all", "--json"])).stdout)).toHaveLength(2);
+  });
+
+  it("keeps the last admin key, saying what to do; refuses a bad role naming the choices", async () => {
+    const [, adminId] = /^dumont_([a-f0-9]{16})_/.exec(cp.adminKey) ?? [];
+    const last = await cp.cli(["key", "revoke", adminId!]);
+    expect(last.code).not.toBe(0);
+    expect(last.stderr).toContain(`API key ${adminId} is the last active admin key; make another`);
+    const bad = await cp.cli(["key", "create", "--role", "root"]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(
+      /--role <role>' argument 'root' is invalid. Allowed choices are consumer, provider, admin/,
+    );
+  });
+});
