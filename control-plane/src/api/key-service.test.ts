@@ -113,6 +113,22 @@ describe("KeyService", () => {
     keys.admin = { id: second.key!.id, key: second.secretKey };
   });
 
+  it("leaves one admin key when two admins revoke each other's keys at once", async () => {
+    const other = await make("admin", { role: "admin", tenantId: "admin", label: "third operator" });
+    const self = keys.admin!;
+    const [selfRevoked, otherRevoked] = await Promise.all([
+      code(revoke(self.key, other.key!.id)),
+      code(revoke(other.secretKey, self.id)),
+    ]);
+    // One wins; the other is refused as the last admin key, or (on Postgres, where the two truly overlap) its
+    // key was revoked before it was even authenticated.
+    expect([selfRevoked, otherRevoked].filter((c) => c === "ok")).toHaveLength(1);
+    expect([selfRevoked, otherRevoked].find((c) => c !== "ok")).toMatch(/^(FailedPrecondition|Unauthenticated)$/);
+    keys.admin = selfRevoked === "ok" ? self : { id: other.key!.id, key: other.secretKey };
+    const admins = (await list("admin")).filter((k) => k.role === "admin");
+    expect(admins.map((k) => k.id)).toEqual([keys.admin.id]);
+  });
+
   it("refuses bad fields, naming them", async () => {
     await expect(make("admin", { role: "root" })).rejects.toThrow(
       'role must be one of consumer, provider, admin, got "root"',
