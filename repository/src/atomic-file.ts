@@ -3,7 +3,7 @@
 // one. Here rather than in either tree because the agent and the control plane both need it.
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
-import { type FileHandle, open, rename, unlink } from "node:fs/promises";
+import { type FileHandle, open, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
 /** Writes `data` to `file` atomically with exactly `mode` (not narrowed by the umask). */
@@ -51,9 +51,20 @@ export class SecretFileModeError extends Error {}
 /**
  * Reads a secret file written 0600 (a private key, a master key), refusing one that other users may read or
  * write, as ssh does: a looser mode means it was copied or restored carelessly, and whoever else read it holds
- * what it guards. The mode is read from the handle the file is read through.
+ * what it guards. The mode is read from the handle the file is read through. The directory holding it is
+ * refused too when others may write to it (and it is not sticky, like /tmp): they could put another file in its
+ * place, or beside it (the agent's pinned CA certificate shares its directory). We make these directories 0700,
+ * but one made beforehand (or under a umask of 002) keeps its own mode.
  */
 export async function readSecretFile(file: string): Promise<string> {
+  const dir = dirname(file);
+  const dirMode = (await stat(dir)).mode & 0o7777;
+  if (dirMode & 0o022 && !(dirMode & 0o1000)) {
+    throw new SecretFileModeError(
+      `${dir}, which holds ${basename(file)}, may be written by other users (mode 0${dirMode.toString(8)}): they ` +
+        `could put another file in its place. Run \`chmod go-w ${dir}\` and start again`,
+    );
+  }
   const handle = await open(file, "r");
   try {
     const mode = (await handle.stat()).mode & 0o777;

@@ -27,7 +27,7 @@ describe("the master key and tenant keys", () => {
 
   it("makes a master key once, 0600, and never again while tenant keys wrapped by one are stored", async () => {
     const dataDir = path.join(dir, "a");
-    await fs.mkdir(dataDir);
+    await fs.mkdir(dataDir, { mode: 0o700 }); // as the control plane makes it
     const master = await loadMasterKey(dataDir, undefined, stored);
     const file = path.join(dataDir, "master.key");
     expect((await fs.stat(file)).mode & 0o777).toBe(0o600);
@@ -54,7 +54,7 @@ describe("the master key and tenant keys", () => {
 
   it("refuses a key file others can read, and a key that is not 32 random bytes", async () => {
     const dataDir = path.join(dir, "b");
-    await fs.mkdir(dataDir);
+    await fs.mkdir(dataDir, { mode: 0o700 }); // as the control plane makes it
     await fs.writeFile(path.join(dataDir, "master.key"), `${randomBytes(32).toString("hex")}\n`, { mode: 0o644 });
     await fs.chmod(path.join(dataDir, "master.key"), 0o644);
     await expect(loadMasterKey(dataDir, undefined, stored)).rejects.toThrow(
