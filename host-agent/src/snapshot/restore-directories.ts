@@ -107,6 +107,15 @@ export class RestoreDirectories {
     };
   }
 
+  /**
+   * Opens directory `path`'s handle ahead of use (kept while fewer than CACHED_HANDLES are idle), so that the
+   * files made in it later need not wait for it: opened in the middle of a restore, behind the file creates
+   * queued on libuv's threads, a directory's handle held its batch back from the workers.
+   */
+  async prepare(path: string): Promise<void> {
+    if (this.rootHandle) this.unlease(await this.lease(path));
+  }
+
   /** Runs `use` with directory `path`'s own handle (chmod, utimes). */
   async withDirectory<T>(path: string, use: (dir: FileHandle) => Promise<T>): Promise<T> {
     if (!this.rootHandle) {

@@ -210,7 +210,10 @@ async function restoreInto(
     bytesWritten: 0,
     bytesTotal: plan.bytes,
   };
-  for (const d of plan.dirs) await atEntry(dirs, d.path, (at) => mkdir(at, { mode: 0o700 }));
+  for (const d of plan.dirs) {
+    await atEntry(dirs, d.path, (at) => mkdir(at, { mode: 0o700 }));
+    await dirs.prepare(d.path);
+  }
 
   // The files, a window at a time, from the manifest's parts opened again one by one: only the part being
   // read and the window are held (a manifest of 300,000 files held whole was ~115 MB of objects).

@@ -1298,7 +1298,8 @@ describe("restore safety", () => {
       chunks: [sealed[i].id.toString("hex")],
       lengths: [plains[i].length],
     });
-    // "a/d" is made before any file; its files are made by the workers as their chunks arrive.
+    // "a/d" is made (and its handle opened) before any file; its files are made by the workers as their chunks
+    // arrive.
     const manifest = {
       version: 1,
       entries: [entry("a"), entry("a/d"), ...plains.map((_, i) => fileEntry(`a/d/f${i}`, i))],
@@ -1316,14 +1317,13 @@ describe("restore safety", () => {
         yield* sourceOf(manifest, chunks).get(ids);
       },
     };
-    await expect(restoreSnapshot({ snapshotId: "x", source: swapping, key, target, pool })).rejects.toThrow(
-      /^directory "a\/d" of the restore target was replaced or removed while the restore ran \((ENOTDIR|ELOOP)\)/,
-    );
+    // The restore goes on writing into the directory it made, under its new name; nothing reaches `outside`.
+    await restoreSnapshot({ snapshotId: "x", source: swapping, key, target, pool });
     expect(await readdir(outside)).toEqual([]);
-    expect(await readdir(target)).toEqual([]); // what it made is taken back; the symlink is removed, not followed
-    // Once nobody interferes, the same restore succeeds.
-    await restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest, chunks), key, target, pool });
-    for (const [i, plain] of plains.entries()) expect(await readFile(join(target, "a", "d", `f${i}`))).toEqual(plain);
+    for (const [i, plain] of plains.entries()) {
+      expect(await readFile(join(target, "a", "d.moved", `f${i}`))).toEqual(plain);
+    }
+    // (A directory swapped before its handle is opened fails the restore, naming it: restore-directories.test.ts.)
   });
 
   it("refuses a target that is a file or cannot be made, saying so; makes missing parents", async () => {
