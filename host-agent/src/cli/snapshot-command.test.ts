@@ -1,6 +1,6 @@
 // The snapshot commands as an operator types them: flags, JSON output, exit codes and error sentences.
 import { execFileSync } from "node:child_process";
-import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -128,6 +128,9 @@ describe("dumont-agent snapshot", () => {
     for (const file of ["train.py", "cache/blob", "out/model.bin", "out/log.txt", "scratch.tmp"])
       await writeFile(join(source, file), `${file}\n`);
     await writeFile(join(source, ".dumontignore"), "*.tmp\n");
+    // Modes as a umask of 022 leaves them, whatever this shell's is: ls shows them.
+    await chmod(join(source, "out"), 0o755);
+    await chmod(join(source, "out", "log.txt"), 0o644);
     await writeFile(join(root, "key"), "11".repeat(32));
     const common = ["--repo", pathToFileURL(join(root, "repo-excludes")).href, "--key-file", join(root, "key")];
     const create = (...flags: string[]) => run("snapshot", "create", "--source", source, ...common, ...flags);
