@@ -43,7 +43,15 @@ describe("API keys", () => {
     expect(JSON.parse((await cliAs(key!, ["host", "list", "--json"])).stdout)).toEqual([]);
     const listed = JSON.parse((await cliAs(key!, ["key", "list", "--json"])).stdout);
     expect(listed).toEqual([
-      { id, tenantId: "acme", role: "provider", label: "acme rack", createdAt: expect.any(String), revokedAt: null },
+      {
+        id,
+        tenantId: "acme",
+        role: "provider",
+        label: "acme rack",
+        createdAt: expect.any(String),
+        revokedAt: null,
+        expiresAt: null,
+      },
     ]);
     // It may not make a key of another role, nor see the snapshots (admin only).
     const admin = await cliAs(key!, ["key", "create", "--role", "admin"]);
@@ -64,11 +72,18 @@ describe("API keys", () => {
     expect(JSON.parse((await cp.cli(["key", "list", "--all", "--json"])).stdout)).toHaveLength(2);
   });
 
-  it("keeps the last admin key, saying what to do; refuses a bad role naming the choices", async () => {
+  it("keeps the last admin key, saying what to do; makes keys that expire; refuses bad flags", async () => {
     const [, adminId] = /^dumont_([a-f0-9]{16})_/.exec(cp.adminKey) ?? [];
     const last = await cp.cli(["key", "revoke", adminId!]);
     expect(last.code).not.toBe(0);
     expect(last.stderr).toContain(`API key ${adminId} is the last active admin key; make another`);
+    // A key made to expire says when, and --expires is checked before anything is sent.
+    const expiring = await cp.cli(["key", "create", "--role", "consumer", "--expires", "90d", "--json"]);
+    const expiresAt = Date.parse(JSON.parse(expiring.stdout).expiresAt);
+    expect(Math.abs(expiresAt - (Date.now() + 90 * 86_400_000))).toBeLessThan(120_000);
+    const tooLong = await cp.cli(["key", "create", "--role", "consumer", "--expires", "20000d"]);
+    expect(tooLong.code).not.toBe(0);
+    expect(tooLong.stderr).toContain('--expires must be 60s..3650d (or left out: the key never expires), got "20000d"');
     const bad = await cp.cli(["key", "create", "--role", "root"]);
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(

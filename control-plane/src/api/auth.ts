@@ -34,10 +34,10 @@ export async function createApiKey(
   tenantId: string,
   role: Role,
   label: string,
-  generated = generateApiKey(),
+  options: { generated?: ReturnType<typeof generateApiKey>; expiresAt?: Date } = {},
 ): Promise<{ id: string; key: string }> {
-  const { id, secret, key } = generated;
-  await insertApiKey(db, { id, tenantId, role, secret, label });
+  const { id, secret, key } = options.generated ?? generateApiKey();
+  await insertApiKey(db, { id, tenantId, role, secret, label, expiresAt: options.expiresAt });
   return { id, key };
 }
 
@@ -52,7 +52,7 @@ export async function bootstrapAdminKey(db: Db, file: string, tenantId: string):
   await ensureTenant(db, tenantId, "Operators");
   const fresh = generateApiKey();
   await writeFileAtomic(file, `${fresh.key}\n`, 0o600);
-  await createApiKey(db, tenantId, "admin", "bootstrap admin key", fresh);
+  await createApiKey(db, tenantId, "admin", "bootstrap admin key", { generated: fresh });
   return fresh.key;
 }
 
@@ -72,6 +72,11 @@ export async function authenticate(db: Db, authorization: string | null, limiter
   const stored = Buffer.from(row?.secret_hash ?? "0".repeat(64), "hex");
   if (!row || !timingSafeEqual(presented, stored)) {
     throw new UnauthenticatedError("API key not recognised or revoked");
+  }
+  if (row.expires_at !== null && new Date(row.expires_at) <= new Date()) {
+    throw new UnauthenticatedError(
+      `API key ${row.id} expired at ${new Date(row.expires_at).toISOString()}; make a new one (dumont key create)`,
+    );
   }
   limiter?.take(row.id);
   return { keyId: row.id, tenantId: row.tenant_id, role: row.role as Role };

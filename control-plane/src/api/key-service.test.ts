@@ -1,6 +1,7 @@
 // KeyService: who may make, see and revoke which keys; a made key works and a revoked one does not; the last
 // admin key stays.
 import { create } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -17,7 +18,7 @@ describe("KeyService", () => {
   const as = (key: string) => ({ requestHeader: new Headers({ authorization: `Bearer ${key}` }) }) as HandlerContext;
   const service = () => keyService({ db });
   // A handler answers a value or a promise of one (ServiceImpl's type): awaited as the message it is.
-  const make = async (who: string, req: { role: string; tenantId?: string; label?: string }) =>
+  const make = async (who: string, req: { role: string; tenantId?: string; label?: string; ttlSeconds?: number }) =>
     (await service().createApiKey(
       create(api.CreateApiKeyRequestSchema, req),
       as(keys[who]!.key),
@@ -129,6 +130,24 @@ describe("KeyService", () => {
     expect(admins.map((k) => k.id)).toEqual([keys.admin.id]);
   });
 
+  it("makes a key that expires: it works until then, and is refused after, saying when and what to do", async () => {
+    const res = await make("provider-a", { role: "provider", label: "a week", ttlSeconds: 7 * 86_400 });
+    const expires = timestampDate(res.key!.expiresAt!).getTime();
+    expect(Math.abs(expires - (Date.now() + 7 * 86_400_000))).toBeLessThan(60_000);
+    expect((await authenticate(db, `Bearer ${res.secretKey}`)).keyId).toBe(res.key!.id);
+    expect((await make("provider-a", { role: "provider" })).key?.expiresAt).toBeUndefined(); // 0: never
+    // The clock past its date (the row's date moved back: no waiting).
+    const past = new Date(Date.now() - 1000);
+    await db.updateTable("api_keys").set({ expires_at: past }).where("id", "=", res.key!.id).execute();
+    await expect(authenticate(db, `Bearer ${res.secretKey}`)).rejects.toThrow(
+      `API key ${res.key!.id} expired at ${past.toISOString()}; make a new one (dumont key create)`,
+    );
+    // A wrong secret under its id learns nothing of the expiry.
+    await expect(authenticate(db, `Bearer dumont_${res.key!.id}_${"x".repeat(43)}`)).rejects.toThrow(
+      "API key not recognised or revoked",
+    );
+  });
+
   it("refuses bad fields, naming them", async () => {
     await expect(make("admin", { role: "root" })).rejects.toThrow(
       'role must be one of consumer, provider, admin, got "root"',
@@ -139,6 +158,11 @@ describe("KeyService", () => {
     await expect(make("admin", { role: "consumer", label: "x".repeat(201) })).rejects.toThrow(
       /label must be at most 200 characters/,
     );
+    for (const ttlSeconds of [59, 3650 * 86_400 + 1]) {
+      await expect(make("admin", { role: "consumer", ttlSeconds })).rejects.toThrow(
+        /ttl_seconds must be 60..315360000 \(10 years\), or 0 for a key that never expires/,
+      );
+    }
     await expect(revoke(keys.admin!.key, "dumont_abc")).rejects.toThrow(/key_id must be a key's 16 hex characters/);
     expect(await code(revoke(keys.admin!.key, "0123456789abcdef"))).toBe("NotFound");
   });

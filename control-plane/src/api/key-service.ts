@@ -23,6 +23,8 @@ const ROLES: readonly Role[] = ["consumer", "provider", "admin"];
 const TENANT_ID = /^[a-z0-9][a-z0-9-]{1,62}$/;
 const KEY_ID = /^[a-f0-9]{16}$/;
 const MAX_LABEL = 200;
+const MIN_TTL_S = 60;
+const MAX_TTL_S = 3650 * 86_400;
 
 type KeyRow = Awaited<ReturnType<typeof listApiKeys>>[number];
 
@@ -34,6 +36,11 @@ export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyServ
       const who = await caller(ctx);
       const role = checkRole(req.role);
       checkText("label", req.label, MAX_LABEL);
+      if (req.ttlSeconds !== 0 && (req.ttlSeconds < MIN_TTL_S || req.ttlSeconds > MAX_TTL_S)) {
+        throw new InvalidArgumentError(
+          `ttl_seconds must be ${MIN_TTL_S}..${MAX_TTL_S} (10 years), or 0 for a key that never expires; got ${req.ttlSeconds}`,
+        );
+      }
       const tenantId = req.tenantId === "" ? who.tenantId : checkTenantId(req.tenantId);
       if (who.role !== "admin") {
         if (tenantId !== who.tenantId) {
@@ -47,7 +54,8 @@ export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyServ
       } else {
         await ensureTenant(deps.db, tenantId, tenantId); // an admin naming a new tenant creates it
       }
-      const { id, key } = await createApiKey(deps.db, tenantId, role, req.label);
+      const expiresAt = req.ttlSeconds === 0 ? undefined : new Date(Date.now() + req.ttlSeconds * 1000);
+      const { id, key } = await createApiKey(deps.db, tenantId, role, req.label, { expiresAt });
       const row = await getApiKey(deps.db, id);
       if (!row) throw new Error(`API key ${id} vanished right after it was made`);
       return create(api.CreateApiKeyResponseSchema, { key: keyMessage(row), secretKey: key });
@@ -127,5 +135,6 @@ function keyMessage(row: KeyRow): api.ApiKey {
     label: row.label,
     createdAt: timestampFromDate(new Date(row.created_at)),
     revokedAt: row.revoked_at === null ? undefined : timestampFromDate(new Date(row.revoked_at)),
+    expiresAt: row.expires_at === null ? undefined : timestampFromDate(new Date(row.expires_at)),
   });
 }

@@ -1,7 +1,7 @@
 // `dumont key …`: API keys for tenants, shown once when made, listed without secrets, revoked by id.
 import type { api } from "@dumont/proto";
 import { type Command, Option } from "commander";
-import { type ApiOptions, apiClients } from "./api-client.js";
+import { type ApiOptions, apiClients, parseDuration } from "./api-client.js";
 import { iso, print } from "./output.js";
 
 export function registerKeyCommands(program: Command): void {
@@ -18,17 +18,20 @@ export function registerKeyCommands(program: Command): void {
     )
     .option("--tenant <id>", "the tenant it acts for (admins; a new one is created); default: your own")
     .option("--label <text>", "what the key is for, shown by `dumont key list`", "")
+    .option("--expires <duration>", "when it stops working, from now (60s..3650d, e.g. 90d); default: never")
     .option("--json", "print JSON")
     .action(async (opts, cmd: Command) => {
       const res = await apiClients(apiOpts(cmd)).keys.createApiKey({
         role: opts.role,
         tenantId: opts.tenant ?? "",
         label: opts.label,
+        ttlSeconds: opts.expires === undefined ? 0 : expiresSeconds(opts.expires),
       });
       const made = { ...keyJson(res.key), key: res.secretKey };
       if (opts.json) return print(made);
       process.stdout.write(
-        `API key ${made.id} (${made.role}, tenant ${made.tenantId}), shown this once:\n  ${made.key}\n\n` +
+        `API key ${made.id} (${made.role}, tenant ${made.tenantId}${made.expiresAt ? `, expires ${made.expiresAt}` : ""}), ` +
+          `shown this once:\n  ${made.key}\n\n` +
           `Use it with --api-key or DUMONT_API_KEY; revoke it with \`dumont key revoke ${made.id}\`.\n`,
       );
     });
@@ -51,7 +54,7 @@ export function registerKeyCommands(program: Command): void {
         return;
       }
       for (const k of keys) {
-        const revoked = k.revokedAt ? `  revoked ${k.revokedAt}` : "";
+        const revoked = k.revokedAt ? `  revoked ${k.revokedAt}` : k.expiresAt ? `  expires ${k.expiresAt}` : "";
         process.stdout.write(
           `${k.id}  ${k.role.padEnd(8)} ${k.tenantId.padEnd(16)} ${k.createdAt}  ${JSON.stringify(k.label)}${revoked}\n`,
         );
@@ -70,6 +73,15 @@ export function registerKeyCommands(program: Command): void {
     });
 }
 
+/** --expires as seconds, within what the API takes (60 s to 10 years). */
+function expiresSeconds(value: string): number {
+  const seconds = parseDuration("--expires", value);
+  if (seconds < 60 || seconds > 3650 * 86_400) {
+    throw new Error(`--expires must be 60s..3650d (or left out: the key never expires), got ${JSON.stringify(value)}`);
+  }
+  return seconds;
+}
+
 export function keyJson(k: api.ApiKey | undefined) {
   return {
     id: k?.id ?? "",
@@ -78,5 +90,6 @@ export function keyJson(k: api.ApiKey | undefined) {
     label: k?.label ?? "",
     createdAt: iso(k?.createdAt),
     revokedAt: iso(k?.revokedAt),
+    expiresAt: iso(k?.expiresAt),
   };
 }

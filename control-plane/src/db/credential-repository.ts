@@ -18,7 +18,7 @@ export async function ensureTenant(db: Db, id: string, name: string): Promise<vo
 
 export async function insertApiKey(
   db: Db,
-  key: { id: string; tenantId: string; role: Role; secret: string; label: string },
+  key: { id: string; tenantId: string; role: Role; secret: string; label: string; expiresAt?: Date },
 ): Promise<void> {
   await db
     .insertInto("api_keys")
@@ -28,6 +28,7 @@ export async function insertApiKey(
       role: key.role,
       secret_hash: sha256Hex(key.secret),
       label: key.label,
+      expires_at: key.expiresAt ?? null,
     })
     .execute();
 }
@@ -35,13 +36,13 @@ export async function insertApiKey(
 export async function findActiveApiKey(db: Db, id: string) {
   return db
     .selectFrom("api_keys")
-    .select(["id", "tenant_id", "role", "secret_hash"])
+    .select(["id", "tenant_id", "role", "secret_hash", "expires_at"])
     .where("id", "=", id)
     .where("revoked_at", "is", null)
     .executeTakeFirst();
 }
 
-const API_KEY_COLUMNS = ["id", "tenant_id", "role", "label", "created_at", "revoked_at"] as const;
+const API_KEY_COLUMNS = ["id", "tenant_id", "role", "label", "created_at", "revoked_at", "expires_at"] as const;
 
 /** API keys without their hashes, oldest first: a tenant's or all, revoked ones when asked. */
 export async function listApiKeys(db: Db, filter: { tenantId?: string; role?: Role; includeRevoked: boolean }) {

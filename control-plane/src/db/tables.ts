@@ -26,6 +26,8 @@ export interface ApiKeysTable {
   label: string;
   created_at: GeneratedTimestamp;
   revoked_at: Timestamp | null;
+  /** Null: never. */
+  expires_at: ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
 }
 
 export interface JoinTokensTable {

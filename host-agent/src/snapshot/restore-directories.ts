@@ -1,5 +1,5 @@
 // The directories of a restore target, held open. Everything a restore makes is named through the handle of
-// the directory it goes into (`/proc/self/fd/<dir fd>/<name>`, the openat of a language without openat), and
+// the directory it goes into (`/proc/self/fd/<dir fd>/<name>`: openat, which Node's fs lacks), and
 // each handle is opened through its parent's with O_NOFOLLOW. A directory of the target swapped for a
 // symlink while the restore runs (by anyone: root in a container the target is mounted into) then redirects
 // nothing: what was already open keeps writing into the directory it opened, and opening the swapped name

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dumont/api/v1/keys.proto.
  */
 export const file_dumont_api_v1_keys: GenFile = /*@__PURE__*/
-  fileDesc("ChhkdW1vbnQvYXBpL3YxL2tleXMucHJvdG8SDWR1bW9udC5hcGkudjEiRQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIMCgRyb2xlGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRINCgVsYWJlbBgDIAEoCSJOChRDcmVhdGVBcGlLZXlSZXNwb25zZRIiCgNrZXkYASABKAsyFS5kdW1vbnQuYXBpLnYxLkFwaUtleRISCgpzZWNyZXRfa2V5GAIgASgJIkAKEkxpc3RBcGlLZXlzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFwoPaW5jbHVkZV9yZXZva2VkGAIgASgIIjoKE0xpc3RBcGlLZXlzUmVzcG9uc2USIwoEa2V5cxgBIAMoCzIVLmR1bW9udC5hcGkudjEuQXBpS2V5IiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIjoKFFJldm9rZUFwaUtleVJlc3BvbnNlEiIKA2tleRgBIAEoCzIVLmR1bW9udC5hcGkudjEuQXBpS2V5IqQBCgZBcGlLZXkSCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEgwKBHJvbGUYAyABKAkSDQoFbGFiZWwYBCABKAkSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAylAIKCktleVNlcnZpY2USVwoMQ3JlYXRlQXBpS2V5EiIuZHVtb250LmFwaS52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiMuZHVtb250LmFwaS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJUCgtMaXN0QXBpS2V5cxIhLmR1bW9udC5hcGkudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlElcKDFJldm9rZUFwaUtleRIiLmR1bW9udC5hcGkudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBojLmR1bW9udC5hcGkudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChhkdW1vbnQvYXBpL3YxL2tleXMucHJvdG8SDWR1bW9udC5hcGkudjEiWgoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIMCgRyb2xlGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRINCgVsYWJlbBgDIAEoCRITCgt0dGxfc2Vjb25kcxgEIAEoDSJOChRDcmVhdGVBcGlLZXlSZXNwb25zZRIiCgNrZXkYASABKAsyFS5kdW1vbnQuYXBpLnYxLkFwaUtleRISCgpzZWNyZXRfa2V5GAIgASgJIkAKEkxpc3RBcGlLZXlzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFwoPaW5jbHVkZV9yZXZva2VkGAIgASgIIjoKE0xpc3RBcGlLZXlzUmVzcG9uc2USIwoEa2V5cxgBIAMoCzIVLmR1bW9udC5hcGkudjEuQXBpS2V5IiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIjoKFFJldm9rZUFwaUtleVJlc3BvbnNlEiIKA2tleRgBIAEoCzIVLmR1bW9udC5hcGkudjEuQXBpS2V5ItQBCgZBcGlLZXkSCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEgwKBHJvbGUYAyABKAkSDQoFbGFiZWwYBCABKAkSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAylAIKCktleVNlcnZpY2USVwoMQ3JlYXRlQXBpS2V5EiIuZHVtb250LmFwaS52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiMuZHVtb250LmFwaS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJUCgtMaXN0QXBpS2V5cxIhLmR1bW9udC5hcGkudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlElcKDFJldm9rZUFwaUtleRIiLmR1bW9udC5hcGkudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBojLmR1bW9udC5hcGkudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message dumont.api.v1.CreateApiKeyRequest
@@ -42,6 +42,13 @@ export type CreateApiKeyRequest = Message<"dumont.api.v1.CreateApiKeyRequest"> &
    * @generated from field: string label = 3;
    */
   label: string;
+
+  /**
+   * Seconds until the key stops working, 60 s to 10 years; 0: it never expires.
+   *
+   * @generated from field: uint32 ttl_seconds = 4;
+   */
+  ttlSeconds: number;
 };
 
 /**
@@ -189,6 +196,13 @@ export type ApiKey = Message<"dumont.api.v1.ApiKey"> & {
    * @generated from field: google.protobuf.Timestamp revoked_at = 6;
    */
   revokedAt?: Timestamp | undefined;
+
+  /**
+   * When it stops working; unset: never.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 7;
+   */
+  expiresAt?: Timestamp | undefined;
 };
 
 /**
