@@ -39,9 +39,19 @@ describe("loadConfig", () => {
     expect(loadConfig({}, { DUMONT_API_RATE_LIMIT: "0" }).apiRateLimit).toBe(0);
   });
 
+  it("reads an empty or blank setting, from a flag or the environment, as unset: its default, never 0", () => {
+    // commander hands an empty variable over as the flag's value, so both sources are checked.
+    const fromEnv = loadConfig({}, { DUMONT_API_RATE_LIMIT: "", DUMONT_API_BURST: " ", DUMONT_HTTP_PORT: "" });
+    expect(fromEnv).toMatchObject({ apiRateLimit: 20, apiBurst: 100, httpPort: 8000 });
+    const fromFlags = loadConfig({ apiRateLimit: "", httpPort: " ", lostAfter: "" }, {});
+    expect(fromFlags).toMatchObject({ apiRateLimit: 20, httpPort: 8000, lostAfterSeconds: 10 });
+    expect(loadConfig({ apiRateLimit: "" }, { DUMONT_API_RATE_LIMIT: "5" }).apiRateLimit).toBe(5);
+  });
+
   it.each([
     [{ DUMONT_API_RATE_LIMIT: "fast" }, /DUMONT_API_RATE_LIMIT must be a number of requests a second/],
-    [{ DUMONT_API_RATE_LIMIT: "-1" }, /DUMONT_API_RATE_LIMIT must be 0 \(no limit\) or more/],
+    [{ DUMONT_API_RATE_LIMIT: "-1" }, /DUMONT_API_RATE_LIMIT must be 0 \(no limit\) or at least 0.001/],
+    [{ DUMONT_API_RATE_LIMIT: "1e-9" }, /DUMONT_API_RATE_LIMIT must be 0 \(no limit\) or at least 0.001/],
     [{ DUMONT_API_BURST: "0" }, /DUMONT_API_BURST must be at least 1/],
     [{ DUMONT_API_BURST: "2.5" }, /DUMONT_API_BURST must be a whole number/],
     [{ DUMONT_SNAPSHOT_KEEP: "last=24,monthly=3" }, /DUMONT_SNAPSHOT_KEEP must be rules like .* got "monthly=3"/],

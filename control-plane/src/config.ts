@@ -78,7 +78,10 @@ const schema = z.object({
   /** Sustained API requests a second per key (api/rate-limit.ts); 0 = no limit. */
   apiRateLimit: z.coerce
     .number({ error: "DUMONT_API_RATE_LIMIT must be a number of requests a second" })
-    .min(0, "DUMONT_API_RATE_LIMIT must be 0 (no limit) or more requests a second")
+    .refine(
+      (n) => n === 0 || n >= 0.001,
+      "DUMONT_API_RATE_LIMIT must be 0 (no limit) or at least 0.001 requests a second",
+    )
     .max(100_000, "DUMONT_API_RATE_LIMIT must be at most 100000 requests a second (0 turns the limit off)"),
   /** Requests a key may make at once after being idle. */
   apiBurst: z.coerce
@@ -100,21 +103,20 @@ export function loadConfig(
   const dataDir = path.resolve(options.dataDir ?? env.DUMONT_DATA_DIR ?? ".dumont");
   const raw = {
     dataDir,
-    httpPort: options.httpPort ?? env.DUMONT_HTTP_PORT ?? 8000,
-    grpcPort: options.grpcPort ?? env.DUMONT_GRPC_PORT ?? 8443,
-    host: options.host ?? env.DUMONT_HOST ?? "0.0.0.0",
-    publicHost: options.publicHost ?? env.DUMONT_PUBLIC_HOST ?? "localhost",
-    databaseUrl: emptyToUndefined(options.databaseUrl ?? env.DATABASE_URL),
-    lostAfterSeconds: options.lostAfter ?? env.DUMONT_LOST_AFTER ?? 10,
-    telemetryIntervalSeconds: options.telemetryInterval ?? env.DUMONT_TELEMETRY_INTERVAL ?? 5,
-    logLevel: options.logLevel ?? env.DUMONT_LOG_LEVEL ?? "info",
-    blobStore:
-      options.blobStore ?? emptyToUndefined(env.DUMONT_BLOB_STORE) ?? pathToFileURL(path.join(dataDir, "blobs")).href,
-    masterKey: emptyToUndefined(env.DUMONT_MASTER_KEY),
-    snapshotKeep: emptyToUndefined(options.snapshotKeep ?? env.DUMONT_SNAPSHOT_KEEP),
-    pruneIntervalSeconds: options.pruneInterval ?? env.DUMONT_PRUNE_INTERVAL ?? 0,
-    apiRateLimit: options.apiRateLimit ?? emptyToUndefined(env.DUMONT_API_RATE_LIMIT) ?? DEFAULT_RATE_LIMIT.perSecond,
-    apiBurst: options.apiBurst ?? emptyToUndefined(env.DUMONT_API_BURST) ?? DEFAULT_RATE_LIMIT.burst,
+    httpPort: setting(options.httpPort, env.DUMONT_HTTP_PORT) ?? 8000,
+    grpcPort: setting(options.grpcPort, env.DUMONT_GRPC_PORT) ?? 8443,
+    host: setting(options.host, env.DUMONT_HOST) ?? "0.0.0.0",
+    publicHost: setting(options.publicHost, env.DUMONT_PUBLIC_HOST) ?? "localhost",
+    databaseUrl: setting(options.databaseUrl, env.DATABASE_URL),
+    lostAfterSeconds: setting(options.lostAfter, env.DUMONT_LOST_AFTER) ?? 10,
+    telemetryIntervalSeconds: setting(options.telemetryInterval, env.DUMONT_TELEMETRY_INTERVAL) ?? 5,
+    logLevel: setting(options.logLevel, env.DUMONT_LOG_LEVEL) ?? "info",
+    blobStore: setting(options.blobStore, env.DUMONT_BLOB_STORE) ?? pathToFileURL(path.join(dataDir, "blobs")).href,
+    masterKey: setting(undefined, env.DUMONT_MASTER_KEY),
+    snapshotKeep: setting(options.snapshotKeep, env.DUMONT_SNAPSHOT_KEEP),
+    pruneIntervalSeconds: setting(options.pruneInterval, env.DUMONT_PRUNE_INTERVAL) ?? 0,
+    apiRateLimit: setting(options.apiRateLimit, env.DUMONT_API_RATE_LIMIT) ?? DEFAULT_RATE_LIMIT.perSecond,
+    apiBurst: setting(options.apiBurst, env.DUMONT_API_BURST) ?? DEFAULT_RATE_LIMIT.burst,
   };
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {
@@ -124,8 +126,15 @@ export function loadConfig(
   return parsed.data;
 }
 
-function emptyToUndefined(value: string | undefined): string | undefined {
-  return value === undefined || value === "" ? undefined : value;
+/**
+ * A flag's value, else the environment's, where an empty or blank value counts as unset (a `VAR=` line in a
+ * compose or systemd file, which commander also hands over as the flag's value). Before, an empty
+ * DUMONT_API_RATE_LIMIT read as 0 and turned the limit off, and an empty DUMONT_HTTP_PORT as 0: a random port.
+ */
+function setting<T extends string | number>(flag: T | undefined, env: string | undefined): T | string | undefined {
+  const blank = (v: unknown) => v === undefined || (typeof v === "string" && v.trim() === "");
+  if (!blank(flag)) return flag;
+  return blank(env) ? undefined : env;
 }
 
 const KEEP_RULES = { last: "last", hourly: "hourly", daily: "daily", weekly: "weekly" } as const;

@@ -119,7 +119,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
       const hosts = { db, caHash: () => ca.tls.caHash, grpcUrl: () => urls.grpcUrl, httpUrl: () => urls.httpUrl };
       router.service(api.HostService, hostService({ ...hosts, rateLimiter }));
       router.service(api.SnapshotService, snapshotService({ db, sessions: gateway.sessions, snapshots, rateLimiter }));
-      router.service(api.KeyService, keyService({ db, rateLimiter }));
+      router.service(api.KeyService, keyService({ db, adminTenant: ADMIN_TENANT, rateLimiter }));
     };
     const http = createHttpServer({
       routes,

@@ -36,6 +36,12 @@ export class FailedPreconditionError extends ConnectError {
   }
 }
 
+export class ResourceExhaustedError extends ConnectError {
+  constructor(message: string) {
+    super(message, Code.ResourceExhausted);
+  }
+}
+
 export class DeadlineExceededError extends ConnectError {
   constructor(message: string) {
     super(message, Code.DeadlineExceeded);

@@ -76,7 +76,7 @@ describe("API keys", () => {
     const [, adminId] = /^dumont_([a-f0-9]{16})_/.exec(cp.adminKey) ?? [];
     const last = await cp.cli(["key", "revoke", adminId!]);
     expect(last.code).not.toBe(0);
-    expect(last.stderr).toContain(`API key ${adminId} is the last active admin key; make another`);
+    expect(last.stderr).toContain(`API key ${adminId} is the last admin key that never expires; make another`);
     // A key made to expire says when, and --expires is checked before anything is sent.
     const expiring = await cp.cli(["key", "create", "--role", "consumer", "--expires", "90d", "--json"]);
     const expiresAt = Date.parse(JSON.parse(expiring.stdout).expiresAt);

@@ -67,7 +67,19 @@ describe("the first start's admin key", () => {
       expect((await readFile(file, "utf8")).trim()).toBe(key);
       expect((await stat(file)).mode & 0o777).toBe(0o600);
       await expect(authenticate(db, `Bearer ${key}`)).resolves.toMatchObject({ tenantId: "ops", role: "admin" });
-      // And only once.
+      // And only once, while an admin key opens something.
+      await expect(bootstrapAdminKey(db, file, "ops")).resolves.toBeUndefined();
+
+      // None does any more (expired, or revoked by hand): the next start makes a new one, the operators' way in.
+      await db
+        .updateTable("api_keys")
+        .set({ expires_at: new Date(Date.now() - 1000) })
+        .execute();
+      const again = await bootstrapAdminKey(db, file, "ops");
+      expect(again).toBeDefined();
+      expect(again).not.toBe(key);
+      expect((await readFile(file, "utf8")).trim()).toBe(again);
+      await expect(authenticate(db, `Bearer ${again}`)).resolves.toMatchObject({ role: "admin" });
       await expect(bootstrapAdminKey(db, file, "ops")).resolves.toBeUndefined();
     } finally {
       await close();

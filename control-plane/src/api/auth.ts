@@ -3,7 +3,7 @@
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { writeFileAtomic } from "@dumont/repository";
 import {
-  countApiKeys,
+  countUsableApiKeys,
   ensureTenant,
   findActiveApiKey,
   insertApiKey,
@@ -18,6 +18,8 @@ export interface Caller {
   keyId: string;
   tenantId: string;
   role: Role;
+  /** When the caller's key stops working (absent: never). */
+  expiresAt?: Date;
 }
 
 const KEY_FORMAT = /^dumont_([a-f0-9]{16})_([A-Za-z0-9_-]{43})$/;
@@ -42,13 +44,16 @@ export async function createApiKey(
 }
 
 /**
- * On first start (no admin key stored): an admin key for `tenantId`, written 0600 to `file`; returns it if
- * made. The file is written before the key is stored: a start stopped between the two leaves a file whose key
- * opens nothing, and the next start makes a new one and replaces it. The other way round, it left a stored
- * admin key that nobody held, and no later start made another: the operators were locked out.
+ * On first start, and on any start that finds no admin key that opens anything (all revoked or expired, which
+ * KeyService does not allow but older data or a hand-edited database might): an admin key for `tenantId`,
+ * written 0600 to `file`; returns it if made. Whoever can start the control plane on its data directory is an
+ * operator already; this is their way back in. The file is written before the key is stored: a start stopped
+ * between the two leaves a file whose key opens nothing, and the next start makes a new one and replaces it. The
+ * other way round, it left a stored admin key that nobody held, and no later start made another: the operators
+ * were locked out.
  */
 export async function bootstrapAdminKey(db: Db, file: string, tenantId: string): Promise<string | undefined> {
-  if ((await countApiKeys(db, "admin")) > 0) return undefined;
+  if ((await countUsableApiKeys(db, "admin", new Date())) > 0) return undefined;
   await ensureTenant(db, tenantId, "Operators");
   const fresh = generateApiKey();
   await writeFileAtomic(file, `${fresh.key}\n`, 0o600);
@@ -79,7 +84,9 @@ export async function authenticate(db: Db, authorization: string | null, limiter
     );
   }
   limiter?.take(row.id);
-  return { keyId: row.id, tenantId: row.tenant_id, role: row.role as Role };
+  const caller: Caller = { keyId: row.id, tenantId: row.tenant_id, role: row.role as Role };
+  if (row.expires_at !== null) caller.expiresAt = new Date(row.expires_at);
+  return caller;
 }
 
 export function requireRole(caller: Caller, ...roles: Role[]): void {

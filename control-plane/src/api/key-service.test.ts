@@ -9,14 +9,14 @@ import { ensureTenant, type Role } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { openTestDatabase } from "../db/test-database.js";
 import { authenticate, createApiKey } from "./auth.js";
-import { keyService } from "./key-service.js";
+import { keyService, MAX_TENANT_KEYS } from "./key-service.js";
 
 describe("KeyService", () => {
   let db: Db;
   let close: () => Promise<void>;
   const keys: Record<string, { id: string; key: string }> = {};
   const as = (key: string) => ({ requestHeader: new Headers({ authorization: `Bearer ${key}` }) }) as HandlerContext;
-  const service = () => keyService({ db });
+  const service = () => keyService({ db, adminTenant: "admin" });
   // A handler answers a value or a promise of one (ServiceImpl's type): awaited as the message it is.
   const make = async (who: string, req: { role: string; tenantId?: string; label?: string; ttlSeconds?: number }) =>
     (await service().createApiKey(
@@ -103,11 +103,15 @@ describe("KeyService", () => {
     expect((await revoke(keys["provider-b"]!.key, doomed.key!.id)).key?.revokedAt).toEqual(res.key?.revokedAt);
   });
 
-  it("keeps the last active admin key, and revokes an admin key once there is another", async () => {
+  it("keeps the last admin key that never expires, and revokes an admin key once there is another", async () => {
     const self = keys.admin!;
     const answer = revoke(self.key, self.id);
     expect(await code(answer)).toBe("FailedPrecondition");
-    await expect(answer).rejects.toThrow(/is the last active admin key; make another/);
+    await expect(answer).rejects.toThrow(/is the last admin key that never expires; make another/);
+    // An admin key that expires does not count: once it did, nobody could get in.
+    const temporary = await make("admin", { role: "admin", tenantId: "admin", label: "on call", ttlSeconds: 3600 });
+    expect(await code(revoke(temporary.secretKey, self.id))).toBe("FailedPrecondition");
+    expect((await revoke(self.key, temporary.key!.id)).key?.revokedAt).toBeDefined(); // an expiring one may go
     const second = await make("admin", { role: "admin", tenantId: "admin", label: "second operator" });
     expect((await revoke(second.secretKey, self.id)).key?.revokedAt).toBeDefined();
     expect(await code(revoke(second.secretKey, second.key!.id))).toBe("FailedPrecondition");
@@ -146,6 +150,45 @@ describe("KeyService", () => {
     await expect(authenticate(db, `Bearer dumont_${res.key!.id}_${"x".repeat(43)}`)).rejects.toThrow(
       "API key not recognised or revoked",
     );
+  });
+
+  it("makes admin keys for the operators' tenant only: an admin key sees every tenant", async () => {
+    const answer = make("admin", { role: "admin", tenantId: "acme" });
+    expect(await code(answer)).toBe("InvalidArgument");
+    await expect(answer).rejects.toThrow(
+      "admin keys belong to the operators' tenant (admin): an admin key sees every tenant. For tenant acme, make a " +
+        "provider or consumer key",
+    );
+  });
+
+  it("lets a key that expires make only keys that expire no later (a leaked one cannot mint a lasting one)", async () => {
+    const day = await make("admin", { role: "consumer", tenantId: "t-a", label: "a day", ttlSeconds: 86_400 });
+    const mint = (ttlSeconds: number) =>
+      service().createApiKey(
+        create(api.CreateApiKeyRequestSchema, { role: "consumer", ttlSeconds }),
+        as(day.secretKey),
+      ) as Promise<api.CreateApiKeyResponse>;
+    for (const ttl of [0, 2 * 86_400]) {
+      await expect(mint(ttl)).rejects.toThrow(
+        /^\[permission_denied\] your key expires at .*, and a key it makes must expire by then/,
+      );
+    }
+    expect((await mint(3600)).key?.expiresAt).toBeDefined();
+  });
+
+  it("holds a tenant to 100 usable keys, saying what to do; revoked and expired ones do not count", async () => {
+    await ensureTenant(db, "busy", "busy");
+    for (let i = 0; i < MAX_TENANT_KEYS - 1; i++) await createApiKey(db, "busy", "consumer", `k${i}`);
+    const expired = await createApiKey(db, "busy", "consumer", "old", { expiresAt: new Date(Date.now() - 1000) });
+    expect(expired.id).toBeDefined();
+    const last = await make("admin", { role: "consumer", tenantId: "busy" });
+    const over = make("admin", { role: "consumer", tenantId: "busy" });
+    expect(await code(over)).toBe("ResourceExhausted");
+    await expect(over).rejects.toThrow(
+      "tenant busy holds 100 usable keys, the most it may; revoke keys it no longer uses (dumont key list, dumont key revoke)",
+    );
+    await revoke(keys.admin!.key, last.key!.id);
+    expect(await code(make("admin", { role: "consumer", tenantId: "busy" }))).toBe("ok");
   });
 
   it("refuses bad fields, naming them", async () => {

@@ -1,20 +1,39 @@
 // dumont.api.v1.KeyService: API keys made, listed and revoked through the API. Admins manage every tenant's
 // keys and create tenants by naming them; a provider or consumer key manages its own tenant's keys of its own
-// role (a consumer cannot make itself a provider key, nor anyone an admin one). The last active admin key
-// cannot be revoked: the operators would be locked out, and no start makes another (bootstrapAdminKey).
+// role (a consumer cannot make itself a provider key, nor anyone an admin one), and a key it makes expires no
+// later than itself (a leaked short-lived key cannot mint a lasting one). Admin keys belong to the operators'
+// tenant: an admin key sees every tenant, so one "for acme" would be acme's operator of everything. A tenant
+// holds at most MAX_TENANT_KEYS usable keys. The last admin key that never expires cannot be revoked: the
+// operators would be locked out once the others expired (a start on the data directory makes a new one when
+// none opens anything: bootstrapAdminKey).
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
-import { ensureTenant, getApiKey, listApiKeys, type Role, revokeApiKey } from "../db/credential-repository.js";
+import {
+  countTenantKeys,
+  ensureTenant,
+  getApiKey,
+  listApiKeys,
+  type Role,
+  revokeApiKey,
+} from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
-import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from "../errors.js";
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  PermissionDeniedError,
+  ResourceExhaustedError,
+} from "../errors.js";
 import { authenticate, type Caller, createApiKey } from "./auth.js";
 import type { ApiRateLimiter } from "./rate-limit.js";
 import { checkText, shown } from "./request-fields.js";
 
 export interface KeyServiceDeps {
   db: Db;
+  /** The operators' tenant: the only one admin keys are made for. */
+  adminTenant: string;
   /** Per-key request limits (none when absent). */
   rateLimiter?: ApiRateLimiter;
 }
@@ -25,6 +44,8 @@ const KEY_ID = /^[a-f0-9]{16}$/;
 const MAX_LABEL = 200;
 const MIN_TTL_S = 60;
 const MAX_TTL_S = 3650 * 86_400;
+/** Usable keys a tenant may hold: enough for every machine and script, and a bound on what one tenant can mint. */
+export const MAX_TENANT_KEYS = 100;
 
 type KeyRow = Awaited<ReturnType<typeof listApiKeys>>[number];
 
@@ -42,6 +63,7 @@ export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyServ
         );
       }
       const tenantId = req.tenantId === "" ? who.tenantId : checkTenantId(req.tenantId);
+      const expiresAt = req.ttlSeconds === 0 ? undefined : new Date(Date.now() + req.ttlSeconds * 1000);
       if (who.role !== "admin") {
         if (tenantId !== who.tenantId) {
           throw new PermissionDeniedError(`a ${who.role} key makes keys for its own tenant only (${who.tenantId})`);
@@ -51,10 +73,25 @@ export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyServ
             `a ${who.role} key makes ${who.role} keys only; ask an admin for a ${role} key`,
           );
         }
-      } else {
-        await ensureTenant(deps.db, tenantId, tenantId); // an admin naming a new tenant creates it
+        if (who.expiresAt && (!expiresAt || expiresAt > who.expiresAt)) {
+          throw new PermissionDeniedError(
+            `your key expires at ${who.expiresAt.toISOString()}, and a key it makes must expire by then: give ` +
+              "ttl_seconds (--expires) that ends no later",
+          );
+        }
+      } else if (role === "admin" && tenantId !== deps.adminTenant) {
+        throw new InvalidArgumentError(
+          `admin keys belong to the operators' tenant (${deps.adminTenant}): an admin key sees every tenant. ` +
+            `For tenant ${tenantId}, make a provider or consumer key`,
+        );
       }
-      const expiresAt = req.ttlSeconds === 0 ? undefined : new Date(Date.now() + req.ttlSeconds * 1000);
+      if ((await countTenantKeys(deps.db, tenantId, new Date())) >= MAX_TENANT_KEYS) {
+        throw new ResourceExhaustedError(
+          `tenant ${tenantId} holds ${MAX_TENANT_KEYS} usable keys, the most it may; revoke keys it no longer uses ` +
+            "(dumont key list, dumont key revoke)",
+        );
+      }
+      if (who.role === "admin") await ensureTenant(deps.db, tenantId, tenantId); // naming a new tenant creates it
       const { id, key } = await createApiKey(deps.db, tenantId, role, req.label, { expiresAt });
       const row = await getApiKey(deps.db, id);
       if (!row) throw new Error(`API key ${id} vanished right after it was made`);
@@ -96,7 +133,8 @@ export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyServ
       const revoked = await revokeApiKey(deps.db, req.keyId, new Date());
       if (revoked === "last-admin") {
         throw new FailedPreconditionError(
-          `API key ${req.keyId} is the last active admin key; make another (dumont key create --role admin) before revoking it`,
+          `API key ${req.keyId} is the last admin key that never expires; make another (dumont key create --role ` +
+            "admin) before revoking it, or the operators would be locked out once the others expire",
         );
       }
       // Revoked meanwhile by another request: answered as it now stands.

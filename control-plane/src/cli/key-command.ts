@@ -54,7 +54,12 @@ export function registerKeyCommands(program: Command): void {
         return;
       }
       for (const k of keys) {
-        const revoked = k.revokedAt ? `  revoked ${k.revokedAt}` : k.expiresAt ? `  expires ${k.expiresAt}` : "";
+        const expired = k.expiresAt !== null && Date.parse(k.expiresAt) <= Date.now();
+        const revoked = k.revokedAt
+          ? `  revoked ${k.revokedAt}`
+          : k.expiresAt
+            ? `  ${expired ? "expired" : "expires"} ${k.expiresAt}`
+            : "";
         process.stdout.write(
           `${k.id}  ${k.role.padEnd(8)} ${k.tenantId.padEnd(16)} ${k.createdAt}  ${JSON.stringify(k.label)}${revoked}\n`,
         );

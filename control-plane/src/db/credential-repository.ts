@@ -58,15 +58,16 @@ export async function getApiKey(db: Db, id: string) {
 }
 
 /**
- * Revokes key `id` (still active) unless it is the last active admin key; the revoked row, "last-admin", or
- * undefined when there is no such active key. The active admin keys are locked first: two admins revoking each
- * other's keys at once cannot leave none (the second waits, then counts again).
+ * Revokes key `id` (still active) unless it is an admin key and no other admin key that never expires would
+ * remain (one that expires would leave the operators locked out once it does); the revoked row, "last-admin",
+ * or undefined when there is no such active key. The active admin keys are locked first: two admins revoking
+ * each other's keys at once cannot leave none (the second waits, then counts again).
  */
 export async function revokeApiKey(db: Db, id: string, now: Date) {
   return db.transaction().execute(async (tx) => {
     const admins = await tx
       .selectFrom("api_keys")
-      .select("id")
+      .select(["id", "expires_at"])
       .where("role", "=", "admin")
       .where("revoked_at", "is", null)
       .forUpdate()
@@ -78,7 +79,7 @@ export async function revokeApiKey(db: Db, id: string, now: Date) {
       .forUpdate()
       .executeTakeFirst();
     if (!key || key.revoked_at !== null) return undefined;
-    if (key.role === "admin" && !admins.some((a) => a.id !== id)) return "last-admin" as const;
+    if (key.role === "admin" && !admins.some((a) => a.id !== id && a.expires_at === null)) return "last-admin" as const;
     return tx
       .updateTable("api_keys")
       .set({ revoked_at: now })
@@ -88,11 +89,26 @@ export async function revokeApiKey(db: Db, id: string, now: Date) {
   });
 }
 
-export async function countApiKeys(db: Db, role: Role): Promise<number> {
+/** Keys of `role` that open something now: not revoked, not expired. */
+export async function countUsableApiKeys(db: Db, role: Role, now: Date): Promise<number> {
   const row = await db
     .selectFrom("api_keys")
     .select((eb) => eb.fn.countAll<number>().as("n"))
     .where("role", "=", role)
+    .where("revoked_at", "is", null)
+    .where((eb) => eb.or([eb("expires_at", "is", null), eb("expires_at", ">", now)]))
+    .executeTakeFirstOrThrow();
+  return Number(row.n);
+}
+
+/** A tenant's keys that are neither revoked nor expired. */
+export async function countTenantKeys(db: Db, tenantId: string, now: Date): Promise<number> {
+  const row = await db
+    .selectFrom("api_keys")
+    .select((eb) => eb.fn.countAll<number>().as("n"))
+    .where("tenant_id", "=", tenantId)
+    .where("revoked_at", "is", null)
+    .where((eb) => eb.or([eb("expires_at", "is", null), eb("expires_at", ">", now)]))
     .executeTakeFirstOrThrow();
   return Number(row.n);
 }
