@@ -12,7 +12,7 @@
 //
 // Without /proc (not Linux, or not mounted), names are plain paths under the target, as before.
 import { constants } from "node:fs";
-import { type FileHandle, open, stat } from "node:fs/promises";
+import { type FileHandle, open, readdir, rm, rmdir, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
 
 /** Idle directory handles kept open; leased ones are kept besides. */
@@ -48,12 +48,17 @@ export class RestoreDirectories {
   static async open(root: string): Promise<RestoreDirectories> {
     if (process.platform !== "linux") return new RestoreDirectories(root, undefined);
     const handle = await open(root, DIR_FLAGS);
-    // /proc/self/fd/<fd> must be this very directory, or names through it would mean something else.
-    const [viaProc, own] = await Promise.all([
-      stat(`/proc/self/fd/${handle.fd}`).catch(() => undefined),
-      handle.stat(),
-    ]);
-    if (viaProc?.dev === own.dev && viaProc.ino === own.ino) return new RestoreDirectories(root, handle);
+    try {
+      // /proc/self/fd/<fd> must be this very directory, or names through it would mean something else.
+      const [viaProc, own] = await Promise.all([
+        stat(`/proc/self/fd/${handle.fd}`).catch(() => undefined),
+        handle.stat(),
+      ]);
+      if (viaProc?.dev === own.dev && viaProc.ino === own.ino) return new RestoreDirectories(root, handle);
+    } catch (err) {
+      await handle.close();
+      throw err;
+    }
     await handle.close();
     return new RestoreDirectories(root, undefined);
   }
@@ -134,6 +139,22 @@ export class RestoreDirectories {
     }
   }
 
+  /**
+   * Removes everything in the target (what a failed restore wrote), through handles: each directory is opened
+   * with O_NOFOLLOW through its parent's handle and emptied through its own, then removed by its one-component
+   * name. Node's recursive rm resolves every path from the top again, so a directory swapped for a symlink while
+   * it ran had it delete what the link pointed at, outside the target, as root. What cannot be removed is left.
+   */
+  async emptyTarget(): Promise<void> {
+    if (!this.rootHandle) {
+      for (const name of await readdir(this.root).catch(() => [])) {
+        await rm(join(this.root, name), { recursive: true, force: true }).catch(() => {});
+      }
+      return;
+    }
+    await emptyThroughHandle(`/proc/self/fd/${this.rootHandle.fd}`);
+  }
+
   /** Closes every handle (leases outstanding or not: the restore is over). */
   async close(): Promise<void> {
     this.closed = true;
@@ -195,6 +216,26 @@ export class RestoreDirectories {
       this.closing.add(closing);
       void closing.finally(() => this.closing.delete(closing));
     }
+  }
+}
+
+/** Empties the directory named `dir` (a /proc/self/fd name) entry by entry, never following a link. */
+async function emptyThroughHandle(dir: string): Promise<void> {
+  for (const entry of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    const at = `${dir}/${entry.name}`;
+    if (entry.isDirectory()) {
+      const sub = await open(at, DIR_FLAGS).catch(() => undefined); // swapped for a link meanwhile: unlinked below
+      if (sub) {
+        try {
+          await emptyThroughHandle(`/proc/self/fd/${sub.fd}`);
+        } finally {
+          await sub.close();
+        }
+        await rmdir(at).catch(() => {});
+        continue;
+      }
+    }
+    await unlink(at).catch(() => rmdir(at).catch(() => {}));
   }
 }
 

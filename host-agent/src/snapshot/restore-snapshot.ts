@@ -13,13 +13,12 @@ import {
   open,
   readdir,
   realpath,
-  rm,
   stat,
   symlink,
   unlink,
 } from "node:fs/promises";
 import { availableParallelism } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import {
   type ChunkSource,
   checkPathPatterns,
@@ -160,27 +159,30 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
   // Only this user may enter the target while the restore writes into it (without /proc, by path: a directory
   // swapped for a symlink meanwhile could redirect a write); its own mode comes back at the end.
   const chmodTarget = (mode: number) => (dirs.target ? dirs.target.chmod(mode) : chmod(root, mode));
-  const rootMode = (await stat(root)).mode & 0o7777;
-  const locked = await chmodTarget(0o700).then(
-    () => true,
-    () => false, // not ours to change (another user's empty directory): restored as before
-  );
-  const ownPool = options.pool === undefined;
-  const pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });
+  let locked: number | undefined; // the target's own mode, once it is 0700
+  let pool: SnapshotWorkerPool | undefined;
   try {
+    const rootMode = (await stat(root)).mode & 0o7777;
+    // Not ours to change (another user's empty directory): restored as before.
+    if (
+      await chmodTarget(0o700).then(
+        () => true,
+        () => false,
+      )
+    )
+      locked = rootMode;
+    pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });
     return await restoreInto(dirs, plan, snapshotId, manifestBlobs, what, pool, options, started);
   } catch (err) {
     // A restore that fails part-way (the stream drops, the disk fills, it is cancelled) takes back what it
     // wrote: the target is empty again, and the same restore can simply run again. One that restored all it
     // could and names damaged files (RestoreDamagedError) keeps the rest.
-    if (!(err instanceof RestoreDamagedError)) {
-      await emptyDirectory(dirs.target ? `/proc/self/fd/${dirs.target.fd}` : root);
-    }
+    if (!(err instanceof RestoreDamagedError)) await dirs.emptyTarget();
     throw err;
   } finally {
-    if (locked) await chmodTarget(rootMode).catch(() => {});
+    if (locked !== undefined) await chmodTarget(locked).catch(() => {});
     await dirs.close();
-    if (ownPool) await pool.close();
+    if (options.pool === undefined) await pool?.close();
   }
 }
 
@@ -268,13 +270,6 @@ async function restoreInto(
   };
   if (damaged.length > 0) throw new RestoreDamagedError(damaged, result);
   return result;
-}
-
-/** Removes everything in `dir` (links are removed, not followed); what cannot be removed is left. */
-async function emptyDirectory(dir: string): Promise<void> {
-  for (const name of await readdir(dir).catch(() => [])) {
-    await rm(join(dir, name), { recursive: true, force: true }).catch(() => {});
-  }
 }
 
 type DirEntry = Extract<ManifestEntry, { type: "dir" }>;

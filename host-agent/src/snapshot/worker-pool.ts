@@ -273,7 +273,8 @@ export function openAndWrite(
     } catch (err) {
       try {
         if (f >= 0) fs.closeSync(f);
-        if (created) fs.rmSync(path, { force: true });
+        // unlink, not rm: rm would empty a directory swapped in under the name, following what it holds.
+        if (created) fs.unlinkSync(path);
       } catch {
         // reported below; the restore names the file as not restored
       }
