@@ -11,7 +11,7 @@ import {
   sha256Hex,
 } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
-import { PermissionDeniedError, UnauthenticatedError } from "../errors.js";
+import { PermissionDeniedError, ResourceExhaustedError, UnauthenticatedError } from "../errors.js";
 import type { ApiRateLimiter } from "./rate-limit.js";
 
 export interface Caller {
@@ -36,10 +36,16 @@ export async function createApiKey(
   tenantId: string,
   role: Role,
   label: string,
-  options: { generated?: ReturnType<typeof generateApiKey>; expiresAt?: Date } = {},
+  options: { generated?: ReturnType<typeof generateApiKey>; expiresAt?: Date; maxTenantKeys?: number } = {},
 ): Promise<{ id: string; key: string }> {
   const { id, secret, key } = options.generated ?? generateApiKey();
-  await insertApiKey(db, { id, tenantId, role, secret, label, expiresAt: options.expiresAt });
+  const { expiresAt, maxTenantKeys } = options;
+  if (!(await insertApiKey(db, { id, tenantId, role, secret, label, expiresAt }, maxTenantKeys))) {
+    throw new ResourceExhaustedError(
+      `tenant ${tenantId} holds ${maxTenantKeys} usable keys, the most it may; revoke keys it no longer uses ` +
+        "(dumont key list, dumont key revoke)",
+    );
+  }
   return { id, key };
 }
 

@@ -16,21 +16,37 @@ export async function ensureTenant(db: Db, id: string, name: string): Promise<vo
     .execute();
 }
 
+/**
+ * Stores a key; with `maxUsable`, only while its tenant holds fewer usable keys (false when it holds that many).
+ * The tenant's row is locked for the count and the insert: creates racing at the bound cannot pass it.
+ */
 export async function insertApiKey(
   db: Db,
   key: { id: string; tenantId: string; role: Role; secret: string; label: string; expiresAt?: Date },
-): Promise<void> {
-  await db
-    .insertInto("api_keys")
-    .values({
-      id: key.id,
-      tenant_id: key.tenantId,
-      role: key.role,
-      secret_hash: sha256Hex(key.secret),
-      label: key.label,
-      expires_at: key.expiresAt ?? null,
-    })
-    .execute();
+  maxUsable?: number,
+): Promise<boolean> {
+  const insert = (q: Db) =>
+    q
+      .insertInto("api_keys")
+      .values({
+        id: key.id,
+        tenant_id: key.tenantId,
+        role: key.role,
+        secret_hash: sha256Hex(key.secret),
+        label: key.label,
+        expires_at: key.expiresAt ?? null,
+      })
+      .execute();
+  if (maxUsable === undefined) {
+    await insert(db);
+    return true;
+  }
+  return db.transaction().execute(async (tx) => {
+    await tx.selectFrom("tenants").select("id").where("id", "=", key.tenantId).forUpdate().execute();
+    if ((await countTenantKeys(tx, key.tenantId, new Date())) >= maxUsable) return false;
+    await insert(tx);
+    return true;
+  });
 }
 
 export async function findActiveApiKey(db: Db, id: string) {
