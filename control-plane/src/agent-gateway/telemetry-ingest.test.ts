@@ -1,6 +1,5 @@
 // What an agent's telemetry can do to the database: a sample is written whatever its values, and one host's
 // bad values never cost another host its samples (nor its last_seen_at, which liveness reads).
-import { Writable } from "node:stream";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { TelemetrySchema } from "@dumont/proto";
@@ -11,6 +10,7 @@ import type { Db } from "../db/database.js";
 import { getHost, insertHost, metricsSince } from "../db/host-repository.js";
 import { openTestDatabase } from "../db/test-database.js";
 import { createMetrics } from "../metrics.js";
+import { capturingLogger } from "../test-logger.js";
 import { MAX_PENDING_PER_HOST, TelemetryIngest } from "./telemetry-ingest.js";
 
 const U64_MAX = 2n ** 64n - 1n;
@@ -172,16 +172,3 @@ describe("TelemetryIngest", () => {
     expect((await metrics.telemetryDropped.get()).values[0]?.value).toBe(1000 - MAX_PENDING_PER_HOST);
   });
 });
-
-/** A logger whose lines (JSON) land in `lines`. */
-function capturingLogger(lines: string[]) {
-  return pino(
-    { level: "info" },
-    new Writable({
-      write(chunk, _encoding, done) {
-        lines.push(String(chunk));
-        done();
-      },
-    }),
-  );
-}

@@ -2,12 +2,11 @@ import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureTenant } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { openTestDatabase } from "../db/test-database.js";
-import { createLogger } from "../logger.js";
+import { capturingLogger } from "../test-logger.js";
 import { loadMasterKey, parseMasterKey, TenantKeys } from "./tenant-keys.js";
 
 describe("the master key and tenant keys", () => {
@@ -80,13 +79,7 @@ describe("the master key and tenant keys", () => {
 
   it("keeps tenant keys out of log lines, at the top or inside a protocol message", async () => {
     const lines: string[] = [];
-    const sink = new Writable({
-      write(chunk, _encoding, done) {
-        lines.push(String(chunk));
-        done();
-      },
-    });
-    const log = createLogger("info", sink as never);
+    const log = capturingLogger(lines);
     const secret = "c2VjcmV0IGtleSBtYXRlcmlhbA==";
     log.info(
       { tenantKey: secret, cmd: { tenantKey: secret }, message: { msg: { value: { tenantKey: secret } } } },

@@ -2,7 +2,6 @@
 // of an error no API handler meant to raise.
 import type http from "node:http";
 import net from "node:net";
-import { Writable } from "node:stream";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -11,7 +10,7 @@ import pino from "pino";
 import { Gauge, Registry } from "prom-client";
 import { afterEach, describe, expect, it } from "vitest";
 import { NotFoundError } from "../errors.js";
-import { createLogger } from "../logger.js";
+import { capturingLogger } from "../test-logger.js";
 import { createHttpServer, listenHttp } from "./http-server.js";
 
 const silent = pino({ level: "silent" });
@@ -119,16 +118,10 @@ describe("HTTP server: an API error no handler meant to raise", () => {
   });
 
   const start = async () => {
-    const sink = new Writable({
-      write(chunk, _encoding, done) {
-        lines.push(String(chunk));
-        done();
-      },
-    });
     server = createHttpServer({
       registry: new Registry(),
       healthy: async () => true,
-      log: createLogger("info", sink as never),
+      log: capturingLogger(lines),
       routes: (router) => {
         router.service(api.HostService, {
           async listHosts() {
