@@ -59,7 +59,7 @@ export async function createApiKey(
  * were locked out.
  */
 export async function bootstrapAdminKey(db: Db, file: string, tenantId: string): Promise<string | undefined> {
-  if ((await countUsableApiKeys(db, "admin", new Date())) > 0) return undefined;
+  if ((await countUsableApiKeys(db, { role: "admin" }, new Date())) > 0) return undefined;
   await ensureTenant(db, tenantId, "Operators");
   const fresh = generateApiKey();
   await writeFileAtomic(file, `${fresh.key}\n`, 0o600);

@@ -46,15 +46,14 @@ export class ApiRateLimiter {
   take(keyId: string): void {
     const now = this.now();
     const bucket = this.buckets.get(keyId) ?? { tokens: this.limit.burst, at: now };
-    bucket.tokens = Math.min(this.limit.burst, bucket.tokens + (now - bucket.at) * this.limit.perSecond);
+    bucket.tokens = this.refilled(bucket, now);
     bucket.at = now;
+    this.buckets.set(keyId, bucket);
     if (bucket.tokens >= 1) {
       bucket.tokens -= 1;
-      this.buckets.set(keyId, bucket);
       if (this.buckets.size > SWEEP_AT) this.sweep(now);
       return;
     }
-    this.buckets.set(keyId, bucket);
     this.onLimited();
     throw new RateLimitedError(keyId, this.limit, (1 - bucket.tokens) / this.limit.perSecond);
   }
@@ -64,9 +63,14 @@ export class ApiRateLimiter {
     return this.buckets.size;
   }
 
+  /** A bucket's tokens at `now`: refilled at perSecond since it was last counted, up to the burst. */
+  private refilled(bucket: Bucket, now: number): number {
+    return Math.min(this.limit.burst, bucket.tokens + (now - bucket.at) * this.limit.perSecond);
+  }
+
   private sweep(now: number): void {
     for (const [key, bucket] of this.buckets) {
-      if (bucket.tokens + (now - bucket.at) * this.limit.perSecond >= this.limit.burst) this.buckets.delete(key);
+      if (this.refilled(bucket, now) >= this.limit.burst) this.buckets.delete(key);
     }
   }
 }

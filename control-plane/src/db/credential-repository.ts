@@ -43,7 +43,7 @@ export async function insertApiKey(
   }
   return db.transaction().execute(async (tx) => {
     await tx.selectFrom("tenants").select("id").where("id", "=", key.tenantId).forUpdate().execute();
-    if ((await countTenantKeys(tx, key.tenantId, new Date())) >= maxUsable) return false;
+    if ((await countUsableApiKeys(tx, { tenantId: key.tenantId }, new Date())) >= maxUsable) return false;
     await insert(tx);
     return true;
   });
@@ -105,28 +105,16 @@ export async function revokeApiKey(db: Db, id: string, now: Date) {
   });
 }
 
-/** Keys of `role` that open something now: not revoked, not expired. */
-export async function countUsableApiKeys(db: Db, role: Role, now: Date): Promise<number> {
-  const row = await db
+/** Keys that open something at `now` (not revoked, not expired): of a role, of a tenant, or both. */
+export async function countUsableApiKeys(db: Db, of: { role?: Role; tenantId?: string }, now: Date): Promise<number> {
+  let q = db
     .selectFrom("api_keys")
     .select((eb) => eb.fn.countAll<number>().as("n"))
-    .where("role", "=", role)
     .where("revoked_at", "is", null)
-    .where((eb) => eb.or([eb("expires_at", "is", null), eb("expires_at", ">", now)]))
-    .executeTakeFirstOrThrow();
-  return Number(row.n);
-}
-
-/** A tenant's keys that are neither revoked nor expired. */
-export async function countTenantKeys(db: Db, tenantId: string, now: Date): Promise<number> {
-  const row = await db
-    .selectFrom("api_keys")
-    .select((eb) => eb.fn.countAll<number>().as("n"))
-    .where("tenant_id", "=", tenantId)
-    .where("revoked_at", "is", null)
-    .where((eb) => eb.or([eb("expires_at", "is", null), eb("expires_at", ">", now)]))
-    .executeTakeFirstOrThrow();
-  return Number(row.n);
+    .where((eb) => eb.or([eb("expires_at", "is", null), eb("expires_at", ">", now)]));
+  if (of.role !== undefined) q = q.where("role", "=", of.role);
+  if (of.tenantId !== undefined) q = q.where("tenant_id", "=", of.tenantId);
+  return Number((await q.executeTakeFirstOrThrow()).n);
 }
 
 export async function insertJoinToken(db: Db, token: { token: string; tenantId: string; expiresAt: Date }) {
