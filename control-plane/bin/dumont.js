@@ -1,6 +1,12 @@
 #!/usr/bin/env node
 import { main } from "../dist/cli/main.js";
 
+// A reader that stops early (`… --json | head`) closes the pipe: stop quietly, as shell tools do, not with a trace.
+process.stdout.on("error", (err) => {
+  if (err.code === "EPIPE") process.exit(0);
+  throw err;
+});
+
 main(process.argv).catch((err) => {
   process.stderr.write(`dumont: ${err instanceof Error ? err.message : String(err)}\n`);
   process.exit(1);

@@ -10,6 +10,7 @@ import { TelemetryIngest } from "./agent-gateway/telemetry-ingest.js";
 import { bootstrapAdminKey } from "./api/auth.js";
 import { hostService } from "./api/host-service.js";
 import { keyService } from "./api/key-service.js";
+import { KeyUses } from "./api/key-uses.js";
 import { ApiRateLimiter } from "./api/rate-limit.js";
 import { snapshotService } from "./api/snapshot-service.js";
 import type { ControlPlaneConfig } from "./config.js";
@@ -115,11 +116,14 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
             metrics.apiRequestsLimited.inc(),
           )
         : undefined;
+    const keyUses = new KeyUses(db, log);
+    cleanups.push(() => keyUses.settled()); // after the HTTP server has closed, before the database does
+    const auth = { limiter: rateLimiter, uses: keyUses };
     const routes = (router: ConnectRouter) => {
       const hosts = { db, caHash: () => ca.tls.caHash, grpcUrl: () => urls.grpcUrl, httpUrl: () => urls.httpUrl };
-      router.service(api.HostService, hostService({ ...hosts, rateLimiter }));
-      router.service(api.SnapshotService, snapshotService({ db, sessions: gateway.sessions, snapshots, rateLimiter }));
-      router.service(api.KeyService, keyService({ db, adminTenant: ADMIN_TENANT, rateLimiter }));
+      router.service(api.HostService, hostService({ ...hosts, auth }));
+      router.service(api.SnapshotService, snapshotService({ db, sessions: gateway.sessions, snapshots, auth }));
+      router.service(api.KeyService, keyService({ db, adminTenant: ADMIN_TENANT, auth }));
     };
     const http = createHttpServer({
       routes,

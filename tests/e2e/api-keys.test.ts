@@ -1,8 +1,10 @@
 // API keys through the CLI against a `dumont serve` child: an admin makes a tenant's provider key, shown once;
 // that key works at once within its tenant and role, can make its own kind of key, and opens nothing once
 // revoked; the last admin key stays.
+import { execFile } from "node:child_process";
 import fs from "node:fs/promises";
 import path from "node:path";
+import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type ControlPlaneProcess,
@@ -10,6 +12,7 @@ import {
   runNode,
   startControlPlaneProcess,
   tempDir,
+  waitFor,
 } from "../support/processes.js";
 
 describe("API keys", () => {
@@ -35,6 +38,9 @@ describe("API keys", () => {
       made.stdout,
     ) ?? [undefined, "", ""];
     expect(key).toContain(id);
+    // Not used yet: the admin's listing says so.
+    const line = async () => (await cp.cli(["key", "list"])).stdout.split("\n").find((l) => l.startsWith(id!)) ?? "";
+    expect(await line()).toMatch(/ never used {2}"acme rack"$/);
 
     // The provider key makes join tokens for its tenant, sees its tenant's hosts (none yet) and keys.
     const token = await cliAs(key!, ["host", "join-token", "create", "--json"]);
@@ -51,8 +57,13 @@ describe("API keys", () => {
         createdAt: expect.any(String),
         revokedAt: null,
         expiresAt: null,
+        lastUsedAt: expect.toBeOneOf([null, expect.any(String)]), // its first use is written as the calls run
       },
     ]);
+    // Now its use shows, to the minute, with the time of its first call (written beside the calls, not before).
+    await waitFor(async () => (await line()).includes("last used"), 10_000);
+    const usedAt = Date.parse(/ last used (\S+) /.exec(await line())?.[1] ?? "");
+    expect(Math.abs(usedAt - Date.now())).toBeLessThan(60_000);
     // It may not make a key of another role, nor see the snapshots (admin only).
     const admin = await cliAs(key!, ["key", "create", "--role", "admin"]);
     expect(admin.code).not.toBe(0);
@@ -70,6 +81,18 @@ describe("API keys", () => {
     expect(after.stderr).toContain("API key not recognised or revoked");
     expect(JSON.parse((await cp.cli(["key", "list", "--json"])).stdout)).toHaveLength(1);
     expect(JSON.parse((await cp.cli(["key", "list", "--all", "--json"])).stdout)).toHaveLength(2);
+  });
+
+  it("ends quietly when its output is piped into a reader that stops at once (`… | head`)", async () => {
+    const { stdout, stderr } = await promisify(execFile)("/bin/bash", [
+      "-o",
+      "pipefail",
+      "-c",
+      '"$0" "$@" | true', // true reads nothing and exits: the CLI's write meets a closed pipe
+      process.execPath,
+      ...[dumontBin, "--api-url", cp.httpUrl, "--api-key", cp.adminKey, "key", "list", "--json"],
+    ]); // rejects on a non-zero status (it was an unhandled EPIPE's stack trace, exit 1)
+    expect({ stdout, stderr }).toEqual({ stdout: "", stderr: "" });
   });
 
   it("keeps the last admin key, saying what to do; makes keys that expire; refuses bad flags", async () => {

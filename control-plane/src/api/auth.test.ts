@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { sql } from "kysely";
@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureTenant } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { openTestDatabase } from "../db/test-database.js";
-import { authenticate, bootstrapAdminKey, createApiKey, requireRole, tenantScope } from "./auth.js";
+import { authenticate, bootstrapAdminKey, createApiKey, devAdminKey, requireRole, tenantScope } from "./auth.js";
 
 describe("API keys", () => {
   let db: Db;
@@ -81,6 +81,50 @@ describe("the first start's admin key", () => {
       expect((await readFile(file, "utf8")).trim()).toBe(again);
       await expect(authenticate(db, `Bearer ${again}`)).resolves.toMatchObject({ role: "admin" });
       await expect(bootstrapAdminKey(db, file, "ops")).resolves.toBeUndefined();
+    } finally {
+      await close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("dumont dev's admin key file", () => {
+  it("is used while its key opens something as an admin, and replaced (0600) when not, saying why", async () => {
+    const { db, close } = await openTestDatabase();
+    const dir = await mkdtemp(join(tmpdir(), "dumont-dev-key-"));
+    const file = join(dir, "admin-api-key");
+    try {
+      // Missing: a new one.
+      const made = await devAdminKey(db, file, "ops");
+      expect(made.replaced).toBe("the file was missing or empty");
+      expect((await readFile(file, "utf8")).trim()).toBe(made.key);
+      expect((await stat(file)).mode & 0o777).toBe(0o600);
+      await expect(authenticate(db, `Bearer ${made.key}`)).resolves.toMatchObject({ tenantId: "ops", role: "admin" });
+      // Good: kept as it is.
+      await expect(devAdminKey(db, file, "ops")).resolves.toEqual({ key: made.key });
+
+      // Revoked (another admin key remains, as KeyService requires): a new one, the revoked one stays revoked.
+      const other = await createApiKey(db, "ops", "admin", "another operator");
+      await db.updateTable("api_keys").set({ revoked_at: new Date() }).where("id", "!=", other.id).execute();
+      const renewed = await devAdminKey(db, file, "ops");
+      expect(renewed.replaced).toBe("the file's key opens nothing any more (API key not recognised or revoked)");
+      expect(renewed.key).not.toBe(made.key);
+      expect((await readFile(file, "utf8")).trim()).toBe(renewed.key);
+      await expect(authenticate(db, `Bearer ${renewed.key}`)).resolves.toMatchObject({ role: "admin" });
+      await expect(authenticate(db, `Bearer ${made.key}`)).rejects.toThrow(/revoked/);
+
+      // A key of another role, or one that expired: replaced too.
+      await ensureTenant(db, "acme", "Acme");
+      await writeFile(file, `${(await createApiKey(db, "acme", "provider", "")).key}\n`, { mode: 0o600 });
+      expect((await devAdminKey(db, file, "ops")).replaced).toBe("the file held a provider key");
+      await db
+        .updateTable("api_keys")
+        .set({ expires_at: new Date(Date.now() - 1000) })
+        .where("role", "=", "admin")
+        .execute();
+      expect((await devAdminKey(db, file, "ops")).replaced).toMatch(
+        /^the file's key opens nothing any more \(API key [a-f0-9]{16} expired at /,
+      );
     } finally {
       await close();
       await rm(dir, { recursive: true, force: true });

@@ -1,6 +1,7 @@
 // API keys: `dumont_<id>_<secret>`. Only SHA-256(secret) is stored; the key is shown once.
 // Every handler asks `authenticate` for the caller and scopes its queries to the caller's tenant.
 import { randomBytes, timingSafeEqual } from "node:crypto";
+import fs from "node:fs/promises";
 import { writeFileAtomic } from "@dumont/repository";
 import {
   countUsableApiKeys,
@@ -12,7 +13,16 @@ import {
 } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { PermissionDeniedError, ResourceExhaustedError, UnauthenticatedError } from "../errors.js";
+import type { KeyUses } from "./key-uses.js";
 import type { ApiRateLimiter } from "./rate-limit.js";
+
+/** What every authenticated call goes through besides the key check (each part absent: none). */
+export interface ApiAuthOptions {
+  /** Per-key request limits: a call over its key's is refused (RateLimitedError). */
+  limiter?: ApiRateLimiter;
+  /** Notes each key's last use (`dumont key list`). */
+  uses?: KeyUses;
+}
 
 export interface Caller {
   keyId: string;
@@ -60,15 +70,55 @@ export async function createApiKey(
  */
 export async function bootstrapAdminKey(db: Db, file: string, tenantId: string): Promise<string | undefined> {
   if ((await countUsableApiKeys(db, { role: "admin" }, new Date())) > 0) return undefined;
+  return writeNewAdminKey(db, file, tenantId, "bootstrap admin key");
+}
+
+/**
+ * For `dumont dev`, which acts with the admin key in `file`: that key if it still opens something as an admin;
+ * otherwise (revoked or expired through `dumont key`, the file removed or emptied) a new admin key written there,
+ * with why. The operator who starts `dumont dev` on its data directory could make one anyway (bootstrapAdminKey);
+ * this spares them a local agent that cannot enroll. A plain `dumont serve` leaves the file alone: there, which
+ * keys operators hold is theirs to manage.
+ */
+export async function devAdminKey(db: Db, file: string, tenantId: string): Promise<{ key: string; replaced?: string }> {
+  let held: string | undefined;
+  try {
+    held = (await fs.readFile(file, "utf8")).trim();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+  }
+  let why = "the file was missing or empty";
+  if (held) {
+    try {
+      const caller = await authenticate(db, `Bearer ${held}`);
+      if (caller.role === "admin") return { key: held };
+      why = `the file held a ${caller.role} key`;
+    } catch (err) {
+      if (!(err instanceof UnauthenticatedError)) throw err;
+      why = `the file's key opens nothing any more (${err.rawMessage})`;
+    }
+  }
+  return { key: await writeNewAdminKey(db, file, tenantId, "dumont dev"), replaced: why };
+}
+
+/** A new admin key: written 0600 to `file` first, then stored (see bootstrapAdminKey). */
+async function writeNewAdminKey(db: Db, file: string, tenantId: string, label: string): Promise<string> {
   await ensureTenant(db, tenantId, "Operators");
   const fresh = generateApiKey();
   await writeFileAtomic(file, `${fresh.key}\n`, 0o600);
-  await createApiKey(db, tenantId, "admin", "bootstrap admin key", { generated: fresh });
+  await createApiKey(db, tenantId, "admin", label, { generated: fresh });
   return fresh.key;
 }
 
-/** The caller of a request, counted against its key's rate limit when `limiter` is given (RateLimitedError past it). */
-export async function authenticate(db: Db, authorization: string | null, limiter?: ApiRateLimiter): Promise<Caller> {
+/**
+ * The caller of a request. Once its key is known good, the call is noted as the key's use and counted against
+ * its rate limit (a refused call still shows the key in use).
+ */
+export async function authenticate(
+  db: Db,
+  authorization: string | null,
+  options: ApiAuthOptions = {},
+): Promise<Caller> {
   if (!authorization) {
     throw new UnauthenticatedError(
       "missing API key: send 'Authorization: Bearer <key>' (see <data-dir>/admin-api-key)",
@@ -89,7 +139,8 @@ export async function authenticate(db: Db, authorization: string | null, limiter
       `API key ${row.id} expired at ${new Date(row.expires_at).toISOString()}; make a new one (dumont key create)`,
     );
   }
-  limiter?.take(row.id);
+  options.uses?.record(row.id);
+  options.limiter?.take(row.id);
   const caller: Caller = { keyId: row.id, tenantId: row.tenant_id, role: row.role as Role };
   if (row.expires_at !== null) caller.expiresAt = new Date(row.expires_at);
   return caller;

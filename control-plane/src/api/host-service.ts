@@ -9,8 +9,7 @@ import type { Db } from "../db/database.js";
 import { getHost, listEvents, listHosts, metricsSince } from "../db/host-repository.js";
 import type { GpuSampleRow, HostRow } from "../db/tables.js";
 import { InvalidArgumentError, NotFoundError } from "../errors.js";
-import { authenticate, requireRole, tenantScope } from "./auth.js";
-import type { ApiRateLimiter } from "./rate-limit.js";
+import { type ApiAuthOptions, authenticate, requireRole, tenantScope } from "./auth.js";
 import { checkText, MAX_HOST_ID } from "./request-fields.js";
 
 export interface HostServiceDeps {
@@ -19,8 +18,8 @@ export interface HostServiceDeps {
   /** host:port agents dial, and the base URL the installer is served from. */
   grpcUrl: () => string;
   httpUrl: () => string;
-  /** Per-key request limits (none when absent). */
-  rateLimiter?: ApiRateLimiter;
+  /** Rate limits and last-use marks of the callers' keys (none when absent). */
+  auth?: ApiAuthOptions;
 }
 
 const DEFAULT_TOKEN_TTL_S = 3600;
@@ -28,8 +27,7 @@ const MAX_TOKEN_TTL_S = 7 * 86400;
 const DEFAULT_METRICS_WINDOW_S = 600;
 
 export function hostService(deps: HostServiceDeps): ServiceImpl<typeof api.HostService> {
-  const caller = (ctx: HandlerContext) =>
-    authenticate(deps.db, ctx.requestHeader.get("authorization"), deps.rateLimiter);
+  const caller = (ctx: HandlerContext) => authenticate(deps.db, ctx.requestHeader.get("authorization"), deps.auth);
   // Hosts are their providers' (and the operators'): a consumer key of the same tenant sees none of them.
   const provider = async (ctx: HandlerContext) => {
     const who = await caller(ctx);

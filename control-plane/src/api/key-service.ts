@@ -13,16 +13,15 @@ import { api } from "@dumont/proto";
 import { ensureTenant, getApiKey, listApiKeys, type Role, revokeApiKey } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from "../errors.js";
-import { authenticate, type Caller, createApiKey } from "./auth.js";
-import type { ApiRateLimiter } from "./rate-limit.js";
+import { type ApiAuthOptions, authenticate, type Caller, createApiKey } from "./auth.js";
 import { checkText, shown } from "./request-fields.js";
 
 export interface KeyServiceDeps {
   db: Db;
   /** The operators' tenant: the only one admin keys are made for. */
   adminTenant: string;
-  /** Per-key request limits (none when absent). */
-  rateLimiter?: ApiRateLimiter;
+  /** Rate limits and last-use marks of the callers' keys (none when absent). */
+  auth?: ApiAuthOptions;
 }
 
 const ROLES: readonly Role[] = ["consumer", "provider", "admin"];
@@ -37,8 +36,7 @@ export const MAX_TENANT_KEYS = 100;
 type KeyRow = Awaited<ReturnType<typeof listApiKeys>>[number];
 
 export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyService> {
-  const caller = (ctx: HandlerContext) =>
-    authenticate(deps.db, ctx.requestHeader.get("authorization"), deps.rateLimiter);
+  const caller = (ctx: HandlerContext) => authenticate(deps.db, ctx.requestHeader.get("authorization"), deps.auth);
   return {
     async createApiKey(req, ctx) {
       const who = await caller(ctx);
@@ -156,5 +154,6 @@ function keyMessage(row: KeyRow): api.ApiKey {
     createdAt: timestampFromDate(new Date(row.created_at)),
     revokedAt: row.revoked_at === null ? undefined : timestampFromDate(new Date(row.revoked_at)),
     expiresAt: row.expires_at === null ? undefined : timestampFromDate(new Date(row.expires_at)),
+    lastUsedAt: row.last_used_at === null ? undefined : timestampFromDate(new Date(row.last_used_at)),
   });
 }

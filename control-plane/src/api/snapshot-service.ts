@@ -13,21 +13,20 @@ import { findSnapshotsByPrefix, listSnapshots, snapshotTenants } from "../db/sna
 import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import type { SnapshotCoordinator, TransferProgress } from "../snapshots/snapshot-coordinator.js";
-import { authenticate, requireRole, tenantScope } from "./auth.js";
-import type { ApiRateLimiter } from "./rate-limit.js";
+import { type ApiAuthOptions, authenticate, requireRole, tenantScope } from "./auth.js";
 import { checkText, MAX_HOST_ID, shown } from "./request-fields.js";
 
 export interface SnapshotServiceDeps {
   db: Db;
   sessions: SessionRegistry;
   snapshots: SnapshotCoordinator;
-  /** Per-key request limits (none when absent). */
-  rateLimiter?: ApiRateLimiter;
+  /** Rate limits and last-use marks of the callers' keys (none when absent). */
+  auth?: ApiAuthOptions;
 }
 
 export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof api.SnapshotService> {
   const admin = async (ctx: HandlerContext) => {
-    const who = await authenticate(deps.db, ctx.requestHeader.get("authorization"), deps.rateLimiter);
+    const who = await authenticate(deps.db, ctx.requestHeader.get("authorization"), deps.auth);
     requireRole(who, "admin");
     return who;
   };

@@ -5,7 +5,9 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Command } from "commander";
+import { devAdminKey } from "../api/auth.js";
 import type { ControlPlaneOptions } from "../config.js";
+import { ADMIN_TENANT } from "../control-plane.js";
 import { apiClients } from "./api-client.js";
 import { hostJson } from "./host-command.js";
 import { addServeOptions, startFromOptions, waitForSignal } from "./serve-command.js";
@@ -19,7 +21,10 @@ export function registerDevCommand(program: Command): void {
     .option("--demo", "give the local agent simulated GPUs (a fake nvidia-smi), clearly labelled simulated")
     .action(async (opts: ControlPlaneOptions & { demo?: boolean }) => {
       const { cp, log } = await startFromOptions({ logLevel: "warn", ...opts });
-      const adminKey = cp.newAdminKey ?? fs.readFileSync(cp.adminKeyFile, "utf8").trim();
+      const { key: adminKey, replaced } = cp.newAdminKey
+        ? { key: cp.newAdminKey }
+        : await devAdminKey(cp.db, cp.adminKeyFile, ADMIN_TENANT);
+      if (replaced) log.warn({ file: cp.adminKeyFile }, `made a new admin key for dumont dev: ${replaced}`);
       const clients = apiClients({ apiUrl: cp.httpUrl, apiKey: adminKey });
       const agentDir = path.join(path.dirname(cp.adminKeyFile), "local-agent");
 
@@ -59,7 +64,7 @@ export function registerDevCommand(program: Command): void {
           `  API:        ${cp.httpUrl}  (Connect; e.g. curl -H 'Authorization: Bearer KEY' -H 'content-type: application/json' -d '{}' ${cp.httpUrl}/dumont.api.v1.HostService/ListHosts)`,
           `  Metrics:    ${cp.httpUrl}/metrics   Health: ${cp.httpUrl}/healthz`,
           `  Agents:     ${cp.grpcUrl}  (CA ${cp.caHash})`,
-          `  Admin key:  ${adminKey}  (saved in ${cp.adminKeyFile})`,
+          `  Admin key:  ${adminKey}  (saved in ${cp.adminKeyFile}${replaced ? `; a new one: ${replaced}` : ""})`,
           `  Host online: ${host.name} (${host.id}) — ${host.gpus.length ? host.gpus.map((g) => g.model).join(", ") : "CPU only"}${host.simulated ? "  [simulated GPUs]" : ""}`,
           "",
           "Try: npx dumont host list    (Ctrl-C stops the control plane and the agent)",

@@ -60,8 +60,9 @@ export function registerKeyCommands(program: Command): void {
           : k.expiresAt
             ? `  ${expired ? "expired" : "expires"} ${k.expiresAt}`
             : "";
+        const used = k.lastUsedAt ? `last used ${k.lastUsedAt}` : "never used";
         process.stdout.write(
-          `${k.id}  ${k.role.padEnd(8)} ${k.tenantId.padEnd(16)} ${k.createdAt}  ${JSON.stringify(k.label)}${revoked}\n`,
+          `${k.id}  ${k.role.padEnd(8)} ${k.tenantId.padEnd(16)} ${k.createdAt}  ${used}  ${JSON.stringify(k.label)}${revoked}\n`,
         );
       }
     });
@@ -96,5 +97,6 @@ export function keyJson(k: api.ApiKey | undefined) {
     createdAt: iso(k?.createdAt),
     revokedAt: iso(k?.revokedAt),
     expiresAt: iso(k?.expiresAt),
+    lastUsedAt: iso(k?.lastUsedAt),
   };
 }

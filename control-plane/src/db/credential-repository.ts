@@ -58,7 +58,16 @@ export async function findActiveApiKey(db: Db, id: string) {
     .executeTakeFirst();
 }
 
-const API_KEY_COLUMNS = ["id", "tenant_id", "role", "label", "created_at", "revoked_at", "expires_at"] as const;
+const API_KEY_COLUMNS = [
+  "id",
+  "tenant_id",
+  "role",
+  "label",
+  "created_at",
+  "revoked_at",
+  "expires_at",
+  "last_used_at",
+] as const;
 
 /** API keys without their hashes, oldest first: a tenant's or all, revoked ones when asked. */
 export async function listApiKeys(db: Db, filter: { tenantId?: string; role?: Role; includeRevoked: boolean }) {
@@ -103,6 +112,16 @@ export async function revokeApiKey(db: Db, id: string, now: Date) {
       .returning(API_KEY_COLUMNS)
       .executeTakeFirstOrThrow();
   });
+}
+
+/** Records that key `id` carried a call at `at`. Never moves the time back: replicas may write in any order. */
+export async function markApiKeyUsed(db: Db, id: string, at: Date): Promise<void> {
+  await db
+    .updateTable("api_keys")
+    .set({ last_used_at: at })
+    .where("id", "=", id)
+    .where((eb) => eb.or([eb("last_used_at", "is", null), eb("last_used_at", "<", at)]))
+    .execute();
 }
 
 /** Keys that open something at `now` (not revoked, not expired): of a role, of a tenant, or both. */

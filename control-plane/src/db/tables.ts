@@ -28,6 +28,8 @@ export interface ApiKeysTable {
   revoked_at: Timestamp | null;
   /** Null: never. */
   expires_at: ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
+  /** When an API call last carried it, to the minute (KeyUses); null: never. */
+  last_used_at: ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
 }
 
 export interface JoinTokensTable {

@@ -1,9 +1,9 @@
 // The snapshot commands as an operator types them: flags, JSON output, exit codes and error sentences.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { pathToFileURL } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runAgentCli as run } from "./run-in-process.js";
 
@@ -230,5 +230,25 @@ describe("dumont-agent snapshot", () => {
     expect(check.code).toBe(1);
     expect(check.err).toMatch(/chunk .* is damaged .*"precious\.bin"/);
     expect(check.err).toMatch(/check found 1 problem\(s\)/);
+  });
+
+  it("stops quietly, as a process, when its reader closes the pipe (`… --json | head`)", async () => {
+    const source = join(root, "src4");
+    await mkdir(source);
+    await writeFile(join(source, "a.txt"), "a\n");
+    await writeFile(join(root, "key5"), "55".repeat(32));
+    const common = ["--repo", pathToFileURL(join(root, "repo4")).href, "--key-file", join(root, "key5")];
+    expect((await run("snapshot", "create", "--source", source, ...common, "--json")).code).toBe(0);
+    const bin = fileURLToPath(new URL("../../bin/dumont-agent.js", import.meta.url));
+    const child = spawn(process.execPath, [bin, "snapshot", "list", ...common, "--json"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    child.stdout.destroy(); // the reader is gone before the listing is printed
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const code = await new Promise((resolve) => child.once("close", resolve));
+    expect({ code, stderr }).toEqual({ code: 0, stderr: "" }); // was: an unhandled EPIPE's stack trace, exit 1
   });
 });
