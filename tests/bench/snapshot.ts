@@ -365,6 +365,12 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       throughStream,
       restic: resticReport,
       ratios,
+      targets: issueTargets(ratios, vsDirectOf(throughStream), [
+        restoredOk,
+        viaStream.restoredOk,
+        separate?.restoredOk ?? true,
+        resticRan?.restore.byteForByte ?? true,
+      ]),
     };
   } finally {
     if (!options.keep && !options.workDir) await rm(work, { recursive: true, force: true });
@@ -585,6 +591,57 @@ async function separateCoresRuns(work: string, corpus: Corpus, key: string, runs
 }
 
 /** A direct run against the same operation through the stream, side by side. */
+/**
+ * The snapshot issue's targets against this run's figures, each met or not (null: not measured in this run, e.g.
+ * restic absent or the stream skipped). Peak memory is reported above rather than judged: "bounded" is shown by
+ * the many-files bench and by the RSS not growing with the corpus, not by one number.
+ */
+function issueTargets(
+  ratios: {
+    fullThroughput: number;
+    incrementalBytesAdded: number;
+    incrementalTime: number;
+    restoreThroughput: number;
+  } | null,
+  stream: ReturnType<typeof vsDirectOf>,
+  byteForByte: boolean[],
+) {
+  const target = (name: string, value: number | undefined, bound: { atLeast: number } | { atMost: number }) => ({
+    target: name,
+    value: value ?? null,
+    ...bound,
+    met: value === undefined ? null : "atLeast" in bound ? value >= bound.atLeast : value <= bound.atMost,
+  });
+  return [
+    target("full snapshot throughput / restic's (aim 5)", ratios?.fullThroughput, { atLeast: 3 }),
+    target("incremental bytes added / restic's", ratios?.incrementalBytesAdded, { atMost: 1.1 }),
+    target("incremental seconds / restic's", ratios?.incrementalTime, { atMost: 1 }),
+    target("restore throughput / restic's", ratios?.restoreThroughput, { atLeast: 2 }),
+    target("full snapshot through the stream / direct, shared cores", stream.sharedFull, { atLeast: 0.8 }),
+    target("restore through the stream / direct, shared cores", stream.sharedRestore, { atLeast: 0.8 }),
+    target("full snapshot through the stream / direct, separate cores", stream.separateFull, { atLeast: 0.8 }),
+    target("restore through the stream / direct, separate cores", stream.separateRestore, { atLeast: 0.8 }),
+    { target: "every restore byte for byte", value: byteForByte.every(Boolean), met: byteForByte.every(Boolean) },
+  ];
+}
+
+/** The stream report's vsDirect figures, each undefined where that part was skipped. */
+function vsDirectOf(
+  report: { full: { vsDirect: number }; restore: { vsDirect: number }; separateCores: object } | object,
+) {
+  const stream = "full" in report ? report : undefined;
+  const separate =
+    stream && "full" in stream.separateCores
+      ? (stream.separateCores as Record<"full" | "restore", { vsDirect: number }>)
+      : undefined;
+  return {
+    sharedFull: stream?.full.vsDirect,
+    sharedRestore: stream?.restore.vsDirect,
+    separateFull: separate?.full.vsDirect,
+    separateRestore: separate?.restore.vsDirect,
+  };
+}
+
 function versusDirect(direct: EngineRun, stream: StreamRun) {
   return {
     directSeconds: round(direct.seconds),
