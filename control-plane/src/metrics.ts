@@ -6,7 +6,8 @@ const OPERATION_SECONDS_BUCKETS = [0.5, 1, 2.5, 5, 15, 30, 60, 120, 300, 900, 18
 
 export function createMetrics() {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: "dumont_process_" });
+  // Node's own metrics under our prefix: dumont_process_cpu_user_seconds_total, dumont_nodejs_heap_size_used_bytes…
+  collectDefaultMetrics({ register: registry, prefix: "dumont_" });
   return {
     registry,
     sessions: new Gauge({ name: "dumont_agent_sessions", help: "Agent streams currently open", registers: [registry] }),

@@ -41,4 +41,36 @@ describe("dumont dev", () => {
       expect(environ).not.toContain(masterKey);
     }
   }, 90_000);
+
+  it("reports the host as this start's agent sees it, not as the last start left it", async () => {
+    const dir = await tempDir("dev-command-restart");
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    const { DATABASE_URL: _, ...env } = process.env;
+    // The same ports both times, as `npm start` and then `npm run demo` use: the local agent dials the address
+    // it enrolled with.
+    const [httpPort, grpcPort] = [await freePort(), await freePort()];
+    const start = async (extra: string[]) => {
+      const args = ["dev", "--data-dir", dir, "--http-port", String(httpPort), "--grpc-port", String(grpcPort)];
+      const dev = spawn(process.execPath, [dumontBin, ...args, ...extra], { env, stdio: ["ignore", "pipe", "pipe"] });
+      let out = "";
+      dev.stdout.on("data", (d: Buffer) => {
+        out += d.toString();
+      });
+      dev.stderr.on("data", (d: Buffer) => {
+        out += d.toString();
+      });
+      await waitFor(() => /Host online: .*\n/.test(out), 60_000).catch(async () => {
+        await stopProcess(dev);
+        throw new Error(`dumont dev never said its host was online:\n${out}`);
+      });
+      await stopProcess(dev);
+      return /Host online: (.*)\n/.exec(out)?.[1] ?? "";
+    };
+    expect(await start([])).toMatch(/ — CPU only$/);
+    // The host row is still "online" from the first run (nobody marked it lost yet): the banner must wait for the
+    // new agent's hello, which reports the simulated GPUs.
+    expect(await start(["--demo"])).toMatch(
+      / — NVIDIA GeForce RTX 4090, NVIDIA GeForce RTX 4090 {2}\[simulated GPUs\]$/,
+    );
+  }, 120_000);
 });

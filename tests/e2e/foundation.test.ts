@@ -31,6 +31,7 @@ import {
 interface HostJson {
   id: string;
   name: string;
+  tenantId: string;
   status: string;
   agentVersion: string;
   lastSeenAt: string | null;
@@ -105,6 +106,7 @@ describe("foundation: enroll, stream, telemetry, liveness", () => {
 
     const boxA = list.find((h) => h.id === a.hostId)!;
     expect(boxA.name).toBe("a100-box");
+    expect(boxA.tenantId).toBe("admin"); // the tenant of the key that made its join token
     // The certificate it connected with: a year from enrollment.
     const certificateDays = (Date.parse(boxA.certificateExpiresAt!) - Date.now()) / 86_400_000;
     expect(certificateDays).toBeGreaterThan(364);
@@ -176,7 +178,13 @@ describe("foundation: enroll, stream, telemetry, liveness", () => {
 
     const unreachable = await enroll("unreachable", token.caHash, "https://127.0.0.1:1");
     expect(unreachable.code).not.toBe(0);
-    expect(unreachable.stderr).toMatch(/cannot reach the control plane/);
+    expect(unreachable.stderr).toMatch(
+      /cannot reach the control plane at 127\.0\.0\.1:1: ECONNREFUSED; check --server/,
+    );
+    // The API's URL instead of the agent gateway's: refused before any connection, saying which URL to give.
+    const apiUrl = await enroll("api-url", token.caHash, cp.httpUrl);
+    expect(apiUrl.code).not.toBe(0);
+    expect(apiUrl.stderr).toMatch(/--server must be the control plane's agent gateway, https:\/\/HOST:PORT/);
 
     const first = await enroll("first-use", token.caHash);
     expect(first.code).toBe(0);
@@ -233,7 +241,7 @@ describe("foundation: enroll, stream, telemetry, liveness", () => {
     // lost-after + one telemetry interval + one liveness tick, and room for a busy machine
     expect(detectedAfterS).toBeLessThan(LOST_AFTER_S + INTERVAL_S + 3);
     const events = JSON.parse((await cp.cli(["host", "events", b.hostId, "--json"])).stdout) as { kind: string }[];
-    expect(events.map((e) => e.kind)).toEqual(["online", "lost"]);
+    expect(events.map((e) => e.kind)).toEqual(["enrolled", "online", "lost"]);
     // The other agent is unaffected.
     expect((await hostById(agents[0]!.hostId))?.status).toBe("online");
 
@@ -241,7 +249,7 @@ describe("foundation: enroll, stream, telemetry, liveness", () => {
     agents[1] = startAgentProcess(b.dataDir, b.hostId, { fixture: "h100-mig", telemetryInterval: INTERVAL_S });
     await waitFor(async () => (await hostById(b.hostId))?.status === "online", 15_000);
     const after = JSON.parse((await cp.cli(["host", "events", b.hostId, "--json"])).stdout) as { kind: string }[];
-    expect(after.map((e) => e.kind)).toEqual(["online", "lost", "online"]);
+    expect(after.map((e) => e.kind)).toEqual(["enrolled", "online", "lost", "online"]);
   });
 
   it("survives a control-plane restart: agents reconnect, no duplicate hosts, no lost data", async () => {

@@ -55,6 +55,13 @@ describe("enrollment", () => {
     expect(host).toMatchObject({ tenant_id: "prov", name: "gpu-box-1", status: "lost" });
     expect(host!.cert_serial).toBe(cert.serialNumber);
     expect(host!.cert_expires_at?.getTime()).toBe(cert.notAfter.getTime());
+    // `dumont host events` starts with the enrollment.
+    const events = await db
+      .selectFrom("host_events")
+      .select(["kind", "message"])
+      .where("host_id", "=", hostId)
+      .execute();
+    expect(events).toEqual([{ kind: "enrolled", message: 'as "gpu-box-1", agent 0.1.0' }]);
   });
 
   it("refuses a used token, an expired token and an unknown token without creating a host", async () => {

@@ -4,7 +4,7 @@ import type { EnrollRequest } from "@dumont/proto";
 import { status } from "@grpc/grpc-js";
 import { checkJoinToken, consumeJoinToken } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
-import { insertHost } from "../db/host-repository.js";
+import { insertEvent, insertHost } from "../db/host-repository.js";
 import type { CertificateAuthority } from "./certificate-authority.js";
 
 export class EnrollError extends Error {
@@ -93,6 +93,7 @@ export async function enrollHost(
       certSerial: signed.serial,
       certExpiresAt: signed.notAfter,
     });
+    await insertEvent(tx, hostId, "enrolled", `as ${JSON.stringify(name)}, agent ${request.agentVersion}`);
   });
   return { hostId, certificatePem: signed.certificatePem };
 }

@@ -120,6 +120,7 @@ function toApiHost(h: HostRow): api.Host {
   return create(api.HostSchema, {
     id: h.id,
     name: h.name,
+    tenantId: h.tenant_id,
     hostname: h.hostname,
     status: h.status,
     agentVersion: h.agent_version,

@@ -212,6 +212,11 @@ describe("KeyService", () => {
       );
     }
     await expect(revoke(keys.admin!.key, "dumont_abc")).rejects.toThrow(/key_id must be a key's 16 hex characters/);
+    // A whole key given as the id: refused without quoting its secret back.
+    const whole = keys.admin!.key;
+    const refused = await revoke(whole, whole).catch((err: Error) => err);
+    expect(String(refused)).toMatch(/key_id must be .*, got a whole key \(its secret not shown\)/);
+    expect(String(refused)).not.toContain(whole.slice(-20));
     expect(await code(revoke(keys.admin!.key, "0123456789abcdef"))).toBe("NotFound");
   });
 });

@@ -55,7 +55,7 @@ export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyServ
         }
         if (role !== who.role) {
           throw new PermissionDeniedError(
-            `a ${who.role} key makes ${who.role} keys only; ask an admin for a ${role} key`,
+            `a ${who.role} key makes ${who.role} keys only; ask an admin for ${role === "admin" ? "an" : "a"} ${role} key`,
           );
         }
         if (who.expiresAt && (!expiresAt || expiresAt > who.expiresAt)) {
@@ -95,8 +95,10 @@ export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyServ
     async revokeApiKey(req, ctx) {
       const who = await caller(ctx);
       if (!KEY_ID.test(req.keyId)) {
+        // A pasted whole key is not quoted back: its secret would land in terminals and logs.
+        const got = req.keyId.startsWith("dumont_") ? "a whole key (its secret not shown)" : shown(req.keyId);
         throw new InvalidArgumentError(
-          `key_id must be a key's 16 hex characters (dumont_<id>_…), got ${shown(req.keyId)}; list them with \`dumont key list\``,
+          `key_id must be a key's 16 hex characters (dumont_<id>_…), got ${got}; list them with \`dumont key list\``,
         );
       }
       // Another tenant's key, or one of another role, is "not found": its existence is not the caller's to learn.

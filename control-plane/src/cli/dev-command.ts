@@ -4,6 +4,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
 import { devAdminKey } from "../api/auth.js";
 import type { ControlPlaneOptions } from "../config.js";
@@ -54,9 +55,10 @@ export function registerDevCommand(program: Command): void {
         );
       }
       const agentArgs = ["run", "--data-dir", agentDir, ...(opts.demo ? ["--simulated"] : [])];
+      const agentStarted = Date.now();
       const agent = spawn(process.execPath, [agentBin, ...agentArgs], { env, stdio: ["ignore", "inherit", "inherit"] });
 
-      const host = await waitForLocalHost(clients, agentDir, agent);
+      const host = await waitForLocalHost(clients, agentDir, agent, agentStarted);
       process.stdout.write(
         [
           "",
@@ -89,14 +91,27 @@ function runToCompletion(bin: string, args: string[], env: NodeJS.ProcessEnv): P
   });
 }
 
-async function waitForLocalHost(clients: ReturnType<typeof apiClients>, agentDir: string, agent: ChildProcess) {
+/**
+ * The local host once this agent has sent its first telemetry (a sample taken since `since`, ms): its GPUs come
+ * with it. A host row left online by the last `dumont dev` on this data directory would otherwise pass at once,
+ * with the last run's GPUs (a `dumont dev --demo` after a plain one showed "CPU only").
+ */
+async function waitForLocalHost(
+  clients: ReturnType<typeof apiClients>,
+  agentDir: string,
+  agent: ChildProcess,
+  since: number,
+) {
   const { hostId } = JSON.parse(fs.readFileSync(path.join(agentDir, "enrollment.json"), "utf8")) as { hostId: string };
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
     if (agent.exitCode !== null) throw new Error(`the local agent exited with ${agent.exitCode}`);
-    const { hosts } = await clients.hosts.listHosts({});
-    const host = hosts.find((h) => h.id === hostId);
-    if (host?.status === "online" && host.lastSeenAt && host.cpu) return hostJson(host);
+    // The samples first: a listing made after one arrived shows at least that sample's GPUs.
+    const { points } = await clients.hosts.getHostMetrics({ hostId, sinceSeconds: 600 });
+    if (points.some((p) => p.at && timestampDate(p.at).getTime() >= since)) {
+      const host = (await clients.hosts.listHosts({})).hosts.find((h) => h.id === hostId);
+      if (host?.status === "online" && host.cpu) return hostJson(host);
+    }
     await new Promise((r) => setTimeout(r, 200));
   }
   throw new Error("the local agent did not come online within 30 s; see its log above");

@@ -8,6 +8,7 @@ const host = (certificateExpiresAt: string | null): ReturnType<typeof hostJson> 
   ({
     id: "h-1",
     name: "box",
+    tenantId: "acme",
     status: "online",
     simulated: false,
     agentVersion: "0.1.0",
@@ -20,6 +21,10 @@ const host = (certificateExpiresAt: string | null): ReturnType<typeof hostJson> 
   }) as unknown as ReturnType<typeof hostJson>;
 
 describe("hostLine", () => {
+  it("names the host's tenant after its name", () => {
+    expect(hostLine(host(null), now)).toMatch(/^h-1 {2}box {18}acme {9}online /);
+  });
+
   it("says nothing of a certificate the agent will renew, or of one not recorded", () => {
     expect(hostLine(host(new Date(now.getTime() + 200 * DAY).toISOString()), now)).not.toMatch(/CERTIFICATE/);
     expect(hostLine(host(null), now)).not.toMatch(/CERTIFICATE/);

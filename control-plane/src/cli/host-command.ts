@@ -12,11 +12,14 @@ export function registerHostCommands(program: Command): void {
     .command("join-token")
     .description("one-time tokens that let a machine enroll")
     .command("create")
-    .description("create a join token and print the install command that uses it")
+    .description("create a join token and print the dumont-agent enroll command that uses it")
     .option("--ttl <duration>", "how long the token stays valid (60s..7d)", "1h")
     .option("--json", "print JSON")
     .action(async (opts, cmd: Command) => {
       const ttlSeconds = parseDuration("--ttl", opts.ttl);
+      if (ttlSeconds < 60 || ttlSeconds > 7 * 86_400) {
+        throw new Error(`--ttl must be 60s..7d, got ${JSON.stringify(opts.ttl)}`);
+      }
       const res = await apiClients(apiOpts(cmd)).hosts.createJoinToken({ ttlSeconds });
       const out = {
         token: res.token,
@@ -27,7 +30,8 @@ export function registerHostCommands(program: Command): void {
       };
       if (opts.json) return print(out);
       process.stdout.write(
-        `Join token (one use, expires ${out.expiresAt}):\n  ${out.token}\n\nOn the GPU machine, run:\n  ${out.installCommand}\n\nor, with the agent already installed:\n  dumont-agent enroll --server ${out.grpcUrl} --token ${out.token} --ca-hash ${out.caHash}\n`,
+        // The one-line installer (installCommand in --json) is planned, not served yet: not offered here.
+        `Join token (one use, expires ${out.expiresAt}):\n  ${out.token}\n\nOn the GPU machine, with dumont-agent installed:\n  dumont-agent enroll --server ${out.grpcUrl} --token ${out.token} --ca-hash ${out.caHash}\n`,
       );
     });
 
@@ -53,6 +57,9 @@ export function registerHostCommands(program: Command): void {
     .option("--json", "print JSON")
     .action(async (hostId: string, opts, cmd: Command) => {
       const sinceSeconds = parseDuration("--since", opts.since);
+      if (sinceSeconds < 1 || sinceSeconds > 7 * 86_400) {
+        throw new Error(`--since must be 1s..7d, got ${JSON.stringify(opts.since)}`);
+      }
       const res = await apiClients(apiOpts(cmd)).hosts.getHostMetrics({ hostId, sinceSeconds });
       const points = res.points.map((p) => ({
         at: iso(p.at),
@@ -77,7 +84,7 @@ export function registerHostCommands(program: Command): void {
 
   host
     .command("events <hostId>")
-    .description("a host's events (enrolled, online, lost)")
+    .description("a host's events (enrolled, online, lost, certificate)")
     .option("--json", "print JSON")
     .action(async (hostId: string, opts, cmd: Command) => {
       const res = await apiClients(apiOpts(cmd)).hosts.listHostEvents({ hostId });
@@ -93,7 +100,7 @@ const CERTIFICATE_WARNING_DAYS = 30;
 /** One host of `dumont host list`. */
 export function hostLine(h: ReturnType<typeof hostJson>, now: Date): string {
   const gpus = h.gpus.map((g) => `${g.model}${g.utilizationPercent === null ? "" : ` ${g.utilizationPercent}%`}`);
-  let line = `${h.id}  ${h.name.padEnd(20)} ${h.status.padEnd(7)} ${h.simulated ? "[simulated] " : ""}${gpus.length ? gpus.join(", ") : "CPU only"}  last seen ${h.lastSeenAt ?? "never"}`;
+  let line = `${h.id}  ${h.name.padEnd(20)} ${h.tenantId.padEnd(12)} ${h.status.padEnd(7)} ${h.simulated ? "[simulated] " : ""}${gpus.length ? gpus.join(", ") : "CPU only"}  last seen ${h.lastSeenAt ?? "never"}`;
   const expires = h.certificateExpiresAt ? Date.parse(h.certificateExpiresAt) : undefined;
   if (expires !== undefined && expires - now.getTime() < CERTIFICATE_WARNING_DAYS * 86_400_000) {
     line +=
@@ -108,6 +115,7 @@ export function hostJson(h: api.Host) {
   return {
     id: h.id,
     name: h.name,
+    tenantId: h.tenantId,
     status: h.status,
     simulated: h.simulated,
     agentVersion: h.agentVersion,

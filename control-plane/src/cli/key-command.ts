@@ -69,10 +69,12 @@ export function registerKeyCommands(program: Command): void {
 
   key
     .command("revoke <keyId>")
-    .description("revoke a key by its id: it opens nothing from then on")
+    .description("revoke a key by its id (or the whole key, e.g. one that leaked): it opens nothing from then on")
     .option("--json", "print JSON")
     .action(async (keyId: string, opts, cmd: Command) => {
-      const res = await apiClients(apiOpts(cmd)).keys.revokeApiKey({ keyId });
+      // A whole key pasted in is revoked by its id: its secret is never sent, nor printed back.
+      const whole = /^dumont_([a-f0-9]{16})_/.exec(keyId);
+      const res = await apiClients(apiOpts(cmd)).keys.revokeApiKey({ keyId: whole ? whole[1] : keyId });
       const k = keyJson(res.key);
       if (opts.json) return print(k);
       process.stdout.write(`API key ${k.id} (${k.role}, tenant ${k.tenantId}) revoked ${k.revokedAt}\n`);

@@ -41,4 +41,13 @@ describe("dumont (admin CLI): global flags", () => {
     expect(res.code).toBe(1);
     expect(res.stderr).toMatch(/^dumont: \[unavailable\] cannot reach the control plane at http:\/\/127\.0\.0\.1:2 /);
   });
+
+  it.each<[string[], string]>([
+    [["host", "join-token", "create", "--ttl", "59s"], '--ttl must be 60s..7d, got "59s"'],
+    [["host", "join-token", "create", "--ttl", "8d"], '--ttl must be 60s..7d, got "8d"'],
+    [["host", "metrics", "h-1", "--since", "0"], '--since must be 1s..7d, got "0"'],
+    [["host", "metrics", "h-1", "--since", "8d"], '--since must be 1s..7d, got "8d"'],
+  ])("refuses %j before any request, naming the flag as typed", async (args, message) => {
+    expect(await dumont(args)).toEqual({ code: 1, stdout: "", stderr: `dumont: ${message}\n` });
+  });
 });

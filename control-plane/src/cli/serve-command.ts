@@ -13,9 +13,7 @@ export function addServeOptions(cmd: Command): Command {
       ),
     )
     .addOption(
-      new Option("--http-port <port>", "Connect API, dashboard, /healthz, /metrics (default 8000)").env(
-        "DUMONT_HTTP_PORT",
-      ),
+      new Option("--http-port <port>", "Connect API, /healthz, /metrics (default 8000)").env("DUMONT_HTTP_PORT"),
     )
     .addOption(new Option("--grpc-port <port>", "agent gateway, TLS (default 8443)").env("DUMONT_GRPC_PORT"))
     .addOption(new Option("--host <addr>", "address to listen on (default 0.0.0.0)").env("DUMONT_HOST"))

@@ -10,6 +10,7 @@ import pino from "pino";
 import { Gauge, Registry } from "prom-client";
 import { afterEach, describe, expect, it } from "vitest";
 import { NotFoundError } from "../errors.js";
+import { createMetrics } from "../metrics.js";
 import { capturingLogger } from "../test-logger.js";
 import { createHttpServer, listenHttp } from "./http-server.js";
 
@@ -81,6 +82,13 @@ describe("HTTP server", () => {
 });
 
 describe("HTTP server: /metrics", () => {
+  it("names Node's own metrics with the dumont_ prefix once", async () => {
+    const names = (await createMetrics().registry.getMetricsAsJSON()).map((m) => m.name);
+    expect(names).toContain("dumont_process_cpu_user_seconds_total");
+    expect(names).toContain("dumont_nodejs_heap_size_used_bytes");
+    expect(names.filter((n) => n.startsWith("dumont_process_process_"))).toEqual([]);
+  });
+
   it("answers 500 when a collector throws, and keeps serving", async () => {
     const registry = new Registry();
     new Gauge({

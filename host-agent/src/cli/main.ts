@@ -65,7 +65,11 @@ export async function main(argv: string[]): Promise<void> {
   program
     .command("run")
     .description("connect to the control plane and serve it until stopped")
-    .addOption(new Option("--data-dir <dir>", "the enrolled data dir").env("DUMONT_AGENT_DATA_DIR"))
+    .addOption(
+      new Option("--data-dir <dir>", "the enrolled data dir (default /var/lib/dumont-agent)").env(
+        "DUMONT_AGENT_DATA_DIR",
+      ),
+    )
     .addOption(
       new Option("--telemetry-interval <seconds>", "seconds between telemetry samples (default 5)").env(
         "DUMONT_TELEMETRY_INTERVAL",

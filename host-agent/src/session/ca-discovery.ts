@@ -60,7 +60,13 @@ export async function discoverCa(server: string, expectedHash: string, timeoutMs
       reject(new Error(`cannot reach the control plane at ${host}:${port}: timed out after ${timeoutMs / 1000}s`));
     });
     socket.once("error", (err: NodeJS.ErrnoException) =>
-      reject(new Error(`cannot reach the control plane at ${host}:${port}: ${err.code ?? err.message}`)),
+      reject(
+        new Error(
+          `cannot reach the control plane at ${host}:${port}: ${err.code ?? err.message}; check --server (the ` +
+            "agent gateway's URL that `dumont host join-token create` prints, port 8443 by default) and that this " +
+            "machine can reach that port",
+        ),
+      ),
     );
   });
   const seen: string[] = [];

@@ -21,6 +21,14 @@ export function parseServer(server: string): { host: string; port: number; targe
   } catch {
     throw new Error(`--server must look like https://HOST:PORT, got ${JSON.stringify(server)}`);
   }
+  // The agent gateway speaks TLS only: an http:// URL is most likely the API's (port 8000), which would fail later
+  // with a TLS "wrong version number" that names neither.
+  if (!/^(https|grpcs):$/i.test(url.protocol)) {
+    throw new Error(
+      `--server must be the control plane's agent gateway, https://HOST:PORT (port 8443 by default; ` +
+        `\`dumont host join-token create\` prints it), got ${JSON.stringify(server)}`,
+    );
+  }
   const port = url.port ? Number(url.port) : 8443;
   const host = url.hostname.replace(/^\[|\]$/g, "");
   if (!host) throw new Error(`--server must name a host, got ${JSON.stringify(server)}`);
