@@ -80,6 +80,7 @@ export {
   IncludedSelection,
   MAX_PATH_PATTERN_LENGTH,
   MAX_PATH_PATTERNS,
+  nothingIncluded,
   pathMatcher,
   selectIncluded,
 } from "./path-patterns.js";

@@ -277,12 +277,17 @@ export function assertRestorable(manifest: ManifestEntries, options: RestorableO
   const check = new RestorableCheck(options);
   for (const e of manifest.entries) check.add(e);
   check.finish();
+  check.refuseOutwardLinks();
 }
 
 /**
  * assertRestorable fed one entry at a time (a manifest read part by part): `add` refuses a bad path or a
- * duplicate as it comes, `finish` what needs the whole (parents that are not directories, symlinks that point
- * outside). It keeps each path and its kind, nothing else.
+ * duplicate as it comes, `finish` what needs the whole (parents that are not directories), and
+ * `refuseOutwardLinks` symlinks that point outside. It keeps each path and its kind, and each link's target.
+ *
+ * The first two are the manifest's structure, judged over all of it whatever is restored: a manifest that fails
+ * them is damaged or forged. Outward links are the restorer's policy (--allow-external-symlinks), judged only for
+ * the links a restore writes: a partial restore (--include) is not refused for a link it leaves out.
  */
 export class RestorableCheck {
   private readonly kinds = new Map<string, ManifestEntry["type"]>();
@@ -303,8 +308,8 @@ export class RestorableCheck {
   }
 
   /**
-   * Checks, in manifest order, each entry's parent, and each symlink's target unless outward ones are allowed.
-   * A directory's parent must come before it (FORMAT.md: restore creates directories in manifest order).
+   * Checks, in manifest order, each entry's parent. A directory's parent must come before it (FORMAT.md:
+   * restore creates directories in manifest order).
    */
   finish(): void {
     const dirsSeen = new Set<string>();
@@ -325,15 +330,27 @@ export class RestorableCheck {
         }
         dirsSeen.add(path);
       }
-      if (type !== "symlink" || this.options.allowExternalSymlinks) continue;
-      const target = this.links.get(path) ?? "";
-      if (symlinkEscapes(path, target, this.links)) {
-        throw invalid(
-          "manifest",
-          `symlink ${JSON.stringify(path)} -> ${JSON.stringify(target)} points outside the restore target; ` +
-            `to create such links anyway (a restore never follows one), restore with --allow-external-symlinks`,
-        );
-      }
+    }
+  }
+
+  /**
+   * Refuses the first of `paths` (the links a restore writes; default every link added) that points outside the
+   * target, unless outward links are allowed. A link is resolved through every link of the manifest, those left
+   * out of a partial restore too: the stricter reading, so no choice of --include makes an outward link pass.
+   * The refusal is a policy's, not damage: its message says how to restore anyway, or without the link.
+   */
+  refuseOutwardLinks(paths: Iterable<string> = this.links.keys()): void {
+    if (this.options.allowExternalSymlinks) return;
+    for (const path of paths) {
+      const target = this.links.get(path);
+      if (target === undefined || !symlinkEscapes(path, target, this.links)) continue;
+      // Still "invalid-manifest" (a manifest this restore must not write), for callers that map the code.
+      throw new RepositoryError(
+        "invalid-manifest",
+        `symlink ${JSON.stringify(path)} -> ${JSON.stringify(target)} points outside the restore target; restore ` +
+          "with --allow-external-symlinks to write it anyway (a restore creates links and never follows one), " +
+          "or leave it out with --include",
+      );
     }
   }
 }

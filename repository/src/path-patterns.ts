@@ -75,6 +75,18 @@ export function pathMatcher(
 }
 
 /**
+ * The error of --include patterns that match nothing in a snapshot: a restore's (restore writes nothing) and an
+ * ls's (ls with --include shows what that restore would write, so it fails as the restore would), in both CLIs.
+ */
+export function nothingIncluded(snapshot: string, include: readonly string[]): Error {
+  return new Error(
+    `nothing in snapshot ${snapshot.slice(0, 12)} matches ${include.map((p) => JSON.stringify(p)).join(", ")}: ` +
+      `patterns are relative to the snapshot's directory, as in a .gitignore at its root ("models/", "*.pt", ` +
+      `"checkpoints/step-100.pt")`,
+  );
+}
+
+/**
  * The entries of a manifest that `include` patterns (checked) select: those they match (a directory with all
  * under it) and the directories holding them, in manifest order; none when nothing matches, and every entry
  * when there are no patterns (no --include: the whole snapshot).

@@ -67,6 +67,15 @@ const PACK_SLACK = 4 * 1024 * 1024 + 64 * 1024;
 
 export class RepositoryWriter implements ChunkSink {
   readonly stats: WriterStats = { packs: 0, chunks: 0, bytesWritten: 0 };
+  /**
+   * The committed snapshot's totals as its record holds them (counted here from the manifest, not taken from
+   * the sender's stats), once `commit` has returned: the control plane files them in its catalogue. Kept beside
+   * ChunkSink's `commit`, whose answer is the id alone.
+   */
+  get committedTotals(): ManifestTotals | undefined {
+    return this.totals;
+  }
+  private totals: ManifestTotals | undefined;
   /** Packs being filled or written: their chunks count as held (`missing`, `put`) until they are indexed. */
   private readonly pending = new Set<PackEntryList>();
   private current: OpenPack | undefined;
@@ -190,7 +199,7 @@ export class RepositoryWriter implements ChunkSink {
     // stream) opened part by part. Paths that could never be restored are refused on arrival (whether outward
     // symlinks are acceptable is the restorer's call), and so is a chunk the repository does not hold. Only
     // each path and its kind are held across parts: a manifest of 300,000 files opened whole was ~115 MB.
-    const check = new RestorableCheck({ allowExternalSymlinks: true });
+    const check = new RestorableCheck();
     const totals: ManifestTotals = { files: 0, dirs: 0, symlinks: 0, bytes: 0, chunks: 0 };
     const absent: string[] = [];
     const visit = (e: ManifestEntry): void => {
@@ -257,6 +266,7 @@ export class RepositoryWriter implements ChunkSink {
     await store.put(snapshotKey(id), sealed);
     this.stats.bytesWritten += sealed.length;
     this.closed = true;
+    this.totals = totals;
     await this.lock?.release();
     return id;
   }

@@ -42,6 +42,7 @@ interface SnapshotJson {
   bytesRead: number;
   bytesNew: number;
   bytesStored: number;
+  bytesTotal: number | null;
 }
 
 describe("snapshots over the agent stream", () => {
@@ -206,6 +207,18 @@ describe("snapshots over the agent stream", () => {
       [first.id, first.createdAt],
       [second.id, second.createdAt],
     ]);
+    // Each snapshot's size is the workspace's, as `dumont-agent snapshot list` shows it, though the second stored
+    // only its change; that figure comes labelled beside it.
+    let size = 0;
+    for (const entry of Object.values(await describeTree(workspace)))
+      if (entry.type === "file") size += entry.size ?? 0;
+    expect((await snapshots()).map((s) => s.bytesTotal)).toEqual([size - "\n99999,1,appended".length, size]);
+    expect(second.bytesTotal).toBe(size);
+    expect(second.bytesStored).toBeLessThan(1024 * 1024);
+    const lines = (await cp.cli(["snapshot", "list"])).stdout.trim().split("\n");
+    expect(lines[1]).toMatch(
+      new RegExp(`^${second.id} .* 5 files  6\\.\\d MiB \\(\\d+(\\.\\d)? (B|KiB) newly stored\\)$`),
+    );
   });
 
   it("runs two snapshots and a restore on one host at once, each byte for byte", async () => {
@@ -295,6 +308,10 @@ describe("snapshots over the agent stream", () => {
     expect(link).toMatchObject({ type: "symlink", target: "src/train.py" });
     const pyOnly = await cp.cli(["snapshot", "ls", snap.id, "--include", "src/*.py"]);
     expect(pyOnly.stdout).toMatch(/^drwx.* src\/\n-rwxr-xr-x +15 [\d-]+ [\d:]+ src\/train\.py\n$/);
+    // Patterns matching nothing: ls fails as that restore does (below), in the same words.
+    const nothing = await cp.cli(["snapshot", "ls", snap.id, "--include", "*.ckpt"]);
+    expect({ code: nothing.code, stdout: nothing.stdout }).toEqual({ code: 1, stdout: "" });
+    expect(nothing.stderr).toMatch(/nothing in snapshot \w{12} matches "\*\.ckpt": patterns are relative/);
 
     // Part of it back: what --include matches, with the directories holding it.
     const part = path.join(root, "restored-part");

@@ -62,6 +62,43 @@ describe("SnapshotService: restore", () => {
   });
 });
 
+describe("SnapshotService: list", () => {
+  let db: Db;
+  let close: () => Promise<void>;
+  let ctx: HandlerContext;
+
+  beforeAll(async () => {
+    ({ db, close } = await openTestDatabase());
+    for (const t of ["admin", "t-a"]) await ensureTenant(db, t, t);
+    const { key } = await createApiKey(db, "admin", "admin", "operator");
+    ctx = { requestHeader: new Headers({ authorization: `Bearer ${key}` }) } as HandlerContext;
+    await insertHost(db, {
+      id: "h-a",
+      tenantId: "t-a",
+      name: "h-a",
+      hostname: "h-a",
+      agentVersion: "1",
+      certSerial: "h-a",
+    });
+  });
+  afterAll(() => close());
+
+  it("gives each snapshot's size beside what it stored, and none for a row from before sizes were kept", async () => {
+    await insertTestSnapshot(db, "b".repeat(64), "t-a", "h-a"); // a row as the migration leaves it: no size
+    await insertTestSnapshot(db, "c".repeat(64), "t-a", "h-a");
+    await db.updateTable("snapshots").set({ bytes_total: 3_040_870 }).where("id", "=", "c".repeat(64)).execute();
+    const service = snapshotService({ db, sessions: new SessionRegistry(), snapshots: {} as SnapshotCoordinator });
+    const { snapshots } = (await service.listSnapshots(
+      create(api.ListSnapshotsRequestSchema, {}),
+      ctx,
+    )) as api.ListSnapshotsResponse;
+    expect(snapshots.map((s) => [s.id[0], s.bytesTotal, s.bytesStored])).toEqual([
+      ["b", undefined, 1n],
+      ["c", 3_040_870n, 1n],
+    ]);
+  });
+});
+
 describe("SnapshotService: admin keys only", () => {
   let db: Db;
   let close: () => Promise<void>;

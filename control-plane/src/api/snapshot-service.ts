@@ -5,7 +5,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { AGENT_CAPABILITIES, api } from "@dumont/proto";
 import { diffManifests, hasRetentionRule, type ManifestEntry, selectIncluded } from "@dumont/repository";
-import { checkExcludePatterns, checkPathPatterns } from "@dumont/repository/path-patterns";
+import { checkExcludePatterns, checkPathPatterns, nothingIncluded } from "@dumont/repository/path-patterns";
 import type { SessionRegistry } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
 import { getHost } from "../db/host-repository.js";
@@ -244,6 +244,10 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       const [snapshot] = await resolveSnapshotIds(deps.db, [req.snapshotId], tenantScope(who), "snapshot_id");
       const { entries } = await deps.snapshots.readManifest(snapshot);
       const listed = selectIncluded(entries, include);
+      // What a restore with these patterns would write: nothing is that restore's error (the agent's), so it is
+      // this listing's too, in the same words.
+      if (include.length > 0 && listed.length === 0)
+        throw new NotFoundError(nothingIncluded(snapshot.id, include).message);
       for (let i = 0; i < listed.length; i += FILES_PER_MESSAGE) {
         yield create(api.ListSnapshotFilesResponseSchema, {
           files: listed.slice(i, i + FILES_PER_MESSAGE).map(toApiFile),
@@ -404,6 +408,7 @@ function toApi(r: SnapshotRow): api.Snapshot {
     bytesRead: BigInt(r.bytes_read),
     bytesNew: BigInt(r.bytes_new),
     bytesStored: BigInt(r.bytes_stored),
+    bytesTotal: r.bytes_total === null ? undefined : BigInt(r.bytes_total),
     chunksNew: BigInt(r.chunks_new),
     seconds: r.seconds,
     filesSkipped: BigInt(r.files_skipped),

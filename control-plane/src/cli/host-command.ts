@@ -90,7 +90,7 @@ export function registerHostCommands(program: Command): void {
       const res = await apiClients(apiOpts(cmd)).hosts.listHostEvents({ hostId });
       const events = res.events.map((e) => ({ at: iso(e.at), kind: e.kind, message: e.message }));
       if (opts.json) return print(events);
-      for (const e of events) process.stdout.write(`${e.at} ${e.kind.padEnd(8)} ${e.message}\n`);
+      for (const e of events) process.stdout.write(`${e.at}  ${e.kind.padEnd(11)}  ${e.message}\n`);
     });
 }
 

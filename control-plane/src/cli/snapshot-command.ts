@@ -79,10 +79,13 @@ export function registerSnapshotCommands(program: Command): void {
       });
       const list = res.snapshots.map(snapshotJson);
       if (opts.json) return print(list);
+      // The size is the snapshot's own, as `dumont-agent snapshot list` shows it; what it added to the blob store
+      // (bytesStored, often a few bytes for an unchanged workspace) is labelled as such beside it.
       for (const s of list)
         process.stdout.write(
-          `${s.id}  ${s.createdAt}  ${s.hostId}  ${s.path}  ${s.files} files  ${formatBytes(s.bytesStored)}` +
-            `${s.filesSkipped ? `  ${s.filesSkipped} left out` : ""}\n`,
+          `${s.id}  ${s.createdAt}  ${s.hostId}  ${s.path}  ${s.files} files  ` +
+            `${s.bytesTotal === null ? "size unknown" : formatBytes(s.bytesTotal)} ` +
+            `(${formatBytes(s.bytesStored)} newly stored)${s.filesSkipped ? `  ${s.filesSkipped} left out` : ""}\n`,
         );
     });
 
@@ -322,6 +325,8 @@ function snapshotJson(s: api.Snapshot) {
     bytesStored: Number(s.bytesStored),
     chunksNew: Number(s.chunksNew),
     seconds: roundSeconds(s.seconds),
+    // The bytes of its files; null for a snapshot catalogued before the control plane kept it.
+    bytesTotal: s.bytesTotal === undefined ? null : Number(s.bytesTotal),
     // Only when the agent left something out, as `dumont-agent snapshot create --json` does.
     ...(s.filesSkipped > 0n
       ? { filesSkipped: Number(s.filesSkipped), skipped: s.skipped.map(({ path, reason }) => ({ path, reason })) }

@@ -132,6 +132,8 @@ export interface SnapshotsTable {
   bytes_read: BigIntColumn;
   bytes_new: BigIntColumn;
   bytes_stored: BigIntColumn;
+  /** The bytes of its files (its record's totals); null for rows from before this column, shown as unknown. */
+  bytes_total: ColumnType<number | null, number | bigint | string | null | undefined, number | bigint | string | null>;
   chunks_new: BigIntColumn;
   seconds: number;
   /** Entries of the directory the snapshot left out (see api.Snapshot.files_skipped). */

@@ -154,6 +154,14 @@ describe("SnapshotCoordinator: the arrival check", () => {
     expect((await db.selectFrom("snapshots").select("id").execute()).map((r) => r.id)).toEqual([row.id]);
   });
 
+  it("files the snapshot's size as its manifest counts it, whatever the agent's stats say", async () => {
+    // Stats that read nothing (an unchanged workspace's): the size is still its file's 10,000 bytes.
+    const row = await commitWith({ files: 1n, bytesRead: 0n, bytesStored: 592n });
+    expect(row).toMatchObject({ bytes_total: 10_000, bytes_stored: 592 });
+    const stored = await db.selectFrom("snapshots").selectAll().where("id", "=", row.id).executeTakeFirstOrThrow();
+    expect(stored).toMatchObject({ bytes_total: 10_000, bytes_stored: 592 });
+  });
+
   it("keeps what the agent left out: the count and the entries, in the row and the repository's record", async () => {
     const skipped = [
       { path: "run/agent.sock", reason: "a socket: only regular files, directories and symlinks are kept" },
@@ -407,7 +415,7 @@ describe("SnapshotCoordinator: forget and prune", () => {
     expect(rows.map((r) => r.id)).toEqual([newest.id]);
     // The row it had, from the snapshot's record (its time is the snapshot's start, not the insert's).
     const { created_at, ...asCommitted } = newest;
-    expect(rows[0]).toMatchObject({ ...asCommitted, files: 1, bytes_new: 5_000 });
+    expect(rows[0]).toMatchObject({ ...asCommitted, files: 1, bytes_new: 5_000, bytes_total: 5_000 });
     expect(Math.abs(rows[0].created_at.getTime() - created_at.getTime())).toBeLessThan(5_000);
   });
 

@@ -396,6 +396,7 @@ export class SnapshotCoordinator {
             path: record.source ?? "",
             epoch: record.epoch,
             files: record.stats?.files ?? record.totals.files,
+            bytesTotal: record.totals.bytes,
             stats: record.stats,
             createdAt: new Date(record.time),
           }),
@@ -884,6 +885,8 @@ export class SnapshotCoordinator {
       path: req.path,
       epoch: Number(req.epoch),
       files: counts.files,
+      // Counted by the writer from the manifest it just checked, as the record holds it.
+      bytesTotal: writer.committedTotals?.bytes ?? null,
       stats,
       // Set here, not by the column default, so the answer to this request and later listings agree.
       createdAt: new Date(),
@@ -949,6 +952,8 @@ function catalogueRow(s: {
   path: string;
   epoch: number;
   files: number;
+  /** The bytes of its files (the record's totals); null when not known. */
+  bytesTotal: number | null;
   stats: RecordStats | undefined;
   createdAt: Date;
 }) {
@@ -964,6 +969,7 @@ function catalogueRow(s: {
     bytes_read: st?.bytesRead ?? 0,
     bytes_new: st?.bytesNew ?? 0,
     bytes_stored: st?.bytesStored ?? 0,
+    bytes_total: s.bytesTotal,
     chunks_new: st?.chunksNew ?? 0,
     seconds: st?.seconds ?? 0,
     files_skipped: st?.filesSkipped ?? 0,

@@ -1,6 +1,6 @@
 // The snapshot commands as an operator types them: flags, JSON output, exit codes and error sentences.
 import { execFileSync, spawn } from "node:child_process";
-import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readdir, readlink, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -172,6 +172,45 @@ describe("dumont-agent snapshot", () => {
     const bad = await create("--exclude", "ok", "--exclude", "");
     expect(bad.code).toBe(1);
     expect(bad.err).toMatch(/^--exclude\[1\] is empty: give a pattern such as "\*\.tmp" or "cache\/"\n$/);
+  });
+
+  it("restores a part without the outward link it leaves out; ls and restore fail alike on patterns matching nothing", async () => {
+    const source = join(root, "with-extlink");
+    await mkdir(join(source, "data"), { recursive: true });
+    await writeFile(join(source, "data", "a.txt"), "a\n");
+    await symlink("/etc/hostname", join(source, "extlink"));
+    await writeFile(join(root, "key-extlink"), "66".repeat(32));
+    const common = ["--repo", pathToFileURL(join(root, "repo-extlink")).href, "--key-file", join(root, "key-extlink")];
+    const created = await run("snapshot", "create", "--source", source, ...common, "--json");
+    expect(created.code).toBe(0);
+    const { id } = JSON.parse(created.out);
+    const restore = (target: string, ...flags: string[]) =>
+      run("snapshot", "restore", ...common, "--id", id, "--target", join(root, target), ...flags);
+
+    const part = await restore("extlink-part", "--include", "data/");
+    expect(part.err).toBe("");
+    expect(part.code).toBe(0);
+    expect((await readdir(join(root, "extlink-part"), { recursive: true })).sort()).toEqual(["data", "data/a.txt"]);
+
+    // Nothing matching is said as such, by restore and by ls (which shows what that restore would write).
+    const nothing = new RegExp(`^nothing in snapshot ${id.slice(0, 12)} matches "nomatch", "\\*\\.ckpt": `);
+    const none = await restore("extlink-none", "--include", "nomatch", "--include", "*.ckpt");
+    expect(none.code).toBe(1);
+    expect(none.err).toMatch(nothing);
+    const ls = await run("snapshot", "ls", ...common, "--id", id, "--include", "nomatch", "--include", "*.ckpt");
+    expect({ code: ls.code, out: ls.out }).toEqual({ code: 1, out: "" });
+    expect(ls.err).toMatch(nothing);
+
+    // Writing the link is refused as a choice to make, not as a damaged manifest; the flag writes it.
+    const whole = await restore("extlink-whole");
+    expect(whole.code).toBe(1);
+    expect(whole.err).toBe(
+      'symlink "extlink" -> "/etc/hostname" points outside the restore target; restore with ' +
+        "--allow-external-symlinks to write it anyway (a restore creates links and never follows one), or leave " +
+        "it out with --include\n",
+    );
+    expect((await restore("extlink-allowed", "--allow-external-symlinks")).code).toBe(0);
+    expect(await readlink(join(root, "extlink-allowed", "extlink"))).toBe("/etc/hostname");
   });
 
   it("says what to do when the key or the flags are wrong", async () => {

@@ -14,6 +14,7 @@ import {
   isRepositoryError,
   listedEntry,
   listingLine,
+  nothingIncluded,
   ProgressMeter,
   parseRepositoryKey,
   pruneRepository,
@@ -215,8 +216,11 @@ export function registerSnapshotCommands(program: Command): void {
         const include = checkPathPatterns(opts.include, "--include");
         const key = await loadKey(opts);
         const entries = await withDirectRepository({ repo: opts.repo, key }, async (r) => {
-          const { entries } = await r.readManifest(await r.findSnapshot(opts.id));
-          return selectIncluded(entries, include);
+          const record = await r.findSnapshot(opts.id);
+          const listed = selectIncluded((await r.readManifest(record)).entries, include);
+          // What `restore --include` would write: nothing is that restore's error, so it is this listing's too.
+          if (include.length > 0 && listed.length === 0) throw nothingIncluded(record.id, include);
+          return listed;
         });
         if (opts.json) return print(entries.map(listedEntry));
         for (const e of entries) process.stdout.write(`${listingLine(listedEntry(e))}\n`);

@@ -1,9 +1,10 @@
 // Path patterns on the agent (their syntax and matching: @dumont/repository's path-patterns.ts):
 // - what a snapshot leaves out: the workspace's `.dumontignore` and the patterns given for this snapshot. A
 //   directory that matches is not listed at all: nothing under it is read, even if a later "!" pattern names
-//   it (gitignore's rule too);
-// - the error of a restore whose --include patterns match nothing (the selection itself is IncludedSelection's,
-//   applied by restore-snapshot.ts as it reads the manifest).
+//   it (gitignore's rule too).
+// (What --include selects is IncludedSelection's, applied by restore-snapshot.ts as it reads the manifest; the
+// error of patterns that select nothing, nothingIncluded, is @dumont/repository's, shared with ls and the
+// control plane.)
 import { constants } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
@@ -28,15 +29,6 @@ export async function loadExclusions(root: string, patterns: readonly string[] =
   const fromFile = await readIgnoreFile(join(root, IGNORE_FILE));
   if (fromFile === undefined && given.length === 0) return undefined;
   return { excludes: pathMatcher(fromFile, given) };
-}
-
-/** The error of a partial restore whose patterns match nothing in the snapshot. */
-export function nothingIncluded(snapshot: string, include: readonly string[]): Error {
-  return new Error(
-    `nothing in snapshot ${snapshot.slice(0, 12)} matches ${include.map((p) => JSON.stringify(p)).join(", ")}: ` +
-      `patterns are relative to the snapshot's directory, as in a .gitignore at its root ("models/", "*.pt", ` +
-      `"checkpoints/step-100.pt")`,
-  );
 }
 
 async function readIgnoreFile(file: string): Promise<string | undefined> {

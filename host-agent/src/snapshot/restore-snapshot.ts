@@ -26,9 +26,9 @@ import {
   IncludedSelection,
   type ManifestEntry,
   manifestPartEntries,
+  nothingIncluded,
   RestorableCheck,
 } from "@dumont/repository";
-import { nothingIncluded } from "./path-matcher.js";
 import { type Lease, RestoreDirectories } from "./restore-directories.js";
 import { type NewFiles, SnapshotWorkerPool } from "./worker-pool.js";
 
@@ -286,9 +286,10 @@ interface RestorePlan {
 }
 
 /**
- * Reads the manifest's parts once, one at a time: checks the whole is restorable (assertRestorable), applies
- * --include (IncludedSelection: nothing selected is an error), counts the files and bytes to restore, and keeps
- * the directories and links to make. Files are read again, part by part, as they are restored.
+ * Reads the manifest's parts once, one at a time: checks the whole one's structure (RestorableCheck), applies
+ * --include (IncludedSelection: nothing selected is an error), refuses an outward link among those selected
+ * unless allowed, counts the files and bytes to restore, and keeps the directories and links to make. Files are
+ * read again, part by part, as they are restored.
  */
 function planRestore(
   options: RestoreSnapshotOptions,
@@ -319,8 +320,11 @@ function planRestore(
     }
   }
   check.finish();
+  // Outward links are judged only among those this restore writes (`links`: the ones --include selects), and
+  // after "nothing matches": a link left out of a partial restore is no reason to refuse it.
+  if (include && matched === 0) throw nothingIncluded(snapshotId, options.include ?? []);
+  check.refuseOutwardLinks(links.map((l) => l.path));
   if (!include) return { selected: () => true, files, bytes, dirs, links };
-  if (matched === 0) throw nothingIncluded(snapshotId, options.include ?? []);
   // Directories are kept when matched or when they hold something that is (files and links only when matched).
   const kept = include.finish();
   return { selected: include.matches, files, bytes, dirs: dirs.filter((d) => kept.has(d.path)), links };

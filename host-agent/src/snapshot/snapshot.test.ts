@@ -1377,6 +1377,41 @@ describe("restore safety", () => {
     expect(await readdir(outside)).toEqual([]);
   });
 
+  it("judges outward symlinks only among those --include selects, after what the patterns match", async () => {
+    const manifest: Manifest = {
+      version: 1,
+      entries: [
+        entry("data"),
+        { ...entry("data/empty"), type: "file", size: 0, chunks: [], lengths: [] },
+        { type: "symlink", path: "data/inside", mode: 0o777, mtimeNs: "0", target: "empty" },
+        { type: "symlink", path: "extlink", mode: 0o777, mtimeNs: "0", target: "/etc/hostname" },
+      ],
+    };
+    const restore = (target: string, include?: string[]) =>
+      restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool, include });
+    // The link left out is no reason to refuse the part asked for (it was refused for it before).
+    const part = fresh("target");
+    await restore(part, ["data/"]);
+    expect((await readdir(part)).sort()).toEqual(["data"]);
+    expect((await readdir(join(part, "data"))).sort()).toEqual(["empty", "inside"]);
+    // Patterns that match nothing say so, not that some other link points out.
+    const none = fresh("target");
+    await expect(restore(none, ["nomatch"])).rejects.toThrow(/^nothing in snapshot x matches "nomatch"/);
+    expect(existsSync(none)).toBe(false);
+    // A restore that writes the link is refused, in words of a choice to make, not of a damaged manifest.
+    for (const include of [undefined, ["extlink"]]) {
+      const target = fresh("target");
+      const refused = await restore(target, include).catch((e: Error) => e);
+      expect(refused).toBeInstanceOf(Error);
+      expect((refused as Error).message).toBe(
+        'symlink "extlink" -> "/etc/hostname" points outside the restore target; restore with ' +
+          "--allow-external-symlinks to write it anyway (a restore creates links and never follows one), or " +
+          "leave it out with --include",
+      );
+      expect(existsSync(target)).toBe(false);
+    }
+  });
+
   it("refuses a chunk whose content does not match its id", async () => {
     const { chunkCodec } = await import("@dumont/repository");
     const real = chunkCodec.sealChunk(key, Buffer.from("real content"));

@@ -7,6 +7,7 @@ import * as hostCertRenewal from "./2026_12_04_00_00_00_host_cert_renewal.js";
 import * as hostCertExpiry from "./2026_12_04_01_00_00_host_cert_expiry.js";
 import * as apiKeyExpiry from "./2026_12_04_02_00_00_api_key_expiry.js";
 import * as apiKeyLastUsed from "./2026_12_04_03_00_00_api_key_last_used.js";
+import * as snapshotBytesTotal from "./2026_12_04_04_00_00_snapshot_bytes_total.js";
 
 export const migrations: Record<string, Migration> = {
   "2026_11_23_00_00_00_foundation": foundation,
@@ -16,4 +17,5 @@ export const migrations: Record<string, Migration> = {
   "2026_12_04_01_00_00_host_cert_expiry": hostCertExpiry,
   "2026_12_04_02_00_00_api_key_expiry": apiKeyExpiry,
   "2026_12_04_03_00_00_api_key_last_used": apiKeyLastUsed,
+  "2026_12_04_04_00_00_snapshot_bytes_total": snapshotBytesTotal,
 };
