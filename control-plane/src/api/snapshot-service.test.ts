@@ -62,6 +62,50 @@ describe("SnapshotService: restore", () => {
   });
 });
 
+describe("SnapshotService: forget", () => {
+  it("refuses a policy for a workspace no snapshot is of (a typo), and runs it for one that has them", async () => {
+    const { db, close } = await openTestDatabase();
+    try {
+      await ensureTenant(db, "admin", "admin");
+      await ensureTenant(db, "t-a", "t-a");
+      await insertHost(db, {
+        id: "h-a",
+        tenantId: "t-a",
+        name: "h-a",
+        hostname: "h-a",
+        agentVersion: "1",
+        certSerial: "1",
+      });
+      await insertTestSnapshot(db, "c".repeat(64), "t-a", "h-a"); // of workspace "w"
+      const { key } = await createApiKey(db, "admin", "admin", "operator");
+      const ctx = { requestHeader: new Headers({ authorization: `Bearer ${key}` }) } as HandlerContext;
+      const forgotten: string[] = [];
+      const service = snapshotService({
+        db,
+        sessions: new SessionRegistry(),
+        snapshots: {
+          forget: async (req: { tenantId: string; workspace?: string }) => {
+            forgotten.push(`${req.tenantId}/${req.workspace}`);
+            return { kept: [], forgotten: [] };
+          },
+        } as unknown as SnapshotCoordinator,
+      });
+      const forget = async (workspaceId: string) =>
+        service.forgetSnapshots(create(api.ForgetSnapshotsRequestSchema, { workspaceId, keepLast: 1 }), ctx);
+      const refused = await forget("nope").catch((err: unknown) => ConnectError.from(err));
+      expect(refused).toMatchObject({ code: Code.NotFound });
+      expect((refused as ConnectError).rawMessage).toBe(
+        'no snapshot is of workspace "nope"; `dumont snapshot list` shows each one\'s workspace',
+      );
+      expect(forgotten).toEqual([]);
+      await forget("w");
+      expect(forgotten).toEqual(["t-a/w"]);
+    } finally {
+      await close();
+    }
+  });
+});
+
 describe("SnapshotService: list", () => {
   let db: Db;
   let close: () => Promise<void>;

@@ -155,6 +155,12 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
         }
       } else {
         const tenants = await snapshotTenants(deps.db, { ...tenantScope(who), workspaceId: req.workspaceId });
+        // A workspace no snapshot is of is a typo far more often than a policy with nothing to do: say so.
+        if (req.workspaceId && tenants.length === 0) {
+          throw new NotFoundError(
+            `no snapshot is of workspace ${shown(req.workspaceId)}; \`dumont snapshot list\` shows each one's workspace`,
+          );
+        }
         for (const tenantId of tenants) work.set(tenantId, undefined);
       }
       const out = create(api.ForgetSnapshotsResponseSchema, {});
