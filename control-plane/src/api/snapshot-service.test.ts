@@ -62,23 +62,27 @@ describe("SnapshotService: restore", () => {
   });
 });
 
+/** A test database holding the operators' tenant, tenant t-a with its host h-a, and an admin caller's context. */
+async function adminOfTenantA(): Promise<{ db: Db; close: () => Promise<void>; ctx: HandlerContext }> {
+  const { db, close } = await openTestDatabase();
+  for (const t of ["admin", "t-a"]) await ensureTenant(db, t, t);
+  await insertHost(db, {
+    id: "h-a",
+    tenantId: "t-a",
+    name: "h-a",
+    hostname: "h-a",
+    agentVersion: "1",
+    certSerial: "h-a",
+  });
+  const { key } = await createApiKey(db, "admin", "admin", "operator");
+  return { db, close, ctx: { requestHeader: new Headers({ authorization: `Bearer ${key}` }) } as HandlerContext };
+}
+
 describe("SnapshotService: forget", () => {
   it("refuses a policy for a workspace no snapshot is of (a typo), and runs it for one that has them", async () => {
-    const { db, close } = await openTestDatabase();
+    const { db, close, ctx } = await adminOfTenantA();
     try {
-      await ensureTenant(db, "admin", "admin");
-      await ensureTenant(db, "t-a", "t-a");
-      await insertHost(db, {
-        id: "h-a",
-        tenantId: "t-a",
-        name: "h-a",
-        hostname: "h-a",
-        agentVersion: "1",
-        certSerial: "1",
-      });
       await insertTestSnapshot(db, "c".repeat(64), "t-a", "h-a"); // of workspace "w"
-      const { key } = await createApiKey(db, "admin", "admin", "operator");
-      const ctx = { requestHeader: new Headers({ authorization: `Bearer ${key}` }) } as HandlerContext;
       const forgotten: string[] = [];
       const service = snapshotService({
         db,
@@ -112,18 +116,7 @@ describe("SnapshotService: list", () => {
   let ctx: HandlerContext;
 
   beforeAll(async () => {
-    ({ db, close } = await openTestDatabase());
-    for (const t of ["admin", "t-a"]) await ensureTenant(db, t, t);
-    const { key } = await createApiKey(db, "admin", "admin", "operator");
-    ctx = { requestHeader: new Headers({ authorization: `Bearer ${key}` }) } as HandlerContext;
-    await insertHost(db, {
-      id: "h-a",
-      tenantId: "t-a",
-      name: "h-a",
-      hostname: "h-a",
-      agentVersion: "1",
-      certSerial: "h-a",
-    });
+    ({ db, close, ctx } = await adminOfTenantA());
   });
   afterAll(() => close());
 
