@@ -590,7 +590,6 @@ async function separateCoresRuns(work: string, corpus: Corpus, key: string, runs
   }
 }
 
-/** A direct run against the same operation through the stream, side by side. */
 /**
  * The snapshot issue's targets against this run's figures, each met or not (null: not measured in this run, e.g.
  * restic absent or the stream skipped). Peak memory is reported above rather than judged: "bounded" is shown by
@@ -642,6 +641,7 @@ function vsDirectOf(
   };
 }
 
+/** A direct run against the same operation through the stream, side by side. */
 function versusDirect(direct: EngineRun, stream: StreamRun) {
   return {
     directSeconds: round(direct.seconds),

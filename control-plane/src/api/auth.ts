@@ -146,11 +146,15 @@ export async function authenticate(
   return caller;
 }
 
+/** "an admin", "a provider", "a consumer": a role as messages name it. */
+export function aRole(role: Role): string {
+  return `${role === "admin" ? "an" : "a"} ${role}`;
+}
+
 export function requireRole(caller: Caller, ...roles: Role[]): void {
   if (caller.role === "admin" || roles.includes(caller.role)) return;
-  const named = (role: Role) => `${role === "admin" ? "an" : "a"} ${role}`;
   throw new PermissionDeniedError(
-    `this call needs ${roles.map(named).join(" or ")} API key; yours is ${named(caller.role)} key`,
+    `this call needs ${roles.map(aRole).join(" or ")} API key; yours is ${aRole(caller.role)} key`,
   );
 }
 

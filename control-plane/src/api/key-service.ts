@@ -13,7 +13,7 @@ import { api } from "@dumont/proto";
 import { ensureTenant, getApiKey, listApiKeys, type Role, revokeApiKey } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from "../errors.js";
-import { type ApiAuthOptions, authenticate, type Caller, createApiKey } from "./auth.js";
+import { type ApiAuthOptions, aRole, authenticate, type Caller, createApiKey } from "./auth.js";
 import { checkText, shown } from "./request-fields.js";
 
 export interface KeyServiceDeps {
@@ -55,7 +55,7 @@ export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyServ
         }
         if (role !== who.role) {
           throw new PermissionDeniedError(
-            `a ${who.role} key makes ${who.role} keys only; ask an admin for ${role === "admin" ? "an" : "a"} ${role} key`,
+            `a ${who.role} key makes ${who.role} keys only; ask an admin for ${aRole(role)} key`,
           );
         }
         if (who.expiresAt && (!expiresAt || expiresAt > who.expiresAt)) {

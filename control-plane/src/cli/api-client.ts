@@ -79,9 +79,18 @@ function readDefaultKey(): string | undefined {
 }
 
 /** "90s", "10m", "1h", "7d" or plain seconds → seconds. */
-export function parseDuration(flag: string, value: string): number {
+export function parseDuration(
+  flag: string,
+  value: string,
+  /** Seconds the flag takes, and how its refusal states them (e.g. "60s..7d"): checked here, as typed. */
+  range?: { min: number; max: number; shown: string },
+): number {
   const m = /^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$/.exec(value.trim());
   if (!m) throw new Error(`${flag} must be a duration like 90s, 10m, 1h or 7d, got ${JSON.stringify(value)}`);
   const unit = { s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? "s") as "s" | "m" | "h" | "d"];
-  return Math.round(Number(m[1]) * unit);
+  const seconds = Math.round(Number(m[1]) * unit);
+  if (range && (seconds < range.min || seconds > range.max)) {
+    throw new Error(`${flag} must be ${range.shown}, got ${JSON.stringify(value)}`);
+  }
+  return seconds;
 }

@@ -83,11 +83,11 @@ export function registerKeyCommands(program: Command): void {
 
 /** --expires as seconds, within what the API takes (60 s to 10 years). */
 function expiresSeconds(value: string): number {
-  const seconds = parseDuration("--expires", value);
-  if (seconds < 60 || seconds > 3650 * 86_400) {
-    throw new Error(`--expires must be 60s..3650d (or left out: the key never expires), got ${JSON.stringify(value)}`);
-  }
-  return seconds;
+  return parseDuration("--expires", value, {
+    min: 60,
+    max: 3650 * 86_400,
+    shown: "60s..3650d (or left out: the key never expires)",
+  });
 }
 
 export function keyJson(k: api.ApiKey | undefined) {

@@ -7,7 +7,7 @@ import { createHash, webcrypto } from "node:crypto";
 import tls from "node:tls";
 import { CONTROL_PLANE_TLS_NAME } from "@dumont/proto";
 import * as x509 from "@peculiar/x509";
-import { parseServer } from "./identity.js";
+import { parseServer, SERVER_HINT } from "./identity.js";
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
@@ -62,9 +62,8 @@ export async function discoverCa(server: string, expectedHash: string, timeoutMs
     socket.once("error", (err: NodeJS.ErrnoException) =>
       reject(
         new Error(
-          `cannot reach the control plane at ${host}:${port}: ${err.code ?? err.message}; check --server (the ` +
-            "agent gateway's URL that `dumont host join-token create` prints, port 8443 by default) and that this " +
-            "machine can reach that port",
+          `cannot reach the control plane at ${host}:${port}: ${err.code ?? err.message}; check --server, which must be ` +
+            `${SERVER_HINT}, and that this machine can reach that port`,
         ),
       ),
     );

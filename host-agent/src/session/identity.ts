@@ -12,6 +12,10 @@ export interface Identity {
   caPem: string;
 }
 
+/** Where `--server` points, for the messages that refuse it or cannot reach it. */
+export const SERVER_HINT =
+  "the control plane's agent gateway, https://HOST:PORT (port 8443 by default; `dumont host join-token create` prints it)";
+
 /** Parses `--server`: `https://host:port`, `grpcs://host:port` or `host:port`. */
 export function parseServer(server: string): { host: string; port: number; target: string } {
   const withScheme = /^[a-z]+:\/\//i.test(server) ? server : `https://${server}`;
@@ -24,10 +28,7 @@ export function parseServer(server: string): { host: string; port: number; targe
   // The agent gateway speaks TLS only: an http:// URL is most likely the API's (port 8000), which would fail later
   // with a TLS "wrong version number" that names neither.
   if (!/^(https|grpcs):$/i.test(url.protocol)) {
-    throw new Error(
-      `--server must be the control plane's agent gateway, https://HOST:PORT (port 8443 by default; ` +
-        `\`dumont host join-token create\` prints it), got ${JSON.stringify(server)}`,
-    );
+    throw new Error(`--server must be ${SERVER_HINT}, got ${JSON.stringify(server)}`);
   }
   const port = url.port ? Number(url.port) : 8443;
   const host = url.hostname.replace(/^\[|\]$/g, "");
