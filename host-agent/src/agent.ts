@@ -14,14 +14,17 @@ export interface RunningAgent {
 }
 
 export async function startAgent(config: AgentConfig, log: Logger): Promise<RunningAgent> {
-  const identity = await loadIdentity(config.dataDir);
+  const identity = await loadIdentity(config.dataDir, config.server);
   const telemetry = createTelemetryCollector({ simulated: config.simulated, diskPath: config.dataDir });
   const session = new ControlPlaneSession(
     identity,
     telemetry,
     log,
     Math.round(config.telemetryIntervalSeconds * 1000),
-    { load: () => loadIdentity(config.dataDir), renew: (current) => renewCertificate(config.dataDir, current) },
+    {
+      load: () => loadIdentity(config.dataDir, config.server),
+      renew: (current) => renewCertificate(config.dataDir, current),
+    },
   );
   const snapshots = new SnapshotCommands(session, agentPaths(config.dataDir).snapshotState, log);
   session.start();

@@ -47,13 +47,22 @@ export async function main(argv: string[]): Promise<void> {
         .env("DUMONT_AGENT_DATA_DIR")
         .default("/var/lib/dumont-agent"),
     )
+    .addOption(
+      new Option(
+        "--server <url>",
+        "dial this agent gateway (https://HOST:PORT) instead of the one enrolled with, e.g. after the control plane moved",
+      ).env("DUMONT_SERVER"),
+    )
     .option("--json", 'print {"hostId","expiresAt"} as JSON')
     .action(async (opts) => {
-      const [{ loadIdentity }, { certificateExpiry, renewCertificate }] = await Promise.all([
+      const [{ loadIdentity }, { certificateExpiry, renewCertificate }, { serverOptionProblem }] = await Promise.all([
         import("../session/identity.js"),
         import("../session/certificate-renewal.js"),
+        import("../config.js"),
       ]);
-      const renewed = await renewCertificate(opts.dataDir, await loadIdentity(opts.dataDir));
+      const problem = opts.server === undefined ? undefined : serverOptionProblem(opts.server);
+      if (problem) throw new Error(problem);
+      const renewed = await renewCertificate(opts.dataDir, await loadIdentity(opts.dataDir, opts.server));
       const result = { hostId: renewed.hostId, expiresAt: certificateExpiry(renewed.certPem).toISOString() };
       process.stdout.write(
         opts.json
@@ -76,6 +85,12 @@ export async function main(argv: string[]): Promise<void> {
       ),
     )
     .addOption(new Option("--log-level <level>", "fatal|error|warn|info|debug|trace|silent").env("DUMONT_LOG_LEVEL"))
+    .addOption(
+      new Option(
+        "--server <url>",
+        "dial this agent gateway (https://HOST:PORT) instead of the one enrolled with, e.g. after the control plane moved",
+      ).env("DUMONT_SERVER"),
+    )
     .option("--simulated", "label this host's GPUs as simulated (dev --demo)")
     .action(async (opts) => {
       // Let the heap grow to four times what survives a full collection before the next one. V8 counts the
@@ -95,6 +110,7 @@ export async function main(argv: string[]): Promise<void> {
         telemetryInterval: opts.telemetryInterval,
         logLevel: opts.logLevel,
         simulated: opts.simulated,
+        server: opts.server,
       });
       const log = createLogger(config.logLevel);
       const { startAgent } = await import("../agent.js");

@@ -297,7 +297,10 @@ export class ControlPlaneSession extends EventEmitter {
         clearTimeout(welcomeTimer);
         this.sessionId = message.msg.value.sessionId;
         this.backoff.reset();
-        this.log.info({ hostId: this.hostId, sessionId: this.sessionId }, "connected to the control plane");
+        this.log.info(
+          { hostId: this.hostId, sessionId: this.sessionId, server: this.identity.server },
+          "connected to the control plane",
+        );
         this.startTelemetry();
         this.emit("connected", this.sessionId);
         return;

@@ -36,7 +36,11 @@ export function parseServer(server: string): { host: string; port: number; targe
   return { host, port, target: `${host.includes(":") ? `[${host}]` : host}:${port}` };
 }
 
-export async function loadIdentity(dataDir: string): Promise<Identity> {
+/**
+ * The identity enrolled in `dataDir`. `server`, when given, is the gateway address to dial instead of the one
+ * enrolled with (`run --server`: the control plane moved); the enrollment file is left as it is.
+ */
+export async function loadIdentity(dataDir: string, server?: string): Promise<Identity> {
   const paths = agentPaths(dataDir);
   let enrollment: { hostId?: unknown; server?: unknown };
   try {
@@ -69,7 +73,7 @@ export async function loadIdentity(dataDir: string): Promise<Identity> {
         "or read while another agent process installed a renewal); start again, or enroll again with --force",
     );
   }
-  return { hostId: enrollment.hostId, server: enrollment.server, keyPem, certPem, caPem };
+  return { hostId: enrollment.hostId, server: server ?? enrollment.server, keyPem, certPem, caPem };
 }
 
 /**
