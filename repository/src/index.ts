@@ -25,6 +25,7 @@ export {
 } from "./chunk-codec.js";
 export { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
 export { copyBytes } from "./copy-bytes.js";
+export { counted } from "./counted.js";
 export { chunkArrivedDamaged, isRepositoryError, RepositoryError, type RepositoryErrorCode } from "./errors.js";
 export { FileBlobStore } from "./file-blob-store.js";
 export { IdTable } from "./id-table.js";

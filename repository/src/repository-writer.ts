@@ -5,6 +5,7 @@
 import { hostname } from "node:os";
 import type { BlobWriter } from "./blob-store.js";
 import { copyBytes } from "./copy-bytes.js";
+import { counted } from "./counted.js";
 import { chunkArrivedDamaged, isRepositoryError, RepositoryError } from "./errors.js";
 import { acquireLock, type HeldLock } from "./lock.js";
 import {
@@ -222,7 +223,7 @@ export class RepositoryWriter implements ChunkSink {
     if (absent.length > 0) {
       throw new RepositoryError(
         "incomplete",
-        `the manifest references ${absent.length} chunk(s) the repository does not hold, e.g. ${absent[0]}`,
+        `the manifest references ${counted(absent.length, "chunk")} the repository does not hold, e.g. ${absent[0]}`,
       );
     }
     const store = this.repository.store;

@@ -18,6 +18,16 @@ import {
 describe("API keys", () => {
   let root: string;
   let cp: ControlPlaneProcess;
+  /** `dumont key list` as the admin sees it: one record a row, each cell cut at its header's column. */
+  const keyList = async (): Promise<Record<string, string>[]> => {
+    const [header = "", ...rows] = (await cp.cli(["key", "list"])).stdout.trimEnd().split("\n");
+    expect(header).toMatch(/^ID +ROLE +TENANT +CREATED +LAST USED +STATUS +LABEL$/);
+    const names = header.split(/ {2,}/);
+    const starts = names.map((name) => header.indexOf(name));
+    return rows.map((row) =>
+      Object.fromEntries(names.map((name, i) => [name, row.slice(starts[i], starts[i + 1]).trim()])),
+    );
+  };
   /** `dumont …` with `key` instead of the admin key. */
   const cliAs = (key: string, args: string[]) =>
     runNode(dumontBin, ["--api-url", cp.httpUrl, "--api-key", key, ...args], { DUMONT_API_KEY: "" });
@@ -38,9 +48,17 @@ describe("API keys", () => {
       made.stdout,
     ) ?? [undefined, "", ""];
     expect(key).toContain(id);
-    // Not used yet: the admin's listing says so.
-    const line = async () => (await cp.cli(["key", "list"])).stdout.split("\n").find((l) => l.startsWith(id!)) ?? "";
-    expect(await line()).toMatch(/ never used {2}"acme rack"$/);
+    // Not used yet: the admin's listing, a table under a header, says so.
+    const row = async () => (await keyList()).find((r) => r.ID === id) ?? {};
+    expect(await row()).toEqual({
+      ID: id,
+      ROLE: "provider",
+      TENANT: "acme",
+      CREATED: expect.stringMatching(/^\d{4}-\d\d-\d\dT[\d:.]+Z$/),
+      "LAST USED": "never",
+      STATUS: "active",
+      LABEL: '"acme rack"',
+    });
 
     // The provider key makes join tokens for its tenant, sees its tenant's hosts (none yet) and keys.
     const token = await cliAs(key!, ["host", "join-token", "create", "--json"]);
@@ -61,8 +79,8 @@ describe("API keys", () => {
       },
     ]);
     // Now its use shows, to the minute, with the time of its first call (written beside the calls, not before).
-    await waitFor(async () => (await line()).includes("last used"), 10_000);
-    const usedAt = Date.parse(/ last used (\S+) /.exec(await line())?.[1] ?? "");
+    await waitFor(async () => (await row())["LAST USED"] !== "never", 10_000);
+    const usedAt = Date.parse((await row())["LAST USED"] ?? "");
     expect(Math.abs(usedAt - Date.now())).toBeLessThan(60_000);
     // It may not make a key of another role, nor see the snapshots (admin only).
     const admin = await cliAs(key!, ["key", "create", "--role", "admin"]);

@@ -216,8 +216,9 @@ describe("snapshots over the agent stream", () => {
     expect(second.bytesTotal).toBe(size);
     expect(second.bytesStored).toBeLessThan(1024 * 1024);
     const lines = (await cp.cli(["snapshot", "list"])).stdout.trim().split("\n");
-    expect(lines[1]).toMatch(
-      new RegExp(`^${second.id} .* 5 files  6\\.\\d MiB \\(\\d+(\\.\\d)? (B|KiB) newly stored\\)$`),
+    expect(lines[0]).toMatch(/^ID +CREATED +HOST +FILES +SIZE +NEW +PATH$/);
+    expect(lines[2]).toMatch(
+      new RegExp(`^${second.id} +\\S+ +${agent.hostId} +5 +6\\.\\d MiB +\\d+(\\.\\d)? (B|KiB) +${workspace}$`),
     );
   });
 
@@ -602,6 +603,8 @@ describe("snapshots over the agent stream", () => {
     const dry = await cli(["snapshot", "forget", ...ws, "--keep-last", "1", "--dry-run", "--json"]);
     expect(dry).toMatchObject({ dryRun: true, kept: [b.id], forgotten: [a.id] });
     expect((await snapshots()).map((s) => s.id)).toContain(a.id);
+    const dryText = await cp.cli(["snapshot", "forget", ...ws, "--keep-last", "1", "--dry-run"]);
+    expect(dryText.stdout).toBe(`would forget 1 snapshot, keeping 1\n  ${a.id}\n`);
 
     const metricsBefore = await scrapeMetrics(cp.httpUrl);
     const res = await cli(["snapshot", "forget", ...ws, "--keep-last", "1", "--prune", "--json"]);
@@ -662,6 +665,7 @@ describe("snapshots over the agent stream", () => {
       const damaged = await cp.cli(["snapshot", "check"]);
       expect(damaged.code).toBe(1);
       expect(damaged.stderr).toMatch(/only file\.bin/);
+      expect(damaged.stderr).toMatch(/\ncheck found 1 problem\n$/);
       const json = JSON.parse((await cp.cli(["snapshot", "check", "--json"])).stdout);
       expect(json.ok).toBe(false);
       expect(json.problems).toEqual([
@@ -684,6 +688,9 @@ describe("snapshots over the agent stream", () => {
     }
     expect(await cli(["snapshot", "check", "--json"])).toMatchObject({ ok: true });
     expect((await scrapeMetrics(cp.httpUrl)).value("dumont_check_problems")).toBe(0);
+    expect((await cp.cli(["snapshot", "check", "--structure-only"])).stdout).toMatch(
+      /^no problems: \d+ snapshots?, \d+ packs?, \d+ chunks?\n$/,
+    );
   });
 
   it("a kill -9 of the agent mid-snapshot leaves no snapshot visible; the next one succeeds", async () => {

@@ -203,6 +203,13 @@ describe("KeyService", () => {
     await expect(make("admin", { role: "consumer", tenantId: "Acme Corp" })).rejects.toThrow(
       /tenant_id must be 2..63 lowercase letters, digits and dashes/,
     );
+    // DNS-label style: a dash neither first nor last.
+    for (const tenantId of ["team-", "-team"]) {
+      await expect(make("admin", { role: "consumer", tenantId })).rejects.toThrow(
+        `tenant_id must be 2..63 lowercase letters, digits and dashes, starting and ending with a letter or digit, got "${tenantId}"`,
+      );
+    }
+    expect(await code(make("admin", { role: "consumer", tenantId: "team-a" }))).toBe("ok");
     await expect(make("admin", { role: "consumer", label: "x".repeat(201) })).rejects.toThrow(
       /label must be at most 200 characters/,
     );

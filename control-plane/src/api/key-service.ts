@@ -25,7 +25,8 @@ export interface KeyServiceDeps {
 }
 
 const ROLES: readonly Role[] = ["consumer", "provider", "admin"];
-const TENANT_ID = /^[a-z0-9][a-z0-9-]{1,62}$/;
+// A DNS label (RFC 1123) of 2..63 characters: no dash first or last.
+const TENANT_ID = /^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$/;
 const KEY_ID = /^[a-f0-9]{16}$/;
 const MAX_LABEL = 200;
 const MIN_TTL_S = 60;
@@ -141,7 +142,8 @@ function checkRole(role: string): Role {
 function checkTenantId(id: string): string {
   if (!TENANT_ID.test(id)) {
     throw new InvalidArgumentError(
-      `tenant_id must be 2..63 lowercase letters, digits and dashes, starting with a letter or digit, got ${shown(id)}`,
+      `tenant_id must be 2..63 lowercase letters, digits and dashes, starting and ending with a letter or digit, ` +
+        `got ${shown(id)}`,
     );
   }
   return id;

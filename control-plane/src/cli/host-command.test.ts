@@ -1,6 +1,6 @@
-// `dumont host list`'s lines: a host whose certificate is close to expiry is flagged.
+// `dumont host list`'s table: a host whose certificate is close to expiry is flagged.
 import { describe, expect, it } from "vitest";
-import { type hostJson, hostLine } from "./host-command.js";
+import { type hostJson, hostTable } from "./host-command.js";
 
 const DAY = 86_400_000;
 const now = new Date("2026-12-04T00:00:00Z");
@@ -20,9 +20,23 @@ const host = (certificateExpiresAt: string | null): ReturnType<typeof hostJson> 
     disk: null,
   }) as unknown as ReturnType<typeof hostJson>;
 
-describe("hostLine", () => {
-  it("names the host's tenant after its name", () => {
-    expect(hostLine(host(null), now)).toMatch(/^h-1 {2}box {18}acme {9}online /);
+/** The row of the one host, under the table's header. */
+const hostLine = (h: ReturnType<typeof hostJson>, at: Date): string => hostTable([h], at).split("\n")[1];
+
+describe("hostTable", () => {
+  it("puts a header over aligned columns, the GPUs last", () => {
+    const other = {
+      ...host(null),
+      id: "h-22",
+      name: "bigger-box",
+      gpus: [{ model: "RTX 4090", utilizationPercent: 7 }],
+    };
+    expect(hostTable([host(null), other as ReturnType<typeof hostJson>], now).split("\n")).toEqual([
+      "ID    NAME        TENANT  STATUS  LAST SEEN                 GPUS",
+      "h-1   box         acme    online  2026-12-04T00:00:00.000Z  CPU only",
+      "h-22  bigger-box  acme    online  2026-12-04T00:00:00.000Z  RTX 4090 7%",
+      "",
+    ]);
   });
 
   it("says nothing of a certificate the agent will renew, or of one not recorded", () => {

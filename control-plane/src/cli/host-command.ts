@@ -2,7 +2,7 @@
 import type { api } from "@dumont/proto";
 import type { Command } from "commander";
 import { type ApiOptions, apiClients, parseDuration } from "./api-client.js";
-import { iso, print } from "./output.js";
+import { iso, print, table } from "./output.js";
 
 export function registerHostCommands(program: Command): void {
   const host = program.command("host").description("provider machines: join tokens, list, metrics, events");
@@ -44,7 +44,7 @@ export function registerHostCommands(program: Command): void {
         process.stdout.write("No hosts yet. Create a join token with `dumont host join-token create`.\n");
         return;
       }
-      for (const h of hosts) process.stdout.write(`${hostLine(h, new Date())}\n`);
+      process.stdout.write(hostTable(hosts, new Date()));
     });
 
   host
@@ -91,18 +91,26 @@ export function registerHostCommands(program: Command): void {
 /** Agents renew with ~122 days left; one this close to expiry is not renewing (an old agent, or a failing one). */
 const CERTIFICATE_WARNING_DAYS = 30;
 
-/** One host of `dumont host list`. */
-export function hostLine(h: ReturnType<typeof hostJson>, now: Date): string {
-  const gpus = h.gpus.map((g) => `${g.model}${g.utilizationPercent === null ? "" : ` ${g.utilizationPercent}%`}`);
-  let line = `${h.id}  ${h.name.padEnd(20)} ${h.tenantId.padEnd(12)} ${h.status.padEnd(7)} ${h.simulated ? "[simulated] " : ""}${gpus.length ? gpus.join(", ") : "CPU only"}  last seen ${h.lastSeenAt ?? "never"}`;
-  const expires = h.certificateExpiresAt ? Date.parse(h.certificateExpiresAt) : undefined;
-  if (expires !== undefined && expires - now.getTime() < CERTIFICATE_WARNING_DAYS * 86_400_000) {
-    line +=
-      expires <= now.getTime()
-        ? `  CERTIFICATE EXPIRED ${h.certificateExpiresAt}: enroll the machine again`
-        : `  CERTIFICATE EXPIRES ${h.certificateExpiresAt}: its agent is not renewing it (update the agent, or see its log)`;
-  }
-  return line;
+/**
+ * `dumont host list`: a row per host under a header. GPUS (each model with its utilisation, or "CPU only") is
+ * last, and a certificate close to expiry is flagged after it with what to do.
+ */
+export function hostTable(hosts: ReturnType<typeof hostJson>[], now: Date): string {
+  return table(
+    ["ID", "NAME", "TENANT", "STATUS", "LAST SEEN", "GPUS"],
+    hosts.map((h) => {
+      const gpus = h.gpus.map((g) => `${g.model}${g.utilizationPercent === null ? "" : ` ${g.utilizationPercent}%`}`);
+      let last = `${h.simulated ? "[simulated] " : ""}${gpus.length ? gpus.join(", ") : "CPU only"}`;
+      const expires = h.certificateExpiresAt ? Date.parse(h.certificateExpiresAt) : undefined;
+      if (expires !== undefined && expires - now.getTime() < CERTIFICATE_WARNING_DAYS * 86_400_000) {
+        last +=
+          expires <= now.getTime()
+            ? `  CERTIFICATE EXPIRED ${h.certificateExpiresAt}: enroll the machine again`
+            : `  CERTIFICATE EXPIRES ${h.certificateExpiresAt}: its agent is not renewing it (update the agent, or see its log)`;
+      }
+      return [h.id, h.name, h.tenantId, h.status, h.lastSeenAt ?? "never", last];
+    }),
+  );
 }
 
 export function hostJson(h: api.Host) {

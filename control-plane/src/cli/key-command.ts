@@ -2,7 +2,7 @@
 import type { api } from "@dumont/proto";
 import { type Command, Option } from "commander";
 import { type ApiOptions, apiClients, parseDuration } from "./api-client.js";
-import { iso, print } from "./output.js";
+import { iso, print, table } from "./output.js";
 
 export function registerKeyCommands(program: Command): void {
   const key = program.command("key").description("API keys: make one for a tenant (shown once), list them, revoke one");
@@ -53,18 +53,7 @@ export function registerKeyCommands(program: Command): void {
         process.stdout.write("No keys. Make one with `dumont key create --role provider`.\n");
         return;
       }
-      for (const k of keys) {
-        const expired = k.expiresAt !== null && Date.parse(k.expiresAt) <= Date.now();
-        const revoked = k.revokedAt
-          ? `  revoked ${k.revokedAt}`
-          : k.expiresAt
-            ? `  ${expired ? "expired" : "expires"} ${k.expiresAt}`
-            : "";
-        const used = k.lastUsedAt ? `last used ${k.lastUsedAt}` : "never used";
-        process.stdout.write(
-          `${k.id}  ${k.role.padEnd(8)} ${k.tenantId.padEnd(16)} ${k.createdAt}  ${used}  ${JSON.stringify(k.label)}${revoked}\n`,
-        );
-      }
+      process.stdout.write(keyTable(keys, new Date()));
     });
 
   key
@@ -79,6 +68,29 @@ export function registerKeyCommands(program: Command): void {
       if (opts.json) return print(k);
       process.stdout.write(`API key ${k.id} (${k.role}, tenant ${k.tenantId}) revoked ${k.revokedAt}\n`);
     });
+}
+
+/**
+ * `dumont key list`: a row per key under a header. STATUS is "active", "expires/expired <time>" or "revoked
+ * <time>"; the label, free text, is quoted and last.
+ */
+export function keyTable(keys: ReturnType<typeof keyJson>[], now: Date): string {
+  return table(
+    ["ID", "ROLE", "TENANT", "CREATED", "LAST USED", "STATUS", "LABEL"],
+    keys.map((k) => [
+      k.id,
+      k.role,
+      k.tenantId,
+      k.createdAt ?? "",
+      k.lastUsedAt ?? "never",
+      k.revokedAt
+        ? `revoked ${k.revokedAt}`
+        : k.expiresAt
+          ? `${Date.parse(k.expiresAt) <= now.getTime() ? "expired" : "expires"} ${k.expiresAt}`
+          : "active",
+      JSON.stringify(k.label),
+    ]),
+  );
 }
 
 /** --expires as seconds, within what the API takes (60 s to 10 years). */

@@ -3,6 +3,7 @@
 // works.
 import { api } from "@dumont/proto";
 import { collect, flagParsers } from "@dumont/repository/cli-flags";
+import { counted } from "@dumont/repository/counted";
 import { type ListedEntry, listingLine } from "@dumont/repository/listing";
 import {
   type DiffChange,
@@ -16,7 +17,7 @@ import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/re
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
 import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients } from "./api-client.js";
-import { iso, print } from "./output.js";
+import { iso, print, table } from "./output.js";
 
 const INCLUDE_HELP =
   `restore only what matches this pattern (gitignore syntax, relative to the snapshot's directory: "models/", ` +
@@ -79,14 +80,11 @@ export function registerSnapshotCommands(program: Command): void {
       });
       const list = res.snapshots.map(snapshotJson);
       if (opts.json) return print(list);
-      // The size is the snapshot's own, as `dumont-agent snapshot list` shows it; what it added to the blob store
-      // (bytesStored, often a few bytes for an unchanged workspace) is labelled as such beside it.
-      for (const s of list)
-        process.stdout.write(
-          `${s.id}  ${s.createdAt}  ${s.hostId}  ${s.path}  ${s.files} files  ` +
-            `${s.bytesTotal === null ? "size unknown" : formatBytes(s.bytesTotal)} ` +
-            `(${formatBytes(s.bytesStored)} newly stored)${s.filesSkipped ? `  ${s.filesSkipped} left out` : ""}\n`,
-        );
+      if (list.length === 0) {
+        process.stdout.write("No snapshots. Take one with `dumont snapshot create --host HOST_ID --path DIR`.\n");
+        return;
+      }
+      process.stdout.write(snapshotTable(list));
     });
 
   snapshot
@@ -216,12 +214,12 @@ export function registerSnapshotCommands(program: Command): void {
       if (opts.json) print(out);
       else if (out.ok) {
         process.stdout.write(
-          `no problems: ${out.snapshots} snapshot(s), ${out.packs} pack(s), ${out.chunks} chunk(s)` +
+          `no problems: ${counted(out.snapshots, "snapshot")}, ${counted(out.packs, "pack")}, ${counted(out.chunks, "chunk")}` +
             `${opts.structureOnly ? "" : `, ${formatBytes(out.bytesChecked)} verified`}\n`,
         );
       } else for (const p of out.problems) process.stderr.write(`${p.message}\n`);
       if (!out.ok) {
-        process.stderr.write(`check found ${out.problems.length} problem(s)\n`);
+        process.stderr.write(`check found ${counted(out.problems.length, "problem")}\n`);
         process.exitCode = 1;
       }
     });
@@ -273,12 +271,12 @@ function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions
       };
       if (opts.json) return print({ dryRun: opts.dryRun === true, kept: res.kept, forgotten: res.forgotten, prune });
       const verb = opts.dryRun ? "would forget" : "forgot";
-      process.stdout.write(`${verb} ${res.forgotten.length} snapshot(s), keeping ${res.kept.length}\n`);
+      process.stdout.write(`${verb} ${counted(res.forgotten.length, "snapshot")}, keeping ${res.kept.length}\n`);
       for (const id of res.forgotten) process.stdout.write(`  ${id}\n`);
       if (prune) {
         process.stdout.write(
           `${opts.dryRun ? "a prune now would free" : "freed"} ${formatBytes(Math.max(0, prune.bytesFreed))}: ` +
-            `${prune.packsDeleted} unused pack(s), ${prune.orphanPacksDeleted} left by interrupted snapshots, ` +
+            `${counted(prune.packsDeleted, "unused pack")}, ${prune.orphanPacksDeleted} left by interrupted snapshots, ` +
             `${prune.packsRepacked} repacked\n`,
         );
       }
@@ -311,7 +309,27 @@ function checkSnapshotIds(name: string, ids: string[]): void {
   }
 }
 
-function snapshotJson(s: api.Snapshot) {
+/**
+ * `dumont snapshot list`: a row per snapshot under a header. SIZE is the snapshot's own, as `dumont-agent snapshot
+ * list` shows it; NEW is what it added to the blob store (a few bytes for an unchanged workspace). PATH, free
+ * text, is last.
+ */
+export function snapshotTable(list: ReturnType<typeof snapshotJson>[]): string {
+  return table(
+    ["ID", "CREATED", "HOST", "FILES", "SIZE", "NEW", "PATH"],
+    list.map((s) => [
+      s.id,
+      s.createdAt ?? "",
+      s.hostId,
+      `${s.files}${s.filesSkipped ? ` (${s.filesSkipped} left out)` : ""}`,
+      s.bytesTotal === null ? "unknown" : formatBytes(s.bytesTotal),
+      formatBytes(s.bytesStored),
+      s.path,
+    ]),
+  );
+}
+
+export function snapshotJson(s: api.Snapshot) {
   return {
     id: s.id,
     hostId: s.hostId,

@@ -395,7 +395,7 @@ describe("SnapshotCoordinator: forget and prune", () => {
   it("refuses to prune while a snapshot of the tenant runs, and prunes once it has ended", async () => {
     const running = await started();
     await expect(h.coordinator.forget(prune)).rejects.toThrow(
-      /1 snapshot\(s\) or restore\(s\) of tenant t1 are running/,
+      "1 snapshot or restore of tenant t1 is running; prune again when it has ended",
     );
     await finish(running);
     // Everything in the repository is in use: nothing to free.
@@ -483,7 +483,7 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
       h.coordinator.onSessionClosed(h.session);
       // The tenant still counts it: a prune is refused, not run under the commit.
       await expect(h.coordinator.forget({ tenantId: "t1", policy: {}, prune: true, dryRun: false })).rejects.toThrow(
-        /are running/,
+        /snapshot or restore of tenant t1 is running/,
       );
       open();
       const row = await snapshot;

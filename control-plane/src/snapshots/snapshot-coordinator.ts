@@ -24,6 +24,7 @@ import {
   type CheckReport,
   checkRepository,
   chunkArrivedDamaged,
+  counted,
   forgetSnapshots,
   hasRetentionRule,
   isRepositoryError,
@@ -301,9 +302,11 @@ export class SnapshotCoordinator {
     // Checked and claimed before the first await, so no snapshot starts between the check and the prune.
     const busy = this.running.get(tenantId) ?? 0;
     if (busy > 0 || this.pruning.has(tenantId)) {
+      const one = busy === 1;
       throw new FailedPreconditionError(
         busy > 0
-          ? `${busy} snapshot(s) or restore(s) of tenant ${tenantId} are running; prune again when they have ended`
+          ? `${counted(busy, "snapshot or restore", "snapshots or restores")} of tenant ${tenantId} ` +
+              `${one ? "is" : "are"} running; prune again when ${one ? "it has" : "they have"} ended`
           : `a prune of tenant ${tenantId} is already running`,
       );
     }

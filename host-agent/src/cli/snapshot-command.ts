@@ -5,6 +5,7 @@ import {
   checkExcludePatterns,
   checkPathPatterns,
   checkRepository,
+  counted,
   diffLine,
   diffManifests,
   diffSummaryLine,
@@ -292,15 +293,15 @@ export function registerSnapshotCommands(program: Command): void {
         if (opts.json) print(report);
         else if (report.ok) {
           process.stdout.write(
-            `no problems: ${count(report.snapshots, "snapshot")}, ${count(report.packs, "pack")}, ` +
-              `${count(report.chunks, "chunk")}` +
+            `no problems: ${counted(report.snapshots, "snapshot")}, ${counted(report.packs, "pack")}, ` +
+              `${counted(report.chunks, "chunk")}` +
               `${opts.structureOnly ? "" : `, ${formatBytes(report.bytesChecked)} verified`}\n`,
           );
         } else {
           for (const p of report.problems) process.stderr.write(`${p.message}\n`);
         }
         if (!report.ok) {
-          process.stderr.write(`check found ${report.problems.length} problem(s) in ${opts.repo}\n`);
+          process.stderr.write(`check found ${counted(report.problems.length, "problem")} in ${opts.repo}\n`);
           process.exitCode = 1;
         }
       }),
@@ -357,24 +358,21 @@ export function registerSnapshotCommands(program: Command): void {
           if (opts.json) return print({ dryRun: opts.dryRun === true, ...result });
           const verb = opts.dryRun ? "would forget" : "forgot";
           if (forgetting) {
-            process.stdout.write(`${verb} ${result.forgotten.length} snapshot(s), keeping ${result.kept.length}\n`);
+            process.stdout.write(
+              `${verb} ${counted(result.forgotten.length, "snapshot")}, keeping ${result.kept.length}\n`,
+            );
             for (const id of result.forgotten) process.stdout.write(`  ${id.slice(0, 12)}\n`);
           }
           if (result.prune) {
             const p = result.prune;
             process.stdout.write(
               `${opts.dryRun ? "would free" : "freed"} ${formatBytes(Math.max(0, p.bytesFreed))}: ` +
-                `${p.packsDeleted} unused pack(s), ${p.orphanPacksDeleted} left by interrupted snapshots, ` +
-                `${p.packsRepacked} repacked, ${p.tempFilesDeleted} temp file(s) of cut-short writes\n`,
+                `${counted(p.packsDeleted, "unused pack")}, ${p.orphanPacksDeleted} left by interrupted snapshots, ` +
+                `${p.packsRepacked} repacked, ${counted(p.tempFilesDeleted, "temp file")} of cut-short writes\n`,
             );
           }
         }),
     );
-}
-
-/** "1 pack", "2 packs". */
-function count(n: number, noun: string): string {
-  return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 
 async function loadKey(opts: KeyOptions): Promise<Buffer> {

@@ -481,8 +481,8 @@ describe("StreamChunkSource against a control plane that misbehaves", () => {
     expect(state.paused).toBe(0);
     expect(await iterator.next()).toEqual({ done: true, value: undefined });
     expect(warnings).toEqual([
-      "restore r8: the control plane sent 71 chunk(s) in batch 1 that were not requested or came twice (dropped); " +
-        "1 requested chunk(s) never came",
+      "restore r8: the control plane sent 71 chunks in batch 1 that were not requested or came twice (dropped); " +
+        "1 requested chunk never came",
     ]);
   });
 

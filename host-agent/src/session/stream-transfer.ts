@@ -28,6 +28,7 @@ import type {
 // The subpath, not the package: the session runs from the agent's start, and the package's index loads all of it.
 import { BufferPool } from "@dumont/repository/buffer-pool";
 import { copyBytes } from "@dumont/repository/copy-bytes";
+import { counted } from "@dumont/repository/counted";
 import { SMALLER_SNAPSHOT_ADVICE } from "@dumont/repository/limits";
 import { installInPlaceFraming } from "./grpc-framing.js";
 
@@ -316,8 +317,8 @@ export class StreamChunkSource implements ChunkSource {
       const { dropped, missing } = q.end();
       if (dropped > 0) {
         this.warn?.(
-          `restore ${this.requestId}: the control plane sent ${dropped} chunk(s) in batch ${v.batch} that were ` +
-            `not requested or came twice (dropped); ${missing} requested chunk(s) never came`,
+          `restore ${this.requestId}: the control plane sent ${counted(dropped, "chunk")} in batch ${v.batch} that were ` +
+            `not requested or came twice (dropped); ${counted(missing, "requested chunk")} never came`,
         );
       }
     }

@@ -29,6 +29,7 @@ import {
   nothingIncluded,
   RestorableCheck,
 } from "@dumont/repository";
+import { counted } from "@dumont/repository/counted";
 import { type Lease, RestoreDirectories } from "./restore-directories.js";
 import { type NewFiles, SnapshotWorkerPool } from "./worker-pool.js";
 
@@ -89,7 +90,7 @@ export class RestoreDamagedError extends Error {
           `${d.pack ? ` in pack ${d.pack.slice(0, 12)}` : ""}: ${d.reason})`,
       );
     super(
-      `restore of snapshot ${result.snapshotId.slice(0, 12)} found damaged data; ${damaged.length} file(s) could not be ` +
+      `restore of snapshot ${result.snapshotId.slice(0, 12)} found damaged data; ${counted(damaged.length, "file")} could not be ` +
         `restored and were left out: ${shown.join("; ")}${damaged.length > 5 ? `; and ${damaged.length - 5} more` : ""}`,
     );
   }

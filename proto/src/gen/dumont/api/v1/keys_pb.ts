@@ -29,8 +29,8 @@ export type CreateApiKeyRequest = Message<"dumont.api.v1.CreateApiKeyRequest"> &
   role: string;
 
   /**
-   * The tenant the key acts for: lowercase letters, digits and dashes, 2..63 characters. Empty: the caller's
-   * own. Admins may name a new tenant, which is then created.
+   * The tenant the key acts for: 2..63 lowercase letters, digits and dashes, starting and ending with a letter
+   * or digit. Empty: the caller's own. Admins may name a new tenant, which is then created.
    *
    * @generated from field: string tenant_id = 2;
    */
