@@ -216,9 +216,9 @@ describe("snapshots over the agent stream", () => {
     expect(second.bytesTotal).toBe(size);
     expect(second.bytesStored).toBeLessThan(1024 * 1024);
     const lines = (await cp.cli(["snapshot", "list"])).stdout.trim().split("\n");
-    expect(lines[0]).toMatch(/^ID +CREATED +HOST +FILES +SIZE +NEW +PATH$/);
+    expect(lines[0]).toMatch(/^ID +CREATED +TENANT +HOST +FILES +SIZE +NEW +PATH$/);
     expect(lines[2]).toMatch(
-      new RegExp(`^${second.id} +\\S+ +${agent.hostId} +5 +6\\.\\d MiB +\\d+(\\.\\d)? (B|KiB) +${workspace}$`),
+      new RegExp(`^${second.id} +\\S+ +admin +${agent.hostId} +5 +6\\.\\d MiB +\\d+(\\.\\d)? (B|KiB) +${workspace}$`),
     );
   });
 

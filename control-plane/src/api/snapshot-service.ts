@@ -405,6 +405,7 @@ async function* withProgress<T>(
 function toApi(r: SnapshotRow): api.Snapshot {
   return create(api.SnapshotSchema, {
     id: r.id,
+    tenantId: r.tenant_id,
     hostId: r.host_id,
     workspaceId: r.workspace_id,
     path: r.path,

@@ -5,6 +5,7 @@ import { type snapshotJson, snapshotTable } from "./snapshot-command.js";
 type Listed = ReturnType<typeof snapshotJson>;
 const listed = (over: Partial<Listed>): Listed => ({
   id: "a1b2",
+  tenantId: "acme",
   hostId: "h-1",
   workspaceId: "h-1:/w",
   path: "/work/my model",
@@ -27,9 +28,9 @@ describe("snapshotTable", () => {
       listed({ id: "c3d4e5", files: 12, bytesTotal: null, filesSkipped: 2, skipped: [] } as Partial<Listed>),
     ]);
     expect(table.split("\n")).toEqual([
-      "ID      CREATED                   HOST  FILES            SIZE     NEW    PATH",
-      "a1b2    2026-12-04T00:00:00.000Z  h-1   5                2.9 MiB  592 B  /work/my model",
-      "c3d4e5  2026-12-04T00:00:00.000Z  h-1   12 (2 left out)  unknown  592 B  /work/my model",
+      "ID      CREATED                   TENANT  HOST  FILES            SIZE     NEW    PATH",
+      "a1b2    2026-12-04T00:00:00.000Z  acme    h-1   5                2.9 MiB  592 B  /work/my model",
+      "c3d4e5  2026-12-04T00:00:00.000Z  acme    h-1   12 (2 left out)  unknown  592 B  /work/my model",
       "",
     ]);
   });

@@ -316,10 +316,11 @@ function checkSnapshotIds(name: string, ids: string[]): void {
  */
 export function snapshotTable(list: ReturnType<typeof snapshotJson>[]): string {
   return table(
-    ["ID", "CREATED", "HOST", "FILES", "SIZE", "NEW", "PATH"],
+    ["ID", "CREATED", "TENANT", "HOST", "FILES", "SIZE", "NEW", "PATH"],
     list.map((s) => [
       s.id,
       s.createdAt ?? "",
+      s.tenantId,
       s.hostId,
       `${s.files}${s.filesSkipped ? ` (${s.filesSkipped} left out)` : ""}`,
       s.bytesTotal === null ? "unknown" : formatBytes(s.bytesTotal),
@@ -332,6 +333,7 @@ export function snapshotTable(list: ReturnType<typeof snapshotJson>[]): string {
 export function snapshotJson(s: api.Snapshot) {
   return {
     id: s.id,
+    tenantId: s.tenantId,
     hostId: s.hostId,
     workspaceId: s.workspaceId,
     path: s.path,
