@@ -48,7 +48,8 @@ describe("a control plane that moved after its hosts enrolled", () => {
   });
 
   it("renews and runs against --server / DUMONT_SERVER, leaving the enrolled address as it was", async () => {
-    const dead = await runNode(agentBin, ["renew", "--data-dir", dataDir]);
+    // An empty DUMONT_SERVER (a service file's `DUMONT_SERVER=`) means the enrolled address.
+    const dead = await runNode(agentBin, ["renew", "--data-dir", dataDir], { DUMONT_SERVER: "" });
     expect(dead.code).not.toBe(0);
     expect(dead.stderr).toContain(`cannot reach the control plane at ${enrolledWith}`);
 

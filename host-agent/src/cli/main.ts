@@ -60,9 +60,10 @@ export async function main(argv: string[]): Promise<void> {
         import("../session/certificate-renewal.js"),
         import("../config.js"),
       ]);
-      const problem = opts.server === undefined ? undefined : serverOptionProblem(opts.server);
+      const server: string | undefined = opts.server || undefined; // DUMONT_SERVER= (empty): the enrolled one
+      const problem = server === undefined ? undefined : serverOptionProblem(server);
       if (problem) throw new Error(problem);
-      const renewed = await renewCertificate(opts.dataDir, await loadIdentity(opts.dataDir, opts.server));
+      const renewed = await renewCertificate(opts.dataDir, await loadIdentity(opts.dataDir, server));
       const result = { hostId: renewed.hostId, expiresAt: certificateExpiry(renewed.certPem).toISOString() };
       process.stdout.write(
         opts.json
@@ -110,7 +111,7 @@ export async function main(argv: string[]): Promise<void> {
         telemetryInterval: opts.telemetryInterval,
         logLevel: opts.logLevel,
         simulated: opts.simulated,
-        server: opts.server,
+        server: opts.server || undefined, // DUMONT_SERVER= (empty): the enrolled one
       });
       const log = createLogger(config.logLevel);
       const { startAgent } = await import("../agent.js");
