@@ -65,6 +65,9 @@ describe("API keys", () => {
     expect(token.stderr).toBe("");
     expect(JSON.parse(token.stdout).token).toMatch(/^djt_/);
     expect(JSON.parse((await cliAs(key!, ["host", "list", "--json"])).stdout)).toEqual([]);
+    const others = await cliAs(key!, ["host", "list", "--tenant", "admin"]);
+    expect(others.code).not.toBe(0);
+    expect(others.stderr).toContain("a provider key lists its own tenant's hosts only (acme)");
     const listed = JSON.parse((await cliAs(key!, ["key", "list", "--json"])).stdout);
     expect(listed).toEqual([
       {

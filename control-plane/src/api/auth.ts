@@ -15,6 +15,7 @@ import type { Db } from "../db/database.js";
 import { PermissionDeniedError, ResourceExhaustedError, UnauthenticatedError } from "../errors.js";
 import type { KeyUses } from "./key-uses.js";
 import type { ApiRateLimiter } from "./rate-limit.js";
+import { checkTenantId } from "./request-fields.js";
 
 /** What every authenticated call goes through besides the key check (each part absent: none). */
 export interface ApiAuthOptions {
@@ -161,4 +162,19 @@ export function requireRole(caller: Caller, ...roles: Role[]): void {
 /** Admins see every tenant; everyone else only their own. */
 export function tenantScope(caller: Caller): { tenantId?: string } {
   return caller.role === "admin" ? {} : { tenantId: caller.tenantId };
+}
+
+/**
+ * The tenants a list call covers when it may name one (`tenant_id`, empty for all the caller sees): an admin's
+ * names any tenant; anyone else's is their own, and naming another is refused rather than answered empty.
+ */
+export function listScope(caller: Caller, tenantId: string, what: string): { tenantId?: string } {
+  if (tenantId !== "") checkTenantId(tenantId);
+  if (caller.role === "admin") return tenantId === "" ? {} : { tenantId };
+  if (tenantId !== "" && tenantId !== caller.tenantId) {
+    throw new PermissionDeniedError(
+      `${aRole(caller.role)} key lists its own tenant's ${what} only (${caller.tenantId})`,
+    );
+  }
+  return { tenantId: caller.tenantId };
 }

@@ -60,6 +60,20 @@ describe("HostService: roles and tenants", () => {
     expect((await listed("admin")).sort()).toEqual(["h-a", "h-b"]);
   });
 
+  it("lists one tenant's hosts when asked: any tenant for an admin, only its own for a provider", async () => {
+    const only = async (who: string, tenantId: string) =>
+      ((await service().listHosts(create(api.ListHostsRequestSchema, { tenantId }), ctx[who])).hosts ?? []).map(
+        (h) => h.id,
+      );
+    expect(await only("admin", "t-b")).toEqual(["h-b"]);
+    expect(await only("provider-a", "t-a")).toEqual(["h-a"]);
+    const other = service().listHosts(create(api.ListHostsRequestSchema, { tenantId: "t-b" }), ctx["provider-a"]);
+    expect(await code(other)).toBe("PermissionDenied");
+    await expect(Promise.resolve(other)).rejects.toThrow("a provider key lists its own tenant's hosts only (t-a)");
+    const bad = service().listHosts(create(api.ListHostsRequestSchema, { tenantId: "t-b-" }), ctx.admin);
+    expect(await code(bad)).toBe("InvalidArgument");
+  });
+
   it("answers another tenant's host as not found, never as denied", async () => {
     expect(await code(events("provider-a", "h-b"))).toBe("NotFound");
     expect(await code(metrics("provider-a", "h-b"))).toBe("NotFound");

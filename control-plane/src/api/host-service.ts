@@ -9,7 +9,7 @@ import type { Db } from "../db/database.js";
 import { getHost, listEvents, listHosts, metricsSince } from "../db/host-repository.js";
 import type { GpuSampleRow, HostRow } from "../db/tables.js";
 import { InvalidArgumentError, NotFoundError } from "../errors.js";
-import { type ApiAuthOptions, authenticate, requireRole, tenantScope } from "./auth.js";
+import { type ApiAuthOptions, authenticate, listScope, requireRole, tenantScope } from "./auth.js";
 import { checkText, MAX_HOST_ID } from "./request-fields.js";
 
 export interface HostServiceDeps {
@@ -56,9 +56,9 @@ export function hostService(deps: HostServiceDeps): ServiceImpl<typeof api.HostS
       });
     },
 
-    async listHosts(_req, ctx) {
+    async listHosts(req, ctx) {
       const who = await provider(ctx);
-      const rows = await listHosts(deps.db, tenantScope(who));
+      const rows = await listHosts(deps.db, listScope(who, req.tenantId, "hosts"));
       return create(api.ListHostsResponseSchema, { hosts: rows.map(toApiHost) });
     },
 

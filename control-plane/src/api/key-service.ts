@@ -13,8 +13,8 @@ import { api } from "@dumont/proto";
 import { ensureTenant, getApiKey, listApiKeys, type Role, revokeApiKey } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from "../errors.js";
-import { type ApiAuthOptions, aRole, authenticate, type Caller, createApiKey } from "./auth.js";
-import { checkText, shown } from "./request-fields.js";
+import { type ApiAuthOptions, aRole, authenticate, type Caller, createApiKey, listScope } from "./auth.js";
+import { checkTenantId, checkText, shown } from "./request-fields.js";
 
 export interface KeyServiceDeps {
   db: Db;
@@ -26,7 +26,6 @@ export interface KeyServiceDeps {
 
 const ROLES: readonly Role[] = ["consumer", "provider", "admin"];
 // A DNS label (RFC 1123) of 2..63 characters: no dash first or last.
-const TENANT_ID = /^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$/;
 const KEY_ID = /^[a-f0-9]{16}$/;
 const MAX_LABEL = 200;
 const MIN_TTL_S = 60;
@@ -81,13 +80,9 @@ export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyServ
 
     async listApiKeys(req, ctx) {
       const who = await caller(ctx);
-      if (req.tenantId !== "") checkTenantId(req.tenantId);
-      if (who.role !== "admin" && req.tenantId !== "" && req.tenantId !== who.tenantId) {
-        throw new PermissionDeniedError(`a ${who.role} key lists its own tenant's keys only (${who.tenantId})`);
-      }
       const rows = await listApiKeys(deps.db, {
         ...visibleTo(who),
-        ...(who.role === "admin" && req.tenantId !== "" ? { tenantId: req.tenantId } : {}),
+        ...listScope(who, req.tenantId, "keys"),
         includeRevoked: req.includeRevoked,
       });
       return create(api.ListApiKeysResponseSchema, { keys: rows.map(keyMessage) });
@@ -137,16 +132,6 @@ function checkRole(role: string): Role {
     throw new InvalidArgumentError(`role must be one of ${ROLES.join(", ")}, got ${shown(role)}`);
   }
   return role as Role;
-}
-
-function checkTenantId(id: string): string {
-  if (!TENANT_ID.test(id)) {
-    throw new InvalidArgumentError(
-      `tenant_id must be 2..63 lowercase letters, digits and dashes, starting and ending with a letter or digit, ` +
-        `got ${shown(id)}`,
-    );
-  }
-  return id;
 }
 
 function keyMessage(row: KeyRow): api.ApiKey {

@@ -11,6 +11,18 @@ export function checkText(field: string, value: string, max: number): void {
     throw new InvalidArgumentError(`${field} must be at most ${max} characters with no NUL, got ${shown(value)}`);
 }
 
+/** A tenant id: as a DNS label, 2..63 lowercase letters, digits and dashes, a letter or digit at each end. */
+const TENANT_ID = /^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$/;
+
+export function checkTenantId(id: string, field = "tenant_id"): string {
+  if (!TENANT_ID.test(id)) {
+    throw new InvalidArgumentError(
+      `${field} must be 2..63 lowercase letters, digits and dashes, starting and ending with a letter or digit, got ${shown(id)}`,
+    );
+  }
+  return id;
+}
+
 /** A value echoed in an error, cut to a readable length. */
 export function shown(value: string): string {
   return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);

@@ -151,6 +151,7 @@ describe("dumont snapshot (admin CLI): bad flags, before any request", () => {
     [["create", "--host", "h", "--path", "/w", "--path", "/v"], /--path was given twice: give it once/],
     [["create", "--host", "h", "--path", "/w", "--workspace", ""], /--workspace is empty: give a workspace id/],
     [["list", "--host", ""], /--host is empty/],
+    [["list", "--tenant", ""], /--tenant is empty: give a tenant id/],
     [["restore", "abcd", "--host", "h", "--target", "rel"], /--target must be an absolute path on the host/],
     [["restore", "abcd", "--host", "h", "--host", "g", "--target", "/r"], /--host was given twice/],
     [

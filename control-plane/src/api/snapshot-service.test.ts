@@ -134,6 +134,33 @@ describe("SnapshotService: list", () => {
       ["c", 3_040_870n, 1n],
     ]);
   });
+
+  it("names each snapshot's tenant, and lists one tenant's when asked", async () => {
+    await ensureTenant(db, "t-b", "t-b");
+    await insertHost(db, {
+      id: "h-b",
+      tenantId: "t-b",
+      name: "h-b",
+      hostname: "h-b",
+      agentVersion: "1",
+      certSerial: "h-b",
+    });
+    await insertTestSnapshot(db, "d".repeat(64), "t-b", "h-b");
+    const service = snapshotService({ db, sessions: new SessionRegistry(), snapshots: {} as SnapshotCoordinator });
+    const list = async (tenantId: string) =>
+      (
+        (await service.listSnapshots(
+          create(api.ListSnapshotsRequestSchema, { tenantId }),
+          ctx,
+        )) as api.ListSnapshotsResponse
+      ).snapshots.map((s) => `${s.tenantId}/${s.id[0]}`);
+    expect(await list("")).toEqual(["t-a/b", "t-a/c", "t-b/d"]);
+    expect(await list("t-b")).toEqual(["t-b/d"]);
+    expect(await list("t-c")).toEqual([]);
+    const bad = await list("T_B").catch((err: unknown) => ConnectError.from(err));
+    expect(bad).toMatchObject({ code: Code.InvalidArgument });
+    expect((bad as ConnectError).rawMessage).toMatch(/^tenant_id must be 2..63 lowercase letters/);
+  });
 });
 
 describe("SnapshotService: admin keys only", () => {

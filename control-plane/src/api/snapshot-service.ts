@@ -13,7 +13,7 @@ import { findSnapshotsByPrefix, listSnapshots, snapshotTenants } from "../db/sna
 import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import type { SnapshotCoordinator, TransferProgress } from "../snapshots/snapshot-coordinator.js";
-import { type ApiAuthOptions, authenticate, requireRole, tenantScope } from "./auth.js";
+import { type ApiAuthOptions, authenticate, listScope, requireRole, tenantScope } from "./auth.js";
 import { checkText, MAX_HOST_ID, shown } from "./request-fields.js";
 
 export interface SnapshotServiceDeps {
@@ -110,7 +110,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       checkText("host_id", req.hostId, MAX_HOST_ID);
       checkText("workspace_id", req.workspaceId, MAX_WORKSPACE_ID);
       const rows = await listSnapshots(deps.db, {
-        ...tenantScope(who),
+        ...listScope(who, req.tenantId, "snapshots"),
         hostId: req.hostId,
         workspaceId: req.workspaceId,
       });

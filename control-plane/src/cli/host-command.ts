@@ -35,9 +35,10 @@ export function registerHostCommands(program: Command): void {
   host
     .command("list")
     .description("list hosts with their GPUs and latest telemetry")
+    .option("--tenant <id>", "one tenant's hosts (admins)")
     .option("--json", "print JSON")
     .action(async (opts, cmd: Command) => {
-      const res = await apiClients(apiOpts(cmd)).hosts.listHosts({});
+      const res = await apiClients(apiOpts(cmd)).hosts.listHosts({ tenantId: opts.tenant });
       const hosts = res.hosts.map(hostJson);
       if (opts.json) return print(hosts);
       if (hosts.length === 0) {

@@ -72,11 +72,13 @@ export function registerSnapshotCommands(program: Command): void {
     .description("committed snapshots")
     .option("--host <hostId>", "only this host's", once("--host", nonEmpty("--host", HOST_WHAT)))
     .option("--workspace <id>", "only this workspace's", once("--workspace", nonEmpty("--workspace", "a workspace id")))
+    .option("--tenant <id>", "only this tenant's", once("--tenant", nonEmpty("--tenant", "a tenant id")))
     .option("--json", "print JSON")
     .action(async (opts, cmd: Command) => {
       const res = await apiClients(apiOpts(cmd)).snapshots.listSnapshots({
         hostId: opts.host,
         workspaceId: opts.workspace,
+        tenantId: opts.tenant,
       });
       const list = res.snapshots.map(snapshotJson);
       if (opts.json) return print(list);
