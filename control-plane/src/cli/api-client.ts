@@ -4,6 +4,8 @@ import path from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { api } from "@dumont/proto";
+import { flagParsers } from "@dumont/repository/cli-flags";
+import { InvalidArgumentError } from "commander";
 
 export interface ApiOptions {
   apiUrl?: string;
@@ -77,6 +79,9 @@ function readDefaultKey(): string | undefined {
     return undefined;
   }
 }
+
+/** `--tenant`, as every command takes it: given once, never empty (an empty one would mean "every tenant"). */
+export const tenantFlag = flagParsers(InvalidArgumentError).once("--tenant", "a tenant id");
 
 /** "90s", "10m", "1h", "7d" or plain seconds → seconds. */
 export function parseDuration(

@@ -1,7 +1,7 @@
 // `dumont host …`: join tokens, the host list, telemetry series and events.
 import type { api } from "@dumont/proto";
 import type { Command } from "commander";
-import { type ApiOptions, apiClients, parseDuration } from "./api-client.js";
+import { type ApiOptions, apiClients, parseDuration, tenantFlag } from "./api-client.js";
 import { iso, print, table } from "./output.js";
 
 export function registerHostCommands(program: Command): void {
@@ -35,7 +35,7 @@ export function registerHostCommands(program: Command): void {
   host
     .command("list")
     .description("list hosts with their GPUs and latest telemetry")
-    .option("--tenant <id>", "one tenant's hosts (admins)")
+    .option("--tenant <id>", "one tenant's hosts (admins)", tenantFlag)
     .option("--json", "print JSON")
     .action(async (opts, cmd: Command) => {
       const res = await apiClients(apiOpts(cmd)).hosts.listHosts({ tenantId: opts.tenant });

@@ -1,7 +1,7 @@
 // `dumont key …`: API keys for tenants, shown once when made, listed without secrets, revoked by id.
 import type { api } from "@dumont/proto";
 import { type Command, Option } from "commander";
-import { type ApiOptions, apiClients, parseDuration } from "./api-client.js";
+import { type ApiOptions, apiClients, parseDuration, tenantFlag } from "./api-client.js";
 import { iso, print, table } from "./output.js";
 
 export function registerKeyCommands(program: Command): void {
@@ -16,7 +16,7 @@ export function registerKeyCommands(program: Command): void {
         .choices(["consumer", "provider", "admin"])
         .makeOptionMandatory(),
     )
-    .option("--tenant <id>", "the tenant it acts for (admins; a new one is created); default: your own")
+    .option("--tenant <id>", "the tenant it acts for (admins; a new one is created); default: your own", tenantFlag)
     .option("--label <text>", "what the key is for, shown by `dumont key list`", "")
     .option("--expires <duration>", "when it stops working, from now (60s..3650d, e.g. 90d); default: never")
     .option("--json", "print JSON")
@@ -39,7 +39,7 @@ export function registerKeyCommands(program: Command): void {
   key
     .command("list")
     .description("the keys you may see (admins: every tenant's), without secrets")
-    .option("--tenant <id>", "one tenant's keys (admins)")
+    .option("--tenant <id>", "one tenant's keys (admins)", tenantFlag)
     .option("--all", "revoked keys too")
     .option("--json", "print JSON")
     .action(async (opts, cmd: Command) => {

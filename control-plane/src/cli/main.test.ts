@@ -50,4 +50,15 @@ describe("dumont (admin CLI): global flags", () => {
   ])("refuses %j before any request, naming the flag as typed", async (args, message) => {
     expect(await dumont(args)).toEqual({ code: 1, stdout: "", stderr: `dumont: ${message}\n` });
   });
+
+  it.each<[string[], string]>([
+    [["host", "list", "--tenant", ""], "--tenant is empty: give a tenant id"],
+    [["key", "list", "--tenant", "a1", "--tenant", "b1"], "--tenant was given twice: give it once"],
+    [["key", "create", "--role", "provider", "--tenant", " "], "--tenant is empty: give a tenant id"],
+  ])("refuses %j before any request: an empty --tenant would mean every tenant", async (args, message) => {
+    const res = await dumont(args);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain(message);
+    expect(res.stderr).not.toMatch(/cannot reach/);
+  });
 });

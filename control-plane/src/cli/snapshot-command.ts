@@ -16,7 +16,7 @@ import {
 import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/repository/path-patterns";
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
 import { type Command, InvalidArgumentError } from "commander";
-import { type ApiOptions, apiClients } from "./api-client.js";
+import { type ApiOptions, apiClients, tenantFlag } from "./api-client.js";
 import { iso, print, table } from "./output.js";
 
 const INCLUDE_HELP =
@@ -72,7 +72,7 @@ export function registerSnapshotCommands(program: Command): void {
     .description("committed snapshots")
     .option("--host <hostId>", "only this host's", once("--host", nonEmpty("--host", HOST_WHAT)))
     .option("--workspace <id>", "only this workspace's", once("--workspace", nonEmpty("--workspace", "a workspace id")))
-    .option("--tenant <id>", "only this tenant's", once("--tenant", nonEmpty("--tenant", "a tenant id")))
+    .option("--tenant <id>", "only this tenant's", tenantFlag)
     .option("--json", "print JSON")
     .action(async (opts, cmd: Command) => {
       const res = await apiClients(apiOpts(cmd)).snapshots.listSnapshots({
