@@ -432,6 +432,14 @@ describe("SnapshotCoordinator: forget and prune", () => {
     expect(rows).toEqual([{ id: snap.id }]);
   });
 
+  it("at start, gives rows catalogued before sizes were kept their size, from the snapshots' records", async () => {
+    const snap = await finish(await started());
+    await h.db.updateTable("snapshots").set({ bytes_total: null }).where("id", "=", snap.id).execute();
+    await h.coordinator.relistAll();
+    const row = await h.db.selectFrom("snapshots").select("bytes_total").where("id", "=", snap.id).executeTakeFirst();
+    expect(row).toEqual({ bytes_total: 5_000 });
+  });
+
   it("holds a snapshot that starts during a prune until the prune has ended", async () => {
     const order: string[] = [];
     const pruning = h.coordinator.forget(prune).then(() => order.push("pruned"));

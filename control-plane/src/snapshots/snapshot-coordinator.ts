@@ -368,7 +368,8 @@ export class SnapshotCoordinator {
   /**
    * Gives a catalogue row to each snapshot that has none, from its record in the repository (the source of
    * truth): a control plane stopped between the repository's commit and the row's insert leaves a whole snapshot
-   * that nobody can list, restore or forget. Run at start for every tenant with a key, and before each forget.
+   * that nobody can list, restore or forget. Rows catalogued before the control plane kept sizes get theirs from
+   * the same records. Run at start for every tenant with a key, and before each forget.
    */
   async relistAll(): Promise<void> {
     const tenants = await this.db.selectFrom("tenant_keys").select("tenant_id").orderBy("tenant_id").execute();
@@ -383,8 +384,11 @@ export class SnapshotCoordinator {
   }
 
   private async listUnlisted(tenantId: string, repository: Repository): Promise<void> {
-    const listed = new Set((await listSnapshots(this.db, { tenantId })).map((r) => r.id));
+    const rows = await listSnapshots(this.db, { tenantId });
+    const listed = new Set(rows.map((r) => r.id));
+    const sizeless = new Set(rows.filter((r) => r.bytes_total === null).map((r) => r.id));
     for (const record of await repository.listSnapshots()) {
+      if (sizeless.has(record.id)) await this.fillSize(tenantId, record.id, record.totals.bytes);
       if (listed.has(record.id)) continue;
       // One record the catalogue cannot hold is logged and left unlisted, not the end of every forget and
       // prune of the tenant: it stays in the repository, and what it references stays too.
@@ -420,6 +424,20 @@ export class SnapshotCoordinator {
             ),
         );
     }
+  }
+
+  /** A row's size, catalogued before sizes were kept, from its record; a failure is logged, the row left as it is. */
+  private async fillSize(tenantId: string, id: string, bytes: number): Promise<void> {
+    await this.db
+      .updateTable("snapshots")
+      .set({ bytes_total: bytes })
+      .where("id", "=", id)
+      .where("tenant_id", "=", tenantId)
+      .where("bytes_total", "is", null)
+      .execute()
+      .catch((err: unknown) =>
+        this.log.error({ err, snapshotId: id, tenantId }, "could not record the size of a snapshot listed without one"),
+      );
   }
 
   /**
