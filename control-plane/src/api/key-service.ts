@@ -25,7 +25,6 @@ export interface KeyServiceDeps {
 }
 
 const ROLES: readonly Role[] = ["consumer", "provider", "admin"];
-// A DNS label (RFC 1123) of 2..63 characters: no dash first or last.
 const KEY_ID = /^[a-f0-9]{16}$/;
 const MAX_LABEL = 200;
 const MIN_TTL_S = 60;

@@ -3,6 +3,13 @@ import { setFlagsFromString } from "node:v8";
 import { Command, Option } from "commander";
 import { AGENT_VERSION } from "../version.js";
 
+/** `run` and `renew`: the gateway to dial instead of the enrolled one (see AgentRunOptions.server). */
+const serverOption = (): Option =>
+  new Option(
+    "--server <url>",
+    "dial this agent gateway (https://HOST:PORT) instead of the one enrolled with, e.g. after the control plane moved",
+  ).env("DUMONT_SERVER");
+
 export async function main(argv: string[]): Promise<void> {
   const program = new Command("dumont-agent")
     .description("Dumont host agent: puts this machine's GPUs on the Dumont cloud")
@@ -47,12 +54,7 @@ export async function main(argv: string[]): Promise<void> {
         .env("DUMONT_AGENT_DATA_DIR")
         .default("/var/lib/dumont-agent"),
     )
-    .addOption(
-      new Option(
-        "--server <url>",
-        "dial this agent gateway (https://HOST:PORT) instead of the one enrolled with, e.g. after the control plane moved",
-      ).env("DUMONT_SERVER"),
-    )
+    .addOption(serverOption())
     .option("--json", 'print {"hostId","expiresAt"} as JSON')
     .action(async (opts) => {
       const [{ loadIdentity }, { certificateExpiry, renewCertificate }, { serverOptionProblem }] = await Promise.all([
@@ -86,12 +88,7 @@ export async function main(argv: string[]): Promise<void> {
       ),
     )
     .addOption(new Option("--log-level <level>", "fatal|error|warn|info|debug|trace|silent").env("DUMONT_LOG_LEVEL"))
-    .addOption(
-      new Option(
-        "--server <url>",
-        "dial this agent gateway (https://HOST:PORT) instead of the one enrolled with, e.g. after the control plane moved",
-      ).env("DUMONT_SERVER"),
-    )
+    .addOption(serverOption())
     .option("--simulated", "label this host's GPUs as simulated (dev --demo)")
     .action(async (opts) => {
       // Let the heap grow to four times what survives a full collection before the next one. V8 counts the
