@@ -4,7 +4,7 @@ import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readdir, readFile, rm } from "node:fs/promises";
 import { describe, expect, it, onTestFinished } from "vitest";
-import { dumontBin, freePort, stopProcess, tempDir, waitFor } from "../support/processes.js";
+import { dumontBin, freePort, runNode, stopProcess, tempDir, waitFor } from "../support/processes.js";
 
 describe("dumont dev", () => {
   it("uses DUMONT_MASTER_KEY and keeps it out of the local agent's environment", async () => {
@@ -29,6 +29,16 @@ describe("dumont dev", () => {
     await waitFor(() => /Host online: local/.test(out), 60_000).catch(() => {
       throw new Error(`dumont dev never said its host was online:\n${out}`);
     });
+    // The command the banner suggests works as printed from another directory: this start's port and data dir
+    // (for its admin key) are in front of it.
+    const suggested = /Try: (.*?) {4}\(Ctrl-C/.exec(out)?.[1];
+    expect(suggested).toBe(`DUMONT_API_URL=http://localhost:${httpPort} DUMONT_DATA_DIR=${dir} npx dumont host list`);
+    const listed = await runNode(dumontBin, ["host", "list"], {
+      DUMONT_API_URL: `http://localhost:${httpPort}`,
+      DUMONT_DATA_DIR: dir,
+    });
+    expect(listed.stderr).toBe("");
+    expect(listed.stdout).toMatch(/^h-\S+ +local +admin +online /m);
     // The key came from the environment: no key file was made.
     expect(await readdir(dir)).not.toContain("master.key");
     // The local agent is its child; its environment (as it was started) has no master key.

@@ -12,8 +12,13 @@ export interface ApiOptions {
   apiKey?: string;
 }
 
+/** Where the CLI looks for the API without --api-url or DUMONT_API_URL (a local `dumont dev` on its defaults). */
+export const DEFAULT_API_URL = "http://localhost:8000";
+/** The data directory whose admin key the CLI uses without --api-key, DUMONT_API_KEY or DUMONT_DATA_DIR. */
+export const DEFAULT_DATA_DIR = ".dumont";
+
 export function apiClients(options: ApiOptions) {
-  const baseUrl = options.apiUrl ?? process.env.DUMONT_API_URL ?? "http://localhost:8000";
+  const baseUrl = options.apiUrl ?? process.env.DUMONT_API_URL ?? DEFAULT_API_URL;
   if (!URL.canParse(baseUrl) || !/^https?:$/.test(new URL(baseUrl).protocol)) {
     throw new Error(
       `--api-url (DUMONT_API_URL) must be an http:// or https:// URL like http://localhost:8000, got ` +
@@ -72,7 +77,7 @@ function unreachable(err: unknown, baseUrl: string): unknown {
 
 /** Convenience for a local `dumont dev`: use the admin key it wrote, if we are next to it. */
 function readDefaultKey(): string | undefined {
-  const dir = process.env.DUMONT_DATA_DIR ?? ".dumont";
+  const dir = process.env.DUMONT_DATA_DIR ?? DEFAULT_DATA_DIR;
   try {
     return fs.readFileSync(path.join(dir, "admin-api-key"), "utf8").trim() || undefined;
   } catch {

@@ -9,13 +9,30 @@ import type { Command } from "commander";
 import { devAdminKey } from "../api/auth.js";
 import type { ControlPlaneOptions } from "../config.js";
 import { ADMIN_TENANT } from "../control-plane.js";
-import { apiClients } from "./api-client.js";
+import { apiClients, DEFAULT_API_URL, DEFAULT_DATA_DIR } from "./api-client.js";
 import { hostJson } from "./host-command.js";
 import { addServeOptions, startFromOptions, waitForSignal } from "./serve-command.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 const agentBin = path.join(repoRoot, "host-agent/bin/dumont-agent.js");
 const fakeNvidiaSmiDir = path.join(repoRoot, "tests/fakes/nvidia-smi");
+
+/**
+ * The banner's first command to try, as it works from this shell: with the API's URL and the data directory (for
+ * its admin key) in front when they are not the ones the CLI assumes (`--http-port`, `--data-dir`).
+ */
+export function tryCommand(httpUrl: string, dataDir: string, cwd: string): string {
+  const env: string[] = [];
+  if (httpUrl !== DEFAULT_API_URL) env.push(`DUMONT_API_URL=${shellWord(httpUrl)}`);
+  if (path.resolve(cwd, dataDir) !== path.resolve(cwd, DEFAULT_DATA_DIR))
+    env.push(`DUMONT_DATA_DIR=${shellWord(dataDir)}`);
+  return [...env, "npx dumont host list"].join(" ");
+}
+
+/** A word as a POSIX shell reads it back: quoted unless it is plainly safe. */
+function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+}
 
 export function registerDevCommand(program: Command): void {
   addServeOptions(program.command("dev").description("control plane + one local agent, for trying Dumont out"))
@@ -69,7 +86,7 @@ export function registerDevCommand(program: Command): void {
           `  Admin key:  ${adminKey}  (saved in ${cp.adminKeyFile}${replaced ? `; a new one: ${replaced}` : ""})`,
           `  Host online: ${host.name} (${host.id}) — ${host.gpus.length ? host.gpus.map((g) => g.model).join(", ") : "CPU only"}${host.simulated ? "  [simulated GPUs]" : ""}`,
           "",
-          "Try: npx dumont host list    (Ctrl-C stops the control plane and the agent)",
+          `Try: ${tryCommand(cp.httpUrl, path.dirname(cp.adminKeyFile), process.cwd())}    (Ctrl-C stops the control plane and the agent)`,
           "",
         ].join("\n"),
       );
