@@ -117,6 +117,7 @@ export {
 export { S3BlobStore, type S3BlobStoreOptions } from "./s3-blob-store.js";
 export { chunkCodec } from "./sealing.js";
 export type { SnapshotRecord } from "./snapshot-record.js";
+export { table } from "./text-table.js";
 export type {
   ChunkBuffers,
   ChunkSink,

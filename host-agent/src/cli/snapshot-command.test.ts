@@ -122,9 +122,10 @@ describe("dumont-agent snapshot", () => {
       filesSkipped: 1,
       skipped: [{ path: "events.pipe", reason }],
     });
-    const listed = await run("snapshot", "list", ...common);
-    expect(listed.out.trim().split("\n")).toHaveLength(2);
-    for (const line of listed.out.trim().split("\n")) expect(line).toMatch(/ {2}1 left out$/);
+    const listed = (await run("snapshot", "list", ...common)).out.trim().split("\n");
+    expect(listed[0]).toMatch(/^ID +CREATED +FILES +SIZE +WORKSPACE$/);
+    expect(listed).toHaveLength(3);
+    for (const line of listed.slice(1)) expect(line).toMatch(/^[0-9a-f]{12} +\S+ +1 \(1 left out\) +\d+ B +\S/);
   });
 
   it("leaves out what --exclude (repeated) and the source's .dumontignore name, restores a part with --include", async () => {

@@ -22,6 +22,7 @@ import {
   type RetentionPolicy,
   roundSeconds,
   selectIncluded,
+  table,
 } from "@dumont/repository";
 import { collect, flagParsers } from "@dumont/repository/cli-flags";
 import { type Command, InvalidArgumentError, Option } from "commander";
@@ -261,13 +262,19 @@ export function registerSnapshotCommands(program: Command): void {
         const snapshots = await withDirectRepository({ repo: opts.repo, key }, (r) => r.listSnapshots());
         if (opts.json) return print(snapshots);
         if (snapshots.length === 0) return void process.stdout.write("no snapshots\n");
-        for (const s of snapshots) {
-          process.stdout.write(
-            `${s.id.slice(0, 12)}  ${s.time}  ${s.totals.files} files  ${formatBytes(s.totals.bytes).padStart(10)}  ` +
-              `${s.workspace}${s.epoch ? ` (epoch ${s.epoch})` : ""}` +
-              `${s.stats?.filesSkipped ? `  ${s.stats.filesSkipped} left out` : ""}\n`,
-          );
-        }
+        // Ids cut to 12 characters: `--id` takes any unique prefix, and 12 hex digits stay unique.
+        process.stdout.write(
+          table(
+            ["ID", "CREATED", "FILES", "SIZE", "WORKSPACE"],
+            snapshots.map((s) => [
+              s.id.slice(0, 12),
+              s.time,
+              `${s.totals.files}${s.stats?.filesSkipped ? ` (${s.stats.filesSkipped} left out)` : ""}`,
+              formatBytes(s.totals.bytes),
+              `${s.workspace}${s.epoch ? ` (epoch ${s.epoch})` : ""}`,
+            ]),
+          ),
+        );
       }),
     );
 

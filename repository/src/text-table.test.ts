@@ -1,6 +1,6 @@
 // The table the list commands print: a header, columns aligned, nothing trailing.
 import { describe, expect, it } from "vitest";
-import { table } from "./output.js";
+import { table } from "./text-table.js";
 
 describe("table", () => {
   it("pads each column to its widest cell, header included, two spaces apart", () => {
