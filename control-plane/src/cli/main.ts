@@ -18,7 +18,7 @@ export async function main(argv: string[]): Promise<void> {
     )
     .option(
       "--api-key <key>",
-      "API key (env DUMONT_API_KEY, default .dumont/admin-api-key)",
+      "API key (env DUMONT_API_KEY, default: the admin-api-key a local `dumont dev` wrote in $DUMONT_DATA_DIR or .dumont)",
       onceUnquoted("--api-key", (key) => key),
     )
     .showHelpAfterError();
