@@ -93,7 +93,7 @@ export async function devAdminKey(db: Db, file: string, tenantId: string): Promi
     try {
       const caller = await authenticate(db, `Bearer ${held}`);
       if (caller.role === "admin") return { key: held };
-      why = `the file held a ${caller.role} key`;
+      why = `the file held ${aRole(caller.role)} key`;
     } catch (err) {
       if (!(err instanceof UnauthenticatedError)) throw err;
       why = `the file's key opens nothing any more (${err.rawMessage})`;

@@ -50,11 +50,13 @@ export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyServ
       const expiresAt = req.ttlSeconds === 0 ? undefined : new Date(Date.now() + req.ttlSeconds * 1000);
       if (who.role !== "admin") {
         if (tenantId !== who.tenantId) {
-          throw new PermissionDeniedError(`a ${who.role} key makes keys for its own tenant only (${who.tenantId})`);
+          throw new PermissionDeniedError(
+            `${aRole(who.role)} key makes keys for its own tenant only (${who.tenantId})`,
+          );
         }
         if (role !== who.role) {
           throw new PermissionDeniedError(
-            `a ${who.role} key makes ${who.role} keys only; ask an admin for ${aRole(role)} key`,
+            `${aRole(who.role)} key makes ${who.role} keys only; ask an admin for ${aRole(role)} key`,
           );
         }
         if (who.expiresAt && (!expiresAt || expiresAt > who.expiresAt)) {

@@ -44,7 +44,8 @@ export function registerDevCommand(program: Command): void {
         : await devAdminKey(cp.db, cp.adminKeyFile, ADMIN_TENANT);
       if (replaced) log.warn({ file: cp.adminKeyFile }, `made a new admin key for dumont dev: ${replaced}`);
       const clients = apiClients({ apiUrl: cp.httpUrl, apiKey: adminKey });
-      const agentDir = path.join(path.dirname(cp.adminKeyFile), "local-agent");
+      const dataDir = path.dirname(cp.adminKeyFile);
+      const agentDir = path.join(dataDir, "local-agent");
 
       const env: NodeJS.ProcessEnv = { ...process.env, DUMONT_LOG_LEVEL: process.env.DUMONT_LOG_LEVEL ?? "warn" };
       if (opts.demo) {
@@ -86,7 +87,7 @@ export function registerDevCommand(program: Command): void {
           `  Admin key:  ${adminKey}  (saved in ${cp.adminKeyFile}${replaced ? `; a new one: ${replaced}` : ""})`,
           `  Host online: ${host.name} (${host.id}) — ${host.gpus.length ? host.gpus.map((g) => g.model).join(", ") : "CPU only"}${host.simulated ? "  [simulated GPUs]" : ""}`,
           "",
-          `Try: ${tryCommand(cp.httpUrl, path.dirname(cp.adminKeyFile), process.cwd())}    (Ctrl-C stops the control plane and the agent)`,
+          `Try: ${tryCommand(cp.httpUrl, dataDir, process.cwd())}    (Ctrl-C stops the control plane and the agent)`,
           "",
         ].join("\n"),
       );

@@ -23,13 +23,13 @@ import {
   type ChunkSource,
   checkPathPatterns,
   copyBytes,
+  counted,
   IncludedSelection,
   type ManifestEntry,
   manifestPartEntries,
   nothingIncluded,
   RestorableCheck,
 } from "@dumont/repository";
-import { counted } from "@dumont/repository/counted";
 import { type Lease, RestoreDirectories } from "./restore-directories.js";
 import { type NewFiles, SnapshotWorkerPool } from "./worker-pool.js";
 
