@@ -1,4 +1,5 @@
 // A running agent: identity + telemetry + the control-plane session + the command handlers.
+import { lockDirectory } from "@dumont/repository/directory-lock";
 import type { AgentConfig } from "./config.js";
 import type { Logger } from "./logger.js";
 import { agentPaths } from "./platform/paths.js";
@@ -15,6 +16,13 @@ export interface RunningAgent {
 
 export async function startAgent(config: AgentConfig, log: Logger): Promise<RunningAgent> {
   const identity = await loadIdentity(config.dataDir, config.server);
+  // One agent a data dir: a second would be the same host connecting twice, each session replacing the other.
+  const lock = await lockDirectory(
+    config.dataDir,
+    (holder) =>
+      `the agent data dir ${config.dataDir} is already in use by ${holder}, an agent of the same host: stop that ` +
+      "one first, or enroll this one as another host with its own --data-dir",
+  );
   const telemetry = createTelemetryCollector({ simulated: config.simulated, diskPath: config.dataDir });
   const session = new ControlPlaneSession(
     identity,
@@ -33,6 +41,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
     stop: async () => {
       await session.stop();
       await snapshots.close();
+      await lock.release();
     },
   };
 }

@@ -1,7 +1,12 @@
 // What the database layer does when Postgres itself acts: runs only against a server (DATABASE_URL, as CI's
-// second pass sets), since PGlite has no connections to end.
+// second pass sets), since PGlite has no connections to end. And the embedded database's lock: one process
+// at a time on a data dir.
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
+import { openDatabase } from "./database.js";
 import { adminQuery, openTestDatabase } from "./test-database.js";
 
 const server = process.env.DATABASE_URL;
@@ -21,6 +26,26 @@ describe.skipIf(!server)("the database on Postgres", () => {
       expect((await sql<{ n: number }>`select 2 as n`.execute(db)).rows).toEqual([{ n: 2 }]);
     } finally {
       await close();
+    }
+  });
+});
+
+describe.skipIf(process.platform !== "linux")("the embedded database", () => {
+  it("is held by one open database until it is closed: another open is refused, naming the holder", async () => {
+    const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-db-lock-"));
+    try {
+      const db = await openDatabase({ dataDir });
+      try {
+        await expect(openDatabase({ dataDir })).rejects.toThrow(
+          `the embedded database in ${path.join(dataDir, "pglite")} is already open in process ${process.pid}`,
+        );
+      } finally {
+        await db.destroy();
+      }
+      const reopened = await openDatabase({ dataDir });
+      await reopened.destroy();
+    } finally {
+      await fs.rm(dataDir, { recursive: true, force: true });
     }
   });
 });

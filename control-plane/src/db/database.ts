@@ -2,6 +2,7 @@
 // and brings its schema up to date. One code path (kysely) serves both.
 import fs from "node:fs/promises";
 import path from "node:path";
+import { lockDirectory } from "@dumont/repository/directory-lock";
 import { PGlite } from "@electric-sql/pglite";
 import { Kysely, type MigrationProvider, Migrator, PostgresDialect } from "kysely";
 import pg from "pg";
@@ -34,8 +35,22 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
   } else {
     const dir = path.join(options.dataDir, "pglite");
     await fs.mkdir(dir, { recursive: true });
-    const pglite = await PGlite.create(dir, { parsers: { 20: (value: string) => Number(value) } });
-    db = new Kysely<Database>({ dialect: new PGliteDialect(pglite) });
+    // Held until the database is closed (db.destroy()): two PGlite instances on one directory corrupt it.
+    const lock = await lockDirectory(
+      dir,
+      (holder) =>
+        `the embedded database in ${dir} is already open in ${holder}: stop that one first (a \`dumont serve\`, ` +
+        "`dumont dev` or `dumont master-key` on this data dir), since two processes on one embedded database " +
+        "corrupt it, or give this one its own --data-dir (DUMONT_DATA_DIR)",
+    );
+    let pglite: PGlite;
+    try {
+      pglite = await PGlite.create(dir, { parsers: { 20: (value: string) => Number(value) } });
+    } catch (err) {
+      await lock.release();
+      throw err;
+    }
+    db = new Kysely<Database>({ dialect: new PGliteDialect(pglite, () => lock.release()) });
   }
   try {
     await migrateToLatest(db);

@@ -16,12 +16,16 @@ import {
 } from "kysely";
 
 export class PGliteDialect implements Dialect {
-  constructor(private readonly pglite: PGlite) {}
+  constructor(
+    private readonly pglite: PGlite,
+    /** Runs once PGlite has closed (openDatabase releases the data dir's lock there). */
+    private readonly onClosed?: () => Promise<void>,
+  ) {}
   createAdapter() {
     return new PostgresAdapter();
   }
   createDriver(): Driver {
-    return new PGliteDriver(this.pglite);
+    return new PGliteDriver(this.pglite, this.onClosed);
   }
   createIntrospector(db: Kysely<unknown>) {
     return new PostgresIntrospector(db);
@@ -35,7 +39,10 @@ class PGliteDriver implements Driver {
   private queue: Promise<void> = Promise.resolve();
   private readonly connection: PGliteConnection;
 
-  constructor(private readonly pglite: PGlite) {
+  constructor(
+    private readonly pglite: PGlite,
+    private readonly onClosed?: () => Promise<void>,
+  ) {
     this.connection = new PGliteConnection(pglite);
   }
 
@@ -72,7 +79,11 @@ class PGliteDriver implements Driver {
 
   async destroy(): Promise<void> {
     await this.queue;
-    await this.pglite.close();
+    try {
+      await this.pglite.close();
+    } finally {
+      await this.onClosed?.();
+    }
   }
 }
 
