@@ -8,6 +8,7 @@ export type RepositoryErrorCode =
   | "invalid-manifest" // a manifest that must not be restored (unsafe paths, bad structure)
   | "invalid-argument" // a caller passed something unusable (URL, key, option)
   | "locked" // another process holds a conflicting lock
+  | "unwritable" // the store takes no more writes: its disk is full, a quota is used up, it is read-only
   | "incomplete"; // a commit references chunks that are not durable
 
 export class RepositoryError extends Error {
@@ -28,4 +29,33 @@ export function isRepositoryError(err: unknown, code?: RepositoryErrorCode): err
 /** A chunk that failed the arrival check (it does not open, or does not hash to its id). */
 export function chunkArrivedDamaged(idHex: string, problem: string): RepositoryError {
   return new RepositoryError("corrupt", `chunk ${idHex} arrived damaged: ${problem}`);
+}
+
+/** Why a filesystem refuses writes, by errno, for the refusals that trying again as it is cannot get past. */
+const UNWRITABLE: Record<string, string> = {
+  ENOSPC: "no space left on the device",
+  EDQUOT: "the disk quota is used up",
+  EROFS: "the filesystem is read-only",
+};
+
+/** "no space left on the device (ENOSPC)" for a write its filesystem refused so, else undefined. */
+export function unwritableReason(err: unknown): string | undefined {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  const why = typeof code === "string" && Object.hasOwn(UNWRITABLE, code) ? UNWRITABLE[code] : undefined;
+  return why === undefined ? undefined : `${why} (${code})`;
+}
+
+/**
+ * A write into `url` that failed because the store takes no more writes (a full disk, a quota, a read-only
+ * mount), as an "unwritable" RepositoryError naming the store and what to do; any other error as it is.
+ */
+export function writeFailure(url: string, key: string, err: unknown): unknown {
+  const why = unwritableReason(err);
+  if (why === undefined || isRepositoryError(err)) return err;
+  return new RepositoryError(
+    "unwritable",
+    `cannot write ${url}/${key}: ${why}. Make room there and try again: what was written before this is kept, ` +
+      "and the next try reuses it",
+    { cause: err },
+  );
 }

@@ -11,7 +11,7 @@ import { pathToFileURL } from "node:url";
 import { alignedBuffer, isPageAligned, PAGE } from "./aligned-memory.js";
 import { discardTemp, syncDirectory } from "./atomic-file.js";
 import { assertBlobKey, type BlobInfo, type BlobStore, type BlobWriter } from "./blob-store.js";
-import { RepositoryError } from "./errors.js";
+import { RepositoryError, writeFailure } from "./errors.js";
 
 const TEMP_PREFIX = ".tmp-";
 /** Objects at least this large are written with O_DIRECT (when the platform and filesystem allow it). */
@@ -59,6 +59,18 @@ export class FileBlobStore implements BlobStore {
   }
 
   async put(key: string, data: Buffer | readonly Buffer[], options: { ifAbsent?: boolean } = {}): Promise<boolean> {
+    try {
+      return await this.putOnce(key, data, options);
+    } catch (err) {
+      throw writeFailure(this.url, key, err);
+    }
+  }
+
+  private async putOnce(
+    key: string,
+    data: Buffer | readonly Buffer[],
+    options: { ifAbsent?: boolean },
+  ): Promise<boolean> {
     const { final, temp } = await this.placeFor(key);
     const parts = (Buffer.isBuffer(data) ? [data] : data).filter((part) => part.length > 0);
     const size = parts.reduce((n, part) => n + part.length, 0);
@@ -92,6 +104,14 @@ export class FileBlobStore implements BlobStore {
    * rather than the pack. `commit` fsyncs the temp file, renames it into place and fsyncs the directory.
    */
   async openWriter(key: string): Promise<BlobWriter> {
+    try {
+      return await this.openWriterOnce(key);
+    } catch (err) {
+      throw writeFailure(this.url, key, err);
+    }
+  }
+
+  private async openWriterOnce(key: string): Promise<BlobWriter> {
     const { final, temp } = await this.placeFor(key);
     const stages = [this.takeStage(), this.takeStage()];
     // Stages are ordinary memory only when no more page-aligned memory could be had: buffered, this once.
@@ -119,6 +139,7 @@ export class FileBlobStore implements BlobStore {
       directRefused: () => {
         this.direct = false;
       },
+      writeFailure: (err) => writeFailure(this.url, key, err),
     });
   }
 
@@ -364,25 +385,42 @@ class StagedFileWriter implements BlobWriter {
     private readonly temp: string,
     private readonly final: string,
     stages: Buffer[],
-    private readonly store: { giveBack(stage: Buffer): void; directRefused(): void },
+    private readonly store: {
+      giveBack(stage: Buffer): void;
+      directRefused(): void;
+      /** The error to throw for a failed write (writeFailure: a full disk says so). */
+      writeFailure(err: unknown): unknown;
+    },
   ) {
     [this.stage, this.spare] = stages;
   }
 
   async write(data: Buffer): Promise<void> {
-    this.assertOpen();
-    for (let at = 0; at < data.length; ) {
-      const n = Math.min(data.length - at, STAGE_BYTES - this.filled);
-      this.stage.fill(data.subarray(at, at + n), this.filled, this.filled + n); // one memcpy (see copy-bytes.ts)
-      this.filled += n;
-      at += n;
-      if (this.filled === STAGE_BYTES) await this.flushStage();
+    try {
+      this.assertOpen();
+      for (let at = 0; at < data.length; ) {
+        const n = Math.min(data.length - at, STAGE_BYTES - this.filled);
+        this.stage.fill(data.subarray(at, at + n), this.filled, this.filled + n); // one memcpy (see copy-bytes.ts)
+        this.filled += n;
+        at += n;
+        if (this.filled === STAGE_BYTES) await this.flushStage();
+      }
+    } catch (err) {
+      throw this.store.writeFailure(err);
     }
   }
 
   async commit(): Promise<void> {
-    this.assertOpen();
-    this.done = true;
+    try {
+      this.assertOpen();
+      this.done = true;
+      await this.finish();
+    } catch (err) {
+      throw this.store.writeFailure(err);
+    }
+  }
+
+  private async finish(): Promise<void> {
     try {
       if (this.filled > 0) await this.flushStage();
       await this.inFlight;

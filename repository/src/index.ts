@@ -4,7 +4,7 @@
 
 export { alignedBuffer, alignedMemory, isPageAligned, PAGE } from "./aligned-memory.js";
 export { enableArrayBufferTransferInWorkers } from "./array-buffer-transfer.js";
-export { readSecretFile, SecretFileModeError, writeFileAtomic } from "./atomic-file.js";
+export { readSecretFile, SecretFileModeError, syncDirectory, writeFileAtomic } from "./atomic-file.js";
 export type { BlobInfo, BlobStore, BlobWriter } from "./blob-store.js";
 export { BufferPool } from "./buffer-pool.js";
 export {
@@ -26,7 +26,13 @@ export {
 export { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
 export { copyBytes } from "./copy-bytes.js";
 export { counted } from "./counted.js";
-export { chunkArrivedDamaged, isRepositoryError, RepositoryError, type RepositoryErrorCode } from "./errors.js";
+export {
+  chunkArrivedDamaged,
+  isRepositoryError,
+  RepositoryError,
+  type RepositoryErrorCode,
+  unwritableReason,
+} from "./errors.js";
 export { FileBlobStore } from "./file-blob-store.js";
 export { IdTable } from "./id-table.js";
 export { generateRepositoryKey, KEY_LENGTH, parseRepositoryKey } from "./key.js";

@@ -50,7 +50,12 @@ import type { AgentSender, AgentSession } from "../agent-gateway/agent-session.j
 import type { Db } from "../db/database.js";
 import { deleteSnapshot, getSnapshot, listSnapshots } from "../db/snapshot-repository.js";
 import type { SnapshotRow } from "../db/tables.js";
-import { DeadlineExceededError, FailedPreconditionError, InvalidArgumentError } from "../errors.js";
+import {
+  DeadlineExceededError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  ResourceExhaustedError,
+} from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import { ChunkVerifier } from "./chunk-verifier.js";
@@ -249,7 +254,9 @@ export class SnapshotCoordinator {
   async snapshot(req: SnapshotRequest): Promise<SnapshotRow> {
     const row = await this.measured(this.metrics.snapshots, this.metrics.snapshotSeconds, "committed", () =>
       this.using(req.tenantId, () => this.takeSnapshot(req)),
-    );
+    ).catch((err: unknown) => {
+      throw storeError(err);
+    });
     if (this.retention) {
       // The snapshot stands whatever happens here: a failed forget is retried after the next one.
       const policy = this.retention;
@@ -325,7 +332,7 @@ export class SnapshotCoordinator {
       return await work;
     } catch (err) {
       if (isRepositoryError(err, "locked")) throw new FailedPreconditionError(`tenant ${tenantId}: ${err.message}`);
-      throw err;
+      throw storeError(err);
     } finally {
       this.pruning.delete(tenantId);
     }
@@ -1063,4 +1070,13 @@ function manifestPartOf(part: Uint8Array, storedId: Uint8Array): Uint8Array | { 
     return `a manifest part with a ${storedId.length}-byte stored id and ${part.length} bytes (a 32-byte id or bytes, not both)`;
   }
   return { stored: Buffer.from(storedId).toString("hex") };
+}
+
+/**
+ * A blob store that takes no more writes (its disk full, a quota used up, read-only) as RESOURCE_EXHAUSTED with
+ * the store's own words (where, and what to do), for the admin who called: the API would otherwise answer
+ * "internal error" and leave the reason in the log. Any other error as it is.
+ */
+function storeError(err: unknown): unknown {
+  return isRepositoryError(err, "unwritable") ? new ResourceExhaustedError(err.message) : err;
 }

@@ -29,7 +29,9 @@ import {
   manifestPartEntries,
   nothingIncluded,
   RestorableCheck,
+  unwritableReason,
 } from "@dumont/repository";
+import { formatBytes } from "@dumont/repository/progress-meter";
 import { type Lease, RestoreDirectories } from "./restore-directories.js";
 import { type NewFiles, SnapshotWorkerPool } from "./worker-pool.js";
 
@@ -179,12 +181,28 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
     // wrote: the target is empty again, and the same restore can simply run again. One that restored all it
     // could and names damaged files (RestoreDamagedError) keeps the rest.
     if (!(err instanceof RestoreDamagedError)) await dirs.emptyTarget();
-    throw err;
+    const why = unwritableReason(err);
+    if (why === undefined) throw err;
+    // A full disk (or quota, or read-only mount) under the target: say so, and how much the restore needs.
+    throw new Error(
+      `cannot restore into ${options.target}: ${why}. What was restored so far has been removed; the ` +
+        `restore needs ${formatBytes(plan.bytes)} there: make room and restore again`,
+      { cause: err },
+    );
   } finally {
     if (locked !== undefined) await chmodTarget(locked).catch(() => {});
     await dirs.close();
     if (options.pool === undefined) await pool?.close();
   }
+}
+
+/**
+ * A worker's write error, which is an fs error's message ("ENOSPC: no space left on device, write"), as an
+ * Error with its code when the target's filesystem takes no more writes (unwritableReason); else undefined.
+ */
+function targetRefused(message: string): Error | undefined {
+  const refused = Object.assign(new Error(message), { code: /^(E[A-Z0-9]+): /.exec(message)?.[1] });
+  return unwritableReason(refused) === undefined ? undefined : refused;
 }
 
 /** Runs `use` with the name of manifest entry `path` in the target (see RestoreDirectories). */
@@ -505,6 +523,9 @@ async function restoreWindow(
               const d = targets[k];
               const writeError = failedWrites.get(k);
               if (writeError !== undefined) {
+                // A full disk (or quota, or read-only mount) under the target is no damage in the snapshot, and
+                // no file after this one would fit either: the restore stops, and says so (restoreSnapshot).
+                failure ??= targetRefused(writeError);
                 d.file.damaged ??= { path: d.file.entry.path, reason: `cannot write: ${writeError}` };
                 continue;
               }
