@@ -22,7 +22,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type AgentProcess,
   type ControlPlaneProcess,
+  dumontBin,
   enrollAgent,
+  runNode,
   snapshotApi,
   startAgentProcess,
   startControlPlaneProcess,
@@ -78,6 +80,17 @@ describe("snapshots over the agent stream", () => {
     } catch (err) {
       throw new Error(`${(err as Error).message}; agent log:\n${agent.log().slice(-4000)}`);
     }
+  };
+  /** Starts the control plane again (it was stopped) on its data dir and ports; waits for the agent's return. */
+  const restartControlPlane = async () => {
+    const restartedAt = Date.now();
+    cp = await startControlPlaneProcess({
+      dataDir: cp.dataDir,
+      httpPort: cp.httpPort,
+      grpcPort: cp.grpcPort,
+      databaseUrl: db.url,
+    });
+    await reconnected(restartedAt);
   };
   const online = async () => {
     const hosts = (await cli(["host", "list", "--json"])) as { id: string; status: string }[];
@@ -733,20 +746,43 @@ describe("snapshots over the agent stream", () => {
     await stopProcess(cp.proc, "SIGKILL");
     expect((await pending).code).not.toBe(0);
 
-    const restartedAt = Date.now();
-    cp = await startControlPlaneProcess({
-      dataDir: cp.dataDir,
-      httpPort: cp.httpPort,
-      grpcPort: cp.grpcPort,
-      databaseUrl: db.url,
-    });
-    await reconnected(restartedAt);
+    await restartControlPlane();
     expect((await snapshots()).map((s) => s.id)).toEqual(before);
     const retry = (await cli(["snapshot", "create", "--host", agent.hostId, "--path", big, "--json"])) as SnapshotJson;
     const target = path.join(root, "restored-big-2");
     await cli(["snapshot", "restore", retry.id, "--host", agent.hostId, "--target", target, "--json"]);
     expect(await describeTree(target)).toEqual(await describeTree(big));
   }, 150_000);
+
+  it("rotates the master key with the control plane stopped; what was snapshotted before restores byte for byte", async () => {
+    const snap = await snapshotOf(workspace);
+    const keyFile = path.join(cp.dataDir, "master.key");
+    const before = await fs.readFile(keyFile, "utf8");
+    const rotate = () =>
+      runNode(dumontBin, ["master-key", "rotate", "--data-dir", cp.dataDir, "--json"], { DATABASE_URL: db.url ?? "" });
+    if (!db.url) {
+      // The embedded database is the running control plane's: the rotation waits for it to stop.
+      const refused = await rotate();
+      expect(refused.code).not.toBe(0);
+      expect(refused.stderr).toContain(`is already open in process ${cp.proc.pid}`);
+      expect(await fs.readFile(keyFile, "utf8")).toBe(before);
+    }
+    await stopProcess(cp.proc);
+    const rotated = await rotate();
+    expect(rotated.stderr).toBe("");
+    expect(JSON.parse(rotated.stdout)).toEqual({
+      rewrapped: 1,
+      alreadyNew: 0,
+      newKeyAt: keyFile,
+      fromEnvironment: false,
+    });
+    expect(await fs.readFile(keyFile, "utf8")).not.toBe(before);
+
+    await restartControlPlane();
+    const target = path.join(root, "restored-after-rotation");
+    await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
+    expect(await describeTree(target)).toEqual(await describeTree(workspace));
+  }, 120_000);
 });
 
 /**

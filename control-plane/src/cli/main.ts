@@ -4,6 +4,7 @@ import { Command, InvalidArgumentError } from "commander";
 import { registerDevCommand } from "./dev-command.js";
 import { registerHostCommands } from "./host-command.js";
 import { registerKeyCommands } from "./key-command.js";
+import { registerMasterKeyCommand } from "./master-key-command.js";
 import { registerServeCommand } from "./serve-command.js";
 import { registerSnapshotCommands } from "./snapshot-command.js";
 
@@ -27,6 +28,7 @@ export async function main(argv: string[]): Promise<void> {
   registerHostCommands(program);
   registerSnapshotCommands(program);
   registerKeyCommands(program);
+  registerMasterKeyCommand(program);
   await program.parseAsync(argv);
 }
 

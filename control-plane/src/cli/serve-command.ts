@@ -5,13 +5,21 @@ import type { ControlPlaneOptions } from "../config.js";
 import type { ControlPlane } from "../control-plane.js";
 import { createLogger, type Logger } from "../logger.js";
 
-export function addServeOptions(cmd: Command): Command {
+/** --data-dir and --database-url: where a control plane's state is (serve, dev, master-key rotate). */
+export function addStateOptions(cmd: Command): Command {
   return cmd
     .addOption(
       new Option("--data-dir <dir>", "state: embedded database, CA, admin key (default ./.dumont)").env(
         "DUMONT_DATA_DIR",
       ),
     )
+    .addOption(
+      new Option("--database-url <url>", "postgres://… (default: embedded PGlite in the data dir)").env("DATABASE_URL"),
+    );
+}
+
+export function addServeOptions(cmd: Command): Command {
+  return addStateOptions(cmd)
     .addOption(
       new Option("--http-port <port>", "Connect API, /healthz, /metrics (default 8000)").env("DUMONT_HTTP_PORT"),
     )
@@ -21,9 +29,6 @@ export function addServeOptions(cmd: Command): Command {
       new Option("--public-host <name>", "host name agents and browsers use to reach us (default localhost)").env(
         "DUMONT_PUBLIC_HOST",
       ),
-    )
-    .addOption(
-      new Option("--database-url <url>", "postgres://… (default: embedded PGlite in the data dir)").env("DATABASE_URL"),
     )
     .addOption(
       new Option("--lost-after <seconds>", "a host silent this long is lost (default 10)").env("DUMONT_LOST_AFTER"),

@@ -5,7 +5,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
-import { readSecretFile } from "@dumont/repository";
+import { readSecretFile, syncDirectory } from "@dumont/repository";
 import type { Db } from "../db/database.js";
 
 const KEY_BYTES = 32;
@@ -31,11 +31,11 @@ export class TenantKeys {
       .select("wrapped_key")
       .where("tenant_id", "=", tenantId)
       .executeTakeFirst();
-    if (row) return this.remember(tenantId, unwrap(this.masterKey, row.wrapped_key, tenantId));
+    if (row) return this.remember(tenantId, unwrapTenantKey(this.masterKey, row.wrapped_key, tenantId));
     const fresh = randomBytes(KEY_BYTES);
     await this.db
       .insertInto("tenant_keys")
-      .values({ tenant_id: tenantId, wrapped_key: wrap(this.masterKey, fresh, tenantId) })
+      .values({ tenant_id: tenantId, wrapped_key: wrapTenantKey(this.masterKey, fresh, tenantId) })
       .onConflict((oc) => oc.column("tenant_id").doNothing())
       .execute();
     // Another replica may have won the race: read back whatever is stored.
@@ -44,7 +44,7 @@ export class TenantKeys {
       .select("wrapped_key")
       .where("tenant_id", "=", tenantId)
       .executeTakeFirstOrThrow();
-    return this.remember(tenantId, unwrap(this.masterKey, stored.wrapped_key, tenantId));
+    return this.remember(tenantId, unwrapTenantKey(this.masterKey, stored.wrapped_key, tenantId));
   }
 
   /**
@@ -52,12 +52,26 @@ export class TenantKeys {
    * master key (a new data dir, a secret that did not mount) fails at start, not at its first snapshot.
    */
   async verify(): Promise<void> {
-    const row = await this.db
-      .selectFrom("tenant_keys")
-      .select(["tenant_id", "wrapped_key"])
-      .limit(1)
-      .executeTakeFirst();
-    if (row) this.remember(row.tenant_id, unwrap(this.masterKey, row.wrapped_key, row.tenant_id));
+    const rows = await this.db.selectFrom("tenant_keys").select(["tenant_id", "wrapped_key"]).execute();
+    const failed: { tenantId: string; error: unknown }[] = [];
+    for (const row of rows) {
+      try {
+        this.remember(row.tenant_id, unwrapTenantKey(this.masterKey, row.wrapped_key, row.tenant_id));
+      } catch (error) {
+        failed.push({ tenantId: row.tenant_id, error });
+      }
+    }
+    if (failed.length === 0) return;
+    // None opens: another master key altogether (unwrap's message says which settings to check).
+    if (failed.length === rows.length) throw failed[0].error;
+    // Some do: a control plane that kept the old master key through a rotation wrapped these with it.
+    const named = failed.slice(0, 5).map((f) => f.tenantId);
+    throw new Error(
+      `the data keys of ${failed.length} of ${rows.length} tenants are wrapped by another master key than this ` +
+        `one (${named.join(", ")}${failed.length > named.length ? ", …" : ""}), as a control plane still running ` +
+        "with the old key during a master key rotation leaves them: run `DUMONT_MASTER_KEY=<the old key> dumont " +
+        "master-key rotate --new-key-file <a file holding this key>` to wrap them again",
+    );
   }
 
   private remember(tenantId: string, key: Buffer): Buffer {
@@ -66,7 +80,8 @@ export class TenantKeys {
   }
 }
 
-function wrap(master: Buffer, key: Buffer, tenantId: string): string {
+/** A tenant's data key wrapped by `master` (AES-256-GCM, the tenant id as associated data), base64. */
+export function wrapTenantKey(master: Buffer, key: Buffer, tenantId: string): string {
   const iv = randomBytes(12);
   const cipher = createCipheriv("aes-256-gcm", master, iv);
   cipher.setAAD(Buffer.from(`dumont tenant key ${tenantId}`));
@@ -74,7 +89,8 @@ function wrap(master: Buffer, key: Buffer, tenantId: string): string {
   return Buffer.concat([iv, cipher.getAuthTag(), body]).toString("base64");
 }
 
-function unwrap(master: Buffer, wrapped: string, tenantId: string): Buffer {
+/** Inverse of wrapTenantKey; throws, naming the tenant and the master key's settings, if `master` does not open it. */
+export function unwrapTenantKey(master: Buffer, wrapped: string, tenantId: string): Buffer {
   const raw = Buffer.from(wrapped, "base64");
   const wrong = () =>
     new Error(
@@ -105,7 +121,19 @@ export async function loadMasterKey(
   wrappedKeys: () => Promise<number>,
 ): Promise<Buffer> {
   if (fromEnv) return parseMasterKey(fromEnv, "DUMONT_MASTER_KEY");
-  const file = path.join(dataDir, "master.key");
+  const file = masterKeyFile(dataDir);
+  const next = nextMasterKeyFile(dataDir);
+  if (
+    await fs.stat(next).then(
+      () => true,
+      () => false,
+    )
+  ) {
+    throw new Error(
+      `a master key rotation did not finish (${next} is there): run \`dumont master-key rotate\` with the same ` +
+        "--data-dir and database to finish it, then start again",
+    );
+  }
   const existing = await readMasterKeyFile(file);
   if (existing) return existing;
   const stored = await wrappedKeys();
@@ -116,8 +144,26 @@ export async function loadMasterKey(
         "would make every snapshot unreadable)",
     );
   }
-  // Written whole under another name, then linked into place, which fails if another process got there first.
   const key = randomBytes(KEY_BYTES);
+  await createKeyFile(file, key); // another process may get there first: its key is the one read back
+  return (await readMasterKeyFile(file)) ?? key;
+}
+
+/** The data dir's master key file. */
+export function masterKeyFile(dataDir: string): string {
+  return path.join(dataDir, "master.key");
+}
+
+/** Where a master key rotation keeps the new key until the database is re-wrapped (master-key-rotation.ts). */
+export function nextMasterKeyFile(dataDir: string): string {
+  return path.join(dataDir, "master.key.next");
+}
+
+/**
+ * Writes `key` to a new key file, 0600: whole under another name, then linked into place, which fails if the
+ * file is there already (false then: another process got there first); the directory is synced either way.
+ */
+export async function createKeyFile(file: string, key: Buffer): Promise<boolean> {
   const temp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
   const handle = await fs.open(temp, "wx", 0o600);
   try {
@@ -126,19 +172,21 @@ export async function loadMasterKey(
   } finally {
     await handle.close();
   }
+  let created = true;
   try {
     await fs.link(temp, file);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    created = false;
   } finally {
     await fs.unlink(temp).catch(() => {});
   }
-  const handle2 = await fs.open(path.dirname(file), "r");
-  await handle2.sync().finally(() => handle2.close());
-  return (await readMasterKeyFile(file)) ?? key;
+  await syncDirectory(path.dirname(file));
+  return created;
 }
 
-async function readMasterKeyFile(file: string): Promise<Buffer | undefined> {
+/** The key in a master key file (0600, in a directory others cannot write), or undefined if it is absent. */
+export async function readMasterKeyFile(file: string): Promise<Buffer | undefined> {
   const text = await readSecretFile(file).catch((err: NodeJS.ErrnoException) => {
     if (err.code === "ENOENT") return undefined;
     throw err;
