@@ -1,11 +1,11 @@
-// A full disk through the control plane, for real: small tmpfs mounts (so only as root on Linux, as CI runs;
-// skipped elsewhere) under the control plane's blob store and under a restore's target. Each failure reaches
+// A full disk through the control plane, for real: small tmpfs mounts (so only where this process may mount,
+// as CI here runs; skipped elsewhere) under the control plane's blob store and under a restore's target. Each failure reaches
 // the `dumont` CLI as what it is, where, and what to do, not as an internal error or as damaged data.
-import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
+import { canMountTmpfs, mountTmpfs, unmountTmpfs } from "@dumont/repository/testing/tmpfs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type AgentProcess,
@@ -19,19 +19,7 @@ import {
   waitFor,
 } from "../support/processes.js";
 
-const canMount =
-  process.platform === "linux" &&
-  process.getuid?.() === 0 &&
-  (() => {
-    try {
-      execFileSync("mount", ["--version"], { stdio: "ignore" });
-      return true;
-    } catch {
-      return false;
-    }
-  })();
-
-describe.skipIf(!canMount)("a full disk through the control plane", () => {
+describe.skipIf(!canMountTmpfs())("a full disk through the control plane", () => {
   let root: string;
   const mounts: string[] = [];
   let cp: ControlPlaneProcess;
@@ -43,7 +31,7 @@ describe.skipIf(!canMount)("a full disk through the control plane", () => {
   const mountSmall = async (name: string, size: string): Promise<string> => {
     const dir = path.join(root, name);
     await fs.mkdir(dir);
-    execFileSync("mount", ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir]);
+    mountTmpfs(dir, size);
     mounts.push(dir);
     return dir;
   };
@@ -74,7 +62,7 @@ describe.skipIf(!canMount)("a full disk through the control plane", () => {
   afterAll(async () => {
     await agent?.stop();
     await cp?.stop();
-    for (const dir of mounts.reverse()) execFileSync("umount", [dir]);
+    for (const dir of mounts.reverse()) unmountTmpfs(dir);
     await db?.drop();
     await fs.rm(root, { recursive: true, force: true });
   });

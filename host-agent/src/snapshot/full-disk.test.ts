@@ -1,26 +1,14 @@
 // A full disk under the repository or the restore target, for real: a small tmpfs, mounted for this file (so
-// only as root on Linux, as CI runs; skipped elsewhere). The failure says where and what to do, leaves no
+// only where this process may mount one, as CI here runs; skipped elsewhere). The failure says where and what to do, leaves no
 // temp file or half restore behind, and the next try, with room made, succeeds.
-import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
+import { canMountTmpfs, mountTmpfs, unmountTmpfs } from "@dumont/repository/testing/tmpfs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runAgentCli } from "../cli/run-in-process.js";
-
-const canMount =
-  process.platform === "linux" &&
-  process.getuid?.() === 0 &&
-  (() => {
-    try {
-      execFileSync("mount", ["--version"], { stdio: "ignore" });
-      return true;
-    } catch {
-      return false;
-    }
-  })();
 
 /** Every file under `dir`, relative, sorted. */
 async function files(dir: string): Promise<string[]> {
@@ -31,7 +19,7 @@ async function files(dir: string): Promise<string[]> {
     .sort();
 }
 
-describe.skipIf(!canMount)("a full disk", () => {
+describe.skipIf(!canMountTmpfs())("a full disk", () => {
   let root: string;
   let small: string;
   let mounted = false;
@@ -42,7 +30,7 @@ describe.skipIf(!canMount)("a full disk", () => {
     root = await mkdtemp(join(tmpdir(), "dumont-full-disk-"));
     small = join(root, "small");
     await mkdir(small);
-    execFileSync("mount", ["-t", "tmpfs", "-o", "size=8m", "tmpfs", small]);
+    mountTmpfs(small, "8m");
     mounted = true;
     keyFile = join(root, "key");
     await writeFile(keyFile, randomBytes(32).toString("hex"));
@@ -52,7 +40,7 @@ describe.skipIf(!canMount)("a full disk", () => {
     await writeFile(join(source, "notes.txt"), "hello\n");
   });
   afterAll(async () => {
-    if (mounted) execFileSync("umount", [small]);
+    if (mounted) unmountTmpfs(small);
     await rm(root, { recursive: true, force: true });
   });
 
