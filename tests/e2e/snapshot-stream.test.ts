@@ -766,6 +766,11 @@ describe("snapshots over the agent stream", () => {
       expect(refused.code).not.toBe(0);
       expect(refused.stderr).toContain(`is already open in process ${cp.proc.pid}`);
       expect(await fs.readFile(keyFile, "utf8")).toBe(before);
+      // A mistyped data dir is refused, and no new database is left there.
+      const elsewhere = path.join(root, "not-a-data-dir");
+      const wrong = await runNode(dumontBin, ["master-key", "rotate", "--data-dir", elsewhere], { DATABASE_URL: "" });
+      expect(wrong.stderr).toContain(`no control plane database in ${elsewhere}`);
+      await expect(fs.stat(elsewhere)).rejects.toThrow(/ENOENT/);
     }
     await stopProcess(cp.proc);
     const rotated = await rotate();
