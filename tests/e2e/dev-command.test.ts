@@ -1,10 +1,46 @@
-// `dumont dev` (what `npm start` runs) with a master key from the environment: the control plane takes it and
-// the local agent it starts does not inherit it.
-import { spawn } from "node:child_process";
+// `dumont dev` (what `npm start` runs): a master key from the environment goes to the control plane and not to
+// the local agent; the banner reports this start's host; a kill -9 of dev takes its local agent with it.
+import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readdir, readFile, rm } from "node:fs/promises";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { dumontBin, freePort, runNode, stopProcess, tempDir, waitFor } from "../support/processes.js";
+
+/**
+ * `dumont dev` on `dir` and those ports (embedded database), once its banner says the host is online; stopped
+ * when the test ends. `output()` is what it printed so far.
+ */
+async function startDev(
+  dir: string,
+  ports: { http: number; grpc: number },
+  extra: string[] = [],
+  env: NodeJS.ProcessEnv = {},
+): Promise<{ dev: ChildProcess; output: () => string }> {
+  const { DATABASE_URL: _, ...inherited } = process.env;
+  const args = ["dev", "--data-dir", dir, "--http-port", String(ports.http), "--grpc-port", String(ports.grpc)];
+  const dev = spawn(process.execPath, [dumontBin, ...args, ...extra], {
+    env: { ...inherited, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  dev.stdout.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  dev.stderr.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  onTestFinished(() => stopProcess(dev));
+  await waitFor(() => /Host online: .*\n/.test(out), 60_000).catch(() => {
+    throw new Error(`dumont dev never said its host was online:\n${out}`);
+  });
+  return { dev, output: () => out };
+}
+
+/** The pids of `pid`'s child processes (Linux's /proc). */
+async function childrenOf(pid: number): Promise<number[]> {
+  const text = await readFile(`/proc/${pid}/task/${pid}/children`, "utf8");
+  return text.trim().split(/\s+/).filter(Boolean).map(Number);
+}
 
 describe("dumont dev", () => {
   it("uses DUMONT_MASTER_KEY and keeps it out of the local agent's environment", async () => {
@@ -12,23 +48,11 @@ describe("dumont dev", () => {
     onTestFinished(() => rm(dir, { recursive: true, force: true }));
     const masterKey = randomBytes(32).toString("hex");
     const [httpPort, grpcPort] = [await freePort(), await freePort()];
-    const { DATABASE_URL: _, ...env } = process.env; // the embedded database
-    const dev = spawn(
-      process.execPath,
-      [dumontBin, "dev", "--data-dir", dir, "--http-port", String(httpPort), "--grpc-port", String(grpcPort)],
-      { env: { ...env, DUMONT_MASTER_KEY: masterKey }, stdio: ["ignore", "pipe", "pipe"] },
-    );
-    let out = "";
-    dev.stdout.on("data", (d: Buffer) => {
-      out += d.toString();
+    const { dev, output } = await startDev(dir, { http: httpPort, grpc: grpcPort }, [], {
+      DUMONT_MASTER_KEY: masterKey,
     });
-    dev.stderr.on("data", (d: Buffer) => {
-      out += d.toString();
-    });
-    onTestFinished(() => stopProcess(dev));
-    await waitFor(() => /Host online: local/.test(out), 60_000).catch(() => {
-      throw new Error(`dumont dev never said its host was online:\n${out}`);
-    });
+    const out = output();
+    expect(out).toContain("Host online: local");
     // The command the banner suggests works as printed from another directory: this start's port and data dir
     // (for its admin key) are in front of it.
     const suggested = /Try: (.*?) {4}\(Ctrl-C/.exec(out)?.[1];
@@ -42,7 +66,7 @@ describe("dumont dev", () => {
     // The key came from the environment: no key file was made.
     expect(await readdir(dir)).not.toContain("master.key");
     // The local agent is its child; its environment (as it was started) has no master key.
-    const children = (await readFile(`/proc/${dev.pid}/task/${dev.pid}/children`, "utf8")).trim().split(/\s+/);
+    const children = await childrenOf(dev.pid!);
     expect(children.length).toBeGreaterThan(0);
     for (const child of children) {
       const environ = await readFile(`/proc/${child}/environ`, "utf8");
@@ -55,26 +79,13 @@ describe("dumont dev", () => {
   it("reports the host as this start's agent sees it, not as the last start left it", async () => {
     const dir = await tempDir("dev-command-restart");
     onTestFinished(() => rm(dir, { recursive: true, force: true }));
-    const { DATABASE_URL: _, ...env } = process.env;
     // The same ports both times, as `npm start` and then `npm run demo` use: the local agent dials the address
     // it enrolled with.
-    const [httpPort, grpcPort] = [await freePort(), await freePort()];
+    const ports = { http: await freePort(), grpc: await freePort() };
     const start = async (extra: string[]) => {
-      const args = ["dev", "--data-dir", dir, "--http-port", String(httpPort), "--grpc-port", String(grpcPort)];
-      const dev = spawn(process.execPath, [dumontBin, ...args, ...extra], { env, stdio: ["ignore", "pipe", "pipe"] });
-      let out = "";
-      dev.stdout.on("data", (d: Buffer) => {
-        out += d.toString();
-      });
-      dev.stderr.on("data", (d: Buffer) => {
-        out += d.toString();
-      });
-      await waitFor(() => /Host online: .*\n/.test(out), 60_000).catch(async () => {
-        await stopProcess(dev);
-        throw new Error(`dumont dev never said its host was online:\n${out}`);
-      });
+      const { dev, output } = await startDev(dir, ports, extra);
       await stopProcess(dev);
-      return /Host online: (.*)\n/.exec(out)?.[1] ?? "";
+      return /Host online: (.*)\n/.exec(output())?.[1] ?? "";
     };
     expect(await start([])).toMatch(/ — CPU only$/);
     // The host row is still "online" from the first run (nobody marked it lost yet): the banner must wait for the
@@ -82,5 +93,27 @@ describe("dumont dev", () => {
     expect(await start(["--demo"])).toMatch(
       / — NVIDIA GeForce RTX 4090, NVIDIA GeForce RTX 4090 {2}\[simulated GPUs\]$/,
     );
+  }, 120_000);
+
+  it("takes its local agent with it when it is killed -9, so the next dev on the data dir starts", async () => {
+    const dir = await tempDir("dev-command-kill");
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    const ports = { http: await freePort(), grpc: await freePort() };
+    const first = await startDev(dir, ports);
+    const agents = await childrenOf(first.dev.pid!);
+    expect(agents).toHaveLength(1);
+    await stopProcess(first.dev, "SIGKILL");
+    // Its agent had the data dir's lock: left running, it made the next start fail ("already in use").
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    await waitFor(() => !alive(agents[0]), 15_000);
+    const second = await startDev(dir, ports);
+    expect(second.output()).toMatch(/Host online: local \(h-[0-9a-f]+\)/);
   }, 120_000);
 });

@@ -72,9 +72,11 @@ export function registerDevCommand(program: Command): void {
           env,
         );
       }
-      const agentArgs = ["run", "--data-dir", agentDir, ...(opts.demo ? ["--simulated"] : [])];
+      // --exit-with-stdin and a pipe this process holds: if it dies without stopping the agent (kill -9), the
+      // agent stops too, rather than staying on with the data dir the next `dumont dev` needs.
+      const agentArgs = ["run", "--data-dir", agentDir, "--exit-with-stdin", ...(opts.demo ? ["--simulated"] : [])];
       const agentStarted = Date.now();
-      const agent = spawn(process.execPath, [agentBin, ...agentArgs], { env, stdio: ["ignore", "inherit", "inherit"] });
+      const agent = spawn(process.execPath, [agentBin, ...agentArgs], { env, stdio: ["pipe", "inherit", "inherit"] });
 
       const host = await waitForLocalHost(clients, agentDir, agent, agentStarted);
       process.stdout.write(

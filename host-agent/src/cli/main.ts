@@ -90,6 +90,12 @@ export async function main(argv: string[]): Promise<void> {
     .addOption(new Option("--log-level <level>", "fatal|error|warn|info|debug|trace|silent").env("DUMONT_LOG_LEVEL"))
     .addOption(serverOption())
     .option("--simulated", "label this host's GPUs as simulated (dev --demo)")
+    .addOption(
+      // For a parent that starts the agent as its child (`dumont dev`): it holds the write end of the agent's
+      // stdin, and when it ends, however it ends (kill -9 too), the kernel closes it and the agent stops with it
+      // instead of living on, an orphan holding the data dir the parent's next start needs.
+      new Option("--exit-with-stdin", "stop when standard input closes (for a parent process)").hideHelp(),
+    )
     .action(async (opts) => {
       // Let the heap grow to four times what survives a full collection before the next one. V8 counts the
       // Buffers a streamed restore receives (TLS records, gRPC messages, up to 64 MiB of chunks waiting for the
@@ -114,12 +120,22 @@ export async function main(argv: string[]): Promise<void> {
       const { startAgent } = await import("../agent.js");
       const agent = await startAgent(config, log);
       await new Promise<void>((resolve) => {
+        let stopping = false;
         const shutdown = (signal: string) => {
+          if (stopping) return;
+          stopping = true;
           log.info({ signal }, "stopping");
-          agent.stop().finally(resolve);
+          agent.stop().finally(() => {
+            if (opts.exitWithStdin) process.stdin.destroy(); // it would keep the process alive
+            resolve();
+          });
         };
         process.once("SIGINT", () => shutdown("SIGINT"));
         process.once("SIGTERM", () => shutdown("SIGTERM"));
+        if (opts.exitWithStdin) {
+          process.stdin.once("close", () => shutdown("stdin closed"));
+          process.stdin.resume(); // read (and drop) whatever comes, to see its end
+        }
       });
     });
 
