@@ -760,12 +760,15 @@ describe("snapshots over the agent stream", () => {
     const before = await fs.readFile(keyFile, "utf8");
     const rotate = () =>
       runNode(dumontBin, ["master-key", "rotate", "--data-dir", cp.dataDir, "--json"], { DATABASE_URL: db.url ?? "" });
+    // While the control plane runs, the rotation waits for it to stop: the embedded database's lock, or on
+    // Postgres its connections, say it is there.
+    const refused = await rotate();
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain(
+      db.url ? "a control plane is still connected to this database" : `is already open in process ${cp.proc.pid}`,
+    );
+    expect(await fs.readFile(keyFile, "utf8")).toBe(before);
     if (!db.url) {
-      // The embedded database is the running control plane's: the rotation waits for it to stop.
-      const refused = await rotate();
-      expect(refused.code).not.toBe(0);
-      expect(refused.stderr).toContain(`is already open in process ${cp.proc.pid}`);
-      expect(await fs.readFile(keyFile, "utf8")).toBe(before);
       // A mistyped data dir is refused, and no new database is left there.
       const elsewhere = path.join(root, "not-a-data-dir");
       const wrong = await runNode(dumontBin, ["master-key", "rotate", "--data-dir", elsewhere], { DATABASE_URL: "" });

@@ -28,7 +28,7 @@ export function registerMasterKeyCommand(program: Command): void {
     .option("--json", "print JSON")
     .action(async (opts: ControlPlaneOptions & { newKeyFile?: string; json?: boolean }) => {
       // Loaded here, as `serve` does: the database and its driver are heavy for every other command.
-      const [{ loadConfig }, { openDatabase }, { rotateMasterKey }] = await Promise.all([
+      const [{ loadConfig }, { controlPlaneConnections, openDatabase }, { rotateMasterKey }] = await Promise.all([
         import("../config.js"),
         import("../db/database.js"),
         import("../snapshots/master-key-rotation.js"),
@@ -43,8 +43,21 @@ export function registerMasterKeyCommand(program: Command): void {
             "(DUMONT_DATA_DIR) that `dumont serve` runs with, or its DATABASE_URL",
         );
       }
-      const db = await openDatabase({ dataDir: config.dataDir, databaseUrl: config.databaseUrl });
+      const db = await openDatabase({
+        dataDir: config.dataDir,
+        databaseUrl: config.databaseUrl,
+        applicationName: "dumont master-key",
+      });
       try {
+        // A control plane left running would wrap the keys of tenants it meets for the first time with the old
+        // key. The embedded database's lock keeps one out; on Postgres, look for their connections.
+        const others = await controlPlaneConnections(db, !config.databaseUrl);
+        if (others > 0) {
+          throw new Error(
+            `a control plane is still connected to this database (${counted(others, "connection")} named ` +
+              '"dumont control plane"): stop every control plane that uses it, then rotate',
+          );
+        }
         const result = await rotateMasterKey({
           db,
           dataDir: config.dataDir,

@@ -6,12 +6,35 @@ import os from "node:os";
 import path from "node:path";
 import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
-import { openDatabase } from "./database.js";
+import { controlPlaneConnections, openDatabase } from "./database.js";
 import { adminQuery, openTestDatabase } from "./test-database.js";
 
 const server = process.env.DATABASE_URL;
 
 describe.skipIf(!server)("the database on Postgres", () => {
+  it("counts the connections control planes hold to it, not those of a process opened under another name", async () => {
+    const { db, name, close } = await openTestDatabase(); // a control plane's, by default
+    try {
+      const url = new URL(server!);
+      url.pathname = `/${name}`;
+      const rotation = await openDatabase({
+        dataDir: os.tmpdir(),
+        databaseUrl: url.toString(),
+        applicationName: "dumont master-key",
+      });
+      try {
+        await sql`select 1`.execute(db); // the control plane's pool holds a connection now
+        expect(await controlPlaneConnections(rotation, false)).toBeGreaterThan(0);
+        await db.destroy(); // the control plane stops
+        expect(await controlPlaneConnections(rotation, false)).toBe(0);
+      } finally {
+        await rotation.destroy();
+      }
+    } finally {
+      await close().catch(() => {}); // its pool is already closed
+    }
+  });
+
   it("outlives Postgres ending its idle connections (a restart, a proxy's timeout), and queries again", async () => {
     const ended: Error[] = [];
     const { db, name, close } = await openTestDatabase({ onIdleConnectionError: (err) => ended.push(err) });

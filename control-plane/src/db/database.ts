@@ -4,7 +4,7 @@ import fs from "node:fs/promises";
 import path from "node:path";
 import { lockDirectory } from "@dumont/repository/directory-lock";
 import { PGlite } from "@electric-sql/pglite";
-import { Kysely, type MigrationProvider, Migrator, PostgresDialect } from "kysely";
+import { Kysely, type MigrationProvider, Migrator, PostgresDialect, sql } from "kysely";
 import pg from "pg";
 import { migrations } from "./migrations/index.js";
 import { PGliteDialect } from "./pglite-dialect.js";
@@ -18,7 +18,15 @@ export interface DatabaseOptions {
   dataDir: string;
   /** Told when Postgres closes a connection the pool holds idle (a restart, a proxy's idle timeout). */
   onIdleConnectionError?: (err: Error) => void;
+  /**
+   * Postgres's application_name for this process's connections (default CONTROL_PLANE_APPLICATION): what
+   * `dumont master-key rotate` looks for to see that a control plane still runs on the database.
+   */
+  applicationName?: string;
 }
+
+/** The application_name of a control plane's connections to Postgres. */
+export const CONTROL_PLANE_APPLICATION = "dumont control plane";
 
 // bigint (int8) as JS number: our byte counts stay far below 2^53.
 pg.types.setTypeParser(20, (value: string) => Number(value));
@@ -26,7 +34,11 @@ pg.types.setTypeParser(20, (value: string) => Number(value));
 export async function openDatabase(options: DatabaseOptions): Promise<Db> {
   let db: Db;
   if (options.databaseUrl) {
-    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: 10 });
+    const pool = new pg.Pool({
+      connectionString: options.databaseUrl,
+      max: 10,
+      application_name: options.applicationName ?? CONTROL_PLANE_APPLICATION,
+    });
     // An idle connection the server ends (a restart, a failover, a proxy's idle timeout, a connection still
     // closing when its database is dropped) is an 'error' on the pool, which drops that connection itself;
     // with no listener, the EventEmitter threw it and the process ended. The next query opens a new one.
@@ -71,4 +83,17 @@ export async function migrateToLatest(db: Db): Promise<void> {
     const name = failed ? ` ${failed.migrationName}` : "";
     throw new Error(`database migration${name} failed: ${error instanceof Error ? error.message : String(error)}`);
   }
+}
+
+/**
+ * How many connections other control planes hold to this Postgres database (by their application_name), or 0
+ * for the embedded database, whose lock already keeps every other process out.
+ */
+export async function controlPlaneConnections(db: Db, embedded: boolean): Promise<number> {
+  if (embedded) return 0;
+  const { rows } = await sql<{ n: number }>`
+    select count(*)::int as n from pg_stat_activity
+    where datname = current_database() and application_name = ${CONTROL_PLANE_APPLICATION}
+      and pid <> pg_backend_pid()`.execute(db);
+  return rows[0]?.n ?? 0;
 }

@@ -4,9 +4,9 @@
 // the database's wrapped copies (one transaction) and, with a key file, the file (renamed over).
 //
 // Runs offline, against the database and data dir `dumont serve` uses: the master key never goes through the
-// API. The embedded database's lock refuses it while a control plane has that data dir open; with Postgres,
-// stop every control plane first (one still running with the old key would wrap the keys of tenants it meets
-// for the first time with it, which the next start then reports; running this again with that old key mends it).
+// API. The command refuses while a control plane runs (the embedded database's lock; on Postgres, connections
+// named "dumont control plane"): one still running with the old key would wrap the keys of tenants it meets
+// for the first time with it, which the next start then reports; running this again with that old key mends it.
 //
 // Crash safety with a key file: the new key is written durably to master.key.next first, the database is
 // re-wrapped and committed, then master.key.next is renamed over master.key. A stop between those steps
