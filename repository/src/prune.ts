@@ -154,6 +154,18 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     // not written again, and then go with both.
     const keep = new Map(repack.map((id) => [id, index.packs.get(id)!]));
     index.removePacks([...repack, ...unused]);
+    // What needs no writing goes first: a prune is what frees a full disk, and the repack below writes packs.
+    for (const packId of unused) {
+      await store.delete(indexKey(packId));
+      await store.delete(packKey(packId));
+    }
+    for (const o of orphans) await store.delete(o.key);
+    for (const key of manifestKeys) await store.delete(key);
+    for (const prefix of WRITER_PREFIXES) {
+      const removed = (await store.removeAbandoned?.(prefix)) ?? { count: 0, bytes: 0 };
+      report.tempFilesDeleted += removed.count;
+      report.bytesFreed += removed.bytes;
+    }
     if (repack.length > 0) {
       const writer = await repository.writer({ index, lock: false, verifyChunks: true, packSize: options.packSize });
       try {
@@ -175,17 +187,6 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
         report.bytesFreed += pack.packSize;
       }
       report.packsRepacked = repack.length;
-    }
-    for (const packId of unused) {
-      await store.delete(indexKey(packId));
-      await store.delete(packKey(packId));
-    }
-    for (const o of orphans) await store.delete(o.key);
-    for (const key of manifestKeys) await store.delete(key);
-    for (const prefix of WRITER_PREFIXES) {
-      const removed = (await store.removeAbandoned?.(prefix)) ?? { count: 0, bytes: 0 };
-      report.tempFilesDeleted += removed.count;
-      report.bytesFreed += removed.bytes;
     }
     return report;
   } finally {

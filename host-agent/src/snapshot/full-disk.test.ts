@@ -2,7 +2,7 @@
 // only where this process may mount one, as CI here runs; skipped elsewhere). The failure says where and what to do, leaves no
 // temp file or half restore behind, and the next try, with room made, succeeds.
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, statfs, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -22,7 +22,7 @@ async function files(dir: string): Promise<string[]> {
 describe.skipIf(!canMountTmpfs())("a full disk", () => {
   let root: string;
   let small: string;
-  let mounted = false;
+  const mounts: string[] = [];
   let keyFile: string;
   let source: string;
 
@@ -31,7 +31,7 @@ describe.skipIf(!canMountTmpfs())("a full disk", () => {
     small = join(root, "small");
     await mkdir(small);
     mountTmpfs(small, "8m");
-    mounted = true;
+    mounts.push(small);
     keyFile = join(root, "key");
     await writeFile(keyFile, randomBytes(32).toString("hex"));
     source = join(root, "src");
@@ -40,7 +40,7 @@ describe.skipIf(!canMountTmpfs())("a full disk", () => {
     await writeFile(join(source, "notes.txt"), "hello\n");
   });
   afterAll(async () => {
-    if (mounted) unmountTmpfs(small);
+    for (const dir of mounts.reverse()) unmountTmpfs(dir);
     await rm(root, { recursive: true, force: true });
   });
 
@@ -76,6 +76,40 @@ describe.skipIf(!canMountTmpfs())("a full disk", () => {
     const ok = await create(repo, smaller);
     expect(ok.err).toBe("");
     expect(JSON.parse(ok.out)).toMatchObject({ files: 1 });
+  });
+
+  it("a prune of a full repository deletes what needs no writing before it repacks, and frees the disk", async () => {
+    const disk = join(root, "prune-disk");
+    await mkdir(disk);
+    mountTmpfs(disk, "12m");
+    mounts.push(disk);
+    const repo = join(disk, "repo");
+    const tree = async (name: string, files: Record<string, Buffer>) => {
+      const dir = join(root, name);
+      await mkdir(dir);
+      for (const [file, data] of Object.entries(files)) await writeFile(join(dir, file), data);
+      return dir;
+    };
+    const x = randomBytes(1024 * 1024);
+    const idOf = async (dir: string) => (JSON.parse((await create(repo, dir)).out) as { id: string }).id;
+    const old = await idOf(await tree("old", { "z.bin": randomBytes(3 * 1024 * 1024) })); // a pack nothing will need
+    const both = await idOf(await tree("both", { "x.bin": x, "y.bin": randomBytes(5 * 1024 * 1024) }));
+    const kept = join(root, "kept");
+    await idOf(await tree("kept", { "x.bin": x })); // x's chunks: a sixth of `both`'s pack, repacked once it goes
+    // The disk full but for a lock file's room.
+    const { bavail, bsize } = await statfs(disk);
+    await writeFile(join(disk, "filler"), Buffer.alloc(Math.max(0, Number(bavail) * Number(bsize) - 128 * 1024)));
+
+    const key = ["--repo", pathToFileURL(repo).href, "--key-file", keyFile];
+    const pruned = await runAgentCli("snapshot", "forget", old, both, "--prune", "--json", ...key);
+    expect(pruned.err).toBe("");
+    expect(JSON.parse(pruned.out)).toMatchObject({ prune: { packsDeleted: 1, packsRepacked: 1 } });
+    const checked = await runAgentCli("snapshot", "check", ...key);
+    expect(checked.code, checked.err).toBe(0);
+    const target = join(root, "kept-restored");
+    const [only] = JSON.parse((await runAgentCli("snapshot", "list", "--json", ...key)).out) as { id: string }[];
+    expect((await runAgentCli("snapshot", "restore", "--id", only.id, "--target", target, ...key)).code).toBe(0);
+    expect(await readFile(join(target, "x.bin"))).toEqual(await readFile(join(kept, "x.bin")));
   });
 
   it("under the restore target: says how much room it needs, and removes what it had restored", async () => {
