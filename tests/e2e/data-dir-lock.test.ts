@@ -1,7 +1,8 @@
 // One process per data dir. A second `dumont serve` or `dumont dev` on a data dir that a running one holds stops
 // before it opens the embedded database (it used to run beside it, on the same PGlite files), naming the process
 // to stop; the first goes on untouched; a kill -9 of the holder leaves no stale lock behind. A second
-// `dumont-agent run` on an enrolled data dir (the same host connecting twice) stops the same way.
+// `dumont-agent run` on an enrolled data dir (the same host connecting twice) stops the same way, and so does an
+// `enroll --force` under a running agent.
 import fs from "node:fs/promises";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -82,6 +83,22 @@ describe.skipIf(process.platform !== "linux")("one process per data dir", () => 
       expect(second.code, second.stdout + second.stderr).not.toBe(0);
       expect(second.stderr).toContain(`the agent data dir ${agentDir} is already in use by process ${agent.proc.pid}`);
       expect(agent.proc.exitCode).toBeNull();
+      expect(await status()).toBe("online");
+      // Nor can the data dir be enrolled again under it (a new identity would take its host away mid-session).
+      const enrolled = await fs.readFile(path.join(agentDir, "enrollment.json"), "utf8");
+      const token = JSON.parse((await control.cli(["host", "join-token", "create", "--json"])).stdout) as {
+        token: string;
+        caHash: string;
+      };
+      const again = await runNode(agentBin, [
+        "enroll",
+        ...["--server", control.grpcUrl, "--token", token.token, "--ca-hash", token.caHash],
+        ...["--data-dir", agentDir, "--force"],
+      ]);
+      expect(again.code).not.toBe(0);
+      expect(again.stderr).toContain(`the agent data dir ${agentDir} is in use by process ${agent.proc.pid} (`);
+      expect(again.stderr).toContain("an agent running on it: stop it before enrolling this data dir again");
+      expect(await fs.readFile(path.join(agentDir, "enrollment.json"), "utf8")).toBe(enrolled);
       expect(await status()).toBe("online");
     } finally {
       await agent.stop();

@@ -1,10 +1,12 @@
 // `dumont-agent enroll`: pin the CA by hash, send a CSR with the join token, store the identity.
+import { existsSync } from "node:fs";
 import fs from "node:fs/promises";
 import os from "node:os";
 import { create } from "@bufbuild/protobuf";
 import { EnrollRequestSchema, type EnrollResponse } from "@dumont/proto";
 // The subpath alone: the package root would load the snapshot engine and the S3 client for a one-shot enroll.
 import { writeFileAtomic } from "@dumont/repository/atomic-file";
+import { lockDirectory } from "@dumont/repository/directory-lock";
 import { agentPaths } from "../platform/paths.js";
 import { AGENT_VERSION } from "../version.js";
 import { discoverCa, generateKeyAndCsr } from "./ca-discovery.js";
@@ -30,6 +32,27 @@ export async function enroll(options: EnrollOptions): Promise<{ hostId: string }
     }
   }
   if (!options.token) throw new Error("--token is required (from `dumont host join-token create`)");
+  // An agent running on this data dir holds its lock (agent.ts): a new identity under it would take its host
+  // away mid-session. Held until the new identity is written, so none starts meanwhile either.
+  const lock = existsSync(options.dataDir)
+    ? await lockDirectory(
+        options.dataDir,
+        (holder) =>
+          `the agent data dir ${options.dataDir} is in use by ${holder}, an agent running on it: stop it before ` +
+          "enrolling this data dir again",
+      )
+    : undefined;
+  try {
+    return await enrollUnlocked(options, paths);
+  } finally {
+    await lock?.release();
+  }
+}
+
+async function enrollUnlocked(
+  options: EnrollOptions,
+  paths: ReturnType<typeof agentPaths>,
+): Promise<{ hostId: string }> {
   const timeoutMs = options.timeoutMs ?? 15_000;
   const caPem = await discoverCa(options.server, options.caHash, timeoutMs);
   const { keyPem, csrPem } = await generateKeyAndCsr("dumont-agent");
