@@ -24,6 +24,7 @@ import {
   checkPathPatterns,
   copyBytes,
   counted,
+  formatBytes,
   IncludedSelection,
   type ManifestEntry,
   manifestPartEntries,
@@ -31,7 +32,6 @@ import {
   RestorableCheck,
   unwritableReason,
 } from "@dumont/repository";
-import { formatBytes } from "@dumont/repository/progress-meter";
 import { type Lease, RestoreDirectories } from "./restore-directories.js";
 import { type NewFiles, SnapshotWorkerPool } from "./worker-pool.js";
 
