@@ -1,8 +1,6 @@
 // `dumont master-key rotate`: a new master key for the tenant keys, run where `dumont serve` runs, with it
 // stopped (see snapshots/master-key-rotation.ts). It opens the database itself: the master key never goes
 // through the API.
-import { existsSync } from "node:fs";
-import path from "node:path";
 import { counted } from "@dumont/repository/counted";
 import type { Command } from "commander";
 import type { ControlPlaneOptions } from "../config.js";
@@ -35,18 +33,11 @@ export function registerMasterKeyCommand(program: Command): void {
       ]);
       const config = loadConfig({ dataDir: opts.dataDir, databaseUrl: opts.databaseUrl });
       delete process.env.DUMONT_MASTER_KEY; // read once, as serve does
-      // Opening the embedded database would make one: a mistyped --data-dir must not leave a new one behind.
-      const embedded = path.join(config.dataDir, "pglite");
-      if (!config.databaseUrl && !existsSync(embedded)) {
-        throw new Error(
-          `no control plane database in ${config.dataDir} (${embedded} does not exist): give the --data-dir ` +
-            "(DUMONT_DATA_DIR) that `dumont serve` runs with, or its DATABASE_URL",
-        );
-      }
       const db = await openDatabase({
         dataDir: config.dataDir,
         databaseUrl: config.databaseUrl,
         applicationName: "dumont master-key",
+        existing: true, // a mistyped --data-dir must not leave a new database behind
       });
       try {
         // A control plane left running would wrap the keys of tenants it meets for the first time with the old

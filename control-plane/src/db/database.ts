@@ -1,5 +1,6 @@
 // Opens the database — embedded PGlite in the data dir, or Postgres when DATABASE_URL is set —
 // and brings its schema up to date. One code path (kysely) serves both.
+import { existsSync } from "node:fs";
 import fs from "node:fs/promises";
 import path from "node:path";
 import { lockDirectory } from "@dumont/repository/directory-lock";
@@ -23,6 +24,11 @@ export interface DatabaseOptions {
    * `dumont master-key rotate` looks for to see that a control plane still runs on the database.
    */
   applicationName?: string;
+  /**
+   * Refuse to make an embedded database that is not there: for tools working on a control plane's existing
+   * state (`dumont master-key rotate`), where a mistyped --data-dir must not leave a new database behind.
+   */
+  existing?: boolean;
 }
 
 /** The application_name of a control plane's connections to Postgres. */
@@ -46,6 +52,12 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
     db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   } else {
     const dir = path.join(options.dataDir, "pglite");
+    if (options.existing && !existsSync(dir)) {
+      throw new Error(
+        `no control plane database in ${options.dataDir} (${dir} does not exist): give the --data-dir ` +
+          "(DUMONT_DATA_DIR) that `dumont serve` runs with, or its DATABASE_URL",
+      );
+    }
     await fs.mkdir(dir, { recursive: true });
     // Held until the database is closed (db.destroy()): two PGlite instances on one directory corrupt it.
     const lock = await lockDirectory(
