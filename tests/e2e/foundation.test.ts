@@ -271,13 +271,7 @@ describe("foundation: enroll, stream, telemetry, liveness", () => {
 
     await cp.stop();
     const stoppedAt = Date.now();
-    cp = await startControlPlaneProcess({
-      dataDir: cp.dataDir,
-      httpPort: cp.httpPort,
-      grpcPort: cp.grpcPort,
-      databaseUrl: db.url,
-      lostAfterSeconds: LOST_AFTER_S,
-    });
+    cp = await cp.startAgain();
     const metricCount = async () =>
       (JSON.parse((await cp.cli(["host", "metrics", a.hostId, "--since", "1h", "--json"])).stdout) as unknown[]).length;
     // The row says online from before the stop, and a report stored between the reads above and the stop would

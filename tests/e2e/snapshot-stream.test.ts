@@ -84,12 +84,7 @@ describe("snapshots over the agent stream", () => {
   /** Starts the control plane again (it was stopped) on its data dir and ports; waits for the agent's return. */
   const restartControlPlane = async () => {
     const restartedAt = Date.now();
-    cp = await startControlPlaneProcess({
-      dataDir: cp.dataDir,
-      httpPort: cp.httpPort,
-      grpcPort: cp.grpcPort,
-      databaseUrl: db.url,
-    });
+    cp = await cp.startAgain();
     await reconnected(restartedAt);
   };
   const online = async () => {

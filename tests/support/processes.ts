@@ -95,6 +95,8 @@ export interface ControlPlaneProcess {
   /** `dumont …` against this control plane as admin. */
   cli(args: string[]): Promise<CommandResult>;
   stop(): Promise<void>;
+  /** Once stopped: the same control plane started again, with its options, data dir and ports. */
+  startAgain(): Promise<ControlPlaneProcess>;
   log(): string;
 }
 
@@ -151,6 +153,7 @@ export async function startControlPlaneProcess(options: ControlPlaneProcessOptio
     proc,
     cli: (cliArgs) => runNode(dumontBin, cliArgs, { DUMONT_API_URL: httpUrl, DUMONT_API_KEY: adminKey }),
     stop: () => stopProcess(proc),
+    startAgain: () => startControlPlaneProcess({ ...options, httpPort, grpcPort }),
     log: () => output,
   };
 }
