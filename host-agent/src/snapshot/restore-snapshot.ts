@@ -33,7 +33,7 @@ import {
   unwritableReason,
 } from "@dumont/repository";
 import { type Lease, RestoreDirectories } from "./restore-directories.js";
-import { type NewFiles, SnapshotWorkerPool } from "./worker-pool.js";
+import { type NewFiles, SnapshotWorkerPool, type WriteFailure } from "./worker-pool.js";
 
 export interface RestoreSnapshotOptions {
   /** Snapshot id (or a unique prefix, if the source resolves them). */
@@ -197,11 +197,11 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
 }
 
 /**
- * A worker's write error, which is an fs error's message ("ENOSPC: no space left on device, write"), as an
- * Error with its code when the target's filesystem takes no more writes (unwritableReason); else undefined.
+ * A worker's write failure as an Error with its code when the target's filesystem takes no more writes
+ * (ENOSPC, EDQUOT, EROFS: unwritableReason); else undefined.
  */
-function targetRefused(message: string): Error | undefined {
-  const refused = Object.assign(new Error(message), { code: /^(E[A-Z0-9]+): /.exec(message)?.[1] });
+function targetRefused(failure: WriteFailure): Error | undefined {
+  const refused = Object.assign(new Error(failure.message), { code: failure.code });
   return unwritableReason(refused) === undefined ? undefined : refused;
 }
 
@@ -526,7 +526,7 @@ async function restoreWindow(
                 // A full disk (or quota, or read-only mount) under the target is no damage in the snapshot, and
                 // no file after this one would fit either: the restore stops, and says so (restoreSnapshot).
                 failure ??= targetRefused(writeError);
-                d.file.damaged ??= { path: d.file.entry.path, reason: `cannot write: ${writeError}` };
+                d.file.damaged ??= { path: d.file.entry.path, reason: `cannot write: ${writeError.message}` };
                 continue;
               }
               progress.bytesWritten += d.length;

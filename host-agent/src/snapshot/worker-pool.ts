@@ -93,12 +93,18 @@ interface SealedReply extends WorkerReply {
   out: BufferRef;
 }
 
+/** Why a write failed: the error's message and, for a system error, its code (ENOSPC, EEXIST, ...). */
+export interface WriteFailure {
+  message: string;
+  code?: string;
+}
+
 /** What became of a batch of chunks opened and written to files (see `openAndWrite`). */
 export interface WrittenChunks {
   /** Per chunk: why it could not be opened (damaged, wrong key, wrong length), or null. */
   errors: (string | null)[];
-  /** Destinations (index into `dests` triples) whose write failed, with the reason. */
-  writeErrors: [number, string][];
+  /** Destinations (index into `dests` triples) whose write failed, with what failed. */
+  writeErrors: [number, WriteFailure][];
   /** Bytes that went to disk with O_DIRECT (the rest went through the page cache). */
   directBytes: number;
 }
@@ -207,11 +213,21 @@ export function openAndWrite(
     if (r.errors[i] === null && allZero(r.plainRanges[2 * i], r.plainRanges[2 * i + 1])) zero[i] = 1;
   }
 
+  // The code travels beside the message (a worker's reply carries plain data, not the Error), so the restore
+  // can tell a full disk from a file it may not write without reading the message.
+  const failureOf = (err: unknown): WriteFailure => {
+    const code = (err as { code?: unknown } | null)?.code;
+    return {
+      message: err instanceof Error ? err.message : String(err),
+      ...(typeof code === "string" ? { code } : {}),
+    };
+  };
   const writeFully = (fd: number, from: number, length: number, position: number): void => {
     for (let done = 0; done < length; ) done += fs.writeSync(fd, out, from + done, length - done, position + done);
   };
   // Writes out[from, from + length) at `position`; returns why it failed, or null.
-  const writeRun = (fd: number, direct: number, from: number, position: number, length: number): string | null => {
+  type WriteRange = (fd: number, direct: number, from: number, position: number, length: number) => WriteFailure | null;
+  const writeRun: WriteRange = (fd, direct, from, position, length) => {
     const slot = fileLocks ? fd % fileLocks.length : -1;
     if (fileLocks) while (Atomics.compareExchange(fileLocks, slot, 0, 1) !== 0) Atomics.wait(fileLocks, slot, 1);
     try {
@@ -240,7 +256,7 @@ export function openAndWrite(
       }
       return null;
     } catch (err) {
-      return err instanceof Error ? err.message : String(err);
+      return failureOf(err);
     } finally {
       if (fileLocks) {
         Atomics.store(fileLocks, slot, 0);
@@ -251,7 +267,7 @@ export function openAndWrite(
 
   // Creates file -1 - fd of `creates` with out[from, from + length) as its whole content; a file it could not
   // finish is removed (it was new).
-  const createFile = (fd: number, from: number, length: number, zeros: boolean): string | null => {
+  const createFile = (fd: number, from: number, length: number, zeros: boolean): WriteFailure | null => {
     const c = -1 - fd;
     const path = creates!.paths[c];
     let f = -1;
@@ -278,11 +294,11 @@ export function openAndWrite(
       } catch {
         // reported below; the restore names the file as not restored
       }
-      return err instanceof Error ? err.message : String(err);
+      return failureOf(err);
     }
   };
   /** writeRun, leaving out the file's whole HOLE_BLOCKs of zeros in out[from, from + length). */
-  const writeSparse = (fd: number, direct: number, from: number, position: number, length: number): string | null => {
+  const writeSparse: WriteRange = (fd, direct, from, position, length) => {
     const end = position + length;
     let pending = position; // file offset where the data not yet written starts
     for (let b = Math.ceil(position / HOLE_BLOCK) * HOLE_BLOCK; b + HOLE_BLOCK <= end; b += HOLE_BLOCK) {
@@ -304,12 +320,12 @@ export function openAndWrite(
     position: number,
     length: number,
     c = -1,
-  ): string | null => {
+  ): WriteFailure | null => {
     if (fd < 0) return createFile(fd, from, length, c >= 0 && zero[c] === 1);
     return c >= 0 && zero[c] === 1 ? null : writeSparse(fd, direct, from, position, length);
   };
 
-  const writeErrors: [number, string][] = [];
+  const writeErrors: [number, WriteFailure][] = [];
   for (let i = 0; i < n; ) {
     if (r.errors[i] !== null || destStart[i] === destStart[i + 1]) {
       i++;
