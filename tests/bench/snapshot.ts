@@ -15,6 +15,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { canPin, pinProcess, StreamBench, type StreamRun } from "./snapshot-stream.js";
 import type { BenchOptions } from "./support/bench-options.js";
 import { csvText, logText, noise, prng, sourceText } from "./support/corpus-text.js";
+import { measurePrimitives, type Primitives } from "./support/primitives.js";
 import {
   type EngineRun,
   engine,
@@ -96,6 +97,8 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     // restic gets a copy of its own, made now: nothing in this run deletes files before the restores (see
     // the comment there). Deterministic generation gives the same bytes; checked.
     const resticCorpus = options.skipRestic || !resticVersion() ? undefined : await copyOfCorpus(corpus, work, log);
+    log("measuring this machine's primitives (SHA-256, AES-256-GCM, LZ4, memory, page cache)");
+    const primitives = await measurePrimitives(join(corpus.root, "models", "model-00002.safetensors"));
 
     const key = randomBytes(32).toString("hex");
     // Full run i of `runs` writes a repository of its own (nothing is deleted before the restores); the last
@@ -249,6 +252,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         throughputMBps: round(corpus.bytes / MB / full.seconds),
         bytesStored: storedFull,
         cpuSeconds: round(full.cpuSeconds),
+        minorFaults: full.minorFaults,
         peakRssMiB: full.peakRssMiB,
       },
       incremental: {
@@ -353,7 +357,8 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         "direct (file://), page cache warm and dirty pages flushed before each step (every tool alike); " +
         `full backups and restores ${runs} times each, the tools taking turns, median reported; ` +
         "restores after every backup, with no file deleted earlier in the run",
-      machine: { cpus: cpus().length, model: cpus()[0]?.model, loadavg1m: round(loadavg()[0]) },
+      machine: { cpus: cpus().length, model: cpus()[0]?.model, loadavg1m: round(loadavg()[0]), primitives },
+      fullBackupPerGiB: costPerGiB(corpus, primitives, full, resticRan?.full),
       corpus: {
         bytes: corpus.bytes,
         files: corpus.files,
@@ -675,8 +680,32 @@ function timedReport(corpus: Corpus, runs: TimedRun[]) {
     seconds: round(median.seconds),
     runs: runs.map((r) => round(r.seconds)),
     throughputMBps: round(corpus.bytes / MB / median.seconds),
+    cpuSeconds: median.cpuSeconds === null ? null : round(median.cpuSeconds),
+    minorFaults: median.minorFaults,
     peakRssMiB: median.peakRssMiB,
   };
+}
+
+/**
+ * The full backup's cost per GiB of workspace, Dumont's (the median direct run) and restic's, with what
+ * touching fresh memory took of it at this run's measured price (page faults x firstTouchMicrosPerPage).
+ */
+function costPerGiB(
+  corpus: Corpus,
+  primitives: Primitives,
+  dumont: { cpuSeconds: number; minorFaults: number },
+  restic: { cpuSeconds: number | null; minorFaults: number | null } | undefined,
+) {
+  const gib = corpus.bytes / (1024 * MiB);
+  const of = (run: { cpuSeconds: number | null; minorFaults: number | null }) =>
+    run.cpuSeconds === null || run.minorFaults === null
+      ? null
+      : {
+          cpuSeconds: round(run.cpuSeconds / gib),
+          minorFaults: Math.round(run.minorFaults / gib),
+          faultCpuSeconds: round((run.minorFaults * primitives.firstTouchMicrosPerPage) / 1e6 / gib),
+        };
+  return { dumont: of(dumont), restic: restic ? of(restic) : null };
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

@@ -14,11 +14,16 @@ export interface EngineRun {
   seconds: number;
   cpuSeconds: number;
   peakRssMiB: number;
+  /** Minor page faults over the engine call: fresh memory touched (see primitives.ts for what one costs). */
+  minorFaults: number;
 }
 
 export interface TimedRun {
   seconds: number;
   peakRssMiB: number | null;
+  /** The command's user + system CPU seconds and minor page faults (null without /usr/bin/time). */
+  cpuSeconds: number | null;
+  minorFaults: number | null;
 }
 
 export interface ResticRepo {
@@ -40,14 +45,16 @@ export async function engine(
     const a = JSON.parse(process.env.DUMONT_BENCH_ARGS);
     const key = Buffer.from(a.key, "hex");
     const c0 = process.cpuUsage();
+    const f0 = process.resourceUsage().minorPageFault;
     const t0 = performance.now();
     const result = ${JSON.stringify(op)} === "create"
       ? await engine.createDirectSnapshot({ ...a, key })
       : await engine.restoreDirectSnapshot({ ...a, key });
     const seconds = (performance.now() - t0) / 1000;
     const c = process.cpuUsage(c0);
+    const usage = process.resourceUsage();
     process.stdout.write(JSON.stringify({ result, seconds, cpuSeconds: (c.user + c.system) / 1e6,
-      peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024) }));`;
+      peakRssMiB: Math.round(usage.maxRSS / 1024), minorFaults: usage.minorPageFault - f0 }));`;
   const node = [process.execPath, "--input-type=module", "-e", script];
   const [command, ...rest] = cpus === undefined ? node : ["taskset", "-c", cpus, ...node];
   const out = await runProcess(command, rest, { DUMONT_BENCH_ARGS: JSON.stringify(args) });
@@ -89,19 +96,25 @@ export async function resticInit(repo: string, work: string): Promise<ResticRepo
   return { repo, env };
 }
 
-/** Runs a command, measuring wall time and (through /usr/bin/time when present) peak RSS. */
+/** Runs a command, measuring wall time and (through /usr/bin/time when present) peak RSS, CPU and page faults. */
 export async function timed(command: string, args: string[], env: Record<string, string>): Promise<TimedRun> {
   const haveTime = spawnSync("/usr/bin/time", ["-f", "%M", "true"]).status === 0;
   const started = performance.now();
   const out = await runProcess(
     haveTime ? "/usr/bin/time" : command,
-    haveTime ? ["-f", "maxrss=%M", command, ...args] : args,
+    haveTime ? ["-f", "dumont-bench-time maxrss=%M cpu=%U+%S minflt=%R", command, ...args] : args,
     env,
     true,
   );
   const seconds = (performance.now() - started) / 1000;
-  const match = /maxrss=(\d+)/.exec(out);
-  return { seconds, peakRssMiB: match ? Math.round(Number(match[1]) / 1024) : null };
+  const match = /dumont-bench-time maxrss=(\d+) cpu=([\d.]+)\+([\d.]+) minflt=(\d+)/.exec(out);
+  if (!match) return { seconds, peakRssMiB: null, cpuSeconds: null, minorFaults: null };
+  return {
+    seconds,
+    peakRssMiB: Math.round(Number(match[1]) / 1024),
+    cpuSeconds: Number(match[2]) + Number(match[3]),
+    minorFaults: Number(match[4]),
+  };
 }
 
 export function runProcess(
