@@ -3,6 +3,7 @@
 // A leaked bucket or database dump leaks nothing without the master key (which a default install keeps in
 // <data-dir>/master.key, beside the embedded database: back them up apart). Keys are never logged.
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
 import fs from "node:fs/promises";
 import path from "node:path";
 import { readSecretFile, syncDirectory } from "@dumont/repository";
@@ -123,12 +124,7 @@ export async function loadMasterKey(
   if (fromEnv) return parseMasterKey(fromEnv, "DUMONT_MASTER_KEY");
   const file = masterKeyFile(dataDir);
   const next = nextMasterKeyFile(dataDir);
-  if (
-    await fs.stat(next).then(
-      () => true,
-      () => false,
-    )
-  ) {
+  if (existsSync(next)) {
     throw new Error(
       `a master key rotation did not finish (${next} is there): run \`dumont master-key rotate\` with the same ` +
         "--data-dir and database to finish it, then start again",
