@@ -5,5 +5,6 @@ export { createLogger, type Logger } from "./logger.js";
 export { discoverCa, generateKeyAndCsr } from "./session/ca-discovery.js";
 export { type CommandHandler, ControlPlaneSession, type TelemetrySource } from "./session/control-plane-session.js";
 export { createGatewayClient, type GatewayClient } from "./session/grpc-client.js";
+export { installInPlaceFraming } from "./session/grpc-framing.js";
 export type { Identity } from "./session/identity.js";
 export { AGENT_VERSION } from "./version.js";

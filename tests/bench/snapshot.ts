@@ -27,6 +27,7 @@ import {
   timed,
   treeHash,
 } from "./support/tool-runs.js";
+import { measureTransport, type TransportCost } from "./support/transport.js";
 
 /**
  * Options of its own, or the dispatcher's BenchOptions (`npm run bench -- snapshot --size-mib 256 --keep
@@ -99,6 +100,12 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     const resticCorpus = options.skipRestic || !resticVersion() ? undefined : await copyOfCorpus(corpus, work, log);
     log("measuring this machine's primitives (SHA-256, AES-256-GCM, LZ4, memory, page cache)");
     const primitives = await measurePrimitives(join(corpus.root, "models", "model-00002.safetensors"));
+    let transport: TransportCost | undefined;
+    if (!options.skipStream) {
+      log("measuring what moving bytes costs on loopback (bare TLS, and gRPC over TLS as the agent's stream)");
+      spawnSync("sync"); // the corpus's writeback would take CPU from the measurement
+      transport = await measureTransport();
+    }
 
     const key = randomBytes(32).toString("hex");
     // Full run i of `runs` writes a repository of its own (nothing is deleted before the restores); the last
@@ -357,7 +364,13 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         "direct (file://), page cache warm and dirty pages flushed before each step (every tool alike); " +
         `full backups and restores ${runs} times each, the tools taking turns, median reported; ` +
         "restores after every backup, with no file deleted earlier in the run",
-      machine: { cpus: cpus().length, model: cpus()[0]?.model, loadavg1m: round(loadavg()[0]), primitives },
+      machine: {
+        cpus: cpus().length,
+        model: cpus()[0]?.model,
+        loadavg1m: round(loadavg()[0]),
+        primitives,
+        ...(transport ? { transport } : {}),
+      },
       fullBackupPerGiB: costPerGiB(corpus, primitives, full, resticRan?.full),
       corpus: {
         bytes: corpus.bytes,
