@@ -8,7 +8,19 @@
 // shrinks the corpus too.
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
+import {
+  appendFile,
+  mkdir,
+  mkdtemp,
+  open,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  statfs,
+  utimes,
+  writeFile,
+} from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -148,6 +160,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     const resticFulls: TimedRun[] = [];
     let resticStoredFull = 0;
     let resticIncremental: TimedRun | undefined;
+    let inMemory: Awaited<ReturnType<typeof fullInMemory>>;
     let resticStoredAfter = 0;
     const resticRestores: TimedRun[] = [];
     let resticRestoredOk = true;
@@ -166,6 +179,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       }
       storedFull = await dirSize(repoDir);
       if (restic) resticStoredFull = await dirSize(restic.repo);
+      inMemory = await fullInMemory(corpus, key, log);
       if (stream) {
         log("dumont through the control plane: full snapshot");
         await settle(corpus.root);
@@ -261,6 +275,15 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         cpuSeconds: round(full.cpuSeconds),
         minorFaults: full.minorFaults,
         peakRssMiB: full.peakRssMiB,
+        // The same backup into a repository in memory: what the disk's writes take of the time above.
+        repositoryInMemory:
+          "skipped" in inMemory
+            ? inMemory
+            : {
+                seconds: round(inMemory.seconds),
+                cpuSeconds: round(inMemory.cpuSeconds),
+                onDiskVsInMemory: round(full.seconds / inMemory.seconds),
+              },
       },
       incremental: {
         seconds: round(incremental.seconds),
@@ -481,6 +504,40 @@ async function changeCorpus(corpus: Corpus): Promise<number> {
     edited += updated.length;
   }
   return overwrite + append + edited;
+}
+
+/**
+ * One more full backup, into a repository in tmpfs (/dev/shm), deleted at once: the disk's share of a full
+ * backup's time. Pack writes then go through the page cache (tmpfs takes no O_DIRECT), which costs some CPU,
+ * so the figure is a bound: the time without the disk, not without storing. Skipped without /dev/shm or
+ * room there for twice the corpus.
+ */
+async function fullInMemory(
+  corpus: Corpus,
+  key: string,
+  log: (line: string) => void,
+): Promise<EngineRun | { skipped: string }> {
+  const shm = "/dev/shm";
+  const free = await statfs(shm).then(
+    (s) => s.bavail * s.bsize,
+    () => undefined,
+  );
+  if (free === undefined) return { skipped: `no ${shm}` };
+  if (free < 2 * corpus.bytes)
+    return { skipped: `${shm} has ${Math.floor(free / MiB)} MiB free, under twice the corpus` };
+  log(`dumont: full snapshot into a repository in memory (${shm})`);
+  const dir = await mkdtemp(join(shm, "dumont-bench-repo-"));
+  try {
+    await settle(corpus.root);
+    return await engine("create", {
+      repo: pathToFileURL(join(dir, "repo")).href,
+      key,
+      source: corpus.root,
+      stateDir: join(dir, "state"),
+    });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 /**
