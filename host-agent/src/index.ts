@@ -7,4 +7,5 @@ export { type CommandHandler, ControlPlaneSession, type TelemetrySource } from "
 export { createGatewayClient, type GatewayClient } from "./session/grpc-client.js";
 export { installInPlaceFraming } from "./session/grpc-framing.js";
 export type { Identity } from "./session/identity.js";
+export { selfSignedPair } from "./session/testing.js";
 export { AGENT_VERSION } from "./version.js";

@@ -13,6 +13,7 @@ export {
   markFrameHeadroom,
   type WireChunk,
 } from "./chunk-messages.js";
+export { widenFlowControlWindows } from "./flow-control.js";
 export * from "./gen/dumont/agent/v1/agent_pb.js";
 export { grpcServiceDefinition } from "./grpc-service.js";
 export * from "./protocol.js";

@@ -11,7 +11,6 @@ import {
   type EnrollRequest,
   type EnrollResponse,
   EnrollResponseSchema,
-  FLOW_CONTROL_WINDOW_BYTES,
   grpcServiceDefinition,
   MAX_MESSAGE_BYTES,
   PROTOCOL_VERSION,
@@ -19,6 +18,7 @@ import {
   type RenewResponse,
   RenewResponseSchema,
   SUPPORTED_PROTOCOL_VERSIONS,
+  widenFlowControlWindows,
 } from "@dumont/proto";
 import * as grpc from "@grpc/grpc-js";
 import type { Db } from "../db/database.js";
@@ -428,22 +428,4 @@ function staticCertificates(
     addIdentityCertificateListener: (listener) => setImmediate(() => listener(identity)),
     removeIdentityCertificateListener: () => {},
   };
-}
-
-/**
- * grpc-js's server has no option for HTTP/2 flow-control windows, and Node's 64 KiB default throttles
- * snapshot uploads to window / round trip. We reach into its (private, but stable since 1.10) list of
- * http2 servers: every new session gets a wide connection window and advertises a wide stream window.
- * Checked by the snapshot bench (throughStream vs direct); if grpc-js renames the field, this does
- * nothing and throughput drops back, nothing breaks.
- */
-function widenFlowControlWindows(server: grpc.Server): void {
-  const http2Servers = (server as unknown as { http2Servers?: Map<import("node:http2").Http2SecureServer, unknown> })
-    .http2Servers;
-  for (const h2 of http2Servers?.keys() ?? []) {
-    h2.on("session", (session: import("node:http2").ServerHttp2Session) => {
-      session.settings({ initialWindowSize: FLOW_CONTROL_WINDOW_BYTES });
-      session.setLocalWindowSize(FLOW_CONTROL_WINDOW_BYTES);
-    });
-  }
 }

@@ -11,20 +11,17 @@
 // times sending either way: TLS records are at most 16 KiB, so a receiver decrypts and hands JavaScript the bytes
 // in pieces of 16 KiB or less (HTTP/2 data arrives in ~8 KiB pieces whatever frame size is advertised).
 import { type ChildProcess, fork } from "node:child_process";
-import { webcrypto } from "node:crypto";
-import type { Http2SecureServer, ServerHttp2Session } from "node:http2";
 import tls from "node:tls";
-import * as grpc from "@grpc/grpc-js";
-import "reflect-metadata"; // @peculiar/x509 needs it loaded first
-import { installInPlaceFraming } from "@dumont/host-agent";
+import { installInPlaceFraming, selfSignedPair } from "@dumont/host-agent";
 import {
   FLOW_CONTROL_WINDOW_BYTES,
   FRAME_HEADER_BYTES,
   MAX_MESSAGE_BYTES,
   markFrameHeadroom,
   RETRY_BUFFER_BYTES,
+  widenFlowControlWindows,
 } from "@dumont/proto";
-import * as x509 from "@peculiar/x509";
+import * as grpc from "@grpc/grpc-js";
 
 export interface TransportSide {
   /** CPU seconds (user + system, the whole process) per GiB moved. */
@@ -70,7 +67,7 @@ const bytesCodec = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b 
  * reports each one's cheaper run: what else the machine does only ever adds to a run's CPU.
  */
 export async function measureTransport(bytes = 1024 * MiB): Promise<TransportCost> {
-  const material = await selfSigned();
+  const material = await selfSignedPair({ dnsName: "localhost" });
   const best = async (kind: Kind): Promise<TransportRun> => {
     const [a, b] = [await measure(kind, bytes, material), await measure(kind, bytes, material)];
     const cost = (r: TransportRun) => r.send.cpuSecondsPerGiB + r.receive.cpuSecondsPerGiB;
@@ -128,24 +125,6 @@ function answer(proc: ChildProcess): Promise<Answer> {
   });
 }
 
-/** A throwaway P-256 key and a self-signed certificate for localhost, in memory. */
-async function selfSigned(): Promise<Material> {
-  const algorithm = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
-  const keys = await webcrypto.subtle.generateKey(algorithm, true, ["sign", "verify"]);
-  const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: "01",
-    name: "CN=localhost",
-    notBefore: new Date(Date.now() - 86_400_000),
-    notAfter: new Date(Date.now() + 86_400_000),
-    keys,
-    signingAlgorithm: algorithm,
-    extensions: [new x509.SubjectAlternativeNameExtension([{ type: "dns", value: "localhost" }])],
-  });
-  const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey("pkcs8", keys.privateKey)).toString("base64");
-  const keyPem = `-----BEGIN PRIVATE KEY-----\n${pkcs8.match(/.{1,64}/g)?.join("\n")}\n-----END PRIVATE KEY-----\n`;
-  return { certPem: cert.toString("pem"), keyPem };
-}
-
 /** CPU seconds this process has spent since `from`. */
 function cpuSince(from: NodeJS.CpuUsage): number {
   const c = process.cpuUsage(from);
@@ -200,15 +179,9 @@ function receive(start: Start, report: (a: Answer) => void): void {
   ]);
   server.bindAsync("127.0.0.1:0", credentials, (err, port) => {
     if (err) throw err;
-    // The windows the agent gateway opens (gateway-server.ts, widenFlowControlWindows): without them Node's
-    // 64 KiB default, not the transport's CPU, would set the pace.
-    const http2Servers = (server as unknown as { http2Servers?: Map<Http2SecureServer, unknown> }).http2Servers;
-    for (const h2 of http2Servers?.keys() ?? []) {
-      h2.on("session", (session: ServerHttp2Session) => {
-        session.settings({ initialWindowSize: FLOW_CONTROL_WINDOW_BYTES });
-        session.setLocalWindowSize(FLOW_CONTROL_WINDOW_BYTES);
-      });
-    }
+    // The windows the agent gateway opens: without them Node's 64 KiB default, not the transport's CPU, would
+    // set the pace.
+    widenFlowControlWindows(server);
     report({ port });
   });
 }
