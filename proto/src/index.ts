@@ -16,4 +16,10 @@ export {
 export { widenFlowControlWindows } from "./flow-control.js";
 export * from "./gen/dumont/agent/v1/agent_pb.js";
 export { grpcServiceDefinition } from "./grpc-service.js";
+export {
+  installPooledReceiving,
+  isPooledMessageMemory,
+  POOLED_MESSAGE_MIN_BYTES,
+  releaseReceivedMessage,
+} from "./pooled-receiving.js";
 export * from "./protocol.js";

@@ -12,6 +12,7 @@ import {
   type EnrollResponse,
   EnrollResponseSchema,
   grpcServiceDefinition,
+  installPooledReceiving,
   MAX_MESSAGE_BYTES,
   PROTOCOL_VERSION,
   type RenewRequest,
@@ -109,6 +110,9 @@ export class AgentGatewayServer {
       );
     });
     widenFlowControlWindows(this.server);
+    // Chunk messages are assembled in pooled shared memory the chunk verifier reads in place (the snapshot
+    // coordinator gives it back once the chunks are written).
+    installPooledReceiving();
     return bound;
   }
 

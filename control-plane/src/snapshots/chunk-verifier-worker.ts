@@ -1,6 +1,6 @@
 // A thread of the ChunkVerifier (chunk-verifier.ts): opens each chunk of a batch and checks its SHA-256
-// against its id. The batch's blobs arrive back to back in one transferred buffer, which goes back with the
-// answer so the pool can reuse it.
+// against its id. The batch's blobs arrive staged in one transferred buffer, which goes back with the answer
+// so the pool can reuse it, or in the shared memory they were received in, read where they are.
 import { parentPort } from "node:worker_threads";
 import { chunkCodec } from "@dumont/repository/sealing";
 import type { VerifyReply, VerifyRequest } from "./chunk-verifier.js";
@@ -11,10 +11,8 @@ port.on("message", (req: VerifyRequest) => {
   const key = Buffer.from(req.key);
   const data = Buffer.from(req.data);
   const problems: (string | null)[] = [];
-  let at = 0;
   for (let i = 0; i < req.lengths.length; i++) {
-    const blob = data.subarray(at, at + req.lengths[i]);
-    at += req.lengths[i];
+    const blob = data.subarray(req.offsets[i], req.offsets[i] + req.lengths[i]);
     const id = Buffer.from(req.ids.buffer, req.ids.byteOffset + 32 * i, 32);
     const plainLength = req.plainLengths[i];
     try {
@@ -23,6 +21,9 @@ port.on("message", (req: VerifyRequest) => {
       problems.push(err instanceof Error ? err.message : String(err));
     }
   }
-  const reply: VerifyReply = { seq: req.seq, problems, data: req.data };
-  port.postMessage(reply, [req.data]);
+  if (req.data instanceof SharedArrayBuffer) {
+    port.postMessage({ seq: req.seq, problems } satisfies VerifyReply);
+  } else {
+    port.postMessage({ seq: req.seq, problems, data: req.data } satisfies VerifyReply, [req.data]);
+  }
 });

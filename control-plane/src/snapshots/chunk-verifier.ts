@@ -10,8 +10,12 @@ import { enableArrayBufferTransferInWorkers, type SealedChunk } from "@dumont/re
 export interface VerifyRequest {
   seq: number;
   key: Uint8Array;
-  /** The blobs, back to back (transferred; it comes back with the reply). */
-  data: ArrayBuffer;
+  /**
+   * The blobs: staged back to back in an ArrayBuffer (transferred; it comes back with the reply), or where they
+   * arrived, in the shared memory of a pooled message (see @dumont/proto's pooled-receiving.ts), read in place.
+   */
+  data: ArrayBuffer | SharedArrayBuffer;
+  offsets: number[];
   lengths: number[];
   /** 32 bytes per chunk. */
   ids: Uint8Array;
@@ -22,7 +26,8 @@ export interface VerifyReply {
   seq: number;
   /** Per chunk: why it is damaged, or null. */
   problems: (string | null)[];
-  data: ArrayBuffer;
+  /** The staging buffer, for reuse (none when the blobs were read in shared memory). */
+  data?: ArrayBuffer;
 }
 
 interface VerifierThread {
@@ -56,7 +61,7 @@ export class ChunkVerifier {
       const thread: VerifierThread = { worker, busy: 0, pending: new Map() };
       worker.unref(); // only a thread with work in hand keeps the process alive
       worker.on("message", (reply: VerifyReply) => {
-        if (this.spares.length < SPARE_BUFFERS) this.spares.push(reply.data);
+        if (reply.data && this.spares.length < SPARE_BUFFERS) this.spares.push(reply.data);
         const p = thread.pending.get(reply.seq);
         thread.pending.delete(reply.seq);
         if (--thread.busy === 0) worker.unref();
@@ -74,28 +79,45 @@ export class ChunkVerifier {
   }
 
   /**
-   * Per chunk, why it is damaged (null when it opens and its hash matches its id). The chunks are copied
-   * before this returns, so their memory may be reused at once.
+   * Per chunk, why it is damaged (null when it opens and its hash matches its id). Blobs that all lie in one
+   * SharedArrayBuffer (a pooled message's) are read there by the thread: that memory must stay as it is until
+   * the answer comes. Any others are copied before this returns, so their memory may be reused at once.
    */
   verify(key: Buffer, chunks: readonly SealedChunk[]): Promise<(string | null)[]> {
     if (this.failure) return Promise.reject(this.failure);
     if (chunks.length === 0) return Promise.resolve([]);
-    let total = 0;
-    for (const c of chunks) total += c.blob.length;
-    const data = this.staging(total);
-    const bytes = new Uint8Array(data);
     const ids = new Uint8Array(32 * chunks.length);
-    let at = 0;
     chunks.forEach((c, i) => {
-      bytes.set(c.blob, at);
-      at += c.blob.length;
       ids.set(c.id.subarray(0, 32), 32 * i); // an id of another length is reported as such (plainLength -1)
     });
+    const shared = chunks[0].blob.buffer;
+    let data: ArrayBuffer | SharedArrayBuffer;
+    let offsets: number[];
+    const transfer: ArrayBuffer[] = [ids.buffer];
+    if (shared instanceof SharedArrayBuffer && chunks.every((c) => c.blob.buffer === shared)) {
+      data = shared;
+      offsets = chunks.map((c) => c.blob.byteOffset);
+    } else {
+      let total = 0;
+      for (const c of chunks) total += c.blob.length;
+      const staged = this.staging(total);
+      const bytes = Buffer.from(staged);
+      offsets = [];
+      let at = 0;
+      for (const c of chunks) {
+        offsets.push(at);
+        bytes.fill(c.blob, at, at + c.blob.length); // one memcpy whatever the memory (see copy-bytes.ts)
+        at += c.blob.length;
+      }
+      data = staged;
+      transfer.push(staged);
+    }
     const seq = ++this.seq;
     const request: VerifyRequest = {
       seq,
       key: Uint8Array.from(key),
       data,
+      offsets,
       lengths: chunks.map((c) => c.blob.length),
       ids,
       plainLengths: chunks.map((c) => (c.id.length === 32 ? c.plainLength : -1)),
@@ -104,7 +126,7 @@ export class ChunkVerifier {
     if (thread.busy++ === 0) thread.worker.ref();
     return new Promise((resolve, reject) => {
       thread.pending.set(seq, { resolve, reject });
-      thread.worker.postMessage(request, [data, ids.buffer]);
+      thread.worker.postMessage(request, transfer);
     });
   }
 

@@ -2,14 +2,17 @@
 // messages, so a chunk that is not what its id says can be sent (a real agent never does).
 import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
+import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
-import { create, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import {
   AgentMessageSchema,
   type ControlMessage,
   ControlMessageSchema,
+  installPooledReceiving,
   isEncodedMessage,
+  isPooledMessageMemory,
   type SnapshotStatsSchema,
 } from "@dumont/proto";
 import {
@@ -31,6 +34,13 @@ import { createMetrics } from "../metrics.js";
 import { ChunkVerifier } from "./chunk-verifier.js";
 import { SnapshotCoordinator } from "./snapshot-coordinator.js";
 import { TenantKeys } from "./tenant-keys.js";
+
+/** grpc-js's message decoder (not part of its public API), which installPooledReceiving patches. */
+const { StreamDecoder: GrpcStreamDecoder } = createRequire(import.meta.url)(
+  createRequire(import.meta.url)
+    .resolve("@grpc/grpc-js")
+    .replace(/index\.js$/, "stream-decoder.js"),
+) as { StreamDecoder: new (maxReadMessageLength: number) => { write(data: Buffer): Buffer[] } };
 
 /**
  * A coordinator on a fresh test database (tenant "t1") and blob directory, for the enclosing describe, with a
@@ -336,6 +346,63 @@ describe("SnapshotCoordinator: the arrival check", () => {
       /sent a manifest part with a 5-byte stored id and 0 bytes/,
     );
     expect(await db.selectFrom("snapshots").select("id").execute()).toEqual(listed);
+  });
+
+  /**
+   * An agent message as the gateway's gRPC server receives it: framed, cut into HTTP/2-sized pieces and put
+   * together by grpc-js's decoder with pooled receiving (installed by the gateway), so its bytes lie in pooled memory.
+   */
+  const received = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) => {
+    installPooledReceiving();
+    const bytes = toBinary(AgentMessageSchema, create(AgentMessageSchema, { msg }));
+    const header = Buffer.alloc(5);
+    header.writeUInt32BE(bytes.length, 1);
+    const stream = Buffer.concat([header, bytes]);
+    const decoder = new GrpcStreamDecoder(-1);
+    const messages: Buffer[] = [];
+    for (let at = 0; at < stream.length; at += 8192) messages.push(...decoder.write(stream.subarray(at, at + 8192)));
+    expect(messages).toHaveLength(1);
+    return fromBinary(AgentMessageSchema, messages[0].subarray(5));
+  };
+  const blobsOf = (message: ReturnType<typeof received>) =>
+    message.msg.case === "snapshotChunks" ? message.msg.value.chunks.map((c) => c.blob) : [];
+
+  it("checks chunks where they were received, in pooled memory, and gives the memory back once they are written", async () => {
+    const { snapshot, requestId, key, agentSends } = await start();
+    const plain = randomBytes(100_000);
+    const chunk = chunkCodec.sealChunk(key, plain);
+    const message = received({
+      case: "snapshotChunks",
+      value: { requestId, epoch: 3n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
+    });
+    const [blob] = blobsOf(message);
+    expect(isPooledMessageMemory(blob)).toBe(true);
+    coordinator.onAgentMessage(session, message);
+    agentSends({
+      case: "snapshotCommit",
+      value: { requestId, epoch: 3n, manifest: oneFile(key, chunk.id, plain.length) },
+    });
+    const row = await snapshot;
+    expect(isPooledMessageMemory(blob)).toBe(false);
+    expect(row.bytes_total).toBe(plain.length);
+    // The chunk went into its pack as it arrived: the repository's check reads it back and opens it to its id.
+    const repository = await Repository.open(openBlobStore(`file://${blobs}/tenants/t1`), key);
+    const report = await checkRepository(repository);
+    expect(report).toMatchObject({ ok: true, problems: [] });
+    expect(report.bytesChecked).toBeGreaterThanOrEqual(plain.length);
+  });
+
+  it("refuses a damaged chunk it checked in pooled memory, and leaves that memory alone", async () => {
+    const { snapshot, requestId, key } = await start();
+    const chunk = chunkCodec.sealChunk(key, randomBytes(100_000));
+    chunk.blob[chunk.blob.length - 1] ^= 1; // the authentication tag
+    const message = received({
+      case: "snapshotChunks",
+      value: { requestId, epoch: 3n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: 100_000 }] },
+    });
+    coordinator.onAgentMessage(session, message);
+    await expect(snapshot).rejects.toThrow(/arrived damaged: authentication failed/);
+    expect(isPooledMessageMemory(blobsOf(message)[0])).toBe(true);
   });
 });
 

@@ -9,6 +9,7 @@ import {
   type AgentMessage,
   ControlMessageSchema,
   encodeRestoreChunks,
+  releaseReceivedMessage,
   type SnapshotCommit,
   type SnapshotStats,
   STREAM_BATCH_BYTES,
@@ -628,6 +629,8 @@ export class SnapshotCoordinator {
                 const bad = problems.findIndex((p) => p !== null);
                 if (bad >= 0) throw chunkArrivedDamaged(chunks[bad].id.toString("hex"), problems[bad]!);
                 await writer.put(chunks);
+                // Checked and copied into a pack: the message's pooled memory is free for the next one.
+                releaseReceivedMessage(m.value.chunks[0]?.blob);
               } finally {
                 if (outstanding-- === MAX_VERIFYING + 1) session.resumeInbound();
               }

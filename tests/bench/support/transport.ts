@@ -6,7 +6,8 @@
 //   costs;
 // - `grpc`: a grpc-js client-streaming call of 1 MiB messages over TLS, sent as the agent sends chunks (its
 //   flow-control windows, in-place framing from grpc-framing.ts, a few reused buffers), received as the control
-//   plane receives them (grpc-js's own framing), without protobuf or the snapshot protocol.
+//   plane receives them (messages assembled in pooled memory, pooled-receiving.ts), without protobuf or the
+//   snapshot protocol.
 // On the dev VM the sender's side of gRPC came within ~0.2 CPU-s a GiB of bare TLS, and receiving cost two to three
 // times sending either way: TLS records are at most 16 KiB, so a receiver decrypts and hands JavaScript the bytes
 // in pieces of 16 KiB or less (HTTP/2 data arrives in ~8 KiB pieces whatever frame size is advertised).
@@ -16,9 +17,11 @@ import { installInPlaceFraming, selfSignedPair } from "@dumont/host-agent";
 import {
   FLOW_CONTROL_WINDOW_BYTES,
   FRAME_HEADER_BYTES,
+  installPooledReceiving,
   MAX_MESSAGE_BYTES,
   markFrameHeadroom,
   RETRY_BUFFER_BYTES,
+  releaseReceivedMessage,
   widenFlowControlWindows,
 } from "@dumont/proto";
 import * as grpc from "@grpc/grpc-js";
@@ -169,7 +172,10 @@ function receive(start: Start, report: (a: Answer) => void): void {
     },
     {
       push: (call: grpc.ServerReadableStream<Buffer, Buffer>, done: grpc.sendUnaryData<Buffer>) => {
-        call.on("data", count);
+        call.on("data", (message: Buffer) => {
+          count(message);
+          releaseReceivedMessage(message); // as the snapshot coordinator does once a message's chunks are written
+        });
         call.on("end", () => done(null, Buffer.alloc(0)));
       },
     },
@@ -180,8 +186,9 @@ function receive(start: Start, report: (a: Answer) => void): void {
   server.bindAsync("127.0.0.1:0", credentials, (err, port) => {
     if (err) throw err;
     // The windows the agent gateway opens: without them Node's 64 KiB default, not the transport's CPU, would
-    // set the pace.
+    // set the pace. And its assembly of messages in pooled memory.
     widenFlowControlWindows(server);
+    installPooledReceiving();
     report({ port });
   });
 }
