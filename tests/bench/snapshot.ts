@@ -27,6 +27,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { canPin, pinProcess, StreamBench, type StreamRun } from "./snapshot-stream.js";
 import type { BenchOptions } from "./support/bench-options.js";
 import { csvText, logText, noise, prng, sourceText } from "./support/corpus-text.js";
+import { measureDiskWriteCost } from "./support/disk-write-cost.js";
 import { measurePrimitives, type Primitives } from "./support/primitives.js";
 import {
   type EngineRun,
@@ -119,6 +120,9 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       // A figure for the report, not a step of the benchmark: a failure is reported, and the run goes on.
       transport = await measureTransport().catch((err: unknown) => ({ error: String(err) }));
     }
+    log("measuring what disk writes cost the machine's other work (O_DIRECT writes beside SHA-256)");
+    spawnSync("sync");
+    const diskWrite = await measureDiskWriteCost(work).catch((err: unknown) => ({ error: String(err) }));
 
     const key = randomBytes(32).toString("hex");
     // Full run i of `runs` writes a repository of its own (nothing is deleted before the restores); the last
@@ -396,6 +400,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         loadavg1m: round(loadavg()[0]),
         primitives,
         ...(transport ? { transport } : {}),
+        diskWrite,
       },
       fullBackupPerGiB: costPerGiB(corpus, primitives, full, resticRan?.full),
       corpus: {
