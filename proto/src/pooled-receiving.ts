@@ -23,7 +23,7 @@
 // as before.
 import { createRequire } from "node:module";
 
-/** Messages at least this long (chunk batches, about 1 MiB) are assembled in pooled memory. */
+/** Uncompressed messages at least this long (chunk batches, about 1 MiB) are assembled in pooled memory. */
 export const POOLED_MESSAGE_MIN_BYTES = 64 * 1024;
 /**
  * The size of pooled memory: room for the largest chunk message (a batch, or one chunk of up to 4 MiB), so any
@@ -163,7 +163,9 @@ function pooledWrite(this: DecoderState, data: Buffer): Buffer[] {
           this.readMessageRemaining = this.readMessageSize;
           if (this.readMessageRemaining > 0) {
             this.readState = READING_MESSAGE;
-            if (this.readMessageSize >= POOLED_MESSAGE_MIN_BYTES) {
+            // A compressed message (flag 1; our peers send none) goes the usual way: it is inflated into memory
+            // of zlib's own anyway.
+            if (this.readMessageSize >= POOLED_MESSAGE_MIN_BYTES && this.readCompressFlag[0] === 0) {
               const target = take(this.readMessageSize + 5);
               target[0] = this.readCompressFlag[0];
               target.fill(this.readPartialSize, 1, 5);
