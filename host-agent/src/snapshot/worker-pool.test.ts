@@ -91,6 +91,35 @@ describe.each([0, 1])("restore writes with %i worker thread(s)", (threads) => {
     expect([st.mode & 0o777, st.mtimeMs]).toEqual([0o640, 1_700_000_000_500]);
     expect(await readFile(taken, "utf8")).toBe("someone else's");
   });
+  it("takes chunks in shared memory it was not given (a pooled gRPC message's), copying what it cannot hand over", async () => {
+    const pool = new SnapshotWorkerPool({ threads });
+    const key = generateRepositoryKey();
+    const plain = randomBytes(100_003);
+    const sealed = chunkCodec.sealChunk(key, plain);
+    const data = Buffer.from(new SharedArrayBuffer(sealed.blob.length));
+    data.fill(sealed.blob);
+    const file = join(root, `shared-${threads}`);
+    const fd = await open(file, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    try {
+      await fd.truncate(plain.length);
+      const written = await pool.writeChunks(
+        key,
+        data,
+        Int32Array.from([0, sealed.blob.length]),
+        sealed.id,
+        Int32Array.from([plain.length]),
+        Int32Array.from([0, 1]),
+        Float64Array.from([fd.fd, -1, 0]),
+        undefined,
+        { recycle: false },
+      );
+      expect(written).toMatchObject({ errors: [null], writeErrors: [] });
+    } finally {
+      await fd.close();
+      await pool.close();
+    }
+    expect((await readFile(file)).equals(plain)).toBe(true);
+  });
 });
 
 describe.each([0, 1])("sealing segments with %i worker thread(s)", (threads) => {

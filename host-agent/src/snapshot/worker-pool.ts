@@ -799,10 +799,13 @@ export class SnapshotWorkerPool {
   }
 }
 
-/** The memory of `data` as an ArrayBuffer that may be handed to a worker (a copy unless `data` starts it). */
+/**
+ * The memory of `data` as an ArrayBuffer that may be handed to a worker: a copy unless `data` starts an
+ * ArrayBuffer (shared memory this pool was not given, such as a pooled gRPC message's, cannot be transferred).
+ */
 function ownedBuffer(data: Buffer): ArrayBuffer {
-  if (data.byteOffset === 0) return data.buffer as ArrayBuffer;
+  if (data.byteOffset === 0 && data.buffer instanceof ArrayBuffer) return data.buffer;
   const copy = Buffer.allocUnsafeSlow(data.byteLength);
-  data.copy(copy);
+  copy.fill(data, 0, data.byteLength); // one memcpy whatever the memory (see copy-bytes.ts)
   return copy.buffer as ArrayBuffer;
 }
