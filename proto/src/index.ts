@@ -17,6 +17,7 @@ export { widenFlowControlWindows } from "./flow-control.js";
 export * from "./gen/dumont/agent/v1/agent_pb.js";
 export { grpcServiceDefinition } from "./grpc-service.js";
 export {
+  grpcJsStreamDecoder,
   installPooledReceiving,
   isPooledMessageMemory,
   POOLED_MESSAGE_MIN_BYTES,

@@ -1,9 +1,9 @@
 // grpc-js's message decoder with pooled assembly: every message comes out byte for byte as the stream framed it,
 // however the bytes are cut into pieces, and large ones in pooled shared memory that is reused once given back.
 import { randomBytes } from "node:crypto";
-import { createRequire } from "node:module";
 import { describe, expect, it } from "vitest";
 import {
+  grpcJsStreamDecoder,
   installPooledReceiving,
   isPooledMessageMemory,
   POOLED_MESSAGE_MIN_BYTES,
@@ -14,10 +14,7 @@ interface Decoder {
   write(data: Buffer): Buffer[];
 }
 
-const require = createRequire(import.meta.url);
-const { StreamDecoder } = require(require.resolve("@grpc/grpc-js").replace(/index\.js$/, "stream-decoder.js")) as {
-  StreamDecoder: new (maxReadMessageLength: number) => Decoder;
-};
+const { StreamDecoder } = grpcJsStreamDecoder() as { StreamDecoder: new (maxReadMessageLength: number) => Decoder };
 
 /** gRPC's framing: a compressed flag, the length (big-endian), the message. */
 function frame(message: Buffer, compressed = 0): Buffer {

@@ -93,8 +93,8 @@ function take(size: number): Buffer {
   return Buffer.from(memory, 0, size);
 }
 
-/** grpc-js's stream-decoder module (not part of its public API). */
-function grpcJsStreamDecoder(): { StreamDecoder?: unknown } {
+/** grpc-js's stream-decoder module (not part of its public API; the tests decode through it too). */
+export function grpcJsStreamDecoder(): { StreamDecoder?: unknown } {
   const require = createRequire(import.meta.url);
   return require(require.resolve("@grpc/grpc-js").replace(/index\.js$/, "stream-decoder.js"));
 }

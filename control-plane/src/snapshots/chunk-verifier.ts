@@ -5,7 +5,7 @@
 // snapshot intake at one core; here it runs on the other cores (up to 8), and the main thread moves bytes.
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { enableArrayBufferTransferInWorkers, type SealedChunk } from "@dumont/repository";
+import { copyBytes, enableArrayBufferTransferInWorkers, type SealedChunk } from "@dumont/repository";
 
 export interface VerifyRequest {
   seq: number;
@@ -106,7 +106,7 @@ export class ChunkVerifier {
       let at = 0;
       for (const c of chunks) {
         offsets.push(at);
-        bytes.fill(c.blob, at, at + c.blob.length); // one memcpy whatever the memory (see copy-bytes.ts)
+        copyBytes(c.blob, bytes, at);
         at += c.blob.length;
       }
       data = staged;

@@ -2,7 +2,6 @@
 // messages, so a chunk that is not what its id says can be sent (a real agent never does).
 import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
-import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
 import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
@@ -10,6 +9,7 @@ import {
   AgentMessageSchema,
   type ControlMessage,
   ControlMessageSchema,
+  grpcJsStreamDecoder,
   installPooledReceiving,
   isEncodedMessage,
   isPooledMessageMemory,
@@ -36,11 +36,9 @@ import { SnapshotCoordinator } from "./snapshot-coordinator.js";
 import { TenantKeys } from "./tenant-keys.js";
 
 /** grpc-js's message decoder (not part of its public API), which installPooledReceiving patches. */
-const { StreamDecoder: GrpcStreamDecoder } = createRequire(import.meta.url)(
-  createRequire(import.meta.url)
-    .resolve("@grpc/grpc-js")
-    .replace(/index\.js$/, "stream-decoder.js"),
-) as { StreamDecoder: new (maxReadMessageLength: number) => { write(data: Buffer): Buffer[] } };
+const { StreamDecoder: GrpcStreamDecoder } = grpcJsStreamDecoder() as {
+  StreamDecoder: new (maxReadMessageLength: number) => { write(data: Buffer): Buffer[] };
+};
 
 /**
  * A coordinator on a fresh test database (tenant "t1") and blob directory, for the enclosing describe, with a

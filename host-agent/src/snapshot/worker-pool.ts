@@ -16,6 +16,7 @@ import {
   alignedMemory,
   type ChunkBuffers,
   chunkCodec,
+  copyBytes,
   createChunkCodec,
   createLz4Wasm,
   enableArrayBufferTransferInWorkers,
@@ -806,6 +807,6 @@ export class SnapshotWorkerPool {
 function ownedBuffer(data: Buffer): ArrayBuffer {
   if (data.byteOffset === 0 && data.buffer instanceof ArrayBuffer) return data.buffer;
   const copy = Buffer.allocUnsafeSlow(data.byteLength);
-  copy.fill(data, 0, data.byteLength); // one memcpy whatever the memory (see copy-bytes.ts)
+  copyBytes(data, copy, 0);
   return copy.buffer as ArrayBuffer;
 }

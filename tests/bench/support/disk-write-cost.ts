@@ -13,6 +13,7 @@ import { spawn } from "node:child_process";
 import { constants } from "node:fs";
 import { open, rm } from "node:fs/promises";
 import { alignedBuffer, isPageAligned } from "@dumont/repository";
+import { round } from "./tool-runs.js";
 
 export interface DiskWriteCost {
   /** O_DIRECT writes of 4 MiB pieces into a new file in the work directory, then an fsync, nothing else running. */
@@ -89,7 +90,6 @@ export async function measureDiskWriteCost(dir: string): Promise<DiskWriteCost> 
   const piece = alignedBuffer(PIECE);
   if (!isPageAligned(piece)) throw new Error("no page-aligned memory for O_DIRECT writes");
   piece.fill(0x5a);
-  const round = (x: number, digits = 2) => Math.round(x * 10 ** digits) / 10 ** digits;
   try {
     let writeMBps = 0;
     let alone = { seconds: Infinity, cpuSeconds: Infinity };
