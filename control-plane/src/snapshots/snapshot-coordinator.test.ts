@@ -375,12 +375,16 @@ describe("SnapshotCoordinator: the arrival check", () => {
     });
     const [blob] = blobsOf(message);
     expect(isPooledMessageMemory(blob)).toBe(true);
+    // Read by the verifier's threads where it arrived: not copied into a staging buffer for them.
+    const staging = vi.spyOn(ChunkVerifier.prototype as unknown as { staging(size: number): ArrayBuffer }, "staging");
     coordinator.onAgentMessage(session, message);
     agentSends({
       case: "snapshotCommit",
       value: { requestId, epoch: 3n, manifest: oneFile(key, chunk.id, plain.length) },
     });
     const row = await snapshot;
+    expect(staging).not.toHaveBeenCalled();
+    staging.mockRestore();
     expect(isPooledMessageMemory(blob)).toBe(false);
     expect(row.bytes_total).toBe(plain.length);
     // The chunk went into its pack as it arrived: the repository's check reads it back and opens it to its id.
