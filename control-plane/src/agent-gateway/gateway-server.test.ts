@@ -1,7 +1,7 @@
 // The gateway over real TLS on loopback: who may open a session, what a Hello may write to the host row, and how
 // a host renews its certificate.
 import "reflect-metadata";
-import type { webcrypto } from "node:crypto";
+import { randomBytes, type webcrypto } from "node:crypto";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -14,9 +14,11 @@ import {
   type ControlMessage,
   EnrollRequestSchema,
   grpcServiceDefinition,
+  isPooledMessageMemory,
   PROTOCOL_VERSION,
   type RenewRequest,
   RenewRequestSchema,
+  releaseReceivedMessage,
 } from "@dumont/proto";
 import * as grpc from "@grpc/grpc-js";
 import * as x509 from "@peculiar/x509";
@@ -28,6 +30,7 @@ import { getHost, listEvents } from "../db/host-repository.js";
 import { openTestDatabase } from "../db/test-database.js";
 import { HostLiveness } from "../failover/index.js";
 import { createMetrics } from "../metrics.js";
+import type { AgentSession } from "./agent-session.js";
 import { CertificateAuthority } from "./certificate-authority.js";
 import { enrollHost } from "./enrollment.js";
 import { AgentGatewayServer } from "./gateway-server.js";
@@ -216,6 +219,46 @@ describe("AgentGatewayServer", () => {
     } finally {
       await limited.close();
     }
+  });
+
+  it("hands an agent's large messages to the handlers in pooled memory, and small ones in ordinary memory", async () => {
+    // What the gateway's listen sets up for the snapshot coordinator: chunk messages assembled in shared
+    // memory its chunk verifier reads in place (proto's pooled-receiving.ts; the coordinator's tests give it back).
+    const received: AgentMessage[] = [];
+    const handler = (_session: AgentSession, message: AgentMessage) => {
+      if (message.msg.case === "snapshotChunks") received.push(message);
+    };
+    gateway.onMessage(handler);
+    const large = randomBytes(100_000);
+    const small = randomBytes(1_000);
+    const chunks = (blob: Buffer) =>
+      create(AgentMessageSchema, {
+        msg: {
+          case: "snapshotChunks",
+          value: { requestId: "r1", chunks: [{ id: randomBytes(32), blob, plainLength: blob.length }] },
+        },
+      });
+    const stream = (
+      client(host) as unknown as { connect: () => grpc.ClientDuplexStream<AgentMessage, ControlMessage> }
+    ).connect();
+    stream.on("error", () => {});
+    stream.on("data", (m: ControlMessage) => {
+      if (m.msg.case !== "welcome") return;
+      stream.write(chunks(large));
+      stream.write(chunks(small));
+    });
+    stream.write(hello(host.id));
+    await expect.poll(() => received.length, { timeout: 5000 }).toBe(2);
+    stream.cancel();
+    const blobs = received.map((m) =>
+      m.msg.case === "snapshotChunks" ? m.msg.value.chunks[0].blob : new Uint8Array(),
+    );
+    expect(Buffer.from(blobs[0]).equals(large)).toBe(true);
+    expect(isPooledMessageMemory(blobs[0])).toBe(true);
+    expect(Buffer.from(blobs[1]).equals(small)).toBe(true);
+    expect(isPooledMessageMemory(blobs[1])).toBe(false);
+    releaseReceivedMessage(blobs[0]);
+    expect(isPooledMessageMemory(blobs[0])).toBe(false);
   });
 
   it("welcomes the enrolled host's own Hello", async () => {
