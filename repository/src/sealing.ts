@@ -1,10 +1,17 @@
 // The codec instance used on the calling thread, and the associated-data labels of each object kind.
 import { createCipheriv, createDecipheriv, createHash, createHmac, randomFillSync } from "node:crypto";
+import { createRequire } from "node:module";
 import { deflateRawSync, inflateRawSync } from "node:zlib";
-import { compressSync, uncompressSync } from "lz4-napi";
 import { type ChunkCodecDeps, createChunkCodec } from "./chunk-codec.js";
 import { RepositoryError } from "./errors.js";
 import { createLz4Wasm, LZ4_WASM } from "./lz4-wasm.js";
+
+/** lz4-napi, where WebAssembly is missing: loaded on first use (~20 ms of every start otherwise, for a fallback). */
+let napi: { compressSync(data: Buffer): Buffer; uncompressSync(data: Buffer): Buffer } | undefined;
+const lz4Napi = () => {
+  napi ??= createRequire(import.meta.url)("lz4-napi") as NonNullable<typeof napi>;
+  return napi;
+};
 
 // Made on first use (null until then): most commands that load the codec never seal or open a chunk.
 let lz4Wasm: ReturnType<typeof createLz4Wasm> | null = null;
@@ -20,8 +27,8 @@ export const codecDeps: ChunkCodecDeps = {
   createDecipheriv,
   randomFillSync,
   createHmac,
-  compress: (data) => compressSync(data),
-  uncompress: (data) => uncompressSync(data),
+  compress: (data) => lz4Napi().compressSync(data),
+  uncompress: (data) => lz4Napi().uncompressSync(data),
   get lz4Encoder() {
     return lz4()?.encoder;
   },
