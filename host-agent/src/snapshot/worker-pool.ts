@@ -138,8 +138,11 @@ export interface NewFiles {
 export function openAndWrite(
   codec: import("@dumont/repository").ChunkCodec,
   fs: typeof import("node:fs"),
-  /** Kept between batches: the page-aligned output memory, whether O_DIRECT was refused, zeros to compare. */
-  scratch: { spare?: ArrayBuffer; noDirect?: boolean; zeros?: Buffer },
+  /**
+   * Kept between batches: the output memory (page-aligned unless `unaligned`), whether O_DIRECT was refused,
+   * zeros to compare.
+   */
+  scratch: { spare?: ArrayBuffer; unaligned?: boolean; noDirect?: boolean; zeros?: Buffer },
   /**
    * Shared by the workers: slot fd % length is held while writing to fd. Two threads writing into one file
    * at once only spin on its inode lock in the kernel (measured: 14% of a restore's CPU); waiting here sleeps.
@@ -181,15 +184,17 @@ export function openAndWrite(
   }
   if (!scratch.spare || scratch.spare.byteLength < pos) {
     // A WebAssembly memory starts on a page boundary (a Buffer from the allocator is only 16-byte aligned).
+    // Without WebAssembly (node --jitless) the memory is ordinary and every write goes through the page cache.
     const wasm = (
-      globalThis as unknown as { WebAssembly: { Memory: new (d: { initial: number }) => { buffer: ArrayBuffer } } }
+      globalThis as unknown as { WebAssembly?: { Memory: new (d: { initial: number }) => { buffer: ArrayBuffer } } }
     ).WebAssembly;
     const size = Math.max(pos, 2 * (scratch.spare?.byteLength ?? 0), 1);
-    scratch.spare = new wasm.Memory({ initial: Math.ceil(size / 65536) }).buffer;
+    scratch.spare = wasm ? new wasm.Memory({ initial: Math.ceil(size / 65536) }).buffer : new ArrayBuffer(size);
+    scratch.unaligned = !wasm;
   }
   const r = codec.openChunkBatch(key, data, ranges, ids, lengths, scratch.spare, positions);
   const out = r.out;
-  const aligned = out.buffer === scratch.spare && out.byteOffset === 0;
+  const aligned = !scratch.unaligned && out.buffer === scratch.spare && out.byteOffset === 0;
   let directBytes = 0;
 
   // Zeros are not written: every file written here is new and already as long as it will be (the restore
