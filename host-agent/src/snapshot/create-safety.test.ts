@@ -86,6 +86,34 @@ describe("create", () => {
     ]);
   });
 
+  it("follows the source itself when it is a symlink to a directory, and no symlink inside it", async () => {
+    const real = fresh("real-workspace");
+    await mkdir(join(real, "data"), { recursive: true });
+    await writeFile(join(real, "data", "train.csv"), "a,b\n1,2\n");
+    await symlink("data/train.csv", join(real, "latest.csv"));
+    const source = fresh("workspace-link");
+    await symlink(real, source); // /workspace -> /mnt/data/ws
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    expect(created).toMatchObject({ files: 1, skipped: [] });
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect(await tree(target)).toEqual(["data/", "data/train.csv: a,b\n1,2\n", "latest.csv (symlink)"]);
+
+    // A link to a file, or to nothing, is still no directory to snapshot.
+    const toFile = fresh("file-link");
+    await symlink(join(real, "data", "train.csv"), toFile);
+    await expect(createDirectSnapshot({ repo, key, source: toFile, pool, ...SMALL })).rejects.toThrow(
+      `the source ${toFile} is not a directory`,
+    );
+    const dangling = fresh("dangling-link");
+    await symlink(join(real, "gone"), dangling);
+    await expect(createDirectSnapshot({ repo, key, source: dangling, pool, ...SMALL })).rejects.toThrow(
+      `cannot read the source directory ${dangling}: it does not exist`,
+    );
+  });
+
   // The check of a second read's path needs Linux's /proc/self/fd (elsewhere it is not made).
   it.runIf(existsSync("/proc/self/fd"))(
     "does not store what a directory replaced by a symlink after the listing leads to, in either read",

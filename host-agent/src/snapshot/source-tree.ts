@@ -1,11 +1,11 @@
 // Lists a workspace for a snapshot: every directory, regular file and symlink under the root, depth first in
-// name order (parents before children), without following symlinks. Anything else is skipped and reported;
+// name order (parents before children), without following symlinks (but the root's own, if it is one). Anything else is skipped and reported;
 // what the exclusions name (path-matcher.ts) is left out without a word, and an excluded directory is not read.
 // A name or symlink target that is not valid UTF-8 is left out with a reason: the manifest holds UTF-8 text,
 // and a name decoded with U+FFFD in it names nothing on the disk (a directory so named is one entry left out).
 import { isUtf8 } from "node:buffer";
 import { type BigIntStats, lstatSync, readlinkSync } from "node:fs";
-import { lstat, readdir } from "node:fs/promises";
+import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { SkippedEntry } from "@dumont/repository";
 import type { Exclusions } from "./path-matcher.js";
@@ -45,7 +45,9 @@ export async function listSourceTree(
   /** Called after each directory is listed, with the entries so far (progress while a large tree is walked). */
   onDirectory?: (entries: number) => void,
 ): Promise<{ entries: SourceEntry[]; skipped: SkippedEntry[] }> {
-  const rootStat = await lstat(root, { bigint: true }).catch((err: NodeJS.ErrnoException) => {
+  // The root may itself be a symlink to a directory (/workspace -> /mnt/data/ws): that one link is followed, as
+  // the path the operator named (rsync's `link/`); nothing under it is.
+  const rootStat = await stat(root, { bigint: true }).catch((err: NodeJS.ErrnoException) => {
     throw new Error(
       `cannot read the source directory ${root}: ${err.code === "ENOENT" ? "it does not exist" : err.message}`,
     );
