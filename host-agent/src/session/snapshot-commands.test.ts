@@ -2,7 +2,7 @@
 // work, and what a dropped session does to an operation in flight. The engine and its worker threads are real.
 import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
-import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
@@ -105,6 +105,12 @@ describe("SnapshotCommands", () => {
     restore("r2", key, join(target, "inside"));
     expect(await errorOf("r2")).toMatch(
       /the restore target .*\/target\/inside overlaps the restore running on .*\/target/,
+    );
+    // Another name for the same directory, through a symlink, overlaps just as well.
+    await symlink(target, join(root, "target-link"));
+    restore("r2b", key, join(root, "target-link", "new"));
+    expect(await errorOf("r2b")).toMatch(
+      /the restore target .*\/target-link\/new overlaps the restore running on .*\/target;/,
     );
     const sentBefore = session.sent.length;
     restore("r1", key, join(root, "elsewhere"));

@@ -1,5 +1,6 @@
 // Runs the control plane's TakeSnapshot and Restore commands on this host with the snapshot engine,
 // moving chunks over the session's streams (stream-transfer.ts). One worker pool serves every operation.
+import { realpathSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -31,6 +32,8 @@ interface Operation {
   kind: "snapshot" | "restore";
   /** The snapshot's source or the restore's target, resolved. */
   path: string;
+  /** `path` with the symlinks in it resolved (realPath): what overlaps are judged on. */
+  real: string;
   abort: AbortController;
 }
 
@@ -161,14 +164,17 @@ export class SnapshotCommands {
       throw new Error(`this host runs ${MAX_OPERATIONS} snapshots and restores already; try again when one ends`);
     }
     const inside = (a: string, b: string) => a === b || a.startsWith(b.endsWith(path.sep) ? b : b + path.sep);
+    // On the paths with their links resolved: a snapshot's source and a restore's target may each be a symlink to
+    // a directory, and two names for one directory overlap.
+    const real = realPath(target);
     for (const other of this.operations.values()) {
       if (kind === "snapshot" && other.kind === "snapshot") continue;
-      if (inside(target, other.path) || inside(other.path, target)) {
+      if (inside(real, other.real) || inside(other.real, real)) {
         const what = kind === "restore" ? "the restore target" : "the snapshot source";
         throw new Error(`${what} ${target} overlaps the ${other.kind} running on ${other.path}; wait for it to end`);
       }
     }
-    const op: Operation = { kind, path: target, abort: new AbortController() };
+    const op: Operation = { kind, path: target, real, abort: new AbortController() };
     this.operations.set(requestId, op);
     return op;
   }
@@ -388,4 +394,20 @@ export function progressReporter<P>(
     },
     stop: () => clearInterval(heartbeat),
   };
+}
+
+/**
+ * An absolute path with the symlinks of its longest existing part resolved, the rest (not made yet: a restore's
+ * new target) appended as it is.
+ */
+function realPath(abs: string): string {
+  const rest: string[] = [];
+  for (let at = abs; ; at = path.dirname(at)) {
+    try {
+      return path.join(realpathSync.native(at), ...rest.reverse());
+    } catch {
+      if (path.dirname(at) === at) return abs;
+      rest.push(path.basename(at));
+    }
+  }
 }
