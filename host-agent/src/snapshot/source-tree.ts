@@ -1,6 +1,7 @@
 // Lists a workspace for a snapshot: every directory, regular file and symlink under the root, depth first in
-// name order (parents before children), without following symlinks (but the root's own, if it is one). Anything else is skipped and reported;
-// what the exclusions name (path-matcher.ts) is left out without a word, and an excluded directory is not read.
+// name order (parents before children), without following symlinks (but the root, if it is one). Anything else
+// is skipped and reported; what the exclusions name (path-matcher.ts) is left out without a word, and an excluded
+// directory is not read.
 // A name or symlink target that is not valid UTF-8 is left out with a reason: the manifest holds UTF-8 text,
 // and a name decoded with U+FFFD in it names nothing on the disk (a directory so named is one entry left out).
 import { isUtf8 } from "node:buffer";
