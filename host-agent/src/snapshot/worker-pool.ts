@@ -124,6 +124,12 @@ export interface NewFiles {
 }
 
 /**
+ * What openAndWrite keeps between batches (one per thread): the output memory (page-aligned unless `unaligned`),
+ * whether O_DIRECT was refused, zeros to compare.
+ */
+type WriteScratch = { spare?: ArrayBuffer; unaligned?: boolean; noDirect?: boolean; zeros?: Buffer };
+
+/**
  * Opens and verifies a batch of blobs, then writes chunk i to every destination in
  * `dests[destStart[i]] .. dests[destStart[i + 1]]`: triples (fd, O_DIRECT fd of the same file or -1, file
  * offset). Plain chunks go from this thread's own memory straight to the files: nothing travels back.
@@ -138,11 +144,7 @@ export interface NewFiles {
 export function openAndWrite(
   codec: import("@dumont/repository").ChunkCodec,
   fs: typeof import("node:fs"),
-  /**
-   * Kept between batches: the output memory (page-aligned unless `unaligned`), whether O_DIRECT was refused,
-   * zeros to compare.
-   */
-  scratch: { spare?: ArrayBuffer; unaligned?: boolean; noDirect?: boolean; zeros?: Buffer },
+  scratch: WriteScratch,
   /**
    * Shared by the workers: slot fd % length is held while writing to fd. Two threads writing into one file
    * at once only spin on its inode lock in the kernel (measured: 14% of a restore's CPU); waiting here sleeps.
@@ -421,7 +423,7 @@ function workerMain(
   });
   const port = workerThreads.parentPort!;
   const fs = req("node:fs") as typeof import("node:fs");
-  const scratch: { spare?: ArrayBuffer; noDirect?: boolean; zeros?: Buffer } = {};
+  const scratch: WriteScratch = {};
   let fileLocks: Int32Array | undefined;
   const shared = new Map<number, SharedArrayBuffer>();
   const resolveRef = (ref: BufferRef | undefined): ArrayBufferLike | undefined =>
@@ -518,7 +520,7 @@ export class SnapshotWorkerPool {
   private closed = false;
   private failure: Error | undefined;
   private localSealer: SegmentSealer | undefined;
-  private readonly localScratch: { spare?: ArrayBuffer; noDirect?: boolean; zeros?: Buffer } = {};
+  private readonly localScratch: WriteScratch = {};
 
   constructor(options: WorkerPoolOptions = {}) {
     const threads = options.threads ?? availableParallelism();
