@@ -22,6 +22,18 @@ export function listedEntry(e: ManifestEntry): ListedEntry {
   return e.type === "symlink" ? { ...base, target: e.target } : base;
 }
 
+/**
+ * A path (or link target) for a line of text: as it is, unless a control character (a newline, an escape) or a
+ * leading double quote would break the line or be taken for a terminal's command; then quoted and escaped as a
+ * JSON string (git's core.quotePath), so one entry stays one line. `--json` gives the exact bytes either way.
+ */
+export function printablePath(path: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+  if (!/[\u0000-\u001f\u007f-\u009f]|^"/.test(path)) return path;
+  // JSON escapes the C0 controls; DEL and the C1 controls (0x9b opens a terminal command too) are done here.
+  return JSON.stringify(path).replace(/[\u007f-\u009f]/g, (c) => `\\u00${c.charCodeAt(0).toString(16)}`);
+}
+
 export function listingLine(e: ListedEntry): string {
   const kind = e.type === "dir" ? "d" : e.type === "symlink" ? "l" : "-";
   let bits = "";
@@ -30,6 +42,8 @@ export function listingLine(e: ListedEntry): string {
     bits += `${m & 4 ? "r" : "-"}${m & 2 ? "w" : "-"}${m & 1 ? "x" : "-"}`;
   }
   const when = `${e.mtime.slice(0, 10)} ${e.mtime.slice(11, 16)}`;
-  const name = e.type === "dir" ? `${e.path}/` : e.type === "symlink" ? `${e.path} -> ${e.target}` : e.path;
+  const path = printablePath(e.path);
+  const name =
+    e.type === "dir" ? `${path}/` : e.type === "symlink" ? `${path} -> ${printablePath(e.target ?? "")}` : path;
   return `${kind}${bits} ${String(e.size).padStart(12)} ${when} ${name}`;
 }

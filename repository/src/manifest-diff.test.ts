@@ -63,6 +63,8 @@ describe("diffManifests", () => {
     });
     expect(changes.map(diffLine)).toContain("U    d/chmod.sh");
     expect(diffLine({ path: "x", change: "renamed" as never, sizeBefore: 0, sizeAfter: 0 })).toBe("?    x");
+    // A name with a newline stays on its line, quoted (as `snapshot ls` prints it).
+    expect(diffLine({ path: "a\nb", change: "added", sizeBefore: 0, sizeAfter: 1 })).toBe('+    "a\\nb"');
   });
 
   it("finds nothing between a snapshot and itself", () => {

@@ -1,6 +1,8 @@
 // What changed between two snapshots (`snapshot diff` in both CLIs), as restic's `diff` says it: each path
 // added, removed, modified (content: a file's chunks, a symlink's target), changed in metadata only (mode,
 // modification time) or changed in type, and how many bytes of chunks the later snapshot adds and drops.
+
+import { printablePath } from "./listing.js";
 import type { Manifest, ManifestEntry } from "./manifest.js";
 import { formatBytes } from "./progress-meter.js";
 
@@ -62,7 +64,7 @@ const MARKS: Record<DiffChange, string> = { added: "+", removed: "-", modified: 
 /** One change as a line: restic's marks (+ added, - removed, M modified, U metadata, T type), then the path. */
 export function diffLine(c: DiffEntry): string {
   // "?" for a kind of change this build does not know (a newer control plane's).
-  return `${MARKS[c.change] ?? "?"}    ${c.path}`;
+  return `${MARKS[c.change] ?? "?"}    ${printablePath(c.path)}`;
 }
 
 /** The summary as one line: "2 added, 1 removed, …; 3.1 MiB of new data, 1.0 MiB no longer used". */

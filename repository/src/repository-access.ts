@@ -7,7 +7,7 @@ export interface RepositoryAccess {
   readonly store: BlobStore;
   /** The repository (tenant) key. */
   readonly key: Buffer;
-  /** A snapshot by id or unique prefix. */
+  /** A snapshot by id, unique prefix, or `latest`. */
   findSnapshot(idOrPrefix: string): Promise<SnapshotRecord>;
   readManifestBlobs(record: SnapshotRecord): Promise<Buffer[]>;
 }

@@ -697,6 +697,26 @@ describe("check beside a running snapshot", () => {
 });
 
 describe("forget by id", () => {
+  it("takes `latest` for the newest snapshot, and says so when there is none", async () => {
+    const store = new FileBlobStore(await mkdtemp(join(tmpdir(), "dumont-latest-")));
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    await expect(repository.findSnapshot("latest")).rejects.toThrow(/no snapshots in file:.*none is the latest/);
+    const ids: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, 5)); // records are ordered by their millisecond
+      const chunk = sealed(key, randomBytes(100 + i));
+      const writer = await repository.writer();
+      await writer.put([chunk]);
+      ids.push(await writer.commit([sealManifest(key, manifestOf({ [`f${i}`]: [chunk] }))], meta));
+    }
+    expect((await repository.findSnapshot("latest")).id).toBe(ids[1]);
+    // Only the word itself: anything else is an id or a prefix, or refused naming both forms.
+    await expect(repository.findSnapshot("LATEST")).rejects.toThrow(/4 to 64 hex characters, or latest/);
+    await forgetSnapshots(repository, { ids: ["latest"] });
+    expect((await repository.findSnapshot("latest")).id).toBe(ids[0]);
+  });
+
   it("forgets exactly the snapshots named (ids or prefixes), all resolved before any is deleted", async () => {
     const store = new FileBlobStore(await mkdtemp(join(tmpdir(), "dumont-forget-")));
     const key = generateRepositoryKey();

@@ -16,6 +16,8 @@ export { type ChunkLocation, RepositoryIndex } from "./repository-index.js";
 
 export const CONFIG_KEY = "config";
 const FORMAT = "dumont-repository";
+/** What `findSnapshot` (and so every `--id`) takes for the newest snapshot. */
+export const LATEST = "latest";
 
 export interface RepositoryConfig {
   format: typeof FORMAT;
@@ -158,11 +160,22 @@ export class Repository implements RepositoryAccess {
     return records.sort((a, b) => a.time.localeCompare(b.time) || a.id.localeCompare(b.id));
   }
 
-  /** Finds a snapshot by its id or a unique prefix of it (at least 4 characters). */
+  /**
+   * Finds a snapshot by its id, a unique prefix of it (at least 4 characters), or `latest`: the newest in the
+   * repository, whatever workspace it came from (restic's `latest` without filters).
+   */
   async findSnapshot(idOrPrefix: string): Promise<SnapshotRecord> {
+    if (idOrPrefix === LATEST) {
+      const newest = (await this.listSnapshots()).at(-1);
+      if (!newest) throw new RepositoryError("not-found", `no snapshots in ${this.url}, so none is the latest`);
+      return newest;
+    }
     const wanted = idOrPrefix.toLowerCase();
     if (!/^[0-9a-f]{4,64}$/.test(wanted)) {
-      throw new RepositoryError("invalid-argument", `"${idOrPrefix}" is not a snapshot id (4 to 64 hex characters)`);
+      throw new RepositoryError(
+        "invalid-argument",
+        `"${idOrPrefix}" is not a snapshot id (4 to 64 hex characters, or ${LATEST})`,
+      );
     }
     const matches: string[] = [];
     for await (const info of this.store.list(`snapshots/${wanted}`)) matches.push(info.key.slice("snapshots/".length));

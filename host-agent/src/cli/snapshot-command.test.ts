@@ -57,8 +57,13 @@ describe("dumont-agent snapshot", () => {
       target,
       "--json",
     );
-    expect(JSON.parse(restored.out)).toMatchObject({ files: 1, bytesWritten: 6000 });
+    expect(JSON.parse(restored.out)).toMatchObject({ id: result.id, files: 1, bytesWritten: 6000 });
     expect(await readdir(join(target, "d"))).toEqual(["a.txt"]);
+    // `latest` (restic's word) is the newest snapshot; the JSON names the one it restored.
+    const newest = join(root, "newest");
+    const latest = await run("snapshot", "restore", ...common, "--id", "latest", "--target", newest, "--json");
+    expect(JSON.parse(latest.out)).toMatchObject({ id: second.id, files: 1, bytesWritten: 6000 });
+    expect(await readdir(join(newest, "d"))).toEqual(["a.txt"]);
 
     expect((await run("snapshot", "check", ...common)).out).toMatch(/^no problems: 2 snapshots, 1 pack, 1 chunk, /);
     expect((await run("snapshot", "check", ...common, "--no-lock")).out).toMatch(/^no problems/);

@@ -42,6 +42,7 @@ const REPO_HELP =
 const EXCLUDE_HELP =
   "leave out what matches this pattern (gitignore syntax, relative to the source; repeat for more), after the " +
   "patterns of the source's own .dumontignore";
+const ID_HELP = "snapshot id, a unique prefix of it (at least 4 characters), or `latest` for the newest";
 const INCLUDE_HELP =
   'restore only what matches this pattern (gitignore syntax, relative to the snapshot\'s directory: "models/", ' +
   '"*.pt"; repeat for more), with the directories holding it';
@@ -151,11 +152,7 @@ export function registerSnapshotCommands(program: Command): void {
     .command("restore")
     .description("restore a snapshot into a new or empty directory, checking every chunk")
     .addOption(repoOption())
-    .requiredOption(
-      "--id <id>",
-      "snapshot id (or a unique prefix of at least 4 characters)",
-      once("--id", "a snapshot id"),
-    )
+    .requiredOption("--id <id>", ID_HELP, once("--id", "a snapshot id"))
     .requiredOption(
       "--target <dir>",
       "new or empty directory to restore into",
@@ -191,7 +188,12 @@ export function registerSnapshotCommands(program: Command): void {
             onProgress: (p) => meter?.update(p.bytesWritten, p.bytesTotal),
           }).finally(() => meter?.finish());
           if (opts.json)
-            print({ files: result.files, bytesWritten: result.bytesWritten, seconds: roundSeconds(result.seconds) });
+            print({
+              id: result.snapshotId,
+              files: result.files,
+              bytesWritten: result.bytesWritten,
+              seconds: roundSeconds(result.seconds),
+            });
           else {
             process.stdout.write(
               `restored snapshot ${result.snapshotId.slice(0, 12)} into ${opts.target}: ${result.files} files, ` +
@@ -205,11 +207,7 @@ export function registerSnapshotCommands(program: Command): void {
     .command("ls")
     .description("list the files of a snapshot (with --include, what `restore --include` would write)")
     .addOption(repoOption())
-    .requiredOption(
-      "--id <id>",
-      "snapshot id (or a unique prefix of at least 4 characters)",
-      once("--id", "a snapshot id"),
-    )
+    .requiredOption("--id <id>", ID_HELP, once("--id", "a snapshot id"))
     .option("--include <pattern>", INCLUDE_HELP.replace("restore only", "list only"), collect, [])
     .addOption(keyFileOption())
     .option("--json", "print a JSON array of {path, type, mode, size, mtime, target}")
@@ -231,7 +229,7 @@ export function registerSnapshotCommands(program: Command): void {
 
   snapshot
     .command("diff <before> <after>")
-    .description("what changed from one snapshot to another (ids or unique prefixes), path by path")
+    .description("what changed from one snapshot to another (ids, unique prefixes or `latest`), path by path")
     .addOption(repoOption())
     .addOption(keyFileOption())
     .option("--json", "print {changes: [{path, change, sizeBefore, sizeAfter}], summary}")
@@ -317,7 +315,7 @@ export function registerSnapshotCommands(program: Command): void {
   const forget = snapshot
     .command("forget [ids...]")
     .description(
-      "forget the snapshots named (ids or unique prefixes), or by a retention policy (per workspace); --prune " +
+      "forget the snapshots named (ids, unique prefixes or `latest`), or by a retention policy (per workspace); --prune " +
         "then deletes data nothing needs",
     )
     .addOption(repoOption())

@@ -1,0 +1,37 @@
+import { describe, expect, it } from "vitest";
+import { listedEntry, listingLine, printablePath } from "./listing.js";
+
+describe("listingLine", () => {
+  it("prints an entry in ls -l's manner, a directory with a slash and a link with its target", () => {
+    const mtimeNs = String(BigInt(Date.UTC(2024, 0, 2, 3, 4, 5)) * 1_000_000n);
+    const file = listedEntry({
+      type: "file",
+      path: "d/a b.txt",
+      mode: 0o640,
+      mtimeNs,
+      size: 12,
+      chunks: [],
+      lengths: [],
+    });
+    expect(listingLine(file)).toBe(`-rw-r----- ${"12".padStart(12)} 2024-01-02 03:04 d/a b.txt`);
+    expect(listingLine(listedEntry({ type: "dir", path: "d", mode: 0o755, mtimeNs }))).toMatch(
+      /^drwxr-xr-x +0 .* d\/$/,
+    );
+    const link = listedEntry({ type: "symlink", path: "l", mode: 0o777, mtimeNs, target: "../x" });
+    expect(listingLine(link)).toMatch(/^lrwxrwxrwx +0 2024-01-02 03:04 l -> \.\.\/x$/);
+  });
+
+  it("quotes a name or target that would break the line or drive the terminal, and nothing else", () => {
+    for (const plain of ["plain.txt", "spaces and ünïcode/名前", 'mid"quote', "back\\slash"]) {
+      expect(printablePath(plain)).toBe(plain);
+    }
+    expect(printablePath("new\nline")).toBe('"new\\nline"');
+    expect(printablePath("esc\u001b[2Jclear")).toBe('"esc\\u001b[2Jclear"');
+    expect(printablePath("del\u007f c1\u009b")).toBe('"del\\u007f c1\\u009b"');
+    expect(printablePath('"quoted"')).toBe('"\\"quoted\\""'); // a leading quote, so quoting stays unambiguous
+    const mtimeNs = "0";
+    const line = listingLine(listedEntry({ type: "symlink", path: "a\rb", mode: 0o777, mtimeNs, target: "t\nu" }));
+    expect(line.split("\n")).toHaveLength(1);
+    expect(line).toMatch(/ "a\\rb" -> "t\\nu"$/);
+  });
+});
