@@ -438,6 +438,57 @@ describe("snapshot engine", () => {
     expect(restless.files).toBe(1);
   });
 
+  it("keeps a file appended to while it is read as the listing saw it, and the next snapshot reads it again", async () => {
+    // A log written by the running job: 8 MiB when listed, 1 MiB more once the sink has taken the first chunks.
+    const source = fresh("src");
+    await mkdir(source);
+    const file = join(source, "train.log");
+    const listed = seeded(8 * 1024 * 1024, "log");
+    await writeFile(file, listed);
+    await utimes(file, HOUR_AGO, HOUR_AGO);
+    const more = seeded(1024 * 1024, "more");
+    const key = generateRepositoryKey();
+    const { repo, store, repository, writer } = await freshWriter(key);
+    const localIndex = { file: join(fresh("state"), "index.idx"), scope: "appended" };
+    let appended = false;
+    const meta = { workspace: "w", epoch: 0, tenant: "t" };
+    const created = await createSnapshot({
+      source,
+      sink: {
+        missing: (ids) => writer.missing(ids),
+        put: async (chunks) => {
+          if (!appended) {
+            appended = true;
+            await appendFile(file, more);
+          }
+          await writer.put(chunks);
+        },
+        commit: (manifest, m) => writer.commit(manifest, m),
+        abort: () => writer.abort(),
+      },
+      key,
+      meta,
+      pool,
+      localIndex,
+      ...SMALL,
+    });
+    expect(appended).toBe(true);
+    expect(created.skipped).toEqual([]);
+    expect(created.bytesRead).toBe(listed.length); // read once, to the size listed
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect((await readFile(join(target, "train.log"))).equals(listed)).toBe(true);
+
+    // Its size and mtime in the local index are the listing's, so the next snapshot sees it changed.
+    const sink = await repository.writer({ packSize: SMALL.packSize });
+    const next = await createSnapshot({ source, sink, key, meta, pool, localIndex, ...SMALL });
+    expect(next.filesRead).toBe(1);
+    const again = fresh("restored-again");
+    await restoreDirectSnapshot({ repo, key, snapshotId: next.id, target: again, pool });
+    expect((await readFile(join(again, "train.log"))).equals(Buffer.concat([listed, more]))).toBe(true);
+    await store.close();
+  });
+
   it("seals `sealAhead` more segments ahead of a slow sink, and stores the same snapshot", async () => {
     const source = fresh("src");
     await mkdir(source);
