@@ -9,6 +9,7 @@ export type RepositoryErrorCode =
   | "invalid-argument" // a caller passed something unusable (URL, key, option)
   | "locked" // another process holds a conflicting lock
   | "unwritable" // the store takes no more writes: its disk is full, a quota is used up, it is read-only
+  | "read-only" // this process may not write there (permissions, a read-only mount) where it must (a lock)
   | "incomplete"; // a commit references chunks that are not durable
 
 export class RepositoryError extends Error {
@@ -52,10 +53,33 @@ export function unwritableReason(err: unknown): string | undefined {
 export function writeFailure(url: string, key: string, err: unknown): unknown {
   const why = unwritableReason(err);
   if (why === undefined || isRepositoryError(err)) return err;
+  const remedy = (err as NodeJS.ErrnoException).code === "EROFS" ? "Mount it read-write" : "Make room there";
   return new RepositoryError(
     "unwritable",
-    `cannot write ${url}/${key}: ${why}. Make room there and try again: what was written before this is kept, ` +
+    `cannot write ${url}/${key}: ${why}. ${remedy} and try again: what was written before this is kept, ` +
       "and the next try reuses it",
     { cause: err },
   );
+}
+
+/** Errors that say this process may not write into a store at all, with what each means. */
+const REFUSED: Record<string, string> = {
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  EROFS: "the filesystem is read-only",
+};
+
+/**
+ * Why a store refused a write for want of permission (an errno above, itself or as the cause of a RepositoryError
+ * made from it; S3's HTTP 403), else undefined: a full disk or a dropped connection is not this.
+ */
+export function refusedReason(err: unknown): string | undefined {
+  for (let e = err; e instanceof Error; e = e.cause) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (typeof code === "string" && Object.hasOwn(REFUSED, code)) return `${REFUSED[code]} (${code})`;
+    if ((e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 403) {
+      return "access denied (HTTP 403)";
+    }
+  }
+  return undefined;
 }

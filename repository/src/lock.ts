@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { readlinkSync } from "node:fs";
 import { hostname } from "node:os";
 import type { BlobStore } from "./blob-store.js";
-import { isRepositoryError, RepositoryError } from "./errors.js";
+import { isRepositoryError, RepositoryError, refusedReason } from "./errors.js";
 import { ObjectKind, openJson, sealJson } from "./sealing.js";
 
 export const LOCK_STALE_AFTER_MS = 30 * 60 * 1000;
@@ -61,7 +61,20 @@ export async function acquireLock(
     purpose: options.purpose,
   };
   let written = Date.now();
-  await store.put(lockKey, sealJson(key, ObjectKind.lock, body));
+  try {
+    await store.put(lockKey, sealJson(key, ObjectKind.lock, body));
+  } catch (err) {
+    // A reader without write access (a read-only mount, a bucket it may only read) fails here first: say so,
+    // rather than with the errno of a temp file's name.
+    const why = refusedReason(err);
+    if (why === undefined) throw err;
+    throw new RepositoryError(
+      "read-only",
+      `cannot take a ${options.exclusive ? "" : "shared "}lock in ${store.url} for ${options.purpose}: ${why}; ` +
+        "a lock is an object written under locks/, so this needs write access there",
+      { cause: err },
+    );
+  }
   try {
     // "Now" as the store tells time: our own lock's modification time, just written.
     const now = (await store.stat(lockKey))?.modified.getTime() ?? Date.now();

@@ -409,6 +409,15 @@ async function withFriendlyErrors(opts: RepoOptions, fn: () => Promise<void>): P
         throw new Error(`there is no repository at --repo ${opts.repo} (the first \`snapshot create\` makes one)`);
       case "invalid-argument":
         throw new Error(/repository URL/.test(err.message) ? `--repo: ${err.message}` : err.message);
+      case "read-only":
+        // Only the commands that offer --no-lock (restore, check) have a way round it.
+        if ("lock" in opts) {
+          throw new Error(
+            `${err.message}. For a repository you may only read, add --no-lock (nothing then stops a prune ` +
+              "from deleting what this reads meanwhile)",
+          );
+        }
+        throw err;
       default:
         throw err;
     }

@@ -1,12 +1,13 @@
 // A full disk under the repository or the restore target, for real: a small tmpfs, mounted for this file (so
-// only where this process may mount one, as CI here runs; skipped elsewhere). The failure says where and what to do, leaves no
-// temp file or half restore behind, and the next try, with room made, succeeds.
+// only where this process may mount one, as CI here runs; skipped elsewhere). The failure says where and what to
+// do, leaves no temp file or half restore behind, and the next try, with room made, succeeds. Then a repository
+// on a read-only filesystem: readable with --no-lock, and the error without it says so.
 import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, readFile, rm, statfs, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { canMountTmpfs, mountTmpfs, unmountTmpfs } from "@dumont/repository/testing/tmpfs";
+import { canMountTmpfs, mountTmpfs, remountReadOnly, unmountTmpfs } from "@dumont/repository/testing/tmpfs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runAgentCli } from "../cli/run-in-process.js";
 
@@ -137,5 +138,49 @@ describe.skipIf(!canMountTmpfs())("a full disk", () => {
         "removed; the restore needs 12.0 MiB there: make room and restore again",
     );
     expect(await readdir(target)).toEqual([]);
+  });
+});
+
+describe.skipIf(!canMountTmpfs())("a read-only repository", () => {
+  it("restores and checks with --no-lock, and without it says that a lock needs writing and what to do", async () => {
+    const root = await mkdtemp(join(tmpdir(), "dumont-read-only-"));
+    const disk = join(root, "disk");
+    await mkdir(disk);
+    mountTmpfs(disk, "8m");
+    try {
+      const keyFile = join(root, "key");
+      await writeFile(keyFile, randomBytes(32).toString("hex"));
+      const source = join(root, "src");
+      await mkdir(source);
+      await writeFile(join(source, "data.bin"), randomBytes(100_000));
+      const repo = pathToFileURL(join(disk, "repo")).href;
+      const key = ["--repo", repo, "--key-file", keyFile];
+      const state = ["--state-dir", join(root, "state")];
+      expect((await runAgentCli("snapshot", "create", "--source", source, ...key, ...state)).code).toBe(0);
+      remountReadOnly(disk);
+
+      const restore = (target: string, ...more: string[]) =>
+        runAgentCli("snapshot", "restore", "--id", "latest", "--target", join(root, target), ...key, ...more);
+      const refused = await restore("refused");
+      expect(refused.code).toBe(1);
+      expect(refused.err).toContain(
+        `cannot take a shared lock in ${repo} for a restore: the filesystem is read-only (EROFS); a lock is an ` +
+          "object written under locks/, so this needs write access there. For a repository you may only read, add " +
+          "--no-lock",
+      );
+      const restored = await restore("restored", "--no-lock");
+      expect(restored.code, restored.err).toBe(0);
+      expect(await readFile(join(root, "restored", "data.bin"))).toEqual(await readFile(join(source, "data.bin")));
+      expect((await runAgentCli("snapshot", "check", ...key)).err).toMatch(/for a check: .*add --no-lock/);
+      expect((await runAgentCli("snapshot", "check", "--no-lock", ...key)).code).toBe(0);
+      // A snapshot cannot go without writing: the same cause, and no --no-lock offered.
+      const create = await runAgentCli("snapshot", "create", "--source", source, ...key, ...state);
+      expect(create.code).toBe(1);
+      expect(create.err).toMatch(/cannot take a shared lock in \S+ for a snapshot: the filesystem is read-only/);
+      expect(create.err).not.toContain("--no-lock");
+    } finally {
+      unmountTmpfs(disk);
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });

@@ -31,6 +31,11 @@ export function mountTmpfs(dir: string, size: string): void {
   execFileSync("mount", ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir], { stdio: "ignore" });
 }
 
+/** Makes the tmpfs on `dir` read-only: writes then fail with EROFS, for root too. */
+export function remountReadOnly(dir: string): void {
+  execFileSync("mount", ["-o", "remount,ro", dir], { stdio: "ignore" });
+}
+
 export function unmountTmpfs(dir: string): void {
   execFileSync("umount", [dir], { stdio: "ignore" });
 }
