@@ -1,6 +1,5 @@
 // Runs the control plane's TakeSnapshot and Restore commands on this host with the snapshot engine,
 // moving chunks over the session's streams (stream-transfer.ts). One worker pool serves every operation.
-import { realpathSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -9,6 +8,7 @@ import { MAX_MANIFEST_PARTS } from "@dumont/repository/limits";
 import { ManifestPartsReceiver } from "@dumont/repository/manifest-parts";
 import type { Logger } from "../logger.js";
 import type { SnapshotWorkerPool } from "../snapshot/index.js";
+import { realPath } from "../snapshot/real-path.js";
 import type { ControlPlaneSession, Inbound } from "./control-plane-session.js";
 import { StreamChunkSink, StreamChunkSource, type StreamPort } from "./stream-transfer.js";
 
@@ -394,20 +394,4 @@ export function progressReporter<P>(
     },
     stop: () => clearInterval(heartbeat),
   };
-}
-
-/**
- * An absolute path with the symlinks of its longest existing part resolved, the rest (not made yet: a restore's
- * new target) appended as it is.
- */
-function realPath(abs: string): string {
-  const rest: string[] = [];
-  for (let at = abs; ; at = path.dirname(at)) {
-    try {
-      return path.join(realpathSync.native(at), ...rest.reverse());
-    } catch {
-      if (path.dirname(at) === at) return abs;
-      rest.push(path.basename(at));
-    }
-  }
 }

@@ -114,6 +114,37 @@ describe("create", () => {
     );
   });
 
+  it("leaves out a file:// repository that lies inside the source, saying so, and refuses the source itself", async () => {
+    // `--source ~ --repo file://$HOME/backups/ws`: stored, each snapshot would hold the packs of the ones before.
+    const source = fresh("home");
+    await mkdir(join(source, "work"), { recursive: true });
+    await writeFile(join(source, "work", "notes.txt"), "notes");
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(join(source, "backups", "ws")).href;
+    const reason = 'the repository this snapshot is written to; list "/backups/ws/" in .dumontignore to leave it out';
+    const skipped = [{ path: "backups/ws", reason: `${reason} without a word` }];
+    // The first is listed while the repository is made: it may be there yet or not.
+    expect(await createDirectSnapshot({ repo, key, source, pool, ...SMALL })).toMatchObject({ files: 1 });
+    const second = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    expect(second).toMatchObject({ files: 1, skipped });
+    // Named through a symlink to the source, it is the same directory.
+    const link = fresh("home-link");
+    await symlink(source, link);
+    const viaLink = await createDirectSnapshot({ repo: pathToFileURL(join(link, "backups", "ws")).href, key, source });
+    expect(viaLink).toMatchObject({ files: 1, skipped });
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: second.id, target, pool });
+    expect(await tree(target)).toEqual(["backups/", "work/", "work/notes.txt: notes"]);
+    // Listed in .dumontignore, it goes without a word.
+    await writeFile(join(source, ".dumontignore"), "/backups/ws/\n");
+    expect(await createDirectSnapshot({ repo, key, source, pool, ...SMALL })).toMatchObject({ files: 2, skipped: [] });
+
+    const itself = pathToFileURL(source).href;
+    await expect(createDirectSnapshot({ repo: itself, key, source: link, pool })).rejects.toThrow(
+      `--repo ${itself} is the source directory itself: keep the repository outside what it backs up`,
+    );
+  });
+
   // The check of a second read's path needs Linux's /proc/self/fd (elsewhere it is not made).
   it.runIf(existsSync("/proc/self/fd"))(
     "does not store what a directory replaced by a symlink after the listing leads to, in either read",

@@ -118,10 +118,13 @@ export async function listSnapshotSource(
   source: string,
   exclude?: readonly string[],
   onDirectory?: (entries: number) => void,
+  /** See listSourceTree. */
+  leaveOut?: ReadonlyMap<string, string>,
 ): Promise<SourceListing> {
   const startedAt = { ms: performance.now(), ns: BigInt(Date.now()) * 1_000_000n };
   const root = resolve(source);
-  return { ...(await listSourceTree(root, await loadExclusions(root, exclude), onDirectory)), startedAt };
+  const exclusions = await loadExclusions(root, exclude);
+  return { ...(await listSourceTree(root, exclusions, onDirectory, leaveOut)), startedAt };
 }
 
 export async function createSnapshot(options: CreateSnapshotOptions): Promise<CreateSnapshotResult> {

@@ -45,6 +45,11 @@ export async function listSourceTree(
   exclusions?: Exclusions,
   /** Called after each directory is listed, with the entries so far (progress while a large tree is walked). */
   onDirectory?: (entries: number) => void,
+  /**
+   * Paths (relative, "/"-separated) left out and reported with the reason given, unless an exclusion already
+   * leaves them out without a word: the repository a direct snapshot writes to, when it lies in the source.
+   */
+  leaveOut?: ReadonlyMap<string, string>,
 ): Promise<{ entries: SourceEntry[]; skipped: SkippedEntry[] }> {
   // The root may itself be a symlink to a directory (/workspace -> /mnt/data/ws): that one link is followed, as
   // the path the operator named (rsync's `link/`); nothing under it is.
@@ -56,7 +61,7 @@ export async function listSourceTree(
   if (!rootStat.isDirectory()) throw new Error(`the source ${root} is not a directory`);
   const entries: SourceEntry[] = [];
   const skipped: SkippedEntry[] = [];
-  await walk(root, "", { entries, skipped, exclusions, onDirectory });
+  await walk(root, "", { entries, skipped, exclusions, onDirectory, leaveOut });
   return { entries, skipped };
 }
 
@@ -68,9 +73,10 @@ async function walk(
     skipped: SkippedEntry[];
     exclusions?: Exclusions;
     onDirectory?: (entries: number) => void;
+    leaveOut?: ReadonlyMap<string, string>;
   },
 ): Promise<void> {
-  const { entries, skipped, exclusions } = into;
+  const { entries, skipped, exclusions, leaveOut } = into;
   into.onDirectory?.(entries.length);
   let dirents: Named[];
   try {
@@ -118,6 +124,11 @@ async function walk(
       continue;
     }
     if (exclusions?.excludes(rel, st.isDirectory())) continue;
+    const reason = leaveOut?.get(rel);
+    if (reason !== undefined) {
+      skipped.push({ path: rel, reason });
+      continue;
+    }
     // Literals with the same keys in the same order, not `{ ...base, type }`: each spread entry got a hidden
     // class of its own in V8, ~300 bytes more per file and work for the collector (300,000 files: 300,577
     // classes in a heap snapshot, against one).
