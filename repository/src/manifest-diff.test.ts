@@ -67,6 +67,17 @@ describe("diffManifests", () => {
     expect(diffLine({ path: "a\nb", change: "added", sizeBefore: 0, sizeAfter: 1 })).toBe('+    "a\\nb"');
   });
 
+  it("counts a change of owner as metadata, but not an owner only one side recorded", () => {
+    const owned = (uid: number | undefined, gid: number | undefined) => ({ ...file("f", ["a"]), uid, gid });
+    const changed = (a: ManifestEntry, b: ManifestEntry) => diffManifests(manifest(a), manifest(b)).changes;
+    expect(changed(owned(1000, 1000), owned(1001, 1000))).toEqual([
+      { path: "f", change: "metadata", sizeBefore: 100, sizeAfter: 100 },
+    ]);
+    expect(changed(owned(1000, 1000), owned(1000, 0))).toHaveLength(1);
+    expect(changed(owned(1000, 1000), owned(1000, 1000))).toEqual([]);
+    expect(changed(file("f", ["a"]), owned(1000, 1000))).toEqual([]); // written before owners were kept
+  });
+
   it("finds nothing between a snapshot and itself", () => {
     const m = manifest(dir("d"), file("d/a", ["a", "b"]), link("l", "d/a"));
     expect(diffManifests(m, m)).toEqual({

@@ -87,7 +87,13 @@ function changeOf(was: ManifestEntry, now: ManifestEntry): DiffChange | undefine
   }
   if (was.type === "symlink" && now.type === "symlink" && was.target !== now.target) return "modified";
   if (was.mode !== now.mode || was.mtimeNs !== now.mtimeNs) return "metadata";
+  if (ownerChanged(was.uid, now.uid) || ownerChanged(was.gid, now.gid)) return "metadata";
   return undefined;
+}
+
+/** Only where both manifests record it: one from before owners were kept is no change of owner. */
+function ownerChanged(was: number | undefined, now: number | undefined): boolean {
+  return was !== undefined && now !== undefined && was !== now;
 }
 
 function sizeOf(e: ManifestEntry | undefined): number {

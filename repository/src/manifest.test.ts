@@ -94,6 +94,18 @@ describe("manifest sealing", () => {
     expect(openManifest(key, sealManifest(key, manifest))).toEqual(manifest);
     const lying = m({ ...(manifest.entries[1] as Extract<ManifestEntry, { type: "file" }>), size: 4 });
     expect(() => openManifest(key, sealManifest(key, lying))).toThrow(/add up to 3 bytes, not 4/);
+    // Owners: optional, whole ids up to 2^32 - 2 (2^32 - 1 is chown's "leave it").
+    const owned = m({ ...dir("a"), uid: 1000, gid: 0xffff_fffe });
+    expect(openManifest(key, sealManifest(key, owned))).toEqual(owned);
+    for (const [field, bad] of [
+      ["uid", -1],
+      ["gid", 0xffff_ffff],
+      ["uid", 1.5],
+      ["gid", "0"],
+    ] as const) {
+      const wrong = m({ ...dir("a"), [field]: bad } as ManifestEntry);
+      expect(() => openManifest(key, sealManifest(key, wrong))).toThrow(`"a" has a bad ${field}`);
+    }
     try {
       openManifest(generateRepositoryKey(), sealManifest(key, manifest));
       expect.unreachable();

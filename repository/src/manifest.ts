@@ -10,7 +10,16 @@ export { MANIFEST_PART_BYTES, MAX_MANIFEST_BYTES, MAX_MANIFEST_PARTS };
 
 export const MAX_CHUNK_LENGTH = 64 * 1024 * 1024;
 
-export type ManifestEntry =
+/**
+ * The owner of an entry (numeric ids, as lstat gives them): written by agents since ownership was kept, absent in
+ * older manifests. A restore running as root gives them back; any other restore leaves its own.
+ */
+export interface Ownership {
+  uid?: number;
+  gid?: number;
+}
+
+export type ManifestEntry = (
   | {
       type: "file";
       path: string;
@@ -23,10 +32,22 @@ export type ManifestEntry =
       lengths: number[];
     }
   | { type: "dir"; path: string; mode: number; mtimeNs: string }
-  | { type: "symlink"; path: string; mode: number; mtimeNs: string; target: string };
+  | { type: "symlink"; path: string; mode: number; mtimeNs: string; target: string }
+) &
+  Ownership;
+
+/** The largest owner id a manifest takes: 2^32 - 2 (2^32 - 1 is "no change" to chown). */
+export const MAX_OWNER_ID = 0xffff_fffe;
+
+/**
+ * The snapshot's directory itself (what a restore's target becomes): its mode, time and owner. In the first part
+ * only; absent in manifests from before it was kept, whose restores leave the target as it was.
+ */
+export type ManifestRoot = { mode: number; mtimeNs: string } & Ownership;
 
 export interface Manifest {
   version: 1;
+  root?: ManifestRoot;
   entries: ManifestEntry[];
 }
 
@@ -37,6 +58,7 @@ export interface Manifest {
  */
 export interface ManifestEntries {
   version?: 1;
+  root?: ManifestRoot;
   entries: Iterable<ManifestEntry>;
 }
 
@@ -57,6 +79,8 @@ export interface PlainManifestPart {
 export interface SealPartsOptions {
   /** Plain bytes a part holds on average (MANIFEST_PART_BYTES); Infinity seals one part. */
   partBytes?: number;
+  /** Written into the first part. */
+  root?: ManifestRoot;
 }
 
 /**
@@ -97,8 +121,11 @@ export function* cutManifestParts(
   let total = 0;
   let count = 0;
   let parts = 0;
+  // Keys in a fixed order: the same root and entries seal to the same part.
+  const root = options.root && rootJson(options.root);
   const cut = (): PlainManifestPart => {
-    const plain = Buffer.from(`{"version":1,"entries":[${texts.join(",")}]}`, "utf8");
+    const head = parts === 0 && root ? `"version":1,"root":${root}` : `"version":1`;
+    const plain = Buffer.from(`{${head},"entries":[${texts.join(",")}]}`, "utf8");
     const held = texts.length;
     total += plain.length;
     if (total > MAX_MANIFEST_BYTES) throw tooManyEntries(count);
@@ -159,9 +186,14 @@ function tooManyEntries(count: number): RepositoryError {
   );
 }
 
+function rootJson(r: ManifestRoot): string {
+  const owner = r.uid === undefined && r.gid === undefined ? {} : { uid: r.uid, gid: r.gid };
+  return JSON.stringify({ mode: r.mode, mtimeNs: r.mtimeNs, ...owner });
+}
+
 /** Seals a manifest as one part (at most 64 MiB plain, about 250,000 files), for a reader that takes no more. */
 export function sealManifest(key: Buffer, manifest: ManifestEntries): Buffer {
-  return sealManifestParts(key, manifest.entries, { partBytes: Number.POSITIVE_INFINITY })[0];
+  return sealManifestParts(key, manifest.entries, { partBytes: Number.POSITIVE_INFINITY, root: manifest.root })[0];
 }
 
 /** Opens and structurally validates a manifest blob (it does not judge path safety; see assertRestorable). */
@@ -175,9 +207,10 @@ export function openManifest(key: Buffer, blob: Buffer, what = "manifest"): Mani
  */
 export function openManifestParts(key: Buffer, blobs: readonly Buffer[], what = "manifest"): Manifest {
   const entries: ManifestEntry[] = [];
+  let root: ManifestRoot | undefined;
   // A loop, not push(...): a part may hold more entries than a call takes arguments.
-  for (const part of manifestPartEntries(key, blobs, what)) for (const e of part) entries.push(e);
-  return { version: 1, entries };
+  for (const part of manifestPartEntries(key, blobs, what, (r) => (root = r))) for (const e of part) entries.push(e);
+  return root ? { version: 1, root, entries } : { version: 1, entries };
 }
 
 /**
@@ -189,6 +222,8 @@ export function* manifestPartEntries(
   key: Buffer,
   blobs: readonly Buffer[],
   what = "manifest",
+  /** Called with the snapshot's root (ManifestRoot) as the first part is opened, when it records one. */
+  onRoot?: (root: ManifestRoot) => void,
 ): Generator<ManifestEntry[]> {
   if (blobs.length === 0 || blobs.length > MAX_MANIFEST_PARTS) {
     throw invalid(what, `it has ${blobs.length} parts; a manifest has 1 to ${MAX_MANIFEST_PARTS}`);
@@ -201,7 +236,10 @@ export function* manifestPartEntries(
     if (total > MAX_MANIFEST_BYTES) {
       throw invalid(what, `its parts hold more than ${MAX_MANIFEST_BYTES / 2 ** 20} MiB, more than a manifest may`);
     }
-    yield parseManifest(parseJson(plain, part), part).entries;
+    const manifest = parseManifest(parseJson(plain, part), part);
+    // Only the first part's: a root written anywhere else is no part of the format, and ignored.
+    if (i === 0 && manifest.root && onRoot) onRoot(manifest.root);
+    yield manifest.entries;
   }
 }
 
@@ -222,20 +260,35 @@ function invalid(what: string, detail: string): RepositoryError {
   return new RepositoryError("invalid-manifest", `${what} is invalid: ${detail}`);
 }
 
+/** An entry's (or the root's) mode, mtime and owner, named `name` in the error. */
+function checkMetadata(what: string, name: string, e: Record<string, unknown>): void {
+  if (typeof e.mode !== "number" || !Number.isInteger(e.mode) || e.mode < 0 || e.mode > 0o7777) {
+    throw invalid(what, `${name} has a bad mode`);
+  }
+  if (typeof e.mtimeNs !== "string" || !/^-?\d{1,25}$/.test(e.mtimeNs)) throw invalid(what, `${name} has a bad mtime`);
+  for (const field of ["uid", "gid"] as const) {
+    const id = e[field];
+    if (id !== undefined && (!Number.isInteger(id) || (id as number) < 0 || (id as number) > MAX_OWNER_ID)) {
+      throw invalid(what, `${name} has a bad ${field}`);
+    }
+  }
+}
+
 function parseManifest(value: unknown, what: string): Manifest {
   if (typeof value !== "object" || value === null) throw invalid(what, "not an object");
-  const m = value as { version?: unknown; entries?: unknown };
+  const m = value as { version?: unknown; root?: unknown; entries?: unknown };
   if (m.version !== 1) throw invalid(what, `unknown version ${String(m.version)}`);
   if (!Array.isArray(m.entries)) throw invalid(what, "entries is not a list");
+  if (m.root !== undefined) {
+    const r = m.root as Record<string, unknown>;
+    if (typeof r !== "object" || r === null) throw invalid(what, "its root is not an object");
+    checkMetadata(what, "its root", r);
+  }
   for (const raw of m.entries as unknown[]) {
     const e = raw as Record<string, unknown>;
     if (typeof e !== "object" || e === null || typeof e.path !== "string") throw invalid(what, "an entry has no path");
     const name = JSON.stringify(e.path);
-    if (typeof e.mode !== "number" || !Number.isInteger(e.mode) || e.mode < 0 || e.mode > 0o7777) {
-      throw invalid(what, `${name} has a bad mode`);
-    }
-    if (typeof e.mtimeNs !== "string" || !/^-?\d{1,25}$/.test(e.mtimeNs))
-      throw invalid(what, `${name} has a bad mtime`);
+    checkMetadata(what, name, e);
     if (e.type === "file") {
       if (!Number.isSafeInteger(e.size) || (e.size as number) < 0) throw invalid(what, `${name} has a bad size`);
       if (!Array.isArray(e.chunks) || !Array.isArray(e.lengths) || e.chunks.length !== e.lengths.length) {

@@ -1,7 +1,19 @@
 // The snapshot commands as an operator types them: flags, JSON output, exit codes and error sentences.
 import { execFile, execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmod, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from "node:fs/promises";
+import {
+  chmod,
+  chown,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -225,6 +237,31 @@ describe("dumont-agent snapshot", () => {
     );
     expect((await restore("extlink-allowed", "--allow-external-symlinks")).code).toBe(0);
     expect(await readlink(join(root, "extlink-allowed", "extlink"))).toBe("/etc/hostname");
+  });
+
+  // chown takes root (CI here); elsewhere skipped.
+  it.runIf(process.geteuid?.() === 0)("gives owners back as root, and leaves them with --no-owners", async () => {
+    const source = join(root, "owned");
+    await mkdir(source);
+    await writeFile(join(source, "notebook.ipynb"), "{}");
+    await chown(join(source, "notebook.ipynb"), 1000, 100);
+    await chown(source, 1000, 100);
+    const common = ["--repo", pathToFileURL(join(root, "owned-repo")).href, "--key-file", join(root, "owned-key")];
+    await writeFile(join(root, "owned-key"), "22".repeat(32));
+    expect((await run("snapshot", "create", "--source", source, ...common)).code).toBe(0);
+    const owner = async (dir: string) => {
+      const [top, file] = [await stat(dir), await stat(join(dir, "notebook.ipynb"))];
+      return [top.uid, top.gid, file.uid, file.gid];
+    };
+    for (const [flags, expected] of [
+      [[], [1000, 100, 1000, 100]],
+      [["--no-owners"], [0, 0, 0, 0]],
+    ] as const) {
+      const target = join(root, `owned-out${flags.length}`);
+      const restored = await run("snapshot", "restore", "--id", "latest", "--target", target, ...common, ...flags);
+      expect(restored.code, restored.err).toBe(0);
+      expect(await owner(target)).toEqual(expected);
+    }
   });
 
   it("says what to do when the key or the flags are wrong", async () => {

@@ -161,6 +161,7 @@ export function registerSnapshotCommands(program: Command): void {
     .addOption(keyFileOption())
     .option("--json", "print the result as one JSON object and no progress")
     .option("--allow-external-symlinks", "also create symlinks that point outside the target (never followed)")
+    .option("--no-owners", "leave everything owned by this user (as root, the recorded owners are given back)")
     .option("--include <pattern>", INCLUDE_HELP, collect, [])
     .option("--no-lock", "take no lock (for a repository you may only read); a prune may then run meanwhile")
     .action(
@@ -171,6 +172,7 @@ export function registerSnapshotCommands(program: Command): void {
           allowExternalSymlinks?: boolean;
           include: string[];
           lock: boolean;
+          owners: boolean;
         },
       ) =>
         withFriendlyErrors(opts, async () => {
@@ -185,6 +187,8 @@ export function registerSnapshotCommands(program: Command): void {
             allowExternalSymlinks: opts.allowExternalSymlinks,
             include,
             lock: opts.lock,
+            // Commander's default for --no-owners is true: "as the restore's user allows", not "always".
+            owners: opts.owners ? undefined : false,
             onProgress: (p) => meter?.update(p.bytesWritten, p.bytesTotal),
           }).finally(() => meter?.finish());
           if (opts.json)

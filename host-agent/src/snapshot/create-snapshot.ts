@@ -14,6 +14,7 @@ import {
   type ManifestEntries,
   type ManifestEntry,
   type ManifestPartBlob,
+  type ManifestRoot,
   type SkippedEntry,
   sealManifestPart,
 } from "@dumont/repository";
@@ -106,8 +107,9 @@ export interface CreateSnapshotResult {
 /** A file whose mtime is this close to the start of the snapshot may change again within the same tick. */
 const RACY_WINDOW_NS = 2_000_000_000n;
 
-/** A source directory's entries, what was left out, and when the listing began. */
+/** A source directory itself, its entries, what was left out, and when the listing began. */
 export interface SourceListing {
+  root: ManifestRoot;
   entries: SourceEntry[];
   skipped: SkippedEntry[];
   startedAt: { ms: number; ns: bigint };
@@ -140,7 +142,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     const listed = () => {
       if (performance.now() - listingFrom >= 1000) options.onProgress?.({ bytesRead: 0, bytesToRead: 0 });
     };
-    const { entries, skipped, startedAt } = await (options.listing ??
+    const { root, entries, skipped, startedAt } = await (options.listing ??
       listSnapshotSource(source, options.exclude, listed));
     // From the listing's start: a file changed after its lstat must fall in the racy window below.
     const started = startedAt.ms;
@@ -219,13 +221,14 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     function* manifestEntries(): Generator<ManifestEntry> {
       for (let e = 0; e < entries.length; e++) {
         const x = entries[e];
-        const { path, mode } = x;
+        const { path, mode, uid, gid } = x;
         const mtimeNs = String(x.mtimeNs);
-        if (x.type === "dir") yield { path, mode, mtimeNs, type: "dir" };
-        else if (x.type === "symlink") yield { path, mode, mtimeNs, type: "symlink", target: x.target ?? "" };
+        if (x.type === "dir") yield { path, mode, mtimeNs, uid, gid, type: "dir" };
+        else if (x.type === "symlink") yield { path, mode, mtimeNs, uid, gid, type: "symlink", target: x.target ?? "" };
         else if (known[e] >= 0) {
           const chunks = previous.chunks(known[e]);
-          yield { path, mode, mtimeNs, type: "file", size: x.size, chunks, lengths: previous.lengths(known[e]) };
+          const lengths = previous.lengths(known[e]);
+          yield { path, mode, mtimeNs, uid, gid, type: "file", size: x.size, chunks, lengths };
         } else {
           const w = reading[workAt[e]];
           if (w.failed) continue;
@@ -234,6 +237,8 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
             path,
             mode,
             mtimeNs,
+            uid,
+            gid,
             type: "file",
             size: x.size,
             chunks,
@@ -242,7 +247,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
         }
       }
     }
-    const manifest: ManifestEntries = { entries: { [Symbol.iterator]: manifestEntries } };
+    const manifest: ManifestEntries = { root, entries: { [Symbol.iterator]: manifestEntries } };
     const forSink = await manifestForSink(
       sink,
       options.key,
@@ -373,7 +378,7 @@ async function manifestForSink(
     for (const id of stored) if (!missing.has(id)) held.add(id);
   }
   const out: ManifestForSink = { parts: [], ids: [], plains: [] };
-  const cutOptions = { partBytes: maxParts <= 1 ? Number.POSITIVE_INFINITY : partBytes };
+  const cutOptions = { partBytes: maxParts <= 1 ? Number.POSITIVE_INFINITY : partBytes, root: manifest.root };
   for (const part of cutManifestParts(manifest.entries, cutOptions)) {
     const plain = createHash("sha256").update(part.plain).digest("hex");
     const stored = previous.storedParts.get(plain);
@@ -454,6 +459,8 @@ async function rereadable(root: string, changed: FileWork[]): Promise<FileWork[]
     Object.assign(work.entry, {
       size,
       mode: Number(st.mode & 0o7777n),
+      uid: Number(st.uid),
+      gid: Number(st.gid),
       mtimeNs: st.mtimeNs,
       ino: st.ino,
       ctimeNs: st.ctimeNs,

@@ -57,6 +57,8 @@ export interface DirectRestoreOptions extends DirectRepositoryOptions {
   allowExternalSymlinks?: boolean;
   /** See RestoreSnapshotOptions.include. */
   include?: readonly string[];
+  /** See RestoreSnapshotOptions.owners. */
+  owners?: boolean;
   pool?: SnapshotWorkerPool;
   onProgress?: (progress: RestoreProgress) => void;
   signal?: AbortSignal;
@@ -166,6 +168,7 @@ export async function restoreDirectSnapshot(options: DirectRestoreOptions): Prom
           target: options.target,
           allowExternalSymlinks: options.allowExternalSymlinks,
           include: options.include,
+          owners: options.owners,
           pool,
           onProgress: options.onProgress,
           signal: options.signal,

@@ -8,6 +8,7 @@ import { constants } from "node:fs";
 import {
   chmod,
   type FileHandle,
+  lchown,
   lutimes,
   mkdir,
   open,
@@ -27,8 +28,10 @@ import {
   formatBytes,
   IncludedSelection,
   type ManifestEntry,
+  type ManifestRoot,
   manifestPartEntries,
   nothingIncluded,
+  type Ownership,
   RestorableCheck,
   unwritableReason,
 } from "@dumont/repository";
@@ -50,6 +53,11 @@ export interface RestoreSnapshotOptions {
    * directory with all under it), with the directories holding it. Nothing matching is an error.
    */
   include?: readonly string[];
+  /**
+   * Give files, directories and symlinks the owners their snapshot recorded (chown needs root). Default: when
+   * this process runs as root, as the agent does; otherwise everything belongs to whoever restores it.
+   */
+  owners?: boolean;
   onProgress?: (progress: RestoreProgress) => void;
   signal?: AbortSignal;
 }
@@ -151,8 +159,9 @@ export function restoreThreads(): number {
   return availableParallelism() + 1;
 }
 
-export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<RestoreSnapshotResult> {
+export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<RestoreSnapshotResult> {
   const started = performance.now();
+  const options = { ...given, owners: given.owners ?? process.geteuid?.() === 0 };
   const { snapshotId, manifestBlobs } = await options.source.readManifest(options.snapshotId);
   const what = `manifest of snapshot ${snapshotId}`;
   const plan = planRestore(options, snapshotId, manifestBlobs, what);
@@ -162,7 +171,18 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
   // Only this user may enter the target while the restore writes into it (without /proc, by path: a directory
   // swapped for a symlink meanwhile could redirect a write); its own mode comes back at the end.
   const chmodTarget = (mode: number) => (dirs.target ? dirs.target.chmod(mode) : chmod(root, mode));
+  /** Runs `use` on the target's own handle (without /proc, one opened for the call). */
+  const onTarget = async (use: (handle: FileHandle) => Promise<void>): Promise<void> => {
+    if (dirs.target) return use(dirs.target);
+    const handle = await open(root, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+    try {
+      await use(handle);
+    } finally {
+      await handle.close();
+    }
+  };
   let locked: number | undefined; // the target's own mode, once it is 0700
+  let restored = false; // all restored, or all but damaged files: the target then takes the snapshot's root
   let pool: SnapshotWorkerPool | undefined;
   try {
     const rootMode = (await stat(root)).mode & 0o7777;
@@ -175,8 +195,11 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
     )
       locked = rootMode;
     pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });
-    return await restoreInto(dirs, plan, snapshotId, manifestBlobs, what, pool, options, started);
+    const result = await restoreInto(dirs, plan, snapshotId, manifestBlobs, what, pool, options, started);
+    restored = true;
+    return result;
   } catch (err) {
+    if (err instanceof RestoreDamagedError) restored = true;
     // A restore that fails part-way (the stream drops, the disk fills, it is cancelled) takes back what it
     // wrote: the target is empty again, and the same restore can simply run again. One that restored all it
     // could and names damaged files (RestoreDamagedError) keeps the rest.
@@ -190,7 +213,18 @@ export async function restoreSnapshot(options: RestoreSnapshotOptions): Promise<
       { cause: err },
     );
   } finally {
-    if (locked !== undefined) await chmodTarget(locked).catch(() => {});
+    if (locked !== undefined) {
+      // The target becomes the snapshot's directory (as rsync's `src/ dst/`): its owner, mode and time, so a
+      // workspace moved to another host is its user's to write in, not root's. Where the manifest does not say
+      // (or the restore failed and emptied it), the target's own mode comes back.
+      const own = restored ? plan.root : undefined;
+      if (own && options.owners && hasOwner(own)) await onTarget((h) => h.chown(...ownerArgs(own))).catch(() => {});
+      await chmodTarget(own ? own.mode : locked).catch(() => {});
+      if (own) {
+        const t = timeArg(nsToSeconds(own.mtimeNs));
+        await onTarget((h) => h.utimes(t, t)).catch(() => {});
+      }
+    }
     await dirs.close();
     if (options.pool === undefined) await pool?.close();
   }
@@ -249,7 +283,8 @@ async function restoreInto(
     bytes = 0;
     opened = 0;
   };
-  for (const part of manifestPartEntries(options.key, manifestBlobs, what)) {
+  let root: ManifestRoot | undefined;
+  for (const part of manifestPartEntries(options.key, manifestBlobs, what, (r) => (root = r))) {
     for (const e of part) {
       if (e.type !== "file" || !plan.selected(e.path, false)) continue;
       if (window.length > 0 && !(window.length < WINDOW_FILES && opened < WINDOW_OPEN_FILES && bytes < WINDOW_BYTES)) {
@@ -265,6 +300,7 @@ async function restoreInto(
   for (const l of plan.links) {
     await atEntry(dirs, l.path, async (at) => {
       await symlink(l.target, at);
+      if (options.owners && hasOwner(l)) await lchown(at, ...ownerArgs(l)); // the link itself: lchown follows nothing
       const t = timeArg(nsToSeconds(l.mtimeNs));
       await lutimes(at, t, t).catch(() => {}); // not every filesystem can time-stamp a link
     });
@@ -273,6 +309,7 @@ async function restoreInto(
   // read-only mode would stop the writes.
   for (const d of [...plan.dirs].reverse()) {
     await dirs.withDirectory(d.path, async (dir) => {
+      if (options.owners && hasOwner(d)) await dir.chown(...ownerArgs(d));
       await dir.chmod(d.mode);
       const t = timeArg(nsToSeconds(d.mtimeNs));
       await dir.utimes(t, t);
@@ -296,6 +333,8 @@ type LinkEntry = Extract<ManifestEntry, { type: "symlink" }>;
 
 /** What a restore learns from a first reading of the whole manifest, before it writes anything. */
 interface RestorePlan {
+  /** The snapshot's directory itself: the target's mode, time and owner at the end (older manifests: none). */
+  root?: ManifestRoot;
   /** Whether an entry is restored (--include), by its path and whether it is a directory. */
   selected: (path: string, dir: boolean) => boolean;
   files: number;
@@ -325,7 +364,8 @@ function planRestore(
   let matched = 0;
   const dirs: DirEntry[] = [];
   const links: LinkEntry[] = [];
-  for (const part of manifestPartEntries(options.key, manifestBlobs, what)) {
+  let root: ManifestRoot | undefined;
+  for (const part of manifestPartEntries(options.key, manifestBlobs, what, (r) => (root = r))) {
     for (const e of part) {
       check.add(e);
       if (e.type === "dir") dirs.push(e);
@@ -343,10 +383,10 @@ function planRestore(
   // after "nothing matches": a link left out of a partial restore is no reason to refuse it.
   if (include && matched === 0) throw nothingIncluded(snapshotId, options.include ?? []);
   check.refuseOutwardLinks(links.map((l) => l.path));
-  if (!include) return { selected: () => true, files, bytes, dirs, links };
+  if (!include) return { root, selected: () => true, files, bytes, dirs, links };
   // Directories are kept when matched or when they hold something that is (files and links only when matched).
   const kept = include.finish();
-  return { selected: include.matches, files, bytes, dirs: dirs.filter((d) => kept.has(d.path)), links };
+  return { root, selected: include.matches, files, bytes, dirs: dirs.filter((d) => kept.has(d.path)), links };
 }
 
 async function restoreWindow(
@@ -374,6 +414,7 @@ async function restoreWindow(
       (async () => {
         try {
           await directHandle?.close();
+          if (options.owners && hasOwner(state.entry)) await handle.chown(...ownerArgs(state.entry));
           await handle.chmod(fileMode(state.entry.mode));
           await handle.utimes(t, t);
         } finally {
@@ -462,6 +503,7 @@ async function restoreWindow(
       const paths: string[] = [];
       const modes: number[] = [];
       const mtimes: number[] = [];
+      const owners: number[] | undefined = options.owners ? [] : undefined;
       for (let i = 0; i < batchHexes.length; i++) {
         const list = destinations.get(batchHexes[i]) ?? [];
         // Every use of a chunk id has the same length unless the manifest lies; then the odd ones are marked.
@@ -484,6 +526,7 @@ async function restoreWindow(
             paths.push(d.file.at!.path);
             modes.push(fileMode(d.file.entry.mode));
             mtimes.push(nsToSeconds(d.file.entry.mtimeNs));
+            owners?.push(...ownerArgs(d.file.entry));
           } else {
             dests.push(d.file.handle!.fd, d.file.direct?.fd ?? -1, d.offset);
           }
@@ -491,7 +534,14 @@ async function restoreWindow(
       }
       destStart[batchHexes.length] = targets.length;
       const creates: NewFiles | undefined =
-        paths.length > 0 ? { paths, modes: Int32Array.from(modes), mtimes: Float64Array.from(mtimes) } : undefined;
+        paths.length > 0
+          ? {
+              paths,
+              modes: Int32Array.from(modes),
+              mtimes: Float64Array.from(mtimes),
+              ...(owners ? { owners: Float64Array.from(owners) } : {}),
+            }
+          : undefined;
       const run = pool.writeChunks(
         options.key,
         batchData,
@@ -763,11 +813,22 @@ async function prepareTarget(target: string): Promise<string> {
 }
 
 /**
- * A restored file's mode: without setuid and setgid. Owners are not recorded, so a file comes back owned by
- * whoever restores it (the agent runs as root): a tenant's setuid program would become a setuid-root one.
+ * A restored file's mode: without setuid and setgid. Where owners are not given back (an older manifest, a
+ * restore not running as root) a file comes back owned by whoever restores it, and the agent runs as root: a
+ * tenant's setuid program would become a setuid-root one. Where they are, the bits stay off all the same: a
+ * workspace moved to another host is data, not programs to run with another user's rights.
  */
 function fileMode(mode: number): number {
   return mode & ~0o6000;
+}
+
+function hasOwner(e: Ownership): boolean {
+  return e.uid !== undefined || e.gid !== undefined;
+}
+
+/** chown's arguments for an entry's owner: -1 leaves a missing one as it is. */
+function ownerArgs(e: Ownership): [number, number] {
+  return [e.uid ?? -1, e.gid ?? -1];
 }
 
 /** Seconds for utimes: Node reads a negative number as "now", a numeric string as it is (times before 1970). */

@@ -5,6 +5,7 @@ import { createReadStream, existsSync, rmSync } from "node:fs";
 import {
   appendFile,
   chmod,
+  lchown,
   lstat,
   mkdir,
   mkdtemp,
@@ -225,6 +226,65 @@ async function freshWriter(key: Buffer) {
 }
 
 describe("snapshot engine", () => {
+  // chown takes root: CI here runs as root; elsewhere this is skipped.
+  it.runIf(process.geteuid?.() === 0)(
+    "records owners, gives them back when restoring as root (not setuid bits), and leaves them with owners: false",
+    async () => {
+      // A container's workspace belongs to its user (uid 1000 in many images), not to the agent that restores it.
+      const source = fresh("src");
+      await mkdir(join(source, "data"), { recursive: true });
+      const files = {
+        "data/big.bin": seeded(2 * 1024 * 1024, "big"), // several chunks: created and finished on this thread
+        "data/small.txt": Buffer.from("one chunk\n"), // one chunk: a worker creates and finishes it
+        "empty.txt": Buffer.alloc(0),
+        "run.sh": Buffer.from("#!/bin/sh\n"),
+      };
+      for (const [path, data] of Object.entries(files)) await writeFile(join(source, path), data);
+      await symlink("data/small.txt", join(source, "latest"));
+      const owners: Record<string, [number, number]> = {
+        data: [1000, 1000],
+        "data/big.bin": [1000, 100],
+        "data/small.txt": [1001, 1001],
+        "empty.txt": [65534, 65534],
+        latest: [1002, 1003],
+        "run.sh": [1000, 1000],
+      };
+      for (const [path, [uid, gid]] of Object.entries(owners)) await lchown(join(source, path), uid, gid);
+      await chmod(join(source, "run.sh"), 0o4755); // setuid: a restore drops it, owners or not
+      // The workspace directory itself: the target becomes it (owner, mode, time), or its user could not write
+      // a new file at its top.
+      await lchown(source, 1000, 1000);
+      await chmod(source, 0o750);
+      await utimes(source, HOUR_AGO, HOUR_AGO);
+      const key = generateRepositoryKey();
+      const repo = pathToFileURL(fresh("repo")).href;
+      const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+      const ownersOf = async (dir: string) => {
+        const top = await lstat(dir);
+        const out: Record<string, [number, number]> = { ".": [top.uid, top.gid] };
+        for (const path of Object.keys(owners)) {
+          const st = await lstat(join(dir, path));
+          out[path] = [st.uid, st.gid];
+        }
+        return out;
+      };
+
+      const target = fresh("restored");
+      await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+      expect(await ownersOf(target)).toEqual({ ".": [1000, 1000], ...owners });
+      expect((await lstat(join(target, "run.sh"))).mode & 0o7777).toBe(0o755);
+      const top = await lstat(target);
+      expect(top.mode & 0o7777).toBe(0o750);
+      expect(top.mtimeMs / 1000).toBeCloseTo(HOUR_AGO, 3);
+      for (const [path, data] of Object.entries(files)) expect(await readFile(join(target, path))).toEqual(data);
+
+      const asIs = fresh("restored-as-is");
+      await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target: asIs, pool, owners: false });
+      expect(Object.values(await ownersOf(asIs))).toEqual([[0, 0], ...Object.values(owners).map(() => [0, 0])]);
+      expect((await lstat(asIs)).mode & 0o7777).toBe(0o750); // mode and time all the same
+    },
+  );
+
   it("restores runs of zeros as holes: a sparse file stays sparse, a file of zeros takes no blocks", async () => {
     const source = fresh("src");
     await mkdir(source);

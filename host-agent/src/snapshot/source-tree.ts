@@ -8,7 +8,7 @@ import { isUtf8 } from "node:buffer";
 import { type BigIntStats, lstatSync, readlinkSync } from "node:fs";
 import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
-import type { SkippedEntry } from "@dumont/repository";
+import type { ManifestRoot, SkippedEntry } from "@dumont/repository";
 import type { Exclusions } from "./path-matcher.js";
 
 export interface SourceEntry {
@@ -26,6 +26,9 @@ export interface SourceEntry {
   ctimeNs: bigint;
   /** The device it is on (st_dev): with `ino`, what a file opened later to read it must still be. */
   dev: number;
+  /** Its owner and group (numeric ids), kept in the manifest. */
+  uid: number;
+  gid: number;
   target?: string;
 }
 
@@ -40,6 +43,13 @@ type Named = { name: string; isDirectory(): boolean; notUtf8?: boolean };
 /** Entries stat'ed between two turns of the event loop (the agent's session must keep talking meanwhile). */
 const STAT_BATCH = 256;
 
+export interface SourceTree {
+  /** The source directory itself, for the manifest's root (what a restore's target becomes). */
+  root: ManifestRoot;
+  entries: SourceEntry[];
+  skipped: SkippedEntry[];
+}
+
 export async function listSourceTree(
   root: string,
   exclusions?: Exclusions,
@@ -50,7 +60,7 @@ export async function listSourceTree(
    * leaves them out without a word: the repository a direct snapshot writes to, when it lies in the source.
    */
   leaveOut?: ReadonlyMap<string, string>,
-): Promise<{ entries: SourceEntry[]; skipped: SkippedEntry[] }> {
+): Promise<SourceTree> {
   // The root may itself be a symlink to a directory (/workspace -> /mnt/data/ws): that one link is followed, as
   // the path the operator named (rsync's `link/`); nothing under it is.
   const rootStat = await stat(root, { bigint: true }).catch((err: NodeJS.ErrnoException) => {
@@ -62,7 +72,13 @@ export async function listSourceTree(
   const entries: SourceEntry[] = [];
   const skipped: SkippedEntry[] = [];
   await walk(root, "", { entries, skipped, exclusions, onDirectory, leaveOut });
-  return { entries, skipped };
+  const rootEntry: ManifestRoot = {
+    mode: Number(rootStat.mode & 0o7777n),
+    mtimeNs: String(rootStat.mtimeNs),
+    uid: Number(rootStat.uid),
+    gid: Number(rootStat.gid),
+  };
+  return { root: rootEntry, entries, skipped };
 }
 
 async function walk(
@@ -135,13 +151,15 @@ async function walk(
     const mode = Number(st.mode & 0o7777n);
     const { mtimeNs, ino, ctimeNs } = st;
     const dev = Number(st.dev);
+    const uid = Number(st.uid);
+    const gid = Number(st.gid);
     if (st.isDirectory()) {
-      entries.push({ path: rel, type: "dir", mode, mtimeNs, size: 0, ino, ctimeNs, dev });
+      entries.push({ path: rel, type: "dir", mode, mtimeNs, size: 0, ino, ctimeNs, dev, uid, gid });
       await walk(abs, rel, into);
     } else if (st.isFile()) {
-      entries.push({ path: rel, type: "file", mode, mtimeNs, size: Number(st.size), ino, ctimeNs, dev });
+      entries.push({ path: rel, type: "file", mode, mtimeNs, size: Number(st.size), ino, ctimeNs, dev, uid, gid });
     } else if (st.isSymbolicLink()) {
-      entries.push({ path: rel, type: "symlink", mode, mtimeNs, size: 0, ino, ctimeNs, dev, target });
+      entries.push({ path: rel, type: "symlink", mode, mtimeNs, size: 0, ino, ctimeNs, dev, uid, gid, target });
     } else {
       skipped.push({ path: rel, reason: `${specialKind(st)}: only regular files, directories and symlinks are kept` });
     }

@@ -121,6 +121,8 @@ export interface NewFiles {
   modes: Int32Array;
   /** Modification (and access) time, in seconds. */
   mtimes: Float64Array;
+  /** Owner and group of file i at [2i] and [2i + 1] (-1: left as created), when the restore gives owners back. */
+  owners?: Float64Array;
 }
 
 /**
@@ -286,6 +288,8 @@ export function openAndWrite(
       created = true;
       if (zeros) fs.ftruncateSync(f, length);
       else writeFully(f, from, length, 0);
+      const owners = creates!.owners;
+      if (owners) fs.fchownSync(f, owners[2 * c], owners[2 * c + 1]); // before the mode: chown clears setuid
       fs.fchmodSync(f, creates!.modes[c]);
       const m = creates!.mtimes[c];
       const t = m < 0 ? String(m) : m; // Node reads a negative number as "now" (see timeArg in restore-snapshot)
