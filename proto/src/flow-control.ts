@@ -8,8 +8,8 @@ import { FLOW_CONTROL_WINDOW_BYTES } from "./protocol.js";
 /**
  * Gives every new HTTP/2 session of a bound grpc-js `server` a wide connection window, and has it advertise a
  * wide stream window. We reach into grpc-js's (private, but stable since 1.10) list of http2 servers, so call it
- * after `bindAsync` has answered. Checked by the snapshot bench (throughStream vs direct); if grpc-js renames the
- * field, this does nothing and throughput drops back, nothing breaks.
+ * after `bindAsync` has answered. If grpc-js renames the field, this does nothing and throughput drops back
+ * (nothing else breaks): flow-control.test.ts fails then, and the snapshot bench's stream figures fall.
  */
 export function widenFlowControlWindows(server: Server): void {
   const http2Servers = (server as unknown as { http2Servers?: Map<Http2SecureServer, unknown> }).http2Servers;
