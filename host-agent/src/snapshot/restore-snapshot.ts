@@ -300,7 +300,8 @@ async function restoreInto(
   for (const l of plan.links) {
     await atEntry(dirs, l.path, async (at) => {
       await symlink(l.target, at);
-      if (options.owners && hasOwner(l)) await lchown(at, ...ownerArgs(l)); // the link itself: lchown follows nothing
+      // The link itself: lchown follows nothing.
+      if (options.owners && hasOwner(l)) await lchown(at, ...ownerArgs(l)).catch(ownerRefused);
       const t = timeArg(nsToSeconds(l.mtimeNs));
       await lutimes(at, t, t).catch(() => {}); // not every filesystem can time-stamp a link
     });
@@ -309,7 +310,7 @@ async function restoreInto(
   // read-only mode would stop the writes.
   for (const d of [...plan.dirs].reverse()) {
     await dirs.withDirectory(d.path, async (dir) => {
-      if (options.owners && hasOwner(d)) await dir.chown(...ownerArgs(d));
+      if (options.owners && hasOwner(d)) await dir.chown(...ownerArgs(d)).catch(ownerRefused);
       await dir.chmod(d.mode);
       const t = timeArg(nsToSeconds(d.mtimeNs));
       await dir.utimes(t, t);
@@ -414,7 +415,9 @@ async function restoreWindow(
       (async () => {
         try {
           await directHandle?.close();
-          if (options.owners && hasOwner(state.entry)) await handle.chown(...ownerArgs(state.entry));
+          if (options.owners && hasOwner(state.entry)) {
+            await handle.chown(...ownerArgs(state.entry)).catch(ownerRefused);
+          }
           await handle.chmod(fileMode(state.entry.mode));
           await handle.utimes(t, t);
         } finally {
@@ -824,6 +827,15 @@ function fileMode(mode: number): number {
 
 function hasOwner(e: Ownership): boolean {
   return e.uid !== undefined || e.gid !== undefined;
+}
+
+/**
+ * An owner the system will not give (root in a user namespace, where ids outside its map are EINVAL; a
+ * filesystem without owners, EPERM): the entry stays as created, as tar and restic leave it. Anything else is
+ * an error of the restore.
+ */
+function ownerRefused(err: NodeJS.ErrnoException): void {
+  if (err.code !== "EINVAL" && err.code !== "EPERM") throw err;
 }
 
 /** chown's arguments for an entry's owner: -1 leaves a missing one as it is. */

@@ -289,7 +289,15 @@ export function openAndWrite(
       if (zeros) fs.ftruncateSync(f, length);
       else writeFully(f, from, length, 0);
       const owners = creates!.owners;
-      if (owners) fs.fchownSync(f, owners[2 * c], owners[2 * c + 1]); // before the mode: chown clears setuid
+      if (owners) {
+        try {
+          fs.fchownSync(f, owners[2 * c], owners[2 * c + 1]); // before the mode: chown clears setuid
+        } catch (err) {
+          // An owner the system will not give (ownerRefused in restore-snapshot.ts): left as created.
+          const code = (err as { code?: unknown }).code;
+          if (code !== "EINVAL" && code !== "EPERM") throw err;
+        }
+      }
       fs.fchmodSync(f, creates!.modes[c]);
       const m = creates!.mtimes[c];
       const t = m < 0 ? String(m) : m; // Node reads a negative number as "now" (see timeArg in restore-snapshot)
