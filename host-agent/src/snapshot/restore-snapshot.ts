@@ -283,8 +283,7 @@ async function restoreInto(
     bytes = 0;
     opened = 0;
   };
-  let root: ManifestRoot | undefined;
-  for (const part of manifestPartEntries(options.key, manifestBlobs, what, (r) => (root = r))) {
+  for (const part of manifestPartEntries(options.key, manifestBlobs, what)) {
     for (const e of part) {
       if (e.type !== "file" || !plan.selected(e.path, false)) continue;
       if (window.length > 0 && !(window.length < WINDOW_FILES && opened < WINDOW_OPEN_FILES && bytes < WINDOW_BYTES)) {
