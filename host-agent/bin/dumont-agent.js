@@ -9,5 +9,5 @@ process.stdout.on("error", (err) => {
 
 main(process.argv).catch((err) => {
   process.stderr.write(`dumont-agent: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exit(1);
+  process.exit(Number.isInteger(err?.exitCode) ? err.exitCode : 1); // 130 for an interrupted command
 });

@@ -22,7 +22,8 @@ export async function runAgentCli(...args: string[]): Promise<{ out: string; err
     await program.parseAsync(["node", "dumont-agent", ...args]);
   } catch (error) {
     err += `${(error as Error).message}\n`;
-    process.exitCode = 1;
+    const code = (error as { exitCode?: unknown }).exitCode;
+    process.exitCode = Number.isInteger(code) ? (code as number) : 1;
   } finally {
     o.mockRestore();
     e.mockRestore();

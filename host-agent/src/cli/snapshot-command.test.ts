@@ -275,6 +275,58 @@ describe("dumont-agent snapshot", () => {
     }
   });
 
+  it("stops on Ctrl-C, cleaning up: no snapshot, an emptied restore target, no lock left; exits 130", async () => {
+    const source = join(root, "interrupted-src");
+    await mkdir(source);
+    for (let i = 0; i < 4; i++) await writeFile(join(source, `shard-${i}.bin`), randomBytes(32 * 1024 * 1024));
+    await writeFile(join(root, "interrupted-key"), "33".repeat(32));
+    const repoDir = join(root, "interrupted-repo");
+    const common = ["--repo", pathToFileURL(repoDir).href, "--key-file", join(root, "interrupted-key")];
+    const state = ["--state-dir", join(root, "interrupted-state")];
+    const bin = fileURLToPath(new URL("../../bin/dumont-agent.js", import.meta.url));
+    const names = async (dir: string) =>
+      (await readdir(dir).catch(() => [] as string[])).filter((name) => !name.startsWith(".tmp-"));
+    /** Runs the CLI, stops it once `ready` (SIGSTOP: it is mid-work), sends SIGINT, and lets it go on. */
+    const interrupted = async (args: string[], ready: () => Promise<boolean>) => {
+      const child = spawn(process.execPath, [bin, ...args], { stdio: ["ignore", "ignore", "pipe"] });
+      let err = "";
+      child.stderr.on("data", (d) => {
+        err += String(d);
+      });
+      const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+      const until = Date.now() + 30_000;
+      while (!(await ready()) && Date.now() < until) await new Promise((r) => setTimeout(r, 2));
+      child.kill("SIGSTOP");
+      child.kill("SIGINT");
+      child.kill("SIGCONT");
+      return { code: await exited, err };
+    };
+
+    // A snapshot interrupted once it holds its lock: nothing listed, no lock, and the next one succeeds.
+    const create = ["snapshot", "create", "--source", source, ...common, ...state];
+    const stopped = await interrupted(create, async () => (await names(join(repoDir, "locks"))).length > 0);
+    expect(stopped.err).toContain("interrupted (SIGINT): no snapshot was made");
+    expect(stopped.code).toBe(130);
+    expect(await names(join(repoDir, "locks"))).toEqual([]);
+    expect(JSON.parse((await run("snapshot", "list", ...common, "--json")).out)).toEqual([]);
+    expect((await run(...create)).code).toBe(0);
+
+    // A restore interrupted once its first file is made: the target is empty again, so it can simply run again.
+    const target = join(root, "interrupted-out");
+    const restore = ["snapshot", "restore", "--id", "latest", "--target", target, ...common];
+    const cut = await interrupted(restore, async () => (await names(target)).length > 0);
+    expect(cut.err).toContain(`interrupted (SIGINT): the restore was stopped and what it had written removed`);
+    expect(cut.code).toBe(130);
+    expect(await readdir(target)).toEqual([]);
+    expect(await names(join(repoDir, "locks"))).toEqual([]);
+    expect((await run(...restore)).code).toBe(0);
+    const [restored, original] = [
+      await readFile(join(target, "shard-3.bin")),
+      await readFile(join(source, "shard-3.bin")),
+    ];
+    expect(restored.equals(original)).toBe(true); // not toEqual: it walks 32 MiB element by element
+  });
+
   it("says what to do when the key or the flags are wrong", async () => {
     const source = join(root, "src2");
     await mkdir(source);

@@ -1,6 +1,7 @@
 // `dumont-agent snapshot create|restore|ls|diff|list|check|forget`: direct mode, the engine writing straight to a
 // repository URL with no control plane (operators, benchmarks). Same engine and format as the stream.
 import { open } from "node:fs/promises";
+import { constants as osConstants } from "node:os";
 import {
   checkExcludePatterns,
   checkPathPatterns,
@@ -28,6 +29,8 @@ import { collect, flagParsers } from "@dumont/repository/cli-flags";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import {
   createDirectSnapshot,
+  type DirectCreateOptions,
+  type DirectRestoreOptions,
   defaultStateDir,
   RestoreDamagedError,
   restoreDirectSnapshot,
@@ -111,7 +114,7 @@ export function registerSnapshotCommands(program: Command): void {
           const exclude = checkExcludePatterns(opts.exclude, "--exclude");
           const key = await loadKey(opts);
           const meter = ProgressMeter.forStderr("snapshot", opts.json === true);
-          const result = await createDirectSnapshot({
+          const create: DirectCreateOptions = {
             repo: opts.repo,
             key,
             source: opts.source,
@@ -121,7 +124,11 @@ export function registerSnapshotCommands(program: Command): void {
             exclude,
             packSize: opts.packSize,
             onProgress: (p) => meter?.update(p.bytesRead, p.bytesToRead),
-          }).finally(() => meter?.finish());
+          };
+          const result = await interruptible(
+            "no snapshot was made; what it had written is reused by the next one",
+            (signal) => createDirectSnapshot({ ...create, signal }),
+          ).finally(() => meter?.finish());
           for (const s of result.skipped)
             process.stderr.write(`warning: left out ${JSON.stringify(s.path)}: ${s.reason}\n`);
           for (const w of result.warnings ?? []) process.stderr.write(`warning: ${w}\n`);
@@ -179,7 +186,7 @@ export function registerSnapshotCommands(program: Command): void {
           const include = checkPathPatterns(opts.include, "--include");
           const key = await loadKey(opts);
           const meter = ProgressMeter.forStderr("restore", opts.json === true);
-          const result = await restoreDirectSnapshot({
+          const restore: DirectRestoreOptions = {
             repo: opts.repo,
             key,
             snapshotId: opts.id,
@@ -190,7 +197,11 @@ export function registerSnapshotCommands(program: Command): void {
             // Commander's default for --no-owners is true: "as the restore's user allows", not "always".
             owners: opts.owners ? undefined : false,
             onProgress: (p) => meter?.update(p.bytesWritten, p.bytesTotal),
-          }).finally(() => meter?.finish());
+          };
+          const result = await interruptible(
+            `the restore was stopped and what it had written removed from ${opts.target}; run it again`,
+            (signal) => restoreDirectSnapshot({ ...restore, signal }),
+          ).finally(() => meter?.finish());
           if (opts.json)
             print({
               id: result.snapshotId,
@@ -397,6 +408,43 @@ async function loadKey(opts: KeyOptions): Promise<Buffer> {
 }
 
 /** Turns repository errors into sentences that name the flag to change. */
+/** A command stopped by SIGINT or SIGTERM, once it had cleaned up: exit 128 + the signal's number, as shells expect. */
+class Interrupted extends Error {
+  readonly exitCode: number;
+  constructor(signal: NodeJS.Signals, outcome: string) {
+    super(`interrupted (${signal}): ${outcome}`);
+    this.exitCode = 128 + osConstants.signals[signal];
+  }
+}
+
+/**
+ * Runs `work` so that the first SIGINT (Ctrl-C) or SIGTERM aborts it, and it cleans up as on any failure (a
+ * restore empties its target, a snapshot drops its unfinished pack and releases its lock), then fails with
+ * Interrupted, saying `outcome`. A second signal exits at once, as restic's does. Killed by the signal instead,
+ * a restore left its half-written target (which the next restore refuses: not empty) and the lock behind.
+ */
+async function interruptible<T>(outcome: string, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  let received: NodeJS.Signals | undefined;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (received) process.exit(128 + osConstants.signals[signal]);
+    received = signal;
+    process.stderr.write(`\n${signal}: stopping and cleaning up (again to stop at once)\n`);
+    controller.abort();
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  try {
+    return await work(controller.signal);
+  } catch (err) {
+    if (received) throw new Interrupted(received, outcome);
+    throw err;
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+}
+
 async function withFriendlyErrors(opts: RepoOptions, fn: () => Promise<void>): Promise<void> {
   try {
     await fn();
