@@ -17,8 +17,15 @@ describe("listingLine", () => {
     expect(listingLine(listedEntry({ type: "dir", path: "d", mode: 0o755, mtimeNs }))).toMatch(
       /^drwxr-xr-x +0 .* d\/$/,
     );
-    const link = listedEntry({ type: "symlink", path: "l", mode: 0o777, mtimeNs, target: "../x" });
+    const link = listedEntry({ type: "symlink", path: "l", mode: 0o777, mtimeNs, uid: 1000, gid: 0, target: "../x" });
     expect(listingLine(link)).toMatch(/^lrwxrwxrwx +0 2024-01-02 03:04 l -> \.\.\/x$/);
+    // JSON: the owner where the snapshot recorded one, before the target; nothing where it did not.
+    expect(Object.entries(link).slice(5)).toEqual([
+      ["uid", 1000],
+      ["gid", 0],
+      ["target", "../x"],
+    ]);
+    expect(file).not.toHaveProperty("uid");
   });
 
   it("quotes a name or target that would break the line or drive the terminal, and nothing else", () => {

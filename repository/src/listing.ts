@@ -12,14 +12,36 @@ export interface ListedEntry {
   size: number;
   /** ISO 8601, UTC, to the millisecond. */
   mtime: string;
+  /** Owner and group (numeric ids); absent for snapshots taken before owners were kept. */
+  uid?: number;
+  gid?: number;
   /** Symlinks only. */
   target?: string;
 }
 
 export function listedEntry(e: ManifestEntry): ListedEntry {
   const mtime = new Date(Number(BigInt(e.mtimeNs) / 1_000_000n)).toISOString();
-  const base = { path: e.path, type: e.type, mode: e.mode, size: e.type === "file" ? e.size : 0, mtime };
-  return e.type === "symlink" ? { ...base, target: e.target } : base;
+  return withOwnerAndTarget(
+    { path: e.path, type: e.type, mode: e.mode, size: e.type === "file" ? e.size : 0, mtime },
+    e.uid,
+    e.gid,
+    e.type === "symlink" ? e.target : undefined,
+  );
+}
+
+/** `base` with the owner and the target where there are any, in the order JSON shows them. */
+export function withOwnerAndTarget(
+  base: ListedEntry,
+  uid: number | undefined,
+  gid: number | undefined,
+  target: string | undefined,
+): ListedEntry {
+  return {
+    ...base,
+    ...(uid !== undefined ? { uid } : {}),
+    ...(gid !== undefined ? { gid } : {}),
+    ...(target !== undefined ? { target } : {}),
+  };
 }
 
 /**

@@ -314,7 +314,9 @@ describe("snapshots over the agent stream", () => {
     const listed = (await cli(["snapshot", "ls", snap.id, "--json"])) as { path: string; type: string }[];
     expect(listed.map((f) => f.path).sort()).toEqual(Object.keys(expected).sort());
     const link = listed.find((f) => f.path === "link-to-train");
-    expect(link).toMatchObject({ type: "symlink", target: "src/train.py" });
+    // Owners through the API too (the agent's, here: it made the files).
+    const { uid, gid } = await fs.lstat(path.join(dir, "link-to-train"));
+    expect(link).toMatchObject({ type: "symlink", target: "src/train.py", uid, gid });
     const pyOnly = await cp.cli(["snapshot", "ls", snap.id, "--include", "src/*.py"]);
     expect(pyOnly.stdout).toMatch(/^drwx.* src\/\n-rwxr-xr-x +15 [\d-]+ [\d:]+ src\/train\.py\n$/);
     // Patterns matching nothing: ls fails as that restore does (below), in the same words.

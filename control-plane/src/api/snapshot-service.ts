@@ -350,6 +350,8 @@ function toApiFile(e: ManifestEntry): api.SnapshotFile {
       nanos: Number((ns % 1_000_000_000n) + below * 1_000_000_000n),
     },
     target: e.type === "symlink" ? e.target : "",
+    uid: e.uid,
+    gid: e.gid,
   });
 }
 

@@ -4,7 +4,7 @@
 import { api } from "@dumont/proto";
 import { collect, flagParsers } from "@dumont/repository/cli-flags";
 import { counted } from "@dumont/repository/counted";
-import { type ListedEntry, listingLine } from "@dumont/repository/listing";
+import { type ListedEntry, listingLine, withOwnerAndTarget } from "@dumont/repository/listing";
 import {
   type DiffChange,
   type DiffEntry,
@@ -93,7 +93,7 @@ export function registerSnapshotCommands(program: Command): void {
     .command("ls <snapshotId>")
     .description("list a snapshot's files (with --include, what `restore --include` would write)")
     .option("--include <pattern>", INCLUDE_HELP.replace("restore only", "list only"), collect, [])
-    .option("--json", "print a JSON array of {path, type, mode, size, mtime, target}")
+    .option("--json", "print a JSON array of {path, type, mode, size, mtime, uid, gid, target}")
     .action(async (snapshotId: string, opts, cmd: Command) => {
       checkSnapshotIds("SNAPSHOT_ID", [snapshotId]);
       const include = checkPathPatterns(opts.include, "--include");
@@ -405,5 +405,5 @@ function listedFromApi(f: api.SnapshotFile): ListedEntry {
   if (!type) throw new Error(`the control plane listed ${JSON.stringify(f.path)} with no type; upgrade this CLI`);
   const ms = f.mtime ? Number(f.mtime.seconds) * 1000 + Math.floor(f.mtime.nanos / 1e6) : 0;
   const e: ListedEntry = { path: f.path, type, mode: f.mode, size: Number(f.size), mtime: new Date(ms).toISOString() };
-  return type === "symlink" ? { ...e, target: f.target } : e;
+  return withOwnerAndTarget(e, f.uid, f.gid, type === "symlink" ? f.target : undefined);
 }

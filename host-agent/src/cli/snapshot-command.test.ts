@@ -181,9 +181,10 @@ describe("dumont-agent snapshot", () => {
     ).toEqual([".dumontignore", "out/", "out/log.txt", "train.py"]);
     expect(ls.out).toMatch(/^-rw-r--r-- {11}12 \d{4}-\d\d-\d\d \d\d:\d\d out\/log\.txt$/m);
     const lsJson = JSON.parse((await run("snapshot", "ls", ...common, "--id", id, "--include", "out/", "--json")).out);
+    const { uid, gid } = await stat(join(source, "out"));
     expect(lsJson).toEqual([
-      { path: "out", type: "dir", mode: 0o755, size: 0, mtime: expect.stringMatching(/Z$/) },
-      { path: "out/log.txt", type: "file", mode: 0o644, size: 12, mtime: expect.stringMatching(/Z$/) },
+      { path: "out", type: "dir", mode: 0o755, size: 0, mtime: expect.stringMatching(/Z$/), uid, gid },
+      { path: "out/log.txt", type: "file", mode: 0o644, size: 12, mtime: expect.stringMatching(/Z$/), uid, gid },
     ]);
 
     // --include restores part of it; a pattern matching nothing fails before anything is written.

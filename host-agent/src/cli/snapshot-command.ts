@@ -225,7 +225,7 @@ export function registerSnapshotCommands(program: Command): void {
     .requiredOption("--id <id>", ID_HELP, once("--id", "a snapshot id"))
     .option("--include <pattern>", INCLUDE_HELP.replace("restore only", "list only"), collect, [])
     .addOption(keyFileOption())
-    .option("--json", "print a JSON array of {path, type, mode, size, mtime, target}")
+    .option("--json", "print a JSON array of {path, type, mode, size, mtime, uid, gid, target}")
     .action((opts: RepoOptions & { id: string; include: string[] }) =>
       withFriendlyErrors(opts, async () => {
         const include = checkPathPatterns(opts.include, "--include");
