@@ -1320,7 +1320,7 @@ describe("restore safety", () => {
     expect(existsSync(target)).toBe(false);
   });
 
-  it("restores times before 1970, and files without setuid or setgid (owners are not kept)", async () => {
+  it("restores times before 1970, and files without setuid or setgid (owners kept or not)", async () => {
     const source = fresh("src");
     await mkdir(join(source, "old dir"), { recursive: true });
     await writeFile(join(source, "old dir", "small.txt"), "from 1965\n"); // one chunk: a worker creates it
