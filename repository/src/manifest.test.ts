@@ -18,6 +18,9 @@ import { dirEntry, emptyFileEntry, linkEntry } from "./testing/manifest-entries.
 const dir = dirEntry;
 const file = emptyFileEntry;
 const link = linkEntry;
+/** A file entry that is a hard link to `of`. */
+const hardLink = (path: string, of: string): ManifestEntry =>
+  ({ ...emptyFileEntry(path), linkOf: of }) as ManifestEntry;
 const m = (...entries: ManifestEntry[]): Manifest => ({ version: 1, entries });
 
 describe("assertRestorable", () => {
@@ -35,6 +38,7 @@ describe("assertRestorable", () => {
           file(".../.env"),
           file("a/..b"),
           file("a/b."),
+          hardLink("a/hard", "a/b/c d ü.txt"), // a hard link to a file before it
         ),
       ),
     ).not.toThrow();
@@ -57,6 +61,10 @@ describe("assertRestorable", () => {
     ["a symlink to an absolute path", m(link("l", "/etc"))],
     ["a symlink climbing out", m(dir("a"), link("a/l", "../../x"))],
     ["a symlink escaping through another symlink", m(link("a", "."), link("b", "a/.."))],
+    ["a hard link to a file listed after it", m(hardLink("a", "b"), file("b"))],
+    ["a hard link to a directory", m(dir("d"), hardLink("a", "d"))],
+    ["a hard link to a symlink", m(link("l", "x"), hardLink("a", "l"))],
+    ["a hard link to itself", m(hardLink("a", "a"))],
   ])("refuses %s", (_what, manifest) => {
     expect(() => assertRestorable(manifest)).toThrow(expect.objectContaining({ code: "invalid-manifest" }));
   });
@@ -105,6 +113,10 @@ describe("manifest sealing", () => {
     ] as const) {
       const wrong = m({ ...dir("a"), [field]: bad } as ManifestEntry);
       expect(() => openManifest(key, sealManifest(key, wrong))).toThrow(`"a" has a bad ${field}`);
+    }
+    for (const bad of ["", 5]) {
+      const wrong = m(hardLink("f", bad as string));
+      expect(() => openManifest(key, sealManifest(key, wrong))).toThrow(`"f" has a bad linkOf`);
     }
     try {
       openManifest(generateRepositoryKey(), sealManifest(key, manifest));

@@ -30,6 +30,11 @@ export type ManifestEntry = (
       chunks: string[];
       /** Plain length of each chunk; sums to `size`. */
       lengths: number[];
+      /**
+       * A hard link: the path of an earlier file entry that is the same file (same chunks). A reader that
+       * restores that entry may link this one to it; one that does not (or an older reader) writes the chunks.
+       */
+      linkOf?: string;
     }
   | { type: "dir"; path: string; mode: number; mtimeNs: string }
   | { type: "symlink"; path: string; mode: number; mtimeNs: string; target: string }
@@ -305,6 +310,9 @@ function parseManifest(value: unknown, what: string): Manifest {
         sum += len;
       }
       if (sum !== e.size) throw invalid(what, `${name}: its chunks add up to ${sum} bytes, not ${e.size}`);
+      if (e.linkOf !== undefined && (typeof e.linkOf !== "string" || e.linkOf === "")) {
+        throw invalid(what, `${name} has a bad linkOf`);
+      }
     } else if (e.type === "symlink") {
       if (typeof e.target !== "string" || e.target === "" || e.target.includes("\0")) {
         throw invalid(what, `${name} has a bad link target`);
@@ -356,6 +364,12 @@ export class RestorableCheck {
       throw invalid("manifest", `${JSON.stringify(path)} has an empty, "." or ".." component`);
     }
     if (this.kinds.has(path)) throw invalid("manifest", `${JSON.stringify(path)} appears twice`);
+    if (e.type === "file" && e.linkOf !== undefined && this.kinds.get(e.linkOf) !== "file") {
+      throw invalid(
+        "manifest",
+        `${JSON.stringify(path)} is a hard link to ${JSON.stringify(e.linkOf)}, which is not a file listed before it`,
+      );
+    }
     this.kinds.set(path, e.type);
     if (e.type === "symlink") this.links.set(path, e.target);
   }

@@ -219,31 +219,38 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     // a file for the rest of the snapshot. Object literals, not `{ ...common, type }`: a spread made each entry
     // ~5 µs slower to build and its JSON slower to write. Same keys, same order.
     function* manifestEntries(): Generator<ManifestEntry> {
+      // Hard links: the first path of each (dev, ino) with more than one link, and its chunks; a later entry of
+      // the same file with the same chunks names it (linkOf). Read twice, a file that changed in between is two.
+      const firstOf = new Map<string, { path: string; chunks: string[] }>();
+      const linkOf = (x: SourceEntry, chunks: string[]): string | undefined => {
+        if (x.nlink < 2) return undefined;
+        const inode = `${x.dev}:${x.ino}`;
+        const first = firstOf.get(inode);
+        if (!first) firstOf.set(inode, { path: x.path, chunks });
+        else if (sameChunks(first.chunks, chunks)) return first.path;
+        return undefined;
+      };
       for (let e = 0; e < entries.length; e++) {
         const x = entries[e];
         const { path, mode, uid, gid } = x;
         const mtimeNs = String(x.mtimeNs);
         if (x.type === "dir") yield { path, mode, mtimeNs, uid, gid, type: "dir" };
         else if (x.type === "symlink") yield { path, mode, mtimeNs, uid, gid, type: "symlink", target: x.target ?? "" };
-        else if (known[e] >= 0) {
-          const chunks = previous.chunks(known[e]);
-          const lengths = previous.lengths(known[e]);
-          yield { path, mode, mtimeNs, uid, gid, type: "file", size: x.size, chunks, lengths };
-        } else {
-          const w = reading[workAt[e]];
-          if (w.failed) continue;
-          const chunks = table.hexIds(w.first, w.count);
-          yield {
-            path,
-            mode,
-            mtimeNs,
-            uid,
-            gid,
-            type: "file",
-            size: x.size,
-            chunks,
-            lengths: table.lengthList(w.first, w.count),
-          };
+        else {
+          let chunks: string[];
+          let lengths: number[];
+          if (known[e] >= 0) {
+            chunks = previous.chunks(known[e]);
+            lengths = previous.lengths(known[e]);
+          } else {
+            const w = reading[workAt[e]];
+            if (w.failed) continue;
+            chunks = table.hexIds(w.first, w.count);
+            lengths = table.lengthList(w.first, w.count);
+          }
+          const link = linkOf(x, chunks);
+          if (link === undefined) yield { path, mode, mtimeNs, uid, gid, type: "file", size: x.size, chunks, lengths };
+          else yield { path, mode, mtimeNs, uid, gid, type: "file", size: x.size, chunks, lengths, linkOf: link };
         }
       }
     }
@@ -443,6 +450,10 @@ function listedSkip({ path, reason }: SkippedEntry): SkippedEntry {
 
 const CHANGED_TWICE = "it changed while it was being read, twice";
 
+function sameChunks(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((id, i) => id === b[i]);
+}
+
 /**
  * The changed files that are still regular files, each reset to be read again from its new size, mode and
  * time; the others keep their reason (a file now gone or replaced is what it is now).
@@ -461,6 +472,7 @@ async function rereadable(root: string, changed: FileWork[]): Promise<FileWork[]
       mode: Number(st.mode & 0o7777n),
       uid: Number(st.uid),
       gid: Number(st.gid),
+      nlink: Number(st.nlink),
       mtimeNs: st.mtimeNs,
       ino: st.ino,
       ctimeNs: st.ctimeNs,

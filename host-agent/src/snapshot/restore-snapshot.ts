@@ -9,6 +9,7 @@ import {
   chmod,
   type FileHandle,
   lchown,
+  link,
   lutimes,
   mkdir,
   open,
@@ -285,7 +286,7 @@ async function restoreInto(
   };
   for (const part of manifestPartEntries(options.key, manifestBlobs, what)) {
     for (const e of part) {
-      if (e.type !== "file" || !plan.selected(e.path, false)) continue;
+      if (e.type !== "file" || !plan.selected(e.path, false) || plan.linked.has(e.path)) continue;
       if (window.length > 0 && !(window.length < WINDOW_FILES && opened < WINDOW_OPEN_FILES && bytes < WINDOW_BYTES)) {
         await flush();
       }
@@ -295,6 +296,18 @@ async function restoreInto(
     }
   }
   if (window.length > 0) await flush();
+
+  // Hard links, once the files they name are whole: one inode again, as in the source.
+  const damagedPaths = new Set(damaged.map((d) => d.path));
+  for (const [path, first] of plan.linked) {
+    options.signal?.throwIfAborted();
+    if (damagedPaths.has(first)) {
+      damaged.push({ path, reason: `a hard link to ${JSON.stringify(first)}, which could not be restored` });
+      continue;
+    }
+    await atEntry(dirs, first, (existing) => atEntry(dirs, path, (at) => linkOrCopy(existing, at)));
+    progress.filesDone++;
+  }
 
   for (const l of plan.links) {
     await atEntry(dirs, l.path, async (at) => {
@@ -337,7 +350,10 @@ interface RestorePlan {
   root?: ManifestRoot;
   /** Whether an entry is restored (--include), by its path and whether it is a directory. */
   selected: (path: string, dir: boolean) => boolean;
+  /** Hard links to make, path -> the earlier file it is (linkOf), where that file is restored too. */
+  linked: Map<string, string>;
   files: number;
+  /** What the files written (not linked) hold. */
   bytes: number;
   dirs: DirEntry[];
   links: LinkEntry[];
@@ -365,6 +381,7 @@ function planRestore(
   const dirs: DirEntry[] = [];
   const links: LinkEntry[] = [];
   let root: ManifestRoot | undefined;
+  const hardLinks: FileEntry[] = [];
   for (const part of manifestPartEntries(options.key, manifestBlobs, what, (r) => (root = r))) {
     for (const e of part) {
       check.add(e);
@@ -374,7 +391,8 @@ function planRestore(
       if (e.type === "symlink") links.push(e);
       else if (e.type === "file") {
         files++;
-        bytes += e.size;
+        if (e.linkOf === undefined) bytes += e.size;
+        else hardLinks.push(e);
       }
     }
   }
@@ -383,10 +401,17 @@ function planRestore(
   // after "nothing matches": a link left out of a partial restore is no reason to refuse it.
   if (include && matched === 0) throw nothingIncluded(snapshotId, options.include ?? []);
   check.refuseOutwardLinks(links.map((l) => l.path));
-  if (!include) return { root, selected: () => true, files, bytes, dirs, links };
+  // A hard link is made where the file it names is restored too; otherwise it is written, as any file.
+  const linked = new Map<string, string>();
+  const selected = include ? include.matches : () => true;
+  const kept = include?.finish();
+  for (const e of hardLinks) {
+    if (selected(e.linkOf!, false)) linked.set(e.path, e.linkOf!);
+    else bytes += e.size;
+  }
+  if (!kept) return { root, selected, linked, files, bytes, dirs, links };
   // Directories are kept when matched or when they hold something that is (files and links only when matched).
-  const kept = include.finish();
-  return { root, selected: include.matches, files, bytes, dirs: dirs.filter((d) => kept.has(d.path)), links };
+  return { root, selected, linked, files, bytes, dirs: dirs.filter((d) => kept.has(d.path)), links };
 }
 
 async function restoreWindow(
@@ -822,6 +847,46 @@ async function prepareTarget(target: string): Promise<string> {
  */
 function fileMode(mode: number): number {
   return mode & ~0o6000;
+}
+
+/**
+ * Makes `at` a hard link to the restored file `existing`; where the filesystem will not (no hard links, or the
+ * file at its link limit), a copy of it with its mode, times and owner. Both are names under the target through
+ * directory handles; the copy opens `existing` with O_NOFOLLOW and only as the regular file restored there.
+ */
+export async function linkOrCopy(existing: string, at: string): Promise<void> {
+  try {
+    await link(existing, at); // link(2) does not follow a symlink at `existing`
+    return;
+  } catch (err) {
+    if (!["EPERM", "EMLINK", "ENOTSUP", "EOPNOTSUPP", "EXDEV"].includes((err as NodeJS.ErrnoException).code ?? "")) {
+      throw err;
+    }
+  }
+  const from = await open(existing, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    const st = await from.stat();
+    if (!st.isFile()) throw new Error(`${existing} is no longer the file restored there`);
+    const to = await open(at, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    try {
+      const buf = Buffer.allocUnsafe(1024 * 1024);
+      for (let at = 0; ; ) {
+        const { bytesRead } = await from.read(buf, 0, buf.length, at);
+        if (bytesRead === 0) break;
+        for (let done = 0; done < bytesRead; ) {
+          done += (await to.write(buf, done, bytesRead - done, at + done)).bytesWritten;
+        }
+        at += bytesRead;
+      }
+      await to.chown(st.uid, st.gid).catch(() => {}); // as the file it copies, which a restore already gave its owner
+      await to.chmod(st.mode & 0o7777);
+      await to.utimes(st.atime, st.mtime);
+    } finally {
+      await to.close();
+    }
+  } finally {
+    await from.close();
+  }
 }
 
 function hasOwner(e: Ownership): boolean {

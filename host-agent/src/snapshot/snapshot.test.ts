@@ -1,11 +1,12 @@
 // Snapshot create/restore end to end, on a local repository and on a real S3 server (s3rver) on loopback.
 import { execFileSync, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { createReadStream, existsSync, rmSync } from "node:fs";
+import { createReadStream, existsSync, rmSync, statSync } from "node:fs";
 import {
   appendFile,
   chmod,
   lchown,
+  link,
   lstat,
   mkdir,
   mkdtemp,
@@ -53,7 +54,7 @@ import {
   withDirectRepository,
 } from "./direct-mode.js";
 import { ReadAhead } from "./read-ahead.js";
-import { RestoreDamagedError, restoreSnapshot } from "./restore-snapshot.js";
+import { linkOrCopy, RestoreDamagedError, restoreSnapshot } from "./restore-snapshot.js";
 import { builtSnapshotModule } from "./testing.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
@@ -226,6 +227,77 @@ async function freshWriter(key: Buffer) {
 }
 
 describe("snapshot engine", () => {
+  it("keeps hard links as links: one inode restored, its bytes written once; a part restore writes the file", async () => {
+    // A conda environment's files are hard links into its package cache: as copies, a restore doubled them.
+    const source = fresh("src");
+    await mkdir(join(source, "pkgs"), { recursive: true });
+    await mkdir(join(source, "env", "lib"), { recursive: true });
+    const lib = seeded(1_500_000, "libtorch"); // several chunks
+    await writeFile(join(source, "pkgs", "libtorch.so"), lib);
+    await link(join(source, "pkgs", "libtorch.so"), join(source, "env", "lib", "libtorch.so"));
+    await link(join(source, "pkgs", "libtorch.so"), join(source, "env", "lib", "libtorch.so.2"));
+    await writeFile(join(source, "pkgs", "small.py"), "print(1)\n"); // one chunk: a worker writes it
+    await link(join(source, "pkgs", "small.py"), join(source, "env", "small.py"));
+    await writeFile(join(source, "env", "alone.txt"), "not linked\n");
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    const { repository } = await Repository.openOrInit(openBlobStore(repo), key);
+    const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
+    const links = manifest.entries.flatMap((e) => (e.type === "file" && e.linkOf ? [[e.path, e.linkOf]] : []));
+    // Each names the first path of its file in the listing's order (depth first, by name).
+    expect(links).toEqual([
+      ["env/lib/libtorch.so.2", "env/lib/libtorch.so"],
+      ["pkgs/libtorch.so", "env/lib/libtorch.so"],
+      ["pkgs/small.py", "env/small.py"],
+    ]);
+
+    const target = fresh("restored");
+    const restored = await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect(restored).toMatchObject({ files: 6, bytesWritten: lib.length + 9 + 11 });
+    const inode = async (p: string) => (await lstat(join(target, p))).ino;
+    expect(
+      new Set([
+        await inode("pkgs/libtorch.so"),
+        await inode("env/lib/libtorch.so"),
+        await inode("env/lib/libtorch.so.2"),
+      ]).size,
+    ).toBe(1);
+    expect((await lstat(join(target, "pkgs/libtorch.so"))).nlink).toBe(3);
+    expect(await inode("pkgs/small.py")).toBe(await inode("env/small.py"));
+    expect(await describeTree(target)).toEqual(await describeTree(source));
+
+    // Only the package cache: the files its entries are links to are not restored, so they are written whole.
+    const part = fresh("restored-part");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target: part, pool, include: ["pkgs/"] });
+    expect((await readFile(join(part, "pkgs", "libtorch.so"))).equals(lib)).toBe(true);
+    expect((await lstat(join(part, "pkgs", "libtorch.so"))).nlink).toBe(1);
+    expect(await readFile(join(part, "pkgs", "small.py"), "utf8")).toBe("print(1)\n");
+  });
+
+  // Two filesystems (link(2) across them is EXDEV): the temporary directory and /dev/shm, where they differ.
+  const shm = existsSync("/dev/shm") && statSync("/dev/shm").dev !== statSync(tmpdir()).dev;
+  it.runIf(shm)("copies a file it cannot hard link, with its mode and times, and never through a symlink", async () => {
+    const dir = fresh("link-source");
+    await mkdir(dir);
+    const existing = join(dir, "weights.bin");
+    await writeFile(existing, seeded(300_000, "weights"));
+    await chmod(existing, 0o640);
+    await utimes(existing, HOUR_AGO, HOUR_AGO);
+    const elsewhere = await mkdtemp("/dev/shm/dumont-link-");
+    try {
+      await linkOrCopy(existing, join(elsewhere, "copy.bin"));
+      const [from, to] = [await lstat(existing), await lstat(join(elsewhere, "copy.bin"))];
+      expect([to.mode & 0o7777, to.mtimeMs, to.nlink, from.nlink]).toEqual([0o640, from.mtimeMs, 1, 1]);
+      expect((await readFile(join(elsewhere, "copy.bin"))).equals(await readFile(existing))).toBe(true);
+      await symlink(existing, join(dir, "swapped"));
+      await expect(linkOrCopy(join(dir, "swapped"), join(elsewhere, "no.bin"))).rejects.toThrow(/ELOOP/);
+      expect(existsSync(join(elsewhere, "no.bin"))).toBe(false);
+    } finally {
+      rmSync(elsewhere, { recursive: true, force: true });
+    }
+  });
+
   // chown takes root: CI here runs as root; elsewhere this is skipped.
   it.runIf(process.geteuid?.() === 0)(
     "records owners, gives them back when restoring as root (not setuid bits), and leaves them with owners: false",

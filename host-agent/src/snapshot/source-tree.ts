@@ -29,6 +29,8 @@ export interface SourceEntry {
   /** Its owner and group (numeric ids), kept in the manifest. */
   uid: number;
   gid: number;
+  /** Hard links to it (st_nlink): a file with more may be another entry's (dev, ino) too. */
+  nlink: number;
   target?: string;
 }
 
@@ -153,13 +155,15 @@ async function walk(
     const dev = Number(st.dev);
     const uid = Number(st.uid);
     const gid = Number(st.gid);
+    const nlink = Number(st.nlink);
     if (st.isDirectory()) {
-      entries.push({ path: rel, type: "dir", mode, mtimeNs, size: 0, ino, ctimeNs, dev, uid, gid });
+      entries.push({ path: rel, type: "dir", mode, mtimeNs, size: 0, ino, ctimeNs, dev, uid, gid, nlink });
       await walk(abs, rel, into);
     } else if (st.isFile()) {
-      entries.push({ path: rel, type: "file", mode, mtimeNs, size: Number(st.size), ino, ctimeNs, dev, uid, gid });
+      const size = Number(st.size);
+      entries.push({ path: rel, type: "file", mode, mtimeNs, size, ino, ctimeNs, dev, uid, gid, nlink });
     } else if (st.isSymbolicLink()) {
-      entries.push({ path: rel, type: "symlink", mode, mtimeNs, size: 0, ino, ctimeNs, dev, uid, gid, target });
+      entries.push({ path: rel, type: "symlink", mode, mtimeNs, size: 0, ino, ctimeNs, dev, uid, gid, nlink, target });
     } else {
       skipped.push({ path: rel, reason: `${specialKind(st)}: only regular files, directories and symlinks are kept` });
     }
