@@ -870,13 +870,13 @@ export async function linkOrCopy(existing: string, at: string): Promise<void> {
     const to = await open(at, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     try {
       const buf = Buffer.allocUnsafe(1024 * 1024);
-      for (let at = 0; ; ) {
-        const { bytesRead } = await from.read(buf, 0, buf.length, at);
+      for (let position = 0; ; ) {
+        const { bytesRead } = await from.read(buf, 0, buf.length, position);
         if (bytesRead === 0) break;
         for (let done = 0; done < bytesRead; ) {
-          done += (await to.write(buf, done, bytesRead - done, at + done)).bytesWritten;
+          done += (await to.write(buf, done, bytesRead - done, position + done)).bytesWritten;
         }
-        at += bytesRead;
+        position += bytesRead;
       }
       await to.chown(st.uid, st.gid).catch(() => {}); // as the file it copies, which a restore already gave its owner
       await to.chmod(st.mode & 0o7777);
