@@ -551,6 +551,25 @@ describe("snapshots over the agent stream", () => {
     expect(Number(done?.bytesWritten)).toBe(total);
     expect(await describeTree(target)).toEqual(await describeTree(tree));
 
+    // A caller that stops watching (Ctrl-C in `dumont snapshot create`) stops only that: the snapshot is an
+    // operation of the control plane and its agent, and is listed once committed.
+    const watched = path.join(root, "unwatched-tree");
+    await makeWorkspace(watched, 24 * 1024 * 1024);
+    const stop = new AbortController();
+    await expect(
+      (async () => {
+        for await (const e of client.createSnapshotStream(
+          { hostId: agent.hostId, path: watched },
+          { signal: stop.signal },
+        )) {
+          if (e.event.case === "progress") stop.abort();
+        }
+      })(),
+    ).rejects.toThrow(/abort|cancel/i);
+    const listed = async () =>
+      (await client.listSnapshots({ hostId: agent.hostId })).snapshots.some((s) => s.path === watched);
+    await waitFor(listed, 60_000); // (stopped at its first progress event, well before its result)
+
     // Bad requests fail before anything runs, with the same errors as the unary calls.
     const events = client.createSnapshotStream({ hostId: agent.hostId, path: "relative/dir" });
     await expect(
