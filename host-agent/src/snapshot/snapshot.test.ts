@@ -218,6 +218,16 @@ describe.each(stores)("snapshots on $name", (store) => {
   });
 });
 
+/** `writer` as a ChunkSink, with `put` replaced: a test's hook into the moment chunks reach the repository. */
+function sinkWithPut(writer: ChunkSink, put: ChunkSink["put"]): ChunkSink {
+  return {
+    missing: (ids) => writer.missing(ids),
+    put,
+    commit: (manifest, meta) => writer.commit(manifest, meta),
+    abort: () => writer.abort(),
+  };
+}
+
 /** A new file:// repository and a writer into it, for tests that play the sink themselves. */
 async function freshWriter(key: Buffer) {
   const repo = pathToFileURL(fresh("repo")).href;
@@ -510,18 +520,13 @@ describe("snapshot engine", () => {
     const key = generateRepositoryKey();
     const { repo, store, writer } = await freshWriter(key);
     let rewritten = false;
-    const sink: ChunkSink = {
-      missing: (ids) => writer.missing(ids),
-      put: async (chunks) => {
-        if (!rewritten) {
-          rewritten = true;
-          await writeFile(file, v2);
-        }
-        await writer.put(chunks);
-      },
-      commit: (manifest, meta) => writer.commit(manifest, meta),
-      abort: () => writer.abort(),
-    };
+    const sink = sinkWithPut(writer, async (chunks) => {
+      if (!rewritten) {
+        rewritten = true;
+        await writeFile(file, v2);
+      }
+      await writer.put(chunks);
+    });
     const meta = { workspace: "w", epoch: 0, tenant: "t" };
     const created = await createSnapshot({ source, sink, key, meta, pool, ...SMALL });
     expect(rewritten).toBe(true);
@@ -543,19 +548,14 @@ describe("snapshot engine", () => {
     let armed = true;
     const restless = await createSnapshot({
       source,
-      sink: {
-        missing: (ids) => writer2.missing(ids),
-        put: async (chunks) => {
-          if (armed) {
-            armed = false;
-            size -= 2 * 1024 * 1024;
-            await writeFile(file, seeded(size, `v${size}`));
-          }
-          await writer2.put(chunks);
-        },
-        commit: (manifest, m) => writer2.commit(manifest, m),
-        abort: () => writer2.abort(),
-      },
+      sink: sinkWithPut(writer2, async (chunks) => {
+        if (armed) {
+          armed = false;
+          size -= 2 * 1024 * 1024;
+          await writeFile(file, seeded(size, `v${size}`));
+        }
+        await writer2.put(chunks);
+      }),
       key,
       meta,
       pool,
@@ -587,18 +587,13 @@ describe("snapshot engine", () => {
     const meta = { workspace: "w", epoch: 0, tenant: "t" };
     const created = await createSnapshot({
       source,
-      sink: {
-        missing: (ids) => writer.missing(ids),
-        put: async (chunks) => {
-          if (!appended) {
-            appended = true;
-            await appendFile(file, more);
-          }
-          await writer.put(chunks);
-        },
-        commit: (manifest, m) => writer.commit(manifest, m),
-        abort: () => writer.abort(),
-      },
+      sink: sinkWithPut(writer, async (chunks) => {
+        if (!appended) {
+          appended = true;
+          await appendFile(file, more);
+        }
+        await writer.put(chunks);
+      }),
       key,
       meta,
       pool,
