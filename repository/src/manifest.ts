@@ -265,13 +265,15 @@ function invalid(what: string, detail: string): RepositoryError {
   return new RepositoryError("invalid-manifest", `${what} is invalid: ${detail}`);
 }
 
+const OWNER_FIELDS = ["uid", "gid"] as const;
+
 /** An entry's (or the root's) mode, mtime and owner, named `name` in the error. */
 function checkMetadata(what: string, name: string, e: Record<string, unknown>): void {
   if (typeof e.mode !== "number" || !Number.isInteger(e.mode) || e.mode < 0 || e.mode > 0o7777) {
     throw invalid(what, `${name} has a bad mode`);
   }
   if (typeof e.mtimeNs !== "string" || !/^-?\d{1,25}$/.test(e.mtimeNs)) throw invalid(what, `${name} has a bad mtime`);
-  for (const field of ["uid", "gid"] as const) {
+  for (const field of OWNER_FIELDS) {
     const id = e[field];
     if (id !== undefined && (!Number.isInteger(id) || (id as number) < 0 || (id as number) > MAX_OWNER_ID)) {
       throw invalid(what, `${name} has a bad ${field}`);
