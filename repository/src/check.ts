@@ -58,6 +58,8 @@ export interface CheckOptions {
    * agents' streams): per chunk, why it does not open to its id, or null. Default: on this thread.
    */
   verify?: (key: Buffer, chunks: readonly SealedChunk[]) => Promise<(string | null)[]>;
+  /** Stops the check between packs (it changes nothing, so it may stop anywhere): it fails with the reason. */
+  signal?: AbortSignal;
 }
 
 export async function checkRepository(repository: Repository, options: CheckOptions = {}): Promise<CheckReport> {
@@ -148,6 +150,7 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
   let ahead = next(0);
   let reading = ahead < packs.length ? reads.start(packs[ahead]) : undefined;
   for (let i = 0; i < packs.length; i++) {
+    options.signal?.throwIfAborted();
     const pack = packs[i];
     chunks += pack.entries.length;
     if (i === ahead && reading) {

@@ -67,5 +67,7 @@ export function listingLine(e: ListedEntry): string {
   const path = printablePath(e.path);
   const name =
     e.type === "dir" ? `${path}/` : e.type === "symlink" ? `${path} -> ${printablePath(e.target ?? "")}` : path;
-  return `${kind}${bits} ${String(e.size).padStart(12)} ${when} ${name}`;
+  // The owner as `tar -tv --numeric-owner` shows it, where the snapshot recorded one (older ones did not).
+  const owner = e.uid !== undefined && e.gid !== undefined ? ` ${`${e.uid}/${e.gid}`.padEnd(11)}` : "";
+  return `${kind}${bits}${owner} ${String(e.size).padStart(12)} ${when} ${name}`;
 }

@@ -68,6 +68,11 @@ export interface PruneOptions {
   repackBelow?: number;
   /** Pack size for repacked data (default: the writer's). */
   packSize?: number;
+  /**
+   * Stops the prune before it deletes anything, or between the packs it repacks (what it repacked so far is
+   * indexed; the packs it came from stay until the next prune): it fails with the reason, lock released.
+   */
+  signal?: AbortSignal;
 }
 
 export interface PruneReport {
@@ -149,6 +154,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
       return report;
     }
 
+    options.signal?.throwIfAborted();
     // Every pack about to go leaves the index first, unused ones too: a chunk held twice, its indexed copy in a
     // pack being repacked and its other copy in an unused pack, would otherwise be found in the unused one and
     // not written again, and then go with both.
@@ -170,6 +176,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
       const writer = await repository.writer({ index, lock: false, verifyChunks: true, packSize: options.packSize });
       try {
         for (const [packId, pack] of keep) {
+          options.signal?.throwIfAborted();
           const data = await store.get(packKey(packId));
           const chunks = pack.entries
             .filter((e) => usedChunks.has(e.id.toString("hex")))

@@ -464,6 +464,17 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const forgot = await forgetSnapshots(repository, { policy: { last: 1 } });
     expect(forgot.kept).toEqual([ids[2]]);
     expect(forgot.forgotten.sort()).toEqual([ids[0], ids[1]].sort());
+    // Stopped (Ctrl-C) before it deletes anything, a prune fails with the reason and changes nothing, and a check
+    // stops too; both release their locks (this process's own lock would refuse the prune below).
+    const stop = new AbortController();
+    stop.abort(new Error("stopped by the test"));
+    const planned = await pruneRepository(repository, { repackBelow: 0.6, dryRun: true });
+    await expect(pruneRepository(repository, { repackBelow: 0.6, signal: stop.signal })).rejects.toThrow(
+      "stopped by the test",
+    );
+    expect(await pruneRepository(repository, { repackBelow: 0.6, dryRun: true })).toEqual(planned);
+    await expect(checkRepository(repository, { signal: stop.signal })).rejects.toThrow("stopped by the test");
+
     // Packs: A {shared, own0} (half needed: repacked), B {own1} and D {stray} (unneeded), C {own2} (kept).
     const report = await pruneRepository(repository, { repackBelow: 0.6 });
     expect(report).toMatchObject({

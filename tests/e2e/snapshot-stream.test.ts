@@ -318,7 +318,9 @@ describe("snapshots over the agent stream", () => {
     const { uid, gid } = await fs.lstat(path.join(dir, "link-to-train"));
     expect(link).toMatchObject({ type: "symlink", target: "src/train.py", uid, gid });
     const pyOnly = await cp.cli(["snapshot", "ls", snap.id, "--include", "src/*.py"]);
-    expect(pyOnly.stdout).toMatch(/^drwx.* src\/\n-rwxr-xr-x +15 [\d-]+ [\d:]+ src\/train\.py\n$/);
+    expect(pyOnly.stdout).toMatch(
+      new RegExp(`^drwx.* src/\\n-rwxr-xr-x ${uid}/${gid} +15 [\\d-]+ [\\d:]+ src/train\\.py\\n$`),
+    );
     // Patterns matching nothing: ls fails as that restore does (below), in the same words.
     const nothing = await cp.cli(["snapshot", "ls", snap.id, "--include", "*.ckpt"]);
     expect({ code: nothing.code, stdout: nothing.stdout }).toEqual({ code: 1, stdout: "" });

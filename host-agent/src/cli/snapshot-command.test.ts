@@ -179,9 +179,11 @@ describe("dumont-agent snapshot", () => {
         .filter(Boolean)
         .map((line) => line.split(" ").at(-1)),
     ).toEqual([".dumontignore", "out/", "out/log.txt", "train.py"]);
-    expect(ls.out).toMatch(/^-rw-r--r-- {11}12 \d{4}-\d\d-\d\d \d\d:\d\d out\/log\.txt$/m);
-    const lsJson = JSON.parse((await run("snapshot", "ls", ...common, "--id", id, "--include", "out/", "--json")).out);
     const { uid, gid } = await stat(join(source, "out"));
+    expect(ls.out).toMatch(
+      new RegExp(`^-rw-r--r-- ${uid}/${gid} +12 \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d out/log\\.txt$`, "m"),
+    );
+    const lsJson = JSON.parse((await run("snapshot", "ls", ...common, "--id", id, "--include", "out/", "--json")).out);
     expect(lsJson).toEqual([
       { path: "out", type: "dir", mode: 0o755, size: 0, mtime: expect.stringMatching(/Z$/), uid, gid },
       { path: "out/log.txt", type: "file", mode: 0o644, size: 12, mtime: expect.stringMatching(/Z$/), uid, gid },
@@ -276,7 +278,7 @@ describe("dumont-agent snapshot", () => {
     }
   });
 
-  it("stops on Ctrl-C, cleaning up: no snapshot, an emptied restore target, no lock left; exits 130", async () => {
+  it("stops on Ctrl-C, cleaning up: no snapshot, an emptied restore target, a check cut short, no lock left; exits 130", async () => {
     const source = join(root, "interrupted-src");
     await mkdir(source);
     for (let i = 0; i < 4; i++) await writeFile(join(source, `shard-${i}.bin`), randomBytes(32 * 1024 * 1024));
@@ -326,6 +328,14 @@ describe("dumont-agent snapshot", () => {
       await readFile(join(source, "shard-3.bin")),
     ];
     expect(restored.equals(original)).toBe(true); // not toEqual: it walks 32 MiB element by element
+
+    // A check interrupted once it holds its lock stops between packs and releases it.
+    const check = ["snapshot", "check", ...common];
+    const unchecked = await interrupted(check, async () => (await names(join(repoDir, "locks"))).length > 0);
+    expect(unchecked.err).toContain("interrupted (SIGINT): the check stopped before it finished");
+    expect(unchecked.code).toBe(130);
+    expect(await names(join(repoDir, "locks"))).toEqual([]);
+    expect((await run(...check)).code).toBe(0);
   });
 
   it("says what to do when the key or the flags are wrong", async () => {

@@ -303,12 +303,15 @@ export function registerSnapshotCommands(program: Command): void {
       withFriendlyErrors(opts, async () => {
         const key = await loadKey(opts);
         const meter = ProgressMeter.forStderr("check", opts.json === true);
-        const report = await withDirectRepository({ repo: opts.repo, key }, (r) =>
-          checkRepository(r, {
-            readData: !opts.structureOnly,
-            lock: opts.lock,
-            onProgress: (p) => meter?.update(p.bytesDone, p.bytesTotal),
-          }),
+        const report = await interruptible("the check stopped before it finished; it changes nothing", (signal) =>
+          withDirectRepository({ repo: opts.repo, key }, (r) =>
+            checkRepository(r, {
+              readData: !opts.structureOnly,
+              lock: opts.lock,
+              onProgress: (p) => meter?.update(p.bytesDone, p.bytesTotal),
+              signal,
+            }),
+          ),
         ).finally(() => meter?.finish());
         if (opts.json) print(report);
         else if (report.ok) {
@@ -369,12 +372,21 @@ export function registerSnapshotCommands(program: Command): void {
             );
           }
           const key = await loadKey(opts);
-          const result = await withDirectRepository({ repo: opts.repo, key }, async (r) => ({
-            ...(forgetting
-              ? await forgetSnapshots(r, { policy, ids, workspace: opts.workspace, dryRun: opts.dryRun })
-              : { kept: [], forgotten: [] }),
-            ...(opts.prune ? { prune: await pruneRepository(r, { dryRun: opts.dryRun }) } : {}),
-          }));
+          const work = (signal?: AbortSignal) =>
+            withDirectRepository({ repo: opts.repo, key }, async (r) => ({
+              ...(forgetting
+                ? await forgetSnapshots(r, { policy, ids, workspace: opts.workspace, dryRun: opts.dryRun })
+                : { kept: [], forgotten: [] }),
+              ...(opts.prune ? { prune: await pruneRepository(r, { dryRun: opts.dryRun, signal }) } : {}),
+            }));
+          // Forgetting deletes a few small objects and takes its signals as any command; a prune stops before it
+          // deletes a pack, or between the packs it repacks, and releases its lock.
+          const result = opts.prune
+            ? await interruptible(
+                "the prune stopped; what it had not deleted is still there, and the next prune goes on",
+                work,
+              )
+            : await work();
           if (opts.json) return print({ dryRun: opts.dryRun === true, ...result });
           const verb = opts.dryRun ? "would forget" : "forgot";
           if (forgetting) {
@@ -407,7 +419,6 @@ async function loadKey(opts: KeyOptions): Promise<Buffer> {
   );
 }
 
-/** Turns repository errors into sentences that name the flag to change. */
 /** A command stopped by SIGINT or SIGTERM, once it had cleaned up: exit 128 + the signal's number, as shells expect. */
 class Interrupted extends Error {
   readonly exitCode: number;
@@ -445,6 +456,7 @@ async function interruptible<T>(outcome: string, work: (signal: AbortSignal) => 
   }
 }
 
+/** Turns repository errors into sentences that name the flag to change. */
 async function withFriendlyErrors(opts: RepoOptions, fn: () => Promise<void>): Promise<void> {
   try {
     await fn();
