@@ -48,6 +48,13 @@ describe("loadConfig", () => {
     expect(loadConfig({ apiRateLimit: "" }, { DUMONT_API_RATE_LIMIT: "5" }).apiRateLimit).toBe(5);
   });
 
+  it("checks the blob store's URL, and for s3:// the endpoint, at start", () => {
+    const env = { DUMONT_BLOB_STORE: "s3://bucket/dumont", DUMONT_S3_ENDPOINT: "http://127.0.0.1:9000" };
+    expect(loadConfig({}, env).blobStore).toBe("s3://bucket/dumont");
+    // The endpoint is only the S3 store's: a file:// store starts whatever it says.
+    expect(loadConfig({}, { DUMONT_S3_ENDPOINT: "not a url" }).blobStore).toMatch(/^file:\/\/\//);
+  });
+
   it.each([
     [{ DUMONT_API_RATE_LIMIT: "fast" }, /DUMONT_API_RATE_LIMIT must be a number of requests a second/],
     [{ DUMONT_API_RATE_LIMIT: "-1" }, /DUMONT_API_RATE_LIMIT must be 0 \(no limit\) or at least 0.001/],
@@ -64,6 +71,13 @@ describe("loadConfig", () => {
     [{ DUMONT_LOST_AFTER: "0" }, /DUMONT_LOST_AFTER must be at least 1 seconds/],
     [{ DATABASE_URL: "mysql://db" }, /DATABASE_URL must start with postgres:\/\//],
     [{ DUMONT_LOG_LEVEL: "loud" }, /DUMONT_LOG_LEVEL must be one of/],
+    [{ DUMONT_BLOB_STORE: "/var/blobs" }, /DUMONT_BLOB_STORE must be file:\/\/\/absolute\/path or s3:/],
+    [{ DUMONT_BLOB_STORE: "s3://My_Bucket/dumont" }, /DUMONT_BLOB_STORE: .* not a valid S3 bucket name/],
+    [{ DUMONT_BLOB_STORE: "s3://bucket/a//b" }, /DUMONT_BLOB_STORE: .* with an empty, "\." or "\.\." component/],
+    [
+      { DUMONT_BLOB_STORE: "s3://bucket/dumont", DUMONT_S3_ENDPOINT: "minio:9000" },
+      /DUMONT_S3_ENDPOINT "minio:9000" is not an http\(s\) URL; give the S3 service's address/,
+    ],
   ])("refuses %o naming the variable", (env, message) => {
     expect(() => loadConfig({}, env)).toThrow(message);
   });

@@ -12,7 +12,7 @@ import type { BlobStore } from "./blob-store.js";
 import { isRepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
 import { openBlobStore } from "./open-blob-store.js";
-import { S3BlobStore } from "./s3-blob-store.js";
+import { S3BlobStore, s3EndpointFromEnv } from "./s3-blob-store.js";
 import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
 
 let s3: S3TestServer;
@@ -292,6 +292,18 @@ describe("openBlobStore", () => {
       expect(() => openBlobStore(bad), bad).toThrow(/with an empty, "\." or "\.\." component/);
     }
     expect(openBlobStore("/tmp/x").url).toBe("file:///tmp/x");
+  });
+
+  it("refuses an S3 endpoint that is no http(s) URL, naming where it came from", () => {
+    // The SDK took these and failed each request later with "Invalid URL".
+    for (const bad of ["minio:9000", "127.0.0.1:9000", "ftp://minio:9000", "http://"]) {
+      expect(() => openBlobStore("s3://bucket/x", { s3: { endpoint: bad } }), bad).toThrow(
+        `the S3 endpoint "${bad}" is not an http(s) URL`,
+      );
+      expect(() => s3EndpointFromEnv({ DUMONT_S3_ENDPOINT: bad }), bad).toThrow(`DUMONT_S3_ENDPOINT "${bad}"`);
+    }
+    expect(s3EndpointFromEnv({ DUMONT_S3_ENDPOINT: " " })).toBeUndefined();
+    expect(s3EndpointFromEnv({ DUMONT_S3_ENDPOINT: "https://s3.example.com" })).toBe("https://s3.example.com");
   });
 
   it("says which variables to set when there are no S3 credentials", async () => {

@@ -80,7 +80,12 @@ export {
   diffSummaryLine,
 } from "./manifest-diff.js";
 export { ManifestPartsReceiver } from "./manifest-parts.js";
-export { type OpenBlobStoreOptions, openBlobStore } from "./open-blob-store.js";
+export {
+  type OpenBlobStoreOptions,
+  openBlobStore,
+  parseRepositoryUrl,
+  type RepositoryLocation,
+} from "./open-blob-store.js";
 export { indexKey, type PackEntry, type PackIndex, packKey } from "./pack.js";
 export {
   checkExcludePatterns,
@@ -122,7 +127,7 @@ export {
   type RetentionPlan,
   type RetentionPolicy,
 } from "./retention.js";
-export { S3BlobStore, type S3BlobStoreOptions } from "./s3-blob-store.js";
+export { S3BlobStore, type S3BlobStoreOptions, s3EndpointFromEnv } from "./s3-blob-store.js";
 export { chunkCodec } from "./sealing.js";
 export type { SnapshotRecord } from "./snapshot-record.js";
 export { table } from "./text-table.js";

@@ -12,12 +12,18 @@ export interface OpenBlobStoreOptions {
   s3?: S3BlobStoreOptions;
 }
 
-/** Opens `file:///abs/path` (or a plain absolute path) or `s3://bucket/prefix`. */
-export function openBlobStore(url: string, options: OpenBlobStoreOptions = {}): BlobStore {
+/** Where a repository URL points, checked: a local directory, or a bucket and a prefix in it. */
+export type RepositoryLocation = { kind: "file"; path: string } | { kind: "s3"; bucket: string; prefix: string };
+
+/**
+ * Parses `file:///abs/path` (or a plain absolute path) or `s3://bucket/prefix`, touching nothing; throws a
+ * RepositoryError ("invalid-argument") saying what to write instead. The control plane checks its
+ * DUMONT_BLOB_STORE with it at start, rather than at the first snapshot.
+ */
+export function parseRepositoryUrl(url: string): RepositoryLocation {
   if (url.startsWith("file://")) {
-    let path: string;
     try {
-      path = fileURLToPath(url);
+      return { kind: "file", path: fileURLToPath(url) };
     } catch (err) {
       throw new RepositoryError(
         "invalid-argument",
@@ -25,7 +31,6 @@ export function openBlobStore(url: string, options: OpenBlobStoreOptions = {}): 
         { cause: err },
       );
     }
-    return new FileBlobStore(path);
   }
   if (url.startsWith("s3://")) {
     const rest = url.slice("s3://".length);
@@ -46,11 +51,19 @@ export function openBlobStore(url: string, options: OpenBlobStoreOptions = {}): 
         `repository URL ${url} has prefix "${prefix}" with an empty, "." or ".." component; write s3://bucket/a/b`,
       );
     }
-    return new S3BlobStore(bucket, prefix, options.s3);
+    return { kind: "s3", bucket, prefix };
   }
-  if (isAbsolute(url)) return new FileBlobStore(url);
+  if (isAbsolute(url)) return { kind: "file", path: url };
   throw new RepositoryError(
     "invalid-argument",
     `repository URL "${url}" is not supported: use file:///absolute/path or s3://bucket/prefix`,
   );
+}
+
+/** Opens `file:///abs/path` (or a plain absolute path) or `s3://bucket/prefix` (see parseRepositoryUrl). */
+export function openBlobStore(url: string, options: OpenBlobStoreOptions = {}): BlobStore {
+  const location = parseRepositoryUrl(url);
+  return location.kind === "file"
+    ? new FileBlobStore(location.path)
+    : new S3BlobStore(location.bucket, location.prefix, options.s3);
 }

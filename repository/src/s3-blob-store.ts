@@ -32,6 +32,33 @@ export const S3_TIMEOUTS = { connectMs: 10_000, idleMs: 60_000, requestMs: 10 * 
 /** Attempts per request (the SDK's standard retry: exponential backoff with jitter, on throttling and 5xx). */
 const S3_MAX_ATTEMPTS = 8;
 
+/**
+ * DUMONT_S3_ENDPOINT, checked (undefined when unset or blank): the SDK took "minio:9000" and failed each
+ * request later with "Invalid URL", far from the variable that caused it.
+ */
+export function s3EndpointFromEnv(env: NodeJS.ProcessEnv): string | undefined {
+  const value = env.DUMONT_S3_ENDPOINT?.trim();
+  return value ? checkS3Endpoint(value, "DUMONT_S3_ENDPOINT") : undefined;
+}
+
+/** `endpoint` if it is an http(s) URL naming a host; else a RepositoryError naming `source` and an example. */
+export function checkS3Endpoint(endpoint: string, source: string): string {
+  let url: URL | undefined;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== "http:" && url.protocol !== "https:") || url.hostname === "") {
+    throw new RepositoryError(
+      "invalid-argument",
+      `${source} "${endpoint}" is not an http(s) URL; give the S3 service's address, e.g. ` +
+        "https://s3.eu-central-1.amazonaws.com or http://127.0.0.1:9000",
+    );
+  }
+  return endpoint;
+}
+
 type Sdk = typeof import("@aws-sdk/client-s3");
 let sdkLoading: Promise<Sdk> | undefined;
 
@@ -56,7 +83,10 @@ export class S3BlobStore implements BlobStore {
   ) {
     this.base = prefix === "" ? "" : `${prefix}/`;
     this.url = `s3://${bucket}${prefix === "" ? "" : `/${prefix}`}`;
-    const endpoint = options.endpoint ?? (process.env.DUMONT_S3_ENDPOINT || undefined);
+    const endpoint =
+      options.endpoint !== undefined
+        ? checkS3Endpoint(options.endpoint, "the S3 endpoint")
+        : s3EndpointFromEnv(process.env);
     const timeouts = { ...S3_TIMEOUTS, ...options.timeouts };
     this.config = {
       region: options.region ?? (process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || "us-east-1"),
