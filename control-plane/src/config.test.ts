@@ -78,6 +78,7 @@ describe("loadConfig", () => {
       { DUMONT_BLOB_STORE: "s3://bucket/dumont", DUMONT_S3_ENDPOINT: "minio:9000" },
       /DUMONT_S3_ENDPOINT "minio:9000" is not an http\(s\) URL; give the S3 service's address/,
     ],
+    [{ DUMONT_BLOB_STORE: "s3://bucket/dumont", AWS_MAX_ATTEMPTS: "0" }, /AWS_MAX_ATTEMPTS "0" is not a whole number/],
   ])("refuses %o naming the variable", (env, message) => {
     expect(() => loadConfig({}, env)).toThrow(message);
   });

@@ -2,7 +2,7 @@
 // A bad value stops the program with a message naming the variable and what to do.
 import path from "node:path";
 import { pathToFileURL } from "node:url";
-import { parseRepositoryUrl, s3EndpointFromEnv } from "@dumont/repository";
+import { maxAttemptsFromEnv, parseRepositoryUrl, s3EndpointFromEnv } from "@dumont/repository";
 import { hasRetentionRule, type RetentionPolicy } from "@dumont/repository/retention";
 import { z } from "zod";
 import { DEFAULT_RATE_LIMIT } from "./api/rate-limit.js";
@@ -129,8 +129,9 @@ export function loadConfig(
 }
 
 /**
- * The blob store as the snapshot engine will open it, and for s3:// the endpoint it will use: a bucket name S3
- * refuses, or a DUMONT_S3_ENDPOINT that is no URL, stops the start rather than fail a host's first snapshot.
+ * The blob store as the snapshot engine will open it, and for s3:// the endpoint and attempts it will use: a
+ * bucket name S3 refuses, a DUMONT_S3_ENDPOINT that is no URL or an AWS_MAX_ATTEMPTS that is no count stops
+ * the start rather than fail a host's first snapshot.
  */
 function checkBlobStore(url: string, env: NodeJS.ProcessEnv): void {
   let location: ReturnType<typeof parseRepositoryUrl>;
@@ -140,7 +141,10 @@ function checkBlobStore(url: string, env: NodeJS.ProcessEnv): void {
     throw new ConfigError(`invalid configuration: DUMONT_BLOB_STORE: ${(err as Error).message}`);
   }
   try {
-    if (location.kind === "s3") s3EndpointFromEnv(env);
+    if (location.kind === "s3") {
+      s3EndpointFromEnv(env);
+      maxAttemptsFromEnv(env);
+    }
   } catch (err) {
     throw new ConfigError(`invalid configuration: ${(err as Error).message}`);
   }

@@ -42,6 +42,13 @@ export class ResourceExhaustedError extends ConnectError {
   }
 }
 
+/** A dependency that did not answer (the blob store); the same call may succeed later. */
+export class UnavailableError extends ConnectError {
+  constructor(message: string) {
+    super(message, Code.Unavailable);
+  }
+}
+
 export class DeadlineExceededError extends ConnectError {
   constructor(message: string) {
     super(message, Code.DeadlineExceeded);

@@ -12,7 +12,7 @@ import type { BlobStore } from "./blob-store.js";
 import { isRepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
 import { openBlobStore } from "./open-blob-store.js";
-import { S3BlobStore, s3EndpointFromEnv } from "./s3-blob-store.js";
+import { maxAttemptsFromEnv, S3BlobStore, s3EndpointFromEnv } from "./s3-blob-store.js";
 import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
 
 let s3: S3TestServer;
@@ -242,7 +242,10 @@ describe("S3 blob store against a server that never answers", () => {
       maxAttempts: 2,
     });
     try {
-      await expect(store.get("config")).rejects.toThrow(/S3 request for s3:\/\/quiet-bucket\/repo\/config failed/);
+      const err = await store.get("config").catch((e: unknown) => e);
+      expect((err as Error).message).toMatch(/S3 request for s3:\/\/quiet-bucket\/repo\/config failed/);
+      // Says nothing of the data: "unavailable", which a restore fails on whole rather than call data damaged.
+      expect(isRepositoryError(err, "unavailable")).toBe(true);
     } finally {
       await store.close();
       for (const socket of sockets) socket.destroy();
@@ -251,20 +254,67 @@ describe("S3 blob store against a server that never answers", () => {
   });
 });
 
+/**
+ * An S3BlobStore (one attempt a request) on a loopback server that answers every request with S3's error XML
+ * for what `answer` says at the time.
+ */
+async function withAnsweringServer(
+  bucket: string,
+  answer: () => { status: number; code: string; message: string },
+  use: (store: S3BlobStore) => Promise<void>,
+): Promise<void> {
+  const server = createHttpServer((_req, res) => {
+    const { status, code, message } = answer();
+    res.writeHead(status, { "content-type": "application/xml" });
+    res.end(`<?xml version="1.0"?><Error><Code>${code}</Code><Message>${message}</Message></Error>`);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  const store = new S3BlobStore(bucket, "", {
+    endpoint: `http://127.0.0.1:${port}`,
+    credentials: { accessKeyId: "test", secretAccessKey: "test" },
+    maxAttempts: 1,
+  });
+  try {
+    await use(store);
+  } finally {
+    await store.close();
+    await new Promise((resolve) => server.close(resolve));
+  }
+}
+
+describe("S3 blob store against a server that fails requests", () => {
+  it("calls 5xx and throttling after the retries unavailable, and other refusals what they are", async () => {
+    let status = 503;
+    const answer = () => ({ status, code: `Code${status}`, message: `status ${status}` });
+    await withAnsweringServer("failing-bucket", answer, async (store) => {
+      for (const [code, unavailable] of [
+        [503, true],
+        [500, true],
+        [429, true],
+        [400, false],
+      ] as const) {
+        status = code;
+        const err = await store.get("config").catch((e: unknown) => e);
+        expect((err as Error).message, String(code)).toContain(`(HTTP ${code})`);
+        expect(isRepositoryError(err, "unavailable"), String(code)).toBe(unavailable);
+      }
+    });
+  });
+
+  it("takes AWS_MAX_ATTEMPTS, the SDK's own variable, checked", () => {
+    expect(maxAttemptsFromEnv({})).toBeUndefined();
+    expect(maxAttemptsFromEnv({ AWS_MAX_ATTEMPTS: " 3 " })).toBe(3);
+    for (const bad of ["0", "2.5", "many", "101"]) {
+      expect(() => maxAttemptsFromEnv({ AWS_MAX_ATTEMPTS: bad }), bad).toThrow(`AWS_MAX_ATTEMPTS "${bad}"`);
+    }
+  });
+});
+
 describe("S3 blob store against a server that refuses access", () => {
   it("says what to check: the credentials and the actions they must allow", async () => {
-    const refusing = createHttpServer((_req, res) => {
-      res.writeHead(403, { "content-type": "application/xml" });
-      res.end('<?xml version="1.0"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>');
-    });
-    await new Promise<void>((resolve) => refusing.listen(0, "127.0.0.1", resolve));
-    const { port } = refusing.address() as AddressInfo;
-    const store = new S3BlobStore("locked-bucket", "", {
-      endpoint: `http://127.0.0.1:${port}`,
-      credentials: { accessKeyId: "test", secretAccessKey: "test" },
-      maxAttempts: 1,
-    });
-    try {
+    const denied = () => ({ status: 403, code: "AccessDenied", message: "Access Denied" });
+    await withAnsweringServer("locked-bucket", denied, async (store) => {
       for (const call of [
         () => store.get("config"),
         () => store.stat("config"),
@@ -276,10 +326,7 @@ describe("S3 blob store against a server that refuses access", () => {
           /S3 refused access to s3:\/\/locked-bucket\/\w+ \(HTTP 403\): check the credentials/,
         );
       }
-    } finally {
-      await store.close();
-      await new Promise((resolve) => refusing.close(resolve));
-    }
+    });
   });
 });
 

@@ -2,7 +2,7 @@
 // is indexed; and (by default) every chunk of every pack decrypts and hashes to its id. Each problem names
 // the pack, the chunk and the snapshot files it affects.
 import { alignedBuffer, PAGE } from "./aligned-memory.js";
-import { isRepositoryError } from "./errors.js";
+import { isObjectError } from "./errors.js";
 import { acquireLock } from "./lock.js";
 import { openPackTrailer, packKey } from "./pack.js";
 import type { Repository } from "./repository.js";
@@ -323,7 +323,7 @@ async function forEachFile(
         for (const e of part) if (e.type === "file") onFile(snap.id, e);
       }
     } catch (err) {
-      if (!isRepositoryError(err)) throw err;
+      if (!isObjectError(err)) throw err;
       onUnreadable?.(snap.id, err);
     }
   }

@@ -1,6 +1,7 @@
 // Reads sealed chunks out of packs for restore: the ChunkSource of direct mode (and of the control plane
 // when it streams a restore to an agent). Neighbouring chunks of a pack are fetched in one ranged read.
 import { PAGE } from "./aligned-memory.js";
+import { isRepositoryError } from "./errors.js";
 import { packKey } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
 import type { RepositoryIndex } from "./repository-index.js";
@@ -21,6 +22,21 @@ export interface ChunkSourceOptions {
    * own) goes back through `release`.
    */
   readBuffers?: ChunkBuffers;
+}
+
+/**
+ * Whether a pack read's failure says the data is damaged or gone: the pack is missing, shorter than its index
+ * says, or the disk cannot read it (EIO). Such a read costs the chunks in it, and a restore goes on without
+ * them, naming the files. Any other failure (a connection refused, a timeout, S3's 5xx after its retries, a
+ * permission) says nothing of the data: `get` throws it, so a restore fails whole and can simply run again,
+ * rather than call the data damaged and write a workspace without those files.
+ */
+function readShowsDamage(err: Error): boolean {
+  return (
+    isRepositoryError(err, "not-found") ||
+    isRepositoryError(err, "corrupt") ||
+    (err as NodeJS.ErrnoException).code === "EIO"
+  );
 }
 
 /** What widening a read to whole pages can add: part of a page before it and part of one after. */
@@ -118,6 +134,7 @@ export class RepositoryChunkSource implements ChunkSource {
     for (const read of reads) {
       const result = await inFlight.shift()!;
       if (next < reads.length) inFlight.push(fetchRead(reads[next++]));
+      if (result instanceof Error && !readShowsDamage(result)) throw result;
       for (const item of read.items) {
         if (result instanceof Error) {
           yield { id: item.id, pack: read.packId, error: `pack ${read.packId} could not be read: ${result.message}` };

@@ -10,7 +10,10 @@ export type RepositoryErrorCode =
   | "locked" // another process holds a conflicting lock
   | "unwritable" // the store takes no more writes: its disk is full, a quota is used up, it is read-only
   | "read-only" // this process may not write there (permissions, a read-only mount) where it must (a lock)
-  | "incomplete"; // a commit references chunks that are not durable
+  | "incomplete" // a commit references chunks that are not durable
+  // The store did not answer, or failed the request after its retries (a connection refused, a timeout, S3's
+  // 5xx or throttling): nothing is known of the data, and the same call may succeed later.
+  | "unavailable";
 
 export class RepositoryError extends Error {
   override name = "RepositoryError";
@@ -25,6 +28,15 @@ export class RepositoryError extends Error {
 
 export function isRepositoryError(err: unknown, code?: RepositoryErrorCode): err is RepositoryError {
   return err instanceof RepositoryError && (code === undefined || err.code === code);
+}
+
+/**
+ * A RepositoryError that says something of what was read (it is damaged, absent, sealed with another key, not
+ * a manifest to restore...), as opposed to a store that did not answer ("unavailable"): what a caller that
+ * reports unreadable objects and goes on (check, prune, listing) may report; the rest it lets fail the call.
+ */
+export function isObjectError(err: unknown): err is RepositoryError {
+  return isRepositoryError(err) && err.code !== "unavailable";
 }
 
 /** A chunk that failed the arrival check (it does not open, or does not hash to its id). */

@@ -28,6 +28,7 @@ export { copyBytes } from "./copy-bytes.js";
 export { counted } from "./counted.js";
 export {
   chunkArrivedDamaged,
+  isObjectError,
   isRepositoryError,
   RepositoryError,
   type RepositoryErrorCode,
@@ -127,7 +128,12 @@ export {
   type RetentionPlan,
   type RetentionPolicy,
 } from "./retention.js";
-export { S3BlobStore, type S3BlobStoreOptions, s3EndpointFromEnv } from "./s3-blob-store.js";
+export {
+  maxAttemptsFromEnv,
+  S3BlobStore,
+  type S3BlobStoreOptions,
+  s3EndpointFromEnv,
+} from "./s3-blob-store.js";
 export { chunkCodec } from "./sealing.js";
 export type { SnapshotRecord } from "./snapshot-record.js";
 export { table } from "./text-table.js";

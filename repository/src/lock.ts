@@ -34,7 +34,12 @@ export interface HeldLock {
   refresh(): Promise<void>;
   /** Throws unless the lock is still in the store (checked there, each call). */
   assertHeld(): Promise<void>;
-  /** Stops refreshing and deletes the lock. */
+  /**
+   * Stops refreshing and deletes the lock. Never throws: called once the work is done (a snapshot committed,
+   * a restore written) or has failed, a store that cannot delete the lock must neither fail finished work nor
+   * hide the error that ended it. A lock left so is stale as a dead holder's is (at once for this host's
+   * processes once this one has exited; elsewhere after LOCK_STALE_AFTER_MS).
+   */
   release(): Promise<void>;
 }
 
@@ -142,7 +147,7 @@ export async function acquireLock(
       if (released) return;
       released = true;
       clearInterval(timer);
-      await store.delete(lockKey);
+      await store.delete(lockKey).catch(() => {});
     },
   };
 }

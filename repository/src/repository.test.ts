@@ -7,7 +7,7 @@ import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { BlobStore } from "./blob-store.js";
 import { checkRepository } from "./check.js";
-import { isRepositoryError } from "./errors.js";
+import { isRepositoryError, RepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
 import { generateRepositoryKey, parseRepositoryKey } from "./key.js";
 import { acquireLock } from "./lock.js";
@@ -898,6 +898,54 @@ describe("locks", () => {
     const body = openJson(key, ObjectKind.lock, await readFile(lockFile), "lock") as { pid: number };
     await writeFile(lockFile, sealJson(key, ObjectKind.lock, { ...body, pid: 2 ** 22 + 12345 }));
     await pruneRepository(repository);
+  });
+
+  it("a lock the store will not delete neither fails finished work nor hides the error that ended it", async () => {
+    const store = openBlobStore(pathToFileURL(join(dir, "locks-kept")).href);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const remove = store.delete.bind(store);
+    store.delete = async (objectKey) => {
+      if (objectKey.startsWith("locks/")) throw new Error("delete ECONNREFUSED");
+      return remove(objectKey);
+    };
+    // Committed is committed: the commit returns its id (it failed with ECONNREFUSED, the snapshot listed).
+    const chunk = sealed(key, randomBytes(5_000));
+    const writer = await repository.writer();
+    await writer.put([chunk]);
+    const id = await writer.commit([sealManifest(key, manifestOf({ f: [chunk] }))], meta);
+    expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([id]);
+    expect(await checkRepository(repository)).toMatchObject({ ok: true, snapshots: 1 });
+    // A check stopped fails with why it stopped, not with the lock's delete.
+    const stop = new AbortController();
+    stop.abort(new Error("stopped by the test"));
+    await expect(checkRepository(repository, { signal: stop.signal })).rejects.toThrow("stopped by the test");
+    // The locks stay, for others to find stale.
+    const locks: string[] = [];
+    for await (const info of store.list("locks/")) locks.push(info.key);
+    expect(locks).toHaveLength(3);
+  });
+
+  it("fails a check or a prune when the store does not answer, rather than report or act on damage", async () => {
+    const store = openBlobStore(pathToFileURL(join(dir, "unanswering")).href);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const writer = await repository.writer();
+    const chunk = sealed(key, randomBytes(5_000));
+    await writer.put([chunk]);
+    await writer.commit([sealManifest(key, manifestOf({ f: [chunk] }))], meta);
+    const down = new RepositoryError("unavailable", "S3 request failed: connect ECONNREFUSED");
+    for (const prefix of ["snapshots/", "index/", "manifests/"]) {
+      const outage: BlobStore = Object.create(store, {
+        get: { value: (k: string) => (k.startsWith(prefix) ? Promise.reject(down) : store.get(k)) },
+      });
+      const opened = await Repository.open(outage, key);
+      // Not "snapshot-unreadable", "index-unreadable" or "manifest-unreadable": nothing is known of the data.
+      await expect(checkRepository(opened), prefix).rejects.toBe(down);
+      // And a prune does not take an index it could not read for one it need not keep.
+      await expect(pruneRepository(opened), prefix).rejects.toBe(down);
+    }
+    expect(await checkRepository(repository)).toMatchObject({ ok: true, snapshots: 1 });
   });
 
   it("check holds a shared lock: refused while a prune runs, runs with lock: false, leaves no lock behind", async () => {

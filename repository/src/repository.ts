@@ -2,7 +2,7 @@
 import { randomBytes } from "node:crypto";
 import type { BlobStore } from "./blob-store.js";
 import { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
-import { isRepositoryError, RepositoryError } from "./errors.js";
+import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
 import { assertKey } from "./key.js";
 import { type Manifest, type ManifestEntry, manifestPartEntries, openManifestParts } from "./manifest.js";
 import { indexKey, openIndex, type PackIndex } from "./pack.js";
@@ -131,7 +131,7 @@ export class Repository implements RepositoryAccess {
       try {
         index.add(openIndex(this.key, await this.store.get(key), packId));
       } catch (err) {
-        if (options.onCorrupt && isRepositoryError(err)) options.onCorrupt(key, err);
+        if (options.onCorrupt && isObjectError(err)) options.onCorrupt(key, err);
         else throw err;
       }
     });
@@ -153,7 +153,7 @@ export class Repository implements RepositoryAccess {
       try {
         records.push(openSnapshotRecord(this.key, id, await this.store.get(snapshotKey(id))));
       } catch (err) {
-        if (options.onCorrupt && isRepositoryError(err)) options.onCorrupt(id, err);
+        if (options.onCorrupt && isObjectError(err)) options.onCorrupt(id, err);
         else throw err;
       }
     });

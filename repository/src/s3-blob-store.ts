@@ -18,6 +18,7 @@ export interface S3BlobStoreOptions {
   client?: S3Client;
   /** How long a request may wait (S3_TIMEOUTS), and how often it is tried; tests lower them. */
   timeouts?: Partial<typeof S3_TIMEOUTS>;
+  /** Defaults to AWS_MAX_ATTEMPTS (the SDK's own variable), then 8. */
   maxAttempts?: number;
 }
 
@@ -39,6 +40,23 @@ const S3_MAX_ATTEMPTS = 8;
 export function s3EndpointFromEnv(env: NodeJS.ProcessEnv): string | undefined {
   const value = env.DUMONT_S3_ENDPOINT?.trim();
   return value ? checkS3Endpoint(value, "DUMONT_S3_ENDPOINT") : undefined;
+}
+
+/**
+ * AWS_MAX_ATTEMPTS, the SDK's own variable (which an explicit maxAttempts would otherwise override), checked:
+ * a whole number 1..100; undefined when unset or blank.
+ */
+export function maxAttemptsFromEnv(env: NodeJS.ProcessEnv): number | undefined {
+  const value = env.AWS_MAX_ATTEMPTS?.trim();
+  if (!value) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 100) {
+    throw new RepositoryError(
+      "invalid-argument",
+      `AWS_MAX_ATTEMPTS "${value}" is not a whole number of attempts 1..100 (unset, each S3 request is tried ${S3_MAX_ATTEMPTS} times)`,
+    );
+  }
+  return n;
 }
 
 /** `endpoint` if it is an http(s) URL naming a host; else a RepositoryError naming `source` and an example. */
@@ -98,7 +116,7 @@ export class S3BlobStore implements BlobStore {
       // A bucket in another region than AWS_REGION answers 301: follow it rather than fail "UnknownError".
       followRegionRedirects: true,
       // The SDK's 3 attempts over ~0.5 s gave up on one burst of 503 SlowDown.
-      maxAttempts: options.maxAttempts ?? S3_MAX_ATTEMPTS,
+      maxAttempts: options.maxAttempts ?? maxAttemptsFromEnv(process.env) ?? S3_MAX_ATTEMPTS,
       requestHandler: {
         connectionTimeout: timeouts.connectMs,
         socketTimeout: timeouts.idleMs,
@@ -255,9 +273,15 @@ export class S3BlobStore implements BlobStore {
       );
     }
     const message = err instanceof Error ? err.message : String(err);
-    return new Error(`S3 request for ${this.url}/${key} failed${status ? ` (HTTP ${status})` : ""}: ${message}`, {
-      cause: err,
-    });
+    const what = `S3 request for ${this.url}/${key} failed${status ? ` (HTTP ${status})` : ""}: ${message}`;
+    // No answer (refused, reset, timed out) or a 5xx or throttling after the retries: the store's state, not the
+    // data's, and the same request may succeed later. Any other answer (400, 416...) stays a plain error.
+    if (status === undefined || status >= 500 || status === 429) {
+      return new RepositoryError("unavailable", `${what}; is the store reachable? Try again once it answers`, {
+        cause: err,
+      });
+    }
+    return new Error(what, { cause: err });
   }
 }
 

@@ -106,8 +106,9 @@ export interface ChunkSource {
   /** The sealed parts of a snapshot's manifest, in order (`snapshotId` may be a unique prefix), and the full id. */
   readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlobs: Buffer[] }>;
   /**
-   * Yields each requested chunk once, in any order. A chunk that cannot be read is yielded with `error`
-   * (and no blob) so the caller can name the files it affects. A blob may be a view into a larger buffer
+   * Yields each requested chunk once, in any order. A chunk that is damaged or gone is yielded with `error`
+   * (and no blob) so the caller can name the files it affects; a failure that says nothing of the data (the
+   * store unreachable) throws instead, failing the whole restore. A blob may be a view into a larger buffer
    * (a pack read, a received message, a receive buffer), so a caller must not transfer or detach its memory.
    * The agent's restore copies each blob at once, unless it already sits in memory the workers share
    * (ChunkBuffers: RepositoryChunkSource's `readBuffers`, StreamChunkSource's receive buffers).

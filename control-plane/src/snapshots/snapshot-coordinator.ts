@@ -56,6 +56,7 @@ import {
   FailedPreconditionError,
   InvalidArgumentError,
   ResourceExhaustedError,
+  UnavailableError,
 } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
@@ -255,9 +256,7 @@ export class SnapshotCoordinator {
   async snapshot(req: SnapshotRequest): Promise<SnapshotRow> {
     const row = await this.measured(this.metrics.snapshots, this.metrics.snapshotSeconds, "committed", () =>
       this.using(req.tenantId, () => this.takeSnapshot(req)),
-    ).catch((err: unknown) => {
-      throw storeError(err);
-    });
+    );
     if (this.retention) {
       // The snapshot stands whatever happens here: a failed forget is retried after the next one.
       const policy = this.retention;
@@ -472,6 +471,8 @@ export class SnapshotCoordinator {
     this.running.set(tenantId, (this.running.get(tenantId) ?? 0) + 1);
     try {
       return await work();
+    } catch (err) {
+      throw storeError(err);
     } finally {
       const left = (this.running.get(tenantId) ?? 1) - 1;
       if (left > 0) this.running.set(tenantId, left);
@@ -481,8 +482,12 @@ export class SnapshotCoordinator {
 
   /** A committed snapshot's manifest, read from its tenant's repository (no agent involved). */
   async readManifest(snapshot: SnapshotRow): Promise<Manifest> {
-    const repository = await this.repositoryOf(snapshot.tenant_id);
-    return repository.readManifest(await repository.findSnapshot(snapshot.id));
+    try {
+      const repository = await this.repositoryOf(snapshot.tenant_id);
+      return await repository.readManifest(await repository.findSnapshot(snapshot.id));
+    } catch (err) {
+      throw storeError(err);
+    }
   }
 
   /** Counts an operation by result (failures of every kind) and times the ones that succeed. */
@@ -1076,10 +1081,13 @@ function manifestPartOf(part: Uint8Array, storedId: Uint8Array): Uint8Array | { 
 }
 
 /**
- * A blob store that takes no more writes (its disk full, a quota used up, read-only) as RESOURCE_EXHAUSTED with
- * the store's own words (where, and what to do), for the admin who called: the API would otherwise answer
- * "internal error" and leave the reason in the log. Any other error as it is.
+ * A blob store that takes no more writes (its disk full, a quota used up, read-only) as RESOURCE_EXHAUSTED, and
+ * one that did not answer (S3 unreachable, failing with 5xx past its retries) as UNAVAILABLE, each with the
+ * store's own words (where, and what to do), for the admin who called: the API would otherwise answer "internal
+ * error" and leave the reason in the log. Any other error as it is.
  */
 function storeError(err: unknown): unknown {
-  return isRepositoryError(err, "unwritable") ? new ResourceExhaustedError(err.message) : err;
+  if (isRepositoryError(err, "unwritable")) return new ResourceExhaustedError(err.message);
+  if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);
+  return err;
 }

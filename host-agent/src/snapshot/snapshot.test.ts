@@ -24,6 +24,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import {
+  type BlobStore,
   type ChunkSink,
   type ChunkSource,
   checkRepository,
@@ -1205,6 +1206,34 @@ describe("snapshot engine", () => {
     const report = await checkRepository(repository);
     expect(report.ok).toBe(false);
     expect(report.problems.some((p) => p.files?.some((f) => f.path === "data/table.csv"))).toBe(true);
+  });
+
+  it("fails a restore whole, its target emptied, when the store cannot be read, rather than call data damaged", async () => {
+    const { key, created, store } = await snapshotOfWorkspace();
+    // A store that stops answering (S3 unreachable past its retries) once the restore has begun reading packs.
+    let reads = 0;
+    const unreachable: BlobStore = Object.create(store, {
+      getRange: {
+        value: (k: string, offset: number, length: number, into?: Buffer) =>
+          ++reads > 1
+            ? Promise.reject(new Error(`S3 request for ${k} failed: connect ECONNREFUSED 127.0.0.1:9000`))
+            : store.getRange(k, offset, length, into),
+      },
+    });
+    const repository = await Repository.open(unreachable, key);
+    const target = fresh("restored");
+    const restore = restoreSnapshot({
+      snapshotId: created.id,
+      source: await repository.chunkSource(),
+      key,
+      target,
+      pool,
+    }).catch((e: unknown) => e);
+    const failure = await restore;
+    expect(failure).not.toBeInstanceOf(RestoreDamagedError);
+    expect((failure as Error).message).toMatch(/connect ECONNREFUSED/);
+    expect(reads).toBeGreaterThan(1);
+    expect(await readdir(target)).toEqual([]);
   });
 
   it("fails a restore on a damaged index object before it writes anything", async () => {
