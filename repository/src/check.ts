@@ -2,7 +2,7 @@
 // is indexed; and (by default) every chunk of every pack decrypts and hashes to its id. Each problem names
 // the pack, the chunk and the snapshot files it affects.
 import { alignedBuffer, PAGE } from "./aligned-memory.js";
-import { isObjectError } from "./errors.js";
+import { isObjectError, isRepositoryError } from "./errors.js";
 import { acquireLock } from "./lock.js";
 import { openPackTrailer, packKey } from "./pack.js";
 import type { Repository } from "./repository.js";
@@ -226,6 +226,8 @@ async function checkPack(
   verify: CheckOptions["verify"],
 ): Promise<void> {
   if ("error" in read) {
+    // A store that did not answer says nothing of the pack: the check fails rather than report it broken.
+    if (isRepositoryError(read.error, "unavailable")) throw read.error;
     const what = `pack ${short(packId)} cannot be read (${read.error.message})`;
     broken(
       { kind: "pack-unreadable", pack: packId, message: what },

@@ -935,15 +935,20 @@ describe("locks", () => {
     await writer.put([chunk]);
     await writer.commit([sealManifest(key, manifestOf({ f: [chunk] }))], meta);
     const down = new RepositoryError("unavailable", "S3 request failed: connect ECONNREFUSED");
-    for (const prefix of ["snapshots/", "index/", "manifests/"]) {
+    for (const prefix of ["snapshots/", "index/", "manifests/", "data/"]) {
       const outage: BlobStore = Object.create(store, {
         get: { value: (k: string) => (k.startsWith(prefix) ? Promise.reject(down) : store.get(k)) },
+        getRange: {
+          value: (k: string, offset: number, length: number, into?: Buffer) =>
+            k.startsWith(prefix) ? Promise.reject(down) : store.getRange(k, offset, length, into),
+        },
       });
       const opened = await Repository.open(outage, key);
-      // Not "snapshot-unreadable", "index-unreadable" or "manifest-unreadable": nothing is known of the data.
+      // Not "snapshot-unreadable", "index-unreadable", "manifest-unreadable" or "pack-unreadable": nothing is
+      // known of the data.
       await expect(checkRepository(opened), prefix).rejects.toBe(down);
       // And a prune does not take an index it could not read for one it need not keep.
-      await expect(pruneRepository(opened), prefix).rejects.toBe(down);
+      if (prefix !== "data/") await expect(pruneRepository(opened), prefix).rejects.toBe(down);
     }
     expect(await checkRepository(repository)).toMatchObject({ ok: true, snapshots: 1 });
   });
