@@ -277,9 +277,13 @@ export class S3BlobStore implements BlobStore {
     // No answer (refused, reset, timed out) or a 5xx or throttling after the retries: the store's state, not the
     // data's, and the same request may succeed later. Any other answer (400, 416...) stays a plain error.
     if (status === undefined || status >= 500 || status === 429) {
-      return new RepositoryError("unavailable", `${what}; is the store reachable? Try again once it answers`, {
-        cause: err,
-      });
+      return new RepositoryError(
+        "unavailable",
+        `${what}; the store is unreachable or failing: try again once it answers`,
+        {
+          cause: err,
+        },
+      );
     }
     return new Error(what, { cause: err });
   }

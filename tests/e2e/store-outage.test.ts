@@ -70,7 +70,7 @@ describe("a blob store that stops answering", () => {
     const failed = await cp.cli(["snapshot", "restore", id, "--host", agent.hostId, "--target", target]);
     expect(failed.code).not.toBe(0);
     const unavailable =
-      /\[unavailable\] S3 request for s3:\/\/outage\/dumont\/tenants\/admin\/\S* failed: .*is the store reachable\? Try again once it answers/;
+      /\[unavailable\] S3 request for s3:\/\/outage\/dumont\/tenants\/admin\/\S* failed: .*; the store is unreachable or failing: try again once it answers/;
     expect(failed.stderr).toMatch(unavailable);
     expect(await fs.readdir(target).catch(() => [])).toEqual([]);
     const ls = await cp.cli(["snapshot", "ls", id]);
