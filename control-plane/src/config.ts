@@ -2,7 +2,7 @@
 // A bad value stops the program with a message naming the variable and what to do.
 import path from "node:path";
 import { pathToFileURL } from "node:url";
-import { maxAttemptsFromEnv, parseRepositoryUrl, s3EndpointFromEnv } from "@dumont/repository";
+import { maxAttemptsFromEnv, parseRepositoryUrl, type RepositoryLocation, s3EndpointFromEnv } from "@dumont/repository";
 import { hasRetentionRule, type RetentionPolicy } from "@dumont/repository/retention";
 import { z } from "zod";
 import { DEFAULT_RATE_LIMIT } from "./api/rate-limit.js";
@@ -134,7 +134,7 @@ export function loadConfig(
  * the start rather than fail a host's first snapshot.
  */
 function checkBlobStore(url: string, env: NodeJS.ProcessEnv): void {
-  let location: ReturnType<typeof parseRepositoryUrl>;
+  let location: RepositoryLocation;
   try {
     location = parseRepositoryUrl(url);
   } catch (err) {
