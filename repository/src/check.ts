@@ -1,8 +1,9 @@
 // Verifies a repository end to end: every index object, snapshot and manifest opens; every referenced chunk
 // is indexed; and (by default) every chunk of every pack decrypts and hashes to its id. Each problem names
 // the pack, the chunk and the snapshot files it affects.
+import { randomInt } from "node:crypto";
 import { alignedBuffer, PAGE } from "./aligned-memory.js";
-import { isObjectError, isRepositoryError } from "./errors.js";
+import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
 import { acquireLock } from "./lock.js";
 import { openPackTrailer, packKey } from "./pack.js";
 import type { Repository } from "./repository.js";
@@ -38,14 +39,60 @@ export interface CheckReport {
   ok: boolean;
   snapshots: number;
   packs: number;
+  /** Packs whose every chunk was read and checked (all of them, unless structure only or a subset). */
+  packsRead: number;
   chunks: number;
   bytesChecked: number;
   problems: CheckProblem[];
 }
 
+/**
+ * Which packs a check reads, restic's `--read-data-subset`: the n-th of `of` groups, by pack id (so the checks
+ * 1/of, 2/of ... of/of between them read every pack once, and the same group is the same packs while they
+ * stay), or a random share of them, different each check. Either way the structure is checked whole.
+ */
+export type ReadSubset = { group: number; of: number } | { percent: number };
+
+/** "n/t" (1 <= n <= t <= 10000) or "P%" (0 < P <= 100) as a ReadSubset; otherwise an error naming `flag`. */
+export function parseReadSubset(text: string, flag: string): ReadSubset {
+  const group = /^(\d{1,5})\/(\d{1,5})$/.exec(text.trim());
+  if (group) {
+    const [n, t] = [Number(group[1]), Number(group[2])];
+    if (n >= 1 && n <= t && t <= 10_000) return { group: n, of: t };
+  }
+  const percent = /^(\d{1,3}(?:\.\d+)?)%$/.exec(text.trim());
+  if (percent) {
+    const p = Number(percent[1]);
+    if (p > 0 && p <= 100) return { percent: p };
+  }
+  throw new RepositoryError(
+    "invalid-argument",
+    `${flag} ${JSON.stringify(text)} is not a subset of the packs: give n/t (the n-th of t groups, 1 <= n <= t ` +
+      "<= 10000: check 1/5 today, 2/5 tomorrow...) or a percentage (5%: that share, chosen at random)",
+  );
+}
+
+/** The packs `subset` picks, by id; undefined for every pack. */
+function packsToRead(packIds: readonly string[], subset: ReadSubset | undefined): Set<string> | undefined {
+  if (subset === undefined) return undefined;
+  if ("group" in subset) {
+    // Pack ids are SHA-256 hex: their first 32 bits spread evenly over the groups.
+    return new Set(packIds.filter((id) => Number.parseInt(id.slice(0, 8), 16) % subset.of === subset.group - 1));
+  }
+  const count = Math.ceil((packIds.length * subset.percent) / 100);
+  const shuffled = [...packIds];
+  for (let i = shuffled.length - 1; i > 0; i--) {
+    const j = randomInt(i + 1);
+    [shuffled[i], shuffled[j]] = [shuffled[j], shuffled[i]];
+  }
+  return new Set(shuffled.slice(0, count));
+}
+
 export interface CheckOptions {
   /** Read and verify every chunk (default true); false checks only the structure. */
   readData?: boolean;
+  /** Read only these packs (with readData); the structure is checked whole. */
+  readSubset?: ReadSubset;
   /**
    * Hold a shared repository lock meanwhile (default true), as snapshots do: a prune (which takes an exclusive
    * one) then cannot delete packs under the check, which would report them missing. false for a repository
@@ -120,10 +167,13 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
   };
 
   const packs = [...index.packs.values()];
-  const bytesTotal = packs.reduce((sum, p) => sum + p.packSize, 0);
+  const chosen = options.readData === false ? undefined : packsToRead([...index.packs.keys()], options.readSubset);
+  const inScope = (pack: { packId: string }) => chosen === undefined || chosen.has(pack.packId);
+  const bytesTotal = packs.reduce((sum, p) => sum + (inScope(p) ? p.packSize : 0), 0);
   let bytesDone = 0;
   let chunks = 0;
   let packsDone = 0;
+  let packsRead = 0;
   const reads = new PackReads(repository);
   const readable = packs.map((pack) => {
     const size = stored.get(pack.packId);
@@ -139,7 +189,7 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
       );
       return false;
     }
-    return options.readData !== false;
+    return options.readData !== false && inScope(pack);
   });
   // The next pack is read while this one is checked: the read runs on libuv's threads, the check here.
   const next = (from: number): number => {
@@ -149,6 +199,7 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
   };
   let ahead = next(0);
   let reading = ahead < packs.length ? reads.start(packs[ahead]) : undefined;
+  const packsTotal = packs.filter(inScope).length;
   for (let i = 0; i < packs.length; i++) {
     options.signal?.throwIfAborted();
     const pack = packs[i];
@@ -159,9 +210,11 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
       reading = ahead < packs.length ? reads.start(packs[ahead]) : undefined;
       await checkPack(repository, pack.packId, pack.entries, read, problems, broken, options.verify);
       reads.done(read);
+      packsRead++;
     }
+    if (!inScope(pack)) continue;
     bytesDone += pack.packSize;
-    options.onProgress?.({ packsDone: ++packsDone, packsTotal: packs.length, bytesDone, bytesTotal });
+    options.onProgress?.({ packsDone: ++packsDone, packsTotal, bytesDone, bytesTotal });
   }
   if (unnamed.length > 0) {
     const wanted = new Set(unnamed.flatMap((u) => u.ids));
@@ -182,6 +235,7 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
     ok: problems.length === 0,
     snapshots: snapshots.length,
     packs: packs.length,
+    packsRead,
     chunks,
     bytesChecked: options.readData === false ? 0 : bytesDone,
     problems,

@@ -15,6 +15,8 @@ export {
   type CheckReport,
   checkRepository,
   describeFiles,
+  parseReadSubset,
+  type ReadSubset,
 } from "./check.js";
 export {
   type ChunkCodec,

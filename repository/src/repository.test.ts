@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { BlobStore } from "./blob-store.js";
-import { checkRepository } from "./check.js";
+import { checkRepository, parseReadSubset } from "./check.js";
 import { isRepositoryError, RepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
 import { generateRepositoryKey, parseRepositoryKey } from "./key.js";
@@ -924,6 +924,60 @@ describe("locks", () => {
     const locks: string[] = [];
     for await (const info of store.list("locks/")) locks.push(info.key);
     expect(locks).toHaveLength(3);
+  });
+
+  it("reads a subset of the packs: the n-th of t groups by pack id, or a share at random; the structure whole", async () => {
+    const store = openBlobStore(pathToFileURL(join(dir, "subset")).href);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const chunks = Array.from({ length: 12 }, (_, i) => sealed(key, randomBytes(20_000 + i)));
+    const writer = await repository.writer({ packSize: 10_000 }); // a pack a chunk
+    await writer.put(chunks);
+    const files = Object.fromEntries(chunks.map((c, i) => [`f${i}`, [c]]));
+    await writer.commit([sealManifest(key, manifestOf(files))], meta);
+    const whole = await checkRepository(repository);
+    expect(whole.packs).toBeGreaterThan(6);
+    expect(whole.packsRead).toBe(whole.packs);
+    // 1/3, 2/3 and 3/3 between them read every pack once; a group is the same packs each time.
+    const groups = [];
+    for (let n = 1; n <= 3; n++) groups.push(await checkRepository(repository, { readSubset: { group: n, of: 3 } }));
+    expect(groups.reduce((sum, r) => sum + r.packsRead, 0)).toBe(whole.packs);
+    expect(groups.reduce((sum, r) => sum + r.bytesChecked, 0)).toBe(whole.bytesChecked);
+    const again = await checkRepository(repository, { readSubset: { group: 2, of: 3 } });
+    expect(again.bytesChecked).toBe(groups[1].bytesChecked);
+    const quarter = await checkRepository(repository, { readSubset: { percent: 25 } });
+    expect(quarter.packsRead).toBe(Math.ceil(whole.packs / 4));
+    // A damaged pack is found by the group holding it, and by no other.
+    const damaged = [...(await repository.loadIndex()).packs.keys()][0];
+    const bytes = await store.get(packKey(damaged));
+    bytes[100] ^= 0xff;
+    await store.put(packKey(damaged), bytes);
+    const holding = (Number.parseInt(damaged.slice(0, 8), 16) % 3) + 1;
+    for (let n = 1; n <= 3; n++) {
+      const report = await checkRepository(repository, { readSubset: { group: n, of: 3 } });
+      expect(
+        report.problems.map((p) => [p.kind, p.pack]),
+        `group ${n}`,
+      ).toEqual(n === holding ? [["chunk-corrupt", damaged]] : []);
+    }
+    // Structure only reads no pack, whatever else is asked.
+    expect(await checkRepository(repository, { readData: false, readSubset: { percent: 100 } })).toMatchObject({
+      ok: true,
+      packsRead: 0,
+      bytesChecked: 0,
+    });
+  });
+
+  it("parses a subset as n/t or a percentage, and says what to give otherwise", () => {
+    expect(parseReadSubset("1/5", "--read-data-subset")).toEqual({ group: 1, of: 5 });
+    expect(parseReadSubset(" 10000/10000 ", "--read-data-subset")).toEqual({ group: 10_000, of: 10_000 });
+    expect(parseReadSubset("2.5%", "--read-data-subset")).toEqual({ percent: 2.5 });
+    expect(parseReadSubset("100%", "--read-data-subset")).toEqual({ percent: 100 });
+    for (const bad of ["0/5", "6/5", "1/0", "1/10001", "0%", "101%", "5", "-1/5", "1/5%", "", "1e2%"]) {
+      expect(() => parseReadSubset(bad, "--read-data-subset"), bad).toThrow(
+        `--read-data-subset ${JSON.stringify(bad)} is not a subset of the packs: give n/t`,
+      );
+    }
   });
 
   it("fails a check or a prune when the store does not answer, rather than report or act on damage", async () => {

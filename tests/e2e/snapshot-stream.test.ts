@@ -713,6 +713,20 @@ describe("snapshots over the agent stream", () => {
       expect(scraped.samples.filter((s) => Object.values(s.labels).includes(tenant))).toEqual([]);
       // The structure is sound: only reading the data finds it.
       expect(await cli(["snapshot", "check", "--structure-only", "--json"])).toMatchObject({ ok: true });
+      // Half the packs at a time (restic's --read-data-subset): the half holding the damaged pack finds it, and
+      // the two halves between them read every pack once.
+      const halves = [];
+      for (const subset of ["1/2", "2/2"]) {
+        const half = await cp.cli(["snapshot", "check", "--read-data-subset", subset, "--json"]);
+        halves.push({ code: half.code, ...JSON.parse(half.stdout) });
+      }
+      expect(halves.map((h) => h.code).sort()).toEqual([0, 1]);
+      expect(halves.find((h) => !h.ok).problems).toEqual(json.problems);
+      expect(halves[0].bytesChecked + halves[1].bytesChecked).toBe(healthy.bytesChecked);
+      const refused = await cp.cli(["snapshot", "check", "--read-data-subset", "3/2"]);
+      expect(refused.stderr).toMatch(
+        /\[invalid_argument\] read_data_subset "3\/2" is not a subset of the packs: give n\/t/,
+      );
       await handle.write(byte, 0, 1, 100);
     } finally {
       await handle.close();

@@ -4,7 +4,14 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { AGENT_CAPABILITIES, api } from "@dumont/proto";
-import { diffManifests, hasRetentionRule, type ManifestEntry, selectIncluded } from "@dumont/repository";
+import {
+  diffManifests,
+  hasRetentionRule,
+  type ManifestEntry,
+  parseReadSubset,
+  type ReadSubset,
+  selectIncluded,
+} from "@dumont/repository";
 import { checkExcludePatterns, checkPathPatterns, nothingIncluded } from "@dumont/repository/path-patterns";
 import type { SessionRegistry } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
@@ -187,10 +194,11 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     },
 
     async *checkSnapshots(req, ctx) {
+      const readSubset = readSubsetOf(req);
       const start = async (report: (p: TransferProgress) => void) => {
         const who = await admin(ctx);
         const tenants = await snapshotTenants(deps.db, tenantScope(who));
-        return () => checkTenants(deps.snapshots, tenants, !req.structureOnly, report);
+        return () => checkTenants(deps.snapshots, tenants, { readData: !req.structureOnly, readSubset }, report);
       };
       for await (const event of withProgress(start)) {
         yield create(api.CheckSnapshotsEventSchema, {
@@ -291,10 +299,24 @@ async function resolveSnapshotIds(
 }
 
 /** Checks each tenant's repository in turn; one report, each problem naming its tenant. */
+/** read_data_subset parsed (undefined when empty), or INVALID_ARGUMENT naming the field and what to give. */
+function readSubsetOf(req: api.CheckSnapshotsRequest): ReadSubset | undefined {
+  if (req.readDataSubset === "") return undefined;
+  checkText("read_data_subset", req.readDataSubset, 16);
+  if (req.structureOnly) {
+    throw new InvalidArgumentError("read_data_subset reads some packs, structure_only none: set one of them");
+  }
+  try {
+    return parseReadSubset(req.readDataSubset, "read_data_subset");
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
 async function checkTenants(
   snapshots: SnapshotCoordinator,
   tenants: string[],
-  readData: boolean,
+  reading: { readData: boolean; readSubset: ReadSubset | undefined },
   report: (p: TransferProgress) => void,
 ): Promise<api.CheckReport> {
   const out = create(api.CheckReportSchema, { ok: true });
@@ -302,7 +324,7 @@ async function checkTenants(
   let before = 0;
   for (const tenantId of tenants) {
     const r = await snapshots.check(tenantId, {
-      readData,
+      ...reading,
       onProgress: (p) => report({ bytesDone: before + p.bytesDone, bytesTotal: before + p.bytesTotal }),
     });
     before += r.bytesChecked;

@@ -190,12 +190,21 @@ export function registerSnapshotCommands(program: Command): void {
         "non-zero naming what is broken and the files it breaks",
     )
     .option("--structure-only", "skip reading the packs (no chunk hashes checked)")
+    .option(
+      "--read-data-subset <subset>",
+      "read only some packs of each tenant, as restic's: n/t reads the n-th of t groups by pack id (1/5 today, " +
+        "2/5 tomorrow... covers every pack), a percentage (5%) that share at random; the structure is checked whole",
+      once("--read-data-subset", nonEmpty("--read-data-subset", "n/t or a percentage, e.g. 1/5 or 5%")),
+    )
     .option("--json", "print the report as JSON")
     .action(async (opts, cmd: Command) => {
       const report = await follow<api.CheckReport>(
         "check",
         opts.json === true,
-        apiClients(apiOpts(cmd)).snapshots.checkSnapshots({ structureOnly: opts.structureOnly === true }),
+        apiClients(apiOpts(cmd)).snapshots.checkSnapshots({
+          structureOnly: opts.structureOnly === true,
+          readDataSubset: opts.readDataSubset ?? "",
+        }),
       );
       const out = {
         ok: report.ok,
@@ -217,7 +226,8 @@ export function registerSnapshotCommands(program: Command): void {
       else if (out.ok) {
         process.stdout.write(
           `no problems: ${counted(out.snapshots, "snapshot")}, ${counted(out.packs, "pack")}, ${counted(out.chunks, "chunk")}` +
-            `${opts.structureOnly ? "" : `, ${formatBytes(out.bytesChecked)} verified`}\n`,
+            `${opts.structureOnly ? "" : `, ${formatBytes(out.bytesChecked)} verified`}` +
+            `${opts.readDataSubset ? ` (subset ${opts.readDataSubset} of each tenant's packs)` : ""}\n`,
         );
       } else for (const p of out.problems) process.stderr.write(`${p.message}\n`);
       if (!out.ok) {

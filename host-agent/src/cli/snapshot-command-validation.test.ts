@@ -73,6 +73,16 @@ describe("dumont-agent snapshot: bad flags", () => {
     ]),
     ["--keep-daily twice", () => forget("--keep-daily", "7", "--keep-daily", "1"), /--keep-daily was given twice/],
     ["an empty --workspace to forget", () => forget("--keep-last", "1", "--workspace", ""), /--workspace is empty/],
+    [
+      "a --read-data-subset that names no subset",
+      () => ["check", "--repo", repo, "--key-file", key, "--read-data-subset", "6/5"],
+      /--read-data-subset "6\/5" is not a subset of the packs: give n\/t \(the n-th of t groups/,
+    ],
+    [
+      "--read-data-subset with --structure-only",
+      () => ["check", "--repo", repo, "--key-file", key, "--read-data-subset", "1/5", "--structure-only"],
+      /--read-data-subset reads some packs, --structure-only none: give one of them/,
+    ],
   ];
 
   it.each(cases)("refuses %s", async (_, args, message) => {

@@ -79,6 +79,9 @@ describe("dumont-agent snapshot", () => {
 
     expect((await run("snapshot", "check", ...common)).out).toMatch(/^no problems: 2 snapshots, 1 pack, 1 chunk, /);
     expect((await run("snapshot", "check", ...common, "--no-lock")).out).toMatch(/^no problems/);
+    expect((await run("snapshot", "check", ...common, "--read-data-subset", "1/1")).out).toMatch(
+      /^no problems: 2 snapshots, 1 pack, 1 chunk, \d+ B verified \(subset 1\/1: 1 pack read\)\n$/,
+    );
     expect(await readdir(join(root, "repo", "locks"))).toEqual([]); // the check's shared lock is gone
     // Counts with nouns that agree: one snapshot, no packs.
     const dry = await run("snapshot", "forget", ...common, "--keep-last", "1", "--prune", "--dry-run");

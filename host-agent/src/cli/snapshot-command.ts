@@ -18,8 +18,10 @@ import {
   listingLine,
   nothingIncluded,
   ProgressMeter,
+  parseReadSubset,
   parseRepositoryKey,
   pruneRepository,
+  type ReadSubset,
   type RetentionPolicy,
   roundSeconds,
   selectIncluded,
@@ -49,6 +51,9 @@ const ID_HELP = "snapshot id, a unique prefix of it (at least 4 characters), or 
 const INCLUDE_HELP =
   'restore only what matches this pattern (gitignore syntax, relative to the snapshot\'s directory: "models/", ' +
   '"*.pt"; repeat for more), with the directories holding it';
+const READ_SUBSET_HELP =
+  "read only some packs, as restic's: n/t reads the n-th of t groups by pack id (1/5 today, 2/5 tomorrow... " +
+  "covers every pack), a percentage (5%) that share at random; the structure is checked whole";
 const KEY_HELP =
   "file holding the repository key: 32 random bytes as 64 hex characters or base64 (default: DUMONT_REPO_KEY)";
 
@@ -298,15 +303,22 @@ export function registerSnapshotCommands(program: Command): void {
     .addOption(keyFileOption())
     .option("--json", "print the report as JSON and no progress")
     .option("--structure-only", "skip reading the packs (no chunk hashes checked)")
+    .option(
+      "--read-data-subset <subset>",
+      READ_SUBSET_HELP,
+      once("--read-data-subset", "n/t or a percentage, e.g. 1/5 or 5%"),
+    )
     .option("--no-lock", "take no lock (for a repository you may only read); a prune may then run meanwhile")
-    .action((opts: RepoOptions & { structureOnly?: boolean; lock: boolean }) =>
+    .action((opts: RepoOptions & { structureOnly?: boolean; readDataSubset?: string; lock: boolean }) =>
       withFriendlyErrors(opts, async () => {
+        const readSubset = checkedReadSubset(opts.readDataSubset, opts.structureOnly);
         const key = await loadKey(opts);
         const meter = ProgressMeter.forStderr("check", opts.json === true);
         const report = await interruptible("the check stopped before it finished; it changes nothing", (signal) =>
           withDirectRepository({ repo: opts.repo, key }, (r) =>
             checkRepository(r, {
               readData: !opts.structureOnly,
+              readSubset,
               lock: opts.lock,
               onProgress: (p) => meter?.update(p.bytesDone, p.bytesTotal),
               signal,
@@ -315,10 +327,13 @@ export function registerSnapshotCommands(program: Command): void {
         ).finally(() => meter?.finish());
         if (opts.json) print(report);
         else if (report.ok) {
+          const subset = readSubset
+            ? ` (subset ${opts.readDataSubset}: ${counted(report.packsRead, "pack")} read)`
+            : "";
           process.stdout.write(
             `no problems: ${counted(report.snapshots, "snapshot")}, ${counted(report.packs, "pack")}, ` +
               `${counted(report.chunks, "chunk")}` +
-              `${opts.structureOnly ? "" : `, ${formatBytes(report.bytesChecked)} verified`}\n`,
+              `${opts.structureOnly ? "" : `, ${formatBytes(report.bytesChecked)} verified${subset}`}\n`,
           );
         } else {
           for (const p of report.problems) process.stderr.write(`${p.message}\n`);
@@ -405,6 +420,15 @@ export function registerSnapshotCommands(program: Command): void {
           }
         }),
     );
+}
+
+/** --read-data-subset parsed, refused beside --structure-only (which reads no pack at all). */
+function checkedReadSubset(text: string | undefined, structureOnly: boolean | undefined): ReadSubset | undefined {
+  if (text === undefined) return undefined;
+  if (structureOnly) {
+    throw new Error("--read-data-subset reads some packs, --structure-only none: give one of them");
+  }
+  return parseReadSubset(text, "--read-data-subset");
 }
 
 async function loadKey(opts: KeyOptions): Promise<Buffer> {
