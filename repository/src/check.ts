@@ -39,7 +39,10 @@ export interface CheckReport {
   ok: boolean;
   snapshots: number;
   packs: number;
-  /** Packs whose every chunk was read and checked (all of them, unless structure only or a subset). */
+  /**
+   * Packs read and checked, chunk by chunk (every pack, unless structure only or a subset); one that could not
+   * be read counts too, and is a problem.
+   */
   packsRead: number;
   chunks: number;
   bytesChecked: number;
@@ -76,7 +79,7 @@ export function parseReadSubset(text: string, flag: string): ReadSubset {
 function packsToRead(packIds: readonly string[], subset: ReadSubset | undefined): Set<string> | undefined {
   if (subset === undefined) return undefined;
   if ("group" in subset) {
-    // Pack ids are SHA-256 hex: their first 32 bits spread evenly over the groups.
+    // Pack ids are 32 random bytes in hex (newPackId): their first 32 bits spread evenly over the groups.
     return new Set(packIds.filter((id) => Number.parseInt(id.slice(0, 8), 16) % subset.of === subset.group - 1));
   }
   const count = Math.ceil((packIds.length * subset.percent) / 100);

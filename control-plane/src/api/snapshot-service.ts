@@ -298,7 +298,6 @@ async function resolveSnapshotIds(
   return [...rows.values()];
 }
 
-/** Checks each tenant's repository in turn; one report, each problem naming its tenant. */
 /** read_data_subset parsed (undefined when empty), or INVALID_ARGUMENT naming the field and what to give. */
 function readSubsetOf(req: api.CheckSnapshotsRequest): ReadSubset | undefined {
   if (req.readDataSubset === "") return undefined;
@@ -313,6 +312,7 @@ function readSubsetOf(req: api.CheckSnapshotsRequest): ReadSubset | undefined {
   }
 }
 
+/** Checks each tenant's repository in turn; one report, each problem naming its tenant. */
 async function checkTenants(
   snapshots: SnapshotCoordinator,
   tenants: string[],
