@@ -73,9 +73,16 @@ describe("a blob store that stops answering", () => {
       /\[unavailable\] S3 request for s3:\/\/outage\/dumont\/tenants\/admin\/\S* failed: .*; the store is unreachable or failing: try again once it answers/;
     expect(failed.stderr).toMatch(unavailable);
     expect(await fs.readdir(target).catch(() => [])).toEqual([]);
-    const ls = await cp.cli(["snapshot", "ls", id]);
-    expect({ code: ls.code, stdout: ls.stdout }).toEqual({ code: 1, stdout: "" });
-    expect(ls.stderr).toMatch(unavailable);
+    // Every call that needs the store says so: a listing of its files, a forget, a check.
+    for (const args of [
+      ["snapshot", "ls", id],
+      ["snapshot", "forget", "--keep-last", "1", "--dry-run"],
+      ["snapshot", "check", "--structure-only"],
+    ]) {
+      const res = await cp.cli(args);
+      expect({ code: res.code, stdout: res.stdout }, args.join(" ")).toEqual({ code: 1, stdout: "" });
+      expect(res.stderr, args.join(" ")).toMatch(unavailable);
+    }
     // Nothing the control plane did not expect: no "internal error" in its log.
     expect(cp.log()).not.toMatch(/unexpected error/);
   });

@@ -303,8 +303,12 @@ export class SnapshotCoordinator {
     const { tenantId } = req;
     const repository = () => this.repositoryOf(tenantId);
     if (!req.prune || req.dryRun) {
-      const result = await this.forgetIn(await repository(), req);
-      return req.prune ? { ...result, prune: await pruneRepository(await repository(), { dryRun: true }) } : result;
+      try {
+        const result = await this.forgetIn(await repository(), req);
+        return req.prune ? { ...result, prune: await pruneRepository(await repository(), { dryRun: true }) } : result;
+      } catch (err) {
+        throw storeError(err);
+      }
     }
     // Checked and claimed before the first await, so no snapshot starts between the check and the prune.
     const busy = this.running.get(tenantId) ?? 0;
