@@ -58,12 +58,13 @@ export type ReadSubset = { group: number; of: number } | { percent: number };
 
 /** "n/t" (1 <= n <= t <= 10000) or "P%" (0 < P <= 100) as a ReadSubset; otherwise an error naming `flag`. */
 export function parseReadSubset(text: string, flag: string): ReadSubset {
-  const group = /^(\d{1,5})\/(\d{1,5})$/.exec(text.trim());
+  const trimmed = text.trim();
+  const group = /^(\d{1,5})\/(\d{1,5})$/.exec(trimmed);
   if (group) {
     const [n, t] = [Number(group[1]), Number(group[2])];
     if (n >= 1 && n <= t && t <= 10_000) return { group: n, of: t };
   }
-  const percent = /^(\d{1,3}(?:\.\d+)?)%$/.exec(text.trim());
+  const percent = /^(\d{1,3}(?:\.\d+)?)%$/.exec(trimmed);
   if (percent) {
     const p = Number(percent[1]);
     if (p > 0 && p <= 100) return { percent: p };

@@ -60,6 +60,17 @@ export function flagParsers(InvalidArgument: new (message: string) => Error) {
   };
 }
 
+/**
+ * `--read-data-subset`'s help after "read only some packs" (and, through the control plane, "of each tenant"),
+ * and what it takes, as both `check` commands say them.
+ */
+export const READ_DATA_SUBSET = {
+  help:
+    "as restic's: n/t reads the n-th of t groups by pack id (1/5 today, 2/5 tomorrow... covers every pack), a " +
+    "percentage (5%) that share at random; the structure is checked whole",
+  what: "n/t or a percentage, e.g. 1/5 or 5%",
+};
+
 /** A repeatable option's values, in order. */
 export function collect(value: string, all: string[]): string[] {
   return [...all, value];

@@ -187,13 +187,14 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
           resticFulls.push(await timed("restic", ["backup", "--quiet", resticCorpus.root], restic.env));
         }
       }
-      storedFull = await dirSize(repoDir);
-      if (restic) resticStoredFull = await dirSize(restic.repo);
-      // What each full run's repository holds, so each incremental's additions can be told.
+      // What each full run's repository holds, so each incremental's additions can be told; the last run's
+      // ("dumont-repo", restic's last) is the full backup's figure.
       const fullSizes: number[] = [];
       for (let i = 1; i <= runs; i++) fullSizes.push(await dirSize(fileURLToPath(engineArgs(i).repo)));
       const resticFullSizes: number[] = [];
       for (const repo of resticRepos) resticFullSizes.push(await dirSize(repo.repo));
+      storedFull = fullSizes[runs - 1];
+      resticStoredFull = resticFullSizes.at(-1) ?? 0;
       if (stream) {
         log("dumont through the control plane: full snapshot");
         await settle(corpus.root);

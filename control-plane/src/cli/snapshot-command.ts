@@ -2,7 +2,7 @@
 // forget. Create and restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent
 // works.
 import { api } from "@dumont/proto";
-import { collect, flagParsers } from "@dumont/repository/cli-flags";
+import { collect, flagParsers, READ_DATA_SUBSET } from "@dumont/repository/cli-flags";
 import { counted } from "@dumont/repository/counted";
 import { type ListedEntry, listingLine, withOwnerAndTarget } from "@dumont/repository/listing";
 import {
@@ -192,9 +192,8 @@ export function registerSnapshotCommands(program: Command): void {
     .option("--structure-only", "skip reading the packs (no chunk hashes checked)")
     .option(
       "--read-data-subset <subset>",
-      "read only some packs of each tenant, as restic's: n/t reads the n-th of t groups by pack id (1/5 today, " +
-        "2/5 tomorrow... covers every pack), a percentage (5%) that share at random; the structure is checked whole",
-      once("--read-data-subset", nonEmpty("--read-data-subset", "n/t or a percentage, e.g. 1/5 or 5%")),
+      `read only some packs of each tenant, ${READ_DATA_SUBSET.help}`,
+      once("--read-data-subset", nonEmpty("--read-data-subset", READ_DATA_SUBSET.what)),
     )
     .option("--json", "print the report as JSON")
     .action(async (opts, cmd: Command) => {

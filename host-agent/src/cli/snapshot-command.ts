@@ -27,7 +27,7 @@ import {
   selectIncluded,
   table,
 } from "@dumont/repository";
-import { collect, flagParsers } from "@dumont/repository/cli-flags";
+import { collect, flagParsers, READ_DATA_SUBSET } from "@dumont/repository/cli-flags";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import {
   createDirectSnapshot,
@@ -51,9 +51,6 @@ const ID_HELP = "snapshot id, a unique prefix of it (at least 4 characters), or 
 const INCLUDE_HELP =
   'restore only what matches this pattern (gitignore syntax, relative to the snapshot\'s directory: "models/", ' +
   '"*.pt"; repeat for more), with the directories holding it';
-const READ_SUBSET_HELP =
-  "read only some packs, as restic's: n/t reads the n-th of t groups by pack id (1/5 today, 2/5 tomorrow... " +
-  "covers every pack), a percentage (5%) that share at random; the structure is checked whole";
 const KEY_HELP =
   "file holding the repository key: 32 random bytes as 64 hex characters or base64 (default: DUMONT_REPO_KEY)";
 
@@ -305,8 +302,8 @@ export function registerSnapshotCommands(program: Command): void {
     .option("--structure-only", "skip reading the packs (no chunk hashes checked)")
     .option(
       "--read-data-subset <subset>",
-      READ_SUBSET_HELP,
-      once("--read-data-subset", "n/t or a percentage, e.g. 1/5 or 5%"),
+      `read only some packs, ${READ_DATA_SUBSET.help}`,
+      once("--read-data-subset", READ_DATA_SUBSET.what),
     )
     .option("--no-lock", "take no lock (for a repository you may only read); a prune may then run meanwhile")
     .action((opts: RepoOptions & { structureOnly?: boolean; readDataSubset?: string; lock: boolean }) =>
