@@ -94,6 +94,7 @@ export interface CreateSnapshotResult {
   seconds: number;
   /** Bytes of all regular files in the snapshot. */
   bytesTotal: number;
+  /** Files read: a hard-linked file once, whatever number of paths name it. */
   filesRead: number;
   filesUnchanged: number;
   skipped: SkippedEntry[];
@@ -156,10 +157,24 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     const known = new Int32Array(entries.length).fill(-1);
     const workAt = new Int32Array(entries.length).fill(-1);
     const reading: FileWork[] = [];
+    // Hard links: a file listed under several paths (a conda environment's files are links into its package
+    // cache) is read once, under its first path; the others share its FileWork (`sharing`). Where that read
+    // fails, each of the others is read on its own below: the file may still be there under its other names.
+    const workOfInode = new Map<string, number>();
+    const sharing: number[] = [];
     const readEntry = (e: number): void => {
+      const entry = entries[e];
       known[e] = -1;
+      const inode = entry.nlink > 1 ? `${entry.dev}:${entry.ino}` : undefined;
+      const shared = inode === undefined ? undefined : workOfInode.get(inode);
+      if (shared !== undefined && sameInodeState(reading[shared].entry, entry)) {
+        workAt[e] = shared;
+        sharing.push(e);
+        return;
+      }
+      if (inode !== undefined) workOfInode.set(inode, reading.length);
       workAt[e] = reading.length;
-      reading.push({ entry: entries[e], first: 0, count: 0, segments: 0, position: 0 });
+      reading.push({ entry, first: 0, count: 0, segments: 0, position: 0 });
     };
     for (let e = 0; e < entries.length; e++) {
       const entry = entries[e];
@@ -189,6 +204,13 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     options.onProgress?.({ bytesRead: 0, bytesToRead });
     const progress = () => options.onProgress?.({ bytesRead: stats.bytesRead, bytesToRead });
     await pipeline.run(reading, options.signal, progress).finally(() => pipeline.close());
+    // A path that shared a read which failed gets a read of its own, in the pass below, from a fresh lstat of
+    // it: the first path may have been removed or replaced while this one still names the file.
+    for (const e of sharing) {
+      if (!reading[workAt[e]].failed) continue;
+      workAt[e] = reading.length;
+      reading.push({ entry: entries[e], first: 0, count: 0, segments: 0, position: 0, failed: CHANGED });
+    }
     // A file that changed while it was read (a checkpoint being rewritten, a log cut short) is read once more,
     // as it is now: left out, a restore would not have it at all.
     const again = await rereadable(
@@ -220,7 +242,8 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     // ~5 µs slower to build and its JSON slower to write. Same keys, same order.
     function* manifestEntries(): Generator<ManifestEntry> {
       // Hard links: the first path of each (dev, ino) with more than one link, and its chunks; a later entry of
-      // the same file with the same chunks names it (linkOf). Read twice, a file that changed in between is two.
+      // the same file with the same chunks names it (linkOf). Read apart (its first read failed) and changed in between,
+      // a file is two.
       const firstOf = new Map<string, { path: string; chunks: string[] }>();
       const linkOf = (x: SourceEntry, chunks: string[]): string | undefined => {
         if (x.nlink < 2) return undefined;
@@ -449,6 +472,11 @@ function listedSkip({ path, reason }: SkippedEntry): SkippedEntry {
 }
 
 const CHANGED_TWICE = "it changed while it was being read, twice";
+
+/** Whether two listed paths of one inode were listed in the same state (not changed between their lstats). */
+function sameInodeState(a: SourceEntry, b: SourceEntry): boolean {
+  return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
+}
 
 function sameChunks(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((id, i) => id === b[i]);

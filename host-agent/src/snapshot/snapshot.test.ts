@@ -17,6 +17,7 @@ import {
   rename,
   rm,
   symlink,
+  unlink,
   utimes,
   writeFile,
 } from "node:fs/promises";
@@ -253,6 +254,8 @@ describe("snapshot engine", () => {
     const key = generateRepositoryKey();
     const repo = pathToFileURL(fresh("repo")).href;
     const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    // Each file read once, whatever number of paths name it.
+    expect(created).toMatchObject({ files: 6, filesRead: 3, bytesRead: lib.length + 9 + 11 });
     const { repository } = await Repository.openOrInit(openBlobStore(repo), key);
     const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
     const links = manifest.entries.flatMap((e) => (e.type === "file" && e.linkOf ? [[e.path, e.linkOf]] : []));
@@ -284,6 +287,42 @@ describe("snapshot engine", () => {
     expect((await readFile(join(part, "pkgs", "libtorch.so"))).equals(lib)).toBe(true);
     expect((await lstat(join(part, "pkgs", "libtorch.so"))).nlink).toBe(1);
     expect(await readFile(join(part, "pkgs", "small.py"), "utf8")).toBe("print(1)\n");
+  });
+
+  it("reads a hard-linked file under its other paths when its first path is gone before it is read", async () => {
+    const source = fresh("src");
+    await mkdir(join(source, "pkgs"), { recursive: true });
+    await mkdir(join(source, "env"), { recursive: true });
+    const lib = seeded(700_000, "linked-gone");
+    await writeFile(join(source, "env", "lib.so"), lib);
+    await link(join(source, "env", "lib.so"), join(source, "pkgs", "lib.so"));
+    await link(join(source, "env", "lib.so"), join(source, "pkgs", "lib.so.1"));
+    const listing = await listSnapshotSource(source);
+    await unlink(join(source, "env", "lib.so")); // listed first; the other two share its read
+
+    const key = generateRepositoryKey();
+    const { repo, repository, writer } = await freshWriter(key);
+    const meta = { workspace: "w", epoch: 0, tenant: "t" };
+    const created = await createSnapshot({
+      source,
+      listing: Promise.resolve(listing),
+      sink: writer,
+      key,
+      meta,
+      pool,
+      ...SMALL,
+    });
+    expect(created.skipped.map((s) => s.path)).toEqual(["env/lib.so"]);
+    expect(created.files).toBe(2);
+    const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
+    expect(manifest.entries.flatMap((e) => (e.type === "file" ? [[e.path, e.linkOf]] : []))).toEqual([
+      ["pkgs/lib.so", undefined],
+      ["pkgs/lib.so.1", "pkgs/lib.so"],
+    ]);
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect((await readFile(join(target, "pkgs", "lib.so"))).equals(lib)).toBe(true);
+    expect((await lstat(join(target, "pkgs", "lib.so.1"))).ino).toBe((await lstat(join(target, "pkgs", "lib.so"))).ino);
   });
 
   // Two filesystems (link(2) across them is EXDEV): the temporary directory and /dev/shm, where they differ.
