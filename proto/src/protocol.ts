@@ -12,6 +12,8 @@ export const AGENT_CAPABILITIES = {
   snapshotExclude: "snapshot.exclude",
   /** Restore.include. */
   restoreInclude: "restore.include",
+  /** Restore.no_owners. */
+  restoreNoOwners: "restore.no-owners",
   /** Manifests in parts: ManifestPart, TakeSnapshot.max_manifest_parts, Restore.manifest_parts. */
   manifestParts: "manifest.parts",
   /** OpenDownloads, and the Downloads stream: restores on a connection of their own. */

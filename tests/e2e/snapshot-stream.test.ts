@@ -360,6 +360,36 @@ describe("snapshots over the agent stream", () => {
     ).rejects.toThrow(/invalid_argument.*exclude\[1\] \("a\\nb"\) holds a line break/);
   });
 
+  it.runIf(process.geteuid?.() === 0)(
+    "gives the recorded owners back as root, and with --no-owners leaves everything the agent's",
+    async () => {
+      const dir = path.join(root, "workspace-owned");
+      await makeWorkspace(dir, 16 * 1024);
+      await fs.lchown(path.join(dir, "src/train.py"), 1234, 2345);
+      await fs.lchown(path.join(dir, "link-to-train"), 1234, 2345);
+      await ageFiles(dir);
+      const snap = await snapshotOf(dir);
+      const ownerOf = async (at: string) => {
+        const st = await fs.lstat(at);
+        return [st.uid, st.gid];
+      };
+
+      const kept = path.join(root, "restored-owned");
+      await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", kept, "--json"]);
+      expect(await ownerOf(path.join(kept, "src/train.py"))).toEqual([1234, 2345]);
+      expect(await ownerOf(path.join(kept, "link-to-train"))).toEqual([1234, 2345]);
+      expect(await describeTree(kept)).toEqual(await describeTree(dir));
+
+      const mine = path.join(root, "restored-unowned");
+      await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", mine, "--no-owners", "--json"]);
+      expect(await ownerOf(path.join(mine, "src/train.py"))).toEqual([0, 0]);
+      expect(await ownerOf(path.join(mine, "link-to-train"))).toEqual([0, 0]);
+      expect(await fs.readFile(path.join(mine, "src/train.py"))).toEqual(
+        await fs.readFile(path.join(dir, "src/train.py")),
+      );
+    },
+  );
+
   it("refuses --exclude and --include for a host whose agent does not announce them, before anything runs", async () => {
     // An agent of before those fields would ignore them: snapshot everything, restore everything. Played here
     // by a bare gRPC client holding a real enrolled identity, whose Hello announces no capabilities.
@@ -377,6 +407,9 @@ describe("snapshots over the agent stream", () => {
       await expect(
         snapshotsApi.restoreSnapshot({ snapshotId: snap.id, hostId, target: "/srv/restored", include: ["src/"] }),
       ).rejects.toThrow(/failed_precondition.*runs an agent too old to restore only what --include names/);
+      await expect(
+        snapshotsApi.restoreSnapshot({ snapshotId: snap.id, hostId, target: "/srv/restored", noOwners: true }),
+      ).rejects.toThrow(/failed_precondition.*runs an agent too old to leave the recorded owners out \(--no-owners\)/);
       // A snapshot whose manifest is in parts: an older agent would take the last part for the whole.
       const parted = await snapshotOf(await manyFilesTree());
       await expect(

@@ -89,8 +89,17 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       );
     }
     if (include.length > 0) session.require(AGENT_CAPABILITIES.restoreInclude, "restore only what --include names");
+    if (req.noOwners)
+      session.require(AGENT_CAPABILITIES.restoreNoOwners, "leave the recorded owners out (--no-owners)");
     return async () => {
-      const result = await deps.snapshots.restore({ session, snapshot, target: req.target, include, onProgress });
+      const result = await deps.snapshots.restore({
+        session,
+        snapshot,
+        target: req.target,
+        include,
+        noOwners: req.noOwners,
+        onProgress,
+      });
       return create(api.RestoreSnapshotResponseSchema, {
         files: BigInt(result.files),
         bytesWritten: BigInt(result.bytesWritten),

@@ -158,6 +158,10 @@ export function registerSnapshotCommands(program: Command): void {
       once("--target", absolute("--target")),
     )
     .option("--include <pattern>", INCLUDE_HELP, collect, [])
+    .option(
+      "--no-owners",
+      "leave everything owned by the agent's user (an agent running as root gives the recorded owners back)",
+    )
     .option("--json", "print JSON")
     .action(async (snapshotId: string, opts, cmd: Command) => {
       checkSnapshotIds("SNAPSHOT_ID", [snapshotId]);
@@ -170,6 +174,8 @@ export function registerSnapshotCommands(program: Command): void {
           hostId: opts.host,
           target: opts.target,
           include,
+          // Commander sets `owners` false for --no-owners.
+          noOwners: opts.owners === false,
         }),
       );
       const out = {

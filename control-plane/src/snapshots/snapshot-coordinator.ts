@@ -111,6 +111,8 @@ export interface RestoreRequest {
   target: string;
   /** Checked patterns (checkPathPatterns): restore only what they match. */
   include?: string[];
+  /** Leave everything owned by the agent's user (Restore.no_owners). */
+  noOwners?: boolean;
   onProgress?: (progress: TransferProgress) => void;
 }
 
@@ -830,6 +832,7 @@ export class SnapshotCoordinator {
                 tenantKey: key,
                 epoch: BigInt(req.snapshot.epoch),
                 include: req.include ?? [],
+                noOwners: req.noOwners ?? false,
               },
             },
           }),

@@ -324,6 +324,8 @@ export class SnapshotCommands {
           key: Buffer.from(cmd.tenantKey),
           target: cmd.target,
           include: cmd.include,
+          // Recorded owners given back where this agent may (as root), unless the restore asks for none.
+          owners: cmd.noOwners ? false : undefined,
           // A workspace's links out of it (a virtualenv's bin/python -> /usr/bin/python3) come back with it
           // when a job moves: a restore creates links and never follows one, and refusing them refused the
           // whole restore. Direct mode leaves this to the operator (--allow-external-symlinks).
