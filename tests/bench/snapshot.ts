@@ -33,6 +33,7 @@ import {
   type EngineRun,
   engine,
   type ResticRepo,
+  ratio,
   resticInit,
   resticVersion,
   round,
@@ -332,7 +333,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               seconds: round(viaStream.full.seconds),
               throughputMBps: round(corpus.bytes / MB / viaStream.full.seconds),
               bytesStored: viaStream.storedFull,
-              vsDirect: round(full.seconds / viaStream.full.seconds),
+              vsDirect: ratio(full.seconds, viaStream.full.seconds),
               cpuSeconds: viaStream.full.cpuSeconds,
               agentCpuVsDirect: round(full.cpuSeconds / viaStream.full.cpuSeconds.agent),
             },
@@ -346,7 +347,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               seconds: round(viaStream.restore.seconds),
               runs: viaStream.restores.map((r) => round(r.seconds)),
               throughputMBps: round(corpus.bytes / MB / viaStream.restore.seconds),
-              vsDirect: round(restore.seconds / viaStream.restore.seconds),
+              vsDirect: ratio(restore.seconds, viaStream.restore.seconds),
               cpuSeconds: viaStream.restore.cpuSeconds,
               agentCpuVsDirect: round(restore.cpuSeconds / viaStream.restore.cpuSeconds.agent),
               byteForByte: viaStream.restoredOk,
@@ -392,11 +393,11 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     const ratios =
       resticRan !== undefined
         ? {
-            fullThroughput: round(dumont.full.throughputMBps / resticRan.full.throughputMBps),
-            incrementalBytesAdded: round(dumont.incremental.bytesAdded / resticRan.incremental.bytesAdded),
-            incrementalTime: round(dumont.incremental.seconds / resticRan.incremental.seconds),
-            restoreThroughput: round(dumont.restore.throughputMBps / resticRan.restore.throughputMBps),
-            bytesStoredFull: round(dumont.full.bytesStored / resticRan.full.bytesStored),
+            fullThroughput: ratio(dumont.full.throughputMBps, resticRan.full.throughputMBps),
+            incrementalBytesAdded: ratio(dumont.incremental.bytesAdded, resticRan.incremental.bytesAdded),
+            incrementalTime: ratio(dumont.incremental.seconds, resticRan.incremental.seconds),
+            restoreThroughput: ratio(dumont.restore.throughputMBps, resticRan.restore.throughputMBps),
+            bytesStoredFull: ratio(dumont.full.bytesStored, resticRan.full.bytesStored),
           }
         : null;
     return {
@@ -741,7 +742,7 @@ function versusDirect(direct: EngineRun, stream: StreamRun) {
   return {
     directSeconds: round(direct.seconds),
     streamSeconds: round(stream.seconds),
-    vsDirect: round(direct.seconds / stream.seconds),
+    vsDirect: ratio(direct.seconds, stream.seconds),
     directCpuSeconds: round(direct.cpuSeconds),
     cpuSeconds: stream.cpuSeconds,
   };

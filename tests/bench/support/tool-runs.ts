@@ -145,3 +145,11 @@ export function runProcess(
 export function round(n: number): number {
   return Math.round(n * 100) / 100;
 }
+
+/**
+ * a / b to three places, for the figures the snapshot issue's targets are judged on: at two, 34.15 MB against
+ * restic's 30.92 (1.104) read 1.10 and passed a line at 1.1.
+ */
+export function ratio(a: number, b: number): number {
+  return Math.round((a / b) * 1000) / 1000;
+}
