@@ -379,6 +379,7 @@ class StagedFileWriter implements BlobWriter {
   private inFlight: Promise<void> = Promise.resolve();
   private failure: Error | undefined;
   private done = false;
+  private released = false;
 
   constructor(
     private handle: FileHandle,
@@ -424,6 +425,9 @@ class StagedFileWriter implements BlobWriter {
     try {
       if (this.filled > 0) await this.flushStage();
       await this.inFlight;
+      // Every byte is with the kernel: the stages go back before the fsync, for the next pack's writer to take
+      // rather than fresh memory while this one waits on the disk.
+      this.release();
       if (this.failure) throw this.failure;
       if (this.written % PAGE !== 0) await this.handle.truncate(this.written); // the last block's padding
       await this.handle.sync();
@@ -478,7 +482,10 @@ class StagedFileWriter implements BlobWriter {
     }
   }
 
+  /** Gives the stages back to the store, once. */
   private release(): void {
+    if (this.released) return;
+    this.released = true;
     this.store.giveBack(this.stage);
     this.store.giveBack(this.spare);
   }
