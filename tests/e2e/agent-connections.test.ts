@@ -7,9 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type AgentProcess,
   type ControlPlaneProcess,
-  enrollAgent,
-  startAgentProcess,
   startControlPlaneProcess,
+  startOnlineAgent,
   tempDir,
   testDatabaseUrl,
   waitFor,
@@ -30,10 +29,6 @@ describe("the agent's Connect and Downloads connections", () => {
     const res = await cp.cli(args);
     if (res.code !== 0) throw new Error(`dumont ${args.join(" ")} failed: ${res.stderr}`);
     return JSON.parse(res.stdout);
-  };
-  const online = async () => {
-    const hosts = (await cli(["host", "list", "--json"])) as { id: string; status: string }[];
-    return hosts.find((h) => h.id === agent.hostId)?.status === "online";
   };
   let restores = 0;
   /** Restores the workspace's snapshot into a new directory and checks it byte for byte. */
@@ -71,12 +66,10 @@ describe("the agent's Connect and Downloads connections", () => {
     db = await testDatabaseUrl();
     cp = await startControlPlaneProcess({ dataDir: path.join(root, "cp"), databaseUrl: db.url });
     proxy = await startTcpProxy(cp.grpcPort);
-    const hostId = await enrollAgent(cp, path.join(root, "agent"), "proxied", { server: proxy.url });
-    agent = startAgentProcess(path.join(root, "agent"), hostId);
     workspace = path.join(root, "workspace");
     await makeWorkspace(workspace);
-    await waitFor(online, 20_000);
-    snapshotId = (await cli(["snapshot", "create", "--host", hostId, "--path", workspace, "--json"])).id;
+    agent = await startOnlineAgent(cp, path.join(root, "agent"), "proxied", { server: proxy.url });
+    snapshotId = (await cli(["snapshot", "create", "--host", agent.hostId, "--path", workspace, "--json"])).id;
   });
 
   afterAll(async () => {

@@ -18,7 +18,7 @@ import {
   startControlPlaneProcess,
   stopProcess,
   tempDir,
-  waitFor,
+  waitForOnline,
 } from "../support/processes.js";
 
 describe.skipIf(process.platform !== "linux")("one process per data dir", () => {
@@ -78,7 +78,7 @@ describe.skipIf(process.platform !== "linux")("one process per data dir", () => 
     const agent = startAgentProcess(agentDir, hostId);
     try {
       const status = async () => (await hostApi(control).listHosts({})).hosts.find((h) => h.id === hostId)?.status;
-      await waitFor(async () => (await status()) === "online", 20_000);
+      await waitForOnline(control, hostId);
       const second = await runNode(agentBin, ["run", "--data-dir", agentDir], { DUMONT_LOG_LEVEL: "silent" });
       expect(second.code, second.stdout + second.stderr).not.toBe(0);
       expect(second.stderr).toContain(`the agent data dir ${agentDir} is already in use by process ${agent.proc.pid}`);

@@ -10,13 +10,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type AgentProcess,
   type ControlPlaneProcess,
-  enrollAgent,
-  hostApi,
-  startAgentProcess,
   startControlPlaneProcess,
+  startOnlineAgent,
   tempDir,
   testDatabaseUrl,
-  waitFor,
 } from "../support/processes.js";
 
 describe.skipIf(!canMountTmpfs())("a full disk through the control plane", () => {
@@ -52,12 +49,7 @@ describe.skipIf(!canMountTmpfs())("a full disk through the control plane", () =>
       databaseUrl: db.url,
       env: { DUMONT_BLOB_STORE: pathToFileURL(blobs).href },
     });
-    const hostId = await enrollAgent(cp, path.join(root, "agent"), "fullbox");
-    agent = startAgentProcess(path.join(root, "agent"), hostId);
-    await waitFor(
-      async () => (await hostApi(cp).listHosts({})).hosts.find((h) => h.id === hostId)?.status === "online",
-      20_000,
-    );
+    agent = await startOnlineAgent(cp, path.join(root, "agent"), "fullbox");
   });
   afterAll(async () => {
     await agent?.stop();

@@ -14,7 +14,7 @@ import {
   startControlPlaneProcess,
   tempDir,
   testDatabaseUrl,
-  waitFor,
+  waitForOnline,
 } from "../support/processes.js";
 import { startTcpProxy } from "../support/tcp-proxy.js";
 
@@ -59,10 +59,7 @@ describe("a control plane that moved after its hosts enrolled", () => {
 
     agent = startAgentProcess(dataDir, hostId, { env: { DUMONT_SERVER: movedTo } });
     const running = agent;
-    await waitFor(async () => {
-      const hosts = JSON.parse((await cp.cli(["host", "list", "--json"])).stdout) as { id: string; status: string }[];
-      return hosts.find((h) => h.id === hostId)?.status === "online";
-    }, 20_000);
+    await waitForOnline(cp, hostId);
     expect(running.log()).toContain(`"server":"${movedTo}"`);
 
     const enrollment = JSON.parse(await fs.readFile(path.join(dataDir, "enrollment.json"), "utf8"));

@@ -28,10 +28,12 @@ import {
   snapshotApi,
   startAgentProcess,
   startControlPlaneProcess,
+  startOnlineAgent,
   stopProcess,
   tempDir,
   testDatabaseUrl,
   waitFor,
+  waitForOnline,
 } from "../support/processes.js";
 import { type MetricsScrape, scrapeMetrics } from "../support/prometheus.js";
 import { ageFiles, describeTree, makeWorkspace } from "../support/workspace.js";
@@ -86,10 +88,6 @@ describe("snapshots over the agent stream", () => {
     const restartedAt = Date.now();
     cp = await cp.startAgain();
     await reconnected(restartedAt);
-  };
-  const online = async () => {
-    const hosts = (await cli(["host", "list", "--json"])) as { id: string; status: string }[];
-    return hosts.find((h) => h.id === agent.hostId)?.status === "online";
   };
 
   /**
@@ -150,11 +148,9 @@ describe("snapshots over the agent stream", () => {
     root = await tempDir("e2e-snapshots");
     db = await testDatabaseUrl();
     cp = await startControlPlaneProcess({ dataDir: path.join(root, "cp"), databaseUrl: db.url });
-    const hostId = await enrollAgent(cp, path.join(root, "agent"), "snapbox");
-    agent = startAgentProcess(path.join(root, "agent"), hostId);
     workspace = path.join(root, "workspace");
     await makeWorkspace(workspace);
-    await waitFor(online, 20_000);
+    agent = await startOnlineAgent(cp, path.join(root, "agent"), "snapbox");
   });
 
   afterAll(async () => {
@@ -395,10 +391,7 @@ describe("snapshots over the agent stream", () => {
     // by a bare gRPC client holding a real enrolled identity, whose Hello announces no capabilities.
     const { hostId, client, stream } = await bareAgent("olderbox");
     try {
-      await waitFor(async () => {
-        const hosts = (await cli(["host", "list", "--json"])) as { id: string; status: string }[];
-        return hosts.find((h) => h.id === hostId)?.status === "online";
-      }, 20_000);
+      await waitForOnline(cp, hostId);
       const snapshotsApi = snapshotApi(cp);
       await expect(snapshotsApi.createSnapshot({ hostId, path: "/srv/work", exclude: ["cache/"] })).rejects.toThrow(
         /failed_precondition.*host \S+ runs an agent too old to leave out what --exclude names.*"snapshot\.exclude"/,

@@ -9,13 +9,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type AgentProcess,
   type ControlPlaneProcess,
-  enrollAgent,
-  hostApi,
-  startAgentProcess,
   startControlPlaneProcess,
+  startOnlineAgent,
   tempDir,
   testDatabaseUrl,
-  waitFor,
 } from "../support/processes.js";
 
 describe("a blob store that stops answering", () => {
@@ -41,12 +38,7 @@ describe("a blob store that stops answering", () => {
         AWS_MAX_ATTEMPTS: "2", // fail in a second, not after eight tries with backoff
       },
     });
-    const hostId = await enrollAgent(cp, path.join(root, "agent"), "outagebox");
-    agent = startAgentProcess(path.join(root, "agent"), hostId);
-    await waitFor(
-      async () => (await hostApi(cp).listHosts({})).hosts.find((h) => h.id === hostId)?.status === "online",
-      20_000,
-    );
+    agent = await startOnlineAgent(cp, path.join(root, "agent"), "outagebox");
   });
   afterAll(async () => {
     await agent?.stop();

@@ -249,6 +249,31 @@ export function startAgentProcess(
   return { hostId, dataDir, proc, stop: () => stopProcess(proc), log: () => output };
 }
 
+/** Waits until `hostId` is online in the control plane's host list (its agent connected and reporting). */
+export async function waitForOnline(cp: ControlPlaneProcess, hostId: string, timeoutMs = 20_000): Promise<void> {
+  await waitFor(
+    async () => (await hostApi(cp).listHosts({})).hosts.find((h) => h.id === hostId)?.status === "online",
+    timeoutMs,
+  );
+}
+
+/** Enrolls `dataDir` as `name`, starts its agent and waits until the host is online. */
+export async function startOnlineAgent(
+  cp: ControlPlaneProcess,
+  dataDir: string,
+  name: string,
+  options: { server?: string } = {},
+): Promise<AgentProcess> {
+  const agent = startAgentProcess(dataDir, await enrollAgent(cp, dataDir, name, options));
+  try {
+    await waitForOnline(cp, agent.hostId);
+  } catch (err) {
+    await agent.stop();
+    throw err;
+  }
+  return agent;
+}
+
 export async function stopProcess(proc: ChildProcess, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
   if (proc.exitCode !== null || proc.signalCode !== null) return;
   const exited = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
