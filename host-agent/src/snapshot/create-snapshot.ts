@@ -242,8 +242,8 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     // ~5 µs slower to build and its JSON slower to write. Same keys, same order.
     function* manifestEntries(): Generator<ManifestEntry> {
       // Hard links: the first path of each (dev, ino) with more than one link, and its chunks; a later entry of
-      // the same file with the same chunks names it (linkOf). Read apart (its first read failed) and changed in between,
-      // a file is two.
+      // the same file with the same chunks names it (linkOf). Read apart (its first read failed) and changed in
+      // between, a file is two.
       const firstOf = new Map<string, { path: string; chunks: string[] }>();
       const linkOf = (x: SourceEntry, chunks: string[]): string | undefined => {
         if (x.nlink < 2) return undefined;
