@@ -2,6 +2,7 @@
 // (`dumont-agent run`), and the CLIs — spawned from the built bins, on loopback ports.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import fs from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
@@ -23,14 +24,43 @@ export async function tempDir(prefix: string): Promise<string> {
   return fs.mkdtemp(path.join(os.tmpdir(), `dumont-${prefix}-`));
 }
 
+/** Ports freePort has handed out in this process: never twice. */
+const handedOut = new Set<number>();
+
+/**
+ * A port for a server a test starts, free now: a random one below the kernel's ephemeral range. A port from
+ * `listen(0)` is an ephemeral one, which the kernel may give to any outgoing connection (of the tests running
+ * beside this one) before the process it was picked for binds it: CI saw `dumont dev` fail with EADDRINUSE so.
+ * Below that range only another pick can take it.
+ */
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+  const below = ephemeralPortsFrom();
+  for (let tries = 0; tries < 200; tries++) {
+    const port = LOWEST_TEST_PORT + Math.floor(Math.random() * (below - LOWEST_TEST_PORT));
+    if (handedOut.has(port) || !(await bindable(port))) continue;
+    handedOut.add(port);
+    return port;
+  }
+  throw new Error(`no free port between ${LOWEST_TEST_PORT} and ${below} after 200 tries`);
+}
+
+const LOWEST_TEST_PORT = 10_000;
+
+/** The first port of the kernel's ephemeral range (net.ipv4.ip_local_port_range; Linux's default 32768). */
+function ephemeralPortsFrom(): number {
+  try {
+    const first = Number.parseInt(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8"), 10);
+    if (first > LOWEST_TEST_PORT + 1000) return first;
+  } catch {}
+  return 32_768;
+}
+
+/** Whether a server could listen on `port` on every address now (as the control plane does, on 0.0.0.0). */
+function bindable(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
+    server.once("error", () => resolve(false));
+    server.listen(port, "0.0.0.0", () => server.close(() => resolve(true)));
   });
 }
 
