@@ -1,7 +1,7 @@
 // What `create` must not do, on real files: drop entries without a word, read outside the source through a
 // directory replaced by a symlink mid-snapshot, or fail a snapshot it has already committed.
 import { existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -235,5 +235,39 @@ describe("create", () => {
     expect(err).toMatch(new RegExp(`^warning: snapshot ${id} is saved, but not its local index: [^\\n]+\\n$`));
     const again = await (await Repository.open(openBlobStore(repo), key)).listSnapshots();
     expect(again.map((s) => s.id)).toContain(id);
+  });
+
+  it("says once that a damaged local index made it read every file again, and writes a good one", async () => {
+    const source = fresh("src");
+    await mkdir(source);
+    await writeFile(join(source, "a.txt"), "a\n".repeat(100));
+    const hourAgo = Date.now() / 1000 - 3600;
+    await utimes(join(source, "a.txt"), hourAgo, hourAgo); // outside the racy window: the index vouches for it
+    const stateDir = fresh("state");
+    const key = generateRepositoryKey();
+    const keyFile = fresh("key");
+    await writeFile(keyFile, key.toString("hex"));
+    const repo = pathToFileURL(fresh("repo")).href;
+    const create = () =>
+      runAgentCli(
+        "snapshot",
+        ...["create", "--source", source, "--repo", repo, "--key-file", keyFile, "--state-dir", stateDir, "--json"],
+      );
+    expect((await create()).code).toBe(0);
+    const [name] = await readdir(join(stateDir, "snapshot-index"));
+    const file = join(stateDir, "snapshot-index", name);
+    const data = await readFile(file);
+    data[data.length - 1] ^= 0x01;
+    await writeFile(file, data);
+
+    const damaged = await create();
+    expect(damaged.code).toBe(0);
+    expect(JSON.parse(damaged.out)).toMatchObject({ files: 1, bytesRead: 200 });
+    expect(damaged.err).toBe(
+      `warning: the local index ${file} was damaged (bad digest), so every file was read again; it is written ` +
+        "anew after this snapshot\n",
+    );
+    const next = await create();
+    expect({ err: next.err, bytesRead: JSON.parse(next.out).bytesRead }).toEqual({ err: "", bytesRead: 0 });
   });
 });

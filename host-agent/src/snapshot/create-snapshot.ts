@@ -21,7 +21,7 @@ import {
 import { SMALLER_SNAPSHOT_ADVICE } from "@dumont/repository/limits";
 import { ChunkTable } from "./chunk-table.js";
 import { type ChunkerParams, compileChunker, DEFAULT_CHUNKER } from "./chunker.js";
-import { LocalIndex, loadLocalIndex, type RawLocalIndexFile, saveLocalIndex } from "./local-index.js";
+import { LocalIndex, type RawLocalIndexFile, readLocalIndex, saveLocalIndex } from "./local-index.js";
 import { loadExclusions } from "./path-matcher.js";
 import {
   CHANGED,
@@ -99,8 +99,8 @@ export interface CreateSnapshotResult {
   filesUnchanged: number;
   skipped: SkippedEntry[];
   /**
-   * What went wrong after the snapshot was committed (its local index not saved): to be shown once, and no
-   * failure. Absent when nothing did.
+   * What the caller should be told once, none of it a failure: a local index found damaged (every file read
+   * again), or one not saved after the commit. Absent when there is nothing to say.
    */
   warnings?: string[];
 }
@@ -148,9 +148,9 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     // From the listing's start: a file changed after its lstat must fall in the racy window below.
     const started = startedAt.ms;
     const startNs = startedAt.ns;
-    const previous = options.localIndex
-      ? await loadLocalIndex(options.localIndex.file, options.localIndex.scope)
-      : LocalIndex.empty();
+    const { index: previous, damaged } = options.localIndex
+      ? await readLocalIndex(options.localIndex.file, options.localIndex.scope)
+      : { index: LocalIndex.empty(), damaged: undefined };
 
     // Per entry: the local index's entry for a file found unchanged, else -1; and the file's FileWork when it
     // is read (an index into `reading`), else -1. Unchanged files get no object of their own.
@@ -314,6 +314,12 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
 
     // Committed: from here on nothing fails the snapshot.
     const warnings: string[] = [];
+    if (damaged !== undefined && options.localIndex) {
+      warnings.push(
+        `the local index ${options.localIndex.file} was damaged (${damaged}), so every file was read again; ` +
+          "it is written anew after this snapshot",
+      );
+    }
     if (options.localIndex) {
       // Files changed within the racy window are left out: they may change again within the same mtime tick.
       function* remembered(): Generator<RawLocalIndexFile> {

@@ -9,6 +9,7 @@ import {
   loadLocalIndex,
   localIndexPath,
   type RawLocalIndexFile,
+  readLocalIndex,
   saveLocalIndex,
 } from "./local-index.js";
 
@@ -99,6 +100,26 @@ describe("local index", () => {
     expect((await loadLocalIndex(file, "scope A")).files).toBe(0);
     await writeFile(file, good);
     expect((await loadLocalIndex(file, "scope A")).files).toBe(3);
+  });
+
+  it("says what was wrong with a damaged one, and nothing of none, another scope's or another format's", async () => {
+    expect(await readLocalIndex(join(freshState(), "none.idx"), "s")).toEqual({ index: expect.any(LocalIndex) });
+    const file = await saved("scope A");
+    expect((await readLocalIndex(file, "scope B")).damaged).toBeUndefined();
+    const good = await readFile(file);
+    const flipped = Buffer.from(good);
+    flipped[200] ^= 0x10;
+    await writeFile(file, flipped);
+    expect(await readLocalIndex(file, "scope A")).toMatchObject({ index: { files: 0 }, damaged: "bad digest" });
+    await writeFile(file, "{}");
+    expect((await readLocalIndex(file, "scope A")).damaged).toBe("not a local index");
+    // Format 2 (an agent before ctime was kept) or a later one: read as none, not damaged.
+    const body = good.subarray(0, good.length - 32);
+    const other = Buffer.from(body.toString("latin1").replace('"version":3', '"version":2'), "latin1");
+    expect(other.equals(body)).toBe(false);
+    await writeFile(file, Buffer.concat([other, createHash("sha256").update(other).digest()]));
+    expect(await readLocalIndex(file, "scope A")).toEqual({ index: expect.any(LocalIndex) });
+    expect((await readLocalIndex(file, "scope A")).index.files).toBe(0);
   });
 
   it("is empty when its digest holds but its columns disagree (lengths that do not add up to the size)", async () => {

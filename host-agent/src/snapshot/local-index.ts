@@ -264,8 +264,23 @@ export class LocalIndex {
  * scope (another repository or source).
  */
 export async function loadLocalIndex(file: string, scope: string): Promise<LocalIndex> {
+  return (await readLocalIndex(file, scope)).index;
+}
+
+/**
+ * The index of `scope` in `file`, empty where there is none to use (no file, another scope's, or one another
+ * version of the agent wrote), and `damaged` saying what was wrong with a file that is there but cannot be
+ * read: a damaged cache only costs a full read, but whoever sees every file read again should hear why.
+ */
+export async function readLocalIndex(file: string, scope: string): Promise<{ index: LocalIndex; damaged?: string }> {
   const data = await readIfThere(file);
-  return data ? decodeOrEmpty(data, scope) : LocalIndex.empty();
+  if (!data) return { index: LocalIndex.empty() };
+  try {
+    const decoded = decode(data);
+    return { index: decoded.scope === scope ? decoded.index : LocalIndex.empty() };
+  } catch (err) {
+    return { index: LocalIndex.empty(), ...(err instanceof OtherVersion ? {} : { damaged: (err as Error).message }) };
+  }
 }
 
 /** Replaces the index of `scope` (written to a temporary file, then renamed over it). */
@@ -285,14 +300,8 @@ async function readIfThere(file: string): Promise<Buffer | undefined> {
   }
 }
 
-function decodeOrEmpty(data: Buffer, scope: string): LocalIndex {
-  try {
-    const decoded = decode(data);
-    return decoded.scope === scope ? decoded.index : LocalIndex.empty();
-  } catch {
-    return LocalIndex.empty(); // a damaged cache only costs a full read
-  }
-}
+/** A local index another format version wrote (an agent before or after this one): read as none, not damaged. */
+class OtherVersion extends Error {}
 
 const pad8 = (n: number): number => Math.ceil(n / 8) * 8;
 
@@ -427,6 +436,7 @@ function decode(raw: Buffer): { scope: string; index: LocalIndex } {
   const headerLength = raw.readUInt32LE(MAGIC.length);
   if (headerLength > MAX_HEADER || MAGIC.length + 4 + headerLength > body.length) throw new Error("bad header");
   const h = JSON.parse(raw.toString("utf8", MAGIC.length + 4, MAGIC.length + 4 + headerLength)) as Header;
+  if (h.version !== VERSION) throw new OtherVersion(`format ${String(h.version)}`);
   const counts = [h.files, h.chunks, h.pathBytes];
   const manifestsOk = Array.isArray(h.manifests) && h.manifests.every((id) => typeof id === "string");
   const plainsOk =
@@ -434,13 +444,7 @@ function decode(raw: Buffer): { scope: string; index: LocalIndex } {
     (Array.isArray(h.manifestPlains) &&
       h.manifestPlains.length === h.manifests.length &&
       h.manifestPlains.every((digest) => typeof digest === "string" && HEX_DIGEST.test(digest)));
-  if (
-    h.version !== VERSION ||
-    typeof h.scope !== "string" ||
-    typeof h.snapshot !== "string" ||
-    !manifestsOk ||
-    !plainsOk
-  ) {
+  if (typeof h.scope !== "string" || typeof h.snapshot !== "string" || !manifestsOk || !plainsOk) {
     throw new Error("bad header");
   }
   if (!counts.every((n) => Number.isSafeInteger(n) && n >= 0 && n < 2 ** 32)) throw new Error("bad counts");
