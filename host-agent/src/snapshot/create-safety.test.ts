@@ -264,8 +264,8 @@ describe("create", () => {
     expect(damaged.code).toBe(0);
     expect(JSON.parse(damaged.out)).toMatchObject({ files: 1, bytesRead: 200 });
     expect(damaged.err).toBe(
-      `warning: the local index ${file} was damaged (bad digest), so every file was read again; it is written ` +
-        "anew after this snapshot\n",
+      `warning: the local index ${file} could not be used (damaged: bad digest), so every file was read again; ` +
+        "it is written anew after this snapshot\n",
     );
     const next = await create();
     expect({ err: next.err, bytesRead: JSON.parse(next.out).bytesRead }).toEqual({ err: "", bytesRead: 0 });

@@ -99,8 +99,8 @@ export interface CreateSnapshotResult {
   filesUnchanged: number;
   skipped: SkippedEntry[];
   /**
-   * What the caller should be told once, none of it a failure: a local index found damaged (every file read
-   * again), or one not saved after the commit. Absent when there is nothing to say.
+   * What the caller should be told once, none of it a failure: a local index that could not be used (every
+   * file read again), or one not saved after the commit. Absent when there is nothing to say.
    */
   warnings?: string[];
 }
@@ -148,9 +148,9 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     // From the listing's start: a file changed after its lstat must fall in the racy window below.
     const started = startedAt.ms;
     const startNs = startedAt.ns;
-    const { index: previous, damaged } = options.localIndex
+    const { index: previous, unusable } = options.localIndex
       ? await readLocalIndex(options.localIndex.file, options.localIndex.scope)
-      : { index: LocalIndex.empty(), damaged: undefined };
+      : { index: LocalIndex.empty(), unusable: undefined };
 
     // Per entry: the local index's entry for a file found unchanged, else -1; and the file's FileWork when it
     // is read (an index into `reading`), else -1. Unchanged files get no object of their own.
@@ -314,10 +314,10 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
 
     // Committed: from here on nothing fails the snapshot.
     const warnings: string[] = [];
-    if (damaged !== undefined && options.localIndex) {
+    if (unusable !== undefined && options.localIndex) {
       warnings.push(
-        `the local index ${options.localIndex.file} was damaged (${damaged}), so every file was read again; ` +
-          "it is written anew after this snapshot",
+        `the local index ${options.localIndex.file} could not be used (${unusable}), so every file was read ` +
+          "again; it is written anew after this snapshot",
       );
     }
     if (options.localIndex) {

@@ -102,17 +102,24 @@ describe("local index", () => {
     expect((await loadLocalIndex(file, "scope A")).files).toBe(3);
   });
 
-  it("says what was wrong with a damaged one, and nothing of none, another scope's or another format's", async () => {
+  it("says why one there could not be used, and nothing of none, another scope's or another format's", async () => {
     expect(await readLocalIndex(join(freshState(), "none.idx"), "s")).toEqual({ index: expect.any(LocalIndex) });
     const file = await saved("scope A");
-    expect((await readLocalIndex(file, "scope B")).damaged).toBeUndefined();
+    expect((await readLocalIndex(file, "scope B")).unusable).toBeUndefined();
     const good = await readFile(file);
     const flipped = Buffer.from(good);
     flipped[200] ^= 0x10;
     await writeFile(file, flipped);
-    expect(await readLocalIndex(file, "scope A")).toMatchObject({ index: { files: 0 }, damaged: "bad digest" });
+    expect(await readLocalIndex(file, "scope A")).toMatchObject({
+      index: { files: 0 },
+      unusable: "damaged: bad digest",
+    });
     await writeFile(file, "{}");
-    expect((await readLocalIndex(file, "scope A")).damaged).toBe("not a local index");
+    expect((await readLocalIndex(file, "scope A")).unusable).toBe("damaged: not a local index");
+    // A directory where the file should be: unreadable, said so, not thrown.
+    const dir = join(freshState(), "dir.idx");
+    await mkdir(dir, { recursive: true });
+    expect((await readLocalIndex(dir, "scope A")).unusable).toMatch(/EISDIR/);
     // Format 2 (an agent before ctime was kept) or a later one: read as none, not damaged.
     const body = good.subarray(0, good.length - 32);
     const other = Buffer.from(body.toString("latin1").replace('"version":3', '"version":2'), "latin1");

@@ -269,17 +269,23 @@ export async function loadLocalIndex(file: string, scope: string): Promise<Local
 
 /**
  * The index of `scope` in `file`, empty where there is none to use (no file, another scope's, or one another
- * version of the agent wrote), and `damaged` saying what was wrong with a file that is there but cannot be
- * read: a damaged cache only costs a full read, but whoever sees every file read again should hear why.
+ * version of the agent wrote), and `unusable` saying why a file that is there could not be used (damaged, or
+ * unreadable): a cache only costs a full read, but whoever sees every file read again should hear why.
  */
-export async function readLocalIndex(file: string, scope: string): Promise<{ index: LocalIndex; damaged?: string }> {
-  const data = await readIfThere(file);
-  if (!data) return { index: LocalIndex.empty() };
+export async function readLocalIndex(file: string, scope: string): Promise<{ index: LocalIndex; unusable?: string }> {
+  let data: Buffer;
+  try {
+    data = await readFile(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return { index: LocalIndex.empty() };
+    return { index: LocalIndex.empty(), unusable: (err as Error).message };
+  }
   try {
     const decoded = decode(data);
     return { index: decoded.scope === scope ? decoded.index : LocalIndex.empty() };
   } catch (err) {
-    return { index: LocalIndex.empty(), ...(err instanceof OtherVersion ? {} : { damaged: (err as Error).message }) };
+    if (err instanceof OtherVersion) return { index: LocalIndex.empty() };
+    return { index: LocalIndex.empty(), unusable: `damaged: ${(err as Error).message}` };
   }
 }
 
@@ -289,15 +295,6 @@ export async function saveLocalIndex(file: string, index: SavedIndex): Promise<v
   await writeFileAtomic(file, encode(index), 0o600);
   const legacy = legacyPath(file);
   if (legacy) await rm(legacy, { force: true });
-}
-
-async function readIfThere(file: string): Promise<Buffer | undefined> {
-  try {
-    return await readFile(file);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw err;
-  }
 }
 
 /** A local index another format version wrote (an agent before or after this one): read as none, not damaged. */
