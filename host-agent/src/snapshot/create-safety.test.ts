@@ -265,9 +265,21 @@ describe("create", () => {
     expect(JSON.parse(damaged.out)).toMatchObject({ files: 1, bytesRead: 200 });
     expect(damaged.err).toBe(
       `warning: the local index ${file} could not be used (damaged: bad digest), so every file was read again; ` +
-        "it is written anew after this snapshot\n",
+        "this snapshot wrote it anew\n",
     );
     const next = await create();
     expect({ err: next.err, bytesRead: JSON.parse(next.out).bytesRead }).toEqual({ err: "", bytesRead: 0 });
+
+    // A directory in its place: read as none and said so, and the snapshot that cannot write it says that too.
+    await rm(file);
+    await mkdir(file);
+    const blocked = await create();
+    expect(blocked.code).toBe(0);
+    const lines = blocked.err.trimEnd().split("\n");
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toMatch(
+      /^warning: the local index .+ could not be used \(EISDIR.*\), so every file was read again$/,
+    );
+    expect(lines[1]).toMatch(/^warning: snapshot \w+ is saved, but not its local index: /);
   });
 });

@@ -314,12 +314,6 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
 
     // Committed: from here on nothing fails the snapshot.
     const warnings: string[] = [];
-    if (unusable !== undefined && options.localIndex) {
-      warnings.push(
-        `the local index ${options.localIndex.file} could not be used (${unusable}), so every file was read ` +
-          "again; it is written anew after this snapshot",
-      );
-    }
     if (options.localIndex) {
       // Files changed within the racy window are left out: they may change again within the same mtime tick.
       function* remembered(): Generator<RawLocalIndexFile> {
@@ -351,6 +345,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
           };
         }
       }
+      let saved = false;
       try {
         await saveLocalIndex(options.localIndex.file, {
           scope: options.localIndex.scope,
@@ -359,10 +354,17 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
           manifestPlains: forSink.plains,
           files: { [Symbol.iterator]: remembered },
         });
+        saved = true;
       } catch (err) {
         warnings.push(
           `snapshot ${id} is saved, but not its local index: ${(err as Error).message}; ` +
             "the next snapshot will read its files again",
+        );
+      }
+      if (unusable !== undefined) {
+        warnings.unshift(
+          `the local index ${options.localIndex.file} could not be used (${unusable}), so every file was read ` +
+            `again${saved ? "; this snapshot wrote it anew" : ""}`,
         );
       }
     }
