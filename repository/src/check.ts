@@ -76,6 +76,25 @@ export function parseReadSubset(text: string, flag: string): ReadSubset {
   );
 }
 
+/**
+ * A check's subset option as given (undefined when not), refused beside its structure-only option, which reads no
+ * pack at all. `names` are the two options as the caller's user knows them (CLI flags, API fields).
+ */
+export function readSubsetOption(
+  text: string | undefined,
+  structureOnly: boolean,
+  names: { subset: string; structureOnly: string },
+): ReadSubset | undefined {
+  if (text === undefined) return undefined;
+  if (structureOnly) {
+    throw new RepositoryError(
+      "invalid-argument",
+      `${names.subset} reads some packs, ${names.structureOnly} none: give one of them`,
+    );
+  }
+  return parseReadSubset(text, names.subset);
+}
+
 /** The packs `subset` picks, by id; undefined for every pack. */
 function packsToRead(packIds: readonly string[], subset: ReadSubset | undefined): Set<string> | undefined {
   if (subset === undefined) return undefined;

@@ -15,8 +15,8 @@ export {
   type CheckReport,
   checkRepository,
   describeFiles,
-  parseReadSubset,
   type ReadSubset,
+  readSubsetOption,
 } from "./check.js";
 export {
   type ChunkCodec,

@@ -753,6 +753,11 @@ describe("snapshots over the agent stream", () => {
       expect(refused.stderr).toMatch(
         /\[invalid_argument\] read_data_subset "3\/2" is not a subset of the packs: give n\/t/,
       );
+      const both = await cp.cli(["snapshot", "check", "--read-data-subset", "1/2", "--structure-only"]);
+      expect(both.code).not.toBe(0);
+      expect(both.stderr).toMatch(
+        /\[invalid_argument\] read_data_subset reads some packs, structure_only none: give one of them/,
+      );
       await handle.write(byte, 0, 1, 100);
     } finally {
       await handle.close();

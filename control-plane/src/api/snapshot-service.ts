@@ -8,8 +8,8 @@ import {
   diffManifests,
   hasRetentionRule,
   type ManifestEntry,
-  parseReadSubset,
   type ReadSubset,
+  readSubsetOption,
   selectIncluded,
 } from "@dumont/repository";
 import { checkExcludePatterns, checkPathPatterns, nothingIncluded } from "@dumont/repository/path-patterns";
@@ -311,11 +311,11 @@ async function resolveSnapshotIds(
 function readSubsetOf(req: api.CheckSnapshotsRequest): ReadSubset | undefined {
   if (req.readDataSubset === "") return undefined;
   checkText("read_data_subset", req.readDataSubset, 16);
-  if (req.structureOnly) {
-    throw new InvalidArgumentError("read_data_subset reads some packs, structure_only none: set one of them");
-  }
   try {
-    return parseReadSubset(req.readDataSubset, "read_data_subset");
+    return readSubsetOption(req.readDataSubset, req.structureOnly, {
+      subset: "read_data_subset",
+      structureOnly: "structure_only",
+    });
   } catch (err) {
     throw new InvalidArgumentError((err as Error).message);
   }

@@ -18,11 +18,10 @@ import {
   listingLine,
   nothingIncluded,
   ProgressMeter,
-  parseReadSubset,
   parseRepositoryKey,
   pruneRepository,
-  type ReadSubset,
   type RetentionPolicy,
+  readSubsetOption,
   roundSeconds,
   selectIncluded,
   table,
@@ -308,7 +307,10 @@ export function registerSnapshotCommands(program: Command): void {
     .option("--no-lock", "take no lock (for a repository you may only read); a prune may then run meanwhile")
     .action((opts: RepoOptions & { structureOnly?: boolean; readDataSubset?: string; lock: boolean }) =>
       withFriendlyErrors(opts, async () => {
-        const readSubset = checkedReadSubset(opts.readDataSubset, opts.structureOnly);
+        const readSubset = readSubsetOption(opts.readDataSubset, opts.structureOnly === true, {
+          subset: "--read-data-subset",
+          structureOnly: "--structure-only",
+        });
         const key = await loadKey(opts);
         const meter = ProgressMeter.forStderr("check", opts.json === true);
         const report = await interruptible("the check stopped before it finished; it changes nothing", (signal) =>
@@ -417,15 +419,6 @@ export function registerSnapshotCommands(program: Command): void {
           }
         }),
     );
-}
-
-/** --read-data-subset parsed, refused beside --structure-only (which reads no pack at all). */
-function checkedReadSubset(text: string | undefined, structureOnly: boolean | undefined): ReadSubset | undefined {
-  if (text === undefined) return undefined;
-  if (structureOnly) {
-    throw new Error("--read-data-subset reads some packs, --structure-only none: give one of them");
-  }
-  return parseReadSubset(text, "--read-data-subset");
 }
 
 async function loadKey(opts: KeyOptions): Promise<Buffer> {
