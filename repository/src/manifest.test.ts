@@ -39,6 +39,7 @@ describe("assertRestorable", () => {
           file("a/..b"),
           file("a/b."),
           hardLink("a/hard", "a/b/c d ü.txt"), // a hard link to a file before it
+          file("a/b/\u{1F600} \uFFFD"), // a pair of surrogates is one character, U+FFFD one too
         ),
       ),
     ).not.toThrow();
@@ -65,6 +66,10 @@ describe("assertRestorable", () => {
     ["a hard link to a directory", m(dir("d"), hardLink("a", "d"))],
     ["a hard link to a symlink", m(link("l", "x"), hardLink("a", "l"))],
     ["a hard link to itself", m(hardLink("a", "a"))],
+    // Lone surrogates: U+FFFD on disk, so "u\uD800/.." resolves through the link "u\uFFFD" -> "." to outside.
+    ["a name with a lone surrogate", m(file("u\uD800"))],
+    ["names one on disk, two here", m(dir("d\uD800"), dir("d\uDC00"))],
+    ["a symlink target with a lone surrogate", m(link("u\uFFFD", "."), link("v", "u\uD800/.."))],
   ])("refuses %s", (_what, manifest) => {
     expect(() => assertRestorable(manifest)).toThrow(expect.objectContaining({ code: "invalid-manifest" }));
   });

@@ -343,6 +343,9 @@ export function assertRestorable(manifest: ManifestEntries, options: RestorableO
   check.refuseOutwardLinks();
 }
 
+/** A UTF-16 surrogate that is not half of a pair (with the u flag a pair is one code point, not \p{Cs}). */
+const LONE_SURROGATE = /\p{Cs}/u;
+
 /**
  * assertRestorable fed one entry at a time (a manifest read part by part): `add` refuses a bad path or a
  * duplicate as it comes, `finish` what needs the whole (parents that are not directories), and
@@ -362,6 +365,11 @@ export class RestorableCheck {
     const { path } = e;
     if (path.startsWith("/")) throw invalid("manifest", `${JSON.stringify(path)} is an absolute path`);
     if (path.includes("\0")) throw invalid("manifest", `${JSON.stringify(path)} contains a NUL byte`);
+    // A lone surrogate is written to disk as U+FFFD: "a\ud800" and "a\udc00" would be one name there and two
+    // here, past the duplicate check and the outward-link check. No name read from a disk holds one.
+    if (LONE_SURROGATE.test(path)) {
+      throw invalid("manifest", `${JSON.stringify(path)} is not well-formed Unicode (a lone surrogate)`);
+    }
     if (hasBadComponent(path)) {
       throw invalid("manifest", `${JSON.stringify(path)} has an empty, "." or ".." component`);
     }
@@ -370,6 +378,12 @@ export class RestorableCheck {
       throw invalid(
         "manifest",
         `${JSON.stringify(path)} is a hard link to ${JSON.stringify(e.linkOf)}, which is not a file listed before it`,
+      );
+    }
+    if (e.type === "symlink" && LONE_SURROGATE.test(e.target)) {
+      throw invalid(
+        "manifest",
+        `symlink ${JSON.stringify(path)} -> ${JSON.stringify(e.target)}: the target is not well-formed Unicode`,
       );
     }
     this.kinds.set(path, e.type);
