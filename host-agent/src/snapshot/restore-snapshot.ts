@@ -240,14 +240,39 @@ function targetRefused(failure: WriteFailure): Error | undefined {
   return unwritableReason(refused) === undefined ? undefined : refused;
 }
 
-/** Runs `use` with the name of manifest entry `path` in the target (see RestoreDirectories). */
+/**
+ * Runs `use` with the name of manifest entry `path` in the target (see RestoreDirectories). An error of `use`
+ * names the entry as the snapshot has it ('logs/run 1.txt'), not by the name it was reached through
+ * ('/proc/self/fd/19/run 1.txt', which means nothing to whoever reads it).
+ */
 async function atEntry<T>(dirs: RestoreDirectories, path: string, use: (at: string) => Promise<T>): Promise<T> {
   const lease = await dirs.entry(path);
   try {
     return await use(lease.path);
+  } catch (err) {
+    throw namingEntry(err, lease.path, path);
   } finally {
     lease.release();
   }
+}
+
+/**
+ * `err` (a system error, or linkOrCopy's own) with `at`, quoted in its message as Node quotes paths, and in its
+ * `path` and `dest` fields, replaced by the entry's `path`; its code stays (unwritableReason reads it).
+ */
+function namingEntry(err: unknown, at: string, path: string): unknown {
+  if (!(err instanceof Error)) return err;
+  const e = err as NodeJS.ErrnoException & { dest?: string };
+  e.message = e.message.replaceAll(`'${at}'`, `'${path}'`);
+  if (e.path === at) e.path = path;
+  if (e.dest === at) e.dest = path;
+  return err;
+}
+
+/** `err` from work on entry `path` through its handle (no name in the message): the message names it. */
+function onEntry(err: unknown, path: string): unknown {
+  if (err instanceof Error && !err.message.includes(`'${path}'`)) err.message = `'${path}': ${err.message}`;
+  return err;
 }
 
 async function restoreInto(
@@ -303,6 +328,7 @@ async function restoreInto(
     options.signal?.throwIfAborted();
     if (damagedPaths.has(first)) {
       damaged.push({ path, reason: `a hard link to ${JSON.stringify(first)}, which could not be restored` });
+      damagedPaths.add(path); // a link to this link (a manifest may chain them) is damaged too
       continue;
     }
     await atEntry(dirs, first, (existing) => atEntry(dirs, path, (at) => linkOrCopy(existing, at)));
@@ -321,12 +347,16 @@ async function restoreInto(
   // Directory modes and times last (deepest first): writing into them would change their mtime, and a
   // read-only mode would stop the writes.
   for (const d of [...plan.dirs].reverse()) {
-    await dirs.withDirectory(d.path, async (dir) => {
-      if (options.owners && hasOwner(d)) await dir.chown(...ownerArgs(d)).catch(ownerRefused);
-      await dir.chmod(d.mode);
-      const t = timeArg(nsToSeconds(d.mtimeNs));
-      await dir.utimes(t, t);
-    });
+    await dirs
+      .withDirectory(d.path, async (dir) => {
+        if (options.owners && hasOwner(d)) await dir.chown(...ownerArgs(d)).catch(ownerRefused);
+        await dir.chmod(d.mode);
+        const t = timeArg(nsToSeconds(d.mtimeNs));
+        await dir.utimes(t, t);
+      })
+      .catch((err: unknown) => {
+        throw onEntry(err, d.path);
+      });
   }
 
   const result: RestoreSnapshotResult = {
@@ -444,6 +474,8 @@ async function restoreWindow(
           }
           await handle.chmod(fileMode(state.entry.mode));
           await handle.utimes(t, t);
+        } catch (err) {
+          throw onEntry(err, state.entry.path);
         } finally {
           await handle.close();
         }
@@ -465,7 +497,11 @@ async function restoreWindow(
           open(at, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600),
         );
         // At its final size from the start: the writes then never extend the file (less filesystem work).
-        if (state.entry.size > 0) await state.handle.truncate(state.entry.size);
+        if (state.entry.size > 0) {
+          await state.handle.truncate(state.entry.size).catch((err: unknown) => {
+            throw onEntry(err, state.entry.path);
+          });
+        }
         if (direct && state.entry.size >= DIRECT_FILE_BYTES) {
           // Through /proc/self/fd: the very file just created, whatever happens to its name meanwhile.
           state.direct = await open(`/proc/self/fd/${state.handle.fd}`, constants.O_WRONLY | O_DIRECT!).catch(() => {
@@ -866,7 +902,7 @@ export async function linkOrCopy(existing: string, at: string): Promise<void> {
   const from = await open(existing, constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
     const st = await from.stat();
-    if (!st.isFile()) throw new Error(`${existing} is no longer the file restored there`);
+    if (!st.isFile()) throw new Error(`'${existing}' is no longer the file restored there`);
     const to = await open(at, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     try {
       const buf = Buffer.allocUnsafe(1024 * 1024);

@@ -1659,6 +1659,51 @@ describe("restore safety", () => {
     }
   });
 
+  it("names a hard link chained to a damaged file damaged too, and keeps the rest", async () => {
+    // Our snapshots link every path of a file to its first; a manifest may chain them (c -> b -> a).
+    const { chunkCodec } = await import("@dumont/repository");
+    const good = chunkCodec.sealChunk(key, Buffer.from("good"));
+    const missing = chunkCodec.sealChunk(key, Buffer.from("lost"));
+    const file = (path: string, chunk: Buffer, extra: object = {}) => ({
+      type: "file" as const,
+      path,
+      mode: 0o644,
+      mtimeNs: "0",
+      size: 4,
+      chunks: [chunk.toString("hex")],
+      lengths: [4],
+      ...extra,
+    });
+    const manifest: Manifest = {
+      version: 1,
+      entries: [
+        file("a", missing.id),
+        file("b", missing.id, { linkOf: "a" }),
+        file("c", missing.id, { linkOf: "b" }),
+        file("ok", good.id),
+      ],
+    };
+    const source = sourceOf(manifest, new Map([[good.id.toString("hex"), good.blob]]));
+    const target = fresh("target");
+    const failure = await restoreSnapshot({ snapshotId: "x", source, key, target, pool }).catch((e) => e);
+    expect(failure).toBeInstanceOf(RestoreDamagedError);
+    expect((failure as RestoreDamagedError).damaged.map((d) => d.path)).toEqual(["a", "b", "c"]);
+    expect(await readdir(target)).toEqual(["ok"]);
+    expect(await readFile(join(target, "ok"), "utf8")).toBe("good");
+  });
+
+  it("names the entry it could not create as the snapshot has it, not by a /proc name", async () => {
+    const long = "n".repeat(300); // over NAME_MAX
+    const manifest: Manifest = { version: 1, entries: [entry("logs"), entry(`logs/${long}`)] };
+    const target = fresh("target");
+    const failure = await restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool }).catch(
+      (e) => e,
+    );
+    expect(failure.message).toContain(`ENAMETOOLONG: name too long, mkdir 'logs/${long}'`);
+    expect(failure.message).not.toContain("/proc/");
+    expect(await readdir(target)).toEqual([]); // taken back, as any failed restore
+  });
+
   it("refuses a chunk whose content does not match its id", async () => {
     const { chunkCodec } = await import("@dumont/repository");
     const real = chunkCodec.sealChunk(key, Buffer.from("real content"));
