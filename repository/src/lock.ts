@@ -127,13 +127,24 @@ export async function acquireLock(
       throw lost;
     }
   };
-  const refresh = async (): Promise<void> => {
-    if (lost) throw lost;
-    if (released || Date.now() - written < LOCK_REFRESH_AFTER_MS) return;
+  // The refresh under way, if any: release waits for it, or its write (after a round trip to the store to see
+  // the lock still there) would put the lock back after the release deleted it, for others to wait out.
+  let refreshing: Promise<void> | undefined;
+  const rewrite = async (): Promise<void> => {
     await assertHeld(); // not written again once taken away: that would hide the loss
+    if (released) return;
     body = { ...body, time: new Date().toISOString() };
     written = Date.now();
     await store.put(lockKey, sealJson(key, ObjectKind.lock, body));
+  };
+  const refresh = async (): Promise<void> => {
+    if (lost) throw lost;
+    if (refreshing) return refreshing;
+    if (released || Date.now() - written < LOCK_REFRESH_AFTER_MS) return;
+    refreshing = rewrite().finally(() => {
+      refreshing = undefined;
+    });
+    return refreshing;
   };
   // A holder that is alive keeps its lock fresh even while it writes nothing (a long run of unchanged data). A
   // failure here is seen by the holder's next refresh or assertHeld if it was the loss of the lock.
@@ -147,6 +158,7 @@ export async function acquireLock(
       if (released) return;
       released = true;
       clearInterval(timer);
+      await refreshing?.catch(() => {});
       await store.delete(lockKey).catch(() => {});
     },
   };

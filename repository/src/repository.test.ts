@@ -826,6 +826,49 @@ describe("repository on file://, writing packs", () => {
 });
 
 describe("locks", () => {
+  it("a refresh under way when the lock is released does not write it back", async () => {
+    const store = openBlobStore(pathToFileURL(join(dir, "locks-3")).href);
+    const key = generateRepositoryKey();
+    // The refresh's look at its lock answers "there" only after the release has begun (a slow HEAD on S3).
+    let answered!: () => void;
+    const statAnswered = new Promise<void>((resolve) => {
+      answered = resolve;
+    });
+    let letAnswer!: () => void;
+    const answer = new Promise<void>((resolve) => {
+      letAnswer = resolve;
+    });
+    let slow = false;
+    const slowStat: BlobStore = Object.create(store, {
+      stat: {
+        value: async (k: string) => {
+          const info = await store.stat(k);
+          if (slow) {
+            answered();
+            await answer;
+          }
+          return info;
+        },
+      },
+    });
+    const held = await acquireLock(slowStat, key, { exclusive: false, purpose: "a snapshot" });
+    vi.useFakeTimers({ toFake: ["Date"] });
+    try {
+      vi.setSystemTime(Date.now() + 6 * 60_000); // due for a refresh
+      slow = true;
+      const refreshing = held.refresh();
+      await statAnswered;
+      const releasing = held.release();
+      letAnswer();
+      await Promise.all([refreshing, releasing]);
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(await readdir(join(dir, "locks-3", "locks"))).toEqual([]);
+    await held.refresh(); // released: writes nothing
+    expect(await readdir(join(dir, "locks-3", "locks"))).toEqual([]);
+  });
+
   it("judges locks by the store's clock, respects other pid namespaces and unreadable locks, and stops a writer whose lock was taken", async () => {
     const store = openBlobStore(pathToFileURL(join(dir, "locks-2")).href);
     const key = generateRepositoryKey();
