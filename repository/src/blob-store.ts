@@ -43,10 +43,11 @@ export interface BlobStore {
   openWriter?(key: string): Promise<BlobWriter>;
   /**
    * Optional: deletes what writes cut short by a crash left under `prefix` (temp files on file://; S3 writes
-   * are whole PutObjects and leave nothing). Only safe where no write is running: prune calls it under the
-   * exclusive lock, for the prefixes only lock holders write to.
+   * are whole PutObjects and leave nothing), of those last written over `olderThanMs` ago (default 0: all).
+   * Only safe where no write is running: prune calls it under the exclusive lock for the prefixes only lock
+   * holders write to, and for locks/ (written by whoever takes a lock, prune's lock or not) with an age.
    */
-  removeAbandoned?(prefix: string): Promise<{ count: number; bytes: number }>;
+  removeAbandoned?(prefix: string, options?: { olderThanMs?: number }): Promise<{ count: number; bytes: number }>;
 }
 
 /** An object being written piece by piece (see BlobStore.openWriter). */

@@ -332,7 +332,11 @@ export class FileBlobStore implements BlobStore {
     }
   }
 
-  async removeAbandoned(prefix: string): Promise<{ count: number; bytes: number }> {
+  async removeAbandoned(
+    prefix: string,
+    options: { olderThanMs?: number } = {},
+  ): Promise<{ count: number; bytes: number }> {
+    const before = Date.now() - (options.olderThanMs ?? 0);
     const removed = { count: 0, bytes: 0 };
     const walk = async (dir: string): Promise<void> => {
       let entries: Dirent[];
@@ -346,10 +350,16 @@ export class FileBlobStore implements BlobStore {
         const path = join(dir, entry.name);
         if (entry.isDirectory()) await walk(path);
         else if (entry.isFile() && entry.name.startsWith(TEMP_PREFIX)) {
-          const { size } = await stat(path);
-          await unlink(path);
-          removed.count++;
-          removed.bytes += size;
+          try {
+            const { size, mtimeMs } = await stat(path);
+            if (mtimeMs > before) continue;
+            await unlink(path);
+            removed.count++;
+            removed.bytes += size;
+          } catch (err) {
+            // Renamed into place or removed meanwhile: not abandoned after all, or gone already.
+            if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+          }
         }
       }
     };

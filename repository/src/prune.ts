@@ -1,7 +1,7 @@
 // forget: drop snapshot objects by a retention policy, or by id. prune: under an exclusive lock, delete packs no
 // snapshot needs, repack mostly-unused ones, and delete leftovers of interrupted snapshots.
 import { RepositoryError } from "./errors.js";
-import { acquireLock } from "./lock.js";
+import { acquireLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 import { indexKey, packKey } from "./pack.js";
 import type { Repository } from "./repository.js";
 import { hasRetentionRule, planRetention, type RetentionPolicy } from "./retention.js";
@@ -86,8 +86,13 @@ export interface PruneReport {
 }
 
 /** What only writers holding a lock write to: temp files under these are abandoned while prune holds its lock. */
-// locks/ too: a lock's temp file stays when its writer dies between writing and renaming it.
-const WRITER_PREFIXES = ["data/", "index/", "manifests/", "snapshots/", "locks/"];
+const WRITER_PREFIXES = ["data/", "index/", "manifests/", "snapshots/"];
+/**
+ * locks/ is written by whoever takes a lock, while prune holds its own too (a snapshot refused by it, a refresh):
+ * a lock's temp file is abandoned (its writer died between writing and renaming it) only once it is old. A lock
+ * is written in milliseconds; one written that long ago would be stale anyway.
+ */
+const ABANDONED_LOCK_AFTER_MS = LOCK_STALE_AFTER_MS;
 
 export async function pruneRepository(repository: Repository, options: PruneOptions = {}): Promise<PruneReport> {
   const { store } = repository;
@@ -167,8 +172,11 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     }
     for (const o of orphans) await store.delete(o.key);
     for (const key of manifestKeys) await store.delete(key);
-    for (const prefix of WRITER_PREFIXES) {
-      const removed = (await store.removeAbandoned?.(prefix)) ?? { count: 0, bytes: 0 };
+    for (const [prefix, olderThanMs] of [
+      ...WRITER_PREFIXES.map((p) => [p, 0] as const),
+      ["locks/", ABANDONED_LOCK_AFTER_MS] as const,
+    ]) {
+      const removed = (await store.removeAbandoned?.(prefix, { olderThanMs })) ?? { count: 0, bytes: 0 };
       report.tempFilesDeleted += removed.count;
       report.bytesFreed += removed.bytes;
     }
