@@ -260,13 +260,16 @@ describe("S3 blob store against a server that never answers", () => {
  */
 async function withAnsweringServer(
   bucket: string,
-  answer: () => { status: number; code: string; message: string },
+  /** An error's status, code and message; or a status and the XML to answer with. */
+  answer: () => { status: number; code: string; message: string } | { status: number; xml: string },
   use: (store: S3BlobStore) => Promise<void>,
 ): Promise<void> {
   const server = createHttpServer((_req, res) => {
-    const { status, code, message } = answer();
-    res.writeHead(status, { "content-type": "application/xml" });
-    res.end(`<?xml version="1.0"?><Error><Code>${code}</Code><Message>${message}</Message></Error>`);
+    const a = answer();
+    res.writeHead(a.status, { "content-type": "application/xml" });
+    res.end(
+      "xml" in a ? a.xml : `<?xml version="1.0"?><Error><Code>${a.code}</Code><Message>${a.message}</Message></Error>`,
+    );
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
@@ -302,6 +305,25 @@ describe("S3 blob store against a server that fails requests", () => {
     });
   });
 
+  it("fails a listing said to go on without a token to go on from, rather than pass part of it for all", async () => {
+    const truncated = () => ({
+      status: 200,
+      xml:
+        '<?xml version="1.0"?><ListBucketResult><Name>short-bucket</Name><Prefix>data/</Prefix>' +
+        "<KeyCount>1</KeyCount><IsTruncated>true</IsTruncated><Contents><Key>data/ab/cd</Key><Size>4</Size>" +
+        "<LastModified>2026-12-05T00:00:00.000Z</LastModified></Contents></ListBucketResult>",
+    });
+    await withAnsweringServer("short-bucket", truncated, async (store) => {
+      const listed: string[] = [];
+      const err = await (async () => {
+        for await (const info of store.list("data/")) listed.push(info.key);
+      })().catch((e: unknown) => e);
+      expect(listed).toEqual(["data/ab/cd"]);
+      expect(isRepositoryError(err, "unavailable")).toBe(true);
+      expect((err as Error).message).toMatch(/said there was more but gave no continuation token/);
+    });
+  });
+
   it("takes AWS_MAX_ATTEMPTS, the SDK's own variable, checked", () => {
     expect(maxAttemptsFromEnv({})).toBeUndefined();
     expect(maxAttemptsFromEnv({ AWS_MAX_ATTEMPTS: " 3 " })).toBe(3);
@@ -330,6 +352,31 @@ describe("S3 blob store against a server that refuses access", () => {
   });
 });
 
+describe("S3 blob store beside folder markers", () => {
+  it("lists none of them: empty objects named like folders (the AWS console's Create folder makes them)", async () => {
+    const { PutObjectCommand, S3Client } = await import("@aws-sdk/client-s3");
+    const client = new S3Client({ ...s3.s3, forcePathStyle: true });
+    const prefix = `markers${++counter}`;
+    try {
+      for (const folder of ["", "locks/", "index/", "data/", "data/ab/"]) {
+        await client.send(
+          new PutObjectCommand({ Bucket: s3.bucket, Key: `${prefix}/${folder}`, Body: new Uint8Array(0) }),
+        );
+      }
+    } finally {
+      client.destroy();
+    }
+    const store = openBlobStore(s3.url(prefix), { s3: s3.s3 });
+    await store.put("locks/abc", Buffer.from("lock"));
+    await store.put("data/ab/cd", Buffer.from("pack"));
+    const listed: string[] = [];
+    for await (const info of store.list("")) listed.push(info.key);
+    // Before, "locks/" came first, and getting it failed every lock: invalid object key "locks/".
+    expect(listed.sort()).toEqual(["data/ab/cd", "locks/abc"]);
+    await store.close();
+  });
+});
+
 describe("openBlobStore", () => {
   it("explains unsupported URLs", () => {
     expect(() => openBlobStore("ftp://x")).toThrow(/file:\/\/\/absolute\/path or s3:\/\/bucket\/prefix/);
@@ -339,6 +386,28 @@ describe("openBlobStore", () => {
       expect(() => openBlobStore(bad), bad).toThrow(/with an empty, "\." or "\.\." component/);
     }
     expect(openBlobStore("/tmp/x").url).toBe("file:///tmp/x");
+  });
+
+  it("refuses credentials written into a repository URL, without repeating them", () => {
+    for (const url of [
+      "s3://AKIAEXAMPLE:wJalrXUtnFEMI@my-bucket/prefix",
+      "s3://AKIAEXAMPLE@my-bucket",
+      "file://user:hunter2@localhost/tmp/repo",
+      "ftp://user:hunter2@host/x",
+    ]) {
+      const err = (() => {
+        try {
+          openBlobStore(url);
+        } catch (e) {
+          return e as Error;
+        }
+      })();
+      expect(isRepositoryError(err, "invalid-argument"), url).toBe(true);
+      expect(err?.message).toMatch(/:\/\/\*\*\*@.* carries a user name or password .*AWS_ACCESS_KEY_ID/);
+      expect(err?.message).not.toMatch(/AKIAEXAMPLE|wJalr|hunter2|user:/);
+    }
+    // An "@" after the first "/" is part of a path or prefix, not a user name.
+    expect(openBlobStore("s3://my-bucket/team@acme").url).toBe("s3://my-bucket/team@acme");
   });
 
   it("refuses an S3 endpoint that is no http(s) URL, naming where it came from", () => {

@@ -213,12 +213,23 @@ export class S3BlobStore implements BlobStore {
         throw this.wrap(err, prefix);
       }
       for (const item of res.Contents ?? []) {
-        if (!item.Key) continue;
+        // A key ending in "/" is a folder marker (the AWS console's "Create folder", and other tools', make
+        // one): no object of ours, and no valid key to get or delete.
+        if (!item.Key || item.Key.endsWith("/")) continue;
         yield {
           key: item.Key.slice(this.base.length),
           size: Number(item.Size ?? 0),
           modified: item.LastModified ?? new Date(0),
         };
+      }
+      if (res.IsTruncated && !res.NextContinuationToken) {
+        // Listing on from the start would never end, and stopping here would pass a partial list for whole (a
+        // prune would take the packs it did not see for unindexed ones).
+        throw new RepositoryError(
+          "unavailable",
+          `listing ${this.url}/${prefix}: the store said there was more but gave no continuation token; it does ` +
+            "not implement ListObjectsV2 fully",
+        );
       }
       token = res.IsTruncated ? res.NextContinuationToken : undefined;
     } while (token);
