@@ -21,6 +21,15 @@ export type RepositoryLocation = { kind: "file"; path: string } | { kind: "s3"; 
  * DUMONT_BLOB_STORE with it at start, rather than at the first snapshot.
  */
 export function parseRepositoryUrl(url: string): RepositoryLocation {
+  const shown = withoutUserInfo(url);
+  if (shown !== url) {
+    throw new RepositoryError(
+      "invalid-argument",
+      `repository URL ${shown} carries a user name or password before the "@": a repository URL takes none. For ` +
+        "S3 give the credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and write " +
+        "s3://bucket/prefix",
+    );
+  }
   if (url.startsWith("file://")) {
     try {
       return { kind: "file", path: fileURLToPath(url) };
@@ -58,6 +67,14 @@ export function parseRepositoryUrl(url: string): RepositoryLocation {
     "invalid-argument",
     `repository URL "${url}" is not supported: use file:///absolute/path or s3://bucket/prefix`,
   );
+}
+
+/**
+ * `url` with what stands between its "scheme://" and an "@" before the first "/" (user:password@) replaced by
+ * "***", so no message repeats a secret written there.
+ */
+function withoutUserInfo(url: string): string {
+  return url.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/]*@/, "$1***@");
 }
 
 /** Opens `file:///abs/path` (or a plain absolute path) or `s3://bucket/prefix` (see parseRepositoryUrl). */
