@@ -192,6 +192,11 @@ describe("SnapshotCoordinator: the arrival check", () => {
     ],
     ["a count below the list", { filesSkipped: 1n, skipped: many(2) }, /files_skipped is 1, fewer than the 2 entries/],
     ["an absolute path", { filesSkipped: 1n, skipped: [{ path: "/etc/passwd", reason: "x" }] }, /skipped\[0\]\.path/],
+    [
+      "a NUL in a reason",
+      { filesSkipped: 1n, skipped: [{ path: "a", reason: "x\0" }] },
+      /skipped\[0\]\.reason holds a NUL/,
+    ],
   ])("refuses a commit whose skipped entries have %s, and lists nothing", async (_what, stats, error) => {
     const before = await db.selectFrom("snapshots").select("id").execute();
     await expect(commitWith(stats)).rejects.toThrow(error);

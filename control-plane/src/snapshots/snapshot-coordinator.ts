@@ -1049,6 +1049,9 @@ function skippedEntries(stats: SnapshotStats | undefined): { filesSkipped: numbe
     if (reason.length > MAX_SKIPPED_REASON) {
       throw new InvalidArgumentError(`${field}: skipped[${i}].reason is longer than ${MAX_SKIPPED_REASON} characters`);
     }
+    // A jsonb column takes no NUL (its JSON's \u0000): the row's insert failed after the record was stored, and
+    // the snapshot stayed unlisted, its packs kept, and a retention's "newest" it could not list.
+    if (reason.includes("\0")) throw new InvalidArgumentError(`${field}: skipped[${i}].reason holds a NUL character`);
     return { path, reason };
   });
   return { filesSkipped, skipped };
