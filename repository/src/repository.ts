@@ -160,6 +160,11 @@ export class Repository implements RepositoryAccess {
     return records.sort((a, b) => a.time.localeCompare(b.time) || a.id.localeCompare(b.id));
   }
 
+  /** Whether snapshot `id` (a full id) is in the repository: its record is there. */
+  async hasSnapshot(id: string): Promise<boolean> {
+    return (await this.store.stat(snapshotKey(id))) !== undefined;
+  }
+
   /**
    * Finds a snapshot by its id, a unique prefix of it (at least 4 characters), or `latest`: the newest in the
    * repository, whatever workspace it came from (restic's `latest` without filters).

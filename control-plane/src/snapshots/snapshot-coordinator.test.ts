@@ -170,6 +170,56 @@ describe("SnapshotCoordinator: the arrival check", () => {
     expect(stored).toMatchObject({ bytes_total: 10_000, bytes_stored: 592 });
   });
 
+  it("lists no snapshot a forget took between its commit and its row: both or neither", async () => {
+    // A forget (a retention after another snapshot of the workspace) that runs while a commit is between the
+    // repository's record and the catalogue's row forgets the snapshot, row and record; the row must not come
+    // back after it, for a snapshot no restore, diff or forget could then find.
+    const snapshotsDir = path.join(blobs, "tenants", "t1", "snapshots");
+    const records = async () => new Set(await fs.readdir(snapshotsDir).catch(() => [] as string[]));
+    const before = await records();
+    let forgetting: Promise<unknown> | undefined;
+    const insertInto = db.insertInto.bind(db);
+    // The commit's insert (the first into snapshots) waits for that forget, or a second where the forget waits
+    // for it (as it should: then it finds the row, and forgets both).
+    const gated = <T extends object>(builder: T): T =>
+      new Proxy(builder, {
+        get(target, prop) {
+          const value = Reflect.get(target, prop);
+          if (typeof value !== "function") return value;
+          return (...args: unknown[]) => {
+            if (prop === "executeTakeFirst" || prop === "execute") {
+              return Promise.race([forgetting, new Promise((r) => setTimeout(r, 1000))]).then(() =>
+                value.apply(target, args),
+              );
+            }
+            const next = value.apply(target, args);
+            return next && typeof next === "object" ? gated(next) : next;
+          };
+        },
+      });
+    const spy = vi.spyOn(db, "insertInto").mockImplementation(((table: "snapshots") => {
+      const builder = insertInto(table);
+      if (table !== "snapshots" || forgetting) return builder;
+      forgetting = (async () => {
+        const [id] = [...(await records())].filter((r) => !before.has(r));
+        await coordinator.forget({ tenantId: "t1", ids: [id], policy: {}, prune: false, dryRun: false });
+      })();
+      forgetting.catch(() => {});
+      return gated(builder);
+    }) as typeof db.insertInto);
+    try {
+      const row = await commitWith({});
+      await forgetting;
+      const listed = await db.selectFrom("snapshots").select("id").where("id", "=", row.id).execute();
+      expect({ listed: listed.length, inRepository: (await records()).has(row.id) }).toEqual({
+        listed: 0,
+        inRepository: false,
+      });
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
   it("keeps what the agent left out: the count and the entries, in the row and the repository's record", async () => {
     const skipped = [
       { path: "run/agent.sock", reason: "a socket: only regular files, directories and symlinks are kept" },

@@ -934,22 +934,36 @@ export class SnapshotCoordinator {
       // Set here, not by the column default, so the answer to this request and later listings agree.
       createdAt: new Date(),
     });
-    // Inserted already only if a forget found the snapshot in the repository first (listUnlisted): that row
-    // is the same snapshot, and what `list` shows, so it is the answer.
-    const inserted = await this.db
-      .insertInto("snapshots")
-      .values(row)
-      .onConflict((oc) => oc.column("id").doNothing())
-      .returning("id")
-      .executeTakeFirst();
-    if (!inserted) {
-      const listed = await getSnapshot(this.db, id);
-      if (listed) return listed;
+    // The row goes in as a change of the catalogue, after any forget under way: a forget between the
+    // repository's commit and this insert (a retention after another snapshot of the workspace) may have found
+    // the snapshot (listUnlisted), judged it older and forgotten it, row and record. Its row is then not put
+    // back for a snapshot that is gone: it was committed, and forgotten as the policy says.
+    const listed = await this.changingCatalogue(req.tenantId, async () => {
+      const repository = await this.repositoryOf(req.tenantId);
+      if (!(await repository.hasSnapshot(id))) return "forgotten" as const;
+      // Inserted already only if a forget found the snapshot in the repository first (listUnlisted) and kept
+      // it: that row is the same snapshot, and what `list` shows, so it is the answer.
+      const inserted = await this.db
+        .insertInto("snapshots")
+        .values(row)
+        .onConflict((oc) => oc.column("id").doNothing())
+        .returning("id")
+        .executeTakeFirst();
+      return inserted ? undefined : await getSnapshot(this.db, id);
+    });
+    if (listed === "forgotten") {
+      this.log.info(
+        { snapshotId: id, hostId: req.session.hostId, workspace: req.workspaceId },
+        "snapshot committed and forgotten at once by a forget that ran meanwhile (its retention policy)",
+      );
+    } else if (listed) {
+      return listed;
+    } else {
+      this.log.info(
+        { snapshotId: id, hostId: req.session.hostId, workspace: req.workspaceId, ...counts },
+        "snapshot committed",
+      );
     }
-    this.log.info(
-      { snapshotId: id, hostId: req.session.hostId, workspace: req.workspaceId, ...counts },
-      "snapshot committed",
-    );
     return { ...row, skipped: skipped.skipped };
   }
 
