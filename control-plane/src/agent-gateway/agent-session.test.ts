@@ -4,7 +4,7 @@ import { EventEmitter } from "node:events";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ControlMessage } from "@dumont/proto";
 import { describe, expect, it } from "vitest";
-import { AgentSession, type AgentStream, type DownloadsStream } from "./agent-session.js";
+import { AgentSession, type AgentStream, type DownloadsStream, SessionRegistry } from "./agent-session.js";
 
 function fullStream(): EventEmitter & { writes: number } {
   const stream = Object.assign(new EventEmitter(), { writes: 0 });
@@ -144,5 +144,23 @@ describe("AgentSession.bulkSender", () => {
     other.attachDownloads(ended as unknown as DownloadsStream, welcome);
     other.close();
     expect(ended.ended).toBe(1);
+  });
+});
+
+describe("SessionRegistry.heldBack", () => {
+  it("names the hosts whose streams this side paused, until every pause is resumed", () => {
+    const registry = new SessionRegistry();
+    const a = new AgentSession("h-a", "s-a", "t-1", fullStream() as unknown as AgentStream);
+    const b = new AgentSession("h-b", "s-b", "t-1", fullStream() as unknown as AgentStream);
+    registry.add(a);
+    registry.add(b);
+    expect(registry.heldBack()).toEqual([]);
+    a.pauseInbound();
+    a.pauseInbound(); // two operations of the host, each behind the blob store
+    expect(registry.heldBack()).toEqual(["h-a"]);
+    a.resumeInbound();
+    expect(registry.heldBack()).toEqual(["h-a"]);
+    a.resumeInbound();
+    expect(registry.heldBack()).toEqual([]);
   });
 });

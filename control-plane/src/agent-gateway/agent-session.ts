@@ -194,6 +194,11 @@ export class AgentSession implements AgentSender {
     if (this.pauses++ === 0) this.stream.pause();
   }
 
+  /** Whether this side has stopped reading the agent's messages (pauseInbound). */
+  get inboundPaused(): boolean {
+    return this.pauses > 0;
+  }
+
   resumeInbound(): void {
     if (this.pauses > 0 && --this.pauses === 0) this.stream.resume();
   }
@@ -234,5 +239,12 @@ export class SessionRegistry {
 
   all(): AgentSession[] {
     return [...this.sessions.values()];
+  }
+
+  /** The hosts whose streams are paused on this side (AgentSession.inboundPaused). */
+  heldBack(): string[] {
+    return this.all()
+      .filter((s) => s.inboundPaused)
+      .map((s) => s.hostId);
   }
 }

@@ -71,6 +71,8 @@ export class AgentGatewayServer {
   private readonly closeHandlers: ((session: AgentSession) => void)[] = [];
 
   constructor(private readonly deps: GatewayDeps) {
+    // A stream paused by backpressure (pauseInbound) carries no heartbeat; its host is not silent for that.
+    deps.liveness.countHeldBackAsHeard(() => this.sessions.heldBack());
     this.server.addService(grpcServiceDefinition(AgentGateway), {
       enroll: (call: grpc.ServerUnaryCall<EnrollRequest, EnrollResponse>, cb: grpc.sendUnaryData<EnrollResponse>) =>
         void this.enroll(call, cb),

@@ -43,6 +43,40 @@ describe("HostLiveness", () => {
     expect((await listEvents(db, "h-quiet")).map((e) => e.kind)).toEqual(["online", "lost"]);
   });
 
+  it("does not call a host lost whose stream this side holds back (a snapshot behind a slow blob store)", async () => {
+    await insertHost(db, {
+      id: "h-held",
+      tenantId: "p",
+      name: "h-held",
+      hostname: "h",
+      agentVersion: "1",
+      certSerial: "held",
+    });
+    const t0 = new Date();
+    await markHostOnline(db, "h-held", {
+      agentVersion: "1",
+      protocolVersion: 1,
+      simulated: false,
+      hostname: "h",
+      now: t0,
+    });
+    const liveness = new HostLiveness(db, log, createMetrics(), {
+      lostAfterSeconds: 10,
+      startedAt: t0.getTime() - 60_000,
+    });
+    let held = true;
+    liveness.countHeldBackAsHeard(() => (held ? ["h-held"] : []));
+    // Nothing read from it for 20 s: it is we who stopped reading.
+    // (Other tests' hosts share the database: only this one is judged here.)
+    expect(await liveness.check(new Date(t0.getTime() + 12_000))).not.toContain("h-held");
+    expect(await liveness.check(new Date(t0.getTime() + 20_000))).not.toContain("h-held");
+    expect((await getHost(db, "h-held"))!.status).toBe("online");
+    // Read again, and then silent for longer than lostAfter: lost, as any host.
+    held = false;
+    expect(await liveness.check(new Date(t0.getTime() + 29_000))).not.toContain("h-held");
+    expect(await liveness.check(new Date(t0.getTime() + 31_000))).toContain("h-held");
+  });
+
   it("after a restart, waits while agents are still reconnecting, then declares the rest lost; the wait is capped", async () => {
     const ids = ["h-a", "h-b", "h-c"];
     for (const id of ids) {

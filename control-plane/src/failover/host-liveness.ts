@@ -46,6 +46,17 @@ export class HostLiveness {
     this.lastBackAt = this.startedAt;
   }
 
+  private heldBack: () => Iterable<string> = () => [];
+
+  /**
+   * Hosts this control plane holds back (it stopped reading their streams while it writes what they sent:
+   * snapshot chunks behind a slow blob store): silent because of us, so counted as heard at every check. A
+   * host whose connection dies meanwhile leaves `hosts` when its stream closes (keepalive pings find it).
+   */
+  countHeldBackAsHeard(hosts: () => Iterable<string>): void {
+    this.heldBack = hosts;
+  }
+
   /** Record that a host sent something (just now, unless `now` says otherwise). */
   heartbeat(hostId: string, now = Date.now()): void {
     this.heard.add(hostId);
@@ -75,6 +86,7 @@ export class HostLiveness {
 
   /** One pass: write heartbeats, then declare silent hosts lost. */
   async check(now = new Date()): Promise<string[]> {
+    for (const hostId of this.heldBack()) this.heartbeat(hostId, now.getTime());
     await this.flushHeartbeats(now);
     const lostAfterMs = this.options.lostAfterSeconds * 1000;
     if (!this.graceOver) {
