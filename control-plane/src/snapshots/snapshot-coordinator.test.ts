@@ -220,6 +220,39 @@ describe("SnapshotCoordinator: the arrival check", () => {
     }
   });
 
+  it("stops reading an agent whose answers wait to be sent (it offers on and reads nothing), until they go", async () => {
+    const { snapshot, requestId, key, agentSends } = await start();
+    // Answers are held as a stream the agent does not read holds them: sent once the test lets them go.
+    const held: (() => void)[] = [];
+    const send = session.send;
+    const pauses: string[] = [];
+    session.send = async (m: ControlMessage) => {
+      if (m.msg.case !== "snapshotNeed") return send(m);
+      await new Promise<void>((resolve) => held.push(resolve));
+      return send(m);
+    };
+    session.pauseInbound = () => void pauses.push("pause");
+    session.resumeInbound = () => void pauses.push("resume");
+    try {
+      for (let batch = 1n; batch <= 12n; batch++) {
+        const chunkIds = [chunkCodec.sealChunk(key, randomBytes(100)).id];
+        agentSends({ case: "snapshotOffer", value: { requestId, epoch: 3n, batch, chunkIds, manifestIds: [] } });
+      }
+      await until(() => held.length === 12);
+      // Paused once past eight answers waiting (each up to a message of memory), not once per offer.
+      expect(pauses).toEqual(["pause"]);
+      for (const resolve of held.splice(0)) resolve();
+      await until(() => sent.filter((m) => m.msg.case === "snapshotNeed").length === 12);
+      expect(pauses).toEqual(["pause", "resume"]);
+    } finally {
+      session.send = send;
+      session.pauseInbound = () => {};
+      session.resumeInbound = () => {};
+      agentSends({ case: "snapshotFailed", value: { requestId, message: "the test is over" } });
+      await snapshot.catch(() => {});
+    }
+  });
+
   it("keeps what the agent left out: the count and the entries, in the row and the repository's record", async () => {
     const skipped = [
       { path: "run/agent.sock", reason: "a socket: only regular files, directories and symlinks are kept" },

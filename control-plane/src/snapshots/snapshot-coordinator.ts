@@ -65,6 +65,12 @@ import type { TenantKeys } from "./tenant-keys.js";
 
 /** Chunk messages being verified or written before we stop reading the agent's stream (about 1 MiB each). */
 const MAX_VERIFYING = 4;
+/**
+ * Answers to the agent's offers (snapshotNeed) waiting to be sent before its stream is no longer read: an
+ * agent that offers on and never reads would otherwise queue answer after answer (up to a message each) in
+ * this process's memory. The agent's own pipeline has a few offers out at a time, answered in milliseconds.
+ */
+const MAX_ANSWERING = 8;
 
 /**
  * An operation whose agent says nothing about it for this long fails (the agent is told to stop a snapshot).
@@ -526,6 +532,8 @@ export class SnapshotCoordinator {
     const writer = await repository.writer({ index: this.index(req.tenantId), refreshIndex: true });
     /** Chunk messages in hand (being checked or waiting to be written); the stream is paused above MAX_VERIFYING. */
     let outstanding = 0;
+    /** Answers to offers not yet sent; the stream is paused above MAX_ANSWERING. */
+    let answering = 0;
     /** The manifest's parts sent ahead of the commit: no more than a real manifest takes, whatever the agent sends. */
     const manifestParts = new ManifestPartsReceiver<{ stored: string }>();
     const requestId = randomUUID();
@@ -604,15 +612,20 @@ export class SnapshotCoordinator {
             // Answered at once, not behind the chunks still being written: waiting for them turned every
             // batch into a full stop of the pipeline. A chunk offered while an earlier copy is still queued
             // is asked for twice at worst, and the writer drops the second copy.
+            if (++answering === MAX_ANSWERING + 1) session.pauseInbound();
             void (async () => {
-              const need = ids.length > 0 ? await writer.missing(ids) : [];
-              const needParts = parts.length > 0 ? await writer.missingManifestParts(parts) : [];
-              const manifestIds = needParts.map((id) => Buffer.from(id, "hex"));
-              await session.send(
-                create(ControlMessageSchema, {
-                  msg: { case: "snapshotNeed", value: { requestId, chunkIds: need, batch, manifestIds } },
-                }),
-              );
+              try {
+                const need = ids.length > 0 ? await writer.missing(ids) : [];
+                const needParts = parts.length > 0 ? await writer.missingManifestParts(parts) : [];
+                const manifestIds = needParts.map((id) => Buffer.from(id, "hex"));
+                await session.send(
+                  create(ControlMessageSchema, {
+                    msg: { case: "snapshotNeed", value: { requestId, chunkIds: need, batch, manifestIds } },
+                  }),
+                );
+              } finally {
+                if (answering-- === MAX_ANSWERING + 1) session.resumeInbound();
+              }
             })().catch(abandon); // the agent waits for this answer: it must hear that none is coming
           } else if (m.case === "snapshotChunks") {
             if (m.value.epoch !== req.epoch) return abandon(staleEpoch(m.value.epoch, req.epoch));
