@@ -49,6 +49,13 @@ export class UnavailableError extends ConnectError {
   }
 }
 
+/** Stored data that fails its checks (a damaged object in the blob store): not the caller's to fix by retrying. */
+export class DataLossError extends ConnectError {
+  constructor(message: string) {
+    super(message, Code.DataLoss);
+  }
+}
+
 export class DeadlineExceededError extends ConnectError {
   constructor(message: string) {
     super(message, Code.DeadlineExceeded);

@@ -5,6 +5,7 @@ import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   AgentMessageSchema,
   type ControlMessage,
@@ -16,6 +17,7 @@ import {
   type SnapshotStatsSchema,
 } from "@dumont/proto";
 import {
+  acquireLock,
   checkRepository,
   chunkCodec,
   openBlobStore,
@@ -250,6 +252,26 @@ describe("SnapshotCoordinator: the arrival check", () => {
       session.resumeInbound = () => {};
       agentSends({ case: "snapshotFailed", value: { requestId, message: "the test is over" } });
       await snapshot.catch(() => {});
+    }
+  });
+
+  it("refuses a snapshot while another process prunes the repository, as a failed precondition saying so", async () => {
+    // A direct-mode prune of the same store (dumont-agent snapshot forget --prune): its exclusive lock.
+    const key = await new TenantKeys(db, coordinatorMasterKey).get("t1");
+    const prune = await acquireLock(openBlobStore(`file://${blobs}/tenants/t1`), key, {
+      exclusive: true,
+      purpose: "a prune",
+    });
+    try {
+      const err = await coordinator
+        .snapshot({ session, tenantId: "t1", path: "/work", workspaceId: "w1", epoch: 3n })
+        .catch((e: unknown) => e);
+      // It was an "internal error" to the API's caller, the reason only in the control plane's log.
+      expect(err).toBeInstanceOf(ConnectError);
+      expect((err as ConnectError).code).toBe(Code.FailedPrecondition);
+      expect((err as ConnectError).rawMessage).toMatch(/the repository is locked by a prune \(pid \d+/);
+    } finally {
+      await prune.release();
     }
   });
 

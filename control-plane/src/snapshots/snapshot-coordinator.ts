@@ -52,6 +52,7 @@ import type { Db } from "../db/database.js";
 import { deleteSnapshot, getSnapshot, listSnapshots } from "../db/snapshot-repository.js";
 import type { SnapshotRow } from "../db/tables.js";
 import {
+  DataLossError,
   DeadlineExceededError,
   FailedPreconditionError,
   InvalidArgumentError,
@@ -1126,5 +1127,11 @@ function manifestPartOf(part: Uint8Array, storedId: Uint8Array): Uint8Array | { 
 function storeError(err: unknown): unknown {
   if (isRepositoryError(err, "unwritable")) return new ResourceExhaustedError(err.message);
   if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);
+  // Another process's prune holds the repository (a direct-mode prune of the same bucket), or the store may
+  // not be written by this control plane: the message says what to wait for or fix.
+  if (isRepositoryError(err, "locked") || isRepositoryError(err, "read-only")) {
+    return new FailedPreconditionError(err.message);
+  }
+  if (isRepositoryError(err, "corrupt")) return new DataLossError(err.message);
   return err;
 }
