@@ -3,7 +3,7 @@
 // (judged by the store's own clock: the objects' modification times, not the holders' clocks), or when it
 // names a process on this host, in this process's pid namespace, that no longer exists (kill -9).
 import { randomBytes } from "node:crypto";
-import { readlinkSync } from "node:fs";
+import { readFileSync, readlinkSync } from "node:fs";
 import { hostname } from "node:os";
 import type { BlobStore } from "./blob-store.js";
 import { isRepositoryError, RepositoryError, refusedReason } from "./errors.js";
@@ -21,6 +21,13 @@ interface LockBody {
    * host's network share its hostname but not its pids. Absent in locks of older writers.
    */
   pidns?: string;
+  /**
+   * The kernel's boot id and the machine's id (/etc/machine-id) of the holder: pids mean something only on the
+   * same boot of the same machine. Two machines may share a hostname (cloned VMs, containers given one name),
+   * and the host's own pid namespace has the same inode on every Linux machine. Absent in older locks.
+   */
+  bootId?: string;
+  machineId?: string;
   exclusive: boolean;
   purpose: string;
 }
@@ -51,6 +58,18 @@ const PID_NAMESPACE = (() => {
   }
 })();
 
+/** The first line of `file`, or undefined where it cannot be read (not Linux, no systemd, a bare container). */
+function firstLine(file: string): string | undefined {
+  try {
+    return readFileSync(file, "utf8").split("\n")[0].trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const BOOT_ID = firstLine("/proc/sys/kernel/random/boot_id");
+const MACHINE_ID = firstLine("/etc/machine-id");
+
 export async function acquireLock(
   store: BlobStore,
   key: Buffer,
@@ -62,6 +81,8 @@ export async function acquireLock(
     hostname: hostname(),
     pid: process.pid,
     ...(PID_NAMESPACE ? { pidns: PID_NAMESPACE } : {}),
+    ...(BOOT_ID ? { bootId: BOOT_ID } : {}),
+    ...(MACHINE_ID ? { machineId: MACHINE_ID } : {}),
     exclusive: options.exclusive,
     purpose: options.purpose,
   };
@@ -164,9 +185,18 @@ export async function acquireLock(
   };
 }
 
-/** A lock of a process on this host, in this pid namespace, that no longer exists (kill -9). */
+/**
+ * A lock of a process on this host that no longer exists: in this pid namespace and boot, gone (kill -9); or
+ * taken before this machine last started (the same machine id, another boot id).
+ */
 function holderIsGone(lock: LockBody): boolean {
-  if (lock.hostname !== hostname() || lock.pid === process.pid) return false;
+  if (lock.hostname !== hostname()) return false;
+  if (lock.bootId !== undefined && BOOT_ID !== undefined && lock.bootId !== BOOT_ID) {
+    // Another running kernel: this machine before a restart, whose processes all ended with it; or another
+    // machine of the same name, whose pids mean nothing here (its lock is judged by age alone).
+    return lock.machineId !== undefined && lock.machineId === MACHINE_ID;
+  }
+  if (lock.pid === process.pid) return false;
   // Another pid namespace (a container on the host's network): its pids mean nothing here.
   if (lock.pidns !== undefined && lock.pidns !== PID_NAMESPACE) return false;
   try {

@@ -905,6 +905,24 @@ describe("locks", () => {
     await expect(pruneRepository(repository)).rejects.toSatisfy(locked);
     await container.release();
 
+    // Another machine of this hostname (a cloned VM: another boot and machine id; its pid namespace's inode is
+    // the same on every Linux machine): its pid, absent here, says nothing about it either.
+    const twin = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
+    await rewrite(twin, { pid: 2 ** 22 + 12345, bootId: "another-boot", machineId: "another-machine" });
+    await expect(pruneRepository(repository)).rejects.toSatisfy(locked);
+    await twin.release();
+    // This machine before it restarted (its machine id, an earlier boot): gone, even under this process's pid.
+    const machineId = await readFile("/etc/machine-id", "utf8").then(
+      (text) => text.trim(),
+      () => undefined,
+    );
+    if (machineId) {
+      const beforeRestart = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
+      await rewrite(beforeRestart, { pid: process.pid, bootId: "an-earlier-boot", machineId });
+      await pruneRepository(repository);
+      expect(await readdir(join(dir, "locks-2", "locks"))).toEqual([]);
+    }
+
     // A lock that cannot be read for another reason than its absence fails the prune instead of passing it.
     const busy = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
     const flaky: BlobStore = Object.create(store, {
