@@ -193,8 +193,10 @@ function holderIsGone(lock: LockBody): boolean {
   if (lock.hostname !== hostname()) return false;
   if (lock.bootId !== undefined && BOOT_ID !== undefined && lock.bootId !== BOOT_ID) {
     // Another running kernel: this machine before a restart, whose processes all ended with it; or another
-    // machine of the same name, whose pids mean nothing here (its lock is judged by age alone).
-    return lock.machineId !== undefined && lock.machineId === MACHINE_ID;
+    // machine of the same name, whose pids mean nothing here (its lock is judged by age alone). Containers of
+    // one image share its machine id wherever they run: the pid namespace must be this one too (the host's
+    // own is the same after a restart; a container's is not, and its lock waits out its age).
+    return lock.machineId !== undefined && lock.machineId === MACHINE_ID && lock.pidns === PID_NAMESPACE;
   }
   if (lock.pid === process.pid) return false;
   // Another pid namespace (a container on the host's network): its pids mean nothing here.

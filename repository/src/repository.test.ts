@@ -921,6 +921,11 @@ describe("locks", () => {
       await rewrite(beforeRestart, { pid: process.pid, bootId: "an-earlier-boot", machineId });
       await pruneRepository(repository);
       expect(await readdir(join(dir, "locks-2", "locks"))).toEqual([]);
+      // A container of the same image elsewhere (its machine id, another boot, its own pid namespace): by age.
+      const elsewhere = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
+      await rewrite(elsewhere, { pid: 2 ** 22 + 12345, bootId: "another-boot", machineId, pidns: "pid:[7]" });
+      await expect(pruneRepository(repository)).rejects.toSatisfy(locked);
+      await elsewhere.release();
     }
 
     // A lock that cannot be read for another reason than its absence fails the prune instead of passing it.
