@@ -275,6 +275,21 @@ describe("SnapshotCoordinator: the arrival check", () => {
     }
   });
 
+  it("passes an agent's failure on cut to a few KiB, not as long as the agent made it", async () => {
+    const { snapshot, requestId } = await start();
+    const message = `cannot read /work/${"x".repeat(100_000)}`;
+    coordinator.onAgentMessage(
+      session,
+      create(AgentMessageSchema, { msg: { case: "snapshotFailed", value: { requestId, message } } }),
+    );
+    const err = (await snapshot.catch((e: unknown) => e)) as ConnectError;
+    expect(err.code).toBe(Code.FailedPrecondition);
+    expect(err.rawMessage).toMatch(
+      /^the agent could not snapshot \/work: cannot read \/work\/x+… \(\d+ more characters; see the agent's log\)$/,
+    );
+    expect(err.rawMessage.length).toBeLessThan(4_200);
+  });
+
   it("keeps what the agent left out: the count and the entries, in the row and the repository's record", async () => {
     const skipped = [
       { path: "run/agent.sock", reason: "a socket: only regular files, directories and symlinks are kept" },

@@ -707,7 +707,9 @@ export class SnapshotCoordinator {
           } else if (m.case === "snapshotProgress") {
             req.onProgress?.({ bytesDone: Number(m.value.bytesRead), bytesTotal: Number(m.value.bytesToRead) });
           } else if (m.case === "snapshotFailed") {
-            finish(new FailedPreconditionError(`the agent could not snapshot ${req.path}: ${m.value.message}`));
+            finish(
+              new FailedPreconditionError(`the agent could not snapshot ${req.path}: ${agentText(m.value.message)}`),
+            );
           }
         },
       });
@@ -818,7 +820,9 @@ export class SnapshotCoordinator {
             req.onProgress?.({ bytesDone: Number(m.value.bytesWritten), bytesTotal: Number(m.value.bytesTotal) });
           } else if (m.case === "restoreProgress" && m.value.done) {
             if (m.value.error)
-              finish(new FailedPreconditionError(`restore failed on host ${session.hostId}: ${m.value.error}`));
+              finish(
+                new FailedPreconditionError(`restore failed on host ${session.hostId}: ${agentText(m.value.error)}`),
+              );
             else finish(undefined, { files: Number(m.value.files), bytesWritten: Number(m.value.bytesWritten) });
           }
         },
@@ -1124,6 +1128,18 @@ function manifestPartOf(part: Uint8Array, storedId: Uint8Array): Uint8Array | { 
  * store's own words (where, and what to do), for the admin who called: the API would otherwise answer "internal
  * error" and leave the reason in the log. Any other error as it is.
  */
+/** Most of an agent's error text an API error carries (it travels in a header for gRPC clients). */
+const MAX_AGENT_TEXT = 4096;
+
+/**
+ * An agent's error text (a snapshot's failure, a restore's, naming damaged files) cut to MAX_AGENT_TEXT: an
+ * agent may send up to a message's size, which no API error should carry.
+ */
+export function agentText(text: string): string {
+  if (text.length <= MAX_AGENT_TEXT) return text;
+  return `${text.slice(0, MAX_AGENT_TEXT)}… (${text.length - MAX_AGENT_TEXT} more characters; see the agent's log)`;
+}
+
 function storeError(err: unknown): unknown {
   if (isRepositoryError(err, "unwritable")) return new ResourceExhaustedError(err.message);
   if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);
