@@ -113,7 +113,19 @@ export class ControlPlaneSession extends EventEmitter {
       this.renewalTimer = setInterval(() => void this.renewIfDue(), RENEWAL_CHECK_MS);
       this.renewalTimer.unref();
     }
-    void this.open();
+    this.openSoon();
+  }
+
+  /**
+   * Opens the stream, in the background: a failure to open (a client shut down meanwhile) is logged and retried,
+   * never an unhandled rejection, which would end the agent.
+   */
+  private openSoon(): void {
+    this.open().catch((err: unknown) => {
+      if (this.stopped) return;
+      this.log.error({ err }, "cannot open the stream to the control plane; retrying");
+      this.scheduleReconnect(false);
+    });
   }
 
   async stop(): Promise<void> {
@@ -272,6 +284,9 @@ export class ControlPlaneSession extends EventEmitter {
       this.log.error({ err }, "cannot read host inventory; retrying");
       return this.scheduleReconnect(false);
     }
+    // Stopped while the inventory was read (it can take a while): no stream after stop(), and its client is
+    // closed already.
+    if (this.stopped) return;
     if (this.clientUsed || this.identityRenewed) {
       // A new connection for every new session. When the control plane dies mid-upload, Node's http2 can miss
       // the connection's end (nodejs/node#61304: a read error does not close the session), and grpc-js would
@@ -388,7 +403,7 @@ export class ControlPlaneSession extends EventEmitter {
     if (this.stopped) return;
     const delay = slow ? this.backoff.slowest() : this.backoff.next();
     this.log.info({ inMs: delay }, "reconnecting to the control plane");
-    this.reconnectTimer = setTimeout(() => void this.open(), delay);
+    this.reconnectTimer = setTimeout(() => this.openSoon(), delay);
   }
 
   private startTelemetry(): void {
