@@ -5,7 +5,16 @@
 // A name or symlink target that is not valid UTF-8 is left out with a reason: the manifest holds UTF-8 text,
 // and a name decoded with U+FFFD in it names nothing on the disk (a directory so named is one entry left out).
 import { isUtf8 } from "node:buffer";
-import { type BigIntStats, lstatSync, readlinkSync } from "node:fs";
+import {
+  type BigIntStats,
+  closeSync,
+  constants,
+  existsSync,
+  fstatSync,
+  lstatSync,
+  openSync,
+  readlinkSync,
+} from "node:fs";
 import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { ManifestRoot, SkippedEntry } from "@dumont/repository";
@@ -42,6 +51,16 @@ export const NOT_UTF8_TARGET = "its target is not valid UTF-8; point it at a UTF
 /** A directory's entry as the walk uses it (a Dirent, or one read as bytes with a valid UTF-8 name). */
 type Named = { name: string; isDirectory(): boolean; notUtf8?: boolean };
 
+/**
+ * Whether a directory can be listed through its own handle (/proc/self/fd/N/name), so that nothing under the
+ * root is found by a path resolved again: a directory swapped for a symlink while the source is listed would
+ * otherwise be listed through it (a tenant's workspace pulling the agent's host files into its snapshot).
+ */
+const THROUGH_HANDLES = existsSync("/proc/self/fd");
+
+/** Why a directory that is another one by the time it is read is left out. */
+export const DIRECTORY_REPLACED = "it was replaced by another directory or a symlink while the source was listed";
+
 /** Entries stat'ed between two turns of the event loop (the agent's session must keep talking meanwhile). */
 const STAT_BATCH = 256;
 
@@ -73,7 +92,7 @@ export async function listSourceTree(
   if (!rootStat.isDirectory()) throw new Error(`the source ${root} is not a directory`);
   const entries: SourceEntry[] = [];
   const skipped: SkippedEntry[] = [];
-  await walk(root, "", { entries, skipped, exclusions, onDirectory, leaveOut });
+  await walk(root, "", { entries, skipped, exclusions, onDirectory, leaveOut }, rootStat);
   const rootEntry: ManifestRoot = {
     mode: Number(rootStat.mode & 0o7777n),
     mtimeNs: String(rootStat.mtimeNs),
@@ -93,9 +112,38 @@ async function walk(
     onDirectory?: (entries: number) => void;
     leaveOut?: ReadonlyMap<string, string>;
   },
+  /** What the directory was when its parent listed it: it must be that one still. */
+  listed: { dev: bigint; ino: bigint },
 ): Promise<void> {
+  const { skipped } = into;
+  into.onDirectory?.(into.entries.length);
+  if (!THROUGH_HANDLES) return listDirectory(dirAbs, dirRel, into);
+  let handle: number;
+  try {
+    // Not followed if it is a symlink by now (the root, the path the operator named, may be one).
+    handle = openSync(dirAbs, constants.O_RDONLY | constants.O_DIRECTORY | (dirRel === "" ? 0 : constants.O_NOFOLLOW));
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === "ENOENT") return; // removed since its parent was listed, as a file gone is
+    const replaced = e.code === "ELOOP" || e.code === "ENOTDIR";
+    skipped.push({ path: dirRel || ".", reason: replaced ? DIRECTORY_REPLACED : `cannot list: ${e.message}` });
+    return;
+  }
+  try {
+    const st = fstatSync(handle, { bigint: true });
+    if (st.dev !== listed.dev || st.ino !== listed.ino) {
+      skipped.push({ path: dirRel || ".", reason: DIRECTORY_REPLACED });
+      return;
+    }
+    await listDirectory(`/proc/self/fd/${handle}`, dirRel, into);
+  } finally {
+    closeSync(handle);
+  }
+}
+
+/** Lists directory `dirAbs` (its handle's name under /proc, where there is one) into `into`, and walks below. */
+async function listDirectory(dirAbs: string, dirRel: string, into: Parameters<typeof walk>[2]): Promise<void> {
   const { entries, skipped, exclusions, leaveOut } = into;
-  into.onDirectory?.(entries.length);
   let dirents: Named[];
   try {
     dirents = await readdir(dirAbs, { withFileTypes: true });
@@ -158,7 +206,7 @@ async function walk(
     const nlink = Number(st.nlink);
     if (st.isDirectory()) {
       entries.push({ path: rel, type: "dir", mode, mtimeNs, size: 0, ino, ctimeNs, dev, uid, gid, nlink });
-      await walk(abs, rel, into);
+      await walk(abs, rel, into, st);
     } else if (st.isFile()) {
       const size = Number(st.size);
       entries.push({ path: rel, type: "file", mode, mtimeNs, size, ino, ctimeNs, dev, uid, gid, nlink });
