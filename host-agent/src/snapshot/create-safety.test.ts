@@ -1,6 +1,6 @@
 // What `create` must not do, on real files: drop entries without a word, read outside the source through a
 // directory replaced by a symlink mid-snapshot, or fail a snapshot it has already committed.
-import { existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, symlinkSync, writeFileSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runAgentCli } from "../cli/run-in-process.js";
 import { createSnapshot, listSnapshotSource } from "./create-snapshot.js";
 import { createDirectSnapshot, restoreDirectSnapshot } from "./direct-mode.js";
-import { NOT_UTF8_NAME, NOT_UTF8_TARGET } from "./source-tree.js";
+import { DIRECTORY_REPLACED, NOT_UTF8_NAME, NOT_UTF8_TARGET } from "./source-tree.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
 const SMALL = {
@@ -191,6 +191,73 @@ describe("create", () => {
       expect(await tree(target)).toEqual(["a.txt: a", "zdir/"]);
     },
   );
+
+  it("lists nothing through a directory replaced by a symlink while the source is listed", async () => {
+    // The listing saw zdir a directory (its lstat); before it read zdir's names, zdir became a symlink to a
+    // directory outside the source. Read by path, its names and their lstats were the outside's, and the read
+    // of each file then found the very inode listed: the outside's files were stored as the workspace's.
+    const source = fresh("src");
+    const outside = fresh("outside");
+    await mkdir(join(source, "zdir"), { recursive: true });
+    await mkdir(outside);
+    await writeFile(join(source, "a.txt"), "a");
+    await writeFile(join(source, "zdir", "own.txt"), "inside");
+    await writeFile(join(outside, "id_rsa"), "HOST SECRET");
+    let directories = 0;
+    const listing = listSnapshotSource(source, [], () => {
+      // Called as each directory's walk begins: the second is zdir's, after the root's listing saw it.
+      if (++directories === 2) {
+        renameSync(join(source, "zdir"), fresh("moved-away"));
+        symlinkSync(outside, join(source, "zdir"));
+      }
+    });
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const { repository } = await Repository.openOrInit(openBlobStore(repo), key);
+    const sink = await repository.writer({ packSize: SMALL.packSize });
+    const created = await createSnapshot({
+      source,
+      listing,
+      sink,
+      key,
+      meta: { workspace: "w", epoch: 0, tenant: "t" },
+      pool,
+      ...SMALL,
+    });
+    expect(directories).toBe(2);
+    expect(created.skipped).toEqual([{ path: "zdir", reason: DIRECTORY_REPLACED }]);
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect(await tree(target)).toEqual(["a.txt: a", "zdir/"]);
+  });
+
+  it("reads a file that grew after the listing once more, rather than store its listed size's worth of it", async () => {
+    // Rewritten whole between the listing and the read: the first 3 bytes of the new content ("hel") are
+    // content the file never had. (A shrink was always caught: the read comes up short.)
+    const source = fresh("src");
+    await mkdir(source);
+    await writeFile(join(source, "cfg"), "abc");
+    await writeFile(join(source, "other"), "same");
+    const listing = await listSnapshotSource(source);
+    await writeFile(join(source, "cfg"), "hello world");
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const { repository } = await Repository.openOrInit(openBlobStore(repo), key);
+    const sink = await repository.writer({ packSize: SMALL.packSize });
+    const created = await createSnapshot({
+      source,
+      listing: Promise.resolve(listing),
+      sink,
+      key,
+      meta: { workspace: "w", epoch: 0, tenant: "t" },
+      pool,
+      ...SMALL,
+    });
+    expect(created.skipped).toEqual([]);
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect(await tree(target)).toEqual(["cfg: hello world", "other: same"]);
+  });
 
   it("returns a committed snapshot whose local index cannot be saved, with a warning, and the CLI exits 0", async () => {
     const source = fresh("src");

@@ -210,6 +210,7 @@ export class SegmentPipeline {
             ino: seg.work.entry.ino,
             dev: seg.work.entry.dev,
             expectPath: this.expectedPath(seg.work),
+            sizeAsListed: this.expectRoot === undefined,
           })),
           this.heldIds,
         );

@@ -34,6 +34,13 @@ export interface FileSegment {
    * there is none), and one that is elsewhere is left out (`elsewhere`).
    */
   expectPath?: string;
+  /**
+   * The file must be `fileSize` bytes when opened and once its end is read (a first read). One that grew since
+   * it was listed was cut to its listed size: a prefix of content the file may never have had (rewritten
+   * whole), stored without a word. It is reported changed instead, and read once more from a fresh listing,
+   * where the size is not held to (a log appended to without pause gets its prefix as listed then).
+   */
+  sizeAsListed?: boolean;
 }
 
 export interface SealedSegments {
@@ -133,6 +140,8 @@ export function createSegmentSealer(deps: {
           if (seg.ino !== undefined && (st.ino !== seg.ino || (seg.dev !== undefined && Number(st.dev) !== seg.dev))) {
             throw changed("it was replaced while the snapshot ran");
           }
+          if (seg.sizeAsListed && st.size !== BigInt(seg.fileSize))
+            throw changed("its size changed since it was listed");
           if (seg.expectPath !== undefined) {
             let opened: string | undefined;
             try {
@@ -185,6 +194,9 @@ export function createSegmentSealer(deps: {
             meta.push(si, s, len, blobStart, pos - blobStart);
             count++;
             s = e;
+          }
+          if (seg.sizeAsListed && readEnd === seg.fileSize && fs.fstatSync(fd, { bigint: true }).size !== st.size) {
+            throw changed("its size changed while it was being read");
           }
         } catch (err) {
           // A file that vanished, cannot be read or changed under us is left out (the caller says so);

@@ -611,8 +611,11 @@ describe("snapshot engine", () => {
     expect(restless.files).toBe(1);
   });
 
-  it("keeps a file appended to while it is read as the listing saw it, and the next snapshot reads it again", async () => {
+  it("reads a file appended to while it is read once more, whole as it is then, and the next snapshot again", async () => {
     // A log written by the running job: 8 MiB when listed, 1 MiB more once the sink has taken the first chunks.
+    // Its size is not what was listed once its end is read: cut to the listed size it would be a prefix of what
+    // the file holds, right for an append but not for a file rewritten in place (a checkpoint saved again), which
+    // nothing here tells apart. So it is read once more, from a fresh listing, whose size is then kept to.
     const source = fresh("src");
     await mkdir(source);
     const file = join(source, "train.log");
@@ -642,12 +645,13 @@ describe("snapshot engine", () => {
     });
     expect(appended).toBe(true);
     expect(created.skipped).toEqual([]);
-    expect(created.bytesRead).toBe(listed.length); // read once, to the size listed
+    // What was read before a segment found its size changed (the rest stopped at open), then all of it.
+    expect(created.bytesRead).toBeGreaterThan(listed.length + more.length);
     const target = fresh("restored");
     await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
-    expect((await readFile(join(target, "train.log"))).equals(listed)).toBe(true);
+    expect((await readFile(join(target, "train.log"))).equals(Buffer.concat([listed, more]))).toBe(true);
 
-    // Its size and mtime in the local index are the listing's, so the next snapshot sees it changed.
+    // Changed seconds ago (its mtime), it is not remembered in the local index: the next snapshot reads it.
     const sink = await repository.writer({ packSize: SMALL.packSize });
     const next = await createSnapshot({ source, sink, key, meta, pool, localIndex, ...SMALL });
     expect(next.filesRead).toBe(1);
