@@ -37,7 +37,10 @@ export function flagParsers(InvalidArgument: new (message: string) => Error) {
     (flag: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
     (value: string): number => {
       const n = Number(value);
-      if (!/^\d+$/.test(value) || n < min || n > max) {
+      if (/^\d+$/.test(value) && n > max) {
+        throw new InvalidArgument(`${flag} ${value} is too large: give at most ${max}`);
+      }
+      if (!/^\d+$/.test(value) || n < min) {
         const range = max === Number.MAX_SAFE_INTEGER ? `of ${min} or more` : `from ${min} to ${max}`;
         throw new InvalidArgument(`${flag} must be a whole number ${range}, got ${JSON.stringify(value)}`);
       }

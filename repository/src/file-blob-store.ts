@@ -294,7 +294,7 @@ export class FileBlobStore implements BlobStore {
       return { key, size: st.size, modified: st.mtime };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      throw err;
+      throw notADirectory(this.url, err);
     }
   }
 
@@ -570,5 +570,16 @@ function notFound(url: string, key: string, err: unknown): Error {
   if ((err as NodeJS.ErrnoException).code === "ENOENT") {
     return new RepositoryError("not-found", `${url}/${key} does not exist`, { cause: err });
   }
-  return err as Error;
+  return notADirectory(url, err);
+}
+
+/** ENOTDIR reading `url`'s objects (the repository's path names a file) as an error saying so; else `err`. */
+function notADirectory(url: string, err: unknown): Error {
+  if ((err as NodeJS.ErrnoException).code !== "ENOTDIR") return err as Error;
+  return new RepositoryError(
+    "invalid-argument",
+    `${url} is a file, or lies under one: a file:// repository is a directory; give one, or a path that does ` +
+      "not exist yet to make a repository there",
+    { cause: err },
+  );
 }

@@ -27,6 +27,9 @@ describe("listingLine", () => {
       ["target", "../x"],
     ]);
     expect(file).not.toHaveProperty("uid");
+    // Before 1970, rounded down as after it (and as the control plane's listing): not a millisecond late.
+    const early = listedEntry({ type: "dir", path: "old", mode: 0o755, mtimeNs: "-315619199876543211" });
+    expect(early.mtime).toBe("1960-01-01T00:00:00.123Z");
   });
 
   it("quotes a name or target that would break the line or drive the terminal, and nothing else", () => {

@@ -20,7 +20,7 @@ export interface ListedEntry {
 }
 
 export function listedEntry(e: ManifestEntry): ListedEntry {
-  const mtime = new Date(Number(BigInt(e.mtimeNs) / 1_000_000n)).toISOString();
+  const mtime = new Date(floorMillis(e.mtimeNs)).toISOString();
   return withOwnerAndTarget(
     { path: e.path, type: e.type, mode: e.mode, size: e.type === "file" ? e.size : 0, mtime },
     e.uid,
@@ -70,4 +70,14 @@ export function listingLine(e: ListedEntry): string {
   // The owner as `tar -tv --numeric-owner` shows it, where the snapshot recorded one (older ones did not).
   const owner = e.uid !== undefined && e.gid !== undefined ? ` ${`${e.uid}/${e.gid}`.padEnd(11)}` : "";
   return `${kind}${bits}${owner} ${String(e.size).padStart(12)} ${when} ${name}`;
+}
+
+/**
+ * Nanoseconds since the epoch (a manifest's decimal string) as whole milliseconds, rounded down as the control
+ * plane's listing rounds them: BigInt division rounds toward zero, a millisecond late for times before 1970.
+ */
+function floorMillis(ns: string): number {
+  const n = BigInt(ns);
+  const ms = n / 1_000_000n;
+  return Number(n < 0n && ms * 1_000_000n !== n ? ms - 1n : ms);
 }

@@ -14,6 +14,11 @@ export interface ForgetOptions {
   ids?: readonly string[];
   /** Only consider snapshots of this workspace (with a policy). */
   workspace?: string;
+  /**
+   * A `workspace` no snapshot is of fails the call ("not-found") rather than forget nothing: from a person
+   * that is a typo far more often than a policy with nothing to do (the control plane's API says so too).
+   */
+  refuseUnknownWorkspace?: boolean;
   dryRun?: boolean;
   /**
    * Called before each snapshot object is deleted. The control plane drops its catalogue row there, so a
@@ -51,6 +56,19 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
     plan = { forget: [...forget], keep: all.map((s) => s.id).filter((id) => !forget.has(id)) };
   } else {
     const candidates = options.workspace === undefined ? all : all.filter((s) => s.workspace === options.workspace);
+    if (options.refuseUnknownWorkspace && options.workspace !== undefined && candidates.length === 0) {
+      const known = [...new Set(all.map((s) => s.workspace))].sort();
+      throw new RepositoryError(
+        "not-found",
+        `no snapshot in ${repository.url} is of workspace ${JSON.stringify(options.workspace)}` +
+          (known.length > 0
+            ? `; its snapshots are of ${known
+                .slice(0, 10)
+                .map((w) => JSON.stringify(w))
+                .join(", ")}${known.length > 10 ? ` and ${known.length - 10} more` : ""}`
+            : ""),
+      );
+    }
     plan = planRetention(candidates, options.policy ?? {});
   }
   if (!options.dryRun) {

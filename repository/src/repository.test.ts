@@ -469,6 +469,10 @@ describe.each(stores)("repository on %s", (_name, make) => {
       await writeFile(lockBeingTaken, "a lock on its way");
     }
 
+    // A workspace no snapshot is of, from a person: a typo, said so, rather than a policy with nothing to do.
+    await expect(
+      forgetSnapshots(repository, { policy: { last: 1 }, workspace: "w-typo", refuseUnknownWorkspace: true }),
+    ).rejects.toThrow(/no snapshot in \S+ is of workspace "w-typo"; its snapshots are of "ws-1"/);
     const forgot = await forgetSnapshots(repository, { policy: { last: 1 } });
     expect(forgot.kept).toEqual([ids[2]]);
     expect(forgot.forgotten.sort()).toEqual([ids[0], ids[1]].sort());

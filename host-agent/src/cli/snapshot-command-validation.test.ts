@@ -71,6 +71,16 @@ describe("dumont-agent snapshot: bad flags", () => {
       () => forget("--keep-last", n),
       new RegExp(`--keep-last must be a whole number of 1 or more, got ${JSON.stringify(n).replace(".", "\\.")}`),
     ]),
+    [
+      "a --keep-last past what a count can be (it said 'of 1 or more')",
+      () => forget("--keep-last", "99999999999999999999"),
+      /--keep-last 99999999999999999999 is too large: give at most 9007199254740991/,
+    ],
+    [
+      "a --repo that is a file (a raw ENOTDIR before)",
+      () => ["list", "--repo", pathToFileURL(key).href, "--key-file", key],
+      /file:\/\/\S+\/key is a file, or lies under one: a file:\/\/ repository is a directory/,
+    ],
     ["--keep-daily twice", () => forget("--keep-daily", "7", "--keep-daily", "1"), /--keep-daily was given twice/],
     ["an empty --workspace to forget", () => forget("--keep-last", "1", "--workspace", ""), /--workspace is empty/],
     [

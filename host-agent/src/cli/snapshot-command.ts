@@ -389,7 +389,13 @@ export function registerSnapshotCommands(program: Command): void {
           const work = (signal?: AbortSignal) =>
             withDirectRepository({ repo: opts.repo, key }, async (r) => ({
               ...(forgetting
-                ? await forgetSnapshots(r, { policy, ids, workspace: opts.workspace, dryRun: opts.dryRun })
+                ? await forgetSnapshots(r, {
+                    policy,
+                    ids,
+                    workspace: opts.workspace,
+                    refuseUnknownWorkspace: true,
+                    dryRun: opts.dryRun,
+                  })
                 : { kept: [], forgotten: [] }),
               ...(opts.prune ? { prune: await pruneRepository(r, { dryRun: opts.dryRun, signal }) } : {}),
             }));
