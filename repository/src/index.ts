@@ -15,8 +15,6 @@ export {
   type CheckReport,
   checkRepository,
   describeFiles,
-  type ReadSubset,
-  readSubsetOption,
 } from "./check.js";
 export {
   type ChunkCodec,
@@ -110,6 +108,7 @@ export {
   type PruneReport,
   pruneRepository,
 } from "./prune.js";
+export { type ReadSubset, readSubsetOption } from "./read-subset.js";
 export {
   type ChunkLocation,
   type LoadIndexOptions,

@@ -66,6 +66,9 @@ const lsReq = (snapshotId: string) => async () => {
 };
 const listReq = (fields: MessageInitShape<typeof api.ListSnapshotsRequestSchema>) => () =>
   service.listSnapshots(create(api.ListSnapshotsRequestSchema, fields), ctx);
+const checkReq = (fields: MessageInitShape<typeof api.CheckSnapshotsRequestSchema>) => async () => {
+  for await (const _ of service.checkSnapshots(create(api.CheckSnapshotsRequestSchema, fields), ctx));
+};
 const forgetReq = (fields: MessageInitShape<typeof api.ForgetSnapshotsRequestSchema>) => () =>
   service.forgetSnapshots(create(api.ForgetSnapshotsRequestSchema, { keepLast: 1, ...fields }), ctx);
 
@@ -102,6 +105,18 @@ describe("SnapshotService: malformed request fields", () => {
     ["a list's host_id with a NUL", listReq({ hostId: "h\0" }), Code.InvalidArgument, /^host_id must be/],
     ["a list's workspace_id with a NUL", listReq({ workspaceId: "w\0" }), Code.InvalidArgument, /^workspace_id/],
     ["a forget's workspace_id with a NUL", forgetReq({ workspaceId: "w\0" }), Code.InvalidArgument, /^workspace_id/],
+    [
+      "a check's read_data_subset that is no subset",
+      checkReq({ readDataSubset: "3/2" }),
+      Code.InvalidArgument,
+      /^read_data_subset "3\/2" is not a subset of the packs: give n\/t/,
+    ],
+    [
+      "a check's read_data_subset beside structure_only",
+      checkReq({ readDataSubset: "1/2", structureOnly: true }),
+      Code.InvalidArgument,
+      /^read_data_subset reads some packs, structure_only none: give one of them$/,
+    ],
   ])("refuses %s", async (_, call, code, message) => {
     const err = await failure(call);
     expect(Code[err.code]).toBe(Code[code]);
@@ -163,6 +178,13 @@ describe("dumont snapshot (admin CLI): bad flags, before any request", () => {
     [["forget", "abcd", "xyz"], /^dumont: SNAPSHOT_ID "xyz" is not a snapshot id/],
     [["forget", "--keep-last", "0", "--prune"], /--keep-last must be a whole number from 1 to 4294967295, got "0"/],
     [["forget", "--keep-daily", "7", "--keep-daily", "1"], /--keep-daily was given twice/],
+    [["forget", "abcd", "--keep-last", "3"], /^dumont: SNAPSHOT_IDs name the snapshots to forget: give no --keep-\*/],
+    [["forget", "abcd", "--workspace", "w"], /^dumont: SNAPSHOT_IDs name the snapshots to forget: give no --keep-\*/],
+    [["check", "--read-data-subset", "0/3"], /^dumont: --read-data-subset "0\/3" is not a subset of the packs/],
+    [
+      ["check", "--read-data-subset", "1/3", "--structure-only"],
+      /^dumont: --read-data-subset reads some packs, --structure-only none: give one of them/,
+    ],
   ])("refuses snapshot %j", async (args, message) => {
     const res = await dumont(["snapshot", ...args, "--json"]);
     expect(res.code).toBe(1);

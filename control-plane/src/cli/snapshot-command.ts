@@ -15,6 +15,7 @@ import {
 // The meter and byte formatting alone: a CLI call needs nothing else of the package.
 import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/repository/path-patterns";
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
+import { readSubsetOption } from "@dumont/repository/read-subset";
 import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients, tenantFlag } from "./api-client.js";
 import { iso, print, table } from "./output.js";
@@ -203,6 +204,11 @@ export function registerSnapshotCommands(program: Command): void {
     )
     .option("--json", "print the report as JSON")
     .action(async (opts, cmd: Command) => {
+      // Checked here too, to name the flags (the API's refusal names its fields).
+      readSubsetOption(opts.readDataSubset, opts.structureOnly === true, {
+        subset: "--read-data-subset",
+        structureOnly: "--structure-only",
+      });
       const report = await follow<api.CheckReport>(
         "check",
         opts.json === true,
@@ -264,6 +270,12 @@ function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions
     .action(async (ids: string[], opts, cmd: Command) => {
       checkSnapshotIds("SNAPSHOT_ID", ids);
       const keep = [opts.keepLast, opts.keepHourly, opts.keepDaily, opts.keepWeekly];
+      if (ids.length > 0 && (keep.some((n) => n !== undefined) || opts.workspace !== undefined)) {
+        throw new Error(
+          "SNAPSHOT_IDs name the snapshots to forget: give no --keep-* or --workspace with them (those choose by a " +
+            "policy)",
+        );
+      }
       if (!keep.some((n) => (n ?? 0) > 0) && ids.length === 0 && !opts.prune) {
         throw new Error(
           "say what to keep: --keep-last N (or --keep-hourly/--keep-daily/--keep-weekly), or which snapshot ids to " +
