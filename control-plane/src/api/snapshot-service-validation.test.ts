@@ -124,6 +124,15 @@ describe("SnapshotService: malformed request fields", () => {
     expect(calls).toEqual([]);
   });
 
+  it("answers a caller without a key UNAUTHENTICATED before it judges the request's fields", async () => {
+    const anonymous = { requestHeader: new Headers() } as HandlerContext;
+    const err = await failure(async () => {
+      const req = create(api.CheckSnapshotsRequestSchema, { readDataSubset: "3/2" });
+      for await (const _ of service.checkSnapshots(req, anonymous));
+    });
+    expect(err.code).toBe(Code.Unauthenticated); // InvalidArgument before
+  });
+
   it("takes a unique snapshot id prefix in restore and ls, as diff and forget do, and refuses an ambiguous one", async () => {
     expect((await failure(restoreReq({ snapshotId: "ab12" }))).rawMessage).toBe(
       "snapshot id prefix ab12 is ambiguous; give more characters",
