@@ -54,8 +54,15 @@ export async function renewCertificate(dataDir: string, identity: Identity, time
   return { ...identity, keyPem, certPem };
 }
 
-/** Refuses a certificate that is not for this host, not for the new key, or not signed by the pinned CA. */
-function checkRenewedCertificate(certPem: string, keyPem: string, identity: Identity): void {
+/** How far ahead of this host's clock a renewed certificate may start (clocks differ a little). */
+const CLOCK_SKEW_MS = 5 * 60_000;
+
+/**
+ * Refuses a certificate that is not for this host, not for the new key, not signed by the pinned CA, or not
+ * valid now (expired, or from a time ahead of this host's clock by more than CLOCK_SKEW_MS): stored, it would
+ * replace a good pair with one no handshake takes.
+ */
+export function checkRenewedCertificate(certPem: string, keyPem: string, identity: Identity, now = new Date()): void {
   let certificate: X509Certificate;
   try {
     certificate = new X509Certificate(certPem);
@@ -68,6 +75,11 @@ function checkRenewedCertificate(certPem: string, keyPem: string, identity: Iden
       ? "is not signed by the control plane's CA this agent pinned"
       : !certificate.subject.split("\n").includes(`CN=${identity.hostId}`)
         ? `does not name this host (${identity.hostId})`
-        : undefined;
+        : !(
+              Date.parse(certificate.validFrom) <= now.getTime() + CLOCK_SKEW_MS &&
+              Date.parse(certificate.validTo) > now.getTime()
+            )
+          ? `is not valid now (from ${certificate.validFrom} to ${certificate.validTo}; check this host's clock)`
+          : undefined;
   if (problem) throw new Error(`the renewed certificate ${problem}; nothing was changed`);
 }
