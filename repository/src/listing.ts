@@ -1,6 +1,7 @@
 // What `snapshot ls` prints in both CLIs: one entry of a snapshot as JSON and as a line in `ls -l`'s manner
 // (type and permissions, size in bytes, modification time in UTC, path; a symlink with its target).
 import type { ManifestEntry } from "./manifest.js";
+import { hasControls, quoted } from "./text-table.js";
 
 export interface ListedEntry {
   /** Relative to the snapshot's directory, "/"-separated. */
@@ -50,10 +51,7 @@ export function withOwnerAndTarget(
  * JSON string (git's core.quotePath), so one entry stays one line. `--json` gives the exact bytes either way.
  */
 export function printablePath(path: string): string {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
-  if (!/[\u0000-\u001f\u007f-\u009f]|^"/.test(path)) return path;
-  // JSON escapes the C0 controls; DEL and the C1 controls (0x9b opens a terminal command too) are done here.
-  return JSON.stringify(path).replace(/[\u007f-\u009f]/g, (c) => `\\u00${c.charCodeAt(0).toString(16)}`);
+  return hasControls(path) || path.startsWith('"') ? quoted(path) : path;
 }
 
 export function listingLine(e: ListedEntry): string {

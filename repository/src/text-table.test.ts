@@ -26,6 +26,18 @@ describe("table", () => {
     expect(out).toBe("NAME    NOTE\nx\nlonger  a note\n");
   });
 
+  it("quotes a cell with a control character in it, so a row stays one line", () => {
+    expect(
+      table(
+        ["ID", "PATH"],
+        [
+          ["a1", "/w/one\ntwo"],
+          ["b2", "/w/\u009b31m"],
+        ],
+      ),
+    ).toBe('ID  PATH\na1  "/w/one\\ntwo"\nb2  "/w/\\u009b31m"\n');
+  });
+
   it("prints the header alone when there are no rows", () => {
     expect(table(["ID", "ROLE"], [])).toBe("ID  ROLE\n");
   });

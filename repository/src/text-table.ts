@@ -6,7 +6,8 @@
  * line.
  */
 export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
-  const lines = [header, ...rows];
+  // A cell with a control character in it (a workspace id or path holding a newline) would break its row.
+  const lines = [header, ...rows.map((cells) => cells.map((cell) => (hasControls(cell) ? quoted(cell) : cell)))];
   const widths = header.map((_, i) => Math.max(...lines.map((cells) => (cells[i] ?? "").length)));
   return lines
     .map((cells) =>
@@ -17,4 +18,18 @@ export function table(header: readonly string[], rows: readonly (readonly string
     )
     .map((line) => `${line}\n`)
     .join("");
+}
+
+/** Whether `text` holds a C0 or C1 control character or DEL (a newline, an escape, 0x9b). */
+export function hasControls(text: string): boolean {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+  return /[\u0000-\u001f\u007f-\u009f]/.test(text);
+}
+
+/**
+ * `text` quoted and escaped as a JSON string (git's core.quotePath), so it stays on its line and no terminal
+ * takes part of it for a command: JSON escapes the C0 controls; DEL and the C1 controls are done here.
+ */
+export function quoted(text: string): string {
+  return JSON.stringify(text).replace(/[\u007f-\u009f]/g, (c) => `\\u00${c.charCodeAt(0).toString(16)}`);
 }
