@@ -692,7 +692,7 @@ describe("snapshots over the agent stream", () => {
     const unknown = await cp.cli(["snapshot", "forget", b.id.slice(0, 10), "0123abcd"]);
     expect(unknown.stderr).toMatch(/snapshot 0123abcd not found/);
     const mixed = await cp.cli(["snapshot", "forget", b.id, "--keep-last", "1"]);
-    expect(mixed.stderr).toMatch(/no keep_\* or workspace_id/);
+    expect(mixed.stderr).toMatch(/SNAPSHOT_IDs name the snapshots to forget: give no --keep-\* or --workspace/);
     const byId = await cli(["snapshot", "forget", b.id.slice(0, 10), c.id, "--json"]);
     expect(byId.forgotten.sort()).toEqual([b.id, c.id].sort());
     expect((await snapshots()).map((s) => s.id).sort()).toEqual(others.sort());

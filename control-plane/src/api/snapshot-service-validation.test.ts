@@ -106,6 +106,12 @@ describe("SnapshotService: malformed request fields", () => {
     ["a list's workspace_id with a NUL", listReq({ workspaceId: "w\0" }), Code.InvalidArgument, /^workspace_id/],
     ["a forget's workspace_id with a NUL", forgetReq({ workspaceId: "w\0" }), Code.InvalidArgument, /^workspace_id/],
     [
+      "a forget's snapshot_ids beside a policy",
+      forgetReq({ snapshotIds: [ID] }),
+      Code.InvalidArgument,
+      /^snapshot_ids name the snapshots to forget: give no keep_\* or workspace_id with them/,
+    ],
+    [
       "a check's read_data_subset that is no subset",
       checkReq({ readDataSubset: "3/2" }),
       Code.InvalidArgument,
