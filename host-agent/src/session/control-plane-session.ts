@@ -311,7 +311,7 @@ export class ControlPlaneSession extends EventEmitter {
       if (message.msg.case === "welcome") {
         clearTimeout(welcomeTimer);
         this.sessionId = message.msg.value.sessionId;
-        this.backoff.reset();
+        this.backoff.connected();
         this.log.info(
           { hostId: this.hostId, sessionId: this.sessionId, server: this.identity.server },
           "connected to the control plane",

@@ -9,12 +9,19 @@ describe("ReconnectBackoff", () => {
     expect([1, 2, 3, 4, 5].map(() => high.next())).toEqual([500, 1000, 2000, 4000, 8000]);
   });
 
-  it("starts over after a successful connection", () => {
-    const b = new ReconnectBackoff(500, 8000, () => 0);
+  it("starts over after a session that lasted, not after one that ended at once", () => {
+    const b = new ReconnectBackoff(500, 8000, () => 0, 30_000);
     b.next();
     b.next();
-    b.reset();
-    expect(b.next()).toBe(250);
+    b.connected(0);
+    expect(b.next(31_000)).toBe(250); // lasted 31 s: over
+    b.next();
+    b.next();
+    // Welcomed, then dropped a moment later, again and again: it keeps backing off (it reset to 250 before).
+    b.connected(100_000);
+    expect(b.next(100_200)).toBe(2000);
+    b.connected(102_000);
+    expect(b.next(102_100)).toBe(4000);
   });
 
   it("jumps to the cap for failures that will not clear soon", () => {
