@@ -1,10 +1,12 @@
 // What `create` must not do, on real files: drop entries without a word, read outside the source through a
 // directory replaced by a symlink mid-snapshot, or fail a snapshot it has already committed.
+import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, renameSync, symlinkSync, writeFileSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, utimes, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { pathToFileURL } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { promisify } from "node:util";
 import { generateRepositoryKey, openBlobStore, Repository } from "@dumont/repository";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runAgentCli } from "../cli/run-in-process.js";
@@ -18,6 +20,8 @@ const SMALL = {
   packSize: 256 * 1024,
   segmentSize: 512 * 1024,
 };
+
+const run = promisify(execFile);
 
 let root: string;
 let pool: SnapshotWorkerPool;
@@ -258,6 +262,43 @@ describe("create", () => {
     await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
     expect(await tree(target)).toEqual(["cfg: hello world", "other: same"]);
   });
+
+  it.skipIf(process.getuid?.() !== 0 || !existsSync("/usr/bin/setpriv"))(
+    "says why a directory it may not read is left out, without the name it reached it by",
+    async () => {
+      // As nobody (root reads everything): the directory is opened through its parent's handle, and the error's
+      // own path was /proc/self/fd/N/locked.
+      const work = fresh("as-nobody");
+      await mkdir(join(work, "src", "locked"), { recursive: true });
+      await writeFile(join(work, "src", "a.txt"), "a");
+      await writeFile(join(work, "key"), generateRepositoryKey().toString("hex"));
+      await chmod(root, 0o755);
+      await chmod(work, 0o777);
+      await chmod(join(work, "src", "locked"), 0o000);
+      const agent = fileURLToPath(new URL("../../bin/dumont-agent.js", import.meta.url));
+      const { stdout } = await run("/usr/bin/setpriv", [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        process.execPath,
+        agent,
+        "snapshot",
+        "create",
+        "--source",
+        join(work, "src"),
+        "--repo",
+        pathToFileURL(join(work, "repo")).href,
+        "--key-file",
+        join(work, "key"),
+        "--state-dir",
+        join(work, "state"),
+        "--json",
+      ]);
+      expect(JSON.parse(stdout).skipped).toEqual([
+        { path: "locked", reason: "cannot list: EACCES: permission denied" },
+      ]);
+    },
+  );
 
   it("returns a committed snapshot whose local index cannot be saved, with a warning, and the CLI exits 0", async () => {
     const source = fresh("src");

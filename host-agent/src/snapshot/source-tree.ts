@@ -126,7 +126,7 @@ async function walk(
     const e = err as NodeJS.ErrnoException;
     if (e.code === "ENOENT") return; // removed since its parent was listed, as a file gone is
     const replaced = e.code === "ELOOP" || e.code === "ENOTDIR";
-    skipped.push({ path: dirRel || ".", reason: replaced ? DIRECTORY_REPLACED : `cannot list: ${e.message}` });
+    skipped.push({ path: dirRel || ".", reason: replaced ? DIRECTORY_REPLACED : `cannot list: ${withoutPath(e)}` });
     return;
   }
   try {
@@ -157,7 +157,7 @@ async function listDirectory(dirAbs: string, dirRel: string, into: Parameters<ty
       }
     }
   } catch (err) {
-    skipped.push({ path: dirRel || ".", reason: `cannot list: ${(err as Error).message}` });
+    skipped.push({ path: dirRel || ".", reason: `cannot list: ${withoutPath(err)}` });
     return;
   }
   dirents.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -186,7 +186,7 @@ async function listDirectory(dirAbs: string, dirRel: string, into: Parameters<ty
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
       const excluded = exclusions?.excludes(rel, dirents[i].isDirectory());
-      if (e.code !== "ENOENT" && !excluded) skipped.push({ path: rel, reason: e.message ?? "cannot stat" });
+      if (e.code !== "ENOENT" && !excluded) skipped.push({ path: rel, reason: withoutPath(e) });
       continue;
     }
     if (exclusions?.excludes(rel, st.isDirectory())) continue;
@@ -233,6 +233,16 @@ async function readNamesAsBytes(dirAbs: string): Promise<Named[]> {
 /** The absolute path of `entry` (listed under `root`, an absolute path). */
 export function sourceFile(root: string, entry: SourceEntry): string {
   return root.endsWith("/") ? `${root}${entry.path}` : `${root}/${entry.path}`;
+}
+
+/**
+ * A system error's message without the path it ends with ("EACCES: permission denied, open '/proc/self/fd/23/x'"
+ * gives "EACCES: permission denied"): the entry's own path stands beside the reason, and the one in the message
+ * is the name it was reached by through a directory's handle.
+ */
+function withoutPath(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return message.replace(/, \w+ '.*'$/s, "");
 }
 
 function specialKind(st: BigIntStats): string {
