@@ -1122,12 +1122,6 @@ function manifestPartOf(part: Uint8Array, storedId: Uint8Array): Uint8Array | { 
   return { stored: Buffer.from(storedId).toString("hex") };
 }
 
-/**
- * A blob store that takes no more writes (its disk full, a quota used up, read-only) as RESOURCE_EXHAUSTED, and
- * one that did not answer (S3 unreachable, failing with 5xx past its retries) as UNAVAILABLE, each with the
- * store's own words (where, and what to do), for the admin who called: the API would otherwise answer "internal
- * error" and leave the reason in the log. Any other error as it is.
- */
 /** Most of an agent's error text an API error carries (it travels in a header for gRPC clients). */
 const MAX_AGENT_TEXT = 4096;
 
@@ -1135,16 +1129,22 @@ const MAX_AGENT_TEXT = 4096;
  * An agent's error text (a snapshot's failure, a restore's, naming damaged files) cut to MAX_AGENT_TEXT: an
  * agent may send up to a message's size, which no API error should carry.
  */
-export function agentText(text: string): string {
+function agentText(text: string): string {
   if (text.length <= MAX_AGENT_TEXT) return text;
   return `${text.slice(0, MAX_AGENT_TEXT)}… (${text.length - MAX_AGENT_TEXT} more characters; see the agent's log)`;
 }
 
+/**
+ * A blob store that takes no more writes (its disk full, a quota used up, read-only) as RESOURCE_EXHAUSTED, and
+ * one that did not answer (S3 unreachable, failing with 5xx past its retries) as UNAVAILABLE, a repository
+ * another process holds (a direct-mode prune of the same store) or this control plane may not write as
+ * FAILED_PRECONDITION, a damaged object as DATA_LOSS, each with the store's own words (where, and what to do),
+ * for the admin who called: the API would otherwise answer "internal error" and leave the reason in the log. Any
+ * other error as it is.
+ */
 function storeError(err: unknown): unknown {
   if (isRepositoryError(err, "unwritable")) return new ResourceExhaustedError(err.message);
   if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);
-  // Another process's prune holds the repository (a direct-mode prune of the same bucket), or the store may
-  // not be written by this control plane: the message says what to wait for or fix.
   if (isRepositoryError(err, "locked") || isRepositoryError(err, "read-only")) {
     return new FailedPreconditionError(err.message);
   }
