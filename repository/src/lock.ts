@@ -1,7 +1,8 @@
 // Repository locks: writers take shared locks, prune takes an exclusive one, so prune never deletes a pack
 // that a snapshot in progress is about to reference. A lock is stale when its holder stopped refreshing it
 // (judged by the store's own clock: the objects' modification times, not the holders' clocks), or when it
-// names a process on this host, in this process's pid namespace, that no longer exists (kill -9).
+// names a process on this host, in this process's pid namespace and boot, that no longer exists (kill -9), or was
+// taken on this machine before it last booted.
 import { randomBytes } from "node:crypto";
 import { readFileSync, readlinkSync } from "node:fs";
 import { hostname } from "node:os";
