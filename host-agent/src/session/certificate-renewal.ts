@@ -49,7 +49,7 @@ export async function renewCertificate(dataDir: string, identity: Identity, time
     client.close();
   }
   const certPem = response.certificatePem;
-  checkRenewedCertificate(certPem, keyPem, identity);
+  checkIssuedCertificate(certPem, keyPem, identity);
   await storeRenewedIdentity(agentPaths(dataDir), keyPem, certPem);
   return { ...identity, keyPem, certPem };
 }
@@ -58,16 +58,23 @@ export async function renewCertificate(dataDir: string, identity: Identity, time
 const CLOCK_SKEW_MS = 5 * 60_000;
 
 /**
- * Refuses a certificate that is not for this host, not for the new key, not signed by the pinned CA, or not
- * valid now (expired, or from a time ahead of this host's clock by more than CLOCK_SKEW_MS): stored, it would
- * replace a good pair with one no handshake takes.
+ * Refuses a certificate the control plane issued (renewed, or at enrollment: `what`) that is not for this host,
+ * not for the new key, not signed by the pinned CA, or not valid now (expired, or from a time ahead of this
+ * host's clock by more than CLOCK_SKEW_MS): stored, it would replace a good pair, or make an identity, that no
+ * handshake takes.
  */
-export function checkRenewedCertificate(certPem: string, keyPem: string, identity: Identity, now = new Date()): void {
+export function checkIssuedCertificate(
+  certPem: string,
+  keyPem: string,
+  identity: Pick<Identity, "hostId" | "caPem">,
+  what = "the renewed certificate",
+  now = new Date(),
+): void {
   let certificate: X509Certificate;
   try {
     certificate = new X509Certificate(certPem);
   } catch {
-    throw new Error("the control plane's Renew answer holds no readable certificate; nothing was changed");
+    throw new Error(`${what} is no readable certificate; nothing was changed`);
   }
   const problem = !keyMatches(certPem, keyPem)
     ? "is not for the key this agent sent"
@@ -81,5 +88,5 @@ export function checkRenewedCertificate(certPem: string, keyPem: string, identit
             )
           ? `is not valid now (from ${certificate.validFrom} to ${certificate.validTo}; check this host's clock)`
           : undefined;
-  if (problem) throw new Error(`the renewed certificate ${problem}; nothing was changed`);
+  if (problem) throw new Error(`${what} ${problem}; nothing was changed`);
 }

@@ -10,6 +10,7 @@ import { lockDirectory } from "@dumont/repository/directory-lock";
 import { agentPaths } from "../platform/paths.js";
 import { AGENT_VERSION } from "../version.js";
 import { discoverCa, generateKeyAndCsr } from "./ca-discovery.js";
+import { checkIssuedCertificate } from "./certificate-renewal.js";
 import { createGatewayClient, unaryGatewayCall } from "./grpc-client.js";
 
 export interface EnrollOptions {
@@ -81,6 +82,14 @@ async function enrollUnlocked(
     client.close();
   }
 
+  // Checked before anything is written: a certificate this agent cannot use would be found only at its next
+  // start, and blamed on the identity files ("copied from another host").
+  checkIssuedCertificate(
+    response.certificatePem,
+    keyPem,
+    { hostId: response.hostId, caPem: response.caChainPem || caPem }, // the CA it will be renewed under
+    "the enrollment's certificate",
+  );
   await fs.mkdir(paths.identityDir, { recursive: true, mode: 0o700 });
   await writeFileAtomic(paths.privateKey, keyPem, 0o600);
   await writeFileAtomic(paths.certificate, response.certificatePem, 0o644);
