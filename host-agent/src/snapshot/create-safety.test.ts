@@ -49,6 +49,22 @@ async function tree(dir: string, rel = ""): Promise<string[]> {
   return out;
 }
 
+/**
+ * A snapshot of `source` from `listing` (taken beforehand, or under way) into a fresh repository, and the tree
+ * it restores to.
+ */
+async function snapshotFromListing(source: string, listing: ReturnType<typeof listSnapshotSource>) {
+  const key = generateRepositoryKey();
+  const repo = pathToFileURL(fresh("repo")).href;
+  const { repository } = await Repository.openOrInit(openBlobStore(repo), key);
+  const sink = await repository.writer({ packSize: SMALL.packSize });
+  const meta = { workspace: "w", epoch: 0, tenant: "t" };
+  const created = await createSnapshot({ source, listing, sink, key, meta, pool, ...SMALL });
+  const target = fresh("restored");
+  await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+  return { created, restored: await tree(target) };
+}
+
 describe("create", () => {
   it("leaves out names and symlink targets that are not valid UTF-8, saying so, and keeps the rest", async () => {
     const source = fresh("src");
@@ -168,20 +184,7 @@ describe("create", () => {
       await rename(join(source, "zdir"), fresh("moved-away"));
       await symlink(outside, join(source, "zdir"));
 
-      const key = generateRepositoryKey();
-      const repo = pathToFileURL(fresh("repo")).href;
-      const { repository } = await Repository.openOrInit(openBlobStore(repo), key);
-      const sink = await repository.writer({ packSize: SMALL.packSize });
-      const meta = { workspace: "w", epoch: 0, tenant: "t" };
-      const created = await createSnapshot({
-        source,
-        listing: Promise.resolve(listing),
-        sink,
-        key,
-        meta,
-        pool,
-        ...SMALL,
-      });
+      const { created, restored } = await snapshotFromListing(source, Promise.resolve(listing));
       expect(created.skipped).toEqual([
         {
           path: "zdir/secret.txt",
@@ -189,10 +192,7 @@ describe("create", () => {
         },
       ]);
       expect(created.files).toBe(1);
-
-      const target = fresh("restored");
-      await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
-      expect(await tree(target)).toEqual(["a.txt: a", "zdir/"]);
+      expect(restored).toEqual(["a.txt: a", "zdir/"]);
     },
   );
 
@@ -215,24 +215,10 @@ describe("create", () => {
         symlinkSync(outside, join(source, "zdir"));
       }
     });
-    const key = generateRepositoryKey();
-    const repo = pathToFileURL(fresh("repo")).href;
-    const { repository } = await Repository.openOrInit(openBlobStore(repo), key);
-    const sink = await repository.writer({ packSize: SMALL.packSize });
-    const created = await createSnapshot({
-      source,
-      listing,
-      sink,
-      key,
-      meta: { workspace: "w", epoch: 0, tenant: "t" },
-      pool,
-      ...SMALL,
-    });
+    const { created, restored } = await snapshotFromListing(source, listing);
     expect(directories).toBe(2);
     expect(created.skipped).toEqual([{ path: "zdir", reason: DIRECTORY_REPLACED }]);
-    const target = fresh("restored");
-    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
-    expect(await tree(target)).toEqual(["a.txt: a", "zdir/"]);
+    expect(restored).toEqual(["a.txt: a", "zdir/"]);
   });
 
   it("reads a file that grew after the listing once more, rather than store its listed size's worth of it", async () => {
@@ -244,23 +230,9 @@ describe("create", () => {
     await writeFile(join(source, "other"), "same");
     const listing = await listSnapshotSource(source);
     await writeFile(join(source, "cfg"), "hello world");
-    const key = generateRepositoryKey();
-    const repo = pathToFileURL(fresh("repo")).href;
-    const { repository } = await Repository.openOrInit(openBlobStore(repo), key);
-    const sink = await repository.writer({ packSize: SMALL.packSize });
-    const created = await createSnapshot({
-      source,
-      listing: Promise.resolve(listing),
-      sink,
-      key,
-      meta: { workspace: "w", epoch: 0, tenant: "t" },
-      pool,
-      ...SMALL,
-    });
+    const { created, restored } = await snapshotFromListing(source, Promise.resolve(listing));
     expect(created.skipped).toEqual([]);
-    const target = fresh("restored");
-    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
-    expect(await tree(target)).toEqual(["cfg: hello world", "other: same"]);
+    expect(restored).toEqual(["cfg: hello world", "other: same"]);
   });
 
   it.skipIf(process.getuid?.() !== 0 || !existsSync("/usr/bin/setpriv"))(
