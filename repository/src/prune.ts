@@ -103,14 +103,20 @@ export interface PruneReport {
   bytesFreed: number;
 }
 
-/** What only writers holding a lock write to: temp files under these are abandoned while prune holds its lock. */
-const WRITER_PREFIXES = ["data/", "index/", "manifests/", "snapshots/"];
 /**
- * locks/ is written by whoever takes a lock, while prune holds its own too (a snapshot refused by it, a refresh):
- * a lock's temp file is abandoned (its writer died between writing and renaming it) only once it is old. A lock
- * is written in milliseconds; one written that long ago would be stale anyway.
+ * Where interrupted writes leave temp files, and how old one must be to count as abandoned. Only writers holding
+ * a lock write under the first four: while prune holds its lock, any temp file there is. locks/ is written by
+ * whoever takes a lock, while prune holds its own too (a snapshot refused by it, a refresh): a lock's temp file is
+ * abandoned (its writer died between writing and renaming it) only once it is old. A lock is written in
+ * milliseconds; one written that long ago would be stale anyway.
  */
-const ABANDONED_LOCK_AFTER_MS = LOCK_STALE_AFTER_MS;
+const TEMP_FILES_ABANDONED_AFTER_MS: readonly [prefix: string, olderThanMs: number][] = [
+  ["data/", 0],
+  ["index/", 0],
+  ["manifests/", 0],
+  ["snapshots/", 0],
+  ["locks/", LOCK_STALE_AFTER_MS],
+];
 
 export async function pruneRepository(repository: Repository, options: PruneOptions = {}): Promise<PruneReport> {
   const { store } = repository;
@@ -190,10 +196,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     }
     for (const o of orphans) await store.delete(o.key);
     for (const key of manifestKeys) await store.delete(key);
-    for (const [prefix, olderThanMs] of [
-      ...WRITER_PREFIXES.map((p) => [p, 0] as const),
-      ["locks/", ABANDONED_LOCK_AFTER_MS] as const,
-    ]) {
+    for (const [prefix, olderThanMs] of TEMP_FILES_ABANDONED_AFTER_MS) {
       const removed = (await store.removeAbandoned?.(prefix, { olderThanMs })) ?? { count: 0, bytes: 0 };
       report.tempFilesDeleted += removed.count;
       report.bytesFreed += removed.bytes;
