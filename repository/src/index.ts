@@ -99,6 +99,7 @@ export {
   pathMatcher,
   selectIncluded,
 } from "./path-patterns.js";
+export { type ProcessIdentity, processIsGone, thisProcess } from "./process-identity.js";
 export { formatBytes, formatDuration, ProgressMeter, roundSeconds } from "./progress-meter.js";
 export {
   type ForgetOptions,

@@ -4,31 +4,17 @@
 // names a process on this host, in this process's pid namespace and boot, that no longer exists (kill -9), or was
 // taken on this machine before it last booted.
 import { randomBytes } from "node:crypto";
-import { readFileSync, readlinkSync } from "node:fs";
-import { hostname } from "node:os";
 import type { BlobStore } from "./blob-store.js";
 import { isRepositoryError, RepositoryError, refusedReason } from "./errors.js";
+import { type ProcessIdentity, processIsGone, thisProcess } from "./process-identity.js";
 import { ObjectKind, openJson, sealJson } from "./sealing.js";
 
 export const LOCK_STALE_AFTER_MS = 30 * 60 * 1000;
 const LOCK_REFRESH_AFTER_MS = 5 * 60 * 1000;
 
-interface LockBody {
+/** A lock's content: its holder (judged gone by processIsGone) and what it is for. */
+interface LockBody extends ProcessIdentity {
   time: string;
-  hostname: string;
-  pid: number;
-  /**
-   * The holder's pid namespace (Linux's /proc/self/ns/pid link, e.g. "pid:[4026531836]"): containers on the
-   * host's network share its hostname but not its pids. Absent in locks of older writers.
-   */
-  pidns?: string;
-  /**
-   * The kernel's boot id and the machine's id (/etc/machine-id) of the holder: pids mean something only on the
-   * same boot of the same machine. Two machines may share a hostname (cloned VMs, containers given one name),
-   * and the host's own pid namespace has the same inode on every Linux machine. Absent in older locks.
-   */
-  bootId?: string;
-  machineId?: string;
   exclusive: boolean;
   purpose: string;
 }
@@ -51,26 +37,6 @@ export interface HeldLock {
   release(): Promise<void>;
 }
 
-const PID_NAMESPACE = (() => {
-  try {
-    return readlinkSync("/proc/self/ns/pid");
-  } catch {
-    return undefined; // not Linux
-  }
-})();
-
-/** The first line of `file`, or undefined where it cannot be read (not Linux, no systemd, a bare container). */
-function firstLine(file: string): string | undefined {
-  try {
-    return readFileSync(file, "utf8").split("\n")[0].trim() || undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-const BOOT_ID = firstLine("/proc/sys/kernel/random/boot_id");
-const MACHINE_ID = firstLine("/etc/machine-id");
-
 export async function acquireLock(
   store: BlobStore,
   key: Buffer,
@@ -79,11 +45,7 @@ export async function acquireLock(
   const lockKey = `locks/${randomBytes(16).toString("hex")}`;
   let body: LockBody = {
     time: new Date().toISOString(),
-    hostname: hostname(),
-    pid: process.pid,
-    ...(PID_NAMESPACE ? { pidns: PID_NAMESPACE } : {}),
-    ...(BOOT_ID ? { bootId: BOOT_ID } : {}),
-    ...(MACHINE_ID ? { machineId: MACHINE_ID } : {}),
+    ...thisProcess(),
     exclusive: options.exclusive,
     purpose: options.purpose,
   };
@@ -117,7 +79,7 @@ export async function acquireLock(
         // refusing, a connection reset) fails this acquisition, rather than pass a lock that may be live.
         if (!isRepositoryError(err, "corrupt") && !isRepositoryError(err, "wrong-key")) throw err;
       }
-      if (age > LOCK_STALE_AFTER_MS || (other && holderIsGone(other))) {
+      if (age > LOCK_STALE_AFTER_MS || (other && processIsGone(other))) {
         if (options.exclusive) await store.delete(info.key);
         continue;
       }
@@ -184,28 +146,4 @@ export async function acquireLock(
       await store.delete(lockKey).catch(() => {});
     },
   };
-}
-
-/**
- * A lock of a process on this host that no longer exists: in this pid namespace and boot, gone (kill -9); or
- * taken before this machine last started (the same machine id, another boot id).
- */
-function holderIsGone(lock: LockBody): boolean {
-  if (lock.hostname !== hostname()) return false;
-  if (lock.bootId !== undefined && BOOT_ID !== undefined && lock.bootId !== BOOT_ID) {
-    // Another running kernel: this machine before a restart, whose processes all ended with it; or another
-    // machine of the same name, whose pids mean nothing here (its lock is judged by age alone). Containers of
-    // one image share its machine id wherever they run: the pid namespace must be this one too (the host's
-    // own is the same after a restart; a container's is not, and its lock waits out its age).
-    return lock.machineId !== undefined && lock.machineId === MACHINE_ID && lock.pidns === PID_NAMESPACE;
-  }
-  if (lock.pid === process.pid) return false;
-  // Another pid namespace (a container on the host's network): its pids mean nothing here.
-  if (lock.pidns !== undefined && lock.pidns !== PID_NAMESPACE) return false;
-  try {
-    process.kill(lock.pid, 0);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "ESRCH";
-  }
-  return false;
 }

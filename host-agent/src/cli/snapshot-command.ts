@@ -452,7 +452,8 @@ class Interrupted extends Error {
  * Runs `work` so that the first SIGINT (Ctrl-C) or SIGTERM aborts it, and it cleans up as on any failure (a
  * restore empties its target, a snapshot drops its unfinished pack and releases its lock), then fails with
  * Interrupted, saying `outcome`. A second signal exits at once, as restic's does. Killed by the signal instead,
- * a restore left its half-written target (which the next restore refuses: not empty) and the lock behind.
+ * a restore leaves its half-written target with its marker (the next restore clears it and starts over), and
+ * the lock behind.
  */
 async function interruptible<T>(outcome: string, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const controller = new AbortController();

@@ -37,6 +37,26 @@ describe.runIf(process.platform === "linux")("RestoreDirectories", () => {
     for (const name of names) expect(await readFile(join(root, name, "f"), "utf8")).toBe(name);
   });
 
+  it("reads the target's names through its handle: a directory swapped in at its path is not what is judged", async () => {
+    // The restore checks the target empty through the handle it then writes through: swapped after opening
+    // (an empty directory renamed in at the path), the check still sees the directory the restore would fill.
+    const target = join(root, "target");
+    await mkdir(target);
+    await writeFile(join(target, "precious"), "kept");
+    const dirs = await RestoreDirectories.open(target);
+    await rename(target, join(root, "moved"));
+    await mkdir(target);
+    expect(await readdir(target)).toEqual([]);
+    expect(await dirs.targetNames()).toEqual(["precious"]);
+    // Emptying keeps the name asked for.
+    const keep = await dirs.entry("keep");
+    await writeFile(keep.path, "marker");
+    keep.release();
+    await dirs.emptyTarget("keep");
+    expect(await dirs.targetNames()).toEqual(["keep"]);
+    await dirs.close();
+  });
+
   it("never closes a leased handle: its name keeps meaning the directory it was taken for", async () => {
     const dirs = await RestoreDirectories.open(root);
     await mkdir(join(root, "keep"));

@@ -140,19 +140,39 @@ export class RestoreDirectories {
   }
 
   /**
-   * Removes everything in the target (what a failed restore wrote), through handles: each directory is opened
-   * with O_NOFOLLOW through its parent's handle and emptied through its own, then removed by its one-component
-   * name. Node's recursive rm resolves every path from the top again, so a directory swapped for a symlink while
-   * it ran had it delete what the link pointed at, outside the target, as root. What cannot be removed is left.
+   * The names in the target, read through its handle: the very directory the restore writes into, whatever
+   * its path names by now (a check by path could judge one directory empty and the restore write into another).
    */
-  async emptyTarget(): Promise<void> {
+  async targetNames(): Promise<string[]> {
+    return readdir(this.rootHandle ? `/proc/self/fd/${this.rootHandle.fd}` : this.root);
+  }
+
+  /** Makes the target's entries durable (an fsync of the directory itself). */
+  async syncTarget(): Promise<void> {
+    if (this.rootHandle) return this.rootHandle.sync();
+    const dir = await open(this.root, DIR_FLAGS);
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
+  }
+
+  /**
+   * Removes everything in the target (what a failed restore wrote) but the entry named `keep`, through handles:
+   * each directory is opened with O_NOFOLLOW through its parent's handle and emptied through its own, then
+   * removed by its one-component name. Node's recursive rm resolves every path from the top again, so a
+   * directory swapped for a symlink while it ran had it delete what the link pointed at, outside the target, as
+   * root. What cannot be removed is left.
+   */
+  async emptyTarget(keep?: string): Promise<void> {
     if (!this.rootHandle) {
       for (const name of await readdir(this.root).catch(() => [])) {
-        await rm(join(this.root, name), { recursive: true, force: true }).catch(() => {});
+        if (name !== keep) await rm(join(this.root, name), { recursive: true, force: true }).catch(() => {});
       }
       return;
     }
-    await emptyThroughHandle(`/proc/self/fd/${this.rootHandle.fd}`);
+    await emptyThroughHandle(`/proc/self/fd/${this.rootHandle.fd}`, keep);
   }
 
   /** Closes every handle (leases outstanding or not: the restore is over). */
@@ -219,9 +239,10 @@ export class RestoreDirectories {
   }
 }
 
-/** Empties the directory named `dir` (a /proc/self/fd name) entry by entry, never following a link. */
-async function emptyThroughHandle(dir: string): Promise<void> {
+/** Empties the directory named `dir` (a /proc/self/fd name) but `keep` entry by entry, never following a link. */
+async function emptyThroughHandle(dir: string, keep?: string): Promise<void> {
   for (const entry of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    if (entry.name === keep) continue;
     const at = `${dir}/${entry.name}`;
     if (entry.isDirectory()) {
       const sub = await open(at, DIR_FLAGS).catch(() => undefined); // swapped for a link meanwhile: unlinked below

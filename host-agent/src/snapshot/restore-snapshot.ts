@@ -1,26 +1,13 @@
-// Restores a snapshot from a ChunkSource into an empty directory. The manifest is checked for unsafe paths
+// Restores a snapshot from a ChunkSource into an empty directory (or one a killed restore left: the target is
+// checked and claimed in restore-target.ts). The manifest is checked for unsafe paths
 // first; every chunk is decrypted, decompressed and hash-checked by the workers, which then write it into the
 // files this thread created (a file is finished here once all its chunks are in). Nothing
 // is written through a symlink: directories and files are created fresh (O_EXCL | O_NOFOLLOW), each through
 // the handle of the directory it goes into (RestoreDirectories), and symlinks are created last. A damaged
 // chunk does not stop the restore: the files it breaks are removed and named.
 import { constants } from "node:fs";
-import {
-  chmod,
-  type FileHandle,
-  lchown,
-  link,
-  lutimes,
-  mkdir,
-  open,
-  readdir,
-  realpath,
-  stat,
-  symlink,
-  unlink,
-} from "node:fs/promises";
+import { chmod, type FileHandle, lchown, link, lutimes, mkdir, open, symlink, unlink } from "node:fs/promises";
 import { availableParallelism } from "node:os";
-import { dirname, resolve } from "node:path";
 import {
   type ChunkSource,
   checkPathPatterns,
@@ -37,6 +24,7 @@ import {
   unwritableReason,
 } from "@dumont/repository";
 import { type Lease, RestoreDirectories } from "./restore-directories.js";
+import { type ClaimedTarget, claimTarget, prepareTarget, RESTORE_MARKER } from "./restore-target.js";
 import { type NewFiles, SnapshotWorkerPool, type WriteFailure } from "./worker-pool.js";
 
 export interface RestoreSnapshotOptions {
@@ -169,6 +157,13 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
   await options.source.ready?.(); // a repository's index, loaded while the manifest was read
   const root = await prepareTarget(options.target);
   const dirs = await RestoreDirectories.open(root);
+  let claimed: ClaimedTarget;
+  try {
+    claimed = await claimTarget(dirs, options.target, snapshotId, !plan.holdsMarkerName);
+  } catch (err) {
+    await dirs.close();
+    throw err;
+  }
   // Only this user may enter the target while the restore writes into it (without /proc, by path: a directory
   // swapped for a symlink meanwhile could redirect a write); its own mode comes back at the end.
   const chmodTarget = (mode: number) => (dirs.target ? dirs.target.chmod(mode) : chmod(root, mode));
@@ -186,7 +181,6 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
   let restored = false; // all restored, or all but damaged files: the target then takes the snapshot's root
   let pool: SnapshotWorkerPool | undefined;
   try {
-    const rootMode = (await stat(root)).mode & 0o7777;
     // Not ours to change (another user's empty directory): restored as before.
     if (
       await chmodTarget(0o700).then(
@@ -194,7 +188,7 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
         () => false,
       )
     )
-      locked = rootMode;
+      locked = claimed.originalMode;
     pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });
     const result = await restoreInto(dirs, plan, snapshotId, manifestBlobs, what, pool, options, started);
     restored = true;
@@ -204,7 +198,7 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
     // A restore that fails part-way (the stream drops, the disk fills, it is cancelled) takes back what it
     // wrote: the target is empty again, and the same restore can simply run again. One that restored all it
     // could and names damaged files (RestoreDamagedError) keeps the rest.
-    if (!(err instanceof RestoreDamagedError)) await dirs.emptyTarget();
+    if (!(err instanceof RestoreDamagedError)) await dirs.emptyTarget(RESTORE_MARKER);
     const why = unwritableReason(err);
     if (why === undefined) throw err;
     // A full disk (or quota, or read-only mount) under the target: say so, and how much the restore needs.
@@ -214,6 +208,9 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
       { cause: err },
     );
   } finally {
+    // Over, one way or the other: the marker goes (after what a failed restore wrote, so a kill while that is
+    // removed leaves it for the next restore to finish the job), before the target's time is set below.
+    await claimed.finish();
     if (locked !== undefined) {
       // The target becomes the snapshot's directory (as rsync's `src/ dst/`): its owner, mode and time, so a
       // workspace moved to another host is its user's to write in, not root's. Where the manifest does not say
@@ -387,6 +384,8 @@ interface RestorePlan {
   bytes: number;
   dirs: DirEntry[];
   links: LinkEntry[];
+  /** The snapshot has an entry named as the restore's marker (RESTORE_MARKER): the restore goes without one. */
+  holdsMarkerName: boolean;
 }
 
 /**
@@ -412,9 +411,11 @@ function planRestore(
   const links: LinkEntry[] = [];
   let root: ManifestRoot | undefined;
   const hardLinks: FileEntry[] = [];
+  let holdsMarkerName = false;
   for (const part of manifestPartEntries(options.key, manifestBlobs, what, (r) => (root = r))) {
     for (const e of part) {
       check.add(e);
+      if (e.path === RESTORE_MARKER) holdsMarkerName = true;
       if (e.type === "dir") dirs.push(e);
       if (include && !include.add(e.path, e.type === "dir")) continue;
       matched++;
@@ -439,9 +440,18 @@ function planRestore(
     if (selected(e.linkOf!, false)) linked.set(e.path, e.linkOf!);
     else bytes += e.size;
   }
-  if (!kept) return { root, selected, linked, files, bytes, dirs, links };
+  if (!kept) return { root, selected, linked, files, bytes, dirs, links, holdsMarkerName };
   // Directories are kept when matched or when they hold something that is (files and links only when matched).
-  return { root, selected, linked, files, bytes, dirs: dirs.filter((d) => kept.has(d.path)), links };
+  return {
+    root,
+    selected,
+    linked,
+    files,
+    bytes,
+    dirs: dirs.filter((d) => kept.has(d.path)),
+    links,
+    holdsMarkerName,
+  };
 }
 
 async function restoreWindow(
@@ -845,34 +855,6 @@ function splitBatch(hexes: string[], destinations: Map<string, Destination[]>): 
     bytes += newBytes;
   }
   return cuts;
-}
-
-async function prepareTarget(target: string): Promise<string> {
-  const abs = resolve(target);
-  const existing = await stat(abs).catch(() => undefined); // a link to a directory is that directory
-  if (existing && !existing.isDirectory()) {
-    throw new Error(
-      `the restore target ${target} exists and is not a directory; restore into a new or empty directory`,
-    );
-  }
-  if (!existing) {
-    // Made one directory at a time, not with mkdir's `recursive`: under /proc (and other filesystems that
-    // answer ENOENT to a create) Node's recursive mkdir never returns.
-    const missing: string[] = [];
-    for (let at = abs; !(await stat(at).catch(() => undefined)) && dirname(at) !== at; at = dirname(at)) {
-      missing.push(at);
-    }
-    for (const dir of missing.reverse()) {
-      await mkdir(dir).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== "EEXIST") throw new Error(`cannot create the restore target ${target}: ${err.message}`);
-      });
-    }
-  }
-  const real = await realpath(abs);
-  if ((await readdir(real)).length > 0) {
-    throw new Error(`the restore target ${target} is not empty; restore into a new or empty directory`);
-  }
-  return real;
 }
 
 /**

@@ -21,7 +21,7 @@ import {
   utimes,
   writeFile,
 } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import {
@@ -57,6 +57,7 @@ import {
 } from "./direct-mode.js";
 import { ReadAhead } from "./read-ahead.js";
 import { linkOrCopy, RestoreDamagedError, restoreSnapshot } from "./restore-snapshot.js";
+import { MARKER_STALE_AFTER_MS, RESTORE_MARKER } from "./restore-target.js";
 import { builtSnapshotModule } from "./testing.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
@@ -188,6 +189,20 @@ async function describeTree(dir: string, rel = ""): Promise<string[]> {
     }
   }
   return out;
+}
+
+/** Runs `script` as an ES module in a process of its own, kills it (-9) once it prints `line`; its pid. */
+async function killOnceItSays(script: string, line: string): Promise<number> {
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on("data", (d: Buffer) => d.toString().includes(line) && resolve());
+    child.on("exit", (code) => reject(new Error(`child exited early with ${code}`)));
+  });
+  child.kill("SIGKILL");
+  await new Promise((resolve) => child.on("exit", resolve));
+  return child.pid!;
 }
 
 type Store = { name: string; url: () => string; s3?: () => S3TestServer["s3"] };
@@ -1336,15 +1351,7 @@ describe("snapshot engine", () => {
         source: ${JSON.stringify(source)}, chunker: ${JSON.stringify(CHUNKER)}, packSize: 256 * 1024, segmentSize: 512 * 1024,
         onPackWritten: async () => { if (++packs === 2) { process.stdout.write("two packs\\n"); await new Promise((r) => setTimeout(r, 60000)); } },
       });`;
-    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    await new Promise<void>((resolve, reject) => {
-      child.stdout.on("data", (d: Buffer) => d.toString().includes("two packs") && resolve());
-      child.on("exit", (code) => reject(new Error(`child exited early with ${code}`)));
-    });
-    child.kill("SIGKILL");
-    await new Promise((resolve) => child.on("exit", resolve));
+    await killOnceItSays(script, "two packs");
 
     const repository = await Repository.open(openBlobStore(repo), key);
     expect(await repository.listSnapshots()).toEqual([]);
@@ -1353,6 +1360,42 @@ describe("snapshot engine", () => {
     expect(next.bytesNew).toBeLessThan(next.bytesTotal);
     expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([next.id]);
     expect((await checkRepository(repository)).ok).toBe(true);
+  });
+
+  it("restores again into the target of a restore killed with kill -9, clearing what it left half-written", async () => {
+    const engineUrl = builtSnapshotModule("index");
+    const options = await workspaceWithIndex(24 * 1024 * 1024, 40);
+    const created = await createDirectSnapshot(options);
+    const target = fresh("target");
+    // The child stops for good once it has written some of the files (its thread blocked, as a process stuck or
+    // killed mid-write would be), and is killed there.
+    const script = `
+      const { restoreDirectSnapshot } = await import(${JSON.stringify(engineUrl)});
+      await restoreDirectSnapshot({
+        repo: ${JSON.stringify(options.repo)}, key: Buffer.from(${JSON.stringify(options.key.toString("hex"))}, "hex"),
+        snapshotId: ${JSON.stringify(created.id)}, target: ${JSON.stringify(target)},
+        onProgress: (p) => {
+          if (p.bytesWritten === 0 || p.bytesWritten === p.bytesTotal) return;
+          process.stdout.write("part written\\n");
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60000);
+        },
+      });`;
+    const killed = await killOnceItSays(script, "part written");
+    const left = await readdir(target);
+    expect(left).toContain(RESTORE_MARKER);
+    expect(JSON.parse(await readFile(join(target, RESTORE_MARKER), "utf8"))).toMatchObject({ pid: killed });
+    expect(left.length).toBeGreaterThan(1);
+
+    const again = await restoreDirectSnapshot({
+      repo: options.repo,
+      key: options.key,
+      pool,
+      snapshotId: created.id,
+      target,
+    });
+    expect(again.files).toBe(41);
+    expect(await describeTree(target)).toEqual(await describeTree(options.source));
+    expect((await lstat(target)).mode & 0o7777).toBe((await lstat(options.source)).mode & 0o7777);
   });
 
   it("streams a file through bounded memory: 8 times the file costs no more RSS to snapshot or restore", async () => {
@@ -1603,6 +1646,94 @@ describe("restore safety", () => {
     await expect(restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool })).rejects.toThrow(
       /not empty/,
     );
+  });
+
+  it("marks the target while it restores: a second restore into it meanwhile is refused and removes nothing", async () => {
+    const plain = Buffer.from("checkpoint\n".repeat(1000));
+    const sealed = chunkCodec.sealChunk(key, plain);
+    const manifest = {
+      version: 1,
+      entries: [
+        entry("d"),
+        {
+          ...entry("d/f"),
+          type: "file",
+          size: plain.length,
+          chunks: [sealed.id.toString("hex")],
+          lengths: [plain.length],
+        },
+      ],
+    } as Manifest;
+    const chunks = new Map([[sealed.id.toString("hex"), sealed.blob]]);
+    const target = fresh("target");
+    let release = () => {};
+    const held = new Promise<void>((r) => (release = r));
+    const slow: ChunkSource = {
+      ...sourceOf(manifest, chunks),
+      async *get(ids) {
+        await held;
+        yield* sourceOf(manifest, chunks).get(ids);
+      },
+    };
+    const first = restoreSnapshot({ snapshotId: "first", source: slow, key, target, pool });
+    await vi.waitFor(() => expect(existsSync(join(target, RESTORE_MARKER))).toBe(true));
+    const marker = JSON.parse(await readFile(join(target, RESTORE_MARKER), "utf8"));
+    expect(marker).toMatchObject({ snapshot: "first", pid: process.pid });
+    await expect(
+      restoreSnapshot({ snapshotId: "second", source: sourceOf(manifest, chunks), key, target, pool }),
+    ).rejects.toThrow(`a restore of snapshot first into ${target} is under way (pid ${process.pid}`);
+    release();
+    await first;
+    expect(await readdir(target)).toEqual(["d"]); // the marker gone with the restore
+    expect(await readFile(join(target, "d", "f"))).toEqual(plain);
+
+    // Two started at once into an empty directory: one restores, the other is refused and takes nothing away.
+    const both = fresh("target");
+    const outcomes = await Promise.allSettled(
+      ["a", "b"].map((id) =>
+        restoreSnapshot({ snapshotId: id, source: sourceOf(manifest, chunks), key, target: both, pool }),
+      ),
+    );
+    expect(outcomes.filter((o) => o.status === "fulfilled")).toHaveLength(1);
+    const refused = outcomes.find((o) => o.status === "rejected") as PromiseRejectedResult;
+    expect(String(refused.reason)).toMatch(/another restore into .* began meanwhile|is under way|is not empty/);
+    expect(await readdir(both)).toEqual(["d"]);
+    expect(await readFile(join(both, "d", "f"))).toEqual(plain);
+  });
+
+  it("refuses a marker it cannot read (a restore writing it this moment), naming the file, and removes nothing", async () => {
+    const target = fresh("target");
+    await mkdir(target);
+    await writeFile(join(target, RESTORE_MARKER), "");
+    await writeFile(join(target, "half-written.bin"), "x");
+    const manifest: Manifest = { version: 1, entries: [entry("a")] };
+    await expect(restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool })).rejects.toThrow(
+      `the restore target ${target} holds ${RESTORE_MARKER}, which is not a restore's marker`,
+    );
+    expect((await readdir(target)).sort()).toEqual([RESTORE_MARKER, "half-written.bin"]);
+  });
+
+  it("takes over a marker untouched for ten minutes, whoever wrote it (another pid namespace cannot be asked)", async () => {
+    const target = fresh("target");
+    await mkdir(target);
+    const marker = join(target, RESTORE_MARKER);
+    const other = {
+      snapshot: "old",
+      started: "2026-01-01T00:00:00Z",
+      targetMode: 0o750,
+      hostname: hostname(),
+      pid: 1,
+      pidns: "pid:[1]",
+    };
+    await writeFile(marker, JSON.stringify(other));
+    await writeFile(join(target, "half-written.bin"), "x");
+    const manifest: Manifest = { version: 1, entries: [entry("a")] };
+    const restore = () => restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool });
+    await expect(restore()).rejects.toThrow("a restore of snapshot old into");
+    const longAgo = (Date.now() - MARKER_STALE_AFTER_MS - 60_000) / 1000;
+    await utimes(marker, longAgo, longAgo);
+    await restore();
+    expect(await readdir(target)).toEqual(["a"]);
   });
 
   it("creates outward symlinks only when allowed, and never writes through them", async () => {
