@@ -48,6 +48,12 @@ export interface BlobStore {
    * holders write to, and for locks/ (written by whoever takes a lock, prune's lock or not) with an age.
    */
   removeAbandoned?(prefix: string, options?: { olderThanMs?: number }): Promise<{ count: number; bytes: number }>;
+  /**
+   * Optional: makes the deletions of `keys` durable, for a caller whose next deletion must not outlive them
+   * in a crash (prune: an index object before its pack). file:// fsyncs their directories; an S3 DELETE is
+   * durable once it returns.
+   */
+  syncDeletes?(keys: readonly string[]): Promise<void>;
 }
 
 /** An object being written piece by piece (see BlobStore.openWriter). */

@@ -375,6 +375,15 @@ export class FileBlobStore implements BlobStore {
     }
   }
 
+  /** An unlink is durable once its directory is fsynced: each directory of `keys`, once. */
+  async syncDeletes(keys: readonly string[]): Promise<void> {
+    for (const dir of new Set(keys.map((key) => dirname(this.path(key))))) {
+      await syncDirectory(dir).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== "ENOENT") throw err; // the directory itself gone: nothing of it left to make durable
+      });
+    }
+  }
+
   async close(): Promise<void> {}
 }
 

@@ -1,5 +1,6 @@
 // forget: drop snapshot objects by a retention policy, or by id. prune: under an exclusive lock, delete packs no
 // snapshot needs, repack mostly-unused ones, and delete leftovers of interrupted snapshots.
+import type { BlobStore } from "./blob-store.js";
 import { RepositoryError } from "./errors.js";
 import { acquireLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 import { indexKey, packKey } from "./pack.js";
@@ -190,10 +191,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     const keep = new Map(repack.map((id) => [id, index.packs.get(id)!]));
     index.removePacks([...repack, ...unused]);
     // What needs no writing goes first: a prune is what frees a full disk, and the repack below writes packs.
-    for (const packId of unused) {
-      await store.delete(indexKey(packId));
-      await store.delete(packKey(packId));
-    }
+    await deletePacks(store, unused);
     for (const o of orphans) await store.delete(o.key);
     for (const key of manifestKeys) await store.delete(key);
     for (const [prefix, olderThanMs] of TEMP_FILES_ABANDONED_AFTER_MS) {
@@ -217,15 +215,26 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
       } finally {
         await writer.abort();
       }
-      for (const [packId, pack] of keep) {
-        await store.delete(indexKey(packId));
-        await store.delete(packKey(packId));
-        report.bytesFreed += pack.packSize;
-      }
+      await deletePacks(store, [...keep.keys()]);
+      for (const pack of keep.values()) report.bytesFreed += pack.packSize;
       report.packsRepacked = repack.length;
     }
     return report;
   } finally {
     await lock?.release();
   }
+}
+
+/**
+ * Deletes packs with their index objects: every index object first, made durable, and only then the packs. In
+ * the other order a crash could keep an index object whose pack is gone (file:// does not promise unlinks in
+ * two directories reach the disk in the order made), and the next snapshot would take its chunks for stored
+ * and reference them.
+ */
+async function deletePacks(store: BlobStore, packIds: readonly string[]): Promise<void> {
+  if (packIds.length === 0) return;
+  const indexKeys = packIds.map(indexKey);
+  for (const key of indexKeys) await store.delete(key);
+  await store.syncDeletes?.(indexKeys);
+  for (const packId of packIds) await store.delete(packKey(packId));
 }

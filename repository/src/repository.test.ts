@@ -798,6 +798,44 @@ describe("repository on file://, writing packs", () => {
     expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([id]);
   });
 
+  it("prunes a pack's index object durably before the pack: every index deletion synced, then the packs", async () => {
+    // In the other order a crash could leave an index object whose pack is gone, and the next snapshot would
+    // take its chunks for stored. The store is asked to make the index deletions durable (file://: an fsync of
+    // their directories) before the first pack goes.
+    const ops: string[] = [];
+    class Recording extends FileBlobStore {
+      override async delete(key: string) {
+        ops.push(`delete ${key.split("/")[0]}`);
+        return super.delete(key);
+      }
+      override async syncDeletes(keys: readonly string[]) {
+        ops.push(`sync ${[...new Set(keys.map((k) => k.split("/")[0]))].join(",")}`);
+        return super.syncDeletes(keys);
+      }
+    }
+    const store = new Recording(join(dir, "prune-order"));
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const ids: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      const chunks = Array.from({ length: 4 }, () => sealed(key, randomBytes(40_000)));
+      const writer = await repository.writer({ packSize: 64 * 1024 });
+      await writer.put(chunks);
+      ids.push(await writer.commit([sealManifest(key, manifestOf({ [`f${i}.bin`]: chunks }))], meta));
+    }
+    await forgetSnapshots(repository, { ids: [ids[0]] });
+    ops.length = 0;
+    const report = await pruneRepository(repository);
+    expect(report.packsDeleted).toBeGreaterThan(1);
+    const packOps = ops.filter((op) => op !== "delete snapshots" && !op.startsWith("delete locks"));
+    const firstPack = packOps.indexOf("delete data");
+    expect(packOps.slice(0, firstPack)).toEqual([...Array(report.packsDeleted).fill("delete index"), "sync index"]);
+    expect(packOps.slice(firstPack, firstPack + report.packsDeleted)).toEqual(
+      Array(report.packsDeleted).fill("delete data"),
+    );
+    expect((await checkRepository(repository)).problems).toEqual([]);
+  });
+
   it("after a failed pack write, aborting closes and removes every pack still open", async () => {
     // Found as a FileHandle Node closed on garbage collection: once one pack's upload failed, the next
     // pack to seal was dropped with its file open (a descriptor and a temp file per failed snapshot).
