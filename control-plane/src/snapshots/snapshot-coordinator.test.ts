@@ -1,6 +1,7 @@
 // The control plane's side of a streamed snapshot, driven in-process: a fake agent session plays the agent's
 // messages, so a chunk that is not what its id says can be sent (a real agent never does).
 import { createHash, randomBytes } from "node:crypto";
+import { readdirSync } from "node:fs";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -18,6 +19,8 @@ import {
 } from "@dumont/proto";
 import {
   acquireLock,
+  type BlobInfo,
+  type BlobStore,
   checkRepository,
   chunkCodec,
   openBlobStore,
@@ -26,7 +29,7 @@ import {
   sealManifest,
   sealManifestParts,
 } from "@dumont/repository";
-import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import type { AgentSession } from "../agent-gateway/agent-session.js";
 import { ensureTenant } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
@@ -34,7 +37,7 @@ import { openTestDatabase } from "../db/test-database.js";
 import { createLogger } from "../logger.js";
 import { createMetrics } from "../metrics.js";
 import { ChunkVerifier } from "./chunk-verifier.js";
-import { SnapshotCoordinator } from "./snapshot-coordinator.js";
+import { type CoordinatorTuning, SnapshotCoordinator } from "./snapshot-coordinator.js";
 import { TenantKeys } from "./tenant-keys.js";
 
 /** grpc-js's message decoder (not part of its public API), which installPooledReceiving patches. */
@@ -46,7 +49,7 @@ const { StreamDecoder: GrpcStreamDecoder } = grpcJsStreamDecoder() as {
  * A coordinator on a fresh test database (tenant "t1") and blob directory, for the enclosing describe, with a
  * fake agent session whose messages land in `sent`.
  */
-function useCoordinator(hostId: string, retention?: RetentionPolicy, silenceMs?: number) {
+function useCoordinator(hostId: string, retention?: RetentionPolicy, tuning?: CoordinatorTuning) {
   const h = {
     db: undefined as unknown as Db,
     blobs: "",
@@ -80,7 +83,7 @@ function useCoordinator(hostId: string, retention?: RetentionPolicy, silenceMs?:
       createLogger("silent"),
       createMetrics(),
       retention,
-      silenceMs,
+      tuning,
     );
   });
   afterAll(async () => {
@@ -793,6 +796,33 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
     await expect(flood.done).rejects.toThrow(/the agent asked for more than 260 batches of chunks at once/);
   });
 
+  it("refuses an agent whose waiting chunk requests ask for too many chunks, however few the requests", async () => {
+    const snapshot = await finish(await startedIn(h));
+    const before = h.sent.length;
+    let refused: Error | undefined;
+    h.coordinator.restore({ session: h.session, snapshot, target: "/restore-ids" }).catch((err) => (refused = err));
+    await waitFor(() => h.sent.slice(before).some((m) => m.msg.case === "restore"));
+    const started = h.sent.slice(before).find((m) => m.msg.case === "restore")!.msg;
+    const requestId = started.case === "restore" ? started.value.requestId : "";
+    const ask = (batch: number, chunkIds: Uint8Array[]) =>
+      agentSends(h.session, { case: "restoreChunkRequest", value: { requestId, batch: BigInt(batch), chunkIds } });
+    // Four requests are answered at once; the two after them wait, with 150,000 ids each (5 MB in a message, which
+    // takes 20 MB here): far fewer requests than may wait, and more chunks.
+    for (let b = 1; b <= 4; b++) ask(b, [randomBytes(32)]);
+    const packed = randomBytes(32 * 150_000);
+    const many = Array.from({ length: 150_000 }, (_, i) => packed.subarray(32 * i, 32 * (i + 1)));
+    ask(5, many);
+    ask(6, many);
+    const answered = () =>
+      h.sent.filter((m) => m.msg.case === "restoreChunks" && m.msg.value.requestId === requestId && m.msg.value.last);
+    await waitFor(() => refused !== undefined || answered().length === 6);
+    expect(refused?.message).toMatch(
+      /the agent asked for 300000 chunks in requests beyond the 4 being answered; at most 262144 may wait/,
+    );
+    const aborted = h.sent.slice(before).find((m) => m.msg.case === "restoreAborted")?.msg;
+    expect(aborted?.case === "restoreAborted" && aborted.value.requestId).toBe(requestId);
+  });
+
   it.each([0, 64 * 1024 * 1024 + 1])("refuses a chunk said to be %d bytes before opening it", async (plainLength) => {
     const { snapshot, requestId, key } = await startedIn(h);
     const chunk = chunkCodec.sealChunk(key, randomBytes(1_000));
@@ -805,7 +835,7 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
 });
 
 describe("SnapshotCoordinator: an agent that stops answering", () => {
-  const h = useCoordinator("h-silent", undefined, 400);
+  const h = useCoordinator("h-silent", undefined, { silenceMs: 400 });
   const finish = finishIn(h);
 
   it("fails a snapshot its agent has said nothing about for the silence limit, and tells the agent to stop", async () => {
@@ -862,6 +892,137 @@ describe("SnapshotCoordinator: an agent that stops answering", () => {
     }
   });
 });
+
+describe("SnapshotCoordinator: a blob store that stops answering", () => {
+  const hanging: HangingBlobStore[] = [];
+  // Silence gives up only long after the store's deadline: what fails an operation here is the store's call.
+  const h = useCoordinator("h-hung", undefined, {
+    silenceMs: 5_000,
+    storeCallMs: 300,
+    openStore: (url) => {
+      const store = new HangingBlobStore(openBlobStore(url));
+      hanging.push(store);
+      return store;
+    },
+  });
+  const finish = finishIn(h);
+  afterEach(() => {
+    for (const store of hanging) store.release();
+  });
+  /** `operation`'s failure, or a failure saying it still ran after `ms` (without a deadline it never ends). */
+  const within = <T>(operation: Promise<T>, ms: number) =>
+    Promise.race([
+      operation,
+      new Promise<never>((_, reject) =>
+        setTimeout(() => reject(new Error(`still waiting on the store after ${ms / 1000} s`)), ms),
+      ),
+    ]);
+
+  it("fails a restore whose pack read never returns, naming the store and the read, and tells the agent", async () => {
+    const snapshot = await finish(await startedIn(h));
+    const manifest = await h.coordinator.readManifest(snapshot);
+    const entry = manifest.entries.find((e) => e.type === "file");
+    const ids = entry?.type === "file" ? entry.chunks.map((hex) => Buffer.from(hex, "hex")) : [];
+    hanging[0].hangs = (call, key) => call === "getRange" && key.startsWith("data/");
+    const before = h.sent.length;
+    const restore = h.coordinator.restore({ session: h.session, snapshot, target: "/r" });
+    restore.catch(() => {});
+    await until(() => h.sent.slice(before).some((m) => m.msg.case === "restore"));
+    const started = h.sent.slice(before).find((m) => m.msg.case === "restore")?.msg;
+    const requestId = started?.case === "restore" ? started.value.requestId : "";
+    const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
+      h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+    agentSends({ case: "restoreChunkRequest", value: { requestId, batch: 1n, chunkIds: ids } });
+    try {
+      await expect(within(restore, 3_000)).rejects.toThrow(
+        /tenants\/t1: reading \d+ bytes of data\/\w+\/\w+ did not finish in 0.3 s; gave up on it/,
+      );
+      const aborted = h.sent.slice(before).find((m) => m.msg.case === "restoreAborted")?.msg;
+      expect(aborted?.case === "restoreAborted" && aborted.value.message).toMatch(/did not finish in 0.3 s/);
+    } finally {
+      // Ended here whatever happened above, so it sends nothing once its read goes on (after this test).
+      agentSends({ case: "restoreProgress", value: { requestId, done: true, error: "the test is over" } });
+    }
+  });
+
+  it("fails a snapshot whose record's write never returns, and keeps its lock until that write has ended", async () => {
+    const store = hanging[0];
+    store.hangs = (call, key) => call === "put" && key.startsWith("snapshots/");
+    const failed = await within(finish(await startedIn(h)), 3_000).then(
+      () => undefined,
+      (err: Error) => err,
+    );
+    expect(failed?.message).toMatch(/tenants\/t1: writing snapshots\/\w+ did not finish in 0.3 s; gave up on it/);
+    const id = /snapshots\/(\w+)/.exec(failed?.message ?? "")?.[1];
+    // The record may still land (a call cannot be taken back), naming packs no snapshot names yet: no prune may
+    // delete them meanwhile, so the snapshot's lock stays.
+    const prune = () => h.coordinator.forget({ tenantId: "t1", policy: {}, prune: true, dryRun: false });
+    await expect(prune()).rejects.toThrow(/the repository is locked by/);
+    // It lands: the lock goes, and the snapshot is whole, listed again as one the repository holds.
+    store.release();
+    const locks = path.join(h.blobs, "tenants", "t1", "locks");
+    await until(() => readdirSync(locks).length === 0);
+    await expect(prune()).resolves.toMatchObject({ prune: { packsDeleted: 0 } });
+    await h.coordinator.relistAll();
+    const rows = await h.db.selectFrom("snapshots").select("id").execute();
+    expect(rows.map((r) => r.id)).toContain(id);
+    expect(await h.coordinator.check("t1", {})).toMatchObject({ ok: true });
+  });
+});
+
+/**
+ * A blob store whose calls that `hangs` picks wait, as on a mount that stopped answering, until `release`; they
+ * then go on to the store.
+ */
+class HangingBlobStore implements BlobStore {
+  readonly url: string;
+  hangs: (call: string, key: string) => boolean = () => false;
+  private gate!: Promise<void>;
+  private open!: () => void;
+
+  constructor(private readonly store: BlobStore) {
+    this.url = store.url;
+    this.release();
+  }
+
+  /** Lets the held calls go on, and stops holding calls. */
+  release(): void {
+    this.open?.();
+    this.hangs = () => false;
+    this.gate = new Promise((resolve) => (this.open = resolve));
+  }
+
+  private async held(call: string, key: string): Promise<void> {
+    if (this.hangs(call, key)) await this.gate;
+  }
+
+  async put(key: string, data: Buffer | readonly Buffer[], options?: { ifAbsent?: boolean }): Promise<boolean> {
+    await this.held("put", key);
+    return this.store.put(key, data, options);
+  }
+  async get(key: string): Promise<Buffer> {
+    await this.held("get", key);
+    return this.store.get(key);
+  }
+  async getRange(key: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    await this.held("getRange", key);
+    return this.store.getRange(key, offset, length, into);
+  }
+  async stat(key: string): Promise<BlobInfo | undefined> {
+    await this.held("stat", key);
+    return this.store.stat(key);
+  }
+  list(prefix: string): AsyncIterable<BlobInfo> {
+    return this.store.list(prefix);
+  }
+  async delete(key: string): Promise<void> {
+    await this.held("delete", key);
+    return this.store.delete(key);
+  }
+  close(): Promise<void> {
+    return this.store.close();
+  }
+}
 
 type Harness = ReturnType<typeof useCoordinator>;
 

@@ -62,6 +62,7 @@ import {
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import { ChunkVerifier } from "./chunk-verifier.js";
+import { DeadlineBlobStore, STORE_CALL_DEADLINE_MS } from "./deadline-blob-store.js";
 import type { TenantKeys } from "./tenant-keys.js";
 
 /** Chunk messages being verified or written before we stop reading the agent's stream (about 1 MiB each). */
@@ -85,6 +86,13 @@ export const OPERATION_SILENCE_MS = 10 * 60 * 1000;
  */
 const RESTORE_BATCHES_AT_ONCE = 4;
 const MAX_RESTORE_BATCHES_WAITING = 256;
+/**
+ * The chunk ids those waiting requests may hold between them. One request can carry a message's worth (about
+ * 490,000 ids, each ~140 bytes as held here: ~65 MB), so the count alone let an agent pin gigabytes of this
+ * process. The agent asks for one window of its restore at a time (at most 16,384 files, about 1 GiB), so
+ * nothing of a working agent's ever waits; this is ~35 MB.
+ */
+const MAX_RESTORE_IDS_WAITING = 256 * 1024;
 
 /** Ranged pack reads of a streamed restore: their size and how many are kept in flight. */
 const RESTORE_READ_BYTES = 8 * 1024 * 1024;
@@ -141,6 +149,16 @@ export interface ForgetResult {
   prune?: PruneReport;
 }
 
+/** What tests shorten or stand in for; the control plane takes the defaults. */
+export interface CoordinatorTuning {
+  /** How long an operation may go without a word from its agent (OPERATION_SILENCE_MS). */
+  silenceMs?: number;
+  /** How long one call of a tenant's blob store may take (STORE_CALL_DEADLINE_MS). */
+  storeCallMs?: number;
+  /** Opens the blob store at a tenant's URL (openBlobStore). */
+  openStore?: (url: string) => BlobStore;
+}
+
 interface Operation {
   /** The session it runs on: a host's later session must not see its messages or end it (see onSessionClosed). */
   session: AgentSession;
@@ -170,6 +188,9 @@ export class SnapshotCoordinator {
    * its data.
    */
   private readonly catalogueChanges = new Map<string, Promise<unknown>>();
+  private readonly silenceMs: number;
+  private readonly storeCallMs: number;
+  private readonly openStore: (url: string) => BlobStore;
 
   constructor(
     private readonly db: Db,
@@ -180,9 +201,13 @@ export class SnapshotCoordinator {
     private readonly metrics: Metrics,
     /** Applied to a workspace after each of its snapshots commits (forget, no prune); none keeps every one. */
     private readonly retention?: RetentionPolicy,
-    /** How long an operation may go without a word from its agent (tests shorten it; see OPERATION_SILENCE_MS). */
-    private readonly silenceMs = OPERATION_SILENCE_MS,
-  ) {}
+    /** Limits tests shorten, and the store they open (see CoordinatorTuning). */
+    tuning: CoordinatorTuning = {},
+  ) {
+    this.silenceMs = tuning.silenceMs ?? OPERATION_SILENCE_MS;
+    this.storeCallMs = tuning.storeCallMs ?? STORE_CALL_DEADLINE_MS;
+    this.openStore = tuning.openStore ?? ((url) => openBlobStore(url));
+  }
 
   /** Logs an operation given up on here, and tells its agent to stop it (best effort: it may be gone). */
   private tellAborted(
@@ -773,6 +798,8 @@ export class SnapshotCoordinator {
        */
       let streaming = 0;
       const waiting: (() => void)[] = [];
+      /** The chunk ids the waiting requests hold (MAX_RESTORE_IDS_WAITING). */
+      let idsWaiting = 0;
       const finish = (err: Error | undefined, result?: { files: number; bytesWritten: number }) => {
         if (finished) return;
         finished = true;
@@ -808,13 +835,25 @@ export class SnapshotCoordinator {
             const batch = m.value.batch;
             const ids = m.value.chunkIds.map((id) => Buffer.from(id));
             if (streaming < RESTORE_BATCHES_AT_ONCE) stream(batch, ids);
-            else if (waiting.length < MAX_RESTORE_BATCHES_WAITING) waiting.push(() => stream(batch, ids));
-            else {
+            else if (waiting.length >= MAX_RESTORE_BATCHES_WAITING) {
               abandon(
                 new InvalidArgumentError(
                   `the agent asked for more than ${RESTORE_BATCHES_AT_ONCE + MAX_RESTORE_BATCHES_WAITING} batches of chunks at once`,
                 ),
               );
+            } else if (idsWaiting + ids.length > MAX_RESTORE_IDS_WAITING) {
+              abandon(
+                new InvalidArgumentError(
+                  `the agent asked for ${idsWaiting + ids.length} chunks in requests beyond the ` +
+                    `${RESTORE_BATCHES_AT_ONCE} being answered; at most ${MAX_RESTORE_IDS_WAITING} may wait`,
+                ),
+              );
+            } else {
+              idsWaiting += ids.length;
+              waiting.push(() => {
+                idsWaiting -= ids.length;
+                stream(batch, ids);
+              });
             }
           } else if (m.case === "restoreProgress" && !m.value.done) {
             req.onProgress?.({ bytesDone: Number(m.value.bytesWritten), bytesTotal: Number(m.value.bytesTotal) });
@@ -1006,7 +1045,9 @@ export class SnapshotCoordinator {
   private repository(tenantId: string, key: Buffer): Promise<Repository> {
     let repo = this.repositories.get(tenantId);
     if (!repo) {
-      const store: BlobStore = openBlobStore(`${this.blobStoreUrl.replace(/\/+$/, "")}/tenants/${tenantId}`);
+      const url = `${this.blobStoreUrl.replace(/\/+$/, "")}/tenants/${tenantId}`;
+      // Every call with a deadline: a store that stops answering fails the operations waiting on it.
+      const store = new DeadlineBlobStore(this.openStore(url), this.storeCallMs);
       repo = Repository.openOrInit(store, key).then((r) => r.repository);
       repo.catch(() => this.repositories.delete(tenantId));
       this.repositories.set(tenantId, repo);

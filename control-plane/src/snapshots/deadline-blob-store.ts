@@ -1,0 +1,150 @@
+// A tenant's blob store as the coordinator uses it: every call fails once it has run past a deadline. The S3
+// client bounds its own requests (S3_TIMEOUTS), but nothing bounded a file:// store on a mount that stopped
+// answering (a read or an fsync that never returns), and snapshots and restores waited on such a call for good,
+// holding their tenant's count (no prune ran) and their agent's stream.
+import { type BlobInfo, type BlobStore, RepositoryError } from "@dumont/repository";
+
+/**
+ * How long one call of a tenant's blob store may take: ten times what writing a 32 MiB pack takes at 1 MB/s,
+ * and under OPERATION_SILENCE_MS, so a restore whose read hangs fails naming the store, not its silent agent
+ * (which waits for the chunks).
+ */
+export const STORE_CALL_DEADLINE_MS = 5 * 60 * 1000;
+
+/** Where repository locks live (lock.ts): see DeadlineBlobStore.delete. */
+const LOCKS_PREFIX = "locks/";
+
+/**
+ * Every call of BlobStore is declared here (Record<keyof BlobStore, …>): an optional call added to BlobStore and
+ * not passed on here would be one the repository silently never made through the control plane.
+ */
+export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unknown> {
+  readonly url: string;
+  readonly allocate: BlobStore["allocate"];
+  readonly openWriter: BlobStore["openWriter"];
+  readonly removeAbandoned: BlobStore["removeAbandoned"];
+  readonly syncDeletes: BlobStore["syncDeletes"];
+  /**
+   * Writes and deletes given up on that are still running in the store: a call cannot be taken back, and one
+   * may still land after its caller failed (see `delete`).
+   */
+  private readonly abandoned = new Set<Promise<void>>();
+
+  constructor(
+    private readonly store: BlobStore,
+    private readonly deadlineMs = STORE_CALL_DEADLINE_MS,
+  ) {
+    this.url = store.url;
+    // The optional calls only where the store has them: the repository takes their presence as a choice (a pack
+    // streamed through openWriter, or put from memory that allocate gave).
+    const { allocate, openWriter, removeAbandoned, syncDeletes } = store;
+    this.allocate = allocate && ((size) => allocate.call(store, size));
+    this.openWriter =
+      openWriter &&
+      (async (key) => {
+        const writer = await this.timed(`opening ${key} to write`, () => openWriter.call(store, key), true);
+        return {
+          write: (data) => this.timed(`writing ${key}`, () => writer.write(data), true),
+          commit: () => this.timed(`committing ${key}`, () => writer.commit(), true),
+          abort: () => this.timed(`dropping ${key}`, () => writer.abort(), true),
+        };
+      });
+    this.removeAbandoned =
+      removeAbandoned &&
+      ((prefix, options) =>
+        this.timed(
+          `removing what interrupted writes left under ${prefix}`,
+          () => removeAbandoned.call(store, prefix, options),
+          true,
+        ));
+    this.syncDeletes =
+      syncDeletes &&
+      ((keys) => this.timed(`making ${keys.length} deletions durable`, () => syncDeletes.call(store, keys), true));
+  }
+
+  put(key: string, data: Buffer | readonly Buffer[], options?: { ifAbsent?: boolean }): Promise<boolean> {
+    return this.timed(`writing ${key}`, () => this.store.put(key, data, options), true);
+  }
+
+  get(key: string): Promise<Buffer> {
+    return this.timed(`reading ${key}`, () => this.store.get(key));
+  }
+
+  /**
+   * A read given up on may still fill `into` later, when its caller has handed that buffer on: only the reads of
+   * the restore that failed with it use those buffers (a pool of its own), and the agent checks every chunk.
+   */
+  getRange(key: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    return this.timed(`reading ${length} bytes of ${key}`, () => this.store.getRange(key, offset, length, into));
+  }
+
+  stat(key: string): Promise<BlobInfo | undefined> {
+    return this.timed(`looking up ${key}`, () => this.store.stat(key));
+  }
+
+  async *list(prefix: string): AsyncIterable<BlobInfo> {
+    const listing = this.store.list(prefix)[Symbol.asyncIterator]();
+    try {
+      for (;;) {
+        const next = await this.timed(`listing ${prefix}`, () => listing.next());
+        if (next.done) return;
+        yield next.value;
+      }
+    } finally {
+      // Not waited for: after a call that hung it would wait as long.
+      void listing.return?.().catch(() => undefined);
+    }
+  }
+
+  /**
+   * A lock is deleted only once no write given up on can still land. A writer releases its lock when it fails,
+   * and a prune that then took the repository could delete packs which a snapshot record still being written
+   * (its put given up on, not over) names: the record, landing later, would list a snapshot without its data.
+   * Held so, the lock goes when those writes end, or, if they never do, is stale as any lock left behind.
+   */
+  delete(key: string): Promise<void> {
+    const before = key.startsWith(LOCKS_PREFIX) && this.abandoned.size > 0 ? [...this.abandoned] : [];
+    return this.timed(
+      `deleting ${key}`,
+      async () => {
+        await Promise.all(before);
+        await this.store.delete(key);
+      },
+      true,
+    );
+  }
+
+  close(): Promise<void> {
+    return this.store.close();
+  }
+
+  /**
+   * `call`, failed as "unavailable" (UNAVAILABLE at the API, as an S3 request past its retries) if it has not
+   * settled within the deadline. A call that `changes` the store and is given up on is kept in `abandoned`
+   * until it settles.
+   */
+  private timed<T>(what: string, call: () => Promise<T>, changes = false): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const running = call();
+      const timer = setTimeout(() => {
+        if (changes) {
+          const settled = running.then(
+            () => undefined,
+            () => undefined,
+          );
+          this.abandoned.add(settled);
+          void settled.then(() => this.abandoned.delete(settled));
+        }
+        reject(
+          new RepositoryError(
+            "unavailable",
+            `${this.url}: ${what} did not finish in ${this.deadlineMs / 1000} s; gave up on it. The store may ` +
+              "be hung (a mount that stopped answering, an unreachable endpoint): check it, then try again",
+          ),
+        );
+      }, this.deadlineMs);
+      timer.unref(); // the call's caller waits on it; a timer alone keeps nothing running
+      void running.then(resolve, reject).finally(() => clearTimeout(timer));
+    });
+  }
+}
