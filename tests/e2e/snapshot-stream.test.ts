@@ -168,8 +168,18 @@ describe("snapshots over the agent stream", () => {
     // One connection until the first restore (the first test: nothing has restored on this agent yet) ...
     expect(await connectionsTo(agent.proc.pid!, cp.grpcPort)).toBe(1);
     const target = path.join(root, "restored-1");
-    const restored = await cli(["snapshot", "restore", first.id, "--host", agent.hostId, "--target", target, "--json"]);
-    expect(restored.files).toBe(5);
+    // Named by a prefix, as `dumont-agent snapshot restore --json` prints it: the whole id, files, bytes, seconds.
+    const restored = await cli([
+      "snapshot",
+      "restore",
+      first.id.slice(0, 10),
+      "--host",
+      agent.hostId,
+      "--target",
+      target,
+      "--json",
+    ]);
+    expect(restored).toMatchObject({ id: first.id, files: 5, bytesWritten: expect.any(Number) });
     expect(await describeTree(target)).toEqual(await describeTree(workspace));
     // ... which opens the Downloads connection: uploads on one, downloads on the other (AgentSession.bulkSender).
     expect(await connectionsTo(agent.proc.pid!, cp.grpcPort)).toBe(2);
@@ -708,6 +718,7 @@ describe("snapshots over the agent stream", () => {
     const healthy = await cli(["snapshot", "check", "--json"]);
     expect(healthy).toMatchObject({ ok: true, problems: [] });
     expect(healthy.bytesChecked).toBeGreaterThan(600_000);
+    expect(healthy.packsRead).toBe(healthy.packs);
 
     // The snapshot's one chunk is the first in the one pack it added (found by name: an mtime may tie with an
     // earlier pack's): flip a byte of it on disk.
@@ -749,6 +760,7 @@ describe("snapshots over the agent stream", () => {
       expect(halves.map((h) => h.code).sort()).toEqual([0, 1]);
       expect(halves.find((h) => !h.ok).problems).toEqual(json.problems);
       expect(halves[0].bytesChecked + halves[1].bytesChecked).toBe(healthy.bytesChecked);
+      expect(halves[0].packsRead + halves[1].packsRead).toBe(healthy.packs);
       const refused = await cp.cli(["snapshot", "check", "--read-data-subset", "3/2"]);
       expect(refused.stderr).toMatch(/--read-data-subset "3\/2" is not a subset of the packs: give n\/t/);
       await handle.write(byte, 0, 1, 100);

@@ -101,6 +101,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
         onProgress,
       });
       return create(api.RestoreSnapshotResponseSchema, {
+        snapshotId: snapshot.id,
         files: BigInt(result.files),
         bytesWritten: BigInt(result.bytesWritten),
         seconds: result.seconds,
@@ -341,6 +342,7 @@ async function checkTenants(
     out.ok &&= r.ok;
     out.snapshots += BigInt(r.snapshots);
     out.packs += BigInt(r.packs);
+    out.packsRead += BigInt(r.packsRead);
     out.chunks += BigInt(r.chunks);
     out.bytesChecked += BigInt(r.bytesChecked);
     for (const p of r.problems) {

@@ -179,14 +179,17 @@ export function registerSnapshotCommands(program: Command): void {
           noOwners: opts.owners === false,
         }),
       );
+      // As `dumont-agent snapshot restore --json` prints it (an older control plane names no id: the one asked).
       const out = {
+        id: res.snapshotId || snapshotId,
         files: Number(res.files),
         bytesWritten: Number(res.bytesWritten),
         seconds: roundSeconds(res.seconds),
       };
       if (opts.json) return print(out);
       process.stdout.write(
-        `restored ${out.files} files, ${formatBytes(out.bytesWritten)} in ${out.seconds.toFixed(1)}s\n`,
+        `restored snapshot ${out.id.slice(0, 12)} into ${opts.target} on ${opts.host}: ${out.files} files, ` +
+          `${formatBytes(out.bytesWritten)} in ${out.seconds.toFixed(1)}s\n`,
       );
     });
 
@@ -217,10 +220,12 @@ export function registerSnapshotCommands(program: Command): void {
           readDataSubset: opts.readDataSubset ?? "",
         }),
       );
+      // As `dumont-agent snapshot check --json` prints it, with each problem's tenant.
       const out = {
         ok: report.ok,
         snapshots: Number(report.snapshots),
         packs: Number(report.packs),
+        packsRead: Number(report.packsRead),
         chunks: Number(report.chunks),
         bytesChecked: Number(report.bytesChecked),
         problems: report.problems.map((p) => ({
@@ -238,7 +243,7 @@ export function registerSnapshotCommands(program: Command): void {
         process.stdout.write(
           `no problems: ${counted(out.snapshots, "snapshot")}, ${counted(out.packs, "pack")}, ${counted(out.chunks, "chunk")}` +
             `${opts.structureOnly ? "" : `, ${formatBytes(out.bytesChecked)} verified`}` +
-            `${opts.readDataSubset ? ` (subset ${opts.readDataSubset} of each tenant's packs)` : ""}\n`,
+            `${opts.readDataSubset ? ` (subset ${opts.readDataSubset} of each tenant's packs: ${counted(out.packsRead, "pack")} read)` : ""}\n`,
         );
       } else for (const p of out.problems) process.stderr.write(`${p.message}\n`);
       if (!out.ok) {

@@ -397,6 +397,18 @@ describe("dumont-agent snapshot", () => {
     expect(check.code).toBe(1);
     expect(check.err).toMatch(/chunk .* is damaged .*"precious\.bin"/);
     expect(check.err).toMatch(/check found 1 problem in /);
+    // With --json, as `dumont snapshot check --json` prints it (less the tenant): snapshotId, files with theirs.
+    const json = await run("snapshot", "check", ...common, "--json");
+    expect(json.code).toBe(1);
+    const report = JSON.parse(json.out);
+    expect(report).toMatchObject({ ok: false, packs: 1, packsRead: 1 });
+    expect(report.problems).toEqual([
+      expect.objectContaining({
+        kind: "chunk-corrupt",
+        files: [{ snapshotId: expect.any(String), path: "precious.bin" }],
+      }),
+    ]);
+    expect(report.problems[0].snapshot).toBeUndefined();
   });
 
   it("round trips without WebAssembly (node --jitless): the JavaScript chunker, lz4-napi, buffered writes", async () => {

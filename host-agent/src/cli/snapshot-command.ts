@@ -3,6 +3,7 @@
 import { open } from "node:fs/promises";
 import { constants as osConstants } from "node:os";
 import {
+  type CheckReport,
   checkExcludePatterns,
   checkPathPatterns,
   checkRepository,
@@ -324,7 +325,8 @@ export function registerSnapshotCommands(program: Command): void {
             }),
           ),
         ).finally(() => meter?.finish());
-        if (opts.json) print(report);
+        // Problems as `dumont snapshot check --json` prints them (snapshotId where the report says snapshot).
+        if (opts.json) print(checkJson(report));
         else if (report.ok) {
           const subset = readSubset
             ? ` (subset ${opts.readDataSubset}: ${counted(report.packsRead, "pack")} read)`
@@ -549,4 +551,16 @@ async function readKeyFile(file: string): Promise<Buffer> {
   }
   if (length > MAX_KEY_FILE) throw fail(`it holds more than ${MAX_KEY_FILE} bytes, too many for a key`);
   return buffer.subarray(0, length);
+}
+
+/** A check's report as both CLIs print it with --json (the control plane's adds each problem's tenantId). */
+function checkJson(report: CheckReport): object {
+  return {
+    ...report,
+    problems: report.problems.map(({ snapshot, files, ...p }) => ({
+      ...p,
+      ...(snapshot ? { snapshotId: snapshot } : {}),
+      files: (files ?? []).map((f) => ({ snapshotId: f.snapshot, path: f.path })),
+    })),
+  };
 }
