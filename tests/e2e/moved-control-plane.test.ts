@@ -3,7 +3,7 @@
 // address it was made with. The host enrolls through a TCP proxy that is then closed: its enrolled address is dead.
 import fs from "node:fs/promises";
 import path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import {
   type AgentProcess,
   agentBin,
@@ -60,7 +60,8 @@ describe("a control plane that moved after its hosts enrolled", () => {
     agent = startAgentProcess(dataDir, hostId, { env: { DUMONT_SERVER: movedTo } });
     const running = agent;
     await waitForOnline(cp, hostId);
-    expect(running.log()).toContain(`"server":"${movedTo}"`);
+    // The agent's log reaches this process through a pipe, maybe after the control plane has seen it online.
+    await vi.waitFor(() => expect(running.log()).toContain(`"server":"${movedTo}"`));
 
     const enrollment = JSON.parse(await fs.readFile(path.join(dataDir, "enrollment.json"), "utf8"));
     expect(enrollment).toMatchObject({ hostId, server: enrolledWith });
