@@ -147,6 +147,32 @@ describe("StreamChunkSink", () => {
     await expect(stuck).rejects.toBe(gone);
   });
 
+  it("stops sending a put's chunks at the next message once the snapshot is aborted or its session fails", async () => {
+    for (const stop of ["fail", "abort"] as const) {
+      const sent: unknown[] = [];
+      let sink: StreamChunkSink | undefined;
+      // grpc-js takes each message at once (room in its buffer); the control plane aborts after the first.
+      const port: StreamPort = {
+        send: async (message, onWritten) => {
+          sent.push(message);
+          onWritten?.();
+          if (stop === "fail") sink!.fail(new Error("the control plane aborted the snapshot"));
+          else await sink!.abort();
+        },
+      };
+      sink = new StreamChunkSink(port, "r6", 0n);
+      const chunks = Array.from({ length: 6 }, (_, n) => ({
+        id: Buffer.alloc(32, n),
+        blob: Buffer.alloc(STREAM_BATCH_BYTES, n),
+        plainLength: STREAM_BATCH_BYTES,
+      }));
+      await expect(sink.put(chunks)).rejects.toThrow(
+        stop === "fail" ? "aborted the snapshot" : "the snapshot was aborted",
+      );
+      expect(sent).toHaveLength(1);
+    }
+  });
+
   it("cuts chunk batches at the stream batch size and answers offers by batch number", async () => {
     const { port, messages } = lazyPort();
     const sink = new StreamChunkSink(port, "r2", 0n);

@@ -163,6 +163,9 @@ export class StreamChunkSink implements ChunkSink {
     let bytes = 0;
     const flush = async () => {
       if (pending.length === 0) return;
+      // Checked before each message, not only while waiting for a slot: a snapshot the control plane aborted
+      // (or whose session ended) sent the rest of its segment, up to tens of MiB, for nothing.
+      this.assertOpen();
       while (this.inFlight >= MESSAGES_IN_FLIGHT) {
         await new Promise<void>((resolve, reject) => this.slotWaiters.push({ resolve, reject }));
         this.assertOpen();
@@ -259,7 +262,9 @@ export class StreamChunkSink implements ChunkSink {
   }
 
   async abort(): Promise<void> {
-    // The control plane drops its half-written snapshot when it sees SnapshotFailed (sent by the caller).
+    // The control plane drops its half-written snapshot when it sees SnapshotFailed (sent by the caller). A put
+    // still sending stops at its next message.
+    this.failed ??= new Error("the snapshot was aborted");
   }
 
   private assertOpen(): void {
