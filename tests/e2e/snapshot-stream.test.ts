@@ -234,6 +234,10 @@ describe("snapshots over the agent stream", () => {
     expect(lines[2]).toMatch(
       new RegExp(`^${second.id} +\\S+ +admin +${agent.hostId} +5 +6\\.\\d MiB +\\d+(\\.\\d)? (B|KiB) +${workspace}$`),
     );
+    // A workspace id with a typo lists nothing, saying which filter and how to see every snapshot.
+    expect((await cp.cli(["snapshot", "list", "--workspace", "w-typo"])).stdout).toBe(
+      'No snapshots of workspace "w-typo"; `dumont snapshot list` lists every one.\n',
+    );
   });
 
   it("runs two snapshots and a restore on one host at once, each byte for byte", async () => {

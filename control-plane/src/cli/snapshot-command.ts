@@ -84,7 +84,17 @@ export function registerSnapshotCommands(program: Command): void {
       const list = res.snapshots.map(snapshotJson);
       if (opts.json) return print(list);
       if (list.length === 0) {
-        process.stdout.write("No snapshots. Take one with `dumont snapshot create --host HOST_ID --path DIR`.\n");
+        // Narrowed to nothing (a mistyped workspace id, say): which filters, and how to see them all.
+        const filters = [
+          opts.workspace && `of workspace ${JSON.stringify(opts.workspace)}`,
+          opts.host && `from host ${opts.host}`,
+          opts.tenant && `of tenant ${opts.tenant}`,
+        ].filter(Boolean);
+        process.stdout.write(
+          filters.length > 0
+            ? `No snapshots ${filters.join(", ")}; \`dumont snapshot list\` lists every one.\n`
+            : "No snapshots. Take one with `dumont snapshot create --host HOST_ID --path DIR`.\n",
+        );
         return;
       }
       process.stdout.write(snapshotTable(list));
