@@ -3,7 +3,7 @@
 // do, leaves no temp file or half restore behind, and the next try, with room made, succeeds. Then a repository
 // on a read-only filesystem: readable with --no-lock, and the error without it says so.
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readdir, readFile, rm, statfs, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, open, readdir, readFile, rm, statfs, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -113,13 +113,8 @@ describe.skipIf(!canMountTmpfs())("a full disk", () => {
     expect(await readFile(join(target, "x.bin"))).toEqual(await readFile(join(kept, "x.bin")));
   });
 
-  it("under the restore target: says how much room it needs, and removes what it had restored", async () => {
-    const repo = join(root, "repo");
-    const made = await create(repo);
-    expect(made.code).toBe(0);
-    const { id } = JSON.parse(made.out) as { id: string };
-    const target = join(small, "restore");
-    const failed = await runAgentCli(
+  const restore = (repo: string, id: string, target: string) =>
+    runAgentCli(
       "snapshot",
       "restore",
       "--repo",
@@ -132,12 +127,54 @@ describe.skipIf(!canMountTmpfs())("a full disk", () => {
       target,
       "--json",
     );
+
+  it("under the restore target: says how much room it needs, and removes what it had restored", async () => {
+    const repo = join(root, "repo");
+    const made = await create(repo);
+    expect(made.code).toBe(0);
+    const { id } = JSON.parse(made.out) as { id: string };
+    const target = join(small, "restore");
+    const failed = await restore(repo, id, target);
     expect(failed.code).toBe(1);
     expect(failed.err).toContain(
       `cannot restore into ${target}: no space left on the device (ENOSPC). What was restored so far has been ` +
         "removed; the restore needs 12.0 MiB there: make room and restore again",
     );
     expect(await readdir(target)).toEqual([]);
+  });
+
+  it("under the restore target, full before anything is written: says so, and leaves no marker to refuse the next", async () => {
+    const repo = join(root, "repo");
+    const made = await create(repo);
+    const { id } = JSON.parse(made.out) as { id: string };
+    const target = join(small, "restore-full");
+    await mkdir(target);
+    // Every block of the filesystem taken: the restore's marker is the first thing it cannot write.
+    const filler = join(small, "filler");
+    const handle = await open(filler, "w");
+    try {
+      for (;;) await handle.write(Buffer.alloc(64 * 1024, 1));
+    } catch (err) {
+      expect((err as NodeJS.ErrnoException).code).toBe("ENOSPC");
+    } finally {
+      await handle.close();
+    }
+    const failed = await restore(repo, id, target);
+    expect(failed.code).toBe(1);
+    expect(failed.err).toContain(
+      `cannot restore into ${target}: no space left on the device (ENOSPC). Nothing was written; the restore ` +
+        "needs 12.0 MiB there: make room and restore again",
+    );
+    expect(await readdir(target)).toEqual([]);
+    await rm(filler);
+    // Room made (the rest of the snapshot would still not fit this disk: the same restore, of a smaller one).
+    const smallSnapshot = join(root, "small-src");
+    await mkdir(smallSnapshot);
+    await writeFile(join(smallSnapshot, "notes.txt"), "hello\n");
+    const small2 = JSON.parse((await create(repo, smallSnapshot)).out) as { id: string };
+    const again = await restore(repo, small2.id, target);
+    expect(again.code).toBe(0);
+    expect(await readdir(target)).toEqual(["notes.txt"]);
   });
 });
 

@@ -24,7 +24,7 @@ import {
   unwritableReason,
 } from "@dumont/repository";
 import { type Lease, RestoreDirectories } from "./restore-directories.js";
-import { type ClaimedTarget, claimTarget, prepareTarget, RESTORE_MARKER } from "./restore-target.js";
+import { type ClaimedTarget, claimTarget, isRestoreMarker, prepareTarget, RESTORE_MARKER } from "./restore-target.js";
 import { type NewFiles, SnapshotWorkerPool, type WriteFailure } from "./worker-pool.js";
 
 export interface RestoreSnapshotOptions {
@@ -159,10 +159,11 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
   const dirs = await RestoreDirectories.open(root);
   let claimed: ClaimedTarget;
   try {
-    claimed = await claimTarget(dirs, options.target, snapshotId, !plan.holdsMarkerName);
+    claimed = await claimTarget(dirs, options.target, snapshotId);
   } catch (err) {
     await dirs.close();
-    throw err;
+    // A full disk (or quota, or read-only mount) already for the marker: nothing was written.
+    throw targetUnwritable(err, options.target, plan.bytes, "Nothing was written") ?? err;
   }
   // Only this user may enter the target while the restore writes into it (without /proc, by path: a directory
   // swapped for a symlink meanwhile could redirect a write); its own mode comes back at the end.
@@ -199,14 +200,7 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
     // wrote: the target is empty again, and the same restore can simply run again. One that restored all it
     // could and names damaged files (RestoreDamagedError) keeps the rest.
     if (!(err instanceof RestoreDamagedError)) await dirs.emptyTarget(RESTORE_MARKER);
-    const why = unwritableReason(err);
-    if (why === undefined) throw err;
-    // A full disk (or quota, or read-only mount) under the target: say so, and how much the restore needs.
-    throw new Error(
-      `cannot restore into ${options.target}: ${why}. What was restored so far has been removed; the ` +
-        `restore needs ${formatBytes(plan.bytes)} there: make room and restore again`,
-      { cause: err },
-    );
+    throw targetUnwritable(err, options.target, plan.bytes, "What was restored so far has been removed") ?? err;
   } finally {
     // Over, one way or the other: the marker goes (after what a failed restore wrote, so a kill while that is
     // removed leaves it for the next restore to finish the job), before the target's time is set below.
@@ -226,6 +220,20 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
     await dirs.close();
     if (options.pool === undefined) await pool?.close();
   }
+}
+
+/**
+ * `err`, where the target's filesystem takes no more writes (a full disk, a quota, a read-only mount), as an
+ * Error saying so, what became of the restore (`outcome`) and how much it needs; undefined for any other error.
+ */
+function targetUnwritable(err: unknown, target: string, bytes: number, outcome: string): Error | undefined {
+  const why = unwritableReason(err);
+  if (why === undefined) return undefined;
+  return new Error(
+    `cannot restore into ${target}: ${why}. ${outcome}; the restore needs ${formatBytes(bytes)} there: make ` +
+      "room and restore again",
+    { cause: err },
+  );
 }
 
 /**
@@ -384,8 +392,6 @@ interface RestorePlan {
   bytes: number;
   dirs: DirEntry[];
   links: LinkEntry[];
-  /** The snapshot has an entry named as the restore's marker (RESTORE_MARKER): the restore goes without one. */
-  holdsMarkerName: boolean;
 }
 
 /**
@@ -411,11 +417,12 @@ function planRestore(
   const links: LinkEntry[] = [];
   let root: ManifestRoot | undefined;
   const hardLinks: FileEntry[] = [];
-  let holdsMarkerName = false;
   for (const part of manifestPartEntries(options.key, manifestBlobs, what, (r) => (root = r))) {
     for (const e of part) {
       check.add(e);
-      if (e.path === RESTORE_MARKER) holdsMarkerName = true;
+      // A restore's marker an older agent snapshotted (a target mid-restore): never written back, or a later
+      // restore into the tree would take it for its own.
+      if (isRestoreMarker(e.path)) continue;
       if (e.type === "dir") dirs.push(e);
       if (include && !include.add(e.path, e.type === "dir")) continue;
       matched++;
@@ -434,13 +441,13 @@ function planRestore(
   check.refuseOutwardLinks(links.map((l) => l.path));
   // A hard link is made where the file it names is restored too; otherwise it is written, as any file.
   const linked = new Map<string, string>();
-  const selected = include ? include.matches : () => true;
+  const selected = (path: string, dir: boolean) => !isRestoreMarker(path) && (include?.matches(path, dir) ?? true);
   const kept = include?.finish();
   for (const e of hardLinks) {
     if (selected(e.linkOf!, false)) linked.set(e.path, e.linkOf!);
     else bytes += e.size;
   }
-  if (!kept) return { root, selected, linked, files, bytes, dirs, links, holdsMarkerName };
+  if (!kept) return { root, selected, linked, files, bytes, dirs, links };
   // Directories are kept when matched or when they hold something that is (files and links only when matched).
   return {
     root,
@@ -450,7 +457,6 @@ function planRestore(
     bytes,
     dirs: dirs.filter((d) => kept.has(d.path)),
     links,
-    holdsMarkerName,
   };
 }
 

@@ -9,19 +9,30 @@
 //   marker beside them. Run again, the restore finds the marker's process gone, takes the marker over, empties
 //   the target and starts over, where before it refused the non-empty directory and the operator had to clear
 //   it by hand. A failure the restore sees (a dropped stream, a full disk, Ctrl-C) empties the target itself.
-// Only a target holding a marker is emptied: one with anything else in it is refused, as ever.
-import { constants } from "node:fs";
-import { lutimes, mkdir, open, realpath, stat, unlink } from "node:fs/promises";
+//
+// Only a target holding such a marker is emptied, and only one this agent's user wrote for this very directory
+// (its device and inode are in it): a marker copied in with a tree (`cp -a` of a half-restored one) or left by
+// another user is refused, as is a target holding anything but a marker. Snapshots leave a marker out, and a
+// restore never writes one a snapshot holds (an older agent's), so no restored tree carries one.
+import { randomBytes } from "node:crypto";
+import { type BigIntStats, constants } from "node:fs";
+import { link, lstat, lutimes, mkdir, open, realpath, rename, stat, unlink } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { type ProcessIdentity, processIsGone, thisProcess } from "@dumont/repository";
 import { z } from "zod";
 import type { RestoreDirectories } from "./restore-directories.js";
 
-/**
- * The marker's name. A snapshot holding an entry of this name at its top is restored without one (as before
- * markers: no takeover after a kill, and a second restore meanwhile is refused only by the emptiness check).
- */
+/** The marker's name, at the top of the target. Left out of snapshots, and of restores of older ones. */
 export const RESTORE_MARKER = ".dumont-restore-incomplete";
+
+/** Whether a manifest path is the marker or under it (an older agent's snapshot of a target mid-restore). */
+export function isRestoreMarker(path: string): boolean {
+  return path === RESTORE_MARKER || path.startsWith(`${RESTORE_MARKER}/`);
+}
+
+/** Why a snapshot leaves the marker out (SkippedEntry.reason). */
+export const RESTORE_MARKER_LEFT_OUT =
+  "a restore's marker: a restore into this directory is running, or was killed, and its files may be incomplete";
 
 /** The most of a marker read: it is a few hundred bytes of JSON. */
 const MARKER_MAX_BYTES = 64 * 1024;
@@ -36,6 +47,9 @@ export const MARKER_STALE_AFTER_MS = 10 * 60 * 1000;
 const markerSchema = z.object({
   snapshot: z.string(),
   started: z.string(),
+  /** The target directory's device and inode (decimal): a marker is for the directory it was written in. */
+  targetDev: z.string(),
+  targetIno: z.string(),
   /** The target's own mode before the restore made it 0700, to give back if this restore fails too. */
   targetMode: z.number().int().min(0).max(0o7777),
   hostname: z.string(),
@@ -49,7 +63,7 @@ type Marker = z.infer<typeof markerSchema> & ProcessIdentity;
 export interface ClaimedTarget {
   /** The target's mode before any restore into it changed it (from a taken-over marker, or as found). */
   readonly originalMode: number;
-  /** Removes the marker: the restore is over and what it wrote is what it will be. */
+  /** Removes the marker (this restore's own, not one that replaced it): the restore is over. */
   finish(): Promise<void>;
 }
 
@@ -79,47 +93,49 @@ export async function prepareTarget(target: string): Promise<string> {
 }
 
 /**
- * Checks the target `dirs` holds empty (or holding only an interrupted restore, which is cleared) and claims it
- * for restoring snapshot `snapshotId`. `withMarker` false (the snapshot has an entry of the marker's name): only
- * an empty target is taken, and nothing marks it.
+ * Checks the target `dirs` holds empty (or holding only what an interrupted restore left, which is cleared) and
+ * claims it for restoring snapshot `snapshotId`.
  */
 export async function claimTarget(
   dirs: RestoreDirectories,
   target: string,
   snapshotId: string,
-  withMarker: boolean,
 ): Promise<ClaimedTarget> {
   const names = await dirs.targetNames();
-  const mode = (await targetMode(dirs)) & 0o7777;
-  if (!withMarker || !names.includes(RESTORE_MARKER)) {
+  const own = await targetStat(dirs);
+  if (!names.includes(RESTORE_MARKER)) {
     if (names.length > 0) {
       throw new Error(`the restore target ${target} is not empty; restore into a new or empty directory`);
     }
-    if (!withMarker) return { originalMode: mode, finish: async () => {} };
-    return placeMarker(dirs, target, snapshotId, mode);
+    return placeMarker(dirs, target, snapshotId, Number(own.mode & 0o7777n));
   }
-  const { marker: found, touched } = await readMarker(dirs, target);
-  if (!processIsGone(found) && Date.now() - touched < MARKER_STALE_AFTER_MS) {
+  const found = await readMarker(dirs, target, own);
+  if (!processIsGone(found.marker) && Date.now() - found.touched < MARKER_STALE_AFTER_MS) {
+    const m = found.marker;
     throw new Error(
-      `a restore of snapshot ${found.snapshot.slice(0, 12)} into ${target} is under way (pid ${found.pid} on ` +
-        `${found.hostname}, since ${found.started}); wait for it, or stop it and restore again (a marker ` +
+      `a restore of snapshot ${m.snapshot.slice(0, 12)} into ${target} is under way (pid ${m.pid} on ` +
+        `${m.hostname}, since ${m.started}); wait for it, or stop it and restore again (a marker ` +
         `${RESTORE_MARKER} untouched for ${MARKER_STALE_AFTER_MS / 60_000} minutes counts as an interrupted restore's)`,
     );
   }
-  // The process that wrote the marker is gone: its restore can never finish. The marker is taken away first
-  // (of two restores finding it so, only one unlink succeeds), then this restore's own put in its place, and
-  // only then is what the dead one wrote removed.
-  await unlinkMarker(dirs).catch((err: NodeJS.ErrnoException) => {
+  // The process that wrote the marker is gone: its restore can never finish. The marker is moved aside to a
+  // name of this restore's own (a rename: of two restores doing so, one finds it gone), and checked to be the
+  // very file judged above: another restore may have taken the dead one over meanwhile and put its live marker
+  // there, which is then put back. Only then is this restore's own marker placed and the rest removed.
+  const aside = `${RESTORE_MARKER}.taken-${randomBytes(8).toString("hex")}`;
+  await moveEntry(dirs, RESTORE_MARKER, aside).catch((err: NodeJS.ErrnoException) => {
     if (err.code === "ENOENT") throw takenMeanwhile(target);
     throw err;
   });
-  const claimed = await placeMarker(dirs, target, snapshotId, found.targetMode);
+  const moved = await entryStat(dirs, aside);
+  if (moved?.ino !== found.ino) {
+    await putBack(dirs, aside);
+    throw takenMeanwhile(target);
+  }
+  await removeEntry(dirs, aside);
+  const claimed = await placeMarker(dirs, target, snapshotId, found.marker.targetMode);
   await dirs.emptyTarget(RESTORE_MARKER);
   return claimed;
-}
-
-async function targetMode(dirs: RestoreDirectories): Promise<number> {
-  return (dirs.target ? await dirs.target.stat() : await stat(dirs.root)).mode;
 }
 
 async function placeMarker(
@@ -128,13 +144,17 @@ async function placeMarker(
   snapshotId: string,
   originalMode: number,
 ): Promise<ClaimedTarget> {
+  const own = await targetStat(dirs);
   const marker: Marker = {
     snapshot: snapshotId,
     started: new Date().toISOString(),
+    targetDev: String(own.dev),
+    targetIno: String(own.ino),
     targetMode: originalMode,
     ...thisProcess(),
   };
   const at = await dirs.entry(RESTORE_MARKER);
+  let ino: bigint;
   try {
     const file = await open(
       at.path,
@@ -145,11 +165,16 @@ async function placeMarker(
       throw err;
     });
     try {
+      ino = (await file.stat({ bigint: true })).ino;
       await file.writeFile(`${JSON.stringify(marker, null, 2)}\n`);
       await file.sync();
-    } finally {
-      await file.close();
+    } catch (err) {
+      // Not left behind half-written (a full disk): an unreadable marker would refuse every later restore.
+      await file.close().catch(() => {});
+      await unlink(at.path).catch(() => {});
+      throw err;
     }
+    await file.close();
   } finally {
     at.release();
   }
@@ -160,7 +185,9 @@ async function placeMarker(
     originalMode,
     finish: async () => {
       clearInterval(touch);
-      await unlinkMarker(dirs).catch(() => {}); // one left behind makes a finished target look unfinished, no worse
+      // Only this restore's own: a marker of the same name that is another file is another restore's.
+      if ((await entryStat(dirs, RESTORE_MARKER))?.ino !== ino) return;
+      await removeEntry(dirs, RESTORE_MARKER).catch(() => {}); // left behind, a finished target looks unfinished
     },
   };
 }
@@ -175,53 +202,83 @@ async function touchMarker(dirs: RestoreDirectories): Promise<void> {
   }
 }
 
-async function unlinkMarker(dirs: RestoreDirectories): Promise<void> {
-  const at = await dirs.entry(RESTORE_MARKER);
+/** Runs `use` on the name of entry `name` of the target (through its handle where there is one). */
+async function atName<T>(dirs: RestoreDirectories, name: string, use: (path: string) => Promise<T>): Promise<T> {
+  const at = await dirs.entry(name);
   try {
-    await unlink(at.path);
+    return await use(at.path);
   } finally {
     at.release();
   }
 }
 
-/** The marker in the target, and when it was last touched (ms since the epoch). */
-async function readMarker(dirs: RestoreDirectories, target: string): Promise<{ marker: Marker; touched: number }> {
-  const at = await dirs.entry(RESTORE_MARKER);
+const targetStat = (dirs: RestoreDirectories): Promise<BigIntStats> =>
+  dirs.target ? dirs.target.stat({ bigint: true }) : stat(dirs.root, { bigint: true });
+const entryStat = (dirs: RestoreDirectories, name: string) =>
+  atName(dirs, name, (path) => lstat(path, { bigint: true }).catch(() => undefined));
+const removeEntry = (dirs: RestoreDirectories, name: string) => atName(dirs, name, (path) => unlink(path));
+const moveEntry = (dirs: RestoreDirectories, from: string, to: string) =>
+  atName(dirs, from, (a) => atName(dirs, to, (b) => rename(a, b)));
+
+/**
+ * Puts the marker moved to `aside` back under its name, unless one is there again (link, not rename: that would
+ * replace it), and removes `aside`.
+ */
+async function putBack(dirs: RestoreDirectories, aside: string): Promise<void> {
+  await atName(dirs, aside, (a) => atName(dirs, RESTORE_MARKER, (b) => link(a, b))).catch(() => {});
+  await removeEntry(dirs, aside).catch(() => {});
+}
+
+/**
+ * The marker in the target (`own`: the target's stat), when it was last touched (ms since the epoch) and its
+ * inode. Refused unless it is one this agent's user wrote for this directory.
+ */
+async function readMarker(
+  dirs: RestoreDirectories,
+  target: string,
+  own: BigIntStats,
+): Promise<{ marker: Marker; touched: number; ino: bigint }> {
   let text: string;
-  let touched: number;
+  let info: BigIntStats;
   try {
-    const file = await open(at.path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-    try {
-      const info = await file.stat();
-      if (!info.isFile()) throw new Error("not a regular file");
-      touched = info.mtimeMs;
-      const buffer = Buffer.alloc(MARKER_MAX_BYTES);
-      const { bytesRead } = await file.read(buffer, 0, buffer.length, 0);
-      text = buffer.subarray(0, bytesRead).toString("utf8");
-    } finally {
-      await file.close();
-    }
+    ({ text, info } = await atName(dirs, RESTORE_MARKER, async (path) => {
+      const file = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+      try {
+        const info = await file.stat({ bigint: true });
+        const buffer = Buffer.alloc(MARKER_MAX_BYTES);
+        const { bytesRead } = info.isFile() ? await file.read(buffer, 0, buffer.length, 0) : { bytesRead: 0 };
+        return { text: buffer.subarray(0, bytesRead).toString("utf8"), info };
+      } finally {
+        await file.close();
+      }
+    }));
   } catch (err) {
     throw new Error(`cannot read ${RESTORE_MARKER} in the restore target ${target}: ${(err as Error).message}`);
-  } finally {
-    at.release();
   }
-  let parsed: z.ZodSafeParseResult<Marker>;
+  let parsed: z.ZodSafeParseResult<Marker> | undefined;
   try {
     parsed = markerSchema.safeParse(JSON.parse(text));
   } catch {
-    parsed = { success: false } as z.ZodSafeParseResult<Marker>;
+    parsed = undefined;
   }
-  if (!parsed.success) {
-    // Empty or cut short: a restore creating it this moment, or one killed while it did (before it wrote
-    // anything else). Which, cannot be told; nothing is removed on a guess.
+  const marker = parsed?.success ? parsed.data : undefined;
+  // Empty or cut short (a restore creating it this moment, or one killed while it did), another user's (not
+  // this agent's to judge), or written for another directory (copied in with a tree): nothing is removed on it.
+  const ours =
+    marker !== undefined &&
+    info.isFile() &&
+    info.nlink === 1n &&
+    info.uid === BigInt(process.geteuid?.() ?? -1) &&
+    marker.targetDev === String(own.dev) &&
+    marker.targetIno === String(own.ino);
+  if (!ours) {
     throw new Error(
-      `the restore target ${target} holds ${RESTORE_MARKER}, which is not a restore's marker as this agent ` +
-        "writes it (empty, cut short or edited); if no restore is running into it, remove that file (and what " +
-        "an interrupted restore left there) and restore again",
+      `the restore target ${target} holds ${RESTORE_MARKER}, which is not a marker this agent wrote for it ` +
+        "(empty, cut short, another user's, or copied from elsewhere); if no restore is running into it, remove " +
+        "that file (and what an interrupted restore left there) and restore again",
     );
   }
-  return { marker: parsed.data, touched };
+  return { marker, touched: Number(info.mtimeMs), ino: info.ino };
 }
 
 function takenMeanwhile(target: string): Error {

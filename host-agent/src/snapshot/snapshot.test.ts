@@ -16,6 +16,7 @@ import {
   readlink,
   rename,
   rm,
+  stat,
   symlink,
   unlink,
   utimes,
@@ -56,8 +57,9 @@ import {
   withDirectRepository,
 } from "./direct-mode.js";
 import { ReadAhead } from "./read-ahead.js";
+import { RestoreDirectories } from "./restore-directories.js";
 import { linkOrCopy, RestoreDamagedError, restoreSnapshot } from "./restore-snapshot.js";
-import { MARKER_STALE_AFTER_MS, RESTORE_MARKER } from "./restore-target.js";
+import { claimTarget, MARKER_STALE_AFTER_MS, RESTORE_MARKER, RESTORE_MARKER_LEFT_OUT } from "./restore-target.js";
 import { builtSnapshotModule } from "./testing.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
@@ -1701,39 +1703,131 @@ describe("restore safety", () => {
     expect(await readFile(join(both, "d", "f"))).toEqual(plain);
   });
 
-  it("refuses a marker it cannot read (a restore writing it this moment), naming the file, and removes nothing", async () => {
-    const target = fresh("target");
-    await mkdir(target);
-    await writeFile(join(target, RESTORE_MARKER), "");
-    await writeFile(join(target, "half-written.bin"), "x");
+  /** A marker as a restore of this agent writes it into `target`, with `over` changed. */
+  const markerIn = async (target: string, over: object = {}) => {
+    const own = await stat(target, { bigint: true });
+    const marker = {
+      snapshot: "old",
+      started: "2026-01-01T00:00:00Z",
+      targetDev: String(own.dev),
+      targetIno: String(own.ino),
+      targetMode: 0o750,
+      hostname: hostname(),
+      pid: 1,
+      pidns: "pid:[1]", // another pid namespace: whether pid 1 there is alive cannot be told from here
+      ...over,
+    };
+    await writeFile(join(target, RESTORE_MARKER), JSON.stringify(marker), { mode: 0o600 });
+  };
+  const longAgo = () => (Date.now() - MARKER_STALE_AFTER_MS - 60_000) / 1000;
+
+  it("refuses a marker it cannot read or did not write for this target, naming the file, and removes nothing", async () => {
     const manifest: Manifest = { version: 1, entries: [entry("a")] };
-    await expect(restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool })).rejects.toThrow(
-      `the restore target ${target} holds ${RESTORE_MARKER}, which is not a restore's marker`,
-    );
-    expect((await readdir(target)).sort()).toEqual([RESTORE_MARKER, "half-written.bin"]);
+    const restore = (target: string) =>
+      restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool });
+    const refused = (target: string) =>
+      `the restore target ${target} holds ${RESTORE_MARKER}, which is not a marker this agent wrote for it`;
+    // Empty: a restore creating it this moment (or killed while it did).
+    const empty = fresh("target");
+    await mkdir(empty);
+    await writeFile(join(empty, RESTORE_MARKER), "");
+    await writeFile(join(empty, "half-written.bin"), "x");
+    await expect(restore(empty)).rejects.toThrow(refused(empty));
+    expect((await readdir(empty)).sort()).toEqual([RESTORE_MARKER, "half-written.bin"]);
+    // A dead restore's marker, copied in with its tree (cp -a of a half-restored directory): written for another
+    // directory, it says nothing of this one, whose files are somebody's.
+    const copied = fresh("target");
+    await mkdir(copied);
+    const elsewhere = fresh("elsewhere");
+    await mkdir(elsewhere);
+    await markerIn(elsewhere);
+    await rename(join(elsewhere, RESTORE_MARKER), join(copied, RESTORE_MARKER));
+    await writeFile(join(copied, "precious.txt"), "mine");
+    await utimes(join(copied, RESTORE_MARKER), longAgo(), longAgo());
+    await expect(restore(copied)).rejects.toThrow(refused(copied));
+    expect((await readdir(copied)).sort()).toEqual([RESTORE_MARKER, "precious.txt"]);
+    // Another user's (planted where others may write): not this agent's to judge.
+    if (process.geteuid?.() === 0) {
+      const planted = fresh("target");
+      await mkdir(planted);
+      await markerIn(planted);
+      await writeFile(join(planted, "precious.txt"), "mine");
+      await lchown(join(planted, RESTORE_MARKER), 65534, 65534);
+      await utimes(join(planted, RESTORE_MARKER), longAgo(), longAgo());
+      await expect(restore(planted)).rejects.toThrow(refused(planted));
+      expect((await readdir(planted)).sort()).toEqual([RESTORE_MARKER, "precious.txt"]);
+    }
   });
 
   it("takes over a marker untouched for ten minutes, whoever wrote it (another pid namespace cannot be asked)", async () => {
     const target = fresh("target");
     await mkdir(target);
-    const marker = join(target, RESTORE_MARKER);
-    const other = {
-      snapshot: "old",
-      started: "2026-01-01T00:00:00Z",
-      targetMode: 0o750,
-      hostname: hostname(),
-      pid: 1,
-      pidns: "pid:[1]",
-    };
-    await writeFile(marker, JSON.stringify(other));
+    await markerIn(target);
     await writeFile(join(target, "half-written.bin"), "x");
     const manifest: Manifest = { version: 1, entries: [entry("a")] };
     const restore = () => restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool });
     await expect(restore()).rejects.toThrow("a restore of snapshot old into");
-    const longAgo = (Date.now() - MARKER_STALE_AFTER_MS - 60_000) / 1000;
-    await utimes(marker, longAgo, longAgo);
+    await utimes(join(target, RESTORE_MARKER), longAgo(), longAgo());
     await restore();
     expect(await readdir(target)).toEqual(["a"]);
+  });
+
+  it("lets one restore of several take over a dead restore's marker, however they interleave", async () => {
+    // Each takes the marker aside under a name of its own and checks it took the one it judged; one that took
+    // another's live marker puts it back. Before, a takeover unlinked by name, and two could both win.
+    const opened: RestoreDirectories[] = [];
+    for (let round = 0; round < 60; round++) {
+      const target = fresh("target");
+      await mkdir(target);
+      await markerIn(target);
+      await utimes(join(target, RESTORE_MARKER), longAgo(), longAgo());
+      await writeFile(join(target, "half-written.bin"), "x");
+      const claims = await Promise.allSettled(
+        [1, 2, 3].map(async (n) => {
+          const dirs = await RestoreDirectories.open(target);
+          opened.push(dirs);
+          return claimTarget(dirs, target, `s${n}`);
+        }),
+      );
+      expect(claims.filter((c) => c.status === "fulfilled")).toHaveLength(1);
+      for (const c of claims) {
+        if (c.status === "rejected") expect(String(c.reason)).toMatch(/began meanwhile|is under way/);
+      }
+      expect(await readdir(target)).toEqual([RESTORE_MARKER]);
+      const winner = JSON.parse(await readFile(join(target, RESTORE_MARKER), "utf8"));
+      expect(winner.pid).toBe(process.pid);
+      for (const c of claims) if (c.status === "fulfilled") await c.value.finish();
+      expect(await readdir(target)).toEqual([]);
+      for (const dirs of opened.splice(0)) await dirs.close();
+    }
+  });
+
+  it("leaves a restore's marker out of a snapshot, and out of a restore of a snapshot that holds one", async () => {
+    // A snapshot of a directory a restore is writing into (or a killed one left) says so, and stores no marker.
+    const source = fresh("src");
+    await mkdir(source);
+    await writeFile(join(source, "data.txt"), "data\n");
+    await writeFile(join(source, RESTORE_MARKER), "{}");
+    const repo = pathToFileURL(fresh("repo")).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    expect(created.skipped).toEqual([{ path: RESTORE_MARKER, reason: RESTORE_MARKER_LEFT_OUT }]);
+    const target = fresh("target");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect(await readdir(target)).toEqual(["data.txt"]);
+    // An older agent's snapshot holding one (a file, or a directory with more under it): restored without it.
+    const manifest = {
+      version: 1,
+      entries: [
+        entry("d"),
+        { ...entry(RESTORE_MARKER), type: "file", size: 0, chunks: [], lengths: [] },
+        { ...entry(`d/${RESTORE_MARKER}`), type: "file", size: 0, chunks: [], lengths: [] },
+      ],
+    } as Manifest;
+    const older = fresh("target");
+    const result = await restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target: older, pool });
+    expect(result.files).toBe(1);
+    expect(await readdir(older)).toEqual(["d"]);
+    expect(await readdir(join(older, "d"))).toEqual([RESTORE_MARKER]); // only the top one is a marker
   });
 
   it("creates outward symlinks only when allowed, and never writes through them", async () => {

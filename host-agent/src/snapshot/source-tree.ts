@@ -19,6 +19,7 @@ import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { ManifestRoot, SkippedEntry } from "@dumont/repository";
 import type { Exclusions } from "./path-matcher.js";
+import { RESTORE_MARKER, RESTORE_MARKER_LEFT_OUT } from "./restore-target.js";
 
 export interface SourceEntry {
   /**
@@ -78,7 +79,8 @@ export async function listSourceTree(
   onDirectory?: (entries: number) => void,
   /**
    * Paths (relative, "/"-separated) left out and reported with the reason given, unless an exclusion already
-   * leaves them out without a word: the repository a direct snapshot writes to, when it lies in the source.
+   * leaves them out without a word: the repository a direct snapshot writes to, when it lies in the source
+   * (and always a restore's marker, RESTORE_MARKER).
    */
   leaveOut?: ReadonlyMap<string, string>,
 ): Promise<SourceTree> {
@@ -92,7 +94,10 @@ export async function listSourceTree(
   if (!rootStat.isDirectory()) throw new Error(`the source ${root} is not a directory`);
   const entries: SourceEntry[] = [];
   const skipped: SkippedEntry[] = [];
-  await walk(root, "", { entries, skipped, exclusions, onDirectory, leaveOut }, rootStat);
+  // A restore's marker at the top (the source is a restore target mid-restore, or one a killed restore left):
+  // never stored, or a restore of the snapshot would write it back and a later restore take it for its own.
+  const leftOut = new Map([[RESTORE_MARKER, RESTORE_MARKER_LEFT_OUT], ...(leaveOut ?? [])]);
+  await walk(root, "", { entries, skipped, exclusions, onDirectory, leaveOut: leftOut }, rootStat);
   const rootEntry: ManifestRoot = {
     mode: Number(rootStat.mode & 0o7777n),
     mtimeNs: String(rootStat.mtimeNs),
