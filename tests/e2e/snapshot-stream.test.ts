@@ -808,6 +808,32 @@ describe("snapshots over the agent stream", () => {
     expect(await describeTree(target)).toEqual(await describeTree(big));
   }, 150_000);
 
+  it("a kill -9 of the agent mid-restore: the same restore again, into the same target, restores it whole", async () => {
+    const big = path.join(root, "big-workspace-3");
+    await makeWorkspace(big, 64 * 1024 * 1024);
+    const snap = await snapshotOf(big);
+    const target = path.join(root, "restored-after-kill");
+    const pending = cp.cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
+    // Frozen once the restore has its marker and has begun writing beside it, then killed: nothing cleans up.
+    const begun = async () => {
+      const names = await fs.readdir(target).catch(() => [] as string[]);
+      return names.includes(".dumont-restore-incomplete") && names.length > 1;
+    };
+    await waitFor(begun, 30_000, 2);
+    agent.proc.kill("SIGSTOP");
+    const left = await fs.readdir(target);
+    await stopProcess(agent.proc, "SIGKILL");
+    expect(left).toContain(".dumont-restore-incomplete");
+    expect((await pending).code).not.toBe(0);
+
+    const restartedAt = Date.now();
+    agent = startAgentProcess(agent.dataDir, agent.hostId);
+    await reconnected(restartedAt);
+    const again = await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
+    expect(again).toMatchObject({ id: snap.id, files: 5 });
+    expect(await describeTree(target)).toEqual(await describeTree(big));
+  }, 150_000);
+
   it("a kill -9 of the control plane mid-snapshot leaves no snapshot visible; after restart the next one succeeds", async () => {
     const big = path.join(root, "big-workspace-2");
     await makeWorkspace(big, 96 * 1024 * 1024);
