@@ -81,8 +81,8 @@ describe("AgentGatewayServer", () => {
     );
   };
 
-  /** A gateway on this test's database and CA (Renew's limit at its default unless told). */
-  const newGateway = (options: { renewMinIntervalSeconds?: number } = {}) => {
+  /** A gateway on this test's database and CA (Renew's limit at its default, and a liveness of its own, unless told). */
+  const newGateway = (options: { renewMinIntervalSeconds?: number; liveness?: HostLiveness } = {}) => {
     const log = pino({ level: "silent" });
     const metrics = createMetrics();
     return new AgentGatewayServer({
@@ -268,6 +268,51 @@ describe("AgentGatewayServer", () => {
     expect(row).toMatchObject({ status: "online", agent_version: "0.1.0", hostname: "box-1" });
     // The expiry of the certificate the session was opened with (the renewed one, after the test above).
     expect(row?.cert_expires_at?.getTime()).toBe(new x509.X509Certificate(host.certPem).notAfter.getTime());
+  });
+
+  it("keeps a host online while the gateway holds its stream back past the liveness limit, and not once it reads again", async () => {
+    const liveness = new HostLiveness(db, pino({ level: "silent" }), createMetrics(), {
+      lostAfterSeconds: 10,
+      startedAt: Date.now() - 600_000, // the start-up grace is over
+    });
+    const holding = newGateway({ liveness });
+    try {
+      const holdingPort = await holding.listen("127.0.0.1", 0);
+      // What the snapshot coordinator does while chunks wait on a slow blob store: it stops reading the stream.
+      let held: AgentSession | undefined;
+      holding.onMessage((session) => {
+        session.pauseInbound();
+        held = session;
+      });
+      const stream = (
+        client(host, holdingPort) as unknown as { connect: () => grpc.ClientDuplexStream<AgentMessage, ControlMessage> }
+      ).connect();
+      stream.on("error", () => {});
+      stream.on("data", (m: ControlMessage) => {
+        if (m.msg.case !== "welcome") return;
+        const blob = randomBytes(1_000);
+        stream.write(
+          create(AgentMessageSchema, {
+            msg: {
+              case: "snapshotChunks",
+              value: { requestId: "r2", chunks: [{ id: randomBytes(32), blob, plainLength: 1_000 }] },
+            },
+          }),
+        );
+      });
+      stream.write(hello(host.id));
+      await expect.poll(() => held, { timeout: 5000 }).toBeDefined();
+      const t0 = Date.now();
+      await liveness.check(new Date(t0)); // writes what the host was last heard at: its Hello and its chunks
+      expect(await liveness.check(new Date(t0 + 30_000))).toEqual([]);
+      expect(await getHost(db, host.id)).toMatchObject({ status: "online" });
+      // Read again, and silent for longer than the limit: lost, as any host.
+      held?.resumeInbound();
+      expect(await liveness.check(new Date(t0 + 60_000))).toEqual([host.id]);
+      stream.cancel();
+    } finally {
+      await holding.close();
+    }
   });
 });
 

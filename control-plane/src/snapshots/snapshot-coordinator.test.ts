@@ -1097,6 +1097,62 @@ describe("SnapshotCoordinator: a retention policy and scheduled prunes", () => {
   });
 });
 
+describe("SnapshotCoordinator: a forget between a commit's record and its row", () => {
+  /** Runs once, when the next snapshot record is in the store and before its write returns to the commit. */
+  let onRecord: ((id: string) => Promise<void>) | undefined;
+  const h = useCoordinator("h-forgotten", undefined, {
+    openStore: (url) => {
+      const store = openBlobStore(url);
+      const put = store.put.bind(store);
+      store.put = async (key, data, options) => {
+        const written = await put(key, data, options);
+        const run = key.startsWith("snapshots/") ? onRecord : undefined;
+        if (run) {
+          onRecord = undefined;
+          await run(key.slice("snapshots/".length));
+        }
+        return written;
+      };
+      return store;
+    },
+  });
+  const finish = finishIn(h);
+
+  it("does not insert the catalogue row of a snapshot whose record a forget removed before the row went in", async () => {
+    let forgotten: string[] = [];
+    onRecord = async (id) => {
+      ({ forgotten } = await h.coordinator.forget({
+        tenantId: "t1",
+        ids: [id],
+        policy: {},
+        prune: false,
+        dryRun: false,
+      }));
+    };
+    const row = await finish(await startedIn(h));
+    expect(forgotten).toEqual([row.id]);
+    expect(await h.db.selectFrom("snapshots").select("id").execute()).toEqual([]);
+  });
+});
+
+describe("SnapshotCoordinator: a damaged repository", () => {
+  const h = useCoordinator("h-damaged");
+  const finish = finishIn(h);
+
+  it("answers a read of a snapshot whose record has a flipped byte with DATA_LOSS, naming the record", async () => {
+    const row = await finish(await startedIn(h));
+    const record = path.join(h.blobs, "tenants", "t1", "snapshots", row.id);
+    const bytes = await fs.readFile(record);
+    bytes[bytes.length >> 1] ^= 1;
+    await fs.writeFile(record, bytes);
+    // What `snapshot files` and `snapshot diff` read; the admin was answered "internal error" for it.
+    const err = await h.coordinator.readManifest(row).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ConnectError);
+    expect((err as ConnectError).code).toBe(Code.DataLoss);
+    expect((err as ConnectError).rawMessage).toBe(`snapshot ${row.id} does not match its id`);
+  });
+});
+
 function many(n: number): { path: string; reason: string }[] {
   return Array.from({ length: n }, (_, i) => ({ path: `run/pipe-${i}`, reason: "a FIFO (named pipe)" }));
 }
