@@ -1,10 +1,10 @@
 // Restores a snapshot from a ChunkSource into an empty directory (or one a killed restore left: the target is
-// checked and claimed in restore-target.ts). The manifest is checked for unsafe paths
-// first; every chunk is decrypted, decompressed and hash-checked by the workers, which then write it into the
-// files this thread created (a file is finished here once all its chunks are in). Nothing
-// is written through a symlink: directories and files are created fresh (O_EXCL | O_NOFOLLOW), each through
-// the handle of the directory it goes into (RestoreDirectories), and symlinks are created last. A damaged
-// chunk does not stop the restore: the files it breaks are removed and named.
+// checked and claimed in restore-target.ts). The manifest is checked for unsafe paths first; every chunk is
+// decrypted, decompressed and hash-checked by the workers, which then write it into the files this thread
+// created (a file is finished here once all its chunks are in). Nothing is written through a symlink:
+// directories and files are created fresh (O_EXCL | O_NOFOLLOW), each through the handle of the directory it
+// goes into (RestoreDirectories), and symlinks are created last. A damaged chunk does not stop the restore: the
+// files it breaks are removed and named.
 import { constants } from "node:fs";
 import { chmod, type FileHandle, lchown, link, lutimes, mkdir, open, symlink, unlink } from "node:fs/promises";
 import { availableParallelism } from "node:os";
@@ -449,15 +449,7 @@ function planRestore(
   }
   if (!kept) return { root, selected, linked, files, bytes, dirs, links };
   // Directories are kept when matched or when they hold something that is (files and links only when matched).
-  return {
-    root,
-    selected,
-    linked,
-    files,
-    bytes,
-    dirs: dirs.filter((d) => kept.has(d.path)),
-    links,
-  };
+  return { root, selected, linked, files, bytes, dirs: dirs.filter((d) => kept.has(d.path)), links };
 }
 
 async function restoreWindow(
