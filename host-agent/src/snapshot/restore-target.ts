@@ -178,7 +178,12 @@ async function placeMarker(
   } finally {
     at.release();
   }
-  await dirs.syncTarget(); // the marker is there before anything it guards is
+  // The marker is there before anything it guards is. Not left behind if that fails either: naming this
+  // (living) process, it would refuse the next restore here for MARKER_STALE_AFTER_MS.
+  await dirs.syncTarget().catch(async (err: unknown) => {
+    await removeEntry(dirs, RESTORE_MARKER).catch(() => {});
+    throw err;
+  });
   const touch = setInterval(() => void touchMarker(dirs).catch(() => {}), MARKER_TOUCH_EVERY_MS);
   touch.unref();
   return {
