@@ -832,6 +832,7 @@ describe("snapshots over the agent stream", () => {
     const again = await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
     expect(again).toMatchObject({ id: snap.id, files: 5 });
     expect(await describeTree(target)).toEqual(await describeTree(big));
+    expect(agent.log()).toContain(`${target} held what an interrupted restore left (snapshot ${snap.id.slice(0, 12)}`);
   }, 150_000);
 
   it("a kill -9 of the control plane mid-snapshot leaves no snapshot visible; after restart the next one succeeds", async () => {

@@ -204,6 +204,7 @@ export function registerSnapshotCommands(program: Command): void {
             `the restore was stopped and what it had written removed from ${opts.target}; run it again`,
             (signal) => restoreDirectSnapshot({ ...restore, signal }),
           ).finally(() => meter?.finish());
+          for (const w of result.warnings ?? []) process.stderr.write(`warning: ${w}\n`);
           if (opts.json)
             print({
               id: result.snapshotId,

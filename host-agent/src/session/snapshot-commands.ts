@@ -335,6 +335,7 @@ export class SnapshotCommands {
           signal,
         });
       });
+      for (const warning of result.warnings ?? []) this.log.warn({ requestId: cmd.requestId }, warning);
       await report({ files: BigInt(result.files), bytesWritten: BigInt(result.bytesWritten) });
     } catch (err) {
       const message = (err as Error).message.slice(0, MAX_ECHOED_TEXT);

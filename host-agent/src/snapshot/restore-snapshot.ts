@@ -65,6 +65,8 @@ export interface RestoreSnapshotResult {
   symlinks: number;
   bytesWritten: number;
   seconds: number;
+  /** Worth telling whoever restores (the target held what an interrupted restore left, cleared first). */
+  warnings?: string[];
 }
 
 export interface DamagedFile {
@@ -193,7 +195,7 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
     pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });
     const result = await restoreInto(dirs, plan, snapshotId, manifestBlobs, what, pool, options, started);
     restored = true;
-    return result;
+    return claimed.tookOver ? { ...result, warnings: [claimed.tookOver] } : result;
   } catch (err) {
     if (err instanceof RestoreDamagedError) restored = true;
     // A restore that fails part-way (the stream drops, the disk fills, it is cancelled) takes back what it

@@ -63,6 +63,8 @@ type Marker = z.infer<typeof markerSchema> & ProcessIdentity;
 export interface ClaimedTarget {
   /** The target's mode before any restore into it changed it (from a taken-over marker, or as found). */
   readonly originalMode: number;
+  /** Said where what an interrupted restore left was cleared first: which restore, of what, since when. */
+  readonly tookOver?: string;
   /** Removes the marker (this restore's own, not one that replaced it): the restore is over. */
   finish(): Promise<void>;
 }
@@ -135,7 +137,13 @@ export async function claimTarget(
   await removeEntry(dirs, aside);
   const claimed = await placeMarker(dirs, target, snapshotId, found.marker.targetMode);
   await dirs.emptyTarget(RESTORE_MARKER);
-  return claimed;
+  const m = found.marker;
+  return {
+    ...claimed,
+    tookOver:
+      `${target} held what an interrupted restore left (snapshot ${m.snapshot.slice(0, 12)}, pid ${m.pid} on ` +
+      `${m.hostname}, since ${m.started}); it was cleared and the restore started over`,
+  };
 }
 
 async function placeMarker(

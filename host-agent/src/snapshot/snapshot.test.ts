@@ -1396,6 +1396,11 @@ describe("snapshot engine", () => {
       target,
     });
     expect(again.files).toBe(41);
+    expect(again.warnings).toEqual([
+      expect.stringMatching(
+        `^${target} held what an interrupted restore left \\(snapshot ${created.id.slice(0, 12)}, pid ${killed} on `,
+      ),
+    ]);
     expect(await describeTree(target)).toEqual(await describeTree(options.source));
     expect((await lstat(target)).mode & 0o7777).toBe((await lstat(options.source)).mode & 0o7777);
   });
@@ -1768,7 +1773,10 @@ describe("restore safety", () => {
     const restore = () => restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool });
     await expect(restore()).rejects.toThrow("a restore of snapshot old into");
     await utimes(join(target, RESTORE_MARKER), longAgo(), longAgo());
-    await restore();
+    expect((await restore()).warnings).toEqual([
+      `${target} held what an interrupted restore left (snapshot old, pid 1 on ${hostname()}, since ` +
+        "2026-01-01T00:00:00Z); it was cleared and the restore started over",
+    ]);
     expect(await readdir(target)).toEqual(["a"]);
   });
 
