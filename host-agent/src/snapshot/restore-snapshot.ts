@@ -197,7 +197,10 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
     restored = true;
     return claimed.tookOver ? { ...result, warnings: [claimed.tookOver] } : result;
   } catch (err) {
-    if (err instanceof RestoreDamagedError) restored = true;
+    if (err instanceof RestoreDamagedError) {
+      restored = true;
+      if (claimed.tookOver) err.result.warnings = [claimed.tookOver];
+    }
     // A restore that fails part-way (the stream drops, the disk fills, it is cancelled) takes back what it
     // wrote: the target is empty again, and the same restore can simply run again. One that restored all it
     // could and names damaged files (RestoreDamagedError) keeps the rest.

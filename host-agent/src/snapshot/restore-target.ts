@@ -1,9 +1,10 @@
 // The target of a restore: made if missing, checked empty through the handle the restore writes through, and
 // claimed with a marker file for as long as the restore runs.
 //
-// The marker (RESTORE_MARKER, at the top of the target) is created with O_EXCL and made durable before anything
-// else is written, and removed once the restore is over. It does two things:
-// - A second restore into the same target while one runs is refused (its create fails, or it finds the marker
+// The marker (RESTORE_MARKER, at the top of the target) is written whole, made durable and linked into place
+// before anything else is written, and removed once the restore is over; a claim (random) in it tells whose it
+// is. It does two things:
+// - A second restore into the same target while one runs is refused (its link fails, or it finds the marker
 //   of a live process), instead of both writing there and the loser emptying the target under the winner.
 // - A restore killed outright (kill -9, the host's power) leaves its files, some only partly written, with the
 //   marker beside them. Run again, the restore finds the marker's process gone, takes the marker over, empties
@@ -12,11 +13,11 @@
 //
 // Only a target holding such a marker is emptied, and only one this agent's user wrote for this very directory
 // (its device and inode are in it): a marker copied in with a tree (`cp -a` of a half-restored one) or left by
-// another user is refused, as is a target holding anything but a marker. Snapshots leave a marker out, and a
-// restore never writes one a snapshot holds (an older agent's), so no restored tree carries one.
+// another user is refused, as is a target holding anything but a marker. Snapshots leave a marker at their top
+// out, and a restore never writes one back at the top of its target (an older agent's snapshot holding one).
 import { randomBytes } from "node:crypto";
 import { type BigIntStats, constants } from "node:fs";
-import { link, lstat, lutimes, mkdir, open, realpath, rename, stat, unlink } from "node:fs/promises";
+import { link, lutimes, mkdir, open, realpath, rename, stat, unlink } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { type ProcessIdentity, processIsGone, thisProcess } from "@dumont/repository";
 import { z } from "zod";
@@ -44,7 +45,19 @@ const MARKER_MAX_BYTES = 64 * 1024;
 const MARKER_TOUCH_EVERY_MS = 60 * 1000;
 export const MARKER_STALE_AFTER_MS = 10 * 60 * 1000;
 
+/**
+ * Names beside the marker while it changes hands: a marker being placed is written under NEW_PREFIX and linked
+ * into place (so it is never seen half-written there), and one being taken over is moved aside under
+ * TAKEN_PREFIX. A restore killed between two such steps leaves one, which the next restore reads as the marker.
+ */
+const NEW_PREFIX = `${RESTORE_MARKER}.new-`;
+const TAKEN_PREFIX = `${RESTORE_MARKER}.taken-`;
+const isMarkerName = (name: string) =>
+  name === RESTORE_MARKER || name.startsWith(NEW_PREFIX) || name.startsWith(TAKEN_PREFIX);
+
 const markerSchema = z.object({
+  /** Random, for this restore alone: which marker is whose (an inode number is reused as soon as freed). */
+  claim: z.string().regex(/^[0-9a-f]{32}$/),
   snapshot: z.string(),
   started: z.string(),
   /** The target directory's device and inode (decimal): a marker is for the directory it was written in. */
@@ -105,13 +118,16 @@ export async function claimTarget(
 ): Promise<ClaimedTarget> {
   const names = await dirs.targetNames();
   const own = await targetStat(dirs);
-  if (!names.includes(RESTORE_MARKER)) {
+  const markers = names.filter(isMarkerName);
+  if (markers.length === 0) {
     if (names.length > 0) {
       throw new Error(`the restore target ${target} is not empty; restore into a new or empty directory`);
     }
     return placeMarker(dirs, target, snapshotId, Number(own.mode & 0o7777n));
   }
-  const found = await readMarker(dirs, target, own);
+  // The marker; without one, what a restore killed while the marker changed hands left beside the files.
+  const name = markers.includes(RESTORE_MARKER) ? RESTORE_MARKER : markers.sort()[0];
+  const found = await readMarker(dirs, target, own, name);
   if (!processIsGone(found.marker) && Date.now() - found.touched < MARKER_STALE_AFTER_MS) {
     const m = found.marker;
     throw new Error(
@@ -122,19 +138,18 @@ export async function claimTarget(
   }
   // The process that wrote the marker is gone: its restore can never finish. The marker is moved aside to a
   // name of this restore's own (a rename: of two restores doing so, one finds it gone), and checked to be the
-  // very file judged above: another restore may have taken the dead one over meanwhile and put its live marker
-  // there, which is then put back. Only then is this restore's own marker placed and the rest removed.
-  const aside = `${RESTORE_MARKER}.taken-${randomBytes(8).toString("hex")}`;
-  await moveEntry(dirs, RESTORE_MARKER, aside).catch((err: NodeJS.ErrnoException) => {
+  // very marker judged above (its claim): another restore may have taken the dead one over meanwhile and put
+  // its live marker there, which is then put back. Only then is this restore's own marker placed and the rest,
+  // the dead marker with it, removed.
+  const aside = `${TAKEN_PREFIX}${randomBytes(8).toString("hex")}`;
+  await moveEntry(dirs, name, aside).catch((err: NodeJS.ErrnoException) => {
     if (err.code === "ENOENT") throw takenMeanwhile(target);
     throw err;
   });
-  const moved = await entryStat(dirs, aside);
-  if (moved?.ino !== found.ino) {
-    await putBack(dirs, aside);
+  if ((await readClaim(dirs, aside)) !== found.marker.claim) {
+    await putBack(dirs, aside, name);
     throw takenMeanwhile(target);
   }
-  await removeEntry(dirs, aside);
   const claimed = await placeMarker(dirs, target, snapshotId, found.marker.targetMode);
   await dirs.emptyTarget(RESTORE_MARKER);
   const m = found.marker;
@@ -153,7 +168,9 @@ async function placeMarker(
   originalMode: number,
 ): Promise<ClaimedTarget> {
   const own = await targetStat(dirs);
+  const claim = randomBytes(16).toString("hex");
   const marker: Marker = {
+    claim,
     snapshot: snapshotId,
     started: new Date().toISOString(),
     targetDev: String(own.dev),
@@ -161,35 +178,44 @@ async function placeMarker(
     targetMode: originalMode,
     ...thisProcess(),
   };
-  const at = await dirs.entry(RESTORE_MARKER);
-  let ino: bigint;
-  try {
+  // Written whole and made durable under a name of its own, then linked into place: a link, unlike a rename,
+  // fails where a marker is there already (another restore's, placed meanwhile).
+  const temp = `${NEW_PREFIX}${randomBytes(8).toString("hex")}`;
+  await atName(dirs, temp, async (path) => {
     const file = await open(
-      at.path,
+      path,
       constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
       0o600,
-    ).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === "EEXIST") throw takenMeanwhile(target);
-      throw err;
-    });
+    );
     try {
-      ino = (await file.stat({ bigint: true })).ino;
       await file.writeFile(`${JSON.stringify(marker, null, 2)}\n`);
       await file.sync();
     } catch (err) {
       // Not left behind half-written (a full disk): an unreadable marker would refuse every later restore.
       await file.close().catch(() => {});
-      await unlink(at.path).catch(() => {});
+      await unlink(path).catch(() => {});
       throw err;
     }
     await file.close();
+  });
+  try {
+    await atName(dirs, temp, (from) => atName(dirs, RESTORE_MARKER, (to) => link(from, to))).catch(
+      (err: NodeJS.ErrnoException) => {
+        // EEXIST: another restore's marker is in place; ENOENT: one taking over removed this restore's temp.
+        if (err.code === "EEXIST" || err.code === "ENOENT") throw takenMeanwhile(target);
+        throw err;
+      },
+    );
   } finally {
-    at.release();
+    await removeEntry(dirs, temp).catch(() => {});
   }
+  const removeOwn = async () => {
+    if ((await readClaim(dirs, RESTORE_MARKER)) === claim) await removeEntry(dirs, RESTORE_MARKER).catch(() => {});
+  };
   // The marker is there before anything it guards is. Not left behind if that fails either: naming this
   // (living) process, it would refuse the next restore here for MARKER_STALE_AFTER_MS.
   await dirs.syncTarget().catch(async (err: unknown) => {
-    await removeEntry(dirs, RESTORE_MARKER).catch(() => {});
+    await removeOwn();
     throw err;
   });
   const touch = setInterval(() => void touchMarker(dirs).catch(() => {}), MARKER_TOUCH_EVERY_MS);
@@ -198,9 +224,16 @@ async function placeMarker(
     originalMode,
     finish: async () => {
       clearInterval(touch);
-      // Only this restore's own: a marker of the same name that is another file is another restore's.
-      if ((await entryStat(dirs, RESTORE_MARKER))?.ino !== ino) return;
-      await removeEntry(dirs, RESTORE_MARKER).catch(() => {}); // left behind, a finished target looks unfinished
+      // Only this restore's own (a marker of the same name with another claim is another restore's), also where
+      // a restore taking over moved it aside this moment (and would put it back), and once more after: one left
+      // behind makes a finished target look interrupted.
+      await removeOwn();
+      for (const name of await dirs.targetNames().catch(() => [] as string[])) {
+        if (name.startsWith(TAKEN_PREFIX) && (await readClaim(dirs, name)) === claim) {
+          await removeEntry(dirs, name).catch(() => {});
+        }
+      }
+      await removeOwn();
     },
   };
 }
@@ -227,71 +260,80 @@ async function atName<T>(dirs: RestoreDirectories, name: string, use: (path: str
 
 const targetStat = (dirs: RestoreDirectories): Promise<BigIntStats> =>
   dirs.target ? dirs.target.stat({ bigint: true }) : stat(dirs.root, { bigint: true });
-const entryStat = (dirs: RestoreDirectories, name: string) =>
-  atName(dirs, name, (path) => lstat(path, { bigint: true }).catch(() => undefined));
 const removeEntry = (dirs: RestoreDirectories, name: string) => atName(dirs, name, (path) => unlink(path));
 const moveEntry = (dirs: RestoreDirectories, from: string, to: string) =>
   atName(dirs, from, (a) => atName(dirs, to, (b) => rename(a, b)));
 
 /**
- * Puts the marker moved to `aside` back under its name, unless one is there again (link, not rename: that would
- * replace it), and removes `aside`.
+ * Puts the marker moved to `aside` back under `name`, unless something is there again (link, not rename: that
+ * would replace it), and removes `aside`.
  */
-async function putBack(dirs: RestoreDirectories, aside: string): Promise<void> {
-  await atName(dirs, aside, (a) => atName(dirs, RESTORE_MARKER, (b) => link(a, b))).catch(() => {});
+async function putBack(dirs: RestoreDirectories, aside: string, name: string): Promise<void> {
+  await atName(dirs, aside, (a) => atName(dirs, name, (b) => link(a, b))).catch(() => {});
   await removeEntry(dirs, aside).catch(() => {});
 }
 
+/** Entry `name` of the target, read whole (a marker is a few hundred bytes), never through a link. */
+async function readEntry(dirs: RestoreDirectories, name: string): Promise<{ text: string; info: BigIntStats }> {
+  return atName(dirs, name, async (path) => {
+    const file = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    try {
+      const info = await file.stat({ bigint: true });
+      const buffer = Buffer.alloc(MARKER_MAX_BYTES);
+      const { bytesRead } = info.isFile() ? await file.read(buffer, 0, buffer.length, 0) : { bytesRead: 0 };
+      return { text: buffer.subarray(0, bytesRead).toString("utf8"), info };
+    } finally {
+      await file.close();
+    }
+  });
+}
+
+/** `text` as a marker, checked against the schema; undefined where it is not one. */
+function parseMarker(text: string): Marker | undefined {
+  try {
+    const parsed = markerSchema.safeParse(JSON.parse(text));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The claim of the marker under `name`, if that is one. */
+async function readClaim(dirs: RestoreDirectories, name: string): Promise<string | undefined> {
+  const entry = await readEntry(dirs, name).catch(() => undefined);
+  return entry && parseMarker(entry.text)?.claim;
+}
+
 /**
- * The marker in the target (`own`: the target's stat), when it was last touched (ms since the epoch) and its
- * inode. Refused unless it is one this agent's user wrote for this directory.
+ * The marker under `name` in the target (`own`: the target's stat), and when it was last touched (ms since the
+ * epoch). Refused unless it is one this agent's user wrote for this directory.
  */
 async function readMarker(
   dirs: RestoreDirectories,
   target: string,
   own: BigIntStats,
-): Promise<{ marker: Marker; touched: number; ino: bigint }> {
-  let text: string;
-  let info: BigIntStats;
-  try {
-    ({ text, info } = await atName(dirs, RESTORE_MARKER, async (path) => {
-      const file = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-      try {
-        const info = await file.stat({ bigint: true });
-        const buffer = Buffer.alloc(MARKER_MAX_BYTES);
-        const { bytesRead } = info.isFile() ? await file.read(buffer, 0, buffer.length, 0) : { bytesRead: 0 };
-        return { text: buffer.subarray(0, bytesRead).toString("utf8"), info };
-      } finally {
-        await file.close();
-      }
-    }));
-  } catch (err) {
-    throw new Error(`cannot read ${RESTORE_MARKER} in the restore target ${target}: ${(err as Error).message}`);
-  }
-  let parsed: z.ZodSafeParseResult<Marker> | undefined;
-  try {
-    parsed = markerSchema.safeParse(JSON.parse(text));
-  } catch {
-    parsed = undefined;
-  }
-  const marker = parsed?.success ? parsed.data : undefined;
+  name: string,
+): Promise<{ marker: Marker; touched: number }> {
+  const entry = await readEntry(dirs, name).catch((err: Error) => {
+    throw new Error(`cannot read ${name} in the restore target ${target}: ${err.message}`);
+  });
+  const marker = parseMarker(entry.text);
   // Empty or cut short (a restore creating it this moment, or one killed while it did), another user's (not
   // this agent's to judge), or written for another directory (copied in with a tree): nothing is removed on it.
   const ours =
     marker !== undefined &&
-    info.isFile() &&
-    info.nlink === 1n &&
-    info.uid === BigInt(process.geteuid?.() ?? -1) &&
+    entry.info.isFile() &&
+    entry.info.uid === BigInt(process.geteuid?.() ?? -1) &&
     marker.targetDev === String(own.dev) &&
     marker.targetIno === String(own.ino);
   if (!ours) {
     throw new Error(
-      `the restore target ${target} holds ${RESTORE_MARKER}, which is not a marker this agent wrote for it ` +
-        "(empty, cut short, another user's, or copied from elsewhere); if no restore is running into it, remove " +
-        "that file (and what an interrupted restore left there) and restore again",
+      `the restore target ${target} holds ${name}, which is not a marker this agent wrote for it (empty, cut ` +
+        "short, another user's, or copied from elsewhere); if no restore is running into it, remove that file " +
+        "(and what an interrupted restore left there) and restore again",
     );
   }
-  return { marker, touched: Number(info.mtimeMs), ino: info.ino };
+  return { marker, touched: Number(entry.info.mtimeMs) };
 }
 
 function takenMeanwhile(target: string): Error {

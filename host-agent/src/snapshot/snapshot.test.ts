@@ -1712,6 +1712,7 @@ describe("restore safety", () => {
   const markerIn = async (target: string, over: object = {}) => {
     const own = await stat(target, { bigint: true });
     const marker = {
+      claim: randomBytes(16).toString("hex"),
       snapshot: "old",
       started: "2026-01-01T00:00:00Z",
       targetDev: String(own.dev),
@@ -1778,6 +1779,23 @@ describe("restore safety", () => {
         "2026-01-01T00:00:00Z); it was cleared and the restore started over",
     ]);
     expect(await readdir(target)).toEqual(["a"]);
+  });
+
+  it("takes over where a restore was killed while a marker changed hands (moved aside, or not yet linked)", async () => {
+    // Without the marker in place, a dead restore's marker under the names it passes through is the marker: the
+    // target is not stuck as "not empty" for good.
+    for (const name of [`${RESTORE_MARKER}.taken-0123456789abcdef`, `${RESTORE_MARKER}.new-0123456789abcdef`]) {
+      const target = fresh("target");
+      await mkdir(target);
+      await markerIn(target);
+      await rename(join(target, RESTORE_MARKER), join(target, name));
+      await utimes(join(target, name), longAgo(), longAgo());
+      await writeFile(join(target, "half-written.bin"), "x");
+      const manifest: Manifest = { version: 1, entries: [entry("a")] };
+      const result = await restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool });
+      expect(result.warnings).toEqual([expect.stringContaining("held what an interrupted restore left")]);
+      expect(await readdir(target)).toEqual(["a"]);
+    }
   });
 
   it("lets one restore of several take over a dead restore's marker, however they interleave", async () => {
