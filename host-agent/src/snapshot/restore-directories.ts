@@ -83,6 +83,22 @@ export class RestoreDirectories {
   }
 
   /**
+   * Runs `use` with the name of manifest entry `path` ("a/b/c"), leased for the call. An error of `use` names the
+   * entry as the snapshot has it ('logs/run 1.txt'), not by the name it was reached through
+   * ('/proc/self/fd/19/run 1.txt', which means nothing to whoever reads it).
+   */
+  async withEntry<T>(path: string, use: (at: string) => Promise<T>): Promise<T> {
+    const lease = await this.entry(path);
+    try {
+      return await use(lease.path);
+    } catch (err) {
+      throw namingEntry(err, lease.path, path);
+    } finally {
+      lease.release();
+    }
+  }
+
+  /**
    * `entry` without waiting, when the parent directory's handle is open already (most of a restore: files come
    * directory by directory); undefined otherwise. Saves a restore of 100,000 small files ~0.3 s of its thread.
    */
@@ -258,6 +274,19 @@ async function emptyThroughHandle(dir: string, keep?: string): Promise<void> {
     }
     await unlink(at).catch(() => rmdir(at).catch(() => {}));
   }
+}
+
+/**
+ * `err` (a system error, or linkOrCopy's own) with `at`, quoted in its message as Node quotes paths, and in its
+ * `path` and `dest` fields, replaced by the entry's `path`; its code stays (unwritableReason reads it).
+ */
+function namingEntry(err: unknown, at: string, path: string): unknown {
+  if (!(err instanceof Error)) return err;
+  const e = err as NodeJS.ErrnoException & { dest?: string };
+  e.message = e.message.replaceAll(`'${at}'`, `'${path}'`);
+  if (e.path === at) e.path = path;
+  if (e.dest === at) e.dest = path;
+  return err;
 }
 
 /** Why directory `path` of the target could not be opened: replaced (a symlink, a file) or the error. */

@@ -250,35 +250,6 @@ function targetRefused(failure: WriteFailure): Error | undefined {
   return unwritableReason(refused) === undefined ? undefined : refused;
 }
 
-/**
- * Runs `use` with the name of manifest entry `path` in the target (see RestoreDirectories). An error of `use`
- * names the entry as the snapshot has it ('logs/run 1.txt'), not by the name it was reached through
- * ('/proc/self/fd/19/run 1.txt', which means nothing to whoever reads it).
- */
-async function atEntry<T>(dirs: RestoreDirectories, path: string, use: (at: string) => Promise<T>): Promise<T> {
-  const lease = await dirs.entry(path);
-  try {
-    return await use(lease.path);
-  } catch (err) {
-    throw namingEntry(err, lease.path, path);
-  } finally {
-    lease.release();
-  }
-}
-
-/**
- * `err` (a system error, or linkOrCopy's own) with `at`, quoted in its message as Node quotes paths, and in its
- * `path` and `dest` fields, replaced by the entry's `path`; its code stays (unwritableReason reads it).
- */
-function namingEntry(err: unknown, at: string, path: string): unknown {
-  if (!(err instanceof Error)) return err;
-  const e = err as NodeJS.ErrnoException & { dest?: string };
-  e.message = e.message.replaceAll(`'${at}'`, `'${path}'`);
-  if (e.path === at) e.path = path;
-  if (e.dest === at) e.dest = path;
-  return err;
-}
-
 /** `err` from work on entry `path` through its handle (no name in the message): the message names it. */
 function onEntry(err: unknown, path: string): unknown {
   if (err instanceof Error && !err.message.includes(`'${path}'`)) err.message = `'${path}': ${err.message}`;
@@ -302,7 +273,7 @@ async function restoreInto(
     bytesTotal: plan.bytes,
   };
   for (const d of plan.dirs) {
-    await atEntry(dirs, d.path, (at) => mkdir(at, { mode: 0o700 }));
+    await dirs.withEntry(d.path, (at) => mkdir(at, { mode: 0o700 }));
     await dirs.prepare(d.path);
   }
 
@@ -341,12 +312,12 @@ async function restoreInto(
       damagedPaths.add(path); // a link to this link (a manifest may chain them) is damaged too
       continue;
     }
-    await atEntry(dirs, first, (existing) => atEntry(dirs, path, (at) => linkOrCopy(existing, at)));
+    await dirs.withEntry(first, (existing) => dirs.withEntry(path, (at) => linkOrCopy(existing, at)));
     progress.filesDone++;
   }
 
   for (const l of plan.links) {
-    await atEntry(dirs, l.path, async (at) => {
+    await dirs.withEntry(l.path, async (at) => {
       await symlink(l.target, at);
       // The link itself: lchown follows nothing.
       if (options.owners && hasOwner(l)) await lchown(at, ...ownerArgs(l)).catch(ownerRefused);
@@ -506,7 +477,7 @@ async function restoreWindow(
         continue;
       }
       opening = opening.then(async () => {
-        state.handle = await atEntry(dirs, state.entry.path, (at) =>
+        state.handle = await dirs.withEntry(state.entry.path, (at) =>
           open(at, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600),
         );
         // At its final size from the start: the writes then never extend the file (less filesystem work).
@@ -768,7 +739,7 @@ async function restoreWindow(
       await state.direct?.close();
       state.direct = undefined;
       await handle.close();
-      await atEntry(dirs, state.entry.path, (at) => unlink(at));
+      await dirs.withEntry(state.entry.path, (at) => unlink(at));
     }
     options.onProgress?.(progress);
   } finally {

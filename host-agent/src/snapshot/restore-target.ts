@@ -123,7 +123,7 @@ export async function claimTarget(
     if (names.length > 0) {
       throw new Error(`the restore target ${target} is not empty; restore into a new or empty directory`);
     }
-    return placeMarker(dirs, target, snapshotId, Number(own.mode & 0o7777n));
+    return placeMarker(dirs, target, snapshotId, own, Number(own.mode & 0o7777n));
   }
   // The marker; without one, what a restore killed while the marker changed hands left beside the files.
   const name = markers.includes(RESTORE_MARKER) ? RESTORE_MARKER : markers.sort()[0];
@@ -150,7 +150,7 @@ export async function claimTarget(
     await putBack(dirs, aside, name);
     throw takenMeanwhile(target);
   }
-  const claimed = await placeMarker(dirs, target, snapshotId, found.marker.targetMode);
+  const claimed = await placeMarker(dirs, target, snapshotId, own, found.marker.targetMode);
   await dirs.emptyTarget(RESTORE_MARKER);
   const m = found.marker;
   return {
@@ -165,9 +165,9 @@ async function placeMarker(
   dirs: RestoreDirectories,
   target: string,
   snapshotId: string,
+  own: BigIntStats,
   originalMode: number,
 ): Promise<ClaimedTarget> {
-  const own = await targetStat(dirs);
   const claim = randomBytes(16).toString("hex");
   const marker: Marker = {
     claim,
@@ -181,7 +181,7 @@ async function placeMarker(
   // Written whole and made durable under a name of its own, then linked into place: a link, unlike a rename,
   // fails where a marker is there already (another restore's, placed meanwhile).
   const temp = `${NEW_PREFIX}${randomBytes(8).toString("hex")}`;
-  await atName(dirs, temp, async (path) => {
+  await dirs.withEntry(temp, async (path) => {
     const file = await open(
       path,
       constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
@@ -199,13 +199,13 @@ async function placeMarker(
     await file.close();
   });
   try {
-    await atName(dirs, temp, (from) => atName(dirs, RESTORE_MARKER, (to) => link(from, to))).catch(
-      (err: NodeJS.ErrnoException) => {
+    await dirs
+      .withEntry(temp, (from) => dirs.withEntry(RESTORE_MARKER, (to) => link(from, to)))
+      .catch((err: NodeJS.ErrnoException) => {
         // EEXIST: another restore's marker is in place; ENOENT: one taking over removed this restore's temp.
         if (err.code === "EEXIST" || err.code === "ENOENT") throw takenMeanwhile(target);
         throw err;
-      },
-    );
+      });
   } finally {
     await removeEntry(dirs, temp).catch(() => {});
   }
@@ -239,43 +239,28 @@ async function placeMarker(
 }
 
 async function touchMarker(dirs: RestoreDirectories): Promise<void> {
-  const at = await dirs.entry(RESTORE_MARKER);
-  try {
-    const now = new Date();
-    await lutimes(at.path, now, now);
-  } finally {
-    at.release();
-  }
-}
-
-/** Runs `use` on the name of entry `name` of the target (through its handle where there is one). */
-async function atName<T>(dirs: RestoreDirectories, name: string, use: (path: string) => Promise<T>): Promise<T> {
-  const at = await dirs.entry(name);
-  try {
-    return await use(at.path);
-  } finally {
-    at.release();
-  }
+  const now = new Date();
+  await dirs.withEntry(RESTORE_MARKER, (path) => lutimes(path, now, now));
 }
 
 const targetStat = (dirs: RestoreDirectories): Promise<BigIntStats> =>
   dirs.target ? dirs.target.stat({ bigint: true }) : stat(dirs.root, { bigint: true });
-const removeEntry = (dirs: RestoreDirectories, name: string) => atName(dirs, name, (path) => unlink(path));
+const removeEntry = (dirs: RestoreDirectories, name: string) => dirs.withEntry(name, (path) => unlink(path));
 const moveEntry = (dirs: RestoreDirectories, from: string, to: string) =>
-  atName(dirs, from, (a) => atName(dirs, to, (b) => rename(a, b)));
+  dirs.withEntry(from, (a) => dirs.withEntry(to, (b) => rename(a, b)));
 
 /**
  * Puts the marker moved to `aside` back under `name`, unless something is there again (link, not rename: that
  * would replace it), and removes `aside`.
  */
 async function putBack(dirs: RestoreDirectories, aside: string, name: string): Promise<void> {
-  await atName(dirs, aside, (a) => atName(dirs, name, (b) => link(a, b))).catch(() => {});
+  await dirs.withEntry(aside, (a) => dirs.withEntry(name, (b) => link(a, b))).catch(() => {});
   await removeEntry(dirs, aside).catch(() => {});
 }
 
 /** Entry `name` of the target, read whole (a marker is a few hundred bytes), never through a link. */
 async function readEntry(dirs: RestoreDirectories, name: string): Promise<{ text: string; info: BigIntStats }> {
-  return atName(dirs, name, async (path) => {
+  return dirs.withEntry(name, async (path) => {
     const file = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
     try {
       const info = await file.stat({ bigint: true });
