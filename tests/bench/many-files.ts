@@ -24,6 +24,7 @@ import {
   round,
   type TimedRun,
   timed,
+  timedRestore,
   treeHash,
 } from "./support/tool-runs.js";
 
@@ -91,10 +92,11 @@ export async function runManyFilesBench(options: ManyFilesBenchOptions = {}): Pr
     });
     if (resticRepo) {
       log("restic: restore");
-      resticRuns.restore = await timed(
+      resticRuns.restore = await timedRestore(
         "restic",
         ["restore", "-q", "latest", "--target", restored.restic],
         resticRepo.env,
+        restored.restic,
       );
     }
 
@@ -201,7 +203,11 @@ function engineReport(run: EngineRun) {
 }
 
 function timedReport(run: TimedRun) {
-  return { seconds: round(run.seconds), peakRssMiB: run.peakRssMiB };
+  return {
+    seconds: round(run.seconds),
+    ...(run.flushSeconds !== undefined ? { flushSeconds: round(run.flushSeconds) } : {}),
+    peakRssMiB: run.peakRssMiB,
+  };
 }
 
 function streamReport(run: StreamRun) {

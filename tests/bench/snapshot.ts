@@ -39,6 +39,7 @@ import {
   round,
   type TimedRun,
   timed,
+  timedRestore,
   treeHash,
 } from "./support/tool-runs.js";
 import { measureTransport, type TransportCost } from "./support/transport.js";
@@ -243,8 +244,9 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         if (restic) {
           log(`restic: restore (${i} of ${runs})`);
           await settle(restic.repo);
+          const target = restored("restic", i);
           resticRestores.push(
-            await timed("restic", ["restore", "latest", "--target", restored("restic", i)], restic.env),
+            await timedRestore("restic", ["restore", "latest", "--target", target], restic.env, target),
           );
         }
         if (stream && viaStream.incremental) {
@@ -382,7 +384,11 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
             version: resticVersion() ?? "unknown",
             full: { ...timedReport(corpus, resticFulls), bytesStored: resticStoredFull },
             incremental: incrementalReport(resticIncrementals),
-            restore: { ...timedReport(corpus, resticRestores), byteForByte: resticRestoredOk },
+            restore: {
+              ...timedReport(corpus, resticRestores),
+              flushSeconds: round(medianRun(resticRestores).flushSeconds ?? 0),
+              byteForByte: resticRestoredOk,
+            },
           }
         : undefined;
     const resticReport =
@@ -406,7 +412,9 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         "direct (file://), page cache warm and dirty pages flushed before each step (every tool alike); " +
         `full backups, incrementals (one into each full run's repository) and restores ${runs} times each, ` +
         "the tools taking turns, median reported; " +
-        "restores after every backup, with no file deleted earlier in the run",
+        "restores after every backup, with no file deleted earlier in the run; a restore is timed until its " +
+        "files are on disk (Dumont's ends with a syncfs, restic's is followed by `sync --file-system`: " +
+        "restic.restore.flushSeconds)",
       machine: {
         cpus: cpus().length,
         model: cpus()[0]?.model,

@@ -195,11 +195,14 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
     pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });
     const result = await restoreInto(dirs, plan, snapshotId, manifestBlobs, what, pool, options, started);
     restored = true;
-    return claimed.tookOver ? { ...result, warnings: [claimed.tookOver] } : result;
+    const warnings = await afterRestore(dirs, claimed);
+    const seconds = (performance.now() - started) / 1000;
+    return warnings.length > 0 ? { ...result, seconds, warnings } : { ...result, seconds };
   } catch (err) {
     if (err instanceof RestoreDamagedError) {
       restored = true;
-      if (claimed.tookOver) err.result.warnings = [claimed.tookOver];
+      const warnings = await afterRestore(dirs, claimed);
+      if (warnings.length > 0) err.result.warnings = warnings;
     }
     // A restore that fails part-way (the stream drops, the disk fills, it is cancelled) takes back what it
     // wrote: the target is empty again, and the same restore can simply run again. One that restored all it
@@ -225,6 +228,22 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
     await dirs.close();
     if (options.pool === undefined) await pool?.close();
   }
+}
+
+/**
+ * What a restore that wrote all it could does before its marker goes: makes it durable. Removed while the files
+ * were still in the page cache, the marker would let a power loss right after leave empty or short files that
+ * nothing flags; flushed first, a loss before the flush leaves the marker, and the next restore starts over. One
+ * syncfs at the end: the writes are on disk at some point anyway, and the page cache takes them meanwhile at the
+ * restore's pace. Where it cannot flush, the restore is still done (its writes all returned) and says so.
+ * The warnings for the caller: that, and an interrupted restore's files cleared first.
+ */
+async function afterRestore(dirs: RestoreDirectories, claimed: ClaimedTarget): Promise<string[]> {
+  const warnings = claimed.tookOver ? [claimed.tookOver] : [];
+  await dirs.syncFilesystem().catch((err: Error) => {
+    warnings.push(`${err.message}; a power loss soon could leave restored files empty or short`);
+  });
+  return warnings;
 }
 
 /**

@@ -1655,23 +1655,17 @@ describe("restore safety", () => {
     );
   });
 
+  /** A manifest of `before` and then file `path` holding `plain` in one chunk, and that chunk by id. */
+  const oneChunkFile = (path: string, plain: Buffer, before: object[] = []) => {
+    const sealed = chunkCodec.sealChunk(key, plain);
+    const id = sealed.id.toString("hex");
+    const file = { ...entry(path), type: "file", size: plain.length, chunks: [id], lengths: [plain.length] };
+    return { manifest: { version: 1, entries: [...before, file] } as Manifest, chunks: new Map([[id, sealed.blob]]) };
+  };
+
   it("marks the target while it restores: a second restore into it meanwhile is refused and removes nothing", async () => {
     const plain = Buffer.from("checkpoint\n".repeat(1000));
-    const sealed = chunkCodec.sealChunk(key, plain);
-    const manifest = {
-      version: 1,
-      entries: [
-        entry("d"),
-        {
-          ...entry("d/f"),
-          type: "file",
-          size: plain.length,
-          chunks: [sealed.id.toString("hex")],
-          lengths: [plain.length],
-        },
-      ],
-    } as Manifest;
-    const chunks = new Map([[sealed.id.toString("hex"), sealed.blob]]);
+    const { manifest, chunks } = oneChunkFile("d/f", plain, [entry("d")]);
     const target = fresh("target");
     let release = () => {};
     const held = new Promise<void>((r) => (release = r));
@@ -1706,6 +1700,52 @@ describe("restore safety", () => {
     expect(String(refused.reason)).toMatch(/another restore into .* began meanwhile|is under way|is not empty/);
     expect(await readdir(both)).toEqual(["d"]);
     expect(await readFile(join(both, "d", "f"))).toEqual(plain);
+  });
+
+  it("flushes what it wrote to disk before its marker goes, and says so where it cannot", async () => {
+    const plain = Buffer.from("weights\n".repeat(5000));
+    const { manifest, chunks } = oneChunkFile("w", plain);
+    // `sync` as found on PATH, wrapped: it notes whether the marker is still there when it runs (the flush
+    // must come first), then runs the real one, or fails as an I/O error would.
+    const realSync = execFileSync("sh", ["-c", "command -v sync"], { encoding: "utf8" }).trim();
+    const bin = fresh("bin");
+    await mkdir(bin);
+    const log = join(bin, "log");
+    const wrapper = (then: string) =>
+      writeFile(
+        join(bin, "sync"),
+        `#!/bin/sh\nfor a; do last=$a; done\n` +
+          `if [ -e "$last/${RESTORE_MARKER}" ]; then echo "marker $*" >> ${log}; else echo "none $*" >> ${log}; fi\n${then}\n`,
+        { mode: 0o755 },
+      );
+    const path = process.env.PATH;
+    process.env.PATH = `${bin}:${path}`;
+    try {
+      await wrapper(`exec ${realSync} "$@"`);
+      const target = fresh("target");
+      const done = await restoreSnapshot({ snapshotId: "s", source: sourceOf(manifest, chunks), key, target, pool });
+      expect(done.warnings).toBeUndefined();
+      expect(await readFile(log, "utf8")).toBe(`marker --file-system -- ${target}\n`);
+      expect(await readdir(target)).toEqual(["w"]);
+
+      await wrapper(`echo "sync: error syncing '$last': Input/output error" >&2; exit 1`);
+      const other = fresh("target");
+      const flawed = await restoreSnapshot({
+        snapshotId: "s",
+        source: sourceOf(manifest, chunks),
+        key,
+        target: other,
+        pool,
+      });
+      expect(flawed.warnings).toEqual([
+        `cannot flush ${other} to disk: sync: error syncing '${other}': Input/output error; a power loss soon ` +
+          "could leave restored files empty or short",
+      ]);
+      expect(await readdir(other)).toEqual(["w"]); // restored all the same, the marker gone
+      expect(await readFile(join(other, "w"))).toEqual(plain);
+    } finally {
+      process.env.PATH = path;
+    }
   });
 
   /** A marker as a restore of this agent writes it into `target`, with `over` changed. */

@@ -24,6 +24,8 @@ export interface TimedRun {
   /** The command's user + system CPU seconds and minor page faults (null without /usr/bin/time). */
   cpuSeconds: number | null;
   minorFaults: number | null;
+  /** Of `seconds`, what flushing the restored files to disk took after the command (timedRestore). */
+  flushSeconds?: number;
 }
 
 export interface ResticRepo {
@@ -115,6 +117,27 @@ export async function timed(command: string, args: string[], env: Record<string,
     cpuSeconds: Number(match[2]) + Number(match[3]),
     minorFaults: Number(match[4]),
   };
+}
+
+/**
+ * A restore by another tool (`command args`), timed until what it wrote into `target` is on disk: the command,
+ * then a syncfs of the target's filesystem (`sync --file-system`). Dumont's restore ends with one (its marker
+ * goes only once the files are durable), so both are timed to the same point; restic's own restore returns with
+ * its files still in the page cache (and this VM's disk acknowledges writes before they are on it: `sync` after a
+ * 1 GiB restore waits ~0.6 s). `flushSeconds` says what the flush took of `seconds`.
+ */
+export async function timedRestore(
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+  target: string,
+): Promise<TimedRun> {
+  const run = await timed(command, args, env);
+  const started = performance.now();
+  const flushed = spawnSync("sync", ["--file-system", "--", target]);
+  if (flushed.status !== 0) throw new Error(`sync --file-system ${target} failed: ${flushed.stderr}`);
+  const flushSeconds = (performance.now() - started) / 1000;
+  return { ...run, seconds: run.seconds + flushSeconds, flushSeconds };
 }
 
 export function runProcess(
