@@ -829,11 +829,14 @@ describe("snapshots over the agent stream", () => {
     const restartedAt = Date.now();
     agent = startAgentProcess(agent.dataDir, agent.hostId);
     await reconnected(restartedAt);
-    const again = await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
-    expect(again).toMatchObject({ id: snap.id, files: 5 });
+    const again = await cp.cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(JSON.parse(again.stdout)).toMatchObject({ id: snap.id, files: 5 });
     expect(await describeTree(target)).toEqual(await describeTree(big));
-    // Logged before the agent reported the restore done, but read here through a pipe: maybe a moment later.
+    // The caller is told (RestoreSnapshotResponse.warnings) and the agent's log says so: logged before the agent
+    // reported the restore done, but read here through a pipe, maybe a moment later.
     const warned = `${target} held what an interrupted restore left (snapshot ${snap.id.slice(0, 12)}`;
+    expect(again.stderr).toContain(`warning: ${warned}`);
     await waitFor(() => agent.log().includes(warned), 10_000);
   }, 150_000);
 

@@ -105,6 +105,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
         files: BigInt(result.files),
         bytesWritten: BigInt(result.bytesWritten),
         seconds: result.seconds,
+        warnings: result.warnings,
       });
     };
   };

@@ -189,6 +189,8 @@ export function registerSnapshotCommands(program: Command): void {
           noOwners: opts.owners === false,
         }),
       );
+      // As `dumont-agent snapshot restore` prints them: on stderr, with or without --json.
+      for (const w of res.warnings) process.stderr.write(`warning: ${w}\n`);
       // As `dumont-agent snapshot restore --json` prints it (an older control plane names no id: the one asked).
       const out = {
         id: res.snapshotId || snapshotId,

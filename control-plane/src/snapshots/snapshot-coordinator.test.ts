@@ -784,11 +784,17 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
     const answered = () =>
       h.sent.filter((m) => m.msg.case === "restoreChunks" && m.msg.value.requestId === requestId && m.msg.value.last);
     await waitFor(() => answered().length === 10);
+    // Its warnings go back to the caller, held to the proto's bounds whatever the agent sends.
+    const warnings = ["x".repeat(5_000), ...Array.from({ length: 11 }, (_, i) => `warning ${i}`)];
     agentSends(h.session, {
       case: "restoreProgress",
-      value: { requestId, done: true, files: 1n, bytesWritten: 5_000n },
+      value: { requestId, done: true, files: 1n, bytesWritten: 5_000n, warnings },
     });
-    await expect(good.done).resolves.toMatchObject({ files: 1 });
+    const result = await good.done;
+    expect(result).toMatchObject({ files: 1, bytesWritten: 5_000 });
+    expect(result.warnings).toHaveLength(8);
+    expect(result.warnings[0]).toBe(`${"x".repeat(4096)}… (904 more characters; see the agent's log)`);
+    expect(result.warnings[7]).toBe("warning 6");
 
     const flood = restore("/restore-2");
     const flooding = await flood.requestId();

@@ -131,6 +131,14 @@ export interface RestoreRequest {
   onProgress?: (progress: TransferProgress) => void;
 }
 
+export interface RestoreResult {
+  files: number;
+  bytesWritten: number;
+  seconds: number;
+  /** The agent's (RestoreProgress.warnings): restored, but worth telling the caller. */
+  warnings: string[];
+}
+
 export interface ForgetRequest {
   tenantId: string;
   /** At least one rule, or `ids`, or `prune` alone. */
@@ -323,7 +331,7 @@ export class SnapshotCoordinator {
   }
 
   /** Restores a snapshot onto the agent's host; resolves once the agent reports every file written. */
-  async restore(req: RestoreRequest): Promise<{ files: number; bytesWritten: number; seconds: number }> {
+  async restore(req: RestoreRequest): Promise<RestoreResult> {
     return this.measured(this.metrics.restores, this.metrics.restoreSeconds, "completed", () =>
       this.using(req.snapshot.tenant_id, () => this.runRestore(req)),
     );
@@ -761,7 +769,7 @@ export class SnapshotCoordinator {
     });
   }
 
-  private async runRestore(req: RestoreRequest): Promise<{ files: number; bytesWritten: number; seconds: number }> {
+  private async runRestore(req: RestoreRequest): Promise<RestoreResult> {
     if (!req.target.startsWith("/")) {
       throw new InvalidArgumentError(`target must be absolute, got ${JSON.stringify(req.target)}`);
     }
@@ -800,7 +808,7 @@ export class SnapshotCoordinator {
       const waiting: (() => void)[] = [];
       /** The chunk ids the waiting requests hold (MAX_RESTORE_IDS_WAITING). */
       let idsWaiting = 0;
-      const finish = (err: Error | undefined, result?: { files: number; bytesWritten: number }) => {
+      const finish = (err: Error | undefined, result?: Omit<RestoreResult, "seconds">) => {
         if (finished) return;
         finished = true;
         this.operations.delete(requestId);
@@ -862,7 +870,14 @@ export class SnapshotCoordinator {
               finish(
                 new FailedPreconditionError(`restore failed on host ${session.hostId}: ${agentText(m.value.error)}`),
               );
-            else finish(undefined, { files: Number(m.value.files), bytesWritten: Number(m.value.bytesWritten) });
+            else {
+              finish(undefined, {
+                files: Number(m.value.files),
+                bytesWritten: Number(m.value.bytesWritten),
+                // The proto's bounds, held to whatever the agent sends: they go back to the API's caller.
+                warnings: m.value.warnings.slice(0, MAX_RESTORE_WARNINGS).map(agentText),
+              });
+            }
           }
         },
       });
@@ -1165,6 +1180,8 @@ function manifestPartOf(part: Uint8Array, storedId: Uint8Array): Uint8Array | { 
 
 /** Most of an agent's error text an API error carries (it travels in a header for gRPC clients). */
 const MAX_AGENT_TEXT = 4096;
+/** The most warnings of a restore passed on (RestoreProgress.warnings). */
+const MAX_RESTORE_WARNINGS = 8;
 
 /**
  * An agent's error text (a snapshot's failure, a restore's, naming damaged files) cut to MAX_AGENT_TEXT: an

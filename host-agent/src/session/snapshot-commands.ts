@@ -19,6 +19,8 @@ export const MAX_OPERATIONS = 4;
 const TENANT_KEY_BYTES = 32;
 /** Text the control plane sent, echoed in a log line or back to it: cut here. */
 const MAX_ECHOED_TEXT = 1024;
+/** The most warnings a RestoreProgress carries (agent.proto). */
+const MAX_RESTORE_WARNINGS = 8;
 /** How soon the last report of a burst goes out when the interval held it back (see progressReporter). */
 const PROGRESS_HEARTBEAT_MS = 5_000;
 /**
@@ -273,7 +275,7 @@ export class SnapshotCommands {
 
   /** `via`: the stream the Restore came on; its chunks follow on the same one, which a slow disk pauses. */
   private async restore(cmd: Restore, via: Inbound): Promise<void> {
-    const report = (value: { files?: bigint; bytesWritten?: bigint; error?: string }) =>
+    const report = (value: { files?: bigint; bytesWritten?: bigint; error?: string; warnings?: string[] }) =>
       this.session.send(
         create(AgentMessageSchema, {
           msg: { case: "restoreProgress", value: { requestId: cmd.requestId, done: true, ...value } },
@@ -335,8 +337,14 @@ export class SnapshotCommands {
           signal,
         });
       });
-      for (const warning of result.warnings ?? []) this.log.warn({ requestId: cmd.requestId }, warning);
-      await report({ files: BigInt(result.files), bytesWritten: BigInt(result.bytesWritten) });
+      const warnings = result.warnings ?? [];
+      for (const warning of warnings) this.log.warn({ requestId: cmd.requestId }, warning);
+      await report({
+        files: BigInt(result.files),
+        bytesWritten: BigInt(result.bytesWritten),
+        // Passed on to whoever asked for the restore (the proto's bounds; all of them are in this log).
+        warnings: warnings.slice(0, MAX_RESTORE_WARNINGS).map((w) => w.slice(0, MAX_ECHOED_TEXT)),
+      });
     } catch (err) {
       const message = (err as Error).message.slice(0, MAX_ECHOED_TEXT);
       this.log.warn({ requestId: cmd.requestId, err: message }, "restore failed");
