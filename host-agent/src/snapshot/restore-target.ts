@@ -299,7 +299,9 @@ async function readMarker(
   own: BigIntStats,
   name: string,
 ): Promise<{ marker: Marker; touched: number }> {
-  const entry = await readEntry(dirs, name).catch((err: Error) => {
+  const entry = await readEntry(dirs, name).catch((err: NodeJS.ErrnoException) => {
+    // Gone since the target was listed: another restore moved it aside to take it over, or finished.
+    if (err.code === "ENOENT") throw takenMeanwhile(target);
     throw new Error(`cannot read ${name} in the restore target ${target}: ${err.message}`);
   });
   const marker = parseMarker(entry.text);
