@@ -322,6 +322,8 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         seconds: round(restore.seconds),
         runs: restores.map((r) => round(r.seconds)),
         throughputMBps: round(corpus.bytes / MB / restore.seconds),
+        // Of `seconds`, the flush to disk the restore ends with (restic's: restic.restore.flushSeconds).
+        flushSeconds: round(Number(restore.result.flushSeconds)),
         cpuSeconds: round(restore.cpuSeconds),
         peakRssMiB: restore.peakRssMiB,
         byteForByte: restoredOk,

@@ -11,11 +11,13 @@
 // creating files in it): it is never closed, so its fd never names another directory meanwhile.
 //
 // Without /proc (not Linux, or not mounted), names are plain paths under the target, as before.
-import { execFile } from "node:child_process";
+import { spawn } from "node:child_process";
 import { constants } from "node:fs";
 import { type FileHandle, open, readdir, rm, rmdir, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
-import { promisify } from "node:util";
+
+/** The longest a restore waits for its flush (syncFilesystem) before it says so and goes on. */
+const SYNC_TIMEOUT_MS = 5 * 60 * 1000;
 
 /** Idle directory handles kept open; leased ones are kept besides. */
 const CACHED_HANDLES = 256;
@@ -177,18 +179,53 @@ export class RestoreDirectories {
   }
 
   /**
-   * Makes everything written into the target durable: a syncfs(2) of its filesystem, through coreutils'
-   * `sync --file-system` (Node has no syncfs; elsewhere than Linux, a plain `sync`). One call flushes what
-   * thousands of small files left in the page cache, where an fsync of each would commit the journal for each;
-   * the large files' O_DIRECT writes still need it for their sizes and extents. Throws where it cannot (no
-   * `sync` on PATH, an I/O error), with the reason.
+   * Makes everything written into the target durable: a syncfs(2) of its filesystem, through `sync -f` (Node has
+   * no syncfs; coreutils' and BusyBox's both take `-f`; elsewhere than Linux, a plain `sync`). One call flushes
+   * what thousands of small files left in the page cache, where an fsync of each would commit the journal for
+   * each; the large files' O_DIRECT writes still need it for their sizes and extents. The child gets the
+   * target's own handle as its stdin and flushes `/proc/self/fd/0`: the directory the restore wrote into, not
+   * whatever its path names by then (a symlink swapped in, which `sync` would follow, as root).
+   *
+   * Throws where it cannot (no `sync` on PATH, an error the kernel reports for the flush), with the reason; and
+   * where it has not finished in `timeoutMs` or `signal` aborts: a flush may wait on a device that no longer
+   * answers (the child, asleep in the kernel, is then killed and left to go once the kernel lets it).
    */
-  async syncFilesystem(): Promise<void> {
-    const args = process.platform === "linux" ? ["--file-system", "--", this.root] : [];
-    await promisify(execFile)("sync", args).catch((err: NodeJS.ErrnoException & { stderr?: string }) => {
-      const why = err.code === "ENOENT" ? "no sync command on PATH" : err.stderr?.trim() || err.message;
-      throw new Error(`cannot flush ${this.root} to disk: ${why}`, { cause: err });
+  async syncFilesystem(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
+    const { timeoutMs = SYNC_TIMEOUT_MS, signal } = options;
+    const viaHandle = process.platform === "linux" && this.rootHandle !== undefined;
+    const args = process.platform !== "linux" ? [] : ["-f", viaHandle ? "/proc/self/fd/0" : this.root];
+    const child = spawn("sync", args, { stdio: [viaHandle ? this.rootHandle!.fd : "ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr?.setEncoding("utf8").on("data", (text: string) => {
+      if (stderr.length < 4096) stderr += text;
     });
+    let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const fail = (why: string, cause?: unknown) =>
+          reject(new Error(`cannot flush ${this.root} to disk: ${why}`, { cause }));
+        child.on("error", (err: NodeJS.ErrnoException) =>
+          fail(err.code === "ENOENT" ? "no sync command on PATH" : err.message, err),
+        );
+        child.on("close", (code, by) => {
+          if (code === 0) resolve();
+          else fail(stderr.trim() || `sync exited with ${code ?? by}`);
+        });
+        timer = setTimeout(() => fail(`sync did not finish in ${timeoutMs / 1000} s`), timeoutMs);
+        onAbort = () => fail("the restore was stopped while it flushed", signal?.reason);
+        if (signal?.aborted) onAbort();
+        else signal?.addEventListener("abort", onAbort, { once: true });
+      });
+    } finally {
+      clearTimeout(timer);
+      if (onAbort) signal?.removeEventListener("abort", onAbort);
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill("SIGKILL");
+        child.stderr?.destroy();
+        child.unref();
+      }
+    }
   }
 
   /**

@@ -65,7 +65,12 @@ export interface RestoreSnapshotResult {
   symlinks: number;
   bytesWritten: number;
   seconds: number;
-  /** Worth telling whoever restores (the target held what an interrupted restore left, cleared first). */
+  /** Of `seconds`, the flush of what was written to disk at the end (see afterRestore). */
+  flushSeconds?: number;
+  /**
+   * Worth telling whoever restores: the target held what an interrupted restore left, cleared first; what was
+   * written could not be flushed to disk.
+   */
   warnings?: string[];
 }
 
@@ -194,14 +199,16 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
       locked = claimed.originalMode;
     pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });
     const result = await restoreInto(dirs, plan, snapshotId, manifestBlobs, what, pool, options, started);
+    const { warnings, flushSeconds } = await afterRestore(dirs, claimed, options.signal);
+    options.signal?.throwIfAborted(); // stopped while it flushed: taken back, as at any other point
     restored = true;
-    const warnings = await afterRestore(dirs, claimed);
     const seconds = (performance.now() - started) / 1000;
-    return warnings.length > 0 ? { ...result, seconds, warnings } : { ...result, seconds };
+    return { ...result, seconds, flushSeconds, ...(warnings.length > 0 ? { warnings } : {}) };
   } catch (err) {
     if (err instanceof RestoreDamagedError) {
       restored = true;
-      const warnings = await afterRestore(dirs, claimed);
+      const { warnings, flushSeconds } = await afterRestore(dirs, claimed, options.signal);
+      Object.assign(err.result, { seconds: (performance.now() - started) / 1000, flushSeconds });
       if (warnings.length > 0) err.result.warnings = warnings;
     }
     // A restore that fails part-way (the stream drops, the disk fills, it is cancelled) takes back what it
@@ -223,6 +230,8 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
       if (own) {
         const t = timeArg(nsToSeconds(own.mtimeNs));
         await onTarget((h) => h.utimes(t, t)).catch(() => {});
+        // Durable too, with the marker's removal: a power loss must not leave the target root's and 0700.
+        await onTarget((h) => h.sync()).catch(() => {});
       }
     }
     await dirs.close();
@@ -234,16 +243,22 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
  * What a restore that wrote all it could does before its marker goes: makes it durable. Removed while the files
  * were still in the page cache, the marker would let a power loss right after leave empty or short files that
  * nothing flags; flushed first, a loss before the flush leaves the marker, and the next restore starts over. One
- * syncfs at the end: the writes are on disk at some point anyway, and the page cache takes them meanwhile at the
- * restore's pace. Where it cannot flush, the restore is still done (its writes all returned) and says so.
+ * syncfs at the end: a flush in the background every 128 MiB written left the last one little to do, but slowed
+ * the writes as much while the disk caught up (1 GiB on the dev VM: 2.64–2.78 s against 2.19–2.53 s). Where it
+ * cannot flush, the restore is still done (its writes all returned) and says so.
  * The warnings for the caller: that, and an interrupted restore's files cleared first.
  */
-async function afterRestore(dirs: RestoreDirectories, claimed: ClaimedTarget): Promise<string[]> {
+async function afterRestore(
+  dirs: RestoreDirectories,
+  claimed: ClaimedTarget,
+  signal: AbortSignal | undefined,
+): Promise<{ warnings: string[]; flushSeconds: number }> {
   const warnings = claimed.tookOver ? [claimed.tookOver] : [];
-  await dirs.syncFilesystem().catch((err: Error) => {
+  const started = performance.now();
+  await dirs.syncFilesystem({ signal }).catch((err: Error) => {
     warnings.push(`${err.message}; a power loss soon could leave restored files empty or short`);
   });
-  return warnings;
+  return { warnings, flushSeconds: (performance.now() - started) / 1000 };
 }
 
 /**

@@ -1259,6 +1259,7 @@ describe("snapshot engine", () => {
     expect(failure.message).toContain(location.packId.slice(0, 12));
     expect((failure as RestoreDamagedError).damaged.map((d) => d.path)).toEqual(["data/table.csv"]);
     expect(existsSync(join(target, "data", "table.csv"))).toBe(false);
+    expect((failure as RestoreDamagedError).result.flushSeconds).toBeGreaterThan(0); // what it kept is on disk
     const expected = (await describeTree(source)).filter((line) => !line.startsWith("data/table.csv "));
     const got = (await describeTree(target)).filter((line) => !line.startsWith("data "));
     expect(got).toEqual(expected.filter((line) => !line.startsWith("data ")));
@@ -1725,8 +1726,10 @@ describe("restore safety", () => {
       const target = fresh("target");
       const done = await restoreSnapshot({ snapshotId: "s", source: sourceOf(manifest, chunks), key, target, pool });
       expect(done.warnings).toBeUndefined();
-      expect(await readFile(log, "utf8")).toBe(`marker --file-system -- ${target}\n`);
+      // Through the target's own handle as its stdin (the marker seen through it), not by a path.
+      expect(await readFile(log, "utf8")).toBe("marker -f /proc/self/fd/0\n");
       expect(await readdir(target)).toEqual(["w"]);
+      expect(done.flushSeconds).toBeGreaterThan(0);
 
       await wrapper(`echo "sync: error syncing '$last': Input/output error" >&2; exit 1`);
       const other = fresh("target");
@@ -1738,11 +1741,37 @@ describe("restore safety", () => {
         pool,
       });
       expect(flawed.warnings).toEqual([
-        `cannot flush ${other} to disk: sync: error syncing '${other}': Input/output error; a power loss soon ` +
-          "could leave restored files empty or short",
+        `cannot flush ${other} to disk: sync: error syncing '/proc/self/fd/0': Input/output error; a power ` +
+          "loss soon could leave restored files empty or short",
       ]);
       expect(await readdir(other)).toEqual(["w"]); // restored all the same, the marker gone
       expect(await readFile(join(other, "w"))).toEqual(plain);
+
+      // A flush that never returns (a device that stopped answering): given up on after its time, the child
+      // killed; and a restore stopped while it flushes is taken back, as when stopped at any other point.
+      await wrapper("exec sleep 60");
+      const dirs = await RestoreDirectories.open(other);
+      await expect(dirs.syncFilesystem({ timeoutMs: 200 })).rejects.toThrow(
+        `cannot flush ${other} to disk: sync did not finish in 0.2 s`,
+      );
+      await dirs.close();
+      const stopped = fresh("target");
+      const stop = new AbortController();
+      const stopping = restoreSnapshot({
+        snapshotId: "s",
+        source: sourceOf(manifest, chunks),
+        key,
+        target: stopped,
+        pool,
+        signal: stop.signal,
+      });
+      // The fourth flush asked for is this restore's: its files are written.
+      await vi.waitFor(async () => expect((await readFile(log, "utf8")).split("\n")).toHaveLength(5), {
+        timeout: 10_000,
+      });
+      stop.abort(new Error("stopped by the test"));
+      await expect(stopping).rejects.toThrow("stopped by the test");
+      expect(await readdir(stopped)).toEqual([]);
     } finally {
       process.env.PATH = path;
     }
