@@ -18,7 +18,7 @@ import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/pro
 import { readSubsetOption } from "@dumont/repository/read-subset";
 import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients, tenantFlag } from "./api-client.js";
-import { iso, print, table } from "./output.js";
+import { iso, print, printable, table } from "./output.js";
 
 const INCLUDE_HELP =
   `restore only what matches this pattern (gitignore syntax, relative to the snapshot's directory: "models/", ` +
@@ -190,7 +190,7 @@ export function registerSnapshotCommands(program: Command): void {
         }),
       );
       // As `dumont-agent snapshot restore` prints them: on stderr, with or without --json.
-      for (const w of res.warnings) process.stderr.write(`warning: ${w}\n`);
+      for (const w of res.warnings) process.stderr.write(`warning: ${printable(w)}\n`);
       // As `dumont-agent snapshot restore --json` prints it (an older control plane names no id: the one asked).
       const out = {
         id: res.snapshotId || snapshotId,

@@ -793,8 +793,15 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
     const result = await good.done;
     expect(result).toMatchObject({ files: 1, bytesWritten: 5_000 });
     expect(result.warnings).toHaveLength(8);
-    expect(result.warnings[0]).toBe(`${"x".repeat(4096)}… (904 more characters; see the agent's log)`);
+    expect(result.warnings[0]).toBe(`${"x".repeat(1024)}… (3976 more characters; see the agent's log)`);
     expect(result.warnings[7]).toBe("warning 6");
+    // A restore that failed but kept what it could (damaged files named) says its warnings in its error.
+    const damaged = restore("/restore-damaged");
+    agentSends(h.session, {
+      case: "restoreProgress",
+      value: { requestId: await damaged.requestId(), done: true, error: "1 file damaged", warnings: ["not flushed"] },
+    });
+    await expect(damaged.done).rejects.toThrow(/restore failed on host .*: 1 file damaged \(also: not flushed\)$/);
 
     const flood = restore("/restore-2");
     const flooding = await flood.requestId();

@@ -866,17 +866,20 @@ export class SnapshotCoordinator {
           } else if (m.case === "restoreProgress" && !m.value.done) {
             req.onProgress?.({ bytesDone: Number(m.value.bytesWritten), bytesTotal: Number(m.value.bytesTotal) });
           } else if (m.case === "restoreProgress" && m.value.done) {
-            if (m.value.error)
+            // The proto's bounds, held to whatever the agent sends: they go back to the API's caller.
+            const warnings = m.value.warnings
+              .slice(0, MAX_RESTORE_WARNINGS)
+              .map((w) => agentText(w, MAX_RESTORE_WARNING_TEXT));
+            if (m.value.error) {
+              // A failure that kept what it could (damaged files named) may have warnings too: the error says them.
+              const also = warnings.length > 0 ? ` (also: ${warnings.join("; ")})` : "";
               finish(
-                new FailedPreconditionError(`restore failed on host ${session.hostId}: ${agentText(m.value.error)}`),
+                new FailedPreconditionError(
+                  `restore failed on host ${session.hostId}: ${agentText(m.value.error + also)}`,
+                ),
               );
-            else {
-              finish(undefined, {
-                files: Number(m.value.files),
-                bytesWritten: Number(m.value.bytesWritten),
-                // The proto's bounds, held to whatever the agent sends: they go back to the API's caller.
-                warnings: m.value.warnings.slice(0, MAX_RESTORE_WARNINGS).map(agentText),
-              });
+            } else {
+              finish(undefined, { files: Number(m.value.files), bytesWritten: Number(m.value.bytesWritten), warnings });
             }
           }
         },
@@ -1180,16 +1183,17 @@ function manifestPartOf(part: Uint8Array, storedId: Uint8Array): Uint8Array | { 
 
 /** Most of an agent's error text an API error carries (it travels in a header for gRPC clients). */
 const MAX_AGENT_TEXT = 4096;
-/** The most warnings of a restore passed on (RestoreProgress.warnings). */
+/** The most warnings of a restore passed on, and the most of each (RestoreProgress.warnings). */
 const MAX_RESTORE_WARNINGS = 8;
+const MAX_RESTORE_WARNING_TEXT = 1024;
 
 /**
- * An agent's error text (a snapshot's failure, a restore's, naming damaged files) cut to MAX_AGENT_TEXT: an
- * agent may send up to a message's size, which no API error should carry.
+ * An agent's error text (a snapshot's failure, a restore's, naming damaged files) cut to MAX_AGENT_TEXT, or `max`
+ * characters: an agent may send up to a message's size, which no API error should carry.
  */
-function agentText(text: string): string {
-  if (text.length <= MAX_AGENT_TEXT) return text;
-  return `${text.slice(0, MAX_AGENT_TEXT)}… (${text.length - MAX_AGENT_TEXT} more characters; see the agent's log)`;
+function agentText(text: string, max = MAX_AGENT_TEXT): string {
+  if (text.length <= max) return text;
+  return `${text.slice(0, max)}… (${text.length - max} more characters; see the agent's log)`;
 }
 
 /**

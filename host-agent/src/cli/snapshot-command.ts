@@ -485,7 +485,11 @@ async function withFriendlyErrors(opts: RepoOptions, fn: () => Promise<void>): P
   try {
     await fn();
   } catch (err) {
-    if (err instanceof RestoreDamagedError) throw new Error(`${err.message}; run \`snapshot check\` on ${opts.repo}`);
+    if (err instanceof RestoreDamagedError) {
+      // It kept all but the damaged files, and may have warnings (a failed flush) like a restore that succeeded.
+      for (const w of err.result.warnings ?? []) process.stderr.write(`warning: ${w}\n`);
+      throw new Error(`${err.message}; run \`snapshot check\` on ${opts.repo}`);
+    }
     if (!isRepositoryError(err)) throw err;
     const keySource = opts.keyFile ? `--key-file ${opts.keyFile}` : "DUMONT_REPO_KEY";
     switch (err.code) {

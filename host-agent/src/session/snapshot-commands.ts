@@ -273,6 +273,12 @@ export class SnapshotCommands {
     }
   }
 
+  /** A restore's warnings, logged, and as many as RestoreProgress carries to whoever asked for it. */
+  private restoreWarnings(requestId: string, warnings: string[] = []): string[] {
+    for (const warning of warnings) this.log.warn({ requestId }, warning);
+    return warnings.slice(0, MAX_RESTORE_WARNINGS).map((w) => w.slice(0, MAX_ECHOED_TEXT));
+  }
+
   /** `via`: the stream the Restore came on; its chunks follow on the same one, which a slow disk pauses. */
   private async restore(cmd: Restore, via: Inbound): Promise<void> {
     const report = (value: { files?: bigint; bytesWritten?: bigint; error?: string; warnings?: string[] }) =>
@@ -337,18 +343,17 @@ export class SnapshotCommands {
           signal,
         });
       });
-      const warnings = result.warnings ?? [];
-      for (const warning of warnings) this.log.warn({ requestId: cmd.requestId }, warning);
       await report({
         files: BigInt(result.files),
         bytesWritten: BigInt(result.bytesWritten),
-        // Passed on to whoever asked for the restore (the proto's bounds; all of them are in this log).
-        warnings: warnings.slice(0, MAX_RESTORE_WARNINGS).map((w) => w.slice(0, MAX_ECHOED_TEXT)),
+        warnings: this.restoreWarnings(cmd.requestId, result.warnings),
       });
     } catch (err) {
       const message = (err as Error).message.slice(0, MAX_ECHOED_TEXT);
       this.log.warn({ requestId: cmd.requestId, err: message }, "restore failed");
-      await report({ error: message }).catch(() => undefined);
+      // A restore that names damaged files (RestoreDamagedError) kept the rest, and may have warnings too.
+      const warnings = (err as { result?: { warnings?: string[] } }).result?.warnings;
+      await report({ error: message, warnings: this.restoreWarnings(cmd.requestId, warnings) }).catch(() => undefined);
     } finally {
       progress.stop();
       if (op && this.operations.get(cmd.requestId) === op) {

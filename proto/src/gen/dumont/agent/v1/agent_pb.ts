@@ -1525,8 +1525,9 @@ export type RestoreProgress = Message<"dumont.agent.v1.RestoreProgress"> & {
   bytesTotal: bigint;
 
   /**
-   * With done and no error: what whoever asked for the restore should be told (what an interrupted restore left
-   * was cleared first; the restored files could not be flushed to disk). At most 8, each at most 1 KiB.
+   * With done: what whoever asked for the restore should be told (what an interrupted restore left was cleared
+   * first; the restored files could not be flushed to disk), also beside an error where the restore kept what it
+   * could (damaged files named). At most 8, each at most 1,024 characters; the control plane cuts any beyond.
    *
    * @generated from field: repeated string warnings = 7;
    */
