@@ -133,7 +133,7 @@ export function registerSnapshotCommands(program: Command): void {
           ).finally(() => meter?.finish());
           for (const s of result.skipped)
             process.stderr.write(`warning: left out ${JSON.stringify(s.path)}: ${s.reason}\n`);
-          for (const w of result.warnings ?? []) process.stderr.write(`warning: ${w}\n`);
+          printWarnings(result.warnings);
           const summary = {
             id: result.id,
             files: result.files,
@@ -204,7 +204,7 @@ export function registerSnapshotCommands(program: Command): void {
             `the restore was stopped and what it had written removed from ${opts.target}; run it again`,
             (signal) => restoreDirectSnapshot({ ...restore, signal }),
           ).finally(() => meter?.finish());
-          for (const w of result.warnings ?? []) process.stderr.write(`warning: ${w}\n`);
+          printWarnings(result.warnings);
           if (opts.json)
             print({
               id: result.snapshotId,
@@ -480,6 +480,11 @@ async function interruptible<T>(outcome: string, work: (signal: AbortSignal) => 
   }
 }
 
+/** What a snapshot or restore wants its caller told though it went through: on stderr, `--json` or not. */
+function printWarnings(warnings: string[] = []): void {
+  for (const w of warnings) process.stderr.write(`warning: ${w}\n`);
+}
+
 /** Turns repository errors into sentences that name the flag to change. */
 async function withFriendlyErrors(opts: RepoOptions, fn: () => Promise<void>): Promise<void> {
   try {
@@ -487,7 +492,7 @@ async function withFriendlyErrors(opts: RepoOptions, fn: () => Promise<void>): P
   } catch (err) {
     if (err instanceof RestoreDamagedError) {
       // It kept all but the damaged files, and may have warnings (a failed flush) like a restore that succeeded.
-      for (const w of err.result.warnings ?? []) process.stderr.write(`warning: ${w}\n`);
+      printWarnings(err.result.warnings);
       throw new Error(`${err.message}; run \`snapshot check\` on ${opts.repo}`);
     }
     if (!isRepositoryError(err)) throw err;

@@ -199,17 +199,14 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
       locked = claimed.originalMode;
     pool = options.pool ?? new SnapshotWorkerPool({ threads: restoreThreads() });
     const result = await restoreInto(dirs, plan, snapshotId, manifestBlobs, what, pool, options, started);
-    const { warnings, flushSeconds } = await afterRestore(dirs, claimed, options.signal);
+    await afterRestore(dirs, claimed, result, started, options.signal);
     options.signal?.throwIfAborted(); // stopped while it flushed: taken back, as at any other point
     restored = true;
-    const seconds = (performance.now() - started) / 1000;
-    return { ...result, seconds, flushSeconds, ...(warnings.length > 0 ? { warnings } : {}) };
+    return result;
   } catch (err) {
     if (err instanceof RestoreDamagedError) {
       restored = true;
-      const { warnings, flushSeconds } = await afterRestore(dirs, claimed, options.signal);
-      Object.assign(err.result, { seconds: (performance.now() - started) / 1000, flushSeconds });
-      if (warnings.length > 0) err.result.warnings = warnings;
+      await afterRestore(dirs, claimed, err.result, started, options.signal);
     }
     // A restore that fails part-way (the stream drops, the disk fills, it is cancelled) takes back what it
     // wrote: the target is empty again, and the same restore can simply run again. One that restored all it
@@ -231,7 +228,7 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
         const t = timeArg(nsToSeconds(own.mtimeNs));
         await onTarget((h) => h.utimes(t, t)).catch(() => {});
         // Durable too, with the marker's removal: a power loss must not leave the target root's and 0700.
-        await onTarget((h) => h.sync()).catch(() => {});
+        await dirs.syncTarget().catch(() => {});
       }
     }
     await dirs.close();
@@ -246,19 +243,24 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
  * syncfs at the end: a flush in the background every 128 MiB written left the last one little to do, but slowed
  * the writes as much while the disk caught up (1 GiB on the dev VM: 2.64–2.78 s against 2.19–2.53 s). Where it
  * cannot flush, the restore is still done (its writes all returned) and says so.
- * The warnings for the caller: that, and an interrupted restore's files cleared first.
+ * `result` (the restore's, begun at `started`) gets its time with the flush's, and the warnings for the caller:
+ * that, and an interrupted restore's files cleared first.
  */
 async function afterRestore(
   dirs: RestoreDirectories,
   claimed: ClaimedTarget,
+  result: RestoreSnapshotResult,
+  started: number,
   signal: AbortSignal | undefined,
-): Promise<{ warnings: string[]; flushSeconds: number }> {
+): Promise<void> {
   const warnings = claimed.tookOver ? [claimed.tookOver] : [];
-  const started = performance.now();
+  const flushing = performance.now();
   await dirs.syncFilesystem({ signal }).catch((err: Error) => {
     warnings.push(`${err.message}; a power loss soon could leave restored files empty or short`);
   });
-  return { warnings, flushSeconds: (performance.now() - started) / 1000 };
+  result.flushSeconds = (performance.now() - flushing) / 1000;
+  result.seconds = (performance.now() - started) / 1000;
+  if (warnings.length > 0) result.warnings = warnings;
 }
 
 /**
