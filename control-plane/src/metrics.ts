@@ -100,6 +100,13 @@ export function createMetrics() {
       help: "Problems the last check of each tenant's blob store found, over every tenant checked (0 = sound)",
       registers: [registry],
     }),
+    blobStoreCallsUnreturned: new Gauge({
+      name: "dumont_blob_store_calls_unreturned",
+      help:
+        "Blob store calls given up on (past their deadline) that have not returned yet; at 4 no new call starts " +
+        "(a hung store: check it)",
+      registers: [registry],
+    }),
     enrollments: new Counter({
       name: "dumont_enrollments_total",
       help: "Enroll calls by result",

@@ -16,7 +16,7 @@ import pg from "pg";
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The repository root, whether this runs as TypeScript (tests/support) or compiled (tests/dist/support). */
 export const repoRoot = path.resolve(here, here.includes(`${path.sep}dist${path.sep}`) ? "../../.." : "../..");
-export const dumontBin = path.join(repoRoot, "control-plane/bin/dumont.js");
+export const dumontBin = path.join(repoRoot, "control-plane/bin/dumont.cjs");
 export const agentBin = path.join(repoRoot, "host-agent/bin/dumont-agent.js");
 export const fakeNvidiaSmiDir = path.join(repoRoot, "tests/fakes/nvidia-smi");
 

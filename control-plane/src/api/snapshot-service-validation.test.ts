@@ -161,7 +161,7 @@ describe("SnapshotService: malformed request fields", () => {
 });
 
 describe("dumont snapshot (admin CLI): bad flags, before any request", () => {
-  const bin = fileURLToPath(new URL("../../bin/dumont.js", import.meta.url));
+  const bin = fileURLToPath(new URL("../../bin/dumont.cjs", import.meta.url));
   const apiKey = `dumont_${"0".repeat(16)}_${"s".repeat(43)}`;
   // Nothing listens on port 1: a request that got that far fails "cannot reach".
   const env = { ...process.env, DUMONT_API_URL: "http://127.0.0.1:1", DUMONT_API_KEY: apiKey };

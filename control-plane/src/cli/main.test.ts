@@ -1,12 +1,15 @@
 // `dumont`'s global flags (--api-url, --api-key), through the built CLI as a process: each is taken once, and
 // given twice is refused before any request, naming the flag (never quoting the key).
 import { execFile } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, onTestFinished } from "vitest";
 
 describe("dumont (admin CLI): global flags", () => {
-  const bin = fileURLToPath(new URL("../../bin/dumont.js", import.meta.url));
+  const bin = fileURLToPath(new URL("../../bin/dumont.cjs", import.meta.url));
   const secret = "s".repeat(42);
   const key = (last: string) => `dumont_${"0".repeat(16)}_${secret}${last}`;
   // Nothing listens on ports 1 and 2: a request that got that far fails "cannot reach".
@@ -61,4 +64,35 @@ describe("dumont (admin CLI): global flags", () => {
     expect(res.stderr).toContain(message);
     expect(res.stderr).not.toMatch(/cannot reach/);
   });
+});
+
+describe("dumont: libuv's thread pool", () => {
+  const bin = fileURLToPath(new URL("../../bin/dumont.cjs", import.meta.url));
+  // Preloaded with --require (it uses no thread pool itself): on exit, writes how many threads the process ran.
+  // The pool is made whole at its first use, and loading the CLI's ES modules is one.
+  const COUNT_THREADS = `
+const { readdirSync, writeFileSync } = require("node:fs");
+process.on("exit", () => writeFileSync(process.env.THREADS_OUT, String(readdirSync("/proc/self/task").length)));
+`;
+
+  it.runIf(process.platform === "linux")(
+    "runs 16 threads there, unless UV_THREADPOOL_SIZE says otherwise",
+    async () => {
+      const dir = await mkdtemp(path.join(tmpdir(), "dumont-threads-"));
+      onTestFinished(() => rm(dir, { recursive: true, force: true }));
+      await writeFile(path.join(dir, "count.cjs"), COUNT_THREADS);
+      const threads = async (size: string | undefined) => {
+        const out = path.join(dir, `threads-${size ?? "default"}`);
+        const env: NodeJS.ProcessEnv = { ...process.env, THREADS_OUT: out, UV_THREADPOOL_SIZE: size };
+        await promisify(execFile)(process.execPath, ["--require", path.join(dir, "count.cjs"), bin, "--version"], {
+          env,
+        });
+        return Number(await readFile(out, "utf8"));
+      };
+      const four = await threads("4");
+      // The same process but for the pool: 12 threads more by default, 4 more when the operator says 8.
+      expect((await threads(undefined)) - four).toBe(12);
+      expect((await threads("8")) - four).toBe(4);
+    },
+  );
 });

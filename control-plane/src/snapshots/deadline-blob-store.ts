@@ -11,6 +11,49 @@ import { type BlobInfo, type BlobStore, RepositoryError } from "@dumont/reposito
  */
 export const STORE_CALL_DEADLINE_MS = 5 * 60 * 1000;
 
+/**
+ * How many calls given up on may still be running in the blob store before no new call is started. A call on a
+ * `file://` store holds one of libuv's threads until it returns, and a mount that stopped answering never
+ * returns it: without a limit each operation tried would take one more, until the control plane's file
+ * reads and writes, and its DNS lookups, all queued behind them (the database, the API and the agents' streams
+ * with them). The control plane runs 16 such threads (bin/dumont.cjs), so this leaves it 12.
+ */
+export const STORE_CALLS_UNRETURNED_MAX = 4;
+
+/**
+ * The calls of a blob store given up on that have not returned yet, counted across every tenant's store of one
+ * control plane (they share the one root, and one hung mount hangs them all). At the limit a new call fails at
+ * once; the count falls, and calls start again, as the old ones return.
+ */
+export class UnreturnedCalls {
+  private count = 0;
+
+  constructor(
+    readonly max = STORE_CALLS_UNRETURNED_MAX,
+    /** Told the count whenever it changes (the dumont_blob_store_calls_unreturned gauge). */
+    private readonly onChange: (count: number) => void = () => {},
+  ) {}
+
+  get size(): number {
+    return this.count;
+  }
+
+  get full(): boolean {
+    return this.count >= this.max;
+  }
+
+  /** Counts `running`, a call given up on, until it settles. */
+  add(running: Promise<unknown>): void {
+    this.count++;
+    this.onChange(this.count);
+    const done = () => {
+      this.count--;
+      this.onChange(this.count);
+    };
+    void running.then(done, done);
+  }
+}
+
 /** Where repository locks live (lock.ts): see DeadlineBlobStore.delete. */
 const LOCKS_PREFIX = "locks/";
 
@@ -30,10 +73,20 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
    */
   private readonly abandoned = new Set<Promise<void>>();
 
+  private readonly deadlineMs: number;
+  private readonly unreturned: UnreturnedCalls;
+
   constructor(
     private readonly store: BlobStore,
-    private readonly deadlineMs = STORE_CALL_DEADLINE_MS,
+    options: {
+      /** How long one call may take (STORE_CALL_DEADLINE_MS). */
+      deadlineMs?: number;
+      /** Calls given up on and still running, shared with the control plane's other stores; a count of its own if left out. */
+      unreturned?: UnreturnedCalls;
+    } = {},
   ) {
+    this.deadlineMs = options.deadlineMs ?? STORE_CALL_DEADLINE_MS;
+    this.unreturned = options.unreturned ?? new UnreturnedCalls();
     this.url = store.url;
     // The optional calls only where the store has them: the repository takes their presence as a choice (a pack
     // streamed through openWriter, or put from memory that allocate gave).
@@ -120,18 +173,30 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
 
   /**
    * `call`, failed as "unavailable" (UNAVAILABLE at the API, as an S3 request past its retries) if it has not
-   * settled within the deadline. A call that `changes` the store and is given up on is kept in `abandoned`
-   * until it settles.
+   * settled within the deadline. A call given up on is counted in `unreturned` until it settles, and one that
+   * `changes` the store is kept in `abandoned` as well. While `unreturned` is full no call is started.
    */
   private timed<T>(what: string, call: () => Promise<T>, changes = false): Promise<T> {
+    if (this.unreturned.full) {
+      return Promise.reject(
+        new RepositoryError(
+          "unavailable",
+          `${this.url}: ${what} not started: ${this.unreturned.size} earlier calls to the blob store were given up ` +
+            `on after ${this.deadlineMs / 1000} s and have not returned yet, and no more are started until they ` +
+            "do (each may hold one of the control plane's I/O threads). The store may be hung (a mount that " +
+            "stopped answering, an unreachable endpoint): check it; calls start again once those return",
+        ),
+      );
+    }
     return new Promise<T>((resolve, reject) => {
       const running = call();
       const timer = setTimeout(() => {
+        const settled = running.then(
+          () => undefined,
+          () => undefined,
+        );
+        this.unreturned.add(settled);
         if (changes) {
-          const settled = running.then(
-            () => undefined,
-            () => undefined,
-          );
           this.abandoned.add(settled);
           void settled.then(() => this.abandoned.delete(settled));
         }

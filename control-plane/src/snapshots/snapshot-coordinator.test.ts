@@ -55,6 +55,7 @@ function useCoordinator(hostId: string, retention?: RetentionPolicy, tuning?: Co
     blobs: "",
     coordinator: undefined as unknown as SnapshotCoordinator,
     masterKey: randomBytes(32),
+    metrics: createMetrics(),
     sent: [] as ControlMessage[],
     session: undefined as unknown as AgentSession,
   };
@@ -81,7 +82,7 @@ function useCoordinator(hostId: string, retention?: RetentionPolicy, tuning?: Co
       new TenantKeys(h.db, h.masterKey),
       `file://${h.blobs}`,
       createLogger("silent"),
-      createMetrics(),
+      h.metrics,
       retention,
       tuning,
     );
@@ -906,22 +907,31 @@ describe("SnapshotCoordinator: an agent that stops answering", () => {
   });
 });
 
-describe("SnapshotCoordinator: a blob store that stops answering", () => {
+/**
+ * A coordinator whose stores are HangingBlobStores (in `hanging`, the first one opened first), each call given
+ * 0.3 s; every held call is let go after each test.
+ */
+function useHangingCoordinator(hostId: string, tuning: CoordinatorTuning) {
   const hanging: HangingBlobStore[] = [];
-  // Silence gives up only long after the store's deadline: what fails an operation here is the store's call.
-  const h = useCoordinator("h-hung", undefined, {
-    silenceMs: 5_000,
+  const h = useCoordinator(hostId, undefined, {
     storeCallMs: 300,
+    ...tuning,
     openStore: (url) => {
       const store = new HangingBlobStore(openBlobStore(url));
       hanging.push(store);
       return store;
     },
   });
-  const finish = finishIn(h);
   afterEach(() => {
     for (const store of hanging) store.release();
   });
+  return { h, hanging };
+}
+
+describe("SnapshotCoordinator: a blob store that stops answering", () => {
+  // Silence gives up only long after the store's deadline: what fails an operation here is the store's call.
+  const { h, hanging } = useHangingCoordinator("h-hung", { silenceMs: 5_000 });
+  const finish = finishIn(h);
   /** `operation`'s failure, or a failure saying it still ran after `ms` (without a deadline it never ends). */
   const within = <T>(operation: Promise<T>, ms: number) =>
     Promise.race([
@@ -980,6 +990,51 @@ describe("SnapshotCoordinator: a blob store that stops answering", () => {
     const rows = await h.db.selectFrom("snapshots").select("id").execute();
     expect(rows.map((r) => r.id)).toContain(id);
     expect(await h.coordinator.check("t1", {})).toMatchObject({ ok: true });
+  });
+});
+
+describe("SnapshotCoordinator: a blob store whose calls never return", () => {
+  const { h, hanging } = useHangingCoordinator("h-stuck", { storeCallsUnreturnedMax: 2 });
+  const finish = finishIn(h);
+  const unreturned = async () => (await h.metrics.blobStoreCallsUnreturned.get()).values[0]?.value;
+  /** How `work` fails, and how long it took to. */
+  const failure = async (work: Promise<unknown>) => {
+    const started = Date.now();
+    const err = await work.then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    return { message: err?.message, ms: Date.now() - started };
+  };
+
+  it("starts no more calls once 2 given up on have not returned, failing at once, and starts again when they do", async () => {
+    const snapshot = await finish(await startedIn(h));
+    hanging[0].hangs = (call, key) => call === "get" && key.startsWith("manifests/");
+    // Two reads of the manifest hang on the store and are given up on: the two calls go on there.
+    for (let i = 0; i < 2; i++) {
+      expect((await failure(h.coordinator.readManifest(snapshot))).message).toMatch(
+        /tenants\/t1: reading manifests\/\w+ did not finish in 0.3 s; gave up on it/,
+      );
+    }
+    expect(await unreturned()).toBe(2);
+    // The next call is not started: it fails at once, whatever it is, saying why and what to do.
+    const refused = await failure(h.coordinator.readManifest(snapshot));
+    expect(refused.message).toMatch(
+      /not started: 2 earlier calls to the blob store were given up on after 0.3 s and have not returned yet, .*The store may be hung .*check it; calls start again once those return/,
+    );
+    expect(refused.ms).toBeLessThan(300);
+    // A snapshot too: it fails before its agent is asked for anything.
+    const before = h.sent.length;
+    const request = { session: h.session, tenantId: "t1", path: "/w", workspaceId: "w", epoch: 0n };
+    const snapshotRefused = await failure(h.coordinator.snapshot(request));
+    expect(snapshotRefused.message).toMatch(/not started: 2 earlier calls/);
+    expect(h.sent.length).toBe(before);
+    // The store answers again: the held calls return, and calls start again.
+    hanging[0].release();
+    for (let i = 0; i < 300 && (await unreturned()) !== 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(await unreturned()).toBe(0);
+    await expect(h.coordinator.readManifest(snapshot)).resolves.toMatchObject({ entries: expect.any(Array) });
+    await expect(finish(await startedIn(h))).resolves.toMatchObject({ host_id: "h-stuck" });
   });
 });
 

@@ -62,7 +62,7 @@ import {
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import { ChunkVerifier } from "./chunk-verifier.js";
-import { DeadlineBlobStore, STORE_CALL_DEADLINE_MS } from "./deadline-blob-store.js";
+import { DeadlineBlobStore, STORE_CALL_DEADLINE_MS, UnreturnedCalls } from "./deadline-blob-store.js";
 import type { TenantKeys } from "./tenant-keys.js";
 
 /** Chunk messages being verified or written before we stop reading the agent's stream (about 1 MiB each). */
@@ -163,6 +163,8 @@ export interface CoordinatorTuning {
   silenceMs?: number;
   /** How long one call of a tenant's blob store may take (STORE_CALL_DEADLINE_MS). */
   storeCallMs?: number;
+  /** How many store calls given up on may still run before no new one starts (STORE_CALLS_UNRETURNED_MAX). */
+  storeCallsUnreturnedMax?: number;
   /** Opens the blob store at a tenant's URL (openBlobStore). */
   openStore?: (url: string) => BlobStore;
 }
@@ -198,6 +200,8 @@ export class SnapshotCoordinator {
   private readonly catalogueChanges = new Map<string, Promise<unknown>>();
   private readonly silenceMs: number;
   private readonly storeCallMs: number;
+  /** Every tenant's store calls given up on and not returned (one root, one count: see UnreturnedCalls). */
+  private readonly unreturnedStoreCalls: UnreturnedCalls;
   private readonly openStore: (url: string) => BlobStore;
 
   constructor(
@@ -214,6 +218,9 @@ export class SnapshotCoordinator {
   ) {
     this.silenceMs = tuning.silenceMs ?? OPERATION_SILENCE_MS;
     this.storeCallMs = tuning.storeCallMs ?? STORE_CALL_DEADLINE_MS;
+    this.unreturnedStoreCalls = new UnreturnedCalls(tuning.storeCallsUnreturnedMax, (count) =>
+      this.metrics.blobStoreCallsUnreturned.set(count),
+    );
     this.openStore = tuning.openStore ?? ((url) => openBlobStore(url));
   }
 
@@ -1065,7 +1072,10 @@ export class SnapshotCoordinator {
     if (!repo) {
       const url = `${this.blobStoreUrl.replace(/\/+$/, "")}/tenants/${tenantId}`;
       // Every call with a deadline: a store that stops answering fails the operations waiting on it.
-      const store = new DeadlineBlobStore(this.openStore(url), this.storeCallMs);
+      const store = new DeadlineBlobStore(this.openStore(url), {
+        deadlineMs: this.storeCallMs,
+        unreturned: this.unreturnedStoreCalls,
+      });
       repo = Repository.openOrInit(store, key).then((r) => r.repository);
       repo.catch(() => this.repositories.delete(tenantId));
       this.repositories.set(tenantId, repo);

@@ -1,0 +1,26 @@
+#!/usr/bin/env node
+// CommonJS on purpose: this file runs before anything else has used libuv's thread pool (an ES module entry is
+// itself read through it), and the pool's size is read once, at its first use.
+//
+// The pool runs the control plane's file reads and writes (a file:// blob store's packs, the embedded
+// database's files), its DNS lookups (an S3 endpoint's name) and some of its crypto. Node's default of 4 is
+// small for a server writing several agents' snapshots at once, and a file:// store on a mount that stopped
+// answering holds a thread for every call hung on it: with 16, the (at most 4, STORE_CALLS_UNRETURNED_MAX) calls
+// given up on leave 12 for everything else. An operator's own UV_THREADPOOL_SIZE wins. (The local agent that
+// `dumont dev` starts inherits the setting; it costs it 12 idle threads.)
+"use strict";
+
+process.env.UV_THREADPOOL_SIZE ??= "16";
+
+// A reader that stops early (`… --json | head`) closes the pipe: stop quietly, as shell tools do, not with a trace.
+process.stdout.on("error", (err) => {
+  if (err.code === "EPIPE") process.exit(0);
+  throw err;
+});
+
+import("../dist/cli/main.js")
+  .then(({ main }) => main(process.argv))
+  .catch((err) => {
+    process.stderr.write(`dumont: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  });
