@@ -1,7 +1,7 @@
 // One suite, two stores: the local directory and a real S3-compatible server (s3rver) on loopback.
 import { closeSync, constants, existsSync, openSync } from "node:fs";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
-import { createServer as createHttpServer } from "node:http";
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { type AddressInfo, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -254,27 +254,77 @@ describe("S3 blob store against a server that never answers", () => {
   });
 });
 
-/**
- * An S3BlobStore (one attempt a request) on a loopback server that answers every request with S3's error XML
- * for what `answer` says at the time.
- */
-async function withAnsweringServer(
-  bucket: string,
-  /** An error's status, code and message; or a status and the XML to answer with. */
-  answer: () => { status: number; code: string; message: string } | { status: number; xml: string },
-  use: (store: S3BlobStore) => Promise<void>,
-): Promise<void> {
-  const server = createHttpServer((_req, res) => {
-    const a = answer();
-    res.writeHead(a.status, { "content-type": "application/xml" });
-    res.end(
-      "xml" in a ? a.xml : `<?xml version="1.0"?><Error><Code>${a.code}</Code><Message>${a.message}</Message></Error>`,
+describe("S3 blob store reading an object's body", () => {
+  const object = Buffer.from("0123456789".repeat(10_000));
+
+  it("reads again a body whose connection drops midway, as the SDK does not", async () => {
+    let requests = 0;
+    await withS3Server(
+      "body-bucket",
+      (_req, res, nth) => {
+        requests = nth;
+        res.writeHead(200, { "content-length": object.length, "content-type": "application/octet-stream" });
+        if (nth === 1) {
+          // Half the body, then the connection goes (a reset, a proxy restarting).
+          res.write(object.subarray(0, object.length / 2), () => res.socket?.destroy());
+          return;
+        }
+        res.end(object);
+      },
+      async (store) => {
+        expect((await store.get("data/ab/cd")).equals(object)).toBe(true);
+        expect(requests).toBe(2);
+      },
     );
   });
+
+  it("gives up after 3 tries, as a store that is not answering", async () => {
+    let requests = 0;
+    await withS3Server(
+      "body-bucket",
+      (_req, res, nth) => {
+        requests = nth;
+        res.writeHead(200, { "content-length": object.length });
+        res.write(object.subarray(0, 100), () => res.socket?.destroy());
+      },
+      async (store) => {
+        const err = await store.get("data/ab/cd").catch((e: unknown) => e);
+        expect(isRepositoryError(err, "unavailable")).toBe(true);
+        expect(requests).toBe(3);
+      },
+    );
+  });
+
+  it("refuses the whole object for a range (a server ignoring Range), rather than take its first bytes for the range", async () => {
+    await withS3Server(
+      "body-bucket",
+      (_req, res) => {
+        res.writeHead(200, { "content-length": 10 });
+        res.end(object.subarray(0, 10)); // an object exactly as long as the range asked for
+      },
+      async (store) => {
+        const err = await store.getRange("data/ab/cd", 20, 10).catch((e: unknown) => e);
+        // Not "corrupt": the data may be whole; the server is not one Dumont can use.
+        expect(isRepositoryError(err, "invalid-argument")).toBe(true);
+        expect((err as Error).message).toMatch(
+          /asked for 10 bytes at offset 20, the server answered with no range \(it ignores Range headers\)/,
+        );
+      },
+    );
+  });
+});
+
+/** An S3BlobStore (one attempt a request) on a loopback server answering each request with `handle`. */
+async function withS3Server(
+  bucket: string,
+  handle: (req: IncomingMessage, res: ServerResponse, nth: number) => void,
+  use: (store: S3BlobStore) => Promise<void>,
+): Promise<void> {
+  let nth = 0;
+  const server = createHttpServer((req, res) => handle(req, res, ++nth));
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
   const store = new S3BlobStore(bucket, "", {
-    endpoint: `http://127.0.0.1:${port}`,
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     credentials: { accessKeyId: "test", secretAccessKey: "test" },
     maxAttempts: 1,
   });
@@ -282,8 +332,31 @@ async function withAnsweringServer(
     await use(store);
   } finally {
     await store.close();
+    server.closeAllConnections();
     await new Promise((resolve) => server.close(resolve));
   }
+}
+
+/** withS3Server answering every request with S3's error XML for what `answer` says at the time. */
+function withAnsweringServer(
+  bucket: string,
+  /** An error's status, code and message; or a status and the XML to answer with. */
+  answer: () => { status: number; code: string; message: string } | { status: number; xml: string },
+  use: (store: S3BlobStore) => Promise<void>,
+): Promise<void> {
+  return withS3Server(
+    bucket,
+    (_req, res) => {
+      const a = answer();
+      res.writeHead(a.status, { "content-type": "application/xml" });
+      res.end(
+        "xml" in a
+          ? a.xml
+          : `<?xml version="1.0"?><Error><Code>${a.code}</Code><Message>${a.message}</Message></Error>`,
+      );
+    },
+    use,
+  );
 }
 
 describe("S3 blob store against a server that fails requests", () => {
@@ -303,6 +376,47 @@ describe("S3 blob store against a server that fails requests", () => {
         expect(isRepositoryError(err, "unavailable"), String(code)).toBe(unavailable);
       }
     });
+  });
+
+  it("calls refused credentials what they are whatever the status, a slow connection unavailable, and a range past the end corrupt", async () => {
+    let reply = { status: 400, code: "ExpiredToken", message: "The provided token has expired." };
+    await withAnsweringServer(
+      "refusing-bucket",
+      () => reply,
+      async (store) => {
+        for (const [status, code] of [
+          [400, "ExpiredToken"],
+          [400, "TokenRefreshRequired"],
+          [403, "InvalidAccessKeyId"],
+          [403, "SignatureDoesNotMatch"],
+          [403, "AccessDenied"],
+        ] as const) {
+          reply = { status, code, message: "refused" };
+          const err = await store.getRange("data/ab/cd", 0, 10).catch((e: unknown) => e);
+          // Not damage (a check or restore would call the pack broken), not "try again later": the credentials.
+          expect(isRepositoryError(err, "invalid-argument"), code).toBe(true);
+          expect((err as Error).message, code).toMatch(
+            new RegExp(
+              `S3 refused access to s3://refusing-bucket/data/ab/cd \\(HTTP ${status} ${code}\\): check the credentials`,
+            ),
+          );
+        }
+        for (const [status, code] of [
+          [408, "RequestTimeout"],
+          [400, "RequestTimeout"],
+        ] as const) {
+          reply = { status, code, message: "Your socket connection to the server was not read from or written to" };
+          const err = await store.get("config").catch((e: unknown) => e);
+          expect(isRepositoryError(err, "unavailable"), `${status} ${code}`).toBe(true);
+        }
+        reply = { status: 416, code: "InvalidRange", message: "The requested range is not satisfiable" };
+        const err = await store.getRange("data/ab/cd", 4096, 10).catch((e: unknown) => e);
+        expect(isRepositoryError(err, "corrupt")).toBe(true);
+        expect((err as Error).message).toMatch(
+          /data\/ab\/cd is shorter than expected \(the range asked for starts past its end\)/,
+        );
+      },
+    );
   });
 
   it("fails a listing said to go on without a token to go on from, rather than pass part of it for all", async () => {
@@ -345,7 +459,7 @@ describe("S3 blob store against a server that refuses access", () => {
         const err = await call().catch((e: unknown) => e);
         expect(isRepositoryError(err, "invalid-argument")).toBe(true);
         expect((err as Error).message).toMatch(
-          /S3 refused access to s3:\/\/locked-bucket\/\w+ \(HTTP 403\): check the credentials/,
+          /S3 refused access to s3:\/\/locked-bucket\/\w+ \(HTTP 403( \w+)?\): check the credentials/,
         );
       }
     });
@@ -417,6 +531,23 @@ describe("openBlobStore", () => {
         `the S3 endpoint "${bad}" is not an http(s) URL`,
       );
       expect(() => s3EndpointFromEnv({ DUMONT_S3_ENDPOINT: bad }), bad).toThrow(`DUMONT_S3_ENDPOINT "${bad}"`);
+    }
+    // Credentials in the address: refused, and never repeated in the error (it reaches logs).
+    for (const [bad, why] of [
+      ["AKIAEXAMPLE:hunter2secret@minio:9000", "is not an http(s) URL"],
+      ["http://AKIAEXAMPLE:hunter2secret@minio:9000", "carries credentials in its URL"],
+      ["https://hunter2secret@s3.example.com", "carries credentials in its URL"],
+    ]) {
+      const err = (() => {
+        try {
+          s3EndpointFromEnv({ DUMONT_S3_ENDPOINT: bad });
+        } catch (e) {
+          return e as Error;
+        }
+      })();
+      expect(err?.message, bad).toContain(why);
+      expect(err?.message, bad).toContain("<credentials removed>@");
+      expect(err?.message, bad).not.toContain("hunter2secret");
     }
     expect(s3EndpointFromEnv({ DUMONT_S3_ENDPOINT: " " })).toBeUndefined();
     expect(s3EndpointFromEnv({ DUMONT_S3_ENDPOINT: "https://s3.example.com" })).toBe("https://s3.example.com");

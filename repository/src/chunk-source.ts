@@ -1,7 +1,7 @@
 // Reads sealed chunks out of packs for restore: the ChunkSource of direct mode (and of the control plane
 // when it streams a restore to an agent). Neighbouring chunks of a pack are fetched in one ranged read.
 import { PAGE } from "./aligned-memory.js";
-import { isRepositoryError } from "./errors.js";
+import { readShowsDamage } from "./errors.js";
 import { packKey } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
 import type { RepositoryIndex } from "./repository-index.js";
@@ -22,21 +22,6 @@ export interface ChunkSourceOptions {
    * own) goes back through `release`.
    */
   readBuffers?: ChunkBuffers;
-}
-
-/**
- * Whether a pack read's failure says the data is damaged or gone: the pack is missing, shorter than its index
- * says, or the disk cannot read it (EIO). Such a read costs the chunks in it, and a restore goes on without
- * them, naming the files. Any other failure (a connection refused, a timeout, S3's 5xx after its retries, a
- * permission) says nothing of the data: `get` throws it, so a restore fails whole and can simply run again,
- * rather than call the data damaged and write a workspace without those files.
- */
-function readShowsDamage(err: Error): boolean {
-  return (
-    isRepositoryError(err, "not-found") ||
-    isRepositoryError(err, "corrupt") ||
-    (err as NodeJS.ErrnoException).code === "EIO"
-  );
 }
 
 /** What widening a read to whole pages can add: part of a page before it and part of one after. */

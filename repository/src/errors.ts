@@ -36,7 +36,33 @@ export function isRepositoryError(err: unknown, code?: RepositoryErrorCode): err
  * reports unreadable objects and goes on (check, prune, listing) may report; the rest it lets fail the call.
  */
 export function isObjectError(err: unknown): err is RepositoryError {
-  return isRepositoryError(err) && err.code !== "unavailable";
+  return isRepositoryError(err) && OBJECT_ERRORS.has(err.code);
+}
+
+/**
+ * The codes that say something of an object read: not what a store's refusal says (the credentials, a
+ * permission: "invalid-argument", "read-only") or its silence ("unavailable"), which fail the call instead.
+ */
+const OBJECT_ERRORS: ReadonlySet<RepositoryErrorCode> = new Set([
+  "not-found",
+  "corrupt",
+  "wrong-key",
+  "invalid-manifest",
+]);
+
+/**
+ * Whether a pack read's failure says the data is damaged or gone: the pack is missing, shorter than its index
+ * says, or the disk cannot read it (EIO). Such a read costs the chunks in it: a restore goes on without them,
+ * naming the files, and a check reports them. Any other failure (a connection refused, a timeout, S3's 5xx
+ * after its retries, refused credentials, a permission) says nothing of the data: the restore or check fails
+ * whole and can simply run again, rather than call the data damaged.
+ */
+export function readShowsDamage(err: Error): boolean {
+  return (
+    isRepositoryError(err, "not-found") ||
+    isRepositoryError(err, "corrupt") ||
+    (err as NodeJS.ErrnoException).code === "EIO"
+  );
 }
 
 /** A chunk that failed the arrival check (it does not open, or does not hash to its id). */

@@ -3,6 +3,14 @@
 // (judged by the store's own clock: the objects' modification times, not the holders' clocks), or when it
 // names a process on this host, in this process's pid namespace and boot, that no longer exists (kill -9), or was
 // taken on this machine before it last booted.
+//
+// A holder must also stop trusting its own lock before others may count it stale: a process paused for half an
+// hour (SIGSTOP, a suspended laptop or VM) finds, when it wakes, a lock that others may have removed, and then
+// written under. It judges that by its own clocks, since its last write of the lock that succeeded: after
+// LOCK_TRUSTED_FOR_MS (20 minutes; others wait 30 by the store's clock, which can only see the write later) it
+// refreshes nothing and does nothing more under the lock. A write made under it (a snapshot's record, a lock
+// refresh) counts only if it landed while the lock was still trusted: then it is in the store before anyone
+// could remove the lock, and a prune that did would see it.
 import { randomBytes } from "node:crypto";
 import type { BlobStore } from "./blob-store.js";
 import { isRepositoryError, RepositoryError, refusedReason } from "./errors.js";
@@ -10,7 +18,22 @@ import { type ProcessIdentity, processIsGone, thisProcess } from "./process-iden
 import { ObjectKind, openJson, sealJson } from "./sealing.js";
 
 export const LOCK_STALE_AFTER_MS = 30 * 60 * 1000;
+/** How long after its last successful write a holder trusts its lock (see the top of this file). */
+export const LOCK_TRUSTED_FOR_MS = LOCK_STALE_AFTER_MS - 10 * 60 * 1000;
 const LOCK_REFRESH_AFTER_MS = 5 * 60 * 1000;
+/** How often a held lock looks whether its refresh is due. */
+const LOCK_TIMER_MS = 60 * 1000;
+
+/**
+ * A moment, by the wall clock (which goes on while the process is suspended) and the monotonic one (which
+ * does not go back when the wall clock is set back); the time since is the longer of the two.
+ */
+interface Moment {
+  wall: number;
+  monotonic: number;
+}
+const now = (): Moment => ({ wall: Date.now(), monotonic: performance.now() });
+const since = (m: Moment): number => Math.max(Date.now() - m.wall, performance.now() - m.monotonic);
 
 /** A lock's content: its holder (judged gone by processIsGone) and what it is for. */
 interface LockBody extends ProcessIdentity {
@@ -26,8 +49,13 @@ export interface HeldLock {
    * gone (another process found it stale and removed it): whatever the holder writes from then on is unsafe.
    */
   refresh(): Promise<void>;
-  /** Throws unless the lock is still in the store (checked there, each call). */
+  /** Throws unless the lock is still in the store (checked there, each call) and trusted (assertTrusted). */
   assertHeld(): Promise<void>;
+  /**
+   * Throws once the lock is no longer trusted: unwritten for LOCK_TRUSTED_FOR_MS (the process was paused, or
+   * the store took none of its refreshes), or found gone. Local and cheap: for loops of writes or deletes.
+   */
+  assertTrusted(): void;
   /**
    * Stops refreshing and deletes the lock. Never throws: called once the work is done (a snapshot committed,
    * a restore written) or has failed, a store that cannot delete the lock must neither fail finished work nor
@@ -49,6 +77,9 @@ export async function acquireLock(
     exclusive: options.exclusive,
     purpose: options.purpose,
   };
+  /** When the last write of the lock that succeeded began (what others judge it by is no earlier). */
+  let trustedFrom = now();
+  /** When the last write of the lock began, successful or not (refreshes are spaced by it). */
   let written = Date.now();
   try {
     await store.put(lockKey, sealJson(key, ObjectKind.lock, body));
@@ -80,7 +111,11 @@ export async function acquireLock(
         if (!isRepositoryError(err, "corrupt") && !isRepositoryError(err, "wrong-key")) throw err;
       }
       if (age > LOCK_STALE_AFTER_MS || (other && processIsGone(other))) {
+        // Removed, by shared lock-takers too: a holder that is only paused then finds its lock gone when it
+        // wakes, besides no longer trusting it. A prune taking the repository must remove it; a writer goes on
+        // if it cannot (the holder's own distrust is enough).
         if (options.exclusive) await store.delete(info.key);
+        else await store.delete(info.key).catch(() => {});
         continue;
       }
       if (options.exclusive || !other || other.exclusive) {
@@ -100,9 +135,25 @@ export async function acquireLock(
   }
   let released = false;
   let lost: Error | undefined;
-  const assertHeld = async (): Promise<void> => {
+  const assertTrusted = (): void => {
     if (lost) throw lost;
-    if ((await store.stat(lockKey)) === undefined) {
+    const age = since(trustedFrom);
+    if (age > LOCK_TRUSTED_FOR_MS) {
+      lost = new RepositoryError(
+        "locked",
+        `this process's repository lock ${lockKey} was last written ${Math.floor(age / 60_000)} minutes ago (the ` +
+          "process was paused, or the store took none of its refreshes): others count it stale after " +
+          `${LOCK_STALE_AFTER_MS / 60_000} minutes and may have removed it, so what this process writes could be ` +
+          "pruned; stopping",
+      );
+      throw lost;
+    }
+  };
+  const assertHeld = async (): Promise<void> => {
+    assertTrusted();
+    const found = await store.stat(lockKey);
+    assertTrusted();
+    if (found === undefined) {
       lost = new RepositoryError(
         "locked",
         `this process's repository lock ${lockKey} was removed (another process found it stale: unrefreshed ` +
@@ -118,8 +169,13 @@ export async function acquireLock(
     await assertHeld(); // not written again once taken away: that would hide the loss
     if (released) return;
     body = { ...body, time: new Date().toISOString() };
+    const started = now();
     written = Date.now();
     await store.put(lockKey, sealJson(key, ObjectKind.lock, body));
+    // Landed while the lock was trusted: nobody can have removed it before (a slower write could put back a
+    // lock that a prune had removed meanwhile).
+    assertTrusted();
+    trustedFrom = started;
   };
   const refresh = async (): Promise<void> => {
     if (lost) throw lost;
@@ -132,12 +188,13 @@ export async function acquireLock(
   };
   // A holder that is alive keeps its lock fresh even while it writes nothing (a long run of unchanged data). A
   // failure here is seen by the holder's next refresh or assertHeld if it was the loss of the lock.
-  const timer = setInterval(() => refresh().catch(() => {}), LOCK_REFRESH_AFTER_MS);
+  const timer = setInterval(() => refresh().catch(() => {}), LOCK_TIMER_MS);
   timer.unref();
   return {
     key: lockKey,
     refresh,
     assertHeld,
+    assertTrusted,
     async release() {
       if (released) return;
       released = true;

@@ -65,8 +65,11 @@ export function processIsGone(holder: ProcessIdentity): boolean {
     return holder.machineId !== undefined && holder.machineId === MACHINE_ID && holder.pidns === PID_NAMESPACE;
   }
   if (holder.pid === process.pid) return false;
-  // Another pid namespace (a container on the host's network): its pids mean nothing here.
-  if (holder.pidns !== undefined && holder.pidns !== PID_NAMESPACE) return false;
+  // Only a holder known to be of this boot and pid namespace is asked after by its pid: one of another pid
+  // namespace (a container on the host's network), or one that did not say (not Linux, an older writer: perhaps
+  // another machine of this name), is judged by age.
+  if (holder.pidns === undefined || holder.pidns !== PID_NAMESPACE) return false;
+  if (holder.bootId === undefined || holder.bootId !== BOOT_ID) return false;
   try {
     process.kill(holder.pid, 0);
   } catch (err) {

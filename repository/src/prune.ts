@@ -185,16 +185,27 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     }
 
     options.signal?.throwIfAborted();
+    // Nothing is deleted unless the lock is still ours and trusted, checked again before each deletion: a prune
+    // paused for half an hour (its lock since taken as stale, and the repository written under) stops here.
+    await lock?.assertHeld();
+    const trusted = () => lock?.assertTrusted();
     // Every pack about to go leaves the index first, unused ones too: a chunk held twice, its indexed copy in a
     // pack being repacked and its other copy in an unused pack, would otherwise be found in the unused one and
     // not written again, and then go with both.
     const keep = new Map(repack.map((id) => [id, index.packs.get(id)!]));
     index.removePacks([...repack, ...unused]);
     // What needs no writing goes first: a prune is what frees a full disk, and the repack below writes packs.
-    await deletePacks(store, unused);
-    for (const o of orphans) await store.delete(o.key);
-    for (const key of manifestKeys) await store.delete(key);
+    await deletePacks(store, unused, trusted);
+    for (const o of orphans) {
+      trusted();
+      await store.delete(o.key);
+    }
+    for (const key of manifestKeys) {
+      trusted();
+      await store.delete(key);
+    }
     for (const [prefix, olderThanMs] of TEMP_FILES_ABANDONED_AFTER_MS) {
+      trusted();
       const removed = (await store.removeAbandoned?.(prefix, { olderThanMs })) ?? { count: 0, bytes: 0 };
       report.tempFilesDeleted += removed.count;
       report.bytesFreed += removed.bytes;
@@ -215,7 +226,8 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
       } finally {
         await writer.abort();
       }
-      await deletePacks(store, [...keep.keys()]);
+      await lock?.assertHeld();
+      await deletePacks(store, [...keep.keys()], trusted);
       for (const pack of keep.values()) report.bytesFreed += pack.packSize;
       report.packsRepacked = repack.length;
     }
@@ -231,10 +243,16 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
  * two directories reach the disk in the order made), and the next snapshot would take its chunks for stored
  * and reference them.
  */
-async function deletePacks(store: BlobStore, packIds: readonly string[]): Promise<void> {
+async function deletePacks(store: BlobStore, packIds: readonly string[], trusted: () => void): Promise<void> {
   if (packIds.length === 0) return;
   const indexKeys = packIds.map(indexKey);
-  for (const key of indexKeys) await store.delete(key);
+  for (const key of indexKeys) {
+    trusted();
+    await store.delete(key);
+  }
   await store.syncDeletes?.(indexKeys);
-  for (const packId of packIds) await store.delete(packKey(packId));
+  for (const packId of packIds) {
+    trusted();
+    await store.delete(packKey(packId));
+  }
 }

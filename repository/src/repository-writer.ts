@@ -265,6 +265,22 @@ export class RepositoryWriter implements ChunkSink {
     this.assertUsable();
     await this.lock?.assertHeld();
     await store.put(snapshotKey(id), sealed);
+    try {
+      // And it landed while the lock was still trusted: a record that took longer may have landed after a prune
+      // removed the lock as stale and listed the snapshots, deleting what it names. Taken back, as if unwritten.
+      this.lock?.assertTrusted();
+    } catch (err) {
+      const kept = await store.delete(snapshotKey(id)).then(
+        () => false,
+        () => true,
+      );
+      if (!kept) throw err;
+      throw new RepositoryError(
+        "locked",
+        `${(err as Error).message}; its record, snapshots/${id}, could not be taken back: run check on the repository`,
+        { cause: err },
+      );
+    }
     this.stats.bytesWritten += sealed.length;
     this.closed = true;
     this.totals = totals;

@@ -1,6 +1,6 @@
 // The repository format end to end, on both stores: commit, list, read back, crash safety, check, prune.
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readdir, readFile, rm, utimes, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -948,6 +948,13 @@ describe("locks", () => {
     await expect(pruneRepository(repository)).rejects.toSatisfy(locked);
     await container.release();
 
+    // A holder that did not say its pid namespace and boot (not Linux, an older writer; perhaps another machine
+    // of this name): its pid, absent here, says nothing about it.
+    const unsaid = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
+    await rewrite(unsaid, { pid: 2 ** 22 + 12345, pidns: undefined, bootId: undefined, machineId: undefined });
+    await expect(pruneRepository(repository)).rejects.toSatisfy(locked);
+    await unsaid.release();
+
     // Another machine of this hostname (a cloned VM: another boot and machine id; its pid namespace's inode is
     // the same on every Linux machine): its pid, absent here, says nothing about it either.
     const twin = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
@@ -997,6 +1004,143 @@ describe("locks", () => {
     );
     expect(await repository.listSnapshots()).toEqual([]);
     await writer.abort().catch(() => {});
+  });
+
+  /**
+   * A repository on file:// whose store holds the calls `gate.holds` picks (a paused process) until `open()`,
+   * and a fake wall clock moved on with `later(minutes)` (a suspended process: the monotonic clock stands still).
+   */
+  async function pausable(name: string) {
+    const store = openBlobStore(pathToFileURL(join(dir, name)).href);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    let holds: (call: string, key: string) => boolean = () => false;
+    let open = () => {};
+    let opened = Promise.resolve();
+    let reached = () => {};
+    const held = (call: string, k: string) => {
+      if (!holds(call, k)) return Promise.resolve();
+      holds = () => false;
+      reached();
+      return opened;
+    };
+    const paused: BlobStore = Object.create(store, {
+      put: { value: async (k: string, ...rest: [Buffer, object?]) => held("put", k).then(() => store.put(k, ...rest)) },
+      list: {
+        value: async function* (prefix: string) {
+          await held("list", prefix);
+          yield* store.list(prefix);
+        },
+      },
+    });
+    vi.useFakeTimers({ toFake: ["Date"] });
+    return {
+      key,
+      repository,
+      pausedRepository: await Repository.open(paused, key),
+      /** The next call `which` picks waits; resolves once one has begun waiting. */
+      hold(which: (call: string, key: string) => boolean): Promise<void> {
+        holds = which;
+        opened = new Promise((resolve) => (open = resolve));
+        return new Promise((resolve) => (reached = resolve));
+      },
+      open: () => open(),
+      /** `minutes` pass: the wall clock moves on, and every lock in the store is that much older. */
+      async later(minutes: number): Promise<void> {
+        vi.setSystemTime(Date.now() + minutes * 60_000);
+        for (const lock of await readdir(join(dir, name, "locks"))) {
+          const file = join(dir, name, "locks", lock);
+          const { mtime } = await stat(file);
+          const older = new Date(mtime.getTime() - minutes * 60_000);
+          await utimes(file, older, older);
+        }
+      },
+      locks: () => readdir(join(dir, name, "locks")),
+    };
+  }
+
+  it("a prune paused past its lock's trust deletes nothing, and a writer meanwhile removes its stale lock", async () => {
+    try {
+      const r = await pausable("locks-paused-prune");
+      const one = sealed(r.key, randomBytes(5_000));
+      let writer = await r.repository.writer();
+      await writer.put([one]);
+      await writer.commit([sealManifest(r.key, manifestOf({ f: [one] }))], meta);
+      // The prune takes its lock and reads the snapshots, then stops for 31 minutes before listing the packs.
+      const listing = r.hold((call, prefix) => call === "list" && prefix === "data/");
+      const prune = pruneRepository(r.pausedRepository);
+      prune.catch(() => {});
+      await listing;
+      const [pruneLock] = await r.locks();
+      await r.later(31);
+      // A writer takes the stale lock for its holder's and removes it, then stores a snapshot in a pack of its own.
+      writer = await r.repository.writer();
+      expect(await r.locks()).not.toContain(pruneLock);
+      const two = sealed(r.key, randomBytes(5_000));
+      await writer.put([two]);
+      const second = await writer.commit([sealManifest(r.key, manifestOf({ f: [one], g: [two] }))], meta);
+      // The prune wakes: it no longer trusts its lock, and stops before deleting anything.
+      r.open();
+      await expect(prune).rejects.toThrow(
+        /repository lock locks\/[0-9a-f]+ was last written 31 minutes ago \(the process was paused.*stopping/,
+      );
+      expect((await r.repository.listSnapshots()).map((x) => x.id)).toContain(second);
+      expect(await checkRepository(r.repository)).toMatchObject({ ok: true, problems: [] });
+      expect(await r.locks()).toEqual([]);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("a lock refresh landing after the lock could be stale does not count, and its writer does not commit", async () => {
+    try {
+      const r = await pausable("locks-late-refresh");
+      const writer = await r.pausedRepository.writer({ packSize: 1 });
+      const one = sealed(r.key, randomBytes(5_000));
+      await writer.put([one]);
+      await writer.flush();
+      // 19 minutes on the refresh is due and the lock trusted; the refresh's write takes 12 minutes to land.
+      await r.later(19);
+      const refreshing = r.hold((call, key) => call === "put" && key.startsWith("locks/"));
+      const two = sealed(r.key, randomBytes(5_000));
+      const put = writer.put([two]).then(() => writer.flush());
+      put.catch(() => {});
+      await refreshing;
+      await r.later(12);
+      // Meanwhile a prune finds the lock stale, removes it and deletes the packs no snapshot names.
+      await expect(pruneRepository(r.repository)).resolves.toMatchObject({ packsDeleted: 2 });
+      r.open(); // the refresh lands, putting the lock back
+      await expect(put).rejects.toThrow(/was last written 31 minutes ago/);
+      await expect(writer.commit([sealManifest(r.key, manifestOf({ f: [one, two] }))], meta)).rejects.toThrow(
+        /was last written 31 minutes ago/,
+      );
+      await writer.abort().catch(() => {});
+      expect(await r.repository.listSnapshots()).toEqual([]);
+      expect(await checkRepository(r.repository)).toMatchObject({ ok: true, problems: [] });
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("a snapshot record landing after its lock could be stale is taken back", async () => {
+    try {
+      const r = await pausable("locks-late-record");
+      const writer = await r.pausedRepository.writer();
+      const one = sealed(r.key, randomBytes(5_000));
+      await writer.put([one]);
+      const recording = r.hold((call, key) => call === "put" && key.startsWith("snapshots/"));
+      const commit = writer.commit([sealManifest(r.key, manifestOf({ f: [one] }))], meta);
+      commit.catch(() => {});
+      await recording;
+      await r.later(21);
+      r.open();
+      await expect(commit).rejects.toThrow(/was last written 21 minutes ago/);
+      await writer.abort().catch(() => {});
+      expect(await r.repository.listSnapshots()).toEqual([]);
+      expect(await readdir(join(dir, "locks-late-record", "snapshots"))).toEqual([]);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it("prune waits for a running writer, and ignores the lock of a process that died", async () => {
@@ -1097,7 +1241,7 @@ describe("locks", () => {
     }
   });
 
-  it("fails a check or a prune when the store does not answer, rather than report or act on damage", async () => {
+  it("fails a check or a prune when the store does not answer or refuses, rather than report or act on damage", async () => {
     const store = openBlobStore(pathToFileURL(join(dir, "unanswering")).href);
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
@@ -1105,8 +1249,12 @@ describe("locks", () => {
     const chunk = sealed(key, randomBytes(5_000));
     await writer.put([chunk]);
     await writer.commit([sealManifest(key, manifestOf({ f: [chunk] }))], meta);
-    const down = new RepositoryError("unavailable", "S3 request failed: connect ECONNREFUSED");
-    for (const prefix of ["snapshots/", "index/", "manifests/", "data/"]) {
+    const unanswered = new RepositoryError("unavailable", "S3 request failed: connect ECONNREFUSED");
+    // As the S3 store says an expired session token (HTTP 400) or a revoked permission (403): nor is that damage.
+    const refused = new RepositoryError("invalid-argument", "S3 refused access (HTTP 400 ExpiredToken)");
+    for (const [prefix, down] of ["snapshots/", "index/", "manifests/", "data/"].flatMap((p) =>
+      [unanswered, refused].map((e) => [p, e] as const),
+    )) {
       const outage: BlobStore = Object.create(store, {
         get: { value: (k: string) => (k.startsWith(prefix) ? Promise.reject(down) : store.get(k)) },
         getRange: {
@@ -1117,9 +1265,9 @@ describe("locks", () => {
       const opened = await Repository.open(outage, key);
       // Not "snapshot-unreadable", "index-unreadable", "manifest-unreadable" or "pack-unreadable": nothing is
       // known of the data.
-      await expect(checkRepository(opened), prefix).rejects.toBe(down);
+      await expect(checkRepository(opened), `${prefix} ${down.message}`).rejects.toBe(down);
       // And a prune does not take an index it could not read for one it need not keep.
-      if (prefix !== "data/") await expect(pruneRepository(opened), prefix).rejects.toBe(down);
+      if (prefix !== "data/") await expect(pruneRepository(opened), `${prefix} ${down.message}`).rejects.toBe(down);
     }
     expect(await checkRepository(repository)).toMatchObject({ ok: true, snapshots: 1 });
   });

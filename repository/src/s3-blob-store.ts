@@ -32,6 +32,8 @@ export const S3_TIMEOUTS = { connectMs: 10_000, idleMs: 60_000, requestMs: 10 * 
 
 /** Attempts per request (the SDK's standard retry: exponential backoff with jitter, on throttling and 5xx). */
 const S3_MAX_ATTEMPTS = 8;
+/** Attempts to read an object's body once its answer has begun (see readObject). */
+const BODY_ATTEMPTS = 3;
 
 /**
  * DUMONT_S3_ENDPOINT, checked (undefined when unset or blank): the SDK took "minio:9000" and failed each
@@ -67,11 +69,20 @@ export function checkS3Endpoint(endpoint: string, source: string): string {
   } catch {
     url = undefined;
   }
+  // Whatever comes before an "@" may be credentials: never repeated in an error (it would reach logs).
+  const shown = endpoint.replace(/^(?:[a-z][a-z0-9+.-]*:\/\/)?[^/]*@/i, "<credentials removed>@");
   if (!url || (url.protocol !== "http:" && url.protocol !== "https:") || url.hostname === "") {
     throw new RepositoryError(
       "invalid-argument",
-      `${source} "${endpoint}" is not an http(s) URL; give the S3 service's address, e.g. ` +
+      `${source} "${shown}" is not an http(s) URL; give the S3 service's address, e.g. ` +
         "https://s3.eu-central-1.amazonaws.com or http://127.0.0.1:9000",
+    );
+  }
+  if (url.username !== "" || url.password !== "") {
+    throw new RepositoryError(
+      "invalid-argument",
+      `${source} "${shown}" carries credentials in its URL, which S3 does not read: give the address alone, ` +
+        "and the credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)",
     );
   }
   return endpoint;
@@ -165,7 +176,17 @@ export class S3BlobStore implements BlobStore {
 
   async getRange(key: string, offset: number, length: number): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0);
-    const buf = await this.read(key, `bytes=${offset}-${offset + length - 1}`);
+    const { bytes: buf, contentRange } = await this.readObject(key, `bytes=${offset}-${offset + length - 1}`);
+    // A server that ignores Range answers with the whole object (200, no Content-Range): its first bytes are not
+    // the range asked for, and taken as such they would fail their chunks' checks, data called damaged that is not.
+    if (!contentRange?.startsWith(`bytes ${offset}-`)) {
+      throw new RepositoryError(
+        "invalid-argument",
+        `${this.url}/${key}: asked for ${length} bytes at offset ${offset}, the server answered ` +
+          `${contentRange ? `with the range ${contentRange}` : "with no range (it ignores Range headers)"}; ` +
+          "Dumont needs a store that serves byte ranges, as S3 does",
+      );
+    }
     if (buf.length !== length) {
       throw new RepositoryError(
         "corrupt",
@@ -175,17 +196,41 @@ export class S3BlobStore implements BlobStore {
     return buf;
   }
 
-  private async read(key: string, range?: string): Promise<Buffer> {
-    try {
-      const { sdk, client } = await this.connect();
-      const res = await client.send(
-        new sdk.GetObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key), ...(range ? { Range: range } : {}) }),
-      );
-      if (!res.Body) throw new RepositoryError("corrupt", `${this.url}/${key} came back without a body`);
-      const bytes = await res.Body.transformToByteArray();
-      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    } catch (err) {
-      throw this.wrap(err, key);
+  private async read(key: string): Promise<Buffer> {
+    return (await this.readObject(key)).bytes;
+  }
+
+  /**
+   * An object, or a range of it, with the range the server says it sent. The SDK retries a request until its
+   * answer begins; a connection lost while the body comes (a reset, an idle timeout) is retried here, up to
+   * BODY_ATTEMPTS times in all: a GET is safe to repeat, and one reset must not fail a restore or a check.
+   */
+  private async readObject(key: string, range?: string): Promise<{ bytes: Buffer; contentRange?: string }> {
+    for (let attempt = 1; ; attempt++) {
+      let body: { transformToByteArray(): Promise<Uint8Array> } | undefined;
+      let contentRange: string | undefined;
+      try {
+        const { sdk, client } = await this.connect();
+        const res = await client.send(
+          new sdk.GetObjectCommand({
+            Bucket: this.bucket,
+            Key: this.objectKey(key),
+            ...(range ? { Range: range } : {}),
+          }),
+        );
+        if (!res.Body) throw new RepositoryError("corrupt", `${this.url}/${key} came back without a body`);
+        body = res.Body;
+        contentRange = res.ContentRange;
+      } catch (err) {
+        throw this.wrap(err, key);
+      }
+      try {
+        const bytes = await body.transformToByteArray();
+        return { bytes: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), contentRange };
+      } catch (err) {
+        if (attempt >= BODY_ATTEMPTS) throw this.wrap(err, key);
+        await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** attempt));
+      }
     }
   }
 
@@ -268,11 +313,22 @@ export class S3BlobStore implements BlobStore {
         { cause: err },
       );
     }
-    if (status === 403) {
+    // Refusals of the credentials, whatever the status (an expired session token is a 400): they say nothing of
+    // the object, and the same call goes through once the credentials are mended.
+    if (status === 403 || CREDENTIAL_ERRORS.has(name)) {
       return new RepositoryError(
         "invalid-argument",
-        `S3 refused access to ${this.url}/${key} (HTTP 403): check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE) ` +
-          "and that they may s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on this bucket and prefix",
+        `S3 refused access to ${this.url}/${key} (HTTP ${status ?? "?"}${name ? ` ${name}` : ""}): check the ` +
+          "credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, an expired AWS_SESSION_TOKEN) and that they may " +
+          "s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on this bucket and prefix",
+        { cause: err },
+      );
+    }
+    // A range that starts past the object's end: the object is shorter than what names that range says.
+    if (status === 416) {
+      return new RepositoryError(
+        "corrupt",
+        `${this.url}/${key} is shorter than expected (the range asked for starts past its end)`,
         { cause: err },
       );
     }
@@ -286,8 +342,9 @@ export class S3BlobStore implements BlobStore {
     const message = err instanceof Error ? err.message : String(err);
     const what = `S3 request for ${this.url}/${key} failed${status ? ` (HTTP ${status})` : ""}: ${message}`;
     // No answer (refused, reset, timed out) or a 5xx or throttling after the retries: the store's state, not the
-    // data's, and the same request may succeed later. Any other answer (400, 416...) stays a plain error.
-    if (status === undefined || status >= 500 || status === 429) {
+    // data's, and the same request may succeed later (a 408, or S3's 400 RequestTimeout: the connection was too
+    // slow). Any other answer (another 400...) stays a plain error.
+    if (status === undefined || status >= 500 || status === 429 || status === 408 || name === "RequestTimeout") {
       return new RepositoryError(
         "unavailable",
         `${what}; the store is unreachable or failing: try again once it answers`,
@@ -299,6 +356,16 @@ export class S3BlobStore implements BlobStore {
     return new Error(what, { cause: err });
   }
 }
+
+/** S3 error codes that refuse the credentials rather than say anything of an object. */
+const CREDENTIAL_ERRORS = new Set([
+  "AccessDenied",
+  "ExpiredToken",
+  "InvalidAccessKeyId",
+  "InvalidToken",
+  "SignatureDoesNotMatch",
+  "TokenRefreshRequired",
+]);
 
 function httpStatus(err: unknown): number | undefined {
   return (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
