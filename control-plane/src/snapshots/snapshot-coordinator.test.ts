@@ -630,6 +630,17 @@ describe("SnapshotCoordinator: forget and prune", () => {
     expect(rows).toEqual([{ id: snap.id }]);
   });
 
+  it("at start, removes the row of a snapshot whose record is gone from the repository", async () => {
+    const kept = await finish(await started());
+    const gone = await finish(await started());
+    // Deleted behind the catalogue's back: a direct-mode forget on the same store, or a forget's delete that was
+    // given up on and landed after a relisting had put the row back.
+    await fs.rm(path.join(h.blobs, "tenants", "t1", "snapshots", gone.id));
+    await h.coordinator.relistAll();
+    const rows = await h.db.selectFrom("snapshots").select("id").where("id", "in", [kept.id, gone.id]).execute();
+    expect(rows).toEqual([{ id: kept.id }]);
+  });
+
   it("at start, gives rows catalogued before sizes were kept their size, from the snapshots' records", async () => {
     const snap = await finish(await started());
     await h.db.updateTable("snapshots").set({ bytes_total: null }).where("id", "=", snap.id).execute();

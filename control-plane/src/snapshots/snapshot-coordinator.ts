@@ -428,8 +428,9 @@ export class SnapshotCoordinator {
   /**
    * Gives a catalogue row to each snapshot that has none, from its record in the repository (the source of
    * truth): a control plane stopped between the repository's commit and the row's insert leaves a whole snapshot
-   * that nobody can list, restore or forget. Rows catalogued before the control plane kept sizes get theirs from
-   * the same records. Run at start for every tenant with a key, and before each forget.
+   * that nobody can list, restore or forget. Removes the rows of snapshots whose records are gone. Rows
+   * catalogued before the control plane kept sizes get theirs from the same records. Run at start for every
+   * tenant with a key, and before each forget.
    */
   async relistAll(): Promise<void> {
     const tenants = await this.db.selectFrom("tenant_keys").select("tenant_id").orderBy("tenant_id").execute();
@@ -447,7 +448,25 @@ export class SnapshotCoordinator {
     const rows = await listSnapshots(this.db, { tenantId });
     const listed = new Set(rows.map((r) => r.id));
     const sizeless = new Set(rows.filter((r) => r.bytes_total === null).map((r) => r.id));
-    for (const record of await repository.listSnapshots()) {
+    const records = await repository.listSnapshots();
+    // The other way too: a row whose record is gone lists a snapshot nobody can restore. A row is only ever
+    // inserted once its record is in the repository (and catalogue changes run one at a time), so a record
+    // missing from a listing made after the rows were read was deleted: by a forget whose delete was given up on
+    // and landed after a relisting had put its row back, or by a direct-mode forget on the same store.
+    const recorded = new Set(records.map((r) => r.id));
+    for (const row of rows) {
+      if (recorded.has(row.id)) continue;
+      await deleteSnapshot(this.db, tenantId, row.id).then(
+        () =>
+          this.log.warn(
+            { snapshotId: row.id, tenantId },
+            "catalogued snapshot is no longer in the blob store; its row is removed",
+          ),
+        (err: unknown) =>
+          this.log.error({ err, snapshotId: row.id, tenantId }, "could not remove the row of a snapshot gone"),
+      );
+    }
+    for (const record of records) {
       if (sizeless.has(record.id)) await this.fillSize(tenantId, record.id, record.totals.bytes);
       if (listed.has(record.id)) continue;
       // One record the catalogue cannot hold is logged and left unlisted, not the end of every forget and
