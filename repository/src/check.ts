@@ -258,8 +258,9 @@ async function checkPack(
   verify: CheckOptions["verify"],
 ): Promise<void> {
   if ("error" in read) {
-    // A store that did not answer, or refused (credentials, a permission), says nothing of the pack: the check
-    // fails rather than report it broken. Any other failure (EIO, an error the store has no name for) is reported.
+    // A store that did not answer, or that the store says refused (S3's credentials or permissions), says
+    // nothing of the pack: the check fails rather than report it broken. Any other failure (EIO, an error of no
+    // known kind) is reported, with its reason.
     if (isRepositoryError(read.error) && !isObjectError(read.error)) throw read.error;
     const what = `pack ${short(packId)} cannot be read (${read.error.message})`;
     broken(

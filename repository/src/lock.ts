@@ -79,8 +79,8 @@ export async function acquireLock(
   };
   /** When the last write of the lock that succeeded began (what others judge it by is no earlier). */
   let trustedFrom = now();
-  /** When the last write of the lock began, successful or not (refreshes are spaced by it). */
-  let written = Date.now();
+  /** When the last write of the lock began (refreshes are spaced by it; a failed one does not count). */
+  let written = now();
   try {
     await store.put(lockKey, sealJson(key, ObjectKind.lock, body));
   } catch (err) {
@@ -170,8 +170,14 @@ export async function acquireLock(
     if (released) return;
     body = { ...body, time: new Date().toISOString() };
     const started = now();
-    written = Date.now();
-    await store.put(lockKey, sealJson(key, ObjectKind.lock, body));
+    const before = written;
+    written = started;
+    try {
+      await store.put(lockKey, sealJson(key, ObjectKind.lock, body));
+    } catch (err) {
+      written = before; // tried again at the timer's next look, not 5 minutes on
+      throw err;
+    }
     // Landed while the lock was trusted: nobody can have removed it before (a slower write could put back a
     // lock that a prune had removed meanwhile).
     assertTrusted();
@@ -180,7 +186,7 @@ export async function acquireLock(
   const refresh = async (): Promise<void> => {
     if (lost) throw lost;
     if (refreshing) return refreshing;
-    if (released || Date.now() - written < LOCK_REFRESH_AFTER_MS) return;
+    if (released || since(written) < LOCK_REFRESH_AFTER_MS) return;
     refreshing = rewrite().finally(() => {
       refreshing = undefined;
     });

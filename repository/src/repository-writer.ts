@@ -390,7 +390,16 @@ export class RepositoryWriter implements ChunkSink {
       }
     }
     const index = sealIndex(key, { packId, packSize, entries: pack.entries });
+    // An index object names its pack as stored, and every later writer takes its chunks for stored: it must not
+    // land after a prune that removed this writer's lock as stale took the pack for an orphan and deleted it.
+    this.lock?.assertTrusted();
     await store.put(indexKey(packId), index);
+    try {
+      this.lock?.assertTrusted();
+    } catch (err) {
+      await store.delete(indexKey(packId)).catch(() => {});
+      throw err;
+    }
     this.index.addList(packId, packSize, pack.entries);
     this.pending.delete(pack.entries);
     this.stats.packs++;

@@ -1129,6 +1129,53 @@ describe("locks", () => {
     }
   });
 
+  it("a pack's index object landing after the writer's lock could be stale is taken back", async () => {
+    try {
+      const r = await pausable("locks-late-index");
+      const writer = await r.pausedRepository.writer({ packSize: 1 });
+      const indexing = r.hold((call, key) => call === "put" && key.startsWith("index/"));
+      const put = writer.put([sealed(r.key, randomBytes(5_000))]).then(() => writer.flush());
+      put.catch(() => {});
+      await indexing;
+      await r.later(21);
+      r.open();
+      await expect(put).rejects.toThrow(/was last written 21 minutes ago/);
+      await writer.abort().catch(() => {});
+      // No index object names the pack (a prune may have deleted it meanwhile as an orphan): later writers do not
+      // take its chunks for stored.
+      expect(await readdir(join(dir, "locks-late-index", "index"))).toEqual([]);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("refreshes a lock on time when the wall clock is set back", async () => {
+    const store = openBlobStore(pathToFileURL(join(dir, "locks-clock-back")).href);
+    const key = generateRepositoryKey();
+    await Repository.openOrInit(store, key);
+    vi.useFakeTimers({ toFake: ["Date", "performance"] });
+    try {
+      const held = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
+      const writes: string[] = [];
+      const put = store.put.bind(store);
+      store.put = async (k, data, options) => {
+        writes.push(k);
+        return put(k, data, options);
+      };
+      vi.setSystemTime(Date.now() - 60 * 60_000); // an hour back (NTP stepping a clock that ran fast)
+      vi.advanceTimersByTime(6 * 60_000); // 6 minutes on, by both clocks
+      await held.refresh();
+      expect(writes).toEqual([held.key]);
+      // And the lock stays trusted 20 minutes on from there, as the refreshes go on.
+      vi.advanceTimersByTime(19 * 60_000);
+      await held.refresh();
+      await expect(held.assertHeld()).resolves.toBeUndefined();
+      await held.release();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it("a snapshot record landing after its lock could be stale is taken back", async () => {
     try {
       const r = await pausable("locks-late-record");

@@ -70,7 +70,8 @@ export function checkS3Endpoint(endpoint: string, source: string): string {
     url = undefined;
   }
   // Whatever comes before an "@" may be credentials: never repeated in an error (it would reach logs).
-  const shown = endpoint.replace(/^(?:[a-z][a-z0-9+.-]*:\/\/)?[^/]*@/i, "<credentials removed>@");
+  // (Up to the last one: a secret key may hold "/" and "@".)
+  const shown = endpoint.replace(/^(?:[a-z][a-z0-9+.-]*:\/\/)?.*@/i, "<credentials removed>@");
   if (!url || (url.protocol !== "http:" && url.protocol !== "https:") || url.hostname === "") {
     throw new RepositoryError(
       "invalid-argument",
@@ -179,7 +180,9 @@ export class S3BlobStore implements BlobStore {
     const { bytes: buf, contentRange } = await this.readObject(key, `bytes=${offset}-${offset + length - 1}`);
     // A server that ignores Range answers with the whole object (200, no Content-Range): its first bytes are not
     // the range asked for, and taken as such they would fail their chunks' checks, data called damaged that is not.
-    if (!contentRange?.startsWith(`bytes ${offset}-`)) {
+    // (A 200 for a range from 0 of exactly the object's length is that range: the whole object.)
+    const whole = contentRange === undefined && offset === 0 && buf.length === length;
+    if (!whole && !contentRange?.startsWith(`bytes ${offset}-`)) {
       throw new RepositoryError(
         "invalid-argument",
         `${this.url}/${key}: asked for ${length} bytes at offset ${offset}, the server answered ` +

@@ -16,7 +16,9 @@ export const STORE_CALL_DEADLINE_MS = 5 * 60 * 1000;
  * `file://` store holds one of libuv's threads until it returns, and a mount that stopped answering never
  * returns it: without a limit each operation tried would take one more, until the control plane's file
  * reads and writes, and its DNS lookups, all queued behind them (the database, the API and the agents' streams
- * with them). The control plane runs 16 such threads (bin/dumont.cjs), so this leaves it 12.
+ * with them). The control plane runs 16 such threads (bin/dumont.cjs). What this bounds is the operations tried
+ * once the store is known to hang: the calls already under way when it stopped answering (a snapshot's few
+ * uploads, an index load's 8 reads) each hold a thread until their deadline shows them hung, and after.
  */
 export const STORE_CALLS_UNRETURNED_MAX = 4;
 
@@ -156,7 +158,8 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
    * Held so, the lock goes when those writes end, or, if they never do, is stale as any lock left behind.
    */
   delete(key: string): Promise<void> {
-    const before = key.startsWith(LOCKS_PREFIX) && this.abandoned.size > 0 ? [...this.abandoned] : [];
+    const lock = key.startsWith(LOCKS_PREFIX);
+    const before = lock && this.abandoned.size > 0 ? [...this.abandoned] : [];
     return this.timed(
       `deleting ${key}`,
       async () => {
@@ -164,6 +167,10 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
         await this.store.delete(key);
       },
       true,
+      // A lock's removal is started even while calls are not returning: refused, a prune's lock (held by this
+      // live process, so not stale at once) would keep the tenant's snapshots out for 30 minutes after the
+      // store came back.
+      !lock,
     );
   }
 
@@ -176,8 +183,8 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
    * settled within the deadline. A call given up on is counted in `unreturned` until it settles, and one that
    * `changes` the store is kept in `abandoned` as well. While `unreturned` is full no call is started.
    */
-  private timed<T>(what: string, call: () => Promise<T>, changes = false): Promise<T> {
-    if (this.unreturned.full) {
+  private timed<T>(what: string, call: () => Promise<T>, changes = false, refusable = true): Promise<T> {
+    if (refusable && this.unreturned.full) {
       return Promise.reject(
         new RepositoryError(
           "unavailable",

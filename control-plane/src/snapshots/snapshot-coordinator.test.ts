@@ -37,6 +37,7 @@ import { openTestDatabase } from "../db/test-database.js";
 import { createLogger } from "../logger.js";
 import { createMetrics } from "../metrics.js";
 import { ChunkVerifier } from "./chunk-verifier.js";
+import { DeadlineBlobStore, UnreturnedCalls } from "./deadline-blob-store.js";
 import { type CoordinatorTuning, SnapshotCoordinator } from "./snapshot-coordinator.js";
 import { TenantKeys } from "./tenant-keys.js";
 
@@ -639,6 +640,15 @@ describe("SnapshotCoordinator: forget and prune", () => {
     await h.coordinator.relistAll();
     const rows = await h.db.selectFrom("snapshots").select("id").where("id", "in", [kept.id, gone.id]).execute();
     expect(rows).toEqual([{ id: kept.id }]);
+    // But a store with no snapshot at all where the catalogue lists some is more likely the wrong store (a mount
+    // that did not come up): the rows stay.
+    for (const record of await fs.readdir(path.join(h.blobs, "tenants", "t1", "snapshots"))) {
+      await fs.rm(path.join(h.blobs, "tenants", "t1", "snapshots", record));
+    }
+    const before = await h.db.selectFrom("snapshots").select("id").where("tenant_id", "=", "t1").execute();
+    expect(before.length).toBeGreaterThan(0);
+    await h.coordinator.relistAll();
+    expect(await h.db.selectFrom("snapshots").select("id").where("tenant_id", "=", "t1").execute()).toEqual(before);
   });
 
   it("at start, gives rows catalogued before sizes were kept their size, from the snapshots' records", async () => {
@@ -1046,6 +1056,24 @@ describe("SnapshotCoordinator: a blob store whose calls never return", () => {
     expect(await unreturned()).toBe(0);
     await expect(h.coordinator.readManifest(snapshot)).resolves.toMatchObject({ entries: expect.any(Array) });
     await expect(finish(await startedIn(h))).resolves.toMatchObject({ host_id: "h-stuck" });
+  });
+
+  it("still starts a lock's removal then: refused, a prune's lock would keep snapshots out for 30 minutes", async () => {
+    const root = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-unreturned-"));
+    const hung = new HangingBlobStore(openBlobStore(`file://${root}`));
+    try {
+      await fs.mkdir(path.join(root, "locks"));
+      await fs.writeFile(path.join(root, "locks", "a-prune"), "a lock");
+      const store = new DeadlineBlobStore(hung, { deadlineMs: 100, unreturned: new UnreturnedCalls(1) });
+      hung.hangs = (call) => call === "get";
+      await expect(store.get("config")).rejects.toThrow(/did not finish in 0.1 s/);
+      await expect(store.delete("data/00/none")).rejects.toThrow(/not started: 1 earlier calls/);
+      await expect(store.delete("locks/a-prune")).resolves.toBeUndefined();
+      expect(await fs.readdir(path.join(root, "locks"))).toEqual([]);
+    } finally {
+      hung.release();
+      await fs.rm(root, { recursive: true, force: true });
+    }
   });
 });
 

@@ -454,8 +454,17 @@ export class SnapshotCoordinator {
     // missing from a listing made after the rows were read was deleted: by a forget whose delete was given up on
     // and landed after a relisting had put its row back, or by a direct-mode forget on the same store.
     const recorded = new Set(records.map((r) => r.id));
-    for (const row of rows) {
-      if (recorded.has(row.id)) continue;
+    const gone = rows.filter((row) => !recorded.has(row.id));
+    if (records.length === 0 && gone.length > 0) {
+      // Not one record where the catalogue lists some: more likely the wrong store (a mount that did not come up,
+      // leaving its empty directory; another bucket or prefix) than every snapshot forgotten behind its back.
+      this.log.error(
+        { tenantId, catalogued: gone.length, store: repository.store.url },
+        "the blob store holds no snapshots of this tenant while the catalogue lists some: rows kept; is it the right store?",
+      );
+      return;
+    }
+    for (const row of gone) {
       await deleteSnapshot(this.db, tenantId, row.id).then(
         () =>
           this.log.warn(
