@@ -264,28 +264,37 @@ export class RepositoryWriter implements ChunkSink {
     // snapshot references.
     this.assertUsable();
     await this.lock?.assertHeld();
-    await store.put(snapshotKey(id), sealed);
+    // And it must land while the lock is still trusted: a record that took longer may have landed after a prune
+    // removed the lock as stale and listed the snapshots, deleting what it names.
+    await this.putWhileTrusted(snapshotKey(id), sealed, "its record");
+    this.stats.bytesWritten += sealed.length;
+    this.closed = true;
+    this.totals = totals;
+    await this.lock?.release();
+    return id;
+  }
+
+  /**
+   * Puts `key`, then takes it back (as if unwritten) and fails if it landed after the lock stopped being trusted:
+   * by then a prune may have removed the lock as stale and deleted what the object names.
+   */
+  private async putWhileTrusted(key: string, data: Buffer, what: string): Promise<void> {
+    const store = this.repository.store;
+    await store.put(key, data);
     try {
-      // And it landed while the lock was still trusted: a record that took longer may have landed after a prune
-      // removed the lock as stale and listed the snapshots, deleting what it names. Taken back, as if unwritten.
       this.lock?.assertTrusted();
     } catch (err) {
-      const kept = await store.delete(snapshotKey(id)).then(
+      const kept = await store.delete(key).then(
         () => false,
         () => true,
       );
       if (!kept) throw err;
       throw new RepositoryError(
         "locked",
-        `${(err as Error).message}; its record, snapshots/${id}, could not be taken back: run check on the repository`,
+        `${(err as Error).message}; ${what}, ${key}, could not be taken back: run check on the repository`,
         { cause: err },
       );
     }
-    this.stats.bytesWritten += sealed.length;
-    this.closed = true;
-    this.totals = totals;
-    await this.lock?.release();
-    return id;
   }
 
   /**
@@ -393,13 +402,7 @@ export class RepositoryWriter implements ChunkSink {
     // An index object names its pack as stored, and every later writer takes its chunks for stored: it must not
     // land after a prune that removed this writer's lock as stale took the pack for an orphan and deleted it.
     this.lock?.assertTrusted();
-    await store.put(indexKey(packId), index);
-    try {
-      this.lock?.assertTrusted();
-    } catch (err) {
-      await store.delete(indexKey(packId)).catch(() => {});
-      throw err;
-    }
+    await this.putWhileTrusted(indexKey(packId), index, "the pack's index object");
     this.index.addList(packId, packSize, pack.entries);
     this.pending.delete(pack.entries);
     this.stats.packs++;

@@ -4,7 +4,7 @@ import { mkdtemp, readdir, readFile, readlink, rm, stat, utimes, writeFile } fro
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
 import type { BlobStore } from "./blob-store.js";
 import { checkRepository } from "./check.js";
 import { isRepositoryError, RepositoryError } from "./errors.js";
@@ -1041,6 +1041,9 @@ describe("locks", () => {
       },
     });
     vi.useFakeTimers({ toFake: ["Date"] });
+    onTestFinished(() => {
+      vi.useRealTimers();
+    });
     return {
       key,
       repository,
@@ -1067,86 +1070,74 @@ describe("locks", () => {
   }
 
   it("a prune paused past its lock's trust deletes nothing, and a writer meanwhile removes its stale lock", async () => {
-    try {
-      const r = await pausable("locks-paused-prune");
-      const one = sealed(r.key, randomBytes(5_000));
-      let writer = await r.repository.writer();
-      await writer.put([one]);
-      await writer.commit([sealManifest(r.key, manifestOf({ f: [one] }))], meta);
-      // The prune takes its lock and reads the snapshots, then stops for 31 minutes before listing the packs.
-      const listing = r.hold((call, prefix) => call === "list" && prefix === "data/");
-      const prune = pruneRepository(r.pausedRepository);
-      prune.catch(() => {});
-      await listing;
-      const [pruneLock] = await r.locks();
-      await r.later(31);
-      // A writer takes the stale lock for its holder's and removes it, then stores a snapshot in a pack of its own.
-      writer = await r.repository.writer();
-      expect(await r.locks()).not.toContain(pruneLock);
-      const two = sealed(r.key, randomBytes(5_000));
-      await writer.put([two]);
-      const second = await writer.commit([sealManifest(r.key, manifestOf({ f: [one], g: [two] }))], meta);
-      // The prune wakes: it no longer trusts its lock, and stops before deleting anything.
-      r.open();
-      await expect(prune).rejects.toThrow(
-        /repository lock locks\/[0-9a-f]+ was last written 31 minutes ago \(the process was paused.*stopping/,
-      );
-      expect((await r.repository.listSnapshots()).map((x) => x.id)).toContain(second);
-      expect(await checkRepository(r.repository)).toMatchObject({ ok: true, problems: [] });
-      expect(await r.locks()).toEqual([]);
-    } finally {
-      vi.useRealTimers();
-    }
+    const r = await pausable("locks-paused-prune");
+    const one = sealed(r.key, randomBytes(5_000));
+    let writer = await r.repository.writer();
+    await writer.put([one]);
+    await writer.commit([sealManifest(r.key, manifestOf({ f: [one] }))], meta);
+    // The prune takes its lock and reads the snapshots, then stops for 31 minutes before listing the packs.
+    const listing = r.hold((call, prefix) => call === "list" && prefix === "data/");
+    const prune = pruneRepository(r.pausedRepository);
+    prune.catch(() => {});
+    await listing;
+    const [pruneLock] = await r.locks();
+    await r.later(31);
+    // A writer takes the stale lock for its holder's and removes it, then stores a snapshot in a pack of its own.
+    writer = await r.repository.writer();
+    expect(await r.locks()).not.toContain(pruneLock);
+    const two = sealed(r.key, randomBytes(5_000));
+    await writer.put([two]);
+    const second = await writer.commit([sealManifest(r.key, manifestOf({ f: [one], g: [two] }))], meta);
+    // The prune wakes: it no longer trusts its lock, and stops before deleting anything.
+    r.open();
+    await expect(prune).rejects.toThrow(
+      /repository lock locks\/[0-9a-f]+ was last written 31 minutes ago \(the process was paused.*stopping/,
+    );
+    expect((await r.repository.listSnapshots()).map((x) => x.id)).toContain(second);
+    expect(await checkRepository(r.repository)).toMatchObject({ ok: true, problems: [] });
+    expect(await r.locks()).toEqual([]);
   });
 
   it("a lock refresh landing after the lock could be stale does not count, and its writer does not commit", async () => {
-    try {
-      const r = await pausable("locks-late-refresh");
-      const writer = await r.pausedRepository.writer({ packSize: 1 });
-      const one = sealed(r.key, randomBytes(5_000));
-      await writer.put([one]);
-      await writer.flush();
-      // 19 minutes on the refresh is due and the lock trusted; the refresh's write takes 12 minutes to land.
-      await r.later(19);
-      const refreshing = r.hold((call, key) => call === "put" && key.startsWith("locks/"));
-      const two = sealed(r.key, randomBytes(5_000));
-      const put = writer.put([two]).then(() => writer.flush());
-      put.catch(() => {});
-      await refreshing;
-      await r.later(12);
-      // Meanwhile a prune finds the lock stale, removes it and deletes the packs no snapshot names.
-      await expect(pruneRepository(r.repository)).resolves.toMatchObject({ packsDeleted: 2 });
-      r.open(); // the refresh lands, putting the lock back
-      await expect(put).rejects.toThrow(/was last written 31 minutes ago/);
-      await expect(writer.commit([sealManifest(r.key, manifestOf({ f: [one, two] }))], meta)).rejects.toThrow(
-        /was last written 31 minutes ago/,
-      );
-      await writer.abort().catch(() => {});
-      expect(await r.repository.listSnapshots()).toEqual([]);
-      expect(await checkRepository(r.repository)).toMatchObject({ ok: true, problems: [] });
-    } finally {
-      vi.useRealTimers();
-    }
+    const r = await pausable("locks-late-refresh");
+    const writer = await r.pausedRepository.writer({ packSize: 1 });
+    const one = sealed(r.key, randomBytes(5_000));
+    await writer.put([one]);
+    await writer.flush();
+    // 19 minutes on the refresh is due and the lock trusted; the refresh's write takes 12 minutes to land.
+    await r.later(19);
+    const refreshing = r.hold((call, key) => call === "put" && key.startsWith("locks/"));
+    const two = sealed(r.key, randomBytes(5_000));
+    const put = writer.put([two]).then(() => writer.flush());
+    put.catch(() => {});
+    await refreshing;
+    await r.later(12);
+    // Meanwhile a prune finds the lock stale, removes it and deletes the packs no snapshot names.
+    await expect(pruneRepository(r.repository)).resolves.toMatchObject({ packsDeleted: 2 });
+    r.open(); // the refresh lands, putting the lock back
+    await expect(put).rejects.toThrow(/was last written 31 minutes ago/);
+    await expect(writer.commit([sealManifest(r.key, manifestOf({ f: [one, two] }))], meta)).rejects.toThrow(
+      /was last written 31 minutes ago/,
+    );
+    await writer.abort().catch(() => {});
+    expect(await r.repository.listSnapshots()).toEqual([]);
+    expect(await checkRepository(r.repository)).toMatchObject({ ok: true, problems: [] });
   });
 
   it("a pack's index object landing after the writer's lock could be stale is taken back", async () => {
-    try {
-      const r = await pausable("locks-late-index");
-      const writer = await r.pausedRepository.writer({ packSize: 1 });
-      const indexing = r.hold((call, key) => call === "put" && key.startsWith("index/"));
-      const put = writer.put([sealed(r.key, randomBytes(5_000))]).then(() => writer.flush());
-      put.catch(() => {});
-      await indexing;
-      await r.later(21);
-      r.open();
-      await expect(put).rejects.toThrow(/was last written 21 minutes ago/);
-      await writer.abort().catch(() => {});
-      // No index object names the pack (a prune may have deleted it meanwhile as an orphan): later writers do not
-      // take its chunks for stored.
-      expect(await readdir(join(dir, "locks-late-index", "index"))).toEqual([]);
-    } finally {
-      vi.useRealTimers();
-    }
+    const r = await pausable("locks-late-index");
+    const writer = await r.pausedRepository.writer({ packSize: 1 });
+    const indexing = r.hold((call, key) => call === "put" && key.startsWith("index/"));
+    const put = writer.put([sealed(r.key, randomBytes(5_000))]).then(() => writer.flush());
+    put.catch(() => {});
+    await indexing;
+    await r.later(21);
+    r.open();
+    await expect(put).rejects.toThrow(/was last written 21 minutes ago/);
+    await writer.abort().catch(() => {});
+    // No index object names the pack (a prune may have deleted it meanwhile as an orphan): later writers do not
+    // take its chunks for stored.
+    expect(await readdir(join(dir, "locks-late-index", "index"))).toEqual([]);
   });
 
   it("refreshes a lock on time when the wall clock is set back", async () => {
@@ -1177,24 +1168,20 @@ describe("locks", () => {
   });
 
   it("a snapshot record landing after its lock could be stale is taken back", async () => {
-    try {
-      const r = await pausable("locks-late-record");
-      const writer = await r.pausedRepository.writer();
-      const one = sealed(r.key, randomBytes(5_000));
-      await writer.put([one]);
-      const recording = r.hold((call, key) => call === "put" && key.startsWith("snapshots/"));
-      const commit = writer.commit([sealManifest(r.key, manifestOf({ f: [one] }))], meta);
-      commit.catch(() => {});
-      await recording;
-      await r.later(21);
-      r.open();
-      await expect(commit).rejects.toThrow(/was last written 21 minutes ago/);
-      await writer.abort().catch(() => {});
-      expect(await r.repository.listSnapshots()).toEqual([]);
-      expect(await readdir(join(dir, "locks-late-record", "snapshots"))).toEqual([]);
-    } finally {
-      vi.useRealTimers();
-    }
+    const r = await pausable("locks-late-record");
+    const writer = await r.pausedRepository.writer();
+    const one = sealed(r.key, randomBytes(5_000));
+    await writer.put([one]);
+    const recording = r.hold((call, key) => call === "put" && key.startsWith("snapshots/"));
+    const commit = writer.commit([sealManifest(r.key, manifestOf({ f: [one] }))], meta);
+    commit.catch(() => {});
+    await recording;
+    await r.later(21);
+    r.open();
+    await expect(commit).rejects.toThrow(/was last written 21 minutes ago/);
+    await writer.abort().catch(() => {});
+    expect(await r.repository.listSnapshots()).toEqual([]);
+    expect(await readdir(join(dir, "locks-late-record", "snapshots"))).toEqual([]);
   });
 
   it("prune waits for a running writer, and ignores the lock of a process that died", async () => {

@@ -172,7 +172,7 @@ export class S3BlobStore implements BlobStore {
   }
 
   async get(key: string): Promise<Buffer> {
-    return this.read(key);
+    return (await this.readObject(key)).bytes;
   }
 
   async getRange(key: string, offset: number, length: number): Promise<Buffer> {
@@ -197,10 +197,6 @@ export class S3BlobStore implements BlobStore {
       );
     }
     return buf;
-  }
-
-  private async read(key: string): Promise<Buffer> {
-    return (await this.readObject(key)).bytes;
   }
 
   /**
