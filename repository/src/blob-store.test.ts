@@ -98,6 +98,32 @@ describe("file blob store", () => {
       Array.from({ length: 20 }, (_, i) => String(i)).sort(),
     );
   });
+
+  it("makes no write or delete its caller gave up on while it waited on the disk", async () => {
+    const root = join(dir, "given-up");
+    const store = new FileBlobStore(root);
+    await store.put("data/kept", Buffer.from("kept"));
+    const givenUp = AbortSignal.abort();
+    const failures = [
+      await store.put("data/small", Buffer.alloc(100, 1), { signal: givenUp }).catch((e: unknown) => e),
+      await store.put("data/large", Buffer.alloc(2 * 1024 * 1024, 2), { signal: givenUp }).catch((e: unknown) => e),
+      await store.delete("data/kept", { signal: givenUp }).catch((e: unknown) => e),
+    ];
+    // A streamed pack whose caller gave up between its writes and its commit: the commit, which would have made
+    // it visible, fails and leaves nothing (what happens when its fsync hung and returned after the deadline).
+    const cancel = new AbortController();
+    const writer = await store.openWriter("data/pack", { signal: cancel.signal });
+    await writer.write(Buffer.alloc(5 * 1024 * 1024 + 7, 3));
+    cancel.abort();
+    failures.push(await writer.commit().catch((e: unknown) => e));
+    for (const err of failures) {
+      expect(isRepositoryError(err, "unavailable"), String(err)).toBe(true);
+      expect((err as Error).message).toMatch(/data\/\w+: (writing|deleting) was given up on by its caller; not done/);
+    }
+    expect((await store.get("data/kept")).toString()).toBe("kept");
+    // Nothing else there, temp files included (list skips them, so look at the directory itself).
+    expect(await readdir(join(root, "data"))).toEqual(["kept"]);
+  });
 });
 
 describe("file blob store, large objects (O_DIRECT where the filesystem allows)", () => {
@@ -251,6 +277,79 @@ describe("S3 blob store against a server that never answers", () => {
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => silent.close(resolve));
     }
+  });
+});
+
+describe("S3 blob store whose caller gives up on a request", () => {
+  it("ends the request at once and drops its connection, rather than wait out the timeouts and retries", async () => {
+    const sockets = new Set<Socket>();
+    let requests = 0;
+    let closed = 0;
+    const silent = createServer((socket) => {
+      sockets.add(socket);
+      socket.once("data", () => requests++); // a request's head: it is under way, the server says nothing back
+      socket.on("close", () => closed++);
+    });
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const { port } = silent.address() as AddressInfo;
+    // The default timeouts and attempts: each of these calls would take minutes on its own.
+    const store = new S3BlobStore("quiet-bucket", "repo", {
+      endpoint: `http://127.0.0.1:${port}`,
+      credentials: { accessKeyId: "test", secretAccessKey: "test" },
+    });
+    try {
+      const calls: [string, (signal: AbortSignal) => Promise<unknown>][] = [
+        ["put", (signal) => store.put("snapshots/ab", Buffer.alloc(10), { signal })],
+        ["get", (signal) => store.get("config", { signal })],
+        ["getRange", (signal) => store.getRange("data/ab/cd", 0, 10, undefined, { signal })],
+        ["stat", (signal) => store.stat("locks/x", { signal })],
+        ["delete", (signal) => store.delete("data/ab/cd", { signal })],
+        [
+          "list",
+          async (signal) => {
+            for await (const _ of store.list("data/", { signal }));
+          },
+        ],
+      ];
+      for (const [name, call] of calls) {
+        const cancel = new AbortController();
+        const running = call(cancel.signal).catch((e: unknown) => e);
+        const sent = requests;
+        for (let i = 0; i < 500 && requests === sent; i++) await new Promise((r) => setTimeout(r, 10));
+        expect(requests, `${name} reached the server`).toBe(sent + 1);
+        cancel.abort();
+        const err = await running;
+        expect(isRepositoryError(err, "unavailable"), `${name}: ${err}`).toBe(true);
+        expect((err as Error).message).toMatch(
+          /S3 request for s3:\/\/quiet-bucket\/repo\/\S+ was given up on by its caller/,
+        );
+        for (let i = 0; i < 200 && closed < sockets.size; i++) await new Promise((r) => setTimeout(r, 10));
+        expect(closed, `${name}'s connection closed`).toBe(sockets.size);
+      }
+    } finally {
+      await store.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => silent.close(resolve));
+    }
+  });
+
+  it("does not read a body again that was cut because its caller gave up", async () => {
+    const object = Buffer.alloc(100_000, 5);
+    let requests = 0;
+    const cancel = new AbortController();
+    await withS3Server(
+      "body-bucket",
+      (_req, res, nth) => {
+        requests = nth;
+        res.writeHead(200, { "content-length": object.length });
+        res.write(object.subarray(0, 100), () => cancel.abort()); // then nothing more: the caller gives up
+      },
+      async (store) => {
+        const err = await store.get("data/ab/cd", { signal: cancel.signal }).catch((e: unknown) => e);
+        expect(isRepositoryError(err, "unavailable"), String(err)).toBe(true);
+        expect(requests).toBe(1);
+      },
+    );
   });
 });
 

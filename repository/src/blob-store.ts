@@ -9,6 +9,17 @@ export interface BlobInfo {
   modified: Date;
 }
 
+/** What every call of a BlobStore may be given. */
+export interface BlobCallOptions {
+  /**
+   * Aborted once the caller has given up on the call (the control plane's deadline, DeadlineBlobStore): the store
+   * stops it where it can and fails it "unavailable". A write or delete not made by then is never made: file://
+   * looks before its rename or unlink (a call that hung in the kernel, on a mount that stopped answering, stops
+   * there when it returns); S3 cancels the request (a PUT whose whole body the server had taken may still land).
+   */
+  signal?: AbortSignal;
+}
+
 /**
  * A flat namespace of immutable objects. Every `put` is atomic: readers see the whole object or nothing
  * (temp file + fsync + rename on disk; one complete PutObject on S3).
@@ -17,19 +28,23 @@ export interface BlobStore {
   /** Where the store lives, without credentials (`file:///…`, `s3://bucket/prefix`). */
   readonly url: string;
   /** Writes the object; with `ifAbsent`, leaves an existing object alone and returns false. */
-  put(key: string, data: Buffer | readonly Buffer[], options?: { ifAbsent?: boolean }): Promise<boolean>;
+  put(
+    key: string,
+    data: Buffer | readonly Buffer[],
+    options?: { ifAbsent?: boolean } & BlobCallOptions,
+  ): Promise<boolean>;
   /** Reads a whole object; a missing one throws RepositoryError "not-found". */
-  get(key: string): Promise<Buffer>;
+  get(key: string, options?: BlobCallOptions): Promise<Buffer>;
   /**
    * Reads `length` bytes at `offset`; a short object throws RepositoryError "corrupt". With `into` (at least
    * `length` bytes), a store may read into it and return a view of it, sparing an allocation.
    */
-  getRange(key: string, offset: number, length: number, into?: Buffer): Promise<Buffer>;
-  stat(key: string): Promise<BlobInfo | undefined>;
-  /** Every object whose key starts with `prefix`, in no particular order. */
-  list(prefix: string): AsyncIterable<BlobInfo>;
+  getRange(key: string, offset: number, length: number, into?: Buffer, options?: BlobCallOptions): Promise<Buffer>;
+  stat(key: string, options?: BlobCallOptions): Promise<BlobInfo | undefined>;
+  /** Every object whose key starts with `prefix`, in no particular order (`signal`: the whole listing's). */
+  list(prefix: string, options?: BlobCallOptions): AsyncIterable<BlobInfo>;
   /** Removes the object; removing a missing object is not an error. */
-  delete(key: string): Promise<void>;
+  delete(key: string, options?: BlobCallOptions): Promise<void>;
   close(): Promise<void>;
   /**
    * Optional: memory for a large object that this store writes with the least copying (page-aligned on
@@ -39,8 +54,9 @@ export interface BlobStore {
   /**
    * Optional: writes a large object as it comes, in pieces, instead of from one buffer holding all of it
    * (file:// does; S3 takes `put`). Nothing is visible under `key` until `commit` has made it durable whole.
+   * `signal` covers the writer's whole life: once aborted, its commit fails and leaves nothing.
    */
-  openWriter?(key: string): Promise<BlobWriter>;
+  openWriter?(key: string, options?: BlobCallOptions): Promise<BlobWriter>;
   /**
    * Optional: deletes what writes cut short by a crash left under `prefix` (temp files on file://; S3 writes
    * are whole PutObjects and leave nothing), of those last written over `olderThanMs` ago (default 0: all).
@@ -64,6 +80,16 @@ export interface BlobWriter {
   commit(): Promise<void>;
   /** Drops what was written; the key is left as it was. */
   abort(): Promise<void>;
+}
+
+/**
+ * Throws RepositoryError "unavailable" if `signal` was aborted: `what` (of `url`/`key`) was given up on by its
+ * caller, and is not done (see BlobCallOptions).
+ */
+export function assertNotGivenUp(signal: AbortSignal | undefined, url: string, key: string, what: string): void {
+  if (signal?.aborted) {
+    throw new RepositoryError("unavailable", `${url}/${key}: ${what} was given up on by its caller; not done`);
+  }
 }
 
 /** Rejects keys that could leave the store's root. */

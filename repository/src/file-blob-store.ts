@@ -10,7 +10,14 @@ import { dirname, join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { alignedBuffer, isPageAligned, PAGE } from "./aligned-memory.js";
 import { discardTemp, syncDirectory } from "./atomic-file.js";
-import { assertBlobKey, type BlobInfo, type BlobStore, type BlobWriter } from "./blob-store.js";
+import {
+  assertBlobKey,
+  assertNotGivenUp,
+  type BlobCallOptions,
+  type BlobInfo,
+  type BlobStore,
+  type BlobWriter,
+} from "./blob-store.js";
 import { RepositoryError, writeFailure } from "./errors.js";
 
 const TEMP_PREFIX = ".tmp-";
@@ -58,7 +65,11 @@ export class FileBlobStore implements BlobStore {
     return { final, temp: join(dir, `${TEMP_PREFIX}${randomBytes(8).toString("hex")}`) };
   }
 
-  async put(key: string, data: Buffer | readonly Buffer[], options: { ifAbsent?: boolean } = {}): Promise<boolean> {
+  async put(
+    key: string,
+    data: Buffer | readonly Buffer[],
+    options: { ifAbsent?: boolean } & BlobCallOptions = {},
+  ): Promise<boolean> {
     try {
       return await this.putOnce(key, data, options);
     } catch (err) {
@@ -69,8 +80,9 @@ export class FileBlobStore implements BlobStore {
   private async putOnce(
     key: string,
     data: Buffer | readonly Buffer[],
-    options: { ifAbsent?: boolean },
+    options: { ifAbsent?: boolean } & BlobCallOptions,
   ): Promise<boolean> {
+    assertNotGivenUp(options.signal, this.url, key, "writing");
     const { final, temp } = await this.placeFor(key);
     const parts = (Buffer.isBuffer(data) ? [data] : data).filter((part) => part.length > 0);
     const size = parts.reduce((n, part) => n + part.length, 0);
@@ -79,6 +91,8 @@ export class FileBlobStore implements BlobStore {
     }
     let written = true;
     try {
+      // A write given up on while it waited on the disk (a mount that stopped answering) is not made visible.
+      assertNotGivenUp(options.signal, this.url, key, "writing");
       if (options.ifAbsent) {
         try {
           await link(temp, final);
@@ -103,15 +117,16 @@ export class FileBlobStore implements BlobStore {
    * O_DIRECT where the filesystem allows it, so a writer of 32 MiB packs needs 8 MiB of memory per pack
    * rather than the pack. `commit` fsyncs the temp file, renames it into place and fsyncs the directory.
    */
-  async openWriter(key: string): Promise<BlobWriter> {
+  async openWriter(key: string, options: BlobCallOptions = {}): Promise<BlobWriter> {
     try {
-      return await this.openWriterOnce(key);
+      assertNotGivenUp(options.signal, this.url, key, "opening to write");
+      return await this.openWriterOnce(key, options.signal);
     } catch (err) {
       throw writeFailure(this.url, key, err);
     }
   }
 
-  private async openWriterOnce(key: string): Promise<BlobWriter> {
+  private async openWriterOnce(key: string, signal: AbortSignal | undefined): Promise<BlobWriter> {
     const { final, temp } = await this.placeFor(key);
     const stages = [this.takeStage(), this.takeStage()];
     // Stages are ordinary memory only when no more page-aligned memory could be had: buffered, this once.
@@ -140,6 +155,7 @@ export class FileBlobStore implements BlobStore {
         this.direct = false;
       },
       writeFailure: (err) => writeFailure(this.url, key, err),
+      assertNotGivenUp: () => assertNotGivenUp(signal, this.url, key, "writing"),
     });
   }
 
@@ -218,8 +234,9 @@ export class FileBlobStore implements BlobStore {
     return true;
   }
 
-  async get(key: string): Promise<Buffer> {
+  async get(key: string, options: BlobCallOptions = {}): Promise<Buffer> {
     const path = this.path(key);
+    assertNotGivenUp(options.signal, this.url, key, "reading");
     let handle: Awaited<ReturnType<typeof open>>;
     try {
       handle = await open(path, constants.O_RDONLY);
@@ -242,8 +259,15 @@ export class FileBlobStore implements BlobStore {
    * out of the cache costs CPU (0.45 s per 800 MB on the dev VM) and evicts the host's own cached files. The
    * result is then a view into `into` at the range's offset within its first page.
    */
-  async getRange(key: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
+  async getRange(
+    key: string,
+    offset: number,
+    length: number,
+    into?: Buffer,
+    options: BlobCallOptions = {},
+  ): Promise<Buffer> {
     const path = this.path(key);
+    assertNotGivenUp(options.signal, this.url, key, "reading");
     if (into && this.directReads && isPageAligned(into)) {
       const start = offset - (offset % PAGE);
       const span = Math.ceil((offset + length) / PAGE) * PAGE - start;
@@ -288,7 +312,8 @@ export class FileBlobStore implements BlobStore {
     }
   }
 
-  async stat(key: string): Promise<BlobInfo | undefined> {
+  async stat(key: string, options: BlobCallOptions = {}): Promise<BlobInfo | undefined> {
+    assertNotGivenUp(options.signal, this.url, key, "looking up");
     try {
       const st = await stat(this.path(key));
       return { key, size: st.size, modified: st.mtime };
@@ -298,13 +323,14 @@ export class FileBlobStore implements BlobStore {
     }
   }
 
-  async *list(prefix: string): AsyncIterable<BlobInfo> {
+  async *list(prefix: string, options: BlobCallOptions = {}): AsyncIterable<BlobInfo> {
     const slash = prefix.lastIndexOf("/");
     const dirKey = slash < 0 ? "" : prefix.slice(0, slash);
     const start = dirKey === "" ? this.root : this.path(dirKey);
     const stack: [string, string][] = [[start, dirKey]];
     while (stack.length > 0) {
       const [dir, key] = stack.pop()!;
+      assertNotGivenUp(options.signal, this.url, prefix, "listing");
       let entries: Dirent[];
       try {
         entries = await readdir(dir, { withFileTypes: true });
@@ -367,9 +393,11 @@ export class FileBlobStore implements BlobStore {
     return removed;
   }
 
-  async delete(key: string): Promise<void> {
+  async delete(key: string, options: BlobCallOptions = {}): Promise<void> {
+    const path = this.path(key);
+    assertNotGivenUp(options.signal, this.url, key, "deleting");
     try {
-      await unlink(this.path(key));
+      await unlink(path);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
     }
@@ -410,6 +438,8 @@ class StagedFileWriter implements BlobWriter {
       directRefused(): void;
       /** The error to throw for a failed write (writeFailure: a full disk says so). */
       writeFailure(err: unknown): unknown;
+      /** Throws if the writer's caller gave up on it (its commit then leaves nothing). */
+      assertNotGivenUp(): void;
     },
   ) {
     [this.stage, this.spare] = stages;
@@ -451,6 +481,8 @@ class StagedFileWriter implements BlobWriter {
       if (this.written % PAGE !== 0) await this.handle.truncate(this.written); // the last block's padding
       await this.handle.sync();
       await this.handle.close();
+      // Given up on while it waited on the disk (a mount that stopped answering): not made visible.
+      this.store.assertNotGivenUp();
       await rename(this.temp, this.final);
     } catch (err) {
       await discardTemp(this.handle, this.temp);

@@ -4,7 +4,7 @@
 // The SDK is loaded on first use, not at import: it takes ~130 ms to load, which every file:// repository
 // command (and the agent CLI's start) would otherwise pay.
 import type { ListObjectsV2CommandOutput, S3Client, S3ClientConfig } from "@aws-sdk/client-s3";
-import { assertBlobKey, type BlobInfo, type BlobStore } from "./blob-store.js";
+import { assertBlobKey, type BlobCallOptions, type BlobInfo, type BlobStore } from "./blob-store.js";
 import { RepositoryError } from "./errors.js";
 
 export interface S3BlobStoreOptions {
@@ -151,7 +151,11 @@ export class S3BlobStore implements BlobStore {
     return this.base + key;
   }
 
-  async put(key: string, data: Buffer | readonly Buffer[], options: { ifAbsent?: boolean } = {}): Promise<boolean> {
+  async put(
+    key: string,
+    data: Buffer | readonly Buffer[],
+    options: { ifAbsent?: boolean } & BlobCallOptions = {},
+  ): Promise<boolean> {
     const body = Buffer.isBuffer(data) ? data : Buffer.concat(data);
     try {
       const { sdk, client } = await this.connect();
@@ -163,6 +167,7 @@ export class S3BlobStore implements BlobStore {
           ContentLength: body.length,
           ...(options.ifAbsent ? { IfNoneMatch: "*" } : {}),
         }),
+        { abortSignal: options.signal },
       );
       return true;
     } catch (err) {
@@ -171,13 +176,20 @@ export class S3BlobStore implements BlobStore {
     }
   }
 
-  async get(key: string): Promise<Buffer> {
-    return (await this.readObject(key)).bytes;
+  async get(key: string, options: BlobCallOptions = {}): Promise<Buffer> {
+    return (await this.readObject(key, undefined, options.signal)).bytes;
   }
 
-  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+  async getRange(
+    key: string,
+    offset: number,
+    length: number,
+    _into?: Buffer,
+    options: BlobCallOptions = {},
+  ): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0);
-    const { bytes: buf, contentRange } = await this.readObject(key, `bytes=${offset}-${offset + length - 1}`);
+    const range = `bytes=${offset}-${offset + length - 1}`;
+    const { bytes: buf, contentRange } = await this.readObject(key, range, options.signal);
     // A server that ignores Range answers with the whole object (200, no Content-Range): its first bytes are not
     // the range asked for, and taken as such they would fail their chunks' checks, data called damaged that is not.
     // (A 200 for a range from 0 of exactly the object's length is that range: the whole object.)
@@ -202,9 +214,14 @@ export class S3BlobStore implements BlobStore {
   /**
    * An object, or a range of it, with the range the server says it sent. The SDK retries a request until its
    * answer begins; a connection lost while the body comes (a reset, an idle timeout) is retried here, up to
-   * BODY_ATTEMPTS times in all: a GET is safe to repeat, and one reset must not fail a restore or a check.
+   * BODY_ATTEMPTS times in all: a GET is safe to repeat, and one reset must not fail a restore or a check. (Not
+   * once `signal` is aborted: the body was cut because its caller gave up.)
    */
-  private async readObject(key: string, range?: string): Promise<{ bytes: Buffer; contentRange?: string }> {
+  private async readObject(
+    key: string,
+    range: string | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<{ bytes: Buffer; contentRange?: string }> {
     for (let attempt = 1; ; attempt++) {
       let body: { transformToByteArray(): Promise<Uint8Array> } | undefined;
       let contentRange: string | undefined;
@@ -216,6 +233,7 @@ export class S3BlobStore implements BlobStore {
             Key: this.objectKey(key),
             ...(range ? { Range: range } : {}),
           }),
+          { abortSignal: signal },
         );
         if (!res.Body) throw new RepositoryError("corrupt", `${this.url}/${key} came back without a body`);
         body = res.Body;
@@ -227,16 +245,18 @@ export class S3BlobStore implements BlobStore {
         const bytes = await body.transformToByteArray();
         return { bytes: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), contentRange };
       } catch (err) {
-        if (attempt >= BODY_ATTEMPTS) throw this.wrap(err, key);
+        if (attempt >= BODY_ATTEMPTS || signal?.aborted) throw this.wrap(err, key);
         await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** attempt));
       }
     }
   }
 
-  async stat(key: string): Promise<BlobInfo | undefined> {
+  async stat(key: string, options: BlobCallOptions = {}): Promise<BlobInfo | undefined> {
     try {
       const { sdk, client } = await this.connect();
-      const res = await client.send(new sdk.HeadObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }));
+      const res = await client.send(new sdk.HeadObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }), {
+        abortSignal: options.signal,
+      });
       return { key, size: Number(res.ContentLength ?? 0), modified: res.LastModified ?? new Date(0) };
     } catch (err) {
       if (httpStatus(err) === 404) return undefined;
@@ -244,7 +264,7 @@ export class S3BlobStore implements BlobStore {
     }
   }
 
-  async *list(prefix: string): AsyncIterable<BlobInfo> {
+  async *list(prefix: string, options: BlobCallOptions = {}): AsyncIterable<BlobInfo> {
     let token: string | undefined;
     do {
       let res: ListObjectsV2CommandOutput;
@@ -252,6 +272,7 @@ export class S3BlobStore implements BlobStore {
         const { sdk, client } = await this.connect();
         res = await client.send(
           new sdk.ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.base + prefix, ContinuationToken: token }),
+          { abortSignal: options.signal },
         );
       } catch (err) {
         throw this.wrap(err, prefix);
@@ -279,10 +300,12 @@ export class S3BlobStore implements BlobStore {
     } while (token);
   }
 
-  async delete(key: string): Promise<void> {
+  async delete(key: string, options: BlobCallOptions = {}): Promise<void> {
     try {
       const { sdk, client } = await this.connect();
-      await client.send(new sdk.DeleteObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }));
+      await client.send(new sdk.DeleteObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }), {
+        abortSignal: options.signal,
+      });
     } catch (err) {
       if (httpStatus(err) === 404) return;
       throw this.wrap(err, key);
@@ -299,6 +322,12 @@ export class S3BlobStore implements BlobStore {
     if (err instanceof RepositoryError) return err;
     const status = httpStatus(err);
     const name = (err as { name?: string }).name ?? "";
+    // Cancelled through BlobCallOptions.signal: whoever asked gave up on it (and has its own error to report).
+    if (name === "AbortError") {
+      return new RepositoryError("unavailable", `S3 request for ${this.url}/${key} was given up on by its caller`, {
+        cause: err,
+      });
+    }
     if (status === 404 || name === "NoSuchKey" || name === "NotFound") {
       if (name === "NoSuchBucket") {
         return new RepositoryError("not-found", `bucket ${this.bucket} does not exist (${this.url})`, { cause: err });

@@ -1,8 +1,10 @@
 // A tenant's blob store as the coordinator uses it: every call fails once it has run past a deadline. The S3
 // client bounds its own requests (S3_TIMEOUTS), but nothing bounded a file:// store on a mount that stopped
 // answering (a read or an fsync that never returns), and snapshots and restores waited on such a call for good,
-// holding their tenant's count (no prune ran) and their agent's stream.
-import { type BlobInfo, type BlobStore, RepositoryError } from "@dumont/repository";
+// holding their tenant's count (no prune ran) and their agent's stream. A call given up on is also cancelled
+// (BlobCallOptions.signal): an S3 request ends at once, and a file:// write that hung in the kernel is not made
+// visible when it returns.
+import { type BlobCallOptions, type BlobInfo, type BlobStore, RepositoryError } from "@dumont/repository";
 
 /**
  * How long one call of a tenant's blob store may take: ten times what writing a 32 MiB pack takes at 1 MB/s,
@@ -70,8 +72,8 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
   readonly removeAbandoned: BlobStore["removeAbandoned"];
   readonly syncDeletes: BlobStore["syncDeletes"];
   /**
-   * Writes and deletes given up on that are still running in the store: a call cannot be taken back, and one
-   * may still land after its caller failed (see `delete`).
+   * Writes and deletes given up on that are still running in the store: cancelled, but a PUT whose whole body S3
+   * had taken may still land after its caller failed (see `delete`).
    */
   private readonly abandoned = new Set<Promise<void>>();
 
@@ -97,11 +99,17 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
     this.openWriter =
       openWriter &&
       (async (key) => {
-        const writer = await this.timed(`opening ${key} to write`, () => openWriter.call(store, key), true);
+        // One signal for the writer's life: any of its calls given up on cancels the object (no commit lands).
+        const cancel = new AbortController();
+        const writer = await this.timed(
+          `opening ${key} to write`,
+          (signal) => openWriter.call(store, key, { signal }),
+          { changes: true, cancel },
+        );
         return {
-          write: (data) => this.timed(`writing ${key}`, () => writer.write(data), true),
-          commit: () => this.timed(`committing ${key}`, () => writer.commit(), true),
-          abort: () => this.timed(`dropping ${key}`, () => writer.abort(), true),
+          write: (data) => this.timed(`writing ${key}`, () => writer.write(data), { changes: true, cancel }),
+          commit: () => this.timed(`committing ${key}`, () => writer.commit(), { changes: true, cancel }),
+          abort: () => this.timed(`dropping ${key}`, () => writer.abort(), { changes: true }),
         };
       });
     this.removeAbandoned =
@@ -110,19 +118,26 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
         this.timed(
           `removing what interrupted writes left under ${prefix}`,
           () => removeAbandoned.call(store, prefix, options),
-          true,
+          { changes: true },
         ));
     this.syncDeletes =
       syncDeletes &&
-      ((keys) => this.timed(`making ${keys.length} deletions durable`, () => syncDeletes.call(store, keys), true));
+      ((keys) =>
+        this.timed(`making ${keys.length} deletions durable`, () => syncDeletes.call(store, keys), { changes: true }));
   }
 
-  put(key: string, data: Buffer | readonly Buffer[], options?: { ifAbsent?: boolean }): Promise<boolean> {
-    return this.timed(`writing ${key}`, () => this.store.put(key, data, options), true);
+  put(
+    key: string,
+    data: Buffer | readonly Buffer[],
+    options?: { ifAbsent?: boolean } & BlobCallOptions,
+  ): Promise<boolean> {
+    return this.timed(`writing ${key}`, (signal) => this.store.put(key, data, { ...options, signal }), {
+      changes: true,
+    });
   }
 
   get(key: string): Promise<Buffer> {
-    return this.timed(`reading ${key}`, () => this.store.get(key));
+    return this.timed(`reading ${key}`, (signal) => this.store.get(key, { signal }));
   }
 
   /**
@@ -130,18 +145,21 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
    * the restore that failed with it use those buffers (a pool of its own), and the agent checks every chunk.
    */
   getRange(key: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    return this.timed(`reading ${length} bytes of ${key}`, () => this.store.getRange(key, offset, length, into));
+    return this.timed(`reading ${length} bytes of ${key}`, (signal) =>
+      this.store.getRange(key, offset, length, into, { signal }),
+    );
   }
 
   stat(key: string): Promise<BlobInfo | undefined> {
-    return this.timed(`looking up ${key}`, () => this.store.stat(key));
+    return this.timed(`looking up ${key}`, (signal) => this.store.stat(key, { signal }));
   }
 
   async *list(prefix: string): AsyncIterable<BlobInfo> {
-    const listing = this.store.list(prefix)[Symbol.asyncIterator]();
+    const cancel = new AbortController();
+    const listing = this.store.list(prefix, { signal: cancel.signal })[Symbol.asyncIterator]();
     try {
       for (;;) {
-        const next = await this.timed(`listing ${prefix}`, () => listing.next());
+        const next = await this.timed(`listing ${prefix}`, () => listing.next(), { cancel });
         if (next.done) return;
         yield next.value;
       }
@@ -162,15 +180,18 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
     const before = lock && this.abandoned.size > 0 ? [...this.abandoned] : [];
     return this.timed(
       `deleting ${key}`,
-      async () => {
+      async (signal) => {
         await Promise.all(before);
-        await this.store.delete(key);
+        // A lock's removal given up on is not cancelled: landing late, it still frees the repository.
+        await this.store.delete(key, lock ? {} : { signal });
       },
-      true,
-      // A lock's removal is started even while calls are not returning: refused, a prune's lock (held by this
-      // live process, so not stale at once) would keep the tenant's snapshots out for 30 minutes after the
-      // store came back.
-      !lock,
+      {
+        changes: true,
+        // A lock's removal is started even while calls are not returning: refused, a prune's lock (held by this
+        // live process, so not stale at once) would keep the tenant's snapshots out for 30 minutes after the
+        // store came back.
+        refusable: !lock,
+      },
     );
   }
 
@@ -180,10 +201,17 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
 
   /**
    * `call`, failed as "unavailable" (UNAVAILABLE at the API, as an S3 request past its retries) if it has not
-   * settled within the deadline. A call given up on is counted in `unreturned` until it settles, and one that
-   * `changes` the store is kept in `abandoned` as well. While `unreturned` is full no call is started.
+   * settled within the deadline, and then cancelled: `cancel` (the call's own unless given: a writer's or a
+   * listing's, shared by its calls) is aborted, and its signal is what `call` passes to the store. A call given
+   * up on is counted in `unreturned` until it settles, and one that `changes` the store is kept in `abandoned` as
+   * well. While `unreturned` is full no call is started, unless it is not `refusable`.
    */
-  private timed<T>(what: string, call: () => Promise<T>, changes = false, refusable = true): Promise<T> {
+  private timed<T>(
+    what: string,
+    call: (signal: AbortSignal) => Promise<T>,
+    options: { changes?: boolean; refusable?: boolean; cancel?: AbortController } = {},
+  ): Promise<T> {
+    const { changes = false, refusable = true, cancel = new AbortController() } = options;
     if (refusable && this.unreturned.full) {
       return Promise.reject(
         new RepositoryError(
@@ -196,8 +224,9 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
       );
     }
     return new Promise<T>((resolve, reject) => {
-      const running = call();
+      const running = call(cancel.signal);
       const timer = setTimeout(() => {
+        cancel.abort();
         const settled = running.then(
           () => undefined,
           () => undefined,

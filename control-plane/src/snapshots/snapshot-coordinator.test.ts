@@ -3,6 +3,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { readdirSync } from "node:fs";
 import fs from "node:fs/promises";
+import { type AddressInfo, createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
@@ -19,6 +20,7 @@ import {
 } from "@dumont/proto";
 import {
   acquireLock,
+  type BlobCallOptions,
   type BlobInfo,
   type BlobStore,
   checkRepository,
@@ -26,6 +28,7 @@ import {
   openBlobStore,
   Repository,
   type RetentionPolicy,
+  S3BlobStore,
   sealManifest,
   sealManifestParts,
 } from "@dumont/repository";
@@ -989,7 +992,7 @@ describe("SnapshotCoordinator: a blob store that stops answering", () => {
     }
   });
 
-  it("fails a snapshot whose record's write never returns, and keeps its lock until that write has ended", async () => {
+  it("fails a snapshot whose record's write never returns, keeps its lock until that write has ended, and does not let the record land", async () => {
     const store = hanging[0];
     store.hangs = (call, key) => call === "put" && key.startsWith("snapshots/");
     const failed = await within(finish(await startedIn(h)), 3_000).then(
@@ -998,19 +1001,26 @@ describe("SnapshotCoordinator: a blob store that stops answering", () => {
     );
     expect(failed?.message).toMatch(/tenants\/t1: writing snapshots\/\w+ did not finish in 0.3 s; gave up on it/);
     const id = /snapshots\/(\w+)/.exec(failed?.message ?? "")?.[1];
-    // The record may still land (a call cannot be taken back), naming packs no snapshot names yet: no prune may
-    // delete them meanwhile, so the snapshot's lock stays.
+    // The write goes on in the store (a call on a mount that stopped answering cannot be called back): no prune
+    // may run until it has ended, so the snapshot's lock stays.
     const prune = () => h.coordinator.forget({ tenantId: "t1", policy: {}, prune: true, dryRun: false });
     await expect(prune()).rejects.toThrow(/the repository is locked by/);
-    // It lands: the lock goes, and the snapshot is whole, listed again as one the repository holds.
+    // The store answers again: the write, given up on, stops short of making the record visible (the snapshot
+    // failed, and is not listed later); the lock goes.
     store.release();
-    const locks = path.join(h.blobs, "tenants", "t1", "locks");
-    await until(() => readdirSync(locks).length === 0);
-    await expect(prune()).resolves.toMatchObject({ prune: { packsDeleted: 0 } });
+    const tenant = path.join(h.blobs, "tenants", "t1");
+    await until(() => readdirSync(path.join(tenant, "locks")).length === 0);
+    expect(readdirSync(path.join(tenant, "locks"))).toEqual([]);
+    const records = readdirSync(path.join(tenant, "snapshots"));
+    expect(records).not.toContain(id);
+    expect(records.filter((name) => name.startsWith(".tmp-"))).toEqual([]);
     await h.coordinator.relistAll();
     const rows = await h.db.selectFrom("snapshots").select("id").execute();
-    expect(rows.map((r) => r.id)).toContain(id);
+    expect(rows.map((r) => r.id)).not.toContain(id);
+    // Its pack is indexed and named by no snapshot, which a prune removes; the next snapshot commits.
     expect(await h.coordinator.check("t1", {})).toMatchObject({ ok: true });
+    await expect(prune()).resolves.toMatchObject({ prune: { packsDeleted: 1 } });
+    await expect(finish(await startedIn(h))).resolves.toMatchObject({ host_id: "h-hung" });
   });
 });
 
@@ -1075,6 +1085,30 @@ describe("SnapshotCoordinator: a blob store whose calls never return", () => {
       await fs.rm(root, { recursive: true, force: true });
     }
   });
+
+  it("cancels an S3 request it gives up on, which then holds nothing: the next call starts", async () => {
+    const silent = createServer((socket) => socket.on("error", () => {})); // accepts, then says nothing
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const s3 = new S3BlobStore("quiet-bucket", "t1", {
+      endpoint: `http://127.0.0.1:${(silent.address() as AddressInfo).port}`,
+      credentials: { accessKeyId: "test", secretAccessKey: "test" },
+    });
+    const unreturned = new UnreturnedCalls(1);
+    const store = new DeadlineBlobStore(s3, { deadlineMs: 100, unreturned });
+    try {
+      // Left to the SDK, the request would run until its idle timeout (a minute), then be tried 7 times more.
+      await expect(store.put("snapshots/ab", Buffer.alloc(10))).rejects.toThrow(
+        /writing snapshots\/ab did not finish in 0.1 s/,
+      );
+      for (let i = 0; i < 100 && unreturned.size > 0; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(unreturned.size).toBe(0);
+      // So the next call is started (and given up on in turn), not refused.
+      await expect(store.get("config")).rejects.toThrow(/reading config did not finish in 0.1 s/);
+    } finally {
+      await s3.close();
+      silent.close();
+    }
+  });
 });
 
 /**
@@ -1103,33 +1137,41 @@ class HangingBlobStore implements BlobStore {
     if (this.hangs(call, key)) await this.gate;
   }
 
-  async put(key: string, data: Buffer | readonly Buffer[], options?: { ifAbsent?: boolean }): Promise<boolean> {
+  async put(key: string, data: Buffer | readonly Buffer[], options?: PutOptions): Promise<boolean> {
     await this.held("put", key);
     return this.store.put(key, data, options);
   }
-  async get(key: string): Promise<Buffer> {
+  async get(key: string, options?: BlobCallOptions): Promise<Buffer> {
     await this.held("get", key);
-    return this.store.get(key);
+    return this.store.get(key, options);
   }
-  async getRange(key: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
+  async getRange(
+    key: string,
+    offset: number,
+    length: number,
+    into?: Buffer,
+    options?: BlobCallOptions,
+  ): Promise<Buffer> {
     await this.held("getRange", key);
-    return this.store.getRange(key, offset, length, into);
+    return this.store.getRange(key, offset, length, into, options);
   }
-  async stat(key: string): Promise<BlobInfo | undefined> {
+  async stat(key: string, options?: BlobCallOptions): Promise<BlobInfo | undefined> {
     await this.held("stat", key);
-    return this.store.stat(key);
+    return this.store.stat(key, options);
   }
-  list(prefix: string): AsyncIterable<BlobInfo> {
-    return this.store.list(prefix);
+  list(prefix: string, options?: BlobCallOptions): AsyncIterable<BlobInfo> {
+    return this.store.list(prefix, options);
   }
-  async delete(key: string): Promise<void> {
+  async delete(key: string, options?: BlobCallOptions): Promise<void> {
     await this.held("delete", key);
-    return this.store.delete(key);
+    return this.store.delete(key, options);
   }
   close(): Promise<void> {
     return this.store.close();
   }
 }
+
+type PutOptions = Parameters<BlobStore["put"]>[2];
 
 type Harness = ReturnType<typeof useCoordinator>;
 
