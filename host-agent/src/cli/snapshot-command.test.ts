@@ -1,6 +1,7 @@
 // The snapshot commands as an operator types them: flags, JSON output, exit codes and error sentences.
 import { execFile, execFileSync, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
 import {
   chmod,
   chown,
@@ -340,6 +341,86 @@ describe("dumont-agent snapshot", () => {
     expect(await names(join(repoDir, "locks"))).toEqual([]);
     expect((await run(...check)).code).toBe(0);
   });
+
+  it.runIf(process.geteuid?.() === 0 && existsSync("/usr/bin/setpriv"))(
+    "as a user other than root, clears a restore stopped or killed after its read-only directories got their modes",
+    async () => {
+      // As nobody: root may remove entries of a read-only directory, another user may not (Go's module cache,
+      // a read-only dataset). Directory modes are given last, just before the final flush.
+      const work = join(root, "read-only-dirs");
+      const source = join(work, "src");
+      await mkdir(join(source, "ro", "sub"), { recursive: true });
+      await writeFile(join(source, "ro", "f"), "in a read-only directory\n");
+      await writeFile(join(source, "ro", "sub", "g"), "deeper\n");
+      await chmod(join(source, "ro", "sub"), 0o555);
+      await chmod(join(source, "ro"), 0o555);
+      const key = "44".repeat(32);
+      await writeFile(join(work, "key"), key, { mode: 0o600 });
+      const repo = pathToFileURL(join(work, "repo")).href;
+      const common = ["--repo", repo, "--key-file", join(work, "key")];
+      expect(
+        (await run("snapshot", "create", "--source", source, ...common, "--state-dir", join(work, "state"))).code,
+      ).toBe(0);
+      await chmod(root, 0o755);
+      await chmod(work, 0o777);
+      execFileSync("chmod", ["-R", "a+rwX", join(work, "repo")]);
+      // A `sync` that never returns: the restore waits in its final flush, the directories' modes given.
+      const fakeBin = join(work, "bin");
+      await mkdir(fakeBin);
+      await writeFile(join(fakeBin, "sync"), "#!/bin/sh\nexec sleep 600\n", { mode: 0o755 });
+      const bin = fileURLToPath(new URL("../../bin/dumont-agent.js", import.meta.url));
+      const asNobody = (target: string, path = process.env.PATH) => {
+        const args = ["snapshot", "restore", "--id", "latest", "--target", target, "--repo", repo];
+        const child = spawn(
+          "/usr/bin/setpriv",
+          ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath, bin, ...args],
+          {
+            env: { ...process.env, PATH: path, DUMONT_REPO_KEY: key },
+            stdio: ["ignore", "ignore", "pipe"],
+            detached: true,
+          },
+        );
+        let err = "";
+        child.stderr.on("data", (d) => {
+          err += String(d);
+        });
+        const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+        return { child, exited, err: () => err };
+      };
+      /** Runs the restore into `target` until its directory `ro` is read-only, then stops it with `signal`. */
+      const stopped = async (target: string, signal: NodeJS.Signals) => {
+        const restore = asNobody(target, `${fakeBin}:${process.env.PATH}`);
+        const until = Date.now() + 30_000;
+        const readOnly = async () => ((await stat(join(target, "ro")).catch(() => undefined))?.mode ?? 0) & 0o777;
+        while (Date.now() < until && (await readOnly()) !== 0o555) await new Promise((r) => setTimeout(r, 10));
+        expect((await stat(join(target, "ro"))).mode & 0o777).toBe(0o555);
+        if (signal === "SIGKILL")
+          process.kill(-(restore.child.pid ?? 0), signal); // its `sync` too
+        else restore.child.kill(signal);
+        return { code: await restore.exited, err: restore.err() };
+      };
+
+      // Stopped (Ctrl-C): what it wrote is removed, the read-only directories too; the marker with it.
+      const target = join(work, "out");
+      const cut = await stopped(target, "SIGINT");
+      expect(cut.err).toContain("interrupted (SIGINT): the restore was stopped and what it had written removed");
+      expect(cut.code).toBe(130);
+      expect(await readdir(target)).toEqual([]);
+
+      // Killed: the next restore clears what it left and restores the whole snapshot.
+      const killed = join(work, "killed");
+      await stopped(killed, "SIGKILL");
+      expect(await readdir(killed)).toEqual([".dumont-restore-incomplete", "ro"]);
+      const again = asNobody(killed);
+      expect([await again.exited, again.err()]).toEqual([
+        0,
+        expect.stringContaining("cleared and the restore started over"),
+      ]);
+      expect(await readFile(join(killed, "ro", "sub", "g"), "utf8")).toBe("deeper\n");
+      expect(await readdir(killed)).toEqual(["ro"]);
+      expect((await stat(join(killed, "ro"))).mode & 0o777).toBe(0o555);
+    },
+  );
 
   it("says what to do when the key or the flags are wrong", async () => {
     const source = join(root, "src2");

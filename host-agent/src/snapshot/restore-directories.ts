@@ -233,16 +233,16 @@ export class RestoreDirectories {
    * each directory is opened with O_NOFOLLOW through its parent's handle and emptied through its own, then
    * removed by its one-component name. Node's recursive rm resolves every path from the top again, so a
    * directory swapped for a symlink while it ran had it delete what the link pointed at, outside the target, as
-   * root. What cannot be removed is left.
+   * root. Directories are made writable first (the restore made them, and gives read-only ones their mode last:
+   * as another user than root it could not empty them). What cannot be removed is left, and its names returned.
    */
-  async emptyTarget(keep?: string): Promise<void> {
+  async emptyTarget(keep?: string): Promise<string[]> {
     if (!this.rootHandle) {
       for (const name of await readdir(this.root).catch(() => [])) {
         if (name !== keep) await rm(join(this.root, name), { recursive: true, force: true }).catch(() => {});
       }
-      return;
-    }
-    await emptyThroughHandle(`/proc/self/fd/${this.rootHandle.fd}`, keep);
+    } else await emptyThroughHandle(`/proc/self/fd/${this.rootHandle.fd}`, keep);
+    return (await this.targetNames().catch(() => [] as string[])).filter((name) => name !== keep);
   }
 
   /** Closes every handle (leases outstanding or not: the restore is over). */
@@ -318,6 +318,7 @@ async function emptyThroughHandle(dir: string, keep?: string): Promise<void> {
       const sub = await open(at, DIR_FLAGS).catch(() => undefined); // swapped for a link meanwhile: unlinked below
       if (sub) {
         try {
+          await sub.chmod(0o700).catch(() => {}); // through its handle: the directory just opened, no link
           await emptyThroughHandle(`/proc/self/fd/${sub.fd}`);
         } finally {
           await sub.close();

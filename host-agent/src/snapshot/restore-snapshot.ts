@@ -188,6 +188,8 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
   let locked: number | undefined; // the target's own mode, once it is 0700
   let restored = false; // all restored, or all but damaged files: the target then takes the snapshot's root
   let pool: SnapshotWorkerPool | undefined;
+  /** What a failed restore wrote and could not remove. */
+  let left: string[] = [];
   try {
     // Not ours to change (another user's empty directory): restored as before.
     if (
@@ -211,12 +213,24 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
     // A restore that fails part-way (the stream drops, the disk fills, it is cancelled) takes back what it
     // wrote: the target is empty again, and the same restore can simply run again. One that restored all it
     // could and names damaged files (RestoreDamagedError) keeps the rest.
-    if (!(err instanceof RestoreDamagedError)) await dirs.emptyTarget(RESTORE_MARKER);
-    throw targetUnwritable(err, options.target, plan.bytes, "What was restored so far has been removed") ?? err;
+    if (err instanceof RestoreDamagedError) throw err;
+    left = await dirs.emptyTarget(RESTORE_MARKER);
+    if (left.length === 0) {
+      throw targetUnwritable(err, options.target, plan.bytes, "What was restored so far has been removed") ?? err;
+    }
+    const notRemoved =
+      `Not all it wrote could be removed (${left.slice(0, 3).join(", ")}` +
+      `${left.length > 3 ? `, and ${left.length - 3} more` : ""}): ${RESTORE_MARKER} stays in ${options.target}, ` +
+      "so it reads as an interrupted restore's, which the next restore into it clears";
+    const unwritable = targetUnwritable(err, options.target, plan.bytes, notRemoved);
+    if (unwritable) throw unwritable;
+    if (err instanceof Error) err.message += `. ${notRemoved}`; // its kind kept (a cancel is still one)
+    throw err;
   } finally {
     // Over, one way or the other: the marker goes (after what a failed restore wrote, so a kill while that is
-    // removed leaves it for the next restore to finish the job), before the target's time is set below.
-    await claimed.finish();
+    // removed leaves it for the next restore to finish the job), before the target's time is set below. Unless
+    // some of that could not be removed: the marker then stays, flagging the target as not a whole restore.
+    await claimed.finish({ keepMarker: left.length > 0 });
     if (locked !== undefined) {
       // The target becomes the snapshot's directory (as rsync's `src/ dst/`): its owner, mode and time, so a
       // workspace moved to another host is its user's to write in, not root's. Where the manifest does not say
@@ -893,7 +907,7 @@ export async function linkOrCopy(existing: string, at: string): Promise<void> {
   }
   const from = await open(existing, constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
-    const st = await from.stat();
+    const st = await from.stat({ bigint: true });
     if (!st.isFile()) throw new Error(`'${existing}' is no longer the file restored there`);
     const to = await open(at, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     try {
@@ -906,9 +920,11 @@ export async function linkOrCopy(existing: string, at: string): Promise<void> {
         }
         position += bytesRead;
       }
-      await to.chown(st.uid, st.gid).catch(() => {}); // as the file it copies, which a restore already gave its owner
-      await to.chmod(st.mode & 0o7777);
-      await to.utimes(st.atime, st.mtime);
+      // As the file it copies, which a restore already gave its owner.
+      await to.chown(Number(st.uid), Number(st.gid)).catch(() => {});
+      await to.chmod(Number(st.mode) & 0o7777);
+      // To the microsecond (a Date keeps only milliseconds).
+      await to.utimes(timeArg(nsToSeconds(st.atimeNs)), timeArg(nsToSeconds(st.mtimeNs)));
     } finally {
       await to.close();
     }
@@ -940,7 +956,15 @@ function timeArg(seconds: number): number | string {
   return seconds < 0 ? String(seconds) : seconds;
 }
 
-function nsToSeconds(ns: string): number {
+/**
+ * Seconds for utimes from nanoseconds since 1970, aimed at the middle of their microsecond. libuv cuts the
+ * number it is given to whole microseconds (toward zero), and a double's own error near today's dates is ~0.24
+ * µs: the plain quotient put about half of all times one microsecond early (a time set to the millisecond read
+ * back as .122999). Times are restored to the microsecond, as libuv allows (FORMAT.md).
+ */
+export function nsToSeconds(ns: string | bigint): number {
   const n = BigInt(ns);
-  return Number(n / 1_000_000_000n) + Number(n % 1_000_000_000n) / 1e9;
+  const us = n / 1000n - (n % 1000n < 0n ? 1n : 0n); // whole microseconds, rounded down (also before 1970)
+  const seconds = Number(us / 1_000_000n) + Number(us % 1_000_000n) / 1e6;
+  return seconds + (seconds < 0 ? -0.5e-6 : 0.5e-6);
 }

@@ -78,8 +78,12 @@ export interface ClaimedTarget {
   readonly originalMode: number;
   /** Said where what an interrupted restore left was cleared first: which restore, of what, since when. */
   readonly tookOver?: string;
-  /** Removes the marker (this restore's own, not one that replaced it): the restore is over. */
-  finish(): Promise<void>;
+  /**
+   * Removes the marker (this restore's own, not one that replaced it): the restore is over. With `keepMarker`
+   * (what a failed restore wrote could not all be removed) it stays, so the target reads as an interrupted
+   * restore's, which the next restore into it clears.
+   */
+  finish(options?: { keepMarker?: boolean }): Promise<void>;
 }
 
 /** Makes `target` (and missing parents) if it does not exist; its real path. Refuses anything but a directory. */
@@ -151,7 +155,15 @@ export async function claimTarget(
     throw takenMeanwhile(target);
   }
   const claimed = await placeMarker(dirs, target, snapshotId, own, found.marker.targetMode);
-  await dirs.emptyTarget(RESTORE_MARKER);
+  const left = await dirs.emptyTarget(RESTORE_MARKER);
+  if (left.length > 0) {
+    await claimed.finish({ keepMarker: true }); // still what an interrupted restore left: the next one tries again
+    throw new Error(
+      `the restore target ${target} holds what an interrupted restore left, and not all of it could be removed ` +
+        `(${left.slice(0, 3).join(", ")}${left.length > 3 ? `, and ${left.length - 3} more` : ""}); remove them, ` +
+        "or restore into a new directory",
+    );
+  }
   const m = found.marker;
   return {
     ...claimed,
@@ -222,8 +234,9 @@ async function placeMarker(
   touch.unref();
   return {
     originalMode,
-    finish: async () => {
+    finish: async ({ keepMarker = false } = {}) => {
       clearInterval(touch);
+      if (keepMarker) return;
       // Only this restore's own (a marker of the same name with another claim is another restore's), also where
       // a restore taking over moved it aside this moment (and would put it back), and once more after: one left
       // behind makes a finished target look interrupted.

@@ -350,12 +350,17 @@ describe("snapshot engine", () => {
     const existing = join(dir, "weights.bin");
     await writeFile(existing, seeded(300_000, "weights"));
     await chmod(existing, 0o640);
-    await utimes(existing, HOUR_AGO, HOUR_AGO);
+    execFileSync("touch", ["-d", "@1700000000.123456", existing]); // with its microseconds (a Date keeps none)
     const elsewhere = await mkdtemp("/dev/shm/dumont-link-");
     try {
       await linkOrCopy(existing, join(elsewhere, "copy.bin"));
-      const [from, to] = [await lstat(existing), await lstat(join(elsewhere, "copy.bin"))];
-      expect([to.mode & 0o7777, to.mtimeMs, to.nlink, from.nlink]).toEqual([0o640, from.mtimeMs, 1, 1]);
+      const [from, to] = [await lstat(existing), await lstat(join(elsewhere, "copy.bin"), { bigint: true })];
+      expect([Number(to.mode) & 0o7777, to.mtimeNs / 1000n, to.nlink, from.nlink]).toEqual([
+        0o640,
+        1700000000123456n,
+        1n,
+        1,
+      ]);
       expect((await readFile(join(elsewhere, "copy.bin"))).equals(await readFile(existing))).toBe(true);
       await symlink(existing, join(dir, "swapped"));
       await expect(linkOrCopy(join(dir, "swapped"), join(elsewhere, "no.bin"))).rejects.toThrow(/ELOOP/);
@@ -1508,6 +1513,35 @@ describe("restore safety", () => {
       expect.objectContaining({ code: "invalid-manifest" }),
     );
     expect(existsSync(target)).toBe(false);
+  });
+
+  it("restores times to the microsecond: files of one chunk and of several, directories, links, before 1970 too", async () => {
+    const source = fresh("src");
+    await mkdir(join(source, "d"), { recursive: true });
+    await writeFile(join(source, "small.txt"), "hello\n"); // one chunk: a worker creates it
+    await writeFile(join(source, "big.bin"), seeded(1_000_000, "mtimes")); // several chunks
+    await symlink("small.txt", join(source, "l"));
+    await writeFile(join(source, "d", "old.txt"), "from 1965\n");
+    // Set with nanoseconds (touch): Node's utimes would round them as the restore does.
+    const stamps: [string, string][] = [
+      ["small.txt", "@1700000000.973305"],
+      ["big.bin", "@1700000000.123000"],
+      ["l", "@1700000000.760772"],
+      ["d/old.txt", "@-150000000.660477"],
+      ["d", "@1700000000.999999"],
+    ];
+    for (const [p, at] of stamps) execFileSync("touch", ["-h", "-d", at, join(source, p)]);
+    const repo = pathToFileURL(fresh("repo")).href;
+    const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    const micros = async (dir: string) =>
+      Object.fromEntries(
+        await Promise.all(
+          stamps.map(async ([p]) => [p, String((await lstat(join(dir, p), { bigint: true })).mtimeNs / 1000n)]),
+        ),
+      );
+    expect(await micros(target)).toEqual(await micros(source));
   });
 
   it("restores times before 1970, and files without setuid or setgid (owners kept or not)", async () => {
