@@ -17,3 +17,12 @@ export const MANIFEST_PART_BYTES = 2 * 1024 * 1024;
 export const MAX_MANIFEST_BYTES = 256 * 1024 * 1024;
 /** The most parts one manifest has (a snapshot record lists them; MAX_MANIFEST_BYTES is reached long before). */
 export const MAX_MANIFEST_PARTS = 256;
+/** The most bytes the parts of a manifest of MAX_MANIFEST_BYTES seal to (a few bytes more a part). */
+export const MAX_SEALED_MANIFEST_BYTES = MAX_MANIFEST_BYTES + MAX_MANIFEST_PARTS * 1024;
+
+/**
+ * The most chunk ids one offer (SnapshotOffer) may carry. The agent offers OFFER_BATCH (4,096) at a time; a
+ * message's worth (~480,000 ids, ~70 MB of heap once each is a Buffer) would let an agent that offers and never
+ * reads its answers pin gigabytes of the control plane before its stream is paused.
+ */
+export const MAX_OFFER_CHUNK_IDS = 16_384;

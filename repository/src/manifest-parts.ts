@@ -1,7 +1,7 @@
 // Gathers the parts of a manifest that travel ahead of the message carrying its last part (the agent's stream,
 // both ways: SnapshotCommit and Restore), holding no more than a manifest may. It imports only the limits, so
 // the agent's session code can use it without loading the repository.
-import { MAX_MANIFEST_BYTES, MAX_MANIFEST_PARTS } from "./limits.js";
+import { MAX_MANIFEST_BYTES, MAX_MANIFEST_PARTS, MAX_SEALED_MANIFEST_BYTES } from "./limits.js";
 
 /**
  * `Ref`: what stands for a part the receiver holds already instead of its bytes (the control plane's
@@ -34,7 +34,7 @@ export class ManifestPartsReceiver<Ref extends object = never> {
       return undefined;
     }
     this.bytes += part.length;
-    if (this.bytes > MAX_MANIFEST_BYTES + MAX_MANIFEST_PARTS * 1024) {
+    if (this.bytes > MAX_SEALED_MANIFEST_BYTES) {
       this.refused = `more than ${MAX_MANIFEST_BYTES / 2 ** 20} MiB of manifest parts, more than a manifest holds`;
       return this.refused;
     }

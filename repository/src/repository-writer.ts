@@ -7,6 +7,7 @@ import type { BlobWriter } from "./blob-store.js";
 import { copyBytes } from "./copy-bytes.js";
 import { counted } from "./counted.js";
 import { chunkArrivedDamaged, isRepositoryError, RepositoryError } from "./errors.js";
+import { MAX_MANIFEST_BYTES, MAX_SEALED_MANIFEST_BYTES } from "./limits.js";
 import { acquireLock, type HeldLock } from "./lock.js";
 import {
   MAX_CHUNK_LENGTH,
@@ -299,38 +300,68 @@ export class RepositoryWriter implements ChunkSink {
 
   /**
    * Each part's sealed bytes: as given, or read from the repository for a part named by id when `read` (else
-   * only checked to be there, and undefined). A part that is not there, or not what its id says, is refused.
+   * only checked to be there, and undefined). A part that is not there, or not what its id says, is refused; so
+   * is a part named twice (parts hold different paths: no manifest repeats one), and parts that are more bytes
+   * together than a manifest seals to, before any is read: a few bytes of ids naming one large stored part over
+   * and over would otherwise have this process read and hold gigabytes.
    */
   private async partsInHand(parts: readonly ManifestPartBlob[], read: boolean): Promise<(Buffer | undefined)[]> {
     const store = this.repository.store;
+    const what = (i: number) => `manifest part ${i + 1} of ${parts.length}`;
+    const notThere = (i: number, id: string) =>
+      new RepositoryError(
+        "incomplete",
+        `${what(i)}, manifests/${id}, is not in the repository (pruned since the snapshot that stored it?)`,
+      );
+    const first = new Map<string, number>();
+    for (const [i, part] of parts.entries()) {
+      if (Buffer.isBuffer(part)) continue;
+      if (!MANIFEST_ID.test(part.stored)) {
+        throw new RepositoryError(
+          "invalid-argument",
+          `${what(i)} is named by ${JSON.stringify(part.stored)}, not a hex id`,
+        );
+      }
+      const earlier = first.get(part.stored);
+      if (earlier !== undefined) {
+        throw new RepositoryError(
+          "invalid-argument",
+          `${what(i)} names manifests/${part.stored}, as part ${earlier + 1} did; a manifest's parts are all different`,
+        );
+      }
+      first.set(part.stored, i);
+    }
     // Settled whole, then the first refusal in part order: the same manifest always fails the same way.
-    const results = await Promise.allSettled(
-      parts.map(async (part, i) => {
-        if (Buffer.isBuffer(part)) return part;
-        const what = `manifest part ${i + 1} of ${parts.length}`;
-        if (!MANIFEST_ID.test(part.stored)) {
-          throw new RepositoryError(
-            "invalid-argument",
-            `${what} is named by ${JSON.stringify(part.stored)}, not a hex id`,
-          );
-        }
-        const key = manifestKey(part.stored);
-        const blob = read ? await store.get(key).catch((err) => absentOr(err)) : undefined;
-        if (read ? blob === undefined : (await store.stat(key)) === undefined) {
-          throw new RepositoryError(
-            "incomplete",
-            `${what}, manifests/${part.stored}, is not in the repository (pruned since the snapshot that stored it?)`,
-          );
-        }
-        if (blob && !sha256(blob).equals(Buffer.from(part.stored, "hex"))) {
-          throw new RepositoryError("corrupt", `${what}, manifests/${part.stored}, does not hash to its id`);
-        }
-        return blob;
-      }),
-    );
-    const refused = results.find((r) => r.status === "rejected");
-    if (refused) throw refused.reason;
-    return results.map((r) => (r as PromiseFulfilledResult<Buffer | undefined>).value);
+    const settled = async <T>(each: (part: ManifestPartBlob, i: number) => Promise<T>): Promise<T[]> => {
+      const results = await Promise.allSettled(parts.map(each));
+      const refused = results.find((r) => r.status === "rejected");
+      if (refused) throw refused.reason;
+      return results.map((r) => (r as PromiseFulfilledResult<T>).value);
+    };
+    const sizes = await settled(async (part, i) => {
+      if (Buffer.isBuffer(part)) return part.length;
+      const info = await store.stat(manifestKey(part.stored));
+      if (info === undefined) throw notThere(i, part.stored);
+      return info.size;
+    });
+    const total = sizes.reduce((sum, size) => sum + size, 0);
+    if (total > MAX_SEALED_MANIFEST_BYTES) {
+      throw new RepositoryError(
+        "invalid-argument",
+        `the manifest's ${parts.length} parts are ${total} bytes together, more than a manifest of ` +
+          `${MAX_MANIFEST_BYTES / 2 ** 20} MiB seals to`,
+      );
+    }
+    if (!read) return parts.map((part) => (Buffer.isBuffer(part) ? part : undefined));
+    return settled(async (part, i) => {
+      if (Buffer.isBuffer(part)) return part;
+      const blob = await store.get(manifestKey(part.stored)).catch((err) => absentOr(err));
+      if (blob === undefined) throw notThere(i, part.stored);
+      if (!sha256(blob).equals(Buffer.from(part.stored, "hex"))) {
+        throw new RepositoryError("corrupt", `${what(i)}, manifests/${part.stored}, does not hash to its id`);
+      }
+      return blob;
+    });
   }
 
   /**

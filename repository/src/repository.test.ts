@@ -662,6 +662,33 @@ describe.each(stores)("a manifest in parts on %s", (_name, make) => {
       (e) => isRepositoryError(e, "corrupt") && /does not hash to its id/.test(String(e)),
     );
     await replaced.abort();
+    // Before any part is read: a part named twice (no manifest repeats one: named over and over, one large stored
+    // part would be read and held as often), and parts larger together, by their sizes in the store, than a whole
+    // manifest seals to (the store says 200 MiB each here).
+    const reads = vi.spyOn(store, "get");
+    const twiceNamed = await repository.writer();
+    await expect(twiceNamed.commit([{ stored: ids[1] }, { stored: ids[1] }], meta)).rejects.toSatisfy(
+      (e) =>
+        isRepositoryError(e, "invalid-argument") && /part 2 of 2 names manifests\/\w+, as part 1 did/.test(String(e)),
+    );
+    await twiceNamed.abort();
+    const large: BlobStore = Object.create(store, {
+      stat: {
+        value: async (k: string) => {
+          const info = await store.stat(k);
+          return info && k.startsWith("manifests/") ? { ...info, size: 200 * 2 ** 20 } : info;
+        },
+      },
+    });
+    const tooLarge = await (await Repository.open(large, key)).writer();
+    await expect(tooLarge.commit([{ stored: ids[1] }, { stored: ids[2] }], meta)).rejects.toSatisfy(
+      (e) =>
+        isRepositoryError(e, "invalid-argument") &&
+        /the manifest's 2 parts are 419430400 bytes together, more than a manifest of 256 MiB seals to/.test(String(e)),
+    );
+    await tooLarge.abort();
+    expect(reads.mock.calls.filter(([k]) => k.startsWith("manifests/"))).toEqual([]);
+    reads.mockRestore();
     expect((await repository.listSnapshots()).length).toBe(3);
     await store.close();
   });

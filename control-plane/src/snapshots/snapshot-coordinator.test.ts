@@ -25,6 +25,7 @@ import {
   type BlobStore,
   checkRepository,
   chunkCodec,
+  MAX_OFFER_CHUNK_IDS,
   openBlobStore,
   Repository,
   type RetentionPolicy,
@@ -743,6 +744,25 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
     } finally {
       blobs.stat = stat;
     }
+  });
+
+  it("answers an offer of 16,384 chunk ids and refuses one of more, telling the agent", async () => {
+    // Each id is an object here: offers of a message's worth (~480,000 ids) from an agent that never read its
+    // answers pinned gigabytes before its stream was paused.
+    const { snapshot, requestId } = await startedIn(h);
+    const offer = (batch: bigint, n: number) =>
+      agentSends(h.session, {
+        case: "snapshotOffer",
+        value: { requestId, epoch: 0n, batch, chunkIds: Array.from({ length: n }, () => randomBytes(32)) },
+      });
+    offer(1n, MAX_OFFER_CHUNK_IDS);
+    await waitFor(() => h.sent.some((m) => m.msg.case === "snapshotNeed"));
+    const need = h.sent.find((m) => m.msg.case === "snapshotNeed")?.msg;
+    expect(need?.case === "snapshotNeed" && need.value.chunkIds.length).toBe(MAX_OFFER_CHUNK_IDS);
+    offer(2n, MAX_OFFER_CHUNK_IDS + 1);
+    await expect(snapshot).rejects.toThrow(`the agent offered ${MAX_OFFER_CHUNK_IDS + 1} chunk ids at once; at most`);
+    const aborted = h.sent.find((m) => m.msg.case === "snapshotAborted")?.msg;
+    expect(aborted?.case === "snapshotAborted" && aborted.value.requestId).toBe(requestId);
   });
 
   it("a host's earlier session neither reaches nor ends the operations of its new one", async () => {

@@ -31,6 +31,7 @@ import {
   isRepositoryError,
   MAX_CHUNK_LENGTH,
   MAX_MANIFEST_PARTS,
+  MAX_OFFER_CHUNK_IDS,
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
   type Manifest,
@@ -284,8 +285,16 @@ export class SnapshotCoordinator {
     if (!requestId) return;
     const op = this.operations.get(requestId);
     // A message for another session's operation is ignored: another host's (host ids are bound to
-    // certificates), or this host's earlier session, whose messages may still be arriving.
-    if (!op || op.session !== session) return;
+    // certificates), or this host's earlier session, whose messages may still be arriving. So is one for an
+    // operation that is over: the agent was told how it ended (snapshotAborted, restoreAborted, committed), and
+    // what it had sent meanwhile still arrives; answering each would only echo that. Logged at debug.
+    if (!op || op.session !== session) {
+      this.log.debug(
+        { host: session.hostId, requestId, message: message.msg.case },
+        "agent message for no operation of its session: dropped",
+      );
+      return;
+    }
     op.handle(message);
   }
 
@@ -669,6 +678,13 @@ export class SnapshotCoordinator {
           if (m.case === "snapshotOffer") {
             if (m.value.epoch !== req.epoch) return abandon(staleEpoch(m.value.epoch, req.epoch));
             const batch = m.value.batch;
+            if (m.value.chunkIds.length > MAX_OFFER_CHUNK_IDS) {
+              return abandon(
+                new InvalidArgumentError(
+                  `the agent offered ${m.value.chunkIds.length} chunk ids at once; at most ${MAX_OFFER_CHUNK_IDS}`,
+                ),
+              );
+            }
             const ids = m.value.chunkIds.map((id) => Buffer.from(id));
             const parts = m.value.manifestIds.map((id) => Buffer.from(id).toString("hex"));
             if (parts.length > MAX_MANIFEST_PARTS || parts.some((id) => id.length !== 64)) {

@@ -34,7 +34,7 @@ export interface FileWork {
 
 /** How a file that changed while it was read is left out (createSnapshot reads it once more). */
 export const CHANGED = "it changed while it was being read";
-/** Chunk ids asked of the sink in one call. */
+/** Chunk ids asked of the sink in one call (one offer on the stream: the control plane takes MAX_OFFER_CHUNK_IDS). */
 export const OFFER_BATCH = 4096;
 
 /** The hex ids of `ids` the sink lacks, asked OFFER_BATCH at a time. */
