@@ -70,8 +70,19 @@ describe("assertRestorable", () => {
     ["a name with a lone surrogate", m(file("u\uD800"))],
     ["names one on disk, two here", m(dir("d\uD800"), dir("d\uDC00"))],
     ["a symlink target with a lone surrogate", m(link("u\uFFFD", "."), link("v", "u\uD800/.."))],
+    // Where names fold (ext4 casefold, APFS, NTFS), `A` and the NFD spelling of `é` are the links `a` and `é`.
+    ["a symlink escaping through another by its case", m(link("a", "."), link("x", "A/.."))],
+    ["a symlink escaping through another by its normalisation", m(link("\u00e9", "."), link("y", "e\u0301/.."))],
+    ["a symlink escaping where its own target folds", m(dir("D"), link("D/l", "."), link("z", "d/L/../.."))],
   ])("refuses %s", (_what, manifest) => {
     expect(() => assertRestorable(manifest)).toThrow(expect.objectContaining({ code: "invalid-manifest" }));
+  });
+
+  it("allows links that stay inside however names fold, and names the folding when only it escapes", () => {
+    expect(() => assertRestorable(m(link("a", "."), link("z", "A"), dir("B"), link("B/l", "..")))).not.toThrow();
+    expect(() => assertRestorable(m(link("a", "."), link("x", "A/..")))).toThrow(
+      /symlink "x" -> "A\/.." points outside the restore target on a filesystem that ignores case or Unicode normalisation; restore with --allow-external-symlinks/,
+    );
   });
 
   it("allows outward symlinks only when asked", () => {

@@ -424,18 +424,45 @@ export class RestorableCheck {
    */
   refuseOutwardLinks(paths: Iterable<string> = this.links.keys()): void {
     if (this.options.allowExternalSymlinks) return;
+    const folded = foldLinks(this.links);
     for (const path of paths) {
       const target = this.links.get(path);
-      if (target === undefined || !symlinkEscapes(path, target, this.links)) continue;
+      if (target === undefined) continue;
+      // Read twice: as a filesystem that tells names apart by every code unit resolves the links, and as one that
+      // ignores case and Unicode normalisation does (ext4 with casefold, APFS, NTFS), where `A` is the link `a`.
+      const where = symlinkEscapes(path, target, this.links)
+        ? ""
+        : symlinkEscapes(foldName(path), foldName(target), folded)
+          ? " on a filesystem that ignores case or Unicode normalisation"
+          : undefined;
+      if (where === undefined) continue;
       // Still "invalid-manifest" (a manifest this restore must not write), for callers that map the code.
       throw new RepositoryError(
         "invalid-manifest",
-        `symlink ${JSON.stringify(path)} -> ${JSON.stringify(target)} points outside the restore target; restore ` +
-          "with --allow-external-symlinks to write it anyway (a restore creates links and never follows one), " +
-          "or leave it out with --include",
+        `symlink ${JSON.stringify(path)} -> ${JSON.stringify(target)} points outside the restore target${where}; ` +
+          "restore with --allow-external-symlinks to write it anyway (a restore creates links and never follows " +
+          "one), or leave it out with --include",
       );
     }
   }
+}
+
+/** A name as a filesystem that ignores case and Unicode normalisation sees it (close enough to its folding). */
+function foldName(name: string): string {
+  return name.normalize("NFC").toLowerCase();
+}
+
+/**
+ * The links as such a filesystem holds them: of links whose names fold alike only the first is created there
+ * (the others fail, existing), and links are created in manifest order.
+ */
+function foldLinks(links: ReadonlyMap<string, string>): Map<string, string> {
+  const folded = new Map<string, string>();
+  for (const [path, target] of links) {
+    const name = foldName(path);
+    if (!folded.has(name)) folded.set(name, foldName(target));
+  }
+  return folded;
 }
 
 /**
