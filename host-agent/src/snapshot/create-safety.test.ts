@@ -1,13 +1,26 @@
 // What `create` must not do, on real files: drop entries without a word, read outside the source through a
 // directory replaced by a symlink mid-snapshot, or fail a snapshot it has already committed.
 import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, renameSync, symlinkSync, writeFileSync } from "node:fs";
-import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, utimes, writeFile } from "node:fs/promises";
+import {
+  chmod,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  symlink,
+  utimes,
+  writeFile,
+} from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { promisify } from "node:util";
-import { generateRepositoryKey, openBlobStore, Repository } from "@dumont/repository";
+import { type ChunkSink, generateRepositoryKey, openBlobStore, Repository } from "@dumont/repository";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runAgentCli } from "../cli/run-in-process.js";
 import { createSnapshot, listSnapshotSource } from "./create-snapshot.js";
@@ -361,5 +374,80 @@ describe("create", () => {
       /^warning: the local index .+ could not be used \(EISDIR.*\), so every file was read again$/,
     );
     expect(lines[1]).toMatch(/^warning: snapshot \w+ is saved, but not its local index: /);
+  });
+});
+
+describe("create, while files change under it", () => {
+  const HOUR_AGO = Date.now() / 1000 - 3600;
+  const meta = { workspace: "w", epoch: 0, tenant: "t" };
+  const seeded = (size: number, seed: string): Buffer => {
+    const out = Buffer.allocUnsafe(size);
+    for (let i = 0, n = 0; i < size; n++) i += createHash("sha256").update(`${seed}:${n}`).digest().copy(out, i);
+    return out;
+  };
+  /** A fresh repository and a writer into it whose put first runs `before` (once per put). */
+  const writerWith = async (key: Buffer, before: (puts: number) => Promise<void>) => {
+    const repo = pathToFileURL(fresh("repo")).href;
+    const { repository } = await Repository.openOrInit(openBlobStore(repo), key);
+    const writer = await repository.writer({ packSize: SMALL.packSize });
+    let puts = 0;
+    const sink: ChunkSink = {
+      missing: (ids) => writer.missing(ids),
+      put: async (chunks) => {
+        await before(++puts);
+        await writer.put(chunks);
+      },
+      commit: (manifest, m) => writer.commit(manifest, m),
+      abort: () => writer.abort(),
+    };
+    return { repo, repository, sink };
+  };
+
+  it("stores a file rewritten in place at its size while its segments are read as one version, never a mix", async () => {
+    // 8 MiB: 16 segments, read by two workers at different times. Rewritten in place once the first chunks are
+    // taken (a database's pages, `dd conv=notrunc`, an mmap'd checkpoint): its size never changes, its times do.
+    const source = fresh("src");
+    await mkdir(source);
+    const file = join(source, "db.bin");
+    const [v1, v2] = [seeded(8 * 1024 * 1024, "v1"), seeded(8 * 1024 * 1024, "v2")];
+    await writeFile(file, v1);
+    await utimes(file, HOUR_AGO, HOUR_AGO);
+    const key = generateRepositoryKey();
+    const { repo, sink } = await writerWith(key, async (puts) => {
+      if (puts === 1) await writeFile(file, v2, { flag: "r+" });
+    });
+    const created = await createSnapshot({ source, sink, key, meta, pool, ...SMALL });
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    // Read once more as it is now (the change noticed): v2, whole.
+    expect(created.skipped).toEqual([]);
+    expect((await readFile(join(target, "db.bin"))).equals(v2)).toBe(true);
+  });
+
+  it("gives the pool's shared buffers back when a snapshot fails part-way (an agent's pool lives on)", async () => {
+    // A sink that fails once some chunks were taken (the control plane aborts, the stream drops): the buffers of
+    // the segments sealed ahead, and the failed one's, stayed lent until the pool closed, ~24 MiB each.
+    const shared = new SnapshotWorkerPool({ threads: 2 });
+    const lent = () => {
+      const p = shared as unknown as { sharedIds: Map<ArrayBufferLike, number>; idleShared: unknown[] };
+      return p.sharedIds.size - p.idleShared.length;
+    };
+    try {
+      const source = fresh("src");
+      await mkdir(source);
+      await writeFile(join(source, "big.bin"), seeded(16 * 1024 * 1024, "big"));
+      const key = generateRepositoryKey();
+      const after: number[] = [];
+      for (let round = 0; round < 3; round++) {
+        const { sink } = await writerWith(key, async (puts) => {
+          if (puts === 2) throw new Error("the control plane aborted the snapshot");
+        });
+        await expect(createSnapshot({ source, sink, key, meta, pool: shared, ...SMALL })).rejects.toThrow(/aborted/);
+        after.push(lent());
+      }
+      expect(after).toEqual([0, 0, 0]);
+    } finally {
+      await shared.close();
+    }
   });
 });

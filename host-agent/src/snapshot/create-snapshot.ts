@@ -105,7 +105,14 @@ export interface CreateSnapshotResult {
   warnings?: string[];
 }
 
-/** A file whose mtime is this close to the start of the snapshot may change again within the same tick. */
+/**
+ * A file whose mtime is this close to the start of the snapshot may change again within the same tick: it is not
+ * remembered in the local index (the next snapshot reads it). By mtime alone, not ctime (which a file whose mtime
+ * was set back has recent): judged by ctime too, every file written within 2 s of a snapshot would be read again
+ * by the next. What that leaves: a file rewritten at its size after it was read, its mtime set back, within the
+ * same tick of a coarse ctime clock as its listing (Linux before 6.13's multigrain times; NFS, FUSE), is
+ * remembered with its old chunks.
+ */
 const RACY_WINDOW_NS = 2_000_000_000n;
 
 /** A source directory itself, its entries, what was left out, and when the listing began. */
@@ -201,29 +208,33 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       heldIds,
       options.readAhead ?? "auto",
     );
-    options.onProgress?.({ bytesRead: 0, bytesToRead });
-    const progress = () => options.onProgress?.({ bytesRead: stats.bytesRead, bytesToRead });
-    await pipeline.run(reading, options.signal, progress).finally(() => pipeline.close());
-    // A path that shared a read which failed gets a read of its own, in the pass below, from a fresh lstat of
-    // it: the first path may have been removed or replaced while this one still names the file.
-    for (const e of sharing) {
-      if (!reading[workAt[e]].failed) continue;
-      workAt[e] = reading.length;
-      reading.push({ entry: entries[e], first: 0, count: 0, segments: 0, position: 0, failed: CHANGED });
+    try {
+      options.onProgress?.({ bytesRead: 0, bytesToRead });
+      const progress = () => options.onProgress?.({ bytesRead: stats.bytesRead, bytesToRead });
+      await pipeline.run(reading, options.signal, progress).finally(() => pipeline.close());
+      // A path that shared a read which failed gets a read of its own, in the pass below, from a fresh lstat of
+      // it: the first path may have been removed or replaced while this one still names the file.
+      for (const e of sharing) {
+        if (!reading[workAt[e]].failed) continue;
+        workAt[e] = reading.length;
+        reading.push({ entry: entries[e], first: 0, count: 0, segments: 0, position: 0, failed: CHANGED });
+      }
+      // A file that changed while it was read (a checkpoint being rewritten, a log cut short) is read once more,
+      // as it is now: left out, a restore would not have it at all.
+      const again = await rereadable(
+        source,
+        reading.filter((w) => w.failed === CHANGED),
+      );
+      if (again.length > 0) {
+        bytesToRead += again.reduce((sum, w) => sum + w.entry.size, 0);
+        progress();
+        await pipeline.run(again, options.signal, progress, true).finally(() => pipeline.close());
+        for (const w of again) if (w.failed === CHANGED) w.failed = CHANGED_TWICE;
+      }
+    } finally {
+      // Given back however the reads end (a sink that failed, an abort): the pool keeps what it lent until it closes.
+      if (heldIds) pool.recycle(heldIds.buffer);
     }
-    // A file that changed while it was read (a checkpoint being rewritten, a log cut short) is read once more,
-    // as it is now: left out, a restore would not have it at all.
-    const again = await rereadable(
-      source,
-      reading.filter((w) => w.failed === CHANGED),
-    );
-    if (again.length > 0) {
-      bytesToRead += again.reduce((sum, w) => sum + w.entry.size, 0);
-      progress();
-      await pipeline.run(again, options.signal, progress, true).finally(() => pipeline.close());
-      for (const w of again) if (w.failed === CHANGED) w.failed = CHANGED_TWICE;
-    }
-    if (heldIds) pool.recycle(heldIds.buffer);
     let files = 0;
     let bytesTotal = 0;
     for (let e = 0; e < entries.length; e++) {

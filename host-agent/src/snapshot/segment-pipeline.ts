@@ -2,7 +2,7 @@
 // ones split), reads small files ahead from a cold page cache, turns what the workers sealed into each file's
 // chunks in order (a ChunkTable), and sends the sink the chunks it lacks. createSnapshot (create-snapshot.ts)
 // decides what to read and writes the manifest.
-import { constants, readFileSync, realpathSync } from "node:fs";
+import { type BigIntStats, constants, readFileSync, realpathSync } from "node:fs";
 import { type FileHandle, open, readlink } from "node:fs/promises";
 import { type ChunkSink, chunkCodec, type SealedChunk } from "@dumont/repository";
 import type { ChunkTable } from "./chunk-table.js";
@@ -15,7 +15,7 @@ import {
   GEAR_SCAN_WASM,
 } from "./chunker.js";
 import { READ_AHEAD_MAX_FILE, ReadAhead } from "./read-ahead.js";
-import type { SealedSegments } from "./segment-sealer.js";
+import type { FileSegment, SealedSegments } from "./segment-sealer.js";
 import { type SourceEntry, sourceFile } from "./source-tree.js";
 import type { SnapshotWorkerPool } from "./worker-pool.js";
 
@@ -154,6 +154,11 @@ export class SegmentPipeline {
     return this.expectRoot === undefined ? undefined : sourceFile(this.expectRoot, work.entry);
   }
 
+  /** In a first read, the times a file must keep while it is read (FileSegment.listedTimes); else undefined. */
+  private listedTimes(work: FileWork): FileSegment["listedTimes"] {
+    return this.expectRoot === undefined ? { mtimeNs: work.entry.mtimeNs, ctimeNs: work.entry.ctimeNs } : undefined;
+  }
+
   /** Stops the read-ahead threads, if any were started. */
   async close(): Promise<void> {
     await this.readAhead?.close();
@@ -211,6 +216,7 @@ export class SegmentPipeline {
             dev: seg.work.entry.dev,
             expectPath: this.expectedPath(seg.work),
             sizeAsListed: this.expectRoot === undefined,
+            listedTimes: this.listedTimes(seg.work),
           })),
           this.heldIds,
         );
@@ -221,12 +227,18 @@ export class SegmentPipeline {
         sealed.catch(() => {});
         offered.catch(() => {});
         const step = this.chain.then(async () => {
-          if (this.failure) return;
+          let result: SealedSegments | undefined;
           try {
-            await this.handle(task, await sealed, await offered);
+            result = await sealed;
+            if (this.failure) return; // a failed run's later results: only their memory goes back
+            await this.handle(task, result, await offered);
             progress();
           } catch (err) {
             this.failure ??= err;
+          } finally {
+            // The sinks copy what they take before put resolves. Given back whatever happened: the pool keeps
+            // what it lent until it closes, and an agent's pool closes only once idle.
+            if (result) this.pool.recycle(result.out.buffer as ArrayBuffer);
           }
         });
         this.chain = step;
@@ -353,7 +365,6 @@ export class SegmentPipeline {
       }
     }
     await this.deliver(fresh, offered);
-    this.pool.recycle(sealed.out.buffer as ArrayBuffer);
   }
 
   /** Joins the true chain of cuts (ending at work.position) to the segment's own chain. */
@@ -384,6 +395,7 @@ export class SegmentPipeline {
           from = starts.indexOf(p);
           if (from >= 0) break;
         }
+        await this.assertUnwritten(work, handle); // what the seam read is of the version the workers read
       } finally {
         await handle.close();
       }
@@ -451,6 +463,7 @@ export class SegmentPipeline {
       if (!st.isFile() || st.ino !== work.entry.ino || Number(st.dev) !== work.entry.dev) {
         throw Object.assign(new Error("it was replaced while the snapshot ran"), { code: "ECHANGED" });
       }
+      await this.assertUnwritten(work, handle, st);
       const expected = this.expectedPath(work);
       const opened = expected && (await readlink(`/proc/self/fd/${handle.fd}`).catch(() => undefined));
       if (opened !== undefined && opened !== expected) {
@@ -461,6 +474,16 @@ export class SegmentPipeline {
     } catch (err) {
       await handle.close();
       throw err;
+    }
+  }
+
+  /** Fails ECHANGED if, in a first read, the file opened as `handle` no longer has its listed times. */
+  private async assertUnwritten(work: FileWork, handle: FileHandle, st?: BigIntStats): Promise<void> {
+    const times = this.listedTimes(work);
+    if (!times) return;
+    const now = st ?? (await handle.stat({ bigint: true }));
+    if (now.mtimeNs !== times.mtimeNs || now.ctimeNs !== times.ctimeNs) {
+      throw Object.assign(new Error("it was written to while it was being read"), { code: "ECHANGED" });
     }
   }
 }

@@ -41,6 +41,14 @@ export interface FileSegment {
    * where the size is not held to (a log appended to without pause gets its prefix as listed then).
    */
   sizeAsListed?: boolean;
+  /**
+   * A first read: the file's modification and change times as listed. A file rewritten in place at its size (a
+   * database's pages, `dd conv=notrunc`, an mmap'd checkpoint) while its segments are read, by workers at
+   * different times, would be stored as bytes of two versions that neither ever held: each segment's file must
+   * have these times when it is opened and once it is read, or the file is reported changed (and read once
+   * more, where times are not held to: what that read sees is kept, as a log appended to keeps its prefix).
+   */
+  listedTimes?: { mtimeNs: bigint; ctimeNs: bigint };
 }
 
 export interface SealedSegments {
@@ -142,6 +150,10 @@ export function createSegmentSealer(deps: {
           }
           if (seg.sizeAsListed && st.size !== BigInt(seg.fileSize))
             throw changed("its size changed since it was listed");
+          const times = seg.listedTimes;
+          if (times && (st.mtimeNs !== times.mtimeNs || st.ctimeNs !== times.ctimeNs)) {
+            throw changed("it was written to since it was listed");
+          }
           if (seg.expectPath !== undefined) {
             let opened: string | undefined;
             try {
@@ -195,8 +207,14 @@ export function createSegmentSealer(deps: {
             count++;
             s = e;
           }
-          if (seg.sizeAsListed && readEnd === seg.fileSize && fs.fstatSync(fd, { bigint: true }).size !== st.size) {
-            throw changed("its size changed while it was being read");
+          if ((seg.sizeAsListed && readEnd === seg.fileSize) || times) {
+            const after = fs.fstatSync(fd, { bigint: true });
+            if (seg.sizeAsListed && readEnd === seg.fileSize && after.size !== st.size) {
+              throw changed("its size changed while it was being read");
+            }
+            if (times && (after.mtimeNs !== times.mtimeNs || after.ctimeNs !== times.ctimeNs)) {
+              throw changed("it was written to while it was being read");
+            }
           }
         } catch (err) {
           // A file that vanished, cannot be read or changed under us is left out (the caller says so);
