@@ -1,6 +1,6 @@
 // What `create` must not do, on real files: drop entries without a word, read outside the source through a
 // directory replaced by a symlink mid-snapshot, or fail a snapshot it has already committed.
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, renameSync, symlinkSync, writeFileSync } from "node:fs";
 import {
@@ -422,6 +422,71 @@ describe("create, while files change under it", () => {
     // Read once more as it is now (the change noticed): v2, whole.
     expect(created.skipped).toEqual([]);
     expect((await readFile(join(target, "db.bin"))).equals(v2)).toBe(true);
+  });
+
+  it("opens nothing outside the source through a directory swapped for a symlink after the listing", async () => {
+    // The listing saw d/pipe, a file. Then d is swapped for a link to a directory outside whose `pipe` is a FIFO a
+    // host process writes to, blocked in open until a reader opens it. O_NOFOLLOW guards a path's last name only:
+    // the workers opened the FIFO (or, as root, a device: /dev/watchdog arms on open) before their inode check.
+    const base = fresh("swap");
+    const source = join(base, "src");
+    const outside = join(base, "outside");
+    await mkdir(join(source, "d"), { recursive: true });
+    await mkdir(outside);
+    await writeFile(join(source, "d", "pipe"), "inside\n");
+    await writeFile(join(source, "kept.txt"), "kept\n");
+    const listing = listSnapshotSource(source);
+    await listing;
+    await run("mkfifo", [join(outside, "pipe")]);
+    const writer = spawn("sh", ["-c", 'echo host-data > "$1"', "sh", join(outside, "pipe")], { stdio: "ignore" });
+    const exited = new Promise<boolean>((resolve) => writer.on("exit", () => resolve(true)));
+    await rename(join(source, "d"), join(base, "d.moved"));
+    await symlink(outside, join(source, "d"));
+    const { created, restored } = await snapshotFromListing(source, listing);
+    expect(created.skipped).toEqual([
+      {
+        path: "d/pipe",
+        reason: "a directory on its path was replaced while the snapshot ran (it leads elsewhere now)",
+      },
+    ]);
+    expect(restored).toEqual(["d/", "kept.txt: kept\n"]);
+    // Still blocked: nothing opened the FIFO outside the source.
+    const released = await Promise.race([exited, new Promise<boolean>((r) => setTimeout(() => r(false), 500))]);
+    writer.kill("SIGKILL");
+    expect(released).toBe(false);
+  });
+
+  it("reads the files of a tree deeper than PATH_MAX, as its listing walks it: through handles", async () => {
+    // 25 levels of 200-byte names: the deepest files' paths pass 4,096 bytes (made by relative steps, as no
+    // whole path would open).
+    const source = fresh("deep");
+    const target = fresh("restored");
+    await mkdir(source);
+    const cwd = process.cwd();
+    try {
+      process.chdir(source);
+      for (let i = 1; i <= 25; i++) {
+        mkdirSync("d".repeat(200));
+        process.chdir("d".repeat(200));
+        writeFileSync("f.txt", `level ${i}`);
+      }
+    } finally {
+      process.chdir(cwd);
+    }
+    try {
+      const key = generateRepositoryKey();
+      const repo = pathToFileURL(fresh("repo")).href;
+      const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+      expect([created.files, created.skipped]).toEqual([25, []]);
+      await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+      // Every file whole, each read back by find (which walks by relative steps too, as cat by a path would not).
+      const each = "find \"$1\" -name f.txt -execdir sh -c 'cat f.txt; echo' \\;"; // in each file's directory
+      const { stdout } = await run("sh", ["-c", each, "sh", target]);
+      const levels = Array.from({ length: 25 }, (_, i) => `level ${i + 1}`);
+      expect(stdout.trim().split("\n").sort()).toEqual(levels.sort());
+    } finally {
+      await run("rm", ["-rf", source, target]); // Node's rm cannot: it removes by whole paths
+    }
   });
 
   it("gives the pool's shared buffers back when a snapshot fails part-way (an agent's pool lives on)", async () => {

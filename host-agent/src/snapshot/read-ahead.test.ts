@@ -13,17 +13,16 @@ describe("read-ahead threads", () => {
   it("read every batch through, past files that are missing or are FIFOs (never waiting on one)", async () => {
     const files = [];
     for (let i = 0; i < 50; i++) {
-      const path = join(root, `f${i}`);
-      await writeFile(path, `contents ${i}`.repeat(100));
-      files.push({ path, size: 1000 + i });
+      await writeFile(join(root, `f${i}`), `contents ${i}`.repeat(100));
+      files.push({ path: `f${i}`, size: 1000 + i });
     }
     const fifo = join(root, "fifo");
     execFileSync("mkfifo", [fifo]);
     const readAhead = new ReadAhead(2);
     try {
-      readAhead.read(files.slice(0, 25));
-      readAhead.read([{ path: join(root, "missing"), size: 10 }, { path: fifo, size: 10 }, ...files.slice(25)]);
-      readAhead.read([]);
+      readAhead.read(root, files.slice(0, 25));
+      readAhead.read(root, [{ path: "missing", size: 10 }, { path: "fifo", size: 10 }, ...files.slice(25)]);
+      readAhead.read(root, []);
       expect(readAhead.pending).toBe(2);
       const deadline = Date.now() + 10_000;
       while (readAhead.pending > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
@@ -32,7 +31,7 @@ describe("read-ahead threads", () => {
       await readAhead.close();
     }
     // Closed: further batches are dropped, not queued.
-    readAhead.read(files);
+    readAhead.read(root, files);
     expect(readAhead.pending).toBe(0);
   });
 
@@ -42,11 +41,11 @@ describe("read-ahead threads", () => {
     // nothing else to wait for, exited with code 13 (a top-level await left unsettled) and no result.
     const file = join(root, "answered");
     await writeFile(file, "x".repeat(100));
-    const files = JSON.stringify([{ path: file, size: 100 }]);
+    const files = JSON.stringify([{ path: "answered", size: 100 }]);
     const script = `
       const { ReadAhead } = await import(${JSON.stringify(builtSnapshotModule("read-ahead"))});
       const readAhead = new ReadAhead(1);
-      readAhead.read(${files});
+      readAhead.read(${JSON.stringify(root)}, ${files});
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1000); // answered meanwhile, not yet handled
       await readAhead.close();
       process.stdout.write("closed");`;

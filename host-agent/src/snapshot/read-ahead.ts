@@ -6,6 +6,7 @@
 // with promises cost ~40 µs of a JS thread a file. These threads do nothing but blocking open/read/close, and
 // SegmentPipeline starts them only once the reads reach the disk (see READ_AHEAD_DISK_SHARE in segment-pipeline.ts).
 import { Worker } from "node:worker_threads";
+import { createUnderOpener } from "./open-under.js";
 
 /** Bytes of a file read ahead at most (the start of a larger one is in the worker's first read anyway). */
 export const READ_AHEAD_MAX_FILE = 1024 * 1024;
@@ -25,9 +26,10 @@ export class ReadAhead {
       // Eval workers are CommonJS, unless the parent runs with --input-type=module (inherited): then no require.
       const load = (name: string) =>
         `(typeof require === "function" ? require : process.getBuiltinModule)(${JSON.stringify(name)})`;
-      const worker = new Worker(`(${readerMain.toString()})(${load("node:fs")}, ${load("node:worker_threads")})`, {
-        eval: true,
-      });
+      const worker = new Worker(
+        `(${readerMain.toString()})(${load("node:fs")}, ${load("node:worker_threads")}, (${createUnderOpener.toString()}))`,
+        { eval: true },
+      );
       const reader = { worker, busy: 0 };
       worker.on("message", () => {
         // Not once closing: terminate() refs the worker, and its 'exit' (what close() waits for) only arrives
@@ -46,12 +48,16 @@ export class ReadAhead {
     return this.readers.reduce((sum, r) => sum + r.busy, 0);
   }
 
-  /** Hands `files` (with the bytes of each to read) to the least busy reader; returns at once. */
-  read(files: readonly { path: string; size: number }[]): void {
+  /**
+   * Hands `files` under `root` (their paths as listed, with the bytes of each to read) to the least busy reader;
+   * returns at once. They are opened as the snapshot workers open them: through directory handles.
+   */
+  read(root: string, files: readonly { path: string; size: number }[]): void {
     if (this.closed || files.length === 0 || this.readers.length === 0) return;
     const reader = this.readers.reduce((a, b) => (b.busy < a.busy ? b : a));
     if (reader.busy++ === 0) reader.worker.ref();
-    reader.worker.postMessage(files.map((f) => ({ path: f.path, size: Math.min(f.size, READ_AHEAD_MAX_FILE) })));
+    const batch = files.map((f) => ({ path: f.path, size: Math.min(f.size, READ_AHEAD_MAX_FILE) }));
+    reader.worker.postMessage({ root, files: batch });
   }
 
   async close(): Promise<void> {
@@ -61,14 +67,19 @@ export class ReadAhead {
 }
 
 /** The reader thread, run from its source text (an eval worker, so it ships inside the agent's one file). */
-function readerMain(fs: typeof import("node:fs"), threads: typeof import("node:worker_threads")): void {
+function readerMain(
+  fs: typeof import("node:fs"),
+  threads: typeof import("node:worker_threads"),
+  makeOpener: typeof createUnderOpener,
+): void {
   const scratch = Buffer.allocUnsafe(64 * 1024);
   const flags = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
-  threads.parentPort?.on("message", (files: { path: string; size: number }[]) => {
+  threads.parentPort?.on("message", ({ root, files }: { root: string; files: { path: string; size: number }[] }) => {
+    const opener = makeOpener(fs, root);
     for (const { path, size } of files) {
       let fd = -1;
       try {
-        fd = fs.openSync(path, flags);
+        fd = opener.open(path, flags);
         for (let at = 0; at < size; ) {
           const n = fs.readSync(fd, scratch, 0, Math.min(scratch.length, size - at), at);
           if (n === 0) break;
@@ -80,6 +91,7 @@ function readerMain(fs: typeof import("node:fs"), threads: typeof import("node:w
         if (fd >= 0) fs.closeSync(fd);
       }
     }
+    opener.close();
     threads.parentPort?.postMessage(files.length);
   });
 }

@@ -2,7 +2,8 @@
 // ones split), reads small files ahead from a cold page cache, turns what the workers sealed into each file's
 // chunks in order (a ChunkTable), and sends the sink the chunks it lacks. createSnapshot (create-snapshot.ts)
 // decides what to read and writes the manifest.
-import { type BigIntStats, constants, readFileSync, realpathSync } from "node:fs";
+import * as fsSync from "node:fs";
+import { type BigIntStats, constants, existsSync, readFileSync, realpathSync } from "node:fs";
 import { type FileHandle, open, readlink } from "node:fs/promises";
 import { type ChunkSink, chunkCodec, type SealedChunk } from "@dumont/repository";
 import type { ChunkTable } from "./chunk-table.js";
@@ -14,6 +15,7 @@ import {
   GEAR,
   GEAR_SCAN_WASM,
 } from "./chunker.js";
+import { createUnderOpener, type UnderOpener } from "./open-under.js";
 import { READ_AHEAD_MAX_FILE, ReadAhead } from "./read-ahead.js";
 import type { FileSegment, SealedSegments } from "./segment-sealer.js";
 import { type SourceEntry, sourceFile } from "./source-tree.js";
@@ -119,6 +121,8 @@ export class SegmentPipeline {
   private readBaseline: { storage: number; read: number } | undefined;
   /** In a second read, the root with its symlinks resolved: where each file opened must be (FileSegment.expectPath). */
   private expectRoot: string | undefined;
+  /** Directory handles this thread opens files through (openListed), kept for one run. */
+  private opener: UnderOpener | undefined;
 
   constructor(
     /** The source directory (absolute): the entries' paths are relative to it. */
@@ -195,7 +199,12 @@ export class SegmentPipeline {
       }
       for (; this.readAhead && readAheadOf < upcoming.length; readAheadOf++) {
         const small = upcoming[readAheadOf].filter((seg) => seg.work.segments === 1 && seg.end <= READ_AHEAD_MAX_FILE);
-        if (small.length > 1) this.readAhead.read(small.map((seg) => ({ path: this.file(seg.work), size: seg.end })));
+        if (small.length > 1) {
+          this.readAhead.read(
+            this.root,
+            small.map((seg) => ({ path: seg.work.entry.path, size: seg.end })),
+          );
+        }
       }
       readAheadOf = Math.max(0, readAheadOf - 1);
       return upcoming.shift();
@@ -212,6 +221,7 @@ export class SegmentPipeline {
             start: seg.start,
             end: seg.end,
             lookback: seg.index > 0 ? this.lookback : undefined,
+            under: { root: this.root, path: seg.work.entry.path },
             ino: seg.work.entry.ino,
             dev: seg.work.entry.dev,
             expectPath: this.expectedPath(seg.work),
@@ -248,6 +258,8 @@ export class SegmentPipeline {
       }
     } finally {
       await Promise.allSettled(this.inflight.splice(0));
+      this.opener?.close();
+      this.opener = undefined;
     }
     if (this.failure) throw this.failure;
   }
@@ -457,7 +469,7 @@ export class SegmentPipeline {
    * the worker's read was (segment-sealer.ts): the file the listing saw and, in a second read, at its path.
    */
   private async openAgain(work: FileWork): Promise<FileHandle> {
-    const handle = await openSource(this.file(work));
+    const handle = await this.openListed(work);
     try {
       const st = await handle.stat({ bigint: true });
       if (!st.isFile() || st.ino !== work.entry.ino || Number(st.dev) !== work.entry.dev) {
@@ -477,6 +489,21 @@ export class SegmentPipeline {
     }
   }
 
+  /**
+   * A listed file opened to read again, as the workers open it: one directory at a time through handles
+   * (open-under.ts), then as a FileHandle by its descriptor's /proc name (which is the file itself, no path).
+   */
+  private async openListed(work: FileWork): Promise<FileHandle> {
+    if (!THROUGH_PROC) return openSource(this.file(work));
+    this.opener ??= createUnderOpener(fsSync, this.root);
+    const fd = this.opener.open(work.entry.path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    try {
+      return await open(`/proc/self/fd/${fd}`, constants.O_RDONLY | constants.O_NONBLOCK);
+    } finally {
+      fsSync.closeSync(fd);
+    }
+  }
+
   /** Fails ECHANGED if, in a first read, the file opened as `handle` no longer has its listed times. */
   private async assertUnwritten(work: FileWork, handle: FileHandle, st?: BigIntStats): Promise<void> {
     const times = this.listedTimes(work);
@@ -490,7 +517,9 @@ export class SegmentPipeline {
 
 /** Why a file whose read failed with `code` is left out (ECHANGED: read once more, see CHANGED). */
 function readFailure(code: string, message: string): string {
-  return code === "ECHANGED" ? CHANGED : code === "EELSEWHERE" ? message : `cannot read: ${message}`;
+  // A system error's message without the path it ends with (see the same in segment-sealer.ts).
+  const reason = message.replace(/, \w+ '.*'$/s, "");
+  return code === "ECHANGED" ? CHANGED : code === "EELSEWHERE" ? reason : `cannot read: ${reason}`;
 }
 
 /** Bytes this process has had read from storage so far (Linux's /proc/self/io), or undefined where unknown. */
@@ -502,6 +531,9 @@ function storageReadBytes(): number | undefined {
     return undefined;
   }
 }
+
+/** Whether files can be opened through directory handles here (Linux's /proc). */
+const THROUGH_PROC = existsSync("/proc/self/fd");
 
 /** Opens a source file to read it again: never through a symlink, never waiting on a FIFO put in its place. */
 function openSource(path: string): Promise<FileHandle> {

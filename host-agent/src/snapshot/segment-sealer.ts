@@ -4,9 +4,15 @@
 import type * as nodeFs from "node:fs";
 import type { ChunkCodec } from "@dumont/repository";
 import type { CompiledChunker, CutScanner } from "./chunker.js";
+import type { UnderOpener } from "./open-under.js";
 
 export interface FileSegment {
   path: string;
+  /**
+   * The source root and the file's path under it as listed: the file is then opened one directory at a time
+   * through handles (open-under.ts), never through a symlink put on its path, rather than by `path`.
+   */
+  under?: { root: string; path: string };
   /** Size of the file when it was listed; reading stops there even if it has grown. */
   fileSize: number;
   /** A cut the caller vouches for (0, or a segment boundary to be stitched). */
@@ -98,6 +104,8 @@ export function createSegmentSealer(deps: {
   /** Makes the read window and its cut finder (once, sized for the largest chunk seen). */
   makeScanner: (windowSize: number) => CutScanner;
   fs: typeof nodeFs;
+  /** Opens files under a root through directory handles (createUnderOpener). */
+  makeOpener: (root: string) => UnderOpener;
 }): SegmentSealer {
   const { codec, fs } = deps;
   const WINDOW = 8 * 1024 * 1024;
@@ -136,105 +144,126 @@ export function createSegmentSealer(deps: {
       const { window } = scanner;
       const flags = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
 
-      for (let si = 0; si < segments.length; si++) {
-        const seg = segments[si];
-        const readEnd = Math.min(seg.fileSize, seg.end + chunker.max);
-        let fd = -1;
-        const mark = { pos, count, meta: meta.length };
-        try {
-          fd = fs.openSync(seg.path, flags);
-          const st = fs.fstatSync(fd, { bigint: true });
-          if (!st.isFile()) throw changed("it is no longer a regular file");
-          if (seg.ino !== undefined && (st.ino !== seg.ino || (seg.dev !== undefined && Number(st.dev) !== seg.dev))) {
-            throw changed("it was replaced while the snapshot ran");
-          }
-          if (seg.sizeAsListed && st.size !== BigInt(seg.fileSize))
-            throw changed("its size changed since it was listed");
-          const times = seg.listedTimes;
-          if (times && (st.mtimeNs !== times.mtimeNs || st.ctimeNs !== times.ctimeNs)) {
-            throw changed("it was written to since it was listed");
-          }
-          if (seg.expectPath !== undefined) {
-            let opened: string | undefined;
-            try {
-              opened = fs.readlinkSync(`/proc/self/fd/${fd}`);
-            } catch {
-              // No /proc here: not checked.
+      // Directory handles kept for this batch only: a later one walks the tree as it is then.
+      const openers = new Map<string, UnderOpener>();
+      const openSegment = (seg: FileSegment): number => {
+        if (!seg.under) return fs.openSync(seg.path, flags);
+        let opener = openers.get(seg.under.root);
+        if (!opener) {
+          opener = deps.makeOpener(seg.under.root);
+          openers.set(seg.under.root, opener);
+        }
+        return opener.open(seg.under.path, flags);
+      };
+
+      try {
+        for (let si = 0; si < segments.length; si++) {
+          const seg = segments[si];
+          const readEnd = Math.min(seg.fileSize, seg.end + chunker.max);
+          let fd = -1;
+          const mark = { pos, count, meta: meta.length };
+          try {
+            fd = openSegment(seg);
+            const st = fs.fstatSync(fd, { bigint: true });
+            if (!st.isFile()) throw changed("it is no longer a regular file");
+            if (
+              seg.ino !== undefined &&
+              (st.ino !== seg.ino || (seg.dev !== undefined && Number(st.dev) !== seg.dev))
+            ) {
+              throw changed("it was replaced while the snapshot ran");
             }
-            if (opened !== undefined && opened !== seg.expectPath) {
-              const message = "a directory on its path was replaced while the snapshot ran (it leads elsewhere now)";
-              throw Object.assign(new Error(message), { code: "EELSEWHERE" });
+            if (seg.sizeAsListed && st.size !== BigInt(seg.fileSize))
+              throw changed("its size changed since it was listed");
+            const times = seg.listedTimes;
+            if (times && (st.mtimeNs !== times.mtimeNs || st.ctimeNs !== times.ctimeNs)) {
+              throw changed("it was written to since it was listed");
             }
-          }
-          // window holds file bytes [winStart, winEnd)
-          let s = Math.max(0, seg.start - (seg.lookback ?? 0));
-          let winStart = s;
-          let winEnd = s;
-          while (s < seg.end && s < seg.fileSize) {
-            const need = Math.min(readEnd, s + chunker.max);
-            if (need > winEnd) {
-              // Slide: keep [s, winEnd), then fill the window as far as the segment needs.
-              window.copy(window, 0, s - winStart, winEnd - winStart);
-              winStart = s;
-              const fillTo = Math.min(readEnd, winStart + window.length);
-              while (winEnd < fillTo) {
-                const n = fs.readSync(fd, window, winEnd - winStart, fillTo - winEnd, winEnd);
-                if (n === 0) throw changed("it shrank while it was being read");
-                winEnd += n;
-                bytesRead += n;
+            if (seg.expectPath !== undefined) {
+              let opened: string | undefined;
+              try {
+                opened = fs.readlinkSync(`/proc/self/fd/${fd}`);
+              } catch {
+                // No /proc here: not checked.
+              }
+              if (opened !== undefined && opened !== seg.expectPath) {
+                const message = "a directory on its path was replaced while the snapshot ran (it leads elsewhere now)";
+                throw Object.assign(new Error(message), { code: "EELSEWHERE" });
               }
             }
-            const e = scanner.findEnd(winStart, s, seg.fileSize, chunker);
-            if (s < seg.start) {
-              s = e; // still looking back: cut only
-              continue;
+            // window holds file bytes [winStart, winEnd)
+            let s = Math.max(0, seg.start - (seg.lookback ?? 0));
+            let winStart = s;
+            let winEnd = s;
+            while (s < seg.end && s < seg.fileSize) {
+              const need = Math.min(readEnd, s + chunker.max);
+              if (need > winEnd) {
+                // Slide: keep [s, winEnd), then fill the window as far as the segment needs.
+                window.copy(window, 0, s - winStart, winEnd - winStart);
+                winStart = s;
+                const fillTo = Math.min(readEnd, winStart + window.length);
+                while (winEnd < fillTo) {
+                  const n = fs.readSync(fd, window, winEnd - winStart, fillTo - winEnd, winEnd);
+                  if (n === 0) throw changed("it shrank while it was being read");
+                  winEnd += n;
+                  bytesRead += n;
+                }
+              }
+              const e = scanner.findEnd(winStart, s, seg.fileSize, chunker);
+              if (s < seg.start) {
+                s = e; // still looking back: cut only
+                continue;
+              }
+              const len = e - s;
+              if (pos + len + codec.overhead > out.length) {
+                const bigger = Buffer.allocUnsafeSlow(Math.max(out.length * 2, pos + len + codec.overhead));
+                out.copy(bigger, 0, 0, pos);
+                out = bigger;
+              }
+              if (32 * (count + 1) > ids.length) {
+                const bigger = Buffer.allocUnsafeSlow(ids.length * 2);
+                ids.copy(bigger, 0, 0, 32 * count);
+                ids = bigger;
+              }
+              const blobStart = pos;
+              const plain = window.subarray(s - winStart, e - winStart);
+              pos = codec.sealChunkInto(key, plain, out, pos, ids, 32 * count, heldCount > 0 ? isHeld : undefined);
+              meta.push(si, s, len, blobStart, pos - blobStart);
+              count++;
+              s = e;
             }
-            const len = e - s;
-            if (pos + len + codec.overhead > out.length) {
-              const bigger = Buffer.allocUnsafeSlow(Math.max(out.length * 2, pos + len + codec.overhead));
-              out.copy(bigger, 0, 0, pos);
-              out = bigger;
+            if ((seg.sizeAsListed && readEnd === seg.fileSize) || times) {
+              const after = fs.fstatSync(fd, { bigint: true });
+              if (seg.sizeAsListed && readEnd === seg.fileSize && after.size !== st.size) {
+                throw changed("its size changed while it was being read");
+              }
+              if (times && (after.mtimeNs !== times.mtimeNs || after.ctimeNs !== times.ctimeNs)) {
+                throw changed("it was written to while it was being read");
+              }
             }
-            if (32 * (count + 1) > ids.length) {
-              const bigger = Buffer.allocUnsafeSlow(ids.length * 2);
-              ids.copy(bigger, 0, 0, 32 * count);
-              ids = bigger;
-            }
-            const blobStart = pos;
-            const plain = window.subarray(s - winStart, e - winStart);
-            pos = codec.sealChunkInto(key, plain, out, pos, ids, 32 * count, heldCount > 0 ? isHeld : undefined);
-            meta.push(si, s, len, blobStart, pos - blobStart);
-            count++;
-            s = e;
+          } catch (err) {
+            // A file that vanished, cannot be read or changed under us is left out (the caller says so);
+            // anything else is a bug and fails the whole batch.
+            const code = (err as { code?: unknown }).code;
+            if (typeof code !== "string") throw err;
+            pos = mark.pos;
+            count = mark.count;
+            meta.length = mark.meta;
+            // Without the path a system error ends with: the entry's own path stands beside the reason, and
+            // the one in the message is the name it was opened by through a directory's handle.
+            const message = (err instanceof Error ? err.message : String(err)).replace(/, \w+ '.*'$/s, "");
+            errors.push(
+              code === "ECHANGED"
+                ? { segment: si, message, changed: true }
+                : code === "EELSEWHERE"
+                  ? { segment: si, message, elsewhere: true }
+                  : { segment: si, message },
+            );
+          } finally {
+            if (fd >= 0) fs.closeSync(fd);
           }
-          if ((seg.sizeAsListed && readEnd === seg.fileSize) || times) {
-            const after = fs.fstatSync(fd, { bigint: true });
-            if (seg.sizeAsListed && readEnd === seg.fileSize && after.size !== st.size) {
-              throw changed("its size changed while it was being read");
-            }
-            if (times && (after.mtimeNs !== times.mtimeNs || after.ctimeNs !== times.ctimeNs)) {
-              throw changed("it was written to while it was being read");
-            }
-          }
-        } catch (err) {
-          // A file that vanished, cannot be read or changed under us is left out (the caller says so);
-          // anything else is a bug and fails the whole batch.
-          const code = (err as { code?: unknown }).code;
-          if (typeof code !== "string") throw err;
-          pos = mark.pos;
-          count = mark.count;
-          meta.length = mark.meta;
-          const message = err instanceof Error ? err.message : String(err);
-          errors.push(
-            code === "ECHANGED"
-              ? { segment: si, message, changed: true }
-              : code === "EELSEWHERE"
-                ? { segment: si, message, elsewhere: true }
-                : { segment: si, message },
-          );
-        } finally {
-          if (fd >= 0) fs.closeSync(fd);
         }
+      } finally {
+        for (const opener of openers.values()) opener.close();
       }
       return { out, ids: ids.subarray(0, 32 * count), chunks: Float64Array.from(meta), errors, bytesRead };
     },

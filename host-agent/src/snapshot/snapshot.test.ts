@@ -969,31 +969,22 @@ describe("snapshot engine", () => {
   });
 
   it("cuts a skipped entry's long reason to MAX_SKIPPED_REASON in its record, keeping it whole in the result", async () => {
-    // A file deep under long directory names vanishes once listed (at the first progress report, before any
-    // read): its reason quotes the ~2,900-character path, which the control plane would refuse whole.
+    // A reason quoting a long path (an error where files are opened by their whole paths, without /proc), which
+    // the control plane would refuse whole: put in the listing's own list of what it left out.
     const source = fresh("src");
-    const deep = join(source, ...Array.from({ length: 12 }, (_, i) => `${i}`.padEnd(240, "d")));
-    await mkdir(deep, { recursive: true });
-    await writeFile(join(deep, "gone.bin"), "soon gone\n");
+    await mkdir(source);
     await writeFile(join(source, "kept.txt"), "kept\n");
+    const listing = listSnapshotSource(source);
+    const long = `cannot read: ENOENT: no such file or directory, open '${source}/${"d".repeat(2_900)}/gone.bin'`;
+    (await listing).skipped.push({ path: "gone.bin", reason: long });
     const key = generateRepositoryKey();
-    const repo = pathToFileURL(fresh("repo")).href;
-    let removed = false;
-    const created = await createDirectSnapshot({
-      repo,
-      key,
-      source,
-      pool,
-      ...SMALL,
-      onProgress: () => {
-        if (!removed) rmSync(join(deep, "gone.bin"));
-        removed = true;
-      },
-    });
+    const { repository, store, writer } = await freshWriter(key);
+    const meta = { workspace: "w", epoch: 0, tenant: "t" };
+    const created = await createSnapshot({ source, listing, sink: writer, key, meta, pool, ...SMALL });
+    await store.close();
     const [whole] = created.skipped;
-    expect(whole.reason).toMatch(/^cannot read: ENOENT/);
-    expect(whole.reason.length).toBeGreaterThan(MAX_SKIPPED_REASON);
-    const [record] = await (await Repository.open(openBlobStore(repo), key)).listSnapshots();
+    expect(whole).toEqual({ path: "gone.bin", reason: long });
+    const [record] = await repository.listSnapshots();
     const [listed] = record.stats?.skipped ?? [];
     expect(listed.path).toBe(whole.path);
     expect(listed.reason).toHaveLength(MAX_SKIPPED_REASON);
@@ -1113,7 +1104,7 @@ describe("snapshot engine", () => {
         const result = await createSnapshot({ source, sink: writer, key, meta, pool, ...SMALL, readAhead });
         // "always": every small file went to the read-ahead threads (3 x 150, less the 3 empty ones, which
         // nothing reads), and the 3 MB file did not.
-        const files = handedOut.mock.calls.reduce((n, [batch]) => n + batch.length, 0);
+        const files = handedOut.mock.calls.reduce((n, [, batch]) => n + batch.length, 0);
         expect(files).toBe(readAhead === "always" ? 447 : 0);
         expect(result.files).toBe(451);
         manifests.push(await repository.readManifest(await repository.findSnapshot(result.id)));

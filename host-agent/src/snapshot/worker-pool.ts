@@ -24,6 +24,7 @@ import {
   type Lz4WasmModules,
 } from "@dumont/repository";
 import { type CompiledChunker, createCutScanner, findChunkEnd, GEAR, GEAR_SCAN_WASM } from "./chunker.js";
+import { createUnderOpener } from "./open-under.js";
 import {
   createSegmentSealer,
   estimateSealedSize,
@@ -394,6 +395,7 @@ function workerMain(
   cutFinder: typeof findChunkEnd,
   write: typeof openAndWrite,
   makeLz4Wasm: typeof createLz4Wasm,
+  makeOpener: typeof createUnderOpener,
   gear: number[],
   wasm: { gearScan: string; lz4: Lz4WasmModules },
   lz4Module: string,
@@ -432,6 +434,7 @@ function workerMain(
     codec,
     makeScanner: (size) => makeScanner(wasm.gearScan, gearTable, size, cutFinder),
     fs: req("node:fs"),
+    makeOpener: (root) => makeOpener(req("node:fs"), root),
   });
   const port = workerThreads.parentPort!;
   const fs = req("node:fs") as typeof import("node:fs");
@@ -541,6 +544,7 @@ export class SnapshotWorkerPool {
         codec: chunkCodec,
         makeScanner: (size) => createCutScanner(GEAR_SCAN_WASM, GEAR, size, findChunkEnd),
         fs,
+        makeOpener: (root) => createUnderOpener(fs, root),
       });
       return;
     }
@@ -549,7 +553,7 @@ export class SnapshotWorkerPool {
     const source =
       `(${workerMain.toString()})((${createChunkCodec.toString()}), (${createSegmentSealer.toString()}), ` +
       `(${createCutScanner.toString()}), (${findChunkEnd.toString()}), (${openAndWrite.toString()}), ` +
-      `(${createLz4Wasm.toString()}), ${JSON.stringify([...GEAR])}, ` +
+      `(${createLz4Wasm.toString()}), (${createUnderOpener.toString()}), ${JSON.stringify([...GEAR])}, ` +
       `${JSON.stringify(wasmModules)}, ${JSON.stringify(lz4Module)}, ` +
       // Eval workers are CommonJS, unless the parent runs with --input-type=module (inherited): then no require.
       `typeof require === "function" ? require : process.getBuiltinModule("node:module").createRequire(${JSON.stringify(lz4Module)}));`;
