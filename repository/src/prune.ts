@@ -77,6 +77,9 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
       await options.beforeDelete?.(id);
       await repository.store.delete(snapshotKey(id));
     }
+    // Durable before anything they named can be pruned: a record's deletion lost in a power loss after the
+    // prune's (synced) deletions would list the snapshot again, without the packs the prune removed.
+    if (plan.forget.length > 0) await repository.store.syncDeletes?.(plan.forget.map(snapshotKey));
   }
   return { kept: plan.keep, forgotten: plan.forget };
 }

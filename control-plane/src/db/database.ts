@@ -29,6 +29,11 @@ export interface DatabaseOptions {
    * state (`dumont master-key rotate`), where a mistyped --data-dir must not leave a new database behind.
    */
   existing?: boolean;
+  /**
+   * False: makeDurable does nothing (throwaway test databases, as Postgres's fsync=off; the first call
+   * otherwise writes out the whole of a new database, seconds on a busy disk).
+   */
+  fsync?: boolean;
 }
 
 /** The application_name of a control plane's connections to Postgres. */
@@ -75,6 +80,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
       throw err;
     }
     db = new Kysely<Database>({ dialect: new PGliteDialect(pglite, () => lock.release()) });
+    if (options.fsync !== false) embeddedDirs.set(db, dir);
   }
   try {
     await migrateToLatest(db);
@@ -83,6 +89,47 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
     throw err;
   }
   return db;
+}
+
+/** The directory of each embedded database opened here (see makeDurable). */
+const embeddedDirs = new WeakMap<Db, string>();
+
+/**
+ * Makes every transaction committed so far survive a power loss. Postgres does at each commit (it fsyncs its
+ * WAL). PGlite never does: its Node filesystem takes fsync for done, so a commit is only in the page cache until
+ * the kernel writes it back (seconds later), which a kill -9 survives and a power loss does not. For a commit
+ * that something made durable elsewhere depends on (a tenant's new key, before its repository is sealed with
+ * it; the tenant keys wrapped by a new master key, before the old key goes): a checkpoint, then every file and
+ * directory of the database fsynced (~0.3 s; nearly all are clean).
+ */
+export async function makeDurable(db: Db): Promise<void> {
+  const dir = embeddedDirs.get(db);
+  if (dir === undefined) return;
+  await sql`CHECKPOINT`.execute(db);
+  const syncAll = async (at: string): Promise<void> => {
+    for (const entry of await fs.readdir(at, { withFileTypes: true })) {
+      const child = path.join(at, entry.name);
+      if (entry.isDirectory()) await syncAll(child);
+      else if (entry.isFile()) await syncFile(child);
+    }
+    await syncFile(at); // its entries: files made since, and renamed into place
+  };
+  await syncAll(dir);
+}
+
+async function syncFile(at: string): Promise<void> {
+  let handle: fs.FileHandle;
+  try {
+    handle = await fs.open(at, "r");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return; // removed since it was listed (a WAL segment)
+    throw err;
+  }
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
 }
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -13,7 +13,7 @@ export async function openTestDatabase(
   const base = process.env.DATABASE_URL;
   if (!base) {
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-db-"));
-    const db = await openDatabase({ ...options, dataDir: dir });
+    const db = await openDatabase({ ...options, dataDir: dir, fsync: false });
     return {
       db,
       close: async () => {

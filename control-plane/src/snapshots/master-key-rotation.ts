@@ -17,7 +17,7 @@ import fs from "node:fs/promises";
 import path from "node:path";
 import { syncDirectory } from "@dumont/repository";
 import { sql } from "kysely";
-import type { Db } from "../db/database.js";
+import { type Db, makeDurable } from "../db/database.js";
 import {
   createKeyFile,
   masterKeyFile,
@@ -98,6 +98,9 @@ export async function rotateMasterKey(options: MasterKeyRotationOptions): Promis
     if (madeNow) await fs.unlink(nextFile).catch(() => {});
     throw err;
   }
+  // The keys wrapped by `next` outlive a power loss before the old key goes (an embedded database's commit may
+  // be in the page cache only).
+  await makeDurable(options.db);
   await fs.rename(nextFile, file);
   await syncDirectory(path.dirname(file));
   return { ...counts, newKeyAt: file, fromEnvironment: false };

@@ -2,9 +2,9 @@ import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { ensureTenant } from "../db/credential-repository.js";
-import type { Db } from "../db/database.js";
+import { type Db, openDatabase } from "../db/database.js";
 import { openTestDatabase } from "../db/test-database.js";
 import { capturingLogger } from "../test-logger.js";
 import { loadMasterKey, parseMasterKey, TenantKeys } from "./tenant-keys.js";
@@ -92,4 +92,45 @@ describe("the master key and tenant keys", () => {
     expect(lines.join("")).toContain('"msg":"x"');
     expect(lines.join("")).not.toContain(secret);
   });
+});
+
+describe("a tenant's new key in the embedded database", () => {
+  it.skipIf(process.env.DATABASE_URL !== undefined)(
+    "is made durable before it is returned: PGlite never fsyncs, so every file of the database is",
+    async () => {
+      // PGlite's filesystem takes fsync for done: a committed key stays in the page cache for seconds, and a
+      // power loss then would leave the tenant's repository (sealed with the key, and durable) without its key.
+      const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-durable-"));
+      const db = await openDatabase({ dataDir });
+      const opened = new Set<string>();
+      const open = fs.open.bind(fs);
+      const probe = await open(dataDir, "r");
+      const sync = vi.spyOn(Object.getPrototypeOf(probe) as { sync(): Promise<void> }, "sync");
+      await probe.close();
+      const spy = vi.spyOn(fs, "open").mockImplementation(async (at, ...rest) => {
+        opened.add(String(at));
+        return open(at, ...rest);
+      });
+      try {
+        await ensureTenant(db, "t-durable", "durable");
+        await new TenantKeys(db, randomBytes(32)).get("t-durable");
+        const files: string[] = [];
+        const walk = async (at: string): Promise<void> => {
+          files.push(at);
+          for (const e of await fs.readdir(at, { withFileTypes: true })) {
+            if (e.isDirectory()) await walk(path.join(at, e.name));
+            else if (e.isFile()) files.push(path.join(at, e.name));
+          }
+        };
+        await walk(path.join(dataDir, "pglite"));
+        expect(files.filter((f) => !opened.has(f))).toEqual([]);
+        expect(sync.mock.calls.length).toBeGreaterThanOrEqual(files.length);
+      } finally {
+        spy.mockRestore();
+        sync.mockRestore();
+        await db.destroy();
+        await fs.rm(dataDir, { recursive: true, force: true });
+      }
+    },
+  );
 });

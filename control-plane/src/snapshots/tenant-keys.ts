@@ -7,7 +7,7 @@ import { existsSync } from "node:fs";
 import fs from "node:fs/promises";
 import path from "node:path";
 import { readSecretFile, syncDirectory } from "@dumont/repository";
-import type { Db } from "../db/database.js";
+import { type Db, makeDurable } from "../db/database.js";
 
 const KEY_BYTES = 32;
 /** A wrapped key: 12-byte IV, 16-byte tag, 32-byte key. */
@@ -39,6 +39,9 @@ export class TenantKeys {
       .values({ tenant_id: tenantId, wrapped_key: wrapTenantKey(this.masterKey, fresh, tenantId) })
       .onConflict((oc) => oc.column("tenant_id").doNothing())
       .execute();
+    // Durable before the tenant's repository is sealed with it: an embedded database that lost the row in a
+    // power loss would make the tenant another key, and every snapshot already stored would be unreadable.
+    await makeDurable(this.db);
     // Another replica may have won the race: read back whatever is stored.
     const stored = await this.db
       .selectFrom("tenant_keys")
