@@ -80,6 +80,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
       throw err;
     }
     db = new Kysely<Database>({ dialect: new PGliteDialect(pglite, () => lock.release()) });
+    embedded.add(db);
     if (options.fsync !== false) embeddedDirs.set(db, dir);
   }
   try {
@@ -91,8 +92,56 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
   return db;
 }
 
-/** The directory of each embedded database opened here (see makeDurable). */
+/** The embedded databases opened here, and the directory of each whose commits makeDurable makes durable. */
+const embedded = new WeakSet<Db>();
 const embeddedDirs = new WeakMap<Db, string>();
+
+/** Locks of withDatabaseLock held or waited for in this process, by database and name. */
+const localLocks = new WeakMap<Db, Map<string, Promise<unknown>>>();
+
+/**
+ * How many of this process's pooled Postgres connections may sit holding a withDatabaseLock at once (of 10):
+ * each is reserved while its holder works, and the work's own queries need others.
+ */
+const DATABASE_LOCKS_AT_ONCE = 3;
+let databaseLocksHeld = 0;
+const databaseLockWaiters: (() => void)[] = [];
+
+/**
+ * Runs `work` holding the lock `name` of this database: against every other holder in this process, and with
+ * Postgres in every process sharing the database (replicas), by a session advisory lock on a connection
+ * reserved meanwhile (released with it if the connection drops). An embedded database has one process.
+ */
+export async function withDatabaseLock<T>(db: Db, name: string, work: () => Promise<T>): Promise<T> {
+  const locks = localLocks.get(db) ?? new Map<string, Promise<unknown>>();
+  localLocks.set(db, locks);
+  const previous = locks.get(name) ?? Promise.resolve();
+  const mine = previous.catch(() => {}).then(() => (embedded.has(db) ? work() : acrossProcesses(db, name, work)));
+  locks.set(name, mine);
+  const done = () => {
+    if (locks.get(name) === mine) locks.delete(name);
+  };
+  mine.then(done, done);
+  return mine;
+}
+
+async function acrossProcesses<T>(db: Db, name: string, work: () => Promise<T>): Promise<T> {
+  while (databaseLocksHeld >= DATABASE_LOCKS_AT_ONCE) await new Promise<void>((r) => databaseLockWaiters.push(r));
+  databaseLocksHeld++;
+  try {
+    return await db.connection().execute(async (connection) => {
+      await sql`select pg_advisory_lock(hashtextextended(${name}, 0))`.execute(connection);
+      try {
+        return await work();
+      } finally {
+        await sql`select pg_advisory_unlock(hashtextextended(${name}, 0))`.execute(connection).catch(() => {});
+      }
+    });
+  } finally {
+    databaseLocksHeld--;
+    databaseLockWaiters.shift()?.();
+  }
+}
 
 /**
  * Makes every transaction committed so far survive a power loss. Postgres does at each commit (it fsyncs its

@@ -49,7 +49,7 @@ import {
   type SkippedEntry,
 } from "@dumont/repository";
 import type { AgentSender, AgentSession } from "../agent-gateway/agent-session.js";
-import type { Db } from "../db/database.js";
+import { type Db, withDatabaseLock } from "../db/database.js";
 import { deleteSnapshot, getSnapshot, listSnapshots } from "../db/snapshot-repository.js";
 import type { SnapshotRow } from "../db/tables.js";
 import {
@@ -193,12 +193,6 @@ export class SnapshotCoordinator {
    */
   private readonly running = new Map<string, number>();
   private readonly pruning = new Map<string, Promise<unknown>>();
-  /**
-   * The last catalogue change (forget, relisting) per tenant; the next waits for it. Two at once could undo each
-   * other: a relisting that read the repository before a forget deleted a snapshot would list it again, without
-   * its data.
-   */
-  private readonly catalogueChanges = new Map<string, Promise<unknown>>();
   private readonly silenceMs: number;
   private readonly storeCallMs: number;
   /** Every tenant's store calls given up on and not returned (one root, one count: see UnreturnedCalls). */
@@ -422,16 +416,14 @@ export class SnapshotCoordinator {
     });
   }
 
-  /** Runs `change` after the tenant's previous catalogue change has ended (see catalogueChanges). */
+  /**
+   * Runs `change` (a forget, a relisting, a commit's row) holding the tenant's catalogue lock, in this process
+   * and, with Postgres, in every replica sharing the database. Two at once could undo each other: a relisting
+   * that read the repository before a forget on another replica deleted a snapshot's record would list it again,
+   * without its data, and for good if it was the tenant's last.
+   */
   private changingCatalogue<T>(tenantId: string, change: () => Promise<T>): Promise<T> {
-    const previous = this.catalogueChanges.get(tenantId) ?? Promise.resolve();
-    const next = previous.catch(() => {}).then(change);
-    this.catalogueChanges.set(tenantId, next);
-    const forget = () => {
-      if (this.catalogueChanges.get(tenantId) === next) this.catalogueChanges.delete(tenantId);
-    };
-    next.then(forget, forget);
-    return next;
+    return withDatabaseLock(this.db, `dumont catalogue ${tenantId}`, change);
   }
 
   /**
