@@ -94,8 +94,9 @@ describe("API keys", () => {
     // The admin sees it among every tenant's keys; revoked, it opens nothing.
     const all = JSON.parse((await cp.cli(["key", "list", "--json"])).stdout) as { id: string; tenantId: string }[];
     expect(all.map((k) => k.tenantId).sort()).toEqual(["acme", "admin"]);
-    // Given the whole key (one that leaked, say), the CLI revokes it by its id and never sends the secret.
-    const revoked = await cp.cli(["key", "revoke", key!, "--json"]);
+    // Given the whole key (one that leaked, say; pasted from a header here), the CLI revokes it by its id and never
+    // sends the secret.
+    const revoked = await cp.cli(["key", "revoke", `Bearer ${key!}`, "--json"]);
     expect(revoked.stderr).toBe("");
     expect(JSON.parse(revoked.stdout).revokedAt).toEqual(expect.any(String));
     const after = await cliAs(key!, ["host", "list"]);

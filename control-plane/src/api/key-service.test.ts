@@ -221,9 +221,12 @@ describe("KeyService", () => {
     await expect(revoke(keys.admin!.key, "dumont_abc")).rejects.toThrow(/key_id must be a key's 16 hex characters/);
     // A whole key given as the id: refused without quoting its secret back.
     const whole = keys.admin!.key;
-    const refused = await revoke(whole, whole).catch((err: Error) => err);
-    expect(String(refused)).toMatch(/key_id must be .*, got a whole key \(its secret not shown\)/);
-    expect(String(refused)).not.toContain(whole.slice(-20));
+    // Also pasted with a space before it, after "Bearer ", or quoted.
+    for (const pasted of [whole, ` ${whole}`, `Bearer ${whole}`, `"${whole}"`]) {
+      const refused = await revoke(whole, pasted).catch((err: Error) => err);
+      expect(String(refused)).toMatch(/key_id must be .*, got a whole key \(its secret not shown\)/);
+      expect(String(refused)).not.toContain(whole.slice(-20));
+    }
     expect(await code(revoke(keys.admin!.key, "0123456789abcdef"))).toBe("NotFound");
   });
 });

@@ -92,8 +92,9 @@ export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyServ
     async revokeApiKey(req, ctx) {
       const who = await caller(ctx);
       if (!KEY_ID.test(req.keyId)) {
-        // A pasted whole key is not quoted back: its secret would land in terminals and logs.
-        const got = req.keyId.startsWith("dumont_") ? "a whole key (its secret not shown)" : shown(req.keyId);
+        // A pasted whole key is not quoted back: its secret would land in terminals and logs. Anywhere in the
+        // value (" dumont_…", "Bearer dumont_…", quoted), and anything that names the prefix at all.
+        const got = req.keyId.includes("dumont_") ? "a whole key (its secret not shown)" : shown(req.keyId);
         throw new InvalidArgumentError(
           `key_id must be a key's 16 hex characters (dumont_<id>_…), got ${got}; list them with \`dumont key list\``,
         );

@@ -2,6 +2,7 @@
 // the database or an agent sees them: an in-process service on a test database, a coordinator that records calls.
 // Then `dumont snapshot …` (the built CLI, as a process): bad flags are refused before any request is sent.
 import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
@@ -24,6 +25,8 @@ let db: Db;
 let close: () => Promise<void>;
 let ctx: HandlerContext;
 const calls: string[] = [];
+/** What the coordinator was last called with. */
+let lastArgs: unknown;
 let service: ReturnType<typeof snapshotService>;
 
 beforeAll(async () => {
@@ -37,8 +40,9 @@ beforeAll(async () => {
     sessions.add({ hostId: id, isOpen: true, require: () => {}, close: () => {} } as unknown as AgentSession);
   }
   for (const id of [ID, TWIN]) await insertTestSnapshot(db, id, "t-a", "h-a");
-  const recorded = (name: string) => async () => {
+  const recorded = (name: string) => async (args: unknown) => {
     calls.push(name);
+    lastArgs = args;
     throw new Error(`the coordinator's ${name} was reached`);
   };
   service = snapshotService({
@@ -93,6 +97,13 @@ describe("SnapshotService: malformed request fields", () => {
     ["a path over PATH_MAX", createReq({ path: long }), Code.InvalidArgument, /^path must be .* got "\/d{79}…"$/],
     ["a host_id with a NUL", createReq({ hostId: "h-a\0" }), Code.InvalidArgument, /^host_id must be at most 256/],
     ["a workspace_id with a NUL", createReq({ workspaceId: "w\0" }), Code.InvalidArgument, /^workspace_id must be/],
+    [
+      // Indexed in the catalogue, whose rows Postgres caps: longer, the snapshot was stored and its row refused.
+      "a workspace_id over 1024 bytes",
+      createReq({ workspaceId: "é".repeat(513) }),
+      Code.InvalidArgument,
+      /^workspace_id must be at most 1024 bytes with no NUL \(the default is "<host_id>:<path>"\), got "é{80}…"$/,
+    ],
     ["a target with a NUL", restoreReq({ target: "/r\0" }), Code.InvalidArgument, /^target must be an absolute path/],
     [
       "a restore's malformed snapshot_id",
@@ -225,5 +236,20 @@ describe("dumont snapshot (admin CLI): bad flags, before any request", () => {
     expect(res.code).toBe(1);
     expect(res.stderr).toMatch(/^dumont: DUMONT_API_KEY is not an API key: it holds a space, line break or other/);
     expect(res.stderr).not.toContain(secret);
+  });
+});
+
+describe("SnapshotService: a snapshot's default workspace", () => {
+  it("is <host_id>:<path>, or, for a path that would make it over 1024 bytes, the path's SHA-256", async () => {
+    const path = `/${"p".repeat(3_000)}`;
+    for (const [given, expected] of [
+      ["/w", "h-a:/w"],
+      [path, `h-a:sha256:${createHash("sha256").update(path).digest("hex")}`],
+    ]) {
+      calls.length = 0;
+      await expect(createReq({ path: given })()).rejects.toThrow(/the coordinator's snapshot was reached/);
+      expect(calls).toEqual(["snapshot"]);
+      expect(lastArgs).toMatchObject({ workspaceId: expected });
+    }
   });
 });

@@ -1,5 +1,6 @@
 // dumont.api.v1.SnapshotService (admin): snapshot a directory on a host, list, restore onto a host, ls, diff,
 // check, forget.
+import { createHash } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
@@ -53,7 +54,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
   ): Promise<() => Promise<SnapshotRow>> => {
     await admin(ctx);
     checkHostPath("path", req.path);
-    checkText("workspace_id", req.workspaceId, MAX_WORKSPACE_ID);
+    checkWorkspaceId(req.workspaceId);
     const exclude = checked(() => checkExcludePatterns(req.exclude, "exclude"));
     const { host, session } = await connectedHost(req.hostId);
     if (exclude.length > 0) session.require(AGENT_CAPABILITIES.snapshotExclude, "leave out what --exclude names");
@@ -62,7 +63,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
         session,
         tenantId: host.tenant_id,
         path: req.path,
-        workspaceId: req.workspaceId || `${host.id}:${req.path}`,
+        workspaceId: req.workspaceId || defaultWorkspaceId(host.id, req.path),
         exclude,
         // Epochs arrive with instance placement; an operator's snapshot of a bare directory uses 0.
         epoch: 0n,
@@ -126,7 +127,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     async listSnapshots(req, ctx) {
       const who = await admin(ctx);
       checkText("host_id", req.hostId, MAX_HOST_ID);
-      checkText("workspace_id", req.workspaceId, MAX_WORKSPACE_ID);
+      checkWorkspaceId(req.workspaceId);
       const rows = await listSnapshots(deps.db, {
         ...listScope(who, req.tenantId, "snapshots"),
         hostId: req.hostId,
@@ -152,7 +153,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
 
     async forgetSnapshots(req, ctx) {
       const who = await admin(ctx);
-      checkText("workspace_id", req.workspaceId, MAX_WORKSPACE_ID);
+      checkWorkspaceId(req.workspaceId);
       const policy = { last: req.keepLast, hourly: req.keepHourly, daily: req.keepDaily, weekly: req.keepWeekly };
       const byId = req.snapshotIds.length > 0;
       if (byId && (hasRetentionRule(policy) || req.workspaceId)) {
@@ -462,8 +463,30 @@ function toApi(r: SnapshotRow): api.Snapshot {
 
 /** Longest directory path on a host taken (Linux's PATH_MAX, in bytes). */
 const MAX_HOST_PATH = 4096;
-/** Longest workspace id taken: room for the default, "<host_id>:<path>". */
-const MAX_WORKSPACE_ID = MAX_HOST_ID + 1 + MAX_HOST_PATH;
+/**
+ * Longest workspace id taken, in bytes: the catalogue indexes it (with the tenant and time), and a btree row of
+ * Postgres holds at most 2,704 bytes; longer, the snapshot was stored whole and its catalogue row then refused.
+ */
+const MAX_WORKSPACE_ID_BYTES = 1024;
+
+function checkWorkspaceId(value: string): void {
+  if (value.includes("\0") || Buffer.byteLength(value) > MAX_WORKSPACE_ID_BYTES) {
+    throw new InvalidArgumentError(
+      `workspace_id must be at most ${MAX_WORKSPACE_ID_BYTES} bytes with no NUL (the default is ` +
+        `"<host_id>:<path>"), got ${shown(value)}`,
+    );
+  }
+}
+
+/**
+ * A snapshot's workspace when the request names none: "<host_id>:<path>", or, for a path too long for that,
+ * "<host_id>:sha256:<the path's SHA-256>" (the same path always gives the same id, so retention still groups).
+ */
+export function defaultWorkspaceId(hostId: string, path: string): string {
+  const plain = `${hostId}:${path}`;
+  if (Buffer.byteLength(plain) <= MAX_WORKSPACE_ID_BYTES) return plain;
+  return `${hostId}:sha256:${createHash("sha256").update(path).digest("hex")}`;
+}
 
 /** A request's absolute path on a host: a NUL could not reach the agent's filesystem, nor a longer one. */
 function checkHostPath(field: string, value: string): void {

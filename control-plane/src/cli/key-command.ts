@@ -62,7 +62,8 @@ export function registerKeyCommands(program: Command): void {
     .option("--json", "print JSON")
     .action(async (keyId: string, opts, cmd: Command) => {
       // A whole key pasted in is revoked by its id: its secret is never sent, nor printed back.
-      const whole = /^dumont_([a-f0-9]{16})_/.exec(keyId);
+      // Found anywhere in what was pasted: " dumont_…", "Bearer dumont_…", a quoted key.
+      const whole = /dumont_([a-f0-9]{16})_/.exec(keyId);
       const res = await apiClients(apiOpts(cmd)).keys.revokeApiKey({ keyId: whole ? whole[1] : keyId });
       const k = keyJson(res.key);
       if (opts.json) return print(k);

@@ -373,7 +373,8 @@ export type CreateSnapshotRequest = Message<"dumont.api.v1.CreateSnapshotRequest
   path: string;
 
   /**
-   * Defaults to "<host_id>:<path>".
+   * At most 1024 bytes. Defaults to "<host_id>:<path>" ("<host_id>:sha256:<hex of the path's SHA-256>" where
+   * that would be longer).
    *
    * @generated from field: string workspace_id = 3;
    */
