@@ -53,8 +53,8 @@ export async function createApiKey(
   const { expiresAt, maxTenantKeys } = options;
   if (!(await insertApiKey(db, { id, tenantId, role, secret, label, expiresAt }, maxTenantKeys))) {
     throw new ResourceExhaustedError(
-      `tenant ${tenantId} holds ${maxTenantKeys} usable keys, the most it may; revoke keys it no longer uses ` +
-        "(dumont key list, dumont key revoke)",
+      `tenant ${tenantId} holds ${maxTenantKeys} usable ${role} keys, the most it may; revoke ${role} keys it no ` +
+        "longer uses (dumont key list, dumont key revoke)",
     );
   }
   return { id, key };
@@ -141,7 +141,7 @@ export async function authenticate(
     );
   }
   options.uses?.record(row.id);
-  options.limiter?.take(row.id);
+  options.limiter?.take(row.id, row.tenant_id);
   const caller: Caller = { keyId: row.id, tenantId: row.tenant_id, role: row.role as Role };
   if (row.expires_at !== null) caller.expiresAt = new Date(row.expires_at);
   return caller;

@@ -179,7 +179,7 @@ describe("KeyService", () => {
     expect((await mint(3600)).key?.expiresAt).toBeDefined();
   });
 
-  it("holds a tenant to 100 usable keys, saying what to do; revoked and expired ones do not count", async () => {
+  it("holds a tenant to 100 usable keys of each role, saying what to do; revoked and expired ones do not count", async () => {
     await ensureTenant(db, "busy", "busy");
     for (let i = 0; i < MAX_TENANT_KEYS - 1; i++) await createApiKey(db, "busy", "consumer", `k${i}`);
     const expired = await createApiKey(db, "busy", "consumer", "old", { expiresAt: new Date(Date.now() - 1000) });
@@ -188,8 +188,10 @@ describe("KeyService", () => {
     const over = make("admin", { role: "consumer", tenantId: "busy" });
     expect(await code(over)).toBe("ResourceExhausted");
     await expect(over).rejects.toThrow(
-      "tenant busy holds 100 usable keys, the most it may; revoke keys it no longer uses (dumont key list, dumont key revoke)",
+      "tenant busy holds 100 usable consumer keys, the most it may; revoke consumer keys it no longer uses (dumont key list, dumont key revoke)",
     );
+    // Its provider is not locked out by them (it could neither list nor revoke a consumer's keys).
+    expect(await code(make("admin", { role: "provider", tenantId: "busy" }))).toBe("ok");
     await revoke(keys.admin!.key, last.key!.id);
     // Room for one: of two creates at once (truly at once on Postgres), one is made and one refused.
     const both = await Promise.all([1, 2].map(() => code(make("admin", { role: "consumer", tenantId: "busy" }))));

@@ -3,7 +3,7 @@
 // role (a consumer cannot make itself a provider key, nor anyone an admin one), and a key it makes expires no
 // later than itself (a leaked short-lived key cannot mint a lasting one). Admin keys belong to the operators'
 // tenant: an admin key sees every tenant, so one "for acme" would be acme's operator of everything. A tenant
-// holds at most MAX_TENANT_KEYS usable keys. The last admin key that never expires cannot be revoked: the
+// holds at most MAX_TENANT_KEYS usable keys of each role. The last admin key that never expires cannot be revoked: the
 // operators would be locked out once the others expired (a start on the data directory makes a new one when
 // none opens anything: bootstrapAdminKey).
 import { create } from "@bufbuild/protobuf";
@@ -29,7 +29,10 @@ const KEY_ID = /^[a-f0-9]{16}$/;
 const MAX_LABEL = 200;
 const MIN_TTL_S = 60;
 const MAX_TTL_S = 3650 * 86_400;
-/** Usable keys a tenant may hold: enough for every machine and script, and a bound on what one tenant can mint. */
+/**
+ * Usable keys of one role a tenant may hold: enough for every machine and script, and a bound on what one tenant
+ * can mint. Per role, so one role's keys cannot use up another's (a non-admin sees and revokes only its own role's).
+ */
 export const MAX_TENANT_KEYS = 100;
 
 type KeyRow = Awaited<ReturnType<typeof listApiKeys>>[number];

@@ -62,6 +62,35 @@ describe("ApiRateLimiter", () => {
     expect(l.size).toBe(1);
   });
 
+  it("holds a tenant's keys together to 5 times one key's limit: new keys bring no fresh budget", () => {
+    // Any key may make keys of its own role: one made only for its fresh bucket would otherwise multiply the limit.
+    const { l, clock } = limiter(1, 2);
+    const served = (key: string) => {
+      try {
+        l.take(key, "acme");
+        return true;
+      } catch (err) {
+        if (!(err instanceof RateLimitedError)) throw err;
+        return false;
+      }
+    };
+    const results = Array.from({ length: 20 }, (_, i) => served(`k${i}`)); // 20 keys, one call each
+    expect(results.filter(Boolean)).toHaveLength(10); // the tenant's burst: 5 x 2
+    let refused: unknown;
+    try {
+      l.take("k99", "acme");
+    } catch (err) {
+      refused = err;
+    }
+    expect(ConnectError.from(refused).rawMessage).toBe(
+      "too many requests with the API keys of tenant acme together: at most 5 a second, in bursts of up to 10; retry in 1 s",
+    );
+    expect(served("other")).toBe(false);
+    l.take("k0", "another-tenant"); // another tenant's budget is its own
+    clock.now += 1; // 5 requests' worth back for the tenant
+    expect(Array.from({ length: 6 }, (_, i) => served(`n${i}`))).toEqual([true, true, true, true, true, false]);
+  });
+
   it("refuses a limit that would refuse everything", () => {
     expect(() => new ApiRateLimiter({ perSecond: 0, burst: 10 })).toThrow(/perSecond > 0/);
     expect(() => new ApiRateLimiter({ perSecond: 1, burst: 0 })).toThrow(/burst >= 1/);

@@ -5,6 +5,8 @@
 // Decisions: a key is charged only once it is authenticated (a wrong secret under someone's key id must not use
 // up their budget); a streaming call counts once, when it starts; buckets live in the replica's memory, so
 // behind several replicas a key gets up to that many times the limit (the simple choice until one is needed).
+// A tenant's keys together have a bucket too, TENANT_LIMIT_FACTOR times a key's: a tenant runs several clients,
+// but a key made only for a fresh bucket (any key may make keys of its own role) gets it no more.
 import { Code, ConnectError } from "@connectrpc/connect";
 
 export interface RateLimit {
@@ -20,6 +22,9 @@ export interface RateLimit {
  */
 export const DEFAULT_RATE_LIMIT: RateLimit = { perSecond: 20, burst: 100 };
 
+/** What a tenant's keys may make together, as a multiple of one key's limit. */
+export const TENANT_LIMIT_FACTOR = 5;
+
 /** Past this many buckets, those of keys idle long enough to be full again are forgotten. */
 const SWEEP_AT = 10_000;
 
@@ -27,6 +32,7 @@ interface Bucket {
   tokens: number;
   /** Seconds (on `now`'s clock) when `tokens` was computed. */
   at: number;
+  limit: RateLimit;
 }
 
 export class ApiRateLimiter {
@@ -42,20 +48,38 @@ export class ApiRateLimiter {
     }
   }
 
-  /** Counts one request of key `keyId`, or throws RateLimitedError (naming the key and when to retry). */
-  take(keyId: string): void {
+  /**
+   * Counts one request of key `keyId` (of tenant `tenantId`, whose keys share a bucket too), or throws
+   * RateLimitedError naming the limit reached and when to retry; a refused request is charged to neither.
+   */
+  take(keyId: string, tenantId?: string): void {
     const now = this.now();
-    const bucket = this.buckets.get(keyId) ?? { tokens: this.limit.burst, at: now };
+    const key = this.bucket(`key ${keyId}`, this.limit, now);
+    const tenant = tenantId === undefined ? undefined : this.bucket(`tenant ${tenantId}`, this.tenantLimit, now);
+    for (const [bucket, who] of [
+      [key, `API key ${keyId}`],
+      [tenant, `the API keys of tenant ${tenantId} together`],
+    ] as const) {
+      if (!bucket || bucket.tokens >= 1) continue;
+      this.onLimited();
+      throw new RateLimitedError(who, bucket.limit, (1 - bucket.tokens) / bucket.limit.perSecond);
+    }
+    key.tokens -= 1;
+    if (tenant) tenant.tokens -= 1;
+    if (this.buckets.size > SWEEP_AT) this.sweep(now);
+  }
+
+  private get tenantLimit(): RateLimit {
+    return { perSecond: this.limit.perSecond * TENANT_LIMIT_FACTOR, burst: this.limit.burst * TENANT_LIMIT_FACTOR };
+  }
+
+  /** The bucket `name`, refilled to `now`. */
+  private bucket(name: string, limit: RateLimit, now: number): Bucket {
+    const bucket = this.buckets.get(name) ?? { tokens: limit.burst, at: now, limit };
     bucket.tokens = this.refilled(bucket, now);
     bucket.at = now;
-    this.buckets.set(keyId, bucket);
-    if (bucket.tokens >= 1) {
-      bucket.tokens -= 1;
-      if (this.buckets.size > SWEEP_AT) this.sweep(now);
-      return;
-    }
-    this.onLimited();
-    throw new RateLimitedError(keyId, this.limit, (1 - bucket.tokens) / this.limit.perSecond);
+    this.buckets.set(name, bucket);
+    return bucket;
   }
 
   /** Keys tracked (for tests and the sweep). */
@@ -65,25 +89,26 @@ export class ApiRateLimiter {
 
   /** A bucket's tokens at `now`: refilled at perSecond since it was last counted, up to the burst. */
   private refilled(bucket: Bucket, now: number): number {
-    return Math.min(this.limit.burst, bucket.tokens + (now - bucket.at) * this.limit.perSecond);
+    return Math.min(bucket.limit.burst, bucket.tokens + (now - bucket.at) * bucket.limit.perSecond);
   }
 
   private sweep(now: number): void {
     for (const [key, bucket] of this.buckets) {
-      if (this.refilled(bucket, now) >= this.limit.burst) this.buckets.delete(key);
+      if (this.refilled(bucket, now) >= bucket.limit.burst) this.buckets.delete(key);
     }
   }
 }
 
 export class RateLimitedError extends ConnectError {
   constructor(
-    keyId: string,
+    /** Whose limit: "API key <id>", or "the API keys of tenant <id> together". */
+    who: string,
     limit: RateLimit,
     readonly retryAfterSeconds: number,
   ) {
     const retry = Math.max(1, Math.ceil(retryAfterSeconds));
     super(
-      `too many requests with API key ${keyId}: at most ${limit.perSecond} a second, in bursts of up to ${limit.burst}; ` +
+      `too many requests with ${who}: at most ${limit.perSecond} a second, in bursts of up to ${limit.burst}; ` +
         `retry in ${retry} s`,
       Code.ResourceExhausted,
       { "retry-after": String(retry) },

@@ -43,7 +43,10 @@ export async function insertApiKey(
   }
   return db.transaction().execute(async (tx) => {
     await tx.selectFrom("tenants").select("id").where("id", "=", key.tenantId).forUpdate().execute();
-    if ((await countUsableApiKeys(tx, { tenantId: key.tenantId }, new Date())) >= maxUsable) return false;
+    // Per role: a consumer's keys must not use up what its tenant's provider may make (which could neither see
+    // nor revoke them).
+    const of = { tenantId: key.tenantId, role: key.role };
+    if ((await countUsableApiKeys(tx, of, new Date())) >= maxUsable) return false;
     await insert(tx);
     return true;
   });
