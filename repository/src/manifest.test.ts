@@ -74,6 +74,7 @@ describe("assertRestorable", () => {
     ["a symlink escaping through another by its case", m(link("a", "."), link("x", "A/.."))],
     ["a symlink escaping through another by its normalisation", m(link("\u00e9", "."), link("y", "e\u0301/.."))],
     ["a symlink escaping where its own target folds", m(dir("D"), link("D/l", "."), link("z", "d/L/../.."))],
+    ["a symlink escaping through another by full case folding", m(link("\u00df", "."), link("x", "SS/.."))],
   ])("refuses %s", (_what, manifest) => {
     expect(() => assertRestorable(manifest)).toThrow(expect.objectContaining({ code: "invalid-manifest" }));
   });

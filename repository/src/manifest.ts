@@ -447,9 +447,12 @@ export class RestorableCheck {
   }
 }
 
-/** A name as a filesystem that ignores case and Unicode normalisation sees it (close enough to its folding). */
+/**
+ * A name as a filesystem that ignores case and Unicode normalisation sees it: close to Unicode's full case folding
+ * (upper then lower case, so "ß" is "ss" and "ﬁ" is "fi", as ext4's casefold tables have them).
+ */
 function foldName(name: string): string {
-  return name.normalize("NFC").toLowerCase();
+  return name.normalize("NFC").toUpperCase().toLowerCase().normalize("NFC");
 }
 
 /**

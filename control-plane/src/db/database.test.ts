@@ -6,7 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
-import { controlPlaneConnections, openDatabase } from "./database.js";
+import { controlPlaneConnections, openDatabase, withDatabaseLock } from "./database.js";
 import { adminQuery, openTestDatabase } from "./test-database.js";
 
 const server = process.env.DATABASE_URL;
@@ -47,6 +47,40 @@ describe.skipIf(!server)("the database on Postgres", () => {
       for (let i = 0; i < 300 && ended.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
       expect(ended.map((e) => e.message)).toEqual([expect.stringMatching(/terminating connection/)]);
       expect((await sql<{ n: number }>`select 2 as n`.execute(db)).rows).toEqual([{ n: 2 }]);
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe.skipIf(!server)("a database lock on Postgres (withDatabaseLock)", () => {
+  it("outlives its connection ending while its holder works (a restart, pg_terminate_backend), and is free after", async () => {
+    // The lock's connection is its own, idle while the work runs: an 'error' on it with no listener ended the
+    // process (vitest reports that as an unhandled error, failing this file).
+    const { db, close } = await openTestDatabase();
+    const advisory = async () =>
+      (
+        await sql<{ pid: number }>`select pid from pg_locks where locktype = 'advisory' and granted
+          and database = (select oid from pg_database where datname = current_database())`.execute(db)
+      ).rows;
+    try {
+      let release = () => {};
+      const gate = new Promise<void>((r) => {
+        release = r;
+      });
+      const held = withDatabaseLock(db, "dumont test lock", async () => {
+        await gate;
+        return "done";
+      });
+      for (let i = 0; i < 500 && (await advisory()).length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      const [holder] = await advisory();
+      expect(holder).toBeDefined();
+      await sql`select pg_terminate_backend(${holder.pid})`.execute(db);
+      await new Promise((r) => setTimeout(r, 200)); // the connection's end reaches its client
+      release();
+      expect(await held).toBe("done");
+      expect(await withDatabaseLock(db, "dumont test lock", async () => "again")).toBe("again");
+      expect(await advisory()).toEqual([]);
     } finally {
       await close();
     }

@@ -55,6 +55,10 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
     // with no listener, the EventEmitter threw it and the process ended. The next query opens a new one.
     pool.on("error", (err) => options.onIdleConnectionError?.(err));
     db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+    postgresOf.set(db, {
+      connectionString: options.databaseUrl,
+      application_name: options.applicationName ?? CONTROL_PLANE_APPLICATION,
+    });
   } else {
     const dir = path.join(options.dataDir, "pglite");
     if (options.existing && !existsSync(dir)) {
@@ -80,7 +84,6 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
       throw err;
     }
     db = new Kysely<Database>({ dialect: new PGliteDialect(pglite, () => lock.release()) });
-    embedded.add(db);
     if (options.fsync !== false) embeddedDirs.set(db, dir);
   }
   try {
@@ -92,31 +95,32 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
   return db;
 }
 
-/** The embedded databases opened here, and the directory of each whose commits makeDurable makes durable. */
-const embedded = new WeakSet<Db>();
+/** The directory of each embedded database whose commits makeDurable makes durable. */
 const embeddedDirs = new WeakMap<Db, string>();
 
 /** Locks of withDatabaseLock held or waited for in this process, by database and name. */
 const localLocks = new WeakMap<Db, Map<string, Promise<unknown>>>();
 
-/**
- * How many of this process's pooled Postgres connections may sit holding a withDatabaseLock at once (of 10):
- * each is reserved while its holder works, and the work's own queries need others.
- */
-const DATABASE_LOCKS_AT_ONCE = 3;
+/** How to reach each Postgres database opened here: withDatabaseLock's connections are its own. */
+const postgresOf = new WeakMap<Db, pg.ClientConfig>();
+
+/** Connections holding a withDatabaseLock at once in this process; more wait for one to end. */
+const DATABASE_LOCKS_AT_ONCE = 16;
 let databaseLocksHeld = 0;
 const databaseLockWaiters: (() => void)[] = [];
 
 /**
  * Runs `work` holding the lock `name` of this database: against every other holder in this process, and with
- * Postgres in every process sharing the database (replicas), by a session advisory lock on a connection
- * reserved meanwhile (released with it if the connection drops). An embedded database has one process.
+ * Postgres in every process sharing the database (replicas), by a session advisory lock on a connection of its
+ * own, opened for it and closed after (which releases the lock whatever happened; not one of the pool's, which
+ * `work` needs for its queries). An embedded database has one process.
  */
 export async function withDatabaseLock<T>(db: Db, name: string, work: () => Promise<T>): Promise<T> {
   const locks = localLocks.get(db) ?? new Map<string, Promise<unknown>>();
   localLocks.set(db, locks);
   const previous = locks.get(name) ?? Promise.resolve();
-  const mine = previous.catch(() => {}).then(() => (embedded.has(db) ? work() : acrossProcesses(db, name, work)));
+  const postgres = postgresOf.get(db);
+  const mine = previous.catch(() => {}).then(() => (postgres ? acrossProcesses(postgres, name, work) : work()));
   locks.set(name, mine);
   const done = () => {
     if (locks.get(name) === mine) locks.delete(name);
@@ -125,19 +129,20 @@ export async function withDatabaseLock<T>(db: Db, name: string, work: () => Prom
   return mine;
 }
 
-async function acrossProcesses<T>(db: Db, name: string, work: () => Promise<T>): Promise<T> {
+async function acrossProcesses<T>(config: pg.ClientConfig, name: string, work: () => Promise<T>): Promise<T> {
   while (databaseLocksHeld >= DATABASE_LOCKS_AT_ONCE) await new Promise<void>((r) => databaseLockWaiters.push(r));
   databaseLocksHeld++;
+  const client = new pg.Client(config);
+  // The server may end the connection while `work` runs (a restart, a failover, pg_terminate_backend): an
+  // 'error' with no listener would end the process. The lock went with the connection; `work` finishes as it
+  // would have without replicas.
+  client.on("error", () => {});
   try {
-    return await db.connection().execute(async (connection) => {
-      await sql`select pg_advisory_lock(hashtextextended(${name}, 0))`.execute(connection);
-      try {
-        return await work();
-      } finally {
-        await sql`select pg_advisory_unlock(hashtextextended(${name}, 0))`.execute(connection).catch(() => {});
-      }
-    });
+    await client.connect();
+    await client.query("select pg_advisory_lock(hashtextextended($1, 0))", [name]);
+    return await work();
   } finally {
+    await client.end().catch(() => {});
     databaseLocksHeld--;
     databaseLockWaiters.shift()?.();
   }

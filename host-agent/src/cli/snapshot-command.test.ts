@@ -346,13 +346,14 @@ describe("dumont-agent snapshot", () => {
     "as a user other than root, clears a restore stopped or killed after its read-only directories got their modes",
     async () => {
       // As nobody: root may remove entries of a read-only directory, another user may not (Go's module cache,
-      // a read-only dataset). Directory modes are given last, just before the final flush.
+      // a read-only dataset), nor list one it may not read (0311, a drop box). Directory modes are given last,
+      // deepest first, just before the final flush.
       const work = join(root, "read-only-dirs");
       const source = join(work, "src");
       await mkdir(join(source, "ro", "sub"), { recursive: true });
       await writeFile(join(source, "ro", "f"), "in a read-only directory\n");
       await writeFile(join(source, "ro", "sub", "g"), "deeper\n");
-      await chmod(join(source, "ro", "sub"), 0o555);
+      await chmod(join(source, "ro", "sub"), 0o311);
       await chmod(join(source, "ro"), 0o555);
       const key = "44".repeat(32);
       await writeFile(join(work, "key"), key, { mode: 0o600 });
@@ -419,6 +420,7 @@ describe("dumont-agent snapshot", () => {
       expect(await readFile(join(killed, "ro", "sub", "g"), "utf8")).toBe("deeper\n");
       expect(await readdir(killed)).toEqual(["ro"]);
       expect((await stat(join(killed, "ro"))).mode & 0o777).toBe(0o555);
+      expect((await stat(join(killed, "ro", "sub"))).mode & 0o777).toBe(0o311);
     },
   );
 

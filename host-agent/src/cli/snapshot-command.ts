@@ -35,6 +35,7 @@ import {
   type DirectRestoreOptions,
   defaultStateDir,
   RestoreDamagedError,
+  RestoreLeftBehindError,
   restoreDirectSnapshot,
   withDirectRepository,
 } from "../snapshot/index.js";
@@ -472,7 +473,8 @@ async function interruptible<T>(outcome: string, work: (signal: AbortSignal) => 
   try {
     return await work(controller.signal);
   } catch (err) {
-    if (received) throw new Interrupted(received, outcome);
+    // A restore that could not take back all it wrote says so instead of the outcome hoped for.
+    if (received) throw new Interrupted(received, err instanceof RestoreLeftBehindError ? err.leftBehind : outcome);
     throw err;
   } finally {
     process.off("SIGINT", onSignal);

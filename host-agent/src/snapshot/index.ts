@@ -20,6 +20,7 @@ export { LocalIndex, type LocalIndexFile, loadLocalIndex, localIndexPath } from 
 export {
   type DamagedFile,
   RestoreDamagedError,
+  RestoreLeftBehindError,
   type RestoreProgress,
   type RestoreSnapshotOptions,
   type RestoreSnapshotResult,

@@ -12,6 +12,11 @@ export interface UnderOpener {
    * with the code EELSEWHERE. Without /proc (not Linux) the path is opened whole.
    */
   open(path: string, flags: number): number;
+  /**
+   * What `open` opens `path` by, its directories walked: `/proc/self/fd/<dir>/<name>` (valid until `close`), or
+   * the whole path without /proc. For a caller that opens it itself (asynchronously).
+   */
+  locate(path: string): string;
   /** Closes the directory handles it keeps. */
   close(): void;
 }
@@ -57,13 +62,16 @@ export function createUnderOpener(fs: typeof nodeFs, root: string): UnderOpener 
     }
   };
 
+  const locate = (path: string): string => {
+    if (!throughHandles) return root.endsWith("/") ? `${root}${path}` : `${root}/${path}`;
+    const slash = path.lastIndexOf("/");
+    const parent = dirFd(slash < 0 ? "" : path.slice(0, slash));
+    return `/proc/self/fd/${parent}/${path.slice(slash + 1)}`;
+  };
+
   return {
-    open(path, flags) {
-      if (!throughHandles) return fs.openSync(root.endsWith("/") ? `${root}${path}` : `${root}/${path}`, flags);
-      const slash = path.lastIndexOf("/");
-      const parent = dirFd(slash < 0 ? "" : path.slice(0, slash));
-      return fs.openSync(`/proc/self/fd/${parent}/${path.slice(slash + 1)}`, flags);
-    },
+    open: (path, flags) => fs.openSync(locate(path), flags),
+    locate,
     close() {
       for (const fd of dirs.values()) {
         try {

@@ -13,7 +13,7 @@
 // Without /proc (not Linux, or not mounted), names are plain paths under the target, as before.
 import { spawn } from "node:child_process";
 import { constants } from "node:fs";
-import { type FileHandle, open, readdir, rm, rmdir, stat, unlink } from "node:fs/promises";
+import { chmod, type FileHandle, open, readdir, rm, rmdir, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
 
 /** The longest a restore waits for its flush (syncFilesystem) before it says so and goes on. */
@@ -315,7 +315,10 @@ async function emptyThroughHandle(dir: string, keep?: string): Promise<void> {
     if (entry.name === keep) continue;
     const at = `${dir}/${entry.name}`;
     if (entry.isDirectory()) {
-      const sub = await open(at, DIR_FLAGS).catch(() => undefined); // swapped for a link meanwhile: unlinked below
+      // Swapped for a link meanwhile: unlinked below. One its owner may not read (0311): made readable first.
+      const sub =
+        (await open(at, DIR_FLAGS).catch(() => undefined)) ??
+        ((await chmodUnreadable(at)) ? await open(at, DIR_FLAGS).catch(() => undefined) : undefined);
       if (sub) {
         try {
           await sub.chmod(0o700).catch(() => {}); // through its handle: the directory just opened, no link
@@ -328,6 +331,28 @@ async function emptyThroughHandle(dir: string, keep?: string): Promise<void> {
       }
     }
     await unlink(at).catch(() => rmdir(at).catch(() => {}));
+  }
+}
+
+/** Linux's O_PATH (not among Node's constants): a handle that names a file without opening it to read. */
+const O_PATH = 0o10000000;
+
+/**
+ * Makes the directory at `at` (a /proc/self/fd name) its owner's to read and write, through an O_PATH handle
+ * (which needs no read permission, and follows no link); false where that cannot be done (not Linux, not a
+ * directory, not the restore's to change).
+ */
+async function chmodUnreadable(at: string): Promise<boolean> {
+  if (process.platform !== "linux") return false;
+  const handle = await open(at, O_PATH | constants.O_DIRECTORY | constants.O_NOFOLLOW).catch(() => undefined);
+  if (!handle) return false;
+  try {
+    await chmod(`/proc/self/fd/${handle.fd}`, 0o700);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await handle.close();
   }
 }
 

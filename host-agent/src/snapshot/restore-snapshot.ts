@@ -24,7 +24,14 @@ import {
   unwritableReason,
 } from "@dumont/repository";
 import { type Lease, RestoreDirectories } from "./restore-directories.js";
-import { type ClaimedTarget, claimTarget, isRestoreMarker, prepareTarget, RESTORE_MARKER } from "./restore-target.js";
+import {
+  type ClaimedTarget,
+  claimTarget,
+  isMarkerName,
+  isRestoreMarker,
+  prepareTarget,
+  RESTORE_MARKER,
+} from "./restore-target.js";
 import { type NewFiles, SnapshotWorkerPool, type WriteFailure } from "./worker-pool.js";
 
 export interface RestoreSnapshotOptions {
@@ -214,7 +221,7 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
     // wrote: the target is empty again, and the same restore can simply run again. One that restored all it
     // could and names damaged files (RestoreDamagedError) keeps the rest.
     if (err instanceof RestoreDamagedError) throw err;
-    left = await dirs.emptyTarget(RESTORE_MARKER);
+    left = (await dirs.emptyTarget(RESTORE_MARKER)).filter((name) => !isMarkerName(name));
     if (left.length === 0) {
       throw targetUnwritable(err, options.target, plan.bytes, "What was restored so far has been removed") ?? err;
     }
@@ -222,10 +229,7 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
       `Not all it wrote could be removed (${left.slice(0, 3).join(", ")}` +
       `${left.length > 3 ? `, and ${left.length - 3} more` : ""}): ${RESTORE_MARKER} stays in ${options.target}, ` +
       "so it reads as an interrupted restore's, which the next restore into it clears";
-    const unwritable = targetUnwritable(err, options.target, plan.bytes, notRemoved);
-    if (unwritable) throw unwritable;
-    if (err instanceof Error) err.message += `. ${notRemoved}`; // its kind kept (a cancel is still one)
-    throw err;
+    throw new RestoreLeftBehindError(targetUnwritable(err, options.target, plan.bytes, notRemoved) ?? err, notRemoved);
   } finally {
     // Over, one way or the other: the marker goes (after what a failed restore wrote, so a kill while that is
     // removed leaves it for the next restore to finish the job), before the target's time is set below. Unless
@@ -889,6 +893,21 @@ function splitBatch(hexes: string[], destinations: Map<string, Destination[]>): 
  */
 function fileMode(mode: number): number {
   return mode & ~0o6000;
+}
+
+/**
+ * A restore that failed (or was stopped) and could not take back all it wrote: `cause` is why it failed,
+ * `leftBehind` says what stays and what to do. Its message is both.
+ */
+export class RestoreLeftBehindError extends Error {
+  constructor(
+    cause: unknown,
+    readonly leftBehind: string,
+  ) {
+    const why = cause instanceof Error ? cause.message : String(cause);
+    super(`${why}. ${leftBehind}`, { cause });
+    this.name = "RestoreLeftBehindError";
+  }
 }
 
 /**

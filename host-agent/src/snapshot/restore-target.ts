@@ -52,7 +52,8 @@ export const MARKER_STALE_AFTER_MS = 10 * 60 * 1000;
  */
 const NEW_PREFIX = `${RESTORE_MARKER}.new-`;
 const TAKEN_PREFIX = `${RESTORE_MARKER}.taken-`;
-const isMarkerName = (name: string) =>
+/** The marker, or another restore's on its way in or aside (placeMarker, a takeover). */
+export const isMarkerName = (name: string) =>
   name === RESTORE_MARKER || name.startsWith(NEW_PREFIX) || name.startsWith(TAKEN_PREFIX);
 
 const markerSchema = z.object({
@@ -155,7 +156,8 @@ export async function claimTarget(
     throw takenMeanwhile(target);
   }
   const claimed = await placeMarker(dirs, target, snapshotId, own, found.marker.targetMode);
-  const left = await dirs.emptyTarget(RESTORE_MARKER);
+  // What cannot be removed; not another restore's marker on its way in, which that restore removes itself.
+  const left = (await dirs.emptyTarget(RESTORE_MARKER)).filter((name) => !isMarkerName(name));
   if (left.length > 0) {
     await claimed.finish({ keepMarker: true }); // still what an interrupted restore left: the next one tries again
     throw new Error(

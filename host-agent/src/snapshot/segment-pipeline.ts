@@ -3,7 +3,7 @@
 // chunks in order (a ChunkTable), and sends the sink the chunks it lacks. createSnapshot (create-snapshot.ts)
 // decides what to read and writes the manifest.
 import * as fsSync from "node:fs";
-import { type BigIntStats, constants, existsSync, readFileSync, realpathSync } from "node:fs";
+import { type BigIntStats, constants, readFileSync, realpathSync } from "node:fs";
 import { type FileHandle, open, readlink } from "node:fs/promises";
 import { type ChunkSink, chunkCodec, type SealedChunk } from "@dumont/repository";
 import type { ChunkTable } from "./chunk-table.js";
@@ -491,17 +491,11 @@ export class SegmentPipeline {
 
   /**
    * A listed file opened to read again, as the workers open it: one directory at a time through handles
-   * (open-under.ts), then as a FileHandle by its descriptor's /proc name (which is the file itself, no path).
+   * (open-under.ts), the file itself on libuv's threads (a hung mount holds one of those, not this thread).
    */
   private async openListed(work: FileWork): Promise<FileHandle> {
-    if (!THROUGH_PROC) return openSource(this.file(work));
     this.opener ??= createUnderOpener(fsSync, this.root);
-    const fd = this.opener.open(work.entry.path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-    try {
-      return await open(`/proc/self/fd/${fd}`, constants.O_RDONLY | constants.O_NONBLOCK);
-    } finally {
-      fsSync.closeSync(fd);
-    }
+    return openSource(this.opener.locate(work.entry.path));
   }
 
   /** Fails ECHANGED if, in a first read, the file opened as `handle` no longer has its listed times. */
@@ -531,9 +525,6 @@ function storageReadBytes(): number | undefined {
     return undefined;
   }
 }
-
-/** Whether files can be opened through directory handles here (Linux's /proc). */
-const THROUGH_PROC = existsSync("/proc/self/fd");
 
 /** Opens a source file to read it again: never through a symlink, never waiting on a FIFO put in its place. */
 function openSource(path: string): Promise<FileHandle> {
