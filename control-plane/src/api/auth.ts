@@ -141,7 +141,7 @@ export async function authenticate(
     );
   }
   options.uses?.record(row.id);
-  options.limiter?.take(row.id, row.tenant_id);
+  options.limiter?.take(row.id, { id: row.tenant_id, role: row.role });
   const caller: Caller = { keyId: row.id, tenantId: row.tenant_id, role: row.role as Role };
   if (row.expires_at !== null) caller.expiresAt = new Date(row.expires_at);
   return caller;

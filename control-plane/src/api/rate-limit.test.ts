@@ -62,12 +62,12 @@ describe("ApiRateLimiter", () => {
     expect(l.size).toBe(1);
   });
 
-  it("holds a tenant's keys together to 5 times one key's limit: new keys bring no fresh budget", () => {
+  it("holds a tenant's keys of one role together to 5 times one key's limit: new keys bring no fresh budget", () => {
     // Any key may make keys of its own role: one made only for its fresh bucket would otherwise multiply the limit.
     const { l, clock } = limiter(1, 2);
     const served = (key: string) => {
       try {
-        l.take(key, "acme");
+        l.take(key, { id: "acme", role: "consumer" });
         return true;
       } catch (err) {
         if (!(err instanceof RateLimitedError)) throw err;
@@ -78,15 +78,17 @@ describe("ApiRateLimiter", () => {
     expect(results.filter(Boolean)).toHaveLength(10); // the tenant's burst: 5 x 2
     let refused: unknown;
     try {
-      l.take("k99", "acme");
+      l.take("k99", { id: "acme", role: "consumer" });
     } catch (err) {
       refused = err;
     }
     expect(ConnectError.from(refused).rawMessage).toBe(
-      "too many requests with the API keys of tenant acme together: at most 5 a second, in bursts of up to 10; retry in 1 s",
+      "too many requests with the consumer keys of tenant acme together: at most 5 a second, in bursts of up to 10; retry in 1 s",
     );
     expect(served("other")).toBe(false);
-    l.take("k0", "another-tenant"); // another tenant's budget is its own
+    l.take("k0", { id: "another-tenant", role: "consumer" }); // another tenant's budget is its own
+    l.take("p0", { id: "acme", role: "provider" }); // and its provider's: a consumer's keys cannot starve it
+    for (let i = 0; i < 20; i++) l.take(`a${i}`, { id: "admin", role: "admin" }); // operators': key by key only
     clock.now += 1; // 5 requests' worth back for the tenant
     expect(Array.from({ length: 6 }, (_, i) => served(`n${i}`))).toEqual([true, true, true, true, true, false]);
   });

@@ -5,8 +5,10 @@
 // Decisions: a key is charged only once it is authenticated (a wrong secret under someone's key id must not use
 // up their budget); a streaming call counts once, when it starts; buckets live in the replica's memory, so
 // behind several replicas a key gets up to that many times the limit (the simple choice until one is needed).
-// A tenant's keys together have a bucket too, TENANT_LIMIT_FACTOR times a key's: a tenant runs several clients,
-// but a key made only for a fresh bucket (any key may make keys of its own role) gets it no more.
+// A tenant's keys of one role together have a bucket too, TENANT_LIMIT_FACTOR times a key's: a tenant runs
+// several clients, but a key made only for a fresh bucket (any key may make keys of its own role) gets it no
+// more. Per role, so a consumer's keys cannot starve its provider (who could then not revoke them). Not for
+// admins: the operators' keys are theirs, and a runaway automation must not throttle the person revoking it.
 import { Code, ConnectError } from "@connectrpc/connect";
 
 export interface RateLimit {
@@ -49,23 +51,26 @@ export class ApiRateLimiter {
   }
 
   /**
-   * Counts one request of key `keyId` (of tenant `tenantId`, whose keys share a bucket too), or throws
+   * Counts one request of key `keyId` (of `tenant`, whose keys of that role share a bucket too), or throws
    * RateLimitedError naming the limit reached and when to retry; a refused request is charged to neither.
    */
-  take(keyId: string, tenantId?: string): void {
+  take(keyId: string, tenant?: { id: string; role: string }): void {
     const now = this.now();
     const key = this.bucket(`key ${keyId}`, this.limit, now);
-    const tenant = tenantId === undefined ? undefined : this.bucket(`tenant ${tenantId}`, this.tenantLimit, now);
+    const shared =
+      tenant === undefined || tenant.role === "admin"
+        ? undefined
+        : this.bucket(`tenant ${tenant.id} ${tenant.role}`, this.tenantLimit, now);
     for (const [bucket, who] of [
       [key, `API key ${keyId}`],
-      [tenant, `the API keys of tenant ${tenantId} together`],
+      [shared, `the ${tenant?.role} keys of tenant ${tenant?.id} together`],
     ] as const) {
       if (!bucket || bucket.tokens >= 1) continue;
       this.onLimited();
       throw new RateLimitedError(who, bucket.limit, (1 - bucket.tokens) / bucket.limit.perSecond);
     }
     key.tokens -= 1;
-    if (tenant) tenant.tokens -= 1;
+    if (shared) shared.tokens -= 1;
     if (this.buckets.size > SWEEP_AT) this.sweep(now);
   }
 

@@ -104,8 +104,11 @@ const localLocks = new WeakMap<Db, Map<string, Promise<unknown>>>();
 /** How to reach each Postgres database opened here: withDatabaseLock's connections are its own. */
 const postgresOf = new WeakMap<Db, pg.ClientConfig>();
 
-/** Connections holding a withDatabaseLock at once in this process; more wait for one to end. */
-const DATABASE_LOCKS_AT_ONCE = 16;
+/**
+ * Connections holding a withDatabaseLock at once in this process; more wait for one to end. With the pool's 10,
+ * a control plane holds at most 14 connections to Postgres (4 replicas: 56 of its default 100).
+ */
+const DATABASE_LOCKS_AT_ONCE = 4;
 let databaseLocksHeld = 0;
 const databaseLockWaiters: (() => void)[] = [];
 
@@ -132,7 +135,9 @@ export async function withDatabaseLock<T>(db: Db, name: string, work: () => Prom
 async function acrossProcesses<T>(config: pg.ClientConfig, name: string, work: () => Promise<T>): Promise<T> {
   while (databaseLocksHeld >= DATABASE_LOCKS_AT_ONCE) await new Promise<void>((r) => databaseLockWaiters.push(r));
   databaseLocksHeld++;
-  const client = new pg.Client(config);
+  // Keepalives and a connect timeout: after a failover whose old server went silent, neither the connect nor a
+  // lock held on it may wait for TCP's own timeouts (~15 minutes).
+  const client = new pg.Client({ ...config, keepAlive: true, connectionTimeoutMillis: 10_000 });
   // The server may end the connection while `work` runs (a restart, a failover, pg_terminate_backend): an
   // 'error' with no listener would end the process. The lock went with the connection; `work` finishes as it
   // would have without replicas.
@@ -142,7 +147,8 @@ async function acrossProcesses<T>(config: pg.ClientConfig, name: string, work: (
     await client.query("select pg_advisory_lock(hashtextextended($1, 0))", [name]);
     return await work();
   } finally {
-    await client.end().catch(() => {});
+    // Not waited for: closing the session releases its lock, and a silent server would hold the slot as long.
+    void client.end().catch(() => {});
     databaseLocksHeld--;
     databaseLockWaiters.shift()?.();
   }

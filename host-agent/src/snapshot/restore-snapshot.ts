@@ -229,7 +229,10 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
       `Not all it wrote could be removed (${left.slice(0, 3).join(", ")}` +
       `${left.length > 3 ? `, and ${left.length - 3} more` : ""}): ${RESTORE_MARKER} stays in ${options.target}, ` +
       "so it reads as an interrupted restore's, which the next restore into it clears";
-    throw new RestoreLeftBehindError(targetUnwritable(err, options.target, plan.bytes, notRemoved) ?? err, notRemoved);
+    // A full disk's error says what is left behind itself (as its outcome); any other gets it appended.
+    const unwritable = targetUnwritable(err, options.target, plan.bytes, notRemoved);
+    const why = err instanceof Error ? err.message : String(err);
+    throw new RestoreLeftBehindError(unwritable?.message ?? `${why}. ${notRemoved}`, unwritable ?? err, notRemoved);
   } finally {
     // Over, one way or the other: the marker goes (after what a failed restore wrote, so a kill while that is
     // removed leaves it for the next restore to finish the job), before the target's time is set below. Unless
@@ -897,15 +900,15 @@ function fileMode(mode: number): number {
 
 /**
  * A restore that failed (or was stopped) and could not take back all it wrote: `cause` is why it failed,
- * `leftBehind` says what stays and what to do. Its message is both.
+ * `leftBehind` says what stays and what to do; the message says both.
  */
 export class RestoreLeftBehindError extends Error {
   constructor(
+    message: string,
     cause: unknown,
     readonly leftBehind: string,
   ) {
-    const why = cause instanceof Error ? cause.message : String(cause);
-    super(`${why}. ${leftBehind}`, { cause });
+    super(message, { cause });
     this.name = "RestoreLeftBehindError";
   }
 }
