@@ -1,6 +1,7 @@
 // forget: drop snapshot objects by a retention policy, or by id. prune: under an exclusive lock, delete packs no
 // snapshot needs, repack mostly-unused ones, and delete leftovers of interrupted snapshots.
 import type { BlobStore } from "./blob-store.js";
+import { counted } from "./counted.js";
 import { RepositoryError } from "./errors.js";
 import { acquireLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 import { indexKey, packKey } from "./pack.js";
@@ -155,6 +156,22 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     for await (const info of store.list("data/")) {
       const packId = info.key.slice(info.key.lastIndexOf("/") + 1);
       if (!index.packs.has(packId) && !unreadableIndexes.has(packId)) orphans.push({ key: info.key, size: info.size });
+    }
+    // A pack without an index object may instead be one whose index object was lost (deleted by hand, a store
+    // that lost it): if a listed snapshot uses a chunk no index holds, its data may be in one of those packs, and
+    // deleting them would make the damage for good. Nothing is deleted until that is resolved.
+    if (orphans.length > 0) {
+      const unindexed = [...usedChunks].filter((id) => !index.has(id));
+      if (unindexed.length > 0) {
+        throw new RepositoryError(
+          "corrupt",
+          `${counted(unindexed.length, "chunk")} the snapshots use ${unindexed.length === 1 ? "is" : "are"} in no ` +
+            `index (e.g. ${unindexed[0]}) while ${counted(orphans.length, "pack")} ${orphans.length === 1 ? "has" : "have"} ` +
+            "no index object: those packs may hold them, so the prune deletes nothing. Run `snapshot check` to see " +
+            "which snapshots and files are affected; forget those snapshots (or restore the lost index objects), " +
+            "then prune again",
+        );
+      }
     }
 
     const repackBelow = options.repackBelow ?? 0.5;
