@@ -18,7 +18,7 @@ import {
 import { createUnderOpener, type UnderOpener } from "./open-under.js";
 import { READ_AHEAD_MAX_FILE, ReadAhead } from "./read-ahead.js";
 import type { FileSegment, SealedSegments } from "./segment-sealer.js";
-import { type SourceEntry, sourceFile } from "./source-tree.js";
+import { type SourceEntry, sourceFile, withoutPath } from "./source-tree.js";
 import type { SnapshotWorkerPool } from "./worker-pool.js";
 
 /** A file this snapshot reads. */
@@ -511,8 +511,8 @@ export class SegmentPipeline {
 
 /** Why a file whose read failed with `code` is left out (ECHANGED: read once more, see CHANGED). */
 function readFailure(code: string, message: string): string {
-  // A system error's message without the path it ends with (see the same in segment-sealer.ts).
-  const reason = message.replace(/, \w+ '.*'$/s, "");
+  // Without the path it ends with (segment-sealer.ts, run from its source text in workers, does the same).
+  const reason = withoutPath(message);
   return code === "ECHANGED" ? CHANGED : code === "EELSEWHERE" ? reason : `cannot read: ${reason}`;
 }
 

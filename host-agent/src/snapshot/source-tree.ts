@@ -245,7 +245,7 @@ export function sourceFile(root: string, entry: SourceEntry): string {
  * gives "EACCES: permission denied"): the entry's own path stands beside the reason, and the one in the message
  * is the name it was reached by through a directory's handle.
  */
-function withoutPath(err: unknown): string {
+export function withoutPath(err: unknown): string {
   const message = err instanceof Error ? err.message : String(err);
   return message.replace(/, \w+ '.*'$/s, "");
 }
