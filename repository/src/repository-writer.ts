@@ -7,6 +7,7 @@ import type { BlobWriter } from "./blob-store.js";
 import { copyBytes } from "./copy-bytes.js";
 import { counted } from "./counted.js";
 import { chunkArrivedDamaged, isRepositoryError, RepositoryError } from "./errors.js";
+import { forEachLimited } from "./for-each-limited.js";
 import { MAX_MANIFEST_BYTES, MAX_SEALED_MANIFEST_BYTES } from "./limits.js";
 import { acquireLock, type HeldLock } from "./lock.js";
 import {
@@ -170,12 +171,25 @@ export class RepositoryWriter implements ChunkSink {
     this.throwIfFailed();
   }
 
+  /**
+   * A part counts as held only once read back and found to hash to its id: one damaged in the store (a bit
+   * flipped, cut short) is reported missing, so the agent seals and sends it again and the commit replaces the
+   * damaged copy. Held on existence alone, an agent's local index kept naming it, and every later snapshot of
+   * the workspace either failed (the control plane reads named parts back at commit) or was committed unable
+   * to restore (direct mode, which does not). Reading them costs what one restore's manifest read does.
+   */
   async missingManifestParts(ids: string[]): Promise<string[]> {
     this.assertUsable();
-    const held = await Promise.all(
-      ids.map(async (id) => MANIFEST_ID.test(id) && (await this.repository.store.stat(manifestKey(id))) !== undefined),
+    const held = new Set<string>();
+    await forEachLimited(
+      ids.filter((id) => MANIFEST_ID.test(id)),
+      8,
+      async (id) => {
+        const blob = await this.repository.store.get(manifestKey(id)).catch((err) => absentOr(err, true));
+        if (blob && sha256(blob).toString("hex") === id) held.add(id);
+      },
     );
-    return ids.filter((_, i) => !held[i]);
+    return ids.filter((id) => !held.has(id));
   }
 
   async commit(
@@ -458,8 +472,11 @@ export class RepositoryWriter implements ChunkSink {
   }
 }
 
-/** undefined for a blob that is not there; any other failure to read it is thrown as it is. */
-function absentOr(err: unknown): undefined {
-  if (isRepositoryError(err, "not-found")) return undefined;
+/**
+ * undefined for a blob that is not there (or, with `damaged`, one the store says is cut short); any other failure
+ * to read it is thrown as it is.
+ */
+function absentOr(err: unknown, damaged = false): undefined {
+  if (isRepositoryError(err, "not-found") || (damaged && isRepositoryError(err, "corrupt"))) return undefined;
   throw err;
 }

@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto";
 import type { BlobStore } from "./blob-store.js";
 import { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
 import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
+import { forEachLimited } from "./for-each-limited.js";
 import { assertKey } from "./key.js";
 import { type Manifest, type ManifestEntry, manifestPartEntries, openManifestParts } from "./manifest.js";
 import { indexKey, openIndex, type PackIndex } from "./pack.js";
@@ -241,19 +242,4 @@ export class Repository implements RepositoryAccess {
   async chunkSource(options: ChunkSourceOptions & { index?: RepositoryIndex } = {}): Promise<RepositoryChunkSource> {
     return new RepositoryChunkSource(this, options.index ?? this.loadIndex(), options);
   }
-}
-
-export async function forEachLimited<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T, index: number) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const run = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      await fn(items[i], i);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
 }

@@ -799,7 +799,7 @@ describe("snapshot engine", () => {
     const localIndex = { file: join(fresh("state"), "index.idx"), scope: "parts by id" };
     const { store, repository } = await freshWriter(key);
     /** A snapshot through a sink that takes parts by id when `byId`; what it committed, restored and compared. */
-    const run = async (byId = true) => {
+    const run = async (byId = true, asControlPlane = false) => {
       const writer = await repository.writer({ packSize: SMALL.packSize });
       const parts: ManifestPartBlob[] = [];
       const sink: ChunkSink = {
@@ -808,7 +808,8 @@ describe("snapshot engine", () => {
         ...(byId ? { missingManifestParts: (ids: string[]) => writer.missingManifestParts(ids) } : {}),
         commit: (committed, m, built) => {
           parts.push(...committed);
-          return writer.commit(committed, m, built);
+          // The control plane has no built manifest: it reads every part, named ones back from the store.
+          return writer.commit(committed, m, asControlPlane ? undefined : built);
         },
         abort: () => writer.abort(),
       };
@@ -847,6 +848,23 @@ describe("snapshot engine", () => {
       for await (const blob of store.list("manifests/")) await store.delete(blob.key);
       const again = await run();
       expect(again).toMatchObject({ named: 0, sealed: changed.named + changed.sealed });
+      // A part damaged in the store (cut short, a byte flipped) is not named: sealed and sent again, it replaces
+      // the damaged copy, in direct mode (which does not read named parts back) and through the control plane.
+      const total = again.sealed;
+      for (const [i, asControlPlane] of [false, true].entries()) {
+        const victim = `manifests/${again.record.manifests[i]}`;
+        const bytes = await store.get(victim);
+        if (i === 0) await store.put(victim, bytes.subarray(0, bytes.length - 10));
+        else
+          await store.put(
+            victim,
+            Buffer.concat([bytes.subarray(0, 40), Buffer.from([bytes[40] ^ 1]), bytes.subarray(41)]),
+          );
+        const healed = await run(true, asControlPlane);
+        expect(healed).toMatchObject({ named: total - 1, sealed: 1 });
+        expect(healed.record.manifests).toEqual(again.record.manifests);
+        expect((await store.get(victim)).equals(bytes)).toBe(true);
+      }
     } finally {
       await store.close();
     }
