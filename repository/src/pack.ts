@@ -145,13 +145,13 @@ export function openPackTrailer(key: Buffer, pack: Buffer, packId: string): Pack
   if (pack.length < 4) throw new RepositoryError("corrupt", `${what} is too short to hold a header`);
   const headerLength = pack.readUInt32LE(pack.length - 4);
   if (headerLength + 4 > pack.length) throw new RepositoryError("corrupt", `${what} has a bad header length`);
-  const header = openObject(
-    key,
-    ObjectKind.packHeader,
-    pack.subarray(pack.length - 4 - headerLength, pack.length - 4),
-    `header of ${what}`,
-  );
-  return decodeEntries(header, 0, `header of ${what}`);
+  return openPackHeader(key, pack.subarray(pack.length - 4 - headerLength, pack.length - 4), packId);
+}
+
+/** Opens a pack's sealed header (the bytes before its last 4): its entries, as the pack's index object lists them. */
+export function openPackHeader(key: Buffer, sealed: Buffer, packId: string): PackEntry[] {
+  const what = `header of pack ${packId}`;
+  return decodeEntries(openObject(key, ObjectKind.packHeader, sealed, what), 0, what);
 }
 
 export function sealIndex(

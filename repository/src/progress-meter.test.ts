@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { formatDuration } from "./progress-meter.js";
+import { formatDuration, ProgressMeter } from "./progress-meter.js";
 
 describe("formatDuration", () => {
   it("rounds up to whole seconds before it splits them, so a minute never shows 60 seconds", () => {
@@ -8,5 +8,24 @@ describe("formatDuration", () => {
     expect(formatDuration(119.5)).toBe("2m00s"); // "1m60s" before
     expect(formatDuration(3599.5)).toBe("1h00m"); // "59m60s" before
     expect(formatDuration(3 * 3600 + 5 * 60)).toBe("3h05m");
+  });
+});
+
+describe("ProgressMeter", () => {
+  const drawn = (unit?: string) => {
+    const written: string[] = [];
+    const out = { write: (s: string) => written.push(s) } as unknown as NodeJS.WriteStream;
+    const meter = new ProgressMeter(out, "job", unit);
+    meter.update(3 * 1024 * 1024, 12 * 1024 * 1024, true);
+    meter.finish();
+    return written;
+  };
+
+  it("shows bytes by default, and counts when given a unit; clears its line when done", () => {
+    const [bytes, cleared] = drawn();
+    expect(bytes.startsWith("\r\x1b[K")).toBe(true);
+    expect(bytes.slice(4)).toMatch(/^job: 3\.0 MiB \/ 12\.0 MiB \(25%\) {2}[\d.]+ \w+\/s( ETA \d+s)?$/);
+    expect(cleared).toBe("\r\x1b[K");
+    expect(drawn("packs")[0].slice(4)).toMatch(/^job: 3145728 \/ 12582912 packs \(25%\) {2}[\d.]+\/s( ETA \d+s)?$/);
   });
 });

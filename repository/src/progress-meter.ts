@@ -1,4 +1,5 @@
-// One self-rewriting status line on a terminal: bytes done, rate and time left. Silent when not a TTY.
+// One self-rewriting status line on a terminal: bytes (or things counted) done, rate and time left. Silent when
+// not a TTY.
 // Shared by both CLIs (`dumont-agent snapshot` in direct mode, `dumont snapshot` through the control plane).
 
 export class ProgressMeter {
@@ -9,10 +10,12 @@ export class ProgressMeter {
   constructor(
     private readonly out: NodeJS.WriteStream,
     private readonly label: string,
+    /** What is counted, when not bytes ("packs"). */
+    private readonly unit?: string,
   ) {}
 
-  static forStderr(label: string, quiet: boolean): ProgressMeter | undefined {
-    return !quiet && process.stderr.isTTY ? new ProgressMeter(process.stderr, label) : undefined;
+  static forStderr(label: string, quiet: boolean, unit?: string): ProgressMeter | undefined {
+    return !quiet && process.stderr.isTTY ? new ProgressMeter(process.stderr, label, unit) : undefined;
   }
 
   update(done: number, total: number, force = false): void {
@@ -23,9 +26,10 @@ export class ProgressMeter {
     const rate = seconds > 0 ? done / seconds : 0;
     const eta = rate > 0 && total > done ? ` ETA ${formatDuration((total - done) / rate)}` : "";
     const percent = total > 0 ? ` (${Math.floor((done / total) * 100)}%)` : "";
-    this.out.write(
-      `\r\x1b[K${this.label}: ${formatBytes(done)} / ${formatBytes(total)}${percent}  ${formatBytes(rate)}/s${eta}`,
-    );
+    const line = this.unit
+      ? `${done} / ${total} ${this.unit}${percent}  ${rate.toFixed(rate < 10 ? 1 : 0)}/s${eta}`
+      : `${formatBytes(done)} / ${formatBytes(total)}${percent}  ${formatBytes(rate)}/s${eta}`;
+    this.out.write(`\r\x1b[K${this.label}: ${line}`);
     this.drawn = true;
   }
 

@@ -167,9 +167,9 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
           "corrupt",
           `${counted(unindexed.length, "chunk")} the snapshots use ${unindexed.length === 1 ? "is" : "are"} in no ` +
             `index (e.g. ${unindexed[0]}) while ${counted(orphans.length, "pack")} ${orphans.length === 1 ? "has" : "have"} ` +
-            "no index object: those packs may hold them, so the prune deletes nothing. Run `snapshot check` to see " +
-            "which snapshots and files are affected; forget those snapshots (or restore the lost index objects), " +
-            "then prune again",
+            "no index object: those packs may hold them, so the prune deletes nothing. Run `snapshot repair-index` " +
+            "to rebuild lost index objects from the packs, then `snapshot check` to see which snapshots and files " +
+            "are still affected; forget those, then prune again",
         );
       }
     }

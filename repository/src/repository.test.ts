@@ -16,6 +16,7 @@ import { openBlobStore } from "./open-blob-store.js";
 import { packKey } from "./pack.js";
 import { forgetSnapshots, pruneRepository } from "./prune.js";
 import { parseReadSubset } from "./read-subset.js";
+import { repairIndex } from "./repair-index.js";
 import { Repository } from "./repository.js";
 import { RepositoryIndex } from "./repository-index.js";
 import { chunkCodec, ObjectKind, openJson } from "./sealing.js";
@@ -533,7 +534,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await expect(pruneRepository(repository)).rejects.toSatisfy(
       (e) =>
         isRepositoryError(e, "corrupt") &&
-        /1 chunk the snapshots use is in no index \(e\.g\. \w+\) while 1 pack has no index object: those packs may hold them, so the prune deletes nothing\. Run `snapshot check`/.test(
+        /1 chunk the snapshots use is in no index \(e\.g\. \w+\) while 1 pack has no index object: those packs may hold them, so the prune deletes nothing\. Run `snapshot repair-index`/.test(
           String(e),
         ),
     );
@@ -542,6 +543,74 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await forgetSnapshots(repository, { ids: [id] });
     expect(await pruneRepository(repository)).toMatchObject({ orphanPacksDeleted: 1 });
     expect(await packs()).toBe(0);
+    await store.close();
+  });
+
+  it("repairs the index from the packs' headers: lost and damaged index objects rebuilt, those of lost packs removed", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const keys = async (prefix: string) => {
+      const found: string[] = [];
+      for await (const info of store.list(prefix)) found.push(info.key);
+      return found.sort();
+    };
+    // Three snapshots, a pack each; the second pack holds several chunks (offsets other than 0).
+    const snapshot = async (files: Record<string, SealedChunk[]>) => {
+      const before = new Set(await keys("index/"));
+      const writer = await repository.writer();
+      await writer.put(Object.values(files).flat());
+      const id = await writer.commit([sealManifest(key, manifestOf(files))], meta);
+      const [added] = (await keys("index/")).filter((k) => !before.has(k));
+      return { id, pack: added.slice("index/".length) };
+    };
+    const lost = await snapshot({ "a.bin": [sealed(key, randomBytes(7_000))] });
+    const damaged = await snapshot({
+      "b.txt": [sealed(key, Buffer.from("text ".repeat(3_000))), sealed(key, randomBytes(9_000))],
+      "c.bin": [sealed(key, randomBytes(1_000))],
+    });
+    const gone = await snapshot({ "d.bin": [sealed(key, randomBytes(2_000))] });
+    const entriesOf = async (pack: string) => (await repository.readPackIndex(pack)).entries;
+    const [lostEntries, damagedEntries] = [await entriesOf(lost.pack), await entriesOf(damaged.pack)];
+
+    await store.delete(`index/${lost.pack}`);
+    await store.put(`index/${damaged.pack}`, randomBytes(300));
+    await store.delete(packKey(gone.pack));
+    await store.put("data/ee/ee00", randomBytes(10)); // a pack whose end is not a header
+    const indexObjects = await keys("index/");
+
+    // A dry run says what it would do and changes nothing.
+    const expected = {
+      packs: 3,
+      rebuilt: [lost.pack, damaged.pack].sort(),
+      removed: [gone.pack],
+      unrepairable: [{ pack: "ee00", message: expect.stringMatching(/^pack ee00: .*longer than the pack/) }],
+    };
+    expect(await repairIndex(repository, { dryRun: true })).toEqual(expected);
+    expect(await keys("index/")).toEqual(indexObjects);
+
+    const progress: number[] = [];
+    const report = await repairIndex(repository, { onProgress: (p) => progress.push(p.packsDone) });
+    expect(report).toEqual(expected);
+    expect(progress).toEqual([0, 1, 2]);
+    expect(await keys("locks/")).toEqual([]);
+    // The rebuilt index objects are the lost ones again, and the packs' chunks check out by them.
+    expect(await entriesOf(lost.pack)).toEqual(lostEntries);
+    expect(await entriesOf(damaged.pack)).toEqual(damagedEntries);
+    const check = await checkRepository(repository);
+    expect(check.problems.map((p) => [p.kind, p.files?.map((f) => f.path)])).toEqual([["chunk-missing", ["d.bin"]]]);
+    expect(check.chunks).toBe(4);
+    // Again: nothing left to do but the pack it cannot read.
+    expect(await repairIndex(repository)).toEqual({ ...expected, rebuilt: [], removed: [] });
+    // The snapshot that lost its data forgotten, the unreadable pack is an orphan to prune, and all is well.
+    await forgetSnapshots(repository, { ids: [gone.id] });
+    expect(await pruneRepository(repository)).toMatchObject({ orphanPacksDeleted: 1, packsDeleted: 0 });
+    expect((await checkRepository(repository)).ok).toBe(true);
+
+    // A store showing no packs at all is not taken at its word: no index object is removed.
+    for (const k of await keys("data/")) await store.delete(k);
+    await expect(repairIndex(repository)).rejects.toThrow(/holds no packs at all, while 2 index objects name some/);
+    expect(await keys("index/")).toHaveLength(2);
     await store.close();
   });
 });

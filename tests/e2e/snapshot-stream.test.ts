@@ -40,6 +40,7 @@ import { ageFiles, describeTree, makeWorkspace } from "../support/workspace.js";
 
 interface SnapshotJson {
   id: string;
+  tenantId: string;
   hostId: string;
   createdAt: string;
   files: number;
@@ -776,6 +777,48 @@ describe("snapshots over the agent stream", () => {
     expect((await cp.cli(["snapshot", "check", "--structure-only"])).stdout).toMatch(
       /^no problems: \d+ snapshots?, \d+ packs?, \d+ chunks?\n$/,
     );
+  });
+
+  it("repair-index rebuilds a lost index object from its pack, and removes that of a lost pack", async () => {
+    const dir = path.join(root, "repair-workspace");
+    await fs.mkdir(dir);
+    await fs.writeFile(path.join(dir, "weights.bin"), randomBytes(300_000));
+    const blobs = path.join(root, "cp", "blobs");
+    const packsBefore = new Set(await packFiles(blobs));
+    const snap = await snapshotOf(dir);
+    const [pack] = (await packFiles(blobs)).filter((file) => !packsBefore.has(file));
+    const packId = path.basename(pack!);
+    const indexObject = path.join(path.dirname(pack!), "..", "..", "index", packId);
+    await fs.rm(indexObject);
+    const tenantId = (await snapshots()).find((s) => s.id === snap.id)!.tenantId;
+
+    const dry = await cli(["snapshot", "repair-index", "--dry-run", "--json"]);
+    expect(dry.tenants).toEqual([
+      { tenantId, packs: expect.any(Number), rebuilt: [packId], removed: [], unrepairable: [] },
+    ]);
+    await expect(fs.stat(indexObject)).rejects.toThrow(/ENOENT/);
+    const repaired = await cp.cli(["snapshot", "repair-index"]);
+    expect(repaired).toMatchObject({ code: 0, stderr: "" });
+    expect(repaired.stdout).toMatch(
+      new RegExp(
+        `^tenant ${tenantId}: \\d+ packs: rebuilt 1 index object from their packs' headers, removed 0 index objects`,
+      ),
+    );
+    await fs.stat(indexObject);
+    const target = path.join(root, "repair-restored");
+    await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
+    expect(await describeTree(target)).toEqual(await describeTree(dir));
+
+    // The pack itself lost: its index object goes, check names the file, and the next snapshot sends it again.
+    await fs.rm(pack!);
+    const removed = await cli(["snapshot", "repair-index", "--json"]);
+    expect(removed.tenants[0]).toMatchObject({ rebuilt: [], removed: [packId] });
+    const check = await cp.cli(["snapshot", "check", "--structure-only"]);
+    expect(check.stderr).toMatch(/is in no pack; it breaks "weights\.bin"/);
+    const again = await snapshotOf(dir);
+    expect(again.bytesNew).toBeGreaterThanOrEqual(300_000);
+    expect(await cli(["snapshot", "forget", snap.id, "--json"])).toMatchObject({ forgotten: [snap.id] });
+    expect(await cli(["snapshot", "check", "--json"])).toMatchObject({ ok: true });
   });
 
   it("a kill -9 of the agent mid-snapshot leaves no snapshot visible; the next one succeeds", async () => {

@@ -202,6 +202,7 @@ describe("SnapshotService: admin keys only", () => {
         drain(service.restoreSnapshotStream(restore, ctx)),
         Promise.resolve(service.forgetSnapshots(create(api.ForgetSnapshotsRequestSchema, { keepLast: 1 }), ctx)),
         drain(service.checkSnapshots(create(api.CheckSnapshotsRequestSchema, {}), ctx)),
+        Promise.resolve(service.repairIndex(create(api.RepairIndexRequestSchema, {}), ctx)),
         drain(service.diffSnapshots(create(api.DiffSnapshotsRequestSchema, { beforeId: id, afterId: id }), ctx)),
         drain(service.listSnapshotFiles(create(api.ListSnapshotFilesRequestSchema, { snapshotId: id }), ctx)),
       ];

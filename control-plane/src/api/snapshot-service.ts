@@ -220,6 +220,18 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       }
     },
 
+    async repairIndex(req, ctx) {
+      const who = await admin(ctx);
+      const out = create(api.RepairIndexResponseSchema, {});
+      // One tenant at a time, each on its own: a tenant busy or unreachable fails the call after the tenants
+      // before it were repaired (running it again repeats nothing done).
+      for (const tenantId of await snapshotTenants(deps.db, tenantScope(who))) {
+        const report = await deps.snapshots.repairIndex(tenantId, { dryRun: req.dryRun });
+        out.tenants.push(create(api.TenantIndexRepairSchema, { tenantId, ...report, packs: BigInt(report.packs) }));
+      }
+      return out;
+    },
+
     async *diffSnapshots(req, ctx) {
       const who = await admin(ctx);
       const [before, after] = await Promise.all(

@@ -1,5 +1,5 @@
 // `dumont snapshot …` (admin): snapshot a directory on a host through its agent, list, ls, diff, restore, check,
-// forget. Create and restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent
+// repair-index, forget. Create and restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent
 // works.
 import { api } from "@dumont/proto";
 import { collect, flagParsers, READ_DATA_SUBSET } from "@dumont/repository/cli-flags";
@@ -16,6 +16,7 @@ import {
 import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/repository/path-patterns";
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
 import { readSubsetOption } from "@dumont/repository/read-subset";
+import { repairIndexText } from "@dumont/repository/repair-index-report";
 import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients, tenantFlag } from "./api-client.js";
 import { iso, print, printable, table } from "./output.js";
@@ -260,6 +261,41 @@ export function registerSnapshotCommands(program: Command): void {
       } else for (const p of out.problems) process.stderr.write(`${p.message}\n`);
       if (!out.ok) {
         process.stderr.write(`check found ${counted(out.problems.length, "problem")}\n`);
+        process.exitCode = 1;
+      }
+    });
+
+  snapshot
+    .command("repair-index")
+    .description(
+      "rebuild each tenant's lost or damaged index objects from the packs' own headers, and remove those whose pack " +
+        "is gone (then run check); refused while a snapshot, restore or check of the tenant runs",
+    )
+    .option("--dry-run", "say what would be repaired, change nothing")
+    .option("--json", "print JSON")
+    .action(async (opts, cmd: Command) => {
+      const dryRun = opts.dryRun === true;
+      const res = await apiClients(apiOpts(cmd)).snapshots.repairIndex({ dryRun });
+      const tenants = res.tenants.map((t) => ({
+        tenantId: t.tenantId,
+        packs: Number(t.packs),
+        rebuilt: t.rebuilt,
+        removed: t.removed,
+        unrepairable: t.unrepairable.map((p) => ({ pack: p.pack, message: p.message })),
+      }));
+      if (opts.json) print({ dryRun, tenants });
+      else if (tenants.length === 0) process.stdout.write("no tenant has snapshots: nothing to repair\n");
+      const unrepairable = tenants.reduce((n, t) => n + t.unrepairable.length, 0);
+      for (const t of tenants) {
+        const text = repairIndexText(t, dryRun, `tenant ${t.tenantId}: `);
+        if (!opts.json) process.stdout.write(text.out);
+        process.stderr.write(text.err);
+      }
+      if (unrepairable > 0) {
+        process.stderr.write(
+          `${counted(unrepairable, "pack")} could not be read; run \`dumont snapshot check\` to see what they break ` +
+            "(a prune deletes them once no snapshot needs them)\n",
+        );
         process.exitCode = 1;
       }
     });

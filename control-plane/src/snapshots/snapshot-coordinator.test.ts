@@ -608,6 +608,28 @@ describe("SnapshotCoordinator: forget and prune", () => {
     await expect(h.coordinator.forget(prune)).resolves.toMatchObject({ prune: { packsDeleted: 0, bytesFreed: 0 } });
   });
 
+  it("repairs the index with the repository to itself: refused while a snapshot runs, then rebuilds a lost index object", async () => {
+    const running = await started();
+    await expect(h.coordinator.repairIndex("t1", { dryRun: false })).rejects.toThrow(
+      "1 snapshot or restore of tenant t1 is running; repair the index again when it has ended",
+    );
+    // A dry run only reads, as a check, beside the snapshot.
+    await expect(h.coordinator.repairIndex("t1", { dryRun: true })).resolves.toMatchObject({ rebuilt: [] });
+    await finish(running);
+    const indexDir = path.join(h.blobs, "tenants", "t1", "index");
+    const [lost] = await fs.readdir(indexDir);
+    await fs.rm(path.join(indexDir, lost));
+    // An operation starting during the repair waits for it (and its refresh then reads the rebuilt object).
+    const repairing = h.coordinator.repairIndex("t1", { dryRun: false });
+    await expect(h.coordinator.forget(prune)).rejects.toThrow(
+      "a prune or index repair of tenant t1 is already running",
+    );
+    const checked = h.coordinator.check("t1", {});
+    expect((await repairing).rebuilt).toEqual([lost]);
+    await expect(checked).resolves.toMatchObject({ ok: true, problems: [] });
+    expect(await fs.readdir(indexDir)).toContain(lost);
+  });
+
   it("lists a snapshot the repository holds without a row before a forget judges it", async () => {
     const committed = async () => finish(await started());
     const older = await committed();
@@ -734,8 +756,9 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
   it("tells the agent when an offer cannot be answered, so it does not wait for an answer", async () => {
     const { snapshot, requestId } = await startedIn(h);
     const blobs = await store();
-    const stat = blobs.stat.bind(blobs);
-    blobs.stat = async () => {
+    const { stat, get } = blobs;
+    // An offered manifest part is looked for by reading it back (missingManifestParts).
+    blobs.stat = blobs.get = async () => {
       throw new Error("S3: 503 SlowDown");
     };
     try {
@@ -745,7 +768,7 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
       const aborted = h.sent.find((m) => m.msg.case === "snapshotAborted")?.msg;
       expect(aborted?.case === "snapshotAborted" && aborted.value.requestId).toBe(requestId);
     } finally {
-      blobs.stat = stat;
+      Object.assign(blobs, { stat, get });
     }
   });
 

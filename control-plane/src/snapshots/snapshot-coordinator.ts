@@ -41,11 +41,13 @@ import {
   type PruneReport,
   pruneRepository,
   type SnapshotStats as RecordStats,
+  type RepairIndexReport,
   Repository,
   type RepositoryChunkSource,
   RepositoryIndex,
   type RepositoryWriter,
   type RetentionPolicy,
+  repairIndex,
   type SkippedEntry,
 } from "@dumont/repository";
 import type { AgentSender, AgentSession } from "../agent-gateway/agent-session.js";
@@ -186,7 +188,7 @@ export class SnapshotCoordinator {
   private readonly checkProblems = new Map<string, number>();
   private closed = false;
   /**
-   * Snapshots and restores running, and the prune running, per tenant. A prune deletes and moves packs, so it
+   * Snapshots and restores running, and the prune (or index repair) running, per tenant. A prune deletes and moves packs, so it
    * needs the tenant's repository to itself: it is refused while operations run, and operations that start
    * during one wait for it. (The repository's own lock says the same across processes; this lets a restore,
    * which takes no lock, be counted too, and lets operations wait rather than fail.)
@@ -362,18 +364,7 @@ export class SnapshotCoordinator {
         throw storeError(err);
       }
     }
-    // Checked and claimed before the first await, so no snapshot starts between the check and the prune.
-    const busy = this.running.get(tenantId) ?? 0;
-    if (busy > 0 || this.pruning.has(tenantId)) {
-      const one = busy === 1;
-      throw new FailedPreconditionError(
-        busy > 0
-          ? `${counted(busy, "snapshot or restore", "snapshots or restores")} of tenant ${tenantId} ` +
-              `${one ? "is" : "are"} running; prune again when ${one ? "it has" : "they have"} ended`
-          : `a prune of tenant ${tenantId} is already running`,
-      );
-    }
-    const work = (async (): Promise<ForgetResult> => {
+    return this.exclusively(tenantId, "prune", async () => {
       const repo = await repository();
       const result = await this.forgetIn(repo, req);
       // The tenant's cached chunk index needs no reset: the refresh at the start of every operation drops the
@@ -382,10 +373,50 @@ export class SnapshotCoordinator {
       if (prune.bytesFreed > 0) this.metrics.pruneBytesFreed.inc(prune.bytesFreed);
       this.log.info({ tenantId, ...prune }, "repository pruned");
       return { ...result, prune };
-    })();
-    this.pruning.set(tenantId, work);
+    });
+  }
+
+  /**
+   * Rebuilds a tenant's lost or damaged index objects from its packs' headers and removes those whose pack is
+   * gone (repairIndex). It needs the repository to itself as a prune does; a dry run only reads, as a check.
+   * The cached chunk index needs no reset: every operation's refresh reads the rebuilt index objects and drops
+   * the removed ones' packs.
+   */
+  async repairIndex(tenantId: string, options: { dryRun: boolean }): Promise<RepairIndexReport> {
+    if (options.dryRun) {
+      return this.using(tenantId, async () => repairIndex(await this.repositoryOf(tenantId), { dryRun: true }));
+    }
+    return this.exclusively(tenantId, "repair the index", async () => {
+      const report = await repairIndex(await this.repositoryOf(tenantId));
+      const { rebuilt, removed, unrepairable } = report;
+      if (rebuilt.length + removed.length + unrepairable.length > 0) {
+        this.log.warn({ tenantId, rebuilt, removed, unrepairable }, "index repaired");
+      }
+      return report;
+    });
+  }
+
+  /**
+   * Runs `work` with the tenant's repository to itself (a prune, an index repair): refused while snapshots,
+   * restores or checks of the tenant run, or another such work does; operations that start meanwhile wait for it.
+   * `verb` says what to do again once they have ended.
+   */
+  private async exclusively<T>(tenantId: string, verb: string, work: () => Promise<T>): Promise<T> {
+    // Checked and claimed before the first await, so no snapshot starts between the check and the work.
+    const busy = this.running.get(tenantId) ?? 0;
+    if (busy > 0 || this.pruning.has(tenantId)) {
+      const one = busy === 1;
+      throw new FailedPreconditionError(
+        busy > 0
+          ? `${counted(busy, "snapshot or restore", "snapshots or restores")} of tenant ${tenantId} ` +
+              `${one ? "is" : "are"} running; ${verb} again when ${one ? "it has" : "they have"} ended`
+          : `a prune or index repair of tenant ${tenantId} is already running`,
+      );
+    }
+    const running = work();
+    this.pruning.set(tenantId, running);
     try {
-      return await work;
+      return await running;
     } catch (err) {
       if (isRepositoryError(err, "locked")) throw new FailedPreconditionError(`tenant ${tenantId}: ${err.message}`);
       throw storeError(err);

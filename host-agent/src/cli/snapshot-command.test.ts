@@ -494,6 +494,61 @@ describe("dumont-agent snapshot", () => {
     expect(report.problems[0].snapshot).toBeUndefined();
   });
 
+  it("repairs lost index objects from the packs, so prune runs again and the next snapshot stores lost data again", async () => {
+    const source = join(root, "src-repair");
+    await mkdir(source);
+    const data = randomBytes(200_000);
+    await writeFile(join(source, "model.bin"), data);
+    await writeFile(join(root, "key-repair"), "77".repeat(32));
+    const repoDir = join(root, "repo-repair");
+    const common = ["--repo", pathToFileURL(repoDir).href, "--key-file", join(root, "key-repair")];
+    const state = ["--state-dir", join(root, "state-repair")];
+    const first = JSON.parse((await run("snapshot", "create", "--source", source, ...common, ...state, "--json")).out);
+    const [indexObject] = await readdir(join(repoDir, "index"));
+    await rm(join(repoDir, "index", indexObject));
+
+    // Prune will not guess whether the pack is an interrupted writer's; it points at the repair.
+    const pruned = await run("snapshot", "forget", ...common, "--prune");
+    expect(pruned.code).not.toBe(0);
+    expect(pruned.err).toMatch(/the prune deletes nothing\. Run `snapshot repair-index`/);
+    const dry = await run("snapshot", "repair-index", ...common, "--dry-run", "--json");
+    expect(JSON.parse(dry.out)).toEqual({
+      dryRun: true,
+      packs: 1,
+      rebuilt: [indexObject],
+      removed: [],
+      unrepairable: [],
+    });
+    expect(await readdir(join(repoDir, "index"))).toEqual([]);
+    const repaired = await run("snapshot", "repair-index", ...common);
+    expect(repaired).toMatchObject({ code: 0, err: "" });
+    expect(repaired.out).toMatch(/^1 pack: rebuilt 1 index object from their packs' headers, removed 0 index objects/);
+    expect(await readdir(join(repoDir, "index"))).toEqual([indexObject]);
+    expect((await run("snapshot", "check", ...common)).code).toBe(0);
+    expect((await run("snapshot", "forget", ...common, "--prune")).code).toBe(0);
+
+    // The pack itself lost: its index object goes, check names the file, and the next snapshot stores it again
+    // though the agent's local index says the file is unchanged.
+    const packDir = join(repoDir, "data", indexObject.slice(0, 2));
+    await rm(join(packDir, indexObject));
+    await writeFile(join(packDir, "ee00"), randomBytes(10)); // and a pack that is not one
+    const removed = await run("snapshot", "repair-index", ...common);
+    expect(removed.code).toBe(1);
+    expect(removed.out).toMatch(
+      /removed 1 index object whose pack is gone\n.*\(pack missing\)\nthe snapshots that used/,
+    );
+    expect(removed.err).toMatch(/^cannot repair pack ee00: .*\n1 pack could not be read; run `snapshot check`/);
+    expect(await readdir(join(repoDir, "index"))).toEqual([]);
+    const check = await run("snapshot", "check", ...common);
+    expect(check.err).toMatch(/chunk \w+ is in no pack; it breaks "model\.bin" in snapshot /);
+    const second = JSON.parse((await run("snapshot", "create", "--source", source, ...common, ...state, "--json")).out);
+    expect(second).toMatchObject({ files: 1, bytesNew: data.length });
+    expect(second.id).not.toBe(first.id);
+    const target = join(root, "out-repair");
+    expect((await run("snapshot", "restore", ...common, "--id", second.id, "--target", target)).code).toBe(0);
+    expect((await readFile(join(target, "model.bin"))).equals(data)).toBe(true);
+  });
+
   it("round trips without WebAssembly (node --jitless): the JavaScript chunker, lz4-napi, buffered writes", async () => {
     const source = join(root, "src-jitless");
     await mkdir(join(source, "empty-dir"), { recursive: true });

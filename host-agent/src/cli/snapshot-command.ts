@@ -1,4 +1,4 @@
-// `dumont-agent snapshot create|restore|ls|diff|list|check|forget`: direct mode, the engine writing straight to a
+// `dumont-agent snapshot create|restore|ls|diff|list|check|repair-index|forget`: direct mode, the engine writing straight to a
 // repository URL with no control plane (operators, benchmarks). Same engine and format as the stream.
 import { open } from "node:fs/promises";
 import { constants as osConstants } from "node:os";
@@ -23,6 +23,8 @@ import {
   pruneRepository,
   type RetentionPolicy,
   readSubsetOption,
+  repairIndex,
+  repairIndexText,
   roundSeconds,
   selectIncluded,
   table,
@@ -343,6 +345,45 @@ export function registerSnapshotCommands(program: Command): void {
         }
         if (!report.ok) {
           process.stderr.write(`check found ${counted(report.problems.length, "problem")} in ${opts.repo}\n`);
+          process.exitCode = 1;
+        }
+      }),
+    );
+
+  snapshot
+    .command("repair-index")
+    .description(
+      "rebuild lost or damaged index objects from the packs' own headers, and remove those whose pack is gone " +
+        "(then run check)",
+    )
+    .addOption(repoOption())
+    .addOption(keyFileOption())
+    .option("--dry-run", "say what would be repaired, change nothing")
+    .option("--json", "print the report as JSON and no progress")
+    .action((opts: RepoOptions & { dryRun?: boolean }) =>
+      withFriendlyErrors(opts, async () => {
+        const key = await loadKey(opts);
+        const meter = ProgressMeter.forStderr("repair-index", opts.json === true, "packs");
+        const report = await interruptible(
+          "the repair stopped; the index objects it wrote are whole, and running it again goes on",
+          (signal) =>
+            withDirectRepository({ repo: opts.repo, key }, (r) =>
+              repairIndex(r, {
+                dryRun: opts.dryRun,
+                signal,
+                onProgress: (p) => meter?.update(p.packsDone, p.packsTotal),
+              }),
+            ),
+        ).finally(() => meter?.finish());
+        const text = repairIndexText(report, opts.dryRun === true);
+        if (opts.json) print({ dryRun: opts.dryRun === true, ...report });
+        else process.stdout.write(text.out);
+        if (report.unrepairable.length > 0) {
+          process.stderr.write(text.err);
+          process.stderr.write(
+            `${counted(report.unrepairable.length, "pack")} could not be read; run \`snapshot check\` on ${opts.repo} ` +
+              "to see what they break (a prune deletes them once no snapshot needs them)\n",
+          );
           process.exitCode = 1;
         }
       }),

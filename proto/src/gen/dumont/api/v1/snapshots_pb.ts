@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dumont/api/v1/snapshots.proto.
  */
 export const file_dumont_api_v1_snapshots: GenFile = /*@__PURE__*/
-  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50Iv0CCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkSGAoLYnl0ZXNfdG90YWwYDyABKARIAIgBARIRCgl0ZW5hbnRfaWQYECABKAlCDgoMX2J5dGVzX3RvdGFsIkAKGExpc3RTbmFwc2hvdEZpbGVzUmVxdWVzdBITCgtzbmFwc2hvdF9pZBgBIAEoCRIPCgdpbmNsdWRlGAIgAygJIkcKGUxpc3RTbmFwc2hvdEZpbGVzUmVzcG9uc2USKgoFZmlsZXMYASADKAsyGy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90RmlsZSKkAgoMU25hcHNob3RGaWxlEgwKBHBhdGgYASABKAkSLgoEdHlwZRgCIAEoDjIgLmR1bW9udC5hcGkudjEuU25hcHNob3RGaWxlLlR5cGUSDAoEbW9kZRgDIAEoDRIMCgRzaXplGAQgASgEEikKBW10aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZ0YXJnZXQYBiABKAkSEAoDdWlkGAcgASgNSACIAQESEAoDZ2lkGAggASgNSAGIAQEiSwoEVHlwZRIUChBUWVBFX1VOU1BFQ0lGSUVEEAASDQoJVFlQRV9GSUxFEAESDAoIVFlQRV9ESVIQAhIQCgxUWVBFX1NZTUxJTksQA0IGCgRfdWlkQgYKBF9naWQiLAoMU2tpcHBlZEVudHJ5EgwKBHBhdGgYASABKAkSDgoGcmVhc29uGAIgASgJIl0KFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBIPCgdob3N0X2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFAoMd29ya3NwYWNlX2lkGAMgASgJEg8KB2V4Y2x1ZGUYBCADKAkiQwoWQ3JlYXRlU25hcHNob3RSZXNwb25zZRIpCghzbmFwc2hvdBgBIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3QiUAoUTGlzdFNuYXBzaG90c1JlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90InIKFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDwoHaW5jbHVkZRgEIAMoCRIRCglub19vd25lcnMYBSABKAgidwoXUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USDQoFZmlsZXMYASABKAQSFQoNYnl0ZXNfd3JpdHRlbhgCIAEoBBIPCgdzZWNvbmRzGAMgASgBEhMKC3NuYXBzaG90X2lkGAQgASgJEhAKCHdhcm5pbmdzGAUgAygJIrUBChZGb3JnZXRTbmFwc2hvdHNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIRCglrZWVwX2xhc3QYAiABKA0SEwoLa2VlcF9ob3VybHkYAyABKA0SEgoKa2VlcF9kYWlseRgEIAEoDRITCgtrZWVwX3dlZWtseRgFIAEoDRINCgVwcnVuZRgGIAEoCBIPCgdkcnlfcnVuGAcgASgIEhQKDHNuYXBzaG90X2lkcxgIIAMoCSJlChdGb3JnZXRTbmFwc2hvdHNSZXNwb25zZRIMCgRrZXB0GAEgAygJEhEKCWZvcmdvdHRlbhgCIAMoCRIpCgVwcnVuZRgDIAEoCzIaLmR1bW9udC5hcGkudjEuUHJ1bmVSZXBvcnQibwoLUHJ1bmVSZXBvcnQSFQoNcGFja3NfZGVsZXRlZBgBIAEoBBIWCg5wYWNrc19yZXBhY2tlZBgCIAEoBBIcChRvcnBoYW5fcGFja3NfZGVsZXRlZBgDIAEoBBITCgtieXRlc19mcmVlZBgEIAEoAyJJChVDaGVja1NuYXBzaG90c1JlcXVlc3QSFgoOc3RydWN0dXJlX29ubHkYASABKAgSGAoQcmVhZF9kYXRhX3N1YnNldBgCIAEoCSKBAQoTQ2hlY2tTbmFwc2hvdHNFdmVudBIzCghwcm9ncmVzcxgBIAEoCzIfLmR1bW9udC5hcGkudjEuVHJhbnNmZXJQcm9ncmVzc0gAEiwKBnJlcG9ydBgCIAEoCzIaLmR1bW9udC5hcGkudjEuQ2hlY2tSZXBvcnRIAEIHCgVldmVudCKlAQoLQ2hlY2tSZXBvcnQSCgoCb2sYASABKAgSEQoJc25hcHNob3RzGAIgASgEEg0KBXBhY2tzGAMgASgEEg4KBmNodW5rcxgEIAEoBBIVCg1ieXRlc19jaGVja2VkGAUgASgEEi0KCHByb2JsZW1zGAYgAygLMhsuZHVtb250LmFwaS52MS5DaGVja1Byb2JsZW0SEgoKcGFja3NfcmVhZBgHIAEoBCKeAQoMQ2hlY2tQcm9ibGVtEhEKCXRlbmFudF9pZBgBIAEoCRIMCgRraW5kGAIgASgJEg8KB21lc3NhZ2UYAyABKAkSDAoEcGFjaxgEIAEoCRINCgVjaHVuaxgFIAEoCRITCgtzbmFwc2hvdF9pZBgGIAEoCRIqCgVmaWxlcxgHIAMoCzIbLmR1bW9udC5hcGkudjEuQWZmZWN0ZWRGaWxlIjEKDEFmZmVjdGVkRmlsZRITCgtzbmFwc2hvdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJIjsKFERpZmZTbmFwc2hvdHNSZXF1ZXN0EhEKCWJlZm9yZV9pZBgBIAEoCRIQCghhZnRlcl9pZBgCIAEoCSJ0ChVEaWZmU25hcHNob3RzUmVzcG9uc2USLgoHY2hhbmdlcxgBIAMoCzIdLmR1bW9udC5hcGkudjEuU25hcHNob3RDaGFuZ2USKwoHc3VtbWFyeRgCIAEoCzIaLmR1bW9udC5hcGkudjEuRGlmZlN1bW1hcnkiVwoOU25hcHNob3RDaGFuZ2USDAoEcGF0aBgBIAEoCRIOCgZjaGFuZ2UYAiABKAkSEwoLc2l6ZV9iZWZvcmUYAyABKAQSEgoKc2l6ZV9hZnRlchgEIAEoBCKLAQoLRGlmZlN1bW1hcnkSDQoFYWRkZWQYASABKAQSDwoHcmVtb3ZlZBgCIAEoBBIQCghtb2RpZmllZBgDIAEoBBIQCghtZXRhZGF0YRgEIAEoBBIMCgR0eXBlGAUgASgEEhMKC2J5dGVzX2FkZGVkGAYgASgEEhUKDWJ5dGVzX3JlbW92ZWQYByABKAQygQcKD1NuYXBzaG90U2VydmljZRJdCg5DcmVhdGVTbmFwc2hvdBIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiUuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlc3BvbnNlEloKDUxpc3RTbmFwc2hvdHMSIy5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdHNSZXF1ZXN0GiQuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RzUmVzcG9uc2USYAoPUmVzdG9yZVNuYXBzaG90EiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZRJiChRDcmVhdGVTbmFwc2hvdFN0cmVhbRIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdEV2ZW50MAESZQoVUmVzdG9yZVNuYXBzaG90U3RyZWFtEiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiMuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RFdmVudDABEmgKEUxpc3RTbmFwc2hvdEZpbGVzEicuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RGaWxlc1JlcXVlc3QaKC5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdEZpbGVzUmVzcG9uc2UwARJgCg9Gb3JnZXRTbmFwc2hvdHMSJS5kdW1vbnQuYXBpLnYxLkZvcmdldFNuYXBzaG90c1JlcXVlc3QaJi5kdW1vbnQuYXBpLnYxLkZvcmdldFNuYXBzaG90c1Jlc3BvbnNlElwKDkNoZWNrU25hcHNob3RzEiQuZHVtb250LmFwaS52MS5DaGVja1NuYXBzaG90c1JlcXVlc3QaIi5kdW1vbnQuYXBpLnYxLkNoZWNrU25hcHNob3RzRXZlbnQwARJcCg1EaWZmU25hcHNob3RzEiMuZHVtb250LmFwaS52MS5EaWZmU25hcHNob3RzUmVxdWVzdBokLmR1bW9udC5hcGkudjEuRGlmZlNuYXBzaG90c1Jlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50Iv0CCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkSGAoLYnl0ZXNfdG90YWwYDyABKARIAIgBARIRCgl0ZW5hbnRfaWQYECABKAlCDgoMX2J5dGVzX3RvdGFsIkAKGExpc3RTbmFwc2hvdEZpbGVzUmVxdWVzdBITCgtzbmFwc2hvdF9pZBgBIAEoCRIPCgdpbmNsdWRlGAIgAygJIkcKGUxpc3RTbmFwc2hvdEZpbGVzUmVzcG9uc2USKgoFZmlsZXMYASADKAsyGy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90RmlsZSKkAgoMU25hcHNob3RGaWxlEgwKBHBhdGgYASABKAkSLgoEdHlwZRgCIAEoDjIgLmR1bW9udC5hcGkudjEuU25hcHNob3RGaWxlLlR5cGUSDAoEbW9kZRgDIAEoDRIMCgRzaXplGAQgASgEEikKBW10aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZ0YXJnZXQYBiABKAkSEAoDdWlkGAcgASgNSACIAQESEAoDZ2lkGAggASgNSAGIAQEiSwoEVHlwZRIUChBUWVBFX1VOU1BFQ0lGSUVEEAASDQoJVFlQRV9GSUxFEAESDAoIVFlQRV9ESVIQAhIQCgxUWVBFX1NZTUxJTksQA0IGCgRfdWlkQgYKBF9naWQiLAoMU2tpcHBlZEVudHJ5EgwKBHBhdGgYASABKAkSDgoGcmVhc29uGAIgASgJIl0KFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBIPCgdob3N0X2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFAoMd29ya3NwYWNlX2lkGAMgASgJEg8KB2V4Y2x1ZGUYBCADKAkiQwoWQ3JlYXRlU25hcHNob3RSZXNwb25zZRIpCghzbmFwc2hvdBgBIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3QiUAoUTGlzdFNuYXBzaG90c1JlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90InIKFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDwoHaW5jbHVkZRgEIAMoCRIRCglub19vd25lcnMYBSABKAgidwoXUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USDQoFZmlsZXMYASABKAQSFQoNYnl0ZXNfd3JpdHRlbhgCIAEoBBIPCgdzZWNvbmRzGAMgASgBEhMKC3NuYXBzaG90X2lkGAQgASgJEhAKCHdhcm5pbmdzGAUgAygJIrUBChZGb3JnZXRTbmFwc2hvdHNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIRCglrZWVwX2xhc3QYAiABKA0SEwoLa2VlcF9ob3VybHkYAyABKA0SEgoKa2VlcF9kYWlseRgEIAEoDRITCgtrZWVwX3dlZWtseRgFIAEoDRINCgVwcnVuZRgGIAEoCBIPCgdkcnlfcnVuGAcgASgIEhQKDHNuYXBzaG90X2lkcxgIIAMoCSJlChdGb3JnZXRTbmFwc2hvdHNSZXNwb25zZRIMCgRrZXB0GAEgAygJEhEKCWZvcmdvdHRlbhgCIAMoCRIpCgVwcnVuZRgDIAEoCzIaLmR1bW9udC5hcGkudjEuUHJ1bmVSZXBvcnQibwoLUHJ1bmVSZXBvcnQSFQoNcGFja3NfZGVsZXRlZBgBIAEoBBIWCg5wYWNrc19yZXBhY2tlZBgCIAEoBBIcChRvcnBoYW5fcGFja3NfZGVsZXRlZBgDIAEoBBITCgtieXRlc19mcmVlZBgEIAEoAyJJChVDaGVja1NuYXBzaG90c1JlcXVlc3QSFgoOc3RydWN0dXJlX29ubHkYASABKAgSGAoQcmVhZF9kYXRhX3N1YnNldBgCIAEoCSKBAQoTQ2hlY2tTbmFwc2hvdHNFdmVudBIzCghwcm9ncmVzcxgBIAEoCzIfLmR1bW9udC5hcGkudjEuVHJhbnNmZXJQcm9ncmVzc0gAEiwKBnJlcG9ydBgCIAEoCzIaLmR1bW9udC5hcGkudjEuQ2hlY2tSZXBvcnRIAEIHCgVldmVudCKlAQoLQ2hlY2tSZXBvcnQSCgoCb2sYASABKAgSEQoJc25hcHNob3RzGAIgASgEEg0KBXBhY2tzGAMgASgEEg4KBmNodW5rcxgEIAEoBBIVCg1ieXRlc19jaGVja2VkGAUgASgEEi0KCHByb2JsZW1zGAYgAygLMhsuZHVtb250LmFwaS52MS5DaGVja1Byb2JsZW0SEgoKcGFja3NfcmVhZBgHIAEoBCKeAQoMQ2hlY2tQcm9ibGVtEhEKCXRlbmFudF9pZBgBIAEoCRIMCgRraW5kGAIgASgJEg8KB21lc3NhZ2UYAyABKAkSDAoEcGFjaxgEIAEoCRINCgVjaHVuaxgFIAEoCRITCgtzbmFwc2hvdF9pZBgGIAEoCRIqCgVmaWxlcxgHIAMoCzIbLmR1bW9udC5hcGkudjEuQWZmZWN0ZWRGaWxlIjEKDEFmZmVjdGVkRmlsZRITCgtzbmFwc2hvdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJIiUKElJlcGFpckluZGV4UmVxdWVzdBIPCgdkcnlfcnVuGAEgASgIIkgKE1JlcGFpckluZGV4UmVzcG9uc2USMQoHdGVuYW50cxgBIAMoCzIgLmR1bW9udC5hcGkudjEuVGVuYW50SW5kZXhSZXBhaXIijgEKEVRlbmFudEluZGV4UmVwYWlyEhEKCXRlbmFudF9pZBgBIAEoCRINCgVwYWNrcxgCIAEoBBIPCgdyZWJ1aWx0GAMgAygJEg8KB3JlbW92ZWQYBCADKAkSNQoMdW5yZXBhaXJhYmxlGAUgAygLMh8uZHVtb250LmFwaS52MS5VbnJlcGFpcmFibGVQYWNrIjEKEFVucmVwYWlyYWJsZVBhY2sSDAoEcGFjaxgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIjsKFERpZmZTbmFwc2hvdHNSZXF1ZXN0EhEKCWJlZm9yZV9pZBgBIAEoCRIQCghhZnRlcl9pZBgCIAEoCSJ0ChVEaWZmU25hcHNob3RzUmVzcG9uc2USLgoHY2hhbmdlcxgBIAMoCzIdLmR1bW9udC5hcGkudjEuU25hcHNob3RDaGFuZ2USKwoHc3VtbWFyeRgCIAEoCzIaLmR1bW9udC5hcGkudjEuRGlmZlN1bW1hcnkiVwoOU25hcHNob3RDaGFuZ2USDAoEcGF0aBgBIAEoCRIOCgZjaGFuZ2UYAiABKAkSEwoLc2l6ZV9iZWZvcmUYAyABKAQSEgoKc2l6ZV9hZnRlchgEIAEoBCKLAQoLRGlmZlN1bW1hcnkSDQoFYWRkZWQYASABKAQSDwoHcmVtb3ZlZBgCIAEoBBIQCghtb2RpZmllZBgDIAEoBBIQCghtZXRhZGF0YRgEIAEoBBIMCgR0eXBlGAUgASgEEhMKC2J5dGVzX2FkZGVkGAYgASgEEhUKDWJ5dGVzX3JlbW92ZWQYByABKAQy1wcKD1NuYXBzaG90U2VydmljZRJdCg5DcmVhdGVTbmFwc2hvdBIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiUuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlc3BvbnNlEloKDUxpc3RTbmFwc2hvdHMSIy5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdHNSZXF1ZXN0GiQuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RzUmVzcG9uc2USYAoPUmVzdG9yZVNuYXBzaG90EiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZRJiChRDcmVhdGVTbmFwc2hvdFN0cmVhbRIkLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdEV2ZW50MAESZQoVUmVzdG9yZVNuYXBzaG90U3RyZWFtEiUuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiMuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RFdmVudDABEmgKEUxpc3RTbmFwc2hvdEZpbGVzEicuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RGaWxlc1JlcXVlc3QaKC5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdEZpbGVzUmVzcG9uc2UwARJgCg9Gb3JnZXRTbmFwc2hvdHMSJS5kdW1vbnQuYXBpLnYxLkZvcmdldFNuYXBzaG90c1JlcXVlc3QaJi5kdW1vbnQuYXBpLnYxLkZvcmdldFNuYXBzaG90c1Jlc3BvbnNlElwKDkNoZWNrU25hcHNob3RzEiQuZHVtb250LmFwaS52MS5DaGVja1NuYXBzaG90c1JlcXVlc3QaIi5kdW1vbnQuYXBpLnYxLkNoZWNrU25hcHNob3RzRXZlbnQwARJUCgtSZXBhaXJJbmRleBIhLmR1bW9udC5hcGkudjEuUmVwYWlySW5kZXhSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5SZXBhaXJJbmRleFJlc3BvbnNlElwKDURpZmZTbmFwc2hvdHMSIy5kdW1vbnQuYXBpLnYxLkRpZmZTbmFwc2hvdHNSZXF1ZXN0GiQuZHVtb250LmFwaS52MS5EaWZmU25hcHNob3RzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message dumont.api.v1.TransferProgress
@@ -864,6 +864,114 @@ export const AffectedFileSchema: GenMessage<AffectedFile> = /*@__PURE__*/
   messageDesc(file_dumont_api_v1_snapshots, 21);
 
 /**
+ * @generated from message dumont.api.v1.RepairIndexRequest
+ */
+export type RepairIndexRequest = Message<"dumont.api.v1.RepairIndexRequest"> & {
+  /**
+   * Say what would be repaired; change nothing.
+   *
+   * @generated from field: bool dry_run = 1;
+   */
+  dryRun: boolean;
+};
+
+/**
+ * Describes the message dumont.api.v1.RepairIndexRequest.
+ * Use `create(RepairIndexRequestSchema)` to create a new message.
+ */
+export const RepairIndexRequestSchema: GenMessage<RepairIndexRequest> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 22);
+
+/**
+ * @generated from message dumont.api.v1.RepairIndexResponse
+ */
+export type RepairIndexResponse = Message<"dumont.api.v1.RepairIndexResponse"> & {
+  /**
+   * One per tenant with snapshots.
+   *
+   * @generated from field: repeated dumont.api.v1.TenantIndexRepair tenants = 1;
+   */
+  tenants: TenantIndexRepair[];
+};
+
+/**
+ * Describes the message dumont.api.v1.RepairIndexResponse.
+ * Use `create(RepairIndexResponseSchema)` to create a new message.
+ */
+export const RepairIndexResponseSchema: GenMessage<RepairIndexResponse> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 23);
+
+/**
+ * @generated from message dumont.api.v1.TenantIndexRepair
+ */
+export type TenantIndexRepair = Message<"dumont.api.v1.TenantIndexRepair"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Packs in the tenant's repository.
+   *
+   * @generated from field: uint64 packs = 2;
+   */
+  packs: bigint;
+
+  /**
+   * Packs whose index object was written (with dry_run: would be) from the pack's header.
+   *
+   * @generated from field: repeated string rebuilt = 3;
+   */
+  rebuilt: string[];
+
+  /**
+   * Packs not in the store whose index objects were removed (with dry_run: would be): the snapshots using their
+   * chunks are damaged (CheckSnapshots names their files).
+   *
+   * @generated from field: repeated string removed = 4;
+   */
+  removed: string[];
+
+  /**
+   * Packs needing an index object whose header cannot be read, left as they are.
+   *
+   * @generated from field: repeated dumont.api.v1.UnrepairablePack unrepairable = 5;
+   */
+  unrepairable: UnrepairablePack[];
+};
+
+/**
+ * Describes the message dumont.api.v1.TenantIndexRepair.
+ * Use `create(TenantIndexRepairSchema)` to create a new message.
+ */
+export const TenantIndexRepairSchema: GenMessage<TenantIndexRepair> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 24);
+
+/**
+ * @generated from message dumont.api.v1.UnrepairablePack
+ */
+export type UnrepairablePack = Message<"dumont.api.v1.UnrepairablePack"> & {
+  /**
+   * @generated from field: string pack = 1;
+   */
+  pack: string;
+
+  /**
+   * Why, in a sentence.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message dumont.api.v1.UnrepairablePack.
+ * Use `create(UnrepairablePackSchema)` to create a new message.
+ */
+export const UnrepairablePackSchema: GenMessage<UnrepairablePack> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 25);
+
+/**
  * @generated from message dumont.api.v1.DiffSnapshotsRequest
  */
 export type DiffSnapshotsRequest = Message<"dumont.api.v1.DiffSnapshotsRequest"> & {
@@ -885,7 +993,7 @@ export type DiffSnapshotsRequest = Message<"dumont.api.v1.DiffSnapshotsRequest">
  * Use `create(DiffSnapshotsRequestSchema)` to create a new message.
  */
 export const DiffSnapshotsRequestSchema: GenMessage<DiffSnapshotsRequest> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 22);
+  messageDesc(file_dumont_api_v1_snapshots, 26);
 
 /**
  * @generated from message dumont.api.v1.DiffSnapshotsResponse
@@ -909,7 +1017,7 @@ export type DiffSnapshotsResponse = Message<"dumont.api.v1.DiffSnapshotsResponse
  * Use `create(DiffSnapshotsResponseSchema)` to create a new message.
  */
 export const DiffSnapshotsResponseSchema: GenMessage<DiffSnapshotsResponse> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 23);
+  messageDesc(file_dumont_api_v1_snapshots, 27);
 
 /**
  * @generated from message dumont.api.v1.SnapshotChange
@@ -946,7 +1054,7 @@ export type SnapshotChange = Message<"dumont.api.v1.SnapshotChange"> & {
  * Use `create(SnapshotChangeSchema)` to create a new message.
  */
 export const SnapshotChangeSchema: GenMessage<SnapshotChange> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 24);
+  messageDesc(file_dumont_api_v1_snapshots, 28);
 
 /**
  * @generated from message dumont.api.v1.DiffSummary
@@ -995,7 +1103,7 @@ export type DiffSummary = Message<"dumont.api.v1.DiffSummary"> & {
  * Use `create(DiffSummarySchema)` to create a new message.
  */
 export const DiffSummarySchema: GenMessage<DiffSummary> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 25);
+  messageDesc(file_dumont_api_v1_snapshots, 29);
 
 /**
  * Snapshots of workspaces on hosts, stored in the control plane's blob store (admin).
@@ -1087,6 +1195,18 @@ export const SnapshotService: GenService<{
     methodKind: "server_streaming";
     input: typeof CheckSnapshotsRequestSchema;
     output: typeof CheckSnapshotsEventSchema;
+  },
+  /**
+   * Rebuilds index objects that were lost or do not open from the packs' own headers, and removes index objects
+   * whose pack is gone, in the blob store of every tenant with snapshots (restic's `repair index`). Refused, as a
+   * prune is, while a snapshot, restore or check of the tenant runs; run CheckSnapshots after it.
+   *
+   * @generated from rpc dumont.api.v1.SnapshotService.RepairIndex
+   */
+  repairIndex: {
+    methodKind: "unary";
+    input: typeof RepairIndexRequestSchema;
+    output: typeof RepairIndexResponseSchema;
   },
   /**
    * What changed from one snapshot to another of the same tenant, path by path (code point order), in batches;

@@ -1,0 +1,45 @@
+// What an index repair did (repair-index.ts), and how both CLIs print it: `dumont-agent snapshot repair-index` for a
+// repository URL, `dumont snapshot repair-index` for each tenant of the control plane. Apart from the repair, so
+// the control plane's CLI imports the words without the engine.
+import { counted } from "./counted.js";
+
+export interface UnrepairablePack {
+  pack: string;
+  message: string;
+}
+
+export interface RepairIndexReport {
+  /** Packs in the repository. */
+  packs: number;
+  /**
+   * Packs whose index object was (with dryRun: would be) written from their header: it was missing, did not
+   * open, or gave another size than the pack's.
+   */
+  rebuilt: string[];
+  /** Index objects (by pack id) removed (with dryRun: to be removed) because their pack is not in the store. */
+  removed: string[];
+  /** Packs needing an index object whose header cannot be read; left as they are (`check` names what they break). */
+  unrepairable: UnrepairablePack[];
+}
+
+/**
+ * The report as lines for stdout (what was done, pack by pack) and stderr (the packs it could not repair), each
+ * line prefixed with `prefix` ("tenant t-a: ", or nothing).
+ */
+export function repairIndexText(report: RepairIndexReport, dryRun: boolean, prefix = ""): { out: string; err: string } {
+  const [rebuilt, removed] = dryRun ? ["would rebuild", "would remove"] : ["rebuilt", "removed"];
+  const out = [
+    `${counted(report.packs, "pack")}: ${rebuilt} ${counted(report.rebuilt.length, "index object")} from their ` +
+      `packs' headers, ${removed} ${counted(report.removed.length, "index object")} whose pack is gone`,
+    ...report.rebuilt.map((id) => `  ${rebuilt} ${id.slice(0, 12)}`),
+    ...report.removed.map((id) => `  ${removed} ${id.slice(0, 12)} (pack missing)`),
+  ];
+  if (report.removed.length > 0) {
+    out.push(
+      "the snapshots that used those packs' chunks are damaged: `snapshot check` names their files; forget them " +
+        "(the next snapshot of a workspace stores what it still has again)",
+    );
+  }
+  const lines = (list: string[]) => list.map((line) => `${prefix}${line}\n`).join("");
+  return { out: lines(out), err: lines(report.unrepairable.map((p) => `cannot repair ${p.message}`)) };
+}

@@ -1,0 +1,134 @@
+// repair-index: rebuilds index objects from the packs themselves (each pack ends with a sealed copy of its index,
+// FORMAT.md "Packs and index objects"), and removes index objects whose pack is gone. What restic calls
+// `repair index`: the way back when an index object was deleted by hand, lost by a store or damaged, without
+// which `prune` refuses to run (the packs it cannot tell from an interrupted writer's might hold data a snapshot
+// needs) and the snapshots using those chunks cannot be restored.
+//
+// Decided: packs are trusted as far as their sealed header goes (it opens with the key, so it was written by a
+// writer of this repository, and its entries must lie inside the pack); the chunks themselves are not read, which
+// `check` does. An index object that opens and agrees with its pack's size is left as it is, even where the header
+// disagrees with it: `check` reports that, and which one is right is not for a repair to guess.
+import type { BlobStore } from "./blob-store.js";
+import { counted } from "./counted.js";
+import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
+import { forEachLimited } from "./for-each-limited.js";
+import { acquireLock } from "./lock.js";
+import { indexKey, openPackHeader, type PackEntry, packKey, sealIndex } from "./pack.js";
+import type { RepairIndexReport } from "./repair-index-report.js";
+import type { Repository } from "./repository.js";
+
+export interface RepairIndexOptions {
+  /** Say what would be done, change nothing (and take no lock). */
+  dryRun?: boolean;
+  /** Stops the repair between packs: what it wrote is whole, and running it again goes on. */
+  signal?: AbortSignal;
+  onProgress?: (progress: { packsDone: number; packsTotal: number }) => void;
+}
+
+export async function repairIndex(
+  repository: Repository,
+  options: RepairIndexOptions = {},
+): Promise<RepairIndexReport> {
+  // Exclusive, as a prune's: no writer adds packs and no prune deletes them while the listings below are compared.
+  const lock = options.dryRun
+    ? undefined
+    : await acquireLock(repository.store, repository.key, { exclusive: true, purpose: "an index repair" });
+  try {
+    return await repair(repository, options, () => lock?.assertTrusted());
+  } finally {
+    await lock?.release();
+  }
+}
+
+async function repair(
+  repository: Repository,
+  options: RepairIndexOptions,
+  trusted: () => void,
+): Promise<RepairIndexReport> {
+  const { store } = repository;
+  const packSizes = new Map<string, number>();
+  for await (const info of store.list("data/")) packSizes.set(info.key.slice(info.key.lastIndexOf("/") + 1), info.size);
+  const unreadable = new Set<string>();
+  const index = await repository.loadIndex({ onCorrupt: (key) => unreadable.add(key.slice("index/".length)) });
+
+  const removed = [...index.packs.keys(), ...unreadable].filter((packId) => !packSizes.has(packId)).sort();
+  const toRebuild = [...packSizes]
+    .filter(([packId, size]) => unreadable.has(packId) || index.packs.get(packId)?.packSize !== size)
+    .sort(([a], [b]) => a.localeCompare(b));
+  if (packSizes.size === 0 && removed.length > 0) {
+    // Every pack gone at once is a store that is not all there (a mount that did not come up, a wrong prefix)
+    // far more often than data lost: removing every index object would then break a whole repository.
+    throw new RepositoryError(
+      "corrupt",
+      `${store.url} holds no packs at all, while ${counted(removed.length, "index object")} name${removed.length === 1 ? "s" : ""} ` +
+        "some: the repair removes nothing. Check that the store is the repository's, whole (mounted, the right prefix), " +
+        "and run it again",
+    );
+  }
+  const report: RepairIndexReport = { packs: packSizes.size, rebuilt: [], removed, unrepairable: [] };
+
+  let packsDone = 0;
+  options.onProgress?.({ packsDone, packsTotal: toRebuild.length });
+  await forEachLimited(toRebuild, 8, async ([packId, size]) => {
+    options.signal?.throwIfAborted();
+    let entries: PackEntry[];
+    try {
+      entries = await readPackHeader(store, repository.key, packId, size);
+    } catch (err) {
+      // A store that did not answer, or refused, says nothing of the pack: the repair fails rather than call it
+      // damaged (as check does).
+      if (isRepositoryError(err) && !isObjectError(err)) throw err;
+      report.unrepairable.push({ pack: packId, message: `pack ${packId}: ${(err as Error).message}` });
+      return;
+    }
+    if (!options.dryRun) {
+      trusted();
+      await store.put(indexKey(packId), sealIndex(repository.key, { packId, packSize: size, entries }), {
+        signal: options.signal,
+      });
+    }
+    report.rebuilt.push(packId);
+    options.onProgress?.({ packsDone: ++packsDone, packsTotal: toRebuild.length });
+  });
+  if (!options.dryRun && removed.length > 0) {
+    for (const packId of removed) {
+      trusted();
+      await store.delete(indexKey(packId));
+    }
+    await store.syncDeletes?.(removed.map(indexKey));
+  }
+  report.rebuilt.sort();
+  report.unrepairable.sort((a, b) => a.pack.localeCompare(b.pack));
+  return report;
+}
+
+/**
+ * A pack's entries from its header, reading only the pack's end (its last 4 bytes give the sealed header's length).
+ * Every entry must lie within the chunk blobs before the header.
+ */
+export async function readPackHeader(
+  store: BlobStore,
+  key: Buffer,
+  packId: string,
+  size: number,
+): Promise<PackEntry[]> {
+  if (size < 4) throw new RepositoryError("corrupt", `it is ${counted(size, "byte")}, too short to hold a header`);
+  const headerLength = (await store.getRange(packKey(packId), size - 4, 4)).readUInt32LE(0);
+  if (headerLength + 4 > size) {
+    throw new RepositoryError(
+      "corrupt",
+      `its last 4 bytes give a header of ${headerLength} bytes, longer than the pack`,
+    );
+  }
+  const blobsEnd = size - 4 - headerLength;
+  const entries = openPackHeader(key, await store.getRange(packKey(packId), blobsEnd, headerLength), packId);
+  for (const e of entries) {
+    if (e.offset + e.length > blobsEnd) {
+      throw new RepositoryError(
+        "corrupt",
+        `its header lists chunk ${e.id.toString("hex")} at bytes ${e.offset}–${e.offset + e.length}, beyond its ${blobsEnd} bytes of chunks`,
+      );
+    }
+  }
+  return entries;
+}
