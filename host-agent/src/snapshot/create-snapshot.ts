@@ -107,11 +107,12 @@ export interface CreateSnapshotResult {
 
 /**
  * A file whose mtime is this close to the start of the snapshot may change again within the same tick: it is not
- * remembered in the local index (the next snapshot reads it). By mtime alone, not ctime (which a file whose mtime
- * was set back has recent): judged by ctime too, every file written within 2 s of a snapshot would be read again
- * by the next. What that leaves: a file rewritten at its size after it was read, its mtime set back, within the
- * same tick of a coarse ctime clock as its listing (Linux before 6.13's multigrain times; NFS, FUSE), is
- * remembered with its old chunks.
+ * remembered in the local index (the next snapshot reads it). By mtime alone, not ctime: judged by ctime too,
+ * every file whose times were set back or metadata changed within 2 s of a snapshot (a tar or rsync -t extract
+ * just done, a chmod) would be read again by the next. What that leaves: a file rewritten at its size after it
+ * was read, its mtime set back, within the same tick of a coarse ctime clock as its listing (Linux before 6.13's
+ * multigrain times; NFS, FUSE), is remembered with its old chunks. The times are compared with this host's clock:
+ * on a network filesystem whose server's clock is over 2 s behind, the window is that much shorter.
  */
 const RACY_WINDOW_NS = 2_000_000_000n;
 

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -11,6 +11,7 @@ import {
   type RawLocalIndexFile,
   readLocalIndex,
   saveLocalIndex,
+  UNUSED_LOCAL_INDEX_MS,
 } from "./local-index.js";
 
 const root = await mkdtemp(join(tmpdir(), "dumont-local-index-"));
@@ -262,5 +263,38 @@ describe("local index", () => {
     const { path, size, mtimeNs, ino, ctimeNs } = FILES[2];
     expect(index.find(path, size, mtimeNs, ino, ctimeNs)).toBe(-1);
     expect(index.chunks(index.find(path, 5, mtimeNs, ino, ctimeNs))).toEqual([id(9)]);
+  });
+});
+
+describe("the local index directory", () => {
+  it("loses other scopes' indexes unused for a month and crashed saves' temp files at the next save", async () => {
+    const stateDir = freshState();
+    const file = localIndexPath(stateDir, "kept");
+    const dir = dirname(file);
+    await mkdir(dir, { recursive: true });
+    const at = async (name: string, ageMs: number) => {
+      await writeFile(join(dir, name), "x");
+      const t = (Date.now() - ageMs) / 1000;
+      await utimes(join(dir, name), t, t);
+    };
+    const day = 24 * 3600 * 1000;
+    const recent = localIndexPath(stateDir, "used last week");
+    const stale = localIndexPath(stateDir, "a job that ended");
+    await at(recent.slice(dir.length + 1), 7 * day);
+    await at(stale.slice(dir.length + 1), UNUSED_LOCAL_INDEX_MS + day);
+    await at(`${stale.slice(dir.length + 1, -".idx".length)}.json`, UNUSED_LOCAL_INDEX_MS + day); // format 1
+    await at(".0123456789abcdef0123456789abcdef.idx.a1b2c3d4e5f6.tmp", 2 * 3600 * 1000); // a crashed save
+    await at(".fedcba9876543210fedcba9876543210.idx.a1b2c3d4e5f6.tmp", 1000); // a save under way
+    await at("notes.txt", UNUSED_LOCAL_INDEX_MS + day); // not the index's to delete
+    await saveLocalIndex(file, { scope: "kept", snapshot: "s", manifests: [], files: FILES });
+    expect((await readdir(dir)).sort()).toEqual(
+      [
+        file.slice(dir.length + 1),
+        recent.slice(dir.length + 1),
+        ".fedcba9876543210fedcba9876543210.idx.a1b2c3d4e5f6.tmp",
+        "notes.txt",
+      ].sort(),
+    );
+    expect((await loadLocalIndex(file, "kept")).files).toBe(FILES.length);
   });
 });

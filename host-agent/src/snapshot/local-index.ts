@@ -22,7 +22,7 @@
 //     path      pathBytes of UTF-8
 //   and last the SHA-256 of everything before it. All numbers little-endian.
 import { createHash } from "node:crypto";
-import { mkdir, readFile, rm } from "node:fs/promises";
+import { lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { pathHash, writeFileAtomic } from "@dumont/repository";
 
@@ -289,12 +289,40 @@ export async function readLocalIndex(file: string, scope: string): Promise<{ ind
   }
 }
 
-/** Replaces the index of `scope` (written to a temporary file, then renamed over it). */
+/**
+ * Another scope's index not saved for this long is deleted by the next save of any scope: a workspace not
+ * snapshotted on this host for a month (a job that ended, moved, or a tenant gone) reads every file once if it
+ * comes back, and the host does not keep its paths, nor the files' count of them, for ever. Every snapshot saves
+ * its scope's index, so a file's mtime is its last snapshot.
+ */
+export const UNUSED_LOCAL_INDEX_MS = 30 * 24 * 3600 * 1000;
+/** A save's temp file this old is one a crash left (a save writes it in well under a second). */
+const ABANDONED_TEMP_MS = 3600 * 1000;
+
+/**
+ * Replaces the index of `scope` (written to a temporary file, then renamed over it), then deletes the directory's
+ * leftovers: other scopes' indexes unused for UNUSED_LOCAL_INDEX_MS and crashed saves' temp files.
+ */
 export async function saveLocalIndex(file: string, index: SavedIndex): Promise<void> {
   await mkdir(dirname(file), { recursive: true, mode: 0o700 });
   await writeFileAtomic(file, encode(index), 0o600);
   const legacy = legacyPath(file);
   if (legacy) await rm(legacy, { force: true });
+  await sweepLocalIndexes(dirname(file), file).catch(() => {}); // housekeeping: never fails a save
+}
+
+async function sweepLocalIndexes(dir: string, saved: string): Promise<void> {
+  const now = Date.now();
+  for (const name of await readdir(dir)) {
+    const temp = name.startsWith(".") && name.endsWith(".tmp"); // writeFileAtomic's
+    if (!temp && !/^[0-9a-f]{32}\.(idx|json)$/.test(name)) continue;
+    const path = join(dir, name);
+    if (path === saved) continue;
+    const info = await lstat(path).catch(() => undefined);
+    if (info?.isFile() && now - info.mtimeMs > (temp ? ABANDONED_TEMP_MS : UNUSED_LOCAL_INDEX_MS)) {
+      await rm(path, { force: true });
+    }
+  }
 }
 
 /** A local index another format version wrote (an agent before or after this one): read as none, not damaged. */
