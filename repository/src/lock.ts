@@ -53,7 +53,7 @@ export interface HeldLock {
   assertHeld(): Promise<void>;
   /**
    * Throws once the lock is no longer trusted: unwritten for LOCK_TRUSTED_FOR_MS (the process was paused, or
-   * the store took none of its refreshes), or found gone. Local and cheap: for loops of writes or deletes.
+   * the store took none of its refreshes), found gone, or released. Local and cheap: for loops of writes or deletes.
    */
   assertTrusted(): void;
   /**
@@ -135,7 +135,7 @@ export async function acquireLock(
   }
   let released = false;
   let lost: Error | undefined;
-  const assertTrusted = (): void => {
+  const checkTrust = (): void => {
     if (lost) throw lost;
     const age = since(trustedFrom);
     if (age > LOCK_TRUSTED_FOR_MS) {
@@ -149,10 +149,10 @@ export async function acquireLock(
       throw lost;
     }
   };
-  const assertHeld = async (): Promise<void> => {
-    assertTrusted();
+  const checkHeld = async (): Promise<void> => {
+    checkTrust();
     const found = await store.stat(lockKey);
-    assertTrusted();
+    checkTrust();
     if (found === undefined) {
       lost = new RepositoryError(
         "locked",
@@ -162,11 +162,27 @@ export async function acquireLock(
       throw lost;
     }
   };
+  // Released, the lock guards nothing: a straggling write of its holder (a call still under way when the work
+  // failed and released it) must stop at these rather than land beside a prune that took the repository since.
+  // (The refresh below uses the checks without this one: one racing the release ends quietly.)
+  const checkNotReleased = (): void => {
+    if (released)
+      throw new RepositoryError("locked", `this process's repository lock ${lockKey} was released; stopping`);
+  };
+  const assertTrusted = (): void => {
+    checkNotReleased();
+    checkTrust();
+  };
+  const assertHeld = async (): Promise<void> => {
+    checkNotReleased();
+    await checkHeld();
+    checkNotReleased();
+  };
   // The refresh under way, if any: release waits for it, or its write (after a round trip to the store to see
   // the lock still there) would put the lock back after the release deleted it, for others to wait out.
   let refreshing: Promise<void> | undefined;
   const rewrite = async (): Promise<void> => {
-    await assertHeld(); // not written again once taken away: that would hide the loss
+    await checkHeld(); // not written again once taken away: that would hide the loss
     if (released) return;
     body = { ...body, time: new Date().toISOString() };
     const started = now();
@@ -180,7 +196,7 @@ export async function acquireLock(
     }
     // Landed while the lock was trusted: nobody can have removed it before (a slower write could put back a
     // lock that a prune had removed meanwhile).
-    assertTrusted();
+    checkTrust();
     trustedFrom = started;
   };
   const refresh = async (): Promise<void> => {

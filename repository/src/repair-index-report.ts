@@ -16,7 +16,10 @@ export interface RepairIndexReport {
    * open, or gave another size than the pack's.
    */
   rebuilt: string[];
-  /** Index objects (by pack id) removed (with dryRun: to be removed) because their pack is not in the store. */
+  /**
+   * Index objects (by pack id) removed (with dryRun: to be removed): their pack is not in the store, or neither they
+   * nor their pack's header open (that pack is also among `unrepairable`).
+   */
   removed: string[];
   /** Packs needing an index object whose header cannot be read; left as they are (`check` names what they break). */
   unrepairable: UnrepairablePack[];
@@ -28,13 +31,17 @@ export interface RepairIndexReport {
  */
 export function repairIndexText(report: RepairIndexReport, dryRun: boolean, prefix = ""): { out: string; err: string } {
   const [rebuilt, removed] = dryRun ? ["would rebuild", "would remove"] : ["rebuilt", "removed"];
+  const unreadable = new Set(report.unrepairable.map((p) => p.pack));
   const out = [
     `${counted(report.packs, "pack")}: ${rebuilt} ${counted(report.rebuilt.length, "index object")} from their ` +
-      `packs' headers, ${removed} ${counted(report.removed.length, "index object")} whose pack is gone`,
+      `packs' headers, ${removed} ${counted(report.removed.length, "index object")} of packs gone or unreadable`,
     ...report.rebuilt.map((id) => `  ${rebuilt} ${id.slice(0, 12)}`),
-    ...report.removed.map((id) => `  ${removed} ${id.slice(0, 12)} (pack missing)`),
+    ...report.removed.map(
+      (id) =>
+        `  ${removed} ${id.slice(0, 12)} (${unreadable.has(id) ? "neither it nor its pack's header opens" : "pack missing"})`,
+    ),
   ];
-  if (report.removed.length > 0) {
+  if (report.removed.length > 0 && !dryRun) {
     out.push(
       "the snapshots that used those packs' chunks are damaged: `snapshot check` names their files; forget them " +
         "(the next snapshot of a workspace stores what it still has again)",

@@ -12,16 +12,17 @@ import type { BlobStore } from "./blob-store.js";
 import { counted } from "./counted.js";
 import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
-import { acquireLock } from "./lock.js";
+import { acquireLock, type HeldLock } from "./lock.js";
 import { indexKey, openPackHeader, type PackEntry, packKey, sealIndex } from "./pack.js";
 import type { RepairIndexReport } from "./repair-index-report.js";
 import type { Repository } from "./repository.js";
 
 export interface RepairIndexOptions {
-  /** Say what would be done, change nothing (and take no lock). */
+  /** Say what would be done, change nothing (holding a shared lock, as a check: no prune runs meanwhile). */
   dryRun?: boolean;
   /** Stops the repair between packs: what it wrote is whole, and running it again goes on. */
   signal?: AbortSignal;
+  /** Packs whose header was read so far, of those needing one (rebuilt or found unrepairable). */
   onProgress?: (progress: { packsDone: number; packsTotal: number }) => void;
 }
 
@@ -29,73 +30,91 @@ export async function repairIndex(
   repository: Repository,
   options: RepairIndexOptions = {},
 ): Promise<RepairIndexReport> {
-  // Exclusive, as a prune's: no writer adds packs and no prune deletes them while the listings below are compared.
-  const lock = options.dryRun
-    ? undefined
-    : await acquireLock(repository.store, repository.key, { exclusive: true, purpose: "an index repair" });
+  // Exclusive, as a prune's: no writer adds packs and no prune deletes them while the listings are compared. A dry
+  // run holds a shared one: a prune deleting an index object and then its pack between the two listings would show
+  // as an index object to remove.
+  const lock = await acquireLock(repository.store, repository.key, {
+    exclusive: options.dryRun !== true,
+    purpose: options.dryRun ? "an index repair's dry run" : "an index repair",
+  });
   try {
-    return await repair(repository, options, () => lock?.assertTrusted());
+    return await repair(repository, options, lock);
   } finally {
-    await lock?.release();
+    // forEachLimited has waited for every call under way: nothing of this repair writes after the release.
+    await lock.release();
   }
 }
 
-async function repair(
-  repository: Repository,
-  options: RepairIndexOptions,
-  trusted: () => void,
-): Promise<RepairIndexReport> {
+async function repair(repository: Repository, options: RepairIndexOptions, lock: HeldLock): Promise<RepairIndexReport> {
   const { store } = repository;
-  const packSizes = new Map<string, number>();
-  for await (const info of store.list("data/")) packSizes.set(info.key.slice(info.key.lastIndexOf("/") + 1), info.size);
+  const { signal } = options;
+  // The index objects first, then the packs: a writer (beside a dry run) puts a pack before its index object, so
+  // one landing between the two listings shows as a pack to index, never as an index object without its pack.
   const unreadable = new Set<string>();
   const index = await repository.loadIndex({ onCorrupt: (key) => unreadable.add(key.slice("index/".length)) });
+  const packSizes = new Map<string, number>();
+  for await (const info of store.list("data/", { signal })) {
+    packSizes.set(info.key.slice(info.key.lastIndexOf("/") + 1), info.size);
+  }
 
-  const removed = [...index.packs.keys(), ...unreadable].filter((packId) => !packSizes.has(packId)).sort();
   const toRebuild = [...packSizes]
     .filter(([packId, size]) => unreadable.has(packId) || index.packs.get(packId)?.packSize !== size)
     .sort(([a], [b]) => a.localeCompare(b));
-  if (packSizes.size === 0 && removed.length > 0) {
+  // Index objects whose pack the listing does not show, looked for one by one before anything is removed: this is
+  // the one step that trusts a listing's absences (a file store skips what is not a plain file or directory, such
+  // as a symlinked data/ab).
+  const unlisted = [...index.packs.keys(), ...unreadable].filter((packId) => !packSizes.has(packId)).sort();
+  if (packSizes.size === 0 && unlisted.length > 0) {
     // Every pack gone at once is a store that is not all there (a mount that did not come up, a wrong prefix)
     // far more often than data lost: removing every index object would then break a whole repository.
     throw new RepositoryError(
       "corrupt",
-      `${store.url} holds no packs at all, while ${counted(removed.length, "index object")} name${removed.length === 1 ? "s" : ""} ` +
+      `${store.url} holds no packs at all, while ${counted(unlisted.length, "index object")} name${unlisted.length === 1 ? "s" : ""} ` +
         "some: the repair removes nothing. Check that the store is the repository's, whole (mounted, the right prefix), " +
         "and run it again",
     );
   }
-  const report: RepairIndexReport = { packs: packSizes.size, rebuilt: [], removed, unrepairable: [] };
+  const gone = new Set<string>();
+  await forEachLimited(unlisted, 8, async (packId) => {
+    if ((await store.stat(packKey(packId), { signal })) === undefined) gone.add(packId);
+  });
+  const report: RepairIndexReport = { packs: packSizes.size, rebuilt: [], removed: [], unrepairable: [] };
 
   let packsDone = 0;
   options.onProgress?.({ packsDone, packsTotal: toRebuild.length });
   await forEachLimited(toRebuild, 8, async ([packId, size]) => {
-    options.signal?.throwIfAborted();
-    let entries: PackEntry[];
+    signal?.throwIfAborted();
+    let entries: PackEntry[] | undefined;
     try {
-      entries = await readPackHeader(store, repository.key, packId, size);
+      entries = await readPackHeader(store, repository.key, packId, size, signal);
     } catch (err) {
       // A store that did not answer, or refused, says nothing of the pack: the repair fails rather than call it
       // damaged (as check does).
       if (isRepositoryError(err) && !isObjectError(err)) throw err;
       report.unrepairable.push({ pack: packId, message: `pack ${packId}: ${(err as Error).message}` });
-      return;
+      // An index object that does not open, of a pack whose header does not either, holds nothing to go on, and
+      // every load of the index without a way round it (the control plane's) fails on it: it goes.
+      if (unreadable.has(packId)) gone.add(packId);
     }
-    if (!options.dryRun) {
-      trusted();
-      await store.put(indexKey(packId), sealIndex(repository.key, { packId, packSize: size, entries }), {
-        signal: options.signal,
-      });
+    if (entries) {
+      if (!options.dryRun) {
+        lock.assertTrusted();
+        await store.put(indexKey(packId), sealIndex(repository.key, { packId, packSize: size, entries }), { signal });
+      }
+      report.rebuilt.push(packId);
     }
-    report.rebuilt.push(packId);
     options.onProgress?.({ packsDone: ++packsDone, packsTotal: toRebuild.length });
   });
-  if (!options.dryRun && removed.length > 0) {
-    for (const packId of removed) {
-      trusted();
+  report.removed = [...gone].sort();
+  if (!options.dryRun && report.removed.length > 0) {
+    signal?.throwIfAborted();
+    // Checked in the store, as a prune does before its first deletion: a repair paused past its lock's life stops.
+    await lock.assertHeld();
+    for (const packId of report.removed) {
+      lock.assertTrusted();
       await store.delete(indexKey(packId));
     }
-    await store.syncDeletes?.(removed.map(indexKey));
+    await store.syncDeletes?.(report.removed.map(indexKey));
   }
   report.rebuilt.sort();
   report.unrepairable.sort((a, b) => a.pack.localeCompare(b.pack));
@@ -111,9 +130,10 @@ export async function readPackHeader(
   key: Buffer,
   packId: string,
   size: number,
+  signal?: AbortSignal,
 ): Promise<PackEntry[]> {
   if (size < 4) throw new RepositoryError("corrupt", `it is ${counted(size, "byte")}, too short to hold a header`);
-  const headerLength = (await store.getRange(packKey(packId), size - 4, 4)).readUInt32LE(0);
+  const headerLength = (await store.getRange(packKey(packId), size - 4, 4, undefined, { signal })).readUInt32LE(0);
   if (headerLength + 4 > size) {
     throw new RepositoryError(
       "corrupt",
@@ -121,7 +141,8 @@ export async function readPackHeader(
     );
   }
   const blobsEnd = size - 4 - headerLength;
-  const entries = openPackHeader(key, await store.getRange(packKey(packId), blobsEnd, headerLength), packId);
+  const sealed = await store.getRange(packKey(packId), blobsEnd, headerLength, undefined, { signal });
+  const entries = openPackHeader(key, sealed, packId);
   for (const e of entries) {
     if (e.offset + e.length > blobsEnd) {
       throw new RepositoryError(

@@ -546,6 +546,68 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await store.close();
   });
 
+  it("repairs nothing more once a store call fails: every call under way ends before its lock is released", async () => {
+    const inner = make();
+    const key = generateRepositoryKey();
+    const { repository: setup } = await Repository.openOrInit(inner, key);
+    const writer = await setup.writer({ packSize: 1_000 }); // a pack per chunk
+    await writer.put(Array.from({ length: 24 }, () => sealed(key, randomBytes(2_000))));
+    await writer.commit([sealManifest(key, { version: 1, entries: [] })], meta);
+    const indexObjects: string[] = [];
+    for await (const info of inner.list("index/")) indexObjects.push(info.key);
+    for (const k of indexObjects) await inner.delete(k);
+    // Reads of the headers are slow; one pack's fails as a store that stopped answering does.
+    const failing = indexObjects.map((k) => k.slice("index/".length)).sort()[5];
+    const events: string[] = [];
+    const store: BlobStore = Object.assign(Object.create(inner), {
+      getRange: async (k: string, ...rest: [number, number]) => {
+        await new Promise((resolve) => setTimeout(resolve, 15));
+        if (k.endsWith(failing)) throw new RepositoryError("unavailable", "the store did not answer");
+        return inner.getRange(k, ...rest);
+      },
+      put: async (k: string, data: Buffer) => {
+        const done = await inner.put(k, data);
+        events.push(`put ${k.split("/")[0]}`);
+        return done;
+      },
+      delete: async (k: string) => {
+        await inner.delete(k);
+        events.push(`delete ${k.split("/")[0]}`);
+      },
+    });
+    const repository = await Repository.open(store, key);
+    await expect(repairIndex(repository)).rejects.toThrow("the store did not answer");
+    events.push("rejected");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    // The lock was put first and deleted last, after every index object put; nothing after the rejection.
+    expect(events[0]).toBe("put locks");
+    expect(events.filter((e) => e !== "put index")).toEqual(["put locks", "delete locks", "rejected"]);
+    expect(events.indexOf("delete locks")).toBe(events.length - 2);
+    expect(events.filter((e) => e === "put index").length).toBeLessThan(24);
+    await inner.close();
+  });
+
+  it("removes no index object whose pack the listing leaves out but the store holds", async () => {
+    const inner = make();
+    const key = generateRepositoryKey();
+    const { repository: setup } = await Repository.openOrInit(inner, key);
+    const writer = await setup.writer();
+    await writer.put([sealed(key, randomBytes(3_000))]);
+    await writer.commit([sealManifest(key, { version: 1, entries: [] })], meta);
+    // A file store skips what is not a plain file or directory: a symlinked data/ab, say. Another pack is listed
+    // (a listing of none is refused on its own).
+    await inner.put("data/ee/ee00", Buffer.alloc(0));
+    const store: BlobStore = Object.assign(Object.create(inner), {
+      list: async function* (prefix: string) {
+        for await (const info of inner.list(prefix)) if (prefix !== "data/" || info.key.endsWith("ee00")) yield info;
+      },
+    });
+    const repository = await Repository.open(store, key);
+    expect(await repairIndex(repository)).toMatchObject({ removed: [], rebuilt: [] });
+    expect((await checkRepository(setup)).ok).toBe(true);
+    await inner.close();
+  });
+
   it("repairs the index from the packs' headers: lost and damaged index objects rebuilt, those of lost packs removed", async () => {
     const store = make();
     const key = generateRepositoryKey();
@@ -576,14 +638,15 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await store.delete(`index/${lost.pack}`);
     await store.put(`index/${damaged.pack}`, randomBytes(300));
     await store.delete(packKey(gone.pack));
-    await store.put("data/ee/ee00", randomBytes(10)); // a pack whose end is not a header
+    await store.put("data/ee/ee00", randomBytes(10)); // a pack whose end is not a header,
+    await store.put("index/ee00", randomBytes(60)); // and an index object that does not open
     const indexObjects = await keys("index/");
 
     // A dry run says what it would do and changes nothing.
     const expected = {
       packs: 3,
       rebuilt: [lost.pack, damaged.pack].sort(),
-      removed: [gone.pack],
+      removed: [gone.pack, "ee00"].sort(),
       unrepairable: [{ pack: "ee00", message: expect.stringMatching(/^pack ee00: .*longer than the pack/) }],
     };
     expect(await repairIndex(repository, { dryRun: true })).toEqual(expected);
@@ -592,7 +655,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const progress: number[] = [];
     const report = await repairIndex(repository, { onProgress: (p) => progress.push(p.packsDone) });
     expect(report).toEqual(expected);
-    expect(progress).toEqual([0, 1, 2]);
+    expect(progress).toEqual([0, 1, 2, 3]);
     expect(await keys("locks/")).toEqual([]);
     // The rebuilt index objects are the lost ones again, and the packs' chunks check out by them.
     expect(await entriesOf(lost.pack)).toEqual(lostEntries);
@@ -1018,6 +1081,18 @@ describe("repository on file://, writing packs", () => {
 });
 
 describe("locks", () => {
+  it("a released lock vouches for nothing more: a straggling write of its holder stops", async () => {
+    const store = openBlobStore(pathToFileURL(join(dir, "locks-released")).href);
+    const held = await acquireLock(store, generateRepositoryKey(), { exclusive: true, purpose: "an index repair" });
+    held.assertTrusted();
+    await held.assertHeld();
+    await held.release();
+    expect(() => held.assertTrusted()).toThrow(/lock locks\/\w+ was released; stopping/);
+    await expect(held.assertHeld()).rejects.toThrow(/was released; stopping/);
+    await held.refresh(); // released: a refresh does nothing, quietly
+    await store.close();
+  });
+
   it("a refresh under way when the lock is released does not write it back", async () => {
     const store = openBlobStore(pathToFileURL(join(dir, "locks-3")).href);
     const key = generateRepositoryKey();

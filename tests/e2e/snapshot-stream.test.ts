@@ -801,7 +801,7 @@ describe("snapshots over the agent stream", () => {
     expect(repaired).toMatchObject({ code: 0, stderr: "" });
     expect(repaired.stdout).toMatch(
       new RegExp(
-        `^tenant ${tenantId}: \\d+ packs: rebuilt 1 index object from their packs' headers, removed 0 index objects`,
+        `^tenant ${tenantId}: \\d+ packs: rebuilt 1 index object from their packs' headers, removed 0 index objects of packs gone`,
       ),
     );
     await fs.stat(indexObject);

@@ -8,6 +8,7 @@ import { ensureTenant } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { insertHost } from "../db/host-repository.js";
 import { insertTestSnapshot, openTestDatabase } from "../db/test-database.js";
+import { FailedPreconditionError } from "../errors.js";
 import type { SnapshotCoordinator } from "../snapshots/snapshot-coordinator.js";
 import { createApiKey } from "./auth.js";
 import { snapshotService } from "./snapshot-service.js";
@@ -104,6 +105,69 @@ describe("SnapshotService: forget", () => {
       expect(forgotten).toEqual([]);
       await forget("w");
       expect(forgotten).toEqual(["t-a/w"]);
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe("SnapshotService: repair the index", () => {
+  it("repairs every tenant it can, saying why one was not; a tenant named must have snapshots", async () => {
+    const { db, close, ctx } = await adminOfTenantA();
+    try {
+      await ensureTenant(db, "t-b", "t-b");
+      await insertHost(db, {
+        id: "h-b",
+        tenantId: "t-b",
+        name: "h-b",
+        hostname: "h-b",
+        agentVersion: "1",
+        certSerial: "h-b",
+      });
+      await insertTestSnapshot(db, "a".repeat(64), "t-a", "h-a");
+      await insertTestSnapshot(db, "b".repeat(64), "t-b", "h-b");
+      const asked: string[] = [];
+      const service = snapshotService({
+        db,
+        sessions: new SessionRegistry(),
+        snapshots: {
+          repairIndex: async (tenantId: string, { dryRun }: { dryRun: boolean }) => {
+            asked.push(`${tenantId}${dryRun ? " (dry run)" : ""}`);
+            if (tenantId === "t-a") {
+              throw new FailedPreconditionError(
+                "1 snapshot, restore or check of tenant t-a is running; repair the index again when it has ended",
+              );
+            }
+            return {
+              packs: 3,
+              rebuilt: ["p1"],
+              removed: [],
+              unrepairable: [{ pack: "p2", message: "pack p2: damaged" }],
+            };
+          },
+        } as unknown as SnapshotCoordinator,
+      });
+      const caller = { ...ctx, signal: new AbortController().signal } as HandlerContext;
+      const repair = async (fields: { tenantId?: string; dryRun?: boolean }) =>
+        (await service.repairIndex(create(api.RepairIndexRequestSchema, fields), caller)) as api.RepairIndexResponse;
+      const all = await repair({});
+      expect(all.tenants.map((t) => [t.tenantId, t.error, t.rebuilt, t.packs])).toEqual([
+        [
+          "t-a",
+          "1 snapshot, restore or check of tenant t-a is running; repair the index again when it has ended",
+          [],
+          0n,
+        ],
+        ["t-b", "", ["p1"], 3n],
+      ]);
+      expect(all.tenants[1].unrepairable.map((p) => p.message)).toEqual(["pack p2: damaged"]);
+      expect((await repair({ tenantId: "t-b", dryRun: true })).tenants.map((t) => t.tenantId)).toEqual(["t-b"]);
+      expect(asked).toEqual(["t-a", "t-b", "t-b (dry run)"]);
+      const unknown = await repair({ tenantId: "t-none" }).catch((err: unknown) => ConnectError.from(err));
+      expect(unknown).toMatchObject({ code: Code.NotFound });
+      expect((unknown as ConnectError).rawMessage).toBe(
+        'tenant "t-none" has no snapshots: there is no index of it to repair',
+      );
     } finally {
       await close();
     }

@@ -3,7 +3,7 @@
 import { createHash } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { AGENT_CAPABILITIES, api } from "@dumont/proto";
 import {
   diffManifests,
@@ -222,12 +222,22 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
 
     async repairIndex(req, ctx) {
       const who = await admin(ctx);
+      const tenants = await snapshotTenants(deps.db, listScope(who, req.tenantId, "snapshots"));
+      if (req.tenantId !== "" && tenants.length === 0) {
+        throw new NotFoundError(`tenant ${shown(req.tenantId)} has no snapshots: there is no index of it to repair`);
+      }
       const out = create(api.RepairIndexResponseSchema, {});
-      // One tenant at a time, each on its own: a tenant busy or unreachable fails the call after the tenants
-      // before it were repaired (running it again repeats nothing done).
-      for (const tenantId of await snapshotTenants(deps.db, tenantScope(who))) {
-        const report = await deps.snapshots.repairIndex(tenantId, { dryRun: req.dryRun });
-        out.tenants.push(create(api.TenantIndexRepairSchema, { tenantId, ...report, packs: BigInt(report.packs) }));
+      // One tenant at a time, each on its own: one busy or whose store does not answer is reported with its reason,
+      // and the others are repaired all the same. A caller gone stops it before the next tenant.
+      for (const tenantId of tenants) {
+        ctx.signal.throwIfAborted();
+        try {
+          const report = await deps.snapshots.repairIndex(tenantId, { dryRun: req.dryRun });
+          out.tenants.push(create(api.TenantIndexRepairSchema, { tenantId, ...report, packs: BigInt(report.packs) }));
+        } catch (err) {
+          const reason = err instanceof ConnectError ? err.rawMessage : (err as Error).message;
+          out.tenants.push(create(api.TenantIndexRepairSchema, { tenantId, error: reason }));
+        }
       }
       return out;
     },

@@ -268,36 +268,45 @@ export function registerSnapshotCommands(program: Command): void {
   snapshot
     .command("repair-index")
     .description(
-      "rebuild each tenant's lost or damaged index objects from the packs' own headers, and remove those whose pack " +
-        "is gone (then run check); refused while a snapshot, restore or check of the tenant runs",
+      "rebuild each tenant's lost or damaged index objects from the packs' own headers, and remove those of packs " +
+        "gone or unreadable (then run check); a tenant with a snapshot, restore or check running is skipped, saying so",
     )
+    .option("--tenant <id>", "only this tenant's blob store", tenantFlag)
     .option("--dry-run", "say what would be repaired, change nothing")
     .option("--json", "print JSON")
     .action(async (opts, cmd: Command) => {
       const dryRun = opts.dryRun === true;
-      const res = await apiClients(apiOpts(cmd)).snapshots.repairIndex({ dryRun });
+      const res = await apiClients(apiOpts(cmd)).snapshots.repairIndex({ dryRun, tenantId: opts.tenant });
       const tenants = res.tenants.map((t) => ({
         tenantId: t.tenantId,
         packs: Number(t.packs),
         rebuilt: t.rebuilt,
         removed: t.removed,
         unrepairable: t.unrepairable.map((p) => ({ pack: p.pack, message: p.message })),
+        ...(t.error ? { error: t.error } : {}),
       }));
       if (opts.json) print({ dryRun, tenants });
       else if (tenants.length === 0) process.stdout.write("no tenant has snapshots: nothing to repair\n");
-      const unrepairable = tenants.reduce((n, t) => n + t.unrepairable.length, 0);
-      for (const t of tenants) {
+      let unrepairable = 0;
+      let failed = 0;
+      for (const { error, ...t } of tenants) {
+        if (error !== undefined) {
+          failed++;
+          process.stderr.write(`tenant ${t.tenantId}: not repaired: ${error}\n`);
+          continue;
+        }
         const text = repairIndexText(t, dryRun, `tenant ${t.tenantId}: `);
         if (!opts.json) process.stdout.write(text.out);
         process.stderr.write(text.err);
+        unrepairable += t.unrepairable.length;
       }
       if (unrepairable > 0) {
         process.stderr.write(
-          `${counted(unrepairable, "pack")} could not be read; run \`dumont snapshot check\` to see what they break ` +
-            "(a prune deletes them once no snapshot needs them)\n",
+          `${counted(unrepairable, "pack")} could not be read; run \`dumont snapshot check\` to see what they break\n`,
         );
-        process.exitCode = 1;
       }
+      if (failed > 0) process.stderr.write(`${counted(failed, "tenant")} not repaired; run it again for them\n`);
+      if (unrepairable + failed > 0) process.exitCode = 1;
     });
 
   registerForget(snapshot, apiOpts);

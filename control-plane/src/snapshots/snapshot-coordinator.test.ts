@@ -601,7 +601,7 @@ describe("SnapshotCoordinator: forget and prune", () => {
   it("refuses to prune while a snapshot of the tenant runs, and prunes once it has ended", async () => {
     const running = await started();
     await expect(h.coordinator.forget(prune)).rejects.toThrow(
-      "1 snapshot or restore of tenant t1 is running; prune again when it has ended",
+      "1 snapshot, restore or check of tenant t1 is running; prune again when it has ended",
     );
     await finish(running);
     // Everything in the repository is in use: nothing to free.
@@ -611,7 +611,7 @@ describe("SnapshotCoordinator: forget and prune", () => {
   it("repairs the index with the repository to itself: refused while a snapshot runs, then rebuilds a lost index object", async () => {
     const running = await started();
     await expect(h.coordinator.repairIndex("t1", { dryRun: false })).rejects.toThrow(
-      "1 snapshot or restore of tenant t1 is running; repair the index again when it has ended",
+      "1 snapshot, restore or check of tenant t1 is running; repair the index again when it has ended",
     );
     // A dry run only reads, as a check, beside the snapshot.
     await expect(h.coordinator.repairIndex("t1", { dryRun: true })).resolves.toMatchObject({ rebuilt: [] });
@@ -739,7 +739,7 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
       h.coordinator.onSessionClosed(h.session);
       // The tenant still counts it: a prune is refused, not run under the commit.
       await expect(h.coordinator.forget({ tenantId: "t1", policy: {}, prune: true, dryRun: false })).rejects.toThrow(
-        /snapshot or restore of tenant t1 is running/,
+        /snapshot, restore or check of tenant t1 is running/,
       );
       open();
       const row = await snapshot;

@@ -408,7 +408,7 @@ export class SnapshotCoordinator {
       const one = busy === 1;
       throw new FailedPreconditionError(
         busy > 0
-          ? `${counted(busy, "snapshot or restore", "snapshots or restores")} of tenant ${tenantId} ` +
+          ? `${counted(busy, "snapshot, restore or check", "snapshots, restores or checks")} of tenant ${tenantId} ` +
               `${one ? "is" : "are"} running; ${verb} again when ${one ? "it has" : "they have"} ended`
           : `a prune or index repair of tenant ${tenantId} is already running`,
       );
@@ -676,11 +676,13 @@ export class SnapshotCoordinator {
       };
       /** Work of the agent's in the chain below, not yet done (see silenceWatch). */
       let inHand = 0;
+      // Offers being answered count too: the agent waits for the answer (manifest parts offered are read back
+      // from the store, a manifest's worth for a large unchanged workspace).
       const silence = this.silenceWatch(
         "snapshot",
         session.hostId,
         (err) => abandon(err),
-        () => inHand > 0,
+        () => inHand > 0 || answering > 0,
       );
       const serial = (work: () => Promise<void>) => {
         inHand++;
