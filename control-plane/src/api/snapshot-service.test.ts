@@ -63,18 +63,17 @@ describe("SnapshotService: restore", () => {
   });
 });
 
+/** A tenant and one host of it, named by their ids. */
+async function tenantWithHost(db: Db, tenantId: string, hostId: string): Promise<void> {
+  await ensureTenant(db, tenantId, tenantId);
+  await insertHost(db, { id: hostId, tenantId, name: hostId, hostname: hostId, agentVersion: "1", certSerial: hostId });
+}
+
 /** A test database holding the operators' tenant, tenant t-a with its host h-a, and an admin caller's context. */
 async function adminOfTenantA(): Promise<{ db: Db; close: () => Promise<void>; ctx: HandlerContext }> {
   const { db, close } = await openTestDatabase();
-  for (const t of ["admin", "t-a"]) await ensureTenant(db, t, t);
-  await insertHost(db, {
-    id: "h-a",
-    tenantId: "t-a",
-    name: "h-a",
-    hostname: "h-a",
-    agentVersion: "1",
-    certSerial: "h-a",
-  });
+  await ensureTenant(db, "admin", "admin");
+  await tenantWithHost(db, "t-a", "h-a");
   const { key } = await createApiKey(db, "admin", "admin", "operator");
   return { db, close, ctx: { requestHeader: new Headers({ authorization: `Bearer ${key}` }) } as HandlerContext };
 }
@@ -115,15 +114,7 @@ describe("SnapshotService: repair the index", () => {
   it("repairs every tenant it can, saying why one was not; a tenant named must have snapshots", async () => {
     const { db, close, ctx } = await adminOfTenantA();
     try {
-      await ensureTenant(db, "t-b", "t-b");
-      await insertHost(db, {
-        id: "h-b",
-        tenantId: "t-b",
-        name: "h-b",
-        hostname: "h-b",
-        agentVersion: "1",
-        certSerial: "h-b",
-      });
+      await tenantWithHost(db, "t-b", "h-b");
       await insertTestSnapshot(db, "a".repeat(64), "t-a", "h-a");
       await insertTestSnapshot(db, "b".repeat(64), "t-b", "h-b");
       const asked: string[] = [];
@@ -200,15 +191,7 @@ describe("SnapshotService: list", () => {
   });
 
   it("names each snapshot's tenant, and lists one tenant's when asked", async () => {
-    await ensureTenant(db, "t-b", "t-b");
-    await insertHost(db, {
-      id: "h-b",
-      tenantId: "t-b",
-      name: "h-b",
-      hostname: "h-b",
-      agentVersion: "1",
-      certSerial: "h-b",
-    });
+    await tenantWithHost(db, "t-b", "h-b");
     await insertTestSnapshot(db, "d".repeat(64), "t-b", "h-b");
     const service = snapshotService({ db, sessions: new SessionRegistry(), snapshots: {} as SnapshotCoordinator });
     const list = async (tenantId: string) =>
