@@ -10,7 +10,7 @@
 // disagrees with it: `check` reports that, and which one is right is not for a repair to guess.
 import type { BlobStore } from "./blob-store.js";
 import { counted } from "./counted.js";
-import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
+import { isObjectError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
 import { acquireLock, type HeldLock } from "./lock.js";
 import { indexKey, openPackHeader, type PackEntry, packKey, sealIndex } from "./pack.js";
@@ -88,9 +88,10 @@ async function repair(repository: Repository, options: RepairIndexOptions, lock:
     try {
       entries = await readPackHeader(store, repository.key, packId, size, signal);
     } catch (err) {
-      // A store that did not answer, or refused, says nothing of the pack: the repair fails rather than call it
-      // damaged (as check does).
-      if (isRepositoryError(err) && !isObjectError(err)) throw err;
+      // Only a header shown damaged (cut short, not opening, entries out of bounds) makes a pack unrepairable. A
+      // store that did not answer or refused, or any other failure to read it (EMFILE, EIO, a reset), says nothing
+      // of the pack: the repair fails, and removes nothing on its account.
+      if (!isObjectError(err)) throw err;
       report.unrepairable.push({ pack: packId, message: `pack ${packId}: ${(err as Error).message}` });
       // An index object that does not open, of a pack whose header does not either, holds nothing to go on, and
       // every load of the index without a way round it (the control plane's) fails on it: it goes.

@@ -587,6 +587,27 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await inner.close();
   });
 
+  it("removes no index object on a read of its pack that failed for a passing reason (EMFILE, EIO)", async () => {
+    const inner = make();
+    const key = generateRepositoryKey();
+    const { repository: setup } = await Repository.openOrInit(inner, key);
+    const writer = await setup.writer();
+    await writer.put([sealed(key, randomBytes(3_000))]);
+    await writer.commit([sealManifest(key, { version: 1, entries: [] })], meta);
+    const indexObjects: string[] = [];
+    for await (const info of inner.list("index/")) indexObjects.push(info.key);
+    await inner.put(indexObjects[0], randomBytes(80)); // an index object that does not open
+    const store: BlobStore = Object.assign(Object.create(inner), {
+      getRange: async () => {
+        throw Object.assign(new Error("EMFILE: too many open files"), { code: "EMFILE" });
+      },
+    });
+    await expect(repairIndex(await Repository.open(store, key))).rejects.toThrow(/EMFILE/);
+    expect((await inner.get(indexObjects[0])).length).toBe(80); // still there, for the next run to rebuild
+    expect(await repairIndex(setup)).toMatchObject({ rebuilt: [indexObjects[0].slice("index/".length)], removed: [] });
+    await inner.close();
+  });
+
   it("removes no index object whose pack the listing leaves out but the store holds", async () => {
     const inner = make();
     const key = generateRepositoryKey();

@@ -379,8 +379,9 @@ export class SnapshotCoordinator {
   /**
    * Rebuilds a tenant's lost or damaged index objects from its packs' headers and removes those whose pack is
    * gone (repairIndex). It needs the repository to itself as a prune does; a dry run only reads, as a check.
-   * The cached chunk index needs no reset: every operation's refresh reads the rebuilt index objects and drops
-   * the removed ones' packs.
+   * The cached chunk index is dropped after a repair that rebuilt anything (the refresh at each operation's start
+   * reads only index objects of packs it does not know: one rebuilt for a pack it knew by a damaged size would
+   * not be read again); removed ones' packs the refresh drops itself.
    */
   async repairIndex(tenantId: string, options: { dryRun: boolean }): Promise<RepairIndexReport> {
     if (options.dryRun) {
@@ -389,6 +390,7 @@ export class SnapshotCoordinator {
     return this.exclusively(tenantId, "repair the index", async () => {
       const report = await repairIndex(await this.repositoryOf(tenantId));
       const { rebuilt, removed, unrepairable } = report;
+      if (rebuilt.length > 0) this.indexes.delete(tenantId); // nothing uses it: the tenant is ours alone
       if (rebuilt.length + removed.length + unrepairable.length > 0) {
         this.log.warn({ tenantId, rebuilt, removed, unrepairable }, "index repaired");
       }
@@ -676,13 +678,17 @@ export class SnapshotCoordinator {
       };
       /** Work of the agent's in the chain below, not yet done (see silenceWatch). */
       let inHand = 0;
-      // Offers being answered count too: the agent waits for the answer (manifest parts offered are read back
-      // from the store, a manifest's worth for a large unchanged workspace).
+      /**
+       * Offers being looked up in the store: work of this side too, which the agent waits for (offered manifest
+       * parts are read back, a manifest's worth for a large unchanged workspace). Not the sending of the answer:
+       * an agent that stopped reading its stream would keep that waiting for ever, and the watch must end it.
+       */
+      let lookingUp = 0;
       const silence = this.silenceWatch(
         "snapshot",
         session.hostId,
         (err) => abandon(err),
-        () => inHand > 0 || answering > 0,
+        () => inHand > 0 || lookingUp > 0,
       );
       const serial = (work: () => Promise<void>) => {
         inHand++;
@@ -725,8 +731,16 @@ export class SnapshotCoordinator {
             if (++answering === MAX_ANSWERING + 1) session.pauseInbound();
             void (async () => {
               try {
-                const need = ids.length > 0 ? await writer.missing(ids) : [];
-                const needParts = parts.length > 0 ? await writer.missingManifestParts(parts) : [];
+                lookingUp++;
+                let need: Buffer[];
+                let needParts: string[];
+                try {
+                  need = ids.length > 0 ? await writer.missing(ids) : [];
+                  needParts = parts.length > 0 ? await writer.missingManifestParts(parts) : [];
+                } finally {
+                  lookingUp--;
+                }
+                silence.heard();
                 const manifestIds = needParts.map((id) => Buffer.from(id, "hex"));
                 await session.send(
                   create(ControlMessageSchema, {
