@@ -961,6 +961,32 @@ describe("SnapshotCoordinator: an agent that stops answering", () => {
     }
   });
 
+  it("fails a snapshot whose agent stopped reading its stream: an answer waiting to be sent is not work", async () => {
+    const { snapshot, requestId } = await startedIn(h);
+    const { send } = h.session;
+    let unblock!: () => void;
+    const blocked = new Promise<void>((resolve) => {
+      unblock = resolve;
+    });
+    // The answer to its offer never leaves: the stream's buffer is full and the agent reads nothing.
+    h.session.send = async (m: ControlMessage) => {
+      if (m.msg.case === "snapshotNeed") await blocked;
+      return send(m);
+    };
+    try {
+      h.coordinator.onAgentMessage(
+        h.session,
+        create(AgentMessageSchema, {
+          msg: { case: "snapshotOffer", value: { requestId, epoch: 0n, batch: 1n, chunkIds: [randomBytes(32)] } },
+        }),
+      );
+      await expect(snapshot).rejects.toThrow(/host h-silent said nothing about the snapshot for 0.4 s/);
+    } finally {
+      h.session.send = send;
+      unblock();
+    }
+  });
+
   it("fails a restore its agent has gone silent on, and tells the agent to stop it", async () => {
     const snapshot = await finish(await startedIn(h));
     const before = h.sent.length;
