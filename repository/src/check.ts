@@ -5,7 +5,7 @@ import { randomInt } from "node:crypto";
 import { alignedBuffer, PAGE } from "./aligned-memory.js";
 import { isObjectError, isRepositoryError } from "./errors.js";
 import { acquireLock } from "./lock.js";
-import { openPackTrailer, packKey } from "./pack.js";
+import { listPacks, openPackTrailer, packKey } from "./pack.js";
 import type { ReadSubset } from "./read-subset.js";
 import type { Repository } from "./repository.js";
 import { chunkCodec } from "./sealing.js";
@@ -132,9 +132,7 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
     });
   }
 
-  const stored = new Map<string, number>();
-  for await (const info of repository.store.list("data/"))
-    stored.set(info.key.slice(info.key.lastIndexOf("/") + 1), info.size);
+  const stored = await listPacks(repository.store);
 
   // Problems found in packs are listed as found, and named with the files they break once every pack is
   // read: by a second reading of the manifests, for the chunks in those problems only.
@@ -154,7 +152,7 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
   let packsRead = 0;
   const reads = new PackReads(repository);
   const readable = packs.map((pack) => {
-    const size = stored.get(pack.packId);
+    const size = stored.get(pack.packId)?.size;
     if (size === undefined || size !== pack.packSize) {
       const what =
         size === undefined

@@ -1,6 +1,7 @@
 // Pack objects: sealed chunk blobs back to back, then a sealed header listing them, then the header's
 // length. The header makes a pack self-describing; the index object beside it is a copy for quick loading.
 import { randomBytes } from "node:crypto";
+import type { BlobCallOptions, BlobInfo, BlobStore } from "./blob-store.js";
 import { RepositoryError } from "./errors.js";
 import { IdTable } from "./id-table.js";
 import { ObjectKind, openObject, sealObject } from "./sealing.js";
@@ -27,6 +28,13 @@ export function packKey(packId: string): string {
 
 export function indexKey(packId: string): string {
   return `index/${packId}`;
+}
+
+/** Every pack the store lists under data/, by pack id (the key's last part). */
+export async function listPacks(store: BlobStore, options?: BlobCallOptions): Promise<Map<string, BlobInfo>> {
+  const packs = new Map<string, BlobInfo>();
+  for await (const info of store.list("data/", options)) packs.set(info.key.slice(info.key.lastIndexOf("/") + 1), info);
+  return packs;
 }
 
 export function newPackId(): string {

@@ -4,7 +4,7 @@ import type { BlobStore } from "./blob-store.js";
 import { counted } from "./counted.js";
 import { RepositoryError } from "./errors.js";
 import { acquireLock, LOCK_STALE_AFTER_MS } from "./lock.js";
-import { indexKey, packKey } from "./pack.js";
+import { indexKey, listPacks, packKey } from "./pack.js";
 import type { Repository } from "./repository.js";
 import { hasRetentionRule, planRetention, type RetentionPolicy } from "./retention.js";
 import { snapshotKey } from "./snapshot-record.js";
@@ -153,8 +153,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
 
     // Packs with no index object are what an interrupted writer left; no writer runs while we hold the lock.
     const orphans: { key: string; size: number }[] = [];
-    for await (const info of store.list("data/")) {
-      const packId = info.key.slice(info.key.lastIndexOf("/") + 1);
+    for (const [packId, info] of await listPacks(store)) {
       if (!index.packs.has(packId) && !unreadableIndexes.has(packId)) orphans.push({ key: info.key, size: info.size });
     }
     // A pack without an index object may instead be one whose index object was lost (deleted by hand, a store

@@ -13,7 +13,7 @@ import { counted } from "./counted.js";
 import { isObjectError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
 import { acquireLock, type HeldLock } from "./lock.js";
-import { indexKey, openPackHeader, type PackEntry, packKey, sealIndex } from "./pack.js";
+import { indexKey, listPacks, openPackHeader, type PackEntry, packKey, sealIndex } from "./pack.js";
 import type { RepairIndexReport } from "./repair-index-report.js";
 import type { Repository } from "./repository.js";
 
@@ -52,19 +52,17 @@ async function repair(repository: Repository, options: RepairIndexOptions, lock:
   // one landing between the two listings shows as a pack to index, never as an index object without its pack.
   const unreadable = new Set<string>();
   const index = await repository.loadIndex({ onCorrupt: (key) => unreadable.add(key.slice("index/".length)) });
-  const packSizes = new Map<string, number>();
-  for await (const info of store.list("data/", { signal })) {
-    packSizes.set(info.key.slice(info.key.lastIndexOf("/") + 1), info.size);
-  }
+  const packs = await listPacks(store, { signal });
 
-  const toRebuild = [...packSizes]
+  const toRebuild = [...packs]
+    .map(([packId, { size }]) => [packId, size] as const)
     .filter(([packId, size]) => unreadable.has(packId) || index.packs.get(packId)?.packSize !== size)
     .sort(([a], [b]) => a.localeCompare(b));
   // Index objects whose pack the listing does not show, looked for one by one before anything is removed: this is
   // the one step that trusts a listing's absences (a file store skips what is not a plain file or directory, such
   // as a symlinked data/ab).
-  const unlisted = [...index.packs.keys(), ...unreadable].filter((packId) => !packSizes.has(packId)).sort();
-  if (packSizes.size === 0 && unlisted.length > 0) {
+  const unlisted = [...index.packs.keys(), ...unreadable].filter((packId) => !packs.has(packId)).sort();
+  if (packs.size === 0 && unlisted.length > 0) {
     // Every pack gone at once is a store that is not all there (a mount that did not come up, a wrong prefix)
     // far more often than data lost: removing every index object would then break a whole repository.
     throw new RepositoryError(
@@ -78,7 +76,7 @@ async function repair(repository: Repository, options: RepairIndexOptions, lock:
   await forEachLimited(unlisted, 8, async (packId) => {
     if ((await store.stat(packKey(packId), { signal })) === undefined) gone.add(packId);
   });
-  const report: RepairIndexReport = { packs: packSizes.size, rebuilt: [], removed: [], unrepairable: [] };
+  const report: RepairIndexReport = { packs: packs.size, rebuilt: [], removed: [], unrepairable: [] };
 
   let packsDone = 0;
   options.onProgress?.({ packsDone, packsTotal: toRebuild.length });

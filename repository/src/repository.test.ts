@@ -66,6 +66,26 @@ function manifestOf(files: Record<string, SealedChunk[]>): Manifest {
   };
 }
 
+/** The keys a store lists under `prefix`, sorted. */
+async function keysIn(store: BlobStore, prefix: string): Promise<string[]> {
+  const found: string[] = [];
+  for await (const info of store.list(prefix)) found.push(info.key);
+  return found.sort();
+}
+
+/**
+ * A new repository on `store` holding `chunks` chunks of 2,000 random bytes under one empty snapshot (a pack
+ * each with a small `packSize`), and its index objects' keys.
+ */
+async function repositoryOfChunks(store: BlobStore, chunks = 1, packSize?: number) {
+  const key = generateRepositoryKey();
+  const { repository } = await Repository.openOrInit(store, key);
+  const writer = await repository.writer({ packSize });
+  await writer.put(Array.from({ length: chunks }, () => sealed(key, randomBytes(2_000))));
+  await writer.commit([sealManifest(key, { version: 1, entries: [] })], meta);
+  return { key, repository, indexObjects: await keysIn(store, "index/") };
+}
+
 async function collect(it: AsyncIterable<FetchedChunk>): Promise<FetchedChunk[]> {
   const out: FetchedChunk[] = [];
   for await (const x of it) out.push(x);
@@ -522,11 +542,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const writer = await repository.writer();
     await writer.put(chunks);
     const id = await writer.commit([sealManifest(key, manifestOf({ "weights.bin": chunks }))], meta);
-    const keys = async (prefix: string) => {
-      const found: string[] = [];
-      for await (const info of store.list(prefix)) found.push(info.key);
-      return found;
-    };
+    const keys = (prefix: string) => keysIn(store, prefix);
     const [indexObject] = await keys("index/");
     await store.delete(indexObject);
     const packs = async () => (await keys("data/")).length;
@@ -548,13 +564,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
 
   it("repairs nothing more once a store call fails: every call under way ends before its lock is released", async () => {
     const inner = make();
-    const key = generateRepositoryKey();
-    const { repository: setup } = await Repository.openOrInit(inner, key);
-    const writer = await setup.writer({ packSize: 1_000 }); // a pack per chunk
-    await writer.put(Array.from({ length: 24 }, () => sealed(key, randomBytes(2_000))));
-    await writer.commit([sealManifest(key, { version: 1, entries: [] })], meta);
-    const indexObjects: string[] = [];
-    for await (const info of inner.list("index/")) indexObjects.push(info.key);
+    const { key, indexObjects } = await repositoryOfChunks(inner, 24, 1_000); // a pack per chunk
     for (const k of indexObjects) await inner.delete(k);
     // Reads of the headers are slow; one pack's fails as a store that stopped answering does.
     const failing = indexObjects.map((k) => k.slice("index/".length)).sort()[5];
@@ -589,13 +599,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
 
   it("removes no index object on a read of its pack that failed for a passing reason (EMFILE, EIO)", async () => {
     const inner = make();
-    const key = generateRepositoryKey();
-    const { repository: setup } = await Repository.openOrInit(inner, key);
-    const writer = await setup.writer();
-    await writer.put([sealed(key, randomBytes(3_000))]);
-    await writer.commit([sealManifest(key, { version: 1, entries: [] })], meta);
-    const indexObjects: string[] = [];
-    for await (const info of inner.list("index/")) indexObjects.push(info.key);
+    const { key, repository: setup, indexObjects } = await repositoryOfChunks(inner);
     await inner.put(indexObjects[0], randomBytes(80)); // an index object that does not open
     const store: BlobStore = Object.assign(Object.create(inner), {
       getRange: async () => {
@@ -610,11 +614,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
 
   it("removes no index object whose pack the listing leaves out but the store holds", async () => {
     const inner = make();
-    const key = generateRepositoryKey();
-    const { repository: setup } = await Repository.openOrInit(inner, key);
-    const writer = await setup.writer();
-    await writer.put([sealed(key, randomBytes(3_000))]);
-    await writer.commit([sealManifest(key, { version: 1, entries: [] })], meta);
+    const { key, repository: setup } = await repositoryOfChunks(inner);
     // A file store skips what is not a plain file or directory: a symlinked data/ab, say. Another pack is listed
     // (a listing of none is refused on its own).
     await inner.put("data/ee/ee00", Buffer.alloc(0));
@@ -633,11 +633,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const store = make();
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
-    const keys = async (prefix: string) => {
-      const found: string[] = [];
-      for await (const info of store.list(prefix)) found.push(info.key);
-      return found.sort();
-    };
+    const keys = (prefix: string) => keysIn(store, prefix);
     // Three snapshots, a pack each; the second pack holds several chunks (offsets other than 0).
     const snapshot = async (files: Record<string, SealedChunk[]>) => {
       const before = new Set(await keys("index/"));
