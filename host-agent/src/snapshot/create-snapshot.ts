@@ -299,9 +299,12 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       options.manifestPartBytes,
     );
     // Parts seal deterministically: one the last snapshot of this scope had is stored already (the writer skips
-    // it), so it is not counted as stored again.
+    // it), so it is not counted as stored again, unless the sink said it no longer holds it (a prune after a
+    // forget removed it, or its copy is damaged): then it is stored again, and counted.
     forSink.parts.forEach((part, i) => {
-      if (Buffer.isBuffer(part) && !previous.manifests.has(forSink.ids[i])) stats.bytesStored += part.length;
+      const id = forSink.ids[i];
+      if (Buffer.isBuffer(part) && (!previous.manifests.has(id) || forSink.lost.has(id)))
+        stats.bytesStored += part.length;
     });
     const seconds = (performance.now() - started) / 1000;
     const id = await sink.commit(
@@ -404,6 +407,8 @@ interface ManifestForSink {
   parts: ManifestPartBlob[];
   ids: string[];
   plains: string[];
+  /** Ids of parts the last snapshot stored that the sink said it does not hold (missingManifestParts). */
+  lost: Set<string>;
 }
 
 /**
@@ -422,12 +427,13 @@ async function manifestForSink(
 ): Promise<ManifestForSink> {
   const maxParts = sink.maxManifestParts ?? MAX_MANIFEST_PARTS;
   const held = new Set<string>();
+  const lost = new Set<string>();
   if (sink.missingManifestParts && previous.storedParts.size > 0) {
     const stored = [...new Set(previous.storedParts.values())];
     const missing = new Set(await sink.missingManifestParts(stored));
-    for (const id of stored) if (!missing.has(id)) held.add(id);
+    for (const id of stored) (missing.has(id) ? lost : held).add(id);
   }
-  const out: ManifestForSink = { parts: [], ids: [], plains: [] };
+  const out: ManifestForSink = { parts: [], ids: [], plains: [], lost };
   const cutOptions = { partBytes: maxParts <= 1 ? Number.POSITIVE_INFINITY : partBytes, root: manifest.root };
   for (const part of cutManifestParts(manifest.entries, cutOptions)) {
     const plain = createHash("sha256").update(part.plain).digest("hex");

@@ -823,6 +823,7 @@ describe("snapshot engine", () => {
         record,
         named: parts.filter((p) => !Buffer.isBuffer(p)).length,
         sealed: parts.filter(Buffer.isBuffer).length,
+        sealedBytes: parts.filter(Buffer.isBuffer).reduce((sum, p) => sum + p.length, 0),
       };
     };
     try {
@@ -844,10 +845,14 @@ describe("snapshot engine", () => {
       const sealedOnly = await run(false);
       expect(sealedOnly).toMatchObject({ named: 0, sealed: changed.named + changed.sealed });
       expect(sealedOnly.record.manifests).toEqual(changed.record.manifests);
+      expect(sealedOnly.created.bytesStored, "the store held every part: none written").toBe(0);
       // Parts gone from the repository since (a prune after a forget): sealed again, never named.
       for await (const blob of store.list("manifests/")) await store.delete(blob.key);
       const again = await run();
       expect(again).toMatchObject({ named: 0, sealed: changed.named + changed.sealed });
+      // Every file's chunks are held: what it stored is those parts, written again (not "already stored").
+      expect(again.created.bytesNew).toBe(0);
+      expect(again.created.bytesStored).toBe(again.sealedBytes);
       // A part damaged in the store (cut short, a byte flipped) is not named: sealed and sent again, it replaces
       // the damaged copy, in direct mode (which does not read named parts back) and through the control plane.
       const total = again.sealed;
@@ -862,6 +867,7 @@ describe("snapshot engine", () => {
           );
         const healed = await run(true, asControlPlane);
         expect(healed).toMatchObject({ named: total - 1, sealed: 1 });
+        expect(healed.created.bytesStored, "the damaged part, written over").toBe(bytes.length);
         expect(healed.record.manifests).toEqual(again.record.manifests);
         expect((await store.get(victim)).equals(bytes)).toBe(true);
       }
