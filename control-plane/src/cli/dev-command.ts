@@ -6,9 +6,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
-import { devAdminKey } from "../api/auth.js";
 import type { ControlPlaneOptions } from "../config.js";
-import { ADMIN_TENANT } from "../control-plane.js";
 import { apiClients, DEFAULT_API_URL, DEFAULT_DATA_DIR } from "./api-client.js";
 import { hostJson } from "./host-command.js";
 import { addServeOptions, startFromOptions, waitForSignal } from "./serve-command.js";
@@ -39,6 +37,11 @@ export function registerDevCommand(program: Command): void {
     .option("--demo", "give the local agent simulated GPUs (a fake nvidia-smi), clearly labelled simulated")
     .action(async (opts: ControlPlaneOptions & { demo?: boolean }) => {
       const { cp, log } = await startFromOptions({ logLevel: "warn", ...opts });
+      // Loaded here, as startFromOptions loads the control plane: not on every other command's start.
+      const [{ devAdminKey }, { ADMIN_TENANT }] = await Promise.all([
+        import("../api/auth.js"),
+        import("../control-plane.js"),
+      ]);
       const { key: adminKey, replaced } = cp.newAdminKey
         ? { key: cp.newAdminKey }
         : await devAdminKey(cp.db, cp.adminKeyFile, ADMIN_TENANT);

@@ -3,7 +3,7 @@ import { setFlagsFromString } from "node:v8";
 import { type Command, Option } from "commander";
 import type { ControlPlaneOptions } from "../config.js";
 import type { ControlPlane } from "../control-plane.js";
-import { createLogger, type Logger } from "../logger.js";
+import type { Logger } from "../logger.js";
 
 /** --data-dir and --database-url: where a control plane's state is (serve, dev, master-key rotate). */
 export function addStateOptions(cmd: Command): Command {
@@ -86,9 +86,10 @@ export async function startFromOptions(opts: ControlPlaneOptions): Promise<{ cp:
   setFlagsFromString("--heap-growing-percent=300");
   // Loaded here, not at the top: the whole control plane (database, gateway, stores) takes about half a
   // second to import, which every other `dumont` command (a plain API client) would pay for nothing.
-  const [{ loadConfig }, { startControlPlane }] = await Promise.all([
+  const [{ loadConfig }, { startControlPlane }, { createLogger }] = await Promise.all([
     import("../config.js"),
     import("../control-plane.js"),
+    import("../logger.js"),
   ]);
   const config = loadConfig(opts);
   // Read once: the master key does not stay in the environment, where processes this one starts (the local
