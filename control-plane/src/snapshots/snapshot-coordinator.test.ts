@@ -1001,6 +1001,68 @@ describe("SnapshotCoordinator: an agent that stops answering", () => {
       expect(aborted.value.message).toMatch(/said nothing about the restore/);
     }
   });
+
+  describe("a restore whose manifest goes out in parts", () => {
+    /** Restores a three-part snapshot with each part's send held by `partSent(index)`; what went out after. */
+    const restoreWithSlowParts = async (partSent: (index: number) => Promise<void>) => {
+      const snapshot = await threePartSnapshot(h);
+      const { bulkSender } = h.session;
+      h.session.bulkSender = async () => ({
+        connection: "downloads",
+        send: async (m: ControlMessage | Uint8Array) => {
+          const message = m as ControlMessage;
+          h.sent.push(message);
+          if (message.msg.case === "restoreManifestPart") await partSent(message.msg.value.index);
+        },
+      });
+      const before = h.sent.length;
+      const restore = h.coordinator.restore({ session: h.session, snapshot, target: "/r" });
+      restore.catch(() => {});
+      return { restore, sent: () => h.sent.slice(before), done: () => (h.session.bulkSender = bulkSender) };
+    };
+
+    it("counts each part the agent takes as progress: a large manifest on a slow link is not silence", async () => {
+      // Two parts before the Restore, 0.3 s each: 0.6 s, over the 0.4 s limit, with the agent taking them.
+      const { restore, sent, done } = await restoreWithSlowParts(() => new Promise((r) => setTimeout(r, 300)));
+      try {
+        await until(() => sent().some((m) => m.msg.case === "restore"));
+        const started = sent().find((m) => m.msg.case === "restore")?.msg;
+        expect(sent().map((m) => m.msg.case)).not.toContain("restoreAborted");
+        if (started?.case !== "restore") throw new Error("no Restore went out");
+        h.coordinator.onAgentMessage(
+          h.session,
+          create(AgentMessageSchema, {
+            msg: {
+              case: "restoreProgress",
+              value: { requestId: started.value.requestId, done: true, files: 3n, bytesWritten: 15_000n },
+            },
+          }),
+        );
+        await expect(restore).resolves.toMatchObject({ files: 3 });
+      } finally {
+        done();
+      }
+    });
+
+    it("sends no more parts and no Restore once it has given up (told the agent the restore was aborted)", async () => {
+      let release!: () => void;
+      const held = new Promise<void>((r) => {
+        release = r;
+      });
+      // The agent stops taking messages at the first part, past the silence limit.
+      const { restore, sent, done } = await restoreWithSlowParts((index) => (index === 0 ? held : Promise.resolve()));
+      try {
+        await expect(restore).rejects.toThrow(/host h-silent said nothing about the restore for 0.4 s/);
+        release();
+        await new Promise((r) => setTimeout(r, 200));
+        const cases = sent().map((m) => m.msg.case);
+        expect(cases).toEqual(["restoreManifestPart", "restoreAborted"]);
+      } finally {
+        release();
+        done();
+      }
+    });
+  });
 });
 
 /**
@@ -1394,6 +1456,25 @@ function oneFile(key: Buffer, id: Buffer, size: number): Buffer {
       },
     ],
   });
+}
+
+/** A committed snapshot of files a, b and c (one chunk of 5,000 bytes each, the same) whose manifest is three parts. */
+async function threePartSnapshot(h: Harness) {
+  const { snapshot, requestId, key } = await startedIn(h);
+  const plain = randomBytes(5_000);
+  const chunk = chunkCodec.sealChunk(key, plain);
+  const parts = sealManifestParts(key, sameChunkFiles(["a", "b", "c"], chunk.id, plain.length), { partBytes: 100 });
+  const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
+    h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+  agentSends({
+    case: "snapshotChunks",
+    value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
+  });
+  for (const index of [0, 1]) {
+    agentSends({ case: "snapshotManifestPart", value: { requestId, epoch: 0n, index, part: parts[index] } });
+  }
+  agentSends({ case: "snapshotCommit", value: { requestId, epoch: 0n, manifest: parts[2], manifestParts: 3 } });
+  return snapshot;
 }
 
 /** Manifest entries of files that are each one chunk, the same one. */

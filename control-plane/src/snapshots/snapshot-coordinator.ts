@@ -976,14 +976,19 @@ export class SnapshotCoordinator {
       });
       const last = manifestBlobs.length - 1;
       (async () => {
-        // The parts before the last go first, in order; the Restore carries the last and the count.
+        // The parts before the last go first, in order; the Restore carries the last and the count. Each part
+        // the agent takes is progress (a large manifest on a slow link is not silence); once the restore has
+        // been given up on, nothing more goes (the agent refuses a Restore whose abort came first, too).
         for (let index = 0; index < last; index++) {
+          if (finished) return;
           await out.send(
             create(ControlMessageSchema, {
               msg: { case: "restoreManifestPart", value: { requestId, index, part: manifestBlobs[index] } },
             }),
           );
+          silence.heard();
         }
+        if (finished) return;
         await out.send(
           create(ControlMessageSchema, {
             msg: {

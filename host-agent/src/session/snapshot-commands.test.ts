@@ -156,6 +156,23 @@ describe("SnapshotCommands", () => {
     session.answer = () => {};
   });
 
+  it("refuses a Restore whose abort came first (the abort on one stream, the Restore on the other)", async () => {
+    const { key, manifest } = oneFileSnapshot();
+    const target = join(root, "aborted-early");
+    session.command({ case: "restoreAborted", value: { requestId: "e1", message: "gave up" } });
+    session.command({
+      case: "restore",
+      value: { requestId: "e1", snapshotId: "s".repeat(64), target, manifest, manifestParts: 1, tenantKey: key },
+    });
+    const done = (await session.waitFor(doneWith("e1"))).msg;
+    expect(done.case === "restoreProgress" && done.value.error).toBe("the control plane aborted request e1");
+    // It never asked for a chunk nobody would send, and holds no operation: the same id may run later.
+    expect(session.sent.some((m) => m.msg.case === "restoreChunkRequest" && m.msg.value.requestId === "e1")).toBe(
+      false,
+    );
+    await expect(readdir(target)).rejects.toThrow(/ENOENT/);
+  });
+
   it("takes max_manifest_parts 0 (a control plane of before parts) as one part", async () => {
     const source = join(root, "source");
     await mkdir(source, { recursive: true });

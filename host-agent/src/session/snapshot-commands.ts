@@ -15,6 +15,8 @@ import { StreamChunkSink, StreamChunkSource, type StreamPort } from "./stream-tr
 const PROGRESS_INTERVAL_MS = 250;
 /** Snapshots and restores run at once at most (each may hold hundreds of MiB); more are refused, saying so. */
 export const MAX_OPERATIONS = 4;
+/** Aborts of requests not (yet) running that are remembered (see SnapshotCommands.abortedEarly). */
+const MAX_ABORTED_KEPT = 64;
 /** A tenant key is an AES-256 key. */
 const TENANT_KEY_BYTES = 32;
 /** Text the control plane sent, echoed in a log line or back to it: cut here. */
@@ -51,6 +53,12 @@ export class SnapshotCommands {
    * here, not by the source: the Restore's engine starts after an await, and the parts are already read.
    */
   private readonly manifestParts = new Map<string, ManifestPartsReceiver>();
+  /**
+   * Requests the control plane aborted before they ran here (the newest MAX_ABORTED_KEPT): a restore's abort
+   * goes on the Connect stream and its Restore on the Downloads one, so the abort may come first; the Restore
+   * is then refused rather than run with nobody answering its chunk requests.
+   */
+  private readonly abortedEarly = new Set<string>();
   /** The TakeSnapshot and Restore handlers running (see `close`). */
   private readonly handlers = new Set<Promise<void>>();
   private closed = false;
@@ -106,6 +114,13 @@ export class SnapshotCommands {
       case "restoreAborted": {
         const what = m.case === "snapshotAborted" ? "snapshot" : "restore";
         const reason = m.value.message.slice(0, MAX_ECHOED_TEXT);
+        if (!this.operations.has(m.value.requestId)) {
+          if (this.abortedEarly.size >= MAX_ABORTED_KEPT) {
+            this.abortedEarly.delete(this.abortedEarly.values().next().value as string);
+          }
+          this.abortedEarly.add(m.value.requestId);
+          this.manifestParts.delete(m.value.requestId);
+        }
         this.stop(m.value.requestId, new Error(`the control plane aborted the ${what}: ${reason}`));
         return;
       }
@@ -162,6 +177,7 @@ export class SnapshotCommands {
   private begin(requestId: string, kind: Operation["kind"], target: string): Operation {
     if (this.closed) throw new Error("the agent is shutting down");
     if (this.operations.has(requestId)) throw new Error(`request ${requestId} is already running on this host`);
+    if (this.abortedEarly.delete(requestId)) throw new Error(`the control plane aborted request ${requestId}`);
     if (this.operations.size >= MAX_OPERATIONS) {
       throw new Error(`this host runs ${MAX_OPERATIONS} snapshots and restores already; try again when one ends`);
     }
