@@ -153,6 +153,12 @@ export class RepositoryIndex {
     return this.find(id) !== EMPTY;
   }
 
+  /** The plain length of chunk `id`, or -1 when the index does not hold it (get, without a location object). */
+  plainLengthOf(id: Buffer | string): number {
+    const i = this.find(id);
+    return i === EMPTY ? -1 : this.plainLength[i];
+  }
+
   get chunkCount(): number {
     return this.table.size;
   }

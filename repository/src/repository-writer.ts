@@ -87,6 +87,8 @@ export class RepositoryWriter implements ChunkSink {
   private failure: Error | undefined;
   private closed = false;
   private committing: Promise<string> | undefined;
+  /** Manifest parts read back and found whole (missingManifestParts). */
+  private readonly partsHeld = new Set<string>();
   private readonly packSize: number;
   private readonly uploadConcurrency: number;
 
@@ -180,16 +182,14 @@ export class RepositoryWriter implements ChunkSink {
    */
   async missingManifestParts(ids: string[]): Promise<string[]> {
     this.assertUsable();
-    const held = new Set<string>();
-    await forEachLimited(
-      ids.filter((id) => MANIFEST_ID.test(id)),
-      8,
-      async (id) => {
-        const blob = await this.repository.store.get(manifestKey(id)).catch((err) => absentOr(err, true));
-        if (blob && sha256(blob).toString("hex") === id) held.add(id);
-      },
-    );
-    return ids.filter((id) => !held.has(id));
+    // Each part is read once for this writer however often it is asked about (an agent of the control plane
+    // may name one many times, in one offer or many): held stays held while the writer's lock keeps prunes out.
+    const unread = [...new Set(ids)].filter((id) => MANIFEST_ID.test(id) && !this.partsHeld.has(id));
+    await forEachLimited(unread, 8, async (id) => {
+      const blob = await this.repository.store.get(manifestKey(id)).catch((err) => absentOr(err, true));
+      if (blob && sha256(blob).toString("hex") === id) this.partsHeld.add(id);
+    });
+    return ids.filter((id) => !this.partsHeld.has(id));
   }
 
   async commit(
@@ -218,6 +218,10 @@ export class RepositoryWriter implements ChunkSink {
     const check = new RestorableCheck();
     const totals: ManifestTotals = { files: 0, dirs: 0, symlinks: 0, bytes: 0, chunks: 0 };
     const absent: string[] = [];
+    // A chunk listed at another length than it has: the file could never be restored (the restore finds the
+    // chunk's plain length wrong), and the snapshot's size, counted from the lengths, would be what the sender
+    // says.
+    let misfit: string | undefined;
     const visit = (e: ManifestEntry): void => {
       check.add(e);
       if (e.type === "dir") totals.dirs++;
@@ -226,7 +230,13 @@ export class RepositoryWriter implements ChunkSink {
         totals.files++;
         totals.bytes += e.size;
         totals.chunks += e.chunks.length;
-        for (const id of e.chunks) if (!this.index.has(id)) absent.push(`${id} (in ${e.path})`);
+        for (const [i, id] of e.chunks.entries()) {
+          const stored = this.index.plainLengthOf(id);
+          if (stored < 0) absent.push(`${id} (in ${e.path})`);
+          else if (stored !== e.lengths[i] && misfit === undefined) {
+            misfit = `${JSON.stringify(e.path)} lists chunk ${id} as ${counted(e.lengths[i], "byte")}; it holds ${stored}`;
+          }
+        }
       }
     };
     if (built) for (const e of built.entries) visit(e);
@@ -235,6 +245,7 @@ export class RepositoryWriter implements ChunkSink {
       for (const part of manifestPartEntries(this.repository.key, blobs)) for (const e of part) visit(e);
     }
     check.finish();
+    if (misfit !== undefined) throw new RepositoryError("invalid-manifest", `the manifest is wrong: ${misfit}`);
     if (absent.length > 0) {
       throw new RepositoryError(
         "incomplete",

@@ -809,6 +809,12 @@ describe.each(stores)("a manifest in parts on %s", (_name, make) => {
       "f".repeat(64),
       "not an id",
     ]);
+    // Each part is read once for a writer, however often it is named (an agent may repeat one 256 times an offer).
+    const gets = vi.spyOn(store, "get");
+    expect(await second.missingManifestParts([...Array(256).fill(ids[1]), ids[0], ids[1]])).toEqual([]);
+    expect(await second.missingManifestParts([ids[1], ids[2]])).toEqual([]);
+    expect(gets.mock.calls.map(([k]) => k)).toEqual([`manifests/${ids[1]}`, `manifests/${ids[2]}`]);
+    gets.mockRestore();
     // All but the last named by id, with the entries built (direct mode) and without (opened from the store).
     const mixed = [...ids.slice(0, -1).map((stored) => ({ stored })), parts.at(-1)!];
     const puts = vi.spyOn(store, "put");
@@ -833,6 +839,19 @@ describe.each(stores)("a manifest in parts on %s", (_name, make) => {
     const twice = await repository.writer();
     await expect(twice.commit([{ stored: ids[0] }, parts[0]], meta)).rejects.toThrow(/appears twice/);
     await twice.abort();
+    // A file listing a stored chunk at another length (its size agreeing): no restore could write it, and the
+    // snapshot's size would be what the sender said. Refused, with the entries built and opened alike.
+    const [c] = chunks;
+    const wrong = manifestOf({ "d/big": [{ ...c, plainLength: 64 * 1024 * 1024 }] });
+    for (const built of [wrong, undefined]) {
+      const liar = await repository.writer();
+      await expect(liar.commit(sealManifestParts(key, wrong.entries), meta, built)).rejects.toSatisfy(
+        (e) =>
+          isRepositoryError(e, "invalid-manifest") &&
+          String(e).includes(`"d/big" lists chunk ${c.hex} as 67108864 bytes; it holds ${c.plainLength}`),
+      );
+      await liar.abort();
+    }
     const named = await repository.writer();
     await expect(named.commit([{ stored: "../config" }], meta)).rejects.toSatisfy((e) =>
       isRepositoryError(e, "invalid-argument"),
