@@ -347,9 +347,22 @@ async function restoreInto(
     bytes = 0;
     opened = 0;
   };
+  // A hard link is made only to a file listing the same chunks (FORMAT.md): what a link names is seen before it,
+  // and what it lists is kept for the files links name only. A manifest whose link lists others (damaged, or a
+  // writer's bug) gets that file written from its own chunks, checked as every file's are.
+  const linkedTo = new Set(plan.linked.values());
+  const contentOf = new Map<string, string>();
+  const content = (e: FileEntry) => `${e.size}:${e.chunks.join(",")}`;
   for (const part of manifestPartEntries(options.key, manifestBlobs, what)) {
     for (const e of part) {
-      if (e.type !== "file" || !plan.selected(e.path, false) || plan.linked.has(e.path)) continue;
+      if (e.type !== "file" || !plan.selected(e.path, false)) continue;
+      if (linkedTo.has(e.path)) contentOf.set(e.path, content(e));
+      const first = plan.linked.get(e.path);
+      if (first !== undefined) {
+        if (contentOf.get(first) === content(e)) continue;
+        plan.linked.delete(e.path);
+        progress.bytesTotal += e.size;
+      }
       if (window.length > 0 && !(window.length < WINDOW_FILES && opened < WINDOW_OPEN_FILES && bytes < WINDOW_BYTES)) {
         await flush();
       }

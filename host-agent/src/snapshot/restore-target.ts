@@ -133,7 +133,7 @@ export async function claimTarget(
   // The marker; without one, what a restore killed while the marker changed hands left beside the files.
   const name = markers.includes(RESTORE_MARKER) ? RESTORE_MARKER : markers.sort()[0];
   const found = await readMarker(dirs, target, own, name);
-  if (!processIsGone(found.marker) && Date.now() - found.touched < MARKER_STALE_AFTER_MS) {
+  if (!markerIsGone(found.marker) && Date.now() - found.touched < MARKER_STALE_AFTER_MS) {
     const m = found.marker;
     throw new Error(
       `a restore of snapshot ${m.snapshot.slice(0, 12)} into ${target} is under way (pid ${m.pid} on ` +
@@ -175,6 +175,22 @@ export async function claimTarget(
   };
 }
 
+/**
+ * The claims of the restores this process runs now. A marker naming this very process with a claim not among
+ * them was left by one of its restores that has ended: one that failed and could not remove all it wrote keeps
+ * its marker (finish's keepMarker) so the next restore clears what is left, and that next restore, in the same
+ * agent, must not take it for one under way (it refused for MARKER_STALE_AFTER_MS).
+ */
+const liveClaims = new Set<string>();
+
+/** Whether the restore that wrote marker `m` can no longer be running. */
+function markerIsGone(m: Marker): boolean {
+  if (processIsGone(m)) return true;
+  const me = thisProcess();
+  const mine = m.hostname === me.hostname && m.pid === me.pid && m.pidns === me.pidns && m.bootId === me.bootId;
+  return mine && !liveClaims.has(m.claim);
+}
+
 async function placeMarker(
   dirs: RestoreDirectories,
   target: string,
@@ -183,6 +199,23 @@ async function placeMarker(
   originalMode: number,
 ): Promise<ClaimedTarget> {
   const claim = randomBytes(16).toString("hex");
+  liveClaims.add(claim);
+  try {
+    return await placeMarkerAs(claim, dirs, target, snapshotId, own, originalMode);
+  } catch (err) {
+    liveClaims.delete(claim);
+    throw err;
+  }
+}
+
+async function placeMarkerAs(
+  claim: string,
+  dirs: RestoreDirectories,
+  target: string,
+  snapshotId: string,
+  own: BigIntStats,
+  originalMode: number,
+): Promise<ClaimedTarget> {
   const marker: Marker = {
     claim,
     snapshot: snapshotId,
@@ -238,17 +271,25 @@ async function placeMarker(
     originalMode,
     finish: async ({ keepMarker = false } = {}) => {
       clearInterval(touch);
-      if (keepMarker) return;
+      if (keepMarker) {
+        liveClaims.delete(claim); // what it left is an interrupted restore's now, for the next one to clear
+        return;
+      }
       // Only this restore's own (a marker of the same name with another claim is another restore's), also where
       // a restore taking over moved it aside this moment (and would put it back), and once more after: one left
-      // behind makes a finished target look interrupted.
-      await removeOwn();
-      for (const name of await dirs.targetNames().catch(() => [] as string[])) {
-        if (name.startsWith(TAKEN_PREFIX) && (await readClaim(dirs, name)) === claim) {
-          await removeEntry(dirs, name).catch(() => {});
+      // behind makes a finished target look interrupted. Live until then: a marker of a finished restore on its
+      // way out is not one to take over (that would clear the files it restored).
+      try {
+        await removeOwn();
+        for (const name of await dirs.targetNames().catch(() => [] as string[])) {
+          if (name.startsWith(TAKEN_PREFIX) && (await readClaim(dirs, name)) === claim) {
+            await removeEntry(dirs, name).catch(() => {});
+          }
         }
+        await removeOwn();
+      } finally {
+        liveClaims.delete(claim);
       }
-      await removeOwn();
     },
   };
 }

@@ -1883,6 +1883,26 @@ describe("restore safety", () => {
     }
   });
 
+  it("takes over, in the same process, the marker a failed restore kept for what it could not remove", async () => {
+    // A restore that fails and cannot take back all it wrote keeps its marker, naming this (living) process, and
+    // says the next restore clears what is left: the next one in this agent did not, for ten minutes.
+    const target = fresh("target");
+    await mkdir(target);
+    const dirs = await RestoreDirectories.open(target);
+    try {
+      const failed = await claimTarget(dirs, target, "first");
+      await writeFile(join(target, "half-written.bin"), "x");
+      await failed.finish({ keepMarker: true });
+    } finally {
+      await dirs.close();
+    }
+    expect(JSON.parse(await readFile(join(target, RESTORE_MARKER), "utf8"))).toMatchObject({ pid: process.pid });
+    const manifest: Manifest = { version: 1, entries: [entry("a")] };
+    const result = await restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool });
+    expect(result.warnings).toEqual([expect.stringContaining("held what an interrupted restore left (snapshot first")]);
+    expect(await readdir(target)).toEqual(["a"]);
+  });
+
   it("takes over a marker untouched for ten minutes, whoever wrote it (another pid namespace cannot be asked)", async () => {
     const target = fresh("target");
     await mkdir(target);
@@ -2063,6 +2083,43 @@ describe("restore safety", () => {
     expect((failure as RestoreDamagedError).damaged.map((d) => d.path)).toEqual(["a", "b", "c"]);
     expect(await readdir(target)).toEqual(["ok"]);
     expect(await readFile(join(target, "ok"), "utf8")).toBe("good");
+  });
+
+  it("links a file only to one listing the same chunks; one listing others is written from its own", async () => {
+    // FORMAT.md: linkOf names an earlier entry of the same file with the same chunks. A manifest whose link lists
+    // other chunks (damaged, or a writer's bug) was linked all the same: b came back as a's bytes, unchecked.
+    const { chunkCodec } = await import("@dumont/repository");
+    const sealedOf = (text: string) => ({ plain: Buffer.from(text), ...chunkCodec.sealChunk(key, Buffer.from(text)) });
+    const [a, b] = [sealedOf("AAAA"), sealedOf("BBBBBBBB")];
+    const file = (path: string, c: typeof a, extra: object = {}) => ({
+      type: "file" as const,
+      path,
+      mode: 0o644,
+      mtimeNs: "0",
+      size: c.plain.length,
+      chunks: [c.id.toString("hex")],
+      lengths: [c.plain.length],
+      ...extra,
+    });
+    const manifest: Manifest = {
+      version: 1,
+      // b names a but lists other chunks; c names b and lists b's (a chain through the one written apart).
+      entries: [
+        file("a", a),
+        file("b", b, { linkOf: "a" }),
+        file("c", b, { linkOf: "b" }),
+        file("d", a, { linkOf: "a" }),
+      ],
+    };
+    const blobs = new Map([a, b].map((c) => [c.id.toString("hex"), c.blob]));
+    const target = fresh("target");
+    const result = await restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest, blobs), key, target, pool });
+    expect(result).toMatchObject({ files: 4, bytesWritten: 12 });
+    expect(await readFile(join(target, "b"), "utf8")).toBe("BBBBBBBB");
+    const ino = async (name: string) => (await stat(join(target, name))).ino;
+    expect(await ino("b")).not.toBe(await ino("a"));
+    expect(await ino("c")).toBe(await ino("b"));
+    expect(await ino("d")).toBe(await ino("a"));
   });
 
   it("names the entry it could not create as the snapshot has it, not by a /proc name", async () => {
