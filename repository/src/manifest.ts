@@ -419,13 +419,21 @@ export class RestorableCheck {
   /**
    * Refuses the first of `paths` (the links a restore writes; default every link added) that points outside the
    * target, unless outward links are allowed. A link is resolved through every link of the manifest, those left
-   * out of a partial restore too: the stricter reading, so no choice of --include makes an outward link pass.
+   * out of a partial restore too (a name they alone hold is not on disk: the stricter reading), so no choice of
+   * --include makes an outward link pass.
    * The refusal is a policy's, not damage: its message says how to restore anyway, or without the link.
    */
   refuseOutwardLinks(paths: Iterable<string> = this.links.keys()): void {
     if (this.options.allowExternalSymlinks) return;
-    const folded = foldLinks(this.links);
-    for (const path of paths) {
+    const written = [...paths];
+    // Where names fold alike, the link the filesystem holds is the first one written: the links this restore
+    // writes go first, in manifest order, then the others for names none of those takes. Taking the first in
+    // the manifest, a left-out `a -> sub` stood for the written `A -> .`, and `x -> a/..` passed as inside.
+    const writes = new Set(written);
+    const folded = foldLinks(
+      new Map([...this.links].sort(([p], [q]) => Number(writes.has(q)) - Number(writes.has(p)))),
+    );
+    for (const path of written) {
       const target = this.links.get(path);
       if (target === undefined) continue;
       // Read twice: as a filesystem that tells names apart by every code unit resolves the links, and as one that
