@@ -26,3 +26,13 @@ export const MAX_SEALED_MANIFEST_BYTES = MAX_MANIFEST_BYTES + MAX_MANIFEST_PARTS
  * reads its answers pin gigabytes of the control plane before its stream is paused.
  */
 export const MAX_OFFER_CHUNK_IDS = 16_384;
+
+/**
+ * The most chunk ids one restore request (RestoreChunkRequest) may carry; the control plane refuses more. The
+ * agent asks in requests of at most RESTORE_REQUEST_IDS (a window of 16,384 one-chunk files, or 1 GiB of
+ * large ones, needs ~20,000), so four being answered hold ~10 MB of ids here rather than a message's worth each
+ * (~490,000 ids, ~65 MB as held).
+ */
+export const MAX_RESTORE_REQUEST_IDS = 65_536;
+/** The most chunk ids the agent puts in one restore request (a larger window is asked for in several). */
+export const RESTORE_REQUEST_IDS = 16_384;

@@ -17,6 +17,7 @@ import {
   isEncodedMessage,
   isPooledMessageMemory,
   type SnapshotStatsSchema,
+  STREAM_BATCH_BYTES,
 } from "@dumont/proto";
 import {
   acquireLock,
@@ -26,6 +27,7 @@ import {
   checkRepository,
   chunkCodec,
   MAX_OFFER_CHUNK_IDS,
+  MAX_RESTORE_REQUEST_IDS,
   openBlobStore,
   Repository,
   type RetentionPolicy,
@@ -890,21 +892,51 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
     const requestId = started.case === "restore" ? started.value.requestId : "";
     const ask = (batch: number, chunkIds: Uint8Array[]) =>
       agentSends(h.session, { case: "restoreChunkRequest", value: { requestId, batch: BigInt(batch), chunkIds } });
-    // Four requests are answered at once; the two after them wait, with 150,000 ids each (5 MB in a message, which
-    // takes 20 MB here): far fewer requests than may wait, and more chunks.
+    // Four requests are answered at once; the five after them wait, with 60,000 ids each (each under the most one
+    // request may carry): far fewer requests than may wait, and more chunks.
     for (let b = 1; b <= 4; b++) ask(b, [randomBytes(32)]);
-    const packed = randomBytes(32 * 150_000);
-    const many = Array.from({ length: 150_000 }, (_, i) => packed.subarray(32 * i, 32 * (i + 1)));
-    ask(5, many);
-    ask(6, many);
+    const packed = randomBytes(32 * 60_000);
+    const many = Array.from({ length: 60_000 }, (_, i) => packed.subarray(32 * i, 32 * (i + 1)));
+    for (let b = 5; b <= 9; b++) ask(b, many);
     const answered = () =>
       h.sent.filter((m) => m.msg.case === "restoreChunks" && m.msg.value.requestId === requestId && m.msg.value.last);
-    await waitFor(() => refused !== undefined || answered().length === 6);
+    await waitFor(() => refused !== undefined || answered().length === 9);
     expect(refused?.message).toMatch(
       /the agent asked for 300000 chunks in requests beyond the 4 being answered; at most 262144 may wait/,
     );
     const aborted = h.sent.slice(before).find((m) => m.msg.case === "restoreAborted")?.msg;
     expect(aborted?.case === "restoreAborted" && aborted.value.requestId).toBe(requestId);
+  });
+
+  it("answers a request of chunks it does not hold in messages of bounded size, and refuses one too large", async () => {
+    const snapshot = await finish(await startedIn(h));
+    const before = h.sent.length;
+    let refused: Error | undefined;
+    h.coordinator.restore({ session: h.session, snapshot, target: "/restore-big" }).catch((err) => (refused = err));
+    await waitFor(() => h.sent.slice(before).some((m) => m.msg.case === "restore"));
+    const started = h.sent.slice(before).find((m) => m.msg.case === "restore")!.msg;
+    const requestId = started.case === "restore" ? started.value.requestId : "";
+    const ask = (batch: number, n: number) => {
+      const packed = randomBytes(32 * n);
+      const chunkIds = Array.from({ length: n }, (_, i) => packed.subarray(32 * i, 32 * (i + 1)));
+      agentSends(h.session, { case: "restoreChunkRequest", value: { requestId, batch: BigInt(batch), chunkIds } });
+    };
+    // 40,000 ids none of which it holds: an answer of errors alone, ~3 MB, cut as chunk batches are (it went out
+    // as one message, which with the most ids one request may carry came near the 16 MiB a message may be).
+    ask(1, 40_000);
+    const answers = () => h.sent.filter((m) => m.msg.case === "restoreChunks" && m.msg.value.requestId === requestId);
+    await waitFor(() => answers().some((m) => m.msg.case === "restoreChunks" && m.msg.value.last));
+    const sizes = answers().map((m) => toBinary(ControlMessageSchema, m).length);
+    expect(sizes.length).toBeGreaterThan(2);
+    expect(Math.max(...sizes)).toBeLessThanOrEqual(STREAM_BATCH_BYTES + 1024);
+    expect(answers().flatMap((m) => (m.msg.case === "restoreChunks" ? m.msg.value.chunks : []))).toHaveLength(40_000);
+    // One request over the most it may carry: refused, and the agent told.
+    ask(2, MAX_RESTORE_REQUEST_IDS + 1);
+    await waitFor(() => refused !== undefined);
+    expect(refused?.message).toContain(
+      `the agent asked for ${MAX_RESTORE_REQUEST_IDS + 1} chunks in one request; at most ${MAX_RESTORE_REQUEST_IDS}`,
+    );
+    expect(h.sent.slice(before).some((m) => m.msg.case === "restoreAborted")).toBe(true);
   });
 
   it.each([0, 64 * 1024 * 1024 + 1])("refuses a chunk said to be %d bytes before opening it", async (plainLength) => {

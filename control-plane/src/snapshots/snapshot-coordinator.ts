@@ -32,6 +32,7 @@ import {
   MAX_CHUNK_LENGTH,
   MAX_MANIFEST_PARTS,
   MAX_OFFER_CHUNK_IDS,
+  MAX_RESTORE_REQUEST_IDS,
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
   type Manifest,
@@ -96,6 +97,8 @@ const MAX_RESTORE_BATCHES_WAITING = 256;
  * nothing of a working agent's ever waits; this is ~35 MB.
  */
 const MAX_RESTORE_IDS_WAITING = 256 * 1024;
+/** A chunk's bytes in a RestoreChunks message beyond its blob: its id and the fields' framing. */
+const WIRE_CHUNK_OVERHEAD = 48;
 
 /** Ranged pack reads of a streamed restore: their size and how many are kept in flight. */
 const RESTORE_READ_BYTES = 8 * 1024 * 1024;
@@ -931,6 +934,14 @@ export class SnapshotCoordinator {
           const m = message.msg;
           if (m.case === "restoreChunkRequest") {
             const batch = m.value.batch;
+            if (m.value.chunkIds.length > MAX_RESTORE_REQUEST_IDS) {
+              abandon(
+                new InvalidArgumentError(
+                  `the agent asked for ${m.value.chunkIds.length} chunks in one request; at most ${MAX_RESTORE_REQUEST_IDS}`,
+                ),
+              );
+              return;
+            }
             const ids = m.value.chunkIds.map((id) => Buffer.from(id));
             if (streaming < RESTORE_BATCHES_AT_ONCE) stream(batch, ids);
             else if (waiting.length >= MAX_RESTORE_BATCHES_WAITING) {
@@ -1024,7 +1035,8 @@ export class SnapshotCoordinator {
     sent: () => void,
   ): Promise<void> {
     let pending: WireChunk[] = [];
-    let bytes = 0;
+    let bytes = 0; // the blobs' (what the metric counts)
+    let size = 0; // the message's, near enough: blobs, ids and error texts (an answer of errors alone grows too)
     // The source yields the chunks of one read buffer after another: once a chunk comes from a new buffer, the
     // previous one is finished, and it goes back to the pool when the message holding its last chunks is encoded.
     let current: Uint8Array | undefined;
@@ -1038,6 +1050,7 @@ export class SnapshotCoordinator {
       finished = [];
       pending = [];
       bytes = 0;
+      size = 0;
       await out.send(message, () => pools.messages.give(message));
       sent();
     };
@@ -1048,9 +1061,11 @@ export class SnapshotCoordinator {
         current = chunk.blob;
       }
       const length = chunk.blob?.length ?? 0;
-      if (bytes > 0 && bytes + length > STREAM_BATCH_BYTES) await flush(false);
+      const entry = length + WIRE_CHUNK_OVERHEAD + (chunk.error === undefined ? 0 : Buffer.byteLength(chunk.error));
+      if (size > 0 && size + entry > STREAM_BATCH_BYTES) await flush(false);
       pending.push(chunk.blob ? { id: chunk.id, blob: chunk.blob } : { id: chunk.id, error: chunk.error });
       bytes += length;
+      size += entry;
     }
     if (current) finished.push(current);
     await flush(true);

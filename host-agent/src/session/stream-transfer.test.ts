@@ -16,6 +16,7 @@ import {
   chunkCodec,
   generateRepositoryKey,
   type ManifestEntry,
+  RESTORE_REQUEST_IDS,
   sealManifestParts,
 } from "@dumont/repository";
 import { describe, expect, it } from "vitest";
@@ -33,6 +34,13 @@ function lazyPort() {
   const messages = (): AgentMessage[] =>
     sent.map((m) => (isEncodedMessage(m) ? fromBinary(AgentMessageSchema, m) : (m as AgentMessage)));
   return { port, messages };
+}
+
+/** Waits until `done()` holds, looking every 5 ms, for up to 30 s. */
+async function until(done: () => boolean): Promise<void> {
+  for (const deadline = Date.now() + 30_000; !done() && Date.now() < deadline; ) {
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 /** The batch number of a chunk request (or offer) the agent sent. */
@@ -281,7 +289,7 @@ describe("StreamChunkSource", () => {
 });
 
 describe("StreamChunkSource with many small chunks", () => {
-  it("yields 20,000 chunks in order while more arrive, however far the reader falls behind", async () => {
+  it("yields 20,000 chunks in order while more arrive, however far the reader falls behind, asked in two requests", async () => {
     const { port, messages } = lazyPort();
     const source = new StreamChunkSource(port, "r5", "s", [Buffer.from("manifest")]);
     const ids = Array.from({ length: 20_000 }, (_, i) => {
@@ -297,20 +305,29 @@ describe("StreamChunkSource with many small chunks", () => {
         if (got.length % 2_500 === 0) await new Promise((r) => setTimeout(r, 5));
       }
     })();
-    await new Promise((r) => setImmediate(r));
-    const batch = batchOf(messages()[0]!);
-    for (let from = 0; from < ids.length; from += 7_000) {
-      const chunks = ids.slice(from, from + 7_000).map((id) => ({ id, blob: id.subarray(0, 4) }));
-      const last = from + 7_000 >= ids.length;
-      source.receive(
-        create(ControlMessageSchema, {
-          msg: { case: "restoreChunks", value: { requestId: "r5", batch, last, chunks } },
-        }),
-      );
-      await new Promise((r) => setTimeout(r, 1));
+    // Asked for in requests of at most RESTORE_REQUEST_IDS, one after the other; each answered in pieces.
+    const requested: number[] = [];
+    for (let asked = 0; asked < ids.length; ) {
+      await until(() => messages().length > requested.length);
+      const m = messages()[requested.length]!.msg;
+      if (m.case !== "restoreChunkRequest") throw new Error(`expected a chunk request, got ${m.case}`);
+      requested.push(m.value.chunkIds.length);
+      const wanted = m.value.chunkIds.map((id) => Buffer.from(id));
+      for (let from = 0; from < wanted.length; from += 7_000) {
+        const chunks = wanted.slice(from, from + 7_000).map((id) => ({ id, blob: id.subarray(0, 4) }));
+        const last = from + 7_000 >= wanted.length;
+        source.receive(
+          create(ControlMessageSchema, {
+            msg: { case: "restoreChunks", value: { requestId: "r5", batch: m.value.batch, last, chunks } },
+          }),
+        );
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      asked += wanted.length;
     }
     await reading;
     expect(got).toEqual(ids.map((_, i) => i));
+    expect(requested).toEqual([RESTORE_REQUEST_IDS, ids.length - RESTORE_REQUEST_IDS]);
   });
 });
 

@@ -29,7 +29,7 @@ import type {
 import { BufferPool } from "@dumont/repository/buffer-pool";
 import { copyBytes } from "@dumont/repository/copy-bytes";
 import { counted } from "@dumont/repository/counted";
-import { SMALLER_SNAPSHOT_ADVICE } from "@dumont/repository/limits";
+import { RESTORE_REQUEST_IDS, SMALLER_SNAPSHOT_ADVICE } from "@dumont/repository/limits";
 import { installInPlaceFraming } from "./grpc-framing.js";
 
 /** What the stream classes need from the session. */
@@ -364,6 +364,13 @@ export class StreamChunkSource implements ChunkSource {
   }
 
   async *get(ids: Buffer[]): AsyncIterable<FetchedChunk> {
+    // In requests of at most RESTORE_REQUEST_IDS, one after another: the control plane refuses larger ones.
+    for (let at = 0; at < ids.length || at === 0; at += RESTORE_REQUEST_IDS) {
+      yield* this.request(ids.slice(at, at + RESTORE_REQUEST_IDS));
+    }
+  }
+
+  private async *request(ids: Buffer[]): AsyncIterable<FetchedChunk> {
     // Nothing is sent once the session is gone: the request would go out on the next session, which ignores
     // it, and the engine would wait for good.
     if (this.failed) throw this.failed;
