@@ -882,26 +882,39 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
     await expect(flood.done).rejects.toThrow(/the agent asked for more than 260 batches of chunks at once/);
   });
 
-  it("refuses an agent whose waiting chunk requests ask for too many chunks, however few the requests", async () => {
+  /**
+   * A restore of a fresh snapshot into `target`, begun: its request id, its failure once it fails (`failed`), and
+   * `ask`, to ask for chunks as its agent would.
+   */
+  const begunRestore = async (target: string) => {
     const snapshot = await finish(await startedIn(h));
     const before = h.sent.length;
-    let refused: Error | undefined;
-    h.coordinator.restore({ session: h.session, snapshot, target: "/restore-ids" }).catch((err) => (refused = err));
+    const failed: { error?: Error } = {};
+    h.coordinator.restore({ session: h.session, snapshot, target }).catch((err) => (failed.error = err));
     await waitFor(() => h.sent.slice(before).some((m) => m.msg.case === "restore"));
     const started = h.sent.slice(before).find((m) => m.msg.case === "restore")!.msg;
     const requestId = started.case === "restore" ? started.value.requestId : "";
     const ask = (batch: number, chunkIds: Uint8Array[]) =>
       agentSends(h.session, { case: "restoreChunkRequest", value: { requestId, batch: BigInt(batch), chunkIds } });
+    return { requestId, before, failed, ask };
+  };
+  /** `n` random chunk ids, as views of one buffer. */
+  const randomIds = (n: number) => {
+    const packed = randomBytes(32 * n);
+    return Array.from({ length: n }, (_, i) => packed.subarray(32 * i, 32 * (i + 1)));
+  };
+
+  it("refuses an agent whose waiting chunk requests ask for too many chunks, however few the requests", async () => {
+    const { requestId, before, failed, ask } = await begunRestore("/restore-ids");
     // Four requests are answered at once; the five after them wait, with 60,000 ids each (each under the most one
     // request may carry): far fewer requests than may wait, and more chunks.
     for (let b = 1; b <= 4; b++) ask(b, [randomBytes(32)]);
-    const packed = randomBytes(32 * 60_000);
-    const many = Array.from({ length: 60_000 }, (_, i) => packed.subarray(32 * i, 32 * (i + 1)));
+    const many = randomIds(60_000);
     for (let b = 5; b <= 9; b++) ask(b, many);
     const answered = () =>
       h.sent.filter((m) => m.msg.case === "restoreChunks" && m.msg.value.requestId === requestId && m.msg.value.last);
-    await waitFor(() => refused !== undefined || answered().length === 9);
-    expect(refused?.message).toMatch(
+    await waitFor(() => failed.error !== undefined || answered().length === 9);
+    expect(failed.error?.message).toMatch(
       /the agent asked for 300000 chunks in requests beyond the 4 being answered; at most 262144 may wait/,
     );
     const aborted = h.sent.slice(before).find((m) => m.msg.case === "restoreAborted")?.msg;
@@ -909,21 +922,10 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
   });
 
   it("answers a request of chunks it does not hold in messages of bounded size, and refuses one too large", async () => {
-    const snapshot = await finish(await startedIn(h));
-    const before = h.sent.length;
-    let refused: Error | undefined;
-    h.coordinator.restore({ session: h.session, snapshot, target: "/restore-big" }).catch((err) => (refused = err));
-    await waitFor(() => h.sent.slice(before).some((m) => m.msg.case === "restore"));
-    const started = h.sent.slice(before).find((m) => m.msg.case === "restore")!.msg;
-    const requestId = started.case === "restore" ? started.value.requestId : "";
-    const ask = (batch: number, n: number) => {
-      const packed = randomBytes(32 * n);
-      const chunkIds = Array.from({ length: n }, (_, i) => packed.subarray(32 * i, 32 * (i + 1)));
-      agentSends(h.session, { case: "restoreChunkRequest", value: { requestId, batch: BigInt(batch), chunkIds } });
-    };
+    const { requestId, before, failed, ask } = await begunRestore("/restore-big");
     // 40,000 ids none of which it holds: an answer of errors alone, ~3 MB, cut as chunk batches are (it went out
     // as one message, which with the most ids one request may carry came near the 16 MiB a message may be).
-    ask(1, 40_000);
+    ask(1, randomIds(40_000));
     const answers = () => h.sent.filter((m) => m.msg.case === "restoreChunks" && m.msg.value.requestId === requestId);
     await waitFor(() => answers().some((m) => m.msg.case === "restoreChunks" && m.msg.value.last));
     const sizes = answers().map((m) => toBinary(ControlMessageSchema, m).length);
@@ -931,9 +933,9 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
     expect(Math.max(...sizes)).toBeLessThanOrEqual(STREAM_BATCH_BYTES + 1024);
     expect(answers().flatMap((m) => (m.msg.case === "restoreChunks" ? m.msg.value.chunks : []))).toHaveLength(40_000);
     // One request over the most it may carry: refused, and the agent told.
-    ask(2, MAX_RESTORE_REQUEST_IDS + 1);
-    await waitFor(() => refused !== undefined);
-    expect(refused?.message).toContain(
+    ask(2, randomIds(MAX_RESTORE_REQUEST_IDS + 1));
+    await waitFor(() => failed.error !== undefined);
+    expect(failed.error?.message).toContain(
       `the agent asked for ${MAX_RESTORE_REQUEST_IDS + 1} chunks in one request; at most ${MAX_RESTORE_REQUEST_IDS}`,
     );
     expect(h.sent.slice(before).some((m) => m.msg.case === "restoreAborted")).toBe(true);
