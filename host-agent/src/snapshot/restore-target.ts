@@ -26,9 +26,13 @@ import type { RestoreDirectories } from "./restore-directories.js";
 /** The marker's name, at the top of the target. Left out of snapshots, and of restores of older ones. */
 export const RESTORE_MARKER = ".dumont-restore-incomplete";
 
-/** Whether a manifest path is the marker or under it (an older agent's snapshot of a target mid-restore). */
+/**
+ * Whether a manifest path is a marker (isMarkerName, at the top) or under one: an older agent's snapshot of a
+ * target mid-restore.
+ */
 export function isRestoreMarker(path: string): boolean {
-  return path === RESTORE_MARKER || path.startsWith(`${RESTORE_MARKER}/`);
+  const slash = path.indexOf("/");
+  return isMarkerName(slash < 0 ? path : path.slice(0, slash));
 }
 
 /** Why a snapshot leaves the marker out (SkippedEntry.reason). */

@@ -1972,9 +1972,14 @@ describe("restore safety", () => {
     await mkdir(source);
     await writeFile(join(source, "data.txt"), "data\n");
     await writeFile(join(source, RESTORE_MARKER), "{}");
+    // And the names a marker passes through on its way in or aside (a restore killed between two steps).
+    const passing = [`${RESTORE_MARKER}.new-0123456789abcdef`, `${RESTORE_MARKER}.taken-0123456789abcdef`];
+    for (const name of passing) await writeFile(join(source, name), "{}");
     const repo = pathToFileURL(fresh("repo")).href;
     const created = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
-    expect(created.skipped).toEqual([{ path: RESTORE_MARKER, reason: RESTORE_MARKER_LEFT_OUT }]);
+    expect(created.skipped).toEqual(
+      [RESTORE_MARKER, ...passing].map((path) => ({ path, reason: RESTORE_MARKER_LEFT_OUT })),
+    );
     const target = fresh("target");
     await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
     expect(await readdir(target)).toEqual(["data.txt"]);
@@ -1985,6 +1990,7 @@ describe("restore safety", () => {
         entry("d"),
         { ...entry(RESTORE_MARKER), type: "file", size: 0, chunks: [], lengths: [] },
         { ...entry(`d/${RESTORE_MARKER}`), type: "file", size: 0, chunks: [], lengths: [] },
+        ...passing.map((name) => ({ ...entry(name), type: "file", size: 0, chunks: [], lengths: [] })),
       ],
     } as Manifest;
     const older = fresh("target");

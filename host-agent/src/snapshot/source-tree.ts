@@ -19,7 +19,7 @@ import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { ManifestRoot, SkippedEntry } from "@dumont/repository";
 import type { Exclusions } from "./path-matcher.js";
-import { RESTORE_MARKER, RESTORE_MARKER_LEFT_OUT } from "./restore-target.js";
+import { isMarkerName, RESTORE_MARKER, RESTORE_MARKER_LEFT_OUT } from "./restore-target.js";
 
 export interface SourceEntry {
   /**
@@ -94,8 +94,9 @@ export async function listSourceTree(
   if (!rootStat.isDirectory()) throw new Error(`the source ${root} is not a directory`);
   const entries: SourceEntry[] = [];
   const skipped: SkippedEntry[] = [];
-  // A restore's marker at the top (the source is a restore target mid-restore, or one a killed restore left):
-  // never stored, or a restore of the snapshot would write it back and a later restore take it for its own.
+  // A restore's marker at the top (the source is a restore target mid-restore, or one a killed restore left),
+  // or one on its way in or aside (isMarkerName, in `walk`): never stored, or a restore of the snapshot would
+  // write it back and a later restore take it for its own.
   const leftOut = new Map([[RESTORE_MARKER, RESTORE_MARKER_LEFT_OUT], ...(leaveOut ?? [])]);
   await walk(root, "", { entries, skipped, exclusions, onDirectory, leaveOut: leftOut }, rootStat);
   const rootEntry: ManifestRoot = {
@@ -195,7 +196,7 @@ async function listDirectory(dirAbs: string, dirRel: string, into: Parameters<ty
       continue;
     }
     if (exclusions?.excludes(rel, st.isDirectory())) continue;
-    const reason = leaveOut?.get(rel);
+    const reason = leaveOut?.get(rel) ?? (dirRel === "" && isMarkerName(rel) ? RESTORE_MARKER_LEFT_OUT : undefined);
     if (reason !== undefined) {
       skipped.push({ path: rel, reason });
       continue;
