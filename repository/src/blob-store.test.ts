@@ -620,6 +620,9 @@ describe("openBlobStore", () => {
       "s3://AKIAEXAMPLE@my-bucket",
       "file://user:hunter2@localhost/tmp/repo",
       "ftp://user:hunter2@host/x",
+      // AWS secret keys often hold "/": what reads as the bucket is then the start of the credentials.
+      "s3://AKIAEXAMPLE:wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY@my-bucket/prefix",
+      "s3://AKIAEXAMPLE:wJalrXUtnFEMI/K7MDENG@my-bucket",
     ]) {
       const err = (() => {
         try {
@@ -634,6 +637,10 @@ describe("openBlobStore", () => {
     }
     // An "@" after the first "/" is part of a path or prefix, not a user name.
     expect(openBlobStore("s3://my-bucket/team@acme").url).toBe("s3://my-bucket/team@acme");
+    // Any other refusal of a URL holding an "@" shows nothing before the last one.
+    expect(() => openBlobStore("s3://my-bucket/a/../hunter2@acme")).toThrow(
+      /^repository URL s3:\/\/\*\*\*@acme has prefix "\*\*\*"/,
+    );
   });
 
   it("refuses an S3 endpoint that is no http(s) URL, naming where it came from", () => {

@@ -21,22 +21,24 @@ export type RepositoryLocation = { kind: "file"; path: string } | { kind: "s3"; 
  * DUMONT_BLOB_STORE with it at start, rather than at the first snapshot.
  */
 export function parseRepositoryUrl(url: string): RepositoryLocation {
-  const shown = withoutUserInfo(url);
-  if (shown !== url) {
-    throw new RepositoryError(
+  // What messages show: everything between the scheme and the last "@" hidden, since a secret key written there
+  // may hold "/" (AWS's often do) and "@" (a prefix holding an "@" is shown hidden too, only in errors).
+  const shown = url.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/).*@/, "$1***@");
+  const credentials = () =>
+    new RepositoryError(
       "invalid-argument",
       `repository URL ${shown} carries a user name or password before the "@": a repository URL takes none. For ` +
         "S3 give the credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and write " +
         "s3://bucket/prefix",
     );
-  }
+  if (withoutUserInfo(url) !== url) throw credentials();
   if (url.startsWith("file://")) {
     try {
       return { kind: "file", path: fileURLToPath(url) };
     } catch (err) {
       throw new RepositoryError(
         "invalid-argument",
-        `repository URL ${url} is not a valid file URL; write file:///absolute/path`,
+        `repository URL ${shown} is not a valid file URL; write file:///absolute/path`,
         { cause: err },
       );
     }
@@ -47,9 +49,11 @@ export function parseRepositoryUrl(url: string): RepositoryLocation {
     const bucket = slash < 0 ? rest : rest.slice(0, slash);
     const prefix = slash < 0 ? "" : rest.slice(slash + 1).replace(/\/+$/, "");
     if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
+      // `s3://KEY:SECRET/WITH/SLASHES@bucket/p`: what reads as the bucket is the start of the credentials.
+      if (url.includes("@")) throw credentials();
       throw new RepositoryError(
         "invalid-argument",
-        `repository URL ${url} names bucket "${bucket}", which is not a valid S3 bucket name (3-63 of a-z 0-9 . -)`,
+        `repository URL ${shown} names bucket "${bucket}", which is not a valid S3 bucket name (3-63 of a-z 0-9 . -)`,
       );
     }
     // Taken as written (S3 keys are literal: no percent-decoding). Components that a path would resolve and S3
@@ -57,7 +61,7 @@ export function parseRepositoryUrl(url: string): RepositoryLocation {
     if (prefix !== "" && hasBadComponent(prefix)) {
       throw new RepositoryError(
         "invalid-argument",
-        `repository URL ${url} has prefix "${prefix}" with an empty, "." or ".." component; write s3://bucket/a/b`,
+        `repository URL ${shown} has prefix "${url.includes("@") ? "***" : prefix}" with an empty, "." or ".." component; write s3://bucket/a/b`,
       );
     }
     return { kind: "s3", bucket, prefix };
@@ -65,7 +69,7 @@ export function parseRepositoryUrl(url: string): RepositoryLocation {
   if (isAbsolute(url)) return { kind: "file", path: url };
   throw new RepositoryError(
     "invalid-argument",
-    `repository URL "${url}" is not supported: use file:///absolute/path or s3://bucket/prefix`,
+    `repository URL "${shown}" is not supported: use file:///absolute/path or s3://bucket/prefix`,
   );
 }
 

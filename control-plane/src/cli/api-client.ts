@@ -19,10 +19,20 @@ export const DEFAULT_DATA_DIR = ".dumont";
 
 export function apiClients(options: ApiOptions) {
   const baseUrl = options.apiUrl ?? process.env.DUMONT_API_URL ?? DEFAULT_API_URL;
+  // Never repeated with what stands before an "@" (up to the last: a password may hold "/" and "@").
+  const shown = baseUrl.replace(/^(?:[a-z][a-z0-9+.-]*:\/\/)?.*@/i, "<credentials removed>@");
   if (!URL.canParse(baseUrl) || !/^https?:$/.test(new URL(baseUrl).protocol)) {
     throw new Error(
       `--api-url (DUMONT_API_URL) must be an http:// or https:// URL like http://localhost:8000, got ` +
-        JSON.stringify(baseUrl),
+        JSON.stringify(shown),
+    );
+  }
+  const parsed = new URL(baseUrl);
+  if (parsed.username !== "" || parsed.password !== "") {
+    // The API reads its key from --api-key alone (a Bearer header): credentials in the URL were never used.
+    throw new Error(
+      `--api-url (DUMONT_API_URL) ${JSON.stringify(shown)} carries a user name or password: give the address ` +
+        "alone, and the API key with --api-key (DUMONT_API_KEY)",
     );
   }
   const key = options.apiKey ?? process.env.DUMONT_API_KEY ?? readDefaultKey();

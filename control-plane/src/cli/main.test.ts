@@ -45,6 +45,15 @@ describe("dumont (admin CLI): global flags", () => {
     expect(res.stderr).toMatch(/^dumont: \[unavailable\] cannot reach the control plane at http:\/\/127\.0\.0\.1:2 /);
   });
 
+  it("refuses a user name or password in --api-url without repeating it (the API reads only the key)", async () => {
+    for (const url of ["http://ops:hunter2/with/slash@127.0.0.1:1", "ftp://ops:hunter2@cp.example"]) {
+      const res = await dumont(["--api-url", url, "host", "list"]);
+      expect(res.code, url).toBe(1);
+      expect(res.stderr, url).toMatch(/--api-url \(DUMONT_API_URL\) .*<credentials removed>@/);
+      expect(res.stderr, url).not.toMatch(/hunter2|ops:/);
+    }
+  });
+
   it.each<[string[], string]>([
     [["host", "join-token", "create", "--ttl", "59s"], '--ttl must be 60s..7d, got "59s"'],
     [["host", "join-token", "create", "--ttl", "8d"], '--ttl must be 60s..7d, got "8d"'],
