@@ -230,7 +230,14 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
       report.bytesFreed += removed.bytes;
     }
     if (repack.length > 0) {
-      const writer = await repository.writer({ index, lock: false, verifyChunks: true, packSize: options.packSize });
+      // Under the prune's own lock, checked before each index object as any writer's: a prune paused past its
+      // lock's life (another prune then deleting this one's new pack as an orphan) must not index it after.
+      const writer = await repository.writer({
+        index,
+        ...(lock ? { heldLock: lock } : { lock: false }),
+        verifyChunks: true,
+        packSize: options.packSize,
+      });
       try {
         for (const [packId, pack] of keep) {
           options.signal?.throwIfAborted();

@@ -42,6 +42,12 @@ export interface RepositoryWriterOptions {
   verifyChunks?: boolean;
   /** Take a shared repository lock so a concurrent prune cannot pull packs away (default true). */
   lock?: boolean;
+  /**
+   * A lock the caller holds and keeps (a prune's exclusive one, for its repack), in place of a shared lock of the
+   * writer's own: the writer checks it is still trusted before each index object and refreshes it as it writes,
+   * as with its own, and leaves releasing it to the caller.
+   */
+  heldLock?: HeldLock;
   /** Called after each pack and its index are durable (progress; crash tests). */
   onPackWritten?: (packId: string, bytes: number) => void | Promise<void>;
 }
@@ -111,6 +117,7 @@ export class RepositoryWriter implements ChunkSink {
     loadIndex: () => Promise<RepositoryIndex>,
     options: RepositoryWriterOptions = {},
   ): Promise<RepositoryWriter> {
+    if (options.heldLock) return new RepositoryWriter(repository, await loadIndex(), options, options.heldLock);
     const lock =
       options.lock === false
         ? undefined
@@ -296,7 +303,7 @@ export class RepositoryWriter implements ChunkSink {
     this.stats.bytesWritten += sealed.length;
     this.closed = true;
     this.totals = totals;
-    await this.lock?.release();
+    if (!this.options.heldLock) await this.lock?.release();
     return id;
   }
 
@@ -401,7 +408,7 @@ export class RepositoryWriter implements ChunkSink {
     await open?.writer?.abort().catch(() => {});
     await this.committing?.catch(() => {});
     while (this.uploads.size > 0) await Promise.allSettled([...this.uploads]);
-    await this.lock?.release();
+    if (!this.options.heldLock) await this.lock?.release();
   }
 
   private async openPack(firstBlob: number): Promise<OpenPack> {

@@ -1343,6 +1343,28 @@ describe("locks", () => {
     expect(await r.locks()).toEqual([]);
   });
 
+  it("a prune paused in its repack indexes nothing after its lock could be stale (no chunk lost)", async () => {
+    const r = await pausable("locks-paused-repack");
+    const kept = sealed(r.key, randomBytes(10_000));
+    const dropped = sealed(r.key, randomBytes(50_000)); // its pack mostly garbage once forgotten: repacked
+    const writer = await r.repository.writer();
+    await writer.put([kept, dropped]);
+    await writer.commit([sealManifest(r.key, manifestOf({ f: [kept] }))], meta);
+    // The prune repacks `kept` into a new pack, and stops for 31 minutes before that pack's index object lands.
+    const indexing = r.hold((call, key) => call === "put" && key.startsWith("index/"));
+    const prune = pruneRepository(r.pausedRepository);
+    prune.catch(() => {});
+    await indexing;
+    await r.later(31);
+    // Another prune takes the stale lock for its holder's: it deletes the new pack as an orphan, and repacks the
+    // old one into a pack of its own. The first one's index object, landing after, named a pack gone: `check`
+    // found the snapshot broken, and a later prune could delete the one copy left.
+    await expect(pruneRepository(r.repository)).resolves.toMatchObject({ packsRepacked: 1 });
+    r.open();
+    await expect(prune).rejects.toThrow(/was last written 31 minutes ago/);
+    expect(await checkRepository(r.repository)).toMatchObject({ ok: true, problems: [] });
+  });
+
   it("a lock refresh landing after the lock could be stale does not count, and its writer does not commit", async () => {
     const r = await pausable("locks-late-refresh");
     const writer = await r.pausedRepository.writer({ packSize: 1 });
