@@ -5,7 +5,7 @@ import { counted } from "./counted.js";
 import { RepositoryError } from "./errors.js";
 import { acquireLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 import { indexKey, listPacks, packKey } from "./pack.js";
-import type { Repository } from "./repository.js";
+import { LATEST, type Repository } from "./repository.js";
 import { hasRetentionRule, planRetention, type RetentionPolicy } from "./retention.js";
 import { snapshotKey } from "./snapshot-record.js";
 
@@ -49,14 +49,22 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
   if (byId && options.workspace !== undefined) {
     throw new RepositoryError("invalid-argument", "a workspace narrows a policy; snapshot ids name snapshots already");
   }
-  const all = await repository.listSnapshots();
   let plan: { keep: string[]; forget: string[] };
   if (byId) {
-    // Every id is resolved before anything is deleted: one that names nothing fails the whole call.
+    // Every id is resolved before anything is deleted: one that names nothing fails the whole call. By the
+    // listing, not by opening records: a record that does not open can be forgotten too. (A prune refuses to run
+    // while one cannot be read, so one damaged record otherwise blocked every prune, for good.)
+    const unreadable: string[] = [];
+    const all = await repository.listSnapshots({ onCorrupt: (id) => unreadable.push(id) });
     const forget = new Set<string>();
-    for (const id of options.ids ?? []) forget.add((await repository.findSnapshot(id)).id);
-    plan = { forget: [...forget], keep: all.map((s) => s.id).filter((id) => !forget.has(id)) };
+    for (const id of options.ids ?? []) {
+      forget.add(id === LATEST ? repository.newest(all).id : await repository.resolveSnapshotId(id));
+    }
+    const keep = [...all.map((s) => s.id), ...unreadable.sort()].filter((id) => !forget.has(id));
+    plan = { forget: [...forget], keep };
   } else {
+    // A policy needs every snapshot's time and workspace: a record that does not open fails it.
+    const all = await repository.listSnapshots();
     const candidates = options.workspace === undefined ? all : all.filter((s) => s.workspace === options.workspace);
     if (options.refuseUnknownWorkspace && options.workspace !== undefined && candidates.length === 0) {
       const known = [...new Set(all.map((s) => s.workspace))].sort();

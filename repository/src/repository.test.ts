@@ -970,6 +970,37 @@ describe("forget by id", () => {
     expect((await repository.findSnapshot("latest")).id).toBe(ids[0]);
   });
 
+  it("forgets a snapshot whose record does not open, by id or prefix, so prune can run again", async () => {
+    // Prune refuses while a record cannot be read (what it names might be deleted); forgetting it is the way on,
+    // and forget by id opened each record it named, so it failed on that one: no tool could remove it.
+    const root = await mkdtemp(join(tmpdir(), "dumont-forget-damaged-"));
+    onTestFinished(() => rm(root, { recursive: true, force: true }));
+    const store = new FileBlobStore(root);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const ids: string[] = [];
+    for (const name of ["a", "b"]) {
+      const c = sealed(key, randomBytes(1_000));
+      const w = await repository.writer();
+      await w.put([c]);
+      ids.push(await w.commit([sealManifest(key, manifestOf({ [name]: [c] }))], meta));
+    }
+    await writeFile(join(root, "snapshots", ids[0]), randomBytes(200));
+    await expect(pruneRepository(repository)).rejects.toThrow(ids[0]);
+    // A policy needs every record's time: it still refuses.
+    await expect(forgetSnapshots(repository, { policy: { last: 1 } })).rejects.toThrow(ids[0]);
+    await expect(forgetSnapshots(repository, { ids: [ids[0].slice(0, 8)], dryRun: true })).resolves.toEqual({
+      forgotten: [ids[0]],
+      kept: [ids[1]],
+    });
+    await expect(forgetSnapshots(repository, { ids: [ids[0]] })).resolves.toEqual({
+      forgotten: [ids[0]],
+      kept: [ids[1]],
+    });
+    await expect(pruneRepository(repository)).resolves.toMatchObject({ packsDeleted: 1 });
+    expect(await checkRepository(repository)).toMatchObject({ ok: true, problems: [] });
+  });
+
   it("forgets exactly the snapshots named (ids or prefixes), all resolved before any is deleted", async () => {
     const store = new FileBlobStore(await mkdtemp(join(tmpdir(), "dumont-forget-")));
     const key = generateRepositoryKey();

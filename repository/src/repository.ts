@@ -171,11 +171,23 @@ export class Repository implements RepositoryAccess {
    * repository, whatever workspace it came from (restic's `latest` without filters).
    */
   async findSnapshot(idOrPrefix: string): Promise<SnapshotRecord> {
-    if (idOrPrefix === LATEST) {
-      const newest = (await this.listSnapshots()).at(-1);
-      if (!newest) throw new RepositoryError("not-found", `no snapshots in ${this.url}, so none is the latest`);
-      return newest;
-    }
+    if (idOrPrefix === LATEST) return this.newest(await this.listSnapshots());
+    const id = await this.resolveSnapshotId(idOrPrefix);
+    return openSnapshotRecord(this.key, id, await this.store.get(snapshotKey(id)));
+  }
+
+  /** The newest of `snapshots` (listSnapshots' order): what `latest` names. */
+  newest(snapshots: readonly SnapshotRecord[]): SnapshotRecord {
+    const newest = snapshots.at(-1);
+    if (!newest) throw new RepositoryError("not-found", `no snapshots in ${this.url}, so none is the latest`);
+    return newest;
+  }
+
+  /**
+   * The whole id of the snapshot an id or a unique prefix of it (at least 4 characters) names, from the listing
+   * alone: the record is not opened (a forget can name one that no longer opens).
+   */
+  async resolveSnapshotId(idOrPrefix: string): Promise<string> {
     const wanted = idOrPrefix.toLowerCase();
     if (!/^[0-9a-f]{4,64}$/.test(wanted)) {
       throw new RepositoryError(
@@ -192,8 +204,7 @@ export class Repository implements RepositoryAccess {
         `snapshot id prefix ${idOrPrefix} is ambiguous; give more characters`,
       );
     }
-    const id = matches[0];
-    return openSnapshotRecord(this.key, id, await this.store.get(snapshotKey(id)));
+    return matches[0];
   }
 
   /** The sealed parts of a snapshot's manifest, in order, each checked against its id. */

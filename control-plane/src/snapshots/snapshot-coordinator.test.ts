@@ -649,6 +649,24 @@ describe("SnapshotCoordinator: forget and prune", () => {
     expect(Math.abs(rows[0].created_at.getTime() - created_at.getTime())).toBeLessThan(5_000);
   });
 
+  it("forgets, by id, a snapshot whose record does not open, and prunes after", async () => {
+    const damaged = await finish(await started());
+    const kept = await finish(await started());
+    await fs.writeFile(path.join(h.blobs, "tenants", "t1", "snapshots", damaged.id), randomBytes(200));
+    // Every forget relists the repository first: one record that did not open failed each, that one's too.
+    const result = await h.coordinator.forget({
+      tenantId: "t1",
+      ids: [damaged.id],
+      policy: {},
+      prune: true,
+      dryRun: false,
+    });
+    expect(result.forgotten).toEqual([damaged.id]);
+    expect(result.kept).toContain(kept.id);
+    expect(result.prune?.packsDeleted).toBeGreaterThanOrEqual(1); // its pack, and what earlier tests left
+    expect((await h.db.selectFrom("snapshots").select("id").execute()).map((r) => r.id)).not.toContain(damaged.id);
+  });
+
   it("at start, lists again every snapshot the repositories hold without a row, past a broken store", async () => {
     const snap = await finish(await started());
     await h.db.deleteFrom("snapshots").where("id", "=", snap.id).execute();

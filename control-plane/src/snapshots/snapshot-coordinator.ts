@@ -485,14 +485,26 @@ export class SnapshotCoordinator {
     const rows = await listSnapshots(this.db, { tenantId });
     const listed = new Set(rows.map((r) => r.id));
     const sizeless = new Set(rows.filter((r) => r.bytes_total === null).map((r) => r.id));
-    const records = await repository.listSnapshots();
+    // A record that does not open (damaged in the store) is logged, and its row, if it has one, kept: it is
+    // there, `check` names it, and forgetting it by id removes it. Failing here failed every forget of the
+    // tenant, that one's too, and with them every prune.
+    const unreadable = new Set<string>();
+    const records = await repository.listSnapshots({
+      onCorrupt: (snapshotId, err) => {
+        unreadable.add(snapshotId);
+        this.log.error(
+          { tenantId, snapshotId, reason: err.message },
+          "a snapshot record in the blob store does not open: forget it (`dumont snapshot forget`); check names it",
+        );
+      },
+    });
     // The other way too: a row whose record is gone lists a snapshot nobody can restore. A row is only ever
     // inserted once its record is in the repository (and catalogue changes run one at a time), so a record
     // missing from a listing made after the rows were read was deleted: by a forget whose delete was given up on
     // and landed after a relisting had put its row back, or by a direct-mode forget on the same store.
-    const recorded = new Set(records.map((r) => r.id));
+    const recorded = new Set([...records.map((r) => r.id), ...unreadable]);
     const gone = rows.filter((row) => !recorded.has(row.id));
-    if (records.length === 0 && gone.length > 0) {
+    if (recorded.size === 0 && gone.length > 0) {
       // Not one record where the catalogue lists some: more likely the wrong store (a mount that did not come up,
       // leaving its empty directory; another bucket or prefix) than every snapshot forgotten behind its back.
       this.log.error(
