@@ -137,7 +137,17 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     ? undefined
     : await acquireLock(store, repository.key, { exclusive: true, purpose: "a prune" });
   try {
-    const snapshots = await repository.listSnapshots();
+    const unreadable: string[] = [];
+    const snapshots = await repository.listSnapshots({ onCorrupt: (id) => unreadable.push(id) });
+    if (unreadable.length > 0) {
+      // What such a record names cannot be told, so nothing can be judged unused; forgetting it is the way on.
+      throw new RepositoryError(
+        "corrupt",
+        `the record of ${counted(unreadable.length, "snapshot")} does not open (${unreadable.sort().slice(0, 3).join(", ")}` +
+          `${unreadable.length > 3 ? ", ..." : ""}): the prune deletes nothing. Forget ${unreadable.length === 1 ? "it" : "them"} ` +
+          "by id (`snapshot forget ID`; `check` names what is damaged), then prune again",
+      );
+    }
     const usedChunks = new Set<string>();
     const usedManifests = new Set<string>();
     for (const snap of snapshots) {
