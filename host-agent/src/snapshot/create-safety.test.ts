@@ -135,7 +135,7 @@ describe("create", () => {
     );
   });
 
-  it("leaves out a file:// repository that lies inside the source, saying so, and refuses the source itself", async () => {
+  it("leaves out a file:// repository (or a plain path) inside the source, saying so, and refuses the source itself", async () => {
     // `--source ~ --repo file://$HOME/backups/ws`: stored, each snapshot would hold the packs of the ones before.
     const source = fresh("home");
     await mkdir(join(source, "work"), { recursive: true });
@@ -153,6 +153,9 @@ describe("create", () => {
     await symlink(source, link);
     const viaLink = await createDirectSnapshot({ repo: pathToFileURL(join(link, "backups", "ws")).href, key, source });
     expect(viaLink).toMatchObject({ files: 1, skipped });
+    // Given as a plain path (the repository takes that too), it is the same directory: it was stored.
+    const asPath = await createDirectSnapshot({ repo: join(source, "backups", "ws"), key, source, pool, ...SMALL });
+    expect(asPath).toMatchObject({ files: 1, skipped });
     const target = fresh("restored");
     await restoreDirectSnapshot({ repo, key, snapshotId: second.id, target, pool });
     expect(await tree(target)).toEqual(["backups/", "work/", "work/notes.txt: notes"]);
@@ -160,10 +163,11 @@ describe("create", () => {
     await writeFile(join(source, ".dumontignore"), "/backups/ws/\n");
     expect(await createDirectSnapshot({ repo, key, source, pool, ...SMALL })).toMatchObject({ files: 2, skipped: [] });
 
-    const itself = pathToFileURL(source).href;
-    await expect(createDirectSnapshot({ repo: itself, key, source: link, pool })).rejects.toThrow(
-      `--repo ${itself} is the source directory itself: keep the repository outside what it backs up`,
-    );
+    for (const itself of [pathToFileURL(source).href, source]) {
+      await expect(createDirectSnapshot({ repo: itself, key, source: link, pool })).rejects.toThrow(
+        `--repo ${itself} is the source directory itself: keep the repository outside what it backs up`,
+      );
+    }
   });
 
   // The check of a second read's path needs Linux's /proc/self/fd (elsewhere it is not made).

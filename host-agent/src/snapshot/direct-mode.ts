@@ -2,8 +2,14 @@
 // for operators, benchmarks and tests. Same engine and format as the stream through the control plane.
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { acquireLock, type BlobStore, openBlobStore, Repository, type S3BlobStoreOptions } from "@dumont/repository";
+import {
+  acquireLock,
+  type BlobStore,
+  openBlobStore,
+  parseRepositoryUrl,
+  Repository,
+  type S3BlobStoreOptions,
+} from "@dumont/repository";
 import { IGNORE_FILE } from "@dumont/repository/path-patterns";
 import type { ChunkerParams } from "./chunker.js";
 import {
@@ -98,12 +104,14 @@ export async function withDirectRepository<T>(
  * and be read while it is written. A repository that is the source itself is refused.
  */
 function repositoryInSource(source: string, repo: string): ReadonlyMap<string, string> | undefined {
-  if (!repo.startsWith("file://")) return undefined;
   let repoPath: string;
   try {
-    repoPath = realPath(fileURLToPath(repo));
+    // file:///path, or the plain absolute path the repository also takes
+    const location = parseRepositoryUrl(repo);
+    if (location.kind !== "file") return undefined;
+    repoPath = realPath(location.path);
   } catch {
-    return undefined; // not a file URL: opening the repository says so
+    return undefined; // not a repository URL: opening the repository says so
   }
   const sourcePath = realPath(source);
   if (repoPath === sourcePath) {
