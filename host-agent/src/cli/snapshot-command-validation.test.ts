@@ -84,6 +84,11 @@ describe("dumont-agent snapshot: bad flags", () => {
     ["--keep-daily twice", () => forget("--keep-daily", "7", "--keep-daily", "1"), /--keep-daily was given twice/],
     ["an empty --workspace to forget", () => forget("--keep-last", "1", "--workspace", ""), /--workspace is empty/],
     [
+      "--workspace with only --prune (it was ignored, the prune covering the whole repository)",
+      () => forget("--workspace", "typo", "--prune"),
+      /--workspace narrows a --keep-\* policy: give one with it/,
+    ],
+    [
       "a --read-data-subset that names no subset",
       () => ["check", "--repo", repo, "--key-file", key, "--read-data-subset", "6/5"],
       /--read-data-subset "6\/5" is not a subset of the packs: give n\/t \(the n-th of t groups/,

@@ -430,6 +430,13 @@ export function registerSnapshotCommands(program: Command): void {
                 "ids to forget, and/or --prune",
             );
           }
+          if (opts.workspace !== undefined && !hasRetentionRule(policy)) {
+            // Not ignored: a prune alone covers the whole repository, and a typo would go unnoticed.
+            throw new Error(
+              "--workspace narrows a --keep-* policy: give one with it (a prune covers the whole repository, and " +
+                "snapshot ids name their snapshots already)",
+            );
+          }
           const key = await loadKey(opts);
           const work = (signal?: AbortSignal) =>
             withDirectRepository({ repo: opts.repo, key }, async (r) => ({
