@@ -33,3 +33,15 @@ export function hasControls(text: string): boolean {
 export function quoted(text: string): string {
   return JSON.stringify(text).replace(/[\u007f-\u009f]/g, (c) => `\\u00${c.charCodeAt(0).toString(16)}`);
 }
+
+/** C0 and C1 control characters (escape sequences start with one), DEL among them. */
+const CONTROL = /\p{Cc}/gu;
+
+/**
+ * `text` from elsewhere (an agent's warning, an error's reason) fit for a terminal: each control character
+ * written as `\uXXXX`, so no escape sequence in it reaches the terminal (moving the cursor, rewriting what was
+ * printed).
+ */
+export function printable(text: string): string {
+  return text.replace(CONTROL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}

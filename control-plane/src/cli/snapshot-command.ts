@@ -17,6 +17,7 @@ import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/re
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
 import { readSubsetOption } from "@dumont/repository/read-subset";
 import { repairIndexText } from "@dumont/repository/repair-index-report";
+import { quoted } from "@dumont/repository/text-table";
 import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients, tenantFlag } from "./api-client.js";
 import { iso, print, printable, table } from "./output.js";
@@ -448,7 +449,9 @@ export function snapshotJson(s: api.Snapshot) {
 /** One warning per entry the snapshot left out, on stderr (as `dumont-agent snapshot create` warns). */
 function warnSkipped(s: ReturnType<typeof snapshotJson>): void {
   const listed = s.skipped ?? [];
-  for (const { path, reason } of listed) process.stderr.write(`warning: left out ${JSON.stringify(path)}: ${reason}\n`);
+  for (const { path, reason } of listed) {
+    process.stderr.write(`warning: left out ${quoted(path)}: ${printable(reason)}\n`);
+  }
   const unlisted = (s.filesSkipped ?? 0) - listed.length;
   if (unlisted > 0) {
     process.stderr.write(`warning: and ${unlisted} more entries left out (the first ${listed.length} are listed)\n`);

@@ -149,6 +149,15 @@ describe("dumont-agent snapshot", () => {
     expect(listed[0]).toMatch(/^ID +CREATED +FILES +SIZE +WORKSPACE$/);
     expect(listed).toHaveLength(3);
     for (const line of listed.slice(1)) expect(line).toMatch(/^[0-9a-f]{12} +\S+ +1 \(1 left out\) +\d+ B +\S/);
+
+    // A name holding a C1 control (U+009B is a terminal's CSI) is escaped in the warning as `ls` escapes it.
+    const c1 = join(root, "with-c1");
+    await mkdir(c1, { recursive: true });
+    execFileSync("mkfifo", [join(c1, "p\u009b2J")]);
+    const escaped = await run("snapshot", "create", "--source", c1, ...common);
+    expect(escaped.code).toBe(0);
+    expect(escaped.err).toContain(`warning: left out "p\\u009b2J": ${reason}`);
+    expect(escaped.err).not.toMatch(/[\u007f-\u009f]/);
   });
 
   it("leaves out what --exclude (repeated) and the source's .dumontignore name, restores a part with --include", async () => {

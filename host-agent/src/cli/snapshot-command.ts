@@ -30,6 +30,7 @@ import {
   table,
 } from "@dumont/repository";
 import { collect, flagParsers, READ_DATA_SUBSET } from "@dumont/repository/cli-flags";
+import { printable, quoted } from "@dumont/repository/text-table";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import {
   createDirectSnapshot,
@@ -134,8 +135,9 @@ export function registerSnapshotCommands(program: Command): void {
             "no snapshot was made; what it had written is reused by the next one",
             (signal) => createDirectSnapshot({ ...create, signal }),
           ).finally(() => meter?.finish());
-          for (const s of result.skipped)
-            process.stderr.write(`warning: left out ${JSON.stringify(s.path)}: ${s.reason}\n`);
+          for (const s of result.skipped) {
+            process.stderr.write(`warning: left out ${quoted(s.path)}: ${printable(s.reason)}\n`);
+          }
           printWarnings(result.warnings);
           const summary = {
             id: result.id,
@@ -532,7 +534,7 @@ async function interruptible<T>(outcome: string, work: (signal: AbortSignal) => 
 
 /** What a snapshot or restore wants its caller told though it went through: on stderr, `--json` or not. */
 function printWarnings(warnings: string[] = []): void {
-  for (const w of warnings) process.stderr.write(`warning: ${w}\n`);
+  for (const w of warnings) process.stderr.write(`warning: ${printable(w)}\n`);
 }
 
 /** Turns repository errors into sentences that name the flag to change. */
