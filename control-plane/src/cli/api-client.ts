@@ -18,7 +18,9 @@ export const DEFAULT_API_URL = "http://localhost:8000";
 export const DEFAULT_DATA_DIR = ".dumont";
 
 export function apiClients(options: ApiOptions) {
-  const baseUrl = options.apiUrl ?? process.env.DUMONT_API_URL ?? DEFAULT_API_URL;
+  // An environment variable set empty (`DUMONT_API_KEY= dumont …`) counts as unset, as the shell's own do.
+  const env = (name: string) => process.env[name] || undefined;
+  const baseUrl = options.apiUrl ?? env("DUMONT_API_URL") ?? DEFAULT_API_URL;
   // Never repeated with what stands before an "@" (up to the last: a password may hold "/" and "@").
   const shown = baseUrl.replace(/^(?:[a-z][a-z0-9+.-]*:\/\/)?.*@/i, "<credentials removed>@");
   if (!URL.canParse(baseUrl) || !/^https?:$/.test(new URL(baseUrl).protocol)) {
@@ -35,7 +37,7 @@ export function apiClients(options: ApiOptions) {
         "alone, and the API key with --api-key (DUMONT_API_KEY)",
     );
   }
-  const key = options.apiKey ?? process.env.DUMONT_API_KEY ?? readDefaultKey();
+  const key = options.apiKey ?? env("DUMONT_API_KEY") ?? readDefaultKey();
   if (!key) {
     throw new Error(
       "no API key: pass --api-key, set DUMONT_API_KEY, or run from the directory holding .dumont/admin-api-key",

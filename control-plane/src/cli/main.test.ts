@@ -45,6 +45,16 @@ describe("dumont (admin CLI): global flags", () => {
     expect(res.stderr).toMatch(/^dumont: \[unavailable\] cannot reach the control plane at http:\/\/127\.0\.0\.1:2 /);
   });
 
+  it("takes DUMONT_API_KEY set empty as unset: the key file is read", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "dumont-empty-key-"));
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    await writeFile(path.join(dir, "admin-api-key"), `${key("f")}\n`);
+    const res = await promisify(execFile)(process.execPath, [bin, "host", "list"], {
+      env: { ...process.env, DUMONT_API_URL: "http://127.0.0.1:1", DUMONT_API_KEY: "", DUMONT_DATA_DIR: dir },
+    }).catch((err: { stderr: string }) => err);
+    expect(res.stderr).toMatch(/cannot reach the control plane at http:\/\/127\.0\.0\.1:1/); // not "no API key"
+  });
+
   it("refuses a user name or password in --api-url without repeating it (the API reads only the key)", async () => {
     for (const url of ["http://ops:hunter2/with/slash@127.0.0.1:1", "ftp://ops:hunter2@cp.example"]) {
       const res = await dumont(["--api-url", url, "host", "list"]);
