@@ -7,6 +7,7 @@ import { acquireLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 import { indexKey, listPacks, packKey } from "./pack.js";
 import { LATEST, type Repository } from "./repository.js";
 import { hasRetentionRule, planRetention, type RetentionPolicy } from "./retention.js";
+import { chunkCodec } from "./sealing.js";
 import { snapshotKey } from "./snapshot-record.js";
 
 export interface ForgetOptions {
@@ -253,7 +254,6 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
       const writer = await repository.writer({
         index,
         ...(lock ? { heldLock: lock } : { lock: false }),
-        verifyChunks: true,
         packSize: options.packSize,
       });
       try {
@@ -263,6 +263,18 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
           const chunks = pack.entries
             .filter((e) => usedChunks.has(e.id.toString("hex")))
             .map((e) => ({ id: e.id, blob: data.subarray(e.offset, e.offset + e.length), plainLength: e.plainLength }));
+          // Each checked before it is copied (as the writer checked each on arrival): a damaged one stops the
+          // prune, saying which and what to do, before the pack it is in could be deleted.
+          for (const c of chunks) {
+            const problem = chunkCodec.verifyChunk(repository.key, c.id, c.blob, c.plainLength);
+            if (problem === null) continue;
+            throw new RepositoryError(
+              "corrupt",
+              `pack ${packId}, which the prune repacks, holds chunk ${c.id.toString("hex")}, which is damaged ` +
+                `(${problem}); the prune stops, having deleted only what no snapshot needs. \`check\` names the ` +
+                "files it breaks: forget the snapshots holding them, then prune again",
+            );
+          }
           await writer.put(chunks);
         }
         await writer.flush();

@@ -452,6 +452,32 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await store.close();
   });
 
+  it("prune stops at a damaged chunk in a pack it repacks, naming the pack and what to do, and keeps the pack", async () => {
+    const root = await mkdtemp(join(tmpdir(), "dumont-repack-damaged-"));
+    onTestFinished(() => rm(root, { recursive: true, force: true }));
+    const store = new FileBlobStore(root);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const kept = sealed(key, randomBytes(10_000));
+    const dropped = sealed(key, randomBytes(50_000)); // its pack mostly garbage: repacked
+    const w = await repository.writer();
+    await w.put([kept, dropped]);
+    await w.commit([sealManifest(key, manifestOf({ f: [kept] }))], meta);
+    const [packId] = [...(await repository.loadIndex()).packs.keys()];
+    const file = join(root, packKey(packId));
+    const bytes = await readFile(file);
+    bytes[100] ^= 1; // inside `kept`, the pack's first blob
+    await writeFile(file, bytes);
+    // It said "chunk … arrived damaged", as if sent: nothing had arrived, and nothing said what to do.
+    await expect(pruneRepository(repository)).rejects.toThrow(
+      `pack ${packId}, which the prune repacks, holds chunk ${kept.hex}, which is damaged (authentication failed`,
+    );
+    await expect(pruneRepository(repository)).rejects.toThrow(
+      /`check` names the files it breaks: forget the snapshots/,
+    );
+    expect((await stat(file)).size).toBe(bytes.length);
+  });
+
   it("forget keeps the newest snapshots; prune deletes and repacks what nothing needs", async () => {
     const store = make();
     const key = generateRepositoryKey();
