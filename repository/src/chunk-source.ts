@@ -120,6 +120,18 @@ export class RepositoryChunkSource implements ChunkSource {
       const result = await inFlight.shift()!;
       if (next < reads.length) inFlight.push(fetchRead(reads[next++]));
       if (result instanceof Error && !readShowsDamage(result)) throw result;
+      if (result instanceof Error && read.items.length > 1) {
+        // One chunk cut short or placed past the pack's end failed the read it shared with its neighbours: each
+        // is read alone, so only the chunks that cannot be read are lost, and only their files named damaged.
+        for (const item of read.items) {
+          const alone = await fetchRead({ ...read, start: item.offset, end: item.offset + item.length, items: [item] });
+          if (alone instanceof Error && !readShowsDamage(alone)) throw alone;
+          yield alone instanceof Error
+            ? { id: item.id, pack: read.packId, error: `pack ${read.packId} could not be read: ${alone.message}` }
+            : { id: item.id, pack: read.packId, blob: alone.subarray(0, item.length) };
+        }
+        continue;
+      }
       for (const item of read.items) {
         if (result instanceof Error) {
           yield { id: item.id, pack: read.packId, error: `pack ${read.packId} could not be read: ${result.message}` };

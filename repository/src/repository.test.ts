@@ -1,6 +1,6 @@
 // The repository format end to end, on both stores: commit, list, read back, crash safety, check, prune.
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readdir, readFile, readlink, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, readlink, rm, stat, truncate, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -13,7 +13,7 @@ import { generateRepositoryKey, parseRepositoryKey } from "./key.js";
 import { acquireLock } from "./lock.js";
 import { type Manifest, sealManifest, sealManifestParts } from "./manifest.js";
 import { openBlobStore } from "./open-blob-store.js";
-import { packKey } from "./pack.js";
+import { indexKey, packKey, sealIndex } from "./pack.js";
 import { forgetSnapshots, pruneRepository } from "./prune.js";
 import { parseReadSubset } from "./read-subset.js";
 import { repairIndex } from "./repair-index.js";
@@ -476,6 +476,42 @@ describe.each(stores)("repository on %s", (_name, make) => {
       /`check` names the files it breaks: forget the snapshots/,
     );
     expect((await stat(file)).size).toBe(bytes.length);
+  });
+
+  it("a pack read shared by neighbouring chunks fails only the chunks cut or misplaced, not their neighbours", async () => {
+    // Neighbouring chunks are read together; one cut short (a truncated pack) or placed past the pack's end (a
+    // damaged index object) failed the whole read, and restore named the intact files beside it damaged.
+    const root = await mkdtemp(join(tmpdir(), "dumont-shared-read-"));
+    onTestFinished(() => rm(root, { recursive: true, force: true }));
+    const store = new FileBlobStore(root);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const [good, bad] = [sealed(key, randomBytes(2_000)), sealed(key, randomBytes(2_000))];
+    const w = await repository.writer();
+    await w.put([good, bad]);
+    await w.commit([sealManifest(key, manifestOf({ "good.bin": [good], "bad.bin": [bad] }))], meta);
+    const fetched = async () => {
+      const got = new Map<string, string | null>();
+      for await (const f of (await repository.chunkSource()).get([good.id, bad.id])) {
+        got.set(f.id.toString("hex"), f.error ?? chunkCodec.verifyChunk(key, f.id, f.blob, 2_000));
+      }
+      return got;
+    };
+    const index = await repository.loadIndex();
+    const { packId, offset } = index.get(bad.id)!;
+    const pack = index.packs.get(packId)!;
+    // bad's entry placed past the pack's end (its index object rewritten so, whole and sealed).
+    const misplaced = pack.entries.map((e) => (e.id.equals(bad.id) ? { ...e, offset: pack.packSize - 10 } : e));
+    await store.put(indexKey(packId), sealIndex(key, { packId, packSize: pack.packSize, entries: misplaced }));
+    let got = await fetched();
+    expect(got.get(good.hex)).toBeNull();
+    expect(got.get(bad.hex)).toMatch(/could not be read/);
+    // The index object as it was, and the pack cut inside bad's blob.
+    await store.put(indexKey(packId), sealIndex(key, { packId, packSize: pack.packSize, entries: pack.entries }));
+    await truncate(join(root, packKey(packId)), offset + 10);
+    got = await fetched();
+    expect(got.get(good.hex)).toBeNull();
+    expect(got.get(bad.hex)).toMatch(/could not be read/);
   });
 
   it("forget keeps the newest snapshots; prune deletes and repacks what nothing needs", async () => {
