@@ -18,6 +18,7 @@ export type CheckProblemKind =
   | "manifest-unreadable"
   | "chunk-missing"
   | "pack-missing"
+  | "pack-size"
   | "pack-unreadable"
   | "pack-header"
   | "chunk-corrupt";
@@ -151,21 +152,42 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
   let packsDone = 0;
   let packsRead = 0;
   const reads = new PackReads(repository);
+  /** Bytes of each pack to read: its stored size where that differs from its index's (a pack cut short). */
+  const readSizes = new Map<string, number>();
   const readable = packs.map((pack) => {
     const size = stored.get(pack.packId)?.size;
-    if (size === undefined || size !== pack.packSize) {
+    const reading = options.readData !== false && inScope(pack);
+    if (size === undefined || pack.packSize > MAX_PACK_READ) {
       const what =
         size === undefined
           ? `pack ${short(pack.packId)} is indexed but missing`
-          : `pack ${short(pack.packId)} is ${size} bytes, its index says ${pack.packSize}`;
+          : `pack ${short(pack.packId)}: its index says ${pack.packSize} bytes, more than any pack is (the index object is damaged)`;
       broken(
-        { kind: "pack-missing", pack: pack.packId, message: what },
+        { kind: size === undefined ? "pack-missing" : "pack-size", pack: pack.packId, message: what },
         pack.entries.map((e) => e.id),
         (files) => `${what}; it breaks ${files}`,
       );
       return false;
     }
-    return options.readData !== false && inScope(pack);
+    if (size !== pack.packSize) {
+      // Cut short (or grown): the chunks it still holds whole are read and checked as any, so only the files of
+      // those past its end are named (all of them were, the intact ones too). Not read, those are named here.
+      const what = `pack ${short(pack.packId)} is ${size} bytes, its index says ${pack.packSize}`;
+      const beyond = reading ? [] : pack.entries.filter((e) => e.offset + e.length > size).map((e) => e.id);
+      if (beyond.length > 0) {
+        broken(
+          { kind: "pack-size", pack: pack.packId, message: what },
+          beyond,
+          (files) => `${what}; it breaks ${files}`,
+        );
+      } else problems.push({ kind: "pack-size", pack: pack.packId, message: what });
+      readSizes.set(pack.packId, Math.min(size, pack.packSize));
+    }
+    return reading;
+  });
+  const readOf = (pack: { packId: string; packSize: number }) => ({
+    packId: pack.packId,
+    packSize: readSizes.get(pack.packId) ?? pack.packSize,
   });
   // The next pack is read while this one is checked: the read runs on libuv's threads, the check here.
   const next = (from: number): number => {
@@ -174,7 +196,7 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
     return i;
   };
   let ahead = next(0);
-  let reading = ahead < packs.length ? reads.start(packs[ahead]) : undefined;
+  let reading = ahead < packs.length ? reads.start(readOf(packs[ahead])) : undefined;
   const packsTotal = packs.filter(inScope).length;
   for (let i = 0; i < packs.length; i++) {
     options.signal?.throwIfAborted();
@@ -183,7 +205,7 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
     if (i === ahead && reading) {
       const read = await reading;
       ahead = next(i + 1);
-      reading = ahead < packs.length ? reads.start(packs[ahead]) : undefined;
+      reading = ahead < packs.length ? reads.start(readOf(packs[ahead])) : undefined;
       await checkPack(repository, pack.packId, pack.entries, read, problems, broken, options.verify);
       reads.done(read);
       packsRead++;
@@ -231,12 +253,12 @@ class PackReads {
 
   async start(pack: { packId: string; packSize: number }): Promise<PackRead> {
     let buffer = this.idle.pop();
-    // Page-aligned with room for the last page: the file store then reads around the page cache.
-    if (!buffer || buffer.length < pack.packSize + PAGE) buffer = alignedBuffer(pack.packSize + PAGE);
     try {
+      // Page-aligned with room for the last page: the file store then reads around the page cache.
+      if (!buffer || buffer.length < pack.packSize + PAGE) buffer = alignedBuffer(pack.packSize + PAGE);
       return { pack: await this.repository.store.getRange(packKey(pack.packId), 0, pack.packSize, buffer), buffer };
     } catch (err) {
-      this.idle.push(buffer);
+      if (buffer) this.idle.push(buffer);
       return { error: err instanceof Error ? err : new Error(String(err)) };
     }
   }
@@ -309,6 +331,12 @@ async function checkPack(
     );
   }
 }
+
+/**
+ * The largest pack check reads whole. Writers make packs of at most 1 GiB (and one chunk more); an index object
+ * saying more is damaged, and read whole it would not fit a Buffer (4 GiB) or this machine's memory.
+ */
+const MAX_PACK_READ = 2 * 1024 * 1024 * 1024;
 
 /** About 2 MiB of chunks to a call of `verify`, so a pack's chunks are spread over a verifier's threads. */
 const VERIFY_BATCH_BYTES = 2 * 1024 * 1024;

@@ -514,6 +514,52 @@ describe.each(stores)("repository on %s", (_name, make) => {
     expect(got.get(bad.hex)).toMatch(/could not be read/);
   });
 
+  it("check names only the files of chunks a pack cut short lost, and reports an impossible pack size", async () => {
+    const root = await mkdtemp(join(tmpdir(), "dumont-check-cut-"));
+    onTestFinished(() => rm(root, { recursive: true, force: true }));
+    const store = new FileBlobStore(root);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const [good, bad] = [sealed(key, randomBytes(2_000)), sealed(key, randomBytes(2_000))];
+    const w = await repository.writer();
+    await w.put([good, bad]);
+    const snapshot = await w.commit([sealManifest(key, manifestOf({ "good.bin": [good], "bad.bin": [bad] }))], meta);
+    const index = await repository.loadIndex();
+    const { packId, offset } = index.get(bad.id)!;
+    const pack = index.packs.get(packId)!;
+    const file = join(root, packKey(packId));
+    const named = async (options?: { readData?: boolean }) =>
+      (await checkRepository(repository, options)).problems.flatMap((p) => (p.files ?? []).map((f) => f.path)).sort();
+    // Cut in its trailer only: every chunk is whole (restore reads them all); no file is broken.
+    await truncate(file, pack.packSize - 4);
+    const trailerCut = await checkRepository(repository);
+    expect(trailerCut.ok).toBe(false);
+    expect(trailerCut.problems.map((p) => p.kind).sort()).toEqual(["pack-header", "pack-size"]);
+    expect(await named()).toEqual([]);
+    // Cut inside bad's blob: bad.bin alone (both were named, the pack not read), read or not.
+    await truncate(file, offset + 10);
+    expect(await named()).toEqual(["bad.bin"]);
+    expect(await named({ readData: false })).toEqual(["bad.bin"]);
+    expect((await checkRepository(repository)).problems.find((p) => p.kind === "pack-size")?.message).toBe(
+      `pack ${packId.slice(0, 12)} is ${offset + 10} bytes, its index says ${pack.packSize}`,
+    );
+    // An index object saying 5 GiB (the file made as large, sparse): reported, not read (it threw a RangeError).
+    const big = 5 * 1024 ** 3;
+    await truncate(file, big);
+    await store.put(indexKey(packId), sealIndex(key, { packId, packSize: big, entries: pack.entries }));
+    const huge = await checkRepository(repository);
+    expect(huge.problems).toEqual([
+      expect.objectContaining({
+        kind: "pack-size",
+        message: expect.stringContaining("its index says 5368709120 bytes, more than any pack is"),
+        files: [
+          { snapshot, path: "good.bin" },
+          { snapshot, path: "bad.bin" },
+        ],
+      }),
+    ]);
+  });
+
   it("forget keeps the newest snapshots; prune deletes and repacks what nothing needs", async () => {
     const store = make();
     const key = generateRepositoryKey();
