@@ -416,6 +416,44 @@ describe("create, while files change under it", () => {
     expect((await readFile(join(target, "db.bin"))).equals(v2)).toBe(true);
   });
 
+  it("never stores a file rewritten in place during both its reads as a mix: left out, saying so", async () => {
+    // Rewritten in place once during the first read (noticed: read once more from a fresh listing) and again
+    // during that second read, whose segments held no times: its first segments came from one version, the rest
+    // from the next. An append during the second read (the file grows) is still kept as a prefix.
+    const source = fresh("src");
+    await mkdir(source);
+    const file = join(source, "db.bin");
+    const [v1, v2, v3] = ["v1", "v2", "v3"].map((v) => seeded(8 * 1024 * 1024, v));
+    await writeFile(file, v1);
+    await utimes(file, HOUR_AGO, HOUR_AGO);
+    const key = generateRepositoryKey();
+    let armed = true; // rewrite at the next chunks taken: once in the first read, once in the second
+    let rewrites = 0;
+    const { repo, sink } = await writerWith(key, async () => {
+      if (!armed) return;
+      armed = false;
+      await writeFile(file, ++rewrites === 1 ? v2 : v3, { flag: "r+" });
+    });
+    let total = 0;
+    const created = await createSnapshot({
+      source,
+      sink,
+      key,
+      meta,
+      pool,
+      ...SMALL,
+      onProgress: (p) => {
+        if (total !== 0 && p.bytesToRead !== total) armed = true; // the second read begins
+        total = p.bytesToRead;
+      },
+    });
+    expect(rewrites).toBe(2);
+    expect(created.skipped).toEqual([{ path: "db.bin", reason: expect.stringMatching(/changed while/) }]);
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect(existsSync(join(target, "db.bin"))).toBe(false);
+  });
+
   it("opens nothing outside the source through a directory swapped for a symlink after the listing", async () => {
     // The listing saw d/pipe, a file. Then d is swapped for a link to a directory outside whose `pipe` is a FIFO a
     // host process writes to, blocked in open until a reader opens it. O_NOFOLLOW guards a path's last name only:

@@ -158,9 +158,12 @@ export class SegmentPipeline {
     return this.expectRoot === undefined ? undefined : sourceFile(this.expectRoot, work.entry);
   }
 
-  /** In a first read, the times a file must keep while it is read (FileSegment.listedTimes); else undefined. */
+  /**
+   * The times a file must keep while it is read (FileSegment.listedTimes): as listed in a first read, as its
+   * fresh lstat gave them in a second, where they hold unless it has grown (FileSegment.timesUnlessGrown).
+   */
   private listedTimes(work: FileWork): FileSegment["listedTimes"] {
-    return this.expectRoot === undefined ? { mtimeNs: work.entry.mtimeNs, ctimeNs: work.entry.ctimeNs } : undefined;
+    return { mtimeNs: work.entry.mtimeNs, ctimeNs: work.entry.ctimeNs };
   }
 
   /** Stops the read-ahead threads, if any were started. */
@@ -227,6 +230,7 @@ export class SegmentPipeline {
             expectPath: this.expectedPath(seg.work),
             sizeAsListed: this.expectRoot === undefined,
             listedTimes: this.listedTimes(seg.work),
+            timesUnlessGrown: this.expectRoot !== undefined,
           })),
           this.heldIds,
         );
@@ -498,11 +502,15 @@ export class SegmentPipeline {
     return openSource(this.opener.locate(work.entry.path));
   }
 
-  /** Fails ECHANGED if, in a first read, the file opened as `handle` no longer has its listed times. */
+  /**
+   * Fails ECHANGED if the file opened as `handle` no longer has its listed times (in a second read, unless it
+   * has grown: see FileSegment.timesUnlessGrown).
+   */
   private async assertUnwritten(work: FileWork, handle: FileHandle, st?: BigIntStats): Promise<void> {
     const times = this.listedTimes(work);
     if (!times) return;
     const now = st ?? (await handle.stat({ bigint: true }));
+    if (this.expectRoot !== undefined && now.size > BigInt(work.entry.size)) return;
     if (now.mtimeNs !== times.mtimeNs || now.ctimeNs !== times.ctimeNs) {
       throw Object.assign(new Error("it was written to while it was being read"), { code: "ECHANGED" });
     }

@@ -55,6 +55,12 @@ export interface FileSegment {
    * more, where times are not held to: what that read sees is kept, as a log appended to keeps its prefix).
    */
   listedTimes?: { mtimeNs: bigint; ctimeNs: bigint };
+  /**
+   * A second read: `listedTimes` (from its fresh listing) hold unless the file has grown past `fileSize`. A log
+   * appended to without pause keeps its prefix as listed; a file rewritten in place at its size again (it was
+   * stored as segments of two versions) is left out, having changed while read, twice.
+   */
+  timesUnlessGrown?: boolean;
 }
 
 export interface SealedSegments {
@@ -175,9 +181,11 @@ export function createSegmentSealer(deps: {
             if (seg.sizeAsListed && st.size !== BigInt(seg.fileSize))
               throw changed("its size changed since it was listed");
             const times = seg.listedTimes;
-            if (times && (st.mtimeNs !== times.mtimeNs || st.ctimeNs !== times.ctimeNs)) {
-              throw changed("it was written to since it was listed");
-            }
+            const written = (now: typeof st): boolean =>
+              times !== undefined &&
+              (now.mtimeNs !== times.mtimeNs || now.ctimeNs !== times.ctimeNs) &&
+              !(seg.timesUnlessGrown && now.size > BigInt(seg.fileSize));
+            if (written(st)) throw changed("it was written to since it was listed");
             if (seg.expectPath !== undefined) {
               let opened: string | undefined;
               try {
@@ -236,9 +244,7 @@ export function createSegmentSealer(deps: {
               if (seg.sizeAsListed && readEnd === seg.fileSize && after.size !== st.size) {
                 throw changed("its size changed while it was being read");
               }
-              if (times && (after.mtimeNs !== times.mtimeNs || after.ctimeNs !== times.ctimeNs)) {
-                throw changed("it was written to while it was being read");
-              }
+              if (written(after)) throw changed("it was written to while it was being read");
             }
           } catch (err) {
             // A file that vanished, cannot be read or changed under us is left out (the caller says so);
