@@ -1,7 +1,7 @@
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   type AgentMessage,
   AgentMessageSchema,
@@ -590,5 +590,76 @@ describe("StreamChunkSource against a control plane that misbehaves", () => {
     source.fail(new Error("a second failure"));
     const afterSecond = source.get([Buffer.alloc(32, 3)])[Symbol.asyncIterator]();
     await expect(afterSecond.next()).rejects.toBe(closed); // the first failure stands
+  });
+});
+
+describe("the agent's stream against oversized messages", () => {
+  it("a blob too large for a receive buffer mid-batch does not make the pool hand out one buffer twice", async () => {
+    // a, then 9 MiB for the chunk of b (a control plane misbehaving), then c: the engine hands the buffer a is in
+    // on when it meets b's blob (not in it), and the source copied c into that buffer after, handed on again.
+    const key = generateRepositoryKey();
+    const a = chunkCodec.sealChunk(key, Buffer.alloc(4096, 1));
+    const c = chunkCodec.sealChunk(key, Buffer.alloc(4096, 3));
+    const bId = Buffer.alloc(32, 2);
+    const file = (path: string, id: Buffer): ManifestEntry => ({
+      type: "file",
+      path,
+      mode: 0o644,
+      mtimeNs: "0",
+      size: 4096,
+      chunks: [id.toString("hex")],
+      lengths: [4096],
+    });
+    const entries = [file("a.bin", a.id), file("b.bin", bId), file("c.bin", c.id)];
+    let source: StreamChunkSource | undefined;
+    const answer = (batch: bigint, last: boolean, chunks: { id: Buffer; blob: Buffer }[]) =>
+      source!.receive(
+        create(ControlMessageSchema, {
+          msg: { case: "restoreChunks", value: { requestId: "r", batch, last, chunks } },
+        }),
+      );
+    const port: StreamPort = {
+      send: async (m) => {
+        const msg = (m as AgentMessage).msg;
+        if (msg.case !== "restoreChunkRequest") return;
+        const { batch } = msg.value;
+        setImmediate(() => answer(batch, false, [a, { id: bId, blob: Buffer.alloc(9 * 2 ** 20, 1) }]));
+        setTimeout(() => answer(batch, true, [c]), 200);
+      },
+    };
+    const pool = new SnapshotWorkerPool({ threads: 1 });
+    source = new StreamChunkSource(port, "r", "s", sealManifestParts(key, entries), pool.chunkBuffers);
+    const target = await mkdtemp(join(tmpdir(), "dumont-oversized-"));
+    try {
+      await expect(restoreSnapshot({ snapshotId: "s", source, key, target, pool })).rejects.toBeInstanceOf(
+        RestoreDamagedError,
+      );
+      expect(pool.buffer(1024).buffer).not.toBe(pool.buffer(1024).buffer);
+    } finally {
+      await pool.close();
+      await rm(target, { recursive: true, force: true });
+    }
+  });
+
+  it("keeps a commit under the message limit whatever the entries left out say (their count kept whole)", async () => {
+    const { port, messages } = lazyPort();
+    const sink = new StreamChunkSink(port, "r", 0n, 1);
+    const manifest = Buffer.alloc(MAX_MESSAGE_BYTES - 64 * 1024); // the largest a commit takes
+    const skipped = Array.from({ length: 100 }, (_, i) => ({
+      path: `${"d/".repeat(2000)}f${i}`,
+      reason: "x".repeat(1024),
+    }));
+    const stats = { files: 1, bytesRead: 0, bytesNew: 0, bytesStored: 0, chunksNew: 0, seconds: 1, filesSkipped: 100 };
+    void sink
+      .commit([manifest], { workspace: "w", epoch: 0, tenant: "t", stats: { ...stats, skipped } })
+      .catch(() => {});
+    await new Promise((r) => setTimeout(r, 10));
+    const [commit] = messages();
+    expect(commit.msg.case).toBe("snapshotCommit");
+    expect(toBinary(AgentMessageSchema, commit).length).toBeLessThanOrEqual(MAX_MESSAGE_BYTES); // 17.2 MB before
+    if (commit.msg.case === "snapshotCommit") {
+      expect(commit.msg.value.stats?.filesSkipped).toBe(100n);
+      expect(commit.msg.value.stats?.skipped.length).toBeGreaterThan(0);
+    }
   });
 });

@@ -51,6 +51,23 @@ export interface StreamPort {
 const PAUSE_ABOVE_BYTES = 64 * 1024 * 1024;
 /** Room the commit message's other fields and framing take beside the manifest. */
 const MANIFEST_HEADROOM_BYTES = 64 * 1024;
+/**
+ * Of that room, what the entries the commit lists as left out may take: 100 of them with 4 KiB paths came to
+ * ~0.5 MB, past the headroom, and a message over gRPC's limit ends the agent's whole stream.
+ */
+const SKIPPED_BYTES = 32 * 1024;
+
+/** The first of `skipped` whose paths and reasons fit in `budget` bytes (filesSkipped still counts them all). */
+function skippedWithin<T extends { path: string; reason: string }>(skipped: readonly T[], budget: number): T[] {
+  const kept: T[] = [];
+  let bytes = 0;
+  for (const entry of skipped) {
+    bytes += Buffer.byteLength(entry.path) + Buffer.byteLength(entry.reason) + 8;
+    if (bytes > budget) break;
+    kept.push(entry);
+  }
+  return kept;
+}
 const RESUME_BELOW_BYTES = 16 * 1024 * 1024;
 
 /**
@@ -251,7 +268,7 @@ export class StreamChunkSink implements ChunkSink {
                   chunksNew: BigInt(s.chunksNew),
                   seconds: s.seconds,
                   filesSkipped: BigInt(s.filesSkipped ?? 0),
-                  skipped: s.skipped ?? [],
+                  skipped: skippedWithin(s.skipped ?? [], SKIPPED_BYTES),
                 }
               : undefined,
           },
@@ -450,6 +467,10 @@ class ChunkQueue implements AsyncIterable<FetchedChunk> {
   /** The blob to queue for `bytes` (a view into a received message): a copy in a receive buffer if there are any. */
   store(bytes: Uint8Array): Buffer {
     if (!this.buffers || bytes.length > RECEIVE_BUFFER_BYTES) {
+      // Left in the message, and the buffer being filled is done with: the engine, seeing a blob not in it, hands
+      // that buffer on (and back to the pool once written), so chunks copied into it after would go into memory
+      // given back, handed out twice.
+      this.fill = undefined;
       return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     }
     if (!this.fill || this.filled + bytes.length > this.fill.length) {
