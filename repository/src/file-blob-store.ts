@@ -4,9 +4,9 @@
 // (measured on the dev VM: 0.15 s of system time per 800 MiB direct, 0.3 to 1.3 s buffered) and evicts the
 // workload's own cached files. Ranged reads into page-aligned memory skip the cache the same way (getRange).
 import { randomBytes } from "node:crypto";
-import { constants, type Dirent } from "node:fs";
+import { constants, type Dirent, statSync } from "node:fs";
 import { link, mkdir, open, readdir, rename, stat, unlink } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { alignedBuffer, isPageAligned, PAGE } from "./aligned-memory.js";
 import { discardTemp, syncDirectory } from "./atomic-file.js";
@@ -32,7 +32,8 @@ type FileHandle = Awaited<ReturnType<typeof open>>;
 
 export class FileBlobStore implements BlobStore {
   readonly url: string;
-  private readonly madeDirs = new Set<string>();
+  /** Object directories made durable by this process (or being made so: every put into one waits for it). */
+  private readonly madeDirs = new Map<string, Promise<void>>();
   /** False once the filesystem refused O_DIRECT; every write is buffered from then on. */
   private direct = constants.O_DIRECT !== undefined && process.platform === "linux";
   private readonly stages: Buffer[] = [];
@@ -52,17 +53,29 @@ export class FileBlobStore implements BlobStore {
   private async placeFor(key: string): Promise<{ final: string; temp: string }> {
     const final = this.path(key);
     const dir = dirname(final);
-    if (!this.madeDirs.has(dir)) {
-      const first = await mkdir(dir, { recursive: true });
-      // Every directory from `first` down is new: each one's entry is made durable in its parent, as an
-      // object's is in its directory, or a crash could take a new data/xx/ away with the packs renamed into it.
-      for (let made = dir; first !== undefined; made = dirname(made)) {
-        await syncDirectory(dirname(made));
-        if (made === first || dirname(made) === made) break;
-      }
-      this.madeDirs.add(dir);
+    let made = this.madeDirs.get(dir);
+    if (!made) {
+      made = this.makeDurable(dir);
+      this.madeDirs.set(dir, made);
+      const settled = made;
+      settled.catch(() => {
+        if (this.madeDirs.get(dir) === settled) this.madeDirs.delete(dir); // the next put tries again
+      });
     }
+    await made;
     return { final, temp: join(dir, `${TEMP_PREFIX}${randomBytes(8).toString("hex")}`) };
+  }
+
+  /**
+   * Makes `dir` and each directory above it up to the root, and each one's entry in its parent durable, as an
+   * object's is in its directory: a crash could otherwise take a new data/xx/ away with the packs renamed into
+   * it. Whether this call made them or not: a put racing the one that made it returned before its sync, and an
+   * earlier process killed before its sync left one that is not durable yet.
+   */
+  private async makeDurable(dir: string): Promise<void> {
+    await mkdir(dir, { recursive: true });
+    const top = resolve(this.root);
+    for (let d = resolve(dir); d !== top && dirname(d) !== d; d = dirname(d)) await syncDirectory(dirname(d));
   }
 
   async put(
@@ -241,7 +254,7 @@ export class FileBlobStore implements BlobStore {
     try {
       handle = await open(path, constants.O_RDONLY);
     } catch (err) {
-      throw notFound(this.url, key, err);
+      throw notFound(this, key, err);
     }
     try {
       const { size } = await handle.stat();
@@ -290,7 +303,7 @@ export class FileBlobStore implements BlobStore {
     try {
       handle = await open(path, constants.O_RDONLY);
     } catch (err) {
-      throw notFound(this.url, key, err);
+      throw notFound(this, key, err);
     }
     try {
       const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafeSlow(length);
@@ -306,7 +319,7 @@ export class FileBlobStore implements BlobStore {
     try {
       return await open(path, constants.O_RDONLY | DIRECT);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw notFound(this.url, key, err);
+      if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw notFound(this, key, err);
       this.directReads = false;
       return undefined;
     }
@@ -318,7 +331,8 @@ export class FileBlobStore implements BlobStore {
       const st = await stat(this.path(key));
       return { key, size: st.size, modified: st.mtime };
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "ENOENT" || (code === "ENOTDIR" && rootIsDirectory(this.root))) return undefined;
       throw notADirectory(this.url, err);
     }
   }
@@ -335,10 +349,11 @@ export class FileBlobStore implements BlobStore {
       try {
         entries = await readdir(dir, { withFileTypes: true });
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "ENOENT" || (err as NodeJS.ErrnoException).code === "ENOTDIR") {
-          continue;
-        }
-        throw err;
+        const code = (err as NodeJS.ErrnoException).code;
+        // Nothing there, or a stray file where a directory would be; unless the root itself is a file: the
+        // repository's path names one, which an empty listing would hide (get and stat say so).
+        if (code === "ENOENT" || (code === "ENOTDIR" && rootIsDirectory(this.root))) continue;
+        throw notADirectory(this.url, err);
       }
       for (const entry of entries) {
         if (entry.name.startsWith(TEMP_PREFIX)) continue;
@@ -607,11 +622,23 @@ async function readFully(
   }
 }
 
-function notFound(url: string, key: string, err: unknown): Error {
-  if ((err as NodeJS.ErrnoException).code === "ENOENT") {
-    return new RepositoryError("not-found", `${url}/${key} does not exist`, { cause: err });
+function notFound(store: { url: string; root: string }, key: string, err: unknown): Error {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === "ENOENT" || (code === "ENOTDIR" && rootIsDirectory(store.root))) {
+    // ENOTDIR under a root that is a directory: a stray file stands where a directory on the key's path would
+    // be (`data/ab` a file). The object is not there, as for any key: not the repository named wrong.
+    return new RepositoryError("not-found", `${store.url}/${key} does not exist`, { cause: err });
   }
-  return notADirectory(url, err);
+  return notADirectory(store.url, err);
+}
+
+/** Whether `root` is a directory (false where it is a file, or cannot be looked at). */
+function rootIsDirectory(root: string): boolean {
+  try {
+    return statSync(root).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 /** ENOTDIR reading `url`'s objects (the repository's path names a file) as an error saying so; else `err`. */

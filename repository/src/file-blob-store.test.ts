@@ -1,0 +1,93 @@
+// What only the file:// store does: directories made durable before a put returns, and a stray file on an
+// object's path told from a repository path that names a file. (The shared suite is blob-store.test.ts.)
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { isRepositoryError } from "./errors.js";
+import { FileBlobStore } from "./file-blob-store.js";
+
+/** Directory syncs, held while `hold(dir)` says so. */
+const syncs = vi.hoisted(() => ({ hold: (_dir: string): Promise<void> | undefined => undefined }));
+vi.mock("./atomic-file.js", async (original) => {
+  const real = await original<typeof import("./atomic-file.js")>();
+  return {
+    ...real,
+    syncDirectory: async (dir: string) => {
+      await syncs.hold(dir);
+      return real.syncDirectory(dir);
+    },
+  };
+});
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "dumont-file-store-"));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe("FileBlobStore", () => {
+  it("returns no put into a new directory before that directory is durable, whichever put made it", async () => {
+    // The put that made index/ synced the root; a second put into index/ meanwhile found it made, skipped the
+    // sync, and returned: a power loss could then take index/ away with both objects.
+    const root = join(dir, "durable");
+    await mkdir(root);
+    const store = new FileBlobStore(root);
+    let release = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let reached = () => {};
+    const holding = new Promise<void>((resolve) => {
+      reached = resolve;
+    });
+    syncs.hold = (d) => {
+      if (d !== root) return undefined;
+      reached();
+      return held;
+    };
+    try {
+      const first = store.put("index/aa", Buffer.from("1"));
+      await holding;
+      let secondReturned = false;
+      const second = store.put("index/bb", Buffer.from("2")).then(() => {
+        secondReturned = true;
+      });
+      await new Promise((r) => setTimeout(r, 200));
+      expect(secondReturned).toBe(false);
+      release();
+      await Promise.all([first, second]);
+      expect(secondReturned).toBe(true);
+    } finally {
+      syncs.hold = () => undefined;
+      release();
+    }
+  });
+
+  it("calls an object under a stray file absent, and a repository path naming a file what it is", async () => {
+    const store = new FileBlobStore(join(dir, "stray"));
+    await store.put("data/ab", Buffer.from("a stray file where data/ab/ would be"));
+    for (const read of [() => store.get("data/ab/abcd"), () => store.getRange("data/ab/abcd", 0, 1)]) {
+      const err = await read().catch((e: unknown) => e);
+      expect(isRepositoryError(err, "not-found"), String(err)).toBe(true);
+    }
+    expect(await store.stat("data/ab/abcd")).toBeUndefined();
+    const listed: string[] = [];
+    for await (const info of store.list("data/ab/")) listed.push(info.key);
+    expect(listed).toEqual([]);
+    // The repository's own path a file: every call says so, the listing too (it listed nothing).
+    const file = join(dir, "a-file");
+    await writeFile(file, "x");
+    const onFile = new FileBlobStore(file);
+    const refusal = /is a file, or lies under one: a file:\/\/ repository is a directory/;
+    await expect(onFile.get("config")).rejects.toThrow(refusal);
+    await expect(
+      (async () => {
+        for await (const _ of onFile.list("snapshots/")) {
+        }
+      })(),
+    ).rejects.toThrow(refusal);
+  });
+});
