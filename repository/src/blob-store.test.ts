@@ -550,6 +550,26 @@ describe("S3 blob store against a server that fails requests", () => {
     });
   });
 
+  it("tries a conditional put again while S3 says another one of the key is under way (409)", async () => {
+    // Two processes making one repository: S3 answers the second conditional write 409 while the first is in
+    // progress, saying to try again. It was a plain error, and the second process failed where it should open.
+    let conflicts = 2;
+    const answer = () =>
+      conflicts-- > 0
+        ? {
+            status: 409,
+            code: "ConditionalRequestConflict",
+            message: "A conflicting conditional operation is in progress",
+          }
+        : { status: 412, code: "PreconditionFailed", message: "At least one of the preconditions did not hold" };
+    await withAnsweringServer("racing-bucket", answer, async (store) => {
+      expect(await store.put("config", Buffer.from("c"), { ifAbsent: true })).toBe(false); // the other one's landed
+      conflicts = 100; // and one that never clears: the store's state, to try later
+      const err = await store.put("config", Buffer.from("c"), { ifAbsent: true }).catch((e: unknown) => e);
+      expect(isRepositoryError(err, "unavailable"), String(err)).toBe(true);
+    });
+  });
+
   it("takes AWS_MAX_ATTEMPTS, the SDK's own variable, checked", () => {
     expect(maxAttemptsFromEnv({})).toBeUndefined();
     expect(maxAttemptsFromEnv({ AWS_MAX_ATTEMPTS: " 3 " })).toBe(3);

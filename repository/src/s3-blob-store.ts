@@ -89,6 +89,9 @@ export function checkS3Endpoint(endpoint: string, source: string): string {
   return endpoint;
 }
 
+/** Tries of a conditional put that S3 answers 409 (another conditional write of the key under way). */
+const CONDITIONAL_CONFLICT_TRIES = 5;
+
 type Sdk = typeof import("@aws-sdk/client-s3");
 let sdkLoading: Promise<Sdk> | undefined;
 
@@ -157,22 +160,30 @@ export class S3BlobStore implements BlobStore {
     options: { ifAbsent?: boolean } & BlobCallOptions = {},
   ): Promise<boolean> {
     const body = Buffer.isBuffer(data) ? data : Buffer.concat(data);
-    try {
-      const { sdk, client } = await this.connect();
-      await client.send(
-        new sdk.PutObjectCommand({
-          Bucket: this.bucket,
-          Key: this.objectKey(key),
-          Body: body,
-          ContentLength: body.length,
-          ...(options.ifAbsent ? { IfNoneMatch: "*" } : {}),
-        }),
-        { abortSignal: options.signal },
-      );
-      return true;
-    } catch (err) {
-      if (options.ifAbsent && httpStatus(err) === 412) return false;
-      throw this.wrap(err, key);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const { sdk, client } = await this.connect();
+        await client.send(
+          new sdk.PutObjectCommand({
+            Bucket: this.bucket,
+            Key: this.objectKey(key),
+            Body: body,
+            ContentLength: body.length,
+            ...(options.ifAbsent ? { IfNoneMatch: "*" } : {}),
+          }),
+          { abortSignal: options.signal },
+        );
+        return true;
+      } catch (err) {
+        if (options.ifAbsent && httpStatus(err) === 412) return false;
+        // 409 ConditionalRequestConflict: another conditional write of the key is under way, and S3 says to try
+        // again; the next answer says whether it landed (412) or not. (Two processes making one repository.)
+        if (options.ifAbsent && httpStatus(err) === 409 && attempt < CONDITIONAL_CONFLICT_TRIES) {
+          await new Promise((resolve) => setTimeout(resolve, 100 * attempt));
+          continue;
+        }
+        throw this.wrap(err, key);
+      }
     }
   }
 
@@ -372,7 +383,14 @@ export class S3BlobStore implements BlobStore {
     // No answer (refused, reset, timed out) or a 5xx or throttling after the retries: the store's state, not the
     // data's, and the same request may succeed later (a 408, or S3's 400 RequestTimeout: the connection was too
     // slow). Any other answer (another 400...) stays a plain error.
-    if (status === undefined || status >= 500 || status === 429 || status === 408 || name === "RequestTimeout") {
+    if (
+      status === undefined ||
+      status >= 500 ||
+      status === 429 ||
+      status === 408 ||
+      name === "RequestTimeout" ||
+      name === "ConditionalRequestConflict"
+    ) {
       return new RepositoryError(
         "unavailable",
         `${what}; the store is unreachable or failing: try again once it answers`,
