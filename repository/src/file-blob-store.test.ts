@@ -1,6 +1,6 @@
 // What only the file:// store does: directories made durable before a put returns, and a stray file on an
 // object's path told from a repository path that names a file. (The shared suite is blob-store.test.ts.)
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -64,6 +64,23 @@ describe("FileBlobStore", () => {
       syncs.hold = () => undefined;
       release();
     }
+  });
+
+  it("lists what it holds through a symlinked directory (data/ab on another disk), and a loop ends", async () => {
+    // Reads and writes went through the link and the listing did not: check took its packs for missing.
+    const root = join(dir, "linked");
+    const elsewhere = join(dir, "other-disk");
+    await mkdir(join(root, "data"), { recursive: true });
+    await mkdir(elsewhere);
+    await symlink(elsewhere, join(root, "data", "ab"));
+    await symlink(root, join(root, "data", "cd")); // a loop: data/cd/data/cd/...
+    const store = new FileBlobStore(root);
+    await store.put("data/ab/abcdef", Buffer.from("pack"));
+    await store.put("data/ef/ef0123", Buffer.from("pack"));
+    const listed: string[] = [];
+    for await (const info of store.list("data/")) listed.push(info.key);
+    expect(listed.sort()).toEqual(["data/ab/abcdef", "data/ef/ef0123"]);
+    expect((await store.stat("data/ab/abcdef"))?.size).toBe(4);
   });
 
   it("calls an object under a stray file absent, and a repository path naming a file what it is", async () => {

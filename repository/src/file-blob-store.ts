@@ -5,7 +5,7 @@
 // workload's own cached files. Ranged reads into page-aligned memory skip the cache the same way (getRange).
 import { randomBytes } from "node:crypto";
 import { constants, type Dirent, statSync } from "node:fs";
-import { link, mkdir, open, readdir, rename, stat, unlink } from "node:fs/promises";
+import { link, mkdir, open, readdir, realpath, rename, stat, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { alignedBuffer, isPageAligned, PAGE } from "./aligned-memory.js";
@@ -342,6 +342,7 @@ export class FileBlobStore implements BlobStore {
     const dirKey = slash < 0 ? "" : prefix.slice(0, slash);
     const start = dirKey === "" ? this.root : this.path(dirKey);
     const stack: [string, string][] = [[start, dirKey]];
+    let rootReal: string | undefined;
     while (stack.length > 0) {
       const [dir, key] = stack.pop()!;
       assertNotGivenUp(options.signal, this.url, prefix, "listing");
@@ -359,9 +360,23 @@ export class FileBlobStore implements BlobStore {
         if (entry.name.startsWith(TEMP_PREFIX)) continue;
         const childKey = key === "" ? entry.name : `${key}/${entry.name}`;
         const childPath = join(dir, entry.name);
-        if (entry.isDirectory()) {
+        // A symlink is listed as what it leads to, as reads and writes through it find it (an operator may put
+        // data/ab on another disk): listed as nothing, the packs written through it were taken for missing. Not
+        // one to a directory inside the store (an alias, or a loop): its objects would be listed twice, under
+        // keys through which a prune deleting one would delete the other.
+        let kind: "dir" | "file" | undefined = entry.isDirectory() ? "dir" : entry.isFile() ? "file" : undefined;
+        if (entry.isSymbolicLink()) {
+          const target = await stat(childPath).catch(() => undefined);
+          if (target?.isFile()) kind = "file";
+          else if (target?.isDirectory()) {
+            rootReal ??= await realpath(this.root);
+            const real = await realpath(childPath).catch(() => rootReal!);
+            if (real !== rootReal && !real.startsWith(`${rootReal}/`)) kind = "dir";
+          }
+        }
+        if (kind === "dir") {
           if (childKey.startsWith(prefix) || prefix.startsWith(`${childKey}/`)) stack.push([childPath, childKey]);
-        } else if (entry.isFile() && childKey.startsWith(prefix)) {
+        } else if (kind === "file" && childKey.startsWith(prefix)) {
           try {
             const st = await stat(childPath);
             yield { key: childKey, size: st.size, modified: st.mtime };
