@@ -59,8 +59,8 @@ async function repair(repository: Repository, options: RepairIndexOptions, lock:
     .filter(([packId, size]) => unreadable.has(packId) || index.packs.get(packId)?.packSize !== size)
     .sort(([a], [b]) => a.localeCompare(b));
   // Index objects whose pack the listing does not show, looked for one by one before anything is removed: this is
-  // the one step that trusts a listing's absences (a file store skips what is not a plain file or directory, such
-  // as a symlinked data/ab).
+  // the one step that trusts a listing's absences (a file store leaves out what is not a plain file or directory
+  // or a link to one, and links back into the store).
   const unlisted = [...index.packs.keys(), ...unreadable].filter((packId) => !packs.has(packId)).sort();
   if (packs.size === 0 && unlisted.length > 0) {
     // Every pack gone at once is a store that is not all there (a mount that did not come up, a wrong prefix)
