@@ -34,6 +34,8 @@ export class FileBlobStore implements BlobStore {
   readonly url: string;
   /** Object directories made durable by this process (or being made so: every put into one waits for it). */
   private readonly madeDirs = new Map<string, Promise<void>>();
+  /** Directories whose entries in their parents this process has made durable. */
+  private readonly durableDirs = new Set<string>();
   /** False once the filesystem refused O_DIRECT; every write is buffered from then on. */
   private direct = constants.O_DIRECT !== undefined && process.platform === "linux";
   private readonly stages: Buffer[] = [];
@@ -75,7 +77,11 @@ export class FileBlobStore implements BlobStore {
   private async makeDurable(dir: string): Promise<void> {
     await mkdir(dir, { recursive: true });
     const top = resolve(this.root);
-    for (let d = resolve(dir); d !== top && dirname(d) !== d; d = dirname(d)) await syncDirectory(dirname(d));
+    // Each entry once a process: data/'s in the root is durable for every data/xx after the first.
+    for (let d = resolve(dir); d !== top && dirname(d) !== d && !this.durableDirs.has(d); d = dirname(d)) {
+      await syncDirectory(dirname(d));
+      this.durableDirs.add(d);
+    }
   }
 
   async put(
