@@ -1,7 +1,7 @@
 // Reads sealed chunks out of packs for restore: the ChunkSource of direct mode (and of the control plane
 // when it streams a restore to an agent). Neighbouring chunks of a pack are fetched in one ranged read.
 import { PAGE } from "./aligned-memory.js";
-import { readShowsDamage } from "./errors.js";
+import { isRepositoryError, readShowsDamage } from "./errors.js";
 import { packKey } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
 import type { RepositoryIndex } from "./repository-index.js";
@@ -120,11 +120,14 @@ export class RepositoryChunkSource implements ChunkSource {
       const result = await inFlight.shift()!;
       if (next < reads.length) inFlight.push(fetchRead(reads[next++]));
       if (result instanceof Error && !readShowsDamage(result)) throw result;
-      if (result instanceof Error && read.items.length > 1) {
+      if (result instanceof Error && read.items.length > 1 && !isRepositoryError(result, "not-found")) {
         // One chunk cut short or placed past the pack's end failed the read it shared with its neighbours: each
         // is read alone, so only the chunks that cannot be read are lost, and only their files named damaged.
+        // (Not a pack that is gone: all of it is.) Into memory of its own size, not a read buffer each.
         for (const item of read.items) {
-          const alone = await fetchRead({ ...read, start: item.offset, end: item.offset + item.length, items: [item] });
+          const alone = await store
+            .getRange(packKey(read.packId), item.offset, item.length)
+            .catch((err: unknown) => (err instanceof Error ? err : new Error(String(err))));
           if (alone instanceof Error && !readShowsDamage(alone)) throw alone;
           yield alone instanceof Error
             ? { id: item.id, pack: read.packId, error: `pack ${read.packId} could not be read: ${alone.message}` }

@@ -74,6 +74,12 @@ describe("FileBlobStore", () => {
     await mkdir(elsewhere);
     await symlink(elsewhere, join(root, "data", "ab"));
     await symlink(root, join(root, "data", "cd")); // a loop: data/cd/data/cd/...
+    const twice = join(dir, "third-disk");
+    await mkdir(twice);
+    await writeFile(join(twice, "0123ab"), "pack");
+    await symlink(twice, join(root, "data", "01")); // two links to one directory: listed under neither key
+    await symlink(twice, join(root, "data", "02"));
+    await symlink(dir, join(root, "data", "up")); // above the store: the walk would come back in
     const store = new FileBlobStore(root);
     await store.put("data/ab/abcdef", Buffer.from("pack"));
     await store.put("data/ef/ef0123", Buffer.from("pack"));
@@ -81,6 +87,22 @@ describe("FileBlobStore", () => {
     for await (const info of store.list("data/")) listed.push(info.key);
     expect(listed.sort()).toEqual(["data/ab/abcdef", "data/ef/ef0123"]);
     expect((await store.stat("data/ab/abcdef"))?.size).toBe(4);
+  });
+
+  it("makes a new repository's own directory durable in its parent with its first object", async () => {
+    const synced: string[] = [];
+    syncs.hold = (d) => {
+      synced.push(d);
+      return undefined;
+    };
+    try {
+      const root = join(dir, "new-parent", "new-repo");
+      await new FileBlobStore(root).put("config", Buffer.from("c"), { ifAbsent: true });
+      // new-repo's entry in new-parent, and new-parent's in the test's directory: both made by this put.
+      expect(synced).toEqual(expect.arrayContaining([join(dir, "new-parent"), dir]));
+    } finally {
+      syncs.hold = () => undefined;
+    }
   });
 
   it("calls an object under a stray file absent, and a repository path naming a file what it is", async () => {

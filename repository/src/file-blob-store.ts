@@ -75,12 +75,21 @@ export class FileBlobStore implements BlobStore {
    * earlier process killed before its sync left one that is not durable yet.
    */
   private async makeDurable(dir: string): Promise<void> {
-    await mkdir(dir, { recursive: true });
+    const made = await mkdir(dir, { recursive: true });
+    const first = made === undefined ? undefined : resolve(made);
     const top = resolve(this.root);
     // Each entry once a process: data/'s in the root is durable for every data/xx after the first.
     for (let d = resolve(dir); d !== top && dirname(d) !== d && !this.durableDirs.has(d); d = dirname(d)) {
       await syncDirectory(dirname(d));
       this.durableDirs.add(d);
+    }
+    // The root itself, and what above it this mkdir made (a new repository's first write): their entries too,
+    // or a power loss could take the whole repository away.
+    if (first !== undefined && (first === top || top.startsWith(`${first}/`))) {
+      for (let d = top; dirname(d) !== d; d = dirname(d)) {
+        await syncDirectory(dirname(d));
+        if (d === first) break;
+      }
     }
   }
 
@@ -349,6 +358,8 @@ export class FileBlobStore implements BlobStore {
     const start = dirKey === "" ? this.root : this.path(dirKey);
     const stack: [string, string][] = [[start, dirKey]];
     let rootReal: string | undefined;
+    /** Real paths of the directories reached through symlinks so far. */
+    const followed = new Set<string>();
     while (stack.length > 0) {
       const [dir, key] = stack.pop()!;
       assertNotGivenUp(options.signal, this.url, prefix, "listing");
@@ -362,6 +373,8 @@ export class FileBlobStore implements BlobStore {
         if (code === "ENOENT" || (code === "ENOTDIR" && rootIsDirectory(this.root))) continue;
         throw notADirectory(this.url, err);
       }
+      // Directories two links here lead to: neither is followed (see below).
+      const twice = await linkedTwice(dir, entries);
       for (const entry of entries) {
         if (entry.name.startsWith(TEMP_PREFIX)) continue;
         const childKey = key === "" ? entry.name : `${key}/${entry.name}`;
@@ -377,7 +390,15 @@ export class FileBlobStore implements BlobStore {
           else if (target?.isDirectory()) {
             rootReal ??= await realpath(this.root);
             const real = await realpath(childPath).catch(() => rootReal!);
-            if (real !== rootReal && !real.startsWith(`${rootReal}/`)) kind = "dir";
+            // Not into the store, not above it (a link to /mnt: the walk would come back in under longer keys),
+            // and not to a directory another link leads to: its objects would be listed under two keys, and a
+            // prune deleting one as garbage would delete the other's. Left out, they show as missing (check says
+            // so), which deletes nothing.
+            const inside = real === rootReal || real.startsWith(`${rootReal}/`) || rootReal.startsWith(`${real}/`);
+            if (!inside && !twice.has(real) && !followed.has(real)) {
+              followed.add(real);
+              kind = "dir";
+            }
           }
         }
         if (kind === "dir") {
@@ -641,6 +662,20 @@ async function readFully(
     }
     done += bytesRead;
   }
+}
+
+/** The real paths of directories that more than one symlink among `entries` (of `dir`) leads to. */
+async function linkedTwice(dir: string, entries: Dirent[]): Promise<Set<string>> {
+  const seen = new Set<string>();
+  const twice = new Set<string>();
+  for (const entry of entries) {
+    if (!entry.isSymbolicLink()) continue;
+    const real = await realpath(join(dir, entry.name)).catch(() => undefined);
+    if (real === undefined) continue;
+    if (seen.has(real)) twice.add(real);
+    seen.add(real);
+  }
+  return twice;
 }
 
 function notFound(store: { url: string; root: string }, key: string, err: unknown): Error {

@@ -56,9 +56,17 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
     // listing, not by opening records: a record that does not open can be forgotten too. (A prune refuses to run
     // while one cannot be read, so one damaged record otherwise blocked every prune, for good.)
     const unreadable: string[] = [];
-    const all = await repository.listSnapshots({ onCorrupt: (id) => unreadable.push(id) });
+    const all = await repository.listSnapshots({ onCorrupt: unreadableInto(unreadable) });
     const forget = new Set<string>();
     for (const id of options.ids ?? []) {
+      if (id === LATEST && unreadable.length > 0) {
+        // The newest might be the one whose record does not open: which is newest cannot be told.
+        throw new RepositoryError(
+          "corrupt",
+          `the record of snapshot ${unreadable[0]} does not open, so which snapshot is the latest cannot be told: ` +
+            "name the snapshot to forget by id",
+        );
+      }
       forget.add(id === LATEST ? repository.newest(all).id : await repository.resolveSnapshotId(id));
     }
     const keep = [...all.map((s) => s.id), ...unreadable.sort()].filter((id) => !forget.has(id));
@@ -92,6 +100,16 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
     if (plan.forget.length > 0) await repository.store.syncDeletes?.(plan.forget.map(snapshotKey));
   }
   return { kept: plan.keep, forgotten: plan.forget };
+}
+
+/**
+ * A listing's onCorrupt that notes records that do not open in `ids`; not one gone since it was listed (a forget
+ * elsewhere): that one is forgotten, not damaged.
+ */
+function unreadableInto(ids: string[]): (id: string, err: RepositoryError) => void {
+  return (id, err) => {
+    if (err.code !== "not-found") ids.push(id);
+  };
 }
 
 export interface PruneOptions {
@@ -139,7 +157,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     : await acquireLock(store, repository.key, { exclusive: true, purpose: "a prune" });
   try {
     const unreadable: string[] = [];
-    const snapshots = await repository.listSnapshots({ onCorrupt: (id) => unreadable.push(id) });
+    const snapshots = await repository.listSnapshots({ onCorrupt: unreadableInto(unreadable) });
     if (unreadable.length > 0) {
       // What such a record names cannot be told, so nothing can be judged unused; forgetting it is the way on.
       throw new RepositoryError(

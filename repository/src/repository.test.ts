@@ -512,6 +512,16 @@ describe.each(stores)("repository on %s", (_name, make) => {
     got = await fetched();
     expect(got.get(good.hex)).toBeNull();
     expect(got.get(bad.hex)).toMatch(/could not be read/);
+    // A pack that is gone is all gone: not asked for again chunk by chunk (a round trip each on S3).
+    await rm(join(root, packKey(packId)));
+    const reads = vi.spyOn(store, "getRange");
+    got = await fetched();
+    expect([got.get(good.hex), got.get(bad.hex)]).toEqual([
+      expect.stringMatching(/does not exist/),
+      expect.stringMatching(/does not exist/),
+    ]);
+    expect(reads).toHaveBeenCalledTimes(1);
+    reads.mockRestore();
   });
 
   it("check names only the files of chunks a pack cut short lost, and reports an impossible pack size", async () => {
@@ -1099,6 +1109,27 @@ describe("forget by id", () => {
     );
     // A policy needs every record's time: it still refuses.
     await expect(forgetSnapshots(repository, { policy: { last: 1 } })).rejects.toThrow(ids[0]);
+    // `latest` cannot be told while a record does not open (it might be the newest).
+    await expect(forgetSnapshots(repository, { ids: ["latest"], dryRun: true })).rejects.toThrow(
+      `the record of snapshot ${ids[0]} does not open, so which snapshot is the latest cannot be told`,
+    );
+    // A record gone between the listing and its read (a forget elsewhere) is forgotten, not damaged.
+    const racing = Object.create(repository, {
+      store: {
+        value: Object.create(store, {
+          get: {
+            value: (k: string, o?: object) =>
+              k === `snapshots/${ids[1]}`
+                ? Promise.reject(new RepositoryError("not-found", `${k} does not exist`))
+                : store.get(k, o),
+          },
+        }),
+      },
+    }) as Repository;
+    await expect(forgetSnapshots(racing, { ids: [ids[0]], dryRun: true })).resolves.toEqual({
+      forgotten: [ids[0]],
+      kept: [],
+    });
     await expect(forgetSnapshots(repository, { ids: [ids[0].slice(0, 8)], dryRun: true })).resolves.toEqual({
       forgotten: [ids[0]],
       kept: [ids[1]],

@@ -491,6 +491,7 @@ export class SnapshotCoordinator {
     const unreadable = new Set<string>();
     const records = await repository.listSnapshots({
       onCorrupt: (snapshotId, err) => {
+        if (err.code === "not-found") return; // forgotten since it was listed (a forget elsewhere)
         unreadable.add(snapshotId);
         this.log.error(
           { tenantId, snapshotId, reason: err.message },

@@ -798,6 +798,7 @@ export type CheckProblem = Message<"dumont.api.v1.CheckProblem"> & {
 
   /**
    * index-unreadable, snapshot-unreadable, manifest-unreadable, chunk-missing, pack-missing,
+   * pack-size (its stored size is not its index's; a pack cut short also names the files of the chunks it lost),
    * pack-unreadable, pack-header or chunk-corrupt.
    *
    * @generated from field: string kind = 2;
