@@ -123,6 +123,12 @@ describe("SnapshotService: malformed request fields", () => {
       /^snapshot_ids name the snapshots to forget: give no keep_\* or workspace_id with them/,
     ],
     [
+      "a forget's workspace_id with only prune (it pruned every tenant holding that workspace, whole)",
+      forgetReq({ workspaceId: "w", prune: true, keepLast: 0 }),
+      Code.InvalidArgument,
+      /^workspace_id narrows a keep_\* policy: give one with it/,
+    ],
+    [
       "a check's read_data_subset that is no subset",
       checkReq({ readDataSubset: "3/2" }),
       Code.InvalidArgument,

@@ -166,6 +166,12 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
           "say what to keep: keep_last (or keep_hourly, keep_daily, keep_weekly) above 0, or snapshot_ids, and/or prune",
         );
       }
+      if (req.workspaceId && !hasRetentionRule(policy)) {
+        // Not ignored: a prune alone covers whole repositories (every tenant's with that workspace).
+        throw new InvalidArgumentError(
+          "workspace_id narrows a keep_* policy: give one with it (a prune covers the whole repository)",
+        );
+      }
       // Each tenant's snapshots live in its own repository; an admin's request covers every tenant in scope.
       const work = new Map<string, string[] | undefined>();
       if (byId) {

@@ -69,6 +69,10 @@ describe("dumont (admin CLI): global flags", () => {
     [["host", "join-token", "create", "--ttl", "8d"], '--ttl must be 60s..7d, got "8d"'],
     [["host", "metrics", "h-1", "--since", "0"], '--since must be 1s..7d, got "0"'],
     [["host", "metrics", "h-1", "--since", "8d"], '--since must be 1s..7d, got "8d"'],
+    [
+      ["snapshot", "forget", "--workspace", "w", "--prune"],
+      "--workspace narrows a --keep-* policy: give one with it (a prune covers the whole repository)",
+    ],
   ])("refuses %j before any request, naming the flag as typed", async (args, message) => {
     expect(await dumont(args)).toEqual({ code: 1, stdout: "", stderr: `dumont: ${message}\n` });
   });

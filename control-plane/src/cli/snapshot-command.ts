@@ -345,6 +345,11 @@ function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions
             "forget, and/or --prune",
         );
       }
+      if (opts.workspace !== undefined && !keep.some((n) => (n ?? 0) > 0)) {
+        throw new Error(
+          "--workspace narrows a --keep-* policy: give one with it (a prune covers the whole repository)",
+        );
+      }
       const res = await apiClients(apiOpts(cmd)).snapshots.forgetSnapshots({
         snapshotIds: ids,
         workspaceId: opts.workspace,
