@@ -554,8 +554,9 @@ describe("S3 blob store against a server that fails requests", () => {
     // Two processes making one repository: S3 answers the second conditional write 409 while the first is in
     // progress, saying to try again. It was a plain error, and the second process failed where it should open.
     let conflicts = 2;
+    let requests = 0;
     const answer = () =>
-      conflicts-- > 0
+      ++requests && conflicts-- > 0
         ? {
             status: 409,
             code: "ConditionalRequestConflict",
@@ -567,6 +568,14 @@ describe("S3 blob store against a server that fails requests", () => {
       conflicts = 100; // and one that never clears: the store's state, to try later
       const err = await store.put("config", Buffer.from("c"), { ifAbsent: true }).catch((e: unknown) => e);
       expect(isRepositoryError(err, "unavailable"), String(err)).toBe(true);
+      // A caller giving up ends the waiting between tries: not asked again.
+      const caller = new AbortController();
+      requests = 0;
+      const abandoned = store.put("config", Buffer.from("c"), { ifAbsent: true, signal: caller.signal });
+      while (requests === 0) await new Promise((r) => setTimeout(r, 5));
+      caller.abort();
+      await expect(abandoned).rejects.toSatisfy((e) => isRepositoryError(e, "unavailable"));
+      expect(requests).toBe(1);
     });
   });
 

@@ -178,8 +178,22 @@ export class S3BlobStore implements BlobStore {
         if (options.ifAbsent && httpStatus(err) === 412) return false;
         // 409 ConditionalRequestConflict: another conditional write of the key is under way, and S3 says to try
         // again; the next answer says whether it landed (412) or not. (Two processes making one repository.)
-        if (options.ifAbsent && httpStatus(err) === 409 && attempt < CONDITIONAL_CONFLICT_TRIES) {
-          await new Promise((resolve) => setTimeout(resolve, 100 * attempt));
+        if (
+          options.ifAbsent &&
+          httpStatus(err) === 409 &&
+          attempt < CONDITIONAL_CONFLICT_TRIES &&
+          !options.signal?.aborted
+        ) {
+          await new Promise<void>((resolve) => {
+            // Not past the caller giving up: the next try then fails at once, as given up on.
+            const timer = setTimeout(done, 100 * attempt);
+            options.signal?.addEventListener("abort", done, { once: true });
+            function done() {
+              clearTimeout(timer);
+              options.signal?.removeEventListener("abort", done);
+              resolve();
+            }
+          });
           continue;
         }
         throw this.wrap(err, key);
