@@ -346,8 +346,7 @@ export class FileBlobStore implements BlobStore {
       const st = await stat(this.path(key));
       return { key, size: st.size, modified: st.mtime };
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === "ENOENT" || (code === "ENOTDIR" && rootIsDirectory(this.root))) return undefined;
+      if (isAbsent(err, this.root)) return undefined;
       throw notADirectory(this.url, err);
     }
   }
@@ -367,29 +366,25 @@ export class FileBlobStore implements BlobStore {
       try {
         entries = await readdir(dir, { withFileTypes: true });
       } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        // Nothing there, or a stray file where a directory would be; unless the root itself is a file: the
-        // repository's path names one, which an empty listing would hide (get and stat say so).
-        if (code === "ENOENT" || (code === "ENOTDIR" && rootIsDirectory(this.root))) continue;
+        // Nothing there (see isAbsent); a root that is itself a file is said, not listed as empty.
+        if (isAbsent(err, this.root)) continue;
         throw notADirectory(this.url, err);
       }
-      // Directories two links here lead to: neither is followed (see below).
-      const twice = await linkedTwice(dir, entries);
+      // Where each link here leads, and which directories two of them lead to (neither is followed, below).
+      const { realOf, twice } = await linkTargets(dir, entries);
       for (const entry of entries) {
         if (entry.name.startsWith(TEMP_PREFIX)) continue;
         const childKey = key === "" ? entry.name : `${key}/${entry.name}`;
         const childPath = join(dir, entry.name);
         // A symlink is listed as what it leads to, as reads and writes through it find it (an operator may put
-        // data/ab on another disk): listed as nothing, the packs written through it were taken for missing. Not
-        // one to a directory inside the store (an alias, or a loop): its objects would be listed twice, under
-        // keys through which a prune deleting one would delete the other.
+        // data/ab on another disk): listed as nothing, the packs written through it were taken for missing.
         let kind: "dir" | "file" | undefined = entry.isDirectory() ? "dir" : entry.isFile() ? "file" : undefined;
         if (entry.isSymbolicLink()) {
           const target = await stat(childPath).catch(() => undefined);
           if (target?.isFile()) kind = "file";
           else if (target?.isDirectory()) {
             rootReal ??= await realpath(this.root);
-            const real = await realpath(childPath).catch(() => rootReal!);
+            const real = realOf.get(entry.name) ?? rootReal;
             // Not into the store, not above it (a link to /mnt: the walk would come back in under longer keys),
             // and not to a directory another link leads to: its objects would be listed under two keys, and a
             // prune deleting one as garbage would delete the other's. Left out, they show as missing (check says
@@ -664,32 +659,44 @@ async function readFully(
   }
 }
 
-/** The real paths of directories that more than one symlink among `entries` (of `dir`) leads to. */
-async function linkedTwice(dir: string, entries: Dirent[]): Promise<Set<string>> {
-  const seen = new Set<string>();
+/**
+ * The real path each symlink among `entries` (of `dir`) leads to (by name; none where it leads nowhere), and the
+ * real paths more than one of them leads to.
+ */
+async function linkTargets(
+  dir: string,
+  entries: Dirent[],
+): Promise<{ realOf: Map<string, string>; twice: Set<string> }> {
+  const realOf = new Map<string, string>();
   const twice = new Set<string>();
+  const seen = new Set<string>();
   for (const entry of entries) {
     if (!entry.isSymbolicLink()) continue;
     const real = await realpath(join(dir, entry.name)).catch(() => undefined);
     if (real === undefined) continue;
+    realOf.set(entry.name, real);
     if (seen.has(real)) twice.add(real);
     seen.add(real);
   }
-  return twice;
+  return { realOf, twice };
 }
 
 function notFound(store: { url: string; root: string }, key: string, err: unknown): Error {
-  const code = (err as NodeJS.ErrnoException).code;
-  if (code === "ENOENT" || (code === "ENOTDIR" && rootIsDirectory(store.root))) {
-    // ENOTDIR under a root that is a directory: a stray file stands where a directory on the key's path would
-    // be (`data/ab` a file). The object is not there, as for any key: not the repository named wrong.
+  if (isAbsent(err, store.root)) {
     return new RepositoryError("not-found", `${store.url}/${key} does not exist`, { cause: err });
   }
   return notADirectory(store.url, err);
 }
 
-/** Whether `root` is a directory (false where it is a file, or cannot be looked at). */
-function rootIsDirectory(root: string): boolean {
+/**
+ * Whether `err`, from a call on a path under `root`, says the object is not there: ENOENT, or ENOTDIR under a root
+ * that is a directory (a stray file stands where a directory on the key's path would be, `data/ab` a file). An
+ * ENOTDIR with the root itself a file is the repository named wrong (notADirectory).
+ */
+function isAbsent(err: unknown, root: string): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === "ENOENT") return true;
+  if (code !== "ENOTDIR") return false;
   try {
     return statSync(root).isDirectory();
   } catch {

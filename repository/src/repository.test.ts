@@ -48,6 +48,25 @@ function sealed(key: Buffer, plain: Buffer): SealedChunk & { hex: string } {
   return { id, blob, plainLength: plain.length, hex: id.toString("hex") };
 }
 
+/**
+ * A file:// repository (removed after the test) holding one snapshot of good.bin and bad.bin, one chunk of
+ * 2,000 bytes each, in one pack: bad's chunk after good's, at `offset`.
+ */
+async function goodAndBadInOnePack() {
+  const root = await mkdtemp(join(tmpdir(), "dumont-good-and-bad-"));
+  onTestFinished(() => rm(root, { recursive: true, force: true }));
+  const store = new FileBlobStore(root);
+  const key = generateRepositoryKey();
+  const { repository } = await Repository.openOrInit(store, key);
+  const [good, bad] = [sealed(key, randomBytes(2_000)), sealed(key, randomBytes(2_000))];
+  const w = await repository.writer();
+  await w.put([good, bad]);
+  const snapshot = await w.commit([sealManifest(key, manifestOf({ "good.bin": [good], "bad.bin": [bad] }))], meta);
+  const index = await repository.loadIndex();
+  const { packId, offset } = index.get(bad.id)!;
+  return { root, store, key, repository, good, bad, snapshot, packId, offset, pack: index.packs.get(packId)! };
+}
+
 function manifestOf(files: Record<string, SealedChunk[]>): Manifest {
   return {
     version: 1,
@@ -481,15 +500,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
   it("a pack read shared by neighbouring chunks fails only the chunks cut or misplaced, not their neighbours", async () => {
     // Neighbouring chunks are read together; one cut short (a truncated pack) or placed past the pack's end (a
     // damaged index object) failed the whole read, and restore named the intact files beside it damaged.
-    const root = await mkdtemp(join(tmpdir(), "dumont-shared-read-"));
-    onTestFinished(() => rm(root, { recursive: true, force: true }));
-    const store = new FileBlobStore(root);
-    const key = generateRepositoryKey();
-    const { repository } = await Repository.openOrInit(store, key);
-    const [good, bad] = [sealed(key, randomBytes(2_000)), sealed(key, randomBytes(2_000))];
-    const w = await repository.writer();
-    await w.put([good, bad]);
-    await w.commit([sealManifest(key, manifestOf({ "good.bin": [good], "bad.bin": [bad] }))], meta);
+    const { root, store, key, repository, good, bad, packId, offset, pack } = await goodAndBadInOnePack();
     const fetched = async () => {
       const got = new Map<string, string | null>();
       for await (const f of (await repository.chunkSource()).get([good.id, bad.id])) {
@@ -497,9 +508,6 @@ describe.each(stores)("repository on %s", (_name, make) => {
       }
       return got;
     };
-    const index = await repository.loadIndex();
-    const { packId, offset } = index.get(bad.id)!;
-    const pack = index.packs.get(packId)!;
     // bad's entry placed past the pack's end (its index object rewritten so, whole and sealed).
     const misplaced = pack.entries.map((e) => (e.id.equals(bad.id) ? { ...e, offset: pack.packSize - 10 } : e));
     await store.put(indexKey(packId), sealIndex(key, { packId, packSize: pack.packSize, entries: misplaced }));
@@ -525,18 +533,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
   });
 
   it("check names only the files of chunks a pack cut short lost, and reports an impossible pack size", async () => {
-    const root = await mkdtemp(join(tmpdir(), "dumont-check-cut-"));
-    onTestFinished(() => rm(root, { recursive: true, force: true }));
-    const store = new FileBlobStore(root);
-    const key = generateRepositoryKey();
-    const { repository } = await Repository.openOrInit(store, key);
-    const [good, bad] = [sealed(key, randomBytes(2_000)), sealed(key, randomBytes(2_000))];
-    const w = await repository.writer();
-    await w.put([good, bad]);
-    const snapshot = await w.commit([sealManifest(key, manifestOf({ "good.bin": [good], "bad.bin": [bad] }))], meta);
-    const index = await repository.loadIndex();
-    const { packId, offset } = index.get(bad.id)!;
-    const pack = index.packs.get(packId)!;
+    const { root, store, key, repository, snapshot, packId, offset, pack } = await goodAndBadInOnePack();
     const file = join(root, packKey(packId));
     const named = async (options?: { readData?: boolean }) =>
       (await checkRepository(repository, options)).problems.flatMap((p) => (p.files ?? []).map((f) => f.path)).sort();
