@@ -92,6 +92,10 @@ export class RepositoryWriter implements ChunkSink {
   private readonly uploads = new Set<Promise<void>>();
   private failure: Error | undefined;
   private closed = false;
+  /** Set by `abort({ keep: true })`: the pack being filled is still sealed and written, not dropped. */
+  private keeping = false;
+  /** Puts under way: an abort that keeps what arrived lets each finish the chunk it is on first. */
+  private readonly putting = new Set<Promise<void>>();
   private committing: Promise<string> | undefined;
   /** Manifest parts read back and found whole (missingManifestParts). */
   private readonly partsHeld = new Set<string>();
@@ -135,7 +139,18 @@ export class RepositoryWriter implements ChunkSink {
     return ids.filter((id) => !this.index.has(id) && !this.isPending(id));
   }
 
-  async put(chunks: SealedChunk[]): Promise<void> {
+  put(chunks: SealedChunk[]): Promise<void> {
+    const putting = this.putChunks(chunks);
+    const settled = putting.then(
+      () => {},
+      () => {},
+    );
+    this.putting.add(settled);
+    void settled.then(() => this.putting.delete(settled));
+    return putting;
+  }
+
+  private async putChunks(chunks: SealedChunk[]): Promise<void> {
     this.assertUsable();
     const key = this.repository.key;
     for (const chunk of chunks) {
@@ -156,7 +171,7 @@ export class RepositoryWriter implements ChunkSink {
       if (buf && this.current && this.current.size + chunk.blob.length > buf.length) await this.sealCurrentPack();
       if (!this.current) {
         const opened = await this.openPack(chunk.blob.length);
-        if (this.closed) {
+        if (this.closed && !this.keeping) {
           await opened.writer?.abort().catch(() => {});
           this.assertUsable();
         }
@@ -397,12 +412,22 @@ export class RepositoryWriter implements ChunkSink {
   }
 
   /**
-   * Gives up: what was written stays for a prune to remove. A commit in progress either stops before its
-   * snapshot object or completes, and is waited for; so are uploads, so the lock is released only once
-   * nothing of this writer is still being written.
+   * Gives up: what was written stays for the next writer to reuse, or a prune to remove. A commit in progress
+   * either stops before its snapshot object or completes, and is waited for; so are uploads, so the lock is
+   * released only once nothing of this writer is still being written.
+   *
+   * With `keep`, the pack being filled is sealed and written too (its index object after it, as any pack's),
+   * unless the writer has failed: every chunk put before the abort is then in the repository for the next
+   * snapshot to reuse. The control plane keeps so when an agent drops mid-snapshot (up to a pack's worth, 32 MiB,
+   * was otherwise sent again). A put under way finishes the chunk it is on first; nothing after the abort is put.
    */
-  async abort(): Promise<void> {
+  async abort(options: { keep?: boolean } = {}): Promise<void> {
     this.closed = true;
+    this.keeping = options.keep === true && this.committing === undefined;
+    if (this.keeping) {
+      await Promise.all([...this.putting]);
+      await this.sealCurrentPack().catch(() => {}); // a failed writer drops it there (sealCurrentPack)
+    }
     const open = this.current;
     this.current = undefined;
     await open?.writer?.abort().catch(() => {});
@@ -428,7 +453,7 @@ export class RepositoryWriter implements ChunkSink {
     if (!pack || pack.entries.count === 0) return;
     this.current = undefined;
     while (this.uploads.size >= this.uploadConcurrency) await Promise.race(this.uploads);
-    if (this.failure || this.closed) {
+    if (this.failure || (this.closed && !this.keeping)) {
       // Nothing else holds this pack now (an abort came while we waited, or an upload failed): close and remove
       // its temp file before giving up.
       await pack.writer?.abort().catch(() => {});

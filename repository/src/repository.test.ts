@@ -188,6 +188,47 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await store.close();
   });
 
+  it("an abort that keeps what arrived seals the pack being filled, and a put under way ends whole; a plain one drops it", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const chunks = Array.from({ length: 5 }, () => sealed(key, randomBytes(40_000)));
+    const extra = sealed(key, randomBytes(40_000));
+    const ids = [...chunks, extra].map((c) => c.id);
+    const lacking = async () => {
+      const next = await repository.writer();
+      const missing = await next.missing(ids);
+      await next.abort();
+      return missing.map((id) => id.toString("hex"));
+    };
+    // Three chunks fill a pack of 100,000 bytes, which is written; the fourth waits in the next one.
+    const dropping = await repository.writer({ packSize: 100_000 });
+    await dropping.put(chunks.slice(0, 4));
+    await dropping.abort();
+    expect(await lacking()).toEqual([chunks[3].hex, chunks[4].hex, extra.hex]);
+
+    // Here all three fit in the pack being filled, which only the abort can seal.
+    const keeping = await repository.writer({ packSize: 200_000 });
+    await keeping.put([chunks[3]]);
+    const underWay = keeping.put([chunks[4], extra]).then(
+      () => true,
+      (err: Error) => {
+        expect(err.message).toMatch(/already committed or aborted/);
+        return false;
+      },
+    );
+    await keeping.abort({ keep: true });
+    // The put ends at a chunk's edge: the chunk it was on is kept, and the next either whole or not at all (a
+    // file:// pack is written as it fills, so the abort comes while its first chunk is being written; an S3 pack
+    // is gathered in memory, so the put may be done before the abort begins).
+    const extraKept = await underWay;
+    expect(await lacking()).toEqual(extraKept ? [] : [extra.hex]);
+    expect(await checkRepository(repository)).toMatchObject({ ok: true, problems: [] });
+    // The kept pack is an orphan, as any pack no snapshot references: a prune removes it.
+    expect((await pruneRepository(repository)).packsDeleted).toBe(2);
+    await store.close();
+  });
+
   it("refuses a manifest with unsafe paths at commit", async () => {
     const store = make();
     const key = generateRepositoryKey();

@@ -83,8 +83,12 @@ export interface ChunkSink {
   commit(manifestParts: readonly ManifestPartBlob[], meta: SnapshotMeta, manifest?: ManifestEntries): Promise<string>;
   /** The most manifest parts `commit` takes (MAX_MANIFEST_PARTS when unset). */
   readonly maxManifestParts?: number;
-  /** Gives up: nothing becomes visible; chunks already durable stay for the next attempt to reuse. */
-  abort(): Promise<void>;
+  /**
+   * Gives up: nothing becomes visible; chunks already durable stay for the next attempt to reuse. With `keep`,
+   * chunks put but not yet durable are made so first where the sink can (a repository writer seals the pack it
+   * is filling), for that attempt to reuse too.
+   */
+  abort(options?: { keep?: boolean }): Promise<void>;
 }
 
 export type FetchedChunk =

@@ -773,6 +773,78 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
     }
   });
 
+  it("an agent that drops mid-snapshot: what it sent is kept for its next one, and the caller hears once the lock is let go", async () => {
+    const running = await startedIn(h);
+    const { requestId, key } = running;
+    const plains = [randomBytes(50_000), randomBytes(50_000)];
+    const chunks = plains.map((plain) => chunkCodec.sealChunk(key, plain));
+    let settled = false;
+    running.snapshot.catch(() => {}).finally(() => (settled = true));
+    const blobs = await store();
+    const put = blobs.put.bind(blobs);
+    let open = () => {};
+    const gate = new Promise<void>((r) => (open = r));
+    let reached = false;
+    blobs.put = async (key, body, options) => {
+      if (key.startsWith("index/")) {
+        reached = true;
+        await gate;
+      }
+      return put(key, body, options);
+    };
+    try {
+      // Two chunks, far less than a pack: only the pack being filled holds them when the agent drops.
+      agentSends(h.session, {
+        case: "snapshotChunks",
+        value: {
+          requestId,
+          epoch: 0n,
+          chunks: chunks.map((c, i) => ({ id: c.id, blob: c.blob, plainLength: plains[i].length })),
+        },
+      });
+      h.coordinator.onSessionClosed(h.session);
+      await waitFor(() => reached); // the pack is sealed and written; its index object waits
+      await new Promise((r) => setTimeout(r, 50));
+      expect(settled).toBe(false); // the caller is not told while the writer still holds the repository's lock
+      open();
+      await expect(running.snapshot).rejects.toThrow(/host h-edge disconnected during the operation/);
+      // Told: the lock is gone, and a prune from another process takes the repository at once.
+      const prune = await acquireLock(blobs, key, { exclusive: true, purpose: "a prune" });
+      await prune.release();
+    } finally {
+      blobs.put = put;
+      open();
+    }
+    // The next snapshot needs neither chunk sent again, and commits a file made of them.
+    const next = await startedIn(h);
+    const before = h.sent.length;
+    agentSends(h.session, {
+      case: "snapshotOffer",
+      value: { requestId: next.requestId, epoch: 0n, batch: 1n, chunkIds: chunks.map((c) => c.id) },
+    });
+    await waitFor(() => h.sent.slice(before).some((m) => m.msg.case === "snapshotNeed"));
+    const need = h.sent.slice(before).find((m) => m.msg.case === "snapshotNeed")?.msg;
+    expect(need?.case === "snapshotNeed" && need.value.chunkIds).toEqual([]);
+    const manifest = sealManifest(key, {
+      version: 1,
+      entries: [
+        {
+          type: "file",
+          path: "both.bin",
+          mode: 0o644,
+          mtimeNs: "0",
+          size: 100_000,
+          chunks: chunks.map((c) => c.id.toString("hex")),
+          lengths: [50_000, 50_000],
+        },
+      ],
+    });
+    agentSends(h.session, { case: "snapshotCommit", value: { requestId: next.requestId, epoch: 0n, manifest } });
+    const row = await next.snapshot;
+    expect(row.bytes_total).toBe(100_000);
+    expect(await h.coordinator.check("t1", {})).toMatchObject({ ok: true });
+  });
+
   it("tells the agent when an offer cannot be answered, so it does not wait for an answer", async () => {
     const { snapshot, requestId } = await startedIn(h);
     const blobs = await store();
@@ -842,6 +914,26 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
     });
     await expect(snapshot).rejects.toThrow(error);
     expect(await (await Repository.open(await store(), key)).listSnapshots()).toEqual(await before);
+  });
+
+  it("holds a shared lock of the repository while a restore runs: a prune from elsewhere is refused until it ends", async () => {
+    const started = await startedIn(h);
+    const snapshot = await finish(started);
+    const before = h.sent.length;
+    const done = h.coordinator.restore({ session: h.session, snapshot, target: "/restore-locked" });
+    done.catch(() => {});
+    await waitFor(() => h.sent.slice(before).some((m) => m.msg.case === "restore"));
+    const m = h.sent.slice(before).find((m) => m.msg.case === "restore")!.msg;
+    const requestId = m.case === "restore" ? m.value.requestId : "";
+    const blobs = await store();
+    const prune = () => acquireLock(blobs, started.key, { exclusive: true, purpose: "a prune" });
+    await expect(prune()).rejects.toThrow(/the repository is locked by a restore \(pid /);
+    agentSends(h.session, {
+      case: "restoreProgress",
+      value: { requestId, done: true, files: 1n, bytesWritten: 5_000n },
+    });
+    expect(await done).toMatchObject({ files: 1, bytesWritten: 5_000 });
+    await (await prune()).release();
   });
 
   it("streams a restore's chunk requests a few at a time, and refuses an agent that asks for far too many", async () => {

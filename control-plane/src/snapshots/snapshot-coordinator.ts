@@ -18,6 +18,7 @@ import {
   type WireChunk,
 } from "@dumont/proto";
 import {
+  acquireLock,
   alignedBuffer,
   type BlobStore,
   BufferPool,
@@ -681,8 +682,14 @@ export class SnapshotCoordinator {
         this.operations.delete(requestId);
         silence.stop();
         if (err) {
-          void writer.abort().catch(() => undefined);
-          reject(err);
+          // What arrived and checked out is kept: the batches already in hand are written, and the pack being
+          // filled is sealed (abort's keep), so the agent's next attempt sends none of it again. The caller hears
+          // of the failure once the writer has let go of the repository's lock, and the tenant counts the
+          // snapshot as running until then: a prune started on hearing it is not refused "locked".
+          void chain
+            .then(() => writer.abort({ keep: true }))
+            .catch(() => undefined)
+            .then(() => reject(err));
         } else resolve(row!);
       };
       /** Gives up on the snapshot and tells the agent to stop sending it (once; not after it ended otherwise). */
@@ -882,6 +889,24 @@ export class SnapshotCoordinator {
     const started = Date.now();
     const key = await this.tenantKeys.get(req.snapshot.tenant_id);
     const repository = await this.repository(req.snapshot.tenant_id, key);
+    // A shared lock, as direct mode's restore takes: a prune elsewhere (another replica, direct mode on the same
+    // store) cannot repack or delete the packs it reads meanwhile; one running is waited for by nobody, and
+    // this restore is refused "locked", to be run again. (This process's own prunes wait on `using`.)
+    const lock = await acquireLock(repository.store, key, { exclusive: false, purpose: "a restore" });
+    try {
+      return await this.streamRestore(req, repository, key, started);
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /** runRestore's work under its lock: the manifest to the agent, then the chunks it asks for. */
+  private async streamRestore(
+    req: RestoreRequest,
+    repository: Repository,
+    key: Buffer,
+    started: number,
+  ): Promise<RestoreResult> {
     const index = await repository.loadIndex({ into: this.index(req.snapshot.tenant_id) });
     // Pack reads and outgoing messages reuse a few buffers for the whole restore (see BufferPool).
     // Page-aligned, so the file store reads packs into them around the page cache (FileBlobStore.getRange).

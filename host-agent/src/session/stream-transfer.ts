@@ -279,8 +279,8 @@ export class StreamChunkSink implements ChunkSink {
   }
 
   async abort(): Promise<void> {
-    // The control plane drops its half-written snapshot when it sees SnapshotFailed (sent by the caller). A put
-    // still sending stops at its next message.
+    // The control plane ends its half-written snapshot when it sees SnapshotFailed (sent by the caller), keeping
+    // the chunks that reached it for the next attempt. A put still sending stops at its next message.
     this.failed ??= new Error("the snapshot was aborted");
   }
 

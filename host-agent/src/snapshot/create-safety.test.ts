@@ -519,6 +519,44 @@ describe("create, while files change under it", () => {
     }
   });
 
+  it("keeps what an interrupted snapshot stored, the pack it was filling too: the next one sends only the rest", async () => {
+    const source = fresh("src");
+    await mkdir(source);
+    const size = 4 * 1024 * 1024;
+    await writeFile(join(source, "big.bin"), seeded(size, "interrupted"));
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(fresh("repo")).href;
+    const { repository } = await Repository.openOrInit(openBlobStore(repo), key);
+    // A pack far larger than the file: what was put is in the pack being filled, which only the abort can seal.
+    const writer = await repository.writer({ packSize: 64 * 1024 * 1024 });
+    const stop = new AbortController();
+    let stored = 0;
+    const sink: ChunkSink = {
+      missing: (ids) => writer.missing(ids),
+      put: async (chunks) => {
+        await writer.put(chunks);
+        stored += chunks.reduce((sum, c) => sum + c.plainLength, 0);
+        stop.abort(new Error("interrupted by the test")); // a signal, as Ctrl-C gives direct mode
+      },
+      commit: (manifest, m) => writer.commit(manifest, m),
+      abort: (options) => writer.abort(options),
+    };
+    await expect(createSnapshot({ source, sink, key, meta, pool, ...SMALL, signal: stop.signal })).rejects.toThrow(
+      "interrupted by the test",
+    );
+    expect(stored).toBeGreaterThan(0);
+    expect(stored).toBeLessThan(size);
+    const again = await createDirectSnapshot({ repo, key, source, pool, ...SMALL });
+    expect(again.bytesNew).toBe(size - stored);
+    const target = fresh("restored");
+    await restoreDirectSnapshot({ repo, key, snapshotId: again.id, target, pool });
+    const digest = async (dir: string) =>
+      createHash("sha256")
+        .update(await readFile(join(dir, "big.bin")))
+        .digest("hex");
+    expect(await digest(target)).toBe(await digest(source));
+  });
+
   it("gives the pool's shared buffers back when a snapshot fails part-way (an agent's pool lives on)", async () => {
     // A sink that fails once some chunks were taken (the control plane aborts, the stream drops): the buffers of
     // the segments sealed ahead, and the failed one's, stayed lent until the pool closed, ~24 MiB each.

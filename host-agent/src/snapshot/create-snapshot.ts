@@ -395,7 +395,9 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       ...(warnings.length > 0 ? { warnings } : {}),
     };
   } catch (err) {
-    await sink.abort().catch(() => {});
+    // What was stored is kept for the next attempt, the pack being filled too: an interrupted snapshot (a
+    // signal, a file that could not be read) sends again only what never reached the repository.
+    await sink.abort({ keep: true }).catch(() => {});
     throw err;
   } finally {
     if (ownPool) await pool.close();
