@@ -2,6 +2,9 @@
 // control plane), so a flag is refused the same way in either. Each CLI passes commander's
 // InvalidArgumentError, which commander prints as the flag's error: this package does not depend on commander.
 
+/** A snapshot id or a unique prefix of it, as every command and the repository take it: 4 to 64 hex characters. */
+export const SNAPSHOT_ID_OR_PREFIX = /^[0-9a-fA-F]{4,64}$/;
+
 /** The retention flags of both `forget` commands, by unit, with their help. */
 const RETENTION_FLAGS = [
   ["last", "keep the newest n snapshots"],
@@ -46,10 +49,24 @@ export function flagParsers(InvalidArgument: new (message: string) => Error) {
       }
       return n;
     };
+  /**
+   * A snapshot as direct mode names one (`--id`, or an argument named `name`): its id, a unique prefix of it, or
+   * `latest`; anything else is refused here, naming the flag, before the repository is opened.
+   */
+  const snapshotId =
+    (name: string) =>
+    (value: string): string => {
+      if (value === "latest" || SNAPSHOT_ID_OR_PREFIX.test(value)) return value;
+      throw new InvalidArgument(
+        `${name} ${JSON.stringify(value.slice(0, 80))} is not a snapshot id: give an id from \`snapshot list\`, a ` +
+          "unique prefix of it (4 to 64 hex characters), or latest",
+      );
+    };
   return {
     nonEmpty,
     once,
     wholeNumber,
+    snapshotId,
     /**
      * `--keep-last|hourly|daily|weekly <n>` as [flags, help, parser] for commander's `option`: each a count from
      * 1 to `max`, given once.

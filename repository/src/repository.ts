@@ -2,6 +2,7 @@
 import { randomBytes } from "node:crypto";
 import type { BlobStore } from "./blob-store.js";
 import { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
+import { SNAPSHOT_ID_OR_PREFIX } from "./cli-flags.js";
 import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
 import { assertKey } from "./key.js";
@@ -189,7 +190,7 @@ export class Repository implements RepositoryAccess {
    */
   async resolveSnapshotId(idOrPrefix: string): Promise<string> {
     const wanted = idOrPrefix.toLowerCase();
-    if (!/^[0-9a-f]{4,64}$/.test(wanted)) {
+    if (!SNAPSHOT_ID_OR_PREFIX.test(wanted)) {
       throw new RepositoryError(
         "invalid-argument",
         `"${idOrPrefix}" is not a snapshot id (4 to 64 hex characters, or ${LATEST})`,

@@ -14,12 +14,15 @@ export function checkText(field: string, value: string, max: number): void {
 /** A tenant id: as a DNS label, 2..63 lowercase letters, digits and dashes, a letter or digit at each end. */
 const TENANT_ID = /^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$/;
 
+/** Why `id` is not a tenant id, naming it as `field` (the API's tenant_id, the CLI's --tenant); undefined if it is. */
+export function tenantIdProblem(id: string, field: string): string | undefined {
+  if (TENANT_ID.test(id)) return undefined;
+  return `${field} must be 2..63 lowercase letters, digits and dashes, starting and ending with a letter or digit, got ${shown(id)}`;
+}
+
 export function checkTenantId(id: string, field = "tenant_id"): string {
-  if (!TENANT_ID.test(id)) {
-    throw new InvalidArgumentError(
-      `${field} must be 2..63 lowercase letters, digits and dashes, starting and ending with a letter or digit, got ${shown(id)}`,
-    );
-  }
+  const problem = tenantIdProblem(id, field);
+  if (problem !== undefined) throw new InvalidArgumentError(problem);
   return id;
 }
 

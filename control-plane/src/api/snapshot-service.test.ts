@@ -1,4 +1,5 @@
 // The snapshot API's own checks, before any agent is involved: an in-process service on a test database.
+import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
@@ -10,6 +11,7 @@ import { insertHost } from "../db/host-repository.js";
 import { insertTestSnapshot, openTestDatabase } from "../db/test-database.js";
 import { FailedPreconditionError } from "../errors.js";
 import type { SnapshotCoordinator } from "../snapshots/snapshot-coordinator.js";
+import { TenantKeys } from "../snapshots/tenant-keys.js";
 import { createApiKey } from "./auth.js";
 import { snapshotService } from "./snapshot-service.js";
 
@@ -111,10 +113,16 @@ describe("SnapshotService: forget", () => {
 });
 
 describe("SnapshotService: repair the index", () => {
-  it("repairs every tenant it can, saying why one was not; a tenant named must have snapshots", async () => {
+  it("repairs every tenant with a repository it can, saying why one was not; a tenant named must have one", async () => {
     const { db, close, ctx } = await adminOfTenantA();
     try {
       await tenantWithHost(db, "t-b", "h-b");
+      await tenantWithHost(db, "t-c", "h-c");
+      await tenantWithHost(db, "t-none", "h-none");
+      // A repository is made with a tenant's key, at its first snapshot: t-c's were all forgotten since (its packs
+      // stay until a prune), and t-none never took one.
+      const keys = new TenantKeys(db, randomBytes(32));
+      for (const tenant of ["t-a", "t-b", "t-c"]) await keys.get(tenant);
       await insertTestSnapshot(db, "a".repeat(64), "t-a", "h-a");
       await insertTestSnapshot(db, "b".repeat(64), "t-b", "h-b");
       const asked: string[] = [];
@@ -124,6 +132,7 @@ describe("SnapshotService: repair the index", () => {
         snapshots: {
           repairIndex: async (tenantId: string, { dryRun }: { dryRun: boolean }) => {
             asked.push(`${tenantId}${dryRun ? " (dry run)" : ""}`);
+            if (tenantId === "t-c") return { packs: 1, rebuilt: [], removed: [], unrepairable: [] };
             if (tenantId === "t-a") {
               throw new FailedPreconditionError(
                 "1 snapshot, restore or check of tenant t-a is running; repair the index again when it has ended",
@@ -150,14 +159,15 @@ describe("SnapshotService: repair the index", () => {
           0n,
         ],
         ["t-b", "", ["p1"], 3n],
+        ["t-c", "", [], 1n],
       ]);
       expect(all.tenants[1].unrepairable.map((p) => p.message)).toEqual(["pack p2: damaged"]);
       expect((await repair({ tenantId: "t-b", dryRun: true })).tenants.map((t) => t.tenantId)).toEqual(["t-b"]);
-      expect(asked).toEqual(["t-a", "t-b", "t-b (dry run)"]);
+      expect(asked).toEqual(["t-a", "t-b", "t-c", "t-b (dry run)"]);
       const unknown = await repair({ tenantId: "t-none" }).catch((err: unknown) => ConnectError.from(err));
       expect(unknown).toMatchObject({ code: Code.NotFound });
       expect((unknown as ConnectError).rawMessage).toBe(
-        'tenant "t-none" has no snapshots: there is no index of it to repair',
+        'tenant "t-none" has no repository (it never took a snapshot): there is no index of it to repair',
       );
     } finally {
       await close();

@@ -17,7 +17,7 @@ import { checkExcludePatterns, checkPathPatterns, nothingIncluded } from "@dumon
 import type { SessionRegistry } from "../agent-gateway/agent-session.js";
 import type { Db } from "../db/database.js";
 import { getHost } from "../db/host-repository.js";
-import { findSnapshotsByPrefix, listSnapshots, snapshotTenants } from "../db/snapshot-repository.js";
+import { findSnapshotsByPrefix, listSnapshots, repositoryTenants, snapshotTenants } from "../db/snapshot-repository.js";
 import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import type { SnapshotCoordinator, TransferProgress } from "../snapshots/snapshot-coordinator.js";
@@ -216,7 +216,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       const who = await admin(ctx);
       const readSubset = readSubsetOf(req);
       const start = async (report: (p: TransferProgress) => void) => {
-        const tenants = await snapshotTenants(deps.db, tenantScope(who));
+        const tenants = await repositoryTenants(deps.db, tenantScope(who));
         return () => checkTenants(deps.snapshots, tenants, { readData: !req.structureOnly, readSubset }, report);
       };
       for await (const event of withProgress(start)) {
@@ -228,9 +228,11 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
 
     async repairIndex(req, ctx) {
       const who = await admin(ctx);
-      const tenants = await snapshotTenants(deps.db, listScope(who, req.tenantId, "snapshots"));
+      const tenants = await repositoryTenants(deps.db, listScope(who, req.tenantId, "snapshots"));
       if (req.tenantId !== "" && tenants.length === 0) {
-        throw new NotFoundError(`tenant ${shown(req.tenantId)} has no snapshots: there is no index of it to repair`);
+        throw new NotFoundError(
+          `tenant ${shown(req.tenantId)} has no repository (it never took a snapshot): there is no index of it to repair`,
+        );
       }
       const out = create(api.RepairIndexResponseSchema, {});
       // One tenant at a time, each on its own: one busy or whose store does not answer is reported with its reason,

@@ -6,6 +6,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { api } from "@dumont/proto";
 import { flagParsers } from "@dumont/repository/cli-flags";
 import { InvalidArgumentError } from "commander";
+import { tenantIdProblem } from "../api/request-fields.js";
 
 export interface ApiOptions {
   apiUrl?: string;
@@ -98,7 +99,13 @@ function readDefaultKey(): string | undefined {
 }
 
 /** `--tenant`, as every command takes it: given once, never empty (an empty one would mean "every tenant"). */
-export const tenantFlag = flagParsers(InvalidArgumentError).once("--tenant", "a tenant id");
+/** `--tenant <id>`: checked here as the API would, so its refusal names the flag rather than the API's tenant_id. */
+const { once, nonEmpty } = flagParsers(InvalidArgumentError);
+export const tenantFlag = once("--tenant", (value: string) => {
+  const problem = tenantIdProblem(nonEmpty("--tenant", "a tenant id")(value), "--tenant");
+  if (problem !== undefined) throw new InvalidArgumentError(problem);
+  return value;
+});
 
 /** "90s", "10m", "1h", "7d" or plain seconds → seconds. */
 export function parseDuration(

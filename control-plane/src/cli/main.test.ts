@@ -81,6 +81,11 @@ describe("dumont (admin CLI): global flags", () => {
     [["host", "list", "--tenant", ""], "--tenant is empty: give a tenant id"],
     [["key", "list", "--tenant", "a1", "--tenant", "b1"], "--tenant was given twice: give it once"],
     [["key", "create", "--role", "provider", "--tenant", " "], "--tenant is empty: give a tenant id"],
+    // Checked here as the API would check it, naming the flag (the API's refusal named its field, tenant_id).
+    [
+      ["snapshot", "list", "--tenant", "Acme_Corp"],
+      '--tenant must be 2..63 lowercase letters, digits and dashes, starting and ending with a letter or digit, got "Acme_Corp"',
+    ],
   ])("refuses %j before any request: an empty --tenant would mean every tenant", async (args, message) => {
     const res = await dumont(args);
     expect(res.code).toBe(1);

@@ -2,7 +2,7 @@
 // repair-index, forget. Create and restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent
 // works.
 import { api } from "@dumont/proto";
-import { collect, flagParsers, READ_DATA_SUBSET } from "@dumont/repository/cli-flags";
+import { collect, flagParsers, READ_DATA_SUBSET, SNAPSHOT_ID_OR_PREFIX } from "@dumont/repository/cli-flags";
 import { counted } from "@dumont/repository/counted";
 import { type ListedEntry, listingLine, withOwnerAndTarget } from "@dumont/repository/listing";
 import {
@@ -397,7 +397,7 @@ function absolute(flag: string): (value: string) => string {
 /** Snapshot ids or prefixes as `dumont snapshot list` prints them, checked before any request. */
 function checkSnapshotIds(name: string, ids: string[]): void {
   for (const id of ids) {
-    if (!/^[0-9a-fA-F]{4,64}$/.test(id)) {
+    if (!SNAPSHOT_ID_OR_PREFIX.test(id)) {
       throw new Error(
         `${name} ${JSON.stringify(id.slice(0, 80))} is not a snapshot id: give an id from \`dumont snapshot list\` ` +
           "or a unique prefix of it (4 to 64 hex characters)",

@@ -36,6 +36,18 @@ export async function snapshotTenants(db: Db, filter: { tenantId?: string; works
   return (await q.execute()).map((r) => r.tenant_id);
 }
 
+/**
+ * The tenants that have a repository in the scope: those with a data key, made as their first snapshot started
+ * (as the scheduled prune finds them). What check and repair-index cover: not only tenants with catalogued
+ * snapshots, since one whose snapshots were all forgotten still holds packs until a prune, and a catalogue that
+ * lost rows must not hide a repository from its check.
+ */
+export async function repositoryTenants(db: Db, filter: { tenantId?: string }): Promise<string[]> {
+  let q = db.selectFrom("tenant_keys").select("tenant_id").orderBy("tenant_id");
+  if (filter.tenantId !== undefined) q = q.where("tenant_id", "=", filter.tenantId);
+  return (await q.execute()).map((r) => r.tenant_id);
+}
+
 /** Snapshots whose id starts with `prefix` (hex, checked by the caller), at most `limit`, within the scope. */
 export async function findSnapshotsByPrefix(
   db: Db,

@@ -45,6 +45,18 @@ describe("dumont-agent snapshot: bad flags", () => {
     ],
     ["an empty --target", () => restore("--id", "abcd", "--target", ""), /--target is empty: give a new or empty/],
     ["--id twice", () => restore("--id", "abcd", "--id", "ef01", "--target", join(root, "t")), /--id was given twice/],
+    [
+      "an --id that is no snapshot id (was: the repository's words, naming no flag)",
+      () => restore("--id", "zz!", "--target", join(root, "t")),
+      /--id "zz!" is not a snapshot id: give an id from `snapshot list`, a unique prefix of it \(4 to 64 hex/,
+    ],
+    ["an --id prefix of 3 characters", () => ["ls", "--repo", repo, "--key-file", key, "--id", "abc"], /--id "abc" is/],
+    [
+      "a diff's second snapshot that is no id",
+      () => ["diff", "--repo", repo, "--key-file", key, "latest", "v1"],
+      /AFTER "v1" is not a snapshot id/,
+    ],
+    ["a forget's id that is no id", () => forget("abcd", "last"), /ID "last" is not a snapshot id/],
     ["--repo twice", () => ["list", "--repo", repo, "--repo", `${repo}2`, "--key-file", key], /--repo was given twice/],
     [
       "an empty --key-file (was: DUMONT_REPO_KEY)",

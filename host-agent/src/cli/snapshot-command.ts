@@ -43,7 +43,7 @@ import {
   withDirectRepository,
 } from "../snapshot/index.js";
 
-const { once, wholeNumber, retentionOptions } = flagParsers(InvalidArgumentError);
+const { once, wholeNumber, retentionOptions, snapshotId } = flagParsers(InvalidArgumentError);
 
 const REPO_HELP =
   "repository URL: file:///absolute/path or s3://bucket/prefix (S3 credentials and region from the AWS_* " +
@@ -166,7 +166,7 @@ export function registerSnapshotCommands(program: Command): void {
     .command("restore")
     .description("restore a snapshot into a new or empty directory, checking every chunk")
     .addOption(repoOption())
-    .requiredOption("--id <id>", ID_HELP, once("--id", "a snapshot id"))
+    .requiredOption("--id <id>", ID_HELP, once("--id", snapshotId("--id")))
     .requiredOption(
       "--target <dir>",
       "new or empty directory to restore into",
@@ -230,7 +230,7 @@ export function registerSnapshotCommands(program: Command): void {
     .command("ls")
     .description("list the files of a snapshot (with --include, what `restore --include` would write)")
     .addOption(repoOption())
-    .requiredOption("--id <id>", ID_HELP, once("--id", "a snapshot id"))
+    .requiredOption("--id <id>", ID_HELP, once("--id", snapshotId("--id")))
     .option("--include <pattern>", INCLUDE_HELP.replace("restore only", "list only"), collect, [])
     .addOption(keyFileOption())
     .option("--json", "print a JSON array of {path, type, mode, size, mtime, uid, gid, target}")
@@ -258,6 +258,8 @@ export function registerSnapshotCommands(program: Command): void {
     .option("--json", "print {changes: [{path, change, sizeBefore, sizeAfter}], summary}")
     .action((before: string, after: string, opts: RepoOptions) =>
       withFriendlyErrors(opts, async () => {
+        snapshotId("BEFORE")(before);
+        snapshotId("AFTER")(after);
         const key = await loadKey(opts);
         const diff = await withDirectRepository({ repo: opts.repo, key }, async (r) =>
           diffManifests(
@@ -419,6 +421,7 @@ export function registerSnapshotCommands(program: Command): void {
         },
       ) =>
         withFriendlyErrors(opts, async () => {
+          for (const id of ids) snapshotId("ID")(id);
           const policy: RetentionPolicy = {
             last: opts.keepLast,
             hourly: opts.keepHourly,

@@ -876,7 +876,7 @@ export type RepairIndexRequest = Message<"dumont.api.v1.RepairIndexRequest"> & {
   dryRun: boolean;
 
   /**
-   * Only this tenant's blob store; empty for every tenant with snapshots.
+   * Only this tenant's blob store; empty for every tenant with a repository.
    *
    * @generated from field: string tenant_id = 2;
    */
@@ -1200,7 +1200,7 @@ export const SnapshotService: GenService<{
     output: typeof ForgetSnapshotsResponseSchema;
   },
   /**
-   * Verifies the blob store of every tenant with snapshots: every index object, snapshot record and manifest
+   * Verifies the blob store of every tenant with a repository: every index object, snapshot record and manifest
    * opens, every chunk a snapshot needs is in a pack, and (unless structure_only) every chunk of every pack
    * decrypts and hashes to its id. Progress events (pack bytes read), then the report as the last event. A
    * prune waits for it, as for a snapshot.
@@ -1214,7 +1214,7 @@ export const SnapshotService: GenService<{
   },
   /**
    * Rebuilds index objects that were lost or do not open from the packs' own headers, and removes index objects
-   * whose pack is gone, in the blob store of every tenant with snapshots (restic's `repair index`). Refused, as a
+   * whose pack is gone, in the blob store of every tenant with a repository (restic's `repair index`). Refused, as a
    * prune is, while a snapshot, restore or check of the tenant runs; run CheckSnapshots after it.
    *
    * @generated from rpc dumont.api.v1.SnapshotService.RepairIndex
