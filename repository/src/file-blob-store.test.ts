@@ -1,6 +1,6 @@
 // What only the file:// store does: directories made durable before a put returns, and a stray file on an
 // object's path told from a repository path that names a file. (The shared suite is blob-store.test.ts.)
-import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -87,6 +87,17 @@ describe("FileBlobStore", () => {
     for await (const info of store.list("data/")) listed.push(info.key);
     expect(listed.sort()).toEqual(["data/ab/abcdef", "data/ef/ef0123"]);
     expect((await store.stat("data/ab/abcdef"))?.size).toBe(4);
+
+    // A prune's sweep of abandoned temp files goes where the listing goes (it stopped at the link, and the other
+    // disk filled with them), and nowhere else: not through the two links, and no link named like a temp file.
+    await writeFile(join(elsewhere, ".tmp-0123456789abcdef"), "an interrupted pack");
+    await writeFile(join(root, "data", "ef", ".tmp-fedcba9876543210"), "another");
+    await writeFile(join(twice, ".tmp-00000000000000aa"), "not reached");
+    await symlink(join(twice, "0123ab"), join(root, "data", "ef", ".tmp-link"));
+    expect(await store.removeAbandoned("data/")).toEqual({ count: 2, bytes: 26 });
+    expect((await readdir(elsewhere)).sort()).toEqual(["abcdef"]);
+    expect((await readdir(join(root, "data", "ef"))).sort()).toEqual([".tmp-link", "ef0123"]);
+    expect((await readdir(twice)).sort()).toEqual([".tmp-00000000000000aa", "0123ab"]);
   });
 
   it("makes a new repository's own directory durable in its parent with its first object", async () => {

@@ -352,6 +352,51 @@ export class FileBlobStore implements BlobStore {
   }
 
   async *list(prefix: string, options: BlobCallOptions = {}): AsyncIterable<BlobInfo> {
+    for await (const entry of this.walk(prefix, options.signal)) {
+      if (entry.kind !== "file" || entry.name.startsWith(TEMP_PREFIX) || !entry.key.startsWith(prefix)) continue;
+      try {
+        const st = await stat(entry.path);
+        yield { key: entry.key, size: st.size, modified: st.mtime };
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      }
+    }
+  }
+
+  async removeAbandoned(
+    prefix: string,
+    options: { olderThanMs?: number } = {},
+  ): Promise<{ count: number; bytes: number }> {
+    const before = Date.now() - (options.olderThanMs ?? 0);
+    const removed = { count: 0, bytes: 0 };
+    for await (const entry of this.walk(prefix === "" || prefix.endsWith("/") ? prefix : `${prefix}/`)) {
+      // A temp file itself, never one a symlink leads to (the link is not ours to judge).
+      if (!entry.name.startsWith(TEMP_PREFIX) || !entry.dirent.isFile()) continue;
+      try {
+        const { size, mtimeMs } = await stat(entry.path);
+        if (mtimeMs > before) continue;
+        await unlink(entry.path);
+        removed.count++;
+        removed.bytes += size;
+      } catch (err) {
+        // Renamed into place or removed meanwhile: not abandoned after all, or gone already.
+        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      }
+    }
+    return removed;
+  }
+
+  /**
+   * Every entry of the directories that keys starting with `prefix` can lie in, with its key and what it is:
+   * the listing's walk, and the temp-file sweep's (so a sweep reaches every directory the listing does). A
+   * symlink counts as what it leads to, as reads and writes through it find it (an operator may put data/ab on
+   * another disk): walked past, the packs written through it were taken for missing, and their abandoned temp
+   * files never swept. Temp entries are yielded, never walked into.
+   */
+  private async *walk(
+    prefix: string,
+    signal?: AbortSignal,
+  ): AsyncIterable<{ name: string; path: string; key: string; kind?: "dir" | "file"; dirent: Dirent }> {
     const slash = prefix.lastIndexOf("/");
     const dirKey = slash < 0 ? "" : prefix.slice(0, slash);
     const start = dirKey === "" ? this.root : this.path(dirKey);
@@ -361,7 +406,7 @@ export class FileBlobStore implements BlobStore {
     const followed = new Set<string>();
     while (stack.length > 0) {
       const [dir, key] = stack.pop()!;
-      assertNotGivenUp(options.signal, this.url, prefix, "listing");
+      assertNotGivenUp(signal, this.url, prefix, "listing");
       let entries: Dirent[];
       try {
         entries = await readdir(dir, { withFileTypes: true });
@@ -373,11 +418,8 @@ export class FileBlobStore implements BlobStore {
       // Where each link here leads, and which directories two of them lead to (neither is followed, below).
       const { realOf, twice } = await linkTargets(dir, entries);
       for (const entry of entries) {
-        if (entry.name.startsWith(TEMP_PREFIX)) continue;
         const childKey = key === "" ? entry.name : `${key}/${entry.name}`;
         const childPath = join(dir, entry.name);
-        // A symlink is listed as what it leads to, as reads and writes through it find it (an operator may put
-        // data/ab on another disk): listed as nothing, the packs written through it were taken for missing.
         let kind: "dir" | "file" | undefined = entry.isDirectory() ? "dir" : entry.isFile() ? "file" : undefined;
         if (entry.isSymbolicLink()) {
           const target = await stat(childPath).catch(() => undefined);
@@ -396,53 +438,11 @@ export class FileBlobStore implements BlobStore {
             }
           }
         }
-        if (kind === "dir") {
-          if (childKey.startsWith(prefix) || prefix.startsWith(`${childKey}/`)) stack.push([childPath, childKey]);
-        } else if (kind === "file" && childKey.startsWith(prefix)) {
-          try {
-            const st = await stat(childPath);
-            yield { key: childKey, size: st.size, modified: st.mtime };
-          } catch (err) {
-            if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-          }
-        }
+        yield { name: entry.name, path: childPath, key: childKey, kind, dirent: entry };
+        const under = childKey.startsWith(prefix) || prefix.startsWith(`${childKey}/`);
+        if (kind === "dir" && under && !entry.name.startsWith(TEMP_PREFIX)) stack.push([childPath, childKey]);
       }
     }
-  }
-
-  async removeAbandoned(
-    prefix: string,
-    options: { olderThanMs?: number } = {},
-  ): Promise<{ count: number; bytes: number }> {
-    const before = Date.now() - (options.olderThanMs ?? 0);
-    const removed = { count: 0, bytes: 0 };
-    const walk = async (dir: string): Promise<void> => {
-      let entries: Dirent[];
-      try {
-        entries = await readdir(dir, { withFileTypes: true });
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
-        throw err;
-      }
-      for (const entry of entries) {
-        const path = join(dir, entry.name);
-        if (entry.isDirectory()) await walk(path);
-        else if (entry.isFile() && entry.name.startsWith(TEMP_PREFIX)) {
-          try {
-            const { size, mtimeMs } = await stat(path);
-            if (mtimeMs > before) continue;
-            await unlink(path);
-            removed.count++;
-            removed.bytes += size;
-          } catch (err) {
-            // Renamed into place or removed meanwhile: not abandoned after all, or gone already.
-            if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-          }
-        }
-      }
-    };
-    await walk(this.path(prefix.replace(/\/+$/, "")));
-    return removed;
   }
 
   async delete(key: string, options: BlobCallOptions = {}): Promise<void> {
