@@ -9,18 +9,36 @@ export const KEY_LENGTH = 32;
  * base64 of 32 bytes (surrounding whitespace ignored), or exactly 32 raw bytes from a file.
  */
 export function parseRepositoryKey(material: string | Buffer, source = "the key"): Buffer {
+  let key: Buffer | undefined;
+  // 32 raw bytes, unless they read as text (printable characters and whitespace only: a 31-character password
+  // and its newline, a cut-short hex key), which 32 random bytes do about once in 10^13.
   if (
     Buffer.isBuffer(material) &&
     material.length === KEY_LENGTH &&
-    !/^[\x21-\x7e]+$/.test(material.toString("latin1"))
+    !/^[\t-\r\x20-\x7e]+$/.test(material.toString("latin1"))
   ) {
-    return Buffer.from(material);
+    key = Buffer.from(material);
   }
   const text = (Buffer.isBuffer(material) ? material.toString("utf8") : material).trim();
-  if (/^[0-9a-fA-F]{64}$/.test(text)) return Buffer.from(text, "hex");
-  if (/^[A-Za-z0-9+/_-]{43}=?$/.test(text)) {
-    const key = Buffer.from(text, "base64");
-    if (key.length === KEY_LENGTH) return key;
+  if (!key && /^[0-9a-fA-F]{64}$/.test(text)) key = Buffer.from(text, "hex");
+  if (!key && /^[A-Za-z0-9+/_-]{43}=?$/.test(text)) {
+    const decoded = Buffer.from(text, "base64");
+    if (decoded.length === KEY_LENGTH) key = decoded;
+  }
+  if (key?.every((byte) => byte === key[0])) {
+    throw new RepositoryError(
+      "invalid-argument",
+      `${source} is not a repository key: its 32 bytes are all the same, not random (create one with \`openssl rand -hex 32\`).`,
+    );
+  }
+  if (key) return key;
+  if (Buffer.isBuffer(material) && material.length === KEY_LENGTH) {
+    throw new RepositoryError(
+      "invalid-argument",
+      `${source} is not a repository key: its 32 bytes read as text (a password, a cut-short key), not 32 random ` +
+        "bytes; a key is 64 hex characters (`openssl rand -hex 32`). A repository made with this file as its key " +
+        "opens with its bytes written as hex: `od -An -vtx1 FILE | tr -d ' \\n'`.",
+    );
   }
   throw new RepositoryError(
     "invalid-argument",

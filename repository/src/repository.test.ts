@@ -1815,4 +1815,26 @@ describe("keys", () => {
       /--key-file k is not a repository key.*openssl rand -hex 32/,
     );
   });
+
+  it("takes a file of 32 raw bytes, but not 32 bytes of text or a key of one byte repeated", () => {
+    let raw = generateRepositoryKey();
+    while (/^[\t-\r\x20-\x7e]+$/.test(raw.toString("latin1"))) raw = generateRepositoryKey(); // ~1 in 10^13
+    expect(parseRepositoryKey(raw).equals(raw)).toBe(true);
+    // Each was taken as a key: a password and its newline, a passphrase, a hex key cut short.
+    for (const text of [
+      "correct-horse-battery-staple-12\n",
+      "correct horse battery staple 123",
+      `${"ab".repeat(15)}c\n`,
+    ]) {
+      expect(text.length).toBe(32);
+      expect(() => parseRepositoryKey(Buffer.from(text), "--key-file k")).toThrow(
+        /--key-file k is not a repository key: its 32 bytes read as text .*od -An -vtx1 FILE/,
+      );
+    }
+    for (const same of [Buffer.alloc(32), "0".repeat(64), Buffer.alloc(32, 7).toString("base64")]) {
+      expect(() => parseRepositoryKey(same, "DUMONT_REPO_KEY")).toThrow(
+        "DUMONT_REPO_KEY is not a repository key: its 32 bytes are all the same, not random",
+      );
+    }
+  });
 });

@@ -4,12 +4,25 @@ import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { ensureTenant } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { openTestDatabase } from "../db/test-database.js";
 import { rewrapTenantKeys, rotateMasterKey } from "./master-key-rotation.js";
 import { loadMasterKey, TenantKeys, wrapTenantKey } from "./tenant-keys.js";
+
+/** makeDurable's calls: the rotation must make its commit durable before it reports the old key unused. */
+const durable = vi.hoisted(() => ({ calls: 0 }));
+vi.mock("../db/database.js", async (importOriginal) => {
+  const real = await importOriginal<typeof import("../db/database.js")>();
+  return {
+    ...real,
+    makeDurable: (db: Db) => {
+      durable.calls++;
+      return real.makeDurable(db);
+    },
+  };
+});
 
 describe("master key rotation", () => {
   let db: Db;
@@ -99,6 +112,30 @@ describe("master key rotation", () => {
     await opensAll(next);
   });
 
+  it("keeps the key it made when the database's answer to the commit is lost, and finishes with it next time", async () => {
+    // The connection drops during COMMIT: the database took the keys wrapped by the new master key, the command
+    // heard an error. Removing master.key.next then left no copy of the only key that opens them.
+    const lostAnswer = new Proxy(db, {
+      get(target, name) {
+        if (name === "transaction") {
+          return () => ({
+            execute: async (work: Parameters<ReturnType<Db["transaction"]>["execute"]>[0]) => {
+              await target.transaction().execute(work);
+              throw new Error("Connection terminated unexpectedly");
+            },
+          });
+        }
+        const value = Reflect.get(target, name);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    await expect(rotateMasterKey({ db: lostAnswer, dataDir })).rejects.toThrow("Connection terminated unexpectedly");
+    expect((await fs.readdir(dataDir)).sort()).toEqual(["master.key", "master.key.next"]);
+    await expect(load()).rejects.toThrow(/master\.key\.next/); // the control plane will not start meanwhile
+    expect(await rotateMasterKey({ db, dataDir })).toMatchObject({ rewrapped: 0, alreadyNew: 2 });
+    await opensAll(await load());
+  });
+
   it("changes nothing when a tenant key is wrapped by neither master key, naming the tenant", async () => {
     await ensureTenant(db, "initech", "initech");
     await db
@@ -128,6 +165,7 @@ describe("master key rotation", () => {
 
     const next = randomBytes(32);
     const nextFile = await keyFile("next.key", next);
+    const durableBefore = durable.calls;
     expect(await rotateMasterKey({ db, dataDir, fromEnv, newKeyFile: nextFile })).toEqual({
       rewrapped: 2,
       alreadyNew: 0,
@@ -135,6 +173,7 @@ describe("master key rotation", () => {
       fromEnvironment: true,
     });
     expect(await load()).toEqual(first); // the file is not what the control planes read here
+    expect(durable.calls).toBe(durableBefore + 1); // made durable before the old key is said to open nothing
     await opensAll(next);
 
     // A control plane left running with the old key wraps a new tenant's key with it: the next start says so,
@@ -142,7 +181,7 @@ describe("master key rotation", () => {
     await ensureTenant(db, "umbrella", "umbrella");
     dataKeys.set("umbrella", await new TenantKeys(db, first).get("umbrella"));
     await expect(new TenantKeys(db, next).verify()).rejects.toThrow(
-      /the data keys of 1 of 3 tenants are wrapped by another master key than this one \(umbrella\).*DUMONT_MASTER_KEY=<the old key> dumont master-key rotate --new-key-file/,
+      /the data keys of 1 of 3 tenants are wrapped by another master key than this one \(umbrella\).*DUMONT_MASTER_KEY=\$\(cat OLD_KEY_FILE\) dumont master-key rotate --new-key-file/,
     );
     expect(await rotateMasterKey({ db, dataDir, fromEnv, newKeyFile: nextFile })).toMatchObject({
       rewrapped: 1,

@@ -59,11 +59,11 @@ export async function rotateMasterKey(options: MasterKeyRotationOptions): Promis
     const current = parseMasterKey(options.fromEnv, "DUMONT_MASTER_KEY");
     const next = await readNewKey(options.newKeyFile);
     if (next.equals(current)) throw new Error(`${options.newKeyFile} holds the master key in use (DUMONT_MASTER_KEY)`);
-    return {
-      ...(await rewrapTenantKeys(options.db, current, next)),
-      newKeyAt: options.newKeyFile,
-      fromEnvironment: true,
-    };
+    const counts = await rewrapTenantKeys(options.db, current, next);
+    // Durable before the operator is told the old key opens nothing and discards it (an embedded database's
+    // commit may be in the page cache only), as with a key file below.
+    await makeDurable(options.db);
+    return { ...counts, newKeyAt: options.newKeyFile, fromEnvironment: true };
   }
 
   const file = masterKeyFile(options.dataDir);
@@ -94,8 +94,10 @@ export async function rotateMasterKey(options: MasterKeyRotationOptions): Promis
   try {
     counts = await rewrapTenantKeys(options.db, current, next);
   } catch (err) {
-    // Nothing was re-wrapped (one transaction): a key this run made is no rotation's key.
-    if (madeNow) await fs.unlink(nextFile).catch(() => {});
+    // One transaction: nothing was re-wrapped, unless it committed and the answer was lost (the connection dropped
+    // during COMMIT). A key this run made goes only once the database, read again, shows no tenant key wrapped by
+    // it; otherwise it stays (the control plane refuses to start meanwhile), and running this again finishes.
+    if (madeNow && (await wrapsNothing(options.db, next))) await fs.unlink(nextFile).catch(() => {});
     throw err;
   }
   // The keys wrapped by `next` outlive a power loss before the old key goes (an embedded database's commit may
@@ -147,6 +149,16 @@ export async function rewrapTenantKeys(
     }
     return { rewrapped, alreadyNew };
   });
+}
+
+/** Whether the database answers and no stored tenant key is wrapped by `master`; false where it cannot tell. */
+async function wrapsNothing(db: Db, master: Buffer): Promise<boolean> {
+  try {
+    const rows = await db.selectFrom("tenant_keys").select(["tenant_id", "wrapped_key"]).execute();
+    return !rows.some((row) => tryUnwrap(master, row.wrapped_key, row.tenant_id));
+  } catch {
+    return false;
+  }
 }
 
 function tryUnwrap(master: Buffer, wrapped: string, tenantId: string): Buffer | undefined {

@@ -73,8 +73,9 @@ export class TenantKeys {
     throw new Error(
       `the data keys of ${failed.length} of ${rows.length} tenants are wrapped by another master key than this ` +
         `one (${named.join(", ")}${failed.length > named.length ? ", …" : ""}), as a control plane still running ` +
-        "with the old key during a master key rotation leaves them: run `DUMONT_MASTER_KEY=<the old key> dumont " +
-        "master-key rotate --new-key-file <a file holding this key>` to wrap them again",
+        "with the old key during a master key rotation leaves them: with the old key in a file only you can read, " +
+        "run `DUMONT_MASTER_KEY=$(cat OLD_KEY_FILE) dumont master-key rotate --new-key-file <a file holding this " +
+        "key>` to wrap them again (the old key itself never typed, so never in the shell's history)",
     );
   }
 
