@@ -135,22 +135,30 @@ describe("SnapshotCoordinator: the arrival check", () => {
     const { snapshot, requestId, key, agentSends } = await start();
     const good = chunkCodec.sealChunk(key, randomBytes(100_000));
     const other = chunkCodec.sealChunk(key, randomBytes(100_000));
+    // The good chunk in a batch of its own, written (and kept); the bad one in the next.
+    agentSends({
+      case: "snapshotChunks",
+      value: { requestId, epoch: 3n, chunks: [{ id: good.id, blob: good.blob, plainLength: 100_000 }] },
+    });
     agentSends({
       case: "snapshotChunks",
       value: {
         requestId,
         epoch: 3n,
-        chunks: [
-          { id: good.id, blob: good.blob, plainLength: 100_000 },
-          { id: good.id.map((b, i) => (i === 0 ? b ^ 1 : b)), blob: other.blob, plainLength: 100_000 },
-        ],
+        chunks: [{ id: good.id.map((b, i) => (i === 0 ? b ^ 1 : b)), blob: other.blob, plainLength: 100_000 }],
       },
     });
-    // The commit that follows must not make it through either.
+    // The commit that follows must not make it through either, though it names only the good chunk: queued
+    // behind the refused batch, it ran once the failure had been answered.
     agentSends({ case: "snapshotCommit", value: { requestId, epoch: 3n, manifest: oneFile(key, good.id, 100_000) } });
     await expect(snapshot).rejects.toThrow(/arrived damaged: authentication failed/);
     expect(sent.some((m) => m.msg.case === "snapshotAborted")).toBe(true);
+    expect(sent.some((m) => m.msg.case === "snapshotCommitted")).toBe(false);
     expect(await db.selectFrom("snapshots").selectAll().execute()).toEqual([]);
+    const repository = await (
+      coordinator as unknown as { repositories: Map<string, Promise<Repository>> }
+    ).repositories.get("t1")!;
+    expect(await repository.listSnapshots()).toEqual([]);
   });
 
   /** A snapshot of one chunk whose commit carries `stats`; returns the snapshot's promise. */

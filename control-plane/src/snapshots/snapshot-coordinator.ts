@@ -682,10 +682,11 @@ export class SnapshotCoordinator {
         this.operations.delete(requestId);
         silence.stop();
         if (err) {
-          // What arrived and checked out is kept: the batches already in hand are written, and the pack being
-          // filled is sealed (abort's keep), so the agent's next attempt sends none of it again. The caller hears
-          // of the failure once the writer has let go of the repository's lock, and the tenant counts the
-          // snapshot as running until then: a prune started on hearing it is not refused "locked".
+          // What arrived and checked out is kept: the batches already in hand are written (a commit among them
+          // is not run), and the pack being filled is sealed (abort's keep), so the agent's next attempt sends
+          // none of it again. The caller hears of the failure once the writer has let go of the repository's
+          // lock, and the tenant counts the snapshot as running until then: a prune started on hearing it is not
+          // refused "locked". With a store that stopped answering, that is after its calls' deadlines.
           void chain
             .then(() => writer.abort({ keep: true }))
             .catch(() => undefined)
@@ -825,6 +826,9 @@ export class SnapshotCoordinator {
               );
             }
             serial(async () => {
+              // Failed while this waited its turn (a batch before it refused, the agent gone): the chunks ahead of
+              // it are still written, to be kept, but nothing is committed, whatever the manifest names.
+              if (finished) return;
               const committed = (async () => {
                 const row = await this.commit(writer, commit, parts, req);
                 // Told when it can be, not waited for (an agent that stops reading would hold the operation);
