@@ -48,16 +48,22 @@ function sealed(key: Buffer, plain: Buffer): SealedChunk & { hex: string } {
   return { id, blob, plainLength: plain.length, hex: id.toString("hex") };
 }
 
+/** A new file:// repository in a directory of its own, removed after the test. */
+async function freshFileRepository(name: string) {
+  const root = await mkdtemp(join(tmpdir(), `dumont-${name}-`));
+  onTestFinished(() => rm(root, { recursive: true, force: true }));
+  const store = new FileBlobStore(root);
+  const key = generateRepositoryKey();
+  const { repository } = await Repository.openOrInit(store, key);
+  return { root, store, key, repository };
+}
+
 /**
  * A file:// repository (removed after the test) holding one snapshot of good.bin and bad.bin, one chunk of
  * 2,000 bytes each, in one pack: bad's chunk after good's, at `offset`.
  */
 async function goodAndBadInOnePack() {
-  const root = await mkdtemp(join(tmpdir(), "dumont-good-and-bad-"));
-  onTestFinished(() => rm(root, { recursive: true, force: true }));
-  const store = new FileBlobStore(root);
-  const key = generateRepositoryKey();
-  const { repository } = await Repository.openOrInit(store, key);
+  const { root, store, key, repository } = await freshFileRepository("good-and-bad");
   const [good, bad] = [sealed(key, randomBytes(2_000)), sealed(key, randomBytes(2_000))];
   const w = await repository.writer();
   await w.put([good, bad]);
@@ -513,11 +519,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
   });
 
   it("prune stops at a damaged chunk in a pack it repacks, naming the pack and what to do, and keeps the pack", async () => {
-    const root = await mkdtemp(join(tmpdir(), "dumont-repack-damaged-"));
-    onTestFinished(() => rm(root, { recursive: true, force: true }));
-    const store = new FileBlobStore(root);
-    const key = generateRepositoryKey();
-    const { repository } = await Repository.openOrInit(store, key);
+    const { root, key, repository } = await freshFileRepository("repack-damaged");
     const kept = sealed(key, randomBytes(10_000));
     const dropped = sealed(key, randomBytes(50_000)); // its pack mostly garbage: repacked
     const w = await repository.writer();
@@ -1105,6 +1107,31 @@ describe("check beside a running snapshot", () => {
   });
 });
 
+describe("a listing beside a forget", () => {
+  it("leaves out a snapshot forgotten between the listing and the read of its record, as check does", async () => {
+    const { store, key, repository } = await freshFileRepository("list-forget");
+    const ids: string[] = [];
+    for (const workspace of ["a", "b"]) {
+      const writer = await repository.writer();
+      const manifest: Manifest = { version: 1, entries: [dirEntry("d")] };
+      ids.push(await writer.commit([sealManifest(key, manifest)], { ...meta, workspace }));
+    }
+    // A forget elsewhere removes a's record after the listing saw it, before it is read (a check beside the
+    // retention policy reported it "snapshot-unreadable ... does not exist").
+    const get = store.get.bind(store);
+    store.get = async (objectKey, options) => {
+      if (objectKey === `snapshots/${ids[0]}`) await store.delete(objectKey);
+      return get(objectKey, options);
+    };
+    const unreadable: string[] = [];
+    const listed = await repository.listSnapshots({ onCorrupt: (id) => unreadable.push(id) });
+    expect(listed.map((s) => s.id)).toEqual([ids[1]]);
+    expect(unreadable).toEqual([]);
+    store.get = get;
+    expect(await checkRepository(repository)).toMatchObject({ ok: true, problems: [] });
+  });
+});
+
 describe("forget by id", () => {
   it("takes `latest` for the newest snapshot, and says so when there is none", async () => {
     const store = new FileBlobStore(await mkdtemp(join(tmpdir(), "dumont-latest-")));
@@ -1129,11 +1156,7 @@ describe("forget by id", () => {
   it("forgets a snapshot whose record does not open, by id or prefix, so prune can run again", async () => {
     // Prune refuses while a record cannot be read (what it names might be deleted); forgetting it is the way on,
     // and forget by id opened each record it named, so it failed on that one: no tool could remove it.
-    const root = await mkdtemp(join(tmpdir(), "dumont-forget-damaged-"));
-    onTestFinished(() => rm(root, { recursive: true, force: true }));
-    const store = new FileBlobStore(root);
-    const key = generateRepositoryKey();
-    const { repository } = await Repository.openOrInit(store, key);
+    const { root, store, key, repository } = await freshFileRepository("forget-damaged");
     const ids: string[] = [];
     for (const name of ["a", "b"]) {
       const c = sealed(key, randomBytes(1_000));

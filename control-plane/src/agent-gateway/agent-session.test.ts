@@ -126,6 +126,21 @@ describe("AgentSession.bulkSender", () => {
     );
   });
 
+  it("fails in time when the agent has stopped reading its stream: the ask itself cannot go out", async () => {
+    // Its OpenDownloads waited for a drain that never came, outside the timeout: a restore, holding its tenant's
+    // lock and count (no prune could run), waited until the connection closed.
+    const stream = fullStream();
+    const session = new AgentSession("h-1", "s-1", "t-1", stream as unknown as AgentStream, new Set(["downloads"]));
+    const outcome = await Promise.race([
+      session.bulkSender(20).catch((e: unknown) => e),
+      new Promise((resolve) => setTimeout(() => resolve("still waiting after 2 s"), 2_000)),
+    ]);
+    expect((outcome as ConnectError).message).toMatch(
+      /host h-1 did not open its downloads connection within 0\.02 s; .*that it still reads its stream/,
+    );
+    expect(stream.writes).toBe(1);
+  });
+
   it("lives and dies with the session: its end closes the session, and the session's end ends it", async () => {
     const control = openStream();
     const session = new AgentSession("h-1", "s-1", "t-1", control as unknown as AgentStream, new Set(["downloads"]));

@@ -167,13 +167,18 @@ export class AgentSession implements AgentSender {
     this.downloadsWaiters.add(waiter!);
     try {
       if (first) {
-        await this.send(create(ControlMessageSchema, { msg: { case: "openDownloads", value: {} } }));
+        // Not awaited on its own: an agent that stopped reading its stream would hold the send, and the restore
+        // waiting here with its tenant's lock, for good. The timeout covers it; a failed send ends every wait.
+        this.send(create(ControlMessageSchema, { msg: { case: "openDownloads", value: {} } })).catch(() => {
+          for (const waiting of this.downloadsWaiters) waiting(undefined);
+        });
       }
       const out = await joined;
       if (out === "timeout") {
         throw new FailedPreconditionError(
           `host ${this.hostId} did not open its downloads connection within ${timeoutMs / 1000} s; check that it ` +
-            `can open a second connection to the control plane's gRPC port, and see the agent's log`,
+            `can open a second connection to the control plane's gRPC port, that it still reads its stream, and ` +
+            `see the agent's log`,
         );
       }
       if (!out) throw new FailedPreconditionError(`host ${this.hostId} disconnected before the restore started`);

@@ -657,6 +657,20 @@ describe("SnapshotCoordinator: forget and prune", () => {
     expect(Math.abs(rows[0].created_at.getTime() - created_at.getTime())).toBeLessThan(5_000);
   });
 
+  it("answers a restore or read of a snapshot forgotten after its row was read with NOT_FOUND, not an internal error", async () => {
+    const row = await finish(await started());
+    await h.coordinator.forget({ tenantId: "t1", ids: [row.id], policy: {}, prune: false, dryRun: false });
+    const restoring = h.coordinator.restore({ session: h.session, snapshot: row, target: "/gone" });
+    for (const outcome of [
+      await restoring.catch((e: unknown) => e),
+      await h.coordinator.readManifest(row).catch((e: unknown) => e),
+    ]) {
+      expect(outcome).toBeInstanceOf(ConnectError);
+      expect((outcome as ConnectError).code).toBe(Code.NotFound);
+      expect((outcome as ConnectError).rawMessage).toContain(`no snapshot ${row.id} in file://`);
+    }
+  });
+
   it("forgets, by id, a snapshot whose record does not open, and prunes after", async () => {
     const damaged = await finish(await started());
     const kept = await finish(await started());

@@ -61,6 +61,7 @@ import {
   DeadlineExceededError,
   FailedPreconditionError,
   InvalidArgumentError,
+  NotFoundError,
   ResourceExhaustedError,
   UnavailableError,
 } from "../errors.js";
@@ -1361,6 +1362,8 @@ function agentText(text: string, max = MAX_AGENT_TEXT): string {
  */
 function storeError(err: unknown): unknown {
   if (isRepositoryError(err, "unwritable")) return new ResourceExhaustedError(err.message);
+  // A snapshot forgotten after its row was read (a restore or a read of it racing a forget): not an internal error.
+  if (isRepositoryError(err, "not-found")) return new NotFoundError(err.message);
   if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);
   if (isRepositoryError(err, "locked") || isRepositoryError(err, "read-only")) {
     return new FailedPreconditionError(err.message);
