@@ -37,7 +37,7 @@ export function parseRepositoryKey(material: string | Buffer, source = "the key"
       "invalid-argument",
       `${source} is not a repository key: its 32 bytes read as text (a password, a cut-short key), not 32 random ` +
         "bytes; a key is 64 hex characters (`openssl rand -hex 32`). A repository made with this file as its key " +
-        "opens with its bytes written as hex: `od -An -vtx1 FILE | tr -d ' \\n'`.",
+        "opens with its bytes written as hex: `od -An -vtx1 FILE | tr -d ' \\n' > FILE.hex`, then --key-file FILE.hex.",
     );
   }
   throw new RepositoryError(
