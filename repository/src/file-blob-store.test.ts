@@ -83,9 +83,14 @@ describe("FileBlobStore", () => {
     const store = new FileBlobStore(root);
     await store.put("data/ab/abcdef", Buffer.from("pack"));
     await store.put("data/ef/ef0123", Buffer.from("pack"));
+    // A link named as a temp file is nobody's object: it must not count as the way to the other disk.
+    await symlink(elsewhere, join(root, ".tmp-link-at-the-root"));
     const listed: string[] = [];
     for await (const info of store.list("data/")) listed.push(info.key);
     expect(listed.sort()).toEqual(["data/ab/abcdef", "data/ef/ef0123"]);
+    const everything: string[] = [];
+    for await (const info of store.list("")) everything.push(info.key);
+    expect(everything.sort()).toEqual(["data/ab/abcdef", "data/ef/ef0123"]);
     expect((await store.stat("data/ab/abcdef"))?.size).toBe(4);
 
     // A prune's sweep of abandoned temp files goes where the listing goes (it stopped at the link, and the other

@@ -421,7 +421,8 @@ export class FileBlobStore implements BlobStore {
         const childKey = key === "" ? entry.name : `${key}/${entry.name}`;
         const childPath = join(dir, entry.name);
         let kind: "dir" | "file" | undefined = entry.isDirectory() ? "dir" : entry.isFile() ? "file" : undefined;
-        if (entry.isSymbolicLink()) {
+        const temp = entry.name.startsWith(TEMP_PREFIX);
+        if (entry.isSymbolicLink() && !temp) {
           const target = await stat(childPath).catch(() => undefined);
           if (target?.isFile()) kind = "file";
           else if (target?.isDirectory()) {
@@ -440,7 +441,7 @@ export class FileBlobStore implements BlobStore {
         }
         yield { name: entry.name, path: childPath, key: childKey, kind, dirent: entry };
         const under = childKey.startsWith(prefix) || prefix.startsWith(`${childKey}/`);
-        if (kind === "dir" && under && !entry.name.startsWith(TEMP_PREFIX)) stack.push([childPath, childKey]);
+        if (kind === "dir" && under && !temp) stack.push([childPath, childKey]);
       }
     }
   }

@@ -25,12 +25,6 @@ export function parseRepositoryKey(material: string | Buffer, source = "the key"
     const decoded = Buffer.from(text, "base64");
     if (decoded.length === KEY_LENGTH) key = decoded;
   }
-  if (key?.every((byte) => byte === key[0])) {
-    throw new RepositoryError(
-      "invalid-argument",
-      `${source} is not a repository key: its 32 bytes are all the same, not random (create one with \`openssl rand -hex 32\`).`,
-    );
-  }
   if (key) return key;
   if (Buffer.isBuffer(material) && material.length === KEY_LENGTH) {
     throw new RepositoryError(

@@ -103,13 +103,11 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
 }
 
 /**
- * A listing's onCorrupt that notes records that do not open in `ids`; not one gone since it was listed (a forget
- * elsewhere): that one is forgotten, not damaged.
+ * A listing's onCorrupt that notes records that do not open in `ids` (one gone since it was listed, forgotten
+ * elsewhere, the listing leaves out itself).
  */
-function unreadableInto(ids: string[]): (id: string, err: RepositoryError) => void {
-  return (id, err) => {
-    if (err.code !== "not-found") ids.push(id);
-  };
+function unreadableInto(ids: string[]): (id: string) => void {
+  return (id) => void ids.push(id);
 }
 
 export interface PruneOptions {

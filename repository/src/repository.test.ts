@@ -1839,7 +1839,7 @@ describe("keys", () => {
     );
   });
 
-  it("takes a file of 32 raw bytes, but not 32 bytes of text or a key of one byte repeated", () => {
+  it("takes a file of 32 raw bytes, but not 32 bytes of text", () => {
     let raw = generateRepositoryKey();
     while (/^[\t-\r\x20-\x7e]+$/.test(raw.toString("latin1"))) raw = generateRepositoryKey(); // ~1 in 10^13
     expect(parseRepositoryKey(raw).equals(raw)).toBe(true);
@@ -1852,11 +1852,6 @@ describe("keys", () => {
       expect(text.length).toBe(32);
       expect(() => parseRepositoryKey(Buffer.from(text), "--key-file k")).toThrow(
         /--key-file k is not a repository key: its 32 bytes read as text .*od -An -vtx1 FILE/,
-      );
-    }
-    for (const same of [Buffer.alloc(32), "0".repeat(64), Buffer.alloc(32, 7).toString("base64")]) {
-      expect(() => parseRepositoryKey(same, "DUMONT_REPO_KEY")).toThrow(
-        "DUMONT_REPO_KEY is not a repository key: its 32 bytes are all the same, not random",
       );
     }
   });

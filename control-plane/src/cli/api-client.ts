@@ -98,9 +98,11 @@ function readDefaultKey(): string | undefined {
   }
 }
 
-/** `--tenant`, as every command takes it: given once, never empty (an empty one would mean "every tenant"). */
-/** `--tenant <id>`: checked here as the API would, so its refusal names the flag rather than the API's tenant_id. */
 const { once, nonEmpty } = flagParsers(InvalidArgumentError);
+/**
+ * `--tenant`, as every command takes it: given once, never empty (an empty one would mean "every tenant"), and
+ * checked as the API would check it, so its refusal names the flag rather than the API's tenant_id.
+ */
 export const tenantFlag = once("--tenant", (value: string) => {
   const problem = tenantIdProblem(nonEmpty("--tenant", "a tenant id")(value), "--tenant");
   if (problem !== undefined) throw new InvalidArgumentError(problem);

@@ -151,11 +151,18 @@ export async function rewrapTenantKeys(
   });
 }
 
-/** Whether the database answers and no stored tenant key is wrapped by `master`; false where it cannot tell. */
+/**
+ * Whether the database answers and no stored tenant key is wrapped by `master`; false where it cannot tell. Read
+ * under a share lock of the table, which waits for the rotation's exclusive one: a commit the server is still
+ * finishing (its client gone, a synchronous replica slow to answer) is then seen, not read past.
+ */
 async function wrapsNothing(db: Db, master: Buffer): Promise<boolean> {
   try {
-    const rows = await db.selectFrom("tenant_keys").select(["tenant_id", "wrapped_key"]).execute();
-    return !rows.some((row) => tryUnwrap(master, row.wrapped_key, row.tenant_id));
+    return await db.transaction().execute(async (trx) => {
+      await sql`lock table tenant_keys in share mode`.execute(trx);
+      const rows = await trx.selectFrom("tenant_keys").select(["tenant_id", "wrapped_key"]).execute();
+      return !rows.some((row) => tryUnwrap(master, row.wrapped_key, row.tenant_id));
+    });
   } catch {
     return false;
   }

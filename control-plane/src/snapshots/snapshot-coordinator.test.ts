@@ -657,7 +657,7 @@ describe("SnapshotCoordinator: forget and prune", () => {
     expect(Math.abs(rows[0].created_at.getTime() - created_at.getTime())).toBeLessThan(5_000);
   });
 
-  it("answers a restore or read of a snapshot forgotten after its row was read with NOT_FOUND, not an internal error", async () => {
+  it("answers a restore or read of a snapshot forgotten after its row was read with NOT_FOUND, one missing a part with DATA_LOSS", async () => {
     const row = await finish(await started());
     await h.coordinator.forget({ tenantId: "t1", ids: [row.id], policy: {}, prune: false, dryRun: false });
     const restoring = h.coordinator.restore({ session: h.session, snapshot: row, target: "/gone" });
@@ -669,6 +669,17 @@ describe("SnapshotCoordinator: forget and prune", () => {
       expect((outcome as ConnectError).code).toBe(Code.NotFound);
       expect((outcome as ConnectError).rawMessage).toContain(`no snapshot ${row.id} in file://`);
     }
+    // A snapshot still recorded whose manifest is missing is lost data, not a snapshot that is not there.
+    const manifests = path.join(h.blobs, "tenants", "t1", "manifests");
+    const before = new Set(await fs.readdir(manifests));
+    const damaged = await finish(await started());
+    const its = (await fs.readdir(manifests)).filter((name) => !before.has(name));
+    expect(its).toHaveLength(1);
+    await fs.rm(path.join(manifests, its[0]));
+    const lost = await h.coordinator.readManifest(damaged).catch((e: unknown) => e);
+    expect((lost as ConnectError).code).toBe(Code.DataLoss);
+    expect((lost as ConnectError).rawMessage).toContain(`manifests/${its[0]} does not exist`);
+    await h.coordinator.forget({ tenantId: "t1", ids: [damaged.id], policy: {}, prune: false, dryRun: false });
   });
 
   it("forgets, by id, a snapshot whose record does not open, and prunes after", async () => {

@@ -54,7 +54,7 @@ import {
 } from "@dumont/repository";
 import type { AgentSender, AgentSession } from "../agent-gateway/agent-session.js";
 import { type Db, withDatabaseLock } from "../db/database.js";
-import { deleteSnapshot, getSnapshot, listSnapshots } from "../db/snapshot-repository.js";
+import { deleteSnapshot, getSnapshot, listSnapshots, repositoryTenants } from "../db/snapshot-repository.js";
 import type { SnapshotRow } from "../db/tables.js";
 import {
   DataLossError,
@@ -333,8 +333,7 @@ export class SnapshotCoordinator {
    * next time, as `forget --prune` would be refused.
    */
   async pruneAll(): Promise<void> {
-    const tenants = await this.db.selectFrom("tenant_keys").select("tenant_id").execute();
-    for (const { tenant_id: tenantId } of tenants) {
+    for (const tenantId of await repositoryTenants(this.db, {})) {
       if (this.closed) return;
       try {
         const { prune } = await this.forget({ tenantId, policy: {}, prune: true, dryRun: false });
@@ -472,8 +471,7 @@ export class SnapshotCoordinator {
    * tenant with a key, and before each forget.
    */
   async relistAll(): Promise<void> {
-    const tenants = await this.db.selectFrom("tenant_keys").select("tenant_id").orderBy("tenant_id").execute();
-    for (const { tenant_id: tenantId } of tenants) {
+    for (const tenantId of await repositoryTenants(this.db, {})) {
       if (this.closed) return;
       // One tenant's store failing (S3 unreachable, a damaged record) does not keep the others unlisted.
       await this.using(tenantId, async () => {
@@ -492,8 +490,8 @@ export class SnapshotCoordinator {
     // tenant, that one's too, and with them every prune.
     const unreadable = new Set<string>();
     const records = await repository.listSnapshots({
+      // (One forgotten since it was listed is left out by the listing itself.)
       onCorrupt: (snapshotId, err) => {
-        if (err.code === "not-found") return; // forgotten since it was listed (a forget elsewhere)
         unreadable.add(snapshotId);
         this.log.error(
           { tenantId, snapshotId, reason: err.message },
@@ -617,7 +615,11 @@ export class SnapshotCoordinator {
   async readManifest(snapshot: SnapshotRow): Promise<Manifest> {
     try {
       const repository = await this.repositoryOf(snapshot.tenant_id);
-      return await repository.readManifest(await repository.findSnapshot(snapshot.id));
+      try {
+        return await repository.readManifest(await repository.findSnapshot(snapshot.id));
+      } catch (err) {
+        throw await snapshotGone(repository, snapshot.id, err);
+      }
     } catch (err) {
       throw storeError(err);
     }
@@ -923,7 +925,12 @@ export class SnapshotCoordinator {
       maxRead: RESTORE_READ_BYTES,
       readBuffers: { allocate: (size) => reads.take(size), release: (buffer) => reads.give(buffer) },
     });
-    const { manifestBlobs } = await source.readManifest(req.snapshot.id);
+    let manifestBlobs: Buffer[];
+    try {
+      ({ manifestBlobs } = await source.readManifest(req.snapshot.id));
+    } catch (err) {
+      throw await snapshotGone(repository, req.snapshot.id, err);
+    }
     const session = req.session;
     if (manifestBlobs.length > 1) {
       session.require(
@@ -1360,10 +1367,19 @@ function agentText(text: string, max = MAX_AGENT_TEXT): string {
  * for the admin who called: the API would otherwise answer "internal error" and leave the reason in the log. Any
  * other error as it is.
  */
+/**
+ * A catalogued snapshot's read that found something missing: NOT_FOUND when its record is gone (forgotten after its
+ * row was read, a restore racing a forget), DATA_LOSS when the record is there and a manifest part is not. Any
+ * other error as it is (storeError maps it).
+ */
+async function snapshotGone(repository: Repository, id: string, err: unknown): Promise<unknown> {
+  if (!isRepositoryError(err, "not-found")) return err;
+  const recorded = await repository.hasSnapshot(id).catch(() => true);
+  return recorded ? new DataLossError(err.message) : new NotFoundError(`snapshot ${id} was forgotten: ${err.message}`);
+}
+
 function storeError(err: unknown): unknown {
   if (isRepositoryError(err, "unwritable")) return new ResourceExhaustedError(err.message);
-  // A snapshot forgotten after its row was read (a restore or a read of it racing a forget): not an internal error.
-  if (isRepositoryError(err, "not-found")) return new NotFoundError(err.message);
   if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);
   if (isRepositoryError(err, "locked") || isRepositoryError(err, "read-only")) {
     return new FailedPreconditionError(err.message);
