@@ -112,7 +112,12 @@ export {
 } from "./prune.js";
 export { type ReadSubset, readSubsetOption } from "./read-subset.js";
 export { type RepairIndexOptions, repairIndex } from "./repair-index.js";
-export { type RepairIndexReport, repairIndexText, type UnrepairablePack } from "./repair-index-report.js";
+export {
+  type RepairIndexReport,
+  repairIndexAdvice,
+  repairIndexText,
+  type UnrepairablePack,
+} from "./repair-index-report.js";
 export {
   type ChunkLocation,
   type LoadIndexOptions,

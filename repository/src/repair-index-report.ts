@@ -50,3 +50,16 @@ export function repairIndexText(report: RepairIndexReport, dryRun: boolean, pref
   const lines = (list: string[]) => list.map((line) => `${prefix}${line}\n`).join("");
   return { out: lines(out), err: lines(report.unrepairable.map((p) => `cannot repair ${p.message}`)) };
 }
+
+/**
+ * What a check's report should add for problems an index repair may mend: chunks in no pack (their pack's index
+ * object lost or damaged, the pack itself whole) and index objects that do not open. Undefined for others. Both
+ * CLIs print it after the problems: restic users read "in no pack" as data lost.
+ */
+export function repairIndexAdvice(problemKinds: readonly string[], command: string): string | undefined {
+  if (!problemKinds.some((kind) => kind === "chunk-missing" || kind === "index-unreadable")) return undefined;
+  return (
+    `if an index object was lost or damaged (a pack whole but not indexed), \`${command}\` rebuilds it from the ` +
+    "packs' own headers: run it (--dry-run says what it would do), then check again"
+  );
+}

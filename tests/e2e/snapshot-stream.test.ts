@@ -1,7 +1,7 @@
 // Snapshots through the control plane: the agent streams sealed chunks over its Connect stream, the
 // control plane packs them into its blob store and commits; restore streams them back, on the agent's
 // Downloads stream (a connection of its own).
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
@@ -820,6 +820,8 @@ describe("snapshots over the agent stream", () => {
     expect(removed.tenants[0]).toMatchObject({ rebuilt: [], removed: [packId] });
     const check = await cp.cli(["snapshot", "check", "--structure-only"]);
     expect(check.stderr).toMatch(/is in no pack; it breaks "weights\.bin"/);
+    // Which a lost index object says too: the way out is named (repair-index, which here removed it already).
+    expect(check.stderr).toContain("`dumont snapshot repair-index` rebuilds it from the packs' own headers");
     const again = await snapshotOf(dir);
     expect(again.bytesNew).toBeGreaterThanOrEqual(300_000);
     expect(await cli(["snapshot", "forget", snap.id, "--json"])).toMatchObject({ forgotten: [snap.id] });
@@ -889,6 +891,34 @@ describe("snapshots over the agent stream", () => {
     const warned = `${target} held what an interrupted restore left (snapshot ${snap.id.slice(0, 12)}`;
     expect(again.stderr).toContain(`warning: ${warned}`);
     await waitFor(() => agent.log().includes(warned), 10_000);
+  }, 150_000);
+
+  it("Ctrl-C of `dumont snapshot create` stops the following, not the snapshot: said so, exit 130, nothing unexpected logged", async () => {
+    const big = path.join(root, "big-workspace-detached");
+    await makeWorkspace(big, 96 * 1024 * 1024);
+    const before = (await snapshots()).length;
+    const uploading = await uploadStarts(path.join(cp.dataDir, "blobs"));
+    const following = spawn(
+      process.execPath,
+      [dumontBin, "snapshot", "create", "--host", agent.hostId, "--path", big, "--json"],
+      { env: { ...process.env, DUMONT_API_URL: cp.httpUrl, DUMONT_API_KEY: cp.adminKey } },
+    );
+    let stderr = "";
+    following.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const exited = new Promise<number | null>((resolve) => following.on("exit", (code) => resolve(code)));
+    await uploading();
+    following.kill("SIGINT");
+    expect(await exited).toBe(130);
+    expect(stderr).toBe(
+      "dumont: stopped following the snapshot; it goes on in the control plane: `dumont snapshot list` shows the " +
+        "snapshot once it is committed\n",
+    );
+    await waitFor(async () => (await snapshots()).length === before + 1, 60_000);
+    // Its answer could not be written to a client gone: no fault of the control plane's (it was logged as an
+    // "unexpected error" answered "internal error").
+    expect(cp.log()).not.toMatch(/unexpected error/);
   }, 150_000);
 
   it("a kill -9 of the control plane mid-snapshot leaves no snapshot visible; after restart the next one succeeds", async () => {

@@ -13,6 +13,12 @@ export function logUnexpectedErrors(log: Logger): Interceptor {
     const procedure = `${req.service.typeName}/${req.method.name}`;
     const report = (err: unknown) => {
       if (err instanceof ConnectError) return;
+      if (req.signal.aborted) {
+        // The client went away (a CLI stopped following with Ctrl-C): its stream cannot be written to any more,
+        // which is no fault here. What the call started goes on.
+        log.info({ procedure, reason: (err as Error)?.message }, "API call's client went away before its answer");
+        return;
+      }
       log.error(
         { err, procedure },
         "API call failed with an unexpected error; the client was answered 'internal error'",

@@ -41,7 +41,8 @@ export function apiClients(options: ApiOptions) {
   const key = options.apiKey ?? env("DUMONT_API_KEY") ?? readDefaultKey();
   if (!key) {
     throw new Error(
-      "no API key: pass --api-key, set DUMONT_API_KEY, or run from the directory holding .dumont/admin-api-key",
+      `no API key: pass --api-key, set DUMONT_API_KEY, or point DUMONT_DATA_DIR at the control plane's data dir ` +
+        `(its admin-api-key; now ${process.env.DUMONT_DATA_DIR ?? DEFAULT_DATA_DIR}, which holds none)`,
     );
   }
   // Checked here, never echoed: Node's own refusal of a header with a line break quoted the whole key.

@@ -55,6 +55,18 @@ describe("dumont (admin CLI): global flags", () => {
     expect(res.stderr).toMatch(/cannot reach the control plane at http:\/\/127\.0\.0\.1:1/); // not "no API key"
   });
 
+  it("says where it looked for the admin key when there is none, and how to point it at the data dir", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "dumont-no-key-"));
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    const res = await promisify(execFile)(process.execPath, [bin, "host", "list"], {
+      env: { ...process.env, DUMONT_API_URL: "http://127.0.0.1:1", DUMONT_API_KEY: "", DUMONT_DATA_DIR: dir },
+    }).catch((err: { stderr: string }) => err);
+    expect(res.stderr).toBe(
+      "dumont: no API key: pass --api-key, set DUMONT_API_KEY, or point DUMONT_DATA_DIR at the control plane's data " +
+        `dir (its admin-api-key; now ${dir}, which holds none)\n`,
+    );
+  });
+
   it("refuses a user name or password in --api-url without repeating it (the API reads only the key)", async () => {
     for (const url of ["http://ops:hunter2/with/slash@127.0.0.1:1", "ftp://ops:hunter2@cp.example"]) {
       const res = await dumont(["--api-url", url, "host", "list"]);
@@ -72,6 +84,11 @@ describe("dumont (admin CLI): global flags", () => {
     [
       ["snapshot", "forget", "--workspace", "w", "--prune"],
       "--workspace narrows a --keep-* policy: give one with it (a prune covers the whole repository)",
+    ],
+    [
+      ["snapshot", "restore", "latest", "--host", "h-1", "--target", "/t"],
+      'SNAPSHOT_ID "latest" is direct mode\'s: the control plane names snapshots by id; `dumont snapshot list ' +
+        "--workspace ID` shows a workspace's, newest last",
     ],
   ])("refuses %j before any request, naming the flag as typed", async (args, message) => {
     expect(await dumont(args)).toEqual({ code: 1, stdout: "", stderr: `dumont: ${message}\n` });

@@ -16,7 +16,7 @@ import {
 import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/repository/path-patterns";
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
 import { readSubsetOption } from "@dumont/repository/read-subset";
-import { repairIndexText } from "@dumont/repository/repair-index-report";
+import { repairIndexAdvice, repairIndexText } from "@dumont/repository/repair-index-report";
 import { quoted } from "@dumont/repository/text-table";
 import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients, tenantFlag } from "./api-client.js";
@@ -262,6 +262,11 @@ export function registerSnapshotCommands(program: Command): void {
       } else for (const p of out.problems) process.stderr.write(`${p.message}\n`);
       if (!out.ok) {
         process.stderr.write(`check found ${counted(out.problems.length, "problem")}\n`);
+        const advice = repairIndexAdvice(
+          out.problems.map((p) => p.kind),
+          "dumont snapshot repair-index",
+        );
+        if (advice && !opts.json) process.stderr.write(`${advice}\n`);
         process.exitCode = 1;
       }
     });
@@ -287,7 +292,7 @@ export function registerSnapshotCommands(program: Command): void {
         ...(t.error ? { error: t.error } : {}),
       }));
       if (opts.json) print({ dryRun, tenants });
-      else if (tenants.length === 0) process.stdout.write("no tenant has snapshots: nothing to repair\n");
+      else if (tenants.length === 0) process.stdout.write("no tenant has a repository: nothing to repair\n");
       let unrepairable = 0;
       let failed = 0;
       for (const { error, ...t } of tenants) {
@@ -397,6 +402,13 @@ function absolute(flag: string): (value: string) => string {
 /** Snapshot ids or prefixes as `dumont snapshot list` prints them, checked before any request. */
 function checkSnapshotIds(name: string, ids: string[]): void {
   for (const id of ids) {
+    if (id === "latest") {
+      // Direct mode's word: an admin sees many tenants' workspaces, where "the newest" would be a guess.
+      throw new Error(
+        `${name} "latest" is direct mode's: the control plane names snapshots by id; \`dumont snapshot list ` +
+          "--workspace ID` shows a workspace's, newest last",
+      );
+    }
     if (!SNAPSHOT_ID_OR_PREFIX.test(id)) {
       throw new Error(
         `${name} ${JSON.stringify(id.slice(0, 80))} is not a snapshot id: give an id from \`dumont snapshot list\` ` +
@@ -467,6 +479,13 @@ function warnSkipped(s: ReturnType<typeof snapshotJson>): void {
  * Reads a progress stream (CreateSnapshotStream / RestoreSnapshotStream): progress events drive the meter on
  * a TTY, the last event is the result.
  */
+/** Where to see an operation this CLI stopped following (Ctrl-C) go on, by what it is. */
+const GOES_ON: Record<string, string> = {
+  snapshot: "`dumont snapshot list` shows the snapshot once it is committed",
+  restore: "its target holds .dumont-restore-incomplete until every file is written",
+  check: "its problems, when it ends, are in the control plane's log and its dumont_check_problems metric",
+};
+
 async function follow<R>(
   what: string,
   quiet: boolean,
@@ -476,6 +495,16 @@ async function follow<R>(
 ): Promise<R> {
   const meter = ProgressMeter.forStderr(what, quiet);
   let result: R | undefined;
+  // Ctrl-C (or SIGTERM) stops the following, not the operation: the control plane and the agent carry it on, as
+  // they would for a caller whose connection dropped (cancelling would take an API of its own). Said, with where to
+  // see it, rather than a silent exit that reads as "stopped".
+  const detach = (signal: NodeJS.Signals) => {
+    meter?.finish();
+    process.stderr.write(`dumont: stopped following the ${what}; it goes on in the control plane: ${GOES_ON[what]}\n`);
+    process.exit(signal === "SIGINT" ? 130 : 143);
+  };
+  process.once("SIGINT", detach);
+  process.once("SIGTERM", detach);
   try {
     for await (const { event } of events) {
       if (event.case === "progress") {
@@ -484,6 +513,8 @@ async function follow<R>(
       } else if (event.case !== undefined) result = event.value as R;
     }
   } finally {
+    process.off("SIGINT", detach);
+    process.off("SIGTERM", detach);
     meter?.finish();
   }
   if (result === undefined) throw new Error(`the control plane ended the ${what} without a result; see its log`);

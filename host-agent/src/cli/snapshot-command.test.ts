@@ -552,6 +552,7 @@ describe("dumont-agent snapshot", () => {
     expect(await readdir(join(repoDir, "index"))).toEqual([]);
     const check = await run("snapshot", "check", ...common);
     expect(check.err).toMatch(/chunk \w+ is in no pack; it breaks "model\.bin" in snapshot /);
+    expect(check.err).toContain("`dumont-agent snapshot repair-index` rebuilds it from the packs' own headers");
     const second = JSON.parse((await run("snapshot", "create", "--source", source, ...common, ...state, "--json")).out);
     expect(second).toMatchObject({ files: 1, bytesNew: data.length });
     expect(second.id).not.toBe(first.id);

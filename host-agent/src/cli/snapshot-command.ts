@@ -24,6 +24,7 @@ import {
   type RetentionPolicy,
   readSubsetOption,
   repairIndex,
+  repairIndexAdvice,
   repairIndexText,
   roundSeconds,
   selectIncluded,
@@ -56,7 +57,7 @@ const INCLUDE_HELP =
   'restore only what matches this pattern (gitignore syntax, relative to the snapshot\'s directory: "models/", ' +
   '"*.pt"; repeat for more), with the directories holding it';
 const KEY_HELP =
-  "file holding the repository key: 32 random bytes as 64 hex characters or base64 (default: DUMONT_REPO_KEY)";
+  "file holding the repository key: 32 random bytes as 64 hex characters, as base64, or raw (default: DUMONT_REPO_KEY)";
 
 /** --repo and --key-file, as every command takes them: given once, never empty. */
 const repoOption = () =>
@@ -349,6 +350,11 @@ export function registerSnapshotCommands(program: Command): void {
         }
         if (!report.ok) {
           process.stderr.write(`check found ${counted(report.problems.length, "problem")} in ${opts.repo}\n`);
+          const advice = repairIndexAdvice(
+            report.problems.map((p) => p.kind),
+            "dumont-agent snapshot repair-index",
+          );
+          if (advice && !opts.json) process.stderr.write(`${advice}\n`);
           process.exitCode = 1;
         }
       }),
