@@ -112,6 +112,11 @@ function unreadableInto(ids: string[]): (id: string) => void {
 
 export interface PruneOptions {
   dryRun?: boolean;
+  /**
+   * With dryRun: snapshots to count as already forgotten, so a `forget --prune --dry-run` says what the prune
+   * after that forget would free (restic's), not what one before it would.
+   */
+  assumeForgotten?: ReadonlySet<string>;
   /** Repack a pack when less than this fraction of its bytes is still needed (default 0.5; 0 disables). */
   repackBelow?: number;
   /** Pack size for repacked data (default: the writer's). */
@@ -155,7 +160,10 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     : await acquireLock(store, repository.key, { exclusive: true, purpose: "a prune" });
   try {
     const unreadable: string[] = [];
-    const snapshots = await repository.listSnapshots({ onCorrupt: unreadableInto(unreadable) });
+    const forgotten = options.dryRun ? options.assumeForgotten : undefined;
+    const snapshots = (await repository.listSnapshots({ onCorrupt: unreadableInto(unreadable) })).filter(
+      (s) => !forgotten?.has(s.id),
+    );
     if (unreadable.length > 0) {
       // What such a record names cannot be told, so nothing can be judged unused; forgetting it is the way on.
       throw new RepositoryError(

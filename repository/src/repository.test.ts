@@ -1107,6 +1107,28 @@ describe("check beside a running snapshot", () => {
   });
 });
 
+describe("forget --prune --dry-run", () => {
+  it("says what the prune after the forget would free: the same report as the forget and prune then make", async () => {
+    const { key, repository } = await freshFileRepository("dry-prune");
+    const ids: string[] = [];
+    for (const name of ["a", "b"]) {
+      const writer = await repository.writer();
+      const chunk = sealed(key, randomBytes(50_000));
+      await writer.put([chunk]);
+      ids.push(await writer.commit([sealManifest(key, manifestOf({ [name]: [chunk] }))], meta));
+    }
+    const forgetting = await forgetSnapshots(repository, { policy: { last: 1 }, dryRun: true });
+    expect(forgetting.forgotten).toEqual([ids[0]]);
+    const dry = await pruneRepository(repository, { dryRun: true, assumeForgotten: new Set(forgetting.forgotten) });
+    // Before the forget, nothing is unused: a dry run that ignored it said nothing would be freed.
+    expect(await pruneRepository(repository, { dryRun: true })).toMatchObject({ packsDeleted: 0, bytesFreed: 0 });
+    await forgetSnapshots(repository, { policy: { last: 1 } });
+    const real = await pruneRepository(repository);
+    expect(real).toMatchObject({ packsDeleted: 1, manifestsDeleted: 1 });
+    expect(dry).toEqual(real);
+  });
+});
+
 describe("a listing beside a forget", () => {
   it("leaves out a snapshot forgotten between the listing and the read of its record, as check does", async () => {
     const { store, key, repository } = await freshFileRepository("list-forget");

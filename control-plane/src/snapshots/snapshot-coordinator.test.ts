@@ -1533,6 +1533,22 @@ function finishIn(h: Harness) {
   };
 }
 
+describe("SnapshotCoordinator: forget --prune --dry-run", () => {
+  const h = useCoordinator("h-dry");
+  const finish = finishIn(h);
+
+  it("says what the prune after the forget would free, as the forget and prune then report", async () => {
+    for (let i = 0; i < 3; i++) await finish(await startedIn(h));
+    const forget = (dryRun: boolean) =>
+      h.coordinator.forget({ tenantId: "t1", policy: { last: 1 }, prune: true, dryRun });
+    const dry = await forget(true);
+    expect(dry.forgotten).toHaveLength(2);
+    const real = await forget(false);
+    expect(real.prune).toMatchObject({ packsDeleted: 2, manifestsDeleted: 2 });
+    expect(dry.prune).toEqual(real.prune);
+  });
+});
+
 describe("SnapshotCoordinator: a retention policy and scheduled prunes", () => {
   const h = useCoordinator("h-retention", { last: 2 });
   const finish = finishIn(h);

@@ -363,7 +363,11 @@ export class SnapshotCoordinator {
     if (!req.prune || req.dryRun) {
       try {
         const result = await this.forgetIn(await repository(), req);
-        return req.prune ? { ...result, prune: await pruneRepository(await repository(), { dryRun: true }) } : result;
+        // A dry run's prune counts what the forget would remove as gone: what the two would free together.
+        const assumeForgotten = new Set(result.forgotten);
+        return req.prune
+          ? { ...result, prune: await pruneRepository(await repository(), { dryRun: true, assumeForgotten }) }
+          : result;
       } catch (err) {
         throw storeError(err);
       }

@@ -450,8 +450,8 @@ export function registerSnapshotCommands(program: Command): void {
           }
           const key = await loadKey(opts);
           const work = (signal?: AbortSignal) =>
-            withDirectRepository({ repo: opts.repo, key }, async (r) => ({
-              ...(forgetting
+            withDirectRepository({ repo: opts.repo, key }, async (r) => {
+              const forgot = forgetting
                 ? await forgetSnapshots(r, {
                     policy,
                     ids,
@@ -459,9 +459,16 @@ export function registerSnapshotCommands(program: Command): void {
                     refuseUnknownWorkspace: true,
                     dryRun: opts.dryRun,
                   })
-                : { kept: [], forgotten: [] }),
-              ...(opts.prune ? { prune: await pruneRepository(r, { dryRun: opts.dryRun, signal }) } : {}),
-            }));
+                : { kept: [], forgotten: [] };
+              // A dry run's prune counts what the forget would remove as gone: what the two would free together.
+              const assumeForgotten = new Set(forgot.forgotten);
+              return {
+                ...forgot,
+                ...(opts.prune
+                  ? { prune: await pruneRepository(r, { dryRun: opts.dryRun, assumeForgotten, signal }) }
+                  : {}),
+              };
+            });
           // Forgetting deletes a few small objects and takes its signals as any command; a prune stops before it
           // deletes a pack, or between the packs it repacks, and releases its lock.
           const result = opts.prune
