@@ -475,17 +475,17 @@ function warnSkipped(s: ReturnType<typeof snapshotJson>): void {
   }
 }
 
-/**
- * Reads a progress stream (CreateSnapshotStream / RestoreSnapshotStream): progress events drive the meter on
- * a TTY, the last event is the result.
- */
 /** Where to see an operation this CLI stopped following (Ctrl-C) go on, by what it is. */
 const GOES_ON: Record<string, string> = {
   snapshot: "`dumont snapshot list` shows the snapshot once it is committed",
   restore: "its target holds .dumont-restore-incomplete until every file is written",
-  check: "its problems, when it ends, are in the control plane's log and its dumont_check_problems metric",
+  check: "the control plane's dumont_check_problems metric counts what it finds, once it ends",
 };
 
+/**
+ * Reads a progress stream (CreateSnapshotStream / RestoreSnapshotStream / CheckSnapshots): progress events drive
+ * the meter on a TTY, the last event is the result.
+ */
 async function follow<R>(
   what: string,
   quiet: boolean,
