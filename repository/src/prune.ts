@@ -164,6 +164,8 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     const snapshots = (await repository.listSnapshots({ onCorrupt: unreadableInto(unreadable) })).filter(
       (s) => !forgotten?.has(s.id),
     );
+    // A damaged record the forget would remove (forget by id is the way out of one) stops no dry run either.
+    if (forgotten) unreadable.splice(0, unreadable.length, ...unreadable.filter((id) => !forgotten.has(id)));
     if (unreadable.length > 0) {
       // What such a record names cannot be told, so nothing can be judged unused; forgetting it is the way on.
       throw new RepositoryError(

@@ -56,8 +56,8 @@ export function repairIndexText(report: RepairIndexReport, dryRun: boolean, pref
  * object lost or damaged, the pack itself whole) and index objects that do not open. Undefined for others. Both
  * CLIs print it after the problems: restic users read "in no pack" as data lost.
  */
-export function repairIndexAdvice(problemKinds: readonly string[], command: string): string | undefined {
-  if (!problemKinds.some((kind) => kind === "chunk-missing" || kind === "index-unreadable")) return undefined;
+export function repairIndexAdvice(problems: readonly { kind: string }[], command: string): string | undefined {
+  if (!problems.some(({ kind }) => kind === "chunk-missing" || kind === "index-unreadable")) return undefined;
   return (
     `if an index object was lost or damaged (a pack whole but not indexed), \`${command}\` rebuilds it from the ` +
     "packs' own headers: run it (--dry-run says what it would do), then check again"

@@ -1127,6 +1127,17 @@ describe("forget --prune --dry-run", () => {
     expect(real).toMatchObject({ packsDeleted: 1, manifestsDeleted: 1 });
     expect(dry).toEqual(real);
   });
+
+  it("is not stopped by a damaged record the forget would remove, as the real run is not", async () => {
+    const { root, repository } = await freshFileRepository("dry-prune-damaged");
+    const writer = await repository.writer();
+    const id = await writer.commit([sealManifest(repository.key, { version: 1, entries: [dirEntry("d")] })], meta);
+    await writeFile(join(root, "snapshots", id), randomBytes(100));
+    await expect(pruneRepository(repository, { dryRun: true })).rejects.toThrow(/does not open/);
+    expect(await pruneRepository(repository, { dryRun: true, assumeForgotten: new Set([id]) })).toMatchObject({
+      manifestsDeleted: 1,
+    });
+  });
 });
 
 describe("a listing beside a forget", () => {

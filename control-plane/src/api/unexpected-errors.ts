@@ -13,9 +13,11 @@ export function logUnexpectedErrors(log: Logger): Interceptor {
     const procedure = `${req.service.typeName}/${req.method.name}`;
     const report = (err: unknown) => {
       if (err instanceof ConnectError) return;
-      if (req.signal.aborted) {
-        // The client went away (a CLI stopped following with Ctrl-C): its stream cannot be written to any more,
-        // which is no fault here. What the call started goes on.
+      // The client went away (a CLI stopped following with Ctrl-C): the answer, or the stream's next message,
+      // cannot be written to it, which is no fault here; what the call started goes on. Only that: a failure of
+      // the work itself after the client left is still an unexpected error.
+      const unwritable = err === req.signal.reason || (err as NodeJS.ErrnoException)?.code === "ERR_STREAM_DESTROYED";
+      if (req.signal.aborted && unwritable) {
         log.info({ procedure, reason: (err as Error)?.message }, "API call's client went away before its answer");
         return;
       }

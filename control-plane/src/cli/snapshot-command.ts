@@ -262,11 +262,8 @@ export function registerSnapshotCommands(program: Command): void {
       } else for (const p of out.problems) process.stderr.write(`${p.message}\n`);
       if (!out.ok) {
         process.stderr.write(`check found ${counted(out.problems.length, "problem")}\n`);
-        const advice = repairIndexAdvice(
-          out.problems.map((p) => p.kind),
-          "dumont snapshot repair-index",
-        );
-        if (advice && !opts.json) process.stderr.write(`${advice}\n`);
+        const advice = !opts.json && repairIndexAdvice(out.problems, "dumont snapshot repair-index");
+        if (advice) process.stderr.write(`${advice}\n`);
         process.exitCode = 1;
       }
     });
@@ -498,15 +495,21 @@ async function follow<R>(
   // Ctrl-C (or SIGTERM) stops the following, not the operation: the control plane and the agent carry it on, as
   // they would for a caller whose connection dropped (cancelling would take an API of its own). Said, with where to
   // see it, rather than a silent exit that reads as "stopped".
+  let answered = false;
   const detach = (signal: NodeJS.Signals) => {
     meter?.finish();
-    process.stderr.write(`dumont: stopped following the ${what}; it goes on in the control plane: ${GOES_ON[what]}\n`);
+    // Before the control plane's first word, whether it took the request at all is not known.
+    const state = answered
+      ? "it goes on in the control plane"
+      : "the control plane had not answered: if it took it, it goes on there";
+    process.stderr.write(`dumont: stopped following the ${what}; ${state}: ${GOES_ON[what]}\n`);
     process.exit(signal === "SIGINT" ? 130 : 143);
   };
   process.once("SIGINT", detach);
   process.once("SIGTERM", detach);
   try {
     for await (const { event } of events) {
+      answered = true;
       if (event.case === "progress") {
         const p = event.value as api.TransferProgress;
         meter?.update(Number(p.bytesDone), Number(p.bytesTotal));

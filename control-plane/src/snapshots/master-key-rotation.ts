@@ -159,6 +159,9 @@ export async function rewrapTenantKeys(
 async function wrapsNothing(db: Db, master: Buffer): Promise<boolean> {
   try {
     return await db.transaction().execute(async (trx) => {
+      // Bounded: a server still holding the rotation's transaction for a client long gone would hold this too.
+      // Timing out keeps the key file, the safe side.
+      await sql`set local lock_timeout = '30s'`.execute(trx);
       await sql`lock table tenant_keys in share mode`.execute(trx);
       const rows = await trx.selectFrom("tenant_keys").select(["tenant_id", "wrapped_key"]).execute();
       return !rows.some((row) => tryUnwrap(master, row.wrapped_key, row.tenant_id));

@@ -660,6 +660,11 @@ describe("SnapshotCoordinator: forget and prune", () => {
   it("answers a restore or read of a snapshot forgotten after its row was read with NOT_FOUND, one missing a part with DATA_LOSS", async () => {
     const row = await finish(await started());
     await h.coordinator.forget({ tenantId: "t1", ids: [row.id], policy: {}, prune: false, dryRun: false });
+    // A second caller forgetting it too (both found its row): not there any more, not an internal error.
+    const again = await h.coordinator
+      .forget({ tenantId: "t1", ids: [row.id], policy: {}, prune: false, dryRun: false })
+      .catch((e: unknown) => e);
+    expect((again as ConnectError).code).toBe(Code.NotFound);
     const restoring = h.coordinator.restore({ session: h.session, snapshot: row, target: "/gone" });
     for (const outcome of [
       await restoring.catch((e: unknown) => e),

@@ -448,6 +448,9 @@ export class SnapshotCoordinator {
         workspace: req.workspace,
         dryRun: req.dryRun,
         beforeDelete: (id) => deleteSnapshot(this.db, tenantId, id),
+      }).catch((err: unknown) => {
+        // An id no snapshot has any more (forgotten meanwhile by another caller), a workspace none is of: not there.
+        throw isRepositoryError(err, "not-found") ? new NotFoundError(err.message) : err;
       });
       if (result.forgotten.length > 0 && !req.dryRun) {
         this.metrics.snapshotsForgotten.inc(result.forgotten.length);
@@ -1364,14 +1367,6 @@ function agentText(text: string, max = MAX_AGENT_TEXT): string {
 }
 
 /**
- * A blob store that takes no more writes (its disk full, a quota used up, read-only) as RESOURCE_EXHAUSTED, and
- * one that did not answer (S3 unreachable, failing with 5xx past its retries) as UNAVAILABLE, a repository
- * another process holds (a direct-mode prune of the same store) or this control plane may not write as
- * FAILED_PRECONDITION, a damaged object as DATA_LOSS, each with the store's own words (where, and what to do),
- * for the admin who called: the API would otherwise answer "internal error" and leave the reason in the log. Any
- * other error as it is.
- */
-/**
  * A catalogued snapshot's read that found something missing: NOT_FOUND when its record is gone (forgotten after its
  * row was read, a restore racing a forget), DATA_LOSS when the record is there and a manifest part is not. Any
  * other error as it is (storeError maps it).
@@ -1382,6 +1377,14 @@ async function snapshotGone(repository: Repository, id: string, err: unknown): P
   return recorded ? new DataLossError(err.message) : new NotFoundError(`snapshot ${id} was forgotten: ${err.message}`);
 }
 
+/**
+ * A blob store that takes no more writes (its disk full, a quota used up, read-only) as RESOURCE_EXHAUSTED, and
+ * one that did not answer (S3 unreachable, failing with 5xx past its retries) as UNAVAILABLE, a repository
+ * another process holds (a direct-mode prune of the same store) or this control plane may not write as
+ * FAILED_PRECONDITION, a damaged object as DATA_LOSS, each with the store's own words (where, and what to do),
+ * for the admin who called: the API would otherwise answer "internal error" and leave the reason in the log. Any
+ * other error as it is.
+ */
 function storeError(err: unknown): unknown {
   if (isRepositoryError(err, "unwritable")) return new ResourceExhaustedError(err.message);
   if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);

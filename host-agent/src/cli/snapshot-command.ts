@@ -350,11 +350,8 @@ export function registerSnapshotCommands(program: Command): void {
         }
         if (!report.ok) {
           process.stderr.write(`check found ${counted(report.problems.length, "problem")} in ${opts.repo}\n`);
-          const advice = repairIndexAdvice(
-            report.problems.map((p) => p.kind),
-            "dumont-agent snapshot repair-index",
-          );
-          if (advice && !opts.json) process.stderr.write(`${advice}\n`);
+          const advice = !opts.json && repairIndexAdvice(report.problems, "dumont-agent snapshot repair-index");
+          if (advice) process.stderr.write(`${advice}\n`);
           process.exitCode = 1;
         }
       }),
