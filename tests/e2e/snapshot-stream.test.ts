@@ -911,9 +911,10 @@ describe("snapshots over the agent stream", () => {
     await uploading();
     following.kill("SIGINT");
     expect(await exited).toBe(130);
-    expect(stderr).toBe(
-      "dumont: stopped following the snapshot; it goes on in the control plane: `dumont snapshot list` shows the " +
-        "snapshot once it is committed\n",
+    // (Its first word, the agent's first progress, comes round trips before the first pack is written: "had not
+    // answered" is only for a Ctrl-C before that, and either way the snapshot goes on.)
+    expect(stderr).toMatch(
+      /^dumont: stopped following the snapshot; (it goes on in the control plane|the control plane had not answered: if it took it, it goes on there): `dumont snapshot list` shows the snapshot once it is committed\n$/,
     );
     await waitFor(async () => (await snapshots()).length === before + 1, 60_000);
     // Its answer could not be written to a client gone: no fault of the control plane's (it was logged as an
