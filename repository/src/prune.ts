@@ -56,7 +56,8 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
     // listing, not by opening records: a record that does not open can be forgotten too. (A prune refuses to run
     // while one cannot be read, so one damaged record otherwise blocked every prune, for good.)
     const unreadable: string[] = [];
-    const all = await repository.listSnapshots({ onCorrupt: unreadableInto(unreadable) });
+    // (One gone since it was listed, forgotten elsewhere, the listing leaves out itself.)
+    const all = await repository.listSnapshots({ onCorrupt: (id) => void unreadable.push(id) });
     const forget = new Set<string>();
     for (const id of options.ids ?? []) {
       if (id === LATEST && unreadable.length > 0) {
@@ -100,14 +101,6 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
     if (plan.forget.length > 0) await repository.store.syncDeletes?.(plan.forget.map(snapshotKey));
   }
   return { kept: plan.keep, forgotten: plan.forget };
-}
-
-/**
- * A listing's onCorrupt that notes records that do not open in `ids` (one gone since it was listed, forgotten
- * elsewhere, the listing leaves out itself).
- */
-function unreadableInto(ids: string[]): (id: string) => void {
-  return (id) => void ids.push(id);
 }
 
 export interface PruneOptions {
@@ -161,11 +154,15 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
   try {
     const unreadable: string[] = [];
     const forgotten = options.dryRun ? options.assumeForgotten : undefined;
-    const snapshots = (await repository.listSnapshots({ onCorrupt: unreadableInto(unreadable) })).filter(
-      (s) => !forgotten?.has(s.id),
-    );
-    // A damaged record the forget would remove (forget by id is the way out of one) stops no dry run either.
-    if (forgotten) unreadable.splice(0, unreadable.length, ...unreadable.filter((id) => !forgotten.has(id)));
+    // A snapshot the forget would remove counts for nothing, a damaged record among them too (forget by id is the
+    // way out of one): it stops no dry run, as it stops no real prune after the forget.
+    const snapshots = (
+      await repository.listSnapshots({
+        onCorrupt: (id) => {
+          if (!forgotten?.has(id)) unreadable.push(id);
+        },
+      })
+    ).filter((s) => !forgotten?.has(s.id));
     if (unreadable.length > 0) {
       // What such a record names cannot be told, so nothing can be judged unused; forgetting it is the way on.
       throw new RepositoryError(
