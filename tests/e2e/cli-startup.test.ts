@@ -20,7 +20,7 @@ describe("dumont-agent snapshot commands", () => {
     onTestFinished(() => rm(dir, { recursive: true, force: true }));
     const source = path.join(dir, "src");
     await writeFile(path.join(dir, "preload.cjs"), REPORT_MODULES);
-    await writeFile(path.join(dir, "key"), "22".repeat(32));
+    await writeFile(path.join(dir, "key"), "22".repeat(32), { mode: 0o600 });
     await mkdir(source);
     await writeFile(path.join(source, "a.txt"), "hello\n");
     const modulesOut = path.join(dir, "modules.txt");

@@ -17,8 +17,8 @@ beforeAll(async () => {
   repo = pathToFileURL(join(root, "repo")).href;
   key = join(root, "key");
   source = join(root, "src");
-  await writeFile(key, KEY);
-  await writeFile(join(root, "too-long-key"), "0".repeat(5000));
+  await writeFile(key, KEY, { mode: 0o600 });
+  await writeFile(join(root, "too-long-key"), "0".repeat(5000), { mode: 0o600 });
   await mkdir(join(root, "key-dir"));
   await mkdir(source);
   await writeFile(join(source, "a.txt"), "a\n");

@@ -35,7 +35,7 @@ describe("dumont-agent snapshot", () => {
     const source = join(root, "src");
     await mkdir(join(source, "d"), { recursive: true });
     await writeFile(join(source, "d", "a.txt"), "hello\n".repeat(1000));
-    await writeFile(join(root, "key"), "11".repeat(32));
+    await writeFile(join(root, "key"), "11".repeat(32), { mode: 0o600 });
     const repo = pathToFileURL(join(root, "repo")).href;
     const common = ["--repo", repo, "--key-file", join(root, "key")];
     const state = ["--state-dir", join(root, "state")];
@@ -106,7 +106,7 @@ describe("dumont-agent snapshot", () => {
     await writeFile(join(source, "keep.txt"), "same\n");
     await writeFile(join(source, "edit.txt"), "before\n");
     await writeFile(join(source, "drop.txt"), "dropped\n");
-    await writeFile(join(root, "diff-key"), "22".repeat(32));
+    await writeFile(join(root, "diff-key"), "22".repeat(32), { mode: 0o600 });
     const common = ["--repo", pathToFileURL(join(root, "diff-repo")).href, "--key-file", join(root, "diff-key")];
     const snap = async () =>
       JSON.parse((await run("snapshot", "create", "--source", source, ...common, "--json")).out).id as string;
@@ -131,7 +131,7 @@ describe("dumont-agent snapshot", () => {
     await mkdir(source, { recursive: true });
     await writeFile(join(source, "kept.txt"), "kept\n");
     execFileSync("mkfifo", [join(source, "events.pipe")]);
-    await writeFile(join(root, "key"), "11".repeat(32));
+    await writeFile(join(root, "key"), "11".repeat(32), { mode: 0o600 });
     const common = ["--repo", pathToFileURL(join(root, "repo-pipe")).href, "--key-file", join(root, "key")];
     const reason = "a FIFO (named pipe): only regular files, directories and symlinks are kept";
 
@@ -170,7 +170,7 @@ describe("dumont-agent snapshot", () => {
     // Modes as a umask of 022 leaves them, whatever this shell's is: ls shows them.
     await chmod(join(source, "out"), 0o755);
     await chmod(join(source, "out", "log.txt"), 0o644);
-    await writeFile(join(root, "key"), "11".repeat(32));
+    await writeFile(join(root, "key"), "11".repeat(32), { mode: 0o600 });
     const common = ["--repo", pathToFileURL(join(root, "repo-excludes")).href, "--key-file", join(root, "key")];
     const create = (...flags: string[]) => run("snapshot", "create", "--source", source, ...common, ...flags);
     const restore = (id: string, target: string, ...flags: string[]) =>
@@ -221,7 +221,7 @@ describe("dumont-agent snapshot", () => {
     await mkdir(join(source, "data"), { recursive: true });
     await writeFile(join(source, "data", "a.txt"), "a\n");
     await symlink("/etc/hostname", join(source, "extlink"));
-    await writeFile(join(root, "key-extlink"), "66".repeat(32));
+    await writeFile(join(root, "key-extlink"), "66".repeat(32), { mode: 0o600 });
     const common = ["--repo", pathToFileURL(join(root, "repo-extlink")).href, "--key-file", join(root, "key-extlink")];
     const created = await run("snapshot", "create", "--source", source, ...common, "--json");
     expect(created.code).toBe(0);
@@ -263,7 +263,7 @@ describe("dumont-agent snapshot", () => {
     await chown(join(source, "notebook.ipynb"), 1000, 100);
     await chown(source, 1000, 100);
     const common = ["--repo", pathToFileURL(join(root, "owned-repo")).href, "--key-file", join(root, "owned-key")];
-    await writeFile(join(root, "owned-key"), "22".repeat(32));
+    await writeFile(join(root, "owned-key"), "22".repeat(32), { mode: 0o600 });
     expect((await run("snapshot", "create", "--source", source, ...common)).code).toBe(0);
     const owner = async (dir: string) => {
       const [top, file] = [await stat(dir), await stat(join(dir, "notebook.ipynb"))];
@@ -295,7 +295,7 @@ describe("dumont-agent snapshot", () => {
     const source = join(root, "interrupted-src");
     await mkdir(source);
     for (let i = 0; i < 4; i++) await writeFile(join(source, `shard-${i}.bin`), randomBytes(32 * 1024 * 1024));
-    await writeFile(join(root, "interrupted-key"), "33".repeat(32));
+    await writeFile(join(root, "interrupted-key"), "33".repeat(32), { mode: 0o600 });
     const repoDir = join(root, "interrupted-repo");
     const common = ["--repo", pathToFileURL(repoDir).href, "--key-file", join(root, "interrupted-key")];
     const state = ["--state-dir", join(root, "interrupted-state")];
@@ -436,8 +436,8 @@ describe("dumont-agent snapshot", () => {
   it("says what to do when the key or the flags are wrong", async () => {
     const source = join(root, "src2");
     await mkdir(source);
-    await writeFile(join(root, "key2"), "22".repeat(32));
-    await writeFile(join(root, "key3"), "33".repeat(32));
+    await writeFile(join(root, "key2"), "22".repeat(32), { mode: 0o600 });
+    await writeFile(join(root, "key3"), "33".repeat(32), { mode: 0o600 });
     const repo = pathToFileURL(join(root, "repo2")).href;
     expect(
       (await run("snapshot", "create", "--source", source, "--repo", repo, "--key-file", join(root, "key2"), "--json"))
@@ -471,11 +471,31 @@ describe("dumont-agent snapshot", () => {
     expect(forget.err).toMatch(/say what to keep/);
   });
 
+  it("warns when users other than the owner may read the key file, and uses it all the same", async () => {
+    const source = join(root, "src-open-key");
+    await mkdir(source);
+    const key = join(root, "open-key");
+    await writeFile(key, "88".repeat(32), { mode: 0o600 });
+    const repo = pathToFileURL(join(root, "repo-open-key")).href;
+    const made = await run("snapshot", "create", "--source", source, "--repo", repo, "--key-file", key, "--json");
+    expect([made.code, made.err]).toEqual([0, ""]);
+
+    await chmod(key, 0o644); // what `openssl rand -hex 32 > FILE` makes under umask 022
+    const listed = await run("snapshot", "list", "--repo", repo, "--key-file", key, "--json");
+    expect(listed.code).toBe(0);
+    expect(JSON.parse(listed.out)).toHaveLength(1);
+    expect(listed.err).toBe(
+      `warning: --key-file ${key} is open to other users (mode 0644): whoever can read it can read every snapshot ` +
+        `of the repository; run \`chmod 600 ${key}\`, and if others did read it, treat the key as leaked\n`,
+    );
+    expect(listed.err).not.toContain("88".repeat(32));
+  });
+
   it("exits non-zero from check, naming the damaged file", async () => {
     const source = join(root, "src3");
     await mkdir(source);
     await writeFile(join(source, "precious.bin"), Buffer.alloc(50_000, 9));
-    await writeFile(join(root, "key4"), "44".repeat(32));
+    await writeFile(join(root, "key4"), "44".repeat(32), { mode: 0o600 });
     const repoDir = join(root, "repo3");
     const common = ["--repo", pathToFileURL(repoDir).href, "--key-file", join(root, "key4")];
     await run("snapshot", "create", "--source", source, ...common, "--json");
@@ -508,7 +528,7 @@ describe("dumont-agent snapshot", () => {
     await mkdir(source);
     const data = randomBytes(200_000);
     await writeFile(join(source, "model.bin"), data);
-    await writeFile(join(root, "key-repair"), "77".repeat(32));
+    await writeFile(join(root, "key-repair"), "77".repeat(32), { mode: 0o600 });
     const repoDir = join(root, "repo-repair");
     const common = ["--repo", pathToFileURL(repoDir).href, "--key-file", join(root, "key-repair")];
     const state = ["--state-dir", join(root, "state-repair")];
@@ -570,7 +590,7 @@ describe("dumont-agent snapshot", () => {
       "empty.txt": Buffer.alloc(0),
     };
     for (const [name, data] of Object.entries(files)) await writeFile(join(source, name), data);
-    await writeFile(join(root, "key-jitless"), "66".repeat(32));
+    await writeFile(join(root, "key-jitless"), "66".repeat(32), { mode: 0o600 });
     const common = ["--repo", pathToFileURL(join(root, "repo-jitless")).href, "--key-file", join(root, "key-jitless")];
     const bin = fileURLToPath(new URL("../../bin/dumont-agent.js", import.meta.url));
     const agent = async (...args: string[]) =>
@@ -598,7 +618,7 @@ describe("dumont-agent snapshot", () => {
     const source = join(root, "src4");
     await mkdir(source);
     await writeFile(join(source, "a.txt"), "a\n");
-    await writeFile(join(root, "key5"), "55".repeat(32));
+    await writeFile(join(root, "key5"), "55".repeat(32), { mode: 0o600 });
     const common = ["--repo", pathToFileURL(join(root, "repo4")).href, "--key-file", join(root, "key5")];
     expect((await run("snapshot", "create", "--source", source, ...common, "--json")).code).toBe(0);
     const bin = fileURLToPath(new URL("../../bin/dumont-agent.js", import.meta.url));

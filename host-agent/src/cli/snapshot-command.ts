@@ -501,7 +501,7 @@ async function loadKey(opts: KeyOptions): Promise<Buffer> {
   const env = process.env.DUMONT_REPO_KEY;
   if (env) return parseRepositoryKey(env, "DUMONT_REPO_KEY");
   throw new Error(
-    "no repository key: pass --key-file FILE or set DUMONT_REPO_KEY (create a key with `openssl rand -hex 32 > FILE` " +
+    "no repository key: pass --key-file FILE or set DUMONT_REPO_KEY (create a key with `(umask 077; openssl rand -hex 32 > FILE)` " +
       "and keep it safe: without it the snapshots cannot be read)",
   );
 }
@@ -598,13 +598,14 @@ async function readKeyFile(file: string): Promise<Buffer> {
   const fail = (why: string) =>
     new Error(
       `--key-file ${file}: ${why}; give the file holding the repository key (64 hex characters, as ` +
-        "`openssl rand -hex 32 > FILE` makes)",
+        "`(umask 077; openssl rand -hex 32 > FILE)` makes)",
     );
   const buffer = Buffer.alloc(MAX_KEY_FILE + 1);
   let length = 0;
   try {
     const handle = await open(file, "r");
     try {
+      warnIfOthersMayRead(file, (await handle.stat()).mode);
       for (;;) {
         const { bytesRead } = await handle.read(buffer, length, buffer.length - length);
         length += bytesRead;
@@ -626,6 +627,20 @@ async function readKeyFile(file: string): Promise<Buffer> {
   }
   if (length > MAX_KEY_FILE) throw fail(`it holds more than ${MAX_KEY_FILE} bytes, too many for a key`);
   return buffer.subarray(0, length);
+}
+
+/**
+ * Warns, on stderr, when users other than the owner may read or write a regular key file. A warning rather than
+ * ssh's refusal: `openssl rand -hex 32 > FILE` under the usual umask 022 makes a 0644 file, and a key mounted
+ * read-only into a container (0444) is common; but whoever else can read the file can read every snapshot.
+ * Pipes (`--key-file <(…)`) and devices have no such mode to judge.
+ */
+function warnIfOthersMayRead(file: string, mode: number): void {
+  if ((mode & 0o170000) !== 0o100000 || !(mode & 0o077)) return;
+  printWarnings([
+    `--key-file ${file} is open to other users (mode 0${(mode & 0o777).toString(8)}): whoever can read it can read ` +
+      `every snapshot of the repository; run \`chmod 600 ${file}\`, and if others did read it, treat the key as leaked`,
+  ]);
 }
 
 /** A check's report as both CLIs print it with --json (the control plane's adds each problem's tenantId). */

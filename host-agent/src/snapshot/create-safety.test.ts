@@ -3,7 +3,19 @@
 import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, renameSync, symlinkSync, writeFileSync } from "node:fs";
-import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, utimes, writeFile } from "node:fs/promises";
+import {
+  chmod,
+  chown,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  symlink,
+  utimes,
+  writeFile,
+} from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -248,7 +260,8 @@ describe("create", () => {
       const work = fresh("as-nobody");
       await mkdir(join(work, "src", "locked"), { recursive: true });
       await writeFile(join(work, "src", "a.txt"), "a");
-      await writeFile(join(work, "key"), generateRepositoryKey().toString("hex"));
+      await writeFile(join(work, "key"), generateRepositoryKey().toString("hex"), { mode: 0o600 });
+      await chown(join(work, "key"), 65534, 65534);
       await chmod(root, 0o755);
       await chmod(work, 0o777);
       await chmod(join(work, "src", "locked"), 0o000);
@@ -300,7 +313,7 @@ describe("create", () => {
     expect(listed.map((s) => s.id)).toEqual([created.id]);
 
     const keyFile = fresh("key");
-    await writeFile(keyFile, key.toString("hex"));
+    await writeFile(keyFile, key.toString("hex"), { mode: 0o600 });
     const state = ["--state-dir", stateDir];
     const { code, out, err } = await runAgentCli(
       "snapshot",
@@ -331,7 +344,7 @@ describe("create", () => {
     const stateDir = fresh("state");
     const key = generateRepositoryKey();
     const keyFile = fresh("key");
-    await writeFile(keyFile, key.toString("hex"));
+    await writeFile(keyFile, key.toString("hex"), { mode: 0o600 });
     const repo = pathToFileURL(fresh("repo")).href;
     const create = () =>
       runAgentCli(

@@ -34,7 +34,7 @@ describe.skipIf(!canMountTmpfs())("a full disk", () => {
     mountTmpfs(small, "8m");
     mounts.push(small);
     keyFile = join(root, "key");
-    await writeFile(keyFile, randomBytes(32).toString("hex"));
+    await writeFile(keyFile, randomBytes(32).toString("hex"), { mode: 0o600 });
     source = join(root, "src");
     await mkdir(source);
     await writeFile(join(source, "weights.bin"), randomBytes(12 * 1024 * 1024)); // incompressible: 12 MiB stored
@@ -186,7 +186,7 @@ describe.skipIf(!canMountTmpfs())("a read-only repository", () => {
     mountTmpfs(disk, "8m");
     try {
       const keyFile = join(root, "key");
-      await writeFile(keyFile, randomBytes(32).toString("hex"));
+      await writeFile(keyFile, randomBytes(32).toString("hex"), { mode: 0o600 });
       const source = join(root, "src");
       await mkdir(source);
       await writeFile(join(source, "data.bin"), randomBytes(100_000));
