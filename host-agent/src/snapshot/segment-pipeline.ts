@@ -123,6 +123,13 @@ export class SegmentPipeline {
   private expectRoot: string | undefined;
   /** Directory handles this thread opens files through (openListed), kept for one run. */
   private opener: UnderOpener | undefined;
+  /**
+   * Ids (hex) of chunks in the table that the sink lacks and that could not be delivered: a worker left them
+   * unsealed, and their file had changed when it was read again to seal them (sealFromFile). The next file
+   * holding one delivers it, though the table has it already; without this, every other file holding it would
+   * name a chunk never sent, and the commit would fail.
+   */
+  private readonly owed = new Set<string>();
 
   constructor(
     /** The source directory (absolute): the entries' paths are relative to it. */
@@ -343,13 +350,19 @@ export class SegmentPipeline {
       });
       starts[si].push(meta[5 * k + 1]);
     }
+    // The chunks to deliver: those new to the table, and again any that another file of this batch holds too,
+    // or that is owed, in case the first cannot be sealed (deliver sends each once).
     const fresh: Accepted[] = [];
+    const newHere = new Set<string>();
     const accept = (work: FileWork, chunk: Accepted): void => {
       // A file's chunks are one run of the table's rows: its segments are handled in turn, nothing between.
       if (work.count === 0) work.first = this.table.count;
       else if (work.first + work.count !== this.table.count) throw new Error(`${work.entry.path}: chunks out of turn`);
       work.count++;
-      if (this.table.push(chunk.id, chunk.plainLength)) fresh.push(chunk);
+      if (this.table.push(chunk.id, chunk.plainLength)) {
+        fresh.push(chunk);
+        newHere.add(chunk.hex);
+      } else if (newHere.has(chunk.hex) || this.owed.has(chunk.hex)) fresh.push(chunk);
     };
     for (let si = 0; si < task.length; si++) {
       const seg = task[si];
@@ -423,17 +436,33 @@ export class SegmentPipeline {
     work.position = p;
   }
 
-  /** Sends the sink the new chunks it lacks: as answered to `offer`, and asked now for those sealed here. */
+  /**
+   * Sends the sink the new chunks it lacks: as answered to `offer`, and asked now for those sealed here (and
+   * those owed). A chunk listed more than once is sent once, from the first copy that can be sealed.
+   */
   private async deliver(fresh: Accepted[], offered: Offered): Promise<void> {
     if (fresh.length === 0) return;
-    const late = fresh.filter((c) => !offered.offered.has(c.hex)).map((c) => c.id);
+    const late = new Map<string, Buffer>();
+    for (const c of fresh) if (!offered.offered.has(c.hex)) late.set(c.hex, c.id);
     const missing =
-      late.length === 0 ? offered.missing : new Set([...offered.missing, ...(await missingIds(this.sink, late))]);
+      late.size === 0
+        ? offered.missing
+        : new Set([...offered.missing, ...(await missingIds(this.sink, [...late.values()]))]);
     const chunks: SealedChunk[] = [];
+    const sent = new Set<string>();
     for (const c of fresh) {
-      if (!missing.has(c.hex)) continue;
+      if (!missing.has(c.hex)) {
+        this.owed.delete(c.hex); // the sink has it after all
+        continue;
+      }
+      if (sent.has(c.hex)) continue;
       const blob = c.from ? await this.sealFromFile(c, c.from) : c.blob;
-      if (!blob) continue;
+      if (!blob) {
+        this.owed.add(c.hex);
+        continue;
+      }
+      this.owed.delete(c.hex);
+      sent.add(c.hex);
       chunks.push({ id: c.id, blob, plainLength: c.plainLength });
       this.stats.chunksNew++;
       this.stats.bytesNew += c.plainLength;

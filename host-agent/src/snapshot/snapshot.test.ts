@@ -1217,6 +1217,58 @@ describe("snapshot engine", () => {
     expect((await readFile(join(target, "data"))).equals(content)).toBe(true);
   });
 
+  it.each([
+    ["in the same batch", ["a", "b"]],
+    ["in a later batch, past a file split into segments", ["a", "m-big", "z"]],
+  ])(
+    "delivers a chunk it could not seal from a file that changed from another file holding it (%s)",
+    async (_, names) => {
+      const source = fresh("src");
+      await mkdir(source);
+      const shared = seeded(10_000, "shared");
+      const [changing, ...others] = names;
+      for (const name of names)
+        await writeFile(join(source, name), name === "m-big" ? seeded(9_000_000, "big") : shared);
+      await utimesTree(source, HOUR_AGO);
+      const key = generateRepositoryKey();
+      const meta = { workspace: "w", epoch: 0, tenant: "t" };
+      const options = { source, key, meta, pool, chunker: CHUNKER, segmentSize: 4 * 1024 * 1024 };
+      const localIndex = { file: join(fresh("state"), "index.json"), scope: "one scope, two repositories" };
+      const first = await freshWriter(key);
+      await createSnapshot({ ...options, sink: first.writer, localIndex });
+      await first.store.close();
+      // Read again (new times), with the local index naming their chunks.
+      for (const name of names) await utimes(join(source, name), HOUR_AGO + 60, HOUR_AGO + 60);
+
+      // An empty repository whose first answer claims every remembered chunk, so the workers leave them
+      // unsealed; before its second, the first file holding the shared chunk is rewritten, so sealing that
+      // chunk from it fails. The other files still hold it.
+      const second = await freshWriter(key);
+      let calls = 0;
+      const rewritten = seeded(10_000, "rewritten");
+      const sink: ChunkSink = {
+        missing: async (ids) => {
+          if (++calls === 1) return [];
+          if (calls === 2) await writeFile(join(source, changing), rewritten);
+          return second.writer.missing(ids);
+        },
+        put: (chunks) => second.writer.put(chunks),
+        commit: (manifest, meta) => second.writer.commit(manifest, meta),
+        abort: () => second.writer.abort(),
+      };
+      const after = await createSnapshot({ ...options, sink, localIndex });
+      await second.store.close();
+      const target = fresh("restored");
+      await restoreDirectSnapshot({ repo: second.repo, key, snapshotId: after.id, target, pool });
+      const digest = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+      for (const name of others) {
+        expect(digest(await readFile(join(target, name))), name).toBe(digest(await readFile(join(source, name))));
+      }
+      // The changed file was read once more, as any file that changes while it is read.
+      expect(digest(await readFile(join(target, changing)))).toBe(digest(rewritten));
+    },
+  );
+
   it("holds a shared lock while it restores in direct mode, so a prune elsewhere waits (unless --no-lock)", async () => {
     const { key, repo, created, repository } = await snapshotOfWorkspace();
     const pruneDuring = async (lock: boolean) => {
