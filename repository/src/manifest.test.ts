@@ -76,6 +76,9 @@ describe("assertRestorable", () => {
     ["a symlink escaping through another by its normalisation", m(link("\u00e9", "."), link("y", "e\u0301/.."))],
     ["a symlink escaping where its own target folds", m(dir("D"), link("D/l", "."), link("z", "d/L/../.."))],
     ["a symlink escaping through another by full case folding", m(link("\u00df", "."), link("x", "SS/.."))],
+    // Capital sharp s folds to "ss" too; upper case first left it "ß" (helper-62's finding).
+    ["a symlink escaping through another by capital sharp s", m(link("\u1e9e", "."), link("x", "ss/.."))],
+    ["a symlink escaping through another by sharp s, written capital", m(link("ss", "."), link("x", "\u1e9e/.."))],
   ])("refuses %s", (_what, manifest) => {
     expect(() => assertRestorable(manifest)).toThrow(expect.objectContaining({ code: "invalid-manifest" }));
   });

@@ -456,11 +456,13 @@ export class RestorableCheck {
 }
 
 /**
- * A name as a filesystem that ignores case and Unicode normalisation sees it: close to Unicode's full case folding
- * (upper then lower case, so "ß" is "ss" and "ﬁ" is "fi", as ext4's casefold tables have them).
+ * A name as a filesystem that ignores case and Unicode normalisation sees it: Unicode's full case folding (so "ß"
+ * is "ss" and "ﬁ" is "fi", as ext4's casefold tables have them). Lower, upper, then lower case: upper then lower
+ * alone left capital sharp s (U+1E9E) "ß", not "ss"; checked against Python's str.casefold for every code point,
+ * this leaves no name folding otherwise.
  */
 function foldName(name: string): string {
-  return name.normalize("NFC").toUpperCase().toLowerCase().normalize("NFC");
+  return name.normalize("NFC").toLowerCase().toUpperCase().toLowerCase().normalize("NFC");
 }
 
 /**
