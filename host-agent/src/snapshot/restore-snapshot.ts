@@ -300,12 +300,12 @@ function targetUnwritable(err: unknown, target: string, bytes: number, outcome: 
 }
 
 /**
- * A worker's write failure as an Error with its code when the target's filesystem takes no more writes
- * (ENOSPC, EDQUOT, EROFS: unwritableReason); else undefined.
+ * A worker's failure to write file `path` as an Error with its code (unwritableReason reads it), naming the file
+ * as the snapshot has it (not by the /proc name it was created through), as onEntry does.
  */
-function targetRefused(failure: WriteFailure): Error | undefined {
-  const refused = Object.assign(new Error(failure.message), { code: failure.code });
-  return unwritableReason(refused) === undefined ? undefined : refused;
+function targetRefused(failure: WriteFailure, path: string): Error {
+  const message = failure.at ? failure.message.replaceAll(`'${failure.at}'`, `'${path}'`) : failure.message;
+  return onEntry(Object.assign(new Error(message), { code: failure.code }), path) as Error;
 }
 
 /** `err` from work on entry `path` through its handle (no name in the message): the message names it. */
@@ -696,9 +696,10 @@ async function restoreWindow(
               const d = targets[k];
               const writeError = failedWrites.get(k);
               if (writeError !== undefined) {
-                // A full disk (or quota, or read-only mount) under the target is no damage in the snapshot, and
-                // no file after this one would fit either: the restore stops, and says so (restoreSnapshot).
-                failure ??= targetRefused(writeError);
+                // Whatever the target's filesystem refused (a full disk, a name too long for it, two names that
+                // are one there, an I/O error) is no damage in the snapshot: the restore stops, takes back what
+                // it wrote and says why (restoreSnapshot), as for a file opened on this thread.
+                failure ??= targetRefused(writeError, d.file.entry.path);
                 d.file.damaged ??= { path: d.file.entry.path, reason: `cannot write: ${writeError.message}` };
                 continue;
               }

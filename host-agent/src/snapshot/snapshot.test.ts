@@ -2192,6 +2192,43 @@ describe("restore safety", () => {
     expect(await readdir(target)).toEqual([]); // taken back, as any failed restore
   });
 
+  it.each([
+    ["one chunk, created by a worker", 1],
+    ["three chunks, opened on the main thread", 3],
+  ])(
+    "fails as a whole, naming the file, where the target cannot take a file's name (%s), not as damaged data",
+    async (_, count) => {
+      // A name the target's filesystem refuses is no fault of the snapshot: it used to be reported as "damaged
+      // data" for a file a worker creates, by its /proc name, with the rest kept.
+      const { chunkCodec } = await import("@dumont/repository");
+      const long = "n".repeat(300); // over NAME_MAX
+      const pieces = Array.from({ length: count }, (_, i) => chunkCodec.sealChunk(key, Buffer.from(`piece ${i}\n`)));
+      const file = {
+        type: "file" as const,
+        path: `logs/${long}`,
+        mode: 0o644,
+        mtimeNs: "0",
+        size: pieces.reduce((n, _p, i) => n + `piece ${i}\n`.length, 0),
+        chunks: pieces.map((p) => p.id.toString("hex")),
+        lengths: pieces.map((_, i) => `piece ${i}\n`.length),
+      };
+      const blobs = new Map(pieces.map((p) => [p.id.toString("hex"), p.blob]));
+      const manifest: Manifest = { version: 1, entries: [entry("logs"), entry("logs/d"), file] };
+      const target = fresh("target");
+      const failure = await restoreSnapshot({
+        snapshotId: "x",
+        source: sourceOf(manifest, blobs),
+        key,
+        target,
+        pool,
+      }).catch((e) => e);
+      expect(failure).not.toBeInstanceOf(RestoreDamagedError);
+      expect(failure.message).toContain(`ENAMETOOLONG: name too long, open 'logs/${long}'`);
+      expect(failure.message).not.toContain("/proc/");
+      expect(await readdir(target)).toEqual([]); // taken back, as any failed restore
+    },
+  );
+
   it("refuses a chunk whose content does not match its id", async () => {
     const { chunkCodec } = await import("@dumont/repository");
     const real = chunkCodec.sealChunk(key, Buffer.from("real content"));

@@ -73,7 +73,9 @@ describe.each([0, 1])("restore writes with %i worker thread(s)", (threads) => {
       );
       expect(written.errors.slice(0, 3)).toEqual([null, null, null]);
       expect(written.errors[3]).toMatch(/authentication failed/);
-      expect(written.writeErrors).toEqual([[4, { code: "EEXIST", message: expect.stringMatching(/EEXIST/) }]]);
+      expect(written.writeErrors).toEqual([
+        [4, { code: "EEXIST", message: expect.stringMatching(/EEXIST/), at: taken }],
+      ]);
       if (direct)
         expect(written.directBytes).toBeGreaterThan(600_000); // the run c0 c1 c2, less its ends
       else expect(written.directBytes).toBe(0);

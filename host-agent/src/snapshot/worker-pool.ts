@@ -99,6 +99,8 @@ interface SealedReply extends WorkerReply {
 export interface WriteFailure {
   message: string;
   code?: string;
+  /** The name the file was created by (a /proc/self/fd path), as the message may quote it. */
+  at?: string;
 }
 
 /** What became of a batch of chunks opened and written to files (see `openAndWrite`). */
@@ -315,7 +317,7 @@ export function openAndWrite(
       } catch {
         // reported below; the restore names the file as not restored
       }
-      return failureOf(err);
+      return { ...failureOf(err), at: path };
     }
   };
   /** writeRun, leaving out the file's whole HOLE_BLOCKs of zeros in out[from, from + length). */
