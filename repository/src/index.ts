@@ -38,7 +38,7 @@ export { FileBlobStore } from "./file-blob-store.js";
 export { IdTable } from "./id-table.js";
 export { generateRepositoryKey, KEY_LENGTH, parseRepositoryKey } from "./key.js";
 export { MAX_OFFER_CHUNK_IDS, MAX_RESTORE_REQUEST_IDS, RESTORE_REQUEST_IDS } from "./limits.js";
-export { type ListedEntry, listedEntry, listingLine } from "./listing.js";
+export { type ListedEntry, listedEntry, listingLine, mtimeText } from "./listing.js";
 export { acquireLock, type HeldLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 export {
   createLz4Wasm,

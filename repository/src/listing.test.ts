@@ -32,6 +32,20 @@ describe("listingLine", () => {
     expect(early.mtime).toBe("1960-01-01T00:00:00.123Z");
   });
 
+  it("shows a time past what a Date holds as seconds after an @, where listing it used to throw", () => {
+    // The manifest takes up to 25 digits (a damaged or forged one, or a filesystem's far future); `ls` threw
+    // RangeError on such an entry and listed nothing (helper-62's finding).
+    const far = listedEntry({ type: "dir", path: "far", mode: 0o755, mtimeNs: "9999999999999999999999999" });
+    expect(far.mtime).toBe("@9999999999999999.999999999");
+    expect(listingLine(far)).toBe(`drwxr-xr-x ${"0".padStart(12)} @9999999999999999.999999999 far/`);
+    const before = listedEntry({ type: "dir", path: "b", mode: 0o755, mtimeNs: "-9000000000000000000000" });
+    expect(before.mtime).toBe("@-9000000000000");
+    // The last time a Date holds is still ISO's; a year past 9999 is shown whole in the line.
+    const edge = listedEntry({ type: "dir", path: "e", mode: 0o755, mtimeNs: "8640000000000000999999" });
+    expect(edge.mtime).toBe("+275760-09-13T00:00:00.000Z");
+    expect(listingLine(edge)).toContain(" +275760-09-13T00:00:00.000Z e/");
+  });
+
   it("quotes a name or target that would break the line or drive the terminal, and nothing else", () => {
     for (const plain of ["plain.txt", "spaces and ünïcode/名前", 'mid"quote', "back\\slash"]) {
       expect(printablePath(plain)).toBe(plain);

@@ -11,7 +11,10 @@ export interface ListedEntry {
   mode: number;
   /** Bytes (files; 0 otherwise). */
   size: number;
-  /** ISO 8601, UTC, to the millisecond. */
+  /**
+   * ISO 8601, UTC, to the millisecond; a time past what that can show (beyond ±275,000 years, which a forged or
+   * damaged manifest may hold) as seconds since the epoch after an @, as `date -d @S` reads them.
+   */
   mtime: string;
   /** Owner and group (numeric ids); absent for snapshots taken before owners were kept. */
   uid?: number;
@@ -21,7 +24,7 @@ export interface ListedEntry {
 }
 
 export function listedEntry(e: ManifestEntry): ListedEntry {
-  const mtime = new Date(floorMillis(e.mtimeNs)).toISOString();
+  const mtime = mtimeText(BigInt(e.mtimeNs));
   return withOwnerAndTarget(
     { path: e.path, type: e.type, mode: e.mode, size: e.type === "file" ? e.size : 0, mtime },
     e.uid,
@@ -61,7 +64,8 @@ export function listingLine(e: ListedEntry): string {
     const m = (e.mode >> shift) & 7;
     bits += `${m & 4 ? "r" : "-"}${m & 2 ? "w" : "-"}${m & 1 ? "x" : "-"}`;
   }
-  const when = `${e.mtime.slice(0, 10)} ${e.mtime.slice(11, 16)}`;
+  // Date and minute; a time no four-digit year shows (ISO's +YYYYYY, or @SECONDS) as it is.
+  const when = /^\d{4}-/.test(e.mtime) ? `${e.mtime.slice(0, 10)} ${e.mtime.slice(11, 16)}` : e.mtime.padEnd(16);
   const path = printablePath(e.path);
   const name =
     e.type === "dir" ? `${path}/` : e.type === "symlink" ? `${path} -> ${printablePath(e.target ?? "")}` : path;
@@ -70,12 +74,24 @@ export function listingLine(e: ListedEntry): string {
   return `${kind}${bits}${owner} ${String(e.size).padStart(12)} ${when} ${name}`;
 }
 
+/** Largest time a Date holds, in milliseconds either side of the epoch. */
+const MAX_DATE_MS = 8_640_000_000_000_000n;
+
 /**
- * Nanoseconds since the epoch (a manifest's decimal string) as whole milliseconds, rounded down as the control
- * plane's listing rounds them: BigInt division rounds toward zero, a millisecond late for times before 1970.
+ * A time in nanoseconds since the epoch as ListedEntry.mtime shows it: rounded down to the millisecond, as the
+ * control plane's listing rounds it (BigInt division alone rounds toward zero, a millisecond late before 1970).
+ * Past a Date's range it is `@SECONDS[.NANOSECONDS]`: a manifest's times are whatever lstat gave, up to 25 digits.
  */
-function floorMillis(ns: string): number {
-  const n = BigInt(ns);
-  const ms = n / 1_000_000n;
-  return Number(n < 0n && ms * 1_000_000n !== n ? ms - 1n : ms);
+export function mtimeText(ns: bigint): string {
+  const ms = floorDiv(ns, 1_000_000n);
+  if (ms >= -MAX_DATE_MS && ms <= MAX_DATE_MS) return new Date(Number(ms)).toISOString();
+  const seconds = floorDiv(ns, 1_000_000_000n);
+  const fraction = ns - seconds * 1_000_000_000n;
+  return `@${seconds}${fraction === 0n ? "" : `.${fraction.toString().padStart(9, "0")}`}`;
+}
+
+/** n / d rounded down (BigInt division rounds toward zero). */
+function floorDiv(n: bigint, d: bigint): bigint {
+  const q = n / d;
+  return n < 0n && q * d !== n ? q - 1n : q;
 }

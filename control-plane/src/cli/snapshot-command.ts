@@ -4,7 +4,7 @@
 import { api } from "@dumont/proto";
 import { collect, flagParsers, READ_DATA_SUBSET, SNAPSHOT_ID_OR_PREFIX } from "@dumont/repository/cli-flags";
 import { counted } from "@dumont/repository/counted";
-import { type ListedEntry, listingLine, withOwnerAndTarget } from "@dumont/repository/listing";
+import { type ListedEntry, listingLine, mtimeText, withOwnerAndTarget } from "@dumont/repository/listing";
 import {
   type DiffChange,
   type DiffEntry,
@@ -534,7 +534,7 @@ const FILE_TYPES: Record<api.SnapshotFile_Type, ListedEntry["type"] | undefined>
 function listedFromApi(f: api.SnapshotFile): ListedEntry {
   const type = FILE_TYPES[f.type];
   if (!type) throw new Error(`the control plane listed ${JSON.stringify(f.path)} with no type; upgrade this CLI`);
-  const ms = f.mtime ? Number(f.mtime.seconds) * 1000 + Math.floor(f.mtime.nanos / 1e6) : 0;
-  const e: ListedEntry = { path: f.path, type, mode: f.mode, size: Number(f.size), mtime: new Date(ms).toISOString() };
+  const ns = f.mtime ? f.mtime.seconds * 1_000_000_000n + BigInt(f.mtime.nanos) : 0n;
+  const e: ListedEntry = { path: f.path, type, mode: f.mode, size: Number(f.size), mtime: mtimeText(ns) };
   return withOwnerAndTarget(e, f.uid, f.gid, type === "symlink" ? f.target : undefined);
 }
