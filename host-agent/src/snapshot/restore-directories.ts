@@ -23,6 +23,14 @@ const SYNC_TIMEOUT_MS = 5 * 60 * 1000;
 const CACHED_HANDLES = 256;
 const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
 
+/**
+ * The target's filesystem answered its flush with an error (EIO: a write the kernel had taken never reached the
+ * disk), as opposed to a flush that could not run or did not finish in time.
+ */
+export class FlushFailedError extends Error {
+  override name = "FlushFailedError";
+}
+
 /** A name under the target to create or change; `release` once nothing uses `path` any more. */
 export interface Lease {
   path: string;
@@ -209,8 +217,14 @@ export class RestoreDirectories {
           fail(err.code === "ENOENT" ? "no sync command on PATH" : err.message, err),
         );
         child.on("close", (code, by) => {
+          const why = stderr.trim() || `sync exited with ${code ?? by}`;
           if (code === 0) resolve();
-          else fail(stderr.trim() || `sync exited with ${code ?? by}`);
+          // The kernel answered the flush with a writeback error (Linux reports them to syncfs since 5.8). By
+          // its words, as sync prints strerror: a sync that failed otherwise (an old one without -f) is no sign
+          // of lost writes.
+          else if (/input\/output error|no space left/i.test(stderr)) {
+            reject(new FlushFailedError(`cannot flush ${this.root} to disk: ${why}`));
+          } else fail(why);
         });
         timer = setTimeout(() => fail(`sync did not finish in ${timeoutMs / 1000} s`), timeoutMs);
         onAbort = () => fail("the restore was stopped while it flushed", signal?.reason);

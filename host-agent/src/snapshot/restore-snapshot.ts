@@ -24,7 +24,7 @@ import {
   RestorableCheck,
   unwritableReason,
 } from "@dumont/repository";
-import { type Lease, RestoreDirectories } from "./restore-directories.js";
+import { FlushFailedError, type Lease, RestoreDirectories } from "./restore-directories.js";
 import {
   type ClaimedTarget,
   claimTarget,
@@ -213,15 +213,22 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
     options.signal?.throwIfAborted(); // stopped while it flushed: taken back, as at any other point
     restored = true;
     return result;
-  } catch (err) {
+  } catch (caught) {
+    let err = caught;
+    // One that restored all it could and names damaged files (RestoreDamagedError) keeps the rest, once flushed.
     if (err instanceof RestoreDamagedError) {
-      restored = true;
-      await afterRestore(dirs, claimed, err.result, started, options.signal);
+      const unflushed = await afterRestore(dirs, claimed, err.result, started, options.signal).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      if (unflushed === undefined) {
+        restored = true;
+        throw err;
+      }
+      err = unflushed;
     }
-    // A restore that fails part-way (the stream drops, the disk fills, it is cancelled) takes back what it
-    // wrote: the target is empty again, and the same restore can simply run again. One that restored all it
-    // could and names damaged files (RestoreDamagedError) keeps the rest.
-    if (err instanceof RestoreDamagedError) throw err;
+    // A restore that fails part-way (the stream drops, the disk fills, it is cancelled, the disk fails its
+    // flush) takes back what it wrote: the target is empty again, and the same restore can simply run again.
     left = (await dirs.emptyTarget(RESTORE_MARKER)).filter((name) => !isMarkerName(name));
     if (left.length === 0) {
       throw targetUnwritable(err, options.target, plan.bytes, "What was restored so far has been removed") ?? err;
@@ -263,8 +270,10 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
  * were still in the page cache, the marker would let a power loss right after leave empty or short files that
  * nothing flags; flushed first, a loss before the flush leaves the marker, and the next restore starts over. One
  * syncfs at the end: a flush in the background every 128 MiB written left the last one little to do, but slowed
- * the writes as much while the disk caught up (1 GiB on the dev VM: 2.64–2.78 s against 2.19–2.53 s). Where it
- * cannot flush, the restore is still done (its writes all returned) and says so.
+ * the writes as much while the disk caught up (1 GiB on the dev VM: 2.64–2.78 s against 2.19–2.53 s). Where the
+ * flush cannot run or does not finish in time, the restore is still done (its writes all returned) and says so.
+ * Where the disk answers it with an error, some of what the writes handed the kernel never reached the disk, and
+ * reading it back may not give it: the restore fails, and is taken back as any failed one.
  * `result` (the restore's, begun at `started`) gets its time with the flush's, and the warnings for the caller:
  * that, and an interrupted restore's files cleared first.
  */
@@ -278,6 +287,13 @@ async function afterRestore(
   const warnings = claimed.tookOver ? [claimed.tookOver] : [];
   const flushing = performance.now();
   await dirs.syncFilesystem({ signal }).catch((err: Error) => {
+    if (err instanceof FlushFailedError) {
+      throw new Error(
+        `${err.message}: the disk did not take all that was restored, so restored files may not read back as ` +
+          "they were; restore again, onto a disk that works",
+        { cause: err },
+      );
+    }
     warnings.push(`${err.message}; a power loss soon could leave restored files empty or short`);
   });
   result.flushSeconds = (performance.now() - flushing) / 1000;

@@ -1834,19 +1834,45 @@ describe("restore safety", () => {
 
       await wrapper(`echo "sync: error syncing '$last': Input/output error" >&2; exit 1`);
       const other = fresh("target");
-      const flawed = await restoreSnapshot({
+      const flawed = restoreSnapshot({
         snapshotId: "s",
         source: sourceOf(manifest, chunks),
         key,
         target: other,
         pool,
       });
-      expect(flawed.warnings).toEqual([
-        `cannot flush ${other} to disk: sync: error syncing '/proc/self/fd/0': Input/output error; a power ` +
-          "loss soon could leave restored files empty or short",
+      // The disk failed writes it had taken: what was restored may not read back, so the restore fails and is
+      // taken back (it used to succeed with a warning about a power loss to come).
+      await expect(flawed).rejects.toThrow(
+        `cannot flush ${other} to disk: sync: error syncing '/proc/self/fd/0': Input/output error: the disk did ` +
+          "not take all that was restored, so restored files may not read back as they were; restore again, onto " +
+          "a disk that works",
+      );
+      expect(await readdir(other)).toEqual([]);
+      // So does one that kept all but a damaged file: what it kept may not read back either.
+      const lost = oneChunkFile("lost", Buffer.from("never delivered\n"), manifest.entries);
+      const partly = fresh("target");
+      await expect(
+        restoreSnapshot({ snapshotId: "s", source: sourceOf(lost.manifest, chunks), key, target: partly, pool }),
+      ).rejects.toThrow(/^cannot flush .*: the disk did not take all that was restored/);
+      expect(await readdir(partly)).toEqual([]);
+
+      // A sync that fails for another reason (one without -f, say) is no sign of lost writes: a warning.
+      await wrapper(`echo "sync: invalid option -- 'f'" >&2; exit 1`);
+      const old = fresh("target");
+      const unflushed = await restoreSnapshot({
+        snapshotId: "s",
+        source: sourceOf(manifest, chunks),
+        key,
+        target: old,
+        pool,
+      });
+      expect(unflushed.warnings).toEqual([
+        `cannot flush ${old} to disk: sync: invalid option -- 'f'; a power loss soon could leave restored files ` +
+          "empty or short",
       ]);
-      expect(await readdir(other)).toEqual(["w"]); // restored all the same, the marker gone
-      expect(await readFile(join(other, "w"))).toEqual(plain);
+      expect(await readdir(old)).toEqual(["w"]); // restored all the same, the marker gone
+      expect(await readFile(join(old, "w"))).toEqual(plain);
 
       // A flush that never returns (a device that stopped answering): given up on after its time, the child
       // killed; and a restore stopped while it flushes is taken back, as when stopped at any other point.
@@ -1866,8 +1892,8 @@ describe("restore safety", () => {
         pool,
         signal: stop.signal,
       });
-      // The fourth flush asked for is this restore's: its files are written.
-      await vi.waitFor(async () => expect((await readFile(log, "utf8")).split("\n")).toHaveLength(5), {
+      // The sixth flush asked for is this restore's: its files are written.
+      await vi.waitFor(async () => expect((await readFile(log, "utf8")).split("\n")).toHaveLength(7), {
         timeout: 10_000,
       });
       stop.abort(new Error("stopped by the test"));
