@@ -2,7 +2,7 @@
 // that a snapshot in progress is about to reference. A lock is stale when its holder stopped refreshing it
 // (judged by the store's own clock: the objects' modification times, not the holders' clocks), or when it
 // names a process on this host, in this process's pid namespace and boot, that no longer exists (kill -9), or was
-// taken on this machine before it last booted.
+// taken on this machine before it last booted and has gone unrefreshed for minutes since (holderIsGone).
 //
 // A holder must also stop trusting its own lock before others may count it stale: a process paused for half an
 // hour (SIGSTOP, a suspended laptop or VM) finds, when it wakes, a lock that others may have removed, and then
@@ -14,7 +14,7 @@
 import { randomBytes } from "node:crypto";
 import type { BlobStore } from "./blob-store.js";
 import { isRepositoryError, RepositoryError, refusedReason } from "./errors.js";
-import { type ProcessIdentity, processIsGone, thisProcess } from "./process-identity.js";
+import { ofAnotherBoot, type ProcessIdentity, processIsGone, thisProcess } from "./process-identity.js";
 import { ObjectKind, openJson, sealJson } from "./sealing.js";
 
 export const LOCK_STALE_AFTER_MS = 30 * 60 * 1000;
@@ -65,6 +65,20 @@ export interface HeldLock {
   release(): Promise<void>;
 }
 
+/**
+ * Whether the holder of a lock last written `age` ms ago (by the store's clock) is gone, before the lock is stale
+ * by age. processIsGone takes a holder of another boot of this machine (its machine id and pid namespace) for
+ * this machine before it restarted. A clone of this machine running now looks the same: VMs copied from one image
+ * without a new /etc/machine-id (a common slip) share it, their hostname often too, and the host's pid namespace
+ * has one inode everywhere. A live holder rewrites its lock every LOCK_REFRESH_AFTER_MS (looked at each
+ * LOCK_TIMER_MS), so one of another boot counts as gone only once it has missed that by a minute more: a
+ * restarted machine waits minutes for its old locks, not half an hour, and a live clone's are never taken.
+ */
+function holderIsGone(holder: LockBody, age: number): boolean {
+  if (!processIsGone(holder)) return false;
+  return !ofAnotherBoot(holder) || age > LOCK_REFRESH_AFTER_MS + 2 * LOCK_TIMER_MS;
+}
+
 export async function acquireLock(
   store: BlobStore,
   key: Buffer,
@@ -110,7 +124,7 @@ export async function acquireLock(
         // refusing, a connection reset) fails this acquisition, rather than pass a lock that may be live.
         if (!isRepositoryError(err, "corrupt") && !isRepositoryError(err, "wrong-key")) throw err;
       }
-      if (age > LOCK_STALE_AFTER_MS || (other && processIsGone(other))) {
+      if (age > LOCK_STALE_AFTER_MS || (other && holderIsGone(other, age))) {
         // Removed, by shared lock-takers too: a holder that is only paused then finds its lock gone when it
         // wakes, besides no longer trusting it. A prune taking the repository must remove it; a writer goes on
         // if it cannot (the holder's own distrust is enough).

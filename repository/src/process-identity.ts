@@ -50,6 +50,11 @@ export function thisProcess(): ProcessIdentity {
   };
 }
 
+/** Whether `holder` said it ran under another boot than this process's (this machine before it restarted, or another). */
+export function ofAnotherBoot(holder: ProcessIdentity): boolean {
+  return holder.bootId !== undefined && BOOT_ID !== undefined && holder.bootId !== BOOT_ID;
+}
+
 /**
  * Whether `holder` is a process of this host that no longer exists: in this pid namespace and boot, gone (kill
  * -9); or one from before this machine last started (the same machine id, another boot id). False where that
@@ -57,7 +62,7 @@ export function thisProcess(): ProcessIdentity {
  */
 export function processIsGone(holder: ProcessIdentity): boolean {
   if (holder.hostname !== hostname()) return false;
-  if (holder.bootId !== undefined && BOOT_ID !== undefined && holder.bootId !== BOOT_ID) {
+  if (ofAnotherBoot(holder)) {
     // Another running kernel: this machine before a restart, whose processes all ended with it; or another
     // machine of the same name, whose pids mean nothing here. Containers of one image share its machine id
     // wherever they run: the pid namespace must be this one too (the host's own is the same after a restart; a
