@@ -202,7 +202,11 @@ export class RestoreDirectories {
     const { timeoutMs = SYNC_TIMEOUT_MS, signal } = options;
     const viaHandle = process.platform === "linux" && this.rootHandle !== undefined;
     const args = process.platform !== "linux" ? [] : ["-f", viaHandle ? "/proc/self/fd/0" : this.root];
-    const child = spawn("sync", args, { stdio: [viaHandle ? this.rootHandle!.fd : "ignore", "ignore", "pipe"] });
+    // In the C locale: its error is read for the kernel's words (strerror's) below.
+    const child = spawn("sync", args, {
+      stdio: [viaHandle ? this.rootHandle!.fd : "ignore", "ignore", "pipe"],
+      env: { ...process.env, LC_ALL: "C" },
+    });
     let stderr = "";
     child.stderr?.setEncoding("utf8").on("data", (text: string) => {
       if (stderr.length < 4096) stderr += text;

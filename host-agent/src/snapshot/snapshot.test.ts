@@ -1832,7 +1832,11 @@ describe("restore safety", () => {
       expect(await readdir(target)).toEqual(["w"]);
       expect(done.flushSeconds).toBeGreaterThan(0);
 
-      await wrapper(`echo "sync: error syncing '$last': Input/output error" >&2; exit 1`);
+      // In the user's locale sync would say it in their words (German here): it is run in the C locale.
+      await wrapper(
+        `[ "$LC_ALL" = C ] && why="Input/output error" || why="Eingabe-/Ausgabefehler"\n` +
+          `echo "sync: error syncing '$last': $why" >&2; exit 1`,
+      );
       const other = fresh("target");
       const flawed = restoreSnapshot({
         snapshotId: "s",
