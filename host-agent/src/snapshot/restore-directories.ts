@@ -19,6 +19,13 @@ import { join } from "node:path";
 /** The longest a restore waits for its flush (syncFilesystem) before it says so and goes on. */
 const SYNC_TIMEOUT_MS = 5 * 60 * 1000;
 
+/**
+ * How sync ends its line when the kernel answers the flush with a lost write: strerror's words, in the C locale,
+ * for EIO, ENOSPC and EDQUOT, as glibc and musl (BusyBox's usual libc) word them.
+ */
+const KERNEL_WRITE_ERROR =
+  /: (Input\/output error|I\/O error|No space left on device|Disk quota exceeded|Quota exceeded)$/m;
+
 /** Idle directory handles kept open; leased ones are kept besides. */
 const CACHED_HANDLES = 256;
 const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
@@ -226,7 +233,7 @@ export class RestoreDirectories {
           // The kernel answered the flush with a writeback error (Linux reports them to syncfs since 5.8). By
           // its words, as sync prints strerror: a sync that failed otherwise (an old one without -f) is no sign
           // of lost writes.
-          else if (/input\/output error|no space left/i.test(stderr)) {
+          else if (KERNEL_WRITE_ERROR.test(stderr)) {
             reject(new FlushFailedError(`cannot flush ${this.root} to disk: ${why}`));
           } else fail(why);
         });

@@ -57,7 +57,7 @@ import {
   withDirectRepository,
 } from "./direct-mode.js";
 import { ReadAhead } from "./read-ahead.js";
-import { RestoreDirectories } from "./restore-directories.js";
+import { FlushFailedError, RestoreDirectories } from "./restore-directories.js";
 import { linkOrCopy, RestoreDamagedError, restoreSnapshot } from "./restore-snapshot.js";
 import { claimTarget, MARKER_STALE_AFTER_MS, RESTORE_MARKER, RESTORE_MARKER_LEFT_OUT } from "./restore-target.js";
 import { builtSnapshotModule } from "./testing.js";
@@ -1878,10 +1878,15 @@ describe("restore safety", () => {
       expect(await readdir(old)).toEqual(["w"]); // restored all the same, the marker gone
       expect(await readFile(join(old, "w"))).toEqual(plain);
 
+      // The kernel's words as musl (BusyBox's usual libc) gives them, and a quota (NFS writeback): lost writes too.
+      const dirs = await RestoreDirectories.open(other);
+      for (const why of ["I/O error", "Disk quota exceeded", "Quota exceeded"]) {
+        await wrapper(`echo "sync: /proc/self/fd/0: ${why}" >&2; exit 1`);
+        await expect(dirs.syncFilesystem()).rejects.toBeInstanceOf(FlushFailedError);
+      }
       // A flush that never returns (a device that stopped answering): given up on after its time, the child
       // killed; and a restore stopped while it flushes is taken back, as when stopped at any other point.
       await wrapper("exec sleep 60");
-      const dirs = await RestoreDirectories.open(other);
       await expect(dirs.syncFilesystem({ timeoutMs: 200 })).rejects.toThrow(
         `cannot flush ${other} to disk: sync did not finish in 0.2 s`,
       );
@@ -1896,8 +1901,8 @@ describe("restore safety", () => {
         pool,
         signal: stop.signal,
       });
-      // The sixth flush asked for is this restore's: its files are written.
-      await vi.waitFor(async () => expect((await readFile(log, "utf8")).split("\n")).toHaveLength(7), {
+      // The ninth flush asked for is this restore's: its files are written.
+      await vi.waitFor(async () => expect((await readFile(log, "utf8")).split("\n")).toHaveLength(10), {
         timeout: 10_000,
       });
       stop.abort(new Error("stopped by the test"));
