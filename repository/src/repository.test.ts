@@ -1480,8 +1480,8 @@ describe("locks", () => {
     await expect(pruneRepository(repository)).rejects.toSatisfy(locked);
     await twin.release();
     // This machine before it restarted (its machine id, an earlier boot): gone, even under this process's pid,
-    // once it has missed a refresh; until then it may be a clone of this machine (copied with its machine id and
-    // hostname) that is running now, and is respected (helper-63's finding: its live lock was removed at once).
+    // once unrefreshed past the time its holder trusts it; until then it may be a clone of this machine (copied
+    // with its machine id and hostname) running now, and is respected (helper-63's finding: removed at once).
     const machineId = await readFile("/etc/machine-id", "utf8").then(
       (text) => text.trim(),
       () => undefined,
@@ -1490,7 +1490,10 @@ describe("locks", () => {
       const beforeRestart = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
       await rewrite(beforeRestart, { pid: process.pid, bootId: "an-earlier-boot", machineId });
       await expect(pruneRepository(repository)).rejects.toSatisfy(locked);
-      const unrefreshed = new Date(Date.now() - 8 * 60_000); // a refresh is due every 5 minutes
+      const trusted = new Date(Date.now() - 20 * 60_000); // its holder (a clone whose refreshes fail) trusts it
+      await utimes(lockFile(beforeRestart), trusted, trusted);
+      await expect(pruneRepository(repository)).rejects.toSatisfy(locked);
+      const unrefreshed = new Date(Date.now() - 22 * 60_000); // past LOCK_TRUSTED_FOR_MS
       await utimes(lockFile(beforeRestart), unrefreshed, unrefreshed);
       await pruneRepository(repository);
       expect(await readdir(join(dir, "locks-2", "locks"))).toEqual([]);
