@@ -40,6 +40,8 @@ describe("listingLine", () => {
     expect(listingLine(far)).toBe(`drwxr-xr-x ${"0".padStart(12)} @9999999999999999.999999999 far/`);
     const before = listedEntry({ type: "dir", path: "b", mode: 0o755, mtimeNs: "-9000000000000000000000" });
     expect(before.mtime).toBe("@-9000000000000");
+    const fraction = listedEntry({ type: "dir", path: "f", mode: 0o755, mtimeNs: "-9000000000000250000000" });
+    expect(fraction.mtime).toBe("@-9000000000000.250000000"); // as `date -d @S` reads it, not floored
     // The last time a Date holds is still ISO's; a year past 9999 is shown whole in the line.
     const edge = listedEntry({ type: "dir", path: "e", mode: 0o755, mtimeNs: "8640000000000000999999" });
     expect(edge.mtime).toBe("+275760-09-13T00:00:00.000Z");

@@ -13,7 +13,7 @@ export interface ListedEntry {
   size: number;
   /**
    * ISO 8601, UTC, to the millisecond; a time past what that can show (beyond ±275,000 years, which a forged or
-   * damaged manifest may hold) as seconds since the epoch after an @, as `date -d @S` reads them.
+   * damaged manifest may hold) as seconds since the epoch after an @, to the nanosecond, as `date -d @S` reads them.
    */
   mtime: string;
   /** Owner and group (numeric ids); absent for snapshots taken before owners were kept. */
@@ -80,14 +80,16 @@ const MAX_DATE_MS = 8_640_000_000_000_000n;
 /**
  * A time in nanoseconds since the epoch as ListedEntry.mtime shows it: rounded down to the millisecond, as the
  * control plane's listing rounds it (BigInt division alone rounds toward zero, a millisecond late before 1970).
- * Past a Date's range it is `@SECONDS[.NANOSECONDS]`: a manifest's times are whatever lstat gave, up to 25 digits.
+ * Past a Date's range it is `@SECONDS[.FRACTION]` (to the nanosecond; a time before 1970 with its sign, as
+ * `date -d @-1.5` reads it): a manifest's times are whatever lstat gave, up to 25 digits.
  */
 export function mtimeText(ns: bigint): string {
   const ms = floorDiv(ns, 1_000_000n);
   if (ms >= -MAX_DATE_MS && ms <= MAX_DATE_MS) return new Date(Number(ms)).toISOString();
-  const seconds = floorDiv(ns, 1_000_000_000n);
-  const fraction = ns - seconds * 1_000_000_000n;
-  return `@${seconds}${fraction === 0n ? "" : `.${fraction.toString().padStart(9, "0")}`}`;
+  const sign = ns < 0n ? "-" : "";
+  const abs = ns < 0n ? -ns : ns;
+  const fraction = abs % 1_000_000_000n;
+  return `@${sign}${abs / 1_000_000_000n}${fraction === 0n ? "" : `.${fraction.toString().padStart(9, "0")}`}`;
 }
 
 /** n / d rounded down (BigInt division rounds toward zero). */

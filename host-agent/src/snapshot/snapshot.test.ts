@@ -1217,6 +1217,23 @@ describe("snapshot engine", () => {
     expect((await readFile(join(target, "data"))).equals(content)).toBe(true);
   });
 
+  it("sends a chunk that two files of one batch hold once, and counts it once", async () => {
+    const source = fresh("src");
+    await mkdir(source);
+    const same = seeded(10_000, "twice");
+    await writeFile(join(source, "a"), same);
+    await writeFile(join(source, "b"), same);
+    const key = generateRepositoryKey();
+    const { writer, store } = await freshWriter(key);
+    const put = vi.spyOn(writer, "put");
+    const created = await createSnapshot({ source, key, meta: { workspace: "w", epoch: 0, tenant: "t" }, pool, sink: writer });
+    await store.close();
+    expect(put.mock.calls.flatMap(([chunks]) => chunks.map((c) => c.id.toString("hex")))).toEqual([
+      createHash("sha256").update(same).digest("hex"),
+    ]);
+    expect(created).toMatchObject({ chunksNew: 1, bytesNew: 10_000 });
+  });
+
   it.each([
     ["in the same batch", ["a", "b"]],
     ["in a later batch, past a file split into segments", ["a", "m-big", "z"]],
