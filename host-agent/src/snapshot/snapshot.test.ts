@@ -1226,7 +1226,13 @@ describe("snapshot engine", () => {
     const key = generateRepositoryKey();
     const { writer, store } = await freshWriter(key);
     const put = vi.spyOn(writer, "put");
-    const created = await createSnapshot({ source, key, meta: { workspace: "w", epoch: 0, tenant: "t" }, pool, sink: writer });
+    const created = await createSnapshot({
+      source,
+      key,
+      meta: { workspace: "w", epoch: 0, tenant: "t" },
+      pool,
+      sink: writer,
+    });
     await store.close();
     expect(put.mock.calls.flatMap(([chunks]) => chunks.map((c) => c.id.toString("hex")))).toEqual([
       createHash("sha256").update(same).digest("hex"),
