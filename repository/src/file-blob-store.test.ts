@@ -1,6 +1,6 @@
 // What only the file:// store does: directories made durable before a put returns, and a stray file on an
 // object's path told from a repository path that names a file. (The shared suite is blob-store.test.ts.)
-import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -119,6 +119,37 @@ describe("FileBlobStore", () => {
     } finally {
       syncs.hold = () => undefined;
     }
+  });
+
+  it("fails every call as unavailable once its directory is gone (unmounted, moved), and makes no new one", async () => {
+    // Taken for missing objects, a gone root had restores call chunks damaged, check call packs missing, a loaded
+    // index drop every pack, and the next write make an empty repository below the mount point (helper-65).
+    const root = join(dir, "mounted", "repo");
+    const store = new FileBlobStore(root);
+    await store.put("index/x", Buffer.from("i"));
+    await store.put("data/ab/p", Buffer.alloc(64, 1));
+    await rename(join(dir, "mounted"), join(dir, "unmounted"));
+    const gone = (e: unknown) => isRepositoryError(e, "unavailable") && /directory .* is gone/.test(String(e));
+    await expect(store.get("index/x")).rejects.toSatisfy(gone);
+    await expect(store.getRange("data/ab/p", 0, 8)).rejects.toSatisfy(gone);
+    await expect(store.stat("index/x")).rejects.toSatisfy(gone);
+    await expect(store.delete("index/x")).rejects.toSatisfy(gone);
+    await expect(
+      (async () => {
+        for await (const _ of store.list("index/")) {
+        }
+      })(),
+    ).rejects.toSatisfy(gone);
+    await expect(store.put("data/cd/q", Buffer.from("q"))).rejects.toSatisfy(gone);
+    await expect(store.put("data/ab/r", Buffer.from("r"))).rejects.toSatisfy(gone); // a directory made before
+    await expect(store.openWriter("data/ef/s")).rejects.toSatisfy(gone);
+    expect(await readdir(dir)).not.toContain("mounted");
+
+    // Back in place, it works again; and a store that never saw its root calls it no repository yet.
+    await rename(join(dir, "unmounted"), join(dir, "mounted"));
+    expect((await store.get("index/x")).toString()).toBe("i");
+    const fresh = new FileBlobStore(join(dir, "never-made"));
+    await expect(fresh.get("config")).rejects.toSatisfy((e: unknown) => isRepositoryError(e, "not-found"));
   });
 
   it("calls an object under a stray file absent, and a repository path naming a file what it is", async () => {

@@ -41,6 +41,13 @@ export class FileBlobStore implements BlobStore {
   private readonly stages: Buffer[] = [];
   /** False once the filesystem refused an O_DIRECT read; ranged reads are buffered from then on. */
   private directReads = this.direct;
+  /**
+   * Set once this store has seen its root directory (read or written through it). From then on a root that is
+   * gone (its filesystem unmounted, the directory moved) fails every call as `unavailable`: taken for missing
+   * objects, it had restores call every chunk damaged, check every pack missing, a control plane drop its cached
+   * index, and the next write make a new, empty repository on the disk below the mount point.
+   */
+  private rootSeen = false;
 
   constructor(readonly root: string) {
     this.url = pathToFileURL(root).href;
@@ -75,6 +82,8 @@ export class FileBlobStore implements BlobStore {
    * earlier process killed before its sync left one that is not durable yet.
    */
   private async makeDurable(dir: string): Promise<void> {
+    // A root seen before and gone now is not made again (see rootSeen); a new repository's first write makes it.
+    if (this.rootSeen) this.assertRootThere();
     const made = await mkdir(dir, { recursive: true });
     const first = made === undefined ? undefined : resolve(made);
     const top = resolve(this.root);
@@ -99,10 +108,53 @@ export class FileBlobStore implements BlobStore {
     options: { ifAbsent?: boolean } & BlobCallOptions = {},
   ): Promise<boolean> {
     try {
-      return await this.putOnce(key, data, options);
+      const written = await this.putOnce(key, data, options);
+      this.rootSeen = true;
+      return written;
     } catch (err) {
-      throw writeFailure(this.url, key, err);
+      throw this.writeFailure(key, err);
     }
+  }
+
+  /** The error for a failed write of `key`: the root's absence where it went (assertRootThere), else writeFailure. */
+  private writeFailure(key: string, err: unknown): unknown {
+    return ((err as NodeJS.ErrnoException).code === "ENOENT" && this.rootGone()) || writeFailure(this.url, key, err);
+  }
+
+  /** Throws rootGone's error, if any. */
+  private assertRootThere(): void {
+    const gone = this.rootGone();
+    if (gone) throw gone;
+  }
+
+  /** An `unavailable` error when the root seen before is gone (see rootSeen); else undefined. */
+  private rootGone(): RepositoryError | undefined {
+    if (!this.rootSeen) return undefined;
+    try {
+      statSync(this.root);
+      return undefined;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") return undefined; // said by the call's own error
+      return new RepositoryError(
+        "unavailable",
+        `the repository's directory ${this.root} (${this.url}) is gone: its filesystem unmounted, or the directory ` +
+          "moved or removed. Nothing was read or written in its place; mount it or put it back, and try again",
+        { cause: err },
+      );
+    }
+  }
+
+  /** Whether `err`, from a call on a path under the root, says the object is not there (isAbsent), its root there. */
+  private absent(err: unknown): boolean {
+    if (!isAbsent(err, this.root)) return false;
+    this.assertRootThere();
+    return true;
+  }
+
+  /** `err` from opening object `key` to read: not-found where it is absent (notFound), its root there. */
+  private notFound(key: string, err: unknown): Error {
+    if (this.absent(err)) return new RepositoryError("not-found", `${this.url}/${key} does not exist`, { cause: err });
+    return notADirectory(this.url, err);
   }
 
   private async putOnce(
@@ -150,7 +202,7 @@ export class FileBlobStore implements BlobStore {
       assertNotGivenUp(options.signal, this.url, key, "opening to write");
       return await this.openWriterOnce(key, options.signal);
     } catch (err) {
-      throw writeFailure(this.url, key, err);
+      throw this.writeFailure(key, err);
     }
   }
 
@@ -182,7 +234,7 @@ export class FileBlobStore implements BlobStore {
       directRefused: () => {
         this.direct = false;
       },
-      writeFailure: (err) => writeFailure(this.url, key, err),
+      writeFailure: (err) => this.writeFailure(key, err),
       assertNotGivenUp: () => assertNotGivenUp(signal, this.url, key, "writing"),
     });
   }
@@ -269,8 +321,9 @@ export class FileBlobStore implements BlobStore {
     try {
       handle = await open(path, constants.O_RDONLY);
     } catch (err) {
-      throw notFound(this, key, err);
+      throw this.notFound(key, err);
     }
+    this.rootSeen = true;
     try {
       const { size } = await handle.stat();
       const buf = Buffer.allocUnsafeSlow(size);
@@ -302,6 +355,7 @@ export class FileBlobStore implements BlobStore {
       if (into.length >= span) {
         const handle = await this.openDirect(path, key);
         if (handle) {
+          this.rootSeen = true;
           try {
             await readFully(handle, into, 0, offset + length - start, start, this.url, key, span);
             return into.subarray(offset - start, offset - start + length);
@@ -318,8 +372,9 @@ export class FileBlobStore implements BlobStore {
     try {
       handle = await open(path, constants.O_RDONLY);
     } catch (err) {
-      throw notFound(this, key, err);
+      throw this.notFound(key, err);
     }
+    this.rootSeen = true;
     try {
       const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafeSlow(length);
       await readFully(handle, buf, 0, length, offset, this.url, key);
@@ -334,7 +389,7 @@ export class FileBlobStore implements BlobStore {
     try {
       return await open(path, constants.O_RDONLY | DIRECT);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw notFound(this, key, err);
+      if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw this.notFound(key, err);
       this.directReads = false;
       return undefined;
     }
@@ -344,9 +399,10 @@ export class FileBlobStore implements BlobStore {
     assertNotGivenUp(options.signal, this.url, key, "looking up");
     try {
       const st = await stat(this.path(key));
+      this.rootSeen = true;
       return { key, size: st.size, modified: st.mtime };
     } catch (err) {
-      if (isAbsent(err, this.root)) return undefined;
+      if (this.absent(err)) return undefined;
       throw notADirectory(this.url, err);
     }
   }
@@ -410,9 +466,11 @@ export class FileBlobStore implements BlobStore {
       let entries: Dirent[];
       try {
         entries = await readdir(dir, { withFileTypes: true });
+        this.rootSeen = true;
       } catch (err) {
-        // Nothing there (see isAbsent); a root that is itself a file is said, not listed as empty.
-        if (isAbsent(err, this.root)) continue;
+        // Nothing there (see isAbsent); a root that is itself a file is said, not listed as empty, and one seen
+        // before and gone now fails (assertRootThere).
+        if (this.absent(err)) continue;
         throw notADirectory(this.url, err);
       }
       // Where each link here leads, and which directories two of them lead to (neither is followed, below).
@@ -451,8 +509,10 @@ export class FileBlobStore implements BlobStore {
     assertNotGivenUp(options.signal, this.url, key, "deleting");
     try {
       await unlink(path);
+      this.rootSeen = true;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      this.assertRootThere(); // a delete of what is gone is done, unless the whole repository went
     }
   }
 
@@ -680,13 +740,6 @@ async function linkTargets(
     seen.add(real);
   }
   return { realOf, twice };
-}
-
-function notFound(store: { url: string; root: string }, key: string, err: unknown): Error {
-  if (isAbsent(err, store.root)) {
-    return new RepositoryError("not-found", `${store.url}/${key} does not exist`, { cause: err });
-  }
-  return notADirectory(store.url, err);
 }
 
 /**
