@@ -607,6 +607,44 @@ describe("S3 blob store against a server that refuses access", () => {
   });
 });
 
+describe("S3 blob store whose bucket does not exist", () => {
+  it("fails every call naming the bucket, rather than calling its objects missing", async () => {
+    // A HEAD's 404 has no body: stat asks after the bucket before it answers "no such object" (helper-65's
+    // finding: stat said undefined, delete succeeded, and reads were "not found", which restores call damage).
+    const store = openBlobStore("s3://no-such-bucket/p", { s3: s3.s3 });
+    const calls: [string, () => Promise<unknown>][] = [
+      ["get", () => store.get("config")],
+      ["getRange", () => store.getRange("data/ab/cd", 0, 8)],
+      ["stat", () => store.stat("data/ab/cd")],
+      ["delete", () => store.delete("locks/l")],
+      ["put", () => store.put("locks/l", Buffer.from("x"))],
+      [
+        "list",
+        async () => {
+          for await (const _ of store.list("index/")) {
+          }
+        },
+      ],
+    ];
+    for (const [name, call] of calls) {
+      const err = await call().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(isRepositoryError(err, "invalid-argument"), `${name}: ${String(err)}`).toBe(true);
+      expect((err as Error).message, name).toMatch(
+        /^bucket no-such-bucket does not exist at .*\(s3:\/\/no-such-bucket\/p\): check the bucket in the URL/,
+      );
+    }
+    await store.close();
+    // In a bucket that is there, a missing object is just that.
+    const there = openBlobStore(s3.url(`present${++counter}`), { s3: s3.s3 });
+    expect(await there.stat("data/ab/cd")).toBeUndefined();
+    await there.delete("locks/l");
+    await there.close();
+  });
+});
+
 describe("S3 blob store beside folder markers", () => {
   it("lists none of them: empty objects named like folders (the AWS console's Create folder makes them)", async () => {
     const { PutObjectCommand, S3Client } = await import("@aws-sdk/client-s3");

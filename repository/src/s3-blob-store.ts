@@ -108,6 +108,8 @@ export class S3BlobStore implements BlobStore {
   private readonly base: string;
   private readonly config: S3ClientConfig;
   private connecting: Promise<{ sdk: Sdk; client: S3Client }> | undefined;
+  /** Until when (ms) the bucket is known to exist: a HEAD's 404 says nothing of which is missing (bucketThere). */
+  private bucketSeenUntil = 0;
 
   constructor(
     readonly bucket: string,
@@ -284,9 +286,28 @@ export class S3BlobStore implements BlobStore {
       });
       return { key, size: Number(res.ContentLength ?? 0), modified: res.LastModified ?? new Date(0) };
     } catch (err) {
-      if (httpStatus(err) === 404) return undefined;
-      throw this.wrap(err, key);
+      if (httpStatus(err) !== 404) throw this.wrap(err, key);
+      if (await this.bucketThere(options.signal)) return undefined;
+      throw this.noSuchBucket(err);
     }
+  }
+
+  /**
+   * Whether the bucket exists, asked once a minute at most. A HEAD answers 404 with no body for a missing object
+   * and a missing bucket alike, and a missing bucket (deleted, renamed, or an endpoint now pointing elsewhere) must
+   * not pass for missing objects: repair-index would drop the index of every pack it asked after.
+   */
+  private async bucketThere(signal: AbortSignal | undefined): Promise<boolean> {
+    if (Date.now() < this.bucketSeenUntil) return true;
+    try {
+      const { sdk, client } = await this.connect();
+      await client.send(new sdk.HeadBucketCommand({ Bucket: this.bucket }), { abortSignal: signal });
+    } catch (err) {
+      if (httpStatus(err) === 404) return false;
+      throw this.wrap(err, "(the bucket)");
+    }
+    this.bucketSeenUntil = Date.now() + BUCKET_SEEN_FOR_MS;
+    return true;
   }
 
   async *list(prefix: string, options: BlobCallOptions = {}): AsyncIterable<BlobInfo> {
@@ -332,7 +353,8 @@ export class S3BlobStore implements BlobStore {
         abortSignal: options.signal,
       });
     } catch (err) {
-      if (httpStatus(err) === 404) return;
+      // Deleting what is not there is done (S3 itself answers 204), but not in a bucket that is not there.
+      if (httpStatus(err) === 404 && (err as { name?: string }).name !== "NoSuchBucket") return;
       throw this.wrap(err, key);
     }
   }
@@ -341,6 +363,15 @@ export class S3BlobStore implements BlobStore {
     // Nothing to close if the SDK never loaded (its failure was reported by the call that needed it).
     const connected = await this.connecting?.catch(() => undefined);
     connected?.client.destroy();
+  }
+
+  private noSuchBucket(err: unknown): RepositoryError {
+    return new RepositoryError(
+      "invalid-argument",
+      `bucket ${this.bucket} does not exist at ${this.config.endpoint ? "the endpoint DUMONT_S3_ENDPOINT names" : "AWS S3"} ` +
+        `(${this.url}): check the bucket in the URL and the endpoint, or create the bucket`,
+      { cause: err },
+    );
   }
 
   private wrap(err: unknown, key: string): Error {
@@ -353,10 +384,10 @@ export class S3BlobStore implements BlobStore {
         cause: err,
       });
     }
+    // No bucket is no missing object: taken for one, restores called every chunk damaged and check every pack
+    // missing. It is the URL or the endpoint to mend (or the bucket to make).
+    if (name === "NoSuchBucket") return this.noSuchBucket(err);
     if (status === 404 || name === "NoSuchKey" || name === "NotFound") {
-      if (name === "NoSuchBucket") {
-        return new RepositoryError("not-found", `bucket ${this.bucket} does not exist (${this.url})`, { cause: err });
-      }
       return new RepositoryError("not-found", `${this.url}/${key} does not exist`, { cause: err });
     }
     if (name === "CredentialsProviderError") {
@@ -418,6 +449,9 @@ export class S3BlobStore implements BlobStore {
 }
 
 /** S3 error codes that refuse the credentials rather than say anything of an object. */
+/** How long a HEAD of the bucket that found it is trusted (bucketThere). */
+const BUCKET_SEEN_FOR_MS = 60_000;
+
 const CREDENTIAL_ERRORS = new Set([
   "AccessDenied",
   "ExpiredToken",
