@@ -679,6 +679,13 @@ describe("openBlobStore", () => {
       expect(() => openBlobStore(bad), bad).toThrow(/with an empty, "\." or "\.\." component/);
     }
     expect(openBlobStore("/tmp/x").url).toBe("file:///tmp/x");
+    // A "?" or "#" ends a file URL's path: what followed was dropped, so the control plane's tenants under
+    // file:///srv/a#1 were all /srv/a (helper-65). Percent-encoded, it is part of the name.
+    expect(() => openBlobStore("file:///srv/a#1/tenants/t1")).toThrow(
+      /^repository URL file:\/\/\/srv\/a#1\/tenants\/t1 holds a "#", which ends a file URL's path: write it percent-encoded \(%23\)/,
+    );
+    expect(() => openBlobStore("file:///srv/a?x/tenants/t1")).toThrow(/holds a "\?".*\(%3F\)/);
+    expect((openBlobStore("file:///srv/a%231/tenants/t1") as { root?: string }).root).toBe("/srv/a#1/tenants/t1");
   });
 
   it("refuses credentials written into a repository URL, without repeating them", () => {

@@ -34,8 +34,19 @@ export function parseRepositoryUrl(url: string): RepositoryLocation {
   if (withoutUserInfo(url) !== url) throw credentials();
   if (url.startsWith("file://")) {
     try {
+      // A "?" or "#" ends a URL's path: fileURLToPath drops what follows, so file:///srv/a#1/tenants/t1 and
+      // …/t2 were one directory, /srv/a (the control plane adds /tenants/ID to its store's URL).
+      const { search, hash } = new URL(url);
+      if (search !== "" || hash !== "") {
+        throw new RepositoryError(
+          "invalid-argument",
+          `repository URL ${shown} holds a "${search !== "" ? "?" : "#"}", which ends a file URL's path: write it ` +
+            `percent-encoded (${search !== "" ? "%3F" : "%23"}) where the directory's name holds one`,
+        );
+      }
       return { kind: "file", path: fileURLToPath(url) };
     } catch (err) {
+      if (err instanceof RepositoryError) throw err;
       throw new RepositoryError(
         "invalid-argument",
         `repository URL ${shown} is not a valid file URL; write file:///absolute/path`,
