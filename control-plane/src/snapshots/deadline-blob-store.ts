@@ -58,6 +58,11 @@ export class UnreturnedCalls {
   }
 }
 
+/** A signal aborted with either: the deadline's, and the caller's where it gave one. */
+function either(own: AbortSignal, caller: AbortSignal | undefined): AbortSignal {
+  return caller ? AbortSignal.any([own, caller]) : own;
+}
+
 /** Where repository locks live (lock.ts): see DeadlineBlobStore.delete. */
 const LOCKS_PREFIX = "locks/";
 
@@ -126,37 +131,48 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
         this.timed(`making ${keys.length} deletions durable`, () => syncDeletes.call(store, keys), { changes: true }));
   }
 
+  /**
+   * The caller's own signal is not passed on to a write: cancelled so, a PUT whose body S3 had taken may still
+   * land, and only one given up on here is kept in `abandoned` for a lock's removal to wait for (see `delete`).
+   * It runs to its end or its deadline. Reads take the caller's signal as well as the deadline's.
+   */
   put(
     key: string,
     data: Buffer | readonly Buffer[],
     options?: { ifAbsent?: boolean } & BlobCallOptions,
   ): Promise<boolean> {
-    return this.timed(`writing ${key}`, (signal) => this.store.put(key, data, { ...options, signal }), {
-      changes: true,
-    });
+    return this.timed(
+      `writing ${key}`,
+      (signal) => this.store.put(key, data, { ifAbsent: options?.ifAbsent, signal }),
+      {
+        changes: true,
+      },
+    );
   }
 
-  get(key: string): Promise<Buffer> {
-    return this.timed(`reading ${key}`, (signal) => this.store.get(key, { signal }));
+  get(key: string, options: BlobCallOptions = {}): Promise<Buffer> {
+    return this.timed(`reading ${key}`, (signal) => this.store.get(key, { signal: either(signal, options.signal) }));
   }
 
   /**
    * A read given up on may still fill `into` later, when its caller has handed that buffer on: only the reads of
    * the restore that failed with it use those buffers (a pool of its own), and the agent checks every chunk.
    */
-  getRange(key: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
+  getRange(key: string, offset: number, length: number, into?: Buffer, options: BlobCallOptions = {}): Promise<Buffer> {
     return this.timed(`reading ${length} bytes of ${key}`, (signal) =>
-      this.store.getRange(key, offset, length, into, { signal }),
+      this.store.getRange(key, offset, length, into, { signal: either(signal, options.signal) }),
     );
   }
 
-  stat(key: string): Promise<BlobInfo | undefined> {
-    return this.timed(`looking up ${key}`, (signal) => this.store.stat(key, { signal }));
+  stat(key: string, options: BlobCallOptions = {}): Promise<BlobInfo | undefined> {
+    return this.timed(`looking up ${key}`, (signal) =>
+      this.store.stat(key, { signal: either(signal, options.signal) }),
+    );
   }
 
-  async *list(prefix: string): AsyncIterable<BlobInfo> {
+  async *list(prefix: string, options: BlobCallOptions = {}): AsyncIterable<BlobInfo> {
     const cancel = new AbortController();
-    const listing = this.store.list(prefix, { signal: cancel.signal })[Symbol.asyncIterator]();
+    const listing = this.store.list(prefix, { signal: either(cancel.signal, options.signal) })[Symbol.asyncIterator]();
     try {
       for (;;) {
         const next = await this.timed(`listing ${prefix}`, () => listing.next(), { cancel });

@@ -1402,6 +1402,45 @@ describe("SnapshotCoordinator: a blob store whose calls never return", () => {
     }
   });
 
+  it("passes its caller's own cancellation on to reads, as well as its deadline's", async () => {
+    // repair-index and the pack listing pass a signal of their own; the wrapper put its deadline's in its place,
+    // so a read their caller gave up on ran on (helper-65).
+    const silent = createServer((socket) => socket.on("error", () => {}));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const s3 = new S3BlobStore("quiet-bucket", "t1", {
+      endpoint: `http://127.0.0.1:${(silent.address() as AddressInfo).port}`,
+      credentials: { accessKeyId: "test", secretAccessKey: "test" },
+    });
+    const store = new DeadlineBlobStore(s3, { deadlineMs: 60_000 });
+    try {
+      const reads: [string, (signal: AbortSignal) => Promise<unknown>][] = [
+        ["get", (signal) => store.get("config", { signal })],
+        ["getRange", (signal) => store.getRange("data/ab/cd", 0, 8, undefined, { signal })],
+        ["stat", (signal) => store.stat("data/ab/cd", { signal })],
+        [
+          "list",
+          async (signal) => {
+            for await (const _ of store.list("index/", { signal })) {
+            }
+          },
+        ],
+      ];
+      for (const [name, read] of reads) {
+        const caller = new AbortController();
+        const reading = read(caller.signal).then(
+          () => "answered",
+          (e: Error) => e.message,
+        );
+        setTimeout(() => caller.abort(), 50);
+        // Not the deadline's "did not finish in 60 s" (a server that never answers), but its caller's.
+        expect(await reading, name).toMatch(/given up on by its caller/);
+      }
+    } finally {
+      await s3.close();
+      silent.close();
+    }
+  });
+
   it("cancels an S3 request it gives up on, which then holds nothing: the next call starts", async () => {
     const silent = createServer((socket) => socket.on("error", () => {})); // accepts, then says nothing
     await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
