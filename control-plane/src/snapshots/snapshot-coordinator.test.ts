@@ -65,6 +65,17 @@ function useCoordinator(hostId: string, retention?: RetentionPolicy, tuning?: Co
     metrics: createMetrics(),
     sent: [] as ControlMessage[],
     session: undefined as unknown as AgentSession,
+    /** A coordinator on the harness's database and store, as a control plane started again would make. */
+    open: (): SnapshotCoordinator =>
+      new SnapshotCoordinator(
+        h.db,
+        new TenantKeys(h.db, h.masterKey),
+        `file://${h.blobs}`,
+        createLogger("silent"),
+        h.metrics,
+        retention,
+        tuning,
+      ),
   };
   let closeDb: () => Promise<void>;
   h.session = {
@@ -84,15 +95,7 @@ function useCoordinator(hostId: string, retention?: RetentionPolicy, tuning?: Co
     ({ db: h.db, close: closeDb } = await openTestDatabase());
     await ensureTenant(h.db, "t1", "tenant one");
     h.blobs = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-coordinator-"));
-    h.coordinator = new SnapshotCoordinator(
-      h.db,
-      new TenantKeys(h.db, h.masterKey),
-      `file://${h.blobs}`,
-      createLogger("silent"),
-      h.metrics,
-      retention,
-      tuning,
-    );
+    h.coordinator = h.open();
   });
   afterAll(async () => {
     await h.coordinator.close();
@@ -1576,6 +1579,43 @@ function finishIn(h: Harness) {
     return snapshot;
   };
 }
+
+describe("SnapshotCoordinator: a blob store that is not the one its snapshots went to", () => {
+  const h = useCoordinator("h-mount");
+  const finish = finishIn(h);
+
+  it("makes no repository in its place and fails saying so; forgetting the lost snapshots by id drops their rows", async () => {
+    const lost = await finish(await startedIn(h));
+    // The control plane starts again with its store's disk not mounted: the empty mount point. It made a new
+    // repository there, and the tenant's next snapshots went to the wrong disk (hidden once it was mounted).
+    await fs.rename(path.join(h.blobs, "tenants"), path.join(h.blobs, "unmounted"));
+    const before = h.coordinator;
+    h.coordinator = h.open();
+    try {
+      const request = { session: h.session, tenantId: "t1", path: "/w", workspaceId: "w", epoch: 0n };
+      await expect(h.coordinator.snapshot(request)).rejects.toThrow(
+        /tenants\/t1 holds no repository, but the catalogue lists 1 snapshot of this tenant there: .* forget them by id/,
+      );
+      expect(await fs.readdir(h.blobs)).toEqual(["unmounted"]);
+      // A forget by a policy, or with a prune, needs the repository: refused the same way.
+      await expect(
+        h.coordinator.forget({ tenantId: "t1", policy: {}, ids: [lost.id], prune: true, dryRun: false }),
+      ).rejects.toThrow(/holds no repository/);
+      // Gone for good: forgotten by id, its row goes, and the next snapshot starts a new repository.
+      const forget = (dryRun: boolean) =>
+        h.coordinator.forget({ tenantId: "t1", policy: {}, ids: [lost.id], prune: false, dryRun });
+      expect(await forget(true)).toEqual({ kept: [], forgotten: [lost.id] });
+      expect(await h.db.selectFrom("snapshots").select("id").execute()).toEqual([{ id: lost.id }]);
+      expect(await forget(false)).toEqual({ kept: [], forgotten: [lost.id] });
+      expect(await h.db.selectFrom("snapshots").select("id").execute()).toEqual([]);
+      const next = await finish(await startedIn(h));
+      expect(await fs.readdir(path.join(h.blobs, "tenants", "t1", "snapshots"))).toEqual([next.id]);
+    } finally {
+      await h.coordinator.close();
+      h.coordinator = before;
+    }
+  });
+});
 
 describe("SnapshotCoordinator: forget --prune --dry-run", () => {
   const h = useCoordinator("h-dry");

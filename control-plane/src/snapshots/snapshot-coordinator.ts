@@ -46,6 +46,7 @@ import {
   type RepairIndexReport,
   Repository,
   type RepositoryChunkSource,
+  RepositoryError,
   RepositoryIndex,
   type RepositoryWriter,
   type RetentionPolicy,
@@ -360,6 +361,15 @@ export class SnapshotCoordinator {
   async forget(req: ForgetRequest): Promise<ForgetResult> {
     const { tenantId } = req;
     const repository = () => this.repositoryOf(tenantId);
+    if (req.ids?.length && !hasRetentionRule(req.policy) && !req.prune) {
+      // The way out of RepositoryMissingError where the store was replaced on purpose: forgetting the snapshots
+      // it lost by id drops their rows, there being nothing of them to delete.
+      const missing = await repository().then(
+        () => undefined,
+        (err: unknown) => (err instanceof RepositoryMissingError ? err : undefined),
+      );
+      if (missing) return this.forgetCatalogued(tenantId, req.ids, req.dryRun);
+    }
     if (!req.prune || req.dryRun) {
       try {
         const result = await this.forgetIn(await repository(), req);
@@ -433,6 +443,23 @@ export class SnapshotCoordinator {
     } finally {
       this.pruning.delete(tenantId);
     }
+  }
+
+  /** Drops the rows of snapshots `ids` whose repository is missing (see forget); each must be catalogued. */
+  private forgetCatalogued(tenantId: string, ids: string[], dryRun: boolean): Promise<ForgetResult> {
+    return this.changingCatalogue(tenantId, async () => {
+      for (const id of ids) {
+        if (!(await getSnapshot(this.db, id, { tenantId }))) throw new NotFoundError(`no snapshot ${id}`);
+      }
+      if (!dryRun) {
+        for (const id of ids) await deleteSnapshot(this.db, tenantId, id);
+        this.log.warn(
+          { tenantId, forgotten: ids },
+          "snapshots forgotten from the catalogue: their repository is missing",
+        );
+      }
+      return { kept: [], forgotten: [...ids] };
+    });
   }
 
   private async forgetIn(repository: Repository, req: ForgetRequest): Promise<ForgetResult> {
@@ -1227,6 +1254,20 @@ export class SnapshotCoordinator {
     return this.repository(tenantId, await this.tenantKeys.get(tenantId));
   }
 
+  /**
+   * The tenant's repository, made by its first snapshot; but not made again where the catalogue lists snapshots
+   * of the tenant. There was a repository then, and this store is not it: a mount that did not come up (its
+   * empty mount point), another bucket or prefix. Made there, the tenant's next snapshots went to the wrong disk,
+   * hidden under the mount once it came back.
+   */
+  private async openRepository(tenantId: string, store: BlobStore, key: Buffer): Promise<Repository> {
+    if (!(await Repository.exists(store))) {
+      const catalogued = await listSnapshots(this.db, { tenantId });
+      if (catalogued.length > 0) throw new RepositoryMissingError(store.url, catalogued.length);
+    }
+    return (await Repository.openOrInit(store, key)).repository;
+  }
+
   private repository(tenantId: string, key: Buffer): Promise<Repository> {
     let repo = this.repositories.get(tenantId);
     if (!repo) {
@@ -1236,7 +1277,7 @@ export class SnapshotCoordinator {
         deadlineMs: this.storeCallMs,
         unreturned: this.unreturnedStoreCalls,
       });
-      repo = Repository.openOrInit(store, key).then((r) => r.repository);
+      repo = this.openRepository(tenantId, store, key);
       repo.catch(() => this.repositories.delete(tenantId));
       this.repositories.set(tenantId, repo);
     }
@@ -1385,6 +1426,20 @@ async function snapshotGone(repository: Repository, id: string, err: unknown): P
  * for the admin who called: the API would otherwise answer "internal error" and leave the reason in the log. Any
  * other error as it is.
  */
+/** A tenant's repository missing from the store where the catalogue lists its snapshots (openRepository). */
+export class RepositoryMissingError extends RepositoryError {
+  constructor(url: string, catalogued: number) {
+    super(
+      "unavailable",
+      `${url} holds no repository, but the catalogue lists ${counted(catalogued, "snapshot")} of this tenant ` +
+        "there: the blob store is not the one they were written to (a mount that did not come up, another " +
+        "bucket or prefix in DUMONT_BLOB_STORE), and none is made in its place. Mount it or mend the setting; " +
+        "if those snapshots are gone for good, forget them by id (`dumont snapshot forget ID...`), which drops " +
+        "their rows, and the next snapshot starts a new repository",
+    );
+  }
+}
+
 function storeError(err: unknown): unknown {
   if (isRepositoryError(err, "unwritable")) return new ResourceExhaustedError(err.message);
   if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);
