@@ -126,10 +126,12 @@ describe("FileBlobStore", () => {
     // index drop every pack, and the next write make an empty repository below the mount point (helper-65).
     const root = join(dir, "mounted", "repo");
     const store = new FileBlobStore(root);
+    await store.put("config", Buffer.from("c"));
     await store.put("index/x", Buffer.from("i"));
     await store.put("data/ab/p", Buffer.alloc(64, 1));
     await rename(join(dir, "mounted"), join(dir, "unmounted"));
     const gone = (e: unknown) => isRepositoryError(e, "unavailable") && /directory .* is gone/.test(String(e));
+    await expect(store.syncDeletes?.(["data/ab/p"])).rejects.toSatisfy(gone);
     await expect(store.get("index/x")).rejects.toSatisfy(gone);
     await expect(store.getRange("data/ab/p", 0, 8)).rejects.toSatisfy(gone);
     await expect(store.stat("index/x")).rejects.toSatisfy(gone);
@@ -145,9 +147,32 @@ describe("FileBlobStore", () => {
     await expect(store.openWriter("data/ef/s")).rejects.toSatisfy(gone);
     expect(await readdir(dir)).not.toContain("mounted");
 
+    // An empty directory in its place (a mount point whose filesystem is not mounted): the same, since the
+    // repository's config is not there (helper-66).
+    await mkdir(root, { recursive: true });
+    const replaced = (e: unknown) =>
+      isRepositoryError(e, "unavailable") && /no longer holds the repository/.test(String(e));
+    await expect(store.get("data/ab/p")).rejects.toSatisfy(replaced);
+    await expect(store.stat("config")).rejects.toSatisfy(replaced);
+    await expect(store.put("data/cd/q", Buffer.from("q"))).rejects.toSatisfy(replaced);
+    expect(await readdir(root)).toEqual([]);
+    await rm(join(dir, "mounted"), { recursive: true });
+
     // Back in place, it works again; and a store that never saw its root calls it no repository yet.
     await rename(join(dir, "unmounted"), join(dir, "mounted"));
     expect((await store.get("index/x")).toString()).toBe("i");
+    // Gone while a listing runs: it fails, rather than end short.
+    for (const n of [1, 2, 3, 4]) await store.put(`index/y${n}`, Buffer.from("y"));
+    const listing = (async () => {
+      const keys: string[] = [];
+      for await (const info of store.list("index/")) {
+        keys.push(info.key);
+        if (keys.length === 1) await rename(join(dir, "mounted"), join(dir, "unmounted"));
+      }
+      return keys;
+    })();
+    await expect(listing).rejects.toSatisfy(gone);
+    await rename(join(dir, "unmounted"), join(dir, "mounted"));
     const fresh = new FileBlobStore(join(dir, "never-made"));
     await expect(fresh.get("config")).rejects.toSatisfy((e: unknown) => isRepositoryError(e, "not-found"));
   });

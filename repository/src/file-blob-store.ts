@@ -42,12 +42,15 @@ export class FileBlobStore implements BlobStore {
   /** False once the filesystem refused an O_DIRECT read; ranged reads are buffered from then on. */
   private directReads = this.direct;
   /**
-   * Set once this store has seen its root directory (read or written through it). From then on a root that is
-   * gone (its filesystem unmounted, the directory moved) fails every call as `unavailable`: taken for missing
-   * objects, it had restores call every chunk damaged, check every pack missing, a control plane drop its cached
-   * index, and the next write make a new, empty repository on the disk below the mount point.
+   * What this store found at its root the first time a call reached it (noteRoot): that it was there, and whether
+   * it held a repository's `config`. From then on a root that is gone, or that holds no config where it held one
+   * (an empty mount point: its filesystem unmounted), fails every call as `unavailable` (rootGone). Taken for
+   * missing objects, it had restores call every chunk damaged, check every pack missing, a control plane drop
+   * its cached index, and the next write make a new, empty repository on the disk below the mount point. A mount
+   * that comes back is found again as it was.
    */
-  private rootSeen = false;
+  private seen: { config: boolean } | undefined;
+  private noting: Promise<void> | undefined;
 
   constructor(readonly root: string) {
     this.url = pathToFileURL(root).href;
@@ -82,8 +85,8 @@ export class FileBlobStore implements BlobStore {
    * earlier process killed before its sync left one that is not durable yet.
    */
   private async makeDurable(dir: string): Promise<void> {
-    // A root seen before and gone now is not made again (see rootSeen); a new repository's first write makes it.
-    if (this.rootSeen) this.assertRootThere();
+    // A root seen before and gone now is not made again (see `seen`); a new repository's first write makes it.
+    await this.assertRootThere();
     const made = await mkdir(dir, { recursive: true });
     const first = made === undefined ? undefined : resolve(made);
     const top = resolve(this.root);
@@ -109,51 +112,77 @@ export class FileBlobStore implements BlobStore {
   ): Promise<boolean> {
     try {
       const written = await this.putOnce(key, data, options);
-      this.rootSeen = true;
+      await this.noteRoot();
       return written;
     } catch (err) {
-      throw this.writeFailure(key, err);
+      throw await this.writeFailure(key, err);
     }
   }
 
-  /** The error for a failed write of `key`: the root's absence where it went (assertRootThere), else writeFailure. */
-  private writeFailure(key: string, err: unknown): unknown {
-    return ((err as NodeJS.ErrnoException).code === "ENOENT" && this.rootGone()) || writeFailure(this.url, key, err);
+  /** The error for a failed write of `key`: rootGone's where the root went, else writeFailure's. */
+  private async writeFailure(key: string, err: unknown): Promise<unknown> {
+    const gone = (err as NodeJS.ErrnoException).code === "ENOENT" ? await this.rootGone() : undefined;
+    return gone ?? writeFailure(this.url, key, err);
+  }
+
+  /** Notes what is at the root (see `seen`), the first time a call finds it there. */
+  private async noteRoot(): Promise<void> {
+    if (this.seen) return;
+    this.noting ??= stat(join(this.root, "config")).then(
+      () => {
+        this.seen = { config: true };
+      },
+      () => {
+        this.seen = { config: false };
+      },
+    );
+    await this.noting;
   }
 
   /** Throws rootGone's error, if any. */
-  private assertRootThere(): void {
-    const gone = this.rootGone();
+  private async assertRootThere(): Promise<void> {
+    const gone = await this.rootGone();
     if (gone) throw gone;
   }
 
-  /** An `unavailable` error when the root seen before is gone (see rootSeen); else undefined. */
-  private rootGone(): RepositoryError | undefined {
-    if (!this.rootSeen) return undefined;
-    try {
-      statSync(this.root);
-      return undefined;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") return undefined; // said by the call's own error
-      return new RepositoryError(
-        "unavailable",
-        `the repository's directory ${this.root} (${this.url}) is gone: its filesystem unmounted, or the directory ` +
-          "moved or removed. Nothing was read or written in its place; mount it or put it back, and try again",
-        { cause: err },
+  /**
+   * An `unavailable` error when the root seen before is gone, or holds no config where it held one; else
+   * undefined. Asked only once a call has met an absence (ENOENT): no cost on the way of calls that succeed.
+   */
+  private async rootGone(): Promise<RepositoryError | undefined> {
+    if (!this.seen) return undefined;
+    // Async: on a mount that stopped answering a stat never returns, and a sync one would stop the whole process.
+    const there = (path: string) =>
+      stat(path).then(
+        () => true,
+        (err: NodeJS.ErrnoException) => err.code !== "ENOENT", // another error: said by the call's own
       );
-    }
+    const why = !(await there(this.root))
+      ? "is gone: its filesystem unmounted, or the directory moved or removed"
+      : this.seen.config && !(await there(join(this.root, "config")))
+        ? "no longer holds the repository (its config is gone): an empty mount point, its filesystem unmounted, " +
+          "or another directory put in its place"
+        : undefined;
+    if (why === undefined) return undefined;
+    return new RepositoryError(
+      "unavailable",
+      `the repository's directory ${this.root} (${this.url}) ${why}. Nothing was read or written in its place; ` +
+        "mount it or put it back, and try again",
+    );
   }
 
   /** Whether `err`, from a call on a path under the root, says the object is not there (isAbsent), its root there. */
-  private absent(err: unknown): boolean {
+  private async absent(err: unknown): Promise<boolean> {
     if (!isAbsent(err, this.root)) return false;
-    this.assertRootThere();
+    await this.assertRootThere();
     return true;
   }
 
   /** `err` from opening object `key` to read: not-found where it is absent (notFound), its root there. */
-  private notFound(key: string, err: unknown): Error {
-    if (this.absent(err)) return new RepositoryError("not-found", `${this.url}/${key} does not exist`, { cause: err });
+  private async notFound(key: string, err: unknown): Promise<Error> {
+    if (await this.absent(err)) {
+      return new RepositoryError("not-found", `${this.url}/${key} does not exist`, { cause: err });
+    }
     return notADirectory(this.url, err);
   }
 
@@ -202,7 +231,7 @@ export class FileBlobStore implements BlobStore {
       assertNotGivenUp(options.signal, this.url, key, "opening to write");
       return await this.openWriterOnce(key, options.signal);
     } catch (err) {
-      throw this.writeFailure(key, err);
+      throw await this.writeFailure(key, err);
     }
   }
 
@@ -321,9 +350,9 @@ export class FileBlobStore implements BlobStore {
     try {
       handle = await open(path, constants.O_RDONLY);
     } catch (err) {
-      throw this.notFound(key, err);
+      throw await this.notFound(key, err);
     }
-    this.rootSeen = true;
+    await this.noteRoot();
     try {
       const { size } = await handle.stat();
       const buf = Buffer.allocUnsafeSlow(size);
@@ -355,7 +384,7 @@ export class FileBlobStore implements BlobStore {
       if (into.length >= span) {
         const handle = await this.openDirect(path, key);
         if (handle) {
-          this.rootSeen = true;
+          await this.noteRoot();
           try {
             await readFully(handle, into, 0, offset + length - start, start, this.url, key, span);
             return into.subarray(offset - start, offset - start + length);
@@ -372,9 +401,9 @@ export class FileBlobStore implements BlobStore {
     try {
       handle = await open(path, constants.O_RDONLY);
     } catch (err) {
-      throw this.notFound(key, err);
+      throw await this.notFound(key, err);
     }
-    this.rootSeen = true;
+    await this.noteRoot();
     try {
       const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafeSlow(length);
       await readFully(handle, buf, 0, length, offset, this.url, key);
@@ -389,7 +418,7 @@ export class FileBlobStore implements BlobStore {
     try {
       return await open(path, constants.O_RDONLY | DIRECT);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw this.notFound(key, err);
+      if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw await this.notFound(key, err);
       this.directReads = false;
       return undefined;
     }
@@ -399,10 +428,10 @@ export class FileBlobStore implements BlobStore {
     assertNotGivenUp(options.signal, this.url, key, "looking up");
     try {
       const st = await stat(this.path(key));
-      this.rootSeen = true;
+      await this.noteRoot();
       return { key, size: st.size, modified: st.mtime };
     } catch (err) {
-      if (this.absent(err)) return undefined;
+      if (await this.absent(err)) return undefined;
       throw notADirectory(this.url, err);
     }
   }
@@ -415,6 +444,7 @@ export class FileBlobStore implements BlobStore {
         yield { key: entry.key, size: st.size, modified: st.mtime };
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+        await this.assertRootThere(); // removed meanwhile, unless the whole repository went: not a short listing
       }
     }
   }
@@ -466,11 +496,11 @@ export class FileBlobStore implements BlobStore {
       let entries: Dirent[];
       try {
         entries = await readdir(dir, { withFileTypes: true });
-        this.rootSeen = true;
+        await this.noteRoot();
       } catch (err) {
         // Nothing there (see isAbsent); a root that is itself a file is said, not listed as empty, and one seen
         // before and gone now fails (assertRootThere).
-        if (this.absent(err)) continue;
+        if (await this.absent(err)) continue;
         throw notADirectory(this.url, err);
       }
       // Where each link here leads, and which directories two of them lead to (neither is followed, below).
@@ -509,19 +539,23 @@ export class FileBlobStore implements BlobStore {
     assertNotGivenUp(options.signal, this.url, key, "deleting");
     try {
       await unlink(path);
-      this.rootSeen = true;
+      await this.noteRoot();
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-      this.assertRootThere(); // a delete of what is gone is done, unless the whole repository went
+      await this.assertRootThere(); // a delete of what is gone is done, unless the whole repository went
     }
   }
 
   /** An unlink is durable once its directory is fsynced: each directory of `keys`, once. */
   async syncDeletes(keys: readonly string[]): Promise<void> {
     for (const dir of new Set(keys.map((key) => dirname(this.path(key))))) {
-      await syncDirectory(dir).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== "ENOENT") throw err; // the directory itself gone: nothing of it left to make durable
-      });
+      try {
+        await syncDirectory(dir);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+        // The directory itself gone: nothing of it left to make durable, unless the whole repository went.
+        await this.assertRootThere();
+      }
     }
   }
 
@@ -550,7 +584,7 @@ class StagedFileWriter implements BlobWriter {
       giveBack(stage: Buffer): void;
       directRefused(): void;
       /** The error to throw for a failed write (writeFailure: a full disk says so). */
-      writeFailure(err: unknown): unknown;
+      writeFailure(err: unknown): Promise<unknown>;
       /** Throws if the writer's caller gave up on it (its commit then leaves nothing). */
       assertNotGivenUp(): void;
     },
@@ -569,7 +603,7 @@ class StagedFileWriter implements BlobWriter {
         if (this.filled === STAGE_BYTES) await this.flushStage();
       }
     } catch (err) {
-      throw this.store.writeFailure(err);
+      throw await this.store.writeFailure(err);
     }
   }
 
@@ -579,7 +613,7 @@ class StagedFileWriter implements BlobWriter {
       this.done = true;
       await this.finish();
     } catch (err) {
-      throw this.store.writeFailure(err);
+      throw await this.store.writeFailure(err);
     }
   }
 
