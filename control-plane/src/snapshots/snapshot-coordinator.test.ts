@@ -1615,6 +1615,20 @@ describe("SnapshotCoordinator: a blob store that is not the one its snapshots we
       h.coordinator = before;
     }
   });
+
+  it("answers a store setting that cannot work with INVALID_ARGUMENT and the store's words, not an internal error", async () => {
+    // Here a tenant's directory that is a file; a bucket that does not exist, or S3 refusing the credentials,
+    // are the same kind (helper-66: the README said INVALID_ARGUMENT, the API answered "internal error").
+    await fs.mkdir(path.join(h.blobs, "tenants"), { recursive: true });
+    await fs.writeFile(path.join(h.blobs, "tenants", "t2"), "not a directory");
+    await ensureTenant(h.db, "t2", "tenant two");
+    const err = await h.coordinator
+      .snapshot({ session: h.session, tenantId: "t2", path: "/w", workspaceId: "w", epoch: 0n })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ConnectError);
+    expect((err as ConnectError).code).toBe(Code.InvalidArgument);
+    expect((err as ConnectError).rawMessage).toMatch(/tenants\/t2 is a file, or lies under one/);
+  });
 });
 
 describe("SnapshotCoordinator: forget --prune --dry-run", () => {

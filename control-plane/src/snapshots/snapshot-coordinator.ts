@@ -1442,6 +1442,9 @@ export class RepositoryMissingError extends RepositoryError {
 
 function storeError(err: unknown): unknown {
   if (isRepositoryError(err, "unwritable")) return new ResourceExhaustedError(err.message);
+  // The store's setting or credentials (a bucket that does not exist, S3 refusing the keys): said, not hidden as
+  // an internal error.
+  if (isRepositoryError(err, "invalid-argument")) return new InvalidArgumentError(err.message);
   if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);
   if (isRepositoryError(err, "locked") || isRepositoryError(err, "read-only")) {
     return new FailedPreconditionError(err.message);
