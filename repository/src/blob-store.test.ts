@@ -715,6 +715,7 @@ describe("openBlobStore", () => {
       /^repository URL file:\/\/\/srv\/a#1\/tenants\/t1 holds a "#", which ends a file URL's path: write it percent-encoded \(%23\)/,
     );
     expect(() => openBlobStore("file:///srv/a?x/tenants/t1")).toThrow(/holds a "\?".*\(%3F\)/);
+    for (const bare of ["file:///srv/a#", "file:///srv/a?"]) expect(() => openBlobStore(bare), bare).toThrow(/holds a/);
     expect((openBlobStore("file:///srv/a%231/tenants/t1") as { root?: string }).root).toBe("/srv/a#1/tenants/t1");
   });
 

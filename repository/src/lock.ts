@@ -2,7 +2,7 @@
 // that a snapshot in progress is about to reference. A lock is stale when its holder stopped refreshing it
 // (judged by the store's own clock: the objects' modification times, not the holders' clocks), or when it
 // names a process on this host, in this process's pid namespace and boot, that no longer exists (kill -9), or was
-// taken on this machine before it last booted and has gone unrefreshed for 21 minutes since (holderIsGone).
+// (holderIsGone). One taken on this machine before it last booted is judged by age, as another host's.
 //
 // A holder must also stop trusting its own lock before others may count it stale: a process paused for half an
 // hour (SIGSTOP, a suspended laptop or VM) finds, when it wakes, a lock that others may have removed, and then
@@ -66,23 +66,16 @@ export interface HeldLock {
 }
 
 /**
- * How long a lock of another boot of this machine goes unrefreshed before it counts as gone: past the time its
- * holder trusts it (see holderIsGone).
+ * Whether the holder of a lock is gone, before the lock is stale by age: a process of this boot and pid namespace
+ * that no longer exists (processIsGone). Not one of another boot, though processIsGone takes one of this machine
+ * id and pid namespace for this machine before it restarted: a clone of this machine running now looks the same
+ * (VMs copied from one image without a new /etc/machine-id, a common slip, share it, their hostname often too, and
+ * the host's pid namespace has one inode everywhere), and may be live with its refreshes failing a while, trusting
+ * its lock and writing under it (LOCK_TRUSTED_FOR_MS, and a write then under way). Such a lock is judged by age,
+ * as any other host's: after a restart in the middle of a prune, snapshots wait up to 30 minutes.
  */
-export const LOCK_OF_ANOTHER_BOOT_STALE_AFTER_MS = LOCK_TRUSTED_FOR_MS + LOCK_TIMER_MS;
-
-/**
- * Whether the holder of a lock last written `age` ms ago (by the store's clock) is gone, before the lock is stale
- * by age. processIsGone takes a holder of another boot of this machine (its machine id and pid namespace) for
- * this machine before it restarted. A clone of this machine running now looks the same: VMs copied from one image
- * without a new /etc/machine-id (a common slip) share it, their hostname often too, and the host's pid namespace
- * has one inode everywhere. Such a clone may be live with its refreshes failing a while, trusting its lock for
- * LOCK_TRUSTED_FOR_MS since its last write: so a lock of another boot counts as gone only once past that, 21
- * minutes rather than 30, and never while its holder may still write under it.
- */
-function holderIsGone(holder: LockBody, age: number): boolean {
-  if (!processIsGone(holder)) return false;
-  return !ofAnotherBoot(holder) || age > LOCK_OF_ANOTHER_BOOT_STALE_AFTER_MS;
+function holderIsGone(holder: LockBody): boolean {
+  return !ofAnotherBoot(holder) && processIsGone(holder);
 }
 
 export async function acquireLock(
@@ -130,7 +123,7 @@ export async function acquireLock(
         // refusing, a connection reset) fails this acquisition, rather than pass a lock that may be live.
         if (!isRepositoryError(err, "corrupt") && !isRepositoryError(err, "wrong-key")) throw err;
       }
-      if (age > LOCK_STALE_AFTER_MS || (other && holderIsGone(other, age))) {
+      if (age > LOCK_STALE_AFTER_MS || (other && holderIsGone(other))) {
         // Removed, by shared lock-takers too: a holder that is only paused then finds its lock gone when it
         // wakes, besides no longer trusting it. A prune taking the repository must remove it; a writer goes on
         // if it cannot (the holder's own distrust is enough).
@@ -145,8 +138,8 @@ export async function acquireLock(
         throw new RepositoryError(
           "locked",
           `the repository is locked by ${holder}; wait for it to finish and try again (a lock whose holder ` +
-            `died elsewhere counts as stale once unrefreshed for ${LOCK_STALE_AFTER_MS / 60_000} minutes, one ` +
-            `this machine held before it restarted after ${LOCK_OF_ANOTHER_BOOT_STALE_AFTER_MS / 60_000})`,
+            `died elsewhere, or before this machine restarted, counts as stale once unrefreshed for ` +
+            `${LOCK_STALE_AFTER_MS / 60_000} minutes)`,
         );
       }
     }

@@ -36,12 +36,13 @@ export function parseRepositoryUrl(url: string): RepositoryLocation {
     try {
       // A "?" or "#" ends a URL's path: fileURLToPath drops what follows, so file:///srv/a#1/tenants/t1 and
       // …/t2 were one directory, /srv/a (the control plane adds /tenants/ID to its store's URL).
-      const { search, hash } = new URL(url);
-      if (search !== "" || hash !== "") {
+      // (A bare one at the end too: new URL gives it no search or hash, and it was dropped all the same.)
+      const mark = ["?", "#"].find((c) => url.includes(c));
+      if (mark !== undefined) {
         throw new RepositoryError(
           "invalid-argument",
-          `repository URL ${shown} holds a "${search !== "" ? "?" : "#"}", which ends a file URL's path: write it ` +
-            `percent-encoded (${search !== "" ? "%3F" : "%23"}) where the directory's name holds one`,
+          `repository URL ${shown} holds a "${mark}", which ends a file URL's path: write it percent-encoded ` +
+            `(${mark === "?" ? "%3F" : "%23"}) where the directory's name holds one`,
         );
       }
       return { kind: "file", path: fileURLToPath(url) };

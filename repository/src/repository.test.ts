@@ -1479,9 +1479,9 @@ describe("locks", () => {
     await rewrite(twin, { pid: 2 ** 22 + 12345, bootId: "another-boot", machineId: "another-machine" });
     await expect(pruneRepository(repository)).rejects.toSatisfy(locked);
     await twin.release();
-    // This machine before it restarted (its machine id, an earlier boot): gone, even under this process's pid,
-    // once unrefreshed past the time its holder trusts it; until then it may be a clone of this machine (copied
-    // with its machine id and hostname) running now, and is respected (helper-63's finding: removed at once).
+    // This machine before it restarted (its machine id, an earlier boot), even under this process's pid: judged
+    // by age, since it may be a clone of this machine (copied with its machine id and hostname) running now, that
+    // still writes under it (helper-63's and helper-66's findings: removed at once, then after 21 minutes).
     const machineId = await readFile("/etc/machine-id", "utf8").then(
       (text) => text.trim(),
       () => undefined,
@@ -1490,10 +1490,10 @@ describe("locks", () => {
       const beforeRestart = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
       await rewrite(beforeRestart, { pid: process.pid, bootId: "an-earlier-boot", machineId });
       await expect(pruneRepository(repository)).rejects.toSatisfy(locked);
-      const trusted = new Date(Date.now() - 20 * 60_000); // its holder (a clone whose refreshes fail) trusts it
-      await utimes(lockFile(beforeRestart), trusted, trusted);
+      const trusted = new Date(Date.now() - 25 * 60_000); // its holder (a clone whose refreshes fail) trusts it
+      await utimes(lockFile(beforeRestart), trusted, trusted); // (20 minutes, and a write then under way)
       await expect(pruneRepository(repository)).rejects.toSatisfy(locked);
-      const unrefreshed = new Date(Date.now() - 22 * 60_000); // past LOCK_TRUSTED_FOR_MS
+      const unrefreshed = new Date(Date.now() - 31 * 60_000); // stale by age, as another host's
       await utimes(lockFile(beforeRestart), unrefreshed, unrefreshed);
       await pruneRepository(repository);
       expect(await readdir(join(dir, "locks-2", "locks"))).toEqual([]);
