@@ -448,17 +448,24 @@ export class SnapshotCoordinator {
   /** Drops the rows of snapshots `ids` whose repository is missing (see forget); each must be catalogued. */
   private forgetCatalogued(tenantId: string, ids: string[], dryRun: boolean): Promise<ForgetResult> {
     return this.changingCatalogue(tenantId, async () => {
-      for (const id of ids) {
+      // Asked again under the catalogue's lock: a store mounted meanwhile holds these snapshots, and a forget of
+      // them is the repository's to do (forgetIn).
+      if (await Repository.exists(this.tenantStore(tenantId))) {
+        throw new UnavailableError("the tenant's repository is back in the blob store: forget those snapshots again");
+      }
+      const unique = [...new Set(ids)];
+      for (const id of unique) {
         if (!(await getSnapshot(this.db, id, { tenantId }))) throw new NotFoundError(`no snapshot ${id}`);
       }
       if (!dryRun) {
-        for (const id of ids) await deleteSnapshot(this.db, tenantId, id);
+        for (const id of unique) await deleteSnapshot(this.db, tenantId, id);
+        this.metrics.snapshotsForgotten.inc(unique.length);
         this.log.warn(
-          { tenantId, forgotten: ids },
+          { tenantId, forgotten: unique },
           "snapshots forgotten from the catalogue: their repository is missing",
         );
       }
-      return { kept: [], forgotten: [...ids] };
+      return { kept: [], forgotten: unique };
     });
   }
 
@@ -509,6 +516,16 @@ export class SnapshotCoordinator {
       if (this.closed) return;
       // One tenant's store failing (S3 unreachable, a damaged record) does not keep the others unlisted.
       await this.using(tenantId, async () => {
+        // Only a repository there is listed: one is made by a snapshot, never by a relisting (a tenant with a
+        // key and no snapshots catalogued, its store's disk not mounted, had one made under the mount point).
+        // One missing where snapshots are catalogued is said (RepositoryMissingError), by repositoryOf.
+        if (
+          !this.repositories.has(tenantId) &&
+          !(await Repository.exists(this.tenantStore(tenantId))) &&
+          (await listSnapshots(this.db, { tenantId })).length === 0
+        ) {
+          return;
+        }
         const repository = await this.repositoryOf(tenantId);
         await this.changingCatalogue(tenantId, () => this.listUnlisted(tenantId, repository));
       }).catch((err) => this.log.error({ err, tenantId }, "could not list this tenant's snapshots again"));
@@ -1218,7 +1235,7 @@ export class SnapshotCoordinator {
         .onConflict((oc) => oc.column("id").doNothing())
         .returning("id")
         .executeTakeFirst();
-      return inserted ? undefined : await getSnapshot(this.db, id);
+      return inserted ? undefined : await getSnapshot(this.db, id, { tenantId: req.tenantId });
     });
     if (listed === "forgotten") {
       this.log.info(
@@ -1268,16 +1285,18 @@ export class SnapshotCoordinator {
     return (await Repository.openOrInit(store, key)).repository;
   }
 
+  /** The tenant's part of the blob store, every call with a deadline: a store that stops answering fails the operations waiting on it. */
+  private tenantStore(tenantId: string): BlobStore {
+    return new DeadlineBlobStore(this.openStore(`${this.blobStoreUrl.replace(/\/+$/, "")}/tenants/${tenantId}`), {
+      deadlineMs: this.storeCallMs,
+      unreturned: this.unreturnedStoreCalls,
+    });
+  }
+
   private repository(tenantId: string, key: Buffer): Promise<Repository> {
     let repo = this.repositories.get(tenantId);
     if (!repo) {
-      const url = `${this.blobStoreUrl.replace(/\/+$/, "")}/tenants/${tenantId}`;
-      // Every call with a deadline: a store that stops answering fails the operations waiting on it.
-      const store = new DeadlineBlobStore(this.openStore(url), {
-        deadlineMs: this.storeCallMs,
-        unreturned: this.unreturnedStoreCalls,
-      });
-      repo = this.openRepository(tenantId, store, key);
+      repo = this.openRepository(tenantId, this.tenantStore(tenantId), key);
       repo.catch(() => this.repositories.delete(tenantId));
       this.repositories.set(tenantId, repo);
     }
