@@ -103,6 +103,7 @@ export {
 export { type ProcessIdentity, processIsGone, thisProcess } from "./process-identity.js";
 export { formatBytes, formatDuration, ProgressMeter, roundSeconds } from "./progress-meter.js";
 export {
+  emptyPruneReport,
   type ForgetOptions,
   type ForgetReport,
   forgetSnapshots,

@@ -131,6 +131,18 @@ export interface PruneReport {
   bytesFreed: number;
 }
 
+/** A prune's report with nothing done: what a prune of a repository that is not there yet reports. */
+export function emptyPruneReport(): PruneReport {
+  return {
+    packsDeleted: 0,
+    packsRepacked: 0,
+    orphanPacksDeleted: 0,
+    manifestsDeleted: 0,
+    tempFilesDeleted: 0,
+    bytesFreed: 0,
+  };
+}
+
 /**
  * Where interrupted writes leave temp files, and how old one must be to count as abandoned. Only writers holding
  * a lock write under the first four: while prune holds its lock, any temp file there is. locks/ is written by
@@ -184,14 +196,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     const index = await repository.loadIndex({
       onCorrupt: (key) => unreadableIndexes.add(key.slice("index/".length)),
     });
-    const report: PruneReport = {
-      packsDeleted: 0,
-      packsRepacked: 0,
-      orphanPacksDeleted: 0,
-      manifestsDeleted: 0,
-      tempFilesDeleted: 0,
-      bytesFreed: 0,
-    };
+    const report = emptyPruneReport();
 
     // Packs with no index object are what an interrupted writer left; no writer runs while we hold the lock.
     const orphans: { key: string; size: number }[] = [];

@@ -112,6 +112,47 @@ describe("SnapshotService: forget", () => {
   });
 });
 
+describe("SnapshotService: forget, where two tenants have a workspace of one name", () => {
+  it("refuses a policy for it without tenant_id, naming the tenants, and forgets only the one named", async () => {
+    // Workspace ids are free text: a policy meant for one tenant's "w" forgot and pruned the other's (helper-67).
+    const { db, close, ctx } = await adminOfTenantA();
+    try {
+      await tenantWithHost(db, "t-b", "h-b");
+      await insertTestSnapshot(db, "a".repeat(64), "t-a", "h-a"); // of workspace "w"
+      await insertTestSnapshot(db, "b".repeat(64), "t-b", "h-b"); // of workspace "w" too
+      const asked: string[] = [];
+      const service = snapshotService({
+        db,
+        sessions: new SessionRegistry(),
+        snapshots: {
+          forget: async (req: { tenantId: string; workspace?: string }) => {
+            asked.push(`${req.tenantId}/${req.workspace}`);
+            return { kept: [], forgotten: [] };
+          },
+        } as unknown as SnapshotCoordinator,
+      });
+      const forget = async (fields: object) =>
+        service.forgetSnapshots(
+          create(api.ForgetSnapshotsRequestSchema, { workspaceId: "w", keepLast: 1, ...fields }),
+          ctx,
+        );
+      const refused = await forget({}).catch((err: unknown) => ConnectError.from(err));
+      expect(refused).toMatchObject({ code: Code.InvalidArgument });
+      expect((refused as ConnectError).rawMessage).toBe(
+        'workspace "w" has snapshots in 2 tenants (t-a, t-b): give tenant_id (`--tenant`) to say whose',
+      );
+      expect(asked).toEqual([]);
+      await forget({ tenantId: "t-b" });
+      expect(asked).toEqual(["t-b/w"]);
+      const none = await forget({ tenantId: "t-c" }).catch((err: unknown) => ConnectError.from(err));
+      expect(none).toMatchObject({ code: Code.NotFound });
+      expect((none as ConnectError).rawMessage).toMatch(/^no snapshot of tenant "t-c" is of workspace "w"/);
+    } finally {
+      await close();
+    }
+  });
+});
+
 describe("SnapshotService: repair the index", () => {
   it("repairs every tenant with a repository it can, saying why one was not; a tenant named must have one", async () => {
     const { db, close, ctx } = await adminOfTenantA();

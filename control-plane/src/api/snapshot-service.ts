@@ -172,18 +172,32 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
           "workspace_id narrows a keep_* policy: give one with it (a prune covers the whole repository)",
         );
       }
-      // Each tenant's snapshots live in its own repository; an admin's request covers every tenant in scope.
+      // Each tenant's snapshots live in its own repository; an admin's request covers every tenant in scope
+      // (tenant_id narrows it to one).
+      const scope = listScope(who, req.tenantId, "snapshots");
       const work = new Map<string, string[] | undefined>();
       if (byId) {
-        for (const row of await resolveSnapshotIds(deps.db, req.snapshotIds, tenantScope(who))) {
+        for (const row of await resolveSnapshotIds(deps.db, req.snapshotIds, scope)) {
           work.set(row.tenant_id, [...(work.get(row.tenant_id) ?? []), row.id]);
         }
+      } else if (!hasRetentionRule(policy)) {
+        // A prune alone covers every repository in scope, one whose snapshots were all forgotten too.
+        for (const tenantId of await repositoryTenants(deps.db, scope)) work.set(tenantId, undefined);
       } else {
-        const tenants = await snapshotTenants(deps.db, { ...tenantScope(who), workspaceId: req.workspaceId });
+        const tenants = await snapshotTenants(deps.db, { ...scope, workspaceId: req.workspaceId });
         // A workspace no snapshot is of is a typo far more often than a policy with nothing to do: say so.
         if (req.workspaceId && tenants.length === 0) {
           throw new NotFoundError(
-            `no snapshot is of workspace ${shown(req.workspaceId)}; \`dumont snapshot list\` shows each one's workspace`,
+            `no snapshot${req.tenantId ? ` of tenant ${shown(req.tenantId)}` : ""} is of workspace ` +
+              `${shown(req.workspaceId)}; \`dumont snapshot list\` shows each one's workspace`,
+          );
+        }
+        // Workspace ids are free text: two tenants may each have a "train". A policy meant for one must not
+        // forget the other's snapshots, so which tenant is asked where it could be either.
+        if (req.workspaceId && !req.tenantId && tenants.length > 1) {
+          throw new InvalidArgumentError(
+            `workspace ${shown(req.workspaceId)} has snapshots in ${tenants.length} tenants (${tenants.join(", ")}): ` +
+              "give tenant_id (`--tenant`) to say whose",
           );
         }
         for (const tenantId of tenants) work.set(tenantId, undefined);

@@ -329,6 +329,7 @@ function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions
       "only this workspace's snapshots",
       once("--workspace", nonEmpty("--workspace", "a workspace id")),
     )
+    .option("--tenant <id>", "only this tenant's snapshots and repository (else every tenant's)", tenantFlag)
     .option("--prune", "then delete the packs no remaining snapshot needs (and repack mostly-unused ones)")
     .option("--dry-run", "say what would be forgotten (and what a prune would free now); change nothing")
     .option("--json", "print JSON")
@@ -354,6 +355,7 @@ function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions
       }
       const res = await apiClients(apiOpts(cmd)).snapshots.forgetSnapshots({
         snapshotIds: ids,
+        tenantId: opts.tenant,
         workspaceId: opts.workspace,
         keepLast: opts.keepLast,
         keepHourly: opts.keepHourly,

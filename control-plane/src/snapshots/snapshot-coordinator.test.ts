@@ -1611,6 +1611,13 @@ describe("SnapshotCoordinator: a blob store that is not the one its snapshots we
       // Relisting at start makes no repository, now that none is catalogued: only a snapshot does (helper-66:
       // a tenant with a key and no rows had one made under the mount point).
       await h.coordinator.relistAll();
+      // Nor do a scheduled prune, a prune asked for, or a check: there is nothing in none to prune or check.
+      await h.coordinator.pruneAll();
+      expect(await h.coordinator.forget({ tenantId: "t1", policy: {}, prune: true, dryRun: false })).toMatchObject({
+        forgotten: [],
+        prune: { packsDeleted: 0, bytesFreed: 0 },
+      });
+      expect(await h.coordinator.check("t1", {})).toMatchObject({ ok: true, snapshots: 0, problems: [] });
       expect(await fs.readdir(h.blobs)).toEqual(["unmounted"]);
       const next = await finish(await startedIn(h));
       expect(await fs.readdir(path.join(h.blobs, "tenants", "t1", "snapshots"))).toEqual([next.id]);

@@ -27,6 +27,7 @@ import {
   checkRepository,
   chunkArrivedDamaged,
   counted,
+  emptyPruneReport,
   forgetSnapshots,
   hasRetentionRule,
   isRepositoryError,
@@ -340,6 +341,7 @@ export class SnapshotCoordinator {
         const { prune } = await this.forget({ tenantId, policy: {}, prune: true, dryRun: false });
         if (prune && prune.bytesFreed > 0) this.log.info({ tenantId, ...prune }, "scheduled prune");
       } catch (err) {
+        if (err instanceof NoRepositoryError) continue; // nothing to prune (none is made for it)
         if (err instanceof FailedPreconditionError)
           this.log.info({ tenantId, reason: err.rawMessage }, "prune skipped");
         else this.log.error({ err, tenantId }, "scheduled prune failed");
@@ -370,6 +372,12 @@ export class SnapshotCoordinator {
       );
       if (missing) return this.forgetCatalogued(tenantId, req.ids, req.dryRun);
     }
+    // A prune alone of a tenant with no repository yet (none is made for it) has nothing to free.
+    const pruneAlone = !req.ids?.length && !hasRetentionRule(req.policy);
+    const nothing = (err: unknown): ForgetResult => {
+      if (!(pruneAlone && err instanceof NoRepositoryError)) throw err;
+      return { kept: [], forgotten: [], ...(req.prune ? { prune: emptyPruneReport() } : {}) };
+    };
     if (!req.prune || req.dryRun) {
       try {
         const result = await this.forgetIn(await repository(), req);
@@ -379,11 +387,13 @@ export class SnapshotCoordinator {
           ? { ...result, prune: await pruneRepository(await repository(), { dryRun: true, assumeForgotten }) }
           : result;
       } catch (err) {
+        if (pruneAlone && err instanceof NoRepositoryError) return nothing(err);
         throw storeError(err);
       }
     }
     return this.exclusively(tenantId, "prune", async () => {
-      const repo = await repository();
+      const repo = await repository().catch((err: unknown) => nothing(err));
+      if (!(repo instanceof Repository)) return repo;
       const result = await this.forgetIn(repo, req);
       // The tenant's cached chunk index needs no reset: the refresh at the start of every operation drops the
       // packs whose index objects vanished and reads the repacked ones (Repository.loadIndex).
@@ -516,19 +526,13 @@ export class SnapshotCoordinator {
       if (this.closed) return;
       // One tenant's store failing (S3 unreachable, a damaged record) does not keep the others unlisted.
       await this.using(tenantId, async () => {
-        // Only a repository there is listed: one is made by a snapshot, never by a relisting (a tenant with a
-        // key and no snapshots catalogued, its store's disk not mounted, had one made under the mount point).
-        // One missing where snapshots are catalogued is said (RepositoryMissingError), by repositoryOf.
-        if (
-          !this.repositories.has(tenantId) &&
-          !(await Repository.exists(this.tenantStore(tenantId))) &&
-          (await listSnapshots(this.db, { tenantId })).length === 0
-        ) {
-          return;
-        }
         const repository = await this.repositoryOf(tenantId);
         await this.changingCatalogue(tenantId, () => this.listUnlisted(tenantId, repository));
-      }).catch((err) => this.log.error({ err, tenantId }, "could not list this tenant's snapshots again"));
+      }).catch((err) => {
+        // None yet (none is made by a relisting: see openRepository): nothing to list.
+        if (err instanceof NoRepositoryError) return;
+        this.log.error({ err, tenantId }, "could not list this tenant's snapshots again");
+      });
     }
   }
 
@@ -637,9 +641,15 @@ export class SnapshotCoordinator {
   async check(tenantId: string, options: CheckOptions): Promise<CheckReport> {
     const verifier = this.chunkVerifier();
     const verify: CheckOptions["verify"] = (key, chunks) => verifier.verify(key, chunks);
-    const report = await this.using(tenantId, async () =>
-      checkRepository(await this.repositoryOf(tenantId), { ...options, verify }),
-    );
+    const report = await this.using(tenantId, async () => {
+      const repository = await this.repositoryOf(tenantId).catch((err: unknown) => {
+        if (err instanceof NoRepositoryError) return undefined; // none yet: nothing in it can be broken
+        throw err;
+      });
+      if (!repository)
+        return { ok: true, snapshots: 0, packs: 0, packsRead: 0, chunks: 0, bytesChecked: 0, problems: [] };
+      return checkRepository(repository, { ...options, verify });
+    });
     this.checkProblems.set(tenantId, report.problems.length);
     this.metrics.checkProblems.set([...this.checkProblems.values()].reduce((a, b) => a + b, 0));
     return report;
@@ -699,7 +709,7 @@ export class SnapshotCoordinator {
     if (!req.path.startsWith("/"))
       throw new InvalidArgumentError(`path must be absolute, got ${JSON.stringify(req.path)}`);
     const key = await this.tenantKeys.get(req.tenantId);
-    const repository = await this.repository(req.tenantId, key);
+    const repository = await this.repository(req.tenantId, key, { make: true });
     // Every chunk is opened and its SHA-256 checked on arrival (an agent cannot store a chunk under a wrong
     // id, which would corrupt other snapshots through dedup): by the verifier's threads, so the writer does not.
     const verifier = this.chunkVerifier();
@@ -1277,10 +1287,13 @@ export class SnapshotCoordinator {
    * empty mount point), another bucket or prefix. Made there, the tenant's next snapshots went to the wrong disk,
    * hidden under the mount once it came back.
    */
-  private async openRepository(tenantId: string, store: BlobStore, key: Buffer): Promise<Repository> {
+  private async openRepository(tenantId: string, store: BlobStore, key: Buffer, make: boolean): Promise<Repository> {
     if (!(await Repository.exists(store))) {
       const catalogued = await listSnapshots(this.db, { tenantId });
       if (catalogued.length > 0) throw new RepositoryMissingError(store.url, catalogued.length);
+      // Made by a snapshot only: a prune, check or relisting of a tenant whose first snapshot never got that far
+      // (or whose store is not mounted) made one, on whatever disk was there.
+      if (!make) throw new NoRepositoryError(tenantId);
     }
     return (await Repository.openOrInit(store, key)).repository;
   }
@@ -1293,14 +1306,24 @@ export class SnapshotCoordinator {
     });
   }
 
-  private repository(tenantId: string, key: Buffer): Promise<Repository> {
+  /** The tenant's repository (cached); `make`: made if there is none yet (a snapshot's), else NoRepositoryError. */
+  private repository(tenantId: string, key: Buffer, options: { make?: boolean } = {}): Promise<Repository> {
     let repo = this.repositories.get(tenantId);
     if (!repo) {
-      repo = this.openRepository(tenantId, this.tenantStore(tenantId), key);
-      repo.catch(() => this.repositories.delete(tenantId));
+      repo = this.openRepository(tenantId, this.tenantStore(tenantId), key, options.make === true);
+      const opening = repo;
+      // Forgotten once failed (before any caller hears, so one that asks again opens it again).
+      opening.catch(() => {
+        if (this.repositories.get(tenantId) === opening) this.repositories.delete(tenantId);
+      });
       this.repositories.set(tenantId, repo);
     }
-    return repo;
+    if (!options.make) return repo;
+    // A snapshot that found another caller's opening under way, which makes none: opened again, to be made.
+    return repo.catch((err: unknown) => {
+      if (err instanceof NoRepositoryError) return this.repository(tenantId, key, options);
+      throw err;
+    });
   }
 }
 
@@ -1445,6 +1468,13 @@ async function snapshotGone(repository: Repository, id: string, err: unknown): P
  * for the admin who called: the API would otherwise answer "internal error" and leave the reason in the log. Any
  * other error as it is.
  */
+/** A tenant that has taken no snapshot yet, so has no repository, asked for one by other work (openRepository). */
+export class NoRepositoryError extends RepositoryError {
+  constructor(tenantId: string) {
+    super("not-initialised", `tenant ${tenantId} has no repository yet: its first snapshot makes one`);
+  }
+}
+
 /** A tenant's repository missing from the store where the catalogue lists its snapshots (openRepository). */
 export class RepositoryMissingError extends RepositoryError {
   constructor(url: string, catalogued: number) {
@@ -1464,6 +1494,7 @@ function storeError(err: unknown): unknown {
   // The store's setting or credentials (a bucket that does not exist, S3 refusing the keys): said, not hidden as
   // an internal error.
   if (isRepositoryError(err, "invalid-argument")) return new InvalidArgumentError(err.message);
+  if (err instanceof NoRepositoryError) return new NotFoundError(err.message);
   if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);
   if (isRepositoryError(err, "locked") || isRepositoryError(err, "read-only")) {
     return new FailedPreconditionError(err.message);
