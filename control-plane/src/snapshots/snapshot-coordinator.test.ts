@@ -1055,6 +1055,22 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
     return Array.from({ length: n }, (_, i) => packed.subarray(32 * i, 32 * (i + 1)));
   };
 
+  it("sends a restore its own snapshot's chunks only, not another snapshot's of the tenant", async () => {
+    // The tenant's whole repository answered: a host of the tenant could fetch any other host's or workspace's
+    // chunks by id (SHA-256 of content it may guess; helper-67).
+    const other = await finish(await startedIn(h));
+    const otherFile = (await h.coordinator.readManifest(other)).entries.find((e) => e.type === "file");
+    const otherChunk = Buffer.from(otherFile?.type === "file" ? otherFile.chunks[0] : "", "hex");
+    const { before, failed, ask } = await begunRestore("/restore-own");
+    ask(1, [otherChunk]);
+    await waitFor(() => failed.error !== undefined);
+    expect(failed.error?.message).toMatch(
+      new RegExp(`the agent asked for chunk ${otherChunk.toString("hex")}, which no file of snapshot \\w{12} holds`),
+    );
+    expect(h.sent.slice(before).some((m) => m.msg.case === "restoreChunks")).toBe(false);
+    expect(h.sent.slice(before).some((m) => m.msg.case === "restoreAborted")).toBe(true);
+  });
+
   it("refuses an agent whose waiting chunk requests ask for too many chunks, however few the requests", async () => {
     const { requestId, before, failed, ask } = await begunRestore("/restore-ids");
     // Four requests are answered at once; the five after them wait, with 60,000 ids each (each under the most one

@@ -30,6 +30,7 @@ import {
   emptyPruneReport,
   forgetSnapshots,
   hasRetentionRule,
+  IdTable,
   isRepositoryError,
   MAX_CHUNK_LENGTH,
   MAX_MANIFEST_PARTS,
@@ -38,9 +39,11 @@ import {
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
   type Manifest,
+  type ManifestEntry,
   type ManifestPartBlob,
   ManifestPartsReceiver,
   openBlobStore,
+  openManifestParts,
   type PruneReport,
   pruneRepository,
   type SnapshotStats as RecordStats,
@@ -992,6 +995,12 @@ export class SnapshotCoordinator {
     } catch (err) {
       throw await snapshotGone(repository, req.snapshot.id, err);
     }
+    // The chunks of this snapshot's files: the only ones its restore sends. An agent of the tenant asking for
+    // others (of other hosts' or workspaces' snapshots, found by their ids: SHA-256 of content it may guess) is
+    // refused: a restore reads its own snapshot, not the tenant's whole repository.
+    const allowed = new ChunkIdSet(
+      openManifestParts(key, manifestBlobs, `manifest of snapshot ${req.snapshot.id}`).entries,
+    );
     const session = req.session;
     if (manifestBlobs.length > 1) {
       session.require(
@@ -1054,6 +1063,17 @@ export class SnapshotCoordinator {
               return;
             }
             const ids = m.value.chunkIds.map((id) => Buffer.from(id));
+            // (An id the repository does not hold at all is answered as missing, as before: nothing to give away.)
+            const foreign = ids.find((id) => !allowed.has(id) && index.has(id));
+            if (foreign) {
+              abandon(
+                new InvalidArgumentError(
+                  `the agent asked for chunk ${foreign.toString("hex").slice(0, 64)}, which no file of snapshot ` +
+                    `${req.snapshot.id.slice(0, 12)} holds: a restore is sent its snapshot's chunks only`,
+                ),
+              );
+              return;
+            }
             if (streaming < RESTORE_BATCHES_AT_ONCE) stream(batch, ids);
             else if (waiting.length >= MAX_RESTORE_BATCHES_WAITING) {
               abandon(
@@ -1468,6 +1488,33 @@ async function snapshotGone(repository: Repository, id: string, err: unknown): P
  * for the admin who called: the API would otherwise answer "internal error" and leave the reason in the log. Any
  * other error as it is.
  */
+/**
+ * The distinct chunk ids of a manifest's files, as 32 raw bytes each in one buffer under an IdTable: about 40
+ * bytes a chunk (a Set of hex strings took ~120), for a restore of a million chunks.
+ */
+class ChunkIdSet {
+  private ids: Buffer;
+  private count = 0;
+  private readonly table = new IdTable(() => this.ids);
+
+  constructor(entries: readonly ManifestEntry[]) {
+    let total = 0;
+    for (const e of entries) if (e.type === "file") total += e.chunks.length;
+    this.ids = Buffer.alloc(32 * Math.max(1, total));
+    for (const e of entries) {
+      if (e.type !== "file") continue;
+      for (const hex of e.chunks) {
+        this.ids.write(hex, 32 * this.count, 32, "hex");
+        if (this.table.add(this.count)) this.count++;
+      }
+    }
+  }
+
+  has(id: Buffer): boolean {
+    return id.length === 32 && this.table.find(id) >= 0;
+  }
+}
+
 /** A tenant that has taken no snapshot yet, so has no repository, asked for one by other work (openRepository). */
 export class NoRepositoryError extends RepositoryError {
   constructor(tenantId: string) {
