@@ -57,8 +57,9 @@ export function ofAnotherBoot(holder: ProcessIdentity): boolean {
 
 /**
  * Whether `holder` is a process of this host that no longer exists: in this pid namespace and boot, gone (kill
- * -9); or one from before this machine last started (the same machine id, another boot id). False where that
- * cannot be told from here (another host, another pid namespace): such a holder is judged otherwise (by age).
+ * -9); or one from before this machine last started (the same machine id, another boot id), as a restore target's
+ * marker is judged (locks judge those by age: a clone of this machine looks the same; see lock.ts). False where
+ * that cannot be told from here (another host, another pid namespace): such a holder is judged otherwise (by age).
  */
 export function processIsGone(holder: ProcessIdentity): boolean {
   if (holder.hostname !== hostname()) return false;

@@ -1643,6 +1643,31 @@ describe("SnapshotCoordinator: a blob store that is not the one its snapshots we
     }
   });
 
+  it("lets a running control plane forget the snapshots of a store replaced under it, then make a new repository", async () => {
+    // Its repository opened (cached) before the store went: the forget by id asked the cached one, which opened,
+    // and failed on; nothing but a restart let it through (helper-68).
+    const lost = await finish(await startedIn(h));
+    const tenants = await fs.readdir(path.join(h.blobs, "tenants"));
+    await fs.rm(path.join(h.blobs, "tenants", "t1"), { recursive: true });
+    await fs.mkdir(path.join(h.blobs, "tenants", "t1")); // an empty mount point
+    const request = { session: h.session, tenantId: "t1", path: "/w", workspaceId: "w", epoch: 0n };
+    await expect(h.coordinator.snapshot(request)).rejects.toThrow(/no longer holds the repository/);
+    const rows = async () =>
+      (await h.db.selectFrom("snapshots").select("id").where("tenant_id", "=", "t1").execute()).map((r) => r.id);
+    const catalogued = await rows();
+    expect(catalogued).toContain(lost.id);
+    expect(
+      await h.coordinator.forget({ tenantId: "t1", policy: {}, ids: catalogued, prune: false, dryRun: false }),
+    ).toEqual({
+      kept: [],
+      forgotten: catalogued,
+    });
+    expect(await rows()).toEqual([]);
+    const next = await finish(await startedIn(h));
+    expect(await fs.readdir(path.join(h.blobs, "tenants", "t1", "snapshots"))).toEqual([next.id]);
+    expect(tenants).toContain("t1");
+  });
+
   it("answers a store setting that cannot work with INVALID_ARGUMENT and the store's words, not an internal error", async () => {
     // Here a tenant's directory that is a file; a bucket that does not exist, or S3 refusing the credentials,
     // are the same kind (helper-66: the README said INVALID_ARGUMENT, the API answered "internal error").

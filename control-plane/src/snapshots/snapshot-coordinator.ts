@@ -3,6 +3,7 @@
 // SnapshotCommit: the writer makes everything durable, then the row is inserted — only then is the
 // snapshot listed. For a restore: Restore(manifest) → the agent asks for chunks → we stream them from packs.
 import { randomUUID } from "node:crypto";
+import { setImmediate } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import {
   AGENT_CAPABILITIES,
@@ -39,11 +40,10 @@ import {
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
   type Manifest,
-  type ManifestEntry,
   type ManifestPartBlob,
   ManifestPartsReceiver,
+  manifestPartEntries,
   openBlobStore,
-  openManifestParts,
   type PruneReport,
   pruneRepository,
   type SnapshotStats as RecordStats,
@@ -344,7 +344,6 @@ export class SnapshotCoordinator {
         const { prune } = await this.forget({ tenantId, policy: {}, prune: true, dryRun: false });
         if (prune && prune.bytesFreed > 0) this.log.info({ tenantId, ...prune }, "scheduled prune");
       } catch (err) {
-        if (err instanceof NoRepositoryError) continue; // nothing to prune (none is made for it)
         if (err instanceof FailedPreconditionError)
           this.log.info({ tenantId, reason: err.rawMessage }, "prune skipped");
         else this.log.error({ err, tenantId }, "scheduled prune failed");
@@ -368,12 +367,18 @@ export class SnapshotCoordinator {
     const repository = () => this.repositoryOf(tenantId);
     if (req.ids?.length && !hasRetentionRule(req.policy) && !req.prune) {
       // The way out of RepositoryMissingError where the store was replaced on purpose: forgetting the snapshots
-      // it lost by id drops their rows, there being nothing of them to delete.
-      const missing = await repository().then(
-        () => undefined,
-        (err: unknown) => (err instanceof RepositoryMissingError ? err : undefined),
-      );
-      if (missing) return this.forgetCatalogued(tenantId, req.ids, req.dryRun);
+      // it lost by id drops their rows, there being nothing of them to delete. Asked of the store itself, not of
+      // a repository opened before it went (cached, and failing since): then dropped, for the next snapshot to
+      // make one anew once no row names the old.
+      try {
+        if (!(await Repository.exists(this.tenantStore(tenantId)))) {
+          this.repositories.delete(tenantId);
+          this.indexes.delete(tenantId);
+          return await this.forgetCatalogued(tenantId, req.ids, req.dryRun);
+        }
+      } catch (err) {
+        throw storeError(err);
+      }
     }
     // A prune alone of a tenant with no repository yet (none is made for it) has nothing to free.
     const pruneAlone = !req.ids?.length && !hasRetentionRule(req.policy);
@@ -415,11 +420,17 @@ export class SnapshotCoordinator {
    * not be read again); removed ones' packs the refresh drops itself.
    */
   async repairIndex(tenantId: string, options: { dryRun: boolean }): Promise<RepairIndexReport> {
+    const nothing: RepairIndexReport = { packs: 0, rebuilt: [], removed: [], unrepairable: [] };
     if (options.dryRun) {
-      return this.using(tenantId, async () => repairIndex(await this.repositoryOf(tenantId), { dryRun: true }));
+      return this.using(tenantId, async () => {
+        const repository = await this.existingRepository(tenantId);
+        return repository ? repairIndex(repository, { dryRun: true }) : nothing;
+      });
     }
     return this.exclusively(tenantId, "repair the index", async () => {
-      const report = await repairIndex(await this.repositoryOf(tenantId));
+      const repository = await this.existingRepository(tenantId);
+      if (!repository) return nothing;
+      const report = await repairIndex(repository);
       const { rebuilt, removed, unrepairable } = report;
       if (rebuilt.length > 0) this.indexes.delete(tenantId); // nothing uses it: the tenant is ours alone
       if (rebuilt.length + removed.length + unrepairable.length > 0) {
@@ -529,13 +540,9 @@ export class SnapshotCoordinator {
       if (this.closed) return;
       // One tenant's store failing (S3 unreachable, a damaged record) does not keep the others unlisted.
       await this.using(tenantId, async () => {
-        const repository = await this.repositoryOf(tenantId);
-        await this.changingCatalogue(tenantId, () => this.listUnlisted(tenantId, repository));
-      }).catch((err) => {
-        // None yet (none is made by a relisting: see openRepository): nothing to list.
-        if (err instanceof NoRepositoryError) return;
-        this.log.error({ err, tenantId }, "could not list this tenant's snapshots again");
-      });
+        const repository = await this.existingRepository(tenantId);
+        if (repository) await this.changingCatalogue(tenantId, () => this.listUnlisted(tenantId, repository));
+      }).catch((err) => this.log.error({ err, tenantId }, "could not list this tenant's snapshots again"));
     }
   }
 
@@ -645,10 +652,7 @@ export class SnapshotCoordinator {
     const verifier = this.chunkVerifier();
     const verify: CheckOptions["verify"] = (key, chunks) => verifier.verify(key, chunks);
     const report = await this.using(tenantId, async () => {
-      const repository = await this.repositoryOf(tenantId).catch((err: unknown) => {
-        if (err instanceof NoRepositoryError) return undefined; // none yet: nothing in it can be broken
-        throw err;
-      });
+      const repository = await this.existingRepository(tenantId); // none yet: nothing in it can be broken
       if (!repository)
         return { ok: true, snapshots: 0, packs: 0, packsRead: 0, chunks: 0, bytesChecked: 0, problems: [] };
       return checkRepository(repository, { ...options, verify });
@@ -998,9 +1002,7 @@ export class SnapshotCoordinator {
     // The chunks of this snapshot's files: the only ones its restore sends. An agent of the tenant asking for
     // others (of other hosts' or workspaces' snapshots, found by their ids: SHA-256 of content it may guess) is
     // refused: a restore reads its own snapshot, not the tenant's whole repository.
-    const allowed = new ChunkIdSet(
-      openManifestParts(key, manifestBlobs, `manifest of snapshot ${req.snapshot.id}`).entries,
-    );
+    const allowed = await ChunkIdSet.of(key, manifestBlobs, `manifest of snapshot ${req.snapshot.id}`);
     const session = req.session;
     if (manifestBlobs.length > 1) {
       session.require(
@@ -1297,6 +1299,14 @@ export class SnapshotCoordinator {
     return index;
   }
 
+  /** The tenant's repository, or undefined where it has none yet (NoRepositoryError: none is made but by a snapshot). */
+  private existingRepository(tenantId: string): Promise<Repository | undefined> {
+    return this.repositoryOf(tenantId).catch((err: unknown) => {
+      if (err instanceof NoRepositoryError) return undefined;
+      throw err;
+    });
+  }
+
   private async repositoryOf(tenantId: string): Promise<Repository> {
     return this.repository(tenantId, await this.tenantKeys.get(tenantId));
   }
@@ -1493,25 +1503,35 @@ async function snapshotGone(repository: Repository, id: string, err: unknown): P
  * bytes a chunk (a Set of hex strings took ~120), for a restore of a million chunks.
  */
 class ChunkIdSet {
-  private ids: Buffer;
+  private ids = Buffer.alloc(32 * 1024);
   private count = 0;
   private readonly table = new IdTable(() => this.ids);
 
-  constructor(entries: readonly ManifestEntry[]) {
-    let total = 0;
-    for (const e of entries) if (e.type === "file") total += e.chunks.length;
-    this.ids = Buffer.alloc(32 * Math.max(1, total));
-    for (const e of entries) {
-      if (e.type !== "file") continue;
-      for (const hex of e.chunks) {
-        this.ids.write(hex, 32 * this.count, 32, "hex");
-        if (this.table.add(this.count)) this.count++;
-      }
+  /**
+   * Of a manifest's parts, opened one at a time, the event loop let run between them: opened whole, a manifest
+   * of a million files held this thread for ~4 s (every agent's stream waiting) and ~400 MiB at once.
+   */
+  static async of(key: Buffer, blobs: readonly Buffer[], what: string): Promise<ChunkIdSet> {
+    const set = new ChunkIdSet();
+    for (const entries of manifestPartEntries(key, blobs, what)) {
+      for (const e of entries) if (e.type === "file") for (const hex of e.chunks) set.add(hex);
+      await setImmediate();
     }
+    return set;
   }
 
   has(id: Buffer): boolean {
     return id.length === 32 && this.table.find(id) >= 0;
+  }
+
+  private add(hex: string): void {
+    if (32 * (this.count + 1) > this.ids.length) {
+      const grown = Buffer.alloc(2 * this.ids.length);
+      this.ids.copy(grown);
+      this.ids = grown;
+    }
+    this.ids.write(hex, 32 * this.count, 32, "hex");
+    if (this.table.add(this.count)) this.count++;
   }
 }
 
