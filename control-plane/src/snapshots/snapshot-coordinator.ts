@@ -1491,14 +1491,6 @@ async function snapshotGone(repository: Repository, id: string, err: unknown): P
 }
 
 /**
- * A blob store that takes no more writes (its disk full, a quota used up, read-only) as RESOURCE_EXHAUSTED, and
- * one that did not answer (S3 unreachable, failing with 5xx past its retries) as UNAVAILABLE, a repository
- * another process holds (a direct-mode prune of the same store) or this control plane may not write as
- * FAILED_PRECONDITION, a damaged object as DATA_LOSS, each with the store's own words (where, and what to do),
- * for the admin who called: the API would otherwise answer "internal error" and leave the reason in the log. Any
- * other error as it is.
- */
-/**
  * The distinct chunk ids of a manifest's files, as 32 raw bytes each in one buffer under an IdTable: about 40
  * bytes a chunk (a Set of hex strings took ~120), for a restore of a million chunks.
  */
@@ -1556,6 +1548,15 @@ export class RepositoryMissingError extends RepositoryError {
   }
 }
 
+/**
+ * A blob store that takes no more writes (its disk full, a quota used up, read-only) as RESOURCE_EXHAUSTED, and
+ * one that did not answer (S3 unreachable, failing with 5xx past its retries) as UNAVAILABLE, a repository
+ * another process holds (a direct-mode prune of the same store) or this control plane may not write as
+ * FAILED_PRECONDITION, a damaged object as DATA_LOSS, a setting that cannot work (a bucket that does not exist)
+ * as INVALID_ARGUMENT, a tenant with no repository yet as NOT_FOUND, each with the store's own words (where, and
+ * what to do), for the admin who called: the API would otherwise answer "internal error" and leave the reason in
+ * the log. Any other error as it is.
+ */
 function storeError(err: unknown): unknown {
   if (isRepositoryError(err, "unwritable")) return new ResourceExhaustedError(err.message);
   // The store's setting or credentials (a bucket that does not exist, S3 refusing the keys): said, not hidden as
