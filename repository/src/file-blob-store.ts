@@ -147,7 +147,8 @@ export class FileBlobStore implements BlobStore {
 
   /**
    * An `unavailable` error when the root seen before is gone, or holds no config where it held one; else
-   * undefined. Asked only once a call has met an absence (ENOENT): no cost on the way of calls that succeed.
+   * undefined. Asked once a call has met an absence (ENOENT), and before a directory is made (once each): two
+   * stats then, none on the way of reads and writes that succeed.
    */
   private async rootGone(): Promise<RepositoryError | undefined> {
     if (!this.seen) return undefined;
