@@ -364,14 +364,13 @@ export class SnapshotCoordinator {
    */
   async forget(req: ForgetRequest): Promise<ForgetResult> {
     const { tenantId } = req;
-    const repository = () => this.repositoryOf(tenantId);
     if (req.ids?.length && !hasRetentionRule(req.policy) && !req.prune) {
       // The way out of RepositoryMissingError where the store was replaced on purpose: forgetting the snapshots
       // it lost by id drops their rows, there being nothing of them to delete. Asked of the store itself, not of
       // a repository opened before it went (cached, and failing since): then dropped, for the next snapshot to
       // make one anew once no row names the old.
       try {
-        if (!(await Repository.exists(this.tenantStore(tenantId)))) {
+        if (!(await this.repositoryThere(tenantId))) {
           this.repositories.delete(tenantId);
           this.indexes.delete(tenantId);
           return await this.forgetCatalogued(tenantId, req.ids, req.dryRun);
@@ -382,26 +381,25 @@ export class SnapshotCoordinator {
     }
     // A prune alone of a tenant with no repository yet (none is made for it) has nothing to free.
     const pruneAlone = !req.ids?.length && !hasRetentionRule(req.policy);
-    const nothing = (err: unknown): ForgetResult => {
-      if (!(pruneAlone && err instanceof NoRepositoryError)) throw err;
-      return { kept: [], forgotten: [], ...(req.prune ? { prune: emptyPruneReport() } : {}) };
-    };
+    const open = () => (pruneAlone ? this.existingRepository(tenantId) : this.repositoryOf(tenantId));
+    const nothing: ForgetResult = { kept: [], forgotten: [], ...(req.prune ? { prune: emptyPruneReport() } : {}) };
     if (!req.prune || req.dryRun) {
       try {
-        const result = await this.forgetIn(await repository(), req);
+        const repo = await open();
+        if (!repo) return nothing;
+        const result = await this.forgetIn(repo, req);
         // A dry run's prune counts what the forget would remove as gone: what the two would free together.
         const assumeForgotten = new Set(result.forgotten);
         return req.prune
-          ? { ...result, prune: await pruneRepository(await repository(), { dryRun: true, assumeForgotten }) }
+          ? { ...result, prune: await pruneRepository(repo, { dryRun: true, assumeForgotten }) }
           : result;
       } catch (err) {
-        if (pruneAlone && err instanceof NoRepositoryError) return nothing(err);
         throw storeError(err);
       }
     }
     return this.exclusively(tenantId, "prune", async () => {
-      const repo = await repository().catch((err: unknown) => nothing(err));
-      if (!(repo instanceof Repository)) return repo;
+      const repo = await open();
+      if (!repo) return nothing;
       const result = await this.forgetIn(repo, req);
       // The tenant's cached chunk index needs no reset: the refresh at the start of every operation drops the
       // packs whose index objects vanished and reads the repacked ones (Repository.loadIndex).
@@ -474,7 +472,7 @@ export class SnapshotCoordinator {
     return this.changingCatalogue(tenantId, async () => {
       // Asked again under the catalogue's lock: a store mounted meanwhile holds these snapshots, and a forget of
       // them is the repository's to do (forgetIn).
-      if (await Repository.exists(this.tenantStore(tenantId))) {
+      if (await this.repositoryThere(tenantId)) {
         throw new UnavailableError("the tenant's repository is back in the blob store: forget those snapshots again");
       }
       const unique = [...new Set(ids)];
@@ -1326,6 +1324,19 @@ export class SnapshotCoordinator {
       if (!make) throw new NoRepositoryError(tenantId);
     }
     return (await Repository.openOrInit(store, key)).repository;
+  }
+
+  /**
+   * Whether the tenant's repository is in the store, asked of the store itself (a store of its own, closed after:
+   * an S3 one holds a client), not of a repository opened and cached before.
+   */
+  private async repositoryThere(tenantId: string): Promise<boolean> {
+    const store = this.tenantStore(tenantId);
+    try {
+      return await Repository.exists(store);
+    } finally {
+      await store.close();
+    }
   }
 
   /** The tenant's part of the blob store, every call with a deadline: a store that stops answering fails the operations waiting on it. */
