@@ -255,6 +255,44 @@ async function freshWriter(key: Buffer) {
   return { repo, store, repository, writer: await repository.writer({ packSize: SMALL.packSize }) };
 }
 
+/**
+ * Snapshots `source` into a repository of its own with a local index: what a second snapshot of it needs to be
+ * taken into another repository with that index (the key, the options, the index), and the first's result.
+ */
+async function indexedInAnotherRepository(source: string) {
+  const key = generateRepositoryKey();
+  const meta = { workspace: "w", epoch: 0, tenant: "t" };
+  // One segment for files up to 4 MiB, so no seam is stitched (stitching seals on this thread too).
+  const options = { source, key, meta, pool, chunker: CHUNKER, segmentSize: 4 * 1024 * 1024 };
+  const localIndex = { file: join(fresh("state"), "index.json"), scope: "one scope, two repositories" };
+  const first = await freshWriter(key);
+  const before = await createSnapshot({ ...options, sink: first.writer, localIndex });
+  await first.store.close();
+  return { key, options, localIndex, before };
+}
+
+/**
+ * A sink onto `writer` (an empty repository's) whose first answer claims every chunk asked after, as a repository
+ * pruned right after answering would: the workers leave the remembered chunks unsealed, and the truth comes
+ * later. `beforeTruth` runs before its first true answer.
+ */
+function sinkClaimingAllAtFirst(
+  writer: Awaited<ReturnType<typeof freshWriter>>["writer"],
+  beforeTruth: () => Promise<void> = async () => {},
+): ChunkSink {
+  let calls = 0;
+  return {
+    missing: async (ids) => {
+      if (++calls === 1) return [];
+      if (calls === 2) await beforeTruth();
+      return writer.missing(ids);
+    },
+    put: (chunks) => writer.put(chunks),
+    commit: (manifest, meta) => writer.commit(manifest, meta),
+    abort: () => writer.abort(),
+  };
+}
+
 describe("snapshot engine", () => {
   it("keeps hard links as links: one inode restored, its bytes written once; a part restore writes the file", async () => {
     // A conda environment's files are hard links into its package cache: as copies, a restore doubled them.
@@ -1175,14 +1213,8 @@ describe("snapshot engine", () => {
     await mkdir(source);
     await writeFile(join(source, "data"), seeded(2_000_000, "held"));
     await utimesTree(source, HOUR_AGO);
-    const key = generateRepositoryKey();
-    const meta = { workspace: "w", epoch: 0, tenant: "t" };
-    // One segment, so no seam is stitched (stitching seals on this thread too, and would blur the count).
-    const options = { source, key, meta, pool, chunker: CHUNKER, segmentSize: 4 * 1024 * 1024 };
-    const localIndex = { file: join(fresh("state"), "index.json"), scope: "one scope, two repositories" };
-    const first = await freshWriter(key);
-    const before = await createSnapshot({ ...options, sink: first.writer, localIndex });
-    await first.store.close();
+    // One segment, so no seam is stitched (it would blur the count of chunks sealed on this thread).
+    const { key, options, localIndex, before } = await indexedInAnotherRepository(source);
 
     // A change in the middle: the file is read again, and most of its chunks are the ones stored before.
     const handle = await open(join(source, "data"), "r+");
@@ -1191,16 +1223,9 @@ describe("snapshot engine", () => {
     await utimes(join(source, "data"), HOUR_AGO + 60, HOUR_AGO + 60);
     const content = await readFile(join(source, "data"));
 
-    // The second repository is empty, but its first answer claims every remembered chunk, as a repository
-    // pruned right after answering would: the workers leave those unsealed, and the truth comes later.
+    // The second repository is empty, but its first answer claims every remembered chunk.
     const second = await freshWriter(key);
-    let lies = 1;
-    const sink: ChunkSink = {
-      missing: async (ids) => (lies-- > 0 ? [] : second.writer.missing(ids)),
-      put: (chunks) => second.writer.put(chunks),
-      commit: (manifest, meta) => second.writer.commit(manifest, meta),
-      abort: () => second.writer.abort(),
-    };
+    const sink = sinkClaimingAllAtFirst(second.writer);
     const sealOne = vi.spyOn(chunkCodec, "sealChunk");
     let sealedHere: number;
     const after = await createSnapshot({ ...options, sink, localIndex }).finally(() => {
@@ -1253,13 +1278,7 @@ describe("snapshot engine", () => {
       for (const name of names)
         await writeFile(join(source, name), name === "m-big" ? seeded(9_000_000, "big") : shared);
       await utimesTree(source, HOUR_AGO);
-      const key = generateRepositoryKey();
-      const meta = { workspace: "w", epoch: 0, tenant: "t" };
-      const options = { source, key, meta, pool, chunker: CHUNKER, segmentSize: 4 * 1024 * 1024 };
-      const localIndex = { file: join(fresh("state"), "index.json"), scope: "one scope, two repositories" };
-      const first = await freshWriter(key);
-      await createSnapshot({ ...options, sink: first.writer, localIndex });
-      await first.store.close();
+      const { key, options, localIndex } = await indexedInAnotherRepository(source);
       // Read again (new times), with the local index naming their chunks.
       for (const name of names) await utimes(join(source, name), HOUR_AGO + 60, HOUR_AGO + 60);
 
@@ -1267,18 +1286,8 @@ describe("snapshot engine", () => {
       // unsealed; before its second, the first file holding the shared chunk is rewritten, so sealing that
       // chunk from it fails. The other files still hold it.
       const second = await freshWriter(key);
-      let calls = 0;
       const rewritten = seeded(10_000, "rewritten");
-      const sink: ChunkSink = {
-        missing: async (ids) => {
-          if (++calls === 1) return [];
-          if (calls === 2) await writeFile(join(source, changing), rewritten);
-          return second.writer.missing(ids);
-        },
-        put: (chunks) => second.writer.put(chunks),
-        commit: (manifest, meta) => second.writer.commit(manifest, meta),
-        abort: () => second.writer.abort(),
-      };
+      const sink = sinkClaimingAllAtFirst(second.writer, () => writeFile(join(source, changing), rewritten));
       const after = await createSnapshot({ ...options, sink, localIndex });
       await second.store.close();
       const target = fresh("restored");
