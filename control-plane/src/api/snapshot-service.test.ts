@@ -80,22 +80,28 @@ async function adminOfTenantA(): Promise<{ db: Db; close: () => Promise<void>; c
   return { db, close, ctx: { requestHeader: new Headers({ authorization: `Bearer ${key}` }) } as HandlerContext };
 }
 
+/** The service over a coordinator that forgets nothing and notes each forget it is asked for, as "tenant/workspace". */
+function recordingForgets(db: Db) {
+  const asked: string[] = [];
+  const service = snapshotService({
+    db,
+    sessions: new SessionRegistry(),
+    snapshots: {
+      forget: async (req: { tenantId: string; workspace?: string }) => {
+        asked.push(`${req.tenantId}/${req.workspace}`);
+        return { kept: [], forgotten: [] };
+      },
+    } as unknown as SnapshotCoordinator,
+  });
+  return { service, asked };
+}
+
 describe("SnapshotService: forget", () => {
   it("refuses a policy for a workspace no snapshot is of (a typo), and runs it for one that has them", async () => {
     const { db, close, ctx } = await adminOfTenantA();
     try {
       await insertTestSnapshot(db, "c".repeat(64), "t-a", "h-a"); // of workspace "w"
-      const forgotten: string[] = [];
-      const service = snapshotService({
-        db,
-        sessions: new SessionRegistry(),
-        snapshots: {
-          forget: async (req: { tenantId: string; workspace?: string }) => {
-            forgotten.push(`${req.tenantId}/${req.workspace}`);
-            return { kept: [], forgotten: [] };
-          },
-        } as unknown as SnapshotCoordinator,
-      });
+      const { service, asked: forgotten } = recordingForgets(db);
       const forget = async (workspaceId: string) =>
         service.forgetSnapshots(create(api.ForgetSnapshotsRequestSchema, { workspaceId, keepLast: 1 }), ctx);
       const refused = await forget("nope").catch((err: unknown) => ConnectError.from(err));
@@ -120,17 +126,7 @@ describe("SnapshotService: forget, where two tenants have a workspace of one nam
       await tenantWithHost(db, "t-b", "h-b");
       await insertTestSnapshot(db, "a".repeat(64), "t-a", "h-a"); // of workspace "w"
       await insertTestSnapshot(db, "b".repeat(64), "t-b", "h-b"); // of workspace "w" too
-      const asked: string[] = [];
-      const service = snapshotService({
-        db,
-        sessions: new SessionRegistry(),
-        snapshots: {
-          forget: async (req: { tenantId: string; workspace?: string }) => {
-            asked.push(`${req.tenantId}/${req.workspace}`);
-            return { kept: [], forgotten: [] };
-          },
-        } as unknown as SnapshotCoordinator,
-      });
+      const { service, asked } = recordingForgets(db);
       const forget = async (fields: object) =>
         service.forgetSnapshots(
           create(api.ForgetSnapshotsRequestSchema, { workspaceId: "w", keepLast: 1, ...fields }),
