@@ -677,6 +677,31 @@ describe("snapshots over the agent stream", () => {
     expect((await snapshots()).map((s) => s.id)).toContain(a.id);
     const dryText = await cp.cli(["snapshot", "forget", ...ws, "--keep-last", "1", "--dry-run"]);
     expect(dryText.stdout).toBe(`would forget 1 snapshot, keeping 1\n  ${a.id}\n`);
+    // --tenant narrows it to one tenant (the workspace's here; another has none of it).
+    const own = await cli([
+      "snapshot",
+      "forget",
+      ...ws,
+      "--keep-last",
+      "1",
+      "--dry-run",
+      "--json",
+      "--tenant",
+      "admin",
+    ]);
+    expect(own).toMatchObject({ kept: [b.id], forgotten: [a.id] });
+    const elsewhere = await cp.cli([
+      "snapshot",
+      "forget",
+      ...ws,
+      "--keep-last",
+      "1",
+      "--dry-run",
+      "--tenant",
+      "nobody",
+    ]);
+    expect(elsewhere.code).not.toBe(0);
+    expect(elsewhere.stderr).toMatch(/no snapshot of tenant "nobody" is of workspace/);
 
     const metricsBefore = await scrapeMetrics(cp.httpUrl);
     const res = await cli(["snapshot", "forget", ...ws, "--keep-last", "1", "--prune", "--json"]);
