@@ -19,7 +19,7 @@ import { parseReadSubset } from "./read-subset.js";
 import { repairIndex } from "./repair-index.js";
 import { Repository } from "./repository.js";
 import { RepositoryIndex } from "./repository-index.js";
-import { chunkCodec, ObjectKind, openJson } from "./sealing.js";
+import { chunkCodec, ObjectKind, openJson, sealJson, sha256 } from "./sealing.js";
 import { dirEntry, emptyFileEntry } from "./testing/manifest-entries.js";
 import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
 import type { FetchedChunk, SealedChunk } from "./transfer.js";
@@ -1233,6 +1233,57 @@ describe("forget by id", () => {
       kept: [ids[1]],
     });
     await expect(pruneRepository(repository)).resolves.toMatchObject({ packsDeleted: 1 });
+    expect(await checkRepository(repository)).toMatchObject({ ok: true, problems: [] });
+  });
+
+  it("names the config object that is not a repository's, whatever JSON it holds", async () => {
+    const { root, store, key } = await freshFileRepository("config-layout");
+    for (const text of ["null", "[]", "7", '{"format":"restic"}']) {
+      await writeFile(join(root, "config"), text);
+      await expect(Repository.open(store, key)).rejects.toThrow(`${store.url} holds an unknown repository format`);
+    }
+    await writeFile(join(root, "config"), "{");
+    await expect(Repository.open(store, key)).rejects.toThrow(`${store.url}/config is not valid JSON`);
+  });
+
+  it("takes a record that opens to another layout as damaged, naming the field, and forgets it by id", async () => {
+    // What opens under the key is only JSON: a record of null or without its totals threw a TypeError in every
+    // listing (check, prune, forget by id too, the way past a damaged record) and in the CLIs' tables.
+    const { root, key, repository } = await freshFileRepository("record-layout");
+    const c = sealed(key, randomBytes(1_000));
+    const w = await repository.writer();
+    await w.put([c]);
+    const good = await w.commit([sealManifest(key, manifestOf({ a: [c] }))], meta);
+    const record = openJson(
+      key,
+      ObjectKind.snapshot,
+      await readFile(join(root, "snapshots", good)),
+      "record",
+    ) as Record<string, unknown>;
+    const layouts: [unknown, string][] = [
+      [null, "not an object"],
+      [[record], "not an object"],
+      [{ ...record, totals: undefined }, "totals"],
+      [{ ...record, totals: { ...(record.totals as object), bytes: "7" } }, "totals"],
+      [{ ...record, stats: { ...(record.stats as object), bytesRead: -1 } }, "stats"],
+      [{ ...record, stats: { ...(record.stats as object), skipped: [{ path: 1 }] } }, "stats"],
+      [{ ...record, tenant: 5 }, "tenant"],
+      [{ ...record, epoch: 1.5 }, "epoch"],
+    ];
+    const bad: string[] = [];
+    for (const [value, field] of layouts) {
+      const blob = sealJson(key, ObjectKind.snapshot, value);
+      const id = sha256(blob).toString("hex");
+      await writeFile(join(root, "snapshots", id), blob);
+      await expect(repository.findSnapshot(id)).rejects.toThrow(`snapshot ${id} has an unknown layout (${field})`);
+      bad.push(id);
+    }
+    const report = await checkRepository(repository);
+    expect(report.problems.map((p) => [p.kind, p.snapshot]).sort()).toEqual(
+      bad.map((id) => ["snapshot-unreadable", id]).sort(),
+    );
+    await expect(forgetSnapshots(repository, { ids: bad })).resolves.toEqual({ forgotten: bad, kept: [good] });
+    expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([good]);
     expect(await checkRepository(repository)).toMatchObject({ ok: true, problems: [] });
   });
 

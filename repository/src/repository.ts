@@ -80,7 +80,13 @@ export class Repository implements RepositoryAccess {
     } catch (err) {
       throw new RepositoryError("corrupt", `${store.url}/${CONFIG_KEY} is not valid JSON`, { cause: err });
     }
-    if (config.format !== FORMAT || config.version !== 1 || typeof config.keyCheck !== "string") {
+    if (
+      typeof config !== "object" ||
+      config === null ||
+      config.format !== FORMAT ||
+      config.version !== 1 ||
+      typeof config.keyCheck !== "string"
+    ) {
       throw new RepositoryError("corrupt", `${store.url} holds an unknown repository format`);
     }
     let proof: Buffer;

@@ -48,24 +48,59 @@ const HEX_ID = /^[0-9a-f]{64}$/;
 export function openSnapshotRecord(key: Buffer, id: string, sealed: Buffer): SnapshotRecord {
   const what = `snapshot ${id}`;
   if (sha256(sealed).toString("hex") !== id) throw new RepositoryError("corrupt", `${what} does not match its id`);
-  const value = openJson(key, ObjectKind.snapshot, sealed, what) as Record<string, unknown> & { version?: unknown };
+  const value = openJson(key, ObjectKind.snapshot, sealed, what);
+  const layout = recordLayout(value);
+  if (typeof layout === "string") throw new RepositoryError("corrupt", `${what} has an unknown layout (${layout})`);
+  const { version: _version, manifest: _manifest, manifests: _manifests, ...rest } = layout.value;
+  return { ...(rest as unknown as Omit<SnapshotRecord, "id" | "manifests">), manifests: layout.manifests, id };
+}
+
+/**
+ * The record's fields checked against its layout (FORMAT.md), or the first that is not as it should be: what
+ * opened under the key is still only JSON, and every reader (listing, the control plane's catalogue, the CLIs'
+ * tables) takes these fields as their types.
+ */
+function recordLayout(value: unknown): { value: Record<string, unknown>; manifests: string[] } | string {
+  if (!isObject(value)) return "not an object";
   const manifests =
     value.version === 1 && typeof value.manifest === "string"
       ? [value.manifest]
       : value.version === 2 && Array.isArray(value.manifests)
         ? (value.manifests as unknown[])
         : undefined;
-  if (
-    !manifests ||
-    manifests.length === 0 ||
-    manifests.length > MAX_MANIFEST_PARTS ||
-    !manifests.every((m) => typeof m === "string" && HEX_ID.test(m)) ||
-    typeof value.time !== "string" ||
-    typeof value.workspace !== "string" ||
-    typeof value.epoch !== "number"
-  ) {
-    throw new RepositoryError("corrupt", `${what} has an unknown layout`);
+  if (!manifests) return "version, manifest";
+  if (manifests.length === 0 || manifests.length > MAX_MANIFEST_PARTS) return "manifests";
+  if (!manifests.every((m) => typeof m === "string" && HEX_ID.test(m))) return "manifests";
+  for (const field of ["time", "workspace", "tenant"]) if (typeof value[field] !== "string") return field;
+  for (const field of ["hostname", "source"]) {
+    if (value[field] !== undefined && typeof value[field] !== "string") return field;
   }
-  const { version: _version, manifest: _manifest, manifests: _manifests, ...rest } = value;
-  return { ...(rest as unknown as Omit<SnapshotRecord, "id" | "manifests">), manifests: manifests as string[], id };
+  if (!isCount(value.epoch)) return "epoch";
+  const { totals, stats } = value;
+  if (!isObject(totals) || !TOTALS.every((f) => isCount(totals[f]))) return "totals";
+  if (stats !== undefined && !statsLayout(stats)) return "stats";
+  return { value, manifests: manifests as string[] };
+}
+
+const TOTALS = ["files", "dirs", "symlinks", "bytes", "chunks"] as const;
+const STATS = ["files", "bytesRead", "bytesNew", "bytesStored", "chunksNew"] as const;
+
+function statsLayout(stats: unknown): boolean {
+  if (!isObject(stats) || !STATS.every((f) => isCount(stats[f]))) return false;
+  if (typeof stats.seconds !== "number" || !(stats.seconds >= 0) || !Number.isFinite(stats.seconds)) return false;
+  if (stats.filesSkipped !== undefined && !isCount(stats.filesSkipped)) return false;
+  const { skipped } = stats;
+  return (
+    skipped === undefined ||
+    (Array.isArray(skipped) &&
+      skipped.every((e) => isObject(e) && typeof e.path === "string" && typeof e.reason === "string"))
+  );
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function isCount(value: unknown): value is number {
+  return Number.isSafeInteger(value) && (value as number) >= 0;
 }
