@@ -103,8 +103,12 @@ export function createLz4Wasm(modules: Lz4WasmModules): { encoder: Lz4Encoder; d
     },
     decode(length, expected) {
       if (length > lastInput) return `LZ4 body of ${length} bytes was given ${lastInput}`;
+      // The length prefix first: the room for the output is reserved only for what the data says it holds (the
+      // memory never shrinks, so a wrong `expected` of GiBs would stay).
+      if (length < 4 || Buffer.from(dec.reserve(inputRoom)).readUInt32LE(0) !== expected) {
+        return `LZ4 data does not hold ${expected} bytes`;
+      }
       const mem = Buffer.from(dec.reserve(inputRoom + expected));
-      if (length < 4 || mem.readUInt32LE(0) !== expected) return `LZ4 data does not hold ${expected} bytes`;
       const end = dec.run(4, length, inputRoom, inputRoom + expected);
       if (end < 0) return "LZ4 data does not decompress";
       if (end !== inputRoom + expected) return `chunk is ${end - inputRoom} bytes, expected ${expected}`;

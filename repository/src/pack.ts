@@ -4,6 +4,7 @@ import { randomBytes } from "node:crypto";
 import type { BlobCallOptions, BlobInfo, BlobStore } from "./blob-store.js";
 import { RepositoryError } from "./errors.js";
 import { IdTable } from "./id-table.js";
+import { MAX_CHUNK_LENGTH } from "./manifest.js";
 import { ObjectKind, openObject, sealObject } from "./sealing.js";
 
 export interface PackEntry {
@@ -20,6 +21,8 @@ export interface PackIndex {
 }
 
 const ENTRY_SIZE = 32 + 4 + 4 + 4;
+/** The most a sealed chunk can take: its plain bytes (stored raw where LZ4 does not shrink them) and the envelope. */
+const MAX_SEALED_CHUNK_LENGTH = MAX_CHUNK_LENGTH + 64;
 const FORMAT_VERSION = 1;
 
 export function packKey(packId: string): string {
@@ -127,12 +130,21 @@ function decodeEntries(buf: Buffer, at: number, what: string): PackEntry[] {
   const entries: PackEntry[] = new Array(count);
   let pos = at + 5;
   for (let i = 0; i < count; i++) {
-    entries[i] = {
+    const entry = {
       id: Buffer.from(buf.subarray(pos, pos + 32)),
       offset: buf.readUInt32LE(pos + 32),
       length: buf.readUInt32LE(pos + 36),
       plainLength: buf.readUInt32LE(pos + 40),
     };
+    // No writer makes a chunk outside these: a length from here sizes the reader's buffers (a restore's, the
+    // LZ4 decoder's memory, which never shrinks), so one of up to 4 GiB is refused, not allocated.
+    if (entry.plainLength === 0 || entry.plainLength > MAX_CHUNK_LENGTH || entry.length > MAX_SEALED_CHUNK_LENGTH) {
+      throw new RepositoryError(
+        "corrupt",
+        `${what} gives chunk ${entry.id.toString("hex")} an impossible length (${entry.length} stored, ${entry.plainLength} plain)`,
+      );
+    }
+    entries[i] = entry;
     pos += ENTRY_SIZE;
   }
   return entries;

@@ -13,7 +13,7 @@ import { generateRepositoryKey, parseRepositoryKey } from "./key.js";
 import { acquireLock } from "./lock.js";
 import { type Manifest, sealManifest, sealManifestParts } from "./manifest.js";
 import { openBlobStore } from "./open-blob-store.js";
-import { indexKey, packKey, sealIndex } from "./pack.js";
+import { indexKey, openPackTrailer, packKey, sealIndex, sealPackTrailer } from "./pack.js";
 import { forgetSnapshots, pruneRepository } from "./prune.js";
 import { parseReadSubset } from "./read-subset.js";
 import { repairIndex } from "./repair-index.js";
@@ -573,6 +573,22 @@ describe.each(stores)("repository on %s", (_name, make) => {
     ]);
     expect(reads).toHaveBeenCalledTimes(1);
     reads.mockRestore();
+  });
+
+  it("refuses an index object or pack header giving a chunk an impossible length, naming the chunk", async () => {
+    // A plain length of ~4 GiB from a (keyed) damaged index object grew the LZ4 decoder's memory, which never
+    // shrinks, until it failed with a RangeError from WebAssembly.
+    const { store, key, repository, bad, packId, pack } = await goodAndBadInOnePack();
+    for (const change of [{ plainLength: 0xffff_fff0 }, { plainLength: 0 }, { length: 0xffff_0000 }]) {
+      const entries = pack.entries.map((e) => (e.id.equals(bad.id) ? { ...e, ...change } : e));
+      await store.put(indexKey(packId), sealIndex(key, { packId, packSize: pack.packSize, entries }));
+      const impossible = `gives chunk ${bad.hex} an impossible length`;
+      await expect(repository.loadIndex()).rejects.toThrow(impossible);
+      const report = await checkRepository(repository);
+      expect(report.problems.find((p) => p.kind === "index-unreadable")?.message).toContain(impossible);
+      // A pack's header says so too: repair-index rebuilds no index object from it.
+      expect(() => openPackTrailer(key, sealPackTrailer(key, entries), packId)).toThrow(impossible);
+    }
   });
 
   it("check names only the files of chunks a pack cut short lost, and reports an impossible pack size", async () => {
