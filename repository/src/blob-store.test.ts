@@ -66,6 +66,18 @@ describe.each(stores)("%s blob store", (_name, make) => {
     await store.close();
   });
 
+  it("refuses to read whole an object over maxBytes, naming it and its size", async () => {
+    const store = make();
+    await store.put("snapshots/x", Buffer.alloc(1_000, 7));
+    expect(await store.get("snapshots/x", { maxBytes: 1_000 })).toEqual(Buffer.alloc(1_000, 7));
+    const err = await store.get("snapshots/x", { maxBytes: 999 }).catch((e: unknown) => e);
+    expect(isRepositoryError(err, "corrupt"), String(err)).toBe(true);
+    expect(String(err)).toContain(
+      `${store.url}/snapshots/x is 1000 bytes, more than any object of its kind holds (999)`,
+    );
+    await store.close();
+  });
+
   it("replaces whole objects and keeps an existing one with ifAbsent", async () => {
     const store = make();
     expect(await store.put("config", Buffer.from("first"), { ifAbsent: true })).toBe(true);
@@ -348,6 +360,23 @@ describe("S3 blob store whose caller gives up on a request", () => {
         const err = await store.get("data/ab/cd", { signal: cancel.signal }).catch((e: unknown) => e);
         expect(isRepositoryError(err, "unavailable"), String(err)).toBe(true);
         expect(requests).toBe(1);
+      },
+    );
+  });
+});
+
+describe("S3 blob store reading an object over maxBytes", () => {
+  it("refuses it from its length, without waiting for its body", async () => {
+    await withS3Server(
+      "large-bucket",
+      (_req, res) => {
+        res.writeHead(200, { "content-length": 5 * 1024 ** 3 });
+        res.write(Buffer.alloc(100)); // then nothing more: a body of 5 GiB that is never read
+      },
+      async (store) => {
+        const err = await store.get("snapshots/ab", { maxBytes: 1024 }).catch((e: unknown) => e);
+        expect(isRepositoryError(err, "corrupt"), String(err)).toBe(true);
+        expect(String(err)).toContain("snapshots/ab is 5368709120 bytes");
       },
     );
   });

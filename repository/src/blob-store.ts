@@ -20,6 +20,20 @@ export interface BlobCallOptions {
   signal?: AbortSignal;
 }
 
+/** What BlobStore.get may be given. */
+export interface GetOptions extends BlobCallOptions {
+  /** The most bytes the object may hold (see BlobStore.get). */
+  maxBytes?: number;
+}
+
+/** The error of an object over the `maxBytes` it was read with (each store's get). */
+export function objectTooLarge(url: string, key: string, size: number, maxBytes: number): RepositoryError {
+  return new RepositoryError(
+    "corrupt",
+    `${url}/${key} is ${size} bytes, more than any object of its kind holds (${maxBytes}): not one a writer made`,
+  );
+}
+
 /**
  * A flat namespace of immutable objects. Every `put` is atomic: readers see the whole object or nothing
  * (temp file + fsync + rename on disk; one complete PutObject on S3).
@@ -33,8 +47,11 @@ export interface BlobStore {
     data: Buffer | readonly Buffer[],
     options?: { ifAbsent?: boolean } & BlobCallOptions,
   ): Promise<boolean>;
-  /** Reads a whole object; a missing one throws RepositoryError "not-found". */
-  get(key: string, options?: BlobCallOptions): Promise<Buffer>;
+  /**
+   * Reads a whole object; a missing one throws RepositoryError "not-found", and one larger than `maxBytes`
+   * "corrupt" (naming it, before any of it is read: no object a writer made is, and its size would be allocated).
+   */
+  get(key: string, options?: GetOptions): Promise<Buffer>;
   /**
    * Reads `length` bytes at `offset`; a short object throws RepositoryError "corrupt". With `into` (at least
    * `length` bytes), a store may read into it and return a view of it, sparing an allocation.

@@ -17,6 +17,8 @@ import {
   type BlobInfo,
   type BlobStore,
   type BlobWriter,
+  type GetOptions,
+  objectTooLarge,
 } from "./blob-store.js";
 import { RepositoryError, writeFailure } from "./errors.js";
 
@@ -344,7 +346,7 @@ export class FileBlobStore implements BlobStore {
     return true;
   }
 
-  async get(key: string, options: BlobCallOptions = {}): Promise<Buffer> {
+  async get(key: string, options: GetOptions = {}): Promise<Buffer> {
     const path = this.path(key);
     assertNotGivenUp(options.signal, this.url, key, "reading");
     let handle: Awaited<ReturnType<typeof open>>;
@@ -356,6 +358,9 @@ export class FileBlobStore implements BlobStore {
     await this.noteRoot();
     try {
       const { size } = await handle.stat();
+      if (options.maxBytes !== undefined && size > options.maxBytes) {
+        throw objectTooLarge(this.url, key, size, options.maxBytes);
+      }
       const buf = Buffer.allocUnsafeSlow(size);
       await readFully(handle, buf, 0, size, 0, this.url, key);
       return buf;

@@ -5,7 +5,7 @@
 export { alignedBuffer, alignedMemory, isPageAligned, PAGE } from "./aligned-memory.js";
 export { enableArrayBufferTransferInWorkers } from "./array-buffer-transfer.js";
 export { readSecretFile, SecretFileModeError, syncDirectory, writeFileAtomic } from "./atomic-file.js";
-export type { BlobCallOptions, BlobInfo, BlobStore, BlobWriter } from "./blob-store.js";
+export type { BlobCallOptions, BlobInfo, BlobStore, BlobWriter, GetOptions } from "./blob-store.js";
 export { BufferPool } from "./buffer-pool.js";
 export {
   type AffectedFile,

@@ -21,6 +21,13 @@ export const MAX_MANIFEST_PARTS = 256;
 export const MAX_SEALED_MANIFEST_BYTES = MAX_MANIFEST_BYTES + MAX_MANIFEST_PARTS * 1024;
 
 /**
+ * The most bytes any object but a pack takes in a store (config, locks, snapshot records, manifest parts and index
+ * objects: at most 64 MiB sealed, plus the envelope). Read whole, an object over it is refused before any of it is
+ * read (BlobStore.get's maxBytes): a file of GiBs under snapshots/ was read into memory by every listing.
+ */
+export const MAX_STORED_OBJECT_BYTES = 64 * 1024 * 1024 + 64;
+
+/**
  * The most chunk ids one offer (SnapshotOffer) may carry. The agent offers OFFER_BATCH (4,096) at a time; a
  * message's worth (~480,000 ids, ~70 MB of heap once each is a Buffer) would let an agent that offers and never
  * reads its answers pin gigabytes of the control plane before its stream is paused.

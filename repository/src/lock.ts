@@ -14,6 +14,7 @@
 import { randomBytes } from "node:crypto";
 import type { BlobStore } from "./blob-store.js";
 import { isRepositoryError, RepositoryError, refusedReason } from "./errors.js";
+import { MAX_STORED_OBJECT_BYTES } from "./limits.js";
 import { ofAnotherBoot, type ProcessIdentity, processIsGone, thisProcess } from "./process-identity.js";
 import { ObjectKind, openJson, sealJson } from "./sealing.js";
 
@@ -116,7 +117,12 @@ export async function acquireLock(
       const age = now - info.modified.getTime();
       let other: LockBody | undefined;
       try {
-        other = openJson(key, ObjectKind.lock, await store.get(info.key), `lock ${info.key}`) as LockBody;
+        other = openJson(
+          key,
+          ObjectKind.lock,
+          await store.get(info.key, { maxBytes: MAX_STORED_OBJECT_BYTES }),
+          `lock ${info.key}`,
+        ) as LockBody;
       } catch (err) {
         if (isRepositoryError(err, "not-found")) continue; // released meanwhile
         // Unreadable: respected as a lock until it is stale by age; any other failure to read it (the store

@@ -7,7 +7,7 @@ import { acquireLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 import { indexKey, listPacks, packKey } from "./pack.js";
 import { LATEST, type Repository } from "./repository.js";
 import { hasRetentionRule, planRetention, type RetentionPolicy } from "./retention.js";
-import { chunkCodec } from "./sealing.js";
+import { chunkCodec, isObjectId } from "./sealing.js";
 import { snapshotKey } from "./snapshot-record.js";
 
 export interface ForgetOptions {
@@ -57,7 +57,8 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
     // while one cannot be read, so one damaged record otherwise blocked every prune, for good.)
     const unreadable: string[] = [];
     // (One gone since it was listed, forgotten elsewhere, the listing leaves out itself.)
-    const all = await repository.listSnapshots({ onCorrupt: (id) => void unreadable.push(id) });
+    // A name that is no id is no snapshot (check names it): neither kept nor what `latest` might be.
+    const all = await repository.listSnapshots({ onCorrupt: (id) => void (isObjectId(id) && unreadable.push(id)) });
     const forget = new Set<string>();
     for (const id of options.ids ?? []) {
       if (id === LATEST && unreadable.length > 0) {

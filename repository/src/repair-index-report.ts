@@ -21,7 +21,10 @@ export interface RepairIndexReport {
    * nor their pack's header open (that pack is also among `unrepairable`).
    */
   removed: string[];
-  /** Packs needing an index object whose header cannot be read; left as they are (`check` names what they break). */
+  /**
+   * Packs needing an index object whose header cannot be read, or not one of whose chunks verifies (left as they
+   * are: `check` names what they break); and packs indexed again some of whose chunks do not verify.
+   */
   unrepairable: UnrepairablePack[];
 }
 

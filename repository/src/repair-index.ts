@@ -4,10 +4,15 @@
 // which `prune` refuses to run (the packs it cannot tell from an interrupted writer's might hold data a snapshot
 // needs) and the snapshots using those chunks cannot be restored.
 //
-// Decided: packs are trusted as far as their sealed header goes (it opens with the key, so it was written by a
-// writer of this repository, and its entries must lie inside the pack); the chunks themselves are not read, which
-// `check` does. An index object that opens and agrees with its pack's size is left as it is, even where the header
-// disagrees with it: `check` reports that, and which one is right is not for a repair to guess.
+// Decided: a header is not taken on its word. It opens with the key, so a writer of this repository sealed it, but
+// it does not name its pack (FORMAT.md), so one copied onto other bytes opens as well; and the index object made
+// from it would find its chunks there, where a prune would keep them and delete the pack truly holding them. So
+// every chunk a header lists is read and verified (tag and SHA-256, as `check` does) before it is indexed. A pack
+// none of whose chunks verifies is unrepairable: its header is not that of its bytes. One where some do is indexed
+// whole, as its header says (its damaged chunks are in it, and `check` and restore then name the files they break,
+// where left out they would read as chunks in no pack, for a repair to mend) and reported. An index object
+// that opens and agrees with its pack's size is left as it is, even where the header disagrees with it: `check`
+// reports that, and which one is right is not for a repair to guess.
 import type { BlobStore } from "./blob-store.js";
 import { counted } from "./counted.js";
 import { isObjectError, RepositoryError } from "./errors.js";
@@ -16,6 +21,7 @@ import { acquireLock, type HeldLock } from "./lock.js";
 import { indexKey, listPacks, openPackHeader, type PackEntry, packKey, sealIndex } from "./pack.js";
 import type { RepairIndexReport } from "./repair-index-report.js";
 import type { Repository } from "./repository.js";
+import { chunkCodec } from "./sealing.js";
 
 export interface RepairIndexOptions {
   /** Say what would be done, change nothing (holding a shared lock, as a check: no prune runs meanwhile). */
@@ -80,13 +86,33 @@ async function repair(repository: Repository, options: RepairIndexOptions, lock:
 
   let packsDone = 0;
   options.onProgress?.({ packsDone, packsTotal: toRebuild.length });
-  await forEachLimited(toRebuild, 8, async ([packId, size]) => {
+  // Two packs read whole at once (as check holds), each verified chunk by chunk.
+  await forEachLimited(toRebuild, 2, async ([packId, size]) => {
     signal?.throwIfAborted();
     let entries: PackEntry[] | undefined;
     try {
-      entries = await readPackHeader(store, repository.key, packId, size, signal);
+      const listed = await readPackHeader(store, repository.key, packId, size, signal);
+      const { verified, damaged } = await verifyEntries(store, repository.key, packId, listed, signal);
+      if (damaged.length > 0) {
+        const first = `${damaged[0]}${damaged.length > 1 ? ", …" : ""}`;
+        // Not one: the header is not that of the bytes before it (moved onto another pack's, or all damaged).
+        if (verified === 0) {
+          throw new RepositoryError(
+            "corrupt",
+            `none of the ${counted(listed.length, "chunk")} its header lists verifies (${first}), so nothing of it is indexed`,
+          );
+        }
+        report.unrepairable.push({
+          pack: packId,
+          message:
+            `pack ${packId}: ${damaged.length} of the ${counted(listed.length, "chunk")} its header lists do not ` +
+            `verify (${first}): indexed all the same, as the pack holds them (\`check\` names the files they break)`,
+        });
+      }
+      entries = listed;
     } catch (err) {
-      // Only a header shown damaged (cut short, not opening, entries out of bounds) makes a pack unrepairable. A
+      // Only a header shown damaged (cut short, not opening, entries out of bounds, not one chunk verifying) makes a
+      // pack unrepairable. A
       // store that did not answer or refused, or any other failure to read it (EMFILE, EIO, a reset), says nothing
       // of the pack: the repair fails, and removes nothing on its account.
       if (!isObjectError(err)) throw err;
@@ -118,6 +144,29 @@ async function repair(repository: Repository, options: RepairIndexOptions, lock:
   report.rebuilt.sort();
   report.unrepairable.sort((a, b) => a.pack.localeCompare(b.pack));
   return report;
+}
+
+/**
+ * How many of `entries` have a chunk in the pack that opens under the key to its id (verifyChunk), and what was
+ * wrong with the others: the chunk area read at once (a pack is tens of MiB).
+ */
+async function verifyEntries(
+  store: BlobStore,
+  key: Buffer,
+  packId: string,
+  entries: readonly PackEntry[],
+  signal?: AbortSignal,
+): Promise<{ verified: number; damaged: string[] }> {
+  const end = entries.reduce((n, e) => Math.max(n, e.offset + e.length), 0);
+  const blobs = end === 0 ? Buffer.alloc(0) : await store.getRange(packKey(packId), 0, end, undefined, { signal });
+  let verified = 0;
+  const damaged: string[] = [];
+  for (const e of entries) {
+    const error = chunkCodec.verifyChunk(key, e.id, blobs.subarray(e.offset, e.offset + e.length), e.plainLength);
+    if (error === null) verified++;
+    else damaged.push(`chunk ${e.id.toString("hex").slice(0, 12)}: ${error}`);
+  }
+  return { verified, damaged };
 }
 
 /**

@@ -8,7 +8,7 @@ import { copyBytes } from "./copy-bytes.js";
 import { counted } from "./counted.js";
 import { chunkArrivedDamaged, isRepositoryError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
-import { MAX_MANIFEST_BYTES, MAX_SEALED_MANIFEST_BYTES } from "./limits.js";
+import { MAX_MANIFEST_BYTES, MAX_SEALED_MANIFEST_BYTES, MAX_STORED_OBJECT_BYTES } from "./limits.js";
 import { acquireLock, type HeldLock } from "./lock.js";
 import {
   MAX_CHUNK_LENGTH,
@@ -21,14 +21,13 @@ import {
 import { indexKey, newPackId, PackEntryList, packKey, sealIndex, sealPackTrailer } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
 import type { RepositoryIndex } from "./repository-index.js";
-import { chunkCodec, sha256 } from "./sealing.js";
+import { chunkCodec, isObjectId, sha256 } from "./sealing.js";
 import { manifestKey, sealSnapshotRecord, snapshotKey } from "./snapshot-record.js";
 import type { ChunkSink, ManifestPartBlob, SealedChunk, SnapshotMeta } from "./transfer.js";
 
 export const DEFAULT_PACK_SIZE = 32 * 1024 * 1024;
 const MAX_PACK_SIZE = 1024 * 1024 * 1024;
 /** The id of a manifest part: the hex SHA-256 of its sealed bytes. */
-const MANIFEST_ID = /^[0-9a-f]{64}$/;
 
 export interface RepositoryWriterOptions {
   /** A pack is sealed once it holds this many bytes (default 32 MiB). */
@@ -206,9 +205,11 @@ export class RepositoryWriter implements ChunkSink {
     this.assertUsable();
     // Each part is read once for this writer however often it is asked about (an agent of the control plane
     // may name one many times, in one offer or many): held stays held while the writer's lock keeps prunes out.
-    const unread = [...new Set(ids)].filter((id) => MANIFEST_ID.test(id) && !this.partsHeld.has(id));
+    const unread = [...new Set(ids)].filter((id) => isObjectId(id) && !this.partsHeld.has(id));
     await forEachLimited(unread, 8, async (id) => {
-      const blob = await this.repository.store.get(manifestKey(id)).catch((err) => absentOr(err, true));
+      const blob = await this.repository.store
+        .get(manifestKey(id), { maxBytes: MAX_STORED_OBJECT_BYTES })
+        .catch((err) => absentOr(err, true));
       if (blob && sha256(blob).toString("hex") === id) this.partsHeld.add(id);
     });
     return ids.filter((id) => !this.partsHeld.has(id));
@@ -290,7 +291,9 @@ export class RepositoryWriter implements ChunkSink {
       // found to be those bytes (a damaged copy is replaced by this one). Prune cannot remove it meanwhile:
       // it runs only under an exclusive lock, and this writer holds a shared one.
       if ((await store.stat(manifestKey(manifestId)))?.size === blob.length) {
-        const held = await store.get(manifestKey(manifestId)).catch(() => undefined);
+        const held = await store
+          .get(manifestKey(manifestId), { maxBytes: MAX_STORED_OBJECT_BYTES })
+          .catch(() => undefined);
         if (held?.equals(blob)) continue;
       }
       await store.put(manifestKey(manifestId), blob);
@@ -363,7 +366,7 @@ export class RepositoryWriter implements ChunkSink {
     const first = new Map<string, number>();
     for (const [i, part] of parts.entries()) {
       if (Buffer.isBuffer(part)) continue;
-      if (!MANIFEST_ID.test(part.stored)) {
+      if (!isObjectId(part.stored)) {
         throw new RepositoryError(
           "invalid-argument",
           `${what(i)} is named by ${JSON.stringify(part.stored)}, not a hex id`,
@@ -402,7 +405,9 @@ export class RepositoryWriter implements ChunkSink {
     if (!read) return parts.map((part) => (Buffer.isBuffer(part) ? part : undefined));
     return settled(async (part, i) => {
       if (Buffer.isBuffer(part)) return part;
-      const blob = await store.get(manifestKey(part.stored)).catch((err) => absentOr(err));
+      const blob = await store
+        .get(manifestKey(part.stored), { maxBytes: MAX_STORED_OBJECT_BYTES })
+        .catch((err) => absentOr(err));
       if (blob === undefined) throw notThere(i, part.stored);
       if (!sha256(blob).equals(Buffer.from(part.stored, "hex"))) {
         throw new RepositoryError("corrupt", `${what(i)}, manifests/${part.stored}, does not hash to its id`);

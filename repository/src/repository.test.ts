@@ -58,6 +58,15 @@ async function freshFileRepository(name: string) {
   return { root, store, key, repository };
 }
 
+/** A new file:// repository (see freshFileRepository) holding one snapshot (`good`) of one file. */
+async function oneSnapshotRepository(name: string) {
+  const fresh = await freshFileRepository(name);
+  const c = sealed(fresh.key, randomBytes(1_000));
+  const w = await fresh.repository.writer();
+  await w.put([c]);
+  return { ...fresh, good: await w.commit([sealManifest(fresh.key, manifestOf({ a: [c] }))], meta) };
+}
+
 /**
  * A file:// repository (removed after the test) holding one snapshot of good.bin and bad.bin, one chunk of
  * 2,000 bytes each, in one pack: bad's chunk after good's, at `offset`.
@@ -867,6 +876,61 @@ describe.each(stores)("repository on %s", (_name, make) => {
     expect(await keys("index/")).toHaveLength(2);
     await store.close();
   });
+
+  it("verifies the chunks a header lists before indexing them: a header moved onto other bytes indexes nothing", async () => {
+    // A header opens under the key wherever it is, as it does not name its pack: copied onto other bytes (by anyone
+    // who can write to the store), its index object was rebuilt, and a prune then taking that copy for the chunks'
+    // home deleted the pack truly holding them.
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const [x, y] = [sealed(key, randomBytes(3_000)), sealed(key, randomBytes(4_000))];
+    const writer = await repository.writer();
+    await writer.put([x, y]);
+    await writer.commit([sealManifest(key, manifestOf({ "x.bin": [x], "y.bin": [y] }))], meta);
+    const [packA] = (await keysIn(store, "index/")).map((k) => k.slice("index/".length));
+    const pack = await store.get(packKey(packA));
+    const blobsEnd = pack.length - 4 - pack.readUInt32LE(pack.length - 4);
+    const packB = randomBytes(32).toString("hex");
+    await store.put(packKey(packB), Buffer.concat([randomBytes(blobsEnd), pack.subarray(blobsEnd)]));
+
+    const moved = await repairIndex(repository);
+    expect(moved).toEqual({
+      packs: 2,
+      rebuilt: [],
+      removed: [],
+      unrepairable: [
+        {
+          pack: packB,
+          message: expect.stringMatching(
+            new RegExp(`^pack ${packB}: none of the 2 chunks its header lists verifies \\(chunk [0-9a-f]{12}: `),
+          ),
+        },
+      ],
+    });
+    expect(await keysIn(store, "index/")).toEqual([`index/${packA}`]);
+    // The prune takes the copy for what it is, an orphan, and keeps the pack holding the chunks.
+    expect(await pruneRepository(repository)).toMatchObject({ orphanPacksDeleted: 1, packsDeleted: 0 });
+    expect(await store.stat(packKey(packA))).toBeDefined();
+    expect((await checkRepository(repository)).ok).toBe(true);
+
+    // A pack whose index object was lost and one of whose chunks is damaged: indexed whole, the damage reported.
+    const { offset, length } = (await repository.loadIndex()).get(y.id)!;
+    pack[offset + Math.floor(length / 2)] ^= 0x40;
+    await store.put(packKey(packA), pack);
+    await store.delete(indexKey(packA));
+    const report = await repairIndex(repository);
+    expect(report).toMatchObject({ rebuilt: [packA], unrepairable: [{ pack: packA }] });
+    expect(report.unrepairable[0].message).toMatch(
+      `pack ${packA}: 1 of the 2 chunks its header lists do not verify (chunk ${y.hex.slice(0, 12)}: `,
+    );
+    expect((await repository.readPackIndex(packA)).entries.map((e) => e.id.toString("hex")).sort()).toEqual(
+      [x.hex, y.hex].sort(),
+    );
+    const check = await checkRepository(repository);
+    expect(check.problems.map((p) => [p.kind, p.files?.map((f) => f.path)])).toEqual([["chunk-corrupt", ["y.bin"]]]);
+    await store.close();
+  });
 });
 
 describe.each(stores)("a manifest in parts on %s", (_name, make) => {
@@ -1252,6 +1316,28 @@ describe("forget by id", () => {
     expect(await checkRepository(repository)).toMatchObject({ ok: true, problems: [] });
   });
 
+  it("reads no listed object larger than any a writer makes, and leaves out names that are no object id", async () => {
+    // A file of GiBs under snapshots/ was read whole by every listing (8 at once), or failed it with a RangeError;
+    // a name that is no id failed it too, on S3 where such a name can be listed.
+    const { root, repository, good } = await oneSnapshotRepository("listed-objects");
+    const huge = "ab".repeat(32);
+    await writeFile(join(root, "snapshots", huge), "");
+    await truncate(join(root, "snapshots", huge), 5 * 1024 ** 3);
+    await writeFile(join(root, "snapshots", "README"), "notes");
+    await writeFile(join(root, "index", "notes.txt"), "notes");
+    const tooLarge = `snapshots/${huge} is 5368709120 bytes, more than any object of its kind holds`;
+    await expect(repository.listSnapshots()).rejects.toThrow(tooLarge);
+    const report = await checkRepository(repository);
+    expect(report.problems.map((p) => [p.kind, p.message]).sort((a, b) => a[1].localeCompare(b[1]))).toEqual([
+      ["snapshot-unreadable", expect.stringContaining(tooLarge)],
+      ["index-unreadable", "index/notes.txt: not named by an object id (64 hex digits): no writer made it"],
+      ["snapshot-unreadable", "snapshots/README is not named by an object id (64 hex digits): no writer made it"],
+    ]);
+    await expect(forgetSnapshots(repository, { ids: [huge] })).resolves.toEqual({ forgotten: [huge], kept: [good] });
+    expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([good]);
+    expect((await repository.loadIndex()).chunkCount).toBe(1);
+  });
+
   it("names the config object that is not a repository's, whatever JSON it holds", async () => {
     const { root, store, key } = await freshFileRepository("config-layout");
     for (const text of ["null", "[]", "7", '{"format":"restic"}']) {
@@ -1265,11 +1351,7 @@ describe("forget by id", () => {
   it("takes a record that opens to another layout as damaged, naming the field, and forgets it by id", async () => {
     // What opens under the key is only JSON: a record of null or without its totals threw a TypeError in every
     // listing (check, prune, forget by id too, the way past a damaged record) and in the CLIs' tables.
-    const { root, key, repository } = await freshFileRepository("record-layout");
-    const c = sealed(key, randomBytes(1_000));
-    const w = await repository.writer();
-    await w.put([c]);
-    const good = await w.commit([sealManifest(key, manifestOf({ a: [c] }))], meta);
+    const { root, key, repository, good } = await oneSnapshotRepository("record-layout");
     const record = openJson(
       key,
       ObjectKind.snapshot,

@@ -6,12 +6,13 @@ import { SNAPSHOT_ID_OR_PREFIX } from "./cli-flags.js";
 import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
 import { assertKey } from "./key.js";
+import { MAX_STORED_OBJECT_BYTES } from "./limits.js";
 import { type Manifest, type ManifestEntry, manifestPartEntries, openManifestParts } from "./manifest.js";
 import { indexKey, openIndex, type PackIndex } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
 import { RepositoryIndex } from "./repository-index.js";
 import { RepositoryWriter, type RepositoryWriterOptions } from "./repository-writer.js";
-import { chunkCodec, ObjectKind, sha256 } from "./sealing.js";
+import { chunkCodec, isObjectId, ObjectKind, sha256 } from "./sealing.js";
 import { manifestKey, openSnapshotRecord, type SnapshotRecord, snapshotKey } from "./snapshot-record.js";
 
 export { type ChunkLocation, RepositoryIndex } from "./repository-index.js";
@@ -67,7 +68,7 @@ export class Repository implements RepositoryAccess {
     assertKey(key);
     let raw: Buffer;
     try {
-      raw = await store.get(CONFIG_KEY);
+      raw = await store.get(CONFIG_KEY, { maxBytes: MAX_STORED_OBJECT_BYTES });
     } catch (err) {
       if (isRepositoryError(err, "not-found")) {
         throw new RepositoryError("not-initialised", `there is no repository at ${store.url}`, { cause: err });
@@ -136,8 +137,9 @@ export class Repository implements RepositoryAccess {
     const fresh = keys.filter((key) => !index.packs.has(key.slice("index/".length)));
     await forEachLimited(fresh, options.concurrency ?? 8, async (key) => {
       const packId = key.slice("index/".length);
+      if (!isObjectId(packId)) return options.onCorrupt?.(key, notAnObjectId());
       try {
-        index.add(openIndex(this.key, await this.store.get(key), packId));
+        index.add(openIndex(this.key, await this.store.get(key, { maxBytes: MAX_STORED_OBJECT_BYTES }), packId));
       } catch (err) {
         if (options.onCorrupt && isObjectError(err)) options.onCorrupt(key, err);
         else throw err;
@@ -147,7 +149,7 @@ export class Repository implements RepositoryAccess {
   }
 
   async readPackIndex(packId: string): Promise<PackIndex> {
-    return openIndex(this.key, await this.store.get(indexKey(packId)), packId);
+    return openIndex(this.key, await this.store.get(indexKey(packId), { maxBytes: MAX_STORED_OBJECT_BYTES }), packId);
   }
 
   /**
@@ -162,8 +164,15 @@ export class Repository implements RepositoryAccess {
     for await (const info of this.store.list("snapshots/")) ids.push(info.key.slice("snapshots/".length));
     const records: SnapshotRecord[] = [];
     await forEachLimited(ids, 8, async (id) => {
+      if (!isObjectId(id)) return options.onCorrupt?.(id, notAnObjectId(snapshotKey(id)));
       try {
-        records.push(openSnapshotRecord(this.key, id, await this.store.get(snapshotKey(id))));
+        records.push(
+          openSnapshotRecord(
+            this.key,
+            id,
+            await this.store.get(snapshotKey(id), { maxBytes: MAX_STORED_OBJECT_BYTES }),
+          ),
+        );
       } catch (err) {
         if (isRepositoryError(err, "not-found")) return;
         if (options.onCorrupt && isObjectError(err)) options.onCorrupt(id, err);
@@ -185,7 +194,11 @@ export class Repository implements RepositoryAccess {
   async findSnapshot(idOrPrefix: string): Promise<SnapshotRecord> {
     if (idOrPrefix === LATEST) return this.newest(await this.listSnapshots());
     const id = await this.resolveSnapshotId(idOrPrefix);
-    return openSnapshotRecord(this.key, id, await this.store.get(snapshotKey(id)));
+    return openSnapshotRecord(
+      this.key,
+      id,
+      await this.store.get(snapshotKey(id), { maxBytes: MAX_STORED_OBJECT_BYTES }),
+    );
   }
 
   /** The newest of `snapshots` (listSnapshots' order): what `latest` names. */
@@ -223,7 +236,7 @@ export class Repository implements RepositoryAccess {
   async readManifestBlobs(record: SnapshotRecord): Promise<Buffer[]> {
     const blobs: Buffer[] = [];
     for (const id of record.manifests) {
-      const blob = await this.store.get(manifestKey(id));
+      const blob = await this.store.get(manifestKey(id), { maxBytes: MAX_STORED_OBJECT_BYTES });
       if (sha256(blob).toString("hex") !== id) {
         throw new RepositoryError("corrupt", `manifest ${id} of snapshot ${record.id} does not match its id`);
       }
@@ -265,4 +278,13 @@ export class Repository implements RepositoryAccess {
   async chunkSource(options: ChunkSourceOptions & { index?: RepositoryIndex } = {}): Promise<RepositoryChunkSource> {
     return new RepositoryChunkSource(this, options.index ?? this.loadIndex(), options);
   }
+}
+
+/**
+ * A listed name that is no object id (put there by hand, or by another tool): not an object of the repository,
+ * so a listing leaves it out, and check names it.
+ */
+function notAnObjectId(key?: string): RepositoryError {
+  const what = "not named by an object id (64 hex digits): no writer made it";
+  return new RepositoryError("corrupt", key ? `${key} is ${what}` : what);
 }

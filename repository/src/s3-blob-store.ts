@@ -4,7 +4,14 @@
 // The SDK is loaded on first use, not at import: it takes ~130 ms to load, which every file:// repository
 // command (and the agent CLI's start) would otherwise pay.
 import type { ListObjectsV2CommandOutput, S3Client, S3ClientConfig } from "@aws-sdk/client-s3";
-import { assertBlobKey, type BlobCallOptions, type BlobInfo, type BlobStore } from "./blob-store.js";
+import {
+  assertBlobKey,
+  type BlobCallOptions,
+  type BlobInfo,
+  type BlobStore,
+  type GetOptions,
+  objectTooLarge,
+} from "./blob-store.js";
 import { RepositoryError } from "./errors.js";
 
 export interface S3BlobStoreOptions {
@@ -203,8 +210,8 @@ export class S3BlobStore implements BlobStore {
     }
   }
 
-  async get(key: string, options: BlobCallOptions = {}): Promise<Buffer> {
-    return (await this.readObject(key, undefined, options.signal)).bytes;
+  async get(key: string, options: GetOptions = {}): Promise<Buffer> {
+    return (await this.readObject(key, undefined, options.signal, options.maxBytes)).bytes;
   }
 
   async getRange(
@@ -248,6 +255,7 @@ export class S3BlobStore implements BlobStore {
     key: string,
     range: string | undefined,
     signal: AbortSignal | undefined,
+    maxBytes?: number,
   ): Promise<{ bytes: Buffer; contentRange?: string }> {
     for (let attempt = 1; ; attempt++) {
       let body: { transformToByteArray(): Promise<Uint8Array> } | undefined;
@@ -263,6 +271,12 @@ export class S3BlobStore implements BlobStore {
           { abortSignal: signal },
         );
         if (!res.Body) throw new RepositoryError("corrupt", `${this.url}/${key} came back without a body`);
+        const size = Number(res.ContentLength);
+        if (maxBytes !== undefined && size > maxBytes) {
+          // Not read: the connection's body is dropped (it would be buffered whole by transformToByteArray).
+          (res.Body as { destroy?: () => void }).destroy?.();
+          throw objectTooLarge(this.url, key, size, maxBytes);
+        }
         body = res.Body;
         contentRange = res.ContentRange;
       } catch (err) {

@@ -82,6 +82,11 @@ export function parseJson(plain: Buffer, what: string): unknown {
   }
 }
 
+/** Whether `name` is an object id as the repository names objects: 64 lowercase hex digits (a SHA-256). */
+export function isObjectId(name: string): boolean {
+  return /^[0-9a-f]{64}$/.test(name);
+}
+
 export function sha256(data: Buffer | readonly Buffer[]): Buffer {
   const hash = createHash("sha256");
   for (const part of Buffer.isBuffer(data) ? [data] : data) hash.update(part);

@@ -2,7 +2,7 @@
 import { RepositoryError } from "./errors.js";
 import { MAX_MANIFEST_PARTS } from "./limits.js";
 import type { ManifestTotals } from "./manifest.js";
-import { ObjectKind, openJson, sealJson, sha256 } from "./sealing.js";
+import { isObjectId, ObjectKind, openJson, sealJson, sha256 } from "./sealing.js";
 import type { SnapshotStats } from "./transfer.js";
 
 export interface SnapshotRecord {
@@ -43,8 +43,6 @@ export function sealSnapshotRecord(key: Buffer, record: Omit<SnapshotRecord, "id
   return { id: sha256(sealed).toString("hex"), sealed };
 }
 
-const HEX_ID = /^[0-9a-f]{64}$/;
-
 export function openSnapshotRecord(key: Buffer, id: string, sealed: Buffer): SnapshotRecord {
   const what = `snapshot ${id}`;
   if (sha256(sealed).toString("hex") !== id) throw new RepositoryError("corrupt", `${what} does not match its id`);
@@ -70,7 +68,7 @@ function recordLayout(value: unknown): { value: Record<string, unknown>; manifes
         : undefined;
   if (!manifests) return "version, manifest";
   if (manifests.length === 0 || manifests.length > MAX_MANIFEST_PARTS) return "manifests";
-  if (!manifests.every((m) => typeof m === "string" && HEX_ID.test(m))) return "manifests";
+  if (!manifests.every((m) => typeof m === "string" && isObjectId(m))) return "manifests";
   for (const field of ["time", "workspace", "tenant"]) if (typeof value[field] !== "string") return field;
   for (const field of ["hostname", "source"]) {
     if (value[field] !== undefined && typeof value[field] !== "string") return field;

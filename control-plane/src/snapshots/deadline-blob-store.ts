@@ -4,7 +4,13 @@
 // holding their tenant's count (no prune ran) and their agent's stream. A call given up on is also cancelled
 // (BlobCallOptions.signal): an S3 request ends at once, and a file:// write that hung in the kernel is not made
 // visible when it returns.
-import { type BlobCallOptions, type BlobInfo, type BlobStore, RepositoryError } from "@dumont/repository";
+import {
+  type BlobCallOptions,
+  type BlobInfo,
+  type BlobStore,
+  type GetOptions,
+  RepositoryError,
+} from "@dumont/repository";
 
 /**
  * How long one call of a tenant's blob store may take: ten times what writing a 32 MiB pack takes at 1 MB/s,
@@ -150,8 +156,10 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
     );
   }
 
-  get(key: string, options: BlobCallOptions = {}): Promise<Buffer> {
-    return this.timed(`reading ${key}`, (signal) => this.store.get(key, { signal: either(signal, options.signal) }));
+  get(key: string, options: GetOptions = {}): Promise<Buffer> {
+    return this.timed(`reading ${key}`, (signal) =>
+      this.store.get(key, { ...options, signal: either(signal, options.signal) }),
+    );
   }
 
   /**

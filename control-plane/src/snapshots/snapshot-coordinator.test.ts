@@ -1460,6 +1460,19 @@ describe("SnapshotCoordinator: a blob store whose calls never return", () => {
     }
   });
 
+  it("passes a read's maxBytes on to its store", async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-deadline-get-"));
+    const store = new DeadlineBlobStore(openBlobStore(`file://${dir}`), { deadlineMs: 60_000 });
+    try {
+      await store.put("snapshots/x", Buffer.alloc(100));
+      await expect(store.get("snapshots/x", { maxBytes: 99 })).rejects.toThrow("snapshots/x is 100 bytes");
+      expect((await store.get("snapshots/x", { maxBytes: 100 })).length).toBe(100);
+    } finally {
+      await store.close();
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("cancels an S3 request it gives up on, which then holds nothing: the next call starts", async () => {
     const silent = createServer((socket) => socket.on("error", () => {})); // accepts, then says nothing
     await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
