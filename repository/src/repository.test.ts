@@ -1367,6 +1367,7 @@ describe("forget by id", () => {
       [{ ...record, stats: { ...(record.stats as object), skipped: [{ path: 1 }] } }, "stats"],
       [{ ...record, tenant: 5 }, "tenant"],
       [{ ...record, epoch: 1.5 }, "epoch"],
+      [{ ...record, version: 2, manifest: undefined, manifests: [record.manifest, record.manifest] }, "manifests"],
     ];
     const bad: string[] = [];
     for (const [value, field] of layouts) {

@@ -6,7 +6,7 @@ import { SNAPSHOT_ID_OR_PREFIX } from "./cli-flags.js";
 import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
 import { assertKey } from "./key.js";
-import { MAX_STORED_OBJECT_BYTES } from "./limits.js";
+import { MAX_SEALED_MANIFEST_BYTES, MAX_STORED_OBJECT_BYTES } from "./limits.js";
 import { type Manifest, type ManifestEntry, manifestPartEntries, openManifestParts } from "./manifest.js";
 import { indexKey, openIndex, type PackIndex } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
@@ -235,10 +235,20 @@ export class Repository implements RepositoryAccess {
   /** The sealed parts of a snapshot's manifest, in order, each checked against its id. */
   async readManifestBlobs(record: SnapshotRecord): Promise<Buffer[]> {
     const blobs: Buffer[] = [];
+    let bytes = 0;
     for (const id of record.manifests) {
       const blob = await this.store.get(manifestKey(id), { maxBytes: MAX_STORED_OBJECT_BYTES });
       if (sha256(blob).toString("hex") !== id) {
         throw new RepositoryError("corrupt", `manifest ${id} of snapshot ${record.id} does not match its id`);
+      }
+      // Stopped as soon as the parts are more than a writer seals, not once all are in memory (a record naming a
+      // 64 MiB part 256 times would have held 16 GiB).
+      bytes += blob.length;
+      if (bytes > MAX_SEALED_MANIFEST_BYTES) {
+        throw new RepositoryError(
+          "corrupt",
+          `the manifest parts of snapshot ${record.id} hold more than the ${MAX_SEALED_MANIFEST_BYTES} bytes a writer seals`,
+        );
       }
       blobs.push(blob);
     }

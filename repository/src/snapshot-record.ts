@@ -69,6 +69,8 @@ function recordLayout(value: unknown): { value: Record<string, unknown>; manifes
   if (!manifests) return "version, manifest";
   if (manifests.length === 0 || manifests.length > MAX_MANIFEST_PARTS) return "manifests";
   if (!manifests.every((m) => typeof m === "string" && isObjectId(m))) return "manifests";
+  // Parts hold distinct paths, so no two are the same object: a record naming one twice is not a writer's.
+  if (new Set(manifests).size !== manifests.length) return "manifests";
   for (const field of ["time", "workspace", "tenant"]) if (typeof value[field] !== "string") return field;
   for (const field of ["hostname", "source"]) {
     if (value[field] !== undefined && typeof value[field] !== "string") return field;
