@@ -265,7 +265,24 @@ export class RepositoryWriter implements ChunkSink {
     if (built) for (const e of built.entries) visit(e);
     else {
       const blobs = manifestBlobs.map((blob) => blob ?? Buffer.alloc(0)); // every part is in hand without `built`
-      for (const part of manifestPartEntries(this.repository.key, blobs)) for (const e of part) visit(e);
+      let opened = 0;
+      try {
+        for (const part of manifestPartEntries(this.repository.key, blobs)) {
+          for (const e of part) visit(e);
+          opened++;
+        }
+      } catch (err) {
+        // A part as the caller sealed it (an agent's, over the stream) that does not open is the caller's manifest
+        // refused, not damage in the repository: only a stored part read back here is that.
+        if (isRepositoryError(err, "corrupt") && Buffer.isBuffer(manifestParts[opened])) {
+          throw new RepositoryError(
+            "invalid-manifest",
+            `manifest part ${opened + 1} of ${manifestParts.length}, as given, does not open: ${err.message}`,
+            { cause: err },
+          );
+        }
+        throw err;
+      }
     }
     check.finish();
     if (misfit !== undefined) throw new RepositoryError("invalid-manifest", `the manifest is wrong: ${misfit}`);

@@ -164,6 +164,41 @@ describe("SnapshotCoordinator: the arrival check", () => {
     expect(await repository.listSnapshots()).toEqual([]);
   });
 
+  it.each([
+    [
+      "a chunk it never sent",
+      (key: Buffer) => oneFile(key, randomBytes(32), 10),
+      /references 1 chunk the repository does not hold/,
+    ],
+    [
+      "an unsafe path",
+      (key: Buffer, id: Buffer) => oneFileAt(key, "../escape", id, 5_000),
+      /"\.\.\/escape" has an empty/,
+    ],
+    ["a part that does not open", () => randomBytes(200), /manifest part 1 of 1, as given, does not open/],
+  ])(
+    "answers a commit of a manifest with %s INVALID_ARGUMENT, saying why, and lists nothing",
+    async (_what, manifest, why) => {
+      // The repository's refusal reached the caller as "internal error" (its code mapped to nothing), or as DATA_LOSS
+      // for a part the agent sealed wrong, as though the repository were damaged.
+      const { snapshot, requestId, key, agentSends } = await start();
+      const chunk = chunkCodec.sealChunk(key, randomBytes(5_000));
+      agentSends({
+        case: "snapshotChunks",
+        value: { requestId, epoch: 3n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: 5_000 }] },
+      });
+      agentSends({ case: "snapshotCommit", value: { requestId, epoch: 3n, manifest: manifest(key, chunk.id) } });
+      const err = await snapshot.then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(ConnectError);
+      expect((err as ConnectError).code).toBe(Code.InvalidArgument);
+      expect((err as ConnectError).message).toMatch(why);
+      expect(await db.selectFrom("snapshots").selectAll().execute()).toEqual([]);
+    },
+  );
+
   /** A snapshot of one chunk whose commit carries `stats`; returns the snapshot's promise. */
   const commitWith = async (stats: MessageInitShape<typeof SnapshotStatsSchema>) => {
     const { snapshot, requestId, key, agentSends } = await start();
@@ -1798,12 +1833,17 @@ function many(n: number): { path: string; reason: string }[] {
 
 /** A sealed manifest of one file made of one chunk. */
 function oneFile(key: Buffer, id: Buffer, size: number): Buffer {
+  return oneFileAt(key, "weights.bin", id, size);
+}
+
+/** A sealed manifest of one file at `path`, of one chunk. */
+function oneFileAt(key: Buffer, path: string, id: Buffer, size: number): Buffer {
   return sealManifest(key, {
     version: 1,
     entries: [
       {
         type: "file",
-        path: "weights.bin",
+        path,
         mode: 0o644,
         mtimeNs: "0",
         size,

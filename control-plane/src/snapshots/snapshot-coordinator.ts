@@ -1564,7 +1564,7 @@ export class RepositoryMissingError extends RepositoryError {
  * one that did not answer (S3 unreachable, failing with 5xx past its retries) as UNAVAILABLE, a repository
  * another process holds (a direct-mode prune of the same store) or this control plane may not write as
  * FAILED_PRECONDITION, a damaged object as DATA_LOSS, a setting that cannot work (a bucket that does not exist)
- * as INVALID_ARGUMENT, a tenant with no repository yet as NOT_FOUND, each with the store's own words (where, and
+ * as INVALID_ARGUMENT (so is a manifest refused at a commit), a tenant with no repository yet as NOT_FOUND, each with the store's own words (where, and
  * what to do), for the admin who called: the API would otherwise answer "internal error" and leave the reason in
  * the log. Any other error as it is.
  */
@@ -1573,6 +1573,11 @@ function storeError(err: unknown): unknown {
   // The store's setting or credentials (a bucket that does not exist, S3 refusing the keys): said, not hidden as
   // an internal error.
   if (isRepositoryError(err, "invalid-argument")) return new InvalidArgumentError(err.message);
+  // A manifest the repository refuses at a commit (a chunk never sent, an unsafe path, a part that does not open as
+  // the agent sealed it): the agent's snapshot is wrong, and the caller hears why rather than "internal error".
+  if (isRepositoryError(err, "incomplete") || isRepositoryError(err, "invalid-manifest")) {
+    return new InvalidArgumentError(err.message);
+  }
   if (err instanceof NoRepositoryError) return new NotFoundError(err.message);
   if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);
   if (isRepositoryError(err, "locked") || isRepositoryError(err, "read-only")) {
