@@ -115,7 +115,9 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
         const writer = await this.timed(
           `opening ${key} to write`,
           (signal) => openWriter.call(store, key, { signal }),
-          { changes: true, cancel },
+          // Opened after all, once given up on (a mount that hung and came back): dropped, or its temp file, its
+          // handle and its staging memory stayed until the process ended.
+          { changes: true, cancel, late: (opened) => void opened.abort().catch(() => {}) },
         );
         return {
           write: (data) => this.timed(`writing ${key}`, () => writer.write(data), { changes: true, cancel }),
@@ -233,7 +235,13 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
   private timed<T>(
     what: string,
     call: (signal: AbortSignal) => Promise<T>,
-    options: { changes?: boolean; refusable?: boolean; cancel?: AbortController } = {},
+    options: {
+      changes?: boolean;
+      refusable?: boolean;
+      cancel?: AbortController;
+      /** Given what the call returns if it returns after it was given up on (what it holds is then this side's to free). */
+      late?: (result: T) => void;
+    } = {},
   ): Promise<T> {
     const { changes = false, refusable = true, cancel = new AbortController() } = options;
     if (refusable && this.unreturned.full) {
@@ -252,7 +260,7 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
       const timer = setTimeout(() => {
         cancel.abort();
         const settled = running.then(
-          () => undefined,
+          (result) => options.late?.(result),
           () => undefined,
         );
         this.unreturned.add(settled);

@@ -1199,26 +1199,40 @@ describe("SnapshotCoordinator: an agent that stops answering", () => {
 
   it("fails a snapshot whose agent stopped reading its stream: an answer waiting to be sent is not work", async () => {
     const { snapshot, requestId } = await startedIn(h);
-    const { send } = h.session;
+    const { send, pauseInbound, resumeInbound } = h.session;
     let unblock!: () => void;
     const blocked = new Promise<void>((resolve) => {
       unblock = resolve;
     });
-    // The answer to its offer never leaves: the stream's buffer is full and the agent reads nothing.
+    // The answers to its offers never leave: the stream's buffer is full and the agent reads nothing.
     h.session.send = async (m: ControlMessage) => {
       if (m.msg.case === "snapshotNeed") await blocked;
       return send(m);
     };
+    let paused = 0;
+    h.session.pauseInbound = () => void paused++;
+    h.session.resumeInbound = () => void paused--;
     try {
-      h.coordinator.onAgentMessage(
-        h.session,
-        create(AgentMessageSchema, {
-          msg: { case: "snapshotOffer", value: { requestId, epoch: 0n, batch: 1n, chunkIds: [randomBytes(32)] } },
-        }),
-      );
+      // Past the answers a snapshot keeps waiting (8), which pauses the agent's stream.
+      for (let batch = 1n; batch <= 9n; batch++) {
+        h.coordinator.onAgentMessage(
+          h.session,
+          create(AgentMessageSchema, {
+            msg: { case: "snapshotOffer", value: { requestId, epoch: 0n, batch, chunkIds: [randomBytes(32)] } },
+          }),
+        );
+      }
+      await until(() => paused > 0);
+      expect(paused).toBe(1);
       await expect(snapshot).rejects.toThrow(/host h-silent said nothing about the snapshot for 0.4 s/);
+      // Given up on, it no longer holds the stream paused (which read nothing else of the agent's, its telemetry
+      // included), though its answers are still unsent.
+      expect(paused).toBe(0);
+      unblock();
+      await new Promise((r) => setTimeout(r, 50));
+      expect(paused).toBe(0);
     } finally {
-      h.session.send = send;
+      Object.assign(h.session, { send, pauseInbound, resumeInbound });
       unblock();
     }
   });
@@ -1492,6 +1506,39 @@ describe("SnapshotCoordinator: a blob store whose calls never return", () => {
     } finally {
       await s3.close();
       silent.close();
+    }
+  });
+
+  it("drops a pack writer whose opening returns after it gave up on it", async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-deadline-open-"));
+    const file = openBlobStore(`file://${dir}`);
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    // The store opens the writer (its temp file made), then hangs before answering, as a mount that stopped.
+    const hanging = Object.create(file, {
+      openWriter: {
+        value: async (key: string, options?: BlobCallOptions) => {
+          const writer = await file.openWriter!(key, options);
+          await gate;
+          return writer;
+        },
+      },
+    }) as BlobStore;
+    const store = new DeadlineBlobStore(hanging, { deadlineMs: 100 });
+    try {
+      await expect(store.openWriter!("data/ab/pack1")).rejects.toThrow(
+        /opening data\/ab\/pack1 to write did not finish in 0.1 s/,
+      );
+      expect(await fs.readdir(path.join(dir, "data", "ab"))).toHaveLength(1); // its temp file
+      release();
+      await until(() => readdirSync(path.join(dir, "data", "ab")).length === 0);
+      expect(await fs.readdir(path.join(dir, "data", "ab"))).toEqual([]);
+    } finally {
+      release();
+      await store.close();
+      await fs.rm(dir, { recursive: true, force: true });
     }
   });
 

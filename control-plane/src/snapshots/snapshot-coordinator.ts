@@ -723,6 +723,17 @@ export class SnapshotCoordinator {
     let outstanding = 0;
     /** Answers to offers not yet sent; the stream is paused above MAX_ANSWERING. */
     let answering = 0;
+    /**
+     * Whether this snapshot paused the stream for its answers. Resumed when they are sent, or when the snapshot ends:
+     * an agent that stopped reading never takes them, and its stream, paused for good, read nothing else (its
+     * telemetry, its other operations) while liveness counted the host as heard.
+     */
+    let answersPaused = false;
+    const resumeAnswers = () => {
+      if (!answersPaused) return;
+      answersPaused = false;
+      session.resumeInbound();
+    };
     /** The manifest's parts sent ahead of the commit: no more than a real manifest takes, whatever the agent sends. */
     const manifestParts = new ManifestPartsReceiver<{ stored: string }>();
     const requestId = randomUUID();
@@ -750,6 +761,7 @@ export class SnapshotCoordinator {
         finished = true;
         this.operations.delete(requestId);
         silence.stop();
+        resumeAnswers();
         if (err) {
           // What arrived and checked out is kept: the batches already in hand are written (a commit among them
           // is not run), and the pack being filled is sealed (abort's keep), so the agent's next attempt sends
@@ -821,7 +833,10 @@ export class SnapshotCoordinator {
             // Answered at once, not behind the chunks still being written: waiting for them turned every
             // batch into a full stop of the pipeline. A chunk offered while an earlier copy is still queued
             // is asked for twice at worst, and the writer drops the second copy.
-            if (++answering === MAX_ANSWERING + 1) session.pauseInbound();
+            if (++answering > MAX_ANSWERING && !answersPaused && !finished) {
+              answersPaused = true;
+              session.pauseInbound();
+            }
             void (async () => {
               try {
                 lookingUp++;
@@ -841,7 +856,7 @@ export class SnapshotCoordinator {
                   }),
                 );
               } finally {
-                if (answering-- === MAX_ANSWERING + 1) session.resumeInbound();
+                if (--answering <= MAX_ANSWERING) resumeAnswers();
               }
             })().catch(abandon); // the agent waits for this answer: it must hear that none is coming
           } else if (m.case === "snapshotChunks") {
