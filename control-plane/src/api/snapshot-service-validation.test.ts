@@ -258,4 +258,17 @@ describe("SnapshotService: a snapshot's default workspace", () => {
       expect(lastArgs).toMatchObject({ workspaceId: expected });
     }
   });
+
+  it("is one for every way of writing a directory's path: the agent is given it written plainly too", async () => {
+    // "/w/d/" and "//w/./d" made workspaces of their own, which retention kept apart from "/w/d".
+    for (const given of ["/w/d", "/w/d/", "//w/./d", "/w//d//", "/./w/d/."]) {
+      await expect(createReq({ path: given })()).rejects.toThrow(/the coordinator's snapshot was reached/);
+      expect(lastArgs).toMatchObject({ workspaceId: "h-a:/w/d", path: "/w/d" });
+    }
+    // ".." is left as written: after a symlink, the kernel takes it to the link's target's parent.
+    await expect(createReq({ path: "/w/link/../d/" })()).rejects.toThrow(/the coordinator's snapshot was reached/);
+    expect(lastArgs).toMatchObject({ workspaceId: "h-a:/w/link/../d", path: "/w/link/../d" });
+    await expect(createReq({ path: "/" })()).rejects.toThrow(/the coordinator's snapshot was reached/);
+    expect(lastArgs).toMatchObject({ workspaceId: "h-a:/", path: "/" });
+  });
 });

@@ -118,6 +118,33 @@ describe("SnapshotService: forget", () => {
   });
 });
 
+describe("SnapshotService: forget for a tenant", () => {
+  it("refuses a tenant that does not exist (a typo: retention left undone), and does nothing for one with nothing to forget", async () => {
+    const { db, close, ctx } = await adminOfTenantA();
+    try {
+      await tenantWithHost(db, "t-b", "h-b"); // no snapshot, no repository
+      const { service, asked } = recordingForgets(db);
+      for (const fields of [{ keepLast: 1 }, { prune: true }, { prune: true, dryRun: true }]) {
+        const refused = await Promise.resolve(
+          service.forgetSnapshots(create(api.ForgetSnapshotsRequestSchema, { tenantId: "t-nosuch", ...fields }), ctx),
+        ).catch((err: unknown) => ConnectError.from(err));
+        expect(refused).toMatchObject({ code: Code.NotFound });
+        expect((refused as ConnectError).rawMessage).toBe(
+          'there is no tenant "t-nosuch": `dumont key list` shows the tenants that hold keys',
+        );
+        const nothing = await service.forgetSnapshots(
+          create(api.ForgetSnapshotsRequestSchema, { tenantId: "t-b", ...fields }),
+          ctx,
+        );
+        expect(nothing).toMatchObject({ forgotten: [], kept: [] });
+      }
+      expect(asked).toEqual([]);
+    } finally {
+      await close();
+    }
+  });
+});
+
 describe("SnapshotService: forget, where two tenants have a workspace of one name", () => {
   it("refuses a policy for it without tenant_id, naming the tenants, and forgets only the one named", async () => {
     // Workspace ids are free text: a policy meant for one tenant's "w" forgot and pruned the other's (helper-67).

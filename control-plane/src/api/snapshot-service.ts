@@ -15,6 +15,7 @@ import {
 } from "@dumont/repository";
 import { checkExcludePatterns, checkPathPatterns, nothingIncluded } from "@dumont/repository/path-patterns";
 import type { SessionRegistry } from "../agent-gateway/agent-session.js";
+import { tenantExists } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { getHost } from "../db/host-repository.js";
 import { findSnapshotsByPrefix, listSnapshots, repositoryTenants, snapshotTenants } from "../db/snapshot-repository.js";
@@ -58,12 +59,13 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     const exclude = checked(() => checkExcludePatterns(req.exclude, "exclude"));
     const { host, session } = await connectedHost(req.hostId);
     if (exclude.length > 0) session.require(AGENT_CAPABILITIES.snapshotExclude, "leave out what --exclude names");
+    const path = plainHostPath(req.path);
     return () =>
       deps.snapshots.snapshot({
         session,
         tenantId: host.tenant_id,
-        path: req.path,
-        workspaceId: req.workspaceId || defaultWorkspaceId(host.id, req.path),
+        path,
+        workspaceId: req.workspaceId || defaultWorkspaceId(host.id, path),
         exclude,
         // Epochs arrive with instance placement; an operator's snapshot of a bare directory uses 0.
         epoch: 0n,
@@ -201,6 +203,13 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
           );
         }
         for (const tenantId of tenants) work.set(tenantId, undefined);
+      }
+      // A tenant with nothing to forget is a policy with nothing to do; one that does not exist is a typo, which
+      // answered "forgot 0" and left retention undone.
+      if (!byId && req.tenantId && work.size === 0 && !(await tenantExists(deps.db, req.tenantId))) {
+        throw new NotFoundError(
+          `there is no tenant ${shown(req.tenantId)}: \`dumont key list\` shows the tenants that hold keys`,
+        );
       }
       const out = create(api.ForgetSnapshotsResponseSchema, {});
       if (req.prune) out.prune = create(api.PruneReportSchema, {});
@@ -532,6 +541,16 @@ export function defaultWorkspaceId(hostId: string, path: string): string {
   const plain = `${hostId}:${path}`;
   if (Buffer.byteLength(plain) <= MAX_WORKSPACE_ID_BYTES) return plain;
   return `${hostId}:sha256:${createHash("sha256").update(path).digest("hex")}`;
+}
+
+/**
+ * An absolute path written plainly: "/w", "/w/", "//w" and "/./w" are one directory, so one default workspace
+ * (retention counted their snapshots apart). Only what names the same directory whatever the filesystem holds: no
+ * "..", which the kernel takes after any symlink before it, is resolved.
+ */
+export function plainHostPath(path: string): string {
+  const parts = path.split("/").filter((part) => part !== "" && part !== ".");
+  return `/${parts.join("/")}`;
 }
 
 /** A request's absolute path on a host: a NUL could not reach the agent's filesystem, nor a longer one. */

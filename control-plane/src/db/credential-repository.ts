@@ -16,6 +16,11 @@ export async function ensureTenant(db: Db, id: string, name: string): Promise<vo
     .execute();
 }
 
+/** Whether tenant `id` exists (a key or a host made it). */
+export async function tenantExists(db: Db, id: string): Promise<boolean> {
+  return (await db.selectFrom("tenants").select("id").where("id", "=", id).executeTakeFirst()) !== undefined;
+}
+
 /**
  * Stores a key; with `maxUsable`, only while its tenant holds fewer usable keys (false when it holds that many).
  * The tenant's row is locked for the count and the insert: creates racing at the bound cannot pass it.
