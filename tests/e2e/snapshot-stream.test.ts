@@ -713,6 +713,12 @@ describe("snapshots over the agent stream", () => {
     expect(grew("dumont_snapshots_forgotten_total")).toBe(1);
     expect(grew("dumont_prune_bytes_freed_total")).toBe(res.prune.bytesFreed);
     expect((await snapshots()).map((s) => s.id).sort()).toEqual([...others, b.id].sort());
+    // A prune alone forgets nothing, and says only what it would free (it said "would forget 0 snapshots, keeping 0"
+    // and "a prune now would free", for what the prune after a forget frees).
+    const pruneDry = await cp.cli(["snapshot", "forget", "--prune", "--dry-run"]);
+    expect(pruneDry.stdout).toMatch(
+      /^would free \S+ \S+: \d+ unused packs?, \d+ left by interrupted snapshots, \d+ repacked\n$/,
+    );
     const gone = await cp.cli(["snapshot", "restore", a.id, "--host", agent.hostId, "--target", path.join(root, "x")]);
     expect(gone.stderr).toMatch(/not found/);
     const kept = path.join(root, "forget-restored-b");

@@ -64,7 +64,7 @@ export function registerSnapshotCommands(program: Command): void {
       warnSkipped(s);
       if (opts.json) return print(s);
       process.stdout.write(
-        `snapshot ${s.id}: ${s.files} files, ${formatBytes(s.bytesRead)} read, ${formatBytes(s.bytesNew)} new, ` +
+        `snapshot ${s.id}: ${counted(s.files, "file")}, ${formatBytes(s.bytesRead)} read, ${formatBytes(s.bytesNew)} new, ` +
           `${formatBytes(s.bytesStored)} stored in ${s.seconds.toFixed(1)}s` +
           `${s.filesSkipped ? `, ${s.filesSkipped} left out` : ""}\n`,
       );
@@ -202,7 +202,7 @@ export function registerSnapshotCommands(program: Command): void {
       };
       if (opts.json) return print(out);
       process.stdout.write(
-        `restored snapshot ${out.id.slice(0, 12)} into ${opts.target} on ${opts.host}: ${out.files} files, ` +
+        `restored snapshot ${out.id.slice(0, 12)} into ${opts.target} on ${opts.host}: ${counted(out.files, "file")}, ` +
           `${formatBytes(out.bytesWritten)} in ${out.seconds.toFixed(1)}s\n`,
       );
     });
@@ -331,7 +331,7 @@ function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions
     )
     .option("--tenant <id>", "only this tenant's snapshots and repository (else every tenant's)", tenantFlag)
     .option("--prune", "then delete the packs no remaining snapshot needs (and repack mostly-unused ones)")
-    .option("--dry-run", "say what would be forgotten (and what a prune would free now); change nothing")
+    .option("--dry-run", "say what would be forgotten (and what the prune after it would free); change nothing")
     .option("--json", "print JSON")
     .action(async (ids: string[], opts, cmd: Command) => {
       checkSnapshotIds("SNAPSHOT_ID", ids);
@@ -371,12 +371,15 @@ function registerForget(snapshot: Command, apiOpts: (cmd: Command) => ApiOptions
         bytesFreed: Number(res.prune.bytesFreed),
       };
       if (opts.json) return print({ dryRun: opts.dryRun === true, kept: res.kept, forgotten: res.forgotten, prune });
-      const verb = opts.dryRun ? "would forget" : "forgot";
-      process.stdout.write(`${verb} ${counted(res.forgotten.length, "snapshot")}, keeping ${res.kept.length}\n`);
-      for (const id of res.forgotten) process.stdout.write(`  ${id}\n`);
+      // A prune alone forgets nothing: no "forgot 0 snapshots, keeping 0" line (direct mode's forget says the same).
+      if (ids.length > 0 || keep.some((n) => n !== undefined)) {
+        const verb = opts.dryRun ? "would forget" : "forgot";
+        process.stdout.write(`${verb} ${counted(res.forgotten.length, "snapshot")}, keeping ${res.kept.length}\n`);
+        for (const id of res.forgotten) process.stdout.write(`  ${id}\n`);
+      }
       if (prune) {
         process.stdout.write(
-          `${opts.dryRun ? "a prune now would free" : "freed"} ${formatBytes(Math.max(0, prune.bytesFreed))}: ` +
+          `${opts.dryRun ? "would free" : "freed"} ${formatBytes(Math.max(0, prune.bytesFreed))}: ` +
             `${counted(prune.packsDeleted, "unused pack")}, ${prune.orphanPacksDeleted} left by interrupted snapshots, ` +
             `${prune.packsRepacked} repacked\n`,
         );

@@ -69,6 +69,11 @@ describe("dumont-agent snapshot: bad flags", () => {
       /--key-file \S+nope: there is no such file; give the file holding the repository key/,
     ],
     [
+      "the key itself as --key-file (its error repeated the key)",
+      () => ["list", "--repo", repo, "--key-file", KEY],
+      /--key-file takes the path of a file holding the repository key, and was given what looks like the key itself \(not repeated here\)/,
+    ],
+    [
       "a --key-file that is a directory",
       () => ["list", "--repo", repo, "--key-file", join(root, "key-dir")],
       /--key-file \S+key-dir: it is a directory; give the file holding the repository key/,

@@ -1,5 +1,6 @@
 // `dumont-agent snapshot create|restore|ls|diff|list|check|repair-index|forget`: direct mode, the engine writing straight to a
 // repository URL with no control plane (operators, benchmarks). Same engine and format as the stream.
+import { existsSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { constants as osConstants } from "node:os";
 import {
@@ -97,7 +98,7 @@ export function registerSnapshotCommands(program: Command): void {
     .option("--tenant <id>", "tenant id to record (default: local)", once("--tenant", "a tenant id"))
     .option(
       "--state-dir <dir>",
-      "where the local index lives (default: DUMONT_STATE_DIR or ~/.local/state/dumont)",
+      "where the local index lives (default: DUMONT_STATE_DIR, else $XDG_STATE_HOME/dumont or ~/.local/state/dumont)",
       once("--state-dir", "the directory for the local index"),
     )
     .option("--exclude <pattern>", EXCLUDE_HELP, collect, [])
@@ -154,7 +155,7 @@ export function registerSnapshotCommands(program: Command): void {
           if (opts.json) print(left > 0 ? { ...summary, filesSkipped: left, skipped: result.skipped } : summary);
           else {
             process.stdout.write(
-              `snapshot ${result.id} saved: ${result.files} files, ${formatBytes(result.bytesTotal)} ` +
+              `snapshot ${result.id} saved: ${counted(result.files, "file")}, ${formatBytes(result.bytesTotal)} ` +
                 `(${formatBytes(result.bytesRead)} read, ${formatBytes(result.bytesNew)} new, ` +
                 `${formatBytes(result.bytesStored)} stored) in ${result.seconds.toFixed(1)}s` +
                 `${left > 0 ? `, ${left} left out` : ""}\n`,
@@ -220,7 +221,7 @@ export function registerSnapshotCommands(program: Command): void {
             });
           else {
             process.stdout.write(
-              `restored snapshot ${result.snapshotId.slice(0, 12)} into ${opts.target}: ${result.files} files, ` +
+              `restored snapshot ${result.snapshotId.slice(0, 12)} into ${opts.target}: ${counted(result.files, "file")}, ` +
                 `${formatBytes(result.bytesWritten)} in ${result.seconds.toFixed(1)}s\n`,
             );
           }
@@ -496,6 +497,15 @@ export function registerSnapshotCommands(program: Command): void {
 
 async function loadKey(opts: KeyOptions): Promise<Buffer> {
   if (opts.keyFile) {
+    // The key itself given for the path (`--key-file "$DUMONT_REPO_KEY"`): said without repeating it, as the
+    // control plane's CLI never repeats --api-key (errors end up in logs and CI output). Checked here, not in the
+    // flag's parser, whose errors commander prints with the value.
+    if (/^([0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=)$/.test(opts.keyFile) && !existsSync(opts.keyFile)) {
+      throw new Error(
+        "--key-file takes the path of a file holding the repository key, and was given what looks like the key " +
+          "itself (not repeated here): put the key in a file only you can read, or set DUMONT_REPO_KEY",
+      );
+    }
     return parseRepositoryKey(await readKeyFile(opts.keyFile), `--key-file ${opts.keyFile}`);
   }
   const env = process.env.DUMONT_REPO_KEY;

@@ -145,6 +145,14 @@ describe("create", () => {
     await expect(createDirectSnapshot({ repo, key, source: dangling, pool, ...SMALL })).rejects.toThrow(
       `cannot read the source directory ${dangling}: it does not exist`,
     );
+    // Refused before any repository is made: a mistyped source left a new, empty one behind at a new URL.
+    const unmade = fresh("unmade-repo");
+    for (const source of [dangling, toFile, fresh("missing")]) {
+      await expect(
+        createDirectSnapshot({ repo: pathToFileURL(unmade).href, key, source, pool, ...SMALL }),
+      ).rejects.toThrow(/^(cannot read the source directory|the source .* is not a directory)/);
+      expect(existsSync(unmade)).toBe(false);
+    }
   });
 
   it("leaves out a file:// repository (or a plain path) inside the source, saying so, and refuses the source itself", async () => {

@@ -72,6 +72,21 @@ export interface SourceTree {
   skipped: SkippedEntry[];
 }
 
+/**
+ * The source directory's stat, or an error saying why it cannot be snapshotted. The root may itself be a symlink
+ * to a directory (/workspace -> /mnt/data/ws): that one link is followed, as the path the operator named (rsync's
+ * `link/`); nothing under it is.
+ */
+export async function statSourceRoot(root: string): Promise<BigIntStats> {
+  const rootStat = await stat(root, { bigint: true }).catch((err: NodeJS.ErrnoException) => {
+    throw new Error(
+      `cannot read the source directory ${root}: ${err.code === "ENOENT" ? "it does not exist" : err.message}`,
+    );
+  });
+  if (!rootStat.isDirectory()) throw new Error(`the source ${root} is not a directory`);
+  return rootStat;
+}
+
 export async function listSourceTree(
   root: string,
   exclusions?: Exclusions,
@@ -84,14 +99,7 @@ export async function listSourceTree(
    */
   leaveOut?: ReadonlyMap<string, string>,
 ): Promise<SourceTree> {
-  // The root may itself be a symlink to a directory (/workspace -> /mnt/data/ws): that one link is followed, as
-  // the path the operator named (rsync's `link/`); nothing under it is.
-  const rootStat = await stat(root, { bigint: true }).catch((err: NodeJS.ErrnoException) => {
-    throw new Error(
-      `cannot read the source directory ${root}: ${err.code === "ENOENT" ? "it does not exist" : err.message}`,
-    );
-  });
-  if (!rootStat.isDirectory()) throw new Error(`the source ${root} is not a directory`);
+  const rootStat = await statSourceRoot(root);
   const entries: SourceEntry[] = [];
   const skipped: SkippedEntry[] = [];
   // A restore's marker at the top (the source is a restore target mid-restore, or one a killed restore left),
