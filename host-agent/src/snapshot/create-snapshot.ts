@@ -2,7 +2,7 @@
 // unchanged, has the rest read, chunked and sealed by the workers (segment-pipeline.ts: the sink is offered the
 // chunk ids and sent only the chunks it lacks), then commits the sealed manifest and saves the local index.
 import { createHash } from "node:crypto";
-import { lstat } from "node:fs/promises";
+import { lstat, statfs } from "node:fs/promises";
 import { hostname } from "node:os";
 import { resolve } from "node:path";
 import {
@@ -50,6 +50,8 @@ export interface CreateSnapshotOptions {
   pool?: SnapshotWorkerPool;
   /** Where to remember file -> chunks between snapshots; `scope` must change when the repository does. */
   localIndex?: { file: string; scope: string };
+  /** How recent an mtime keeps a file out of the local index (default RACY_WINDOW_NS, 60 s; tests shorten it). */
+  racyWindowMs?: number;
   chunker?: ChunkerParams;
   /** Files larger than this are split across workers (default 16 MiB; at least twice the maximum chunk). */
   segmentSize?: number;
@@ -106,15 +108,34 @@ export interface CreateSnapshotResult {
 }
 
 /**
- * A file whose mtime is this close to the start of the snapshot may change again within the same tick: it is not
- * remembered in the local index (the next snapshot reads it). By mtime alone, not ctime: judged by ctime too,
- * every file whose times were set back or metadata changed within 2 s of a snapshot (a tar or rsync -t extract
- * just done, a chmod) would be read again by the next. What that leaves: a file rewritten at its size after it
- * was read, its mtime set back, within the same tick of a coarse ctime clock as its listing (Linux before 6.13's
- * multigrain times; NFS, FUSE), is remembered with its old chunks. The times are compared with this host's clock:
- * on a network filesystem whose server's clock is over 2 s behind, the window is that much shorter.
+ * A file whose mtime is this close to the start of the snapshot may change again without its times changing: it is
+ * not remembered in the local index (the next snapshot reads it, once). Two reasons, the larger setting the window:
+ * - A write through a shared mapping (np.memmap, LMDB, an mmap'd checkpoint) updates the times only when it
+ *   faults on a clean page; writes to a page still dirty change nothing until the page is written back, within
+ *   ~35 s with Linux's defaults (vm.dirty_expire_centisecs 3000, vm.dirty_writeback_centisecs 500). A file whose
+ *   mtime is older than that had every page clean at the listing, so any later write moves its times. (A host
+ *   tuned to hold dirty pages longer, laptop mode, shortens that margin.)
+ * - A coarse mtime clock (2 s on FAT; 1 s on some network filesystems): a later write in the same tick keeps it.
+ * By mtime alone, not ctime: judged by ctime too, every file whose times were set back within the window (a tar or
+ * rsync -t extract just done, a chmod) would be read again by the next snapshot. What that leaves: a file
+ * rewritten at its size after it was read, its mtime set back, within the same tick of a coarse ctime clock as its
+ * listing (ext4 with 128-byte inodes, Linux before 6.13's multigrain times by a few ms; NFS, FUSE), is remembered
+ * with its old chunks. The times are compared with this host's clock: on a network filesystem whose server's
+ * clock is behind, the window is that much shorter.
  */
-const RACY_WINDOW_NS = 2_000_000_000n;
+const RACY_WINDOW_NS = 60_000_000_000n;
+
+/**
+ * Filesystems whose writes through a mapping never update a file's times (tmpfs, ramfs: /dev/shm): a source there
+ * is read whole at every snapshot, its stat trusted for nothing. Its data is in memory, so that is cheap.
+ */
+const TIMELESS_MMAP_FILESYSTEMS = new Set([0x01021994 /* tmpfs */, 0x858458f6 /* ramfs */]);
+
+/** Whether the local index may be trusted for files under `source` (see TIMELESS_MMAP_FILESYSTEMS). */
+async function statTrusted(source: string): Promise<boolean> {
+  const fs = await statfs(source).catch(() => undefined);
+  return fs === undefined || !TIMELESS_MMAP_FILESYSTEMS.has(Number(fs.type));
+}
 
 /** A source directory itself, its entries, what was left out, and when the listing began. */
 export interface SourceListing {
@@ -159,6 +180,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     const { index: previous, unusable } = options.localIndex
       ? await readLocalIndex(options.localIndex.file, options.localIndex.scope)
       : { index: LocalIndex.empty(), unusable: undefined };
+    const trusted = options.localIndex !== undefined && (await statTrusted(source));
 
     // Per entry: the local index's entry for a file found unchanged, else -1; and the file's FileWork when it
     // is read (an index into `reading`), else -1. Unchanged files get no object of their own.
@@ -187,7 +209,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     for (let e = 0; e < entries.length; e++) {
       const entry = entries[e];
       if (entry.type !== "file") continue;
-      known[e] = previous.find(entry.path, entry.size, entry.mtimeNs, entry.ino, entry.ctimeNs);
+      if (trusted) known[e] = previous.find(entry.path, entry.size, entry.mtimeNs, entry.ino, entry.ctimeNs);
       if (known[e] < 0) readEntry(e);
     }
     // Trust the local index only for chunks the repository still holds (a prune may have removed some).
@@ -330,11 +352,14 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     // Committed: from here on nothing fails the snapshot.
     const warnings: string[] = [];
     if (options.localIndex) {
-      // Files changed within the racy window are left out: they may change again within the same mtime tick.
+      // Files changed within the racy window are left out: they may change again without their times changing.
+      const window = options.racyWindowMs === undefined ? RACY_WINDOW_NS : BigInt(options.racyWindowMs) * 1_000_000n;
+      const cutoff = startNs - window;
       function* remembered(): Generator<RawLocalIndexFile> {
+        if (!trusted) return;
         for (let e = 0; e < entries.length; e++) {
           const { path, type, size, mtimeNs, ino, ctimeNs } = entries[e];
-          if (type !== "file" || mtimeNs >= startNs - RACY_WINDOW_NS) continue;
+          if (type !== "file" || mtimeNs >= cutoff) continue;
           if (known[e] >= 0) {
             yield {
               path,
