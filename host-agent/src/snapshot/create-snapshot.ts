@@ -312,6 +312,8 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       }
     }
     const manifest: ManifestEntries = { root, entries: { [Symbol.iterator]: manifestEntries } };
+    // A stop asked for meanwhile (Ctrl-C, the control plane's abort) commits nothing, however far the reads got.
+    options.signal?.throwIfAborted();
     const forSink = await manifestForSink(
       sink,
       options.key,
@@ -329,6 +331,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
         stats.bytesStored += part.length;
     });
     const seconds = (performance.now() - started) / 1000;
+    options.signal?.throwIfAborted();
     const id = await sink.commit(
       forSink.parts,
       {

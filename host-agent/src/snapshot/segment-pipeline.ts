@@ -219,6 +219,12 @@ export class SegmentPipeline {
       readAheadOf = Math.max(0, readAheadOf - 1);
       return upcoming.shift();
     };
+    // Aborted once the last tasks are handed out, the steps still in hand deliver nothing more: they see the
+    // failure (and the loop's check would never run again).
+    const aborted = () => {
+      this.failure ??= signal?.reason;
+    };
+    signal?.addEventListener("abort", aborted, { once: true });
     try {
       for (let task = nextTask(); task; task = nextTask()) {
         signal?.throwIfAborted();
@@ -269,10 +275,12 @@ export class SegmentPipeline {
       }
     } finally {
       await Promise.allSettled(this.inflight.splice(0));
+      signal?.removeEventListener("abort", aborted);
       this.opener?.close();
       this.opener = undefined;
     }
     if (this.failure) throw this.failure;
+    signal?.throwIfAborted();
   }
 
   private *plan(works: FileWork[]): Generator<PlannedSegment[]> {

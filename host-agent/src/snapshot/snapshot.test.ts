@@ -1218,6 +1218,48 @@ describe("snapshot engine", () => {
     }
   });
 
+  it("commits nothing once stopped, however far the reads got (every segment already handed to a worker)", async () => {
+    // A stop after the last task was handed out went unseen: the steps in hand delivered their chunks and the
+    // snapshot committed, while direct mode's Ctrl-C had said "stopping" (helper-74).
+    const source = fresh("src");
+    await mkdir(source);
+    for (let i = 0; i < 12; i++) await writeFile(join(source, `f${i}`), randomBytes(2 * 1024 * 1024));
+    const stop = new AbortController();
+    let puts = 0;
+    let commits = 0;
+    const sink: ChunkSink = {
+      missing: async (ids: Buffer[]) => {
+        stop.abort(new Error("stopped by the test"));
+        return ids;
+      },
+      put: async () => {
+        if (stop.signal.aborted) puts++;
+        await new Promise((resolve) => setTimeout(resolve, 300));
+      },
+      commit: async () => {
+        commits++;
+        return "s".repeat(64);
+      },
+      abort: async () => {},
+    } as unknown as ChunkSink;
+    const snapshot = createSnapshot({
+      source,
+      sink,
+      key: generateRepositoryKey(),
+      meta: { workspace: "w", epoch: 0, tenant: "t" },
+      pool,
+      chunker: { minSize: 65_536, avgSize: 262_144, maxSize: 1024 * 1024 },
+      segmentSize: 2 * 1024 * 1024,
+      readAhead: "never",
+      sealAhead: 2,
+      signal: stop.signal,
+    });
+    await expect(snapshot).rejects.toThrow("stopped by the test");
+    expect(commits).toBe(0);
+    // The step being handled when the stop came may finish its put; no later one puts.
+    expect(puts).toBeLessThanOrEqual(1);
+  });
+
   it("remembers no file written within the minute, nor any on tmpfs: a write through a mapping may not move its times", async () => {
     // Writes to a mapped page still dirty change no time until it is written back (~35 s by default), and on tmpfs
     // never: a file remembered 3 s after such a write kept its old chunks in every later snapshot (helper-73).

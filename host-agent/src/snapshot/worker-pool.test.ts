@@ -187,4 +187,23 @@ describe("closing the pool", () => {
       process.stdout.write("closed");`;
     expect(await runModuleScript(script)).toEqual({ code: 0, out: "closed" });
   });
+
+  it("fails the work a worker has in hand when the pool is closed, rather than leave it waiting for ever", async () => {
+    // The agent closes a pool one of whose workers died while another operation still has work on the others:
+    // that operation's request never settled, and its snapshot or restore hung until the agent restarted.
+    const file = join(root, "in-hand");
+    await writeFile(file, randomBytes(16 * 1024 * 1024));
+    const pool = new SnapshotWorkerPool({ threads: 1 });
+    const segment = { path: file, fileSize: 16 * 1024 * 1024, start: 0, end: 16 * 1024 * 1024 };
+    const sealing = pool.sealSegments(generateRepositoryKey(), compileChunker(), [segment]);
+    const settled = sealing.then(
+      () => "sealed",
+      (err: Error) => err.message,
+    );
+    const closing = pool.close();
+    const again = pool.close(); // a second close waits for the first
+    await again;
+    expect(await settled).toBe("the snapshot worker pool was closed while this work ran");
+    await closing;
+  });
 });

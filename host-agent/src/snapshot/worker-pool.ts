@@ -535,6 +535,7 @@ export class SnapshotWorkerPool {
     reject(err: Error): void;
   }[] = [];
   private closed = false;
+  private closing: Promise<void> | undefined;
   private failure: Error | undefined;
   private localSealer: SegmentSealer | undefined;
   private readonly localScratch: WriteScratch = {};
@@ -579,6 +580,9 @@ export class SnapshotWorkerPool {
       worker.on("error", (err) => this.fail(entry, err));
       worker.on("exit", (code) => {
         if (!this.closed) this.fail(entry, new Error(`snapshot worker exited with code ${code}`));
+        // Closed with work in hand (an agent replacing a broken pool while another operation still used it): that
+        // work fails, rather than wait for ever for a reply no worker will send.
+        else rejectAll(entry.pending, new Error("the snapshot worker pool was closed while this work ran"));
       });
       worker.postMessage({ op: "locks", locks: fileLocks });
       worker.unref();
@@ -812,17 +816,24 @@ export class SnapshotWorkerPool {
 
   private fail(entry: PoolWorker, err: Error): void {
     this.failure ??= err;
-    for (const p of entry.pending.values()) p.reject(err);
-    entry.pending.clear();
+    rejectAll(entry.pending, err);
     for (const job of this.queue.splice(0)) job.reject(err);
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    for (const job of this.queue.splice(0)) job.reject(new Error("the snapshot worker pool is closed"));
-    await Promise.all(this.workers.map((w) => w.worker.terminate()));
+  /** Ends the workers; work in hand fails. A second call waits for the first's. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      for (const job of this.queue.splice(0)) job.reject(new Error("the snapshot worker pool is closed"));
+      await Promise.all(this.workers.map((w) => w.worker.terminate()));
+    })();
+    return this.closing;
   }
+}
+
+function rejectAll(pending: Map<number, Pending>, err: Error): void {
+  for (const p of pending.values()) p.reject(err);
+  pending.clear();
 }
 
 /**
