@@ -293,16 +293,22 @@ export class RepositoryWriter implements ChunkSink {
       );
     }
     const store = this.repository.store;
-    const manifests: string[] = [];
-    for (const [i, blob] of manifestBlobs.entries()) {
-      const part = manifestParts[i];
-      if (!Buffer.isBuffer(part)) {
-        manifests.push(part.stored); // held (partsInHand), and no prune runs while this writer's lock is held
-        continue;
-      }
+    const manifests = manifestParts.map((part, i) => {
+      if (!Buffer.isBuffer(part)) return part.stored; // held (partsInHand): no prune runs while this writer's lock is held
+      const blob = manifestBlobs[i];
       if (!blob) throw new Error("unreachable: a sealed part is always in hand");
-      const manifestId = sha256(blob).toString("hex");
-      manifests.push(manifestId);
+      return sha256(blob).toString("hex");
+    });
+    // Parts hold different paths, so no two are the same object; readers refuse a record naming one twice.
+    if (new Set(manifests).size !== manifests.length) {
+      throw new RepositoryError(
+        "invalid-manifest",
+        "the manifest names one part twice: its parts hold different paths, so are all different",
+      );
+    }
+    for (const [i, blob] of manifestBlobs.entries()) {
+      if (!Buffer.isBuffer(manifestParts[i]) || !blob) continue;
+      const manifestId = manifests[i];
       // Parts are sealed deterministically (sealManifestParts): an earlier snapshot's unchanged part is already
       // there under the same id (a hash of these very bytes), and is not written again, once read back and
       // found to be those bytes (a damaged copy is replaced by this one). Prune cannot remove it meanwhile:

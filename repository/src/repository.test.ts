@@ -1348,6 +1348,16 @@ describe("forget by id", () => {
     await expect(Repository.open(store, key)).rejects.toThrow(`${store.url}/config is not valid JSON`);
   });
 
+  it("refuses a commit naming one manifest part twice, which its readers would take for a damaged record", async () => {
+    const { key, repository } = await freshFileRepository("twice");
+    const part = sealManifest(key, { version: 1, entries: [] });
+    const w = await repository.writer();
+    const err = await w.commit([part, Buffer.from(part)], meta).catch((e: unknown) => e);
+    expect(isRepositoryError(err, "invalid-manifest"), String(err)).toBe(true);
+    expect(String(err)).toContain("the manifest names one part twice");
+    expect(await repository.listSnapshots()).toEqual([]);
+  });
+
   it("takes a record that opens to another layout as damaged, naming the field, and forgets it by id", async () => {
     // What opens under the key is only JSON: a record of null or without its totals threw a TypeError in every
     // listing (check, prune, forget by id too, the way past a damaged record) and in the CLIs' tables.

@@ -265,9 +265,9 @@ describe("SnapshotService: a snapshot's default workspace", () => {
       await expect(createReq({ path: given })()).rejects.toThrow(/the coordinator's snapshot was reached/);
       expect(lastArgs).toMatchObject({ workspaceId: "h-a:/w/d", path: "/w/d" });
     }
-    // ".." is left as written: after a symlink, the kernel takes it to the link's target's parent.
-    await expect(createReq({ path: "/w/link/../d/" })()).rejects.toThrow(/the coordinator's snapshot was reached/);
-    expect(lastArgs).toMatchObject({ workspaceId: "h-a:/w/link/../d", path: "/w/link/../d" });
+    // ".." by its text, as the agent resolves the path it reads (so the workspace names the directory read).
+    await expect(createReq({ path: "/w/x/../d/" })()).rejects.toThrow(/the coordinator's snapshot was reached/);
+    expect(lastArgs).toMatchObject({ workspaceId: "h-a:/w/d", path: "/w/d" });
     await expect(createReq({ path: "/" })()).rejects.toThrow(/the coordinator's snapshot was reached/);
     expect(lastArgs).toMatchObject({ workspaceId: "h-a:/", path: "/" });
   });

@@ -1,6 +1,7 @@
 // dumont.api.v1.SnapshotService (admin): snapshot a directory on a host, list, restore onto a host, ls, diff,
 // check, forget.
 import { createHash } from "node:crypto";
+import { posix } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
@@ -544,13 +545,12 @@ export function defaultWorkspaceId(hostId: string, path: string): string {
 }
 
 /**
- * An absolute path written plainly: "/w", "/w/", "//w" and "/./w" are one directory, so one default workspace
- * (retention counted their snapshots apart). Only what names the same directory whatever the filesystem holds: no
- * "..", which the kernel takes after any symlink before it, is resolved.
+ * An absolute path written plainly: "/w/d", "/w/d/", "//w/./d" and "/w/x/../d" are one directory, so one default
+ * workspace (retention counted their snapshots apart). Resolved by its text, ".." included, as the agent resolves
+ * the path it reads (path.resolve): the workspace is named by the directory read.
  */
 export function plainHostPath(path: string): string {
-  const parts = path.split("/").filter((part) => part !== "" && part !== ".");
-  return `/${parts.join("/")}`;
+  return posix.resolve(path);
 }
 
 /** A request's absolute path on a host: a NUL could not reach the agent's filesystem, nor a longer one. */

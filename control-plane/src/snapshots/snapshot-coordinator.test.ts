@@ -1526,10 +1526,11 @@ describe("SnapshotCoordinator: a blob store whose calls never return", () => {
         },
       },
     }) as BlobStore;
-    const store = new DeadlineBlobStore(hanging, { deadlineMs: 100 });
+    // A deadline long enough for the real open (its temp file made) to be under way on a slow disk.
+    const store = new DeadlineBlobStore(hanging, { deadlineMs: 1_000 });
     try {
       await expect(store.openWriter!("data/ab/pack1")).rejects.toThrow(
-        /opening data\/ab\/pack1 to write did not finish in 0.1 s/,
+        /opening data\/ab\/pack1 to write did not finish in 1 s/,
       );
       expect(await fs.readdir(path.join(dir, "data", "ab"))).toHaveLength(1); // its temp file
       release();

@@ -1240,14 +1240,26 @@ export class SnapshotCoordinator {
     // The record lists what was left out, as a direct-mode snapshot's does (see createSnapshot).
     const stats = skipped.filesSkipped > 0 ? { ...counts, skipped: skipped.skipped } : counts;
     // The repository commit verifies the manifest and makes every pack durable before the snapshot object.
-    const id = await writer.commit(manifestParts, {
-      workspace: req.workspaceId,
-      epoch: Number(req.epoch),
-      tenant: req.tenantId,
-      source: req.path,
-      hostname: req.session.hostId,
-      stats,
-    });
+    const id = await writer
+      .commit(manifestParts, {
+        workspace: req.workspaceId,
+        epoch: Number(req.epoch),
+        tenant: req.tenantId,
+        source: req.path,
+        hostname: req.session.hostId,
+        stats,
+      })
+      .catch((err: unknown) => {
+        // A manifest the repository refuses (a chunk never sent, an unsafe path, a part that does not open as the
+        // agent sealed it): the agent's snapshot is wrong, and the caller hears why, not "internal error" (a
+        // stored manifest read back wrong elsewhere is damage, DATA_LOSS, as storeError says).
+        if (isRepositoryError(err, "incomplete") || isRepositoryError(err, "invalid-manifest")) {
+          throw new InvalidArgumentError(
+            `host ${req.session.hostId} committed a manifest the repository refuses: ${err.message}`,
+          );
+        }
+        throw err;
+      });
     const stored = manifestParts.filter((part) => !Buffer.isBuffer(part)).length;
     this.metrics.snapshotManifestParts.inc({ form: "sealed" }, manifestParts.length - stored);
     this.metrics.snapshotManifestParts.inc({ form: "stored" }, stored);
@@ -1579,7 +1591,7 @@ export class RepositoryMissingError extends RepositoryError {
  * one that did not answer (S3 unreachable, failing with 5xx past its retries) as UNAVAILABLE, a repository
  * another process holds (a direct-mode prune of the same store) or this control plane may not write as
  * FAILED_PRECONDITION, a damaged object as DATA_LOSS, a setting that cannot work (a bucket that does not exist)
- * as INVALID_ARGUMENT (so is a manifest refused at a commit), a tenant with no repository yet as NOT_FOUND, each with the store's own words (where, and
+ * as INVALID_ARGUMENT, a tenant with no repository yet as NOT_FOUND, each with the store's own words (where, and
  * what to do), for the admin who called: the API would otherwise answer "internal error" and leave the reason in
  * the log. Any other error as it is.
  */
@@ -1588,16 +1600,15 @@ function storeError(err: unknown): unknown {
   // The store's setting or credentials (a bucket that does not exist, S3 refusing the keys): said, not hidden as
   // an internal error.
   if (isRepositoryError(err, "invalid-argument")) return new InvalidArgumentError(err.message);
-  // A manifest the repository refuses at a commit (a chunk never sent, an unsafe path, a part that does not open as
-  // the agent sealed it): the agent's snapshot is wrong, and the caller hears why rather than "internal error".
-  if (isRepositoryError(err, "incomplete") || isRepositoryError(err, "invalid-manifest")) {
-    return new InvalidArgumentError(err.message);
-  }
   if (err instanceof NoRepositoryError) return new NotFoundError(err.message);
   if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);
   if (isRepositoryError(err, "locked") || isRepositoryError(err, "read-only")) {
     return new FailedPreconditionError(err.message);
   }
-  if (isRepositoryError(err, "corrupt")) return new DataLossError(err.message);
+  // A stored object damaged, or a stored manifest that opens but is not one a writer made (a commit's refused
+  // manifest is answered INVALID_ARGUMENT before it gets here).
+  if (isRepositoryError(err, "corrupt") || isRepositoryError(err, "invalid-manifest")) {
+    return new DataLossError(err.message);
+  }
   return err;
 }
