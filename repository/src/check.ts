@@ -341,7 +341,7 @@ const MAX_PACK_READ = 2 * 1024 * 1024 * 1024;
 /** About 2 MiB of chunks to a call of `verify`, so a pack's chunks are spread over a verifier's threads. */
 const VERIFY_BATCH_BYTES = 2 * 1024 * 1024;
 
-async function verifyInBatches(
+export async function verifyInBatches(
   key: Buffer,
   chunks: SealedChunk[],
   verify: NonNullable<CheckOptions["verify"]>,

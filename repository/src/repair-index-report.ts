@@ -41,7 +41,7 @@ export function repairIndexText(report: RepairIndexReport, dryRun: boolean, pref
     ...report.rebuilt.map((id) => `  ${rebuilt} ${id.slice(0, 12)}`),
     ...report.removed.map(
       (id) =>
-        `  ${removed} ${id.slice(0, 12)} (${unreadable.has(id) ? "neither it nor its pack's header opens" : "pack missing"})`,
+        `  ${removed} ${id.slice(0, 12)} (${unreadable.has(id) ? "it does not open, nor does its pack's header, or no chunk it lists verifies" : "pack missing"})`,
     ),
   ];
   if (report.removed.length > 0 && !dryRun) {
@@ -51,7 +51,11 @@ export function repairIndexText(report: RepairIndexReport, dryRun: boolean, pref
     );
   }
   const lines = (list: string[]) => list.map((line) => `${prefix}${line}\n`).join("");
-  return { out: lines(out), err: lines(report.unrepairable.map((p) => `cannot repair ${p.message}`)) };
+  // "cannot repair" where the pack got no index object; a pack indexed with chunks that do not verify says so itself.
+  const err = report.unrepairable.map((p) =>
+    report.rebuilt.includes(p.pack) ? p.message : `cannot repair ${p.message}`,
+  );
+  return { out: lines(out), err: lines(err) };
 }
 
 /**

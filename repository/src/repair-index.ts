@@ -14,6 +14,7 @@
 // that opens and agrees with its pack's size is left as it is, even where the header disagrees with it: `check`
 // reports that, and which one is right is not for a repair to guess.
 import type { BlobStore } from "./blob-store.js";
+import { type CheckOptions, verifyInBatches } from "./check.js";
 import { counted } from "./counted.js";
 import { isObjectError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
@@ -30,6 +31,11 @@ export interface RepairIndexOptions {
   signal?: AbortSignal;
   /** Packs whose header was read so far, of those needing one (rebuilt or found unrepairable). */
   onProgress?: (progress: { packsDone: number; packsTotal: number }) => void;
+  /**
+   * Verifies chunks elsewhere than on this thread (check's option of the same name: the control plane's verifier
+   * threads, so its event loop keeps reading agents' streams); default: here, with chunkCodec.verifyChunk.
+   */
+  verify?: CheckOptions["verify"];
 }
 
 export async function repairIndex(
@@ -92,7 +98,7 @@ async function repair(repository: Repository, options: RepairIndexOptions, lock:
     let entries: PackEntry[] | undefined;
     try {
       const listed = await readPackHeader(store, repository.key, packId, size, signal);
-      const { verified, damaged } = await verifyEntries(store, repository.key, packId, listed, signal);
+      const { verified, damaged } = await verifyEntries(store, repository.key, packId, listed, options.verify, signal);
       if (damaged.length > 0) {
         const first = `${damaged[0]}${damaged.length > 1 ? ", …" : ""}`;
         // Not one: the header is not that of the bytes before it (moved onto another pack's, or all damaged).
@@ -155,17 +161,25 @@ async function verifyEntries(
   key: Buffer,
   packId: string,
   entries: readonly PackEntry[],
+  verify: RepairIndexOptions["verify"],
   signal?: AbortSignal,
 ): Promise<{ verified: number; damaged: string[] }> {
   const end = entries.reduce((n, e) => Math.max(n, e.offset + e.length), 0);
   const blobs = end === 0 ? Buffer.alloc(0) : await store.getRange(packKey(packId), 0, end, undefined, { signal });
+  const chunks = entries.map((e) => ({
+    id: e.id,
+    blob: blobs.subarray(e.offset, e.offset + e.length),
+    plainLength: e.plainLength,
+  }));
+  const verdicts = verify
+    ? await verifyInBatches(key, chunks, verify)
+    : chunks.map((c) => chunkCodec.verifyChunk(key, c.id, c.blob, c.plainLength));
   let verified = 0;
   const damaged: string[] = [];
-  for (const e of entries) {
-    const error = chunkCodec.verifyChunk(key, e.id, blobs.subarray(e.offset, e.offset + e.length), e.plainLength);
+  verdicts.forEach((error, i) => {
     if (error === null) verified++;
-    else damaged.push(`chunk ${e.id.toString("hex").slice(0, 12)}: ${error}`);
-  }
+    else damaged.push(`chunk ${entries[i].id.toString("hex").slice(0, 12)}: ${error}`);
+  });
   return { verified, damaged };
 }
 

@@ -17,6 +17,7 @@ import { indexKey, openPackTrailer, packKey, sealIndex, sealPackTrailer } from "
 import { forgetSnapshots, pruneRepository } from "./prune.js";
 import { parseReadSubset } from "./read-subset.js";
 import { repairIndex } from "./repair-index.js";
+import { repairIndexText } from "./repair-index-report.js";
 import { Repository } from "./repository.js";
 import { RepositoryIndex } from "./repository-index.js";
 import { chunkCodec, ObjectKind, openJson, sealJson, sha256 } from "./sealing.js";
@@ -924,6 +925,9 @@ describe.each(stores)("repository on %s", (_name, make) => {
     expect(report.unrepairable[0].message).toMatch(
       `pack ${packA}: 1 of the 2 chunks its header lists do not verify (chunk ${y.hex.slice(0, 12)}: `,
     );
+    // Said as it is, not as a pack it "cannot repair" (it was indexed); the moved header's copy is.
+    expect(repairIndexText(report, false).err).toBe(`${report.unrepairable[0].message}\n`);
+    expect(repairIndexText(moved, false).err).toMatch(/^cannot repair pack [0-9a-f]{64}: none of the 2 chunks/);
     expect((await repository.readPackIndex(packA)).entries.map((e) => e.id.toString("hex")).sort()).toEqual(
       [x.hex, y.hex].sort(),
     );

@@ -305,7 +305,8 @@ export function registerSnapshotCommands(program: Command): void {
       }
       if (unrepairable > 0) {
         process.stderr.write(
-          `${counted(unrepairable, "pack")} could not be read; run \`dumont snapshot check\` to see what they break\n`,
+          `${counted(unrepairable, "pack")} could not be read whole (a header that does not open, or chunks that do ` +
+            "not verify); run `dumont snapshot check` to see what they break\n",
         );
       }
       if (failed > 0) process.stderr.write(`${counted(failed, "tenant")} not repaired; run it again for them\n`);

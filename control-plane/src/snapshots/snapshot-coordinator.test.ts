@@ -673,7 +673,11 @@ describe("SnapshotCoordinator: forget and prune", () => {
       "a prune or index repair of tenant t1 is already running",
     );
     const checked = h.coordinator.check("t1", {});
+    // The lost pack's chunks are verified before they are indexed, by the verifier's threads (not the event loop).
+    const verified = vi.spyOn(ChunkVerifier.prototype, "verify");
     expect((await repairing).rebuilt).toEqual([lost]);
+    expect(verified).toHaveBeenCalled();
+    verified.mockRestore();
     await expect(checked).resolves.toMatchObject({ ok: true, problems: [] });
     expect(await fs.readdir(indexDir)).toContain(lost);
   });

@@ -419,16 +419,19 @@ export class SnapshotCoordinator {
    */
   async repairIndex(tenantId: string, options: { dryRun: boolean }): Promise<RepairIndexReport> {
     const nothing: RepairIndexReport = { packs: 0, rebuilt: [], removed: [], unrepairable: [] };
+    // The chunks a pack's header lists are verified by the verifier's threads, as check's are.
+    const verifier = this.chunkVerifier();
+    const verify: CheckOptions["verify"] = (key, chunks) => verifier.verify(key, chunks);
     if (options.dryRun) {
       return this.using(tenantId, async () => {
         const repository = await this.existingRepository(tenantId);
-        return repository ? repairIndex(repository, { dryRun: true }) : nothing;
+        return repository ? repairIndex(repository, { dryRun: true, verify }) : nothing;
       });
     }
     return this.exclusively(tenantId, "repair the index", async () => {
       const repository = await this.existingRepository(tenantId);
       if (!repository) return nothing;
-      const report = await repairIndex(repository);
+      const report = await repairIndex(repository, { verify });
       const { rebuilt, removed, unrepairable } = report;
       if (rebuilt.length > 0) this.indexes.delete(tenantId); // nothing uses it: the tenant is ours alone
       if (rebuilt.length + removed.length + unrepairable.length > 0) {

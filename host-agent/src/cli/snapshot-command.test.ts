@@ -568,7 +568,9 @@ describe("dumont-agent snapshot", () => {
     expect(removed.out).toMatch(
       /removed 1 index object of packs gone or unreadable\n.*\(pack missing\)\nthe snapshots that used/,
     );
-    expect(removed.err).toMatch(/^cannot repair pack ee00: .*\n1 pack could not be read; run `snapshot check`/);
+    expect(removed.err).toMatch(
+      /^cannot repair pack ee00: .*\n1 pack could not be read whole \(a header that does not open, or chunks that do not verify\); run `snapshot check`/,
+    );
     expect(await readdir(join(repoDir, "index"))).toEqual([]);
     const check = await run("snapshot", "check", ...common);
     expect(check.err).toMatch(/chunk \w+ is in no pack; it breaks "model\.bin" in snapshot /);

@@ -389,7 +389,8 @@ export function registerSnapshotCommands(program: Command): void {
         if (report.unrepairable.length > 0) {
           process.stderr.write(text.err);
           process.stderr.write(
-            `${counted(report.unrepairable.length, "pack")} could not be read; run \`snapshot check\` on ${opts.repo} ` +
+            `${counted(report.unrepairable.length, "pack")} could not be read whole (a header that does not open, or ` +
+              `chunks that do not verify); run \`snapshot check\` on ${opts.repo} ` +
               "to see what they break (a prune deletes them once no snapshot needs them)\n",
           );
           process.exitCode = 1;

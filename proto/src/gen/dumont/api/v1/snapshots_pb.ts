@@ -950,7 +950,8 @@ export type TenantIndexRepair = Message<"dumont.api.v1.TenantIndexRepair"> & {
   removed: string[];
 
   /**
-   * Packs needing an index object whose header cannot be read, left as they are.
+   * Packs needing an index object whose header cannot be read or none of whose chunks verifies, left as they are;
+   * and packs indexed again (in `rebuilt` too) some of whose chunks do not verify.
    *
    * @generated from field: repeated dumont.api.v1.UnrepairablePack unrepairable = 5;
    */
