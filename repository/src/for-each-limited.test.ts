@@ -30,4 +30,12 @@ describe("forEachLimited", () => {
     expect(started.length).toBeLessThanOrEqual(8);
     expect(ended).toBe(started.length - 1); // every call started but the failed one had ended by the rejection
   });
+
+  it("refuses a limit that would run nothing (0, NaN, a fraction), rather than resolve having run nothing", async () => {
+    for (const limit of [0, Number.NaN, 0.5, -1]) {
+      await expect(forEachLimited([1, 2, 3], limit, async () => {})).rejects.toThrow(
+        `forEachLimited: limit must be a whole number ≥ 1, got ${limit}`,
+      );
+    }
+  });
 });

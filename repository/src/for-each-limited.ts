@@ -10,6 +10,9 @@ export async function forEachLimited<T>(
   limit: number,
   fn: (item: T, index: number) => Promise<void>,
 ): Promise<void> {
+  // A limit of 0 (or NaN) ran nothing and resolved: a loadIndex({ concurrency: 0 }) would have loaded no index.
+  if (!Number.isInteger(limit) || limit < 1)
+    throw new RangeError(`forEachLimited: limit must be a whole number ≥ 1, got ${limit}`);
   let next = 0;
   let failure: { error: unknown } | undefined;
   const run = async (): Promise<void> => {
