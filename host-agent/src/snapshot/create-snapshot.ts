@@ -4,7 +4,7 @@
 import { createHash } from "node:crypto";
 import { lstat, statfs } from "node:fs/promises";
 import { hostname } from "node:os";
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import {
   type ChunkSink,
   cutManifestParts,
@@ -131,10 +131,20 @@ const RACY_WINDOW_NS = 60_000_000_000n;
  */
 const TIMELESS_MMAP_FILESYSTEMS = new Set([0x01021994 /* tmpfs */, 0x858458f6 /* ramfs */]);
 
-/** Whether the local index may be trusted for files under `source` (see TIMELESS_MMAP_FILESYSTEMS). */
-async function statTrusted(source: string): Promise<boolean> {
-  const fs = await statfs(source).catch(() => undefined);
-  return fs === undefined || !TIMELESS_MMAP_FILESYSTEMS.has(Number(fs.type));
+/**
+ * The devices of `entries` whose files the local index may not vouch for (see TIMELESS_MMAP_FILESYSTEMS): per
+ * device, not only the source's, as the listing crosses mount points (a memory-backed volume mounted under the
+ * workspace). One statfs of a path on each device the source spans.
+ */
+async function untrustedDevices(source: string, entries: readonly SourceEntry[]): Promise<Set<number>> {
+  const pathOn = new Map<number, string>();
+  for (const e of entries) if (!pathOn.has(e.dev)) pathOn.set(e.dev, join(source, e.path));
+  const untrusted = new Set<number>();
+  for (const [dev, path] of pathOn) {
+    const fs = await statfs(path).catch(() => undefined);
+    if (fs !== undefined && TIMELESS_MMAP_FILESYSTEMS.has(Number(fs.type))) untrusted.add(dev);
+  }
+  return untrusted;
 }
 
 /** A source directory itself, its entries, what was left out, and when the listing began. */
@@ -180,7 +190,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     const { index: previous, unusable } = options.localIndex
       ? await readLocalIndex(options.localIndex.file, options.localIndex.scope)
       : { index: LocalIndex.empty(), unusable: undefined };
-    const trusted = options.localIndex !== undefined && (await statTrusted(source));
+    const untrusted = options.localIndex ? await untrustedDevices(source, entries) : new Set<number>();
 
     // Per entry: the local index's entry for a file found unchanged, else -1; and the file's FileWork when it
     // is read (an index into `reading`), else -1. Unchanged files get no object of their own.
@@ -209,7 +219,9 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     for (let e = 0; e < entries.length; e++) {
       const entry = entries[e];
       if (entry.type !== "file") continue;
-      if (trusted) known[e] = previous.find(entry.path, entry.size, entry.mtimeNs, entry.ino, entry.ctimeNs);
+      if (!untrusted.has(entry.dev)) {
+        known[e] = previous.find(entry.path, entry.size, entry.mtimeNs, entry.ino, entry.ctimeNs);
+      }
       if (known[e] < 0) readEntry(e);
     }
     // Trust the local index only for chunks the repository still holds (a prune may have removed some).
@@ -356,13 +368,13 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     const warnings: string[] = [];
     if (options.localIndex) {
       // Files changed within the racy window are left out: they may change again without their times changing.
-      const window = options.racyWindowMs === undefined ? RACY_WINDOW_NS : BigInt(options.racyWindowMs) * 1_000_000n;
+      const window =
+        options.racyWindowMs === undefined ? RACY_WINDOW_NS : BigInt(Math.round(options.racyWindowMs * 1e6));
       const cutoff = startNs - window;
       function* remembered(): Generator<RawLocalIndexFile> {
-        if (!trusted) return;
         for (let e = 0; e < entries.length; e++) {
-          const { path, type, size, mtimeNs, ino, ctimeNs } = entries[e];
-          if (type !== "file" || mtimeNs >= cutoff) continue;
+          const { path, type, size, mtimeNs, ino, ctimeNs, dev } = entries[e];
+          if (type !== "file" || mtimeNs >= cutoff || untrusted.has(dev)) continue;
           if (known[e] >= 0) {
             yield {
               path,

@@ -1291,6 +1291,33 @@ describe("snapshot engine", () => {
         expect(second.filesRead, source).toBe(n === 0 ? 1 : 2);
         sink = await repository.writer();
       }
+      // A tmpfs mounted inside the source (a memory-backed volume under the workspace), where mounting is allowed:
+      // judged by its own filesystem, not the source's (helper-75).
+      const source = fresh("src");
+      const shm = join(source, "shm");
+      await mkdir(shm, { recursive: true });
+      const mounted = (() => {
+        try {
+          execFileSync("mount", ["-t", "tmpfs", "dumont-test", shm], { stdio: "ignore" });
+          return true;
+        } catch {
+          return false;
+        }
+      })();
+      if (mounted) {
+        try {
+          for (const file of [join(source, "disk.bin"), join(shm, "mapped.bin")]) {
+            await writeFile(file, "old bytes");
+            await utimes(file, HOUR_AGO, HOUR_AGO);
+          }
+          const localIndex = { file: join(fresh("state"), "index.idx"), scope: "mounted-tmpfs" };
+          await createSnapshot({ source, sink, key, meta, pool, localIndex });
+          const second = await createSnapshot({ source, sink: await repository.writer(), key, meta, pool, localIndex });
+          expect(second.filesRead).toBe(1); // the one on tmpfs; the one on disk is vouched for
+        } finally {
+          execFileSync("umount", [shm]);
+        }
+      }
     } finally {
       await store.close();
     }
