@@ -758,7 +758,7 @@ async function restoreWindow(
       // A read buffer can hold far more work than its size says: 8 MiB of compressed source files is 500
       // files to create, of compressed CSV 25 MiB to write. Parts of it go to different workers (they share
       // the buffer), and the buffer is recycled once every part is written.
-      const cuts = pool.threads > 1 && pool.isShared(batchData.buffer) ? splitBatch(batchHexes, destinations) : [];
+      const cuts = pool.threads >= 1 && pool.isShared(batchData.buffer) ? splitBatch(batchHexes, destinations) : [];
       const whole = cuts.length === 0; // one part: writeChunks recycles the buffer itself
       const parts: Promise<void>[] = [];
       let from = 0;

@@ -1,11 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
-import { mkdtemp, open, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { chunkCodec, generateRepositoryKey } from "@dumont/repository";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { compileChunker } from "./chunker.js";
+import { createDirectSnapshot, restoreDirectSnapshot } from "./direct-mode.js";
 import { builtSnapshotModule, runModuleScript } from "./testing.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
@@ -205,5 +207,38 @@ describe("closing the pool", () => {
     await again;
     expect(await settled).toBe("the snapshot worker pool was closed while this work ran");
     await closing;
+  });
+});
+
+describe("a restore on a pool of one worker", () => {
+  it("splits its batches too, so no worker writes a batch's GiBs of plain bytes at once", async () => {
+    // A worker's scratch is sized to what one call writes, and kept: 8 MiB of read buffer holding chunks that
+    // compress well is many times that plain, unsplit where the pool had one thread (a 1-vCPU host) (helper-74).
+    const source = join(root, "split-source");
+    await mkdir(source);
+    const lines = Array.from({ length: 1_200_000 }, (_, i) => `step ${i},loss ${(1 / (i + 1)).toFixed(6)}\n`);
+    await writeFile(join(source, "metrics.csv"), lines.join("")); // ~31 MB, which LZ4 shrinks several times
+    const key = generateRepositoryKey();
+    const repo = pathToFileURL(join(root, "split-repo")).href;
+    const one = new SnapshotWorkerPool({ threads: 1 });
+    const written: number[] = []; // plain bytes of each call of more than one chunk
+    const writeChunks = one.writeChunks.bind(one);
+    one.writeChunks = (...args: Parameters<typeof writeChunks>) => {
+      const lengths = args[4];
+      if (lengths.length > 1) written.push(lengths.reduce((sum, n) => sum + n, 0));
+      return writeChunks(...args);
+    };
+    try {
+      const created = await createDirectSnapshot({ repo, key, source, pool: one });
+      const target = join(root, "split-restored");
+      await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool: one });
+      // Compared as bytes: toEqual walks 31 MB element by element for minutes.
+      const same = (await readFile(join(target, "metrics.csv"))).equals(await readFile(join(source, "metrics.csv")));
+      expect(same).toBe(true);
+      expect(written.length).toBeGreaterThan(1);
+      expect(Math.max(...written)).toBeLessThanOrEqual(8 * 1024 * 1024);
+    } finally {
+      await one.close();
+    }
   });
 });
