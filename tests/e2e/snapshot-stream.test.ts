@@ -672,34 +672,16 @@ describe("snapshots over the agent stream", () => {
       expect(res.code).not.toBe(0);
       expect(res.stderr).toMatch(error);
     }
-    const dry = await cli(["snapshot", "forget", ...ws, "--keep-last", "1", "--dry-run", "--json"]);
+    const dryForget = ["snapshot", "forget", ...ws, "--keep-last", "1", "--dry-run"];
+    const dry = await cli([...dryForget, "--json"]);
     expect(dry).toMatchObject({ dryRun: true, kept: [b.id], forgotten: [a.id] });
     expect((await snapshots()).map((s) => s.id)).toContain(a.id);
-    const dryText = await cp.cli(["snapshot", "forget", ...ws, "--keep-last", "1", "--dry-run"]);
+    const dryText = await cp.cli(dryForget);
     expect(dryText.stdout).toBe(`would forget 1 snapshot, keeping 1\n  ${a.id}\n`);
     // --tenant narrows it to one tenant (the workspace's here; another has none of it).
-    const own = await cli([
-      "snapshot",
-      "forget",
-      ...ws,
-      "--keep-last",
-      "1",
-      "--dry-run",
-      "--json",
-      "--tenant",
-      "admin",
-    ]);
+    const own = await cli([...dryForget, "--json", "--tenant", "admin"]);
     expect(own).toMatchObject({ kept: [b.id], forgotten: [a.id] });
-    const elsewhere = await cp.cli([
-      "snapshot",
-      "forget",
-      ...ws,
-      "--keep-last",
-      "1",
-      "--dry-run",
-      "--tenant",
-      "nobody",
-    ]);
+    const elsewhere = await cp.cli([...dryForget, "--tenant", "nobody"]);
     expect(elsewhere.code).not.toBe(0);
     expect(elsewhere.stderr).toMatch(/no snapshot of tenant "nobody" is of workspace/);
 
