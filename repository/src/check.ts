@@ -5,7 +5,7 @@ import { randomInt } from "node:crypto";
 import { alignedBuffer, PAGE } from "./aligned-memory.js";
 import { isObjectError, isRepositoryError } from "./errors.js";
 import { acquireLock } from "./lock.js";
-import { listPacks, openPackTrailer, packKey } from "./pack.js";
+import { listPacks, openPackTrailer, type PackEntry, packKey } from "./pack.js";
 import type { ReadSubset } from "./read-subset.js";
 import type { Repository } from "./repository.js";
 import { chunkCodec } from "./sealing.js";
@@ -309,16 +309,7 @@ async function checkPack(
     problems.push({ kind: "pack-header", pack: packId, message: (err as Error).message });
   }
   const within = entries.filter((e) => e.offset + e.length <= pack.length);
-  const chunks = within.map((e) => ({
-    id: e.id,
-    blob: pack.subarray(e.offset, e.offset + e.length),
-    plainLength: e.plainLength,
-  }));
-  // Decrypted piece by piece into reused memory and hashed, without keeping the chunk (`check` reads the whole
-  // repository, and a fresh buffer per chunk made it fault in every page it decrypted); or by `verify`.
-  const verdicts = verify
-    ? await verifyInBatches(repository.key, chunks, verify)
-    : chunks.map((c) => chunkCodec.verifyChunk(repository.key, c.id, c.blob, c.plainLength));
+  const verdicts = await verifyPackChunks(repository.key, pack, within, verify);
   const reasons = new Map(within.map((e, i) => [e, verdicts[i]]));
   for (const e of entries) {
     const reason = reasons.has(e) ? reasons.get(e) : "it lies beyond the end of the pack";
@@ -338,10 +329,32 @@ async function checkPack(
  */
 const MAX_PACK_READ = 2 * 1024 * 1024 * 1024;
 
+/**
+ * Each of `entries`' chunks in `pack` (its bytes from the start, at least to each entry's end) verified: null, or
+ * what is wrong with it. Decrypted piece by piece into reused memory and hashed, without keeping the chunk (check
+ * reads the whole repository, and a fresh buffer per chunk made it fault in every page it decrypted); or by
+ * `verify` (the control plane's verifier threads). check and repair-index both verify so.
+ */
+export async function verifyPackChunks(
+  key: Buffer,
+  pack: Buffer,
+  entries: readonly PackEntry[],
+  verify: CheckOptions["verify"],
+): Promise<(string | null)[]> {
+  const chunks = entries.map((e) => ({
+    id: e.id,
+    blob: pack.subarray(e.offset, e.offset + e.length),
+    plainLength: e.plainLength,
+  }));
+  return verify
+    ? verifyInBatches(key, chunks, verify)
+    : chunks.map((c) => chunkCodec.verifyChunk(key, c.id, c.blob, c.plainLength));
+}
+
 /** About 2 MiB of chunks to a call of `verify`, so a pack's chunks are spread over a verifier's threads. */
 const VERIFY_BATCH_BYTES = 2 * 1024 * 1024;
 
-export async function verifyInBatches(
+async function verifyInBatches(
   key: Buffer,
   chunks: SealedChunk[],
   verify: NonNullable<CheckOptions["verify"]>,

@@ -14,7 +14,7 @@
 // that opens and agrees with its pack's size is left as it is, even where the header disagrees with it: `check`
 // reports that, and which one is right is not for a repair to guess.
 import type { BlobStore } from "./blob-store.js";
-import { type CheckOptions, verifyInBatches } from "./check.js";
+import { type CheckOptions, verifyPackChunks } from "./check.js";
 import { counted } from "./counted.js";
 import { isObjectError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
@@ -22,7 +22,6 @@ import { acquireLock, type HeldLock } from "./lock.js";
 import { indexKey, listPacks, openPackHeader, type PackEntry, packKey, sealIndex } from "./pack.js";
 import type { RepairIndexReport } from "./repair-index-report.js";
 import type { Repository } from "./repository.js";
-import { chunkCodec } from "./sealing.js";
 
 export interface RepairIndexOptions {
   /** Say what would be done, change nothing (holding a shared lock, as a check: no prune runs meanwhile). */
@@ -166,14 +165,7 @@ async function verifyEntries(
 ): Promise<{ verified: number; damaged: string[] }> {
   const end = entries.reduce((n, e) => Math.max(n, e.offset + e.length), 0);
   const blobs = end === 0 ? Buffer.alloc(0) : await store.getRange(packKey(packId), 0, end, undefined, { signal });
-  const chunks = entries.map((e) => ({
-    id: e.id,
-    blob: blobs.subarray(e.offset, e.offset + e.length),
-    plainLength: e.plainLength,
-  }));
-  const verdicts = verify
-    ? await verifyInBatches(key, chunks, verify)
-    : chunks.map((c) => chunkCodec.verifyChunk(key, c.id, c.blob, c.plainLength));
+  const verdicts = await verifyPackChunks(key, blobs, entries, verify);
   let verified = 0;
   const damaged: string[] = [];
   verdicts.forEach((error, i) => {

@@ -285,6 +285,12 @@ export class SnapshotCoordinator {
     return this.verifier;
   }
 
+  /** Check's and repair-index's `verify`: chunks verified by the verifier's threads, not on the event loop. */
+  private verifyOnThreads(): NonNullable<CheckOptions["verify"]> {
+    const verifier = this.chunkVerifier();
+    return (key, chunks) => verifier.verify(key, chunks);
+  }
+
   /** Routes agent messages that belong to an operation in flight. */
   onAgentMessage(session: AgentSession, message: AgentMessage): void {
     const requestId = (message.msg.value as { requestId?: string } | undefined)?.requestId;
@@ -420,8 +426,7 @@ export class SnapshotCoordinator {
   async repairIndex(tenantId: string, options: { dryRun: boolean }): Promise<RepairIndexReport> {
     const nothing: RepairIndexReport = { packs: 0, rebuilt: [], removed: [], unrepairable: [] };
     // The chunks a pack's header lists are verified by the verifier's threads, as check's are.
-    const verifier = this.chunkVerifier();
-    const verify: CheckOptions["verify"] = (key, chunks) => verifier.verify(key, chunks);
+    const verify = this.verifyOnThreads();
     if (options.dryRun) {
       return this.using(tenantId, async () => {
         const repository = await this.existingRepository(tenantId);
@@ -650,8 +655,7 @@ export class SnapshotCoordinator {
    * reading the agents' streams (a check reads the tenant's whole repository, ~1 CPU-s a GB).
    */
   async check(tenantId: string, options: CheckOptions): Promise<CheckReport> {
-    const verifier = this.chunkVerifier();
-    const verify: CheckOptions["verify"] = (key, chunks) => verifier.verify(key, chunks);
+    const verify = this.verifyOnThreads();
     const report = await this.using(tenantId, async () => {
       const repository = await this.existingRepository(tenantId); // none yet: nothing in it can be broken
       if (!repository)
