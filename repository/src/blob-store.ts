@@ -1,5 +1,6 @@
 // The one interface every repository location implements (openBlobStore in open-blob-store.ts picks one).
 import { RepositoryError } from "./errors.js";
+import { MAX_STORED_OBJECT_BYTES } from "./limits.js";
 import { hasBadComponent } from "./relative-path.js";
 
 export interface BlobInfo {
@@ -24,6 +25,14 @@ export interface BlobCallOptions {
 export interface GetOptions extends BlobCallOptions {
   /** The most bytes the object may hold (see BlobStore.get). */
   maxBytes?: number;
+}
+
+/**
+ * Reads an object that is not a pack (config, a lock, a snapshot record, a manifest part, an index object) whole,
+ * refused past MAX_STORED_OBJECT_BYTES before any of it is read.
+ */
+export function getObject(store: BlobStore, key: string): Promise<Buffer> {
+  return store.get(key, { maxBytes: MAX_STORED_OBJECT_BYTES });
 }
 
 /** The error of an object over the `maxBytes` it was read with (each store's get). */

@@ -12,9 +12,8 @@
 // refresh) counts only if it landed while the lock was still trusted: then it is in the store before anyone
 // could remove the lock, and a prune that did would see it.
 import { randomBytes } from "node:crypto";
-import type { BlobStore } from "./blob-store.js";
+import { type BlobStore, getObject } from "./blob-store.js";
 import { isRepositoryError, RepositoryError, refusedReason } from "./errors.js";
-import { MAX_STORED_OBJECT_BYTES } from "./limits.js";
 import { ofAnotherBoot, type ProcessIdentity, processIsGone, thisProcess } from "./process-identity.js";
 import { ObjectKind, openJson, sealJson } from "./sealing.js";
 
@@ -117,12 +116,7 @@ export async function acquireLock(
       const age = now - info.modified.getTime();
       let other: LockBody | undefined;
       try {
-        other = openJson(
-          key,
-          ObjectKind.lock,
-          await store.get(info.key, { maxBytes: MAX_STORED_OBJECT_BYTES }),
-          `lock ${info.key}`,
-        ) as LockBody;
+        other = openJson(key, ObjectKind.lock, await getObject(store, info.key), `lock ${info.key}`) as LockBody;
       } catch (err) {
         if (isRepositoryError(err, "not-found")) continue; // released meanwhile
         // Unreadable: respected as a lock until it is stale by age; any other failure to read it (the store

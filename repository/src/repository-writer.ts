@@ -3,12 +3,12 @@
 // (at commit) the manifest, then the snapshot object — so a crash never leaves a snapshot that points at
 // missing data, and packs already written are found (and reused) by the next writer.
 import { hostname } from "node:os";
-import type { BlobWriter } from "./blob-store.js";
+import { type BlobWriter, getObject } from "./blob-store.js";
 import { copyBytes } from "./copy-bytes.js";
 import { counted } from "./counted.js";
 import { chunkArrivedDamaged, isRepositoryError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
-import { MAX_MANIFEST_BYTES, MAX_SEALED_MANIFEST_BYTES, MAX_STORED_OBJECT_BYTES } from "./limits.js";
+import { MAX_MANIFEST_BYTES, MAX_SEALED_MANIFEST_BYTES } from "./limits.js";
 import { acquireLock, type HeldLock } from "./lock.js";
 import {
   MAX_CHUNK_LENGTH,
@@ -207,9 +207,7 @@ export class RepositoryWriter implements ChunkSink {
     // may name one many times, in one offer or many): held stays held while the writer's lock keeps prunes out.
     const unread = [...new Set(ids)].filter((id) => isObjectId(id) && !this.partsHeld.has(id));
     await forEachLimited(unread, 8, async (id) => {
-      const blob = await this.repository.store
-        .get(manifestKey(id), { maxBytes: MAX_STORED_OBJECT_BYTES })
-        .catch((err) => absentOr(err, true));
+      const blob = await getObject(this.repository.store, manifestKey(id)).catch((err) => absentOr(err, true));
       if (blob && sha256(blob).toString("hex") === id) this.partsHeld.add(id);
     });
     return ids.filter((id) => !this.partsHeld.has(id));
@@ -314,9 +312,7 @@ export class RepositoryWriter implements ChunkSink {
       // found to be those bytes (a damaged copy is replaced by this one). Prune cannot remove it meanwhile:
       // it runs only under an exclusive lock, and this writer holds a shared one.
       if ((await store.stat(manifestKey(manifestId)))?.size === blob.length) {
-        const held = await store
-          .get(manifestKey(manifestId), { maxBytes: MAX_STORED_OBJECT_BYTES })
-          .catch(() => undefined);
+        const held = await getObject(store, manifestKey(manifestId)).catch(() => undefined);
         if (held?.equals(blob)) continue;
       }
       await store.put(manifestKey(manifestId), blob);
@@ -428,9 +424,7 @@ export class RepositoryWriter implements ChunkSink {
     if (!read) return parts.map((part) => (Buffer.isBuffer(part) ? part : undefined));
     return settled(async (part, i) => {
       if (Buffer.isBuffer(part)) return part;
-      const blob = await store
-        .get(manifestKey(part.stored), { maxBytes: MAX_STORED_OBJECT_BYTES })
-        .catch((err) => absentOr(err));
+      const blob = await getObject(store, manifestKey(part.stored)).catch((err) => absentOr(err));
       if (blob === undefined) throw notThere(i, part.stored);
       if (!sha256(blob).equals(Buffer.from(part.stored, "hex"))) {
         throw new RepositoryError("corrupt", `${what(i)}, manifests/${part.stored}, does not hash to its id`);

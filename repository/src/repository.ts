@@ -1,12 +1,12 @@
 // A repository: the config object (with its key check), the index of every pack, and the snapshots.
 import { randomBytes } from "node:crypto";
-import type { BlobStore } from "./blob-store.js";
+import { type BlobStore, getObject } from "./blob-store.js";
 import { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
 import { SNAPSHOT_ID_OR_PREFIX } from "./cli-flags.js";
 import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
 import { assertKey } from "./key.js";
-import { MAX_SEALED_MANIFEST_BYTES, MAX_STORED_OBJECT_BYTES } from "./limits.js";
+import { MAX_SEALED_MANIFEST_BYTES } from "./limits.js";
 import { type Manifest, type ManifestEntry, manifestPartEntries, openManifestParts } from "./manifest.js";
 import { indexKey, openIndex, type PackIndex } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
@@ -68,7 +68,7 @@ export class Repository implements RepositoryAccess {
     assertKey(key);
     let raw: Buffer;
     try {
-      raw = await store.get(CONFIG_KEY, { maxBytes: MAX_STORED_OBJECT_BYTES });
+      raw = await getObject(store, CONFIG_KEY);
     } catch (err) {
       if (isRepositoryError(err, "not-found")) {
         throw new RepositoryError("not-initialised", `there is no repository at ${store.url}`, { cause: err });
@@ -139,7 +139,7 @@ export class Repository implements RepositoryAccess {
       const packId = key.slice("index/".length);
       if (!isObjectId(packId)) return options.onCorrupt?.(key, notAnObjectId());
       try {
-        index.add(openIndex(this.key, await this.store.get(key, { maxBytes: MAX_STORED_OBJECT_BYTES }), packId));
+        index.add(openIndex(this.key, await getObject(this.store, key), packId));
       } catch (err) {
         if (options.onCorrupt && isObjectError(err)) options.onCorrupt(key, err);
         else throw err;
@@ -149,7 +149,7 @@ export class Repository implements RepositoryAccess {
   }
 
   async readPackIndex(packId: string): Promise<PackIndex> {
-    return openIndex(this.key, await this.store.get(indexKey(packId), { maxBytes: MAX_STORED_OBJECT_BYTES }), packId);
+    return openIndex(this.key, await getObject(this.store, indexKey(packId)), packId);
   }
 
   /**
@@ -166,13 +166,7 @@ export class Repository implements RepositoryAccess {
     await forEachLimited(ids, 8, async (id) => {
       if (!isObjectId(id)) return options.onCorrupt?.(id, notAnObjectId(snapshotKey(id)));
       try {
-        records.push(
-          openSnapshotRecord(
-            this.key,
-            id,
-            await this.store.get(snapshotKey(id), { maxBytes: MAX_STORED_OBJECT_BYTES }),
-          ),
-        );
+        records.push(openSnapshotRecord(this.key, id, await getObject(this.store, snapshotKey(id))));
       } catch (err) {
         if (isRepositoryError(err, "not-found")) return;
         if (options.onCorrupt && isObjectError(err)) options.onCorrupt(id, err);
@@ -194,11 +188,7 @@ export class Repository implements RepositoryAccess {
   async findSnapshot(idOrPrefix: string): Promise<SnapshotRecord> {
     if (idOrPrefix === LATEST) return this.newest(await this.listSnapshots());
     const id = await this.resolveSnapshotId(idOrPrefix);
-    return openSnapshotRecord(
-      this.key,
-      id,
-      await this.store.get(snapshotKey(id), { maxBytes: MAX_STORED_OBJECT_BYTES }),
-    );
+    return openSnapshotRecord(this.key, id, await getObject(this.store, snapshotKey(id)));
   }
 
   /** The newest of `snapshots` (listSnapshots' order): what `latest` names. */
@@ -237,7 +227,7 @@ export class Repository implements RepositoryAccess {
     const blobs: Buffer[] = [];
     let bytes = 0;
     for (const id of record.manifests) {
-      const blob = await this.store.get(manifestKey(id), { maxBytes: MAX_STORED_OBJECT_BYTES });
+      const blob = await getObject(this.store, manifestKey(id));
       if (sha256(blob).toString("hex") !== id) {
         throw new RepositoryError("corrupt", `manifest ${id} of snapshot ${record.id} does not match its id`);
       }
