@@ -496,12 +496,22 @@ export function registerSnapshotCommands(program: Command): void {
     );
 }
 
+/** Whether `text` is a key as parseRepositoryKey reads one (hex or base64 of 32 bytes). */
+function readsAsKey(text: string): boolean {
+  try {
+    parseRepositoryKey(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function loadKey(opts: KeyOptions): Promise<Buffer> {
   if (opts.keyFile) {
     // The key itself given for the path (`--key-file "$DUMONT_REPO_KEY"`): said without repeating it, as the
     // control plane's CLI never repeats --api-key (errors end up in logs and CI output). Checked here, not in the
     // flag's parser, whose errors commander prints with the value.
-    if (/^([0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=)$/.test(opts.keyFile) && !existsSync(opts.keyFile)) {
+    if (!existsSync(opts.keyFile) && readsAsKey(opts.keyFile)) {
       throw new Error(
         "--key-file takes the path of a file holding the repository key, and was given what looks like the key " +
           "itself (not repeated here): put the key in a file only you can read, or set DUMONT_REPO_KEY",
