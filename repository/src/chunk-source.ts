@@ -98,12 +98,15 @@ export class RepositoryChunkSource implements ChunkSource {
     }
     const store = this.repository.store;
     const { readBuffers } = this.options;
+    // Reads that landed in a read buffer: one never handed to the consumer goes back if it stops early.
+    const pooled = new WeakMap<Buffer, Buffer>();
     const fetchRead = (read: PlannedRead): Promise<Buffer | Error> => {
       const length = read.end - read.start;
       const into = readBuffers?.allocate(length + READ_SLACK);
       return store.getRange(packKey(read.packId), read.start, length, into).then(
         (got) => {
           if (into && got.buffer !== into.buffer) readBuffers!.release(into);
+          else if (into) pooled.set(got, into);
           return got;
         },
         (err: unknown) => {
@@ -116,32 +119,42 @@ export class RepositoryChunkSource implements ChunkSource {
     const inFlight: Promise<Buffer | Error>[] = [];
     let next = 0;
     while (next < reads.length && inFlight.length < readAhead) inFlight.push(fetchRead(reads[next++]));
-    for (const read of reads) {
-      const result = await inFlight.shift()!;
-      if (next < reads.length) inFlight.push(fetchRead(reads[next++]));
-      if (result instanceof Error && !readShowsDamage(result)) throw result;
-      if (result instanceof Error && read.items.length > 1 && !isRepositoryError(result, "not-found")) {
-        // One chunk cut short or placed past the pack's end failed the read it shared with its neighbours: each
-        // is read alone, so only the chunks that cannot be read are lost, and only their files named damaged.
-        // (Not a pack that is gone: all of it is.) Into memory of its own size, not a read buffer each.
+    try {
+      for (const read of reads) {
+        const result = await inFlight.shift()!;
+        if (next < reads.length) inFlight.push(fetchRead(reads[next++]));
+        if (result instanceof Error && !readShowsDamage(result)) throw result;
+        if (result instanceof Error && read.items.length > 1 && !isRepositoryError(result, "not-found")) {
+          // One chunk cut short or placed past the pack's end failed the read it shared with its neighbours: each
+          // is read alone, so only the chunks that cannot be read are lost, and only their files named damaged.
+          // (Not a pack that is gone: all of it is.) Into memory of its own size, not a read buffer each.
+          for (const item of read.items) {
+            const alone = await store
+              .getRange(packKey(read.packId), item.offset, item.length)
+              .catch((err: unknown) => (err instanceof Error ? err : new Error(String(err))));
+            if (alone instanceof Error && !readShowsDamage(alone)) throw alone;
+            yield alone instanceof Error
+              ? { id: item.id, pack: read.packId, error: `pack ${read.packId} could not be read: ${alone.message}` }
+              : { id: item.id, pack: read.packId, blob: alone.subarray(0, item.length) };
+          }
+          continue;
+        }
         for (const item of read.items) {
-          const alone = await store
-            .getRange(packKey(read.packId), item.offset, item.length)
-            .catch((err: unknown) => (err instanceof Error ? err : new Error(String(err))));
-          if (alone instanceof Error && !readShowsDamage(alone)) throw alone;
-          yield alone instanceof Error
-            ? { id: item.id, pack: read.packId, error: `pack ${read.packId} could not be read: ${alone.message}` }
-            : { id: item.id, pack: read.packId, blob: alone.subarray(0, item.length) };
+          if (result instanceof Error) {
+            yield { id: item.id, pack: read.packId, error: `pack ${read.packId} could not be read: ${result.message}` };
+          } else {
+            const at = item.offset - read.start;
+            yield { id: item.id, pack: read.packId, blob: result.subarray(at, at + item.length) };
+          }
         }
-        continue;
       }
-      for (const item of read.items) {
-        if (result instanceof Error) {
-          yield { id: item.id, pack: read.packId, error: `pack ${read.packId} could not be read: ${result.message}` };
-        } else {
-          const at = item.offset - read.start;
-          yield { id: item.id, pack: read.packId, blob: result.subarray(at, at + item.length) };
-        }
+    } finally {
+      // The consumer stopped early, or a read failed: the reads still in flight are nobody's.
+      for (const rest of inFlight.splice(0)) {
+        void rest.then((got) => {
+          const into = got instanceof Error ? undefined : pooled.get(got);
+          if (into) readBuffers!.release(into);
+        });
       }
     }
   }

@@ -550,6 +550,32 @@ describe.each(stores)("repository on %s", (_name, make) => {
     expect((await stat(file)).size).toBe(bytes.length);
   });
 
+  it("gives back the read buffers of reads still in flight when its consumer stops early", async () => {
+    // A restore that fails part way stops reading: the reads it had started ahead kept their buffers.
+    const { key, repository } = await freshFileRepository("early-stop");
+    const chunks = Array.from({ length: 6 }, () => sealed(key, randomBytes(20_000)));
+    const w = await repository.writer();
+    await w.put(chunks);
+    await w.commit([sealManifest(key, manifestOf({ "a.bin": chunks }))], meta);
+    const held = new Set<ArrayBufferLike>();
+    const readBuffers = {
+      allocate: (size: number) => {
+        const b = Buffer.alloc(size);
+        held.add(b.buffer);
+        return b;
+      },
+      release: (b: Buffer) => held.delete(b.buffer),
+    };
+    // A read per chunk (none fits beside another), four of them ahead of the consumer.
+    const source = await repository.chunkSource({ readBuffers, readAhead: 4, maxRead: 8192 + 25_000, maxGap: 0 });
+    for await (const f of source.get(chunks.map((c) => c.id))) {
+      expect(chunkCodec.verifyChunk(key, f.id, f.blob!, 20_000)).toBeNull();
+      readBuffers.release(f.blob!); // the consumer gives back what it was handed
+      break;
+    }
+    await vi.waitFor(() => expect(held.size).toBe(0));
+  });
+
   it("a pack read shared by neighbouring chunks fails only the chunks cut or misplaced, not their neighbours", async () => {
     // Neighbouring chunks are read together; one cut short (a truncated pack) or placed past the pack's end (a
     // damaged index object) failed the whole read, and restore named the intact files beside it damaged.

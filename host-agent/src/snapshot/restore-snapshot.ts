@@ -747,13 +747,18 @@ async function restoreWindow(
       hexes = [];
       packs = [];
       taskBytes = 0;
-      for (const hex of batchHexes) {
-        for (const d of destinations.get(hex) ?? []) {
-          await d.file.ready;
-          if (d.file.byWorker && !d.file.at) {
-            d.file.at = dirs.entryNow(d.file.entry.path) ?? (await dirs.entry(d.file.entry.path));
+      try {
+        for (const hex of batchHexes) {
+          for (const d of destinations.get(hex) ?? []) {
+            await d.file.ready;
+            if (d.file.byWorker && !d.file.at) {
+              d.file.at = dirs.entryNow(d.file.entry.path) ?? (await dirs.entry(d.file.entry.path));
+            }
           }
         }
+      } catch (err) {
+        pool.recycle(batchData.buffer); // a file of the batch could not be made: the restore ends here
+        throw err;
       }
       // A read buffer can hold far more work than its size says: 8 MiB of compressed source files is 500
       // files to create, of compressed CSV 25 MiB to write. Parts of it go to different workers (they share

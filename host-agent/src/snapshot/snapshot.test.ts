@@ -87,6 +87,25 @@ afterAll(async () => {
 let counter = 0;
 const fresh = (name: string): string => join(root, `${name}-${++counter}`);
 
+/** A pool of two workers (closed after the test) that counts the buffers it handed out and did not get back. */
+function countingPool(): { pool: SnapshotWorkerPool; held: Set<ArrayBufferLike> } {
+  const counting = new SnapshotWorkerPool({ threads: 2 });
+  onTestFinished(() => counting.close());
+  const held = new Set<ArrayBufferLike>();
+  const buffer = counting.buffer.bind(counting);
+  const recycle = counting.recycle.bind(counting);
+  counting.buffer = (size) => {
+    const b = buffer(size);
+    held.add(b.buffer);
+    return b;
+  };
+  counting.recycle = (b) => {
+    held.delete(b);
+    recycle(b);
+  };
+  return { pool: counting, held };
+}
+
 function seeded(size: number, seed: string): Buffer {
   const out = Buffer.allocUnsafe(size);
   for (let i = 0, n = 0; i < size; n++) i += createHash("sha256").update(`${seed}:${n}`).digest().copy(out, i);
@@ -2397,17 +2416,20 @@ describe("restore safety", () => {
       const blobs = new Map(pieces.map((p) => [p.id.toString("hex"), p.blob]));
       const manifest: Manifest = { version: 1, entries: [entry("logs"), entry("logs/d"), file] };
       const target = fresh("target");
+      const { pool: counting, held } = countingPool();
       const failure = await restoreSnapshot({
         snapshotId: "x",
         source: sourceOf(manifest, blobs),
         key,
         target,
-        pool,
+        pool: counting,
       }).catch((e) => e);
       expect(failure).not.toBeInstanceOf(RestoreDamagedError);
       expect(failure.message).toContain(`ENAMETOOLONG: name too long, open 'logs/${long}'`);
       expect(failure.message).not.toContain("/proc/");
       expect(await readdir(target)).toEqual([]); // taken back, as any failed restore
+      // Its batch went back to the pool too (a batch waiting for a file that could not be opened was dropped).
+      await vi.waitFor(() => expect(held.size).toBe(0));
     },
   );
 

@@ -20,6 +20,28 @@ afterAll(async () => {
 });
 
 describe.each([0, 1])("restore writes with %i worker thread(s)", (threads) => {
+  it("takes back the batch's buffer when the batch fails as a whole", async () => {
+    const pool = new SnapshotWorkerPool({ threads });
+    try {
+      const data = pool.buffer(1024);
+      const idle = data.buffer;
+      // Chunks longer than any memory a worker can make for them: the batch fails before it writes anything.
+      const huge = Int32Array.from([2 ** 31 - 1, 2 ** 31 - 1, 2 ** 31 - 1]);
+      const writing = pool.writeChunks(
+        generateRepositoryKey(),
+        data,
+        Int32Array.from([0, 10, 10, 10, 20, 10]),
+        Buffer.alloc(96),
+        huge,
+        Int32Array.from([0, 0, 0, 0]),
+        new Float64Array(0),
+      );
+      await expect(writing).rejects.toThrow(/initial|memory/i);
+      expect(pool.buffer(1024).buffer).toBe(idle);
+    } finally {
+      await pool.close();
+    }
+  });
   it("writes runs of chunks (O_DIRECT where it can), duplicates and unaligned ends byte for byte", async () => {
     const pool = new SnapshotWorkerPool({ threads });
     const key = generateRepositoryKey();
@@ -127,6 +149,23 @@ describe.each([0, 1])("restore writes with %i worker thread(s)", (threads) => {
 });
 
 describe.each([0, 1])("sealing segments with %i worker thread(s)", (threads) => {
+  it("takes back its output buffer when a batch fails as a whole", async () => {
+    // A batch that fails (not a file left out: a bug, or memory that ran out) kept the buffer it was offered,
+    // and the pool made a new one for every later batch.
+    const pool = new SnapshotWorkerPool({ threads });
+    const file = join(root, `failing-${threads}`);
+    await writeFile(file, randomBytes(10_000));
+    try {
+      const idle = pool.buffer(1024).buffer;
+      pool.recycle(idle);
+      // A look-back that is no number throws a TypeError with no code: the whole batch fails.
+      const segment = { path: file, fileSize: 10_000, start: 0, end: 10_000, lookback: 1n as unknown as number };
+      await expect(pool.sealSegments(generateRepositoryKey(), compileChunker(), [segment])).rejects.toThrow(/BigInt/);
+      expect(pool.buffer(1024).buffer).toBe(idle);
+    } finally {
+      await pool.close();
+    }
+  });
   it("cuts and hashes chunks the repository holds like any other, and leaves only those unsealed", async () => {
     const pool = new SnapshotWorkerPool({ threads });
     const key = generateRepositoryKey();

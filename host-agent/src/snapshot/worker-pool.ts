@@ -606,7 +606,13 @@ export class SnapshotWorkerPool {
     held?: Buffer,
   ): Promise<SealedSegments> {
     if (this.localSealer) {
-      return this.localSealer.sealSegments(key, chunker, segments, this.takeSpare(0, true), held);
+      const spare = this.takeSpare(0, true);
+      try {
+        return this.localSealer.sealSegments(key, chunker, segments, spare, held);
+      } catch (err) {
+        if (spare) this.recycle(spare);
+        throw err;
+      }
     }
     if (held && !this.isShared(held.buffer)) throw new Error("held ids must be in a buffer from pool.buffer()");
     const out = this.buffer(estimateSealedSize(segments, chunker, chunkCodec.overhead));
@@ -621,7 +627,11 @@ export class SnapshotWorkerPool {
         held: held && { ref: this.refOf(held), length: held.length },
       },
       [],
-    )) as SealedReply & {
+    ).catch((err: unknown) => {
+      // The worker that had it answered, died or was ended: nothing writes to it any more.
+      this.recycle(out.buffer);
+      throw err;
+    })) as SealedReply & {
       ids: ArrayBuffer;
       idsLength: number;
       chunks: Float64Array;
@@ -738,22 +748,24 @@ export class SnapshotWorkerPool {
   ): Promise<WrittenChunks> {
     const recycle = options.recycle ?? true;
     if (this.localSealer) {
-      const r = openAndWrite(
-        chunkCodec,
-        fs,
-        this.localScratch,
-        undefined,
-        key,
-        data,
-        ranges,
-        ids,
-        lengths,
-        destStart,
-        dests,
-        creates,
-      );
-      if (recycle && data.byteOffset === 0) this.recycle(data.buffer as ArrayBuffer);
-      return r;
+      try {
+        return openAndWrite(
+          chunkCodec,
+          fs,
+          this.localScratch,
+          undefined,
+          key,
+          data,
+          ranges,
+          ids,
+          lengths,
+          destStart,
+          dests,
+          creates,
+        );
+      } finally {
+        if (recycle && data.byteOffset === 0) this.recycle(data.buffer as ArrayBuffer);
+      }
     }
     const input = this.refOf(data);
     const idsCopy = ids.buffer.slice(ids.byteOffset, ids.byteOffset + ids.byteLength) as ArrayBuffer;
@@ -773,7 +785,11 @@ export class SnapshotWorkerPool {
         creates,
       },
       transfer,
-    )) as WorkerReply & WrittenChunks & { data?: ArrayBuffer };
+    ).catch((err: unknown) => {
+      // Shared memory is still the pool's (a transferred input went with the worker's failure).
+      if ("shared" in input && recycle) this.recycle(data.buffer);
+      throw err;
+    })) as WorkerReply & WrittenChunks & { data?: ArrayBuffer };
     if ("shared" in input) {
       if (recycle) this.recycle(data.buffer);
     } else {
