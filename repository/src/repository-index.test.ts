@@ -60,6 +60,28 @@ describe("repository index", () => {
     expect(index.get(shared)?.packId).toBe("c");
   });
 
+  it("leaves a pack it holds as it is when given it again, and replaces one given with other entries", () => {
+    // Two loads into one cached index, or a writer's pack a load has just read, add the same pack twice: each
+    // time the whole index was rebuilt (seconds a million chunks).
+    const [x, y, z] = [randomBytes(32), randomBytes(32), randomBytes(32)];
+    const index = new RepositoryIndex();
+    index.add(pack("a", [x, y]));
+    index.add(pack("b", [z]));
+    const view = index.packs.get("a");
+    index.add(pack("a", [x, y]));
+    const list = new PackEntryList();
+    list.push(z, 0, 100, 150);
+    index.addList("b", 164, list);
+    expect(index.packs.get("a")).toBe(view); // not rebuilt
+    expect(index.chunkCount).toBe(3);
+    expect(index.get(z)).toEqual({ packId: "b", offset: 0, length: 100, plainLength: 150 });
+    // Other entries (an index object repair-index rebuilt from the pack): the pack is replaced.
+    index.add(pack("a", [x]));
+    expect(index.packs.get("a")?.entries.map((e) => e.id.toString("hex"))).toEqual([x.toString("hex")]);
+    expect(index.has(y)).toBe(false);
+    expect(index.chunkCount).toBe(2);
+  });
+
   it("refuses an entry it cannot hold rather than store it wrong", () => {
     const index = new RepositoryIndex();
     expect(() => index.add(pack("short", [Buffer.alloc(31)]))).toThrow(/not 32 bytes/);

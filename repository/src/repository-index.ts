@@ -49,7 +49,7 @@ export class RepositoryIndex {
         if (!Number.isInteger(n) || n < 0 || n > U32) throw new Error(`pack ${pack.packId} has an entry out of range`);
       }
     }
-    if (this.packNumbers.has(pack.packId)) this.removePacks([pack.packId]);
+    if (this.holds(pack.packId, pack.packSize, entries.length)) return;
     this.register(pack.packId, pack.packSize, entries.length, (i, k) => {
       const e = entries[k];
       e.id.copy(this.ids, ID * i);
@@ -61,13 +61,29 @@ export class RepositoryIndex {
 
   /** Adds a pack a writer has just written, from the list it filled (no object per entry). */
   addList(packId: string, packSize: number, list: PackEntryList): void {
-    if (this.packNumbers.has(packId)) this.removePacks([packId]);
+    if (this.holds(packId, packSize, list.count)) return;
     this.register(packId, packSize, list.count, (i, k) => {
       list.copyId(k, this.ids, ID * i);
       this.offset[i] = list.offset(k);
       this.length[i] = list.blobLength(k);
       this.plainLength[i] = list.plainLength(k);
     });
+  }
+
+  /**
+   * Whether the pack is held already, as given: then adding it again changes nothing. An index object never
+   * changes (every pack written gets a new id), and two loads into one cached index (loadIndex `into`), or a
+   * writer's pack a load has just read, add the same pack twice: each rebuilt the whole index (~2 s a million
+   * chunks, on the control plane's event loop). Held otherwise (repair-index rebuilt it from the pack), it is
+   * replaced.
+   */
+  private holds(packId: string, packSize: number, count: number): boolean {
+    const number = this.packNumbers.get(packId);
+    if (number === undefined) return false;
+    const [a, b] = this.packRanges[number];
+    if (this.packs.get(packId)?.packSize === packSize && b - a === count) return true;
+    this.removePacks([packId]);
+    return false;
   }
 
   /** Forgets packs (after prune deleted them); a chunk also held by another pack stays findable there. */
@@ -78,10 +94,14 @@ export class RepositoryIndex {
       if (number !== undefined) gone.add(number);
     }
     if (gone.size === 0) return;
-    // A caller may still hold a removed pack (prune repacks what it removed): it keeps its entries.
+    // A caller may still hold a removed pack (prune repacks what it removed): it keeps its entries, read from
+    // the columns as they are now, which live on only while it does. Copied out instead, removing most of an
+    // index (a prune, the refresh after it) made an object per chunk removed (~165 bytes each).
+    const columns = this.columns();
     for (const number of gone) {
       const view = this.packs.get(this.packIds[number]);
-      if (view) Object.defineProperty(view, "entries", { value: view.entries });
+      const [a, b] = this.packRanges[number];
+      if (view) Object.defineProperty(view, "entries", { get: () => entriesIn(columns, a, b) });
     }
     // Rare (a prune, a refresh after one): the columns are rebuilt without those packs' entries.
     const old = {
@@ -200,17 +220,33 @@ export class RepositoryIndex {
         const number = index.packNumbers.get(packId);
         if (number === undefined) return [];
         const [a, b] = index.packRanges[number];
-        const out: PackEntry[] = [];
-        for (let i = a; i < b; i++) {
-          out.push({
-            id: Buffer.from(index.ids.subarray(ID * i, ID * (i + 1))),
-            offset: index.offset[i],
-            length: index.length[i],
-            plainLength: index.plainLength[i],
-          });
-        }
-        return out;
+        return entriesIn(index.columns(), a, b);
       },
     };
   }
+
+  private columns(): Columns {
+    return { ids: this.ids, offset: this.offset, length: this.length, plainLength: this.plainLength };
+  }
+}
+
+interface Columns {
+  ids: Buffer;
+  offset: Uint32Array;
+  length: Uint32Array;
+  plainLength: Uint32Array;
+}
+
+/** Entries [a, b) of `columns`, as objects (copies). */
+function entriesIn(columns: Columns, a: number, b: number): PackEntry[] {
+  const out: PackEntry[] = [];
+  for (let i = a; i < b; i++) {
+    out.push({
+      id: Buffer.from(columns.ids.subarray(ID * i, ID * (i + 1))),
+      offset: columns.offset[i],
+      length: columns.length[i],
+      plainLength: columns.plainLength[i],
+    });
+  }
+  return out;
 }

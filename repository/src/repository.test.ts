@@ -384,6 +384,27 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await store.close();
   });
 
+  it("reads each index object once when two loads into one cached index start together", async () => {
+    // Two operations of one tenant starting at once (two snapshots, a snapshot and a restore) each read every
+    // new index object, and added each pack twice.
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const writer = await repository.writer({ packSize: 20_000 });
+    await writer.put(Array.from({ length: 4 }, () => sealed(key, randomBytes(30_000)))); // a pack each
+    await writer.flush();
+    await writer.abort();
+    const reads = vi.spyOn(store, "get");
+    const cached = new RepositoryIndex();
+    const [a, b] = await Promise.all([repository.loadIndex({ into: cached }), repository.loadIndex({ into: cached })]);
+    expect(a).toBe(cached);
+    expect(b).toBe(cached);
+    expect(cached.packs.size).toBe(4);
+    expect(reads.mock.calls.filter(([k]) => k.startsWith("index/"))).toHaveLength(4);
+    reads.mockRestore();
+    await store.close();
+  });
+
   it("check names a file once however many of its chunks a missing pack held", async () => {
     const store = make();
     const key = generateRepositoryKey();

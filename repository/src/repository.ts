@@ -39,10 +39,13 @@ export interface LoadIndexOptions {
   /**
    * Brings this (cached) index up to date instead of building a new one: index objects it lacks are read,
    * packs whose index object is gone (pruned) are forgotten. Index objects are immutable, so only new
-   * ones cost a read.
+   * ones cost a read. Loads into one index run one after the other (the later one finds little left to do).
    */
   into?: RepositoryIndex;
 }
+
+/** The last load into each cached index (loadIndex `into`): the next waits for it. */
+const loadsInto = new WeakMap<RepositoryIndex, Promise<unknown>>();
 
 export class Repository implements RepositoryAccess {
   private constructor(
@@ -125,8 +128,18 @@ export class Repository implements RepositoryAccess {
     return { repository: await Repository.open(store, key), created };
   }
 
-  async loadIndex(options: LoadIndexOptions = {}): Promise<RepositoryIndex> {
-    const index = options.into ?? new RepositoryIndex();
+  loadIndex(options: LoadIndexOptions = {}): Promise<RepositoryIndex> {
+    const { into } = options;
+    if (!into) return this.loadIndexNow(new RepositoryIndex(), options);
+    // Two operations of one tenant starting together each read every new index object (a GET each on S3).
+    const load = (loadsInto.get(into) ?? Promise.resolve())
+      .catch(() => {})
+      .then(() => this.loadIndexNow(into, options));
+    loadsInto.set(into, load);
+    return load;
+  }
+
+  private async loadIndexNow(index: RepositoryIndex, options: LoadIndexOptions): Promise<RepositoryIndex> {
     // Only packs known before the listing can have vanished: one a writer adds meanwhile is not in it.
     const known = new Set(index.packs.keys());
     const keys: string[] = [];
