@@ -91,11 +91,12 @@ export interface BlobStore {
    */
   removeAbandoned?(prefix: string, options?: { olderThanMs?: number }): Promise<{ count: number; bytes: number }>;
   /**
-   * Optional: makes the deletions of `keys` durable, for a caller whose next deletion must not outlive them
-   * in a crash (prune: an index object before its pack). file:// fsyncs their directories; an S3 DELETE is
-   * durable once it returns.
+   * Optional: makes the directory entries of `keys` durable, whether made or deleted, for a caller whose next
+   * write must not outlive them in a crash (prune: an index object's deletion before its pack's; a snapshot's
+   * record: objects it names that an earlier writer, killed before its own sync, left). file:// fsyncs their
+   * directories; an S3 PUT or DELETE is durable once it returns.
    */
-  syncDeletes?(keys: readonly string[]): Promise<void>;
+  syncEntries?(keys: readonly string[]): Promise<void>;
 }
 
 /** An object being written piece by piece (see BlobStore.openWriter). */

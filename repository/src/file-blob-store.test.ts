@@ -131,7 +131,7 @@ describe("FileBlobStore", () => {
     await store.put("data/ab/p", Buffer.alloc(64, 1));
     await rename(join(dir, "mounted"), join(dir, "unmounted"));
     const gone = (e: unknown) => isRepositoryError(e, "unavailable") && /directory .* is gone/.test(String(e));
-    await expect(store.syncDeletes?.(["data/ab/p"])).rejects.toSatisfy(gone);
+    await expect(store.syncEntries?.(["data/ab/p"])).rejects.toSatisfy(gone);
     await expect(store.get("index/x")).rejects.toSatisfy(gone);
     await expect(store.getRange("data/ab/p", 0, 8)).rejects.toSatisfy(gone);
     await expect(store.stat("index/x")).rejects.toSatisfy(gone);

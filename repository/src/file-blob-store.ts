@@ -552,8 +552,8 @@ export class FileBlobStore implements BlobStore {
     }
   }
 
-  /** An unlink is durable once its directory is fsynced: each directory of `keys`, once. */
-  async syncDeletes(keys: readonly string[]): Promise<void> {
+  /** A rename or unlink is durable once its directory is fsynced: each directory of `keys`, once. */
+  async syncEntries(keys: readonly string[]): Promise<void> {
     for (const dir of new Set(keys.map((key) => dirname(this.path(key))))) {
       try {
         await syncDirectory(dir);

@@ -99,7 +99,7 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
     }
     // Durable before anything they named can be pruned: a record's deletion lost in a power loss after the
     // prune's (synced) deletions would list the snapshot again, without the packs the prune removed.
-    if (plan.forget.length > 0) await repository.store.syncDeletes?.(plan.forget.map(snapshotKey));
+    if (plan.forget.length > 0) await repository.store.syncEntries?.(plan.forget.map(snapshotKey));
   }
   return { kept: plan.keep, forgotten: plan.forget };
 }
@@ -335,7 +335,7 @@ async function deletePacks(store: BlobStore, packIds: readonly string[], trusted
     trusted();
     await store.delete(key);
   }
-  await store.syncDeletes?.(indexKeys);
+  await store.syncEntries?.(indexKeys);
   for (const packId of packIds) {
     trusted();
     await store.delete(packKey(packId));

@@ -144,7 +144,7 @@ async function repair(repository: Repository, options: RepairIndexOptions, lock:
       lock.assertTrusted();
       await store.delete(indexKey(packId));
     }
-    await store.syncDeletes?.(report.removed.map(indexKey));
+    await store.syncEntries?.(report.removed.map(indexKey));
   }
   report.rebuilt.sort();
   report.unrepairable.sort((a, b) => a.pack.localeCompare(b.pack));

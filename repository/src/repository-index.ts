@@ -173,6 +173,12 @@ export class RepositoryIndex {
     return this.find(id) !== EMPTY;
   }
 
+  /** The id of the pack holding chunk `id`, or undefined. */
+  packIdOf(id: Buffer | string): string | undefined {
+    const i = this.find(id);
+    return i === EMPTY ? undefined : this.packIds[this.pack[i]];
+  }
+
   /** The plain length of chunk `id`, or -1 when the index does not hold it (get, without a location object). */
   plainLengthOf(id: Buffer | string): number {
     const i = this.find(id);

@@ -1504,6 +1504,39 @@ describe("repository on file://, writing packs", () => {
     expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([id]);
   });
 
+  it("makes the names of what a snapshot reuses durable before its record: others' packs, index objects, parts", async () => {
+    // A writer killed after renaming a pack, its index object or a manifest part into place and before syncing
+    // the directory left names a power loss can take away; the next snapshot reused them, unsynced, and its
+    // record outlived what it names.
+    const synced: string[][] = [];
+    class Recording extends FileBlobStore {
+      override async syncEntries(keys: readonly string[]) {
+        synced.push([...keys]);
+        return super.syncEntries(keys);
+      }
+    }
+    const store = new Recording(join(dir, "reuse-durable"));
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const chunks = Array.from({ length: 4 }, () => sealed(key, randomBytes(40_000)));
+    const manifest = sealManifest(key, manifestOf({ "a.bin": chunks }));
+    const first = await repository.writer({ packSize: 64 * 1024 });
+    await first.put(chunks);
+    await first.commit([manifest], meta);
+    expect(synced).toEqual([]); // all its own: synced as written
+    const packs = [...(await repository.loadIndex()).packs.keys()];
+    expect(packs.length).toBeGreaterThan(1);
+    const second = await repository.writer();
+    await second.put(chunks); // all held: nothing written
+    await second.commit([manifest], meta);
+    expect(synced).toHaveLength(1);
+    const expected = [
+      ...packs.flatMap((p) => [packKey(p), indexKey(p)]),
+      `manifests/${sha256(manifest).toString("hex")}`,
+    ];
+    expect([...synced[0]].sort()).toEqual(expected.sort());
+  });
+
   it("forgets durably, then prunes a pack's index object durably before the pack: every index deletion synced, then the packs", async () => {
     // In the other order a crash could leave an index object whose pack is gone, and the next snapshot would
     // take its chunks for stored. The store is asked to make the index deletions durable (file://: an fsync of
@@ -1514,9 +1547,9 @@ describe("repository on file://, writing packs", () => {
         ops.push(`delete ${key.split("/")[0]}`);
         return super.delete(key);
       }
-      override async syncDeletes(keys: readonly string[]) {
+      override async syncEntries(keys: readonly string[]) {
         ops.push(`sync ${[...new Set(keys.map((k) => k.split("/")[0]))].join(",")}`);
-        return super.syncDeletes(keys);
+        return super.syncEntries(keys);
       }
     }
     const store = new Recording(join(dir, "prune-order"));

@@ -81,7 +81,7 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
   readonly allocate: BlobStore["allocate"];
   readonly openWriter: BlobStore["openWriter"];
   readonly removeAbandoned: BlobStore["removeAbandoned"];
-  readonly syncDeletes: BlobStore["syncDeletes"];
+  readonly syncEntries: BlobStore["syncEntries"];
   /**
    * Writes and deletes given up on that are still running in the store: cancelled, but a PUT whose whole body S3
    * had taken may still land after its caller failed (see `delete`).
@@ -105,7 +105,7 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
     this.url = store.url;
     // The optional calls only where the store has them: the repository takes their presence as a choice (a pack
     // streamed through openWriter, or put from memory that allocate gave).
-    const { allocate, openWriter, removeAbandoned, syncDeletes } = store;
+    const { allocate, openWriter, removeAbandoned, syncEntries } = store;
     this.allocate = allocate && ((size) => allocate.call(store, size));
     this.openWriter =
       openWriter &&
@@ -133,10 +133,12 @@ export class DeadlineBlobStore implements BlobStore, Record<keyof BlobStore, unk
           () => removeAbandoned.call(store, prefix, options),
           { changes: true },
         ));
-    this.syncDeletes =
-      syncDeletes &&
+    this.syncEntries =
+      syncEntries &&
       ((keys) =>
-        this.timed(`making ${keys.length} deletions durable`, () => syncDeletes.call(store, keys), { changes: true }));
+        this.timed(`making ${keys.length} objects' names durable`, () => syncEntries.call(store, keys), {
+          changes: true,
+        }));
   }
 
   /**
