@@ -242,17 +242,25 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
     const why = err instanceof Error ? err.message : String(err);
     throw new RestoreLeftBehindError(unwritable?.message ?? `${why}. ${notRemoved}`, unwritable ?? err, notRemoved);
   } finally {
+    // The target becomes the snapshot's directory (as rsync's `src/ dst/`): its owner, mode and time, so a
+    // workspace moved to another host is its user's to write in, not root's. Where the manifest does not say
+    // (or the restore failed and emptied it), the target's own mode comes back.
+    const own = restored ? plan.root : undefined;
+    const ownerAndMode = async (): Promise<void> => {
+      if (own && options.owners && hasOwner(own)) await onTarget((h) => h.chown(...ownerArgs(own))).catch(() => {});
+      await chmodTarget(own ? own.mode : (locked as number)).catch(() => {});
+    };
+    // A whole restore takes them before its marker goes, so a kill in between cannot leave a target that reads
+    // as whole yet is root's and 0700. Unless that mode would keep this process from removing the marker (one
+    // that is not root, and a mode without the owner's write and search).
+    const early = own !== undefined && (process.geteuid?.() === 0 || (own.mode & 0o300) === 0o300);
+    if (locked !== undefined && early) await ownerAndMode();
     // Over, one way or the other: the marker goes (after what a failed restore wrote, so a kill while that is
     // removed leaves it for the next restore to finish the job), before the target's time is set below. Unless
     // some of that could not be removed: the marker then stays, flagging the target as not a whole restore.
     await claimed.finish({ keepMarker: left.length > 0 });
     if (locked !== undefined) {
-      // The target becomes the snapshot's directory (as rsync's `src/ dst/`): its owner, mode and time, so a
-      // workspace moved to another host is its user's to write in, not root's. Where the manifest does not say
-      // (or the restore failed and emptied it), the target's own mode comes back.
-      const own = restored ? plan.root : undefined;
-      if (own && options.owners && hasOwner(own)) await onTarget((h) => h.chown(...ownerArgs(own))).catch(() => {});
-      await chmodTarget(own ? own.mode : locked).catch(() => {});
+      if (!early) await ownerAndMode();
       if (own) {
         const t = timeArg(nsToSeconds(own.mtimeNs));
         await onTarget((h) => h.utimes(t, t)).catch(() => {});
