@@ -194,10 +194,13 @@ function writeWorkspace(root: string, files: number): number {
   return bytes;
 }
 
+/** A direct run: its whole process (spawn to exit, as restic's), and its engine call alone beside it. */
 function engineReport(run: EngineRun) {
   return {
     seconds: round(run.seconds),
     cpuSeconds: round(run.cpuSeconds),
+    engineSeconds: round(run.engineSeconds),
+    engineCpuSeconds: round(run.engineCpuSeconds),
     peakRssMiB: run.peakRssMiB,
     result: run.result,
   };

@@ -3,7 +3,9 @@
 // restore; the same through the control plane, and with `restic` (on a copy of the workspace) when it is on
 // PATH. Full backups and restores run 3 times (--runs), Dumont's and restic's taking turns, and report the
 // median. Every backup runs before any restore, and nothing is deleted before the last restore.
-// Each engine run is its own process, so peak RSS is the engine's own. Prints JSON. Run:
+// Each engine run is its own process, timed from spawn to exit as restic's are (and its engine call apart, in
+// engineSeconds), so peak RSS is the engine's own. Every restore is checked byte for byte: one that differs from
+// its source fails the run (non-zero exit, naming it). Prints JSON. Run:
 // `npm run bench -- snapshot` (or `node tests/dist/bench/snapshot.js --size-mib 256`); DUMONT_BENCH_SIZE_MIB
 // shrinks the corpus too.
 import { spawnSync } from "node:child_process";
@@ -30,6 +32,8 @@ import { csvText, logText, noise, prng, sourceText } from "./support/corpus-text
 import { measureDiskWriteCost } from "./support/disk-write-cost.js";
 import { measurePrimitives, type Primitives } from "./support/primitives.js";
 import {
+  canDropPageCache,
+  dropPageCache,
   type EngineRun,
   engine,
   type ResticRepo,
@@ -40,6 +44,7 @@ import {
   type TimedRun,
   timed,
   timedRestore,
+  treeDiff,
   treeHash,
 } from "./support/tool-runs.js";
 import { measureTransport, type TransportCost } from "./support/transport.js";
@@ -108,6 +113,12 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
   const log = options.log ?? options.progress ?? ((line: string) => process.stderr.write(`${line}\n`));
   const work = options.workDir ?? (await mkdtemp(join(tmpdir(), "dumont-bench-snapshot-")));
   try {
+    // A restore in real use runs on another machine than the backup, its repository not in memory: before every
+    // timed restore, of every tool, the page cache is dropped where this process may (root), so each reads its
+    // repository from the disk (Dumont reads packs with O_DIRECT, which a warm cache would not serve anyway).
+    // Where it may not, every tool's restore reads its repository from a warm cache instead (settle).
+    const coldRestores = await canDropPageCache();
+    const beforeRestore = (dir: string) => (coldRestores ? dropPageCache() : settle(dir));
     log(`generating a ${sizeMiB} MiB workspace in ${work}`);
     const corpus = await generateCorpus(join(work, "workspace"), sizeMiB * MiB);
     // restic gets a copy of its own, made now: nothing in this run deletes files before the restores (see
@@ -144,6 +155,9 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     const stream = options.skipStream
       ? undefined
       : await StreamBench.start(join(work, "stream"), { delayMs: options.streamDelayMs });
+    // A running agent has its engine loaded: so must this one before its first timed call.
+    if (stream) log("dumont through the control plane: an untimed snapshot and restore to load the agent's engine");
+    await stream?.warmUp(join(work, "stream-warm-up"));
     const viaStream: {
       full?: StreamRun;
       storedFull?: number;
@@ -157,7 +171,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
     const fulls: EngineRun[] = [];
     const restores: EngineRun[] = [];
     let storedFull: number;
-    let changed: number;
+    let changed: CorpusChange;
     let incremental: EngineRun;
     /** Every incremental snapshot, one into each full run's repository, with the bytes it added there. */
     const incrementals: { run: EngineRun; bytesAdded: number }[] = [];
@@ -203,7 +217,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         viaStream.full = await stream.snapshot(corpus.root);
         viaStream.storedFull = await stream.storedBytes();
       }
-      log("changing 5% of the workspace");
+      log("changing 5% of the workspace (new content)");
       changed = await changeCorpus(corpus);
       if (resticCorpus) await changeCorpus(resticCorpus);
       // An incremental into each full run's repository, the tools taking turns: restic draws a random chunker
@@ -238,12 +252,12 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       const restored = (tool: string, i: number) => join(work, `${tool}-restore-${i}`);
       for (let i = 1; i <= runs; i++) {
         log(`dumont: restore (${i} of ${runs})`);
-        await settle(repoDir);
+        await beforeRestore(repoDir);
         const target = restored("dumont", i);
         restores.push(await engine("restore", { repo: base.repo, key, snapshotId: incremental.result.id, target }));
         if (restic) {
           log(`restic: restore (${i} of ${runs})`);
-          await settle(restic.repo);
+          await beforeRestore(restic.repo);
           const target = restored("restic", i);
           resticRestores.push(
             await timedRestore("restic", ["restore", "latest", "--target", target], restic.env, target),
@@ -251,7 +265,7 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         }
         if (stream && viaStream.incremental) {
           log(`dumont through the control plane: restore (${i} of ${runs})`);
-          await settle(stream.blobsDir);
+          await beforeRestore(stream.blobsDir);
           viaStream.restores.push(await stream.restore(String(viaStream.incremental.result.id), restored("stream", i)));
         }
       }
@@ -259,32 +273,60 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
         viaStream.restore = medianRun(viaStream.restores);
         viaStream.agentPeakRssMiB = await stream.agentRssMiB();
       }
-      if (stream && cpus().length >= 2 && canPin()) {
+      const pinRefused = stream && cpus().length >= 2 && canPin() ? pinningRefused() : undefined;
+      if (pinRefused !== undefined) separateSkipped = `pinning refused here: ${pinRefused}`;
+      else if (stream && cpus().length >= 2 && canPin()) {
         log("dumont through the control plane, on separate cores: full snapshot and restore, and direct runs");
-        // Optional: where pinning is refused (some containers), the rest of the report still stands.
-        separate = await separateCoresRuns(work, corpus, key, runs).catch((err: unknown) => {
-          separateSkipped = `failed: ${err instanceof Error ? err.message : String(err)}`;
-          return undefined;
-        });
+        // Where pinning is refused (some containers) the section is skipped, said so above; any other failure
+        // fails the benchmark.
+        separate = await separateCoresRuns(work, corpus, key, runs, beforeRestore);
       }
       log("checking the restores byte for byte");
+      // Every restore is checked; one that differs from its source is named on stderr with what differs, and
+      // the benchmark then fails: figures of a restore that came back wrong are not reported.
+      const differing: string[] = [];
+      const check = async (what: string, target: string, source: string, sourceHash: string) => {
+        if ((await treeHash(target)) === sourceHash) return true;
+        const differences = await treeDiff(source, target);
+        log(`${what}: ${target} differs from ${source}: ${differences.join("; ") || "(in order or names only)"}`);
+        differing.push(`${what} (${target})`);
+        return false;
+      };
       const changedHash = await treeHash(corpus.root);
       if (separate) {
         separate.restoredOk = true;
-        for (const target of [...separate.directTargets, ...separate.streamTargets])
-          separate.restoredOk &&= (await treeHash(target)) === changedHash;
+        for (const [i, target] of separate.directTargets.entries())
+          separate.restoredOk &&= await check(
+            `separate cores: dumont restore ${i + 1}`,
+            target,
+            corpus.root,
+            changedHash,
+          );
+        for (const [i, target] of separate.streamTargets.entries())
+          separate.restoredOk &&= await check(
+            `separate cores: stream restore ${i + 1}`,
+            target,
+            corpus.root,
+            changedHash,
+          );
       }
       const resticHash = resticCorpus && restic ? await treeHash(resticCorpus.root) : undefined;
       for (let i = 1; i <= runs; i++) {
-        restoredOk &&= (await treeHash(restored("dumont", i))) === changedHash;
+        restoredOk &&= await check(`dumont restore ${i}`, restored("dumont", i), corpus.root, changedHash);
         // restic restores the absolute source path under the target.
         if (resticCorpus && resticHash) {
-          resticRestoredOk &&= (await treeHash(join(restored("restic", i), resticCorpus.root))) === resticHash;
+          const target = join(restored("restic", i), resticCorpus.root);
+          resticRestoredOk &&= await check(`restic restore ${i}`, target, resticCorpus.root, resticHash);
         }
       }
       viaStream.restoredOk = true;
       for (let i = 1; i <= viaStream.restores.length; i++) {
-        viaStream.restoredOk &&= (await treeHash(restored("stream", i))) === changedHash;
+        viaStream.restoredOk &&= await check(`stream restore ${i}`, restored("stream", i), corpus.root, changedHash);
+      }
+      if (differing.length > 0) {
+        throw new Error(
+          `${differing.length} restore(s) differ from their source (what differs is above; --keep keeps them): ${differing.join(", ")}`,
+        );
       }
     } finally {
       await stream?.stop();
@@ -292,40 +334,40 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
 
     const full = medianRun(fulls);
     const restore = medianRun(restores);
+    const medianIncremental = medianRun(incrementals.map((r) => r.run));
     const dumont = {
       full: {
-        seconds: round(full.seconds),
-        runs: fulls.map((r) => round(r.seconds)),
-        throughputMBps: round(corpus.bytes / MB / full.seconds),
+        ...engineReport(corpus, fulls),
         bytesStored: storedFull,
-        cpuSeconds: round(full.cpuSeconds),
-        minorFaults: full.minorFaults,
-        peakRssMiB: full.peakRssMiB,
-        // The same backup into a repository in memory: what the disk's writes take of the time above.
+        // The same backup into a repository in memory: what the disk's writes take of the engine call above
+        // (onDiskVsInMemory: of the engine calls, the process's start being the same in both).
         repositoryInMemory:
           "skipped" in inMemory
             ? inMemory
             : {
                 seconds: round(inMemory.seconds),
+                engineSeconds: round(inMemory.engineSeconds),
                 cpuSeconds: round(inMemory.cpuSeconds),
-                onDiskVsInMemory: round(full.seconds / inMemory.seconds),
+                onDiskVsInMemory: round(full.engineSeconds / inMemory.engineSeconds),
               },
       },
       incremental: {
         ...incrementalReport(incrementals),
-        changedBytes: changed,
+        // The bytes the change wrote (overwritten, appended, inserted), about 5% of the corpus.
+        changedBytes: changed.newBytes,
+        changedShareOfCorpus: ratio(changed.newBytes, corpus.bytes),
+        // The small files edited, whole: each is read again in full, though only a line of it is new.
+        editedFiles: { count: changed.editedFiles, bytes: changed.editedFilesBytes },
         bytesRead: incremental.result.bytesRead,
         bytesNew: incremental.result.bytesNew,
-        cpuSeconds: round(medianRun(incrementals.map((r) => r.run)).cpuSeconds),
+        cpuSeconds: round(medianIncremental.cpuSeconds),
+        engineSeconds: round(medianIncremental.engineSeconds),
+        engineCpuSeconds: round(medianIncremental.engineCpuSeconds),
       },
       restore: {
-        seconds: round(restore.seconds),
-        runs: restores.map((r) => round(r.seconds)),
-        throughputMBps: round(corpus.bytes / MB / restore.seconds),
+        ...engineReport(corpus, restores),
         // Of `seconds`, the flush to disk the restore ends with (restic's: restic.restore.flushSeconds).
         flushSeconds: round(Number(restore.result.flushSeconds)),
-        cpuSeconds: round(restore.cpuSeconds),
-        peakRssMiB: restore.peakRssMiB,
         byteForByte: restoredOk,
       },
     };
@@ -337,12 +379,14 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               seconds: round(viaStream.full.seconds),
               throughputMBps: round(corpus.bytes / MB / viaStream.full.seconds),
               bytesStored: viaStream.storedFull,
-              vsDirect: ratio(full.seconds, viaStream.full.seconds),
+              vsDirect: ratio(full.engineSeconds, viaStream.full.seconds),
               cpuSeconds: viaStream.full.cpuSeconds,
-              agentCpuVsDirect: round(full.cpuSeconds / viaStream.full.cpuSeconds.agent),
+              agentCpuVsDirect: round(full.engineCpuSeconds / viaStream.full.cpuSeconds.agent),
             },
             incremental: {
               seconds: round(viaStream.incremental.seconds),
+              vsDirect: ratio(medianIncremental.engineSeconds, viaStream.incremental.seconds),
+              cpuSeconds: viaStream.incremental.cpuSeconds,
               bytesRead: viaStream.incremental.result.bytesRead,
               bytesNew: viaStream.incremental.result.bytesNew,
               bytesAdded: (viaStream.storedAfter ?? 0) - (viaStream.storedFull ?? 0),
@@ -351,9 +395,9 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               seconds: round(viaStream.restore.seconds),
               runs: viaStream.restores.map((r) => round(r.seconds)),
               throughputMBps: round(corpus.bytes / MB / viaStream.restore.seconds),
-              vsDirect: ratio(restore.seconds, viaStream.restore.seconds),
+              vsDirect: ratio(restore.engineSeconds, viaStream.restore.seconds),
               cpuSeconds: viaStream.restore.cpuSeconds,
-              agentCpuVsDirect: round(restore.cpuSeconds / viaStream.restore.cpuSeconds.agent),
+              agentCpuVsDirect: round(restore.engineCpuSeconds / viaStream.restore.cpuSeconds.agent),
               byteForByte: viaStream.restoredOk,
             },
             agentPeakRssMiB: viaStream.agentPeakRssMiB,
@@ -373,9 +417,9 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               : { skipped: separateSkipped },
             ...(options.streamDelayMs !== undefined ? { proxyDelayMsEachWay: options.streamDelayMs } : {}),
             note:
-              "wall clock of the control plane's CreateSnapshotStream / RestoreSnapshotStream call (what `dumont snapshot create|restore` call), made from the bench process as the direct runs time the engine call inside a started process: agent → mTLS gRPC stream → control plane → file:// blob store; " +
-              "vsDirect = direct seconds / stream seconds (1.0 = as fast); both processes share this machine's cores, " +
-              "cpuSeconds says what each side spent; agentCpuVsDirect = the direct run's CPU / the agent's CPU here (what " +
+              "wall clock of the control plane's CreateSnapshotStream / RestoreSnapshotStream call (what `dumont snapshot create|restore` call), made from the bench process to an agent that has its engine loaded (an untimed snapshot and restore first, as a long-running agent has): agent → mTLS gRPC stream → control plane → file:// blob store; " +
+              "vsDirect = the direct run's engine call (engineSeconds: its process's start and the engine's import left out, as the stream leaves out a CLI's start and the agent's) / stream seconds (1.0 = as fast); both processes share this machine's cores, " +
+              "cpuSeconds says what each side spent; agentCpuVsDirect = the direct engine call's CPU / the agent's CPU here (what " +
               "the agent's own share of the work allows when the control plane runs on other cores; separateCores measures that)",
           }
         : { skipped: "skipped by option (--skip-stream)" };
@@ -384,8 +428,12 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       resticIncrementals.length > 0
         ? {
             version: resticVersion() ?? "unknown",
+            repositoryVersion: 2,
             full: { ...timedReport(corpus, resticFulls), bytesStored: resticStoredFull },
-            incremental: incrementalReport(resticIncrementals),
+            incremental: {
+              ...incrementalReport(resticIncrementals),
+              cpuSeconds: nullableRound(medianRun(resticIncrementals.map((r) => r.run)).cpuSeconds),
+            },
             restore: {
               ...timedReport(corpus, resticRestores),
               flushSeconds: round(medianRun(resticRestores).flushSeconds ?? 0),
@@ -398,20 +446,26 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
       (options.skipRestic
         ? { skipped: "skipped by option" }
         : { skipped: "restic is not on PATH (the benchmark installs nothing)" });
+    // Of the unrounded median seconds, whole process against whole process (the same corpus: a throughput
+    // ratio is the inverse of the seconds').
     const ratios =
       resticRan !== undefined
         ? {
-            fullThroughput: ratio(dumont.full.throughputMBps, resticRan.full.throughputMBps),
+            fullThroughput: ratio(medianRun(resticFulls).seconds, full.seconds),
             incrementalBytesAdded: ratio(dumont.incremental.bytesAdded, resticRan.incremental.bytesAdded),
-            incrementalTime: ratio(dumont.incremental.seconds, resticRan.incremental.seconds),
-            restoreThroughput: ratio(dumont.restore.throughputMBps, resticRan.restore.throughputMBps),
+            incrementalTime: ratio(medianIncremental.seconds, medianRun(resticIncrementals.map((r) => r.run)).seconds),
+            restoreThroughput: ratio(medianRun(resticRestores).seconds, restore.seconds),
             bytesStoredFull: ratio(dumont.full.bytesStored, resticRan.full.bytesStored),
           }
         : null;
     return {
       benchmark: "snapshot",
       mode:
-        "direct (file://), page cache warm and dirty pages flushed before each step (every tool alike); " +
+        "direct (file://); every tool's run timed as its whole process, spawn to exit (Dumont's engine call alone: " +
+        "engineSeconds); dirty pages flushed before each step and the page cache warm for the backups (every tool alike); " +
+        (coldRestores
+          ? "page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every restore, of every tool, so each reads its repository from the disk; "
+          : "page cache warm for the restores too, every tool's repository read into it first (dropping it needs root: /proc/sys/vm/drop_caches was not writable); ") +
         `full backups, incrementals (one into each full run's repository) and restores ${runs} times each, ` +
         "the tools taking turns, median reported; " +
         "restores after every backup, with no file deleted earlier in the run; a restore is timed until its " +
@@ -515,26 +569,40 @@ async function writeInPieces(path: string, size: number, make: (size: number, pi
   }
 }
 
-/** The 5% change: overwrite in the middle of the biggest model, append to the log, edit 100 small files. */
-async function changeCorpus(corpus: Corpus): Promise<number> {
+interface CorpusChange {
+  /** Bytes the change wrote: overwritten, appended and inserted (about 5% of the corpus). */
+  newBytes: number;
+  /** The small files edited, and their sizes after the edit (whole: each is read again in full). */
+  editedFiles: number;
+  editedFilesBytes: number;
+}
+
+/**
+ * The 5% change, of new content: overwrite 3.5% of the corpus in the middle of the biggest model, append 1.5%
+ * to the log, insert a line into 100 small files (26 bytes each).
+ */
+async function changeCorpus(corpus: Corpus): Promise<CorpusChange> {
   const model = join(corpus.root, "models", "model-00001.safetensors");
-  const overwrite = Math.floor(corpus.bytes * 0.025);
+  const overwrite = Math.floor(corpus.bytes * 0.035);
   const { size } = await stat(model);
   const handle = await open(model, "r+");
   await handle.write(noise("patch", overwrite), 0, overwrite, Math.floor(size / 2));
   await handle.close();
   const append = Math.floor(corpus.bytes * 0.015);
   await appendFile(join(corpus.root, "logs", "train.log"), logText(append, 99));
-  let edited = 0;
+  const line = "\n# edited by the benchmark\n";
+  let editedFiles = 0;
+  let editedFilesBytes = 0;
   for (let i = 0; i < 2000; i += 20) {
     const path = join(corpus.root, "src", `pkg_${i % 40}`, `module_${i}.py`);
     const text = await readFile(path, "utf8");
     const mid = Math.floor(text.length / 2);
-    const updated = `${text.slice(0, mid)}\n# edited by the benchmark\n${text.slice(mid)}`;
+    const updated = `${text.slice(0, mid)}${line}${text.slice(mid)}`;
     await writeFile(path, updated);
-    edited += updated.length;
+    editedFiles++;
+    editedFilesBytes += Buffer.byteLength(updated);
   }
-  return overwrite + append + edited;
+  return { newBytes: overwrite + append + editedFiles * Buffer.byteLength(line), editedFiles, editedFilesBytes };
 }
 
 /**
@@ -572,9 +640,10 @@ async function fullInMemory(
 }
 
 /**
- * Before each timed step: flush dirty pages (so writeback of the previous step does not land in this one)
- * and read what the step will read (the mode is "page cache warm" for every tool: Dumont writes its packs
- * with O_DIRECT, so without this its restores would read from disk while restic's read from memory).
+ * Before each timed backup (and each restore where the page cache cannot be dropped, every tool alike): flush
+ * dirty pages (so writeback of the previous step does not land in this one) and read what the step will read.
+ * Dumont reads its packs with O_DIRECT, which a warm cache does not serve: where restores run warm, restic's
+ * read from memory and Dumont's from the disk (the mode string says which this run did).
  */
 async function settle(dir: string): Promise<void> {
   spawnSync("sync");
@@ -628,7 +697,13 @@ interface SeparateCoresRuns {
  * fresh direct repository and a fresh control plane and agent: a second snapshot into one would find every
  * chunk stored), and `runs` restores of the first run's snapshots; direct and stream take turns throughout.
  */
-async function separateCoresRuns(work: string, corpus: Corpus, key: string, runs: number): Promise<SeparateCoresRuns> {
+async function separateCoresRuns(
+  work: string,
+  corpus: Corpus,
+  key: string,
+  runs: number,
+  beforeRestore: (dir: string) => Promise<void>,
+): Promise<SeparateCoresRuns> {
   const everyCpu = `0-${cpus().length - 1}`;
   const result: SeparateCoresRuns = {
     directFulls: [],
@@ -654,6 +729,8 @@ async function separateCoresRuns(work: string, corpus: Corpus, key: string, runs
     pinProcess(process.pid, everyCpu);
     const stream = await StreamBench.start(join(work, `stream-separate-${i}`));
     try {
+      // A fresh agent: its engine loaded before the timed call, as a running agent's is.
+      await stream.warmUp(join(work, `stream-separate-${i}-warm-up`));
       stream.pin("0", "1");
       pinProcess(process.pid, "1");
       await settle(corpus.root);
@@ -672,7 +749,7 @@ async function separateCoresRuns(work: string, corpus: Corpus, key: string, runs
     try {
       for (let i = 1; i <= runs; i++) {
         const directTarget = join(work, `dumont-restore-separate-${i}`);
-        await settle(fileURLToPath(repo(1)));
+        await beforeRestore(fileURLToPath(repo(1)));
         result.directRestores.push(
           await engine(
             "restore",
@@ -682,7 +759,7 @@ async function separateCoresRuns(work: string, corpus: Corpus, key: string, runs
         );
         result.directTargets.push(directTarget);
         const streamTarget = join(work, `stream-restore-separate-${i}`);
-        await settle(first.blobsDir);
+        await beforeRestore(first.blobsDir);
         result.streamRestores.push(await first.restore(String(result.streamFulls[0].result.id), streamTarget));
         result.streamTargets.push(streamTarget);
       }
@@ -751,9 +828,12 @@ function vsDirectOf(
 function versusDirect(direct: EngineRun, stream: StreamRun) {
   return {
     directSeconds: round(direct.seconds),
+    directEngineSeconds: round(direct.engineSeconds),
     streamSeconds: round(stream.seconds),
-    vsDirect: ratio(direct.seconds, stream.seconds),
+    // The engine call against the API call: neither counts a process's start (see throughStream.note).
+    vsDirect: ratio(direct.engineSeconds, stream.seconds),
     directCpuSeconds: round(direct.cpuSeconds),
+    directEngineCpuSeconds: round(direct.engineCpuSeconds),
     cpuSeconds: stream.cpuSeconds,
   };
 }
@@ -762,8 +842,10 @@ function versusDirect(direct: EngineRun, stream: StreamRun) {
 function everyRun(direct: EngineRun[], stream: StreamRun[]) {
   return {
     directRuns: direct.map((r) => round(r.seconds)),
+    directEngineRuns: direct.map((r) => round(r.engineSeconds)),
     streamRuns: stream.map((r) => round(r.seconds)),
     directCpuRuns: direct.map((r) => round(r.cpuSeconds)),
+    directEngineCpuRuns: direct.map((r) => round(r.engineCpuSeconds)),
     agentCpuRuns: stream.map((r) => r.cpuSeconds.agent),
   };
 }
@@ -776,7 +858,7 @@ function medianRun<T extends { seconds: number }>(runs: T[]): T {
 
 /**
  * Incremental runs, one per repository: the median seconds and the median bytes added (each its own median:
- * the fastest run need not be the one that added least), every run's, and the median-time run's peak RSS.
+ * the fastest run need not be the one that added least), every run's, and the highest peak RSS of them.
  */
 function incrementalReport(runs: { run: { seconds: number; peakRssMiB: number | null }; bytesAdded: number }[]) {
   const bytes = runs.map((r) => r.bytesAdded).sort((x, y) => x - y);
@@ -785,25 +867,64 @@ function incrementalReport(runs: { run: { seconds: number; peakRssMiB: number | 
     seconds: round(median.seconds),
     bytesAdded: bytes[Math.floor((bytes.length - 1) / 2)],
     runs: runs.map((r) => ({ seconds: round(r.run.seconds), bytesAdded: r.bytesAdded })),
-    peakRssMiB: median.peakRssMiB,
+    peakRssMiB: maxRss(runs.map((r) => r.run)),
   };
 }
 
-/** Median seconds, every run's seconds, throughput and the median run's peak RSS. */
+/**
+ * Median seconds (a run's whole process), every run's seconds, throughput, the median run's CPU and page faults,
+ * and the highest peak RSS of the runs.
+ */
 function timedReport(corpus: Corpus, runs: TimedRun[]) {
   const median = medianRun(runs);
   return {
     seconds: round(median.seconds),
     runs: runs.map((r) => round(r.seconds)),
     throughputMBps: round(corpus.bytes / MB / median.seconds),
-    cpuSeconds: median.cpuSeconds === null ? null : round(median.cpuSeconds),
+    cpuSeconds: nullableRound(median.cpuSeconds),
     minorFaults: median.minorFaults,
-    peakRssMiB: median.peakRssMiB,
+    peakRssMiB: maxRss(runs),
   };
 }
 
 /**
- * The full backup's cost per GiB of workspace, Dumont's (the median direct run) and restic's, with what
+ * Dumont's direct runs as timedReport reports restic's (whole processes), with the median run's engine call
+ * beside them (engineSeconds, engineCpuSeconds, engineMinorFaults) and every run's (engineRuns).
+ */
+function engineReport(corpus: Corpus, runs: EngineRun[]) {
+  const median = medianRun(runs);
+  return {
+    ...timedReport(corpus, runs),
+    engineSeconds: round(median.engineSeconds),
+    engineRuns: runs.map((r) => round(r.engineSeconds)),
+    engineCpuSeconds: round(median.engineCpuSeconds),
+    engineMinorFaults: median.engineMinorFaults,
+  };
+}
+
+/** The highest peak RSS of the runs (null where none was measured). */
+function maxRss(runs: { peakRssMiB: number | null }[]): number | null {
+  const known = runs.flatMap((r) => (r.peakRssMiB === null ? [] : [r.peakRssMiB]));
+  return known.length > 0 ? Math.max(...known) : null;
+}
+
+function nullableRound(n: number | null): number | null {
+  return n === null ? null : round(n);
+}
+
+/** Whether this process may be pinned to CPUs (some containers refuse): undefined if so, else why not. */
+function pinningRefused(): string | undefined {
+  try {
+    pinProcess(process.pid, `0-${cpus().length - 1}`);
+    return undefined;
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  }
+}
+
+/**
+ * The full backup's cost per GiB of workspace, Dumont's (the median direct run's whole process) and restic's
+ * (likewise), with what
  * touching fresh memory took of it at this run's measured price (page faults x firstTouchMicrosPerPage).
  */
 function costPerGiB(

@@ -1,9 +1,10 @@
-// Running the tools a snapshot benchmark compares, each in a process of its own: Dumont's engine in direct mode
-// (its time, CPU and peak RSS from inside), restic and other commands (wall time, peak RSS through
-// /usr/bin/time), and a hash of a tree to check a restore byte for byte.
+// Running the tools a snapshot benchmark compares, each in a process of its own and each measured the same way:
+// from spawn to exit of its process, wall time, and (through /usr/bin/time) the whole process's CPU, peak RSS
+// and page faults. Dumont's engine in direct mode also reports its engine call alone, from inside. And a hash
+// of a tree to check a restore byte for byte.
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readdir, readFile } from "node:fs/promises";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
@@ -11,11 +12,20 @@ const ENGINE = fileURLToPath(new URL("../../../../host-agent/dist/snapshot/index
 
 export interface EngineRun {
   result: Record<string, unknown>;
+  /**
+   * The whole child process, from spawn to exit, as restic's runs are timed (`timed`): Node's start, the
+   * engine's import, the call and the exit.
+   */
   seconds: number;
+  /** The whole process's user + system CPU seconds, peak RSS and minor page faults (/usr/bin/time). */
   cpuSeconds: number;
   peakRssMiB: number;
-  /** Minor page faults over the engine call: fresh memory touched (see primitives.ts for what one costs). */
   minorFaults: number;
+  /** The engine call alone, timed inside the process once Node has started and imported the engine. */
+  engineSeconds: number;
+  engineCpuSeconds: number;
+  /** Minor page faults over the engine call: fresh memory touched (see primitives.ts for what one costs). */
+  engineMinorFaults: number;
 }
 
 export interface TimedRun {
@@ -34,8 +44,9 @@ export interface ResticRepo {
 }
 
 /**
- * One direct-mode engine call in a process of its own: its time, CPU and peak RSS. With `cpus`, pinned to those
- * CPUs (a taskset list).
+ * One direct-mode engine call in a process of its own, measured as a whole (`seconds`, `cpuSeconds`, ...: spawn
+ * to exit, as `timed` measures restic) and, from inside, the engine call alone (`engineSeconds`, ...). With
+ * `cpus`, pinned to those CPUs (a taskset list).
  */
 export async function engine(
   op: "create" | "restore",
@@ -54,13 +65,91 @@ export async function engine(
       : await engine.restoreDirectSnapshot({ ...a, key });
     const seconds = (performance.now() - t0) / 1000;
     const c = process.cpuUsage(c0);
+    const all = process.cpuUsage();
     const usage = process.resourceUsage();
     process.stdout.write(JSON.stringify({ result, seconds, cpuSeconds: (c.user + c.system) / 1e6,
-      peakRssMiB: Math.round(usage.maxRSS / 1024), minorFaults: usage.minorPageFault - f0 }));`;
+      minorFaults: usage.minorPageFault - f0, processCpuSeconds: (all.user + all.system) / 1e6,
+      processMinorFaults: usage.minorPageFault, peakRssMiB: Math.round(usage.maxRSS / 1024) }));`;
   const node = [process.execPath, "--input-type=module", "-e", script];
   const [command, ...rest] = cpus === undefined ? node : ["taskset", "-c", cpus, ...node];
-  const out = await runProcess(command, rest, { DUMONT_BENCH_ARGS: JSON.stringify(args) });
-  return JSON.parse(out) as EngineRun;
+  const run = await measured(command, rest, { DUMONT_BENCH_ARGS: JSON.stringify(args) });
+  const inside = JSON.parse(run.stdout) as {
+    result: Record<string, unknown>;
+    seconds: number;
+    cpuSeconds: number;
+    minorFaults: number;
+    processCpuSeconds: number;
+    processMinorFaults: number;
+    peakRssMiB: number;
+  };
+  return {
+    result: inside.result,
+    seconds: run.seconds,
+    // Without /usr/bin/time, the process's own totals just before it exits.
+    cpuSeconds: run.cpuSeconds ?? inside.processCpuSeconds,
+    peakRssMiB: run.peakRssMiB ?? inside.peakRssMiB,
+    minorFaults: run.minorFaults ?? inside.processMinorFaults,
+    engineSeconds: inside.seconds,
+    engineCpuSeconds: inside.cpuSeconds,
+    engineMinorFaults: inside.minorFaults,
+  };
+}
+
+/**
+ * Differences between two trees, for a restore that does not hash as its source: up to `max` of them
+ * ("missing PATH", "extra PATH", "content differs PATH", "kind differs PATH").
+ */
+export async function treeDiff(source: string, restored: string, max = 5): Promise<string[]> {
+  const list = async (root: string) => {
+    const entries = new Map<string, string>();
+    for (const entry of await readdir(root, { withFileTypes: true, recursive: true })) {
+      const path = join(entry.parentPath, entry.name);
+      const name = path.slice(root.length + 1);
+      entries.set(
+        name,
+        entry.isDirectory()
+          ? "d"
+          : `f ${createHash("sha256")
+              .update(await readFile(path))
+              .digest("hex")}`,
+      );
+    }
+    return entries;
+  };
+  const [a, b] = [await list(source), await list(restored)];
+  const out: string[] = [];
+  for (const [name, what] of a) {
+    const other = b.get(name);
+    if (other === undefined) out.push(`missing ${name}`);
+    else if (other[0] !== what[0]) out.push(`kind differs ${name}`);
+    else if (other !== what) out.push(`content differs ${name}`);
+  }
+  for (const name of b.keys()) if (!a.has(name)) out.push(`extra ${name}`);
+  return out.length > max ? [...out.slice(0, max), `${out.length - max} more`] : out;
+}
+
+const DROP_CACHES = "/proc/sys/vm/drop_caches";
+
+/**
+ * Whether this process may drop the kernel's page cache (root, with /proc/sys writable): tried once, which drops
+ * it.
+ */
+export async function canDropPageCache(): Promise<boolean> {
+  spawnSync("sync");
+  return writeFile(DROP_CACHES, "3").then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * Flushes dirty pages and drops the page cache (clean pages, dentries and inodes): what a step reads next comes
+ * from the disk, as on a machine that has not read it before.
+ */
+export async function dropPageCache(): Promise<void> {
+  const synced = spawnSync("sync");
+  if (synced.status !== 0) throw new Error(`sync failed: ${synced.stderr}`);
+  await writeFile(DROP_CACHES, "3");
 }
 
 export async function treeHash(root: string): Promise<string> {
@@ -87,31 +176,49 @@ export function resticVersion(): string | undefined {
   return which.error || which.status !== 0 ? undefined : which.stdout.trim();
 }
 
-/** A fresh restic repository (the cache is shared, as one user's would be). */
+/**
+ * A fresh restic repository (the cache is shared, as one user's would be), in format version 2 (compressed), named
+ * explicitly: 0.14's default is version 2 too, but the comparison must not depend on it.
+ */
 export async function resticInit(repo: string, work: string): Promise<ResticRepo> {
   const env = {
     RESTIC_PASSWORD: "dumont-bench",
     RESTIC_REPOSITORY: repo,
     RESTIC_CACHE_DIR: join(work, "restic-cache"),
   };
-  await timed("restic", ["init"], env);
+  await timed("restic", ["init", "--repository-version", "2"], env);
   return { repo, env };
 }
 
 /** Runs a command, measuring wall time and (through /usr/bin/time when present) peak RSS, CPU and page faults. */
 export async function timed(command: string, args: string[], env: Record<string, string>): Promise<TimedRun> {
-  const haveTime = spawnSync("/usr/bin/time", ["-f", "%M", "true"]).status === 0;
+  const { seconds, peakRssMiB, cpuSeconds, minorFaults } = await measured(command, args, env);
+  return { seconds, peakRssMiB, cpuSeconds, minorFaults };
+}
+
+let haveTime: boolean | undefined;
+
+/**
+ * Runs a command, timed from its spawn to its exit, with (through /usr/bin/time when present) the whole process's
+ * peak RSS, CPU and page faults; what it wrote on stdout. The one measurement of every tool's run.
+ */
+async function measured(
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+): Promise<TimedRun & { stdout: string }> {
+  haveTime ??= spawnSync("/usr/bin/time", ["-f", "%M", "true"]).status === 0;
   const started = performance.now();
-  const out = await runProcess(
+  const { stdout, stderr } = await runProcess(
     haveTime ? "/usr/bin/time" : command,
     haveTime ? ["-f", "dumont-bench-time maxrss=%M cpu=%U+%S minflt=%R", command, ...args] : args,
     env,
-    true,
   );
   const seconds = (performance.now() - started) / 1000;
-  const match = /dumont-bench-time maxrss=(\d+) cpu=([\d.]+)\+([\d.]+) minflt=(\d+)/.exec(out);
-  if (!match) return { seconds, peakRssMiB: null, cpuSeconds: null, minorFaults: null };
+  const match = /dumont-bench-time maxrss=(\d+) cpu=([\d.]+)\+([\d.]+) minflt=(\d+)/.exec(stderr);
+  if (!match) return { stdout, seconds, peakRssMiB: null, cpuSeconds: null, minorFaults: null };
   return {
+    stdout,
     seconds,
     peakRssMiB: Math.round(Number(match[1]) / 1024),
     cpuSeconds: Number(match[2]) + Number(match[3]),
@@ -140,12 +247,12 @@ export async function timedRestore(
   return { ...run, seconds: run.seconds + flushSeconds, flushSeconds };
 }
 
+/** Runs a command to its exit; its stdout and stderr, or an error with the end of its stderr. */
 export function runProcess(
   command: string,
   args: string[],
   env: Record<string, string>,
-  captureStderr = false,
-): Promise<string> {
+): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
@@ -159,7 +266,7 @@ export function runProcess(
     child.on("error", reject);
     // 'close', not 'exit': after 'exit' the pipes may still hold the end of stderr (the reason it failed).
     child.on("close", (code) => {
-      if (code === 0) resolve(captureStderr ? `${out}\n${err}` : out);
+      if (code === 0) resolve({ stdout: out, stderr: err });
       else reject(new Error(`${command} ${args.slice(0, 3).join(" ")} failed (${code}): ${err.slice(-2000)}`));
     });
   });
