@@ -1696,6 +1696,32 @@ function finishIn(h: Harness) {
   };
 }
 
+describe("SnapshotCoordinator: a commit whose catalogue row could not be inserted", () => {
+  const h = useCoordinator("h-uncatalogued", undefined, { relistRetryMs: 20 });
+
+  it("fails the snapshot, and lists it from the repository shortly after rather than at the next start", async () => {
+    // The record had landed; the row's insert failed (the database unreachable for a moment). The snapshot was
+    // whole but nobody could list, restore or forget it until the control plane started again.
+    const insertInto = h.db.insertInto.bind(h.db);
+    let failed = 0;
+    const inserts = vi.spyOn(h.db, "insertInto").mockImplementation(((table: "snapshots") => {
+      if (table === "snapshots" && failed++ === 0) throw new Error("the database went away for a moment");
+      return insertInto(table);
+    }) as typeof h.db.insertInto);
+    try {
+      const failing = finishIn(h)(await startedIn(h));
+      await expect(failing).rejects.toThrow("the database went away for a moment");
+      const listed = async () => (await h.db.selectFrom("snapshots").select("id").execute()).map((r) => r.id);
+      await vi.waitFor(async () => expect(await listed()).toHaveLength(1), { timeout: 10_000 });
+      const [id] = await listed();
+      expect(await fs.readdir(path.join(h.blobs, "tenants", "t1", "snapshots"))).toEqual([id]);
+      expect(failed).toBeGreaterThanOrEqual(2); // the relisting inserted it
+    } finally {
+      inserts.mockRestore();
+    }
+  });
+});
+
 describe("SnapshotCoordinator: a blob store that is not the one its snapshots went to", () => {
   const h = useCoordinator("h-mount");
   const finish = finishIn(h);

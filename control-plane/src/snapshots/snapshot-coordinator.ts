@@ -180,7 +180,17 @@ export interface CoordinatorTuning {
   storeCallsUnreturnedMax?: number;
   /** Opens the blob store at a tenant's URL (openBlobStore). */
   openStore?: (url: string) => BlobStore;
+  /** How soon a tenant is listed again after a commit whose row could not be inserted (RELIST_RETRY_MS). */
+  relistRetryMs?: number;
 }
+
+/**
+ * A snapshot committed to the repository whose catalogue row could not be inserted (the database or its lock
+ * unreachable, the store's answer failing) is listed again from the repository this long after, then after
+ * twice as long each time that fails too, up to RELIST_RETRY_MAX_MS: not only at the next start.
+ */
+const RELIST_RETRY_MS = 30_000;
+const RELIST_RETRY_MAX_MS = 10 * 60_000;
 
 interface Operation {
   /** The session it runs on: a host's later session must not see its messages or end it (see onSessionClosed). */
@@ -197,6 +207,9 @@ export class SnapshotCoordinator {
   /** Problems each tenant's last check found (summed into the dumont_check_problems gauge). */
   private readonly checkProblems = new Map<string, number>();
   private closed = false;
+  /** Tenants to list again (see RELIST_RETRY_MS), and when. */
+  private readonly relistsDue = new Map<string, NodeJS.Timeout>();
+  private readonly relistRetryMs: number;
   /**
    * Snapshots and restores running, and the prune (or index repair) running, per tenant. A prune deletes and moves packs, so it
    * needs the tenant's repository to itself: it is refused while operations run, and operations that start
@@ -229,6 +242,7 @@ export class SnapshotCoordinator {
       this.metrics.blobStoreCallsUnreturned.set(count),
     );
     this.openStore = tuning.openStore ?? ((url) => openBlobStore(url));
+    this.relistRetryMs = tuning.relistRetryMs ?? RELIST_RETRY_MS;
   }
 
   /** Logs an operation given up on here, and tells its agent to stop it (best effort: it may be gone). */
@@ -275,6 +289,8 @@ export class SnapshotCoordinator {
   /** Stops the arrival check's threads (operations still in flight fail). */
   async close(): Promise<void> {
     this.closed = true;
+    for (const timer of this.relistsDue.values()) clearTimeout(timer);
+    this.relistsDue.clear();
     await this.verifier?.close();
   }
 
@@ -545,11 +561,35 @@ export class SnapshotCoordinator {
     for (const tenantId of await repositoryTenants(this.db, {})) {
       if (this.closed) return;
       // One tenant's store failing (S3 unreachable, a damaged record) does not keep the others unlisted.
-      await this.using(tenantId, async () => {
-        const repository = await this.existingRepository(tenantId);
-        if (repository) await this.changingCatalogue(tenantId, () => this.listUnlisted(tenantId, repository));
-      }).catch((err) => this.log.error({ err, tenantId }, "could not list this tenant's snapshots again"));
+      await this.relist(tenantId).catch((err) =>
+        this.log.error({ err, tenantId }, "could not list this tenant's snapshots again"),
+      );
     }
+  }
+
+  private relist(tenantId: string): Promise<void> {
+    return this.using(tenantId, async () => {
+      const repository = await this.existingRepository(tenantId);
+      if (repository) await this.changingCatalogue(tenantId, () => this.listUnlisted(tenantId, repository));
+    });
+  }
+
+  /** Lists the tenant again in `delayMs` (see RELIST_RETRY_MS), and later again while that fails. */
+  private relistSoon(tenantId: string, delayMs = this.relistRetryMs): void {
+    if (this.closed || this.relistsDue.has(tenantId)) return;
+    const timer = setTimeout(() => {
+      this.relistsDue.delete(tenantId);
+      this.relist(tenantId).then(
+        () => this.log.info({ tenantId }, "tenant's snapshots listed again after a commit that was not catalogued"),
+        (err: unknown) => {
+          const next = Math.min(2 * delayMs, RELIST_RETRY_MAX_MS);
+          this.log.error({ err, tenantId, retryInMs: next }, "could not list this tenant's snapshots again");
+          this.relistSoon(tenantId, next);
+        },
+      );
+    }, delayMs);
+    timer.unref();
+    this.relistsDue.set(tenantId, timer);
   }
 
   private async listUnlisted(tenantId: string, repository: Repository): Promise<void> {
@@ -1300,6 +1340,15 @@ export class SnapshotCoordinator {
         .returning("id")
         .executeTakeFirst();
       return inserted ? undefined : await getSnapshot(this.db, id, { tenantId: req.tenantId });
+    }).catch((err: unknown) => {
+      // The snapshot is whole in the repository; only its row is missing, and nobody could list, restore or forget
+      // it until the next start's relisting. It is listed again from the repository shortly (relistSoon).
+      this.log.error(
+        { err, snapshotId: id, tenantId: req.tenantId, workspace: req.workspaceId },
+        "snapshot committed to the blob store but not catalogued; it is listed again from there shortly",
+      );
+      this.relistSoon(req.tenantId);
+      throw err;
     });
     if (listed === "forgotten") {
       this.log.info(
