@@ -6,6 +6,7 @@ import {
   MAX_MANIFEST_PARTS,
   type Manifest,
   type ManifestEntry,
+  manifestEntryMinBytes,
   openManifest,
   openManifestParts,
   RestorableCheck,
@@ -234,5 +235,42 @@ describe("manifest parts", () => {
     expect(() => openManifestParts(key, [])).toThrow(/it has 0 parts; a manifest has 1 to 256/);
     const tooMany = Array.from({ length: MAX_MANIFEST_PARTS + 1 }, () => parts[0]);
     expect(() => openManifestParts(key, tooMany)).toThrow(/it has 257 parts/);
+  });
+});
+
+describe("manifestEntryMinBytes", () => {
+  it("is never more than an entry takes in a part, and exactly that for the smallest of each kind", () => {
+    const id = "ab".repeat(32);
+    const taken = (e: ManifestEntry) => Buffer.byteLength(JSON.stringify(e), "utf8") + 1; // as cutManifestParts
+    const smallest: ManifestEntry[] = [
+      { type: "file", path: "", mode: 0, mtimeNs: "0", size: 0, chunks: [], lengths: [] },
+      { type: "file", path: "", mode: 0, mtimeNs: "0", size: 0, chunks: [id, id], lengths: [1, 2] },
+      { type: "dir", path: "", mode: 0, mtimeNs: "0" },
+      { type: "symlink", path: "", mode: 0, mtimeNs: "0", target: "" },
+    ];
+    for (const e of smallest) {
+      expect(manifestEntryMinBytes(e.type, 0, e.type === "file" ? e.chunks.length : 0)).toBe(taken(e));
+    }
+    const path = 'módulo "quoted"\\tab\t ünïcode/😀.py';
+    const real: ManifestEntry[] = [
+      {
+        type: "file",
+        path,
+        mode: 0o100644,
+        mtimeNs: "1700000000123456789",
+        size: 3_000_000,
+        chunks: [id, id, id],
+        lengths: [1_048_576, 1_048_576, 902_848],
+        uid: 1000,
+        gid: 1000,
+      },
+      { type: "file", path, mode: 0o644, mtimeNs: "1", size: 5, chunks: [id], lengths: [5], linkOf: "other" },
+      { type: "dir", path, mode: 0o40755, mtimeNs: "1700000000123456789", uid: 0, gid: 0 },
+      { type: "symlink", path, mode: 0o777, mtimeNs: "1700000000123456789", target: "../a/b" },
+    ];
+    for (const e of real) {
+      const min = manifestEntryMinBytes(e.type, Buffer.byteLength(e.path), e.type === "file" ? e.chunks.length : 0);
+      expect(min).toBeLessThanOrEqual(taken(e));
+    }
   });
 });

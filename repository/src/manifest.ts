@@ -133,8 +133,8 @@ export function* cutManifestParts(
     const plain = Buffer.from(`{${head},"entries":[${texts.join(",")}]}`, "utf8");
     const held = texts.length;
     total += plain.length;
-    if (total > MAX_MANIFEST_BYTES) throw tooManyEntries(count);
-    if (++parts > MAX_MANIFEST_PARTS) throw tooManyEntries(count);
+    if (total > MAX_MANIFEST_BYTES) throw manifestTooLarge(count);
+    if (++parts > MAX_MANIFEST_PARTS) throw manifestTooLarge(count);
     texts = [];
     bytes = 0;
     return { plain, entries: held };
@@ -143,7 +143,7 @@ export function* cutManifestParts(
     count++;
     const text = JSON.stringify(e);
     const size = Buffer.byteLength(text, "utf8") + 1;
-    if (total + bytes + size > MAX_MANIFEST_BYTES) throw tooManyEntries(count);
+    if (total + bytes + size > MAX_MANIFEST_BYTES) throw manifestTooLarge(count);
     if (texts.length > 0 && bytes + size > maxBytes) yield cut();
     texts.push(text);
     bytes += size;
@@ -182,8 +182,32 @@ export function pathHash(path: string): number {
   return h >>> 0;
 }
 
-/** `count`: the entries up to the one that made it too large. */
-function tooManyEntries(count: number): RepositoryError {
+/** The most plain bytes one part holds, whatever its entries (an object's limit): a file entry never spans two. */
+export const MAX_PART_PLAIN_BYTES = 64 * 1024 * 1024;
+
+/** Each type's entry with an empty path, no chunks and one-digit numbers, with the comma after it. */
+const ENTRY_BASE_BYTES = {
+  file: JSON.stringify({ type: "file", path: "", mode: 0, mtimeNs: "0", size: 0, chunks: [], lengths: [] }).length + 1,
+  dir: JSON.stringify({ type: "dir", path: "", mode: 0, mtimeNs: "0" }).length + 1,
+  symlink: JSON.stringify({ type: "symlink", path: "", mode: 0, mtimeNs: "0", target: "" }).length + 1,
+};
+
+/**
+ * The fewest plain bytes an entry of `type` with a path of `pathBytes` bytes (UTF-8) and, for a file, at least
+ * `chunks` chunks takes in a manifest: never more than cutManifestParts counts for it. What a workspace's listing
+ * says of its manifest before any file is read (createSnapshot refuses one that cannot fit then, not after
+ * reading and sending every file). A chunk is its quoted id and a comma, and a length of a digit or more and
+ * a comma (the last of each without).
+ */
+export function manifestEntryMinBytes(type: ManifestEntry["type"], pathBytes: number, chunks = 0): number {
+  return ENTRY_BASE_BYTES[type] + pathBytes + (type === "file" && chunks > 0 ? 69 * chunks - 2 : 0);
+}
+
+/**
+ * `count` entries make a manifest larger than one snapshot holds (cutManifestParts; createSnapshot, judging by the
+ * listing): `count` is the entries up to the one that made it too large, or all of them.
+ */
+export function manifestTooLarge(count: number): RepositoryError {
   return new RepositoryError(
     "invalid-argument",
     `${count} entries make a manifest larger than one snapshot can hold (${MAX_MANIFEST_BYTES / 2 ** 20} MiB, ` +

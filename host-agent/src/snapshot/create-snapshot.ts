@@ -8,13 +8,18 @@ import { join, resolve } from "node:path";
 import {
   type ChunkSink,
   cutManifestParts,
+  MAX_MANIFEST_BYTES,
   MAX_MANIFEST_PARTS,
+  MAX_PART_PLAIN_BYTES,
   MAX_SKIPPED_LISTED,
   MAX_SKIPPED_REASON,
   type ManifestEntries,
   type ManifestEntry,
   type ManifestPartBlob,
   type ManifestRoot,
+  manifestEntryMinBytes,
+  manifestTooLarge,
+  RepositoryError,
   type SkippedEntry,
   sealManifestPart,
 } from "@dumont/repository";
@@ -184,6 +189,8 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     };
     const { root, entries, skipped, startedAt } = await (options.listing ??
       listSnapshotSource(source, options.exclude, listed));
+    const chunker = compileChunker(options.chunker ?? DEFAULT_CHUNKER);
+    refuseUnfittingManifest(entries, chunker.max);
     // From the listing's start: a file changed after its lstat must fall in the racy window below.
     const started = startedAt.ms;
     const startNs = startedAt.ns;
@@ -235,7 +242,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       pool,
       options.key,
       sink,
-      compileChunker(options.chunker ?? DEFAULT_CHUNKER),
+      chunker,
       options.segmentSize ?? DEFAULT_SEGMENT_SIZE,
       options.sealAhead ?? 0,
       stats,
@@ -578,4 +585,29 @@ async function rereadable(root: string, changed: FileWork[]): Promise<FileWork[]
     again.push(work);
   }
   return again;
+}
+
+/**
+ * Refuses, from the listing alone, a workspace whose manifest cannot fit one snapshot: more than MAX_MANIFEST_BYTES
+ * in all (over a million files), or a file whose list of chunks alone is more than a part holds (a file of TiBs).
+ * Judged by the fewest bytes each entry can take (a file cut into chunks of the largest size), so nothing that
+ * would fit is refused. Found only when the manifest was cut, that came after every file had been read and sent:
+ * hours, for millions of files.
+ */
+function refuseUnfittingManifest(entries: readonly SourceEntry[], maxChunk: number): void {
+  let least = 0;
+  for (const e of entries) {
+    const chunks = e.type === "file" ? Math.ceil(e.size / maxChunk) : 0;
+    const bytes = manifestEntryMinBytes(e.type, Buffer.byteLength(e.path), chunks);
+    if (bytes > MAX_PART_PLAIN_BYTES) {
+      throw new RepositoryError(
+        "invalid-argument",
+        `${JSON.stringify(e.path)} (${e.size} bytes) is too large for a snapshot: its list of at least ${chunks} ` +
+          `chunks is more than one part of a manifest holds (${MAX_PART_PLAIN_BYTES / 2 ** 20} MiB); leave it out ` +
+          "(list it in the workspace's .dumontignore, or pass --exclude) or split it",
+      );
+    }
+    least += bytes;
+  }
+  if (least > MAX_MANIFEST_BYTES) throw manifestTooLarge(entries.length);
 }
