@@ -20,7 +20,7 @@ import { type BigIntStats, constants } from "node:fs";
 import { link, lutimes, mkdir, open, realpath, rename, stat, unlink } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { type ProcessIdentity, processIsGone, thisProcess } from "@dumont/repository";
-import { z } from "zod";
+import type * as Zod from "zod";
 import type { RestoreDirectories } from "./restore-directories.js";
 
 /** The marker's name, at the top of the target. Left out of snapshots, and of restores of older ones. */
@@ -60,23 +60,33 @@ const TAKEN_PREFIX = `${RESTORE_MARKER}.taken-`;
 export const isMarkerName = (name: string) =>
   name === RESTORE_MARKER || name.startsWith(NEW_PREFIX) || name.startsWith(TAKEN_PREFIX);
 
-const markerSchema = z.object({
-  /** Random, for this restore alone: which marker is whose (an inode number is reused as soon as freed). */
-  claim: z.string().regex(/^[0-9a-f]{32}$/),
-  snapshot: z.string(),
-  started: z.string(),
-  /** The target directory's device and inode (decimal): a marker is for the directory it was written in. */
-  targetDev: z.string(),
-  targetIno: z.string(),
-  /** The target's own mode before the restore made it 0700, to give back if this restore fails too. */
-  targetMode: z.number().int().min(0).max(0o7777),
-  hostname: z.string(),
-  pid: z.number().int().positive(),
-  pidns: z.string().optional(),
-  bootId: z.string().optional(),
-  machineId: z.string().optional(),
-});
-type Marker = z.infer<typeof markerSchema> & ProcessIdentity;
+/** A marker's claim: random, 16 bytes in hex. */
+const CLAIM = /^[0-9a-f]{32}$/;
+
+/**
+ * The marker's schema. Zod is loaded only when a marker is read (an interrupted restore's, or this one's at its
+ * end), not with the engine: it is ~70 ms of every `dumont-agent snapshot` command's start otherwise. Only another
+ * restore's marker is read whole (readClaim takes the claim alone).
+ */
+const markerSchemaOf = (z: typeof Zod.z) =>
+  z.object({
+    /** Random, for this restore alone: which marker is whose (an inode number is reused as soon as freed). */
+    claim: z.string().regex(CLAIM),
+    snapshot: z.string(),
+    started: z.string(),
+    /** The target directory's device and inode (decimal): a marker is for the directory it was written in. */
+    targetDev: z.string(),
+    targetIno: z.string(),
+    /** The target's own mode before the restore made it 0700, to give back if this restore fails too. */
+    targetMode: z.number().int().min(0).max(0o7777),
+    hostname: z.string(),
+    pid: z.number().int().positive(),
+    pidns: z.string().optional(),
+    bootId: z.string().optional(),
+    machineId: z.string().optional(),
+  });
+type Marker = Zod.infer<ReturnType<typeof markerSchemaOf>> & ProcessIdentity;
+let markerSchema: ReturnType<typeof markerSchemaOf> | undefined;
 
 export interface ClaimedTarget {
   /** The target's mode before any restore into it changed it (from a taken-over marker, or as found). */
@@ -334,7 +344,8 @@ async function readEntry(dirs: RestoreDirectories, name: string): Promise<{ text
 }
 
 /** `text` as a marker, checked against the schema; undefined where it is not one. */
-function parseMarker(text: string): Marker | undefined {
+async function parseMarker(text: string): Promise<Marker | undefined> {
+  markerSchema ??= markerSchemaOf((await import("zod")).z);
   try {
     const parsed = markerSchema.safeParse(JSON.parse(text));
     return parsed.success ? parsed.data : undefined;
@@ -346,7 +357,14 @@ function parseMarker(text: string): Marker | undefined {
 /** The claim of the marker under `name`, if that is one. */
 async function readClaim(dirs: RestoreDirectories, name: string): Promise<string | undefined> {
   const entry = await readEntry(dirs, name).catch(() => undefined);
-  return entry && parseMarker(entry.text)?.claim;
+  if (!entry) return undefined;
+  // The claim alone, not the whole marker checked (which loads zod): whose marker it is, compared with a claim.
+  try {
+    const { claim } = JSON.parse(entry.text) as { claim?: unknown };
+    return typeof claim === "string" && CLAIM.test(claim) ? claim : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -364,7 +382,7 @@ async function readMarker(
     if (err.code === "ENOENT") throw takenMeanwhile(target);
     throw new Error(`cannot read ${name} in the restore target ${target}: ${err.message}`);
   });
-  const marker = parseMarker(entry.text);
+  const marker = await parseMarker(entry.text);
   // Empty or cut short (a restore creating it this moment, or one killed while it did), another user's (not
   // this agent's to judge), or written for another directory (copied in with a tree): nothing is removed on it.
   const ours =
