@@ -34,8 +34,18 @@ export interface CheckProblem {
   pack?: string;
   chunk?: string;
   snapshot?: string;
+  /** The snapshots' files it breaks: the first MAX_FILES_NAMED. */
   files?: AffectedFile[];
+  /** How many more files it breaks, beyond those named. */
+  filesNotNamed?: number;
 }
+
+/**
+ * The most files a problem names; the rest are counted. A pack of 8,000 small files' chunks lost under 500
+ * snapshots breaks 4,000,000 of them: named each, a check held ~1 GB for that one pack (and the control plane
+ * answering it, every tenant's work with it).
+ */
+export const MAX_FILES_NAMED = 100;
 
 export interface CheckReport {
   ok: boolean;
@@ -115,21 +125,34 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
   // Every manifest, a part at a time: it opens, and every chunk it needs is in a pack (named with the files it
   // breaks). Files are named only for chunks in trouble: a map of every chunk's files over every snapshot grew
   // with snapshots × files (50 snapshots of 300,000 files: 15 million entries).
-  const missing = new Map<string, AffectedFile[]>();
+  const missing = new Map<string, NamedFiles>();
   await forEachFile(
     repository,
     snapshots,
     (snapshot, e) => {
-      for (const id of e.chunks) if (!index.has(id)) addFile(missing, id, snapshot, e.path);
+      let hit: Set<string> | undefined;
+      for (const id of e.chunks) {
+        if (index.has(id)) continue;
+        hit ??= new Set();
+        hit.add(id);
+      }
+      for (const id of hit ?? []) {
+        let named = missing.get(id);
+        if (!named) {
+          named = { files: [], more: 0 };
+          missing.set(id, named);
+        }
+        nameFile(named, snapshot, e.path);
+      }
     },
     (snapshot, err) => problems.push({ kind: "manifest-unreadable", snapshot, message: err.message }),
   );
-  for (const [id, files] of missing) {
+  for (const [id, named] of missing) {
     problems.push({
       kind: "chunk-missing",
       chunk: id,
-      files,
-      message: `chunk ${short(id)} is in no pack; it breaks ${describeFiles(files)}`,
+      ...namedFields(named),
+      message: `chunk ${short(id)} is in no pack; it breaks ${describeFiles(named.files, named.more)}`,
     });
   }
 
@@ -215,18 +238,30 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
     options.onProgress?.({ packsDone: ++packsDone, packsTotal, bytesDone, bytesTotal });
   }
   if (unnamed.length > 0) {
-    const wanted = new Set(unnamed.flatMap((u) => u.ids));
-    const users = new Map<string, AffectedFile[]>();
+    // Each problem's chunks, and per problem the files named: a file entry is one snapshot's path, so one with
+    // several chunks in a broken pack is named (or counted) once, as it is met.
+    const problemsOf = new Map<string, number[]>();
+    for (const [n, { ids }] of unnamed.entries()) {
+      for (const id of ids) {
+        const list = problemsOf.get(id);
+        if (list) list.push(n);
+        else problemsOf.set(id, [n]);
+      }
+    }
+    const named = unnamed.map((): NamedFiles => ({ files: [], more: 0 }));
     await forEachFile(repository, snapshots, (snapshot, e) => {
-      for (const id of e.chunks) if (wanted.has(id)) addFile(users, id, snapshot, e.path);
+      let hit: Set<number> | undefined;
+      for (const id of e.chunks) {
+        const of = problemsOf.get(id);
+        if (!of) continue;
+        hit ??= new Set();
+        for (const n of of) hit.add(n);
+      }
+      for (const n of hit ?? []) nameFile(named[n], snapshot, e.path);
     });
-    for (const { problem, ids, describe } of unnamed) {
-      // A file with several chunks in a broken pack is named once.
-      const byKey = new Map<string, AffectedFile>();
-      for (const f of ids.flatMap((id) => users.get(id) ?? [])) byKey.set(`${f.snapshot}\0${f.path}`, f);
-      const files = [...byKey.values()];
-      problem.files = files;
-      problem.message = describe(describeFiles(files));
+    for (const [n, { problem, describe }] of unnamed.entries()) {
+      Object.assign(problem, namedFields(named[n]));
+      problem.message = describe(describeFiles(named[n].files, named[n].more));
     }
   }
   return {
@@ -372,14 +407,19 @@ async function verifyInBatches(
 }
 
 /** Notes that `path` of `snapshot` needs chunk `id` (once for consecutive chunks of the same file). */
-function addFile(users: Map<string, AffectedFile[]>, id: string, snapshot: string, path: string): void {
-  let list = users.get(id);
-  if (!list) {
-    list = [];
-    users.set(id, list);
-  }
-  const last = list.at(-1);
-  if (last?.path !== path || last?.snapshot !== snapshot) list.push({ snapshot, path });
+/** The files a problem breaks: the first MAX_FILES_NAMED, and a count of the rest. */
+interface NamedFiles {
+  files: AffectedFile[];
+  more: number;
+}
+
+function nameFile(named: NamedFiles, snapshot: string, path: string): void {
+  if (named.files.length < MAX_FILES_NAMED) named.files.push({ snapshot, path });
+  else named.more++;
+}
+
+function namedFields(named: NamedFiles): Pick<CheckProblem, "files" | "filesNotNamed"> {
+  return named.more > 0 ? { files: named.files, filesNotNamed: named.more } : { files: named.files };
 }
 
 /**
@@ -416,8 +456,10 @@ function short(id: string): string {
   return id.slice(0, 12);
 }
 
-export function describeFiles(files: AffectedFile[]): string {
+/** The first few of `files` by name, and how many more (`more`: those beyond `files` too). */
+export function describeFiles(files: AffectedFile[], more = 0): string {
   if (files.length === 0) return "no snapshot file";
   const shown = files.slice(0, 5).map((f) => `${JSON.stringify(f.path)} in snapshot ${short(f.snapshot)}`);
-  return files.length > 5 ? `${shown.join(", ")} and ${files.length - 5} more` : shown.join(", ");
+  const rest = files.length - shown.length + more;
+  return rest > 0 ? `${shown.join(", ")} and ${rest} more` : shown.join(", ");
 }

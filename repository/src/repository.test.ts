@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
 import type { BlobStore } from "./blob-store.js";
-import { checkRepository } from "./check.js";
+import { checkRepository, MAX_FILES_NAMED } from "./check.js";
 import { isRepositoryError, RepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
 import { generateRepositoryKey, parseRepositoryKey } from "./key.js";
@@ -422,6 +422,31 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const [problem] = (await checkRepository(repository)).problems;
     expect(problem).toMatchObject({ kind: "pack-missing", files: [{ snapshot: id, path: "big.bin" }] });
     expect(problem.message.match(/big\.bin/g)).toHaveLength(1);
+    await store.close();
+  });
+
+  it("check names at most MAX_FILES_NAMED files a problem breaks, and counts the rest", async () => {
+    // A lost pack of small files under hundreds of snapshots broke millions of files, each named: ~1 GB held.
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const shared = sealed(key, randomBytes(20_000));
+    const lost = sealed(key, randomBytes(20_000));
+    const writer = await repository.writer({ packSize: 20_000 }); // a pack each
+    await writer.put([shared, lost]);
+    const files = Object.fromEntries(Array.from({ length: MAX_FILES_NAMED + 50 }, (_, i) => [`f${i}`, [shared]]));
+    await writer.commit([sealManifest(key, manifestOf({ ...files, "other.bin": [lost, lost] }))], meta);
+    const index = await repository.loadIndex();
+    await store.delete(packKey(index.get(shared.id)!.packId)); // a pack lost: named by a second reading
+    await store.delete(indexKey(index.get(lost.id)!.packId)); // a chunk in no pack: named at once
+    const { problems } = await checkRepository(repository, { readData: false });
+    const packMissing = problems.find((p) => p.kind === "pack-missing")!;
+    expect(packMissing.files).toHaveLength(MAX_FILES_NAMED);
+    expect(packMissing.filesNotNamed).toBe(50);
+    expect(packMissing.message).toMatch(new RegExp(`and ${MAX_FILES_NAMED + 45} more$`));
+    const chunkMissing = problems.find((p) => p.kind === "chunk-missing")!;
+    expect(chunkMissing.files).toEqual([{ snapshot: expect.any(String), path: "other.bin" }]); // once, for two uses
+    expect(chunkMissing.filesNotNamed).toBeUndefined();
     await store.close();
   });
 
