@@ -35,6 +35,7 @@ export {
   unwritableReason,
 } from "./errors.js";
 export { FileBlobStore } from "./file-blob-store.js";
+export { IdSet } from "./id-set.js";
 export { IdTable } from "./id-table.js";
 export { generateRepositoryKey, KEY_LENGTH, parseRepositoryKey } from "./key.js";
 export { MAX_OFFER_CHUNK_IDS, MAX_RESTORE_REQUEST_IDS, RESTORE_REQUEST_IDS } from "./limits.js";

@@ -3,6 +3,7 @@
 import type { BlobStore } from "./blob-store.js";
 import { counted } from "./counted.js";
 import { RepositoryError } from "./errors.js";
+import { IdSet } from "./id-set.js";
 import { acquireLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 import { indexKey, listPacks, packKey } from "./pack.js";
 import { LATEST, type Repository } from "./repository.js";
@@ -185,7 +186,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
           "by id (`snapshot forget ID`; `check` names what is damaged), then prune again",
       );
     }
-    const usedChunks = new Set<string>();
+    const usedChunks = new IdSet();
     const usedManifests = new Set<string>();
     for (const snap of snapshots) {
       for (const id of snap.manifests) usedManifests.add(id);
@@ -208,7 +209,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     // that lost it): if a listed snapshot uses a chunk no index holds, its data may be in one of those packs, and
     // deleting them would make the damage for good. Nothing is deleted until that is resolved.
     if (orphans.length > 0) {
-      const unindexed = [...usedChunks].filter((id) => !index.has(id));
+      const unindexed = [...usedChunks.hex()].filter((id) => !index.has(id));
       if (unindexed.length > 0) {
         throw new RepositoryError(
           "corrupt",
@@ -229,9 +230,8 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
       let total = 0;
       for (const e of pack.entries) {
         total += e.length;
-        const hex = e.id.toString("hex");
         // A chunk held twice counts only where the index finds it; the other copy is garbage.
-        if (usedChunks.has(hex) && index.get(hex)?.packId === pack.packId) needed += e.length;
+        if (usedChunks.has(e.id) && index.packIdOf(e.id) === pack.packId) needed += e.length;
       }
       if (needed === 0) unused.push(pack.packId);
       else if (total > 0 && needed / total < repackBelow) repack.push(pack.packId);
@@ -290,7 +290,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
           options.signal?.throwIfAborted();
           const data = await store.get(packKey(packId));
           const chunks = pack.entries
-            .filter((e) => usedChunks.has(e.id.toString("hex")))
+            .filter((e) => usedChunks.has(e.id))
             .map((e) => ({ id: e.id, blob: data.subarray(e.offset, e.offset + e.length), plainLength: e.plainLength }));
           // Each checked before it is copied (as the writer checked each on arrival): a damaged one stops the
           // prune, saying which and what to do, before the pack it is in could be deleted.

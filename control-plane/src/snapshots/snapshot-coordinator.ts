@@ -31,7 +31,7 @@ import {
   emptyPruneReport,
   forgetSnapshots,
   hasRetentionRule,
-  IdTable,
+  IdSet,
   isRepositoryError,
   MAX_CHUNK_LENGTH,
   MAX_MANIFEST_PARTS,
@@ -1585,13 +1585,11 @@ async function snapshotGone(repository: Repository, id: string, err: unknown): P
 }
 
 /**
- * The distinct chunk ids of a manifest's files, as 32 raw bytes each in one buffer under an IdTable: about 40
+ * The distinct chunk ids of a manifest's files, in an IdSet (32 raw bytes each in one buffer): about 40
  * bytes a chunk (a Set of hex strings took ~120), for a restore of a million chunks.
  */
 class ChunkIdSet {
-  private ids = Buffer.alloc(32 * 1024);
-  private count = 0;
-  private readonly table = new IdTable(() => this.ids);
+  private readonly ids = new IdSet();
 
   /**
    * Of a manifest's parts, opened one at a time, the event loop let run between them: opened whole, a manifest
@@ -1600,24 +1598,14 @@ class ChunkIdSet {
   static async of(key: Buffer, blobs: readonly Buffer[], what: string): Promise<ChunkIdSet> {
     const set = new ChunkIdSet();
     for (const entries of manifestPartEntries(key, blobs, what)) {
-      for (const e of entries) if (e.type === "file") for (const hex of e.chunks) set.add(hex);
+      for (const e of entries) if (e.type === "file") for (const hex of e.chunks) set.ids.add(hex);
       await setImmediate();
     }
     return set;
   }
 
   has(id: Buffer): boolean {
-    return id.length === 32 && this.table.find(id) >= 0;
-  }
-
-  private add(hex: string): void {
-    if (32 * (this.count + 1) > this.ids.length) {
-      const grown = Buffer.alloc(2 * this.ids.length);
-      this.ids.copy(grown);
-      this.ids = grown;
-    }
-    this.ids.write(hex, 32 * this.count, 32, "hex");
-    if (this.table.add(this.count)) this.count++;
+    return this.ids.has(id);
   }
 }
 
