@@ -796,16 +796,24 @@ async function restoreWindow(
     try {
       const ids = interleave(states, destinations).map((hex) => Buffer.from(hex, "hex"));
       for await (const fetched of options.source.get(ids)) {
-        options.signal?.throwIfAborted();
+        const blob = fetched.blob;
+        // A read buffer met for the first time is this restore's from here: given back if it stops before the
+        // buffer is the batch (once it is, `data`'s own recycling covers it).
+        const arriving = blob && pool.isShared(blob.buffer) && data?.buffer !== blob.buffer ? blob.buffer : undefined;
+        try {
+          options.signal?.throwIfAborted();
+          // A batch per read buffer: it goes back to the pool once its batch is written.
+          if (arriving && data) await flush();
+        } catch (err) {
+          if (arriving) pool.recycle(arriving);
+          throw err;
+        }
         const hex = fetched.id.toString("hex");
-        if (fetched.blob === undefined) {
+        if (blob === undefined) {
           markDamaged(hex, fetched.error, fetched.pack);
           continue;
         }
-        const blob = fetched.blob;
         if (pool.isShared(blob.buffer)) {
-          // A batch per read buffer: it goes back to the pool once its batch is written.
-          if (data && data.buffer !== blob.buffer) await flush();
           if (!data) {
             data = Buffer.from(blob.buffer);
             borrowed = true;
