@@ -133,45 +133,42 @@ export async function withDatabaseLock<T>(db: Db, name: string, work: () => Prom
 }
 
 /**
- * How withDatabaseLock connects. Keepalives and a connect timeout on this side: after a failover whose old server
- * went silent, neither the connect nor a lock held on it may wait for TCP's own timeouts (~15 minutes). And on
- * the server's side of the session: a holder whose host lost power or its network holds its lock until the
- * server notices the session is dead, by default after ~2 hours of TCP keepalives, and every commit of the
- * tenant waits that long. Asked to probe an idle session after 10 s, every 5 s, 3 times, and to give up on data
- * unacknowledged for 25 s, the server ends it (and frees the lock) within about half a minute.
+ * How withDatabaseLock's session is kept honest on the server's side. A holder whose host lost power or its
+ * network holds its lock until the server notices the session is dead, by default after ~2 hours of TCP
+ * keepalives, and every commit of the tenant waits that long. Asked to probe an idle session after 10 s, every
+ * 5 s, 3 times, and to give up on data unacknowledged for 25 s, the server ends it (and frees the lock) within
+ * about half a minute. Set after connecting, each on its own: a startup `options` parameter is refused by
+ * PgBouncer and other proxies (every lock, so every commit, would fail), and tcp_user_timeout is PostgreSQL 12's.
+ * The price: a holder cut off from the server for longer than that loses the lock while its work goes on, as it
+ * does when the server restarts; a catalogue change is short, and the relisting puts right what overlapped.
  */
-export function lockConnectionConfig(config: pg.ClientConfig): pg.ClientConfig {
-  const serverSide =
-    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 -c tcp_user_timeout=25000";
-  const base = { ...config, keepAlive: true, connectionTimeoutMillis: 10_000 };
-  // Beside any options the database URL gives (`?options=...`): pg takes what the URL says over the config's.
-  const url = parsedUrl(config.connectionString);
-  if (url) {
-    const given = url.searchParams.get("options");
-    url.searchParams.set("options", given ? `${given} ${serverSide}` : serverSide);
-    return { ...base, connectionString: url.toString() };
-  }
-  return { ...base, options: config.options ? `${config.options} ${serverSide}` : serverSide };
-}
+const LOCK_SESSION_SETTINGS: Record<string, string> = {
+  tcp_keepalives_idle: "10",
+  tcp_keepalives_interval: "5",
+  tcp_keepalives_count: "3",
+  tcp_user_timeout: "25000",
+};
 
-function parsedUrl(connectionString: string | undefined): URL | undefined {
-  try {
-    return connectionString ? new URL(connectionString) : undefined;
-  } catch {
-    return undefined; // not a URL (a socket path, say): pg reads no options from it
+/** Applies LOCK_SESSION_SETTINGS to `client`'s session, each that the server takes. */
+export async function tuneLockSession(client: pg.Client): Promise<void> {
+  for (const [name, value] of Object.entries(LOCK_SESSION_SETTINGS)) {
+    await client.query("select set_config($1, $2, false)", [name, value]).catch(() => {});
   }
 }
 
 async function acrossProcesses<T>(config: pg.ClientConfig, name: string, work: () => Promise<T>): Promise<T> {
   while (databaseLocksHeld >= DATABASE_LOCKS_AT_ONCE) await new Promise<void>((r) => databaseLockWaiters.push(r));
   databaseLocksHeld++;
-  const client = new pg.Client(lockConnectionConfig(config));
+  // Keepalives and a connect timeout: after a failover whose old server went silent, neither the connect nor a
+  // lock held on it may wait for TCP's own timeouts (~15 minutes).
+  const client = new pg.Client({ ...config, keepAlive: true, connectionTimeoutMillis: 10_000 });
   // The server may end the connection while `work` runs (a restart, a failover, pg_terminate_backend): an
   // 'error' with no listener would end the process. The lock went with the connection; `work` finishes as it
   // would have without replicas.
   client.on("error", () => {});
   try {
     await client.connect();
+    await tuneLockSession(client);
     await client.query("select pg_advisory_lock(hashtextextended($1, 0))", [name]);
     return await work();
   } finally {
