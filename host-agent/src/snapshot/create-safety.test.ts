@@ -608,33 +608,46 @@ describe("create, while files change under it", () => {
 
 describe("a workspace whose manifest cannot fit one snapshot", () => {
   // Found only when the manifest was cut, after every file had been read and sent: hours for millions of files
-  // or a file of TiBs. Judged from the listing now, before anything is read. Sparse files stand in for large
-  // ones: with SMALL's 256 KiB largest chunk, a part's 64 MiB of chunk list is reached at ~237 GiB.
-  const sparse = async (dir: string, sizes: Record<string, number>) => {
-    await mkdir(dir);
-    for (const [name, size] of Object.entries(sizes)) {
-      await writeFile(join(dir, name), "");
-      await run("truncate", ["-s", String(size), join(dir, name)]);
-    }
-  };
+  // or a file of TiBs. Judged from the listing now, before anything is read: a real listing whose files are
+  // given such sizes stands in for them (with SMALL's 256 KiB largest chunk, a part's 64 MiB of chunk list is
+  // reached at ~237 GiB).
   const GiB = 2 ** 30;
+  const refusal = async (sizes: Record<string, number>) => {
+    const source = fresh("huge");
+    await mkdir(source);
+    for (const name of Object.keys(sizes)) await writeFile(join(source, name), "");
+    const listing = await listSnapshotSource(source);
+    for (const e of listing.entries) e.size = sizes[e.path] ?? e.size;
+    const { repository } = await Repository.openOrInit(openBlobStore(pathToFileURL(fresh("repo")).href), KEY);
+    const sink = await repository.writer();
+    const meta = { workspace: "w", epoch: 0, tenant: "t" };
+    const failure = await createSnapshot({
+      source,
+      listing: Promise.resolve(listing),
+      sink,
+      key: KEY,
+      meta,
+      pool,
+      ...SMALL,
+    }).then(
+      () => undefined,
+      (err: Error) => err,
+    );
+    await sink.abort();
+    return failure;
+  };
+  const KEY = generateRepositoryKey();
 
   it("refuses, naming it, a file whose list of chunks alone is more than a manifest part holds", async () => {
-    const source = fresh("huge-file");
-    await sparse(source, { "small.bin": 10, "disk.img": 300 * GiB });
-    const repo = pathToFileURL(fresh("repo")).href;
-    await expect(createDirectSnapshot({ repo, key: generateRepositoryKey(), source, pool, ...SMALL })).rejects.toThrow(
+    const failure = await refusal({ "small.bin": 10, "disk.img": 300 * GiB });
+    expect(failure?.message).toContain(
       `"disk.img" (${300 * GiB} bytes) is too large for a snapshot: its list of at least 1228800 chunks`,
     );
   });
 
   it("refuses files whose chunk lists together are more than a manifest holds", async () => {
-    const source = fresh("huge-files");
     // 200 GiB each fits a part (~54 MiB of chunk list); five of them are over the 256 MiB a manifest holds.
-    await sparse(source, Object.fromEntries([1, 2, 3, 4, 5].map((i) => [`part${i}.img`, 200 * GiB])));
-    const repo = pathToFileURL(fresh("repo")).href;
-    await expect(createDirectSnapshot({ repo, key: generateRepositoryKey(), source, pool, ...SMALL })).rejects.toThrow(
-      "5 entries make a manifest larger than one snapshot can hold (256 MiB",
-    );
+    const failure = await refusal(Object.fromEntries([1, 2, 3, 4, 5].map((i) => [`part${i}.img`, 200 * GiB])));
+    expect(failure?.message).toContain("5 entries make a manifest larger than one snapshot can hold (256 MiB");
   });
 });

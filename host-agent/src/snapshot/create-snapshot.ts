@@ -591,8 +591,9 @@ async function rereadable(root: string, changed: FileWork[]): Promise<FileWork[]
  * Refuses, from the listing alone, a workspace whose manifest cannot fit one snapshot: more than MAX_MANIFEST_BYTES
  * in all (over a million files), or a file whose list of chunks alone is more than a part holds (a file of TiBs).
  * Judged by the fewest bytes each entry can take (a file cut into chunks of the largest size), so nothing that
- * would fit is refused. Found only when the manifest was cut, that came after every file had been read and sent:
- * hours, for millions of files.
+ * would fit is refused; but for a file that turns out unreadable when read (left out, the snapshot going on),
+ * which counts here too: such a file of TiBs now refuses the snapshot. Found only when the manifest was cut,
+ * the refusal came after every file had been read and sent: hours, for millions of files.
  */
 function refuseUnfittingManifest(entries: readonly SourceEntry[], maxChunk: number): void {
   let least = 0;
