@@ -1,6 +1,6 @@
 // `dumont dev`'s banner: the command it suggests works from the shell it was started in.
 import { describe, expect, it } from "vitest";
-import { tryCommand } from "./dev-command.js";
+import { localAgentEnvironment, tryCommand } from "./dev-command.js";
 
 describe("tryCommand", () => {
   it("is the plain command on the defaults, however the data dir was written", () => {
@@ -15,5 +15,28 @@ describe("tryCommand", () => {
     expect(tryCommand("http://localhost:8000", "/tmp/my data/it's", "/repo")).toBe(
       "DUMONT_DATA_DIR='/tmp/my data/it'\\''s' npx dumont host list",
     );
+  });
+});
+
+describe("localAgentEnvironment", () => {
+  it("keeps the control plane's secrets from the local agent (and what it starts), and the rest as it is", () => {
+    const env = localAgentEnvironment({
+      PATH: "/usr/bin",
+      HOME: "/root",
+      DUMONT_FAKE_NVIDIA_SMI_FIXTURE: "demo",
+      DATABASE_URL: "postgres://dumont:secret@db/dumont",
+      DUMONT_MASTER_KEY: "ab".repeat(32),
+      DUMONT_REPO_KEY: "cd".repeat(32),
+      DUMONT_S3_ENDPOINT: "http://minio:9000",
+      AWS_ACCESS_KEY_ID: "AKIA",
+      AWS_SECRET_ACCESS_KEY: "secret",
+    });
+    expect(env).toEqual({
+      PATH: "/usr/bin",
+      HOME: "/root",
+      DUMONT_FAKE_NVIDIA_SMI_FIXTURE: "demo",
+      DUMONT_LOG_LEVEL: "warn",
+    });
+    expect(localAgentEnvironment({ DUMONT_LOG_LEVEL: "debug" })).toEqual({ DUMONT_LOG_LEVEL: "debug" });
   });
 });

@@ -11,6 +11,19 @@ import { apiClients, DEFAULT_API_URL, DEFAULT_DATA_DIR } from "./api-client.js";
 import { hostJson } from "./host-command.js";
 import { addServeOptions, startFromOptions, waitForSignal } from "./serve-command.js";
 
+/** Environment variables of the control plane's that the local agent does not get (localAgentEnvironment). */
+const CONTROL_PLANE_SECRETS = /^(DATABASE_URL|DUMONT_MASTER_KEY|DUMONT_REPO_KEY|DUMONT_S3_.*|AWS_.*)$/;
+
+/**
+ * The local agent's environment: this one's, but for the control plane's secrets, which are not the agent's nor
+ * of what it starts (nvidia-smi, sync, jobs): its database URL (a password in it), blob store credentials, keys.
+ * Logging at warn unless DUMONT_LOG_LEVEL says otherwise.
+ */
+export function localAgentEnvironment(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const kept = Object.fromEntries(Object.entries(env).filter(([name]) => !CONTROL_PLANE_SECRETS.test(name)));
+  return { ...kept, DUMONT_LOG_LEVEL: env.DUMONT_LOG_LEVEL ?? "warn" };
+}
+
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 const agentBin = path.join(repoRoot, "host-agent/bin/dumont-agent.js");
 const fakeNvidiaSmiDir = path.join(repoRoot, "tests/fakes/nvidia-smi");
@@ -50,7 +63,7 @@ export function registerDevCommand(program: Command): void {
       const dataDir = path.dirname(cp.adminKeyFile);
       const agentDir = path.join(dataDir, "local-agent");
 
-      const env: NodeJS.ProcessEnv = { ...process.env, DUMONT_LOG_LEVEL: process.env.DUMONT_LOG_LEVEL ?? "warn" };
+      const env = localAgentEnvironment(process.env);
       if (opts.demo) {
         env.PATH = `${fakeNvidiaSmiDir}${path.delimiter}${env.PATH ?? ""}`;
         env.DUMONT_FAKE_NVIDIA_SMI_FIXTURE = env.DUMONT_FAKE_NVIDIA_SMI_FIXTURE ?? "demo";

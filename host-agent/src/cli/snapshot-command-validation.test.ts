@@ -59,6 +59,11 @@ describe("dumont-agent snapshot: bad flags", () => {
     ["a forget's id that is no id", () => forget("abcd", "last"), /ID "last" is not a snapshot id/],
     ["--repo twice", () => ["list", "--repo", repo, "--repo", `${repo}2`, "--key-file", key], /--repo was given twice/],
     [
+      "--key-file twice, the second the key itself (was: quoted back)",
+      () => ["list", "--repo", repo, "--key-file", key, "--key-file", KEY],
+      /--key-file was given twice/,
+    ],
+    [
       "an empty --key-file (was: DUMONT_REPO_KEY)",
       () => ["list", "--repo", repo, "--key-file", ""],
       /--key-file is empty/,

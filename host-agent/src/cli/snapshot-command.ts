@@ -46,6 +46,9 @@ import {
 } from "../snapshot/index.js";
 
 const { once, wholeNumber, retentionOptions, snapshotId } = flagParsers(InvalidArgumentError);
+// --key-file's refusals are plain Errors, which the bin prints as their message alone: commander's
+// InvalidArgumentError quotes the value, and a second --key-file may be the key itself.
+const { once: onceUnquoted } = flagParsers(Error);
 
 const REPO_HELP =
   "repository URL: file:///absolute/path or s3://bucket/prefix (S3 credentials and region from the AWS_* " +
@@ -65,7 +68,7 @@ const repoOption = () =>
   new Option("--repo <url>", REPO_HELP).makeOptionMandatory().argParser(once("--repo", "a repository URL"));
 const keyFileOption = () =>
   new Option("--key-file <file>", KEY_HELP).argParser(
-    once("--key-file", "the path of the file holding the repository key"),
+    onceUnquoted("--key-file", "the path of the file holding the repository key"),
   );
 
 interface KeyOptions {
@@ -520,6 +523,9 @@ async function loadKey(opts: KeyOptions): Promise<Buffer> {
     return parseRepositoryKey(await readKeyFile(opts.keyFile), `--key-file ${opts.keyFile}`);
   }
   const env = process.env.DUMONT_REPO_KEY;
+  // Not left for the processes this one starts (a restore's `sync`, found on PATH), as the control plane does
+  // with DUMONT_MASTER_KEY.
+  delete process.env.DUMONT_REPO_KEY;
   if (env) return parseRepositoryKey(env, "DUMONT_REPO_KEY");
   throw new Error(
     "no repository key: pass --key-file FILE or set DUMONT_REPO_KEY (create a key with `(umask 077; openssl rand -hex 32 > FILE)` " +

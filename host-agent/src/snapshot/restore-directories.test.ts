@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readdir, readFile, realpath, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { RestoreDirectories } from "./restore-directories.js";
 
 const openFds = async (): Promise<number> => (await readdir("/proc/self/fd")).length;
@@ -14,6 +14,31 @@ describe.runIf(process.platform === "linux")("RestoreDirectories", () => {
   });
   afterEach(async () => {
     await rm(root, { recursive: true, force: true });
+  });
+
+  it("runs its flush's `sync` with PATH and the C locale alone of this process's environment", async () => {
+    // A repository key in DUMONT_REPO_KEY (direct mode's way) reached whatever `sync` came first on PATH.
+    const bin = join(root, "bin");
+    await mkdir(bin);
+    const seen = join(root, "env-seen");
+    await writeFile(join(bin, "sync"), `#!/bin/sh\nenv > ${seen}\n`, { mode: 0o755 });
+    vi.stubEnv("PATH", `${bin}:${process.env.PATH}`);
+    vi.stubEnv("DUMONT_REPO_KEY", "ab".repeat(32));
+    const target = join(root, "target");
+    await mkdir(target);
+    const dirs = await RestoreDirectories.open(target);
+    try {
+      await dirs.syncFilesystem();
+    } finally {
+      await dirs.close();
+      vi.unstubAllEnvs();
+    }
+    const names = (await readFile(seen, "utf8"))
+      .split("\n")
+      .filter(Boolean)
+      .map((line) => line.split("=")[0]);
+    expect(names).not.toContain("DUMONT_REPO_KEY");
+    expect(names).toEqual(expect.arrayContaining(["PATH", "LC_ALL"]));
   });
 
   it("names entries through their directory's handle, keeping a bounded number open", async () => {

@@ -209,10 +209,11 @@ export class RestoreDirectories {
     const { timeoutMs = SYNC_TIMEOUT_MS, signal } = options;
     const viaHandle = process.platform === "linux" && this.rootHandle !== undefined;
     const args = process.platform !== "linux" ? [] : ["-f", viaHandle ? "/proc/self/fd/0" : this.root];
-    // In the C locale: its error is read for the kernel's words (strerror's) below.
+    // In the C locale: its error is read for the kernel's words (strerror's) below. With PATH alone of this
+    // process's environment: nothing else of it (a key, credentials) is sync's business.
     const child = spawn("sync", args, {
       stdio: [viaHandle ? this.rootHandle!.fd : "ignore", "ignore", "pipe"],
-      env: { ...process.env, LC_ALL: "C" },
+      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", LC_ALL: "C" },
     });
     let stderr = "";
     child.stderr?.setEncoding("utf8").on("data", (text: string) => {
