@@ -35,6 +35,7 @@ import {
   sealManifest,
   sealManifestParts,
 } from "@dumont/repository";
+import { ObjectKind, sealJson, sha256 } from "@dumont/repository/sealing";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import type { AgentSession } from "../agent-gateway/agent-session.js";
 import { ensureTenant } from "../db/credential-repository.js";
@@ -727,6 +728,39 @@ describe("SnapshotCoordinator: forget and prune", () => {
     expect((lost as ConnectError).code).toBe(Code.DataLoss);
     expect((lost as ConnectError).rawMessage).toContain(`manifests/${its[0]} does not exist`);
     await h.coordinator.forget({ tenantId: "t1", ids: [damaged.id], policy: {}, prune: false, dryRun: false });
+  });
+
+  it("answers DATA_LOSS, naming what is wrong, for a stored manifest that opens but is not one a writer makes", async () => {
+    // A record and a manifest part sealed with the tenant's key, hashing to their names, whose part's entry has
+    // a time no writer writes: damage in the repository (or a writer's bug), not the caller's bad argument.
+    const { key } = await started().then(async (s) => {
+      await finish(s);
+      return s;
+    });
+    const part = sealManifest(key, {
+      entries: [{ type: "dir", path: "d", mode: 0o755, mtimeNs: "yesterday" }],
+    } as unknown as Parameters<typeof sealManifest>[1]);
+    const partId = sha256(part).toString("hex");
+    const tenantDir = path.join(h.blobs, "tenants", "t1");
+    await fs.writeFile(path.join(tenantDir, "manifests", partId), part);
+    const totals = { files: 0, dirs: 1, symlinks: 0, bytes: 0, chunks: 0 };
+    const record = sealJson(key, ObjectKind.snapshot, {
+      version: 1,
+      time: new Date().toISOString(),
+      workspace: "w",
+      epoch: 0,
+      tenant: "t1",
+      manifest: partId,
+      totals,
+    });
+    const id = sha256(record).toString("hex");
+    await fs.writeFile(path.join(tenantDir, "snapshots", id), record);
+    await h.coordinator.relistAll();
+    const row = await h.db.selectFrom("snapshots").selectAll().where("id", "=", id).executeTakeFirstOrThrow();
+    const read = await h.coordinator.readManifest(row).catch((e: unknown) => e);
+    expect((read as ConnectError).code).toBe(Code.DataLoss);
+    expect((read as ConnectError).rawMessage).toMatch(/has a bad mtime/);
+    await h.coordinator.forget({ tenantId: "t1", ids: [id], policy: {}, prune: false, dryRun: false });
   });
 
   it("forgets, by id, a snapshot whose record does not open, and prunes after", async () => {
