@@ -15,7 +15,7 @@ describe("IdSet", () => {
       expect(set.has(id.toString("hex"))).toBe(true);
     }
     expect(set.has(randomBytes(32))).toBe(false);
-    expect([...set.hex()]).toEqual(ids.map((id) => id.toString("hex")));
+    expect([...set.raw()].map((id) => id.toString("hex"))).toEqual(ids.map((id) => id.toString("hex")));
   });
 
   it("refuses what is not an id, and finds nothing by it", () => {

@@ -32,9 +32,9 @@ export class IdSet {
     return this.write(id, this.scratch, 0) && this.table.find(this.scratch) >= 0;
   }
 
-  /** The ids held, as hex, in the order added. */
-  *hex(): Generator<string> {
-    for (let i = 0; i < this.count; i++) yield this.ids.toString("hex", ID * i, ID * (i + 1));
+  /** The ids held, in the order added: views of 32 bytes, valid until the next add. */
+  *raw(): Generator<Buffer> {
+    for (let i = 0; i < this.count; i++) yield this.ids.subarray(ID * i, ID * (i + 1));
   }
 
   /** Writes `id`'s 32 bytes at `at` in `into`; false when it is not an id. */

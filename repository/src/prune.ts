@@ -209,7 +209,9 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     // that lost it): if a listed snapshot uses a chunk no index holds, its data may be in one of those packs, and
     // deleting them would make the damage for good. Nothing is deleted until that is resolved.
     if (orphans.length > 0) {
-      const unindexed = [...usedChunks.hex()].filter((id) => !index.has(id));
+      // Only those the index lacks become strings: every used id as hex was ~90 bytes each at once.
+      const unindexed: string[] = [];
+      for (const id of usedChunks.raw()) if (!index.has(id)) unindexed.push(id.toString("hex"));
       if (unindexed.length > 0) {
         throw new RepositoryError(
           "corrupt",

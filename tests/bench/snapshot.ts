@@ -405,11 +405,11 @@ export async function runSnapshotBench(options: SnapshotBenchOptions = {}): Prom
               ? {
                   cpus: "the agent and the direct runs on CPU 0, the control plane and the bench process (its API client) on CPU 1",
                   full: {
-                    ...versusDirect(medianEngineRun(separate.directFulls), medianRun(separate.streamFulls)),
+                    ...versusDirect(separate.directFulls, medianRun(separate.streamFulls)),
                     ...everyRun(separate.directFulls, separate.streamFulls),
                   },
                   restore: {
-                    ...versusDirect(medianEngineRun(separate.directRestores), medianRun(separate.streamRestores)),
+                    ...versusDirect(separate.directRestores, medianRun(separate.streamRestores)),
                     ...everyRun(separate.directRestores, separate.streamRestores),
                     byteForByte: separate.restoredOk,
                   },
@@ -824,16 +824,21 @@ function vsDirectOf(
   };
 }
 
-/** A direct run against the same operation through the stream, side by side. */
-function versusDirect(direct: EngineRun, stream: StreamRun) {
+/**
+ * Direct runs against the same operation through the stream, side by side: the direct runs' median whole
+ * process and, apart, their median engine call.
+ */
+function versusDirect(directRuns: EngineRun[], stream: StreamRun) {
+  const direct = medianRun(directRuns);
+  const engine = medianEngineRun(directRuns);
   return {
     directSeconds: round(direct.seconds),
-    directEngineSeconds: round(direct.engineSeconds),
+    directEngineSeconds: round(engine.engineSeconds),
     streamSeconds: round(stream.seconds),
     // The engine call against the API call: neither counts a process's start (see throughStream.note).
-    vsDirect: ratio(direct.engineSeconds, stream.seconds),
+    vsDirect: ratio(engine.engineSeconds, stream.seconds),
     directCpuSeconds: round(direct.cpuSeconds),
-    directEngineCpuSeconds: round(direct.engineCpuSeconds),
+    directEngineCpuSeconds: round(engine.engineCpuSeconds),
     cpuSeconds: stream.cpuSeconds,
   };
 }

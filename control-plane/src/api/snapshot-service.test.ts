@@ -13,7 +13,7 @@ import { FailedPreconditionError } from "../errors.js";
 import type { SnapshotCoordinator } from "../snapshots/snapshot-coordinator.js";
 import { TenantKeys } from "../snapshots/tenant-keys.js";
 import { createApiKey } from "./auth.js";
-import { snapshotService } from "./snapshot-service.js";
+import { checkTenants, snapshotService } from "./snapshot-service.js";
 
 describe("SnapshotService: restore", () => {
   let db: Db;
@@ -343,5 +343,44 @@ describe("SnapshotService: admin keys only", () => {
       }
     }
     expect(touched).toEqual([]);
+  });
+});
+
+describe("checkTenants", () => {
+  it("answers each problem with its tenant, the files named, and how many more files it breaks", async () => {
+    // check names at most 100 files a problem breaks: the count of the rest must reach the API's caller too.
+    const reports: Record<string, object> = {
+      "t-1": {
+        ok: false,
+        snapshots: 2,
+        packs: 3,
+        packsRead: 3,
+        chunks: 9,
+        bytesChecked: 1_000,
+        problems: [
+          {
+            kind: "pack-missing",
+            pack: "p1",
+            message: "pack p1 is indexed but missing; it breaks ...",
+            files: [{ snapshot: "s1", path: "a.bin" }],
+            filesNotNamed: 250,
+          },
+        ],
+      },
+      "t-2": { ok: true, snapshots: 1, packs: 1, packsRead: 1, chunks: 1, bytesChecked: 10, problems: [] },
+    };
+    const snapshots = { check: async (tenantId: string) => reports[tenantId] } as unknown as SnapshotCoordinator;
+    const out = await checkTenants(snapshots, ["t-1", "t-2"], { readData: true, readSubset: undefined }, () => {});
+    expect(out.ok).toBe(false);
+    expect(out.snapshots).toBe(3n);
+    expect(out.problems).toHaveLength(1);
+    expect(out.problems[0]).toMatchObject({
+      tenantId: "t-1",
+      kind: "pack-missing",
+      pack: "p1",
+      message: "tenant t-1: pack p1 is indexed but missing; it breaks ...",
+      files: [{ snapshotId: "s1", path: "a.bin" }],
+      filesNotNamed: 250n,
+    });
   });
 });

@@ -382,7 +382,7 @@ function readSubsetOf(req: api.CheckSnapshotsRequest): ReadSubset | undefined {
 }
 
 /** Checks each tenant's repository in turn; one report, each problem naming its tenant. */
-async function checkTenants(
+export async function checkTenants(
   snapshots: SnapshotCoordinator,
   tenants: string[],
   reading: { readData: boolean; readSubset: ReadSubset | undefined },
@@ -413,6 +413,7 @@ async function checkTenants(
           chunk: p.chunk ?? "",
           snapshotId: p.snapshot ?? "",
           files: (p.files ?? []).map((f) => ({ snapshotId: f.snapshot, path: f.path })),
+          filesNotNamed: BigInt(p.filesNotNamed ?? 0),
         }),
       );
     }

@@ -12,11 +12,12 @@ import { hostJson } from "./host-command.js";
 import { addServeOptions, startFromOptions, waitForSignal } from "./serve-command.js";
 
 /** Environment variables of the control plane's that the local agent does not get (localAgentEnvironment). */
-const CONTROL_PLANE_SECRETS = /^(DATABASE_URL|DUMONT_MASTER_KEY|DUMONT_REPO_KEY|DUMONT_S3_.*|AWS_.*)$/;
+const CONTROL_PLANE_SECRETS =
+  /^(DATABASE_URL|PG.*|DUMONT_MASTER_KEY|DUMONT_REPO_KEY|DUMONT_API_KEY|DUMONT_S3_.*|AWS_.*)$/;
 
 /**
  * The local agent's environment: this one's, but for the control plane's secrets, which are not the agent's nor
- * of what it starts (nvidia-smi, sync, jobs): its database URL (a password in it), blob store credentials, keys.
+ * of what it starts (nvidia-smi, sync, jobs): its database URL and libpq variables (a password in them), blob store credentials, keys, an admin API key.
  * Logging at warn unless DUMONT_LOG_LEVEL says otherwise.
  */
 export function localAgentEnvironment(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {

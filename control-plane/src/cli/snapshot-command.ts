@@ -250,6 +250,7 @@ export function registerSnapshotCommands(program: Command): void {
           ...(p.chunk ? { chunk: p.chunk } : {}),
           ...(p.snapshotId ? { snapshotId: p.snapshotId } : {}),
           files: p.files.map((f) => ({ snapshotId: f.snapshotId, path: f.path })),
+          ...(p.filesNotNamed > 0n ? { filesNotNamed: Number(p.filesNotNamed) } : {}),
         })),
       };
       if (opts.json) print(out);
