@@ -245,7 +245,7 @@ export class RepositoryWriter implements ChunkSink {
     // chunk's plain length wrong), and the snapshot's size, counted from the lengths, would be what the sender
     // says.
     let misfit: string | undefined;
-    /** Packs holding the snapshot's chunks (see `syncReused`). */
+    /** Packs holding the snapshot's chunks: the names of those another writer wrote are made durable below. */
     const packsNamed = new Set<string>();
     const visit = (e: ManifestEntry): void => {
       check.add(e);
