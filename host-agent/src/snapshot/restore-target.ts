@@ -64,9 +64,9 @@ export const isMarkerName = (name: string) =>
 const CLAIM = /^[0-9a-f]{32}$/;
 
 /**
- * The marker's schema. Zod is loaded only when a marker is read (an interrupted restore's, or this one's at its
- * end), not with the engine: it is ~70 ms of every `dumont-agent snapshot` command's start otherwise. Only another
- * restore's marker is read whole (readClaim takes the claim alone).
+ * The marker's schema. Zod is loaded only when another restore's marker is read whole (an interrupted one's, to
+ * take it over), not with the engine: it is ~70 ms of every `dumont-agent snapshot` command's start otherwise. A
+ * restore knows its own marker by the claim alone (readClaim).
  */
 const markerSchemaOf = (z: typeof Zod.z) =>
   z.object({
