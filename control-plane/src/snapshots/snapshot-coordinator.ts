@@ -1062,7 +1062,7 @@ export class SnapshotCoordinator {
     // The chunks of this snapshot's files: the only ones its restore sends. An agent of the tenant asking for
     // others (of other hosts' or workspaces' snapshots, found by their ids: SHA-256 of content it may guess) is
     // refused: a restore reads its own snapshot, not the tenant's whole repository.
-    const allowed = await ChunkIdSet.of(key, manifestBlobs, `manifest of snapshot ${req.snapshot.id}`);
+    const allowed = await manifestChunkIds(key, manifestBlobs, `manifest of snapshot ${req.snapshot.id}`);
     const session = req.session;
     if (manifestBlobs.length > 1) {
       session.require(
@@ -1585,28 +1585,18 @@ async function snapshotGone(repository: Repository, id: string, err: unknown): P
 }
 
 /**
- * The distinct chunk ids of a manifest's files, in an IdSet (32 raw bytes each in one buffer): about 40
- * bytes a chunk (a Set of hex strings took ~120), for a restore of a million chunks.
+ * The distinct chunk ids of a manifest's files, in an IdSet (32 raw bytes each in one buffer): about 40 bytes a
+ * chunk (a Set of hex strings took ~120), for a restore of a million chunks. Of a manifest's parts, opened one at a
+ * time, the event loop let run between them: opened whole, a manifest of a million files held this thread for
+ * ~4 s (every agent's stream waiting) and ~400 MiB at once.
  */
-class ChunkIdSet {
-  private readonly ids = new IdSet();
-
-  /**
-   * Of a manifest's parts, opened one at a time, the event loop let run between them: opened whole, a manifest
-   * of a million files held this thread for ~4 s (every agent's stream waiting) and ~400 MiB at once.
-   */
-  static async of(key: Buffer, blobs: readonly Buffer[], what: string): Promise<ChunkIdSet> {
-    const set = new ChunkIdSet();
-    for (const entries of manifestPartEntries(key, blobs, what)) {
-      for (const e of entries) if (e.type === "file") for (const hex of e.chunks) set.ids.add(hex);
-      await setImmediate();
-    }
-    return set;
+async function manifestChunkIds(key: Buffer, blobs: readonly Buffer[], what: string): Promise<IdSet> {
+  const ids = new IdSet();
+  for (const entries of manifestPartEntries(key, blobs, what)) {
+    for (const e of entries) if (e.type === "file") for (const hex of e.chunks) ids.add(hex);
+    await setImmediate();
   }
-
-  has(id: Buffer): boolean {
-    return this.ids.has(id);
-  }
+  return ids;
 }
 
 /** A tenant that has taken no snapshot yet, so has no repository, asked for one by other work (openRepository). */
