@@ -139,6 +139,8 @@ describe("SnapshotCoordinator: the arrival check", () => {
     const { snapshot, requestId, key, agentSends } = await start();
     const good = chunkCodec.sealChunk(key, randomBytes(100_000));
     const other = chunkCodec.sealChunk(key, randomBytes(100_000));
+    const forged = good.id.map((b, i) => (i === 0 ? b ^ 1 : b));
+    await offered(agentSends, sent, requestId, 3n, [good.id, forged]);
     // The good chunk in a batch of its own, written (and kept); the bad one in the next.
     agentSends({
       case: "snapshotChunks",
@@ -149,7 +151,7 @@ describe("SnapshotCoordinator: the arrival check", () => {
       value: {
         requestId,
         epoch: 3n,
-        chunks: [{ id: good.id.map((b, i) => (i === 0 ? b ^ 1 : b)), blob: other.blob, plainLength: 100_000 }],
+        chunks: [{ id: forged, blob: other.blob, plainLength: 100_000 }],
       },
     });
     // The commit that follows must not make it through either, though it names only the good chunk: queued
@@ -184,6 +186,7 @@ describe("SnapshotCoordinator: the arrival check", () => {
       // for a part the agent sealed wrong, as though the repository were damaged.
       const { snapshot, requestId, key, agentSends } = await start();
       const chunk = chunkCodec.sealChunk(key, randomBytes(5_000));
+      await offered(agentSends, sent, requestId, 3n, [chunk.id]);
       agentSends({
         case: "snapshotChunks",
         value: { requestId, epoch: 3n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: 5_000 }] },
@@ -205,6 +208,7 @@ describe("SnapshotCoordinator: the arrival check", () => {
     const { snapshot, requestId, key, agentSends } = await start();
     const plain = randomBytes(10_000);
     const chunk = chunkCodec.sealChunk(key, plain);
+    await offered(agentSends, sent, requestId, 3n, [chunk.id]);
     agentSends({
       case: "snapshotChunks",
       value: { requestId, epoch: 3n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
@@ -220,6 +224,66 @@ describe("SnapshotCoordinator: the arrival check", () => {
     const row = await commitWith({});
     expect(row).toMatchObject({ tenant_id: "t1", host_id: "h-test", workspace_id: "w1", epoch: 3, files_skipped: 0 });
     expect((await db.selectFrom("snapshots").select("id").execute()).map((r) => r.id)).toEqual([row.id]);
+  });
+
+  it("takes only the chunks it said it lacks: one never offered, or offered and held, is refused and not stored", async () => {
+    // A well-sealed chunk of the tenant's key passes the arrival check: without this, an agent could fill the
+    // tenant's repository with chunks no snapshot asked for.
+    const sendChunk = (
+      s: Awaited<ReturnType<typeof start>>,
+      chunk: { id: Buffer; blob: Buffer },
+      plainLength: number,
+    ) =>
+      s.agentSends({
+        case: "snapshotChunks",
+        value: { requestId: s.requestId, epoch: 3n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength }] },
+      });
+    /** start() reads the first message sent: each snapshot here starts on an empty list. */
+    const begin = async () => {
+      sent.length = 0;
+      return start();
+    };
+    const stored = async (id: Buffer) => {
+      const s = await begin();
+      const need = await offered(s.agentSends, sent, s.requestId, 3n, [id]);
+      s.agentSends({ case: "snapshotFailed", value: { requestId: s.requestId, message: "only asking" } });
+      await s.snapshot.catch(() => {});
+      return need.length === 0;
+    };
+
+    const never = await begin();
+    const unasked = chunkCodec.sealChunk(never.key, randomBytes(20_000));
+    sendChunk(never, unasked, 20_000);
+    await expect(never.snapshot).rejects.toThrow(
+      `the agent sent chunk ${unasked.id.toString("hex")}, which this snapshot did not ask for`,
+    );
+    expect(sent.some((m) => m.msg.case === "snapshotAborted" && m.msg.value.requestId === never.requestId)).toBe(true);
+    expect(await stored(unasked.id)).toBe(false);
+
+    // Held already (committed by an earlier snapshot), so the answer to its offer is empty.
+    sent.length = 0;
+    const held = await commitWith({});
+    const listed = await db.selectFrom("snapshots").select("id").execute();
+    const [heldId] = (await coordinator.readManifest(held)).entries.flatMap((e) => (e.type === "file" ? e.chunks : []));
+    const again = await begin();
+    expect(await offered(again.agentSends, sent, again.requestId, 3n, [Buffer.from(heldId, "hex")])).toEqual([]);
+    const extra = chunkCodec.sealChunk(again.key, randomBytes(30_000));
+    const asked = await offered(again.agentSends, sent, again.requestId, 3n, [extra.id]);
+    expect(asked.map((id) => Buffer.from(id).toString("hex"))).toEqual([extra.id.toString("hex")]);
+    sendChunk(again, extra, 30_000); // asked for: taken
+    // Sent anyway, in a later batch, a copy of the held chunk's id with other bytes: refused before it is opened.
+    sendChunk(again, { id: Buffer.from(heldId, "hex"), blob: extra.blob }, 30_000);
+    await expect(again.snapshot).rejects.toThrow(`the agent sent chunk ${heldId}, which this snapshot did not ask for`);
+    expect(await stored(extra.id)).toBe(true); // the asked chunk ahead of the refusal was kept
+    expect(await db.selectFrom("snapshots").select("id").execute()).toEqual(listed);
+
+    // An offered id that is not a chunk id is refused as it arrives.
+    const bad = await begin();
+    bad.agentSends({
+      case: "snapshotOffer",
+      value: { requestId: bad.requestId, epoch: 3n, batch: 1n, chunkIds: [Buffer.alloc(31)] },
+    });
+    await expect(bad.snapshot).rejects.toThrow("the agent offered a chunk id of 31 bytes; chunk ids are 32");
   });
 
   it("files the snapshot's size as its manifest counts it, whatever the agent's stats say", async () => {
@@ -394,6 +458,7 @@ describe("SnapshotCoordinator: the arrival check", () => {
         partBytes: 100,
       });
       expect(parts).toHaveLength(3);
+      await offered(started.agentSends, sent, started.requestId, 3n, [chunk.id]);
       started.agentSends({
         case: "snapshotChunks",
         value: {
@@ -466,10 +531,13 @@ describe("SnapshotCoordinator: the arrival check", () => {
         partBytes: 100,
       });
       const { requestId } = started;
-      started.agentSends({
-        case: "snapshotChunks",
-        value: { requestId, epoch: 3n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
-      });
+      // The same chunk each time: sent only while the repository lacks it, as an agent would.
+      if ((await offered(started.agentSends, sent, requestId, 3n, [chunk.id])).length > 0) {
+        started.agentSends({
+          case: "snapshotChunks",
+          value: { requestId, epoch: 3n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
+        });
+      }
       await send(parts, started);
       return started.snapshot;
     };
@@ -486,9 +554,10 @@ describe("SnapshotCoordinator: the arrival check", () => {
     const second = await threeParts(async (parts, { requestId, agentSends }) => {
       const manifestIds = [idOf(parts[0]), absent, idOf(parts[1])];
       agentSends({ case: "snapshotOffer", value: { requestId, epoch: 3n, batch: 7n, chunkIds: [], manifestIds } });
-      await until(() => sent.some((m) => m.msg.case === "snapshotNeed"));
-      const need = sent.find((m) => m.msg.case === "snapshotNeed")?.msg;
-      expect(need?.case === "snapshotNeed" && need.value.batch === 7n && need.value.manifestIds).toEqual([absent]);
+      const answer = () => sent.find((m) => m.msg.case === "snapshotNeed" && m.msg.value.batch === 7n)?.msg;
+      await until(() => answer() !== undefined);
+      const need = answer();
+      expect(need?.case === "snapshotNeed" && need.value.manifestIds).toEqual([absent]);
       for (const index of [0, 1]) {
         agentSends({
           case: "snapshotManifestPart",
@@ -555,6 +624,7 @@ describe("SnapshotCoordinator: the arrival check", () => {
     const { snapshot, requestId, key, agentSends } = await start();
     const plain = randomBytes(100_000);
     const chunk = chunkCodec.sealChunk(key, plain);
+    await offered(agentSends, sent, requestId, 3n, [chunk.id]);
     const message = received({
       case: "snapshotChunks",
       value: { requestId, epoch: 3n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
@@ -581,9 +651,10 @@ describe("SnapshotCoordinator: the arrival check", () => {
   });
 
   it("refuses a damaged chunk it checked in pooled memory, and leaves that memory alone", async () => {
-    const { snapshot, requestId, key } = await start();
+    const { snapshot, requestId, key, agentSends } = await start();
     const chunk = chunkCodec.sealChunk(key, randomBytes(100_000));
     chunk.blob[chunk.blob.length - 1] ^= 1; // the authentication tag
+    await offered(agentSends, sent, requestId, 3n, [chunk.id]);
     const message = received({
       case: "snapshotChunks",
       value: { requestId, epoch: 3n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: 100_000 }] },
@@ -613,6 +684,13 @@ describe("SnapshotCoordinator: check", () => {
     const { requestId } = take.value;
     const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
       h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+    await offered(
+      agentSends,
+      h.sent,
+      requestId,
+      1n,
+      chunks.map((c) => c.id),
+    );
     agentSends({
       case: "snapshotChunks",
       value: { requestId, epoch: 1n, chunks: chunks.map((c) => ({ id: c.id, blob: c.blob, plainLength: 50_000 })) },
@@ -908,6 +986,13 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
     };
     try {
       // Two chunks, far less than a pack: only the pack being filled holds them when the agent drops.
+      await offered(
+        (msg) => agentSends(h.session, msg),
+        h.sent,
+        requestId,
+        0n,
+        chunks.map((c) => c.id),
+      );
       agentSends(h.session, {
         case: "snapshotChunks",
         value: {
@@ -1017,6 +1102,7 @@ describe("SnapshotCoordinator: an agent that goes away or misbehaves", () => {
     const { snapshot, requestId, key } = await startedIn(h);
     const plain = randomBytes(1_000);
     const chunk = chunkCodec.sealChunk(key, plain);
+    await offered((msg) => agentSends(h.session, msg), h.sent, requestId, 0n, [chunk.id]);
     agentSends(h.session, {
       case: "snapshotChunks",
       value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
@@ -1693,6 +1779,32 @@ async function until(done: () => boolean): Promise<void> {
   while (!done() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
 }
 
+/** Batch numbers for `offered`'s offers, apart from those tests number themselves. */
+let offerBatch = 1_000_000n;
+
+/**
+ * Offers chunk ids as an agent does before it sends chunks, and waits for the answer: the control plane takes only
+ * the chunks it said it lacks. Returns the ids it asked for.
+ */
+async function offered(
+  agentSends: (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) => void,
+  sent: ControlMessage[],
+  requestId: string,
+  epoch: bigint,
+  chunkIds: Uint8Array[],
+): Promise<Uint8Array[]> {
+  const batch = offerBatch++;
+  agentSends({ case: "snapshotOffer", value: { requestId, epoch, batch, chunkIds } });
+  const answer = () =>
+    sent.find(
+      (m) => m.msg.case === "snapshotNeed" && m.msg.value.requestId === requestId && m.msg.value.batch === batch,
+    );
+  await until(() => answer() !== undefined);
+  const need = answer()?.msg;
+  if (need?.case !== "snapshotNeed") throw new Error(`offer ${batch} of ${requestId} was not answered`);
+  return need.value.chunkIds;
+}
+
 /** Starts a snapshot of workspace "w" and waits for the agent to be asked for it. */
 async function startedIn(h: Harness) {
   const before = h.sent.length;
@@ -1712,11 +1824,12 @@ async function startedIn(h: Harness) {
 
 /** Finishes a started snapshot as a real agent would: one chunk of 5,000 fresh bytes, then the commit. */
 function finishIn(h: Harness) {
-  return ({ snapshot, requestId, key }: Awaited<ReturnType<typeof startedIn>>) => {
+  return async ({ snapshot, requestId, key }: Awaited<ReturnType<typeof startedIn>>) => {
     const plain = randomBytes(5_000);
     const chunk = chunkCodec.sealChunk(key, plain);
     const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
       h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+    await offered(agentSends, h.sent, requestId, 0n, [chunk.id]);
     agentSends({
       case: "snapshotChunks",
       value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
@@ -1974,6 +2087,7 @@ async function threePartSnapshot(h: Harness) {
   const parts = sealManifestParts(key, sameChunkFiles(["a", "b", "c"], chunk.id, plain.length), { partBytes: 100 });
   const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
     h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+  await offered(agentSends, h.sent, requestId, 0n, [chunk.id]);
   agentSends({
     case: "snapshotChunks",
     value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },

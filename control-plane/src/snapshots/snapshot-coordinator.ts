@@ -783,6 +783,13 @@ export class SnapshotCoordinator {
     };
     /** The manifest's parts sent ahead of the commit: no more than a real manifest takes, whatever the agent sends. */
     const manifestParts = new ManifestPartsReceiver<{ stored: string }>();
+    /**
+     * The chunk ids this snapshot answered it lacks: the only chunks the agent may send. Others are refused, so an
+     * agent cannot fill a tenant's repository with chunks no snapshot asked for (each would pass the arrival check,
+     * being a well-sealed chunk of the tenant's key). Kept until the end, as an agent may send a chunk twice
+     * (asked twice while its first copy was queued; the writer drops the second). About 40 bytes a new chunk.
+     */
+    const asked = new IdSet();
     const requestId = randomUUID();
     const session = req.session;
     return new Promise<SnapshotRow>((resolve, reject) => {
@@ -868,6 +875,12 @@ export class SnapshotCoordinator {
                 ),
               );
             }
+            const badId = m.value.chunkIds.find((id) => id.length !== 32);
+            if (badId) {
+              return abandon(
+                new InvalidArgumentError(`the agent offered a chunk id of ${badId.length} bytes; chunk ids are 32`),
+              );
+            }
             const ids = m.value.chunkIds.map((id) => Buffer.from(id));
             const parts = m.value.manifestIds.map((id) => Buffer.from(id).toString("hex"));
             if (parts.length > MAX_MANIFEST_PARTS || parts.some((id) => id.length !== 64)) {
@@ -896,6 +909,7 @@ export class SnapshotCoordinator {
                   lookingUp--;
                 }
                 silence.heard();
+                for (const id of need) asked.add(id);
                 const manifestIds = needParts.map((id) => Buffer.from(id, "hex"));
                 await session.send(
                   create(ControlMessageSchema, {
@@ -922,6 +936,15 @@ export class SnapshotCoordinator {
               blob: Buffer.from(c.blob.buffer, c.blob.byteOffset, c.blob.byteLength),
               plainLength: c.plainLength,
             }));
+            const unasked = chunks.find((c) => !asked.has(c.id));
+            if (unasked) {
+              return abandon(
+                new InvalidArgumentError(
+                  `the agent sent chunk ${unasked.id.toString("hex").slice(0, 64)}, which this snapshot did not ` +
+                    "ask for: an agent offers its chunks' ids and sends only those the answer says are lacking",
+                ),
+              );
+            }
             this.metrics.snapshotBytesReceived.inc(chunks.reduce((sum, c) => sum + c.blob.length, 0));
             const verified = verifier.verify(key, chunks);
             verified.catch(() => {});

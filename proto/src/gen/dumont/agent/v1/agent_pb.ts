@@ -1048,7 +1048,8 @@ export const SnapshotNeedSchema: GenMessage<SnapshotNeed> = /*@__PURE__*/
   messageDesc(file_dumont_agent_v1_agent, 25);
 
 /**
- * Encrypted chunk blobs as they will be stored in a pack.
+ * Encrypted chunk blobs as they will be stored in a pack: only chunks a SnapshotNeed of this snapshot listed.
+ * Any other chunk fails the snapshot (INVALID_ARGUMENT), so an agent cannot store chunks nobody asked for.
  *
  * @generated from message dumont.agent.v1.SnapshotChunks
  */
