@@ -97,6 +97,10 @@ export async function acquireLock(
   try {
     await store.put(lockKey, sealJson(key, ObjectKind.lock, body));
   } catch (err) {
+    // The write may have landed all the same (a connection reset after the store took it, a client's time-out, a
+    // deadline given up on): a lock left there names this live process, so nobody would count it stale for
+    // LOCK_STALE_AFTER_MS, and a prune's would lock the tenant out that long. Removed, as far as the store lets.
+    await store.delete(lockKey).catch(() => {});
     // A reader without write access (a read-only mount, a bucket it may only read) fails here first: say so,
     // rather than with the errno of a temp file's name.
     const why = refusedReason(err);
@@ -109,8 +113,17 @@ export async function acquireLock(
     );
   }
   try {
-    // "Now" as the store tells time: our own lock's modification time, just written.
-    const now = (await store.stat(lockKey))?.modified.getTime() ?? Date.now();
+    // "Now" as the store tells time: our own lock's modification time, just written. A store that does not show
+    // what it just took may not show it to others' listings either: no lock is taken there.
+    const ours = await store.stat(lockKey);
+    if (!ours) {
+      throw new RepositoryError(
+        "unavailable",
+        `${store.url} did not show the lock ${lockKey} just written to it, so others may not see it either; ` +
+          "a lock needs a store that reads its own writes (any S3 since 2020, a local disk): try again",
+      );
+    }
+    const now = ours.modified.getTime();
     for await (const info of store.list("locks/")) {
       if (info.key === lockKey) continue;
       const age = now - info.modified.getTime();

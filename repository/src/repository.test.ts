@@ -1664,6 +1664,38 @@ describe("locks", () => {
     await store.close();
   });
 
+  it("a lock whose write failed after landing is taken back, and one the store does not show is not taken", async () => {
+    const store = openBlobStore(pathToFileURL(join(dir, "locks-landed")).href);
+    const key = generateRepositoryKey();
+    const locks = async () => {
+      const keys: string[] = [];
+      for await (const info of store.list("locks/")) keys.push(info.key);
+      return keys;
+    };
+    // The store took the lock, then the connection dropped before its answer: a prune's exclusive lock, left
+    // there, named a live process and refused every snapshot of the tenant for 30 minutes.
+    const put = store.put.bind(store);
+    store.put = async (objectKey, body, options) => {
+      const landed = await put(objectKey, body, options);
+      if (objectKey.startsWith("locks/")) throw Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" });
+      return landed;
+    };
+    await expect(acquireLock(store, key, { exclusive: true, purpose: "a prune" })).rejects.toThrow("ECONNRESET");
+    store.put = put;
+    expect(await locks()).toEqual([]);
+    const shared = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
+    await shared.release();
+    // A store that does not show the lock just written may hide it from others' listings too.
+    const stat = store.stat.bind(store);
+    store.stat = async (objectKey) => (objectKey.startsWith("locks/") ? undefined : stat(objectKey));
+    await expect(acquireLock(store, key, { exclusive: true, purpose: "a prune" })).rejects.toThrow(
+      /did not show the lock locks\/[0-9a-f]{32} just written to it, so others may not see it either/,
+    );
+    store.stat = stat;
+    expect(await locks()).toEqual([]);
+    await store.close();
+  });
+
   it("a refresh under way when the lock is released does not write it back", async () => {
     const store = openBlobStore(pathToFileURL(join(dir, "locks-3")).href);
     const key = generateRepositoryKey();
