@@ -3,7 +3,7 @@
 // the pack, the chunk and the snapshot files it affects.
 import { randomInt } from "node:crypto";
 import { alignedBuffer, PAGE } from "./aligned-memory.js";
-import { isObjectError, isRepositoryError } from "./errors.js";
+import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
 import { acquireLock } from "./lock.js";
 import { listPacks, openPackTrailer, type PackEntry, packKey } from "./pack.js";
 import type { ReadSubset } from "./read-subset.js";
@@ -104,7 +104,17 @@ export async function checkRepository(repository: Repository, options: CheckOpti
       ? undefined
       : await acquireLock(repository.store, repository.key, { exclusive: false, purpose: "a check" });
   try {
-    return await check(repository, options);
+    const report = await check(repository, options);
+    // A check whose lock was lost while it ran (the process paused past the lock's trust, or the lock removed as
+    // stale) may have had packs pruned under it, and would name as broken snapshots that are whole: no report.
+    await lock?.assertHeld().catch((err: Error) => {
+      throw new RepositoryError(
+        "locked",
+        `${err.message}: a prune may have run meanwhile, so this check's findings could be wrong; run it again`,
+        { cause: err },
+      );
+    });
+    return report;
   } finally {
     await lock?.release();
   }

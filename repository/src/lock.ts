@@ -12,7 +12,7 @@
 // refresh) counts only if it landed while the lock was still trusted: then it is in the store before anyone
 // could remove the lock, and a prune that did would see it.
 import { randomBytes } from "node:crypto";
-import { type BlobStore, getObject } from "./blob-store.js";
+import { type BlobCallOptions, type BlobStore, getObject } from "./blob-store.js";
 import { isRepositoryError, RepositoryError, refusedReason } from "./errors.js";
 import { ofAnotherBoot, type ProcessIdentity, processIsGone, thisProcess } from "./process-identity.js";
 import { ObjectKind, openJson, sealJson } from "./sealing.js";
@@ -252,4 +252,34 @@ export async function acquireLock(
       await store.delete(lockKey).catch(() => {});
     },
   };
+}
+
+/**
+ * Puts `key`, then takes it back (as if unwritten) and fails if it landed after `lock` stopped being trusted: by
+ * then a prune may have removed the lock as stale and deleted what the object names (a pack an index object
+ * names, the packs a record's manifest needs).
+ */
+export async function putWhileTrusted(
+  store: BlobStore,
+  lock: HeldLock | undefined,
+  key: string,
+  data: Buffer,
+  what: string,
+  options?: BlobCallOptions,
+): Promise<void> {
+  await store.put(key, data, options);
+  try {
+    lock?.assertTrusted();
+  } catch (err) {
+    const kept = await store.delete(key).then(
+      () => false,
+      () => true,
+    );
+    if (!kept) throw err;
+    throw new RepositoryError(
+      "locked",
+      `${(err as Error).message}; ${what}, ${key}, could not be taken back: run check on the repository`,
+      { cause: err },
+    );
+  }
 }

@@ -18,7 +18,7 @@ import { type CheckOptions, verifyPackChunks } from "./check.js";
 import { counted } from "./counted.js";
 import { isObjectError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
-import { acquireLock, type HeldLock } from "./lock.js";
+import { acquireLock, type HeldLock, putWhileTrusted } from "./lock.js";
 import { indexKey, listPacks, openPackHeader, type PackEntry, packKey, sealIndex } from "./pack.js";
 import type { RepairIndexReport } from "./repair-index-report.js";
 import type { Repository } from "./repository.js";
@@ -129,7 +129,10 @@ async function repair(repository: Repository, options: RepairIndexOptions, lock:
     if (entries) {
       if (!options.dryRun) {
         lock.assertTrusted();
-        await store.put(indexKey(packId), sealIndex(repository.key, { packId, packSize: size, entries }), { signal });
+        // Checked again once it landed: an index object landing after a prune took the lock as stale and deleted
+        // its pack as an orphan would have later snapshots count that pack's chunks as stored.
+        const sealed = sealIndex(repository.key, { packId, packSize: size, entries });
+        await putWhileTrusted(store, lock, indexKey(packId), sealed, "a rebuilt index object", { signal });
       }
       report.rebuilt.push(packId);
     }

@@ -9,7 +9,7 @@ import { counted } from "./counted.js";
 import { chunkArrivedDamaged, isRepositoryError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
 import { MAX_MANIFEST_BYTES, MAX_SEALED_MANIFEST_BYTES } from "./limits.js";
-import { acquireLock, type HeldLock } from "./lock.js";
+import { acquireLock, type HeldLock, putWhileTrusted } from "./lock.js";
 import {
   MAX_CHUNK_LENGTH,
   type ManifestEntries,
@@ -351,35 +351,12 @@ export class RepositoryWriter implements ChunkSink {
     await this.lock?.assertHeld();
     // And it must land while the lock is still trusted: a record that took longer may have landed after a prune
     // removed the lock as stale and listed the snapshots, deleting what it names.
-    await this.putWhileTrusted(snapshotKey(id), sealed, "its record");
+    await putWhileTrusted(this.repository.store, this.lock, snapshotKey(id), sealed, "its record");
     this.stats.bytesWritten += sealed.length;
     this.closed = true;
     this.totals = totals;
     if (!this.options.heldLock) await this.lock?.release();
     return id;
-  }
-
-  /**
-   * Puts `key`, then takes it back (as if unwritten) and fails if it landed after the lock stopped being trusted:
-   * by then a prune may have removed the lock as stale and deleted what the object names.
-   */
-  private async putWhileTrusted(key: string, data: Buffer, what: string): Promise<void> {
-    const store = this.repository.store;
-    await store.put(key, data);
-    try {
-      this.lock?.assertTrusted();
-    } catch (err) {
-      const kept = await store.delete(key).then(
-        () => false,
-        () => true,
-      );
-      if (!kept) throw err;
-      throw new RepositoryError(
-        "locked",
-        `${(err as Error).message}; ${what}, ${key}, could not be taken back: run check on the repository`,
-        { cause: err },
-      );
-    }
   }
 
   /**
@@ -527,7 +504,7 @@ export class RepositoryWriter implements ChunkSink {
     // An index object names its pack as stored, and every later writer takes its chunks for stored: it must not
     // land after a prune that removed this writer's lock as stale took the pack for an orphan and deleted it.
     this.lock?.assertTrusted();
-    await this.putWhileTrusted(indexKey(packId), index, "the pack's index object");
+    await putWhileTrusted(this.repository.store, this.lock, indexKey(packId), index, "the pack's index object");
     this.index.addList(packId, packSize, pack.entries);
     this.packsWritten.add(packId);
     this.pending.delete(pack.entries);
