@@ -40,8 +40,8 @@ export function registerMasterKeyCommand(program: Command): void {
         existing: true, // a mistyped --data-dir must not leave a new database behind
       });
       try {
-        // A control plane left running would wrap the keys of tenants it meets for the first time with the old
-        // key. The embedded database's lock keeps one out; on Postgres, look for their connections.
+        // A control plane left running keeps the old key: it would be refused every new tenant's key afterwards
+        // (TenantKeys.get). The embedded database's lock keeps one out; on Postgres, look for their connections.
         const others = await controlPlaneConnections(db, !config.databaseUrl);
         if (others > 0) {
           throw new Error(

@@ -87,6 +87,21 @@ describe("master key rotation", () => {
     await opensAll(chosen);
   });
 
+  it("a control plane still running with the old master key makes no new tenant's key after the rotation", async () => {
+    const running = new TenantKeys(db, first); // started before the rotation, never stopped for it
+    await ensureTenant(db, "initech", "initech");
+    const second = randomBytes(32);
+    await rewrapTenantKeys(db, first, second);
+    // Wrapped by the old key, the new tenant's key would open with nothing once that key is destroyed.
+    await expect(running.get("initech")).rejects.toThrow(
+      /wrapped by another master key than this control plane's \(the master key was rotated since it started\)/,
+    );
+    expect(await stored()).toBe(2);
+    const restarted = new TenantKeys(db, second);
+    const made = await restarted.get("initech");
+    expect(await new TenantKeys(db, second).get("initech")).toEqual(made);
+  });
+
   it("finishes a rotation stopped after the database was re-wrapped; the control plane will not start meanwhile", async () => {
     const next = randomBytes(32);
     await fs.writeFile(path.join(dataDir, "master.key.next"), next.toString("hex"), { mode: 0o600 });
@@ -176,10 +191,16 @@ describe("master key rotation", () => {
     expect(durable.calls).toBe(durableBefore + 1); // made durable before the old key is said to open nothing
     await opensAll(next);
 
-    // A control plane left running with the old key wraps a new tenant's key with it: the next start says so,
-    // and the same command, run with the old key, wraps that one again.
+    // A tenant's key wrapped by the old key (as a control plane left running with it made before it was refused
+    // that, in an earlier version): the next start says so, and the same command, run with the old key, wraps
+    // that one again.
     await ensureTenant(db, "umbrella", "umbrella");
-    dataKeys.set("umbrella", await new TenantKeys(db, first).get("umbrella"));
+    const umbrella = randomBytes(32);
+    await db
+      .insertInto("tenant_keys")
+      .values({ tenant_id: "umbrella", wrapped_key: wrapTenantKey(first, umbrella, "umbrella") })
+      .execute();
+    dataKeys.set("umbrella", umbrella);
     await expect(new TenantKeys(db, next).verify()).rejects.toThrow(
       /the data keys of 1 of 3 tenants are wrapped by another master key than this one \(umbrella\).*DUMONT_MASTER_KEY=\$\(cat OLD_KEY_FILE\) dumont master-key rotate --new-key-file/,
     );

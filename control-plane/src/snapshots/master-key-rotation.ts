@@ -24,7 +24,7 @@ import {
   nextMasterKeyFile,
   parseMasterKey,
   readMasterKeyFile,
-  unwrapTenantKey,
+  tryUnwrapTenantKey,
   wrapTenantKey,
 } from "./tenant-keys.js";
 
@@ -128,12 +128,12 @@ export async function rewrapTenantKeys(
     let rewrapped = 0;
     let alreadyNew = 0;
     for (const row of rows) {
-      const underNext = tryUnwrap(next, row.wrapped_key, row.tenant_id);
+      const underNext = tryUnwrapTenantKey(next, row.wrapped_key, row.tenant_id);
       if (underNext) {
         alreadyNew++;
         continue;
       }
-      const key = tryUnwrap(current, row.wrapped_key, row.tenant_id);
+      const key = tryUnwrapTenantKey(current, row.wrapped_key, row.tenant_id);
       if (!key) {
         throw new Error(
           `the data key of tenant ${row.tenant_id} is wrapped by neither the current master key nor the new one: ` +
@@ -164,18 +164,10 @@ async function wrapsNothing(db: Db, master: Buffer): Promise<boolean> {
       await sql`set local lock_timeout = '30s'`.execute(trx);
       await sql`lock table tenant_keys in share mode`.execute(trx);
       const rows = await trx.selectFrom("tenant_keys").select(["tenant_id", "wrapped_key"]).execute();
-      return !rows.some((row) => tryUnwrap(master, row.wrapped_key, row.tenant_id));
+      return !rows.some((row) => tryUnwrapTenantKey(master, row.wrapped_key, row.tenant_id));
     });
   } catch {
     return false;
-  }
-}
-
-function tryUnwrap(master: Buffer, wrapped: string, tenantId: string): Buffer | undefined {
-  try {
-    return unwrapTenantKey(master, wrapped, tenantId);
-  } catch {
-    return undefined;
   }
 }
 

@@ -7,6 +7,7 @@ import { existsSync } from "node:fs";
 import fs from "node:fs/promises";
 import path from "node:path";
 import { readSecretFile, syncDirectory } from "@dumont/repository";
+import { sql } from "kysely";
 import { type Db, makeDurable } from "../db/database.js";
 
 const KEY_BYTES = 32;
@@ -34,11 +35,29 @@ export class TenantKeys {
       .executeTakeFirst();
     if (row) return this.remember(tenantId, unwrapTenantKey(this.masterKey, row.wrapped_key, tenantId));
     const fresh = randomBytes(KEY_BYTES);
-    await this.db
-      .insertInto("tenant_keys")
-      .values({ tenant_id: tenantId, wrapped_key: wrapTenantKey(this.masterKey, fresh, tenantId) })
-      .onConflict((oc) => oc.column("tenant_id").doNothing())
-      .execute();
+    await this.db.transaction().execute(async (trx) => {
+      // A master key rotation holds the table exclusively: this waits for it, then sees its keys. A control plane
+      // still running with the old master key (started during the rotation, or not stopped for it) must not wrap
+      // a new tenant's key with it, or once the old key is destroyed that tenant's snapshots open with nothing.
+      await sql`lock table tenant_keys in share row exclusive mode`.execute(trx);
+      const other = await trx
+        .selectFrom("tenant_keys")
+        .select(["tenant_id", "wrapped_key"])
+        .where("tenant_id", "<>", tenantId)
+        .limit(1)
+        .executeTakeFirst();
+      if (other && !tryUnwrapTenantKey(this.masterKey, other.wrapped_key, other.tenant_id)) {
+        throw new Error(
+          "the stored tenant keys are wrapped by another master key than this control plane's (the master key was " +
+            "rotated since it started): restart it with the new master key before it makes new tenants' keys",
+        );
+      }
+      await trx
+        .insertInto("tenant_keys")
+        .values({ tenant_id: tenantId, wrapped_key: wrapTenantKey(this.masterKey, fresh, tenantId) })
+        .onConflict((oc) => oc.column("tenant_id").doNothing())
+        .execute();
+    });
     // Durable before the tenant's repository is sealed with it: an embedded database that lost the row in a
     // power loss would make the tenant another key, and every snapshot already stored would be unreadable.
     await makeDurable(this.db);
@@ -82,6 +101,15 @@ export class TenantKeys {
   private remember(tenantId: string, key: Buffer): Buffer {
     this.cache.set(tenantId, key);
     return key;
+  }
+}
+
+/** Tenant `tenantId`'s key, if `master` unwraps `wrapped`; undefined if it does not. */
+export function tryUnwrapTenantKey(master: Buffer, wrapped: string, tenantId: string): Buffer | undefined {
+  try {
+    return unwrapTenantKey(master, wrapped, tenantId);
+  } catch {
+    return undefined;
   }
 }
 
