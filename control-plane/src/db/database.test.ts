@@ -93,18 +93,30 @@ describe.skipIf(!server)("a database lock on Postgres (withDatabaseLock)", () =>
       const gate = new Promise<void>((r) => {
         release = r;
       });
-      const held = withDatabaseLock(db, "dumont test lock", async () => {
-        await gate;
-        return "done";
-      });
+      let lost = 0;
+      const held = withDatabaseLock(
+        db,
+        "dumont test lock",
+        async () => {
+          await gate;
+          return "done";
+        },
+        { onLost: () => lost++ },
+      );
       for (let i = 0; i < 500 && (await advisory()).length === 0; i++) await new Promise((r) => setTimeout(r, 10));
       const [holder] = await advisory();
       expect(holder).toBeDefined();
       await sql`select pg_terminate_backend(${holder.pid})`.execute(db);
-      await new Promise((r) => setTimeout(r, 200)); // the connection's end reaches its client
+      for (let i = 0; i < 500 && lost === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(lost).toBe(1); // the holder hears the lock went, once (the control plane lists the tenant again)
       release();
       expect(await held).toBe("done");
-      expect(await withDatabaseLock(db, "dumont test lock", async () => "again")).toBe("again");
+      let lostAfter = 0;
+      expect(await withDatabaseLock(db, "dumont test lock", async () => "again", { onLost: () => lostAfter++ })).toBe(
+        "again",
+      );
+      await new Promise((r) => setTimeout(r, 200)); // its session closes after the work: not a loss
+      expect(lostAfter).toBe(0);
       // Released with its session, whose close is not waited for.
       for (let i = 0; i < 500 && (await advisory()).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
       expect(await advisory()).toEqual([]);

@@ -118,12 +118,25 @@ const databaseLockWaiters: (() => void)[] = [];
  * own, opened for it and closed after (which releases the lock whatever happened; not one of the pool's, which
  * `work` needs for its queries). An embedded database has one process.
  */
-export async function withDatabaseLock<T>(db: Db, name: string, work: () => Promise<T>): Promise<T> {
+export async function withDatabaseLock<T>(
+  db: Db,
+  name: string,
+  work: () => Promise<T>,
+  options: {
+    /**
+     * Called if the lock's session ends while `work` runs (a server restart, a failover, pg_terminate_backend, the
+     * keepalives giving up): the lock went with it, and another replica may have taken it while `work` went on.
+     */
+    onLost?: () => void;
+  } = {},
+): Promise<T> {
   const locks = localLocks.get(db) ?? new Map<string, Promise<unknown>>();
   localLocks.set(db, locks);
   const previous = locks.get(name) ?? Promise.resolve();
   const postgres = postgresOf.get(db);
-  const mine = previous.catch(() => {}).then(() => (postgres ? acrossProcesses(postgres, name, work) : work()));
+  const mine = previous
+    .catch(() => {})
+    .then(() => (postgres ? acrossProcesses(postgres, name, work, options.onLost) : work()));
   locks.set(name, mine);
   const done = () => {
     if (locks.get(name) === mine) locks.delete(name);
@@ -156,7 +169,12 @@ export async function tuneLockSession(client: pg.Client): Promise<void> {
   }
 }
 
-async function acrossProcesses<T>(config: pg.ClientConfig, name: string, work: () => Promise<T>): Promise<T> {
+async function acrossProcesses<T>(
+  config: pg.ClientConfig,
+  name: string,
+  work: () => Promise<T>,
+  onLost: (() => void) | undefined,
+): Promise<T> {
   while (databaseLocksHeld >= DATABASE_LOCKS_AT_ONCE) await new Promise<void>((r) => databaseLockWaiters.push(r));
   databaseLocksHeld++;
   // Keepalives and a connect timeout: after a failover whose old server went silent, neither the connect nor a
@@ -164,14 +182,23 @@ async function acrossProcesses<T>(config: pg.ClientConfig, name: string, work: (
   const client = new pg.Client({ ...config, keepAlive: true, connectionTimeoutMillis: 10_000 });
   // The server may end the connection while `work` runs (a restart, a failover, pg_terminate_backend): an
   // 'error' with no listener would end the process. The lock went with the connection; `work` finishes as it
-  // would have without replicas.
-  client.on("error", () => {});
+  // would have without replicas, and its holder hears of it (onLost) to put right what may have overlapped.
+  let holding = false;
+  const lost = () => {
+    if (!holding) return;
+    holding = false;
+    onLost?.();
+  };
+  client.on("error", lost);
+  client.on("end", lost);
   try {
     await client.connect();
     await tuneLockSession(client);
     await client.query("select pg_advisory_lock(hashtextextended($1, 0))", [name]);
+    holding = true;
     return await work();
   } finally {
+    holding = false;
     // Not waited for: closing the session releases its lock, and a silent server would hold the slot as long.
     void client.end().catch(() => {});
     databaseLocksHeld--;

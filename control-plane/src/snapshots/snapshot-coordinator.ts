@@ -213,8 +213,8 @@ export class SnapshotCoordinator {
   /**
    * Snapshots and restores running, and the prune (or index repair) running, per tenant. A prune deletes and moves packs, so it
    * needs the tenant's repository to itself: it is refused while operations run, and operations that start
-   * during one wait for it. (The repository's own lock says the same across processes; this lets a restore,
-   * which takes no lock, be counted too, and lets operations wait rather than fail.)
+   * during one wait for it. (The repository's own lock says the same across processes, restores included; this
+   * lets operations in this process wait for a prune rather than fail.)
    */
   private readonly running = new Map<string, number>();
   private readonly pruning = new Map<string, Promise<unknown>>();
@@ -547,7 +547,11 @@ export class SnapshotCoordinator {
    * without its data, and for good if it was the tenant's last.
    */
   private changingCatalogue<T>(tenantId: string, change: () => Promise<T>): Promise<T> {
-    return withDatabaseLock(this.db, `dumont catalogue ${tenantId}`, change);
+    // A lock lost while the change ran (its session ended) may have let another replica's change overlap it:
+    // the tenant is listed again from the repository shortly, which puts right a row one left or took wrongly.
+    return withDatabaseLock(this.db, `dumont catalogue ${tenantId}`, change, {
+      onLost: () => this.relistSoon(tenantId),
+    });
   }
 
   /**
@@ -580,7 +584,7 @@ export class SnapshotCoordinator {
     const timer = setTimeout(() => {
       this.relistsDue.delete(tenantId);
       this.relist(tenantId).then(
-        () => this.log.info({ tenantId }, "tenant's snapshots listed again after a commit that was not catalogued"),
+        () => this.log.info({ tenantId }, "tenant's snapshots listed again from the repository"),
         (err: unknown) => {
           const next = Math.min(2 * delayMs, RELIST_RETRY_MAX_MS);
           this.log.error({ err, tenantId, retryInMs: next }, "could not list this tenant's snapshots again");
