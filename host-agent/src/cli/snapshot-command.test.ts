@@ -53,9 +53,15 @@ describe("dumont-agent snapshot", () => {
       "seconds",
     ]);
     expect(result).toMatchObject({ files: 1, bytesRead: 6000, bytesNew: 6000, chunksNew: 1 });
-    expect(created.err).toBe("");
+    // Making the repository is said, on stderr (stdout is the JSON): a mistyped --repo shows at once.
+    const config = JSON.parse(await readFile(join(root, "repo", "config"), "utf8"));
+    expect(created.err).toBe(
+      `created a new repository at ${repo} (id ${config.id}); only its key opens it: keep a copy\n`,
+    );
 
-    const second = JSON.parse((await run("snapshot", "create", "--source", source, ...common, ...state, "--json")).out);
+    const again = await run("snapshot", "create", "--source", source, ...common, ...state, "--json");
+    expect(again.err).toBe("");
+    const second = JSON.parse(again.out);
     const listed = JSON.parse((await run("snapshot", "list", ...common, "--json")).out);
     expect(listed.map((s: { id: string }) => s.id).sort()).toEqual([result.id, second.id].sort());
 
@@ -478,7 +484,8 @@ describe("dumont-agent snapshot", () => {
     await writeFile(key, "88".repeat(32), { mode: 0o600 });
     const repo = pathToFileURL(join(root, "repo-open-key")).href;
     const made = await run("snapshot", "create", "--source", source, "--repo", repo, "--key-file", key, "--json");
-    expect([made.code, made.err]).toEqual([0, ""]);
+    expect([made.code, made.err]).toEqual([0, expect.stringMatching(/^created a new repository at /)]);
+    expect(made.err).not.toContain("warning");
 
     await chmod(key, 0o644); // what `openssl rand -hex 32 > FILE` makes under umask 022
     const listed = await run("snapshot", "list", "--repo", repo, "--key-file", key, "--json");

@@ -135,6 +135,13 @@ export function registerSnapshotCommands(program: Command): void {
             exclude,
             packSize: opts.packSize,
             onProgress: (p) => meter?.update(p.bytesRead, p.bytesToRead),
+            // On stderr, --json or not: a mistyped --repo starts a repository nobody meant, and shows only here.
+            create: {
+              onCreated: (r) =>
+                process.stderr.write(
+                  `created a new repository at ${printable(opts.repo)} (id ${r.id}); only its key opens it: keep a copy\n`,
+                ),
+            },
           };
           const result = await interruptible(
             "no snapshot was made; what it had written is reused by the next one",

@@ -8,6 +8,7 @@ import {
   openBlobStore,
   parseRepositoryUrl,
   Repository,
+  RepositoryError,
   type S3BlobStoreOptions,
 } from "@dumont/repository";
 import { IGNORE_FILE } from "@dumont/repository/path-patterns";
@@ -19,6 +20,7 @@ import {
   listSnapshotSource,
 } from "./create-snapshot.js";
 import { localIndexPath } from "./local-index.js";
+import { type MountTables, readMountTables, unmountedMountPointOf } from "./mount-points.js";
 import { pathInside, realPath } from "./real-path.js";
 import {
   type RestoreProgress,
@@ -56,6 +58,8 @@ export interface DirectCreateOptions extends DirectRepositoryOptions {
   onProgress?: (progress: CreateProgress) => void;
   onPackWritten?: (packId: string, bytes: number) => void | Promise<void>;
   signal?: AbortSignal;
+  /** How a repository is made where there is none (a create makes one, unlike every other command). */
+  create?: CreateRepositoryOptions;
 }
 
 export interface DirectRestoreOptions extends DirectRepositoryOptions {
@@ -83,20 +87,46 @@ export function defaultStateDir(): string {
   return join(base, "dumont");
 }
 
+/** How `create` makes a repository where there is none. */
+export interface CreateRepositoryOptions {
+  /** Told when this call made the repository (the CLI says so: a mistyped URL shows at once). */
+  onCreated?: (repository: Repository) => void;
+  /** fstab and mountinfo (default: this machine's): a file:// repository is not made under an unmounted mount point. */
+  mountTables?: MountTables;
+}
+
 /** Opens the repository at a URL (creating it when `create` is set and none exists), runs `fn`, closes the store. */
 export async function withDirectRepository<T>(
-  options: DirectRepositoryOptions & { create?: boolean },
+  options: DirectRepositoryOptions & { create?: CreateRepositoryOptions },
   fn: (repository: Repository) => Promise<T>,
 ): Promise<T> {
   const store: BlobStore = openBlobStore(options.repo, { s3: options.s3 });
   try {
-    const repository = options.create
-      ? (await Repository.openOrInit(store, options.key)).repository
-      : await Repository.open(store, options.key);
+    let repository: Repository;
+    if (options.create) {
+      if (!(await Repository.exists(store))) refuseUnmounted(options.repo, options.create.mountTables);
+      const opened = await Repository.openOrInit(store, options.key);
+      repository = opened.repository;
+      if (opened.created) options.create.onCreated?.(repository);
+    } else repository = await Repository.open(store, options.key);
     return await fn(repository);
   } finally {
     await store.close();
   }
+}
+
+/** Refuses to make a file:// repository under a mount point /etc/fstab names that is not mounted (mount-points.ts). */
+function refuseUnmounted(repo: string, tables: MountTables = readMountTables()): void {
+  const location = parseRepositoryUrl(repo);
+  if (location.kind !== "file") return;
+  const point = unmountedMountPointOf(location.path, tables);
+  if (point === undefined) return;
+  throw new RepositoryError(
+    "invalid-argument",
+    `--repo ${repo} has no repository yet and lies under ${point}, which /etc/fstab mounts but is not mounted now: ` +
+      `a new repository there would land on the filesystem below it. Mount it (mount ${point}) and run again; to ` +
+      "keep the repository on this filesystem, choose a path outside it",
+  );
 }
 
 /**
@@ -136,7 +166,7 @@ export async function createDirectSnapshot(options: DirectCreateOptions): Promis
   const listing = listSnapshotSource(source, options.exclude, undefined, leaveOut);
   listing.catch(() => {}); // awaited by createSnapshot; unawaited if the repository fails to open
   try {
-    return await withDirectRepository({ ...options, create: true }, async (repository) => {
+    return await withDirectRepository({ ...options, create: options.create ?? {} }, async (repository) => {
       const writer = await repository.writer({
         packSize: options.packSize,
         uploadConcurrency: options.uploadConcurrency,

@@ -1,0 +1,74 @@
+// Whether a new file:// repository would land on the wrong filesystem: under a mount point /etc/fstab names
+// that is not mounted (a backup disk unplugged, a NAS share whose mount failed at boot). Direct mode makes a
+// repository where there is none, so there it would quietly start a new one on the root filesystem, and the
+// snapshots the operator believes are on the backup disk would be on the machine they back up. restic avoids it by
+// asking for `init`; direct mode asks where fstab says something else belongs.
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { realPath } from "./real-path.js";
+
+export interface MountTables {
+  /** /etc/fstab's text (what should be mounted), or undefined where there is none. */
+  fstab: string | undefined;
+  /** /proc/self/mountinfo's text (what is mounted), or undefined where it cannot be read. */
+  mountinfo: string | undefined;
+}
+
+/** The machine's tables, each undefined where it cannot be read (no fstab in a container: nothing to check). */
+export function readMountTables(): MountTables {
+  const read = (file: string) => {
+    try {
+      return readFileSync(file, "utf8");
+    } catch {
+      return undefined;
+    }
+  };
+  return { fstab: read("/etc/fstab"), mountinfo: read("/proc/self/mountinfo") };
+}
+
+/** fstab and mountinfo write a space, tab, newline or backslash in a path as \040, \011, \012 and \134. */
+function unescapeOctal(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8)));
+}
+
+/** The mount points /etc/fstab names (second field), absolute paths only: swap's "none" and the like are not. */
+export function fstabMountPoints(fstab: string): string[] {
+  const points: string[] = [];
+  for (const line of fstab.split("\n")) {
+    const trimmed = line.trim();
+    if (trimmed === "" || trimmed.startsWith("#")) continue;
+    const fields = trimmed.split(/\s+/);
+    if (fields.length < 2) continue;
+    const point = unescapeOctal(fields[1]);
+    if (point.startsWith("/")) points.push(path.normalize(point));
+  }
+  return points;
+}
+
+/** The mount points mounted now (mountinfo's fifth field). */
+export function mountedPoints(mountinfo: string): Set<string> {
+  const points = new Set<string>();
+  for (const line of mountinfo.split("\n")) {
+    const fields = line.split(" ");
+    if (fields.length >= 5) points.add(path.normalize(unescapeOctal(fields[4])));
+  }
+  return points;
+}
+
+/**
+ * The fstab mount point that `dir` lies in (the deepest naming it or a directory above it), when that one is not
+ * mounted; undefined when it is, when none names it, or when either table is missing.
+ */
+export function unmountedMountPointOf(dir: string, tables: MountTables): string | undefined {
+  if (tables.fstab === undefined || tables.mountinfo === undefined) return undefined;
+  const at = realPath(path.resolve(dir));
+  let deepest: string | undefined;
+  for (const named of fstabMountPoints(tables.fstab)) {
+    const point = named === "/" ? named : realPath(named);
+    const inside = point === "/" || at === point || at.startsWith(`${point}/`);
+    if (inside && (deepest === undefined || point.length > deepest.length)) deepest = point;
+  }
+  if (deepest === undefined || deepest === "/") return undefined;
+  const mounted = mountedPoints(tables.mountinfo);
+  return mounted.has(deepest) ? undefined : deepest;
+}
