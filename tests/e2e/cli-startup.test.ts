@@ -42,7 +42,9 @@ describe("dumont-agent snapshot commands", () => {
       ],
       { NODE_OPTIONS: `--require ${path.join(dir, "preload.cjs")}`, MODULES_OUT: modulesOut },
     );
-    expect(result.stderr).toBe("");
+    expect(result.stderr).toMatch(
+      /^created a new repository at file:\/\/\S+ \(id [0-9a-f]{32}\); only its key opens it: keep a copy\n$/,
+    );
     expect(result.code).toBe(0);
     expect(JSON.parse(result.stdout)).toMatchObject({ files: 1, bytesRead: 6 });
 
