@@ -87,6 +87,14 @@ export {
 } from "./manifest-diff.js";
 export { ManifestPartsReceiver } from "./manifest-parts.js";
 export {
+  fstabMountPoints,
+  type MountTables,
+  mountedPoints,
+  readMountTables,
+  refuseUnmountedNewRepository,
+  unmountedMountPointOf,
+} from "./mount-points.js";
+export {
   type OpenBlobStoreOptions,
   openBlobStore,
   parseRepositoryUrl,
@@ -116,6 +124,7 @@ export {
   pruneRepository,
 } from "./prune.js";
 export { type ReadSubset, readSubsetOption } from "./read-subset.js";
+export { pathInside, realPath } from "./real-path.js";
 export { type RepairIndexOptions, repairIndex } from "./repair-index.js";
 export {
   type RepairIndexReport,

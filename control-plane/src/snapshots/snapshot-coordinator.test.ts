@@ -1843,6 +1843,53 @@ function finishIn(h: Harness) {
   };
 }
 
+describe("SnapshotCoordinator: a blob store under a mount point that is not mounted", () => {
+  const tuning: CoordinatorTuning = {};
+  const h = useCoordinator("h-unmounted", undefined, tuning);
+  const finish = finishIn(h);
+
+  it("makes no tenant's repository there, saying to mount it; once mounted, the first snapshot makes it", async () => {
+    // The blob store's disk is named in fstab and not mounted: its mount point, an empty directory, takes writes
+    // into the filesystem below, where the tenant's snapshots would hide once the disk came back.
+    const mountLine = (point: string) => `25 1 8:1 / ${point} rw,relatime shared:1 - ext4 /dev/sdz1 rw`;
+    tuning.mountTables = { fstab: `/dev/sdz1 ${h.blobs} ext4 defaults 0 2\n`, mountinfo: mountLine("/") };
+    const unmounted = h.open();
+    try {
+      const snapshot = unmounted.snapshot({
+        session: h.session,
+        tenantId: "t1",
+        path: "/w",
+        workspaceId: "w",
+        epoch: 0n,
+      });
+      const err = await snapshot.then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect((err as ConnectError).code).toBe(Code.Unavailable);
+      expect((err as ConnectError).message).toContain(
+        `the tenant's blob store file://${h.blobs}/tenants/t1 has no repository yet and lies under ${h.blobs}, ` +
+          `which /etc/fstab mounts but is not mounted now`,
+      );
+      expect(readdirSync(h.blobs)).toEqual([]);
+      expect(h.sent.some((m) => m.msg.case === "takeSnapshot")).toBe(false);
+    } finally {
+      await unmounted.close();
+    }
+    tuning.mountTables = { fstab: tuning.mountTables.fstab, mountinfo: `${mountLine("/")}\n${mountLine(h.blobs)}` };
+    const mounted = h.open();
+    const before = h.coordinator;
+    h.coordinator = mounted;
+    try {
+      await expect(finish(await startedIn(h))).resolves.toMatchObject({ host_id: "h-unmounted" });
+      expect(readdirSync(path.join(h.blobs, "tenants", "t1"))).toContain("config");
+    } finally {
+      h.coordinator = before;
+      await mounted.close();
+    }
+  });
+});
+
 describe("SnapshotCoordinator: a commit whose catalogue row could not be inserted", () => {
   const h = useCoordinator("h-uncatalogued", undefined, { relistRetryMs: 20 });
 

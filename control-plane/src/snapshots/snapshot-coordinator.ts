@@ -42,6 +42,7 @@ import {
   type Manifest,
   type ManifestPartBlob,
   ManifestPartsReceiver,
+  type MountTables,
   manifestPartEntries,
   openBlobStore,
   type PruneReport,
@@ -54,6 +55,7 @@ import {
   RepositoryIndex,
   type RepositoryWriter,
   type RetentionPolicy,
+  refuseUnmountedNewRepository,
   repairIndex,
   type SkippedEntry,
 } from "@dumont/repository";
@@ -182,6 +184,8 @@ export interface CoordinatorTuning {
   openStore?: (url: string) => BlobStore;
   /** How soon a tenant is listed again after a commit whose row could not be inserted (RELIST_RETRY_MS). */
   relistRetryMs?: number;
+  /** fstab and mountinfo (default: this machine's), read before a tenant's repository is made (mount-points.ts). */
+  mountTables?: MountTables;
 }
 
 /**
@@ -223,6 +227,7 @@ export class SnapshotCoordinator {
   /** Every tenant's store calls given up on and not returned (one root, one count: see UnreturnedCalls). */
   private readonly unreturnedStoreCalls: UnreturnedCalls;
   private readonly openStore: (url: string) => BlobStore;
+  private readonly mountTables: MountTables | undefined;
 
   constructor(
     private readonly db: Db,
@@ -243,6 +248,7 @@ export class SnapshotCoordinator {
     );
     this.openStore = tuning.openStore ?? ((url) => openBlobStore(url));
     this.relistRetryMs = tuning.relistRetryMs ?? RELIST_RETRY_MS;
+    this.mountTables = tuning.mountTables;
   }
 
   /** Logs an operation given up on here, and tells its agent to stop it (best effort: it may be gone). */
@@ -1432,6 +1438,9 @@ export class SnapshotCoordinator {
       // Made by a snapshot only: a prune, check or relisting of a tenant whose first snapshot never got that far
       // (or whose store is not mounted) made one, on whatever disk was there.
       if (!make) throw new NoRepositoryError(tenantId);
+      // Nor on the filesystem below an fstab mount point that is not mounted now: the tenant's snapshots would go
+      // to the machine's own disk, hidden under the mount once it comes back.
+      refuseUnmountedNewRepository(store.url, `the tenant's blob store ${store.url}`, this.mountTables);
     }
     return (await Repository.openOrInit(store, key)).repository;
   }

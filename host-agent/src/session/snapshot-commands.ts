@@ -6,9 +6,9 @@ import { create } from "@bufbuild/protobuf";
 import { AgentMessageSchema, type ControlMessage, type Restore, type TakeSnapshot } from "@dumont/proto";
 import { MAX_MANIFEST_PARTS } from "@dumont/repository/limits";
 import { ManifestPartsReceiver } from "@dumont/repository/manifest-parts";
+import { realPath } from "@dumont/repository/real-path";
 import type { Logger } from "../logger.js";
 import type { SnapshotWorkerPool } from "../snapshot/index.js";
-import { realPath } from "../snapshot/real-path.js";
 import type { ControlPlaneSession, Inbound } from "./control-plane-session.js";
 import { StreamChunkSink, StreamChunkSource, type StreamPort } from "./stream-transfer.js";
 

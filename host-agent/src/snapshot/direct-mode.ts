@@ -5,10 +5,13 @@ import { join, resolve } from "node:path";
 import {
   acquireLock,
   type BlobStore,
+  type MountTables,
   openBlobStore,
   parseRepositoryUrl,
+  pathInside,
   Repository,
-  RepositoryError,
+  realPath,
+  refuseUnmountedNewRepository,
   type S3BlobStoreOptions,
 } from "@dumont/repository";
 import { IGNORE_FILE } from "@dumont/repository/path-patterns";
@@ -20,8 +23,6 @@ import {
   listSnapshotSource,
 } from "./create-snapshot.js";
 import { localIndexPath } from "./local-index.js";
-import { type MountTables, readMountTables, unmountedMountPointOf } from "./mount-points.js";
-import { pathInside, realPath } from "./real-path.js";
 import {
   type RestoreProgress,
   type RestoreSnapshotResult,
@@ -104,7 +105,9 @@ export async function withDirectRepository<T>(
   try {
     let repository: Repository;
     if (options.create) {
-      if (!(await Repository.exists(store))) refuseUnmounted(options.repo, options.create.mountTables);
+      if (!(await Repository.exists(store))) {
+        refuseUnmountedNewRepository(options.repo, `--repo ${options.repo}`, options.create.mountTables);
+      }
       const opened = await Repository.openOrInit(store, options.key);
       repository = opened.repository;
       if (opened.created) options.create.onCreated?.(repository);
@@ -113,20 +116,6 @@ export async function withDirectRepository<T>(
   } finally {
     await store.close();
   }
-}
-
-/** Refuses to make a file:// repository under a mount point /etc/fstab names that is not mounted (mount-points.ts). */
-function refuseUnmounted(repo: string, tables: MountTables = readMountTables()): void {
-  const location = parseRepositoryUrl(repo);
-  if (location.kind !== "file") return;
-  const point = unmountedMountPointOf(location.path, tables);
-  if (point === undefined) return;
-  throw new RepositoryError(
-    "invalid-argument",
-    `--repo ${repo} has no repository yet and lies under ${point}, which /etc/fstab mounts but is not mounted now: ` +
-      `a new repository there would land on the filesystem below it. Mount it (mount ${point}) and run again; to ` +
-      "keep the repository on this filesystem, choose a path outside it",
-  );
 }
 
 /**

@@ -1,10 +1,13 @@
 // Whether a new file:// repository would land on the wrong filesystem: under a mount point /etc/fstab names
-// that is not mounted (a backup disk unplugged, a NAS share whose mount failed at boot). Direct mode makes a
-// repository where there is none, so there it would quietly start a new one on the root filesystem, and the
-// snapshots the operator believes are on the backup disk would be on the machine they back up. restic avoids it by
-// asking for `init`; direct mode asks where fstab says something else belongs.
+// that is not mounted (a backup disk unplugged, a NAS share whose mount failed at boot). Direct mode's create,
+// and the control plane's first snapshot of a tenant, make a repository where there is none: there they would
+// quietly start one on the filesystem below, and the snapshots the operator believes are on the backup disk would
+// be on the machine they back up. restic avoids it by asking for `init`; we ask where fstab says something else
+// belongs.
 import { readFileSync } from "node:fs";
 import path from "node:path";
+import { RepositoryError } from "./errors.js";
+import { parseRepositoryUrl } from "./open-blob-store.js";
 import { realPath } from "./real-path.js";
 
 export interface MountTables {
@@ -71,4 +74,25 @@ export function unmountedMountPointOf(dir: string, tables: MountTables): string 
   if (deepest === undefined || deepest === "/") return undefined;
   const mounted = mountedPoints(tables.mountinfo);
   return mounted.has(deepest) ? undefined : deepest;
+}
+
+/**
+ * Refuses to make a repository at `url` (file://; s3:// is never refused) under a mount point /etc/fstab names
+ * that is not mounted now. `named` is how the caller knows the URL ("--repo URL", "DUMONT_BLOB_STORE's URL").
+ */
+export function refuseUnmountedNewRepository(
+  url: string,
+  named: string,
+  tables: MountTables = readMountTables(),
+): void {
+  const location = parseRepositoryUrl(url);
+  if (location.kind !== "file") return;
+  const point = unmountedMountPointOf(location.path, tables);
+  if (point === undefined) return;
+  throw new RepositoryError(
+    "unavailable",
+    `${named} has no repository yet and lies under ${point}, which /etc/fstab mounts but is not mounted now: a new ` +
+      `repository there would land on the filesystem below it. Mount it (mount ${point}) and run again; to keep ` +
+      `the repository on this filesystem, use a path outside ${point}`,
+  );
 }

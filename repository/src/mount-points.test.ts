@@ -1,13 +1,12 @@
 // A new file:// repository is not made under a mount point /etc/fstab names that is not mounted.
-import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { pathToFileURL } from "node:url";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createDirectSnapshot } from "./direct-mode.js";
-import { fstabMountPoints, type MountTables, mountedPoints, unmountedMountPointOf } from "./mount-points.js";
+import { describe, expect, it } from "vitest";
+import {
+  fstabMountPoints,
+  type MountTables,
+  mountedPoints,
+  refuseUnmountedNewRepository,
+  unmountedMountPointOf,
+} from "./mount-points.js";
 
 const FSTAB = `# /etc/fstab: static file system information.
 UUID=1111-2222  /               ext4  errors=remount-ro 0 1
@@ -47,50 +46,15 @@ describe("mount tables", () => {
     expect(unmountedMountPointOf("/mnt/backup/x", { fstab: undefined, mountinfo: mountinfo("/") })).toBeUndefined();
     expect(unmountedMountPointOf("/mnt/backup/x", { fstab: FSTAB, mountinfo: undefined })).toBeUndefined();
   });
-});
 
-describe("createDirectSnapshot under an unmounted mount point", () => {
-  let root: string;
-  beforeAll(async () => {
-    root = await mkdtemp(join(tmpdir(), "dumont-mount-"));
-  });
-  afterAll(async () => {
-    await rm(root, { recursive: true, force: true });
-  });
-
-  it("refuses to make a repository there, makes nothing, and uses one that is already there", async () => {
-    const source = join(root, "src");
-    await mkdir(source);
-    await writeFile(join(source, "a.txt"), "a");
-    const disk = join(root, "backup-disk"); // fstab's mount point, its disk not mounted: an empty directory
-    await mkdir(disk);
-    const repoDir = join(disk, "dumont");
-    const tables: MountTables = { fstab: `/dev/sdz1 ${disk} ext4 defaults 0 2\n`, mountinfo: mountinfo("/") };
-    const options = {
-      source,
-      repo: pathToFileURL(repoDir).href,
-      key: randomBytes(32),
-      create: { mountTables: tables },
-    };
-    await expect(createDirectSnapshot(options)).rejects.toThrow(
-      `--repo ${options.repo} has no repository yet and lies under ${disk}, which /etc/fstab mounts but is not ` +
-        `mounted now: a new repository there would land on the filesystem below it. Mount it (mount ${disk})`,
+  it("refuses a new file:// repository under an unmounted mount point, saying what to do; never an s3:// one", () => {
+    const tables = { fstab: FSTAB, mountinfo: mountinfo("/", "/mnt") };
+    expect(() => refuseUnmountedNewRepository("file:///mnt/backup/dumont", "DUMONT_BLOB_STORE", tables)).toThrow(
+      "DUMONT_BLOB_STORE has no repository yet and lies under /mnt/backup, which /etc/fstab mounts but is not mounted " +
+        "now: a new repository there would land on the filesystem below it. Mount it (mount /mnt/backup) and run " +
+        "again; to keep the repository on this filesystem, use a path outside /mnt/backup",
     );
-    expect(existsSync(repoDir)).toBe(false);
-    // Mounted: made, and said.
-    const made: string[] = [];
-    const mounted = { fstab: tables.fstab, mountinfo: mountinfo("/", disk) };
-    const first = await createDirectSnapshot({
-      ...options,
-      create: { mountTables: mounted, onCreated: (r) => made.push(r.id) },
-    });
-    expect(made).toHaveLength(1);
-    // A repository that is there is used whatever the tables say (the check is for making one), and not made again.
-    const second = await createDirectSnapshot({
-      ...options,
-      create: { ...options.create, onCreated: (r) => made.push(r.id) },
-    });
-    expect(second.id).not.toBe(first.id);
-    expect(made).toHaveLength(1);
+    expect(() => refuseUnmountedNewRepository("file:///mnt/elsewhere", "x", tables)).not.toThrow();
+    expect(() => refuseUnmountedNewRepository("s3://bucket/mnt/backup", "x", tables)).not.toThrow();
   });
 });
