@@ -3,7 +3,9 @@
 // the pack, the chunk and the snapshot files it affects.
 import { randomInt } from "node:crypto";
 import { alignedBuffer, PAGE } from "./aligned-memory.js";
+import { counted } from "./counted.js";
 import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
+import { IdSet } from "./id-set.js";
 import { acquireLock } from "./lock.js";
 import { listPacks, openPackTrailer, type PackEntry, packKey } from "./pack.js";
 import type { ReadSubset } from "./read-subset.js";
@@ -46,6 +48,13 @@ export interface CheckProblem {
  * answering it, every tenant's work with it).
  */
 export const MAX_FILES_NAMED = 100;
+
+/**
+ * The most chunks in no pack that are each a problem of their own; the rest are one problem that counts them.
+ * Lost index objects (deleted by hand or by a bucket's lifecycle rule) leave every chunk of their packs in none:
+ * a problem each, millions for a large repository, held here and sent whole to whoever asked.
+ */
+export const MAX_MISSING_CHUNKS_NAMED = 1000;
 
 export interface CheckReport {
   ok: boolean;
@@ -136,6 +145,9 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
   // breaks). Files are named only for chunks in trouble: a map of every chunk's files over every snapshot grew
   // with snapshots × files (50 snapshots of 300,000 files: 15 million entries).
   const missing = new Map<string, NamedFiles>();
+  /** Chunks in no pack beyond the first MAX_MISSING_CHUNKS_NAMED, and the files they break (each file once). */
+  const missingBeyond = new IdSet();
+  const beyondFiles: NamedFiles = { files: [], more: 0 };
   await forEachFile(
     repository,
     snapshots,
@@ -146,14 +158,21 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
         hit ??= new Set();
         hit.add(id);
       }
+      let beyond = false;
       for (const id of hit ?? []) {
         let named = missing.get(id);
         if (!named) {
+          if (missing.size >= MAX_MISSING_CHUNKS_NAMED) {
+            missingBeyond.add(id);
+            beyond = true;
+            continue;
+          }
           named = { files: [], more: 0 };
           missing.set(id, named);
         }
         nameFile(named, snapshot, e.path);
       }
+      if (beyond) nameFile(beyondFiles, snapshot, e.path);
     },
     (snapshot, err) => problems.push({ kind: "manifest-unreadable", snapshot, message: err.message }),
   );
@@ -163,6 +182,15 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
       chunk: id,
       ...namedFields(named),
       message: `chunk ${short(id)} is in no pack; it breaks ${describeFiles(named.files, named.more)}`,
+    });
+  }
+  if (missingBeyond.size > 0) {
+    problems.push({
+      kind: "chunk-missing",
+      ...namedFields(beyondFiles),
+      message:
+        `${counted(missingBeyond.size, "more chunk")} (beyond the ${MAX_MISSING_CHUNKS_NAMED} named above) ` +
+        `${missingBeyond.size === 1 ? "is" : "are"} in no pack; they break ${describeFiles(beyondFiles.files, beyondFiles.more)}`,
     });
   }
 

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
 import type { BlobStore } from "./blob-store.js";
-import { checkRepository, MAX_FILES_NAMED } from "./check.js";
+import { checkRepository, MAX_FILES_NAMED, MAX_MISSING_CHUNKS_NAMED } from "./check.js";
 import { isRepositoryError, RepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
 import { generateRepositoryKey, parseRepositoryKey } from "./key.js";
@@ -447,6 +447,38 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const chunkMissing = problems.find((p) => p.kind === "chunk-missing")!;
     expect(chunkMissing.files).toEqual([{ snapshot: expect.any(String), path: "other.bin" }]); // once, for two uses
     expect(chunkMissing.filesNotNamed).toBeUndefined();
+    await store.close();
+  });
+
+  it("check makes the first MAX_MISSING_CHUNKS_NAMED chunks in no pack a problem each, and counts the rest in one", async () => {
+    // Lost index objects left every chunk of their packs in none: a problem each, millions for a large repository.
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const chunks = Array.from({ length: MAX_MISSING_CHUNKS_NAMED + 7 }, () => sealed(key, randomBytes(64)));
+    const writer = await repository.writer();
+    await writer.put(chunks);
+    const files = Object.fromEntries(chunks.map((c, i) => [`f${i}`, [c]]));
+    // Two snapshots of the same files: a chunk is one problem, naming a file of each.
+    await writer.commit([sealManifest(key, manifestOf(files))], meta);
+    const again = await repository.writer();
+    await again.commit([sealManifest(key, manifestOf(files))], meta);
+    for await (const info of store.list("index/")) await store.delete(info.key);
+    const { problems } = await checkRepository(repository, { readData: false });
+    const missing = problems.filter((p) => p.kind === "chunk-missing");
+    expect(missing).toHaveLength(MAX_MISSING_CHUNKS_NAMED + 1);
+    expect(missing.slice(0, -1).every((p) => p.chunk !== undefined && p.files?.length === 2)).toBe(true);
+    const rest = missing.at(-1)!;
+    expect(rest.chunk).toBeUndefined();
+    const beyond = Array.from({ length: 7 }, (_, i) => `f${MAX_MISSING_CHUNKS_NAMED + i}`);
+    expect(rest.files?.map((f) => f.path).sort()).toEqual([...beyond, ...beyond].sort());
+    expect(rest.message).toMatch(
+      new RegExp(
+        `^7 more chunks \\(beyond the ${MAX_MISSING_CHUNKS_NAMED} named above\\) are in no pack; they break .* and 9 more$`,
+      ),
+    );
+    // Every chunk missing is counted once: named, or in the rest.
+    expect(new Set(missing.flatMap((p) => (p.chunk ? [p.chunk] : []))).size).toBe(MAX_MISSING_CHUNKS_NAMED);
     await store.close();
   });
 
