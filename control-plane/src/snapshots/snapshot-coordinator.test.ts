@@ -1816,9 +1816,12 @@ async function startedIn(h: Harness) {
     epoch: 0n,
   });
   snapshot.catch(() => {});
-  await until(() => h.sent.length > before);
-  const take = h.sent[before]?.msg;
-  if (take?.case !== "takeSnapshot") throw new Error(`expected takeSnapshot, got ${take?.case}`);
+  // The first takeSnapshot sent since: not simply the next message, which may be a word about an earlier
+  // operation sent without waiting (a snapshotCommitted after its caller was answered).
+  const asked = () => h.sent.slice(before).find((m) => m.msg.case === "takeSnapshot")?.msg;
+  await until(() => asked() !== undefined);
+  const take = asked();
+  if (take?.case !== "takeSnapshot") throw new Error("expected takeSnapshot; none was sent");
   return { snapshot, requestId: take.value.requestId, key: Buffer.from(take.value.tenantKey) };
 }
 
