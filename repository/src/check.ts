@@ -117,6 +117,9 @@ export async function checkRepository(repository: Repository, options: CheckOpti
     // A check whose lock was lost while it ran (the process paused past the lock's trust, or the lock removed as
     // stale) may have had packs pruned under it, and would name as broken snapshots that are whole: no report.
     await lock?.assertHeld().catch((err: Error) => {
+      // Only a lock lost: a store that failed to answer the look at it says nothing of a prune (and is retried
+      // by the caller as any failure of the store is).
+      if (!isRepositoryError(err, "locked")) throw err;
       throw new RepositoryError(
         "locked",
         `${err.message}: a prune may have run meanwhile, so this check's findings could be wrong; run it again`,

@@ -99,8 +99,9 @@ export async function acquireLock(
   } catch (err) {
     // The write may have landed all the same (a connection reset after the store took it, a client's time-out, a
     // deadline given up on): a lock left there names this live process, so nobody would count it stale for
-    // LOCK_STALE_AFTER_MS, and a prune's would lock the tenant out that long. Removed, as far as the store lets.
-    await store.delete(lockKey).catch(() => {});
+    // LOCK_STALE_AFTER_MS, and a prune's would lock the tenant out that long. Removed, as far as the store lets,
+    // without waiting: a store that hung on the put would hold the error back for another call's deadline.
+    void store.delete(lockKey).catch(() => {});
     // A reader without write access (a read-only mount, a bucket it may only read) fails here first: say so,
     // rather than with the errno of a temp file's name.
     const why = refusedReason(err);

@@ -39,6 +39,10 @@ describe("mount tables", () => {
     expect(unmountedMountPointOf("/mnt/other", tables("/", "/mnt"))).toBe(undefined);
     expect(unmountedMountPointOf("/mnt/other", tables("/"))).toBe("/mnt");
     expect(unmountedMountPointOf("/media/usb disk/repo", tables("/"))).toBe("/media/usb disk");
+    // A mount fstab does not name, deeper than the unmounted one it does (a ZFS dataset, a systemd mount unit, a
+    // mount by hand under a noauto entry), holds the path: nothing to refuse.
+    expect(unmountedMountPointOf("/mnt/backup/usb/repo", tables("/", "/mnt", "/mnt/backup/usb"))).toBeUndefined();
+    expect(unmountedMountPointOf("/mnt/backup/other", tables("/", "/mnt", "/mnt/backup/usb"))).toBe("/mnt/backup");
     // A name that only begins like a mount point is not under it; / is always there.
     expect(unmountedMountPointOf("/mnt/backup2/repo", tables("/", "/mnt"))).toBeUndefined();
     expect(unmountedMountPointOf("/srv/repo", tables())).toBeUndefined();

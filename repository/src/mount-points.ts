@@ -58,22 +58,31 @@ export function mountedPoints(mountinfo: string): Set<string> {
   return points;
 }
 
+/** The deepest of `points` that `at` is or lies under ("/" holds everything), or undefined. */
+function deepestHolding(points: Iterable<string>, at: string): string | undefined {
+  let deepest: string | undefined;
+  for (const point of points) {
+    const inside = point === "/" || at === point || at.startsWith(`${point}/`);
+    if (inside && (deepest === undefined || point.length > deepest.length)) deepest = point;
+  }
+  return deepest;
+}
+
 /**
  * The fstab mount point that `dir` lies in (the deepest naming it or a directory above it), when that one is not
- * mounted; undefined when it is, when none names it, or when either table is missing.
+ * mounted and no mount deeper than it (one fstab does not name: a ZFS dataset, a systemd mount unit, a mount by
+ * hand) holds `dir` either; undefined otherwise, or when either table is missing. fstab's points are compared as
+ * written: resolving each would touch every mount it names, and a hard NFS mount whose server is gone would hang.
  */
 export function unmountedMountPointOf(dir: string, tables: MountTables): string | undefined {
   if (tables.fstab === undefined || tables.mountinfo === undefined) return undefined;
   const at = realPath(path.resolve(dir));
-  let deepest: string | undefined;
-  for (const named of fstabMountPoints(tables.fstab)) {
-    const point = named === "/" ? named : realPath(named);
-    const inside = point === "/" || at === point || at.startsWith(`${point}/`);
-    if (inside && (deepest === undefined || point.length > deepest.length)) deepest = point;
-  }
-  if (deepest === undefined || deepest === "/") return undefined;
+  const named = deepestHolding(fstabMountPoints(tables.fstab), at);
+  if (named === undefined || named === "/") return undefined;
   const mounted = mountedPoints(tables.mountinfo);
-  return mounted.has(deepest) ? undefined : deepest;
+  if (mounted.has(named)) return undefined;
+  const holding = deepestHolding(mounted, at);
+  return holding !== undefined && holding.length > named.length ? undefined : named;
 }
 
 /**

@@ -1714,6 +1714,8 @@ describe("locks", () => {
     };
     await expect(acquireLock(store, key, { exclusive: true, purpose: "a prune" })).rejects.toThrow("ECONNRESET");
     store.put = put;
+    // Its removal is not waited for (a hung store would hold the error back for another deadline).
+    for (let i = 0; i < 300 && (await locks()).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
     expect(await locks()).toEqual([]);
     const shared = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
     await shared.release();
@@ -2063,6 +2065,22 @@ describe("locks", () => {
     await expect(check).rejects.toThrow(
       /was last written 21 minutes ago .*: a prune may have run meanwhile, so this check's findings could be wrong; run it again/,
     );
+  });
+
+  it("a check whose last look at its lock fails passes that failure on as it is, not as a lock lost", async () => {
+    const store = openBlobStore(pathToFileURL(join(dir, "locks-check-blip")).href);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const stat = store.stat.bind(store);
+    let looks = 0;
+    // The acquisition's look at its own lock answers; the check's last one meets a connection reset.
+    store.stat = async (k) => {
+      if (k.startsWith("locks/") && looks++ > 0)
+        throw Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" });
+      return stat(k);
+    };
+    await expect(checkRepository(repository)).rejects.toThrow(/^read ECONNRESET$/);
+    await store.close();
   });
 
   it("refreshes a lock on time when the wall clock is set back", async () => {

@@ -48,6 +48,19 @@ import { DeadlineBlobStore, UnreturnedCalls } from "./deadline-blob-store.js";
 import { type CoordinatorTuning, SnapshotCoordinator } from "./snapshot-coordinator.js";
 import { TenantKeys } from "./tenant-keys.js";
 
+/** The onLost each catalogue lock was last taken with, by lock name (withDatabaseLock, passed through). */
+const catalogueLocks = vi.hoisted(() => ({ onLost: new Map<string, () => void>() }));
+vi.mock("../db/database.js", async (importOriginal) => {
+  const real = await importOriginal<typeof import("../db/database.js")>();
+  return {
+    ...real,
+    withDatabaseLock: ((db, name, work, options) => {
+      if (options?.onLost) catalogueLocks.onLost.set(name, options.onLost);
+      return real.withDatabaseLock(db, name, work, options);
+    }) satisfies typeof real.withDatabaseLock,
+  };
+});
+
 /** grpc-js's message decoder (not part of its public API), which installPooledReceiving patches. */
 const { StreamDecoder: GrpcStreamDecoder } = grpcJsStreamDecoder() as {
   StreamDecoder: new (maxReadMessageLength: number) => { write(data: Buffer): Buffer[] };
@@ -1916,6 +1929,18 @@ describe("SnapshotCoordinator: a commit whose catalogue row could not be inserte
     } finally {
       inserts.mockRestore();
     }
+  });
+
+  it("lists the tenant again when its catalogue lock was lost while held (a replica's change may have overlapped)", async () => {
+    const row = await finishIn(h)(await startedIn(h));
+    // The lock's Postgres session ended under a change (a failover): withDatabaseLock calls onLost. Meanwhile a
+    // replica's change, no longer kept out, removed a row whose snapshot is whole.
+    const onLost = catalogueLocks.onLost.get("dumont catalogue t1");
+    expect(onLost).toBeDefined();
+    await h.db.deleteFrom("snapshots").where("id", "=", row.id).execute();
+    onLost!();
+    const listed = async () => (await h.db.selectFrom("snapshots").select("id").execute()).map((r) => r.id);
+    await vi.waitFor(async () => expect(await listed()).toContain(row.id), { timeout: 10_000 });
   });
 });
 

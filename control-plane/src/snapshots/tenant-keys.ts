@@ -39,6 +39,8 @@ export class TenantKeys {
       // A master key rotation holds the table exclusively: this waits for it, then sees its keys. A control plane
       // still running with the old master key (started during the rotation, or not stopped for it) must not wrap
       // a new tenant's key with it, or once the old key is destroyed that tenant's snapshots open with nothing.
+      // Judged by another tenant's stored key: with none stored yet there is nothing to judge by (the next start
+      // with the new master key names a key wrapped by the old one, and a rotation run again wraps it anew).
       await sql`lock table tenant_keys in share row exclusive mode`.execute(trx);
       const other = await trx
         .selectFrom("tenant_keys")
