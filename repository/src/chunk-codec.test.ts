@@ -1,4 +1,4 @@
-import { createCipheriv, createHash, randomBytes } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
 import { createRequire } from "node:module";
 import { Worker } from "node:worker_threads";
 import { deflateRawSync } from "node:zlib";
@@ -134,6 +134,34 @@ describe("chunk codec", () => {
     const forged = forge(key, fakeId, 0, noise);
     expect(chunkCodec.verifyChunk(key, fakeId, forged, noise.length)).toMatch(/SHA-256 of the chunk does not match/);
     expect(() => chunkCodec.openChunk(key, fakeId, forged)).toThrow(/SHA-256/);
+  });
+
+  it("opens no forged chunk into a restore's batch: a valid envelope whose bytes are not its id's is named", () => {
+    // What a restore opens its packs' chunks with: each must hash to its id there too, raw or LZ4, laid out by
+    // the batch or by the caller. Sealed under the id it claims, only the hash tells.
+    const noise = randomBytes(70_001);
+    const text = Buffer.from("columns,of,a,csv,file\n".repeat(4_000));
+    const fakeIds = [0, 1].map((i) => createHash("sha256").update(`another chunk ${i}`).digest());
+    // The LZ4 one: a real chunk's codec byte and compressed body, sealed again under another id.
+    const real = chunkCodec.sealChunk(key, text);
+    const decipher = createDecipheriv("aes-256-gcm", key, real.blob.subarray(0, 12), { authTagLength: 16 });
+    decipher.setAAD(real.id);
+    decipher.setAuthTag(real.blob.subarray(real.blob.length - 16));
+    const inner = Buffer.concat([decipher.update(real.blob.subarray(12, real.blob.length - 16)), decipher.final()]);
+    expect(inner[0]).toBe(1); // LZ4
+    const blobs = [forge(key, fakeIds[0], 0, noise), forge(key, fakeIds[1], inner[0], inner.subarray(1))];
+    const data = Buffer.concat(blobs);
+    const ranges = Int32Array.from([0, blobs[0].length, blobs[0].length, blobs[1].length]);
+    const lengths = Int32Array.from([noise.length, text.length]);
+    for (const positions of [undefined, Int32Array.from([0, 73_728])]) {
+      const spare = positions && new ArrayBuffer(160_000);
+      const opened = chunkCodec.openChunkBatch(key, data, ranges, Buffer.concat(fakeIds), lengths, spare, positions);
+      expect(opened.errors).toEqual([
+        "SHA-256 of the chunk does not match its id",
+        "SHA-256 of the chunk does not match its id",
+      ]);
+      expect(Array.from(opened.plainRanges).filter((_, i) => i % 2 === 1)).toEqual([-1, -1]);
+    }
   });
 
   it("seals and opens LZ4 chunks alike with the WebAssembly encoder and decoder and with lz4-napi", () => {

@@ -149,6 +149,17 @@ describe("manifest sealing", () => {
       const wrong = m({ ...dir("a"), [field]: bad } as ManifestEntry);
       expect(() => openManifest(key, sealManifest(key, wrong))).toThrow(`"a" has a bad ${field}`);
     }
+    // Chunk ids and lengths as a writer makes them: 64 lowercase hex digits (an id that is not one would never
+    // match a chunk, or match another spelling of it), 1 byte to 64 MiB (the length sizes what a restore holds).
+    const file = manifest.entries[1] as Extract<ManifestEntry, { type: "file" }>;
+    for (const chunk of ["AB".repeat(32), "ab".repeat(31) + "a", "zz".repeat(32), 7]) {
+      const wrong = m({ ...file, chunks: [chunk as string] });
+      expect(() => openManifest(key, sealManifest(key, wrong))).toThrow(`"a/f" has a bad chunk id`);
+    }
+    for (const length of [0, -3, 1.5, 64 * 1024 * 1024 + 1]) {
+      const wrong = m({ ...file, size: 5, lengths: [length] });
+      expect(() => openManifest(key, sealManifest(key, wrong))).toThrow(`"a/f" has a bad chunk length`);
+    }
     for (const bad of ["", 5]) {
       const wrong = m(hardLink("f", bad as string));
       expect(() => openManifest(key, sealManifest(key, wrong))).toThrow(`"f" has a bad linkOf`);

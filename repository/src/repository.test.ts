@@ -1887,6 +1887,7 @@ describe("locks", () => {
     };
     const paused: BlobStore = Object.create(store, {
       put: { value: async (k: string, ...rest: [Buffer, object?]) => held("put", k).then(() => store.put(k, ...rest)) },
+      delete: { value: async (k: string) => held("delete", k).then(() => store.delete(k)) },
       list: {
         value: async function* (prefix: string) {
           await held("list", prefix);
@@ -1950,6 +1951,50 @@ describe("locks", () => {
     expect((await r.repository.listSnapshots()).map((x) => x.id)).toContain(second);
     expect(await checkRepository(r.repository)).toMatchObject({ ok: true, problems: [] });
     expect(await r.locks()).toEqual([]);
+  });
+
+  /** Three snapshots of a file each, each chunk in a pack of its own, the first two forgotten: two packs unused. */
+  async function twoUnusedPacks(r: Awaited<ReturnType<typeof pausable>>): Promise<string[]> {
+    const ids: string[] = [];
+    for (const name of ["a", "b", "c"]) {
+      const chunk = sealed(r.key, randomBytes(5_000));
+      const writer = await r.repository.writer({ packSize: 1 });
+      await writer.put([chunk]);
+      ids.push(await writer.commit([sealManifest(r.key, manifestOf({ [name]: [chunk] }))], meta));
+    }
+    await forgetSnapshots(r.repository, { ids: ids.slice(0, 2) });
+    return [...(await r.repository.loadIndex()).packs.keys()];
+  }
+
+  it("a prune whose lock was removed meanwhile deletes nothing, though the lock is not old", async () => {
+    // Removed by another process that took it for stale (its holder looked gone from there): the trust by age
+    // alone would let the prune delete under a writer that has since taken the repository.
+    const r = await pausable("locks-removed-prune");
+    const packs = await twoUnusedPacks(r);
+    const listing = r.hold((call, prefix) => call === "list" && prefix === "data/");
+    const prune = pruneRepository(r.pausedRepository);
+    prune.catch(() => {});
+    await listing;
+    for (const lock of await r.locks()) await rm(join(dir, "locks-removed-prune", "locks", lock));
+    r.open();
+    await expect(prune).rejects.toThrow(/repository lock locks\/[0-9a-f]+ was removed .*stopping/);
+    expect([...(await r.repository.loadIndex()).packs.keys()].sort()).toEqual(packs.sort());
+  });
+
+  it("a prune that comes to distrust its lock between two deletions makes no more", async () => {
+    const r = await pausable("locks-prune-between");
+    const packs = await twoUnusedPacks(r);
+    const deleting = r.hold((call, key) => call === "delete" && key.startsWith("index/"));
+    const prune = pruneRepository(r.pausedRepository);
+    prune.catch(() => {});
+    await deleting;
+    await r.later(21); // the first deletion lands after its lock could be stale
+    r.open();
+    await expect(prune).rejects.toThrow(/was last written 21 minutes ago/);
+    // The first index object went; nothing after it did: every pack is still there.
+    expect((await r.repository.loadIndex()).packs.size).toBe(packs.length - 1);
+    for (const packId of packs)
+      expect((await stat(join(dir, "locks-prune-between", ...packKey(packId).split("/")))).isFile()).toBe(true);
   });
 
   it("a prune paused in its repack indexes nothing after its lock could be stale (no chunk lost)", async () => {
@@ -2297,5 +2342,68 @@ describe("keys", () => {
         /--key-file k is not a repository key: its 32 bytes read as text .*od -An -vtx1 FILE/,
       );
     }
+  });
+});
+
+describe("objects that are not what their name says", () => {
+  /** A repository on file:// holding two snapshots of one file each (different chunks), and its parts. */
+  async function twoSnapshots(name: string) {
+    const store = openBlobStore(pathToFileURL(join(dir, name)).href);
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const ids: string[] = [];
+    for (const file of ["a.bin", "b.bin"]) {
+      const chunk = sealed(key, randomBytes(10_000));
+      const writer = await repository.writer();
+      await writer.put([chunk]);
+      ids.push(await writer.commit([sealManifest(key, manifestOf({ [file]: [chunk] }))], meta));
+    }
+    const records = await repository.listSnapshots();
+    const recordOf = (id: string) => records.find((r) => r.id === id)!;
+    return { store, key, repository, first: recordOf(ids[0]), second: recordOf(ids[1]) };
+  }
+
+  it("refuses a manifest part stored under another part's id (its name is its hash, the only tie)", async () => {
+    // A manifest part's seal names no id (parts are shared between snapshots): a part copied over another
+    // opens fine, and would restore the other snapshot's files under this one's name.
+    const { store, repository, first, second } = await twoSnapshots("named-manifest");
+    await store.put(`manifests/${first.manifests[0]}`, await store.get(`manifests/${second.manifests[0]}`));
+    await expect(repository.readManifest(first)).rejects.toThrow(
+      `manifest ${first.manifests[0]} of snapshot ${first.id} does not match its id`,
+    );
+    const files = (await repository.readManifest(second)).entries.filter((e) => e.type === "file");
+    expect(files.map((e) => e.path)).toEqual(["b.bin"]);
+    await store.close();
+  });
+
+  it("refuses an index object stored under another pack's name", async () => {
+    // Taken for the other pack's, it would locate chunks in a pack that does not hold them, and a prune could
+    // delete the pack that does as unused.
+    const { store, key, repository } = await twoSnapshots("named-index");
+    const [packId] = (await repository.loadIndex()).packs.keys();
+    const other = randomBytes(32).toString("hex");
+    await store.put(indexKey(other), await store.get(indexKey(packId)));
+    await expect(repository.loadIndex()).rejects.toThrow(`index object index/${other} describes pack ${packId}`);
+    await expect((await Repository.open(store, key)).writer()).rejects.toThrow(/describes pack/);
+    await store.close();
+  });
+
+  it("refuses a config whose key check names another repository", async () => {
+    const { store, key } = await twoSnapshots("named-config");
+    const config = JSON.parse((await store.get("config")).toString("utf8"));
+    const other = chunkCodec.sealObject(key, ObjectKind.keyCheck, Buffer.from("another repository's id", "utf8"));
+    await store.put("config", Buffer.from(JSON.stringify({ ...config, keyCheck: other.toString("base64") })));
+    await expect(Repository.open(store, key)).rejects.toThrow(/the key check of .* names another repository/);
+    await store.close();
+  });
+
+  it("a writer respects a lock it cannot read, as a prune does", async () => {
+    // Unreadable (damaged, or another key's): it may be a live prune's, so it counts until stale by age.
+    const { store, repository } = await twoSnapshots("unreadable-lock");
+    await store.put(`locks/${randomBytes(16).toString("hex")}`, Buffer.from("not a lock"));
+    await expect(repository.writer()).rejects.toThrow(
+      /the repository is locked by an unreadable lock, locks\/[0-9a-f]{32}/,
+    );
+    await store.close();
   });
 });

@@ -282,6 +282,21 @@ describe("SnapshotService: list", () => {
     expect(bad).toMatchObject({ code: Code.InvalidArgument });
     expect((bad as ConnectError).rawMessage).toMatch(/^tenant_id must be 2..63 lowercase letters/);
   });
+
+  it("refuses to compare two tenants' snapshots, reading neither", async () => {
+    const read: string[] = [];
+    const coordinator = new Proxy({}, { get: (_t, name) => () => void read.push(String(name)) }) as SnapshotCoordinator;
+    const service = snapshotService({ db, sessions: new SessionRegistry(), snapshots: coordinator });
+    const diff = async (beforeId: string, afterId: string) => {
+      for await (const _ of service.diffSnapshots(create(api.DiffSnapshotsRequestSchema, { beforeId, afterId }), ctx));
+    };
+    const err = await diff("c".repeat(64), "d".repeat(64)).catch((e: unknown) => ConnectError.from(e));
+    expect(err).toMatchObject({ code: Code.InvalidArgument });
+    expect((err as ConnectError).rawMessage).toBe(
+      "before_id and after_id are snapshots of different tenants: compare one tenant's",
+    );
+    expect(read).toEqual([]);
+  });
 });
 
 describe("SnapshotService: admin keys only", () => {

@@ -233,6 +233,41 @@ describe("SnapshotCoordinator: the arrival check", () => {
     return snapshot;
   };
 
+  it.each(["snapshotOffer", "snapshotChunks", "snapshotCommit"] as const)(
+    "refuses a %s from an earlier lease epoch, and commits nothing",
+    async (kind) => {
+      // Fencing: an agent of a lease since moved elsewhere must not add to, or commit, the new holder's snapshot.
+      sent.length = 0;
+      const { snapshot, requestId, key, agentSends } = await start();
+      const plain = randomBytes(10_000);
+      const chunk = chunkCodec.sealChunk(key, plain);
+      const chunks = [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }];
+      const epochOf = (k: string) => (k === kind ? 2n : 3n);
+      if (kind === "snapshotOffer") {
+        agentSends({ case: "snapshotOffer", value: { requestId, epoch: 2n, batch: 1n, chunkIds: [chunk.id] } });
+      } else {
+        await offered(agentSends, sent, requestId, 3n, [chunk.id]);
+        agentSends({ case: "snapshotChunks", value: { requestId, epoch: epochOf("snapshotChunks"), chunks } });
+        const manifest = oneFile(key, chunk.id, plain.length);
+        agentSends({ case: "snapshotCommit", value: { requestId, epoch: epochOf("snapshotCommit"), manifest } });
+      }
+      const rows = await db.selectFrom("snapshots").select("id").execute();
+      await expect(snapshot).rejects.toThrow(/refused a snapshot message from lease epoch 2; the current epoch is 3/);
+      expect(sent.some((m) => m.msg.case === "snapshotNeed")).toBe(kind !== "snapshotOffer");
+      expect(sent.some((m) => m.msg.case === "snapshotCommitted")).toBe(false);
+      expect(await db.selectFrom("snapshots").select("id").execute()).toEqual(rows);
+    },
+  );
+
+  it("refuses an offer of a manifest part id that is not 32 bytes", async () => {
+    sent.length = 0;
+    const { snapshot, requestId, agentSends } = await start();
+    const manifestIds = [randomBytes(32), randomBytes(31)];
+    agentSends({ case: "snapshotOffer", value: { requestId, epoch: 3n, batch: 1n, chunkIds: [], manifestIds } });
+    await expect(snapshot).rejects.toThrow("the agent offered 2 manifest part ids; at most 256, of 32 bytes each");
+    expect(sent.some((m) => m.msg.case === "snapshotNeed")).toBe(false);
+  });
+
   it("commits a snapshot whose chunks all check out", async () => {
     const row = await commitWith({});
     expect(row).toMatchObject({ tenant_id: "t1", host_id: "h-test", workspace_id: "w1", epoch: 3, files_skipped: 0 });

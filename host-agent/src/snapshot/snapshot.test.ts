@@ -2156,6 +2156,28 @@ describe("restore safety", () => {
     expect(await readdir(target)).toEqual(["a"]);
   });
 
+  it("a finished restore removes only its own marker: one of another restore's in its place stays", async () => {
+    // The marker of a restore that took this one over (this one paused past the staleness): removed, it would
+    // leave that restore's target looking finished while it still writes.
+    const target = fresh("target");
+    await mkdir(target);
+    const dirs = await RestoreDirectories.open(target);
+    try {
+      const claimed = await claimTarget(dirs, target, "first");
+      const marker = join(target, RESTORE_MARKER);
+      const other = JSON.stringify({
+        ...JSON.parse(await readFile(marker, "utf8")),
+        snapshot: "second",
+        claim: "ab".repeat(16),
+      });
+      await writeFile(marker, other);
+      await claimed.finish();
+      expect(await readFile(marker, "utf8")).toBe(other);
+    } finally {
+      await dirs.close();
+    }
+  });
+
   it("takes over a marker untouched for ten minutes, whoever wrote it (another pid namespace cannot be asked)", async () => {
     const target = fresh("target");
     await mkdir(target);
