@@ -982,6 +982,32 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await store.close();
   });
 
+  it("indexes nothing of a pack whose header lists a chunk beyond its bytes of chunks (cut short in its middle)", async () => {
+    // The pack lost bytes from its chunks but kept its header (a copy that skipped a range): indexed, the first
+    // chunk would verify and the rest be taken for stored.
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const [x, y] = [sealed(key, randomBytes(3_000)), sealed(key, randomBytes(4_000))];
+    const writer = await repository.writer();
+    await writer.put([x, y]);
+    await writer.commit([sealManifest(key, manifestOf({ "x.bin": [x], "y.bin": [y] }))], meta);
+    const [packA] = (await keysIn(store, "index/")).map((k) => k.slice("index/".length));
+    const pack = await store.get(packKey(packA));
+    const blobsEnd = pack.length - 4 - pack.readUInt32LE(pack.length - 4);
+    await store.put(packKey(packA), Buffer.concat([pack.subarray(0, blobsEnd - 100), pack.subarray(blobsEnd)]));
+    await store.delete(indexKey(packA));
+    const report = await repairIndex(repository);
+    expect(report).toMatchObject({ rebuilt: [], unrepairable: [{ pack: packA }] });
+    expect(report.unrepairable[0].message).toMatch(
+      new RegExp(
+        `its header lists chunk [0-9a-f]{64} at bytes \\d+–\\d+, beyond its ${blobsEnd - 100} bytes of chunks`,
+      ),
+    );
+    expect(await keysIn(store, "index/")).toEqual([]);
+    await store.close();
+  });
+
   it("verifies the chunks a header lists before indexing them: a header moved onto other bytes indexes nothing", async () => {
     // A header opens under the key wherever it is, as it does not name its pack: copied onto other bytes (by anyone
     // who can write to the store), its index object was rebuilt, and a prune then taking that copy for the chunks'
