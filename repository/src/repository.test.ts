@@ -982,9 +982,8 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await store.close();
   });
 
-  it("indexes nothing of a pack whose header lists a chunk beyond its bytes of chunks (cut short in its middle)", async () => {
-    // The pack lost bytes from its chunks but kept its header (a copy that skipped a range): indexed, the first
-    // chunk would verify and the rest be taken for stored.
+  /** A repository of one snapshot whose two chunks (x, y) are one pack: its id, bytes, and where its chunks end. */
+  async function onePackOfTwo() {
     const store = make();
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
@@ -995,6 +994,13 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const [packA] = (await keysIn(store, "index/")).map((k) => k.slice("index/".length));
     const pack = await store.get(packKey(packA));
     const blobsEnd = pack.length - 4 - pack.readUInt32LE(pack.length - 4);
+    return { store, key, repository, x, y, packA, pack, blobsEnd };
+  }
+
+  it("indexes nothing of a pack whose header lists a chunk beyond its bytes of chunks (cut short in its middle)", async () => {
+    // The pack lost bytes from its chunks but kept its header (a copy that skipped a range): indexed, the first
+    // chunk would verify and the rest be taken for stored.
+    const { store, repository, packA, pack, blobsEnd } = await onePackOfTwo();
     await store.put(packKey(packA), Buffer.concat([pack.subarray(0, blobsEnd - 100), pack.subarray(blobsEnd)]));
     await store.delete(indexKey(packA));
     const report = await repairIndex(repository);
@@ -1012,16 +1018,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
     // A header opens under the key wherever it is, as it does not name its pack: copied onto other bytes (by anyone
     // who can write to the store), its index object was rebuilt, and a prune then taking that copy for the chunks'
     // home deleted the pack truly holding them.
-    const store = make();
-    const key = generateRepositoryKey();
-    const { repository } = await Repository.openOrInit(store, key);
-    const [x, y] = [sealed(key, randomBytes(3_000)), sealed(key, randomBytes(4_000))];
-    const writer = await repository.writer();
-    await writer.put([x, y]);
-    await writer.commit([sealManifest(key, manifestOf({ "x.bin": [x], "y.bin": [y] }))], meta);
-    const [packA] = (await keysIn(store, "index/")).map((k) => k.slice("index/".length));
-    const pack = await store.get(packKey(packA));
-    const blobsEnd = pack.length - 4 - pack.readUInt32LE(pack.length - 4);
+    const { store, repository, x, y, packA, pack, blobsEnd } = await onePackOfTwo();
     const packB = randomBytes(32).toString("hex");
     await store.put(packKey(packB), Buffer.concat([randomBytes(blobsEnd), pack.subarray(blobsEnd)]));
 
