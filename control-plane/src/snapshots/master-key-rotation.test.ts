@@ -4,6 +4,7 @@ import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { Code } from "@connectrpc/connect";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { ensureTenant } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
@@ -96,6 +97,7 @@ describe("master key rotation", () => {
     await expect(running.get("initech")).rejects.toThrow(
       /wrapped by another master key than this control plane's \(the master key was rotated since it started\)/,
     );
+    await expect(running.get("initech")).rejects.toMatchObject({ code: Code.FailedPrecondition });
     expect(await stored()).toBe(2);
     const restarted = new TenantKeys(db, second);
     const made = await restarted.get("initech");

@@ -9,6 +9,7 @@ import path from "node:path";
 import { readSecretFile, syncDirectory } from "@dumont/repository";
 import { sql } from "kysely";
 import { type Db, makeDurable } from "../db/database.js";
+import { FailedPreconditionError } from "../errors.js";
 
 const KEY_BYTES = 32;
 /** A wrapped key: 12-byte IV, 16-byte tag, 32-byte key. */
@@ -49,7 +50,7 @@ export class TenantKeys {
         .limit(1)
         .executeTakeFirst();
       if (other && !tryUnwrapTenantKey(this.masterKey, other.wrapped_key, other.tenant_id)) {
-        throw new Error(
+        throw new FailedPreconditionError(
           "the stored tenant keys are wrapped by another master key than this control plane's (the master key was " +
             "rotated since it started): restart it with the new master key before it makes new tenants' keys",
         );

@@ -59,7 +59,7 @@ import {
 } from "./direct-mode.js";
 import { ReadAhead } from "./read-ahead.js";
 import { FlushFailedError, RestoreDirectories } from "./restore-directories.js";
-import { linkOrCopy, RestoreDamagedError, restoreSnapshot } from "./restore-snapshot.js";
+import { linkOrCopy, RestoreDamagedError, RestoreLeftBehindError, restoreSnapshot } from "./restore-snapshot.js";
 import { claimTarget, MARKER_STALE_AFTER_MS, RESTORE_MARKER, RESTORE_MARKER_LEFT_OUT } from "./restore-target.js";
 import { builtSnapshotModule } from "./testing.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
@@ -1852,6 +1852,36 @@ describe("restore safety", () => {
     await restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest, chunks), key, target, pool });
     for (const [i, plain] of files.entries()) expect(await readFile(join(target, "d", `f${i}`))).toEqual(plain);
     expect(await modeOf()).toBe(0o755);
+  });
+
+  it("keeps its marker when it fails and cannot take back all it wrote: the target reads as an interrupted restore", async () => {
+    // Without the marker, a target holding part of a snapshot would read as a whole restore.
+    const { chunkCodec } = await import("@dumont/repository");
+    const plain = Buffer.from("a file the stream never finishes ".repeat(100));
+    const chunk = chunkCodec.sealChunk(key, plain);
+    const file = { ...entry("f"), type: "file", mode: 0o644, size: plain.length, chunks: [chunk.id.toString("hex")] };
+    const manifest = { version: 1, entries: [{ ...file, lengths: [plain.length] }] } as Manifest;
+    const dropping: ChunkSource = {
+      ...sourceOf(manifest),
+      async *get() {
+        yield* [];
+        throw new Error("the stream dropped");
+      },
+    };
+    const target = fresh("target");
+    await mkdir(target);
+    // What it wrote could not all be removed (a file made immutable meanwhile, an I/O error on unlink).
+    const emptying = vi.spyOn(RestoreDirectories.prototype, "emptyTarget").mockResolvedValue(["stuck.bin"]);
+    try {
+      const failed = restoreSnapshot({ snapshotId: "x", source: dropping, key, target, pool });
+      await expect(failed).rejects.toThrow(
+        `the stream dropped. Not all it wrote could be removed (stuck.bin): ${RESTORE_MARKER} stays in ${target}`,
+      );
+      await expect(failed).rejects.toBeInstanceOf(RestoreLeftBehindError);
+    } finally {
+      emptying.mockRestore();
+    }
+    expect(await readdir(target)).toContain(RESTORE_MARKER);
   });
 
   it("writes nothing through a directory swapped for a symlink while it restores (as root could, even with 0700)", async () => {
