@@ -86,14 +86,7 @@ export {
   diffSummaryLine,
 } from "./manifest-diff.js";
 export { ManifestPartsReceiver } from "./manifest-parts.js";
-export {
-  fstabMountPoints,
-  type MountTables,
-  mountedPoints,
-  readMountTables,
-  refuseUnmountedNewRepository,
-  unmountedMountPointOf,
-} from "./mount-points.js";
+export { type MountTables, refuseUnmountedNewRepository } from "./mount-points.js";
 export {
   type OpenBlobStoreOptions,
   openBlobStore,

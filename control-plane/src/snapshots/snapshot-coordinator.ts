@@ -1441,8 +1441,9 @@ export class SnapshotCoordinator {
       // Nor on the filesystem below an fstab mount point that is not mounted now: the tenant's snapshots would go
       // to the machine's own disk, hidden under the mount once it comes back.
       refuseUnmountedNewRepository(store.url, `the tenant's blob store ${store.url}`, this.mountTables);
+      return (await Repository.openOrInit(store, key)).repository; // another replica may make it meanwhile
     }
-    return (await Repository.openOrInit(store, key)).repository;
+    return Repository.open(store, key);
   }
 
   /**

@@ -104,10 +104,9 @@ export async function withDirectRepository<T>(
   const store: BlobStore = openBlobStore(options.repo, { s3: options.s3 });
   try {
     let repository: Repository;
-    if (options.create) {
-      if (!(await Repository.exists(store))) {
-        refuseUnmountedNewRepository(options.repo, `--repo ${options.repo}`, options.create.mountTables);
-      }
+    if (options.create && !(await Repository.exists(store))) {
+      refuseUnmountedNewRepository(options.repo, `--repo ${options.repo}`, options.create.mountTables);
+      // Made here unless another process made it meanwhile (openOrInit settles that race).
       const opened = await Repository.openOrInit(store, options.key);
       repository = opened.repository;
       if (opened.created) options.create.onCreated?.(repository);
