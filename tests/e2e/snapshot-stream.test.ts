@@ -66,29 +66,30 @@ describe("snapshots over the agent stream", () => {
   /** `dumont snapshot create --host <the agent> --path dir [flags] --json`. */
   const snapshotOf = async (dir: string, ...flags: string[]): Promise<SnapshotJson> =>
     cli(["snapshot", "create", "--host", agent.hostId, "--path", dir, ...flags, "--json"]);
-  /** The row may still say "online" from before a crash: wait for the agent's new session to report in. */
-  const reportedSince = async (t: number) => {
-    const hosts = (await cli(["host", "list", "--json"])) as { id: string; lastSeenAt: string | null }[];
-    const seen = hosts.find((h) => h.id === agent.hostId)?.lastSeenAt;
-    return typeof seen === "string" && Date.parse(seen) > t;
-  };
   /**
-   * Waits for the agent's new session after a restart. The agent retries with exponential backoff of up to
-   * 30 s between attempts, so a slow restart can cost it one long wait: 60 s covers that. On timeout the
-   * agent's log goes into the error, which says why it did not come back.
+   * How many sessions the running agent process has been welcomed to. The control plane registers a session before
+   * it sends Welcome, so a new line here means a create or restore sent now reaches that agent. (A host's
+   * `lastSeenAt` is not such a sign: heartbeats of the session that died can still be written after a restart.)
    */
-  const reconnected = async (since: number) => {
+  const sessionsWelcomed = () => agent.log().match(/"msg":"connected to the control plane"/g)?.length ?? 0;
+  /**
+   * Waits until the agent is welcomed to more sessions than `before` after a restart of it or of the control
+   * plane. The agent retries with exponential backoff of up to 30 s between attempts, so a slow restart can cost it
+   * one long wait: 60 s covers that. On timeout the agent's log goes into the error, which says why it did not
+   * come back.
+   */
+  const reconnected = async (before: number) => {
     try {
-      await waitFor(() => reportedSince(since), 60_000);
+      await waitFor(() => sessionsWelcomed() > before, 60_000);
     } catch (err) {
       throw new Error(`${(err as Error).message}; agent log:\n${agent.log().slice(-4000)}`);
     }
   };
   /** Starts the control plane again (it was stopped) on its data dir and ports; waits for the agent's return. */
   const restartControlPlane = async () => {
-    const restartedAt = Date.now();
+    const before = sessionsWelcomed();
     cp = await cp.startAgain();
-    await reconnected(restartedAt);
+    await reconnected(before);
   };
 
   /**
@@ -861,9 +862,8 @@ describe("snapshots over the agent stream", () => {
       throw new Error(`temp files left in the blob store: ${(await tempFiles()).join(", ")}`);
     });
 
-    const restartedAt = Date.now();
     agent = startAgentProcess(agent.dataDir, agent.hostId);
-    await reconnected(restartedAt);
+    await reconnected(0);
     const retry = (await cli(["snapshot", "create", "--host", agent.hostId, "--path", big, "--json"])) as SnapshotJson;
     expect(retry.files).toBe(5);
     // What reached the control plane before the kill was kept, the pack it was filling too (its first pack had
@@ -892,9 +892,8 @@ describe("snapshots over the agent stream", () => {
     expect(left).toContain(".dumont-restore-incomplete");
     expect((await pending).code).not.toBe(0);
 
-    const restartedAt = Date.now();
     agent = startAgentProcess(agent.dataDir, agent.hostId);
-    await reconnected(restartedAt);
+    await reconnected(0);
     const again = await cp.cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
     expect(again.code, again.stderr).toBe(0);
     expect(JSON.parse(again.stdout)).toMatchObject({ id: snap.id, files: 5 });
