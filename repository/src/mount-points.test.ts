@@ -1,4 +1,7 @@
 // A new file:// repository is not made under a mount point /etc/fstab names that is not mounted.
+import { mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { describe, expect, it } from "vitest";
 import {
   fstabMountPoints,
@@ -60,5 +63,21 @@ describe("mount tables", () => {
     );
     expect(() => refuseUnmountedNewRepository("file:///mnt/elsewhere", "x", tables)).not.toThrow();
     expect(() => refuseUnmountedNewRepository("s3://bucket/mnt/backup", "x", tables)).not.toThrow();
+  });
+
+  it("sees through a link to the unmounted disk, dangling because nothing is mounted there", () => {
+    const root = realpathSync(mkdtempSync(path.join(os.tmpdir(), "dumont-mount-link-")));
+    try {
+      const point = path.join(root, "mnt", "backup");
+      mkdirSync(point, { recursive: true }); // the empty directory an unmounted disk leaves
+      symlinkSync(path.join(point, "dumont"), path.join(root, "repo"));
+      const tables = { fstab: `/dev/sdb1 ${point} ext4 noauto 0 0\n`, mountinfo: mountinfo("/") };
+      expect(unmountedMountPointOf(path.join(root, "repo"), tables)).toBe(point);
+      expect(() => refuseUnmountedNewRepository(`file://${root}/repo`, "--repo", tables)).toThrow(
+        `lies under ${point}, which /etc/fstab mounts but is not mounted now`,
+      );
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });

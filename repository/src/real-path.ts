@@ -1,20 +1,44 @@
 // Paths compared as the filesystem sees them: two names for one directory (through a symlink) are one.
-import { realpathSync } from "node:fs";
+import { readlinkSync, realpathSync } from "node:fs";
 import path from "node:path";
+
+/** Links followed by hand before giving up on a chain (Linux's own limit for one lookup). */
+const MAX_LINKS = 40;
 
 /**
  * An absolute path with the symlinks of its longest existing part resolved, the rest (not made yet: a restore's
- * new target, a repository's first snapshot) appended as it is.
+ * new target, a repository's first snapshot) appended as it is. A dangling symlink on the way is followed too: a
+ * repository path linked to a directory on a disk that is not mounted is where the link says, not where the link is.
  */
 export function realPath(abs: string): string {
-  const rest: string[] = [];
-  for (let at = abs; ; at = path.dirname(at)) {
-    try {
-      return path.join(realpathSync.native(at), ...rest.reverse());
-    } catch {
-      if (path.dirname(at) === at) return abs;
-      rest.push(path.basename(at));
+  let pending = abs;
+  for (let links = 0; ; links++) {
+    const rest: string[] = [];
+    let followed: string | undefined;
+    for (let at = pending; ; at = path.dirname(at)) {
+      try {
+        return path.join(realpathSync.native(at), ...rest.reverse());
+      } catch {
+        if (path.dirname(at) === at) return pending;
+        const link = links < MAX_LINKS ? linkTarget(at) : undefined;
+        if (link !== undefined) {
+          followed = path.resolve(path.dirname(at), link, ...rest.reverse());
+          break;
+        }
+        rest.push(path.basename(at));
+      }
     }
+    if (followed === undefined) return pending; // not reached: the loop above returns or follows a link
+    pending = followed;
+  }
+}
+
+/** What the symlink `at` points to, or undefined where `at` is no symlink (missing, or a plain file or directory). */
+function linkTarget(at: string): string | undefined {
+  try {
+    return readlinkSync(at);
+  } catch {
+    return undefined;
   }
 }
 
