@@ -1925,6 +1925,46 @@ describe("restore safety", () => {
     // (A directory swapped before its handle is opened fails the restore, naming it: restore-directories.test.ts.)
   });
 
+  it.each([
+    ["a symlink to a file outside", "symlink"],
+    ["a hard link to a file outside", "hard link"],
+  ])("writes nothing through %s planted where a later window's file goes", async (_, kind) => {
+    // A window opens at most 512 files of more than one chunk: the 513th is created only when the first window is
+    // done, long after the target was checked empty. Whoever can write in the target meanwhile (the job's own
+    // processes) may plant a link at its name first; creating it O_EXCL | O_NOFOLLOW refuses to write there.
+    const { chunkCodec } = await import("@dumont/repository");
+    const halves = [Buffer.from("first half\n".repeat(40)), Buffer.from("second half\n".repeat(40))];
+    const sealed = halves.map((plain) => chunkCodec.sealChunk(key, plain));
+    const fileEntry = (path: string) => ({
+      ...entry(path),
+      type: "file" as const,
+      size: halves[0].length + halves[1].length,
+      chunks: sealed.map((c) => c.id.toString("hex")),
+      lengths: halves.map((h) => h.length),
+    });
+    const names = Array.from({ length: 513 }, (_, i) => `m${String(i).padStart(3, "0")}`);
+    const manifest = { version: 1, entries: names.map(fileEntry) } as Manifest;
+    const chunks = new Map(sealed.map((c) => [c.id.toString("hex"), c.blob]));
+    const target = fresh("target");
+    const outside = fresh("outside");
+    await mkdir(outside);
+    const victim = join(outside, "victim");
+    await writeFile(victim, "not the restore's\n");
+    const planted = join(target, names[512]);
+    let asked = 0;
+    const planting: ChunkSource = {
+      ...sourceOf(manifest, chunks),
+      // In parts of the usual size (sourceOf's 64-byte parts would make 513 files too many parts).
+      readManifest: async (id) => ({ snapshotId: id, manifestBlobs: sealManifestParts(key, manifest.entries) }),
+      async *get(ids) {
+        if (asked++ === 0) await (kind === "symlink" ? symlink(victim, planted) : link(victim, planted));
+        yield* sourceOf(manifest, chunks).get(ids);
+      },
+    };
+    await expect(restoreSnapshot({ snapshotId: "x", source: planting, key, target, pool })).rejects.toThrow(names[512]);
+    expect(await readFile(victim, "utf8")).toBe("not the restore's\n");
+  });
+
   it("refuses a target that is a file or cannot be made, saying so; makes missing parents", async () => {
     const target = join(fresh("parent"), "a-file");
     await mkdir(join(target, ".."), { recursive: true });
