@@ -85,12 +85,25 @@ export function unwritableReason(err: unknown): string | undefined {
 }
 
 /**
- * A write into `url` that failed because the store takes no more writes (a full disk, a quota, a read-only
- * mount), as an "unwritable" RepositoryError naming the store and what to do; any other error as it is.
+ * A write (or delete) into `url` that failed because the store takes no more writes (a full disk, a quota, a
+ * read-only mount), as an "unwritable" RepositoryError naming the store and what to do; one this process may not
+ * make (EACCES, EPERM: the directory's owner or mode, an immutable file) as a "read-only" one, saying whose write
+ * access it needs; any other error as it is.
  */
 export function writeFailure(url: string, key: string, err: unknown): unknown {
+  if (isRepositoryError(err)) return err;
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code === "EACCES" || code === "EPERM") {
+    const who = process.getuid ? `the user this runs as (uid ${process.getuid()})` : "the user this runs as";
+    return new RepositoryError(
+      "read-only",
+      `cannot write ${url}/${key}: ${REFUSED[code]} (${code}). Give ${who} write access to the repository's ` +
+        "directory and everything in it (or run as its owner), and try again",
+      { cause: err },
+    );
+  }
   const why = unwritableReason(err);
-  if (why === undefined || isRepositoryError(err)) return err;
+  if (why === undefined) return err;
   const remedy = (err as NodeJS.ErrnoException).code === "EROFS" ? "Mount it read-write" : "Make room there";
   return new RepositoryError(
     "unwritable",

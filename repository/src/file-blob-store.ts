@@ -547,7 +547,7 @@ export class FileBlobStore implements BlobStore {
       await unlink(path);
       await this.noteRoot();
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw writeFailure(this.url, key, err);
       await this.assertRootThere(); // a delete of what is gone is done, unless the whole repository went
     }
   }
