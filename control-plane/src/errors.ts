@@ -61,3 +61,12 @@ export class DeadlineExceededError extends ConnectError {
     super(message, Code.DeadlineExceeded);
   }
 }
+
+/**
+ * A Connect error's code as gRPC writes it ("FAILED_PRECONDITION"), the name the README and the metrics use; any
+ * other error is what the API answers for it, INTERNAL.
+ */
+export function statusName(err: unknown): string {
+  if (!(err instanceof ConnectError)) return "INTERNAL";
+  return Code[err.code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
+}

@@ -4,8 +4,18 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry, Summary } f
 /** Snapshots and restores take from under a second (a small workspace) to an hour (hundreds of GiB). */
 const OPERATION_SECONDS_BUCKETS = [0.5, 1, 2.5, 5, 15, 30, 60, 120, 300, 900, 1800, 3600];
 
+/** What runs now of each kind (SnapshotCoordinator.runningWork), read at each scrape. */
+export interface RunningWorkSample {
+  kind: string;
+  count: number;
+  /** When the oldest of them started (ms since the epoch). */
+  oldestSince: number;
+}
+
 export function createMetrics() {
   const registry = new Registry();
+  /** Set by the snapshot coordinator once it is made; the gauges below read it when /metrics is scraped. */
+  const runningWork: { sample?: () => RunningWorkSample[] } = {};
   // Node's own metrics under our prefix: dumont_process_cpu_user_seconds_total, dumont_nodejs_heap_size_used_bytes…
   collectDefaultMetrics({ register: registry, prefix: "dumont_" });
   return {
@@ -71,6 +81,39 @@ export function createMetrics() {
       labelNames: ["result"],
       registers: [registry],
     }),
+    snapshotFailures: new Counter({
+      name: "dumont_snapshot_failures_total",
+      help:
+        "Snapshots and restores through the control plane that failed, by operation and the status code their caller " +
+        "got: INVALID_ARGUMENT, NOT_FOUND and FAILED_PRECONDITION are mostly the caller's (a typo, a host gone); " +
+        "UNAVAILABLE, RESOURCE_EXHAUSTED, DATA_LOSS, DEADLINE_EXCEEDED and INTERNAL the operator's",
+      labelNames: ["operation", "code"] as const,
+      registers: [registry],
+    }),
+    runningWork,
+    snapshotWorkRunning: new Gauge({
+      name: "dumont_snapshot_work_running",
+      help: "Snapshots, restores, checks and index repairs running now, by kind",
+      labelNames: ["kind"] as const,
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const w of runningWork.sample?.() ?? []) this.set({ kind: w.kind }, w.count);
+      },
+    }),
+    snapshotWorkOldestSeconds: new Gauge({
+      name: "dumont_snapshot_work_oldest_seconds",
+      help:
+        "How long the oldest snapshot, restore, check or index repair running now has run, by kind: a stuck one " +
+        "shows here long before its deadline",
+      labelNames: ["kind"] as const,
+      registers: [registry],
+      collect() {
+        this.reset();
+        const now = Date.now();
+        for (const w of runningWork.sample?.() ?? []) this.set({ kind: w.kind }, (now - w.oldestSince) / 1000);
+      },
+    }),
     snapshotSeconds: new Histogram({
       name: "dumont_snapshot_duration_seconds",
       help: "From the request to the commit, for committed snapshots",
@@ -98,6 +141,14 @@ export function createMetrics() {
       // No tenant label: /metrics answers anyone who reaches the API port, and tenant ids are not theirs to
       // list. Which tenant it is, `dumont snapshot check` (admin) says.
       help: "Problems the last check of each tenant's blob store found, over every tenant checked (0 = sound)",
+      registers: [registry],
+    }),
+    checks: new Counter({
+      name: "dumont_checks_total",
+      help:
+        "Checks of a tenant's blob store, by result: sound, problems (dumont_check_problems says how many) or " +
+        "failed (the check could not run to its end: the store unavailable, say; the log names the tenant)",
+      labelNames: ["result"] as const,
       registers: [registry],
     }),
     blobStoreCallsUnreturned: new Gauge({

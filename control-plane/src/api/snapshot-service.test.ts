@@ -9,7 +9,7 @@ import { ensureTenant } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { insertHost } from "../db/host-repository.js";
 import { insertTestSnapshot, openTestDatabase } from "../db/test-database.js";
-import { FailedPreconditionError } from "../errors.js";
+import { FailedPreconditionError, UnavailableError } from "../errors.js";
 import type { SnapshotCoordinator } from "../snapshots/snapshot-coordinator.js";
 import { TenantKeys } from "../snapshots/tenant-keys.js";
 import { createApiKey } from "./auth.js";
@@ -397,5 +397,30 @@ describe("checkTenants", () => {
       files: [{ snapshotId: "s1", path: "a.bin" }],
       filesNotNamed: 250n,
     });
+  });
+
+  it("checks the other tenants past one whose check cannot run, naming it; fails as it did when none could run", async () => {
+    const sound = { ok: true, snapshots: 1, packs: 1, packsRead: 1, chunks: 1, bytesChecked: 10, problems: [] };
+    const snapshots = {
+      check: async (tenantId: string) => {
+        if (tenantId === "t-down") throw new UnavailableError("the blob store did not answer");
+        if (tenantId === "t-bug") throw new TypeError("x is undefined");
+        return sound;
+      },
+    } as unknown as SnapshotCoordinator;
+    const reading = { readData: true, readSubset: undefined };
+    const out = await checkTenants(snapshots, ["t-down", "t-bug", "t-ok"], reading, () => {});
+    expect(out.ok).toBe(false);
+    expect(out.snapshots).toBe(1n);
+    expect(out.problems.map((p) => [p.tenantId, p.kind, p.message])).toEqual([
+      ["t-down", "check-failed", "tenant t-down: the check could not run: the blob store did not answer"],
+      // What went wrong unexpectedly stays in the control plane's log, as an API error's would.
+      [
+        "t-bug",
+        "check-failed",
+        "tenant t-bug: the check could not run: internal error; the control plane's log has it",
+      ],
+    ]);
+    await expect(checkTenants(snapshots, ["t-down"], reading, () => {})).rejects.toBeInstanceOf(UnavailableError);
   });
 });

@@ -381,7 +381,11 @@ function readSubsetOf(req: api.CheckSnapshotsRequest): ReadSubset | undefined {
   }
 }
 
-/** Checks each tenant's repository in turn; one report, each problem naming its tenant. */
+/**
+ * Checks each tenant's repository in turn; one report, each problem naming its tenant. A tenant whose check cannot
+ * run (its store unavailable, a prune holding it) is a problem of the report ("check-failed") and the others are
+ * still checked; when none could be checked, the first failure is the answer, with its own code.
+ */
 export async function checkTenants(
   snapshots: SnapshotCoordinator,
   tenants: string[],
@@ -391,11 +395,30 @@ export async function checkTenants(
   const out = create(api.CheckReportSchema, { ok: true });
   // Bytes of the tenants already checked; each tenant's total is known once its check has listed its packs.
   let before = 0;
+  let firstFailure: unknown;
+  let checked = 0;
   for (const tenantId of tenants) {
-    const r = await snapshots.check(tenantId, {
-      ...reading,
-      onProgress: (p) => report({ bytesDone: before + p.bytesDone, bytesTotal: before + p.bytesTotal }),
-    });
+    let r: Awaited<ReturnType<SnapshotCoordinator["check"]>>;
+    try {
+      r = await snapshots.check(tenantId, {
+        ...reading,
+        onProgress: (p) => report({ bytesDone: before + p.bytesDone, bytesTotal: before + p.bytesTotal }),
+      });
+    } catch (err) {
+      firstFailure ??= err;
+      out.ok = false;
+      // What an API error would say; an unexpected error's text stays in the control plane's log (check logs it).
+      const reason = err instanceof ConnectError ? err.rawMessage : "internal error; the control plane's log has it";
+      out.problems.push(
+        create(api.CheckProblemSchema, {
+          tenantId,
+          kind: "check-failed",
+          message: `tenant ${tenantId}: the check could not run: ${reason}`,
+        }),
+      );
+      continue;
+    }
+    checked++;
     before += r.bytesChecked;
     out.ok &&= r.ok;
     out.snapshots += BigInt(r.snapshots);
@@ -418,6 +441,7 @@ export async function checkTenants(
       );
     }
   }
+  if (checked === 0 && firstFailure !== undefined) throw firstFailure;
   return out;
 }
 

@@ -77,6 +77,8 @@ function useCoordinator(hostId: string, retention?: RetentionPolicy, tuning?: Co
     coordinator: undefined as unknown as SnapshotCoordinator,
     masterKey: randomBytes(32),
     metrics: createMetrics(),
+    /** The coordinators' log lines at info and above, parsed. */
+    logged: [] as Record<string, unknown>[],
     sent: [] as ControlMessage[],
     session: undefined as unknown as AgentSession,
     /** A coordinator on the harness's database and store, as a control plane started again would make. */
@@ -85,7 +87,7 @@ function useCoordinator(hostId: string, retention?: RetentionPolicy, tuning?: Co
         h.db,
         new TenantKeys(h.db, h.masterKey),
         `file://${h.blobs}`,
-        createLogger("silent"),
+        createLogger("info", { write: (line: string) => void h.logged.push(JSON.parse(line)) }),
         h.metrics,
         retention,
         tuning,
@@ -775,8 +777,9 @@ describe("SnapshotCoordinator: forget and prune", () => {
 
   it("refuses to prune while a snapshot of the tenant runs, and prunes once it has ended", async () => {
     const running = await started();
+    // Naming what runs, and for how long: an operator can find a stuck one.
     await expect(h.coordinator.forget(prune)).rejects.toThrow(
-      "1 snapshot, restore or check of tenant t1 is running; prune again when it has ended",
+      /1 snapshot, restore or check of tenant t1 is running \(snapshot of \/w on host h-prune, for \d+s\); prune again when it has ended$/,
     );
     await finish(running);
     // Everything in the repository is in use: nothing to free.
@@ -786,7 +789,7 @@ describe("SnapshotCoordinator: forget and prune", () => {
   it("repairs the index with the repository to itself: refused while a snapshot runs, then rebuilds a lost index object", async () => {
     const running = await started();
     await expect(h.coordinator.repairIndex("t1", { dryRun: false })).rejects.toThrow(
-      "1 snapshot, restore or check of tenant t1 is running; repair the index again when it has ended",
+      "1 snapshot, restore or check of tenant t1 is running (snapshot of /w on host h-prune, for ",
     );
     // A dry run only reads, as a check, beside the snapshot.
     await expect(h.coordinator.repairIndex("t1", { dryRun: true })).resolves.toMatchObject({ rebuilt: [] });
@@ -1893,6 +1896,67 @@ function finishIn(h: Harness) {
     return snapshot;
   };
 }
+
+describe("SnapshotCoordinator: what an operator sees", () => {
+  const h = useCoordinator("h-seen");
+  const started = () => startedIn(h);
+  const finish = finishIn(h);
+  const scrape = async () => h.metrics.registry.metrics();
+  const sample = (text: string, name: string, labels: string) =>
+    Number(text.match(new RegExp(`^${name}\\{${labels}\\} (\\S+)$`, "m"))?.[1] ?? Number.NaN);
+
+  it("gauges what runs and since when, counts failures by code, and logs each failure with its context", async () => {
+    const running = await started();
+    let text = await scrape();
+    expect(sample(text, "dumont_snapshot_work_running", 'kind="snapshot"')).toBe(1);
+    expect(sample(text, "dumont_snapshot_work_oldest_seconds", 'kind="snapshot"')).toBeGreaterThanOrEqual(0);
+    await finish(running);
+    text = await scrape();
+    expect(text).not.toMatch(/^dumont_snapshot_work_running\{/m);
+
+    const failing = await started();
+    h.coordinator.onAgentMessage(
+      h.session,
+      create(AgentMessageSchema, {
+        msg: { case: "snapshotFailed", value: { requestId: failing.requestId, message: "cannot read /w: EIO" } },
+      }),
+    );
+    await expect(failing.snapshot).rejects.toThrow("the agent could not snapshot /w: cannot read /w: EIO");
+    text = await scrape();
+    expect(sample(text, "dumont_snapshot_failures_total", 'operation="snapshot",code="FAILED_PRECONDITION"')).toBe(1);
+    expect(sample(text, "dumont_snapshots_total", 'result="failed"')).toBe(1);
+    // The same request id as the agent's own log line for it: the two logs join on it.
+    expect(h.logged.find((l) => l.msg === "snapshot failed")).toMatchObject({
+      level: 40,
+      tenantId: "t1",
+      hostId: "h-seen",
+      path: "/w",
+      workspace: "w",
+      requestId: failing.requestId,
+      code: "FAILED_PRECONDITION",
+      reason: "the agent could not snapshot /w: cannot read /w: EIO",
+    });
+  });
+
+  it("counts checks by result (sound, problems, failed) and logs the last two with their tenant", async () => {
+    await h.coordinator.check("t1", { readData: true });
+    const packs = path.join(h.blobs, "tenants", "t1", "data");
+    for (const name of await fs.readdir(packs, { recursive: true })) {
+      const file = path.join(packs, name);
+      if ((await fs.stat(file)).isFile()) await fs.rm(file);
+    }
+    expect((await h.coordinator.check("t1", { readData: true })).ok).toBe(false);
+    // The whole repository gone while the catalogue lists its snapshots: the check cannot run.
+    await fs.rm(path.join(h.blobs, "tenants", "t1"), { recursive: true });
+    await expect(h.coordinator.check("t1", { readData: true })).rejects.toThrow(/^\[unavailable\]/);
+    const text = await scrape();
+    expect(sample(text, "dumont_checks_total", 'result="sound"')).toBe(1);
+    expect(sample(text, "dumont_checks_total", 'result="problems"')).toBe(1);
+    expect(sample(text, "dumont_checks_total", 'result="failed"')).toBe(1);
+    expect(h.logged.find((l) => l.msg === "check found problems")).toMatchObject({ tenantId: "t1", level: 40 });
+    expect(h.logged.find((l) => l.msg === "check failed")).toMatchObject({ tenantId: "t1", code: "UNAVAILABLE" });
+  });
+});
 
 describe("SnapshotCoordinator: a blob store under a mount point that is not mounted", () => {
   const tuning: CoordinatorTuning = {};

@@ -5,6 +5,7 @@
 import { randomUUID } from "node:crypto";
 import { setImmediate } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
+import { ConnectError } from "@connectrpc/connect";
 import {
   AGENT_CAPABILITIES,
   type AgentMessage,
@@ -30,6 +31,7 @@ import {
   counted,
   emptyPruneReport,
   forgetSnapshots,
+  formatDuration,
   hasRetentionRule,
   IdSet,
   isRepositoryError,
@@ -70,6 +72,7 @@ import {
   InvalidArgumentError,
   NotFoundError,
   ResourceExhaustedError,
+  statusName,
   UnavailableError,
 } from "../errors.js";
 import type { Logger } from "../logger.js";
@@ -196,6 +199,14 @@ export interface CoordinatorTuning {
 const RELIST_RETRY_MS = 30_000;
 const RELIST_RETRY_MAX_MS = 10 * 60_000;
 
+/** A snapshot, restore, check or relist running for a tenant: named in a prune's refusal, timed for /metrics. */
+interface RunningWork {
+  /** "snapshot of /work on host h-1", "restore of snapshot 3f2a… into /work on host h-1", "check". */
+  what: string;
+  kind: "snapshot" | "restore" | "check" | "relist" | "repair-index";
+  since: number;
+}
+
 interface Operation {
   /** The session it runs on: a host's later session must not see its messages or end it (see onSessionClosed). */
   session: AgentSession;
@@ -220,7 +231,7 @@ export class SnapshotCoordinator {
    * during one wait for it. (The repository's own lock says the same across processes, restores included; this
    * lets operations in this process wait for a prune rather than fail.)
    */
-  private readonly running = new Map<string, number>();
+  private readonly running = new Map<string, Set<RunningWork>>();
   private readonly pruning = new Map<string, Promise<unknown>>();
   private readonly silenceMs: number;
   private readonly storeCallMs: number;
@@ -249,6 +260,7 @@ export class SnapshotCoordinator {
     this.openStore = tuning.openStore ?? ((url) => openBlobStore(url));
     this.relistRetryMs = tuning.relistRetryMs ?? RELIST_RETRY_MS;
     this.mountTables = tuning.mountTables;
+    this.metrics.runningWork.sample = () => this.runningWork();
   }
 
   /** Logs an operation given up on here, and tells its agent to stop it (best effort: it may be gone). */
@@ -346,8 +358,18 @@ export class SnapshotCoordinator {
 
   /** Takes a snapshot of `req.path` on the agent's host; resolves once it is committed (and listed). */
   async snapshot(req: SnapshotRequest): Promise<SnapshotRow> {
-    const row = await this.measured(this.metrics.snapshots, this.metrics.snapshotSeconds, "committed", () =>
-      this.using(req.tenantId, () => this.takeSnapshot(req)),
+    const requestId = randomUUID();
+    const context = {
+      tenantId: req.tenantId,
+      hostId: req.session.hostId,
+      path: req.path,
+      workspace: req.workspaceId,
+      requestId,
+    };
+    const row = await this.measured("snapshot", context, () =>
+      this.using(req.tenantId, "snapshot", `snapshot of ${req.path} on host ${req.session.hostId}`, () =>
+        this.takeSnapshot(req, requestId),
+      ),
     );
     if (this.retention) {
       // The snapshot stands whatever happens here: a failed forget is retried after the next one.
@@ -381,8 +403,21 @@ export class SnapshotCoordinator {
 
   /** Restores a snapshot onto the agent's host; resolves once the agent reports every file written. */
   async restore(req: RestoreRequest): Promise<RestoreResult> {
-    return this.measured(this.metrics.restores, this.metrics.restoreSeconds, "completed", () =>
-      this.using(req.snapshot.tenant_id, () => this.runRestore(req)),
+    const requestId = randomUUID();
+    const context = {
+      tenantId: req.snapshot.tenant_id,
+      hostId: req.session.hostId,
+      snapshotId: req.snapshot.id,
+      target: req.target,
+      requestId,
+    };
+    return this.measured("restore", context, () =>
+      this.using(
+        req.snapshot.tenant_id,
+        "restore",
+        `restore of snapshot ${req.snapshot.id.slice(0, 12)} into ${req.target} on host ${req.session.hostId}`,
+        () => this.runRestore(req, requestId),
+      ),
     );
   }
 
@@ -450,7 +485,7 @@ export class SnapshotCoordinator {
     // The chunks a pack's header lists are verified by the verifier's threads, as check's are.
     const verify = this.verifyOnThreads();
     if (options.dryRun) {
-      return this.using(tenantId, async () => {
+      return this.using(tenantId, "repair-index", "index repair (dry run)", async () => {
         const repository = await this.existingRepository(tenantId);
         return repository ? repairIndex(repository, { dryRun: true, verify }) : nothing;
       });
@@ -475,13 +510,14 @@ export class SnapshotCoordinator {
    */
   private async exclusively<T>(tenantId: string, verb: string, work: () => Promise<T>): Promise<T> {
     // Checked and claimed before the first await, so no snapshot starts between the check and the work.
-    const busy = this.running.get(tenantId) ?? 0;
-    if (busy > 0 || this.pruning.has(tenantId)) {
-      const one = busy === 1;
+    const busy = [...(this.running.get(tenantId) ?? [])];
+    if (busy.length > 0 || this.pruning.has(tenantId)) {
+      const one = busy.length === 1;
       throw new FailedPreconditionError(
-        busy > 0
-          ? `${counted(busy, "snapshot, restore or check", "snapshots, restores or checks")} of tenant ${tenantId} ` +
-              `${one ? "is" : "are"} running; ${verb} again when ${one ? "it has" : "they have"} ended`
+        busy.length > 0
+          ? `${counted(busy.length, "snapshot, restore or check", "snapshots, restores or checks")} of tenant ` +
+              `${tenantId} ${one ? "is" : "are"} running (${describeRunning(busy)}); ${verb} again when ` +
+              `${one ? "it has" : "they have"} ended`
           : `a prune or index repair of tenant ${tenantId} is already running`,
       );
     }
@@ -578,7 +614,7 @@ export class SnapshotCoordinator {
   }
 
   private relist(tenantId: string): Promise<void> {
-    return this.using(tenantId, async () => {
+    return this.using(tenantId, "relist", "listing of the repository's snapshots", async () => {
       const repository = await this.existingRepository(tenantId);
       if (repository) await this.changingCatalogue(tenantId, () => this.listUnlisted(tenantId, repository));
     });
@@ -706,32 +742,72 @@ export class SnapshotCoordinator {
    */
   async check(tenantId: string, options: CheckOptions): Promise<CheckReport> {
     const verify = this.verifyOnThreads();
-    const report = await this.using(tenantId, async () => {
-      const repository = await this.existingRepository(tenantId); // none yet: nothing in it can be broken
-      if (!repository)
-        return { ok: true, snapshots: 0, packs: 0, packsRead: 0, chunks: 0, bytesChecked: 0, problems: [] };
-      return checkRepository(repository, { ...options, verify });
-    });
+    let report: CheckReport;
+    try {
+      report = await this.using(tenantId, "check", "check", async () => {
+        const repository = await this.existingRepository(tenantId); // none yet: nothing in it can be broken
+        if (!repository)
+          return { ok: true, snapshots: 0, packs: 0, packsRead: 0, chunks: 0, bytesChecked: 0, problems: [] };
+        return checkRepository(repository, { ...options, verify });
+      });
+    } catch (err) {
+      // Not a sound store either: the gauge keeps what the last check that ran found, and this counts.
+      this.metrics.checks.inc({ result: "failed" });
+      const code = statusName(err);
+      if (err instanceof ConnectError && code !== "INTERNAL") {
+        this.log.warn({ tenantId, code, reason: err.rawMessage }, "check failed");
+      } else this.log.error({ tenantId, code, err }, "check failed");
+      throw err;
+    }
+    this.metrics.checks.inc({ result: report.problems.length === 0 ? "sound" : "problems" });
+    if (report.problems.length > 0) {
+      this.log.warn({ tenantId, problems: report.problems.length }, "check found problems");
+    }
     this.checkProblems.set(tenantId, report.problems.length);
     this.metrics.checkProblems.set([...this.checkProblems.values()].reduce((a, b) => a + b, 0));
     return report;
   }
 
   /** Runs an operation on a tenant's repository once no prune of it is running, counted while it runs. */
-  private async using<T>(tenantId: string, work: () => Promise<T>): Promise<T> {
+  private async using<T>(
+    tenantId: string,
+    kind: RunningWork["kind"],
+    what: string,
+    work: () => Promise<T>,
+  ): Promise<T> {
     for (let prune = this.pruning.get(tenantId); prune; prune = this.pruning.get(tenantId)) {
       await prune.catch(() => {});
     }
-    this.running.set(tenantId, (this.running.get(tenantId) ?? 0) + 1);
+    const mine: RunningWork = { kind, what, since: Date.now() };
+    let works = this.running.get(tenantId);
+    if (!works) {
+      works = new Set();
+      this.running.set(tenantId, works);
+    }
+    works.add(mine);
     try {
       return await work();
     } catch (err) {
       throw storeError(err);
     } finally {
-      const left = (this.running.get(tenantId) ?? 1) - 1;
-      if (left > 0) this.running.set(tenantId, left);
-      else this.running.delete(tenantId);
+      works.delete(mine);
+      if (works.size === 0 && this.running.get(tenantId) === works) this.running.delete(tenantId);
     }
+  }
+
+  /** What runs now, for /metrics: how many of each kind, and since when the oldest of each has. */
+  runningWork(): { kind: RunningWork["kind"]; count: number; oldestSince: number }[] {
+    const byKind = new Map<RunningWork["kind"], { count: number; oldestSince: number }>();
+    for (const works of this.running.values()) {
+      for (const w of works) {
+        const seen = byKind.get(w.kind);
+        if (seen) {
+          seen.count++;
+          seen.oldestSince = Math.min(seen.oldestSince, w.since);
+        } else byKind.set(w.kind, { count: 1, oldestSince: w.since });
+      }
+    }
+    return [...byKind].map(([kind, v]) => ({ kind, ...v }));
   }
 
   /** A committed snapshot's manifest, read from its tenant's repository (no agent involved). */
@@ -748,26 +824,41 @@ export class SnapshotCoordinator {
     }
   }
 
-  /** Counts an operation by result (failures of every kind) and times the ones that succeed. */
+  /**
+   * Counts an operation by result, and a failure by the code its caller gets; times the ones that succeed; logs
+   * each failure with what it was (`context`: tenant, host, path, request id: the agent's log lines carry the same
+   * request id) and a restore's completion (a snapshot's commit is logged where it commits).
+   */
   private async measured<T>(
-    count: Metrics["snapshots"],
-    seconds: Metrics["snapshotSeconds"],
-    success: string,
+    operation: "snapshot" | "restore",
+    context: Record<string, unknown>,
     work: () => Promise<T>,
   ): Promise<T> {
+    const [count, seconds, success] =
+      operation === "snapshot"
+        ? [this.metrics.snapshots, this.metrics.snapshotSeconds, "committed"]
+        : [this.metrics.restores, this.metrics.restoreSeconds, "completed"];
     const stop = seconds.startTimer();
     try {
       const result = await work();
-      stop();
+      const took = stop();
       count.inc({ result: success });
+      if (operation === "restore") this.log.info({ ...context, seconds: took }, "restore completed");
       return result;
     } catch (err) {
       count.inc({ result: "failed" });
+      const code = statusName(err);
+      this.metrics.snapshotFailures.inc({ operation, code });
+      // A ConnectError is what the caller was told; anything else is a bug or a failure nobody translated, which
+      // the API's interceptor logs with its stack as well.
+      if (err instanceof ConnectError && code !== "INTERNAL") {
+        this.log.warn({ ...context, code, reason: err.rawMessage }, `${operation} failed`);
+      } else this.log.error({ ...context, code, err }, `${operation} failed`);
       throw err;
     }
   }
 
-  private async takeSnapshot(req: SnapshotRequest): Promise<SnapshotRow> {
+  private async takeSnapshot(req: SnapshotRequest, requestId: string): Promise<SnapshotRow> {
     if (!req.path.startsWith("/"))
       throw new InvalidArgumentError(`path must be absolute, got ${JSON.stringify(req.path)}`);
     const key = await this.tenantKeys.get(req.tenantId);
@@ -800,7 +891,6 @@ export class SnapshotCoordinator {
      * (asked twice while its first copy was queued; the writer drops the second). About 40 bytes a new chunk.
      */
     const asked = new IdSet();
-    const requestId = randomUUID();
     const session = req.session;
     return new Promise<SnapshotRow>((resolve, reject) => {
       // Each batch of chunks is checked by the verifier's threads as it arrives, then written in order. With
@@ -1050,7 +1140,7 @@ export class SnapshotCoordinator {
     });
   }
 
-  private async runRestore(req: RestoreRequest): Promise<RestoreResult> {
+  private async runRestore(req: RestoreRequest, requestId: string): Promise<RestoreResult> {
     if (!req.target.startsWith("/")) {
       throw new InvalidArgumentError(`target must be absolute, got ${JSON.stringify(req.target)}`);
     }
@@ -1062,7 +1152,7 @@ export class SnapshotCoordinator {
     // this restore is refused "locked", to be run again. (This process's own prunes wait on `using`.)
     const lock = await acquireLock(repository.store, key, { exclusive: false, purpose: "a restore" });
     try {
-      return await this.streamRestore(req, repository, key, started);
+      return await this.streamRestore(req, requestId, repository, key, started);
     } finally {
       await lock.release();
     }
@@ -1071,6 +1161,7 @@ export class SnapshotCoordinator {
   /** runRestore's work under its lock: the manifest to the agent, then the chunks it asks for. */
   private async streamRestore(
     req: RestoreRequest,
+    requestId: string,
     repository: Repository,
     key: Buffer,
     started: number,
@@ -1105,7 +1196,6 @@ export class SnapshotCoordinator {
     }
     // Every message of the restore goes one way, in order: on the agent's Downloads connection.
     const out = await session.bulkSender();
-    const requestId = randomUUID();
     return new Promise((resolve, reject) => {
       let finished = false;
       /**
@@ -1392,7 +1482,14 @@ export class SnapshotCoordinator {
       return listed;
     } else {
       this.log.info(
-        { snapshotId: id, hostId: req.session.hostId, workspace: req.workspaceId, ...counts },
+        {
+          snapshotId: id,
+          tenantId: req.tenantId,
+          hostId: req.session.hostId,
+          path: req.path,
+          workspace: req.workspaceId,
+          ...counts,
+        },
         "snapshot committed",
       );
     }
@@ -1600,6 +1697,15 @@ const MAX_AGENT_TEXT = 4096;
 /** The most warnings of a restore passed on, and the most of each (RestoreProgress.warnings). */
 const MAX_RESTORE_WARNINGS = 8;
 const MAX_RESTORE_WARNING_TEXT = 1024;
+
+/** The first few of `works`, each with how long it has run: "snapshot of /work on host h-1, for 3m05s". */
+function describeRunning(works: RunningWork[], now = Date.now()): string {
+  const shown = works
+    .slice(0, 3)
+    .map((w) => `${w.what}, for ${formatDuration((now - w.since) / 1000)}`)
+    .join("; ");
+  return works.length > 3 ? `${shown}; and ${works.length - 3} more` : shown;
+}
 
 /**
  * An agent's error text (a snapshot's failure, a restore's, naming damaged files) cut to MAX_AGENT_TEXT, or `max`

@@ -268,13 +268,24 @@ export class SnapshotCommands {
         }),
       );
       this.log.info(
-        { requestId: cmd.requestId, snapshotId: result.id, ms: Date.now() - started },
+        {
+          requestId: cmd.requestId,
+          snapshotId: result.id,
+          path: cmd.path,
+          files: result.files,
+          bytesRead: result.bytesRead,
+          bytesNew: result.bytesNew,
+          ms: Date.now() - started,
+        },
         "snapshot committed",
       );
       for (const warning of result.warnings ?? []) this.log.warn({ snapshotId: result.id }, warning);
     } catch (err) {
       const message = (err as Error).message.slice(0, MAX_ECHOED_TEXT);
-      this.log.warn({ requestId: cmd.requestId, err: message }, "snapshot failed");
+      this.log.warn(
+        { requestId: cmd.requestId, path: cmd.path, tenantId: cmd.tenantId, workspace: cmd.workspaceId, err: message },
+        "snapshot failed",
+      );
       await this.session
         .send(
           create(AgentMessageSchema, { msg: { case: "snapshotFailed", value: { requestId: cmd.requestId, message } } }),
@@ -366,7 +377,10 @@ export class SnapshotCommands {
       });
     } catch (err) {
       const message = (err as Error).message.slice(0, MAX_ECHOED_TEXT);
-      this.log.warn({ requestId: cmd.requestId, err: message }, "restore failed");
+      this.log.warn(
+        { requestId: cmd.requestId, snapshotId: cmd.snapshotId, target: cmd.target, err: message },
+        "restore failed",
+      );
       // A restore that names damaged files (RestoreDamagedError) kept the rest, and may have warnings too.
       const warnings = (err as { result?: { warnings?: string[] } }).result?.warnings;
       await report({ error: message, warnings: this.restoreWarnings(cmd.requestId, warnings) }).catch(() => undefined);
