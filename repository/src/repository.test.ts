@@ -651,7 +651,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
       readBuffers.release(f.blob!); // the consumer gives back what it was handed
       break;
     }
-    await vi.waitFor(() => expect(held.size).toBe(0));
+    await vi.waitFor(() => expect(held.size).toBe(0), { timeout: 10_000 });
   });
 
   it("a pack read shared by neighbouring chunks fails only the chunks cut or misplaced, not their neighbours", async () => {

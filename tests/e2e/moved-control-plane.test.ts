@@ -61,7 +61,7 @@ describe("a control plane that moved after its hosts enrolled", () => {
     const running = agent;
     await waitForOnline(cp, hostId);
     // The agent's log reaches this process through a pipe, maybe after the control plane has seen it online.
-    await vi.waitFor(() => expect(running.log()).toContain(`"server":"${movedTo}"`));
+    await vi.waitFor(() => expect(running.log()).toContain(`"server":"${movedTo}"`), { timeout: 20_000 });
 
     const enrollment = JSON.parse(await fs.readFile(path.join(dataDir, "enrollment.json"), "utf8"));
     expect(enrollment).toMatchObject({ hostId, server: enrolledWith });

@@ -167,11 +167,17 @@ export async function startControlPlaneProcess(options: ControlPlaneProcessOptio
     output += d;
   });
   const httpUrl = `http://127.0.0.1:${httpPort}`;
-  await waitFor(async () => {
-    if (proc.exitCode !== null) throw new Error(`control plane exited with ${proc.exitCode}:\n${output}`);
-    const res = await fetch(`${httpUrl}/healthz`).catch(() => undefined);
-    return res?.ok === true;
-  }, 60_000);
+  try {
+    await waitFor(async () => {
+      if (proc.exitCode !== null) throw new Error(`control plane exited with ${proc.exitCode}:\n${output}`);
+      const res = await fetch(`${httpUrl}/healthz`).catch(() => undefined);
+      return res?.ok === true;
+    }, 60_000);
+  } catch (err) {
+    // Not left running for the rest of the run (nobody holds it to stop it): its output says why it did not answer.
+    await stopProcess(proc);
+    throw err;
+  }
   const adminKey = (await fs.readFile(path.join(options.dataDir, "admin-api-key"), "utf8")).trim();
   return {
     httpUrl,

@@ -2015,7 +2015,7 @@ describe("restore safety", () => {
       },
     };
     const first = restoreSnapshot({ snapshotId: "first", source: slow, key, target, pool });
-    await vi.waitFor(() => expect(existsSync(join(target, RESTORE_MARKER))).toBe(true));
+    await vi.waitFor(() => expect(existsSync(join(target, RESTORE_MARKER))).toBe(true), { timeout: 10_000 });
     const marker = JSON.parse(await readFile(join(target, RESTORE_MARKER), "utf8"));
     expect(marker).toMatchObject({ snapshot: "first", pid: process.pid });
     await expect(
@@ -2503,7 +2503,7 @@ describe("restore safety", () => {
       restoreSnapshot({ snapshotId: created.id, source, key, target, pool: counting, signal: controller.signal }),
     ).rejects.toThrow("cancelled");
     expect(taken).toBeGreaterThanOrEqual(2);
-    await vi.waitFor(() => expect(held.size).toBe(0));
+    await vi.waitFor(() => expect(held.size).toBe(0), { timeout: 10_000 });
   });
 
   it.each([
@@ -2542,7 +2542,7 @@ describe("restore safety", () => {
       expect(failure.message).not.toContain("/proc/");
       expect(await readdir(target)).toEqual([]); // taken back, as any failed restore
       // Its batch went back to the pool too (a batch waiting for a file that could not be opened was dropped).
-      await vi.waitFor(() => expect(held.size).toBe(0));
+      await vi.waitFor(() => expect(held.size).toBe(0), { timeout: 10_000 });
     },
   );
 
