@@ -22,5 +22,7 @@ import("../dist/cli/main.js")
   .then(({ main }) => main(process.argv))
   .catch((err) => {
     process.stderr.write(`dumont: ${err instanceof Error ? err.message : String(err)}\n`);
+    // For a bug report: the stack too, only when asked for.
+    if (process.env.DUMONT_DEBUG === "1" && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
     process.exit(1);
   });

@@ -9,5 +9,7 @@ process.stdout.on("error", (err) => {
 
 main(process.argv).catch((err) => {
   process.stderr.write(`dumont-agent: ${err instanceof Error ? err.message : String(err)}\n`);
+  // For a bug report: the stack too (a worker's included), only when asked for.
+  if (process.env.DUMONT_DEBUG === "1" && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   process.exit(Number.isInteger(err?.exitCode) ? err.exitCode : 1); // 130 for an interrupted command
 });

@@ -88,6 +88,8 @@ type WorkerRequest =
 interface WorkerReply {
   seq: number;
   error?: string;
+  /** The worker's stack for `error`: for the log, never the message a user reads. */
+  stack?: string;
 }
 
 /** A reply carrying sealed segments: in the shared buffer the request named, or transferred back. */
@@ -501,7 +503,9 @@ function workerMain(
         port.postMessage({ seq: msg.seq, ...r, data: back[0] }, back);
       }
     } catch (err) {
-      port.postMessage({ seq: msg.seq, error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+      // The message for whoever reads the failure; the stack apart, for the log (a user is shown no stack trace).
+      const error = err instanceof Error ? err.message : String(err);
+      port.postMessage({ seq: msg.seq, error, stack: err instanceof Error ? err.stack : undefined });
     }
   });
 }
@@ -574,7 +578,7 @@ export class SnapshotWorkerPool {
         // 'exit' (close() waits for it, and it arrives only while the worker is ref'd: see ReadAhead).
         if (--entry.busy === 0 && !this.closed) worker.unref();
         this.dispatch();
-        if (msg.error !== undefined) p.reject(new Error(`snapshot worker failed: ${msg.error}`));
+        if (msg.error !== undefined) p.reject(workerError(msg.error, msg.stack));
         else p.resolve(msg);
       });
       worker.on("error", (err) => this.fail(entry, err));
@@ -861,4 +865,11 @@ function ownedBuffer(data: Buffer): ArrayBuffer {
   const copy = Buffer.allocUnsafeSlow(data.byteLength);
   copyBytes(data, copy, 0);
   return copy.buffer as ArrayBuffer;
+}
+
+/** A worker's failure as an error of this thread: its message, and the worker's stack where a log shows stacks. */
+function workerError(message: string, stack: string | undefined): Error {
+  const err = new Error(`snapshot worker failed: ${message}`);
+  if (stack !== undefined) err.stack = `${err.stack}\nin the worker: ${stack}`;
+  return err;
 }
