@@ -67,6 +67,8 @@ export function repairIndexAdvice(problems: readonly { kind: string }[], command
   if (!problems.some(({ kind }) => kind === "chunk-missing" || kind === "index-unreadable")) return undefined;
   return (
     `if an index object was lost or damaged (a pack whole but not indexed), \`${command}\` rebuilds it from the ` +
-    "packs' own headers: run it (--dry-run says what it would do), then check again"
+    "packs' own headers: run it (--dry-run says what it would do), then check again. If it rebuilds nothing, " +
+    "those chunks are gone with their packs: forget the snapshots named (or restore what is left of them with " +
+    "--include), and the next snapshot of each workspace stores again what its source still has"
   );
 }

@@ -225,7 +225,11 @@ export class Repository implements RepositoryAccess {
     }
     const matches: string[] = [];
     for await (const info of this.store.list(`snapshots/${wanted}`)) matches.push(info.key.slice("snapshots/".length));
-    if (matches.length === 0) throw new RepositoryError("not-found", `no snapshot ${idOrPrefix} in ${this.url}`);
+    if (matches.length === 0)
+      throw new RepositoryError(
+        "not-found",
+        `no snapshot ${idOrPrefix} in ${this.url}; \`snapshot list\` shows the snapshots it holds`,
+      );
     if (matches.length > 1) {
       throw new RepositoryError(
         "invalid-argument",

@@ -39,6 +39,15 @@ beforeAll(async () => {
     await insertHost(db, { id, tenantId: "t-a", name: id, hostname: id, agentVersion: "1", certSerial: id });
     sessions.add({ hostId: id, isOpen: true, require: () => {}, close: () => {} } as unknown as AgentSession);
   }
+  // Enrolled, its agent not connected.
+  await insertHost(db, {
+    id: "h-away",
+    tenantId: "t-a",
+    name: "away",
+    hostname: "away",
+    agentVersion: "1",
+    certSerial: "away",
+  });
   for (const id of [ID, TWIN]) await insertTestSnapshot(db, id, "t-a", "h-a");
   const recorded = (name: string) => async (args: unknown) => {
     calls.push(name);
@@ -174,6 +183,24 @@ describe("SnapshotService: malformed request fields", () => {
     expect(unknown.rawMessage).toBe("host no-such-host not found; list hosts with `dumont host list`");
     await expect(listReq({ hostId: "h-idle" })()).resolves.toMatchObject({ snapshots: [] });
     expect((await listReq({ hostId: "h-a" })()).snapshots?.map((s) => s.id)).toEqual([ID, TWIN]);
+  });
+
+  it("refuses a host whose agent is not connected, saying where to look, before the coordinator is asked", async () => {
+    for (const req of [createReq({ hostId: "h-away" }), restoreReq({ hostId: "h-away" })]) {
+      const refused = await failure(req);
+      expect(refused.code).toBe(Code.FailedPrecondition);
+      expect(refused.rawMessage).toMatch(
+        /^host h-away is not connected \(status \w+\); .*`journalctl -u dumont-agent`/,
+      );
+    }
+    expect(calls).toEqual([]);
+  });
+
+  it("says an unknown tenant_id to list names no tenant, as forget does; a tenant without snapshots lists none", async () => {
+    const unknown = await failure(listReq({ tenantId: "t-typo" }));
+    expect(unknown.code).toBe(Code.NotFound);
+    expect(unknown.rawMessage).toBe('there is no tenant "t-typo": `dumont key list` shows the tenants that hold keys');
+    await expect(listReq({ tenantId: "admin" })()).resolves.toMatchObject({ snapshots: [] });
   });
 });
 

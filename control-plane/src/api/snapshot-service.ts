@@ -46,7 +46,12 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     const host = await getHost(deps.db, hostId);
     if (!host) throw new NotFoundError(`host ${hostId} not found; list hosts with \`dumont host list\``);
     const session = deps.sessions.get(hostId);
-    if (!session?.isOpen) throw new FailedPreconditionError(`host ${hostId} is not connected (status ${host.status})`);
+    if (!session?.isOpen) {
+      throw new FailedPreconditionError(
+        `host ${hostId} is not connected (status ${host.status}); its agent reconnects by itself once it runs and ` +
+          "reaches this control plane: `journalctl -u dumont-agent` on the host says why it does not",
+      );
+    }
     return { host, session };
   };
   const startSnapshot = async (
@@ -139,6 +144,12 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       // A mistyped host id would list nothing, as a host without snapshots does: say which it is.
       if (rows.length === 0 && req.hostId && !(await getHost(deps.db, req.hostId, tenantScope(who))))
         throw new NotFoundError(`host ${req.hostId} not found; list hosts with \`dumont host list\``);
+      // A mistyped tenant id too, as forget says it.
+      if (rows.length === 0 && req.tenantId && !(await tenantExists(deps.db, req.tenantId))) {
+        throw new NotFoundError(
+          `there is no tenant ${shown(req.tenantId)}: \`dumont key list\` shows the tenants that hold keys`,
+        );
+      }
       return create(api.ListSnapshotsResponseSchema, { snapshots: rows.map(toApi) });
     },
 

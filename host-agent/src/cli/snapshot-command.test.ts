@@ -129,7 +129,9 @@ describe("dumont-agent snapshot", () => {
     );
     const json = JSON.parse((await run("snapshot", "diff", a, b, ...common, "--json")).out);
     expect(json.changes[1]).toEqual({ path: "edit.txt", change: "modified", sizeBefore: 7, sizeAfter: 14 });
-    expect((await run("snapshot", "diff", a, "0000ffff", ...common)).err).toMatch(/no snapshot 0000ffff/);
+    expect((await run("snapshot", "diff", a, "0000ffff", ...common)).err).toMatch(
+      /no snapshot 0000ffff in \S+; `snapshot list` shows the snapshots it holds/,
+    );
   });
 
   it("warns about what it left out, and says so in JSON and in the list", async () => {
@@ -582,6 +584,8 @@ describe("dumont-agent snapshot", () => {
     const check = await run("snapshot", "check", ...common);
     expect(check.err).toMatch(/chunk \w+ is in no pack; it breaks "model\.bin" in snapshot /);
     expect(check.err).toContain("`dumont-agent snapshot repair-index` rebuilds it from the packs' own headers");
+    // Run after the repair removed what it could not rebuild: the advice goes on to what to do then.
+    expect(check.err).toContain("If it rebuilds nothing, those chunks are gone with their packs: forget the snapshots");
     const second = JSON.parse((await run("snapshot", "create", "--source", source, ...common, ...state, "--json")).out);
     expect(second).toMatchObject({ files: 1, bytesNew: data.length });
     expect(second.id).not.toBe(first.id);
