@@ -277,7 +277,8 @@ describe("SnapshotService: list", () => {
       ).snapshots.map((s) => `${s.tenantId}/${s.id[0]}`);
     expect(await list("")).toEqual(["t-a/b", "t-a/c", "t-b/d"]);
     expect(await list("t-b")).toEqual(["t-b/d"]);
-    expect(await list("t-c")).toEqual([]);
+    // A tenant that does not exist is a typo, said so (a tenant without snapshots lists none).
+    expect(await list("t-c").catch((err: unknown) => ConnectError.from(err))).toMatchObject({ code: Code.NotFound });
     const bad = await list("T_B").catch((err: unknown) => ConnectError.from(err));
     expect(bad).toMatchObject({ code: Code.InvalidArgument });
     expect((bad as ConnectError).rawMessage).toMatch(/^tenant_id must be 2..63 lowercase letters/);
