@@ -44,6 +44,8 @@ describe("repository index", () => {
     expect(index.chunkCount).toBe(2);
     expect(index.get(shared)?.packId).toBe("b");
     expect(index.packs.get("a")?.entries).toHaveLength(2);
+    // Its totals count the chunk once (as the copy found: b's, 150 plain bytes), both packs' bytes in the store.
+    expect(index.totals()).toEqual({ packs: 2, packBytes: 264 + 164, chunks: 2, plainBytes: 150 + 150 });
 
     const held = index.packs.get("b")!;
     index.removePacks(["b", "no such pack"]);

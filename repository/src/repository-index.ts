@@ -189,6 +189,20 @@ export class RepositoryIndex {
     return this.table.size;
   }
 
+  /**
+   * What the index holds: its packs and their bytes in the store, and its distinct chunks (a chunk two packs hold
+   * counts once) and their plain bytes.
+   */
+  totals(): { packs: number; packBytes: number; chunks: number; plainBytes: number } {
+    let packBytes = 0;
+    for (const pack of this.packs.values()) packBytes += pack.packSize;
+    let plainBytes = 0;
+    for (let i = 0; i < this.entries; i++) {
+      if (this.table.find(this.ids.subarray(ID * i, ID * (i + 1))) === i) plainBytes += this.plainLength[i];
+    }
+    return { packs: this.packs.size, packBytes, chunks: this.table.size, plainBytes };
+  }
+
   /** The entry holding `id` (a raw id or 64 hex digits), or EMPTY. */
   private find(id: Buffer | string): number {
     if (typeof id === "string") {

@@ -21,6 +21,7 @@ import { repairIndexText } from "./repair-index-report.js";
 import { Repository } from "./repository.js";
 import { RepositoryIndex } from "./repository-index.js";
 import { chunkCodec, ObjectKind, openJson, sealJson, sha256 } from "./sealing.js";
+import { repositoryStats } from "./stats.js";
 import { dirEntry, emptyFileEntry } from "./testing/manifest-entries.js";
 import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
 import type { FetchedChunk, SealedChunk } from "./transfer.js";
@@ -2428,5 +2429,45 @@ describe("objects that are not what their name says", () => {
       /the repository is locked by an unreadable lock, locks\/[0-9a-f]{32}/,
     );
     await store.close();
+  });
+});
+
+describe("repositoryStats", () => {
+  it("counts what the snapshots restore, what that is deduplicated, and the packs as the store holds them", async () => {
+    const { root, key, repository } = await freshFileRepository("stats");
+    expect(await repositoryStats(repository)).toEqual({
+      snapshots: 0,
+      files: 0,
+      bytes: 0,
+      chunks: 0,
+      chunkBytes: 0,
+      packs: 0,
+      packBytes: 0,
+    });
+    const [a, b] = [sealed(key, randomBytes(3_000)), sealed(key, Buffer.alloc(5_000, 7))];
+    let w = await repository.writer();
+    await w.put([a, b]);
+    await w.commit([sealManifest(key, manifestOf({ "a.bin": [a], "b.bin": [b] }))], meta);
+    // A second snapshot: a.bin unchanged, and a copy of it under another name; no new chunk.
+    w = await repository.writer();
+    await w.commit([sealManifest(key, manifestOf({ "a.bin": [a], "copy.bin": [a, a] }))], meta);
+
+    const stats = await repositoryStats(repository);
+    // The packs' bytes are those of the files the store holds under data/.
+    let onDisk = 0;
+    for (const name of await readdir(join(root, "data"), { recursive: true })) {
+      const info = await stat(join(root, "data", name));
+      if (info.isFile()) onDisk += info.size;
+    }
+    expect(stats).toEqual({
+      snapshots: 2,
+      files: 4,
+      bytes: 3_000 + 5_000 + 3_000 + 6_000,
+      chunks: 2,
+      chunkBytes: 8_000,
+      packs: 1,
+      packBytes: onDisk,
+    });
+    expect(onDisk).toBeLessThan(8_000); // b's 5,000 equal bytes compressed
   });
 });

@@ -242,6 +242,49 @@ describe("snapshots over the agent stream", () => {
     );
   });
 
+  it("says what each tenant's repository holds: the listed snapshots' totals, and its packs as the store holds them", async () => {
+    // Two snapshots of one workspace at least (whatever earlier tests left besides): the second adds nothing.
+    const tree = path.join(root, "stats-tree");
+    await makeWorkspace(tree);
+    await snapshotOf(tree);
+    await snapshotOf(tree);
+    const listed = await snapshots();
+    const [tenant] = new Set(listed.map((s) => s.tenantId));
+    const stats = (await cli(["snapshot", "stats", "--json"])) as {
+      tenantId: string;
+      snapshots: number;
+      files: number;
+      bytes: number;
+      chunks: number;
+      chunkBytes: number;
+      packs: number;
+      packBytes: number;
+    }[];
+    expect(stats.map((t) => t.tenantId)).toEqual([tenant]);
+    const [t] = stats;
+    expect(t.snapshots).toBe(listed.length);
+    expect(t.files).toBe(listed.reduce((n, s) => n + s.files, 0));
+    expect(t.bytes).toBe(listed.reduce((n, s) => n + (s.bytesTotal ?? 0), 0));
+    expect(t.chunkBytes).toBeLessThan(t.bytes); // deduplicated
+    const packs = path.join(cp.dataDir, "blobs", "tenants", tenant, "data");
+    let onDisk = 0;
+    let files = 0;
+    for (const name of await fs.readdir(packs, { recursive: true })) {
+      const info = await fs.stat(path.join(packs, name));
+      if (info.isFile()) {
+        onDisk += info.size;
+        files++;
+      }
+    }
+    expect(t).toMatchObject({ packs: files, packBytes: onDisk });
+    expect((await cp.cli(["snapshot", "stats"])).stdout).toMatch(
+      new RegExp(`^TENANT +SNAPSHOTS +RESTORE SIZE +DEDUPLICATED +STORED +PACKS\\n${tenant} +${listed.length} +`),
+    );
+    const typo = await cp.cli(["snapshot", "stats", "--tenant", "no-such-tenant"]);
+    expect(typo.code).not.toBe(0);
+    expect(typo.stderr).toContain('there is no tenant "no-such-tenant"');
+  });
+
   it("runs two snapshots and a restore on one host at once, each byte for byte", async () => {
     // A host runs several jobs: their snapshots and a restore share the agent's stream and worker pool.
     const other = path.join(root, "workspace-b");

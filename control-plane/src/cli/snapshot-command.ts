@@ -314,6 +314,49 @@ export function registerSnapshotCommands(program: Command): void {
       if (unrepairable + failed > 0) process.exitCode = 1;
     });
 
+  snapshot
+    .command("stats")
+    .description(
+      "what each tenant's repository holds: what its snapshots restore, that deduplicated, and what the blob store " +
+        "holds (compressed and encrypted)",
+    )
+    .option("--tenant <id>", "only this tenant's repository", tenantFlag)
+    .option("--json", "print JSON")
+    .action(async (opts, cmd: Command) => {
+      const res = await apiClients(apiOpts(cmd)).snapshots.getSnapshotStats({ tenantId: opts.tenant });
+      const tenants = res.tenants.map((t) => ({
+        tenantId: t.tenantId,
+        snapshots: Number(t.snapshots),
+        files: Number(t.files),
+        bytes: Number(t.bytes),
+        chunks: Number(t.chunks),
+        chunkBytes: Number(t.chunkBytes),
+        packs: Number(t.packs),
+        packBytes: Number(t.packBytes),
+        ...(t.error ? { error: t.error } : {}),
+      }));
+      const failed = tenants.filter((t) => t.error !== undefined);
+      for (const t of failed) process.stderr.write(`tenant ${t.tenantId}: no stats: ${t.error}\n`);
+      if (failed.length > 0) process.exitCode = 1;
+      if (opts.json) return print(tenants);
+      const read = tenants.filter((t) => t.error === undefined);
+      if (tenants.length === 0) return void process.stdout.write("no tenant has a repository yet\n");
+      if (read.length === 0) return;
+      process.stdout.write(
+        table(
+          ["TENANT", "SNAPSHOTS", "RESTORE SIZE", "DEDUPLICATED", "STORED", "PACKS"],
+          read.map((t) => [
+            t.tenantId,
+            String(t.snapshots),
+            formatBytes(t.bytes),
+            formatBytes(t.chunkBytes),
+            formatBytes(t.packBytes),
+            String(t.packs),
+          ]),
+        ),
+      );
+    });
+
   registerForget(snapshot, apiOpts);
 }
 

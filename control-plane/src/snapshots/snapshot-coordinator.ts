@@ -55,10 +55,12 @@ import {
   type RepositoryChunkSource,
   RepositoryError,
   RepositoryIndex,
+  type RepositoryStats,
   type RepositoryWriter,
   type RetentionPolicy,
   refuseUnmountedNewRepository,
   repairIndex,
+  repositoryStats,
   type SkippedEntry,
 } from "@dumont/repository";
 import type { AgentSender, AgentSession } from "../agent-gateway/agent-session.js";
@@ -203,7 +205,7 @@ const RELIST_RETRY_MAX_MS = 10 * 60_000;
 interface RunningWork {
   /** "snapshot of /work on host h-1", "restore of snapshot 3f2a… into /work on host h-1", "check". */
   what: string;
-  kind: "snapshot" | "restore" | "check" | "relist" | "repair-index";
+  kind: "snapshot" | "restore" | "check" | "relist" | "repair-index" | "stats";
   since: number;
 }
 
@@ -766,6 +768,21 @@ export class SnapshotCoordinator {
     this.checkProblems.set(tenantId, report.problems.length);
     this.metrics.checkProblems.set([...this.checkProblems.values()].reduce((a, b) => a + b, 0));
     return report;
+  }
+
+  /**
+   * What a tenant's repository holds (repositoryStats), from its records and its cached index brought up to date;
+   * counted as an operation, so no prune changes the packs while they are summed. A tenant without a repository
+   * holds nothing.
+   */
+  async stats(tenantId: string): Promise<RepositoryStats> {
+    return this.using(tenantId, "stats", "stats", async () => {
+      const repository = await this.existingRepository(tenantId);
+      if (!repository) {
+        return { snapshots: 0, files: 0, bytes: 0, chunks: 0, chunkBytes: 0, packs: 0, packBytes: 0 };
+      }
+      return repositoryStats(repository, this.index(tenantId));
+    });
   }
 
   /** Runs an operation on a tenant's repository once no prune of it is running, counted while it runs. */

@@ -90,6 +90,13 @@ describe("dumont-agent snapshot", () => {
       /^no problems: 2 snapshots, 1 pack, 1 chunk, \d+ B verified \(subset 1\/1: 1 pack read\)\n$/,
     );
     expect(await readdir(join(root, "repo", "locks"))).toEqual([]); // the check's shared lock is gone
+    // Two snapshots of one unchanged 6,000-byte file: twice that to restore, once stored.
+    const stats = JSON.parse((await run("snapshot", "stats", ...common, "--json")).out);
+    expect(stats).toMatchObject({ snapshots: 2, files: 2, bytes: 12_000, chunks: 1, chunkBytes: 6_000, packs: 1 });
+    expect(stats.packBytes).toBeGreaterThan(0);
+    expect((await run("snapshot", "stats", ...common)).out).toMatch(
+      /^snapshots +2\nrestore size +11\.7 KiB in 2 files \(every snapshot, each whole\)\ndeduplicated +5\.9 KiB in 1 chunk\nstored +\S+ \S+ in 1 pack \(compressed and encrypted; \d+% of the restore size\)\n$/,
+    );
     // Counts with nouns that agree: one snapshot, no packs.
     const dry = await run("snapshot", "forget", ...common, "--keep-last", "1", "--prune", "--dry-run");
     expect(dry.out).toMatch(/^would forget 1 snapshot, keeping 1\n/);

@@ -27,8 +27,10 @@ import {
   repairIndex,
   repairIndexAdvice,
   repairIndexText,
+  repositoryStats,
   roundSeconds,
   selectIncluded,
+  statsText,
   table,
 } from "@dumont/repository";
 import { collect, flagParsers, READ_DATA_SUBSET } from "@dumont/repository/cli-flags";
@@ -310,6 +312,21 @@ export function registerSnapshotCommands(program: Command): void {
             ]),
           ),
         );
+      }),
+    );
+
+  snapshot
+    .command("stats")
+    .description("what the repository's snapshots restore, what that is deduplicated, and what the store holds")
+    .addOption(repoOption())
+    .addOption(keyFileOption())
+    .option("--json", 'print {"snapshots","files","bytes","chunks","chunkBytes","packs","packBytes"}')
+    .action((opts: RepoOptions) =>
+      withFriendlyErrors(opts, async () => {
+        const key = await loadKey(opts);
+        const stats = await withDirectRepository({ repo: opts.repo, key }, (r) => repositoryStats(r));
+        if (opts.json) return print(stats);
+        process.stdout.write(statsText(stats));
       }),
     );
 
