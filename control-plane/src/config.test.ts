@@ -30,6 +30,18 @@ describe("loadConfig", () => {
     expect(loadConfig({}, {})).toMatchObject({ snapshotKeep: undefined, pruneIntervalSeconds: 0 });
   });
 
+  it("reads a snapshot quota as people write sizes: powers of 1000 and of 1024; 0 or unset is none", () => {
+    const quota = (v: string) => loadConfig({}, { DUMONT_SNAPSHOT_QUOTA: v }).snapshotQuotaBytes;
+    expect(quota("500GB")).toBe(500e9);
+    expect(quota("500 g")).toBe(500e9);
+    expect(quota("512GiB")).toBe(512 * 2 ** 30);
+    expect(quota("1.5Ti")).toBe(1.5 * 2 ** 40);
+    expect(quota("1048576")).toBe(1048576);
+    expect(quota("0")).toBeUndefined();
+    expect(loadConfig({}, {}).snapshotQuotaBytes).toBeUndefined();
+    expect(loadConfig({ snapshotQuota: "2TB" }, { DUMONT_SNAPSHOT_QUOTA: "1TB" }).snapshotQuotaBytes).toBe(2e12);
+  });
+
   it("reads the API's per-key rate limit: 20 a second in bursts of 100 unless set, 0 for none", () => {
     expect(loadConfig({}, {})).toMatchObject({ apiRateLimit: 20, apiBurst: 100 });
     expect(loadConfig({}, { DUMONT_API_RATE_LIMIT: "0.5", DUMONT_API_BURST: "3" })).toMatchObject({
@@ -66,6 +78,12 @@ describe("loadConfig", () => {
     [{ DUMONT_SNAPSHOT_KEEP: "last=2,last=3" }, /DUMONT_SNAPSHOT_KEEP names last twice/],
     [{ DUMONT_SNAPSHOT_KEEP: "last=0" }, /DUMONT_SNAPSHOT_KEEP must keep something/],
     [{ DUMONT_PRUNE_INTERVAL: "5" }, /DUMONT_PRUNE_INTERVAL must be 0 \(never\) or 60..2592000 seconds/],
+    [
+      { DUMONT_SNAPSHOT_QUOTA: "10 gigs" },
+      /DUMONT_SNAPSHOT_QUOTA must be a size like 500GB, 512GiB or 2TB .* got "10 gigs"/,
+    ],
+    [{ DUMONT_SNAPSHOT_QUOTA: "-5GB" }, /DUMONT_SNAPSHOT_QUOTA must be a size like/],
+    [{ DUMONT_SNAPSHOT_QUOTA: "99999999TB" }, /DUMONT_SNAPSHOT_QUOTA is too large/],
     [{ DUMONT_HTTP_PORT: "http" }, /DUMONT_HTTP_PORT must be a port number/],
     [{ DUMONT_GRPC_PORT: "70000" }, /DUMONT_GRPC_PORT must be 0..65535/],
     [{ DUMONT_LOST_AFTER: "0" }, /DUMONT_LOST_AFTER must be at least 1 seconds/],

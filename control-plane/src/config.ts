@@ -22,6 +22,7 @@ export interface ControlPlaneOptions {
   blobStore?: string;
   snapshotKeep?: string;
   pruneInterval?: string | number;
+  snapshotQuota?: string;
   apiRateLimit?: string | number;
   apiBurst?: string | number;
 }
@@ -38,6 +39,22 @@ const seconds = (name: string, min: number, max: number) =>
     .number({ error: `${name} must be a number of seconds` })
     .min(min, `${name} must be at least ${min} seconds`)
     .max(max, `${name} must be at most ${max} seconds`);
+
+/** An optional setting `parse` reads (into a value, or what is wrong with it, said after the setting's name). */
+function parsedSetting<T extends object | number>(name: string, parse: (value: string) => T | string) {
+  return z
+    .string()
+    .optional()
+    .transform((value, ctx) => {
+      if (value === undefined) return undefined;
+      const result = parse(value);
+      if (typeof result === "string") {
+        ctx.addIssue({ code: "custom", message: `${name} ${result}` });
+        return z.NEVER;
+      }
+      return result;
+    });
+}
 
 const schema = z.object({
   dataDir: z.string().min(1, "DUMONT_DATA_DIR must not be empty"),
@@ -57,18 +74,7 @@ const schema = z.object({
   /** 32 bytes, hex or base64; unset → <data-dir>/master.key, created on first start. Never logged. */
   masterKey: z.string().optional(),
   /** Applied to a workspace after each of its snapshots commits; unset keeps every snapshot. */
-  snapshotKeep: z
-    .string()
-    .optional()
-    .transform((value, ctx) => {
-      if (value === undefined) return undefined;
-      const policy = parseKeepPolicy(value);
-      if (typeof policy === "string") {
-        ctx.addIssue({ code: "custom", message: `DUMONT_SNAPSHOT_KEEP ${policy}` });
-        return z.NEVER;
-      }
-      return policy;
-    }),
+  snapshotKeep: parsedSetting("DUMONT_SNAPSHOT_KEEP", parseKeepPolicy),
   /** Every tenant's repository is pruned this often; 0 = never (prune with `dumont snapshot forget --prune`). */
   pruneIntervalSeconds: z.coerce
     .number({ error: "DUMONT_PRUNE_INTERVAL must be a number of seconds" })
@@ -76,6 +82,13 @@ const schema = z.object({
       (n) => n === 0 || (n >= 60 && n <= 30 * 86_400),
       "DUMONT_PRUNE_INTERVAL must be 0 (never) or 60..2592000 seconds",
     ),
+  /**
+   * The most a tenant's repository may hold in packs (bytes): a snapshot starts only below it, and stops once what
+   * it sends would pass it. Unset or 0: no quota.
+   */
+  snapshotQuotaBytes: parsedSetting("DUMONT_SNAPSHOT_QUOTA", parseByteSize).transform((bytes) =>
+    bytes === 0 ? undefined : bytes,
+  ),
   /** Sustained API requests a second per key (api/rate-limit.ts); 0 = no limit. */
   apiRateLimit: z.coerce
     .number({ error: "DUMONT_API_RATE_LIMIT must be a number of requests a second" })
@@ -116,6 +129,7 @@ export function loadConfig(
     masterKey: setting(undefined, env.DUMONT_MASTER_KEY),
     snapshotKeep: setting(options.snapshotKeep, env.DUMONT_SNAPSHOT_KEEP),
     pruneIntervalSeconds: setting(options.pruneInterval, env.DUMONT_PRUNE_INTERVAL) ?? 0,
+    snapshotQuotaBytes: setting(options.snapshotQuota, env.DUMONT_SNAPSHOT_QUOTA),
     apiRateLimit: setting(options.apiRateLimit, env.DUMONT_API_RATE_LIMIT) ?? DEFAULT_RATE_LIMIT.perSecond,
     apiBurst: setting(options.apiBurst, env.DUMONT_API_BURST) ?? DEFAULT_RATE_LIMIT.burst,
   };
@@ -181,4 +195,40 @@ export function parseKeepPolicy(value: string): RetentionPolicy | string {
   if (!hasRetentionRule(policy))
     return "must keep something: at least one rule above 0 (unset it to keep every snapshot)";
   return policy;
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  B: 1,
+  K: 1e3,
+  KB: 1e3,
+  M: 1e6,
+  MB: 1e6,
+  G: 1e9,
+  GB: 1e9,
+  T: 1e12,
+  TB: 1e12,
+  KI: 2 ** 10,
+  KIB: 2 ** 10,
+  MI: 2 ** 20,
+  MIB: 2 ** 20,
+  GI: 2 ** 30,
+  GIB: 2 ** 30,
+  TI: 2 ** 40,
+  TIB: 2 ** 40,
+};
+
+/**
+ * A size as people write it, as a whole number of bytes: "500GB" and "500G" (10^9, as disks and S3 bills count),
+ * "512GiB" and "512Gi" (2^30, as Kubernetes quantities), "1.5TB", "0"; or what is wrong with it.
+ */
+export function parseByteSize(value: string): number | string {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
+  const unit = m?.[2].toUpperCase() ?? "";
+  if (!m || !Object.hasOwn(SIZE_UNITS, unit)) {
+    return `must be a size like 500GB, 512GiB or 2TB (B, KB, MB, GB, TB powers of 1000; KiB, MiB, GiB, TiB of 1024), got ${JSON.stringify(value.slice(0, 40))}`;
+  }
+  const bytes = Math.floor(Number(m[1]) * SIZE_UNITS[unit]);
+  if (!Number.isSafeInteger(bytes)) return `is too large: at most ${Number.MAX_SAFE_INTEGER} bytes`;
+  return bytes;
 }

@@ -83,7 +83,9 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
       );
     const tenantKeys = new TenantKeys(db, await loadMasterKey(config.dataDir, config.masterKey, storedTenantKeys));
     await tenantKeys.verify();
-    const snapshots = new SnapshotCoordinator(db, tenantKeys, config.blobStore, log, metrics, config.snapshotKeep);
+    const snapshots = new SnapshotCoordinator(db, tenantKeys, config.blobStore, log, metrics, config.snapshotKeep, {
+      snapshotQuotaBytes: config.snapshotQuotaBytes,
+    });
     gateway.onMessage((session, message) => snapshots.onAgentMessage(session, message));
     gateway.onSessionClosed((session) => snapshots.onSessionClosed(session));
     // A stop between a repository's commit and its catalogue row (the last start may have ended so) leaves a

@@ -189,13 +189,19 @@ export class RepositoryIndex {
     return this.table.size;
   }
 
+  /** The bytes of the packs the index holds, as the store holds them (one pass over the packs, not the chunks). */
+  get packBytes(): number {
+    let bytes = 0;
+    for (const pack of this.packs.values()) bytes += pack.packSize;
+    return bytes;
+  }
+
   /**
    * What the index holds: its packs and their bytes in the store, and its distinct chunks (a chunk two packs hold
    * counts once) and their plain bytes.
    */
   totals(): { packs: number; packBytes: number; chunks: number; plainBytes: number } {
-    let packBytes = 0;
-    for (const pack of this.packs.values()) packBytes += pack.packSize;
+    const packBytes = this.packBytes;
     let plainBytes = 0;
     for (let i = 0; i < this.entries; i++) {
       if (this.table.find(this.ids.subarray(ID * i, ID * (i + 1))) === i) plainBytes += this.plainLength[i];

@@ -58,6 +58,12 @@ export function addServeOptions(cmd: Command): Command {
     )
     .addOption(
       new Option(
+        "--snapshot-quota <size>",
+        "the most each tenant's repository may store, as 500GB or 512GiB (default: no quota)",
+      ).env("DUMONT_SNAPSHOT_QUOTA"),
+    )
+    .addOption(
+      new Option(
         "--api-rate-limit <per-second>",
         "API requests a second each key may make on average (default 20; 0: no limit)",
       ).env("DUMONT_API_RATE_LIMIT"),

@@ -1902,6 +1902,62 @@ function finishIn(h: Harness) {
   };
 }
 
+describe("SnapshotCoordinator: a tenant's storage quota", () => {
+  const tuning: CoordinatorTuning = {};
+  const h = useCoordinator("h-quota", undefined, tuning);
+  const finish = finishIn(h);
+  /** The coordinator again, as a control plane started with DUMONT_SNAPSHOT_QUOTA=`bytes` would make it. */
+  const withQuota = async (bytes: number) => {
+    await h.coordinator.close();
+    tuning.snapshotQuotaBytes = bytes;
+    h.coordinator = h.open();
+  };
+  const packBytes = async () => {
+    const dir = path.join(h.blobs, "tenants", "t1", "data");
+    let bytes = 0;
+    for (const name of await fs.readdir(dir, { recursive: true })) {
+      const info = await fs.stat(path.join(dir, name));
+      if (info.isFile()) bytes += info.size;
+    }
+    return bytes;
+  };
+  const request = () => ({ session: h.session, tenantId: "t1", path: "/w", workspaceId: "w", epoch: 0n });
+
+  it("starts no snapshot of a tenant at its quota, and stops one whose chunks would pass it, saying what to do", async () => {
+    await finish(await startedIn(h)); // no quota yet: one pack of one 5,000-byte chunk
+    const stored = await packBytes();
+    expect(stored).toBeGreaterThan(5_000);
+
+    await withQuota(stored);
+    const before = h.sent.length;
+    const refused = await h.coordinator.snapshot(request()).catch((err: unknown) => err as ConnectError);
+    expect(refused).toMatchObject({ code: Code.ResourceExhausted });
+    expect((refused as ConnectError).rawMessage).toMatch(
+      /^tenant t1's snapshots would store over its quota of .*: forget snapshots it no longer needs and prune \(`dumont snapshot forget --tenant t1 --keep-last N --prune`\), or raise DUMONT_SNAPSHOT_QUOTA$/,
+    );
+    expect(h.sent.slice(before).filter((m) => m.msg.case === "takeSnapshot")).toEqual([]); // the agent not asked
+
+    // Room for 3,000 bytes more: a snapshot starts, and is stopped when its 5,000-byte chunk arrives.
+    await withQuota(stored + 3_000);
+    const { snapshot, requestId, key } = await startedIn(h);
+    const plain = randomBytes(5_000);
+    const chunk = chunkCodec.sealChunk(key, plain);
+    const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
+      h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+    expect(await offered(agentSends, h.sent, requestId, 0n, [chunk.id])).toHaveLength(1);
+    agentSends({
+      case: "snapshotChunks",
+      value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
+    });
+    const stopped = await snapshot.catch((err: unknown) => err as ConnectError);
+    expect(stopped).toMatchObject({ code: Code.ResourceExhausted });
+    expect((stopped as ConnectError).rawMessage).toMatch(/^tenant t1's snapshots would store over its quota/);
+    const aborted = h.sent.find((m) => m.msg.case === "snapshotAborted" && m.msg.value.requestId === requestId);
+    expect(aborted, "the agent was not told to stop").toBeDefined();
+    expect(await h.db.selectFrom("snapshots").select("id").execute()).toHaveLength(1); // the first snapshot only
+  });
+});
+
 describe("SnapshotCoordinator: what an operator sees", () => {
   const h = useCoordinator("h-seen");
   const started = () => startedIn(h);

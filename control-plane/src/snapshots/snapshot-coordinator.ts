@@ -31,6 +31,7 @@ import {
   counted,
   emptyPruneReport,
   forgetSnapshots,
+  formatBytes,
   formatDuration,
   hasRetentionRule,
   IdSet,
@@ -191,6 +192,11 @@ export interface CoordinatorTuning {
   relistRetryMs?: number;
   /** fstab and mountinfo (default: this machine's), read before a tenant's repository is made (mount-points.ts). */
   mountTables?: MountTables;
+  /**
+   * The most a tenant's repository may hold in packs, in bytes (DUMONT_SNAPSHOT_QUOTA; default none). Checked when a
+   * snapshot starts and as its chunks arrive: a tenant at it gets RESOURCE_EXHAUSTED, saying what to forget.
+   */
+  snapshotQuotaBytes?: number;
 }
 
 /**
@@ -241,6 +247,7 @@ export class SnapshotCoordinator {
   private readonly unreturnedStoreCalls: UnreturnedCalls;
   private readonly openStore: (url: string) => BlobStore;
   private readonly mountTables: MountTables | undefined;
+  private readonly snapshotQuotaBytes: number | undefined;
 
   constructor(
     private readonly db: Db,
@@ -262,6 +269,7 @@ export class SnapshotCoordinator {
     this.openStore = tuning.openStore ?? ((url) => openBlobStore(url));
     this.relistRetryMs = tuning.relistRetryMs ?? RELIST_RETRY_MS;
     this.mountTables = tuning.mountTables;
+    this.snapshotQuotaBytes = tuning.snapshotQuotaBytes;
     this.metrics.runningWork.sample = () => this.runningWork();
   }
 
@@ -884,6 +892,14 @@ export class SnapshotCoordinator {
     // id, which would corrupt other snapshots through dedup): by the verifier's threads, so the writer does not.
     const verifier = this.chunkVerifier();
     const writer = await repository.writer({ index: this.index(req.tenantId), refreshIndex: true });
+    // The quota: the packs the tenant holds now (the index just brought up to date), and what this snapshot adds.
+    const quota = this.snapshotQuotaBytes;
+    const storedBefore = this.index(req.tenantId).packBytes;
+    if (quota !== undefined && storedBefore >= quota) {
+      await writer.abort();
+      throw quotaReached(req.tenantId, storedBefore, quota);
+    }
+    let received = 0;
     /** Chunk messages in hand (being checked or waiting to be written); the stream is paused above MAX_VERIFYING. */
     let outstanding = 0;
     /** Answers to offers not yet sent; the stream is paused above MAX_ANSWERING. */
@@ -1062,7 +1078,13 @@ export class SnapshotCoordinator {
                 ),
               );
             }
-            this.metrics.snapshotBytesReceived.inc(chunks.reduce((sum, c) => sum + c.blob.length, 0));
+            const bytes = chunks.reduce((sum, c) => sum + c.blob.length, 0);
+            this.metrics.snapshotBytesReceived.inc(bytes);
+            received += bytes;
+            if (quota !== undefined && storedBefore + received > quota) {
+              // What arrived before is kept (the next snapshot, after a forget and prune, reuses it).
+              return abandon(quotaReached(req.tenantId, storedBefore + received, quota));
+            }
             const verified = verifier.verify(key, chunks);
             verified.catch(() => {});
             if (++outstanding === MAX_VERIFYING + 1) session.pauseInbound();
@@ -1714,6 +1736,15 @@ const MAX_AGENT_TEXT = 4096;
 /** The most warnings of a restore passed on, and the most of each (RestoreProgress.warnings). */
 const MAX_RESTORE_WARNINGS = 8;
 const MAX_RESTORE_WARNING_TEXT = 1024;
+
+/** A tenant's repository at its quota (CoordinatorTuning.snapshotQuotaBytes), saying what to do. */
+function quotaReached(tenantId: string, stored: number, quota: number): ResourceExhaustedError {
+  return new ResourceExhaustedError(
+    `tenant ${tenantId}'s snapshots would store over its quota of ${formatBytes(quota)} (${formatBytes(stored)} ` +
+      "stored with this one's so far): forget snapshots it no longer needs and prune (`dumont snapshot forget " +
+      `--tenant ${tenantId} --keep-last N --prune\`), or raise DUMONT_SNAPSHOT_QUOTA`,
+  );
+}
 
 /** The first few of `works`, each with how long it has run: "snapshot of /work on host h-1, for 3m05s". */
 function describeRunning(works: RunningWork[], now = Date.now()): string {
