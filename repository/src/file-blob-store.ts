@@ -26,8 +26,14 @@ const TEMP_PREFIX = ".tmp-";
 /** Objects at least this large are written with O_DIRECT (when the platform and filesystem allow it). */
 const DIRECT_MIN = 1024 * 1024;
 const STAGE_BYTES = 4 * 1024 * 1024;
-/** Stages kept for reuse: two for each of a writer's packs in flight (one filling, three finishing). */
+/**
+ * Stages kept for reuse: two for each of a writer's packs in flight (one filling, three finishing). Kept for the
+ * whole process, not per store: the control plane keeps a store per tenant, and stages held by each pinned the
+ * page-aligned memory the process may have (alignedMemory's cap) after ~24 tenants, turning O_DIRECT off for every
+ * tenant from then on.
+ */
 const MAX_IDLE_STAGES = 8;
+const idleStages: Buffer[] = [];
 const DIRECT = constants.O_DIRECT ?? 0;
 
 type FileHandle = Awaited<ReturnType<typeof open>>;
@@ -40,7 +46,6 @@ export class FileBlobStore implements BlobStore {
   private readonly durableDirs = new Set<string>();
   /** False once the filesystem refused O_DIRECT; every write is buffered from then on. */
   private direct = constants.O_DIRECT !== undefined && process.platform === "linux";
-  private readonly stages: Buffer[] = [];
   /** False once the filesystem refused an O_DIRECT read; ranged reads are buffered from then on. */
   private directReads = this.direct;
   /**
@@ -277,12 +282,12 @@ export class FileBlobStore implements BlobStore {
 
   /** A 4 MiB stage: an idle one, or new. */
   private takeStage(): Buffer {
-    return this.stages.pop() ?? alignedBuffer(STAGE_BYTES);
+    return idleStages.pop() ?? alignedBuffer(STAGE_BYTES);
   }
 
   /** Keeps a stage for reuse, unless enough wait already or it is ordinary memory (see alignedMemory's cap). */
   private keepStage(stage: Buffer): void {
-    if (this.stages.length < MAX_IDLE_STAGES && isPageAligned(stage)) this.stages.push(stage);
+    if (idleStages.length < MAX_IDLE_STAGES && isPageAligned(stage)) idleStages.push(stage);
   }
 
   /**
