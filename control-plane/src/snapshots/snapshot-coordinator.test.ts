@@ -1862,11 +1862,11 @@ async function offered(
 }
 
 /** Starts a snapshot of workspace "w" and waits for the agent to be asked for it. */
-async function startedIn(h: Harness) {
+async function startedIn(h: Harness, tenantId = "t1") {
   const before = h.sent.length;
   const snapshot = h.coordinator.snapshot({
     session: h.session,
-    tenantId: "t1",
+    tenantId,
     path: "/w",
     workspaceId: "w",
     epoch: 0n,
@@ -1955,6 +1955,42 @@ describe("SnapshotCoordinator: a tenant's storage quota", () => {
     const aborted = h.sent.find((m) => m.msg.case === "snapshotAborted" && m.msg.value.requestId === requestId);
     expect(aborted, "the agent was not told to stop").toBeDefined();
     expect(await h.db.selectFrom("snapshots").select("id").execute()).toHaveLength(1); // the first snapshot only
+  });
+});
+
+describe("SnapshotCoordinator: the cache of tenants' repositories", () => {
+  const closed: string[] = [];
+  const tuning: CoordinatorTuning = {
+    cachedTenantsMax: 1,
+    cacheMinIdleMs: 0,
+    openStore: (url) => {
+      const store = openBlobStore(url);
+      const close = store.close.bind(store);
+      store.close = async () => {
+        closed.push(url.slice(url.lastIndexOf("/") + 1));
+        await close();
+      };
+      return store;
+    },
+  };
+  const h = useCoordinator("h-cache", undefined, tuning);
+  const finish = finishIn(h);
+
+  it("keeps at most its cap of idle tenants, closing the stores of those it drops, and opens one again when used", async () => {
+    await ensureTenant(h.db, "t2", "tenant two");
+    await finish(await startedIn(h, "t1"));
+    expect(closed).toEqual([]);
+    // A second tenant's snapshot: the first, idle, makes room (its store closed), never the one being used.
+    await finish(await startedIn(h, "t2"));
+    expect(closed).toEqual(["t1"]);
+    // The first tenant used again: opened anew, its index read again, what it holds as before.
+    expect(await h.coordinator.stats("t1")).toMatchObject({ snapshots: 1, chunks: 1, packs: 1 });
+    expect(closed).toEqual(["t1", "t2"]);
+    // A tenant with work running is not dropped, whatever the cap: t1's snapshot runs while t2 is used.
+    const running = await startedIn(h, "t1");
+    expect(await h.coordinator.stats("t2")).toMatchObject({ snapshots: 1 });
+    expect(closed).toEqual(["t1", "t2"]);
+    await finish(running);
   });
 });
 

@@ -197,7 +197,23 @@ export interface CoordinatorTuning {
    * snapshot starts and as its chunks arrive: a tenant at it gets RESOURCE_EXHAUSTED, saying what to forget.
    */
   snapshotQuotaBytes?: number;
+  /** Tenants whose repository and index stay cached (CACHED_TENANTS_MAX), and for how long idle (CACHE_IDLE_MS). */
+  cachedTenantsMax?: number;
+  cacheIdleMs?: number;
+  /** The least a tenant is idle before the cap may evict it (CACHE_MIN_IDLE_MS). */
+  cacheMinIdleMs?: number;
 }
+
+/**
+ * Each tenant's repository (its store: an S3 client, a file store) and index (~150 bytes a chunk) stay cached
+ * between operations: reloading the index costs a listing and a read per new index object. Without a bound they
+ * grew with every tenant ever served (helper-88). A tenant is evicted once idle for CACHE_IDLE_MS, or, while more
+ * than CACHED_TENANTS_MAX are cached, the longest idle past CACHE_MIN_IDLE_MS first; never one with work running or
+ * a prune. Its next operation opens it again.
+ */
+const CACHED_TENANTS_MAX = 64;
+const CACHE_IDLE_MS = 15 * 60_000;
+const CACHE_MIN_IDLE_MS = 60_000;
 
 /**
  * A snapshot committed to the repository whose catalogue row could not be inserted (the database or its lock
@@ -248,6 +264,9 @@ export class SnapshotCoordinator {
   private readonly openStore: (url: string) => BlobStore;
   private readonly mountTables: MountTables | undefined;
   private readonly snapshotQuotaBytes: number | undefined;
+  /** When each cached tenant was last used (see CACHED_TENANTS_MAX). */
+  private readonly lastUsed = new Map<string, number>();
+  private readonly cache: { max: number; idleMs: number; minIdleMs: number };
 
   constructor(
     private readonly db: Db,
@@ -270,6 +289,11 @@ export class SnapshotCoordinator {
     this.relistRetryMs = tuning.relistRetryMs ?? RELIST_RETRY_MS;
     this.mountTables = tuning.mountTables;
     this.snapshotQuotaBytes = tuning.snapshotQuotaBytes;
+    this.cache = {
+      max: tuning.cachedTenantsMax ?? CACHED_TENANTS_MAX,
+      idleMs: tuning.cacheIdleMs ?? CACHE_IDLE_MS,
+      minIdleMs: tuning.cacheMinIdleMs ?? CACHE_MIN_IDLE_MS,
+    };
     this.metrics.runningWork.sample = () => this.runningWork();
   }
 
@@ -320,6 +344,31 @@ export class SnapshotCoordinator {
     for (const timer of this.relistsDue.values()) clearTimeout(timer);
     this.relistsDue.clear();
     await this.verifier?.close();
+    for (const tenantId of [...this.repositories.keys()]) this.evict(tenantId);
+  }
+
+  /** Drops what is cached of idle tenants (see CACHED_TENANTS_MAX), making room for `using`'s. */
+  private evictIdle(using: string, now = Date.now()): void {
+    const idle = [...new Set([...this.repositories.keys(), ...this.indexes.keys()])]
+      .filter((tenantId) => tenantId !== using && !this.running.has(tenantId) && !this.pruning.has(tenantId))
+      .map((tenantId) => ({ tenantId, age: now - (this.lastUsed.get(tenantId) ?? 0) }))
+      .sort((a, b) => b.age - a.age);
+    let over = this.repositories.size + (this.repositories.has(using) ? 0 : 1) - this.cache.max;
+    for (const { tenantId, age } of idle) {
+      if (age >= this.cache.idleMs || (over > 0 && age >= this.cache.minIdleMs)) {
+        this.evict(tenantId);
+        over--;
+      }
+    }
+  }
+
+  /** Forgets a tenant's cached repository and index, and closes its store (an S3 client's sockets). */
+  private evict(tenantId: string): void {
+    const repository = this.repositories.get(tenantId);
+    this.repositories.delete(tenantId);
+    this.indexes.delete(tenantId);
+    this.lastUsed.delete(tenantId);
+    void repository?.then((r) => r.store.close()).catch(() => undefined);
   }
 
   /** The arrival check's threads: started with the first snapshot, started afresh if one has died. */
@@ -817,6 +866,7 @@ export class SnapshotCoordinator {
     } finally {
       works.delete(mine);
       if (works.size === 0 && this.running.get(tenantId) === works) this.running.delete(tenantId);
+      if (this.repositories.has(tenantId)) this.lastUsed.set(tenantId, Date.now());
     }
   }
 
@@ -1605,13 +1655,19 @@ export class SnapshotCoordinator {
 
   /** The tenant's repository (cached); `make`: made if there is none yet (a snapshot's), else NoRepositoryError. */
   private repository(tenantId: string, key: Buffer, options: { make?: boolean } = {}): Promise<Repository> {
+    this.lastUsed.set(tenantId, Date.now());
+    this.evictIdle(tenantId);
     let repo = this.repositories.get(tenantId);
     if (!repo) {
-      repo = this.openRepository(tenantId, this.tenantStore(tenantId), key, options.make === true);
+      const store = this.tenantStore(tenantId);
+      repo = this.openRepository(tenantId, store, key, options.make === true);
       const opening = repo;
-      // Forgotten once failed (before any caller hears, so one that asks again opens it again).
+      // Forgotten once failed (before any caller hears, so one that asks again opens it again), its store closed.
       opening.catch(() => {
-        if (this.repositories.get(tenantId) === opening) this.repositories.delete(tenantId);
+        void store.close().catch(() => undefined);
+        if (this.repositories.get(tenantId) !== opening) return;
+        this.repositories.delete(tenantId);
+        this.lastUsed.delete(tenantId);
       });
       this.repositories.set(tenantId, repo);
     }
