@@ -7,6 +7,7 @@ import { IdSet } from "./id-set.js";
 import { acquireLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 import { indexKey, listPacks, packKey } from "./pack.js";
 import { LATEST, type Repository } from "./repository.js";
+import { DEFAULT_PACK_SIZE } from "./repository-writer.js";
 import { hasRetentionRule, planRetention, type RetentionPolicy } from "./retention.js";
 import { chunkCodec, isObjectId } from "./sealing.js";
 import { snapshotKey } from "./snapshot-record.js";
@@ -105,6 +106,15 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
   return { kept: plan.keep, forgotten: plan.forget };
 }
 
+/**
+ * A snapshot that adds little writes a pack of its own: one every few minutes left thousands of packs of a few KiB,
+ * each an index object, a listing entry and ~760 bytes of the control plane's index, and nothing merged them, their
+ * data all in use (helper-88). A prune merges packs under this fraction of the pack size, once there are at least
+ * MERGE_SMALL_PACKS_AT (so a prune does not rewrite a few small packs every time). restic's `prune --repack-small`.
+ */
+const SMALL_PACK_FRACTION = 1 / 4;
+const MERGE_SMALL_PACKS_AT = 16;
+
 export interface PruneOptions {
   dryRun?: boolean;
   /**
@@ -116,6 +126,11 @@ export interface PruneOptions {
   repackBelow?: number;
   /** Pack size for repacked data (default: the writer's). */
   packSize?: number;
+  /**
+   * Merge small packs whose data is all still needed, once MERGE_SMALL_PACKS_AT of them are there (default true;
+   * see SMALL_PACK_FRACTION).
+   */
+  mergeSmall?: boolean;
   /**
    * Stops the prune before it deletes anything, or between the packs it repacks (what it repacked so far is
    * indexed; the packs it came from stay until the next prune): it fails with the reason, lock released.
@@ -225,8 +240,10 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     }
 
     const repackBelow = options.repackBelow ?? 0.5;
+    const smallBelow = (options.packSize ?? DEFAULT_PACK_SIZE) * SMALL_PACK_FRACTION;
     const unused: string[] = [];
     const repack: string[] = [];
+    const small: string[] = [];
     for (const pack of index.packs.values()) {
       let needed = 0;
       let total = 0;
@@ -237,7 +254,9 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
       }
       if (needed === 0) unused.push(pack.packId);
       else if (total > 0 && needed / total < repackBelow) repack.push(pack.packId);
+      else if (pack.packSize < smallBelow) small.push(pack.packId);
     }
+    if (options.mergeSmall !== false && small.length >= MERGE_SMALL_PACKS_AT) repack.push(...small);
 
     for (const packId of unused) report.bytesFreed += index.packs.get(packId)!.packSize;
     for (const o of orphans) report.bytesFreed += o.size;

@@ -2432,6 +2432,43 @@ describe("objects that are not what their name says", () => {
   });
 });
 
+describe("prune merges small packs", () => {
+  /** A repository of `n` snapshots, each adding one 2,000-byte chunk: a pack each, as small snapshots leave. */
+  const smallSnapshots = async (n: number) => {
+    const fresh = await freshFileRepository("small-packs");
+    for (let i = 0; i < n; i++) {
+      const c = sealed(fresh.key, randomBytes(2_000));
+      const w = await fresh.repository.writer();
+      await w.put([c]);
+      await w.commit([sealManifest(fresh.key, manifestOf({ [`f${i}`]: [c] }))], meta);
+    }
+    return fresh;
+  };
+
+  it("merges 16 or more packs, all in use, into one; the snapshots read whole after", async () => {
+    const { repository } = await smallSnapshots(20);
+    expect((await repository.loadIndex()).packs.size).toBe(20);
+    const planned = await pruneRepository(repository, { dryRun: true });
+    expect(planned).toMatchObject({ packsDeleted: 0, packsRepacked: 20 });
+    const report = await pruneRepository(repository);
+    expect(report).toMatchObject({ packsDeleted: 0, packsRepacked: 20 });
+    const index = await repository.loadIndex();
+    expect(index.packs.size).toBe(1);
+    expect(index.chunkCount).toBe(20);
+    const checked = await checkRepository(repository, { readData: true });
+    expect(checked).toMatchObject({ ok: true, snapshots: 20, packs: 1, chunks: 20 });
+  });
+
+  it("leaves fewer than 16 alone, and all of them when asked not to merge", async () => {
+    const few = await smallSnapshots(15);
+    expect(await pruneRepository(few.repository)).toMatchObject({ packsRepacked: 0 });
+    expect((await few.repository.loadIndex()).packs.size).toBe(15);
+    const many = await smallSnapshots(16);
+    expect(await pruneRepository(many.repository, { mergeSmall: false })).toMatchObject({ packsRepacked: 0 });
+    expect((await many.repository.loadIndex()).packs.size).toBe(16);
+  });
+});
+
 describe("repositoryStats", () => {
   it("counts what the snapshots restore, what that is deduplicated, and the packs as the store holds them", async () => {
     const { root, key, repository } = await freshFileRepository("stats");
