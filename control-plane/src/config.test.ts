@@ -83,6 +83,7 @@ describe("loadConfig", () => {
       /DUMONT_SNAPSHOT_QUOTA must be a size like 500GB, 512GiB or 2TB .* got "10 gigs"/,
     ],
     [{ DUMONT_SNAPSHOT_QUOTA: "-5GB" }, /DUMONT_SNAPSHOT_QUOTA must be a size like/],
+    [{ DUMONT_SNAPSHOT_QUOTA: "0.5" }, /DUMONT_SNAPSHOT_QUOTA must be at least 1 byte, got "0.5"/],
     [{ DUMONT_SNAPSHOT_QUOTA: "99999999TB" }, /DUMONT_SNAPSHOT_QUOTA is too large/],
     [{ DUMONT_HTTP_PORT: "http" }, /DUMONT_HTTP_PORT must be a port number/],
     [{ DUMONT_GRPC_PORT: "70000" }, /DUMONT_GRPC_PORT must be 0..65535/],

@@ -230,5 +230,7 @@ export function parseByteSize(value: string): number | string {
   }
   const bytes = Math.floor(Number(m[1]) * SIZE_UNITS[unit]);
   if (!Number.isSafeInteger(bytes)) return `is too large: at most ${Number.MAX_SAFE_INTEGER} bytes`;
+  // "0.5" is no quota of 0 (none at all): a size that rounds to nothing is a mistake, said so.
+  if (bytes === 0 && Number(m[1]) > 0) return `must be at least 1 byte, got ${JSON.stringify(value.slice(0, 40))}`;
   return bytes;
 }

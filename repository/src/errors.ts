@@ -98,7 +98,8 @@ export function writeFailure(url: string, key: string, err: unknown): unknown {
     return new RepositoryError(
       "read-only",
       `cannot write ${url}/${key}: ${REFUSED[code]} (${code}). Give ${who} write access to the repository's ` +
-        "directory and everything in it (or run as its owner), and try again",
+        "directory and everything in it (or run as its owner), and try again" +
+        (code === "EPERM" ? "; EPERM also comes of an immutable file (lsattr) or a filesystem without hard links" : ""),
       { cause: err },
     );
   }

@@ -102,6 +102,7 @@ WantedBy=multi-user.target
     expect(mountUnitWhere(unit)).toBe("/srv/nas");
     expect(mountUnitWhere("[Unit]\nWhere=/srv/x\n")).toBeUndefined(); // not in [Mount]
     expect(mountUnitWhere("[Mount]\nWhere=relative\n")).toBeUndefined();
+    expect(mountUnitWhere("[Mount]\nWhere = /srv/nas/\n")).toBe("/srv/nas"); // spaces around =, a trailing slash
     const tables = (...mounted: string[]): MountTables => ({
       fstab: undefined, // none at all: the units alone are enough to go on
       mountinfo: mountinfo(...mounted),

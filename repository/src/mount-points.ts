@@ -73,10 +73,13 @@ export function mountUnitWhere(text: string): string | undefined {
   let where: string | undefined;
   for (const line of text.split("\n")) {
     const trimmed = line.trim();
+    const setting = /^Where\s*=\s*(.*)$/.exec(trimmed);
     if (trimmed.startsWith("[")) section = trimmed;
-    else if (section === "[Mount]" && trimmed.startsWith("Where=")) where = trimmed.slice("Where=".length).trim();
+    else if (section === "[Mount]" && setting) where = setting[1].trim();
   }
-  return where?.startsWith("/") ? path.normalize(where) : undefined;
+  if (!where?.startsWith("/")) return undefined;
+  const normal = path.normalize(where);
+  return normal.length > 1 ? normal.replace(/\/+$/, "") : normal;
 }
 
 /** The mount points mounted now (mountinfo's fifth field). */

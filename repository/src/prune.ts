@@ -328,7 +328,9 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
           await writer.put(chunks);
         }
         await writer.flush();
-        report.bytesFreed -= writer.stats.bytesWritten;
+        // Packs for packs: the index objects on both sides are left out (a merge of small packs frees little, and
+        // counting the new index object but not the old ones made it read as a negative number).
+        report.bytesFreed -= writer.stats.packBytes;
       } finally {
         await writer.abort();
       }

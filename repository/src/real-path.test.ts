@@ -29,6 +29,14 @@ describe("realPath", () => {
     expect(realPath(path.join(root, "repo-chain", "packs"))).toBe(path.join(target, "packs"));
   });
 
+  it("reads a relative dangling link from its directory as the kernel finds it, through a linked parent", async () => {
+    // linked -> deep/er: "../../mnt/x" from linked/ is from deep/er/, two levels down, not from the root.
+    await mkdir(path.join(root, "deep", "er"), { recursive: true });
+    symlinkSync(path.join(root, "deep", "er"), path.join(root, "linked"));
+    symlinkSync(path.join("..", "..", "mnt", "x"), path.join(root, "deep", "er", "repo"));
+    expect(realPath(path.join(root, "linked", "repo"))).toBe(path.join(root, "mnt", "x"));
+  });
+
   it("gives up on a loop of links without hanging, keeping the path it was given past them", () => {
     symlinkSync("loop-b", path.join(root, "loop-a"));
     symlinkSync("loop-a", path.join(root, "loop-b"));

@@ -22,7 +22,9 @@ export function realPath(abs: string): string {
         if (path.dirname(at) === at) return pending;
         const link = links < MAX_LINKS ? linkTarget(at) : undefined;
         if (link !== undefined) {
-          followed = path.resolve(path.dirname(at), link, ...rest.reverse());
+          // A relative target is read from the link's directory as the kernel finds it (its links resolved):
+          // "../x" from a directory reached through a link is not "../x" from the link's name.
+          followed = path.resolve(realDirectory(path.dirname(at)), link, ...rest.reverse());
           break;
         }
         rest.push(path.basename(at));
@@ -30,6 +32,15 @@ export function realPath(abs: string): string {
     }
     if (followed === undefined) return pending; // not reached: the loop above returns or follows a link
     pending = followed;
+  }
+}
+
+/** `dir` with its links resolved, or as it is where it cannot be. */
+function realDirectory(dir: string): string {
+  try {
+    return realpathSync.native(dir);
+  } catch {
+    return dir;
   }
 }
 

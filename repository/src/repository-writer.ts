@@ -56,6 +56,8 @@ export interface WriterStats {
   chunks: number;
   /** Bytes of packs, index objects, manifest and snapshot object written. */
   bytesWritten: number;
+  /** Bytes of the packs alone (what a prune frees is counted in packs too). */
+  packBytes: number;
 }
 
 /**
@@ -74,7 +76,7 @@ interface OpenPack {
 const PACK_SLACK = 4 * 1024 * 1024 + 64 * 1024;
 
 export class RepositoryWriter implements ChunkSink {
-  readonly stats: WriterStats = { packs: 0, chunks: 0, bytesWritten: 0 };
+  readonly stats: WriterStats = { packs: 0, chunks: 0, bytesWritten: 0, packBytes: 0 };
   /**
    * The committed snapshot's totals as its record holds them (counted here from the manifest, not taken from
    * the sender's stats), once `commit` has returned: the control plane files them in its catalogue. Kept beside
@@ -511,6 +513,7 @@ export class RepositoryWriter implements ChunkSink {
     this.stats.packs++;
     this.stats.chunks += pack.entries.count;
     this.stats.bytesWritten += packSize + index.length;
+    this.stats.packBytes += packSize;
     await this.lock?.refresh();
     await this.options.onPackWritten?.(packId, packSize);
   }

@@ -10,7 +10,10 @@ export interface RepositoryStats {
   /** Files and bytes over every snapshot, each as it would restore (a file in ten snapshots counts ten times). */
   files: number;
   bytes: number;
-  /** Distinct chunks, and their plain bytes: the snapshots' data once deduplicated, before compression. */
+  /**
+   * Distinct chunks the repository holds, and their plain bytes: the snapshots' data once deduplicated, before
+   * compression. Chunks no snapshot needs any more (after a forget) count until a prune deletes them.
+   */
   chunks: number;
   chunkBytes: number;
   /** Packs, and their bytes in the store: the data compressed and sealed, as the disk or the bucket holds it. */

@@ -242,7 +242,6 @@ describe("foundation: enroll, stream, telemetry, liveness", () => {
     await waitFor(async () => (await statusOf(b.hostId)) === "lost", 20_000, 50);
     const detectedAfterS = (Date.now() - killedAt) / 1000;
     // lost-after + one telemetry interval + one liveness tick, and room for a busy machine
-    expect(detectedAfterS).toBeGreaterThanOrEqual(LOST_AFTER_S - INTERVAL_S - 1);
     expect(detectedAfterS).toBeLessThan(LOST_AFTER_S + INTERVAL_S + 5);
     const events = JSON.parse((await cp.cli(["host", "events", b.hostId, "--json"])).stdout) as { kind: string }[];
     expect(events.map((e) => e.kind)).toEqual(["enrolled", "online", "lost"]);

@@ -775,6 +775,16 @@ describe("SnapshotCoordinator: forget and prune", () => {
   const finish = finishIn(h);
   const prune = { tenantId: "t1", policy: {}, prune: true, dryRun: false };
 
+  it("counts a prune as running work while it runs, and names it to a second prune it refuses", async () => {
+    // Claimed before the prune's first await: seen at once, and the second is refused before the first can end.
+    const pruning = h.coordinator.forget(prune);
+    expect(h.coordinator.runningWork().map((w) => w.kind)).toEqual(["prune"]);
+    const second = h.coordinator.forget(prune);
+    await expect(second).rejects.toThrow(/a prune or index repair of tenant t1 is already running \(prune, for \d+s\)/);
+    await pruning;
+    expect(h.coordinator.runningWork()).toEqual([]);
+  });
+
   it("refuses to prune while a snapshot of the tenant runs, and prunes once it has ended", async () => {
     const running = await started();
     // Naming what runs, and for how long: an operator can find a stuck one.
@@ -1915,7 +1925,7 @@ describe("SnapshotCoordinator: a tenant's storage quota", () => {
   const packBytes = async () => {
     const dir = path.join(h.blobs, "tenants", "t1", "data");
     let bytes = 0;
-    for (const name of await fs.readdir(dir, { recursive: true })) {
+    for (const name of await fs.readdir(dir, { recursive: true }).catch(() => [] as string[])) {
       const info = await fs.stat(path.join(dir, name));
       if (info.isFile()) bytes += info.size;
     }
@@ -1956,10 +1966,45 @@ describe("SnapshotCoordinator: a tenant's storage quota", () => {
     expect(aborted, "the agent was not told to stop").toBeDefined();
     expect(await h.db.selectFrom("snapshots").select("id").execute()).toHaveLength(1); // the first snapshot only
   });
+
+  it("shares the room left among the tenant's snapshots running at once", async () => {
+    // Room for one 5,000-byte chunk more, not two: each of two snapshots alone would fit.
+    await withQuota((await packBytes()) + 8_000);
+    const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
+      h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+    const [first, second] = [await startedIn(h), await startedIn(h)];
+    const send = async ({ requestId, key }: typeof first) => {
+      const plain = randomBytes(5_000);
+      const chunk = chunkCodec.sealChunk(key, plain);
+      expect(await offered(agentSends, h.sent, requestId, 0n, [chunk.id])).toHaveLength(1);
+      agentSends({
+        case: "snapshotChunks",
+        value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
+      });
+    };
+    await send(first);
+    await send(second);
+    const stopped = await second.snapshot.catch((err: unknown) => err as ConnectError);
+    expect(stopped).toMatchObject({ code: Code.ResourceExhausted });
+    // The first is still running, within the quota: the agent would go on and commit it.
+    expect(h.sent.some((m) => m.msg.case === "snapshotAborted" && m.msg.value.requestId === first.requestId)).toBe(
+      false,
+    );
+    h.coordinator.onAgentMessage(
+      h.session,
+      create(AgentMessageSchema, {
+        msg: { case: "snapshotFailed", value: { requestId: first.requestId, message: "stopped by the test" } },
+      }),
+    );
+    await expect(first.snapshot).rejects.toThrow("stopped by the test");
+  });
 });
 
 describe("SnapshotCoordinator: the cache of tenants' repositories", () => {
   const closed: string[] = [];
+  /** While set, manifest reads wait for it; `held` counts those waiting. */
+  let hold: Promise<void> | undefined;
+  let held = 0;
   const tuning: CoordinatorTuning = {
     cachedTenantsMax: 1,
     cacheMinIdleMs: 0,
@@ -1969,6 +2014,14 @@ describe("SnapshotCoordinator: the cache of tenants' repositories", () => {
       store.close = async () => {
         closed.push(url.slice(url.lastIndexOf("/") + 1));
         await close();
+      };
+      const get = store.get.bind(store);
+      store.get = async (key, options) => {
+        if (hold && key.startsWith("manifests/")) {
+          held++;
+          await hold;
+        }
+        return get(key, options);
       };
       return store;
     },
@@ -1991,6 +2044,22 @@ describe("SnapshotCoordinator: the cache of tenants' repositories", () => {
     expect(await h.coordinator.stats("t2")).toMatchObject({ snapshots: 1 });
     expect(closed).toEqual(["t1", "t2"]);
     await finish(running);
+  });
+
+  it("keeps a tenant whose snapshot's files are being listed, however idle, while others are used", async () => {
+    const [row] = await h.db.selectFrom("snapshots").selectAll().where("tenant_id", "=", "t1").limit(1).execute();
+    let release!: () => void;
+    hold = new Promise((resolve) => {
+      release = resolve;
+    });
+    const reading = h.coordinator.readManifest(row);
+    await until(() => held > 0);
+    closed.length = 0;
+    await h.coordinator.stats("t2"); // the cap is 1: t1 would make room, but its store is in use
+    expect(closed).not.toContain("t1");
+    hold = undefined;
+    release();
+    expect((await reading).entries.length).toBeGreaterThan(0);
   });
 });
 

@@ -227,7 +227,7 @@ const RELIST_RETRY_MAX_MS = 10 * 60_000;
 interface RunningWork {
   /** "snapshot of /work on host h-1", "restore of snapshot 3f2a… into /work on host h-1", "check". */
   what: string;
-  kind: "snapshot" | "restore" | "check" | "relist" | "repair-index" | "stats";
+  kind: "snapshot" | "restore" | "check" | "relist" | "repair-index" | "stats" | "prune";
   since: number;
 }
 
@@ -264,8 +264,14 @@ export class SnapshotCoordinator {
   private readonly openStore: (url: string) => BlobStore;
   private readonly mountTables: MountTables | undefined;
   private readonly snapshotQuotaBytes: number | undefined;
+  /** Per tenant, each running snapshot's bytes received and not yet written into a pack (for the quota). */
+  private readonly unwrittenBytes = new Map<string, Set<() => number>>();
   /** When each cached tenant was last used (see CACHED_TENANTS_MAX). */
   private readonly lastUsed = new Map<string, number>();
+  /** Tenants whose repository is in use outside `using` (see borrowing), and by how many. */
+  private readonly borrowed = new Map<string, number>();
+  /** The prune or index repair running for a tenant, and since when (beside `pruning`, for /metrics). */
+  private readonly exclusiveWork = new Map<string, RunningWork>();
   private readonly cache: { max: number; idleMs: number; minIdleMs: number };
 
   constructor(
@@ -347,13 +353,32 @@ export class SnapshotCoordinator {
     for (const tenantId of [...this.repositories.keys()]) this.evict(tenantId);
   }
 
+  /**
+   * Runs `work`, which uses the tenant's cached repository outside `using` (a listing of a snapshot's files, a
+   * forget: neither waits for a prune nor blocks one), with the tenant kept from eviction meanwhile: eviction closes
+   * the store, and an S3 store closed under a read fails it.
+   */
+  private async borrowing<T>(tenantId: string, work: () => Promise<T>): Promise<T> {
+    this.borrowed.set(tenantId, (this.borrowed.get(tenantId) ?? 0) + 1);
+    try {
+      return await work();
+    } finally {
+      const left = (this.borrowed.get(tenantId) ?? 1) - 1;
+      if (left > 0) this.borrowed.set(tenantId, left);
+      else this.borrowed.delete(tenantId);
+      if (this.repositories.has(tenantId)) this.lastUsed.set(tenantId, Date.now());
+    }
+  }
+
   /** Drops what is cached of idle tenants (see CACHED_TENANTS_MAX), making room for `using`'s. */
   private evictIdle(using: string, now = Date.now()): void {
-    const idle = [...new Set([...this.repositories.keys(), ...this.indexes.keys()])]
+    const cached = new Set([...this.repositories.keys(), ...this.indexes.keys()]);
+    const idle = [...cached]
       .filter((tenantId) => tenantId !== using && !this.running.has(tenantId) && !this.pruning.has(tenantId))
+      .filter((tenantId) => !this.borrowed.has(tenantId))
       .map((tenantId) => ({ tenantId, age: now - (this.lastUsed.get(tenantId) ?? 0) }))
       .sort((a, b) => b.age - a.age);
-    let over = this.repositories.size + (this.repositories.has(using) ? 0 : 1) - this.cache.max;
+    let over = cached.size + (cached.has(using) ? 0 : 1) - this.cache.max;
     for (const { tenantId, age } of idle) {
       if (age >= this.cache.idleMs || (over > 0 && age >= this.cache.minIdleMs)) {
         this.evict(tenantId);
@@ -453,8 +478,9 @@ export class SnapshotCoordinator {
         const { prune } = await this.forget({ tenantId, policy: {}, prune: true, dryRun: false });
         if (prune && prune.bytesFreed > 0) this.log.info({ tenantId, ...prune }, "scheduled prune");
       } catch (err) {
-        if (err instanceof FailedPreconditionError)
-          this.log.info({ tenantId, reason: err.rawMessage }, "prune skipped");
+        // Skipped while work runs (here or, by the repository's lock, elsewhere); any other failure, a store that
+        // refuses its deletes among them, is an operator's to hear of.
+        if (err instanceof TenantBusyError) this.log.info({ tenantId, reason: err.rawMessage }, "prune skipped");
         else this.log.error({ err, tenantId }, "scheduled prune failed");
       }
     }
@@ -485,6 +511,10 @@ export class SnapshotCoordinator {
    * snapshot object), then prunes if asked. No host is involved.
    */
   async forget(req: ForgetRequest): Promise<ForgetResult> {
+    return this.borrowing(req.tenantId, () => this.forgetNow(req));
+  }
+
+  private async forgetNow(req: ForgetRequest): Promise<ForgetResult> {
     const { tenantId } = req;
     if (req.ids?.length && !hasRetentionRule(req.policy) && !req.prune) {
       // The way out of RepositoryMissingError where the store was replaced on purpose: forgetting the snapshots
@@ -493,8 +523,7 @@ export class SnapshotCoordinator {
       // make one anew once no row names the old.
       try {
         if (!(await this.repositoryThere(tenantId))) {
-          this.repositories.delete(tenantId);
-          this.indexes.delete(tenantId);
+          this.evict(tenantId);
           return await this.forgetCatalogued(tenantId, req.ids, req.dryRun);
         }
       } catch (err) {
@@ -519,7 +548,7 @@ export class SnapshotCoordinator {
         throw storeError(err);
       }
     }
-    return this.exclusively(tenantId, "prune", async () => {
+    return this.exclusively(tenantId, "prune", "prune", async () => {
       const repo = await open();
       if (!repo) return nothing;
       const result = await this.forgetIn(repo, req);
@@ -549,7 +578,7 @@ export class SnapshotCoordinator {
         return repository ? repairIndex(repository, { dryRun: true, verify }) : nothing;
       });
     }
-    return this.exclusively(tenantId, "repair the index", async () => {
+    return this.exclusively(tenantId, "repair-index", "repair the index", async () => {
       const repository = await this.existingRepository(tenantId);
       if (!repository) return nothing;
       const report = await repairIndex(repository, { verify });
@@ -567,28 +596,37 @@ export class SnapshotCoordinator {
    * restores or checks of the tenant run, or another such work does; operations that start meanwhile wait for it.
    * `verb` says what to do again once they have ended.
    */
-  private async exclusively<T>(tenantId: string, verb: string, work: () => Promise<T>): Promise<T> {
+  private async exclusively<T>(
+    tenantId: string,
+    kind: "prune" | "repair-index",
+    verb: string,
+    work: () => Promise<T>,
+  ): Promise<T> {
     // Checked and claimed before the first await, so no snapshot starts between the check and the work.
     const busy = [...(this.running.get(tenantId) ?? [])];
     if (busy.length > 0 || this.pruning.has(tenantId)) {
       const one = busy.length === 1;
-      throw new FailedPreconditionError(
+      const other = this.exclusiveWork.get(tenantId);
+      throw new TenantBusyError(
         busy.length > 0
           ? `${counted(busy.length, "snapshot, restore or check", "snapshots, restores or checks")} of tenant ` +
               `${tenantId} ${one ? "is" : "are"} running (${describeRunning(busy)}); ${verb} again when ` +
               `${one ? "it has" : "they have"} ended`
-          : `a prune or index repair of tenant ${tenantId} is already running`,
+          : `a prune or index repair of tenant ${tenantId} is already running` +
+              (other ? ` (${describeRunning([other])})` : ""),
       );
     }
     const running = work();
     this.pruning.set(tenantId, running);
+    this.exclusiveWork.set(tenantId, { kind, what: kind === "prune" ? "prune" : "index repair", since: Date.now() });
     try {
       return await running;
     } catch (err) {
-      if (isRepositoryError(err, "locked")) throw new FailedPreconditionError(`tenant ${tenantId}: ${err.message}`);
+      if (isRepositoryError(err, "locked")) throw new TenantBusyError(`tenant ${tenantId}: ${err.message}`);
       throw storeError(err);
     } finally {
       this.pruning.delete(tenantId);
+      this.exclusiveWork.delete(tenantId);
     }
   }
 
@@ -838,7 +876,9 @@ export class SnapshotCoordinator {
       if (!repository) {
         return { snapshots: 0, files: 0, bytes: 0, chunks: 0, chunkBytes: 0, packs: 0, packBytes: 0 };
       }
-      return repositoryStats(repository, this.index(tenantId));
+      // The cached index brought up to date where there is one; else a throwaway one: a stats of every tenant must
+      // not load every tenant's index into the cache.
+      return repositoryStats(repository, this.indexes.get(tenantId));
     });
   }
 
@@ -873,7 +913,7 @@ export class SnapshotCoordinator {
   /** What runs now, for /metrics: how many of each kind, and since when the oldest of each has. */
   runningWork(): { kind: RunningWork["kind"]; count: number; oldestSince: number }[] {
     const byKind = new Map<RunningWork["kind"], { count: number; oldestSince: number }>();
-    for (const works of this.running.values()) {
+    for (const works of [...this.running.values(), this.exclusiveWork.values()]) {
       for (const w of works) {
         const seen = byKind.get(w.kind);
         if (seen) {
@@ -887,6 +927,10 @@ export class SnapshotCoordinator {
 
   /** A committed snapshot's manifest, read from its tenant's repository (no agent involved). */
   async readManifest(snapshot: SnapshotRow): Promise<Manifest> {
+    return this.borrowing(snapshot.tenant_id, () => this.readManifestNow(snapshot));
+  }
+
+  private async readManifestNow(snapshot: SnapshotRow): Promise<Manifest> {
     try {
       const repository = await this.repositoryOf(snapshot.tenant_id);
       try {
@@ -943,13 +987,30 @@ export class SnapshotCoordinator {
     const verifier = this.chunkVerifier();
     const writer = await repository.writer({ index: this.index(req.tenantId), refreshIndex: true });
     // The quota: the packs the tenant holds now (the index just brought up to date), and what this snapshot adds.
+    // The packs the tenant's index holds (the writers of its snapshots add theirs as they write them) and what its
+    // running snapshots received and have not written yet, this one's among them: N at once share the room left.
     const quota = this.snapshotQuotaBytes;
-    const storedBefore = this.index(req.tenantId).packBytes;
-    if (quota !== undefined && storedBefore >= quota) {
-      await writer.abort();
-      throw quotaReached(req.tenantId, storedBefore, quota);
-    }
+    const index = this.index(req.tenantId);
     let received = 0;
+    const unwritten = () => Math.max(0, received - writer.stats.packBytes);
+    const arriving = this.unwrittenBytes.get(req.tenantId) ?? new Set<() => number>();
+    const stored = () => {
+      let bytes = index.packBytes;
+      for (const more of arriving) bytes += more();
+      return bytes;
+    };
+    if (quota !== undefined && stored() >= quota) {
+      await writer.abort();
+      throw quotaReached(req.tenantId, stored(), quota);
+    }
+    arriving.add(unwritten);
+    this.unwrittenBytes.set(req.tenantId, arriving);
+    const stopCounting = () => {
+      arriving.delete(unwritten);
+      if (arriving.size === 0 && this.unwrittenBytes.get(req.tenantId) === arriving) {
+        this.unwrittenBytes.delete(req.tenantId);
+      }
+    };
     /** Chunk messages in hand (being checked or waiting to be written); the stream is paused above MAX_VERIFYING. */
     let outstanding = 0;
     /** Answers to offers not yet sent; the stream is paused above MAX_ANSWERING. */
@@ -997,6 +1058,7 @@ export class SnapshotCoordinator {
         }
         finished = true;
         this.operations.delete(requestId);
+        stopCounting(); // what it sent is in the index now, or dropped
         silence.stop();
         resumeAnswers();
         if (err) {
@@ -1131,9 +1193,9 @@ export class SnapshotCoordinator {
             const bytes = chunks.reduce((sum, c) => sum + c.blob.length, 0);
             this.metrics.snapshotBytesReceived.inc(bytes);
             received += bytes;
-            if (quota !== undefined && storedBefore + received > quota) {
+            if (quota !== undefined && stored() > quota) {
               // What arrived before is kept (the next snapshot, after a forget and prune, reuses it).
-              return abandon(quotaReached(req.tenantId, storedBefore + received, quota));
+              return abandon(quotaReached(req.tenantId, stored(), quota));
             }
             const verified = verifier.verify(key, chunks);
             verified.catch(() => {});
@@ -1793,11 +1855,14 @@ const MAX_AGENT_TEXT = 4096;
 const MAX_RESTORE_WARNINGS = 8;
 const MAX_RESTORE_WARNING_TEXT = 1024;
 
+/** A prune or index repair refused because other work of the tenant runs (here, or elsewhere by its lock). */
+class TenantBusyError extends FailedPreconditionError {}
+
 /** A tenant's repository at its quota (CoordinatorTuning.snapshotQuotaBytes), saying what to do. */
 function quotaReached(tenantId: string, stored: number, quota: number): ResourceExhaustedError {
   return new ResourceExhaustedError(
     `tenant ${tenantId}'s snapshots would store over its quota of ${formatBytes(quota)} (${formatBytes(stored)} ` +
-      "stored with this one's so far): forget snapshots it no longer needs and prune (`dumont snapshot forget " +
+      "stored and arriving): forget snapshots it no longer needs and prune (`dumont snapshot forget " +
       `--tenant ${tenantId} --keep-last N --prune\`), or raise DUMONT_SNAPSHOT_QUOTA`,
   );
 }

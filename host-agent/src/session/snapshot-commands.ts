@@ -286,6 +286,8 @@ export class SnapshotCommands {
         { requestId: cmd.requestId, path: cmd.path, tenantId: cmd.tenantId, workspace: cmd.workspaceId, err: message },
         "snapshot failed",
       );
+      // Its stack (a worker's too) for a bug report, at debug: most failures are the workspace's, not the code's.
+      this.log.debug({ requestId: cmd.requestId, err }, "snapshot failure's stack");
       await this.session
         .send(
           create(AgentMessageSchema, { msg: { case: "snapshotFailed", value: { requestId: cmd.requestId, message } } }),
@@ -381,6 +383,7 @@ export class SnapshotCommands {
         { requestId: cmd.requestId, snapshotId: cmd.snapshotId, target: cmd.target, err: message },
         "restore failed",
       );
+      this.log.debug({ requestId: cmd.requestId, err }, "restore failure's stack");
       // A restore that names damaged files (RestoreDamagedError) kept the rest, and may have warnings too.
       const warnings = (err as { result?: { warnings?: string[] } }).result?.warnings;
       await report({ error: message, warnings: this.restoreWarnings(cmd.requestId, warnings) }).catch(() => undefined);

@@ -1203,7 +1203,8 @@ export type TenantSnapshotStats = Message<"dumont.api.v1.TenantSnapshotStats"> &
   bytes: bigint;
 
   /**
-   * Distinct chunks and their plain bytes: the snapshots' data once deduplicated, before compression.
+   * Distinct chunks and their plain bytes: the snapshots' data once deduplicated, before compression (chunks
+   * no snapshot needs any more count until a prune deletes them).
    *
    * @generated from field: uint64 chunks = 5;
    */
