@@ -59,11 +59,15 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
     const newAdminKey = await bootstrapAdminKey(db, adminKeyFile, ADMIN_TENANT);
 
     const ingest = new TelemetryIngest(db, log, metrics);
+    let gateway: AgentGatewayServer | undefined;
     const liveness = new HostLiveness(db, log, metrics, {
       lostAfterSeconds: config.lostAfterSeconds,
       serializeWrites: (work) => ingest.serialize(work),
+      // A host declared lost whose stream is still open has its stream closed, so that its agent reconnects and is
+      // online again (see closeSessionsOf).
+      onLost: (hostIds) => gateway?.closeSessionsOf(hostIds),
     });
-    const gateway = new AgentGatewayServer({
+    gateway = new AgentGatewayServer({
       db,
       ca,
       log,

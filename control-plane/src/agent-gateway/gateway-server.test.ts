@@ -314,6 +314,38 @@ describe("AgentGatewayServer", () => {
       await holding.close();
     }
   });
+
+  it("closes the open stream of a host declared lost, so that its agent reconnects and is online again", async () => {
+    let gateway: ReturnType<typeof newGateway> | undefined;
+    const liveness = new HostLiveness(db, pino({ level: "silent" }), createMetrics(), {
+      lostAfterSeconds: 10,
+      startedAt: Date.now() - 600_000,
+      onLost: (hostIds) => gateway?.closeSessionsOf(hostIds),
+    });
+    gateway = newGateway({ liveness });
+    try {
+      const at = await gateway.listen("127.0.0.1", 0);
+      const stream = (
+        client(host, at) as unknown as { connect: () => grpc.ClientDuplexStream<AgentMessage, ControlMessage> }
+      ).connect();
+      stream.on("error", () => {});
+      let welcomed = false;
+      stream.on("data", (m: ControlMessage) => {
+        if (m.msg.case === "welcome") welcomed = true;
+      });
+      const ended = new Promise<void>((resolve) => stream.on("end", () => resolve()));
+      stream.write(hello(host.id));
+      await expect.poll(() => welcomed, { timeout: 20_000 }).toBe(true);
+      // The agent's messages held back past lost-after (a hung nvidia-smi): lost, though its stream is open.
+      const t0 = Date.now();
+      await liveness.check(new Date(t0));
+      expect(await liveness.check(new Date(t0 + 60_000))).toEqual([host.id]);
+      await ended; // closed by the control plane: the agent reconnects, and its Hello marks it online
+      expect(gateway.sessions.get(host.id)).toBeUndefined();
+    } finally {
+      await gateway.close();
+    }
+  });
 });
 
 function hello(hostId: string, over: { agentVersion?: string; hostname?: string } = {}): AgentMessage {

@@ -350,6 +350,24 @@ export class AgentGatewayServer {
     this.deps.log.debug({ hostId: host.id, sessionId }, "agent downloads stream joined");
   }
 
+  /**
+   * Closes the streams this replica holds of these hosts: liveness declared them lost while their streams stayed
+   * open (their messages held back past lost-after: an nvidia-smi that hangs, a frozen agent). Only a Hello brings a
+   * host back online, so left open such a host read as lost until its agent happened to reconnect; closed, the agent
+   * reconnects and says Hello at once (or, if it is truly stuck, stays lost).
+   */
+  closeSessionsOf(hostIds: readonly string[]): void {
+    for (const hostId of hostIds) {
+      const session = this.sessions.get(hostId);
+      if (!session?.isOpen) continue;
+      this.deps.log.warn(
+        { hostId, sessionId: session.sessionId },
+        "host declared lost while its stream was open; closing the stream so its agent reconnects",
+      );
+      session.close();
+    }
+  }
+
   private dispatch(session: AgentSession, message: AgentMessage): void {
     switch (message.msg.case) {
       case "telemetry":
