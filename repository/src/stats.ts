@@ -43,7 +43,7 @@ export async function repositoryStats(repository: Repository, index?: Repository
   };
 }
 
-/** The stats as both CLIs print them: a line each, each saying what it counts. */
+/** The stats as `dumont-agent snapshot stats` prints them: a line each, each saying what it counts. */
 export function statsText(stats: RepositoryStats): string {
   const share = stats.bytes > 0 ? `; ${Math.round((100 * stats.packBytes) / stats.bytes)}% of the restore size` : "";
   return [

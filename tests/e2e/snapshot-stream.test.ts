@@ -17,6 +17,7 @@ import {
   grpcServiceDefinition,
   PROTOCOL_VERSION,
 } from "@dumont/proto";
+import type { RepositoryStats } from "@dumont/repository";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -250,16 +251,7 @@ describe("snapshots over the agent stream", () => {
     await snapshotOf(tree);
     const listed = await snapshots();
     const [tenant] = new Set(listed.map((s) => s.tenantId));
-    const stats = (await cli(["snapshot", "stats", "--json"])) as {
-      tenantId: string;
-      snapshots: number;
-      files: number;
-      bytes: number;
-      chunks: number;
-      chunkBytes: number;
-      packs: number;
-      packBytes: number;
-    }[];
+    const stats = (await cli(["snapshot", "stats", "--json"])) as (RepositoryStats & { tenantId: string })[];
     expect(stats.map((t) => t.tenantId)).toEqual([tenant]);
     const [t] = stats;
     expect(t.snapshots).toBe(listed.length);

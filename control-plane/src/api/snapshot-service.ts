@@ -146,9 +146,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
         throw new NotFoundError(`host ${req.hostId} not found; list hosts with \`dumont host list\``);
       // A mistyped tenant id too, as forget says it.
       if (rows.length === 0 && req.tenantId && !(await tenantExists(deps.db, req.tenantId))) {
-        throw new NotFoundError(
-          `there is no tenant ${shown(req.tenantId)}: \`dumont key list\` shows the tenants that hold keys`,
-        );
+        throw noSuchTenant(req.tenantId);
       }
       return create(api.ListSnapshotsResponseSchema, { snapshots: rows.map(toApi) });
     },
@@ -219,9 +217,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       // A tenant with nothing to forget is a policy with nothing to do; one that does not exist is a typo, which
       // answered "forgot 0" and left retention undone.
       if (!byId && req.tenantId && work.size === 0 && !(await tenantExists(deps.db, req.tenantId))) {
-        throw new NotFoundError(
-          `there is no tenant ${shown(req.tenantId)}: \`dumont key list\` shows the tenants that hold keys`,
-        );
+        throw noSuchTenant(req.tenantId);
       }
       const out = create(api.ForgetSnapshotsResponseSchema, {});
       if (req.prune) out.prune = create(api.PruneReportSchema, {});
@@ -269,56 +265,37 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
           `tenant ${shown(req.tenantId)} has no repository (it never took a snapshot): there is no index of it to repair`,
         );
       }
-      const out = create(api.RepairIndexResponseSchema, {});
-      // One tenant at a time, each on its own: one busy or whose store does not answer is reported with its reason,
-      // and the others are repaired all the same (what a repair changes is logged). A caller gone stops it before the
-      // next tenant.
-      for (const tenantId of tenants) {
-        ctx.signal.throwIfAborted();
-        try {
-          const report = await deps.snapshots.repairIndex(tenantId, { dryRun: req.dryRun });
-          out.tenants.push(create(api.TenantIndexRepairSchema, { tenantId, ...report, packs: BigInt(report.packs) }));
-        } catch (err) {
-          // An error no handler meant (a bug) fails the call as "internal error", logged, as in every call.
-          if (!(err instanceof ConnectError)) throw err;
-          out.tenants.push(create(api.TenantIndexRepairSchema, { tenantId, error: err.rawMessage }));
-        }
-      }
-      return out;
+      // What a repair changes is logged.
+      const repaired = await eachTenant(ctx, tenants, async (tenantId) => {
+        const report = await deps.snapshots.repairIndex(tenantId, { dryRun: req.dryRun });
+        return { ...report, packs: BigInt(report.packs) };
+      });
+      return create(api.RepairIndexResponseSchema, {
+        tenants: repaired.map((t) => create(api.TenantIndexRepairSchema, t)),
+      });
     },
 
     async getSnapshotStats(req, ctx) {
       const who = await admin(ctx);
       const tenants = await repositoryTenants(deps.db, listScope(who, req.tenantId, "snapshots"));
       if (req.tenantId !== "" && tenants.length === 0 && !(await tenantExists(deps.db, req.tenantId))) {
-        throw new NotFoundError(
-          `there is no tenant ${shown(req.tenantId)}: \`dumont key list\` shows the tenants that hold keys`,
-        );
+        throw noSuchTenant(req.tenantId);
       }
-      const out = create(api.GetSnapshotStatsResponseSchema, {});
-      // Each tenant on its own, as repairIndex: one whose store does not answer says so, the others are summed.
-      for (const tenantId of tenants) {
-        ctx.signal.throwIfAborted();
-        try {
-          const s = await deps.snapshots.stats(tenantId);
-          out.tenants.push(
-            create(api.TenantSnapshotStatsSchema, {
-              tenantId,
-              snapshots: BigInt(s.snapshots),
-              files: BigInt(s.files),
-              bytes: BigInt(s.bytes),
-              chunks: BigInt(s.chunks),
-              chunkBytes: BigInt(s.chunkBytes),
-              packs: BigInt(s.packs),
-              packBytes: BigInt(s.packBytes),
-            }),
-          );
-        } catch (err) {
-          if (!(err instanceof ConnectError)) throw err;
-          out.tenants.push(create(api.TenantSnapshotStatsSchema, { tenantId, error: err.rawMessage }));
-        }
-      }
-      return out;
+      const stats = await eachTenant(ctx, tenants, async (tenantId) => {
+        const s = await deps.snapshots.stats(tenantId);
+        return {
+          snapshots: BigInt(s.snapshots),
+          files: BigInt(s.files),
+          bytes: BigInt(s.bytes),
+          chunks: BigInt(s.chunks),
+          chunkBytes: BigInt(s.chunkBytes),
+          packs: BigInt(s.packs),
+          packBytes: BigInt(s.packBytes),
+        };
+      });
+      return create(api.GetSnapshotStatsResponseSchema, {
+        tenants: stats.map((t) => create(api.TenantSnapshotStatsSchema, t)),
+      });
     },
 
     async *diffSnapshots(req, ctx) {
@@ -424,6 +401,36 @@ function readSubsetOf(req: api.CheckSnapshotsRequest): ReadSubset | undefined {
   } catch (err) {
     throw new InvalidArgumentError((err as Error).message);
   }
+}
+
+/** NOT_FOUND for a tenant id that names no tenant: a typo, which would otherwise answer an empty list or "forgot 0". */
+function noSuchTenant(tenantId: string): NotFoundError {
+  return new NotFoundError(
+    `there is no tenant ${shown(tenantId)}: \`dumont key list\` shows the tenants that hold keys`,
+  );
+}
+
+/**
+ * `work` for each tenant in turn, each on its own: one busy, or whose store does not answer, is answered with its
+ * reason (`error`) and the others are done all the same. A caller gone stops it before the next tenant; an error no
+ * handler meant (a bug) fails the call as "internal error", logged, as in every call.
+ */
+async function eachTenant<T extends object>(
+  ctx: HandlerContext,
+  tenants: string[],
+  work: (tenantId: string) => Promise<T>,
+): Promise<({ tenantId: string } & (T | { error: string }))[]> {
+  const out: ({ tenantId: string } & (T | { error: string }))[] = [];
+  for (const tenantId of tenants) {
+    ctx.signal.throwIfAborted();
+    try {
+      out.push({ tenantId, ...(await work(tenantId)) });
+    } catch (err) {
+      if (!(err instanceof ConnectError)) throw err;
+      out.push({ tenantId, error: err.rawMessage });
+    }
+  }
+  return out;
 }
 
 /**
