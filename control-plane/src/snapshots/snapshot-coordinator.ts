@@ -850,10 +850,7 @@ export class SnapshotCoordinator {
     } catch (err) {
       // Not a sound store either: the gauge keeps what the last check that ran found, and this counts.
       this.metrics.checks.inc({ result: "failed" });
-      const code = statusName(err);
-      if (err instanceof ConnectError && code !== "INTERNAL") {
-        this.log.warn({ tenantId, code, reason: err.rawMessage }, "check failed");
-      } else this.log.error({ tenantId, code, err }, "check failed");
+      this.logFailure("check failed", { tenantId }, err);
       throw err;
     }
     this.metrics.checks.inc({ result: report.problems.length === 0 ? "sound" : "problems" });
@@ -966,15 +963,22 @@ export class SnapshotCoordinator {
       return result;
     } catch (err) {
       count.inc({ result: "failed" });
-      const code = statusName(err);
-      this.metrics.snapshotFailures.inc({ operation, code });
-      // A ConnectError is what the caller was told; anything else is a bug or a failure nobody translated, which
-      // the API's interceptor logs with its stack as well.
-      if (err instanceof ConnectError && code !== "INTERNAL") {
-        this.log.warn({ ...context, code, reason: err.rawMessage }, `${operation} failed`);
-      } else this.log.error({ ...context, code, err }, `${operation} failed`);
+      this.metrics.snapshotFailures.inc({ operation, code: statusName(err) });
+      this.logFailure(`${operation} failed`, context, err);
       throw err;
     }
+  }
+
+  /**
+   * A failure, with `context` and the code its caller got: at warn with the reason the caller was told (a
+   * ConnectError), or at error with its stack (anything else: a bug, or a failure nobody translated, which the
+   * API's interceptor logs too).
+   */
+  private logFailure(what: string, context: Record<string, unknown>, err: unknown): void {
+    const code = statusName(err);
+    if (err instanceof ConnectError && code !== "INTERNAL") {
+      this.log.warn({ ...context, code, reason: err.rawMessage }, what);
+    } else this.log.error({ ...context, code, err }, what);
   }
 
   private async takeSnapshot(req: SnapshotRequest, requestId: string): Promise<SnapshotRow> {
