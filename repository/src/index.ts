@@ -153,7 +153,7 @@ export {
 } from "./s3-blob-store.js";
 export { chunkCodec } from "./sealing.js";
 export type { SnapshotRecord } from "./snapshot-record.js";
-export { type RepositoryStats, repositoryStats, statsText } from "./stats.js";
+export { emptyRepositoryStats, type RepositoryStats, repositoryStats, statsText } from "./stats.js";
 export { table } from "./text-table.js";
 export type {
   ChunkBuffers,

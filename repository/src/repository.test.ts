@@ -21,7 +21,7 @@ import { repairIndexText } from "./repair-index-report.js";
 import { Repository } from "./repository.js";
 import { RepositoryIndex } from "./repository-index.js";
 import { chunkCodec, ObjectKind, openJson, sealJson, sha256 } from "./sealing.js";
-import { repositoryStats } from "./stats.js";
+import { emptyRepositoryStats, repositoryStats, statsText } from "./stats.js";
 import { dirEntry, emptyFileEntry } from "./testing/manifest-entries.js";
 import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
 import type { FetchedChunk, SealedChunk } from "./transfer.js";
@@ -2474,15 +2474,7 @@ describe("prune merges small packs", () => {
 describe("repositoryStats", () => {
   it("counts what the snapshots restore, what that is deduplicated, and the packs as the store holds them", async () => {
     const { root, key, repository } = await freshFileRepository("stats");
-    expect(await repositoryStats(repository)).toEqual({
-      snapshots: 0,
-      files: 0,
-      bytes: 0,
-      chunks: 0,
-      chunkBytes: 0,
-      packs: 0,
-      packBytes: 0,
-    });
+    expect(await repositoryStats(repository)).toEqual(emptyRepositoryStats());
     const [a, b] = [sealed(key, randomBytes(3_000)), sealed(key, Buffer.alloc(5_000, 7))];
     let w = await repository.writer();
     await w.put([a, b]);
@@ -2506,7 +2498,24 @@ describe("repositoryStats", () => {
       chunkBytes: 8_000,
       packs: 1,
       packBytes: onDisk,
+      unreadableSnapshots: [],
     });
     expect(onDisk).toBeLessThan(8_000); // b's 5,000 equal bytes compressed
+    expect(statsText(stats)).not.toMatch(/unreadable/);
+
+    // A damaged record is named and counted around (as `list` does), not a failed answer.
+    const second = (await repository.listSnapshots()).find((s) => s.totals.bytes === 9_000);
+    if (!second) throw new Error("no second snapshot");
+    const recordFile = join(root, "snapshots", second.id);
+    const bytes = await readFile(recordFile);
+    bytes[bytes.length - 1] ^= 0xff;
+    await writeFile(recordFile, bytes);
+    const around = await repositoryStats(repository);
+    expect(around).toMatchObject({ snapshots: 1, files: 2, bytes: 8_000, unreadableSnapshots: [second.id] });
+    expect(statsText(around)).toMatch(
+      new RegExp(
+        `\\nunreadable +1 snapshot record, not counted above: ${second.id} \\(\`snapshot check\` says why\\)\\n$`,
+      ),
+    );
   });
 });

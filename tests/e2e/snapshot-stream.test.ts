@@ -275,6 +275,24 @@ describe("snapshots over the agent stream", () => {
     const typo = await cp.cli(["snapshot", "stats", "--tenant", "no-such-tenant"]);
     expect(typo.code).not.toBe(0);
     expect(typo.stderr).toContain('there is no tenant "no-such-tenant"');
+
+    // A record that would not open is named and counted around; put back after, for the tests that follow.
+    const damaged = listed.at(-1)!;
+    const recordFile = path.join(cp.dataDir, "blobs", "tenants", tenant, "snapshots", damaged.id);
+    const original = await fs.readFile(recordFile);
+    await fs.writeFile(recordFile, Buffer.concat([original.subarray(0, -1), Buffer.from([original.at(-1)! ^ 0xff])]));
+    try {
+      const around = await cp.cli(["snapshot", "stats", "--json"]);
+      expect(around.code).toBe(0);
+      const [counted] = JSON.parse(around.stdout) as (RepositoryStats & { tenantId: string })[];
+      expect(counted).toMatchObject({ snapshots: listed.length - 1, unreadableSnapshots: [damaged.id] });
+      expect(around.stderr).toContain(
+        `tenant ${tenant}: 1 snapshot record would not open and is not counted: ${damaged.id}; ` +
+          `\`dumont snapshot check --tenant ${tenant}\` says why`,
+      );
+    } finally {
+      await fs.writeFile(recordFile, original);
+    }
   });
 
   it("runs two snapshots and a restore on one host at once, each byte for byte", async () => {

@@ -291,6 +291,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
           chunkBytes: BigInt(s.chunkBytes),
           packs: BigInt(s.packs),
           packBytes: BigInt(s.packBytes),
+          unreadableSnapshots: s.unreadableSnapshots,
         };
       });
       return create(api.GetSnapshotStatsResponseSchema, {

@@ -333,10 +333,19 @@ export function registerSnapshotCommands(program: Command): void {
         chunkBytes: Number(t.chunkBytes),
         packs: Number(t.packs),
         packBytes: Number(t.packBytes),
+        unreadableSnapshots: t.unreadableSnapshots,
         ...(t.error ? { error: t.error } : {}),
       }));
       const failed = tenants.filter((t) => t.error !== undefined);
       for (const t of failed) process.stderr.write(`tenant ${t.tenantId}: no stats: ${t.error}\n`);
+      // Counted around, as `snapshot list` does, and named: the figures are what the readable snapshots hold.
+      for (const t of tenants.filter((t) => t.unreadableSnapshots.length > 0)) {
+        process.stderr.write(
+          `tenant ${t.tenantId}: ${counted(t.unreadableSnapshots.length, "snapshot record")} would not open and ` +
+            `${t.unreadableSnapshots.length === 1 ? "is" : "are"} not counted: ${t.unreadableSnapshots.join(", ")}; ` +
+            `\`dumont snapshot check --tenant ${t.tenantId}\` says why\n`,
+        );
+      }
       if (failed.length > 0) process.exitCode = 1;
       if (opts.json) return print(tenants);
       const read = tenants.filter((t) => t.error === undefined);

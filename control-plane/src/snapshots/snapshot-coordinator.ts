@@ -30,6 +30,7 @@ import {
   chunkArrivedDamaged,
   counted,
   emptyPruneReport,
+  emptyRepositoryStats,
   forgetSnapshots,
   formatBytes,
   formatDuration,
@@ -870,9 +871,7 @@ export class SnapshotCoordinator {
   async stats(tenantId: string): Promise<RepositoryStats> {
     return this.using(tenantId, "stats", "stats", async () => {
       const repository = await this.existingRepository(tenantId);
-      if (!repository) {
-        return { snapshots: 0, files: 0, bytes: 0, chunks: 0, chunkBytes: 0, packs: 0, packBytes: 0 };
-      }
+      if (!repository) return emptyRepositoryStats();
       // The cached index brought up to date where there is one; else a throwaway one: a stats of every tenant must
       // not load every tenant's index into the cache.
       return repositoryStats(repository, this.indexes.get(tenantId));

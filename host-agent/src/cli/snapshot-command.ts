@@ -320,7 +320,10 @@ export function registerSnapshotCommands(program: Command): void {
     .description("what the repository's snapshots restore, what that is deduplicated, and what the store holds")
     .addOption(repoOption())
     .addOption(keyFileOption())
-    .option("--json", 'print {"snapshots","files","bytes","chunks","chunkBytes","packs","packBytes"}')
+    .option(
+      "--json",
+      'print {"snapshots","files","bytes","chunks","chunkBytes","packs","packBytes","unreadableSnapshots"}',
+    )
     .action((opts: RepoOptions) =>
       withFriendlyErrors(opts, async () => {
         const key = await loadKey(opts);
