@@ -1,5 +1,24 @@
 import { describe, expect, it } from "vitest";
-import { formatDuration, ProgressMeter } from "./progress-meter.js";
+import { formatBytes, formatDuration, ProgressMeter } from "./progress-meter.js";
+
+describe("formatBytes", () => {
+  it("counts in 1024s, or in 1000s where asked", () => {
+    expect([0, 1023, 1024, 1_000_000, 2 ** 40 * 2048].map((n) => formatBytes(n))).toEqual([
+      "0 B",
+      "1023 B",
+      "1.0 KiB",
+      "976.6 KiB",
+      "2048.0 TiB",
+    ]);
+    expect([999, 1_000, 1_000_000, 1.5e12, 2 ** 20].map((n) => formatBytes(n, { decimal: true }))).toEqual([
+      "999 B",
+      "1.0 kB",
+      "1.0 MB",
+      "1.5 TB",
+      "1.0 MB",
+    ]);
+  });
+});
 
 describe("formatDuration", () => {
   it("rounds up to whole seconds before it splits them, so a minute never shows 60 seconds", () => {

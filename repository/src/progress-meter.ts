@@ -43,12 +43,18 @@ export function roundSeconds(seconds: number): number {
   return Math.round(seconds * 1000) / 1000;
 }
 
-export function formatBytes(n: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+/**
+ * A size for people: in powers of 1024 (KiB, MiB...), or of 1000 (kB, MB...) where `decimal` (as disks, S3 bills and
+ * a quota given as "500GB" count).
+ */
+export function formatBytes(n: number, options: { decimal?: boolean } = {}): string {
+  const [step, units] = options.decimal
+    ? [1000, ["B", "kB", "MB", "GB", "TB"]]
+    : [1024, ["B", "KiB", "MiB", "GiB", "TiB"]];
   let value = n;
   let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
+  while (value >= step && unit < units.length - 1) {
+    value /= step;
     unit++;
   }
   return `${unit === 0 ? value.toFixed(0) : value.toFixed(1)} ${units[unit]}`;

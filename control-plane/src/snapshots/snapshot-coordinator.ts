@@ -1863,8 +1863,11 @@ class TenantBusyError extends FailedPreconditionError {}
 
 /** A tenant's repository at its quota (CoordinatorTuning.snapshotQuotaBytes), saying what to do. */
 function quotaReached(tenantId: string, stored: number, quota: number): ResourceExhaustedError {
+  // In the units the quota was given in: "1MB" read back as "976.6 KiB" looked like another number.
+  const units = { decimal: quota % 1000 === 0 };
   return new ResourceExhaustedError(
-    `tenant ${tenantId}'s snapshots would store over its quota of ${formatBytes(quota)} (${formatBytes(stored)} ` +
+    `tenant ${tenantId}'s snapshots would store over its quota of ${formatBytes(quota, units)} ` +
+      `(${formatBytes(stored, units)} ` +
       "stored and arriving): forget snapshots it no longer needs and prune (`dumont snapshot forget " +
       `--tenant ${tenantId} --keep-last N --prune\`), or raise DUMONT_SNAPSHOT_QUOTA`,
   );
