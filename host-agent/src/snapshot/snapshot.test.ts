@@ -2311,6 +2311,42 @@ describe("restore safety", () => {
     }
   });
 
+  it("puts back a live marker that another restore placed while this one moved the dead one aside", async () => {
+    // The interleaving the rounds above seldom hit, made to happen: between judging the dead marker and moving it
+    // aside, another restore takes it over and places its own. This one moves that live marker aside, sees the
+    // claim is not the one it judged, puts it back and gives way; the other restore's files are left alone.
+    const target = fresh("target");
+    await mkdir(target);
+    await markerIn(target);
+    await utimes(join(target, RESTORE_MARKER), longAgo(), longAgo());
+    await writeFile(join(target, "restored-by-the-other.bin"), "x");
+    const live = { claim: "cd".repeat(16), snapshot: "other", pid: process.pid, pidns: undefined };
+    const dirs = await RestoreDirectories.open(target);
+    const withEntry = dirs.withEntry.bind(dirs);
+    let swapped = false;
+    dirs.withEntry = async (name, use) => {
+      // The aside name is asked for just before the rename that takes the marker there.
+      if (name.startsWith(`${RESTORE_MARKER}.taken-`) && !swapped) {
+        swapped = true;
+        await markerIn(target, live);
+      }
+      return withEntry(name, use);
+    };
+    try {
+      await expect(claimTarget(dirs, target, "mine")).rejects.toThrow(
+        `another restore into ${target} began meanwhile; wait for it, or stop it and restore again`,
+      );
+      expect(swapped).toBe(true);
+      expect((await readdir(target)).sort()).toEqual([RESTORE_MARKER, "restored-by-the-other.bin"]);
+      expect(JSON.parse(await readFile(join(target, RESTORE_MARKER), "utf8"))).toMatchObject({
+        claim: live.claim,
+        snapshot: "other",
+      });
+    } finally {
+      await dirs.close();
+    }
+  });
+
   it("leaves a restore's marker out of a snapshot, and out of a restore of a snapshot that holds one", async () => {
     // A snapshot of a directory a restore is writing into (or a killed one left) says so, and stores no marker.
     const source = fresh("src");
