@@ -422,10 +422,12 @@ export class RestorableCheck {
     const dirsSeen = new Set<string>();
     for (const [path, type] of this.kinds) {
       const parent = posix.dirname(path);
-      if (parent !== "." && this.kinds.get(parent) !== "dir") {
+      const parentKind = this.kinds.get(parent);
+      if (parent !== "." && parentKind !== "dir") {
         throw invalid(
           "manifest",
-          `${JSON.stringify(path)} lies under ${JSON.stringify(parent)}, which is not a directory`,
+          `${JSON.stringify(path)} lies under ${JSON.stringify(parent)}, which ` +
+            (parentKind === undefined ? "the manifest does not list" : `is a ${parentKind}, not a directory`),
         );
       }
       if (type === "dir") {

@@ -269,7 +269,7 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const parts = sealManifestParts(key, underFile, { partBytes: 64 });
     expect(parts.length).toBeGreaterThan(2);
     await expect((await repository.writer()).commit(parts, meta)).rejects.toThrow(
-      /"f\/x" lies under "f", which is not a directory/,
+      /"f\/x" lies under "f", which is a file, not a directory/,
     );
     const sound = [file("f"), dir("a"), dir("b"), file("a/x"), file("b/y")];
     const id = await (await repository.writer()).commit(sealManifestParts(key, sound, { partBytes: 64 }), meta);
