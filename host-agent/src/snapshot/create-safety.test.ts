@@ -507,6 +507,33 @@ describe("create, while files change under it", () => {
     expect(released).toBe(false);
   });
 
+  it("opens nothing outside the source through a file swapped for a symlink after the listing", async () => {
+    // The listing saw `pipe`, a file; then it is swapped for a link to a FIFO outside that a host process writes
+    // to, blocked in open until a reader opens it. The workers open a source file O_NOFOLLOW: followed, the FIFO
+    // would be opened before the check that it is no file. (The read-ahead's open: read-ahead.test.ts.)
+    const base = fresh("leaf-swap");
+    const source = join(base, "src");
+    const outside = join(base, "outside");
+    await mkdir(source, { recursive: true });
+    await mkdir(outside);
+    await writeFile(join(source, "pipe"), "inside\n");
+    await writeFile(join(source, "kept.txt"), "kept\n");
+    const listing = listSnapshotSource(source);
+    await listing;
+    await run("mkfifo", [join(outside, "fifo")]);
+    const writer = spawn("sh", ["-c", 'echo host-data > "$1"', "sh", join(outside, "fifo")], { stdio: "ignore" });
+    const exited = new Promise<boolean>((resolve) => writer.on("exit", () => resolve(true)));
+    await rm(join(source, "pipe"));
+    await symlink(join(outside, "fifo"), join(source, "pipe"));
+    const { created, restored } = await snapshotFromListing(source, listing);
+    expect(created.skipped).toEqual([{ path: "pipe", reason: expect.stringMatching(/^cannot read: ELOOP/) }]);
+    expect(restored).toEqual(["kept.txt: kept\n"]);
+    // Still blocked: nothing opened the FIFO outside the source.
+    const released = await Promise.race([exited, new Promise<boolean>((r) => setTimeout(() => r(false), 500))]);
+    writer.kill("SIGKILL");
+    expect(released).toBe(false);
+  });
+
   it("reads the files of a tree deeper than PATH_MAX, as its listing walks it: through handles", async () => {
     // 25 levels of 200-byte names: the deepest files' paths pass 4,096 bytes (made by relative steps, as no
     // whole path would open).

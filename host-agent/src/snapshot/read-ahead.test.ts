@@ -1,8 +1,8 @@
-import { execFileSync } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { execFileSync, spawn } from "node:child_process";
+import { mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it, vi } from "vitest";
 import { ReadAhead } from "./read-ahead.js";
 import { builtSnapshotModule, runModuleScript } from "./testing.js";
 
@@ -33,6 +33,27 @@ describe("read-ahead threads", () => {
     // Closed: further batches are dropped, not queued.
     readAhead.read(root, files);
     expect(readAhead.pending).toBe(0);
+  });
+
+  it("opens no FIFO (or device) that a listed file was swapped for a symlink to", async () => {
+    // O_NOFOLLOW: the link is not followed. Followed, a FIFO a host process writes to is opened (its writer,
+    // blocked until a reader opens it, goes on), or as root a device (/dev/watchdog arms on open).
+    const outside = await mkdtemp(join(tmpdir(), "dumont-read-ahead-outside-"));
+    execFileSync("mkfifo", [join(outside, "fifo")]);
+    const writer = spawn("sh", ["-c", 'echo host-data > "$1"', "sh", join(outside, "fifo")], { stdio: "ignore" });
+    const exited = new Promise<boolean>((resolve) => writer.on("exit", () => resolve(true)));
+    await symlink(join(outside, "fifo"), join(root, "swapped"));
+    const readAhead = new ReadAhead(1);
+    try {
+      readAhead.read(root, [{ path: "swapped", size: 10 }]);
+      await vi.waitFor(() => expect(readAhead.pending).toBe(0), { timeout: 10_000 });
+      const released = await Promise.race([exited, new Promise<boolean>((r) => setTimeout(() => r(false), 500))]);
+      expect(released).toBe(false);
+    } finally {
+      writer.kill("SIGKILL");
+      await readAhead.close();
+      await rm(outside, { recursive: true, force: true });
+    }
   });
 
   it("close() waits for readers that answered just before it, and the process does not exit while it waits", async () => {
