@@ -1946,10 +1946,13 @@ describe("SnapshotCoordinator: a tenant's storage quota", () => {
       /^tenant t1's snapshots would store over its quota of .*: forget snapshots it no longer needs and prune \(`dumont snapshot forget --tenant t1 --keep-last N --prune`\), or raise DUMONT_SNAPSHOT_QUOTA$/,
     );
     expect(h.sent.slice(before).filter((m) => m.msg.case === "takeSnapshot")).toEqual([]); // the agent not asked
-    // Sizes in the units the quota was given in: 1024s for 4 KiB, 1000s for 4kB.
+    // Sizes in the units the quota was given in: 1024s for 4 KiB, 1000s for 4kB; to the byte where they would
+    // read alike.
+    const exact = (n: number) => `${n.toLocaleString("en-US")} bytes`;
     for (const [quota, text] of [
       [4 * 1024, `4.0 KiB (${(stored / 1024).toFixed(1)} KiB stored`],
       [4_000, `4.0 kB (${(stored / 1000).toFixed(1)} kB stored`],
+      [stored - 1, `${exact(stored - 1)} (${exact(stored)} stored`],
     ] as const) {
       await withQuota(quota);
       const message = await h.coordinator.snapshot(request()).catch((err: ConnectError) => err.rawMessage);

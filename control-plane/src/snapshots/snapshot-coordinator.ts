@@ -1863,11 +1863,13 @@ class TenantBusyError extends FailedPreconditionError {}
 
 /** A tenant's repository at its quota (CoordinatorTuning.snapshotQuotaBytes), saying what to do. */
 function quotaReached(tenantId: string, stored: number, quota: number): ResourceExhaustedError {
-  // In the units the quota was given in: "1MB" read back as "976.6 KiB" looked like another number.
+  // In the units the quota was given in: "1MB" read back as "976.6 KiB" looked like another number. To the byte
+  // where the two read alike rounded ("6.0 MB (6.0 MB stored)": a snapshot stopped a few kB over).
   const units = { decimal: quota % 1000 === 0 };
+  let [of, held] = [formatBytes(quota, units), formatBytes(stored, units)];
+  if (of === held) [of, held] = [quota, stored].map((n) => `${n.toLocaleString("en-US")} bytes`);
   return new ResourceExhaustedError(
-    `tenant ${tenantId}'s snapshots would store over its quota of ${formatBytes(quota, units)} ` +
-      `(${formatBytes(stored, units)} ` +
+    `tenant ${tenantId}'s snapshots would store over its quota of ${of} (${held} ` +
       "stored and arriving): forget snapshots it no longer needs and prune (`dumont snapshot forget " +
       `--tenant ${tenantId} --keep-last N --prune\`), or raise DUMONT_SNAPSHOT_QUOTA`,
   );
