@@ -25,7 +25,7 @@ export {
 } from "./chunk-codec.js";
 export { type ChunkSourceOptions, RepositoryChunkSource } from "./chunk-source.js";
 export { copyBytes } from "./copy-bytes.js";
-export { counted } from "./counted.js";
+export { counted, firstFew } from "./counted.js";
 export {
   chunkArrivedDamaged,
   isObjectError,

@@ -1,6 +1,6 @@
 // How much a repository holds and what it takes in the store (restic's `stats`, its modes in one answer): what
 // the snapshots would restore, what that is once deduplicated, and the packs it is stored in.
-import { counted } from "./counted.js";
+import { counted, firstFew } from "./counted.js";
 import { formatBytes } from "./progress-meter.js";
 import type { Repository } from "./repository.js";
 import type { RepositoryIndex } from "./repository-index.js";
@@ -75,7 +75,7 @@ export function statsText(stats: RepositoryStats): string {
     ...(stats.unreadableSnapshots.length > 0
       ? [
           `unreadable     ${counted(stats.unreadableSnapshots.length, "snapshot record")}, not counted above: ` +
-            `${stats.unreadableSnapshots.join(", ")} (\`snapshot check\` says why)`,
+            `${firstFew(stats.unreadableSnapshots, 10)} (\`snapshot check\` says why)`,
         ]
       : []),
   ]

@@ -3,7 +3,7 @@
 // works.
 import { api } from "@dumont/proto";
 import { collect, flagParsers, READ_DATA_SUBSET, SNAPSHOT_ID_OR_PREFIX } from "@dumont/repository/cli-flags";
-import { counted } from "@dumont/repository/counted";
+import { counted, firstFew } from "@dumont/repository/counted";
 import { type ListedEntry, listingLine, mtimeText, withOwnerAndTarget } from "@dumont/repository/listing";
 import {
   type DiffChange,
@@ -342,7 +342,7 @@ export function registerSnapshotCommands(program: Command): void {
       for (const t of tenants.filter((t) => t.unreadableSnapshots.length > 0)) {
         process.stderr.write(
           `tenant ${t.tenantId}: ${counted(t.unreadableSnapshots.length, "snapshot record")} would not open and ` +
-            `${t.unreadableSnapshots.length === 1 ? "is" : "are"} not counted: ${t.unreadableSnapshots.join(", ")}; ` +
+            `${t.unreadableSnapshots.length === 1 ? "is" : "are"} not counted: ${firstFew(t.unreadableSnapshots, 10)}; ` +
             `\`dumont snapshot check --tenant ${t.tenantId}\` says why\n`,
         );
       }
