@@ -31,15 +31,17 @@ describe("loadConfig", () => {
   });
 
   it("reads a snapshot quota as people write sizes: powers of 1000 and of 1024; 0 or unset is none", () => {
-    const quota = (v: string) => loadConfig({}, { DUMONT_SNAPSHOT_QUOTA: v }).snapshotQuotaBytes;
-    expect(quota("500GB")).toBe(500e9);
-    expect(quota("500 g")).toBe(500e9);
-    expect(quota("512GiB")).toBe(512 * 2 ** 30);
-    expect(quota("1.5Ti")).toBe(1.5 * 2 ** 40);
-    expect(quota("1048576")).toBe(1048576);
+    const quota = (v: string) => loadConfig({}, { DUMONT_SNAPSHOT_QUOTA: v }).snapshotQuota;
+    // With the units it was given in, for the sizes said back (500MiB is a multiple of 1000 bytes, and binary).
+    expect(quota("500GB")).toEqual({ bytes: 500e9, decimal: true });
+    expect(quota("500 g")).toEqual({ bytes: 500e9, decimal: true });
+    expect(quota("512GiB")).toEqual({ bytes: 512 * 2 ** 30, decimal: false });
+    expect(quota("500MiB")).toEqual({ bytes: 500 * 2 ** 20, decimal: false });
+    expect(quota("1.5Ti")).toEqual({ bytes: 1.5 * 2 ** 40, decimal: false });
+    expect(quota("1048576")).toEqual({ bytes: 1048576, decimal: true });
     expect(quota("0")).toBeUndefined();
-    expect(loadConfig({}, {}).snapshotQuotaBytes).toBeUndefined();
-    expect(loadConfig({ snapshotQuota: "2TB" }, { DUMONT_SNAPSHOT_QUOTA: "1TB" }).snapshotQuotaBytes).toBe(2e12);
+    expect(loadConfig({}, {}).snapshotQuota).toBeUndefined();
+    expect(loadConfig({ snapshotQuota: "2TB" }, { DUMONT_SNAPSHOT_QUOTA: "1TB" }).snapshotQuota?.bytes).toBe(2e12);
   });
 
   it("reads the API's per-key rate limit: 20 a second in bursts of 100 unless set, 0 for none", () => {

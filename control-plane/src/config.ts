@@ -86,8 +86,8 @@ const schema = z.object({
    * The most a tenant's repository may hold in packs (bytes): a snapshot starts only below it, and stops once what
    * it sends would pass it. Unset or 0: no quota.
    */
-  snapshotQuotaBytes: parsedSetting("DUMONT_SNAPSHOT_QUOTA", parseByteSize).transform((bytes) =>
-    bytes === 0 ? undefined : bytes,
+  snapshotQuota: parsedSetting("DUMONT_SNAPSHOT_QUOTA", parseByteSize).transform((size) =>
+    size?.bytes === 0 ? undefined : size,
   ),
   /** Sustained API requests a second per key (api/rate-limit.ts); 0 = no limit. */
   apiRateLimit: z.coerce
@@ -129,7 +129,7 @@ export function loadConfig(
     masterKey: setting(undefined, env.DUMONT_MASTER_KEY),
     snapshotKeep: setting(options.snapshotKeep, env.DUMONT_SNAPSHOT_KEEP),
     pruneIntervalSeconds: setting(options.pruneInterval, env.DUMONT_PRUNE_INTERVAL) ?? 0,
-    snapshotQuotaBytes: setting(options.snapshotQuota, env.DUMONT_SNAPSHOT_QUOTA),
+    snapshotQuota: setting(options.snapshotQuota, env.DUMONT_SNAPSHOT_QUOTA),
     apiRateLimit: setting(options.apiRateLimit, env.DUMONT_API_RATE_LIMIT) ?? DEFAULT_RATE_LIMIT.perSecond,
     apiBurst: setting(options.apiBurst, env.DUMONT_API_BURST) ?? DEFAULT_RATE_LIMIT.burst,
   };
@@ -218,11 +218,18 @@ const SIZE_UNITS: Record<string, number> = {
   TIB: 2 ** 40,
 };
 
+/** A size as given: its bytes, and whether in powers of 1000 (so sizes said back to its giver use those too). */
+export interface ByteSize {
+  bytes: number;
+  decimal: boolean;
+}
+
 /**
  * A size as people write it, as a whole number of bytes: "500GB" and "500G" (10^9, as disks and S3 bills count),
- * "512GiB" and "512Gi" (2^30, as Kubernetes quantities), "1.5TB", "0"; or what is wrong with it.
+ * "512GiB" and "512Gi" (2^30, as Kubernetes quantities), "1.5TB", "0" (a plain number of bytes counts as decimal);
+ * or what is wrong with it.
  */
-export function parseByteSize(value: string): number | string {
+export function parseByteSize(value: string): ByteSize | string {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
   const unit = m?.[2].toUpperCase() ?? "";
   if (!m || !Object.hasOwn(SIZE_UNITS, unit)) {
@@ -232,5 +239,5 @@ export function parseByteSize(value: string): number | string {
   if (!Number.isSafeInteger(bytes)) return `is too large: at most ${Number.MAX_SAFE_INTEGER} bytes`;
   // "0.5" is no quota of 0 (none at all): a size that rounds to nothing is a mistake, said so.
   if (bytes === 0 && Number(m[1]) > 0) return `must be at least 1 byte, got ${JSON.stringify(value.slice(0, 40))}`;
-  return bytes;
+  return { bytes, decimal: !unit.includes("I") };
 }

@@ -88,7 +88,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
     const tenantKeys = new TenantKeys(db, await loadMasterKey(config.dataDir, config.masterKey, storedTenantKeys));
     await tenantKeys.verify();
     const snapshots = new SnapshotCoordinator(db, tenantKeys, config.blobStore, log, metrics, config.snapshotKeep, {
-      snapshotQuotaBytes: config.snapshotQuotaBytes,
+      snapshotQuota: config.snapshotQuota,
     });
     gateway.onMessage((session, message) => snapshots.onAgentMessage(session, message));
     gateway.onSessionClosed((session) => snapshots.onSessionClosed(session));

@@ -17,6 +17,11 @@ describe("formatBytes", () => {
       "1.5 TB",
       "1.0 MB",
     ]);
+    // Never "1000.0 kB" or "1024.0 KiB": what would round to the next unit is given in it.
+    expect(formatBytes(999_960, { decimal: true })).toBe("1.0 MB");
+    expect(formatBytes(999_940, { decimal: true })).toBe("999.9 kB");
+    expect(formatBytes(2 ** 20 - 1)).toBe("1.0 MiB");
+    expect(formatBytes(1023)).toBe("1023 B");
   });
 });
 

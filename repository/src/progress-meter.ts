@@ -53,7 +53,8 @@ export function formatBytes(n: number, options: { decimal?: boolean } = {}): str
     : [1024, ["B", "KiB", "MiB", "GiB", "TiB"]];
   let value = n;
   let unit = 0;
-  while (value >= step && unit < units.length - 1) {
+  // Up a unit also where one decimal would round to the step: 999,960 bytes is "1.0 MB", not "1000.0 kB".
+  while ((value >= step || (unit > 0 && value >= step - 0.05)) && unit < units.length - 1) {
     value /= step;
     unit++;
   }

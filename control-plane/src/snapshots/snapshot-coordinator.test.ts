@@ -1917,9 +1917,9 @@ describe("SnapshotCoordinator: a tenant's storage quota", () => {
   const h = useCoordinator("h-quota", undefined, tuning);
   const finish = finishIn(h);
   /** The coordinator again, as a control plane started with DUMONT_SNAPSHOT_QUOTA=`bytes` would make it. */
-  const withQuota = async (bytes: number) => {
+  const withQuota = async (bytes: number, decimal = false) => {
     await h.coordinator.close();
-    tuning.snapshotQuotaBytes = bytes;
+    tuning.snapshotQuota = { bytes, decimal };
     h.coordinator = h.open();
   };
   const packBytes = async () => {
@@ -1946,15 +1946,16 @@ describe("SnapshotCoordinator: a tenant's storage quota", () => {
       /^tenant t1's snapshots would store over its quota of .*: forget snapshots it no longer needs and prune \(`dumont snapshot forget --tenant t1 --keep-last N --prune`\), or raise DUMONT_SNAPSHOT_QUOTA$/,
     );
     expect(h.sent.slice(before).filter((m) => m.msg.case === "takeSnapshot")).toEqual([]); // the agent not asked
-    // Sizes in the units the quota was given in: 1024s for 4 KiB, 1000s for 4kB; to the byte where they would
-    // read alike.
+    // Sizes in the units the quota was given in: 1024s for 4 KiB, 1000s for 4kB (4,000 bytes in 1024s too: the
+    // units are the giver's, not guessed from the number); to the byte where they would read alike.
     const exact = (n: number) => `${n.toLocaleString("en-US")} bytes`;
-    for (const [quota, text] of [
-      [4 * 1024, `4.0 KiB (${(stored / 1024).toFixed(1)} KiB stored`],
-      [4_000, `4.0 kB (${(stored / 1000).toFixed(1)} kB stored`],
-      [stored - 1, `${exact(stored - 1)} (${exact(stored)} stored`],
+    for (const [quota, decimal, text] of [
+      [4 * 1024, false, `4.0 KiB (${(stored / 1024).toFixed(1)} KiB stored`],
+      [4_000, true, `4.0 kB (${(stored / 1000).toFixed(1)} kB stored`],
+      [4_000, false, `3.9 KiB (${(stored / 1024).toFixed(1)} KiB stored`],
+      [stored - 1, false, `${exact(stored - 1)} (${exact(stored)} stored`],
     ] as const) {
-      await withQuota(quota);
+      await withQuota(quota, decimal);
       const message = await h.coordinator.snapshot(request()).catch((err: ConnectError) => err.rawMessage);
       expect(message).toContain(`over its quota of ${text} and arriving)`);
     }

@@ -195,9 +195,10 @@ export interface CoordinatorTuning {
   mountTables?: MountTables;
   /**
    * The most a tenant's repository may hold in packs, in bytes (DUMONT_SNAPSHOT_QUOTA; default none). Checked when a
-   * snapshot starts and as its chunks arrive: a tenant at it gets RESOURCE_EXHAUSTED, saying what to forget.
+   * snapshot starts and as its chunks arrive: a tenant at it gets RESOURCE_EXHAUSTED, saying what to forget, in
+   * powers of 1000 where `decimal` (the quota was given so), else of 1024.
    */
-  snapshotQuotaBytes?: number;
+  snapshotQuota?: { bytes: number; decimal: boolean };
   /** Tenants whose repository and index stay cached (CACHED_TENANTS_MAX), and for how long idle (CACHE_IDLE_MS). */
   cachedTenantsMax?: number;
   cacheIdleMs?: number;
@@ -264,7 +265,7 @@ export class SnapshotCoordinator {
   private readonly unreturnedStoreCalls: UnreturnedCalls;
   private readonly openStore: (url: string) => BlobStore;
   private readonly mountTables: MountTables | undefined;
-  private readonly snapshotQuotaBytes: number | undefined;
+  private readonly snapshotQuota: { bytes: number; decimal: boolean } | undefined;
   /** Per tenant, each running snapshot's bytes received and not yet written into a pack (for the quota). */
   private readonly unwrittenBytes = new Map<string, Set<() => number>>();
   /** When each cached tenant was last used (see CACHED_TENANTS_MAX). */
@@ -295,7 +296,7 @@ export class SnapshotCoordinator {
     this.openStore = tuning.openStore ?? ((url) => openBlobStore(url));
     this.relistRetryMs = tuning.relistRetryMs ?? RELIST_RETRY_MS;
     this.mountTables = tuning.mountTables;
-    this.snapshotQuotaBytes = tuning.snapshotQuotaBytes;
+    this.snapshotQuota = tuning.snapshotQuota;
     this.cache = {
       max: tuning.cachedTenantsMax ?? CACHED_TENANTS_MAX,
       idleMs: tuning.cacheIdleMs ?? CACHE_IDLE_MS,
@@ -992,7 +993,7 @@ export class SnapshotCoordinator {
     // The quota: the packs the tenant holds now (the index just brought up to date), and what this snapshot adds.
     // The packs the tenant's index holds (the writers of its snapshots add theirs as they write them) and what its
     // running snapshots received and have not written yet, this one's among them: N at once share the room left.
-    const quota = this.snapshotQuotaBytes;
+    const quota = this.snapshotQuota;
     const index = this.index(req.tenantId);
     let received = 0;
     const unwritten = () => Math.max(0, received - writer.stats.packBytes);
@@ -1002,7 +1003,7 @@ export class SnapshotCoordinator {
       for (const more of arriving) bytes += more();
       return bytes;
     };
-    if (quota !== undefined && stored() >= quota) {
+    if (quota !== undefined && stored() >= quota.bytes) {
       await writer.abort();
       throw quotaReached(req.tenantId, stored(), quota);
     }
@@ -1196,7 +1197,7 @@ export class SnapshotCoordinator {
             const bytes = chunks.reduce((sum, c) => sum + c.blob.length, 0);
             this.metrics.snapshotBytesReceived.inc(bytes);
             received += bytes;
-            if (quota !== undefined && stored() > quota) {
+            if (quota !== undefined && stored() > quota.bytes) {
               // What arrived before is kept (the next snapshot, after a forget and prune, reuses it).
               return abandon(quotaReached(req.tenantId, stored(), quota));
             }
@@ -1861,13 +1862,17 @@ const MAX_RESTORE_WARNING_TEXT = 1024;
 /** A prune or index repair refused because other work of the tenant runs (here, or elsewhere by its lock). */
 class TenantBusyError extends FailedPreconditionError {}
 
-/** A tenant's repository at its quota (CoordinatorTuning.snapshotQuotaBytes), saying what to do. */
-function quotaReached(tenantId: string, stored: number, quota: number): ResourceExhaustedError {
+/** A tenant's repository at its quota (CoordinatorTuning.snapshotQuota), saying what to do. */
+function quotaReached(
+  tenantId: string,
+  stored: number,
+  quota: NonNullable<CoordinatorTuning["snapshotQuota"]>,
+): ResourceExhaustedError {
   // In the units the quota was given in: "1MB" read back as "976.6 KiB" looked like another number. To the byte
   // where the two read alike rounded ("6.0 MB (6.0 MB stored)": a snapshot stopped a few kB over).
-  const units = { decimal: quota % 1000 === 0 };
-  let [of, held] = [formatBytes(quota, units), formatBytes(stored, units)];
-  if (of === held) [of, held] = [quota, stored].map((n) => `${n.toLocaleString("en-US")} bytes`);
+  const units = { decimal: quota.decimal };
+  let [of, held] = [formatBytes(quota.bytes, units), formatBytes(stored, units)];
+  if (of === held) [of, held] = [quota.bytes, stored].map((n) => `${n.toLocaleString("en-US")} bytes`);
   return new ResourceExhaustedError(
     `tenant ${tenantId}'s snapshots would store over its quota of ${of} (${held} ` +
       "stored and arriving): forget snapshots it no longer needs and prune (`dumont snapshot forget " +

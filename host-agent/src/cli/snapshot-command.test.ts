@@ -97,6 +97,29 @@ describe("dumont-agent snapshot", () => {
     expect((await run("snapshot", "stats", ...common)).out).toMatch(
       /^snapshots +2\nrestore size +11\.7 KiB in 2 files \(every snapshot, each whole\)\ndeduplicated +5\.9 KiB in 1 chunk\nstored +\S+ \S+ in 1 pack \(compressed and encrypted; \d+% of the restore size\)\n$/,
     );
+    // A record that would not open: named on stderr, and the rest listed and counted; put back after.
+    const recordFile = join(root, "repo", "snapshots", second.id);
+    const record = await readFile(recordFile);
+    await writeFile(
+      recordFile,
+      Buffer.concat([record.subarray(0, -1), Buffer.from([record[record.length - 1] ^ 0xff])]),
+    );
+    try {
+      const listedAround = await run("snapshot", "list", ...common, "--json");
+      expect(listedAround.code).toBe(0);
+      expect(JSON.parse(listedAround.out).map((s: { id: string }) => s.id)).toEqual([result.id]);
+      expect(listedAround.err).toMatch(
+        new RegExp(`^warning: snapshot record ${second.id}: .*; not listed \\(\`snapshot check\` says more\\)\\n$`),
+      );
+      const countedAround = await run("snapshot", "stats", ...common, "--json");
+      expect(JSON.parse(countedAround.out)).toMatchObject({ snapshots: 1, unreadableSnapshots: [second.id] });
+      expect(countedAround.err).toBe(
+        "warning: 1 snapshot record would not open and is not counted (`snapshot check` says why)\n",
+      );
+    } finally {
+      await writeFile(recordFile, record);
+    }
+
     // Counts with nouns that agree: one snapshot, no packs.
     const dry = await run("snapshot", "forget", ...common, "--keep-last", "1", "--prune", "--dry-run");
     expect(dry.out).toMatch(/^would forget 1 snapshot, keeping 1\n/);

@@ -296,7 +296,14 @@ export function registerSnapshotCommands(program: Command): void {
     .action((opts: RepoOptions) =>
       withFriendlyErrors(opts, async () => {
         const key = await loadKey(opts);
-        const snapshots = await withDirectRepository({ repo: opts.repo, key }, (r) => r.listSnapshots());
+        // A record that would not open is named on stderr and the rest listed (restic's `snapshots` does the same).
+        const unreadable: string[] = [];
+        const snapshots = await withDirectRepository({ repo: opts.repo, key }, (r) =>
+          r.listSnapshots({ onCorrupt: (id, err) => unreadable.push(`${id}: ${err.message}`) }),
+        );
+        for (const line of unreadable.sort()) {
+          process.stderr.write(`warning: snapshot record ${line}; not listed (\`snapshot check\` says more)\n`);
+        }
         if (opts.json) return print(snapshots);
         if (snapshots.length === 0) return void process.stdout.write("no snapshots\n");
         // Ids cut to 12 characters: `--id` takes any unique prefix, and 12 hex digits stay unique.
@@ -328,7 +335,16 @@ export function registerSnapshotCommands(program: Command): void {
       withFriendlyErrors(opts, async () => {
         const key = await loadKey(opts);
         const stats = await withDirectRepository({ repo: opts.repo, key }, (r) => repositoryStats(r));
-        if (opts.json) return print(stats);
+        if (opts.json) {
+          // The text says so in its table; JSON alone would undercount in silence for a script that reads the totals.
+          if (stats.unreadableSnapshots.length > 0) {
+            process.stderr.write(
+              `warning: ${counted(stats.unreadableSnapshots.length, "snapshot record")} would not open and ` +
+                `${stats.unreadableSnapshots.length === 1 ? "is" : "are"} not counted (\`snapshot check\` says why)\n`,
+            );
+          }
+          return print(stats);
+        }
         process.stdout.write(statsText(stats));
       }),
     );

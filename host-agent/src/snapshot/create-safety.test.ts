@@ -21,7 +21,7 @@ import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 import { type ChunkSink, generateRepositoryKey, openBlobStore, Repository } from "@dumont/repository";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { runAgentCli } from "../cli/run-in-process.js";
 import { createSnapshot, listSnapshotSource } from "./create-snapshot.js";
 import { createDirectSnapshot, restoreDirectSnapshot } from "./direct-mode.js";
@@ -490,6 +490,7 @@ describe("create, while files change under it", () => {
     await listing;
     await run("mkfifo", [join(outside, "pipe")]);
     const writer = spawn("sh", ["-c", 'echo host-data > "$1"', "sh", join(outside, "pipe")], { stdio: "ignore" });
+    onTestFinished(() => void writer.kill("SIGKILL")); // never left blocked on the FIFO by a failed expect
     const exited = new Promise<boolean>((resolve) => writer.on("exit", () => resolve(true)));
     await rename(join(source, "d"), join(base, "d.moved"));
     await symlink(outside, join(source, "d"));
@@ -522,6 +523,7 @@ describe("create, while files change under it", () => {
     await listing;
     await run("mkfifo", [join(outside, "fifo")]);
     const writer = spawn("sh", ["-c", 'echo host-data > "$1"', "sh", join(outside, "fifo")], { stdio: "ignore" });
+    onTestFinished(() => void writer.kill("SIGKILL")); // never left blocked on the FIFO by a failed expect
     const exited = new Promise<boolean>((resolve) => writer.on("exit", () => resolve(true)));
     await rm(join(source, "pipe"));
     await symlink(join(outside, "fifo"), join(source, "pipe"));

@@ -1,4 +1,5 @@
 import { execFileSync, spawn } from "node:child_process";
+import { closeSync, constants, openSync, readSync } from "node:fs";
 import { mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -41,14 +42,31 @@ describe("read-ahead threads", () => {
     const outside = await mkdtemp(join(tmpdir(), "dumont-read-ahead-outside-"));
     execFileSync("mkfifo", [join(outside, "fifo")]);
     const writer = spawn("sh", ["-c", 'echo host-data > "$1"', "sh", join(outside, "fifo")], { stdio: "ignore" });
-    const exited = new Promise<boolean>((resolve) => writer.on("exit", () => resolve(true)));
     await symlink(join(outside, "fifo"), join(root, "swapped"));
     const readAhead = new ReadAhead(1);
     try {
       readAhead.read(root, [{ path: "swapped", size: 10 }]);
       await vi.waitFor(() => expect(readAhead.pending).toBe(0), { timeout: 10_000 });
-      const released = await Promise.race([exited, new Promise<boolean>((r) => setTimeout(() => r(false), 500))]);
-      expect(released).toBe(false);
+      // The writer still waits for its first reader: opened here, it writes its line to this end. (Had the
+      // read-ahead opened the FIFO, the writer would have written to it and gone: this end reads nothing.)
+      const fd = openSync(join(outside, "fifo"), constants.O_RDONLY | constants.O_NONBLOCK);
+      try {
+        const buf = Buffer.alloc(64);
+        await vi.waitFor(
+          () => {
+            let n = 0;
+            try {
+              n = readSync(fd, buf);
+            } catch (err) {
+              if ((err as NodeJS.ErrnoException).code !== "EAGAIN") throw err;
+            }
+            expect(buf.subarray(0, n).toString()).toBe("host-data\n");
+          },
+          { timeout: 10_000 },
+        );
+      } finally {
+        closeSync(fd);
+      }
     } finally {
       writer.kill("SIGKILL");
       await readAhead.close();
