@@ -288,7 +288,7 @@ describe("snapshots over the agent stream", () => {
       expect(counted).toMatchObject({ snapshots: listed.length - 1, unreadableSnapshots: [damaged.id] });
       expect(around.stderr).toContain(
         `tenant ${tenant}: 1 snapshot record would not open and is not counted: ${damaged.id}; ` +
-          "`dumont snapshot check` says why",
+          `\`dumont snapshot check --tenant ${tenant}\` says why`,
       );
     } finally {
       await fs.writeFile(recordFile, original);
@@ -819,6 +819,13 @@ describe("snapshots over the agent stream", () => {
       expect(scraped.value("dumont_check_problems")).toBe(1);
       // Tenant ids are not for whoever reaches /metrics.
       const tenant = json.problems[0].tenantId;
+      // One tenant's repository alone (its problems as before); a tenant that does not exist is refused by name.
+      const one = await cp.cli(["snapshot", "check", "--tenant", tenant, "--json"]);
+      expect(one.code).toBe(1);
+      expect(JSON.parse(one.stdout).problems).toEqual(json.problems);
+      const typo = await cp.cli(["snapshot", "check", "--tenant", "no-such-tenant"]);
+      expect(typo.code).not.toBe(0);
+      expect(typo.stderr).toContain('there is no tenant "no-such-tenant"');
       expect(scraped.samples.filter((s) => Object.values(s.labels).includes(tenant))).toEqual([]);
       // The structure is sound: only reading the data finds it.
       expect(await cli(["snapshot", "check", "--structure-only", "--json"])).toMatchObject({ ok: true });

@@ -246,8 +246,11 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       // The caller first: one with no key learns nothing of the request's fields.
       const who = await admin(ctx);
       const readSubset = readSubsetOf(req);
+      const tenants = await repositoryTenants(deps.db, listScope(who, req.tenantId, "snapshots"));
+      if (req.tenantId !== "" && tenants.length === 0 && !(await tenantExists(deps.db, req.tenantId))) {
+        throw noSuchTenant(req.tenantId);
+      }
       const start = async (report: (p: TransferProgress) => void) => {
-        const tenants = await repositoryTenants(deps.db, tenantScope(who));
         return () => checkTenants(deps.snapshots, tenants, { readData: !req.structureOnly, readSubset }, report);
       };
       for await (const event of withProgress(start)) {

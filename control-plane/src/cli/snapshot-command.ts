@@ -219,6 +219,7 @@ export function registerSnapshotCommands(program: Command): void {
       `read only some packs of each tenant, ${READ_DATA_SUBSET.help}`,
       once("--read-data-subset", nonEmpty("--read-data-subset", READ_DATA_SUBSET.what)),
     )
+    .option("--tenant <id>", "only this tenant's repository (else every tenant's)", tenantFlag)
     .option("--json", "print the report as JSON")
     .action(async (opts, cmd: Command) => {
       // Checked here too, to name the flags (the API's refusal names its fields).
@@ -232,6 +233,7 @@ export function registerSnapshotCommands(program: Command): void {
         apiClients(apiOpts(cmd)).snapshots.checkSnapshots({
           structureOnly: opts.structureOnly === true,
           readDataSubset: opts.readDataSubset ?? "",
+          tenantId: opts.tenant,
         }),
       );
       // As `dumont-agent snapshot check --json` prints it, with each problem's tenant.
@@ -343,7 +345,7 @@ export function registerSnapshotCommands(program: Command): void {
         process.stderr.write(
           `tenant ${t.tenantId}: ${counted(t.unreadableSnapshots.length, "snapshot record")} would not open and ` +
             `${t.unreadableSnapshots.length === 1 ? "is" : "are"} not counted: ${firstFew(t.unreadableSnapshots, 10)}; ` +
-            "`dumont snapshot check` says why\n",
+            `\`dumont snapshot check --tenant ${t.tenantId}\` says why\n`,
         );
       }
       if (failed.length > 0) process.exitCode = 1;
