@@ -38,7 +38,9 @@ describe("loadConfig", () => {
     expect(quota("512GiB")).toEqual({ bytes: 512 * 2 ** 30, decimal: false });
     expect(quota("500MiB")).toEqual({ bytes: 500 * 2 ** 20, decimal: false });
     expect(quota("1.5Ti")).toEqual({ bytes: 1.5 * 2 ** 40, decimal: false });
-    expect(quota("1048576")).toEqual({ bytes: 1048576, decimal: true });
+    expect(quota("1048576")).toEqual({ bytes: 1048576, decimal: false }); // a plain count of 1024s: binary
+    expect(quota("6000000")).toEqual({ bytes: 6e6, decimal: true });
+    expect(quota("1234567B")).toEqual({ bytes: 1234567, decimal: true });
     expect(quota("0")).toBeUndefined();
     expect(loadConfig({}, {}).snapshotQuota).toBeUndefined();
     expect(loadConfig({ snapshotQuota: "2TB" }, { DUMONT_SNAPSHOT_QUOTA: "1TB" }).snapshotQuota?.bytes).toBe(2e12);

@@ -226,8 +226,7 @@ export interface ByteSize {
 
 /**
  * A size as people write it, as a whole number of bytes: "500GB" and "500G" (10^9, as disks and S3 bills count),
- * "512GiB" and "512Gi" (2^30, as Kubernetes quantities), "1.5TB", "0" (a plain number of bytes counts as decimal);
- * or what is wrong with it.
+ * "512GiB" and "512Gi" (2^30, as Kubernetes quantities), "1.5TB", "0", "1073741824"; or what is wrong with it.
  */
 export function parseByteSize(value: string): ByteSize | string {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
@@ -239,5 +238,8 @@ export function parseByteSize(value: string): ByteSize | string {
   if (!Number.isSafeInteger(bytes)) return `is too large: at most ${Number.MAX_SAFE_INTEGER} bytes`;
   // "0.5" is no quota of 0 (none at all): a size that rounds to nothing is a mistake, said so.
   if (bytes === 0 && Number(m[1]) > 0) return `must be at least 1 byte, got ${JSON.stringify(value.slice(0, 40))}`;
-  return { bytes, decimal: !unit.includes("I") };
+  // A plain number of bytes says nothing of its giver's units: binary where it counts in 1024s and not 1000s
+  // (1073741824), else decimal.
+  const plain = unit === "" || unit === "B";
+  return { bytes, decimal: plain ? bytes % 1000 === 0 || bytes % 1024 !== 0 : !unit.includes("I") };
 }

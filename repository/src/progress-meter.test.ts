@@ -22,6 +22,8 @@ describe("formatBytes", () => {
     expect(formatBytes(999_940, { decimal: true })).toBe("999.9 kB");
     expect(formatBytes(2 ** 20 - 1)).toBe("1.0 MiB");
     expect(formatBytes(1023)).toBe("1023 B");
+    expect(formatBytes(1023.6)).toBe("1.0 KiB"); // a rate: bytes a second need not be whole
+    expect(formatBytes(999.4, { decimal: true })).toBe("999 B");
   });
 });
 

@@ -53,8 +53,9 @@ export function formatBytes(n: number, options: { decimal?: boolean } = {}): str
     : [1024, ["B", "KiB", "MiB", "GiB", "TiB"]];
   let value = n;
   let unit = 0;
-  // Up a unit also where one decimal would round to the step: 999,960 bytes is "1.0 MB", not "1000.0 kB".
-  while ((value >= step || (unit > 0 && value >= step - 0.05)) && unit < units.length - 1) {
+  // Up a unit also where the digits shown would round to the step: 999,960 bytes is "1.0 MB", not "1000.0 kB"
+  // (and a rate of 1023.6 bytes a second "1.0 KiB", not "1024 B").
+  while (value >= step - (unit > 0 ? 0.05 : 0.5) && unit < units.length - 1) {
     value /= step;
     unit++;
   }

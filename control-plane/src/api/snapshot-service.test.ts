@@ -239,6 +239,55 @@ describe("SnapshotService: repair the index", () => {
   });
 });
 
+describe("SnapshotService: check", () => {
+  it("checks one tenant's repository when named; a tenant without one, or none at all, is NOT_FOUND by name", async () => {
+    const { db, close, ctx } = await adminOfTenantA();
+    try {
+      await tenantWithHost(db, "t-b", "h-b");
+      await tenantWithHost(db, "t-none", "h-none");
+      const keys = new TenantKeys(db, randomBytes(32));
+      for (const tenant of ["t-a", "t-b"]) await keys.get(tenant); // their repositories; t-none never had one
+      const asked: string[] = [];
+      const service = snapshotService({
+        db,
+        sessions: new SessionRegistry(),
+        snapshots: {
+          check: async (tenantId: string) => {
+            asked.push(tenantId);
+            return { ok: true, snapshots: 1, packs: 1, packsRead: 1, chunks: 2, bytesChecked: 10, problems: [] };
+          },
+        } as unknown as SnapshotCoordinator,
+      });
+      const caller = { ...ctx, signal: new AbortController().signal } as HandlerContext;
+      const check = async (tenantId: string) => {
+        let report: api.CheckReport | undefined;
+        for await (const e of service.checkSnapshots(create(api.CheckSnapshotsRequestSchema, { tenantId }), caller)) {
+          const { event } = e as api.CheckSnapshotsEvent; // made with create(): a whole message
+          if (event.case === "report") report = event.value;
+        }
+        return report;
+      };
+      expect((await check(""))?.snapshots).toBe(2n);
+      expect(asked.sort()).toEqual(["t-a", "t-b"]);
+      asked.length = 0;
+      expect((await check("t-b"))?.snapshots).toBe(1n);
+      expect(asked).toEqual(["t-b"]);
+      const refusal = (tenantId: string) => check(tenantId).catch((err: unknown) => ConnectError.from(err));
+      expect(await refusal("t-none")).toMatchObject({
+        code: Code.NotFound,
+        rawMessage: 'tenant "t-none" has no repository (it never took a snapshot): there is nothing of it to check',
+      });
+      expect(await refusal("t-typo")).toMatchObject({
+        code: Code.NotFound,
+        rawMessage: 'there is no tenant "t-typo": `dumont key list` shows the tenants that hold keys',
+      });
+      expect(asked).toEqual(["t-b"]);
+    } finally {
+      await close();
+    }
+  });
+});
+
 describe("SnapshotService: list", () => {
   let db: Db;
   let close: () => Promise<void>;

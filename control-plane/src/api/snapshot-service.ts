@@ -247,8 +247,12 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       const who = await admin(ctx);
       const readSubset = readSubsetOf(req);
       const tenants = await repositoryTenants(deps.db, listScope(who, req.tenantId, "snapshots"));
-      if (req.tenantId !== "" && tenants.length === 0 && !(await tenantExists(deps.db, req.tenantId))) {
-        throw noSuchTenant(req.tenantId);
+      if (req.tenantId !== "" && tenants.length === 0) {
+        if (!(await tenantExists(deps.db, req.tenantId))) throw noSuchTenant(req.tenantId);
+        // As repair-index: "no problems" of a repository that is not there would say it was checked.
+        throw new NotFoundError(
+          `tenant ${shown(req.tenantId)} has no repository (it never took a snapshot): there is nothing of it to check`,
+        );
       }
       const start = async (report: (p: TransferProgress) => void) => {
         return () => checkTenants(deps.snapshots, tenants, { readData: !req.structureOnly, readSubset }, report);
