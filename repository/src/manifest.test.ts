@@ -47,6 +47,8 @@ describe("assertRestorable", () => {
     ).not.toThrow();
   });
 
+  /** What each escape only a folding filesystem allows is refused with. */
+  const FOLDED_ESCAPE = "points outside the restore target on a filesystem that ignores case or Unicode normalisation";
   it.each([
     ["an absolute path", m(file("/etc/passwd")), '"/etc/passwd" is an absolute path'],
     ["a .. component", m(dir("a"), file("a/../../x")), '"a/../../x" has an empty, "." or ".." component'],
@@ -97,36 +99,32 @@ describe("assertRestorable", () => {
       'symlink "v" -> "u\\ud800/..": the target is not well-formed Unicode',
     ],
     // Where names fold (ext4 casefold, APFS, NTFS), `A` and the NFD spelling of `é` are the links `a` and `é`.
-    [
-      "a symlink escaping through another by its case",
-      m(link("a", "."), link("x", "A/..")),
-      "points outside the restore target on a filesystem that ignores case or Unicode normalisation",
-    ],
+    ["a symlink escaping through another by its case", m(link("a", "."), link("x", "A/..")), FOLDED_ESCAPE],
     [
       "a symlink escaping through another by its normalisation",
       m(link("\u00e9", "."), link("y", "e\u0301/..")),
-      "points outside the restore target on a filesystem that ignores case or Unicode normalisation",
+      FOLDED_ESCAPE,
     ],
     [
       "a symlink escaping where its own target folds",
       m(dir("D"), link("D/l", "."), link("z", "d/L/../..")),
-      "points outside the restore target on a filesystem that ignores case or Unicode normalisation",
+      FOLDED_ESCAPE,
     ],
     [
       "a symlink escaping through another by full case folding",
       m(link("\u00df", "."), link("x", "SS/..")),
-      "points outside the restore target on a filesystem that ignores case or Unicode normalisation",
+      FOLDED_ESCAPE,
     ],
     // Capital sharp s folds to "ss" too; upper case first left it "ß" (helper-62's finding).
     [
       "a symlink escaping through another by capital sharp s",
       m(link("\u1e9e", "."), link("x", "ss/..")),
-      "points outside the restore target on a filesystem that ignores case or Unicode normalisation",
+      FOLDED_ESCAPE,
     ],
     [
       "a symlink escaping through another by sharp s, written capital",
       m(link("ss", "."), link("x", "\u1e9e/..")),
-      "points outside the restore target on a filesystem that ignores case or Unicode normalisation",
+      FOLDED_ESCAPE,
     ],
   ])("refuses %s, saying which check", (_what, manifest, message) => {
     // The message too: behind most checks stands another that would refuse the entry in other words, and a

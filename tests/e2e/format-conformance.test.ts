@@ -3,13 +3,13 @@
 // alone (format-conformance/independent-reader.mjs, no code shared with repository/ or host-agent/), and what it
 // restores is compared with the source byte for byte, mode for mode and microsecond for microsecond. A change to
 // the format that FORMAT.md does not describe fails here.
-import { execFile, execFileSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { agentBin, repoRoot, tempDir } from "../support/processes.js";
+import { agentBin, repoRoot, runNode, tempDir } from "../support/processes.js";
 import { describeExactly, type ExactEntry, treeDifferences } from "./format-conformance/exact-tree.js";
 
 const readerBin = path.join(repoRoot, "tests/e2e/format-conformance/independent-reader.mjs");
@@ -25,28 +25,12 @@ const PACK_SIZE = MiB;
 const MANY_FILES = 30_000;
 const asRoot = process.getuid?.() === 0;
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function runNode(script: string, args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [script, ...args],
-      { maxBuffer: 256 * MiB, timeout: 60_000 },
-      (err: (Error & { code?: unknown }) | null, stdout, stderr) => {
-        resolve({ code: err ? (typeof err.code === "number" ? err.code : 1) : 0, stdout, stderr });
-      },
-    );
-  });
-}
+/** The reader's and the CLI's runs: a second snapshot's `show` prints ~30,000 entries. */
+const run = (script: string, args: string[]) => runNode(script, args, {}, 60_000);
 
 /** Runs a command that must succeed, returning its JSON output. */
 async function json<T>(script: string, args: string[]): Promise<T> {
-  const res = await runNode(script, args);
+  const res = await run(script, args);
   if (res.code !== 0) throw new Error(`${path.basename(script)} ${args.join(" ")} exited ${res.code}: ${res.stderr}`);
   return JSON.parse(res.stdout) as T;
 }
@@ -236,8 +220,8 @@ describe("the repository format, read by an independent reader written from FORM
   /** The snapshots the real tool made, oldest first, each with its source as a restore must give it back. */
   const taken: { id: string; expected: Map<string, ExactEntry> }[] = [];
 
-  const reader = (...args: string[]) => runNode(readerBin, args);
-  const agent = (...args: string[]) => runNode(agentBin, args);
+  const reader = (...args: string[]) => run(readerBin, args);
+  const agent = (...args: string[]) => run(agentBin, args);
   const snapshot = async () => {
     const expected = describeExactly(ws, { asRestored: true });
     const created = await json<{ id: string }>(agentBin, [

@@ -78,6 +78,21 @@ async function snapshotFromListing(source: string, listing: ReturnType<typeof li
   return { created, restored: await tree(target) };
 }
 
+/**
+ * A host process writing to a new FIFO at `fifo`, blocked in open until some reader opens it (killed when the test
+ * ends, whatever its outcome). `stillBlocked` says, after half a second, that nothing opened the FIFO.
+ */
+async function blockedFifoWriter(fifo: string): Promise<{ stillBlocked: () => Promise<boolean> }> {
+  await run("mkfifo", [fifo]);
+  const writer = spawn("sh", ["-c", 'echo host-data > "$1"', "sh", fifo], { stdio: "ignore" });
+  onTestFinished(() => void writer.kill("SIGKILL"));
+  const exited = new Promise<boolean>((resolve) => writer.on("exit", () => resolve(true)));
+  return {
+    stillBlocked: async () =>
+      !(await Promise.race([exited, new Promise<boolean>((r) => setTimeout(() => r(false), 500))])),
+  };
+}
+
 describe("create", () => {
   it("leaves out names and symlink targets that are not valid UTF-8, saying so, and keeps the rest", async () => {
     const source = fresh("src");
@@ -488,10 +503,7 @@ describe("create, while files change under it", () => {
     await writeFile(join(source, "kept.txt"), "kept\n");
     const listing = listSnapshotSource(source);
     await listing;
-    await run("mkfifo", [join(outside, "pipe")]);
-    const writer = spawn("sh", ["-c", 'echo host-data > "$1"', "sh", join(outside, "pipe")], { stdio: "ignore" });
-    onTestFinished(() => void writer.kill("SIGKILL")); // never left blocked on the FIFO by a failed expect
-    const exited = new Promise<boolean>((resolve) => writer.on("exit", () => resolve(true)));
+    const writer = await blockedFifoWriter(join(outside, "pipe"));
     await rename(join(source, "d"), join(base, "d.moved"));
     await symlink(outside, join(source, "d"));
     const { created, restored } = await snapshotFromListing(source, listing);
@@ -502,10 +514,7 @@ describe("create, while files change under it", () => {
       },
     ]);
     expect(restored).toEqual(["d/", "kept.txt: kept\n"]);
-    // Still blocked: nothing opened the FIFO outside the source.
-    const released = await Promise.race([exited, new Promise<boolean>((r) => setTimeout(() => r(false), 500))]);
-    writer.kill("SIGKILL");
-    expect(released).toBe(false);
+    expect(await writer.stillBlocked()).toBe(true); // nothing opened the FIFO outside the source
   });
 
   it("opens nothing outside the source through a file swapped for a symlink after the listing", async () => {
@@ -521,19 +530,13 @@ describe("create, while files change under it", () => {
     await writeFile(join(source, "kept.txt"), "kept\n");
     const listing = listSnapshotSource(source);
     await listing;
-    await run("mkfifo", [join(outside, "fifo")]);
-    const writer = spawn("sh", ["-c", 'echo host-data > "$1"', "sh", join(outside, "fifo")], { stdio: "ignore" });
-    onTestFinished(() => void writer.kill("SIGKILL")); // never left blocked on the FIFO by a failed expect
-    const exited = new Promise<boolean>((resolve) => writer.on("exit", () => resolve(true)));
+    const writer = await blockedFifoWriter(join(outside, "fifo"));
     await rm(join(source, "pipe"));
     await symlink(join(outside, "fifo"), join(source, "pipe"));
     const { created, restored } = await snapshotFromListing(source, listing);
     expect(created.skipped).toEqual([{ path: "pipe", reason: expect.stringMatching(/^cannot read: ELOOP/) }]);
     expect(restored).toEqual(["kept.txt: kept\n"]);
-    // Still blocked: nothing opened the FIFO outside the source.
-    const released = await Promise.race([exited, new Promise<boolean>((r) => setTimeout(() => r(false), 500))]);
-    writer.kill("SIGKILL");
-    expect(released).toBe(false);
+    expect(await writer.stillBlocked()).toBe(true); // nothing opened the FIFO outside the source
   });
 
   it("reads the files of a tree deeper than PATH_MAX, as its listing walks it: through handles", async () => {
