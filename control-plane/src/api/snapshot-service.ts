@@ -250,9 +250,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       if (req.tenantId !== "" && tenants.length === 0) {
         if (!(await tenantExists(deps.db, req.tenantId))) throw noSuchTenant(req.tenantId);
         // As repair-index: "no problems" of a repository that is not there would say it was checked.
-        throw new NotFoundError(
-          `tenant ${shown(req.tenantId)} has no repository (it never took a snapshot): there is nothing of it to check`,
-        );
+        throw noRepository(req.tenantId, "there is nothing of it to check");
       }
       const start = async (report: (p: TransferProgress) => void) => {
         return () => checkTenants(deps.snapshots, tenants, { readData: !req.structureOnly, readSubset }, report);
@@ -268,9 +266,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       const who = await admin(ctx);
       const tenants = await repositoryTenants(deps.db, listScope(who, req.tenantId, "snapshots"));
       if (req.tenantId !== "" && tenants.length === 0) {
-        throw new NotFoundError(
-          `tenant ${shown(req.tenantId)} has no repository (it never took a snapshot): there is no index of it to repair`,
-        );
+        throw noRepository(req.tenantId, "there is no index of it to repair");
       }
       // What a repair changes is logged.
       const repaired = await eachTenant(ctx, tenants, async (tenantId) => {
@@ -416,6 +412,11 @@ function noSuchTenant(tenantId: string): NotFoundError {
   return new NotFoundError(
     `there is no tenant ${shown(tenantId)}: \`dumont key list\` shows the tenants that hold keys`,
   );
+}
+
+/** NOT_FOUND for a tenant named that has no repository: `nothing` says what there is none of, then. */
+function noRepository(tenantId: string, nothing: string): NotFoundError {
+  return new NotFoundError(`tenant ${shown(tenantId)} has no repository (it never took a snapshot): ${nothing}`);
 }
 
 /**

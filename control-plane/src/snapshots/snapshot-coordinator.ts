@@ -265,7 +265,7 @@ export class SnapshotCoordinator {
   private readonly unreturnedStoreCalls: UnreturnedCalls;
   private readonly openStore: (url: string) => BlobStore;
   private readonly mountTables: MountTables | undefined;
-  private readonly snapshotQuota: { bytes: number; decimal: boolean } | undefined;
+  private readonly snapshotQuota: CoordinatorTuning["snapshotQuota"];
   /** Per tenant, each running snapshot's bytes received and not yet written into a pack (for the quota). */
   private readonly unwrittenBytes = new Map<string, Set<() => number>>();
   /** When each cached tenant was last used (see CACHED_TENANTS_MAX). */
