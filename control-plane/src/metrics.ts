@@ -93,7 +93,7 @@ export function createMetrics() {
     runningWork,
     snapshotWorkRunning: new Gauge({
       name: "dumont_snapshot_work_running",
-      help: "Snapshots, restores, checks and index repairs running now, by kind",
+      help: "Snapshots, restores, checks and repairs running now, by kind",
       labelNames: ["kind"] as const,
       registers: [registry],
       collect() {
@@ -104,7 +104,7 @@ export function createMetrics() {
     snapshotWorkOldestSeconds: new Gauge({
       name: "dumont_snapshot_work_oldest_seconds",
       help:
-        "How long the oldest snapshot, restore, check or index repair running now has run, by kind: a stuck one " +
+        "How long the oldest snapshot, restore, check or repair running now has run, by kind: a stuck one " +
         "shows here long before its deadline",
       labelNames: ["kind"] as const,
       registers: [registry],

@@ -3,34 +3,18 @@ import { closeSync, constants, existsSync, openSync } from "node:fs";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { type AddressInfo, createServer, type Socket } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { pathToFileURL } from "node:url";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { alignedBuffer, PAGE } from "./aligned-memory.js";
-import type { BlobStore } from "./blob-store.js";
 import { isRepositoryError } from "./errors.js";
 import { FileBlobStore } from "./file-blob-store.js";
 import { openBlobStore } from "./open-blob-store.js";
 import { maxAttemptsFromEnv, S3BlobStore, s3EndpointFromEnv } from "./s3-blob-store.js";
-import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
+import { bothStores } from "./testing/repository-fixtures.js";
 
-let s3: S3TestServer;
-let dir: string;
-beforeAll(async () => {
-  s3 = await startS3TestServer();
-  dir = await mkdtemp(join(tmpdir(), "dumont-store-"));
-});
-afterAll(async () => {
-  await s3?.close();
-  await rm(dir, { recursive: true, force: true });
-});
-
+const env = bothStores("dumont-store-");
+const { stores } = env;
 let counter = 0;
-const stores: [string, () => BlobStore][] = [
-  ["file://", () => openBlobStore(pathToFileURL(join(dir, `s${++counter}`)).href)],
-  ["s3://", () => openBlobStore(s3.url(`p${++counter}`), { s3: s3.s3 })],
-];
 
 describe.each(stores)("%s blob store", (_name, make) => {
   it("stores, lists, ranges and deletes objects", async () => {
@@ -103,7 +87,7 @@ describe.each(stores)("%s blob store", (_name, make) => {
 
 describe("file blob store", () => {
   it("leaves no temporary files behind", async () => {
-    const root = join(dir, "atomic");
+    const root = join(env.dir, "atomic");
     const store = new FileBlobStore(root);
     await Promise.all(Array.from({ length: 20 }, (_, i) => store.put(`data/00/${i}`, Buffer.alloc(1000, i))));
     expect((await readdir(join(root, "data", "00"))).sort()).toEqual(
@@ -112,7 +96,7 @@ describe("file blob store", () => {
   });
 
   it("makes no write or delete its caller gave up on while it waited on the disk", async () => {
-    const root = join(dir, "given-up");
+    const root = join(env.dir, "given-up");
     const store = new FileBlobStore(root);
     await store.put("data/kept", Buffer.from("kept"));
     const givenUp = AbortSignal.abort();
@@ -146,7 +130,7 @@ describe("file blob store, large objects (O_DIRECT where the filesystem allows)"
   };
 
   it("writes odd sizes and parts byte for byte, from plain and from allocated memory", async () => {
-    const store = new FileBlobStore(join(dir, "direct"));
+    const store = new FileBlobStore(join(env.dir, "direct"));
     // Sizes around the staging size and the block size; parts that cross both.
     const cases: [string, Buffer[]][] = [
       ["plain-odd", [pattern(4 * 1024 * 1024 + 4097, 1)]],
@@ -162,11 +146,11 @@ describe("file blob store, large objects (O_DIRECT where the filesystem allows)"
       const back = await store.get(`data/${key}`);
       expect(back.equals(Buffer.concat(parts)), key).toBe(true);
     }
-    expect((await readdir(join(dir, "direct", "data"))).sort()).toEqual(cases.map(([k]) => k).sort());
+    expect((await readdir(join(env.dir, "direct", "data"))).sort()).toEqual(cases.map(([k]) => k).sort());
   });
 
   it("writes an object piece by piece, visible only once committed, and leaves nothing when aborted", async () => {
-    const store = new FileBlobStore(join(dir, "streamed"));
+    const store = new FileBlobStore(join(env.dir, "streamed"));
     // Pieces that straddle the 4 MiB stages and the 4 KiB blocks, ending off a block boundary.
     const pieces = [
       pattern(3 * 1024 * 1024 + 5, 1),
@@ -206,18 +190,18 @@ describe("file blob store, large objects (O_DIRECT where the filesystem allows)"
     await dropped.abort();
     expect(await store.stat("data/dropped")).toBeUndefined();
     // No temp file is left behind either (list skips them, so look at the directory itself).
-    expect((await readdir(join(dir, "streamed", "data"))).sort()).toEqual(["empty", "pack", "stages"]);
+    expect((await readdir(join(env.dir, "streamed", "data"))).sort()).toEqual(["empty", "pack", "stages"]);
   });
 
   it("reads ranges into page-aligned memory around the page cache, byte for byte", async () => {
-    const store = new FileBlobStore(join(dir, "ranges"));
+    const store = new FileBlobStore(join(env.dir, "ranges"));
     const size = 3 * 1024 * 1024 + 1234;
     const object = pattern(size, 9);
     await store.put("data/obj", object);
     // Whether this filesystem takes O_DIRECT at all (tmpfs does not): the reads are right either way.
     let direct = false;
     try {
-      closeSync(openSync(join(dir, "ranges", "data", "obj"), constants.O_RDONLY | constants.O_DIRECT));
+      closeSync(openSync(join(env.dir, "ranges", "data", "obj"), constants.O_RDONLY | constants.O_DIRECT));
       direct = true;
     } catch {}
     const ranges: [number, number][] = [
@@ -670,7 +654,7 @@ describe("S3 blob store whose bucket does not exist", () => {
   it("fails every call naming the bucket, rather than calling its objects missing", async () => {
     // A HEAD's 404 has no body: stat asks after the bucket before it answers "no such object" (helper-65's
     // finding: stat said undefined, delete succeeded, and reads were "not found", which restores call damage).
-    const store = openBlobStore("s3://no-such-bucket/p", { s3: s3.s3 });
+    const store = openBlobStore("s3://no-such-bucket/p", { s3: env.s3.s3 });
     const calls: [string, () => Promise<unknown>][] = [
       ["get", () => store.get("config")],
       ["getRange", () => store.getRange("data/ab/cd", 0, 8)],
@@ -697,7 +681,7 @@ describe("S3 blob store whose bucket does not exist", () => {
     }
     await store.close();
     // In a bucket that is there, a missing object is just that.
-    const there = openBlobStore(s3.url(`present${++counter}`), { s3: s3.s3 });
+    const there = openBlobStore(env.s3.url(`present${++counter}`), { s3: env.s3.s3 });
     expect(await there.stat("data/ab/cd")).toBeUndefined();
     await there.delete("locks/l");
     await there.close();
@@ -707,18 +691,18 @@ describe("S3 blob store whose bucket does not exist", () => {
 describe("S3 blob store beside folder markers", () => {
   it("lists none of them: empty objects named like folders (the AWS console's Create folder makes them)", async () => {
     const { PutObjectCommand, S3Client } = await import("@aws-sdk/client-s3");
-    const client = new S3Client({ ...s3.s3, forcePathStyle: true });
+    const client = new S3Client({ ...env.s3.s3, forcePathStyle: true });
     const prefix = `markers${++counter}`;
     try {
       for (const folder of ["", "locks/", "index/", "data/", "data/ab/"]) {
         await client.send(
-          new PutObjectCommand({ Bucket: s3.bucket, Key: `${prefix}/${folder}`, Body: new Uint8Array(0) }),
+          new PutObjectCommand({ Bucket: env.s3.bucket, Key: `${prefix}/${folder}`, Body: new Uint8Array(0) }),
         );
       }
     } finally {
       client.destroy();
     }
-    const store = openBlobStore(s3.url(prefix), { s3: s3.s3 });
+    const store = openBlobStore(env.s3.url(prefix), { s3: env.s3.s3 });
     await store.put("locks/abc", Buffer.from("lock"));
     await store.put("data/ab/cd", Buffer.from("pack"));
     const listed: string[] = [];
@@ -813,11 +797,11 @@ describe("openBlobStore", () => {
     const saved = { ...process.env };
     for (const name of Object.keys(process.env)) if (name.startsWith("AWS_")) delete process.env[name];
     Object.assign(process.env, {
-      AWS_SHARED_CREDENTIALS_FILE: join(dir, "no-credentials"),
-      AWS_CONFIG_FILE: join(dir, "no-config"),
+      AWS_SHARED_CREDENTIALS_FILE: join(env.dir, "no-credentials"),
+      AWS_CONFIG_FILE: join(env.dir, "no-config"),
       AWS_EC2_METADATA_DISABLED: "true",
     });
-    const store = openBlobStore(s3.url("no-credentials"), { s3: { endpoint: s3.endpoint } });
+    const store = openBlobStore(env.s3.url("no-credentials"), { s3: { endpoint: env.s3.endpoint } });
     try {
       const err = await store.stat("config").catch((e: unknown) => e);
       expect(isRepositoryError(err, "invalid-argument")).toBe(true);

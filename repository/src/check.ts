@@ -403,7 +403,7 @@ async function checkPack(
  * The largest pack check reads whole. Writers make packs of at most 1 GiB (and one chunk more); an index object
  * saying more is damaged, and read whole it would not fit a Buffer (4 GiB) or this machine's memory.
  */
-const MAX_PACK_READ = 2 * 1024 * 1024 * 1024;
+export const MAX_PACK_READ = 2 * 1024 * 1024 * 1024;
 
 /**
  * Each of `entries`' chunks in `pack` (its bytes from the start, at least to each entry's end) verified: null, or

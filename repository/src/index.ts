@@ -125,6 +125,16 @@ export {
   repairIndexText,
   type UnrepairablePack,
 } from "./repair-index-report.js";
+export { type RepairPacksOptions, repairPacks } from "./repair-packs.js";
+export {
+  type DamagedChunk,
+  emptyRepairPacksReport,
+  type RepairedPack,
+  type RepairPacksReport,
+  repairPacksAdvice,
+  repairPacksText,
+  type SkippedPack,
+} from "./repair-packs-report.js";
 export {
   type ChunkLocation,
   type LoadIndexOptions,

@@ -321,8 +321,9 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
             throw new RepositoryError(
               "corrupt",
               `pack ${packId}, which the prune repacks, holds chunk ${c.id.toString("hex")}, which is damaged ` +
-                `(${problem}); the prune stops, having deleted only what no snapshot needs. \`check\` names the ` +
-                "files it breaks: forget the snapshots holding them, then prune again",
+                `(${problem}); the prune stops, having deleted only what no snapshot needs. \`snapshot repair-packs\`, ` +
+                `given pack ${packId.slice(0, 12)}, rewrites that pack without it (\`check\` names the files it ` +
+                "breaks); then prune again",
             );
           }
           await writer.put(chunks);
@@ -351,7 +352,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
  * two directories reach the disk in the order made), and the next snapshot would take its chunks for stored
  * and reference them.
  */
-async function deletePacks(store: BlobStore, packIds: readonly string[], trusted: () => void): Promise<void> {
+export async function deletePacks(store: BlobStore, packIds: readonly string[], trusted: () => void): Promise<void> {
   if (packIds.length === 0) return;
   const indexKeys = packIds.map(indexKey);
   for (const key of indexKeys) {

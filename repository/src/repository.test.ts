@@ -4,7 +4,7 @@ import { mkdtemp, readdir, readFile, readlink, rm, stat, truncate, utimes, write
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
+import { describe, expect, it, onTestFinished, vi } from "vitest";
 import type { BlobStore } from "./blob-store.js";
 import { checkRepository, MAX_FILES_NAMED, MAX_MISSING_CHUNKS_NAMED } from "./check.js";
 import { isRepositoryError, RepositoryError } from "./errors.js";
@@ -18,37 +18,19 @@ import { forgetSnapshots, pruneRepository } from "./prune.js";
 import { parseReadSubset } from "./read-subset.js";
 import { repairIndex } from "./repair-index.js";
 import { repairIndexText } from "./repair-index-report.js";
+import { repairPacks } from "./repair-packs.js";
 import { Repository } from "./repository.js";
 import { RepositoryIndex } from "./repository-index.js";
 import { chunkCodec, ObjectKind, openJson, sealJson, sha256 } from "./sealing.js";
 import { emptyRepositoryStats, repositoryStats, statsText } from "./stats.js";
 import { dirEntry, emptyFileEntry } from "./testing/manifest-entries.js";
-import { type S3TestServer, startS3TestServer } from "./testing/s3-test-server.js";
-import type { FetchedChunk, SealedChunk } from "./transfer.js";
+import { bothStores, collect, keysIn, manifestOf, sealed } from "./testing/repository-fixtures.js";
+import type { SealedChunk } from "./transfer.js";
 
-let s3: S3TestServer;
-let dir: string;
-beforeAll(async () => {
-  s3 = await startS3TestServer();
-  dir = await mkdtemp(join(tmpdir(), "dumont-repo-"));
-});
-afterAll(async () => {
-  await s3?.close();
-  await rm(dir, { recursive: true, force: true });
-});
-
-let counter = 0;
-const stores: [string, () => BlobStore][] = [
-  ["file://", () => openBlobStore(pathToFileURL(join(dir, `r${++counter}`)).href)],
-  ["s3://", () => openBlobStore(s3.url(`r${++counter}`), { s3: s3.s3 })],
-];
+const env = bothStores("dumont-repo-");
+const stores = env.stores;
 
 const meta = { workspace: "ws-1", epoch: 3, tenant: "tenant-a" };
-
-function sealed(key: Buffer, plain: Buffer): SealedChunk & { hex: string } {
-  const { id, blob } = chunkCodec.sealChunk(key, plain);
-  return { id, blob, plainLength: plain.length, hex: id.toString("hex") };
-}
 
 /** A new file:// repository in a directory of its own, removed after the test. */
 async function freshFileRepository(name: string) {
@@ -84,31 +66,6 @@ async function goodAndBadInOnePack() {
   return { root, store, key, repository, good, bad, snapshot, packId, offset, pack: index.packs.get(packId)! };
 }
 
-function manifestOf(files: Record<string, SealedChunk[]>): Manifest {
-  return {
-    version: 1,
-    entries: [
-      { type: "dir", path: "d", mode: 0o755, mtimeNs: "1700000000000000000" },
-      ...Object.entries(files).map(([path, chunks]) => ({
-        type: "file" as const,
-        path,
-        mode: 0o644,
-        mtimeNs: "1700000000123456789",
-        size: chunks.reduce((s, c) => s + c.plainLength, 0),
-        chunks: chunks.map((c) => c.id.toString("hex")),
-        lengths: chunks.map((c) => c.plainLength),
-      })),
-    ],
-  };
-}
-
-/** The keys a store lists under `prefix`, sorted. */
-async function keysIn(store: BlobStore, prefix: string): Promise<string[]> {
-  const found: string[] = [];
-  for await (const info of store.list(prefix)) found.push(info.key);
-  return found.sort();
-}
-
 /**
  * A new repository on `store` holding `chunks` chunks of 2,000 random bytes under one empty snapshot (a pack
  * each with a small `packSize`), and its index objects' keys.
@@ -120,12 +77,6 @@ async function repositoryOfChunks(store: BlobStore, chunks = 1, packSize?: numbe
   await writer.put(Array.from({ length: chunks }, () => sealed(key, randomBytes(2_000))));
   await writer.commit([sealManifest(key, { version: 1, entries: [] })], meta);
   return { key, repository, indexObjects: await keysIn(store, "index/") };
-}
-
-async function collect(it: AsyncIterable<FetchedChunk>): Promise<FetchedChunk[]> {
-  const out: FetchedChunk[] = [];
-  for await (const x of it) out.push(x);
-  return out;
 }
 
 describe.each(stores)("repository on %s", (_name, make) => {
@@ -624,9 +575,16 @@ describe.each(stores)("repository on %s", (_name, make) => {
       `pack ${packId}, which the prune repacks, holds chunk ${kept.hex}, which is damaged (authentication failed`,
     );
     await expect(pruneRepository(repository)).rejects.toThrow(
-      /`check` names the files it breaks: forget the snapshots/,
+      `; the prune stops, having deleted only what no snapshot needs. \`snapshot repair-packs\`, given pack ` +
+        `${packId.slice(0, 12)}, rewrites that pack without it (\`check\` names the files it breaks); then prune again`,
     );
     expect((await stat(file)).size).toBe(bytes.length);
+    // As it says: once the pack is rewritten without the chunk, the prune runs.
+    expect(await repairPacks(repository, { packs: [packId.slice(0, 12)] })).toMatchObject({ lost: [kept.hex] });
+    await pruneRepository(repository);
+    expect((await checkRepository(repository)).problems.map((p) => [p.kind, p.chunk])).toEqual([
+      ["chunk-missing", kept.hex],
+    ]);
   });
 
   it("gives back the read buffers of reads still in flight when its consumer stops early", async () => {
@@ -1572,7 +1530,7 @@ describe("repository on file://, writing packs", () => {
         return super.put(key, data, options);
       }
     }
-    const store = new PacksOnlyStreamed(join(dir, "streamed-packs"));
+    const store = new PacksOnlyStreamed(join(env.dir, "streamed-packs"));
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
     const chunks = Array.from({ length: 6 }, () => sealed(key, randomBytes(40_000)));
@@ -1596,7 +1554,7 @@ describe("repository on file://, writing packs", () => {
         return super.syncEntries(keys);
       }
     }
-    const store = new Recording(join(dir, "reuse-durable"));
+    const store = new Recording(join(env.dir, "reuse-durable"));
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
     const chunks = Array.from({ length: 4 }, () => sealed(key, randomBytes(40_000)));
@@ -1633,7 +1591,7 @@ describe("repository on file://, writing packs", () => {
         return super.syncEntries(keys);
       }
     }
-    const store = new Recording(join(dir, "prune-order"));
+    const store = new Recording(join(env.dir, "prune-order"));
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
     const ids: string[] = [];
@@ -1663,7 +1621,7 @@ describe("repository on file://, writing packs", () => {
   it("after a failed pack write, aborting closes and removes every pack still open", async () => {
     // Found as a FileHandle Node closed on garbage collection: once one pack's upload failed, the next
     // pack to seal was dropped with its file open (a descriptor and a temp file per failed snapshot).
-    const root = join(dir, "failed-pack");
+    const root = join(env.dir, "failed-pack");
     const store = new FileBlobStore(root);
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
@@ -1709,7 +1667,7 @@ describe("repository on file://, writing packs", () => {
 
 describe("locks", () => {
   it("a released lock vouches for nothing more: a straggling write of its holder stops", async () => {
-    const store = openBlobStore(pathToFileURL(join(dir, "locks-released")).href);
+    const store = openBlobStore(pathToFileURL(join(env.dir, "locks-released")).href);
     const held = await acquireLock(store, generateRepositoryKey(), { exclusive: true, purpose: "an index repair" });
     held.assertTrusted();
     await held.assertHeld();
@@ -1721,7 +1679,7 @@ describe("locks", () => {
   });
 
   it("a lock whose write failed after landing is taken back, and one the store does not show is not taken", async () => {
-    const store = openBlobStore(pathToFileURL(join(dir, "locks-landed")).href);
+    const store = openBlobStore(pathToFileURL(join(env.dir, "locks-landed")).href);
     const key = generateRepositoryKey();
     const locks = async () => {
       const keys: string[] = [];
@@ -1755,7 +1713,7 @@ describe("locks", () => {
   });
 
   it("a refresh under way when the lock is released does not write it back", async () => {
-    const store = openBlobStore(pathToFileURL(join(dir, "locks-3")).href);
+    const store = openBlobStore(pathToFileURL(join(env.dir, "locks-3")).href);
     const key = generateRepositoryKey();
     // The refresh's look at its lock answers "there" only after the release has begun (a slow HEAD on S3).
     let answered!: () => void;
@@ -1792,17 +1750,17 @@ describe("locks", () => {
     } finally {
       vi.useRealTimers();
     }
-    expect(await readdir(join(dir, "locks-3", "locks"))).toEqual([]);
+    expect(await readdir(join(env.dir, "locks-3", "locks"))).toEqual([]);
     await held.refresh(); // released: writes nothing
-    expect(await readdir(join(dir, "locks-3", "locks"))).toEqual([]);
+    expect(await readdir(join(env.dir, "locks-3", "locks"))).toEqual([]);
   });
 
   it("judges locks by the store's clock, respects other pid namespaces and unreadable locks, and stops a writer whose lock was taken", async () => {
-    const store = openBlobStore(pathToFileURL(join(dir, "locks-2")).href);
+    const store = openBlobStore(pathToFileURL(join(env.dir, "locks-2")).href);
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
     const { ObjectKind, openJson, sealJson } = await import("./sealing.js");
-    const lockFile = (held: { key: string }) => join(dir, "locks-2", ...held.key.split("/"));
+    const lockFile = (held: { key: string }) => join(env.dir, "locks-2", ...held.key.split("/"));
     const rewrite = async (held: { key: string }, change: object) => {
       const body = openJson(key, ObjectKind.lock, await readFile(lockFile(held)), "lock") as object;
       await writeFile(lockFile(held), sealJson(key, ObjectKind.lock, { ...body, ...change }));
@@ -1855,7 +1813,7 @@ describe("locks", () => {
       const unrefreshed = new Date(Date.now() - 31 * 60_000); // stale by age, as another host's
       await utimes(lockFile(beforeRestart), unrefreshed, unrefreshed);
       await pruneRepository(repository);
-      expect(await readdir(join(dir, "locks-2", "locks"))).toEqual([]);
+      expect(await readdir(join(env.dir, "locks-2", "locks"))).toEqual([]);
       // A container of the same image elsewhere (its machine id, another boot, its own pid namespace): by age.
       const elsewhere = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
       await rewrite(elsewhere, { pid: 2 ** 22 + 12345, bootId: "another-boot", machineId, pidns: "pid:[7]" });
@@ -1883,7 +1841,8 @@ describe("locks", () => {
     const writer = await repository.writer();
     const chunk = sealed(key, randomBytes(5_000));
     await writer.put([chunk]);
-    for (const name of await readdir(join(dir, "locks-2", "locks"))) await rm(join(dir, "locks-2", "locks", name));
+    for (const name of await readdir(join(env.dir, "locks-2", "locks")))
+      await rm(join(env.dir, "locks-2", "locks", name));
     await expect(writer.commit([sealManifest(key, manifestOf({ f: [chunk] }))], meta)).rejects.toThrow(
       /repository lock locks\/[0-9a-f]+ was removed/,
     );
@@ -1896,7 +1855,7 @@ describe("locks", () => {
    * and a fake wall clock moved on with `later(minutes)` (a suspended process: the monotonic clock stands still).
    */
   async function pausable(name: string) {
-    const store = openBlobStore(pathToFileURL(join(dir, name)).href);
+    const store = openBlobStore(pathToFileURL(join(env.dir, name)).href);
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
     let holds: (call: string, key: string) => boolean = () => false;
@@ -1937,14 +1896,14 @@ describe("locks", () => {
       /** `minutes` pass: the wall clock moves on, and every lock in the store is that much older. */
       async later(minutes: number): Promise<void> {
         vi.setSystemTime(Date.now() + minutes * 60_000);
-        for (const lock of await readdir(join(dir, name, "locks"))) {
-          const file = join(dir, name, "locks", lock);
+        for (const lock of await readdir(join(env.dir, name, "locks"))) {
+          const file = join(env.dir, name, "locks", lock);
           const { mtime } = await stat(file);
           const older = new Date(mtime.getTime() - minutes * 60_000);
           await utimes(file, older, older);
         }
       },
-      locks: () => readdir(join(dir, name, "locks")),
+      locks: () => readdir(join(env.dir, name, "locks")),
     };
   }
 
@@ -1999,7 +1958,7 @@ describe("locks", () => {
     const prune = pruneRepository(r.pausedRepository);
     prune.catch(() => {});
     await listing;
-    for (const lock of await r.locks()) await rm(join(dir, "locks-removed-prune", "locks", lock));
+    for (const lock of await r.locks()) await rm(join(env.dir, "locks-removed-prune", "locks", lock));
     r.open();
     await expect(prune).rejects.toThrow(/repository lock locks\/[0-9a-f]+ was removed .*stopping/);
     expect([...(await r.repository.loadIndex()).packs.keys()].sort()).toEqual(packs.sort());
@@ -2018,7 +1977,7 @@ describe("locks", () => {
     // The first index object went; nothing after it did: every pack is still there.
     expect((await r.repository.loadIndex()).packs.size).toBe(packs.length - 1);
     for (const packId of packs)
-      expect((await stat(join(dir, "locks-prune-between", ...packKey(packId).split("/")))).isFile()).toBe(true);
+      expect((await stat(join(env.dir, "locks-prune-between", ...packKey(packId).split("/")))).isFile()).toBe(true);
   });
 
   it("a prune paused in its repack indexes nothing after its lock could be stale (no chunk lost)", async () => {
@@ -2082,7 +2041,7 @@ describe("locks", () => {
     await writer.abort().catch(() => {});
     // No index object names the pack (a prune may have deleted it meanwhile as an orphan): later writers do not
     // take its chunks for stored.
-    expect(await readdir(join(dir, "locks-late-index", "index"))).toEqual([]);
+    expect(await readdir(join(env.dir, "locks-late-index", "index"))).toEqual([]);
   });
 
   /** Runs `work` with the call `which` picks held until 21 minutes have passed (past a lock's trust); its outcome. */
@@ -2111,7 +2070,7 @@ describe("locks", () => {
   it("an index object a repair rebuilt, landing after its lock could be stale, is taken back", async () => {
     const r = await pausable("locks-late-repair");
     await commitOneFile(r);
-    const indexDir = join(dir, "locks-late-repair", "index");
+    const indexDir = join(env.dir, "locks-late-repair", "index");
     for (const name of await readdir(indexDir)) await rm(join(indexDir, name));
     const repair = heldPastTrust(
       r,
@@ -2137,7 +2096,7 @@ describe("locks", () => {
   });
 
   it("a check whose last look at its lock fails passes that failure on as it is, not as a lock lost", async () => {
-    const store = openBlobStore(pathToFileURL(join(dir, "locks-check-blip")).href);
+    const store = openBlobStore(pathToFileURL(join(env.dir, "locks-check-blip")).href);
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
     const stat = store.stat.bind(store);
@@ -2153,7 +2112,7 @@ describe("locks", () => {
   });
 
   it("refreshes a lock on time when the wall clock is set back", async () => {
-    const store = openBlobStore(pathToFileURL(join(dir, "locks-clock-back")).href);
+    const store = openBlobStore(pathToFileURL(join(env.dir, "locks-clock-back")).href);
     const key = generateRepositoryKey();
     await Repository.openOrInit(store, key);
     vi.useFakeTimers({ toFake: ["Date", "performance"] });
@@ -2193,11 +2152,11 @@ describe("locks", () => {
     await expect(commit).rejects.toThrow(/was last written 21 minutes ago/);
     await writer.abort().catch(() => {});
     expect(await r.repository.listSnapshots()).toEqual([]);
-    expect(await readdir(join(dir, "locks-late-record", "snapshots"))).toEqual([]);
+    expect(await readdir(join(env.dir, "locks-late-record", "snapshots"))).toEqual([]);
   });
 
   it("prune waits for a running writer, and ignores the lock of a process that died", async () => {
-    const store = openBlobStore(pathToFileURL(join(dir, "locks")).href);
+    const store = openBlobStore(pathToFileURL(join(env.dir, "locks")).href);
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
     const writer = await repository.writer();
@@ -2207,7 +2166,7 @@ describe("locks", () => {
 
     // A lock left by a process on this host that no longer exists (kill -9) does not block prune.
     const held = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
-    const lockFile = join(dir, "locks", ...held.key.split("/"));
+    const lockFile = join(env.dir, "locks", ...held.key.split("/"));
     const { ObjectKind, openJson, sealJson } = await import("./sealing.js");
     const body = openJson(key, ObjectKind.lock, await readFile(lockFile), "lock") as { pid: number };
     await writeFile(lockFile, sealJson(key, ObjectKind.lock, { ...body, pid: 2 ** 22 + 12345 }));
@@ -2215,7 +2174,7 @@ describe("locks", () => {
   });
 
   it("a lock the store will not delete neither fails finished work nor hides the error that ended it", async () => {
-    const store = openBlobStore(pathToFileURL(join(dir, "locks-kept")).href);
+    const store = openBlobStore(pathToFileURL(join(env.dir, "locks-kept")).href);
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
     const remove = store.delete.bind(store);
@@ -2241,7 +2200,7 @@ describe("locks", () => {
   });
 
   it("reads a subset of the packs: the n-th of t groups by pack id, or a share at random; the structure whole", async () => {
-    const store = openBlobStore(pathToFileURL(join(dir, "subset")).href);
+    const store = openBlobStore(pathToFileURL(join(env.dir, "subset")).href);
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
     const chunks = Array.from({ length: 12 }, (_, i) => sealed(key, randomBytes(20_000 + i)));
@@ -2295,7 +2254,7 @@ describe("locks", () => {
   });
 
   it("fails a check or a prune when the store does not answer or refuses, rather than report or act on damage", async () => {
-    const store = openBlobStore(pathToFileURL(join(dir, "unanswering")).href);
+    const store = openBlobStore(pathToFileURL(join(env.dir, "unanswering")).href);
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
     const writer = await repository.writer();
@@ -2326,7 +2285,7 @@ describe("locks", () => {
   });
 
   it("check holds a shared lock: refused while a prune runs, runs with lock: false, leaves no lock behind", async () => {
-    const store = openBlobStore(pathToFileURL(join(dir, "check-locks")).href);
+    const store = openBlobStore(pathToFileURL(join(env.dir, "check-locks")).href);
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
     const prune = await acquireLock(store, key, { exclusive: true, purpose: "a prune" });
@@ -2372,7 +2331,7 @@ describe("keys", () => {
 describe("objects that are not what their name says", () => {
   /** A repository on file:// holding two snapshots of one file each (different chunks), and its parts. */
   async function twoSnapshots(name: string) {
-    const store = openBlobStore(pathToFileURL(join(dir, name)).href);
+    const store = openBlobStore(pathToFileURL(join(env.dir, name)).href);
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
     const ids: string[] = [];

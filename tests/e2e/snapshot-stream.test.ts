@@ -805,7 +805,13 @@ describe("snapshots over the agent stream", () => {
       const damaged = await cp.cli(["snapshot", "check"]);
       expect(damaged.code).toBe(1);
       expect(damaged.stderr).toMatch(/only file\.bin/);
-      expect(damaged.stderr).toMatch(/\ncheck found 1 problem\n$/);
+      // Then the way out: a pack repair of that tenant's pack (the repair-packs case below runs it).
+      expect(damaged.stderr).toMatch(
+        new RegExp(
+          `\ncheck found 1 problem\n\`dumont snapshot repair-packs --tenant \\S+ ${path.basename(pack).slice(0, 16)}\` ` +
+            "rewrites packs without their damaged chunks [^\n]*\n$",
+        ),
+      );
       const json = JSON.parse((await cp.cli(["snapshot", "check", "--json"])).stdout);
       expect(json.ok).toBe(false);
       expect(json.problems).toEqual([
@@ -900,6 +906,95 @@ describe("snapshots over the agent stream", () => {
     expect(again.bytesNew).toBeGreaterThanOrEqual(300_000);
     expect(await cli(["snapshot", "forget", snap.id, "--json"])).toMatchObject({ forgotten: [snap.id] });
     expect(await cli(["snapshot", "check", "--json"])).toMatchObject({ ok: true });
+  });
+
+  it("repair-packs rewrites a pack without its damaged chunk, and the next snapshot of the workspace heals the old one", async () => {
+    const dir = path.join(root, "repair-packs-workspace");
+    await fs.mkdir(dir);
+    await fs.writeFile(path.join(dir, "a.bin"), randomBytes(300_000));
+    await fs.writeFile(path.join(dir, "b.bin"), randomBytes(200_000));
+    const blobs = path.join(root, "cp", "blobs");
+    const packsBefore = new Set(await packFiles(blobs));
+    const snap = await snapshotOf(dir);
+    // One chunk a file, both in the one pack the snapshot added; the first begins the pack: flip a byte of it.
+    const added = (await packFiles(blobs)).filter((file) => !packsBefore.has(file));
+    expect(added).toHaveLength(1);
+    const pack = added[0]!;
+    const packId = path.basename(pack);
+    const bytes = await fs.readFile(pack);
+    bytes[100] ^= 0xff;
+    await fs.writeFile(pack, bytes);
+
+    const damaged = await cp.cli(["snapshot", "check", "--json"]);
+    expect(damaged.code).toBe(1);
+    const [problem, ...others] = JSON.parse(damaged.stdout).problems;
+    expect(others).toEqual([]);
+    expect(problem).toMatchObject({
+      kind: "chunk-corrupt",
+      pack: packId,
+      files: [{ snapshotId: snap.id, path: expect.stringMatching(/^[ab]\.bin$/) }],
+    });
+    const { tenantId, chunk } = problem;
+    const broken = problem.files[0].path;
+    // The words name the file, and the way out: this tenant's repair, of that pack alone.
+    const said = await cp.cli(["snapshot", "check"]);
+    expect(said.code).toBe(1);
+    expect(said.stderr).toContain(broken);
+    expect(said.stderr).toContain(
+      `\`dumont snapshot repair-packs --tenant ${tenantId} ${packId.slice(0, 16)}\` rewrites packs without their ` +
+        "damaged chunks",
+    );
+
+    const report = (dryRun: boolean) => ({
+      dryRun,
+      tenants: [
+        {
+          tenantId,
+          packs: expect.any(Number),
+          packsRead: dryRun ? 1 : expect.any(Number),
+          repaired: [{ pack: packId, salvaged: 1, damaged: [{ chunk, reason: expect.any(String) }] }],
+          skipped: [],
+          lost: [chunk],
+        },
+      ],
+    });
+    // A dry run of that pack alone says what a repair would do, and exits 1: a chunk would be lost.
+    const dry = await cp.cli([
+      "snapshot",
+      "repair-packs",
+      packId.slice(0, 16),
+      "--tenant",
+      tenantId,
+      "--dry-run",
+      "--json",
+    ]);
+    expect(dry.code).toBe(1);
+    expect(JSON.parse(dry.stdout)).toEqual(report(true));
+    await fs.stat(pack);
+    // Then every pack of every tenant: the pack is rewritten without the chunk, which no other pack holds.
+    const repaired = await cp.cli(["snapshot", "repair-packs", "--json"]);
+    expect(repaired.code).toBe(1);
+    expect(JSON.parse(repaired.stdout)).toEqual(report(false));
+    expect(repaired.stderr).toBe(
+      `tenant ${tenantId}: 1 damaged chunk is in no other pack (${chunk.slice(0, 12)}): \`dumont snapshot check ` +
+        `--tenant ${tenantId}\` names the files they break. The next snapshot of a workspace that still has those ` +
+        "bytes stores them again, and every snapshot using them is whole again; forget the snapshots whose files " +
+        "are gone for good\n",
+    );
+    await expect(fs.stat(pack)).rejects.toThrow(/ENOENT/);
+    // Missing now, not damaged: no snapshot can take it for stored.
+    const missing = await cp.cli(["snapshot", "check", "--json"]);
+    expect(JSON.parse(missing.stdout).problems).toEqual([
+      expect.objectContaining({ kind: "chunk-missing", chunk, files: [{ snapshotId: snap.id, path: broken }] }),
+    ]);
+
+    // The workspace still has those bytes: its next snapshot sends them again, and the old snapshot is whole.
+    const again = await snapshotOf(dir);
+    expect(again.bytesNew).toBeGreaterThanOrEqual((await fs.stat(path.join(dir, broken))).size);
+    expect(await cli(["snapshot", "check", "--json"])).toMatchObject({ ok: true, problems: [] });
+    const target = path.join(root, "repair-packs-restored");
+    await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
+    expect(await describeTree(target)).toEqual(await describeTree(dir));
   });
 
   it("a kill -9 of the agent mid-snapshot leaves no snapshot visible; the next one succeeds", async () => {

@@ -1,8 +1,12 @@
 // The snapshot API's own checks, before any agent is involved: an in-process service on a test database.
 import { randomBytes } from "node:crypto";
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
+import { acquireLock, openBlobStore, Repository } from "@dumont/repository";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type AgentSession, SessionRegistry } from "../agent-gateway/agent-session.js";
 import { ensureTenant } from "../db/credential-repository.js";
@@ -10,7 +14,9 @@ import type { Db } from "../db/database.js";
 import { insertHost } from "../db/host-repository.js";
 import { insertTestSnapshot, openTestDatabase } from "../db/test-database.js";
 import { FailedPreconditionError, UnavailableError } from "../errors.js";
-import type { SnapshotCoordinator } from "../snapshots/snapshot-coordinator.js";
+import { createLogger } from "../logger.js";
+import { createMetrics } from "../metrics.js";
+import { SnapshotCoordinator } from "../snapshots/snapshot-coordinator.js";
 import { TenantKeys } from "../snapshots/tenant-keys.js";
 import { createApiKey } from "./auth.js";
 import { checkTenants, snapshotService } from "./snapshot-service.js";
@@ -239,6 +245,106 @@ describe("SnapshotService: repair the index", () => {
   });
 });
 
+describe("SnapshotService: repair packs", () => {
+  let db: Db;
+  let close: () => Promise<void>;
+  let caller: HandlerContext;
+  let blobs: string;
+  let coordinator: SnapshotCoordinator;
+  let keyOfA: Buffer;
+  const storeOf = (tenantId: string) => openBlobStore(`file://${blobs}/tenants/${tenantId}`);
+
+  beforeAll(async () => {
+    let ctx: HandlerContext;
+    ({ db, close, ctx } = await adminOfTenantA());
+    caller = { ...ctx, signal: new AbortController().signal } as HandlerContext;
+    await tenantWithHost(db, "t-b", "h-b");
+    await tenantWithHost(db, "t-none", "h-none");
+    blobs = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-repair-packs-"));
+    const keys = new TenantKeys(db, randomBytes(32));
+    coordinator = new SnapshotCoordinator(db, keys, `file://${blobs}`, createLogger("silent"), createMetrics());
+    // t-a has a repository; t-b a key whose repository is not in the store (none made yet); t-none neither.
+    keyOfA = await keys.get("t-a");
+    await keys.get("t-b");
+    await Repository.openOrInit(storeOf("t-a"), keyOfA);
+  });
+  afterAll(async () => {
+    await coordinator.close();
+    await close();
+    await fs.rm(blobs, { recursive: true, force: true });
+  });
+
+  const service = () => snapshotService({ db, sessions: new SessionRegistry(), snapshots: coordinator });
+  const repair = async (fields: { tenantId?: string; dryRun?: boolean; packs?: string[] }) =>
+    (await service().repairPacks(create(api.RepairPacksRequestSchema, fields), caller)) as api.RepairPacksResponse;
+  const refusal = (fields: Parameters<typeof repair>[0]) =>
+    repair(fields).catch((err: unknown) => ConnectError.from(err));
+
+  it("refuses pack ids without the tenant whose repository holds them, and ids that are not pack ids, naming them", async () => {
+    expect(await refusal({ packs: ["0123abcd"] })).toMatchObject({
+      code: Code.InvalidArgument,
+      rawMessage: "packs: pack ids belong to one tenant's repository; give tenant_id (--tenant)",
+    });
+    expect(await refusal({ tenantId: "t-a", packs: ["0123abcd", "0123abc"] })).toMatchObject({
+      code: Code.InvalidArgument,
+      rawMessage:
+        "packs[1] must be a pack id or a prefix of 8 to 64 hex characters (`dumont snapshot check` names the " +
+        'damaged ones), got "0123abc"',
+    });
+    expect(await refusal({ tenantId: "t-a", packs: ["not-hex!"] })).toMatchObject({
+      code: Code.InvalidArgument,
+      rawMessage: expect.stringMatching(/^packs\[0\] must be a pack id .*, got "not-hex!"$/),
+    });
+    const many = Array.from({ length: 1001 }, (_, i) => i.toString(16).padStart(8, "0"));
+    expect(await refusal({ tenantId: "t-a", packs: many })).toMatchObject({
+      code: Code.InvalidArgument,
+      rawMessage: "packs names 1001 packs; at most 1000 at once (or none: every pack of the tenant)",
+    });
+  });
+
+  it("answers a pack its repository does not hold, or a tenant without one, NOT_FOUND by name", async () => {
+    expect(await refusal({ tenantId: "t-a", packs: ["0BADC0DE"] })).toMatchObject({
+      code: Code.NotFound,
+      rawMessage: expect.stringMatching(/^no pack 0BADC0DE is in file:\/\/.*; `snapshot check` names/),
+    });
+    expect(await refusal({ tenantId: "t-b", packs: ["0badc0de"] })).toMatchObject({
+      code: Code.NotFound,
+      rawMessage: "tenant t-b has no repository: it holds no packs",
+    });
+    expect(await refusal({ tenantId: "t-none" })).toMatchObject({
+      code: Code.NotFound,
+      rawMessage: 'tenant "t-none" has no repository (it never took a snapshot): there are no packs of it to repair',
+    });
+    expect(await refusal({ tenantId: "t-typo" })).toMatchObject({
+      code: Code.NotFound,
+      rawMessage: 'there is no tenant "t-typo": `dumont key list` shows the tenants that hold keys',
+    });
+  });
+
+  it("repairs every tenant with a repository it can, saying why one is not: its repository held elsewhere", async () => {
+    const all = await repair({ dryRun: true });
+    expect(all.tenants.map((t) => [t.tenantId, t.packs, t.packsRead, t.error])).toEqual([
+      ["t-a", 0n, 0n, ""],
+      ["t-b", 0n, 0n, ""],
+    ]);
+    // A prune from another process holds t-a's repository: t-a says so, named or not, and t-b is repaired.
+    const held = await acquireLock(storeOf("t-a"), keyOfA, { exclusive: true, purpose: "a prune" });
+    try {
+      const busy = await repair({});
+      expect(busy.tenants.map((t) => [t.tenantId, t.error])).toEqual([
+        ["t-a", expect.stringMatching(/^tenant t-a: the repository is locked by a prune \(pid /)],
+        ["t-b", ""],
+      ]);
+      const named = await repair({ tenantId: "t-a", packs: ["0badc0de"] });
+      expect(named.tenants.map((t) => [t.tenantId, t.error])).toEqual([
+        ["t-a", expect.stringMatching(/the repository is locked by a prune/)],
+      ]);
+    } finally {
+      await held.release();
+    }
+  });
+});
+
 describe("SnapshotService: check", () => {
   it("checks one tenant's repository when named; a tenant without one, or none at all, is NOT_FOUND by name", async () => {
     const { db, close, ctx } = await adminOfTenantA();
@@ -389,6 +495,7 @@ describe("SnapshotService: admin keys only", () => {
         Promise.resolve(service.forgetSnapshots(create(api.ForgetSnapshotsRequestSchema, { keepLast: 1 }), ctx)),
         drain(service.checkSnapshots(create(api.CheckSnapshotsRequestSchema, {}), ctx)),
         Promise.resolve(service.repairIndex(create(api.RepairIndexRequestSchema, {}), ctx)),
+        Promise.resolve(service.repairPacks(create(api.RepairPacksRequestSchema, {}), ctx)),
         drain(service.diffSnapshots(create(api.DiffSnapshotsRequestSchema, { beforeId: id, afterId: id }), ctx)),
         drain(service.listSnapshotFiles(create(api.ListSnapshotFilesRequestSchema, { snapshotId: id }), ctx)),
       ];

@@ -1,10 +1,10 @@
 // dumont.api.v1.SnapshotService (admin): snapshot a directory on a host, list, restore onto a host, ls, diff,
-// check, forget.
+// check, repair, forget.
 import { createHash } from "node:crypto";
 import { posix } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { AGENT_CAPABILITIES, api } from "@dumont/proto";
 import {
   diffManifests,
@@ -278,6 +278,35 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       });
     },
 
+    async repairPacks(req, ctx) {
+      const who = await admin(ctx);
+      const packs = checkPackIds(req.packs, req.tenantId);
+      const tenants = await repositoryTenants(deps.db, listScope(who, req.tenantId, "snapshots"));
+      if (req.tenantId !== "" && tenants.length === 0) {
+        if (!(await tenantExists(deps.db, req.tenantId))) throw noSuchTenant(req.tenantId);
+        throw noRepository(req.tenantId, "there are no packs of it to repair");
+      }
+      // What a repair changes is logged. Packs named are one tenant's: one its repository does not hold is the
+      // request's error (NOT_FOUND), not the tenant's.
+      const repaired = await eachTenant(
+        ctx,
+        tenants,
+        async (tenantId) => {
+          const report = await deps.snapshots.repairPacks(tenantId, { dryRun: req.dryRun, packs });
+          return {
+            ...report,
+            packs: BigInt(report.packs),
+            packsRead: BigInt(report.packsRead),
+            repaired: report.repaired.map((p) => ({ ...p, salvaged: BigInt(p.salvaged) })),
+          };
+        },
+        packs.length > 0 ? [Code.NotFound, Code.InvalidArgument] : [],
+      );
+      return create(api.RepairPacksResponseSchema, {
+        tenants: repaired.map((t) => create(api.TenantPackRepairSchema, t)),
+      });
+    },
+
     async getSnapshotStats(req, ctx) {
       const who = await admin(ctx);
       const tenants = await repositoryTenants(deps.db, listScope(who, req.tenantId, "snapshots"));
@@ -422,12 +451,14 @@ function noRepository(tenantId: string, nothing: string): NotFoundError {
 /**
  * `work` for each tenant in turn, each on its own: one busy, or whose store does not answer, is answered with its
  * reason (`error`) and the others are done all the same. A caller gone stops it before the next tenant; an error no
- * handler meant (a bug) fails the call as "internal error", logged, as in every call.
+ * handler meant (a bug) fails the call as "internal error", logged, as in every call; so does one of the codes
+ * `failing` lists (the request's error, not the tenant's).
  */
 async function eachTenant<T extends object>(
   ctx: HandlerContext,
   tenants: string[],
   work: (tenantId: string) => Promise<T>,
+  failing: readonly Code[] = [],
 ): Promise<({ tenantId: string } & (T | { error: string }))[]> {
   const out: ({ tenantId: string } & (T | { error: string }))[] = [];
   for (const tenantId of tenants) {
@@ -435,12 +466,42 @@ async function eachTenant<T extends object>(
     try {
       out.push({ tenantId, ...(await work(tenantId)) });
     } catch (err) {
-      if (!(err instanceof ConnectError)) throw err;
+      if (!(err instanceof ConnectError) || failing.includes(err.code)) throw err;
       out.push({ tenantId, error: err.rawMessage });
     }
   }
   return out;
 }
+
+/** The most pack ids one RepairPacks request names: `dumont snapshot check` names them a few at a time. */
+const MAX_PACK_IDS = 1000;
+
+/**
+ * RepairPacksRequest.packs checked: each an id or a prefix of 8 to 64 hex characters, at most MAX_PACK_IDS, and only
+ * with the tenant whose repository holds them.
+ */
+function checkPackIds(packs: string[], tenantId: string): string[] {
+  if (packs.length === 0) return packs;
+  if (tenantId === "") {
+    throw new InvalidArgumentError("packs: pack ids belong to one tenant's repository; give tenant_id (--tenant)");
+  }
+  if (packs.length > MAX_PACK_IDS) {
+    throw new InvalidArgumentError(
+      `packs names ${packs.length} packs; at most ${MAX_PACK_IDS} at once (or none: every pack of the tenant)`,
+    );
+  }
+  for (const [i, id] of packs.entries()) {
+    if (!PACK_ID_OR_PREFIX.test(id)) {
+      throw new InvalidArgumentError(
+        `packs[${i}] must be a pack id or a prefix of 8 to 64 hex characters (\`dumont snapshot check\` names ` +
+          `the damaged ones), got ${shown(id)}`,
+      );
+    }
+  }
+  return packs;
+}
+
+const PACK_ID_OR_PREFIX = /^[0-9a-fA-F]{8,64}$/;
 
 /**
  * Checks each tenant's repository in turn; one report, each problem naming its tenant. A tenant whose check cannot

@@ -1,6 +1,6 @@
 // `dumont snapshot …` (admin): snapshot a directory on a host through its agent, list, ls, diff, restore, check,
-// repair-index, forget. Create and restore use the streaming RPCs, so a terminal shows bytes, rate and time left as the agent
-// works.
+// repair-index, repair-packs, forget. Create and restore use the streaming RPCs, so a terminal shows bytes, rate and
+// time left as the agent works.
 import { api } from "@dumont/proto";
 import { collect, flagParsers, READ_DATA_SUBSET, SNAPSHOT_ID_OR_PREFIX } from "@dumont/repository/cli-flags";
 import { counted, firstFew } from "@dumont/repository/counted";
@@ -17,6 +17,7 @@ import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/re
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
 import { readSubsetOption } from "@dumont/repository/read-subset";
 import { repairIndexAdvice, repairIndexText } from "@dumont/repository/repair-index-report";
+import { repairPacksAdvice, repairPacksText } from "@dumont/repository/repair-packs-report";
 import { quoted } from "@dumont/repository/text-table";
 import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients, tenantFlag } from "./api-client.js";
@@ -267,6 +268,8 @@ export function registerSnapshotCommands(program: Command): void {
         process.stderr.write(`check found ${counted(out.problems.length, "problem")}\n`);
         const advice = !opts.json && repairIndexAdvice(out.problems, "dumont snapshot repair-index");
         if (advice) process.stderr.write(`${advice}\n`);
+        const packsAdvice = !opts.json && repairPacksAdvice(out.problems, repairPacksCommand(out.problems));
+        if (packsAdvice) process.stderr.write(`${packsAdvice}\n`);
         process.exitCode = 1;
       }
     });
@@ -314,6 +317,55 @@ export function registerSnapshotCommands(program: Command): void {
       }
       if (failed > 0) process.stderr.write(`${counted(failed, "tenant")} not repaired; run it again for them\n`);
       if (unrepairable + failed > 0) process.exitCode = 1;
+    });
+
+  snapshot
+    .command("repair-packs [packs...]")
+    .description(
+      "rewrite each tenant's packs holding chunks that do not verify without those chunks (then run check): a " +
+        "damaged chunk another pack holds is found there, and the next snapshot of a workspace that still has the " +
+        "others stores them again; PACKS (ids or unique prefixes, as check names them; with --tenant) reads only " +
+        "those; a tenant with a snapshot, restore or check running is skipped, saying so",
+    )
+    .option("--tenant <id>", "only this tenant's blob store", tenantFlag)
+    .option("--dry-run", "say what would be rewritten, change nothing")
+    .option("--json", "print JSON")
+    .action(async (packs: string[], opts, cmd: Command) => {
+      checkPackIds(packs, opts.tenant);
+      const dryRun = opts.dryRun === true;
+      const res = await apiClients(apiOpts(cmd)).snapshots.repairPacks({ dryRun, tenantId: opts.tenant, packs });
+      const tenants = res.tenants.map((t) => ({
+        tenantId: t.tenantId,
+        packs: Number(t.packs),
+        packsRead: Number(t.packsRead),
+        repaired: t.repaired.map((p) => ({
+          pack: p.pack,
+          salvaged: Number(p.salvaged),
+          damaged: p.damaged.map((d) => ({ chunk: d.chunk, reason: d.reason })),
+        })),
+        skipped: t.skipped.map((p) => ({ pack: p.pack, message: p.message })),
+        lost: t.lost,
+        ...(t.error ? { error: t.error } : {}),
+      }));
+      if (opts.json) print({ dryRun, tenants });
+      else if (tenants.length === 0) process.stdout.write("no tenant has a repository: nothing to repair\n");
+      let failed = 0;
+      let unrepaired = 0;
+      for (const { error, ...t } of tenants) {
+        if (error !== undefined) {
+          failed++;
+          process.stderr.write(`tenant ${t.tenantId}: not repaired: ${error}\n`);
+          continue;
+        }
+        const check = `dumont snapshot check --tenant ${t.tenantId}`;
+        const text = repairPacksText(t, dryRun, check, `tenant ${t.tenantId}: `);
+        if (!opts.json) process.stdout.write(text.out);
+        // Packs it could not read, and chunks lost (or that would be): said on stderr, with what to do.
+        process.stderr.write(text.err);
+        if (t.skipped.length + t.lost.length > 0) unrepaired++;
+      }
+      if (failed > 0) process.stderr.write(`${counted(failed, "tenant")} not repaired; run it again for them\n`);
+      if (unrepaired + failed > 0) process.exitCode = 1;
     });
 
   snapshot
@@ -475,6 +527,38 @@ function checkSnapshotIds(name: string, ids: string[]): void {
     }
   }
 }
+
+/** Pack ids or prefixes as `dumont snapshot check` names them, checked before any request. */
+function checkPackIds(packs: string[], tenant: string | undefined): void {
+  if (packs.length > 0 && tenant === undefined) {
+    throw new Error("PACKs belong to one tenant's repository: give --tenant with them (check names each one's tenant)");
+  }
+  for (const id of packs) {
+    if (!/^[0-9a-fA-F]{8,64}$/.test(id)) {
+      throw new Error(
+        `PACK ${JSON.stringify(id.slice(0, 80))} is not a pack id: give an id from \`dumont snapshot check\` or a ` +
+          "unique prefix of it (8 to 64 hex characters)",
+      );
+    }
+  }
+}
+
+/**
+ * The repair-packs command a check's report advises (repairPacksAdvice): for one tenant's damaged packs, that tenant
+ * and, for a few, those packs, so only they are read again; for several tenants', every tenant's packs.
+ */
+export function repairPacksCommand(problems: readonly { tenantId: string; kind: string; pack?: string }[]): string {
+  // The kinds repairPacksAdvice answers.
+  const damaged = problems.filter((p) => p.kind === "chunk-corrupt" || p.kind === "pack-size");
+  const tenants = new Set(damaged.map((p) => p.tenantId));
+  if (tenants.size !== 1) return "dumont snapshot repair-packs";
+  const packs = new Set(damaged.flatMap((p) => (p.pack ? [p.pack.slice(0, 16)] : [])));
+  const named = packs.size <= MAX_PACKS_ADVISED ? [...packs].map((p) => ` ${p}`).join("") : "";
+  return `dumont snapshot repair-packs --tenant ${[...tenants][0]}${named}`;
+}
+
+/** The most packs repairPacksCommand names; for more, the tenant's every pack. */
+const MAX_PACKS_ADVISED = 5;
 
 /**
  * `dumont snapshot list`: a row per snapshot under a header. SIZE is the snapshot's own, as `dumont-agent snapshot

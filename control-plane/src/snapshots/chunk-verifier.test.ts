@@ -32,6 +32,17 @@ describe("ChunkVerifier (the control plane's arrival check, on worker threads)",
     expect(await verifier.verify(randomBytes(32), [raw])).toEqual([expect.stringMatching(/authentication failed/)]);
   });
 
+  it("fails a call whose check threw, rather than call its chunks damaged, and keeps answering others", async () => {
+    const chunk = seal(randomBytes(1000));
+    // A 16-byte key makes the cipher itself throw: nothing is known of the chunk, so nothing is said of it (a pack
+    // repair would delete a chunk called damaged).
+    await expect(verifier.verify(randomBytes(16), [chunk])).rejects.toThrow(
+      /^a chunk verifier thread could not verify a chunk: .*key/i,
+    );
+    expect(verifier.broken).toBe(false);
+    expect(await verifier.verify(key, [chunk])).toEqual([null]);
+  });
+
   it("answers each of many concurrent calls with its own chunks' results", async () => {
     const good = seal(randomBytes(64 * 1024));
     const bad = { ...good, blob: Buffer.from(good.blob) };

@@ -26,6 +26,8 @@ export interface VerifyReply {
   seq: number;
   /** Per chunk: why it is damaged, or null. */
   problems: (string | null)[];
+  /** Why the batch could not be verified (verifyChunk threw): the call fails, nothing is said of the chunks. */
+  error?: string;
   /** The staging buffer, for reuse (none when the blobs were read in shared memory). */
   data?: ArrayBuffer;
 }
@@ -65,7 +67,8 @@ export class ChunkVerifier {
         const p = thread.pending.get(reply.seq);
         thread.pending.delete(reply.seq);
         if (--thread.busy === 0) worker.unref();
-        p?.resolve(reply.problems);
+        if (reply.error === undefined) p?.resolve(reply.problems);
+        else p?.reject(new Error(`a chunk verifier thread could not verify a chunk: ${reply.error}`));
       });
       worker.on("error", (err) => this.fail(new Error(`a chunk verifier thread failed: ${err.message}`)));
       worker.on("exit", (code) => this.fail(new Error(`a chunk verifier thread exited (code ${code})`)));

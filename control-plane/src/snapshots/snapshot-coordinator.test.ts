@@ -780,7 +780,7 @@ describe("SnapshotCoordinator: forget and prune", () => {
     const pruning = h.coordinator.forget(prune);
     expect(h.coordinator.runningWork().map((w) => w.kind)).toEqual(["prune"]);
     const second = h.coordinator.forget(prune);
-    await expect(second).rejects.toThrow(/a prune or index repair of tenant t1 is already running \(prune, for \d+s\)/);
+    await expect(second).rejects.toThrow(/a prune or repair of tenant t1 is already running \(prune, for \d+s\)/);
     await pruning;
     expect(h.coordinator.runningWork()).toEqual([]);
   });
@@ -809,9 +809,7 @@ describe("SnapshotCoordinator: forget and prune", () => {
     await fs.rm(path.join(indexDir, lost));
     // An operation starting during the repair waits for it (and its refresh then reads the rebuilt object).
     const repairing = h.coordinator.repairIndex("t1", { dryRun: false });
-    await expect(h.coordinator.forget(prune)).rejects.toThrow(
-      "a prune or index repair of tenant t1 is already running",
-    );
+    await expect(h.coordinator.forget(prune)).rejects.toThrow("a prune or repair of tenant t1 is already running");
     const checked = h.coordinator.check("t1", {});
     // The lost pack's chunks are verified before they are indexed, by the verifier's threads (not the event loop).
     const verified = vi.spyOn(ChunkVerifier.prototype, "verify");
@@ -2384,6 +2382,136 @@ describe("SnapshotCoordinator: a forget between a commit's record and its row", 
     const row = await finish(await startedIn(h));
     expect(forgotten).toEqual([row.id]);
     expect(await h.db.selectFrom("snapshots").select("id").execute()).toEqual([]);
+  });
+});
+
+describe("SnapshotCoordinator: repair packs", () => {
+  const h = useCoordinator("h-packs");
+  const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
+    h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+  const repository = (key: Buffer) => Repository.open(openBlobStore(`file://${h.blobs}/tenants/t1`), key);
+
+  /**
+   * A committed snapshot of files f0 and f1, one chunk of fresh bytes each, sent as a real agent does: offered,
+   * then sent if asked for. Returns the row, the tenant's key and the chunks (with the ids the control plane asked for).
+   */
+  const twoFiles = async (plains = [randomBytes(20_000), randomBytes(30_000)]) => {
+    const { snapshot, requestId, key } = await startedIn(h);
+    const chunks = plains.map((plain) => ({ plain, ...chunkCodec.sealChunk(key, plain) }));
+    const asked = await offered(
+      agentSends,
+      h.sent,
+      requestId,
+      0n,
+      chunks.map((c) => c.id),
+    );
+    const wanted = new Set(asked.map((id) => Buffer.from(id).toString("hex")));
+    const sent = chunks.filter((c) => wanted.has(c.id.toString("hex")));
+    agentSends({
+      case: "snapshotChunks",
+      value: {
+        requestId,
+        epoch: 0n,
+        chunks: sent.map((c) => ({ id: c.id, blob: c.blob, plainLength: c.plain.length })),
+      },
+    });
+    const entries = chunks.flatMap((c, i) => sameChunkFiles([`f${i}`], c.id, c.plain.length));
+    agentSends({ case: "snapshotCommit", value: { requestId, epoch: 0n, manifest: sealManifest(key, { entries }) } });
+    return { row: await snapshot, key, chunks, asked: [...wanted] };
+  };
+
+  it("rewrites a pack without its damaged chunk: a dry run first, refused while a snapshot runs; the next snapshot sends it again", async () => {
+    const { row, key, chunks } = await twoFiles();
+    const [damaged, whole] = chunks.map((c) => c.id.toString("hex"));
+    const index = await (await repository(key)).loadIndex();
+    const pack = [...index.packs.values()].find((p) => p.entries.some((e) => e.id.toString("hex") === damaged))!;
+    expect(pack.entries.map((e) => e.id.toString("hex")).sort()).toEqual([damaged, whole].sort());
+    const entry = pack.entries.find((e) => e.id.toString("hex") === damaged)!;
+    const packFile = path.join(h.blobs, "tenants", "t1", "data", pack.packId.slice(0, 2), pack.packId);
+    const bytes = await fs.readFile(packFile);
+    bytes[entry.offset + (entry.length >> 1)] ^= 1;
+    await fs.writeFile(packFile, bytes);
+    const expected = {
+      packs: index.packs.size,
+      packsRead: index.packs.size,
+      repaired: [{ pack: pack.packId, salvaged: 1, damaged: [{ chunk: damaged, reason: expect.any(String) }] }],
+      skipped: [],
+      lost: [damaged],
+    };
+
+    // A dry run says so and changes nothing, beside a snapshot (it only reads, as a check); the repair waits.
+    // Its chunks are verified by the verifier's threads, as a check's are, not on the event loop.
+    const running = await startedIn(h);
+    const onThisThread = vi.spyOn(chunkCodec, "verifyChunk");
+    const onThreads = vi.spyOn(ChunkVerifier.prototype, "verify");
+    try {
+      await expect(h.coordinator.repairPacks("t1", { dryRun: true })).resolves.toEqual(expected);
+      expect(onThreads.mock.calls.flatMap(([, batch]) => batch.map((c) => c.id.toString("hex"))).sort()).toEqual(
+        [damaged, whole].sort(),
+      );
+      expect(onThisThread).not.toHaveBeenCalled();
+    } finally {
+      onThisThread.mockRestore();
+      onThreads.mockRestore();
+    }
+    expect(await fs.readFile(packFile)).toEqual(bytes);
+    await expect(h.coordinator.repairPacks("t1", { dryRun: false })).rejects.toThrow(
+      /1 snapshot, restore or check of tenant t1 is running \(snapshot of \/w on host h-packs, for \d+s\); repair the packs again when it has ended$/,
+    );
+    await finishIn(h)(running);
+    // Named, as check names it, by a prefix; one the index does not hold is NOT_FOUND, not a repair of nothing.
+    const unknown = await h.coordinator.repairPacks("t1", { dryRun: true, packs: ["0badc0de"] }).catch((e) => e);
+    expect(unknown).toBeInstanceOf(ConnectError);
+    expect((unknown as ConnectError).code).toBe(Code.NotFound);
+    expect((unknown as ConnectError).rawMessage).toMatch(/^no pack 0badc0de is in file:\/\//);
+
+    // The repair has the tenant to itself, shown on /metrics and named to a prune it refuses.
+    const repairing = h.coordinator.repairPacks("t1", { dryRun: false, packs: [pack.packId.slice(0, 10)] });
+    expect(h.coordinator.runningWork().map((w) => w.kind)).toEqual(["repair-packs"]);
+    expect(await h.metrics.registry.metrics()).toMatch(/^dumont_snapshot_work_running\{kind="repair-packs"\} 1$/m);
+    await expect(h.coordinator.forget({ tenantId: "t1", policy: {}, prune: true, dryRun: false })).rejects.toThrow(
+      /a prune or repair of tenant t1 is already running \(pack repair, for \d+s\)$/,
+    );
+    const checked = h.coordinator.check("t1", {}); // waits for the repair
+    // One pack read of the two (the snapshot that ran meanwhile added one).
+    expect(await repairing).toEqual({ ...expected, packs: 2, packsRead: 1 });
+    await expect(fs.stat(packFile)).rejects.toThrow(/ENOENT/);
+    expect(h.logged).toContainEqual(
+      expect.objectContaining({ msg: "packs repaired", rewritten: [pack.packId], lost: [damaged] }),
+    );
+    // The damaged chunk is in no pack now, not damaged in one; its file's neighbour is whole in the new pack.
+    const report = await checked;
+    expect(report.problems.map((p) => [p.kind, p.chunk, p.files?.map((f) => f.path)])).toEqual([
+      ["chunk-missing", damaged, ["f0"]],
+    ]);
+
+    // A restore of the snapshot still gets the other chunk, as it was stored; the damaged one is answered missing.
+    const before = h.sent.length;
+    const restored = h.coordinator.restore({ session: h.session, snapshot: row, target: "/restored" });
+    restored.catch(() => {});
+    await until(() => h.sent.slice(before).some((m) => m.msg.case === "restore"));
+    const restore = h.sent.slice(before).find((m) => m.msg.case === "restore")!.msg;
+    const requestId = restore.case === "restore" ? restore.value.requestId : "";
+    agentSends({
+      case: "restoreChunkRequest",
+      value: { requestId, batch: 1n, chunkIds: chunks.map((c) => c.id) },
+    });
+    const answered = () =>
+      h.sent.flatMap((m) =>
+        m.msg.case === "restoreChunks" && m.msg.value.requestId === requestId ? m.msg.value.chunks : [],
+      );
+    await until(() => answered().length === 2);
+    const got = new Map(answered().map((c) => [Buffer.from(c.id).toString("hex"), c]));
+    expect(Buffer.from(got.get(whole)!.blob)).toEqual(chunks[1].blob);
+    expect(got.get(damaged)).toMatchObject({ blob: new Uint8Array(), error: expect.stringMatching(/./) });
+    agentSends({ case: "restoreProgress", value: { requestId, done: true, error: "f0 damaged" } });
+    await expect(restored).rejects.toThrow(/f0 damaged/);
+
+    // The workspace still has those bytes: the next snapshot's offer of them is answered "send it", and every
+    // snapshot using the chunk is whole again.
+    const again = await twoFiles(chunks.map((c) => c.plain));
+    expect(again.asked).toEqual([damaged]);
+    await expect(h.coordinator.check("t1", {})).resolves.toMatchObject({ ok: true, problems: [] });
   });
 });
 

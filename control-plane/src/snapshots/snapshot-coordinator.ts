@@ -30,6 +30,7 @@ import {
   chunkArrivedDamaged,
   counted,
   emptyPruneReport,
+  emptyRepairPacksReport,
   emptyRepositoryStats,
   forgetSnapshots,
   formatBytes,
@@ -53,6 +54,7 @@ import {
   pruneRepository,
   type SnapshotStats as RecordStats,
   type RepairIndexReport,
+  type RepairPacksReport,
   Repository,
   type RepositoryChunkSource,
   RepositoryError,
@@ -62,6 +64,7 @@ import {
   type RetentionPolicy,
   refuseUnmountedNewRepository,
   repairIndex,
+  repairPacks,
   repositoryStats,
   type SkippedEntry,
 } from "@dumont/repository";
@@ -229,7 +232,7 @@ const RELIST_RETRY_MAX_MS = 10 * 60_000;
 interface RunningWork {
   /** "snapshot of /work on host h-1", "restore of snapshot 3f2a… into /work on host h-1", "check". */
   what: string;
-  kind: "snapshot" | "restore" | "check" | "relist" | "repair-index" | "stats" | "prune";
+  kind: "snapshot" | "restore" | "check" | "relist" | "repair-index" | "repair-packs" | "stats" | "prune";
   since: number;
 }
 
@@ -252,7 +255,7 @@ export class SnapshotCoordinator {
   private readonly relistsDue = new Map<string, NodeJS.Timeout>();
   private readonly relistRetryMs: number;
   /**
-   * Snapshots and restores running, and the prune (or index repair) running, per tenant. A prune deletes and moves packs, so it
+   * Snapshots and restores running, and the prune (or repair) running, per tenant. A prune deletes and moves packs, so it
    * needs the tenant's repository to itself: it is refused while operations run, and operations that start
    * during one wait for it. (The repository's own lock says the same across processes, restores included; this
    * lets operations in this process wait for a prune rather than fail.)
@@ -272,7 +275,7 @@ export class SnapshotCoordinator {
   private readonly lastUsed = new Map<string, number>();
   /** Tenants whose repository is in use outside `using` (see borrowing), and by how many. */
   private readonly borrowed = new Map<string, number>();
-  /** The prune or index repair running for a tenant, and since when (beside `pruning`, for /metrics). */
+  /** The prune or repair running for a tenant, and since when (beside `pruning`, for /metrics). */
   private readonly exclusiveWork = new Map<string, RunningWork>();
   private readonly cache: { max: number; idleMs: number; minIdleMs: number };
 
@@ -405,7 +408,7 @@ export class SnapshotCoordinator {
     return this.verifier;
   }
 
-  /** Check's and repair-index's `verify`: chunks verified by the verifier's threads, not on the event loop. */
+  /** Check's and the repairs' `verify`: chunks verified by the verifier's threads, not on the event loop. */
   private verifyOnThreads(): NonNullable<CheckOptions["verify"]> {
     const verifier = this.chunkVerifier();
     return (key, chunks) => verifier.verify(key, chunks);
@@ -594,13 +597,64 @@ export class SnapshotCoordinator {
   }
 
   /**
-   * Runs `work` with the tenant's repository to itself (a prune, an index repair): refused while snapshots,
+   * Rewrites a tenant's packs some of whose chunks do not verify without those chunks (repairPacks): every pack,
+   * or those `packs` names (ids or unique prefixes). It needs the repository to itself as a prune does; a dry run
+   * only reads, as a check. The cached chunk index is dropped after a repair that rewrote a pack, as after an index
+   * repair: the next snapshot must find a damaged chunk's other copy, or ask its agent for the chunk again, never
+   * take it for stored in a pack that is gone. (The refresh at each operation's start would see to that too, the
+   * rewritten packs' index objects being gone; a fresh load is the plainer guarantee, at one load per repair.)
+   */
+  async repairPacks(
+    tenantId: string,
+    options: { dryRun: boolean; packs?: readonly string[] },
+  ): Promise<RepairPacksReport> {
+    const packs = options.packs?.length ? options.packs : undefined;
+    // Each chunk is verified by the verifier's threads, as check's are.
+    const verify = this.verifyOnThreads();
+    const open = async () => {
+      const repository = await this.existingRepository(tenantId);
+      // Packs named of a repository that is not there: not "nothing to repair", which would say they were read.
+      if (!repository && packs) throw new NotFoundError(`tenant ${tenantId} has no repository: it holds no packs`);
+      return repository;
+    };
+    if (options.dryRun) {
+      return this.using(tenantId, "repair-packs", "pack repair (dry run)", async () => {
+        const repository = await open();
+        return repository
+          ? packsRepaired(repairPacks(repository, { dryRun: true, packs, verify }))
+          : emptyRepairPacksReport();
+      });
+    }
+    return this.exclusively(tenantId, "repair-packs", "repair the packs", async () => {
+      const repository = await open();
+      if (!repository) return emptyRepairPacksReport();
+      const report = await packsRepaired(repairPacks(repository, { packs, verify }));
+      const { repaired, skipped, lost } = report;
+      if (repaired.length > 0) this.indexes.delete(tenantId); // nothing uses it: the tenant is ours alone
+      if (repaired.length + skipped.length > 0) {
+        this.log.warn(
+          {
+            tenantId,
+            rewritten: repaired.map((p) => p.pack),
+            damaged: repaired.reduce((n, p) => n + p.damaged.length, 0),
+            skipped,
+            lost,
+          },
+          repaired.length > 0 ? "packs repaired" : "packs left unrepaired",
+        );
+      }
+      return report;
+    });
+  }
+
+  /**
+   * Runs `work` with the tenant's repository to itself (a prune, a repair): refused while snapshots,
    * restores or checks of the tenant run, or another such work does; operations that start meanwhile wait for it.
    * `verb` says what to do again once they have ended.
    */
   private async exclusively<T>(
     tenantId: string,
-    kind: "prune" | "repair-index",
+    kind: "prune" | "repair-index" | "repair-packs",
     verb: string,
     work: () => Promise<T>,
   ): Promise<T> {
@@ -614,13 +668,13 @@ export class SnapshotCoordinator {
           ? `${counted(busy.length, "snapshot, restore or check", "snapshots, restores or checks")} of tenant ` +
               `${tenantId} ${one ? "is" : "are"} running (${describeRunning(busy)}); ${verb} again when ` +
               `${one ? "it has" : "they have"} ended`
-          : `a prune or index repair of tenant ${tenantId} is already running` +
+          : `a prune or repair of tenant ${tenantId} is already running` +
               (other ? ` (${describeRunning([other])})` : ""),
       );
     }
     const running = work();
     this.pruning.set(tenantId, running);
-    this.exclusiveWork.set(tenantId, { kind, what: kind === "prune" ? "prune" : "index repair", since: Date.now() });
+    this.exclusiveWork.set(tenantId, { kind, what: EXCLUSIVE_WORK[kind], since: Date.now() });
     try {
       return await running;
     } catch (err) {
@@ -1859,8 +1913,24 @@ const MAX_AGENT_TEXT = 4096;
 const MAX_RESTORE_WARNINGS = 8;
 const MAX_RESTORE_WARNING_TEXT = 1024;
 
-/** A prune or index repair refused because other work of the tenant runs (here, or elsewhere by its lock). */
+/** A prune or repair refused because other work of the tenant runs (here, or elsewhere by its lock). */
 class TenantBusyError extends FailedPreconditionError {}
+
+/** How a refusal names the work that has a tenant's repository to itself. */
+const EXCLUSIVE_WORK = { prune: "prune", "repair-index": "index repair", "repair-packs": "pack repair" } as const;
+
+/**
+ * A pack repair's report, or its refusal of the packs it was asked for as the API says it: a pack the index does
+ * not hold (or that vanished while it ran) NOT_FOUND, not an internal error.
+ */
+async function packsRepaired(repair: Promise<RepairPacksReport>): Promise<RepairPacksReport> {
+  try {
+    return await repair;
+  } catch (err) {
+    if (isRepositoryError(err, "not-found")) throw new NotFoundError(err.message);
+    throw err;
+  }
+}
 
 /** A tenant's repository at its quota (CoordinatorTuning.snapshotQuota), saying what to do. */
 function quotaReached(

@@ -624,6 +624,60 @@ describe("dumont-agent snapshot", () => {
     expect((await readFile(join(target, "model.bin"))).equals(data)).toBe(true);
   });
 
+  it("rewrites a pack without a damaged chunk, and the next snapshot of the unchanged workspace heals the old one", async () => {
+    const source = join(root, "src-repair-packs");
+    await mkdir(source);
+    const files = { "a.bin": randomBytes(150_000), "b.bin": randomBytes(150_000) };
+    for (const [name, data] of Object.entries(files)) await writeFile(join(source, name), data);
+    await writeFile(join(root, "key-repair-packs"), "78".repeat(32), { mode: 0o600 });
+    const repoDir = join(root, "repo-repair-packs");
+    const common = ["--repo", pathToFileURL(repoDir).href, "--key-file", join(root, "key-repair-packs")];
+    const state = ["--state-dir", join(root, "state-repair-packs")];
+    const first = JSON.parse((await run("snapshot", "create", "--source", source, ...common, ...state, "--json")).out);
+    // One pack holding both files' chunks: a byte flipped early in it damages the first chunk written.
+    const [packId] = await readdir(join(repoDir, "index"));
+    const packFile = join(repoDir, "data", packId.slice(0, 2), packId);
+    const pack = await readFile(packFile);
+    pack[1_000] ^= 0x01;
+    await writeFile(packFile, pack);
+
+    const check = await run("snapshot", "check", ...common);
+    expect(check.code).toBe(1);
+    expect(check.err).toMatch(/chunk \w+ is damaged .*; it breaks "[ab]\.bin" in snapshot /);
+    expect(check.err).toContain("`dumont-agent snapshot repair-packs` rewrites packs without their damaged chunks");
+
+    const dry = await run("snapshot", "repair-packs", ...common, "--dry-run", "--json");
+    expect(dry.code).toBe(1);
+    const dryReport = JSON.parse(dry.out);
+    expect(dryReport).toMatchObject({
+      dryRun: true,
+      packs: 1,
+      packsRead: 1,
+      repaired: [{ pack: packId, salvaged: 1 }],
+    });
+    expect(dryReport.lost).toHaveLength(1);
+    expect(await readdir(join(repoDir, "index"))).toEqual([packId]);
+
+    const repaired = await run("snapshot", "repair-packs", ...common, packId.slice(0, 12));
+    expect(repaired.code).toBe(1);
+    expect(repaired.out).toMatch(/^1 pack read of 1: rewrote 1 pack without their damaged chunks\n/);
+    expect(repaired.err).toMatch(
+      /^1 damaged chunk is in no other pack \(\w{12}\): `dumont-agent snapshot check --repo /,
+    );
+    expect(await readdir(join(repoDir, "index"))).not.toContain(packId);
+    const missing = await run("snapshot", "check", ...common);
+    expect(missing.err).toMatch(/chunk \w+ is in no pack; it breaks "[ab]\.bin" in snapshot /);
+
+    // The workspace has not changed, and its local index says so: the snapshot sends the lost chunk all the same.
+    const second = JSON.parse((await run("snapshot", "create", "--source", source, ...common, ...state, "--json")).out);
+    expect(second.bytesNew).toBe(150_000);
+    expect((await run("snapshot", "check", ...common)).code).toBe(0);
+    const target = join(root, "out-repair-packs");
+    expect((await run("snapshot", "restore", ...common, "--id", first.id, "--target", target)).code).toBe(0);
+    for (const [name, data] of Object.entries(files))
+      expect((await readFile(join(target, name))).equals(data)).toBe(true);
+  });
+
   it("round trips without WebAssembly (node --jitless): the JavaScript chunker, lz4-napi, buffered writes", async () => {
     const source = join(root, "src-jitless");
     await mkdir(join(source, "empty-dir"), { recursive: true });

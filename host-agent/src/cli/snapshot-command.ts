@@ -1,4 +1,4 @@
-// `dumont-agent snapshot create|restore|ls|diff|list|check|repair-index|forget`: direct mode, the engine writing straight to a
+// `dumont-agent snapshot create|restore|ls|diff|list|check|repair-index|repair-packs|forget`: direct mode, the engine writing straight to a
 // repository URL with no control plane (operators, benchmarks). Same engine and format as the stream.
 import { existsSync } from "node:fs";
 import { open } from "node:fs/promises";
@@ -27,6 +27,9 @@ import {
   repairIndex,
   repairIndexAdvice,
   repairIndexText,
+  repairPacks,
+  repairPacksAdvice,
+  repairPacksText,
   repositoryStats,
   roundSeconds,
   selectIncluded,
@@ -397,8 +400,13 @@ export function registerSnapshotCommands(program: Command): void {
         }
         if (!report.ok) {
           process.stderr.write(`check found ${counted(report.problems.length, "problem")} in ${opts.repo}\n`);
-          const advice = !opts.json && repairIndexAdvice(report.problems, "dumont-agent snapshot repair-index");
-          if (advice) process.stderr.write(`${advice}\n`);
+          if (!opts.json) {
+            const advice = [
+              repairIndexAdvice(report.problems, "dumont-agent snapshot repair-index"),
+              repairPacksAdvice(report.problems, "dumont-agent snapshot repair-packs"),
+            ];
+            for (const line of advice) if (line) process.stderr.write(`${line}\n`);
+          }
           process.exitCode = 1;
         }
       }),
@@ -441,6 +449,41 @@ export function registerSnapshotCommands(program: Command): void {
           );
           process.exitCode = 1;
         }
+      }),
+    );
+
+  snapshot
+    .command("repair-packs [packs...]")
+    .description(
+      "rewrite packs whose chunks do not verify without those chunks (the packs named, as check names them, or " +
+        "every pack), so the next snapshot that has their bytes stores them again (then run check)",
+    )
+    .addOption(repoOption())
+    .addOption(keyFileOption())
+    .option("--dry-run", "say what would be rewritten and lost, change nothing")
+    .option("--json", "print the report as JSON and no progress")
+    .action((packs: string[], opts: RepoOptions & { dryRun?: boolean }) =>
+      withFriendlyErrors(opts, async () => {
+        const key = await loadKey(opts);
+        const meter = ProgressMeter.forStderr("repair-packs", opts.json === true);
+        const report = await interruptible(
+          "the repair stopped; what it rewrote is whole, and running it again goes on",
+          (signal) =>
+            withDirectRepository({ repo: opts.repo, key }, (r) =>
+              repairPacks(r, {
+                dryRun: opts.dryRun,
+                packs: packs.length > 0 ? packs : undefined,
+                signal,
+                onProgress: (p) => meter?.update(p.bytesDone, p.bytesTotal),
+              }),
+            ),
+        ).finally(() => meter?.finish());
+        const text = repairPacksText(report, opts.dryRun === true, `dumont-agent snapshot check --repo ${opts.repo}`);
+        if (opts.json) print({ dryRun: opts.dryRun === true, ...report });
+        else process.stdout.write(text.out);
+        process.stderr.write(text.err);
+        // Exit 1 while anything is still broken: a pack it could not read, or chunks no pack holds now.
+        if (report.skipped.length > 0 || report.lost.length > 0) process.exitCode = 1;
       }),
     );
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dumont/api/v1/snapshots.proto.
  */
 export const file_dumont_api_v1_snapshots: GenFile = /*@__PURE__*/
-  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50Iv0CCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkSGAoLYnl0ZXNfdG90YWwYDyABKARIAIgBARIRCgl0ZW5hbnRfaWQYECABKAlCDgoMX2J5dGVzX3RvdGFsIkAKGExpc3RTbmFwc2hvdEZpbGVzUmVxdWVzdBITCgtzbmFwc2hvdF9pZBgBIAEoCRIPCgdpbmNsdWRlGAIgAygJIkcKGUxpc3RTbmFwc2hvdEZpbGVzUmVzcG9uc2USKgoFZmlsZXMYASADKAsyGy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90RmlsZSKkAgoMU25hcHNob3RGaWxlEgwKBHBhdGgYASABKAkSLgoEdHlwZRgCIAEoDjIgLmR1bW9udC5hcGkudjEuU25hcHNob3RGaWxlLlR5cGUSDAoEbW9kZRgDIAEoDRIMCgRzaXplGAQgASgEEikKBW10aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZ0YXJnZXQYBiABKAkSEAoDdWlkGAcgASgNSACIAQESEAoDZ2lkGAggASgNSAGIAQEiSwoEVHlwZRIUChBUWVBFX1VOU1BFQ0lGSUVEEAASDQoJVFlQRV9GSUxFEAESDAoIVFlQRV9ESVIQAhIQCgxUWVBFX1NZTUxJTksQA0IGCgRfdWlkQgYKBF9naWQiLAoMU2tpcHBlZEVudHJ5EgwKBHBhdGgYASABKAkSDgoGcmVhc29uGAIgASgJIl0KFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBIPCgdob3N0X2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFAoMd29ya3NwYWNlX2lkGAMgASgJEg8KB2V4Y2x1ZGUYBCADKAkiQwoWQ3JlYXRlU25hcHNob3RSZXNwb25zZRIpCghzbmFwc2hvdBgBIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3QiUAoUTGlzdFNuYXBzaG90c1JlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90InIKFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDwoHaW5jbHVkZRgEIAMoCRIRCglub19vd25lcnMYBSABKAgidwoXUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USDQoFZmlsZXMYASABKAQSFQoNYnl0ZXNfd3JpdHRlbhgCIAEoBBIPCgdzZWNvbmRzGAMgASgBEhMKC3NuYXBzaG90X2lkGAQgASgJEhAKCHdhcm5pbmdzGAUgAygJIsgBChZGb3JnZXRTbmFwc2hvdHNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIRCglrZWVwX2xhc3QYAiABKA0SEwoLa2VlcF9ob3VybHkYAyABKA0SEgoKa2VlcF9kYWlseRgEIAEoDRITCgtrZWVwX3dlZWtseRgFIAEoDRINCgVwcnVuZRgGIAEoCBIPCgdkcnlfcnVuGAcgASgIEhQKDHNuYXBzaG90X2lkcxgIIAMoCRIRCgl0ZW5hbnRfaWQYCSABKAkiZQoXRm9yZ2V0U25hcHNob3RzUmVzcG9uc2USDAoEa2VwdBgBIAMoCRIRCglmb3Jnb3R0ZW4YAiADKAkSKQoFcHJ1bmUYAyABKAsyGi5kdW1vbnQuYXBpLnYxLlBydW5lUmVwb3J0Im8KC1BydW5lUmVwb3J0EhUKDXBhY2tzX2RlbGV0ZWQYASABKAQSFgoOcGFja3NfcmVwYWNrZWQYAiABKAQSHAoUb3JwaGFuX3BhY2tzX2RlbGV0ZWQYAyABKAQSEwoLYnl0ZXNfZnJlZWQYBCABKAMiXAoVQ2hlY2tTbmFwc2hvdHNSZXF1ZXN0EhYKDnN0cnVjdHVyZV9vbmx5GAEgASgIEhgKEHJlYWRfZGF0YV9zdWJzZXQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJIoEBChNDaGVja1NuYXBzaG90c0V2ZW50EjMKCHByb2dyZXNzGAEgASgLMh8uZHVtb250LmFwaS52MS5UcmFuc2ZlclByb2dyZXNzSAASLAoGcmVwb3J0GAIgASgLMhouZHVtb250LmFwaS52MS5DaGVja1JlcG9ydEgAQgcKBWV2ZW50IqUBCgtDaGVja1JlcG9ydBIKCgJvaxgBIAEoCBIRCglzbmFwc2hvdHMYAiABKAQSDQoFcGFja3MYAyABKAQSDgoGY2h1bmtzGAQgASgEEhUKDWJ5dGVzX2NoZWNrZWQYBSABKAQSLQoIcHJvYmxlbXMYBiADKAsyGy5kdW1vbnQuYXBpLnYxLkNoZWNrUHJvYmxlbRISCgpwYWNrc19yZWFkGAcgASgEIrcBCgxDaGVja1Byb2JsZW0SEQoJdGVuYW50X2lkGAEgASgJEgwKBGtpbmQYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRIMCgRwYWNrGAQgASgJEg0KBWNodW5rGAUgASgJEhMKC3NuYXBzaG90X2lkGAYgASgJEioKBWZpbGVzGAcgAygLMhsuZHVtb250LmFwaS52MS5BZmZlY3RlZEZpbGUSFwoPZmlsZXNfbm90X25hbWVkGAggASgEIjEKDEFmZmVjdGVkRmlsZRITCgtzbmFwc2hvdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJIjgKElJlcGFpckluZGV4UmVxdWVzdBIPCgdkcnlfcnVuGAEgASgIEhEKCXRlbmFudF9pZBgCIAEoCSJIChNSZXBhaXJJbmRleFJlc3BvbnNlEjEKB3RlbmFudHMYASADKAsyIC5kdW1vbnQuYXBpLnYxLlRlbmFudEluZGV4UmVwYWlyIp0BChFUZW5hbnRJbmRleFJlcGFpchIRCgl0ZW5hbnRfaWQYASABKAkSDQoFcGFja3MYAiABKAQSDwoHcmVidWlsdBgDIAMoCRIPCgdyZW1vdmVkGAQgAygJEjUKDHVucmVwYWlyYWJsZRgFIAMoCzIfLmR1bW9udC5hcGkudjEuVW5yZXBhaXJhYmxlUGFjaxINCgVlcnJvchgGIAEoCSIxChBVbnJlcGFpcmFibGVQYWNrEgwKBHBhY2sYASABKAkSDwoHbWVzc2FnZRgCIAEoCSI7ChREaWZmU25hcHNob3RzUmVxdWVzdBIRCgliZWZvcmVfaWQYASABKAkSEAoIYWZ0ZXJfaWQYAiABKAkidAoVRGlmZlNuYXBzaG90c1Jlc3BvbnNlEi4KB2NoYW5nZXMYASADKAsyHS5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Q2hhbmdlEisKB3N1bW1hcnkYAiABKAsyGi5kdW1vbnQuYXBpLnYxLkRpZmZTdW1tYXJ5IlcKDlNuYXBzaG90Q2hhbmdlEgwKBHBhdGgYASABKAkSDgoGY2hhbmdlGAIgASgJEhMKC3NpemVfYmVmb3JlGAMgASgEEhIKCnNpemVfYWZ0ZXIYBCABKAQiiwEKC0RpZmZTdW1tYXJ5Eg0KBWFkZGVkGAEgASgEEg8KB3JlbW92ZWQYAiABKAQSEAoIbW9kaWZpZWQYAyABKAQSEAoIbWV0YWRhdGEYBCABKAQSDAoEdHlwZRgFIAEoBBITCgtieXRlc19hZGRlZBgGIAEoBBIVCg1ieXRlc19yZW1vdmVkGAcgASgEIiwKF0dldFNuYXBzaG90U3RhdHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSJPChhHZXRTbmFwc2hvdFN0YXRzUmVzcG9uc2USMwoHdGVuYW50cxgBIAMoCzIiLmR1bW9udC5hcGkudjEuVGVuYW50U25hcHNob3RTdGF0cyLOAQoTVGVuYW50U25hcHNob3RTdGF0cxIRCgl0ZW5hbnRfaWQYASABKAkSEQoJc25hcHNob3RzGAIgASgEEg0KBWZpbGVzGAMgASgEEg0KBWJ5dGVzGAQgASgEEg4KBmNodW5rcxgFIAEoBBITCgtjaHVua19ieXRlcxgGIAEoBBINCgVwYWNrcxgHIAEoBBISCgpwYWNrX2J5dGVzGAggASgEEg0KBWVycm9yGAkgASgJEhwKFHVucmVhZGFibGVfc25hcHNob3RzGAogAygJMrwICg9TbmFwc2hvdFNlcnZpY2USXQoOQ3JlYXRlU25hcHNob3QSJC5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBolLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXNwb25zZRJaCg1MaXN0U25hcHNob3RzEiMuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RzUmVxdWVzdBokLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90c1Jlc3BvbnNlEmAKD1Jlc3RvcmVTbmFwc2hvdBIlLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVxdWVzdBomLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USYgoUQ3JlYXRlU25hcHNob3RTdHJlYW0SJC5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBoiLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RFdmVudDABEmUKFVJlc3RvcmVTbmFwc2hvdFN0cmVhbRIlLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVxdWVzdBojLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90RXZlbnQwARJoChFMaXN0U25hcHNob3RGaWxlcxInLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90RmlsZXNSZXF1ZXN0GiguZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RGaWxlc1Jlc3BvbnNlMAESYAoPRm9yZ2V0U25hcHNob3RzEiUuZHVtb250LmFwaS52MS5Gb3JnZXRTbmFwc2hvdHNSZXF1ZXN0GiYuZHVtb250LmFwaS52MS5Gb3JnZXRTbmFwc2hvdHNSZXNwb25zZRJcCg5DaGVja1NuYXBzaG90cxIkLmR1bW9udC5hcGkudjEuQ2hlY2tTbmFwc2hvdHNSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5DaGVja1NuYXBzaG90c0V2ZW50MAESVAoLUmVwYWlySW5kZXgSIS5kdW1vbnQuYXBpLnYxLlJlcGFpckluZGV4UmVxdWVzdBoiLmR1bW9udC5hcGkudjEuUmVwYWlySW5kZXhSZXNwb25zZRJcCg1EaWZmU25hcHNob3RzEiMuZHVtb250LmFwaS52MS5EaWZmU25hcHNob3RzUmVxdWVzdBokLmR1bW9udC5hcGkudjEuRGlmZlNuYXBzaG90c1Jlc3BvbnNlMAESYwoQR2V0U25hcHNob3RTdGF0cxImLmR1bW9udC5hcGkudjEuR2V0U25hcHNob3RTdGF0c1JlcXVlc3QaJy5kdW1vbnQuYXBpLnYxLkdldFNuYXBzaG90U3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50Iv0CCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkSGAoLYnl0ZXNfdG90YWwYDyABKARIAIgBARIRCgl0ZW5hbnRfaWQYECABKAlCDgoMX2J5dGVzX3RvdGFsIkAKGExpc3RTbmFwc2hvdEZpbGVzUmVxdWVzdBITCgtzbmFwc2hvdF9pZBgBIAEoCRIPCgdpbmNsdWRlGAIgAygJIkcKGUxpc3RTbmFwc2hvdEZpbGVzUmVzcG9uc2USKgoFZmlsZXMYASADKAsyGy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90RmlsZSKkAgoMU25hcHNob3RGaWxlEgwKBHBhdGgYASABKAkSLgoEdHlwZRgCIAEoDjIgLmR1bW9udC5hcGkudjEuU25hcHNob3RGaWxlLlR5cGUSDAoEbW9kZRgDIAEoDRIMCgRzaXplGAQgASgEEikKBW10aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZ0YXJnZXQYBiABKAkSEAoDdWlkGAcgASgNSACIAQESEAoDZ2lkGAggASgNSAGIAQEiSwoEVHlwZRIUChBUWVBFX1VOU1BFQ0lGSUVEEAASDQoJVFlQRV9GSUxFEAESDAoIVFlQRV9ESVIQAhIQCgxUWVBFX1NZTUxJTksQA0IGCgRfdWlkQgYKBF9naWQiLAoMU2tpcHBlZEVudHJ5EgwKBHBhdGgYASABKAkSDgoGcmVhc29uGAIgASgJIl0KFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBIPCgdob3N0X2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFAoMd29ya3NwYWNlX2lkGAMgASgJEg8KB2V4Y2x1ZGUYBCADKAkiQwoWQ3JlYXRlU25hcHNob3RSZXNwb25zZRIpCghzbmFwc2hvdBgBIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3QiUAoUTGlzdFNuYXBzaG90c1JlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90InIKFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDwoHaW5jbHVkZRgEIAMoCRIRCglub19vd25lcnMYBSABKAgidwoXUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USDQoFZmlsZXMYASABKAQSFQoNYnl0ZXNfd3JpdHRlbhgCIAEoBBIPCgdzZWNvbmRzGAMgASgBEhMKC3NuYXBzaG90X2lkGAQgASgJEhAKCHdhcm5pbmdzGAUgAygJIsgBChZGb3JnZXRTbmFwc2hvdHNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIRCglrZWVwX2xhc3QYAiABKA0SEwoLa2VlcF9ob3VybHkYAyABKA0SEgoKa2VlcF9kYWlseRgEIAEoDRITCgtrZWVwX3dlZWtseRgFIAEoDRINCgVwcnVuZRgGIAEoCBIPCgdkcnlfcnVuGAcgASgIEhQKDHNuYXBzaG90X2lkcxgIIAMoCRIRCgl0ZW5hbnRfaWQYCSABKAkiZQoXRm9yZ2V0U25hcHNob3RzUmVzcG9uc2USDAoEa2VwdBgBIAMoCRIRCglmb3Jnb3R0ZW4YAiADKAkSKQoFcHJ1bmUYAyABKAsyGi5kdW1vbnQuYXBpLnYxLlBydW5lUmVwb3J0Im8KC1BydW5lUmVwb3J0EhUKDXBhY2tzX2RlbGV0ZWQYASABKAQSFgoOcGFja3NfcmVwYWNrZWQYAiABKAQSHAoUb3JwaGFuX3BhY2tzX2RlbGV0ZWQYAyABKAQSEwoLYnl0ZXNfZnJlZWQYBCABKAMiXAoVQ2hlY2tTbmFwc2hvdHNSZXF1ZXN0EhYKDnN0cnVjdHVyZV9vbmx5GAEgASgIEhgKEHJlYWRfZGF0YV9zdWJzZXQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJIoEBChNDaGVja1NuYXBzaG90c0V2ZW50EjMKCHByb2dyZXNzGAEgASgLMh8uZHVtb250LmFwaS52MS5UcmFuc2ZlclByb2dyZXNzSAASLAoGcmVwb3J0GAIgASgLMhouZHVtb250LmFwaS52MS5DaGVja1JlcG9ydEgAQgcKBWV2ZW50IqUBCgtDaGVja1JlcG9ydBIKCgJvaxgBIAEoCBIRCglzbmFwc2hvdHMYAiABKAQSDQoFcGFja3MYAyABKAQSDgoGY2h1bmtzGAQgASgEEhUKDWJ5dGVzX2NoZWNrZWQYBSABKAQSLQoIcHJvYmxlbXMYBiADKAsyGy5kdW1vbnQuYXBpLnYxLkNoZWNrUHJvYmxlbRISCgpwYWNrc19yZWFkGAcgASgEIrcBCgxDaGVja1Byb2JsZW0SEQoJdGVuYW50X2lkGAEgASgJEgwKBGtpbmQYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRIMCgRwYWNrGAQgASgJEg0KBWNodW5rGAUgASgJEhMKC3NuYXBzaG90X2lkGAYgASgJEioKBWZpbGVzGAcgAygLMhsuZHVtb250LmFwaS52MS5BZmZlY3RlZEZpbGUSFwoPZmlsZXNfbm90X25hbWVkGAggASgEIjEKDEFmZmVjdGVkRmlsZRITCgtzbmFwc2hvdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJIjgKElJlcGFpckluZGV4UmVxdWVzdBIPCgdkcnlfcnVuGAEgASgIEhEKCXRlbmFudF9pZBgCIAEoCSJIChNSZXBhaXJJbmRleFJlc3BvbnNlEjEKB3RlbmFudHMYASADKAsyIC5kdW1vbnQuYXBpLnYxLlRlbmFudEluZGV4UmVwYWlyIp0BChFUZW5hbnRJbmRleFJlcGFpchIRCgl0ZW5hbnRfaWQYASABKAkSDQoFcGFja3MYAiABKAQSDwoHcmVidWlsdBgDIAMoCRIPCgdyZW1vdmVkGAQgAygJEjUKDHVucmVwYWlyYWJsZRgFIAMoCzIfLmR1bW9udC5hcGkudjEuVW5yZXBhaXJhYmxlUGFjaxINCgVlcnJvchgGIAEoCSIxChBVbnJlcGFpcmFibGVQYWNrEgwKBHBhY2sYASABKAkSDwoHbWVzc2FnZRgCIAEoCSJHChJSZXBhaXJQYWNrc1JlcXVlc3QSDwoHZHJ5X3J1bhgBIAEoCBIRCgl0ZW5hbnRfaWQYAiABKAkSDQoFcGFja3MYAyADKAkiRwoTUmVwYWlyUGFja3NSZXNwb25zZRIwCgd0ZW5hbnRzGAEgAygLMh8uZHVtb250LmFwaS52MS5UZW5hbnRQYWNrUmVwYWlyIsEBChBUZW5hbnRQYWNrUmVwYWlyEhEKCXRlbmFudF9pZBgBIAEoCRINCgVwYWNrcxgCIAEoBBISCgpwYWNrc19yZWFkGAMgASgEEi0KCHJlcGFpcmVkGAQgAygLMhsuZHVtb250LmFwaS52MS5SZXBhaXJlZFBhY2sSKwoHc2tpcHBlZBgFIAMoCzIaLmR1bW9udC5hcGkudjEuU2tpcHBlZFBhY2sSDAoEbG9zdBgGIAMoCRINCgVlcnJvchgHIAEoCSJcCgxSZXBhaXJlZFBhY2sSDAoEcGFjaxgBIAEoCRIQCghzYWx2YWdlZBgCIAEoBBIsCgdkYW1hZ2VkGAMgAygLMhsuZHVtb250LmFwaS52MS5EYW1hZ2VkQ2h1bmsiLQoMRGFtYWdlZENodW5rEg0KBWNodW5rGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIsCgtTa2lwcGVkUGFjaxIMCgRwYWNrGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiOwoURGlmZlNuYXBzaG90c1JlcXVlc3QSEQoJYmVmb3JlX2lkGAEgASgJEhAKCGFmdGVyX2lkGAIgASgJInQKFURpZmZTbmFwc2hvdHNSZXNwb25zZRIuCgdjaGFuZ2VzGAEgAygLMh0uZHVtb250LmFwaS52MS5TbmFwc2hvdENoYW5nZRIrCgdzdW1tYXJ5GAIgASgLMhouZHVtb250LmFwaS52MS5EaWZmU3VtbWFyeSJXCg5TbmFwc2hvdENoYW5nZRIMCgRwYXRoGAEgASgJEg4KBmNoYW5nZRgCIAEoCRITCgtzaXplX2JlZm9yZRgDIAEoBBISCgpzaXplX2FmdGVyGAQgASgEIosBCgtEaWZmU3VtbWFyeRINCgVhZGRlZBgBIAEoBBIPCgdyZW1vdmVkGAIgASgEEhAKCG1vZGlmaWVkGAMgASgEEhAKCG1ldGFkYXRhGAQgASgEEgwKBHR5cGUYBSABKAQSEwoLYnl0ZXNfYWRkZWQYBiABKAQSFQoNYnl0ZXNfcmVtb3ZlZBgHIAEoBCIsChdHZXRTbmFwc2hvdFN0YXRzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiTwoYR2V0U25hcHNob3RTdGF0c1Jlc3BvbnNlEjMKB3RlbmFudHMYASADKAsyIi5kdW1vbnQuYXBpLnYxLlRlbmFudFNuYXBzaG90U3RhdHMizgEKE1RlbmFudFNuYXBzaG90U3RhdHMSEQoJdGVuYW50X2lkGAEgASgJEhEKCXNuYXBzaG90cxgCIAEoBBINCgVmaWxlcxgDIAEoBBINCgVieXRlcxgEIAEoBBIOCgZjaHVua3MYBSABKAQSEwoLY2h1bmtfYnl0ZXMYBiABKAQSDQoFcGFja3MYByABKAQSEgoKcGFja19ieXRlcxgIIAEoBBINCgVlcnJvchgJIAEoCRIcChR1bnJlYWRhYmxlX3NuYXBzaG90cxgKIAMoCTKSCQoPU25hcHNob3RTZXJ2aWNlEl0KDkNyZWF0ZVNuYXBzaG90EiQuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaJS5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USWgoNTGlzdFNuYXBzaG90cxIjLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90c1JlcXVlc3QaJC5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdHNSZXNwb25zZRJgCg9SZXN0b3JlU25hcHNob3QSJS5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QaJi5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdFJlc3BvbnNlEmIKFENyZWF0ZVNuYXBzaG90U3RyZWFtEiQuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaIi5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90RXZlbnQwARJlChVSZXN0b3JlU25hcHNob3RTdHJlYW0SJS5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QaIy5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdEV2ZW50MAESaAoRTGlzdFNuYXBzaG90RmlsZXMSJy5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdEZpbGVzUmVxdWVzdBooLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90RmlsZXNSZXNwb25zZTABEmAKD0ZvcmdldFNuYXBzaG90cxIlLmR1bW9udC5hcGkudjEuRm9yZ2V0U25hcHNob3RzUmVxdWVzdBomLmR1bW9udC5hcGkudjEuRm9yZ2V0U25hcHNob3RzUmVzcG9uc2USXAoOQ2hlY2tTbmFwc2hvdHMSJC5kdW1vbnQuYXBpLnYxLkNoZWNrU25hcHNob3RzUmVxdWVzdBoiLmR1bW9udC5hcGkudjEuQ2hlY2tTbmFwc2hvdHNFdmVudDABElQKC1JlcGFpckluZGV4EiEuZHVtb250LmFwaS52MS5SZXBhaXJJbmRleFJlcXVlc3QaIi5kdW1vbnQuYXBpLnYxLlJlcGFpckluZGV4UmVzcG9uc2USVAoLUmVwYWlyUGFja3MSIS5kdW1vbnQuYXBpLnYxLlJlcGFpclBhY2tzUmVxdWVzdBoiLmR1bW9udC5hcGkudjEuUmVwYWlyUGFja3NSZXNwb25zZRJcCg1EaWZmU25hcHNob3RzEiMuZHVtb250LmFwaS52MS5EaWZmU25hcHNob3RzUmVxdWVzdBokLmR1bW9udC5hcGkudjEuRGlmZlNuYXBzaG90c1Jlc3BvbnNlMAESYwoQR2V0U25hcHNob3RTdGF0cxImLmR1bW9udC5hcGkudjEuR2V0U25hcHNob3RTdGF0c1JlcXVlc3QaJy5kdW1vbnQuYXBpLnYxLkdldFNuYXBzaG90U3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message dumont.api.v1.TransferProgress
@@ -1013,6 +1013,204 @@ export const UnrepairablePackSchema: GenMessage<UnrepairablePack> = /*@__PURE__*
   messageDesc(file_dumont_api_v1_snapshots, 25);
 
 /**
+ * @generated from message dumont.api.v1.RepairPacksRequest
+ */
+export type RepairPacksRequest = Message<"dumont.api.v1.RepairPacksRequest"> & {
+  /**
+   * Say what would be rewritten; change nothing.
+   *
+   * @generated from field: bool dry_run = 1;
+   */
+  dryRun: boolean;
+
+  /**
+   * Only this tenant's blob store; empty for every tenant with a repository (a tenant that does not exist, or
+   * has none: NOT_FOUND).
+   *
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * Only these packs: ids, or unique prefixes of 8 to 64 hex characters (as CheckSnapshots names them), at most
+   * 1,000; only with tenant_id, as pack ids belong to one tenant's repository. A pack the repository does not
+   * index: NOT_FOUND. Empty: every pack, which reads the whole repository.
+   *
+   * @generated from field: repeated string packs = 3;
+   */
+  packs: string[];
+};
+
+/**
+ * Describes the message dumont.api.v1.RepairPacksRequest.
+ * Use `create(RepairPacksRequestSchema)` to create a new message.
+ */
+export const RepairPacksRequestSchema: GenMessage<RepairPacksRequest> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 26);
+
+/**
+ * @generated from message dumont.api.v1.RepairPacksResponse
+ */
+export type RepairPacksResponse = Message<"dumont.api.v1.RepairPacksResponse"> & {
+  /**
+   * One per tenant with a repository (the one named).
+   *
+   * @generated from field: repeated dumont.api.v1.TenantPackRepair tenants = 1;
+   */
+  tenants: TenantPackRepair[];
+};
+
+/**
+ * Describes the message dumont.api.v1.RepairPacksResponse.
+ * Use `create(RepairPacksResponseSchema)` to create a new message.
+ */
+export const RepairPacksResponseSchema: GenMessage<RepairPacksResponse> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 27);
+
+/**
+ * @generated from message dumont.api.v1.TenantPackRepair
+ */
+export type TenantPackRepair = Message<"dumont.api.v1.TenantPackRepair"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Packs the tenant's index holds.
+   *
+   * @generated from field: uint64 packs = 2;
+   */
+  packs: bigint;
+
+  /**
+   * Packs read whole and verified chunk by chunk.
+   *
+   * @generated from field: uint64 packs_read = 3;
+   */
+  packsRead: bigint;
+
+  /**
+   * Packs some of whose chunks do not verify: rewritten (with dry_run: to be) without them, then deleted.
+   *
+   * @generated from field: repeated dumont.api.v1.RepairedPack repaired = 4;
+   */
+  repaired: RepairedPack[];
+
+  /**
+   * Packs that could not be read to repair (indexed but missing from the store, or indexed as impossibly large:
+   * RepairIndex mends those), left as they are.
+   *
+   * @generated from field: repeated dumont.api.v1.SkippedPack skipped = 5;
+   */
+  skipped: SkippedPack[];
+
+  /**
+   * Damaged chunks (hex ids) no other pack holds: lost until a snapshot of a workspace that still has those bytes
+   * stores them again (CheckSnapshots names the files they break meanwhile). With dry_run: those that would be.
+   *
+   * @generated from field: repeated string lost = 6;
+   */
+  lost: string[];
+
+  /**
+   * Why this tenant was not repaired (a snapshot, restore or check of it running; its store not answering); the
+   * other tenants are repaired all the same. Empty when it was.
+   *
+   * @generated from field: string error = 7;
+   */
+  error: string;
+};
+
+/**
+ * Describes the message dumont.api.v1.TenantPackRepair.
+ * Use `create(TenantPackRepairSchema)` to create a new message.
+ */
+export const TenantPackRepairSchema: GenMessage<TenantPackRepair> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 28);
+
+/**
+ * @generated from message dumont.api.v1.RepairedPack
+ */
+export type RepairedPack = Message<"dumont.api.v1.RepairedPack"> & {
+  /**
+   * @generated from field: string pack = 1;
+   */
+  pack: string;
+
+  /**
+   * Chunks that verify, copied (with dry_run: to be) into new packs.
+   *
+   * @generated from field: uint64 salvaged = 2;
+   */
+  salvaged: bigint;
+
+  /**
+   * Chunks that do not verify, left behind with the pack.
+   *
+   * @generated from field: repeated dumont.api.v1.DamagedChunk damaged = 3;
+   */
+  damaged: DamagedChunk[];
+};
+
+/**
+ * Describes the message dumont.api.v1.RepairedPack.
+ * Use `create(RepairedPackSchema)` to create a new message.
+ */
+export const RepairedPackSchema: GenMessage<RepairedPack> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 29);
+
+/**
+ * @generated from message dumont.api.v1.DamagedChunk
+ */
+export type DamagedChunk = Message<"dumont.api.v1.DamagedChunk"> & {
+  /**
+   * The chunk's id, in hex.
+   *
+   * @generated from field: string chunk = 1;
+   */
+  chunk: string;
+
+  /**
+   * Why it does not verify (its tag, its hash, its length, or it lies beyond the pack's end), in a sentence.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message dumont.api.v1.DamagedChunk.
+ * Use `create(DamagedChunkSchema)` to create a new message.
+ */
+export const DamagedChunkSchema: GenMessage<DamagedChunk> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 30);
+
+/**
+ * @generated from message dumont.api.v1.SkippedPack
+ */
+export type SkippedPack = Message<"dumont.api.v1.SkippedPack"> & {
+  /**
+   * @generated from field: string pack = 1;
+   */
+  pack: string;
+
+  /**
+   * Why it was not read, and what to do instead.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message dumont.api.v1.SkippedPack.
+ * Use `create(SkippedPackSchema)` to create a new message.
+ */
+export const SkippedPackSchema: GenMessage<SkippedPack> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 31);
+
+/**
  * @generated from message dumont.api.v1.DiffSnapshotsRequest
  */
 export type DiffSnapshotsRequest = Message<"dumont.api.v1.DiffSnapshotsRequest"> & {
@@ -1034,7 +1232,7 @@ export type DiffSnapshotsRequest = Message<"dumont.api.v1.DiffSnapshotsRequest">
  * Use `create(DiffSnapshotsRequestSchema)` to create a new message.
  */
 export const DiffSnapshotsRequestSchema: GenMessage<DiffSnapshotsRequest> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 26);
+  messageDesc(file_dumont_api_v1_snapshots, 32);
 
 /**
  * @generated from message dumont.api.v1.DiffSnapshotsResponse
@@ -1058,7 +1256,7 @@ export type DiffSnapshotsResponse = Message<"dumont.api.v1.DiffSnapshotsResponse
  * Use `create(DiffSnapshotsResponseSchema)` to create a new message.
  */
 export const DiffSnapshotsResponseSchema: GenMessage<DiffSnapshotsResponse> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 27);
+  messageDesc(file_dumont_api_v1_snapshots, 33);
 
 /**
  * @generated from message dumont.api.v1.SnapshotChange
@@ -1095,7 +1293,7 @@ export type SnapshotChange = Message<"dumont.api.v1.SnapshotChange"> & {
  * Use `create(SnapshotChangeSchema)` to create a new message.
  */
 export const SnapshotChangeSchema: GenMessage<SnapshotChange> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 28);
+  messageDesc(file_dumont_api_v1_snapshots, 34);
 
 /**
  * @generated from message dumont.api.v1.DiffSummary
@@ -1144,7 +1342,7 @@ export type DiffSummary = Message<"dumont.api.v1.DiffSummary"> & {
  * Use `create(DiffSummarySchema)` to create a new message.
  */
 export const DiffSummarySchema: GenMessage<DiffSummary> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 29);
+  messageDesc(file_dumont_api_v1_snapshots, 35);
 
 /**
  * @generated from message dumont.api.v1.GetSnapshotStatsRequest
@@ -1163,7 +1361,7 @@ export type GetSnapshotStatsRequest = Message<"dumont.api.v1.GetSnapshotStatsReq
  * Use `create(GetSnapshotStatsRequestSchema)` to create a new message.
  */
 export const GetSnapshotStatsRequestSchema: GenMessage<GetSnapshotStatsRequest> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 30);
+  messageDesc(file_dumont_api_v1_snapshots, 36);
 
 /**
  * @generated from message dumont.api.v1.GetSnapshotStatsResponse
@@ -1182,7 +1380,7 @@ export type GetSnapshotStatsResponse = Message<"dumont.api.v1.GetSnapshotStatsRe
  * Use `create(GetSnapshotStatsResponseSchema)` to create a new message.
  */
 export const GetSnapshotStatsResponseSchema: GenMessage<GetSnapshotStatsResponse> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 31);
+  messageDesc(file_dumont_api_v1_snapshots, 37);
 
 /**
  * @generated from message dumont.api.v1.TenantSnapshotStats
@@ -1256,7 +1454,7 @@ export type TenantSnapshotStats = Message<"dumont.api.v1.TenantSnapshotStats"> &
  * Use `create(TenantSnapshotStatsSchema)` to create a new message.
  */
 export const TenantSnapshotStatsSchema: GenMessage<TenantSnapshotStats> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 32);
+  messageDesc(file_dumont_api_v1_snapshots, 38);
 
 /**
  * Snapshots of workspaces on hosts, stored in the control plane's blob store (admin).
@@ -1360,6 +1558,20 @@ export const SnapshotService: GenService<{
     methodKind: "unary";
     input: typeof RepairIndexRequestSchema;
     output: typeof RepairIndexResponseSchema;
+  },
+  /**
+   * Rewrites the packs some of whose chunks do not verify without those chunks, in the blob store of every tenant
+   * with a repository (restic's `repair packs`). A damaged chunk another pack holds is then found there; one no
+   * other pack holds leaves the index, and the next snapshot of a workspace that still has its bytes stores it
+   * again, making every snapshot using it whole. Reads every pack (or those named). Refused, as a prune is, while a
+   * snapshot, restore or check of the tenant runs; run CheckSnapshots after it.
+   *
+   * @generated from rpc dumont.api.v1.SnapshotService.RepairPacks
+   */
+  repairPacks: {
+    methodKind: "unary";
+    input: typeof RepairPacksRequestSchema;
+    output: typeof RepairPacksResponseSchema;
   },
   /**
    * What changed from one snapshot to another of the same tenant, path by path (code point order), in batches;

@@ -1,0 +1,419 @@
+// repair-packs on both stores: a pack with a damaged chunk is rewritten without it, the chunk leaves the index, and a
+// later snapshot that has those bytes stores them again, which makes the old snapshots whole too.
+import { randomBytes } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import type { BlobStore } from "./blob-store.js";
+import { checkRepository } from "./check.js";
+import { isRepositoryError } from "./errors.js";
+import { generateRepositoryKey } from "./key.js";
+import { acquireLock } from "./lock.js";
+import { sealManifest } from "./manifest.js";
+import { indexKey, packKey } from "./pack.js";
+import { pruneRepository } from "./prune.js";
+import { repairIndex } from "./repair-index.js";
+import { repairPacks } from "./repair-packs.js";
+import { repairPacksAdvice, repairPacksText } from "./repair-packs-report.js";
+import { Repository } from "./repository.js";
+import { RepositoryIndex } from "./repository-index.js";
+import { chunkCodec } from "./sealing.js";
+import { bothStores, collect, keysIn, manifestOf, sealed } from "./testing/repository-fixtures.js";
+import type { FetchedChunk, SealedChunk } from "./transfer.js";
+
+const { stores } = bothStores("dumont-repair-packs-");
+
+const meta = { workspace: "ws-1", epoch: 1, tenant: "tenant-a" };
+
+async function fetchAll(repository: Repository, chunks: SealedChunk[]): Promise<FetchedChunk[]> {
+  return collect((await repository.chunkSource()).get(chunks.map((c) => c.id)));
+}
+
+/**
+ * A repository on `store` with one snapshot of good.bin, bad.bin and other.bin, one chunk each, all in one pack,
+ * and bad's chunk damaged in the store (a byte in its middle flipped).
+ */
+async function oneDamagedChunk(store: BlobStore) {
+  const key = generateRepositoryKey();
+  const { repository } = await Repository.openOrInit(store, key);
+  const [good, bad, other] = [0, 1, 2].map(() => sealed(key, randomBytes(3_000)));
+  const writer = await repository.writer();
+  await writer.put([good, bad, other]);
+  const snapshot = await writer.commit(
+    [sealManifest(key, manifestOf({ "good.bin": [good], "bad.bin": [bad], "other.bin": [other] }))],
+    meta,
+  );
+  const { packId, offset, length } = (await repository.loadIndex()).get(bad.id)!;
+  const pack = await store.get(packKey(packId));
+  pack[offset + Math.floor(length / 2)] ^= 0x10;
+  await store.put(packKey(packId), pack);
+  return { key, repository, good, bad, other, snapshot, packId };
+}
+
+/** A pack of its own holding `chunks` (beside whatever else holds them), written as a racing snapshot would. */
+async function packOf(repository: Repository, chunks: SealedChunk[]): Promise<string> {
+  const writer = await repository.writer({ index: new RepositoryIndex() });
+  await writer.put(chunks);
+  await writer.flush();
+  await writer.abort();
+  return [...writer.index.packs.keys()][0];
+}
+
+/** Each chunk is found, and opens to its bytes. */
+async function expectWhole(repository: Repository, chunks: SealedChunk[]): Promise<void> {
+  const fetched = await fetchAll(repository, chunks);
+  expect(fetched.map((f) => f.error)).toEqual(chunks.map(() => undefined));
+  expect(fetched.map((f) => chunkCodec.openChunk(repository.key, f.id, f.blob!))).toEqual(
+    chunks.map((c) => chunkCodec.openChunk(repository.key, c.id, c.blob)),
+  );
+}
+
+/** What check finds: only these chunks in no pack. */
+async function expectOnlyMissing(repository: Repository, ...hexes: string[]): Promise<void> {
+  expect((await checkRepository(repository)).problems.map((p) => [p.kind, p.chunk])).toEqual(
+    hexes.map((hex) => ["chunk-missing", hex]),
+  );
+}
+
+/** Flips a byte in the middle of `chunk` where `packId` holds it. */
+async function damage(repository: Repository, packId: string, chunk: SealedChunk): Promise<void> {
+  const { offset, length } = (await repository.readPackIndex(packId)).entries.find((e) => e.id.equals(chunk.id))!;
+  const bytes = await repository.store.get(packKey(packId));
+  bytes[offset + Math.floor(length / 2)] ^= 0x20;
+  await repository.store.put(packKey(packId), bytes);
+}
+
+describe.each(stores)("repair-packs on %s", (_name, make) => {
+  it("rewrites a pack without its damaged chunk, and the next snapshot holding those bytes makes the old one whole", async () => {
+    const store = make();
+    const { key, repository, good, bad, other, snapshot, packId } = await oneDamagedChunk(store);
+    const before = { data: await keysIn(store, "data/"), index: await keysIn(store, "index/") };
+
+    // A dry run says what it would do and changes nothing.
+    const dry = await repairPacks(repository, { dryRun: true });
+    expect(dry).toEqual({
+      packs: 1,
+      packsRead: 1,
+      repaired: [{ pack: packId, salvaged: 2, damaged: [{ chunk: bad.hex, reason: expect.any(String) }] }],
+      skipped: [],
+      lost: [bad.hex],
+    });
+    expect({ data: await keysIn(store, "data/"), index: await keysIn(store, "index/") }).toEqual(before);
+    expect(repairPacksText(dry, true, "snapshot check").out).toMatch(/would rewrite 1 pack/);
+
+    const progress: number[] = [];
+    const report = await repairPacks(repository, { onProgress: (p) => progress.push(p.packsDone) });
+    expect(report).toEqual(dry);
+    expect(progress).toEqual([0, 1]);
+    // The old pack and its index object are gone; one new pack holds the two chunks that verified.
+    expect(await store.stat(packKey(packId))).toBeUndefined();
+    expect(await store.stat(indexKey(packId))).toBeUndefined();
+    const index = await repository.loadIndex();
+    expect(index.packs.size).toBe(1);
+    expect(index.has(bad.id)).toBe(false);
+    expect(index.packIdOf(good.id)).toBe(index.packIdOf(other.id));
+    expect(index.packIdOf(good.id)).not.toBe(packId);
+    await expectWhole(repository, [good, other]);
+    const text = repairPacksText(report, false, "snapshot check");
+    expect(text.out).toMatch(new RegExp(`rewrote ${packId.slice(0, 12)}: 2 chunks kept, 1 damaged chunk left out`));
+    expect(text.err).toMatch(
+      new RegExp(`^1 damaged chunk is in no other pack \\(${bad.hex.slice(0, 12)}\\): \`snapshot check\` names`),
+    );
+
+    // check now names the chunk as in no pack (no longer as damaged), with the file it breaks.
+    const checked = await checkRepository(repository);
+    expect(checked.problems.map((p) => [p.kind, p.chunk, p.files])).toEqual([
+      ["chunk-missing", bad.hex, [{ snapshot, path: "bad.bin" }]],
+    ]);
+
+    // A writer now finds the chunk missing, as an agent's offer would: stored again, the old snapshot is whole.
+    const again = await repository.writer();
+    expect((await again.missing([good.id, bad.id, other.id])).map((id) => id.toString("hex"))).toEqual([bad.hex]);
+    await again.put([bad]);
+    await again.commit([sealManifest(key, manifestOf({ "bad.bin": [bad] }))], meta);
+    expect((await checkRepository(repository)).ok).toBe(true);
+    await expectWhole(repository, [bad]);
+
+    // Nothing left to repair, and a prune (which stops at a damaged chunk it would repack) runs.
+    expect(await repairPacks(repository)).toMatchObject({ packsRead: 2, repaired: [], lost: [] });
+    await pruneRepository(repository, { repackBelow: 1 });
+    expect((await checkRepository(repository)).ok).toBe(true);
+    await store.close();
+  });
+
+  it("loses nothing of a damaged chunk another pack also holds", async () => {
+    const store = make();
+    const { repository, bad, packId } = await oneDamagedChunk(store);
+    // A second copy of bad's chunk, in a pack of its own (as two snapshots racing to store the same bytes leave).
+    const copy = await repository.writer({ index: await repository.loadIndex() });
+    copy.index.removePacks([packId]);
+    await copy.put([bad]);
+    await copy.flush();
+    await copy.abort();
+    // (Which copy an index finds is not fixed: index objects load concurrently.)
+    const copyPack = (await keysIn(store, "index/")).map((k) => k.slice("index/".length)).find((id) => id !== packId);
+    expect((await repository.readPackIndex(copyPack!)).entries.map((e) => e.id.toString("hex"))).toEqual([bad.hex]);
+
+    // Only the damaged pack named; the copy's pack is read too, as the copy is what remains.
+    const report = await repairPacks(repository, { packs: [packId.slice(0, 8)] });
+    expect(report).toMatchObject({ packs: 2, packsRead: 2, repaired: [{ pack: packId, salvaged: 2 }], lost: [] });
+    expect(repairPacksText(report, false, "snapshot check")).toEqual({
+      out: expect.stringMatching(
+        /no snapshot loses a chunk: each damaged one is also held by another pack, or no snapshot uses it\n$/,
+      ),
+      err: "",
+    });
+    expect((await repository.loadIndex()).packIdOf(bad.id)).toBe(copyPack);
+    expect((await checkRepository(repository)).ok).toBe(true);
+    await store.close();
+  });
+
+  it("keeps the good copy of a chunk whose other copy, in a pack not named, is damaged", async () => {
+    const store = make();
+    const { repository, good, bad, packId } = await oneDamagedChunk(store);
+    // good's chunk again in a pack of its own, and that copy damaged: the pack named holds the only good one.
+    const copyPack = await packOf(repository, [good]);
+    const bytes = await store.get(packKey(copyPack));
+    bytes[500] ^= 0x04;
+    await store.put(packKey(copyPack), bytes);
+
+    const report = await repairPacks(repository, { packs: [packId] });
+    expect(report).toMatchObject({ packs: 2, packsRead: 2, lost: [bad.hex] });
+    expect(report.repaired.map((p) => [p.pack, p.salvaged, p.damaged.map((d) => d.chunk)])).toEqual(
+      [
+        [packId, 2, [bad.hex]],
+        [copyPack, 0, [good.hex]],
+      ].sort(),
+    );
+    await expectWhole(repository, [good]);
+    await expectOnlyMissing(repository, bad.hex);
+    await store.close();
+  });
+
+  it("copies a chunk whose other copy is in a pack it cannot read, and calls lost only what a snapshot uses", async () => {
+    const store = make();
+    const { key, repository, good, bad, packId } = await oneDamagedChunk(store);
+    // good's chunk again in a pack of its own, whose pack file then goes: its index object still lists it.
+    const unused = sealed(key, randomBytes(2_000)); // and a chunk no snapshot uses, damaged below
+    const copyPack = await packOf(repository, [good, unused]);
+    const { offset, length } = (await repository.readPackIndex(copyPack)).entries.find((e) => e.id.equals(unused.id))!;
+    const bytes = await store.get(packKey(copyPack));
+    bytes[offset + Math.floor(length / 2)] ^= 0x08;
+    await store.put(packKey(copyPack), bytes);
+
+    // Both packs damaged: the repository's whole, read by every-pack mode, refused as more likely a bad reading.
+    await expect(repairPacks(repository)).rejects.toThrow(
+      /^2 of the 2 packs read hold chunks that do not verify: more likely this machine or the store reading wrongly/,
+    );
+    expect(await keysIn(store, "index/")).toHaveLength(2);
+    // Named, they are repaired; the unused chunk is not called lost.
+    const both = await repairPacks(repository, { packs: [packId, copyPack] });
+    expect(both.lost).toEqual([bad.hex]);
+    expect(both.repaired.map((p) => p.damaged.length)).toEqual([1, 1]);
+    await expectOnlyMissing(repository, bad.hex);
+
+    // Now good's chunk in a pack again, and that pack's file gone: the damaged pack holding good's other copy is
+    // repaired, and good is copied, not left to the pack that is not there.
+    const other = make();
+    const before = await oneDamagedChunk(other);
+    const gone = await packOf(before.repository, [before.good]);
+    await other.delete(packKey(gone));
+    const report = await repairPacks(before.repository);
+    expect(report.skipped.map((p) => p.pack)).toEqual([gone]);
+    expect(report).toMatchObject({
+      packsRead: 1,
+      repaired: [{ pack: before.packId, salvaged: 2 }],
+      lost: [before.bad.hex],
+    });
+    // As the skipped pack's message says, repair-index removes its index object; good is found whole.
+    expect(await repairIndex(before.repository)).toMatchObject({ removed: [gone] });
+    await expectWhole(before.repository, [before.good]);
+    await other.close();
+    await store.close();
+  });
+
+  it("deletes nothing when a pack reads differently the second time", async () => {
+    const store = make();
+    const { key, packId } = await oneDamagedChunk(store);
+    let reads = 0;
+    const flaky: BlobStore = Object.create(store, {
+      getRange: {
+        value: async (k: string, offset: number, length: number, into?: Buffer, opts?: unknown) => {
+          const got = await store.getRange(k, offset, length, into, opts as never);
+          // The second read of the pack: another chunk (good's, the first) reads damaged too.
+          if (k === packKey(packId) && ++reads === 2) got[50] ^= 0x01;
+          return got;
+        },
+      },
+    });
+    await expect(repairPacks(await Repository.open(flaky, key))).rejects.toThrow(
+      new RegExp(
+        `^pack ${packId} read differently twice \\(damaged chunks: [0-9a-f]{64}, then [0-9a-f]{64},[0-9a-f]{64}\\): `,
+      ),
+    );
+    expect(await store.stat(packKey(packId))).toBeDefined();
+    expect(await store.stat(indexKey(packId))).toBeDefined();
+    await store.close();
+  });
+
+  it("keeps a chunk's one good copy among three: one damaged, one whose pack is gone", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const [x, y] = [sealed(key, randomBytes(3_000)), sealed(key, randomBytes(3_000))];
+    const d = await packOf(repository, [x]);
+    const c = await packOf(repository, [x]);
+    const a = await packOf(repository, [x, y]);
+    await damage(repository, a, y);
+    await damage(repository, d, x);
+    await store.delete(packKey(c));
+    const writer = await repository.writer();
+    await writer.commit([sealManifest(key, manifestOf({ x: [x], y: [y] }))], meta);
+
+    // Only a named: wherever the index finds x once a leaves it (c, gone; or d, damaged), that pack is judged too.
+    const report = await repairPacks(repository, { packs: [a] });
+    expect(report.lost).toEqual([y.hex]);
+    expect(report.skipped.map((p) => p.pack)).toEqual([c]);
+    expect(report.repaired.map((p) => [p.pack, p.salvaged])).toEqual(
+      [
+        [a, 1],
+        [d, 0],
+      ].sort(),
+    );
+    expect(await repairIndex(repository)).toMatchObject({ removed: [c] });
+    await expectWhole(repository, [x]);
+    await expectOnlyMissing(repository, y.hex);
+    await store.close();
+  });
+
+  it("says in a dry run what the repair then does, a chunk damaged in one pack and whole in another included", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const [y, z] = [sealed(key, randomBytes(3_000)), sealed(key, randomBytes(3_000))];
+    const a = await packOf(repository, [y]);
+    const b = await packOf(repository, [y, z]);
+    await damage(repository, a, y);
+    await damage(repository, b, z); // b is damaged too, so both leave the index; y is copied from b
+    const writer = await repository.writer();
+    await writer.commit([sealManifest(key, manifestOf({ y: [y], z: [z] }))], meta);
+    const dry = await repairPacks(repository, { dryRun: true, packs: [a, b] });
+    expect(dry.lost).toEqual([z.hex]);
+    expect(await repairPacks(repository, { packs: [a, b] })).toEqual(dry);
+    await expectOnlyMissing(repository, z.hex);
+    await store.close();
+  });
+
+  it("finishes a repair cut short between an old pack's index object and the pack", async () => {
+    const store = make();
+    const { key, repository, good, bad, other, packId } = await oneDamagedChunk(store);
+    const cut: BlobStore = Object.create(store, {
+      delete: {
+        value: (k: string) => (k === packKey(packId) ? Promise.reject(new Error("killed")) : store.delete(k)),
+      },
+    });
+    await expect(repairPacks(await Repository.open(cut, key))).rejects.toThrow("killed");
+    // Left: the old pack without its index object, the good chunks in a new one, bad's in no index.
+    expect(await store.stat(indexKey(packId))).toBeUndefined();
+    expect(await store.stat(packKey(packId))).toBeDefined();
+    // Run again (every pack, or the old one by name), it judges the unindexed pack from its header and deletes it.
+    const dry = await repairPacks(repository, { dryRun: true, packs: [packId.slice(0, 10)] });
+    expect(dry).toMatchObject({
+      repaired: [{ pack: packId, salvaged: 2, damaged: [{ chunk: bad.hex }] }],
+      lost: [bad.hex],
+    });
+    const again = await repairPacks(repository);
+    expect(again).toMatchObject({ packsRead: 2, repaired: [{ pack: packId, salvaged: 2 }], lost: [bad.hex] });
+    expect(await store.stat(packKey(packId))).toBeUndefined();
+    await expectWhole(repository, [good, other]);
+    await expectOnlyMissing(repository, bad.hex);
+    // And the prune that refused beside the unindexed pack, once a snapshot has stored bad's bytes again, runs.
+    const heal = await repository.writer();
+    await heal.put([bad]);
+    await heal.commit([sealManifest(key, manifestOf({ "bad.bin": [bad] }))], meta);
+    await pruneRepository(repository);
+    expect((await checkRepository(repository)).ok).toBe(true);
+    await store.close();
+  });
+
+  it("rewrites without being named when damage is not most of the repository", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const chunks = [0, 1, 2, 3].map(() => sealed(key, randomBytes(2_000)));
+    const packs = [];
+    for (const c of chunks) packs.push(await packOf(repository, [c]));
+    await damage(repository, packs[0], chunks[0]);
+    await damage(repository, packs[1], chunks[1]);
+    // 2 of 4: not over half. (A third would be refused, as the test above shows for 2 of 2.)
+    const report = await repairPacks(repository);
+    expect(report).toMatchObject({ packsRead: 4, lost: [] }); // no snapshot uses them: garbage, not lost
+    expect(report.repaired.map((p) => p.pack)).toEqual([packs[0], packs[1]].sort());
+    await damage(repository, packs[2], chunks[2]);
+    await damage(repository, packs[3], chunks[3]);
+    await expect(repairPacks(repository)).rejects.toThrow(/^2 of the 2 packs read hold chunks that do not verify/);
+    await store.close();
+  });
+
+  it("names the packs it cannot read, and refuses pack ids that name none", async () => {
+    const store = make();
+    const { repository, packId } = await oneDamagedChunk(store);
+    await expect(repairPacks(repository, { packs: ["xyz"] })).rejects.toThrow(
+      '"xyz" is not a pack id (8 to 64 hex characters; `snapshot check` names the damaged ones)',
+    );
+    await expect(repairPacks(repository, { packs: ["0123456789abcdef"] })).rejects.toSatisfy(
+      (e) => isRepositoryError(e, "not-found") && /no pack 0123456789abcdef is in /.test(String(e)),
+    );
+    // A pack gone from the store is repair-index's to mend: named, and nothing else changes.
+    await store.delete(packKey(packId));
+    const report = await repairPacks(repository, { packs: [packId.toUpperCase()] });
+    expect(report).toEqual({
+      packs: 1,
+      packsRead: 0,
+      repaired: [],
+      skipped: [
+        {
+          pack: packId,
+          message: "it is indexed but missing from the store: `snapshot repair-index` removes its index object",
+        },
+      ],
+      lost: [],
+    });
+    expect(await store.stat(indexKey(packId))).toBeDefined();
+    expect(repairPacksText(report, false, "snapshot check").err).toBe(
+      `cannot repair pack ${packId.slice(0, 12)}: it is indexed but missing from the store: \`snapshot repair-index\` removes its index object\n`,
+    );
+    await store.close();
+  });
+
+  it("needs the repository to itself, and a repair cut short before its deletions is finished by the next", async () => {
+    const store = make();
+    const { key, repository, good, bad, packId } = await oneDamagedChunk(store);
+    // A snapshot running (its shared lock) refuses the repair; a dry run reads beside it.
+    const snapshotLock = await acquireLock(store, key, { exclusive: false, purpose: "a snapshot" });
+    await expect(repairPacks(repository)).rejects.toSatisfy((e) => isRepositoryError(e, "locked"));
+    expect((await repairPacks(repository, { dryRun: true })).lost).toEqual([bad.hex]);
+    await snapshotLock.release();
+
+    // The store refuses the old index object's deletion: the new pack is already indexed, so every good chunk is
+    // findable twice and none is lost; running the repair again finishes.
+    const refusing: BlobStore = Object.create(store, {
+      delete: {
+        value: (k: string) => (k === indexKey(packId) ? Promise.reject(new Error("disk on fire")) : store.delete(k)),
+      },
+    });
+    await expect(repairPacks(await Repository.open(refusing, key))).rejects.toThrow(/disk on fire/);
+    expect((await keysIn(store, "index/")).length).toBe(2);
+    await expectWhole(repository, [good]);
+    expect(await repairPacks(repository)).toMatchObject({ repaired: [{ pack: packId, salvaged: 2 }], lost: [bad.hex] });
+    expect(await keysIn(store, "index/")).toHaveLength(1);
+    expect((await checkRepository(repository)).problems.map((p) => p.kind)).toEqual(["chunk-missing"]);
+    await store.close();
+  });
+});
+
+describe("repairPacksAdvice", () => {
+  it("is given for damaged chunks and packs cut short, not for other problems", () => {
+    expect(repairPacksAdvice([{ kind: "chunk-corrupt" }], "x repair-packs")).toMatch(/^`x repair-packs` rewrites/);
+    expect(repairPacksAdvice([{ kind: "pack-size" }], "x repair-packs")).toBeDefined();
+    expect(repairPacksAdvice([{ kind: "chunk-missing" }, { kind: "pack-missing" }], "x")).toBeUndefined();
+  });
+});
