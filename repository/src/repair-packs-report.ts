@@ -25,7 +25,7 @@ export interface SkippedPack {
 }
 
 export interface RepairPacksReport {
-  /** Packs the index holds. */
+  /** Packs: those the index holds, and those in the store without an index object. */
   packs: number;
   /** Packs read whole and verified chunk by chunk. */
   packsRead: number;
@@ -76,7 +76,8 @@ export function repairPacksText(
       `${counted(report.lost.length, "damaged chunk")} ${report.lost.length === 1 ? "is" : "are"} in no other pack ` +
         `(${ids.join(", ")}${report.lost.length > 5 ? ", …" : ""})${dryRun ? " and would be lost" : ""}: \`${check}\` ` +
         "names the files they break. The next snapshot of a workspace that still has those bytes stores them " +
-        "again, and every snapshot using them is whole again; forget the snapshots whose files are gone for good",
+        `again${report.skipped.length > 0 ? " (once `snapshot repair-index` has mended the packs it could not repair, above)" : ""}, ` +
+        "and every snapshot using them is whole again; forget the snapshots whose files are gone for good",
     );
   } else if (report.repaired.length > 0) {
     out.push(

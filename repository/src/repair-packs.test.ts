@@ -353,6 +353,65 @@ describe.each(stores)("repair-packs on %s", (_name, make) => {
     await store.close();
   });
 
+  it("points to repair-index for a good copy in a pack whose index object was lost, and for index objects that do not open", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const [x, y, z] = [0, 1, 2].map(() => sealed(key, randomBytes(3_000)));
+    for (let i = 0; i < 3; i++) await packOf(repository, [sealed(key, randomBytes(1_000))]);
+    const d = await packOf(repository, [x, y]);
+    const u = await packOf(repository, [x, z]);
+    await damage(repository, d, x);
+    const writer = await repository.writer();
+    await writer.commit([sealManifest(key, manifestOf({ x: [x], y: [y] }))], meta);
+    const uIndex = await store.get(indexKey(u));
+    await store.delete(indexKey(u));
+
+    // x is whole only in u, which no index object names: not lost, and not deleted; repair-index finds it.
+    const report = await repairPacks(repository);
+    expect(report).toMatchObject({ packs: 5, packsRead: 5, repaired: [{ pack: d, salvaged: 1 }], lost: [] });
+    expect(report.skipped).toEqual([
+      {
+        pack: u,
+        message:
+          "it has no index object, and holds whole 1 chunk damaged elsewhere and in no indexed pack: " +
+          "`snapshot repair-index` indexes it, and they are found there",
+      },
+    ]);
+    expect(await store.stat(packKey(u))).toBeDefined();
+    expect(await repairIndex(repository)).toMatchObject({ rebuilt: [u] });
+    await expectWhole(repository, [x, y]);
+
+    // An index object that does not open: what its pack holds cannot be told, so nothing is judged.
+    uIndex[uIndex.length - 1] ^= 1;
+    await store.put(indexKey(u), uIndex);
+    await expect(repairPacks(repository)).rejects.toThrow(
+      `1 index object does not open (index/${u}): run \`snapshot repair-index\` first (it rebuilds them from their packs), then repair the packs`,
+    );
+    await store.close();
+  });
+
+  it("names a pack without an index object whose header cannot be read", async () => {
+    const store = make();
+    const { repository, packId } = await oneDamagedChunk(store);
+    const junk = "ee".repeat(32);
+    await store.put(packKey(junk), Buffer.from("not a pack"));
+    const report = await repairPacks(repository);
+    expect(report).toMatchObject({ packs: 2, packsRead: 1, repaired: [{ pack: packId }] });
+    expect(report.skipped).toEqual([
+      {
+        pack: junk,
+        message: expect.stringMatching(
+          /^it has no index object and its header cannot be read \(.+\): `snapshot repair-index` says more$/,
+        ),
+      },
+    ]);
+    await expect(repairPacks(repository, { packs: ["eeeeeeee"] })).rejects.toThrow(
+      new RegExp(`^pack ${junk}: it has no index object and its header cannot be read`),
+    );
+    await store.close();
+  });
+
   it("names the packs it cannot read, and refuses pack ids that name none", async () => {
     const store = make();
     const { repository, packId } = await oneDamagedChunk(store);
@@ -415,5 +474,26 @@ describe("repairPacksAdvice", () => {
     expect(repairPacksAdvice([{ kind: "chunk-corrupt" }], "x repair-packs")).toMatch(/^`x repair-packs` rewrites/);
     expect(repairPacksAdvice([{ kind: "pack-size" }], "x repair-packs")).toBeDefined();
     expect(repairPacksAdvice([{ kind: "chunk-missing" }, { kind: "pack-missing" }], "x")).toBeUndefined();
+  });
+});
+
+describe("repairPacksText", () => {
+  it("says lost chunks come back with the next snapshot only once repair-index has mended the packs skipped", () => {
+    const lost = "ab".repeat(32);
+    const report = {
+      packs: 2,
+      packsRead: 1,
+      repaired: [{ pack: "cd".repeat(32), salvaged: 0, damaged: [{ chunk: lost, reason: "authentication failed" }] }],
+      skipped: [{ pack: "ef".repeat(32), message: "it is indexed but missing from the store: …" }],
+      lost: [lost],
+    };
+    expect(repairPacksText(report, false, "check").err).toBe(
+      `cannot repair pack ${"ef".repeat(6)}: it is indexed but missing from the store: …\n` +
+        `1 damaged chunk is in no other pack (${"ab".repeat(6)}): \`check\` names the files they break. The next ` +
+        "snapshot of a workspace that still has those bytes stores them again (once `snapshot repair-index` has " +
+        "mended the packs it could not repair, above), and every snapshot using them is whole again; forget the " +
+        "snapshots whose files are gone for good\n",
+    );
+    expect(repairPacksText({ ...report, skipped: [] }, false, "check").err).not.toContain("repair-index");
   });
 });

@@ -76,14 +76,25 @@ async function repair(repository: Repository, options: RepairPacksOptions, lock:
   const { store } = repository;
   const { signal } = options;
   // A fresh index of this repair's own (never a cache's): packs leave it as they are judged, dry run or not.
-  const index = await repository.loadIndex();
+  const unreadable: string[] = [];
+  const index = await repository.loadIndex({ onCorrupt: (key) => void unreadable.push(key) });
+  if (unreadable.length > 0) {
+    // What such a pack holds cannot be told from its index, so no copy elsewhere can be counted on or ruled out.
+    throw new RepositoryError(
+      "corrupt",
+      `${counted(unreadable.length, "index object")} ${unreadable.length === 1 ? "does" : "do"} not open ` +
+        `(${unreadable.sort().slice(0, 3).join(", ")}${unreadable.length > 3 ? ", …" : ""}): run \`snapshot ` +
+        "repair-index` first (it rebuilds them from their packs), then repair the packs",
+    );
+  }
   const report = emptyRepairPacksReport();
-  report.packs = index.packs.size;
   const stored = await listPacks(store, { signal });
-  // Packs in the store without an index object: an interrupted snapshot's, or a repair's cut short between
-  // deleting an old pack's index object and the pack. Judged from their own headers; only one holding damaged
-  // chunks is this repair's (below), the others are prune's and repair-index's.
+  // Packs in the store without an index object: an interrupted snapshot's, one whose index object was lost, or a
+  // repair's cut short between deleting an old pack's index object and the pack. Judged from their own headers:
+  // one holding damaged chunks is rewritten as any; one whole that holds the only good copy of a chunk is
+  // repair-index's to index (below).
   const unindexed = [...stored.keys()].filter((packId) => !index.packs.has(packId)).sort();
+  report.packs = index.packs.size + unindexed.length;
   const named = options.packs === undefined ? undefined : resolvePacks(repository, index, unindexed, options.packs);
 
   // First every pack is read and verified (two at once, as check reads), keeping only what is wrong; then each
@@ -140,10 +151,15 @@ async function repair(repository: Repository, options: RepairPacksOptions, lock:
     return out;
   };
   const targets = named ?? { indexed: [...index.packs.values()], unindexed };
-  await judge([
-    ...readable(targets.indexed),
-    ...(await unindexedPacks(repository, targets.unindexed, stored, options.packs !== undefined, signal)),
-  ]);
+  const unindexedJudged = await unindexedPacks(
+    repository,
+    targets.unindexed,
+    stored,
+    report,
+    named !== undefined,
+    signal,
+  );
+  await judge([...readable(targets.indexed), ...unindexedJudged]);
   if (options.packs === undefined && damagedPacks.size >= 2 && damagedPacks.size * 2 > report.packsRead) {
     // Most of a repository damaged at once is far more often this machine (memory, a failing disk read) or a bug
     // than the data: a repair then would delete what is whole. Named, the packs are rewritten as asked.
@@ -234,9 +250,24 @@ async function repair(repository: Repository, options: RepairPacksOptions, lock:
   report.repaired = [...damagedPacks.values()].map((p) => p.repaired).sort((a, b) => a.pack.localeCompare(b.pack));
   // Lost: damaged, in no other pack (nor copied from one, for a dry run), and used by a snapshot (one nothing uses
   // is garbage a prune deletes anyway).
-  const orphaned = [...new Set(report.repaired.flatMap((p) => p.damaged.map((d) => d.chunk)))].filter(
+  let orphaned = [...new Set(report.repaired.flatMap((p) => p.damaged.map((d) => d.chunk)))].filter(
     (hex) => !index.has(hex) && !kept.has(hex),
   );
+  // A whole pack without an index object (lost) holding one of them: not lost, but found only once indexed.
+  const wanted = new Set(orphaned);
+  for (const pack of unindexedJudged) {
+    if (!whole.has(pack.packId)) continue;
+    const held = pack.entries.filter((e) => wanted.has(e.id.toString("hex")));
+    if (held.length === 0) continue;
+    for (const e of held) wanted.delete(e.id.toString("hex"));
+    report.skipped.push({
+      pack: pack.packId,
+      message:
+        `it has no index object, and holds whole ${counted(held.length, "chunk")} damaged elsewhere and in no ` +
+        "indexed pack: `snapshot repair-index` indexes it, and they are found there",
+    });
+  }
+  orphaned = orphaned.filter((hex) => wanted.has(hex));
   const used = orphaned.length > 0 ? await chunksInUse(repository) : undefined;
   report.lost = orphaned.filter((hex) => used === undefined || used.has(hex)).sort();
   report.skipped.sort((a, b) => a.pack.localeCompare(b.pack));
@@ -245,35 +276,36 @@ async function repair(repository: Repository, options: RepairPacksOptions, lock:
 
 /**
  * The unindexed packs to judge, from their own headers (read, as repair-index reads them). One whose header cannot
- * be read is repair-index's to report, and left out; `named` says the caller asked for these by name, and then it
- * fails saying so.
+ * be read, or too large to read, is named among the skipped (repair-index says more); `named` says the caller
+ * asked for these by name, and then it fails saying so.
  */
 async function unindexedPacks(
   repository: Repository,
   packIds: readonly string[],
   stored: Map<string, { size: number }>,
+  report: RepairPacksReport,
   named: boolean,
   signal: AbortSignal | undefined,
 ): Promise<Judged[]> {
   const out: Judged[] = [];
   for (const packId of packIds) {
     const size = stored.get(packId)!.size;
+    let why: string;
     try {
+      if (size > MAX_PACK_READ) throw new RepositoryError("corrupt", `it is ${size} bytes, more than any pack is`);
       out.push({
         packId,
         entries: await readPackHeader(repository.store, repository.key, packId, size, signal),
         length: size,
       });
+      continue;
     } catch (err) {
       if (!isObjectError(err)) throw err;
-      if (named) {
-        throw new RepositoryError(
-          "corrupt",
-          `pack ${packId} has no index object and its header cannot be read (${(err as Error).message}): ` +
-            "`snapshot repair-index` says more",
-        );
-      }
+      why = (err as Error).message;
     }
+    const message = `it has no index object and its header cannot be read (${why}): \`snapshot repair-index\` says more`;
+    if (named) throw new RepositoryError("corrupt", `pack ${packId}: ${message}`);
+    report.skipped.push({ pack: packId, message });
   }
   return out;
 }
