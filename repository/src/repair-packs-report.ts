@@ -12,7 +12,10 @@ export interface DamagedChunk {
 
 export interface RepairedPack {
   pack: string;
-  /** Chunks that verify, copied (with dryRun: to be copied) into new packs before this one is deleted. */
+  /**
+   * Chunks that verify, kept: copied (with dryRun: to be copied) into new packs before this one is deleted, unless
+   * a pack read whole holds them.
+   */
   salvaged: number;
   /** Chunks that do not verify, left behind with the pack. */
   damaged: DamagedChunk[];
@@ -31,7 +34,11 @@ export interface RepairPacksReport {
   packsRead: number;
   /** Packs some of whose chunks do not verify: rewritten without them (with dryRun: to be). */
   repaired: RepairedPack[];
-  /** Packs that could not be read to repair: indexed but missing from the store, or indexed as impossibly large. */
+  /**
+   * Packs it could not repair, each saying why and what to do: indexed but missing from the store, indexed as
+   * impossibly large, without an index object and a header that opens, or without an index object and holding the
+   * only whole copy of a damaged chunk (repair-index mends those).
+   */
   skipped: SkippedPack[];
   /**
    * Damaged chunks (hex ids) a snapshot uses and no other pack holds once the repair is done: lost until a snapshot

@@ -1033,8 +1033,8 @@ export type RepairPacksRequest = Message<"dumont.api.v1.RepairPacksRequest"> & {
 
   /**
    * Only these packs: ids, or unique prefixes of 8 to 64 hex characters (as CheckSnapshots names them), at most
-   * 1,000; only with tenant_id, as pack ids belong to one tenant's repository. A pack the repository does not
-   * index: NOT_FOUND. Empty: every pack, which reads the whole repository.
+   * 1,000; only with tenant_id, as pack ids belong to one tenant's repository. A pack not in the repository:
+   * NOT_FOUND. Empty: every pack, which reads the whole repository.
    *
    * @generated from field: repeated string packs = 3;
    */
@@ -1077,7 +1077,7 @@ export type TenantPackRepair = Message<"dumont.api.v1.TenantPackRepair"> & {
   tenantId: string;
 
   /**
-   * Packs the tenant's index holds.
+   * Packs the tenant's index holds, and those in its store without an index object.
    *
    * @generated from field: uint64 packs = 2;
    */
@@ -1098,16 +1098,18 @@ export type TenantPackRepair = Message<"dumont.api.v1.TenantPackRepair"> & {
   repaired: RepairedPack[];
 
   /**
-   * Packs that could not be read to repair (indexed but missing from the store, or indexed as impossibly large:
-   * RepairIndex mends those), left as they are.
+   * Packs it could not repair, left as they are, each saying why: indexed but missing from the store, indexed as
+   * impossibly large, without an index object and a header that opens, or without an index object and holding
+   * the only whole copy of a damaged chunk (RepairIndex mends those).
    *
    * @generated from field: repeated dumont.api.v1.SkippedPack skipped = 5;
    */
   skipped: SkippedPack[];
 
   /**
-   * Damaged chunks (hex ids) no other pack holds: lost until a snapshot of a workspace that still has those bytes
-   * stores them again (CheckSnapshots names the files they break meanwhile). With dry_run: those that would be.
+   * Damaged chunks (hex ids) a snapshot uses and no other pack holds: lost until a snapshot of a workspace that
+   * still has those bytes stores them again (CheckSnapshots names the files they break meanwhile). With dry_run:
+   * those that would be.
    *
    * @generated from field: repeated string lost = 6;
    */
@@ -1139,7 +1141,7 @@ export type RepairedPack = Message<"dumont.api.v1.RepairedPack"> & {
   pack: string;
 
   /**
-   * Chunks that verify, copied (with dry_run: to be) into new packs.
+   * Chunks that verify, kept: copied (with dry_run: to be) into new packs, unless a pack read whole holds them.
    *
    * @generated from field: uint64 salvaged = 2;
    */
