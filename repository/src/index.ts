@@ -128,6 +128,7 @@ export {
 export { type RepairPacksOptions, repairPacks } from "./repair-packs.js";
 export {
   type DamagedChunk,
+  damagedPacks,
   emptyRepairPacksReport,
   type RepairedPack,
   type RepairPacksReport,

@@ -108,3 +108,19 @@ export function repairPacksAdvice(problems: readonly { kind: string }[], command
     "stores them again, making every snapshot that uses them whole"
   );
 }
+
+/** The most packs `damagedPacks` names; for more, a repair of every pack is the shorter command. */
+const MAX_PACKS_ADVISED = 5;
+
+/**
+ * The packs a check found damaged chunks in (the kinds repairPacksAdvice answers), as 16-character prefixes for a
+ * command line: none where there are more than MAX_PACKS_ADVISED (then every pack is read).
+ */
+export function damagedPacks(problems: readonly { kind: string; pack?: string }[]): string[] {
+  const packs = new Set(
+    problems.flatMap((p) =>
+      (p.kind === "chunk-corrupt" || p.kind === "pack-size") && p.pack ? [p.pack.slice(0, 16)] : [],
+    ),
+  );
+  return packs.size <= MAX_PACKS_ADVISED ? [...packs] : [];
+}

@@ -17,7 +17,7 @@ import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/re
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
 import { readSubsetOption } from "@dumont/repository/read-subset";
 import { repairIndexAdvice, repairIndexText } from "@dumont/repository/repair-index-report";
-import { repairPacksAdvice, repairPacksText } from "@dumont/repository/repair-packs-report";
+import { damagedPacks, repairPacksAdvice, repairPacksText } from "@dumont/repository/repair-packs-report";
 import { quoted } from "@dumont/repository/text-table";
 import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients, tenantFlag } from "./api-client.js";
@@ -552,13 +552,11 @@ export function repairPacksCommand(problems: readonly { tenantId: string; kind: 
   const damaged = problems.filter((p) => p.kind === "chunk-corrupt" || p.kind === "pack-size");
   const tenants = new Set(damaged.map((p) => p.tenantId));
   if (tenants.size !== 1) return "dumont snapshot repair-packs";
-  const packs = new Set(damaged.flatMap((p) => (p.pack ? [p.pack.slice(0, 16)] : [])));
-  const named = packs.size <= MAX_PACKS_ADVISED ? [...packs].map((p) => ` ${p}`).join("") : "";
+  const named = damagedPacks(damaged)
+    .map((p) => ` ${p}`)
+    .join("");
   return `dumont snapshot repair-packs --tenant ${[...tenants][0]}${named}`;
 }
-
-/** The most packs repairPacksCommand names; for more, the tenant's every pack. */
-const MAX_PACKS_ADVISED = 5;
 
 /**
  * `dumont snapshot list`: a row per snapshot under a header. SIZE is the snapshot's own, as `dumont-agent snapshot

@@ -9,6 +9,7 @@ import {
   checkPathPatterns,
   checkRepository,
   counted,
+  damagedPacks,
   diffLine,
   diffManifests,
   diffSummaryLine,
@@ -403,7 +404,12 @@ export function registerSnapshotCommands(program: Command): void {
           if (!opts.json) {
             const advice = [
               repairIndexAdvice(report.problems, "dumont-agent snapshot repair-index"),
-              repairPacksAdvice(report.problems, "dumont-agent snapshot repair-packs"),
+              repairPacksAdvice(
+                report.problems,
+                `dumont-agent snapshot repair-packs --repo ${opts.repo}${damagedPacks(report.problems)
+                  .map((p) => ` ${p}`)
+                  .join("")}`,
+              ),
             ];
             for (const line of advice) if (line) process.stderr.write(`${line}\n`);
           }
