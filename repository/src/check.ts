@@ -384,12 +384,10 @@ async function checkPack(
   } catch (err) {
     problems.push({ kind: "pack-header", pack: packId, message: (err as Error).message });
   }
-  const within = entries.filter((e) => e.offset + e.length <= pack.length);
-  const verdicts = await verifyPackChunks(repository.key, pack, within, verify);
-  const reasons = new Map(within.map((e, i) => [e, verdicts[i]]));
-  for (const e of entries) {
-    const reason = reasons.has(e) ? reasons.get(e) : "it lies beyond the end of the pack";
-    if (reason === null || reason === undefined) continue;
+  const verdicts = await verifyPackChunks(repository.key, pack, entries, verify);
+  for (const [i, e] of entries.entries()) {
+    const reason = verdicts[i];
+    if (reason === null) continue;
     const what = `pack ${short(packId)}: chunk ${short(e.id.toString("hex"))} is damaged (${reason})`;
     broken(
       { kind: "chunk-corrupt", pack: packId, chunk: e.id.toString("hex"), message: what },
@@ -406,10 +404,11 @@ async function checkPack(
 export const MAX_PACK_READ = 2 * 1024 * 1024 * 1024;
 
 /**
- * Each of `entries`' chunks in `pack` (its bytes from the start, at least to each entry's end) verified: null, or
- * what is wrong with it. Decrypted piece by piece into reused memory and hashed, without keeping the chunk (check
- * reads the whole repository, and a fresh buffer per chunk made it fault in every page it decrypted); or by
- * `verify` (the control plane's verifier threads). check and repair-index both verify so.
+ * Each of `entries`' chunks in `pack` (its bytes from the start, as far as the store holds them) verified: null, or
+ * what is wrong with it; an entry past the bytes read lies beyond the end of the pack (a pack cut short), and is
+ * not read. Decrypted piece by piece into reused memory and hashed, without keeping the chunk (check reads the
+ * whole repository, and a fresh buffer per chunk made it fault in every page it decrypted); or by `verify` (the
+ * control plane's verifier threads). check, repair-index and repair-packs all verify so.
  */
 export async function verifyPackChunks(
   key: Buffer,
@@ -417,14 +416,18 @@ export async function verifyPackChunks(
   entries: readonly PackEntry[],
   verify: CheckOptions["verify"],
 ): Promise<(string | null)[]> {
-  const chunks = entries.map((e) => ({
-    id: e.id,
-    blob: pack.subarray(e.offset, e.offset + e.length),
-    plainLength: e.plainLength,
+  const verdicts: (string | null)[] = entries.map(() => "it lies beyond the end of the pack");
+  const within = [...entries.keys()].filter((i) => entries[i].offset + entries[i].length <= pack.length);
+  const chunks = within.map((i) => ({
+    id: entries[i].id,
+    blob: pack.subarray(entries[i].offset, entries[i].offset + entries[i].length),
+    plainLength: entries[i].plainLength,
   }));
-  return verify
-    ? verifyInBatches(key, chunks, verify)
+  const found = verify
+    ? await verifyInBatches(key, chunks, verify)
     : chunks.map((c) => chunkCodec.verifyChunk(key, c.id, c.blob, c.plainLength));
+  for (const [k, i] of within.entries()) verdicts[i] = found[k];
+  return verdicts;
 }
 
 /** About 2 MiB of chunks to a call of `verify`, so a pack's chunks are spread over a verifier's threads. */

@@ -130,6 +130,7 @@ export {
   type DamagedChunk,
   damagedPacks,
   emptyRepairPacksReport,
+  packRepairMends,
   type RepairedPack,
   type RepairPacksReport,
   repairPacksAdvice,

@@ -10,7 +10,7 @@ import { LATEST, type Repository } from "./repository.js";
 import { DEFAULT_PACK_SIZE } from "./repository-writer.js";
 import { hasRetentionRule, planRetention, type RetentionPolicy } from "./retention.js";
 import { chunkCodec, isObjectId } from "./sealing.js";
-import { snapshotKey } from "./snapshot-record.js";
+import { type SnapshotRecord, snapshotKey } from "./snapshot-record.js";
 
 export interface ForgetOptions {
   /** Keep what this policy keeps, per workspace; forget the rest. */
@@ -201,14 +201,8 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
           "by id (`snapshot forget ID`; `check` names what is damaged), then prune again",
       );
     }
-    const usedChunks = new IdSet();
-    const usedManifests = new Set<string>();
-    for (const snap of snapshots) {
-      for (const id of snap.manifests) usedManifests.add(id);
-      for (const part of await repository.manifestParts(snap)) {
-        for (const e of part) if (e.type === "file") for (const id of e.chunks) usedChunks.add(id);
-      }
-    }
+    const usedChunks = await chunksUsedBy(repository, snapshots);
+    const usedManifests = new Set(snapshots.flatMap((snap) => snap.manifests));
     const unreadableIndexes = new Set<string>();
     const index = await repository.loadIndex({
       onCorrupt: (key) => unreadableIndexes.add(key.slice("index/".length)),
@@ -344,6 +338,17 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
   } finally {
     await lock?.release();
   }
+}
+
+/** Every chunk the snapshots' files use, their manifests read a part at a time. */
+export async function chunksUsedBy(repository: Repository, snapshots: readonly SnapshotRecord[]): Promise<IdSet> {
+  const used = new IdSet();
+  for (const snap of snapshots) {
+    for (const part of await repository.manifestParts(snap)) {
+      for (const e of part) if (e.type === "file") for (const id of e.chunks) used.add(id);
+    }
+  }
+  return used;
 }
 
 /**

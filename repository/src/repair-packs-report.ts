@@ -101,7 +101,7 @@ export function repairPacksText(
  * others. Both CLIs print it after the problems.
  */
 export function repairPacksAdvice(problems: readonly { kind: string }[], command: string): string | undefined {
-  if (!problems.some(({ kind }) => kind === "chunk-corrupt" || kind === "pack-size")) return undefined;
+  if (!problems.some(packRepairMends)) return undefined;
   return (
     `\`${command}\` rewrites packs without their damaged chunks (--dry-run says what it would do); a chunk also ` +
     "held by another pack is then found there, and the next snapshot of a workspace that still has the others " +
@@ -117,10 +117,11 @@ const MAX_PACKS_ADVISED = 5;
  * command line: none where there are more than MAX_PACKS_ADVISED (then every pack is read).
  */
 export function damagedPacks(problems: readonly { kind: string; pack?: string }[]): string[] {
-  const packs = new Set(
-    problems.flatMap((p) =>
-      (p.kind === "chunk-corrupt" || p.kind === "pack-size") && p.pack ? [p.pack.slice(0, 16)] : [],
-    ),
-  );
+  const packs = new Set(problems.flatMap((p) => (packRepairMends(p) && p.pack ? [p.pack.slice(0, 16)] : [])));
   return packs.size <= MAX_PACKS_ADVISED ? [...packs] : [];
+}
+
+/** Whether a check's problem is one repair-packs mends: a damaged chunk, or one past the end of a pack cut short. */
+export function packRepairMends(problem: { kind: string }): boolean {
+  return problem.kind === "chunk-corrupt" || problem.kind === "pack-size";
 }

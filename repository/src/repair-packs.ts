@@ -24,10 +24,10 @@ import { type CheckOptions, MAX_PACK_READ, verifyPackChunks } from "./check.js";
 import { counted } from "./counted.js";
 import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
-import { IdSet } from "./id-set.js";
+import type { IdSet } from "./id-set.js";
 import { acquireLock, type HeldLock } from "./lock.js";
 import { listPacks, type PackEntry, type PackIndex, packKey } from "./pack.js";
-import { deletePacks } from "./prune.js";
+import { chunksUsedBy, deletePacks } from "./prune.js";
 import { readPackHeader } from "./repair-index.js";
 import {
   type DamagedChunk,
@@ -210,11 +210,12 @@ async function repair(repository: Repository, options: RepairPacksOptions, lock:
         // first says the store or this machine does not read reliably: nothing is deleted on its word.
         const again = await verifyPack(repository, judgedPack, options.verify, signal);
         const before = judgedPack.repaired.damaged.map((d) => d.chunk).join();
-        if (again.repaired.damaged.map((d) => d.chunk).join() !== before) {
+        const after = again.repaired.damaged.map((d) => d.chunk).join();
+        if (after !== before) {
           throw new RepositoryError(
             "corrupt",
             `pack ${judgedPack.packId} read differently twice (damaged chunks: ${before || "none"}, then ` +
-              `${again.repaired.damaged.map((d) => d.chunk).join() || "none"}): the store or this machine is not ` +
+              `${after || "none"}): the store or this machine is not ` +
               "reading reliably, so the repair deletes nothing. Run `snapshot check` (from another machine, if you can)",
           );
         }
@@ -330,18 +331,12 @@ async function chunksInUse(repository: Repository): Promise<IdSet | undefined> {
     },
   });
   if (unreadable) return undefined;
-  const used = new IdSet();
   try {
-    for (const snapshot of snapshots) {
-      for (const part of await repository.manifestParts(snapshot)) {
-        for (const e of part) if (e.type === "file") for (const id of e.chunks) used.add(id);
-      }
-    }
+    return await chunksUsedBy(repository, snapshots);
   } catch (err) {
     if (isObjectError(err)) return undefined;
     throw err;
   }
-  return used;
 }
 
 /**
@@ -407,17 +402,13 @@ async function verifyPack(
     }
     throw err;
   }
-  const within = pack.entries.filter((e) => e.offset + e.length <= data.length);
-  const verdicts = await verifyPackChunks(repository.key, data, within, verify);
-  const verdictOf = new Map(within.map((e, i) => [e, verdicts[i]]));
+  const verdicts = await verifyPackChunks(repository.key, data, pack.entries, verify);
   const verified: PackEntry[] = [];
   const damaged: DamagedChunk[] = [];
-  for (const e of pack.entries) {
-    const reason = verdictOf.has(e)
-      ? verdictOf.get(e)
-      : `it lies beyond the pack's end (${counted(data.length, "byte")} stored)`;
+  for (const [i, e] of pack.entries.entries()) {
+    const reason = verdicts[i];
     if (reason === null) verified.push(e);
-    else damaged.push({ chunk: e.id.toString("hex"), reason: reason ?? "not read" });
+    else damaged.push({ chunk: e.id.toString("hex"), reason });
   }
   return { repaired: { pack: pack.packId, salvaged: verified.length, damaged }, data, verified };
 }

@@ -17,7 +17,12 @@ import { checkExcludePatterns, checkPathPatterns, IGNORE_FILE } from "@dumont/re
 import { formatBytes, ProgressMeter, roundSeconds } from "@dumont/repository/progress-meter";
 import { readSubsetOption } from "@dumont/repository/read-subset";
 import { repairIndexAdvice, repairIndexText } from "@dumont/repository/repair-index-report";
-import { damagedPacks, repairPacksAdvice, repairPacksText } from "@dumont/repository/repair-packs-report";
+import {
+  damagedPacks,
+  packRepairMends,
+  repairPacksAdvice,
+  repairPacksText,
+} from "@dumont/repository/repair-packs-report";
 import { quoted } from "@dumont/repository/text-table";
 import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients, tenantFlag } from "./api-client.js";
@@ -548,8 +553,7 @@ function checkPackIds(packs: string[], tenant: string | undefined): void {
  * and, for a few, those packs, so only they are read again; for several tenants', every tenant's packs.
  */
 export function repairPacksCommand(problems: readonly { tenantId: string; kind: string; pack?: string }[]): string {
-  // The kinds repairPacksAdvice answers.
-  const damaged = problems.filter((p) => p.kind === "chunk-corrupt" || p.kind === "pack-size");
+  const damaged = problems.filter(packRepairMends);
   const tenants = new Set(damaged.map((p) => p.tenantId));
   if (tenants.size !== 1) return "dumont snapshot repair-packs";
   const named = damagedPacks(damaged)
