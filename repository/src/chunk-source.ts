@@ -4,8 +4,14 @@ import { PAGE } from "./aligned-memory.js";
 import { isRepositoryError, readShowsDamage } from "./errors.js";
 import { packKey } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
-import type { RepositoryIndex } from "./repository-index.js";
-import type { ChunkBuffers, ChunkSource, FetchedChunk } from "./transfer.js";
+import type { ChunkLocation, RepositoryIndex } from "./repository-index.js";
+import {
+  type ChunkBuffers,
+  type ChunkSource,
+  type FetchedChunk,
+  type GetChunksOptions,
+  NO_OTHER_COPY,
+} from "./transfer.js";
 
 export interface ChunkSourceOptions {
   /** Ranged reads kept in flight ahead of the consumer (default 4). */
@@ -35,7 +41,13 @@ interface PlannedRead {
 }
 
 export class RepositoryChunkSource implements ChunkSource {
+  readonly otherCopies = true;
   private readonly index: Promise<RepositoryIndex>;
+  /**
+   * For each chunk asked for again (`otherCopy`), the packs it was given from: the one the index finds it in
+   * first (where every chunk is read from before), and each other copy given since. A source serves one restore.
+   */
+  private readonly given = new Map<string, Set<string>>();
 
   /**
    * `index` may still be loading: `get` and `ready` wait for it, so a restore reads and opens its manifest
@@ -59,7 +71,21 @@ export class RepositoryChunkSource implements ChunkSource {
     return { snapshotId: record.id, manifestBlobs: await this.repository.readManifestBlobs(record) };
   }
 
-  async *get(ids: Buffer[]): AsyncIterable<FetchedChunk> {
+  /** A copy of chunk `hex` in a pack it was not given from yet (noted as given), or undefined. */
+  private otherCopy(index: RepositoryIndex, hex: string): ChunkLocation | undefined {
+    const copies = index.locations(hex);
+    if (copies.length === 0) return undefined;
+    let given = this.given.get(hex);
+    if (!given) {
+      given = new Set([copies[0].packId]);
+      this.given.set(hex, given);
+    }
+    const copy = copies.find((c) => !given.has(c.packId));
+    if (copy) given.add(copy.packId);
+    return copy;
+  }
+
+  async *get(ids: Buffer[], options: GetChunksOptions = {}): AsyncIterable<FetchedChunk> {
     const maxRead = (this.options.maxRead ?? 8 * 1024 * 1024) - READ_SLACK;
     const maxGap = this.options.maxGap ?? 1024 * 1024;
     const index = await this.index;
@@ -69,9 +95,9 @@ export class RepositoryChunkSource implements ChunkSource {
       const hex = id.toString("hex");
       if (seen.has(hex)) continue;
       seen.add(hex);
-      const loc = index.get(hex);
+      const loc = options.otherCopy ? this.otherCopy(index, hex) : index.get(hex);
       if (!loc) {
-        yield { id, error: "the repository index has no such chunk" };
+        yield { id, error: options.otherCopy ? NO_OTHER_COPY : "the repository index has no such chunk" };
         continue;
       }
       let list = byPack.get(loc.packId);

@@ -27,9 +27,10 @@ describe("IdTable", () => {
     expect(table.find(Buffer.concat([Buffer.alloc(3), id(17)]), 3)).toBe(17);
     expect(table.find(id(count + 1))).toBe(-1);
 
-    // With `replace`, the row filed last wins (the chunk index: a chunk in several packs is read from the last).
+    // With `replace`, the row filed last wins, and the one it replaced is told (the chunk index: a chunk in several
+    // packs is read from the last, and the others are its other copies).
     const index = new IdTable(() => rows, 5, 44);
-    for (let r = 0; r < count; r++) index.add(r, true);
+    for (let r = 0; r < count; r++) expect(index.replace(r)).toBe(r % 10 === 9 ? r - 1 : -1);
     expect(index.find(id(8))).toBe(9);
     expect(index.find(id(7))).toBe(7);
     expect(index.size).toBe(count - count / 10);

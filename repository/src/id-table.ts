@@ -27,18 +27,24 @@ export class IdTable {
   }
 
   /**
-   * Files row `row` under its id (read from the rows). When a row is filed under that id already, `replace`
-   * puts this one in its place, else it stays. Whether the id was new.
+   * Files row `row` under its id (read from the rows), unless a row is filed under that id already: that one
+   * stays. Whether the id was new.
    */
-  add(row: number, replace = false): boolean {
+  add(row: number): boolean {
     const slot = this.probe(this.rows(), this.base + this.stride * row);
-    if (this.slots[slot] !== 0) {
-      if (replace) this.slots[slot] = row + 1;
-      return false;
-    }
+    if (this.slots[slot] !== 0) return false;
     this.slots[slot] = row + 1;
     if (2 * ++this.used > this.slots.length) this.grow();
     return true;
+  }
+
+  /** Files row `row` under its id in place of any row filed there: the row it replaced, or -1. */
+  replace(row: number): number {
+    const slot = this.probe(this.rows(), this.base + this.stride * row);
+    const before = this.slots[slot] - 1;
+    this.slots[slot] = row + 1;
+    if (before < 0 && 2 * ++this.used > this.slots.length) this.grow();
+    return before;
   }
 
   /** The slot holding this id, or the free slot where it would go. */

@@ -172,10 +172,11 @@ export type {
   ChunkSink,
   ChunkSource,
   FetchedChunk,
+  GetChunksOptions,
   ManifestPartBlob,
   SealedChunk,
   SkippedEntry,
   SnapshotMeta,
   SnapshotStats,
 } from "./transfer.js";
-export { MAX_SKIPPED_LISTED, MAX_SKIPPED_REASON } from "./transfer.js";
+export { MAX_SKIPPED_LISTED, MAX_SKIPPED_REASON, NO_OTHER_COPY } from "./transfer.js";

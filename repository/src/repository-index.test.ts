@@ -62,6 +62,30 @@ describe("repository index", () => {
     expect(index.get(shared)?.packId).toBe("c");
   });
 
+  it("lists every copy of a chunk, the one found first, then the others from the newest, through removals", () => {
+    const [shared, other] = [randomBytes(32), randomBytes(32)];
+    const index = new RepositoryIndex();
+    index.add(pack("a", [other, shared]));
+    index.add(pack("b", [shared]));
+    index.add(pack("c", [randomBytes(32)]));
+    index.add(pack("d", [randomBytes(32), randomBytes(32), shared]));
+    const packsOf = (id: Buffer | string) => index.locations(id).map((l) => l.packId);
+    expect(packsOf(shared)).toEqual(["d", "b", "a"]);
+    expect(index.locations(shared.toString("hex"))[0]).toEqual(index.get(shared));
+    expect(index.locations(shared)[2]).toEqual({ packId: "a", offset: 100, length: 100, plainLength: 151 });
+    expect(packsOf(other)).toEqual(["a"]);
+    expect(packsOf(randomBytes(32))).toEqual([]);
+    expect(index.chunkCount).toBe(5);
+
+    // Rebuilt without a pack, the others' copies are still listed, and a pack given again is a copy once.
+    index.removePacks(["b"]);
+    expect(packsOf(shared)).toEqual(["d", "a"]);
+    index.add(pack("d", [randomBytes(32), randomBytes(32), shared]));
+    expect(packsOf(shared)).toEqual(["d", "a"]);
+    index.removePacks(["d"]);
+    expect(packsOf(shared)).toEqual(["a"]);
+  });
+
   it("leaves a pack it holds as it is when given it again, and replaces one given with other entries", () => {
     // Two loads into one cached index, or a writer's pack a load has just read, add the same pack twice: each
     // time the whole index was rebuilt (seconds a million chunks).

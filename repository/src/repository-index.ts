@@ -38,6 +38,11 @@ export class RepositoryIndex {
   private readonly packNumbers = new Map<string, number>();
   /** Entries by id. A chunk held by several packs finds the one added last. */
   private table = new IdTable(() => this.ids);
+  /**
+   * A chunk's other copies: entry → the entry of the same id it took the place of in `table` (rare: a chunk two
+   * racing snapshots both stored, a repack cut short). Read only when a copy turns out damaged (`locations`).
+   */
+  private older = new Map<number, number>();
   private readonly scratch = Buffer.alloc(ID);
 
   add(pack: PackIndex): void {
@@ -120,6 +125,7 @@ export class RepositoryIndex {
     this.packRanges = [];
     this.entries = 0;
     this.table = new IdTable(() => this.ids);
+    this.older = new Map();
     const kept = old.packRanges.reduce((n, [a, b], number) => n + (gone.has(number) ? 0 : b - a), 0);
     this.ids = Buffer.alloc(0);
     this.pack = new Uint32Array(0);
@@ -152,7 +158,8 @@ export class RepositoryIndex {
       const i = this.entries++;
       this.pack[i] = number;
       fill(i, k);
-      this.table.add(i, true);
+      const before = this.table.replace(i);
+      if (before !== EMPTY) this.older.set(i, before);
     }
     this.packRanges.push([first, this.entries]);
     this.packs.set(packId, this.packView(packId, packSize));
@@ -160,7 +167,20 @@ export class RepositoryIndex {
 
   get(id: Buffer | string): ChunkLocation | undefined {
     const i = this.find(id);
-    if (i === EMPTY) return undefined;
+    return i === EMPTY ? undefined : this.location(i);
+  }
+
+  /**
+   * Every copy of chunk `id` the index holds, the one `get` finds first, then the others from the newest: where a
+   * restore looks when the first turns out damaged.
+   */
+  locations(id: Buffer | string): ChunkLocation[] {
+    const out: ChunkLocation[] = [];
+    for (let i = this.find(id); i !== EMPTY; i = this.older.get(i) ?? EMPTY) out.push(this.location(i));
+    return out;
+  }
+
+  private location(i: number): ChunkLocation {
     return {
       packId: this.packIds[this.pack[i]],
       offset: this.offset[i],

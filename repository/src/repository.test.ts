@@ -25,7 +25,7 @@ import { chunkCodec, ObjectKind, openJson, sealJson, sha256 } from "./sealing.js
 import { emptyRepositoryStats, repositoryStats, statsText } from "./stats.js";
 import { dirEntry, emptyFileEntry } from "./testing/manifest-entries.js";
 import { bothStores, collect, keysIn, manifestOf, sealed } from "./testing/repository-fixtures.js";
-import type { SealedChunk } from "./transfer.js";
+import { NO_OTHER_COPY, type SealedChunk } from "./transfer.js";
 
 const env = bothStores("dumont-repo-");
 const stores = env.stores;
@@ -117,6 +117,52 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const missing = await collect(source.get([randomBytes(32)]));
     expect(missing[0].error).toMatch(/no such chunk/);
     expect((await checkRepository(again)).ok).toBe(true);
+    await store.close();
+  });
+
+  it("gives a chunk asked for again from each other pack holding it in turn, then says none is left", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const [shared, once] = [sealed(key, randomBytes(5_000)), sealed(key, randomBytes(5_000))];
+    // Three packs hold `shared`, each written as a snapshot racing the others would have.
+    for (const chunks of [[shared, once], [shared], [shared]]) {
+      const writer = await repository.writer({ index: new RepositoryIndex() });
+      await writer.put(chunks);
+      await writer.flush();
+      await writer.abort();
+    }
+    const index = await repository.loadIndex();
+    const copies = index.locations(shared.id).map((l) => l.packId);
+    expect(new Set(copies).size).toBe(3);
+    const source = await repository.chunkSource();
+    expect(source.otherCopies).toBe(true);
+    /** Chunk (hex) → the pack it was given from, or the error given for it. */
+    const fetch = async (ids: Buffer[], otherCopy?: boolean) =>
+      Object.fromEntries(
+        (await collect(source.get(ids, { otherCopy }))).map((f) => [f.id.toString("hex"), f.pack ?? f.error]),
+      );
+
+    // (Which copy an index finds first depends on the order its load read the index objects in.)
+    const first = await fetch([shared.id, once.id]);
+    expect(first).toEqual({ [shared.hex]: expect.any(String), [once.hex]: index.packIdOf(once.id) });
+    // Asked for again, each time from a pack not given from before; a chunk held once, or not at all, has none.
+    const unknown = randomBytes(32);
+    const second = await fetch([shared.id, once.id, unknown], true);
+    expect(second).toEqual({
+      [shared.hex]: expect.any(String),
+      [once.hex]: NO_OTHER_COPY,
+      [unknown.toString("hex")]: NO_OTHER_COPY,
+    });
+    const third = await fetch([shared.id], true);
+    expect([first, second, third].map((f) => f[shared.hex]).sort()).toEqual([...copies].sort());
+    expect(await fetch([shared.id], true)).toEqual({ [shared.hex]: NO_OTHER_COPY });
+    // Each copy given opens to the chunk's bytes.
+    for (const packId of copies) {
+      const at = index.locations(shared.id).find((l) => l.packId === packId)!;
+      const blob = await store.getRange(packKey(packId), at.offset, at.length);
+      expect(chunkCodec.openChunk(key, shared.id, blob)).toEqual(chunkCodec.openChunk(key, shared.id, shared.blob));
+    }
     await store.close();
   });
 

@@ -106,6 +106,19 @@ export interface ChunkBuffers {
   release(buffer: Buffer): void;
 }
 
+/** What `ChunkSource.get` yields, as its error, for a chunk asked for again (`otherCopy`) that no other pack holds. */
+export const NO_OTHER_COPY = "no other pack holds a copy of it";
+
+export interface GetChunksOptions {
+  /**
+   * Each chunk from a copy this source has not given it from yet: the restore asks so for chunks that did not
+   * verify (a damaged pack, while another pack holds the chunk too: two snapshots that raced to store it, a
+   * repack cut short). A chunk with no such copy left is yielded with the error NO_OTHER_COPY. Only where
+   * `otherCopies` is set.
+   */
+  otherCopy?: boolean;
+}
+
 export interface ChunkSource {
   /** The sealed parts of a snapshot's manifest, in order (`snapshotId` may be a unique prefix), and the full id. */
   readManifest(snapshotId: string): Promise<{ snapshotId: string; manifestBlobs: Buffer[] }>;
@@ -117,7 +130,9 @@ export interface ChunkSource {
    * The agent's restore copies each blob at once, unless it already sits in memory the workers share
    * (ChunkBuffers: RepositoryChunkSource's `readBuffers`, StreamChunkSource's receive buffers).
    */
-  get(ids: Buffer[]): AsyncIterable<FetchedChunk>;
+  get(ids: Buffer[], options?: GetChunksOptions): AsyncIterable<FetchedChunk>;
+  /** Whether `get` takes `otherCopy` (a control plane from before it does not). */
+  readonly otherCopies?: boolean;
   /**
    * Settles once `get` can start (a source that loads an index meanwhile); rejects if it never can. A
    * restore asks after opening the manifest and before it writes anything.

@@ -908,18 +908,26 @@ describe("snapshots over the agent stream", () => {
     expect(await cli(["snapshot", "check", "--json"])).toMatchObject({ ok: true });
   });
 
-  it("repair-packs rewrites a pack without its damaged chunk, and the next snapshot of the workspace heals the old one", async () => {
-    const dir = path.join(root, "repair-packs-workspace");
+  /**
+   * A snapshot of a new workspace `name` of two random files, a.bin (300 kB) and b.bin (200 kB): one chunk each,
+   * both in the one pack the snapshot added (its path in the control plane's store).
+   */
+  const twoChunkSnapshot = async (name: string) => {
+    const dir = path.join(root, name);
     await fs.mkdir(dir);
     await fs.writeFile(path.join(dir, "a.bin"), randomBytes(300_000));
     await fs.writeFile(path.join(dir, "b.bin"), randomBytes(200_000));
     const blobs = path.join(root, "cp", "blobs");
     const packsBefore = new Set(await packFiles(blobs));
     const snap = await snapshotOf(dir);
-    // One chunk a file, both in the one pack the snapshot added; the first begins the pack: flip a byte of it.
     const added = (await packFiles(blobs)).filter((file) => !packsBefore.has(file));
     expect(added).toHaveLength(1);
-    const pack = added[0]!;
+    return { dir, snap, pack: added[0]! };
+  };
+
+  it("repair-packs rewrites a pack without its damaged chunk, and the next snapshot of the workspace heals the old one", async () => {
+    const { dir, snap, pack } = await twoChunkSnapshot("repair-packs-workspace");
+    // The first chunk begins the pack: flip a byte of it.
     const packId = path.basename(pack);
     const bytes = await fs.readFile(pack);
     bytes[100] ^= 0xff;
@@ -995,6 +1003,60 @@ describe("snapshots over the agent stream", () => {
     const target = path.join(root, "repair-packs-restored");
     await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
     expect(await describeTree(target)).toEqual(await describeTree(dir));
+  });
+
+  it("a restore reads a chunk that does not verify from another pack holding it; repair-packs then keeps the good copies", async () => {
+    const { dir, snap, pack: original } = await twoChunkSnapshot("other-copies-workspace");
+    // A second copy of the pack under another id, indexed by repair-index from its header: both chunks are now in
+    // two packs, as when two snapshots race to store them.
+    const copyId = randomBytes(32).toString("hex");
+    const copy = path.join(path.dirname(original), "..", copyId.slice(0, 2), copyId);
+    await fs.mkdir(path.dirname(copy), { recursive: true });
+    await fs.copyFile(original, copy);
+    const tenantId = (await snapshots()).find((s) => s.id === snap.id)!.tenantId;
+    const indexed = await cli(["snapshot", "repair-index", "--json"]);
+    expect(indexed.tenants).toEqual([expect.objectContaining({ tenantId, rebuilt: [copyId] })]);
+    // The first chunk damaged in one copy, the last in the other: whichever pack the control plane reads a chunk
+    // from first, one of the two does not verify there, and its other copy does.
+    const damage = async (file: string, at: (bytes: Buffer) => number) => {
+      const bytes = await fs.readFile(file);
+      bytes[at(bytes)] ^= 0xff;
+      await fs.writeFile(file, bytes);
+    };
+    await damage(original, () => 100);
+    await damage(copy, (bytes) => bytes.length - 4 - bytes.readUInt32LE(bytes.length - 4) - 100);
+
+    const target = path.join(root, "other-copies-restored");
+    const restored = await cp.cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target]);
+    expect(restored.code).toBe(0);
+    expect(await describeTree(target)).toEqual(await describeTree(dir));
+    expect(restored.stderr).toBe(
+      "warning: 1 chunk did not verify where first read and was restored from another copy: the repository holds " +
+        "damaged data; `snapshot check` finds it and `snapshot repair-packs` mends it\n",
+    );
+
+    // check names both damaged copies; a repair of the two packs keeps each chunk's good copy, and loses nothing.
+    const checked = await cp.cli(["snapshot", "check", "--tenant", tenantId, "--json"]);
+    expect(checked.code).toBe(1);
+    const damagedPacks = JSON.parse(checked.stdout).problems.map((p: { kind: string; pack: string }) => [
+      p.kind,
+      p.pack,
+    ]);
+    expect(damagedPacks.sort()).toEqual(
+      [
+        ["chunk-corrupt", path.basename(original)],
+        ["chunk-corrupt", copyId],
+      ].sort(),
+    );
+    const ids = [path.basename(original), copyId].map((id) => id.slice(0, 16));
+    const repaired = await cp.cli(["snapshot", "repair-packs", ...ids, "--tenant", tenantId, "--json"]);
+    expect(repaired.code).toBe(0);
+    expect(JSON.parse(repaired.stdout).tenants).toEqual([expect.objectContaining({ tenantId, lost: [], skipped: [] })]);
+    expect(await cli(["snapshot", "check", "--tenant", tenantId, "--json"])).toMatchObject({ ok: true, problems: [] });
+    const again = path.join(root, "other-copies-restored-again");
+    const whole = await cp.cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", again]);
+    expect(whole).toMatchObject({ code: 0, stderr: "" });
+    expect(await describeTree(again)).toEqual(await describeTree(dir));
   });
 
   it("a kill -9 of the agent mid-snapshot leaves no snapshot visible; the next one succeeds", async () => {

@@ -1431,9 +1431,9 @@ export class SnapshotCoordinator {
         this.tellAborted(session, "restoreAborted", requestId, err);
       };
       const silence = this.silenceWatch("restore", session.hostId, abandon);
-      const stream = (batch: bigint, ids: Buffer[]) => {
+      const stream = (batch: bigint, ids: Buffer[], otherCopy: boolean) => {
         streaming++;
-        void this.streamChunks(out, source, pools, requestId, batch, ids, () => finished, silence.heard)
+        void this.streamChunks(out, source, pools, { requestId, batch, ids, otherCopy }, () => finished, silence.heard)
           .catch(abandon)
           .finally(() => {
             streaming--;
@@ -1468,7 +1468,8 @@ export class SnapshotCoordinator {
               );
               return;
             }
-            if (streaming < RESTORE_BATCHES_AT_ONCE) stream(batch, ids);
+            const { otherCopies } = m.value;
+            if (streaming < RESTORE_BATCHES_AT_ONCE) stream(batch, ids, otherCopies);
             else if (waiting.length >= MAX_RESTORE_BATCHES_WAITING) {
               abandon(
                 new InvalidArgumentError(
@@ -1486,7 +1487,7 @@ export class SnapshotCoordinator {
               idsWaiting += ids.length;
               waiting.push(() => {
                 idsWaiting -= ids.length;
-                stream(batch, ids);
+                stream(batch, ids, otherCopies);
               });
             }
           } else if (m.case === "restoreProgress" && !m.value.done) {
@@ -1539,6 +1540,7 @@ export class SnapshotCoordinator {
                 epoch: BigInt(req.snapshot.epoch),
                 include: req.include ?? [],
                 noOwners: req.noOwners ?? false,
+                otherCopies: true,
               },
             },
           }),
@@ -1551,9 +1553,8 @@ export class SnapshotCoordinator {
     out: AgentSender,
     source: RepositoryChunkSource,
     pools: RestorePools,
-    requestId: string,
-    batch: bigint,
-    ids: Buffer[],
+    /** What the agent asked for: `otherCopy`, each chunk from a copy not sent it before (RepositoryChunkSource). */
+    { requestId, batch, ids, otherCopy }: { requestId: string; batch: bigint; ids: Buffer[]; otherCopy: boolean },
     /** True once the restore has ended: what is left is not read. */
     ended: () => boolean,
     /** Called as each message goes out (the agent took the last one: the restore moves). */
@@ -1579,7 +1580,7 @@ export class SnapshotCoordinator {
       await out.send(message, () => pools.messages.give(message));
       sent();
     };
-    for await (const chunk of source.get(ids)) {
+    for await (const chunk of source.get(ids, { otherCopy })) {
       if (ended()) return;
       if (chunk.blob && chunk.blob.buffer !== current?.buffer) {
         if (current) finished.push(current);

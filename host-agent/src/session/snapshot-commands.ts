@@ -351,8 +351,14 @@ export class SnapshotCommands {
           send: (message, onWritten) => this.session.send(message, onWritten),
           pauseInbound: () => this.session.pauseInbound(via),
         };
-        const source = new StreamChunkSource(port, cmd.requestId, cmd.snapshotId, manifest, pool.chunkBuffers, (text) =>
-          this.log.warn({ requestId: cmd.requestId }, text),
+        const source = new StreamChunkSource(
+          port,
+          cmd.requestId,
+          cmd.snapshotId,
+          manifest,
+          pool.chunkBuffers,
+          (text) => this.log.warn({ requestId: cmd.requestId }, text),
+          cmd.otherCopies,
         );
         this.sources.set(cmd.requestId, source);
         return restoreSnapshot({

@@ -21,6 +21,7 @@ import type {
   ChunkSink,
   ChunkSource,
   FetchedChunk,
+  GetChunksOptions,
   ManifestPartBlob,
   SealedChunk,
   SnapshotMeta,
@@ -318,6 +319,8 @@ export class StreamChunkSource implements ChunkSource {
     private readonly buffers?: ChunkBuffers,
     /** Told once per batch that had chunks dropped (see `receive`). */
     private readonly warn?: (message: string) => void,
+    /** Whether the control plane answers `otherCopy` (Restore.other_copies). */
+    readonly otherCopies = false,
   ) {}
 
   receive(message: ControlMessage): void {
@@ -380,14 +383,16 @@ export class StreamChunkSource implements ChunkSource {
     return { snapshotId: this.snapshotId, manifestBlobs: this.manifestBlobs };
   }
 
-  async *get(ids: Buffer[]): AsyncIterable<FetchedChunk> {
+  async *get(ids: Buffer[], options: GetChunksOptions = {}): AsyncIterable<FetchedChunk> {
+    const otherCopies = options.otherCopy === true;
+    if (otherCopies && !this.otherCopies) throw new Error("the control plane cannot send other copies of chunks");
     // In requests of at most RESTORE_REQUEST_IDS, one after another: the control plane refuses larger ones.
     for (let at = 0; at < ids.length || at === 0; at += RESTORE_REQUEST_IDS) {
-      yield* this.request(ids.slice(at, at + RESTORE_REQUEST_IDS));
+      yield* this.request(ids.slice(at, at + RESTORE_REQUEST_IDS), otherCopies);
     }
   }
 
-  private async *request(ids: Buffer[]): AsyncIterable<FetchedChunk> {
+  private async *request(ids: Buffer[], otherCopies: boolean): AsyncIterable<FetchedChunk> {
     // Nothing is sent once the session is gone: the request would go out on the next session, which ignores
     // it, and the engine would wait for good.
     if (this.failed) throw this.failed;
@@ -403,7 +408,10 @@ export class StreamChunkSource implements ChunkSource {
     try {
       await this.port.send(
         create(AgentMessageSchema, {
-          msg: { case: "restoreChunkRequest", value: { requestId: this.requestId, batch, chunkIds: ids } },
+          msg: {
+            case: "restoreChunkRequest",
+            value: { requestId: this.requestId, batch, chunkIds: ids, otherCopies },
+          },
         }),
       );
       yield* queue;

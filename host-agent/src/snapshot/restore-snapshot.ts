@@ -14,11 +14,13 @@ import {
   checkPathPatterns,
   copyBytes,
   counted,
+  type FetchedChunk,
   formatBytes,
   IncludedSelection,
   type ManifestEntry,
   type ManifestRoot,
   manifestPartEntries,
+  NO_OTHER_COPY,
   nothingIncluded,
   type Ownership,
   RestorableCheck,
@@ -151,6 +153,11 @@ const TASK_BYTES = 8 * 1024 * 1024;
  */
 const DIRECT_FILE_BYTES = 1024 * 1024;
 const O_DIRECT = process.platform === "linux" ? constants.O_DIRECT : undefined;
+/**
+ * How many times a chunk that does not verify is asked for again, each time from another copy (a source with
+ * `otherCopies`): more copies of one chunk than this are not made by anything short of a bug.
+ */
+const MAX_COPY_ROUNDS = 4;
 /** Room for one more blob past TASK_BYTES (a 4 MiB chunk plus its envelope; larger ones get their own buffer). */
 const MAX_BLOB = 4 * 1024 * 1024 + 64;
 
@@ -293,6 +300,7 @@ async function afterRestore(
   signal: AbortSignal | undefined,
 ): Promise<void> {
   const warnings = claimed.tookOver ? [claimed.tookOver] : [];
+  warnings.push(...(result.warnings ?? [])); // the restore's own (chunks read from other copies)
   const flushing = performance.now();
   await dirs.syncFilesystem({ signal }).catch((err: Error) => {
     if (err instanceof FlushFailedError) {
@@ -362,12 +370,14 @@ async function restoreInto(
   // The files, a window at a time, from the manifest's parts opened again one by one: only the part being
   // read and the window are held (a manifest of 300,000 files held whole was ~115 MB of objects).
   const damaged: DamagedFile[] = [];
+  /** Chunks that did not verify where first read and were written from another copy, by that first pack. */
+  const recovered = new Map<string | undefined, number>();
   let window: FileEntry[] = [];
   let bytes = 0;
   let opened = 0;
   const flush = async (): Promise<void> => {
     options.signal?.throwIfAborted();
-    await restoreWindow(window, dirs, pool, options, progress, damaged);
+    await restoreWindow(window, dirs, pool, options, progress, { damaged, recovered });
     window = [];
     bytes = 0;
     opened = 0;
@@ -448,8 +458,33 @@ async function restoreInto(
     bytesWritten: progress.bytesWritten,
     seconds: (performance.now() - started) / 1000,
   };
+  const fromCopies = otherCopiesWarning(recovered);
+  if (fromCopies) result.warnings = [fromCopies];
   if (damaged.length > 0) throw new RestoreDamagedError(damaged, result);
   return result;
+}
+
+/**
+ * What the restore tells its caller when it read chunks from other copies: it is whole, but the repository holds
+ * damaged data, which `check` finds and `repair-packs` mends before the other copy is pruned as unused.
+ */
+function otherCopiesWarning(recovered: ReadonlyMap<string | undefined, number>): string | undefined {
+  let chunks = 0;
+  for (const n of recovered.values()) chunks += n;
+  if (chunks === 0) return undefined;
+  const packs = [...recovered.keys()].filter((p) => p !== undefined).sort();
+  const named =
+    packs.length === 0
+      ? ""
+      : ` (pack${packs.length === 1 ? "" : "s"} ${packs
+          .slice(0, 5)
+          .map((p) => p.slice(0, 12))
+          .join(", ")}${packs.length > 5 ? ", ..." : ""})`;
+  return (
+    `${counted(chunks, "chunk")} did not verify where first read${named} and ${chunks === 1 ? "was" : "were"} ` +
+    "restored from another copy: the repository holds damaged data; `snapshot check` finds it and " +
+    "`snapshot repair-packs` mends it"
+  );
 }
 
 type DirEntry = Extract<ManifestEntry, { type: "dir" }>;
@@ -534,7 +569,8 @@ async function restoreWindow(
   pool: SnapshotWorkerPool,
   options: RestoreSnapshotOptions,
   progress: RestoreProgress,
-  damaged: DamagedFile[],
+  /** Where the window adds the files it could not restore, and the chunks it restored from other copies. */
+  { damaged, recovered }: { damaged: DamagedFile[]; recovered: Map<string | undefined, number> },
 ): Promise<void> {
   const states: FileState[] = files.map((entry) => ({ entry, remaining: entry.chunks.length }));
   const destinations = new Map<string, Destination[]>();
@@ -613,9 +649,38 @@ async function restoreWindow(
       }
     }
 
+    // A chunk that does not verify, or whose pack cannot be read, is asked for again from another copy where the
+    // source has them (otherCopies: a chunk two racing snapshots both stored, or a repack cut short, is in two
+    // packs), after every batch of the round is written. Its files are named damaged only once no copy is left,
+    // with the first copy's fault, the pack it was in, and how many others were damaged too.
+    const copies = options.source.otherCopies === true;
+    const failures = new Map<string, { reason: string; pack: string | undefined; copies: number }>();
+    let retry = new Set<string>();
+    let round = 0;
     const markDamaged = (hex: string, reason: string, pack: string | undefined): void => {
+      let first = failures.get(hex);
+      if (copies && reason !== NO_OTHER_COPY) {
+        if (first) first.copies++;
+        else {
+          first = { reason, pack, copies: 1 };
+          failures.set(hex, first);
+        }
+        if (round < MAX_COPY_ROUNDS) {
+          retry.add(hex);
+          return;
+        }
+      }
+      const damage = !first
+        ? { reason, pack }
+        : {
+            reason:
+              first.copies === 1
+                ? `${first.reason}; ${NO_OTHER_COPY}`
+                : `${first.reason}; ${counted(first.copies - 1, "other copy", "other copies")} damaged too`,
+            pack: first.pack,
+          };
       for (const d of destinations.get(hex) ?? [])
-        d.file.damaged ??= { path: d.file.entry.path, reason, chunk: hex, pack };
+        d.file.damaged ??= { path: d.file.entry.path, ...damage, chunk: hex };
     };
 
     // Batches being opened and written at once (one per worker, one filling).
@@ -716,6 +781,8 @@ async function restoreWindow(
               markDamaged(batchHexes[i], error, batchPacks[i]); // every file the chunk belongs to
               continue;
             }
+            const first = failures.get(batchHexes[i]);
+            if (first) recovered.set(first.pack, (recovered.get(first.pack) ?? 0) + 1);
             for (let k = destStart[i]; k < destStart[i + 1]; k++) {
               const d = targets[k];
               const writeError = failedWrites.get(k);
@@ -793,9 +860,9 @@ async function restoreWindow(
       if (failure) throw failure;
     };
 
-    try {
-      const ids = interleave(states, destinations).map((hex) => Buffer.from(hex, "hex"));
-      for await (const fetched of options.source.get(ids)) {
+    /** Takes one round's chunks as they come, in batches to the workers; the last batch is submitted on return. */
+    const receive = async (chunks: AsyncIterable<FetchedChunk>): Promise<void> => {
+      for await (const fetched of chunks) {
         const blob = fetched.blob;
         // A read buffer met for the first time is this restore's from here: given back if it stops before the
         // buffer is the batch (once it is, `data`'s own recycling covers it).
@@ -834,6 +901,20 @@ async function restoreWindow(
         if (taskBytes >= TASK_BYTES) await flush();
       }
       await flush();
+    };
+
+    try {
+      let ids = interleave(states, destinations).map((hex) => Buffer.from(hex, "hex"));
+      for (;;) {
+        await receive(options.source.get(ids, round > 0 ? { otherCopy: true } : undefined));
+        if (!copies) break;
+        // Which chunks did not verify is known once the workers have written every batch.
+        await Promise.all(inflight.splice(0));
+        if (failure || retry.size === 0) break;
+        round++;
+        ids = [...retry].map((hex) => Buffer.from(hex, "hex"));
+        retry = new Set();
+      }
     } finally {
       await Promise.allSettled(inflight);
       if (data) pool.recycle(data.buffer);

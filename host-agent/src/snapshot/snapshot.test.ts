@@ -45,6 +45,7 @@ import {
   packKey,
   pruneRepository,
   Repository,
+  RepositoryIndex,
   sealManifestParts,
 } from "@dumont/repository";
 import { type S3TestServer, startS3TestServer } from "@dumont/repository/testing";
@@ -1495,6 +1496,7 @@ describe("snapshot engine", () => {
     expect(failure).toBeInstanceOf(RestoreDamagedError);
     expect(failure.message).toMatch(/"data\/table\.csv"/);
     expect(failure.message).toContain(location.packId.slice(0, 12));
+    expect(failure.message).toContain("no other pack holds a copy of it");
     expect((failure as RestoreDamagedError).damaged.map((d) => d.path)).toEqual(["data/table.csv"]);
     expect(existsSync(join(target, "data", "table.csv"))).toBe(false);
     expect((failure as RestoreDamagedError).result.flushSeconds).toBeGreaterThan(0); // what it kept is on disk
@@ -1505,6 +1507,71 @@ describe("snapshot engine", () => {
     const report = await checkRepository(repository);
     expect(report.ok).toBe(false);
     expect(report.problems.some((p) => p.files?.some((f) => f.path === "data/table.csv"))).toBe(true);
+  });
+
+  it("restores a chunk from another pack when the copy found first is damaged, and names a file only when all are", async () => {
+    const { source, key, repo, created, store, repository } = await snapshotOfWorkspace();
+    const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
+    const chunksOf = (path: string): string[] => {
+      const entry = manifest.entries.find((e) => e.path === path);
+      if (entry?.type !== "file") throw new Error(`no file ${path} in the manifest`);
+      return entry.chunks;
+    };
+    // A chunk of a file of many chunks (written through this thread's handle) and a one-chunk file's (created
+    // by a worker).
+    const csvChunk = chunksOf("data/table.csv")[1];
+    const pyFile = "src/pkg ü/módulo 3.py";
+    const [pyChunk] = chunksOf(pyFile);
+    // Second copies of both in a pack of their own, as a snapshot racing this one would have stored them.
+    const before = await repository.loadIndex();
+    const copyOf = async (hex: string) => {
+      const at = before.get(hex)!;
+      const pack = await store.get(packKey(at.packId));
+      return {
+        id: Buffer.from(hex, "hex"),
+        blob: pack.subarray(at.offset, at.offset + at.length),
+        plainLength: at.plainLength,
+      };
+    };
+    const writer = await repository.writer({ index: new RepositoryIndex() });
+    await writer.put([await copyOf(csvChunk), await copyOf(pyChunk)]);
+    await writer.flush();
+    await writer.abort();
+    /** Flips a byte of `hex` in the pack of its copy number `copy` (0: the one the index finds first); that pack. */
+    const damageCopy = async (hex: string, copy: number): Promise<string> => {
+      const at = (await repository.loadIndex()).locations(hex)[copy];
+      const pack = await store.get(packKey(at.packId));
+      pack[at.offset + Math.floor(at.length / 2)] ^= 0x55;
+      await store.put(packKey(at.packId), pack);
+      return at.packId;
+    };
+    const csvFirst = await damageCopy(csvChunk, 0);
+    const pyFirst = await damageCopy(pyChunk, 0);
+
+    // Each damaged chunk is read again from its other copy: the restore is whole, and says what it met.
+    const target = fresh("restored");
+    const restored = await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    expect(restored.bytesWritten).toBe(created.bytesRead);
+    expect(await describeTree(target)).toEqual(await describeTree(source));
+    const firstPacks = [...new Set([csvFirst, pyFirst])].sort().map((p) => p.slice(0, 12));
+    expect(restored.warnings).toEqual([
+      `2 chunks did not verify where first read (pack${firstPacks.length === 1 ? "" : "s"} ${firstPacks.join(", ")}) ` +
+        "and were restored from another copy: the repository holds damaged data; `snapshot check` finds it and " +
+        "`snapshot repair-packs` mends it",
+    ]);
+
+    // With the py chunk's other copy damaged too, its file alone is named, with the first copy's fault and pack.
+    await damageCopy(pyChunk, 1);
+    const again = fresh("restored-again");
+    const failure = await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target: again, pool }).catch(
+      (e) => e,
+    );
+    expect(failure).toBeInstanceOf(RestoreDamagedError);
+    const { damaged } = failure as RestoreDamagedError;
+    expect(damaged.map((d) => [d.path, d.chunk, d.pack])).toEqual([[pyFile, pyChunk, pyFirst]]);
+    expect(damaged[0].reason).toMatch(/; 1 other copy damaged too$/);
+    const expected = (await describeTree(source)).filter((line) => !line.startsWith(`${pyFile} `));
+    expect(await describeTree(again)).toEqual(expected);
   });
 
   it("fails a restore whole, its target emptied, when the store cannot be read, rather than call data damaged", async () => {
