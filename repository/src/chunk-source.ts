@@ -44,8 +44,10 @@ export class RepositoryChunkSource implements ChunkSource {
   readonly otherCopies = true;
   private readonly index: Promise<RepositoryIndex>;
   /**
-   * For each chunk asked for again (`otherCopy`), the packs it was given from: the one the index finds it in
-   * first (where every chunk is read from before), and each other copy given since. A source serves one restore.
+   * For each chunk held more than once and asked for again (`otherCopy`), the packs it was given from since it
+   * was last asked for without: the one the index finds it in first (where such a request reads it), and each
+   * other copy given since. (A pack holding it added to the index between the two is taken for the first. Only
+   * a snapshot could add one, and none stores a chunk the index holds.)
    */
   private readonly given = new Map<string, Set<string>>();
 
@@ -74,7 +76,7 @@ export class RepositoryChunkSource implements ChunkSource {
   /** A copy of chunk `hex` in a pack it was not given from yet (noted as given), or undefined. */
   private otherCopy(index: RepositoryIndex, hex: string): ChunkLocation | undefined {
     const copies = index.locations(hex);
-    if (copies.length === 0) return undefined;
+    if (copies.length < 2) return undefined; // nothing noted for the many chunks held once
     let given = this.given.get(hex);
     if (!given) {
       given = new Set([copies[0].packId]);
@@ -95,6 +97,8 @@ export class RepositoryChunkSource implements ChunkSource {
       const hex = id.toString("hex");
       if (seen.has(hex)) continue;
       seen.add(hex);
+      // Asked for as any chunk (the next window of a restore sharing it): read from the first pack again.
+      if (!options.otherCopy && this.given.size > 0) this.given.delete(hex);
       const loc = options.otherCopy ? this.otherCopy(index, hex) : index.get(hex);
       if (!loc) {
         yield { id, error: options.otherCopy ? NO_OTHER_COPY : "the repository index has no such chunk" };

@@ -84,6 +84,15 @@ describe("repository index", () => {
     expect(packsOf(shared)).toEqual(["d", "a"]);
     index.removePacks(["d"]);
     expect(packsOf(shared)).toEqual(["a"]);
+    // A pack given again with other entries replaces the one held (repair-index), and a writer's list is a pack
+    // like any: the copies follow.
+    index.add(pack("a", [shared]));
+    expect(index.locations(shared)).toEqual([{ packId: "a", offset: 0, length: 100, plainLength: 150 }]);
+    const list = new PackEntryList();
+    list.push(shared, 40, 100, 150);
+    index.addList("e", 200, list);
+    expect(packsOf(shared)).toEqual(["e", "a"]);
+    expect(packsOf(other)).toEqual([]);
   });
 
   it("leaves a pack it holds as it is when given it again, and replaces one given with other entries", () => {

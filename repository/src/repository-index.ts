@@ -4,7 +4,7 @@
 // The control plane keeps one per tenant for as long as it runs, so its size is the control plane's memory:
 // a chunk is one small file as often as a MiB of a large one. It is held in columns, not objects: the 32-byte
 // ids back to back, each entry's pack, offset and lengths in typed arrays, and an IdTable (open addressing)
-// over them. ~56 bytes a chunk, against
+// over them. ~60 bytes a chunk, against
 // ~300 for a Map from hex ids to location objects beside every pack's decoded entries (300,000 chunks:
 // ~17 MB against ~90 MB), and nothing for the garbage collector to walk.
 import { IdTable } from "./id-table.js";
@@ -31,6 +31,13 @@ export class RepositoryIndex {
   private offset = new Uint32Array(0);
   private length = new Uint32Array(0);
   private plainLength = new Uint32Array(0);
+  /**
+   * A chunk's other copies: the entry of the same id each entry took the place of in `table`, or EMPTY (most: a
+   * chunk is in two packs when two racing snapshots both stored it, or a repack was cut short). Read only when a
+   * copy turns out damaged (`locations`). A column, not a Map: a cut-short repack of millions of chunks would
+   * pass a Map's ~16.7 million entries.
+   */
+  private older = new Int32Array(0);
   private entries = 0;
   /** Entries of each pack: [first, end) by pack number; packIds[n] is its id. */
   private packIds: string[] = [];
@@ -38,11 +45,6 @@ export class RepositoryIndex {
   private readonly packNumbers = new Map<string, number>();
   /** Entries by id. A chunk held by several packs finds the one added last. */
   private table = new IdTable(() => this.ids);
-  /**
-   * A chunk's other copies: entry → the entry of the same id it took the place of in `table` (rare: a chunk two
-   * racing snapshots both stored, a repack cut short). Read only when a copy turns out damaged (`locations`).
-   */
-  private older = new Map<number, number>();
   private readonly scratch = Buffer.alloc(ID);
 
   add(pack: PackIndex): void {
@@ -125,13 +127,13 @@ export class RepositoryIndex {
     this.packRanges = [];
     this.entries = 0;
     this.table = new IdTable(() => this.ids);
-    this.older = new Map();
     const kept = old.packRanges.reduce((n, [a, b], number) => n + (gone.has(number) ? 0 : b - a), 0);
     this.ids = Buffer.alloc(0);
     this.pack = new Uint32Array(0);
     this.offset = new Uint32Array(0);
     this.length = new Uint32Array(0);
     this.plainLength = new Uint32Array(0);
+    this.older = new Int32Array(0);
     this.reserve(kept);
     for (let number = 0; number < old.packIds.length; number++) {
       if (gone.has(number)) continue;
@@ -158,8 +160,7 @@ export class RepositoryIndex {
       const i = this.entries++;
       this.pack[i] = number;
       fill(i, k);
-      const before = this.table.replace(i);
-      if (before !== EMPTY) this.older.set(i, before);
+      this.older[i] = this.table.replace(i);
     }
     this.packRanges.push([first, this.entries]);
     this.packs.set(packId, this.packView(packId, packSize));
@@ -176,7 +177,7 @@ export class RepositoryIndex {
    */
   locations(id: Buffer | string): ChunkLocation[] {
     const out: ChunkLocation[] = [];
-    for (let i = this.find(id); i !== EMPTY; i = this.older.get(i) ?? EMPTY) out.push(this.location(i));
+    for (let i = this.find(id); i !== EMPTY; i = this.older[i]) out.push(this.location(i));
     return out;
   }
 
@@ -254,6 +255,9 @@ export class RepositoryIndex {
     this.offset = grow(this.offset);
     this.length = grow(this.length);
     this.plainLength = grow(this.plainLength);
+    const older = new Int32Array(capacity);
+    older.set(this.older.subarray(0, this.entries));
+    this.older = older;
   }
 
   /** A pack as PackIndex, its entries read from the columns (copies: later packs may move them). */

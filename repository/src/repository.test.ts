@@ -157,6 +157,9 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const third = await fetch([shared.id], true);
     expect([first, second, third].map((f) => f[shared.hex]).sort()).toEqual([...copies].sort());
     expect(await fetch([shared.id], true)).toEqual({ [shared.hex]: NO_OTHER_COPY });
+    // Asked for as any chunk again (the next window of a restore, sharing it), it starts over from the first pack.
+    expect(await fetch([shared.id])).toEqual({ [shared.hex]: first[shared.hex] });
+    expect(await fetch([shared.id], true)).toEqual({ [shared.hex]: second[shared.hex] });
     // Each copy given opens to the chunk's bytes.
     for (const packId of copies) {
       const at = index.locations(shared.id).find((l) => l.packId === packId)!;

@@ -157,7 +157,7 @@ const O_DIRECT = process.platform === "linux" ? constants.O_DIRECT : undefined;
  * How many times a chunk that does not verify is asked for again, each time from another copy (a source with
  * `otherCopies`): more copies of one chunk than this are not made by anything short of a bug.
  */
-const MAX_COPY_ROUNDS = 4;
+export const MAX_COPY_ROUNDS = 4;
 /** Room for one more blob past TASK_BYTES (a 4 MiB chunk plus its envelope; larger ones get their own buffer). */
 const MAX_BLOB = 4 * 1024 * 1024 + 64;
 
@@ -370,8 +370,8 @@ async function restoreInto(
   // The files, a window at a time, from the manifest's parts opened again one by one: only the part being
   // read and the window are held (a manifest of 300,000 files held whole was ~115 MB of objects).
   const damaged: DamagedFile[] = [];
-  /** Chunks that did not verify where first read and were written from another copy, by that first pack. */
-  const recovered = new Map<string | undefined, number>();
+  /** Chunks that did not verify where first read and were written from another copy: chunk → that first pack. */
+  const recovered = new Map<string, string | undefined>();
   let window: FileEntry[] = [];
   let bytes = 0;
   let opened = 0;
@@ -468,11 +468,10 @@ async function restoreInto(
  * What the restore tells its caller when it read chunks from other copies: it is whole, but the repository holds
  * damaged data, which `check` finds and `repair-packs` mends before the other copy is pruned as unused.
  */
-function otherCopiesWarning(recovered: ReadonlyMap<string | undefined, number>): string | undefined {
-  let chunks = 0;
-  for (const n of recovered.values()) chunks += n;
+function otherCopiesWarning(recovered: ReadonlyMap<string, string | undefined>): string | undefined {
+  const chunks = recovered.size;
   if (chunks === 0) return undefined;
-  const packs = [...recovered.keys()].filter((p) => p !== undefined).sort();
+  const packs = [...new Set(recovered.values())].filter((p) => p !== undefined).sort();
   const named =
     packs.length === 0
       ? ""
@@ -570,7 +569,7 @@ async function restoreWindow(
   options: RestoreSnapshotOptions,
   progress: RestoreProgress,
   /** Where the window adds the files it could not restore, and the chunks it restored from other copies. */
-  { damaged, recovered }: { damaged: DamagedFile[]; recovered: Map<string | undefined, number> },
+  { damaged, recovered }: { damaged: DamagedFile[]; recovered: Map<string, string | undefined> },
 ): Promise<void> {
   const states: FileState[] = files.map((entry) => ({ entry, remaining: entry.chunks.length }));
   const destinations = new Map<string, Destination[]>();
@@ -676,7 +675,7 @@ async function restoreWindow(
             reason:
               first.copies === 1
                 ? `${first.reason}; ${NO_OTHER_COPY}`
-                : `${first.reason}; ${counted(first.copies - 1, "other copy", "other copies")} damaged too`,
+                : `${first.reason}; ${counted(first.copies - 1, "other copy", "other copies")} failed too`,
             pack: first.pack,
           };
       for (const d of destinations.get(hex) ?? [])
@@ -782,7 +781,6 @@ async function restoreWindow(
               continue;
             }
             const first = failures.get(batchHexes[i]);
-            if (first) recovered.set(first.pack, (recovered.get(first.pack) ?? 0) + 1);
             for (let k = destStart[i]; k < destStart[i + 1]; k++) {
               const d = targets[k];
               const writeError = failedWrites.get(k);
@@ -795,6 +793,7 @@ async function restoreWindow(
                 continue;
               }
               progress.bytesWritten += d.length;
+              if (first) recovered.set(batchHexes[i], first.pack); // written, from another copy
               if (--d.file.remaining > 0 || d.file.damaged) continue;
               if (!d.file.byWorker) finish(d.file);
               else {
@@ -911,6 +910,7 @@ async function restoreWindow(
         // Which chunks did not verify is known once the workers have written every batch.
         await Promise.all(inflight.splice(0));
         if (failure || retry.size === 0) break;
+        options.signal?.throwIfAborted();
         round++;
         ids = [...retry].map((hex) => Buffer.from(hex, "hex"));
         retry = new Set();

@@ -45,6 +45,7 @@ import {
   packKey,
   pruneRepository,
   Repository,
+  RepositoryChunkSource,
   RepositoryIndex,
   sealManifestParts,
 } from "@dumont/repository";
@@ -60,7 +61,13 @@ import {
 } from "./direct-mode.js";
 import { ReadAhead } from "./read-ahead.js";
 import { FlushFailedError, RestoreDirectories } from "./restore-directories.js";
-import { linkOrCopy, RestoreDamagedError, RestoreLeftBehindError, restoreSnapshot } from "./restore-snapshot.js";
+import {
+  linkOrCopy,
+  MAX_COPY_ROUNDS,
+  RestoreDamagedError,
+  RestoreLeftBehindError,
+  restoreSnapshot,
+} from "./restore-snapshot.js";
 import { claimTarget, MARKER_STALE_AFTER_MS, RESTORE_MARKER, RESTORE_MARKER_LEFT_OUT } from "./restore-target.js";
 import { builtSnapshotModule } from "./testing.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
@@ -1509,20 +1516,25 @@ describe("snapshot engine", () => {
     expect(report.problems.some((p) => p.files?.some((f) => f.path === "data/table.csv"))).toBe(true);
   });
 
-  it("restores a chunk from another pack when the copy found first is damaged, and names a file only when all are", async () => {
-    const { source, key, repo, created, store, repository } = await snapshotOfWorkspace();
+  /**
+   * A snapshot of makeWorkspace with two chunks held twice: one of data/table.csv, a file of many chunks (written
+   * through this thread's handle), and the only one of a one-chunk file (created by a worker), each copied into a
+   * pack of their own as a snapshot racing this one would have stored them. `index` is one load of the index: which
+   * copy a load finds first depends on the order it read the index objects in, so the restores below use it.
+   */
+  async function chunksHeldTwice() {
+    const snapshot = await snapshotOfWorkspace();
+    const { created, store, repository } = snapshot;
     const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
     const chunksOf = (path: string): string[] => {
       const entry = manifest.entries.find((e) => e.path === path);
       if (entry?.type !== "file") throw new Error(`no file ${path} in the manifest`);
       return entry.chunks;
     };
-    // A chunk of a file of many chunks (written through this thread's handle) and a one-chunk file's (created
-    // by a worker).
-    const csvChunk = chunksOf("data/table.csv")[1];
+    const csvChunks = chunksOf("data/table.csv");
+    const csvChunk = csvChunks[1];
     const pyFile = "src/pkg ü/módulo 3.py";
     const [pyChunk] = chunksOf(pyFile);
-    // Second copies of both in a pack of their own, as a snapshot racing this one would have stored them.
     const before = await repository.loadIndex();
     const copyOf = async (hex: string) => {
       const at = before.get(hex)!;
@@ -1537,20 +1549,29 @@ describe("snapshot engine", () => {
     await writer.put([await copyOf(csvChunk), await copyOf(pyChunk)]);
     await writer.flush();
     await writer.abort();
-    /** Flips a byte of `hex` in the pack of its copy number `copy` (0: the one the index finds first); that pack. */
+    const index = await repository.loadIndex();
+    /** Flips a byte of `hex` in the pack of its copy number `copy` (0: the one `index` finds first); that pack. */
     const damageCopy = async (hex: string, copy: number): Promise<string> => {
-      const at = (await repository.loadIndex()).locations(hex)[copy];
+      const at = index.locations(hex)[copy];
       const pack = await store.get(packKey(at.packId));
       pack[at.offset + Math.floor(at.length / 2)] ^= 0x55;
       await store.put(packKey(at.packId), pack);
       return at.packId;
     };
+    /** Restores the snapshot into `target`, from `source` (default: the repository, by `index`). */
+    const restoreInto = (target: string, source: ChunkSource = new RepositoryChunkSource(repository, index)) =>
+      restoreSnapshot({ snapshotId: created.id, source, key: snapshot.key, target, pool });
+    return { ...snapshot, csvChunks, csvChunk, pyChunk, pyFile, index, damageCopy, restoreInto };
+  }
+
+  it("restores a chunk from another pack when the copy found first is damaged, and names a file only when all are", async () => {
+    const { source, created, csvChunks, csvChunk, pyChunk, pyFile, damageCopy, restoreInto } = await chunksHeldTwice();
     const csvFirst = await damageCopy(csvChunk, 0);
     const pyFirst = await damageCopy(pyChunk, 0);
 
     // Each damaged chunk is read again from its other copy: the restore is whole, and says what it met.
     const target = fresh("restored");
-    const restored = await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target, pool });
+    const restored = await restoreInto(target);
     expect(restored.bytesWritten).toBe(created.bytesRead);
     expect(await describeTree(target)).toEqual(await describeTree(source));
     const firstPacks = [...new Set([csvFirst, pyFirst])].sort().map((p) => p.slice(0, 12));
@@ -1560,18 +1581,84 @@ describe("snapshot engine", () => {
         "`snapshot repair-packs` mends it",
     ]);
 
-    // With the py chunk's other copy damaged too, its file alone is named, with the first copy's fault and pack.
+    // With the py chunk's other copy damaged too, its file is named, with the first copy's fault and pack. So is
+    // the csv, for a chunk of it held once: its chunk read from another copy is then written nowhere, and not said.
     await damageCopy(pyChunk, 1);
+    const csvHeldOnce = await damageCopy(csvChunks[2], 0);
     const again = fresh("restored-again");
-    const failure = await restoreDirectSnapshot({ repo, key, snapshotId: created.id, target: again, pool }).catch(
-      (e) => e,
-    );
+    const failure = await restoreInto(again).catch((e) => e);
     expect(failure).toBeInstanceOf(RestoreDamagedError);
-    const { damaged } = failure as RestoreDamagedError;
-    expect(damaged.map((d) => [d.path, d.chunk, d.pack])).toEqual([[pyFile, pyChunk, pyFirst]]);
-    expect(damaged[0].reason).toMatch(/; 1 other copy damaged too$/);
-    const expected = (await describeTree(source)).filter((line) => !line.startsWith(`${pyFile} `));
-    expect(await describeTree(again)).toEqual(expected);
+    const { damaged, result } = failure as RestoreDamagedError;
+    expect(damaged.map((d) => [d.path, d.chunk, d.pack]).sort()).toEqual(
+      [
+        ["data/table.csv", csvChunks[2], csvHeldOnce],
+        [pyFile, pyChunk, pyFirst],
+      ].sort(),
+    );
+    expect(damaged.find((d) => d.path === pyFile)?.reason).toMatch(/; 1 other copy failed too$/);
+    expect(damaged.find((d) => d.path !== pyFile)?.reason).toMatch(/; no other pack holds a copy of it$/);
+    const expected = (await describeTree(source)).filter(
+      (line) => !line.startsWith(`${pyFile} `) && !line.startsWith("data/table.csv "),
+    );
+    expect((await describeTree(again)).filter((line) => !line.startsWith("data "))).toEqual(
+      expected.filter((line) => !line.startsWith("data ")),
+    );
+    expect(result.warnings).toBeUndefined();
+  });
+
+  it("reads another copy of a chunk its source could not read, and gives up after MAX_COPY_ROUNDS more", async () => {
+    const { source, repository, index, pyChunk, pyFile, restoreInto } = await chunksHeldTwice();
+    /**
+     * A source over the repository that fails the py chunk as a pack it could not read, naming another pack each
+     * time: on the first request only (the real source then gives its other copy), or on every one, never asking
+     * the real source for other copies (as a store of endless bad copies would). `calls`: whether each asked so.
+     */
+    const failing = (always: boolean) => {
+      const real = new RepositoryChunkSource(repository, index);
+      const calls: boolean[] = [];
+      const failed = (id: Buffer, n: number): FetchedChunk => ({
+        id,
+        pack: `pack-${n}`,
+        error: `pack pack-${n} could not be read: EIO`,
+      });
+      const wrapped: ChunkSource = {
+        otherCopies: true,
+        readManifest: (id) => real.readManifest(id),
+        async *get(ids, options) {
+          calls.push(options?.otherCopy === true);
+          const n = calls.length;
+          if (always && options?.otherCopy) {
+            for (const id of ids) yield failed(id, n);
+            return;
+          }
+          for await (const c of real.get(ids, options)) {
+            yield c.id.toString("hex") === pyChunk && (always || n === 1) ? failed(c.id, n) : c;
+          }
+        },
+      };
+      return { wrapped, calls };
+    };
+
+    const once = failing(false);
+    const target = fresh("read-again");
+    const restored = await restoreInto(target, once.wrapped);
+    expect(await describeTree(target)).toEqual(await describeTree(source));
+    expect(once.calls).toEqual([false, true]);
+    expect(restored.warnings?.[0]).toMatch(/^1 chunk did not verify where first read \(pack pack-1\) and was restored/);
+
+    const always = failing(true);
+    const failure = await restoreInto(fresh("given-up"), always.wrapped).catch((e) => e);
+    expect(failure).toBeInstanceOf(RestoreDamagedError);
+    expect(always.calls).toEqual([false, ...Array(MAX_COPY_ROUNDS).fill(true)]);
+    expect((failure as RestoreDamagedError).damaged).toEqual([
+      {
+        path: pyFile,
+        chunk: pyChunk,
+        pack: "pack-1",
+        reason: `pack pack-1 could not be read: EIO; ${MAX_COPY_ROUNDS} other copies failed too`,
+      },
+    ]);
+    expect((failure as RestoreDamagedError).result.warnings).toBeUndefined();
   });
 
   it("fails a restore whole, its target emptied, when the store cannot be read, rather than call data damaged", async () => {

@@ -1438,9 +1438,9 @@ export type RestoreChunkRequest = Message<"dumont.agent.v1.RestoreChunkRequest">
   chunkIds: Uint8Array[];
 
   /**
-   * Send each chunk from a copy not sent in this restore before (another pack holding it), or, where there is
-   * none, with ChunkBlob.error "no other pack holds a copy of it": the agent asks so for chunks that did not
-   * verify. Only where Restore.other_copies was set.
+   * Send each chunk from a copy (another pack holding it) not sent since the chunk was last asked for without
+   * this, or, where there is none, with ChunkBlob.error "no other pack holds a copy of it": the agent asks so for
+   * chunks that did not verify. Only where Restore.other_copies was set.
    *
    * @generated from field: bool other_copies = 4;
    */
