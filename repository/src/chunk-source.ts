@@ -46,8 +46,9 @@ export class RepositoryChunkSource implements ChunkSource {
   /**
    * For each chunk held more than once and asked for again (`otherCopy`), the packs it was given from since it
    * was last asked for without: the one the index finds it in first (where such a request reads it), and each
-   * other copy given since. (A pack holding it added to the index between the two is taken for the first. Only
-   * a snapshot could add one, and none stores a chunk the index holds.)
+   * other copy given since. (A pack holding it that the index gained between the two, from a refresh after a
+   * racing snapshot stored the chunk too, is taken for the first and not tried: rare, and only where the control
+   * plane's shared index is refreshed during a restore.)
    */
   private readonly given = new Map<string, Set<string>>();
 

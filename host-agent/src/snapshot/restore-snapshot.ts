@@ -651,7 +651,8 @@ async function restoreWindow(
     // A chunk that does not verify, or whose pack cannot be read, is asked for again from another copy where the
     // source has them (otherCopies: a chunk two racing snapshots both stored, or a repack cut short, is in two
     // packs), after every batch of the round is written. Its files are named damaged only once no copy is left,
-    // with the first copy's fault, the pack it was in, and how many others were damaged too.
+    // with the first copy's fault, the pack it was in, and how many others failed too. (One whose files are all
+    // named damaged already is not asked for again.)
     const copies = options.source.otherCopies === true;
     const failures = new Map<string, { reason: string; pack: string | undefined; copies: number }>();
     let retry = new Set<string>();
@@ -664,7 +665,7 @@ async function restoreWindow(
           first = { reason, pack, copies: 1 };
           failures.set(hex, first);
         }
-        if (round < MAX_COPY_ROUNDS) {
+        if (round < MAX_COPY_ROUNDS && destinations.get(hex)?.some((d) => !d.file.damaged)) {
           retry.add(hex);
           return;
         }
