@@ -44,13 +44,14 @@ export class RepositoryChunkSource implements ChunkSource {
   readonly otherCopies = true;
   private readonly index: Promise<RepositoryIndex>;
   /**
-   * For each chunk held more than once and asked for again (`otherCopy`), the packs it was given from since it
-   * was last asked for without: the one the index finds it in first (where such a request reads it), and each
-   * other copy given since. (A pack holding it that the index gained between the two, from a refresh after a
-   * racing snapshot stored the chunk too, is taken for the first and not tried: rare, and only where the control
-   * plane's shared index is refreshed during a restore.)
+   * For each chunk held more than once and asked for again (`otherCopy`), how far down its copies
+   * (`RepositoryIndex.locations`) it was given since it was last asked for without: the first copy is where such
+   * a request reads it, and each `otherCopy` gives the next. A number, not the packs: an agent may ask so for every
+   * chunk of a snapshot. (A copy the index gained between two requests, from a refresh after a racing snapshot
+   * stored the chunk too, comes first in the list and is not tried: rare, and only where the control plane's
+   * shared index is refreshed during a restore.)
    */
-  private readonly given = new Map<string, Set<string>>();
+  private readonly given = new Map<string, number>();
 
   /**
    * `index` may still be loading: `get` and `ready` wait for it, so a restore reads and opens its manifest
@@ -74,18 +75,14 @@ export class RepositoryChunkSource implements ChunkSource {
     return { snapshotId: record.id, manifestBlobs: await this.repository.readManifestBlobs(record) };
   }
 
-  /** A copy of chunk `hex` in a pack it was not given from yet (noted as given), or undefined. */
+  /** The copy of chunk `hex` after the last it was given from (noted as given), or undefined. */
   private otherCopy(index: RepositoryIndex, hex: string): ChunkLocation | undefined {
     const copies = index.locations(hex);
     if (copies.length < 2) return undefined; // nothing noted for the many chunks held once
-    let given = this.given.get(hex);
-    if (!given) {
-      given = new Set([copies[0].packId]);
-      this.given.set(hex, given);
-    }
-    const copy = copies.find((c) => !given.has(c.packId));
-    if (copy) given.add(copy.packId);
-    return copy;
+    const next = (this.given.get(hex) ?? 0) + 1;
+    if (next >= copies.length) return undefined;
+    this.given.set(hex, next);
+    return copies[next];
   }
 
   async *get(ids: Buffer[], options: GetChunksOptions = {}): AsyncIterable<FetchedChunk> {
