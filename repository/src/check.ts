@@ -40,6 +40,11 @@ export interface CheckProblem {
   files?: AffectedFile[];
   /** How many more files it breaks, beyond those named. */
   filesNotNamed?: number;
+  /**
+   * For a damaged chunk (chunk-corrupt): another pack that holds it whole, read by this check. It breaks no file
+   * then: a restore reads that copy (and `repair-packs` removes the damaged one).
+   */
+  wholeIn?: string;
 }
 
 /**
@@ -202,9 +207,9 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
   // Problems found in packs are listed as found, and named with the files they break once every pack is
   // read: by a second reading of the manifests, for the chunks in those problems only.
   const unnamed: UnnamedProblem[] = [];
-  const broken = (problem: CheckProblem, ids: Iterable<Buffer>, describe: (files: string) => string): void => {
+  const broken = (problem: CheckProblem, ids: Iterable<Buffer>, what: string): void => {
     problems.push(problem);
-    unnamed.push({ problem, ids: [...ids].map((id) => id.toString("hex")), describe });
+    unnamed.push({ problem, ids: [...ids].map((id) => id.toString("hex")), what });
   };
 
   const packs = [...index.packs.values()];
@@ -216,6 +221,8 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
   let packsDone = 0;
   let packsRead = 0;
   const reads = new PackReads(repository);
+  /** The packs read and verified (a chunk in one that is in no problem is whole there). */
+  const readWhole = new Set<string>();
   /** Bytes of each pack to read: its stored size where that differs from its index's (a pack cut short). */
   const readSizes = new Map<string, number>();
   const readable = packs.map((pack) => {
@@ -229,7 +236,7 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
       broken(
         { kind: size === undefined ? "pack-missing" : "pack-size", pack: pack.packId, message: what },
         pack.entries.map((e) => e.id),
-        (files) => `${what}; it breaks ${files}`,
+        what,
       );
       return false;
     }
@@ -239,11 +246,7 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
       const what = `pack ${short(pack.packId)} is ${size} bytes, its index says ${pack.packSize}`;
       const beyond = reading ? [] : pack.entries.filter((e) => e.offset + e.length > size).map((e) => e.id);
       if (beyond.length > 0) {
-        broken(
-          { kind: "pack-size", pack: pack.packId, message: what },
-          beyond,
-          (files) => `${what}; it breaks ${files}`,
-        );
+        broken({ kind: "pack-size", pack: pack.packId, message: what }, beyond, what);
       } else problems.push({ kind: "pack-size", pack: pack.packId, message: what });
       readSizes.set(pack.packId, Math.min(size, pack.packSize));
     }
@@ -271,6 +274,7 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
       ahead = next(i + 1);
       reading = ahead < packs.length ? reads.start(readOf(packs[ahead])) : undefined;
       await checkPack(repository, pack.packId, pack.entries, read, problems, broken, options.verify);
+      if (!("error" in read)) readWhole.add(pack.packId);
       reads.done(read);
       packsRead++;
     }
@@ -279,6 +283,27 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
     options.onProgress?.({ packsDone: ++packsDone, packsTotal, bytesDone, bytesTotal });
   }
   if (unnamed.length > 0) {
+    // A chunk in trouble in one pack that another pack holds whole (read by this check, with nothing wrong with the
+    // chunk there) breaks no file: a restore reads that copy. Its problem names the pack instead of files.
+    const troubled = new Map<string, Set<string | undefined>>();
+    for (const { problem, ids } of unnamed) {
+      for (const id of ids) {
+        const packsOf = troubled.get(id);
+        if (packsOf) packsOf.add(problem.pack);
+        else troubled.set(id, new Set([problem.pack]));
+      }
+    }
+    for (const u of unnamed) {
+      const rest: string[] = [];
+      const wholeIn = new Map<string, string>();
+      for (const id of u.ids) {
+        const copy = index.locations(id).find((l) => readWhole.has(l.packId) && !troubled.get(id)?.has(l.packId));
+        if (copy) wholeIn.set(id, copy.packId);
+        else rest.push(id);
+      }
+      u.ids = rest;
+      if (wholeIn.size > 0) u.wholeIn = wholeIn;
+    }
     // Each problem's chunks, and per problem the files named: a file entry is one snapshot's path, so one with
     // several chunks in a broken pack is named (or counted) once, as it is met.
     const problemsOf = new Map<string, number[]>();
@@ -300,9 +325,19 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
       }
       for (const n of hit ?? []) nameFile(named[n], snapshot, e.path);
     });
-    for (const [n, { problem, describe }] of unnamed.entries()) {
+    for (const [n, { problem, ids, what, wholeIn }] of unnamed.entries()) {
       Object.assign(problem, namedFields(named[n]));
-      problem.message = describe(describeFiles(named[n].files, named[n].more));
+      if (!wholeIn) problem.message = `${what}; it breaks ${describeFiles(named[n].files, named[n].more)}`;
+      else if (ids.length === 0 && wholeIn.size === 1) {
+        problem.wholeIn = [...wholeIn.values()][0];
+        problem.message = `${what}; pack ${short(problem.wholeIn)} holds it whole, which restores read: no file is lost`;
+      } else {
+        const elsewhere = `${counted(wholeIn.size, "chunk")} of it ${wholeIn.size === 1 ? "is" : "are"} whole in other packs`;
+        problem.message =
+          ids.length === 0
+            ? `${what}; ${elsewhere}, which restores read: no file is lost`
+            : `${what}; it breaks ${describeFiles(named[n].files, named[n].more)} (${elsewhere})`;
+      }
     }
   }
   return {
@@ -350,7 +385,7 @@ async function checkPack(
   entries: { id: Buffer; offset: number; length: number; plainLength: number }[],
   read: PackRead,
   problems: CheckProblem[],
-  broken: (problem: CheckProblem, ids: Iterable<Buffer>, describe: (files: string) => string) => void,
+  broken: (problem: CheckProblem, ids: Iterable<Buffer>, what: string) => void,
   verify: CheckOptions["verify"],
 ): Promise<void> {
   if ("error" in read) {
@@ -362,7 +397,7 @@ async function checkPack(
     broken(
       { kind: "pack-unreadable", pack: packId, message: what },
       entries.map((e) => e.id),
-      (files) => `${what}; it breaks ${files}`,
+      what,
     );
     return;
   }
@@ -389,11 +424,7 @@ async function checkPack(
     const reason = verdicts[i];
     if (reason === null) continue;
     const what = `pack ${short(packId)}: chunk ${short(e.id.toString("hex"))} is damaged (${reason})`;
-    broken(
-      { kind: "chunk-corrupt", pack: packId, chunk: e.id.toString("hex"), message: what },
-      [e.id],
-      (files) => `${what}; it breaks ${files}`,
-    );
+    broken({ kind: "chunk-corrupt", pack: packId, chunk: e.id.toString("hex"), message: what }, [e.id], what);
   }
 }
 
@@ -490,10 +521,12 @@ async function forEachFile(
 
 interface UnnamedProblem {
   problem: CheckProblem;
-  /** Hex ids of the chunks it breaks. */
+  /** Hex ids of the chunks it breaks (less, once every pack is read, those whole in another pack). */
   ids: string[];
-  /** Its message, given the files it breaks (describeFiles). */
-  describe: (files: string) => string;
+  /** What is wrong, before the files it breaks are named. */
+  what: string;
+  /** Its chunks whole in another pack: chunk → that pack. */
+  wholeIn?: Map<string, string>;
 }
 
 function short(id: string): string {

@@ -188,6 +188,56 @@ describe.each(stores)("repair-packs on %s", (_name, make) => {
     await store.close();
   });
 
+  it("check says a damaged chunk another pack holds whole breaks no file, and names the files of the rest", async () => {
+    const store = make();
+    const { repository, bad, packId } = await oneDamagedChunk(store);
+    // bad's chunk, damaged in the snapshot's pack, whole in a pack of its own.
+    const copyPack = await packOf(repository, [bad]);
+    const whole = await checkRepository(repository);
+    expect(whole.ok).toBe(false);
+    expect(whole.problems).toEqual([
+      {
+        kind: "chunk-corrupt",
+        pack: packId,
+        chunk: bad.hex,
+        files: [],
+        wholeIn: copyPack,
+        message: expect.stringMatching(
+          new RegExp(
+            `is damaged \\(.*\\); pack ${copyPack.slice(0, 12)} holds it whole, which restores read: no file is lost$`,
+          ),
+        ),
+      },
+    ]);
+
+    // Damaged there too, it breaks its file, named under each pack.
+    await damage(repository, copyPack, bad);
+    const broken = await checkRepository(repository);
+    expect(broken.problems.map((p) => [p.pack, p.wholeIn, p.files?.map((f) => f.path)]).sort()).toEqual(
+      [
+        [packId, undefined, ["bad.bin"]],
+        [copyPack, undefined, ["bad.bin"]],
+      ].sort(),
+    );
+
+    // A pack gone: of its chunks, those whole elsewhere are counted, and only the others' files named.
+    const other = make();
+    const second = await oneDamagedChunk(other);
+    const elsewhere = await packOf(second.repository, [second.good]);
+    await other.delete(packKey(second.packId));
+    const [gone, ...rest] = (await checkRepository(second.repository)).problems;
+    expect(rest).toEqual([]);
+    expect(gone).toMatchObject({ kind: "pack-missing", pack: second.packId });
+    expect(gone.files?.map((f) => f.path).sort()).toEqual(["bad.bin", "other.bin"]);
+    expect(gone.message).toMatch(/; it breaks .* \(1 chunk of it is whole in other packs\)$/);
+    expect(elsewhere).not.toBe(second.packId);
+    // A copy this check did not read is not taken for whole.
+    const [unread] = (await checkRepository(second.repository, { readData: false })).problems;
+    expect(unread.files?.map((f) => f.path).sort()).toEqual(["bad.bin", "good.bin", "other.bin"]);
+    await other.close();
+    await store.close();
+  });
+
   it("copies a chunk whose other copy is in a pack it cannot read, and calls lost only what a snapshot uses", async () => {
     const store = make();
     const { key, repository, good, bad, packId } = await oneDamagedChunk(store);

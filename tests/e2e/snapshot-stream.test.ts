@@ -1035,17 +1035,16 @@ describe("snapshots over the agent stream", () => {
         "damaged data; `snapshot check` finds it and `snapshot repair-packs` mends it\n",
     );
 
-    // check names both damaged copies; a repair of the two packs keeps each chunk's good copy, and loses nothing.
+    // check names both damaged copies, and the pack holding each whole: no file is lost. A repair of the two
+    // packs keeps each chunk's good copy.
     const checked = await cp.cli(["snapshot", "check", "--tenant", tenantId, "--json"]);
     expect(checked.code).toBe(1);
-    const damagedPacks = JSON.parse(checked.stdout).problems.map((p: { kind: string; pack: string }) => [
-      p.kind,
-      p.pack,
-    ]);
-    expect(damagedPacks.sort()).toEqual(
+    type Problem = { kind: string; pack: string; wholeIn: string; files: unknown[] };
+    const problems = JSON.parse(checked.stdout).problems.map((p: Problem) => [p.kind, p.pack, p.wholeIn, p.files]);
+    expect(problems.sort()).toEqual(
       [
-        ["chunk-corrupt", path.basename(original)],
-        ["chunk-corrupt", copyId],
+        ["chunk-corrupt", path.basename(original), copyId, []],
+        ["chunk-corrupt", copyId, path.basename(original), []],
       ].sort(),
     );
     const ids = [path.basename(original), copyId].map((id) => id.slice(0, 16));

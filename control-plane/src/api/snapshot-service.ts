@@ -559,6 +559,7 @@ export async function checkTenants(
           snapshotId: p.snapshot ?? "",
           files: (p.files ?? []).map((f) => ({ snapshotId: f.snapshot, path: f.path })),
           filesNotNamed: BigInt(p.filesNotNamed ?? 0),
+          wholeIn: p.wholeIn ?? "",
         }),
       );
     }

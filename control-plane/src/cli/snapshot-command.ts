@@ -259,6 +259,7 @@ export function registerSnapshotCommands(program: Command): void {
           ...(p.snapshotId ? { snapshotId: p.snapshotId } : {}),
           files: p.files.map((f) => ({ snapshotId: f.snapshotId, path: f.path })),
           ...(p.filesNotNamed > 0n ? { filesNotNamed: Number(p.filesNotNamed) } : {}),
+          ...(p.wholeIn ? { wholeIn: p.wholeIn } : {}),
         })),
       };
       if (opts.json) print(out);
