@@ -1,6 +1,6 @@
 // Verifies a repository end to end: every index object, snapshot and manifest opens; every referenced chunk
 // is indexed; and (by default) every chunk of every pack decrypts and hashes to its id. Each problem names
-// the pack, the chunk and the snapshot files it affects.
+// the pack, the chunk and the snapshot files it affects (none where another pack holds the chunk whole).
 import { randomInt } from "node:crypto";
 import { alignedBuffer, PAGE } from "./aligned-memory.js";
 import { counted } from "./counted.js";
@@ -284,10 +284,12 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
   }
   if (unnamed.length > 0) {
     // A chunk in trouble in one pack that another pack holds whole (read by this check, with nothing wrong with the
-    // chunk there) breaks no file: a restore reads that copy. Its problem names the pack instead of files.
+    // chunk there) breaks no file: a restore reads that copy. Its problem names the pack instead of files. Only
+    // chunks the index holds more than once are looked at (a lost pack of small files lists 100,000).
     const troubled = new Map<string, Set<string | undefined>>();
     for (const { problem, ids } of unnamed) {
       for (const id of ids) {
+        if (index.copyCount(id) < 2) continue;
         const packsOf = troubled.get(id);
         if (packsOf) packsOf.add(problem.pack);
         else troubled.set(id, new Set([problem.pack]));
@@ -297,7 +299,8 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
       const rest: string[] = [];
       const wholeIn = new Map<string, string>();
       for (const id of u.ids) {
-        const copy = index.locations(id).find((l) => readWhole.has(l.packId) && !troubled.get(id)?.has(l.packId));
+        const packsOf = troubled.get(id);
+        const copy = packsOf && index.locations(id).find((l) => readWhole.has(l.packId) && !packsOf.has(l.packId));
         if (copy) wholeIn.set(id, copy.packId);
         else rest.push(id);
       }
@@ -328,14 +331,14 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
     for (const [n, { problem, ids, what, wholeIn }] of unnamed.entries()) {
       Object.assign(problem, namedFields(named[n]));
       if (!wholeIn) problem.message = `${what}; it breaks ${describeFiles(named[n].files, named[n].more)}`;
-      else if (ids.length === 0 && wholeIn.size === 1) {
+      else if (problem.kind === "chunk-corrupt") {
         problem.wholeIn = [...wholeIn.values()][0];
-        problem.message = `${what}; pack ${short(problem.wholeIn)} holds it whole, which restores read: no file is lost`;
+        problem.message = `${what}; pack ${short(problem.wholeIn)} holds it whole, which restores read. ${BEFORE_PRUNE}`;
       } else {
         const elsewhere = `${counted(wholeIn.size, "chunk")} of it ${wholeIn.size === 1 ? "is" : "are"} whole in other packs`;
         problem.message =
           ids.length === 0
-            ? `${what}; ${elsewhere}, which restores read: no file is lost`
+            ? `${what}; ${elsewhere}, which restores read`
             : `${what}; it breaks ${describeFiles(named[n].files, named[n].more)} (${elsewhere})`;
       }
     }
@@ -518,6 +521,13 @@ async function forEachFile(
     }
   }
 }
+
+/**
+ * What a damaged chunk whole in another pack says: a prune keeps the copy the index finds first, without reading
+ * it, and that may be the damaged one; `repair-packs` keeps only copies that verify.
+ */
+const BEFORE_PRUNE =
+  "Run `snapshot repair-packs` before the next prune: a prune keeps one copy, unread, and it may be this one";
 
 interface UnnamedProblem {
   problem: CheckProblem;

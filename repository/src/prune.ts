@@ -317,7 +317,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
               `pack ${packId}, which the prune repacks, holds chunk ${c.id.toString("hex")}, which is damaged ` +
                 `(${problem}); the prune stops, having deleted only what no snapshot needs. \`snapshot repair-packs\`, ` +
                 `given pack ${packId.slice(0, 12)}, rewrites that pack without it (\`check\` names the files it ` +
-                "breaks); then prune again",
+                "breaks, if no other pack holds it whole); then prune again",
             );
           }
           await writer.put(chunks);

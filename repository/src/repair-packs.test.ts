@@ -204,7 +204,7 @@ describe.each(stores)("repair-packs on %s", (_name, make) => {
         wholeIn: copyPack,
         message: expect.stringMatching(
           new RegExp(
-            `is damaged \\(.*\\); pack ${copyPack.slice(0, 12)} holds it whole, which restores read: no file is lost$`,
+            `is damaged \\(.*\\); pack ${copyPack.slice(0, 12)} holds it whole, which restores read\\. Run \`snapshot repair-packs\` before the next prune`,
           ),
         ),
       },
@@ -234,6 +234,22 @@ describe.each(stores)("repair-packs on %s", (_name, make) => {
     // A copy this check did not read is not taken for whole.
     const [unread] = (await checkRepository(second.repository, { readData: false })).problems;
     expect(unread.files?.map((f) => f.path).sort()).toEqual(["bad.bin", "good.bin", "other.bin"]);
+    // A lost pack of one chunk whole elsewhere breaks nothing, and names no pack for it (wholeIn is a chunk's).
+    const third = make();
+    const copied = await oneDamagedChunk(third);
+    const lost = await packOf(copied.repository, [copied.good]);
+    await third.delete(packKey(lost));
+    const problems = (await checkRepository(copied.repository)).problems;
+    expect(problems.map((p) => [p.kind, p.pack, p.wholeIn, p.files?.map((f) => f.path)]).sort()).toEqual(
+      [
+        ["pack-missing", lost, undefined, []],
+        ["chunk-corrupt", copied.packId, undefined, ["bad.bin"]],
+      ].sort(),
+    );
+    expect(problems.find((p) => p.pack === lost)?.message).toMatch(
+      /is indexed but missing; 1 chunk of it is whole in other packs, which restores read$/,
+    );
+    await third.close();
     await other.close();
     await store.close();
   });

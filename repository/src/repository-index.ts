@@ -181,6 +181,13 @@ export class RepositoryIndex {
     return out;
   }
 
+  /** How many copies of chunk `id` the index holds (`locations`' length, without making them). */
+  copyCount(id: Buffer | string): number {
+    let n = 0;
+    for (let i = this.find(id); i !== EMPTY; i = this.older[i]) n++;
+    return n;
+  }
+
   private location(i: number): ChunkLocation {
     return {
       packId: this.packIds[this.pack[i]],

@@ -625,7 +625,8 @@ describe.each(stores)("repository on %s", (_name, make) => {
     );
     await expect(pruneRepository(repository)).rejects.toThrow(
       `; the prune stops, having deleted only what no snapshot needs. \`snapshot repair-packs\`, given pack ` +
-        `${packId.slice(0, 12)}, rewrites that pack without it (\`check\` names the files it breaks); then prune again`,
+        `${packId.slice(0, 12)}, rewrites that pack without it (\`check\` names the files it breaks, if no other pack holds it ` +
+        "whole); then prune again",
     );
     expect((await stat(file)).size).toBe(bytes.length);
     // As it says: once the pack is rewritten without the chunk, the prune runs.

@@ -1035,7 +1035,7 @@ describe("snapshots over the agent stream", () => {
         "damaged data; `snapshot check` finds it and `snapshot repair-packs` mends it\n",
     );
 
-    // check names both damaged copies, and the pack holding each whole: no file is lost. A repair of the two
+    // check names both damaged copies, and the pack holding each whole: no file is broken. A repair of the two
     // packs keeps each chunk's good copy.
     const checked = await cp.cli(["snapshot", "check", "--tenant", tenantId, "--json"]);
     expect(checked.code).toBe(1);
