@@ -523,11 +523,11 @@ async function forEachFile(
 }
 
 /**
- * What a damaged chunk whole in another pack says: a prune keeps the copy the index finds first, without reading
- * it, and that may be the damaged one; `repair-packs` keeps only copies that verify.
+ * What a damaged chunk whole in another pack says: a prune keeps the copy the index finds first, and stops rather
+ * than delete the other where that one is damaged (prune.ts, checkFirstCopies); `repair-packs` keeps the copy that
+ * verifies.
  */
-const BEFORE_PRUNE =
-  "Run `snapshot repair-packs` before the next prune: a prune keeps one copy, unread, and it may be this one";
+const BEFORE_PRUNE = "Run `snapshot repair-packs`: until then a prune that would delete the other copy stops";
 
 interface UnnamedProblem {
   problem: CheckProblem;

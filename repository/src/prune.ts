@@ -1,12 +1,14 @@
 // forget: drop snapshot objects by a retention policy, or by id. prune: under an exclusive lock, delete packs no
 // snapshot needs, repack mostly-unused ones, and delete leftovers of interrupted snapshots.
 import type { BlobStore } from "./blob-store.js";
+import { RepositoryChunkSource } from "./chunk-source.js";
 import { counted } from "./counted.js";
 import { RepositoryError } from "./errors.js";
 import { IdSet } from "./id-set.js";
 import { acquireLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 import { indexKey, listPacks, packKey } from "./pack.js";
 import { LATEST, type Repository } from "./repository.js";
+import type { RepositoryIndex } from "./repository-index.js";
 import { DEFAULT_PACK_SIZE } from "./repository-writer.js";
 import { hasRetentionRule, planRetention, type RetentionPolicy } from "./retention.js";
 import { chunkCodec, isObjectId } from "./sealing.js";
@@ -251,6 +253,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
       else if (pack.packSize < smallBelow) small.push(pack.packId);
     }
     if (options.mergeSmall !== false && small.length >= MERGE_SMALL_PACKS_AT) repack.push(...small);
+    await checkFirstCopies(repository, index, usedChunks, [...unused, ...repack], options.signal);
 
     for (const packId of unused) report.bytesFreed += index.packs.get(packId)!.packSize;
     for (const o of orphans) report.bytesFreed += o.size;
@@ -349,6 +352,44 @@ export async function chunksUsedBy(repository: Repository, snapshots: readonly S
     }
   }
   return used;
+}
+
+/**
+ * A chunk held twice counts only where the index finds it first, and its other copies go with the packs the prune
+ * deletes or repacks. Where that first copy is damaged, the prune would delete the good one (a restore reads it,
+ * `repair-packs` keeps it): so each used chunk that one of the `going` packs holds a second copy of is read where
+ * the index finds it first, before anything is deleted, and a damaged one stops the prune. Only such chunks are
+ * read: none, but after two snapshots raced to store the same bytes or a repack was cut short.
+ */
+async function checkFirstCopies(
+  repository: Repository,
+  index: RepositoryIndex,
+  usedChunks: IdSet,
+  going: string[],
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  const otherCopy = new Map<string, string>(); // chunk (hex) → a going pack holding a copy the index does not find
+  for (const packId of going) {
+    for (const e of index.packs.get(packId)?.entries ?? []) {
+      if (usedChunks.has(e.id) && index.packIdOf(e.id) !== packId) otherCopy.set(e.id.toString("hex"), packId);
+    }
+  }
+  if (otherCopy.size === 0) return;
+  const source = new RepositoryChunkSource(repository, index);
+  for await (const c of source.get([...otherCopy.keys()].map((hex) => Buffer.from(hex, "hex")))) {
+    signal?.throwIfAborted();
+    const problem = c.error ?? chunkCodec.verifyChunk(repository.key, c.id, c.blob, index.plainLengthOf(c.id));
+    if (problem === null) continue;
+    const hex = c.id.toString("hex");
+    const first = index.packIdOf(c.id) ?? "";
+    throw new RepositoryError(
+      "corrupt",
+      `chunk ${hex} is damaged where the index finds it first, in pack ${first} (${problem}), and the prune would ` +
+        `delete its other copy, in pack ${otherCopy.get(hex)}: it stops, having deleted nothing. ` +
+        `\`snapshot repair-packs\`, given pack ${first.slice(0, 12)}, rewrites that pack without it, keeping the other ` +
+        "copy; then prune again",
+    );
+  }
 }
 
 /**

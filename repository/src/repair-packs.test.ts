@@ -1,7 +1,7 @@
 // repair-packs on both stores: a pack with a damaged chunk is rewritten without it, the chunk leaves the index, and a
 // later snapshot that has those bytes stores them again, which makes the old snapshots whole too.
 import { randomBytes } from "node:crypto";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import type { BlobStore } from "./blob-store.js";
 import { checkRepository } from "./check.js";
 import { isRepositoryError } from "./errors.js";
@@ -204,7 +204,7 @@ describe.each(stores)("repair-packs on %s", (_name, make) => {
         wholeIn: copyPack,
         message: expect.stringMatching(
           new RegExp(
-            `is damaged \\(.*\\); pack ${copyPack.slice(0, 12)} holds it whole, which restores read\\. Run \`snapshot repair-packs\` before the next prune`,
+            `is damaged \\(.*\\); pack ${copyPack.slice(0, 12)} holds it whole, which restores read\\. Run \`snapshot repair-packs\`: until then a prune`,
           ),
         ),
       },
@@ -251,6 +251,39 @@ describe.each(stores)("repair-packs on %s", (_name, make) => {
     );
     await third.close();
     await other.close();
+    await store.close();
+  });
+
+  it("a prune stops rather than delete the good copy of a chunk whose copy the index finds first is damaged", async () => {
+    const store = make();
+    const { repository, bad, packId } = await oneDamagedChunk(store);
+    const copyPack = await packOf(repository, [bad]); // whole there
+    // A load that finds the damaged copy first (which copy a load finds first depends on the order it read them).
+    const damagedFirst = async () => {
+      const index = new RepositoryIndex();
+      index.add(await repository.readPackIndex(copyPack));
+      index.add(await repository.readPackIndex(packId));
+      return index;
+    };
+    const load = vi.spyOn(repository, "loadIndex").mockImplementation(damagedFirst);
+    // The copy pack holds nothing the index finds there, so it would go as unused, and the chunk with it.
+    await expect(pruneRepository(repository, { dryRun: true })).rejects.toThrow(
+      `chunk ${bad.hex} is damaged where the index finds it first, in pack ${packId} (`,
+    );
+    await expect(pruneRepository(repository)).rejects.toThrow(
+      new RegExp(
+        `the prune would delete its other copy, in pack ${copyPack}: it stops, having deleted nothing\\. ` +
+          `\`snapshot repair-packs\`, given pack ${packId.slice(0, 12)}, rewrites that pack without it`,
+      ),
+    );
+    expect(await store.stat(packKey(copyPack))).toBeDefined();
+    load.mockRestore();
+
+    // As it says: the repair keeps the other copy, and the prune then runs.
+    expect((await repairPacks(repository, { packs: [packId] })).lost).toEqual([]);
+    await pruneRepository(repository);
+    await expectWhole(repository, [bad]);
+    expect((await checkRepository(repository)).ok).toBe(true);
     await store.close();
   });
 

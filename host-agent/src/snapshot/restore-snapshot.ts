@@ -466,7 +466,7 @@ async function restoreInto(
 
 /**
  * What the restore tells its caller when it read chunks from other copies: it is whole, but the repository holds
- * damaged data, which `check` finds and `repair-packs` mends before the other copy is pruned as unused.
+ * damaged data, which `check` finds and `repair-packs` mends (a prune that would delete the good copy stops).
  */
 function otherCopiesWarning(recovered: ReadonlyMap<string, string | undefined>): string | undefined {
   const chunks = recovered.size;
