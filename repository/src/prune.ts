@@ -1,9 +1,9 @@
 // forget: drop snapshot objects by a retention policy, or by id. prune: under an exclusive lock, delete packs no
 // snapshot needs, repack mostly-unused ones, and delete leftovers of interrupted snapshots.
 import type { BlobStore } from "./blob-store.js";
-import { RepositoryChunkSource } from "./chunk-source.js";
 import { counted } from "./counted.js";
-import { RepositoryError } from "./errors.js";
+import { isRepositoryError, RepositoryError, readShowsDamage } from "./errors.js";
+import { forEachLimited } from "./for-each-limited.js";
 import { IdSet } from "./id-set.js";
 import { acquireLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 import { indexKey, listPacks, packKey } from "./pack.js";
@@ -240,20 +240,31 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     const unused: string[] = [];
     const repack: string[] = [];
     const small: string[] = [];
+    /** Per pack, the chunks in use it holds a copy of that the index finds in another pack (rare): not repacked. */
+    const otherCopies = new Map<string, IdSet>();
     for (const pack of index.packs.values()) {
       let needed = 0;
       let total = 0;
       for (const e of pack.entries) {
         total += e.length;
+        if (!usedChunks.has(e.id)) continue;
         // A chunk held twice counts only where the index finds it; the other copy is garbage.
-        if (usedChunks.has(e.id) && index.packIdOf(e.id) === pack.packId) needed += e.length;
+        if (index.packIdOf(e.id) === pack.packId) needed += e.length;
+        else {
+          let copies = otherCopies.get(pack.packId);
+          if (!copies) {
+            copies = new IdSet();
+            otherCopies.set(pack.packId, copies);
+          }
+          copies.add(e.id);
+        }
       }
       if (needed === 0) unused.push(pack.packId);
       else if (total > 0 && needed / total < repackBelow) repack.push(pack.packId);
       else if (pack.packSize < smallBelow) small.push(pack.packId);
     }
     if (options.mergeSmall !== false && small.length >= MERGE_SMALL_PACKS_AT) repack.push(...small);
-    await checkFirstCopies(repository, index, usedChunks, [...unused, ...repack], options.signal);
+    await checkStayingCopies(repository, index, usedChunks, new Set([...unused, ...repack]), options.signal);
 
     for (const packId of unused) report.bytesFreed += index.packs.get(packId)!.packSize;
     for (const o of orphans) report.bytesFreed += o.size;
@@ -308,7 +319,7 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
           options.signal?.throwIfAborted();
           const data = await store.get(packKey(packId));
           const chunks = pack.entries
-            .filter((e) => usedChunks.has(e.id))
+            .filter((e) => usedChunks.has(e.id) && !otherCopies.get(packId)?.has(e.id))
             .map((e) => ({ id: e.id, blob: data.subarray(e.offset, e.offset + e.length), plainLength: e.plainLength }));
           // Each checked before it is copied (as the writer checked each on arrival): a damaged one stops the
           // prune, saying which and what to do, before the pack it is in could be deleted.
@@ -355,41 +366,68 @@ export async function chunksUsedBy(repository: Repository, snapshots: readonly S
 }
 
 /**
- * A chunk held twice counts only where the index finds it first, and its other copies go with the packs the prune
- * deletes or repacks. Where that first copy is damaged, the prune would delete the good one (a restore reads it,
- * `repair-packs` keeps it): so each used chunk that one of the `going` packs holds a second copy of is read where
- * the index finds it first, before anything is deleted, and a damaged one stops the prune. Only such chunks are
+ * A chunk held twice counts only where the index finds it first, and its copies in the packs the prune deletes or
+ * repacks go (a repack writes only the first). So for each chunk in use with a copy in a `going` pack, the copies
+ * that stay (those in packs that stay, or else the first, which the repack writes) are read before anything is
+ * deleted, until one verifies. Where none does, the prune stops rather than delete what may be the only good
+ * copy: a restore reads the other copies, and `repair-packs` keeps the one that verifies. Only such chunks are
  * read: none, but after two snapshots raced to store the same bytes or a repack was cut short.
  */
-async function checkFirstCopies(
+async function checkStayingCopies(
   repository: Repository,
   index: RepositoryIndex,
   usedChunks: IdSet,
-  going: string[],
+  going: ReadonlySet<string>,
   signal: AbortSignal | undefined,
 ): Promise<void> {
-  const otherCopy = new Map<string, string>(); // chunk (hex) → a going pack holding a copy the index does not find
+  const held = new IdSet(); // each chunk once, however many going packs hold it
   for (const packId of going) {
     for (const e of index.packs.get(packId)?.entries ?? []) {
-      if (usedChunks.has(e.id) && index.packIdOf(e.id) !== packId) otherCopy.set(e.id.toString("hex"), packId);
+      if (usedChunks.has(e.id) && index.copyCount(e.id) > 1) held.add(e.id);
     }
   }
-  if (otherCopy.size === 0) return;
-  const source = new RepositoryChunkSource(repository, index);
-  for await (const c of source.get([...otherCopy.keys()].map((hex) => Buffer.from(hex, "hex")))) {
+  const verify = async (id: Buffer): Promise<void> => {
     signal?.throwIfAborted();
-    const problem = c.error ?? chunkCodec.verifyChunk(repository.key, c.id, c.blob, index.plainLengthOf(c.id));
-    if (problem === null) continue;
-    const hex = c.id.toString("hex");
-    const first = index.packIdOf(c.id) ?? "";
+    const copies = index.locations(id);
+    const staying = copies.filter((c) => !going.has(c.packId));
+    const faults: { pack: string; problem: string; gone: boolean }[] = [];
+    for (const c of staying.length > 0 ? staying : copies.slice(0, 1)) {
+      const blob = await repository.store
+        .getRange(packKey(c.packId), c.offset, c.length)
+        .catch((err: unknown) => (err instanceof Error ? err : new Error(String(err))));
+      if (blob instanceof Error && !readShowsDamage(blob)) throw blob;
+      const problem =
+        blob instanceof Error ? blob.message : chunkCodec.verifyChunk(repository.key, id, blob, c.plainLength);
+      if (problem === null) return;
+      faults.push({ pack: c.packId, problem, gone: isRepositoryError(blob, "not-found") });
+    }
+    const bad = faults.filter((f) => !f.gone).map((f) => f.pack.slice(0, 12));
+    const others = copies.filter((c) => going.has(c.packId)).map((c) => c.packId);
     throw new RepositoryError(
       "corrupt",
-      `chunk ${hex} is damaged where the index finds it first, in pack ${first} (${problem}), and the prune would ` +
-        `delete its other copy, in pack ${otherCopy.get(hex)}: it stops, having deleted nothing. ` +
-        `\`snapshot repair-packs\`, given pack ${first.slice(0, 12)}, rewrites that pack without it, keeping the other ` +
-        "copy; then prune again",
+      `chunk ${id.toString("hex")} is damaged where the prune would keep it (${faults
+        .map((f) => `pack ${f.pack}: ${f.problem}`)
+        .join(
+          "; ",
+        )}), and it would delete or repack its other ${others.length === 1 ? "copy" : `${others.length} copies`} ` +
+        `(pack ${others.join(", ")}): it stops, having deleted nothing. ` +
+        (bad.length > 0
+          ? `\`snapshot repair-packs\`, given ${bad.length === 1 ? "pack" : "packs"} ${bad.join(" ")}, rewrites ` +
+            `${bad.length === 1 ? "that pack" : "those packs"} without it, keeping a copy that verifies`
+          : "`snapshot repair-index` forgets the packs that are gone") +
+        "; then prune again",
     );
+  };
+  let batch: Buffer[] = [];
+  const run = async () => {
+    await forEachLimited(batch, 8, verify);
+    batch = [];
+  };
+  for (const id of held.raw()) {
+    batch.push(id);
+    if (batch.length >= 4096) await run();
   }
+  await run();
 }
 
 /**

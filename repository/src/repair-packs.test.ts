@@ -57,6 +57,18 @@ async function packOf(repository: Repository, chunks: SealedChunk[]): Promise<st
   return [...writer.index.packs.keys()][0];
 }
 
+/**
+ * Makes `repository.loadIndex` give an index of these packs, added in this order (the last found first for a chunk
+ * they share): which copy a real load finds first depends on the order its reads of the index objects finish.
+ */
+function loadingInOrder(repository: Repository, packIds: string[]) {
+  return vi.spyOn(repository, "loadIndex").mockImplementation(async () => {
+    const index = new RepositoryIndex();
+    for (const packId of packIds) index.add(await repository.readPackIndex(packId));
+    return index;
+  });
+}
+
 /** Each chunk is found, and opens to its bytes. */
 async function expectWhole(repository: Repository, chunks: SealedChunk[]): Promise<void> {
   const fetched = await fetchAll(repository, chunks);
@@ -258,21 +270,15 @@ describe.each(stores)("repair-packs on %s", (_name, make) => {
     const store = make();
     const { repository, bad, packId } = await oneDamagedChunk(store);
     const copyPack = await packOf(repository, [bad]); // whole there
-    // A load that finds the damaged copy first (which copy a load finds first depends on the order it read them).
-    const damagedFirst = async () => {
-      const index = new RepositoryIndex();
-      index.add(await repository.readPackIndex(copyPack));
-      index.add(await repository.readPackIndex(packId));
-      return index;
-    };
-    const load = vi.spyOn(repository, "loadIndex").mockImplementation(damagedFirst);
-    // The copy pack holds nothing the index finds there, so it would go as unused, and the chunk with it.
+    // A load that finds the damaged copy first. The copy pack holds nothing the index finds there, so it would go as
+    // unused, and the chunk with it.
+    const load = loadingInOrder(repository, [copyPack, packId]);
     await expect(pruneRepository(repository, { dryRun: true })).rejects.toThrow(
-      `chunk ${bad.hex} is damaged where the index finds it first, in pack ${packId} (`,
+      `chunk ${bad.hex} is damaged where the prune would keep it (pack ${packId}: `,
     );
     await expect(pruneRepository(repository)).rejects.toThrow(
       new RegExp(
-        `the prune would delete its other copy, in pack ${copyPack}: it stops, having deleted nothing\\. ` +
+        `and it would delete or repack its other copy \\(pack ${copyPack}\\): it stops, having deleted nothing\\. ` +
           `\`snapshot repair-packs\`, given pack ${packId.slice(0, 12)}, rewrites that pack without it`,
       ),
     );
@@ -284,6 +290,52 @@ describe.each(stores)("repair-packs on %s", (_name, make) => {
     await pruneRepository(repository);
     await expectWhole(repository, [bad]);
     expect((await checkRepository(repository)).ok).toBe(true);
+    await store.close();
+  });
+
+  it("a prune keeps a copy that verifies of a chunk held twice, whichever packs it repacks", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const [x, y] = [sealed(key, randomBytes(2_000)), sealed(key, randomBytes(20_000))];
+    const junk = () => sealed(key, randomBytes(20_000)); // in no snapshot: a pack mostly of it is repacked
+    const sparse = await packOf(repository, [x, junk()]);
+    const kept = await packOf(repository, [x, y]);
+    const writer = await repository.writer();
+    await writer.commit([sealManifest(key, manifestOf({ "x.bin": [x], "y.bin": [y] }))], meta);
+
+    // x found first in the sparse pack, which is repacked; its copy in the kept pack damaged. The repack would not
+    // write x (the kept pack holds it), and the only good copy would go with the sparse pack: the prune stops.
+    await damage(repository, kept, x);
+    const load = loadingInOrder(repository, [kept, sparse]);
+    await expect(pruneRepository(repository)).rejects.toThrow(
+      `chunk ${x.hex} is damaged where the prune would keep it (pack ${kept}: `,
+    );
+    expect(await store.stat(packKey(sparse))).toBeDefined();
+    load.mockRestore();
+    expect((await repairPacks(repository, { packs: [kept] })).lost).toEqual([]);
+    await pruneRepository(repository);
+    await expectWhole(repository, [x, y]);
+    expect((await checkRepository(repository)).ok).toBe(true);
+
+    // x found first in a pack that stays, its copy in a repacked pack damaged: the prune keeps the good one and
+    // repacks the other pack (for z) without x, rather than stop at its damaged copy.
+    const other = make();
+    const second = await Repository.openOrInit(other, key);
+    const z = sealed(key, randomBytes(1_000));
+    const staying = await packOf(second.repository, [x, y]);
+    const damagedSparse = await packOf(second.repository, [x, z, junk()]);
+    const files = manifestOf({ "x.bin": [x], "y.bin": [y], "z.bin": [z] });
+    await (await second.repository.writer()).commit([sealManifest(key, files)], meta);
+    await damage(second.repository, damagedSparse, x);
+    const reload = loadingInOrder(second.repository, [damagedSparse, staying]);
+    const report = await pruneRepository(second.repository);
+    reload.mockRestore();
+    expect(report.packsRepacked).toBe(1);
+    expect(await other.stat(packKey(damagedSparse))).toBeUndefined();
+    await expectWhole(second.repository, [x, y, z]);
+    expect((await checkRepository(second.repository)).ok).toBe(true);
+    await other.close();
     await store.close();
   });
 
