@@ -240,30 +240,32 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     const unused: string[] = [];
     const repack: string[] = [];
     const small: string[] = [];
-    /** Per pack, the chunks in use it holds a copy of that the index finds in another pack (rare): not repacked. */
-    const otherCopies = new Map<string, IdSet>();
     for (const pack of index.packs.values()) {
       let needed = 0;
       let total = 0;
       for (const e of pack.entries) {
         total += e.length;
-        if (!usedChunks.has(e.id)) continue;
         // A chunk held twice counts only where the index finds it; the other copy is garbage.
-        if (index.packIdOf(e.id) === pack.packId) needed += e.length;
-        else {
-          let copies = otherCopies.get(pack.packId);
-          if (!copies) {
-            copies = new IdSet();
-            otherCopies.set(pack.packId, copies);
-          }
-          copies.add(e.id);
-        }
+        if (usedChunks.has(e.id) && index.packIdOf(e.id) === pack.packId) needed += e.length;
       }
       if (needed === 0) unused.push(pack.packId);
       else if (total > 0 && needed / total < repackBelow) repack.push(pack.packId);
       else if (pack.packSize < smallBelow) small.push(pack.packId);
     }
     if (options.mergeSmall !== false && small.length >= MERGE_SMALL_PACKS_AT) repack.push(...small);
+    /** Per repacked pack, the chunks in use it holds a copy of that the index finds first elsewhere: not copied. */
+    const otherCopies = new Map<string, IdSet>();
+    for (const packId of repack) {
+      for (const e of index.packs.get(packId)?.entries ?? []) {
+        if (!usedChunks.has(e.id) || index.packIdOf(e.id) === packId) continue;
+        let copies = otherCopies.get(packId);
+        if (!copies) {
+          copies = new IdSet();
+          otherCopies.set(packId, copies);
+        }
+        copies.add(e.id);
+      }
+    }
     await checkStayingCopies(repository, index, usedChunks, new Set([...unused, ...repack]), options.signal);
 
     for (const packId of unused) report.bytesFreed += index.packs.get(packId)!.packSize;
@@ -319,7 +321,9 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
           options.signal?.throwIfAborted();
           const data = await store.get(packKey(packId));
           const chunks = pack.entries
-            .filter((e) => usedChunks.has(e.id) && !otherCopies.get(packId)?.has(e.id))
+            // Only first copies, and none a pack that stays holds (checkStayingCopies read it there): a damaged
+            // copy that is not copied does not stop the prune.
+            .filter((e) => usedChunks.has(e.id) && !otherCopies.get(packId)?.has(e.id) && !index.has(e.id))
             .map((e) => ({ id: e.id, blob: data.subarray(e.offset, e.offset + e.length), plainLength: e.plainLength }));
           // Each checked before it is copied (as the writer checked each on arrival): a damaged one stops the
           // prune, saying which and what to do, before the pack it is in could be deleted.

@@ -336,6 +336,21 @@ describe.each(stores)("repair-packs on %s", (_name, make) => {
     await expectWhole(second.repository, [x, y, z]);
     expect((await checkRepository(second.repository)).ok).toBe(true);
     await other.close();
+
+    // x found first in the repacked pack, damaged there, and whole in a pack that stays: the same.
+    const third = make();
+    const again = await Repository.openOrInit(third, key);
+    const stays = await packOf(again.repository, [x, y]);
+    const damagedFirst = await packOf(again.repository, [x, z, junk()]);
+    await (await again.repository.writer()).commit([sealManifest(key, files)], meta);
+    await damage(again.repository, damagedFirst, x);
+    const firstDamaged = loadingInOrder(again.repository, [stays, damagedFirst]);
+    expect((await pruneRepository(again.repository)).packsRepacked).toBe(1);
+    firstDamaged.mockRestore();
+    expect(await third.stat(packKey(damagedFirst))).toBeUndefined();
+    await expectWhole(again.repository, [x, y, z]);
+    expect((await checkRepository(again.repository)).ok).toBe(true);
+    await third.close();
     await store.close();
   });
 
