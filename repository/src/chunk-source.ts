@@ -85,7 +85,15 @@ export class RepositoryChunkSource implements ChunkSource {
     return copies[next];
   }
 
-  async *get(ids: Buffer[], options: GetChunksOptions = {}): AsyncIterable<FetchedChunk> {
+  /**
+   * As ChunkSource.get; `avoidPacks` (not with `otherCopy`) reads each chunk from its first copy in none of those
+   * packs where it has one (a prune reading the copies that stay), else from its first.
+   */
+  async *get(
+    ids: Buffer[],
+    options: GetChunksOptions & { avoidPacks?: ReadonlySet<string> } = {},
+  ): AsyncIterable<FetchedChunk> {
+    const { avoidPacks } = options;
     const maxRead = (this.options.maxRead ?? 8 * 1024 * 1024) - READ_SLACK;
     const maxGap = this.options.maxGap ?? 1024 * 1024;
     const index = await this.index;
@@ -97,7 +105,11 @@ export class RepositoryChunkSource implements ChunkSource {
       seen.add(hex);
       // Asked for as any chunk (the next window of a restore sharing it): read from the first pack again.
       if (!options.otherCopy && this.given.size > 0) this.given.delete(hex);
-      const loc = options.otherCopy ? this.otherCopy(index, hex) : index.get(hex);
+      const loc = options.otherCopy
+        ? this.otherCopy(index, hex)
+        : avoidPacks
+          ? (index.locations(hex).find((c) => !avoidPacks.has(c.packId)) ?? index.get(hex))
+          : index.get(hex);
       if (!loc) {
         yield { id, error: options.otherCopy ? NO_OTHER_COPY : "the repository index has no such chunk" };
         continue;

@@ -1,6 +1,7 @@
 // forget: drop snapshot objects by a retention policy, or by id. prune: under an exclusive lock, delete packs no
 // snapshot needs, repack mostly-unused ones, and delete leftovers of interrupted snapshots.
 import type { BlobStore } from "./blob-store.js";
+import { RepositoryChunkSource } from "./chunk-source.js";
 import { counted } from "./counted.js";
 import { isRepositoryError, RepositoryError, readShowsDamage } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
@@ -390,7 +391,8 @@ async function checkStayingCopies(
       if (usedChunks.has(e.id) && index.copyCount(e.id) > 1) held.add(e.id);
     }
   }
-  const verify = async (id: Buffer): Promise<void> => {
+  /** Reads each of `id`'s copies that stay (or its first) until one verifies; throws where none does. */
+  const verifyEach = async (id: Buffer): Promise<void> => {
     signal?.throwIfAborted();
     const copies = index.locations(id);
     const staying = copies.filter((c) => !going.has(c.packId));
@@ -422,9 +424,18 @@ async function checkStayingCopies(
         "; then prune again",
     );
   };
+  // Each chunk's first copy that stays is read through a chunk source, which reads neighbours in one request (a
+  // cut-short repack leaves a pack's worth of copies); only a chunk that fails there is read copy by copy.
+  const source = new RepositoryChunkSource(repository, index);
   let batch: Buffer[] = [];
   const run = async () => {
-    await forEachLimited(batch, 8, verify);
+    const failed: Buffer[] = [];
+    for await (const c of source.get(batch, { avoidPacks: going })) {
+      signal?.throwIfAborted();
+      const problem = c.error ?? chunkCodec.verifyChunk(repository.key, c.id, c.blob, index.plainLengthOf(c.id));
+      if (problem !== null) failed.push(Buffer.from(c.id));
+    }
+    await forEachLimited(failed, 8, verifyEach);
     batch = [];
   };
   for (const id of held.raw()) {

@@ -324,13 +324,17 @@ describe.each(stores)("repair-packs on %s", (_name, make) => {
     const second = await Repository.openOrInit(other, key);
     const z = sealed(key, randomBytes(1_000));
     const staying = await packOf(second.repository, [x, y]);
-    const damagedSparse = await packOf(second.repository, [x, z, junk()]);
+    const damagedSparse = await packOf(second.repository, [x, y, z, junk()]);
     const files = manifestOf({ "x.bin": [x], "y.bin": [y], "z.bin": [z] });
     await (await second.repository.writer()).commit([sealManifest(key, files)], meta);
     await damage(second.repository, damagedSparse, x);
     const reload = loadingInOrder(second.repository, [damagedSparse, staying]);
+    const reads = vi.spyOn(other, "getRange");
     const report = await pruneRepository(second.repository);
     reload.mockRestore();
+    // x and y, read where they stay, in one request.
+    expect(reads.mock.calls.filter(([key]) => key === packKey(staying))).toHaveLength(1);
+    reads.mockRestore();
     expect(report.packsRepacked).toBe(1);
     expect(await other.stat(packKey(damagedSparse))).toBeUndefined();
     await expectWhole(second.repository, [x, y, z]);
