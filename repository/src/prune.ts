@@ -407,21 +407,19 @@ async function checkStayingCopies(
       if (problem === null) return;
       faults.push({ pack: c.packId, problem, gone: isRepositoryError(blob, "not-found") });
     }
+    const where = faults.map((f) => `pack ${f.pack}: ${f.problem}`).join("; ");
     const bad = faults.filter((f) => !f.gone).map((f) => f.pack.slice(0, 12));
     const others = copies.filter((c) => going.has(c.packId)).map((c) => c.packId);
+    const way =
+      bad.length === 0
+        ? "`snapshot repair-index` forgets the packs that are gone"
+        : `\`snapshot repair-packs\`, given ${bad.length === 1 ? "pack" : "packs"} ${bad.join(" ")}, rewrites ` +
+          `${bad.length === 1 ? "that pack" : "those packs"} without it, keeping a copy that verifies`;
     throw new RepositoryError(
       "corrupt",
-      `chunk ${id.toString("hex")} is damaged where the prune would keep it (${faults
-        .map((f) => `pack ${f.pack}: ${f.problem}`)
-        .join(
-          "; ",
-        )}), and it would delete or repack its other ${others.length === 1 ? "copy" : `${others.length} copies`} ` +
-        `(pack ${others.join(", ")}): it stops, having deleted nothing. ` +
-        (bad.length > 0
-          ? `\`snapshot repair-packs\`, given ${bad.length === 1 ? "pack" : "packs"} ${bad.join(" ")}, rewrites ` +
-            `${bad.length === 1 ? "that pack" : "those packs"} without it, keeping a copy that verifies`
-          : "`snapshot repair-index` forgets the packs that are gone") +
-        "; then prune again",
+      `chunk ${id.toString("hex")} is damaged where the prune would keep it (${where}), and it would delete or ` +
+        `repack its other ${others.length === 1 ? "copy" : `${others.length} copies`} (pack ${others.join(", ")}): ` +
+        `it stops, having deleted nothing. ${way}; then prune again`,
     );
   };
   // Each chunk's first copy that stays is read through a chunk source, which reads neighbours in one request (a
