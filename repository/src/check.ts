@@ -330,16 +330,15 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
     });
     for (const [n, { problem, ids, what, wholeIn }] of unnamed.entries()) {
       Object.assign(problem, namedFields(named[n]));
-      if (!wholeIn) problem.message = `${what}; it breaks ${describeFiles(named[n].files, named[n].more)}`;
+      const breaks = `it breaks ${describeFiles(named[n].files, named[n].more)}`;
+      if (!wholeIn) problem.message = `${what}; ${breaks}`;
       else if (problem.kind === "chunk-corrupt") {
         problem.wholeIn = [...wholeIn.values()][0];
         problem.message = `${what}; pack ${short(problem.wholeIn)} holds it whole, which restores read. ${BEFORE_PRUNE}`;
       } else {
         const elsewhere = `${counted(wholeIn.size, "chunk")} of it ${wholeIn.size === 1 ? "is" : "are"} whole in other packs`;
         problem.message =
-          ids.length === 0
-            ? `${what}; ${elsewhere}, which restores read`
-            : `${what}; it breaks ${describeFiles(named[n].files, named[n].more)} (${elsewhere})`;
+          ids.length === 0 ? `${what}; ${elsewhere}, which restores read` : `${what}; ${breaks} (${elsewhere})`;
       }
     }
   }
@@ -524,8 +523,8 @@ async function forEachFile(
 
 /**
  * What a damaged chunk whole in another pack says: a prune keeps the copy the index finds first, and stops rather
- * than delete the other where that one is damaged (prune.ts, checkFirstCopies); `repair-packs` keeps the copy that
- * verifies.
+ * than delete the other where that one is damaged (prune.ts, checkStayingCopies); `repair-packs` keeps the copy
+ * that verifies.
  */
 const BEFORE_PRUNE = "Run `snapshot repair-packs`: until then a prune that would delete the other copy stops";
 
