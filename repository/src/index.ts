@@ -137,6 +137,16 @@ export {
   repairPacksText,
   type SkippedPack,
 } from "./repair-packs-report.js";
+export { type RepairSnapshotsOptions, repairSnapshots } from "./repair-snapshots.js";
+export {
+  emptyRepairSnapshotsReport,
+  MAX_REMOVED_LISTED,
+  type RemovedFile,
+  type RepairedSnapshot,
+  type RepairSnapshotsReport,
+  repairSnapshotsText,
+  type UnrepairableSnapshot,
+} from "./repair-snapshots-report.js";
 export {
   type ChunkLocation,
   type LoadIndexOptions,

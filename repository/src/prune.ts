@@ -8,7 +8,7 @@ import { forEachLimited } from "./for-each-limited.js";
 import { IdSet } from "./id-set.js";
 import { acquireLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 import { indexKey, listPacks, packKey } from "./pack.js";
-import { LATEST, type Repository } from "./repository.js";
+import type { Repository } from "./repository.js";
 import type { RepositoryIndex } from "./repository-index.js";
 import { DEFAULT_PACK_SIZE } from "./repository-writer.js";
 import { hasRetentionRule, planRetention, type RetentionPolicy } from "./retention.js";
@@ -64,18 +64,7 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
     // (One gone since it was listed, forgotten elsewhere, the listing leaves out itself.)
     // A name that is no id is no snapshot (check names it): neither kept nor what `latest` might be.
     const all = await repository.listSnapshots({ onCorrupt: (id) => void (isObjectId(id) && unreadable.push(id)) });
-    const forget = new Set<string>();
-    for (const id of options.ids ?? []) {
-      if (id === LATEST && unreadable.length > 0) {
-        // The newest might be the one whose record does not open: which is newest cannot be told.
-        throw new RepositoryError(
-          "corrupt",
-          `the record of snapshot ${unreadable[0]} does not open, so which snapshot is the latest cannot be told: ` +
-            "name the snapshot to forget by id",
-        );
-      }
-      forget.add(id === LATEST ? repository.newest(all).id : await repository.resolveSnapshotId(id));
-    }
+    const forget = await repository.resolveSnapshotIds(options.ids ?? [], all, unreadable, "forget");
     const keep = [...all.map((s) => s.id), ...unreadable.sort()].filter((id) => !forget.has(id));
     plan = { forget: [...forget], keep };
   } else {

@@ -68,7 +68,8 @@ export function repairIndexAdvice(problems: readonly { kind: string }[], command
   return (
     `if an index object was lost or damaged (a pack whole but not indexed), \`${command}\` rebuilds it from the ` +
     "packs' own headers: run it (--dry-run says what it would do), then check again. If it rebuilds nothing, " +
-    "those chunks are gone with their packs: forget the snapshots named (or restore what is left of them with " +
-    "--include), and the next snapshot of each workspace stores again what its source still has"
+    "those chunks are gone with their packs: the next snapshot of each workspace stores again what its source " +
+    "still has (which makes the snapshots named whole again), and `snapshot repair-snapshots --forget` then " +
+    "replaces those still damaged with snapshots without the files nothing has any more"
   );
 }

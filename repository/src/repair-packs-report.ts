@@ -84,7 +84,8 @@ export function repairPacksText(
         `(${ids.join(", ")}${report.lost.length > 5 ? ", …" : ""})${dryRun ? " and would be lost" : ""}: \`${check}\` ` +
         "names the files they break. The next snapshot of a workspace that still has those bytes stores them " +
         `again${report.skipped.length > 0 ? " (once `snapshot repair-index` has mended the packs it could not repair, above)" : ""}, ` +
-        "and every snapshot using them is whole again; forget the snapshots whose files are gone for good",
+        "and every snapshot using them is whole again; `snapshot repair-snapshots --forget` replaces the snapshots " +
+        "whose files are gone for good with ones without those files",
     );
   } else if (report.repaired.length > 0) {
     out.push(

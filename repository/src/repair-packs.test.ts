@@ -661,8 +661,9 @@ describe("repairPacksText", () => {
       `cannot repair pack ${"ef".repeat(6)}: it is indexed but missing from the store: …\n` +
         `1 damaged chunk is in no other pack (${"ab".repeat(6)}): \`check\` names the files they break. The next ` +
         "snapshot of a workspace that still has those bytes stores them again (once `snapshot repair-index` has " +
-        "mended the packs it could not repair, above), and every snapshot using them is whole again; forget the " +
-        "snapshots whose files are gone for good\n",
+        "mended the packs it could not repair, above), and every snapshot using them is whole again; `snapshot " +
+        "repair-snapshots --forget` replaces the snapshots whose files are gone for good with ones without those " +
+        "files\n",
     );
     expect(repairPacksText({ ...report, skipped: [] }, false, "check").err).not.toContain("repair-index");
   });

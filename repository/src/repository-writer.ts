@@ -345,6 +345,7 @@ export class RepositoryWriter implements ChunkSink {
       manifests,
       totals,
       ...(meta.stats ? { stats: meta.stats } : {}),
+      ...(meta.repairedFrom !== undefined ? { repairedFrom: meta.repairedFrom } : {}),
     });
     // The last moment an abort can still stop it: from here the snapshot exists (abort waits for it). And the
     // lock must still be ours: had a prune found it stale and removed it, it may have deleted packs this

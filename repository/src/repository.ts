@@ -204,6 +204,31 @@ export class Repository implements RepositoryAccess {
     return openSnapshotRecord(this.key, id, await getObject(this.store, snapshotKey(id)));
   }
 
+  /**
+   * The full ids that `ids` (ids, unique prefixes or `latest`) name, given the listing: `all` as listSnapshots gave
+   * it, and `unreadable` the ids of records that did not open. `latest` is refused while one does not open (it
+   * might be the newest); `verb` completes the advice ("name the snapshot to forget by id").
+   */
+  async resolveSnapshotIds(
+    ids: readonly string[],
+    all: readonly SnapshotRecord[],
+    unreadable: readonly string[],
+    verb: string,
+  ): Promise<Set<string>> {
+    const named = new Set<string>();
+    for (const id of ids) {
+      if (id === LATEST && unreadable.length > 0) {
+        throw new RepositoryError(
+          "corrupt",
+          `the record of snapshot ${unreadable[0]} does not open, so which snapshot is the latest cannot be told: ` +
+            `name the snapshot to ${verb} by id`,
+        );
+      }
+      named.add(id === LATEST ? this.newest(all).id : await this.resolveSnapshotId(id));
+    }
+    return named;
+  }
+
   /** The newest of `snapshots` (listSnapshots' order): what `latest` names. */
   newest(snapshots: readonly SnapshotRecord[]): SnapshotRecord {
     const newest = snapshots.at(-1);

@@ -20,6 +20,11 @@ export interface SnapshotRecord {
   manifests: string[];
   totals: ManifestTotals;
   stats?: SnapshotStats;
+  /**
+   * The snapshot this one was made from by `repair-snapshots`, without the files whose data is gone: absent in a
+   * snapshot as taken.
+   */
+  repairedFrom?: string;
 }
 
 export function snapshotKey(id: string): string {
@@ -74,6 +79,9 @@ function recordLayout(value: unknown): { value: Record<string, unknown>; manifes
   for (const field of ["time", "workspace", "tenant"]) if (typeof value[field] !== "string") return field;
   for (const field of ["hostname", "source"]) {
     if (value[field] !== undefined && typeof value[field] !== "string") return field;
+  }
+  if (value.repairedFrom !== undefined && !(typeof value.repairedFrom === "string" && isObjectId(value.repairedFrom))) {
+    return "repairedFrom";
   }
   if (!isCount(value.epoch)) return "epoch";
   const { totals, stats } = value;

@@ -31,6 +31,8 @@ export interface SnapshotMeta {
   /** Absolute path of the source directory on its host. */
   source?: string;
   stats?: SnapshotStats;
+  /** The snapshot this one repairs (`repair-snapshots`): SnapshotRecord.repairedFrom. */
+  repairedFrom?: string;
 }
 
 export interface SnapshotStats {

@@ -615,7 +615,10 @@ describe("dumont-agent snapshot", () => {
     expect(check.err).toMatch(/chunk \w+ is in no pack; it breaks "model\.bin" in snapshot /);
     expect(check.err).toContain("`dumont-agent snapshot repair-index` rebuilds it from the packs' own headers");
     // Run after the repair removed what it could not rebuild: the advice goes on to what to do then.
-    expect(check.err).toContain("If it rebuilds nothing, those chunks are gone with their packs: forget the snapshots");
+    expect(check.err).toContain(
+      "If it rebuilds nothing, those chunks are gone with their packs: the next snapshot of each workspace stores",
+    );
+    expect(check.err).toContain("`snapshot repair-snapshots --forget` then replaces those still damaged");
     const second = JSON.parse((await run("snapshot", "create", "--source", source, ...common, ...state, "--json")).out);
     expect(second).toMatchObject({ files: 1, bytesNew: data.length });
     expect(second.id).not.toBe(first.id);
@@ -680,6 +683,75 @@ describe("dumont-agent snapshot", () => {
     expect((await run("snapshot", "restore", ...common, "--id", first.id, "--target", target)).code).toBe(0);
     for (const [name, data] of Object.entries(files))
       expect((await readFile(join(target, name))).equals(data)).toBe(true);
+  });
+
+  it("replaces a snapshot whose file's data is gone for good with one without that file, which restores the rest", async () => {
+    const source = join(root, "src-repair-snapshots");
+    await mkdir(join(source, "empty"), { recursive: true });
+    const files = { "a.bin": randomBytes(150_000), "b.bin": randomBytes(150_000), "note.txt": Buffer.from("kept\n") };
+    for (const [name, data] of Object.entries(files)) await writeFile(join(source, name), data);
+    await writeFile(join(root, "key-repair-snapshots"), "79".repeat(32), { mode: 0o600 });
+    const repoDir = join(root, "repo-repair-snapshots");
+    const repo = pathToFileURL(repoDir).href;
+    const common = ["--repo", repo, "--key-file", join(root, "key-repair-snapshots")];
+    const first = JSON.parse((await run("snapshot", "create", "--source", source, ...common, "--json")).out);
+    // A byte flipped in the one pack damages the first chunk written; repair-packs takes it out, and the workspace
+    // that had it is gone: that file's data is lost for good.
+    const [packId] = await readdir(join(repoDir, "index"));
+    const packFile = join(repoDir, "data", packId.slice(0, 2), packId);
+    const pack = await readFile(packFile);
+    pack[1_000] ^= 0x01;
+    await writeFile(packFile, pack);
+    expect((await run("snapshot", "repair-packs", ...common)).code).toBe(1);
+
+    expect((await run("snapshot", "repair-snapshots", "not-hex", ...common)).err).toMatch(
+      /^ID "not-hex" is not a snapshot id: give an id from `snapshot list`/,
+    );
+    const dry = await run("snapshot", "repair-snapshots", ...common, "--dry-run", "--json");
+    expect(dry.code).toBe(0);
+    const dryReport = JSON.parse(dry.out);
+    expect(dryReport).toMatchObject({
+      dryRun: true,
+      snapshots: 1,
+      repaired: [{ snapshot: first.id, filesRemoved: 1, bytesRemoved: 150_000, forgotten: false }],
+      unrepairable: [],
+    });
+    const lost: string = dryReport.repaired[0].removed[0].path;
+    expect(["a.bin", "b.bin"]).toContain(lost);
+
+    // Without --forget the damaged snapshot stays beside its repair, and `snapshot diff` names every file left out.
+    const repaired = await run("snapshot", "repair-snapshots", "latest", ...common);
+    expect(repaired.code).toBe(0);
+    expect(repaired.out).toMatch(
+      new RegExp(
+        `^snapshot ${first.id.slice(0, 12)} of ".*" at .*:\n  removed "${lost}": chunk \\w{12} is in no index\n` +
+          "  1 file \\(146\\.5 KiB\\) left out; saved as snapshot (\\w{12})\n1 snapshot read: 1 snapshot repaired\n$",
+      ),
+    );
+    expect(repaired.err).toContain(
+      `\`dumont-agent snapshot forget --repo ${repo} ${first.id.slice(0, 12)}\` forgets it`,
+    );
+    const repairedId = repaired.out.match(/saved as snapshot (\w{12})/)![1];
+    expect((await run("snapshot", "list", ...common)).out).toMatch(
+      new RegExp(`^${repairedId} .* 2 \\(repaired from ${first.id.slice(0, 12)}\\) `, "m"),
+    );
+    const diff = JSON.parse((await run("snapshot", "diff", first.id, repairedId, ...common, "--json")).out);
+    expect(diff.changes.map((c: { path: string; change: string }) => [c.path, c.change])).toEqual([[lost, "removed"]]);
+
+    // With --forget, the repair already there is found (no second one), and the damaged snapshot goes.
+    const forgot = await run("snapshot", "repair-snapshots", ...common, "--forget", "--json");
+    expect(JSON.parse(forgot.out).repaired).toMatchObject([{ snapshot: first.id, forgotten: true }]);
+    const listed = JSON.parse((await run("snapshot", "list", ...common, "--json")).out);
+    expect(listed.map((s: { id: string; repairedFrom?: string }) => [s.id.slice(0, 12), s.repairedFrom])).toEqual([
+      [repairedId, first.id],
+    ]);
+    expect((await run("snapshot", "check", ...common)).code).toBe(0);
+    const target = join(root, "out-repair-snapshots");
+    expect((await run("snapshot", "restore", ...common, "--id", "latest", "--target", target)).code).toBe(0);
+    expect((await readdir(target)).sort()).toEqual(["a.bin", "b.bin", "empty", "note.txt"].filter((n) => n !== lost));
+    for (const [name, data] of Object.entries(files)) {
+      if (name !== lost) expect((await readFile(join(target, name))).equals(data)).toBe(true);
+    }
   });
 
   it("round trips without WebAssembly (node --jitless): the JavaScript chunker, lz4-napi, buffered writes", async () => {

@@ -1,4 +1,4 @@
-// `dumont-agent snapshot create|restore|ls|diff|list|check|repair-index|repair-packs|forget`: direct mode, the engine writing straight to a
+// `dumont-agent snapshot create|restore|ls|diff|list|check|repair-index|repair-packs|repair-snapshots|forget`: direct mode, the engine writing straight to a
 // repository URL with no control plane (operators, benchmarks). Same engine and format as the stream.
 import { existsSync } from "node:fs";
 import { open } from "node:fs/promises";
@@ -31,6 +31,8 @@ import {
   repairPacks,
   repairPacksAdvice,
   repairPacksText,
+  repairSnapshots,
+  repairSnapshotsText,
   repositoryStats,
   roundSeconds,
   selectIncluded,
@@ -317,7 +319,9 @@ export function registerSnapshotCommands(program: Command): void {
             snapshots.map((s) => [
               s.id.slice(0, 12),
               s.time,
-              `${s.totals.files}${s.stats?.filesSkipped ? ` (${s.stats.filesSkipped} left out)` : ""}`,
+              // A repair's snapshot says so: files its damaged one had are not in it (`snapshot diff` names them).
+              `${s.totals.files}${s.stats?.filesSkipped ? ` (${s.stats.filesSkipped} left out)` : ""}` +
+                `${s.repairedFrom ? ` (repaired from ${s.repairedFrom.slice(0, 12)})` : ""}`,
               formatBytes(s.totals.bytes),
               `${s.workspace}${s.epoch ? ` (epoch ${s.epoch})` : ""}`,
             ]),
@@ -490,6 +494,49 @@ export function registerSnapshotCommands(program: Command): void {
         process.stderr.write(text.err);
         // Exit 1 while anything is still broken: a pack it could not read, or chunks no pack holds now.
         if (report.skipped.length > 0 || report.lost.length > 0) process.exitCode = 1;
+      }),
+    );
+
+  snapshot
+    .command("repair-snapshots [ids...]")
+    .description(
+      "replace each snapshot whose files' data is gone for good (in no index, or in packs the store no longer has) " +
+        "with one without those files (the snapshots named: ids, unique prefixes or `latest`; or every one). Run " +
+        "check, repair-index and repair-packs first, and snapshot again what still exists: that heals instead",
+    )
+    .addOption(repoOption())
+    .addOption(keyFileOption())
+    .option("--forget", "forget each damaged snapshot once its repair is saved")
+    .option("--dry-run", "say which files would be left out, change nothing")
+    .option("--json", "print the report as JSON and no progress")
+    .action((ids: string[], opts: RepoOptions & { forget?: boolean; dryRun?: boolean }) =>
+      withFriendlyErrors(opts, async () => {
+        for (const id of ids) snapshotId("ID")(id);
+        const key = await loadKey(opts);
+        const meter = ProgressMeter.forStderr("repair-snapshots", opts.json === true, "snapshots");
+        const report = await interruptible(
+          "the repair stopped; each snapshot it saved is whole, and running it again goes on",
+          (signal) =>
+            withDirectRepository({ repo: opts.repo, key }, (r) =>
+              repairSnapshots(r, {
+                ids,
+                forget: opts.forget,
+                dryRun: opts.dryRun,
+                signal,
+                onProgress: (p) => meter?.update(p.snapshotsDone, p.snapshotsTotal),
+              }),
+            ),
+        ).finally(() => meter?.finish());
+        const text = repairSnapshotsText(
+          report,
+          opts.dryRun === true,
+          `dumont-agent snapshot forget --repo ${opts.repo}`,
+        );
+        if (opts.json) print({ dryRun: opts.dryRun === true, ...report });
+        else process.stdout.write(text.out);
+        process.stderr.write(text.err);
+        // Exit 1 while a snapshot is still broken: one whose record or manifest does not open.
+        if (report.unrepairable.length > 0) process.exitCode = 1;
       }),
     );
 
