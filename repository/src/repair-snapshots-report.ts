@@ -18,9 +18,17 @@ export interface RepairedSnapshot {
   snapshot: string;
   workspace: string;
   time: string;
-  /** The id of the snapshot that replaces it, without the files below; absent in a dry run. */
+  /**
+   * The id of the snapshot that replaces it, without the files below; absent in a dry run, unless that snapshot is
+   * there already (`reused`).
+   */
   repaired?: string;
-  /** Whether the damaged snapshot was forgotten (`forget`), once the repaired one was committed. */
+  /**
+   * Whether an equal repair was there already (one a run cut short left, or another snapshot's this run made): taken,
+   * nothing written.
+   */
+  reused: boolean;
+  /** Whether the damaged snapshot was forgotten (`forget`) once its repair was there (with dryRun: would be). */
   forgotten: boolean;
   /** Files left out of the repaired snapshot (hard links to them included), and their bytes. */
   filesRemoved: number;
@@ -68,8 +76,12 @@ export function repairSnapshotsText(
       out.push(`  … and ${counted(r.filesRemoved - r.removed.length, "file")} more`);
     out.push(
       `  ${counted(r.filesRemoved, "file")} (${formatBytes(r.bytesRemoved)}) ${dryRun ? "would be " : ""}left out; ` +
-        (r.repaired ? `saved as snapshot ${r.repaired.slice(0, 12)}` : "would save a new snapshot") +
-        (r.forgotten ? `, forgot ${r.snapshot.slice(0, 12)}` : ""),
+        (r.reused
+          ? `${dryRun ? "would take" : "took"} snapshot ${r.repaired?.slice(0, 12)}, the same repair made before`
+          : dryRun
+            ? "would save a new snapshot"
+            : `saved as snapshot ${r.repaired?.slice(0, 12)}`) +
+        (r.forgotten ? `, ${dryRun ? "would forget" : "forgot"} ${r.snapshot.slice(0, 12)}` : ""),
     );
   }
   out.push(
@@ -77,7 +89,7 @@ export function repairSnapshotsText(
       `${dryRun ? "would be " : ""}repaired`,
   );
   const err = report.unrepairable.map((u) => `cannot repair snapshot ${u.snapshot.slice(0, 12)}: ${u.message}`);
-  const kept = report.repaired.filter((r) => !r.forgotten && r.repaired !== undefined);
+  const kept = report.repaired.filter((r) => !r.forgotten && !dryRun);
   if (kept.length > 0) {
     err.push(
       `the damaged ${kept.length === 1 ? "snapshot stays" : "snapshots stay"} beside ${kept.length === 1 ? "its repair" : "their repairs"}: ` +

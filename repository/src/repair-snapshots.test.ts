@@ -13,6 +13,7 @@ import { repairIndex } from "./repair-index.js";
 import { repairSnapshots } from "./repair-snapshots.js";
 import { repairSnapshotsText } from "./repair-snapshots-report.js";
 import { Repository } from "./repository.js";
+import { RepositoryIndex } from "./repository-index.js";
 import { manifestKey, snapshotKey } from "./snapshot-record.js";
 import { bothStores, keysIn, manifestOf, sealed } from "./testing/repository-fixtures.js";
 import type { SealedChunk } from "./transfer.js";
@@ -89,7 +90,8 @@ describe.each(stores)("repair-snapshots on %s", (_name, make) => {
           snapshot,
           workspace: "ws-1",
           time: meta.time,
-          forgotten: false,
+          reused: false,
+          forgotten: true,
           filesRemoved: 2,
           bytesRemoved: 10_000,
           removed,
@@ -102,18 +104,29 @@ describe.each(stores)("repair-snapshots on %s", (_name, make) => {
       `snapshot ${snapshot.slice(0, 12)} of "ws-1" at ${meta.time}:\n` +
         `  would remove "lost.bin": chunk ${lost.hex.slice(0, 12)} is in no index\n` +
         `  would remove "hard-link.bin": chunk ${lost.hex.slice(0, 12)} is in no index\n` +
-        "  2 files (9.8 KiB) would be left out; would save a new snapshot\n" +
+        `  2 files (9.8 KiB) would be left out; would save a new snapshot, would forget ${snapshot.slice(0, 12)}\n` +
         "1 snapshot read: 1 snapshot would be repaired\n",
     );
 
+    // The control plane's hooks: the repair is listed before the damaged snapshot's record goes.
+    const calls: string[] = [];
     const progress: number[] = [];
     const report = await repairSnapshots(repository, {
       forget: true,
       onProgress: (p) => progress.push(p.snapshotsDone),
+      onRepaired: async (repaired, damaged) => {
+        expect(await store.stat(snapshotKey(repaired.id))).toBeDefined();
+        calls.push(`repaired ${damaged.id} as ${repaired.id}`);
+      },
+      beforeDelete: async (id) => {
+        expect(await store.stat(snapshotKey(id))).toBeDefined();
+        calls.push(`forgetting ${id}`);
+      },
     });
     expect(progress).toEqual([1]);
     const [repairedId] = (await repository.listSnapshots()).map((s) => s.id);
-    expect(report.repaired).toEqual([{ ...dry.repaired[0], repaired: repairedId, forgotten: true }]);
+    expect(calls).toEqual([`repaired ${snapshot} as ${repairedId}`, `forgetting ${snapshot}`]);
+    expect(report.repaired).toEqual([{ ...dry.repaired[0], repaired: repairedId }]);
     expect(await store.stat(snapshotKey(snapshot))).toBeUndefined();
 
     // The repaired snapshot is the damaged one without those two files: the same time, workspace and source, the
@@ -144,15 +157,30 @@ describe.each(stores)("repair-snapshots on %s", (_name, make) => {
     await store.close();
   });
 
-  it("counts a chunk gone whose every copy is in a pack the store no longer has", async () => {
+  it("counts a chunk gone only once every copy of it is in a pack the store no longer has", async () => {
     const store = make();
     const { repository, lost, lostPack } = await snapshotOfTwoPacks(store);
+    // A second copy of lost.bin's chunk in a pack of its own, as two snapshots racing to store it leave.
+    const racing = await repository.writer({ index: new RepositoryIndex() });
+    await racing.put([lost]);
+    await racing.flush();
+    await racing.abort();
+    const copyPack = [...racing.index.packs.keys()][0];
+
     await store.delete(packKey(lostPack)); // its index object stays: repair-index's to remove
+    expect((await repairSnapshots(repository, { dryRun: true })).repaired).toEqual([]);
+    await store.delete(packKey(copyPack));
     const report = await repairSnapshots(repository, { dryRun: true });
-    expect(report.repaired[0].removed.map((r) => r.reason)).toEqual([
-      `chunk ${lost.hex.slice(0, 12)} is in pack ${lostPack.slice(0, 12)}, which the store no longer has`,
-      `chunk ${lost.hex.slice(0, 12)} is in pack ${lostPack.slice(0, 12)}, which the store no longer has`,
-    ]);
+    expect(report.repaired[0].removed).toEqual(
+      ["lost.bin", "hard-link.bin"].map((path) => ({
+        path,
+        reason: expect.stringMatching(
+          new RegExp(
+            `^chunk ${lost.hex.slice(0, 12)} is in pack (${lostPack.slice(0, 12)}|${copyPack.slice(0, 12)}), which the store no longer has$`,
+          ),
+        ),
+      })),
+    );
     await store.close();
   });
 
@@ -176,7 +204,10 @@ describe.each(stores)("repair-snapshots on %s", (_name, make) => {
     // repairedFrom, nothing is written, and the damaged one goes.
     const manifests = await keysIn(store, "manifests/");
     const second = await repairSnapshots(repository, { forget: true });
-    expect(second.repaired).toEqual([{ ...first.repaired[0], forgotten: true }]);
+    expect(second.repaired).toEqual([{ ...first.repaired[0], reused: true, forgotten: true }]);
+    expect(repairSnapshotsText(second, false, "forget").out).toContain(
+      `took snapshot ${repairedId.slice(0, 12)}, the same repair made before, forgot ${snapshot.slice(0, 12)}\n`,
+    );
     expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([repairedId]);
     expect(await keysIn(store, "manifests/")).toEqual(manifests);
     await store.close();
@@ -197,47 +228,77 @@ describe.each(stores)("repair-snapshots on %s", (_name, make) => {
       return { repository: fresh, snapshot, repairedId, writers: vi.spyOn(fresh, "writer") };
     };
 
-    // Named alone, the damaged snapshot is not pointed to its damaged repair: it is repaired again.
+    // Named alone, the damaged snapshot is not pointed to its damaged repair: it is repaired again. Then its old
+    // repair, repaired in its turn, comes to the same snapshot, which is taken: no second one is written.
     const store = make();
     const alone = await repairedThenDamaged(store);
     const named = await repairSnapshots(alone.repository, { ids: [alone.snapshot], forget: true });
-    expect(named.repaired.map((r) => [r.snapshot, r.filesRemoved])).toEqual([[alone.snapshot, 4]]);
+    expect(named.repaired.map((r) => [r.snapshot, r.filesRemoved, r.reused])).toEqual([[alone.snapshot, 4, false]]);
     expect(named.repaired[0].repaired).not.toBe(alone.repairedId);
     expect(alone.writers).toHaveBeenCalledTimes(1);
+    const rest = await repairSnapshots(alone.repository, { forget: true });
+    expect(rest.repaired.map((r) => [r.snapshot, r.repaired, r.reused])).toEqual([
+      [alone.repairedId, named.repaired[0].repaired, true],
+    ]);
+    expect(alone.writers).toHaveBeenCalledTimes(1);
+    expect((await alone.repository.listSnapshots()).map((s) => s.id)).toEqual([named.repaired[0].repaired]);
 
-    // All at once: the repair is repaired in its own turn, and the snapshot it repairs needs no second one.
+    // All at once, in whichever order their ids put them (they have the same time): the first judged is repaired,
+    // and the other comes to the same snapshot and takes it. One snapshot is left, and every entry names it.
     const other = make();
     const all = await repairedThenDamaged(other);
     const report = await repairSnapshots(all.repository, { forget: true });
     expect(all.writers).toHaveBeenCalledTimes(1);
-    const [last] = await all.repository.listSnapshots();
-    expect(report.repaired.map((r) => [r.snapshot, r.repaired]).sort()).toEqual(
-      [
-        [all.snapshot, all.repairedId],
-        [all.repairedId, last.id],
-      ].sort(),
-    );
-    expect((await all.repository.listSnapshots()).map((s) => [s.id, s.repairedFrom])).toEqual([
-      [last.id, all.repairedId],
+    const [last, ...none] = await all.repository.listSnapshots();
+    expect(none).toEqual([]);
+    expect(report.repaired.map((r) => r.snapshot).sort()).toEqual([all.snapshot, all.repairedId].sort());
+    expect(report.repaired.map((r) => [r.repaired, r.forgotten])).toEqual([
+      [last.id, true],
+      [last.id, true],
     ]);
+    expect(report.repaired.map((r) => r.reused)).toEqual([false, true]);
     expect((await checkRepository(all.repository)).ok).toBe(true);
     await store.close();
     await other.close();
   });
 
-  it("writes only the manifest parts that lose a file, and drops a part left empty", async () => {
+  it("forgets no snapshot for a repair whose manifest does not open: it is written again", async () => {
+    const store = make();
+    const { repository, snapshot, lostPack } = await snapshotOfTwoPacks(store);
+    await store.delete(packKey(lostPack));
+    await store.delete(indexKey(lostPack));
+    const repairedId = (await repairSnapshots(repository)).repaired[0].repaired!;
+    // The repair's one part (written by the repair: the damaged snapshot's was another) rots.
+    const [part] = (await repository.findSnapshot(repairedId)).manifests;
+    const bytes = await store.get(manifestKey(part));
+    bytes[bytes.length >> 1] ^= 0x04;
+    await store.put(manifestKey(part), bytes);
+
+    const report = await repairSnapshots(repository, { ids: [snapshot], forget: true });
+    expect(report.repaired.map((r) => [r.snapshot, r.reused, r.forgotten])).toEqual([[snapshot, false, true]]);
+    // The commit wrote the part again whole, so both repairs open now; the damaged snapshot is gone.
+    for (const s of await repository.listSnapshots()) {
+      expect(s.repairedFrom).toBe(snapshot);
+      await expect(repository.readManifest(s)).resolves.toBeDefined();
+    }
+    expect((await checkRepository(repository)).ok).toBe(true);
+    await store.close();
+  });
+
+  it("writes only the manifest parts that lose a file, drops a part left empty, and keeps the first for its root", async () => {
     const store = make();
     const key = generateRepositoryKey();
     const { repository } = await Repository.openOrInit(store, key);
     const chunks = [0, 1, 2, 3].map(() => sealed(key, randomBytes(1_000)));
     const writer = await repository.writer();
-    await writer.put(chunks.slice(0, 3));
+    await writer.put([chunks[1], chunks[2]]);
     await writer.flush();
-    await writer.put([chunks[3]]);
+    await writer.put([chunks[0], chunks[3]]);
     const files: Record<string, SealedChunk[]> = Object.fromEntries(chunks.map((c, i) => [`f${i}.bin`, [c]]));
-    // Parts far smaller than an entry: each entry a part of its own (the directory's first, then f0..f3).
-    const parts = sealManifestParts(key, manifestOf(files).entries, { partBytes: 64 });
-    expect(parts).toHaveLength(5);
+    const root = { mode: 0o700, mtimeNs: "1700000000000000007" };
+    // Parts far smaller than an entry: each file a part of its own, the first with the root.
+    const parts = sealManifestParts(key, manifestOf(files).entries.slice(1), { partBytes: 64, root });
+    expect(parts).toHaveLength(4);
     const snapshot = await writer.commit(parts, meta);
     const original = await repository.findSnapshot(snapshot);
     const lostPack = (await repository.loadIndex()).packIdOf(chunks[3].id)!;
@@ -246,16 +307,17 @@ describe.each(stores)("repair-snapshots on %s", (_name, make) => {
 
     const report = await repairSnapshots(repository, { forget: true });
     const record = await repository.findSnapshot(report.repaired[0].repaired!);
-    // f3's part goes; the others are the very objects the damaged snapshot named.
-    expect(record.manifests).toEqual(original.manifests.slice(0, 4));
-    expect((await repository.readManifest(record)).entries.map((e) => e.path)).toEqual([
-      "d",
-      "f0.bin",
-      "f1.bin",
-      "f2.bin",
-    ]);
+    // f0's part is written again without it (the root alone), f3's goes, and the others are the very objects the
+    // damaged snapshot named.
+    expect(record.manifests.slice(1)).toEqual(original.manifests.slice(1, 3));
+    expect(record.manifests[0]).not.toBe(original.manifests[0]);
+    expect(await repository.readManifest(record)).toEqual({
+      version: 1,
+      root,
+      entries: manifestOf(files).entries.slice(2, 4),
+    });
     // f3's part is no snapshot's now: a prune would delete it; it is still there until then.
-    expect(await store.stat(manifestKey(original.manifests[4]))).toBeDefined();
+    expect(await store.stat(manifestKey(original.manifests[3]))).toBeDefined();
     expect((await checkRepository(repository)).ok).toBe(true);
     await store.close();
   });
@@ -334,7 +396,7 @@ describe.each(stores)("repair-snapshots on %s", (_name, make) => {
     await store.delete(indexKey(lostPack));
     await expect(repairSnapshots(repository, { forget: true })).rejects.toThrow(
       new RegExp(
-        `^snapshot ${snapshot} uses chunks in no index .* while 1 pack has no index object: .*Run \`snapshot repair-index\``,
+        `^snapshot ${snapshot} uses chunks that are gone .* while 1 pack has no index object: .*Run \`snapshot repair-index\``,
       ),
     );
     expect(await objects(store)).toEqual(before);

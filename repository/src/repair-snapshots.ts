@@ -14,7 +14,10 @@
 // - The repaired snapshot keeps the damaged one's time, workspace, epoch, tenant, host, source and stats, so that
 //   retention treats it as the snapshot it replaces, and records `repairedFrom` (its id). The damaged one is
 //   forgotten only with `forget`, once the repaired one is committed: a crash between the two leaves both, and
-//   running the repair again finds the repair already there (by `repairedFrom`) and does not write another.
+//   running the repair again finds the repair already there and does not write another. A repair is found by what
+//   it holds (the same tenant, workspace, time, epoch and manifest parts, which seal deterministically), not by
+//   `repairedFrom` alone: a repair made before more data was lost, or before a snapshot stored some of it again,
+//   is not the one to make now (it is repaired in its own turn, or left beside the new one).
 // - Parts of the manifest with nothing removed are the same objects again (named by id), so a repair writes only
 //   the parts that changed and a record. The commit is a writer's commit, which checks every chunk the new
 //   manifest names against the index and every path, as for any snapshot.
@@ -32,7 +35,7 @@ import { listPacks } from "./pack.js";
 import { MAX_REMOVED_LISTED, type RepairedSnapshot, type RepairSnapshotsReport } from "./repair-snapshots-report.js";
 import type { Repository } from "./repository.js";
 import type { RepositoryIndex } from "./repository-index.js";
-import { isObjectId } from "./sealing.js";
+import { isObjectId, sha256 } from "./sealing.js";
 import { type SnapshotRecord, snapshotKey } from "./snapshot-record.js";
 import type { ManifestPartBlob } from "./transfer.js";
 
@@ -98,11 +101,12 @@ async function repair(
   const stored = await listPacks(store);
   const orphans = [...stored.keys()].filter((packId) => !index.packs.has(packId)).length;
   const gone = goneChunks(index, stored);
-  // What an earlier repair cut short left: the damaged snapshot beside its repair. Found, not written again.
-  const repairs = new Map(all.flatMap((s) => (s.repairedFrom ? [[s.repairedFrom, s] as const] : [])));
+  // Repairs already there (a run cut short between its commit and its forget) and those this run makes, by what they
+  // hold: parts seal deterministically, so a repair equal to the one planned has the very same manifest ids.
+  const repairs = new Map<string, SnapshotRecord>();
+  for (const s of all) if (s.repairedFrom !== undefined) repairs.set(sameSnapshot(s, s.manifests), s);
 
   report.snapshots = chosen.records.length + chosen.unreadable.length;
-  const selected = new Set(chosen.records.map((s) => s.id));
   let done = 0;
   for (const record of chosen.records) {
     options.signal?.throwIfAborted();
@@ -119,26 +123,27 @@ async function repair(
     options.onProgress?.({ snapshotsDone: ++done, snapshotsTotal: chosen.records.length });
     if (!plan) continue;
     if (orphans > 0) {
+      // The first snapshot with data gone stops it: nothing has been written yet.
       throw new RepositoryError(
         "corrupt",
-        `snapshot ${record.id} uses chunks in no index (e.g. ${plan.entry.removed[0]?.reason}) while ` +
+        `snapshot ${record.id} uses chunks that are gone (e.g. ${plan.entry.removed[0]?.reason}) while ` +
           `${counted(orphans, "pack")} ${orphans === 1 ? "has" : "have"} no index object: those packs may hold them, ` +
-          `so the repair ${report.repaired.length > 0 ? "stops here" : "changes nothing"}. Run \`snapshot repair-index\` ` +
-          "to index them, then this again",
+          "so the repair changes nothing. Run `snapshot repair-index` to index them, then this again",
       );
     }
     report.repaired.push(plan.entry);
-    if (options.dryRun) continue;
-    // Taken where this run judges it in its own turn (repairing it too if data it uses was lost since), or where it
-    // is whole: a repair of a damaged snapshot is never pointed to a snapshot as damaged.
-    const earlier = repairs.get(record.id);
-    const reuse =
-      earlier !== undefined &&
-      (selected.has(earlier.id) ||
-        (await planRepair(repository, earlier, gone).catch(() => "unreadable" as const)) === undefined);
-    let repaired: SnapshotRecord;
-    if (earlier && reuse) repaired = earlier;
-    else {
+    // A repair equal to this one is taken instead of writing another, once its parts are read back whole: the
+    // damaged snapshot is never forgotten for a repair that does not open.
+    const planned = sameSnapshot(record, plan.parts.map(partId));
+    let repaired = repairs.get(planned);
+    if (repaired && !(await manifestReadable(repository, repaired))) repaired = undefined;
+    plan.entry.reused = repaired !== undefined;
+    if (options.dryRun) {
+      plan.entry.repaired = repaired?.id;
+      plan.entry.forgotten = options.forget === true;
+      continue;
+    }
+    if (!repaired) {
       const writer = await repository.writer({ heldLock: lock, index });
       const id = await writer.commit(plan.parts, {
         time: record.time,
@@ -151,6 +156,7 @@ async function repair(
         repairedFrom: record.id,
       });
       repaired = await repository.findSnapshot(id);
+      repairs.set(planned, repaired);
     }
     plan.entry.repaired = repaired.id;
     await options.onRepaired?.(repaired, record);
@@ -159,10 +165,34 @@ async function repair(
       await options.beforeDelete?.(record.id);
       await store.delete(snapshotKey(record.id));
       await store.syncEntries?.([snapshotKey(record.id)]);
+      // (A repair forgotten here is never taken after: it used data that is gone, so no plan has its parts.)
       plan.entry.forgotten = true;
     }
   }
   return report;
+}
+
+/**
+ * What makes two records the same snapshot for a repair: tenant, workspace, time, epoch and manifest parts (host,
+ * source and stats are the creator's word about it).
+ */
+function sameSnapshot(record: SnapshotRecord, manifests: readonly string[]): string {
+  return JSON.stringify([record.tenant, record.workspace, record.time, record.epoch, manifests]);
+}
+
+function partId(part: ManifestPartBlob): string {
+  return Buffer.isBuffer(part) ? sha256(part).toString("hex") : part.stored;
+}
+
+/** Whether every part of `record`'s manifest is there and hashes to its id. */
+async function manifestReadable(repository: Repository, record: SnapshotRecord): Promise<boolean> {
+  try {
+    await repository.readManifestBlobs(record);
+    return true;
+  } catch (err) {
+    if (isObjectError(err)) return false;
+    throw err;
+  }
 }
 
 /** The records `ids` name (every one without), and those of them whose record does not open. */
@@ -224,6 +254,7 @@ async function planRepair(
     snapshot: record.id,
     workspace: record.workspace,
     time: record.time,
+    reused: false,
     forgotten: false,
     filesRemoved: 0,
     bytesRemoved: 0,
