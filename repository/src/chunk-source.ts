@@ -11,6 +11,7 @@ import {
   type FetchedChunk,
   type GetChunksOptions,
   NO_OTHER_COPY,
+  NOT_INDEXED,
 } from "./transfer.js";
 
 export interface ChunkSourceOptions {
@@ -111,7 +112,7 @@ export class RepositoryChunkSource implements ChunkSource {
           ? (index.locations(hex).find((c) => !avoidPacks.has(c.packId)) ?? index.get(hex))
           : index.get(hex);
       if (!loc) {
-        yield { id, error: options.otherCopy ? NO_OTHER_COPY : "the repository index has no such chunk" };
+        yield { id, error: options.otherCopy ? NO_OTHER_COPY : NOT_INDEXED };
         continue;
       }
       let list = byPack.get(loc.packId);

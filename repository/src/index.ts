@@ -189,4 +189,4 @@ export type {
   SnapshotMeta,
   SnapshotStats,
 } from "./transfer.js";
-export { MAX_SKIPPED_LISTED, MAX_SKIPPED_REASON, NO_OTHER_COPY } from "./transfer.js";
+export { MAX_SKIPPED_LISTED, MAX_SKIPPED_REASON, NO_OTHER_COPY, NOT_INDEXED } from "./transfer.js";

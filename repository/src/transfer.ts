@@ -111,6 +111,9 @@ export interface ChunkBuffers {
 /** What `ChunkSource.get` yields, as its error, for a chunk asked for again (`otherCopy`) that no other pack holds. */
 export const NO_OTHER_COPY = "no other pack holds a copy of it";
 
+/** What `ChunkSource.get` yields, as its error, for a chunk the repository index holds no copy of: none to ask for. */
+export const NOT_INDEXED = "the repository index has no such chunk";
+
 export interface GetChunksOptions {
   /**
    * Each chunk from a copy this source has not given it from yet: the restore asks so for chunks that did not

@@ -21,6 +21,7 @@ import {
   type ManifestRoot,
   manifestPartEntries,
   NO_OTHER_COPY,
+  NOT_INDEXED,
   nothingIncluded,
   type Ownership,
   RestorableCheck,
@@ -659,7 +660,8 @@ async function restoreWindow(
     let round = 0;
     const markDamaged = (hex: string, reason: string, pack: string | undefined): void => {
       let first = failures.get(hex);
-      if (copies && reason !== NO_OTHER_COPY) {
+      // (A chunk the index holds no copy of has none to ask for: its files are named at once.)
+      if (copies && reason !== NO_OTHER_COPY && reason !== NOT_INDEXED) {
         if (first) first.copies++;
         else {
           first = { reason, pack, copies: 1 };

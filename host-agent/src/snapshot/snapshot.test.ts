@@ -41,6 +41,7 @@ import {
   MAX_SKIPPED_REASON,
   type Manifest,
   type ManifestPartBlob,
+  NOT_INDEXED,
   openBlobStore,
   packKey,
   pruneRepository,
@@ -1659,6 +1660,46 @@ describe("snapshot engine", () => {
       },
     ]);
     expect((failure as RestoreDamagedError).result.warnings).toBeUndefined();
+  });
+
+  it("names the files of a chunk in no index at once, without asking for another copy", async () => {
+    const { source, repository, created, key } = await snapshotOfWorkspace();
+    const manifest = await repository.readManifest(await repository.findSnapshot(created.id));
+    const csv = manifest.entries.find((e) => e.path === "data/table.csv");
+    if (csv?.type !== "file") throw new Error("no csv in manifest");
+    // An index without the pack of one of the csv's chunks (its index object lost): those chunks are in no index.
+    const index = await repository.loadIndex();
+    const lostPack = index.packIdOf(csv.chunks[0])!;
+    index.removePacks([lostPack]);
+    const real = new RepositoryChunkSource(repository, index);
+    const otherCopy: boolean[] = [];
+    const counting: ChunkSource = {
+      otherCopies: true,
+      readManifest: (id) => real.readManifest(id),
+      get(ids, options) {
+        otherCopy.push(options?.otherCopy === true);
+        return real.get(ids, options);
+      },
+    };
+    const target = fresh("not-indexed");
+    const failure = await restoreSnapshot({ snapshotId: created.id, source: counting, key, target, pool }).catch(
+      (e) => e,
+    );
+    expect(failure).toBeInstanceOf(RestoreDamagedError);
+    const { damaged } = failure as RestoreDamagedError;
+    expect(damaged.map((d) => d.path)).toContain("data/table.csv");
+    expect(new Set(damaged.map((d) => d.reason))).toEqual(new Set([NOT_INDEXED]));
+    expect(otherCopy.every((asked) => !asked)).toBe(true);
+    // Everything else is restored: all but the damaged files and the directories holding them (their times).
+    const left = damaged.flatMap((d) => [
+      d.path,
+      ...d.path
+        .split("/")
+        .slice(0, -1)
+        .map((_, i, dirs) => dirs.slice(0, i + 1).join("/")),
+    ]);
+    const rest = (lines: string[]) => lines.filter((line) => !left.some((path) => line.startsWith(`${path} `)));
+    expect(rest(await describeTree(target))).toEqual(rest(await describeTree(source)));
   });
 
   it("fails a restore whole, its target emptied, when the store cannot be read, rather than call data damaged", async () => {
