@@ -194,7 +194,9 @@ describe.each(stores)("repair-snapshots on %s", (_name, make) => {
     const first = await repairSnapshots(repository);
     const repairedId = first.repaired[0].repaired!;
     expect(first.repaired[0].forgotten).toBe(false);
-    expect((await repository.listSnapshots()).map((s) => s.id).sort()).toEqual([snapshot, repairedId].sort());
+    // Both have the same time; the repair is listed after, so `latest` is the one that restores whole.
+    expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([snapshot, repairedId]);
+    expect((await repository.findSnapshot("latest")).id).toBe(repairedId);
     expect(repairSnapshotsText(first, false, "forget --repo R").err).toBe(
       `the damaged snapshot stays beside its repair: \`forget --repo R ${snapshot.slice(0, 12)}\` forgets it (or ` +
         "repair again with --forget)\n",
@@ -243,15 +245,16 @@ describe.each(stores)("repair-snapshots on %s", (_name, make) => {
     expect(alone.writers).toHaveBeenCalledTimes(1);
     expect((await alone.repository.listSnapshots()).map((s) => s.id)).toEqual([named.repaired[0].repaired]);
 
-    // All at once, in whichever order their ids put them (they have the same time): the first judged is repaired,
-    // and the other comes to the same snapshot and takes it. One snapshot is left, and every entry names it.
+    // All at once: the damaged snapshot is judged first (a repair is listed after a snapshot of its time) and
+    // repaired again, and its old repair, repaired in its turn, comes to the same snapshot and takes it. One
+    // snapshot is left, and every entry names it.
     const other = make();
     const all = await repairedThenDamaged(other);
     const report = await repairSnapshots(all.repository, { forget: true });
     expect(all.writers).toHaveBeenCalledTimes(1);
     const [last, ...none] = await all.repository.listSnapshots();
     expect(none).toEqual([]);
-    expect(report.repaired.map((r) => r.snapshot).sort()).toEqual([all.snapshot, all.repairedId].sort());
+    expect(report.repaired.map((r) => r.snapshot)).toEqual([all.snapshot, all.repairedId]);
     expect(report.repaired.map((r) => [r.repaired, r.forgotten])).toEqual([
       [last.id, true],
       [last.id, true],

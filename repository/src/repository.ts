@@ -186,7 +186,13 @@ export class Repository implements RepositoryAccess {
         else throw err;
       }
     });
-    return records.sort((a, b) => a.time.localeCompare(b.time) || a.id.localeCompare(b.id));
+    // A repair has the time of the snapshot it repairs, and comes after it: `latest` is the one that restores whole.
+    return records.sort(
+      (a, b) =>
+        a.time.localeCompare(b.time) ||
+        Number(a.repairedFrom !== undefined) - Number(b.repairedFrom !== undefined) ||
+        a.id.localeCompare(b.id),
+    );
   }
 
   /** Whether snapshot `id` (a full id) is in the repository: its record is there. */
