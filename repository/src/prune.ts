@@ -3,11 +3,12 @@
 import type { BlobStore } from "./blob-store.js";
 import { RepositoryChunkSource } from "./chunk-source.js";
 import { counted } from "./counted.js";
-import { isRepositoryError, RepositoryError, readShowsDamage } from "./errors.js";
+import { isObjectError, isRepositoryError, RepositoryError, readShowsDamage } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
 import { IdSet } from "./id-set.js";
 import { acquireLock, LOCK_STALE_AFTER_MS } from "./lock.js";
 import { indexKey, listPacks, packKey } from "./pack.js";
+import { readPackHeader } from "./repair-index.js";
 import type { Repository } from "./repository.js";
 import type { RepositoryIndex } from "./repository-index.js";
 import { DEFAULT_PACK_SIZE } from "./repository-writer.js";
@@ -202,9 +203,10 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     const report = emptyPruneReport();
 
     // Packs with no index object are what an interrupted writer left; no writer runs while we hold the lock.
-    const orphans: { key: string; size: number }[] = [];
+    const orphans: { packId: string; key: string; size: number }[] = [];
     for (const [packId, info] of await listPacks(store)) {
-      if (!index.packs.has(packId) && !unreadableIndexes.has(packId)) orphans.push({ key: info.key, size: info.size });
+      if (!index.packs.has(packId) && !unreadableIndexes.has(packId))
+        orphans.push({ packId, key: info.key, size: info.size });
     }
     // A pack without an index object may instead be one whose index object was lost (deleted by hand, a store
     // that lost it): if a listed snapshot uses a chunk no index holds, its data may be in one of those packs, and
@@ -256,7 +258,8 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
         copies.add(e.id);
       }
     }
-    await checkStayingCopies(repository, index, usedChunks, new Set([...unused, ...repack]), options.signal);
+    const orphaned = await copiesInOrphans(repository, orphans, usedChunks, index, options.signal);
+    await checkStayingCopies(repository, index, usedChunks, new Set([...unused, ...repack]), orphaned, options.signal);
 
     for (const packId of unused) report.bytesFreed += index.packs.get(packId)!.packSize;
     for (const o of orphans) report.bytesFreed += o.size;
@@ -372,6 +375,8 @@ async function checkStayingCopies(
   index: RepositoryIndex,
   usedChunks: IdSet,
   going: ReadonlySet<string>,
+  /** Used chunks the index holds that packs without index objects (going too) also hold: hex id → those packs. */
+  orphaned: ReadonlyMap<string, string[]>,
   signal: AbortSignal | undefined,
 ): Promise<void> {
   const held = new IdSet(); // each chunk once, however many going packs hold it
@@ -380,6 +385,7 @@ async function checkStayingCopies(
       if (usedChunks.has(e.id) && index.copyCount(e.id) > 1) held.add(e.id);
     }
   }
+  for (const hex of orphaned.keys()) held.add(Buffer.from(hex, "hex"));
   /** Reads each of `id`'s copies that stay (or its first) until one verifies; throws where none does. */
   const verifyEach = async (id: Buffer): Promise<void> => {
     signal?.throwIfAborted();
@@ -398,12 +404,22 @@ async function checkStayingCopies(
     }
     const where = faults.map((f) => `pack ${f.pack}: ${f.problem}`).join("; ");
     const bad = faults.filter((f) => !f.gone).map((f) => f.pack.slice(0, 12));
-    const others = copies.filter((c) => going.has(c.packId)).map((c) => c.packId);
-    const way =
+    const unindexed = orphaned.get(id.toString("hex")) ?? [];
+    const others = [
+      ...copies.filter((c) => going.has(c.packId)).map((c) => c.packId),
+      ...unindexed.map((p) => `${p} (without an index object)`),
+    ];
+    const repairPacks =
       bad.length === 0
         ? "`snapshot repair-index` forgets the packs that are gone"
         : `\`snapshot repair-packs\`, given ${bad.length === 1 ? "pack" : "packs"} ${bad.join(" ")}, rewrites ` +
           `${bad.length === 1 ? "that pack" : "those packs"} without it, keeping a copy that verifies`;
+    // A copy in a pack without an index object is found only once repair-index has indexed that pack.
+    const way =
+      unindexed.length > 0
+        ? `\`snapshot repair-index\` indexes ${unindexed.length === 1 ? "the pack" : "the packs"} without an index ` +
+          `object, so restores find that copy; then ${repairPacks}`
+        : repairPacks;
     throw new RepositoryError(
       "corrupt",
       `chunk ${id.toString("hex")} is damaged where the prune would keep it (${where}), and it would delete or ` +
@@ -430,6 +446,40 @@ async function checkStayingCopies(
     if (batch.length >= 4096) await run();
   }
   await run();
+}
+
+/**
+ * The used chunks that packs without index objects hold and the index holds too (hex id → those packs), from each
+ * such pack's header. A snapshot killed between its pack and the pack's index object leaves one, which may hold the
+ * only good copy of a chunk whose indexed copy is damaged (two snapshots raced to store it): the prune deletes it
+ * only once a copy that stays verifies (checkStayingCopies). A header that cannot be read holds nothing to keep.
+ */
+async function copiesInOrphans(
+  repository: Repository,
+  orphans: readonly { packId: string; size: number }[],
+  usedChunks: IdSet,
+  index: RepositoryIndex,
+  signal: AbortSignal | undefined,
+): Promise<Map<string, string[]>> {
+  const held = new Map<string, string[]>();
+  await forEachLimited(orphans, 8, async ({ packId, size }) => {
+    signal?.throwIfAborted();
+    const entries = await readPackHeader(repository.store, repository.key, packId, size, signal).catch(
+      (err: unknown) => {
+        signal?.throwIfAborted(); // a read the signal stopped fails with the stop's reason, as every step does
+        if (isObjectError(err)) return [];
+        throw err;
+      },
+    );
+    for (const e of entries) {
+      if (!usedChunks.has(e.id) || !index.has(e.id)) continue;
+      const hex = e.id.toString("hex");
+      const packs = held.get(hex);
+      if (packs) packs.push(packId);
+      else held.set(hex, [packId]);
+    }
+  });
+  return held;
 }
 
 /**

@@ -293,6 +293,38 @@ describe.each(stores)("repair-packs on %s", (_name, make) => {
     await store.close();
   });
 
+  it("a prune stops rather than delete a pack without an index object holding the only good copy of a chunk", async () => {
+    const store = make();
+    const { key, repository, bad, packId } = await oneDamagedChunk(store);
+    // A racing snapshot stored bad's chunk whole too, and was killed before its pack's index object.
+    const orphan = await packOf(repository, [bad]);
+    await store.delete(indexKey(orphan));
+    await expect(pruneRepository(repository, { dryRun: true })).rejects.toThrow(
+      new RegExp(
+        `^chunk ${bad.hex} is damaged where the prune would keep it \\(pack ${packId}: .*\\), and it would delete or ` +
+          `repack its other copy \\(pack ${orphan} \\(without an index object\\)\\): it stops, having deleted ` +
+          "nothing\\. `snapshot repair-index` indexes the pack without an index object, so restores find that copy; " +
+          `then \`snapshot repair-packs\`, given pack ${packId.slice(0, 12)}, rewrites that pack without it`,
+      ),
+    );
+    await expect(pruneRepository(repository)).rejects.toSatisfy((e) => isRepositoryError(e, "corrupt"));
+    expect(await store.stat(packKey(orphan))).toBeDefined();
+
+    // As it says: repair-index, then repair-packs, which keeps the other copy; the prune then runs.
+    await repairIndex(await Repository.open(store, key));
+    expect((await repairPacks(repository, { packs: [packId] })).lost).toEqual([]);
+    await pruneRepository(repository);
+    await expectWhole(repository, [bad]);
+    expect((await checkRepository(repository)).ok).toBe(true);
+
+    // A pack without an index object whose chunks' indexed copies verify goes, as any an interrupted snapshot left.
+    const leftover = await packOf(repository, [bad]);
+    await store.delete(indexKey(leftover));
+    expect(await pruneRepository(repository)).toMatchObject({ orphanPacksDeleted: 1 });
+    expect(await store.stat(packKey(leftover))).toBeUndefined();
+    await store.close();
+  });
+
   it("a prune keeps a copy that verifies of a chunk held twice, whichever packs it repacks", async () => {
     const store = make();
     const key = generateRepositoryKey();
