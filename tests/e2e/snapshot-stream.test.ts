@@ -986,8 +986,8 @@ describe("snapshots over the agent stream", () => {
     expect(repaired.stderr).toBe(
       `tenant ${tenantId}: 1 damaged chunk is in no other pack (${chunk.slice(0, 12)}): \`dumont snapshot check ` +
         `--tenant ${tenantId}\` names the files they break. The next snapshot of a workspace that still has those ` +
-        "bytes stores them again, and every snapshot using them is whole again; forget the snapshots whose files " +
-        "are gone for good\n",
+        "bytes stores them again, and every snapshot using them is whole again; `snapshot repair-snapshots --forget` " +
+        "replaces the snapshots whose files are gone for good with ones without those files\n",
     );
     await expect(fs.stat(pack)).rejects.toThrow(/ENOENT/);
     // Missing now, not damaged: no snapshot can take it for stored.
@@ -1003,6 +1003,103 @@ describe("snapshots over the agent stream", () => {
     const target = path.join(root, "repair-packs-restored");
     await cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target, "--json"]);
     expect(await describeTree(target)).toEqual(await describeTree(dir));
+  });
+
+  it("repair-snapshots replaces a snapshot whose file's data is gone for good with one without it, listed at once", async () => {
+    const { dir, snap, pack } = await twoChunkSnapshot("repair-snapshots-workspace");
+    const tenantId = (await snapshots()).find((s) => s.id === snap.id)!.tenantId;
+    // A byte flipped in the first chunk; repair-packs takes it out of the pack, and no other pack holds it.
+    const bytes = await fs.readFile(pack);
+    bytes[100] ^= 0xff;
+    await fs.writeFile(pack, bytes);
+    const packs = await cp.cli(["snapshot", "repair-packs", path.basename(pack).slice(0, 16), "--tenant", tenantId]);
+    expect(packs.code).toBe(1);
+    const short = snap.id.slice(0, 12);
+    const listedIds = async () => (await snapshots()).map((s) => s.id);
+    const before = await listedIds();
+
+    // A dry run names the file it would leave out, changes nothing, and exits 0: there is a repair to make.
+    const dry = await cp.cli(["snapshot", "repair-snapshots", short, "--dry-run", "--json"]);
+    expect(dry).toMatchObject({ code: 0, stderr: "" });
+    const dryReport = JSON.parse(dry.stdout);
+    expect(dryReport).toEqual({
+      dryRun: true,
+      tenants: [
+        {
+          tenantId,
+          snapshots: 1,
+          repaired: [
+            {
+              snapshot: snap.id,
+              workspace: `${agent.hostId}:${dir}`,
+              time: expect.any(String),
+              reused: false,
+              forgotten: false,
+              filesRemoved: 1,
+              bytesRemoved: expect.any(Number),
+              removed: [
+                { path: expect.stringMatching(/^[ab]\.bin$/), reason: expect.stringMatching(/is in no index$/) },
+              ],
+            },
+          ],
+          unrepairable: [],
+        },
+      ],
+    });
+    const lost: string = dryReport.tenants[0].repaired[0].removed[0].path;
+    const kept = lost === "a.bin" ? "b.bin" : "a.bin";
+    expect(dryReport.tenants[0].repaired[0].bytesRemoved).toBe((await fs.stat(path.join(dir, lost))).size);
+    expect(await listedIds()).toEqual(before);
+
+    // Without --forget the damaged snapshot stays beside its repair, said on stderr with the forget to run: exit 0.
+    const repaired = await cp.cli(["snapshot", "repair-snapshots", snap.id, "--tenant", tenantId]);
+    expect(repaired.code).toBe(0);
+    const prefix = `tenant ${tenantId}: `;
+    const text = new RegExp(
+      `^${prefix}snapshot ${short} of "[^"]+" at [^\n]+:\n` +
+        `${prefix}  removed "${lost.replace(".", "\\.")}": chunk \\w{12} is in no index\n` +
+        `${prefix}  1 file \\([\\d.]+ KiB\\) left out; saved as snapshot (\\w{12})\n` +
+        `${prefix}1 snapshot read: 1 snapshot repaired\n$`,
+    );
+    expect(repaired.stdout).toMatch(text);
+    const repairedShort = repaired.stdout.match(text)![1];
+    expect(repaired.stderr).toBe(
+      `${prefix}the damaged snapshot stays beside its repair: \`dumont snapshot forget ${short}\` forgets it (or ` +
+        "repair again with --forget)\n",
+    );
+    // Listed at once, beside the damaged one.
+    const repairedId = (await listedIds()).find((id) => id.startsWith(repairedShort))!;
+    expect((await listedIds()).sort()).toEqual([...before, repairedId].sort());
+
+    // Again with --forget: the repair is found, not made again, and the damaged snapshot is forgotten.
+    const forgotten = await cp.cli(["snapshot", "repair-snapshots", short, "--forget", "--json"]);
+    expect(forgotten).toMatchObject({ code: 0, stderr: "" });
+    expect(JSON.parse(forgotten.stdout).tenants[0].repaired).toEqual([
+      expect.objectContaining({ snapshot: snap.id, repaired: repairedId, reused: true, forgotten: true }),
+    ]);
+    expect((await listedIds()).sort()).toEqual([...before.filter((id) => id !== snap.id), repairedId].sort());
+    expect(await cli(["snapshot", "check", "--tenant", tenantId, "--json"])).toMatchObject({ ok: true, problems: [] });
+    const target = path.join(root, "repair-snapshots-restored");
+    await cli(["snapshot", "restore", repairedId, "--host", agent.hostId, "--target", target, "--json"]);
+    const { [lost]: _gone, ...whole } = await describeTree(dir);
+    expect(await describeTree(target)).toEqual(whole);
+    expect(Object.keys(whole)).toEqual([kept]);
+
+    // A snapshot whose record does not open cannot be repaired (what it holds cannot be told): said, and exit 1.
+    const other = await snapshotOf(dir);
+    const record = path.join(root, "cp", "blobs", "tenants", tenantId, "snapshots", other.id);
+    const sealed = await fs.readFile(record);
+    sealed[sealed.length >> 1] ^= 0xff;
+    await fs.writeFile(record, sealed);
+    const unrepairable = await cp.cli(["snapshot", "repair-snapshots", other.id]);
+    expect(unrepairable.code).toBe(1);
+    expect(unrepairable.stdout).toBe(`${prefix}1 snapshot read: 0 snapshots repaired\n`);
+    expect(unrepairable.stderr).toBe(
+      `${prefix}cannot repair snapshot ${other.id.slice(0, 12)}: its record does not open, so what it holds cannot ` +
+        "be told: forget it by id (`snapshot forget ID`)\n",
+    );
+    expect(await cli(["snapshot", "forget", other.id, "--json"])).toMatchObject({ forgotten: [other.id] });
+    expect(await cli(["snapshot", "check", "--tenant", tenantId, "--json"])).toMatchObject({ ok: true, problems: [] });
   });
 
   it("a restore reads a chunk that does not verify from another pack holding it; repair-packs then keeps the good copies", async () => {

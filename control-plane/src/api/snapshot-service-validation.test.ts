@@ -239,6 +239,9 @@ describe("dumont snapshot (admin CLI): bad flags, before any request", () => {
     [["forget", "--keep-daily", "7", "--keep-daily", "1"], /--keep-daily was given twice/],
     [["forget", "abcd", "--keep-last", "3"], /^dumont: SNAPSHOT_IDs name the snapshots to forget: give no --keep-\*/],
     [["forget", "abcd", "--workspace", "w"], /^dumont: SNAPSHOT_IDs name the snapshots to forget: give no --keep-\*/],
+    [["repair-snapshots", "abcd", "xyz"], /^dumont: SNAPSHOT_ID "xyz" is not a snapshot id/],
+    [["repair-snapshots", "latest"], /^dumont: SNAPSHOT_ID "latest" is direct mode's: the control plane names/],
+    [["repair-snapshots", "--tenant", ""], /--tenant is empty: give a tenant id/],
     [["check", "--read-data-subset", "0/3"], /^dumont: --read-data-subset "0\/3" is not a subset of the packs/],
     [
       ["check", "--read-data-subset", "1/3", "--structure-only"],

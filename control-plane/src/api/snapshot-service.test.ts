@@ -3,10 +3,10 @@ import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
-import { acquireLock, openBlobStore, Repository } from "@dumont/repository";
+import { acquireLock, chunkCodec, openBlobStore, packKey, Repository, sealManifest } from "@dumont/repository";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type AgentSession, SessionRegistry } from "../agent-gateway/agent-session.js";
 import { ensureTenant } from "../db/credential-repository.js";
@@ -345,6 +345,206 @@ describe("SnapshotService: repair packs", () => {
   });
 });
 
+describe("SnapshotService: repair snapshots", () => {
+  let db: Db;
+  let close: () => Promise<void>;
+  let caller: HandlerContext;
+  let blobs: string;
+  let coordinator: SnapshotCoordinator;
+  let keys: TenantKeys;
+  /** Each tenant's damaged snapshot: kept.bin whole, lost.bin's pack gone from the store. */
+  const damaged: Record<string, string> = {};
+  const storeOf = (tenantId: string) => openBlobStore(`file://${blobs}/tenants/${tenantId}`);
+  const records = async (tenantId: string) =>
+    (await fs.readdir(path.join(blobs, "tenants", tenantId, "snapshots"))).sort();
+
+  /** A snapshot of kept.bin (2,000 bytes) and lost.bin (3,000), each in a pack of its own; lost.bin's pack is deleted. */
+  const damagedSnapshot = async (tenantId: string) => {
+    const key = await keys.get(tenantId);
+    const { repository } = await Repository.openOrInit(storeOf(tenantId), key);
+    const [kept, lost] = [randomBytes(2_000), randomBytes(3_000)].map((plain) => ({
+      ...chunkCodec.sealChunk(key, plain),
+      plainLength: plain.length,
+    }));
+    const writer = await repository.writer();
+    await writer.put([kept]);
+    await writer.flush();
+    await writer.put([lost]);
+    const file = (name: string, c: typeof kept) => ({
+      type: "file" as const,
+      path: name,
+      mode: 0o644,
+      mtimeNs: "0",
+      size: c.plainLength,
+      chunks: [c.id.toString("hex")],
+      lengths: [c.plainLength],
+    });
+    const entries = [file("kept.bin", kept), file("lost.bin", lost)];
+    const id = await writer.commit([sealManifest(key, { version: 1, entries })], {
+      workspace: "w",
+      epoch: 0,
+      tenant: tenantId,
+    });
+    await repository.store.delete(packKey((await repository.loadIndex()).get(lost.id)!.packId));
+    return id;
+  };
+
+  beforeAll(async () => {
+    let ctx: HandlerContext;
+    ({ db, close, ctx } = await adminOfTenantA());
+    caller = { ...ctx, signal: new AbortController().signal } as HandlerContext;
+    await tenantWithHost(db, "t-b", "h-b");
+    await tenantWithHost(db, "t-none", "h-none");
+    blobs = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-repair-snapshots-"));
+    keys = new TenantKeys(db, randomBytes(32));
+    coordinator = new SnapshotCoordinator(db, keys, `file://${blobs}`, createLogger("silent"), createMetrics());
+    for (const tenantId of ["t-a", "t-b"]) damaged[tenantId] = await damagedSnapshot(tenantId);
+    await coordinator.relistAll(); // catalogued, as the control plane lists what its repositories hold
+  });
+  afterAll(async () => {
+    await coordinator.close();
+    await close();
+    await fs.rm(blobs, { recursive: true, force: true });
+  });
+
+  const service = () => snapshotService({ db, sessions: new SessionRegistry(), snapshots: coordinator });
+  const repair = async (fields: MessageInitShape<typeof api.RepairSnapshotsRequestSchema>) =>
+    (await service().repairSnapshots(
+      create(api.RepairSnapshotsRequestSchema, fields),
+      caller,
+    )) as api.RepairSnapshotsResponse;
+  const refusal = (fields: Parameters<typeof repair>[0]) =>
+    repair(fields).catch((err: unknown) => ConnectError.from(err));
+  const listed = async (tenantId: string) =>
+    (
+      (await service().listSnapshots(
+        create(api.ListSnapshotsRequestSchema, { tenantId }),
+        caller,
+      )) as api.ListSnapshotsResponse
+    ).snapshots;
+  /** What a tenant's answer says of its damaged snapshot, beside `more`. */
+  const tenantRepair = (tenantId: string, more: object = {}) => ({
+    tenantId,
+    snapshots: 1n,
+    repaired: [
+      expect.objectContaining({
+        snapshotId: damaged[tenantId],
+        workspaceId: "w",
+        time: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+        repairedId: "",
+        reused: false,
+        forgotten: false,
+        filesRemoved: 1n,
+        bytesRemoved: 3_000n,
+        removed: [
+          expect.objectContaining({
+            path: "lost.bin",
+            reason: expect.stringMatching(/^chunk \w{12} is in pack \w{12}, which the store no longer has$/),
+          }),
+        ],
+        ...more,
+      }),
+    ],
+    unrepairable: [],
+    error: "",
+  });
+
+  it("refuses snapshot ids that are not ids, or too many, naming the field; an id in no tenant (or not the one named) is NOT_FOUND by name", async () => {
+    expect(await refusal({ snapshotIds: ["0123abcd", "xyz"] })).toMatchObject({
+      code: Code.InvalidArgument,
+      rawMessage: 'snapshot_ids[1] must be a snapshot id or a prefix of 4 to 64 hex characters, got "xyz"',
+    });
+    expect(await refusal({ snapshotIds: ["abc"] })).toMatchObject({
+      code: Code.InvalidArgument,
+      rawMessage: 'snapshot_ids[0] must be a snapshot id or a prefix of 4 to 64 hex characters, got "abc"',
+    });
+    const many = Array.from({ length: 1001 }, (_, i) => i.toString(16).padStart(8, "0"));
+    expect(await refusal({ snapshotIds: many })).toMatchObject({
+      code: Code.InvalidArgument,
+      rawMessage: "snapshot_ids names 1001 snapshots; at most 1000 at once (or none: every snapshot)",
+    });
+    expect(await refusal({ snapshotIds: [damaged["t-a"], "0123abcd"] })).toMatchObject({
+      code: Code.NotFound,
+      rawMessage: "snapshot 0123abcd not found; list them with `dumont snapshot list`",
+    });
+    expect(await refusal({ snapshotIds: [damaged["t-b"]], tenantId: "t-a" })).toMatchObject({
+      code: Code.NotFound,
+      rawMessage: `snapshot ${damaged["t-b"]} not found; list them with \`dumont snapshot list\``,
+    });
+    expect(await refusal({ tenantId: "T_A" })).toMatchObject({
+      code: Code.InvalidArgument,
+      rawMessage: expect.stringMatching(/^tenant_id must be 2..63 lowercase letters/),
+    });
+    expect(await refusal({ tenantId: "t-none" })).toMatchObject({
+      code: Code.NotFound,
+      rawMessage:
+        'tenant "t-none" has no repository (it never took a snapshot): there are no snapshots of it to repair',
+    });
+    expect(await refusal({ tenantId: "t-typo" })).toMatchObject({
+      code: Code.NotFound,
+      rawMessage: 'there is no tenant "t-typo": `dumont key list` shows the tenants that hold keys',
+    });
+    // Nothing was repaired: each tenant holds its one snapshot.
+    for (const tenantId of ["t-a", "t-b"]) expect(await records(tenantId)).toEqual([damaged[tenantId]]);
+  });
+
+  it("repairs each snapshot named in its own tenant's repository, or every tenant's; a dry run changes nothing", async () => {
+    // Named by a prefix and in full, one of each tenant: each tenant is asked for its own, in the order named.
+    const named = await repair({ snapshotIds: [damaged["t-b"].slice(0, 8), damaged["t-a"]], dryRun: true });
+    expect(named.tenants).toEqual([
+      expect.objectContaining(tenantRepair("t-b")),
+      expect.objectContaining(tenantRepair("t-a")),
+    ]);
+    const all = await repair({ dryRun: true, forget: true });
+    expect(all.tenants).toEqual([
+      expect.objectContaining(tenantRepair("t-a", { forgotten: true })),
+      expect.objectContaining(tenantRepair("t-b", { forgotten: true })),
+    ]);
+    for (const tenantId of ["t-a", "t-b"]) {
+      expect(await records(tenantId)).toEqual([damaged[tenantId]]);
+      expect((await listed(tenantId)).map((s) => s.id)).toEqual([damaged[tenantId]]);
+    }
+  });
+
+  it("repairs every tenant it can with forget, saying why one is not; each repair is listed in place of the damaged one", async () => {
+    // A prune from another process holds t-b's repository: t-b says so, and t-a is repaired.
+    const held = await acquireLock(storeOf("t-b"), await keys.get("t-b"), { exclusive: true, purpose: "a prune" });
+    let repairedA: string;
+    try {
+      const res = await repair({ forget: true });
+      expect(res.tenants.map((t) => [t.tenantId, t.error])).toEqual([
+        ["t-a", ""],
+        ["t-b", expect.stringMatching(/^tenant t-b: the repository is locked by a prune \(pid /)],
+      ]);
+      repairedA = res.tenants[0].repaired[0].repairedId;
+      expect(res.tenants[0]).toEqual(
+        expect.objectContaining(
+          tenantRepair("t-a", { repairedId: expect.stringMatching(/^[0-9a-f]{64}$/), forgotten: true }),
+        ),
+      );
+    } finally {
+      await held.release();
+    }
+    const [listedA] = await listed("t-a");
+    expect(listedA).toMatchObject({ id: repairedA, workspaceId: "w", files: 1n, bytesTotal: 2_000n });
+    expect(await records("t-a")).toEqual([repairedA]);
+    expect(await records("t-b")).toEqual([damaged["t-b"]]);
+    const b = await repair({ tenantId: "t-b", forget: true });
+    expect(b.tenants).toEqual([
+      expect.objectContaining(
+        tenantRepair("t-b", { repairedId: expect.stringMatching(/^[0-9a-f]{64}$/), forgotten: true }),
+      ),
+    ]);
+    expect((await listed("t-b")).map((s) => s.id)).toEqual([b.tenants[0].repaired[0].repairedId]);
+    // Nothing is damaged now: a repair of every tenant reads one snapshot each and repairs none.
+    const none = await repair({});
+    expect(none.tenants.map((t) => [t.tenantId, t.snapshots, t.repaired.length, t.error])).toEqual([
+      ["t-a", 1n, 0, ""],
+      ["t-b", 1n, 0, ""],
+    ]);
+  });
+});
+
 describe("SnapshotService: check", () => {
   it("checks one tenant's repository when named; a tenant without one, or none at all, is NOT_FOUND by name", async () => {
     const { db, close, ctx } = await adminOfTenantA();
@@ -496,6 +696,7 @@ describe("SnapshotService: admin keys only", () => {
         drain(service.checkSnapshots(create(api.CheckSnapshotsRequestSchema, {}), ctx)),
         Promise.resolve(service.repairIndex(create(api.RepairIndexRequestSchema, {}), ctx)),
         Promise.resolve(service.repairPacks(create(api.RepairPacksRequestSchema, {}), ctx)),
+        Promise.resolve(service.repairSnapshots(create(api.RepairSnapshotsRequestSchema, {}), ctx)),
         drain(service.diffSnapshots(create(api.DiffSnapshotsRequestSchema, { beforeId: id, afterId: id }), ctx)),
         drain(service.listSnapshotFiles(create(api.ListSnapshotFilesRequestSchema, { snapshotId: id }), ctx)),
       ];

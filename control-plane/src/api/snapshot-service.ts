@@ -1,5 +1,5 @@
 // dumont.api.v1.SnapshotService (admin): snapshot a directory on a host, list, restore onto a host, ls, diff,
-// check, repair, forget.
+// check, repair (index, packs, snapshots), forget.
 import { createHash } from "node:crypto";
 import { posix } from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -307,6 +307,59 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       });
     },
 
+    async repairSnapshots(req, ctx) {
+      const who = await admin(ctx);
+      const scope = listScope(who, req.tenantId, "snapshots");
+      // Snapshots named are looked up in the catalogue (within the tenant named, if one is), all before any is
+      // repaired, and each is repaired in its own tenant's repository: the ids decide the tenants. One in no tenant
+      // is NOT_FOUND by its id. Uncatalogued snapshots cannot be named (relisting lists them), as for a forget.
+      const work = new Map<string, string[] | undefined>();
+      if (req.snapshotIds.length > 0) {
+        if (req.snapshotIds.length > MAX_REPAIR_SNAPSHOT_IDS) {
+          throw new InvalidArgumentError(
+            `snapshot_ids names ${req.snapshotIds.length} snapshots; at most ${MAX_REPAIR_SNAPSHOT_IDS} at once ` +
+              "(or none: every snapshot)",
+          );
+        }
+        for (const row of await resolveSnapshotIds(deps.db, req.snapshotIds, scope)) {
+          work.set(row.tenant_id, [...(work.get(row.tenant_id) ?? []), row.id]);
+        }
+      } else {
+        for (const tenantId of await repositoryTenants(deps.db, scope)) work.set(tenantId, undefined);
+        if (req.tenantId !== "" && work.size === 0) {
+          if (!(await tenantExists(deps.db, req.tenantId))) throw noSuchTenant(req.tenantId);
+          throw noRepository(req.tenantId, "there are no snapshots of it to repair");
+        }
+      }
+      // What a repair changes is logged. A snapshot named that its repository no longer holds (forgotten since the
+      // catalogue was read) is its tenant's error, not the request's: the other tenants' repairs are answered.
+      const repaired = await eachTenant(ctx, [...work.keys()], async (tenantId) => {
+        const report = await deps.snapshots.repairSnapshots(tenantId, {
+          dryRun: req.dryRun,
+          forget: req.forget,
+          ids: work.get(tenantId),
+        });
+        return {
+          snapshots: BigInt(report.snapshots),
+          repaired: report.repaired.map((r) => ({
+            snapshotId: r.snapshot,
+            workspaceId: r.workspace,
+            time: r.time,
+            repairedId: r.repaired ?? "",
+            forgotten: r.forgotten,
+            reused: r.reused,
+            filesRemoved: BigInt(r.filesRemoved),
+            bytesRemoved: BigInt(r.bytesRemoved),
+            removed: r.removed,
+          })),
+          unrepairable: report.unrepairable.map((u) => ({ snapshotId: u.snapshot, message: u.message })),
+        };
+      });
+      return create(api.RepairSnapshotsResponseSchema, {
+        tenants: repaired.map((t) => create(api.TenantSnapshotRepairSchema, t)),
+      });
+    },
+
     async getSnapshotStats(req, ctx) {
       const who = await admin(ctx);
       const tenants = await repositoryTenants(deps.db, listScope(who, req.tenantId, "snapshots"));
@@ -402,15 +455,18 @@ async function resolveSnapshotIds(
   scope: { tenantId?: string },
   field = "snapshot_ids",
 ): Promise<SnapshotRow[]> {
-  const rows = new Map<string, SnapshotRow>();
+  // Every id's form first: a malformed one is the request's error wherever it stands, not NOT_FOUND for one before it.
   for (const [i, raw] of ids.entries()) {
-    const prefix = raw.toLowerCase();
-    if (!/^[0-9a-f]{4,64}$/.test(prefix)) {
+    if (!/^[0-9a-f]{4,64}$/.test(raw.toLowerCase())) {
       const name = field === "snapshot_ids" ? `${field}[${i}]` : field;
       throw new InvalidArgumentError(
         `${name} must be a snapshot id or a prefix of 4 to 64 hex characters, got ${shown(raw)}`,
       );
     }
+  }
+  const rows = new Map<string, SnapshotRow>();
+  for (const raw of ids) {
+    const prefix = raw.toLowerCase();
     const found = await findSnapshotsByPrefix(db, prefix, scope);
     if (found.length === 0) {
       throw new NotFoundError(`snapshot ${raw} not found; list them with \`dumont snapshot list\``);
@@ -472,6 +528,9 @@ async function eachTenant<T extends object>(
   }
   return out;
 }
+
+/** The most snapshot ids one RepairSnapshots request names. */
+const MAX_REPAIR_SNAPSHOT_IDS = 1000;
 
 /** The most pack ids one RepairPacks request names: `dumont snapshot check` names them a few at a time. */
 const MAX_PACK_IDS = 1000;

@@ -1,6 +1,6 @@
 // `dumont snapshot …` (admin): snapshot a directory on a host through its agent, list, ls, diff, restore, check,
-// repair-index, repair-packs, forget. Create and restore use the streaming RPCs, so a terminal shows bytes, rate and
-// time left as the agent works.
+// repair-index, repair-packs, repair-snapshots, forget. Create and restore use the streaming RPCs, so a terminal
+// shows bytes, rate and time left as the agent works.
 import { api } from "@dumont/proto";
 import { collect, flagParsers, READ_DATA_SUBSET, SNAPSHOT_ID_OR_PREFIX } from "@dumont/repository/cli-flags";
 import { counted, firstFew } from "@dumont/repository/counted";
@@ -23,6 +23,7 @@ import {
   repairPacksAdvice,
   repairPacksText,
 } from "@dumont/repository/repair-packs-report";
+import { type RepairSnapshotsReport, repairSnapshotsText } from "@dumont/repository/repair-snapshots-report";
 import { quoted } from "@dumont/repository/text-table";
 import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients, tenantFlag } from "./api-client.js";
@@ -372,6 +373,68 @@ export function registerSnapshotCommands(program: Command): void {
       }
       if (failed > 0) process.stderr.write(`${counted(failed, "tenant")} not repaired; run it again for them\n`);
       if (unrepaired + failed > 0) process.exitCode = 1;
+    });
+
+  snapshot
+    .command("repair-snapshots [ids...]")
+    .description(
+      "replace each snapshot whose files' data is gone for good (in no index, or in packs the blob store no longer " +
+        "has) with one without those files, listed at once (IDS: ids or unique prefixes; else every snapshot of each " +
+        "tenant). Run check, repair-index and repair-packs first, and snapshot again what still exists: that heals " +
+        "instead; a tenant with a snapshot, restore or check running is skipped, saying so",
+    )
+    .option("--tenant <id>", "only this tenant's snapshots (else every tenant's, or those holding the IDS)", tenantFlag)
+    .option("--forget", "forget each damaged snapshot once its repair is saved")
+    .option("--dry-run", "say which files would be left out, change nothing")
+    .option("--json", "print JSON")
+    .action(async (ids: string[], opts, cmd: Command) => {
+      checkSnapshotIds("SNAPSHOT_ID", ids);
+      const dryRun = opts.dryRun === true;
+      const res = await apiClients(apiOpts(cmd)).snapshots.repairSnapshots({
+        snapshotIds: ids,
+        forget: opts.forget === true,
+        dryRun,
+        tenantId: opts.tenant,
+      });
+      // Each tenant's report as the engine words it (`dumont-agent snapshot repair-snapshots --json` prints one).
+      const tenants = res.tenants.map((t) => ({
+        tenantId: t.tenantId,
+        snapshots: Number(t.snapshots),
+        repaired: t.repaired.map((r) => ({
+          snapshot: r.snapshotId,
+          workspace: r.workspaceId,
+          time: r.time,
+          ...(r.repairedId ? { repaired: r.repairedId } : {}),
+          reused: r.reused,
+          forgotten: r.forgotten,
+          filesRemoved: Number(r.filesRemoved),
+          bytesRemoved: Number(r.bytesRemoved),
+          removed: r.removed.map((f) => ({ path: f.path, reason: f.reason })),
+        })),
+        unrepairable: t.unrepairable.map((u) => ({ snapshot: u.snapshotId, message: u.message })),
+        ...(t.error ? { error: t.error } : {}),
+      }));
+      if (opts.json) print({ dryRun, tenants });
+      else if (tenants.length === 0) process.stdout.write("no tenant has a repository: nothing to repair\n");
+      let failed = 0;
+      let unrepairable = 0;
+      for (const { error, ...t } of tenants) {
+        if (error !== undefined) {
+          failed++;
+          process.stderr.write(`tenant ${t.tenantId}: not repaired: ${error}\n`);
+          continue;
+        }
+        const report: RepairSnapshotsReport = t;
+        const text = repairSnapshotsText(report, dryRun, "dumont snapshot forget", `tenant ${t.tenantId}: `);
+        if (!opts.json) process.stdout.write(text.out);
+        // Snapshots it could not repair, and damaged ones left beside their repairs: said on stderr, with what to do.
+        process.stderr.write(text.err);
+        unrepairable += t.unrepairable.length;
+      }
+      if (failed > 0) process.stderr.write(`${counted(failed, "tenant")} not repaired; run it again for them\n`);
+      // A damaged snapshot kept beside its repair (no --forget) is what was asked: exit 0, the text saying how to
+      // forget it. A snapshot still broken, or a tenant not repaired, is not.
+      if (unrepairable + failed > 0) process.exitCode = 1;
     });
 
   snapshot

@@ -39,7 +39,7 @@ import { ObjectKind, sealJson, sha256 } from "@dumont/repository/sealing";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import type { AgentSession } from "../agent-gateway/agent-session.js";
 import { ensureTenant } from "../db/credential-repository.js";
-import type { Db } from "../db/database.js";
+import { type Db, withDatabaseLock } from "../db/database.js";
 import { openTestDatabase } from "../db/test-database.js";
 import { createLogger } from "../logger.js";
 import { createMetrics } from "../metrics.js";
@@ -2395,30 +2395,8 @@ describe("SnapshotCoordinator: repair packs", () => {
    * A committed snapshot of files f0 and f1, one chunk of fresh bytes each, sent as a real agent does: offered,
    * then sent if asked for. Returns the row, the tenant's key and the chunks (with the ids the control plane asked for).
    */
-  const twoFiles = async (plains = [randomBytes(20_000), randomBytes(30_000)]) => {
-    const { snapshot, requestId, key } = await startedIn(h);
-    const chunks = plains.map((plain) => ({ plain, ...chunkCodec.sealChunk(key, plain) }));
-    const asked = await offered(
-      agentSends,
-      h.sent,
-      requestId,
-      0n,
-      chunks.map((c) => c.id),
-    );
-    const wanted = new Set(asked.map((id) => Buffer.from(id).toString("hex")));
-    const sent = chunks.filter((c) => wanted.has(c.id.toString("hex")));
-    agentSends({
-      case: "snapshotChunks",
-      value: {
-        requestId,
-        epoch: 0n,
-        chunks: sent.map((c) => ({ id: c.id, blob: c.blob, plainLength: c.plain.length })),
-      },
-    });
-    const entries = chunks.flatMap((c, i) => sameChunkFiles([`f${i}`], c.id, c.plain.length));
-    agentSends({ case: "snapshotCommit", value: { requestId, epoch: 0n, manifest: sealManifest(key, { entries }) } });
-    return { row: await snapshot, key, chunks, asked: [...wanted] };
-  };
+  const twoFiles = (plains: readonly Buffer[] = [randomBytes(20_000), randomBytes(30_000)]) =>
+    committedFiles(h, plains);
 
   it("rewrites a pack without its damaged chunk: a dry run first, refused while a snapshot runs; the next snapshot sends it again", async () => {
     const { row, key, chunks } = await twoFiles();
@@ -2515,6 +2493,178 @@ describe("SnapshotCoordinator: repair packs", () => {
   });
 });
 
+describe("SnapshotCoordinator: repair snapshots", () => {
+  /** At each delete of a snapshot record: the record, and the tenant's catalogue rows then. */
+  const atDelete: { deleted: string; listed: string[] }[] = [];
+  /** Records deleted, and other changes of the tenant's catalogue started as each delete began, as they ended. */
+  const order: string[] = [];
+  const h = useCoordinator("h-repair", undefined, {
+    openStore: (url) => {
+      const store = openBlobStore(url);
+      const remove = store.delete.bind(store);
+      store.delete = async (key, options) => {
+        if (!key.startsWith("snapshots/")) return remove(key, options);
+        const id = key.slice("snapshots/".length);
+        const rows = await h.db.selectFrom("snapshots").select("id").orderBy("created_at").execute();
+        atDelete.push({ deleted: id, listed: rows.map((r) => r.id) });
+        // Another change of the catalogue (a relisting on another replica) waits for the repair: run between a row's
+        // drop and its record's delete, it would list the damaged snapshot again.
+        void withDatabaseLock(h.db, "dumont catalogue t1", async () => void order.push("catalogue changed"));
+        await remove(key, options);
+        order.push(`deleted ${id}`);
+      };
+      return store;
+    },
+  });
+  const repository = (key: Buffer) => Repository.open(openBlobStore(`file://${h.blobs}/tenants/t1`), key);
+  const rows = () => h.db.selectFrom("snapshots").selectAll().orderBy("created_at").execute();
+  const records = async () => (await fs.readdir(path.join(h.blobs, "tenants", "t1", "snapshots"))).sort();
+
+  /**
+   * A committed snapshot of files f0, f1, … of one chunk each, sent as a real agent does: offered, then only the
+   * chunks asked for sent, which go into one new pack.
+   */
+  const snapshotOf = (plains: Buffer[]) =>
+    committedFiles(h, plains, { files: BigInt(plains.length), bytesRead: 50_000n, bytesNew: 30_000n, seconds: 0.5 });
+
+  /**
+   * A snapshot of f0 (the bytes of `kept`'s file, stored already) and f1 (fresh bytes), whose f1's pack is then
+   * deleted from the store: f1's data is gone for good.
+   */
+  const damagedSnapshot = async (kept: Awaited<ReturnType<typeof snapshotOf>>) => {
+    const damaged = await snapshotOf([kept.chunks[0].plain, randomBytes(30_000)]);
+    const index = await (await repository(kept.key)).loadIndex();
+    const [whole, lost] = damaged.chunks.map((c) => index.get(c.id)!.packId);
+    expect(lost).not.toBe(whole);
+    await fs.rm(path.join(h.blobs, "tenants", "t1", "data", lost.slice(0, 2), lost));
+    return { ...damaged, pack: lost, chunk: damaged.chunks[1].id.toString("hex") };
+  };
+
+  it("replaces a snapshot whose file's data is gone with one without it, listed at once; with forget the damaged one goes, its row first", async () => {
+    const kept = await snapshotOf([randomBytes(20_000)]);
+    const damaged = await damagedSnapshot(kept);
+    // restic's order: the index first (the lost pack's index object goes), then check names the file it breaks.
+    await expect(h.coordinator.repairIndex("t1", { dryRun: false })).resolves.toMatchObject({
+      removed: [damaged.pack],
+    });
+    const broken = await h.coordinator.check("t1", {});
+    expect(broken.problems.map((p) => [p.kind, p.files?.map((f) => [f.snapshot, f.path])])).toEqual([
+      ["chunk-missing", [[damaged.row.id, "f1"]]],
+    ]);
+
+    // A dry run says which file would be left out (and that the damaged snapshot would be forgotten), and changes
+    // nothing: no record, no row.
+    const rowsBefore = await rows();
+    const recordsBefore = await records();
+    const entry = {
+      snapshot: damaged.row.id,
+      workspace: "w",
+      time: expect.any(String),
+      reused: false,
+      forgotten: false,
+      filesRemoved: 1,
+      bytesRemoved: 30_000,
+      removed: [{ path: "f1", reason: `chunk ${damaged.chunk.slice(0, 12)} is in no index` }],
+    };
+    await expect(h.coordinator.repairSnapshots("t1", { dryRun: true, forget: true })).resolves.toEqual({
+      snapshots: 2,
+      repaired: [{ ...entry, forgotten: true }],
+      unrepairable: [],
+    });
+    expect(await rows()).toEqual(rowsBefore);
+    expect(await records()).toEqual(recordsBefore);
+    expect(atDelete).toEqual([]);
+
+    // The repair has the tenant to itself, shown on /metrics and named to a prune it refuses.
+    const repairing = h.coordinator.repairSnapshots("t1", { dryRun: false, forget: true });
+    expect(h.coordinator.runningWork().map((w) => w.kind)).toEqual(["repair-snapshots"]);
+    expect(await h.metrics.registry.metrics()).toMatch(/^dumont_snapshot_work_running\{kind="repair-snapshots"\} 1$/m);
+    await expect(h.coordinator.forget({ tenantId: "t1", policy: {}, prune: true, dryRun: false })).rejects.toThrow(
+      /a prune or repair of tenant t1 is already running \(snapshot repair, for \d+s\)$/,
+    );
+    const report = await repairing;
+    const repairedId = report.repaired[0]?.repaired ?? "";
+    expect(report).toEqual({
+      snapshots: 2,
+      repaired: [{ ...entry, repaired: expect.stringMatching(/^[0-9a-f]{64}$/), forgotten: true }],
+      unrepairable: [],
+    });
+    // The repair was listed before the damaged snapshot's record went, and the damaged one's row had gone first;
+    // the tenant's catalogue was the repair's until its end.
+    expect(atDelete).toEqual([{ deleted: damaged.row.id, listed: [kept.row.id, repairedId] }]);
+    await withDatabaseLock(h.db, "dumont catalogue t1", async () => {});
+    expect(order).toEqual([`deleted ${damaged.row.id}`, "catalogue changed"]);
+    const listed = await rows();
+    expect(listed.map((r) => r.id)).toEqual([kept.row.id, repairedId]);
+    expect(await records()).toEqual([kept.row.id, repairedId].sort());
+    // In the damaged one's place: its time, workspace, host and path; the files it holds, and their bytes.
+    expect(listed[1]).toMatchObject({
+      tenant_id: "t1",
+      host_id: "h-repair",
+      workspace_id: "w",
+      path: "/w",
+      files: 1,
+      bytes_total: 20_000,
+      created_at: damaged.row.created_at,
+    });
+    expect((await (await repository(kept.key)).findSnapshot(repairedId)).repairedFrom).toBe(damaged.row.id);
+    const manifest = await h.coordinator.readManifest(listed[1]);
+    expect(manifest.entries.map((e) => e.path)).toEqual(["f0"]);
+    expect(h.logged).toContainEqual(
+      expect.objectContaining({ msg: "snapshots repaired", tenantId: "t1", forgotten: [damaged.row.id] }),
+    );
+    await expect(h.coordinator.check("t1", {})).resolves.toMatchObject({ ok: true, problems: [] });
+  });
+
+  it("keeps the damaged snapshot beside its repair without forget; repaired again with it, the repair is found, not made again", async () => {
+    const kept = await snapshotOf([randomBytes(20_000)]);
+    const damaged = await damagedSnapshot(kept);
+    // A dry run only reads, as a check: it runs beside a snapshot, which a repair waits for.
+    const running = await startedIn(h);
+    await expect(h.coordinator.repairSnapshots("t1", { dryRun: true })).resolves.toMatchObject({
+      repaired: [expect.objectContaining({ snapshot: damaged.row.id })],
+    });
+    await expect(h.coordinator.repairSnapshots("t1", { dryRun: false })).rejects.toThrow(
+      /1 snapshot, restore or check of tenant t1 is running \(snapshot of \/w on host h-repair, for \d+s\); repair the snapshots again when it has ended$/,
+    );
+    await finishIn(h)(running);
+    atDelete.length = 0;
+    const others = (await rows()).map((r) => r.id).filter((id) => id !== damaged.row.id);
+    const once = await h.coordinator.repairSnapshots("t1", { dryRun: false, ids: [damaged.row.id.slice(0, 10)] });
+    expect(once).toMatchObject({
+      snapshots: 1,
+      repaired: [
+        {
+          snapshot: damaged.row.id,
+          forgotten: false,
+          removed: [{ path: "f1", reason: expect.stringMatching(/is in pack \w{12}, which the store no longer has$/) }],
+        },
+      ],
+    });
+    const repairedId = once.repaired[0].repaired!;
+    // Listed beside the damaged one, at its time.
+    const both = await rows();
+    expect(both.map((r) => r.id).sort()).toEqual([...others, damaged.row.id, repairedId].sort());
+    expect(both.find((r) => r.id === repairedId)?.created_at).toEqual(damaged.row.created_at);
+    expect(atDelete).toEqual([]);
+
+    const again = await h.coordinator.repairSnapshots("t1", { dryRun: false, forget: true, ids: [damaged.row.id] });
+    expect(again.repaired).toEqual([expect.objectContaining({ repaired: repairedId, reused: true, forgotten: true })]);
+    expect((await rows()).map((r) => r.id).sort()).toEqual([...others, repairedId].sort());
+    expect(await records()).toEqual([...others, repairedId].sort());
+    expect(atDelete.map((d) => ({ ...d, listed: d.listed.sort() }))).toEqual([
+      { deleted: damaged.row.id, listed: [...others, repairedId].sort() },
+    ]);
+    // Named, as list names it: one its repository does not hold is NOT_FOUND, not a repair of nothing.
+    const gone = await h.coordinator
+      .repairSnapshots("t1", { dryRun: true, ids: [damaged.row.id] })
+      .catch((e: unknown) => e);
+    expect(gone).toBeInstanceOf(ConnectError);
+    expect((gone as ConnectError).code).toBe(Code.NotFound);
+    expect((gone as ConnectError).rawMessage).toMatch(new RegExp(`^no snapshot ${damaged.row.id} in file://`));
+  });
+});
+
 describe("SnapshotCoordinator: a damaged repository", () => {
   const h = useCoordinator("h-damaged");
   const finish = finishIn(h);
@@ -2558,6 +2708,45 @@ function oneFileAt(key: Buffer, path: string, id: Buffer, size: number): Buffer 
       },
     ],
   });
+}
+
+/**
+ * A committed snapshot of files f0, f1, … of one chunk of `plains` each, sent as a real agent does: offered, then
+ * only the chunks asked for sent, which go into one new pack. Returns the row, the tenant's key, the chunks and the
+ * ids (hex) the control plane asked for.
+ */
+async function committedFiles(
+  h: Harness,
+  plains: readonly Buffer[],
+  stats?: MessageInitShape<typeof SnapshotStatsSchema>,
+) {
+  const { snapshot, requestId, key } = await startedIn(h);
+  const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
+    h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+  const chunks = plains.map((plain) => ({ plain, ...chunkCodec.sealChunk(key, plain) }));
+  const asked = await offered(
+    agentSends,
+    h.sent,
+    requestId,
+    0n,
+    chunks.map((c) => c.id),
+  );
+  const wanted = new Set(asked.map((id) => Buffer.from(id).toString("hex")));
+  const sent = chunks.filter((c) => wanted.has(c.id.toString("hex")));
+  agentSends({
+    case: "snapshotChunks",
+    value: {
+      requestId,
+      epoch: 0n,
+      chunks: sent.map((c) => ({ id: c.id, blob: c.blob, plainLength: c.plain.length })),
+    },
+  });
+  const entries = chunks.flatMap((c, i) => sameChunkFiles([`f${i}`], c.id, c.plain.length));
+  agentSends({
+    case: "snapshotCommit",
+    value: { requestId, epoch: 0n, manifest: sealManifest(key, { entries }), ...(stats ? { stats } : {}) },
+  });
+  return { row: await snapshot, key, chunks, asked: [...wanted] };
 }
 
 /** A committed snapshot of files a, b and c (one chunk of 5,000 bytes each, the same) whose manifest is three parts. */

@@ -31,6 +31,7 @@ import {
   counted,
   emptyPruneReport,
   emptyRepairPacksReport,
+  emptyRepairSnapshotsReport,
   emptyRepositoryStats,
   forgetSnapshots,
   formatBytes,
@@ -55,6 +56,7 @@ import {
   type SnapshotStats as RecordStats,
   type RepairIndexReport,
   type RepairPacksReport,
+  type RepairSnapshotsReport,
   Repository,
   type RepositoryChunkSource,
   RepositoryError,
@@ -65,8 +67,10 @@ import {
   refuseUnmountedNewRepository,
   repairIndex,
   repairPacks,
+  repairSnapshots,
   repositoryStats,
   type SkippedEntry,
+  type SnapshotRecord,
 } from "@dumont/repository";
 import type { AgentSender, AgentSession } from "../agent-gateway/agent-session.js";
 import { type Db, withDatabaseLock } from "../db/database.js";
@@ -232,7 +236,16 @@ const RELIST_RETRY_MAX_MS = 10 * 60_000;
 interface RunningWork {
   /** "snapshot of /work on host h-1", "restore of snapshot 3f2a… into /work on host h-1", "check". */
   what: string;
-  kind: "snapshot" | "restore" | "check" | "relist" | "repair-index" | "repair-packs" | "stats" | "prune";
+  kind:
+    | "snapshot"
+    | "restore"
+    | "check"
+    | "relist"
+    | "repair-index"
+    | "repair-packs"
+    | "repair-snapshots"
+    | "stats"
+    | "prune";
   since: number;
 }
 
@@ -648,13 +661,105 @@ export class SnapshotCoordinator {
   }
 
   /**
+   * Replaces a tenant's snapshots some of whose files' data is gone for good with snapshots without those files
+   * (repairSnapshots): every snapshot, or those `ids` names (ids or unique prefixes in this tenant's repository: the
+   * API resolves the ids it is given to tenants through the catalogue, so each tenant is asked for its own). It needs
+   * the repository to itself as a prune does; a dry run only reads, as a check.
+   *
+   * The catalogue follows the repository as for a commit and a forget: each repaired snapshot's row goes in once its
+   * record is committed (so `snapshot list` shows it while the repair goes on), and, with `forget`, the damaged
+   * one's row goes before its record. The tenant's catalogue lock is held for the whole repair, as a forget holds it
+   * for a forget: a relisting elsewhere between a row's drop and its record's delete would list the damaged
+   * snapshot again. A repair reads manifests, not packs, and nothing else of the tenant runs meanwhile.
+   */
+  async repairSnapshots(
+    tenantId: string,
+    options: { dryRun: boolean; forget?: boolean; ids?: readonly string[] },
+  ): Promise<RepairSnapshotsReport> {
+    const ids = options.ids?.length ? options.ids : undefined;
+    const open = async () => {
+      const repository = await this.existingRepository(tenantId);
+      // Snapshots named of a repository that is not there: not "nothing to repair", which would say they were read.
+      if (!repository && ids) throw new NotFoundError(`tenant ${tenantId} has no repository: it holds no snapshots`);
+      return repository;
+    };
+    if (options.dryRun) {
+      return this.using(tenantId, "repair-snapshots", "snapshot repair (dry run)", async () => {
+        const repository = await open();
+        return repository
+          ? snapshotsRepaired(repairSnapshots(repository, { dryRun: true, forget: options.forget === true, ids }))
+          : emptyRepairSnapshotsReport();
+      });
+    }
+    return this.exclusively(tenantId, "repair-snapshots", "repair the snapshots", async () => {
+      const repository = await open();
+      if (!repository) return emptyRepairSnapshotsReport();
+      const report = await this.changingCatalogue(tenantId, () =>
+        snapshotsRepaired(
+          repairSnapshots(repository, {
+            ids,
+            forget: options.forget === true,
+            onRepaired: (repaired) => this.catalogueRepaired(tenantId, repaired),
+            beforeDelete: (id) => deleteSnapshot(this.db, tenantId, id),
+          }),
+        ),
+      );
+      const forgotten = report.repaired.filter((r) => r.forgotten).map((r) => r.snapshot);
+      if (forgotten.length > 0) this.metrics.snapshotsForgotten.inc(forgotten.length);
+      if (report.repaired.length + report.unrepairable.length > 0) {
+        this.log.warn(
+          {
+            tenantId,
+            repaired: report.repaired.map((r) => ({
+              damaged: r.snapshot,
+              repaired: r.repaired,
+              files: r.filesRemoved,
+            })),
+            forgotten,
+            unrepairable: report.unrepairable.map((u) => u.snapshot),
+          },
+          report.repaired.length > 0 ? "snapshots repaired" : "snapshots left unrepaired",
+        );
+      }
+      return report;
+    });
+  }
+
+  /**
+   * A repaired snapshot's catalogue row, inserted as a commit's is: the row relisting would give it, timed as the row
+   * of the snapshot it was made from where that has one (a commit's row is timed once its record is stored, a moment
+   * after the record's time), so `snapshot list` shows the repair where the snapshot it replaces was. One there
+   * already (a repair reused: left by a run cut short, or made for another snapshot of the same files) is the same
+   * snapshot. A row that cannot be inserted stops the repair before the damaged snapshot is forgotten, and the tenant
+   * is listed again from the repository shortly.
+   */
+  private async catalogueRepaired(tenantId: string, repaired: SnapshotRecord): Promise<void> {
+    const row = recordRow(tenantId, repaired);
+    const from = repaired.repairedFrom && (await getSnapshot(this.db, repaired.repairedFrom, { tenantId }));
+    if (from) row.created_at = from.created_at;
+    await this.db
+      .insertInto("snapshots")
+      .values(row)
+      .onConflict((oc) => oc.column("id").doNothing())
+      .execute()
+      .catch((err: unknown) => {
+        this.log.error(
+          { err, snapshotId: repaired.id, tenantId, repairedFrom: repaired.repairedFrom },
+          "repaired snapshot committed to the blob store but not catalogued; it is listed again from there shortly",
+        );
+        this.relistSoon(tenantId);
+        throw err;
+      });
+  }
+
+  /**
    * Runs `work` with the tenant's repository to itself (a prune, a repair): refused while snapshots,
    * restores or checks of the tenant run, or another such work does; operations that start meanwhile wait for it.
    * `verb` says what to do again once they have ended.
    */
   private async exclusively<T>(
     tenantId: string,
-    kind: "prune" | "repair-index" | "repair-packs",
+    kind: keyof typeof EXCLUSIVE_WORK,
     verb: string,
     work: () => Promise<T>,
   ): Promise<T> {
@@ -842,20 +947,7 @@ export class SnapshotCoordinator {
       // prune of the tenant: it stays in the repository, and what it references stays too.
       await this.db
         .insertInto("snapshots")
-        .values(
-          catalogueRow({
-            id: record.id,
-            tenantId,
-            hostId: record.hostname ?? "",
-            workspace: record.workspace,
-            path: record.source ?? "",
-            epoch: record.epoch,
-            files: record.stats?.files ?? record.totals.files,
-            bytesTotal: record.totals.bytes,
-            stats: record.stats,
-            createdAt: new Date(record.time),
-          }),
-        )
+        .values(recordRow(tenantId, record))
         // A commit finishing meanwhile inserts the same row (see commit).
         .onConflict((oc) => oc.column("id").doNothing())
         .execute()
@@ -1839,6 +1931,26 @@ function catalogueRow(s: {
   };
 }
 
+/**
+ * The catalogue row of a snapshot listed from its record (a relisting, a repair). A repaired snapshot's record keeps
+ * the stats of the snapshot it replaces, whose file count takes in the files the repair left out: its row counts
+ * the files it holds.
+ */
+function recordRow(tenantId: string, record: SnapshotRecord) {
+  return catalogueRow({
+    id: record.id,
+    tenantId,
+    hostId: record.hostname ?? "",
+    workspace: record.workspace,
+    path: record.source ?? "",
+    epoch: record.epoch,
+    files: record.repairedFrom === undefined ? (record.stats?.files ?? record.totals.files) : record.totals.files,
+    bytesTotal: record.totals.bytes,
+    stats: record.stats,
+    createdAt: new Date(record.time),
+  });
+}
+
 /** Longest skipped path taken from an agent (Linux's PATH_MAX); reasons are cut by the agent (MAX_SKIPPED_REASON). */
 const MAX_SKIPPED_PATH = 4096;
 
@@ -1918,13 +2030,31 @@ const MAX_RESTORE_WARNING_TEXT = 1024;
 class TenantBusyError extends FailedPreconditionError {}
 
 /** How a refusal names the work that has a tenant's repository to itself. */
-const EXCLUSIVE_WORK = { prune: "prune", "repair-index": "index repair", "repair-packs": "pack repair" } as const;
+const EXCLUSIVE_WORK = {
+  prune: "prune",
+  "repair-index": "index repair",
+  "repair-packs": "pack repair",
+  "repair-snapshots": "snapshot repair",
+} as const;
 
 /**
  * A pack repair's report, or its refusal of the packs it was asked for as the API says it: a pack the index does
  * not hold (or that vanished while it ran) NOT_FOUND, not an internal error.
  */
 async function packsRepaired(repair: Promise<RepairPacksReport>): Promise<RepairPacksReport> {
+  try {
+    return await repair;
+  } catch (err) {
+    if (isRepositoryError(err, "not-found")) throw new NotFoundError(err.message);
+    throw err;
+  }
+}
+
+/**
+ * A snapshot repair's report, or its refusal of the snapshots it was asked for as the API says it: one the repository
+ * does not hold (forgotten since the catalogue named it) NOT_FOUND, not an internal error.
+ */
+async function snapshotsRepaired(repair: Promise<RepairSnapshotsReport>): Promise<RepairSnapshotsReport> {
   try {
     return await repair;
   } catch (err) {

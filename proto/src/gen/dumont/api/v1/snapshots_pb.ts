@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dumont/api/v1/snapshots.proto.
  */
 export const file_dumont_api_v1_snapshots: GenFile = /*@__PURE__*/
-  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50Iv0CCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkSGAoLYnl0ZXNfdG90YWwYDyABKARIAIgBARIRCgl0ZW5hbnRfaWQYECABKAlCDgoMX2J5dGVzX3RvdGFsIkAKGExpc3RTbmFwc2hvdEZpbGVzUmVxdWVzdBITCgtzbmFwc2hvdF9pZBgBIAEoCRIPCgdpbmNsdWRlGAIgAygJIkcKGUxpc3RTbmFwc2hvdEZpbGVzUmVzcG9uc2USKgoFZmlsZXMYASADKAsyGy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90RmlsZSKkAgoMU25hcHNob3RGaWxlEgwKBHBhdGgYASABKAkSLgoEdHlwZRgCIAEoDjIgLmR1bW9udC5hcGkudjEuU25hcHNob3RGaWxlLlR5cGUSDAoEbW9kZRgDIAEoDRIMCgRzaXplGAQgASgEEikKBW10aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZ0YXJnZXQYBiABKAkSEAoDdWlkGAcgASgNSACIAQESEAoDZ2lkGAggASgNSAGIAQEiSwoEVHlwZRIUChBUWVBFX1VOU1BFQ0lGSUVEEAASDQoJVFlQRV9GSUxFEAESDAoIVFlQRV9ESVIQAhIQCgxUWVBFX1NZTUxJTksQA0IGCgRfdWlkQgYKBF9naWQiLAoMU2tpcHBlZEVudHJ5EgwKBHBhdGgYASABKAkSDgoGcmVhc29uGAIgASgJIl0KFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBIPCgdob3N0X2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFAoMd29ya3NwYWNlX2lkGAMgASgJEg8KB2V4Y2x1ZGUYBCADKAkiQwoWQ3JlYXRlU25hcHNob3RSZXNwb25zZRIpCghzbmFwc2hvdBgBIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3QiUAoUTGlzdFNuYXBzaG90c1JlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90InIKFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDwoHaW5jbHVkZRgEIAMoCRIRCglub19vd25lcnMYBSABKAgidwoXUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USDQoFZmlsZXMYASABKAQSFQoNYnl0ZXNfd3JpdHRlbhgCIAEoBBIPCgdzZWNvbmRzGAMgASgBEhMKC3NuYXBzaG90X2lkGAQgASgJEhAKCHdhcm5pbmdzGAUgAygJIsgBChZGb3JnZXRTbmFwc2hvdHNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIRCglrZWVwX2xhc3QYAiABKA0SEwoLa2VlcF9ob3VybHkYAyABKA0SEgoKa2VlcF9kYWlseRgEIAEoDRITCgtrZWVwX3dlZWtseRgFIAEoDRINCgVwcnVuZRgGIAEoCBIPCgdkcnlfcnVuGAcgASgIEhQKDHNuYXBzaG90X2lkcxgIIAMoCRIRCgl0ZW5hbnRfaWQYCSABKAkiZQoXRm9yZ2V0U25hcHNob3RzUmVzcG9uc2USDAoEa2VwdBgBIAMoCRIRCglmb3Jnb3R0ZW4YAiADKAkSKQoFcHJ1bmUYAyABKAsyGi5kdW1vbnQuYXBpLnYxLlBydW5lUmVwb3J0Im8KC1BydW5lUmVwb3J0EhUKDXBhY2tzX2RlbGV0ZWQYASABKAQSFgoOcGFja3NfcmVwYWNrZWQYAiABKAQSHAoUb3JwaGFuX3BhY2tzX2RlbGV0ZWQYAyABKAQSEwoLYnl0ZXNfZnJlZWQYBCABKAMiXAoVQ2hlY2tTbmFwc2hvdHNSZXF1ZXN0EhYKDnN0cnVjdHVyZV9vbmx5GAEgASgIEhgKEHJlYWRfZGF0YV9zdWJzZXQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJIoEBChNDaGVja1NuYXBzaG90c0V2ZW50EjMKCHByb2dyZXNzGAEgASgLMh8uZHVtb250LmFwaS52MS5UcmFuc2ZlclByb2dyZXNzSAASLAoGcmVwb3J0GAIgASgLMhouZHVtb250LmFwaS52MS5DaGVja1JlcG9ydEgAQgcKBWV2ZW50IqUBCgtDaGVja1JlcG9ydBIKCgJvaxgBIAEoCBIRCglzbmFwc2hvdHMYAiABKAQSDQoFcGFja3MYAyABKAQSDgoGY2h1bmtzGAQgASgEEhUKDWJ5dGVzX2NoZWNrZWQYBSABKAQSLQoIcHJvYmxlbXMYBiADKAsyGy5kdW1vbnQuYXBpLnYxLkNoZWNrUHJvYmxlbRISCgpwYWNrc19yZWFkGAcgASgEIskBCgxDaGVja1Byb2JsZW0SEQoJdGVuYW50X2lkGAEgASgJEgwKBGtpbmQYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRIMCgRwYWNrGAQgASgJEg0KBWNodW5rGAUgASgJEhMKC3NuYXBzaG90X2lkGAYgASgJEioKBWZpbGVzGAcgAygLMhsuZHVtb250LmFwaS52MS5BZmZlY3RlZEZpbGUSFwoPZmlsZXNfbm90X25hbWVkGAggASgEEhAKCHdob2xlX2luGAkgASgJIjEKDEFmZmVjdGVkRmlsZRITCgtzbmFwc2hvdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJIjgKElJlcGFpckluZGV4UmVxdWVzdBIPCgdkcnlfcnVuGAEgASgIEhEKCXRlbmFudF9pZBgCIAEoCSJIChNSZXBhaXJJbmRleFJlc3BvbnNlEjEKB3RlbmFudHMYASADKAsyIC5kdW1vbnQuYXBpLnYxLlRlbmFudEluZGV4UmVwYWlyIp0BChFUZW5hbnRJbmRleFJlcGFpchIRCgl0ZW5hbnRfaWQYASABKAkSDQoFcGFja3MYAiABKAQSDwoHcmVidWlsdBgDIAMoCRIPCgdyZW1vdmVkGAQgAygJEjUKDHVucmVwYWlyYWJsZRgFIAMoCzIfLmR1bW9udC5hcGkudjEuVW5yZXBhaXJhYmxlUGFjaxINCgVlcnJvchgGIAEoCSIxChBVbnJlcGFpcmFibGVQYWNrEgwKBHBhY2sYASABKAkSDwoHbWVzc2FnZRgCIAEoCSJHChJSZXBhaXJQYWNrc1JlcXVlc3QSDwoHZHJ5X3J1bhgBIAEoCBIRCgl0ZW5hbnRfaWQYAiABKAkSDQoFcGFja3MYAyADKAkiRwoTUmVwYWlyUGFja3NSZXNwb25zZRIwCgd0ZW5hbnRzGAEgAygLMh8uZHVtb250LmFwaS52MS5UZW5hbnRQYWNrUmVwYWlyIsEBChBUZW5hbnRQYWNrUmVwYWlyEhEKCXRlbmFudF9pZBgBIAEoCRINCgVwYWNrcxgCIAEoBBISCgpwYWNrc19yZWFkGAMgASgEEi0KCHJlcGFpcmVkGAQgAygLMhsuZHVtb250LmFwaS52MS5SZXBhaXJlZFBhY2sSKwoHc2tpcHBlZBgFIAMoCzIaLmR1bW9udC5hcGkudjEuU2tpcHBlZFBhY2sSDAoEbG9zdBgGIAMoCRINCgVlcnJvchgHIAEoCSJcCgxSZXBhaXJlZFBhY2sSDAoEcGFjaxgBIAEoCRIQCghzYWx2YWdlZBgCIAEoBBIsCgdkYW1hZ2VkGAMgAygLMhsuZHVtb250LmFwaS52MS5EYW1hZ2VkQ2h1bmsiLQoMRGFtYWdlZENodW5rEg0KBWNodW5rGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIsCgtTa2lwcGVkUGFjaxIMCgRwYWNrGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiOwoURGlmZlNuYXBzaG90c1JlcXVlc3QSEQoJYmVmb3JlX2lkGAEgASgJEhAKCGFmdGVyX2lkGAIgASgJInQKFURpZmZTbmFwc2hvdHNSZXNwb25zZRIuCgdjaGFuZ2VzGAEgAygLMh0uZHVtb250LmFwaS52MS5TbmFwc2hvdENoYW5nZRIrCgdzdW1tYXJ5GAIgASgLMhouZHVtb250LmFwaS52MS5EaWZmU3VtbWFyeSJXCg5TbmFwc2hvdENoYW5nZRIMCgRwYXRoGAEgASgJEg4KBmNoYW5nZRgCIAEoCRITCgtzaXplX2JlZm9yZRgDIAEoBBISCgpzaXplX2FmdGVyGAQgASgEIosBCgtEaWZmU3VtbWFyeRINCgVhZGRlZBgBIAEoBBIPCgdyZW1vdmVkGAIgASgEEhAKCG1vZGlmaWVkGAMgASgEEhAKCG1ldGFkYXRhGAQgASgEEgwKBHR5cGUYBSABKAQSEwoLYnl0ZXNfYWRkZWQYBiABKAQSFQoNYnl0ZXNfcmVtb3ZlZBgHIAEoBCIsChdHZXRTbmFwc2hvdFN0YXRzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiTwoYR2V0U25hcHNob3RTdGF0c1Jlc3BvbnNlEjMKB3RlbmFudHMYASADKAsyIi5kdW1vbnQuYXBpLnYxLlRlbmFudFNuYXBzaG90U3RhdHMizgEKE1RlbmFudFNuYXBzaG90U3RhdHMSEQoJdGVuYW50X2lkGAEgASgJEhEKCXNuYXBzaG90cxgCIAEoBBINCgVmaWxlcxgDIAEoBBINCgVieXRlcxgEIAEoBBIOCgZjaHVua3MYBSABKAQSEwoLY2h1bmtfYnl0ZXMYBiABKAQSDQoFcGFja3MYByABKAQSEgoKcGFja19ieXRlcxgIIAEoBBINCgVlcnJvchgJIAEoCRIcChR1bnJlYWRhYmxlX3NuYXBzaG90cxgKIAMoCTKSCQoPU25hcHNob3RTZXJ2aWNlEl0KDkNyZWF0ZVNuYXBzaG90EiQuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaJS5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USWgoNTGlzdFNuYXBzaG90cxIjLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90c1JlcXVlc3QaJC5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdHNSZXNwb25zZRJgCg9SZXN0b3JlU25hcHNob3QSJS5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QaJi5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdFJlc3BvbnNlEmIKFENyZWF0ZVNuYXBzaG90U3RyZWFtEiQuZHVtb250LmFwaS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaIi5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90RXZlbnQwARJlChVSZXN0b3JlU25hcHNob3RTdHJlYW0SJS5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QaIy5kdW1vbnQuYXBpLnYxLlJlc3RvcmVTbmFwc2hvdEV2ZW50MAESaAoRTGlzdFNuYXBzaG90RmlsZXMSJy5kdW1vbnQuYXBpLnYxLkxpc3RTbmFwc2hvdEZpbGVzUmVxdWVzdBooLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90RmlsZXNSZXNwb25zZTABEmAKD0ZvcmdldFNuYXBzaG90cxIlLmR1bW9udC5hcGkudjEuRm9yZ2V0U25hcHNob3RzUmVxdWVzdBomLmR1bW9udC5hcGkudjEuRm9yZ2V0U25hcHNob3RzUmVzcG9uc2USXAoOQ2hlY2tTbmFwc2hvdHMSJC5kdW1vbnQuYXBpLnYxLkNoZWNrU25hcHNob3RzUmVxdWVzdBoiLmR1bW9udC5hcGkudjEuQ2hlY2tTbmFwc2hvdHNFdmVudDABElQKC1JlcGFpckluZGV4EiEuZHVtb250LmFwaS52MS5SZXBhaXJJbmRleFJlcXVlc3QaIi5kdW1vbnQuYXBpLnYxLlJlcGFpckluZGV4UmVzcG9uc2USVAoLUmVwYWlyUGFja3MSIS5kdW1vbnQuYXBpLnYxLlJlcGFpclBhY2tzUmVxdWVzdBoiLmR1bW9udC5hcGkudjEuUmVwYWlyUGFja3NSZXNwb25zZRJcCg1EaWZmU25hcHNob3RzEiMuZHVtb250LmFwaS52MS5EaWZmU25hcHNob3RzUmVxdWVzdBokLmR1bW9udC5hcGkudjEuRGlmZlNuYXBzaG90c1Jlc3BvbnNlMAESYwoQR2V0U25hcHNob3RTdGF0cxImLmR1bW9udC5hcGkudjEuR2V0U25hcHNob3RTdGF0c1JlcXVlc3QaJy5kdW1vbnQuYXBpLnYxLkdldFNuYXBzaG90U3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1kdW1vbnQvYXBpL3YxL3NuYXBzaG90cy5wcm90bxINZHVtb250LmFwaS52MSI7ChBUcmFuc2ZlclByb2dyZXNzEhIKCmJ5dGVzX2RvbmUYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQigAEKE0NyZWF0ZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABIrCghzbmFwc2hvdBgCIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3RIAEIHCgVldmVudCKMAQoUUmVzdG9yZVNuYXBzaG90RXZlbnQSMwoIcHJvZ3Jlc3MYASABKAsyHy5kdW1vbnQuYXBpLnYxLlRyYW5zZmVyUHJvZ3Jlc3NIABI2CgRkb25lGAIgASgLMiYuZHVtb250LmFwaS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZUgAQgcKBWV2ZW50Iv0CCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIMCgRwYXRoGAQgASgJEg0KBWVwb2NoGAUgASgEEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWZpbGVzGAcgASgEEhIKCmJ5dGVzX3JlYWQYCCABKAQSEQoJYnl0ZXNfbmV3GAkgASgEEhQKDGJ5dGVzX3N0b3JlZBgKIAEoBBISCgpjaHVua3NfbmV3GAsgASgEEg8KB3NlY29uZHMYDCABKAESFQoNZmlsZXNfc2tpcHBlZBgNIAEoBBIsCgdza2lwcGVkGA4gAygLMhsuZHVtb250LmFwaS52MS5Ta2lwcGVkRW50cnkSGAoLYnl0ZXNfdG90YWwYDyABKARIAIgBARIRCgl0ZW5hbnRfaWQYECABKAlCDgoMX2J5dGVzX3RvdGFsIkAKGExpc3RTbmFwc2hvdEZpbGVzUmVxdWVzdBITCgtzbmFwc2hvdF9pZBgBIAEoCRIPCgdpbmNsdWRlGAIgAygJIkcKGUxpc3RTbmFwc2hvdEZpbGVzUmVzcG9uc2USKgoFZmlsZXMYASADKAsyGy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90RmlsZSKkAgoMU25hcHNob3RGaWxlEgwKBHBhdGgYASABKAkSLgoEdHlwZRgCIAEoDjIgLmR1bW9udC5hcGkudjEuU25hcHNob3RGaWxlLlR5cGUSDAoEbW9kZRgDIAEoDRIMCgRzaXplGAQgASgEEikKBW10aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZ0YXJnZXQYBiABKAkSEAoDdWlkGAcgASgNSACIAQESEAoDZ2lkGAggASgNSAGIAQEiSwoEVHlwZRIUChBUWVBFX1VOU1BFQ0lGSUVEEAASDQoJVFlQRV9GSUxFEAESDAoIVFlQRV9ESVIQAhIQCgxUWVBFX1NZTUxJTksQA0IGCgRfdWlkQgYKBF9naWQiLAoMU2tpcHBlZEVudHJ5EgwKBHBhdGgYASABKAkSDgoGcmVhc29uGAIgASgJIl0KFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBIPCgdob3N0X2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFAoMd29ya3NwYWNlX2lkGAMgASgJEg8KB2V4Y2x1ZGUYBCADKAkiQwoWQ3JlYXRlU25hcHNob3RSZXNwb25zZRIpCghzbmFwc2hvdBgBIAEoCzIXLmR1bW9udC5hcGkudjEuU25hcHNob3QiUAoUTGlzdFNuYXBzaG90c1JlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJIkMKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kdW1vbnQuYXBpLnYxLlNuYXBzaG90InIKFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDwoHaW5jbHVkZRgEIAMoCRIRCglub19vd25lcnMYBSABKAgidwoXUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USDQoFZmlsZXMYASABKAQSFQoNYnl0ZXNfd3JpdHRlbhgCIAEoBBIPCgdzZWNvbmRzGAMgASgBEhMKC3NuYXBzaG90X2lkGAQgASgJEhAKCHdhcm5pbmdzGAUgAygJIsgBChZGb3JnZXRTbmFwc2hvdHNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIRCglrZWVwX2xhc3QYAiABKA0SEwoLa2VlcF9ob3VybHkYAyABKA0SEgoKa2VlcF9kYWlseRgEIAEoDRITCgtrZWVwX3dlZWtseRgFIAEoDRINCgVwcnVuZRgGIAEoCBIPCgdkcnlfcnVuGAcgASgIEhQKDHNuYXBzaG90X2lkcxgIIAMoCRIRCgl0ZW5hbnRfaWQYCSABKAkiZQoXRm9yZ2V0U25hcHNob3RzUmVzcG9uc2USDAoEa2VwdBgBIAMoCRIRCglmb3Jnb3R0ZW4YAiADKAkSKQoFcHJ1bmUYAyABKAsyGi5kdW1vbnQuYXBpLnYxLlBydW5lUmVwb3J0Im8KC1BydW5lUmVwb3J0EhUKDXBhY2tzX2RlbGV0ZWQYASABKAQSFgoOcGFja3NfcmVwYWNrZWQYAiABKAQSHAoUb3JwaGFuX3BhY2tzX2RlbGV0ZWQYAyABKAQSEwoLYnl0ZXNfZnJlZWQYBCABKAMiXAoVQ2hlY2tTbmFwc2hvdHNSZXF1ZXN0EhYKDnN0cnVjdHVyZV9vbmx5GAEgASgIEhgKEHJlYWRfZGF0YV9zdWJzZXQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJIoEBChNDaGVja1NuYXBzaG90c0V2ZW50EjMKCHByb2dyZXNzGAEgASgLMh8uZHVtb250LmFwaS52MS5UcmFuc2ZlclByb2dyZXNzSAASLAoGcmVwb3J0GAIgASgLMhouZHVtb250LmFwaS52MS5DaGVja1JlcG9ydEgAQgcKBWV2ZW50IqUBCgtDaGVja1JlcG9ydBIKCgJvaxgBIAEoCBIRCglzbmFwc2hvdHMYAiABKAQSDQoFcGFja3MYAyABKAQSDgoGY2h1bmtzGAQgASgEEhUKDWJ5dGVzX2NoZWNrZWQYBSABKAQSLQoIcHJvYmxlbXMYBiADKAsyGy5kdW1vbnQuYXBpLnYxLkNoZWNrUHJvYmxlbRISCgpwYWNrc19yZWFkGAcgASgEIskBCgxDaGVja1Byb2JsZW0SEQoJdGVuYW50X2lkGAEgASgJEgwKBGtpbmQYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRIMCgRwYWNrGAQgASgJEg0KBWNodW5rGAUgASgJEhMKC3NuYXBzaG90X2lkGAYgASgJEioKBWZpbGVzGAcgAygLMhsuZHVtb250LmFwaS52MS5BZmZlY3RlZEZpbGUSFwoPZmlsZXNfbm90X25hbWVkGAggASgEEhAKCHdob2xlX2luGAkgASgJIjEKDEFmZmVjdGVkRmlsZRITCgtzbmFwc2hvdF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJIjgKElJlcGFpckluZGV4UmVxdWVzdBIPCgdkcnlfcnVuGAEgASgIEhEKCXRlbmFudF9pZBgCIAEoCSJIChNSZXBhaXJJbmRleFJlc3BvbnNlEjEKB3RlbmFudHMYASADKAsyIC5kdW1vbnQuYXBpLnYxLlRlbmFudEluZGV4UmVwYWlyIp0BChFUZW5hbnRJbmRleFJlcGFpchIRCgl0ZW5hbnRfaWQYASABKAkSDQoFcGFja3MYAiABKAQSDwoHcmVidWlsdBgDIAMoCRIPCgdyZW1vdmVkGAQgAygJEjUKDHVucmVwYWlyYWJsZRgFIAMoCzIfLmR1bW9udC5hcGkudjEuVW5yZXBhaXJhYmxlUGFjaxINCgVlcnJvchgGIAEoCSIxChBVbnJlcGFpcmFibGVQYWNrEgwKBHBhY2sYASABKAkSDwoHbWVzc2FnZRgCIAEoCSJHChJSZXBhaXJQYWNrc1JlcXVlc3QSDwoHZHJ5X3J1bhgBIAEoCBIRCgl0ZW5hbnRfaWQYAiABKAkSDQoFcGFja3MYAyADKAkiRwoTUmVwYWlyUGFja3NSZXNwb25zZRIwCgd0ZW5hbnRzGAEgAygLMh8uZHVtb250LmFwaS52MS5UZW5hbnRQYWNrUmVwYWlyIsEBChBUZW5hbnRQYWNrUmVwYWlyEhEKCXRlbmFudF9pZBgBIAEoCRINCgVwYWNrcxgCIAEoBBISCgpwYWNrc19yZWFkGAMgASgEEi0KCHJlcGFpcmVkGAQgAygLMhsuZHVtb250LmFwaS52MS5SZXBhaXJlZFBhY2sSKwoHc2tpcHBlZBgFIAMoCzIaLmR1bW9udC5hcGkudjEuU2tpcHBlZFBhY2sSDAoEbG9zdBgGIAMoCRINCgVlcnJvchgHIAEoCSJcCgxSZXBhaXJlZFBhY2sSDAoEcGFjaxgBIAEoCRIQCghzYWx2YWdlZBgCIAEoBBIsCgdkYW1hZ2VkGAMgAygLMhsuZHVtb250LmFwaS52MS5EYW1hZ2VkQ2h1bmsiLQoMRGFtYWdlZENodW5rEg0KBWNodW5rGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIsCgtTa2lwcGVkUGFjaxIMCgRwYWNrGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiYgoWUmVwYWlyU25hcHNob3RzUmVxdWVzdBIUCgxzbmFwc2hvdF9pZHMYASADKAkSDgoGZm9yZ2V0GAIgASgIEg8KB2RyeV9ydW4YAyABKAgSEQoJdGVuYW50X2lkGAQgASgJIk8KF1JlcGFpclNuYXBzaG90c1Jlc3BvbnNlEjQKB3RlbmFudHMYASADKAsyIy5kdW1vbnQuYXBpLnYxLlRlbmFudFNuYXBzaG90UmVwYWlyIrkBChRUZW5hbnRTbmFwc2hvdFJlcGFpchIRCgl0ZW5hbnRfaWQYASABKAkSEQoJc25hcHNob3RzGAIgASgEEjEKCHJlcGFpcmVkGAMgAygLMh8uZHVtb250LmFwaS52MS5SZXBhaXJlZFNuYXBzaG90EjkKDHVucmVwYWlyYWJsZRgEIAMoCzIjLmR1bW9udC5hcGkudjEuVW5yZXBhaXJhYmxlU25hcHNob3QSDQoFZXJyb3IYBSABKAki3gEKEFJlcGFpcmVkU25hcHNob3QSEwoLc25hcHNob3RfaWQYASABKAkSFAoMd29ya3NwYWNlX2lkGAIgASgJEgwKBHRpbWUYAyABKAkSEwoLcmVwYWlyZWRfaWQYBCABKAkSEQoJZm9yZ290dGVuGAUgASgIEhUKDWZpbGVzX3JlbW92ZWQYBiABKAQSFQoNYnl0ZXNfcmVtb3ZlZBgHIAEoBBIrCgdyZW1vdmVkGAggAygLMhouZHVtb250LmFwaS52MS5SZW1vdmVkRmlsZRIOCgZyZXVzZWQYCSABKAgiKwoLUmVtb3ZlZEZpbGUSDAoEcGF0aBgBIAEoCRIOCgZyZWFzb24YAiABKAkiPAoUVW5yZXBhaXJhYmxlU25hcHNob3QSEwoLc25hcHNob3RfaWQYASABKAkSDwoHbWVzc2FnZRgCIAEoCSI7ChREaWZmU25hcHNob3RzUmVxdWVzdBIRCgliZWZvcmVfaWQYASABKAkSEAoIYWZ0ZXJfaWQYAiABKAkidAoVRGlmZlNuYXBzaG90c1Jlc3BvbnNlEi4KB2NoYW5nZXMYASADKAsyHS5kdW1vbnQuYXBpLnYxLlNuYXBzaG90Q2hhbmdlEisKB3N1bW1hcnkYAiABKAsyGi5kdW1vbnQuYXBpLnYxLkRpZmZTdW1tYXJ5IlcKDlNuYXBzaG90Q2hhbmdlEgwKBHBhdGgYASABKAkSDgoGY2hhbmdlGAIgASgJEhMKC3NpemVfYmVmb3JlGAMgASgEEhIKCnNpemVfYWZ0ZXIYBCABKAQiiwEKC0RpZmZTdW1tYXJ5Eg0KBWFkZGVkGAEgASgEEg8KB3JlbW92ZWQYAiABKAQSEAoIbW9kaWZpZWQYAyABKAQSEAoIbWV0YWRhdGEYBCABKAQSDAoEdHlwZRgFIAEoBBITCgtieXRlc19hZGRlZBgGIAEoBBIVCg1ieXRlc19yZW1vdmVkGAcgASgEIiwKF0dldFNuYXBzaG90U3RhdHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSJPChhHZXRTbmFwc2hvdFN0YXRzUmVzcG9uc2USMwoHdGVuYW50cxgBIAMoCzIiLmR1bW9udC5hcGkudjEuVGVuYW50U25hcHNob3RTdGF0cyLOAQoTVGVuYW50U25hcHNob3RTdGF0cxIRCgl0ZW5hbnRfaWQYASABKAkSEQoJc25hcHNob3RzGAIgASgEEg0KBWZpbGVzGAMgASgEEg0KBWJ5dGVzGAQgASgEEg4KBmNodW5rcxgFIAEoBBITCgtjaHVua19ieXRlcxgGIAEoBBINCgVwYWNrcxgHIAEoBBISCgpwYWNrX2J5dGVzGAggASgEEg0KBWVycm9yGAkgASgJEhwKFHVucmVhZGFibGVfc25hcHNob3RzGAogAygJMvQJCg9TbmFwc2hvdFNlcnZpY2USXQoOQ3JlYXRlU25hcHNob3QSJC5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBolLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RSZXNwb25zZRJaCg1MaXN0U25hcHNob3RzEiMuZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RzUmVxdWVzdBokLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90c1Jlc3BvbnNlEmAKD1Jlc3RvcmVTbmFwc2hvdBIlLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVxdWVzdBomLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USYgoUQ3JlYXRlU25hcHNob3RTdHJlYW0SJC5kdW1vbnQuYXBpLnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBoiLmR1bW9udC5hcGkudjEuQ3JlYXRlU25hcHNob3RFdmVudDABEmUKFVJlc3RvcmVTbmFwc2hvdFN0cmVhbRIlLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90UmVxdWVzdBojLmR1bW9udC5hcGkudjEuUmVzdG9yZVNuYXBzaG90RXZlbnQwARJoChFMaXN0U25hcHNob3RGaWxlcxInLmR1bW9udC5hcGkudjEuTGlzdFNuYXBzaG90RmlsZXNSZXF1ZXN0GiguZHVtb250LmFwaS52MS5MaXN0U25hcHNob3RGaWxlc1Jlc3BvbnNlMAESYAoPRm9yZ2V0U25hcHNob3RzEiUuZHVtb250LmFwaS52MS5Gb3JnZXRTbmFwc2hvdHNSZXF1ZXN0GiYuZHVtb250LmFwaS52MS5Gb3JnZXRTbmFwc2hvdHNSZXNwb25zZRJcCg5DaGVja1NuYXBzaG90cxIkLmR1bW9udC5hcGkudjEuQ2hlY2tTbmFwc2hvdHNSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5DaGVja1NuYXBzaG90c0V2ZW50MAESVAoLUmVwYWlySW5kZXgSIS5kdW1vbnQuYXBpLnYxLlJlcGFpckluZGV4UmVxdWVzdBoiLmR1bW9udC5hcGkudjEuUmVwYWlySW5kZXhSZXNwb25zZRJUCgtSZXBhaXJQYWNrcxIhLmR1bW9udC5hcGkudjEuUmVwYWlyUGFja3NSZXF1ZXN0GiIuZHVtb250LmFwaS52MS5SZXBhaXJQYWNrc1Jlc3BvbnNlEmAKD1JlcGFpclNuYXBzaG90cxIlLmR1bW9udC5hcGkudjEuUmVwYWlyU25hcHNob3RzUmVxdWVzdBomLmR1bW9udC5hcGkudjEuUmVwYWlyU25hcHNob3RzUmVzcG9uc2USXAoNRGlmZlNuYXBzaG90cxIjLmR1bW9udC5hcGkudjEuRGlmZlNuYXBzaG90c1JlcXVlc3QaJC5kdW1vbnQuYXBpLnYxLkRpZmZTbmFwc2hvdHNSZXNwb25zZTABEmMKEEdldFNuYXBzaG90U3RhdHMSJi5kdW1vbnQuYXBpLnYxLkdldFNuYXBzaG90U3RhdHNSZXF1ZXN0GicuZHVtb250LmFwaS52MS5HZXRTbmFwc2hvdFN0YXRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message dumont.api.v1.TransferProgress
@@ -1221,6 +1221,240 @@ export const SkippedPackSchema: GenMessage<SkippedPack> = /*@__PURE__*/
   messageDesc(file_dumont_api_v1_snapshots, 31);
 
 /**
+ * @generated from message dumont.api.v1.RepairSnapshotsRequest
+ */
+export type RepairSnapshotsRequest = Message<"dumont.api.v1.RepairSnapshotsRequest"> & {
+  /**
+   * Only these snapshots: ids, or prefixes of 4 to 64 hex characters naming one each, at most 1,000; all are
+   * resolved before any is repaired (one not catalogued, in the tenant named if one is: NOT_FOUND). Each is
+   * repaired in its own tenant's repository. Empty: every snapshot of every tenant with a repository (or of the one
+   * named).
+   *
+   * @generated from field: repeated string snapshot_ids = 1;
+   */
+  snapshotIds: string[];
+
+  /**
+   * Forget each damaged snapshot once its repair is committed. Without it, both are kept: forget the damaged ones
+   * by id (ForgetSnapshots) once the repaired ones are what you want.
+   *
+   * @generated from field: bool forget = 2;
+   */
+  forget: boolean;
+
+  /**
+   * Say what would be repaired; change nothing.
+   *
+   * @generated from field: bool dry_run = 3;
+   */
+  dryRun: boolean;
+
+  /**
+   * Only this tenant's blob store; empty for every tenant with a repository (a tenant that does not exist, or has
+   * none: NOT_FOUND).
+   *
+   * @generated from field: string tenant_id = 4;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message dumont.api.v1.RepairSnapshotsRequest.
+ * Use `create(RepairSnapshotsRequestSchema)` to create a new message.
+ */
+export const RepairSnapshotsRequestSchema: GenMessage<RepairSnapshotsRequest> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 32);
+
+/**
+ * @generated from message dumont.api.v1.RepairSnapshotsResponse
+ */
+export type RepairSnapshotsResponse = Message<"dumont.api.v1.RepairSnapshotsResponse"> & {
+  /**
+   * One per tenant repaired: each with a repository (the one named), or each holding a snapshot named.
+   *
+   * @generated from field: repeated dumont.api.v1.TenantSnapshotRepair tenants = 1;
+   */
+  tenants: TenantSnapshotRepair[];
+};
+
+/**
+ * Describes the message dumont.api.v1.RepairSnapshotsResponse.
+ * Use `create(RepairSnapshotsResponseSchema)` to create a new message.
+ */
+export const RepairSnapshotsResponseSchema: GenMessage<RepairSnapshotsResponse> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 33);
+
+/**
+ * @generated from message dumont.api.v1.TenantSnapshotRepair
+ */
+export type TenantSnapshotRepair = Message<"dumont.api.v1.TenantSnapshotRepair"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Snapshots read: every one of the tenant's, or those named.
+   *
+   * @generated from field: uint64 snapshots = 2;
+   */
+  snapshots: bigint;
+
+  /**
+   * Snapshots some of whose files' data is gone: each replaced (with dry_run: to be) by one without those files.
+   *
+   * @generated from field: repeated dumont.api.v1.RepairedSnapshot repaired = 3;
+   */
+  repaired: RepairedSnapshot[];
+
+  /**
+   * Snapshots whose files cannot be told (a record or manifest part that does not open), left as they are, each
+   * saying what to do.
+   *
+   * @generated from field: repeated dumont.api.v1.UnrepairableSnapshot unrepairable = 4;
+   */
+  unrepairable: UnrepairableSnapshot[];
+
+  /**
+   * Why this tenant was not repaired (a snapshot, restore or check of it running; its store not answering; an index
+   * object that does not open: RepairIndex first); the other tenants are repaired all the same. Empty when it was.
+   *
+   * @generated from field: string error = 5;
+   */
+  error: string;
+};
+
+/**
+ * Describes the message dumont.api.v1.TenantSnapshotRepair.
+ * Use `create(TenantSnapshotRepairSchema)` to create a new message.
+ */
+export const TenantSnapshotRepairSchema: GenMessage<TenantSnapshotRepair> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 34);
+
+/**
+ * @generated from message dumont.api.v1.RepairedSnapshot
+ */
+export type RepairedSnapshot = Message<"dumont.api.v1.RepairedSnapshot"> & {
+  /**
+   * The damaged snapshot.
+   *
+   * @generated from field: string snapshot_id = 1;
+   */
+  snapshotId: string;
+
+  /**
+   * @generated from field: string workspace_id = 2;
+   */
+  workspaceId: string;
+
+  /**
+   * When the damaged snapshot was taken, which its repair keeps (RFC 3339, as the repository records it).
+   *
+   * @generated from field: string time = 3;
+   */
+  time: string;
+
+  /**
+   * The snapshot that replaces it, without the files below, listed as of now; empty with dry_run, unless that
+   * snapshot is there already (reused).
+   *
+   * @generated from field: string repaired_id = 4;
+   */
+  repairedId: string;
+
+  /**
+   * Whether the damaged snapshot was forgotten (forget) once its repair was there (with dry_run: would be).
+   *
+   * @generated from field: bool forgotten = 5;
+   */
+  forgotten: boolean;
+
+  /**
+   * Files left out of the repaired snapshot (hard links to them included), and their bytes.
+   *
+   * @generated from field: uint64 files_removed = 6;
+   */
+  filesRemoved: bigint;
+
+  /**
+   * @generated from field: uint64 bytes_removed = 7;
+   */
+  bytesRemoved: bigint;
+
+  /**
+   * The first 1,000 of them, in manifest order; `DiffSnapshots` of the two lists them all.
+   *
+   * @generated from field: repeated dumont.api.v1.RemovedFile removed = 8;
+   */
+  removed: RemovedFile[];
+
+  /**
+   * Whether an equal repair was there already (one a repair cut short left, or another damaged snapshot's this one
+   * made): taken, nothing written.
+   *
+   * @generated from field: bool reused = 9;
+   */
+  reused: boolean;
+};
+
+/**
+ * Describes the message dumont.api.v1.RepairedSnapshot.
+ * Use `create(RepairedSnapshotSchema)` to create a new message.
+ */
+export const RepairedSnapshotSchema: GenMessage<RepairedSnapshot> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 35);
+
+/**
+ * @generated from message dumont.api.v1.RemovedFile
+ */
+export type RemovedFile = Message<"dumont.api.v1.RemovedFile"> & {
+  /**
+   * Relative to the snapshot's directory, "/"-separated.
+   *
+   * @generated from field: string path = 1;
+   */
+  path: string;
+
+  /**
+   * Which of its chunks is gone, and how: in no index, or in a pack the blob store no longer has.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message dumont.api.v1.RemovedFile.
+ * Use `create(RemovedFileSchema)` to create a new message.
+ */
+export const RemovedFileSchema: GenMessage<RemovedFile> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 36);
+
+/**
+ * @generated from message dumont.api.v1.UnrepairableSnapshot
+ */
+export type UnrepairableSnapshot = Message<"dumont.api.v1.UnrepairableSnapshot"> & {
+  /**
+   * @generated from field: string snapshot_id = 1;
+   */
+  snapshotId: string;
+
+  /**
+   * Why, in a sentence, and what to do.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message dumont.api.v1.UnrepairableSnapshot.
+ * Use `create(UnrepairableSnapshotSchema)` to create a new message.
+ */
+export const UnrepairableSnapshotSchema: GenMessage<UnrepairableSnapshot> = /*@__PURE__*/
+  messageDesc(file_dumont_api_v1_snapshots, 37);
+
+/**
  * @generated from message dumont.api.v1.DiffSnapshotsRequest
  */
 export type DiffSnapshotsRequest = Message<"dumont.api.v1.DiffSnapshotsRequest"> & {
@@ -1242,7 +1476,7 @@ export type DiffSnapshotsRequest = Message<"dumont.api.v1.DiffSnapshotsRequest">
  * Use `create(DiffSnapshotsRequestSchema)` to create a new message.
  */
 export const DiffSnapshotsRequestSchema: GenMessage<DiffSnapshotsRequest> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 32);
+  messageDesc(file_dumont_api_v1_snapshots, 38);
 
 /**
  * @generated from message dumont.api.v1.DiffSnapshotsResponse
@@ -1266,7 +1500,7 @@ export type DiffSnapshotsResponse = Message<"dumont.api.v1.DiffSnapshotsResponse
  * Use `create(DiffSnapshotsResponseSchema)` to create a new message.
  */
 export const DiffSnapshotsResponseSchema: GenMessage<DiffSnapshotsResponse> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 33);
+  messageDesc(file_dumont_api_v1_snapshots, 39);
 
 /**
  * @generated from message dumont.api.v1.SnapshotChange
@@ -1303,7 +1537,7 @@ export type SnapshotChange = Message<"dumont.api.v1.SnapshotChange"> & {
  * Use `create(SnapshotChangeSchema)` to create a new message.
  */
 export const SnapshotChangeSchema: GenMessage<SnapshotChange> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 34);
+  messageDesc(file_dumont_api_v1_snapshots, 40);
 
 /**
  * @generated from message dumont.api.v1.DiffSummary
@@ -1352,7 +1586,7 @@ export type DiffSummary = Message<"dumont.api.v1.DiffSummary"> & {
  * Use `create(DiffSummarySchema)` to create a new message.
  */
 export const DiffSummarySchema: GenMessage<DiffSummary> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 35);
+  messageDesc(file_dumont_api_v1_snapshots, 41);
 
 /**
  * @generated from message dumont.api.v1.GetSnapshotStatsRequest
@@ -1371,7 +1605,7 @@ export type GetSnapshotStatsRequest = Message<"dumont.api.v1.GetSnapshotStatsReq
  * Use `create(GetSnapshotStatsRequestSchema)` to create a new message.
  */
 export const GetSnapshotStatsRequestSchema: GenMessage<GetSnapshotStatsRequest> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 36);
+  messageDesc(file_dumont_api_v1_snapshots, 42);
 
 /**
  * @generated from message dumont.api.v1.GetSnapshotStatsResponse
@@ -1390,7 +1624,7 @@ export type GetSnapshotStatsResponse = Message<"dumont.api.v1.GetSnapshotStatsRe
  * Use `create(GetSnapshotStatsResponseSchema)` to create a new message.
  */
 export const GetSnapshotStatsResponseSchema: GenMessage<GetSnapshotStatsResponse> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 37);
+  messageDesc(file_dumont_api_v1_snapshots, 43);
 
 /**
  * @generated from message dumont.api.v1.TenantSnapshotStats
@@ -1464,7 +1698,7 @@ export type TenantSnapshotStats = Message<"dumont.api.v1.TenantSnapshotStats"> &
  * Use `create(TenantSnapshotStatsSchema)` to create a new message.
  */
 export const TenantSnapshotStatsSchema: GenMessage<TenantSnapshotStats> = /*@__PURE__*/
-  messageDesc(file_dumont_api_v1_snapshots, 38);
+  messageDesc(file_dumont_api_v1_snapshots, 44);
 
 /**
  * Snapshots of workspaces on hosts, stored in the control plane's blob store (admin).
@@ -1582,6 +1816,21 @@ export const SnapshotService: GenService<{
     methodKind: "unary";
     input: typeof RepairPacksRequestSchema;
     output: typeof RepairPacksResponseSchema;
+  },
+  /**
+   * Replaces each snapshot some of whose files' data is gone for good (a chunk in no index, or only in packs the
+   * blob store no longer has) with a new snapshot without those files, in the blob store of every tenant with a
+   * repository (restic's `repair snapshots`): the last step after CheckSnapshots, RepairIndex and RepairPacks, for
+   * files no workspace still has. The new snapshot keeps the damaged one's time, workspace and epoch, and is listed
+   * at once; with forget, the damaged one is then forgotten. Reads every snapshot's manifest (or those named), no
+   * pack. Refused, as a prune is, while a snapshot, restore or check of the tenant runs; run CheckSnapshots after it.
+   *
+   * @generated from rpc dumont.api.v1.SnapshotService.RepairSnapshots
+   */
+  repairSnapshots: {
+    methodKind: "unary";
+    input: typeof RepairSnapshotsRequestSchema;
+    output: typeof RepairSnapshotsResponseSchema;
   },
   /**
    * What changed from one snapshot to another of the same tenant, path by path (code point order), in batches;
