@@ -1067,9 +1067,16 @@ describe("snapshots over the agent stream", () => {
       `${prefix}the damaged snapshot stays beside its repair: \`dumont snapshot forget ${short}\` forgets it (or ` +
         "repair again with --forget)\n",
     );
-    // Listed at once, beside the damaged one.
+    // Listed at once, beside the damaged one and right after it (its time), saying what it was made from.
     const repairedId = (await listedIds()).find((id) => id.startsWith(repairedShort))!;
     expect((await listedIds()).sort()).toEqual([...before, repairedId].sort());
+    const listing = JSON.parse((await cp.cli(["snapshot", "list", "--tenant", tenantId, "--json"])).stdout);
+    const at = listing.findIndex((s: { id: string }) => s.id === snap.id);
+    expect(listing[at + 1]).toMatchObject({ id: repairedId, repairedFrom: snap.id });
+    expect(listing[at]).not.toHaveProperty("repairedFrom");
+    expect((await cp.cli(["snapshot", "list", "--tenant", tenantId])).stdout).toMatch(
+      new RegExp(`^${repairedShort}\\w* .* \\(repaired from ${short.slice(0, 12)}\\) `, "m"),
+    );
 
     // Again with --forget: the repair is found, not made again, and the damaged snapshot is forgotten.
     const forgotten = await cp.cli(["snapshot", "repair-snapshots", short, "--forget", "--json"]);

@@ -721,6 +721,7 @@ function toApi(r: SnapshotRow): api.Snapshot {
     seconds: r.seconds,
     filesSkipped: BigInt(r.files_skipped),
     skipped: r.skipped,
+    repairedFrom: r.repaired_from ?? "",
   });
 }
 

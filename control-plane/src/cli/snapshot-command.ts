@@ -639,7 +639,8 @@ export function snapshotTable(list: ReturnType<typeof snapshotJson>[]): string {
       s.createdAt ?? "",
       s.tenantId,
       s.hostId,
-      `${s.files}${s.filesSkipped ? ` (${s.filesSkipped} left out)` : ""}`,
+      `${s.files}${s.filesSkipped ? ` (${s.filesSkipped} left out)` : ""}` +
+        `${s.repairedFrom ? ` (repaired from ${s.repairedFrom.slice(0, 12)})` : ""}`,
       s.bytesTotal === null ? "unknown" : formatBytes(s.bytesTotal),
       formatBytes(s.bytesStored),
       s.path,
@@ -668,6 +669,8 @@ export function snapshotJson(s: api.Snapshot) {
     ...(s.filesSkipped > 0n
       ? { filesSkipped: Number(s.filesSkipped), skipped: s.skipped.map(({ path, reason }) => ({ path, reason })) }
       : {}),
+    // Only for a snapshot repair-snapshots made, as `dumont-agent snapshot list --json` shows its record.
+    ...(s.repairedFrom ? { repairedFrom: s.repairedFrom } : {}),
   };
 }
 

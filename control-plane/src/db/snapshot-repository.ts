@@ -1,4 +1,5 @@
 // Committed snapshots (the blob store is the source of truth; these rows are its catalogue).
+import { sql } from "kysely";
 import type { Db } from "./database.js";
 import type { SnapshotRow } from "./tables.js";
 
@@ -6,7 +7,13 @@ export async function listSnapshots(
   db: Db,
   filter: { tenantId?: string; hostId?: string; workspaceId?: string },
 ): Promise<SnapshotRow[]> {
-  let q = db.selectFrom("snapshots").selectAll().orderBy("created_at").orderBy("id");
+  // A repair has the time of the snapshot it repairs, and comes after it, as the repository lists them.
+  let q = db
+    .selectFrom("snapshots")
+    .selectAll()
+    .orderBy("created_at")
+    .orderBy(sql`repaired_from is not null`)
+    .orderBy("id");
   if (filter.tenantId !== undefined) q = q.where("tenant_id", "=", filter.tenantId);
   if (filter.hostId) q = q.where("host_id", "=", filter.hostId);
   if (filter.workspaceId) q = q.where("workspace_id", "=", filter.workspaceId);

@@ -140,6 +140,8 @@ export interface SnapshotsTable {
   files_skipped: ColumnType<number, number | undefined, number>;
   /** The first MAX_SKIPPED_LISTED of them (jsonb). */
   skipped: ColumnType<SkippedEntry[], string | undefined, string>;
+  /** The snapshot this one was made from by repair-snapshots (its record's repairedFrom); null for any other. */
+  repaired_from: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export interface Database {

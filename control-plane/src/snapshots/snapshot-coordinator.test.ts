@@ -2606,7 +2606,9 @@ describe("SnapshotCoordinator: repair snapshots", () => {
       files: 1,
       bytes_total: 20_000,
       created_at: damaged.row.created_at,
+      repaired_from: damaged.row.id,
     });
+    expect(listed[0].repaired_from).toBeNull();
     expect((await (await repository(kept.key)).findSnapshot(repairedId)).repairedFrom).toBe(damaged.row.id);
     const manifest = await h.coordinator.readManifest(listed[1]);
     expect(manifest.entries.map((e) => e.path)).toEqual(["f0"]);

@@ -1909,6 +1909,8 @@ function catalogueRow(s: {
   bytesTotal: number | null;
   stats: RecordStats | undefined;
   createdAt: Date;
+  /** The snapshot it repairs (a repair-snapshots record's repairedFrom). */
+  repairedFrom?: string;
 }) {
   const st = s.stats;
   return {
@@ -1928,6 +1930,7 @@ function catalogueRow(s: {
     files_skipped: st?.filesSkipped ?? 0,
     skipped: JSON.stringify(st?.skipped ?? []),
     created_at: s.createdAt,
+    repaired_from: s.repairedFrom ?? null,
   };
 }
 
@@ -1948,6 +1951,7 @@ function recordRow(tenantId: string, record: SnapshotRecord) {
     bytesTotal: record.totals.bytes,
     stats: record.stats,
     createdAt: new Date(record.time),
+    repairedFrom: record.repairedFrom,
   });
 }
 
