@@ -49,7 +49,8 @@ describe("hand-encoded chunk messages", () => {
   it("encode ControlMessage.restore_chunks, errors and the last flag included, exactly as protobuf-es does", () => {
     const list: WireChunk[] = [
       ...chunks.map((c) => ({ id: c.id, blob: c.blob })),
-      { id: randomBytes(32), error: "pack ab12 is gone — ünïcode" },
+      { id: randomBytes(32), blob: randomBytes(900), pack: randomBytes(32) },
+      { id: randomBytes(32), error: "pack ab12 is gone — ünïcode", pack: randomBytes(32) },
     ];
     for (const [batch, last] of [
       [3n, true],

@@ -18,6 +18,8 @@ export interface WireChunk {
   blob?: Uint8Array;
   plainLength?: number;
   error?: string;
+  /** Restore only: the 32-byte id of the pack the chunk was read from (ChunkBlob.pack). */
+  pack?: Uint8Array;
 }
 
 // AgentMessage.snapshot_chunks = 11; ControlMessage.restore_chunks = 12.
@@ -128,6 +130,7 @@ function encodeChunkMessage(
     }
     const error = errors[i];
     if (error && error.length > 0) at = writeBytes(out, at, 4, error);
+    if (c.pack && c.pack.length > 0) at = writeBytes(out, at, 5, c.pack);
   }
   // Fields in field-number order, as protobuf-es writes them (so the bytes are identical).
   for (const [field, value] of numbers) {
@@ -155,6 +158,7 @@ function chunkBlobSize(c: WireChunk, error: Buffer | undefined): number {
   if (c.blob && c.blob.length > 0) size += lengthField(c.blob.length);
   if (c.plainLength) size += 1 + varintSize(BigInt(c.plainLength));
   if (error && error.length > 0) size += lengthField(error.length);
+  if (c.pack && c.pack.length > 0) size += lengthField(c.pack.length);
   return size;
 }
 

@@ -1134,9 +1134,14 @@ describe("snapshots over the agent stream", () => {
     const restored = await cp.cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target]);
     expect(restored.code).toBe(0);
     expect(await describeTree(target)).toEqual(await describeTree(dir));
+    // The pack it did not verify in is named: the control plane sends each chunk's (ChunkBlob.pack).
+    const firstRead = restored.stderr.match(
+      /^warning: 1 chunk did not verify where first read \(pack (\w{12})\) /,
+    )?.[1];
+    expect([path.basename(original).slice(0, 12), copyId.slice(0, 12)]).toContain(firstRead);
     expect(restored.stderr).toBe(
-      "warning: 1 chunk did not verify where first read and was restored from another copy: the repository holds " +
-        "damaged data; `snapshot check` finds it and `snapshot repair-packs` mends it\n",
+      `warning: 1 chunk did not verify where first read (pack ${firstRead}) and was restored from another copy: the ` +
+        "repository holds damaged data; `snapshot check` finds it and `snapshot repair-packs` mends it\n",
     );
 
     // check names both damaged copies, and the pack holding each whole: no file is broken. A repair of the two

@@ -36,10 +36,12 @@ import {
   sealManifestParts,
 } from "@dumont/repository";
 import { ObjectKind, sealJson, sha256 } from "@dumont/repository/sealing";
+import { sql } from "kysely";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import type { AgentSession } from "../agent-gateway/agent-session.js";
 import { ensureTenant } from "../db/credential-repository.js";
 import { type Db, withDatabaseLock } from "../db/database.js";
+import { listSnapshots } from "../db/snapshot-repository.js";
 import { openTestDatabase } from "../db/test-database.js";
 import { createLogger } from "../logger.js";
 import { createMetrics } from "../metrics.js";
@@ -2632,22 +2634,61 @@ describe("SnapshotCoordinator: repair snapshots", () => {
     await finishIn(h)(running);
     atDelete.length = 0;
     const others = (await rows()).map((r) => r.id).filter((id) => id !== damaged.row.id);
+    // The damaged row's time to the microsecond (a row's default, now(), keeps them; a Date does not).
+    await sql`update snapshots set created_at = created_at + interval '123 microseconds' where id = ${damaged.row.id}`.execute(
+      h.db,
+    );
+
+    // The catalogue failing to list the repair stops it before the damaged snapshot is forgotten: UNAVAILABLE,
+    // saying to run it again, the repair committed and found by the next run.
+    const insertInto = h.db.insertInto.bind(h.db);
+    const failing = vi
+      .spyOn(h.db, "insertInto")
+      .mockImplementation(((table: "snapshots") =>
+        table !== "snapshots"
+          ? insertInto(table)
+          : {
+              values: () => ({ onConflict: () => ({ execute: () => Promise.reject(new Error("disk full")) }) }),
+            }) as never);
+    const refused = await h.coordinator
+      .repairSnapshots("t1", { dryRun: false, forget: true, ids: [damaged.row.id] })
+      .catch((e: unknown) => e);
+    failing.mockRestore();
+    expect(refused).toBeInstanceOf(ConnectError);
+    expect((refused as ConnectError).code).toBe(Code.Unavailable);
+    expect((refused as ConnectError).rawMessage).toMatch(
+      new RegExp(
+        `the catalogue could not list it \\(disk full\\): .* ${damaged.row.id} was not forgotten; run the repair again$`,
+      ),
+    );
+    expect((await rows()).map((r) => r.id).sort()).toEqual([...others, damaged.row.id].sort());
+    expect(atDelete).toEqual([]);
+
     const once = await h.coordinator.repairSnapshots("t1", { dryRun: false, ids: [damaged.row.id.slice(0, 10)] });
     expect(once).toMatchObject({
       snapshots: 1,
       repaired: [
         {
           snapshot: damaged.row.id,
+          reused: true,
           forgotten: false,
           removed: [{ path: "f1", reason: expect.stringMatching(/is in pack \w{12}, which the store no longer has$/) }],
         },
       ],
     });
     const repairedId = once.repaired[0].repaired!;
-    // Listed beside the damaged one, at its time.
-    const both = await rows();
-    expect(both.map((r) => r.id).sort()).toEqual([...others, damaged.row.id, repairedId].sort());
-    expect(both.find((r) => r.id === repairedId)?.created_at).toEqual(damaged.row.created_at);
+    // Listed right after the damaged one, at its very time; NEW is not the damaged one's.
+    const listed = await listSnapshots(h.db, { tenantId: "t1" });
+    expect(listed.map((r) => r.id).sort()).toEqual([...others, damaged.row.id, repairedId].sort());
+    expect(listed[listed.findIndex((r) => r.id === damaged.row.id) + 1]).toMatchObject({
+      id: repairedId,
+      repaired_from: damaged.row.id,
+      bytes_stored: 0,
+      bytes_new: 0,
+    });
+    const { rows: same } = await sql<{ n: number }>`select count(*)::int as n from snapshots a join snapshots b
+      on a.repaired_from = b.id and a.created_at = b.created_at`.execute(h.db);
+    expect(same[0].n).toBe(1);
     expect(atDelete).toEqual([]);
 
     const again = await h.coordinator.repairSnapshots("t1", { dryRun: false, forget: true, ids: [damaged.row.id] });

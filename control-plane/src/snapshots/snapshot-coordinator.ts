@@ -72,6 +72,7 @@ import {
   type SkippedEntry,
   type SnapshotRecord,
 } from "@dumont/repository";
+import { sql } from "kysely";
 import type { AgentSender, AgentSession } from "../agent-gateway/agent-session.js";
 import { type Db, withDatabaseLock } from "../db/database.js";
 import { deleteSnapshot, getSnapshot, listSnapshots, repositoryTenants } from "../db/snapshot-repository.js";
@@ -120,8 +121,8 @@ const MAX_RESTORE_BATCHES_WAITING = 256;
  * nothing of a working agent's ever waits; this is ~35 MB.
  */
 const MAX_RESTORE_IDS_WAITING = 256 * 1024;
-/** A chunk's bytes in a RestoreChunks message beyond its blob: its id and the fields' framing. */
-const WIRE_CHUNK_OVERHEAD = 48;
+/** A chunk's bytes in a RestoreChunks message beyond its blob: its id, its pack's and the fields' framing. */
+const WIRE_CHUNK_OVERHEAD = 82;
 
 /** Ranged pack reads of a streamed restore: their size and how many are kept in flight. */
 const RESTORE_READ_BYTES = 8 * 1024 * 1024;
@@ -699,8 +700,16 @@ export class SnapshotCoordinator {
           repairSnapshots(repository, {
             ids,
             forget: options.forget === true,
-            onRepaired: (repaired) => this.catalogueRepaired(tenantId, repaired),
-            beforeDelete: (id) => deleteSnapshot(this.db, tenantId, id),
+            onRepaired: (repaired, damaged) => this.catalogueRepaired(tenantId, repaired, damaged),
+            // A row that cannot be dropped stops the repair with its record still there: this tenant's error (the
+            // others are repaired), and a run again goes on (it finds the repair made).
+            beforeDelete: (id) =>
+              deleteSnapshot(this.db, tenantId, id).catch((err: unknown) => {
+                throw new UnavailableError(
+                  `the catalogue could not drop the row of snapshot ${id} (${(err as Error).message}), so it was ` +
+                    "not forgotten: run the repair again",
+                );
+              }),
           }),
         ),
       );
@@ -726,20 +735,16 @@ export class SnapshotCoordinator {
   }
 
   /**
-   * A repaired snapshot's catalogue row, inserted as a commit's is: the row relisting would give it, timed as the row
-   * of the snapshot it was made from where that has one (a commit's row is timed once its record is stored, a moment
-   * after the record's time), so `snapshot list` shows the repair where the snapshot it replaces was. One there
-   * already (a repair reused: left by a run cut short, or made for another snapshot of the same files) is the same
-   * snapshot. A row that cannot be inserted stops the repair before the damaged snapshot is forgotten, and the tenant
-   * is listed again from the repository shortly.
+   * A repaired snapshot's catalogue row, inserted as a commit's is (repairRow): at the time of the damaged
+   * snapshot's row, so `snapshot list` shows the repair right after the snapshot it replaces. One there already (a
+   * repair reused: left by a run cut short, or made for another snapshot of the same files) is the same snapshot. A
+   * row that cannot be inserted stops the repair before the damaged snapshot is forgotten, and the tenant is listed
+   * again from the repository shortly.
    */
-  private async catalogueRepaired(tenantId: string, repaired: SnapshotRecord): Promise<void> {
-    const row = recordRow(tenantId, repaired);
-    const from = repaired.repairedFrom && (await getSnapshot(this.db, repaired.repairedFrom, { tenantId }));
-    if (from) row.created_at = from.created_at;
+  private async catalogueRepaired(tenantId: string, repaired: SnapshotRecord, damaged: SnapshotRecord): Promise<void> {
     await this.db
       .insertInto("snapshots")
-      .values(row)
+      .values(repairRow(tenantId, repaired, [damaged.id]))
       .onConflict((oc) => oc.column("id").doNothing())
       .execute()
       .catch((err: unknown) => {
@@ -748,7 +753,12 @@ export class SnapshotCoordinator {
           "repaired snapshot committed to the blob store but not catalogued; it is listed again from there shortly",
         );
         this.relistSoon(tenantId);
-        throw err;
+        // This tenant's error, not the request's: the other tenants are repaired, and their reports answered.
+        throw new UnavailableError(
+          `snapshot ${repaired.id}, the repair of ${damaged.id}, is in the blob store but the catalogue could not ` +
+            `list it (${(err as Error).message}): it is listed again from there shortly, and ${damaged.id} was not ` +
+            "forgotten; run the repair again",
+        );
       });
   }
 
@@ -947,7 +957,7 @@ export class SnapshotCoordinator {
       // prune of the tenant: it stays in the repository, and what it references stays too.
       await this.db
         .insertInto("snapshots")
-        .values(recordRow(tenantId, record))
+        .values(record.repairedFrom === undefined ? recordRow(tenantId, record) : repairRow(tenantId, record, []))
         // A commit finishing meanwhile inserts the same row (see commit).
         .onConflict((oc) => oc.column("id").doNothing())
         .execute()
@@ -1681,7 +1691,9 @@ export class SnapshotCoordinator {
       const length = chunk.blob?.length ?? 0;
       const entry = length + WIRE_CHUNK_OVERHEAD + (chunk.error === undefined ? 0 : Buffer.byteLength(chunk.error));
       if (size > 0 && size + entry > STREAM_BATCH_BYTES) await flush(false);
-      pending.push(chunk.blob ? { id: chunk.id, blob: chunk.blob } : { id: chunk.id, error: chunk.error });
+      // With the pack it came from (or failed to), for the agent to name where the chunk does not verify.
+      const pack = chunk.pack === undefined ? undefined : Buffer.from(chunk.pack, "hex");
+      pending.push(chunk.blob ? { id: chunk.id, blob: chunk.blob, pack } : { id: chunk.id, error: chunk.error, pack });
       bytes += length;
       size += entry;
     }
@@ -1940,6 +1952,7 @@ function catalogueRow(s: {
  * the files it holds.
  */
 function recordRow(tenantId: string, record: SnapshotRecord) {
+  const repaired = record.repairedFrom !== undefined;
   return catalogueRow({
     id: record.id,
     tenantId,
@@ -1947,12 +1960,28 @@ function recordRow(tenantId: string, record: SnapshotRecord) {
     workspace: record.workspace,
     path: record.source ?? "",
     epoch: record.epoch,
-    files: record.repairedFrom === undefined ? (record.stats?.files ?? record.totals.files) : record.totals.files,
+    files: repaired ? record.totals.files : (record.stats?.files ?? record.totals.files),
     bytesTotal: record.totals.bytes,
-    stats: record.stats,
+    // What the damaged snapshot stored is not the repair's (it added a manifest part or two): NEW shows 0 for it.
+    stats: repaired && record.stats ? { ...record.stats, bytesNew: 0, bytesStored: 0, chunksNew: 0 } : record.stats,
     createdAt: new Date(record.time),
     repairedFrom: record.repairedFrom,
   });
+}
+
+/**
+ * A repaired snapshot's row (recordRow), at the very time of the row of the snapshot it replaces: the first of
+ * `damaged` and its record's repairedFrom that the catalogue lists, read in the insert itself (a row's time, kept to
+ * the microsecond, does not survive a round trip through a Date), else its record's time. The catalogue lists a
+ * repair after a snapshot of its time (listSnapshots), so it shows right after the one it replaces.
+ */
+function repairRow(tenantId: string, record: SnapshotRecord, damaged: readonly string[]) {
+  const row = recordRow(tenantId, record);
+  const ids = [...new Set([...damaged, ...(record.repairedFrom ? [record.repairedFrom] : [])])];
+  const times = ids.map(
+    (id) => sql<Date>`(select created_at from snapshots where tenant_id = ${tenantId} and id = ${id})`,
+  );
+  return { ...row, created_at: sql<Date>`coalesce(${sql.join([...times, row.created_at])})` };
 }
 
 /** Longest skipped path taken from an agent (Linux's PATH_MAX); reasons are cut by the agent (MAX_SKIPPED_REASON). */

@@ -334,8 +334,11 @@ export class StreamChunkSource implements ChunkSource {
       // with a hole of zeros. What is dropped is never delivered, and the engine fails the files it leaves.
       if (!q.expect(c.id)) continue;
       const id = Buffer.from(c.id); // a copy: a view would keep the whole message alive
-      if (c.error) q.push({ id, error: c.error });
-      else q.push({ id, blob: q.store(c.blob) });
+      // The pack it was read from, which the engine names where the chunk does not verify (none from an older
+      // control plane).
+      const pack = c.pack.length === 32 ? Buffer.from(c.pack).toString("hex") : undefined;
+      if (c.error) q.push({ id, error: c.error, pack });
+      else q.push({ id, blob: q.store(c.blob), pack });
     }
     // A receive buffer never spans two batches: the engine writes (and recycles) a buffer with its batch.
     if (v.last) {
