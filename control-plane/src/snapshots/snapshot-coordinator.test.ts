@@ -2642,14 +2642,12 @@ describe("SnapshotCoordinator: repair snapshots", () => {
     // The catalogue failing to list the repair stops it before the damaged snapshot is forgotten: UNAVAILABLE,
     // saying to run it again, the repair committed and found by the next run.
     const insertInto = h.db.insertInto.bind(h.db);
-    const failing = vi
-      .spyOn(h.db, "insertInto")
-      .mockImplementation(((table: "snapshots") =>
-        table !== "snapshots"
-          ? insertInto(table)
-          : {
-              values: () => ({ onConflict: () => ({ execute: () => Promise.reject(new Error("disk full")) }) }),
-            }) as never);
+    const failing = vi.spyOn(h.db, "insertInto").mockImplementation(((table: "snapshots") =>
+      table !== "snapshots"
+        ? insertInto(table)
+        : {
+            values: () => ({ onConflict: () => ({ execute: () => Promise.reject(new Error("disk full")) }) }),
+          }) as never);
     const refused = await h.coordinator
       .repairSnapshots("t1", { dryRun: false, forget: true, ids: [damaged.row.id] })
       .catch((e: unknown) => e);
