@@ -2704,6 +2704,28 @@ describe("SnapshotCoordinator: repair snapshots", () => {
     expect((gone as ConnectError).code).toBe(Code.NotFound);
     expect((gone as ConnectError).rawMessage).toMatch(new RegExp(`^no snapshot ${damaged.row.id} in file://`));
   });
+
+  it("repairs a tenant with nothing to repair without taking its catalogue's lock", async () => {
+    await snapshotOf([randomBytes(10_000)]);
+    // The catalogue's lock held elsewhere (another replica's commit): a repair that took it would wait here.
+    let release = () => {};
+    let holding = () => {};
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const acquired = new Promise<void>((resolve) => (holding = resolve));
+    const other = withDatabaseLock(h.db, "dumont catalogue t1", async () => {
+      holding();
+      await held;
+    });
+    await acquired;
+    try {
+      const report = await h.coordinator.repairSnapshots("t1", { dryRun: false, forget: true });
+      expect(report).toMatchObject({ repaired: [], unrepairable: [] });
+      expect(report.snapshots).toBeGreaterThan(0);
+    } finally {
+      release();
+      await other;
+    }
+  });
 });
 
 describe("SnapshotCoordinator: a damaged repository", () => {

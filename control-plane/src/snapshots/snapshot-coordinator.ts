@@ -695,24 +695,31 @@ export class SnapshotCoordinator {
     return this.exclusively(tenantId, "repair-snapshots", "repair the snapshots", async () => {
       const repository = await open();
       if (!repository) return emptyRepairSnapshotsReport();
-      const report = await this.changingCatalogue(tenantId, () =>
-        snapshotsRepaired(
-          repairSnapshots(repository, {
-            ids,
-            forget: options.forget === true,
-            onRepaired: (repaired, damaged) => this.catalogueRepaired(tenantId, repaired, damaged),
-            // A row that cannot be dropped stops the repair with its record still there: this tenant's error (the
-            // others are repaired), and a run again goes on (it finds the repair made).
-            beforeDelete: (id) =>
-              deleteSnapshot(this.db, tenantId, id).catch((err: unknown) => {
-                throw new UnavailableError(
-                  `the catalogue could not drop the row of snapshot ${id} (${(err as Error).message}), so it was ` +
-                    "not forgotten: run the repair again",
-                );
-              }),
-          }),
-        ),
-      );
+      // A tenant with nothing to repair (most, in a repair of every tenant) is read once, without the catalogue's
+      // lock: on Postgres that lock holds one of a few connections, and other replicas' commits of the tenant wait
+      // on it. Nothing else changes its repository meanwhile (this holds it to itself).
+      const planned = await snapshotsRepaired(repairSnapshots(repository, { ids, dryRun: true }));
+      const report =
+        planned.repaired.length === 0
+          ? planned
+          : await this.changingCatalogue(tenantId, () =>
+              snapshotsRepaired(
+                repairSnapshots(repository, {
+                  ids,
+                  forget: options.forget === true,
+                  onRepaired: (repaired, damaged) => this.catalogueRepaired(tenantId, repaired, damaged),
+                  // A row that cannot be dropped stops the repair with its record still there: this tenant's
+                  // error (the others are repaired), and a run again goes on (it finds the repair made).
+                  beforeDelete: (id) =>
+                    deleteSnapshot(this.db, tenantId, id).catch((err: unknown) => {
+                      throw new UnavailableError(
+                        `the catalogue could not drop the row of snapshot ${id} (${(err as Error).message}), so it was ` +
+                          "not forgotten: run the repair again",
+                      );
+                    }),
+                }),
+              ),
+            );
       const forgotten = report.repaired.filter((r) => r.forgotten).map((r) => r.snapshot);
       if (forgotten.length > 0) this.metrics.snapshotsForgotten.inc(forgotten.length);
       if (report.repaired.length + report.unrepairable.length > 0) {
