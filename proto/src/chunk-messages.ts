@@ -27,7 +27,7 @@ const AGENT_SNAPSHOT_CHUNKS = 11;
 const CONTROL_RESTORE_CHUNKS = 12;
 // SnapshotChunks: request_id = 1, chunks = 2, epoch = 3.
 // RestoreChunks: request_id = 1, chunks = 2, batch = 3, last = 4.
-// ChunkBlob: id = 1, blob = 2, plain_length = 3, error = 4.
+// ChunkBlob: id = 1, blob = 2, plain_length = 3, error = 4, pack = 5.
 
 const WIRE_VARINT = 0;
 const WIRE_LEN = 2;

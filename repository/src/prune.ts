@@ -467,7 +467,9 @@ async function copiesInOrphans(
     const entries = await readPackHeader(repository.store, repository.key, packId, size, signal).catch(
       (err: unknown) => {
         signal?.throwIfAborted(); // a read the signal stopped fails with the stop's reason, as every step does
-        if (isObjectError(err)) return [];
+        // A header that does not open, or a disk that cannot read it (EIO), holds nothing to keep: such a pack
+        // goes as it went before (repair-index could not index it either). A store that does not answer fails.
+        if (isObjectError(err) || (err instanceof Error && readShowsDamage(err))) return [];
         throw err;
       },
     );

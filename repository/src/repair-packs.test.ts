@@ -317,11 +317,24 @@ describe.each(stores)("repair-packs on %s", (_name, make) => {
     await expectWhole(repository, [bad]);
     expect((await checkRepository(repository)).ok).toBe(true);
 
-    // A pack without an index object whose chunks' indexed copies verify goes, as any an interrupted snapshot left.
+    // A pack without an index object whose chunks' indexed copies verify goes, as any an interrupted snapshot left;
+    // so does one whose header the disk cannot read (EIO): it holds nothing a prune could keep.
     const leftover = await packOf(repository, [bad]);
     await store.delete(indexKey(leftover));
     expect(await pruneRepository(repository)).toMatchObject({ orphanPacksDeleted: 1 });
     expect(await store.stat(packKey(leftover))).toBeUndefined();
+    const unreadable = await packOf(repository, [bad]);
+    await store.delete(indexKey(unreadable));
+    const failingDisk: BlobStore = Object.create(store, {
+      getRange: {
+        value: (k: string, ...rest: Parameters<BlobStore["getRange"]> extends [string, ...infer R] ? R : never) =>
+          k === packKey(unreadable)
+            ? Promise.reject(Object.assign(new Error("EIO: i/o error, read"), { code: "EIO" }))
+            : store.getRange(k, ...rest),
+      },
+    });
+    expect(await pruneRepository(await Repository.open(failingDisk, key))).toMatchObject({ orphanPacksDeleted: 1 });
+    expect(await store.stat(packKey(unreadable))).toBeUndefined();
     await store.close();
   });
 

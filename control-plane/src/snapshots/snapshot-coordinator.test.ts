@@ -2500,9 +2500,19 @@ describe("SnapshotCoordinator: repair snapshots", () => {
   const atDelete: { deleted: string; listed: string[] }[] = [];
   /** Records deleted, and other changes of the tenant's catalogue started as each delete began, as they ended. */
   const order: string[] = [];
+  /** Listings of data/ still to show a pack without an index object (another replica's snapshot writing it). */
+  let packBeingWritten = 0;
   const h = useCoordinator("h-repair", undefined, {
     openStore: (url) => {
       const store = openBlobStore(url);
+      const list = store.list.bind(store);
+      store.list = async function* (prefix, options) {
+        yield* list(prefix, options);
+        if (prefix === "data/" && packBeingWritten > 0) {
+          packBeingWritten--;
+          yield { key: `data/ab/${"ab".repeat(32)}`, size: 4096, modified: new Date() };
+        }
+      };
       const remove = store.delete.bind(store);
       store.delete = async (key, options) => {
         if (!key.startsWith("snapshots/")) return remove(key, options);
@@ -2703,6 +2713,17 @@ describe("SnapshotCoordinator: repair snapshots", () => {
     expect(gone).toBeInstanceOf(ConnectError);
     expect((gone as ConnectError).code).toBe(Code.NotFound);
     expect((gone as ConnectError).rawMessage).toMatch(new RegExp(`^no snapshot ${damaged.row.id} in file://`));
+  });
+
+  it("repairs a tenant whose first read met a pack another replica was writing", async () => {
+    const kept = await snapshotOf([randomBytes(20_000)]);
+    const damaged = await damagedSnapshot(kept);
+    // The read that decides whether there is anything to repair holds a shared lock only, and meets a pack without
+    // its index object yet; the repair, under the exclusive lock, does not (the pack is indexed by then).
+    packBeingWritten = 1;
+    const report = await h.coordinator.repairSnapshots("t1", { dryRun: false, forget: true, ids: [damaged.row.id] });
+    expect(packBeingWritten).toBe(0);
+    expect(report.repaired).toEqual([expect.objectContaining({ snapshot: damaged.row.id, forgotten: true })]);
   });
 
   it("repairs a tenant with nothing to repair without taking its catalogue's lock", async () => {

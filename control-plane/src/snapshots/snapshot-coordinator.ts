@@ -697,10 +697,17 @@ export class SnapshotCoordinator {
       if (!repository) return emptyRepairSnapshotsReport();
       // A tenant with nothing to repair (most, in a repair of every tenant) is read once, without the catalogue's
       // lock: on Postgres that lock holds one of a few connections, and other replicas' commits of the tenant wait
-      // on it. Nothing else changes its repository meanwhile (this holds it to itself).
-      const planned = await snapshotsRepaired(repairSnapshots(repository, { ids, dryRun: true }));
+      // on it. That read holds a shared lock only, so another replica's snapshot may be writing a pack beside it:
+      // its refusals (a pack without an index object while chunks are missing) are judged again by the repair
+      // itself, under the exclusive lock, not taken from it.
+      const planned = await snapshotsRepaired(
+        repairSnapshots(repository, { ids, dryRun: true }).catch((err: unknown) => {
+          if (isRepositoryError(err, "corrupt")) return undefined;
+          throw err;
+        }),
+      );
       const report =
-        planned.repaired.length === 0
+        planned && planned.repaired.length === 0
           ? planned
           : await this.changingCatalogue(tenantId, () =>
               snapshotsRepaired(
@@ -1988,7 +1995,8 @@ function repairRow(tenantId: string, record: SnapshotRecord, damaged: readonly s
   const times = ids.map(
     (id) => sql<Date>`(select created_at from snapshots where tenant_id = ${tenantId} and id = ${id})`,
   );
-  return { ...row, created_at: sql<Date>`coalesce(${sql.join([...times, row.created_at])})` };
+  const fallback = sql<Date>`cast(${row.created_at} as timestamptz)`;
+  return { ...row, created_at: sql<Date>`coalesce(${sql.join([...times, fallback])})` };
 }
 
 /** Longest skipped path taken from an agent (Linux's PATH_MAX); reasons are cut by the agent (MAX_SKIPPED_REASON). */
@@ -2094,7 +2102,7 @@ async function packsRepaired(repair: Promise<RepairPacksReport>): Promise<Repair
  * A snapshot repair's report, or its refusal of the snapshots it was asked for as the API says it: one the repository
  * does not hold (forgotten since the catalogue named it) NOT_FOUND, not an internal error.
  */
-async function snapshotsRepaired(repair: Promise<RepairSnapshotsReport>): Promise<RepairSnapshotsReport> {
+async function snapshotsRepaired<T extends RepairSnapshotsReport | undefined>(repair: Promise<T>): Promise<T> {
   try {
     return await repair;
   } catch (err) {
