@@ -338,6 +338,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
           dryRun: req.dryRun,
           forget: req.forget,
           ids: work.get(tenantId),
+          signal: ctx.signal,
         });
         return {
           snapshots: BigInt(report.snapshots),

@@ -2726,6 +2726,23 @@ describe("SnapshotCoordinator: repair snapshots", () => {
     expect(report.repaired).toEqual([expect.objectContaining({ snapshot: damaged.row.id, forgotten: true })]);
   });
 
+  it("stops a repair whose caller is gone, having written nothing", async () => {
+    const kept = await snapshotOf([randomBytes(20_000)]);
+    const damaged = await damagedSnapshot(kept);
+    const before = { rows: (await rows()).map((r) => r.id), records: await records() };
+    const gone = new AbortController();
+    gone.abort(new Error("the caller went away"));
+    for (const dryRun of [true, false]) {
+      await expect(
+        h.coordinator.repairSnapshots("t1", { dryRun, forget: true, ids: [damaged.row.id], signal: gone.signal }),
+      ).rejects.toThrow("the caller went away");
+    }
+    expect({ rows: (await rows()).map((r) => r.id), records: await records() }).toEqual(before);
+    // Its lock released: the repair runs once asked again.
+    const report = await h.coordinator.repairSnapshots("t1", { dryRun: false, forget: true, ids: [damaged.row.id] });
+    expect(report.repaired).toEqual([expect.objectContaining({ snapshot: damaged.row.id, forgotten: true })]);
+  });
+
   it("repairs a tenant with nothing to repair without taking its catalogue's lock", async () => {
     await snapshotOf([randomBytes(10_000)]);
     // The catalogue's lock held elsewhere (another replica's commit): a repair that took it would wait here.

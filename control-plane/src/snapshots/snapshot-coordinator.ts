@@ -675,9 +675,16 @@ export class SnapshotCoordinator {
    */
   async repairSnapshots(
     tenantId: string,
-    options: { dryRun: boolean; forget?: boolean; ids?: readonly string[] },
+    options: {
+      dryRun: boolean;
+      forget?: boolean;
+      ids?: readonly string[];
+      /** The caller gone: the repair stops between snapshots (each it saved is whole, and a run again goes on). */
+      signal?: AbortSignal;
+    },
   ): Promise<RepairSnapshotsReport> {
     const ids = options.ids?.length ? options.ids : undefined;
+    const { signal } = options;
     const open = async () => {
       const repository = await this.existingRepository(tenantId);
       // Snapshots named of a repository that is not there: not "nothing to repair", which would say they were read.
@@ -688,7 +695,9 @@ export class SnapshotCoordinator {
       return this.using(tenantId, "repair-snapshots", "snapshot repair (dry run)", async () => {
         const repository = await open();
         return repository
-          ? snapshotsRepaired(repairSnapshots(repository, { dryRun: true, forget: options.forget === true, ids }))
+          ? snapshotsRepaired(
+              repairSnapshots(repository, { dryRun: true, forget: options.forget === true, ids, signal }),
+            )
           : emptyRepairSnapshotsReport();
       });
     }
@@ -701,7 +710,7 @@ export class SnapshotCoordinator {
       // its refusals (a pack without an index object while chunks are missing) are judged again by the repair
       // itself, under the exclusive lock, not taken from it.
       const planned = await snapshotsRepaired(
-        repairSnapshots(repository, { ids, dryRun: true }).catch((err: unknown) => {
+        repairSnapshots(repository, { ids, dryRun: true, signal }).catch((err: unknown) => {
           if (isRepositoryError(err, "corrupt")) return undefined;
           throw err;
         }),
@@ -714,6 +723,7 @@ export class SnapshotCoordinator {
                 repairSnapshots(repository, {
                   ids,
                   forget: options.forget === true,
+                  signal,
                   onRepaired: (repaired, damaged) => this.catalogueRepaired(tenantId, repaired, damaged),
                   // A row that cannot be dropped stops the repair with its record still there: this tenant's
                   // error (the others are repaired), and a run again goes on (it finds the repair made).
