@@ -23,7 +23,7 @@
 //   manifest names against the index and every path, as for any snapshot.
 // - It holds the repository to itself (an exclusive lock, as repair-packs; a dry run: shared), so no snapshot can
 //   commit beside it and no index changes under it. An index object that does not open stops it (which chunks it
-//   held cannot be told: repair-index first), and so does a chunk a snapshot needs that is in no index while packs
+//   held cannot be told: repair-index first), and so does a chunk a snapshot needs that is gone while packs
 //   without index objects are there (those may hold it: repair-index indexes them), as prune does.
 
 import { counted } from "./counted.js";
