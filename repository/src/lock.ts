@@ -256,6 +256,25 @@ export async function acquireLock(
 }
 
 /**
+ * Runs work under a lock taken for it (acquireLock's options) and releases the lock once work has ended, however
+ * it ended. work must have waited for every call of its own under way: nothing it started may write after the
+ * release.
+ */
+export async function withLock<T>(
+  store: BlobStore,
+  key: Buffer,
+  options: { exclusive: boolean; purpose: string },
+  work: (lock: HeldLock) => Promise<T>,
+): Promise<T> {
+  const lock = await acquireLock(store, key, options);
+  try {
+    return await work(lock);
+  } finally {
+    await lock.release();
+  }
+}
+
+/**
  * Puts `key`, then takes it back (as if unwritten) and fails if it landed after `lock` stopped being trusted: by
  * then a prune may have removed the lock as stale and deleted what the object names (a pack an index object
  * names, the packs a record's manifest needs).

@@ -18,7 +18,7 @@ import { type CheckOptions, verifyPackChunks } from "./check.js";
 import { counted } from "./counted.js";
 import { isObjectError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
-import { acquireLock, type HeldLock, putWhileTrusted } from "./lock.js";
+import { type HeldLock, putWhileTrusted, withLock } from "./lock.js";
 import { indexKey, listPacks, openPackHeader, type PackEntry, packKey, sealIndex } from "./pack.js";
 import type { RepairIndexReport } from "./repair-index-report.js";
 import type { Repository } from "./repository.js";
@@ -44,16 +44,12 @@ export async function repairIndex(
   // Exclusive, as a prune's: no writer adds packs and no prune deletes them while the listings are compared. A dry
   // run holds a shared one: a prune deleting an index object and then its pack between the two listings would show
   // as an index object to remove.
-  const lock = await acquireLock(repository.store, repository.key, {
-    exclusive: options.dryRun !== true,
-    purpose: options.dryRun ? "an index repair's dry run" : "an index repair",
-  });
-  try {
-    return await repair(repository, options, lock);
-  } finally {
-    // forEachLimited has waited for every call under way: nothing of this repair writes after the release.
-    await lock.release();
-  }
+  return withLock(
+    repository.store,
+    repository.key,
+    { exclusive: options.dryRun !== true, purpose: options.dryRun ? "an index repair's dry run" : "an index repair" },
+    (lock) => repair(repository, options, lock),
+  );
 }
 
 async function repair(repository: Repository, options: RepairIndexOptions, lock: HeldLock): Promise<RepairIndexReport> {

@@ -25,7 +25,7 @@ import { counted } from "./counted.js";
 import { isObjectError, isRepositoryError, RepositoryError } from "./errors.js";
 import { forEachLimited } from "./for-each-limited.js";
 import type { IdSet } from "./id-set.js";
-import { acquireLock, type HeldLock } from "./lock.js";
+import { type HeldLock, withLock } from "./lock.js";
 import { listPacks, type PackEntry, type PackIndex, packKey } from "./pack.js";
 import { chunksUsedBy, deletePacks } from "./prune.js";
 import { readPackHeader } from "./repair-index.js";
@@ -61,15 +61,12 @@ export async function repairPacks(
   repository: Repository,
   options: RepairPacksOptions = {},
 ): Promise<RepairPacksReport> {
-  const lock = await acquireLock(repository.store, repository.key, {
-    exclusive: options.dryRun !== true,
-    purpose: options.dryRun ? "a pack repair's dry run" : "a pack repair",
-  });
-  try {
-    return await repair(repository, options, lock);
-  } finally {
-    await lock.release();
-  }
+  return withLock(
+    repository.store,
+    repository.key,
+    { exclusive: options.dryRun !== true, purpose: options.dryRun ? "a pack repair's dry run" : "a pack repair" },
+    (lock) => repair(repository, options, lock),
+  );
 }
 
 async function repair(repository: Repository, options: RepairPacksOptions, lock: HeldLock): Promise<RepairPacksReport> {

@@ -28,7 +28,7 @@
 
 import { counted } from "./counted.js";
 import { isObjectError, RepositoryError } from "./errors.js";
-import { acquireLock, type HeldLock } from "./lock.js";
+import { type HeldLock, withLock } from "./lock.js";
 import type { ManifestEntry, ManifestRoot } from "./manifest.js";
 import { manifestPartEntries, sealManifestParts } from "./manifest.js";
 import { listPacks } from "./pack.js";
@@ -59,15 +59,15 @@ export async function repairSnapshots(
   repository: Repository,
   options: RepairSnapshotsOptions = {},
 ): Promise<RepairSnapshotsReport> {
-  const lock = await acquireLock(repository.store, repository.key, {
-    exclusive: options.dryRun !== true,
-    purpose: options.dryRun ? "a snapshot repair's dry run" : "a snapshot repair",
-  });
-  try {
-    return await repair(repository, options, lock);
-  } finally {
-    await lock.release();
-  }
+  return withLock(
+    repository.store,
+    repository.key,
+    {
+      exclusive: options.dryRun !== true,
+      purpose: options.dryRun ? "a snapshot repair's dry run" : "a snapshot repair",
+    },
+    (lock) => repair(repository, options, lock),
+  );
 }
 
 async function repair(
