@@ -23,7 +23,7 @@ import {
   repairPacksAdvice,
   repairPacksText,
 } from "@dumont/repository/repair-packs-report";
-import { type RepairSnapshotsReport, repairSnapshotsText } from "@dumont/repository/repair-snapshots-report";
+import { repairSnapshotsText } from "@dumont/repository/repair-snapshots-report";
 import { quoted } from "@dumont/repository/text-table";
 import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients, tenantFlag } from "./api-client.js";
@@ -301,28 +301,16 @@ export function registerSnapshotCommands(program: Command): void {
         unrepairable: t.unrepairable.map((p) => ({ pack: p.pack, message: p.message })),
         ...(t.error ? { error: t.error } : {}),
       }));
-      if (opts.json) print({ dryRun, tenants });
-      else if (tenants.length === 0) process.stdout.write("no tenant has a repository: nothing to repair\n");
-      let unrepairable = 0;
-      let failed = 0;
-      for (const { error, ...t } of tenants) {
-        if (error !== undefined) {
-          failed++;
-          process.stderr.write(`tenant ${t.tenantId}: not repaired: ${error}\n`);
-          continue;
-        }
-        const text = repairIndexText(t, dryRun, `tenant ${t.tenantId}: `);
-        if (!opts.json) process.stdout.write(text.out);
-        process.stderr.write(text.err);
-        unrepairable += t.unrepairable.length;
-      }
+      const { failed, unrepaired: unrepairable } = printTenantRepairs(tenants, opts.json === true, dryRun, (t) => ({
+        ...repairIndexText(t, dryRun, `tenant ${t.tenantId}: `),
+        unrepaired: t.unrepairable.length,
+      }));
       if (unrepairable > 0) {
         process.stderr.write(
           `${counted(unrepairable, "pack")} could not be read whole (a header that does not open, or chunks that do ` +
             "not verify); run `dumont snapshot check` to see what they break\n",
         );
       }
-      if (failed > 0) process.stderr.write(`${counted(failed, "tenant")} not repaired; run it again for them\n`);
       if (unrepairable + failed > 0) process.exitCode = 1;
     });
 
@@ -354,24 +342,11 @@ export function registerSnapshotCommands(program: Command): void {
         lost: t.lost,
         ...(t.error ? { error: t.error } : {}),
       }));
-      if (opts.json) print({ dryRun, tenants });
-      else if (tenants.length === 0) process.stdout.write("no tenant has a repository: nothing to repair\n");
-      let failed = 0;
-      let unrepaired = 0;
-      for (const { error, ...t } of tenants) {
-        if (error !== undefined) {
-          failed++;
-          process.stderr.write(`tenant ${t.tenantId}: not repaired: ${error}\n`);
-          continue;
-        }
-        const check = `dumont snapshot check --tenant ${t.tenantId}`;
-        const text = repairPacksText(t, dryRun, check, `tenant ${t.tenantId}: `);
-        if (!opts.json) process.stdout.write(text.out);
-        // Packs it could not read, and chunks lost (or that would be): said on stderr, with what to do.
-        process.stderr.write(text.err);
-        if (t.skipped.length + t.lost.length > 0) unrepaired++;
-      }
-      if (failed > 0) process.stderr.write(`${counted(failed, "tenant")} not repaired; run it again for them\n`);
+      // Packs it could not read, and chunks lost (or that would be): said on stderr, with what to do.
+      const { failed, unrepaired } = printTenantRepairs(tenants, opts.json === true, dryRun, (t) => ({
+        ...repairPacksText(t, dryRun, `dumont snapshot check --tenant ${t.tenantId}`, `tenant ${t.tenantId}: `),
+        unrepaired: t.skipped.length + t.lost.length > 0 ? 1 : 0,
+      }));
       if (unrepaired + failed > 0) process.exitCode = 1;
     });
 
@@ -414,24 +389,11 @@ export function registerSnapshotCommands(program: Command): void {
         unrepairable: t.unrepairable.map((u) => ({ snapshot: u.snapshotId, message: u.message })),
         ...(t.error ? { error: t.error } : {}),
       }));
-      if (opts.json) print({ dryRun, tenants });
-      else if (tenants.length === 0) process.stdout.write("no tenant has a repository: nothing to repair\n");
-      let failed = 0;
-      let unrepairable = 0;
-      for (const { error, ...t } of tenants) {
-        if (error !== undefined) {
-          failed++;
-          process.stderr.write(`tenant ${t.tenantId}: not repaired: ${error}\n`);
-          continue;
-        }
-        const report: RepairSnapshotsReport = t;
-        const text = repairSnapshotsText(report, dryRun, "dumont snapshot forget", `tenant ${t.tenantId}: `);
-        if (!opts.json) process.stdout.write(text.out);
-        // Snapshots it could not repair, and damaged ones left beside their repairs: said on stderr, with what to do.
-        process.stderr.write(text.err);
-        unrepairable += t.unrepairable.length;
-      }
-      if (failed > 0) process.stderr.write(`${counted(failed, "tenant")} not repaired; run it again for them\n`);
+      // Snapshots it could not repair, and damaged ones left beside their repairs: said on stderr, with what to do.
+      const { failed, unrepaired: unrepairable } = printTenantRepairs(tenants, opts.json === true, dryRun, (t) => ({
+        ...repairSnapshotsText(t, dryRun, "dumont snapshot forget", `tenant ${t.tenantId}: `),
+        unrepaired: t.unrepairable.length,
+      }));
       // A damaged snapshot kept beside its repair (no --forget) is what was asked: exit 0, the text saying how to
       // forget it. A snapshot still broken, or a tenant not repaired, is not.
       if (unrepairable + failed > 0) process.exitCode = 1;
@@ -597,7 +559,36 @@ function checkSnapshotIds(name: string, ids: string[]): void {
   }
 }
 
-/** Pack ids or prefixes as `dumont snapshot check` names them, checked before any request. */
+/**
+ * Prints a per-tenant repair's result (repair-index, repair-packs, repair-snapshots): the whole of it as JSON with
+ * --json, else each tenant's text; each tenant's stderr text either way, and a tenant the repair did not reach
+ * (its error) with what to do. text words one tenant's report and counts what it left unrepaired.
+ */
+function printTenantRepairs<T extends { tenantId: string; error?: string }>(
+  tenants: T[],
+  json: boolean,
+  dryRun: boolean,
+  text: (tenant: T) => { out: string; err: string; unrepaired: number },
+): { failed: number; unrepaired: number } {
+  if (json) print({ dryRun, tenants });
+  else if (tenants.length === 0) process.stdout.write("no tenant has a repository: nothing to repair\n");
+  let failed = 0;
+  let unrepaired = 0;
+  for (const tenant of tenants) {
+    if (tenant.error !== undefined) {
+      failed++;
+      process.stderr.write(`tenant ${tenant.tenantId}: not repaired: ${tenant.error}\n`);
+      continue;
+    }
+    const words = text(tenant);
+    if (!json) process.stdout.write(words.out);
+    process.stderr.write(words.err);
+    unrepaired += words.unrepaired;
+  }
+  if (failed > 0) process.stderr.write(`${counted(failed, "tenant")} not repaired; run it again for them\n`);
+  return { failed, unrepaired };
+}
+
 function checkPackIds(packs: string[], tenant: string | undefined): void {
   if (packs.length > 0 && tenant === undefined) {
     throw new Error("PACKs belong to one tenant's repository: give --tenant with them (check names each one's tenant)");
