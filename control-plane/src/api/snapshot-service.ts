@@ -270,7 +270,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       }
       // What a repair changes is logged.
       const repaired = await eachTenant(ctx, tenants, async (tenantId) => {
-        const report = await deps.snapshots.repairIndex(tenantId, { dryRun: req.dryRun });
+        const report = await deps.snapshots.repairIndex(tenantId, { dryRun: req.dryRun, signal: ctx.signal });
         return { ...report, packs: BigInt(report.packs) };
       });
       return create(api.RepairIndexResponseSchema, {
@@ -292,7 +292,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
         ctx,
         tenants,
         async (tenantId) => {
-          const report = await deps.snapshots.repairPacks(tenantId, { dryRun: req.dryRun, packs });
+          const report = await deps.snapshots.repairPacks(tenantId, { dryRun: req.dryRun, packs, signal: ctx.signal });
           return {
             ...report,
             packs: BigInt(report.packs),

@@ -2388,7 +2388,22 @@ describe("SnapshotCoordinator: a forget between a commit's record and its row", 
 });
 
 describe("SnapshotCoordinator: repair packs", () => {
-  const h = useCoordinator("h-packs");
+  /** Deletes of packs still to fail (a store failing part way through a repair). */
+  let failingDeletes = 0;
+  const h = useCoordinator("h-packs", undefined, {
+    openStore: (url) => {
+      const store = openBlobStore(url);
+      const remove = store.delete.bind(store);
+      store.delete = async (key, options) => {
+        if (key.startsWith("data/") && failingDeletes > 0) {
+          failingDeletes--;
+          throw Object.assign(new Error(`EIO: i/o error, unlink '${key}'`), { code: "EIO" });
+        }
+        return remove(key, options);
+      };
+      return store;
+    },
+  });
   const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
     h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
   const repository = (key: Buffer) => Repository.open(openBlobStore(`file://${h.blobs}/tenants/t1`), key);
@@ -2400,7 +2415,8 @@ describe("SnapshotCoordinator: repair packs", () => {
   const twoFiles = (plains: readonly Buffer[] = [randomBytes(20_000), randomBytes(30_000)]) =>
     committedFiles(h, plains);
 
-  it("rewrites a pack without its damaged chunk: a dry run first, refused while a snapshot runs; the next snapshot sends it again", async () => {
+  /** twoFiles, with a byte of the first chunk flipped in its pack (which holds both). */
+  const firstChunkDamaged = async () => {
     const { row, key, chunks } = await twoFiles();
     const [damaged, whole] = chunks.map((c) => c.id.toString("hex"));
     const index = await (await repository(key)).loadIndex();
@@ -2411,6 +2427,11 @@ describe("SnapshotCoordinator: repair packs", () => {
     const bytes = await fs.readFile(packFile);
     bytes[entry.offset + (entry.length >> 1)] ^= 1;
     await fs.writeFile(packFile, bytes);
+    return { row, chunks, damaged, whole, index, pack, packFile, bytes };
+  };
+
+  it("rewrites a pack without its damaged chunk: a dry run first, refused while a snapshot runs; the next snapshot sends it again", async () => {
+    const { row, chunks, damaged, whole, index, pack, packFile, bytes } = await firstChunkDamaged();
     const expected = {
       packs: index.packs.size,
       packsRead: index.packs.size,
@@ -2492,6 +2513,35 @@ describe("SnapshotCoordinator: repair packs", () => {
     const again = await twoFiles(chunks.map((c) => c.plain));
     expect(again.asked).toEqual([damaged]);
     await expect(h.coordinator.check("t1", {})).resolves.toMatchObject({ ok: true, problems: [] });
+  });
+  it("stops a repair whose store fails part way, dropping the cached index, or whose caller is gone, changing nothing", async () => {
+    const { damaged, packFile, bytes } = await firstChunkDamaged();
+    // The store failing as the damaged pack is deleted: the new pack is written, the old one still there. The
+    // tenant's cached index (its last snapshot's) is not kept as if nothing had changed.
+    const cached = () => (h.coordinator as unknown as { indexes: Map<string, unknown> }).indexes.has("t1");
+    expect(cached()).toBe(true);
+    failingDeletes = 1;
+    await expect(h.coordinator.repairPacks("t1", { dryRun: false })).rejects.toThrow(/EIO/);
+    expect(failingDeletes).toBe(0);
+    expect(cached()).toBe(false);
+    expect(await fs.readFile(packFile)).toEqual(bytes);
+
+    // Stopped by the first call of the store it makes, given up on (or by the signal itself, between calls).
+    const gone = new AbortController();
+    gone.abort(new Error("the caller went away"));
+    const stopped = /the caller went away|given up on by its caller/;
+    for (const dryRun of [true, false]) {
+      await expect(h.coordinator.repairPacks("t1", { dryRun, signal: gone.signal })).rejects.toThrow(stopped);
+      await expect(h.coordinator.repairIndex("t1", { dryRun, signal: gone.signal })).rejects.toThrow(stopped);
+    }
+    expect(await fs.readFile(packFile)).toEqual(bytes);
+
+    // Its lock released: the repair runs once asked again, and ends where one run whole would have.
+    const report = await h.coordinator.repairPacks("t1", { dryRun: false });
+    expect(report.repaired.map((p) => p.damaged.map((d) => d.chunk))).toEqual([[damaged]]);
+    await expect(fs.stat(packFile)).rejects.toThrow(/ENOENT/);
+    const checked = await h.coordinator.check("t1", {});
+    expect(checked.problems.map((p) => [p.kind, p.chunk])).toEqual([["chunk-missing", damaged]]);
   });
 });
 

@@ -581,26 +581,40 @@ export class SnapshotCoordinator {
   }
 
   /**
+   * A repair's report; the tenant's cached chunk index dropped if the repair fails part way (its caller gone, the
+   * store failing), as after one that changed something: what it rebuilt or rewrote before it stopped is not known.
+   */
+  private async dropIndexIfFailed<T>(tenantId: string, repairing: Promise<T>): Promise<T> {
+    try {
+      return await repairing;
+    } catch (err) {
+      this.indexes.delete(tenantId); // nothing uses it: the tenant is ours alone
+      throw err;
+    }
+  }
+
+  /**
    * Rebuilds a tenant's lost or damaged index objects from its packs' headers and removes those whose pack is
    * gone (repairIndex). It needs the repository to itself as a prune does; a dry run only reads, as a check.
    * The cached chunk index is dropped after a repair that rebuilt anything (the refresh at each operation's start
    * reads only index objects of packs it does not know: one rebuilt for a pack it knew by a damaged size would
    * not be read again); removed ones' packs the refresh drops itself.
    */
-  async repairIndex(tenantId: string, options: { dryRun: boolean }): Promise<RepairIndexReport> {
+  async repairIndex(tenantId: string, options: { dryRun: boolean; signal?: AbortSignal }): Promise<RepairIndexReport> {
     const nothing: RepairIndexReport = { packs: 0, rebuilt: [], removed: [], unrepairable: [] };
     // The chunks a pack's header lists are verified by the verifier's threads, as check's are.
     const verify = this.verifyOnThreads();
+    const { signal } = options;
     if (options.dryRun) {
       return this.using(tenantId, "repair-index", "index repair (dry run)", async () => {
         const repository = await this.existingRepository(tenantId);
-        return repository ? repairIndex(repository, { dryRun: true, verify }) : nothing;
+        return repository ? repairIndex(repository, { dryRun: true, verify, signal }) : nothing;
       });
     }
     return this.exclusively(tenantId, "repair-index", "repair the index", async () => {
       const repository = await this.existingRepository(tenantId);
       if (!repository) return nothing;
-      const report = await repairIndex(repository, { verify });
+      const report = await this.dropIndexIfFailed(tenantId, repairIndex(repository, { verify, signal }));
       const { rebuilt, removed, unrepairable } = report;
       if (rebuilt.length > 0) this.indexes.delete(tenantId); // nothing uses it: the tenant is ours alone
       if (rebuilt.length + removed.length + unrepairable.length > 0) {
@@ -620,9 +634,10 @@ export class SnapshotCoordinator {
    */
   async repairPacks(
     tenantId: string,
-    options: { dryRun: boolean; packs?: readonly string[] },
+    options: { dryRun: boolean; packs?: readonly string[]; signal?: AbortSignal },
   ): Promise<RepairPacksReport> {
     const packs = options.packs?.length ? options.packs : undefined;
+    const { signal } = options;
     // Each chunk is verified by the verifier's threads, as check's are.
     const verify = this.verifyOnThreads();
     const open = async () => {
@@ -635,14 +650,17 @@ export class SnapshotCoordinator {
       return this.using(tenantId, "repair-packs", "pack repair (dry run)", async () => {
         const repository = await open();
         return repository
-          ? packsRepaired(repairPacks(repository, { dryRun: true, packs, verify }))
+          ? packsRepaired(repairPacks(repository, { dryRun: true, packs, verify, signal }))
           : emptyRepairPacksReport();
       });
     }
     return this.exclusively(tenantId, "repair-packs", "repair the packs", async () => {
       const repository = await open();
       if (!repository) return emptyRepairPacksReport();
-      const report = await packsRepaired(repairPacks(repository, { packs, verify }));
+      const report = await this.dropIndexIfFailed(
+        tenantId,
+        packsRepaired(repairPacks(repository, { packs, verify, signal })),
+      );
       const { repaired, skipped, lost } = report;
       if (repaired.length > 0) this.indexes.delete(tenantId); // nothing uses it: the tenant is ours alone
       if (repaired.length + skipped.length > 0) {
