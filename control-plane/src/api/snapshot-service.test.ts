@@ -245,38 +245,54 @@ describe("SnapshotService: repair the index", () => {
   });
 });
 
-describe("SnapshotService: repair packs", () => {
-  let db: Db;
-  let close: () => Promise<void>;
-  let caller: HandlerContext;
-  let blobs: string;
-  let coordinator: SnapshotCoordinator;
-  let keyOfA: Buffer;
-  const storeOf = (tenantId: string) => openBlobStore(`file://${blobs}/tenants/${tenantId}`);
-
+/**
+ * A repair's world, made before the describe's tests and removed after: an admin of tenant t-a calling (a caller
+ * that stays), tenants t-b and t-none with a host each, a temporary blob directory, and a real coordinator over it.
+ */
+function useRepairTenants(name: string) {
+  const f = {} as {
+    db: Db;
+    caller: HandlerContext;
+    blobs: string;
+    keys: TenantKeys;
+    coordinator: SnapshotCoordinator;
+    storeOf: (tenantId: string) => ReturnType<typeof openBlobStore>;
+    service: () => ReturnType<typeof snapshotService>;
+  };
+  let close = async () => {};
   beforeAll(async () => {
-    let ctx: HandlerContext;
-    ({ db, close, ctx } = await adminOfTenantA());
-    caller = { ...ctx, signal: new AbortController().signal } as HandlerContext;
-    await tenantWithHost(db, "t-b", "h-b");
-    await tenantWithHost(db, "t-none", "h-none");
-    blobs = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-repair-packs-"));
-    const keys = new TenantKeys(db, randomBytes(32));
-    coordinator = new SnapshotCoordinator(db, keys, `file://${blobs}`, createLogger("silent"), createMetrics());
-    // t-a has a repository; t-b a key whose repository is not in the store (none made yet); t-none neither.
-    keyOfA = await keys.get("t-a");
-    await keys.get("t-b");
-    await Repository.openOrInit(storeOf("t-a"), keyOfA);
+    const admin = await adminOfTenantA();
+    ({ db: f.db, close } = admin);
+    f.caller = { ...admin.ctx, signal: new AbortController().signal } as HandlerContext;
+    await tenantWithHost(f.db, "t-b", "h-b");
+    await tenantWithHost(f.db, "t-none", "h-none");
+    f.blobs = await fs.mkdtemp(path.join(os.tmpdir(), `dumont-${name}-`));
+    f.keys = new TenantKeys(f.db, randomBytes(32));
+    f.coordinator = new SnapshotCoordinator(f.db, f.keys, `file://${f.blobs}`, createLogger("silent"), createMetrics());
+    f.storeOf = (tenantId) => openBlobStore(`file://${f.blobs}/tenants/${tenantId}`);
+    f.service = () => snapshotService({ db: f.db, sessions: new SessionRegistry(), snapshots: f.coordinator });
   });
   afterAll(async () => {
-    await coordinator.close();
+    await f.coordinator?.close();
     await close();
-    await fs.rm(blobs, { recursive: true, force: true });
+    if (f.blobs) await fs.rm(f.blobs, { recursive: true, force: true });
+  });
+  return f;
+}
+
+describe("SnapshotService: repair packs", () => {
+  const f = useRepairTenants("repair-packs");
+  let keyOfA: Buffer;
+
+  beforeAll(async () => {
+    // t-a has a repository; t-b a key whose repository is not in the store (none made yet); t-none neither.
+    keyOfA = await f.keys.get("t-a");
+    await f.keys.get("t-b");
+    await Repository.openOrInit(f.storeOf("t-a"), keyOfA);
   });
 
-  const service = () => snapshotService({ db, sessions: new SessionRegistry(), snapshots: coordinator });
   const repair = async (fields: { tenantId?: string; dryRun?: boolean; packs?: string[] }) =>
-    (await service().repairPacks(create(api.RepairPacksRequestSchema, fields), caller)) as api.RepairPacksResponse;
+    (await f.service().repairPacks(create(api.RepairPacksRequestSchema, fields), f.caller)) as api.RepairPacksResponse;
   const refusal = (fields: Parameters<typeof repair>[0]) =>
     repair(fields).catch((err: unknown) => ConnectError.from(err));
 
@@ -328,7 +344,7 @@ describe("SnapshotService: repair packs", () => {
       ["t-b", 0n, 0n, ""],
     ]);
     // A prune from another process holds t-a's repository: t-a says so, named or not, and t-b is repaired.
-    const held = await acquireLock(storeOf("t-a"), keyOfA, { exclusive: true, purpose: "a prune" });
+    const held = await acquireLock(f.storeOf("t-a"), keyOfA, { exclusive: true, purpose: "a prune" });
     try {
       const busy = await repair({});
       expect(busy.tenants.map((t) => [t.tenantId, t.error])).toEqual([
@@ -346,22 +362,16 @@ describe("SnapshotService: repair packs", () => {
 });
 
 describe("SnapshotService: repair snapshots", () => {
-  let db: Db;
-  let close: () => Promise<void>;
-  let caller: HandlerContext;
-  let blobs: string;
-  let coordinator: SnapshotCoordinator;
-  let keys: TenantKeys;
+  const f = useRepairTenants("repair-snapshots");
   /** Each tenant's damaged snapshot: kept.bin whole, lost.bin's pack gone from the store. */
   const damaged: Record<string, string> = {};
-  const storeOf = (tenantId: string) => openBlobStore(`file://${blobs}/tenants/${tenantId}`);
   const records = async (tenantId: string) =>
-    (await fs.readdir(path.join(blobs, "tenants", tenantId, "snapshots"))).sort();
+    (await fs.readdir(path.join(f.blobs, "tenants", tenantId, "snapshots"))).sort();
 
   /** A snapshot of kept.bin (2,000 bytes) and lost.bin (3,000), each in a pack of its own; lost.bin's pack is deleted. */
   const damagedSnapshot = async (tenantId: string) => {
-    const key = await keys.get(tenantId);
-    const { repository } = await Repository.openOrInit(storeOf(tenantId), key);
+    const key = await f.keys.get(tenantId);
+    const { repository } = await Repository.openOrInit(f.storeOf(tenantId), key);
     const [kept, lost] = [randomBytes(2_000), randomBytes(3_000)].map((plain) => ({
       ...chunkCodec.sealChunk(key, plain),
       plainLength: plain.length,
@@ -390,37 +400,21 @@ describe("SnapshotService: repair snapshots", () => {
   };
 
   beforeAll(async () => {
-    let ctx: HandlerContext;
-    ({ db, close, ctx } = await adminOfTenantA());
-    caller = { ...ctx, signal: new AbortController().signal } as HandlerContext;
-    await tenantWithHost(db, "t-b", "h-b");
-    await tenantWithHost(db, "t-none", "h-none");
-    blobs = await fs.mkdtemp(path.join(os.tmpdir(), "dumont-repair-snapshots-"));
-    keys = new TenantKeys(db, randomBytes(32));
-    coordinator = new SnapshotCoordinator(db, keys, `file://${blobs}`, createLogger("silent"), createMetrics());
     for (const tenantId of ["t-a", "t-b"]) damaged[tenantId] = await damagedSnapshot(tenantId);
-    await coordinator.relistAll(); // catalogued, as the control plane lists what its repositories hold
-  });
-  afterAll(async () => {
-    await coordinator.close();
-    await close();
-    await fs.rm(blobs, { recursive: true, force: true });
+    await f.coordinator.relistAll(); // catalogued, as the control plane lists what its repositories hold
   });
 
-  const service = () => snapshotService({ db, sessions: new SessionRegistry(), snapshots: coordinator });
   const repair = async (fields: MessageInitShape<typeof api.RepairSnapshotsRequestSchema>) =>
-    (await service().repairSnapshots(
-      create(api.RepairSnapshotsRequestSchema, fields),
-      caller,
-    )) as api.RepairSnapshotsResponse;
+    (await f
+      .service()
+      .repairSnapshots(create(api.RepairSnapshotsRequestSchema, fields), f.caller)) as api.RepairSnapshotsResponse;
   const refusal = (fields: Parameters<typeof repair>[0]) =>
     repair(fields).catch((err: unknown) => ConnectError.from(err));
   const listed = async (tenantId: string) =>
     (
-      (await service().listSnapshots(
-        create(api.ListSnapshotsRequestSchema, { tenantId }),
-        caller,
-      )) as api.ListSnapshotsResponse
+      (await f
+        .service()
+        .listSnapshots(create(api.ListSnapshotsRequestSchema, { tenantId }), f.caller)) as api.ListSnapshotsResponse
     ).snapshots;
   /** What a tenant's answer says of its damaged snapshot, beside `more`. */
   const tenantRepair = (tenantId: string, more: object = {}) => ({
@@ -508,7 +502,7 @@ describe("SnapshotService: repair snapshots", () => {
 
   it("repairs every tenant it can with forget, saying why one is not; each repair is listed in place of the damaged one", async () => {
     // A prune from another process holds t-b's repository: t-b says so, and t-a is repaired.
-    const held = await acquireLock(storeOf("t-b"), await keys.get("t-b"), { exclusive: true, purpose: "a prune" });
+    const held = await acquireLock(f.storeOf("t-b"), await f.keys.get("t-b"), { exclusive: true, purpose: "a prune" });
     let repairedA: string;
     try {
       const res = await repair({ forget: true });
