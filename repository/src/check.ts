@@ -10,7 +10,7 @@ import { acquireLock } from "./lock.js";
 import { listPacks, openPackTrailer, type PackEntry, packKey } from "./pack.js";
 import type { ReadSubset } from "./read-subset.js";
 import type { Repository } from "./repository.js";
-import { chunkCodec } from "./sealing.js";
+import { chunkCodec, isRepositoryKey } from "./sealing.js";
 import type { SnapshotRecord } from "./snapshot-record.js";
 import type { SealedChunk } from "./transfer.js";
 
@@ -23,7 +23,8 @@ export type CheckProblemKind =
   | "pack-size"
   | "pack-unreadable"
   | "pack-header"
-  | "chunk-corrupt";
+  | "chunk-corrupt"
+  | "foreign-object";
 
 export interface AffectedFile {
   snapshot: string;
@@ -142,11 +143,16 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
   // Snapshots first, then the index: a snapshot's index objects are durable before its record, so every
   // snapshot listed has its packs in the index read after. The other way round, one committed between the two
   // reads (a snapshot running beside the check) would be listed with chunks in no pack the check knew of.
+  /** Names in the repository that no writer gives (isRepositoryKey): left out of everything, and named. */
+  const foreign: string[] = [];
+  const onForeign = (key: string) => void foreign.push(key);
   const snapshots = await repository.listSnapshots({
     onCorrupt: (id, err) => problems.push({ kind: "snapshot-unreadable", snapshot: id, message: err.message }),
+    onForeign,
   });
   const index = await repository.loadIndex({
     onCorrupt: (key, err) => problems.push({ kind: "index-unreadable", message: `${key}: ${err.message}` }),
+    onForeign,
   });
 
   // Every manifest, a part at a time: it opens, and every chunk it needs is in a pack (named with the files it
@@ -202,7 +208,9 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
     });
   }
 
-  const stored = await listPacks(repository.store);
+  const stored = await listPacks(repository.store, { onForeign });
+  for await (const info of repository.store.list("manifests/")) if (!isRepositoryKey(info.key)) onForeign(info.key);
+  if (foreign.length > 0) problems.push(foreignProblem(foreign));
 
   // Problems found in packs are listed as found, and named with the files they break once every pack is
   // read: by a second reading of the manifests, for the chunks in those problems only.
@@ -350,6 +358,26 @@ async function check(repository: Repository, options: CheckOptions): Promise<Che
     chunks,
     bytesChecked: options.readData === false ? 0 : bytesDone,
     problems,
+  };
+}
+
+/** The most foreign names one problem names; the rest are counted. */
+const MAX_FOREIGN_NAMED = 10;
+
+/**
+ * Names no writer gives, found where the repository's objects lie: one problem for all of them. Decided: a problem
+ * (check exits 1), though nothing is damaged, since nothing else belongs there and nothing would ever remove them.
+ */
+function foreignProblem(keys: string[]): CheckProblem {
+  const sorted = keys.sort();
+  const more = sorted.length - MAX_FOREIGN_NAMED;
+  return {
+    kind: "foreign-object",
+    message:
+      `${counted(sorted.length, "file")} in the repository ${sorted.length === 1 ? "was" : "were"} not written by ` +
+      `Dumont (${sorted.slice(0, MAX_FOREIGN_NAMED).join(", ")}${more > 0 ? `, and ${more} more` : ""}): no command ` +
+      `reads, counts or deletes ${sorted.length === 1 ? "it" : "them"}; move ${sorted.length === 1 ? "it" : "them"} ` +
+      "out of the repository",
   };
 }
 

@@ -5,7 +5,7 @@ import type { BlobCallOptions, BlobInfo, BlobStore } from "./blob-store.js";
 import { RepositoryError } from "./errors.js";
 import { IdTable } from "./id-table.js";
 import { MAX_CHUNK_LENGTH } from "./manifest.js";
-import { ObjectKind, openObject, sealObject } from "./sealing.js";
+import { isRepositoryKey, ObjectKind, openObject, sealObject } from "./sealing.js";
 
 export interface PackEntry {
   id: Buffer;
@@ -34,9 +34,19 @@ export function indexKey(packId: string): string {
 }
 
 /** Every pack the store lists under data/, by pack id (the key's last part). */
-export async function listPacks(store: BlobStore, options?: BlobCallOptions): Promise<Map<string, BlobInfo>> {
+/**
+ * The packs the store lists, by id. A name under data/ that no writer gives (isRepositoryKey: put there by hand, or
+ * by another tool) is left out, and given to `onForeign`: no pack, so never deleted as one without an index object.
+ */
+export async function listPacks(
+  store: BlobStore,
+  options?: BlobCallOptions & { onForeign?: (key: string) => void },
+): Promise<Map<string, BlobInfo>> {
   const packs = new Map<string, BlobInfo>();
-  for await (const info of store.list("data/", options)) packs.set(info.key.slice(info.key.lastIndexOf("/") + 1), info);
+  for await (const info of store.list("data/", options)) {
+    if (isRepositoryKey(info.key)) packs.set(info.key.slice("data/xx/".length), info);
+    else options?.onForeign?.(info.key);
+  }
   return packs;
 }
 

@@ -13,7 +13,7 @@ import type { Repository } from "./repository.js";
 import type { RepositoryIndex } from "./repository-index.js";
 import { DEFAULT_PACK_SIZE } from "./repository-writer.js";
 import { hasRetentionRule, planRetention, type RetentionPolicy } from "./retention.js";
-import { chunkCodec, isObjectId } from "./sealing.js";
+import { chunkCodec, isRepositoryKey } from "./sealing.js";
 import { type SnapshotRecord, snapshotKey } from "./snapshot-record.js";
 
 export interface ForgetOptions {
@@ -64,7 +64,7 @@ export async function forgetSnapshots(repository: Repository, options: ForgetOpt
     const unreadable: string[] = [];
     // (One gone since it was listed, forgotten elsewhere, the listing leaves out itself.)
     // A name that is no id is no snapshot (check names it): neither kept nor what `latest` might be.
-    const all = await repository.listSnapshots({ onCorrupt: (id) => void (isObjectId(id) && unreadable.push(id)) });
+    const all = await repository.listSnapshots({ onCorrupt: (id) => void unreadable.push(id) });
     const forget = await repository.resolveSnapshotIds(options.ids ?? [], all, unreadable, "forget");
     const keep = [...all.map((s) => s.id), ...unreadable.sort()].filter((id) => !forget.has(id));
     plan = { forget: [...forget], keep };
@@ -200,13 +200,23 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     const index = await repository.loadIndex({
       onCorrupt: (key) => unreadableIndexes.add(key.slice("index/".length)),
     });
+    if (unreadableIndexes.size > 0) {
+      // Its pack's chunks are in no index, so what is used cannot be told from what is not (as for a record that
+      // does not open, above): nothing is judged, and the way out is said.
+      const names = [...unreadableIndexes].sort().map((packId) => `index/${packId}`);
+      throw new RepositoryError(
+        "corrupt",
+        `${counted(names.length, "index object")} ${names.length === 1 ? "does" : "do"} not open ` +
+          `(${names.slice(0, 3).join(", ")}${names.length > 3 ? ", ..." : ""}): the prune deletes nothing. Run ` +
+          "`snapshot repair-index`, which rebuilds them from their packs' own headers, then prune again",
+      );
+    }
     const report = emptyPruneReport();
 
     // Packs with no index object are what an interrupted writer left; no writer runs while we hold the lock.
     const orphans: { packId: string; key: string; size: number }[] = [];
     for (const [packId, info] of await listPacks(store)) {
-      if (!index.packs.has(packId) && !unreadableIndexes.has(packId))
-        orphans.push({ packId, key: info.key, size: info.size });
+      if (!index.packs.has(packId)) orphans.push({ packId, key: info.key, size: info.size });
     }
     // A pack without an index object may instead be one whose index object was lost (deleted by hand, a store
     // that lost it): if a listed snapshot uses a chunk no index holds, its data may be in one of those packs, and
@@ -267,7 +277,10 @@ export async function pruneRepository(repository: Repository, options: PruneOpti
     report.orphanPacksDeleted = orphans.length;
     const manifestKeys: string[] = [];
     for await (const info of store.list("manifests/")) {
-      if (!usedManifests.has(info.key.slice("manifests/".length))) manifestKeys.push(info.key);
+      // A name no writer gives (isRepositoryKey) is no manifest: not the prune's to delete.
+      if (isRepositoryKey(info.key) && !usedManifests.has(info.key.slice("manifests/".length))) {
+        manifestKeys.push(info.key);
+      }
     }
     report.manifestsDeleted = manifestKeys.length;
     if (options.dryRun) {

@@ -35,7 +35,7 @@ import { listPacks } from "./pack.js";
 import { MAX_REMOVED_LISTED, type RepairedSnapshot, type RepairSnapshotsReport } from "./repair-snapshots-report.js";
 import type { Repository } from "./repository.js";
 import type { RepositoryIndex } from "./repository-index.js";
-import { isObjectId, sha256 } from "./sealing.js";
+import { sha256 } from "./sealing.js";
 import { type SnapshotRecord, snapshotKey } from "./snapshot-record.js";
 import type { ManifestPartBlob } from "./transfer.js";
 
@@ -79,7 +79,7 @@ async function repair(
   const report: RepairSnapshotsReport = { snapshots: 0, repaired: [], unrepairable: [] };
   const unreadable: string[] = [];
   // A name that is no id is no snapshot (check names it): neither repaired nor what `latest` might be.
-  const all = await repository.listSnapshots({ onCorrupt: (id) => void (isObjectId(id) && unreadable.push(id)) });
+  const all = await repository.listSnapshots({ onCorrupt: (id) => void unreadable.push(id) });
   const chosen = await chooseSnapshots(repository, all, unreadable, options.ids ?? []);
   for (const id of chosen.unreadable) {
     report.unrepairable.push({

@@ -17,8 +17,9 @@ import { indexKey, openPackTrailer, packKey, sealIndex, sealPackTrailer } from "
 import { forgetSnapshots, pruneRepository } from "./prune.js";
 import { parseReadSubset } from "./read-subset.js";
 import { repairIndex } from "./repair-index.js";
-import { repairIndexText } from "./repair-index-report.js";
+import { repairIndexAdvice, repairIndexText } from "./repair-index-report.js";
 import { repairPacks } from "./repair-packs.js";
+import { repairSnapshots } from "./repair-snapshots.js";
 import { Repository } from "./repository.js";
 import { RepositoryIndex } from "./repository-index.js";
 import { chunkCodec, ObjectKind, openJson, sealJson, sha256 } from "./sealing.js";
@@ -118,6 +119,104 @@ describe.each(stores)("repository on %s", (_name, make) => {
     expect(missing[0].error).toMatch(/no such chunk/);
     expect((await checkRepository(again)).ok).toBe(true);
     await store.close();
+  });
+
+  it("deletes, counts and reads nothing it did not write, and check names it", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const w = await repository.writer();
+    const c = sealed(key, randomBytes(3_000));
+    await w.put([c]);
+    const good = await w.commit([sealManifest(key, manifestOf({ a: [c] }))], meta);
+    // Files an operator or another tool left where the repository's objects lie: none is named as a writer names.
+    const foreign = [
+      "data/results.csv",
+      "data/zz/notes.txt",
+      `data/8d/${"ab".repeat(32)}`, // a pack id, in the directory of another prefix
+      "data/ab/not-a-pack",
+      "index/notes",
+      "manifests/readme.txt",
+      "snapshots/notes.txt",
+    ];
+    for (const k of foreign) await store.put(k, Buffer.from(`kept: ${k}`));
+
+    expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([good]);
+    expect((await repository.loadIndex()).chunkCount).toBe(1);
+    const report = await checkRepository(repository);
+    expect(report.problems).toEqual([
+      {
+        kind: "foreign-object",
+        message:
+          `7 files in the repository were not written by Dumont (${[...foreign].sort().join(", ")}): no command ` +
+          "reads, counts or deletes them; move them out of the repository",
+      },
+    ]);
+    // A prune (with a forget), the repairs: each runs as on a repository without them, and leaves them.
+    expect(await forgetSnapshots(repository, { policy: { last: 1 } })).toMatchObject({ kept: [good] });
+    expect(await pruneRepository(repository)).toMatchObject({
+      orphanPacksDeleted: 0,
+      manifestsDeleted: 0,
+      bytesFreed: 0,
+    });
+    expect(await repairIndex(repository)).toMatchObject({ rebuilt: [], removed: [], unrepairable: [] });
+    expect(await repairPacks(repository)).toMatchObject({ repaired: [], skipped: [], lost: [] });
+    expect(await repairSnapshots(repository)).toMatchObject({ repaired: [], unrepairable: [] });
+    for (const k of foreign) expect((await store.get(k)).toString()).toBe(`kept: ${k}`);
+    await store.close();
+  });
+
+  it("makes no repository over what a location holds, unless it is one whose config alone was lost", async () => {
+    const key = generateRepositoryKey();
+    // A project's directory (or prefix): not made a repository, whose packs would go beside its files.
+    const project = make();
+    await project.put("data/results.csv", Buffer.from("1,2,3"));
+    for (const open of [() => Repository.openOrInit(project, key), () => Repository.open(project, key)]) {
+      const err = await open().catch((e: unknown) => e);
+      expect(isRepositoryError(err, "invalid-argument"), String(err)).toBe(true);
+      expect((err as Error).message).toBe(
+        `there is no repository at ${project.url}, and it is not empty (it holds data/results.csv): a repository ` +
+          "is made only in an empty directory or prefix; give the repository URL of an existing repository, or " +
+          "of an empty or new location",
+      );
+    }
+    expect(await project.stat("config")).toBeUndefined();
+    await project.close();
+
+    // A repository whose config was deleted: another key makes none over it (which would lock its own key out);
+    // its own key gets a new config, and every snapshot opens again.
+    const store = make();
+    const { repository } = await Repository.openOrInit(store, key);
+    const w = await repository.writer();
+    const c = sealed(key, randomBytes(3_000));
+    await w.put([c]);
+    const snapshot = await w.commit([sealManifest(key, manifestOf({ a: [c] }))], meta);
+    await store.delete("config");
+    await store.close();
+    // Opened anew, as the next command does (a file store that saw the config would take it gone for an unmount).
+    const reopened = openBlobStore(store.url, store.url.startsWith("s3:") ? { s3: env.s3.s3 } : undefined);
+    const lostConfig = (err: unknown, consequence: string) => {
+      expect(isRepositoryError(err, "corrupt"), String(err)).toBe(true);
+      expect((err as Error).message).toBe(
+        `${store.url} holds a repository's objects (snapshots/${snapshot}) but no config: its config was lost, ` +
+          `and ${consequence}. Put config back from a copy (a backup, or an earlier version of the object); or, ` +
+          "with the repository's own key, `snapshot create` makes a new one (it checks that the objects open with " +
+          "the key first)",
+      );
+    };
+    lostConfig(await Repository.open(reopened, key).catch((e: unknown) => e), "nothing there can be read without it");
+    const other = generateRepositoryKey();
+    lostConfig(
+      await Repository.openOrInit(reopened, other).catch((e: unknown) => e),
+      "a new repository is not made over what is there",
+    );
+    expect(await reopened.stat("config")).toBeUndefined();
+    const again = await Repository.openOrInit(reopened, key);
+    expect(again).toMatchObject({ created: true, recreated: true });
+    expect(again.repository.id).not.toBe(repository.id);
+    expect((await again.repository.listSnapshots()).map((s) => s.id)).toEqual([snapshot]);
+    expect((await checkRepository(again.repository)).ok).toBe(true);
+    await reopened.close();
   });
 
   it("gives a chunk asked for again from each other pack holding it in turn, then says none is left", async () => {
@@ -423,6 +522,12 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const [problem] = (await checkRepository(repository)).problems;
     expect(problem).toMatchObject({ kind: "pack-missing", files: [{ snapshot: id, path: "big.bin" }] });
     expect(problem.message.match(/big\.bin/g)).toHaveLength(1);
+    // Its way out: the index object goes, and the next snapshot of a workspace that has the bytes sends them.
+    expect(repairIndexAdvice([problem], "snapshot repair-index")).toBe(
+      "`snapshot repair-index` removes the index objects of packs gone from the store, so that the next snapshot " +
+        "of each workspace stores again what its source still has (until then, snapshots take those chunks for " +
+        "stored). Run it (--dry-run says what it would do), then check again",
+    );
     await store.close();
   });
 
@@ -767,14 +872,14 @@ describe.each(stores)("repository on %s", (_name, make) => {
       );
     }
     // A crashed writer's orphan pack (no index object) and one indexed but unreferenced chunk.
-    await store.put("data/ff/ff00", Buffer.from("orphan"));
+    await store.put(`data/ff/${"ff".repeat(32)}`, Buffer.from("orphan"));
     const stray = await repository.writer();
     await stray.put([sealed(key, randomBytes(5000))]);
     await stray.flush();
     await stray.abort();
 
     // A pack write a crash cut short: on file:// its temp file stays beside the packs until a prune.
-    const cutShort = await store.openWriter?.("data/ee/ee00");
+    const cutShort = await store.openWriter?.(`data/ee/${"ee".repeat(32)}`);
     await cutShort?.write(randomBytes(10_000));
     // And a lock's (its writer died between writing and renaming it, long ago); one written just now is a lock
     // being taken (a snapshot, while prune holds its own), not abandoned.
@@ -914,10 +1019,10 @@ describe.each(stores)("repository on %s", (_name, make) => {
     const { key, repository: setup } = await repositoryOfChunks(inner);
     // A file store skips what is not a plain file or directory: a symlinked data/ab, say. Another pack is listed
     // (a listing of none is refused on its own).
-    await inner.put("data/ee/ee00", Buffer.alloc(0));
+    await inner.put(`data/ee/${"ee".repeat(32)}`, Buffer.alloc(0));
     const store: BlobStore = Object.assign(Object.create(inner), {
       list: async function* (prefix: string) {
-        for await (const info of inner.list(prefix)) if (prefix !== "data/" || info.key.endsWith("ee00")) yield info;
+        for await (const info of inner.list(prefix)) if (prefix !== "data/" || info.key.endsWith("eeee")) yield info;
       },
     });
     const repository = await Repository.open(store, key);
@@ -952,16 +1057,17 @@ describe.each(stores)("repository on %s", (_name, make) => {
     await store.delete(`index/${lost.pack}`);
     await store.put(`index/${damaged.pack}`, randomBytes(300));
     await store.delete(packKey(gone.pack));
-    await store.put("data/ee/ee00", randomBytes(10)); // a pack whose end is not a header,
-    await store.put("index/ee00", randomBytes(60)); // and an index object that does not open
+    const bad = "ee".repeat(32);
+    await store.put(`data/ee/${bad}`, randomBytes(10)); // a pack whose end is not a header,
+    await store.put(`index/${bad}`, randomBytes(60)); // and an index object that does not open
     const indexObjects = await keys("index/");
 
     // A dry run says what it would do and changes nothing.
     const expected = {
       packs: 3,
       rebuilt: [lost.pack, damaged.pack].sort(),
-      removed: [gone.pack, "ee00"].sort(),
-      unrepairable: [{ pack: "ee00", message: expect.stringMatching(/^pack ee00: .*longer than the pack/) }],
+      removed: [gone.pack, bad].sort(),
+      unrepairable: [{ pack: bad, message: expect.stringMatching(new RegExp(`^pack ${bad}: .*longer than the pack`)) }],
     };
     expect(await repairIndex(repository, { dryRun: true })).toEqual(expected);
     expect(await keys("index/")).toEqual(indexObjects);
@@ -1456,6 +1562,26 @@ describe("forget by id", () => {
     expect(await checkRepository(repository)).toMatchObject({ ok: true, problems: [] });
   });
 
+  it("prunes nothing while an index object does not open, saying so; repair-index then lets it", async () => {
+    const { root, repository, good } = await oneSnapshotRepository("prune-unreadable-index");
+    const [packId] = (await repository.loadIndex()).packs.keys();
+    const objectFile = join(root, "index", packId);
+    const bytes = await readFile(objectFile);
+    bytes[bytes.length >> 1] ^= 1;
+    await writeFile(objectFile, bytes);
+    const refused = `1 index object does not open (index/${packId}): the prune deletes nothing. Run \`snapshot repair-index\``;
+    await expect(pruneRepository(repository, { dryRun: true })).rejects.toThrow(refused);
+    await expect(pruneRepository(repository)).rejects.toThrow(refused);
+    // A snapshot (and a restore) stopped by it says the way out too.
+    await expect(repository.writer()).rejects.toThrow(
+      /is unreadable: .*; `snapshot repair-index` rebuilds it from its pack's own header$/,
+    );
+    expect(await repairIndex(repository)).toMatchObject({ rebuilt: [packId] });
+    expect(await pruneRepository(repository)).toMatchObject({ packsDeleted: 0, orphanPacksDeleted: 0 });
+    expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([good]);
+    expect((await checkRepository(repository)).ok).toBe(true);
+  });
+
   it("reads no listed object larger than any a writer makes, and leaves out names that are no object id", async () => {
     // A file of GiBs under snapshots/ was read whole by every listing (8 at once), or failed it with a RangeError;
     // a name that is no id failed it too, on S3 where such a name can be listed.
@@ -1468,10 +1594,13 @@ describe("forget by id", () => {
     const tooLarge = `snapshots/${huge} is 5368709120 bytes, more than any object of its kind holds`;
     await expect(repository.listSnapshots()).rejects.toThrow(tooLarge);
     const report = await checkRepository(repository);
-    expect(report.problems.map((p) => [p.kind, p.message]).sort((a, b) => a[1].localeCompare(b[1]))).toEqual([
+    expect(report.problems.map((p) => [p.kind, p.message])).toEqual([
       ["snapshot-unreadable", expect.stringContaining(tooLarge)],
-      ["index-unreadable", "index/notes.txt: not named by an object id (64 hex digits): no writer made it"],
-      ["snapshot-unreadable", "snapshots/README is not named by an object id (64 hex digits): no writer made it"],
+      [
+        "foreign-object",
+        "2 files in the repository were not written by Dumont (index/notes.txt, snapshots/README): no command " +
+          "reads, counts or deletes them; move them out of the repository",
+      ],
     ]);
     await expect(forgetSnapshots(repository, { ids: [huge] })).resolves.toEqual({ forgotten: [huge], kept: [good] });
     expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([good]);

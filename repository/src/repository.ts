@@ -12,7 +12,7 @@ import { indexKey, openIndex, type PackIndex } from "./pack.js";
 import type { RepositoryAccess } from "./repository-access.js";
 import { RepositoryIndex } from "./repository-index.js";
 import { RepositoryWriter, type RepositoryWriterOptions } from "./repository-writer.js";
-import { chunkCodec, isObjectId, ObjectKind, sha256 } from "./sealing.js";
+import { chunkCodec, isObjectId, isRepositoryKey, ObjectKind, openObject, sha256 } from "./sealing.js";
 import { manifestKey, openSnapshotRecord, type SnapshotRecord, snapshotKey } from "./snapshot-record.js";
 
 export { type ChunkLocation, RepositoryIndex } from "./repository-index.js";
@@ -35,6 +35,8 @@ export interface RepositoryConfig {
 export interface LoadIndexOptions {
   /** Called for an index object that cannot be read; without it such an object fails the load. */
   onCorrupt?: (key: string, err: RepositoryError) => void;
+  /** Called for a name under index/ that no writer gives (isRepositoryKey); it is left out either way. */
+  onForeign?: (key: string) => void;
   concurrency?: number;
   /**
    * Brings this (cached) index up to date instead of building a new one: index objects it lacks are read,
@@ -74,6 +76,8 @@ export class Repository implements RepositoryAccess {
       raw = await getObject(store, CONFIG_KEY);
     } catch (err) {
       if (isRepositoryError(err, "not-found")) {
+        const held = await heldWithoutConfig(store);
+        if (held) throw withoutConfig(store, held, "nothing there can be read without it");
         throw new RepositoryError("not-initialised", `there is no repository at ${store.url}`, { cause: err });
       }
       throw err;
@@ -109,10 +113,29 @@ export class Repository implements RepositoryAccess {
     return new Repository(store, key, config);
   }
 
-  /** Creates the repository if the location has none, else opens it (and checks the key). */
-  static async openOrInit(store: BlobStore, key: Buffer): Promise<{ repository: Repository; created: boolean }> {
+  /**
+   * Creates the repository if the location has none, else opens it (and checks the key). A location holding
+   * anything but a config is not made a repository over it (withoutConfig says why and what to do), with one
+   * exception: a repository whose config alone was lost (deleted by hand, a sync that skipped it), whose objects
+   * open with this key, gets a new config (`recreated`): nothing else can be made of it, and its snapshots are
+   * readable again. Its id is new, so the local indexes made for the old one are not used.
+   */
+  static async openOrInit(
+    store: BlobStore,
+    key: Buffer,
+  ): Promise<{ repository: Repository; created: boolean; recreated?: boolean }> {
     assertKey(key);
     if (await Repository.exists(store)) return { repository: await Repository.open(store, key), created: false };
+    const held = await heldWithoutConfig(store);
+    let recreated = false;
+    if (held) {
+      // The config may have landed meanwhile: an initialiser racing this one writes it before anything else.
+      if (await Repository.exists(store)) return { repository: await Repository.open(store, key), created: false };
+      if (!held.sealed || !(await opensWith(store, key, held.sealed))) {
+        throw withoutConfig(store, held, "a new repository is not made over what is there");
+      }
+      recreated = true;
+    }
     const id = randomBytes(16).toString("hex");
     const config: RepositoryConfig = {
       format: FORMAT,
@@ -125,7 +148,7 @@ export class Repository implements RepositoryAccess {
       ifAbsent: true,
     });
     // Re-read either way: with a racing initialiser, whichever config landed is the repository.
-    return { repository: await Repository.open(store, key), created };
+    return { repository: await Repository.open(store, key), created, ...(recreated && created ? { recreated } : {}) };
   }
 
   loadIndex(options: LoadIndexOptions = {}): Promise<RepositoryIndex> {
@@ -150,12 +173,18 @@ export class Repository implements RepositoryAccess {
     const fresh = keys.filter((key) => !index.packs.has(key.slice("index/".length)));
     await forEachLimited(fresh, options.concurrency ?? 8, async (key) => {
       const packId = key.slice("index/".length);
-      if (!isObjectId(packId)) return options.onCorrupt?.(key, notAnObjectId());
+      if (!isObjectId(packId)) return options.onForeign?.(key);
       try {
         index.add(openIndex(this.key, await getObject(this.store, key), packId));
       } catch (err) {
-        if (options.onCorrupt && isObjectError(err)) options.onCorrupt(key, err);
-        else throw err;
+        if (!isObjectError(err)) throw err;
+        if (options.onCorrupt) return options.onCorrupt(key, err);
+        // What stops every snapshot and restore of the repository until mended: the way out is said with it.
+        throw new RepositoryError(
+          err.code,
+          `${err.message}; \`snapshot repair-index\` rebuilds it from its pack's own header`,
+          { cause: err },
+        );
       }
     });
     return index;
@@ -171,13 +200,17 @@ export class Repository implements RepositoryAccess {
    * a listing a moment later would, not reported as damaged (a check beside a forget named it a problem).
    */
   async listSnapshots(
-    options: { onCorrupt?: (id: string, err: RepositoryError) => void } = {},
+    options: {
+      onCorrupt?: (id: string, err: RepositoryError) => void;
+      /** Called for a name under snapshots/ that no writer gives (isRepositoryKey); it is left out either way. */
+      onForeign?: (key: string) => void;
+    } = {},
   ): Promise<SnapshotRecord[]> {
     const ids: string[] = [];
     for await (const info of this.store.list("snapshots/")) ids.push(info.key.slice("snapshots/".length));
     const records: SnapshotRecord[] = [];
     await forEachLimited(ids, 8, async (id) => {
-      if (!isObjectId(id)) return options.onCorrupt?.(id, notAnObjectId(snapshotKey(id)));
+      if (!isObjectId(id)) return options.onForeign?.(snapshotKey(id));
       try {
         records.push(openSnapshotRecord(this.key, id, await getObject(this.store, snapshotKey(id))));
       } catch (err) {
@@ -255,7 +288,10 @@ export class Repository implements RepositoryAccess {
       );
     }
     const matches: string[] = [];
-    for await (const info of this.store.list(`snapshots/${wanted}`)) matches.push(info.key.slice("snapshots/".length));
+    for await (const info of this.store.list(`snapshots/${wanted}`)) {
+      const id = info.key.slice("snapshots/".length);
+      if (isObjectId(id)) matches.push(id);
+    }
     if (matches.length === 0)
       throw new RepositoryError(
         "not-found",
@@ -328,11 +364,64 @@ export class Repository implements RepositoryAccess {
   }
 }
 
+/** What a location without a config holds: the first key listed, and a sealed object of the repository's. */
+interface HeldWithoutConfig {
+  first: string;
+  /** The first snapshot record or index object listed, if any: what a key is tried on (opensWith). */
+  sealed?: { key: string; kind: string };
+}
+
+/** What the location holds though it has no config (undefined: nothing, so a repository may be made there). */
+async function heldWithoutConfig(store: BlobStore): Promise<HeldWithoutConfig | undefined> {
+  let first: string | undefined;
+  for await (const info of store.list("")) {
+    if (info.key === CONFIG_KEY) continue;
+    first = info.key;
+    break;
+  }
+  if (first === undefined) return undefined;
+  for (const [prefix, kind] of [
+    ["snapshots/", ObjectKind.snapshot],
+    ["index/", ObjectKind.index],
+  ] as const) {
+    for await (const info of store.list(prefix)) {
+      if (isRepositoryKey(info.key)) return { first, sealed: { key: info.key, kind } };
+    }
+  }
+  return { first };
+}
+
+/** Whether the key opens the sealed object (authentication failing says it is another key's, or damaged). */
+async function opensWith(store: BlobStore, key: Buffer, sealed: { key: string; kind: string }): Promise<boolean> {
+  try {
+    openObject(key, sealed.kind, await getObject(store, sealed.key), sealed.key);
+    return true;
+  } catch (err) {
+    if (isObjectError(err)) return false;
+    throw err;
+  }
+}
+
 /**
- * A listed name that is no object id (put there by hand, or by another tool): not an object of the repository,
- * so a listing leaves it out, and check names it.
+ * A location with no config that holds something: a repository whose config was lost, or no repository at all.
+ * Neither is made a repository over what is there (a first snapshot into a project's directory would put its packs
+ * beside the project's files, and a prune would take the files under data/ for leftovers; a config made with
+ * another key would lock the repository's own key out).
  */
-function notAnObjectId(key?: string): RepositoryError {
-  const what = "not named by an object id (64 hex digits): no writer made it";
-  return new RepositoryError("corrupt", key ? `${key} is ${what}` : what);
+function withoutConfig(store: BlobStore, held: HeldWithoutConfig, consequence: string): RepositoryError {
+  if (held.sealed) {
+    return new RepositoryError(
+      "corrupt",
+      `${store.url} holds a repository's objects (${held.sealed.key}) but no ${CONFIG_KEY}: its config was lost, and ` +
+        `${consequence}. Put ${CONFIG_KEY} back from a copy (a backup, or an earlier version of the object); ` +
+        "or, with the repository's own key, `snapshot create` makes a new one (it checks that the objects open with " +
+        "the key first)",
+    );
+  }
+  return new RepositoryError(
+    "invalid-argument",
+    `there is no repository at ${store.url}, and it is not empty (it holds ${held.first}): a repository is made ` +
+      "only in an empty directory or prefix; give the repository URL of an existing repository, or of an empty " +
+      "or new location",
+  );
 }

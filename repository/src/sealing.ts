@@ -87,6 +87,22 @@ export function isObjectId(name: string): boolean {
   return /^[0-9a-f]{64}$/.test(name);
 }
 
+/**
+ * Whether `key` is a name the repository's writers give an object (FORMAT.md's layout): `config`,
+ * `data/<id[0:2]>/<id>`, `index/<id>`, `manifests/<id>`, `snapshots/<id>`, or anything under `locks/`. Anything
+ * else in the repository (put there by hand, or by another tool) is foreign: no command reads it as an object,
+ * counts it as damage or deletes it; `check` names it.
+ */
+export function isRepositoryKey(key: string): boolean {
+  if (key === "config" || key.startsWith("locks/")) return true;
+  const slash = key.indexOf("/");
+  const prefix = key.slice(0, slash + 1);
+  const name = key.slice(slash + 1);
+  if (prefix === "data/")
+    return name.length === 67 && name[2] === "/" && isObjectId(name.slice(3)) && name.startsWith(name.slice(3, 5));
+  return (prefix === "index/" || prefix === "manifests/" || prefix === "snapshots/") && isObjectId(name);
+}
+
 export function sha256(data: Buffer | readonly Buffer[]): Buffer {
   const hash = createHash("sha256");
   for (const part of Buffer.isBuffer(data) ? [data] : data) hash.update(part);
