@@ -730,6 +730,11 @@ describe("openBlobStore", () => {
     expect(() => openBlobStore("file:///srv/a?x/tenants/t1")).toThrow(/holds a "\?".*\(%3F\)/);
     for (const bare of ["file:///srv/a#", "file:///srv/a?"]) expect(() => openBlobStore(bare), bare).toThrow(/holds a/);
     expect((openBlobStore("file:///srv/a%231/tenants/t1") as { root?: string }).root).toBe("/srv/a#1/tenants/t1");
+    // `file://$REPO` with REPO unset: the root directory, where a repository would put data/ and the rest.
+    for (const root of ["file://", "file:///", "file:///./", "/"]) {
+      expect(() => openBlobStore(root), root).toThrow(/names the root directory \/; write file:\/\/\/absolute\/path/);
+    }
+    expect(() => openBlobStore("file:///tmp/re%00po")).toThrow(/^repository URL file:\/\/\/tmp\/re%00po holds a NUL/);
   });
 
   it("refuses credentials written into a repository URL, without repeating them", () => {

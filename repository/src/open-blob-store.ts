@@ -1,6 +1,6 @@
 // openBlobStore: picks the BlobStore implementation for a repository URL (file:// or s3://). Apart from
 // blob-store.ts, so the implementations depend on the interface and nothing depends back on them.
-import { isAbsolute } from "node:path";
+import { isAbsolute, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { BlobStore } from "./blob-store.js";
 import { RepositoryError } from "./errors.js";
@@ -14,6 +14,23 @@ export interface OpenBlobStoreOptions {
 
 /** Where a repository URL points, checked: a local directory, or a bucket and a prefix in it. */
 export type RepositoryLocation = { kind: "file"; path: string } | { kind: "s3"; bucket: string; prefix: string };
+
+/** A file repository's location, checked: never the root directory, never a path no file can have. */
+function fileLocation(path: string, shown: string): RepositoryLocation {
+  // `file://` alone (an unset variable in `file://$REPO`) reads as the root directory: a repository there puts
+  // data/, index/ and the rest at the top of the filesystem. No one means that.
+  if (resolve(path) === "/") {
+    throw new RepositoryError(
+      "invalid-argument",
+      `repository URL ${shown} names the root directory /; write file:///absolute/path of the repository's own ` +
+        "directory (an empty variable in the URL reads as none)",
+    );
+  }
+  if (path.includes("\0")) {
+    throw new RepositoryError("invalid-argument", `repository URL ${shown} holds a NUL (%00), which no path holds`);
+  }
+  return { kind: "file", path };
+}
 
 /**
  * Parses `file:///abs/path` (or a plain absolute path) or `s3://bucket/prefix`, touching nothing; throws a
@@ -45,7 +62,7 @@ export function parseRepositoryUrl(url: string): RepositoryLocation {
             `(${mark === "?" ? "%3F" : "%23"}) where the directory's name holds one`,
         );
       }
-      return { kind: "file", path: fileURLToPath(url) };
+      return fileLocation(fileURLToPath(url), shown);
     } catch (err) {
       if (err instanceof RepositoryError) throw err;
       throw new RepositoryError(
@@ -78,7 +95,7 @@ export function parseRepositoryUrl(url: string): RepositoryLocation {
     }
     return { kind: "s3", bucket, prefix };
   }
-  if (isAbsolute(url)) return { kind: "file", path: url };
+  if (isAbsolute(url)) return fileLocation(url, shown);
   throw new RepositoryError(
     "invalid-argument",
     `repository URL "${shown}" is not supported: use file:///absolute/path or s3://bucket/prefix`,
