@@ -60,13 +60,22 @@ export function repairIndexText(report: RepairIndexReport, dryRun: boolean, pref
 
 /**
  * What a check's report should add for problems an index repair may mend: chunks in no pack (their pack's index
- * object lost or damaged, the pack itself whole) and index objects that do not open. Undefined for others. Both
+ * object lost or damaged, the pack itself whole), index objects that do not open, and packs gone whose index
+ * objects stay. Undefined for others. Both
  * CLIs print it after the problems: restic users read "in no pack" as data lost.
  */
 export function repairIndexAdvice(problems: readonly { kind: string }[], command: string): string | undefined {
-  if (!problems.some(({ kind }) => kind === "chunk-missing" || kind === "index-unreadable")) return undefined;
+  // A pack gone while its index object stays: every snapshot takes its chunks for stored, and sends none again.
+  const packGone = problems.some(({ kind }) => kind === "pack-missing")
+    ? `\`${command}\` removes the index objects of packs gone from the store, so that the next snapshot of each ` +
+      "workspace stores again what its source still has (until then, snapshots take those chunks for stored). "
+    : "";
+  if (!problems.some(({ kind }) => kind === "chunk-missing" || kind === "index-unreadable")) {
+    return packGone === "" ? undefined : `${packGone}Run it (--dry-run says what it would do), then check again`;
+  }
   return (
-    `if an index object was lost or damaged (a pack whole but not indexed), \`${command}\` rebuilds it from the ` +
+    packGone +
+    `${packGone === "" ? "if" : "If"} an index object was lost or damaged (a pack whole but not indexed), \`${command}\` rebuilds it from the ` +
     "packs' own headers: run it (--dry-run says what it would do), then check again. If it rebuilds nothing, " +
     "those chunks are gone with their packs: the next snapshot of each workspace stores again what its source " +
     "still has (which makes the snapshots named whole again), and `snapshot repair-snapshots --forget` then " +
