@@ -12,8 +12,8 @@
 //
 // Without /proc (not Linux, or not mounted), names are plain paths under the target, as before.
 import { spawn } from "node:child_process";
-import { constants } from "node:fs";
-import { chmod, type FileHandle, open, readdir, rm, rmdir, stat, unlink } from "node:fs/promises";
+import { type BigIntStats, constants } from "node:fs";
+import { chmod, type FileHandle, lstat, open, readdir, rm, rmdir, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
 
 /** The longest a restore waits for its flush (syncFilesystem) before it says so and goes on. */
@@ -271,6 +271,25 @@ export class RestoreDirectories {
     return (await this.targetNames().catch(() => [] as string[])).filter((name) => name !== keep);
   }
 
+  /**
+   * The entries of the target changed (their ctime) after `afterMs` (ms since the epoch): the first `listed` of
+   * them by path ("a/b"), a directory before what is in it, and how many there are. Top-level names `skip`
+   * accepts are left out. Read only: entries are lstat'ed and directories opened with O_NOFOLLOW through their
+   * parent's handle, as emptyTarget does, and never chmod'ed (that would change their ctime). A directory that
+   * cannot be listed (one the restore made 0311, as another user than root) is judged by its own ctime: nothing
+   * was added to it or removed from it since.
+   */
+  async changedAfter(
+    afterMs: number,
+    skip: (name: string) => boolean,
+    listed = 3,
+  ): Promise<{ paths: string[]; count: number }> {
+    const found: Changed = { after: BigInt(Math.floor(afterMs)) * 1_000_000n, listed, paths: [], count: 0 };
+    const top = this.rootHandle ? `/proc/self/fd/${this.rootHandle.fd}` : this.root;
+    await changedUnder(top, "", found, skip, this.rootHandle !== undefined);
+    return { paths: found.paths, count: found.count };
+  }
+
   /** Closes every handle (leases outstanding or not: the restore is over). */
   async close(): Promise<void> {
     this.closed = true;
@@ -358,6 +377,65 @@ async function emptyThroughHandle(dir: string, keep?: string): Promise<void> {
     }
     await unlink(at).catch(() => rmdir(at).catch(() => {}));
   }
+}
+
+/** What changedAfter collects: entries changed after `after` (ns), the first `listed` of them named. */
+interface Changed {
+  after: bigint;
+  listed: number;
+  paths: string[];
+  count: number;
+}
+
+/** How many entries of one directory changedUnder stats at once. */
+const STAT_BATCH = 64;
+
+/**
+ * Adds the entries under directory `dir` (a /proc/self/fd name through handles, else a path; `rel` its path in
+ * the target) changed after `found.after` (ns) to `found`. Through handles, a subdirectory is opened with
+ * O_NOFOLLOW by its one-component name and walked through its own handle, never by a path resolved again.
+ */
+async function changedUnder(
+  dir: string,
+  rel: string,
+  found: Changed,
+  skip: (name: string) => boolean,
+  throughHandles: boolean,
+): Promise<void> {
+  // Unlistable: judged by its own ctime. In order, so that the paths named are the same from one try to the next.
+  const names = (await readdir(dir).catch(() => [] as string[])).sort();
+  for (let i = 0; i < names.length; i += STAT_BATCH) {
+    const batch = names.slice(i, i + STAT_BATCH).filter((name) => rel !== "" || !skip(name));
+    // Gone meanwhile, or not to be stat'ed (a directory without search permission): judged by the directory.
+    const infos = await Promise.all(
+      batch.map((name) => lstat(`${dir}/${name}`, { bigint: true }).catch(() => undefined)),
+    );
+    for (const [n, name] of batch.entries()) {
+      const info = infos[n];
+      if (!info) continue;
+      const path = rel === "" ? name : `${rel}/${name}`;
+      if (!info.isDirectory()) {
+        noteChanged(info, path, found);
+        continue;
+      }
+      const sub = throughHandles ? await open(`${dir}/${name}`, DIR_FLAGS).catch(() => undefined) : undefined;
+      try {
+        // Through its handle, what is walked is the directory whose ctime is judged (a swap meanwhile: not it).
+        noteChanged(sub ? await sub.stat({ bigint: true }) : info, path, found);
+        if (sub || !throughHandles) {
+          await changedUnder(sub ? `/proc/self/fd/${sub.fd}` : `${dir}/${name}`, path, found, skip, throughHandles);
+        }
+      } finally {
+        await sub?.close();
+      }
+    }
+  }
+}
+
+function noteChanged(info: BigIntStats, path: string, found: Changed): void {
+  if (info.ctimeNs <= found.after) return;
+  found.count++;
+  if (found.paths.length < found.listed) found.paths.push(path);
 }
 
 /** Linux's O_PATH (not among Node's constants): a handle that names a file without opening it to read. */

@@ -10,6 +10,8 @@
 //   marker beside them. Run again, the restore finds the marker's process gone, takes the marker over, empties
 //   the target and starts over, where before it refused the non-empty directory and the operator had to clear
 //   it by hand. A failure the restore sees (a dropped stream, a full disk, Ctrl-C) empties the target itself.
+//   What was changed there after that restore died (a file someone put in the target meanwhile) is not its to
+//   clear: the takeover is refused, naming it, and removes nothing (RESTORE_WRITES_WITHIN_MS).
 //
 // Only a target holding such a marker is emptied, and only one this agent's user wrote for this very directory
 // (its device and inode are in it): a marker copied in with a tree (`cp -a` of a half-restored one) or left by
@@ -48,6 +50,18 @@ const MARKER_MAX_BYTES = 64 * 1024;
  */
 const MARKER_TOUCH_EVERY_MS = 60 * 1000;
 export const MARKER_STALE_AFTER_MS = 10 * 60 * 1000;
+/**
+ * How long after its marker's last touch a restore's own writes may still change entries of its target (their
+ * ctime): one touch interval, since a restore that lived longer touched the marker again; and as much again for a
+ * touch made late (the event loop held up; one that failed is let go) and for the writer's clock (which sets the
+ * marker's time) running a little behind the one the filesystem stamps ctimes with. An entry changed later was
+ * changed after the restore died, by someone else: a takeover clearing it would delete what is not the restore's
+ * (a file put into the target after a kill -9), so it is refused instead. A directory counts as changed when
+ * something was added to it or removed from it; the restore's own chmod and utimes of its directories come
+ * before it dies. What someone changes sooner after the restore died than this cannot be told from the
+ * restore's own writes by time alone, and is cleared with them.
+ */
+export const RESTORE_WRITES_WITHIN_MS = 2 * MARKER_TOUCH_EVERY_MS;
 
 /**
  * Names beside the marker while it changes hands: a marker being placed is written under NEW_PREFIX and linked
@@ -154,6 +168,15 @@ export async function claimTarget(
         `${m.hostname}, since ${m.started}); wait for it, or stop it and restore again (a marker ` +
         `${RESTORE_MARKER} untouched for ${MARKER_STALE_AFTER_MS / 60_000} minutes counts as an interrupted restore's)`,
     );
+  }
+  // An entry changed later than the dead restore could still write (RESTORE_WRITES_WITHIN_MS) is someone else's:
+  // refused before anything is moved or removed, the dead marker left in place, so that once those entries are
+  // moved out a restore takes it over as ever.
+  const changed = await dirs.changedAfter(found.touched + RESTORE_WRITES_WITHIN_MS, isMarkerName);
+  if (changed.count > 0) {
+    // Unless another restore took the marker judged over meanwhile: what changed is then that restore's doing.
+    if ((await readClaim(dirs, name)) !== found.marker.claim) throw takenMeanwhile(target);
+    throw changedSinceInterrupted(target, found, changed);
   }
   // The process that wrote the marker is gone: its restore can never finish. The marker is moved aside to a
   // name of this restore's own (a rename: of two restores doing so, one finds it gone), and checked to be the
@@ -399,6 +422,27 @@ async function readMarker(
     );
   }
   return { marker, touched: Number(entry.info.mtimeMs) };
+}
+
+/**
+ * The takeover of an interrupted restore's target refused: `changed` (changedAfter's) was changed after that
+ * restore (its marker `found`) could still write.
+ */
+function changedSinceInterrupted(
+  target: string,
+  found: { marker: Marker; touched: number },
+  changed: { paths: string[]; count: number },
+): Error {
+  const m = found.marker;
+  const more = changed.count - changed.paths.length;
+  return new Error(
+    `the restore target ${target} holds what an interrupted restore left (snapshot ${m.snapshot.slice(0, 12)}, ` +
+      `pid ${m.pid} on ${m.hostname}, since ${m.started}), and also what was changed after that restore stopped ` +
+      `(its marker ${RESTORE_MARKER} was last touched at ${new Date(found.touched).toISOString()}), which is not ` +
+      `its to clear: ${changed.paths.map((p) => JSON.stringify(p)).join(", ")}${more > 0 ? `, and ${more} more` : ""}. ` +
+      "Nothing was removed. Move them out of the target (a directory named, whole: something was added to it or " +
+      "removed from it), or restore into another directory, then restore again",
+  );
 }
 
 function takenMeanwhile(target: string): Error {

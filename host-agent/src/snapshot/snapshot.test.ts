@@ -49,6 +49,7 @@ import {
   RepositoryChunkSource,
   RepositoryIndex,
   sealManifestParts,
+  thisProcess,
 } from "@dumont/repository";
 import { type S3TestServer, startS3TestServer } from "@dumont/repository/testing";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
@@ -69,7 +70,13 @@ import {
   RestoreLeftBehindError,
   restoreSnapshot,
 } from "./restore-snapshot.js";
-import { claimTarget, MARKER_STALE_AFTER_MS, RESTORE_MARKER, RESTORE_MARKER_LEFT_OUT } from "./restore-target.js";
+import {
+  claimTarget,
+  MARKER_STALE_AFTER_MS,
+  RESTORE_MARKER,
+  RESTORE_MARKER_LEFT_OUT,
+  RESTORE_WRITES_WITHIN_MS,
+} from "./restore-target.js";
 import { builtSnapshotModule } from "./testing.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
@@ -1839,6 +1846,63 @@ describe("snapshot engine", () => {
     expect((await lstat(target)).mode & 0o7777).toBe((await lstat(options.source)).mode & 0o7777);
   });
 
+  it("refuses to clear what was put into a killed restore's target after it died, naming it, and removes nothing", async () => {
+    const engineUrl = builtSnapshotModule("index");
+    const options = await workspaceWithIndex(8 * 1024 * 1024, 20);
+    const created = await createDirectSnapshot(options);
+    const target = fresh("target");
+    const script = `
+      const { restoreDirectSnapshot } = await import(${JSON.stringify(engineUrl)});
+      await restoreDirectSnapshot({
+        repo: ${JSON.stringify(options.repo)}, key: Buffer.from(${JSON.stringify(options.key.toString("hex"))}, "hex"),
+        snapshotId: ${JSON.stringify(created.id)}, target: ${JSON.stringify(target)},
+        onProgress: (p) => {
+          if (p.bytesWritten === 0 || p.bytesWritten === p.bytesTotal) return;
+          process.stdout.write("part written\\n");
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60000);
+        },
+      });`;
+    const killed = await killOnceItSays(script, "part written");
+    const marker = join(target, RESTORE_MARKER);
+    const left = await readdir(target);
+    expect(left.length).toBeGreaterThan(1);
+    // Someone's notes, put into the target after the kill: a second later than anything the dead restore wrote.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const later = Date.now();
+    await mkdir(join(target, "mine"));
+    for (const path of ["mine/notes.txt", "my-notes.txt", "zz-notes.txt"])
+      await writeFile(join(target, path), "mine\n");
+    // As though they came minutes after the kill (not waited for): the marker's last touch set back so that they
+    // are half a second past what the dead restore could still have written, and its files half a second within.
+    const touched = (later - RESTORE_WRITES_WITHIN_MS - 500) / 1000;
+    await utimes(marker, touched, touched);
+    const markerBefore = await readFile(marker, "utf8");
+    const restore = () =>
+      restoreDirectSnapshot({ repo: options.repo, key: options.key, pool, snapshotId: created.id, target });
+    await expect(restore()).rejects.toThrow(
+      `the restore target ${target} holds what an interrupted restore left (snapshot ${created.id.slice(0, 12)}, ` +
+        `pid ${killed} on ${hostname()}`,
+    );
+    await expect(restore()).rejects.toThrow(
+      'which is not its to clear: "mine", "mine/notes.txt", "my-notes.txt", and 1 more. Nothing was removed. Move ' +
+        "them out of the target",
+    );
+    expect((await readdir(target)).sort()).toEqual([...left, "mine", "my-notes.txt", "zz-notes.txt"].sort());
+    expect(await readFile(join(target, "my-notes.txt"), "utf8")).toBe("mine\n");
+    expect(await readFile(marker, "utf8")).toBe(markerBefore); // still the dead restore's, as it was
+    expect(Math.round((await stat(marker)).mtimeMs)).toBe(Math.round(touched * 1000));
+
+    // Moved out, the dead restore's files are cleared and the snapshot restored whole.
+    const kept = fresh("kept");
+    await mkdir(kept);
+    for (const name of ["mine", "my-notes.txt", "zz-notes.txt"]) await rename(join(target, name), join(kept, name));
+    expect((await restore()).warnings).toEqual([
+      expect.stringMatching(`^${target} held what an interrupted restore left .*cleared and the restore started over`),
+    ]);
+    expect(await describeTree(target)).toEqual(await describeTree(options.source));
+    expect(await readFile(join(kept, "mine", "notes.txt"), "utf8")).toBe("mine\n");
+  });
+
   it("streams a file through bounded memory: 8 times the file costs no more RSS to snapshot or restore", async () => {
     // "A 50 GiB file must not need 50 GiB RAM", with the production chunker and segment size: each size is
     // snapshotted and restored in a process of its own, and the peak RSS compared. Holding the file (or its
@@ -2362,6 +2426,16 @@ describe("restore safety", () => {
     await writeFile(join(target, RESTORE_MARKER), JSON.stringify(marker), { mode: 0o600 });
   };
   const longAgo = () => (Date.now() - MARKER_STALE_AFTER_MS - 60_000) / 1000;
+  /**
+   * A process of this host that has ended, as a marker names it: its restore is judged dead at once, whatever the
+   * marker's age, so what the test writes beside a marker touched now reads as that restore's own. (A marker aged
+   * with utimes instead makes files written now look changed long after it, which a takeover refuses.)
+   */
+  const deadProcess = async () => {
+    const child = spawn(process.execPath, ["-e", ""], { stdio: "ignore" });
+    await new Promise((resolve) => child.on("exit", resolve));
+    return { ...thisProcess(), pid: child.pid! };
+  };
 
   it("refuses a marker it cannot read or did not write for this target, naming the file, and removes nothing", async () => {
     const manifest: Manifest = { version: 1, entries: [entry("a")] };
@@ -2452,11 +2526,46 @@ describe("restore safety", () => {
     const restore = () => restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool });
     await expect(restore()).rejects.toThrow("a restore of snapshot old into");
     await utimes(join(target, RESTORE_MARKER), longAgo(), longAgo());
+    // Written now, the file was changed long after the marker's last touch: not the dead restore's to clear.
+    await expect(restore()).rejects.toThrow('which is not its to clear: "half-written.bin". Nothing was removed');
+    const moved = fresh("moved");
+    await mkdir(moved);
+    await rename(join(target, "half-written.bin"), join(moved, "half-written.bin"));
     expect((await restore()).warnings).toEqual([
       `${target} held what an interrupted restore left (snapshot old, pid 1 on ${hostname()}, since ` +
         "2026-01-01T00:00:00Z); it was cleared and the restore started over",
     ]);
     expect(await readdir(target)).toEqual(["a"]);
+  });
+
+  it("clears what a dead restore changed up to RESTORE_WRITES_WITHIN_MS after its marker's last touch", async () => {
+    // A restore dies before its next touch, which may come late: what it wrote, chmod'ed or utimes'ed (its
+    // directories' modes and times come last) up to then is its own, cleared on takeover as before.
+    const target = fresh("target");
+    await mkdir(target);
+    await markerIn(target, await deadProcess());
+    await mkdir(join(target, "ro", "sub"), { recursive: true });
+    await writeFile(join(target, "ro", "sub", "half-written.bin"), "x");
+    await writeFile(join(target, "whole.bin"), "x");
+    await utimes(join(target, "ro"), HOUR_AGO, HOUR_AGO);
+    await chmod(join(target, "ro"), 0o555);
+    let last = 0n;
+    for (const path of ["ro", "ro/sub", "ro/sub/half-written.bin", "whole.bin"]) {
+      const { ctimeNs } = await stat(join(target, path), { bigint: true });
+      if (ctimeNs > last) last = ctimeNs;
+    }
+    // Touched as long before the last of those changes as the rule allows, less a little.
+    const touched = (Number(last / 1_000_000n) - RESTORE_WRITES_WITHIN_MS + 200) / 1000;
+    await utimes(join(target, RESTORE_MARKER), touched, touched);
+    const dirs = await RestoreDirectories.open(target);
+    try {
+      const claimed = await claimTarget(dirs, target, "new");
+      expect(claimed.tookOver).toContain("it was cleared and the restore started over");
+      expect(await readdir(target)).toEqual([RESTORE_MARKER]);
+      await claimed.finish();
+    } finally {
+      await dirs.close();
+    }
   });
 
   it("takes over where a restore was killed while a marker changed hands (moved aside, or not yet linked)", async () => {
@@ -2465,9 +2574,8 @@ describe("restore safety", () => {
     for (const name of [`${RESTORE_MARKER}.taken-0123456789abcdef`, `${RESTORE_MARKER}.new-0123456789abcdef`]) {
       const target = fresh("target");
       await mkdir(target);
-      await markerIn(target);
+      await markerIn(target, await deadProcess());
       await rename(join(target, RESTORE_MARKER), join(target, name));
-      await utimes(join(target, name), longAgo(), longAgo());
       await writeFile(join(target, "half-written.bin"), "x");
       const manifest: Manifest = { version: 1, entries: [entry("a")] };
       const result = await restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target, pool });
@@ -2480,11 +2588,11 @@ describe("restore safety", () => {
     // Each takes the marker aside under a name of its own and checks it took the one it judged; one that took
     // another's live marker puts it back. Before, a takeover unlinked by name, and two could both win.
     const opened: RestoreDirectories[] = [];
+    const dead = await deadProcess();
     for (let round = 0; round < 60; round++) {
       const target = fresh("target");
       await mkdir(target);
-      await markerIn(target);
-      await utimes(join(target, RESTORE_MARKER), longAgo(), longAgo());
+      await markerIn(target, dead);
       await writeFile(join(target, "half-written.bin"), "x");
       const claims = await Promise.allSettled(
         [1, 2, 3].map(async (n) => {
@@ -2512,8 +2620,7 @@ describe("restore safety", () => {
     // claim is not the one it judged, puts it back and gives way; the other restore's files are left alone.
     const target = fresh("target");
     await mkdir(target);
-    await markerIn(target);
-    await utimes(join(target, RESTORE_MARKER), longAgo(), longAgo());
+    await markerIn(target, await deadProcess());
     await writeFile(join(target, "restored-by-the-other.bin"), "x");
     const live = { claim: "cd".repeat(16), snapshot: "other", pid: process.pid, pidns: undefined };
     const dirs = await RestoreDirectories.open(target);
