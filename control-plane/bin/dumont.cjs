@@ -12,16 +12,15 @@
 
 process.env.UV_THREADPOOL_SIZE ??= "16";
 
-// A reader that stops early (`… --json | head`) closes the pipe: stop quietly, as shell tools do, not with a trace.
-process.stdout.on("error", (err) => {
-  if (err.code === "EPIPE") process.exit(0);
-  throw err;
-});
-
 import("../dist/cli/main.js")
   .then(({ main }) => main(process.argv))
   .catch((err) => {
-    process.stderr.write(`dumont: ${err instanceof Error ? err.message : String(err)}\n`);
+    // Control characters escaped: a message may quote what a user or an agent sent (a path, a host id), and a
+    // terminal would act on an escape sequence in it (as `printable` does in the CLIs' output).
+    const text = err instanceof Error ? err.message : String(err);
+    process.stderr.write(
+      `dumont: ${text.replace(/\p{Cc}/gu, (c) => (c === "\n" ? c : `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`))}\n`,
+    );
     // For a bug report: the stack too, only when asked for.
     if (process.env.DUMONT_DEBUG === "1" && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
     process.exit(1);

@@ -1,5 +1,6 @@
 // `dumont`: the control plane and its CLI (one program).
 import { flagParsers } from "@dumont/repository/cli-flags";
+import { flushStdout, watchStdout } from "@dumont/repository/cli-output";
 import { Command, InvalidArgumentError } from "commander";
 import { registerDevCommand } from "./dev-command.js";
 import { registerHostCommands } from "./host-command.js";
@@ -9,6 +10,7 @@ import { registerServeCommand } from "./serve-command.js";
 import { registerSnapshotCommands } from "./snapshot-command.js";
 
 export async function main(argv: string[]): Promise<void> {
+  watchStdout();
   const program = new Command("dumont")
     .description("Dumont: a GPU cloud built from other people's machines")
     .version("0.1.0")
@@ -30,6 +32,8 @@ export async function main(argv: string[]): Promise<void> {
   registerKeyCommands(program);
   registerMasterKeyCommand(program);
   await program.parseAsync(argv);
+  // A command's output that did not reach stdout (a full disk) fails it, rather than exiting 0 with it lost.
+  await flushStdout();
 }
 
 // Given twice, a global flag is refused like every other (the last one silently won). The key's refusal is a

@@ -3,6 +3,7 @@
 // shows bytes, rate and time left as the agent works.
 import { api } from "@dumont/proto";
 import { collect, flagParsers, READ_DATA_SUBSET, SNAPSHOT_ID_OR_PREFIX } from "@dumont/repository/cli-flags";
+import { flushStdout } from "@dumont/repository/cli-output";
 import { counted, firstFew } from "@dumont/repository/counted";
 import { type ListedEntry, listingLine, mtimeText, withOwnerAndTarget } from "@dumont/repository/listing";
 import {
@@ -69,12 +70,16 @@ export function registerSnapshotCommands(program: Command): void {
       );
       const s = snapshotJson(snapshot);
       warnSkipped(s);
-      if (opts.json) return print(s);
-      process.stdout.write(
-        `snapshot ${s.id}: ${counted(s.files, "file")}, ${formatBytes(s.bytesRead)} read, ${formatBytes(s.bytesNew)} new, ` +
-          `${formatBytes(s.bytesStored)} stored in ${s.seconds.toFixed(1)}s` +
-          `${s.filesSkipped ? `, ${s.filesSkipped} left out` : ""}\n`,
-      );
+      if (opts.json) print(s);
+      else {
+        process.stdout.write(
+          `snapshot ${s.id}: ${counted(s.files, "file")}, ${formatBytes(s.bytesRead)} read, ${formatBytes(s.bytesNew)} new, ` +
+            `${formatBytes(s.bytesStored)} stored in ${s.seconds.toFixed(1)}s` +
+            `${s.filesSkipped ? `, ${s.filesSkipped} left out` : ""}\n`,
+        );
+      }
+      // Said when the output is lost (a full disk): its id, lest the snapshot be thought failed and taken again.
+      await flushStdout((why) => `snapshot ${s.id} was saved; ${why}`);
     });
 
   snapshot

@@ -1,5 +1,6 @@
 // `dumont-agent`: enroll this machine, run the session, and operate snapshots directly.
 import { setFlagsFromString } from "node:v8";
+import { flushStdout, watchStdout } from "@dumont/repository/cli-output";
 import { Command, Option } from "commander";
 import { AGENT_VERSION } from "../version.js";
 
@@ -11,6 +12,7 @@ const serverOption = (): Option =>
   ).env("DUMONT_SERVER");
 
 export async function main(argv: string[]): Promise<void> {
+  watchStdout();
   const program = new Command("dumont-agent")
     .description("Dumont host agent: puts this machine's GPUs on the Dumont cloud")
     .version(AGENT_VERSION)
@@ -146,4 +148,6 @@ export async function main(argv: string[]): Promise<void> {
     registerSnapshotCommands(program);
   }
   await program.parseAsync(argv);
+  // A command's output that did not reach stdout (a full disk) fails it, rather than exiting 0 with it lost.
+  await flushStdout();
 }

@@ -9,8 +9,11 @@ export async function runAgentCli(...args: string[]): Promise<{ out: string; err
   registerSnapshotCommands(program);
   let out = "";
   let err = "";
-  const o = vi.spyOn(process.stdout, "write").mockImplementation((s) => {
+  const o = vi.spyOn(process.stdout, "write").mockImplementation((s, ...rest: unknown[]) => {
     out += String(s);
+    // Written: its callback, as a real stream calls it (a command awaits it to know its output got out).
+    const written = rest.find((a) => typeof a === "function") as (() => void) | undefined;
+    if (written) queueMicrotask(written);
     return true;
   });
   const e = vi.spyOn(process.stderr, "write").mockImplementation((s) => {
