@@ -65,6 +65,32 @@ describe("dumont-agent snapshot", () => {
     const listed = JSON.parse((await run("snapshot", "list", ...common, "--json")).out);
     expect(listed.map((s: { id: string }) => s.id).sort()).toEqual([result.id, second.id].sort());
 
+    // Its config lost (deleted by hand): said, with the way back; another key makes no repository over it, and its
+    // own key's next create makes the config anew (its snapshots open again).
+    const configFile = join(root, "repo", "config");
+    const saved = await readFile(configFile);
+    await rm(configFile);
+    const lost = await run("snapshot", "list", ...common);
+    expect([lost.code, lost.err]).toEqual([
+      1,
+      expect.stringMatching(/holds a repository's objects \(snapshots\/\w+\) but no config: its config was lost/),
+    ]);
+    await writeFile(join(root, "other-key"), "55".repeat(32), { mode: 0o600 });
+    const other = ["--repo", repo, "--key-file", join(root, "other-key")];
+    const refused = await run("snapshot", "create", "--source", source, ...other, ...state);
+    expect([refused.code, refused.err]).toEqual([1, expect.stringMatching(/a new repository is not made over/)]);
+    const remade = await run("snapshot", "create", "--source", source, ...common, ...state, "--json");
+    expect([remade.code, remade.err]).toEqual([
+      0,
+      expect.stringMatching(
+        /^the repository at .* had lost its config; made a new one \(id \w+\), as its objects open/,
+      ),
+    ]);
+    const relisted = JSON.parse((await run("snapshot", "list", ...common, "--json")).out);
+    expect(relisted).toHaveLength(3);
+    expect(JSON.parse(await readFile(configFile, "utf8")).id).not.toBe(JSON.parse(saved.toString()).id);
+    expect((await run("snapshot", "forget", ...common, JSON.parse(remade.out).id)).code).toBe(0); // as before
+
     const target = join(root, "out");
     const restored = await run(
       "snapshot",
@@ -601,14 +627,17 @@ describe("dumont-agent snapshot", () => {
     // though the agent's local index says the file is unchanged.
     const packDir = join(repoDir, "data", indexObject.slice(0, 2));
     await rm(join(packDir, indexObject));
-    await writeFile(join(packDir, "ee00"), randomBytes(10)); // and a pack that is not one
+    const notAPack = `${indexObject.slice(0, 2)}${"e".repeat(62)}`;
+    await writeFile(join(packDir, notAPack), randomBytes(10)); // and a pack that is not one
     const removed = await run("snapshot", "repair-index", ...common);
     expect(removed.code).toBe(1);
     expect(removed.out).toMatch(
       /removed 1 index object of packs gone or unreadable\n.*\(pack missing\)\nthe snapshots that used/,
     );
     expect(removed.err).toMatch(
-      /^cannot repair pack ee00: .*\n1 pack could not be read whole \(a header that does not open, or chunks that do not verify\); run `snapshot check`/,
+      new RegExp(
+        `^cannot repair pack ${notAPack}: .*\\n1 pack could not be read whole \\(a header that does not open, or chunks that do not verify\\); run \`snapshot check\``,
+      ),
     );
     expect(await readdir(join(repoDir, "index"))).toEqual([]);
     const check = await run("snapshot", "check", ...common);

@@ -40,6 +40,7 @@ import {
   table,
 } from "@dumont/repository";
 import { collect, flagParsers, READ_DATA_SUBSET } from "@dumont/repository/cli-flags";
+import { flushStdout } from "@dumont/repository/cli-output";
 import { printable, quoted } from "@dumont/repository/text-table";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import {
@@ -145,9 +146,12 @@ export function registerSnapshotCommands(program: Command): void {
             onProgress: (p) => meter?.update(p.bytesRead, p.bytesToRead),
             // On stderr, --json or not: a mistyped --repo starts a repository nobody meant, and shows only here.
             create: {
-              onCreated: (r) =>
+              onCreated: (r, recreated) =>
                 process.stderr.write(
-                  `created a new repository at ${printable(opts.repo)} (id ${r.id}); only its key opens it: keep a copy\n`,
+                  recreated
+                    ? `the repository at ${printable(opts.repo)} had lost its config; made a new one (id ${r.id}), ` +
+                        "as its objects open with this key\n"
+                    : `created a new repository at ${printable(opts.repo)} (id ${r.id}); only its key opens it: keep a copy\n`,
                 ),
             },
           };
@@ -179,6 +183,8 @@ export function registerSnapshotCommands(program: Command): void {
                 `${left > 0 ? `, ${left} left out` : ""}\n`,
             );
           }
+          // Said when the output is lost (a full disk): its id, lest the snapshot be thought failed and taken again.
+          await flushStdout((why) => `snapshot ${result.id} was saved; ${why}`);
         }),
     );
 

@@ -91,7 +91,8 @@ export function defaultStateDir(): string {
 /** How `create` makes a repository where there is none. */
 export interface CreateRepositoryOptions {
   /** Told when this call made the repository (the CLI says so: a mistyped URL shows at once). */
-  onCreated?: (repository: Repository) => void;
+  /** `recreated`: a repository whose config alone was lost got a new one (Repository.openOrInit). */
+  onCreated?: (repository: Repository, recreated: boolean) => void;
   /** fstab and mountinfo (default: this machine's): a file:// repository is not made under an unmounted mount point. */
   mountTables?: MountTables;
 }
@@ -109,7 +110,7 @@ export async function withDirectRepository<T>(
       // Made here unless another process made it meanwhile (openOrInit settles that race).
       const opened = await Repository.openOrInit(store, options.key);
       repository = opened.repository;
-      if (opened.created) options.create.onCreated?.(repository);
+      if (opened.created) options.create.onCreated?.(repository, opened.recreated === true);
     } else repository = await Repository.open(store, options.key);
     return await fn(repository);
   } finally {
