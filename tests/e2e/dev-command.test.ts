@@ -1,5 +1,6 @@
 // `dumont dev` (what `npm start` runs): a master key from the environment goes to the control plane and not to
-// the local agent; the banner reports this start's host; a kill -9 of dev takes its local agent with it.
+// the local agent; the banner reports this start's host; a kill -9 of dev takes its local agent with it, and a
+// local agent gone stops dev, saying so.
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readdir, readFile, rm } from "node:fs/promises";
@@ -115,5 +116,17 @@ describe("dumont dev", () => {
     await waitFor(() => !alive(agents[0]), 15_000);
     const second = await startDev(dir, ports);
     expect(second.output()).toMatch(/Host online: local \(h-[0-9a-f]+\)/);
+  }, 120_000);
+
+  it("stops, saying why, with exit code 1, when its local agent is killed", async () => {
+    const dir = await tempDir("dev-command-agent-killed");
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    const started = await startDev(dir, { http: await freePort(), grpc: await freePort() });
+    const [agent] = await childrenOf(started.dev.pid!);
+    const exited = new Promise<number | null>((resolve) => started.dev.once("exit", (code) => resolve(code)));
+    process.kill(agent, "SIGKILL");
+    // It waited for good on an exit already past (and so ignored Ctrl-C and SIGTERM after it).
+    expect(await exited).toBe(1);
+    expect(started.output()).toMatch(/the local agent stopped \(killed by SIGKILL\); stopping the control plane/);
   }, 120_000);
 });

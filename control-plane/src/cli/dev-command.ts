@@ -94,6 +94,11 @@ export function registerDevCommand(program: Command): void {
       const agentArgs = ["run", "--data-dir", agentDir, "--exit-with-stdin", ...(opts.demo ? ["--simulated"] : [])];
       const agentStarted = Date.now();
       const agent = spawn(process.execPath, [agentBin, ...agentArgs], { env, stdio: ["pipe", "inherit", "inherit"] });
+      // Listened for at once: a child's exit is an event, missed by a listener added after it (killed by a signal,
+      // exitCode stays null; waiting on "exit" then would wait for good, Ctrl-C and SIGTERM with it).
+      const agentExited = new Promise<string>((resolve) =>
+        agent.once("exit", (code, signal) => resolve(signal ? `killed by ${signal}` : `exit code ${code}`)),
+      );
 
       const host = await waitForLocalHost(clients, agentDir, agent, agentStarted);
       process.stdout.write(
@@ -111,9 +116,16 @@ export function registerDevCommand(program: Command): void {
         ].join("\n"),
       );
 
-      await Promise.race([waitForSignal(log), new Promise((resolve) => agent.once("exit", resolve))]);
-      agent.kill("SIGTERM");
-      await new Promise((resolve) => (agent.exitCode === null ? agent.once("exit", resolve) : resolve(null)));
+      const agentGone = await Promise.race([waitForSignal(log).then(() => undefined), agentExited]);
+      if (agentGone === undefined) {
+        agent.kill("SIGTERM");
+        await agentExited;
+      } else {
+        // Decided: the local agent is half of what `dev` runs; without it the command has failed, and says so
+        // (exit 1) rather than serving on quietly or ending as if asked to.
+        log.error({ agent: agentGone }, `the local agent stopped (${agentGone}); stopping the control plane`);
+        process.exitCode = 1;
+      }
       await cp.close();
     });
 }
