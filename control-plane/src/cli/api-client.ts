@@ -38,6 +38,11 @@ export function apiClients(options: ApiOptions) {
         "alone, and the API key with --api-key (DUMONT_API_KEY)",
     );
   }
+  if (options.apiKey === "") {
+    throw new Error(
+      "--api-key is empty: give the key (dumont_<id>_<secret>), or leave the flag out to use the default",
+    );
+  }
   const key = options.apiKey ?? env("DUMONT_API_KEY") ?? readDefaultKey();
   if (!key) {
     throw new Error(

@@ -67,6 +67,14 @@ describe("dumont (admin CLI): global flags", () => {
     );
   });
 
+  it("says --api-key is empty, not that the data dir holds no key (it may)", async () => {
+    const res = await dumont(["--api-url", "http://127.0.0.1:1", "--api-key", "", "host", "list"]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toBe(
+      "dumont: --api-key is empty: give the key (dumont_<id>_<secret>), or leave the flag out to use the default\n",
+    );
+  });
+
   it("refuses a user name or password in --api-url without repeating it (the API reads only the key)", async () => {
     for (const url of ["http://ops:hunter2/with/slash@127.0.0.1:1", "ftp://ops:hunter2@cp.example"]) {
       const res = await dumont(["--api-url", url, "host", "list"]);
