@@ -848,6 +848,19 @@ describe("snapshots over the agent stream", () => {
       expect(halves[0].packsRead + halves[1].packsRead).toBe(healthy.packs);
       const refused = await cp.cli(["snapshot", "check", "--read-data-subset", "3/2"]);
       expect(refused.stderr).toMatch(/--read-data-subset "3\/2" is not a subset of the packs: give n\/t/);
+      // A restore meets it too: DATA_LOSS (the store's data, what alerts watch for), naming the file.
+      const target = path.join(root, "check-restored");
+      const restore = await cp.cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target]);
+      expect(restore.code).toBe(1);
+      expect(restore.stderr).toMatch(
+        /\[data_loss\] restore failed on host \S+: .*found damaged data; .*only file\.bin/,
+      );
+      expect(
+        (await scrapeMetrics(cp.httpUrl)).value("dumont_snapshot_failures_total", {
+          operation: "restore",
+          code: "DATA_LOSS",
+        }),
+      ).toBe(1);
       await handle.write(byte, 0, 1, 100);
     } finally {
       await handle.close();

@@ -26,6 +26,7 @@ import {
   type BlobStore,
   checkRepository,
   chunkCodec,
+  generateRepositoryKey,
   MAX_OFFER_CHUNK_IDS,
   MAX_RESTORE_REQUEST_IDS,
   openBlobStore,
@@ -447,6 +448,27 @@ describe("SnapshotCoordinator: the arrival check", () => {
     } finally {
       await prune.release();
     }
+  });
+
+  it("refuses a snapshot of a repository its tenant key does not open as a failed precondition, saying what to check", async () => {
+    // t9's repository made with another key than this control plane's for t9: another control plane's, say, whose
+    // blob store this one was pointed at.
+    await ensureTenant(db, "t9", "tenant nine");
+    const other = generateRepositoryKey();
+    const store = openBlobStore(`file://${blobs}/tenants/t9`);
+    await Repository.openOrInit(store, other);
+    await store.close();
+    const err = await coordinator
+      .snapshot({ session, tenantId: "t9", path: "/work", workspaceId: "w1", epoch: 3n })
+      .catch((e: unknown) => e);
+    // It was an "internal error" to the API's caller, the reason only in the control plane's log.
+    expect(err).toBeInstanceOf(ConnectError);
+    expect(err).toMatchObject({
+      code: Code.FailedPrecondition,
+      rawMessage: expect.stringMatching(
+        /^the key does not open the repository at file:\/\/.*\/tenants\/t9: .*check that it runs with the master key and database of the control plane that made it/,
+      ),
+    });
   });
 
   it("passes an agent's failure on cut to a few KiB, not as long as the agent made it", async () => {
@@ -2505,8 +2527,11 @@ describe("SnapshotCoordinator: repair packs", () => {
     const got = new Map(answered().map((c) => [Buffer.from(c.id).toString("hex"), c]));
     expect(Buffer.from(got.get(whole)!.blob)).toEqual(chunks[1].blob);
     expect(got.get(damaged)).toMatchObject({ blob: new Uint8Array(), error: expect.stringMatching(/./) });
-    agentSends({ case: "restoreProgress", value: { requestId, done: true, error: "f0 damaged" } });
-    await expect(restored).rejects.toThrow(/f0 damaged/);
+    agentSends({ case: "restoreProgress", value: { requestId, done: true, error: "f0 damaged", damagedFiles: 1n } });
+    // The store's data damaged: DATA_LOSS, what alerts watch for (a failure of the host or the request is not).
+    const failed = await restored.catch((e: unknown) => e);
+    expect(failed).toBeInstanceOf(ConnectError);
+    expect(failed).toMatchObject({ code: Code.DataLoss, rawMessage: expect.stringMatching(/f0 damaged/) });
 
     // The workspace still has those bytes: the next snapshot's offer of them is answered "send it", and every
     // snapshot using the chunk is whole again.

@@ -1644,11 +1644,10 @@ export class SnapshotCoordinator {
             if (m.value.error) {
               // A failure that kept what it could (damaged files named) may have warnings too: the error says them.
               const also = warnings.length > 0 ? ` (also: ${warnings.join("; ")})` : "";
-              finish(
-                new FailedPreconditionError(
-                  `restore failed on host ${session.hostId}: ${agentText(m.value.error + also)}`,
-                ),
-              );
+              const message = `restore failed on host ${session.hostId}: ${agentText(m.value.error + also)}`;
+              // Files whose data did not verify, or was missing: the store's data is damaged (DATA_LOSS, what
+              // alerts watch for), not the request or the host.
+              finish(m.value.damagedFiles > 0n ? new DataLossError(message) : new FailedPreconditionError(message));
             } else {
               finish(undefined, { files: Number(m.value.files), bytesWritten: Number(m.value.bytesWritten), warnings });
             }
@@ -2240,6 +2239,15 @@ function storeError(err: unknown): unknown {
   if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);
   if (isRepositoryError(err, "locked") || isRepositoryError(err, "read-only")) {
     return new FailedPreconditionError(err.message);
+  }
+  // The tenant's key (unwrapped with this control plane's master key) opens no repository there: the setting, not
+  // the data, and not this control plane's bug either.
+  if (isRepositoryError(err, "wrong-key")) {
+    return new FailedPreconditionError(
+      `${err.message}. This control plane's key for the tenant is not the one its repository was made with: check ` +
+        "that it runs with the master key and database of the control plane that made it, and that its blob store " +
+        "(DUMONT_BLOB_STORE, --blob-store) is not another control plane's",
+    );
   }
   // A stored object damaged, or a stored manifest that opens but is not one a writer made (a commit's refused
   // manifest is answered INVALID_ARGUMENT before it gets here).

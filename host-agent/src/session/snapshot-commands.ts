@@ -8,7 +8,7 @@ import { MAX_MANIFEST_PARTS } from "@dumont/repository/limits";
 import { ManifestPartsReceiver } from "@dumont/repository/manifest-parts";
 import { realPath } from "@dumont/repository/real-path";
 import type { Logger } from "../logger.js";
-import type { SnapshotWorkerPool } from "../snapshot/index.js";
+import type { RestoreDamagedError, SnapshotWorkerPool } from "../snapshot/index.js";
 import type { ControlPlaneSession, Inbound } from "./control-plane-session.js";
 import { StreamChunkSink, StreamChunkSource, type StreamPort } from "./stream-transfer.js";
 
@@ -310,7 +310,13 @@ export class SnapshotCommands {
 
   /** `via`: the stream the Restore came on; its chunks follow on the same one, which a slow disk pauses. */
   private async restore(cmd: Restore, via: Inbound): Promise<void> {
-    const report = (value: { files?: bigint; bytesWritten?: bigint; error?: string; warnings?: string[] }) =>
+    const report = (value: {
+      files?: bigint;
+      bytesWritten?: bigint;
+      error?: string;
+      warnings?: string[];
+      damagedFiles?: bigint;
+    }) =>
       this.session.send(
         create(AgentMessageSchema, {
           msg: { case: "restoreProgress", value: { requestId: cmd.requestId, done: true, ...value } },
@@ -390,9 +396,18 @@ export class SnapshotCommands {
         "restore failed",
       );
       this.log.debug({ requestId: cmd.requestId, err }, "restore failure's stack");
-      // A restore that names damaged files (RestoreDamagedError) kept the rest, and may have warnings too.
+      // A restore that names damaged files (RestoreDamagedError) kept the rest, and may have warnings too; the
+      // count tells the control plane the data is damaged, not the request or this host (DATA_LOSS to its caller).
       const warnings = (err as { result?: { warnings?: string[] } }).result?.warnings;
-      await report({ error: message, warnings: this.restoreWarnings(cmd.requestId, warnings) }).catch(() => undefined);
+      // (By name: the engine is loaded only once a snapshot or restore runs, not with the agent.)
+      const damaged =
+        (err as Partial<RestoreDamagedError>).name === "RestoreDamagedError"
+          ? (err as RestoreDamagedError).damaged
+          : [];
+      const damagedFiles = BigInt(damaged.length);
+      await report({ error: message, warnings: this.restoreWarnings(cmd.requestId, warnings), damagedFiles }).catch(
+        () => undefined,
+      );
     } finally {
       progress.stop();
       if (op && this.operations.get(cmd.requestId) === op) {
