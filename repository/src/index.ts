@@ -114,6 +114,7 @@ export {
   forgetSnapshots,
   type PruneOptions,
   type PruneReport,
+  pruneAfterForget,
   pruneRepository,
 } from "./prune.js";
 export { type ReadSubset, readSubsetOption } from "./read-subset.js";

@@ -154,6 +154,30 @@ export function emptyPruneReport(): PruneReport {
 }
 
 /**
+ * A prune run after a forget: where it fails, its error says what the forget did (it stays done; a caller told only
+ * "the prune deletes nothing" took the snapshots for still there). Nothing is added to a dry run's, or where the
+ * forget forgot nothing.
+ */
+export async function pruneAfterForget(
+  forgotten: readonly string[],
+  prune: () => Promise<PruneReport>,
+  options: { dryRun?: boolean } = {},
+): Promise<PruneReport> {
+  try {
+    return await prune();
+  } catch (err) {
+    if (options.dryRun || forgotten.length === 0 || !isRepositoryError(err)) throw err;
+    const ids = forgotten.map((id) => id.slice(0, 12));
+    throw new RepositoryError(
+      err.code,
+      `forgot ${counted(forgotten.length, "snapshot")} (${ids.slice(0, 5).join(", ")}` +
+        `${ids.length > 5 ? `, and ${ids.length - 5} more` : ""}), but the prune did not run: ${err.message}`,
+      { cause: err },
+    );
+  }
+}
+
+/**
  * Where interrupted writes leave temp files, and how old one must be to count as abandoned. Only writers holding
  * a lock write under the first four: while prune holds its lock, any temp file there is. locks/ is written by
  * whoever takes a lock, while prune holds its own too (a snapshot refused by it, a refresh): a lock's temp file is

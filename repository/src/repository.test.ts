@@ -14,7 +14,7 @@ import { acquireLock } from "./lock.js";
 import { type Manifest, sealManifest, sealManifestParts } from "./manifest.js";
 import { openBlobStore } from "./open-blob-store.js";
 import { indexKey, openPackTrailer, packKey, sealIndex, sealPackTrailer } from "./pack.js";
-import { forgetSnapshots, pruneRepository } from "./prune.js";
+import { forgetSnapshots, pruneAfterForget, pruneRepository } from "./prune.js";
 import { parseReadSubset } from "./read-subset.js";
 import { repairIndex } from "./repair-index.js";
 import { repairIndexAdvice, repairIndexText } from "./repair-index-report.js";
@@ -1572,13 +1572,23 @@ describe("forget by id", () => {
     const refused = `1 index object does not open (index/${packId}): the prune deletes nothing. Run \`snapshot repair-index\``;
     await expect(pruneRepository(repository, { dryRun: true })).rejects.toThrow(refused);
     await expect(pruneRepository(repository)).rejects.toThrow(refused);
+    // After a forget, the refusal says what the forget did: it stays done.
+    const { forgotten } = await forgetSnapshots(repository, { ids: [good] });
+    const afterForget = await pruneAfterForget(forgotten, () => pruneRepository(repository)).catch((e: unknown) => e);
+    expect(isRepositoryError(afterForget, "corrupt")).toBe(true);
+    expect((afterForget as Error).message).toMatch(
+      new RegExp(
+        `^forgot 1 snapshot \\(${good.slice(0, 12)}\\), but the prune did not run: 1 index object does not open`,
+      ),
+    );
     // A snapshot (and a restore) stopped by it says the way out too.
     await expect(repository.writer()).rejects.toThrow(
       /is unreadable: .*; `snapshot repair-index` rebuilds it from its pack's own header$/,
     );
     expect(await repairIndex(repository)).toMatchObject({ rebuilt: [packId] });
-    expect(await pruneRepository(repository)).toMatchObject({ packsDeleted: 0, orphanPacksDeleted: 0 });
-    expect((await repository.listSnapshots()).map((s) => s.id)).toEqual([good]);
+    // Its snapshot forgotten above, the pack is unused now: the prune deletes it.
+    expect(await pruneRepository(repository)).toMatchObject({ packsDeleted: 1, orphanPacksDeleted: 0 });
+    expect(await repository.listSnapshots()).toEqual([]);
     expect((await checkRepository(repository)).ok).toBe(true);
   });
 

@@ -2539,6 +2539,27 @@ describe("SnapshotCoordinator: repair packs", () => {
     expect(again.asked).toEqual([damaged]);
     await expect(h.coordinator.check("t1", {})).resolves.toMatchObject({ ok: true, problems: [] });
   });
+  it("says what a forget did when the prune after it is refused (an index object that does not open)", async () => {
+    const { row, key } = await twoFiles();
+    const [packId] = (await (await repository(key)).loadIndex()).packs.keys();
+    const objectFile = path.join(h.blobs, "tenants", "t1", "index", packId);
+    const bytes = await fs.readFile(objectFile);
+    bytes[bytes.length >> 1] ^= 1;
+    await fs.writeFile(objectFile, bytes);
+    const err = await h.coordinator
+      .forget({ tenantId: "t1", ids: [row.id], policy: {}, prune: true, dryRun: false })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ConnectError);
+    expect((err as ConnectError).rawMessage).toMatch(
+      new RegExp(
+        `^forgot 1 snapshot \\(${row.id.slice(0, 12)}\\), but the prune did not run: 1 index object does not open`,
+      ),
+    );
+    // Forgotten all the same: not listed.
+    expect((await h.db.selectFrom("snapshots").select("id").execute()).map((r) => r.id)).not.toContain(row.id);
+    await fs.writeFile(objectFile, Buffer.from(bytes.map((b, i) => (i === bytes.length >> 1 ? b ^ 1 : b))));
+  });
+
   it("stops a repair whose store fails part way, dropping the cached index, or whose caller is gone, changing nothing", async () => {
     const { damaged, packFile, bytes } = await firstChunkDamaged();
     // The store failing as the damaged pack is deleted: the new pack is written, the old one still there. The

@@ -52,6 +52,7 @@ import {
   manifestPartEntries,
   openBlobStore,
   type PruneReport,
+  pruneAfterForget,
   pruneRepository,
   type SnapshotStats as RecordStats,
   type RepairIndexReport,
@@ -573,7 +574,7 @@ export class SnapshotCoordinator {
       const result = await this.forgetIn(repo, req);
       // The tenant's cached chunk index needs no reset: the refresh at the start of every operation drops the
       // packs whose index objects vanished and reads the repacked ones (Repository.loadIndex).
-      const prune = await pruneRepository(repo);
+      const prune = await pruneAfterForget(result.forgotten, () => pruneRepository(repo));
       if (prune.bytesFreed > 0) this.metrics.pruneBytesFreed.inc(prune.bytesFreed);
       this.log.info({ tenantId, ...prune }, "repository pruned");
       return { ...result, prune };

@@ -22,6 +22,7 @@ import {
   nothingIncluded,
   ProgressMeter,
   parseRepositoryKey,
+  pruneAfterForget,
   pruneRepository,
   type RetentionPolicy,
   readSubsetOption,
@@ -612,7 +613,13 @@ export function registerSnapshotCommands(program: Command): void {
               return {
                 ...forgot,
                 ...(opts.prune
-                  ? { prune: await pruneRepository(r, { dryRun: opts.dryRun, assumeForgotten, signal }) }
+                  ? {
+                      prune: await pruneAfterForget(
+                        forgot.forgotten,
+                        () => pruneRepository(r, { dryRun: opts.dryRun, assumeForgotten, signal }),
+                        { dryRun: opts.dryRun },
+                      ),
+                    }
                   : {}),
               };
             });
