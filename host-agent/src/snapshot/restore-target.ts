@@ -19,7 +19,7 @@
 // out, and a restore never writes one back at the top of its target (an older agent's snapshot holding one).
 import { randomBytes } from "node:crypto";
 import { type BigIntStats, constants } from "node:fs";
-import { link, lutimes, mkdir, open, realpath, rename, stat, unlink } from "node:fs/promises";
+import { link, lstat, lutimes, mkdir, open, readlink, realpath, rename, stat, unlink } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { type ProcessIdentity, processIsGone, thisProcess } from "@dumont/repository";
 import type * as Zod from "zod";
@@ -119,6 +119,13 @@ export interface ClaimedTarget {
 export async function prepareTarget(target: string): Promise<string> {
   const abs = resolve(target);
   const existing = await stat(abs).catch(() => undefined); // a link to a directory is that directory
+  if (!existing && (await lstat(abs).catch(() => undefined))?.isSymbolicLink()) {
+    // Not made where the link points: a dangling link is most often a mount or a directory gone missing.
+    throw new Error(
+      `the restore target ${target} is a symbolic link to ${await readlink(abs).catch(() => "?")}, which does not ` +
+        "exist; make that directory, or restore into a new or empty one",
+    );
+  }
   if (existing && !existing.isDirectory()) {
     throw new Error(
       `the restore target ${target} exists and is not a directory; restore into a new or empty directory`,
@@ -241,6 +248,16 @@ async function placeMarker(
     return await placeMarkerAs(claim, dirs, target, snapshotId, own, originalMode);
   } catch (err) {
     liveClaims.delete(claim);
+    // The marker is the restore's first write there: a target it may not write is said as that, not as the errno
+    // of a temp file's name.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "EACCES" || code === "EPERM" || code === "EROFS") {
+      throw new Error(
+        `cannot write into the restore target ${target} (${code}): the agent's user (uid ${process.getuid?.() ?? "?"}) ` +
+          "needs write access there; restore into a directory it may write",
+        { cause: err },
+      );
+    }
     throw err;
   }
 }

@@ -2224,7 +2224,7 @@ describe("restore safety", () => {
     expect(await readFile(victim, "utf8")).toBe("not the restore's\n");
   });
 
-  it("refuses a target that is a file or cannot be made, saying so; makes missing parents", async () => {
+  it("refuses a target that is a file, a dangling link or cannot be made, saying so; makes missing parents", async () => {
     const target = join(fresh("parent"), "a-file");
     await mkdir(join(target, ".."), { recursive: true });
     await writeFile(target, "not a directory");
@@ -2236,6 +2236,15 @@ describe("restore safety", () => {
     await expect(
       restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target: "/proc/dumont/x", pool }),
     ).rejects.toThrow("cannot create the restore target /proc/dumont/x: ENOENT");
+    // A link to a directory that is not there (a mount gone missing): said, and nothing made where it points.
+    const dangling = join(fresh("parent"), "dangling");
+    await mkdir(join(dangling, ".."), { recursive: true });
+    const nowhere = join(fresh("parent"), "nowhere");
+    await symlink(nowhere, dangling);
+    await expect(
+      restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target: dangling, pool }),
+    ).rejects.toThrow(`the restore target ${dangling} is a symbolic link to ${nowhere}, which does not exist`);
+    await expect(stat(nowhere)).rejects.toThrow(/ENOENT/);
     // Missing parents are made.
     const deep = join(fresh("parent"), "a", "b", "c");
     await restoreSnapshot({ snapshotId: "x", source: sourceOf(manifest), key, target: deep, pool });
