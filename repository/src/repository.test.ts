@@ -1627,6 +1627,20 @@ describe("forget by id", () => {
     await expect(Repository.open(store, key)).rejects.toThrow(`${store.url}/config is not valid JSON`);
   });
 
+  it("refuses a config whose key check is not strictly base64 (Node's decoder skips what is not)", async () => {
+    const { root, store, key } = await freshFileRepository("config-key-check");
+    const config = JSON.parse(await readFile(join(root, "config"), "utf8"));
+    expect(config.keyCheck).toMatch(/=$/);
+    for (const damaged of [config.keyCheck.replace(/=$/, "<"), `${config.keyCheck} `, `!${config.keyCheck}`]) {
+      await writeFile(join(root, "config"), JSON.stringify({ ...config, keyCheck: damaged }));
+      await expect(Repository.open(store, key)).rejects.toThrow(
+        `${store.url}/config is damaged: its keyCheck is not base64`,
+      );
+    }
+    await writeFile(join(root, "config"), JSON.stringify(config));
+    await expect(Repository.open(store, key)).resolves.toBeInstanceOf(Repository);
+  });
+
   it("refuses a commit naming one manifest part twice, which its readers would take for a damaged record", async () => {
     const { key, repository } = await freshFileRepository("twice");
     const part = sealManifest(key, { version: 1, entries: [] });

@@ -97,6 +97,10 @@ export class Repository implements RepositoryAccess {
     ) {
       throw new RepositoryError("corrupt", `${store.url} holds an unknown repository format`);
     }
+    // Strictly: Node's decoder skips what is not base64, so a damaged key check could still open.
+    if (!/^(?:[A-Za-z0-9+/]{4})+(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/.test(config.keyCheck)) {
+      throw new RepositoryError("corrupt", `${store.url}/${CONFIG_KEY} is damaged: its keyCheck is not base64`);
+    }
     let proof: Buffer;
     try {
       proof = chunkCodec.openObject(key, ObjectKind.keyCheck, Buffer.from(config.keyCheck, "base64"));
