@@ -147,6 +147,7 @@ export {
   type RepairSnapshotsReport,
   repairSnapshotsText,
   type UnrepairableSnapshot,
+  unreadableSnapshotAdvice,
 } from "./repair-snapshots-report.js";
 export {
   type ChunkLocation,

@@ -100,3 +100,22 @@ export function repairSnapshotsText(
   const lines = (list: string[]) => list.map((line) => `${prefix}${line}\n`).join("");
   return { out: lines(out), err: lines(err) };
 }
+
+/**
+ * What a check's report should add for snapshot records that do not open (damaged, or not what their id says):
+ * nothing can read or repair such a snapshot, and forgetting it by id is the way out. `forget` is how the user
+ * runs a forget. Undefined for other problems. Both CLIs print it after the problems.
+ */
+export function unreadableSnapshotAdvice(
+  problems: readonly { kind: string; snapshot?: string }[],
+  forget: string,
+): string | undefined {
+  const ids = problems.flatMap((p) => (p.kind === "snapshot-unreadable" && p.snapshot ? [p.snapshot] : []));
+  if (ids.length === 0) return undefined;
+  const shown = ids.slice(0, 5).map((id) => id.slice(0, 12));
+  return (
+    `a snapshot record that does not open cannot be read, restored or repaired: \`${forget} ${shown.join(" ")}` +
+    `${ids.length > 5 ? " …" : ""}\` forgets ${ids.length === 1 ? "it" : "them"} (the data other snapshots use ` +
+    "stays; a prune then frees what only it used)"
+  );
+}

@@ -24,7 +24,7 @@ import {
   repairPacksAdvice,
   repairPacksText,
 } from "@dumont/repository/repair-packs-report";
-import { repairSnapshotsText } from "@dumont/repository/repair-snapshots-report";
+import { repairSnapshotsText, unreadableSnapshotAdvice } from "@dumont/repository/repair-snapshots-report";
 import { quoted } from "@dumont/repository/text-table";
 import { type Command, InvalidArgumentError } from "commander";
 import { type ApiOptions, apiClients, tenantFlag } from "./api-client.js";
@@ -278,6 +278,8 @@ export function registerSnapshotCommands(program: Command): void {
       } else for (const p of out.problems) process.stderr.write(`${p.message}\n`);
       if (!out.ok) {
         process.stderr.write(`check found ${counted(out.problems.length, "problem")}\n`);
+        const forgetAdvice = !opts.json && unreadableSnapshotAdvice(out.problems, "dumont snapshot forget");
+        if (forgetAdvice) process.stderr.write(`${forgetAdvice}\n`);
         const advice = !opts.json && repairIndexAdvice(out.problems, "dumont snapshot repair-index");
         if (advice) process.stderr.write(`${advice}\n`);
         const packsAdvice = !opts.json && repairPacksAdvice(out.problems, repairPacksCommand(out.problems));

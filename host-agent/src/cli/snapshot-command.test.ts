@@ -142,6 +142,13 @@ describe("dumont-agent snapshot", () => {
       expect(countedAround.err).toBe(
         "warning: 1 snapshot record would not open and is not counted (`snapshot check` says why)\n",
       );
+      // check names it, and the way out: forget it by id.
+      const checked = await run("snapshot", "check", ...common, "--structure-only");
+      expect(checked.code).toBe(1);
+      expect(checked.err).toContain(
+        `\`dumont-agent snapshot forget --repo ${repo} ${second.id.slice(0, 12)}\` forgets it (the data other ` +
+          "snapshots use stays; a prune then frees what only it used)",
+      );
     } finally {
       await writeFile(recordFile, record);
     }
@@ -416,7 +423,7 @@ describe("dumont-agent snapshot", () => {
   });
 
   it.runIf(process.geteuid?.() === 0 && existsSync("/usr/bin/setpriv"))(
-    "as a user other than root, clears a restore stopped or killed after its read-only directories got their modes",
+    "as a user other than root, clears a restore stopped or killed after its read-only directories got their modes; says a target it may not write",
     async () => {
       // As nobody: root may remove entries of a read-only directory, another user may not (Go's module cache,
       // a read-only dataset), nor list one it may not read (0311, a drop box). Directory modes are given last,
@@ -494,6 +501,17 @@ describe("dumont-agent snapshot", () => {
       expect(await readdir(killed)).toEqual(["ro"]);
       expect((await stat(join(killed, "ro"))).mode & 0o777).toBe(0o555);
       expect((await stat(join(killed, "ro", "sub"))).mode & 0o777).toBe(0o311);
+
+      // An empty target it may not write (root's, 0755): said as that, not as a temp file's EACCES.
+      const rootOnly = join(work, "root-only");
+      await mkdir(rootOnly, { mode: 0o755 });
+      const refused = asNobody(rootOnly);
+      expect([await refused.exited, refused.err()]).toEqual([
+        1,
+        `dumont-agent: cannot write into the restore target ${rootOnly} (EACCES): the agent's user (uid 65534) ` +
+          "needs write access there; restore into a directory it may write\n",
+      ]);
+      expect(await readdir(rootOnly)).toEqual([]);
     },
   );
 

@@ -39,6 +39,7 @@ import {
   selectIncluded,
   statsText,
   table,
+  unreadableSnapshotAdvice,
 } from "@dumont/repository";
 import { collect, flagParsers, READ_DATA_SUBSET } from "@dumont/repository/cli-flags";
 import { flushStdout } from "@dumont/repository/cli-output";
@@ -414,6 +415,7 @@ export function registerSnapshotCommands(program: Command): void {
           process.stderr.write(`check found ${counted(report.problems.length, "problem")} in ${opts.repo}\n`);
           if (!opts.json) {
             const advice = [
+              unreadableSnapshotAdvice(report.problems, `dumont-agent snapshot forget --repo ${opts.repo}`),
               repairIndexAdvice(report.problems, "dumont-agent snapshot repair-index"),
               repairPacksAdvice(
                 report.problems,
