@@ -19,6 +19,8 @@ export interface RepairedPack {
   salvaged: number;
   /** Chunks that do not verify, left behind with the pack. */
   damaged: DamagedChunk[];
+  /** Why a pack is rewritten besides damaged chunks (it is longer than its index says), in a few words. */
+  reason?: string;
 }
 
 export interface SkippedPack {
@@ -32,7 +34,7 @@ export interface RepairPacksReport {
   packs: number;
   /** Packs read whole and verified chunk by chunk. */
   packsRead: number;
-  /** Packs some of whose chunks do not verify: rewritten without them (with dryRun: to be). */
+  /** Packs some of whose chunks do not verify, or longer than their index says: rewritten without them (dryRun: to be). */
   repaired: RepairedPack[];
   /**
    * Packs it could not repair, each saying why and what to do: indexed but missing from the store, indexed as
@@ -69,11 +71,13 @@ export function repairPacksText(
       "without their damaged chunks",
     ...report.repaired.map(
       (p) =>
-        `  ${rewrote} ${p.pack.slice(0, 12)}: ${counted(p.salvaged, "chunk")} kept, ` +
-        `${counted(p.damaged.length, "damaged chunk")} left out (${p.damaged
-          .slice(0, 3)
-          .map((d) => `${d.chunk.slice(0, 12)}: ${d.reason}`)
-          .join("; ")}${p.damaged.length > 3 ? "; …" : ""})`,
+        `  ${rewrote} ${p.pack.slice(0, 12)}: ${counted(p.salvaged, "chunk")} kept` +
+        (p.damaged.length === 0 && p.reason
+          ? ` (${p.reason})`
+          : `, ${counted(p.damaged.length, "damaged chunk")} left out (${p.damaged
+              .slice(0, 3)
+              .map((d) => `${d.chunk.slice(0, 12)}: ${d.reason}`)
+              .join("; ")}${p.damaged.length > 3 ? "; …" : ""}${p.reason ? `; ${p.reason}` : ""})`),
     ),
   ];
   const err: string[] = report.skipped.map((s) => `cannot repair pack ${s.pack.slice(0, 12)}: ${s.message}`);

@@ -94,6 +94,34 @@ async function damage(repository: Repository, packId: string, chunk: SealedChunk
 }
 
 describe.each(stores)("repair-packs on %s", (_name, make) => {
+  it("rewrites a pack longer than its index says (bytes appended after its header), which check names", async () => {
+    const store = make();
+    const key = generateRepositoryKey();
+    const { repository } = await Repository.openOrInit(store, key);
+    const chunks = [0, 1].map(() => sealed(key, randomBytes(3_000)));
+    const writer = await repository.writer();
+    await writer.put(chunks);
+    await writer.commit([sealManifest(key, manifestOf({ "a.bin": [chunks[0]], "b.bin": [chunks[1]] }))], meta);
+    const [packId] = (await repository.loadIndex()).packs.keys();
+    await store.put(packKey(packId), Buffer.concat([await store.get(packKey(packId)), Buffer.from("garbage\n")]));
+    const checked = await checkRepository(repository);
+    expect(checked.problems.map((p) => [p.kind, p.pack])).toEqual([["pack-size", packId]]);
+    // The way check gives (repair-packs) mends it: every chunk kept, in a new pack; check clean after.
+    expect(repairPacksAdvice(checked.problems, "x")).toBeDefined();
+    const report = await repairPacks(repository);
+    expect(report).toMatchObject({
+      repaired: [{ pack: packId, salvaged: 2, damaged: [], reason: "8 bytes longer than its index says" }],
+      lost: [],
+    });
+    expect(repairPacksText(report, false, "check").out).toContain(
+      `rewrote ${packId.slice(0, 12)}: 2 chunks kept (8 bytes longer than its index says)`,
+    );
+    expect(await store.stat(packKey(packId))).toBeUndefined();
+    expect((await checkRepository(repository)).problems).toEqual([]);
+    await expectWhole(repository, chunks);
+    await store.close();
+  });
+
   it("rewrites a pack without its damaged chunk, and the next snapshot holding those bytes makes the old one whole", async () => {
     const store = make();
     const { key, repository, good, bad, other, snapshot, packId } = await oneDamagedChunk(store);

@@ -114,7 +114,8 @@ async function repair(repository: Repository, options: RepairPacksOptions, lock:
     await forEachLimited(packs, 2, async (r) => {
       signal?.throwIfAborted();
       const { repaired } = await verifyPack(repository, r, options.verify, signal);
-      if (repaired.damaged.length > 0) damagedPacks.set(r.packId, { ...r, repaired });
+      if (r.rewrite !== undefined) damagedPacks.set(r.packId, { ...r, repaired: { ...repaired, reason: r.rewrite } });
+      else if (repaired.damaged.length > 0) damagedPacks.set(r.packId, { ...r, repaired });
       else whole.add(r.packId);
       report.packsRead++;
       bytesDone += r.length;
@@ -128,7 +129,13 @@ async function repair(repository: Repository, options: RepairPacksOptions, lock:
     for (const pack of packs) {
       const size = stored.get(pack.packId)?.size;
       if (size !== undefined && pack.packSize <= MAX_PACK_READ) {
-        out.push({ packId: pack.packId, entries: pack.entries, length: Math.min(size, pack.packSize) });
+        const extra = size - pack.packSize;
+        out.push({
+          packId: pack.packId,
+          entries: pack.entries,
+          length: Math.min(size, pack.packSize),
+          ...(extra > 0 ? { rewrite: `${counted(extra, "byte")} longer than its index says` } : {}),
+        });
         continue;
       }
       judged.add(pack.packId);
@@ -314,6 +321,11 @@ interface Judged {
   entries: PackEntry[];
   /** Bytes to read: the index's size, or less where the store holds less. */
   length: number;
+  /**
+   * Why the pack is rewritten though every chunk may verify: the store holds more of it than its index says (bytes
+   * appended after its header, which then no longer ends it: check names it, and repair-index cannot read it).
+   */
+  rewrite?: string;
 }
 
 /**

@@ -343,6 +343,7 @@ export function registerSnapshotCommands(program: Command): void {
         repaired: t.repaired.map((p) => ({
           pack: p.pack,
           salvaged: Number(p.salvaged),
+          ...(p.reason ? { reason: p.reason } : {}),
           damaged: p.damaged.map((d) => ({ chunk: d.chunk, reason: d.reason })),
         })),
         skipped: t.skipped.map((p) => ({ pack: p.pack, message: p.message })),
