@@ -12,6 +12,7 @@ import type { ReadSubset } from "./read-subset.js";
 import type { Repository } from "./repository.js";
 import { chunkCodec, isRepositoryKey } from "./sealing.js";
 import type { SnapshotRecord } from "./snapshot-record.js";
+import { quoted } from "./text-table.js";
 import type { SealedChunk } from "./transfer.js";
 
 export type CheckProblemKind =
@@ -375,7 +376,10 @@ function foreignProblem(keys: string[]): CheckProblem {
     kind: "foreign-object",
     message:
       `${counted(sorted.length, "file")} in the repository ${sorted.length === 1 ? "was" : "were"} not written by ` +
-      `Dumont (${sorted.slice(0, MAX_FOREIGN_NAMED).join(", ")}${more > 0 ? `, and ${more} more` : ""}): no command ` +
+      `Dumont (${sorted
+        .slice(0, MAX_FOREIGN_NAMED)
+        .map(quoted)
+        .join(", ")}${more > 0 ? `, and ${more} more` : ""}): no command ` +
       `reads, counts or deletes ${sorted.length === 1 ? "it" : "them"}; move ${sorted.length === 1 ? "it" : "them"} ` +
       "out of the repository",
   };

@@ -177,6 +177,24 @@ describe("FileBlobStore", () => {
     await expect(fresh.get("config")).rejects.toSatisfy((e: unknown) => isRepositoryError(e, "not-found"));
   });
 
+  it("takes its config gone for its root gone once it wrote the config, in a directory it first found without one", async () => {
+    // A repository made in a directory already there (a mount point): the first call (a look for objects before
+    // the config is made) finds no config; writing it must count, or an unmount later reads as objects missing.
+    const root = join(dir, "made-in-place");
+    await mkdir(join(root, "data"), { recursive: true }); // an empty data/: its listing reaches the root
+    const store = new FileBlobStore(root);
+    expect(await store.stat("config")).toBeUndefined(); // Repository.exists, as openOrInit asks first
+    for await (const _ of store.list("data/")) {
+    }
+    await store.put("config", Buffer.from("c"));
+    await store.put("data/ab/p", Buffer.alloc(64, 1));
+    await rm(root, { recursive: true });
+    await mkdir(root); // the mount point, its filesystem gone
+    await expect(store.get("data/ab/p")).rejects.toSatisfy(
+      (e: unknown) => isRepositoryError(e, "unavailable") && /no longer holds the repository/.test(String(e)),
+    );
+  });
+
   it("calls an object under a stray file absent, and a repository path naming a file what it is", async () => {
     const store = new FileBlobStore(join(dir, "stray"));
     await store.put("data/ab", Buffer.from("a stray file where data/ab/ would be"));

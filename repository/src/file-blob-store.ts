@@ -120,6 +120,9 @@ export class FileBlobStore implements BlobStore {
     try {
       const written = await this.putOnce(key, data, options);
       await this.noteRoot();
+      // The config just written (a repository made in a directory already there, noted before without one): from
+      // now on its going is the root's going (an unmount), as for a store that found it at its first call.
+      if (key === "config") this.seen = { config: true };
       return written;
     } catch (err) {
       throw await this.writeFailure(key, err);

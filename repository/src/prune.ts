@@ -171,7 +171,7 @@ export async function pruneAfterForget(
     throw new RepositoryError(
       err.code,
       `forgot ${counted(forgotten.length, "snapshot")} (${ids.slice(0, 5).join(", ")}` +
-        `${ids.length > 5 ? `, and ${ids.length - 5} more` : ""}), but the prune did not run: ${err.message}`,
+        `${ids.length > 5 ? `, and ${ids.length - 5} more` : ""}), but the prune did not finish: ${err.message}`,
       { cause: err },
     );
   }

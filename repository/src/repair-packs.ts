@@ -169,7 +169,8 @@ async function repair(repository: Repository, options: RepairPacksOptions, lock:
     // than the data: a repair then would delete what is whole. Named, the packs are rewritten as asked.
     throw new RepositoryError(
       "corrupt",
-      `${damagedPacks.size} of the ${counted(report.packsRead, "pack")} read hold chunks that do not verify: more ` +
+      `${damagedPacks.size} of the ${counted(report.packsRead, "pack")} read hold chunks that do not verify (or are ` +
+        "longer than their index says): more " +
         "likely this machine or the store reading wrongly than the data, so nothing is rewritten. Run `snapshot " +
         "check` (from another machine, if you can); to rewrite packs all the same, name them",
     );

@@ -107,10 +107,14 @@ export function repairSnapshotsText(
  * runs a forget. Undefined for other problems. Both CLIs print it after the problems.
  */
 export function unreadableSnapshotAdvice(
-  problems: readonly { kind: string; snapshot?: string }[],
+  /** As the engine words them (`snapshot`), or as the control plane's API does (`snapshotId`). */
+  problems: readonly { kind: string; snapshot?: string; snapshotId?: string }[],
   forget: string,
 ): string | undefined {
-  const ids = problems.flatMap((p) => (p.kind === "snapshot-unreadable" && p.snapshot ? [p.snapshot] : []));
+  const ids = problems.flatMap((p) => {
+    const id = p.snapshot ?? p.snapshotId;
+    return p.kind === "snapshot-unreadable" && id ? [id] : [];
+  });
   if (ids.length === 0) return undefined;
   const shown = ids.slice(0, 5).map((id) => id.slice(0, 12));
   return (

@@ -181,6 +181,8 @@ export class Repository implements RepositoryAccess {
       try {
         index.add(openIndex(this.key, await getObject(this.store, key), packId));
       } catch (err) {
+        // Gone since the listing (a prune elsewhere deleted its pack): not damage, as for a snapshot record.
+        if (isRepositoryError(err, "not-found")) return;
         if (!isObjectError(err)) throw err;
         if (options.onCorrupt) return options.onCorrupt(key, err);
         // What stops every snapshot and restore of the repository until mended: the way out is said with it.
@@ -368,6 +370,9 @@ export class Repository implements RepositoryAccess {
   }
 }
 
+/** Where a repository's objects lie (FORMAT.md): a prune deletes under the first, data/. */
+const OBJECT_PREFIXES = ["data/", "index/", "manifests/", "snapshots/"] as const;
+
 /** What a location without a config holds: the first key listed, and a sealed object of the repository's. */
 interface HeldWithoutConfig {
   first: string;
@@ -375,13 +380,20 @@ interface HeldWithoutConfig {
   sealed?: { key: string; kind: string };
 }
 
-/** What the location holds though it has no config (undefined: nothing, so a repository may be made there). */
+/**
+ * What the location holds where a repository's objects go, though it has no config (undefined: nothing, so a
+ * repository may be made there). Only those four prefixes, each to its first key: the rest of a directory (a
+ * README beside, a root-only lost+found of a fresh filesystem) is neither read nor counted, and nothing under it
+ * would ever be deleted.
+ */
 async function heldWithoutConfig(store: BlobStore): Promise<HeldWithoutConfig | undefined> {
   let first: string | undefined;
-  for await (const info of store.list("")) {
-    if (info.key === CONFIG_KEY) continue;
-    first = info.key;
-    break;
+  for (const prefix of OBJECT_PREFIXES) {
+    for await (const info of store.list(prefix)) {
+      first = info.key;
+      break;
+    }
+    if (first !== undefined) break;
   }
   if (first === undefined) return undefined;
   for (const [prefix, kind] of [

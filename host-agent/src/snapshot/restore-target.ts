@@ -250,12 +250,17 @@ async function placeMarker(
     liveClaims.delete(claim);
     // The marker is the restore's first write there: a target it may not write is said as that, not as the errno
     // of a temp file's name.
+    // (EPERM and EROFS are left to what the restore says of them: an immutable file or a filesystem without hard
+    // links, a read-only filesystem.)
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === "EACCES" || code === "EPERM" || code === "EROFS") {
-      throw new Error(
-        `cannot write into the restore target ${target} (${code}): the agent's user (uid ${process.getuid?.() ?? "?"}) ` +
-          "needs write access there; restore into a directory it may write",
-        { cause: err },
+    if (code === "EACCES") {
+      throw Object.assign(
+        new Error(
+          `cannot write into the restore target ${target} (${code}): the agent's user (uid ` +
+            `${process.getuid?.() ?? "?"}) needs write access there; restore into a directory it may write`,
+          { cause: err },
+        ),
+        { code },
       );
     }
     throw err;
