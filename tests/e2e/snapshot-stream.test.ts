@@ -290,6 +290,12 @@ describe("snapshots over the agent stream", () => {
         `tenant ${tenant}: 1 snapshot record would not open and is not counted: ${damaged.id}; ` +
           `\`dumont snapshot check --tenant ${tenant}\` says why`,
       );
+      const checked = await cp.cli(["snapshot", "check", "--structure-only"]);
+      expect(checked.code).toBe(1);
+      expect(checked.stderr).toContain(
+        `a snapshot record that does not open cannot be read, restored or repaired: \`dumont snapshot forget ` +
+          `${damaged.id.slice(0, 12)}\` forgets it`,
+      );
     } finally {
       await fs.writeFile(recordFile, original);
     }
@@ -1280,7 +1286,12 @@ describe("snapshots over the agent stream", () => {
     const pending = cp.cli(["snapshot", "create", "--host", agent.hostId, "--path", big, "--json"]);
     await uploading();
     await stopProcess(cp.proc, "SIGKILL");
-    expect((await pending).code).not.toBe(0);
+    const lost = await pending;
+    expect(lost.code).not.toBe(0);
+    // Said as what it is (it was "[aborted] aborted"): what is not known, and where to look.
+    expect(lost.stderr).toMatch(
+      /^dumont: \[unavailable\] the connection to \S+ closed before the answer was whole \(.+\)\. If that is the control plane's API and the call reached it, whether it did what was asked is not known/m,
+    );
 
     await restartControlPlane();
     expect((await snapshots()).map((s) => s.id)).toEqual(before);

@@ -65,11 +65,25 @@ export function apiClients(options: ApiOptions) {
     interceptors: [
       (next) => async (req) => {
         req.header.set("authorization", `Bearer ${key}`);
+        let res: Awaited<ReturnType<typeof next>>;
         try {
-          return await next(req);
+          res = await next(req);
         } catch (err) {
           throw unreachable(err, baseUrl);
         }
+        if (!res.stream) return res;
+        // A streamed answer (a snapshot's or restore's progress) fails while it is read, after this returned.
+        const messages = res.message;
+        return {
+          ...res,
+          message: (async function* () {
+            try {
+              yield* messages;
+            } catch (err) {
+              throw unreachable(err, baseUrl);
+            }
+          })(),
+        };
       },
     ],
   });
@@ -80,10 +94,33 @@ export function apiClients(options: ApiOptions) {
   };
 }
 
-/** A failure to connect ("[unavailable] connect ECONNREFUSED ...") as a sentence that says what to do. */
+/** Node's codes for a connection that was made and then dropped (the control plane killed mid-call, say). */
+const DROPPED = new Set(["ECONNRESET", "EPIPE", "ERR_STREAM_PREMATURE_CLOSE", "UND_ERR_SOCKET"]);
+
+/**
+ * A failure to connect ("[unavailable] connect ECONNREFUSED ...") as a sentence that says what to do; a connection
+ * dropped mid-call ("[aborted] aborted", "socket hang up") as one that says what is not known.
+ */
 function unreachable(err: unknown, baseUrl: string): unknown {
-  const cause = err instanceof ConnectError ? (err.cause as NodeJS.ErrnoException | undefined) : undefined;
-  if (!(err instanceof ConnectError) || err.code !== Code.Unavailable || typeof cause?.code !== "string") return err;
+  // An error the server sent is its answer, whatever its words.
+  if (!(err instanceof ConnectError) || err.isWireError) return err;
+  const cause = err.cause as NodeJS.ErrnoException | undefined;
+  const dropped =
+    (typeof cause?.code === "string" && DROPPED.has(cause.code)) ||
+    /^(aborted|socket hang up|premature close|terminated|other side closed)$/i.test(err.rawMessage);
+  if (dropped && err.code !== Code.DeadlineExceeded && err.code !== Code.Canceled) {
+    return new ConnectError(
+      `the connection to ${baseUrl} closed before the answer was whole (${cause?.code ?? err.rawMessage}). If ` +
+        "that is the control plane's API and the call reached it, whether it did what was asked is not known: look " +
+        "(`dumont snapshot list`, `dumont host list`) before asking again; if it is not its API (the agents' port, " +
+        "TLS where it serves plain HTTP), point --api-url (DUMONT_API_URL) at it",
+      Code.Unavailable,
+      undefined,
+      undefined,
+      err,
+    );
+  }
+  if (err.code !== Code.Unavailable || typeof cause?.code !== "string") return err;
   return new ConnectError(
     `cannot reach the control plane at ${baseUrl} (${cause.code}): start it, or point --api-url (DUMONT_API_URL) ` +
       "at it",

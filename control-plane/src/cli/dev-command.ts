@@ -154,7 +154,10 @@ async function waitForLocalHost(
   const { hostId } = JSON.parse(fs.readFileSync(path.join(agentDir, "enrollment.json"), "utf8")) as { hostId: string };
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
-    if (agent.exitCode !== null) throw new Error(`the local agent exited with ${agent.exitCode}`);
+    // (Killed by a signal, exitCode stays null: signalCode says.)
+    if (agent.exitCode !== null || agent.signalCode !== null) {
+      throw new Error(`the local agent exited with ${agent.signalCode ?? agent.exitCode}`);
+    }
     // The samples first: a listing made after one arrived shows at least that sample's GPUs.
     const { points } = await clients.hosts.getHostMetrics({ hostId, sinceSeconds: 600 });
     if (points.some((p) => p.at && timestampDate(p.at).getTime() >= since)) {

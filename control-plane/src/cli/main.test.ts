@@ -2,6 +2,7 @@
 // given twice is refused before any request, naming the flag (never quoting the key).
 import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -64,6 +65,24 @@ describe("dumont (admin CLI): global flags", () => {
     expect(res.stderr).toBe(
       "dumont: no API key: pass --api-key, set DUMONT_API_KEY, or point DUMONT_DATA_DIR at the control plane's data " +
         `dir (its admin-api-key; now ${dir}, which holds none)\n`,
+    );
+  });
+
+  it("says a connection closed before its answer as that, with both readings: a call cut short, or the wrong port", async () => {
+    // A listener that takes the connection and drops it: a control plane killed mid-call, or not its API at all
+    // (the request is refused as it is written, EPIPE, or its answer cut, ECONNRESET, as the timing falls).
+    const server = createServer((socket) => socket.destroy());
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    onTestFinished(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const res = await dumont(["--api-url", url, "host", "list"]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toMatch(
+      new RegExp(
+        `^dumont: \\[unavailable\\] the connection to ${url.replace(/\./g, "\\.")} closed before the answer was ` +
+          "whole \\((ECONNRESET|EPIPE)\\)\\. If that is the control plane's API and the call reached it, whether it did " +
+          "what was asked is not known: .*point --api-url \\(DUMONT_API_URL\\) at it\n$",
+      ),
     );
   });
 

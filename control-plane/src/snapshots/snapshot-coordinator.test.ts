@@ -469,6 +469,10 @@ describe("SnapshotCoordinator: the arrival check", () => {
         /^the key does not open the repository at file:\/\/.*\/tenants\/t9: .*check that it runs with the master key and database of the control plane that made it/,
       ),
     });
+    // The operator's to mend: logged at error, though the caller gets FAILED_PRECONDITION.
+    expect(h.logged.filter((l) => l.msg === "snapshot failed" && l.tenantId === "t9")).toEqual([
+      expect.objectContaining({ level: 50, code: "FAILED_PRECONDITION" }),
+    ]);
   });
 
   it("passes an agent's failure on cut to a few KiB, not as long as the agent made it", async () => {
@@ -2364,10 +2368,27 @@ describe("SnapshotCoordinator: a retention policy and scheduled prunes", () => {
     const running = await startedIn(h);
     await h.coordinator.pruneAll(); // skipped: a snapshot runs
     expect(await chunks()).toBe(4);
+    expect(h.logged.filter((l) => l.msg === "prune skipped")).toEqual([expect.objectContaining({ level: 30 })]);
     await finish(running); // a fifth snapshot; the third is forgotten
     await h.coordinator.pruneAll();
     expect(await chunks()).toBe(2);
     expect(await checkRepository(repository)).toMatchObject({ ok: true, snapshots: 2 });
+
+    // A prune that fails (an index object that does not open) is the operator's to hear of: at error, not
+    // "skipped" (every ConnectError passed for a TenantBusyError by instanceof).
+    const [packId] = (await repository.loadIndex()).packs.keys();
+    const objectFile = path.join(h.blobs, "tenants", "t1", "index", packId);
+    const bytes = await fs.readFile(objectFile);
+    await fs.writeFile(objectFile, Buffer.from(bytes.map((b, i) => (i === bytes.length >> 1 ? b ^ 1 : b))));
+    try {
+      await h.coordinator.pruneAll();
+    } finally {
+      await fs.writeFile(objectFile, bytes);
+    }
+    expect(h.logged.filter((l) => l.msg === "prune skipped")).toHaveLength(1);
+    expect(h.logged.filter((l) => l.msg === "scheduled prune failed")).toEqual([
+      expect.objectContaining({ level: 50, tenantId: "t1" }),
+    ]);
   });
 });
 
@@ -2552,7 +2573,7 @@ describe("SnapshotCoordinator: repair packs", () => {
     expect(err).toBeInstanceOf(ConnectError);
     expect((err as ConnectError).rawMessage).toMatch(
       new RegExp(
-        `^forgot 1 snapshot \\(${row.id.slice(0, 12)}\\), but the prune did not run: 1 index object does not open`,
+        `^forgot 1 snapshot \\(${row.id.slice(0, 12)}\\), but the prune did not finish: 1 index object does not open`,
       ),
     );
     // Forgotten all the same: not listed.

@@ -500,7 +500,7 @@ export class SnapshotCoordinator {
       } catch (err) {
         // Skipped while work runs (here or, by the repository's lock, elsewhere); any other failure, a store that
         // refuses its deletes among them, is an operator's to hear of.
-        if (err instanceof TenantBusyError) this.log.info({ tenantId, reason: err.rawMessage }, "prune skipped");
+        if (isKind(err, TenantBusyError)) this.log.info({ tenantId, reason: err.rawMessage }, "prune skipped");
         else this.log.error({ err, tenantId }, "scheduled prune failed");
       }
     }
@@ -589,7 +589,12 @@ export class SnapshotCoordinator {
     try {
       return await repairing;
     } catch (err) {
-      this.indexes.delete(tenantId); // nothing uses it: the tenant is ours alone
+      // Not for a refusal before anything was changed (a lock held elsewhere, a pack named that is not there): a
+      // fresh index costs a read of every index object.
+      if (!isRepositoryError(err, "locked") && !isRepositoryError(err, "not-found")) {
+        this.indexes.delete(tenantId); // nothing uses it: the tenant is ours alone
+        this.log.warn({ tenantId, reason: (err as Error).message }, "repair stopped part way; cached index dropped");
+      }
       throw err;
     }
   }
@@ -1175,7 +1180,8 @@ export class SnapshotCoordinator {
    */
   private logFailure(what: string, context: Record<string, unknown>, err: unknown): void {
     const code = statusName(err);
-    if (err instanceof ConnectError && code !== "INTERNAL") {
+    if (isKind(err, MisconfiguredError)) this.log.error({ ...context, code, reason: err.rawMessage }, what);
+    else if (err instanceof ConnectError && code !== "INTERNAL") {
       this.log.warn({ ...context, code, reason: err.rawMessage }, what);
     } else this.log.error({ ...context, code, err }, what);
   }
@@ -1894,7 +1900,21 @@ export class SnapshotCoordinator {
       // Nor on the filesystem below an fstab mount point that is not mounted now: the tenant's snapshots would go
       // to the machine's own disk, hidden under the mount once it comes back.
       refuseUnmountedNewRepository(store.url, `the tenant's blob store ${store.url}`, this.mountTables);
-      return (await Repository.openOrInit(store, key)).repository; // another replica may make it meanwhile
+      // Another replica may make it meanwhile. A prefix holding objects but no config is not the caller's doing.
+      const opened = await Repository.openOrInit(store, key).catch((err: unknown) => {
+        if (!isRepositoryError(err, "invalid-argument")) throw err;
+        throw new MisconfiguredError(
+          `${err.message}. The control plane makes a tenant's repository only where nothing is: move what is ` +
+            `there out of the tenant's prefix, or check the blob store's setting (DUMONT_BLOB_STORE)`,
+        );
+      });
+      if (opened.recreated) {
+        this.log.warn(
+          { tenantId, store: store.url, repository: opened.repository.id },
+          "the tenant's repository had lost its config; made a new one, as its objects open with the tenant's key",
+        );
+      }
+      return opened.repository;
     }
     return Repository.open(store, key);
   }
@@ -2105,6 +2125,21 @@ const MAX_RESTORE_WARNING_TEXT = 1024;
 /** A prune or repair refused because other work of the tenant runs (here, or elsewhere by its lock). */
 class TenantBusyError extends FailedPreconditionError {}
 
+/**
+ * Whether `err` is a `kind`, by its prototype chain. Not `instanceof`: ConnectError's static Symbol.hasInstance,
+ * which its subclasses inherit, takes any ConnectError for an instance of each of them (every failure of a
+ * scheduled prune was "skipped" at info).
+ */
+function isKind<T extends object>(err: unknown, kind: abstract new (...args: never[]) => T): err is T {
+  return typeof err === "object" && err !== null && Object.prototype.isPrototypeOf.call(kind.prototype, err);
+}
+
+/**
+ * A tenant's repository that its key does not open: the control plane's setting (another one's master key, database
+ * or blob store), not the caller's doing. FAILED_PRECONDITION to the caller, logged at error for the operator.
+ */
+class MisconfiguredError extends FailedPreconditionError {}
+
 /** How a refusal names the work that has a tenant's repository to itself. */
 const EXCLUSIVE_WORK = {
   prune: "prune",
@@ -2244,7 +2279,7 @@ function storeError(err: unknown): unknown {
   // The tenant's key (unwrapped with this control plane's master key) opens no repository there: the setting, not
   // the data, and not this control plane's bug either.
   if (isRepositoryError(err, "wrong-key")) {
-    return new FailedPreconditionError(
+    return new MisconfiguredError(
       `${err.message}. This control plane's key for the tenant is not the one its repository was made with: check ` +
         "that it runs with the master key and database of the control plane that made it, and that its blob store " +
         "(DUMONT_BLOB_STORE, --blob-store) is not another control plane's",
