@@ -141,12 +141,12 @@ export async function checkRepository(repository: Repository, options: CheckOpti
 
 async function check(repository: Repository, options: CheckOptions): Promise<CheckReport> {
   const problems: CheckProblem[] = [];
-  // Snapshots first, then the index: a snapshot's index objects are durable before its record, so every
-  // snapshot listed has its packs in the index read after. The other way round, one committed between the two
-  // reads (a snapshot running beside the check) would be listed with chunks in no pack the check knew of.
   /** Names in the repository that no writer gives (isRepositoryKey): left out of everything, and named. */
   const foreign: string[] = [];
   const onForeign = (key: string) => void foreign.push(key);
+  // Snapshots first, then the index: a snapshot's index objects are durable before its record, so every
+  // snapshot listed has its packs in the index read after. The other way round, one committed between the two
+  // reads (a snapshot running beside the check) would be listed with chunks in no pack the check knew of.
   const snapshots = await repository.listSnapshots({
     onCorrupt: (id, err) => problems.push({ kind: "snapshot-unreadable", snapshot: id, message: err.message }),
     onForeign,
@@ -515,7 +515,6 @@ async function verifyInBatches(
   return (await Promise.all(calls)).flat();
 }
 
-/** Notes that `path` of `snapshot` needs chunk `id` (once for consecutive chunks of the same file). */
 /** The files a problem breaks: the first MAX_FILES_NAMED, and a count of the rest. */
 interface NamedFiles {
   files: AffectedFile[];

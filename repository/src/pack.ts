@@ -33,7 +33,6 @@ export function indexKey(packId: string): string {
   return `index/${packId}`;
 }
 
-/** Every pack the store lists under data/, by pack id (the key's last part). */
 /**
  * The packs the store lists, by id. A name under data/ that no writer gives (isRepositoryKey: put there by hand, or
  * by another tool) is left out, and given to `onForeign`: no pack, so never deleted as one without an index object.

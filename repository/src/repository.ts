@@ -347,9 +347,8 @@ export class Repository implements RepositoryAccess {
     return manifestPartEntries(this.key, await this.readManifestBlobs(record), `manifest of snapshot ${record.id}`);
   }
 
-  /** A writer (ChunkSink) over a freshly loaded or given index. */
   /**
-   * A writer. The index is read once the writer holds its shared lock, so no prune can remove packs it
+   * A writer (ChunkSink) over a freshly loaded or given index. The index is read once the writer holds its shared lock, so no prune can remove packs it
    * relies on. `index` is used as given (prune hands in one it has edited), unless `refreshIndex` asks
    * for it to be brought up to date first (a cache kept between snapshots).
    */

@@ -90,8 +90,10 @@ export function defaultStateDir(): string {
 
 /** How `create` makes a repository where there is none. */
 export interface CreateRepositoryOptions {
-  /** Told when this call made the repository (the CLI says so: a mistyped URL shows at once). */
-  /** `recreated`: a repository whose config alone was lost got a new one (Repository.openOrInit). */
+  /**
+   * Told when this call made the repository (the CLI says so: a mistyped URL shows at once); `recreated` where the
+   * repository was there and had lost only its config, which it made anew (Repository.openOrInit).
+   */
   onCreated?: (repository: Repository, recreated: boolean) => void;
   /** fstab and mountinfo (default: this machine's): a file:// repository is not made under an unmounted mount point. */
   mountTables?: MountTables;
