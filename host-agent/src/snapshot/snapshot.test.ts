@@ -1805,25 +1805,37 @@ describe("snapshot engine", () => {
     expect((await checkRepository(repository)).ok).toBe(true);
   });
 
-  it("restores again into the target of a restore killed with kill -9, clearing what it left half-written", async () => {
-    const engineUrl = builtSnapshotModule("index");
-    const options = await workspaceWithIndex(24 * 1024 * 1024, 40);
-    const created = await createDirectSnapshot(options);
-    const target = fresh("target");
-    // The child stops for good once it has written some of the files (its thread blocked, as a process stuck or
-    // killed mid-write would be), and is killed there.
-    const script = `
+  /**
+   * A restore of `snapshotId` into `target` in a child process, stopped for good once it has written some of the
+   * files (its thread blocked, as a process stuck or killed mid-write would be) and killed there: its pid.
+   */
+  const restoreKilledPartWay = (
+    engineUrl: string,
+    options: { repo: string; key: Buffer },
+    snapshotId: string,
+    target: string,
+  ) =>
+    killOnceItSays(
+      `
       const { restoreDirectSnapshot } = await import(${JSON.stringify(engineUrl)});
       await restoreDirectSnapshot({
         repo: ${JSON.stringify(options.repo)}, key: Buffer.from(${JSON.stringify(options.key.toString("hex"))}, "hex"),
-        snapshotId: ${JSON.stringify(created.id)}, target: ${JSON.stringify(target)},
+        snapshotId: ${JSON.stringify(snapshotId)}, target: ${JSON.stringify(target)},
         onProgress: (p) => {
           if (p.bytesWritten === 0 || p.bytesWritten === p.bytesTotal) return;
           process.stdout.write("part written\\n");
           Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60000);
         },
-      });`;
-    const killed = await killOnceItSays(script, "part written");
+      });`,
+      "part written",
+    );
+
+  it("restores again into the target of a restore killed with kill -9, clearing what it left half-written", async () => {
+    const engineUrl = builtSnapshotModule("index");
+    const options = await workspaceWithIndex(24 * 1024 * 1024, 40);
+    const created = await createDirectSnapshot(options);
+    const target = fresh("target");
+    const killed = await restoreKilledPartWay(engineUrl, options, created.id, target);
     const left = await readdir(target);
     expect(left).toContain(RESTORE_MARKER);
     expect(JSON.parse(await readFile(join(target, RESTORE_MARKER), "utf8"))).toMatchObject({ pid: killed });
@@ -1851,18 +1863,7 @@ describe("snapshot engine", () => {
     const options = await workspaceWithIndex(8 * 1024 * 1024, 20);
     const created = await createDirectSnapshot(options);
     const target = fresh("target");
-    const script = `
-      const { restoreDirectSnapshot } = await import(${JSON.stringify(engineUrl)});
-      await restoreDirectSnapshot({
-        repo: ${JSON.stringify(options.repo)}, key: Buffer.from(${JSON.stringify(options.key.toString("hex"))}, "hex"),
-        snapshotId: ${JSON.stringify(created.id)}, target: ${JSON.stringify(target)},
-        onProgress: (p) => {
-          if (p.bytesWritten === 0 || p.bytesWritten === p.bytesTotal) return;
-          process.stdout.write("part written\\n");
-          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60000);
-        },
-      });`;
-    const killed = await killOnceItSays(script, "part written");
+    const killed = await restoreKilledPartWay(engineUrl, options, created.id, target);
     const marker = join(target, RESTORE_MARKER);
     const left = await readdir(target);
     expect(left.length).toBeGreaterThan(1);
