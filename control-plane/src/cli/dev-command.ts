@@ -116,7 +116,9 @@ export function registerDevCommand(program: Command): void {
         ].join("\n"),
       );
 
-      const agentGone = await Promise.race([waitForSignal(log).then(() => undefined), agentExited]);
+      const stopWaiting = new AbortController();
+      const agentGone = await Promise.race([waitForSignal(log, stopWaiting.signal).then(() => undefined), agentExited]);
+      stopWaiting.abort(); // a Ctrl-C from here on ends the process, even while the control plane closes
       if (agentGone === undefined) {
         agent.kill("SIGTERM");
         await agentExited;

@@ -122,13 +122,29 @@ export function registerServeCommand(program: Command): void {
   );
 }
 
-export function waitForSignal(log: Logger): Promise<void> {
+/**
+ * Resolves on the first SIGINT or SIGTERM, or when `cancel` aborts (`dumont dev` whose agent stopped). Its
+ * listeners go either way: a second Ctrl-C while the control plane closes (or after `dev` stopped waiting) then
+ * ends the process at once, as the default action does, rather than being swallowed by a listener nobody awaits.
+ */
+export function waitForSignal(log: Logger, cancel?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const stop = (signal: string) => {
-      log.info({ signal }, "shutting down");
+    const done = () => {
+      process.off("SIGINT", onInterrupt);
+      process.off("SIGTERM", onTerminate);
+      cancel?.removeEventListener("abort", onCancel);
       resolve();
     };
-    process.once("SIGINT", () => stop("SIGINT"));
-    process.once("SIGTERM", () => stop("SIGTERM"));
+    const stop = (signal: string) => {
+      log.info({ signal }, "shutting down (a second Ctrl-C stops at once)");
+      done();
+    };
+    const onInterrupt = () => stop("SIGINT");
+    const onTerminate = () => stop("SIGTERM");
+    const onCancel = () => done();
+    process.on("SIGINT", onInterrupt);
+    process.on("SIGTERM", onTerminate);
+    cancel?.addEventListener("abort", onCancel);
+    if (cancel?.aborted) done();
   });
 }
