@@ -245,6 +245,42 @@ describe("SnapshotService: repair the index", () => {
   });
 });
 
+describe("SnapshotService: repairs are cancelled with their call", () => {
+  it("hands the call's signal to the coordinator's index and pack repairs (a client that hangs up stops them)", async () => {
+    const { db, close, ctx } = await adminOfTenantA();
+    try {
+      await new TenantKeys(db, randomBytes(32)).get("t-a"); // a tenant with a key has a repository to repair
+      await insertTestSnapshot(db, "a".repeat(64), "t-a", "h-a");
+      const given: [string, AbortSignal | undefined][] = [];
+      const report = { packs: 0, packsRead: 0, rebuilt: [], removed: [], unrepairable: [], repaired: [], skipped: [] };
+      const service = snapshotService({
+        db,
+        sessions: new SessionRegistry(),
+        snapshots: {
+          repairIndex: async (_tenantId: string, { signal }: { signal?: AbortSignal }) => {
+            given.push(["index", signal]);
+            return report;
+          },
+          repairPacks: async (_tenantId: string, { signal }: { signal?: AbortSignal }) => {
+            given.push(["packs", signal]);
+            return { ...report, lost: [] };
+          },
+        } as unknown as SnapshotCoordinator,
+      });
+      const caller = { ...ctx, signal: new AbortController().signal } as HandlerContext;
+      await service.repairIndex(create(api.RepairIndexRequestSchema, { tenantId: "t-a" }), caller);
+      await service.repairPacks(create(api.RepairPacksRequestSchema, { tenantId: "t-a" }), caller);
+      expect(given).toEqual([
+        ["index", caller.signal],
+        ["packs", caller.signal],
+      ]);
+      expect(given.every(([, signal]) => signal === caller.signal)).toBe(true); // the very object, not an equal one
+    } finally {
+      await close();
+    }
+  });
+});
+
 /**
  * A repair's world, made before the describe's tests and removed after: an admin of tenant t-a calling (a caller
  * that stays), tenants t-b and t-none with a host each, a temporary blob directory, and a real coordinator over it.
