@@ -2,6 +2,8 @@
 // ids → we answer with those the tenant's repository lacks → sealed chunks arrive and go into packs →
 // SnapshotCommit: the writer makes everything durable, then the row is inserted — only then is the
 // snapshot listed. For a restore: Restore(manifest) → the agent asks for chunks → we stream them from packs.
+// The catalogue's rows are made in catalogue-rows.ts; how a store's or repository's failure is answered, in
+// coordinator-errors.ts.
 import { randomUUID } from "node:crypto";
 import { setImmediate } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
@@ -13,7 +15,6 @@ import {
   encodeRestoreChunks,
   releaseReceivedMessage,
   type SnapshotCommit,
-  type SnapshotStats,
   STREAM_BATCH_BYTES,
   STREAM_BUFFERS_KEPT,
   STREAM_MESSAGE_BUFFER_BYTES,
@@ -34,7 +35,6 @@ import {
   emptyRepairSnapshotsReport,
   emptyRepositoryStats,
   forgetSnapshots,
-  formatBytes,
   formatDuration,
   hasRetentionRule,
   IdSet,
@@ -43,8 +43,6 @@ import {
   MAX_MANIFEST_PARTS,
   MAX_OFFER_CHUNK_IDS,
   MAX_RESTORE_REQUEST_IDS,
-  MAX_SKIPPED_LISTED,
-  MAX_SKIPPED_REASON,
   type Manifest,
   type ManifestPartBlob,
   ManifestPartsReceiver,
@@ -54,13 +52,11 @@ import {
   type PruneReport,
   pruneAfterForget,
   pruneRepository,
-  type SnapshotStats as RecordStats,
   type RepairIndexReport,
   type RepairPacksReport,
   type RepairSnapshotsReport,
   Repository,
   type RepositoryChunkSource,
-  RepositoryError,
   RepositoryIndex,
   type RepositoryStats,
   type RepositoryWriter,
@@ -70,10 +66,8 @@ import {
   repairPacks,
   repairSnapshots,
   repositoryStats,
-  type SkippedEntry,
   type SnapshotRecord,
 } from "@dumont/repository";
-import { sql } from "kysely";
 import type { AgentSender, AgentSession } from "../agent-gateway/agent-session.js";
 import { type Db, withDatabaseLock } from "../db/database.js";
 import { deleteSnapshot, getSnapshot, listSnapshots, repositoryTenants } from "../db/snapshot-repository.js";
@@ -84,13 +78,26 @@ import {
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
-  ResourceExhaustedError,
   statusName,
   UnavailableError,
 } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
+import { catalogueRow, recordRow, repairRow, STATS_FIELD, skippedEntries, statCount } from "./catalogue-rows.js";
 import { ChunkVerifier } from "./chunk-verifier.js";
+import {
+  isKind,
+  MisconfiguredError,
+  NoRepositoryError,
+  packsRepaired,
+  quotaReached,
+  RepositoryMissingError,
+  snapshotGone,
+  snapshotsRepaired,
+  staleEpoch,
+  storeError,
+  TenantBusyError,
+} from "./coordinator-errors.js";
 import { DeadlineBlobStore, STORE_CALL_DEADLINE_MS, UnreturnedCalls } from "./deadline-blob-store.js";
 import type { TenantKeys } from "./tenant-keys.js";
 
@@ -1968,143 +1975,6 @@ export class SnapshotCoordinator {
 }
 
 /**
- * A snapshot's catalogue row: where it came from and its creator's stats, as the repository's record has them
- * (a commit's row and one listed again from the record are the same row).
- */
-function catalogueRow(s: {
-  id: string;
-  tenantId: string;
-  hostId: string;
-  workspace: string;
-  path: string;
-  epoch: number;
-  files: number;
-  /** The bytes of its files (the record's totals); null when not known. */
-  bytesTotal: number | null;
-  stats: RecordStats | undefined;
-  createdAt: Date;
-  /** The snapshot it repairs (a repair-snapshots record's repairedFrom). */
-  repairedFrom?: string;
-}) {
-  const st = s.stats;
-  return {
-    id: s.id,
-    tenant_id: s.tenantId,
-    host_id: s.hostId,
-    workspace_id: s.workspace,
-    path: s.path,
-    epoch: s.epoch,
-    files: s.files,
-    bytes_read: st?.bytesRead ?? 0,
-    bytes_new: st?.bytesNew ?? 0,
-    bytes_stored: st?.bytesStored ?? 0,
-    bytes_total: s.bytesTotal,
-    chunks_new: st?.chunksNew ?? 0,
-    seconds: st?.seconds ?? 0,
-    files_skipped: st?.filesSkipped ?? 0,
-    skipped: JSON.stringify(st?.skipped ?? []),
-    created_at: s.createdAt,
-    repaired_from: s.repairedFrom ?? null,
-  };
-}
-
-/**
- * The catalogue row of a snapshot listed from its record (a relisting, a repair). A repaired snapshot's record keeps
- * the stats of the snapshot it replaces, whose file count takes in the files the repair left out: its row counts
- * the files it holds.
- */
-function recordRow(tenantId: string, record: SnapshotRecord) {
-  const repaired = record.repairedFrom !== undefined;
-  return catalogueRow({
-    id: record.id,
-    tenantId,
-    hostId: record.hostname ?? "",
-    workspace: record.workspace,
-    path: record.source ?? "",
-    epoch: record.epoch,
-    files: repaired ? record.totals.files : (record.stats?.files ?? record.totals.files),
-    bytesTotal: record.totals.bytes,
-    // What the damaged snapshot stored is not the repair's (it added a manifest part or two): NEW shows 0 for it.
-    stats: repaired && record.stats ? { ...record.stats, bytesNew: 0, bytesStored: 0, chunksNew: 0 } : record.stats,
-    createdAt: new Date(record.time),
-    repairedFrom: record.repairedFrom,
-  });
-}
-
-/**
- * A repaired snapshot's row (recordRow), at the very time of the row of the snapshot it replaces: the first of
- * `damaged` and its record's repairedFrom that the catalogue lists, read in the insert itself (a row's time, kept to
- * the microsecond, does not survive a round trip through a Date), else its record's time. The catalogue lists a
- * repair after a snapshot of its time (listSnapshots), so it shows right after the one it replaces.
- */
-function repairRow(tenantId: string, record: SnapshotRecord, damaged: readonly string[]) {
-  const row = recordRow(tenantId, record);
-  const ids = [...new Set([...damaged, ...(record.repairedFrom ? [record.repairedFrom] : [])])];
-  const times = ids.map(
-    (id) => sql<Date>`(select created_at from snapshots where tenant_id = ${tenantId} and id = ${id})`,
-  );
-  const fallback = sql<Date>`cast(${row.created_at} as timestamptz)`;
-  return { ...row, created_at: sql<Date>`coalesce(${sql.join([...times, fallback])})` };
-}
-
-/** Longest skipped path taken from an agent (Linux's PATH_MAX); reasons are cut by the agent (MAX_SKIPPED_REASON). */
-const MAX_SKIPPED_PATH = 4096;
-
-/**
- * The entries the agent left out, checked: they go into the repository's snapshot record and the database
- * as the agent sent them, and back to whoever asked for the snapshot.
- */
-function skippedEntries(stats: SnapshotStats | undefined): { filesSkipped: number; skipped: SkippedEntry[] } {
-  const listed = stats?.skipped ?? [];
-  const filesSkipped = statCount(stats?.filesSkipped, "files_skipped");
-  const field = STATS_FIELD;
-  if (listed.length > MAX_SKIPPED_LISTED) {
-    throw new InvalidArgumentError(`${field}: skipped lists ${listed.length} entries, at most ${MAX_SKIPPED_LISTED}`);
-  }
-  if (filesSkipped < listed.length) {
-    throw new InvalidArgumentError(
-      `${field}: files_skipped is ${filesSkipped}, fewer than the ${listed.length} entries skipped lists`,
-    );
-  }
-  const skipped = listed.map(({ path, reason }, i) => {
-    if (path.length === 0 || path.length > MAX_SKIPPED_PATH || path.startsWith("/") || path.includes("\0")) {
-      throw new InvalidArgumentError(
-        `${field}: skipped[${i}].path must be a relative path of 1-${MAX_SKIPPED_PATH} characters, got ${JSON.stringify(path.slice(0, 200))}`,
-      );
-    }
-    if (reason.length > MAX_SKIPPED_REASON) {
-      throw new InvalidArgumentError(`${field}: skipped[${i}].reason is longer than ${MAX_SKIPPED_REASON} characters`);
-    }
-    // A jsonb column takes no NUL (its JSON's \u0000): the row's insert failed after the record was stored, and
-    // the snapshot stayed unlisted, its packs kept, and a retention's "newest" it could not list.
-    if (reason.includes("\0")) throw new InvalidArgumentError(`${field}: skipped[${i}].reason holds a NUL character`);
-    return { path, reason };
-  });
-  return { filesSkipped, skipped };
-}
-
-const STATS_FIELD = "the agent's SnapshotCommit stats";
-
-/**
- * A counter of the agent's stats as a number. Checked before the commit: the record and the row keep it, and one
- * beyond what they hold (a bigint column; a double's exact integers) failed the row's insert after the record
- * was stored, and then every relisting of the tenant.
- */
-function statCount(value: bigint | undefined, name: string): number {
-  const n = value ?? 0n;
-  if (n > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new InvalidArgumentError(`${STATS_FIELD}: ${name} is ${n}, more than ${Number.MAX_SAFE_INTEGER}`);
-  }
-  return Number(n);
-}
-
-function staleEpoch(got: bigint, want: bigint): Error {
-  return new FailedPreconditionError(
-    `refused a snapshot message from lease epoch ${got}; the current epoch is ${want}`,
-  );
-}
-
-/**
  * A manifest part as the agent sent it (ManifestPart, or SnapshotCommit's last part): its sealed bytes, or the
  * id of a part the repository holds; a string saying what is wrong with it otherwise.
  */
@@ -2122,24 +1992,6 @@ const MAX_AGENT_TEXT = 4096;
 const MAX_RESTORE_WARNINGS = 8;
 const MAX_RESTORE_WARNING_TEXT = 1024;
 
-/** A prune or repair refused because other work of the tenant runs (here, or elsewhere by its lock). */
-class TenantBusyError extends FailedPreconditionError {}
-
-/**
- * Whether `err` is a `kind`, by its prototype chain. Not `instanceof`: ConnectError's static Symbol.hasInstance,
- * which its subclasses inherit, takes any ConnectError for an instance of each of them (every failure of a
- * scheduled prune was "skipped" at info).
- */
-function isKind<T extends object>(err: unknown, kind: abstract new (...args: never[]) => T): err is T {
-  return typeof err === "object" && err !== null && Object.prototype.isPrototypeOf.call(kind.prototype, err);
-}
-
-/**
- * A tenant's repository that its key does not open: the control plane's setting (another one's master key, database
- * or blob store), not the caller's doing. FAILED_PRECONDITION to the caller, logged at error for the operator.
- */
-class MisconfiguredError extends FailedPreconditionError {}
-
 /** How a refusal names the work that has a tenant's repository to itself. */
 const EXCLUSIVE_WORK = {
   prune: "prune",
@@ -2147,50 +1999,6 @@ const EXCLUSIVE_WORK = {
   "repair-packs": "pack repair",
   "repair-snapshots": "snapshot repair",
 } as const;
-
-/**
- * A pack repair's report, or its refusal of the packs it was asked for as the API says it: a pack the index does
- * not hold (or that vanished while it ran) NOT_FOUND, not an internal error.
- */
-async function packsRepaired(repair: Promise<RepairPacksReport>): Promise<RepairPacksReport> {
-  try {
-    return await repair;
-  } catch (err) {
-    if (isRepositoryError(err, "not-found")) throw new NotFoundError(err.message);
-    throw err;
-  }
-}
-
-/**
- * A snapshot repair's report, or its refusal of the snapshots it was asked for as the API says it: one the repository
- * does not hold (forgotten since the catalogue named it) NOT_FOUND, not an internal error.
- */
-async function snapshotsRepaired<T extends RepairSnapshotsReport | undefined>(repair: Promise<T>): Promise<T> {
-  try {
-    return await repair;
-  } catch (err) {
-    if (isRepositoryError(err, "not-found")) throw new NotFoundError(err.message);
-    throw err;
-  }
-}
-
-/** A tenant's repository at its quota (CoordinatorTuning.snapshotQuota), saying what to do. */
-function quotaReached(
-  tenantId: string,
-  stored: number,
-  quota: NonNullable<CoordinatorTuning["snapshotQuota"]>,
-): ResourceExhaustedError {
-  // In the units the quota was given in: "1MB" read back as "976.6 KiB" looked like another number. To the byte
-  // where the two read alike rounded ("6.0 MB (6.0 MB stored)": a snapshot stopped a few kB over).
-  const units = { decimal: quota.decimal };
-  let [of, held] = [formatBytes(quota.bytes, units), formatBytes(stored, units)];
-  if (of === held) [of, held] = [quota.bytes, stored].map((n) => `${n.toLocaleString("en-US")} bytes`);
-  return new ResourceExhaustedError(
-    `tenant ${tenantId}'s snapshots would store over its quota of ${of} (${held} ` +
-      "stored and arriving): forget snapshots it no longer needs and prune (`dumont snapshot forget " +
-      `--tenant ${tenantId} --keep-last N --prune\`), or raise DUMONT_SNAPSHOT_QUOTA`,
-  );
-}
 
 /** The first few of `works`, each with how long it has run: "snapshot of /work on host h-1, for 3m05s". */
 function describeRunning(works: RunningWork[], now = Date.now()): string {
@@ -2211,17 +2019,6 @@ function agentText(text: string, max = MAX_AGENT_TEXT): string {
 }
 
 /**
- * A catalogued snapshot's read that found something missing: NOT_FOUND when its record is gone (forgotten after its
- * row was read, a restore racing a forget), DATA_LOSS when the record is there and a manifest part is not. Any
- * other error as it is (storeError maps it).
- */
-async function snapshotGone(repository: Repository, id: string, err: unknown): Promise<unknown> {
-  if (!isRepositoryError(err, "not-found")) return err;
-  const recorded = await repository.hasSnapshot(id).catch(() => true);
-  return recorded ? new DataLossError(err.message) : new NotFoundError(`snapshot ${id} was forgotten: ${err.message}`);
-}
-
-/**
  * The distinct chunk ids of a manifest's files, in an IdSet (32 raw bytes each in one buffer): about 40 bytes a
  * chunk (a Set of hex strings took ~120), for a restore of a million chunks. Of a manifest's parts, opened one at a
  * time, the event loop let run between them: opened whole, a manifest of a million files held this thread for
@@ -2234,61 +2031,4 @@ async function manifestChunkIds(key: Buffer, blobs: readonly Buffer[], what: str
     await setImmediate();
   }
   return ids;
-}
-
-/** A tenant that has taken no snapshot yet, so has no repository, asked for one by other work (openRepository). */
-export class NoRepositoryError extends RepositoryError {
-  constructor(tenantId: string) {
-    super("not-initialised", `tenant ${tenantId} has no repository yet: its first snapshot makes one`);
-  }
-}
-
-/** A tenant's repository missing from the store where the catalogue lists its snapshots (openRepository). */
-export class RepositoryMissingError extends RepositoryError {
-  constructor(url: string, catalogued: number) {
-    super(
-      "unavailable",
-      `${url} holds no repository, but the catalogue lists ${counted(catalogued, "snapshot")} of this tenant ` +
-        "there: the blob store is not the one they were written to (a mount that did not come up, another " +
-        "bucket or prefix in DUMONT_BLOB_STORE), and none is made in its place. Mount it or mend the setting; " +
-        "if those snapshots are gone for good, forget them by id (`dumont snapshot forget ID...`), which drops " +
-        "their rows, and the next snapshot starts a new repository",
-    );
-  }
-}
-
-/**
- * A blob store that takes no more writes (its disk full, a quota used up, read-only) as RESOURCE_EXHAUSTED, and
- * one that did not answer (S3 unreachable, failing with 5xx past its retries) as UNAVAILABLE, a repository
- * another process holds (a direct-mode prune of the same store) or this control plane may not write as
- * FAILED_PRECONDITION, a damaged object as DATA_LOSS, a setting that cannot work (a bucket that does not exist)
- * as INVALID_ARGUMENT, a tenant with no repository yet as NOT_FOUND, each with the store's own words (where, and
- * what to do), for the admin who called: the API would otherwise answer "internal error" and leave the reason in
- * the log. Any other error as it is.
- */
-function storeError(err: unknown): unknown {
-  if (isRepositoryError(err, "unwritable")) return new ResourceExhaustedError(err.message);
-  // The store's setting or credentials (a bucket that does not exist, S3 refusing the keys): said, not hidden as
-  // an internal error.
-  if (isRepositoryError(err, "invalid-argument")) return new InvalidArgumentError(err.message);
-  if (err instanceof NoRepositoryError) return new NotFoundError(err.message);
-  if (isRepositoryError(err, "unavailable")) return new UnavailableError(err.message);
-  if (isRepositoryError(err, "locked") || isRepositoryError(err, "read-only")) {
-    return new FailedPreconditionError(err.message);
-  }
-  // The tenant's key (unwrapped with this control plane's master key) opens no repository there: the setting, not
-  // the data, and not this control plane's bug either.
-  if (isRepositoryError(err, "wrong-key")) {
-    return new MisconfiguredError(
-      `${err.message}. This control plane's key for the tenant is not the one its repository was made with: check ` +
-        "that it runs with the master key and database of the control plane that made it, and that its blob store " +
-        "(DUMONT_BLOB_STORE, --blob-store) is not another control plane's",
-    );
-  }
-  // A stored object damaged, or a stored manifest that opens but is not one a writer made (a commit's refused
-  // manifest is answered INVALID_ARGUMENT before it gets here).
-  if (isRepositoryError(err, "corrupt") || isRepositoryError(err, "invalid-manifest")) {
-    return new DataLossError(err.message);
-  }
-  return err;
 }
