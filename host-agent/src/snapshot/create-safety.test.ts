@@ -276,40 +276,61 @@ describe("create", () => {
   });
 
   it.skipIf(process.getuid?.() !== 0 || !existsSync("/usr/bin/setpriv"))(
-    "says why a directory it may not read is left out, without the name it reached it by",
+    "says why a directory it may not read is left out, without the name it reached it by; a source it may not list fails",
     async () => {
       // As nobody (root reads everything): the directory is opened through its parent's handle, and the error's
       // own path was /proc/self/fd/N/locked.
       const work = fresh("as-nobody");
       await mkdir(join(work, "src", "locked"), { recursive: true });
       await writeFile(join(work, "src", "a.txt"), "a");
-      await writeFile(join(work, "key"), generateRepositoryKey().toString("hex"), { mode: 0o600 });
+      const key = generateRepositoryKey();
+      await writeFile(join(work, "key"), key.toString("hex"), { mode: 0o600 });
       await chown(join(work, "key"), 65534, 65534);
       await chmod(root, 0o755);
       await chmod(work, 0o777);
       await chmod(join(work, "src", "locked"), 0o000);
       const agent = fileURLToPath(new URL("../../bin/dumont-agent.js", import.meta.url));
-      const { stdout } = await run("/usr/bin/setpriv", [
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        process.execPath,
-        agent,
-        "snapshot",
-        "create",
-        "--source",
-        join(work, "src"),
-        "--repo",
-        pathToFileURL(join(work, "repo")).href,
-        "--key-file",
-        join(work, "key"),
-        "--state-dir",
-        join(work, "state"),
-        "--json",
-      ]);
+      const asNobody = () =>
+        run("/usr/bin/setpriv", [
+          "--reuid=65534",
+          "--regid=65534",
+          "--clear-groups",
+          process.execPath,
+          agent,
+          "snapshot",
+          "create",
+          "--source",
+          join(work, "src"),
+          "--repo",
+          pathToFileURL(join(work, "repo")).href,
+          "--key-file",
+          join(work, "key"),
+          "--state-dir",
+          join(work, "state"),
+          "--json",
+        ]);
+      const { stdout } = await asNobody();
       expect(JSON.parse(stdout).skipped).toEqual([
         { path: "locked", reason: "cannot list: EACCES: permission denied" },
       ]);
+      // The source itself: one that may be entered but not listed (0711) was listed as nothing, an empty snapshot
+      // that a retention policy took for the newest; one that may not be entered (0700) was blamed on a
+      // .dumontignore it does not have. Each fails, saying so, and stores no snapshot.
+      const [user] = (await run("id", ["-nu", "65534"])).stdout.split("\n");
+      for (const mode of [0o711, 0o700]) {
+        await chmod(join(work, "src"), mode);
+        const failed = await asNobody().then(
+          () => undefined,
+          (err: { code: number; stderr: string }) => err,
+        );
+        expect(failed?.code, mode.toString(8)).toBe(1);
+        expect(failed?.stderr).toBe(
+          `dumont-agent: cannot read the source directory ${join(work, "src")}: EACCES: permission denied ` +
+            `(the agent runs as user ${user}, which may not list it)\n`,
+        );
+      }
+      const repository = await Repository.open(openBlobStore(pathToFileURL(join(work, "repo")).href), key);
+      expect(await repository.listSnapshots()).toHaveLength(1);
     },
   );
 

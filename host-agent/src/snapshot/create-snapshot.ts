@@ -36,7 +36,7 @@ import {
   OFFER_BATCH,
   SegmentPipeline,
 } from "./segment-pipeline.js";
-import { listSourceTree, type SourceEntry, sourceFile } from "./source-tree.js";
+import { listSourceTree, type SourceEntry, sourceFile, statSourceRoot } from "./source-tree.js";
 import { SnapshotWorkerPool } from "./worker-pool.js";
 
 export interface CreateSnapshotOptions {
@@ -170,6 +170,8 @@ export async function listSnapshotSource(
 ): Promise<SourceListing> {
   const startedAt = { ms: performance.now(), ns: BigInt(Date.now()) * 1_000_000n };
   const root = resolve(source);
+  // First: a source that cannot be read is said so, not as its .dumontignore that could not be (a root of mode 0700).
+  await statSourceRoot(root);
   const exclusions = await loadExclusions(root, exclude);
   return { ...(await listSourceTree(root, exclusions, onDirectory, leaveOut)), startedAt };
 }

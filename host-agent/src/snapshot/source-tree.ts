@@ -15,7 +15,8 @@ import {
   openSync,
   readlinkSync,
 } from "node:fs";
-import { readdir, stat } from "node:fs/promises";
+import { opendir, readdir, stat } from "node:fs/promises";
+import { userInfo } from "node:os";
 import { join } from "node:path";
 import type { ManifestRoot, SkippedEntry } from "@dumont/repository";
 import type { Exclusions } from "./path-matcher.js";
@@ -75,16 +76,34 @@ export interface SourceTree {
 /**
  * The source directory's stat, or an error saying why it cannot be snapshotted. The root may itself be a symlink
  * to a directory (/workspace -> /mnt/data/ws): that one link is followed, as the path the operator named (rsync's
- * `link/`); nothing under it is.
+ * `link/`); nothing under it is. A root this process may not list (an agent running as another user than the
+ * workspace's, a directory of mode 0711 or 0700) fails here too: listed as nothing, it made an empty snapshot that a
+ * retention policy then counted as the newest, forgetting the last whole one.
  */
 export async function statSourceRoot(root: string): Promise<BigIntStats> {
   const rootStat = await stat(root, { bigint: true }).catch((err: NodeJS.ErrnoException) => {
-    throw new Error(
-      `cannot read the source directory ${root}: ${err.code === "ENOENT" ? "it does not exist" : err.message}`,
-    );
+    throw sourceUnreadable(root, err.code === "ENOENT" ? "it does not exist" : err.message);
   });
   if (!rootStat.isDirectory()) throw new Error(`the source ${root} is not a directory`);
+  const listing = await opendir(root).catch((err: unknown) => {
+    throw sourceUnreadable(root, withoutPath(err));
+  });
+  await listing.close();
   return rootStat;
+}
+
+/** The source directory could not be read: the snapshot fails, saying why and, for a permission, as whom. */
+function sourceUnreadable(root: string, why: string): Error {
+  const as = /^E(ACCES|PERM)\b/.test(why) ? ` (the agent runs as ${processUser()}, which may not list it)` : "";
+  return new Error(`cannot read the source directory ${root}: ${why}${as}`);
+}
+
+function processUser(): string {
+  try {
+    return `user ${userInfo().username}`;
+  } catch {
+    return `uid ${process.getuid?.() ?? "?"}`;
+  }
 }
 
 export async function listSourceTree(
@@ -106,7 +125,7 @@ export async function listSourceTree(
   // or one on its way in or aside (isMarkerName, in `walk`): never stored, or a restore of the snapshot would
   // write it back and a later restore take it for its own.
   const leftOut = new Map([[RESTORE_MARKER, RESTORE_MARKER_LEFT_OUT], ...(leaveOut ?? [])]);
-  await walk(root, "", { entries, skipped, exclusions, onDirectory, leaveOut: leftOut }, rootStat);
+  await walk(root, "", { root, entries, skipped, exclusions, onDirectory, leaveOut: leftOut }, rootStat);
   const rootEntry: ManifestRoot = {
     mode: Number(rootStat.mode & 0o7777n),
     mtimeNs: String(rootStat.mtimeNs),
@@ -120,6 +139,8 @@ async function walk(
   dirAbs: string,
   dirRel: string,
   into: {
+    /** The source directory, as named: what a failure to list it says. */
+    root: string;
     entries: SourceEntry[];
     skipped: SkippedEntry[];
     exclusions?: Exclusions;
@@ -138,15 +159,18 @@ async function walk(
     handle = openSync(dirAbs, constants.O_RDONLY | constants.O_DIRECTORY | (dirRel === "" ? 0 : constants.O_NOFOLLOW));
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
+    if (dirRel === "") throw sourceUnreadable(dirAbs, withoutPath(e)); // (its mode changed since statSourceRoot)
     if (e.code === "ENOENT") return; // removed since its parent was listed, as a file gone is
     const replaced = e.code === "ELOOP" || e.code === "ENOTDIR";
-    skipped.push({ path: dirRel || ".", reason: replaced ? DIRECTORY_REPLACED : `cannot list: ${withoutPath(e)}` });
+    skipped.push({ path: dirRel, reason: replaced ? DIRECTORY_REPLACED : `cannot list: ${withoutPath(e)}` });
     return;
   }
   try {
     const st = fstatSync(handle, { bigint: true });
     if (st.dev !== listed.dev || st.ino !== listed.ino) {
-      skipped.push({ path: dirRel || ".", reason: DIRECTORY_REPLACED });
+      if (dirRel === "")
+        throw new Error(`the source directory ${dirAbs} was replaced while it was listed; snapshot it again`);
+      skipped.push({ path: dirRel, reason: DIRECTORY_REPLACED });
       return;
     }
     await listDirectory(`/proc/self/fd/${handle}`, dirRel, into);
@@ -171,7 +195,8 @@ async function listDirectory(dirAbs: string, dirRel: string, into: Parameters<ty
       }
     }
   } catch (err) {
-    skipped.push({ path: dirRel || ".", reason: `cannot list: ${withoutPath(err)}` });
+    if (dirRel === "") throw sourceUnreadable(into.root, withoutPath(err));
+    skipped.push({ path: dirRel, reason: `cannot list: ${withoutPath(err)}` });
     return;
   }
   dirents.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
