@@ -58,6 +58,13 @@ export interface WriterStats {
   bytesWritten: number;
   /** Bytes of the packs alone (what a prune frees is counted in packs too). */
   packBytes: number;
+  /**
+   * The chunks this writer stored, their stored (sealed) and plain bytes: not those it was handed that were stored
+   * already, by another writer sharing its index (two snapshots of one tenant storing the same bytes at once).
+   */
+  chunksStored: number;
+  chunkBytesStored: number;
+  plainBytesStored: number;
 }
 
 /**
@@ -76,7 +83,15 @@ interface OpenPack {
 const PACK_SLACK = 4 * 1024 * 1024 + 64 * 1024;
 
 export class RepositoryWriter implements ChunkSink {
-  readonly stats: WriterStats = { packs: 0, chunks: 0, bytesWritten: 0, packBytes: 0 };
+  readonly stats: WriterStats = {
+    packs: 0,
+    chunks: 0,
+    bytesWritten: 0,
+    packBytes: 0,
+    chunksStored: 0,
+    chunkBytesStored: 0,
+    plainBytesStored: 0,
+  };
   /**
    * The committed snapshot's totals as its record holds them (counted here from the manifest, not taken from
    * the sender's stats), once `commit` has returned: the control plane files them in its catalogue. Kept beside
@@ -186,6 +201,9 @@ export class RepositoryWriter implements ChunkSink {
       else if (pack.buf) copyBytes(chunk.blob, pack.buf, pack.size);
       pack.entries.push(chunk.id, pack.size, chunk.blob.length, chunk.plainLength);
       pack.size += chunk.blob.length;
+      this.stats.chunksStored++;
+      this.stats.chunkBytesStored += chunk.blob.length;
+      this.stats.plainBytesStored += chunk.plainLength;
       if (pack.size >= this.packSize) await this.sealCurrentPack();
     }
   }

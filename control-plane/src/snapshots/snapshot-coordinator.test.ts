@@ -339,12 +339,14 @@ describe("SnapshotCoordinator: the arrival check", () => {
     await expect(bad.snapshot).rejects.toThrow("the agent offered a chunk id of 31 bytes; chunk ids are 32");
   });
 
-  it("files the snapshot's size as its manifest counts it, whatever the agent's stats say", async () => {
-    // Stats that read nothing (an unchanged workspace's): the size is still its file's 10,000 bytes.
-    const row = await commitWith({ files: 1n, bytesRead: 0n, bytesStored: 592n });
-    expect(row).toMatchObject({ bytes_total: 10_000, bytes_stored: 592 });
+  it("files the snapshot's size as its manifest counts it, and what it stored as it was stored, whatever the agent's stats say", async () => {
+    // Stats that read nothing (an unchanged workspace's): the size is still its file's 10,000 bytes, and what is
+    // new the one chunk the store took (10,000 random bytes: stored as they are, sealed), not the 592 claimed.
+    const row = await commitWith({ files: 1n, bytesRead: 0n, bytesNew: 7n, bytesStored: 592n, chunksNew: 3n });
+    const asStored = { bytes_total: 10_000, bytes_new: 10_000, bytes_stored: 10_029, chunks_new: 1 };
+    expect(row).toMatchObject(asStored);
     const stored = await db.selectFrom("snapshots").selectAll().where("id", "=", row.id).executeTakeFirstOrThrow();
-    expect(stored).toMatchObject({ bytes_total: 10_000, bytes_stored: 592 });
+    expect(stored).toMatchObject(asStored);
   });
 
   it("lists no snapshot a forget took between its commit and its row: both or neither", async () => {
@@ -1937,6 +1939,55 @@ function finishIn(h: Harness) {
     return snapshot;
   };
 }
+
+describe("SnapshotCoordinator: two snapshots of the same bytes at once", () => {
+  const h = useCoordinator("h-twice");
+
+  it("counts a chunk as new in the snapshot that stored it only, whatever the agent says it sent", async () => {
+    const agentSends = (msg: MessageInitShape<typeof AgentMessageSchema>["msg"]) =>
+      h.coordinator.onAgentMessage(h.session, create(AgentMessageSchema, { msg }));
+    const plain = randomBytes(5_000);
+    const [first, second] = [await startedIn(h), await startedIn(h)];
+    const sealedFor = ({ key }: typeof first) => chunkCodec.sealChunk(key, plain);
+    // Neither holds the chunk yet: each is told to send it.
+    for (const s of [first, second])
+      expect(await offered(agentSends, h.sent, s.requestId, 0n, [sealedFor(s).id])).toHaveLength(1);
+    const commit = ({ requestId, key }: typeof first) => {
+      const chunk = sealedFor({ requestId, key } as typeof first);
+      agentSends({
+        case: "snapshotChunks",
+        value: { requestId, epoch: 0n, chunks: [{ id: chunk.id, blob: chunk.blob, plainLength: plain.length }] },
+      });
+      // Each agent says it sent the chunk, as it did.
+      const stats = {
+        files: 1n,
+        bytesRead: 5_000n,
+        bytesNew: 5_000n,
+        bytesStored: BigInt(chunk.blob.length),
+        chunksNew: 1n,
+      };
+      agentSends({
+        case: "snapshotCommit",
+        value: { requestId, epoch: 0n, manifest: oneFile(key, chunk.id, plain.length), stats },
+      });
+    };
+    commit(first);
+    const stored = await first.snapshot;
+    commit(second); // the first's pack holds the chunk by now: not stored again
+    const again = await second.snapshot;
+    expect(stored).toMatchObject({ bytes_new: 5_000, chunks_new: 1 });
+    expect(stored.bytes_stored).toBeGreaterThan(0);
+    expect(again).toMatchObject({ bytes_new: 0, bytes_stored: 0, chunks_new: 0, files: 1 });
+    const packs = await fs.readdir(path.join(h.blobs, "tenants", "t1", "data"), { recursive: true });
+    expect(packs.filter((name) => /[0-9a-f]{64}$/.test(name))).toHaveLength(1);
+    expect(
+      await h.db.selectFrom("snapshots").select(["bytes_new", "chunks_new"]).orderBy("bytes_new").execute(),
+    ).toEqual([
+      { bytes_new: 0, chunks_new: 0 },
+      { bytes_new: 5_000, chunks_new: 1 },
+    ]);
+  });
+});
 
 describe("SnapshotCoordinator: a tenant's storage quota", () => {
   const tuning: CoordinatorTuning = {};

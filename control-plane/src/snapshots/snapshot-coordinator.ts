@@ -1764,12 +1764,15 @@ export class SnapshotCoordinator {
   ): Promise<SnapshotRow> {
     const s = commit.stats;
     const skipped = skippedEntries(s);
+    // What is new is what this snapshot added to the store, as its writer counts it, not the agent's count of
+    // what it sent: a chunk another snapshot of the tenant stored meanwhile (two snapshots of the same bytes at
+    // once, each told the chunk was needed) is not stored again, and is not this snapshot's to count as new.
     const counts = {
       files: statCount(s?.files, "files"),
       bytesRead: statCount(s?.bytesRead, "bytes_read"),
-      bytesNew: statCount(s?.bytesNew, "bytes_new"),
-      bytesStored: statCount(s?.bytesStored, "bytes_stored"),
-      chunksNew: statCount(s?.chunksNew, "chunks_new"),
+      bytesNew: writer.stats.plainBytesStored,
+      bytesStored: writer.stats.chunkBytesStored,
+      chunksNew: writer.stats.chunksStored,
       seconds: s?.seconds ?? 0,
       filesSkipped: skipped.filesSkipped,
     };
