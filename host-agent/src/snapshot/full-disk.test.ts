@@ -178,6 +178,35 @@ describe.skipIf(!canMountTmpfs())("a full disk", () => {
   });
 });
 
+describe.skipIf(!canMountTmpfs())("a restore target that fills with small files", () => {
+  it("says the room its files take in whole blocks, not the bytes they hold", async () => {
+    const root = await mkdtemp(join(tmpdir(), "dumont-small-files-"));
+    const disk = join(root, "disk");
+    await mkdir(disk);
+    mountTmpfs(disk, "4m");
+    try {
+      const keyFile = join(root, "key");
+      await writeFile(keyFile, randomBytes(32).toString("hex"), { mode: 0o600 });
+      const source = join(root, "src");
+      await mkdir(source);
+      // 1,500 files of 5 bytes: 7.3 KiB of data, 5.9 MiB of disk (a 4 KiB block each, and one for the directory).
+      for (let i = 0; i < 1_500; i++) await writeFile(join(source, `f${i}.txt`), `${i}`.padStart(5, "0"));
+      const key = ["--repo", pathToFileURL(join(root, "repo")).href, "--key-file", keyFile];
+      expect((await runAgentCli("snapshot", "create", "--source", source, ...key)).code).toBe(0);
+      const target = join(disk, "restore");
+      const failed = await runAgentCli("snapshot", "restore", "--id", "latest", "--target", target, ...key);
+      expect(failed.code).toBe(1);
+      expect(failed.err).toContain(
+        `cannot restore into ${target}: no space left on the device (ENOSPC). What was restored so far has been ` +
+          "removed; the restore needs 5.9 MiB there: make room and restore again",
+      );
+    } finally {
+      unmountTmpfs(disk);
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+});
+
 describe.skipIf(!canMountTmpfs())("a read-only repository", () => {
   it("restores and checks with --no-lock, and without it says that a lock needs writing and what to do", async () => {
     const root = await mkdtemp(join(tmpdir(), "dumont-read-only-"));
@@ -194,6 +223,7 @@ describe.skipIf(!canMountTmpfs())("a read-only repository", () => {
       const key = ["--repo", repo, "--key-file", keyFile];
       const state = ["--state-dir", join(root, "state")];
       expect((await runAgentCli("snapshot", "create", "--source", source, ...key, ...state)).code).toBe(0);
+      await mkdir(join(disk, "restored")); // a target there, made while the filesystem took writes
       remountReadOnly(disk);
 
       const restore = (target: string, ...more: string[]) =>
@@ -207,6 +237,22 @@ describe.skipIf(!canMountTmpfs())("a read-only repository", () => {
       );
       const restored = await restore("restored", "--no-lock");
       expect(restored.code, restored.err).toBe(0);
+      // A target on the read-only filesystem: not a matter of room, as a full disk is.
+      const readOnlyTarget = join(disk, "restored");
+      const nowhere = await runAgentCli(
+        "snapshot",
+        "restore",
+        "--id",
+        "latest",
+        "--target",
+        readOnlyTarget,
+        "--no-lock",
+        ...key,
+      );
+      expect(nowhere.code).toBe(1);
+      expect(nowhere.err).toContain(`cannot restore into ${readOnlyTarget}: the filesystem is read-only (EROFS). `);
+      expect(nowhere.err).toContain("mount it read-write, or restore elsewhere");
+      expect(nowhere.err).not.toContain("make room");
       expect(await readFile(join(root, "restored", "data.bin"))).toEqual(await readFile(join(source, "data.bin")));
       expect((await runAgentCli("snapshot", "check", ...key)).err).toMatch(/for a check: .*add --no-lock/);
       expect((await runAgentCli("snapshot", "check", "--no-lock", ...key)).code).toBe(0);

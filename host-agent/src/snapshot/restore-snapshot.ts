@@ -186,7 +186,7 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
   } catch (err) {
     await dirs.close();
     // A full disk (or quota, or read-only mount) already for the marker: nothing was written.
-    throw targetUnwritable(err, options.target, plan.bytes, "Nothing was written") ?? err;
+    throw targetUnwritable(err, options.target, plan.room, "Nothing was written") ?? err;
   }
   // Only this user may enter the target while the restore writes into it (without /proc, by path: a directory
   // swapped for a symlink meanwhile could redirect a write); its own mode comes back at the end.
@@ -239,14 +239,14 @@ export async function restoreSnapshot(given: RestoreSnapshotOptions): Promise<Re
     // flush) takes back what it wrote: the target is empty again, and the same restore can simply run again.
     left = (await dirs.emptyTarget(RESTORE_MARKER)).filter((name) => !isMarkerName(name));
     if (left.length === 0) {
-      throw targetUnwritable(err, options.target, plan.bytes, "What was restored so far has been removed") ?? err;
+      throw targetUnwritable(err, options.target, plan.room, "What was restored so far has been removed") ?? err;
     }
     const notRemoved =
       `Not all it wrote could be removed (${left.slice(0, 3).join(", ")}` +
       `${left.length > 3 ? `, and ${left.length - 3} more` : ""}): ${RESTORE_MARKER} stays in ${options.target}, ` +
       "so it reads as an interrupted restore's, which the next restore into it clears";
     // A full disk's error says what is left behind itself (as its outcome); any other gets it appended.
-    const unwritable = targetUnwritable(err, options.target, plan.bytes, notRemoved);
+    const unwritable = targetUnwritable(err, options.target, plan.room, notRemoved);
     const why = err instanceof Error ? err.message : String(err);
     throw new RestoreLeftBehindError(unwritable?.message ?? `${why}. ${notRemoved}`, unwritable ?? err, notRemoved);
   } finally {
@@ -322,15 +322,22 @@ async function afterRestore(
  * `err`, where the target's filesystem takes no more writes (a full disk, a quota, a read-only mount), as an
  * Error saying so, what became of the restore (`outcome`) and how much it needs; undefined for any other error.
  */
-function targetUnwritable(err: unknown, target: string, bytes: number, outcome: string): Error | undefined {
+function targetUnwritable(err: unknown, target: string, room: number, outcome: string): Error | undefined {
   const why = unwritableReason(err);
   if (why === undefined) return undefined;
-  return new Error(
-    `cannot restore into ${target}: ${why}. ${outcome}; the restore needs ${formatBytes(bytes)} there: make ` +
-      "room and restore again",
-    { cause: err },
-  );
+  // A read-only filesystem is not a matter of room.
+  const remedy =
+    (err as NodeJS.ErrnoException).code === "EROFS"
+      ? "mount it read-write, or restore elsewhere"
+      : `the restore needs ${formatBytes(room)} there: make room and restore again`;
+  return new Error(`cannot restore into ${target}: ${why}. ${outcome}; ${remedy}`, { cause: err });
 }
+
+/** The disk a file of `size` bytes takes, in whole blocks (the usual 4 KiB: 50,000 files of 5 bytes take ~200 MB). */
+function blocksOf(size: number): number {
+  return Math.ceil(size / DISK_BLOCK) * DISK_BLOCK;
+}
+const DISK_BLOCK = 4096;
 
 /**
  * A worker's failure to write file `path` as an Error with its code (unwritableReason reads it), naming the file
@@ -501,6 +508,11 @@ interface RestorePlan {
   files: number;
   /** What the files written (not linked) hold. */
   bytes: number;
+  /**
+   * The disk the restore takes, near enough, for a target that fills: each file written in whole 4 KiB blocks, and
+   * a block a directory (a sparse file's holes are counted as data).
+   */
+  room: number;
   dirs: DirEntry[];
   links: LinkEntry[];
 }
@@ -523,6 +535,7 @@ function planRestore(
     : undefined;
   let files = 0;
   let bytes = 0;
+  let room = 0;
   let matched = 0;
   const dirs: DirEntry[] = [];
   const links: LinkEntry[] = [];
@@ -540,8 +553,10 @@ function planRestore(
       if (e.type === "symlink") links.push(e);
       else if (e.type === "file") {
         files++;
-        if (e.linkOf === undefined) bytes += e.size;
-        else hardLinks.push(e);
+        if (e.linkOf === undefined) {
+          bytes += e.size;
+          room += blocksOf(e.size);
+        } else hardLinks.push(e);
       }
     }
   }
@@ -556,11 +571,15 @@ function planRestore(
   const kept = include?.finish();
   for (const e of hardLinks) {
     if (selected(e.linkOf!, false)) linked.set(e.path, e.linkOf!);
-    else bytes += e.size;
+    else {
+      bytes += e.size;
+      room += blocksOf(e.size);
+    }
   }
-  if (!kept) return { root, selected, linked, files, bytes, dirs, links };
   // Directories are kept when matched or when they hold something that is (files and links only when matched).
-  return { root, selected, linked, files, bytes, dirs: dirs.filter((d) => kept.has(d.path)), links };
+  const made = kept ? dirs.filter((d) => kept.has(d.path)) : dirs;
+  room += made.length * DISK_BLOCK;
+  return { root, selected, linked, files, bytes, room, dirs: made, links };
 }
 
 async function restoreWindow(
