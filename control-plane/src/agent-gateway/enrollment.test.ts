@@ -7,7 +7,8 @@ import { EnrollRequestSchema } from "@dumont/proto";
 import { status } from "@grpc/grpc-js";
 import * as x509 from "@peculiar/x509";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ensureTenant, insertJoinToken } from "../db/credential-repository.js";
+import { createApiKey } from "../api/auth.js";
+import { ensureTenant, insertJoinToken, revokeApiKey } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { getHost } from "../db/host-repository.js";
 import { openTestDatabase } from "../db/test-database.js";
@@ -73,6 +74,21 @@ describe("enrollment", () => {
     await insertJoinToken(db, { token: "t-old", tenantId: "prov", expiresAt: new Date(Date.now() - 1000) });
     await expect(enrollHost(db, ca, await request("t-old"))).rejects.toThrow(/has expired/);
     await expect(enrollHost(db, ca, await request("t-never"))).rejects.toThrow(/not valid/);
+    // Made with a key revoked since (one that leaked): no host, and the agent is told why.
+    const revoked = await createApiKey(db, "prov", "provider", "leaked");
+    await revokeApiKey(db, revoked.id, new Date());
+    await insertJoinToken(db, {
+      token: "t-leaked",
+      tenantId: "prov",
+      expiresAt: new Date(Date.now() + 60_000),
+      createdByKey: revoked.id,
+    });
+    await expect(enrollHost(db, ca, await request("t-leaked"))).rejects.toMatchObject({
+      code: status.PERMISSION_DENIED,
+      message:
+        "the API key the join token was made with has been revoked or has expired, and the token with it; create a " +
+        "new one with `dumont host join-token create` and run enroll again",
+    });
     expect((await db.selectFrom("hosts").select("id").execute()).length).toBe(hostsBefore);
   });
 

@@ -38,11 +38,12 @@ export function agentFactsProblem(facts: { agentVersion: string; hostname: strin
   return undefined;
 }
 
-function joinTokenRefused(reason: "unknown" | "used" | "expired"): EnrollError {
+function joinTokenRefused(reason: "unknown" | "used" | "expired" | "key-gone"): EnrollError {
   const why = {
     unknown: "the join token is not valid",
     used: "the join token was already used",
     expired: "the join token has expired",
+    "key-gone": "the API key the join token was made with has been revoked or has expired, and the token with it",
   }[reason];
   return new EnrollError(
     status.PERMISSION_DENIED,

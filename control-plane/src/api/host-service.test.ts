@@ -4,7 +4,7 @@ import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Role } from "../db/credential-repository.js";
-import { ensureTenant } from "../db/credential-repository.js";
+import { checkJoinToken, consumeJoinToken, ensureTenant, revokeApiKey } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { insertEvent, insertHost } from "../db/host-repository.js";
 import { openTestDatabase } from "../db/test-database.js";
@@ -108,5 +108,59 @@ describe("HostService: roles and tenants", () => {
     expect(await code(service().listHostEvents(create(api.ListHostEventsRequestSchema, { hostId: "h-a" }), none))).toBe(
       "Unauthenticated",
     );
+  });
+});
+
+describe("HostService: join tokens are their key's", () => {
+  let db: Db;
+  let close: () => Promise<void>;
+  beforeAll(async () => {
+    ({ db, close } = await openTestDatabase());
+    await ensureTenant(db, "t-a", "t-a");
+  });
+  afterAll(() => close());
+
+  const service = () =>
+    hostService({ db, caHash: () => "sha256:00", grpcUrl: () => "https://cp:8443", httpUrl: () => "http://cp:8000" });
+  const providerKey = async (expiresAt?: Date) => {
+    const made = await createApiKey(db, "t-a", "provider", "rack", { expiresAt });
+    return { ...made, ctx: { requestHeader: new Headers({ authorization: `Bearer ${made.key}` }) } as HandlerContext };
+  };
+  const tokenOf = async (ctx: HandlerContext, ttlSeconds = 0) =>
+    (
+      (await service().createJoinToken(
+        create(api.CreateJoinTokenRequestSchema, { ttlSeconds }),
+        ctx,
+      )) as api.CreateJoinTokenResponse
+    ).token;
+
+  it("expires no later than the key that made it", async () => {
+    const hour = await providerKey(new Date(Date.now() + 3600_000));
+    const refused = await tokenOf(hour.ctx, 7 * 86400).catch((err: unknown) => ConnectError.from(err));
+    expect(refused).toMatchObject({ code: Code.InvalidArgument });
+    expect((refused as ConnectError).rawMessage).toMatch(
+      /^your key expires at \S+, and a join token it makes must expire by then: give ttl_seconds \(--ttl\) that ends no later$/,
+    );
+    expect(await checkJoinToken(db, await tokenOf(hour.ctx, 1800), new Date())).toEqual({ ok: true, tenantId: "t-a" });
+  });
+
+  it("works only while its key does: revoked, or expired since, the key takes its tokens with it", async () => {
+    const leaked = await providerKey();
+    const [unused, raced] = [await tokenOf(leaked.ctx), await tokenOf(leaked.ctx)];
+    expect(await checkJoinToken(db, unused, new Date())).toEqual({ ok: true, tenantId: "t-a" });
+    expect(await revokeApiKey(db, leaked.id, new Date())).toBeDefined();
+    expect(await checkJoinToken(db, unused, new Date())).toEqual({ ok: false, reason: "key-gone" });
+    // Using it (enrollment's transaction) is refused the same way, and marks nothing used.
+    expect(await consumeJoinToken(db, raced, "h-x", new Date())).toEqual({ ok: false, reason: "key-gone" });
+
+    const brief = await providerKey(new Date(Date.now() + 3600_000));
+    const token = await tokenOf(brief.ctx, 1800);
+    expect(await checkJoinToken(db, token, new Date(Date.now() + 1000_000))).toEqual({ ok: true, tenantId: "t-a" });
+    await db
+      .updateTable("api_keys")
+      .set({ expires_at: new Date(Date.now() - 1000) })
+      .where("id", "=", brief.id)
+      .execute();
+    expect(await checkJoinToken(db, token, new Date())).toEqual({ ok: false, reason: "key-gone" });
   });
 });

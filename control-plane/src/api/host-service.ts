@@ -45,7 +45,15 @@ export function hostService(deps: HostServiceDeps): ServiceImpl<typeof api.HostS
       }
       const token = `djt_${randomBytes(24).toString("base64url")}`;
       const expiresAt = new Date(Date.now() + ttl * 1000);
-      await insertJoinToken(deps.db, { token, tenantId: who.tenantId, expiresAt });
+      // A token is its key's to use, as a key a key makes (key-service): it expires no later than the key, and works
+      // only while the key does (consumeJoinToken), so revoking a leaked key stops the tokens made with it.
+      if (who.expiresAt && expiresAt > who.expiresAt) {
+        throw new InvalidArgumentError(
+          `your key expires at ${who.expiresAt.toISOString()}, and a join token it makes must expire by then: give ` +
+            "ttl_seconds (--ttl) that ends no later",
+        );
+      }
+      await insertJoinToken(deps.db, { token, tenantId: who.tenantId, expiresAt, createdByKey: who.keyId });
       const caHash = deps.caHash();
       return create(api.CreateJoinTokenResponseSchema, {
         token,

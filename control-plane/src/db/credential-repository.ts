@@ -1,6 +1,8 @@
 // Tenants, API keys and join tokens. Secrets are stored only as SHA-256 hashes.
 import { createHash } from "node:crypto";
+import type { ExpressionBuilder } from "kysely";
 import type { Db } from "./database.js";
+import type { Database } from "./tables.js";
 
 export type Role = "consumer" | "provider" | "admin";
 
@@ -144,17 +146,28 @@ export async function countUsableApiKeys(db: Db, of: { role?: Role; tenantId?: s
   return Number((await q.executeTakeFirstOrThrow()).n);
 }
 
-export async function insertJoinToken(db: Db, token: { token: string; tenantId: string; expiresAt: Date }) {
+export async function insertJoinToken(
+  db: Db,
+  token: { token: string; tenantId: string; expiresAt: Date; createdByKey?: string },
+) {
   await db
     .insertInto("join_tokens")
-    .values({ token_hash: sha256Hex(token.token), tenant_id: token.tenantId, expires_at: token.expiresAt })
+    .values({
+      token_hash: sha256Hex(token.token),
+      tenant_id: token.tenantId,
+      expires_at: token.expiresAt,
+      created_by_key: token.createdByKey ?? null,
+    })
     .execute();
 }
 
-export type JoinTokenUse = { ok: true; tenantId: string } | { ok: false; reason: "unknown" | "used" | "expired" };
+export type JoinTokenUse =
+  | { ok: true; tenantId: string }
+  | { ok: false; reason: "unknown" | "used" | "expired" | "key-gone" };
 
 /**
- * Marks a join token used by `hostId`, atomically: two agents racing with one token cannot both win.
+ * Marks a join token used by `hostId`, atomically: two agents racing with one token cannot both win, and one
+ * whose key was revoked meanwhile cannot be used.
  * Must run inside the transaction that creates the host.
  */
 export async function consumeJoinToken(db: Db, token: string, hostId: string, now: Date): Promise<JoinTokenUse> {
@@ -165,21 +178,38 @@ export async function consumeJoinToken(db: Db, token: string, hostId: string, no
     .where("token_hash", "=", hash)
     .where("used_at", "is", null)
     .where("expires_at", ">", now)
+    .where((eb) => eb.or([eb("created_by_key", "is", null), eb.exists(usableKey(eb, now))]))
     .returning("tenant_id")
     .executeTakeFirst();
   if (claimed) return { ok: true, tenantId: claimed.tenant_id };
   return checkJoinToken(db, token, now);
 }
 
+/** The API key a join token row was made with, while it opens something (not revoked, not expired). */
+function usableKey(eb: ExpressionBuilder<Database, "join_tokens">, now: Date) {
+  return eb
+    .selectFrom("api_keys")
+    .select("api_keys.id")
+    .whereRef("api_keys.id", "=", "join_tokens.created_by_key")
+    .where("api_keys.revoked_at", "is", null)
+    .where((k) => k.or([k("api_keys.expires_at", "is", null), k("api_keys.expires_at", ">", now)]));
+}
+
 /** Whether a join token could be used now, and by which tenant, without using it (see consumeJoinToken). */
 export async function checkJoinToken(db: Db, token: string, now: Date): Promise<JoinTokenUse> {
   const row = await db
     .selectFrom("join_tokens")
-    .select(["tenant_id", "used_at", "expires_at"])
+    .select((eb) => [
+      "tenant_id",
+      "used_at",
+      "expires_at",
+      eb.or([eb("created_by_key", "is", null), eb.exists(usableKey(eb, now))]).as("key_usable"),
+    ])
     .where("token_hash", "=", sha256Hex(token))
     .executeTakeFirst();
   if (!row) return { ok: false, reason: "unknown" };
   if (row.used_at) return { ok: false, reason: "used" };
   if (new Date(row.expires_at) <= now) return { ok: false, reason: "expired" };
+  if (!row.key_usable) return { ok: false, reason: "key-gone" };
   return { ok: true, tenantId: row.tenant_id };
 }

@@ -40,6 +40,8 @@ export interface JoinTokensTable {
   expires_at: Timestamp;
   used_at: Timestamp | null;
   used_by_host: string | null;
+  /** The API key (id) it was made with: the token works only while that key does; null before the column. */
+  created_by_key: string | null;
 }
 
 export interface HostsTable {
