@@ -95,3 +95,21 @@ export const READ_DATA_SUBSET = {
 export function collect(value: string, all: string[]): string[] {
   return [...all, value];
 }
+
+/**
+ * commander's output settings both CLIs take (`program.configureOutput(oneLineErrors("dumont"))`, before their
+ * commands are added, which inherit it): commander's own errors (an unknown option, a required one missing, a value
+ * a flag's parser refused) as one line, `NAME: what; add --help for the usage`, as the CLIs' other errors are. They
+ * were "error: …" followed by the whole usage text, 15 lines and more, the error scrolled off above them.
+ */
+export function oneLineErrors(name: string): { outputError: (text: string, write: (text: string) => void) => void } {
+  return {
+    outputError: (text, write) => {
+      const line = text
+        .replace(/^error: /, "")
+        .trim()
+        .replace(/\s*\n\s*/g, " ");
+      write(`${name}: ${line}${/[.!?)]$/.test(line) ? "" : ";"} add --help for the usage\n`);
+    },
+  };
+}

@@ -40,6 +40,23 @@ describe("dumont (admin CLI): global flags", () => {
     expect(res).toEqual({ code: 1, stdout: "", stderr: "dumont: --api-key was given twice: give it once\n" });
   });
 
+  it("prints commander's own errors as one line, as its other errors, not followed by the usage", async () => {
+    const cases: [string[], string][] = [
+      [
+        ["key", "create", "--role", "consumer", "--bogus"],
+        "dumont: unknown option '--bogus'; add --help for the usage\n",
+      ],
+      [["key", "create"], "dumont: required option '--role <role>' not specified; add --help for the usage\n"],
+      [
+        ["snapshot", "restore", "abc", "--host", "h-1", "--target", "rel"],
+        "dumont: option '--target <dir>' argument 'rel' is invalid. --target must be an absolute path on the host, " +
+          'got "rel"; add --help for the usage\n',
+      ],
+    ];
+    for (const [args, line] of cases)
+      expect(await dumont(args), args.join(" ")).toEqual({ code: 1, stdout: "", stderr: line });
+  });
+
   it("takes each once, over its environment variable", async () => {
     const res = await dumont(["--api-url", "http://127.0.0.1:2", "--api-key", key("a"), "host", "list"]);
     expect(res.code).toBe(1);

@@ -1,5 +1,5 @@
 // `dumont`: the control plane and its CLI (one program).
-import { flagParsers } from "@dumont/repository/cli-flags";
+import { flagParsers, oneLineErrors } from "@dumont/repository/cli-flags";
 import { flushStdout, watchStdout } from "@dumont/repository/cli-output";
 import { Command, InvalidArgumentError } from "commander";
 import { registerDevCommand } from "./dev-command.js";
@@ -24,7 +24,7 @@ export async function main(argv: string[]): Promise<void> {
       "API key (env DUMONT_API_KEY, default: the admin-api-key a local `dumont dev` wrote in $DUMONT_DATA_DIR or .dumont)",
       onceUnquoted("--api-key", (key) => key),
     )
-    .showHelpAfterError();
+    .configureOutput(oneLineErrors("dumont"));
   registerServeCommand(program);
   registerDevCommand(program);
   registerHostCommands(program);
