@@ -42,6 +42,23 @@ describe("HTTP server", () => {
     return listenHttp(server, "127.0.0.1", 0);
   };
 
+  it("refuses a JSON request naming a field the API does not have, rather than reading it as absent", async () => {
+    const port = await start();
+    const call = (body: string) =>
+      fetch(`http://127.0.0.1:${port}/dumont.api.v1.HostService/ListHosts`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body,
+      });
+    const typo = await call('{"tenant":"acme"}'); // tenant_id (tenantId) meant
+    expect(typo.status).toBe(400);
+    expect(await typo.json()).toMatchObject({
+      code: "invalid_argument",
+      message: expect.stringMatching(/"tenant" is unknown/),
+    });
+    expect((await call('{"tenantId":"acme"}')).status).toBe(200);
+  });
+
   it("limits how long a request may take to arrive by default", async () => {
     await start();
     expect(server?.requestTimeout).toBeGreaterThan(0);

@@ -30,6 +30,11 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     interceptors: [logUnexpectedErrors(deps.log)],
     // Keep API request bodies small: nothing in the API needs more.
     readMaxBytes: 4 * 1024 * 1024,
+    // Decided: a JSON request naming a field the API does not have is refused (INVALID_ARGUMENT, naming the
+    // field), not read as if the field were absent: `{"ttl":"1h"}` for ttl_seconds made a token of the default
+    // hour, silently. The CLI sends only fields it sets, so one newer than the control plane fails only where it
+    // asks for something this one cannot do. (Binary requests keep protobuf's unknown fields, as gRPC does.)
+    jsonOptions: { ignoreUnknownFields: false },
   });
   const requestTimeout = deps.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
   const options: http.ServerOptions = {
