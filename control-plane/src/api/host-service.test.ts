@@ -72,6 +72,14 @@ describe("HostService: roles and tenants", () => {
     await expect(Promise.resolve(other)).rejects.toThrow("a provider key lists its own tenant's hosts only (t-a)");
     const bad = service().listHosts(create(api.ListHostsRequestSchema, { tenantId: "t-b-" }), ctx.admin);
     expect(await code(bad)).toBe("InvalidArgument");
+    // A tenant that does not exist is said so, not listed as one without hosts.
+    await ensureTenant(db, "t-empty", "t-empty");
+    expect(await only("admin", "t-empty")).toEqual([]);
+    const typo = service().listHosts(create(api.ListHostsRequestSchema, { tenantId: "t-nosuch" }), ctx.admin);
+    await expect(Promise.resolve(typo)).rejects.toThrow(
+      'there is no tenant "t-nosuch": `dumont key list` shows the tenants that hold keys',
+    );
+    expect(await code(typo)).toBe("NotFound");
   });
 
   it("answers another tenant's host as not found, never as denied", async () => {

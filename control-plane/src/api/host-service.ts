@@ -4,13 +4,13 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
-import { insertJoinToken } from "../db/credential-repository.js";
+import { insertJoinToken, tenantExists } from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { getHost, listEvents, listHosts, metricsSince } from "../db/host-repository.js";
 import type { GpuSampleRow, HostRow } from "../db/tables.js";
 import { InvalidArgumentError, NotFoundError } from "../errors.js";
 import { type ApiAuthOptions, authenticate, listScope, requireRole, tenantScope } from "./auth.js";
-import { checkText, MAX_HOST_ID } from "./request-fields.js";
+import { checkText, MAX_HOST_ID, noSuchTenant } from "./request-fields.js";
 
 export interface HostServiceDeps {
   db: Db;
@@ -67,6 +67,10 @@ export function hostService(deps: HostServiceDeps): ServiceImpl<typeof api.HostS
     async listHosts(req, ctx) {
       const who = await provider(ctx);
       const rows = await listHosts(deps.db, listScope(who, req.tenantId, "hosts"));
+      // A mistyped tenant would list nothing, as a tenant without hosts does: say which it is.
+      if (rows.length === 0 && req.tenantId && !(await tenantExists(deps.db, req.tenantId))) {
+        throw noSuchTenant(req.tenantId);
+      }
       return create(api.ListHostsResponseSchema, { hosts: rows.map(toApiHost) });
     },
 

@@ -91,6 +91,10 @@ describe("KeyService", () => {
     const all = await list("admin");
     expect(new Set(all.map((k) => k.tenantId))).toEqual(new Set(["admin", "t-a", "t-b", "acme"]));
     expect((await list("admin", { tenantId: "t-b" })).map((k) => k.label)).toEqual(["provider-b"]);
+    // A tenant that does not exist is said so, not listed as one without keys.
+    await expect(list("admin", { tenantId: "t-nosuch" })).rejects.toThrow(
+      /^\[not_found\] there is no tenant "t-nosuch"/,
+    );
   });
 
   it("revokes a key: it opens nothing from then on, and is listed only when revoked ones are asked for", async () => {

@@ -10,11 +10,18 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
-import { ensureTenant, getApiKey, listApiKeys, type Role, revokeApiKey } from "../db/credential-repository.js";
+import {
+  ensureTenant,
+  getApiKey,
+  listApiKeys,
+  type Role,
+  revokeApiKey,
+  tenantExists,
+} from "../db/credential-repository.js";
 import type { Db } from "../db/database.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from "../errors.js";
 import { type ApiAuthOptions, aRole, authenticate, type Caller, createApiKey, listScope } from "./auth.js";
-import { checkTenantId, checkText, shown } from "./request-fields.js";
+import { checkTenantId, checkText, noSuchTenant, shown } from "./request-fields.js";
 
 export interface KeyServiceDeps {
   db: Db;
@@ -89,6 +96,10 @@ export function keyService(deps: KeyServiceDeps): ServiceImpl<typeof api.KeyServ
         ...listScope(who, req.tenantId, "keys"),
         includeRevoked: req.includeRevoked,
       });
+      // A mistyped tenant would list nothing, as a tenant whose keys were all revoked does: say which it is.
+      if (rows.length === 0 && req.tenantId && !(await tenantExists(deps.db, req.tenantId))) {
+        throw noSuchTenant(req.tenantId);
+      }
       return create(api.ListApiKeysResponseSchema, { keys: rows.map(keyMessage) });
     },
 

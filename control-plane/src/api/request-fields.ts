@@ -1,6 +1,6 @@
 // Checks of request fields both API services make, with the same words: a value Postgres could not hold (a
 // NUL) or no host could have answers INVALID_ARGUMENT naming the field, never an internal error.
-import { InvalidArgumentError } from "../errors.js";
+import { InvalidArgumentError, NotFoundError } from "../errors.js";
 
 /** Longest host id taken (the control plane makes them far shorter). */
 export const MAX_HOST_ID = 256;
@@ -29,4 +29,11 @@ export function checkTenantId(id: string, field = "tenant_id"): string {
 /** A value echoed in an error, cut to a readable length. */
 export function shown(value: string): string {
   return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
+}
+
+/** A tenant named in a request that does not exist: a typo, said so rather than listed as an empty tenant. */
+export function noSuchTenant(tenantId: string): NotFoundError {
+  return new NotFoundError(
+    `there is no tenant ${shown(tenantId)}: \`dumont key list\` shows the tenants that hold keys`,
+  );
 }

@@ -618,6 +618,17 @@ describe("SnapshotService: check", () => {
         rawMessage: 'there is no tenant "t-typo": `dumont key list` shows the tenants that hold keys',
       });
       expect(asked).toEqual(["t-b"]);
+      // Stats says the same of the same tenants (it answered an empty list for both: "no tenant has a repository").
+      const stats = (tenantId: string) =>
+        Promise.resolve(
+          service.getSnapshotStats(create(api.GetSnapshotStatsRequestSchema, { tenantId }), caller),
+        ).catch((err: unknown) => ConnectError.from(err));
+      expect(await stats("t-none")).toMatchObject({
+        code: Code.NotFound,
+        rawMessage:
+          'tenant "t-none" has no repository (it never took a snapshot): there are no snapshots of it to count',
+      });
+      expect(await stats("t-typo")).toMatchObject({ code: Code.NotFound, rawMessage: /^there is no tenant "t-typo"/ });
     } finally {
       await close();
     }

@@ -24,7 +24,7 @@ import type { SnapshotRow } from "../db/tables.js";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import type { SnapshotCoordinator, TransferProgress } from "../snapshots/snapshot-coordinator.js";
 import { type ApiAuthOptions, authenticate, listScope, requireRole, tenantScope } from "./auth.js";
-import { checkText, MAX_HOST_ID, shown } from "./request-fields.js";
+import { checkText, MAX_HOST_ID, noSuchTenant, shown } from "./request-fields.js";
 
 export interface SnapshotServiceDeps {
   db: Db;
@@ -364,8 +364,9 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
     async getSnapshotStats(req, ctx) {
       const who = await admin(ctx);
       const tenants = await repositoryTenants(deps.db, listScope(who, req.tenantId, "snapshots"));
-      if (req.tenantId !== "" && tenants.length === 0 && !(await tenantExists(deps.db, req.tenantId))) {
-        throw noSuchTenant(req.tenantId);
+      if (req.tenantId !== "" && tenants.length === 0) {
+        if (!(await tenantExists(deps.db, req.tenantId))) throw noSuchTenant(req.tenantId);
+        throw noRepository(req.tenantId, "there are no snapshots of it to count");
       }
       const stats = await eachTenant(ctx, tenants, async (tenantId) => {
         const s = await deps.snapshots.stats(tenantId);
@@ -494,12 +495,6 @@ function readSubsetOf(req: api.CheckSnapshotsRequest): ReadSubset | undefined {
 }
 
 /** NOT_FOUND for a tenant id that names no tenant: a typo, which would otherwise answer an empty list or "forgot 0". */
-function noSuchTenant(tenantId: string): NotFoundError {
-  return new NotFoundError(
-    `there is no tenant ${shown(tenantId)}: \`dumont key list\` shows the tenants that hold keys`,
-  );
-}
-
 /** NOT_FOUND for a tenant named that has no repository: `nothing` says what there is none of, then. */
 function noRepository(tenantId: string, nothing: string): NotFoundError {
   return new NotFoundError(`tenant ${shown(tenantId)} has no repository (it never took a snapshot): ${nothing}`);
