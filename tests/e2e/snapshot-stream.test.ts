@@ -6,6 +6,7 @@ import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
 import {
   AgentGateway,
   type AgentMessage,
@@ -395,7 +396,9 @@ describe("snapshots over the agent stream", () => {
     // Patterns matching nothing: ls fails as that restore does (below), in the same words.
     const nothing = await cp.cli(["snapshot", "ls", snap.id, "--include", "*.ckpt"]);
     expect({ code: nothing.code, stdout: nothing.stdout }).toEqual({ code: 1, stdout: "" });
-    expect(nothing.stderr).toMatch(/nothing in snapshot \w{12} matches "\*\.ckpt": patterns are relative/);
+    expect(nothing.stderr).toMatch(
+      /^dumont: \[failed_precondition\] nothing in snapshot \w{12} matches "\*\.ckpt": patterns are relative/,
+    );
 
     // Part of it back: what --include matches, with the directories holding it.
     const part = path.join(root, "restored-part");
@@ -420,7 +423,10 @@ describe("snapshots over the agent stream", () => {
         target: path.join(root, "no"),
         include: ["*.ckpt"],
       }),
-    ).rejects.toThrow(/nothing in snapshot \w+ matches "\*\.ckpt"/);
+    ).rejects.toMatchObject({
+      code: Code.FailedPrecondition,
+      rawMessage: expect.stringMatching(/nothing in snapshot \w+ matches "\*\.ckpt"/),
+    });
 
     // The CLI names its flag; the API checks the same rules for any client, before anything runs.
     const flag = await cp.cli(["snapshot", "create", "--host", agent.hostId, "--path", dir, "--exclude", "#cache"]);
@@ -859,7 +865,7 @@ describe("snapshots over the agent stream", () => {
       const restore = await cp.cli(["snapshot", "restore", snap.id, "--host", agent.hostId, "--target", target]);
       expect(restore.code).toBe(1);
       expect(restore.stderr).toMatch(
-        /\[data_loss\] restore failed on host \S+: .*found damaged data; .*only file\.bin/,
+        /\[data_loss\] restore failed on host \S+: .*found damaged data; 1 file could not be restored and was left out: .*only file\.bin/,
       );
       expect(
         (await scrapeMetrics(cp.httpUrl)).value("dumont_snapshot_failures_total", {

@@ -437,10 +437,10 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       const [snapshot] = await resolveSnapshotIds(deps.db, [req.snapshotId], tenantScope(who), "snapshot_id");
       const { entries } = await deps.snapshots.readManifest(snapshot);
       const listed = selectIncluded(entries, include);
-      // What a restore with these patterns would write: nothing is that restore's error (the agent's), so it is
-      // this listing's too, in the same words.
+      // What a restore with these patterns would write: nothing is that restore's error (the agent's, answered
+      // FAILED_PRECONDITION), so it is this listing's too, in the same words and with the same code.
       if (include.length > 0 && listed.length === 0)
-        throw new NotFoundError(nothingIncluded(snapshot.id, include).message);
+        throw new FailedPreconditionError(nothingIncluded(snapshot.id, include).message);
       for (let i = 0; i < listed.length; i += FILES_PER_MESSAGE) {
         yield create(api.ListSnapshotFilesResponseSchema, {
           files: listed.slice(i, i + FILES_PER_MESSAGE).map(toApiFile),

@@ -108,7 +108,7 @@ export class RestoreDamagedError extends Error {
       );
     super(
       `restore of snapshot ${result.snapshotId.slice(0, 12)} found damaged data; ${counted(damaged.length, "file")} could not be ` +
-        `restored and were left out: ${shown.join("; ")}${damaged.length > 5 ? `; and ${damaged.length - 5} more` : ""}`,
+        `restored and ${damaged.length === 1 ? "was" : "were"} left out: ${shown.join("; ")}${damaged.length > 5 ? `; and ${damaged.length - 5} more` : ""}`,
     );
   }
 }
