@@ -59,12 +59,13 @@ export interface WriterStats {
   /** Bytes of the packs alone (what a prune frees is counted in packs too). */
   packBytes: number;
   /**
-   * The chunks this writer stored, their stored (sealed) and plain bytes: not those it was handed that were stored
-   * already, by another writer sharing its index (two snapshots of one tenant storing the same bytes at once).
+   * The chunks it was handed that it did not store, being stored already (by another writer sharing its index: two
+   * snapshots of one tenant storing the same bytes at once, each told the chunk was needed), with their stored
+   * (sealed) and plain bytes: the sender counted them as new.
    */
-  chunksStored: number;
-  chunkBytesStored: number;
-  plainBytesStored: number;
+  chunksSkipped: number;
+  chunkBytesSkipped: number;
+  plainBytesSkipped: number;
 }
 
 /**
@@ -88,9 +89,9 @@ export class RepositoryWriter implements ChunkSink {
     chunks: 0,
     bytesWritten: 0,
     packBytes: 0,
-    chunksStored: 0,
-    chunkBytesStored: 0,
-    plainBytesStored: 0,
+    chunksSkipped: 0,
+    chunkBytesSkipped: 0,
+    plainBytesSkipped: 0,
   };
   /**
    * The committed snapshot's totals as its record holds them (counted here from the manifest, not taken from
@@ -176,7 +177,12 @@ export class RepositoryWriter implements ChunkSink {
       // agent drops), and a pack opened after it would be left open.
       this.assertUsable();
       if (chunk.id.length !== 32) throw new RepositoryError("invalid-argument", "a chunk id must be 32 bytes");
-      if (this.index.has(chunk.id) || this.isPending(chunk.id)) continue;
+      if (this.index.has(chunk.id) || this.isPending(chunk.id)) {
+        this.stats.chunksSkipped++;
+        this.stats.chunkBytesSkipped += chunk.blob.length;
+        this.stats.plainBytesSkipped += chunk.plainLength;
+        continue;
+      }
       if (!(chunk.plainLength > 0 && chunk.plainLength <= MAX_CHUNK_LENGTH)) {
         const hex = chunk.id.toString("hex");
         throw new RepositoryError("invalid-argument", `chunk ${hex} has an impossible length ${chunk.plainLength}`);
@@ -201,9 +207,6 @@ export class RepositoryWriter implements ChunkSink {
       else if (pack.buf) copyBytes(chunk.blob, pack.buf, pack.size);
       pack.entries.push(chunk.id, pack.size, chunk.blob.length, chunk.plainLength);
       pack.size += chunk.blob.length;
-      this.stats.chunksStored++;
-      this.stats.chunkBytesStored += chunk.blob.length;
-      this.stats.plainBytesStored += chunk.plainLength;
       if (pack.size >= this.packSize) await this.sealCurrentPack();
     }
   }

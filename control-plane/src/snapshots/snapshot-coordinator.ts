@@ -1764,15 +1764,16 @@ export class SnapshotCoordinator {
   ): Promise<SnapshotRow> {
     const s = commit.stats;
     const skipped = skippedEntries(s);
-    // What is new is what this snapshot added to the store, as its writer counts it, not the agent's count of
-    // what it sent: a chunk another snapshot of the tenant stored meanwhile (two snapshots of the same bytes at
-    // once, each told the chunk was needed) is not stored again, and is not this snapshot's to count as new.
+    // What is new is what this snapshot added to the store: the agent's count of what it sent, less the chunks its
+    // writer did not store, which another snapshot of the tenant stored meanwhile (two snapshots of the same bytes
+    // at once, each told the chunk was needed). Both snapshots counted them as theirs.
+    const already = writer.stats;
     const counts = {
       files: statCount(s?.files, "files"),
       bytesRead: statCount(s?.bytesRead, "bytes_read"),
-      bytesNew: writer.stats.plainBytesStored,
-      bytesStored: writer.stats.chunkBytesStored,
-      chunksNew: writer.stats.chunksStored,
+      bytesNew: Math.max(0, statCount(s?.bytesNew, "bytes_new") - already.plainBytesSkipped),
+      bytesStored: Math.max(0, statCount(s?.bytesStored, "bytes_stored") - already.chunkBytesSkipped),
+      chunksNew: Math.max(0, statCount(s?.chunksNew, "chunks_new") - already.chunksSkipped),
       seconds: s?.seconds ?? 0,
       filesSkipped: skipped.filesSkipped,
     };
