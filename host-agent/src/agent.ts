@@ -1,6 +1,6 @@
 // A running agent: identity + telemetry + the control-plane session + the command handlers.
 import { lockDirectory } from "@dumont/repository/directory-lock";
-import type { AgentConfig } from "./config.js";
+import { type AgentConfig, telemetryIntervalMs } from "./config.js";
 import type { Logger } from "./logger.js";
 import { agentPaths } from "./platform/paths.js";
 import { renewCertificate } from "./session/certificate-renewal.js";
@@ -28,7 +28,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
     identity,
     telemetry,
     log,
-    Math.round(config.telemetryIntervalSeconds * 1000),
+    (suggestedMs) => telemetryIntervalMs(config.telemetryIntervalSeconds, suggestedMs),
     {
       load: () => loadIdentity(config.dataDir, config.server),
       renew: (current) => renewCertificate(config.dataDir, current),

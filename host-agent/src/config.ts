@@ -2,7 +2,7 @@
 // agent with a message that names the flag and its variable.
 import path from "node:path";
 import { z } from "zod";
-import { parseServer } from "./session/identity.js";
+import { serverUrlProblem } from "./session/identity.js";
 
 export interface AgentRunOptions {
   dataDir?: string;
@@ -15,10 +15,13 @@ export interface AgentRunOptions {
 
 const schema = z.object({
   dataDir: z.string().min(1, "--data-dir (DUMONT_AGENT_DATA_DIR) must not be empty"),
+  // Undefined when neither the flag nor the variable is given: the control plane's suggestion then rules
+  // (telemetryIntervalMs below).
   telemetryIntervalSeconds: z.coerce
     .number({ error: "--telemetry-interval (DUMONT_TELEMETRY_INTERVAL) must be a number of seconds" })
     .min(0.05, "--telemetry-interval (DUMONT_TELEMETRY_INTERVAL) must be at least 0.05 seconds")
-    .max(3600, "--telemetry-interval (DUMONT_TELEMETRY_INTERVAL) must be at most 3600 seconds"),
+    .max(3600, "--telemetry-interval (DUMONT_TELEMETRY_INTERVAL) must be at most 3600 seconds")
+    .optional(),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
     error: "--log-level (DUMONT_LOG_LEVEL) must be one of fatal, error, warn, info, debug, trace, silent",
   }),
@@ -37,12 +40,28 @@ const schema = z.object({
 
 /** What is wrong with a `--server` (DUMONT_SERVER) value for `run` or `renew`, naming both; undefined when nothing. */
 export function serverOptionProblem(value: string): string | undefined {
-  try {
-    parseServer(value);
-    return undefined;
-  } catch (err) {
-    return (err as Error).message.replace("--server", "--server (DUMONT_SERVER)");
-  }
+  return serverUrlProblem(value, "--server (DUMONT_SERVER)");
+}
+
+/** The telemetry interval when neither the agent nor the control plane says one. */
+export const DEFAULT_TELEMETRY_INTERVAL_SECONDS = 5;
+
+/** The bounds on the control plane's suggested interval, in seconds (the agent's own setting has its own). */
+const SUGGESTED_INTERVAL_BOUNDS = { min: 1, max: 3600 } as const;
+
+/**
+ * The interval between telemetry samples once the control plane has welcomed the agent with its suggestion
+ * (Welcome.telemetry_interval_ms; 0 from a control plane that suggests none). The agent's own setting
+ * (`--telemetry-interval`, DUMONT_TELEMETRY_INTERVAL), when given, wins: whoever set it on this host knows
+ * something about it (a slow nvidia-smi) the control plane does not. Otherwise the control plane's, which
+ * decides when a silent host is lost and sets one value for its whole fleet, kept within 1..3600 s: a
+ * control plane set up for its own tests at 0.05 s would have every agent sample its GPUs 20 times a second.
+ */
+export function telemetryIntervalMs(ownSeconds: number | undefined, suggestedMs: number): number {
+  if (ownSeconds !== undefined) return Math.round(ownSeconds * 1000);
+  if (!(suggestedMs > 0)) return DEFAULT_TELEMETRY_INTERVAL_SECONDS * 1000;
+  const { min, max } = SUGGESTED_INTERVAL_BOUNDS;
+  return Math.round(Math.min(max * 1000, Math.max(min * 1000, suggestedMs)));
 }
 
 export type AgentConfig = z.infer<typeof schema>;
@@ -50,7 +69,7 @@ export type AgentConfig = z.infer<typeof schema>;
 export function loadAgentConfig(options: AgentRunOptions, env: NodeJS.ProcessEnv = process.env): AgentConfig {
   const parsed = schema.safeParse({
     dataDir: path.resolve(options.dataDir ?? env.DUMONT_AGENT_DATA_DIR ?? "/var/lib/dumont-agent"),
-    telemetryIntervalSeconds: options.telemetryInterval ?? env.DUMONT_TELEMETRY_INTERVAL ?? 5,
+    telemetryIntervalSeconds: options.telemetryInterval ?? (env.DUMONT_TELEMETRY_INTERVAL || undefined),
     logLevel: options.logLevel ?? env.DUMONT_LOG_LEVEL ?? "info",
     simulated: options.simulated ?? env.DUMONT_AGENT_SIMULATED === "1",
     server: options.server ?? (env.DUMONT_SERVER || undefined),

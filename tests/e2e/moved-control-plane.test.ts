@@ -80,6 +80,9 @@ describe("a control plane that moved after its hosts enrolled", () => {
     }
     const renew = await runNode(agentBin, ["renew", "--data-dir", dataDir, "--server", "cp.example.com:99999"]);
     expect(renew.code).not.toBe(0);
-    expect(renew.stderr).toContain("--server (DUMONT_SERVER) must look like https://HOST:PORT");
+    expect(renew.stderr).toBe(
+      'dumont-agent: --server (DUMONT_SERVER) has no https:// in front: got "cp.example.com:99999"; it must look like ' +
+        "https://HOST:8443 (the agent gateway; `dumont host join-token create` prints it)\n",
+    );
   });
 });

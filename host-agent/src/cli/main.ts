@@ -1,5 +1,6 @@
 // `dumont-agent`: enroll this machine, run the session, and operate snapshots directly.
 import { setFlagsFromString } from "node:v8";
+import { oneLineErrors } from "@dumont/repository/cli-flags";
 import { flushStdout, watchStdout } from "@dumont/repository/cli-output";
 import { Command, Option } from "commander";
 import { AGENT_VERSION } from "../version.js";
@@ -16,7 +17,7 @@ export async function main(argv: string[]): Promise<void> {
   const program = new Command("dumont-agent")
     .description("Dumont host agent: puts this machine's GPUs on the Dumont cloud")
     .version(AGENT_VERSION)
-    .showHelpAfterError();
+    .configureOutput(oneLineErrors("dumont-agent"));
 
   program
     .command("enroll")
@@ -113,7 +114,7 @@ export async function main(argv: string[]): Promise<void> {
       ]);
       const config = loadAgentConfig({
         dataDir: opts.dataDir,
-        telemetryInterval: opts.telemetryInterval,
+        telemetryInterval: opts.telemetryInterval || undefined, // DUMONT_TELEMETRY_INTERVAL= (empty): not given
         logLevel: opts.logLevel,
         simulated: opts.simulated,
         server: opts.server || undefined, // DUMONT_SERVER= (empty): the enrolled one

@@ -42,6 +42,7 @@ export async function renewCertificate(dataDir: string, identity: Identity, time
         server: identity.server,
         timeoutMs,
         what: "certificate renewal",
+        pinnedCa: true,
         unimplemented: "the control plane does not offer certificate renewal yet (update it)",
       },
     );

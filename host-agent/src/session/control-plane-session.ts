@@ -18,7 +18,12 @@ import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../logger.js";
 import { AGENT_VERSION } from "../version.js";
 import { certificateExpiry, certificateRenewalDue } from "./certificate-renewal.js";
-import { createGatewayClient, type GatewayClient, type GatewayClientOptions } from "./grpc-client.js";
+import {
+  createGatewayClient,
+  type GatewayClient,
+  type GatewayClientOptions,
+  notSignedByPinnedCa,
+} from "./grpc-client.js";
 import type { Identity } from "./identity.js";
 import { ReconnectBackoff } from "./reconnect-backoff.js";
 
@@ -77,18 +82,27 @@ export class ControlPlaneSession extends EventEmitter {
   private renewing: Promise<void> | undefined;
   /** Set when a renewal replaced the identity the current clients were made with. */
   private identityRenewed = false;
+  /** Milliseconds between telemetry samples in this session (see the constructor's `telemetryInterval`). */
+  private telemetryIntervalMs: number;
+  /** The last stream failure said at its level since the last welcome; the same again is said at debug. */
+  private lastFailure: string | undefined;
   sessionId: string | undefined;
 
-  /** `identityStore`: see refreshIdentity(); without one the identity never changes (tests). */
+  /**
+   * `telemetryInterval`: milliseconds between samples, or what makes them of the control plane's suggestion
+   * (Welcome.telemetry_interval_ms, 0 when it makes none) at each welcome (config.ts telemetryIntervalMs).
+   * `identityStore`: see refreshIdentity(); without one the identity never changes (tests).
+   */
   constructor(
     private identity: Identity,
     private readonly telemetry: TelemetrySource,
     private readonly log: Logger,
-    private readonly telemetryIntervalMs: number,
+    private readonly telemetryInterval: number | ((suggestedMs: number) => number),
     private readonly identityStore?: IdentityStore,
   ) {
     super();
     this.client = this.newClient();
+    this.telemetryIntervalMs = typeof telemetryInterval === "number" ? telemetryInterval : telemetryInterval(0);
   }
 
   /** A gRPC client to the control plane with this host's identity (`ownConnection`: see GatewayClientOptions). */
@@ -312,8 +326,17 @@ export class ControlPlaneSession extends EventEmitter {
         clearTimeout(welcomeTimer);
         this.sessionId = message.msg.value.sessionId;
         this.backoff.connected();
+        this.lastFailure = undefined;
+        const interval = this.telemetryInterval;
+        this.telemetryIntervalMs =
+          typeof interval === "number" ? interval : interval(message.msg.value.telemetryIntervalMs);
         this.log.info(
-          { hostId: this.hostId, sessionId: this.sessionId, server: this.identity.server },
+          {
+            hostId: this.hostId,
+            sessionId: this.sessionId,
+            server: this.identity.server,
+            telemetryIntervalMs: this.telemetryIntervalMs,
+          },
           "connected to the control plane",
         );
         this.startTelemetry();
@@ -328,6 +351,16 @@ export class ControlPlaneSession extends EventEmitter {
     });
     stream.on("error", (err: grpc.ServiceError) => {
       failedPersistently = PERSISTENT_FAILURES.has(err.code);
+      // Another control plane at the enrolled address is said in words, and once until a session is welcomed:
+      // every retry fails the same way (the same grpc-js line was logged every 5 s, forever).
+      const otherControlPlane =
+        err.code === grpc.status.UNAVAILABLE ? notSignedByPinnedCa(err.details ?? "", this.identity.server) : undefined;
+      if (otherControlPlane) {
+        const level = otherControlPlane === this.lastFailure ? "debug" : "error";
+        this.log[level]({ code: grpc.status[err.code] }, otherControlPlane);
+        this.lastFailure = otherControlPlane;
+        return;
+      }
       const level = failedPersistently ? "error" : "warn";
       this.log[level]({ code: grpc.status[err.code], details: err.details }, "control plane stream failed");
     });

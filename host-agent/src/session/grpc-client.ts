@@ -85,12 +85,19 @@ type UnaryCallback<Res> = (err: grpc.ServiceError | null, response?: Res) => voi
 
 /**
  * One of the gateway's unary calls (Enroll, Renew), started by `start` with a deadline. A failure becomes one
- * sentence: the control plane unreachable, `unimplemented` (when given) for a control plane without the call,
- * or "`what` refused" with its reason.
+ * sentence: the control plane unreachable (or, with `pinnedCa`, another one: notSignedByPinnedCa),
+ * `unimplemented` (when given) for a control plane without the call, or "`what` refused" with its reason.
  */
 export async function unaryGatewayCall<Res>(
   start: (metadata: grpc.Metadata, options: grpc.CallOptions, callback: UnaryCallback<Res>) => void,
-  options: { server: string; timeoutMs: number; what: string; unimplemented?: string },
+  options: {
+    server: string;
+    timeoutMs: number;
+    what: string;
+    unimplemented?: string;
+    /** Whether the CA verifying the server is the one pinned at enrollment (not one discovered just now). */
+    pinnedCa?: boolean;
+  },
 ): Promise<Res> {
   try {
     return await new Promise<Res>((resolve, reject) =>
@@ -102,8 +109,33 @@ export async function unaryGatewayCall<Res>(
     const e = err as grpc.ServiceError;
     if (e.code === grpc.status.UNIMPLEMENTED && options.unimplemented) throw new Error(options.unimplemented);
     if (e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED) {
-      throw new Error(`cannot reach the control plane at ${options.server}: ${e.details || e.message}`);
+      throw new Error(
+        (options.pinnedCa ? notSignedByPinnedCa(e.details || e.message, options.server) : undefined) ??
+          `cannot reach the control plane at ${options.server}: ${e.details || e.message}`,
+      );
     }
     throw new Error(`${options.what} refused: ${e.details || e.message}`);
   }
+}
+
+/**
+ * OpenSSL's words (as grpc-js passes them on, in a status's details) for a server certificate that does not
+ * chain to the CA the agent trusts, which is the CA pinned at enrollment: the control plane at that address is
+ * another one (`dumont dev` started again on the same port with another data dir), or was set up again.
+ */
+const UNTRUSTED_SERVER_CERTIFICATE =
+  /self[- ]signed certificate|unable to get local issuer certificate|unable to verify the first certificate|certificate signature failure|unable to get issuer certificate/i;
+
+/**
+ * The sentence for a failure whose `details` say the server's certificate is not signed by the pinned CA, or
+ * undefined for any other failure. Said in words because grpc-js's ("No connection established. Last error:
+ * Error: self-signed certificate in certificate chain") points at nothing the operator can act on.
+ */
+export function notSignedByPinnedCa(details: string, server: string): string | undefined {
+  if (!UNTRUSTED_SERVER_CERTIFICATE.test(details)) return undefined;
+  return (
+    `the control plane at ${server} presents a certificate that this agent's pinned CA (identity/ca.crt in its ` +
+    "data dir) did not sign: it is another control plane, or one set up again since this host enrolled; enroll " +
+    "this host again against it (`dumont-agent enroll --force`), or pass the --server of the one it enrolled with"
+  );
 }

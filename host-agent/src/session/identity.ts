@@ -16,23 +16,79 @@ export interface Identity {
 export const SERVER_HINT =
   "the control plane's agent gateway, https://HOST:PORT (port 8443 by default; `dumont host join-token create` prints it)";
 
-/** Parses `--server`: `https://host:port`, `grpcs://host:port` or `host:port`. */
-export function parseServer(server: string): { host: string; port: number; target: string } {
-  const withScheme = /^[a-z]+:\/\//i.test(server) ? server : `https://${server}`;
-  let url: URL;
-  try {
-    url = new URL(withScheme);
-  } catch {
-    throw new Error(`--server must look like https://HOST:PORT, got ${JSON.stringify(server)}`);
-  }
+/** The parts of a server address: `scheme://user@host:port/rest`, each but the host optional. */
+interface ServerParts {
+  scheme?: string;
+  userinfo?: string;
+  host: string;
+  port?: string;
+  rest: string;
+}
+
+function splitServer(server: string): ServerParts | undefined {
+  // By hand rather than with URL: URL drops an explicit default port (https://cp:443 would have dialled 8443)
+  // and reads "localhost:18101" as the scheme "localhost:".
+  const match =
+    /^(?:([a-z][a-z0-9+.-]*):\/\/)?(?:([^@/?#]*)@)?(\[[0-9a-f:.]+\]|[^[\]/?#@:]*)(?::([^/?#]*))?(.*)$/i.exec(
+      server.trim(),
+    );
+  if (!match) return undefined;
+  const [, scheme, userinfo, host = "", port, rest = ""] = match;
+  return { scheme, userinfo, host: host.replace(/^\[|\]$/g, ""), port, rest };
+}
+
+/**
+ * What is wrong with a `--server` value given now (`flag` names it, with its variable when it has one), or
+ * undefined: it must be an https:// URL with a host, a port or none, and nothing else. Enrollment stores it, and
+ * `run` dials it for months, so a typo is refused here, where its author sees it, rather than retried forever.
+ */
+export function serverUrlProblem(server: string, flag = "--server"): string | undefined {
+  const parts = splitServer(server);
+  // Credentials are not echoed back: the message lands in terminals and logs.
+  const shown = JSON.stringify(parts?.userinfo ? server.replace(`${parts.userinfo}@`, "***@") : server);
+  const shape = "; it must look like https://HOST:8443 (the agent gateway; `dumont host join-token create` prints it)";
   // The agent gateway speaks TLS only: an http:// URL is most likely the API's (port 8000), which would fail later
   // with a TLS "wrong version number" that names neither.
-  if (!/^(https|grpcs):$/i.test(url.protocol)) {
-    throw new Error(`--server must be ${SERVER_HINT}, got ${JSON.stringify(server)}`);
+  if (parts?.scheme?.toLowerCase() === "http") return `${flag} must be ${SERVER_HINT}, got ${shown}`;
+  const problem = !parts
+    ? "is not a URL"
+    : parts.scheme === undefined
+      ? "has no https:// in front"
+      : parts.scheme.toLowerCase() !== "https"
+        ? `uses ${parts.scheme}://, not https://`
+        : parts.userinfo !== undefined
+          ? "carries a user name or password, which the agent gateway does not take (and enrollment would store)"
+          : !parts.host
+            ? "names no host"
+            : parts.port !== undefined &&
+                !(/^\d{1,5}$/.test(parts.port) && Number(parts.port) >= 1 && Number(parts.port) <= 65535)
+              ? `has the port ${JSON.stringify(parts.port)}, not a number from 1 to 65535`
+              : parts.rest !== "" && parts.rest !== "/"
+                ? "has a path, query or fragment, which the agent gateway does not take"
+                : undefined;
+  return problem && `${flag} ${problem}: got ${shown}${shape}`;
+}
+
+/** A `--server` value that serverUrlProblem() accepts, written the one way enrollment stores it. */
+export function normalizeServerUrl(server: string): string {
+  const { host, port } = parseServer(server);
+  return `https://${host.includes(":") ? `[${host}]` : host}:${port}`;
+}
+
+/**
+ * Parses a server address to dial: what `--server` takes (serverUrlProblem), and also what enrollments made
+ * before that check may have stored (`host:port`, `grpcs://host:port`, a path), which still dial.
+ */
+export function parseServer(server: string): { host: string; port: number; target: string } {
+  const parts = splitServer(server);
+  if (!parts?.host || (parts.scheme !== undefined && !/^(https|grpcs)$/i.test(parts.scheme))) {
+    throw new Error(serverUrlProblem(server) ?? `--server must be ${SERVER_HINT}, got ${JSON.stringify(server)}`);
   }
-  const port = url.port ? Number(url.port) : 8443;
-  const host = url.hostname.replace(/^\[|\]$/g, "");
-  if (!host) throw new Error(`--server must name a host, got ${JSON.stringify(server)}`);
+  const port = parts.port ? Number(parts.port) : 8443;
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new Error(serverUrlProblem(server) ?? `--server has a bad port, got ${JSON.stringify(server)}`);
+  }
+  const { host } = parts;
   return { host, port, target: `${host.includes(":") ? `[${host}]` : host}:${port}` };
 }
 
@@ -42,6 +98,7 @@ export function parseServer(server: string): { host: string; port: number; targe
  */
 export async function loadIdentity(dataDir: string, server?: string): Promise<Identity> {
   const paths = agentPaths(dataDir);
+  await refuseUnsafeDataDir(paths);
   let enrollment: { hostId?: unknown; server?: unknown };
   try {
     enrollment = JSON.parse(await fs.readFile(paths.enrollment, "utf8"));
@@ -56,6 +113,7 @@ export async function loadIdentity(dataDir: string, server?: string): Promise<Id
     throw new Error(`${paths.enrollment} lacks hostId/server; enroll again with \`dumont-agent enroll --force\``);
   }
   // A renewal a crash interrupted is finished (or dropped) first, so the key and certificate read below match.
+  // completeRenewal() throws only while one is in progress (renewal.pem is there).
   await completeRenewal(paths).catch((err: Error) => {
     throw new Error(`cannot finish the renewal of the agent's certificate in ${paths.identityDir}: ${err.message}`);
   });
@@ -92,6 +150,9 @@ export async function storeRenewedIdentity(paths: AgentPaths, keyPem: string, ce
 export async function completeRenewal(paths: AgentPaths): Promise<void> {
   let renewal: string;
   try {
+    // Looked for first: readSecretFile() checks the directory before the file, and a complaint about it would
+    // speak of a renewal when none is in progress.
+    await fs.access(paths.renewal);
     renewal = await readSecretFile(paths.renewal);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
@@ -110,6 +171,59 @@ export async function completeRenewal(paths: AgentPaths): Promise<void> {
     if (err.code !== "ENOENT") throw err; // another process finished it first
   });
   await syncDirectory(paths.identityDir);
+}
+
+/**
+ * Refuses a data dir into which another user could slip an identity of their own, for `run` and `renew` (through
+ * loadIdentity) and for `enroll` on an existing data dir: the data dir, identity/ and the files in them that
+ * exist, when a group or other users may write them, or when they belong to a user other than the agent's own
+ * (or root). A user who could replace identity/ or enrollment.json makes a root agent connect as their host,
+ * and an owner may chmod it open again at will whatever its mode says now, so sshd's StrictModes rule: owner
+ * and root only. The sticky bit is no excuse here, as it is for readSecretFile(): it would still let others
+ * create what is missing (renewal.pem, which the next load installs). Also says when the data dir is a file.
+ */
+export async function refuseUnsafeDataDir(paths: AgentPaths): Promise<void> {
+  const uid = process.getuid?.();
+  const inspect = async (file: string) =>
+    fs.stat(file).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOTDIR" && file === paths.dataDir) return "ENOTDIR" as const;
+      if (err.code === "ENOENT" || err.code === "ENOTDIR") return undefined; // not there: what needs it says so
+      throw err;
+    });
+  const dataDir = await inspect(paths.dataDir);
+  if (dataDir === "ENOTDIR" || (dataDir && !dataDir.isDirectory())) {
+    throw new Error(
+      `--data-dir (DUMONT_AGENT_DATA_DIR) ${paths.dataDir} is not a directory${dataDir === "ENOTDIR" ? " (a part of its path is a file)" : ""}: pass the data dir this host was enrolled into`,
+    );
+  }
+  if (!dataDir) return;
+  const entries: [string, string][] = [
+    [paths.dataDir, "the agent's data dir,"],
+    [paths.enrollment, ""],
+    [paths.identityDir, "which holds the agent's key and certificates,"],
+    [paths.privateKey, ""],
+    [paths.certificate, ""],
+    [paths.caCertificate, ""],
+    [paths.renewal, ""],
+  ];
+  for (const [file, role] of entries) {
+    const st = file === paths.dataDir ? dataDir : await inspect(file);
+    if (!st || st === "ENOTDIR") continue;
+    const mode = st.mode & 0o7777;
+    if (mode & 0o022) {
+      throw new Error(
+        `${file}${role ? `, ${role}` : ""} may be written by other users (mode 0${mode.toString(8)}): they could put ` +
+          `another host's identity in place of this one's. Run \`chmod go-w ${file}\` and try again`,
+      );
+    }
+    if (uid !== undefined && st.uid !== uid && st.uid !== 0) {
+      throw new Error(
+        `${file}${role ? `, ${role}` : ""} belongs to the user of uid ${st.uid}, not to the one the agent runs as ` +
+          `(uid ${uid}) nor root: that user could put another host's identity in place of this one's. Run ` +
+          `\`chown -R ${uid} ${paths.dataDir}\` (or run the agent as uid ${st.uid}) and try again`,
+      );
+    }
+  }
 }
 
 /** Whether the certificate is for this private key. */
