@@ -1,5 +1,6 @@
 // Control-plane configuration: flags → env vars → defaults, validated once at start-up with zod.
-// A bad value stops the program with a message naming the variable and what to do.
+// A bad value stops the program with a message naming the flag and the variable, the value given, and what to do.
+import { isIP, isIPv6 } from "node:net";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { maxAttemptsFromEnv, parseRepositoryUrl, type RepositoryLocation, s3EndpointFromEnv } from "@dumont/repository";
@@ -27,18 +28,59 @@ export interface ControlPlaneOptions {
   apiBurst?: string | number;
 }
 
+/**
+ * Each setting as its messages name it: its flag and its environment variable, so that the person reading the
+ * message finds it however it was given (as the agent's say `--telemetry-interval (DUMONT_TELEMETRY_INTERVAL)`).
+ */
+export const SETTING_NAMES = {
+  dataDir: "--data-dir (DUMONT_DATA_DIR)",
+  httpPort: "--http-port (DUMONT_HTTP_PORT)",
+  grpcPort: "--grpc-port (DUMONT_GRPC_PORT)",
+  host: "--host (DUMONT_HOST)",
+  publicHost: "--public-host (DUMONT_PUBLIC_HOST)",
+  databaseUrl: "--database-url (DATABASE_URL)",
+  lostAfter: "--lost-after (DUMONT_LOST_AFTER)",
+  telemetryInterval: "--telemetry-interval (DUMONT_TELEMETRY_INTERVAL)",
+  logLevel: "--log-level (DUMONT_LOG_LEVEL)",
+  blobStore: "--blob-store (DUMONT_BLOB_STORE)",
+  snapshotKeep: "--snapshot-keep (DUMONT_SNAPSHOT_KEEP)",
+  pruneInterval: "--prune-interval (DUMONT_PRUNE_INTERVAL)",
+  snapshotQuota: "--snapshot-quota (DUMONT_SNAPSHOT_QUOTA)",
+  apiRateLimit: "--api-rate-limit (DUMONT_API_RATE_LIMIT)",
+  apiBurst: "--api-burst (DUMONT_API_BURST)",
+} as const satisfies Record<keyof ControlPlaneOptions, string>;
+const N = SETTING_NAMES;
+
+/** The value given, quoted as it was (a default is a number), for the end of a message. */
+const given = (value: unknown) => JSON.stringify(String(value).slice(0, 80));
+
+/**
+ * A number written in plain decimal digits ("8000", and where `fraction` "0.5"), in the range `check` accepts
+ * (it returns what the value must be, or undefined). Not zod's coercion: Number() also reads "0x46B0", "0b1",
+ * "1.8097e4" and " " (0), and a port or an interval nobody wrote in decimal is a mistake to say, not to guess at.
+ */
+function plainNumber(name: string, example: string, fraction: boolean, check: (n: number) => string | undefined) {
+  const syntax = fraction ? /^\s*(\d+(\.\d+)?|\.\d+)\s*$/ : /^\s*\d+\s*$/;
+  return z.union([z.string(), z.number()]).transform((value, ctx) => {
+    const n = Number(value);
+    const problem = !syntax.test(String(value))
+      ? `must be written in plain decimal digits (like ${example})`
+      : check(n);
+    if (problem === undefined) return n;
+    ctx.addIssue({ code: "custom", message: `${name} ${problem}, got ${given(value)}` });
+    return z.NEVER;
+  });
+}
+
 const port = (name: string) =>
-  z.coerce
-    .number({ error: `${name} must be a port number` })
-    .int(`${name} must be a whole number`)
-    .min(0, `${name} must be 0..65535 (0 picks a free port)`)
-    .max(65535, `${name} must be 0..65535`);
+  plainNumber(name, "8000", false, (n) =>
+    n <= 65535 ? undefined : "must be a port number 0..65535 (0 picks a free port)",
+  );
 
 const seconds = (name: string, min: number, max: number) =>
-  z.coerce
-    .number({ error: `${name} must be a number of seconds` })
-    .min(min, `${name} must be at least ${min} seconds`)
-    .max(max, `${name} must be at most ${max} seconds`);
+  plainNumber(name, "10 or 0.5", true, (n) =>
+    n >= min && n <= max ? undefined : `must be a number of seconds from ${min} to ${max}`,
+  );
 
 /** An optional setting `parse` reads (into a value, or what is wrong with it, said after the setting's name). */
 function parsedSetting<T extends object | number>(name: string, parse: (value: string) => T | string) {
@@ -57,54 +99,72 @@ function parsedSetting<T extends object | number>(name: string, parse: (value: s
 }
 
 const schema = z.object({
-  dataDir: z.string().min(1, "DUMONT_DATA_DIR must not be empty"),
-  httpPort: port("DUMONT_HTTP_PORT"),
-  grpcPort: port("DUMONT_GRPC_PORT"),
+  dataDir: z.string().min(1, `${N.dataDir} must not be empty`),
+  httpPort: port(N.httpPort),
+  grpcPort: port(N.grpcPort),
   host: z.string().min(1),
-  publicHost: z.string().min(1),
+  /** As agents and browsers reach us: a DNS name or an IP address, IPv6 without brackets (urlHost adds them). */
+  publicHost: z.string().transform((value, ctx) => {
+    const host = parsePublicHost(value);
+    if (host.ok) return host.host;
+    ctx.addIssue({ code: "custom", message: `${N.publicHost} ${host.problem}` });
+    return z.NEVER;
+  }),
   databaseUrl: z
     .string()
-    .regex(/^postgres(ql)?:\/\//, "DATABASE_URL must start with postgres:// (leave it unset for embedded PGlite)")
-    .optional(),
-  lostAfterSeconds: seconds("DUMONT_LOST_AFTER", 1, 3600),
-  telemetryIntervalSeconds: seconds("DUMONT_TELEMETRY_INTERVAL", 0.05, 3600),
-  blobStore: z
-    .string()
-    .regex(/^(file:\/\/\/|s3:\/\/)/, "DUMONT_BLOB_STORE must be file:///absolute/path or s3://bucket/prefix"),
+    .optional()
+    .superRefine((url, ctx) => {
+      if (url === undefined || /^postgres(ql)?:\/\//.test(url)) return;
+      // Its scheme only: the rest of a database URL may hold a password.
+      const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:/.exec(url)?.[0];
+      ctx.addIssue({
+        code: "custom",
+        message: `${N.databaseUrl} must start with postgres:// (leave it unset for embedded PGlite), got ${scheme ? `a ${scheme} URL` : "no URL"}`,
+      });
+    }),
+  lostAfterSeconds: seconds(N.lostAfter, 1, 3600),
+  telemetryIntervalSeconds: seconds(N.telemetryInterval, 0.05, 3600),
+  blobStore: z.string().superRefine((url, ctx) => {
+    if (/^(file:\/\/\/|s3:\/\/)/.test(url)) return;
+    // Shown as the repository's messages show a URL: what stands before an "@" may be a secret.
+    const shown = url.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/).*@/, "$1***@");
+    ctx.addIssue({
+      code: "custom",
+      message: `${N.blobStore} must be file:///absolute/path or s3://bucket/prefix, got ${given(shown)}`,
+    });
+  }),
   /** 32 bytes, hex or base64; unset → <data-dir>/master.key, created on first start. Never logged. */
   masterKey: z.string().optional(),
   /** Applied to a workspace after each of its snapshots commits; unset keeps every snapshot. */
-  snapshotKeep: parsedSetting("DUMONT_SNAPSHOT_KEEP", parseKeepPolicy),
+  snapshotKeep: parsedSetting(N.snapshotKeep, parseKeepPolicy),
   /** Every tenant's repository is pruned this often; 0 = never (prune with `dumont snapshot forget --prune`). */
-  pruneIntervalSeconds: z.coerce
-    .number({ error: "DUMONT_PRUNE_INTERVAL must be a number of seconds" })
-    .refine(
-      (n) => n === 0 || (n >= 60 && n <= 30 * 86_400),
-      "DUMONT_PRUNE_INTERVAL must be 0 (never) or 60..2592000 seconds",
-    ),
+  pruneIntervalSeconds: plainNumber(N.pruneInterval, "86400", true, (n) =>
+    n === 0 || (n >= 60 && n <= 30 * 86_400) ? undefined : "must be 0 (never) or 60..2592000 seconds",
+  ),
   /**
    * The most a tenant's repository may hold in packs (bytes): a snapshot starts only below it, and stops once what
-   * it sends would pass it. Unset or 0: no quota.
+   * it sends would pass it. Unset: no quota. Decided: 0 is refused rather than read as "no quota" (as it once
+   * was, undocumented): a quota of nothing reads as "store nothing", the opposite, and unset already says none.
    */
-  snapshotQuota: parsedSetting("DUMONT_SNAPSHOT_QUOTA", parseByteSize).transform((size) =>
-    size?.bytes === 0 ? undefined : size,
-  ),
+  snapshotQuota: parsedSetting(N.snapshotQuota, (value) => {
+    const size = parseByteSize(value);
+    if (typeof size === "object" && size.bytes === 0)
+      return `must be above 0, got ${given(value)}: leave it unset for no quota`;
+    return size;
+  }),
   /** Sustained API requests a second per key (api/rate-limit.ts); 0 = no limit. */
-  apiRateLimit: z.coerce
-    .number({ error: "DUMONT_API_RATE_LIMIT must be a number of requests a second" })
-    .refine(
-      (n) => n === 0 || n >= 0.001,
-      "DUMONT_API_RATE_LIMIT must be 0 (no limit) or at least 0.001 requests a second",
-    )
-    .max(100_000, "DUMONT_API_RATE_LIMIT must be at most 100000 requests a second (0 turns the limit off)"),
+  apiRateLimit: plainNumber(N.apiRateLimit, "20 or 0.5", true, (n) =>
+    n === 0 || (n >= 0.001 && n <= 100_000)
+      ? undefined
+      : "must be 0 (no limit) or from 0.001 to 100000 requests a second",
+  ),
   /** Requests a key may make at once after being idle. */
-  apiBurst: z.coerce
-    .number({ error: "DUMONT_API_BURST must be a whole number of requests" })
-    .int("DUMONT_API_BURST must be a whole number of requests")
-    .min(1, "DUMONT_API_BURST must be at least 1")
-    .max(1_000_000, "DUMONT_API_BURST must be at most 1000000"),
+  apiBurst: plainNumber(N.apiBurst, "100", false, (n) =>
+    n >= 1 && n <= 1_000_000 ? undefined : "must be a number of requests from 1 to 1000000",
+  ),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
-    error: "DUMONT_LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent",
+    error: (issue) =>
+      `${N.logLevel} must be one of fatal, error, warn, info, debug, trace, silent, got ${given(issue.input)}`,
   }),
 });
 
@@ -114,7 +174,9 @@ export function loadConfig(
   options: ControlPlaneOptions = {},
   env: NodeJS.ProcessEnv = process.env,
 ): ControlPlaneConfig {
-  const dataDir = path.resolve(options.dataDir ?? env.DUMONT_DATA_DIR ?? ".dumont");
+  // Through `setting` like the rest: an empty DUMONT_DATA_DIR put master.key, pki/ and the database in the working
+  // directory (path.resolve("")). The CLI refuses an empty --data-dir itself (serve-command's givenOptions).
+  const dataDir = path.resolve(setting(options.dataDir, env.DUMONT_DATA_DIR) ?? ".dumont");
   const raw = {
     dataDir,
     httpPort: setting(options.httpPort, env.DUMONT_HTTP_PORT) ?? 8000,
@@ -138,8 +200,60 @@ export function loadConfig(
     const issue = parsed.error.issues[0];
     throw new ConfigError(`invalid configuration: ${issue?.message ?? parsed.error.message}`);
   }
+  const problem = settingsConflict(parsed.data);
+  if (problem) throw new ConfigError(`invalid configuration: ${problem}`);
   checkBlobStore(parsed.data.blobStore, env);
   return parsed.data;
+}
+
+/** What is wrong with settings valid alone but not together, naming both; undefined when nothing. */
+function settingsConflict(c: ControlPlaneConfig): string | undefined {
+  // The HTTP server would fail to listen after the gateway took the port, blamed on another process.
+  if (c.httpPort !== 0 && c.httpPort === c.grpcPort) {
+    return `${N.httpPort} and ${N.grpcPort} both name port ${c.httpPort}: give each its own port`;
+  }
+  // An agent samples once an interval; with less than two intervals of silence allowed, a sample a little late
+  // (or the wait before the next) declares a healthy host lost, its stream closed, and it comes back: it flapped.
+  if (c.lostAfterSeconds < 2 * c.telemetryIntervalSeconds) {
+    return (
+      `${N.lostAfter} ${c.lostAfterSeconds} is less than twice ${N.telemetryInterval} ${c.telemetryIntervalSeconds}: ` +
+      "hosts would be declared lost between their samples; give --lost-after " +
+      `${2 * c.telemetryIntervalSeconds} or more, or a shorter --telemetry-interval`
+    );
+  }
+  return undefined;
+}
+
+/** A host as a URL writes it: an IPv6 address in brackets. */
+export function urlHost(host: string): string {
+  return isIPv6(host) ? `[${host}]` : host;
+}
+
+/**
+ * The public host as given, checked: a DNS name or an IP address (IPv6 with or without brackets), which goes into
+ * URLs (join tokens, the banner) and the server certificate. An unusable one ("bad host") was taken, and join
+ * tokens carried a URL no agent could dial.
+ */
+export function parsePublicHost(value: string): { ok: true; host: string } | { ok: false; problem: string } {
+  const text = value.trim();
+  const bare = /^\[(.*)\]$/.exec(text)?.[1] ?? text;
+  if (isIP(bare)) {
+    // An address to listen on, not one anybody can reach.
+    if (/^(0\.0\.0\.0|::|0:0:0:0:0:0:0:0)$/.test(bare)) {
+      return {
+        ok: false,
+        problem: `${given(value)} is an address that means any address (to listen on): give the name or address hosts reach this machine by`,
+      };
+    }
+    return { ok: true, host: bare };
+  }
+  const label = /^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$/;
+  if (bare === text && text.length <= 253 && text.split(".").every((l) => label.test(l)))
+    return { ok: true, host: text };
+  return {
+    ok: false,
+    problem: `must be a DNS name (like cp.example.com) or an IP address (10.0.0.5, ::1 or [::1]), got ${given(value)}`,
+  };
 }
 
 /**
@@ -152,7 +266,7 @@ function checkBlobStore(url: string, env: NodeJS.ProcessEnv): void {
   try {
     location = parseRepositoryUrl(url);
   } catch (err) {
-    throw new ConfigError(`invalid configuration: DUMONT_BLOB_STORE: ${(err as Error).message}`);
+    throw new ConfigError(`invalid configuration: ${N.blobStore}: ${(err as Error).message}`);
   }
   try {
     if (location.kind === "s3") {
@@ -177,23 +291,31 @@ function setting<T extends string | number>(flag: T | undefined, env: string | u
 
 const KEEP_RULES = { last: "last", hourly: "hourly", daily: "daily", weekly: "weekly" } as const;
 
+/** The most a rule may keep: what `dumont snapshot forget --keep-last` takes (the API's counts are uint32). */
+export const MAX_KEEP = 0xffffffff;
+
 /**
  * "last=24,hourly=48,daily=14,weekly=8" (any of the four, at least one above 0) as a retention policy, or what is
- * wrong with it as the end of a sentence.
+ * wrong with it as the end of a sentence, quoting the whole value given (a part alone, `""` for a stray comma,
+ * left its reader to guess where it came from).
  */
 export function parseKeepPolicy(value: string): RetentionPolicy | string {
   const policy: RetentionPolicy = {};
+  const got = `got ${JSON.stringify(value.slice(0, 120))}`;
   for (const part of value.split(",")) {
+    if (part.trim() === "") return `has an empty rule (a stray comma?): write last=24,daily=7, ${got}`;
     const m = /^\s*(\w+)\s*=\s*(\d+)\s*$/.exec(part);
     const rule = m && KEEP_RULES[m[1] as keyof typeof KEEP_RULES];
     if (!m || !rule) {
-      return `must be rules like last=24,hourly=48,daily=14,weekly=8 (last, hourly, daily, weekly), got ${JSON.stringify(part)}`;
+      return `must be rules like last=24,hourly=48,daily=14,weekly=8 (last, hourly, daily, weekly); ${JSON.stringify(part.trim().slice(0, 40))} is none, ${got}`;
     }
-    if (policy[rule] !== undefined) return `names ${rule} twice`;
-    policy[rule] = Number(m[2]);
+    if (policy[rule] !== undefined) return `names ${rule} twice, ${got}`;
+    const n = Number(m[2]);
+    if (n > MAX_KEEP) return `keeps at most ${MAX_KEEP} snapshots a rule, ${got}`;
+    policy[rule] = n;
   }
   if (!hasRetentionRule(policy))
-    return "must keep something: at least one rule above 0 (unset it to keep every snapshot)";
+    return `must keep something: at least one rule above 0 (unset it to keep every snapshot), ${got}`;
   return policy;
 }
 
@@ -235,7 +357,8 @@ export function parseByteSize(value: string): ByteSize | string {
     return `must be a size like 500GB, 512GiB or 2TB (B, KB, MB, GB, TB powers of 1000; KiB, MiB, GiB, TiB of 1024), got ${JSON.stringify(value.slice(0, 40))}`;
   }
   const bytes = Math.floor(Number(m[1]) * SIZE_UNITS[unit]);
-  if (!Number.isSafeInteger(bytes)) return `is too large: at most ${Number.MAX_SAFE_INTEGER} bytes`;
+  if (!Number.isSafeInteger(bytes))
+    return `is too large: at most ${Number.MAX_SAFE_INTEGER} bytes, got ${JSON.stringify(value.slice(0, 40))}`;
   // "0.5" is no quota of 0 (none at all): a size that rounds to nothing is a mistake, said so.
   if (bytes === 0 && Number(m[1]) > 0) return `must be at least 1 byte, got ${JSON.stringify(value.slice(0, 40))}`;
   // A plain number of bytes says nothing of its giver's units: binary where it counts in 1024s and not 1000s

@@ -13,9 +13,10 @@ import { keyService } from "./api/key-service.js";
 import { KeyUses } from "./api/key-uses.js";
 import { ApiRateLimiter } from "./api/rate-limit.js";
 import { snapshotService } from "./api/snapshot-service.js";
-import type { ControlPlaneConfig } from "./config.js";
+import { type ControlPlaneConfig, SETTING_NAMES, urlHost } from "./config.js";
 import { type Db, openDatabase } from "./db/database.js";
 import { MetricsRetention } from "./db/metrics-retention.js";
+import { ConfigError } from "./errors.js";
 import { HostLiveness } from "./failover/index.js";
 import type { Logger } from "./logger.js";
 import { createMetrics } from "./metrics.js";
@@ -32,8 +33,15 @@ export interface ControlPlane {
   httpPort: number;
   grpcPort: number;
   caHash: string;
+  /** As agents and browsers reach us: through the public host (join tokens, the banner). */
   httpUrl: string;
   grpcUrl: string;
+  /**
+   * As this machine reaches us: the address listened on, loopback for a wildcard. `dumont dev` calls its API and
+   * points its local agent here, whatever the public host says (a name this machine may not resolve).
+   */
+  localHttpUrl: string;
+  localGrpcUrl: string;
   /** Set only on the start that created it; it is never readable again except from the key file. */
   newAdminKey?: string;
   adminKeyFile: string;
@@ -41,7 +49,7 @@ export interface ControlPlane {
 }
 
 export async function startControlPlane(config: ControlPlaneConfig, log: Logger): Promise<ControlPlane> {
-  await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  await makeDataDir(config.dataDir);
   const db = await openDatabase({
     dataDir: config.dataDir,
     databaseUrl: config.databaseUrl,
@@ -115,7 +123,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
     retention.start();
     cleanups.push(() => retention.stop());
 
-    const urls = { httpUrl: "", grpcUrl: `https://${config.publicHost}:${grpcPort}` };
+    const urls = { httpUrl: "", grpcUrl: `https://${urlHost(config.publicHost)}:${grpcPort}` };
     const rateLimiter =
       config.apiRateLimit > 0
         ? new ApiRateLimiter({ perSecond: config.apiRateLimit, burst: config.apiBurst }, undefined, () =>
@@ -141,7 +149,8 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
       },
     });
     const httpPort = await listenHttp(http, config.host, config.httpPort);
-    urls.httpUrl = `http://${config.publicHost}:${httpPort}`;
+    urls.httpUrl = `http://${urlHost(config.publicHost)}:${httpPort}`;
+    const local = urlHost(localAddress(config.host));
     cleanups.push(
       () =>
         new Promise<void>((resolve) => {
@@ -162,6 +171,8 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
       caHash: ca.tls.caHash,
       httpUrl: urls.httpUrl,
       grpcUrl: urls.grpcUrl,
+      localHttpUrl: `http://${local}:${httpPort}`,
+      localGrpcUrl: `https://${local}:${grpcPort}`,
       newAdminKey,
       adminKeyFile,
       close: closeAll,
@@ -169,5 +180,28 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger)
   } catch (err) {
     await closeAll();
     throw err;
+  }
+}
+
+/** Where this machine reaches a listener on `host`: the address itself, or loopback for a wildcard one. */
+export function localAddress(host: string): string {
+  if (host === "0.0.0.0") return "127.0.0.1";
+  if (host === "::" || host === "[::]") return "::1";
+  return host.replace(/^\[(.*)\]$/, "$1");
+}
+
+/**
+ * The data dir, made if missing. A file in its place failed as `EEXIST: file already exists, mkdir …`, naming
+ * neither the setting nor the problem.
+ */
+async function makeDataDir(dir: string): Promise<void> {
+  try {
+    await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== "EEXIST" && code !== "ENOTDIR") throw err;
+    throw new ConfigError(
+      `invalid configuration: ${SETTING_NAMES.dataDir} ${JSON.stringify(dir)} is not a directory (${code === "EEXIST" ? "a file is there" : "a file is in its path"}): give a directory, which is made if missing`,
+    );
   }
 }

@@ -106,6 +106,8 @@ async function runOnce(n: number, o: TelemetryBenchOptions): Promise<TelemetryRu
   const cp = await startControlPlaneProcess({
     dataDir: path.join(root, "cp"),
     databaseUrl: db.url,
+    // The control plane refuses a lost-after under twice the interval it suggests (a healthy host would flap).
+    lostAfterSeconds: Math.max(10, 2 * o.telemetryIntervalSeconds),
     // One log line per enrollment and connection is noise at this scale, and costs the control plane CPU.
     env: { DUMONT_LOG_LEVEL: "warn", DUMONT_TELEMETRY_INTERVAL: String(o.telemetryIntervalSeconds) },
   }).catch(async (err: Error) => {

@@ -1,6 +1,6 @@
 // `dumont dev` (what `npm start` runs): a master key from the environment goes to the control plane and not to
 // the local agent; the banner reports this start's host; a kill -9 of dev takes its local agent with it, and a
-// local agent gone stops dev, saying so.
+// local agent gone stops dev, saying so; dev reaches its own API and agent over loopback, on this start's ports.
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readdir, readFile, rm } from "node:fs/promises";
@@ -94,6 +94,20 @@ describe("dumont dev", () => {
     expect(await start(["--demo"])).toMatch(
       / — NVIDIA GeForce RTX 4090, NVIDIA GeForce RTX 4090 {2}\[simulated GPUs\]$/,
     );
+  }, 120_000);
+
+  it("calls its own API and agent over loopback, whatever --public-host says, and on this start's gRPC port", async () => {
+    const dir = await tempDir("dev-command-public-host");
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    const ports = { http: await freePort(), grpc: await freePort() };
+    // A name this machine cannot resolve: dev failed calling its own API through it (ENOTFOUND).
+    const first = await startDev(dir, ports, ["--public-host", "cp.example.invalid"]);
+    expect(first.output()).toContain(`Agents:     https://cp.example.invalid:${ports.grpc}`);
+    expect(first.output()).toMatch(/Host online: local \(h-[0-9a-f]+\)/);
+    await stopProcess(first.dev);
+    // Another gRPC port than the local agent enrolled with: it dialled the old one, and dev gave up after 30 s.
+    const second = await startDev(dir, { ...ports, grpc: await freePort() });
+    expect(second.output()).toMatch(/Host online: local \(h-[0-9a-f]+\)/);
   }, 120_000);
 
   it("takes its local agent with it when it is killed -9, so the next dev on the data dir starts", async () => {

@@ -78,6 +78,8 @@ describe("foundation: enroll, stream, telemetry, liveness", () => {
       dataDir: path.join(root, "cp"),
       databaseUrl: db.url,
       lostAfterSeconds: LOST_AFTER_S,
+      // What it suggests to agents (these set their own): lost-after must be at least twice it.
+      env: { DUMONT_TELEMETRY_INTERVAL: String(INTERVAL_S) },
     });
     const a = await enrollAgent(cp, path.join(root, "agent-a"), "a100-box");
     const b = await enrollAgent(cp, path.join(root, "agent-b"), "h100-mig-box");

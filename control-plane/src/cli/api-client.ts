@@ -47,7 +47,7 @@ export function apiClients(options: ApiOptions) {
   if (!key) {
     throw new Error(
       `no API key: pass --api-key, set DUMONT_API_KEY, or point DUMONT_DATA_DIR at the control plane's data dir ` +
-        `(its admin-api-key; now ${process.env.DUMONT_DATA_DIR ?? DEFAULT_DATA_DIR}, which holds none)`,
+        `(its admin-api-key; now ${dataDir()}, which holds none)`,
     );
   }
   // Checked here, never echoed: Node's own refusal of a header with a line break quoted the whole key.
@@ -131,9 +131,14 @@ function unreachable(err: unknown, baseUrl: string): unknown {
   );
 }
 
+/** DUMONT_DATA_DIR, or the default where it is unset, empty or blank (as the control plane reads it). */
+function dataDir(): string {
+  return process.env.DUMONT_DATA_DIR?.trim() || DEFAULT_DATA_DIR;
+}
+
 /** Convenience for a local `dumont dev`: use the admin key it wrote, if we are next to it. */
 function readDefaultKey(): string | undefined {
-  const dir = process.env.DUMONT_DATA_DIR ?? DEFAULT_DATA_DIR;
+  const dir = dataDir();
   try {
     return fs.readFileSync(path.join(dir, "admin-api-key"), "utf8").trim() || undefined;
   } catch {

@@ -1,5 +1,6 @@
 // `dumont dev`'s banner: the command it suggests works from the shell it was started in.
 import { describe, expect, it } from "vitest";
+import { localAddress } from "../control-plane.js";
 import { localAgentEnvironment, tryCommand } from "./dev-command.js";
 
 describe("tryCommand", () => {
@@ -40,5 +41,15 @@ describe("localAgentEnvironment", () => {
       DUMONT_LOG_LEVEL: "warn",
     });
     expect(localAgentEnvironment({ DUMONT_LOG_LEVEL: "debug" })).toEqual({ DUMONT_LOG_LEVEL: "debug" });
+  });
+});
+
+describe("localAddress", () => {
+  it("is where dev reaches its own listeners: loopback for a wildcard, else the address listened on", () => {
+    expect(localAddress("0.0.0.0")).toBe("127.0.0.1");
+    expect(localAddress("::")).toBe("::1");
+    expect(localAddress("10.0.0.5")).toBe("10.0.0.5");
+    expect(localAddress("[fd00::5]")).toBe("fd00::5");
+    expect(localAddress("localhost")).toBe("localhost");
   });
 });

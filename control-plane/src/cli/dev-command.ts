@@ -9,7 +9,7 @@ import type { Command } from "commander";
 import type { ControlPlaneOptions } from "../config.js";
 import { apiClients, DEFAULT_API_URL, DEFAULT_DATA_DIR } from "./api-client.js";
 import { hostJson } from "./host-command.js";
-import { addServeOptions, startFromOptions, waitForSignal } from "./serve-command.js";
+import { addServeOptions, givenOptions, startFromOptions, waitForSignal } from "./serve-command.js";
 
 /** Environment variables of the control plane's that the local agent does not get (localAgentEnvironment). */
 const CONTROL_PLANE_SECRETS =
@@ -49,8 +49,8 @@ function shellWord(word: string): string {
 export function registerDevCommand(program: Command): void {
   addServeOptions(program.command("dev").description("control plane + one local agent, for trying Dumont out"))
     .option("--demo", "give the local agent simulated GPUs (a fake nvidia-smi), clearly labelled simulated")
-    .action(async (opts: ControlPlaneOptions & { demo?: boolean }) => {
-      const { cp, log } = await startFromOptions({ logLevel: "warn", ...opts });
+    .action(async (opts: ControlPlaneOptions & { demo?: boolean }, cmd: Command) => {
+      const { cp, log } = await startFromOptions({ logLevel: "warn", ...givenOptions(cmd, opts) });
       // Loaded here, as startFromOptions loads the control plane: not on every other command's start.
       const [{ devAdminKey }, { ADMIN_TENANT }] = await Promise.all([
         import("../api/auth.js"),
@@ -60,7 +60,9 @@ export function registerDevCommand(program: Command): void {
         ? { key: cp.newAdminKey }
         : await devAdminKey(cp.db, cp.adminKeyFile, ADMIN_TENANT);
       if (replaced) log.warn({ file: cp.adminKeyFile }, `made a new admin key for dumont dev: ${replaced}`);
-      const clients = apiClients({ apiUrl: cp.httpUrl, apiKey: adminKey });
+      // This machine's own address, not the public host's: that is for agents and browsers elsewhere, and may be a
+      // name this machine does not resolve (--public-host cp.example.invalid failed with ENOTFOUND).
+      const clients = apiClients({ apiUrl: cp.localHttpUrl, apiKey: adminKey });
       const dataDir = path.dirname(cp.adminKeyFile);
       const agentDir = path.join(dataDir, "local-agent");
 
@@ -76,7 +78,7 @@ export function registerDevCommand(program: Command): void {
           [
             "enroll",
             "--server",
-            token.grpcUrl,
+            cp.localGrpcUrl,
             "--token",
             token.token,
             "--ca-hash",
@@ -91,7 +93,17 @@ export function registerDevCommand(program: Command): void {
       }
       // --exit-with-stdin and a pipe this process holds: if it dies without stopping the agent (kill -9), the
       // agent stops too, rather than staying on with the data dir the next `dumont dev` needs.
-      const agentArgs = ["run", "--data-dir", agentDir, "--exit-with-stdin", ...(opts.demo ? ["--simulated"] : [])];
+      // --server: this start's gateway, whatever the agent enrolled with. A `dumont dev --grpc-port N` after one on
+      // another port had the agent dial the old one, and dev wait 30 s and say only that it never came online.
+      const agentArgs = [
+        "run",
+        "--data-dir",
+        agentDir,
+        "--server",
+        cp.localGrpcUrl,
+        "--exit-with-stdin",
+        ...(opts.demo ? ["--simulated"] : []),
+      ];
       const agentStarted = Date.now();
       const agent = spawn(process.execPath, [agentBin, ...agentArgs], { env, stdio: ["pipe", "inherit", "inherit"] });
       // Listened for at once: a child's exit is an event, missed by a listener added after it (killed by a signal,

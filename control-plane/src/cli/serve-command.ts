@@ -3,6 +3,7 @@ import { setFlagsFromString } from "node:v8";
 import { type Command, Option } from "commander";
 import type { ControlPlaneOptions } from "../config.js";
 import type { ControlPlane } from "../control-plane.js";
+import { ConfigError } from "../errors.js";
 import type { Logger } from "../logger.js";
 
 /** --data-dir and --database-url: where a control plane's state is (serve, dev, master-key rotate). */
@@ -98,18 +99,55 @@ export async function startFromOptions(opts: ControlPlaneOptions): Promise<{ cp:
     import("../logger.js"),
   ]);
   const config = loadConfig(opts);
+  const log = createLogger(config.logLevel);
+  await routeGrpcLogging(log);
   // Read once: the master key does not stay in the environment, where processes this one starts (the local
   // agent of `dumont dev`) would inherit it.
   delete process.env.DUMONT_MASTER_KEY;
-  const log = createLogger(config.logLevel);
   const cp = await startControlPlane(config, log);
   return { cp, log };
 }
 
+/**
+ * grpc-js's own log lines (it writes "E No address added out of total 1 resolved" to stderr before failing a bind
+ * whose error we report ourselves, in one line) go to our logger at debug, seen with --log-level debug. One who
+ * asked grpc-js for its logging (GRPC_VERBOSITY, GRPC_TRACE) gets it as grpc-js writes it. Process-wide, hence
+ * here and not in startControlPlane, which tests start several of in one process.
+ */
+async function routeGrpcLogging(log: Logger): Promise<void> {
+  const env = process.env;
+  if (env.GRPC_VERBOSITY || env.GRPC_NODE_VERBOSITY || env.GRPC_TRACE || env.GRPC_NODE_TRACE) return;
+  const grpc = await import("@grpc/grpc-js");
+  grpc.setLogger({ error: (...args: unknown[]) => log.debug({ grpc: args.map(String).join(" ") }, "grpc-js") });
+}
+
+/**
+ * The command's options as loadConfig takes them. commander hands an empty variable (`DUMONT_HTTP_PORT=` in a
+ * compose file) over as the flag's value: that one is unset, as documented. An empty flag on the command line
+ * (`--http-port=`, `--data-dir ''`: a variable that expanded to nothing) is refused, naming it, rather than quietly
+ * taken for the default: for --data-dir that is another directory's state than the one meant.
+ */
+export function givenOptions<T extends object>(cmd: Command, opts: T): T {
+  const given = { ...opts } as Record<string, unknown>;
+  for (const option of cmd.options) {
+    const key = option.attributeName();
+    const value = given[key];
+    if (typeof value !== "string" || value.trim() !== "") continue;
+    if (cmd.getOptionValueSource(key) === "cli") {
+      const env = option.envVar ? ` (${option.envVar})` : "";
+      throw new ConfigError(
+        `invalid configuration: ${option.long}${env} was given empty: give ${option.flags}, or leave the flag out for its default`,
+      );
+    }
+    delete given[key];
+  }
+  return given as T;
+}
+
 export function registerServeCommand(program: Command): void {
   addServeOptions(program.command("serve").description("run the control plane")).action(
-    async (opts: ControlPlaneOptions) => {
-      const { cp, log } = await startFromOptions(opts);
+    async (opts: ControlPlaneOptions, cmd: Command) => {
+      const { cp, log } = await startFromOptions(givenOptions(cmd, opts));
       if (cp.newAdminKey) {
         process.stdout.write(
           `\nAdmin API key (shown once; also saved with mode 0600 to ${cp.adminKeyFile}):\n  ${cp.newAdminKey}\n\n`,
