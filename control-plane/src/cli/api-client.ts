@@ -94,6 +94,18 @@ export function apiClients(options: ApiOptions) {
   };
 }
 
+/** Node's codes for a TLS certificate the client does not trust. */
+const UNTRUSTED_CERTIFICATE = new Set([
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "CERT_HAS_EXPIRED",
+  "CERT_NOT_YET_VALID",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+]);
+
 /** Node's codes for a connection that was made and then dropped (the control plane killed mid-call, say). */
 const DROPPED = new Set(["ECONNRESET", "EPIPE", "ERR_STREAM_PREMATURE_CLOSE", "UND_ERR_SOCKET"]);
 
@@ -105,6 +117,28 @@ function unreachable(err: unknown, baseUrl: string): unknown {
   // An error the server sent is its answer, whatever its words.
   if (!(err instanceof ConnectError) || err.isWireError) return err;
   const cause = err.cause as NodeJS.ErrnoException | undefined;
+  const wrongAddress = (message: string) => new ConnectError(message, Code.Unavailable, undefined, undefined, err);
+  // The wrong address, each in its own words rather than "[internal]" and OpenSSL's: https:// to the API's plain
+  // HTTP port, or to the agents' gateway (whose certificate only agents trust), or a URL with a path.
+  if (cause?.code === "EPROTO") {
+    return wrongAddress(
+      `what answers at ${baseUrl} does not speak TLS (${cause.code}): the control plane's API is plain HTTP ` +
+        "(--api-url http://HOST:8000) unless a proxy in front of it serves TLS",
+    );
+  }
+  if (typeof cause?.code === "string" && UNTRUSTED_CERTIFICATE.has(cause.code)) {
+    return wrongAddress(
+      `the server at ${baseUrl} presents a certificate this machine does not trust (${cause.message}): if that is ` +
+        "the agents' gateway (port 8443), the API is on the HTTP port (--api-url http://HOST:8000); a proxy serving " +
+        "the API over TLS needs a certificate this machine trusts (NODE_EXTRA_CA_CERTS=the file of its CA)",
+    );
+  }
+  if (err.code === Code.Unimplemented && /^HTTP 404$/.test(err.rawMessage)) {
+    return wrongAddress(
+      `there is no Dumont API at ${baseUrl} (HTTP 404): give --api-url (DUMONT_API_URL) the API's base URL, ` +
+        "http://HOST:8000, with no path",
+    );
+  }
   const dropped =
     (typeof cause?.code === "string" && DROPPED.has(cause.code)) ||
     /^(aborted|socket hang up|premature close|terminated|other side closed)$/i.test(err.rawMessage);

@@ -2,12 +2,15 @@
 // given twice is refused before any request, naming the flag (never quoting the key).
 import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import http from "node:http";
+import https from "node:https";
 import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { describe, expect, it, onTestFinished } from "vitest";
+import { CertificateAuthority } from "../agent-gateway/certificate-authority.js";
 
 describe("dumont (admin CLI): global flags", () => {
   const bin = fileURLToPath(new URL("../../bin/dumont.cjs", import.meta.url));
@@ -101,6 +104,45 @@ describe("dumont (admin CLI): global flags", () => {
           "what was asked is not known: .*point --api-url \\(DUMONT_API_URL\\) at it\n$",
       ),
     );
+  });
+
+  it("says which wrong address --api-url is: https:// to plain HTTP, a certificate it does not trust, a path", async () => {
+    // A TLS server with a certificate from a CA this machine does not trust (the agents' gateway's kind), and a
+    // plain HTTP server that answers 404 to everything.
+    const dir = await mkdtemp(path.join(tmpdir(), "dumont-wrong-url-"));
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    const ca = await CertificateAuthority.loadOrCreate(dir);
+    const tls = https.createServer({ key: ca.tls.serverKeyPem, cert: ca.tls.serverCertPem }, (_q, r) => r.end());
+    const plain = http.createServer((_q, r) => {
+      r.statusCode = 404;
+      r.end();
+    });
+    for (const server of [tls, plain]) {
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+      onTestFinished(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    }
+    const at = (server: http.Server, scheme: string, rest = "") =>
+      `${scheme}://127.0.0.1:${(server.address() as AddressInfo).port}${rest}`;
+    const cases: [string, RegExp][] = [
+      [
+        at(plain, "https"),
+        /^dumont: \[unavailable\] what answers at \S+ does not speak TLS \(EPROTO\): the control plane's API is plain HTTP \(--api-url http:\/\/HOST:8000\)/,
+      ],
+      [
+        at(tls, "https"),
+        /^dumont: \[unavailable\] the server at \S+ presents a certificate this machine does not trust \(.+\): if that is the agents' gateway \(port 8443\), the API is on the HTTP port/,
+      ],
+      [
+        at(plain, "http", "/foo"),
+        /^dumont: \[unavailable\] there is no Dumont API at http:\/\/127\.0\.0\.1:\d+\/foo \(HTTP 404\): give --api-url \(DUMONT_API_URL\) the API's base URL, http:\/\/HOST:8000, with no path\n$/,
+      ],
+    ];
+    for (const [url, said] of cases) {
+      const res = await dumont(["--api-url", url, "host", "list"]);
+      expect(res.code, url).toBe(1);
+      expect(res.stderr, url).toMatch(said);
+      expect(res.stderr, url).not.toMatch(/internal|ssl3_get_record/);
+    }
   });
 
   it("says --api-key is empty, not that the data dir holds no key (it may)", async () => {
