@@ -209,7 +209,30 @@ describe("loadConfig", () => {
     expect(() => loadConfig({}, { DUMONT_TELEMETRY_INTERVAL: "30" })).toThrow(/--lost-after 60 or more/);
     // The defaults (10 and 5) are exactly twice; a shorter interval allows a shorter --lost-after.
     expect(loadConfig({}, {})).toMatchObject({ lostAfterSeconds: 10, telemetryIntervalSeconds: 5 });
-    expect(loadConfig({ lostAfter: "1", telemetryInterval: "0.5" }, {}).lostAfterSeconds).toBe(1);
+    expect(loadConfig({ lostAfter: "3", telemetryInterval: "1.5" }, {}).lostAfterSeconds).toBe(3);
+    // Agents send at most once a second, whatever is suggested: judged by that.
+    expect(() => loadConfig({ lostAfter: "1", telemetryInterval: "0.5" }, {})).toThrow(
+      /--telemetry-interval \(DUMONT_TELEMETRY_INTERVAL\) 0\.5 \(agents send at most once a second\): .*give --lost-after 2 or more$/,
+    );
+    expect(loadConfig({ lostAfter: "2", telemetryInterval: "0.5" }, {}).lostAfterSeconds).toBe(2);
+  });
+
+  it("trims what surrounds a setting: a stray space in a compose file is not another data directory", () => {
+    expect(loadConfig({}, { DUMONT_DATA_DIR: "/srv/dumont " }).dataDir).toBe("/srv/dumont");
+    expect(loadConfig({}, { DUMONT_HOST: " 0.0.0.0" }).host).toBe("0.0.0.0");
+  });
+
+  it("never quotes what stands before an @ in a blob store URL, with a scheme or without", () => {
+    for (const url of ["minio:s3cret@host/b", "ftp://user:s3cret@host/b"]) {
+      let message = "";
+      try {
+        loadConfig({}, { DUMONT_BLOB_STORE: url });
+      } catch (err) {
+        message = (err as Error).message;
+      }
+      expect(message, url).toMatch(/DUMONT_BLOB_STORE\) must be file:\/\/\/absolute\/path or s3:\/\/bucket\/prefix/);
+      expect(message, url).not.toContain("s3cret");
+    }
   });
 
   it("refuses a snapshot quota of 0, saying to leave it unset for none", () => {
@@ -230,6 +253,10 @@ describe("loadConfig", () => {
     expect(publicHost("[fd00::5]")).toBe("fd00::5");
     expect(urlHost(publicHost("[fd00::5]"))).toBe("[fd00::5]");
     expect(urlHost(publicHost("cp.example.com"))).toBe("cp.example.com");
+    // Compose service names and internal DNS names with underscores; an absolute name's dot dropped.
+    expect(publicHost("cp_1.internal")).toBe("cp_1.internal");
+    expect(publicHost("cp.example.com.")).toBe("cp.example.com");
+    expect(() => loadConfig({ publicHost: "fe80::1%eth0" }, {})).toThrow(/"fe80::1%eth0" has a zone/);
   });
 
   it.each([

@@ -127,7 +127,7 @@ const schema = z.object({
   blobStore: z.string().superRefine((url, ctx) => {
     if (/^(file:\/\/\/|s3:\/\/)/.test(url)) return;
     // Shown as the repository's messages show a URL: what stands before an "@" may be a secret.
-    const shown = url.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/).*@/, "$1***@");
+    const shown = url.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)?.*@/, "$1***@");
     ctx.addIssue({
       code: "custom",
       message: `${N.blobStore} must be file:///absolute/path or s3://bucket/prefix, got ${given(shown)}`,
@@ -214,11 +214,15 @@ function settingsConflict(c: ControlPlaneConfig): string | undefined {
   }
   // An agent samples once an interval; with less than two intervals of silence allowed, a sample a little late
   // (or the wait before the next) declares a healthy host lost, its stream closed, and it comes back: it flapped.
-  if (c.lostAfterSeconds < 2 * c.telemetryIntervalSeconds) {
+  // Agents raise a suggestion under a second to one (host-agent's SUGGESTED_INTERVAL_BOUNDS): judged by what they
+  // will send at, not by what is suggested.
+  const sent = Math.max(1, c.telemetryIntervalSeconds);
+  if (c.lostAfterSeconds < 2 * sent) {
     return (
-      `${N.lostAfter} ${c.lostAfterSeconds} is less than twice ${N.telemetryInterval} ${c.telemetryIntervalSeconds}: ` +
+      `${N.lostAfter} ${c.lostAfterSeconds} is less than twice ${N.telemetryInterval} ${c.telemetryIntervalSeconds}` +
+      `${sent !== c.telemetryIntervalSeconds ? " (agents send at most once a second)" : ""}: ` +
       "hosts would be declared lost between their samples; give --lost-after " +
-      `${2 * c.telemetryIntervalSeconds} or more, or a shorter --telemetry-interval`
+      `${2 * sent} or more${sent === c.telemetryIntervalSeconds ? ", or a shorter --telemetry-interval" : ""}`
     );
   }
   return undefined;
@@ -238,6 +242,12 @@ export function parsePublicHost(value: string): { ok: true; host: string } | { o
   const text = value.trim();
   const bare = /^\[(.*)\]$/.exec(text)?.[1] ?? text;
   if (isIP(bare)) {
+    if (bare.includes("%")) {
+      return {
+        ok: false,
+        problem: `${given(value)} has a zone (%…), which no URL an agent dials may hold: give a global address or a name`,
+      };
+    }
     // An address to listen on, not one anybody can reach.
     if (/^(0\.0\.0\.0|::|0:0:0:0:0:0:0:0)$/.test(bare)) {
       return {
@@ -247,9 +257,12 @@ export function parsePublicHost(value: string): { ok: true; host: string } | { o
     }
     return { ok: true, host: bare };
   }
-  const label = /^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$/;
-  if (bare === text && text.length <= 253 && text.split(".").every((l) => label.test(l)))
-    return { ok: true, host: text };
+  // Underscores too: Docker Compose service names and internal DNS use them (cp_1.internal), and agents dial them.
+  // A trailing dot (an absolute name) is dropped.
+  const label = /^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$/;
+  const name = text.endsWith(".") ? text.slice(0, -1) : text;
+  if (bare === text && name.length <= 253 && name.split(".").every((l) => label.test(l)))
+    return { ok: true, host: name };
   return {
     ok: false,
     problem: `must be a DNS name (like cp.example.com) or an IP address (10.0.0.5, ::1 or [::1]), got ${given(value)}`,
@@ -284,9 +297,12 @@ function checkBlobStore(url: string, env: NodeJS.ProcessEnv): void {
  * DUMONT_API_RATE_LIMIT read as 0 and turned the limit off, and an empty DUMONT_HTTP_PORT as 0: a random port.
  */
 function setting<T extends string | number>(flag: T | undefined, env: string | undefined): T | string | undefined {
-  const blank = (v: unknown) => v === undefined || (typeof v === "string" && v.trim() === "");
-  if (!blank(flag)) return flag;
-  return blank(env) ? undefined : env;
+  // Trimmed: a stray space in a compose or systemd file ("/srv/dumont ") was another directory, a new database and
+  // master key without a word (and the CLI, which trims, read the key of the one meant).
+  const value = (v: T | string | undefined) => (typeof v === "string" ? v.trim() : v);
+  const blank = (v: unknown) => v === undefined || v === "";
+  if (!blank(value(flag))) return value(flag);
+  return blank(value(env)) ? undefined : value(env);
 }
 
 const KEEP_RULES = { last: "last", hourly: "hourly", daily: "daily", weekly: "weekly" } as const;

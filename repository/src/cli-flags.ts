@@ -109,7 +109,7 @@ export function oneLineErrors(name: string): { outputError: (text: string, write
         .replace(/^error: /, "")
         .trim()
         .replace(/\s*\n\s*/g, " ");
-      write(`${name}: ${line}${/[.!?)]$/.test(line) ? "" : ";"} add --help for the usage\n`);
+      write(`${name}: ${line}${/[.!?]$/.test(line) ? "" : ";"} add --help for the usage\n`);
     },
   };
 }

@@ -41,6 +41,15 @@ export function tryCommand(httpUrl: string, dataDir: string, cwd: string): strin
   return [...env, "npx dumont host list"].join(" ");
 }
 
+/**
+ * The API's URL for the banner's command, one this machine reaches: the public one where that is localhost (the
+ * default, which the CLI assumes), else the address it listens on (a --public-host this machine may not resolve,
+ * or not be reached by from inside, as behind NAT).
+ */
+function tryUrl(cp: { httpUrl: string; localHttpUrl: string }): string {
+  return new URL(cp.httpUrl).hostname === "localhost" ? cp.httpUrl : cp.localHttpUrl;
+}
+
 /** A word as a POSIX shell reads it back: quoted unless it is plainly safe. */
 function shellWord(word: string): string {
   return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
@@ -123,7 +132,7 @@ export function registerDevCommand(program: Command): void {
           `  Admin key:  ${adminKey}  (saved in ${cp.adminKeyFile}${replaced ? `; a new one: ${replaced}` : ""})`,
           `  Host online: ${host.name} (${host.id}) — ${host.gpus.length ? host.gpus.map((g) => g.model).join(", ") : "CPU only"}${host.simulated ? "  [simulated GPUs]" : ""}`,
           "",
-          `Try: ${tryCommand(cp.httpUrl, dataDir, process.cwd())}    (Ctrl-C stops the control plane and the agent)`,
+          `Try: ${tryCommand(tryUrl(cp), dataDir, process.cwd())}    (Ctrl-C stops the control plane and the agent)`,
           "",
         ].join("\n"),
       );

@@ -5,7 +5,7 @@ import { counted } from "@dumont/repository/counted";
 import type { Command } from "commander";
 import type { ControlPlaneOptions } from "../config.js";
 import { print } from "./output.js";
-import { addStateOptions } from "./serve-command.js";
+import { addStateOptions, givenOptions } from "./serve-command.js";
 
 export function registerMasterKeyCommand(program: Command): void {
   const masterKey = program
@@ -24,7 +24,9 @@ export function registerMasterKeyCommand(program: Command): void {
         "otherwise a random key replaces <data-dir>/master.key)",
     )
     .option("--json", "print JSON")
-    .action(async (opts: ControlPlaneOptions & { newKeyFile?: string; json?: boolean }) => {
+    .action(async (given: ControlPlaneOptions & { newKeyFile?: string; json?: boolean }, cmd: Command) => {
+      // As serve and dev: an empty --data-dir (a variable that expanded to nothing) is refused, not the default's.
+      const opts = givenOptions(cmd, given);
       // Loaded here, as `serve` does: the database and its driver are heavy for every other command.
       const [{ loadConfig }, { controlPlaneConnections, openDatabase }, { rotateMasterKey }] = await Promise.all([
         import("../config.js"),

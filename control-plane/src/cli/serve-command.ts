@@ -118,7 +118,14 @@ async function routeGrpcLogging(log: Logger): Promise<void> {
   const env = process.env;
   if (env.GRPC_VERBOSITY || env.GRPC_NODE_VERBOSITY || env.GRPC_TRACE || env.GRPC_NODE_TRACE) return;
   const grpc = await import("@grpc/grpc-js");
-  grpc.setLogger({ error: (...args: unknown[]) => log.debug({ grpc: args.map(String).join(" ") }, "grpc-js") });
+  grpc.setLogger({
+    error: (...args: unknown[]) => {
+      const text = args.map(String).join(" ");
+      // Only the bind failure we say ourselves is quietened; anything else grpc-js reports is an error here too.
+      if (/No address added out of total/.test(text)) log.debug({ grpc: text }, "grpc-js");
+      else log.error({ grpc: text }, "grpc-js");
+    },
+  });
 }
 
 /**
@@ -164,6 +171,8 @@ export function registerServeCommand(program: Command): void {
  * Resolves on the first SIGINT or SIGTERM, or when `cancel` aborts (`dumont dev` whose agent stopped). Its
  * listeners go either way: a second Ctrl-C while the control plane closes (or after `dev` stopped waiting) then
  * ends the process at once, as the default action does, rather than being swallowed by a listener nobody awaits.
+ * A signal within ECHO_MS of the first is taken for the same Ctrl-C, not a second one: `npm start` forwards the
+ * terminal's SIGINT to this process, which had it from the terminal already, and the close would be skipped.
  */
 export function waitForSignal(log: Logger, cancel?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -175,6 +184,13 @@ export function waitForSignal(log: Logger, cancel?: AbortSignal): Promise<void> 
     };
     const stop = (signal: string) => {
       log.info({ signal }, "shutting down (a second Ctrl-C stops at once)");
+      const echo = () => {};
+      process.on("SIGINT", echo);
+      process.on("SIGTERM", echo);
+      setTimeout(() => {
+        process.off("SIGINT", echo);
+        process.off("SIGTERM", echo);
+      }, ECHO_MS).unref();
       done();
     };
     const onInterrupt = () => stop("SIGINT");
@@ -186,3 +202,6 @@ export function waitForSignal(log: Logger, cancel?: AbortSignal): Promise<void> 
     if (cancel?.aborted) done();
   });
 }
+
+/** How long after the first signal another is taken for the same one (see waitForSignal). */
+export const ECHO_MS = 1000;

@@ -76,9 +76,10 @@ async function enrolledDataDir(name: string): Promise<string> {
   await fs.mkdir(paths.identityDir, { recursive: true, mode: 0o700 });
   const pair = await selfSignedPair();
   await fs.writeFile(paths.privateKey, pair.keyPem, { mode: 0o600 });
-  await fs.writeFile(paths.certificate, pair.certPem);
-  await fs.writeFile(paths.caCertificate, pair.certPem);
-  await fs.writeFile(paths.enrollment, JSON.stringify({ hostId: "h-1", server }));
+  // Modes given, not the umask's (002 on many desktops, which the agent would rightly refuse).
+  await fs.writeFile(paths.certificate, pair.certPem, { mode: 0o644 });
+  await fs.writeFile(paths.caCertificate, pair.certPem, { mode: 0o644 });
+  await fs.writeFile(paths.enrollment, JSON.stringify({ hostId: "h-1", server }), { mode: 0o644 });
   return dir;
 }
 

@@ -86,9 +86,10 @@ export async function main(argv: string[]): Promise<void> {
       ),
     )
     .addOption(
-      new Option("--telemetry-interval <seconds>", "seconds between telemetry samples (default 5)").env(
-        "DUMONT_TELEMETRY_INTERVAL",
-      ),
+      new Option(
+        "--telemetry-interval <seconds>",
+        "seconds between telemetry samples (default: what the control plane suggests, else 5)",
+      ).env("DUMONT_TELEMETRY_INTERVAL"),
     )
     .addOption(new Option("--log-level <level>", "fatal|error|warn|info|debug|trace|silent").env("DUMONT_LOG_LEVEL"))
     .addOption(serverOption())

@@ -22,9 +22,10 @@ describe("loadIdentity", () => {
     current = await pair();
     await fs.mkdir(paths.identityDir, { mode: 0o700 });
     await fs.writeFile(paths.privateKey, current.keyPem, { mode: 0o600 });
-    await fs.writeFile(paths.certificate, current.certPem);
-    await fs.writeFile(paths.caCertificate, "CA");
-    await fs.writeFile(paths.enrollment, JSON.stringify({ hostId: "h-1", server: "cp:8443" }));
+    // Modes given, not the umask's (002 on many desktops, which refuseUnsafeDataDir would rightly refuse).
+    await fs.writeFile(paths.certificate, current.certPem, { mode: 0o644 });
+    await fs.writeFile(paths.caCertificate, "CA", { mode: 0o644 });
+    await fs.writeFile(paths.enrollment, JSON.stringify({ hostId: "h-1", server: "cp:8443" }), { mode: 0o644 });
   });
   afterEach(() => fs.rm(dir, { recursive: true, force: true }));
 
@@ -66,14 +67,17 @@ describe("loadIdentity", () => {
       );
     });
 
-    it("is refused when identity/ belongs to another user (not root), naming the owner and the fix", async () => {
-      const paths = agentPaths(dir);
-      await fs.chown(paths.identityDir, 65534, 65534);
-      await expect(loadIdentity(dir)).rejects.toThrow(
-        `${paths.identityDir}, which holds the agent's key and certificates, belongs to the user of uid 65534, not ` +
-          `to the one the agent runs as (uid ${process.getuid?.()}) nor root`,
-      );
-    });
+    it.skipIf(process.getuid?.() !== 0)(
+      "is refused when identity/ belongs to another user (not root), naming the owner and the fix",
+      async () => {
+        const paths = agentPaths(dir);
+        await fs.chown(paths.identityDir, 65534, 65534);
+        await expect(loadIdentity(dir)).rejects.toThrow(
+          `${paths.identityDir}, which holds the agent's key and certificates, belongs to the user of uid 65534, not ` +
+            `to the one the agent runs as (uid ${process.getuid?.()}) nor root`,
+        );
+      },
+    );
 
     it("speaks of the identity directory, not of a renewal, when none is in progress", async () => {
       const paths = agentPaths(dir);
@@ -160,6 +164,8 @@ describe("serverUrlProblem (--server)", () => {
     "https://cp.example.com:8443/",
     "HTTPS://10.0.0.1:443",
     "https://[::1]:8443",
+    "https://cp_1.internal:8443",
+    "https://bücher.example:8443",
   ])("takes %s", (server) => {
     expect(serverUrlProblem(server)).toBeUndefined();
   });
@@ -173,6 +179,8 @@ describe("serverUrlProblem (--server)", () => {
     ["https://:8443", "names no host"],
     ["https://localhost:99999", 'has the port "99999", not a number from 1 to 65535'],
     ["https://localhost:http", 'has the port "http", not a number from 1 to 65535'],
+    ["https://cp example:8443", 'has the host "cp example", which is neither a DNS name nor an IP address'],
+    ["https://cp%41:8443", 'has the host "cp%41", which is neither a DNS name nor an IP address'],
   ])("refuses %s: it %s, showing the expected shape", (server, problem) => {
     expect(serverUrlProblem(server)).toBe(
       `--server ${problem}${problem.endsWith("fragment") ? ", which the agent gateway does not take" : ""}: got ` +

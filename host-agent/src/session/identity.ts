@@ -1,6 +1,7 @@
 // The agent's enrolled identity as stored in its data dir, and the control plane's address.
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import fs from "node:fs/promises";
+import { isIP } from "node:net";
 import { readSecretFile, SecretFileModeError, syncDirectory, writeFileAtomic } from "@dumont/repository/atomic-file";
 import { type AgentPaths, agentPaths } from "../platform/paths.js";
 
@@ -60,13 +61,24 @@ export function serverUrlProblem(server: string, flag = "--server"): string | un
           ? "carries a user name or password, which the agent gateway does not take (and enrollment would store)"
           : !parts.host
             ? "names no host"
-            : parts.port !== undefined &&
-                !(/^\d{1,5}$/.test(parts.port) && Number(parts.port) >= 1 && Number(parts.port) <= 65535)
-              ? `has the port ${JSON.stringify(parts.port)}, not a number from 1 to 65535`
-              : parts.rest !== "" && parts.rest !== "/"
-                ? "has a path, query or fragment, which the agent gateway does not take"
-                : undefined;
+            : !isHostName(parts.host)
+              ? `has the host ${JSON.stringify(parts.host)}, which is neither a DNS name nor an IP address`
+              : parts.port !== undefined &&
+                  !(/^\d{1,5}$/.test(parts.port) && Number(parts.port) >= 1 && Number(parts.port) <= 65535)
+                ? `has the port ${JSON.stringify(parts.port)}, not a number from 1 to 65535`
+                : parts.rest !== "" && parts.rest !== "/"
+                  ? "has a path, query or fragment, which the agent gateway does not take"
+                  : undefined;
   return problem && `${flag} ${problem}: got ${shown}${shape}`;
+}
+
+/**
+ * A host a URL may name: an IP address, or a DNS name of letters, digits, "-", "_" and "." (non-ASCII letters
+ * too: an IDN, which the resolver turns into punycode). `cp example` or `cp%41` was stored, then retried for good.
+ */
+function isHostName(host: string): boolean {
+  if (isIP(host)) return !host.includes("%");
+  return host.length <= 253 && /^[\p{L}\p{N}_-]+(\.[\p{L}\p{N}_-]+)*\.?$/u.test(host);
 }
 
 /** A `--server` value that serverUrlProblem() accepts, written the one way enrollment stores it. */
@@ -188,6 +200,13 @@ export async function refuseUnsafeDataDir(paths: AgentPaths): Promise<void> {
     fs.stat(file).catch((err: NodeJS.ErrnoException) => {
       if (err.code === "ENOTDIR" && file === paths.dataDir) return "ENOTDIR" as const;
       if (err.code === "ENOENT" || err.code === "ENOTDIR") return undefined; // not there: what needs it says so
+      if (err.code === "EACCES" || err.code === "EPERM") {
+        throw new Error(
+          `--data-dir (DUMONT_AGENT_DATA_DIR) ${paths.dataDir} cannot be read by the user the agent runs as ` +
+            `(uid ${uid ?? "?"}): ${file} gave ${err.code}; run the agent as the data dir's owner (root for the ` +
+            "service), or pass a data dir this user owns",
+        );
+      }
       throw err;
     });
   const dataDir = await inspect(paths.dataDir);

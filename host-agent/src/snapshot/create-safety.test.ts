@@ -314,10 +314,10 @@ describe("create", () => {
         { path: "locked", reason: "cannot list: EACCES: permission denied" },
       ]);
       // The source itself: one that may be entered but not listed (0711) was listed as nothing, an empty snapshot
-      // that a retention policy took for the newest; one that may not be entered (0700) was blamed on a
+      // that a retention policy took for the newest; one that may not be entered (0700, 0744) was blamed on a
       // .dumontignore it does not have. Each fails, saying so, and stores no snapshot.
       const [user] = (await run("id", ["-nu", "65534"])).stdout.split("\n");
-      for (const mode of [0o711, 0o700]) {
+      for (const mode of [0o711, 0o700, 0o744]) {
         await chmod(join(work, "src"), mode);
         const failed = await asNobody().then(
           () => undefined,
@@ -326,7 +326,7 @@ describe("create", () => {
         expect(failed?.code, mode.toString(8)).toBe(1);
         expect(failed?.stderr).toBe(
           `dumont-agent: cannot read the source directory ${join(work, "src")}: EACCES: permission denied ` +
-            `(the agent runs as user ${user}, which may not list it)\n`,
+            `(the agent runs as user ${user}, which may not list or enter it)\n`,
         );
       }
       const repository = await Repository.open(openBlobStore(pathToFileURL(join(work, "repo")).href), key);

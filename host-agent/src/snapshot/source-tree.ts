@@ -15,7 +15,7 @@ import {
   openSync,
   readlinkSync,
 } from "node:fs";
-import { opendir, readdir, stat } from "node:fs/promises";
+import { access, opendir, readdir, stat } from "node:fs/promises";
 import { userInfo } from "node:os";
 import { join } from "node:path";
 import type { ManifestRoot, SkippedEntry } from "@dumont/repository";
@@ -89,12 +89,18 @@ export async function statSourceRoot(root: string): Promise<BigIntStats> {
     throw sourceUnreadable(root, withoutPath(err));
   });
   await listing.close();
+  // Listed but not entered (0744 another user's): what lies in it could not be opened, its .dumontignore first.
+  await access(root, constants.X_OK).catch((err: unknown) => {
+    throw sourceUnreadable(root, withoutPath(err));
+  });
   return rootStat;
 }
 
 /** The source directory could not be read: the snapshot fails, saying why and, for a permission, as whom. */
 function sourceUnreadable(root: string, why: string): Error {
-  const as = /^E(ACCES|PERM)\b/.test(why) ? ` (the agent runs as ${processUser()}, which may not list it)` : "";
+  const as = /^E(ACCES|PERM)\b/.test(why)
+    ? ` (the agent runs as ${processUser()}, which may not list or enter it)`
+    : "";
   return new Error(`cannot read the source directory ${root}: ${why}${as}`);
 }
 
