@@ -141,6 +141,25 @@ describe("run and renew refuse a data dir other users could slip an identity int
     expect(res.connected).toBe(0);
   });
 
+  it.skipIf(process.getuid?.() !== 0 || !existsSync("/usr/bin/setpriv"))(
+    "run: says a data dir its user may not read as that, naming the uid (as nobody, root's data dir of mode 0700)",
+    async () => {
+      const dir = await enrolledDataDir("roots-only");
+      await fs.chmod(root, 0o755);
+      await fs.chmod(dir, 0o700);
+      const res = await agent(["run", "--data-dir", dir], 65534);
+      expect(res.code).toBe(1);
+      expect(res.err).toMatch(
+        new RegExp(
+          `^dumont-agent: --data-dir \\(DUMONT_AGENT_DATA_DIR\\) ${dir} cannot be read by the user the agent runs as ` +
+            "\\(uid 65534\\): \\S+ gave EACCES; run the agent as the data dir's owner \\(root for the service\\), or pass a " +
+            "data dir this user owns\n$",
+        ),
+      );
+      expect(res.connected).toBe(0);
+    },
+  );
+
   it("run: says a --data-dir that is a file is not a directory", async () => {
     const file = path.join(root, "run-on-a-file");
     await fs.writeFile(file, "");
