@@ -123,7 +123,8 @@ const schema = z.object({
       });
     }),
   lostAfterSeconds: seconds(N.lostAfter, 1, 3600),
-  telemetryIntervalSeconds: seconds(N.telemetryInterval, 0.05, 3600),
+  // At most half of --lost-after's most, which must be twice it.
+  telemetryIntervalSeconds: seconds(N.telemetryInterval, 0.05, 1800),
   blobStore: z.string().superRefine((url, ctx) => {
     if (/^(file:\/\/\/|s3:\/\/)/.test(url)) return;
     // Shown as the repository's messages show a URL: what stands before an "@" may be a secret.

@@ -28,7 +28,14 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
     identity,
     telemetry,
     log,
-    (suggestedMs) => telemetryIntervalMs(config.telemetryIntervalSeconds, suggestedMs),
+    (suggestedMs) =>
+      telemetryIntervalMs(config.telemetryIntervalSeconds, suggestedMs, (own, suggested) =>
+        log.warn(
+          { own: own / 1000, controlPlane: suggested / 1000 },
+          "--telemetry-interval is longer than the control plane's; its is used, or this host would be declared " +
+            "lost between samples",
+        ),
+      ),
     {
       load: () => loadIdentity(config.dataDir, config.server),
       renew: (current) => renewCertificate(config.dataDir, current),

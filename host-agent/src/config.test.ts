@@ -43,10 +43,15 @@ describe("the telemetry interval", () => {
     ).toMatchObject({ telemetryIntervalSeconds: 7 });
   });
 
-  it("follows the control plane's suggestion unless the agent has its own, within 1..3600 s", () => {
+  it("follows the control plane's suggestion, within 1..3600 s, or the agent's own where that is shorter", () => {
     expect(telemetryIntervalMs(undefined, 30_000)).toBe(30_000); // `dumont dev --telemetry-interval 30`
-    expect(telemetryIntervalMs(2, 30_000)).toBe(2000); // the agent's own wins
+    expect(telemetryIntervalMs(2, 30_000)).toBe(2000); // the agent's own, shorter, wins
     expect(telemetryIntervalMs(0.05, 30_000)).toBe(50); // ...with its own bounds
+    // Longer than the control plane's, it would be declared lost between samples: cut to it, and said.
+    const cut: [number, number][] = [];
+    expect(telemetryIntervalMs(30, 2000, (own, suggested) => cut.push([own, suggested]))).toBe(2000);
+    expect(cut).toEqual([[30_000, 2000]]);
+    expect(telemetryIntervalMs(30, 0)).toBe(30_000); // a control plane that suggests none: the agent's own
     expect(telemetryIntervalMs(undefined, 0)).toBe(5000); // a control plane that suggests none
     expect(telemetryIntervalMs(undefined, 50)).toBe(1000);
     expect(telemetryIntervalMs(undefined, 86_400_000)).toBe(3_600_000);

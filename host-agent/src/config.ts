@@ -51,17 +51,30 @@ const SUGGESTED_INTERVAL_BOUNDS = { min: 1, max: 3600 } as const;
 
 /**
  * The interval between telemetry samples once the control plane has welcomed the agent with its suggestion
- * (Welcome.telemetry_interval_ms; 0 from a control plane that suggests none). The agent's own setting
- * (`--telemetry-interval`, DUMONT_TELEMETRY_INTERVAL), when given, wins: whoever set it on this host knows
- * something about it (a slow nvidia-smi) the control plane does not. Otherwise the control plane's, which
- * decides when a silent host is lost and sets one value for its whole fleet, kept within 1..3600 s: a
- * control plane set up for its own tests at 0.05 s would have every agent sample its GPUs 20 times a second.
+ * (Welcome.telemetry_interval_ms; 0 from a control plane that suggests none): the control plane's, which decides
+ * when a silent host is lost and sets one value for its whole fleet, kept within 1..3600 s (a control plane set up
+ * for its own tests at 0.05 s would have every agent sample its GPUs 20 times a second). The agent's own setting
+ * (`--telemetry-interval`, DUMONT_TELEMETRY_INTERVAL), when given, may make it shorter, never longer: the control
+ * plane declares a host lost after twice its suggestion or so of silence, and an agent sampling every 30 s against
+ * a 10 s lost-after flapped lost and back for good. `longer` hears of an own setting cut so, to say it.
  */
-export function telemetryIntervalMs(ownSeconds: number | undefined, suggestedMs: number): number {
-  if (ownSeconds !== undefined) return Math.round(ownSeconds * 1000);
-  if (!(suggestedMs > 0)) return DEFAULT_TELEMETRY_INTERVAL_SECONDS * 1000;
+export function telemetryIntervalMs(
+  ownSeconds: number | undefined,
+  suggestedMs: number,
+  longer?: (ownMs: number, suggestedMs: number) => void,
+): number {
   const { min, max } = SUGGESTED_INTERVAL_BOUNDS;
-  return Math.round(Math.min(max * 1000, Math.max(min * 1000, suggestedMs)));
+  const suggested =
+    suggestedMs > 0
+      ? Math.round(Math.min(max * 1000, Math.max(min * 1000, suggestedMs)))
+      : DEFAULT_TELEMETRY_INTERVAL_SECONDS * 1000;
+  if (ownSeconds === undefined) return suggested;
+  const own = Math.round(ownSeconds * 1000);
+  if (suggestedMs > 0 && own > suggested) {
+    longer?.(own, suggested);
+    return suggested;
+  }
+  return own;
 }
 
 export type AgentConfig = z.infer<typeof schema>;

@@ -1,5 +1,6 @@
 // HostService's authorization: who may call what, and that one tenant never sees another's hosts.
 import { create } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { api } from "@dumont/proto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -150,6 +151,13 @@ describe("HostService: join tokens are their key's", () => {
       /^your key expires at \S+, and a join token it makes must expire by then: give ttl_seconds \(--ttl\) that ends no later$/,
     );
     expect(await checkJoinToken(db, await tokenOf(hour.ctx, 1800), new Date())).toEqual({ ok: true, tenantId: "t-a" });
+    // The default hour, not asked for, is cut to a key that expires sooner.
+    const soon = await providerKey(new Date(Date.now() + 120_000));
+    const made = (await service().createJoinToken(
+      create(api.CreateJoinTokenRequestSchema, {}),
+      soon.ctx,
+    )) as api.CreateJoinTokenResponse;
+    expect(made.expiresAt && timestampDate(made.expiresAt).getTime()).toBeLessThanOrEqual(Date.now() + 120_000);
   });
 
   it("works only while its key does: revoked, or expired since, the key takes its tokens with it", async () => {

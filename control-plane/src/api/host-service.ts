@@ -44,7 +44,9 @@ export function hostService(deps: HostServiceDeps): ServiceImpl<typeof api.HostS
         );
       }
       const token = `djt_${randomBytes(24).toString("base64url")}`;
-      const expiresAt = new Date(Date.now() + ttl * 1000);
+      let expiresAt = new Date(Date.now() + ttl * 1000);
+      // The default hour, not asked for, is cut to a key that expires sooner (a --ttl asked for is not: refused).
+      if (req.ttlSeconds === 0 && who.expiresAt && expiresAt > who.expiresAt) expiresAt = who.expiresAt;
       // A token is its key's to use, as a key a key makes (key-service): it expires no later than the key, and works
       // only while the key does (consumeJoinToken), so revoking a leaked key stops the tokens made with it.
       if (who.expiresAt && expiresAt > who.expiresAt) {

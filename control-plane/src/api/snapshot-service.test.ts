@@ -234,6 +234,11 @@ describe("SnapshotService: repair the index", () => {
       expect(all.tenants[1].unrepairable.map((p) => p.message)).toEqual(["pack p2: damaged"]);
       expect((await repair({ tenantId: "t-b", dryRun: true })).tenants.map((t) => t.tenantId)).toEqual(["t-b"]);
       expect(asked).toEqual(["t-a", "t-b", "t-c", "t-b (dry run)"]);
+      const typo = await repair({ tenantId: "t-typo" }).catch((err: unknown) => ConnectError.from(err));
+      expect(typo).toMatchObject({
+        code: Code.NotFound,
+        rawMessage: expect.stringMatching(/^there is no tenant "t-typo"/),
+      });
       const unknown = await repair({ tenantId: "t-none" }).catch((err: unknown) => ConnectError.from(err));
       expect(unknown).toMatchObject({ code: Code.NotFound });
       expect((unknown as ConnectError).rawMessage).toBe(

@@ -266,6 +266,7 @@ export function snapshotService(deps: SnapshotServiceDeps): ServiceImpl<typeof a
       const who = await admin(ctx);
       const tenants = await repositoryTenants(deps.db, listScope(who, req.tenantId, "snapshots"));
       if (req.tenantId !== "" && tenants.length === 0) {
+        if (!(await tenantExists(deps.db, req.tenantId))) throw noSuchTenant(req.tenantId);
         throw noRepository(req.tenantId, "there is no index of it to repair");
       }
       // What a repair changes is logged.

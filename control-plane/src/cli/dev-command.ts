@@ -43,11 +43,13 @@ export function tryCommand(httpUrl: string, dataDir: string, cwd: string): strin
 
 /**
  * The API's URL for the banner's command, one this machine reaches: the public one where that is localhost (the
- * default, which the CLI assumes), else the address it listens on (a --public-host this machine may not resolve,
- * or not be reached by from inside, as behind NAT).
+ * default, which the CLI assumes) and it listens on loopback (`--host 127.0.0.5` is not what localhost reaches),
+ * else the address it listens on (a --public-host this machine may not resolve, or not be reached by from
+ * inside, as behind NAT).
  */
 function tryUrl(cp: { httpUrl: string; localHttpUrl: string }): string {
-  return new URL(cp.httpUrl).hostname === "localhost" ? cp.httpUrl : cp.localHttpUrl;
+  const loopback = ["127.0.0.1", "[::1]"].includes(new URL(cp.localHttpUrl).hostname);
+  return loopback && new URL(cp.httpUrl).hostname === "localhost" ? cp.httpUrl : cp.localHttpUrl;
 }
 
 /** A word as a POSIX shell reads it back: quoted unless it is plainly safe. */

@@ -160,6 +160,23 @@ describe("run and renew refuse a data dir other users could slip an identity int
     },
   );
 
+  it("takes an empty DUMONT_AGENT_DATA_DIR for unset, and refuses an empty --data-dir (both were the working directory)", async () => {
+    // agent() runs with DUMONT_AGENT_DATA_DIR="": the default's data dir, not this process's working directory.
+    const unset = await agent(["run"]);
+    expect(unset.code).toBe(1);
+    expect(unset.err).toContain("/var/lib/dumont-agent/enrollment.json");
+    expect(unset.err).not.toContain(`${process.cwd()}/enrollment.json`);
+    for (const args of [["run", "--data-dir", ""], enroll("")]) {
+      expect(await agent(args), args[0]).toEqual({
+        code: 1,
+        out: "",
+        err: "dumont-agent: --data-dir was given empty: give the agent's data dir, or leave the flag out for /var/lib/dumont-agent\n",
+        connected: 0,
+      });
+    }
+    expect(existsSync(path.join(process.cwd(), "identity"))).toBe(false);
+  });
+
   it("run: says a --data-dir that is a file is not a directory", async () => {
     const file = path.join(root, "run-on-a-file");
     await fs.writeFile(file, "");

@@ -12,6 +12,25 @@ const serverOption = (): Option =>
     "dial this agent gateway (https://HOST:PORT) instead of the one enrolled with, e.g. after the control plane moved",
   ).env("DUMONT_SERVER");
 
+/** Where the agent keeps its identity and state unless told otherwise. */
+const DEFAULT_DATA_DIR = "/var/lib/dumont-agent";
+
+/**
+ * A command's --data-dir: an empty DUMONT_AGENT_DATA_DIR (an empty `Environment=` line) counts as unset, and an
+ * empty flag (a shell variable that expanded to nothing) is refused. Either was the working directory: `enroll`
+ * wrote the host's private key wherever it ran (`/` for a service, a git checkout).
+ */
+function dataDirOf(cmd: Command): string {
+  const value = cmd.getOptionValue("dataDir") as string | undefined;
+  if (value !== undefined && value.trim() !== "") return value;
+  if (value !== undefined && cmd.getOptionValueSource("dataDir") === "cli") {
+    throw new Error(
+      `--data-dir was given empty: give the agent's data dir, or leave the flag out for ${DEFAULT_DATA_DIR}`,
+    );
+  }
+  return DEFAULT_DATA_DIR;
+}
+
 export async function main(argv: string[]): Promise<void> {
   watchStdout();
   const program = new Command("dumont-agent")
@@ -28,19 +47,19 @@ export async function main(argv: string[]): Promise<void> {
     .addOption(
       new Option("--data-dir <dir>", "where the agent keeps its identity and state")
         .env("DUMONT_AGENT_DATA_DIR")
-        .default("/var/lib/dumont-agent"),
+        .default(DEFAULT_DATA_DIR),
     )
     .option("--name <name>", "a name for this host (default: its hostname)")
     .option("--force", "enroll again even if this data dir is already enrolled")
     .option("--json", 'print {"hostId"} as JSON')
-    .action(async (opts) => {
+    .action(async (opts, cmd: Command) => {
       // Loaded on demand: the long-running `run` never needs enrollment crypto (@peculiar/x509).
       const { enroll } = await import("../session/enroll.js");
       const { hostId } = await enroll({
         server: opts.server,
         token: opts.token,
         caHash: opts.caHash,
-        dataDir: opts.dataDir,
+        dataDir: dataDirOf(cmd),
         name: opts.name,
         force: opts.force,
       });
@@ -53,13 +72,11 @@ export async function main(argv: string[]): Promise<void> {
       "renew this host's client certificate now (`run` does it by itself once a third of its validity is left)",
     )
     .addOption(
-      new Option("--data-dir <dir>", "the enrolled data dir")
-        .env("DUMONT_AGENT_DATA_DIR")
-        .default("/var/lib/dumont-agent"),
+      new Option("--data-dir <dir>", "the enrolled data dir").env("DUMONT_AGENT_DATA_DIR").default(DEFAULT_DATA_DIR),
     )
     .addOption(serverOption())
     .option("--json", 'print {"hostId","expiresAt"} as JSON')
-    .action(async (opts) => {
+    .action(async (opts, cmd: Command) => {
       const [{ loadIdentity }, { certificateExpiry, renewCertificate }, { serverOptionProblem }] = await Promise.all([
         import("../session/identity.js"),
         import("../session/certificate-renewal.js"),
@@ -68,7 +85,8 @@ export async function main(argv: string[]): Promise<void> {
       const server: string | undefined = opts.server || undefined; // DUMONT_SERVER= (empty): the enrolled one
       const problem = server === undefined ? undefined : serverOptionProblem(server);
       if (problem) throw new Error(problem);
-      const renewed = await renewCertificate(opts.dataDir, await loadIdentity(opts.dataDir, server));
+      const dataDir = dataDirOf(cmd);
+      const renewed = await renewCertificate(dataDir, await loadIdentity(dataDir, server));
       const result = { hostId: renewed.hostId, expiresAt: certificateExpiry(renewed.certPem).toISOString() };
       process.stdout.write(
         opts.json
@@ -100,7 +118,7 @@ export async function main(argv: string[]): Promise<void> {
       // instead of living on, an orphan holding the data dir the parent's next start needs.
       new Option("--exit-with-stdin", "stop when standard input closes (for a parent process)").hideHelp(),
     )
-    .action(async (opts) => {
+    .action(async (opts, cmd: Command) => {
       // Let the heap grow to four times what survives a full collection before the next one. V8 counts the
       // Buffers a streamed restore receives (TLS records, gRPC messages, up to 64 MiB of chunks waiting for the
       // engine) against the old generation's limit, and at its default factor that started a full collection
@@ -114,7 +132,7 @@ export async function main(argv: string[]): Promise<void> {
         import("../logger.js"),
       ]);
       const config = loadAgentConfig({
-        dataDir: opts.dataDir,
+        dataDir: dataDirOf(cmd),
         telemetryInterval: opts.telemetryInterval || undefined, // DUMONT_TELEMETRY_INTERVAL= (empty): not given
         logLevel: opts.logLevel,
         simulated: opts.simulated,

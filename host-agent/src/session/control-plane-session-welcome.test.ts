@@ -74,15 +74,19 @@ async function session(
 }
 
 describe("the telemetry interval the Welcome suggests", () => {
-  it("is followed when the agent has no setting of its own, and not when it has", async () => {
-    // The control plane suggests 1 s; the agent's default would be 5 s.
+  it("is followed when the agent has no setting of its own, and when its own is longer", async () => {
+    // The control plane suggests 1 s; the agent's default would be 5 s, and one agent's own setting 60 s.
     const follows = await gateway(1000);
     await session(follows.server, follows.caPem, (ms) => telemetryIntervalMs(undefined, ms));
     const own = await gateway(1000);
     await session(own.server, own.caPem, (ms) => telemetryIntervalMs(60, ms));
+    // A control plane suggesting a minute, and an agent set to a second: its own, shorter, wins.
+    const slow = await gateway(60_000);
+    await session(slow.server, slow.caPem, (ms) => telemetryIntervalMs(1, ms));
     await new Promise((r) => setTimeout(r, 3500));
     expect(follows.received.telemetry).toBeGreaterThanOrEqual(3); // at once, then every second
-    expect(own.received.telemetry).toBe(1); // at once, then not for a minute
+    expect(own.received.telemetry).toBeGreaterThanOrEqual(3);
+    expect(slow.received.telemetry).toBeGreaterThanOrEqual(3);
   });
 });
 
